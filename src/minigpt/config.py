@@ -1,0 +1,193 @@
+"""Typed configuration: dataclasses with defaults, TOML presets and files, command-line overrides.
+
+Precedence, lowest first: dataclass defaults < preset (`configs/<name>.toml`, `seed` by default)
+< `--config FILE` < command-line flags. A TOML file has the sections `[model]`, `[train]` and
+`[data]`; an unknown section or key is an error that suggests the closest valid name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+
+import tomllib
+
+from minigpt.errors import MiniGPTError
+
+
+def _opt(default, help: str, **kw):
+    """A dataclass field whose help text becomes the command-line flag's help."""
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ModelConfig:
+    """The lesson's MiniGPT. vocab_size is set from the tokenizer, not by the user."""
+
+    vocab_size: int = _opt(65, "vocabulary size (taken from the tokenizer)", cli=False)
+    n_embd: int = _opt(64, "embedding width C")
+    n_head: int = _opt(4, "attention heads (must divide n_embd)")
+    n_layer: int = _opt(4, "transformer blocks")
+    block_size: int = _opt(128, "context length T")
+    dropout: float = _opt(0.0, "dropout probability (the lesson uses none)")
+    bias: bool = _opt(True, "biases in Linear layers and LayerNorms (the lesson has them)")
+    tie_weights: bool = _opt(False, "share the token embedding with lm_head")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = _opt(5000, "optimizer steps")
+    batch_size: int = _opt(32, "sequences per batch B")
+    optimizer: str = _opt("adamw", "adamw or sgd", choices=("adamw", "sgd"))
+    lr: float = _opt(3e-3, "peak learning rate")
+    min_lr: float = _opt(3e-4, "floor of the cosine decay")
+    schedule: str = _opt(
+        "cosine", "warmup + cosine to min_lr, constant, or the lesson's CosineAnnealingLR",
+        choices=("cosine", "constant", "cosine-annealing"),
+    )
+    warmup_steps: int = _opt(100, "linear warmup steps (cosine schedule)")
+    weight_decay: float = _opt(0.1, "decoupled weight decay, applied to >=2-D weights only")
+    beta1: float = _opt(0.9, "AdamW beta1")
+    beta2: float = _opt(0.99, "AdamW beta2")
+    momentum: float = _opt(0.9, "SGD momentum")
+    grad_clip: float = _opt(1.0, "clip the global gradient norm to this (0 = off)")
+    eval_every: int = _opt(250, "evaluate every N steps")
+    eval_batches: int = _opt(20, "random validation batches per evaluation")
+    patience: int = _opt(0, "stop after N evaluations without improvement (0 = off)")
+    min_delta: float = _opt(0.0, "improvement smaller than this does not count")
+    log_every: int = _opt(50, "write a metrics line every N steps")
+    seed: int = _opt(1337, "seed for initial weights and batch sampling")
+    device: str = _opt("auto", "auto, cpu, cuda, cuda:N or mps")
+    sample_tokens: int = _opt(200, "length of the sample printed at the end (0 = none)")
+
+
+@dataclass
+class DataConfig:
+    text: str = _opt("", "train on this UTF-8 text file instead of TinyShakespeare")
+    val_fraction: float = _opt(0.1, "fraction of the tokens held out (the tail) for validation")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+
+
+def field_index() -> dict[str, tuple[str, dataclasses.Field]]:
+    """Every settable key, flat (keys are unique across sections): name -> (section, field)."""
+    return {f.name: (sec, f) for sec, cls in SECTIONS.items() for f in fields(cls)}
+
+
+def _suggest(name: str, valid) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _coerce(key: str, value, f: dataclasses.Field):
+    """Check a TOML or flag value against the field's type; ints are accepted for floats."""
+    kind = type(f.default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not kind:
+        raise MiniGPTError(f"'{key}' must be {kind.__name__}, got {value!r}")
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise MiniGPTError(f"'{key}' must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def apply_overrides(cfg: RunConfig, table: dict, origin: str) -> RunConfig:
+    """Apply a {section: {key: value}} table onto cfg (in place), checking every key."""
+    for sec, values in table.items():
+        if sec not in SECTIONS:
+            raise MiniGPTError(f"{origin}: unknown section [{sec}]{_suggest(sec, SECTIONS)}")
+        if not isinstance(values, dict):
+            raise MiniGPTError(f"{origin}: [{sec}] must be a table of settings")
+        target = getattr(cfg, sec)
+        valid = {f.name: f for f in fields(target)}
+        for key, value in values.items():
+            if key not in valid:
+                raise MiniGPTError(
+                    f"{origin}: unknown key '{key}' in [{sec}]{_suggest(key, valid)}"
+                )
+            setattr(target, key, _coerce(key, value, valid[key]))
+    return cfg
+
+
+def read_toml(path: str | Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise MiniGPTError(f"config file not found: {path}") from None
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise MiniGPTError(f"cannot read config {path}: {e}") from None
+
+
+def preset_names() -> list[str]:
+    files = resources.files("minigpt").joinpath("configs").iterdir()
+    return sorted(p.name.removesuffix(".toml") for p in files if p.name.endswith(".toml"))
+
+
+def preset_table(name: str) -> dict:
+    names = preset_names()
+    if name not in names:
+        raise MiniGPTError(
+            f"unknown preset '{name}'{_suggest(name, names)} (presets: {', '.join(names)})"
+        )
+    text = resources.files("minigpt").joinpath("configs", f"{name}.toml").read_text()
+    return tomllib.loads(text)
+
+
+def resolve_config(
+    preset: str = "seed", config_file: str | None = None, overrides: dict | None = None
+) -> RunConfig:
+    """Defaults < preset < config file < overrides ({key: value}, flat, as flags give them)."""
+    cfg = apply_overrides(RunConfig(), preset_table(preset), f"preset {preset}")
+    if config_file:
+        apply_overrides(cfg, read_toml(config_file), str(config_file))
+    index = field_index()
+    table: dict[str, dict] = {}
+    for key, value in (overrides or {}).items():
+        if key not in index:
+            raise MiniGPTError(f"unknown setting '{key}'{_suggest(key, index)}")
+        table.setdefault(index[key][0], {})[key] = value
+    apply_overrides(cfg, table, "command line")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Reject settings that cannot train, each with a one-line reason."""
+    m, t, d = cfg.model, cfg.train, cfg.data
+    positive = {
+        "n_embd": m.n_embd, "n_head": m.n_head, "n_layer": m.n_layer,
+        "block_size": m.block_size, "steps": t.steps, "batch_size": t.batch_size,
+        "lr": t.lr, "eval_every": t.eval_every, "eval_batches": t.eval_batches,
+        "log_every": t.log_every,
+    }
+    for key, value in positive.items():
+        if not value > 0:
+            raise MiniGPTError(f"'{key}' must be positive, got {value}")
+    if m.n_embd % m.n_head:
+        raise MiniGPTError(f"n_embd ({m.n_embd}) must be divisible by n_head ({m.n_head})")
+    for key in ("min_lr", "warmup_steps", "weight_decay", "grad_clip", "patience",
+                "min_delta", "momentum", "sample_tokens"):
+        if getattr(t, key) < 0:
+            raise MiniGPTError(f"'{key}' must not be negative, got {getattr(t, key)}")
+    if not 0 <= m.dropout < 1:
+        raise MiniGPTError(f"'dropout' must be in [0, 1), got {m.dropout}")
+    if not 0 < d.val_fraction < 1:
+        raise MiniGPTError(f"'val_fraction' must be in (0, 1), got {d.val_fraction}")
+    if t.min_lr > t.lr:
+        raise MiniGPTError(f"min_lr ({t.min_lr}) must not exceed lr ({t.lr})")

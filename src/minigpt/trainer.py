@@ -1,0 +1,401 @@
+"""The training loop, as the lesson writes it: batch, forward, loss, zero_grad, backward, clip,
+step, schedule. Everything else (evaluation, logging, checkpoints, early stopping) hangs off the
+loop as small named functions.
+
+    from minigpt import train, resolve_config
+    summary = train(resolve_config(overrides={"steps": 300}), out_dir="runs/quick")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from minigpt.atomic import atomic_write_text
+from minigpt.checkpoint import load_checkpoint, restore_model, restore_optimizer, save_checkpoint
+from minigpt.config import RunConfig, TrainConfig, apply_overrides
+from minigpt.data import Batches, Splits, ensure_tinyshakespeare, load_tokens
+from minigpt.environment import describe, resolve_device
+from minigpt.errors import MiniGPTError
+from minigpt.model import MiniGPT
+from minigpt.sample import generate
+from minigpt.schedule import lr_at
+from minigpt.tokenizer import CharTokenizer
+
+log = logging.getLogger(__name__)
+
+
+# --- the pieces the loop calls -------------------------------------------------------------
+
+
+def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD with momentum; weight decay on >=2-D weights only (not biases, norms)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": t.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2))
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
+    raise MiniGPTError(f"unknown optimizer {t.optimizer!r} (use adamw or sgd)")
+
+
+def schedule_lr(t: TrainConfig, step: int) -> float:
+    return lr_at(step, lr=t.lr, total_steps=t.steps, schedule=t.schedule,
+                 warmup_steps=t.warmup_steps, min_lr=t.min_lr)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def clip_gradients(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
+    """Rescale all gradients so their global L2 norm is at most max_norm (0 = no clipping);
+    return the norm before clipping, as a tensor (no host sync)."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if max_norm > 0:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad)
+                                                 for p in params]))
+
+
+@torch.no_grad()
+def estimate_loss(model: MiniGPT, batches: Batches, split: str, n_batches: int) -> float:
+    """Mean loss over n random batches of a split, in eval mode; the model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    losses = torch.stack([model(*batches.get_batch(split))[1] for _ in range(n_batches)])
+    model.train(was_training)
+    return losses.mean().item()
+
+
+@torch.no_grad()
+def split_loss(model: MiniGPT, data: np.ndarray, block_size: int, batch_size: int,
+               device: torch.device) -> float:
+    """Mean loss over every token of a split, read as non-overlapping windows of block_size
+    (the last one shorter): the figure a run reports."""
+    was_training = model.training
+    model.eval()
+    tokens = torch.from_numpy(data.astype(np.int64))
+    n_full = (len(tokens) - 1) // block_size
+    x_all = tokens[: n_full * block_size].view(n_full, block_size)  # (N, T)
+    y_all = tokens[1 : n_full * block_size + 1].view(n_full, block_size)  # (N, T)
+    pieces = [(x_all[i : i + batch_size], y_all[i : i + batch_size])
+              for i in range(0, n_full, batch_size)]
+    tail = n_full * block_size
+    if tail < len(tokens) - 1:
+        pieces.append((tokens[tail:-1][None], tokens[tail + 1 :][None]))  # (1, t)
+    total, count = 0.0, 0
+    for x, y in pieces:
+        _, loss = model(x.to(device), y.to(device))
+        total += loss.item() * y.numel()
+        count += y.numel()
+    model.train(was_training)
+    return total / count
+
+
+@dataclass
+class EarlyStopping:
+    """Stop after `patience` evaluations without an improvement of more than min_delta."""
+
+    patience: int
+    min_delta: float = 0.0
+    best: float = math.inf
+    bad_evals: int = 0
+
+    def update(self, val_loss: float) -> bool:
+        """Record an evaluation; True when it improved on the best so far."""
+        if val_loss < self.best - self.min_delta:
+            self.best, self.bad_evals = val_loss, 0
+            return True
+        self.bad_evals += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.bad_evals >= self.patience
+
+
+def check_initial_loss(loss: float, vocab_size: int) -> None:
+    """A fresh model should be near-uniform: loss ~ ln(vocab). Far from it means a bug."""
+    expected = math.log(vocab_size)
+    if abs(loss - expected) > 0.5:
+        log.warning(f"step 0 loss {loss:.3f} is far from ln({vocab_size}) = {expected:.3f}: "
+                    f"check the initialisation and the data")
+
+
+# --- a run: its folder, its state, its files --------------------------------------------------
+
+
+@dataclass
+class Run:
+    """Everything a training run holds, built by `prepare_run`."""
+
+    cfg: RunConfig
+    out_dir: Path
+    device: torch.device
+    tokenizer: CharTokenizer
+    splits: Splits
+    batches: Batches
+    model: MiniGPT
+    optimizer: torch.optim.Optimizer
+    stopper: EarlyStopping
+    step: int = 0  # steps completed
+    info: dict = field(default_factory=dict)
+
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        rng = {f"batches_{k}": g.get_state() for k, g in self.batches.generators.items()}
+        rng["torch"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return rng
+
+    def set_rng_state(self, rng: dict[str, torch.Tensor]) -> None:
+        for k, g in self.batches.generators.items():
+            g.set_state(rng[f"batches_{k}"])
+        torch.set_rng_state(rng["torch"])
+        if self.device.type == "cuda" and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+
+    def save(self, tags: list[str]) -> None:
+        meta = {
+            "step": self.step,
+            "train": vars(self.cfg.train),
+            "data": vars(self.cfg.data),
+            "tokenizer": self.tokenizer.to_dict(),
+            "early_stopping": {"best": self.stopper.best, "bad_evals": self.stopper.bad_evals},
+        }
+        save_checkpoint(self.out_dir / "checkpoints", tags, self.model, self.optimizer, meta,
+                        self.rng_state())
+
+    def write_metrics(self, row: dict) -> None:
+        with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    name = Path(cfg.data.text).stem if cfg.data.text else "shakespeare"
+    return Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def resume_config(run_dir: str | Path, overrides: dict | None = None) -> RunConfig:
+    """The configuration a run was saved with, with training settings changed by overrides
+    (e.g. more steps); the model and data cannot change under a resumed run."""
+    meta = load_checkpoint(Path(run_dir) / "checkpoints", "last").meta
+    cfg = RunConfig()
+    apply_overrides(cfg, {"model": meta["model"], "train": meta["train"], "data": meta["data"]},
+                    f"checkpoint in {run_dir}")
+    locked = set(vars(cfg.model)) | set(vars(cfg.data))
+    if bad := sorted(set(overrides or {}) & locked):
+        raise MiniGPTError(f"cannot change {', '.join(bad)} when resuming a run")
+    apply_overrides(cfg, {"train": dict(overrides or {})}, "command line")
+    return cfg
+
+
+def prepare_run(cfg: RunConfig, out_dir: str | Path | None = None,
+                resume: bool = False) -> Run:
+    """Data, tokenizer, model, optimizer and run folder; restored from `last` when resuming."""
+    device = resolve_device(cfg.train.device)
+    text_path = Path(cfg.data.text) if cfg.data.text else ensure_tinyshakespeare()
+    tokens, tokenizer = load_tokens(text_path)
+    splits = Splits.from_tokens(tokens, cfg.data.val_fraction)
+    splits.check(cfg.model.block_size)
+    cfg.model.vocab_size = tokenizer.vocab_size
+
+    out_dir = Path(out_dir) if out_dir else default_run_dir(cfg)
+    if not resume and (out_dir / "checkpoints").exists():
+        raise MiniGPTError(f"{out_dir} already holds a run: resume it with --resume {out_dir}, "
+                           f"or choose another --out")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MiniGPTError(f"cannot create run folder {out_dir}: {e.strerror}") from None
+
+    torch.manual_seed(cfg.train.seed)
+    model = MiniGPT.from_config(cfg.model).to(device)
+    optimizer = make_optimizer(model, cfg.train)
+    batches = Batches(splits, cfg.train.batch_size, cfg.model.block_size, cfg.train.seed, device)
+    stopper = EarlyStopping(cfg.train.patience, cfg.train.min_delta)
+    run = Run(cfg, out_dir, device, tokenizer, splits, batches, model, optimizer, stopper)
+    run.info = {"text": str(text_path), "tokens": len(tokens), "train_tokens": len(splits.train),
+                "val_tokens": len(splits.val), "params": model.num_params()}
+    if resume:
+        restore(run)
+    else:
+        tokenizer.save(out_dir / "tokenizer.json")
+    config_record = {"config": cfg.to_dict(), "data": run.info, "environment": describe(device)}
+    atomic_write_text(out_dir / "config.json", json.dumps(config_record, indent=2) + "\n")
+    return run
+
+
+def restore(run: Run) -> None:
+    """Load the `last` checkpoint into the run: weights, optimizer, RNG, loop state, metrics."""
+    ckpt = load_checkpoint(run.out_dir / "checkpoints", "last")
+    if CharTokenizer.from_dict(ckpt.meta["tokenizer"]) != run.tokenizer:
+        raise MiniGPTError("the text's vocabulary differs from the checkpoint's; resume with the "
+                           "same --text the run was trained on")
+    restore_model(run.model, ckpt)
+    restore_optimizer(run.optimizer, ckpt)
+    run.set_rng_state(ckpt.section("rng"))
+    run.step = ckpt.meta["step"]
+    run.stopper.best = ckpt.meta["early_stopping"]["best"]
+    run.stopper.bad_evals = ckpt.meta["early_stopping"]["bad_evals"]
+    truncate_metrics(run.out_dir / "metrics.jsonl", run.step)
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep only the metric lines of steps before `step` (those the checkpoint includes)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line)["step"] < step]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+# --- the loop -------------------------------------------------------------------------------
+
+
+def train(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = False,
+          progress: bool = True) -> dict:
+    """Train a MiniGPT as cfg says; write the run folder; return the summary."""
+    run = prepare_run(cfg, out_dir, resume)
+    model, optimizer, batches, t = run.model, run.optimizer, run.batches, cfg.train
+    log.info(f"run folder {run.out_dir}")
+    log.info(f"data: {run.info['text']}: vocab {run.tokenizer.vocab_size}, "
+             f"{run.info['train_tokens']:,} train and {run.info['val_tokens']:,} val tokens")
+    log.info(f"model: {run.info['params']:,} parameters on {run.device}; "
+             f"{t.optimizer} lr {t.lr:g} ({t.schedule}), batch {t.batch_size} x "
+             f"{cfg.model.block_size}, {t.steps} steps")
+
+    bar = tqdm(total=t.steps, initial=run.step, unit="step", disable=None if progress else True,
+               dynamic_ncols=True, leave=False)
+    meter = Throughput(t.batch_size * cfg.model.block_size, run.step)
+    start = time.perf_counter()
+    set_lr(optimizer, schedule_lr(t, run.step))
+    model.train()
+
+    for step in range(run.step, t.steps):
+        lr = optimizer.param_groups[0]["lr"]
+        xb, yb = batches.get_batch("train")  # 1. a batch of (B, T) inputs and targets
+        logits, loss = model(xb, yb)  # 2. forward and loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # 3. backward: gradients of the loss for every parameter
+        grad_norm = clip_gradients(model, t.grad_clip)
+        optimizer.step()  # 4. step: update the weights
+        set_lr(optimizer, schedule_lr(t, step + 1))  # 5. schedule the next step's rate
+        run.step = step + 1
+        bar.update()
+
+        last = run.step == t.steps
+        if step % t.log_every == 0 or step % t.eval_every == 0 or last:
+            row = log_step(run, step, loss, lr, grad_norm, meter, bar)
+            if step % t.eval_every == 0 or last:
+                evaluate(run, row, bar)
+                meter.pause()  # evaluation time is not training throughput
+            run.write_metrics(row)
+            if run.stopper.should_stop:
+                log.info(f"early stopping at step {step}: no improvement for "
+                         f"{run.stopper.patience} evaluations (best {run.stopper.best:.4f})")
+                break
+    bar.close()
+    return finish(run, time.perf_counter() - start, meter)
+
+
+class Throughput:
+    """Tokens per second over the steps since the last reading."""
+
+    def __init__(self, tokens_per_step: int, step: int):
+        self.tokens_per_step = tokens_per_step
+        self.total_s = 0.0
+        self.total_steps = 0
+        self.pause(step)
+
+    def pause(self, step: int | None = None) -> None:
+        self.t0 = time.perf_counter()
+        if step is not None:
+            self.step0 = step
+
+    def read(self, step: int) -> float:
+        """Tokens/s since the last read; the steps counted end at `step` (completed)."""
+        elapsed = time.perf_counter() - self.t0
+        steps = step - self.step0
+        self.total_s += elapsed
+        self.total_steps += steps
+        self.t0, self.step0 = time.perf_counter(), step
+        return steps * self.tokens_per_step / max(elapsed, 1e-9)
+
+    @property
+    def overall(self) -> float:
+        return self.total_steps * self.tokens_per_step / max(self.total_s, 1e-9)
+
+
+def log_step(run: Run, step: int, loss: torch.Tensor, lr: float, grad_norm: torch.Tensor,
+             meter: Throughput, bar) -> dict:
+    """The metrics line for this step (the only place the loop waits for the device)."""
+    row = {"step": step, "train_loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item(),
+           "tokens_per_s": round(meter.read(run.step))}
+    if not math.isfinite(row["train_loss"]):
+        raise MiniGPTError(f"loss became {row['train_loss']} at step {step}; "
+                           f"try a lower --lr or --grad-clip 1.0")
+    if step == 0:
+        check_initial_loss(row["train_loss"], run.tokenizer.vocab_size)
+    bar.set_postfix(loss=f"{row['train_loss']:.3f}", lr=f"{lr:.2e}",
+                    tok_s=row["tokens_per_s"], refresh=False)
+    return row
+
+
+def evaluate(run: Run, row: dict, bar) -> None:
+    """Validation loss on random batches; early-stopping bookkeeping; checkpoints."""
+    val = estimate_loss(run.model, run.batches, "val", run.cfg.train.eval_batches)
+    row["val_loss"] = val
+    improved = run.stopper.update(val)
+    run.save(["last", "best"] if improved else ["last"])
+    bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{val:.3f}", lr=f"{row['lr']:.2e}",
+                    tok_s=row["tokens_per_s"])
+    log.info(f"step {row['step']:>5} | train {row['train_loss']:.4f} | val {val:.4f} | "
+             f"lr {row['lr']:.2e} | {row['tokens_per_s']:,} tok/s"
+             + (" | best" if improved else ""))
+
+
+def finish(run: Run, wall_s: float, meter: Throughput) -> dict:
+    """The whole-split validation loss, summary.json, and a sample from the final model."""
+    cfg = run.cfg
+    final = split_loss(run.model, run.splits.val, cfg.model.block_size, 64, run.device)
+    summary = {
+        "final_val_loss": final,
+        "best_val_loss": run.stopper.best,
+        "steps": run.step,
+        "wall_s": round(wall_s, 2),
+        "tokens_per_s": round(meter.overall),
+        "params": run.info["params"],
+    }
+    atomic_write_text(run.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    log.info(f"final validation loss (whole split, {run.info['val_tokens']:,} tokens): "
+             f"{final:.4f}; best estimate {run.stopper.best:.4f}; {run.step} steps in "
+             f"{wall_s:.0f} s, {summary['tokens_per_s']:,} tok/s")
+    if cfg.train.sample_tokens:
+        log.info("sample:\n" + sample_text(run, "ROMEO:", cfg.train.sample_tokens))
+    log.info(f"continue it with: minigpt sample --run {run.out_dir} --prompt \"ROMEO:\"")
+    return summary
+
+
+def sample_text(run: Run, prompt: str, n: int) -> str:
+    """A seeded sample from the current model, from `prompt` if its characters are known."""
+    tok = run.tokenizer
+    if not set(prompt) <= set(tok.chars):
+        prompt = tok.chars[0]
+    idx = torch.tensor([tok.encode(prompt)], device=run.device)
+    gen = torch.Generator(device=run.device).manual_seed(run.cfg.train.seed)
+    return tok.decode(generate(run.model, idx, n, generator=gen)[0].tolist())

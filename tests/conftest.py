@@ -1,0 +1,81 @@
+"""Shared fixtures. Tests never touch the network or the user's cache: each session gets its own
+MINIGPT_DATA_DIR, seeded with the real TinyShakespeare from $MINIGPT_DATA_DIR (as CI sets it)
+or from ../shared/data beside the checkout."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from minigpt.data import TINYSHAKESPEARE_SHA256, sha256_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _find_tinyshakespeare() -> Path | None:
+    candidates = []
+    if os.environ.get("MINIGPT_DATA_DIR"):
+        candidates.append(Path(os.environ["MINIGPT_DATA_DIR"]) / "tinyshakespeare" / "input.txt")
+    candidates.append(ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt")
+    return next((p for p in candidates if p.is_file()), None)
+
+
+@pytest.fixture(scope="session")
+def tinyshakespeare_source() -> Path:
+    """The real TinyShakespeare file (read-only), or a skip saying where it was looked for."""
+    path = _find_tinyshakespeare()
+    if path is None:
+        pytest.skip("TinyShakespeare not found: set MINIGPT_DATA_DIR to a folder holding "
+                    "tinyshakespeare/input.txt, or put ../shared beside the checkout")
+    assert sha256_file(path) == TINYSHAKESPEARE_SHA256
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory, tinyshakespeare_source) -> Path:
+    """A private cache folder holding TinyShakespeare; MINIGPT_DATA_DIR points at it."""
+    folder = tmp_path_factory.mktemp("cache")
+    (folder / "tinyshakespeare").mkdir()
+    shutil.copy(tinyshakespeare_source, folder / "tinyshakespeare" / "input.txt")
+    old = os.environ.get("MINIGPT_DATA_DIR")
+    os.environ["MINIGPT_DATA_DIR"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("MINIGPT_DATA_DIR", None)
+    else:
+        os.environ["MINIGPT_DATA_DIR"] = old
+
+
+@pytest.fixture
+def small_text(tmp_path) -> Path:
+    """A small corpus in its own folder (so token files land beside it)."""
+    path = tmp_path / "corpus" / "small.txt"
+    path.parent.mkdir()
+    line = "the quick brown fox jumps over the lazy dog. "
+    path.write_text((line * 6 + "\n") * 40, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m minigpt ARGS` in a subprocess, as a user would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "minigpt", *args], cwd=cwd, capture_output=True, text=True,
+        timeout=timeout, env={**os.environ, **(env or {})},
+    )
+
+
+# a model small enough for many tests to train in seconds
+TINY = ["--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "32",
+        "--batch-size", "8", "--sample-tokens", "0", "--no-progress"]

@@ -1,0 +1,94 @@
+"""The `minigpt` command as a user runs it: train, sample, --help, and one-line errors."""
+
+import json
+
+import pytest
+
+from conftest import TINY, run_cli
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One small run made through the command line, shared by the tests below."""
+    folder = tmp_path_factory.mktemp("cli")
+    text = folder / "text.txt"
+    text.write_text("ROMEO: what light through yonder window breaks?\n" * 200)
+    out = folder / "run"
+    r = run_cli("train", "--text", str(text), "--out", str(out), "--steps", "40",
+                "--eval-every", "20", *TINY)
+    assert r.returncode == 0, r.stderr
+    return out, r, text
+
+
+def test_train_prints_split_sizes_figures_and_summary(trained):
+    out, r, text = trained
+    n = len(text.read_text())
+    n_train = int(0.9 * n)
+    assert f"vocab {len(set(text.read_text()))}," in r.stdout
+    assert f"{n_train:,} train and {n - n_train:,} val tokens" in r.stdout
+    assert "final validation loss (whole split" in r.stdout
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary == json.loads((out / "summary.json").read_text())
+
+
+def test_sample_streams_prompt_and_is_seeded(trained):
+    out, _, _ = trained
+    args = ["sample", "--run", str(out), "--prompt", "ROMEO:", "--max-new-tokens", "60"]
+    a, b = run_cli(*args, "--seed", "1"), run_cli(*args, "--seed", "1")
+    c = run_cli(*args, "--seed", "2")
+    assert a.returncode == 0, a.stderr
+    assert a.stdout.startswith("ROMEO:") and len(a.stdout) == len("ROMEO:") + 60 + 1
+    assert a.stdout == b.stdout != c.stdout
+    greedy = run_cli(*args, "--temperature", "0", "--top-k", "3")
+    assert greedy.returncode == 0 and greedy.stdout.startswith("ROMEO:")
+
+
+def test_resume_extends_a_run(trained, tmp_path):
+    import shutil
+
+    out, _, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    r = run_cli("train", "--resume", str(copy), "--steps", "50", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    steps = [row["step"] for row in rows]
+    assert steps == sorted(set(steps)) and steps[-1] == 49
+
+
+def test_help_explains_every_lesson_flag():
+    r = run_cli("train", "--help")
+    assert r.returncode == 0
+    for flag in ["--steps", "--batch-size", "--block-size", "--n-embd", "--n-head", "--n-layer",
+                 "--lr", "--min-lr", "--warmup-steps", "--optimizer", "--weight-decay",
+                 "--grad-clip", "--eval-every", "--eval-batches", "--patience", "--seed",
+                 "--text", "--out", "--resume", "--preset", "--config"]:
+        assert flag in r.stdout
+    assert run_cli("sample", "--help").returncode == 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--lrr", "1"], "did you mean --lr"),
+        (["train", "--preset", "sede"], "did you mean 'seed'"),
+        (["train", "--text", "/nonexistent/x.txt"], "text file not found"),
+        (["train", "--n-embd", "30", "--n-head", "4"], "divisible"),
+        (["train", "--steps", "0"], "'steps' must be positive"),
+        (["train", "--optimizer", "adam"], "invalid choice"),
+        (["train", "--block-size", "5000", "--text", "{text}"], "fewer than block_size + 1"),
+        (["sample", "--run", "{run}", "--prompt", "ZZZ"], "outside the vocabulary: 'Z'"),
+        (["sample", "--run", "/nonexistent"], "no 'best' checkpoint"),
+        (["sample", "--run", "{run}", "--top-p", "2"], "top_p must be in"),
+        (["train", "--resume", "{run}", "--n-layer", "3"], "cannot change n_layer"),
+    ],
+)
+def test_bad_input_is_one_line_and_non_zero(trained, args, message):
+    out, _, text = trained
+    args = [a.format(run=out, text=text) for a in args]
+    r = run_cli(*args, "--no-progress" if args[0] == "train" else "--seed=1")
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("minigpt: error:")
+    assert message in lines[0]

@@ -1,0 +1,72 @@
+"""Configuration: presets, TOML files and flags in that order; unknown keys suggest a fix."""
+
+import pytest
+
+from minigpt import MiniGPTError, RunConfig, resolve_config
+from minigpt.config import preset_names
+
+
+def test_seed_preset_is_the_default_config():
+    assert resolve_config("seed") == RunConfig()
+
+
+def test_presets_exist_and_load():
+    assert {"seed", "seed-reference", "nanogpt-char"} <= set(preset_names())
+    ref = resolve_config("seed-reference").train
+    assert (ref.lr, ref.schedule, ref.grad_clip, ref.steps) == (3e-4, "constant", 0.0, 5000)
+    nano = resolve_config("nanogpt-char")
+    assert (nano.model.n_layer, nano.model.n_head, nano.model.n_embd) == (6, 6, 384)
+    assert (nano.model.block_size, nano.train.batch_size, nano.model.dropout) == (256, 64, 0.2)
+
+
+def test_flags_beat_file_beat_preset(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("[train]\nlr = 0.01\nsteps = 7\n[model]\nn_layer = 2\n")
+    cfg = resolve_config("seed-reference", str(f), {"steps": 9})
+    assert cfg.train.steps == 9  # flag
+    assert cfg.train.lr == 0.01  # file
+    assert cfg.model.n_layer == 2  # file
+    assert cfg.train.schedule == "constant"  # preset
+    assert cfg.train.eval_every == RunConfig().train.eval_every  # default
+
+
+@pytest.mark.parametrize(
+    "toml, message",
+    [
+        ("[train]\nlearning_rate = 1.0\n", "unknown key 'learning_rate' in [train]"),
+        ("[train]\nbatchsize = 4\n", "did you mean 'batch_size'"),
+        ("[modle]\nn_layer = 1\n", "did you mean 'model'"),
+        ("[train]\nsteps = 'many'\n", "'steps' must be int"),
+        ("[train]\noptimizer = 'adam'\n", "must be one of adamw, sgd"),
+        ("[train\n", "cannot read config"),
+    ],
+)
+def test_bad_files_are_one_line_errors(tmp_path, toml, message):
+    f = tmp_path / "c.toml"
+    f.write_text(toml)
+    with pytest.raises(MiniGPTError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        resolve_config("seed", str(f))
+
+
+def test_unknown_override_and_preset_suggest():
+    with pytest.raises(MiniGPTError, match="did you mean 'n_embd'"):
+        resolve_config("seed", None, {"n_emb": 8})
+    with pytest.raises(MiniGPTError, match="did you mean 'seed'"):
+        resolve_config("sed")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"n_embd": 30, "n_head": 4}, "divisible"),
+        ({"steps": 0}, "'steps' must be positive"),
+        ({"batch_size": -1}, "'batch_size' must be positive"),
+        ({"lr": 0.0}, "'lr' must be positive"),
+        ({"block_size": 0}, "'block_size' must be positive"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"lr": 1e-4, "min_lr": 1e-3}, "min_lr"),
+    ],
+)
+def test_settings_that_cannot_train(overrides, message):
+    with pytest.raises(MiniGPTError, match=message):
+        resolve_config("seed", None, overrides)

@@ -1,0 +1,80 @@
+"""The data path: the real file's split sizes, the token file, and get_batch."""
+
+import numpy as np
+import pytest
+import torch
+
+from minigpt import Batches, MiniGPTError, Splits, get_batch, load_tokens
+from minigpt.data import read_text, tinyshakespeare_path, token_file_paths
+
+
+def test_tinyshakespeare_split_sizes(data_dir):
+    tokens, tok = load_tokens(tinyshakespeare_path())
+    assert len(tokens) == 1_115_394
+    assert tok.vocab_size == 65
+    splits = Splits.from_tokens(tokens)
+    assert (len(splits.train), len(splits.val)) == (1_003_854, 111_540)
+    text = tinyshakespeare_path().read_text()
+    assert tok.decode(splits.val[:50]) == text[1_003_854:1_003_904]
+
+
+def test_token_file_is_uint16_memmap_and_reused(small_text):
+    tokens, tok = load_tokens(small_text)
+    path, meta = token_file_paths(small_text)
+    assert path.parent == small_text.parent and meta.exists()
+    assert isinstance(tokens, np.memmap) and tokens.dtype == np.uint16
+    assert tok.decode(tokens) == small_text.read_text()
+    before = path.stat().st_mtime_ns
+    load_tokens(small_text)
+    assert path.stat().st_mtime_ns == before  # not re-encoded
+    small_text.write_text("abc" * 100)  # a changed text is re-encoded
+    tokens2, tok2 = load_tokens(small_text)
+    assert tok2.decode(tokens2) == "abc" * 100
+
+
+def test_get_batch_shapes_shift_and_offsets():
+    data = np.arange(1000, dtype=np.uint16)
+    g = torch.Generator().manual_seed(3)
+    x, y = get_batch(data, 16, 24, g)
+    assert x.shape == y.shape == (16, 24)
+    assert x.dtype == y.dtype == torch.int64
+    assert torch.equal(y[:, :-1], x[:, 1:])  # y is x shifted by one
+    starts = x[:, 0]
+    expected = starts[:, None] + torch.arange(24)
+    assert torch.equal(x, expected) and torch.equal(y, expected + 1)
+    assert int(starts.max()) <= 1000 - 24 - 1  # y never runs past the end
+
+
+def test_get_batch_is_seeded_and_covers_the_range():
+    data = np.arange(200, dtype=np.uint16)
+    a = get_batch(data, 8, 10, torch.Generator().manual_seed(1))
+    b = get_batch(data, 8, 10, torch.Generator().manual_seed(1))
+    assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+    g = torch.Generator().manual_seed(0)
+    starts = torch.cat([get_batch(data, 64, 10, g)[0][:, 0] for _ in range(50)])
+    assert int(starts.min()) == 0 and int(starts.max()) == 200 - 10 - 1
+
+
+def test_batches_uses_separate_streams_per_split():
+    splits = Splits.from_tokens(np.arange(5000, dtype=np.uint16))
+    a = Batches(splits, 4, 8, seed=5)
+    b = Batches(splits, 4, 8, seed=5)
+    b.get_batch("val")  # evaluating must not change the training batches
+    assert torch.equal(a.get_batch("train")[0], b.get_batch("train")[0])
+    assert int(a.get_batch("val")[0].min()) >= 4500
+
+
+def test_splits_too_short_for_the_block():
+    splits = Splits.from_tokens(np.arange(100, dtype=np.uint16))
+    with pytest.raises(MiniGPTError, match="validation split has 10 tokens"):
+        splits.check(block_size=16)
+
+
+def test_bad_text_files(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (tmp_path / "bin.txt").write_bytes(b"ab\x00cd")
+    for name, message in [("empty.txt", "is empty"), ("latin1.txt", "not UTF-8"),
+                          ("bin.txt", "binary"), ("missing.txt", "not found")]:
+        with pytest.raises(MiniGPTError, match=message):
+            read_text(tmp_path / name)

@@ -1,0 +1,78 @@
+"""The downloader against a real HTTP server on 127.0.0.1 (never the internet)."""
+
+import functools
+import hashlib
+import http.server
+import socket
+import threading
+
+import pytest
+
+from minigpt import MiniGPTError, download, ensure_tinyshakespeare
+from minigpt.data import TINYSHAKESPEARE_SHA256, tinyshakespeare_path
+
+
+@pytest.fixture
+def server(tmp_path):
+    """Serve tmp_path/www over HTTP on 127.0.0.1; yields the base URL."""
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(root))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", root
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_good_file_is_saved(server, tmp_path):
+    base, root = server
+    (root / "a.txt").write_bytes(b"hello shakespeare\n" * 1000)
+    dest = tmp_path / "cache" / "a.txt"
+    download(f"{base}/a.txt", dest, hashlib.sha256(b"hello shakespeare\n" * 1000).hexdigest())
+    assert dest.read_bytes() == b"hello shakespeare\n" * 1000
+    assert [p.name for p in dest.parent.iterdir()] == ["a.txt"]  # no temporary left behind
+
+
+def test_wrong_checksum_saves_nothing(server, tmp_path):
+    base, root = server
+    (root / "a.txt").write_bytes(b"tampered")
+    dest = tmp_path / "cache" / "a.txt"
+    with pytest.raises(MiniGPTError, match="sha256.*not saved.*--text PATH"):
+        download(f"{base}/a.txt", dest, "0" * 64)
+    assert list(dest.parent.iterdir()) == []
+
+
+def test_server_down_is_one_line_error(tmp_path):
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dest = tmp_path / "cache" / "a.txt"
+    with pytest.raises(MiniGPTError, match="cannot download") as e:
+        download(f"http://127.0.0.1:{port}/input.txt", dest, "0" * 64, timeout=5)
+    assert "\n" not in str(e.value) and str(dest) in str(e.value)
+    assert not dest.exists()
+
+
+def test_missing_file_on_server(server, tmp_path):
+    base, _ = server
+    with pytest.raises(MiniGPTError, match="404"):
+        download(f"{base}/nope.txt", tmp_path / "x.txt", "0" * 64)
+
+
+def test_tinyshakespeare_downloaded_into_the_cache(server, tmp_path, monkeypatch,
+                                                   tinyshakespeare_source):
+    base, root = server
+    (root / "input.txt").write_bytes(tinyshakespeare_source.read_bytes())
+    monkeypatch.setenv("MINIGPT_DATA_DIR", str(tmp_path / "fresh-cache"))
+    path = ensure_tinyshakespeare(f"{base}/input.txt")
+    assert path == tinyshakespeare_path() == tmp_path / "fresh-cache/tinyshakespeare/input.txt"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == TINYSHAKESPEARE_SHA256
+    (root / "input.txt").unlink()
+    assert ensure_tinyshakespeare(f"{base}/input.txt") == path  # cached: no second download

@@ -1,0 +1,112 @@
+"""MiniGPT: the lesson's architecture, size, causality, initial loss, and that it can learn."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minigpt import Batches, MiniGPT, MiniGPTError, Splits, load_tokens
+from minigpt.data import tinyshakespeare_path
+
+
+def test_parameter_count_is_the_lessons():
+    assert MiniGPT(65).num_params() == 216_576
+    # by hand: embeddings, 4 blocks of (2 LayerNorms, 4 Linear 64x64+b, MLP 64->256->64), ln_f,
+    # lm_head without bias
+    C, V, T, L = 64, 65, 128, 4
+    block = 2 * 2 * C + 4 * (C * C + C) + (C * 4 * C + 4 * C) + (4 * C * C + C)
+    assert MiniGPT(V).num_params() == V * C + T * C + L * block + 2 * C + C * V
+
+
+def test_lessons_module_names():
+    names = {n for n, _ in MiniGPT(65).named_parameters()}
+    for expected in ["token_emb.weight", "pos_emb.weight", "blocks.0.ln1.weight",
+                     "blocks.0.attn.Wq.weight", "blocks.0.attn.Wo.bias", "blocks.3.ln2.bias",
+                     "blocks.3.ff.0.weight", "blocks.3.ff.2.bias", "ln_f.weight",
+                     "lm_head.weight"]:
+        assert expected in names
+    assert "lm_head.bias" not in names
+
+
+def test_init_is_normal_002():
+    model = MiniGPT(65, n_embd=256)
+    w = torch.cat([m.weight.flatten() for m in model.modules()
+                   if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))])
+    assert w.std().item() == pytest.approx(0.02, rel=0.02)
+    assert abs(w.mean().item()) < 1e-3
+
+
+def lesson_attention(attn, x):
+    """The lesson's CausalSelfAttention.forward, written out: masked_fill then softmax."""
+    B, T, C = x.shape
+    q = attn.Wq(x).view(B, T, attn.n_head, attn.d_k).transpose(1, 2)
+    k = attn.Wk(x).view(B, T, attn.n_head, attn.d_k).transpose(1, 2)
+    v = attn.Wv(x).view(B, T, attn.n_head, attn.d_k).transpose(1, 2)
+    att = (q @ k.transpose(-2, -1)) * (1.0 / (attn.d_k ** 0.5))
+    mask = torch.tril(torch.ones(T, T))
+    att = F.softmax(att.masked_fill(mask == 0, float("-inf")), dim=-1)
+    return attn.Wo((att @ v).transpose(1, 2).contiguous().view(B, T, C))
+
+
+def test_attention_equals_the_lessons_explicit_computation():
+    model = MiniGPT(65)
+    x = torch.randn(3, 50, 64)
+    for block in model.blocks:
+        torch.testing.assert_close(block.attn(x), lesson_attention(block.attn, x),
+                                   atol=1e-6, rtol=1e-5)
+
+
+def test_causal_later_tokens_never_change_earlier_logits():
+    model = MiniGPT(65).eval()
+    idx = torch.randint(0, 65, (2, 40))
+    changed = idx.clone()
+    changed[:, 25:] = torch.randint(0, 65, (2, 15))
+    a, _ = model(idx)
+    b, _ = model(changed)
+    torch.testing.assert_close(a[:, :25], b[:, :25])
+    assert not torch.allclose(a[:, 25:], b[:, 25:])
+
+
+def test_idx_longer_than_block_is_a_clear_error():
+    model = MiniGPT(65, block_size=16)
+    with pytest.raises(MiniGPTError, match="longer than block_size 16"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_step0_loss_near_ln_vocab(data_dir):
+    tokens, tok = load_tokens(tinyshakespeare_path())
+    batches = Batches(Splits.from_tokens(tokens), 32, 128, seed=0)
+    model = MiniGPT(tok.vocab_size)
+    _, loss = model(*batches.get_batch("train"))
+    assert abs(loss.item() - math.log(65)) < 0.15
+
+
+def test_overfits_one_batch():
+    torch.manual_seed(0)
+    model = MiniGPT(65, block_size=32)
+    x = torch.randint(0, 65, (4, 32))
+    y = torch.randint(0, 65, (4, 32))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        _, loss = model(x, y)
+        if loss.item() < 0.1:
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1
+
+
+def test_options_beyond_the_lesson():
+    tied = MiniGPT(65, tie_weights=True)
+    assert tied.lm_head.weight is tied.token_emb.weight
+    assert tied.num_params() == 216_576 - 65 * 64
+    no_bias = MiniGPT(65, bias=False)
+    assert all(not n.endswith(".bias") for n, _ in no_bias.named_parameters())
+    dropped = MiniGPT(65, dropout=0.5)
+    idx = torch.randint(0, 65, (2, 16))
+    dropped.train()
+    assert not torch.equal(dropped(idx)[0], dropped(idx)[0])  # dropout active in train mode
+    dropped.eval()
+    assert torch.equal(dropped(idx)[0], dropped(idx)[0])

@@ -1,0 +1,67 @@
+"""Sampling: seeded, top-k and top-p never emit excluded tokens, contexts past the block."""
+
+import pytest
+import torch
+
+from minigpt import MiniGPT, MiniGPTError, filter_logits, generate
+from minigpt.sample import sample_next
+
+
+def test_same_seed_same_tokens_different_seed_different():
+    model = MiniGPT(30, n_embd=32, n_layer=1, block_size=16)
+    idx = torch.zeros(1, 1, dtype=torch.long)
+    run = lambda s: generate(model, idx, 40, generator=torch.Generator().manual_seed(s))  # noqa: E731
+    assert torch.equal(run(7), run(7))
+    assert not torch.equal(run(7), run(8))
+
+
+def test_lessons_generate_call_and_context_past_block():
+    model = MiniGPT(30, n_embd=32, n_layer=1, block_size=16)
+    model.train()
+    out = model.generate(torch.zeros(1, 3, dtype=torch.long), 50)  # the lesson's call
+    assert out.shape == (1, 53)
+    assert model.training  # the mode it had is given back
+    assert int(out.max()) < 30
+
+
+@pytest.mark.parametrize("top_k", [1, 3, 10])
+def test_top_k_never_emits_excluded_tokens(top_k):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 50, generator=g)
+    allowed = torch.topk(logits, top_k, dim=-1).indices
+    for _ in range(200):
+        tok = sample_next(logits, top_k=top_k, generator=g)
+        assert (tok == allowed).any(dim=-1).all()
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.5, 0.9])
+def test_top_p_keeps_the_smallest_nucleus(top_p):
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 40, generator=g) * 2
+    kept = torch.isfinite(filter_logits(logits, top_p=top_p))
+    probs = torch.softmax(logits, dim=-1)
+    for row in range(3):  # oracle: walk the tokens from most to least likely
+        order = torch.argsort(probs[row], descending=True).tolist()
+        total, nucleus = 0.0, set()
+        for i in order:
+            nucleus.add(i)
+            total += probs[row, i].item()
+            if total >= top_p:
+                break
+        assert set(torch.nonzero(kept[row]).flatten().tolist()) == nucleus
+    for _ in range(200):
+        tok = sample_next(logits, top_p=top_p, generator=g)
+        assert kept.gather(1, tok).all()
+
+
+def test_temperature_zero_is_greedy():
+    logits = torch.randn(5, 20)
+    assert torch.equal(sample_next(logits, temperature=0), logits.argmax(-1, keepdim=True))
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=-1), dict(top_k=0), dict(top_p=0.0),
+                                dict(top_p=1.5)])
+def test_bad_sampling_parameters(kw):
+    model = MiniGPT(10, n_embd=16, n_layer=1, n_head=2, block_size=8)
+    with pytest.raises(MiniGPTError):
+        generate(model, torch.zeros(1, 1, dtype=torch.long), 3, **kw)

@@ -1,0 +1,61 @@
+"""lr_at: a pure function checked against a table, and against PyTorch's own scheduler."""
+
+import math
+
+import pytest
+import torch
+
+from minigpt import lr_at
+
+COSINE = dict(lr=1.0, min_lr=0.1, warmup_steps=10, total_steps=111, schedule="cosine")
+
+
+@pytest.mark.parametrize(
+    "step, expected",
+    [
+        (0, 0.1),  # step 0 already learns: lr / warmup, not 0
+        (4, 0.5),
+        (9, 1.0),  # the last warmup step reaches the peak
+        (10, 1.0),  # the decay starts at the peak
+        (60, 0.55),  # half way through the decay: the mean of peak and floor
+        (110, 0.1),  # the last step sits on the floor
+        (500, 0.1),  # past the end it stays there
+    ],
+)
+def test_warmup_cosine_table(step, expected):
+    assert lr_at(step, **COSINE) == pytest.approx(expected)
+
+
+def test_cosine_quarter_point():
+    # a quarter of the way into the decay: min + (max - min) * (1 + cos(pi/4)) / 2
+    expected = 0.1 + 0.9 * (1 + math.cos(math.pi / 4)) / 2
+    assert lr_at(35, **COSINE) == pytest.approx(expected)
+
+
+def test_warmup_as_long_as_training():
+    kw = dict(lr=1e-3, min_lr=0.0, warmup_steps=50, total_steps=50, schedule="cosine")
+    rates = [lr_at(s, **kw) for s in range(50)]
+    assert rates[0] == pytest.approx(1e-3 / 50)
+    assert rates[-1] == pytest.approx(1e-3)
+    assert all(b > a for a, b in zip(rates, rates[1:], strict=False))
+
+
+def test_constant():
+    assert {lr_at(s, lr=3e-4, total_steps=100, schedule="constant") for s in range(100)} == {3e-4}
+
+
+def test_cosine_annealing_matches_pytorch():
+    """The lesson's CosineAnnealingLR(optimizer, T_max=steps), stepped once per step."""
+    steps, lr, eta_min = 40, 3e-3, 1e-4
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=eta_min)
+    for step in range(steps):
+        ours = lr_at(step, lr=lr, min_lr=eta_min, total_steps=steps, schedule="cosine-annealing")
+        assert ours == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9, abs=1e-12)
+        opt.step()
+        sched.step()
+
+
+def test_unknown_schedule():
+    with pytest.raises(ValueError, match="unknown schedule"):
+        lr_at(0, lr=1.0, total_steps=10, schedule="linear")

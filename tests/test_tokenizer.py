@@ -1,0 +1,52 @@
+"""CharTokenizer: the lesson's sorted-character vocabulary, JSON round trip, clear errors."""
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from minigpt import CharTokenizer, MiniGPTError
+
+
+@given(st.text(min_size=1))
+def test_round_trip_any_text(text):
+    tok = CharTokenizer.from_text(text)
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    assert all(0 <= i < tok.vocab_size for i in ids)
+
+
+@given(st.text(min_size=1))
+def test_vocabulary_is_the_sorted_distinct_characters(text):
+    tok = CharTokenizer.from_text(text)
+    assert tok.chars == sorted(set(text))
+    assert [tok.stoi[c] for c in tok.chars] == list(range(tok.vocab_size))
+
+
+@given(st.text(min_size=1), st.text(min_size=1))
+def test_unseen_characters_are_named(known, other):
+    tok = CharTokenizer.from_text(known)
+    unseen = set(other) - set(known)
+    if not unseen:
+        assert tok.decode(tok.encode(other)) == other
+        return
+    with pytest.raises(MiniGPTError) as e:
+        tok.encode(other)
+    assert repr(sorted(unseen)[0]) in str(e.value)
+
+
+def test_saved_as_json_and_loaded_back(tmp_path):
+    tok = CharTokenizer.from_text("hello, world\n")
+    tok.save(tmp_path / "tok.json")
+    saved = json.loads((tmp_path / "tok.json").read_text())
+    assert saved == {"kind": "char", "chars": "\n ,dehlorw"}
+    assert CharTokenizer.load(tmp_path / "tok.json") == tok
+
+
+def test_empty_text_and_bad_file_are_clear_errors(tmp_path):
+    with pytest.raises(MiniGPTError, match="empty"):
+        CharTokenizer.from_text("")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(MiniGPTError, match="cannot read tokenizer"):
+        CharTokenizer.load(tmp_path / "bad.json")

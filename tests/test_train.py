@@ -1,0 +1,168 @@
+"""The loop and its pieces: clipping, early stopping, evaluation, reproducibility, checkpoints,
+resume, and a short real run on TinyShakespeare."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from minigpt import (
+    EarlyStopping,
+    MiniGPT,
+    load_model,
+    make_optimizer,
+    resolve_config,
+    split_loss,
+    train,
+)
+from minigpt.trainer import clip_gradients
+
+TINY = dict(n_layer=1, n_embd=32, n_head=2, block_size=32, batch_size=8, sample_tokens=0,
+            eval_batches=4)
+
+
+def tiny_config(text, **kw):
+    return resolve_config("seed", None, {"text": str(text), **TINY, **kw})
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_clipping_bounds_the_norm():
+    model = MiniGPT(20, n_embd=16, n_layer=1, n_head=2, block_size=8)
+    _, loss = model(torch.randint(0, 20, (2, 8)), torch.randint(0, 20, (2, 8)))
+    (loss * 1000).backward()
+    before = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    reported = clip_gradients(model, 1.0)
+    after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert reported.item() == pytest.approx(before.item(), rel=1e-5)
+    assert before.item() > 10 and after.item() == pytest.approx(1.0, rel=1e-4)
+    assert clip_gradients(model, 0.0).item() == pytest.approx(1.0, rel=1e-4)  # 0: no clipping
+
+
+def test_weight_decay_only_on_matrices():
+    model = MiniGPT(20, n_embd=16, n_layer=1, n_head=2, block_size=8)
+    opt = make_optimizer(model, resolve_config().train)
+    decayed, plain = opt.param_groups
+    assert decayed["weight_decay"] > 0 and plain["weight_decay"] == 0
+    assert all(p.dim() >= 2 for p in decayed["params"])
+    assert all(p.dim() == 1 for p in plain["params"])
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+    sgd = make_optimizer(model, resolve_config(overrides={"optimizer": "sgd"}).train)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9
+
+
+def test_early_stopping_counts_evaluations_without_improvement():
+    stop = EarlyStopping(patience=2, min_delta=0.1)
+    assert stop.update(3.0) and not stop.should_stop
+    assert not stop.update(2.95)  # better, but not by more than min_delta
+    assert stop.update(2.5)  # a real improvement resets the count
+    assert not stop.update(2.6) and not stop.should_stop
+    assert not stop.update(2.7) and stop.should_stop
+    assert not EarlyStopping(patience=0).should_stop
+
+
+def test_split_loss_covers_every_token_once():
+    model = MiniGPT(11, n_embd=16, n_layer=1, n_head=2, block_size=8).eval()
+    data = np.random.default_rng(0).integers(0, 11, 100).astype(np.uint16)
+    t = torch.from_numpy(data.astype(np.int64))
+    logits = torch.cat([model(t[i : min(i + 8, 99)][None])[0][0] for i in range(0, 99, 8)])
+    expected = torch.nn.functional.cross_entropy(logits, t[1:]).item()
+    assert split_loss(model, data, 8, 5, torch.device("cpu")) == pytest.approx(expected, rel=1e-5)
+
+
+def test_run_folder_contents(small_text, tmp_path):
+    out = tmp_path / "run"
+    summary = train(tiny_config(small_text, steps=30, eval_every=10, log_every=5), out,
+                    progress=False)
+    assert set(summary) >= {"final_val_loss", "best_val_loss", "steps", "wall_s",
+                            "tokens_per_s", "params"}
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert summary["steps"] == 30 and summary["final_val_loss"] < math.log(27)
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [0, 5, 10, 15, 20, 25, 29]
+    assert all({"step", "train_loss", "lr", "grad_norm", "tokens_per_s"} <= set(r) for r in rows)
+    assert [r["step"] for r in rows if "val_loss" in r] == [0, 10, 20, 29]
+    assert min(r["val_loss"] for r in rows if "val_loss" in r) == summary["best_val_loss"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["train"]["steps"] == 30
+    assert {"torch", "python", "device", "torch_threads"} <= set(config["environment"])
+    assert json.loads((out / "tokenizer.json").read_text())["kind"] == "char"
+    assert {p.name for p in (out / "checkpoints").iterdir()} >= {"last.json", "best.json"}
+
+
+def test_same_seed_same_losses(small_text, tmp_path):
+    runs = []
+    for name, seed in [("a", 1), ("b", 1), ("c", 2)]:
+        train(tiny_config(small_text, steps=20, log_every=1, eval_every=10, seed=seed),
+              tmp_path / name, progress=False)
+        runs.append([r["train_loss"] for r in metrics(tmp_path / name)])
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+
+
+def test_early_stopping_ends_the_run(small_text, tmp_path, caplog):
+    caplog.set_level("INFO", logger="minigpt")
+    cfg = tiny_config(small_text, steps=200, eval_every=5, patience=2, min_delta=10.0)
+    summary = train(cfg, tmp_path / "run", progress=False)
+    # evaluations at steps 0 (improves on infinity), 5 and 10 (no improvement of 10 nats)
+    assert summary["steps"] == 11
+    assert "early stopping at step 10" in caplog.text
+
+
+def test_checkpoint_round_trip_gives_identical_logits(small_text, tmp_path):
+    cfg = tiny_config(small_text, steps=15, eval_every=7)
+    from minigpt.trainer import prepare_run
+
+    train(cfg, tmp_path / "run", progress=False)
+    model, tok, meta = load_model(tmp_path / "run", "last")
+    assert meta["step"] == 15
+    run = prepare_run(tiny_config(small_text, steps=15, eval_every=7), tmp_path / "run",
+                      resume=True)
+    idx = torch.tensor([tok.encode("the quick brown fox")])
+    torch.testing.assert_close(model(idx)[0], run.model.eval()(idx)[0], rtol=0, atol=0)
+    assert not torch.equal(MiniGPT.from_config(run.cfg.model)(idx)[0], model(idx)[0])
+
+
+def test_resume_continues_exactly(small_text, tmp_path, monkeypatch):
+    """An uninterrupted run is the oracle for one stopped part-way and resumed."""
+    import minigpt.trainer as train_module
+    from minigpt.trainer import resume_config
+
+    cfg = lambda: tiny_config(small_text, steps=24, eval_every=6, log_every=1)  # noqa: E731
+    straight = train(cfg(), tmp_path / "straight", progress=False)
+
+    real_log_step = train_module.log_step
+
+    def crash_at_14(run, step, *args):
+        if step == 14:  # after the checkpoint written at step 12, before the next one
+            raise KeyboardInterrupt
+        return real_log_step(run, step, *args)
+
+    monkeypatch.setattr(train_module, "log_step", crash_at_14)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(), tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(train_module, "log_step", real_log_step)
+    assert load_model(tmp_path / "resumed", "last")[2]["step"] == 13
+    resumed = train(resume_config(tmp_path / "resumed"), tmp_path / "resumed", resume=True,
+                    progress=False)
+
+    assert metrics(tmp_path / "resumed") == [
+        {**row, "tokens_per_s": r["tokens_per_s"]}
+        for row, r in zip(metrics(tmp_path / "straight"), metrics(tmp_path / "resumed"), strict=True)
+    ]
+    assert resumed["final_val_loss"] == straight["final_val_loss"]
+    a = load_model(tmp_path / "straight", "last")[0].state_dict()
+    b = load_model(tmp_path / "resumed", "last")[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.usefixtures("data_dir")
+def test_short_real_run_learns_shakespeare(tmp_path):
+    cfg = resolve_config("seed", None, {"steps": 300, "eval_every": 100, "sample_tokens": 0})
+    summary = train(cfg, tmp_path / "run", progress=False)
+    assert summary["final_val_loss"] < 2.6
+    assert summary["params"] == 216_576
