@@ -165,3 +165,13 @@ def test_short_real_run_learns_shakespeare(tmp_path):
     summary = train(cfg, tmp_path / "run", progress=False)
     assert summary["final_val_loss"] < 2.6
     assert summary["params"] == 216_576
+
+
+def test_initial_loss_check_warns_only_when_far_from_ln_vocab(caplog):
+    from minigpt.trainer import check_initial_loss
+
+    caplog.set_level("WARNING", logger="minigpt")
+    check_initial_loss(math.log(65) + 0.3, 65)
+    assert caplog.text == ""
+    check_initial_loss(math.log(65) + 0.7, 65)
+    assert "far from ln(65) = 4.174" in caplog.text

@@ -47,13 +47,16 @@ class TqdmHandler(logging.Handler):
         tqdm.write(prefix + record.getMessage(), file=sys.stdout)
 
 
+METAVARS = {int: "N", float: "X", str: "TEXT"}
+
+
 def add_config_flags(p: argparse.ArgumentParser) -> None:
     """--flag for every config field (except those set by the program), default: not given."""
     for name, (section, f) in field_index().items():
         if f.metadata.get("cli") is False:
             continue
         flag = "--" + name.replace("_", "-")
-        help_text = f"{f.metadata['help']} [{section}; default {f.default!r}]"
+        help_text = f"{f.metadata['help']} (default {f.default!r})"
         kind = type(f.default) if f.default is not MISSING else str
         if kind is bool:
             p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
@@ -61,7 +64,7 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
         else:
             p.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS,
                            choices=f.metadata.get("choices"), help=help_text,
-                           metavar=name.upper())
+                           metavar=None if f.metadata.get("choices") else METAVARS[kind])
 
 
 def build_parser() -> Parser:
@@ -88,15 +91,17 @@ def build_parser() -> Parser:
                        description="Stream the prompt and its continuation to stdout.")
     s.add_argument("--run", required=True, metavar="DIR", help="a run folder made by train")
     s.add_argument("--prompt", default="ROMEO:", help="text to continue (default ROMEO:)")
-    s.add_argument("--max-new-tokens", type=int, default=300, metavar="N")
+    s.add_argument("--max-new-tokens", type=int, default=300, metavar="N",
+                   help="how many tokens to generate (default 300)")
     s.add_argument("--temperature", type=float, default=1.0, metavar="T",
                    help="divide the logits by T (0 = always the most likely token)")
     s.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely")
     s.add_argument("--top-p", type=float, metavar="P",
                    help="sample among the most likely tokens holding probability P")
     s.add_argument("--seed", type=int, default=1337, help="same seed, same text")
-    s.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    s.add_argument("--device", default="auto")
+    s.add_argument("--checkpoint", default="best", choices=("best", "last"),
+                   help="the best validation checkpoint (default) or the latest")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     return parser
 
 

@@ -66,7 +66,7 @@ class TrainConfig:
 
 @dataclass
 class DataConfig:
-    text: str = _opt("", "train on this UTF-8 text file instead of TinyShakespeare")
+    text: str = _opt("", "a UTF-8 text file to train on (empty: TinyShakespeare)")
     val_fraction: float = _opt(0.1, "fraction of the tokens held out (the tail) for validation")
 
 

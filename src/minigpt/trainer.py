@@ -154,6 +154,8 @@ class Run:
     stopper: EarlyStopping
     step: int = 0  # steps completed
     info: dict = field(default_factory=dict)
+    last_val: float = math.nan  # the latest validation estimate, for the progress bar
+    env: dict = field(default_factory=dict)  # versions, device, threads
 
     def rng_state(self) -> dict[str, torch.Tensor]:
         rng = {f"batches_{k}": g.get_state() for k, g in self.batches.generators.items()}
@@ -235,7 +237,8 @@ def prepare_run(cfg: RunConfig, out_dir: str | Path | None = None,
         restore(run)
     else:
         tokenizer.save(out_dir / "tokenizer.json")
-    config_record = {"config": cfg.to_dict(), "data": run.info, "environment": describe(device)}
+    run.env = describe(device)
+    config_record = {"config": cfg.to_dict(), "data": run.info, "environment": run.env}
     atomic_write_text(out_dir / "config.json", json.dumps(config_record, indent=2) + "\n")
     return run
 
@@ -272,7 +275,9 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = Fals
     """Train a MiniGPT as cfg says; write the run folder; return the summary."""
     run = prepare_run(cfg, out_dir, resume)
     model, optimizer, batches, t = run.model, run.optimizer, run.batches, cfg.train
-    log.info(f"run folder {run.out_dir}")
+    env = run.env
+    log.info(f"run folder {run.out_dir} | torch {env['torch']} on {env['device']}, "
+             f"{env['torch_threads']} threads ({env['cpu_capability']})")
     log.info(f"data: {run.info['text']}: vocab {run.tokenizer.vocab_size}, "
              f"{run.info['train_tokens']:,} train and {run.info['val_tokens']:,} val tokens")
     log.info(f"model: {run.info['params']:,} parameters on {run.device}; "
@@ -351,19 +356,22 @@ def log_step(run: Run, step: int, loss: torch.Tensor, lr: float, grad_norm: torc
                            f"try a lower --lr or --grad-clip 1.0")
     if step == 0:
         check_initial_loss(row["train_loss"], run.tokenizer.vocab_size)
-    bar.set_postfix(loss=f"{row['train_loss']:.3f}", lr=f"{lr:.2e}",
-                    tok_s=row["tokens_per_s"], refresh=False)
+    show_progress(bar, row, run.last_val)
     return row
+
+
+def show_progress(bar, row: dict, val: float) -> None:
+    bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{val:.3f}", lr=f"{row['lr']:.2e}",
+                    tok_s=f"{row['tokens_per_s']:,}", refresh=False)
 
 
 def evaluate(run: Run, row: dict, bar) -> None:
     """Validation loss on random batches; early-stopping bookkeeping; checkpoints."""
     val = estimate_loss(run.model, run.batches, "val", run.cfg.train.eval_batches)
-    row["val_loss"] = val
+    row["val_loss"] = run.last_val = val
     improved = run.stopper.update(val)
     run.save(["last", "best"] if improved else ["last"])
-    bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{val:.3f}", lr=f"{row['lr']:.2e}",
-                    tok_s=row["tokens_per_s"])
+    show_progress(bar, row, val)
     log.info(f"step {row['step']:>5} | train {row['train_loss']:.4f} | val {val:.4f} | "
              f"lr {row['lr']:.2e} | {row['tokens_per_s']:,} tok/s"
              + (" | best" if improved else ""))
