@@ -79,3 +79,18 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
 # a model small enough for many tests to train in seconds
 TINY = ["--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "32",
         "--batch-size", "8", "--sample-tokens", "0", "--no-progress"]
+
+
+@pytest.fixture(scope="session")
+def cli_run(tmp_path_factory):
+    """One small run made through the command line, shared by the CLI tests:
+    (run folder, the finished process, the text it trained on)."""
+    folder = tmp_path_factory.mktemp("cli")
+    text = folder / "text.txt"
+    text.write_text("ROMEO: what light through yonder window breaks?\n" * 200)
+    out = folder / "run"
+    r = run_cli("train", "--text", str(text), "--out", str(out), "--steps", "40",
+                "--eval-every", "20", "--gradflow-every", "10", "--attention-every", "20",
+                "--sample-every", "20", *TINY)
+    assert r.returncode == 0, r.stderr
+    return out, r, text

@@ -4,24 +4,11 @@ import json
 
 import pytest
 
-from conftest import TINY, run_cli
+from conftest import run_cli
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One small run made through the command line, shared by the tests below."""
-    folder = tmp_path_factory.mktemp("cli")
-    text = folder / "text.txt"
-    text.write_text("ROMEO: what light through yonder window breaks?\n" * 200)
-    out = folder / "run"
-    r = run_cli("train", "--text", str(text), "--out", str(out), "--steps", "40",
-                "--eval-every", "20", *TINY)
-    assert r.returncode == 0, r.stderr
-    return out, r, text
-
-
-def test_train_prints_split_sizes_figures_and_summary(trained):
-    out, r, text = trained
+def test_train_prints_split_sizes_figures_and_summary(cli_run):
+    out, r, text = cli_run
     n = len(text.read_text())
     n_train = int(0.9 * n)
     assert f"vocab {len(set(text.read_text()))}," in r.stdout
@@ -31,8 +18,8 @@ def test_train_prints_split_sizes_figures_and_summary(trained):
     assert summary == json.loads((out / "summary.json").read_text())
 
 
-def test_sample_streams_prompt_and_is_seeded(trained):
-    out, _, _ = trained
+def test_sample_streams_prompt_and_is_seeded(cli_run):
+    out, _, _ = cli_run
     args = ["sample", "--run", str(out), "--prompt", "ROMEO:", "--max-new-tokens", "60"]
     a, b = run_cli(*args, "--seed", "1"), run_cli(*args, "--seed", "1")
     c = run_cli(*args, "--seed", "2")
@@ -43,10 +30,10 @@ def test_sample_streams_prompt_and_is_seeded(trained):
     assert greedy.returncode == 0 and greedy.stdout.startswith("ROMEO:")
 
 
-def test_resume_extends_a_run(trained, tmp_path):
+def test_resume_extends_a_run(cli_run, tmp_path):
     import shutil
 
-    out, _, _ = trained
+    out, _, _ = cli_run
     copy = tmp_path / "run"
     shutil.copytree(out, copy)
     r = run_cli("train", "--resume", str(copy), "--steps", "50", "--no-progress")
@@ -83,8 +70,8 @@ def test_help_explains_every_lesson_flag():
         (["train", "--resume", "{run}", "--n-layer", "3"], "cannot change n_layer"),
     ],
 )
-def test_bad_input_is_one_line_and_non_zero(trained, args, message):
-    out, _, text = trained
+def test_bad_input_is_one_line_and_non_zero(cli_run, args, message):
+    out, _, text = cli_run
     args = [a.format(run=out, text=text) for a in args]
     r = run_cli(*args, "--no-progress" if args[0] == "train" else "--seed=1")
     assert r.returncode == 2

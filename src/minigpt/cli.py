@@ -52,7 +52,7 @@ METAVARS = {int: "N", float: "X", str: "TEXT"}
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
     """--flag for every config field (except those set by the program), default: not given."""
-    for name, (section, f) in field_index().items():
+    for name, (_section, f) in field_index().items():
         if f.metadata.get("cli") is False:
             continue
         flag = "--" + name.replace("_", "-")
@@ -86,6 +86,75 @@ def build_parser() -> Parser:
                    help="continue the run in DIR from its last checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_flags(t)
+
+    c = sub.add_parser(
+        "compare", allow_abbrev=False, help="train variants side by side (SGD vs AdamW, ...)",
+        description="Train the same model from the same initial weights on the same batches "
+                    "with each variant, overlay the curves in compare.png and print a table. "
+                    "Axes combine: --optimizers sgd,adamw --clip 1,0 gives four runs.")
+    c.add_argument("--optimizers", metavar="LIST",
+                   help="e.g. sgd,adamw; give each its own peak lr as sgd:0.5,adamw:3e-3")
+    c.add_argument("--schedules", metavar="LIST", help="e.g. constant,cosine,cosine-annealing")
+    c.add_argument("--clip", metavar="LIST", help="gradient-clipping norms, 0 = off: e.g. 1,0")
+    c.add_argument("--preset", default="seed", metavar="NAME", help="base configuration")
+    c.add_argument("--config", metavar="FILE", help="TOML file over the preset")
+    c.add_argument("--out", metavar="DIR", help="comparison folder (default runs/compare-<time>)")
+    c.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_config_flags(c)
+    c.set_defaults(steps=1000)
+
+    au = sub.add_parser(
+        "autograd", allow_abbrev=False, help="autograd by example: value, gradient, graph",
+        description="Evaluate an expression of scalar variables, run backward(), and show the "
+                    "value, each gradient, the backward graph PyTorch built (each node's local "
+                    "derivative) and a finite-difference check of the chain rule. Default: the "
+                    "lesson's y = x**2 + 3*x + 1 at x = 2 (value 11, dy/dx = 7).")
+    au.add_argument("--expr", default="x**2 + 3*x + 1",
+                    help="numbers, variables, + - * / **, sin cos tan exp log sqrt tanh "
+                         "sigmoid relu abs")
+    au.add_argument("--at", default="x=2", metavar="NAME=VALUE,...",
+                    help="where to evaluate, e.g. x=2 or x=1,y=-0.5 (default x=2)")
+
+    gr = sub.add_parser(
+        "graph", allow_abbrev=False, help="draw the computation graph from the loss back",
+        description="Trace loss.grad_fn back to the embeddings for one batch of token ids and "
+                    "draw it (DOT, and SVG + PNG with Graphviz): parameters with their names, "
+                    "shapes and gradient norms. Without --run: a freshly initialised seed model.")
+    gr.add_argument("--run", metavar="DIR", help="draw this run's best checkpoint")
+    gr.add_argument("--collapse", action="store_true", help="one node per module")
+    gr.add_argument("--depth", type=int, default=1, metavar="N",
+                    help="with --collapse: modules N levels deep (1: blocks, 2: attn/ff/ln)")
+    gr.add_argument("--out", metavar="PATH",
+                    help="output path without suffix (default DIR/graph or ./graph)")
+
+    r = sub.add_parser("report", allow_abbrev=False, help="write a run's report.html",
+                       description="One self-contained HTML page for a run: figures, curves, "
+                                   "gradient flow, attention, samples, the computation graph "
+                                   "and the configuration.")
+    r.add_argument("--run", required=True, metavar="DIR", help="a run folder made by train")
+    r.add_argument("--out", metavar="FILE", help="where to write (default DIR/report.html)")
+
+    g = sub.add_parser("gradflow", allow_abbrev=False, help="gradient health on one batch",
+                       description="Forward and backward on one training batch of a run's "
+                                   "checkpoint, then one optimizer step on a copy: mean |grad|, "
+                                   "std, L2 norm and update/weight ratio for every parameter, "
+                                   "with dead, vanishing, exploding and non-finite flagged.")
+    g.add_argument("--run", required=True, metavar="DIR", help="a run folder made by train")
+    g.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    g.add_argument("--lr", type=float, metavar="X",
+                   help="learning rate of the probe step (default: the schedule's at that step)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+
+    a = sub.add_parser("attention", allow_abbrev=False, help="attention heatmaps for a text",
+                       description="Every layer's and head's attention weights for a text, as "
+                                   "a grid of heatmaps (layers x heads) with the characters on "
+                                   "the axes.")
+    a.add_argument("--run", required=True, metavar="DIR", help="a run folder made by train")
+    a.add_argument("--text", default="ROMEO: But soft, what light through yonder window",
+                   help="the text to read (at most block_size characters)")
+    a.add_argument("--out", metavar="FILE", help="PNG to write (default DIR/attention.png)")
+    a.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    a.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
 
     s = sub.add_parser("sample", allow_abbrev=False, help="generate text from a trained run",
                        description="Stream the prompt and its continuation to stdout.")
@@ -122,6 +191,114 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from minigpt.diagnostics.compare import compare, format_table, variants
+
+    runs = variants(args.optimizers, args.schedules, args.clip)
+    overrides = {k: v for k, v in vars(args).items() if k in field_index()}
+    cfg = resolve_config(args.preset, args.config, overrides)
+    out = args.out or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}"
+    logging.getLogger("minigpt").setLevel(logging.WARNING)  # the table says what matters
+    table = compare(cfg, runs, out, progress=not args.no_progress)
+    print(format_table(table))
+    print(f"curves: {out}/compare.png; table: {out}/compare.json")
+    return 0
+
+
+def parse_point(text: str) -> dict[str, float]:
+    """'x=1,y=-0.5' -> {'x': 1.0, 'y': -0.5}."""
+    point = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        try:
+            point[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise MiniGPTError(f"--at takes NAME=VALUE pairs separated by commas, got {text!r}")
+    return point
+
+
+def cmd_autograd(args: argparse.Namespace) -> int:
+    from minigpt.diagnostics.autograd import explain, format_report
+
+    print(format_report(explain(args.expr, parse_point(args.at))))
+    return 0
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from minigpt.diagnostics.graph import GraphvizMissing, draw_loss_graph
+    from minigpt.model import MiniGPT
+
+    if args.run:
+        from minigpt.checkpoint import load_model
+
+        model, tok, _ = load_model(args.run, "best")
+        vocab = tok.vocab_size
+    else:
+        model, vocab = MiniGPT(65), 65
+    out = args.out or (f"{args.run}/graph" if args.run else "graph")
+    try:
+        paths = draw_loss_graph(model, vocab, out, depth=args.depth if args.collapse else 0)
+    except GraphvizMissing as e:
+        print(f"minigpt: {e}", file=sys.stderr)
+        return 0
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from minigpt.checkpoint import load_model
+    from minigpt.diagnostics.graph import GraphvizMissing, draw_loss_graph
+    from minigpt.diagnostics.report import write_report
+
+    model, tok, _ = load_model(args.run, "best")
+    try:
+        draw_loss_graph(model, tok.vocab_size, f"{args.run}/graph", depth=1, formats=("svg",))
+    except GraphvizMissing as e:
+        print(f"minigpt: {e}; the report will have no graph", file=sys.stderr)
+    path = write_report(args.run, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_gradflow(args: argparse.Namespace) -> int:
+    from minigpt.diagnostics.gradflow import format_table, probe_batch_stats
+    from minigpt.trainer import open_run, schedule_lr
+
+    run = open_run(args.run, args.checkpoint, args.device)
+    lr = args.lr if args.lr is not None else schedule_lr(run.cfg.train, run.step)
+    x, y = run.batches.get_batch("train")
+    stats = probe_batch_stats(run.model, x, y, run.optimizer, lr=lr,
+                              grad_clip=run.cfg.train.grad_clip)
+    print(f"{args.run} at step {run.step} ({args.checkpoint}), one batch of "
+          f"{tuple(x.shape)}, probe step at lr {lr:.3g}")
+    print(format_table(stats))
+    return 0
+
+
+def cmd_attention(args: argparse.Namespace) -> int:
+    import torch
+
+    from minigpt.checkpoint import load_model
+    from minigpt.diagnostics.attention import attention_maps, plot_attention
+    from minigpt.environment import resolve_device
+
+    device = resolve_device(args.device)
+    model, tok, meta = load_model(args.run, args.checkpoint, device)
+    if not args.text or len(args.text) > model.block_size:
+        raise MiniGPTError(f"--text must have 1 to {model.block_size} characters "
+                           f"(block_size), got {len(args.text)}")
+    idx = torch.tensor([tok.encode(args.text)], device=device)
+    out = args.out or f"{args.run}/attention.png"
+    plot_attention(attention_maps(model, idx), list(args.text), out,
+                   title=f"attention after step {meta['step']:,}")
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
@@ -154,7 +331,10 @@ def main(argv: list[str] | None = None) -> int:
         logger.setLevel(logging.INFO)
     try:
         args = build_parser().parse_args(argv)
-        return {"train": cmd_train, "sample": cmd_sample}[args.command](args)
+        commands = {"train": cmd_train, "sample": cmd_sample, "compare": cmd_compare,
+                    "report": cmd_report, "gradflow": cmd_gradflow, "attention": cmd_attention,
+                    "autograd": cmd_autograd, "graph": cmd_graph}
+        return commands[args.command](args)
     except MiniGPTError as e:
         print(f"minigpt: error: {e}", file=sys.stderr)
         return 2

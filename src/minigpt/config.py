@@ -1,8 +1,8 @@
 """Typed configuration: dataclasses with defaults, TOML presets and files, command-line overrides.
 
 Precedence, lowest first: dataclass defaults < preset (`configs/<name>.toml`, `seed` by default)
-< `--config FILE` < command-line flags. A TOML file has the sections `[model]`, `[train]` and
-`[data]`; an unknown section or key is an error that suggests the closest valid name.
+< `--config FILE` < command-line flags. A TOML file has the sections `[model]`, `[train]`,
+`[data]` and `[diag]`; an unknown section or key is an error that suggests the closest valid name.
 """
 
 from __future__ import annotations
@@ -71,16 +71,30 @@ class DataConfig:
 
 
 @dataclass
+class DiagConfig:
+    """What a run records about itself besides its metrics (see minigpt.diagnostics)."""
+
+    gradflow_every: int = _opt(250, "record per-parameter gradient health every N steps (0 = off)")
+    attention_every: int = _opt(1000, "save attention heatmaps every N steps (0 = off)")
+    attention_text: str = _opt("ROMEO: But soft, what light", "text the attention maps read")
+    sample_every: int = _opt(1000, "record a 200-character sample every N steps (0 = off)")
+    tensorboard: bool = _opt(False, "also write TensorBoard event files to <run>/tensorboard")
+    plots: bool = _opt(True, "redraw loss.png and lr.png at every evaluation")
+    log_scale: bool = _opt(False, "draw loss.png with a logarithmic loss axis")
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    diag: DiagConfig = field(default_factory=DiagConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig, "diag": DiagConfig}
 
 
 def field_index() -> dict[str, tuple[str, dataclasses.Field]]:
@@ -189,5 +203,8 @@ def validate(cfg: RunConfig) -> None:
         raise MiniGPTError(f"'dropout' must be in [0, 1), got {m.dropout}")
     if not 0 < d.val_fraction < 1:
         raise MiniGPTError(f"'val_fraction' must be in (0, 1), got {d.val_fraction}")
+    for key in ("gradflow_every", "attention_every", "sample_every"):
+        if getattr(cfg.diag, key) < 0:
+            raise MiniGPTError(f"'{key}' must not be negative, got {getattr(cfg.diag, key)}")
     if t.min_lr > t.lr:
         raise MiniGPTError(f"min_lr ({t.min_lr}) must not exceed lr ({t.lr})")

@@ -74,3 +74,16 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, **kw) -> torch.Tenso
     """idx (B, T) followed by max_new_tokens sampled tokens: (B, T + max_new_tokens)."""
     new = list(stream(model, idx, max_new_tokens, **kw))
     return torch.cat([idx, *new], dim=1)
+
+
+def sample_text(model, tokenizer, prompt: str, max_new_tokens: int, seed: int = 1337,
+                **kw) -> str:
+    """A seeded sample continuing `prompt`, or the first vocabulary character when the prompt
+    has characters the tokenizer does not know (a run on another text)."""
+    if not set(prompt) <= set(tokenizer.chars):
+        prompt = tokenizer.chars[0]
+    device = next(model.parameters()).device
+    idx = torch.tensor([tokenizer.encode(prompt)], device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = generate(model, idx, max_new_tokens, generator=gen, **kw)
+    return tokenizer.decode(out[0].tolist())

@@ -24,10 +24,11 @@ from minigpt.atomic import atomic_write_text
 from minigpt.checkpoint import load_checkpoint, restore_model, restore_optimizer, save_checkpoint
 from minigpt.config import RunConfig, TrainConfig, apply_overrides
 from minigpt.data import Batches, Splits, ensure_tinyshakespeare, load_tokens
+from minigpt.diagnostics.probes import standard_probes
 from minigpt.environment import describe, resolve_device
 from minigpt.errors import MiniGPTError
 from minigpt.model import MiniGPT
-from minigpt.sample import generate
+from minigpt.sample import sample_text
 from minigpt.schedule import lr_at
 from minigpt.tokenizer import CharTokenizer
 
@@ -156,6 +157,7 @@ class Run:
     info: dict = field(default_factory=dict)
     last_val: float = math.nan  # the latest validation estimate, for the progress bar
     env: dict = field(default_factory=dict)  # versions, device, threads
+    probes: list = field(default_factory=list)  # minigpt.diagnostics.probes
 
     def rng_state(self) -> dict[str, torch.Tensor]:
         rng = {f"batches_{k}": g.get_state() for k, g in self.batches.generators.items()}
@@ -182,9 +184,12 @@ class Run:
         save_checkpoint(self.out_dir / "checkpoints", tags, self.model, self.optimizer, meta,
                         self.rng_state())
 
-    def write_metrics(self, row: dict) -> None:
+    def record(self, row: dict) -> None:
+        """Append the row to metrics.jsonl and show it to the probes."""
         with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
+        for probe in self.probes:
+            probe.on_row(self, row)
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
@@ -206,25 +211,15 @@ def resume_config(run_dir: str | Path, overrides: dict | None = None) -> RunConf
     return cfg
 
 
-def prepare_run(cfg: RunConfig, out_dir: str | Path | None = None,
-                resume: bool = False) -> Run:
-    """Data, tokenizer, model, optimizer and run folder; restored from `last` when resuming."""
+def build_run(cfg: RunConfig, out_dir: Path) -> Run:
+    """Data, tokenizer, a freshly initialised model (seeded), optimizer and batches; no files
+    are written."""
     device = resolve_device(cfg.train.device)
     text_path = Path(cfg.data.text) if cfg.data.text else ensure_tinyshakespeare()
     tokens, tokenizer = load_tokens(text_path)
     splits = Splits.from_tokens(tokens, cfg.data.val_fraction)
     splits.check(cfg.model.block_size)
     cfg.model.vocab_size = tokenizer.vocab_size
-
-    out_dir = Path(out_dir) if out_dir else default_run_dir(cfg)
-    if not resume and (out_dir / "checkpoints").exists():
-        raise MiniGPTError(f"{out_dir} already holds a run: resume it with --resume {out_dir}, "
-                           f"or choose another --out")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise MiniGPTError(f"cannot create run folder {out_dir}: {e.strerror}") from None
-
     torch.manual_seed(cfg.train.seed)
     model = MiniGPT.from_config(cfg.model).to(device)
     optimizer = make_optimizer(model, cfg.train)
@@ -233,19 +228,48 @@ def prepare_run(cfg: RunConfig, out_dir: str | Path | None = None,
     run = Run(cfg, out_dir, device, tokenizer, splits, batches, model, optimizer, stopper)
     run.info = {"text": str(text_path), "tokens": len(tokens), "train_tokens": len(splits.train),
                 "val_tokens": len(splits.val), "params": model.num_params()}
-    if resume:
-        restore(run)
-    else:
-        tokenizer.save(out_dir / "tokenizer.json")
     run.env = describe(device)
+    return run
+
+
+def prepare_run(cfg: RunConfig, out_dir: str | Path | None = None,
+                resume: bool = False) -> Run:
+    """A run ready to train: its folder, config.json and tokenizer.json written, and when
+    resuming, everything restored from the `last` checkpoint."""
+    out_dir = Path(out_dir) if out_dir else default_run_dir(cfg)
+    if not resume and (out_dir / "checkpoints").exists():
+        raise MiniGPTError(f"{out_dir} already holds a run: resume it with --resume {out_dir}, "
+                           f"or choose another --out")
+    run = build_run(cfg, out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MiniGPTError(f"cannot create run folder {out_dir}: {e.strerror}") from None
+    if resume:
+        restore(run, "last")
+        for name in ("metrics.jsonl", "gradflow.jsonl", "samples.jsonl"):
+            truncate_log(out_dir / name, run.step)  # lines after the checkpoint come again
+    else:
+        run.tokenizer.save(out_dir / "tokenizer.json")
     config_record = {"config": cfg.to_dict(), "data": run.info, "environment": run.env}
     atomic_write_text(out_dir / "config.json", json.dumps(config_record, indent=2) + "\n")
     return run
 
 
-def restore(run: Run) -> None:
-    """Load the `last` checkpoint into the run: weights, optimizer, RNG, loop state, metrics."""
-    ckpt = load_checkpoint(run.out_dir / "checkpoints", "last")
+def open_run(run_dir: str | Path, tag: str = "best", device: str = "auto") -> Run:
+    """A run as it was at one of its checkpoints, for the diagnostic commands (model in eval
+    mode, optimizer state, batches from its text); nothing in the folder changes."""
+    cfg = resume_config(run_dir)
+    cfg.train.device = device
+    run = build_run(cfg, Path(run_dir))
+    restore(run, tag)
+    run.model.eval()
+    return run
+
+
+def restore(run: Run, tag: str = "last") -> None:
+    """Load a checkpoint into the run: weights, optimizer, RNG streams and loop state."""
+    ckpt = load_checkpoint(run.out_dir / "checkpoints", tag)
     if CharTokenizer.from_dict(ckpt.meta["tokenizer"]) != run.tokenizer:
         raise MiniGPTError("the text's vocabulary differs from the checkpoint's; resume with the "
                            "same --text the run was trained on")
@@ -255,11 +279,10 @@ def restore(run: Run) -> None:
     run.step = ckpt.meta["step"]
     run.stopper.best = ckpt.meta["early_stopping"]["best"]
     run.stopper.bad_evals = ckpt.meta["early_stopping"]["bad_evals"]
-    truncate_metrics(run.out_dir / "metrics.jsonl", run.step)
 
 
-def truncate_metrics(path: Path, step: int) -> None:
-    """Keep only the metric lines of steps before `step` (those the checkpoint includes)."""
+def truncate_log(path: Path, step: int) -> None:
+    """Keep only the lines of steps before `step` (those the checkpoint includes)."""
     if not path.exists():
         return
     kept = [line for line in path.read_text(encoding="utf-8").splitlines()
@@ -271,9 +294,14 @@ def truncate_metrics(path: Path, step: int) -> None:
 
 
 def train(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = False,
-          progress: bool = True) -> dict:
-    """Train a MiniGPT as cfg says; write the run folder; return the summary."""
+          progress: bool = True, probes: list | None = None) -> dict:
+    """Train a MiniGPT as cfg says; write the run folder; return the summary.
+
+    `probes` replaces the diagnostics the config asks for (see minigpt.diagnostics.probes)."""
     run = prepare_run(cfg, out_dir, resume)
+    run.probes = standard_probes(run) if probes is None else probes
+    for probe in run.probes:
+        probe.start(run)
     model, optimizer, batches, t = run.model, run.optimizer, run.batches, cfg.train
     env = run.env
     log.info(f"run folder {run.out_dir} | torch {env['torch']} on {env['device']}, "
@@ -309,7 +337,7 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = Fals
             if step % t.eval_every == 0 or last:
                 evaluate(run, row, bar)
                 meter.pause()  # evaluation time is not training throughput
-            run.write_metrics(row)
+            run.record(row)  # metrics.jsonl, plots, probes
             if run.stopper.should_stop:
                 log.info(f"early stopping at step {step}: no improvement for "
                          f"{run.stopper.patience} evaluations (best {run.stopper.best:.4f})")
@@ -393,17 +421,11 @@ def finish(run: Run, wall_s: float, meter: Throughput) -> dict:
     log.info(f"final validation loss (whole split, {run.info['val_tokens']:,} tokens): "
              f"{final:.4f}; best estimate {run.stopper.best:.4f}; {run.step} steps in "
              f"{wall_s:.0f} s, {summary['tokens_per_s']:,} tok/s")
+    for probe in run.probes:
+        probe.end(run, summary)
     if cfg.train.sample_tokens:
-        log.info("sample:\n" + sample_text(run, "ROMEO:", cfg.train.sample_tokens))
+        text = sample_text(run.model, run.tokenizer, "ROMEO:", cfg.train.sample_tokens,
+                           seed=cfg.train.seed)
+        log.info("sample:\n" + text)
     log.info(f"continue it with: minigpt sample --run {run.out_dir} --prompt \"ROMEO:\"")
     return summary
-
-
-def sample_text(run: Run, prompt: str, n: int) -> str:
-    """A seeded sample from the current model, from `prompt` if its characters are known."""
-    tok = run.tokenizer
-    if not set(prompt) <= set(tok.chars):
-        prompt = tok.chars[0]
-    idx = torch.tensor([tok.encode(prompt)], device=run.device)
-    gen = torch.Generator(device=run.device).manual_seed(run.cfg.train.seed)
-    return tok.decode(generate(run.model, idx, n, generator=gen)[0].tolist())

@@ -1,0 +1,190 @@
+"""Attention maps: the softmax weights every head of every layer gives each earlier character of
+one text, and a heatmap grid of them.
+
+The model's attention runs as one fused kernel (F.scaled_dot_product_attention) that never
+materialises the weights, so `attention_maps` captures each block's attention input with forward
+pre-hooks during one ordinary forward pass and recomputes softmax(q k^T / sqrt(d_k)), causally
+masked, from the block's own Wq and Wk. The model is left exactly as it was.
+
+    maps = attention_maps(model, torch.tensor([tok.encode(text)]))  # (n_layer, n_head, T, T)
+    plot_attention(maps, list(text), "attention.png", title="step 500")
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from minigpt.diagnostics.plots import new_figure, save_png
+from minigpt.errors import MiniGPTError
+
+# how characters that would print as nothing are shown on the axes
+SHOWN_AS = {"\n": "⏎", " ": "␣", "\t": "⇥"}
+MAX_TICKS = 64  # label every character up to this many; beyond it every k-th
+
+
+def attention_weights(attn: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d_k)) with the causal mask, for a CausalSelfAttention and its input
+    x (B, T, C): (B, n_head, T, T), exactly zero above the diagonal, rows summing to 1."""
+    B, T, C = x.shape
+    q = attn.Wq(x).view(B, T, attn.n_head, attn.d_k).transpose(1, 2)  # (B, nh, T, hs)
+    k = attn.Wk(x).view(B, T, attn.n_head, attn.d_k).transpose(1, 2)  # (B, nh, T, hs)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(attn.d_k)  # (B, nh, T, T)
+    future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)  # (T, T)
+    return scores.masked_fill(future, float("-inf")).softmax(dim=-1)  # (B, nh, T, T)
+
+
+def attention_maps(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
+    """Attention weights of every layer and head for one sequence idx (1, T) of token ids:
+    a float32 CPU tensor (n_layer, n_head, T, T); row i is what position i attends to.
+
+    Runs in eval mode (no dropout) without gradients; the model's mode is restored and its
+    hooks removed, whatever happens.
+    """
+    if idx.dim() != 2 or idx.size(0) != 1:
+        raise MiniGPTError(f"attention maps need one sequence of shape (1, T), "
+                           f"got {tuple(idx.shape)}")
+    inputs: list[torch.Tensor] = []
+
+    def keep_input(module, args):
+        inputs.append(args[0])
+
+    hooks = [block.attn.register_forward_pre_hook(keep_input) for block in model.blocks]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(idx)
+            maps = [attention_weights(block.attn, x)[0]  # (nh, T, T)
+                    for block, x in zip(model.blocks, inputs, strict=True)]
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return torch.stack(maps).float().cpu()  # (n_layer, nh, T, T)
+
+
+def display_label(label: str) -> str:
+    """A label that shows on an axis: newline as ⏎, space as ␣, tab as ⇥, other unprintable
+    characters escaped ('\\x07')."""
+    shown = "".join(SHOWN_AS.get(c, c) for c in label)
+    return shown if shown.isprintable() else repr(shown)[1:-1]
+
+
+def tick_step(n: int, max_ticks: int = MAX_TICKS) -> int:
+    """Label every k-th position so at most max_ticks labels fit on an axis of n positions."""
+    return max(1, math.ceil(n / max_ticks))
+
+
+def plot_attention(maps, labels: list[str], path: str | Path, title: str | None = None) -> Path:
+    """A PNG grid of heatmaps, layers as rows and heads as columns, query characters down the
+    side and key characters along the bottom of each; one colour bar; written atomically.
+
+    maps is (n_layer, n_head, T, T) (a tensor or array, as from `attention_maps`); labels are
+    the T characters (or token strings). The colour scale is linear from 0 to 1 (the same for
+    every head, so heads compare); the masked future is light grey. Every position is labelled
+    up to T = MAX_TICKS, every k-th beyond. The layout is computed, not constrained: a 4 x 4
+    grid of 64 characters renders in a few seconds.
+    """
+    weights = _as_maps(maps, labels)
+    n_layer, n_head, T, _ = weights.shape
+    shown = [display_label(s) for s in labels]
+    ticks = list(range(0, T, tick_step(T)))
+    grid = _GridLayout(n_layer, n_head, len(ticks), max(len(shown[i]) for i in ticks), title)
+    fig = new_figure(*grid.size, dpi=100)
+    image = None
+    for layer in range(n_layer):
+        for head in range(n_head):
+            ax = fig.add_axes(grid.cell(layer, head))
+            image = _heatmap(ax, weights[layer, head], shown, ticks, grid.font_size)
+            # a fixed y spares matplotlib a tight-bbox search for each title's place
+            ax.set_title(f"layer {layer} · head {head}", fontsize=9, y=1.0, pad=3)
+            if head == 0:
+                ax.set_ylabel("query (attending)", labelpad=grid.gutter * 72)
+            if layer == n_layer - 1:
+                ax.set_xlabel("key (attended to)", labelpad=grid.gutter * 72)
+    fig.colorbar(image, cax=fig.add_axes(grid.colour_bar()), label="attention weight")
+    if title:
+        fig.suptitle(title, y=1 - 0.12 / grid.size[1], va="top")
+    return save_png(fig, path)
+
+
+class _GridLayout:
+    """Where each heatmap goes, in figure fractions, from sizes in inches: a square heatmap
+    with room for one tick label per position, a gutter for the labels, a title above each."""
+
+    LEFT, RIGHT, BOTTOM, GAP, TITLE = 0.35, 1.0, 0.35, 0.18, 0.3
+
+    def __init__(self, n_layer: int, n_head: int, n_ticks: int, label_chars: int,
+                 title: str | None):
+        self.n_layer, self.n_head = n_layer, n_head
+        self.font_size = 7 if n_ticks > 24 else 9
+        self.side = max(1.6, 0.105 * n_ticks + 0.2)
+        self.gutter = 0.12 + 0.075 * label_chars * self.font_size / 7  # tick labels
+        self.top = 0.5 if title else 0.1
+        self.col = self.gutter + self.side + self.GAP
+        self.row = self.TITLE + self.side + self.gutter + self.GAP
+        self.size = (self.LEFT + n_head * self.col + self.RIGHT,
+                     self.top + n_layer * self.row + self.BOTTOM)
+
+    def cell(self, layer: int, head: int) -> tuple[float, float, float, float]:
+        x = self.LEFT + head * self.col + self.gutter
+        y = self.BOTTOM + (self.n_layer - 1 - layer) * self.row + self.gutter + self.GAP
+        return self._fraction(x, y, self.side, self.side)
+
+    def colour_bar(self) -> tuple[float, float, float, float]:
+        height = min(self.size[1] - self.top - self.BOTTOM, max(2.0, 0.3 * self.size[1]))
+        y = self.size[1] - self.top - self.TITLE - height
+        return self._fraction(self.size[0] - self.RIGHT + 0.1, max(y, self.BOTTOM), 0.18, height)
+
+    def _fraction(self, x: float, y: float, w: float, h: float):
+        width, height = self.size
+        return (x / width, y / height, w / width, h / height)
+
+
+def _as_maps(maps, labels: list[str]):
+    """maps as a float numpy array (L, H, T, T), checked against the labels."""
+    import numpy as np
+
+    weights = maps.detach().float().cpu().numpy() if isinstance(maps, torch.Tensor) else maps
+    weights = np.asarray(weights, dtype=np.float32)
+    if weights.ndim != 4 or weights.shape[-1] != weights.shape[-2] or 0 in weights.shape:
+        raise MiniGPTError(f"attention maps must be (n_layer, n_head, T, T), "
+                           f"got {weights.shape}")
+    if len(labels) != weights.shape[-1]:
+        raise MiniGPTError(f"{len(labels)} labels for attention maps over "
+                           f"{weights.shape[-1]} positions")
+    return weights
+
+
+def _heatmap(ax, w, shown: list[str], ticks: list[int], font_size: int):
+    """One head's (T, T) weights with the future masked out."""
+    import numpy as np
+    from matplotlib import colormaps
+
+    T = w.shape[0]
+    future = np.triu(np.ones((T, T), dtype=bool), 1)  # (T, T)
+    cmap = colormaps["magma_r"].with_extremes(bad="#e6e6e6")
+    image = ax.imshow(np.ma.masked_where(future, w), cmap=cmap, vmin=0.0, vmax=1.0,
+                      interpolation="nearest")
+    _label_positions(ax, [shown[i] for i in ticks], ticks, font_size)
+    return image
+
+
+def _label_positions(ax, names: list[str], ticks: list[int], font_size: int) -> None:
+    """Characters under the columns and left of the rows, as plain text: matplotlib's tick
+    machinery costs a few milliseconds per tick, and a 4 x 4 grid of 64 characters has 2048."""
+    from matplotlib.transforms import blended_transform_factory
+
+    ax.set_xticks([])
+    ax.set_yticks([])
+    font = {"fontsize": font_size, "family": "DejaVu Sans Mono"}
+    below = blended_transform_factory(ax.transData, ax.transAxes)  # x in data, y in axes
+    left = blended_transform_factory(ax.transAxes, ax.transData)  # x in axes, y in data
+    rotation = 90 if any(len(n) > 1 for n in names) else 0
+    for i, name in zip(ticks, names, strict=True):
+        ax.text(i, -0.008, name, transform=below, ha="center", va="top", rotation=rotation,
+                **font)
+        ax.text(-0.008, i, name, transform=left, ha="right", va="center", **font)

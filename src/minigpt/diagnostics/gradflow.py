@@ -1,0 +1,312 @@
+"""Gradient-flow health: per-parameter gradient statistics, flags for dead, vanishing, exploding
+and non-finite gradients, per-layer gradient norms, a terminal table and a plot over training.
+
+It is a probe, not a per-step cost: `grad_stats` waits for the device once per call, so call it
+every N steps. In a training loop (or from the optimizer's step pre/post hooks):
+
+    before = snapshot(model)            # after backward (and clipping), before the step
+    optimizer.step()
+    stats = grad_stats(model, before)   # the gradients the step used, and |dw| / |w|
+    history.append({"step": step, "layers": layer_norms(stats)})
+    ...
+    plot_layer_norms(history, "gradflow.png")
+
+`grad_stats` reads whatever is in `param.grad`: called after clipping it sees the clipped
+gradients (then no parameter can exceed the clip norm, so `exploding` only fires without
+clipping or before it; the loop's pre-clip `grad_norm` still shows a spike).
+
+Flags, on a parameter's gradient L2 norm (`grad_norm`); at most one per parameter:
+    nonfinite   any NaN or inf element (checked first: then the norm means nothing)
+    dead        every element exactly zero, or no gradient at all (`grad` is None after a
+                backward: the parameter is not on the loss's path); frozen parameters
+                (requires_grad False) are left out of the statistics altogether
+    vanishing   0 < norm < vanish (default VANISH = 1e-7)
+    exploding   norm > explode (default EXPLODE = 100)
+
+Why these defaults: for the lesson's model (vocab 65, 64 wide, 4 layers, batch 16 x 128, AdamW
+at 1e-3) the per-parameter gradient norms measured between about 5e-6 (a late layer's query
+bias at initialisation) and 1.5 (lm_head at initialisation), and the global norm the loop clips
+stays near 1. VANISH is fifty times below the smallest healthy norm: with SGD such a gradient
+moves nothing, and Adam, which divides by the gradient's size, would be stepping on noise.
+EXPLODE is a hundred times the usual clip threshold.
+
+Exempt (EXEMPT, by name suffix): an attention layer's key bias `attn.Wk.bias`. Its gradient is
+zero in exact arithmetic, because adding the same vector to every key adds a constant to each
+row of scores, which softmax ignores; in float32 it is rounding noise (1e-12 to 1e-9 measured).
+It is never flagged dead or vanishing (it would be at every probe, for every layer); it is still
+flagged nonfinite or exploding. Pass exempt=() to see it flagged.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from minigpt.diagnostics.plots import new_figure, save_png
+from minigpt.errors import MiniGPTError
+
+VANISH = 1e-7
+EXPLODE = 1e2
+EXEMPT = ("attn.Wk.bias",)  # gradient zero by symmetry: never dead or vanishing
+FLAGS = ("nonfinite", "dead", "vanishing", "exploding")
+
+
+@dataclass
+class ParamStats:
+    """One parameter's gradient health; `flags` holds at most one of FLAGS."""
+
+    name: str
+    shape: tuple[int, ...]
+    grad_mean_abs: float  # mean of |g|
+    grad_std: float  # population standard deviation of g (correction 0)
+    grad_norm: float  # ||g||, the L2 norm of the whole gradient
+    weight_norm: float  # ||w|| of the weights now (after the step, if one was taken)
+    update_ratio: float | None = None  # ||w - w_before|| / ||w_before||; None if not measured
+    flags: list[str] = field(default_factory=list)
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every trainable weight, by name: take it just before `optimizer.step()`."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def grad_stats(model: torch.nn.Module, before: dict[str, torch.Tensor] | None = None,
+               vanish: float = VANISH, explode: float = EXPLODE,
+               exempt: tuple[str, ...] = EXEMPT) -> list[ParamStats]:
+    """Gradient statistics and flags of every trainable parameter, in `named_parameters` order.
+
+    With `before` (a `snapshot` from just before the optimizer step) each parameter also gets
+    its update-to-weight ratio ||w_after - w_before|| / ||w_before||. The measured change already
+    includes the learning rate (for plain SGD it is exactly lr * ||g|| / ||w||), so it is the
+    lesson's lr * |update| / |weight|; around 1e-3 is the usual healthy value. It is None for
+    a weight that was all zeros before the step (a fresh LayerNorm bias), where it is undefined.
+    Parameters whose name ends with one of `exempt` are never flagged dead or vanishing.
+    """
+    if not 0 <= vanish < explode:
+        raise MiniGPTError(f"need 0 <= vanish < explode, got vanish {vanish:g}, "
+                           f"explode {explode:g}")
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not any(p.grad is not None for _, p in named):
+        raise MiniGPTError("no gradients to read: call loss.backward() before grad_stats")
+    device = named[0][1].device
+    rows = torch.stack([_measure(p, _before_of(before, n, p)).to(device) for n, p in named])
+    values = rows.tolist()  # (P, 8) on the host: the one device sync of the call
+    return [_param_stats(n, p, v, before is not None and n in before, vanish, explode,
+                         n.endswith(exempt))
+            for (n, p), v in zip(named, values, strict=True)]
+
+
+def _before_of(before: dict[str, torch.Tensor] | None, name: str,
+               p: torch.Tensor) -> torch.Tensor | None:
+    if before is None or name not in before:
+        return None
+    if before[name].shape != p.shape:
+        raise MiniGPTError(f"snapshot does not fit the model: {name} is {tuple(p.shape)}, "
+                           f"the snapshot's {tuple(before[name].shape)}")
+    return before[name]
+
+
+@torch.no_grad()
+def _measure(p: torch.Tensor, w_before: torch.Tensor | None) -> torch.Tensor:
+    """(8,) mean|g|, std g, ||g||, ||w||, all-zero, all-finite, ||w - w_before||, ||w_before||;
+    the last two are NaN without a snapshot."""
+    w = p.detach().float()
+    if p.grad is None:
+        zero = torch.zeros((), device=p.device)
+        g_part = [zero, zero, zero, zero + 1, zero + 1]  # no gradient: dead, finite
+    else:
+        g = p.grad.detach().float()
+        g_part = [g.abs().mean(), g.std(correction=0), torch.linalg.vector_norm(g),
+                  (g == 0).all().float(), torch.isfinite(g).all().float()]
+    if w_before is None:
+        nan = torch.full((), math.nan, device=p.device)
+        dw = [nan, nan]
+    else:
+        w0 = w_before.detach().float().to(p.device)
+        dw = [torch.linalg.vector_norm(w - w0), torch.linalg.vector_norm(w0)]
+    mean_abs, std, norm, all_zero, finite = g_part
+    return torch.stack([mean_abs, std, norm, torch.linalg.vector_norm(w), all_zero, finite,
+                        *dw])
+
+
+def _param_stats(name: str, p: torch.Tensor, v: list[float], measured: bool, vanish: float,
+                 explode: float, exempt: bool) -> ParamStats:
+    mean_abs, std, norm, w_norm, all_zero, finite, d_norm, b_norm = v
+    ratio = d_norm / b_norm if measured and b_norm > 0 else None
+    flags = _flags(norm, all_zero == 1, finite == 1, vanish, explode)
+    if exempt:
+        flags = [f for f in flags if f not in ("dead", "vanishing")]
+    return ParamStats(name, tuple(p.shape), mean_abs, std, norm, w_norm, ratio, flags)
+
+
+def _flags(norm: float, all_zero: bool, finite: bool, vanish: float, explode: float) -> list[str]:
+    """At most one flag, the first that applies: nonfinite, dead, vanishing, exploding."""
+    if not finite:
+        return ["nonfinite"]
+    if all_zero:
+        return ["dead"]
+    if norm < vanish:
+        return ["vanishing"]
+    if norm > explode:
+        return ["exploding"]
+    return []
+
+
+def layer_of(name: str) -> str:
+    """The layer group a parameter belongs to: 'blocks.2.attn.Wq.weight' -> 'blocks.2',
+    'ln_f.weight' -> 'ln_f', 'token_emb.weight' -> 'token_emb'."""
+    parts = name.split(".")
+    return ".".join(parts[:2]) if parts[0] == "blocks" and len(parts) > 2 else parts[0]
+
+
+def layer_norms(stats: list[ParamStats]) -> dict[str, float]:
+    """Gradient L2 norm of each layer group (sqrt of the sum of its members' squared norms), in
+    model order: token_emb, pos_emb, blocks.0, ..., ln_f, lm_head."""
+    squares: dict[str, float] = {}
+    for s in stats:
+        layer = layer_of(s.name)
+        squares[layer] = squares.get(layer, 0.0) + s.grad_norm ** 2
+    return {layer: math.sqrt(total) for layer, total in squares.items()}
+
+
+def format_table(stats: list[ParamStats]) -> str:
+    """An aligned text table, one parameter a line, with a FLAGS column and a summary line."""
+    header = ["PARAMETER", "SHAPE", "MEAN|G|", "STD(G)", "NORM(G)", "NORM(W)", "UPDATE/W",
+              "FLAGS"]
+    rows = [[s.name, "x".join(map(str, s.shape)) or "scalar", _num(s.grad_mean_abs),
+             _num(s.grad_std), _num(s.grad_norm), _num(s.weight_norm), _num(s.update_ratio),
+             ",".join(s.flags) or "-"] for s in stats]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [_line(header, widths), _line(["-" * w for w in widths], widths)]
+    lines += [_line(r, widths) for r in rows]
+    lines.append(summary_line(stats))
+    return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2e}"
+
+
+def _line(cells: list[str], widths: list[int]) -> str:
+    """Name and shape left-aligned, numbers right-aligned, flags left-aligned."""
+    out = [cells[0].ljust(widths[0]), cells[1].ljust(widths[1])]
+    out += [c.rjust(w) for c, w in zip(cells[2:-1], widths[2:-1], strict=True)]
+    out.append(cells[-1])
+    return "  ".join(out).rstrip()
+
+
+def summary_line(stats: list[ParamStats]) -> str:
+    """'3 of 42 parameters flagged: 2 dead, 1 vanishing' or '42 parameters, none flagged'."""
+    counts = {f: sum(f in s.flags for s in stats) for f in FLAGS}
+    flagged = sum(bool(s.flags) for s in stats)
+    if not flagged:
+        return f"{len(stats)} parameters, none flagged"
+    parts = ", ".join(f"{n} {f}" for f, n in counts.items() if n)
+    return f"{flagged} of {len(stats)} parameters flagged: {parts}"
+
+
+def probe_batch_stats(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                      optimizer: torch.optim.Optimizer | None = None, lr: float | None = None,
+                      grad_clip: float = 0.0, vanish: float = VANISH,
+                      explode: float = EXPLODE, exempt: tuple[str, ...] = EXEMPT
+                      ) -> list[ParamStats]:
+    """Forward and backward on one batch (in training mode) and the gradient statistics.
+
+    Everything happens on a deep copy: the caller's model (weights, gradients, mode) and
+    optimizer (state, learning rate) are untouched. With an optimizer (holding this model's
+    parameters, e.g. restored from a checkpoint) the copy takes one step, at `lr` if given,
+    after clipping to `grad_clip` (0 = none) as the training loop does, so the statistics
+    include the update-to-weight ratio.
+    """
+    if optimizer is not None:
+        _check_optimizer_holds(model, optimizer)
+    work, opt = copy.deepcopy((model, optimizer))  # one memo: opt refers to work's parameters
+    work.train()
+    work.zero_grad(set_to_none=True)
+    _, loss = work(x, y)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_([p for p in work.parameters() if p.grad is not None],
+                                       grad_clip)
+    if opt is None:
+        return grad_stats(work, vanish=vanish, explode=explode, exempt=exempt)
+    if lr is not None:
+        for group in opt.param_groups:
+            group["lr"] = lr
+    before = snapshot(work)
+    opt.step()
+    return grad_stats(work, before, vanish=vanish, explode=explode, exempt=exempt)
+
+
+def _check_optimizer_holds(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    own = {id(p) for p in model.parameters()}
+    if not all(id(p) in own for g in optimizer.param_groups for p in g["params"]):
+        raise MiniGPTError("the optimizer does not hold this model's parameters")
+
+
+def plot_layer_norms(history: list[dict], path: str | Path, title: str | None = None) -> Path:
+    """A PNG of each layer's gradient norm against step (log y), from rows
+    {"step": int, "layers": {layer: norm}} (extra keys ignored); written atomically.
+
+    Zero and non-finite norms cannot sit on a log axis: they are left out of the line and the
+    legend says at how many steps (a dead layer shows as a missing line with that note).
+    """
+    if not history:
+        raise MiniGPTError("no gradient-flow rows to plot")
+    layers = list(dict.fromkeys(name for row in history for name in row["layers"]))
+    fig = new_figure(9.0, 5.0, layout="constrained")
+    ax = fig.add_subplot()
+    any_positive = False
+    for layer, style in zip(layers, _line_styles(layers), strict=True):
+        steps, norms, hidden = _layer_series(history, layer)
+        any_positive |= any(v > 0 for v in norms if math.isfinite(v))
+        label = layer + (f" (zero or non-finite at {hidden} steps)" if hidden else "")
+        ax.plot(steps, norms, label=label, marker="o" if len(history) <= 30 else None,
+                ms=3, lw=1.4, **style)
+    if any_positive:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("gradient L2 norm of the layer")
+    ax.set_title(title or "gradient flow: gradient norm per layer")
+    ax.grid(True, which="major", alpha=0.35)
+    ax.grid(True, which="minor", alpha=0.1)
+    fig.legend(loc="outside right upper", fontsize=8)
+    return save_png(fig, path)
+
+
+def _layer_series(history: list[dict], layer: str) -> tuple[list[int], list[float], int]:
+    """Steps and norms of one layer; zero and non-finite norms become NaN (a gap) and are
+    counted."""
+    steps, norms, hidden = [], [], 0
+    for row in history:
+        if layer not in row["layers"]:
+            continue
+        value = float(row["layers"][layer])
+        if not (math.isfinite(value) and value > 0):
+            hidden += 1
+            value = math.nan
+        steps.append(row["step"])
+        norms.append(value)
+    return steps, norms, hidden
+
+
+def _line_styles(layers: list[str]) -> list[dict]:
+    """Blocks along a viridis ramp (input to output), the other layers in fixed colours,
+    dashed."""
+    from matplotlib import colormaps
+
+    blocks = [name for name in layers if name.startswith("blocks.")]
+    ramp = colormaps["viridis"]
+    others = iter(["#d62728", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f", "#17becf"] * 8)
+    styles = []
+    for name in layers:
+        if name in blocks:
+            i = blocks.index(name)
+            styles.append({"color": ramp(0.9 * i / max(len(blocks) - 1, 1)), "ls": "-"})
+        else:
+            styles.append({"color": next(others), "ls": "--"})
+    return styles

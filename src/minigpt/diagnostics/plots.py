@@ -1,0 +1,103 @@
+"""Curves from a run's metrics.jsonl: loss.png (train and validation loss against step) and
+lr.png (the learning rate the schedule gave each step), and the overlay used by `compare`.
+
+matplotlib is imported inside the functions, and figures are drawn on their own Agg canvas
+(no pyplot, no global backend), so importing this module is free and nothing leaks.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from minigpt.atomic import atomic_path
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def new_figure(width: float, height: float, dpi: int = 110, **kw):
+    """A matplotlib Figure on its own Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=dpi, **kw)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_png(fig, path: str | Path) -> Path:
+    """Write the figure as PNG through a temporary file renamed into place."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
+
+
+def _axes(width: float = 7.0, height: float = 4.0):
+    fig = new_figure(width, height, layout="tight")
+    ax = fig.subplots()
+    ax.grid(True, alpha=0.3)
+    return fig, ax
+
+
+def plot_loss(rows: list[dict], path: str | Path, log_scale: bool = False,
+              title: str | None = None) -> Path:
+    """Train loss (every logged step) and validation loss (every evaluation) against step."""
+    fig, ax = _axes()
+    ax.plot([r["step"] for r in rows], [r["train_loss"] for r in rows], label="train",
+            lw=1, alpha=0.8)
+    val = [r for r in rows if "val_loss" in r]
+    ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation",
+            ms=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy loss (nats)")
+    if log_scale:
+        ax.set_yscale("log")
+    ax.set_title(title or "loss")
+    ax.legend()
+    return save_png(fig, path)
+
+
+def plot_lr(rows: list[dict], path: str | Path) -> Path:
+    fig, ax = _axes(7.0, 3.0)
+    ax.plot([r["step"] for r in rows], [r["lr"] for r in rows], lw=1.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel("learning rate")
+    ax.set_title("learning-rate schedule")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    return save_png(fig, path)
+
+
+def plot_run_curves(run_dir: str | Path, log_scale: bool = False) -> list[Path]:
+    """loss.png and lr.png in the run folder, from its metrics.jsonl."""
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    if not rows:
+        return []
+    return [plot_loss(rows, run_dir / "loss.png", log_scale, title=f"loss: {run_dir.name}"),
+            plot_lr(rows, run_dir / "lr.png")]
+
+
+def plot_overlay(curves: dict[str, list[dict]], path: str | Path, title: str,
+                 log_scale: bool = False) -> Path:
+    """Validation loss (solid) and train loss (faint) of several runs on one axis."""
+    fig, ax = _axes(8.0, 4.5)
+    for i, (name, rows) in enumerate(curves.items()):
+        colour = f"C{i}"
+        ax.plot([r["step"] for r in rows], [r["train_loss"] for r in rows], color=colour,
+                lw=0.8, alpha=0.35)
+        val = [r for r in rows if "val_loss" in r]
+        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", color=colour,
+                ms=3, label=f"{name} (val)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats); faint: train")
+    if log_scale:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    return save_png(fig, path)

@@ -1,0 +1,126 @@
+"""`minigpt report --run DIR`: one self-contained report.html for a run, images embedded.
+
+Sections: summary figures, configuration and environment, loss and learning-rate curves,
+gradient flow, attention snapshots, samples at several steps, and the computation graph.
+Everything is read from the run folder; a section whose files are missing says so.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from minigpt.atomic import atomic_write_text
+from minigpt.diagnostics.plots import read_metrics
+from minigpt.errors import MiniGPTError
+
+STYLE = """
+body { font: 15px/1.5 system-ui, sans-serif; color: #1d2330; background: #f6f7f9; margin: 0; }
+main { max-width: 1100px; margin: 0 auto; padding: 24px; }
+h1 { margin: 0 0 4px; } h2 { margin-top: 32px; border-bottom: 1px solid #d5d9e0; }
+section { background: white; border-radius: 8px; padding: 4px 20px 16px; margin: 16px 0;
+          box-shadow: 0 1px 3px rgba(0,0,0,.08); }
+table { border-collapse: collapse; } td, th { padding: 3px 12px 3px 0; text-align: left; }
+th { color: #5a6272; font-weight: 500; } td.num { font-variant-numeric: tabular-nums; }
+img { max-width: 100%; height: auto; display: block; margin: 8px 0; }
+pre { background: #f0f2f5; padding: 12px; border-radius: 6px; white-space: pre-wrap; }
+.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(460px, 1fr)); gap: 12px; }
+.muted { color: #6b7280; } nav a { margin-right: 14px; }
+"""
+
+SECTIONS = [("summary", "Summary"), ("curves", "Loss and learning rate"),
+            ("gradflow", "Gradient flow"), ("attention", "Attention"), ("samples", "Samples"),
+            ("graph", "Computation graph"), ("config", "Configuration")]
+
+
+def image_tag(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    kind = "svg+xml" if path.suffix == ".svg" else "png"
+    return f'<img alt="{html.escape(alt)}" src="data:image/{kind};base64,{data}">'
+
+
+def missing(what: str) -> str:
+    return f'<p class="muted">No {html.escape(what)} in this run.</p>'
+
+
+def summary_html(run_dir: Path) -> str:
+    path = run_dir / "summary.json"
+    if not path.exists():
+        return missing("summary.json (the run has not finished)")
+    s = json.loads(path.read_text())
+    rows = [("final validation loss (whole split)", f"{s['final_val_loss']:.4f}"),
+            ("best validation estimate", f"{s['best_val_loss']:.4f}"),
+            ("steps", f"{s['steps']:,}"), ("wall time", f"{s['wall_s']:.1f} s"),
+            ("tokens / s", f"{s['tokens_per_s']:,}"), ("parameters", f"{s['params']:,}")]
+    return "<table>" + "".join(f"<tr><th>{k}</th><td class=num>{v}</td></tr>"
+                               for k, v in rows) + "</table>"
+
+
+def curves_html(run_dir: Path) -> str:
+    imgs = [image_tag(run_dir / f, f) for f in ("loss.png", "lr.png") if (run_dir / f).exists()]
+    return "".join(imgs) or missing("loss.png or lr.png")
+
+
+def gradflow_html(run_dir: Path) -> str:
+    if not (run_dir / "gradflow.png").exists():
+        return missing("gradient-flow record (--gradflow-every was 0)")
+    rows = read_metrics(run_dir / "gradflow.jsonl")
+    flagged = sum(1 for r in rows if r["flagged"])
+    note = (f"<p>{len(rows)} probes; {flagged} with flagged parameters.</p>" if rows else "")
+    return image_tag(run_dir / "gradflow.png", "per-layer gradient norm") + note
+
+
+def attention_html(run_dir: Path, most: int = 4) -> str:
+    shots = sorted((run_dir / "attention").glob("step-*.png"))
+    if not shots:
+        return missing("attention snapshots (--attention-every was 0)")
+    if len(shots) > most:  # first, last and evenly spaced between
+        shots = [shots[round(i * (len(shots) - 1) / (most - 1))] for i in range(most)]
+    return "".join(f"<h3>{p.stem}</h3>{image_tag(p, p.stem)}" for p in shots)
+
+
+def samples_html(run_dir: Path) -> str:
+    rows = read_metrics(run_dir / "samples.jsonl")
+    if not rows:
+        return missing("samples")
+    return "".join(f"<h3>step {r['step']:,}</h3><pre>{html.escape(r['text'])}</pre>"
+                   for r in rows)
+
+
+def graph_html(run_dir: Path) -> str:
+    for name in ("graph.svg", "graph.png"):
+        if (run_dir / name).exists():
+            return image_tag(run_dir / name, "computation graph")
+    return missing("computation graph (graph.svg; run minigpt graph --run DIR)")
+
+
+def config_html(run_dir: Path) -> str:
+    path = run_dir / "config.json"
+    if not path.exists():
+        return missing("config.json")
+    return f"<pre>{html.escape(json.dumps(json.loads(path.read_text()), indent=2))}</pre>"
+
+
+def build_report(run_dir: str | Path) -> str:
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise MiniGPTError(f"{run_dir} is not a run folder (no config.json)")
+    parts = {"summary": summary_html, "curves": curves_html, "gradflow": gradflow_html,
+             "attention": attention_html, "samples": samples_html, "graph": graph_html,
+             "config": config_html}
+    nav = "".join(f'<a href="#{key}">{title}</a>' for key, title in SECTIONS)
+    body = "".join(f'<section id="{key}"><h2>{title}</h2>{parts[key](run_dir)}</section>'
+                   for key, title in SECTIONS)
+    title = f"minigpt run {html.escape(run_dir.name)}"
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{title}</title><style>{STYLE}</style></head>"
+            f"<body><main><h1>{title}</h1><nav>{nav}</nav>{body}</main></body></html>\n")
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    out = Path(out) if out else Path(run_dir) / "report.html"
+    atomic_write_text(out, build_report(run_dir))
+    return out

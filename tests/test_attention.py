@@ -1,0 +1,184 @@
+"""Attention maps: causal, rows summing to one, equal to softmax(QK^T/sqrt(d)) recomputed by hand
+from each block's LayerNorm output, consistent with the model's fused attention output, and the
+model left exactly as it was; the heatmap grid is a real PNG of the right shape."""
+
+import copy
+import math
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+
+from minigpt import MiniGPT, MiniGPTError
+from minigpt.diagnostics.attention import (
+    MAX_TICKS,
+    attention_maps,
+    display_label,
+    plot_attention,
+    tick_step,
+)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def peaky(**kw) -> MiniGPT:
+    """A tiny model whose queries and keys are scaled up, so attention is far from uniform
+    (at initialisation every head spreads its weight almost evenly, and any bug hides)."""
+    model = MiniGPT(11, n_embd=16, n_layer=2, n_head=2, block_size=16, **kw)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.Wq.weight.mul_(40)
+            block.attn.Wk.weight.mul_(40)
+    return model
+
+
+def sequence(T: int = 12) -> torch.Tensor:
+    return torch.randint(0, 11, (1, T))
+
+
+def explicit_maps(model: MiniGPT, idx: torch.Tensor) -> torch.Tensor:
+    """The oracle: embeddings and blocks run by hand; each head's weights from its own slice of
+    Wq and Wk, exp of the shifted scores with the future zeroed, divided by the row sums."""
+    T = idx.shape[1]
+    x = model.token_emb.weight[idx[0]] + model.pos_emb.weight[:T]  # (T, C)
+    allowed = torch.tensor([[float(j <= i) for j in range(T)] for i in range(T)])  # (T, T)
+    layers = []
+    for block in model.blocks:
+        a = block.attn
+        h = block.ln1(x)  # (T, C)
+        heads = []
+        for n in range(a.n_head):
+            rows = slice(n * a.d_k, (n + 1) * a.d_k)
+            q = h @ a.Wq.weight[rows].T + a.Wq.bias[rows]  # (T, d)
+            k = h @ a.Wk.weight[rows].T + a.Wk.bias[rows]  # (T, d)
+            scores = (q @ k.T) / math.sqrt(a.d_k)
+            scores = scores - scores.max(dim=1, keepdim=True).values
+            e = torch.exp(scores) * allowed
+            heads.append(e / e.sum(dim=1, keepdim=True))
+        layers.append(torch.stack(heads))
+        x = block(x[None])[0]
+    return torch.stack(layers)  # (L, H, T, T)
+
+
+@torch.no_grad()
+def test_maps_equal_an_explicit_softmax_of_qk_from_each_ln1_output():
+    model = peaky().eval()
+    idx = sequence()
+    maps = attention_maps(model, idx)
+    assert maps.shape == (2, 2, 12, 12) and maps.dtype == torch.float32
+    expected = explicit_maps(model, idx)
+    torch.testing.assert_close(maps, expected, atol=1e-6, rtol=1e-5)
+    assert maps[:, :, 1:].amax(dim=-1).mean() > 0.6  # peaky: the comparison means something
+
+
+def test_maps_are_causal_and_rows_sum_to_one():
+    maps = attention_maps(peaky(), sequence(16))
+    future = torch.ones(16, 16, dtype=torch.bool).triu(1)
+    assert (maps[..., future] == 0).all()  # exactly zero above the diagonal
+    assert (maps[..., ~future] >= 0).all()
+    torch.testing.assert_close(maps.sum(-1), torch.ones(2, 2, 16), atol=1e-6, rtol=0)
+    assert (maps[..., 0, 0] == 1).all()  # the first position can only attend to itself
+
+
+@torch.no_grad()
+def test_maps_reproduce_the_models_fused_attention_output():
+    """weights @ V through Wo gives what scaled_dot_product_attention gave inside the model."""
+    model = peaky().eval()
+    idx = sequence()
+    maps = attention_maps(model, idx)
+    x = model.token_emb(idx) + model.pos_emb(torch.arange(idx.shape[1]))  # (1, T, C)
+    for layer, block in enumerate(model.blocks):
+        a, h = block.attn, block.ln1(x)
+        v = a.Wv(h).view(1, -1, a.n_head, a.d_k).transpose(1, 2)  # (1, nh, T, hs)
+        y = (maps[layer][None] @ v).transpose(1, 2).reshape(h.shape)  # (1, T, C)
+        torch.testing.assert_close(a.Wo(y), a(h), atol=1e-5, rtol=1e-4)
+        x = block(x)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_the_model_is_left_exactly_as_it_was(training):
+    model = peaky(dropout=0.2)
+    idx = sequence()
+    model.eval()
+    logits_before, _ = model(idx)
+    state = copy.deepcopy(model.state_dict())
+    model.train(training)
+    first = attention_maps(model, idx)
+    second = attention_maps(model, idx)
+    torch.testing.assert_close(first, second, atol=0, rtol=0)  # eval inside: no dropout
+    assert all(m.training == training for m in model.modules())
+    assert all(not b.attn._forward_pre_hooks and not b.attn._forward_hooks
+               for b in model.blocks)
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    model.eval()
+    logits_after, _ = model(idx)
+    assert torch.equal(logits_before, logits_after)
+
+
+def test_hooks_are_removed_and_mode_restored_when_the_forward_fails():
+    model = peaky().train()
+    with pytest.raises(MiniGPTError, match="longer than block_size"):
+        attention_maps(model, sequence(17))
+    assert model.training
+    assert all(not b.attn._forward_pre_hooks for b in model.blocks)
+
+
+@pytest.mark.parametrize("shape", [(2, 8), (8,), (1, 2, 8)])
+def test_only_one_sequence_is_accepted(shape):
+    with pytest.raises(MiniGPTError, match=r"one sequence of shape \(1, T\)"):
+        attention_maps(peaky(), torch.zeros(shape, dtype=torch.long))
+
+
+def test_labels_show_invisible_characters():
+    assert [display_label(c) for c in "a\n \t"] == ["a", "⏎", "␣", "⇥"]
+    assert display_label("\x07") == "\\x07"
+    assert display_label("ab c") == "ab␣c"
+
+
+@pytest.mark.parametrize("T, step", [(1, 1), (64, 1), (65, 2), (128, 2), (129, 3), (500, 8)])
+def test_tick_step_labels_at_most_max_ticks(T, step):
+    assert tick_step(T) == step
+    assert len(range(0, T, step)) <= MAX_TICKS
+
+
+# --- the picture ---------------------------------------------------------------------------
+
+
+def read_png(path) -> np.ndarray:
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    return matplotlib.image.imread(path)  # (H, W, 4)
+
+
+@pytest.mark.parametrize("n_layer, n_head", [(1, 3), (3, 1)])
+def test_plot_is_a_png_with_layers_as_rows_and_heads_as_columns(tmp_path, n_layer, n_head):
+    T = 10
+    maps = torch.rand(n_layer, n_head, T, T).tril().softmax(-1)
+    path = plot_attention(maps, list("to be or n"), tmp_path / "attn" / "step-1.png",
+                          title="a title")
+    pixels = read_png(path)
+    height, width = pixels.shape[:2]
+    if n_head > n_layer:
+        assert width / height > 1.8  # three heatmaps side by side
+    else:
+        assert height / width > 1.8  # three heatmaps stacked
+    assert pixels[..., :3].std() > 0.1  # not blank
+    assert [p.name for p in path.parent.iterdir()] == ["step-1.png"]  # no temporary left
+
+
+def test_plot_of_a_long_text_and_of_numpy_maps(tmp_path):
+    T = 100  # every 2nd character labelled
+    maps = attention_maps(MiniGPT(11, n_embd=8, n_layer=1, n_head=1, block_size=128),
+                          torch.randint(0, 11, (1, T))).numpy()
+    pixels = read_png(plot_attention(maps, ["x"] * T, tmp_path / "long.png"))
+    assert pixels.shape[0] > 500 and pixels.shape[1] > 500
+
+
+def test_plot_rejects_mismatched_labels_and_shapes(tmp_path):
+    maps = torch.rand(1, 1, 4, 4)
+    with pytest.raises(MiniGPTError, match="3 labels for attention maps over 4 positions"):
+        plot_attention(maps, list("abc"), tmp_path / "a.png")
+    with pytest.raises(MiniGPTError, match=r"must be \(n_layer, n_head, T, T\)"):
+        plot_attention(torch.rand(2, 4, 4), list("abcd"), tmp_path / "a.png")
+    assert not list(tmp_path.iterdir())

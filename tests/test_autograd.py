@@ -1,0 +1,237 @@
+"""minigpt.diagnostics.autograd: the safe formula parser and `explain`, checked against
+independently written torch functions (torch.autograd.grad) and central finite differences."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from minigpt.diagnostics.autograd import explain, format_report, parse_expr
+from minigpt.errors import MiniGPTError
+
+# formulas with an independently written torch function of the same variables, in order
+HAND_WRITTEN = [
+    ("x**2 + 3*x + 1", lambda x: x**2 + 3 * x + 1),
+    ("-x**2", lambda x: -(x**2)),  # ** binds tighter than unary minus
+    ("2**x**0.5", lambda x: 2 ** (x**0.5)),  # ** is right-associative
+    ("x - y - z", lambda x, y, z: (x - y) - z),
+    ("x/y/z", lambda x, y, z: (x / y) / z),
+    ("x*y + sin(x)*cos(y)", lambda x, y: x * y + torch.sin(x) * torch.cos(y)),
+    ("x**y", lambda x, y: torch.pow(x, y)),
+    ("log(x)*sqrt(y) - exp(-z)/tan(z)",
+     lambda x, y, z: torch.log(x) * torch.sqrt(y) - torch.exp(-z) / torch.tan(z)),
+    ("sigmoid(x*y) + tanh(z - x) + relu(y - 0.1) + abs(z - 3)",
+     lambda x, y, z: torch.sigmoid(x * y) + torch.tanh(z - x) + torch.relu(y - 0.1)
+     + torch.abs(z - 3)),
+    ("+x - -y", lambda x, y: x + y),
+    ("(x + 1)*(x + 1)*(x + 1)", lambda x: (x + 1) ** 3),
+]
+
+
+def _grads(fn, point: dict[str, float]) -> dict[str, float]:
+    """The oracle: torch.autograd.grad of an independently written function."""
+    leaves = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in point.values()]
+    grads = torch.autograd.grad(fn(*leaves), leaves)
+    return {k: float(g) for k, g in zip(point, grads, strict=True)}
+
+
+def _central(fn, point: dict[str, float], name: str, h: float = 1e-6) -> float:
+    """The second oracle: a central difference of the independently written function."""
+    def at(v: float) -> float:
+        args = {**point, name: v}
+        return float(fn(*(torch.tensor(a, dtype=torch.float64) for a in args.values())))
+    return (at(point[name] + h) - at(point[name] - h)) / (2 * h)
+
+
+def _random_expr(rng: random.Random, variables: list[str], depth: int):
+    """A random formula as (text, function), built side by side, defined for all reals."""
+    if depth == 0 or rng.random() < 0.25:
+        if rng.random() < 0.7:
+            i = rng.randrange(len(variables))
+            return variables[i], lambda *v, i=i: v[i]
+        c = round(rng.uniform(0.5, 3.0), 2)
+        return str(c), lambda *v, c=c: torch.tensor(c, dtype=torch.float64)
+    (a, fa), (b, fb) = (_random_expr(rng, variables, depth - 1) for _ in range(2))
+    choice = rng.randrange(10)
+    table = [
+        (f"({a}) + ({b})", lambda *v: fa(*v) + fb(*v)),
+        (f"({a}) - ({b})", lambda *v: fa(*v) - fb(*v)),
+        (f"({a})*({b})", lambda *v: fa(*v) * fb(*v)),
+        (f"({a})/(2 + ({b})**2)", lambda *v: fa(*v) / (2 + fb(*v) ** 2)),
+        (f"sin({a})", lambda *v: torch.sin(fa(*v))),
+        (f"cos({a})*tanh({b})", lambda *v: torch.cos(fa(*v)) * torch.tanh(fb(*v))),
+        (f"sigmoid({a})", lambda *v: torch.sigmoid(fa(*v))),
+        (f"log(1 + ({a})**2)", lambda *v: torch.log(1 + fa(*v) ** 2)),
+        (f"sqrt(1 + ({a})**2)", lambda *v: torch.sqrt(1 + fa(*v) ** 2)),
+        (f"exp(tanh({a}))", lambda *v: torch.exp(torch.tanh(fa(*v)))),
+    ]
+    return table[choice]
+
+
+def _random_cases(n: int, seed: int = 1234):
+    rng = random.Random(seed)
+    cases = []
+    while len(cases) < n:
+        variables = ["x", "y", "z"][: rng.randint(1, 3)]
+        text, fn = _random_expr(rng, variables, depth=3)
+        used = parse_expr(text).variables
+        if len(used) != len(variables):
+            continue  # the oracle takes every variable; the formula must use them all
+        point = {v: round(rng.uniform(-2, 2), 3) for v in variables}
+        cases.append((text, fn, point))
+    return cases
+
+
+def test_the_lessons_example():
+    report = explain()
+    assert report.expr == "x**2 + 3*x + 1" and report.at == {"x": 2.0}
+    assert report.value == 11.0
+    assert report.gradients == {"x": 7.0}
+    ops = [n.op for n in report.graph]
+    assert sorted(ops) == sorted(["AddBackward0", "AddBackward0", "MulBackward0",
+                                  "PowBackward0", "AccumulateGrad"])
+    assert ops[0] == "AddBackward0" and ops[-1] == "AccumulateGrad"
+    pow_node = next(n for n in report.graph if n.op == "PowBackward0")
+    assert pow_node.local == ("d(x**2)/dx = 2*x = 4",)
+    assert pow_node.grads_out == (4.0,)
+    mul_node = next(n for n in report.graph if n.op == "MulBackward0")
+    assert mul_node.local == ("d(3*x)/dx = 3",)
+    leaf = report.graph[-1]
+    assert leaf.expr == "x" and leaf.grad_in == 7.0
+    assert report.checks[0].abs_error < 1e-6 and report.checks[0].numeric == pytest.approx(7)
+
+
+def test_format_report_shows_value_gradient_graph_and_check():
+    text = format_report(explain("x**2 + 3*x + 1", {"x": 2}))
+    assert "y = 11" in text
+    assert "dy/dx = 7" in text
+    assert "d(x**2)/dx = 2*x = 4" in text
+    assert "x.grad = 3 + 4 = 7" in text or "x.grad = 4 + 3 = 7" in text
+    assert "ok" in text.splitlines()[-1]
+    assert all(len(line) <= 120 for line in text.splitlines()[1:])
+
+
+def test_graph_is_topological_and_each_variable_is_one_leaf():
+    report = explain("x*y + sin(x)*y**2 - x", {"x": 0.3, "y": -1.2})
+    for node in report.graph:
+        assert all(j is None or j > node.index for j in node.inputs)  # inputs come later
+    leaves = [n.expr for n in report.graph if n.op == "AccumulateGrad"]
+    assert sorted(leaves) == ["x", "y"]
+    # what each leaf received is what the nodes feeding it sent, summed (the chain rule)
+    for leaf in (n for n in report.graph if n.op == "AccumulateGrad"):
+        sent = sum(g for n in report.graph for j, g in zip(n.inputs, n.grads_out, strict=False)
+                   if j == leaf.index and g is not None)
+        assert sent == pytest.approx(leaf.grad_in, abs=1e-12)
+        assert leaf.grad_in == pytest.approx(report.gradients[leaf.expr], abs=1e-12)
+
+
+def test_output_is_called_f_when_y_is_a_variable():
+    text = format_report(explain("x*y", {"x": 2, "y": 5}))
+    assert "df/dx = 5" in text and "df/dy = 2" in text
+
+
+def test_a_bare_variable_has_gradient_one():
+    report = explain("x", {"x": 3.5})
+    assert report.value == 3.5 and report.gradients == {"x": 1.0} and report.graph == ()
+    assert "no operation" in format_report(report)
+
+
+@pytest.mark.parametrize("text, fn", HAND_WRITTEN, ids=[t for t, _ in HAND_WRITTEN])
+def test_hand_written_formulas_match_the_oracles(text, fn):
+    rng = random.Random(text)
+    point = {v: round(rng.uniform(0.4, 1.4), 3) for v in parse_expr(text).variables}
+    report = explain(text, point)
+    expected = _grads(fn, point)
+    assert report.value == pytest.approx(
+        float(fn(*(torch.tensor(v, dtype=torch.float64) for v in point.values()))), rel=1e-12)
+    for name, grad in expected.items():
+        assert report.gradients[name] == pytest.approx(grad, rel=1e-10, abs=1e-12)
+        assert report.gradients[name] == pytest.approx(_central(fn, point, name), rel=1e-5,
+                                                       abs=1e-6)
+    assert report.max_abs_error < 1e-5
+
+
+@pytest.mark.parametrize("text, fn, point", _random_cases(25),
+                         ids=[f"random{i}" for i in range(25)])
+def test_random_formulas_match_the_oracles(text, fn, point):
+    report = explain(text, point)
+    expected = _grads(fn, point)
+    assert set(report.gradients) == set(point)
+    for name, grad in expected.items():
+        assert report.gradients[name] == pytest.approx(grad, rel=1e-10, abs=1e-12)
+        assert report.gradients[name] == pytest.approx(_central(fn, point, name), rel=1e-5,
+                                                       abs=1e-6)
+    for check in report.checks:
+        assert check.abs_error <= 1e-5 * max(1.0, abs(check.autograd))
+
+
+def test_parse_keeps_the_variables_in_order_of_appearance():
+    assert parse_expr("z*x + y - x").variables == ("z", "x", "y")
+    assert parse_expr("x ** 2").text == "x**2"
+
+
+@pytest.mark.parametrize("text", [
+    "__import__('pathlib').Path({sentinel!r}).touch()",
+    "open({sentinel!r}, 'w')",
+    "exec(\"open({sentinel!r}, 'w')\")",
+    "(lambda: open({sentinel!r}, 'w'))()",
+    "x.__class__",
+    "sin.__globals__",
+    "[open({sentinel!r}, 'w') for x in [1]]",
+    "x[0]", "x // 2", "x % 2", "x @ x", "x if x else 1", "x < 1", "x and 1", "(x := 2)",
+    "'text'", "1j", "True", "foo(x)", "sin(x, 2)", "sin(x=1)", "sin(*x)", "sin", "_x + 1",
+    "", "   ", "x +", "x" * 1001,
+])
+def test_rejected_formulas_raise_one_line_errors_and_run_nothing(text, tmp_path):
+    sentinel = tmp_path / "ran"
+    text = text.replace("{sentinel!r}", repr(str(sentinel)))
+    for call in (lambda: parse_expr(text), lambda: explain(text, {"x": 1.0})):
+        with pytest.raises(MiniGPTError) as info:
+            call()
+        assert "\n" not in str(info.value) and str(info.value)
+    assert not sentinel.exists()
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("__import__('os')", "'__import__' is not allowed"),
+    ("os.system('ls')", "'os.system' is not allowed"),
+    ("x.real", "attribute access"),
+    ("lambda: 1", "lambda"),
+    ("foo(x)", "'foo' is not allowed"),
+    ("x // 2", "'//' is not allowed"),
+])
+def test_rejections_name_what_is_not_allowed(text, fragment):
+    with pytest.raises(MiniGPTError, match="not allowed") as info:
+        parse_expr(text)
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("text, at, fragment", [
+    ("x**2", {"x": 1.0, "z": 2.0}, "unknown variable 'z'"),
+    ("x*y", {"x": 1.0}, "no value for variable 'y'"),
+    ("1/(x - 2)", {"x": 2.0}, "division by zero in '1/(x - 2)'"),
+    ("x/0", {"x": 1.0}, "division by zero"),
+    ("log(x)", {"x": -1.0}, "'log(x)' is not finite"),
+    ("exp(x)", {"x": 1000.0}, "not finite"),
+    ("sqrt(x)", {"x": 0.0}, "gradient dy/dx is not finite"),
+    ("2*3", {}, "no variables"),
+    ("x", {"x": "2"}, "must be a number"),
+    ("x", {"x": float("nan")}, "must be finite"),
+])
+def test_user_errors_are_one_line_minigpt_errors(text, at, fragment):
+    with pytest.raises(MiniGPTError) as info:
+        explain(text, at)
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_kink_is_reported_not_hidden():
+    report = explain("abs(x)", {"x": 0.0})
+    assert report.gradients == {"x": 0.0}  # torch's choice of subgradient at the kink
+    assert math.isclose(report.checks[0].numeric, 0.0, abs_tol=1e-9)
+    report = explain("relu(x)", {"x": 1e-9})
+    assert report.gradients == {"x": 1.0}
+    assert "MISMATCH" in format_report(report)  # the difference straddles the kink

@@ -1,0 +1,99 @@
+"""The diagnostic commands on a run made by `minigpt train`: gradflow, attention, compare,
+report; the report opened in a real headless Chromium."""
+
+import json
+import shutil
+
+import pytest
+
+from conftest import TINY, run_cli
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_gradflow_table_covers_every_parameter(cli_run):
+    out, _, _ = cli_run
+    r = run_cli("gradflow", "--run", str(out))
+    assert r.returncode == 0, r.stderr
+    for name in ["token_emb.weight", "pos_emb.weight", "blocks.0.attn.Wq.weight",
+                 "blocks.0.ff.2.bias", "ln_f.weight", "lm_head.weight"]:
+        assert name in r.stdout
+    assert "at step 40 (best)" in r.stdout or "(best)" in r.stdout
+    assert "parameters" in r.stdout.strip().splitlines()[-1]  # the summary line
+
+
+def test_attention_command_writes_a_heatmap_grid(cli_run, tmp_path):
+    out, _, _ = cli_run
+    png = tmp_path / "att.png"
+    r = run_cli("attention", "--run", str(out), "--text", "ROMEO: what light", "--out", str(png))
+    assert r.returncode == 0, r.stderr
+    assert png.read_bytes()[:8] == PNG
+    too_long = run_cli("attention", "--run", str(out), "--text", "R" * 33)
+    assert too_long.returncode == 2 and "1 to 32 characters" in too_long.stderr
+
+
+def test_compare_command_prints_a_table(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("now is the winter of our discontent\n" * 100)
+    out = tmp_path / "cmp"
+    r = run_cli("compare", "--optimizers", "sgd:0.5,adamw", "--steps", "10", "--eval-every",
+                "5", "--text", str(text), "--out", str(out), "--gradflow-every", "0",
+                "--attention-every", "0", "--sample-every", "0", *TINY)
+    assert r.returncode == 0, r.stderr
+    assert "sgd lr 0.5" in r.stdout and "adamw" in r.stdout and "final val" in r.stdout
+    assert len(json.loads((out / "compare.json").read_text())) == 2
+    assert (out / "compare.png").read_bytes()[:8] == PNG
+
+
+@pytest.fixture(scope="module")
+def report(cli_run, tmp_path_factory):
+    out, _, _ = cli_run
+    folder = tmp_path_factory.mktemp("report") / "run"
+    shutil.copytree(out, folder)
+    r = run_cli("report", "--run", str(folder))
+    assert r.returncode == 0, r.stderr
+    return folder / "report.html"
+
+
+def test_report_is_self_contained(report):
+    page = report.read_text()
+    for section in ["summary", "curves", "gradflow", "attention", "samples", "graph", "config"]:
+        assert f'id="{section}"' in page
+    assert 'src="http' not in page and "src='http" not in page  # nothing fetched
+    assert page.count('src="data:image/') >= 5
+
+
+def launch_chromium(playwright):
+    if shutil.which("chromium") is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    return playwright.chromium.launch(
+        executable_path=shutil.which("chromium"),
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync", "--no-first-run"])
+
+
+def test_report_in_a_real_browser(report, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="playwright is not installed (pip install playwright)")
+    errors = []
+    with sync_api.sync_playwright() as p:
+        browser = launch_chromium(p)
+        page = browser.new_page(viewport={"width": 1366, "height": 768})  # a laptop screen
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(report.as_uri())
+        page.wait_for_load_state("load")
+        headings = page.locator("section h2").all_inner_texts()
+        images = page.evaluate("Array.from(document.images).map(i => i.naturalWidth)")
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        final = page.locator("#summary td").first.inner_text()
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    assert errors == []
+    assert headings == ["Summary", "Loss and learning rate", "Gradient flow", "Attention",
+                        "Samples", "Computation graph", "Configuration"]
+    assert len(images) >= 5 and all(w > 0 for w in images)  # every image decoded
+    assert overflow <= 0  # no sideways scrolling on a laptop
+    summary = json.loads((report.parent / "summary.json").read_text())
+    assert final == f"{summary['final_val_loss']:.4f}"
+    assert (tmp_path / "report.png").read_bytes()[:8] == PNG

@@ -1,0 +1,275 @@
+"""minigpt.diagnostics.graph: tracing a tiny MiniGPT's loss graph, collapsing it per module,
+DOT output and rendering (with Graphviz when it is installed, and without it)."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from collections import Counter, deque
+
+import pytest
+import torch
+
+from minigpt import MiniGPT
+from minigpt.diagnostics.graph import (
+    GraphvizMissing,
+    collapse,
+    gradient_norms,
+    loss_graph,
+    record_modules,
+    render,
+    to_dot,
+    trace,
+)
+from minigpt.errors import MiniGPTError
+
+VOCAB = 11
+needs_dot = pytest.mark.skipif(shutil.which("dot") is None,
+                               reason="Graphviz's dot is not installed (apt install graphviz)")
+
+
+def _model(**kw) -> MiniGPT:
+    return MiniGPT(VOCAB, n_embd=16, n_head=2, n_layer=2, block_size=8, **kw)
+
+
+@pytest.fixture
+def model() -> MiniGPT:
+    return _model()
+
+
+@pytest.fixture
+def traced(model):
+    loss, params = loss_graph(model, VOCAB, T=8)
+    nodes, edges = trace(loss, params)
+    return model, loss, params, nodes, edges
+
+
+def _acyclic(n: int, edges) -> bool:
+    """Kahn's algorithm: every node can be removed in some topological order."""
+    indegree = Counter(b for _, b in edges)
+    out = {}
+    for a, b in edges:
+        out.setdefault(a, []).append(b)
+    ready = deque(i for i in range(n) if indegree[i] == 0)
+    removed = 0
+    while ready:
+        a = ready.popleft()
+        removed += 1
+        for b in out.get(a, []):
+            indegree[b] -= 1
+            if indegree[b] == 0:
+                ready.append(b)
+    return removed == n
+
+
+def _reaches_root(n: int, edges) -> set[int]:
+    """The nodes with a path to node 0 (walking the edges backwards from the root)."""
+    into = {}
+    for a, b in edges:
+        into.setdefault(b, []).append(a)
+    seen, todo = {0}, [0]
+    while todo:
+        for a in into.get(todo.pop(), []):
+            if a not in seen:
+                seen.add(a)
+                todo.append(a)
+    return seen
+
+
+def _grad_fns(root):
+    """The oracle for the node count: every distinct autograd node behind root."""
+    seen, todo, pairs = set(), [root.grad_fn], set()
+    while todo:
+        fn = todo.pop()
+        if fn in seen:
+            continue
+        seen.add(fn)
+        for nxt, _ in fn.next_functions:
+            if nxt is not None:
+                pairs.add((nxt, fn))
+                todo.append(nxt)
+    return seen, pairs
+
+
+def test_loss_graph_feeds_token_ids_and_gives_the_initial_loss(model):
+    loss, params = loss_graph(model, VOCAB, T=8, seed=0)
+    assert loss.dim() == 0 and loss.requires_grad
+    assert abs(loss.item() - math.log(VOCAB)) < 0.1  # N(0, 0.02) weights: near-uniform logits
+    assert params == dict(model.named_parameters())
+    assert loss_graph(model, VOCAB, T=8, seed=0)[0].item() == loss.item()
+    assert loss_graph(model, VOCAB, T=8, seed=1)[0].item() != loss.item()
+
+
+def test_loss_graph_rejects_what_does_not_fit(model):
+    with pytest.raises(MiniGPTError, match="vocab_size"):
+        loss_graph(model, VOCAB + 1)
+    with pytest.raises(MiniGPTError, match="block_size"):
+        loss_graph(model, VOCAB, T=9)
+
+
+def test_trace_has_every_parameter_once_and_the_loss_at_the_root(traced):
+    model, loss, params, nodes, edges = traced
+    names = Counter(n.name for n in nodes if n.kind == "param")
+    assert names == Counter(dict.fromkeys(params, 1))
+    assert all(n.label.startswith(f"{n.name} (") for n in nodes if n.kind == "param")
+    assert [n.id for n in nodes] == list(range(len(nodes)))
+    assert nodes[0].label == "NllLoss" and nodes[0].kind == "op"
+    assert not any(a == 0 for a, _ in edges)  # the loss feeds nothing
+    sinks = {n.id for n in nodes} - {a for a, _ in edges}
+    assert sinks == {0}
+    assert _acyclic(len(nodes), edges)
+    assert {n.id for n in nodes} <= _reaches_root(len(nodes), edges)
+    fns, pairs = _grad_fns(loss)
+    assert len(nodes) == len(fns) and len(edges) == len(pairs)  # shared nodes counted once
+
+
+def test_trace_records_which_module_ran_each_op(traced):
+    *_, nodes, _ = traced
+    by_label = {}
+    for n in nodes:
+        by_label.setdefault(n.label, set()).add(n.module)
+    sdpa = next(label for label in by_label if label.startswith("ScaledDotProduct"))
+    assert by_label[sdpa] == {"blocks.0.attn", "blocks.1.attn"}
+    assert by_label["Gelu"] == {"blocks.0.ff.1", "blocks.1.ff.1"}
+    assert by_label["Embedding"] == {"token_emb", "pos_emb"}
+    assert by_label["NllLoss"] == {""} and by_label["LogSoftmax"] == {""}
+    # the residual adds are the blocks' own; the embedding sum is the model's own
+    assert by_label["Add"] == {"", "blocks.0", "blocks.1"}
+    ff0 = next(n for n in nodes if n.name == "blocks.1.ff.0.weight")
+    assert ff0.scope == ("blocks.1", "blocks.1.ff", "blocks.1.ff.0") and ff0.shape == (64, 16)
+
+
+def test_trace_counts_a_tied_weight_once():
+    model = _model(tie_weights=True)
+    loss, params = loss_graph(model, VOCAB)
+    nodes, edges = trace(loss, params)
+    emb = [n for n in nodes if n.name == "token_emb.weight"]
+    assert len(emb) == 1 and not any(n.name == "lm_head.weight" for n in nodes)
+    assert len([b for a, b in edges if a == emb[0].id]) == 2  # the embedding and lm_head
+
+
+def test_trace_works_after_backward_and_without_recording(model):
+    loss, params = loss_graph(model, VOCAB)
+    loss.backward()
+    nodes, _ = trace(loss, params)
+    assert sum(n.kind == "param" for n in nodes) == len(params)
+    x = torch.randint(0, VOCAB, (1, 4))
+    _, plain = model(x, x)  # not recorded: ops have no module, params no scope
+    nodes, edges = trace(plain)
+    assert all(n.module is None for n in nodes if n.kind == "op")
+    assert sum(n.kind == "tensor" for n in nodes) == len(params)  # unnamed leaves
+    small, _ = collapse(nodes, edges)
+    assert len(small) == len(nodes)  # nothing to group by
+
+
+def test_trace_rejects_a_tensor_without_history():
+    with pytest.raises(MiniGPTError, match="no autograd history"):
+        trace(torch.ones(3))
+
+
+def test_record_modules_leaves_no_hooks_behind(model):
+    with record_modules(model):
+        pass
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_collapse_gives_one_node_per_module_in_a_chain(traced):
+    model, _, params, nodes, edges = traced
+    small, small_edges = collapse(nodes, edges, depth=1)
+    labels = [n.label.split("\n")[0] for n in small]
+    assert sorted(labels) == sorted(["cross_entropy", "view", "lm_head", "ln_f", "blocks.1",
+                                     "blocks.0", "add", "token_emb", "pos_emb"])
+    assert small[0].label == "cross_entropy"  # the root's group comes first
+    named = {label: n.id for label, n in zip(labels, small, strict=True)}
+    chain = [("token_emb", "add"), ("pos_emb", "add"), ("add", "blocks.0"),
+             ("blocks.0", "blocks.1"), ("blocks.1", "ln_f"), ("ln_f", "lm_head"),
+             ("lm_head", "view"), ("view", "cross_entropy")]
+    assert sorted(small_edges) == sorted((named[a], named[b]) for a, b in chain)
+    grouped = Counter(p for n in small for p in n.params)
+    assert grouped == Counter(dict.fromkeys(params, 1))  # each parameter in one group
+    counts = [int(n.label.split("\n")[1].split()[0].replace(",", ""))
+              for n in small if n.kind == "module"]
+    assert sum(counts) == model.num_params()
+
+
+def test_collapse_depth_two_opens_the_blocks(traced):
+    *_, nodes, edges = traced
+    small, small_edges = collapse(nodes, edges, depth=2)
+    modules = Counter(n.module for n in small if n.kind == "module")
+    for i in range(2):
+        for part in ("ln1", "attn", "ln2", "ff"):
+            assert modules[f"blocks.{i}.{part}"] == 1
+    assert modules["lm_head"] == 1 and modules["token_emb"] == 1  # leaves stay whole
+    assert "blocks.0" not in modules  # its own residual adds became call nodes
+    assert sum(n.label == "add" for n in small) == 1 + 2 * 2
+    assert _acyclic(len(small), small_edges)
+    ff = next(n for n in small if n.module == "blocks.0.ff")
+    assert set(ff.params) == {f"blocks.0.ff.{i}.{w}" for i in (0, 2) for w in ("weight", "bias")}
+    with pytest.raises(MiniGPTError, match="at least 1"):
+        collapse(nodes, edges, depth=0)
+
+
+def test_to_dot_marks_parameters_ops_and_gradient_norms(traced):
+    _, loss, params, nodes, edges = traced
+    loss.backward()
+    norms = gradient_norms(params)
+    assert norms.keys() == params.keys()
+    assert norms["lm_head.weight"] == pytest.approx(float(params["lm_head.weight"].grad.norm()))
+    text = to_dot(nodes, edges, norms, title='tiny "GPT"')
+    for name in params:
+        assert f'label="{name} (' in text
+    param_lines = [line for line in text.splitlines() if "blocks.0.attn.Wq.weight" in line]
+    assert len(param_lines) == 1 and "shape=box" in param_lines[0]
+    assert f"|grad| {norms['blocks.0.attn.Wq.weight']:.3g}" in param_lines[0]
+    assert text.count("shape=ellipse") == sum(n.kind == "op" for n in nodes) - 1  # root apart
+    assert text.count("->") == len(edges)
+    assert 'label="tiny \\"GPT\\""' in text
+    small = collapse(nodes, edges)
+    text = to_dot(*small, norms)
+    block = next(line for line in text.splitlines() if 'label="blocks.0' in line)
+    expected = math.sqrt(sum(v * v for k, v in norms.items() if k.startswith("blocks.0.")))
+    assert f"|grad| {expected:.3g}" in block
+
+
+@needs_dot
+def test_dot_renders_the_full_and_collapsed_graphs(traced, tmp_path):
+    *_, nodes, edges = traced
+    for graph, name in (((nodes, edges), "full"), (collapse(nodes, edges, 2), "by-module")):
+        text = to_dot(*graph, title=name)
+        check = subprocess.run(["dot", "-Tcanon"], input=text, capture_output=True, text=True,
+                               timeout=60)
+        assert check.returncode == 0, check.stderr
+        paths = render(text, tmp_path / name)
+        assert [p.name for p in paths] == [f"{name}.dot", f"{name}.svg", f"{name}.png"]
+        assert (tmp_path / f"{name}.dot").read_text() == text
+        png = (tmp_path / f"{name}.png").read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+        svg = ET.parse(tmp_path / f"{name}.svg").getroot()
+        titles = {t.text for t in svg.iter("{http://www.w3.org/2000/svg}title")}
+        assert {f"n{n.id}" for n in graph[0]} <= titles
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave nothing behind
+
+
+def test_without_dot_only_the_dot_file_is_written(traced, tmp_path, monkeypatch):
+    *_, nodes, edges = traced
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    text = to_dot(*collapse(nodes, edges))
+    with pytest.raises(GraphvizMissing) as info:
+        render(text, tmp_path / "out" / "graph", formats=("png",))
+    message = str(info.value)
+    assert isinstance(info.value, MiniGPTError) and "\n" not in message
+    assert "apt install graphviz" in message and "brew install graphviz" in message
+    assert info.value.written == [tmp_path / "out" / "graph.dot"]
+    assert (tmp_path / "out" / "graph.dot").read_text() == text
+    assert not (tmp_path / "out" / "graph.png").exists()
+    assert render(text, tmp_path / "only", formats=("dot",)) == [tmp_path / "only.dot"]
+
+
+def test_render_rejects_an_unknown_format(tmp_path):
+    with pytest.raises(MiniGPTError, match="'jpeg'"):
+        render("digraph {}", tmp_path / "g", formats=("jpeg",))
+    assert not (tmp_path / "g.dot").exists()

@@ -1,0 +1,111 @@
+"""What a run records about itself: curves, gradient flow, attention, samples, TensorBoard,
+and `compare`, each checked against the run's own metrics or an independent computation."""
+
+import json
+import math
+
+import matplotlib.image
+import pytest
+
+from minigpt import resolve_config, train
+from minigpt.diagnostics.compare import compare, parse_axis, variants
+from minigpt.diagnostics.plots import read_metrics
+
+PNG = b"\x89PNG\r\n\x1a\n"
+TINY = dict(n_layer=2, n_embd=32, n_head=2, block_size=32, batch_size=8, sample_tokens=0,
+            eval_batches=2)
+
+
+def tiny(text, **kw):
+    return resolve_config("seed", None, {"text": str(text), **TINY, **kw})
+
+
+def assert_png(path):
+    assert path.read_bytes()[:8] == PNG
+    h, w, _ = matplotlib.image.imread(str(path)).shape
+    assert h > 100 and w > 100
+
+
+@pytest.fixture(scope="module")
+def probed_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("probed")
+    text = folder / "t.txt"
+    text.write_text("ROMEO: But soft, what light through yonder window breaks?\n" * 60)
+    cfg = tiny(text, steps=21, eval_every=10, log_every=5, gradflow_every=5,
+               attention_every=10, sample_every=10, tensorboard=True, grad_clip=0.0)
+    train(cfg, folder / "run", progress=False)
+    return folder / "run"
+
+
+def test_curves_drawn(probed_run):
+    assert_png(probed_run / "loss.png")
+    assert_png(probed_run / "lr.png")
+
+
+def test_gradflow_probe_matches_the_loops_gradient_norm(probed_run):
+    flows = read_metrics(probed_run / "gradflow.jsonl")
+    assert [r["step"] for r in flows] == [0, 5, 10, 15, 20]
+    norms = {r["step"]: r["grad_norm"] for r in read_metrics(probed_run / "metrics.jsonl")}
+    for r in flows:  # no clipping: the probe sees the same gradients the loop measured
+        total = math.sqrt(sum(v * v for v in r["layers"].values()))
+        assert total == pytest.approx(norms[r["step"]], rel=1e-4)
+        assert {"token_emb", "blocks.0", "blocks.1", "lm_head"} <= set(r["layers"])
+    assert_png(probed_run / "gradflow.png")
+
+
+def test_attention_snapshots_and_samples(probed_run):
+    shots = sorted(p.name for p in (probed_run / "attention").iterdir())
+    assert shots == ["step-000000.png", "step-000010.png", "step-000020.png",
+                     "step-000021.png"]
+    assert_png(probed_run / "attention" / "step-000021.png")
+    samples = read_metrics(probed_run / "samples.jsonl")
+    assert [s["step"] for s in samples] == [0, 10, 20, 21]
+    assert all(s["text"].startswith("ROMEO:") and len(s["text"]) == 206 for s in samples)
+
+
+def test_tensorboard_event_files_hold_the_tags(probed_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(probed_run / "tensorboard"))
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    assert {"loss/train", "loss/val", "lr", "grad_norm", "tokens_per_s"} <= scalars
+    assert {"grad_norm/blocks.0", "grad_norm/lm_head"} <= scalars
+    assert "attention" in acc.Tags()["images"]
+    train_losses = [e.value for e in acc.Scalars("loss/train")]
+    logged = [r["train_loss"] for r in read_metrics(probed_run / "metrics.jsonl")]
+    assert train_losses == pytest.approx(logged)
+
+
+def test_clipped_run_probe_sees_clipped_gradients(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("abcdefgh " * 400)
+    cfg = tiny(text, steps=6, eval_every=5, log_every=1, gradflow_every=1, grad_clip=0.05,
+               attention_every=0, sample_every=0)
+    train(cfg, tmp_path / "run", progress=False)
+    norms = {r["step"]: r["grad_norm"] for r in read_metrics(tmp_path / "run/metrics.jsonl")}
+    for r in read_metrics(tmp_path / "run/gradflow.jsonl"):
+        total = math.sqrt(sum(v * v for v in r["layers"].values()))
+        assert total == pytest.approx(min(norms[r["step"]], 0.05), rel=1e-3)
+
+
+def test_variant_axes():
+    assert parse_axis("sgd:0.5,adamw", "optimizer") == [{"optimizer": "sgd", "lr": 0.5},
+                                                       {"optimizer": "adamw"}]
+    assert list(variants("sgd,adamw", None, "1,0")) == [
+        "sgd clip 1", "sgd no clip", "adamw clip 1", "adamw no clip"]
+
+
+def test_compare_starts_every_variant_from_the_same_weights_and_batches(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be, that is the question\n" * 80)
+    base = tiny(text, steps=12, eval_every=6, log_every=1, gradflow_every=0, attention_every=0,
+                sample_every=0, warmup_steps=0, schedule="constant")
+    table = compare(base, variants("sgd:0.5,adamw:0.003"), tmp_path / "cmp", progress=False)
+    assert [r["variant"] for r in table] == ["sgd lr 0.5", "adamw lr 0.003"]
+    runs = [read_metrics(tmp_path / "cmp" / r["folder"] / "metrics.jsonl") for r in table]
+    assert runs[0][0]["train_loss"] == runs[1][0]["train_loss"]  # same init, same batch
+    assert runs[0][5]["train_loss"] != runs[1][5]["train_loss"]  # different updates
+    assert_png(tmp_path / "cmp" / "compare.png")
+    saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert [r["final_val_loss"] for r in saved] == [r["final_val_loss"] for r in table]
