@@ -97,3 +97,39 @@ def test_report_in_a_real_browser(report, tmp_path):
     summary = json.loads((report.parent / "summary.json").read_text())
     assert final == f"{summary['final_val_loss']:.4f}"
     assert (tmp_path / "report.png").read_bytes()[:8] == PNG
+
+
+def test_autograd_command_shows_the_lessons_example():
+    r = run_cli("autograd")
+    assert r.returncode == 0, r.stderr
+    assert "value       y = 11" in r.stdout and "dy/dx = 7" in r.stdout
+    assert "PowBackward0" in r.stdout and "x.grad = 3 + 4 = 7" in r.stdout
+    two = run_cli("autograd", "--expr", "x*y + sin(x)", "--at", "x=0,y=3")
+    assert two.returncode == 0 and "df/dx = 4" in two.stdout  # y + cos(0) = 3 + 1
+    for bad in (["--at", "x2"], ["--expr", "open('f')"], ["--expr", "x.real"]):
+        r = run_cli("autograd", *bad)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_graph_command_draws_the_run(cli_run, tmp_path):
+    out, _, _ = cli_run
+    if shutil.which("dot") is None:
+        pytest.skip("Graphviz is not installed (apt-get install graphviz)")
+    r = run_cli("graph", "--run", str(out), "--collapse", "--out", str(tmp_path / "g"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "g.png").read_bytes()[:8] == PNG
+    svg = (tmp_path / "g.svg").read_text()
+    assert "lm_head" in svg and "blocks.0" in svg and "token_emb" in svg
+
+
+def test_graph_command_without_graphviz_writes_dot_and_says_how(tmp_path):
+    import sys
+
+    bin_dir = tmp_path / "bin"  # a PATH with python but no dot
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    r = run_cli("graph", "--out", str(tmp_path / "g"), env={"PATH": str(bin_dir)})
+    assert r.returncode == 0, r.stderr
+    assert "install Graphviz" in r.stderr and "apt install graphviz" in r.stderr
+    assert (tmp_path / "g.dot").read_text().startswith("digraph")
+    assert not (tmp_path / "g.png").exists()

@@ -42,8 +42,8 @@ class TrainConfig:
     steps: int = _opt(5000, "optimizer steps")
     batch_size: int = _opt(32, "sequences per batch B")
     optimizer: str = _opt("adamw", "adamw or sgd", choices=("adamw", "sgd"))
-    lr: float = _opt(3e-3, "peak learning rate")
-    min_lr: float = _opt(3e-4, "floor of the cosine decay")
+    lr: float = _opt(1e-2, "peak learning rate")
+    min_lr: float = _opt(1e-3, "floor of the cosine decay")
     schedule: str = _opt(
         "cosine", "warmup + cosine to min_lr, constant, or the lesson's CosineAnnealingLR",
         choices=("cosine", "constant", "cosine-annealing"),

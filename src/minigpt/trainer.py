@@ -336,8 +336,8 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = Fals
             row = log_step(run, step, loss, lr, grad_norm, meter, bar)
             if step % t.eval_every == 0 or last:
                 evaluate(run, row, bar)
-                meter.pause()  # evaluation time is not training throughput
             run.record(row)  # metrics.jsonl, plots, probes
+            meter.pause()  # evaluation and probes are not training throughput
             if run.stopper.should_stop:
                 log.info(f"early stopping at step {step}: no improvement for "
                          f"{run.stopper.patience} evaluations (best {run.stopper.best:.4f})")
