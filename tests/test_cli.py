@@ -54,28 +54,66 @@ def test_help_explains_every_lesson_flag():
     assert run_cli("sample", "--help").returncode == 0
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["train", "--lrr", "1"], "did you mean --lr"),
-        (["train", "--preset", "sede"], "did you mean 'seed'"),
-        (["train", "--text", "/nonexistent/x.txt"], "text file not found"),
-        (["train", "--n-embd", "30", "--n-head", "4"], "divisible"),
-        (["train", "--steps", "0"], "'steps' must be positive"),
-        (["train", "--optimizer", "adam"], "invalid choice"),
-        (["train", "--block-size", "5000", "--text", "{text}"], "fewer than block_size + 1"),
-        (["sample", "--run", "{run}", "--prompt", "ZZZ"], "outside the vocabulary: 'Z'"),
-        (["sample", "--run", "/nonexistent"], "no 'best' checkpoint"),
-        (["sample", "--run", "{run}", "--top-p", "2"], "top_p must be in"),
-        (["train", "--resume", "{run}", "--n-layer", "3"], "cannot change n_layer"),
-    ],
-)
-def test_bad_input_is_one_line_and_non_zero(cli_run, args, message):
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    """Inputs a user might pass by mistake, one file each."""
+    d = tmp_path_factory.mktemp("bad")
+    (d / "empty.txt").write_text("")
+    (d / "latin1.txt").write_bytes("caf\xe9 cr\xe8me br\xfbl\xe9e\n".encode("latin-1") * 50)
+    (d / "binary.txt").write_bytes(bytes(range(256)) * 10)
+    (d / "short.txt").write_text("x" * 300)  # 270 train, 30 validation tokens
+    (d / "a-file").write_text("not a folder")
+    return d
+
+
+# every row: a mistake, and the words the one-line error must contain
+BAD_INPUT = [
+    (["train", "--lrr", "1"], "did you mean --lr"),
+    (["train", "--preset", "sede"], "did you mean 'seed'"),
+    (["train", "--config", "{bad}/missing.toml"], "config file not found"),
+    (["train", "--text", "/nonexistent/x.txt"], "text file not found"),
+    (["train", "--text", "{bad}"], "text file not found"),  # a folder
+    (["train", "--text", "{bad}/empty.txt"], "is empty"),
+    (["train", "--text", "{bad}/latin1.txt"], "is not UTF-8 text"),
+    (["train", "--text", "{bad}/binary.txt"], "is not UTF-8 text"),
+    (["train", "--text", "{bad}/short.txt"], "validation split has 30 tokens"),
+    (["train", "--text", "{bad}/short.txt", "--block-size", "280"], "train split has 270"),
+    (["train", "--n-embd", "30", "--n-head", "4"], "divisible"),
+    (["train", "--steps", "0"], "'steps' must be positive"),
+    (["train", "--steps", "-5"], "'steps' must be positive"),
+    (["train", "--batch-size", "-1"], "'batch_size' must be positive"),
+    (["train", "--block-size", "0"], "'block_size' must be positive"),
+    (["train", "--lr", "0"], "'lr' must be positive"),
+    (["train", "--lr", "-0.1"], "'lr' must be positive"),
+    (["train", "--optimizer", "adam"], "invalid choice"),
+    (["train", "--block-size", "5000", "--text", "{text}"], "fewer than block_size + 1"),
+    (["train", "--text", "{text}", "--out", "{bad}/a-file/run"], "cannot create run folder"),
+    (["train", "--text", "{text}", "--out", "{run}"], "already holds a run"),
+    (["train", "--resume", "{run}", "--n-layer", "3"], "cannot change n_layer"),
+    (["train", "--resume", "{run}", "--block-size", "64"], "cannot change block_size"),
+    (["train", "--resume", "{bad}"], "no 'last' checkpoint"),
+    (["sample", "--run", "{run}", "--prompt", "ZZZ"], "outside the vocabulary: 'Z'"),
+    (["sample", "--run", "/nonexistent"], "no 'best' checkpoint"),
+    (["sample", "--run", "{run}", "--top-p", "2"], "top_p must be in"),
+    (["sample", "--run", "{run}", "--top-k", "0"], "top_k must be >= 1"),
+    (["sample", "--run", "{run}", "--temperature", "-1"], "temperature must be >= 0"),
+    (["sample", "--run", "{run}", "--max-new-tokens", "-3"], "--max-new-tokens must be >= 0"),
+    (["attention", "--run", "{run}", "--text", ""], "1 to 32 characters"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUT)
+def test_bad_input_is_one_line_and_non_zero(cli_run, bad_files, args, message):
     out, _, text = cli_run
-    args = [a.format(run=out, text=text) for a in args]
-    r = run_cli(*args, "--no-progress" if args[0] == "train" else "--seed=1")
+    args = [a.format(run=out, text=text, bad=bad_files) for a in args]
+    def files():  # the token cache beside a text is a whole, reusable file: not a leftover
+        return sorted(p.name for p in bad_files.iterdir() if ".tokens." not in p.name)
+
+    before = files()
+    r = run_cli(*args, "--no-progress" if args[0] == "train" else "--device=cpu")
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("minigpt: error:")
     assert message in lines[0]
+    assert files() == before  # nothing half-written left behind

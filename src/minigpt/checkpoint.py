@@ -4,11 +4,13 @@ A run's `checkpoints/` folder holds
 
     step-000500.safetensors   model weights ("model.*"), optimizer state ("optim.*"),
                               random-generator states ("rng.*"): tensors only, no pickle
-    last.json, best.json      which file, its sha256, the step, the configs, the tokenizer,
+    step-000500.json          which file, its sha256, the step, the configs, the tokenizer,
                               the optimizer's hyper-parameters and the loop's state
+    last.json, best.json      copies of the newest and the best step's JSON
 
-Each file is written to a temporary name and renamed; the JSON is written last, so it only ever
-names a complete tensor file, and loading checks the sha256 it records.
+Each file is written to a temporary name and renamed; the JSONs are written after the tensors,
+so they only ever name a complete tensor file, and loading checks the sha256 they record. The
+newest `keep` steps and the best one are kept; older ones are removed.
 """
 
 from __future__ import annotations
@@ -73,8 +75,9 @@ def restore_optimizer(opt: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
 
 def save_checkpoint(folder: str | Path, tags: list[str], model: MiniGPT,
                     optimizer: torch.optim.Optimizer, meta: dict,
-                    rng: dict[str, torch.Tensor]) -> Path:
-    """Write step-<step>.safetensors, then point each tag (last, best) at it; prune the rest.
+                    rng: dict[str, torch.Tensor], keep: int = 1) -> Path:
+    """Write step-<step>.safetensors and its JSON, point each tag (last, best) at it, and
+    remove all but the newest `keep` steps and those a tag names.
 
     `meta` must hold at least "step"; configs, tokenizer and loop state travel with it."""
     folder = Path(folder)
@@ -83,23 +86,32 @@ def save_checkpoint(folder: str | Path, tags: list[str], model: MiniGPT,
     tensors = {f"model.{k}": v for k, v in model_tensors(model).items()}
     tensors |= {f"optim.{k}": v for k, v in opt_tensors.items()}
     tensors |= {f"rng.{k}": v.cpu() for k, v in rng.items()}
-    name = f"step-{meta['step']:06d}.safetensors"
-    with atomic_path(folder / name) as tmp:
+    stem = f"step-{meta['step']:06d}"
+    with atomic_path(folder / f"{stem}.safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={"format": FORMAT})
-    record = {"format": FORMAT, "file": name, "sha256": sha256_file(folder / name),
+    record = {"format": FORMAT, "file": f"{stem}.safetensors",
+              "sha256": sha256_file(folder / f"{stem}.safetensors"),
               **meta, "model": vars(model.config), "optimizer": opt_meta}
-    for tag in tags:
-        atomic_write_text(folder / f"{tag}.json", json.dumps(record, indent=1) + "\n")
-    _prune(folder)
-    return folder / name
+    text = json.dumps(record, indent=1) + "\n"
+    for tag in [stem, *tags]:
+        atomic_write_text(folder / f"{tag}.json", text)
+    prune(folder, keep)
+    return folder / f"{stem}.safetensors"
 
 
-def _prune(folder: Path) -> None:
-    """Remove tensor files that no tag names any more."""
-    named = {json.loads(p.read_text())["file"] for p in folder.glob("*.json")}
-    for p in folder.glob("step-*.safetensors"):
-        if p.name not in named:
-            p.unlink()
+def prune(folder: Path, keep: int) -> None:
+    """Keep the newest `keep` steps and the steps last.json and best.json name; remove the
+    other steps and any temporary file a killed writer left behind."""
+    steps = sorted(p.stem for p in folder.glob("step-*.json"))
+    named = set(steps[-keep:]) if keep > 0 else set()
+    for tag in ("last", "best"):
+        if (folder / f"{tag}.json").exists():
+            named.add(Path(json.loads((folder / f"{tag}.json").read_text())["file"]).stem)
+    for stem in set(steps) - named:
+        (folder / f"{stem}.safetensors").unlink(missing_ok=True)
+        (folder / f"{stem}.json").unlink()
+    for tmp in folder.glob(".*.tmp"):
+        tmp.unlink()
 
 
 def load_checkpoint(folder: str | Path, tag: str = "last") -> Checkpoint:

@@ -19,7 +19,7 @@ from dataclasses import MISSING
 from tqdm.auto import tqdm
 
 from minigpt.config import field_index, preset_names, resolve_config
-from minigpt.errors import MiniGPTError
+from minigpt.errors import MiniGPTError, TrainingStopped
 
 
 class Parser(argparse.ArgumentParser):
@@ -338,6 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     except MiniGPTError as e:
         print(f"minigpt: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, permissions, a vanished file: say which, in one line
+        where = f": {e.filename}" if e.filename else ""
+        print(f"minigpt: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
+    except TrainingStopped as e:  # SIGINT / SIGTERM: checkpoint saved, already said how
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("minigpt: interrupted", file=sys.stderr)
         return 130

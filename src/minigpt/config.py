@@ -59,6 +59,8 @@ class TrainConfig:
     patience: int = _opt(0, "stop after N evaluations without improvement (0 = off)")
     min_delta: float = _opt(0.0, "improvement smaller than this does not count")
     log_every: int = _opt(50, "write a metrics line every N steps")
+    keep: int = _opt(2, "checkpoints kept besides the best: the newest N")
+    skip_nonfinite: int = _opt(0, "skip up to N batches whose gradients are NaN or inf")
     seed: int = _opt(1337, "seed for initial weights and batch sampling")
     device: str = _opt("auto", "auto, cpu, cuda, cuda:N or mps")
     sample_tokens: int = _opt(200, "length of the sample printed at the end (0 = none)")
@@ -188,7 +190,7 @@ def validate(cfg: RunConfig) -> None:
         "n_embd": m.n_embd, "n_head": m.n_head, "n_layer": m.n_layer,
         "block_size": m.block_size, "steps": t.steps, "batch_size": t.batch_size,
         "lr": t.lr, "eval_every": t.eval_every, "eval_batches": t.eval_batches,
-        "log_every": t.log_every,
+        "log_every": t.log_every, "keep": t.keep,
     }
     for key, value in positive.items():
         if not value > 0:
@@ -196,7 +198,7 @@ def validate(cfg: RunConfig) -> None:
     if m.n_embd % m.n_head:
         raise MiniGPTError(f"n_embd ({m.n_embd}) must be divisible by n_head ({m.n_head})")
     for key in ("min_lr", "warmup_steps", "weight_decay", "grad_clip", "patience",
-                "min_delta", "momentum", "sample_tokens"):
+                "min_delta", "momentum", "sample_tokens", "skip_nonfinite"):
         if getattr(t, key) < 0:
             raise MiniGPTError(f"'{key}' must not be negative, got {getattr(t, key)}")
     if not 0 <= m.dropout < 1:

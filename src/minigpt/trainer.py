@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,7 +28,7 @@ from minigpt.config import RunConfig, TrainConfig, apply_overrides
 from minigpt.data import Batches, Splits, ensure_tinyshakespeare, load_tokens
 from minigpt.diagnostics.probes import standard_probes
 from minigpt.environment import describe, resolve_device
-from minigpt.errors import MiniGPTError
+from minigpt.errors import MiniGPTError, TrainingStopped
 from minigpt.model import MiniGPT
 from minigpt.sample import sample_text
 from minigpt.schedule import lr_at
@@ -158,6 +160,7 @@ class Run:
     last_val: float = math.nan  # the latest validation estimate, for the progress bar
     env: dict = field(default_factory=dict)  # versions, device, threads
     probes: list = field(default_factory=list)  # minigpt.diagnostics.probes
+    skipped: int = 0  # batches skipped for non-finite gradients
 
     def rng_state(self) -> dict[str, torch.Tensor]:
         rng = {f"batches_{k}": g.get_state() for k, g in self.batches.generators.items()}
@@ -180,9 +183,10 @@ class Run:
             "data": vars(self.cfg.data),
             "tokenizer": self.tokenizer.to_dict(),
             "early_stopping": {"best": self.stopper.best, "bad_evals": self.stopper.bad_evals},
+            "skipped_batches": self.skipped,
         }
         save_checkpoint(self.out_dir / "checkpoints", tags, self.model, self.optimizer, meta,
-                        self.rng_state())
+                        self.rng_state(), keep=self.cfg.train.keep)
 
     def record(self, row: dict) -> None:
         """Append the row to metrics.jsonl and show it to the probes."""
@@ -279,6 +283,7 @@ def restore(run: Run, tag: str = "last") -> None:
     run.step = ckpt.meta["step"]
     run.stopper.best = ckpt.meta["early_stopping"]["best"]
     run.stopper.bad_evals = ckpt.meta["early_stopping"]["bad_evals"]
+    run.skipped = ckpt.meta["skipped_batches"]
 
 
 def truncate_log(path: Path, step: int) -> None:
@@ -319,30 +324,38 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = Fals
     set_lr(optimizer, schedule_lr(t, run.step))
     model.train()
 
-    for step in range(run.step, t.steps):
-        lr = optimizer.param_groups[0]["lr"]
-        xb, yb = batches.get_batch("train")  # 1. a batch of (B, T) inputs and targets
-        logits, loss = model(xb, yb)  # 2. forward and loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # 3. backward: gradients of the loss for every parameter
-        grad_norm = clip_gradients(model, t.grad_clip)
-        optimizer.step()  # 4. step: update the weights
-        set_lr(optimizer, schedule_lr(t, step + 1))  # 5. schedule the next step's rate
-        run.step = step + 1
-        bar.update()
+    with StopSignals() as signals:
+        for step in range(run.step, t.steps):
+            lr = optimizer.param_groups[0]["lr"]
+            xb, yb = batches.get_batch("train")  # 1. a batch of (B, T) inputs and targets
+            logits, loss = model(xb, yb)  # 2. forward and loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # 3. backward: gradients of the loss for every parameter
+            grad_norm = clip_gradients(model, t.grad_clip)
+            if torch.isfinite(grad_norm):  # a NaN or inf never reaches the weights
+                optimizer.step()  # 4. step: update the weights
+            else:
+                skip_nonfinite(run, step, loss, grad_norm)
+            set_lr(optimizer, schedule_lr(t, step + 1))  # 5. schedule the next step's rate
+            run.step = step + 1
+            bar.update()
 
-        last = run.step == t.steps
-        if step % t.log_every == 0 or step % t.eval_every == 0 or last:
-            row = log_step(run, step, loss, lr, grad_norm, meter, bar)
-            if step % t.eval_every == 0 or last:
-                evaluate(run, row, bar)
-            run.record(row)  # metrics.jsonl, plots, probes
-            meter.pause()  # evaluation and probes are not training throughput
-            if run.stopper.should_stop:
-                log.info(f"early stopping at step {step}: no improvement for "
-                         f"{run.stopper.patience} evaluations (best {run.stopper.best:.4f})")
+            last = run.step == t.steps
+            if step % t.log_every == 0 or step % t.eval_every == 0 or last:
+                row = log_step(run, step, loss, lr, grad_norm, meter, bar)
+                if step % t.eval_every == 0 or last:
+                    evaluate(run, row, bar)
+                run.record(row)  # metrics.jsonl, plots, probes
+                meter.pause()  # evaluation and probes are not training throughput
+                if run.stopper.should_stop:
+                    log.info(f"early stopping at step {step}: no improvement for "
+                             f"{run.stopper.patience} evaluations (best {run.stopper.best:.4f})")
+                    break
+            if signals.received:  # Ctrl-C or SIGTERM: this step is done and logged; stop
                 break
     bar.close()
+    if signals.received:
+        stop_on_signal(run, signals.received)
     return finish(run, time.perf_counter() - start, meter)
 
 
@@ -377,20 +390,77 @@ class Throughput:
 def log_step(run: Run, step: int, loss: torch.Tensor, lr: float, grad_norm: torch.Tensor,
              meter: Throughput, bar) -> dict:
     """The metrics line for this step (the only place the loop waits for the device)."""
-    row = {"step": step, "train_loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item(),
+    row = {"step": step, "train_loss": finite_or_none(loss.item()), "lr": lr,
+           "grad_norm": finite_or_none(grad_norm.item()),
            "tokens_per_s": round(meter.read(run.step))}
-    if not math.isfinite(row["train_loss"]):
-        raise MiniGPTError(f"loss became {row['train_loss']} at step {step}; "
-                           f"try a lower --lr or --grad-clip 1.0")
-    if step == 0:
+    if step == 0 and row["train_loss"] is not None:
         check_initial_loss(row["train_loss"], run.tokenizer.vocab_size)
     show_progress(bar, row, run.last_val)
     return row
 
 
+def finite_or_none(x: float) -> float | None:
+    """JSON has no NaN or infinity: a non-finite value is written as null."""
+    return x if math.isfinite(x) else None
+
+
+def skip_nonfinite(run: Run, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+    """A batch whose gradients are NaN or inf: skip it if --skip-nonfinite allows, else stop
+    (the weights were not touched, and the last checkpoint is the last good state)."""
+    run.skipped += 1
+    t = run.cfg.train
+    what = f"step {step}: loss {loss.item():.4g}, gradient norm {grad_norm.item():.4g}"
+    if run.skipped > t.skip_nonfinite:
+        raise MiniGPTError(
+            f"{what} is not finite; stopped (last checkpoint: {run.out_dir / 'checkpoints'}). "
+            f"Likely cause: learning rate {optimizer_lr(run):.3g} too high; try a lower --lr, "
+            f"--grad-clip 1.0, or --skip-nonfinite N")
+    log.warning(f"{what}: skipped this batch ({run.skipped} of {t.skip_nonfinite} allowed)")
+
+
+def optimizer_lr(run: Run) -> float:
+    return run.optimizer.param_groups[0]["lr"]
+
+
+class StopSignals:
+    """The first SIGINT (Ctrl-C) or SIGTERM lets the current step finish, then the loop saves a
+    checkpoint and stops; a second one stops at once (files are only ever renamed into place,
+    so nothing is left half-written)."""
+
+    def __enter__(self) -> StopSignals:
+        self.received: int | None = None
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def handle(self, signum, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+        log.warning(f"{signal.Signals(signum).name}: finishing this step, then saving a "
+                    f"checkpoint (again to stop at once)")
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def stop_on_signal(run: Run, signum: int) -> None:
+    run.save(["last"])
+    log.warning(f"stopped at step {run.step} by {signal.Signals(signum).name}; checkpoint saved. "
+                f"Continue with: minigpt train --resume {run.out_dir}")
+    raise TrainingStopped(signum)
+
+
 def show_progress(bar, row: dict, val: float) -> None:
-    bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{val:.3f}", lr=f"{row['lr']:.2e}",
+    bar.set_postfix(loss=fmt(row["train_loss"], ".3f"), val=f"{val:.3f}", lr=f"{row['lr']:.2e}",
                     tok_s=f"{row['tokens_per_s']:,}", refresh=False)
+
+
+def fmt(x: float | None, spec: str) -> str:
+    return "skipped" if x is None else format(x, spec)
 
 
 def evaluate(run: Run, row: dict, bar) -> None:
@@ -400,7 +470,7 @@ def evaluate(run: Run, row: dict, bar) -> None:
     improved = run.stopper.update(val)
     run.save(["last", "best"] if improved else ["last"])
     show_progress(bar, row, val)
-    log.info(f"step {row['step']:>5} | train {row['train_loss']:.4f} | val {val:.4f} | "
+    log.info(f"step {row['step']:>5} | train {fmt(row['train_loss'], '.4f')} | val {val:.4f} | "
              f"lr {row['lr']:.2e} | {row['tokens_per_s']:,} tok/s"
              + (" | best" if improved else ""))
 

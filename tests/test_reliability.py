@@ -1,0 +1,307 @@
+"""Nothing lost, nothing unsafe: signals, resume, killed checkpoint writes, non-finite values,
+checkpoints that must not load, and a full disk. An uninterrupted run is the oracle for every
+interrupted one."""
+
+import errno
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import run_cli
+from minigpt import MiniGPTError, load_checkpoint, load_model, resolve_config, train
+from minigpt.diagnostics.plots import read_metrics
+from minigpt.diagnostics.probes import Probe
+from minigpt.trainer import StopSignals
+
+QUIET = ["--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--block-size", "32",
+         "--batch-size", "8", "--sample-tokens", "0", "--no-progress", "--gradflow-every", "0",
+         "--attention-every", "0", "--sample-every", "0", "--no-plots", "--log-every", "1"]
+
+
+@pytest.fixture
+def text(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("But soft, what light through yonder window breaks?\n" * 150)
+    return path
+
+
+def without_speed(rows):
+    return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]
+
+
+def same_weights(run_a, run_b):
+    a = load_model(run_a, "last")[0].state_dict()
+    b = load_model(run_b, "last")[0].state_dict()
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def start_training(*args, env=None):
+    return subprocess.Popen([sys.executable, "-m", "minigpt", "train", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+
+
+def wait_for_lines(path, n, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= n:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never reached {n} lines")
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_and_resume_matches_an_uninterrupted_run(text, tmp_path, sig, code):
+    args = ["--text", str(text), "--steps", "300", "--eval-every", "50", *QUIET]
+    straight = run_cli("train", *args, "--out", str(tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr
+
+    stopped = tmp_path / "stopped"
+    proc = start_training(*args, "--out", str(stopped))
+    wait_for_lines(stopped / "metrics.jsonl", 70, proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert f"minigpt train --resume {stopped}" in out + err
+    step = load_checkpoint(stopped / "checkpoints", "last").meta["step"]
+    assert 70 <= step < 300
+
+    resumed = run_cli("train", "--resume", str(stopped), "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert without_speed(read_metrics(stopped / "metrics.jsonl")) == without_speed(
+        read_metrics(tmp_path / "straight" / "metrics.jsonl"))
+    assert same_weights(stopped, tmp_path / "straight")
+
+
+def test_second_signal_stops_at_once():
+    before = signal.getsignal(signal.SIGINT)
+    with StopSignals() as signals:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert signals.received == signal.SIGINT  # the first only asks
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is given back
+
+
+SLOW_WRITER = """
+import sys, time
+import minigpt.checkpoint as ckpt
+real, calls = ckpt.save_file, []
+def slow(tensors, path, metadata=None):
+    calls.append(path)
+    if len(calls) == 3:  # the third checkpoint: half a file, then hang until killed
+        real(tensors, path, metadata=metadata)
+        with open(path, "r+b") as f:
+            f.truncate(1000)
+        time.sleep(600)
+    real(tensors, path, metadata=metadata)
+ckpt.save_file = slow
+from minigpt.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_killed_during_a_checkpoint_write_resumes_from_the_last_good_one(text, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--text", str(text), "--steps", "60", "--eval-every", "10", "--keep", "5",
+            *QUIET, "--out", str(run)]
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    folder = run / "checkpoints"
+    deadline = time.time() + 120
+    while not list(folder.glob(".step-000021.safetensors.*.tmp")):  # the third save
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.02)
+    time.sleep(0.5)  # now it hangs half-written
+    proc.kill()  # SIGKILL: no handler runs, no cleanup
+    proc.wait()
+    assert list(folder.glob(".*.tmp"))  # the half-written file is there ...
+    assert load_checkpoint(folder, "last").meta["step"] == 11  # ... and never named by last
+
+    resumed = run_cli("train", "--resume", str(run), "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert not list(folder.glob(".*.tmp"))  # swept on the next save
+    straight = tmp_path / "straight"
+    assert run_cli("train", *args[1:-2], "--out", str(straight)).returncode == 0
+    assert same_weights(run, straight)
+
+
+def test_keep_the_best_and_the_newest_k(text, tmp_path):
+    cfg = resolve_config("seed", None, {"text": str(text), "steps": 50, "eval_every": 5,
+                                        "keep": 2, "n_layer": 1, "n_embd": 16, "n_head": 2,
+                                        "block_size": 16, "batch_size": 4, "sample_tokens": 0,
+                                        "patience": 0, "attention_every": 0, "sample_every": 0,
+                                        "gradflow_every": 0, "plots": False})
+    train(cfg, tmp_path / "run", progress=False)
+    folder = tmp_path / "run" / "checkpoints"
+    best = json.loads((folder / "best.json").read_text())["file"]
+    kept = sorted(p.name for p in folder.glob("step-*.safetensors"))
+    assert kept == sorted({best, "step-000046.safetensors", "step-000050.safetensors"})
+    assert sorted(p.name for p in folder.glob("step-*.json")) == [
+        k.replace(".safetensors", ".json") for k in kept]
+    for k in kept:  # every kept step loads on its own
+        assert load_checkpoint(folder, k.removesuffix(".safetensors")).meta["file"] == k
+
+
+class PoisonBatches(Probe):
+    """Make the training forward return NaN logits at the given steps."""
+
+    def __init__(self, steps):
+        self.steps = set(steps)
+
+    def start(self, run):
+        def hook(module, args, output):
+            if module.training and run.step in self.steps:
+                return output * float("nan")
+        run.model.lm_head.register_forward_hook(hook)
+
+
+def nan_config(text, skip):
+    return resolve_config("seed", None, {
+        "text": str(text), "steps": 12, "eval_every": 4, "log_every": 1, "n_layer": 1,
+        "n_embd": 16, "n_head": 2, "block_size": 16, "batch_size": 4, "sample_tokens": 0,
+        "skip_nonfinite": skip})
+
+
+def test_nonfinite_batches_are_skipped_when_allowed(text, tmp_path):
+    summary = train(nan_config(text, 2), tmp_path / "run", progress=False,
+                    probes=[PoisonBatches({3, 5})])
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in rows if r["train_loss"] is None] == [3, 5]
+    assert all(r["grad_norm"] is None for r in rows if r["train_loss"] is None)
+    model = load_model(tmp_path / "run", "last")[0]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert summary["steps"] == 12 and summary["final_val_loss"] < 10
+
+
+def test_nonfinite_beyond_the_allowance_stops_with_the_step_and_cause(text, tmp_path):
+    with pytest.raises(MiniGPTError, match=r"step 5: loss nan.*not finite.*learning rate"):
+        train(nan_config(text, 1), tmp_path / "run", progress=False,
+              probes=[PoisonBatches({3, 5})])
+    model = load_model(tmp_path / "run", "last")[0]  # the last good checkpoint (step 5)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_exploding_learning_rate_is_one_line(text, tmp_path):
+    r = run_cli("train", "--text", str(text), "--steps", "40", "--lr", "1e9", "--min-lr", "0",
+                "--grad-clip", "0", "--eval-every", "10", *QUIET, "--out", str(tmp_path / "r"))
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "not finite" in r.stderr and "--lr" in r.stderr
+
+
+# --- checkpoints that must not load ------------------------------------------------------------
+
+
+class Planted:
+    """Unpickling this creates a file: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("good")
+    text = folder / "corpus.txt"
+    text.write_text("Now is the winter of our discontent\n" * 100)
+    r = run_cli("train", "--text", str(text), "--steps", "10", "--eval-every", "5", *QUIET,
+                "--out", str(folder / "run"))
+    assert r.returncode == 0, r.stderr
+    return folder / "run"
+
+
+def corrupt(run, tmp_path, how):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    folder = copy / "checkpoints"
+    best = json.loads((folder / "best.json").read_text())
+    tensors = folder / best["file"]
+    if how == "pickle":
+        tensors.write_bytes(pickle.dumps(Planted(str(tmp_path / "PWNED"))))
+    elif how == "truncated":
+        tensors.write_bytes(tensors.read_bytes()[:500])
+    elif how == "tampered":
+        data = bytearray(tensors.read_bytes())
+        data[-10] ^= 0xFF
+        tensors.write_bytes(bytes(data))
+        return copy  # the sha256 is left as it was: the check must catch it
+    elif how == "architecture":
+        best["model"]["n_layer"] = 3
+    elif how == "vocabulary":
+        best["model"]["vocab_size"] += 1
+    if how in ("pickle", "truncated"):  # forge the recorded sha256 too: safetensors must refuse
+        from minigpt.data import sha256_file
+
+        best["sha256"] = sha256_file(tensors)
+    (folder / "best.json").write_text(json.dumps(best))
+    return copy
+
+
+@pytest.mark.parametrize("how, message", [
+    ("pickle", "not valid safetensors"),
+    ("truncated", "not valid safetensors"),
+    ("tampered", "does not match its recorded sha256"),
+    ("architecture", "does not fit the model"),
+    ("vocabulary", "does not fit the model"),
+])
+def test_bad_checkpoints_are_refused_in_one_line(good_run, tmp_path, how, message):
+    run = corrupt(good_run, tmp_path, how)
+    r = run_cli("sample", "--run", str(run), "--prompt", "Now", "--max-new-tokens", "5")
+    assert r.returncode == 2
+    assert r.stderr.startswith("minigpt: error:") and r.stderr.count("\n") == 1
+    assert message in r.stderr
+    assert not (tmp_path / "PWNED").exists()  # no code from the file ran
+
+
+def test_resume_on_a_changed_text_is_refused(good_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(good_run, copy)
+    config = json.loads((copy / "config.json").read_text())
+    text = config["data"]["text"]
+    saved = open(text).read()
+    try:
+        with open(text, "w") as f:
+            f.write(saved + "XYZ" * 100)  # new characters: another vocabulary
+        r = run_cli("train", "--resume", str(copy), "--no-progress")
+    finally:
+        with open(text, "w") as f:
+            f.write(saved)
+    assert r.returncode == 2 and "vocabulary differs" in r.stderr
+
+
+# --- a full disk ----------------------------------------------------------------------------
+
+
+def test_disk_full_while_writing_a_checkpoint(text, tmp_path, monkeypatch, capsys):
+    import minigpt.checkpoint as ckpt
+    from minigpt.cli import main
+
+    real = ckpt.save_file
+
+    def full_disk(tensors, path, metadata=None):
+        real(tensors, path, metadata=metadata)  # some bytes made it ...
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)  # ... then no more room
+
+    monkeypatch.setattr(ckpt, "save_file", full_disk)
+    code = main(["train", "--text", str(text), "--steps", "20", "--eval-every", "10", *QUIET,
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("minigpt: error: No space left on device") and err.count("\n") == 1
+    folder = tmp_path / "run" / "checkpoints"
+    assert list(folder.iterdir()) == []  # no partial file, no temporary left behind
