@@ -1,0 +1,220 @@
+"""Sampling speed: the lesson's generate against minigpt's uncached and KV-cached samplers.
+
+In one process, on the seed model's shape (vocab 65, n_embd 64, 4 heads, 4 layers, block 128,
+seeded random weights), from the prompt "ROMEO:", it times
+
+  (a) lesson    the lesson's section-9 generate (crop to block_size, full forward, softmax,
+                multinomial, torch.cat) on the lesson's model (three Linear q/k/v, masked_fill
+                attention), both written out below, with the same weights as (b) and (c);
+  (b) uncached  minigpt.generate(..., cache=False): the lesson's sampler on MiniGPT;
+  (c) cached    minigpt.generate(...): the KV cache while the sequence fits in the block, and
+                a re-encode of the last block_size tokens (last block and head for the last
+                position only) per token once it does not.
+
+Each row is a number of new tokens. 100 tokens from "ROMEO:" stay inside the block (cached
+decoding only); 500 tokens fill the block after 122 and spend the other 378 past it, where every
+step must re-encode the whole window (the position embeddings are absolute); the last row starts
+from a full block, so every token is past it. All three draw from the global RNG seeded the
+same way, and the script checks that they produce the same tokens.
+
+Timings are the median of --repeats runs after one warm-up run, the variants interleaved so that
+load from other processes falls on all of them alike. Prints a table, then one JSON line.
+
+    python benchmarks/sample.py [--new-tokens 100,500] [--repeats 5] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from minigpt import MiniGPT
+from minigpt.sample import generate
+
+VOCAB, BLOCK = 65, 128
+PROMPT = "ROMEO:"
+
+
+# ---- the lesson's model and generate, as written on its pages (sections 5, 6 and 9) ----
+
+class LessonAttention(nn.Module):
+    def __init__(self, n_embd, n_head):
+        super().__init__()
+        self.n_head = n_head
+        self.d_k = n_embd // n_head
+        self.Wq = nn.Linear(n_embd, n_embd)
+        self.Wk = nn.Linear(n_embd, n_embd)
+        self.Wv = nn.Linear(n_embd, n_embd)
+        self.Wo = nn.Linear(n_embd, n_embd)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q = self.Wq(x).view(B, T, self.n_head, self.d_k).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.Wk(x).view(B, T, self.n_head, self.d_k).transpose(1, 2)  # (B, nh, T, hs)
+        v = self.Wv(x).view(B, T, self.n_head, self.d_k).transpose(1, 2)  # (B, nh, T, hs)
+
+        att = (q @ k.transpose(-2, -1)) * (1.0 / (self.d_k ** 0.5))  # (B, nh, T, T)
+        mask = torch.tril(torch.ones(T, T, device=x.device))
+        att = att.masked_fill(mask == 0, float("-inf"))
+        att = F.softmax(att, dim=-1)
+        y = att @ v  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.Wo(y)
+
+
+class LessonBlock(nn.Module):
+    def __init__(self, n_embd, n_head):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(n_embd)
+        self.attn = LessonAttention(n_embd, n_head)
+        self.ln2 = nn.LayerNorm(n_embd)
+        self.ff = nn.Sequential(
+            nn.Linear(n_embd, 4 * n_embd),
+            nn.GELU(),
+            nn.Linear(4 * n_embd, n_embd)
+        )
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        x = x + self.ff(self.ln2(x))
+        return x
+
+
+class LessonGPT(nn.Module):
+    def __init__(self, vocab_size, n_embd=64, n_head=4, n_layer=4, block_size=128):
+        super().__init__()
+        self.block_size = block_size
+        self.token_emb = nn.Embedding(vocab_size, n_embd)
+        self.pos_emb = nn.Embedding(block_size, n_embd)
+        self.blocks = nn.ModuleList([LessonBlock(n_embd, n_head) for _ in range(n_layer)])
+        self.ln_f = nn.LayerNorm(n_embd)
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+
+    def forward(self, idx, targets=None):
+        B, T = idx.shape
+        x = self.token_emb(idx) + self.pos_emb(torch.arange(T, device=idx.device))  # (B, T, C)
+        for block in self.blocks:
+            x = block(x)
+        x = self.ln_f(x)
+        logits = self.lm_head(x)  # (B, T, vocab)
+
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+        return logits, loss
+
+
+@torch.no_grad()
+def lesson_generate(model, idx, max_new_tokens=200):
+    block_size = model.block_size
+    model.eval()
+    for _ in range(max_new_tokens):
+        idx_cond = idx if idx.size(1) <= block_size else idx[:, -block_size:]
+        logits, _ = model(idx_cond)
+        logits = logits[:, -1, :]
+        probs = F.softmax(logits, dim=-1)
+        idx_next = torch.multinomial(probs, num_samples=1)
+        idx = torch.cat([idx, idx_next], dim=1)
+    model.train()
+    return idx
+
+
+# ---- the measurement ----
+
+def build_models(seed: int) -> tuple[LessonGPT, MiniGPT]:
+    torch.manual_seed(seed)
+    ours = MiniGPT(VOCAB, block_size=BLOCK)
+    lesson = LessonGPT(VOCAB, block_size=BLOCK)
+    lesson.load_state_dict(ours.state_dict())  # the same weights, by the lesson's names
+    return lesson, ours
+
+
+def timed(fn, idx: torch.Tensor, n: int, seed: int) -> tuple[float, torch.Tensor]:
+    torch.manual_seed(seed)  # every variant draws from the global RNG, seeded alike
+    t0 = time.perf_counter()
+    out = fn(idx, n)
+    return time.perf_counter() - t0, out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--new-tokens", default="100,500",
+                    help="comma-separated numbers of new tokens from the prompt (default 100,500)")
+    ap.add_argument("--full-block-tokens", type=int, default=100,
+                    help="new tokens for the row that starts from a full block (0 = no row)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs per cell (default 5)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--seed", type=int, default=0, help="weights and sampling seed")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    lesson, ours = build_models(args.seed)
+    chars = sorted(set(PROMPT))  # any fixed token ids will do for random weights
+    prompt = torch.tensor([[chars.index(c) for c in PROMPT]])  # (1, 6)
+    full = torch.randint(0, VOCAB, (1, BLOCK), generator=torch.Generator().manual_seed(1))
+    rows = [(f'"{PROMPT}" + {n}', prompt, n) for n in map(int, args.new_tokens.split(","))]
+    if args.full_block_tokens:
+        rows.append((f"{BLOCK} tokens + {args.full_block_tokens}", full, args.full_block_tokens))
+
+    variants = {
+        "lesson": lambda idx, n: lesson_generate(lesson, idx, n),
+        "uncached": lambda idx, n: generate(ours, idx, n, cache=False),
+        "cached": lambda idx, n: generate(ours, idx, n),
+    }
+    results = []
+    for label, idx, n in rows:
+        times = {name: [] for name in variants}
+        outs = {}
+        for r in range(args.repeats + 1):  # run 0 is the warm-up
+            for name, fn in variants.items():
+                dt, outs[name] = timed(fn, idx, n, args.seed)
+                if r:
+                    times[name].append(dt)
+        same = all(torch.equal(outs["lesson"], o) for o in outs.values())
+        inside = max(0, min(n, BLOCK - idx.size(1) + 1))  # tokens sampled with the cache
+        med = {name: statistics.median(ts) for name, ts in times.items()}
+        results.append({
+            "row": label, "new_tokens": n, "prompt_tokens": idx.size(1),
+            "tokens_inside_block": inside, "tokens_past_block": n - inside,
+            "same_tokens": same,
+            "ms_per_token": {k: round(v / n * 1e3, 3) for k, v in med.items()},
+            "tokens_per_s": {k: round(n / v, 1) for k, v in med.items()},
+            "speedup_vs_lesson": {k: round(med["lesson"] / v, 2) for k, v in med.items()},
+            "spread_ms_per_token": {k: [round(min(ts) / n * 1e3, 3), round(max(ts) / n * 1e3, 3)]
+                                    for k, ts in times.items()},
+        })
+
+    print(f"sampling, seed-model shape (vocab {VOCAB}, block {BLOCK}, "
+          f"{ours.num_params():,} parameters), torch {torch.__version__}, "
+          f"{args.threads} thread(s), median of {args.repeats}")
+    header = (f"{'row':<22} {'in/past':>8}  {'variant':<9} {'ms/token':>9} {'tokens/s':>9} "
+              f"{'speed-up':>8}  {'min..max ms/token':>18}")
+    print(header)
+    print("-" * len(header))
+    for res in results:
+        split = f"{res['tokens_inside_block']}/{res['tokens_past_block']}"
+        for i, name in enumerate(variants):
+            lo, hi = res["spread_ms_per_token"][name]
+            print(f"{res['row'] if i == 0 else '':<22} {split if i == 0 else '':>8}  "
+                  f"{name:<9} {res['ms_per_token'][name]:>9.3f} "
+                  f"{res['tokens_per_s'][name]:>9.1f} {res['speedup_vs_lesson'][name]:>7.2f}x  "
+                  f"{lo:>8.3f}..{hi:<8.3f}")
+        same = "yes" if res["same_tokens"] else "NO"
+        print(f"{'':<22} {'':>8}  same tokens in all three: {same}")
+    print(json.dumps({
+        "benchmark": "sample", "torch": torch.__version__, "threads": args.threads,
+        "repeats": args.repeats, "machine": platform.machine(), "block_size": BLOCK,
+        "rows": results,
+    }))
+    return 0 if all(r["same_tokens"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

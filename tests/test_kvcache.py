@@ -1,0 +1,259 @@
+"""Sampling with a KV cache: the same tokens as the uncached sampler (the oracle) for the same
+seed, inside the block and past it; the same logits at every step; the training forward as
+before; and the cache's errors."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import minigpt.sample
+from minigpt import MiniGPT, MiniGPTError, generate, stream
+from minigpt.model import KVCache
+
+V, BLOCK = 20, 16
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A tiny model with its random weights scaled up, so that its next-token distributions are
+    far from uniform and its attention far from flat (as a trained model's are)."""
+    torch.manual_seed(0)
+    m = MiniGPT(V, n_embd=32, n_head=4, n_layer=2, block_size=BLOCK).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() == 2:
+                p.mul_(10)
+        probs = m(torch.randint(0, V, (8, BLOCK)))[0].softmax(-1)
+    entropy = -(probs * probs.log()).sum(-1).mean().item()
+    assert entropy < 0.85 * math.log(V)  # not near-uniform: the sampling choices matter
+    return m
+
+
+def run(model, prompt, n, seed, cache, **kw):
+    return generate(model, prompt, n, generator=torch.Generator().manual_seed(seed),
+                    cache=cache, **kw)
+
+
+SAMPLING = [dict(), dict(temperature=0.7), dict(temperature=1.5, top_k=5),
+            dict(top_p=0.9), dict(temperature=0.8, top_k=8, top_p=0.7), dict(temperature=0)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread for this module's many tiny steps: with two, on a busy two-core machine,
+    OpenMP's spinning worker competes with the main thread and each step costs ~30x more.
+    (test_default_thread_count covers the default.)"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield threads
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("kw", SAMPLING, ids=lambda kw: ",".join(f"{k}={v}" for k, v in
+                                                               kw.items()) or "plain")
+@pytest.mark.parametrize("batch,prompt_len", [(1, 1), (3, 5), (1, BLOCK), (3, BLOCK + 4)])
+def test_cached_sampler_draws_the_uncached_samplers_tokens(model, kw, batch, prompt_len):
+    prompt = torch.randint(0, V, (batch, prompt_len), generator=torch.Generator().manual_seed(9))
+    n = 3 * BLOCK  # past the block: the window slides for most of the run
+    for seed in range(3):
+        cached = run(model, prompt, n, seed, True, **kw)
+        oracle = run(model, prompt, n, seed, False, **kw)
+        assert cached.shape == (batch, prompt_len + n)
+        assert torch.equal(cached, oracle), f"seed {seed}"
+
+
+def test_many_seeds_and_the_seed_matters(model):
+    prompt = torch.tensor([[3, 1, 4], [1, 5, 9]])
+    outs = []
+    for seed in range(12):
+        outs.append(run(model, prompt, 2 * BLOCK, seed, True, top_k=10))
+        assert torch.equal(outs[-1], run(model, prompt, 2 * BLOCK, seed, False, top_k=10))
+    assert len({tuple(o.flatten().tolist()) for o in outs}) == len(outs)
+
+
+def test_default_thread_count(model, _one_thread):
+    torch.set_num_threads(_one_thread)  # the count torch had before this module
+    try:
+        prompt = torch.tensor([[2, 7]])
+        for seed in range(2):
+            assert torch.equal(run(model, prompt, 2 * BLOCK, seed, True),
+                               run(model, prompt, 2 * BLOCK, seed, False))
+    finally:
+        torch.set_num_threads(1)
+
+
+def test_same_global_rng_draws_as_the_lessons_call(model):
+    """model.generate without a generator draws from the global RNG, cached or not."""
+    prompt = torch.zeros(1, 3, dtype=torch.long)
+    torch.manual_seed(5)
+    cached = model.generate(prompt, 40)
+    torch.manual_seed(5)
+    oracle = model.generate(prompt, 40, cache=False)
+    assert torch.equal(cached, oracle)
+
+
+def test_one_multinomial_per_token_and_the_same_generator_state(model, monkeypatch):
+    calls = []
+    multinomial = torch.multinomial
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return multinomial(*a, **kw)
+
+    monkeypatch.setattr(torch, "multinomial", counting)
+    states = []
+    for cache in (True, False):
+        calls.clear()
+        g = torch.Generator().manual_seed(3)
+        generate(model, torch.zeros(2, 1, dtype=torch.long), 37, generator=g, cache=cache)
+        assert len(calls) == 37
+        states.append(g.get_state())
+    assert torch.equal(states[0], states[1])  # both consumed exactly the same random numbers
+
+
+def test_the_sampler_sees_the_same_logits_at_every_step(model, monkeypatch):
+    """Record the logits each sampler hands to sample_next: equal at every step, in the block,
+    at its edge and past it."""
+    seen = {True: [], False: []}
+    real = minigpt.sample.sample_next
+    for cache in (True, False):
+        def recording(logits, *a, _cache=cache, **kw):
+            seen[_cache].append(logits.clone())
+            return real(logits, *a, **kw)
+
+        monkeypatch.setattr(minigpt.sample, "sample_next", recording)
+        run(model, torch.tensor([[1, 2, 3], [4, 5, 6]]), 2 * BLOCK, 11, cache)
+    assert len(seen[True]) == len(seen[False]) == 2 * BLOCK
+    for step, (a, b) in enumerate(zip(seen[True], seen[False], strict=True)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5, msg=lambda m, s=step: f"{s}: {m}")
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_next_logits_equal_the_models_last_position(model, batch):
+    idx = torch.randint(0, V, (batch, 2 * BLOCK))
+    with torch.no_grad():
+        kv = KVCache(model, batch)
+        logits = model.next_logits(idx[:, :4], kv)  # a prompt of 4: causal, all at once
+        torch.testing.assert_close(logits, model(idx[:, :4])[0][:, -1])
+        for t in range(4, BLOCK):  # then one token at a time
+            logits = model.next_logits(idx[:, t:t + 1], kv)
+            torch.testing.assert_close(logits, model(idx[:, :t + 1])[0][:, -1],
+                                       atol=1e-4, rtol=1e-5)
+        assert kv.length == BLOCK
+        for end in range(BLOCK, 2 * BLOCK):  # past the block: whole windows, no cache
+            window = idx[:, end - BLOCK:end]
+            torch.testing.assert_close(model.next_logits(window), model(window)[0][:, -1],
+                                       atol=1e-4, rtol=1e-5)
+
+
+def test_a_chunk_after_cached_tokens_sees_the_cache_causally(model):
+    idx = torch.randint(0, V, (2, BLOCK))
+    with torch.no_grad():
+        kv = KVCache(model, 2)
+        model.next_logits(idx[:, :5], kv)
+        logits = model.next_logits(idx[:, 5:12], kv)  # 7 queries after 5 cached keys
+        torch.testing.assert_close(logits, model(idx[:, :12])[0][:, -1], atol=1e-4, rtol=1e-5)
+        kv.reset()
+        torch.testing.assert_close(model.next_logits(idx[:, :3], kv),
+                                   model(idx[:, :3])[0][:, -1])
+
+
+def lesson_attention(attn, x):
+    """The lesson's CausalSelfAttention.forward, written out: masked_fill then softmax."""
+    B, T, C = x.shape
+    q = attn.Wq(x).view(B, T, attn.n_head, attn.d_k).transpose(1, 2)  # (B, nh, T, hs)
+    k = attn.Wk(x).view(B, T, attn.n_head, attn.d_k).transpose(1, 2)  # (B, nh, T, hs)
+    v = attn.Wv(x).view(B, T, attn.n_head, attn.d_k).transpose(1, 2)  # (B, nh, T, hs)
+    att = (q @ k.transpose(-2, -1)) * (1.0 / (attn.d_k ** 0.5))  # (B, nh, T, T)
+    mask = torch.tril(torch.ones(T, T))
+    att = F.softmax(att.masked_fill(mask == 0, float("-inf")), dim=-1)
+    return attn.Wo((att @ v).transpose(1, 2).contiguous().view(B, T, C))  # (B, T, C)
+
+
+def fused_attention_before_the_cache(attn, x):
+    """CausalSelfAttention.forward as it was before the cache: scaled_dot_product_attention."""
+    B, T, C = x.shape
+    q = attn.Wq(x).view(B, T, attn.n_head, attn.d_k).transpose(1, 2)  # (B, nh, T, hs)
+    k = attn.Wk(x).view(B, T, attn.n_head, attn.d_k).transpose(1, 2)  # (B, nh, T, hs)
+    v = attn.Wv(x).view(B, T, attn.n_head, attn.d_k).transpose(1, 2)  # (B, nh, T, hs)
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+    return attn.Wo(y.transpose(1, 2).contiguous().view(B, T, C))  # (B, T, C)
+
+
+def reference_forward(model, idx, attention):
+    """MiniGPT.forward written out with the given attention function."""
+    T = idx.size(1)
+    x = model.token_emb(idx) + model.pos_emb(torch.arange(T))  # (B, T, C)
+    for block in model.blocks:
+        x = x + attention(block.attn, block.ln1(x))
+        x = x + block.ff(block.ln2(x))
+    return model.lm_head(model.ln_f(x))  # (B, T, vocab)
+
+
+def test_training_forward_is_unchanged():
+    torch.manual_seed(1)
+    model = MiniGPT(65, block_size=32).train()
+    idx = torch.randint(0, 65, (4, 32))
+    targets = torch.randint(0, 65, (4, 32))
+    logits, loss = model(idx, targets)
+    # bit for bit what the code before the cache computed, and the lesson's numbers
+    assert torch.equal(logits, reference_forward(model, idx, fused_attention_before_the_cache))
+    torch.testing.assert_close(logits, reference_forward(model, idx, lesson_attention),
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss, F.cross_entropy(logits.view(-1, 65), targets.view(-1)))
+    loss.backward()  # gradients flow as before: the cache adds no parameters
+    assert all(p.grad is not None for p in model.parameters())
+    assert MiniGPT(65).num_params() == 216_576
+
+
+def test_the_cache_adds_no_parameters_or_state():
+    model = MiniGPT(65)
+    assert model.num_params() == 216_576
+    assert not list(model.buffers())
+    idx = torch.zeros(1, 1, dtype=torch.long)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    generate(model, idx, 5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_mode_given_back_and_streaming(model):
+    model.train()
+    try:
+        tokens = list(stream(model, torch.zeros(1, 2, dtype=torch.long), BLOCK + 3,
+                             generator=torch.Generator().manual_seed(0)))
+        assert model.training
+    finally:
+        model.eval()
+    assert len(tokens) == BLOCK + 3 and all(t.shape == (1, 1) for t in tokens)
+    assert generate(model, torch.zeros(1, 2, dtype=torch.long), 0).shape == (1, 2)
+
+
+def test_a_model_without_next_logits_is_sampled_uncached(model):
+    class LessonStyle(torch.nn.Module):  # only forward(idx) -> (logits, loss)
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.block_size = inner, inner.block_size
+
+        def forward(self, idx):
+            return self.inner(idx)
+
+    prompt = torch.zeros(1, 1, dtype=torch.long)
+    assert torch.equal(run(LessonStyle(model), prompt, 30, 2, True), run(model, prompt, 30, 2,
+                                                                         True))
+
+
+def test_cache_errors(model):
+    kv = KVCache(model, 2)
+    with pytest.raises(MiniGPTError, match="do not fit in block_size 16"):
+        model.next_logits(torch.zeros(2, BLOCK + 1, dtype=torch.long), kv)
+    model.next_logits(torch.zeros(2, BLOCK, dtype=torch.long), kv)
+    with pytest.raises(MiniGPTError, match="16 cached"):
+        model.next_logits(torch.zeros(2, 1, dtype=torch.long), kv)
+    with pytest.raises(MiniGPTError, match="holds 2 rows"):
+        model.next_logits(torch.zeros(3, 1, dtype=torch.long), KVCache(model, 2))
+    for bad in (torch.zeros(1, 0, dtype=torch.long), torch.zeros(4, dtype=torch.long)):
+        for cache in (True, False):
+            with pytest.raises(MiniGPTError, match="token ids"):
+                generate(model, bad, 3, cache=cache)
