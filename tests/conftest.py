@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from minigpt.data import TINYSHAKESPEARE_SHA256, sha256_file
 
@@ -94,3 +95,15 @@ def cli_run(tmp_path_factory):
                 "--sample-every", "20", *TINY)
     assert r.returncode == 0, r.stderr
     return out, r, text
+
+
+def lesson_attention(attn, x):
+    """The lesson's CausalSelfAttention.forward, written out: masked_fill then softmax."""
+    B, T, C = x.shape
+    q = attn.Wq(x).view(B, T, attn.n_head, attn.d_k).transpose(1, 2)  # (B, nh, T, hs)
+    k = attn.Wk(x).view(B, T, attn.n_head, attn.d_k).transpose(1, 2)  # (B, nh, T, hs)
+    v = attn.Wv(x).view(B, T, attn.n_head, attn.d_k).transpose(1, 2)  # (B, nh, T, hs)
+    att = (q @ k.transpose(-2, -1)) * (1.0 / (attn.d_k ** 0.5))  # (B, nh, T, T)
+    mask = torch.tril(torch.ones(T, T))
+    att = F.softmax(att.masked_fill(mask == 0, float("-inf")), dim=-1)
+    return attn.Wo((att @ v).transpose(1, 2).contiguous().view(B, T, C))  # (B, T, C)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import minigpt.sample
+from conftest import lesson_attention
 from minigpt import MiniGPT, MiniGPTError, generate, stream
 from minigpt.model import KVCache
 
@@ -158,18 +159,6 @@ def test_a_chunk_after_cached_tokens_sees_the_cache_causally(model):
         kv.reset()
         torch.testing.assert_close(model.next_logits(idx[:, :3], kv),
                                    model(idx[:, :3])[0][:, -1])
-
-
-def lesson_attention(attn, x):
-    """The lesson's CausalSelfAttention.forward, written out: masked_fill then softmax."""
-    B, T, C = x.shape
-    q = attn.Wq(x).view(B, T, attn.n_head, attn.d_k).transpose(1, 2)  # (B, nh, T, hs)
-    k = attn.Wk(x).view(B, T, attn.n_head, attn.d_k).transpose(1, 2)  # (B, nh, T, hs)
-    v = attn.Wv(x).view(B, T, attn.n_head, attn.d_k).transpose(1, 2)  # (B, nh, T, hs)
-    att = (q @ k.transpose(-2, -1)) * (1.0 / (attn.d_k ** 0.5))  # (B, nh, T, T)
-    mask = torch.tril(torch.ones(T, T))
-    att = F.softmax(att.masked_fill(mask == 0, float("-inf")), dim=-1)
-    return attn.Wo((att @ v).transpose(1, 2).contiguous().view(B, T, C))  # (B, T, C)
 
 
 def fused_attention_before_the_cache(attn, x):

@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from conftest import lesson_attention
 from minigpt import Batches, MiniGPT, MiniGPTError, Splits, load_tokens
 from minigpt.data import tinyshakespeare_path
 
@@ -35,18 +35,6 @@ def test_init_is_normal_002():
                    if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))])
     assert w.std().item() == pytest.approx(0.02, rel=0.02)
     assert abs(w.mean().item()) < 1e-3
-
-
-def lesson_attention(attn, x):
-    """The lesson's CausalSelfAttention.forward, written out: masked_fill then softmax."""
-    B, T, C = x.shape
-    q = attn.Wq(x).view(B, T, attn.n_head, attn.d_k).transpose(1, 2)
-    k = attn.Wk(x).view(B, T, attn.n_head, attn.d_k).transpose(1, 2)
-    v = attn.Wv(x).view(B, T, attn.n_head, attn.d_k).transpose(1, 2)
-    att = (q @ k.transpose(-2, -1)) * (1.0 / (attn.d_k ** 0.5))
-    mask = torch.tril(torch.ones(T, T))
-    att = F.softmax(att.masked_fill(mask == 0, float("-inf")), dim=-1)
-    return attn.Wo((att @ v).transpose(1, 2).contiguous().view(B, T, C))
 
 
 def test_attention_equals_the_lessons_explicit_computation():
