@@ -107,3 +107,8 @@ def lesson_attention(attn, x):
     mask = torch.tril(torch.ones(T, T))
     att = F.softmax(att.masked_fill(mask == 0, float("-inf")), dim=-1)
     return attn.Wo((att @ v).transpose(1, 2).contiguous().view(B, T, C))  # (B, T, C)
+
+
+def without_speed(rows: list[dict]) -> list[dict]:
+    """Metrics rows without the timing columns, which differ between any two runs."""
+    return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")} for r in rows]

@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import run_cli, without_speed
 from minigpt import MiniGPTError, load_checkpoint, load_model, resolve_config, train
 from minigpt.diagnostics.plots import read_metrics
 from minigpt.diagnostics.probes import Probe
@@ -30,10 +30,6 @@ def text(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_text("But soft, what light through yonder window breaks?\n" * 150)
     return path
-
-
-def without_speed(rows):
-    return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]
 
 
 def same_weights(run_a, run_b):
@@ -183,7 +179,7 @@ def test_nonfinite_batches_are_skipped_when_allowed(text, tmp_path):
 
 
 def test_nonfinite_beyond_the_allowance_stops_with_the_step_and_cause(text, tmp_path):
-    with pytest.raises(MiniGPTError, match=r"step 5: loss nan.*not finite.*learning rate"):
+    with pytest.raises(MiniGPTError, match=r"step 5: 1 batch.*not finite.*learning rate"):
         train(nan_config(text, 1), tmp_path / "run", progress=False,
               probes=[PoisonBatches({3, 5})])
     model = load_model(tmp_path / "run", "last")[0]  # the last good checkpoint (step 5)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import without_speed
 from minigpt import (
     EarlyStopping,
     MiniGPT,
@@ -150,9 +151,8 @@ def test_resume_continues_exactly(small_text, tmp_path, monkeypatch):
     resumed = train(resume_config(tmp_path / "resumed"), tmp_path / "resumed", resume=True,
                     progress=False)
 
-    drop_speed = lambda rows: [{k: v for k, v in r.items() if k != "tokens_per_s"}  # noqa: E731
-                               for r in rows]
-    assert drop_speed(metrics(tmp_path / "resumed")) == drop_speed(metrics(tmp_path / "straight"))
+    assert without_speed(metrics(tmp_path / "resumed")) == \
+        without_speed(metrics(tmp_path / "straight"))
     assert resumed["final_val_loss"] == straight["final_val_loss"]
     a = load_model(tmp_path / "straight", "last")[0].state_dict()
     b = load_model(tmp_path / "resumed", "last")[0].state_dict()

@@ -63,6 +63,11 @@ class TrainConfig:
     skip_nonfinite: int = _opt(0, "skip up to N batches whose gradients are NaN or inf")
     seed: int = _opt(1337, "seed for initial weights and batch sampling")
     device: str = _opt("auto", "auto, cpu, cuda, cuda:N or mps")
+    dtype: str = _opt("auto", "forward-pass precision: auto (bfloat16 on CUDA, float32 on CPU), "
+                      "float32 or bfloat16 (autocast; weights stay float32)",
+                      choices=("auto", "float32", "bfloat16"))
+    compile: str = _opt("auto", "torch.compile the model: auto (on CUDA only), on or off",
+                        choices=("auto", "on", "off"))
     sample_tokens: int = _opt(200, "length of the sample printed at the end (0 = none)")
 
 

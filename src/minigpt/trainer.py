@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from minigpt import performance
 from minigpt.atomic import atomic_write_text
 from minigpt.checkpoint import load_checkpoint, restore_model, restore_optimizer, save_checkpoint
 from minigpt.config import RunConfig, TrainConfig, apply_overrides
@@ -47,11 +48,28 @@ def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optimi
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": t.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    if t.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2))
+    if t.optimizer == "adamw":  # fused: one kernel for the whole update (and see step_if_finite)
+        fused = params[0].device.type in ("cpu", "cuda")
+        return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=fused)
     if t.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
     raise MiniGPTError(f"unknown optimizer {t.optimizer!r} (use adamw or sgd)")
+
+
+def step_if_finite(optimizer: torch.optim.Optimizer, grad_norm: torch.Tensor) -> torch.Tensor:
+    """optimizer.step(), unless the gradient norm is NaN or inf: then nothing changes, neither
+    the weights nor the optimizer's state. Returns 1 for a skipped step, else 0, as a tensor.
+
+    Fused AdamW decides on the device (the `found_inf` input it shares with torch.amp's
+    GradScaler), so the loop never waits for the device; other optimizers look at the norm on
+    the host."""
+    skipped = (~torch.isfinite(grad_norm)).float()
+    if optimizer.defaults.get("fused") and isinstance(optimizer, torch.optim.Adam):
+        optimizer.found_inf = skipped
+        optimizer.step()
+    elif not skipped.item():
+        optimizer.step()
+    return skipped
 
 
 def schedule_lr(t: TrainConfig, step: int) -> float:
@@ -160,7 +178,10 @@ class Run:
     last_val: float = math.nan  # the latest validation estimate, for the progress bar
     env: dict = field(default_factory=dict)  # versions, device, threads
     probes: list = field(default_factory=list)  # minigpt.diagnostics.probes
-    skipped: int = 0  # batches skipped for non-finite gradients
+    skipped: int = 0  # batches skipped for non-finite gradients (as of the last log line)
+    dtype: torch.dtype = torch.float32  # the forward pass's compute precision
+    train_model: torch.nn.Module | None = None  # the model, or its torch.compile wrapper
+    peak_flops: float = 0.0  # measured matmul FLOP/s in dtype: the denominator of MFU
 
     def rng_state(self) -> dict[str, torch.Tensor]:
         rng = {f"batches_{k}": g.get_state() for k, g in self.batches.generators.items()}
@@ -187,6 +208,11 @@ class Run:
         }
         save_checkpoint(self.out_dir / "checkpoints", tags, self.model, self.optimizer, meta,
                         self.rng_state(), keep=self.cfg.train.keep)
+
+    def mfu(self, tokens_per_s: float) -> float:
+        """Model FLOPs utilisation at this throughput, against the peak measured at the start."""
+        flops = performance.train_flops_per_token(self.cfg.model)
+        return round(performance.mfu(tokens_per_s, flops, self.peak_flops), 4)
 
     def record(self, row: dict) -> None:
         """Append the row to metrics.jsonl and show it to the probes."""
@@ -232,7 +258,12 @@ def build_run(cfg: RunConfig, out_dir: Path) -> Run:
     run = Run(cfg, out_dir, device, tokenizer, splits, batches, model, optimizer, stopper)
     run.info = {"text": str(text_path), "tokens": len(tokens), "train_tokens": len(splits.train),
                 "val_tokens": len(splits.val), "params": model.num_params()}
-    run.env = describe(device)
+    run.dtype = performance.choose_dtype(cfg.train.dtype, device)
+    use_compile = performance.choose_compile(cfg.train.compile, device)
+    performance.configure_backends(device)
+    run.train_model = performance.compiled(model, use_compile)
+    run.env = describe(device) | {"dtype": str(run.dtype).removeprefix("torch."),
+                                  "compile": use_compile}
     return run
 
 
@@ -307,10 +338,14 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = Fals
     run.probes = standard_probes(run) if probes is None else probes
     for probe in run.probes:
         probe.start(run)
-    model, optimizer, batches, t = run.model, run.optimizer, run.batches, cfg.train
+    model = run.train_model  # the MiniGPT, or its torch.compile wrapper (same parameters)
+    optimizer, batches, t = run.optimizer, run.batches, cfg.train
     env = run.env
+    run.peak_flops = performance.matmul_peak(run.device, run.dtype)
     log.info(f"run folder {run.out_dir} | torch {env['torch']} on {env['device']}, "
-             f"{env['torch_threads']} threads ({env['cpu_capability']})")
+             f"{env['torch_threads']} threads ({env['cpu_capability']}), {env['dtype']} forward"
+             f"{', compiled' if env['compile'] else ''}; measured matmul peak "
+             f"{run.peak_flops / 1e9:,.0f} GFLOP/s")
     log.info(f"data: {run.info['text']}: vocab {run.tokenizer.vocab_size}, "
              f"{run.info['train_tokens']:,} train and {run.info['val_tokens']:,} val tokens")
     log.info(f"model: {run.info['params']:,} parameters on {run.device}; "
@@ -320,6 +355,7 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = Fals
     bar = tqdm(total=t.steps, initial=run.step, unit="step", disable=None if progress else True,
                dynamic_ncols=True, leave=False)
     meter = Throughput(t.batch_size * cfg.model.block_size, run.step)
+    nonfinite = torch.zeros((), device=run.device)  # skipped batches, counted on the device
     start = time.perf_counter()
     set_lr(optimizer, schedule_lr(t, run.step))
     model.train()
@@ -328,14 +364,12 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = Fals
         for step in range(run.step, t.steps):
             lr = optimizer.param_groups[0]["lr"]
             xb, yb = batches.get_batch("train")  # 1. a batch of (B, T) inputs and targets
-            logits, loss = model(xb, yb)  # 2. forward and loss
+            with performance.autocast(run.device, run.dtype):  # bf16 where chosen
+                logits, loss = model(xb, yb)  # 2. forward and loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # 3. backward: gradients of the loss for every parameter
             grad_norm = clip_gradients(model, t.grad_clip)
-            if torch.isfinite(grad_norm):  # a NaN or inf never reaches the weights
-                optimizer.step()  # 4. step: update the weights
-            else:
-                skip_nonfinite(run, step, loss, grad_norm)
+            nonfinite += step_if_finite(optimizer, grad_norm)  # 4. step: update the weights
             set_lr(optimizer, schedule_lr(t, step + 1))  # 5. schedule the next step's rate
             run.step = step + 1
             bar.update()
@@ -343,6 +377,7 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = Fals
             last = run.step == t.steps
             if step % t.log_every == 0 or step % t.eval_every == 0 or last:
                 row = log_step(run, step, loss, lr, grad_norm, meter, bar)
+                check_nonfinite(run, step, int(nonfinite.item()), row)
                 if step % t.eval_every == 0 or last:
                     evaluate(run, row, bar)
                 run.record(row)  # metrics.jsonl, plots, probes
@@ -389,10 +424,12 @@ class Throughput:
 
 def log_step(run: Run, step: int, loss: torch.Tensor, lr: float, grad_norm: torch.Tensor,
              meter: Throughput, bar) -> dict:
-    """The metrics line for this step (the only place the loop waits for the device)."""
+    """The metrics line for this step (with check_nonfinite, the only place the loop waits for
+    the device)."""
+    tokens_per_s = meter.read(run.step)
     row = {"step": step, "train_loss": finite_or_none(loss.item()), "lr": lr,
-           "grad_norm": finite_or_none(grad_norm.item()),
-           "tokens_per_s": round(meter.read(run.step))}
+           "grad_norm": finite_or_none(grad_norm.item()), "tokens_per_s": round(tokens_per_s),
+           "mfu": run.mfu(tokens_per_s)}
     if step == 0 and row["train_loss"] is not None:
         check_initial_loss(row["train_loss"], run.tokenizer.vocab_size)
     show_progress(bar, row, run.last_val)
@@ -404,18 +441,22 @@ def finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def skip_nonfinite(run: Run, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
-    """A batch whose gradients are NaN or inf: skip it if --skip-nonfinite allows, else stop
-    (the weights were not touched, and the last checkpoint is the last good state)."""
-    run.skipped += 1
+def check_nonfinite(run: Run, step: int, total: int, row: dict) -> None:
+    """Batches whose gradients were NaN or inf were skipped (step_if_finite left the weights
+    alone); beyond --skip-nonfinite of them, stop: the last checkpoint is the last good state."""
+    new, run.skipped = total - run.skipped, total
+    if not new:
+        return
     t = run.cfg.train
-    what = f"step {step}: loss {loss.item():.4g}, gradient norm {grad_norm.item():.4g}"
+    what = (f"step {step}: {new} batch(es) since the last log line had a gradient that is not "
+            f"finite (now: loss {fmt(row['train_loss'], '.4g')}, gradient norm "
+            f"{fmt(row['grad_norm'], '.4g')})")
     if run.skipped > t.skip_nonfinite:
         raise MiniGPTError(
-            f"{what} is not finite; stopped (last checkpoint: {run.out_dir / 'checkpoints'}). "
-            f"Likely cause: learning rate {optimizer_lr(run):.3g} too high; try a lower --lr, "
+            f"{what}; stopped (last checkpoint: {run.out_dir / 'checkpoints'}). Likely cause: "
+            f"learning rate {optimizer_lr(run):.3g} too high; try a lower --lr, "
             f"--grad-clip 1.0, or --skip-nonfinite N")
-    log.warning(f"{what}: skipped this batch ({run.skipped} of {t.skip_nonfinite} allowed)")
+    log.warning(f"{what}: skipped ({run.skipped} of {t.skip_nonfinite} allowed)")
 
 
 def optimizer_lr(run: Run) -> float:
@@ -456,11 +497,11 @@ def stop_on_signal(run: Run, signum: int) -> None:
 
 def show_progress(bar, row: dict, val: float) -> None:
     bar.set_postfix(loss=fmt(row["train_loss"], ".3f"), val=f"{val:.3f}", lr=f"{row['lr']:.2e}",
-                    tok_s=f"{row['tokens_per_s']:,}", refresh=False)
+                    tok_s=f"{row['tokens_per_s']:,}", mfu=f"{row['mfu']:.0%}", refresh=False)
 
 
 def fmt(x: float | None, spec: str) -> str:
-    return "skipped" if x is None else format(x, spec)
+    return "nan" if x is None else format(x, spec)
 
 
 def evaluate(run: Run, row: dict, bar) -> None:
@@ -471,7 +512,7 @@ def evaluate(run: Run, row: dict, bar) -> None:
     run.save(["last", "best"] if improved else ["last"])
     show_progress(bar, row, val)
     log.info(f"step {row['step']:>5} | train {fmt(row['train_loss'], '.4f')} | val {val:.4f} | "
-             f"lr {row['lr']:.2e} | {row['tokens_per_s']:,} tok/s"
+             f"lr {row['lr']:.2e} | {row['tokens_per_s']:,} tok/s, MFU {row['mfu']:.0%}"
              + (" | best" if improved else ""))
 
 
@@ -485,12 +526,13 @@ def finish(run: Run, wall_s: float, meter: Throughput) -> dict:
         "steps": run.step,
         "wall_s": round(wall_s, 2),
         "tokens_per_s": round(meter.overall),
+        "mfu": run.mfu(meter.overall),
         "params": run.info["params"],
     }
     atomic_write_text(run.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     log.info(f"final validation loss (whole split, {run.info['val_tokens']:,} tokens): "
              f"{final:.4f}; best estimate {run.stopper.best:.4f}; {run.step} steps in "
-             f"{wall_s:.0f} s, {summary['tokens_per_s']:,} tok/s")
+             f"{wall_s:.0f} s, {summary['tokens_per_s']:,} tok/s, MFU {summary['mfu']:.0%}")
     for probe in run.probes:
         probe.end(run, summary)
     if cfg.train.sample_tokens:

@@ -1,5 +1,5 @@
 """TensorBoard output for a run (`minigpt train --tensorboard`): scalars for the losses, learning
-rate, gradient norm and throughput, per-layer gradient norms, and attention images, written to
+rate, gradient norm, throughput and MFU, per-layer gradient norms, and attention images, written to
 `<run>/tensorboard/`. View with `tensorboard --logdir runs`.
 
 TensorBoard is an optional dependency (`pip install -e '.[tensorboard]'`).
@@ -12,7 +12,7 @@ from pathlib import Path
 from minigpt.errors import MiniGPTError
 
 SCALARS = {"train_loss": "loss/train", "val_loss": "loss/val", "lr": "lr",
-           "grad_norm": "grad_norm", "tokens_per_s": "tokens_per_s"}
+           "grad_norm": "grad_norm", "tokens_per_s": "tokens_per_s", "mfu": "mfu"}
 
 
 class TensorBoardLog:

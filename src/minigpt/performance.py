@@ -1,0 +1,92 @@
+"""How fast a run goes: the compute precision and compilation chosen per device, the backend
+switches that go with them, and the arithmetic behind MFU (model FLOPs utilisation).
+
+The choices 'auto' makes were measured (benchmarks/train_step.py; figures in the README):
+
+  CPU   float32, not compiled. bf16 autocast casts every weight at every matmul, and on CPUs
+        without native bf16 (AVX2) a bf16 matmul runs ~150x slower than fp32; torch.compile
+        measured no faster than eager for this model.
+  CUDA  bf16 autocast (fp32 master weights), torch.compile, TF32 matmuls for what stays fp32;
+        scaled_dot_product_attention picks its flash kernel for bf16 by itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+
+from minigpt.config import ModelConfig
+from minigpt.errors import MiniGPTError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def choose_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """The compute dtype of the forward pass; weights and optimizer state stay float32."""
+    if requested == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if requested not in DTYPES:
+        raise MiniGPTError(f"unknown dtype {requested!r} (use auto, float32 or bfloat16)")
+    return DTYPES[requested]
+
+
+def choose_compile(requested: str, device: torch.device) -> bool:
+    """Whether to run the model through torch.compile: 'auto' means on CUDA only."""
+    if requested == "auto":
+        return device.type == "cuda"
+    return requested == "on"
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """The context the forward pass runs in: bf16 autocast, or nothing for float32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def configure_backends(device: torch.device) -> None:
+    """TF32 for float32 matmuls and convolutions on CUDA (Ampere and later); nothing elsewhere."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def compiled(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+    """The module the training step calls: torch.compile's wrapper (sharing the parameters),
+    or the model itself."""
+    return torch.compile(model) if enabled else model
+
+
+def train_flops_per_token(cfg: ModelConfig) -> int:
+    """FLOPs of one training step (forward + backward) per token: 6 per weight of every Linear
+    (2 forward, 4 backward) plus attention's q k^T and att v, counted over the whole T x T
+    square as nanoGPT and PaLM do (so 12 L T C). Embedding lookups, norms and activations are
+    not counted."""
+    C, L, V, T = cfg.n_embd, cfg.n_layer, cfg.vocab_size, cfg.block_size
+    linear_weights = L * (4 * C * C + 2 * 4 * C * C) + C * V  # qkvo + MLP per block; lm_head
+    return 6 * linear_weights + 12 * L * T * C
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 0.25) -> float:
+    """Measured FLOP/s of a square matmul in dtype on device: the denominator of MFU."""
+    n = 4096 if device.type == "cuda" else (1024 if dtype == torch.float32 else 256)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    (a @ b).sum().item()  # warm-up
+    reps, start = 0, time.perf_counter()
+    while True:
+        c = a @ b
+        reps += 1
+        c.sum().item()  # wait for the device
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return 2 * n**3 * reps / elapsed
+
+
+def mfu(tokens_per_s: float, flops_per_token: int, peak: float) -> float:
+    """Model FLOPs utilisation: achieved training FLOP/s as a fraction of the measured peak."""
+    return tokens_per_s * flops_per_token / peak if peak > 0 else 0.0

@@ -1,0 +1,140 @@
+"""The fast paths change speed, not what is learned: FLOP counts against PyTorch's own counter,
+the device-side skip of non-finite steps against the host-side one, bf16 and compiled training
+against float32 eager, and the per-device choices."""
+
+import math
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from minigpt import MiniGPT, MiniGPTError, resolve_config, train
+from minigpt.config import ModelConfig
+from minigpt.diagnostics.plots import read_metrics
+from minigpt.performance import (
+    autocast,
+    choose_compile,
+    choose_dtype,
+    matmul_peak,
+    train_flops_per_token,
+)
+from minigpt.trainer import step_if_finite
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("shape", [dict(), dict(n_embd=48, n_head=3, n_layer=2, block_size=32,
+                                                vocab_size=100)])
+def test_flops_per_token_matches_pytorchs_flop_counter(shape):
+    cfg = ModelConfig(**shape)
+    model = MiniGPT.from_config(cfg)
+    B, T = 2, cfg.block_size
+    idx = torch.randint(0, cfg.vocab_size, (B, T))
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        _, loss = model(idx, idx)  # the math backend does attention as counted matmuls
+        loss.backward()
+    assert counter.get_total_flops() == train_flops_per_token(cfg) * B * T
+
+
+def test_matmul_peak_is_a_plausible_rate():
+    peak = matmul_peak(CPU, torch.float32, seconds=0.05)
+    assert 1e8 < peak < 1e14  # between 0.1 GFLOP/s and 100 TFLOP/s on any CPU
+
+
+def test_auto_choices_per_device():
+    assert choose_dtype("auto", CPU) == torch.float32
+    assert choose_dtype("bfloat16", CPU) == torch.bfloat16
+    assert choose_compile("auto", CPU) is False
+    assert choose_compile("on", CPU) is True
+    with pytest.raises(MiniGPTError, match="unknown dtype"):
+        choose_dtype("float8", CPU)
+
+
+def six_steps(optimizer_kind: str, fused: bool, oracle: bool):
+    """Six AdamW or SGD steps on a small model, steps 1 and 4 being bad. Through step_if_finite,
+    a bad step has NaN gradients; in the oracle it is a good batch whose step is simply not
+    taken. Returns the parameters, the optimizer state and the count of skipped steps."""
+    torch.manual_seed(0)
+    model = MiniGPT(20, n_embd=16, n_head=2, n_layer=1, block_size=8)
+    params = list(model.parameters())
+    if optimizer_kind == "adamw":
+        opt = torch.optim.AdamW(params, lr=1e-2, fused=fused, foreach=not fused)
+    else:
+        opt = torch.optim.SGD(params, lr=1e-1, momentum=0.9)
+    idx = torch.randint(0, 20, (4, 8), generator=torch.Generator().manual_seed(1))
+    skipped = torch.zeros(())
+    for step in range(6):
+        bad = step in (1, 4)
+        opt.zero_grad(set_to_none=True)
+        _, loss = model(idx, idx)
+        (loss * (math.nan if bad and not oracle else 1.0)).backward()
+        norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if not oracle:
+            skipped += step_if_finite(opt, norm)
+        elif not bad:
+            opt.step()
+    state = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
+    return params, state, skipped.item()
+
+
+@pytest.mark.parametrize("kind, fused", [("adamw", True), ("adamw", False), ("sgd", False)])
+def test_a_nonfinite_step_changes_nothing(kind, fused):
+    """Fused AdamW skips on the device, the others on the host: either way, exactly as if the
+    step had not been taken (weights and optimizer state, bit for bit)."""
+    params, state, skipped = six_steps(kind, fused, oracle=False)
+    want_params, want_state, _ = six_steps(kind, fused, oracle=True)
+    assert skipped == 2
+    for got, want in zip(params + state, want_params + want_state, strict=True):
+        assert torch.equal(got, want)
+
+
+def test_autocast_runs_matmuls_in_bf16_and_keeps_weights_fp32():
+    model = MiniGPT(20, n_embd=16, n_head=2, n_layer=1, block_size=8)
+    with autocast(CPU, torch.bfloat16):
+        logits, _ = model(torch.zeros(1, 8, dtype=torch.long))
+    assert logits.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    with autocast(CPU, torch.float32):
+        assert model(torch.zeros(1, 8, dtype=torch.long))[0].dtype == torch.float32
+
+
+def short_run(text, tmp_path, name, **overrides):
+    cfg = resolve_config("seed", None, {
+        "text": str(text), "steps": 40, "eval_every": 20, "log_every": 10, "n_layer": 1,
+        "n_embd": 32, "n_head": 2, "block_size": 32, "batch_size": 8, "sample_tokens": 0,
+        "eval_batches": 4, "gradflow_every": 0, "attention_every": 0, "sample_every": 0,
+        "plots": False, **overrides})
+    summary = train(cfg, tmp_path / name, progress=False)
+    return summary, read_metrics(tmp_path / name / "metrics.jsonl")
+
+
+@pytest.fixture
+def text(small_text):
+    return small_text
+
+
+def test_bf16_training_tracks_float32(text, tmp_path):
+    fp32, rows32 = short_run(text, tmp_path, "fp32", dtype="float32")
+    bf16, rows16 = short_run(text, tmp_path, "bf16", dtype="bfloat16")
+    losses32 = [r["train_loss"] for r in rows32]
+    losses16 = [r["train_loss"] for r in rows16]
+    assert losses16[-1] < losses16[0] - 0.5  # it learns
+    assert max(abs(a - b) for a, b in zip(losses32, losses16, strict=True)) < 0.05
+    assert abs(fp32["final_val_loss"] - bf16["final_val_loss"]) < 0.05
+
+
+def test_compiled_training_matches_eager(text, tmp_path):
+    eager, rows_e = short_run(text, tmp_path, "eager", compile="off")
+    comp, rows_c = short_run(text, tmp_path, "compiled", compile="on")
+    for a, b in zip(rows_e, rows_c, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-3)
+    assert comp["final_val_loss"] == pytest.approx(eager["final_val_loss"], abs=1e-3)
+    config = (tmp_path / "compiled" / "config.json").read_text()
+    assert '"compile": true' in config
+
+
+def test_metrics_rows_carry_mfu(text, tmp_path):
+    summary, rows = short_run(text, tmp_path, "run")
+    assert all(0 < r["mfu"] < 1 for r in rows[1:])  # rows after the first time real steps
+    assert 0 < summary["mfu"] < 1
