@@ -5,7 +5,8 @@ seeded random weights), from the prompt "ROMEO:", it times
 
   (a) lesson    the lesson's section-9 generate (crop to block_size, full forward, softmax,
                 multinomial, torch.cat) on the lesson's model (three Linear q/k/v, masked_fill
-                attention), both written out below, with the same weights as (b) and (c);
+                attention), both written out in benchmarks/lesson.py, with the same weights
+                as (b) and (c);
   (b) uncached  minigpt.generate(..., cache=False): the lesson's sampler on MiniGPT;
   (c) cached    minigpt.generate(...): the KV cache while the sequence fits in the block, and
                 a re-encode of the last block_size tokens (last block and head for the last
@@ -32,98 +33,13 @@ import statistics
 import time
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
+from lesson import LessonGPT, lesson_generate
 
 from minigpt import MiniGPT
 from minigpt.sample import generate
 
 VOCAB, BLOCK = 65, 128
 PROMPT = "ROMEO:"
-
-
-# ---- the lesson's model and generate, as written on its pages (sections 5, 6 and 9) ----
-
-class LessonAttention(nn.Module):
-    def __init__(self, n_embd, n_head):
-        super().__init__()
-        self.n_head = n_head
-        self.d_k = n_embd // n_head
-        self.Wq = nn.Linear(n_embd, n_embd)
-        self.Wk = nn.Linear(n_embd, n_embd)
-        self.Wv = nn.Linear(n_embd, n_embd)
-        self.Wo = nn.Linear(n_embd, n_embd)
-
-    def forward(self, x):
-        B, T, C = x.shape
-        q = self.Wq(x).view(B, T, self.n_head, self.d_k).transpose(1, 2)  # (B, nh, T, hs)
-        k = self.Wk(x).view(B, T, self.n_head, self.d_k).transpose(1, 2)  # (B, nh, T, hs)
-        v = self.Wv(x).view(B, T, self.n_head, self.d_k).transpose(1, 2)  # (B, nh, T, hs)
-
-        att = (q @ k.transpose(-2, -1)) * (1.0 / (self.d_k ** 0.5))  # (B, nh, T, T)
-        mask = torch.tril(torch.ones(T, T, device=x.device))
-        att = att.masked_fill(mask == 0, float("-inf"))
-        att = F.softmax(att, dim=-1)
-        y = att @ v  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
-        return self.Wo(y)
-
-
-class LessonBlock(nn.Module):
-    def __init__(self, n_embd, n_head):
-        super().__init__()
-        self.ln1 = nn.LayerNorm(n_embd)
-        self.attn = LessonAttention(n_embd, n_head)
-        self.ln2 = nn.LayerNorm(n_embd)
-        self.ff = nn.Sequential(
-            nn.Linear(n_embd, 4 * n_embd),
-            nn.GELU(),
-            nn.Linear(4 * n_embd, n_embd)
-        )
-
-    def forward(self, x):
-        x = x + self.attn(self.ln1(x))
-        x = x + self.ff(self.ln2(x))
-        return x
-
-
-class LessonGPT(nn.Module):
-    def __init__(self, vocab_size, n_embd=64, n_head=4, n_layer=4, block_size=128):
-        super().__init__()
-        self.block_size = block_size
-        self.token_emb = nn.Embedding(vocab_size, n_embd)
-        self.pos_emb = nn.Embedding(block_size, n_embd)
-        self.blocks = nn.ModuleList([LessonBlock(n_embd, n_head) for _ in range(n_layer)])
-        self.ln_f = nn.LayerNorm(n_embd)
-        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
-
-    def forward(self, idx, targets=None):
-        B, T = idx.shape
-        x = self.token_emb(idx) + self.pos_emb(torch.arange(T, device=idx.device))  # (B, T, C)
-        for block in self.blocks:
-            x = block(x)
-        x = self.ln_f(x)
-        logits = self.lm_head(x)  # (B, T, vocab)
-
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
-        return logits, loss
-
-
-@torch.no_grad()
-def lesson_generate(model, idx, max_new_tokens=200):
-    block_size = model.block_size
-    model.eval()
-    for _ in range(max_new_tokens):
-        idx_cond = idx if idx.size(1) <= block_size else idx[:, -block_size:]
-        logits, _ = model(idx_cond)
-        logits = logits[:, -1, :]
-        probs = F.softmax(logits, dim=-1)
-        idx_next = torch.multinomial(probs, num_samples=1)
-        idx = torch.cat([idx, idx_next], dim=1)
-    model.train()
-    return idx
 
 
 # ---- the measurement ----

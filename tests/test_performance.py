@@ -17,6 +17,7 @@ from minigpt.performance import (
     choose_compile,
     choose_dtype,
     matmul_peak,
+    peak_flops,
     train_flops_per_token,
 )
 from minigpt.trainer import step_if_finite
@@ -39,6 +40,7 @@ def test_flops_per_token_matches_pytorchs_flop_counter(shape):
 
 def test_matmul_peak_is_a_plausible_rate():
     peak = matmul_peak(CPU, torch.float32, seconds=0.05)
+    assert peak_flops(CPU, torch.bfloat16, seconds=0.05) >= 0.5 * peak  # the better of the two
     assert 1e8 < peak < 1e14  # between 0.1 GFLOP/s and 100 TFLOP/s on any CPU
 
 

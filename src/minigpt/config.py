@@ -25,9 +25,11 @@ def _opt(default, help: str, **kw):
 
 @dataclass
 class ModelConfig:
-    """The lesson's MiniGPT. vocab_size is set from the tokenizer, not by the user."""
+    """The lesson's MiniGPT. A character tokenizer sets vocab_size from the text; for a BPE
+    tokenizer it is the vocabulary size to train."""
 
-    vocab_size: int = _opt(65, "vocabulary size (taken from the tokenizer)", cli=False)
+    vocab_size: int = _opt(65, "vocabulary size: set by the char tokenizer from the text; "
+                               "for --tokenizer bpe, the size to train (at least 257)")
     n_embd: int = _opt(64, "embedding width C")
     n_head: int = _opt(4, "attention heads (must divide n_embd)")
     n_layer: int = _opt(4, "transformer blocks")
@@ -40,7 +42,9 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     steps: int = _opt(5000, "optimizer steps")
-    batch_size: int = _opt(32, "sequences per batch B")
+    batch_size: int = _opt(32, "sequences per batch B (per process, per micro-step)")
+    grad_accum: int = _opt(1, "micro-batches per optimizer step: the global batch is "
+                              "batch_size x grad_accum x processes")
     optimizer: str = _opt("adamw", "adamw or sgd", choices=("adamw", "sgd"))
     lr: float = _opt(1e-2, "peak learning rate")
     min_lr: float = _opt(1e-3, "floor of the cosine decay")
@@ -73,7 +77,11 @@ class TrainConfig:
 
 @dataclass
 class DataConfig:
-    text: str = _opt("", "a UTF-8 text file to train on (empty: TinyShakespeare)")
+    text: str = _opt("", "a UTF-8 text file, or a folder written by minigpt prepare, to train "
+                         "on (empty: TinyShakespeare)")
+    tokenizer: str = _opt("char", "char (one token per character) or bpe (byte-level BPE "
+                                  "trained on the training split; see --vocab-size)",
+                          choices=("char", "bpe"))
     val_fraction: float = _opt(0.1, "fraction of the tokens held out (the tail) for validation")
 
 
@@ -195,7 +203,7 @@ def validate(cfg: RunConfig) -> None:
         "n_embd": m.n_embd, "n_head": m.n_head, "n_layer": m.n_layer,
         "block_size": m.block_size, "steps": t.steps, "batch_size": t.batch_size,
         "lr": t.lr, "eval_every": t.eval_every, "eval_batches": t.eval_batches,
-        "log_every": t.log_every, "keep": t.keep,
+        "log_every": t.log_every, "keep": t.keep, "grad_accum": t.grad_accum,
     }
     for key, value in positive.items():
         if not value > 0:

@@ -71,9 +71,9 @@ def train_flops_per_token(cfg: ModelConfig) -> int:
     return 6 * linear_weights + 12 * L * T * C
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 0.25) -> float:
-    """Measured FLOP/s of a square matmul in dtype on device: the denominator of MFU."""
-    n = 4096 if device.type == "cuda" else (1024 if dtype == torch.float32 else 256)
+def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 0.2) -> float:
+    """Measured FLOP/s of a square matmul in dtype on device."""
+    n = 4096 if device.type == "cuda" else 512
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     (a @ b).sum().item()  # warm-up
@@ -85,6 +85,16 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 0.25)
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
             return 2 * n**3 * reps / elapsed
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.2) -> float:
+    """The denominator of MFU: the best matmul rate measured in float32 or in dtype. (On CPUs
+    without native bf16, bf16 matmuls run far below fp32, and their own peak would flatter a
+    bf16 run.)"""
+    peak = matmul_peak(device, torch.float32, seconds)
+    if dtype != torch.float32:
+        peak = max(peak, matmul_peak(device, dtype, seconds))
+    return peak
 
 
 def mfu(tokens_per_s: float, flops_per_token: int, peak: float) -> float:

@@ -181,7 +181,7 @@ class Run:
     skipped: int = 0  # batches skipped for non-finite gradients (as of the last log line)
     dtype: torch.dtype = torch.float32  # the forward pass's compute precision
     train_model: torch.nn.Module | None = None  # the model, or its torch.compile wrapper
-    peak_flops: float = 0.0  # measured matmul FLOP/s in dtype: the denominator of MFU
+    peak_flops: float = 0.0  # measured matmul FLOP/s: the denominator of MFU
 
     def rng_state(self) -> dict[str, torch.Tensor]:
         rng = {f"batches_{k}": g.get_state() for k, g in self.batches.generators.items()}
@@ -341,10 +341,10 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = Fals
     model = run.train_model  # the MiniGPT, or its torch.compile wrapper (same parameters)
     optimizer, batches, t = run.optimizer, run.batches, cfg.train
     env = run.env
-    run.peak_flops = performance.matmul_peak(run.device, run.dtype)
+    run.peak_flops = performance.peak_flops(run.device, run.dtype)
     log.info(f"run folder {run.out_dir} | torch {env['torch']} on {env['device']}, "
              f"{env['torch_threads']} threads ({env['cpu_capability']}), {env['dtype']} forward"
-             f"{', compiled' if env['compile'] else ''}; measured matmul peak "
+             f"{', compiled' if env['compile'] else ''}; matmul peak measured "
              f"{run.peak_flops / 1e9:,.0f} GFLOP/s")
     log.info(f"data: {run.info['text']}: vocab {run.tokenizer.vocab_size}, "
              f"{run.info['train_tokens']:,} train and {run.info['val_tokens']:,} val tokens")
