@@ -27,7 +27,7 @@ from minigpt.config import ModelConfig
 from minigpt.data import sha256_file
 from minigpt.errors import MiniGPTError
 from minigpt.model import MiniGPT
-from minigpt.tokenizer import CharTokenizer
+from minigpt.tokenizer import AnyTokenizer, tokenizer_from_dict
 
 FORMAT = "minigpt-checkpoint/1"
 
@@ -155,10 +155,10 @@ def restore_model(model: MiniGPT, ckpt: Checkpoint) -> None:
 
 
 def load_model(run_dir: str | Path, tag: str = "best",
-               device: str | torch.device = "cpu") -> tuple[MiniGPT, CharTokenizer, dict]:
+               device: str | torch.device = "cpu") -> tuple[MiniGPT, AnyTokenizer, dict]:
     """A trained model (in eval mode), its tokenizer and the checkpoint's metadata."""
     ckpt = load_checkpoint(Path(run_dir) / "checkpoints", tag)
     model = MiniGPT.from_config(ModelConfig(**ckpt.meta["model"]))
     restore_model(model, ckpt)
-    tokenizer = CharTokenizer.from_dict(ckpt.meta["tokenizer"])
+    tokenizer = tokenizer_from_dict(ckpt.meta["tokenizer"])
     return model.to(device).eval(), tokenizer, ckpt.meta

@@ -2,6 +2,7 @@
 
     minigpt train [--preset seed] [--config FILE] [--steps N ...] [--out DIR] [--resume DIR]
     minigpt sample --run DIR [--prompt TEXT] [--max-new-tokens N] [--temperature T] ...
+    minigpt prepare --text PATH_OR_DIR_OR_GLOB --out DIR [--tokenizer char|bpe] ...
 
 Every training flag is generated from the config dataclasses, so flags, TOML keys and the
 Python API share one set of names. A MiniGPTError becomes one line on stderr and exit status 2.
@@ -19,6 +20,8 @@ from dataclasses import MISSING
 from tqdm.auto import tqdm
 
 from minigpt.config import field_index, preset_names, resolve_config
+from minigpt.corpus import BPE_VOCAB, SHARD_TOKENS
+from minigpt.distributed import world_from_env
 from minigpt.errors import MiniGPTError, TrainingStopped
 
 
@@ -171,6 +174,29 @@ def build_parser() -> Parser:
     s.add_argument("--checkpoint", default="best", choices=("best", "last"),
                    help="the best validation checkpoint (default) or the latest")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+
+    pr = sub.add_parser(
+        "prepare", allow_abbrev=False, help="tokenize a big corpus into token shards",
+        description="Stream text files through a tokenizer into token shards (uint16, or "
+                    "uint32 when the vocabulary has more than 65,536 tokens) with a JSON index, "
+                    "never holding the corpus in memory; then train on the folder with "
+                    "minigpt train --text DIR (the last --val-fraction of its tokens is held "
+                    "out). char takes every character of the corpus; bpe trains a byte-level "
+                    "BPE on all of it, the part later held out included.")
+    pr.add_argument("--text", required=True, metavar="PATH_OR_DIR_OR_GLOB",
+                    help="a UTF-8 text file, a folder (every file under it, hidden ones "
+                         "skipped, in sorted order), or a quoted glob such as 'books/**/*.txt'")
+    pr.add_argument("--out", required=True, metavar="DIR",
+                    help="folder for the shards, tokenizer.json and index.json (it must not "
+                         "already hold a prepared corpus)")
+    pr.add_argument("--tokenizer", default="char", choices=("char", "bpe"),
+                    help="char (one token per character) or bpe (byte-level BPE; default char)")
+    pr.add_argument("--vocab-size", type=int, default=BPE_VOCAB, metavar="N",
+                    help=f"vocabulary size to train for bpe, at least 257 (default {BPE_VOCAB}; "
+                         f"char ignores it)")
+    pr.add_argument("--shard-tokens", type=int, default=SHARD_TOKENS, metavar="N",
+                    help=f"tokens per shard file at most (default {SHARD_TOKENS:,})")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -283,17 +309,19 @@ def cmd_attention(args: argparse.Namespace) -> int:
     import torch
 
     from minigpt.checkpoint import load_model
-    from minigpt.diagnostics.attention import attention_maps, plot_attention
+    from minigpt.diagnostics.attention import attention_maps, plot_attention, token_labels
     from minigpt.environment import resolve_device
 
     device = resolve_device(args.device)
     model, tok, meta = load_model(args.run, args.checkpoint, device)
-    if not args.text or len(args.text) > model.block_size:
-        raise MiniGPTError(f"--text must have 1 to {model.block_size} characters "
-                           f"(block_size), got {len(args.text)}")
-    idx = torch.tensor([tok.encode(args.text)], device=device)
+    ids = tok.encode(args.text)
+    if not ids or len(ids) > model.block_size:
+        unit = "characters" if tok.kind == "char" else "tokens"
+        raise MiniGPTError(f"--text must have 1 to {model.block_size} {unit} "
+                           f"(block_size), got {len(ids)}")
+    idx = torch.tensor([ids], device=device)  # (1, T)
     out = args.out or f"{args.run}/attention.png"
-    plot_attention(attention_maps(model, idx), list(args.text), out,
+    plot_attention(attention_maps(model, idx), token_labels(tok, ids), out,
                    title=f"attention after step {meta['step']:,}")
     print(f"wrote {out}")
     return 0
@@ -316,11 +344,29 @@ def cmd_sample(args: argparse.Namespace) -> int:
     idx = torch.tensor([tok.encode(args.prompt)], device=device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     sys.stdout.write(args.prompt)
-    for token in stream(model, idx, args.max_new_tokens, temperature=args.temperature,
-                        top_k=args.top_k, top_p=args.top_p, generator=gen):
-        sys.stdout.write(tok.decode(token[0].tolist()))
+    tokens = stream(model, idx, args.max_new_tokens, temperature=args.temperature,
+                    top_k=args.top_k, top_p=args.top_p, generator=gen)
+    for piece in tok.decode_stream(int(t[0]) for t in tokens):  # whole characters only
+        sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    import time
+
+    from minigpt.corpus import prepare
+
+    t0 = time.perf_counter()
+    index = prepare(args.text, args.out, args.tokenizer, args.vocab_size, args.shard_tokens,
+                    progress=not args.no_progress)
+    seconds = time.perf_counter() - t0
+    tok = index["tokenizer"]
+    print(f"prepared {len(index['sources']['files']):,} file(s), {index['tokens']:,} tokens "
+          f"({tok['kind']}, vocab {tok['vocab_size']:,}, {index['dtype']}) in "
+          f"{len(index['shards']):,} shard(s) in {args.out}: {seconds:.1f} s, "
+          f"{index['tokens'] / seconds:,.0f} tokens/s")
     return 0
 
 
@@ -328,12 +374,13 @@ def main(argv: list[str] | None = None) -> int:
     logger = logging.getLogger("minigpt")
     if not logger.handlers:
         logger.addHandler(TqdmHandler())
-        logger.setLevel(logging.INFO)
+        # under torchrun, rank 0 speaks for all; the others report only errors
+        logger.setLevel(logging.INFO if world_from_env().is_main else logging.ERROR)
     try:
         args = build_parser().parse_args(argv)
         commands = {"train": cmd_train, "sample": cmd_sample, "compare": cmd_compare,
                     "report": cmd_report, "gradflow": cmd_gradflow, "attention": cmd_attention,
-                    "autograd": cmd_autograd, "graph": cmd_graph}
+                    "autograd": cmd_autograd, "graph": cmd_graph, "prepare": cmd_prepare}
         return commands[args.command](args)
     except MiniGPTError as e:
         print(f"minigpt: error: {e}", file=sys.stderr)

@@ -2,6 +2,10 @@
 uint16 token file, split contiguously 90/10, and draw random (x, y) batches.
 
     text file -> CharTokenizer -> <text>.tokens.u16 (memmap) -> train / val views -> get_batch
+
+`load_corpus` is the one entry point for training data: a text file with the char tokenizer (as
+above) or a byte-level BPE trained on its training split, or a folder of token shards written by
+`minigpt prepare` (minigpt.corpus).
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ import numpy as np
 import torch
 
 from minigpt.atomic import atomic_path, atomic_write_text
+from minigpt.corpus import is_prepared, open_prepared, token_dtype
 from minigpt.errors import MiniGPTError
-from minigpt.tokenizer import CharTokenizer
+from minigpt.tokenizer import AnyTokenizer, BPETokenizer, CharTokenizer, tokenizer_from_dict
 
 TINYSHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -92,11 +97,14 @@ def read_text(path: str | Path) -> str:
     return text
 
 
-def token_file_paths(text_path: Path) -> tuple[Path, Path]:
-    """Where the token file and its description live: beside the text, else in the cache."""
+def token_file_paths(text_path: Path, tag: str = "") -> tuple[Path, Path]:
+    """Where the token file and its description live: beside the text, else in the cache.
+    Without a tag, the char tokenizer's uint16 file; with one (say 'bpe512-val0.1'), the .bin
+    file of that tokenizer's tokens."""
     folder = text_path.parent if os.access(text_path.parent, os.W_OK) else cache_dir() / "tokens"
     stem = text_path.name if folder == text_path.parent else sha256_file(text_path)[:16]
-    return folder / f"{stem}.tokens.u16", folder / f"{stem}.tokens.json"
+    stem, suffix = (f"{stem}.{tag}", "bin") if tag else (stem, "u16")
+    return folder / f"{stem}.tokens.{suffix}", folder / f"{stem}.tokens.json"
 
 
 def load_tokens(text_path: str | Path) -> tuple[np.memmap, CharTokenizer]:
@@ -114,16 +122,45 @@ def load_tokens(text_path: str | Path) -> tuple[np.memmap, CharTokenizer]:
         if tok.vocab_size > np.iinfo(TOKEN_DTYPE).max + 1:
             raise MiniGPTError(f"{text_path} has {tok.vocab_size} distinct characters; "
                                f"a uint16 token file holds at most 65,536")
-        ids = np.array(tok.encode(text), dtype=TOKEN_DTYPE)
+        ids = tok.encode_array(text).astype(TOKEN_DTYPE)
         with atomic_path(tokens_path) as tmp:
             ids.tofile(tmp)
         meta = {"text_sha256": digest, "n_tokens": len(ids), "tokenizer": tok.to_dict()}
         atomic_write_text(meta_path, json.dumps(meta, ensure_ascii=False) + "\n")
-    tok = CharTokenizer.from_dict(meta["tokenizer"])
+    tok = tokenizer_from_dict(meta["tokenizer"])
     tokens = np.memmap(tokens_path, dtype=TOKEN_DTYPE, mode="r")
     if len(tokens) != meta["n_tokens"]:
         raise MiniGPTError(f"token file {tokens_path} is damaged; delete it to rebuild")
     return tokens, tok
+
+
+def load_bpe_tokens(text_path: Path, vocab_size: int,
+                    val_fraction: float) -> tuple[np.memmap, int, BPETokenizer]:
+    """A text's BPE tokens, cached beside it as load_tokens' are, and how many of them are the
+    training split's. The text is cut at character int((1 - val_fraction) * len(text)); the
+    BPE is trained on the first part only (the training split) and encodes both parts. The
+    cache is used while the text's sha256, vocab_size and val_fraction are unchanged; the token
+    file is uint16, or uint32 for a vocabulary over 65,536."""
+    tokens_path, meta_path = token_file_paths(text_path, f"bpe{vocab_size}-val{val_fraction:g}")
+    key = {"text_sha256": sha256_file(text_path), "kind": "bpe", "vocab_size": vocab_size,
+           "val_fraction": val_fraction}
+    meta = _read_json(meta_path)
+    if {k: meta.get(k) for k in key} != key or not tokens_path.exists():
+        text = read_text(text_path)
+        cut = int((1 - val_fraction) * len(text))
+        tok = BPETokenizer.train([text[:cut]], vocab_size)
+        train, val = tok.encode_array(text[:cut]), tok.encode_array(text[cut:])
+        dtype = token_dtype(tok.vocab_size)
+        with atomic_path(tokens_path) as tmp:
+            np.concatenate([train, val]).astype(dtype).tofile(tmp)
+        meta = {**key, "dtype": dtype.name, "n_tokens": len(train) + len(val),
+                "n_train": len(train), "tokenizer": tok.to_dict()}
+        atomic_write_text(meta_path, json.dumps(meta, ensure_ascii=False) + "\n")
+    tok = tokenizer_from_dict(meta["tokenizer"])
+    tokens = np.memmap(tokens_path, dtype=np.dtype(meta["dtype"]), mode="r")
+    if len(tokens) != meta["n_tokens"]:
+        raise MiniGPTError(f"token file {tokens_path} is damaged; delete it to rebuild")
+    return tokens, meta["n_train"], tok
 
 
 def _read_json(path: Path) -> dict:
@@ -155,6 +192,40 @@ class Splits:
                 )
 
 
+def load_corpus(text: str | Path, tokenizer: str, vocab_size: int,
+                val_fraction: float) -> tuple[Splits, AnyTokenizer, dict]:
+    """The training data, its tokenizer and a description of it, from
+
+    - a text file and tokenizer 'char': its characters (load_tokens), the last val_fraction of
+      the tokens held out;
+    - a text file and tokenizer 'bpe': a byte-level BPE of vocab_size tokens trained on the
+      text's first 1 - val_fraction (the training split; see load_bpe_tokens);
+    - a folder written by `minigpt prepare`: its shards and its tokenizer as prepared
+      (`tokenizer` and `vocab_size` are not used), the last val_fraction of all its tokens
+      held out.
+
+    The description has text, tokens, train_tokens, val_tokens, tokenizer (the kind used) and
+    vocab_size.
+    """
+    path = Path(text)
+    if is_prepared(path):
+        tokens, tok = open_prepared(path)
+        splits = Splits.from_tokens(tokens, val_fraction)
+    elif tokenizer == "bpe":
+        if not path.is_file():
+            raise MiniGPTError(f"text file not found: {path}")
+        tokens, n_train, tok = load_bpe_tokens(path, vocab_size, val_fraction)
+        splits = Splits(train=tokens[:n_train], val=tokens[n_train:])
+    elif tokenizer == "char":
+        tokens, tok = load_tokens(path)
+        splits = Splits.from_tokens(tokens, val_fraction)
+    else:
+        raise MiniGPTError(f"tokenizer must be char or bpe, got {tokenizer!r}")
+    info = {"text": str(path), "tokens": len(tokens), "train_tokens": len(splits.train),
+            "val_tokens": len(splits.val), "tokenizer": tok.kind, "vocab_size": tok.vocab_size}
+    return splits, tok, info
+
+
 def get_batch(
     data: np.ndarray,
     batch_size: int,
@@ -179,24 +250,31 @@ def get_batch(
 
 
 class Batches:
-    """The lesson's `get_batch(split)`: seeded random batches from the train or val split."""
+    """The lesson's `get_batch(split)`: seeded random batches from the train or val split.
+
+    Training batches come from numbered streams, one generator each: stream 0 is seeded with
+    `seed`, stream s with seed + 1,000,003 s. A step made of several micro-batches (gradient
+    accumulation, or several processes) draws micro-batch k from `streams[k]`; one process
+    accumulating 4 micro-batches and 4 processes taking one each see the same batches."""
 
     def __init__(self, splits: Splits, batch_size: int, block_size: int, seed: int = 1337,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", streams: tuple[int, ...] = (0,)):
         splits.check(block_size)
         self.splits = splits
         self.batch_size = batch_size
         self.block_size = block_size
         self.device = device
-        # one stream per split, so how often we evaluate never changes the training batches
-        self.generators = {
-            "train": torch.Generator().manual_seed(seed),
-            "val": torch.Generator().manual_seed(seed + 1),
-        }
+        self.streams = tuple(streams)
+        # separate generators, so how often we evaluate never changes the training batches
+        self.generators = {"val": torch.Generator().manual_seed(seed + 1)}
+        for s in self.streams:
+            self.generators[f"train{s}"] = torch.Generator().manual_seed(seed + 1_000_003 * s)
 
-    def get_batch(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if split not in self.generators:
+    def get_batch(self, split: str, micro: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y), each (B, T): from the val stream, or from this step's micro-th train stream."""
+        if split not in ("train", "val"):
             raise MiniGPTError(f"split must be 'train' or 'val', got {split!r}")
         data = self.splits.train if split == "train" else self.splits.val
-        return get_batch(data, self.batch_size, self.block_size, self.generators[split],
+        key = f"train{self.streams[micro]}" if split == "train" else "val"
+        return get_batch(data, self.batch_size, self.block_size, self.generators[key],
                          self.device)

@@ -144,10 +144,10 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, **kw) -> torch.Tenso
 
 def sample_text(model, tokenizer, prompt: str, max_new_tokens: int, seed: int = 1337,
                 **kw) -> str:
-    """A seeded sample continuing `prompt`, or the first vocabulary character when the prompt
-    has characters the tokenizer does not know (a run on another text)."""
-    if not set(prompt) <= set(tokenizer.chars):
-        prompt = tokenizer.chars[0]
+    """A seeded sample continuing `prompt`, or the text of token 0 when the tokenizer cannot
+    encode the prompt (a character tokenizer of another text)."""
+    if not tokenizer.can_encode(prompt):
+        prompt = tokenizer.decode([0])
     device = next(model.parameters()).device
     idx = torch.tensor([tokenizer.encode(prompt)], device=device)
     gen = torch.Generator(device=device).manual_seed(seed)

@@ -22,18 +22,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from minigpt import performance
+from minigpt import distributed, performance
 from minigpt.atomic import atomic_write_text
 from minigpt.checkpoint import load_checkpoint, restore_model, restore_optimizer, save_checkpoint
 from minigpt.config import RunConfig, TrainConfig, apply_overrides
-from minigpt.data import Batches, Splits, ensure_tinyshakespeare, load_tokens
+from minigpt.data import Batches, Splits, ensure_tinyshakespeare, load_corpus
 from minigpt.diagnostics.probes import standard_probes
 from minigpt.environment import describe, resolve_device
 from minigpt.errors import MiniGPTError, TrainingStopped
 from minigpt.model import MiniGPT
 from minigpt.sample import sample_text
 from minigpt.schedule import lr_at
-from minigpt.tokenizer import CharTokenizer
+from minigpt.tokenizer import AnyTokenizer, tokenizer_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class Run:
     cfg: RunConfig
     out_dir: Path
     device: torch.device
-    tokenizer: CharTokenizer
+    tokenizer: AnyTokenizer
     splits: Splits
     batches: Batches
     model: MiniGPT
@@ -181,25 +181,35 @@ class Run:
     skipped: int = 0  # batches skipped for non-finite gradients (as of the last log line)
     dtype: torch.dtype = torch.float32  # the forward pass's compute precision
     train_model: torch.nn.Module | None = None  # the model, or its torch.compile wrapper
-    peak_flops: float = 0.0  # measured matmul FLOP/s: the denominator of MFU
+    peak_flops: float = 0.0  # measured matmul FLOP/s of all processes: the denominator of MFU
+    world: distributed.World = field(default_factory=distributed.World)  # processes (torchrun)
 
     def rng_state(self) -> dict[str, torch.Tensor]:
-        rng = {f"batches_{k}": g.get_state() for k, g in self.batches.generators.items()}
-        rng["torch"] = torch.get_rng_state()
+        """Every process's batch generators and torch RNG, keyed rank<r>_<name> (a collective
+        call: every process must make it)."""
+        mine = {f"batches_{k}": g.get_state() for k, g in self.batches.generators.items()}
+        mine["torch"] = torch.get_rng_state()
         if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return rng
+            mine["cuda"] = torch.cuda.get_rng_state(self.device).cpu()
+        states = distributed.gather(mine, self.world)
+        return {f"rank{r}_{k}": v for r, state in enumerate(states) for k, v in state.items()}
 
     def set_rng_state(self, rng: dict[str, torch.Tensor]) -> None:
+        prefix = f"rank{self.world.rank}_"
         for k, g in self.batches.generators.items():
-            g.set_state(rng[f"batches_{k}"])
-        torch.set_rng_state(rng["torch"])
-        if self.device.type == "cuda" and "cuda" in rng:
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
+            g.set_state(rng[f"{prefix}batches_{k}"])
+        torch.set_rng_state(rng[f"{prefix}torch"])
+        if self.device.type == "cuda" and f"{prefix}cuda" in rng:
+            torch.cuda.set_rng_state(rng[f"{prefix}cuda"], self.device)
 
     def save(self, tags: list[str]) -> None:
+        """A checkpoint (every process calls this; rank 0 writes it)."""
+        rng = self.rng_state()
+        if not self.world.is_main:
+            return
         meta = {
             "step": self.step,
+            "world_size": self.world.size,
             "train": vars(self.cfg.train),
             "data": vars(self.cfg.data),
             "tokenizer": self.tokenizer.to_dict(),
@@ -207,7 +217,7 @@ class Run:
             "skipped_batches": self.skipped,
         }
         save_checkpoint(self.out_dir / "checkpoints", tags, self.model, self.optimizer, meta,
-                        self.rng_state(), keep=self.cfg.train.keep)
+                        rng, keep=self.cfg.train.keep)
 
     def mfu(self, tokens_per_s: float) -> float:
         """Model FLOPs utilisation at this throughput, against the peak measured at the start."""
@@ -215,7 +225,9 @@ class Run:
         return round(performance.mfu(tokens_per_s, flops, self.peak_flops), 4)
 
     def record(self, row: dict) -> None:
-        """Append the row to metrics.jsonl and show it to the probes."""
+        """Append the row to metrics.jsonl and show it to the probes (rank 0 only)."""
+        if not self.world.is_main:
+            return
         with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         for probe in self.probes:
@@ -243,27 +255,33 @@ def resume_config(run_dir: str | Path, overrides: dict | None = None) -> RunConf
 
 def build_run(cfg: RunConfig, out_dir: Path) -> Run:
     """Data, tokenizer, a freshly initialised model (seeded), optimizer and batches; no files
-    are written."""
-    device = resolve_device(cfg.train.device)
-    text_path = Path(cfg.data.text) if cfg.data.text else ensure_tinyshakespeare()
-    tokens, tokenizer = load_tokens(text_path)
-    splits = Splits.from_tokens(tokens, cfg.data.val_fraction)
+    are written but the token cache. Under torchrun, this process joins the others here."""
+    world = distributed.world_from_env()
+    device = distributed.start(world, resolve_device(cfg.train.device))
+    with distributed.main_first(world):  # rank 0 writes the token cache, the others read it
+        text_path = Path(cfg.data.text) if cfg.data.text else ensure_tinyshakespeare()
+        splits, tokenizer, info = load_corpus(text_path, cfg.data.tokenizer,
+                                              cfg.model.vocab_size, cfg.data.val_fraction)
     splits.check(cfg.model.block_size)
-    cfg.model.vocab_size = tokenizer.vocab_size
+    cfg.data.tokenizer = info["tokenizer"]  # a prepared folder brings its own
+    cfg.model.vocab_size = tokenizer.vocab_size  # BPE may learn fewer than asked for
     torch.manual_seed(cfg.train.seed)
     model = MiniGPT.from_config(cfg.model).to(device)
     optimizer = make_optimizer(model, cfg.train)
-    batches = Batches(splits, cfg.train.batch_size, cfg.model.block_size, cfg.train.seed, device)
+    accum = cfg.train.grad_accum  # this process's streams: one per micro-batch of a step
+    streams = tuple(range(world.rank * accum, (world.rank + 1) * accum))
+    batches = Batches(splits, cfg.train.batch_size, cfg.model.block_size, cfg.train.seed, device,
+                      streams)
     stopper = EarlyStopping(cfg.train.patience, cfg.train.min_delta)
-    run = Run(cfg, out_dir, device, tokenizer, splits, batches, model, optimizer, stopper)
-    run.info = {"text": str(text_path), "tokens": len(tokens), "train_tokens": len(splits.train),
-                "val_tokens": len(splits.val), "params": model.num_params()}
+    run = Run(cfg, out_dir, device, tokenizer, splits, batches, model, optimizer, stopper,
+              world=world)
+    run.info = info | {"params": model.num_params()}
     run.dtype = performance.choose_dtype(cfg.train.dtype, device)
     use_compile = performance.choose_compile(cfg.train.compile, device)
     performance.configure_backends(device)
-    run.train_model = performance.compiled(model, use_compile)
+    run.train_model = distributed.wrap(performance.compiled(model, use_compile), world, device)
     run.env = describe(device) | {"dtype": str(run.dtype).removeprefix("torch."),
-                                  "compile": use_compile}
+                                  "compile": use_compile, "processes": world.size}
     return run
 
 
@@ -276,12 +294,15 @@ def prepare_run(cfg: RunConfig, out_dir: str | Path | None = None,
         raise MiniGPTError(f"{out_dir} already holds a run: resume it with --resume {out_dir}, "
                            f"or choose another --out")
     run = build_run(cfg, out_dir)
+    if resume:
+        restore(run, "last")
+    if not run.world.is_main:
+        return run
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise MiniGPTError(f"cannot create run folder {out_dir}: {e.strerror}") from None
     if resume:
-        restore(run, "last")
         for name in ("metrics.jsonl", "gradflow.jsonl", "samples.jsonl"):
             truncate_log(out_dir / name, run.step)  # lines after the checkpoint come again
     else:
@@ -305,9 +326,13 @@ def open_run(run_dir: str | Path, tag: str = "best", device: str = "auto") -> Ru
 def restore(run: Run, tag: str = "last") -> None:
     """Load a checkpoint into the run: weights, optimizer, RNG streams and loop state."""
     ckpt = load_checkpoint(run.out_dir / "checkpoints", tag)
-    if CharTokenizer.from_dict(ckpt.meta["tokenizer"]) != run.tokenizer:
+    if tokenizer_from_dict(ckpt.meta["tokenizer"]) != run.tokenizer:
         raise MiniGPTError("the text's vocabulary differs from the checkpoint's; resume with the "
                            "same --text the run was trained on")
+    saved = (ckpt.meta["world_size"], ckpt.meta["train"]["grad_accum"])
+    if saved != (run.world.size, run.cfg.train.grad_accum):
+        raise MiniGPTError(f"the run was trained by {saved[0]} process(es) with --grad-accum "
+                           f"{saved[1]}; resume it the same way to continue its batch streams")
     restore_model(run.model, ckpt)
     restore_optimizer(run.optimizer, ckpt)
     run.set_rng_state(ckpt.section("rng"))
@@ -333,28 +358,30 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = Fals
           progress: bool = True, probes: list | None = None) -> dict:
     """Train a MiniGPT as cfg says; write the run folder; return the summary.
 
-    `probes` replaces the diagnostics the config asks for (see minigpt.diagnostics.probes)."""
+    `probes` replaces the diagnostics the config asks for (see minigpt.diagnostics.probes).
+    Under torchrun every process calls this; rank 0 alone prints and writes files."""
     run = prepare_run(cfg, out_dir, resume)
-    run.probes = standard_probes(run) if probes is None else probes
+    try:
+        return train_run(run, progress, probes)
+    finally:
+        distributed.stop(run.world)
+
+
+def train_run(run: Run, progress: bool = True, probes: list | None = None) -> dict:
+    cfg, t = run.cfg, run.cfg.train
+    if run.world.is_main:
+        run.probes = standard_probes(run) if probes is None else probes
     for probe in run.probes:
         probe.start(run)
-    model = run.train_model  # the MiniGPT, or its torch.compile wrapper (same parameters)
-    optimizer, batches, t = run.optimizer, run.batches, cfg.train
-    env = run.env
-    run.peak_flops = performance.peak_flops(run.device, run.dtype)
-    log.info(f"run folder {run.out_dir} | torch {env['torch']} on {env['device']}, "
-             f"{env['torch_threads']} threads ({env['cpu_capability']}), {env['dtype']} forward"
-             f"{', compiled' if env['compile'] else ''}; matmul peak measured "
-             f"{run.peak_flops / 1e9:,.0f} GFLOP/s")
-    log.info(f"data: {run.info['text']}: vocab {run.tokenizer.vocab_size}, "
-             f"{run.info['train_tokens']:,} train and {run.info['val_tokens']:,} val tokens")
-    log.info(f"model: {run.info['params']:,} parameters on {run.device}; "
-             f"{t.optimizer} lr {t.lr:g} ({t.schedule}), batch {t.batch_size} x "
-             f"{cfg.model.block_size}, {t.steps} steps")
+    model = run.train_model  # the MiniGPT, or its torch.compile / DDP wrapper (same parameters)
+    optimizer, batches = run.optimizer, run.batches
+    run.peak_flops = performance.peak_flops(run.device, run.dtype) * run.world.size
+    log_start(run)
 
-    bar = tqdm(total=t.steps, initial=run.step, unit="step", disable=None if progress else True,
-               dynamic_ncols=True, leave=False)
-    meter = Throughput(t.batch_size * cfg.model.block_size, run.step)
+    bar = tqdm(total=t.steps, initial=run.step, unit="step", dynamic_ncols=True, leave=False,
+               disable=None if progress and run.world.is_main else True)
+    tokens_per_step = t.batch_size * cfg.model.block_size * t.grad_accum * run.world.size
+    meter = Throughput(tokens_per_step, run.step)
     nonfinite = torch.zeros((), device=run.device)  # skipped batches, counted on the device
     start = time.perf_counter()
     set_lr(optimizer, schedule_lr(t, run.step))
@@ -363,11 +390,15 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = Fals
     with StopSignals() as signals:
         for step in range(run.step, t.steps):
             lr = optimizer.param_groups[0]["lr"]
-            xb, yb = batches.get_batch("train")  # 1. a batch of (B, T) inputs and targets
-            with performance.autocast(run.device, run.dtype):  # bf16 where chosen
-                logits, loss = model(xb, yb)  # 2. forward and loss
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # 3. backward: gradients of the loss for every parameter
+            loss = torch.zeros((), device=run.device)  # this step's loss, over its micro-batches
+            for micro in range(t.grad_accum):  # gradients add up over grad_accum micro-batches
+                xb, yb = batches.get_batch("train", micro)  # 1. a batch of (B, T) inputs, targets
+                with distributed.sync_gradients(model, micro == t.grad_accum - 1):
+                    with performance.autocast(run.device, run.dtype):  # bf16 where chosen
+                        logits, micro_loss = model(xb, yb)  # 2. forward and loss
+                    (micro_loss / t.grad_accum).backward()  # 3. backward: d loss / d parameters
+                loss += micro_loss.detach() / t.grad_accum
             grad_norm = clip_gradients(model, t.grad_clip)
             nonfinite += step_if_finite(optimizer, grad_norm)  # 4. step: update the weights
             set_lr(optimizer, schedule_lr(t, step + 1))  # 5. schedule the next step's rate
@@ -375,23 +406,42 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = Fals
             bar.update()
 
             last = run.step == t.steps
-            if step % t.log_every == 0 or step % t.eval_every == 0 or last:
+            logged = step % t.log_every == 0 or step % t.eval_every == 0 or last
+            if logged:
                 row = log_step(run, step, loss, lr, grad_norm, meter, bar)
                 check_nonfinite(run, step, int(nonfinite.item()), row)
                 if step % t.eval_every == 0 or last:
                     evaluate(run, row, bar)
                 run.record(row)  # metrics.jsonl, plots, probes
                 meter.pause()  # evaluation and probes are not training throughput
-                if run.stopper.should_stop:
+                if run.stopper.should_stop:  # every process evaluated alike: all stop here
                     log.info(f"early stopping at step {step}: no improvement for "
                              f"{run.stopper.patience} evaluations (best {run.stopper.best:.4f})")
                     break
-            if signals.received:  # Ctrl-C or SIGTERM: this step is done and logged; stop
+            if signals.agreed(run.world, run.device, logged):  # Ctrl-C or SIGTERM: stop
                 break
     bar.close()
-    if signals.received:
-        stop_on_signal(run, signals.received)
+    if signals.stopping:
+        stop_on_signal(run, signals.signum)
     return finish(run, time.perf_counter() - start, meter)
+
+
+def log_start(run: Run) -> None:
+    """The run's environment, data and model, in three lines."""
+    cfg, t, env = run.cfg, run.cfg.train, run.env
+    procs = f"{run.world.size} processes x " if run.world.enabled else ""
+    log.info(f"run folder {run.out_dir} | torch {env['torch']} on {procs}{env['device']}, "
+             f"{env['torch_threads']} threads ({env['cpu_capability']}), {env['dtype']} forward"
+             f"{', compiled' if env['compile'] else ''}; matmul peak measured "
+             f"{run.peak_flops / 1e9:,.0f} GFLOP/s")
+    log.info(f"data: {run.info['text']}: vocab {run.tokenizer.vocab_size}, "
+             f"{run.info['train_tokens']:,} train and {run.info['val_tokens']:,} val tokens")
+    batch = f"batch {t.batch_size}"
+    if t.grad_accum > 1 or run.world.enabled:
+        batch += f" x {t.grad_accum} micro-steps x {run.world.size} processes"
+    log.info(f"model: {run.info['params']:,} parameters on {run.device}; "
+             f"{t.optimizer} lr {t.lr:g} ({t.schedule}), {batch} x "
+             f"{cfg.model.block_size} tokens, {t.steps} steps")
 
 
 class Throughput:
@@ -427,6 +477,7 @@ def log_step(run: Run, step: int, loss: torch.Tensor, lr: float, grad_norm: torc
     """The metrics line for this step (with check_nonfinite, the only place the loop waits for
     the device)."""
     tokens_per_s = meter.read(run.step)
+    loss = distributed.mean(loss, run.world)  # every process's batches count
     row = {"step": step, "train_loss": finite_or_none(loss.item()), "lr": lr,
            "grad_norm": finite_or_none(grad_norm.item()), "tokens_per_s": round(tokens_per_s),
            "mfu": run.mfu(tokens_per_s)}
@@ -466,10 +517,12 @@ def optimizer_lr(run: Run) -> float:
 class StopSignals:
     """The first SIGINT (Ctrl-C) or SIGTERM lets the current step finish, then the loop saves a
     checkpoint and stops; a second one stops at once (files are only ever renamed into place,
-    so nothing is left half-written)."""
+    so nothing is left half-written). Under torchrun the processes agree to stop at the next
+    log line, so that they all stop after the same step."""
 
     def __enter__(self) -> StopSignals:
         self.received: int | None = None
+        self.stopping = False
         self.previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -482,6 +535,20 @@ class StopSignals:
         self.received = signum
         log.warning(f"{signal.Signals(signum).name}: finishing this step, then saving a "
                     f"checkpoint (again to stop at once)")
+
+    def agreed(self, world: distributed.World, device: torch.device, logged: bool) -> bool:
+        """Whether to stop after this step: at once in one process; under torchrun, at a log
+        line, when any process got a signal (a collective call, made by all at the same step)."""
+        if world.enabled:
+            if logged:
+                self.stopping = distributed.any_process(self.received is not None, world, device)
+        else:
+            self.stopping = self.received is not None
+        return self.stopping
+
+    @property
+    def signum(self) -> int:
+        return self.received or signal.SIGTERM
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self.previous.items():
@@ -517,8 +584,11 @@ def evaluate(run: Run, row: dict, bar) -> None:
 
 
 def finish(run: Run, wall_s: float, meter: Throughput) -> dict:
-    """The whole-split validation loss, summary.json, and a sample from the final model."""
+    """The whole-split validation loss, summary.json, and a sample from the final model (all
+    on rank 0; the other processes are done)."""
     cfg = run.cfg
+    if not run.world.is_main:
+        return {"steps": run.step}
     final = split_loss(run.model, run.splits.val, cfg.model.block_size, 64, run.device)
     summary = {
         "final_val_loss": final,

@@ -6,8 +6,9 @@ materialises the weights, so `attention_maps` captures each block's attention in
 pre-hooks during one ordinary forward pass and recomputes softmax(q k^T / sqrt(d_k)), causally
 masked, from the block's own Wq and Wk. The model is left exactly as it was.
 
-    maps = attention_maps(model, torch.tensor([tok.encode(text)]))  # (n_layer, n_head, T, T)
-    plot_attention(maps, list(text), "attention.png", title="step 500")
+    ids = tok.encode(text)
+    maps = attention_maps(model, torch.tensor([ids]))  # (n_layer, n_head, T, T)
+    plot_attention(maps, token_labels(tok, ids), "attention.png", title="step 500")
 """
 
 from __future__ import annotations
@@ -64,6 +65,12 @@ def attention_maps(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
             h.remove()
         model.train(was_training)
     return torch.stack(maps).float().cpu()  # (n_layer, nh, T, T)
+
+
+def token_labels(tokenizer, ids) -> list[str]:
+    """Each token's own text, to label an axis: a character for a character tokenizer; for
+    BPE a piece of text (U+FFFD where a token holds only part of a character's bytes)."""
+    return [tokenizer.decode([i]) for i in ids]
 
 
 def display_label(label: str) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from minigpt.diagnostics import plots
-from minigpt.diagnostics.attention import attention_maps, plot_attention
+from minigpt.diagnostics.attention import attention_maps, plot_attention, token_labels
 from minigpt.diagnostics.gradflow import grad_stats, layer_norms, plot_layer_norms, snapshot
 from minigpt.sample import sample_text
 
@@ -114,30 +114,33 @@ class AttentionProbe(Probe):
         self.text = text
         self.tb = tensorboard
         self.next_step = 0
+        self.ids: list[int] = []  # the text's tokens, at most one block
 
     def start(self, run):
-        known = "".join(c for c in self.text if c in run.tokenizer.stoi)
-        self.text = known[: run.cfg.model.block_size]
-        if not self.text:
+        tok = run.tokenizer
+        known = "".join(c for c in self.text if tok.can_encode(c))
+        self.ids = tok.encode(known)[: run.cfg.model.block_size]
+        if not self.ids:
             log.warning("attention probe off: no character of its text is in the vocabulary")
         self.next_step = run.step
 
     def on_row(self, run, row):
-        if self.text and row["step"] >= self.next_step:
+        if self.ids and row["step"] >= self.next_step:
             self.snapshot(run, row["step"])
             self.next_step = row["step"] - row["step"] % self.every + self.every
 
     def snapshot(self, run, step: int) -> Path:
-        idx = torch.tensor([run.tokenizer.encode(self.text)], device=run.device)
+        idx = torch.tensor([self.ids], device=run.device)  # (1, T)
         maps = attention_maps(run.model, idx)
         path = run.out_dir / "attention" / f"step-{step:06d}.png"
-        plot_attention(maps, list(self.text), path, title=f"attention at step {step}")
+        plot_attention(maps, token_labels(run.tokenizer, self.ids), path,
+                       title=f"attention at step {step}")
         if self.tb:
             self.tb.image("attention", path, step)
         return path
 
     def end(self, run, summary):
-        if self.text:
+        if self.ids:
             self.snapshot(run, run.step)
 
 

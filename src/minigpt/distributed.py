@@ -1,0 +1,134 @@
+"""Data parallel training over processes, on PyTorch's own engine (torch.distributed + DDP).
+
+    torchrun --nproc_per_node=N -m minigpt train ...
+
+torchrun starts N copies of the command and tells each its RANK, LOCAL_RANK and WORLD_SIZE in
+the environment. Each process holds the whole model, draws its own batches, and DDP averages
+the gradients across processes during backward, so every process takes the same optimizer
+step. NCCL carries the gradients between GPUs, gloo between CPU processes. Only rank 0 logs,
+evaluates, samples and writes files; the others train and follow its decisions.
+
+Without torchrun's variables (or with WORLD_SIZE=1) this is one process and every function here
+does nothing special.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from minigpt.errors import MiniGPTError
+
+
+@dataclass(frozen=True)
+class World:
+    """Who this process is among the processes training together."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def world_from_env() -> World:
+    """The process's place as torchrun's environment variables say (one process without them)."""
+    try:
+        size = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        raise MiniGPTError("RANK, LOCAL_RANK and WORLD_SIZE must be integers") from None
+    return World(rank, size, local)
+
+
+def start(world: World, device: torch.device) -> torch.device:
+    """Join the process group (NCCL on CUDA, gloo on CPU) and return this process's device:
+    with CUDA, GPU number LOCAL_RANK."""
+    if not world.enabled:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, rank=world.rank, world_size=world.size,
+                                device_id=device if device.type == "cuda" else None)
+    return device
+
+
+def stop(world: World) -> None:
+    """Leave the process group (after the last collective call)."""
+    if world.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: torch.nn.Module, world: World, device: torch.device) -> torch.nn.Module:
+    """The model in DDP's wrapper, which averages gradients across processes in backward; rank
+    0's initial weights are broadcast to the others. One process: the model itself."""
+    if not world.enabled:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def sync_gradients(model: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """Around forward and backward of a micro-batch: with sync False, DDP keeps the gradients
+    local (no_sync) so that only the last micro-batch of a step pays for the all-reduce."""
+    if sync or not isinstance(model, DistributedDataParallel):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+def mean(value: torch.Tensor, world: World) -> torch.Tensor:
+    """The mean of a tensor over all processes (every process must call this)."""
+    if not world.enabled:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value / world.size
+
+
+def any_process(flag: bool, world: World, device: torch.device) -> bool:
+    """True on every process if it is True on any (every process must call this)."""
+    if not world.enabled:
+        return flag
+    t = torch.tensor(float(flag), device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def gather(obj, world: World) -> list:
+    """Every process's obj, in rank order, on every process (every process must call this)."""
+    if not world.enabled:
+        return [obj]
+    out = [None] * world.size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(world: World) -> None:
+    if world.enabled:
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_first(world: World):
+    """Rank 0 runs the block first (e.g. writing a token cache), then the others run it (and
+    find the files made)."""
+    if not world.is_main:
+        barrier(world)
+    yield
+    if world.is_main:
+        barrier(world)

@@ -1,0 +1,230 @@
+"""BPETokenizer: any Unicode round-trips, training is deterministic, pieces encode like the
+whole, JSON round trip, kind dispatch, clear errors; and a BPE corpus of TinyShakespeare that
+trains a model and samples from it."""
+
+import json
+import random
+from functools import lru_cache
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from minigpt import BPETokenizer, CharTokenizer, MiniGPT, MiniGPTError, get_batch
+from minigpt.data import load_corpus, load_tokens, token_file_paths
+from minigpt.diagnostics.attention import token_labels
+from minigpt.sample import sample_text
+from minigpt.tokenizer import (
+    byte_symbols,
+    load_tokenizer,
+    split_at_boundaries,
+    tokenizer_from_dict,
+)
+
+# characters that stress byte-level BPE: multi-byte, emoji (4 bytes, and a ZWJ sequence),
+# combining marks, every kind of space and line break the pre-tokenizer treats specially
+TRICKY = ["a", "b", "s", "1", "'", " ", "  ", "\n", "\r", "\t", "\u3000", "\x85", "\x1c", "é",
+          "e\u0301", "😀", "👩\u200d💻", "ß", "中", "\u2028", ".", "_"]
+
+
+def tricky_corpus(n: int, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    return "".join(rng.choice(TRICKY) for _ in range(n))
+
+
+@lru_cache(maxsize=1)
+def trained() -> BPETokenizer:
+    """One tokenizer for the property tests, trained with merges across all of TRICKY."""
+    return BPETokenizer.train([tricky_corpus(20_000), "the quick brown fox\n" * 50], 400)
+
+
+any_text = st.one_of(
+    st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00")),
+    st.lists(st.sampled_from(TRICKY)).map("".join),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(any_text)
+def test_round_trip_any_unicode(text):
+    tok = trained()
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    assert all(0 <= i < tok.vocab_size for i in ids)
+    assert tok.hf.decode(ids) == text  # the library's own ByteLevel decoder agrees
+    assert np.array_equal(tok.encode_array(text), np.array(ids, dtype=np.int64))
+    assert "".join(tok.decode_stream(ids)) == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(TRICKY), max_size=80).map("".join), st.integers(1, 8))
+def test_pieces_cut_at_boundaries_encode_like_the_whole(text, size):
+    tok = trained()
+    pieces = split_at_boundaries(text, size)
+    assert "".join(pieces) == text
+    apart = [i for p in pieces for i in tok.hf.encode(p).ids]
+    assert apart == tok.encode(text)
+
+
+def test_byte_symbols_are_the_librarys_alphabet():
+    symbols = byte_symbols()
+    assert set(symbols) == set(pre_tokenizers.ByteLevel.alphabet())
+    assert sorted(symbols.values()) == list(range(256))
+    tok = trained()  # every single-byte token stands for the byte the library gives it
+    for text in ["a", " ", "\n", "é", "😀"]:
+        assert tok.to_bytes(tok.encode(text)) == text.encode("utf-8")
+
+
+def test_training_is_deterministic_and_depends_on_the_text():
+    texts = [tricky_corpus(5000, seed=1), "to be or not to be\n" * 30]
+    a, b = BPETokenizer.train(texts, 300), BPETokenizer.train(iter(texts), 300)
+    assert a == b and a.to_dict() == b.to_dict()
+    other = BPETokenizer.train([tricky_corpus(5000, seed=2)], 300)
+    assert other != a
+    # fed in pieces cut at safe breaks, the trainer learns what it learns from the whole text
+    hf = Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    hf.train_from_iterator(["".join(texts)], trainer=trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[], show_progress=False))
+    assert BPETokenizer(hf) == BPETokenizer.train(["".join(texts)], 300)
+
+
+def test_vocab_size_is_respected():
+    text = tricky_corpus(20_000, seed=3)
+    for n in (257, 300, 350):
+        assert BPETokenizer.train([text], n).vocab_size == n
+    small = BPETokenizer.train(["abab"], 1000)  # too few pairs to reach 1000: stops early
+    assert 257 <= small.vocab_size < 1000
+
+
+def test_json_round_trip_and_kind_dispatch(tmp_path):
+    tok = trained()
+    d = json.loads(json.dumps(tok.to_dict()))
+    assert d["kind"] == "bpe"
+    back = BPETokenizer.from_dict(d)
+    assert back == tok and back.encode("😀 ab\n") == tok.encode("😀 ab\n")
+    assert tokenizer_from_dict(d) == tok
+    char = CharTokenizer.from_text("hello")
+    assert isinstance(tokenizer_from_dict(char.to_dict()), CharTokenizer)
+    assert tokenizer_from_dict(char.to_dict()) == char and char != tok
+    tok.save(tmp_path / "bpe.json")
+    char.save(tmp_path / "char.json")
+    assert load_tokenizer(tmp_path / "bpe.json") == tok == BPETokenizer.load(tmp_path / "bpe.json")
+    assert load_tokenizer(tmp_path / "char.json") == char
+
+
+def test_can_encode_and_labels():
+    char = CharTokenizer.from_text("hello world")
+    assert char.can_encode("low") and not char.can_encode("low!")
+    assert trained().can_encode("anything at all 😀")
+    assert token_labels(char, char.encode("hello")) == list("hello")
+    tok = trained()
+    labels = token_labels(tok, tok.encode("the quick fox"))
+    assert "".join(labels) == "the quick fox" and len(labels) < len("the quick fox")
+
+
+def test_decode_stream_holds_back_split_characters():
+    tok = BPETokenizer.train(["plain ascii text\n" * 20], 260)  # no merge inside the emoji
+    ids = tok.encode("ab😀c")
+    assert len(ids) > 3 and "\ufffd" in tok.decode(ids[:3])  # a token ends mid-character
+    pieces = list(tok.decode_stream(ids))
+    assert "".join(pieces) == "ab😀c" and not any("\ufffd" in p for p in pieces)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: BPETokenizer.train(["abc"], 256), "at least 257"),
+    (lambda: BPETokenizer.train(["abc"], 65), "got 65"),
+    (lambda: BPETokenizer.from_dict({"kind": "bpe", "tokenizer": {"model": 1}}),
+     "not a valid BPE tokenizer"),
+    (lambda: BPETokenizer.from_dict({"kind": "char", "chars": "ab"}), "expected kind 'bpe'"),
+    (lambda: tokenizer_from_dict({"kind": "wordpiece"}), "unknown tokenizer kind"),
+    (lambda: tokenizer_from_dict([]), "unknown tokenizer kind"),
+    (lambda: BPETokenizer(Tokenizer(models.BPE())), "not a byte-level BPE"),
+    (lambda: trained().encode("a\ud800"), "lone surrogate"),
+])
+def test_errors_are_clear(call, message):
+    with pytest.raises(MiniGPTError, match=message):
+        call()
+
+
+def test_bad_tokenizer_file(tmp_path):
+    (tmp_path / "t.json").write_text('{"kind": "bpe", "tokenizer": 3}')
+    with pytest.raises(MiniGPTError, match="cannot read tokenizer"):
+        load_tokenizer(tmp_path / "t.json")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(min_size=1), st.text())
+def test_char_encode_array_matches_encode(known, other):
+    tok = CharTokenizer.from_text(known)
+    assert np.array_equal(tok.encode_array(known), np.array(tok.encode(known)))
+    if tok.can_encode(other):
+        assert np.array_equal(tok.encode_array(other), np.array(tok.encode(other), dtype=int))
+    else:
+        with pytest.raises(MiniGPTError, match="outside the vocabulary"):
+            tok.encode_array(other)
+
+
+def test_load_corpus_char_is_load_tokens(small_text):
+    splits, tok, info = load_corpus(small_text, "char", 999, 0.1)
+    tokens, expected = load_tokens(small_text)
+    n = int(0.9 * len(tokens))
+    assert tok == expected
+    assert np.array_equal(splits.train, tokens[:n]) and np.array_equal(splits.val, tokens[n:])
+    assert info == {"text": str(small_text), "tokens": len(tokens), "train_tokens": n,
+                    "val_tokens": len(tokens) - n, "tokenizer": "char",
+                    "vocab_size": tok.vocab_size}
+
+
+def test_load_corpus_bpe_splits_the_text_and_caches(small_text):
+    text = small_text.read_text()
+    small_text.write_text(text + "ünïcödé 😀 at the end\n")
+    text = small_text.read_text()
+    splits, tok, info = load_corpus(small_text, "bpe", 300, 0.25)
+    cut = int(0.75 * len(text))
+    assert tok.decode(splits.train) == text[:cut] and tok.decode(splits.val) == text[cut:]
+    assert info["train_tokens"] + info["val_tokens"] == info["tokens"]
+    assert info["tokens"] < len(text) and info["tokenizer"] == "bpe"
+    # trained on the training split only: the same as training on that part by hand
+    assert tok == BPETokenizer.train([text[:cut]], 300)
+    path, meta = token_file_paths(small_text, "bpe300-val0.25")
+    stamp = path.stat().st_mtime_ns
+    again, tok2, _ = load_corpus(small_text, "bpe", 300, 0.25)
+    assert path.stat().st_mtime_ns == stamp and tok2 == tok  # read from the cache
+    assert np.array_equal(again.val, splits.val)
+    assert json.loads(meta.read_text())["dtype"] == "uint16"
+    _, tok3, _ = load_corpus(small_text, "bpe", 280, 0.25)  # another size: another file
+    assert tok3.vocab_size == 280 and path.stat().st_mtime_ns == stamp
+    with pytest.raises(MiniGPTError, match="at least 257"):
+        load_corpus(small_text, "bpe", 65, 0.1)
+
+
+def test_bpe_on_tinyshakespeare_trains_and_samples(data_dir):
+    torch.set_num_threads(1)
+    text_path = data_dir / "tinyshakespeare" / "input.txt"
+    splits, tok, info = load_corpus(text_path, "bpe", 512, 0.1)
+    text = text_path.read_text()
+    cut = int(0.9 * len(text))
+    assert tok.vocab_size == 512 and info["tokens"] < 0.6 * len(text)  # merges compress
+    assert tok.decode(splits.train) == text[:cut] and tok.decode(splits.val) == text[cut:]
+    torch.manual_seed(0)
+    model = MiniGPT(tok.vocab_size, n_embd=32, n_head=2, n_layer=1, block_size=32)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(60):
+        x, y = get_batch(splits.train, 16, 32, g)
+        _, loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[0] > np.log(512) - 0.5 and np.mean(losses[-10:]) < losses[0] - 1.0
+    sample = sample_text(model, tok, "ROMEO:", 40, seed=1)
+    assert sample.startswith("ROMEO:") and len(sample) > len("ROMEO:") + 20
+    assert sample == sample_text(model, tok, "ROMEO:", 40, seed=1)  # seeded

@@ -1,0 +1,254 @@
+"""minigpt prepare and ShardedTokens: shards hold exactly the files' text, gathers and batches
+across shards equal those of one concatenated array, and bad input is one line, leaving nothing
+behind."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+from minigpt import MiniGPTError, ShardedTokens, Splits, get_batch, load_corpus, prepare
+from minigpt.corpus import find_sources, open_prepared, read_chunks, token_dtype
+from minigpt.data import read_text
+
+WORDS = ["the", "king", "queen", "ünïcode", "😀", "e\u0301", "  ", "\t", "'s", "1984", "中文"]
+
+
+def write_corpus(folder, n_files=5, words=400, seed=0):
+    """Several small files of random words and line breaks, one in a subfolder, one hidden."""
+    rng = random.Random(seed)
+    (folder / "sub").mkdir(parents=True)
+    names = [f"f{i}.txt" for i in range(n_files - 1)] + ["sub/g.txt"]
+    for name in names:
+        text = "".join(rng.choice(WORDS) + rng.choice([" ", "\n", " \n", "\r\n", ""])
+                       for _ in range(words))
+        (folder / name).write_bytes(text.encode("utf-8"))
+    (folder / ".hidden").write_bytes(b"\xff not text, and skipped")
+    return sorted(folder / n for n in names)
+
+
+def corpus_text(files) -> str:
+    """The oracle: the files read as text (universal newlines), one after another."""
+    return "".join(read_text(f) for f in files)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    return tmp_path / "src", write_corpus(tmp_path / "src")
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_prepared_shards_decode_to_the_files(corpus, tmp_path, kind):
+    src, files = corpus
+    out = tmp_path / "out"
+    index = prepare(str(src), out, kind, vocab_size=300, shard_tokens=500, chunk_chars=256,
+                    progress=False)
+    assert find_sources(str(src)) == files  # sorted, the subfolder's file in, hidden out
+    tokens, tok = open_prepared(out)
+    assert len(index["shards"]) > 5 and all(s["tokens"] <= 500 for s in index["shards"])
+    assert len(tokens) == index["tokens"] == sum(s["tokens"] for s in index["shards"])
+    assert tok.decode(tokens) == corpus_text(files)
+    # chunks are cut where the tokenizer would split anyway: each file's tokens are its own
+    whole = np.concatenate([tok.encode_array(read_text(f)) for f in files])
+    assert np.array_equal(tokens.astype(np.int64), whole)
+    assert index["dtype"] == "uint16" and tokens.dtype == np.uint16
+    assert index["tokenizer"] == {"kind": kind, "vocab_size": tok.vocab_size,
+                                  "file": "tokenizer.json"}
+    assert index["sources"]["files"] == [str(f) for f in files]
+    assert not list(out.glob(".*"))  # no temporary files left
+
+
+def test_glob_and_single_file_sources(corpus, tmp_path):
+    src, files = corpus
+    assert find_sources(str(src / "*.txt")) == [f for f in files if f.parent == src]
+    assert find_sources(str(src / "**" / "*.txt")) == files
+    index = prepare(str(files[0]), tmp_path / "one", progress=False)
+    assert index["tokens"] == len(read_text(files[0]))
+
+
+def test_dtype_follows_the_vocabulary(tmp_path):
+    assert token_dtype(65) == token_dtype(65_536) == np.uint16
+    assert token_dtype(65_537) == np.uint32
+    # a text of more than 65,536 distinct characters needs uint32 token ids
+    chars = [chr(c) for c in [*range(1, 0xD800), *range(0xE000, 0x10000),
+                              *range(0x10000, 0x10000 + 3000)]]
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "wide.txt").write_text("".join(chars), encoding="utf-8")
+    index = prepare(str(tmp_path / "src"), tmp_path / "out", shard_tokens=20_000,
+                    progress=False)
+    tokens, tok = open_prepared(tmp_path / "out")
+    assert tok.vocab_size > 65_536 and index["dtype"] == "uint32"
+    assert tokens.dtype == np.uint32 and int(tokens.astype(np.int64).max()) > 65_535
+    assert tok.decode(tokens) == read_text(tmp_path / "src" / "wide.txt")
+
+
+def random_shards(seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    sizes = [1, 7, 1, 300, 2, 150, 1, 64]
+    shards = [rng.integers(0, 60_000, n).astype(np.uint16) for n in sizes]
+    return shards, np.concatenate(shards)
+
+
+def test_gather_equals_indexing_the_concatenation():
+    shards, whole = random_shards(0)
+    t = ShardedTokens(shards)
+    rng = np.random.default_rng(1)
+    assert len(t) == len(whole) and t.shape == whole.shape
+    bounds = np.cumsum([len(s) for s in shards])[:-1]
+    starts = np.concatenate([rng.integers(0, len(whole) - 9, 32), bounds - 3])  # + crossings
+    rows = starts[:, None] + np.arange(9)  # (B, T+1) windows, some across shard boundaries
+    assert np.array_equal(t[rows], whole[rows]) and t[rows].dtype == np.uint16
+    for shape in [(5,), (2, 3, 4), (0,)]:
+        pos = rng.integers(-len(whole), len(whole), shape)
+        assert np.array_equal(t[pos], whole[pos])
+    assert all(t[i] == whole[i] for i in [0, 1, 8, 9, len(whole) - 1, -1])
+    assert list(t) == list(whole) and np.array_equal(np.asarray(t), whole)
+
+
+def test_slices_are_views_like_numpy():
+    shards, whole = random_shards(2)
+    t = ShardedTokens(shards)
+    rng = np.random.default_rng(3)
+    for a, b in [(0, 10), (5, 400), (9, 9), (300, -20), (-50, None), (None, 3), (520, 999)]:
+        view, ref = t[a:b], whole[a:b]
+        assert len(view) == len(ref) and np.array_equal(view.astype(np.int64), ref)
+        assert view.shards is t.shards  # no copy
+        if len(ref):
+            pos = rng.integers(0, len(ref), (3, 4))
+            assert np.array_equal(view[pos], ref[pos])
+            assert np.array_equal(view[2:][:-1].astype(np.int32), ref[2:][:-1])
+    with pytest.raises(IndexError):
+        t[::2]
+    with pytest.raises(IndexError):
+        t[np.array([len(whole)])]
+    with pytest.raises(IndexError):
+        t[5:10][np.array([5])]
+    with pytest.raises(IndexError):
+        t[np.array([0.5])]
+
+
+def test_get_batch_over_shards_equals_one_array(corpus, tmp_path):
+    src, _ = corpus
+    prepare(str(src), tmp_path / "out", shard_tokens=97, chunk_chars=100, progress=False)
+    tokens, _ = open_prepared(tmp_path / "out")
+    whole = tokens.astype(tokens.dtype)
+    for seed in range(3):
+        a = get_batch(tokens, 32, 24, torch.Generator().manual_seed(seed))
+        b = get_batch(whole, 32, 24, torch.Generator().manual_seed(seed))
+        assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+    splits = Splits.from_tokens(tokens, 0.1)
+    splits.check(24)
+    ref = Splits.from_tokens(whole, 0.1)
+    g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    assert torch.equal(get_batch(splits.val, 8, 24, g1)[0], get_batch(ref.val, 8, 24, g2)[0])
+
+
+def test_load_corpus_reads_a_prepared_folder(corpus, tmp_path):
+    src, files = corpus
+    prepare(str(src), tmp_path / "out", "bpe", vocab_size=320, shard_tokens=300,
+            progress=False)
+    splits, tok, info = load_corpus(tmp_path / "out", "char", 65, 0.2)  # the folder decides
+    n = info["tokens"]
+    assert info["train_tokens"] == int(0.8 * n) and info["val_tokens"] == n - int(0.8 * n)
+    assert info["tokenizer"] == "bpe" and tok.vocab_size == info["vocab_size"] == 320
+    text = corpus_text(files)
+    train_text = tok.decode(splits.train)
+    assert train_text + tok.decode(splits.val) == text and text.startswith(train_text)
+
+
+def test_read_chunks_are_bounded_and_lossless(tmp_path):
+    path = tmp_path / "t.txt"
+    text = "x" * 5000 + "\nline\n" * 300 + "y" * 3000  # long stretches without a safe break
+    path.write_text(text)
+    seen = []
+    chunks = list(read_chunks(path, 256, seen.append))
+    assert "".join(chunks) == text and sum(seen) == len(text.encode())
+    assert max(len(c) for c in chunks) <= 2 * 256
+
+
+def test_a_failure_part_way_leaves_nothing(corpus, tmp_path, monkeypatch):
+    from minigpt.tokenizer import CharTokenizer
+
+    src, _ = corpus
+    calls = []
+    real = CharTokenizer.encode_array
+
+    def failing(self, text):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(self, text)
+
+    monkeypatch.setattr(CharTokenizer, "encode_array", failing)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(str(src), tmp_path / "out", shard_tokens=100, chunk_chars=128, progress=False)
+    assert not (tmp_path / "out").exists()  # shards written before the failure are gone
+
+
+@pytest.fixture
+def bad_sources(tmp_path):
+    d = tmp_path / "bad"
+    (d / "latin1").mkdir(parents=True)
+    (d / "latin1" / "a.txt").write_text("fine\n")
+    (d / "latin1" / "b.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    (d / "empty").mkdir()
+    (d / "empty" / "e.txt").write_text("")
+    (d / "binary.txt").write_bytes(b"ab\x00cd")
+    (d / "ok.txt").write_text("some text\n")
+    done = tmp_path / "done"
+    prepare(str(d / "ok.txt"), done, progress=False)
+    return d, done
+
+
+BAD = [
+    (["--text", "{d}/nothing*.txt"], "no files matched"),
+    (["--text", "{d}/latin1"], "b.txt is not UTF-8 text"),
+    (["--text", "{d}/latin1", "--tokenizer", "bpe", "--vocab-size", "300"], "b.txt is not UTF-8"),
+    (["--text", "{d}/empty"], "empty corpus"),
+    (["--text", "{d}/binary.txt"], "binary.txt looks binary"),
+    (["--text", "{d}/ok.txt", "--tokenizer", "bpe", "--vocab-size", "100"], "at least 257"),
+    (["--text", "{d}/ok.txt", "--shard-tokens", "0"], "shard_tokens must be positive"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD)
+def test_bad_input_is_one_line_and_leaves_nothing(bad_sources, tmp_path, args, message,
+                                                  capsys):
+    from minigpt.cli import main
+
+    d, _ = bad_sources
+    out = tmp_path / "out"
+    code = main(["prepare", *[a.format(d=d) for a in args], "--out", str(out),
+                 "--no-progress"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("minigpt: error:")
+    assert message in lines[0]
+    assert not out.exists()
+
+
+def test_an_existing_corpus_is_not_overwritten(bad_sources, capsys):
+    from minigpt.cli import main
+
+    d, done = bad_sources
+    before = {p.name: p.stat().st_mtime_ns for p in done.iterdir()}
+    code = main(["prepare", "--text", str(d / "ok.txt"), "--out", str(done), "--no-progress"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "already holds a prepared corpus" in lines[0]
+    assert {p.name: p.stat().st_mtime_ns for p in done.iterdir()} == before
+
+
+def test_cli_prepare_prints_a_summary(corpus, tmp_path):
+    src, files = corpus
+    out = tmp_path / "out"
+    r = run_cli("prepare", "--text", str(src), "--out", str(out), "--shard-tokens", "1000",
+                "--no-progress")
+    assert r.returncode == 0, r.stderr
+    index = json.loads((out / "index.json").read_text())
+    assert len(r.stdout.strip().splitlines()) == 1
+    assert f"prepared {len(files)} file(s), {index['tokens']:,} tokens" in r.stdout
+    assert f"in {len(index['shards'])} shard(s)" in r.stdout and "tokens/s" in r.stdout
+    with pytest.raises(MiniGPTError, match="not a folder written by minigpt prepare"):
+        ShardedTokens.open(src)

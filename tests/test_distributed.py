@@ -1,0 +1,99 @@
+"""Data parallel training with torchrun on CPU (gloo, 2 processes), checked against one process
+that accumulates the same micro-batches: same losses, same weights; and resume under torchrun."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import run_cli, without_speed
+from minigpt import load_model
+from minigpt.diagnostics.plots import read_metrics
+
+pytest.importorskip("torch.distributed")
+if not torch.distributed.is_gloo_available():
+    pytest.skip("this PyTorch has no gloo backend", allow_module_level=True)
+
+SMALL = ["--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "32",
+         "--batch-size", "4", "--log-every", "1", "--eval-every", "5", "--eval-batches", "2",
+         "--sample-tokens", "0", "--gradflow-every", "0", "--attention-every", "0",
+         "--sample-every", "0", "--no-plots", "--schedule", "constant", "--lr", "3e-3"]
+
+
+def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "minigpt", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def weights(run_dir):
+    return load_model(run_dir, "last")[0].state_dict()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ddp") / "corpus.txt"
+    path.write_text("Now is the winter of our discontent made glorious summer.\n" * 120)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ddp_run(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "ddp"
+    r = torchrun("train", "--text", str(corpus), "--steps", "12", *SMALL, "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, r
+
+
+def test_two_processes_match_one_process_accumulating_their_batches(ddp_run, corpus, tmp_path):
+    """Rank r draws micro-batch stream r; one process with --grad-accum 2 draws streams 0 and 1:
+    the global batch is the same, so DDP's averaged gradients equal the accumulated ones."""
+    out, _ = ddp_run
+    one = tmp_path / "one"
+    r = run_cli("train", "--text", str(corpus), "--steps", "12", *SMALL, "--grad-accum", "2",
+                "--out", str(one))
+    assert r.returncode == 0, r.stderr
+    ddp_rows, one_rows = read_metrics(out / "metrics.jsonl"), read_metrics(one / "metrics.jsonl")
+    assert [r["step"] for r in ddp_rows] == [r["step"] for r in one_rows] == list(range(12))
+    for a, b in zip(ddp_rows, one_rows, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+        assert a.get("val_loss") == pytest.approx(b.get("val_loss"), abs=1e-5)
+    a, b = weights(out), weights(one)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    assert ddp_rows[-1]["train_loss"] < ddp_rows[0]["train_loss"] - 0.3  # it learned
+
+
+def test_only_rank_zero_speaks_and_writes(ddp_run):
+    out, r = ddp_run
+    assert r.stdout.count("final validation loss") == 1
+    config = json.loads((out / "config.json").read_text())
+    assert config["environment"]["processes"] == 2
+    assert "2 processes" in r.stdout and "x 1 micro-steps x 2 processes" in r.stdout
+    meta = json.loads((out / "checkpoints" / "last.json").read_text())
+    assert meta["world_size"] == 2
+
+
+def test_a_two_process_run_resumes_exactly(corpus, ddp_run, tmp_path):
+    straight, _ = ddp_run
+    part = tmp_path / "part"
+    r = torchrun("train", "--text", str(corpus), "--steps", "6", *SMALL, "--out", str(part))
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = torchrun("train", "--resume", str(part), "--steps", "12")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert without_speed(read_metrics(part / "metrics.jsonl")) == \
+        without_speed(read_metrics(straight / "metrics.jsonl"))
+    a, b = weights(part), weights(straight)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resuming_with_another_process_count_is_one_line(ddp_run, tmp_path):
+    out, _ = ddp_run
+    r = run_cli("train", "--resume", str(out), "--steps", "14")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "2 process(es)" in r.stderr
