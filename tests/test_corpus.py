@@ -252,3 +252,62 @@ def test_cli_prepare_prints_a_summary(corpus, tmp_path):
     assert f"in {len(index['shards'])} shard(s)" in r.stdout and "tokens/s" in r.stdout
     with pytest.raises(MiniGPTError, match="not a folder written by minigpt prepare"):
         ShardedTokens.open(src)
+
+
+QUICK = ["--steps", "20", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size",
+         "32", "--batch-size", "8", "--eval-every", "10", "--eval-batches", "2", "--log-every",
+         "5", "--sample-tokens", "30", "--gradflow-every", "0", "--attention-every", "0",
+         "--sample-every", "0", "--no-plots", "--no-progress"]
+
+
+def test_train_on_a_prepared_folder_then_sample(corpus, tmp_path):
+    src, files = corpus
+    out = tmp_path / "shards"
+    assert run_cli("prepare", "--text", str(src), "--out", str(out), "--shard-tokens", "500",
+                   "--no-progress").returncode == 0
+    r = run_cli("train", "--text", str(out), *QUICK, "--out", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["final_val_loss"] < summary["best_val_loss"] + 0.5 < np.log(60)
+    s = run_cli("sample", "--run", str(tmp_path / "run"), "--prompt", "the", "--max-new-tokens",
+                "20", "--seed", "3")
+    assert s.returncode == 0 and s.stdout.startswith("the") and len(s.stdout) > 10
+
+
+def test_train_bpe_from_the_command_line_saves_samples_and_resumes(small_text, tmp_path):
+    run = tmp_path / "bpe"
+    r = run_cli("train", "--text", str(small_text), "--tokenizer", "bpe", "--vocab-size", "300",
+                *QUICK, "--out", str(run))
+    assert r.returncode == 0, r.stderr
+    saved = json.loads((run / "tokenizer.json").read_text())
+    assert saved["kind"] == "bpe"
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["data"]["tokenizer"] == "bpe" and config["model"]["vocab_size"] <= 300
+    s = run_cli("sample", "--run", str(run), "--prompt", "the quick", "--max-new-tokens", "15")
+    assert s.returncode == 0 and s.stdout.startswith("the quick")
+    r = run_cli("train", "--resume", str(run), "--steps", "30", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((run / "checkpoints" / "last.json").read_text())
+    assert meta["step"] == 30 and meta["tokenizer"] == saved
+
+
+def test_bpe_needs_a_vocabulary_size(small_text, tmp_path):
+    r = run_cli("train", "--text", str(small_text), "--tokenizer", "bpe", *QUICK,
+                "--out", str(tmp_path / "r"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "257" in r.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_split_loss_over_shards_equals_one_array(corpus, tmp_path):
+    """The final whole-split loss reads shards a batch at a time: same figure as one array."""
+    from minigpt import MiniGPT, split_loss
+
+    src, _ = corpus
+    prepare(str(src), tmp_path / "out", "char", shard_tokens=700, progress=False)
+    shards, tok = open_prepared(tmp_path / "out")
+    torch.manual_seed(0)
+    model = MiniGPT(tok.vocab_size, n_embd=16, n_head=2, n_layer=1, block_size=16)
+    whole = np.asarray(shards[:], dtype=np.uint32)
+    cpu = torch.device("cpu")
+    assert split_loss(model, shards, 16, 7, cpu) == pytest.approx(
+        split_loss(model, whole, 16, 7, cpu), rel=1e-6)

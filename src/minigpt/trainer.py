@@ -106,23 +106,29 @@ def estimate_loss(model: MiniGPT, batches: Batches, split: str, n_batches: int) 
 def split_loss(model: MiniGPT, data: np.ndarray, block_size: int, batch_size: int,
                device: torch.device) -> float:
     """Mean loss over every token of a split, read as non-overlapping windows of block_size
-    (the last one shorter): the figure a run reports."""
+    (the last one shorter): the figure a run reports. The split is read one batch of windows
+    at a time, so a sharded split of any size is never loaded whole."""
     was_training = model.training
     model.eval()
-    tokens = torch.from_numpy(data.astype(np.int64))
-    n_full = (len(tokens) - 1) // block_size
-    x_all = tokens[: n_full * block_size].view(n_full, block_size)  # (N, T)
-    y_all = tokens[1 : n_full * block_size + 1].view(n_full, block_size)  # (N, T)
-    pieces = [(x_all[i : i + batch_size], y_all[i : i + batch_size])
-              for i in range(0, n_full, batch_size)]
-    tail = n_full * block_size
-    if tail < len(tokens) - 1:
-        pieces.append((tokens[tail:-1][None], tokens[tail + 1 :][None]))  # (1, t)
+    n_targets = len(data) - 1
+    per_batch = batch_size * block_size
     total, count = 0.0, 0
-    for x, y in pieces:
-        _, loss = model(x.to(device), y.to(device))
-        total += loss.item() * y.numel()
-        count += y.numel()
+    for start in range(0, n_targets, per_batch):
+        stop = min(start + per_batch, n_targets)
+        chunk = torch.from_numpy(np.asarray(data[start : stop + 1], dtype=np.int64))
+        n_full = (stop - start) // block_size
+        pieces = []
+        if n_full:
+            x = chunk[: n_full * block_size].view(n_full, block_size)  # (N, T)
+            y = chunk[1 : n_full * block_size + 1].view(n_full, block_size)  # (N, T)
+            pieces.append((x, y))
+        if n_full * block_size < stop - start:  # the split's last, shorter window
+            pieces.append((chunk[n_full * block_size : -1][None],
+                           chunk[n_full * block_size + 1 :][None]))  # (1, t)
+        for x, y in pieces:
+            _, loss = model(x.to(device), y.to(device))
+            total += loss.item() * y.numel()
+            count += y.numel()
     model.train(was_training)
     return total / count
 
