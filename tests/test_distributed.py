@@ -72,6 +72,7 @@ def test_two_processes_match_one_process_accumulating_their_batches(ddp_run, cor
 def test_only_rank_zero_speaks_and_writes(ddp_run):
     out, r = ddp_run
     assert r.stdout.count("final validation loss") == 1
+    assert r.stdout.count('{"final_val_loss"') == 1 and '{"steps"' not in r.stdout
     config = json.loads((out / "config.json").read_text())
     assert config["environment"]["processes"] == 2
     assert "2 processes" in r.stdout and "x 1 micro-steps x 2 processes" in r.stdout

@@ -213,7 +213,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         cfg = resolve_config(args.preset, args.config, overrides)
         summary = train(cfg, args.out, progress=not args.no_progress)
-    print(json.dumps(summary))
+    if world_from_env().is_main:  # under torchrun, rank 0 reports for all
+        print(json.dumps(summary))
     return 0
 
 
