@@ -1,6 +1,7 @@
 """The `minigpt` command: a thin argparse front end over the library.
 
     minigpt train [--preset seed] [--config FILE] [--steps N ...] [--out DIR] [--resume DIR]
+    torchrun --nproc_per_node=N -m minigpt train ...      (data parallel: minigpt.distributed)
     minigpt sample --run DIR [--prompt TEXT] [--max-new-tokens N] [--temperature T] ...
     minigpt prepare --text PATH_OR_DIR_OR_GLOB --out DIR [--tokenizer char|bpe] ...
 
@@ -80,7 +81,8 @@ def build_parser() -> Parser:
         "train", allow_abbrev=False, help="train a MiniGPT",
         description="Train MiniGPT. With no arguments: the lesson's model on TinyShakespeare "
                     "(downloaded and cached on first use), warmup + cosine, clipping, AdamW, "
-                    "5000 steps. Settings: preset < --config file < flags.")
+                    "5000 steps. Settings: preset < --config file < flags. On several "
+                    "processes or GPUs: torchrun --nproc_per_node=N -m minigpt train ...")
     t.add_argument("--preset", default="seed", metavar="NAME",
                    help=f"starting configuration: {', '.join(preset_names())} (default seed)")
     t.add_argument("--config", metavar="FILE", help="TOML file with [model] [train] [data]")
