@@ -2,6 +2,7 @@
 the device-side skip of non-finite steps against the host-side one, bf16 and compiled training
 against float32 eager, and the per-device choices."""
 
+import json
 import math
 
 import pytest
@@ -140,3 +141,18 @@ def test_metrics_rows_carry_mfu(text, tmp_path):
     summary, rows = short_run(text, tmp_path, "run")
     assert all(0 < r["mfu"] < 1 for r in rows[1:])  # rows after the first time real steps
     assert 0 < summary["mfu"] < 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_defaults_track_float32_eager(text, tmp_path):
+    """On CUDA, 'auto' means bf16 autocast + torch.compile + TF32: the same losses as float32
+    eager, within bf16's precision. (Written for a session with a GPU; skipped without one.)"""
+    fast, rows_fast = short_run(text, tmp_path, "auto", device="cuda")
+    ref, rows_ref = short_run(text, tmp_path, "fp32", device="cuda", dtype="float32",
+                              compile="off")
+    env = json.loads((tmp_path / "auto" / "config.json").read_text())["environment"]
+    assert env["dtype"] == "bfloat16" and env["compile"] is True
+    for a, b in zip(rows_fast, rows_ref, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=0.05)
+    assert fast["final_val_loss"] == pytest.approx(ref["final_val_loss"], abs=0.05)
