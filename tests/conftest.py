@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
+from lesson import LessonAttention
 
 from minigpt.data import TINYSHAKESPEARE_SHA256, sha256_file
 
@@ -98,15 +98,9 @@ def cli_run(tmp_path_factory):
 
 
 def lesson_attention(attn, x):
-    """The lesson's CausalSelfAttention.forward, written out: masked_fill then softmax."""
-    B, T, C = x.shape
-    q = attn.Wq(x).view(B, T, attn.n_head, attn.d_k).transpose(1, 2)  # (B, nh, T, hs)
-    k = attn.Wk(x).view(B, T, attn.n_head, attn.d_k).transpose(1, 2)  # (B, nh, T, hs)
-    v = attn.Wv(x).view(B, T, attn.n_head, attn.d_k).transpose(1, 2)  # (B, nh, T, hs)
-    att = (q @ k.transpose(-2, -1)) * (1.0 / (attn.d_k ** 0.5))  # (B, nh, T, T)
-    mask = torch.tril(torch.ones(T, T))
-    att = F.softmax(att.masked_fill(mask == 0, float("-inf")), dim=-1)
-    return attn.Wo((att @ v).transpose(1, 2).contiguous().view(B, T, C))  # (B, T, C)
+    """The lesson's CausalSelfAttention.forward (masked_fill then softmax), as written out once
+    in benchmarks/lesson.py, run with the weights of minigpt's attention module `attn`."""
+    return LessonAttention.forward(attn, x)
 
 
 def without_speed(rows: list[dict]) -> list[dict]:
