@@ -105,4 +105,5 @@ def lesson_attention(attn, x):
 
 def without_speed(rows: list[dict]) -> list[dict]:
     """Metrics rows without the timing columns, which differ between any two runs."""
-    return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")} for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu", "time_s")}
+            for r in rows]

@@ -2,6 +2,7 @@
 seed, inside the block and past it; the same logits at every step; the training forward as
 before; and the cache's errors."""
 
+import copy
 import math
 
 import pytest
@@ -63,6 +64,20 @@ def test_cached_sampler_draws_the_uncached_samplers_tokens(model, kw, batch, pro
         oracle = run(model, prompt, n, seed, False, **kw)
         assert cached.shape == (batch, prompt_len + n)
         assert torch.equal(cached, oracle), f"seed {seed}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cached_sampler_on_cuda(model):
+    """The same oracle on a GPU, where SDPA picks other kernels for the cached path's shapes.
+    (Written for a session with a GPU; skipped without one.)"""
+    gpu = copy.deepcopy(model).cuda()
+    prompt = torch.randint(0, V, (3, 5), generator=torch.Generator().manual_seed(9)).cuda()
+    for seed in range(3):
+        out = {cache: generate(gpu, prompt, 3 * BLOCK, cache=cache, temperature=0.8,
+                               generator=torch.Generator("cuda").manual_seed(seed))
+               for cache in (True, False)}
+        assert torch.equal(out[True], out[False]), f"seed {seed}"
 
 
 def test_many_seeds_and_the_seed_matters(model):

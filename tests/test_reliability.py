@@ -75,6 +75,10 @@ def test_signal_saves_and_resume_matches_an_uninterrupted_run(text, tmp_path, si
     assert without_speed(read_metrics(stopped / "metrics.jsonl")) == without_speed(
         read_metrics(tmp_path / "straight" / "metrics.jsonl"))
     assert same_weights(stopped, tmp_path / "straight")
+    times = [r["time_s"] for r in read_metrics(stopped / "metrics.jsonl")]
+    assert times == sorted(times)  # the training clock carries over the resume
+    summary = json.loads((stopped / "summary.json").read_text())
+    assert summary["wall_s"] >= times[-1]
 
 
 def test_second_signal_stops_at_once():

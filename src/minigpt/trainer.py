@@ -189,6 +189,12 @@ class Run:
     train_model: torch.nn.Module | None = None  # the model, or its torch.compile wrapper
     peak_flops: float = 0.0  # measured matmul FLOP/s of all processes: the denominator of MFU
     world: distributed.World = field(default_factory=distributed.World)  # processes (torchrun)
+    time_s: float = 0.0  # training wall time before this process (a resumed run's)
+    started: float = field(default_factory=time.perf_counter)  # when this process's loop began
+
+    def elapsed(self) -> float:
+        """Wall seconds of training so far, evaluation included, across resumptions."""
+        return self.time_s + time.perf_counter() - self.started
 
     def rng_state(self) -> dict[str, torch.Tensor]:
         """Every process's batch generators and torch RNG, keyed rank<r>_<name> (a collective
@@ -221,6 +227,7 @@ class Run:
             "tokenizer": self.tokenizer.to_dict(),
             "early_stopping": {"best": self.stopper.best, "bad_evals": self.stopper.bad_evals},
             "skipped_batches": self.skipped,
+            "time_s": self.elapsed(),
         }
         save_checkpoint(self.out_dir / "checkpoints", tags, self.model, self.optimizer, meta,
                         rng, keep=self.cfg.train.keep)
@@ -346,6 +353,7 @@ def restore(run: Run, tag: str = "last") -> None:
     run.stopper.best = ckpt.meta["early_stopping"]["best"]
     run.stopper.bad_evals = ckpt.meta["early_stopping"]["bad_evals"]
     run.skipped = ckpt.meta["skipped_batches"]
+    run.time_s = ckpt.meta.get("time_s", 0.0)  # 0 for checkpoints older than this field
 
 
 def truncate_log(path: Path, step: int) -> None:
@@ -389,7 +397,7 @@ def train_run(run: Run, progress: bool = True, probes: list | None = None) -> di
     tokens_per_step = t.batch_size * cfg.model.block_size * t.grad_accum * run.world.size
     meter = Throughput(tokens_per_step, run.step)
     nonfinite = torch.zeros((), device=run.device)  # skipped batches, counted on the device
-    start = time.perf_counter()
+    run.started = time.perf_counter()
     set_lr(optimizer, schedule_lr(t, run.step))
     model.train()
 
@@ -429,7 +437,7 @@ def train_run(run: Run, progress: bool = True, probes: list | None = None) -> di
     bar.close()
     if signals.stopping:
         stop_on_signal(run, signals.signum)
-    return finish(run, time.perf_counter() - start, meter)
+    return finish(run, meter)
 
 
 def log_start(run: Run) -> None:
@@ -486,7 +494,7 @@ def log_step(run: Run, step: int, loss: torch.Tensor, lr: float, grad_norm: torc
     loss = distributed.mean(loss, run.world)  # every process's batches count
     row = {"step": step, "train_loss": finite_or_none(loss.item()), "lr": lr,
            "grad_norm": finite_or_none(grad_norm.item()), "tokens_per_s": round(tokens_per_s),
-           "mfu": run.mfu(tokens_per_s)}
+           "mfu": run.mfu(tokens_per_s), "time_s": round(run.elapsed(), 2)}
     if step == 0 and row["train_loss"] is not None:
         check_initial_loss(row["train_loss"], run.tokenizer.vocab_size)
     show_progress(bar, row, run.last_val)
@@ -585,16 +593,18 @@ def evaluate(run: Run, row: dict, bar) -> None:
     run.save(["last", "best"] if improved else ["last"])
     show_progress(bar, row, val)
     log.info(f"step {row['step']:>5} | train {fmt(row['train_loss'], '.4f')} | val {val:.4f} | "
-             f"lr {row['lr']:.2e} | {row['tokens_per_s']:,} tok/s, MFU {row['mfu']:.0%}"
+             f"lr {row['lr']:.2e} | {row['tokens_per_s']:,} tok/s, MFU {row['mfu']:.0%} | "
+             f"{row['time_s']:.0f} s"
              + (" | best" if improved else ""))
 
 
-def finish(run: Run, wall_s: float, meter: Throughput) -> dict:
+def finish(run: Run, meter: Throughput) -> dict:
     """The whole-split validation loss, summary.json, and a sample from the final model (all
     on rank 0; the other processes are done)."""
     cfg = run.cfg
     if not run.world.is_main:
         return {"steps": run.step}
+    wall_s = run.elapsed()
     final = split_loss(run.model, run.splits.val, cfg.model.block_size, 64, run.device)
     summary = {
         "final_val_loss": final,
