@@ -189,12 +189,12 @@ class Run:
     train_model: torch.nn.Module | None = None  # the model, or its torch.compile wrapper
     peak_flops: float = 0.0  # measured matmul FLOP/s of all processes: the denominator of MFU
     world: distributed.World = field(default_factory=distributed.World)  # processes (torchrun)
-    time_s: float = 0.0  # training wall time before this process (a resumed run's)
+    time_before: float = 0.0  # training wall seconds before this process (a resumed run's)
     started: float = field(default_factory=time.perf_counter)  # when this process's loop began
 
     def elapsed(self) -> float:
         """Wall seconds of training so far, evaluation included, across resumptions."""
-        return self.time_s + time.perf_counter() - self.started
+        return self.time_before + time.perf_counter() - self.started
 
     def rng_state(self) -> dict[str, torch.Tensor]:
         """Every process's batch generators and torch RNG, keyed rank<r>_<name> (a collective
@@ -353,7 +353,7 @@ def restore(run: Run, tag: str = "last") -> None:
     run.stopper.best = ckpt.meta["early_stopping"]["best"]
     run.stopper.bad_evals = ckpt.meta["early_stopping"]["bad_evals"]
     run.skipped = ckpt.meta["skipped_batches"]
-    run.time_s = ckpt.meta.get("time_s", 0.0)  # 0 for checkpoints older than this field
+    run.time_before = ckpt.meta.get("time_s", 0.0)  # 0 for checkpoints older than this field
 
 
 def truncate_log(path: Path, step: int) -> None:
