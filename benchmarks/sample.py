@@ -5,7 +5,7 @@ seeded random weights), from the prompt "ROMEO:", it times
 
   (a) lesson    the lesson's section-9 generate (crop to block_size, full forward, softmax,
                 multinomial, torch.cat) on the lesson's model (three Linear q/k/v, masked_fill
-                attention), both written out in benchmarks/lesson.py, with the same weights
+                attention), both as minigpt.lesson transcribes them, with the same weights
                 as (b) and (c);
   (b) uncached  minigpt.generate(..., cache=False): the lesson's sampler on MiniGPT;
   (c) cached    minigpt.generate(...): the KV cache while the sequence fits in the block, and
@@ -33,9 +33,8 @@ import statistics
 import time
 
 import torch
-from lesson import LessonGPT, lesson_generate
 
-from minigpt import MiniGPT
+from minigpt import MiniGPT, lesson
 from minigpt.sample import generate
 
 VOCAB, BLOCK = 65, 128
@@ -44,12 +43,12 @@ PROMPT = "ROMEO:"
 
 # ---- the measurement ----
 
-def build_models(seed: int) -> tuple[LessonGPT, MiniGPT]:
+def build_models(seed: int) -> tuple[lesson.MiniGPT, MiniGPT]:
     torch.manual_seed(seed)
     ours = MiniGPT(VOCAB, block_size=BLOCK)
-    lesson = LessonGPT(VOCAB, block_size=BLOCK)
-    lesson.load_state_dict(ours.state_dict())  # the same weights, by the lesson's names
-    return lesson, ours
+    theirs = lesson.MiniGPT(VOCAB, block_size=BLOCK)
+    theirs.load_state_dict(ours.state_dict())  # the same weights, by the lesson's names
+    return theirs, ours
 
 
 def timed(fn, idx: torch.Tensor, n: int, seed: int) -> tuple[float, torch.Tensor]:
@@ -71,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    lesson, ours = build_models(args.seed)
+    theirs, ours = build_models(args.seed)
     chars = sorted(set(PROMPT))  # any fixed token ids will do for random weights
     prompt = torch.tensor([[chars.index(c) for c in PROMPT]])  # (1, 6)
     full = torch.randint(0, VOCAB, (1, BLOCK), generator=torch.Generator().manual_seed(1))
@@ -80,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((f"{BLOCK} tokens + {args.full_block_tokens}", full, args.full_block_tokens))
 
     variants = {
-        "lesson": lambda idx, n: lesson_generate(lesson, idx, n),
+        "lesson": lambda idx, n: lesson.generate(theirs, idx, n),
         "uncached": lambda idx, n: generate(ours, idx, n, cache=False),
         "cached": lambda idx, n: generate(ours, idx, n),
     }

@@ -3,7 +3,7 @@
 In one process, for one configuration (the seed model by default; --preset for others), it
 times a whole training step, batch included, of
 
-  lesson          the lesson's model, get_batch and loop (benchmarks/lesson.py): three Linear
+  lesson          the lesson's model, get_batch and loop (minigpt.lesson): three Linear
                   q/k/v, masked_fill attention, a Python-list batch, AdamW (foreach), no clip;
   minigpt         minigpt's default path on this device, built by the library's own functions:
                   SDPA attention, gathered batches, clipping, fused AdamW with the on-device
@@ -37,12 +37,11 @@ import time
 
 import numpy as np
 import torch
-from lesson import LessonGPT, lesson_train_step
 
-from minigpt import MiniGPT, performance, resolve_config
+from minigpt import MiniGPT, lesson, performance, resolve_config
 from minigpt.data import Batches, Splits
 from minigpt.environment import resolve_device
-from minigpt.trainer import clip_gradients, make_optimizer, step_if_finite
+from minigpt.trainer import clip_gradients, make_optimizer, step_is_safe
 
 VARIANTS = ("lesson", "minigpt", "float32-eager", "foreach-adamw", "compile", "bf16-autocast",
             "bf16-weights")
@@ -58,10 +57,10 @@ def synthetic_tokens(vocab_size: int, seed: int) -> np.ndarray:
 
 def lesson_variant(cfg, tokens: np.ndarray, device: torch.device):
     m = cfg.model
-    model = LessonGPT(m.vocab_size, m.n_embd, m.n_head, m.n_layer, m.block_size).to(device)
+    model = lesson.MiniGPT(m.vocab_size, m.n_embd, m.n_head, m.n_layer, m.block_size).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
     data = torch.from_numpy(tokens.astype(np.int64)).to(device)
-    return lambda: lesson_train_step(model, optimizer, data, m.block_size, cfg.train.batch_size)
+    return lambda: lesson.train_step(model, optimizer, data, m.block_size, cfg.train.batch_size)
 
 
 def minigpt_variant(cfg, tokens: np.ndarray, device: torch.device, dtype: str, compile: str,
@@ -79,16 +78,17 @@ def minigpt_variant(cfg, tokens: np.ndarray, device: torch.device, dtype: str, c
     batches = Batches(Splits.from_tokens(tokens, 0.1), t.batch_size, cfg.model.block_size,
                       t.seed, device)
     compute = performance.choose_dtype(dtype, device)
-    net = performance.compiled(model, performance.choose_compile(compile, device))
+    net = torch.compile(model) if performance.choose_compile(compile, device) else model
     model.train()
 
-    def step():
+    def step():  # the training loop's step (minigpt.trainer.loop), one micro-batch
         xb, yb = batches.get_batch("train")
-        with performance.autocast(device, compute):
+        with torch.autocast(device.type, compute, enabled=compute != torch.float32):
             _, loss = net(xb, yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        step_if_finite(optimizer, clip_gradients(model, t.grad_clip))
+        if step_is_safe(optimizer, clip_gradients(model, t.grad_clip)):
+            optimizer.step()
         return loss
 
     return step, (torch.bfloat16 if bf16_weights else compute)

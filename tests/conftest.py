@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from lesson import LessonAttention
 
-from minigpt.data import TINYSHAKESPEARE_SHA256, sha256_file
+from minigpt.data import TINYSHAKESPEARE_SHA256
+from minigpt.files import sha256_file
+from minigpt.lesson import CausalSelfAttention as LessonAttention
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,8 +99,8 @@ def cli_run(tmp_path_factory):
 
 
 def lesson_attention(attn, x):
-    """The lesson's CausalSelfAttention.forward (masked_fill then softmax), as written out once
-    in benchmarks/lesson.py, run with the weights of minigpt's attention module `attn`."""
+    """The lesson's CausalSelfAttention.forward (masked_fill then softmax), as transcribed in
+    minigpt.lesson, run with the weights of minigpt's attention module `attn`."""
     return LessonAttention.forward(attn, x)
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
 
-from minigpt.diagnostics.autograd import explain, format_report, parse_expr
+from minigpt.diagnostics import autograd
+from minigpt.diagnostics.autograd import FUNCTIONS, OPS, explain, format_report, parse_expr
 from minigpt.errors import MiniGPTError
 
 # formulas with an independently written torch function of the same variables, in order
@@ -29,6 +31,21 @@ HAND_WRITTEN = [
     ("+x - -y", lambda x, y: x + y),
     ("(x + 1)*(x + 1)*(x + 1)", lambda x: (x + 1) ** 3),
 ]
+
+
+# every operation of OPS written independently ("**n": a power with a number exponent)
+ORACLES = {
+    "+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
+    "/": lambda a, b: a / b, "**": lambda a, b: a**b, "**n": lambda a, n: a**n,
+    "neg": lambda a: -a, "sin": lambda a: torch.sin(a), "cos": lambda a: torch.cos(a),
+    "tan": lambda a: torch.tan(a), "exp": lambda a: torch.exp(a), "log": lambda a: torch.log(a),
+    "sqrt": lambda a: torch.sqrt(a), "tanh": lambda a: torch.tanh(a),
+    "sigmoid": lambda a: 1 / (1 + torch.exp(-a)), "relu": lambda a: torch.clamp(a, min=0),
+    "abs": lambda a: torch.where(a < 0, -a, a),
+}
+# each operation alone as a formula of x (and y)
+ALONE = {"+": "x + y", "-": "x - y", "*": "x*y", "/": "x/y", "**": "x**y", "**n": "x**3",
+         "neg": "-x", **{f: f"{f}(x)" for f in FUNCTIONS}}
 
 
 def _grads(fn, point: dict[str, float]) -> dict[str, float]:
@@ -235,3 +252,48 @@ def test_a_kink_is_reported_not_hidden():
     report = explain("relu(x)", {"x": 1e-9})
     assert report.gradients == {"x": 1.0}
     assert "MISMATCH" in format_report(report)  # the difference straddles the kink
+
+
+def test_the_module_reads_no_private_saved_tensors():
+    assert "_saved_" not in Path(autograd.__file__).read_text()
+
+
+def test_every_operation_has_an_oracle():
+    assert set(ORACLES) == set(OPS) == set(ALONE)
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_each_local_derivative_rule_matches_torch_autograd_grad(op):
+    oracle, rules = ORACLES[op], OPS[op][1]
+    checked = 0
+    for point in [(0.7, 1.9), (1.3, -0.6), (2.4, 3.0), (-0.8, 2.0), (-1.7, -0.3)]:
+        values = point[: oracle.__code__.co_argcount]
+        tensors = [torch.tensor(v, dtype=torch.float64, requires_grad=True)
+                   for v in values[: len(rules)]]  # the exponent of "**n" stays a number
+        grads = torch.autograd.grad(oracle(*tensors, *values[len(rules):]), tensors)
+        for (_, rule), grad in zip(rules, grads, strict=True):
+            if math.isfinite(grad):
+                assert rule(*values) == pytest.approx(float(grad), rel=1e-12, abs=1e-15)
+                checked += 1
+    assert checked >= 3 * len(rules)
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_each_operation_alone_shows_the_oracles_local_derivative(op):
+    point = {"x": 0.7, "y": 1.9} if "y" in ALONE[op] else {"x": 0.7}
+    fn = (lambda x: ORACLES[op](x, 3.0)) if op == "**n" else ORACLES[op]
+    report, expected = explain(ALONE[op], point), _grads(fn, point)
+    local = report.graph[0].local
+    assert len(local) == len(point)
+    for line in local:  # d(x*y)/dx = y = 1.9
+        wrt, number = line.split(" = ")[0].rsplit("/d", 1)[1], line.rsplit(" = ", 1)[1]
+        assert float(number) == pytest.approx(expected[wrt], rel=1e-5, abs=1e-9)
+
+
+def test_local_formulas_read_as_the_lesson_writes_them():
+    report = explain("x**3 + x/y + 2**y", {"x": 2, "y": 4})
+    lines = [line for node in report.graph for line in node.local]
+    for line in ("d(x**3)/dx = 3*x**2 = 12", "d(x/y)/dx = 1/y = 0.25",
+                 "d(x/y)/dy = -x/y**2 = -0.125", "d(2**y)/dy = 2**y*log(2) = 11.0904"):
+        assert line in lines
+    assert {n.op for n in report.graph} >= {"PowBackward0", "PowBackward1", "DivBackward0"}

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import minigpt.sample
 from conftest import lesson_attention
 from minigpt import MiniGPT, MiniGPTError, generate, stream
-from minigpt.model import KVCache
+from minigpt.sample import KVCache
 
 V, BLOCK = 20, 16
 
@@ -101,12 +101,13 @@ def test_default_thread_count(model, _one_thread):
 
 
 def test_same_global_rng_draws_as_the_lessons_call(model):
-    """model.generate without a generator draws from the global RNG, cached or not."""
+    """Without a generator the cached sampler draws from the global RNG, as the lesson's
+    model.generate does: the same tokens."""
     prompt = torch.zeros(1, 3, dtype=torch.long)
     torch.manual_seed(5)
-    cached = model.generate(prompt, 40)
+    cached = generate(model, prompt, 40)
     torch.manual_seed(5)
-    oracle = model.generate(prompt, 40, cache=False)
+    oracle = model.generate(prompt, 40)  # the lesson's sampler
     assert torch.equal(cached, oracle)
 
 
@@ -146,34 +147,34 @@ def test_the_sampler_sees_the_same_logits_at_every_step(model, monkeypatch):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5, msg=lambda m, s=step: f"{s}: {m}")
 
 
+def cached(model, idx, kv):
+    """The logits (B, T, vocab) of idx's positions, after those the cache holds."""
+    return model(idx, cache=kv)[0]
+
+
 @pytest.mark.parametrize("batch", [1, 3])
-def test_next_logits_equal_the_models_last_position(model, batch):
-    idx = torch.randint(0, V, (batch, 2 * BLOCK))
+def test_cached_forward_equals_the_uncached_one(model, batch):
+    idx = torch.randint(0, V, (batch, BLOCK))
     with torch.no_grad():
         kv = KVCache(model, batch)
-        logits = model.next_logits(idx[:, :4], kv)  # a prompt of 4: causal, all at once
-        torch.testing.assert_close(logits, model(idx[:, :4])[0][:, -1])
+        logits = cached(model, idx[:, :4], kv)  # a prompt of 4: causal, all at once
+        torch.testing.assert_close(logits, model(idx[:, :4])[0])
         for t in range(4, BLOCK):  # then one token at a time
-            logits = model.next_logits(idx[:, t:t + 1], kv)
+            logits = cached(model, idx[:, t:t + 1], kv)[:, -1]
             torch.testing.assert_close(logits, model(idx[:, :t + 1])[0][:, -1],
                                        atol=1e-4, rtol=1e-5)
         assert kv.length == BLOCK
-        for end in range(BLOCK, 2 * BLOCK):  # past the block: whole windows, no cache
-            window = idx[:, end - BLOCK:end]
-            torch.testing.assert_close(model.next_logits(window), model(window)[0][:, -1],
-                                       atol=1e-4, rtol=1e-5)
 
 
 def test_a_chunk_after_cached_tokens_sees_the_cache_causally(model):
     idx = torch.randint(0, V, (2, BLOCK))
     with torch.no_grad():
         kv = KVCache(model, 2)
-        model.next_logits(idx[:, :5], kv)
-        logits = model.next_logits(idx[:, 5:12], kv)  # 7 queries after 5 cached keys
-        torch.testing.assert_close(logits, model(idx[:, :12])[0][:, -1], atol=1e-4, rtol=1e-5)
+        cached(model, idx[:, :5], kv)
+        logits = cached(model, idx[:, 5:12], kv)  # 7 queries after 5 cached keys
+        torch.testing.assert_close(logits, model(idx[:, :12])[0][:, 5:], atol=1e-4, rtol=1e-5)
         kv.reset()
-        torch.testing.assert_close(model.next_logits(idx[:, :3], kv),
-                                   model(idx[:, :3])[0][:, -1])
+        torch.testing.assert_close(cached(model, idx[:, :3], kv), model(idx[:, :3])[0])
 
 
 def fused_attention_before_the_cache(attn, x):
@@ -234,7 +235,7 @@ def test_mode_given_back_and_streaming(model):
     assert generate(model, torch.zeros(1, 2, dtype=torch.long), 0).shape == (1, 2)
 
 
-def test_a_model_without_next_logits_is_sampled_uncached(model):
+def test_a_model_other_than_minigpt_is_sampled_uncached(model):
     class LessonStyle(torch.nn.Module):  # only forward(idx) -> (logits, loss)
         def __init__(self, inner):
             super().__init__()
@@ -251,12 +252,12 @@ def test_a_model_without_next_logits_is_sampled_uncached(model):
 def test_cache_errors(model):
     kv = KVCache(model, 2)
     with pytest.raises(MiniGPTError, match="do not fit in block_size 16"):
-        model.next_logits(torch.zeros(2, BLOCK + 1, dtype=torch.long), kv)
-    model.next_logits(torch.zeros(2, BLOCK, dtype=torch.long), kv)
+        cached(model, torch.zeros(2, BLOCK + 1, dtype=torch.long), kv)
+    cached(model, torch.zeros(2, BLOCK, dtype=torch.long), kv)
     with pytest.raises(MiniGPTError, match="16 cached"):
-        model.next_logits(torch.zeros(2, 1, dtype=torch.long), kv)
+        cached(model, torch.zeros(2, 1, dtype=torch.long), kv)
     with pytest.raises(MiniGPTError, match="holds 2 rows"):
-        model.next_logits(torch.zeros(3, 1, dtype=torch.long), KVCache(model, 2))
+        cached(model, torch.zeros(3, 1, dtype=torch.long), KVCache(model, 2))
     for bad in (torch.zeros(1, 0, dtype=torch.long), torch.zeros(4, dtype=torch.long)):
         for cache in (True, False):
             with pytest.raises(MiniGPTError, match="token ids"):

@@ -10,6 +10,7 @@ import pytest
 from minigpt import resolve_config, train
 from minigpt.diagnostics.compare import compare, parse_axis, variants
 from minigpt.diagnostics.plots import read_metrics
+from minigpt.diagnostics.probes import standard_probes
 
 PNG = b"\x89PNG\r\n\x1a\n"
 TINY = dict(n_layer=2, n_embd=32, n_head=2, block_size=32, batch_size=8, sample_tokens=0,
@@ -33,7 +34,7 @@ def probed_run(tmp_path_factory):
     text.write_text("ROMEO: But soft, what light through yonder window breaks?\n" * 60)
     cfg = tiny(text, steps=21, eval_every=10, log_every=5, gradflow_every=5,
                attention_every=10, sample_every=10, tensorboard=True, grad_clip=0.0)
-    train(cfg, folder / "run", progress=False)
+    train(cfg, folder / "run", progress=False, probes=standard_probes(cfg))
     return folder / "run"
 
 
@@ -82,7 +83,7 @@ def test_clipped_run_probe_sees_clipped_gradients(tmp_path):
     text.write_text("abcdefgh " * 400)
     cfg = tiny(text, steps=6, eval_every=5, log_every=1, gradflow_every=1, grad_clip=0.05,
                attention_every=0, sample_every=0)
-    train(cfg, tmp_path / "run", progress=False)
+    train(cfg, tmp_path / "run", progress=False, probes=standard_probes(cfg))
     norms = {r["step"]: r["grad_norm"] for r in read_metrics(tmp_path / "run/metrics.jsonl")}
     for r in read_metrics(tmp_path / "run/gradflow.jsonl"):
         total = math.sqrt(sum(v * v for v in r["layers"].values()))

@@ -18,7 +18,7 @@ from conftest import run_cli, without_speed
 from minigpt import MiniGPTError, load_checkpoint, load_model, resolve_config, train
 from minigpt.diagnostics.plots import read_metrics
 from minigpt.diagnostics.probes import Probe
-from minigpt.trainer import StopSignals
+from minigpt.signals import StopSignals
 
 QUIET = ["--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--block-size", "32",
          "--batch-size", "8", "--sample-tokens", "0", "--no-progress", "--gradflow-every", "0",
@@ -78,7 +78,7 @@ def test_signal_saves_and_resume_matches_an_uninterrupted_run(text, tmp_path, si
     times = [r["time_s"] for r in read_metrics(stopped / "metrics.jsonl")]
     assert times == sorted(times)  # the training clock carries over the resume
     summary = json.loads((stopped / "summary.json").read_text())
-    assert summary["wall_s"] >= times[-1]
+    assert summary["train_s"] >= times[-1]
 
 
 def test_second_signal_stops_at_once():
@@ -157,9 +157,9 @@ class PoisonBatches(Probe):
     def __init__(self, steps):
         self.steps = set(steps)
 
-    def start(self, run):
+    def start(self, run, state):
         def hook(module, args, output):
-            if module.training and run.step in self.steps:
+            if module.training and state.step in self.steps:
                 return output * float("nan")
         run.model.lm_head.register_forward_hook(hook)
 
@@ -173,7 +173,7 @@ def nan_config(text, skip):
 
 def test_nonfinite_batches_are_skipped_when_allowed(text, tmp_path):
     summary = train(nan_config(text, 2), tmp_path / "run", progress=False,
-                    probes=[PoisonBatches({3, 5})])
+                    probes=[PoisonBatches({3, 5})]).summary
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in rows if r["train_loss"] is None] == [3, 5]
     assert all(r["grad_norm"] is None for r in rows if r["train_loss"] is None)
@@ -243,7 +243,7 @@ def corrupt(run, tmp_path, how):
     elif how == "vocabulary":
         best["model"]["vocab_size"] += 1
     if how in ("pickle", "truncated"):  # forge the recorded sha256 too: safetensors must refuse
-        from minigpt.data import sha256_file
+        from minigpt.files import sha256_file
 
         best["sha256"] = sha256_file(tensors)
     (folder / "best.json").write_text(json.dumps(best))

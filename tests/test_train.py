@@ -10,8 +10,8 @@ import torch
 
 from conftest import without_speed
 from minigpt import (
-    EarlyStopping,
     MiniGPT,
+    TrainState,
     load_model,
     make_optimizer,
     resolve_config,
@@ -57,13 +57,13 @@ def test_weight_decay_only_on_matrices():
 
 
 def test_early_stopping_counts_evaluations_without_improvement():
-    stop = EarlyStopping(patience=2, min_delta=0.1)
-    assert stop.update(3.0) and not stop.should_stop
-    assert not stop.update(2.95)  # better, but not by more than min_delta
-    assert stop.update(2.5)  # a real improvement resets the count
-    assert not stop.update(2.6) and not stop.should_stop
-    assert not stop.update(2.7) and stop.should_stop
-    assert not EarlyStopping(patience=0).should_stop
+    state = TrainState()
+    assert state.record_eval(3.0, min_delta=0.1) and not state.out_of_patience(2)
+    assert not state.record_eval(2.95, min_delta=0.1)  # better, but not by more than min_delta
+    assert state.record_eval(2.5, min_delta=0.1)  # a real improvement resets the count
+    assert not state.record_eval(2.6, min_delta=0.1) and not state.out_of_patience(2)
+    assert not state.record_eval(2.7, min_delta=0.1) and state.out_of_patience(2)
+    assert not state.out_of_patience(0)  # patience 0: never stop early
 
 
 def test_split_loss_covers_every_token_once():
@@ -77,10 +77,14 @@ def test_split_loss_covers_every_token_once():
 
 def test_run_folder_contents(small_text, tmp_path):
     out = tmp_path / "run"
-    summary = train(tiny_config(small_text, steps=30, eval_every=10, log_every=5), out,
-                    progress=False)
-    assert set(summary) >= {"final_val_loss", "best_val_loss", "steps", "wall_s",
+    result = train(tiny_config(small_text, steps=30, eval_every=10, log_every=5), out,
+                   progress=False)
+    summary = result.summary
+    assert set(summary) >= {"final_val_loss", "best_val_loss", "steps", "train_s", "wall_s",
                             "tokens_per_s", "params"}
+    assert result.folder == out  # and the model it gives back is the one last saved
+    saved = load_model(out, "last")[0].state_dict()
+    assert all(torch.equal(v, saved[k]) for k, v in result.model.state_dict().items())
     assert json.loads((out / "summary.json").read_text()) == summary
     assert summary["steps"] == 30 and summary["final_val_loss"] < math.log(27)
     rows = metrics(out)
@@ -108,48 +112,55 @@ def test_same_seed_same_losses(small_text, tmp_path):
 def test_early_stopping_ends_the_run(small_text, tmp_path, caplog):
     caplog.set_level("INFO", logger="minigpt")
     cfg = tiny_config(small_text, steps=200, eval_every=5, patience=2, min_delta=10.0)
-    summary = train(cfg, tmp_path / "run", progress=False)
+    summary = train(cfg, tmp_path / "run", progress=False).summary
     # evaluations at steps 0 (improves on infinity), 5 and 10 (no improvement of 10 nats)
     assert summary["steps"] == 11
     assert "early stopping at step 10" in caplog.text
 
 
 def test_checkpoint_round_trip_gives_identical_logits(small_text, tmp_path):
-    cfg = tiny_config(small_text, steps=15, eval_every=7)
-    from minigpt.trainer import prepare_run
+    from minigpt.trainer import open_run
 
-    train(cfg, tmp_path / "run", progress=False)
+    trained = train(tiny_config(small_text, steps=15, eval_every=7), tmp_path / "run",
+                    progress=False).model
     model, tok, meta = load_model(tmp_path / "run", "last")
     assert meta["step"] == 15
-    run = prepare_run(tiny_config(small_text, steps=15, eval_every=7), tmp_path / "run",
-                      resume=True)
+    run, state = open_run(tmp_path / "run", "last")  # the run rebuilt, then restored
+    assert state.step == 15
     idx = torch.tensor([tok.encode("the quick brown fox")])
     torch.testing.assert_close(model(idx)[0], run.model.eval()(idx)[0], rtol=0, atol=0)
+    torch.testing.assert_close(model(idx)[0], trained.eval()(idx)[0], rtol=0, atol=0)
     assert not torch.equal(MiniGPT.from_config(run.cfg.model)(idx)[0], model(idx)[0])
 
 
-def test_resume_continues_exactly(small_text, tmp_path, monkeypatch):
+class CrashAt:
+    """A probe that raises KeyboardInterrupt at the metrics row of one step (a crash)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def start(self, run, state):
+        pass
+
+    def on_row(self, row):
+        if row["step"] == self.step:
+            raise KeyboardInterrupt
+
+    def end(self, summary):
+        pass
+
+
+def test_resume_continues_exactly(small_text, tmp_path):
     """An uninterrupted run is the oracle for one stopped part-way and resumed."""
-    import minigpt.trainer as train_module
-    from minigpt.trainer import resume_config
+    from minigpt import resume_config
 
     cfg = lambda: tiny_config(small_text, steps=24, eval_every=6, log_every=1)  # noqa: E731
-    straight = train(cfg(), tmp_path / "straight", progress=False)
-
-    real_log_step = train_module.log_step
-
-    def crash_at_14(run, step, *args):
-        if step == 14:  # after the checkpoint written at step 12, before the next one
-            raise KeyboardInterrupt
-        return real_log_step(run, step, *args)
-
-    monkeypatch.setattr(train_module, "log_step", crash_at_14)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg(), tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(train_module, "log_step", real_log_step)
+    straight = train(cfg(), tmp_path / "straight", progress=False).summary
+    with pytest.raises(KeyboardInterrupt):  # after the checkpoint at step 12, before the next
+        train(cfg(), tmp_path / "resumed", progress=False, probes=[CrashAt(14)])
     assert load_model(tmp_path / "resumed", "last")[2]["step"] == 13
     resumed = train(resume_config(tmp_path / "resumed"), tmp_path / "resumed", resume=True,
-                    progress=False)
+                    progress=False).summary
 
     assert without_speed(metrics(tmp_path / "resumed")) == \
         without_speed(metrics(tmp_path / "straight"))
@@ -162,7 +173,7 @@ def test_resume_continues_exactly(small_text, tmp_path, monkeypatch):
 @pytest.mark.usefixtures("data_dir")
 def test_short_real_run_learns_shakespeare(tmp_path):
     cfg = resolve_config("seed", None, {"steps": 300, "eval_every": 100, "sample_tokens": 0})
-    summary = train(cfg, tmp_path / "run", progress=False)
+    summary = train(cfg, tmp_path / "run", progress=False).summary
     assert summary["final_val_loss"] < 2.6
     assert summary["params"] == 216_576
 

@@ -4,8 +4,9 @@ A run's `checkpoints/` folder holds
 
     step-000500.safetensors   model weights ("model.*"), optimizer state ("optim.*"),
                               random-generator states ("rng.*"): tensors only, no pickle
-    step-000500.json          which file, its sha256, the step, the configs, the tokenizer,
-                              the optimizer's hyper-parameters and the loop's state
+    step-000500.json          which file, its sha256, the configs, the tokenizer, the
+                              optimizer's hyper-parameters and the loop's state (the step,
+                              early stopping, skipped batches, time)
     last.json, best.json      copies of the newest and the best step's JSON
 
 Each file is written to a temporary name and renamed; the JSONs are written after the tensors,
@@ -22,10 +23,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from minigpt.atomic import atomic_path, atomic_write_text
-from minigpt.config import ModelConfig
-from minigpt.data import sha256_file
+from minigpt.config import ModelConfig, RunConfig, apply_overrides
 from minigpt.errors import MiniGPTError
+from minigpt.files import atomic_path, atomic_write_text, sha256_file
 from minigpt.model import MiniGPT
 from minigpt.tokenizer import AnyTokenizer, tokenizer_from_dict
 
@@ -162,3 +162,17 @@ def load_model(run_dir: str | Path, tag: str = "best",
     restore_model(model, ckpt)
     tokenizer = tokenizer_from_dict(ckpt.meta["tokenizer"])
     return model.to(device).eval(), tokenizer, ckpt.meta
+
+
+def resume_config(run_dir: str | Path, overrides: dict | None = None) -> RunConfig:
+    """The configuration a run was saved with, with training settings changed by overrides
+    (e.g. more steps); the model and data cannot change under a resumed run."""
+    meta = load_checkpoint(Path(run_dir) / "checkpoints", "last").meta
+    cfg = RunConfig()
+    apply_overrides(cfg, {"model": meta["model"], "train": meta["train"], "data": meta["data"]},
+                    f"checkpoint in {run_dir}")
+    locked = set(vars(cfg.model)) | set(vars(cfg.data))
+    if bad := sorted(set(overrides or {}) & locked):
+        raise MiniGPTError(f"cannot change {', '.join(bad)} when resuming a run")
+    apply_overrides(cfg, {"train": dict(overrides or {})}, "command line")
+    return cfg

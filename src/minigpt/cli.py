@@ -6,7 +6,8 @@
     minigpt prepare --text PATH_OR_DIR_OR_GLOB --out DIR [--tokenizer char|bpe] ...
 
 Every training flag is generated from the config dataclasses, so flags, TOML keys and the
-Python API share one set of names. A MiniGPTError becomes one line on stderr and exit status 2.
+Python API share one set of names; options several commands share are declared once
+(`option_groups`). A MiniGPTError becomes one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ import logging
 import sys
 from dataclasses import MISSING
 
-from tqdm.auto import tqdm
-
 from minigpt.config import field_index, preset_names, resolve_config
+from minigpt.console import show_logs
 from minigpt.corpus import BPE_VOCAB, SHARD_TOKENS
 from minigpt.distributed import world_from_env
 from minigpt.errors import MiniGPTError, TrainingStopped
@@ -43,14 +43,6 @@ class Parser(argparse.ArgumentParser):
         raise MiniGPTError(f"{message} (see {self.prog} --help)")
 
 
-class TqdmHandler(logging.Handler):
-    """Log lines printed above the progress bar instead of through it."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        prefix = "warning: " if record.levelno >= logging.WARNING else ""
-        tqdm.write(prefix + record.getMessage(), file=sys.stdout)
-
-
 METAVARS = {int: "N", float: "X", str: "TEXT"}
 
 
@@ -71,99 +63,109 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
                            metavar=None if f.metadata.get("choices") else METAVARS[kind])
 
 
+def shared_options(name: str) -> argparse.ArgumentParser:
+    """A group of options several commands share, declared once here (an argparse parent,
+    made anew for each command that takes it)."""
+    group = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    if name == "run":
+        group.add_argument("--run", required=True, metavar="DIR", help="a run folder made by "
+                                                                       "train")
+    elif name == "run?":
+        group.add_argument("--run", metavar="DIR", help="a run folder made by train")
+    elif name == "checkpoint":
+        group.add_argument("--checkpoint", default="best", choices=("best", "last"),
+                           help="the best validation checkpoint (default) or the latest")
+    elif name == "device":
+        group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    elif name == "settings":
+        group.add_argument("--preset", default="seed", metavar="NAME",
+                           help=f"starting configuration: {', '.join(preset_names())} "
+                                f"(default seed)")
+        group.add_argument("--config", metavar="FILE",
+                           help="TOML file with [model] [train] [data] [diag], over the preset")
+        group.add_argument("--no-progress", action="store_true", help="no progress bar")
+        add_config_flags(group)
+    return group
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="minigpt", allow_abbrev=False,
                     description="Train a small GPT on TinyShakespeare (or any text) and see "
                                 "every part of the training loop.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    t = sub.add_parser(
-        "train", allow_abbrev=False, help="train a MiniGPT",
-        description="Train MiniGPT. With no arguments: the lesson's model on TinyShakespeare "
-                    "(downloaded and cached on first use), warmup + cosine, clipping, AdamW, "
-                    "5000 steps. Settings: preset < --config file < flags. On several "
-                    "processes or GPUs: torchrun --nproc_per_node=N -m minigpt train ...")
-    t.add_argument("--preset", default="seed", metavar="NAME",
-                   help=f"starting configuration: {', '.join(preset_names())} (default seed)")
-    t.add_argument("--config", metavar="FILE", help="TOML file with [model] [train] [data]")
+    def command(name: str, help: str, description: str, *shared: str) -> Parser:
+        return sub.add_parser(name, help=help, description=description, allow_abbrev=False,
+                              parents=[shared_options(s) for s in shared])
+
+    t = command("train", "train a MiniGPT",
+                "Train MiniGPT. With no arguments: the lesson's model on TinyShakespeare "
+                "(downloaded and cached on first use), warmup + cosine, clipping, AdamW, "
+                "5000 steps. Settings: preset < --config file < flags. On several "
+                "processes or GPUs: torchrun --nproc_per_node=N -m minigpt train ...",
+                "settings")
     t.add_argument("--out", metavar="DIR", help="run folder (default runs/<text>-<time>)")
     t.add_argument("--resume", metavar="DIR",
                    help="continue the run in DIR from its last checkpoint")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_config_flags(t)
 
-    c = sub.add_parser(
-        "compare", allow_abbrev=False, help="train variants side by side (SGD vs AdamW, ...)",
-        description="Train the same model from the same initial weights on the same batches "
-                    "with each variant, overlay the curves in compare.png and print a table. "
-                    "Axes combine: --optimizers sgd,adamw --clip 1,0 gives four runs.")
+    c = command("compare", "train variants side by side (SGD vs AdamW, ...)",
+                "Train the same model from the same initial weights on the same batches "
+                "with each variant, overlay the curves in compare.png and print a table. "
+                "Axes combine: --optimizers sgd,adamw --clip 1,0 gives four runs. Each variant "
+                "trains for 1000 steps unless --steps says otherwise.", "settings")
     c.add_argument("--optimizers", metavar="LIST",
                    help="e.g. sgd,adamw; give each its own peak lr as sgd:0.5,adamw:3e-3")
     c.add_argument("--schedules", metavar="LIST", help="e.g. constant,cosine,cosine-annealing")
     c.add_argument("--clip", metavar="LIST", help="gradient-clipping norms, 0 = off: e.g. 1,0")
-    c.add_argument("--preset", default="seed", metavar="NAME", help="base configuration")
-    c.add_argument("--config", metavar="FILE", help="TOML file over the preset")
     c.add_argument("--out", metavar="DIR", help="comparison folder (default runs/compare-<time>)")
-    c.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_config_flags(c)
     c.set_defaults(steps=1000)
 
-    au = sub.add_parser(
-        "autograd", allow_abbrev=False, help="autograd by example: value, gradient, graph",
-        description="Evaluate an expression of scalar variables, run backward(), and show the "
-                    "value, each gradient, the backward graph PyTorch built (each node's local "
-                    "derivative) and a finite-difference check of the chain rule. Default: the "
-                    "lesson's y = x**2 + 3*x + 1 at x = 2 (value 11, dy/dx = 7).")
+    au = command("autograd", "autograd by example: value, gradient, graph",
+                 "Evaluate an expression of scalar variables, run backward(), and show the "
+                 "value, each gradient, the backward graph PyTorch built (each node's local "
+                 "derivative) and a finite-difference check of the chain rule. Default: the "
+                 "lesson's y = x**2 + 3*x + 1 at x = 2 (value 11, dy/dx = 7).")
     au.add_argument("--expr", default="x**2 + 3*x + 1",
                     help="numbers, variables, + - * / **, sin cos tan exp log sqrt tanh "
                          "sigmoid relu abs")
     au.add_argument("--at", default="x=2", metavar="NAME=VALUE,...",
                     help="where to evaluate, e.g. x=2 or x=1,y=-0.5 (default x=2)")
 
-    gr = sub.add_parser(
-        "graph", allow_abbrev=False, help="draw the computation graph from the loss back",
-        description="Trace loss.grad_fn back to the embeddings for one batch of token ids and "
-                    "draw it (DOT, and SVG + PNG with Graphviz): parameters with their names, "
-                    "shapes and gradient norms. Without --run: a freshly initialised seed model.")
-    gr.add_argument("--run", metavar="DIR", help="draw this run's best checkpoint")
+    gr = command("graph", "draw the computation graph from the loss back",
+                 "Trace loss.grad_fn back to the embeddings for one batch of token ids and "
+                 "draw it (DOT, and SVG + PNG with Graphviz): parameters with their names, "
+                 "shapes and gradient norms. Without --run: a freshly initialised seed model.",
+                 "run?", "checkpoint")
     gr.add_argument("--collapse", action="store_true", help="one node per module")
     gr.add_argument("--depth", type=int, default=1, metavar="N",
                     help="with --collapse: modules N levels deep (1: blocks, 2: attn/ff/ln)")
     gr.add_argument("--out", metavar="PATH",
                     help="output path without suffix (default DIR/graph or ./graph)")
 
-    r = sub.add_parser("report", allow_abbrev=False, help="write a run's report.html",
-                       description="One self-contained HTML page for a run: figures, curves, "
-                                   "gradient flow, attention, samples, the computation graph "
-                                   "and the configuration.")
-    r.add_argument("--run", required=True, metavar="DIR", help="a run folder made by train")
+    r = command("report", "write a run's report.html",
+                "One self-contained HTML page for a run: figures, curves, gradient flow, "
+                "attention, samples, the computation graph and the configuration.", "run")
     r.add_argument("--out", metavar="FILE", help="where to write (default DIR/report.html)")
 
-    g = sub.add_parser("gradflow", allow_abbrev=False, help="gradient health on one batch",
-                       description="Forward and backward on one training batch of a run's "
-                                   "checkpoint, then one optimizer step on a copy: mean |grad|, "
-                                   "std, L2 norm and update/weight ratio for every parameter, "
-                                   "with dead, vanishing, exploding and non-finite flagged.")
-    g.add_argument("--run", required=True, metavar="DIR", help="a run folder made by train")
-    g.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    g = command("gradflow", "gradient health on one batch",
+                "Forward and backward on one training batch of a run's checkpoint, then one "
+                "optimizer step on a copy: mean |grad|, std, L2 norm and update/weight ratio "
+                "for every parameter, with dead, vanishing, exploding and non-finite flagged.",
+                "run", "checkpoint", "device")
     g.add_argument("--lr", type=float, metavar="X",
                    help="learning rate of the probe step (default: the schedule's at that step)")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
 
-    a = sub.add_parser("attention", allow_abbrev=False, help="attention heatmaps for a text",
-                       description="Every layer's and head's attention weights for a text, as "
-                                   "a grid of heatmaps (layers x heads) with the characters on "
-                                   "the axes.")
-    a.add_argument("--run", required=True, metavar="DIR", help="a run folder made by train")
+    a = command("attention", "attention heatmaps for a text",
+                "Every layer's and head's attention weights for a text, as a grid of heatmaps "
+                "(layers x heads) with the characters on the axes.", "run", "checkpoint",
+                "device")
     a.add_argument("--text", default="ROMEO: But soft, what light through yonder window",
                    help="the text to read (at most block_size characters)")
     a.add_argument("--out", metavar="FILE", help="PNG to write (default DIR/attention.png)")
-    a.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    a.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
 
-    s = sub.add_parser("sample", allow_abbrev=False, help="generate text from a trained run",
-                       description="Stream the prompt and its continuation to stdout.")
-    s.add_argument("--run", required=True, metavar="DIR", help="a run folder made by train")
+    s = command("sample", "generate text from a trained run",
+                "Stream the prompt and its continuation to stdout.", "run", "checkpoint",
+                "device")
     s.add_argument("--prompt", default="ROMEO:", help="text to continue (default ROMEO:)")
     s.add_argument("--max-new-tokens", type=int, default=300, metavar="N",
                    help="how many tokens to generate (default 300)")
@@ -173,18 +175,14 @@ def build_parser() -> Parser:
     s.add_argument("--top-p", type=float, metavar="P",
                    help="sample among the most likely tokens holding probability P")
     s.add_argument("--seed", type=int, default=1337, help="same seed, same text")
-    s.add_argument("--checkpoint", default="best", choices=("best", "last"),
-                   help="the best validation checkpoint (default) or the latest")
-    s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
 
-    pr = sub.add_parser(
-        "prepare", allow_abbrev=False, help="tokenize a big corpus into token shards",
-        description="Stream text files through a tokenizer into token shards (uint16, or "
-                    "uint32 when the vocabulary has more than 65,536 tokens) with a JSON index, "
-                    "never holding the corpus in memory; then train on the folder with "
-                    "minigpt train --text DIR (the last --val-fraction of its tokens is held "
-                    "out). char takes every character of the corpus; bpe trains a byte-level "
-                    "BPE on all of it, the part later held out included.")
+    pr = command("prepare", "tokenize a big corpus into token shards",
+                 "Stream text files through a tokenizer into token shards (uint16, or uint32 "
+                 "when the vocabulary has more than 65,536 tokens) with a JSON index, never "
+                 "holding the corpus in memory; then train on the folder with minigpt train "
+                 "--text DIR (the last --val-fraction of its tokens is held out). char takes "
+                 "every character of the corpus; bpe trains a byte-level BPE on all of it, the "
+                 "part later held out included.")
     pr.add_argument("--text", required=True, metavar="PATH_OR_DIR_OR_GLOB",
                     help="a UTF-8 text file, a folder (every file under it, hidden ones "
                          "skipped, in sorted order), or a quoted glob such as 'books/**/*.txt'")
@@ -202,21 +200,27 @@ def build_parser() -> Parser:
     return parser
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from minigpt.trainer import resume_config, train
+def settings_given(args: argparse.Namespace) -> dict:
+    """The config settings given as flags, by name."""
+    return {k: v for k, v in vars(args).items() if k in field_index()}
 
-    overrides = {k: v for k, v in vars(args).items() if k in field_index()}
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from minigpt.checkpoint import resume_config
+    from minigpt.diagnostics.probes import standard_probes
+    from minigpt.trainer import train
+
     if args.resume:
         if args.out or args.config or args.preset != "seed":
             raise MiniGPTError("--resume continues a run as it was saved: no --out, --config "
                                "or --preset with it")
-        cfg = resume_config(args.resume, overrides)
-        summary = train(cfg, args.resume, resume=True, progress=not args.no_progress)
+        cfg = resume_config(args.resume, settings_given(args))
     else:
-        cfg = resolve_config(args.preset, args.config, overrides)
-        summary = train(cfg, args.out, progress=not args.no_progress)
+        cfg = resolve_config(args.preset, args.config, settings_given(args))
+    result = train(cfg, args.resume or args.out, resume=bool(args.resume),
+                   probes=standard_probes(cfg), progress=not args.no_progress)
     if world_from_env().is_main:  # under torchrun, rank 0 reports for all
-        print(json.dumps(summary))
+        print(json.dumps(result.summary))
     return 0
 
 
@@ -226,8 +230,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from minigpt.diagnostics.compare import compare, format_table, variants
 
     runs = variants(args.optimizers, args.schedules, args.clip)
-    overrides = {k: v for k, v in vars(args).items() if k in field_index()}
-    cfg = resolve_config(args.preset, args.config, overrides)
+    cfg = resolve_config(args.preset, args.config, settings_given(args))
     out = args.out or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}"
     logging.getLogger("minigpt").setLevel(logging.WARNING)  # the table says what matters
     table = compare(cfg, runs, out, progress=not args.no_progress)
@@ -264,7 +267,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
     if args.run:
         from minigpt.checkpoint import load_model
 
-        model, tok, _ = load_model(args.run, "best")
+        model, tok, _ = load_model(args.run, args.checkpoint)
         vocab = tok.vocab_size
     else:
         model, vocab = MiniGPT(65), 65
@@ -297,12 +300,12 @@ def cmd_gradflow(args: argparse.Namespace) -> int:
     from minigpt.diagnostics.gradflow import format_table, probe_batch_stats
     from minigpt.trainer import open_run, schedule_lr
 
-    run = open_run(args.run, args.checkpoint, args.device)
-    lr = args.lr if args.lr is not None else schedule_lr(run.cfg.train, run.step)
+    run, state = open_run(args.run, args.checkpoint, args.device)
+    lr = args.lr if args.lr is not None else schedule_lr(run.cfg.train, state.step)
     x, y = run.batches.get_batch("train")
     stats = probe_batch_stats(run.model, x, y, run.optimizer, lr=lr,
                               grad_clip=run.cfg.train.grad_clip)
-    print(f"{args.run} at step {run.step} ({args.checkpoint}), one batch of "
+    print(f"{args.run} at step {state.step} ({args.checkpoint}), one batch of "
           f"{tuple(x.shape)}, probe step at lr {lr:.3g}")
     print(format_table(stats))
     return 0
@@ -374,11 +377,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logger = logging.getLogger("minigpt")
-    if not logger.handlers:
-        logger.addHandler(TqdmHandler())
-        # under torchrun, rank 0 speaks for all; the others report only errors
-        logger.setLevel(logging.INFO if world_from_env().is_main else logging.ERROR)
+    # under torchrun, rank 0 speaks for all; the others report only errors
+    show_logs(logging.INFO if world_from_env().is_main else logging.ERROR)
     try:
         args = build_parser().parse_args(argv)
         commands = {"train": cmd_train, "sample": cmd_sample, "compare": cmd_compare,

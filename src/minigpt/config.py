@@ -1,8 +1,10 @@
 """Typed configuration: dataclasses with defaults, TOML presets and files, command-line overrides.
 
-Precedence, lowest first: dataclass defaults < preset (`configs/<name>.toml`, `seed` by default)
-< `--config FILE` < command-line flags. A TOML file has the sections `[model]`, `[train]`,
-`[data]` and `[diag]`; an unknown section or key is an error that suggests the closest valid name.
+The dataclasses hold the only defaults. Precedence, lowest first: those defaults < a preset
+(`configs/<name>.toml`; `seed`, the default, sets nothing) < `--config FILE` < command-line
+flags. A TOML file has the sections `[model]`, `[train]`, `[data]` and `[diag]`; an unknown
+section or key is an error that suggests the closest valid name. `validate` is the one place
+settings are checked: everything past it takes a config as valid.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
-import tomllib
-
 from minigpt.errors import MiniGPTError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
 
 
 def _opt(default, help: str, **kw):
@@ -198,24 +203,20 @@ def resolve_config(
 
 def validate(cfg: RunConfig) -> None:
     """Reject settings that cannot train, each with a one-line reason."""
-    m, t, d = cfg.model, cfg.train, cfg.data
+    validate_model(cfg.model)
+    t, d = cfg.train, cfg.data
     positive = {
-        "n_embd": m.n_embd, "n_head": m.n_head, "n_layer": m.n_layer,
-        "block_size": m.block_size, "steps": t.steps, "batch_size": t.batch_size,
-        "lr": t.lr, "eval_every": t.eval_every, "eval_batches": t.eval_batches,
-        "log_every": t.log_every, "keep": t.keep, "grad_accum": t.grad_accum,
+        "steps": t.steps, "batch_size": t.batch_size, "lr": t.lr, "eval_every": t.eval_every,
+        "eval_batches": t.eval_batches, "log_every": t.log_every, "keep": t.keep,
+        "grad_accum": t.grad_accum,
     }
     for key, value in positive.items():
         if not value > 0:
             raise MiniGPTError(f"'{key}' must be positive, got {value}")
-    if m.n_embd % m.n_head:
-        raise MiniGPTError(f"n_embd ({m.n_embd}) must be divisible by n_head ({m.n_head})")
     for key in ("min_lr", "warmup_steps", "weight_decay", "grad_clip", "patience",
                 "min_delta", "momentum", "sample_tokens", "skip_nonfinite"):
         if getattr(t, key) < 0:
             raise MiniGPTError(f"'{key}' must not be negative, got {getattr(t, key)}")
-    if not 0 <= m.dropout < 1:
-        raise MiniGPTError(f"'dropout' must be in [0, 1), got {m.dropout}")
     if not 0 < d.val_fraction < 1:
         raise MiniGPTError(f"'val_fraction' must be in (0, 1), got {d.val_fraction}")
     for key in ("gradflow_every", "attention_every", "sample_every"):
@@ -223,3 +224,14 @@ def validate(cfg: RunConfig) -> None:
             raise MiniGPTError(f"'{key}' must not be negative, got {getattr(cfg.diag, key)}")
     if t.min_lr > t.lr:
         raise MiniGPTError(f"min_lr ({t.min_lr}) must not exceed lr ({t.lr})")
+
+
+def validate_model(m: ModelConfig) -> None:
+    """The model's part of `validate` (MiniGPT checks its own options with it too)."""
+    for key in ("vocab_size", "n_embd", "n_head", "n_layer", "block_size"):
+        if not getattr(m, key) > 0:
+            raise MiniGPTError(f"'{key}' must be positive, got {getattr(m, key)}")
+    if m.n_embd % m.n_head:
+        raise MiniGPTError(f"n_embd ({m.n_embd}) must be divisible by n_head ({m.n_head})")
+    if not 0 <= m.dropout < 1:
+        raise MiniGPTError(f"'dropout' must be in [0, 1), got {m.dropout}")

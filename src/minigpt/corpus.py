@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from minigpt.atomic import atomic_path, atomic_write_text
 from minigpt.errors import MiniGPTError
+from minigpt.files import atomic_path, atomic_write_text
 from minigpt.tokenizer import (
     AnyTokenizer,
     BPETokenizer,

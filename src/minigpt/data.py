@@ -1,7 +1,7 @@
 """The corpus on its way to batches: download + verify + cache, encode once to a memory-mapped
-uint16 token file, split contiguously 90/10, and draw random (x, y) batches.
+token file, split contiguously 90/10, and draw random (x, y) batches.
 
-    text file -> CharTokenizer -> <text>.tokens.u16 (memmap) -> train / val views -> get_batch
+    text file -> CharTokenizer -> <text>.char.tokens.bin (memmap) -> train / val -> get_batch
 
 `load_corpus` is the one entry point for training data: a text file with the char tokenizer (as
 above) or a byte-level BPE trained on its training split, or a folder of token shards written by
@@ -10,7 +10,6 @@ above) or a byte-level BPE trained on its training split, or a folder of token s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import urllib.error
@@ -21,16 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minigpt.atomic import atomic_path, atomic_write_text
 from minigpt.corpus import is_prepared, open_prepared, token_dtype
 from minigpt.errors import MiniGPTError
+from minigpt.files import atomic_path, atomic_write_text, sha256_file
 from minigpt.tokenizer import AnyTokenizer, BPETokenizer, CharTokenizer, tokenizer_from_dict
 
 TINYSHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 )
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-TOKEN_DTYPE = np.uint16
 
 
 def cache_dir() -> Path:
@@ -41,14 +39,6 @@ def cache_dir() -> Path:
 
 def tinyshakespeare_path() -> Path:
     return cache_dir() / "tinyshakespeare" / "input.txt"
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def download(url: str, dest: str | Path, sha256: str, timeout: float = 30.0) -> Path:
@@ -97,70 +87,67 @@ def read_text(path: str | Path) -> str:
     return text
 
 
-def token_file_paths(text_path: Path, tag: str = "") -> tuple[Path, Path]:
-    """Where the token file and its description live: beside the text, else in the cache.
-    Without a tag, the char tokenizer's uint16 file; with one (say 'bpe512-val0.1'), the .bin
-    file of that tokenizer's tokens."""
+def token_file_paths(text_path: Path, tag: str = "char") -> tuple[Path, Path]:
+    """Where a text's token file and its description live: beside the text, else (a folder
+    that cannot be written) in the cache. The tag names the tokenizer: 'char', or for a BPE,
+    say, 'bpe512-val0.1'."""
     folder = text_path.parent if os.access(text_path.parent, os.W_OK) else cache_dir() / "tokens"
     stem = text_path.name if folder == text_path.parent else sha256_file(text_path)[:16]
-    stem, suffix = (f"{stem}.{tag}", "bin") if tag else (stem, "u16")
-    return folder / f"{stem}.tokens.{suffix}", folder / f"{stem}.tokens.json"
+    return folder / f"{stem}.{tag}.tokens.bin", folder / f"{stem}.{tag}.tokens.json"
 
 
-def load_tokens(text_path: str | Path) -> tuple[np.memmap, CharTokenizer]:
-    """Encode the text once to a uint16 token file (reused while the text is unchanged) and
-    return it memory-mapped together with the tokenizer built from the whole text."""
+def encode_text(text: str, tokenizer: str, vocab_size: int,
+                val_fraction: float) -> tuple[np.ndarray, int, AnyTokenizer]:
+    """A text's tokens, how many of them are the training split's, and the tokenizer.
+
+    The text is cut at character int((1 - val_fraction) * len(text)). 'char' is the lesson's
+    vocabulary, every character of the whole text (and one token per character, so the cut is
+    the lesson's int(0.9 * len(data))); 'bpe' learns vocab_size tokens from the training part
+    only, so nothing of the held-out tail shapes the tokenizer."""
+    cut = int((1 - val_fraction) * len(text))
+    if tokenizer == "char":
+        tok = CharTokenizer.from_text(text)
+    else:
+        tok = BPETokenizer.train([text[:cut]], vocab_size)
+    train, val = tok.encode_array(text[:cut]), tok.encode_array(text[cut:])
+    return np.concatenate([train, val]), len(train), tok
+
+
+def cached_tokens(text_path: str | Path, tokenizer: str = "char", vocab_size: int = 0,
+                  val_fraction: float = 0.1) -> tuple[np.memmap, int, AnyTokenizer]:
+    """`encode_text` of a text file, encoded once and kept in a token file beside it (uint16,
+    or uint32 past 65,536 tokens), memory-mapped. The file is reused while the text's sha256
+    is unchanged, and for BPE also vocab_size and val_fraction (which shape its merges)."""
     text_path = Path(text_path)
     if not text_path.is_file():
         raise MiniGPTError(f"text file not found: {text_path}")
-    tokens_path, meta_path = token_file_paths(text_path)
-    digest = sha256_file(text_path)
-    meta = _read_json(meta_path)
-    if meta.get("text_sha256") != digest or not tokens_path.exists():
-        text = read_text(text_path)
-        tok = CharTokenizer.from_text(text)
-        if tok.vocab_size > np.iinfo(TOKEN_DTYPE).max + 1:
-            raise MiniGPTError(f"{text_path} has {tok.vocab_size} distinct characters; "
-                               f"a uint16 token file holds at most 65,536")
-        ids = tok.encode_array(text).astype(TOKEN_DTYPE)
-        with atomic_path(tokens_path) as tmp:
-            ids.tofile(tmp)
-        meta = {"text_sha256": digest, "n_tokens": len(ids), "tokenizer": tok.to_dict()}
-        atomic_write_text(meta_path, json.dumps(meta, ensure_ascii=False) + "\n")
-    tok = tokenizer_from_dict(meta["tokenizer"])
-    tokens = np.memmap(tokens_path, dtype=TOKEN_DTYPE, mode="r")
-    if len(tokens) != meta["n_tokens"]:
-        raise MiniGPTError(f"token file {tokens_path} is damaged; delete it to rebuild")
-    return tokens, tok
-
-
-def load_bpe_tokens(text_path: Path, vocab_size: int,
-                    val_fraction: float) -> tuple[np.memmap, int, BPETokenizer]:
-    """A text's BPE tokens, cached beside it as load_tokens' are, and how many of them are the
-    training split's. The text is cut at character int((1 - val_fraction) * len(text)); the
-    BPE is trained on the first part only (the training split) and encodes both parts. The
-    cache is used while the text's sha256, vocab_size and val_fraction are unchanged; the token
-    file is uint16, or uint32 for a vocabulary over 65,536."""
-    tokens_path, meta_path = token_file_paths(text_path, f"bpe{vocab_size}-val{val_fraction:g}")
-    key = {"text_sha256": sha256_file(text_path), "kind": "bpe", "vocab_size": vocab_size,
-           "val_fraction": val_fraction}
+    key = {"text_sha256": sha256_file(text_path), "kind": tokenizer}
+    if tokenizer == "bpe":
+        key |= {"vocab_size": vocab_size, "val_fraction": val_fraction}
+    tag = "char" if tokenizer == "char" else f"bpe{vocab_size}-val{val_fraction:g}"
+    tokens_path, meta_path = token_file_paths(text_path, tag)
     meta = _read_json(meta_path)
     if {k: meta.get(k) for k in key} != key or not tokens_path.exists():
-        text = read_text(text_path)
-        cut = int((1 - val_fraction) * len(text))
-        tok = BPETokenizer.train([text[:cut]], vocab_size)
-        train, val = tok.encode_array(text[:cut]), tok.encode_array(text[cut:])
+        ids, n_train, tok = encode_text(read_text(text_path), tokenizer, vocab_size,
+                                        val_fraction)
         dtype = token_dtype(tok.vocab_size)
         with atomic_path(tokens_path) as tmp:
-            np.concatenate([train, val]).astype(dtype).tofile(tmp)
-        meta = {**key, "dtype": dtype.name, "n_tokens": len(train) + len(val),
-                "n_train": len(train), "tokenizer": tok.to_dict()}
+            ids.astype(dtype).tofile(tmp)
+        meta = {**key, "dtype": dtype.name, "n_tokens": len(ids), "n_train": n_train,
+                "tokenizer": tok.to_dict()}
         atomic_write_text(meta_path, json.dumps(meta, ensure_ascii=False) + "\n")
-    tok = tokenizer_from_dict(meta["tokenizer"])
     tokens = np.memmap(tokens_path, dtype=np.dtype(meta["dtype"]), mode="r")
     if len(tokens) != meta["n_tokens"]:
         raise MiniGPTError(f"token file {tokens_path} is damaged; delete it to rebuild")
-    return tokens, meta["n_train"], tok
+    n_train = meta["n_train"] if tokenizer == "bpe" else int((1 - val_fraction) * len(tokens))
+    return tokens, n_train, tokenizer_from_dict(meta["tokenizer"])
+
+
+def load_tokens(text_path: str | Path) -> tuple[np.memmap, CharTokenizer]:
+    """The lesson's `data = encode(text)`: a text's characters as tokens (memory-mapped,
+    encoded once) and the character tokenizer of the whole text."""
+    tokens, _, tok = cached_tokens(text_path, "char")
+    return tokens, tok
 
 
 def _read_json(path: Path) -> dict:
@@ -196,10 +183,9 @@ def load_corpus(text: str | Path, tokenizer: str, vocab_size: int,
                 val_fraction: float) -> tuple[Splits, AnyTokenizer, dict]:
     """The training data, its tokenizer and a description of it, from
 
-    - a text file and tokenizer 'char': its characters (load_tokens), the last val_fraction of
-      the tokens held out;
-    - a text file and tokenizer 'bpe': a byte-level BPE of vocab_size tokens trained on the
-      text's first 1 - val_fraction (the training split; see load_bpe_tokens);
+    - a text file: its characters ('char') or a byte-level BPE of vocab_size tokens trained on
+      the text's first 1 - val_fraction ('bpe'), the last val_fraction held out (see
+      encode_text; the tokens are cached beside the text);
     - a folder written by `minigpt prepare`: its shards and its tokenizer as prepared
       (`tokenizer` and `vocab_size` are not used), the last val_fraction of all its tokens
       held out.
@@ -211,16 +197,9 @@ def load_corpus(text: str | Path, tokenizer: str, vocab_size: int,
     if is_prepared(path):
         tokens, tok = open_prepared(path)
         splits = Splits.from_tokens(tokens, val_fraction)
-    elif tokenizer == "bpe":
-        if not path.is_file():
-            raise MiniGPTError(f"text file not found: {path}")
-        tokens, n_train, tok = load_bpe_tokens(path, vocab_size, val_fraction)
-        splits = Splits(train=tokens[:n_train], val=tokens[n_train:])
-    elif tokenizer == "char":
-        tokens, tok = load_tokens(path)
-        splits = Splits.from_tokens(tokens, val_fraction)
     else:
-        raise MiniGPTError(f"tokenizer must be char or bpe, got {tokenizer!r}")
+        tokens, n_train, tok = cached_tokens(path, tokenizer, vocab_size, val_fraction)
+        splits = Splits(train=tokens[:n_train], val=tokens[n_train:])
     info = {"text": str(path), "tokens": len(tokens), "train_tokens": len(splits.train),
             "val_tokens": len(splits.val), "tokenizer": tok.kind, "vocab_size": tok.vocab_size}
     return splits, tok, info
@@ -278,3 +257,11 @@ class Batches:
         key = f"train{self.streams[micro]}" if split == "train" else "val"
         return get_batch(data, self.batch_size, self.block_size, self.generators[key],
                          self.device)
+
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        """Every stream's generator state, by name (what a checkpoint keeps)."""
+        return {name: g.get_state() for name, g in self.generators.items()}
+
+    def set_rng_state(self, states: dict[str, torch.Tensor]) -> None:
+        for name, g in self.generators.items():
+            g.set_state(states[name])

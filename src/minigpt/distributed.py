@@ -83,14 +83,6 @@ def wrap(model: torch.nn.Module, world: World, device: torch.device) -> torch.nn
     return DistributedDataParallel(model, device_ids=ids)
 
 
-def sync_gradients(model: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
-    """Around forward and backward of a micro-batch: with sync False, DDP keeps the gradients
-    local (no_sync) so that only the last micro-batch of a step pays for the all-reduce."""
-    if sync or not isinstance(model, DistributedDataParallel):
-        return contextlib.nullcontext()
-    return model.no_sync()
-
-
 def mean(value: torch.Tensor, world: World) -> torch.Tensor:
     """The mean of a tensor over all processes (every process must call this)."""
     if not world.enabled:

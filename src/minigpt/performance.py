@@ -12,7 +12,6 @@ The choices 'auto' makes were measured (benchmarks/train_step.py; figures in the
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 
@@ -42,24 +41,11 @@ def choose_compile(requested: str, device: torch.device) -> bool:
     return requested == "on"
 
 
-def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    """The context the forward pass runs in: bf16 autocast, or nothing for float32."""
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def configure_backends(device: torch.device) -> None:
     """TF32 for float32 matmuls and convolutions on CUDA (Ampere and later); nothing elsewhere."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-
-
-def compiled(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
-    """The module the training step calls: torch.compile's wrapper (sharing the parameters),
-    or the model itself."""
-    return torch.compile(model) if enabled else model
 
 
 def train_flops_per_token(cfg: ModelConfig) -> int:

@@ -1,11 +1,11 @@
 """Sampling text from a trained model: temperature, top-k, top-p, streaming, seeded, KV cache.
 
 As in the lesson, the context is cropped to the last `block_size` tokens before each forward,
-and the model is put in eval mode for sampling and given back in the mode it was in.
+and the model runs in eval mode while it samples (the mode it had is given back).
 
-By default the sampler keeps a key/value cache (minigpt.model.KVCache) while the sequence fits
-in the block, so each new token costs one position's work; `cache=False` is the lesson's sampler
-(a full forward over the cropped window per token), kept as the oracle the cached one is tested
+By default the sampler keeps a key/value cache (`KVCache`) while the sequence fits in the block,
+so each new token costs one position's work; `cache=False` is the lesson's sampler (a full
+forward over the cropped window per token), kept as the oracle the cached one is tested
 against: for the same seed both draw the same tokens.
 """
 
@@ -17,7 +17,51 @@ import torch
 import torch.nn.functional as F
 
 from minigpt.errors import MiniGPTError
-from minigpt.model import KVCache
+from minigpt.model import MiniGPT, evaluating
+
+
+class LayerCache:
+    """One layer's keys and values for window positions 0 .. length-1, each
+    (B, nh, block_size, hs), preallocated (nothing grows while sampling)."""
+
+    def __init__(self, shape: tuple[int, ...], like: torch.Tensor):
+        self.k = torch.empty(shape, dtype=like.dtype, device=like.device)  # (B, nh, bs, hs)
+        self.v = torch.empty(shape, dtype=like.dtype, device=like.device)  # (B, nh, bs, hs)
+        self.length = 0
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the keys and values (B, nh, T, hs) of the next T positions; return those of
+        every position held, (B, nh, length, hs)."""
+        if k.size(0) != self.k.size(0):
+            raise MiniGPTError(f"the cache holds {self.k.size(0)} rows, idx has {k.size(0)}")
+        start, self.length = self.length, self.length + k.size(2)
+        self.k[:, :, start:self.length] = k
+        self.v[:, :, start:self.length] = v
+        return self.k[:, :, :self.length], self.v[:, :, :self.length]
+
+
+class KVCache:
+    """Every layer's keys and values for the window positions seen so far.
+
+    The cached window always starts at position 0, the sequence's first token: the position
+    embeddings are learned and absolute, so once a sequence outgrows the block and its window
+    slides, every token's position changes and so does every cached key and value. A cache is
+    therefore only good while the sequence fits in the block (see `stream`)."""
+
+    def __init__(self, model: MiniGPT, batch_size: int):
+        cfg = model.config
+        shape = (batch_size, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
+        self.layers = [LayerCache(shape, model.lm_head.weight) for _ in range(cfg.n_layer)]
+
+    @property
+    def length(self) -> int:
+        """Window positions held; the next token goes at this position."""
+        return self.layers[0].length
+
+    def reset(self) -> None:
+        """Forget everything (the buffers are kept and overwritten)."""
+        for layer in self.layers:
+            layer.length = 0
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -62,7 +106,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
-@torch.no_grad()
+@torch.no_grad()  # on a generator: gradients are off only while it computes, not between tokens
 def stream(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
            top_k: int | None = None, top_p: float | None = None,
            generator: torch.Generator | None = None,
@@ -80,8 +124,7 @@ def stream(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1
     - once the sequence is longer than block_size, the window slides by one token per step; the
       position embeddings are learned and absolute, so every token in the window changes
       position, every cached key and value is stale, and no cache can be reused exactly. Each
-      step then re-encodes the cropped window from scratch, as the lesson does, except that the
-      last block and the head run for the last position only (model.next_logits).
+      step then re-encodes the cropped window from scratch, as the lesson does.
 
     Same tokens, not same bits: the cached logits are the same function of the same window, but
     evaluated in another order (one row at a time instead of the whole window; another attention
@@ -90,49 +133,26 @@ def stream(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1
     generator, the same draws on both paths, so a token could differ only where the two best
     candidates tie to within rounding: never seen in the tests (tests/test_kvcache.py).
 
-    A model without next_logits (the lesson's own class, say) is always sampled uncached.
+    A model other than a MiniGPT (the lesson's own class, say) is always sampled uncached.
     """
     check_sampling(temperature, top_k, top_p)
     if idx.dim() != 2 or idx.size(1) == 0:
         raise MiniGPTError(f"idx must be (B, T) token ids with T >= 1, got {tuple(idx.shape)}")
-    if not cache or not hasattr(model, "next_logits"):
-        yield from _stream_uncached(model, idx, max_new_tokens, temperature, top_k, top_p,
-                                    generator)
-        return
-    was_training = model.training
-    model.eval()
-    try:
-        B, T = idx.shape
-        block_size = model.block_size
-        N = max(max_new_tokens, 0)
-        seq = torch.empty(B, T + N, dtype=idx.dtype, device=idx.device)  # (B, T+N): no torch.cat
-        seq[:, :T] = idx
-        kv = KVCache(model, B)
-        for n in range(T, T + N):  # seq[:, :n] is known; sample token n
-            if n <= block_size:  # the window is seq[:, :n], positions 0..n-1: use the cache
-                logits = model.next_logits(seq[:, kv.length:n], kv)  # (B, vocab)
-            else:  # the window slid: re-encode the last block_size tokens
-                logits = model.next_logits(seq[:, n - block_size:n])  # (B, vocab)
-            idx_next = sample_next(logits, temperature, top_k, top_p, generator)  # (B, 1)
+    B, T = idx.shape
+    block_size = model.block_size
+    cached = cache and isinstance(model, MiniGPT)
+    kv = KVCache(model, B) if cached else None
+    seq = torch.empty(B, T + max(max_new_tokens, 0), dtype=idx.dtype, device=idx.device)
+    seq[:, :T] = idx  # (B, T+N), filled in as tokens come: no torch.cat
+    with evaluating(model):
+        for n in range(T, seq.size(1)):  # seq[:, :n] is known; sample token n
+            if cached and n <= block_size:  # the window is seq[:, :n], positions 0..n-1
+                logits, _ = model(seq[:, kv.length:n], cache=kv)  # only the new positions
+            else:  # the lesson's way: the whole window, cropped to the last block_size
+                logits, _ = model(seq[:, max(0, n - block_size):n])
+            idx_next = sample_next(logits[:, -1], temperature, top_k, top_p, generator)  # (B,1)
             seq[:, n:n + 1] = idx_next
             yield idx_next
-    finally:
-        model.train(was_training)
-
-
-def _stream_uncached(model, idx, max_new_tokens, temperature, top_k, top_p, generator):
-    """The lesson's sampler: a full forward over the cropped window for every new token."""
-    was_training = model.training
-    model.eval()
-    try:
-        for _ in range(max_new_tokens):
-            idx_cond = idx[:, -model.block_size:]  # crop to the last block_size tokens
-            logits, _ = model(idx_cond)
-            idx_next = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
-            idx = torch.cat([idx, idx_next], dim=1)  # (B, T+1)
-            yield idx_next
-    finally:
-        model.train(was_training)
 
 
 def generate(model, idx: torch.Tensor, max_new_tokens: int, **kw) -> torch.Tensor:

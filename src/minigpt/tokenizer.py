@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from minigpt.atomic import atomic_write_text
 from minigpt.errors import MiniGPTError
+from minigpt.files import atomic_write_text
 
 MIN_BPE_VOCAB = 257  # the 256 byte tokens and at least one merge
 # long texts are trained on and encoded in pieces of about this size: in parallel, and faster

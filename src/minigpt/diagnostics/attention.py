@@ -20,6 +20,7 @@ import torch
 
 from minigpt.diagnostics.plots import new_figure, save_png
 from minigpt.errors import MiniGPTError
+from minigpt.model import evaluating
 
 # how characters that would print as nothing are shown on the axes
 SHOWN_AS = {"\n": "⏎", " ": "␣", "\t": "⇥"}
@@ -53,17 +54,14 @@ def attention_maps(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
         inputs.append(args[0])
 
     hooks = [block.attn.register_forward_pre_hook(keep_input) for block in model.blocks]
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with evaluating(model):
             model(idx)
             maps = [attention_weights(block.attn, x)[0]  # (nh, T, T)
                     for block, x in zip(model.blocks, inputs, strict=True)]
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     return torch.stack(maps).float().cpu()  # (n_layer, nh, T, T)
 
 

@@ -1,18 +1,15 @@
 """Autograd by example: differentiate a small formula with PyTorch and explain every step.
 
     report = explain("x**2 + 3*x + 1", {"x": 2.0})   # value 11, dy/dx = 7
-    text = format_report(report)                      # for a terminal
+    print(format_report(report))                      # the backward graph, node by node
 
-`parse_expr` reads the formula with `ast` and accepts only numbers, variable names, + - * / **,
-unary + and -, parentheses and one-argument calls to the functions in FUNCTIONS; anything else is
-a MiniGPTError naming what is not allowed. Nothing is ever passed to `eval`: the checked tree is
-evaluated node by node with torch operations on float64 scalars.
-
-`explain` then calls `y.backward()` and reports, for each node of the backward graph PyTorch
-built (from `y.grad_fn` down to the `AccumulateGrad` leaves), the local derivative it applies,
-with numbers read from the tensors the node saved for the backward pass (`_saved_self`,
-`_saved_other`, `_saved_exponent`, `_saved_result`), the gradient it received and the gradients
-it sent on; and it checks every gradient against a central finite difference.
+`parse_expr` checks the formula's `ast` against a whitelist (numbers, variables, + - * / **,
+unary + and -, parentheses, one-argument calls to FUNCTIONS) and never evaluates it with Python.
+Each operation runs as a torch op on float64 scalars; its grad_fn's public `metadata` records the
+sub-expression and the operands' values. After `y.backward()` the graph is walked through the
+public Node API (next_functions, register_hook): per node, the gradient received, the local
+derivative (formula and number, by this module's own rules in OPS: PyTorch's saved tensors are
+private and never read) and the gradients sent on. A central difference checks every gradient.
 """
 
 from __future__ import annotations
@@ -22,209 +19,149 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from itertools import zip_longest
 
 import torch
+from torch.autograd.graph import Node, get_gradient_edge
 
 from minigpt.errors import MiniGPTError
 
-FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "sin": torch.sin, "cos": torch.cos, "tan": torch.tan, "exp": torch.exp, "log": torch.log,
-    "sqrt": torch.sqrt, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu,
-    "abs": torch.abs,
+Rule = tuple[str, Callable[..., float]]  # one local derivative: (formula, value)
+Op = tuple[Callable[..., torch.Tensor], tuple[Rule, ...]]
+
+# Each operation: its torch function and a Rule per input of its grad_fn, in order. Formulas
+# name the operands {a}, {b} ({pa}, {pb}: parenthesised where needed); "**n" is a power with a
+# constant exponent {n}, and {pa_n1} is a**(n - 1). Values are functions of all the operands.
+OPERATORS: dict[str, Op] = {
+    "+": (torch.add, (("1", lambda a, b: 1.0), ("1", lambda a, b: 1.0))),
+    "-": (torch.sub, (("1", lambda a, b: 1.0), ("-1", lambda a, b: -1.0))),
+    "*": (torch.mul, (("{b}", lambda a, b: b), ("{a}", lambda a, b: a))),
+    "/": (torch.div, (("1/{pb}", lambda a, b: 1 / b), ("-{pa}/{pb}**2", lambda a, b: -a / b**2))),
+    "**": (torch.pow, (("{pb}*{pa}**({b} - 1)", lambda a, b: b * a ** (b - 1)),
+                       ("{pa}**{pb}*log({a})", lambda a, b: a**b * math.log(a)))),
+    "**n": (torch.pow, (("{n}*{pa_n1}", lambda a, n: n * a ** (n - 1)),)),
+    "neg": (torch.neg, (("-1", lambda a: -1.0),)),
 }
-_BINARY = {ast.Add: torch.add, ast.Sub: torch.sub, ast.Mult: torch.mul, ast.Div: torch.div}
-_SYMBOLS = {
-    ast.FloorDiv: "//", ast.Mod: "%", ast.MatMult: "@", ast.LShift: "<<", ast.RShift: ">>",
-    ast.BitOr: "|", ast.BitXor: "^", ast.BitAnd: "&", ast.Not: "not", ast.Invert: "~",
+FUNCTIONS: dict[str, Op] = {
+    "sin": (torch.sin, (("cos({a})", math.cos),)),
+    "cos": (torch.cos, (("-sin({a})", lambda a: -math.sin(a)),)),
+    "tan": (torch.tan, (("1 + tan({a})**2", lambda a: 1 + math.tan(a) ** 2),)),
+    "exp": (torch.exp, (("exp({a})", math.exp),)),
+    "log": (torch.log, (("1/{pa}", lambda a: 1 / a),)),
+    "sqrt": (torch.sqrt, (("1/(2*sqrt({a}))", lambda a: 1 / (2 * math.sqrt(a))),)),
+    "tanh": (torch.tanh, (("1 - tanh({a})**2", lambda a: 1 - math.tanh(a) ** 2),)),
+    # sigmoid(a)*(1 - sigmoid(a)) with sigmoid(a) = (1 + tanh(a/2))/2, which cannot overflow
+    "sigmoid": (torch.sigmoid, (("sigmoid({a})*(1 - sigmoid({a}))",
+                                 lambda a: (1 - math.tanh(a / 2) ** 2) / 4),)),
+    "relu": (torch.relu, (("1 if {a} > 0 else 0", lambda a: float(a > 0)),)),
+    "abs": (torch.abs, (("sign({a})", lambda a: float((a > 0) - (a < 0))),)),
 }
-_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+OPS = OPERATORS | FUNCTIONS
+_BINARY = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
+_SYMBOLS = {ast.FloorDiv: "//", ast.Mod: "%", ast.MatMult: "@", ast.LShift: "<<", ast.BitOr: "|",
+            ast.RShift: ">>", ast.BitXor: "^", ast.BitAnd: "&", ast.Invert: "~", ast.Not: "not"}
+_KINDS = {ast.Attribute: "attribute access", ast.Subscript: "indexing", ast.Lambda: "lambda"}
+_ALLOWED = "use numbers, variables, + - * / **, parentheses and " + ", ".join(FUNCTIONS)
 MAX_LENGTH = 1000
-_ALLOWED = "numbers, variables, + - * / **, parentheses and " + ", ".join(FUNCTIONS)
 
 
 @dataclass(frozen=True)
-class Expr:
-    """A checked formula: its normalised text, its syntax tree and its variables in order of
-    first appearance. Build it with `parse_expr`."""
+class Term:
+    """A checked formula or a piece of one. op: "num", "var" or a key of OPS; text: the piece as
+    the lesson writes it (x**2 + 3*x; for "var", the name); number: the value of a "num"."""
 
+    op: str
     text: str
-    tree: ast.expr
-    variables: tuple[str, ...]
+    args: tuple[Term, ...] = ()
+    number: float = 0.0
 
-    def evaluate(self, values: Mapping[str, torch.Tensor | float],
-                 strict: bool = True) -> torch.Tensor:
-        """The formula's value as a float64 0-d tensor, built with torch operations (so autograd
-        records them when a value requires grad). strict: a MiniGPTError at the first
-        sub-expression whose value is not finite (division by zero, log of 0, overflow)."""
-        missing = [v for v in self.variables if v not in values]
-        if missing:
-            raise MiniGPTError(f"no value for variable {missing[0]!r}: give one, "
-                               f"e.g. {missing[0]}=2.0")
-        return _evaluate(self.tree, values, strict)
+    @property
+    def variables(self) -> tuple[str, ...]:
+        """The variables, in order of first appearance."""
+        if self.op == "var":
+            return (self.text,)
+        return tuple(dict.fromkeys(name for arg in self.args for name in arg.variables))
 
 
-def parse_expr(text: str) -> Expr:
-    """Check `text` against the whitelist and return it as an Expr; never executes anything."""
+def parse_expr(text: str) -> Term:
+    """Check `text` against the whitelist and return it as a Term; never executes anything."""
     if not isinstance(text, str) or not text.strip():
         raise MiniGPTError("the expression is empty: give a formula such as x**2 + 3*x + 1")
     if len(text) > MAX_LENGTH:
-        raise MiniGPTError(f"the expression is {len(text)} characters long; "
-                           f"at most {MAX_LENGTH} are allowed")
+        raise MiniGPTError(f"the expression has {len(text)} characters; at most {MAX_LENGTH}")
     try:
-        tree = ast.parse(text.strip(), mode="eval").body
-    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
-        reason = getattr(e, "msg", None) or "not a formula"
-        raise MiniGPTError(f"cannot read the expression {text.strip()!r}: {reason}") from None
-    variables: list[str] = []
-    try:
-        _check(tree, variables)
-    except RecursionError:
+        return _term(ast.parse(text.strip(), mode="eval").body)
+    except SyntaxError as e:
+        raise MiniGPTError(f"cannot read the expression {text.strip()!r}: {e.msg}") from None
+    except (RecursionError, MemoryError):
         raise MiniGPTError("the expression is nested too deeply") from None
-    return Expr(_text(tree), tree, tuple(variables))
 
 
-def _check(node: ast.AST, variables: list[str]) -> None:
-    """Raise MiniGPTError unless `node` is built only from whitelisted pieces; collect the
-    variable names into `variables` in order of first appearance."""
+def _term(node: ast.expr) -> Term:
+    """The Term for a syntax tree, or a MiniGPTError naming the first piece not allowed."""
+    text = re.sub(r" (\*\*|\*|/) ", r"\1", ast.unparse(node))  # x**2 + 3*x, not x ** 2 + 3 * x
     if isinstance(node, ast.Constant):
-        _check_constant(node)
-    elif isinstance(node, ast.Name):
-        _check_name(node.id)
-        if node.id not in variables:
-            variables.append(node.id)
-    elif isinstance(node, ast.BinOp):
-        if type(node.op) not in _BINARY and not isinstance(node.op, ast.Pow):
-            raise MiniGPTError(f"operator {_symbol(node.op)!r} is not allowed; use {_ALLOWED}")
-        _check(node.left, variables)
-        _check(node.right, variables)
-    elif isinstance(node, ast.UnaryOp):
-        if not isinstance(node.op, (ast.UAdd, ast.USub)):
-            raise MiniGPTError(f"operator {_symbol(node.op)!r} is not allowed; use {_ALLOWED}")
-        _check(node.operand, variables)
-    elif isinstance(node, ast.Call):
-        _check_call(node)
-        _check(node.args[0], variables)
-    else:
-        raise MiniGPTError(f"{_describe(node)} is not allowed; use {_ALLOWED}")
-
-
-def _check_constant(node: ast.Constant) -> None:
-    value = node.value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise MiniGPTError(f"the constant {value!r} is not allowed: only real numbers are")
-
-
-def _check_name(name: str) -> None:
-    if name in FUNCTIONS:
-        raise MiniGPTError(f"{name!r} is a function: call it with one argument, as {name}(x)")
-    if not _NAME.match(name):
-        raise MiniGPTError(f"the variable name {name!r} is not allowed: use letters, digits "
-                           "and _, starting with a letter")
-
-
-def _check_call(node: ast.Call) -> None:
-    if not isinstance(node.func, ast.Name):
-        raise MiniGPTError(f"calling {ast.unparse(node.func)!r} is not allowed; "
-                           f"the functions are {', '.join(FUNCTIONS)}")
-    name = node.func.id
-    if name not in FUNCTIONS:
-        raise MiniGPTError(f"the function {name!r} is not allowed; "
-                           f"the functions are {', '.join(FUNCTIONS)}")
-    if node.keywords or len(node.args) != 1 or isinstance(node.args[0], ast.Starred):
-        raise MiniGPTError(f"{name}() takes exactly one argument, as {name}(x)")
-
-
-def _symbol(op: ast.AST) -> str:
-    return _SYMBOLS.get(type(op), type(op).__name__)
-
-
-def _describe(node: ast.AST) -> str:
-    """A short name for a disallowed piece of syntax, for the error message."""
-    kinds = {
-        ast.Attribute: "attribute access", ast.Lambda: "lambda", ast.Subscript: "indexing",
-        ast.Compare: "comparison", ast.BoolOp: "and/or", ast.IfExp: "if-else",
-        ast.NamedExpr: "assignment (:=)", ast.Starred: "*unpacking",
-    }
-    kind = kinds.get(type(node))
-    if kind is None:
-        kind = type(node).__name__.lower()
-    try:
-        return f"{kind} ({ast.unparse(node)[:40]})"
-    except Exception:  # unparse is only for the message; never let it hide the real error
-        return kind
-
-
-def _evaluate(node: ast.expr, values: Mapping[str, torch.Tensor | float],
-              strict: bool) -> torch.Tensor:
-    """Evaluate a checked tree; tag each new grad_fn with the sub-expression it computes."""
-    if isinstance(node, ast.Constant):
-        return torch.tensor(float(node.value), dtype=torch.float64)
+        if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
+            raise MiniGPTError(f"the constant {text[:40]} is not allowed: only real numbers are")
+        return Term("num", text, number=float(node.value))
     if isinstance(node, ast.Name):
-        return torch.as_tensor(values[node.id], dtype=torch.float64)
-    operands = _operands(node)
-    args = [_evaluate(a, values, strict) for a in operands]
-    result = _apply(node, args)
-    if result.grad_fn is not None and "expr" not in result.grad_fn.metadata:
-        tensors = [a for a, t in zip(operands, args, strict=True)
-                   if t.requires_grad or not _is_exponent(node, a)]
-        result.grad_fn.metadata["expr"] = _text(node)
-        result.grad_fn.metadata["inputs"] = tuple(_text(a) for a in tensors)
-    if strict and not bool(torch.isfinite(result)):
-        _raise_nonfinite(node, args, result, values)
+        if node.id in FUNCTIONS:
+            raise MiniGPTError(f"{node.id!r} is a function: call it, as {node.id}(x)")
+        if not re.fullmatch(r"[A-Za-z]\w*", node.id):
+            raise MiniGPTError(f"the variable name {node.id!r} is not allowed: use letters, "
+                               "digits and _, starting with a letter")
+        return Term("var", node.id)
+    if isinstance(node, (ast.BinOp, ast.UnaryOp)) and type(node.op) in _SYMBOLS:
+        raise MiniGPTError(f"operator {_SYMBOLS[type(node.op)]!r} is not allowed; {_ALLOWED}")
+    if isinstance(node, ast.BinOp):
+        return Term(_BINARY[type(node.op)], text, (_term(node.left), _term(node.right)))
+    if isinstance(node, ast.UnaryOp):  # + or -
+        operand = _term(node.operand)
+        return operand if isinstance(node.op, ast.UAdd) else Term("neg", text, (operand,))
+    if isinstance(node, ast.Call):
+        name = ast.unparse(node.func)
+        if name not in FUNCTIONS:
+            raise MiniGPTError(f"calling {name!r} is not allowed; the functions are "
+                               + ", ".join(FUNCTIONS))
+        if node.keywords or len(node.args) != 1 or isinstance(node.args[0], ast.Starred):
+            raise MiniGPTError(f"{name}() takes exactly one argument, as {name}(x)")
+        return Term(name, text, (_term(node.args[0]),))
+    raise MiniGPTError(f"{_KINDS.get(type(node), 'syntax')} {text[:40]!r} is not allowed; "
+                       + _ALLOWED)
+
+
+def _evaluate(term: Term, at: Mapping[str, torch.Tensor | float], strict: bool) -> torch.Tensor:
+    """The formula's value as a float64 0-d tensor computed with torch ops, each grad_fn tagged
+    with op, expr, texts and values. strict: a MiniGPTError at the first non-finite piece."""
+    if term.op in ("num", "var"):
+        value = term.number if term.op == "num" else at[term.text]
+        return torch.as_tensor(value, dtype=torch.float64)
+    op, args = term.op, [_evaluate(arg, at, strict) for arg in term.args]
+    values = [a.item() for a in args]
+    if op == "**" and not args[1].requires_grad:  # a number exponent: PowBackward0
+        op, args = "**n", [args[0], values[1]]
+    result = OPS[op][0](*args)
+    if result.grad_fn is not None:
+        texts = [arg.text for arg in term.args]
+        result.grad_fn.metadata.update(op=op, expr=term.text, texts=texts, values=values)
+    if strict and not math.isfinite(result.item()):
+        if op == "/" and values[1] == 0:
+            raise MiniGPTError(f"division by zero in {term.text!r} at {_where(at)}")
+        raise MiniGPTError(f"{term.text!r} is not finite ({result.item()}) at {_where(at)}")
     return result
 
 
-def _text(node: ast.expr) -> str:
-    """The formula as the lesson writes it: x**2 + 3*x + 1 (spaces only around + and -)."""
-    return re.sub(r" (\*\*|\*|/) ", r"\1", ast.unparse(node))
-
-
-def _is_exponent(node: ast.expr, operand: ast.expr) -> bool:
-    """A constant exponent is passed to torch.pow as a number: it is not an input of the node."""
-    return isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow) and operand is node.right
-
-
-def _operands(node: ast.expr) -> list[ast.expr]:
-    if isinstance(node, ast.BinOp):
-        return [node.left, node.right]
-    if isinstance(node, ast.UnaryOp):
-        return [node.operand]
-    return [node.args[0]]  # ast.Call
-
-
-def _apply(node: ast.expr, args: list[torch.Tensor]) -> torch.Tensor:
-    """One torch operation for one checked node. A constant exponent is passed as a number,
-    as in `x**2`, so PyTorch records PowBackward0 (it saves the exponent)."""
-    if isinstance(node, ast.BinOp):
-        left, right = args
-        if isinstance(node.op, ast.Pow):
-            return torch.pow(left, right if right.requires_grad else right.item())
-        return _BINARY[type(node.op)](left, right)
-    if isinstance(node, ast.UnaryOp):
-        return torch.neg(args[0]) if isinstance(node.op, ast.USub) else args[0]
-    return FUNCTIONS[node.func.id](args[0])
-
-
-def _raise_nonfinite(node: ast.expr, args: list[torch.Tensor], result: torch.Tensor,
-                     values: Mapping[str, torch.Tensor | float]) -> None:
-    point = ", ".join(f"{k}={_num(float(torch.as_tensor(v).detach()))}"
-                      for k, v in values.items())
-    is_div = isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div)
-    if is_div and float(args[1].detach()) == 0:
-        raise MiniGPTError(f"division by zero in {_text(node)!r} at {point}")
-    raise MiniGPTError(f"{_text(node)!r} is not finite ({float(result.detach())}) at {point}")
+def _where(at: Mapping[str, torch.Tensor | float]) -> str:
+    return ", ".join(f"{k}={_num(torch.as_tensor(v).item())}" for k, v in at.items())
 
 
 @dataclass(frozen=True)
 class GradNode:
-    """One node of the backward graph, numbered in topological order (y.grad_fn is 0).
-
-    op: the grad_fn class name (PowBackward0, ..., AccumulateGrad); expr: the sub-expression
-    whose gradient it computes (for AccumulateGrad, the variable); local: one line per input
-    that needs a gradient, its local derivative with numbers; inputs: for each of the node's
-    next_functions, the index of that node (None for a constant); grad_in: the gradient it
-    received, d y / d(expr); grads_out: the gradient it sent along each input (None for none).
-    """
+    """One node of the backward graph, numbered in topological order (y.grad_fn is 0). op: its
+    class name (PowBackward0, ..., AccumulateGrad); expr: the sub-expression it differentiates
+    (a leaf: the variable); local: a line per input that needs a gradient, its local derivative;
+    inputs: the node index of each next_function (None: a constant); grad_in: the gradient it
+    received, dy/d(expr); grads_out: the gradient it sent along each input."""
 
     index: int
     op: str
@@ -248,8 +185,7 @@ class GradCheck:
 
 @dataclass(frozen=True)
 class AutogradReport:
-    """What `explain` found: y's value, dy/dv for each variable, the backward graph (topological
-    order, y.grad_fn first) and the finite-difference checks."""
+    """What `explain` found: y's value, dy/dv per variable, the backward graph and the checks."""
 
     expr: str
     at: dict[str, float]
@@ -265,271 +201,143 @@ class AutogradReport:
 
 def explain(expr_text: str = "x**2 + 3*x + 1", at: Mapping[str, float] | None = None,
             h: float = 1e-6) -> AutogradReport:
-    """Evaluate `expr_text` at the point `at` (default {"x": 2.0}, the lesson's), run
-    `y.backward()` and explain it; see the module docstring. h: the relative finite-difference
-    step (the step for variable v is h * max(1, |v|))."""
+    """Evaluate `expr_text` at `at` (default {"x": 2.0}, the lesson's), run `y.backward()` and
+    explain it. h: the relative finite-difference step (h * max(1, |v|) for variable v)."""
     expr = parse_expr(expr_text)
     point = _point(expr, {"x": 2.0} if at is None else at)
     leaves = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True)
               for k, v in point.items()}
-    y = expr.evaluate(leaves)
+    y = _evaluate(expr, leaves, strict=True)
     order = _topological(y.grad_fn)
-    local = _local_table(order, {id(t): k for k, t in leaves.items()})  # before backward()
-    seen = _record_gradients(order)  # frees the saved tensors
+    seen = _record_gradients(order)
     y.backward()
-    gradients = {k: _leaf_grad(k, t, point) for k, t in leaves.items()}
-    graph = _graph_nodes(order, local, seen)
+    gradients = {k: 0.0 if t.grad is None else t.grad.item() for k, t in leaves.items()}
+    for k, g in gradients.items():
+        if not math.isfinite(g):
+            raise MiniGPTError(f"the gradient dy/d{k} is not finite ({g}) at {_where(point)}")
+    names = {get_gradient_edge(t).node: k for k, t in leaves.items()}  # AccumulateGrad -> name
     checks = tuple(_finite_difference(expr, point, k, gradients[k], h) for k in point)
-    return AutogradReport(expr.text, point, float(y.detach()), gradients, graph, checks)
+    return AutogradReport(expr.text, point, y.item(), gradients, _graph(order, seen, names),
+                          checks)
 
 
-def _point(expr: Expr, at: Mapping[str, float]) -> dict[str, float]:
-    """The values of expr's variables, in expr's order, checked: all given, none unknown,
-    finite numbers."""
-    if not expr.variables:
+def _point(expr: Term, at: Mapping[str, float]) -> dict[str, float]:
+    """The values of expr's variables, in expr's order: all given, none unknown, finite."""
+    variables = expr.variables
+    if not variables:
         raise MiniGPTError(f"{expr.text!r} has no variables: there is nothing to differentiate")
-    for name in expr.variables:
-        if name not in at:
+    unknown = [name for name in at if name not in variables]
+    if unknown:
+        raise MiniGPTError(f"unknown variable {unknown[0]!r}: {expr.text!r} uses only "
+                           + ", ".join(variables))
+    for name in variables:
+        value = at.get(name)
+        if value is None:
             raise MiniGPTError(f"no value for variable {name!r}: give one, e.g. {name}=2.0")
-    for name in at:
-        if name not in expr.variables:
-            raise MiniGPTError(f"unknown variable {name!r}: {expr.text!r} uses only "
-                               f"{', '.join(expr.variables)}")
-    point = {}
-    for name in expr.variables:
-        value = at[name]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise MiniGPTError(f"the value of {name} must be a number, got {value!r}")
         if not math.isfinite(value):
             raise MiniGPTError(f"the value of {name} must be finite, got {value}")
-        point[name] = float(value)
-    return point
+    return {name: float(at[name]) for name in variables}
 
 
-def _topological(root) -> list:
-    """The grad_fn nodes reachable from root, each before the nodes it feeds gradients to
-    (reverse post-order of a depth-first walk over next_functions); shared nodes once."""
-    if root is None:
-        return []
-    order, done, stack = [], set(), [(root, False)]
-    while stack:
-        fn, expanded = stack.pop()
-        if expanded:
+def _topological(root: Node | None) -> list[Node]:
+    """The nodes reachable from root, each before the nodes it sends gradients to (reverse
+    post-order of a depth-first walk over next_functions); a shared node once."""
+    order: list[Node] = []
+    done: set[Node] = set()
+
+    def visit(fn: Node | None) -> None:
+        if fn is not None and fn not in done:
+            done.add(fn)
+            for nxt, _ in fn.next_functions:
+                visit(nxt)
             order.append(fn)
-            continue
-        if fn in done:
-            continue
-        done.add(fn)
-        stack.append((fn, True))
-        stack.extend((nxt, False) for nxt, _ in reversed(fn.next_functions)
-                     if nxt is not None and nxt not in done)
+
+    visit(root)
     return order[::-1]
 
 
-def _record_gradients(order: list) -> dict:
-    """Hook every node so the backward pass leaves, per node, (grad received, grads sent)."""
-    seen: dict = {}
+def _record_gradients(order: list[Node]) -> dict[Node, tuple]:
+    """Hook every node: backward() leaves seen[node] = (gradient received, gradients sent)."""
+    seen: dict[Node, tuple] = {}
     for fn in order:
-        def hook(grads_out, grads_in, fn=fn):  # torch names them (grad_inputs, grad_outputs)
-            seen[fn] = (_float(grads_in[0]) if grads_in else None,
-                        tuple(_float(g) for g in grads_out))
+        def hook(sent: tuple, received: tuple, fn: Node = fn) -> None:  # inputs, outputs
+            seen[fn] = (_float(received[0]), tuple(_float(g) for g in sent))
         fn.register_hook(hook)
     return seen
 
 
 def _float(t: torch.Tensor | None) -> float | None:
-    return None if t is None else float(t)
+    return None if t is None else t.item()
 
 
-def _leaf_grad(name: str, leaf: torch.Tensor, point: Mapping[str, float]) -> float:
-    grad = 0.0 if leaf.grad is None else float(leaf.grad)
-    if not math.isfinite(grad):
-        where = ", ".join(f"{k}={_num(v)}" for k, v in point.items())
-        raise MiniGPTError(f"the gradient dy/d{name} is not finite ({grad}) at {where}")
-    return grad
-
-
-def _local_table(order: list, names: dict[int, str]) -> dict:
-    """For each node: (the expression it differentiates, its local-derivative lines). Must run
-    before backward(), which frees the tensors the nodes saved."""
-    index = {fn: i for i, fn in enumerate(order)}
-    table = {}
-    for fn in order:
-        if type(fn).__name__ == "AccumulateGrad":
-            name = names.get(id(fn.variable), "?")
-            table[fn] = (name, (f"leaf {name}: adds up the gradients that reach it "
-                                f"into {name}.grad",))
-        else:
-            table[fn] = (fn.metadata.get("expr", "?"), _local_derivatives(fn, index))
-    return table
-
-
-def _graph_nodes(order: list, local: dict, seen: dict) -> tuple[GradNode, ...]:
+def _graph(order: list[Node], seen: dict, names: dict[Node, str]) -> tuple[GradNode, ...]:
     index = {fn: i for i, fn in enumerate(order)}
     graph = []
     for i, fn in enumerate(order):
         grad_in, grads_out = seen.get(fn, (None, ()))
-        inputs = tuple(None if nxt is None else index[nxt] for nxt, _ in fn.next_functions)
-        expr, lines = local[fn]
-        graph.append(GradNode(i, type(fn).__name__, expr, lines, inputs, grad_in, grads_out))
+        inputs = tuple(index.get(nxt) for nxt, _ in fn.next_functions)
+        expr, local = (names[fn], ()) if fn in names else (fn.metadata["expr"], _local(fn, index))
+        graph.append(GradNode(i, type(fn).__name__, expr, local, inputs, grad_in, grads_out))
     return tuple(graph)
 
 
-def _saved(fn, name: str) -> float | None:
-    """A scalar torch saved on `fn` for the backward pass, or None where it saved none."""
-    try:
-        value = getattr(fn, f"_saved_{name}")
-    except (AttributeError, RuntimeError):  # not saved by this node, or already freed
-        return None
-    if isinstance(value, torch.Tensor):
-        return float(value.detach()) if value.numel() == 1 else None
-    return float(value) if isinstance(value, (int, float)) else None
-
-
-def _local_derivatives(fn, index: dict) -> tuple[str, ...]:
-    """One line per differentiable input: d(out)/d(input) = formula = number. A long
-    sub-expression is written as the number of its node, [j]."""
-    name = type(fn).__name__
-    texts = fn.metadata.get("inputs", ())
-    rule = _RULES.get(name)
-    if rule is None or len(texts) != len(fn.next_functions):
-        return (f"{name}: applies its local derivative by the chain rule",)
-    out = _short(fn.metadata.get("expr", "?"), index.get(fn))
-    short = [_short(t, None if nxt is None else index.get(nxt))
-             for (nxt, _), t in zip(fn.next_functions, texts, strict=True)]
-    s = {k: _saved(fn, k) for k in ("self", "other", "exponent", "result", "alpha")}
+def _local(fn: Node, index: dict[Node, int]) -> tuple[str, ...]:
+    """A line per input that needs a gradient: d(out)/d(input) = formula = number; a long
+    sub-expression is written as its node's number, [j]."""
+    meta, nexts = fn.metadata, [nxt for nxt, _ in fn.next_functions]
+    texts = [t if len(t) <= 24 or j is None else f"[{j}]"
+             for t, j in zip_longest(meta["texts"], [index.get(n) for n in nexts])]
+    out = f"[{index[fn]}]" if len(meta["expr"]) > 24 else f"({meta['expr']})"
+    fields = _fields(texts, meta["values"])
     lines = []
-    for i, (nxt, _) in enumerate(fn.next_functions):
-        if nxt is None:
-            continue
-        formula, value = rule(i, short, s)
-        number = "" if value is None or formula == _num(value) else f" = {_num(value)}"
-        lines.append(f"{_d(out, short[i])} = {formula}{number}")
+    for nxt, wrt, (formula, rule) in zip(nexts, texts, OPS[meta["op"]][1], strict=False):
+        if nxt is not None:
+            formula, value = formula.format_map(fields), _value(rule, meta["values"])
+            wrt = wrt if re.fullmatch(r"\w+|\[\d+\]", wrt) else f"({wrt})"
+            same = formula == _num(value)
+            lines.append(f"d{out}/d{wrt} = {formula}" + ("" if same else f" = {_num(value)}"))
     return tuple(lines)
 
 
-def _short(text: str, node: int | None, limit: int = 24) -> str:
-    """The text, or the node reference [node] when the text is longer than `limit`."""
-    return text if len(text) <= limit or node is None else f"[{node}]"
+def _fields(texts: list[str], values: list[float]) -> dict[str, str]:
+    """What the formulas of OPS name: a, pa and, for two operands, b, pb, n and pa_n1."""
+    fields = {"a": texts[0], "pa": _p(texts[0])}
+    if len(texts) == 2:
+        power = fields["pa"] if values[1] == 2 else f"{fields['pa']}**{_p(_num(values[1] - 1))}"
+        fields.update(b=texts[1], pb=_p(texts[1]), n=_num(values[1]), pa_n1=power)
+    return fields
+
+
+def _value(rule: Callable[..., float], values: list[float]) -> float | None:
+    """A rule's number, or None where the arithmetic fails (log of a negative, 1/0)."""
+    try:
+        return float(rule(*values))
+    except (ArithmeticError, ValueError, TypeError):  # TypeError: a complex power
+        return None
 
 
 def _p(text: str) -> str:
-    """Parenthesise a sub-expression unless it is a name, a number, a node reference or a
-    function call."""
-    return text if _atomic(text) else f"({text})"
+    """The text, parenthesised unless it is a name, a number, a call or a node number [j]."""
+    atom = text.startswith("[") or isinstance(ast.parse(text, mode="eval").body,
+                                              (ast.Name, ast.Constant, ast.Call))
+    return text if atom else f"({text})"
 
 
-def _atomic(text: str) -> bool:
-    if re.fullmatch(r"[\w.]+|\[\d+\]", text):
-        return True
-    if not re.match(r"\w+\(", text):
-        return False
-    depth = 0
-    for i, ch in enumerate(text):
-        depth += (ch == "(") - (ch == ")")
-        if depth == 0 and ch == ")":
-            return i == len(text) - 1  # the call's own parenthesis closes the text
-    return False
-
-
-def _d(out: str, wrt: str) -> str:
-    """d(out)/dwrt, as a person writes it: d(x**2)/dx, d[3]/d(x + 1), d[0]/d[2]."""
-    top = out if out.startswith("[") else f"({out})"
-    bottom = wrt if re.fullmatch(r"\w+|\[\d+\]", wrt) else f"({wrt})"  # dx, d[2], d(x*y)
-    return f"d{top}/d{bottom}"
-
-
-def _opt(f: Callable[..., float], *xs: float | None) -> float | None:
-    """f(*xs), or None when a saved value is missing or the arithmetic fails."""
-    if any(x is None for x in xs):
-        return None
-    try:
-        return f(*xs)
-    except (ValueError, ZeroDivisionError, OverflowError):
-        return None
-
-
-def _add(i, t, s):
-    return ("1", 1.0) if i == 0 else _alpha(s["alpha"], 1)
-
-
-def _sub(i, t, s):
-    return ("1", 1.0) if i == 0 else _alpha(s["alpha"], -1)
-
-
-def _alpha(alpha, sign):
-    a = 1.0 if alpha is None else alpha
-    return ("-1" if sign < 0 else "1", sign * a) if a == 1 else (f"{sign}*alpha", sign * a)
-
-
-def _mul(i, t, s):
-    return (t[1], s["other"]) if i == 0 else (t[0], s["self"])
-
-
-def _div(i, t, s):
-    a, b = _p(t[0]), _p(t[1])
-    if i == 0:
-        return f"1/{b}", _opt(lambda b: 1 / b, s["other"])
-    return f"-{a}/{b}**2", _opt(lambda a, b: -a / b**2, s["self"], s["other"])
-
-
-def _pow0(i, t, s):
-    n = s["exponent"]
-    if n is None:
-        formula = "n*a**(n - 1)"
-    elif n - 1 == 1:
-        formula = f"{_num(n)}*{_p(t[0])}"
-    else:
-        formula = f"{_num(n)}*{_p(t[0])}**{_p(_num(n - 1))}"
-    return formula, _opt(lambda a, n: n * a ** (n - 1), s["self"], n)
-
-
-def _pow1(i, t, s):
-    a, b = _p(t[0]), _p(t[1])
-    if i == 0:
-        return f"{b}*{a}**({t[1]} - 1)", _opt(lambda a, b: b * a ** (b - 1), s["self"],
-                                              s["exponent"])
-    return f"{a}**{b}*log({t[0]})", _opt(lambda r, a: r * math.log(a), s["result"], s["self"])
-
-
-def _unary(formula: str, f: Callable[[float], float], saved: str):
-    """A rule for a one-argument function; formula names its argument {a}."""
-    def rule(i, t, s):
-        return formula.format(a=t[0], pa=_p(t[0])), _opt(f, s[saved])
-    return rule
-
-
-_RULES = {
-    "AddBackward0": _add, "SubBackward0": _sub, "MulBackward0": _mul, "DivBackward0": _div,
-    "PowBackward0": _pow0, "PowBackward1": _pow1,
-    "NegBackward0": lambda i, t, s: ("-1", -1.0),
-    "SinBackward0": _unary("cos({a})", math.cos, "self"),
-    "CosBackward0": _unary("-sin({a})", lambda a: -math.sin(a), "self"),
-    "TanBackward0": _unary("1 + tan({a})**2", lambda r: 1 + r * r, "result"),
-    "ExpBackward0": _unary("exp({a})", lambda r: r, "result"),
-    "LogBackward0": _unary("1/{pa}", lambda a: 1 / a, "self"),
-    "SqrtBackward0": _unary("1/(2*sqrt({a}))", lambda r: 1 / (2 * r), "result"),
-    "TanhBackward0": _unary("1 - tanh({a})**2", lambda r: 1 - r * r, "result"),
-    "SigmoidBackward0": _unary("sigmoid({a})*(1 - sigmoid({a}))", lambda r: r * (1 - r),
-                               "result"),
-    "ReluBackward0": _unary("1 if {a} > 0 else 0", lambda r: 1.0 if r > 0 else 0.0, "result"),
-    "AbsBackward0": _unary("sign({a})", lambda a: float((a > 0) - (a < 0)), "self"),
-}
-
-
-def _finite_difference(expr: Expr, point: Mapping[str, float], name: str, grad: float,
+def _finite_difference(expr: Term, point: Mapping[str, float], name: str, grad: float,
                        h: float) -> GradCheck:
     step = h * max(1.0, abs(point[name]))
     with torch.no_grad():
-        up = float(expr.evaluate({**point, name: point[name] + step}, strict=False))
-        down = float(expr.evaluate({**point, name: point[name] - step}, strict=False))
+        up, down = (_evaluate(expr, {**point, name: point[name] + s}, strict=False).item()
+                    for s in (step, -step))
     numeric = (up - down) / (2 * step)
     error = abs(numeric - grad) if math.isfinite(numeric) else math.inf
     return GradCheck(name, grad, numeric, error, step)
 
 
 def _num(value: float | None) -> str:
-    """A number as a person writes it: 11, 7, 0.5, 1.41421, 1e-12."""
+    """A number as a person writes it: 11, 7, 0.5, 1.41421, 1e-12 ("?" for none)."""
     if value is None:
         return "?"
     if math.isfinite(value) and value == int(value) and abs(value) < 1e15:
@@ -551,33 +359,25 @@ def format_report(report: AutogradReport) -> str:
     if not report.graph:
         lines.append(f"  ({y} is a variable itself: no operation was recorded)")
     lines += ["", f"Finite-difference check, ({y}(v+h) - {y}(v-h)) / 2h:"]
-    lines += [_format_check(c, y) for c in report.checks]
+    for c in report.checks:
+        ok = c.abs_error <= 1e-5 * max(1.0, abs(c.autograd))
+        lines.append(f"  d{y}/d{c.variable}: autograd {_num(c.autograd)}, numeric "
+                     f"{c.numeric:.10g}, |error| {c.abs_error:.2g} (h = {c.h:.2g})  "
+                     + ("ok" if ok else "MISMATCH (a kink or a jump near here?)"))
     return "\n".join(lines)
 
 
 def _format_node(node: GradNode, graph: tuple[GradNode, ...], y: str) -> list[str]:
-    lines = [f"  [{node.index}] {node.op:<18} {node.expr}"]
-    if node.op == "AccumulateGrad":
-        parts = [g for other in graph for j, g in zip(other.inputs, other.grads_out,
-                                                      strict=False)
-                 if j == node.index and g is not None]
-        total = "".join(("" if k == 0 else " - " if g < 0 else " + ")
-                        + _num(abs(g) if k else g) for k, g in enumerate(parts))
-        if len(parts) > 1:
-            total += f" = {_num(node.grad_in)}"
-        lines.append(f"        {node.expr}.grad = {total or _num(node.grad_in)}")
-        return lines
-    lines.append(f"        receives d{y}/d(out) = {_num(node.grad_in)}")
-    lines += [f"        local: {line}" for line in node.local]
-    sends = [f"{_num(g)} -> [{j}]" for j, g in zip(node.inputs, node.grads_out, strict=False)
-             if j is not None]
-    if sends:
-        lines.append(f"        sends {', '.join(sends)}")
-    return lines
-
-
-def _format_check(c: GradCheck, y: str) -> str:
-    tolerance = 1e-5 * max(1.0, abs(c.autograd))
-    verdict = "ok" if c.abs_error <= tolerance else "MISMATCH (a kink or a jump near here?)"
-    return (f"  d{y}/d{c.variable}: autograd {_num(c.autograd)}, numeric {c.numeric:.10g}, "
-            f"|error| {c.abs_error:.2g} (h = {c.h:.2g})  {verdict}")
+    head = f"  [{node.index}] {node.op:<18} {node.expr}"
+    if node.op == "AccumulateGrad":  # x.grad: the sum of what the nodes feeding it sent
+        parts = [g for other in graph for j, g in zip(other.inputs, other.grads_out, strict=False)
+                 if j == node.index and g is not None] or [node.grad_in]
+        total = _num(parts[0]) + "".join(f" {'-' if g < 0 else '+'} {_num(abs(g))}"
+                                         for g in parts[1:])
+        return [head, f"        {node.expr}.grad = {total}"
+                + (f" = {_num(node.grad_in)}" if len(parts) > 1 else "")]
+    sends = [f"{_num(g)} -> [{j}]"
+             for j, g in zip(node.inputs, node.grads_out, strict=False) if j is not None]
+    return [head, f"        receives d{y}/d(out) = {_num(node.grad_in)}",
+            *(f"        local: {line}" for line in node.local),
+            *([f"        sends {', '.join(sends)}"] if sends else [])]

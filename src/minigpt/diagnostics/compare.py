@@ -12,10 +12,12 @@ import itertools
 import json
 from pathlib import Path
 
-from minigpt.atomic import atomic_write_text
 from minigpt.config import RunConfig, apply_overrides, validate
 from minigpt.diagnostics.plots import plot_overlay, read_metrics
+from minigpt.diagnostics.probes import standard_probes
 from minigpt.errors import MiniGPTError
+from minigpt.files import atomic_write_text
+from minigpt.trainer import train
 
 
 def parse_axis(text: str | None, key: str) -> list[dict]:
@@ -65,8 +67,6 @@ def _label(key: str, value) -> str:
 def compare(base: RunConfig, runs: dict[str, dict], out_dir: str | Path,
             progress: bool = True) -> list[dict]:
     """Train each variant of `base`; return (and save) one table row per variant."""
-    from minigpt.trainer import train
-
     out_dir = Path(out_dir)
     configs = {}
     for name, overrides in runs.items():
@@ -78,8 +78,8 @@ def compare(base: RunConfig, runs: dict[str, dict], out_dir: str | Path,
     table = []
     for i, (name, cfg) in enumerate(configs.items()):
         folder = out_dir / f"{i}-{name.replace(' ', '_').replace(':', '_')}"
-        summary = train(cfg, folder, progress=progress)
-        table.append({"variant": name, "folder": folder.name, **summary})
+        result = train(cfg, folder, probes=standard_probes(cfg), progress=progress)
+        table.append({"variant": name, "folder": folder.name, **result.summary})
     curves = {row["variant"]: read_metrics(out_dir / row["folder"] / "metrics.jsonl")
               for row in table}
     plot_overlay(curves, out_dir / "compare.png", title=", ".join(runs))
@@ -89,9 +89,9 @@ def compare(base: RunConfig, runs: dict[str, dict], out_dir: str | Path,
 
 def format_table(table: list[dict]) -> str:
     width = max(len(r["variant"]) for r in table)
-    lines = [f"{'variant':<{width}}  final val  best val  wall s",
-             f"{'-' * width}  ---------  --------  ------"]
+    lines = [f"{'variant':<{width}}  final val  best val  train s",
+             f"{'-' * width}  ---------  --------  -------"]
     for r in table:
         lines.append(f"{r['variant']:<{width}}  {r['final_val_loss']:9.4f}  "
-                     f"{r['best_val_loss']:8.4f}  {r['wall_s']:6.1f}")
+                     f"{r['best_val_loss']:8.4f}  {r['train_s']:7.1f}")
     return "\n".join(lines)

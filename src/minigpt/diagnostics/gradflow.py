@@ -48,6 +48,7 @@ import torch
 
 from minigpt.diagnostics.plots import new_figure, save_png
 from minigpt.errors import MiniGPTError
+from minigpt.trainer import clip_gradients, set_lr
 
 VANISH = 1e-7
 EXPLODE = 1e2
@@ -229,14 +230,11 @@ def probe_batch_stats(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     work.zero_grad(set_to_none=True)
     _, loss = work(x, y)
     loss.backward()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_([p for p in work.parameters() if p.grad is not None],
-                                       grad_clip)
+    clip_gradients(work, grad_clip)  # as the training loop clips (0: not at all)
     if opt is None:
         return grad_stats(work, vanish=vanish, explode=explode, exempt=exempt)
     if lr is not None:
-        for group in opt.param_groups:
-            group["lr"] = lr
+        set_lr(opt, lr)
     before = snapshot(work)
     opt.step()
     return grad_stats(work, before, vanish=vanish, explode=explode, exempt=exempt)

@@ -38,8 +38,8 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
-from minigpt.atomic import atomic_path, atomic_write_text
 from minigpt.errors import MiniGPTError
+from minigpt.files import atomic_path, atomic_write_text
 
 SCOPE_KEY = "minigpt_scope"  # grad_fn.metadata keys written by record_modules
 CALL_KEY = "minigpt_call"

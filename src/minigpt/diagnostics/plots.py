@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from minigpt.atomic import atomic_path
+from minigpt.files import atomic_path
 
 
 def read_metrics(path: str | Path) -> list[dict]:

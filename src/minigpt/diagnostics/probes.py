@@ -1,9 +1,11 @@
 """Probes: what a training run records about itself, hung off the loop without changing it.
 
-A probe gets `start(run)` once, `on_row(run, row)` for every metrics row the loop writes (rows
-with "val_loss" are evaluations) and `end(run, summary)`. The gradient-flow probe attaches to the
-optimizer's own step hooks, so it sees the gradients after clipping and the weights either side
-of the update without a line in the loop.
+The caller composes them and hands them to the loop: `train(cfg, probes=standard_probes(cfg))`
+(the command line does). A probe gets `start(run, state)` once (the run's parts, a
+minigpt.trainer.Run, and the loop's TrainState, whose `step` it may read), `on_row(row)` for
+every metrics row the loop writes (rows with "val_loss" are evaluations) and `end(summary)`.
+The gradient-flow probe attaches to the optimizer's own step hooks, so it sees the gradients
+after clipping and the weights either side of the update without a line in the loop.
 
     gradflow.jsonl, gradflow.png     per-parameter gradient health every --gradflow-every steps
     attention/step-NNNNNN.png        attention heatmaps every --attention-every steps
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from minigpt.config import RunConfig
 from minigpt.diagnostics import plots
 from minigpt.diagnostics.attention import attention_maps, plot_attention, token_labels
 from minigpt.diagnostics.gradflow import grad_stats, layer_norms, plot_layer_norms, snapshot
@@ -30,25 +33,28 @@ log = logging.getLogger(__name__)
 
 
 class Probe:
-    def start(self, run) -> None:
+    def start(self, run, state) -> None:
+        self.run, self.state = run, state
+
+    def on_row(self, row: dict) -> None:
         pass
 
-    def on_row(self, run, row: dict) -> None:
-        pass
-
-    def end(self, run, summary: dict) -> None:
+    def end(self, summary: dict) -> None:
         pass
 
 
 class CurvesProbe(Probe):
     """loss.png and lr.png, redrawn at each evaluation and at the end."""
 
-    def on_row(self, run, row):
-        if "val_loss" in row:
-            plots.plot_run_curves(run.out_dir, run.cfg.diag.log_scale)
+    def __init__(self, log_scale: bool = False):
+        self.log_scale = log_scale
 
-    def end(self, run, summary):
-        plots.plot_run_curves(run.out_dir, run.cfg.diag.log_scale)
+    def on_row(self, row):
+        if "val_loss" in row:
+            plots.plot_run_curves(self.run.folder, self.log_scale)
+
+    def end(self, summary):
+        plots.plot_run_curves(self.run.folder, self.log_scale)
 
 
 class GradFlowProbe(Probe):
@@ -61,26 +67,28 @@ class GradFlowProbe(Probe):
         self.before = None
         self.handles = []
 
-    def start(self, run):
+    def start(self, run, state):
+        super().start(run, state)
+
         def pre(optimizer, args, kwargs):
-            if run.step % self.every == 0:
+            if state.step % self.every == 0:
                 self.before = snapshot(run.model)
 
         def post(optimizer, args, kwargs):
             if self.before is not None:
-                self.record(run, grad_stats(run.model, self.before))
+                self.record(grad_stats(run.model, self.before))
                 self.before = None
 
         self.handles = [run.optimizer.register_step_pre_hook(pre),
                         run.optimizer.register_step_post_hook(post)]
 
-    def record(self, run, stats) -> None:
-        step = run.step
+    def record(self, stats) -> None:
+        step = self.state.step
         layers = layer_norms(stats)
         flagged = {s.name: s.flags for s in stats if s.flags}
         row = {"step": step, "layers": layers, "flagged": flagged,
                "params": [asdict(s) for s in stats]}
-        with open(run.out_dir / "gradflow.jsonl", "a", encoding="utf-8") as f:
+        with open(self.run.folder / "gradflow.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         # vanishing is recorded but not shouted: attn.Wk.bias is always ~0 (see gradflow.py)
         alarming = {n: f for n, f in flagged.items() if set(f) & {"dead", "exploding", "nonfinite"}}
@@ -91,19 +99,19 @@ class GradFlowProbe(Probe):
         if self.tb:
             self.tb.layer_grad_norms(step, layers)
 
-    def on_row(self, run, row):
+    def on_row(self, row):
         if "val_loss" in row:
-            self.plot(run)
+            self.plot()
 
-    def plot(self, run):
-        history = plots.read_metrics(run.out_dir / "gradflow.jsonl")
+    def plot(self):
+        history = plots.read_metrics(self.run.folder / "gradflow.jsonl")
         if history:
-            plot_layer_norms(history, run.out_dir / "gradflow.png")
+            plot_layer_norms(history, self.run.folder / "gradflow.png")
 
-    def end(self, run, summary):
+    def end(self, summary):
         for h in self.handles:
             h.remove()
-        self.plot(run)
+        self.plot()
 
 
 class AttentionProbe(Probe):
@@ -116,32 +124,33 @@ class AttentionProbe(Probe):
         self.next_step = 0
         self.ids: list[int] = []  # the text's tokens, at most one block
 
-    def start(self, run):
+    def start(self, run, state):
+        super().start(run, state)
         tok = run.tokenizer
         known = "".join(c for c in self.text if tok.can_encode(c))
-        self.ids = tok.encode(known)[: run.cfg.model.block_size]
+        self.ids = tok.encode(known)[: run.model.block_size]
         if not self.ids:
             log.warning("attention probe off: no character of its text is in the vocabulary")
-        self.next_step = run.step
+        self.next_step = state.step
 
-    def on_row(self, run, row):
+    def on_row(self, row):
         if self.ids and row["step"] >= self.next_step:
-            self.snapshot(run, row["step"])
+            self.snapshot(row["step"])
             self.next_step = row["step"] - row["step"] % self.every + self.every
 
-    def snapshot(self, run, step: int) -> Path:
-        idx = torch.tensor([self.ids], device=run.device)  # (1, T)
-        maps = attention_maps(run.model, idx)
-        path = run.out_dir / "attention" / f"step-{step:06d}.png"
-        plot_attention(maps, token_labels(run.tokenizer, self.ids), path,
+    def snapshot(self, step: int) -> Path:
+        idx = torch.tensor([self.ids], device=self.run.device)  # (1, T)
+        maps = attention_maps(self.run.model, idx)
+        path = self.run.folder / "attention" / f"step-{step:06d}.png"
+        plot_attention(maps, token_labels(self.run.tokenizer, self.ids), path,
                        title=f"attention at step {step}")
         if self.tb:
             self.tb.image("attention", path, step)
         return path
 
-    def end(self, run, summary):
+    def end(self, summary):
         if self.ids:
-            self.snapshot(run, run.step)
+            self.snapshot(self.state.step)
 
 
 class SamplesProbe(Probe):
@@ -152,44 +161,51 @@ class SamplesProbe(Probe):
         self.length = length
         self.next_step = 0
 
-    def start(self, run):
-        self.next_step = run.step
+    def start(self, run, state):
+        super().start(run, state)
+        self.next_step = state.step
 
-    def on_row(self, run, row):
+    def on_row(self, row):
         if row["step"] >= self.next_step:
-            self.record(run, row["step"])
+            self.record(row["step"])
             self.next_step = row["step"] - row["step"] % self.every + self.every
 
-    def record(self, run, step: int) -> None:
-        text = sample_text(run.model, run.tokenizer, "ROMEO:", self.length,
-                           seed=run.cfg.train.seed)
-        with open(run.out_dir / "samples.jsonl", "a", encoding="utf-8") as f:
+    def record(self, step: int) -> None:
+        text = sample_text(self.run.model, self.run.tokenizer, "ROMEO:", self.length,
+                           seed=self.run.cfg.train.seed)
+        with open(self.run.folder / "samples.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, "text": text}, ensure_ascii=False) + "\n")
 
-    def end(self, run, summary):
-        self.record(run, run.step)
+    def end(self, summary):
+        self.record(self.state.step)
 
 
 class TensorBoardProbe(Probe):
+    """Every metrics row as TensorBoard scalars; opens the log the other probes write to."""
+
     def __init__(self, tb):
         self.tb = tb
 
-    def on_row(self, run, row):
+    def start(self, run, state):
+        super().start(run, state)
+        self.tb.open(run.folder)
+
+    def on_row(self, row):
         self.tb.metrics(row)
 
-    def end(self, run, summary):
+    def end(self, summary):
         self.tb.close()
 
 
-def standard_probes(run) -> list[Probe]:
-    """The probes a run's [diag] settings ask for."""
-    d = run.cfg.diag
+def standard_probes(cfg: RunConfig) -> list[Probe]:
+    """The probes a config's [diag] settings ask for."""
+    d = cfg.diag
     tb = None
     if d.tensorboard:
         from minigpt.diagnostics.tensorboard import TensorBoardLog
 
-        tb = TensorBoardLog(run.out_dir)
-    probes: list[Probe] = [CurvesProbe()] if d.plots else []
+        tb = TensorBoardLog()
+    probes: list[Probe] = [CurvesProbe(d.log_scale)] if d.plots else []
     if d.gradflow_every:
         probes.append(GradFlowProbe(d.gradflow_every, tb))
     if d.sample_every:

@@ -12,9 +12,9 @@ import html
 import json
 from pathlib import Path
 
-from minigpt.atomic import atomic_write_text
 from minigpt.diagnostics.plots import read_metrics
 from minigpt.errors import MiniGPTError
+from minigpt.files import atomic_write_text
 
 STYLE = """
 body { font: 15px/1.5 system-ui, sans-serif; color: #1d2330; background: #f6f7f9; margin: 0; }
@@ -52,7 +52,7 @@ def summary_html(run_dir: Path) -> str:
     s = json.loads(path.read_text())
     rows = [("final validation loss (whole split)", f"{s['final_val_loss']:.4f}"),
             ("best validation estimate", f"{s['best_val_loss']:.4f}"),
-            ("steps", f"{s['steps']:,}"), ("wall time", f"{s['wall_s']:.1f} s"),
+            ("steps", f"{s['steps']:,}"), ("training time", f"{s['train_s']:.1f} s"),
             ("tokens / s", f"{s['tokens_per_s']:,}"), ("parameters", f"{s['params']:,}")]
     return "<table>" + "".join(f"<tr><th>{k}</th><td class=num>{v}</td></tr>"
                                for k, v in rows) + "</table>"

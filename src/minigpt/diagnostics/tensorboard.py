@@ -16,15 +16,20 @@ SCALARS = {"train_loss": "loss/train", "val_loss": "loss/val", "lr": "lr",
 
 
 class TensorBoardLog:
-    """A thin wrapper over torch's SummaryWriter with minigpt's tag names."""
+    """A thin wrapper over torch's SummaryWriter with minigpt's tag names; `open` it on the
+    run folder before writing (the package is checked for at once, the folder made then)."""
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise MiniGPTError("--tensorboard needs the tensorboard package: "
                                "pip install tensorboard") from None
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+        self.summary_writer = SummaryWriter
+        self.writer = None
+
+    def open(self, run_dir: str | Path) -> None:
+        self.writer = self.summary_writer(log_dir=str(Path(run_dir) / "tensorboard"))
 
     def metrics(self, row: dict) -> None:
         for key, tag in SCALARS.items():

@@ -1,10 +1,13 @@
-"""Atomic file writes: write to a temporary file in the same folder, flush, fsync, rename.
+"""Files that are never half-written, and their checksums.
 
-A reader (or a crash) never sees a half-written file: either the old file or the new one.
+Every file minigpt writes goes through `atomic_path`: it is written to a temporary file in the
+same folder, flushed to disk and renamed onto its name, so a reader (or a crash) only ever sees
+the old file or the new one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from contextlib import contextmanager
@@ -37,13 +40,17 @@ def atomic_path(path: str | Path):
         raise
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
 def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(text.encode("utf-8"))
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _umask() -> int:

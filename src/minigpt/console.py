@@ -1,0 +1,128 @@
+"""What a run shows a person while it runs: a progress bar, log lines printed above it, and the
+speed figures in both (tokens per second, model FLOPs utilisation).
+
+minigpt logs through the "minigpt" logger. `show_logs()` gives it a handler that prints above
+the progress bar, unless the program has set up logging of its own, so a script, a notebook and
+the command line all see the run without any set-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+
+from tqdm.auto import tqdm
+
+log = logging.getLogger("minigpt")
+
+
+class _AboveTheBar(logging.Handler):
+    """Log lines printed with tqdm.write, so they appear above a progress bar, not through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        prefix = "warning: " if record.levelno >= logging.WARNING else ""
+        tqdm.write(prefix + record.getMessage(), file=sys.stdout)
+
+
+def show_logs(level: int = logging.INFO) -> None:
+    """Print minigpt's log lines (at `level` and above) on stdout, unless the "minigpt" logger
+    or the root logger already has a handler (the program chose where logs go)."""
+    if log.handlers or logging.getLogger().handlers:
+        return
+    log.addHandler(_AboveTheBar())
+    log.setLevel(level)
+
+
+class Meter:
+    """The training clock and speed: seconds spent training (across resumes; evaluation and
+    probes left out by calling `pause` after them), and tokens per second and MFU over the
+    steps since the last reading."""
+
+    def __init__(self, tokens_per_step: int, flops_per_token: float, peak_flops: float,
+                 step: int, seconds: float = 0.0):
+        self.tokens_per_step = tokens_per_step
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_flops
+        self.seconds = seconds  # training seconds so far, this run's before this process too
+        self.steps, self.timed = 0, 0.0  # steps and seconds timed by this process
+        self.step0, self.t0 = step, time.perf_counter()
+
+    def pause(self) -> None:
+        """Start the next interval now: what happened since the last reading is not counted."""
+        self.t0 = time.perf_counter()
+
+    def read(self, step: int) -> dict:
+        """tokens_per_s and mfu over the steps since the last reading (`step` steps are done
+        now), and time_s, the training seconds so far."""
+        elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        steps, self.step0, self.t0 = step - self.step0, step, time.perf_counter()
+        self.seconds += elapsed
+        self.steps += steps
+        self.timed += elapsed
+        return {**self._speed(steps * self.tokens_per_step / elapsed),
+                "time_s": round(self.seconds, 2)}
+
+    def overall(self) -> dict:
+        """tokens_per_s and mfu over every step this process timed."""
+        return self._speed(self.steps * self.tokens_per_step / max(self.timed, 1e-9))
+
+    def _speed(self, tokens_per_s: float) -> dict:
+        mfu = tokens_per_s * self.flops_per_token / self.peak_flops if self.peak_flops else 0.0
+        return {"tokens_per_s": round(tokens_per_s), "mfu": round(mfu, 4)}
+
+
+def progress_bar(total: int, done: int, enabled: bool) -> tqdm:
+    """The bar over the run's steps (disabled off a terminal or notebook, or when asked)."""
+    return tqdm(total=total, initial=done, unit="step", dynamic_ncols=True, leave=False,
+                disable=None if enabled else True)
+
+
+def show_row(bar: tqdm, row: dict, last_val: float) -> None:
+    """The latest figures, on the bar."""
+    bar.set_postfix(loss=fmt(row["train_loss"], ".3f"), val=f"{last_val:.3f}",
+                    lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:,}",
+                    mfu=f"{row['mfu']:.0%}", refresh=False)
+
+
+def log_start(run, peak: float) -> None:
+    """The run's folder and environment, data and model, in three lines (run: trainer.Run)."""
+    t, env, data, processes = run.cfg.train, run.env, run.data, run.world.size
+    procs = f"{processes} processes x " if processes > 1 else ""
+    log.info(f"run folder {run.folder} | torch {env['torch']} on {procs}{env['device']}, "
+             f"{env['torch_threads']} threads ({env['cpu_capability']}), {env['dtype']} forward"
+             f"{', compiled' if env['compile'] else ''}; matmul peak measured "
+             f"{peak / 1e9:,.0f} GFLOP/s")
+    log.info(f"data: {data['text']}: vocab {data['vocab_size']}, "
+             f"{data['train_tokens']:,} train and {data['val_tokens']:,} val tokens")
+    batch = f"batch {t.batch_size}"
+    if t.grad_accum > 1 or processes > 1:
+        batch += f" x {t.grad_accum} micro-steps x {processes} processes"
+    log.info(f"model: {data['params']:,} parameters on {env['device']}; {t.optimizer} lr "
+             f"{t.lr:g} ({t.schedule}), {batch} x {run.cfg.model.block_size} tokens, "
+             f"{t.steps} steps")
+
+
+def log_eval(row: dict, improved: bool) -> None:
+    """One line per evaluation."""
+    log.info(f"step {row['step']:>5} | train {fmt(row['train_loss'], '.4f')} | val "
+             f"{row['val_loss']:.4f} | lr {row['lr']:.2e} | {row['tokens_per_s']:,} tok/s, "
+             f"MFU {row['mfu']:.0%} | {row['time_s']:.0f} s" + (" | best" if improved else ""))
+
+
+def log_summary(summary: dict, val_tokens: int) -> None:
+    log.info(f"final validation loss (whole split, {val_tokens:,} tokens): "
+             f"{summary['final_val_loss']:.4f}; best estimate {summary['best_val_loss']:.4f}; "
+             f"{summary['steps']} steps, {summary['train_s']:.0f} s of training (this command: "
+             f"{summary['wall_s']:.0f} s), "
+             f"{summary['tokens_per_s']:,} tok/s, MFU {summary['mfu']:.0%}")
+
+
+def finite_or_none(x: float) -> float | None:
+    """JSON has no NaN or infinity: a non-finite value is written as null."""
+    return x if math.isfinite(x) else None
+
+
+def fmt(x: float | None, spec: str) -> str:
+    return "nan" if x is None else format(x, spec)

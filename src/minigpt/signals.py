@@ -1,0 +1,54 @@
+"""Ctrl-C and SIGTERM during training: finish the step, save, stop; a second one stops at once."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import torch
+
+from minigpt import distributed
+
+log = logging.getLogger(__name__)
+
+
+class StopSignals:
+    """The first SIGINT (Ctrl-C) or SIGTERM lets the current step finish, then the loop saves a
+    checkpoint and stops; a second one stops at once (files are only ever renamed into place,
+    so nothing is left half-written). Under torchrun the processes agree to stop at the next
+    log line, so that they all stop after the same step."""
+
+    def __enter__(self) -> StopSignals:
+        self.received: int | None = None
+        self.stopping = False
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def handle(self, signum, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+        log.warning(f"{signal.Signals(signum).name}: finishing this step, then saving a "
+                    f"checkpoint (again to stop at once)")
+
+    def agreed(self, world: distributed.World, device: torch.device, logged: bool) -> bool:
+        """Whether to stop after this step: at once in one process; under torchrun, at a log
+        line, when any process got a signal (a collective call, made by all at the same step)."""
+        if world.enabled:
+            if logged:
+                self.stopping = distributed.any_process(self.received is not None, world, device)
+        else:
+            self.stopping = self.received is not None
+        return self.stopping
+
+    @property
+    def signum(self) -> int:
+        return self.received or signal.SIGTERM
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
