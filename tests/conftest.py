@@ -105,6 +105,8 @@ def lesson_attention(attn, x):
 
 
 def without_speed(rows: list[dict]) -> list[dict]:
-    """Metrics rows without the timing columns, which differ between any two runs."""
-    return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu", "time_s")}
+    """Metrics rows without the timing columns, which differ between any two runs (`reached`
+    holds the seconds at which a target loss was first reached)."""
+    return [{k: v for k, v in r.items()
+             if k not in ("tokens_per_s", "mfu", "time_s", "reached")}
             for r in rows]

@@ -49,13 +49,25 @@ def ddp_run(corpus, tmp_path_factory):
     return out, r
 
 
-def test_two_processes_match_one_process_accumulating_their_batches(ddp_run, corpus, tmp_path):
+OPTIONS = ["--pos", "rope", "--norm", "rmsnorm", "--qk-norm", "--mlp", "swiglu", "--no-bias",
+           "--optimizer", "muon"]
+
+
+@pytest.mark.parametrize("options", [[], OPTIONS], ids=["lesson", "options+muon"])
+def test_two_processes_match_one_process_accumulating_their_batches(ddp_run, corpus, tmp_path,
+                                                                    options):
     """Rank r draws micro-batch stream r; one process with --grad-accum 2 draws streams 0 and 1:
-    the global batch is the same, so DDP's averaged gradients equal the accumulated ones."""
+    the global batch is the same, so DDP's averaged gradients equal the accumulated ones (with
+    the model options and Muon too)."""
     out, _ = ddp_run
+    if options:
+        out = tmp_path / "ddp"
+        r = torchrun("train", "--text", str(corpus), "--steps", "12", *SMALL, *options,
+                     "--out", str(out))
+        assert r.returncode == 0, r.stderr[-3000:]
     one = tmp_path / "one"
-    r = run_cli("train", "--text", str(corpus), "--steps", "12", *SMALL, "--grad-accum", "2",
-                "--out", str(one))
+    r = run_cli("train", "--text", str(corpus), "--steps", "12", *SMALL, *options,
+                "--grad-accum", "2", "--out", str(one))
     assert r.returncode == 0, r.stderr
     ddp_rows, one_rows = read_metrics(out / "metrics.jsonl"), read_metrics(one / "metrics.jsonl")
     assert [r["step"] for r in ddp_rows] == [r["step"] for r in one_rows] == list(range(12))
@@ -98,3 +110,15 @@ def test_resuming_with_another_process_count_is_one_line(ddp_run, tmp_path):
     r = run_cli("train", "--resume", str(out), "--steps", "14")
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert "2 process(es)" in r.stderr
+
+
+def test_a_time_budget_ends_every_process_after_the_same_step(corpus, tmp_path):
+    """The processes share one clock (the slowest's), so they take the same steps at the same
+    learning rates and stop together; a disagreement would hang a collective call."""
+    out = tmp_path / "budget"
+    r = torchrun("train", "--text", str(corpus), "--time-budget", "4", *SMALL, "--out",
+                 str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = read_metrics(out / "metrics.jsonl")
+    summary = json.loads((out / "summary.json").read_text())
+    assert rows[-1]["time_s"] >= 4.0 and summary["steps"] == rows[-1]["step"] + 1 > 5

@@ -370,7 +370,10 @@ def test_plot_layer_norms_writes_a_png_atomically(tmp_path):
         row = {"step": step, "layers": layer_norms(grad_stats(model)), "flagged": {}}
         row["layers"]["blocks.1"] = 0.0 if step == 20 else row["layers"]["blocks.1"]  # dead once
         history.append(row)
-    path = plot_layer_norms(history, tmp_path / "plots" / "gradflow.png")
+    path = tmp_path / "plots" / "gradflow.png"
+    fig = plot_layer_norms(history, path)
+    assert len(fig.axes[0].get_lines()) == len(history[0]["layers"])  # a line per layer
+    assert plot_layer_norms(history).get_size_inches().tolist() == [9.0, 5.0]  # no path: no file
     assert path.read_bytes()[:8] == PNG_SIGNATURE
     pixels = matplotlib.image.imread(path)  # (H, W, 4)
     height, width = pixels.shape[:2]

@@ -100,9 +100,11 @@ def test_variant_axes():
 def test_compare_starts_every_variant_from_the_same_weights_and_batches(tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("to be or not to be, that is the question\n" * 80)
-    base = tiny(text, steps=12, eval_every=6, log_every=1, gradflow_every=0, attention_every=0,
-                sample_every=0, warmup_steps=0, schedule="constant")
-    table = compare(base, variants("sgd:0.5,adamw:0.003"), tmp_path / "cmp", progress=False)
+    common = {"text": str(text), **TINY, "steps": 12, "eval_every": 6, "log_every": 1,
+              "gradflow_every": 0, "attention_every": 0, "sample_every": 0, "warmup_steps": 0,
+              "schedule": "constant"}
+    table = compare(variants("sgd:0.5,adamw:0.003"), tmp_path / "cmp", common=common,
+                    progress=False)
     assert [r["variant"] for r in table] == ["sgd lr 0.5", "adamw lr 0.003"]
     runs = [read_metrics(tmp_path / "cmp" / r["folder"] / "metrics.jsonl") for r in table]
     assert runs[0][0]["train_loss"] == runs[1][0]["train_loss"]  # same init, same batch
@@ -110,3 +112,39 @@ def test_compare_starts_every_variant_from_the_same_weights_and_batches(tmp_path
     assert_png(tmp_path / "cmp" / "compare.png")
     saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert [r["final_val_loss"] for r in saved] == [r["final_val_loss"] for r in table]
+
+
+def test_variants_name_any_setting_with_its_type():
+    from minigpt.diagnostics.compare import parse_variant
+    from minigpt.errors import MiniGPTError
+
+    assert parse_variant("+rope+muon:pos=rope,optimizer=muon,lr=3e-3,qk_norm=true") == (
+        "+rope+muon", {"pos": "rope", "optimizer": "muon", "lr": 0.003, "qk_norm": True})
+    assert parse_variant("lesson") == ("lesson", {})
+    assert parse_variant("fast:preset=fast,time-budget=60") == (
+        "fast", {"preset": "fast", "time_budget": 60.0})
+    for bad, message in [(":pos=rope", "needs a name"), ("x:lr", "not KEY=VALUE"),
+                         ("x:nope=1", "not KEY=VALUE"), ("x:steps=many", "not a int"),
+                         ("x:bias=maybe", "not a bool")]:
+        with pytest.raises(MiniGPTError, match=message):
+            parse_variant(bad)
+
+
+def test_compare_of_model_options_tables_the_time_to_each_target(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be, that is the question\n" * 80)
+    common = {"text": str(text), **TINY, "steps": 20, "eval_every": 5, "log_every": 5,
+              "gradflow_every": 0, "attention_every": 0, "sample_every": 0, "targets": "3,2.5"}
+    runs = {"lesson": {}, "+rope+muon": {"pos": "rope", "optimizer": "muon"}}
+    table = compare(runs, tmp_path / "cmp", common=common, progress=False)
+    for row in table:
+        rows = read_metrics(tmp_path / "cmp" / row["folder"] / "metrics.jsonl")
+        evals = [r for r in rows if "val_loss" in r]
+        for target in ("3", "2.5"):
+            first = next((r["time_s"] for r in evals if r["val_loss"] <= float(target)), None)
+            assert row["time_to"][target] == first
+    config = json.loads((tmp_path / "cmp" / table[1]["folder"] / "config.json").read_text())
+    assert config["config"]["model"]["pos"] == "rope"
+    assert config["config"]["train"]["optimizer"] == "muon"
+    h, w, _ = matplotlib.image.imread(str(tmp_path / "cmp" / "compare.png")).shape
+    assert w / h == pytest.approx(12 / 4.5, rel=0.02)  # against steps, and against seconds

@@ -58,4 +58,27 @@ def test_cosine_annealing_matches_pytorch():
 
 def test_unknown_schedule():
     with pytest.raises(ValueError, match="unknown schedule"):
-        lr_at(0, lr=1.0, total_steps=10, schedule="linear")
+        lr_at(0, lr=1.0, total_steps=10, schedule="exponential")
+
+
+@pytest.mark.parametrize("step, expected", [(0, 0.1), (9, 1.0), (10, 1.0), (60, 0.55),
+                                            (85, 0.325), (110, 0.1), (500, 0.1)])
+def test_linear_table(step, expected):
+    assert lr_at(step, **{**COSINE, "schedule": "linear"}) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "cosine-annealing"])
+def test_a_time_fraction_drives_the_decay_like_the_step_count(schedule):
+    """With a time budget the decay follows the fraction of the budget spent: the same curve,
+    at the same fraction of the way, as a run that counts steps."""
+    kw = dict(lr=1.0, min_lr=0.1, total_steps=111, schedule=schedule)
+    warm = 0 if schedule == "cosine-annealing" else 10
+    for step in range(warm, 111):
+        frac = (step - warm) / (110 - warm) if warm else step / 111
+        by_steps = lr_at(step, warmup_steps=warm, **kw)
+        by_time = lr_at(step, warmup_steps=warm, fraction=frac, **kw)
+        assert by_time == pytest.approx(by_steps)
+    assert lr_at(200, warmup_steps=warm, fraction=1.0, **kw) == pytest.approx(0.1)  # the floor
+    if warm:
+        assert lr_at(3, warmup_steps=10, fraction=0.9, **kw) == pytest.approx(0.4)  # warming
+        assert lr_at(200, warmup_steps=10, fraction=1.7, **kw) == pytest.approx(0.1)

@@ -186,3 +186,39 @@ def test_initial_loss_check_warns_only_when_far_from_ln_vocab(caplog):
     assert caplog.text == ""
     check_initial_loss(math.log(65) + 0.7, 65)
     assert "far from ln(65) = 4.174" in caplog.text
+
+
+def test_a_time_budget_trains_for_that_many_seconds(small_text, tmp_path):
+    """The run stops once its training clock (evaluation left out) passes the budget, and the
+    schedule decays over the budget: warmup, then down to the floor by the end."""
+    cfg = tiny_config(small_text, time_budget=3.0, steps=1, eval_every=25, log_every=5,
+                      warmup_steps=5, lr=1e-2, min_lr=1e-3)
+    summary = train(cfg, tmp_path / "run", progress=False).summary
+    rows = metrics(tmp_path / "run")
+    assert summary["steps"] > 1  # steps is no limit under a budget
+    assert rows[-1]["time_s"] >= 3.0 >= rows[-2]["time_s"]  # (rows round to 0.01 s)
+    assert summary["train_s"] == pytest.approx(rows[-1]["time_s"], abs=0.5)
+    lrs = [r["lr"] for r in rows if r["step"] >= 5]
+    assert all(b <= a for a, b in zip(lrs, lrs[1:], strict=False))  # decaying, by the clock
+    assert lrs[-1] < 1.5e-3 < 9e-3 < lrs[0]  # from near the peak to near the floor
+    assert "val_loss" in rows[-1] and rows[-1]["step"] == summary["steps"] - 1
+
+
+def test_the_seconds_to_each_target_loss_are_recorded(small_text, tmp_path):
+    cfg = tiny_config(small_text, steps=40, eval_every=10, log_every=10, targets="10,2.5,0.01")
+    summary = train(cfg, tmp_path / "run", progress=False).summary
+    rows = [r for r in metrics(tmp_path / "run") if "val_loss" in r]
+    first = {x: next((r for r in rows if r["val_loss"] <= float(x)), None)
+             for x in ("10", "2.5", "0.01")}
+    assert first["10"] is rows[0] and first["0.01"] is None
+    assert first["2.5"] is not None and first["2.5"] is not rows[0]  # learned to get there
+    assert summary["time_to"] == {x: (r["time_s"] if r else None) for x, r in first.items()}
+    assert [r.get("reached") for r in rows if "reached" in r] == [
+        {x: first[x]["time_s"]} for x in ("10", "2.5")]
+
+
+def test_evaluation_over_the_whole_split_is_the_final_figure(small_text, tmp_path):
+    cfg = tiny_config(small_text, steps=20, eval_every=10, eval_batches=0)
+    summary = train(cfg, tmp_path / "run", progress=False).summary
+    last = metrics(tmp_path / "run")[-1]
+    assert last["step"] == 19 and last["val_loss"] == summary["final_val_loss"]

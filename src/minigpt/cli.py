@@ -108,17 +108,25 @@ def build_parser() -> Parser:
     t.add_argument("--resume", metavar="DIR",
                    help="continue the run in DIR from its last checkpoint")
 
-    c = command("compare", "train variants side by side (SGD vs AdamW, ...)",
-                "Train the same model from the same initial weights on the same batches "
-                "with each variant, overlay the curves in compare.png and print a table. "
-                "Axes combine: --optimizers sgd,adamw --clip 1,0 gives four runs. Each variant "
-                "trains for 1000 steps unless --steps says otherwise.", "settings")
+    c = command("compare", "train variants side by side: SGD vs AdamW, an ablation, ...",
+                "Train each variant with the same seed, so the same model starts from the same "
+                "weights and sees the same batches, for the same steps or --time-budget; "
+                "overlay the validation curves against steps and seconds in compare.png and "
+                "print a table: each variant's loss at the end and the seconds of training it "
+                "took to reach each target loss. Variants: --variant NAME:KEY=VALUE,... "
+                "(any setting; preset=NAME starts from a preset), repeated; or the axes "
+                "--optimizers, --schedules, --clip, which combine: --optimizers sgd,adamw "
+                "--clip 1,0 gives four runs. The flags given set every variant; each variant's "
+                "own settings win. Each variant trains for 1000 steps unless --steps or "
+                "--time-budget says otherwise.", "settings")
+    c.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                   help="a variant, e.g. +rope+muon:pos=rope,optimizer=muon or fast:preset=fast "
+                        "(repeat for more)")
     c.add_argument("--optimizers", metavar="LIST",
                    help="e.g. sgd,adamw; give each its own peak lr as sgd:0.5,adamw:3e-3")
     c.add_argument("--schedules", metavar="LIST", help="e.g. constant,cosine,cosine-annealing")
     c.add_argument("--clip", metavar="LIST", help="gradient-clipping norms, 0 = off: e.g. 1,0")
     c.add_argument("--out", metavar="DIR", help="comparison folder (default runs/compare-<time>)")
-    c.set_defaults(steps=1000)
 
     au = command("autograd", "autograd by example: value, gradient, graph",
                  "Evaluate an expression of scalar variables, run backward(), and show the "
@@ -227,13 +235,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from datetime import datetime
 
-    from minigpt.diagnostics.compare import compare, format_table, variants
+    from minigpt.diagnostics.compare import compare, format_table, parse_variant, variants
 
-    runs = variants(args.optimizers, args.schedules, args.clip)
-    cfg = resolve_config(args.preset, args.config, settings_given(args))
+    runs = dict(parse_variant(v) for v in args.variant)
+    if args.optimizers or args.schedules or args.clip or not runs:
+        runs |= variants(args.optimizers, args.schedules, args.clip)
+    common = {"steps": 1000, **settings_given(args)}
     out = args.out or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}"
     logging.getLogger("minigpt").setLevel(logging.WARNING)  # the table says what matters
-    table = compare(cfg, runs, out, progress=not args.no_progress)
+    table = compare(runs, out, args.preset, args.config, common,
+                    progress=not args.no_progress)
     print(format_table(table))
     print(f"curves: {out}/compare.png; table: {out}/compare.json")
     return 0

@@ -30,7 +30,8 @@ def _opt(default, help: str, **kw):
 
 @dataclass
 class ModelConfig:
-    """The lesson's MiniGPT. A character tokenizer sets vocab_size from the text; for a BPE
+    """The lesson's MiniGPT, and options beyond it (each off by default, so the default stays
+    the lesson's model). A character tokenizer sets vocab_size from the text; for a BPE
     tokenizer it is the vocabulary size to train."""
 
     vocab_size: int = _opt(65, "vocabulary size: set by the char tokenizer from the text; "
@@ -42,6 +43,16 @@ class ModelConfig:
     dropout: float = _opt(0.0, "dropout probability (the lesson uses none)")
     bias: bool = _opt(True, "biases in Linear layers and LayerNorms (the lesson has them)")
     tie_weights: bool = _opt(False, "share the token embedding with lm_head")
+    pos: str = _opt("learned", "position information: learned embeddings added to the tokens "
+                               "(the lesson's) or rope (rotary, applied to queries and keys)",
+                    choices=("learned", "rope"))
+    norm: str = _opt("layernorm", "the blocks' and final normalisation: layernorm (the "
+                                  "lesson's) or rmsnorm", choices=("layernorm", "rmsnorm"))
+    qk_norm: bool = _opt(False, "RMS-normalise each head's queries and keys (with a learned "
+                                "gain) before attention")
+    mlp: str = _opt("gelu", "the MLP: gelu (the lesson's, 4C wide), relu2 (ReLU squared, 4C) "
+                            "or swiglu (8C/3 wide, three matrices)",
+                    choices=("gelu", "relu2", "swiglu"))
 
 
 @dataclass
@@ -50,21 +61,29 @@ class TrainConfig:
     batch_size: int = _opt(32, "sequences per batch B (per process, per micro-step)")
     grad_accum: int = _opt(1, "micro-batches per optimizer step: the global batch is "
                               "batch_size x grad_accum x processes")
-    optimizer: str = _opt("adamw", "adamw or sgd", choices=("adamw", "sgd"))
+    optimizer: str = _opt("adamw", "adamw, sgd (with momentum), or muon (torch.optim.Muon for "
+                                   "the blocks' weight matrices, AdamW for the rest)",
+                          choices=("adamw", "sgd", "muon"))
     lr: float = _opt(1e-2, "peak learning rate")
     min_lr: float = _opt(1e-3, "floor of the cosine decay")
     schedule: str = _opt(
-        "cosine", "warmup + cosine to min_lr, constant, or the lesson's CosineAnnealingLR",
-        choices=("cosine", "constant", "cosine-annealing"),
+        "cosine", "warmup, then cosine or linear decay to min_lr; constant; or the lesson's "
+                  "CosineAnnealingLR", choices=("cosine", "linear", "constant", "cosine-annealing"),
     )
-    warmup_steps: int = _opt(100, "linear warmup steps (cosine schedule)")
+    warmup_steps: int = _opt(100, "linear warmup steps (cosine and linear schedules)")
+    time_budget: float = _opt(0.0, "train for this many seconds (evaluation not counted), the "
+                                   "schedule following the time; 0: train for --steps")
     weight_decay: float = _opt(0.1, "decoupled weight decay, applied to >=2-D weights only")
     beta1: float = _opt(0.9, "AdamW beta1")
     beta2: float = _opt(0.99, "AdamW beta2")
     momentum: float = _opt(0.9, "SGD momentum")
+    muon_momentum: float = _opt(0.95, "Muon momentum (--optimizer muon)")
     grad_clip: float = _opt(1.0, "clip the global gradient norm to this (0 = off)")
     eval_every: int = _opt(250, "evaluate every N steps")
-    eval_batches: int = _opt(20, "random validation batches per evaluation")
+    eval_batches: int = _opt(0, "validation batches per evaluation: N random batches, or 0 for "
+                                "the whole split, every token once (as the final figure)")
+    targets: str = _opt("1.72,1.60,1.50", "validation losses whose first crossing is timed "
+                                          "(seconds of training), comma-separated")
     patience: int = _opt(0, "stop after N evaluations without improvement (0 = off)")
     min_delta: float = _opt(0.0, "improvement smaller than this does not count")
     log_every: int = _opt(50, "write a metrics line every N steps")
@@ -207,14 +226,14 @@ def validate(cfg: RunConfig) -> None:
     t, d = cfg.train, cfg.data
     positive = {
         "steps": t.steps, "batch_size": t.batch_size, "lr": t.lr, "eval_every": t.eval_every,
-        "eval_batches": t.eval_batches, "log_every": t.log_every, "keep": t.keep,
-        "grad_accum": t.grad_accum,
+        "log_every": t.log_every, "keep": t.keep, "grad_accum": t.grad_accum,
     }
     for key, value in positive.items():
         if not value > 0:
             raise MiniGPTError(f"'{key}' must be positive, got {value}")
     for key in ("min_lr", "warmup_steps", "weight_decay", "grad_clip", "patience",
-                "min_delta", "momentum", "sample_tokens", "skip_nonfinite"):
+                "min_delta", "momentum", "muon_momentum", "sample_tokens", "skip_nonfinite",
+                "eval_batches", "time_budget"):
         if getattr(t, key) < 0:
             raise MiniGPTError(f"'{key}' must not be negative, got {getattr(t, key)}")
     if not 0 < d.val_fraction < 1:
@@ -224,14 +243,30 @@ def validate(cfg: RunConfig) -> None:
             raise MiniGPTError(f"'{key}' must not be negative, got {getattr(cfg.diag, key)}")
     if t.min_lr > t.lr:
         raise MiniGPTError(f"min_lr ({t.min_lr}) must not exceed lr ({t.lr})")
+    parse_targets(t.targets)
+
+
+def parse_targets(text: str) -> list[float]:
+    """'1.72,1.60,1.50' -> [1.72, 1.6, 1.5]; an empty text: no targets."""
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise MiniGPTError(f"'targets' must be numbers separated by commas, got {text!r}") from None
 
 
 def validate_model(m: ModelConfig) -> None:
     """The model's part of `validate` (MiniGPT checks its own options with it too)."""
+    for f in fields(m):
+        choices = f.metadata.get("choices")
+        if choices and getattr(m, f.name) not in choices:
+            raise MiniGPTError(f"'{f.name}' must be one of {', '.join(choices)}; got "
+                               f"{getattr(m, f.name)!r}")
     for key in ("vocab_size", "n_embd", "n_head", "n_layer", "block_size"):
         if not getattr(m, key) > 0:
             raise MiniGPTError(f"'{key}' must be positive, got {getattr(m, key)}")
     if m.n_embd % m.n_head:
         raise MiniGPTError(f"n_embd ({m.n_embd}) must be divisible by n_head ({m.n_head})")
+    if m.pos == "rope" and (m.n_embd // m.n_head) % 2:
+        raise MiniGPTError(f"rope needs an even head size, got {m.n_embd // m.n_head}")
     if not 0 <= m.dropout < 1:
         raise MiniGPTError(f"'dropout' must be in [0, 1), got {m.dropout}")

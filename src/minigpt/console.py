@@ -53,16 +53,19 @@ class Meter:
         """Start the next interval now: what happened since the last reading is not counted."""
         self.t0 = time.perf_counter()
 
+    def elapsed(self) -> float:
+        """Training seconds so far, the interval being timed included."""
+        return self.seconds + time.perf_counter() - self.t0
+
     def read(self, step: int) -> dict:
         """tokens_per_s and mfu over the steps since the last reading (`step` steps are done
-        now), and time_s, the training seconds so far."""
+        now); the interval joins the training seconds."""
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
         steps, self.step0, self.t0 = step - self.step0, step, time.perf_counter()
         self.seconds += elapsed
         self.steps += steps
         self.timed += elapsed
-        return {**self._speed(steps * self.tokens_per_step / elapsed),
-                "time_s": round(self.seconds, 2)}
+        return self._speed(steps * self.tokens_per_step / elapsed)
 
     def overall(self) -> dict:
         """tokens_per_s and mfu over every step this process timed."""
@@ -73,10 +76,20 @@ class Meter:
         return {"tokens_per_s": round(tokens_per_s), "mfu": round(mfu, 4)}
 
 
-def progress_bar(total: int, done: int, enabled: bool) -> tqdm:
-    """The bar over the run's steps (disabled off a terminal or notebook, or when asked)."""
-    return tqdm(total=total, initial=done, unit="step", dynamic_ncols=True, leave=False,
-                disable=None if enabled else True)
+def progress_bar(t, state, enabled: bool) -> tqdm:
+    """The bar over the run's steps, or over its seconds with a time budget (disabled off a
+    terminal or notebook, or when asked). t: a TrainConfig; state: the loop's TrainState."""
+    total, done, unit = ((t.time_budget, state.seconds, "s") if t.time_budget else
+                         (t.steps, state.step, "step"))
+    return tqdm(total=total, initial=round(done, 1), unit=unit, dynamic_ncols=True,
+                leave=False, disable=None if enabled else True,
+                bar_format=None if not t.time_budget else
+                "{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]")
+
+
+def advance(bar: tqdm, t, steps: int, seconds: float) -> None:
+    """Move the bar to `steps` done, or to `seconds` of training with a time budget."""
+    bar.update((min(seconds, t.time_budget) if t.time_budget else steps) - bar.n)
 
 
 def show_row(bar: tqdm, row: dict, last_val: float) -> None:

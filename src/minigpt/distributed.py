@@ -92,6 +92,18 @@ def mean(value: torch.Tensor, world: World) -> torch.Tensor:
     return value / world.size
 
 
+def agree(value: float, world: World) -> float:
+    """The largest of every process's value, on every process (every process must call this;
+    one process: the value itself). Used for the training clock, so that all processes follow
+    the same learning-rate schedule and stop after the same step."""
+    if not world.enabled:
+        return value
+    t = torch.tensor(value, dtype=torch.float64,
+                     device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
+
+
 def any_process(flag: bool, world: World, device: torch.device) -> bool:
     """True on every process if it is True on any (every process must call this)."""
     if not world.enabled:

@@ -1,17 +1,33 @@
-"""Files that are never half-written, and their checksums.
+"""Files that are never half-written, their checksums, and one process per run folder.
 
 Every file minigpt writes goes through `atomic_path`: it is written to a temporary file in the
 same folder, flushed to disk and renamed onto its name, so a reader (or a crash) only ever sees
-the old file or the new one.
+the old file or the new one. Logs that grow a line at a time (metrics.jsonl and the like) are
+appended with `append_line`, which cuts a failed write back off; `read_jsonl` still drops a
+line a crash tore (a SIGKILL in mid-write) and says so. `lock_folder` keeps a second process
+out of a run folder while the first is in it; the operating system drops the lock when the
+process ends, however it ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import logging
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+from minigpt.errors import MiniGPTError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; the folder check still stands
+    fcntl = None
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -43,6 +59,70 @@ def atomic_path(path: str | Path):
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(text.encode("utf-8"))
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append `line` and a newline; a write that fails part-way (a full disk) is cut back off,
+    so the file never ends in half a line."""
+    data = memoryview(line.encode("utf-8") + b"\n")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            raise OSError(e.errno, e.strerror, str(path)) from None
+    finally:
+        os.close(fd)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The rows of a JSON-lines file ([] when there is none), without the lines that are not
+    JSON objects (a crash can tear the last line); a warning says how many were dropped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows, torn = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            torn += 1
+    if torn:
+        log.warning(f"{path}: dropped {torn} damaged line(s), as a crash leaves them")
+    return rows
+
+
+@contextmanager
+def lock_folder(folder: Path):
+    """Hold `folder`/run.lock for the block: a second process asking for it fails at once with
+    a one-line error. The lock dies with the process, so a crashed run never leaves it stuck."""
+    if fcntl is None:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / "run.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise MiniGPTError(f"{folder} is in use by another minigpt process (pid {owner}); "
+                               f"wait for it to end, or choose another folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
 
 
 def sha256_file(path: str | Path) -> str:

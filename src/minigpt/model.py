@@ -13,6 +13,10 @@ A cache (minigpt.sample.KVCache) keeps every layer's keys and values, so a new t
 position's work instead of a forward over the whole window. The model asks two things of it:
 `cache.length`, the positions it holds, and `cache.layers[i].update(k, v)`, which stores layer
 i's new keys and values and gives back all of them.
+
+Options beyond the lesson (minigpt.config.ModelConfig; each off by default): rotary position
+embeddings instead of learned ones (pos="rope"), RMSNorm instead of LayerNorm, RMS-normalised
+queries and keys (qk_norm), a ReLU-squared or SwiGLU MLP, no biases, a tied head.
 """
 
 from __future__ import annotations
@@ -28,6 +32,32 @@ from minigpt.config import ModelConfig, validate_model
 from minigpt.errors import MiniGPTError
 
 
+def norm_layer(config: ModelConfig, size: int) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(size, eps=1e-5)
+    return nn.LayerNorm(size, bias=config.bias)
+
+
+class Rotary(nn.Module):
+    """Rotary position embeddings: each pair of channels (i, i + hs/2) of a query or key at
+    position t is turned by the angle t * base^(-2i/hs), so q . k depends on how far apart the
+    two positions are, not on where they are."""
+
+    def __init__(self, head_size: int, block_size: int, base: float = 10000.0):
+        super().__init__()
+        freqs = base ** (-torch.arange(0, head_size, 2).float() / head_size)  # (hs/2,)
+        angles = torch.outer(torch.arange(block_size).float(), freqs)  # (bs, hs/2)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """x (B, nh, T, hs) at positions start .. start + T - 1 -> the same, turned."""
+        T = x.size(2)
+        cos, sin = self.cos[start:start + T], self.sin[start:start + T]  # (T, hs/2)
+        x1, x2 = x.chunk(2, dim=-1)  # (B, nh, T, hs/2) each
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -40,6 +70,24 @@ class CausalSelfAttention(nn.Module):
         self.Wv = nn.Linear(C, C, bias=config.bias)
         self.Wo = nn.Linear(C, C, bias=config.bias)
         self.resid_drop = nn.Dropout(config.dropout)
+        self.q_norm = nn.RMSNorm(self.d_k, eps=1e-5) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(self.d_k, eps=1e-5) if config.qk_norm else None
+        self.rotary = Rotary(self.d_k, config.block_size) if config.pos == "rope" else None
+
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, nh, T, hs): the channels split into the heads."""
+        B, T, C = x.shape
+        return x.view(B, T, self.n_head, self.d_k).transpose(1, 2)  # (B, nh, T, hs)
+
+    def queries_keys(self, x: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The queries and keys (B, nh, T, hs) of x (B, T, C), the positions start onwards:
+        normalised and turned by their positions when the options say so."""
+        q, k = self.heads(self.Wq(x)), self.heads(self.Wk(x))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rotary is not None:
+            q, k = self.rotary(q, start), self.rotary(k, start)
+        return q, k
 
     def forward(self, x: torch.Tensor, kv=None) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C): each position attends to itself and the positions before it.
@@ -47,9 +95,8 @@ class CausalSelfAttention(nn.Module):
         kv (sampling only): this layer's cache; x holds the T positions after the ones it holds,
         their keys and values join it, and each query also attends to every cached position."""
         B, T, C = x.shape
-        q = self.Wq(x).view(B, T, self.n_head, self.d_k).transpose(1, 2)  # (B, nh, T, hs)
-        k = self.Wk(x).view(B, T, self.n_head, self.d_k).transpose(1, 2)  # (B, nh, T, hs)
-        v = self.Wv(x).view(B, T, self.n_head, self.d_k).transpose(1, 2)  # (B, nh, T, hs)
+        q, k = self.queries_keys(x, 0 if kv is None else kv.length)  # (B, nh, T, hs) each
+        v = self.heads(self.Wv(x))  # (B, nh, T, hs)
         if kv is not None:
             k, v = kv.update(k, v)  # (B, nh, S, hs): the S - T cached positions, then these T
         S = k.size(2)
@@ -63,19 +110,42 @@ class CausalSelfAttention(nn.Module):
         return self.resid_drop(self.Wo(y))
 
 
+class ReLUSquared(nn.Module):
+    """relu(x)^2: as cheap as ReLU, smooth at 0 in the gradient's sense of mattering less."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).square()
+
+
+class SwiGLU(nn.Module):
+    """silu(a) * b for the two halves a, b of the last dimension: (..., 2H) -> (..., H)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = x.chunk(2, dim=-1)
+        return F.silu(a) * b
+
+
+def mlp(config: ModelConfig) -> nn.Sequential:
+    """ff: Linear, activation, Linear, Dropout (ff.0 and ff.2 are the lesson's names)."""
+    C = config.n_embd
+    if config.mlp == "swiglu":
+        hidden = 8 * C // 3  # three matrices of C x 8C/3: the parameters of two of C x 4C
+        first, act = nn.Linear(C, 2 * hidden, bias=config.bias), SwiGLU()
+    else:
+        hidden = 4 * C
+        first = nn.Linear(C, hidden, bias=config.bias)
+        act = ReLUSquared() if config.mlp == "relu2" else nn.GELU()
+    return nn.Sequential(first, act, nn.Linear(hidden, C, bias=config.bias),
+                         nn.Dropout(config.dropout))
+
+
 class TransformerBlock(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        C = config.n_embd
-        self.ln1 = nn.LayerNorm(C, bias=config.bias)
+        self.ln1 = norm_layer(config, config.n_embd)
         self.attn = CausalSelfAttention(config)
-        self.ln2 = nn.LayerNorm(C, bias=config.bias)
-        self.ff = nn.Sequential(
-            nn.Linear(C, 4 * C, bias=config.bias),
-            nn.GELU(),
-            nn.Linear(4 * C, C, bias=config.bias),
-            nn.Dropout(config.dropout),
-        )
+        self.ln2 = norm_layer(config, config.n_embd)
+        self.ff = mlp(config)
 
     def forward(self, x: torch.Tensor, kv=None) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C); kv: this layer's cache, when sampling."""
@@ -95,10 +165,11 @@ class MiniGPT(nn.Module):
         self.config = config
         self.block_size = config.block_size
         self.token_emb = nn.Embedding(vocab_size, config.n_embd)
-        self.pos_emb = nn.Embedding(config.block_size, config.n_embd)
+        if config.pos == "learned":
+            self.pos_emb = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([TransformerBlock(config) for _ in range(config.n_layer)])
-        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_f = norm_layer(config, config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, vocab_size, bias=False)
         self.apply(self._init_weights)
         if config.tie_weights:
@@ -134,8 +205,10 @@ class MiniGPT(nn.Module):
                 f"to the last {self.block_size} tokens" if cache is None else
                 f"{past} cached + {T} new tokens do not fit in block_size {self.block_size}; "
                 f"re-encode the last {self.block_size} tokens without the cache")
-        pos = torch.arange(past, past + T, device=idx.device)  # positions in the window
-        x = self.drop(self.token_emb(idx) + self.pos_emb(pos))  # (B, T, C)
+        x = self.token_emb(idx)  # (B, T, C)
+        if self.config.pos == "learned":  # (rope turns queries and keys inside attention)
+            x = x + self.pos_emb(torch.arange(past, past + T, device=idx.device))
+        x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, None if cache is None else cache.layers[i])
         x = self.ln_f(x)

@@ -51,10 +51,11 @@ def configure_backends(device: torch.device) -> None:
 def train_flops_per_token(cfg: ModelConfig) -> int:
     """FLOPs of one training step (forward + backward) per token: 6 per weight of every Linear
     (2 forward, 4 backward) plus attention's q k^T and att v, counted over the whole T x T
-    square as nanoGPT and PaLM do (so 12 L T C). Embedding lookups, norms and activations are
-    not counted."""
+    square as nanoGPT and PaLM do (so 12 L T C). Embedding lookups, norms, activations and
+    rotary embeddings are not counted."""
     C, L, V, T = cfg.n_embd, cfg.n_layer, cfg.vocab_size, cfg.block_size
-    linear_weights = L * (4 * C * C + 2 * 4 * C * C) + C * V  # qkvo + MLP per block; lm_head
+    mlp = 3 * C * (8 * C // 3) if cfg.mlp == "swiglu" else 2 * C * 4 * C
+    linear_weights = L * (4 * C * C + mlp) + C * V  # qkvo + MLP per block; lm_head
     return 6 * linear_weights + 12 * L * T * C
 
 

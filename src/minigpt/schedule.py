@@ -1,12 +1,17 @@
-"""Learning-rate schedules as pure functions of the step: no optimizer, no state.
+"""Learning-rate schedules as pure functions: no optimizer, no state.
 
 `lr_at(step, ...)` gives the rate to use for optimizer step `step` (0-based):
 
 - "cosine": linear warmup from lr/warmup to lr over `warmup_steps`, then half a cosine from lr
   down to `min_lr` at the last step (the lesson's recommended recipe);
+- "linear": the same warmup, then a straight line from lr down to `min_lr`;
 - "constant": lr throughout (the lesson's script);
 - "cosine-annealing": what the lesson's `CosineAnnealingLR(optimizer, T_max=steps)` gives,
   stepped once per step: min_lr + (lr - min_lr) * (1 + cos(pi * step / steps)) / 2, no warmup.
+
+A run with a time budget has no last step known in advance: pass `fraction`, the part of the
+budget spent (0 to 1), and the decay follows it instead of the step count (warmup stays in
+steps).
 """
 
 from __future__ import annotations
@@ -22,17 +27,25 @@ def lr_at(
     schedule: str = "cosine",
     warmup_steps: int = 0,
     min_lr: float = 0.0,
+    fraction: float | None = None,
 ) -> float:
     if schedule == "constant":
         return lr
     if schedule == "cosine-annealing":
-        return min_lr + (lr - min_lr) * (1 + math.cos(math.pi * step / total_steps)) / 2
-    if schedule != "cosine":
+        progress = step / total_steps if fraction is None else fraction
+        return min_lr + (lr - min_lr) * (1 + math.cos(math.pi * progress)) / 2
+    if schedule not in ("cosine", "linear"):
         raise ValueError(f"unknown schedule {schedule!r}")
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps  # step 0 already learns: lr / warmup, not 0
-    decay_steps = total_steps - 1 - warmup_steps  # the last step lands exactly on min_lr
-    if decay_steps <= 0:
-        return lr
-    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    if fraction is not None:
+        progress = fraction
+    else:
+        decay_steps = total_steps - 1 - warmup_steps  # the last step lands exactly on min_lr
+        if decay_steps <= 0:
+            return lr
+        progress = (step - warmup_steps) / decay_steps
+    progress = min(1.0, max(0.0, progress))
+    if schedule == "linear":
+        return lr - (lr - min_lr) * progress
     return min_lr + (lr - min_lr) * (1 + math.cos(math.pi * progress)) / 2

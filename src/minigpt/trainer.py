@@ -13,13 +13,14 @@ their probes are handed to `train`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import signal
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -34,12 +35,13 @@ from minigpt.checkpoint import (
     resume_config,
     save_checkpoint,
 )
-from minigpt.config import RunConfig, TrainConfig
+from minigpt.config import RunConfig, TrainConfig, parse_targets
 from minigpt.data import Batches, Splits, ensure_tinyshakespeare, load_corpus
 from minigpt.environment import describe, resolve_device
 from minigpt.errors import MiniGPTError, TrainingStopped
 from minigpt.files import atomic_write_text
 from minigpt.model import MiniGPT, evaluating
+from minigpt.optim import clip_gradients, make_optimizer, set_lr, step_is_safe
 from minigpt.sample import sample_text
 from minigpt.schedule import lr_at
 from minigpt.signals import StopSignals
@@ -52,52 +54,17 @@ FLOAT32 = torch.float32
 # --- the loop's pieces -----------------------------------------------------------------------
 
 
-def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW or SGD with momentum; weight decay on >=2-D weights only (not biases, norms)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": t.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
-    fused = params[0].device.type in ("cpu", "cuda")  # one kernel for the whole update
-    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=fused)
-
-
-def schedule_lr(t: TrainConfig, step: int) -> float:
-    """The learning rate of step `step`: warmup, then cosine (or as t.schedule says)."""
+def schedule_lr(t: TrainConfig, step: int, seconds: float = 0.0) -> float:
+    """The learning rate of step `step`, `seconds` into training: warmup, then cosine (or as
+    t.schedule says), decaying over t.steps or, with a time budget, over its seconds."""
+    fraction = seconds / t.time_budget if t.time_budget else None
     return lr_at(step, lr=t.lr, total_steps=t.steps, schedule=t.schedule,
-                 warmup_steps=t.warmup_steps, min_lr=t.min_lr)
+                 warmup_steps=t.warmup_steps, min_lr=t.min_lr, fraction=fraction)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    return lr
-
-
-def clip_gradients(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
-    """Rescale all gradients so their global L2 norm is at most max_norm (0 = no clipping);
-    return the norm before clipping, as a tensor (no host sync)."""
-    params = [p for p in model.parameters() if p.grad is not None]
-    if max_norm > 0:
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad)
-                                                 for p in params]))
-
-
-def step_is_safe(optimizer: torch.optim.Optimizer, grad_norm: torch.Tensor) -> bool:
-    """Whether to call optimizer.step(): not when the gradient norm is NaN or inf, so that such
-    a batch changes nothing (weights and optimizer state alike).
-
-    A fused AdamW takes the decision on the device (the `found_inf` input it shares with
-    torch.amp's GradScaler: its step then leaves everything as it was), so for it this returns
-    True without waiting for the device; other optimizers look at the norm on the host."""
-    if optimizer.defaults.get("fused") and isinstance(optimizer, torch.optim.Adam):
-        optimizer.found_inf = (~torch.isfinite(grad_norm)).float()
-        return True
-    return bool(torch.isfinite(grad_norm))
+def finished(t: TrainConfig, steps_done: int, seconds: float) -> bool:
+    """Whether training is over: the time budget spent, or else t.steps done."""
+    return seconds >= t.time_budget if t.time_budget else steps_done >= t.steps
 
 
 def estimate_loss(model: MiniGPT, batches: Batches, split: str, n_batches: int) -> float:
@@ -105,6 +72,14 @@ def estimate_loss(model: MiniGPT, batches: Batches, split: str, n_batches: int) 
     with evaluating(model):
         losses = torch.stack([model(*batches.get_batch(split))[1] for _ in range(n_batches)])
     return losses.mean().item()
+
+
+def evaluate(run: Run) -> float:
+    """The validation loss: over the whole split (eval_batches 0), else random batches."""
+    t = run.cfg.train
+    if t.eval_batches:
+        return estimate_loss(run.model, run.batches, "val", t.eval_batches)
+    return split_loss(run.model, run.splits.val, run.cfg.model.block_size, 64, run.device)
 
 
 def split_loss(model: MiniGPT, data: np.ndarray, block_size: int, batch_size: int,
@@ -167,6 +142,7 @@ class TrainState:
     bad_evals: int = 0  # evaluations since it last improved (early stopping)
     skipped: int = 0  # batches skipped for NaN or inf gradients
     seconds: float = 0.0  # seconds spent training (evaluation left out), across resumes
+    reached: dict = field(default_factory=dict)  # target loss -> seconds when first reached
 
     def record_eval(self, val_loss: float, min_delta: float = 0.0) -> bool:
         """Note an evaluation; True when it beats the best by more than min_delta."""
@@ -175,6 +151,13 @@ class TrainState:
             return True
         self.bad_evals += 1
         return False
+
+    def record_targets(self, val_loss: float, targets: list[float]) -> dict:
+        """The targets this evaluation reaches for the first time, with the seconds so far."""
+        new = {f"{x:g}": round(self.seconds, 2) for x in targets
+               if val_loss <= x and f"{x:g}" not in self.reached}
+        self.reached.update(new)
+        return new
 
     def out_of_patience(self, patience: int) -> bool:
         """Early stopping: `patience` evaluations in a row without improvement (0 = never)."""
@@ -376,7 +359,7 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
 
 
 def loop(run: Run, state: TrainState, probes: list, progress: bool) -> TrainResult:
-    """The steps from state.step to the last, then the final evaluation."""
+    """The steps from state.step until training is over, then the final evaluation."""
     t, started = run.cfg.train, time.perf_counter()
     model, optimizer, batches = run.model, run.optimizer, run.batches
     wrapped = wrap_for_training(run)  # the model, or compile/DDP around it: same parameters
@@ -384,17 +367,20 @@ def loop(run: Run, state: TrainState, probes: list, progress: bool) -> TrainResu
     meter = console.Meter(t.batch_size * run.cfg.model.block_size * t.grad_accum * run.world.size,
                           performance.train_flops_per_token(run.cfg.model), peak, state.step,
                           state.seconds)
-    bar = console.progress_bar(t.steps, state.step, progress and run.world.is_main)
+    bar = console.progress_bar(t, state, progress and run.world.is_main)
     console.log_start(run, peak)
     for probe in probes:
         probe.start(run, state)
     skipped = torch.full((), state.skipped, device=run.device)  # counted on the device
-    last_val = math.nan
+    targets, last_val = parse_targets(t.targets), math.nan
     model.train()
 
+    seconds = state.seconds  # of training so far: the same on every process (time budgets)
     with StopSignals() as signals:
-        for step in range(state.step, t.steps):
-            lr = set_lr(optimizer, schedule_lr(t, step))  # the schedule: this step's rate
+        for step in itertools.count(state.step):
+            if finished(t, step, seconds):  # (a finished run, resumed with nothing to add)
+                break
+            lr = set_lr(optimizer, schedule_lr(t, step, seconds))  # the schedule: this rate
             step_loss = torch.zeros((), device=run.device)
             for micro in range(t.grad_accum):  # one micro-batch, unless accumulating
                 x, y = batches.get_batch("train", micro)  # 1. a batch: (B, T) inputs, targets
@@ -410,16 +396,17 @@ def loop(run: Run, state: TrainState, probes: list, progress: bool) -> TrainResu
             if step_is_safe(optimizer, grad_norm):  # a NaN or inf gradient: no step at all
                 optimizer.step()  # 6. step: update the weights
             state.step = step + 1
-            bar.update()
+            seconds = distributed.agree(meter.elapsed(), run.world)  # one clock for all
+            last = finished(t, state.step, seconds)
+            console.advance(bar, t, state.step, seconds)
 
-            last = state.step == t.steps
             evaluate_now = step % t.eval_every == 0 or last
             if step % t.log_every == 0 or evaluate_now:  # a metrics row: the loop's one wait
                 step_loss = distributed.mean(step_loss, run.world)  # all processes' batches
                 row = {"step": step, "train_loss": console.finite_or_none(step_loss.item()),
                        "lr": lr, "grad_norm": console.finite_or_none(grad_norm.item()),
-                       **meter.read(state.step)}
-                state.seconds = meter.seconds
+                       **meter.read(state.step), "time_s": round(seconds, 2)}
+                state.seconds = seconds
                 if step == 0:
                     check_initial_loss(row["train_loss"], run.tokenizer.vocab_size)
                 if int(skipped) > state.skipped:  # NaN or inf gradients since the last row
@@ -427,8 +414,9 @@ def loop(run: Run, state: TrainState, probes: list, progress: bool) -> TrainResu
                     check_skipped(new, state.skipped, t.skip_nonfinite, row,
                                   run.folder / "checkpoints")
                 if evaluate_now:
-                    row["val_loss"] = last_val = estimate_loss(model, batches, "val",
-                                                               t.eval_batches)
+                    row["val_loss"] = last_val = evaluate(run)
+                    if reached := state.record_targets(last_val, targets):
+                        row["reached"] = reached
                     improved = state.record_eval(last_val, t.min_delta)
                     save(run, state, ["last", "best"] if improved else ["last"])
                     console.log_eval(row, improved)
@@ -442,11 +430,11 @@ def loop(run: Run, state: TrainState, probes: list, progress: bool) -> TrainResu
                     log.info(f"early stopping at step {step}: no improvement for "
                              f"{t.patience} evaluations (best {state.best_val:.4f})")
                     break
-            if signals.agreed(run.world, run.device, step % t.log_every == 0):
+            if last or signals.agreed(run.world, run.device, step % t.log_every == 0):
                 break
     bar.close()
     meter.read(state.step)  # the steps after the last row
-    state.seconds = meter.seconds
+    state.seconds = seconds
     if signals.stopping:
         save(run, state, ["last"])
         log.warning(f"stopped at step {state.step} by {signal.Signals(signals.signum).name}; "
@@ -467,7 +455,9 @@ def finish(run: Run, state: TrainState, meter: console.Meter, probes: list,
     result.summary = {"final_val_loss": final, "best_val_loss": state.best_val,
                       "steps": state.step, "train_s": round(state.seconds, 2),
                       "wall_s": round(wall_s, 2), **meter.overall(),
-                      "params": run.data["params"]}
+                      "params": run.data["params"],
+                      "time_to": {f"{x:g}": state.reached.get(f"{x:g}")
+                                  for x in parse_targets(cfg.train.targets)}}
     atomic_write_text(run.folder / "summary.json", json.dumps(result.summary, indent=2) + "\n")
     console.log_summary(result.summary, run.data["val_tokens"])
     for probe in probes:

@@ -4,7 +4,8 @@ one text, and a heatmap grid of them.
 The model's attention runs as one fused kernel (F.scaled_dot_product_attention) that never
 materialises the weights, so `attention_maps` captures each block's attention input with forward
 pre-hooks during one ordinary forward pass and recomputes softmax(q k^T / sqrt(d_k)), causally
-masked, from the block's own Wq and Wk. The model is left exactly as it was.
+masked, from the block's own queries and keys (`queries_keys`, so with the model's options).
+The model is left exactly as it was.
 
     ids = tok.encode(text)
     maps = attention_maps(model, torch.tensor([ids]))  # (n_layer, n_head, T, T)
@@ -29,10 +30,10 @@ MAX_TICKS = 64  # label every character up to this many; beyond it every k-th
 
 def attention_weights(attn: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(d_k)) with the causal mask, for a CausalSelfAttention and its input
-    x (B, T, C): (B, n_head, T, T), exactly zero above the diagonal, rows summing to 1."""
-    B, T, C = x.shape
-    q = attn.Wq(x).view(B, T, attn.n_head, attn.d_k).transpose(1, 2)  # (B, nh, T, hs)
-    k = attn.Wk(x).view(B, T, attn.n_head, attn.d_k).transpose(1, 2)  # (B, nh, T, hs)
+    x (B, T, C): (B, n_head, T, T), exactly zero above the diagonal, rows summing to 1. The
+    queries and keys are the module's own (normalised and rotated when the model says so)."""
+    T = x.size(1)
+    q, k = attn.queries_keys(x)  # (B, nh, T, hs) each
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(attn.d_k)  # (B, nh, T, T)
     future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)  # (T, T)
     return scores.masked_fill(future, float("-inf")).softmax(dim=-1)  # (B, nh, T, T)
@@ -83,9 +84,11 @@ def tick_step(n: int, max_ticks: int = MAX_TICKS) -> int:
     return max(1, math.ceil(n / max_ticks))
 
 
-def plot_attention(maps, labels: list[str], path: str | Path, title: str | None = None) -> Path:
-    """A PNG grid of heatmaps, layers as rows and heads as columns, query characters down the
-    side and key characters along the bottom of each; one colour bar; written atomically.
+def plot_attention(maps, labels: list[str], path: str | Path | None = None,
+                   title: str | None = None):
+    """A grid of heatmaps, layers as rows and heads as columns, query characters down the side
+    and key characters along the bottom of each; one colour bar: the Figure, written to `path`
+    as a PNG if given.
 
     maps is (n_layer, n_head, T, T) (a tensor or array, as from `attention_maps`); labels are
     the T characters (or token strings). The colour scale is linear from 0 to 1 (the same for

@@ -1,18 +1,24 @@
-"""Side-by-side training runs: the lesson's "SGD vs Adam", schedules, clipping on and off.
+"""Side-by-side training runs: the lesson's "SGD vs Adam" made general. Any set of config
+variants (optimizers, schedules, clipping, model options, presets) trained with the same seed
+on the same budget of steps or seconds: an ablation.
 
-Every variant starts from the same initial weights and sees the same batches (same seed), so
-the curves differ only by what was varied. Each variant is an ordinary run folder under the
-comparison folder; `compare.png` overlays their curves and `compare.json` holds the table.
+    minigpt compare --time-budget 180 --variant lesson --variant +rope:pos=rope \
+        --variant +rope+muon:pos=rope,optimizer=muon --variant fast:preset=fast
+
+Every variant built from the same model starts from the same initial weights and sees the same
+batches, so the curves differ only by what was varied. Each variant is an ordinary run folder
+under the comparison folder; `compare.png` overlays the validation curves against steps and
+against seconds of training, and `compare.json` holds the table: each variant's loss at the
+end and the seconds it took to reach each target loss.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 from pathlib import Path
 
-from minigpt.config import RunConfig, apply_overrides, validate
+from minigpt.config import field_index, resolve_config
 from minigpt.diagnostics.plots import plot_overlay, read_metrics
 from minigpt.diagnostics.probes import standard_probes
 from minigpt.errors import MiniGPTError
@@ -47,7 +53,8 @@ def variants(optimizers: str | None = None, schedules: str | None = None,
     axes = [a for a in (parse_axis(optimizers, "optimizer"), parse_axis(schedules, "schedule"),
                         parse_axis(clips, "grad_clip")) if a]
     if not axes:
-        raise MiniGPTError("nothing to compare: give --optimizers, --schedules or --clip")
+        raise MiniGPTError("nothing to compare: give --variant, --optimizers, --schedules or "
+                           "--clip")
     out = {}
     for combo in itertools.product(*axes):
         overrides = {k: v for part in combo for k, v in part.items()}
@@ -64,34 +71,72 @@ def _label(key: str, value) -> str:
     return str(value)
 
 
-def compare(base: RunConfig, runs: dict[str, dict], out_dir: str | Path,
+def parse_variant(text: str) -> tuple[str, dict]:
+    """'+rope+muon:pos=rope,optimizer=muon' -> ('+rope+muon', {'pos': 'rope', 'optimizer':
+    'muon'}); a bare name changes nothing; 'preset=NAME' starts the variant from that preset."""
+    name, _, settings = text.partition(":")
+    if not name.strip():
+        raise MiniGPTError(f"a variant needs a name before its settings, got {text!r}")
+    index = field_index()
+    overrides = {}
+    for item in filter(None, (x.strip() for x in settings.split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or (key not in index and key != "preset"):
+            raise MiniGPTError(f"variant {name!r}: {item!r} is not KEY=VALUE with a setting "
+                               f"such as pos=rope")
+        overrides[key] = value.strip() if key == "preset" else typed(key, value.strip())
+    return name.strip(), overrides
+
+
+def typed(key: str, text: str):
+    """A setting's value from its text, as the setting's type (true/false for a switch)."""
+    kind = type(field_index()[key][1].default)
+    try:
+        if kind is bool:
+            return {"true": True, "false": False, "1": True, "0": False}[text.lower()]
+        return kind(text)
+    except (KeyError, ValueError):
+        raise MiniGPTError(f"{key}={text!r}: not a {kind.__name__}") from None
+
+
+def compare(variants: dict[str, dict], out_dir: str | Path, preset: str = "seed",
+            config_file: str | None = None, common: dict | None = None,
             progress: bool = True) -> list[dict]:
-    """Train each variant of `base`; return (and save) one table row per variant."""
+    """Train each variant (settings over `common` over the config file over the preset, or the
+    variant's own preset); return (and save) one table row per variant."""
     out_dir = Path(out_dir)
     configs = {}
-    for name, overrides in runs.items():
-        cfg = copy.deepcopy(base)
-        apply_overrides(cfg, {"train": overrides}, f"variant {name!r}")
-        cfg.train.patience = 0  # every variant runs its full length
-        validate(cfg)
+    for name, overrides in variants.items():
+        overrides = dict(overrides)
+        cfg = resolve_config(overrides.pop("preset", preset), config_file,
+                             {**(common or {}), **overrides, "patience": 0})  # full length
         configs[name] = cfg
     table = []
     for i, (name, cfg) in enumerate(configs.items()):
-        folder = out_dir / f"{i}-{name.replace(' ', '_').replace(':', '_')}"
+        folder = out_dir / f"{i}-{''.join(c if c.isalnum() or c in '+-.' else '_' for c in name)}"
         result = train(cfg, folder, probes=standard_probes(cfg), progress=progress)
         table.append({"variant": name, "folder": folder.name, **result.summary})
     curves = {row["variant"]: read_metrics(out_dir / row["folder"] / "metrics.jsonl")
               for row in table}
-    plot_overlay(curves, out_dir / "compare.png", title=", ".join(runs))
+    plot_overlay(curves, out_dir / "compare.png", title=", ".join(variants))
     atomic_write_text(out_dir / "compare.json", json.dumps(table, indent=2) + "\n")
     return table
 
 
 def format_table(table: list[dict]) -> str:
-    width = max(len(r["variant"]) for r in table)
-    lines = [f"{'variant':<{width}}  final val  best val  train s",
-             f"{'-' * width}  ---------  --------  -------"]
+    """Each variant's losses, steps, seconds of training and seconds to each target."""
+    width = max(len("variant"), *(len(r["variant"]) for r in table))
+    targets = list(table[0].get("time_to", {}))
+    header = (f"{'variant':<{width}}  final val  best val   steps  train s"
+              + "".join(f"  {'to ' + x:>7}" for x in targets))
+    lines = [header, "-" * len(header)]
     for r in table:
+        reached = "".join(f"  {_seconds(r['time_to'].get(x)):>7}" for x in targets)
         lines.append(f"{r['variant']:<{width}}  {r['final_val_loss']:9.4f}  "
-                     f"{r['best_val_loss']:8.4f}  {r['train_s']:7.1f}")
+                     f"{r['best_val_loss']:8.4f}  {r['steps']:6d}  {r['train_s']:7.1f}{reached}")
     return "\n".join(lines)
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"

@@ -48,7 +48,7 @@ import torch
 
 from minigpt.diagnostics.plots import new_figure, save_png
 from minigpt.errors import MiniGPTError
-from minigpt.trainer import clip_gradients, set_lr
+from minigpt.optim import clip_gradients, set_lr
 
 VANISH = 1e-7
 EXPLODE = 1e2
@@ -246,9 +246,10 @@ def _check_optimizer_holds(model: torch.nn.Module, optimizer: torch.optim.Optimi
         raise MiniGPTError("the optimizer does not hold this model's parameters")
 
 
-def plot_layer_norms(history: list[dict], path: str | Path, title: str | None = None) -> Path:
-    """A PNG of each layer's gradient norm against step (log y), from rows
-    {"step": int, "layers": {layer: norm}} (extra keys ignored); written atomically.
+def plot_layer_norms(history: list[dict], path: str | Path | None = None,
+                     title: str | None = None):
+    """Each layer's gradient norm against step (log y), from rows {"step": int, "layers":
+    {layer: norm}} (extra keys ignored): the Figure, written to `path` as a PNG if given.
 
     Zero and non-finite norms cannot sit on a log axis: they are left out of the line and the
     legend says at how many steps (a dead layer shows as a missing line with that note).

@@ -392,11 +392,10 @@ def _run_dot(exe: str, source: Path, target: Path, fmt: str, timeout: float) -> 
     return target
 
 
-def draw_loss_graph(model: nn.Module, vocab_size: int, out: str | Path, depth: int = 0,
-                    formats: Sequence[str] = ("svg", "png"), T: int = 8) -> list[Path]:
-    """The whole path from token ids to the loss, drawn: one forward and backward on a random
-    batch, every node (depth 0) or one per module `depth` calls deep, parameters annotated
-    with their gradient norms. Returns the files written (see `render`)."""
+def loss_graph_dot(model: nn.Module, vocab_size: int, depth: int = 0, T: int = 8) -> str:
+    """The whole path from token ids to the loss, as DOT text: one forward and backward on a
+    random batch, every node (depth 0) or one per module `depth` calls deep, parameters
+    annotated with their gradient norms (the model's gradients are cleared after)."""
     loss, params = loss_graph(model, vocab_size, T=T)
     loss.backward()
     norms = gradient_norms(params)
@@ -405,4 +404,21 @@ def draw_loss_graph(model: nn.Module, vocab_size: int, out: str | Path, depth: i
         nodes, edges = collapse(nodes, edges, depth=depth)
     title = f"loss -> embeddings ({'per module' if depth else 'every autograd node'})"
     model.zero_grad(set_to_none=True)
-    return render(to_dot(nodes, edges, norms, title=title), out, formats)
+    return to_dot(nodes, edges, norms, title=title)
+
+
+def draw_loss_graph(model: nn.Module, vocab_size: int, out: str | Path, depth: int = 0,
+                    formats: Sequence[str] = ("svg", "png"), T: int = 8) -> list[Path]:
+    """`loss_graph_dot`, rendered to files (see `render`); returns the files written."""
+    return render(loss_graph_dot(model, vocab_size, depth, T), out, formats)
+
+
+def show_loss_graph(model: nn.Module, vocab_size: int, depth: int = 1, T: int = 8):
+    """`loss_graph_dot` as a graphviz.Source, which a notebook draws inline (it needs the
+    `graphviz` Python package, pip install graphviz, and Graphviz's dot)."""
+    try:
+        import graphviz
+    except ImportError:
+        raise MiniGPTError("showing the graph needs the graphviz package: pip install "
+                           "graphviz (and Graphviz itself: " + INSTALL_HINT + ")") from None
+    return graphviz.Source(loss_graph_dot(model, vocab_size, depth, T))

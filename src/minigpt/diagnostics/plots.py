@@ -1,23 +1,22 @@
 """Curves from a run's metrics.jsonl: loss.png (train and validation loss against step) and
 lr.png (the learning rate the schedule gave each step), and the overlay used by `compare`.
 
-matplotlib is imported inside the functions, and figures are drawn on their own Agg canvas
-(no pyplot, no global backend), so importing this module is free and nothing leaks.
+Every plotting function in minigpt.diagnostics returns its matplotlib Figure (a notebook shows
+it inline) and, given a path, also writes it there as a PNG, atomically. matplotlib is imported
+inside the functions, and figures are drawn on their own Agg canvas (no pyplot, no global
+backend), so importing this module is free and nothing leaks.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from minigpt.files import atomic_path
+from minigpt.files import atomic_path, read_jsonl
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    """The rows of a run's metrics.jsonl (or gradflow.jsonl, samples.jsonl): see read_jsonl."""
+    return read_jsonl(path)
 
 
 def new_figure(width: float, height: float, dpi: int = 110, **kw):
@@ -30,12 +29,13 @@ def new_figure(width: float, height: float, dpi: int = 110, **kw):
     return fig
 
 
-def save_png(fig, path: str | Path) -> Path:
-    """Write the figure as PNG through a temporary file renamed into place."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
+def save_png(fig, path: str | Path | None):
+    """The figure, written as PNG through a temporary file renamed into place if a path is
+    given."""
+    if path is not None:
+        with atomic_path(Path(path)) as tmp:
+            fig.savefig(tmp, format="png")
+    return fig
 
 
 def _axes(width: float = 7.0, height: float = 4.0):
@@ -45,8 +45,8 @@ def _axes(width: float = 7.0, height: float = 4.0):
     return fig, ax
 
 
-def plot_loss(rows: list[dict], path: str | Path, log_scale: bool = False,
-              title: str | None = None) -> Path:
+def plot_loss(rows: list[dict], path: str | Path | None = None, log_scale: bool = False,
+              title: str | None = None):
     """Train loss (every logged step) and validation loss (every evaluation) against step."""
     fig, ax = _axes()
     ax.plot([r["step"] for r in rows], [r["train_loss"] for r in rows], label="train",
@@ -63,7 +63,7 @@ def plot_loss(rows: list[dict], path: str | Path, log_scale: bool = False,
     return save_png(fig, path)
 
 
-def plot_lr(rows: list[dict], path: str | Path) -> Path:
+def plot_lr(rows: list[dict], path: str | Path | None = None):
     fig, ax = _axes(7.0, 3.0)
     ax.plot([r["step"] for r in rows], [r["lr"] for r in rows], lw=1.5)
     ax.set_xlabel("step")
@@ -73,31 +73,34 @@ def plot_lr(rows: list[dict], path: str | Path) -> Path:
     return save_png(fig, path)
 
 
-def plot_run_curves(run_dir: str | Path, log_scale: bool = False) -> list[Path]:
+def plot_run_curves(run_dir: str | Path, log_scale: bool = False) -> None:
     """loss.png and lr.png in the run folder, from its metrics.jsonl."""
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir / "metrics.jsonl")
-    if not rows:
-        return []
-    return [plot_loss(rows, run_dir / "loss.png", log_scale, title=f"loss: {run_dir.name}"),
-            plot_lr(rows, run_dir / "lr.png")]
+    if rows:
+        plot_loss(rows, run_dir / "loss.png", log_scale, title=f"loss: {run_dir.name}")
+        plot_lr(rows, run_dir / "lr.png")
 
 
-def plot_overlay(curves: dict[str, list[dict]], path: str | Path, title: str,
-                 log_scale: bool = False) -> Path:
-    """Validation loss (solid) and train loss (faint) of several runs on one axis."""
-    fig, ax = _axes(8.0, 4.5)
-    for i, (name, rows) in enumerate(curves.items()):
-        colour = f"C{i}"
-        ax.plot([r["step"] for r in rows], [r["train_loss"] for r in rows], color=colour,
-                lw=0.8, alpha=0.35)
-        val = [r for r in rows if "val_loss" in r]
-        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", color=colour,
-                ms=3, label=f"{name} (val)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats); faint: train")
-    if log_scale:
-        ax.set_yscale("log")
-    ax.set_title(title)
-    ax.legend()
+def plot_overlay(curves: dict[str, list[dict]], path: str | Path | None = None,
+                 title: str = "", log_scale: bool = False):
+    """Validation loss (solid) and train loss (faint) of several runs, against steps (left)
+    and against seconds of training (right)."""
+    fig = new_figure(12.0, 4.5, layout="tight")
+    by_step, by_time = fig.subplots(1, 2, sharey=True)
+    for ax, x, label in ((by_step, "step", "step"), (by_time, "time_s", "seconds of training")):
+        for i, (name, rows) in enumerate(curves.items()):
+            colour = f"C{i}"
+            ax.plot([r[x] for r in rows], [r["train_loss"] for r in rows], color=colour,
+                    lw=0.8, alpha=0.35)
+            val = [r for r in rows if "val_loss" in r]
+            ax.plot([r[x] for r in val], [r["val_loss"] for r in val], "o-", color=colour,
+                    ms=3, label=f"{name} (val)")
+        ax.set_xlabel(label)
+        ax.grid(True, alpha=0.3)
+        if log_scale:
+            ax.set_yscale("log")
+    by_step.set_ylabel("loss (nats); faint: train")
+    by_step.legend()
+    fig.suptitle(title)
     return save_png(fig, path)

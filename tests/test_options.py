@@ -1,0 +1,277 @@
+"""The model options beyond the lesson (rotary positions, RMSNorm, QK-norm, ReLU², SwiGLU, no
+bias, a tied head), each checked against a hand computation or an independent oracle, and with
+everything else that touches a model: the KV-cache sampler, FLOP counts, attention maps,
+gradient flow, the graph, checkpoints. And Muon (through torch.optim.Muon), beside AdamW."""
+
+import copy
+import math
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from minigpt import MiniGPT, generate
+from minigpt.config import ModelConfig, TrainConfig
+from minigpt.diagnostics.attention import attention_maps
+from minigpt.diagnostics.gradflow import grad_stats, layer_norms
+from minigpt.diagnostics.graph import loss_graph, trace
+from minigpt.model import Rotary
+from minigpt.optim import MuonWithAdamW, make_optimizer, set_lr
+from minigpt.performance import train_flops_per_token
+from minigpt.sample import KVCache
+
+V = 23
+OPTIONS = {
+    "rope": dict(pos="rope"),
+    "rmsnorm": dict(norm="rmsnorm"),
+    "qk_norm": dict(qk_norm=True),
+    "relu2": dict(mlp="relu2"),
+    "swiglu": dict(mlp="swiglu"),
+    "no-bias": dict(bias=False),
+    "tied": dict(tie_weights=True),
+    "all": dict(pos="rope", norm="rmsnorm", qk_norm=True, mlp="relu2", bias=False),
+}
+
+
+def peaky(**options) -> MiniGPT:
+    """A small model with its matrices scaled up, so that its next-token distributions and
+    its attention are far from uniform (as a trained model's are) and any bug shows."""
+    torch.manual_seed(0)
+    model = MiniGPT(V, n_embd=32, n_head=4, n_layer=2, block_size=16, **options).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(8)
+    return model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # many tiny steps: one thread is faster on a busy 2-core machine
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- each option, against a hand computation --------------------------------------------------
+
+
+def test_rotary_scores_depend_only_on_the_distance():
+    rot = Rotary(head_size=8, block_size=64)
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+
+    def score(i, j):
+        return (rot(q, start=i) * rot(k, start=j)).sum().item()
+
+    assert score(3, 1) == pytest.approx(score(40, 38), rel=1e-4)
+    assert score(5, 5) == pytest.approx((q * k).sum().item(), rel=1e-5)  # same place: no turn
+    assert score(9, 1) != pytest.approx(score(3, 1), rel=1e-3)
+    turned = rot(torch.randn(2, 3, 10, 8), start=4)
+    assert turned.shape == (2, 3, 10, 8)
+    # a rotation: every pair of channels keeps its length
+    x = torch.randn(1, 1, 5, 8)
+    y = rot(x, start=7)
+    pair_norm = lambda t: t[..., :4] ** 2 + t[..., 4:] ** 2  # noqa: E731
+    torch.testing.assert_close(pair_norm(y), pair_norm(x))
+
+
+def test_the_options_build_the_modules_they_name():
+    model = MiniGPT(V, **OPTIONS["all"])
+    names = {n for n, _ in model.named_parameters()}
+    assert "pos_emb.weight" not in names and not any(n.endswith(".bias") for n in names)
+    assert isinstance(model.blocks[0].ln1, torch.nn.RMSNorm)
+    assert {"blocks.0.attn.q_norm.weight", "blocks.0.attn.k_norm.weight"} <= names
+    assert not list(MiniGPT(V).buffers())  # the lesson's model has no buffers
+    assert len(list(model.buffers())) == 2 * 4  # rope's cos and sin tables, in each layer ...
+    assert set(model.state_dict()) == names  # ... rebuilt, not saved
+
+
+def test_rmsnorm_qk_norm_relu2_and_swiglu_compute_their_formulas():
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 32)
+    model = MiniGPT(V, n_embd=32, n_head=4, n_layer=1, block_size=8, norm="rmsnorm",
+                    qk_norm=True, mlp="relu2")
+    ln = model.blocks[0].ln1
+    rms = x / torch.sqrt((x * x).mean(-1, keepdim=True) + 1e-5) * ln.weight
+    torch.testing.assert_close(ln(x), rms)
+    q, _ = model.blocks[0].attn.queries_keys(x)  # (B, nh, T, hs): unit RMS times the gain
+    raw = model.blocks[0].attn.heads(model.blocks[0].attn.Wq(x))
+    gain = model.blocks[0].attn.q_norm.weight
+    torch.testing.assert_close(q, raw / raw.pow(2).mean(-1, keepdim=True).add(1e-5).sqrt()
+                               * gain)
+    ff = model.blocks[0].ff
+    torch.testing.assert_close(ff[1](x), torch.relu(x) ** 2)
+    swiglu = MiniGPT(V, n_embd=48, n_head=4, n_layer=1, block_size=8, mlp="swiglu")
+    ff = swiglu.blocks[0].ff
+    assert ff[0].weight.shape == (2 * 128, 48) and ff[2].weight.shape == (48, 128)
+    h = ff[0](x[..., :1].expand(3, 5, 48))
+    a, b = h[..., :128], h[..., 128:]
+    torch.testing.assert_close(ff[1](h), a * torch.sigmoid(a) * b)
+
+
+@pytest.mark.parametrize("name", OPTIONS)
+def test_flops_per_token_matches_pytorchs_counter(name):
+    cfg = ModelConfig(vocab_size=V, n_embd=48, n_head=4, n_layer=2, block_size=16,
+                      **OPTIONS[name])
+    model = MiniGPT.from_config(cfg)
+    idx = torch.randint(0, V, (2, 16))
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        model(idx, idx)[1].backward()
+    assert counter.get_total_flops() == train_flops_per_token(cfg) * 2 * 16
+
+
+# --- with everything else that touches a model --------------------------------------------------
+
+
+@pytest.mark.parametrize("name", OPTIONS)
+def test_cached_sampler_draws_the_uncached_samplers_tokens(name):
+    model = peaky(**OPTIONS[name])
+    for prompt_len in (1, 5):
+        prompt = torch.randint(0, V, (2, prompt_len), generator=torch.Generator().manual_seed(1))
+        for seed in range(2):
+            out = {c: generate(model, prompt, 40, temperature=0.8, cache=c,
+                               generator=torch.Generator().manual_seed(seed))
+                   for c in (True, False)}
+            assert torch.equal(out[True], out[False]), (prompt_len, seed)
+
+
+@pytest.mark.parametrize("name", ["rope", "all"])
+def test_cached_logits_equal_a_full_forward_at_every_position(name):
+    model = peaky(**OPTIONS[name])
+    idx = torch.randint(0, V, (2, 16))
+    with torch.no_grad():
+        kv = KVCache(model, 2)
+        model(idx[:, :6], cache=kv)
+        for t in range(6, 16):
+            cached = model(idx[:, t:t + 1], cache=kv)[0][:, -1]
+            torch.testing.assert_close(cached, model(idx[:, :t + 1])[0][:, -1], atol=1e-4,
+                                       rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["rope", "qk_norm", "all"])
+def test_attention_maps_reproduce_the_attention_output(name):
+    """The maps, times each head's values, give what the fused attention computed."""
+    model = peaky(**OPTIONS[name])
+    idx = torch.randint(0, V, (1, 12))
+    maps = attention_maps(model, idx)  # (L, H, T, T)
+    assert torch.allclose(maps.sum(-1), torch.ones(2, 4, 12))
+    assert torch.all(maps.triu(1) == 0)
+    inputs = []
+    hook = model.blocks[1].attn.register_forward_pre_hook(lambda m, a: inputs.append(a[0]))
+    with torch.no_grad():
+        model(idx)
+        attn = model.blocks[1].attn
+        y = maps[1] @ attn.heads(attn.Wv(inputs[0]))[0]  # (H, T, hs)
+        expected = attn(inputs[0])  # (1, T, C)
+        torch.testing.assert_close(attn.Wo(y.transpose(0, 1).reshape(1, 12, 32)), expected,
+                                   atol=1e-4, rtol=1e-4)
+    hook.remove()
+    assert maps.max() > 0.9  # peaky: some head looks at one position
+
+
+@pytest.mark.parametrize("name", ["all", "swiglu", "tied"])
+def test_gradient_flow_and_the_graph_cover_every_parameter(name):
+    model = MiniGPT(V, n_embd=32, n_head=4, n_layer=2, block_size=16, **OPTIONS[name])
+    loss, params = loss_graph(model, V, T=8)
+    loss.backward()
+    stats = grad_stats(model)
+    assert [s.name for s in stats] == [n for n, _ in model.named_parameters()]
+    total = math.sqrt(sum(v * v for v in layer_norms(stats).values()))
+    all_grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert total == pytest.approx(all_grads.norm().item(), rel=1e-5)
+    nodes, _ = trace(loss, params)
+    assert sorted(n.name for n in nodes if n.kind == "param") == sorted(params)
+
+
+@pytest.mark.parametrize("name", ["all", "swiglu"])
+def test_a_checkpoint_round_trip_gives_the_same_logits(name, tmp_path):
+    from minigpt import load_model, save_checkpoint
+    from minigpt.tokenizer import CharTokenizer
+
+    model = peaky(**OPTIONS[name])
+    tok = CharTokenizer([chr(97 + i) for i in range(V)])
+    opt = make_optimizer(model, TrainConfig(optimizer="muon"))
+    save_checkpoint(tmp_path / "checkpoints", ["best"], model, opt,
+                    {"step": 0, "tokenizer": tok.to_dict()}, {})
+    loaded, _, meta = load_model(tmp_path, "best")
+    idx = torch.randint(0, V, (2, 16))
+    assert meta["model"] == vars(model.config)
+    torch.testing.assert_close(loaded(idx)[0], model(idx)[0], rtol=0, atol=0)
+
+
+# --- Muon ----------------------------------------------------------------------------------------
+
+
+def muon_setup():
+    torch.manual_seed(0)
+    model = MiniGPT(V, n_embd=32, n_head=4, n_layer=2, block_size=16, pos="rope")
+    return model, make_optimizer(model, TrainConfig(optimizer="muon", lr=3e-3))
+
+
+def a_step(model, opt, seed):
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, V, (4, 17), generator=g)
+    opt.zero_grad(set_to_none=True)
+    model(idx[:, :-1], idx[:, 1:])[1].backward()
+    opt.step()
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
+    model, opt = muon_setup()
+    assert isinstance(opt, MuonWithAdamW)
+    muon, adamw = opt.parts
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    to_muon = {by_id[id(p)] for g in muon.param_groups for p in g["params"]}
+    to_adamw = {by_id[id(p)] for g in adamw.param_groups for p in g["params"]}
+    assert to_muon == {n for n, p in model.named_parameters()
+                       if p.dim() == 2 and n.startswith("blocks.")}
+    assert to_muon | to_adamw == set(by_id.values()) and not to_muon & to_adamw
+    assert "token_emb.weight" in to_adamw and "lm_head.weight" in to_adamw
+    set_lr(opt, 0.123)
+    assert all(g["lr"] == 0.123 for o in opt.parts for g in o.param_groups)
+
+
+def test_muon_steps_as_torchs_muon_and_adamw_would_apart():
+    """The oracle: the same Muon and AdamW, stepped by hand, one after the other."""
+    model, opt = muon_setup()
+    twin = copy.deepcopy(model)
+    twin_opt = make_optimizer(twin, TrainConfig(optimizer="muon", lr=3e-3))
+    for seed in range(3):
+        a_step(model, opt, seed)
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randint(0, V, (4, 17), generator=g)
+        twin.zero_grad(set_to_none=True)
+        twin(idx[:, :-1], idx[:, 1:])[1].backward()
+        for part in twin_opt.parts:
+            part.step()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(model.blocks[0].attn.Wq.weight, muon_setup()[0].blocks[0].attn.Wq.weight)
+
+
+def test_muon_state_dict_round_trip_continues_exactly():
+    """Two steps, save, a fresh optimizer loads the state, two more steps: the same weights as
+    four steps in a row."""
+    straight, opt = muon_setup()
+    for seed in range(4):
+        a_step(straight, opt, seed)
+    model, opt = muon_setup()
+    for seed in range(2):
+        a_step(model, opt, seed)
+    saved = copy.deepcopy(opt.state_dict())
+    fresh = make_optimizer(model, TrainConfig(optimizer="muon", lr=3e-3))
+    fresh.load_state_dict(saved)
+    for seed in range(2, 4):
+        a_step(model, fresh, seed)
+    for a, b in zip(model.parameters(), straight.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_step_hooks_fire_once_per_step():
+    model, opt = muon_setup()
+    calls = []
+    opt.register_step_pre_hook(lambda *a: calls.append("pre"))
+    opt.register_step_post_hook(lambda *a: calls.append("post"))
+    a_step(model, opt, 0)
+    assert calls == ["pre", "post"]
