@@ -305,3 +305,167 @@ def test_disk_full_while_writing_a_checkpoint(text, tmp_path, monkeypatch, capsy
     assert err.startswith("minigpt: error: No space left on device") and err.count("\n") == 1
     folder = tmp_path / "run" / "checkpoints"
     assert list(folder.iterdir()) == []  # no partial file, no temporary left behind
+
+
+# --- resuming with the command as typed -----------------------------------------------------------
+
+
+def test_resume_takes_the_command_as_first_typed(text, tmp_path, capsys, monkeypatch):
+    from minigpt.cli import main
+
+    run = tmp_path / "runs" / "b"
+    typed = ["train", "--text", str(text), "--batch-size", "8", "--block-size", "32",
+             "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--eval-every", "10",
+             "--sample-tokens", "0", "--no-progress", "--out", str(run)]
+    assert main([*typed, "--steps", "20"]) == 0
+    monkeypatch.chdir(tmp_path)  # the same paths, written another way
+    again = [a.replace(str(tmp_path), ".") if a.startswith(str(tmp_path)) else a for a in typed]
+    assert main([*again, "--resume", "runs/b", "--steps", "40"]) == 0
+    assert load_checkpoint(run / "checkpoints", "last").meta["step"] == 40
+    capsys.readouterr()
+    code = main([*again, "--resume", "runs/b", "--steps", "60", "--block-size", "64",
+                 "--n-embd", "32"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "block_size from 32 to 64" in err and "n_embd from 16 to 32" in err
+    assert main([*again, "--resume", "runs/b", "--out", "runs/c"]) == 2
+    assert "name different folders" in capsys.readouterr().err
+
+
+# --- one run per folder -------------------------------------------------------------------------
+
+
+def test_a_second_process_in_a_run_folder_is_refused_and_a_crash_frees_it(text, tmp_path):
+    run = tmp_path / "run"
+    args = ["--text", str(text), "--steps", "100000", "--eval-every", "50", *QUIET]
+    first = start_training(*args, "--out", str(run))
+    wait_for_lines(run / "metrics.jsonl", 2, first)
+    second = run_cli("train", "--resume", str(run), "--no-progress", timeout=120)
+    assert second.returncode == 2 and second.stderr.count("\n") == 1
+    assert f"in use by another minigpt process (pid {first.pid})" in second.stderr
+    new = run_cli("train", "--text", str(text), "--out", str(run), *QUIET)
+    assert new.returncode == 2 and ("in use" in new.stderr or "already holds" in new.stderr)
+    first.kill()  # SIGKILL: no clean-up; the lock goes with the process
+    first.wait()
+    resumed = run_cli("train", "--resume", str(run), "--steps", "60", "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+
+
+# --- torn logs ------------------------------------------------------------------------------------
+
+
+def test_torn_last_lines_are_dropped_with_a_warning(good_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(good_run, run)
+    for name in ("metrics.jsonl", "gradflow.jsonl", "samples.jsonl"):
+        with open(run / name, "a") as f:
+            f.write('{"step": 7, "train_lo')  # what a SIGKILL in mid-write leaves
+    report = run_cli("report", "--run", str(run))
+    assert report.returncode == 0, report.stderr
+    assert "dropped 1 damaged line" in report.stdout + report.stderr
+    resumed = run_cli("train", "--resume", str(run), "--steps", "14", "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    rows = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(14))
+    assert all(json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
+
+
+# --- a full disk, for real ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1.5 MiB tmpfs: a real file system that fills up (needs root and mount)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1536k", "tmpfs", str(mount)],
+                          capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_disk_that_fills_up_mid_run(text, small_disk):
+    """Checkpoints of ~0.5 MB each on 1.5 MiB: the disk fills within a few evaluations."""
+    run = small_disk / "run"
+    r = run_cli("train", "--text", str(text), "--steps", "400", "--eval-every", "5",
+                "--keep", "8", *QUIET, "--out", str(run))
+    assert r.returncode == 1
+    assert r.stderr.startswith("minigpt: error: No space left on device") and \
+        r.stderr.count("\n") == 1
+    last = load_checkpoint(run / "checkpoints", "last")  # the last good checkpoint loads
+    assert last.meta["step"] >= 1
+    assert not list(run.rglob(".*.tmp"))  # no temporary file left behind
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        json.loads(line)  # every line whole
+
+
+def test_prepare_and_report_on_a_full_disk(good_run, small_disk, tmp_path):
+    big = tmp_path / "big.txt"
+    big.write_text("All the world's a stage, and all the men and women merely players.\n" * 40000)
+    out = small_disk / "shards"
+    r = run_cli("prepare", "--text", str(big), "--out", str(out), "--no-progress")
+    assert r.returncode == 1 and "No space left on device" in r.stderr
+    assert r.stderr.count("\n") == 1 and not out.exists()  # no shard, no folder left
+    filler = small_disk / "filler"
+    with open(filler, "wb") as f:  # leave no room for the report
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
+    r = run_cli("report", "--run", str(good_run), "--out", str(small_disk / "report.html"))
+    assert r.returncode == 1 and "No space left on device" in r.stderr
+    assert not (small_disk / "report.html").exists()
+    assert not [p for p in small_disk.iterdir() if p.name.startswith(".")]
+
+
+# --- chaos: killed at random, resumed, the same weights ----------------------------------------
+
+
+def test_killed_at_random_moments_and_resumed_ends_as_an_uninterrupted_run(text, tmp_path):
+    """Four SIGKILLs at random moments (starting up, mid-step, mid-write), each followed by the
+    command a user would type next: the run ends bit-identical to one never interrupted."""
+    import random
+
+    args = ["--text", str(text), "--steps", "300", "--eval-every", "15", *QUIET]
+    straight = run_cli("train", *args, "--out", str(tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr
+    run, rng = tmp_path / "chaos", random.Random(4)
+
+    def launch():  # resume once there is a checkpoint; before that, start again
+        if (run / "checkpoints" / "last.json").exists():
+            return start_training("--resume", str(run), "--no-progress")
+        return start_training(*args, "--out", str(run))
+
+    last = run / "checkpoints" / "last.json"
+
+    def saved_step():
+        try:
+            return json.loads(last.read_text())["step"]
+        except (OSError, ValueError):  # not written yet
+            return 0
+
+    proc, steps_at_kills = launch(), []
+    for kill in range(4):
+        if kill == 0:  # the first kill: most likely while it starts up
+            time.sleep(rng.uniform(0.5, 3.0))
+        else:  # the others: a random moment after it has saved again, so it makes progress
+            before, deadline = saved_step(), time.monotonic() + 120  # however loaded the machine
+            while saved_step() <= before and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 1.5))
+        assert proc.poll() is None, proc.communicate()  # still running: the kill lands
+        proc.kill()
+        proc.wait()
+        steps_at_kills.append(saved_step())
+        proc = launch()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert steps_at_kills[-1] > 0  # it had made progress before at least one kill
+    assert without_speed(read_metrics(run / "metrics.jsonl")) == without_speed(
+        read_metrics(tmp_path / "straight" / "metrics.jsonl"))
+    assert same_weights(run, tmp_path / "straight")

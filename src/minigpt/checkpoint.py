@@ -17,13 +17,24 @@ newest `keep` steps and the best one are kept; older ones are removed.
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from minigpt.config import ModelConfig, RunConfig, apply_overrides
+from minigpt.config import (
+    ModelConfig,
+    RunConfig,
+    apply_overrides,
+    field_index,
+    preset_table,
+    read_toml,
+    validate,
+)
+from minigpt.corpus import is_prepared
 from minigpt.errors import MiniGPTError
 from minigpt.files import atomic_path, atomic_write_text, sha256_file
 from minigpt.model import MiniGPT
@@ -88,7 +99,10 @@ def save_checkpoint(folder: str | Path, tags: list[str], model: MiniGPT,
     tensors |= {f"rng.{k}": v.cpu() for k, v in rng.items()}
     stem = f"step-{meta['step']:06d}"
     with atomic_path(folder / f"{stem}.safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT})
+        try:
+            save_file(tensors, str(tmp), metadata={"format": FORMAT})
+        except Exception as e:  # safetensors reports a failed write (a full disk) its own way
+            raise os_error(e, tmp) from None
     record = {"format": FORMAT, "file": f"{stem}.safetensors",
               "sha256": sha256_file(folder / f"{stem}.safetensors"),
               **meta, "model": vars(model.config), "optimizer": opt_meta}
@@ -97,6 +111,16 @@ def save_checkpoint(folder: str | Path, tags: list[str], model: MiniGPT,
         atomic_write_text(folder / f"{tag}.json", text)
     prune(folder, keep)
     return folder / f"{stem}.safetensors"
+
+
+def os_error(e: Exception, path: Path) -> Exception:
+    """safetensors' error for a failed write ("... (os error 28)") as the OSError it stands for,
+    naming the file; any other error as it is."""
+    found = re.search(r"os error (\d+)", str(e))
+    if isinstance(e, OSError) or not found:
+        return e
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code), str(path))
 
 
 def prune(folder: Path, keep: int) -> None:
@@ -164,15 +188,52 @@ def load_model(run_dir: str | Path, tag: str = "best",
     return model.to(device).eval(), tokenizer, ckpt.meta
 
 
-def resume_config(run_dir: str | Path, overrides: dict | None = None) -> RunConfig:
-    """The configuration a run was saved with, with training settings changed by overrides
-    (e.g. more steps); the model and data cannot change under a resumed run."""
+def resume_config(run_dir: str | Path, overrides: dict | None = None, preset: str | None = None,
+                  config_file: str | None = None) -> RunConfig:
+    """The configuration a run was saved with, and what a resuming command asks on top of it
+    (its preset, config file and flags, in that order): training and diagnostic settings may
+    change (more steps, say); a model or data setting may be repeated as the run has it (a path
+    naming the same file counts as the same) but not changed: the error names each change."""
     meta = load_checkpoint(Path(run_dir) / "checkpoints", "last").meta
     cfg = RunConfig()
-    apply_overrides(cfg, {"model": meta["model"], "train": meta["train"], "data": meta["data"]},
-                    f"checkpoint in {run_dir}")
-    locked = set(vars(cfg.model)) | set(vars(cfg.data))
-    if bad := sorted(set(overrides or {}) & locked):
-        raise MiniGPTError(f"cannot change {', '.join(bad)} when resuming a run")
-    apply_overrides(cfg, {"train": dict(overrides or {})}, "command line")
+    saved = {key: meta[key] for key in ("model", "train", "data")} | {"diag": meta.get("diag", {})}
+    apply_overrides(cfg, saved, f"checkpoint in {run_dir}")
+    asked = settings_of(preset_table(preset), f"preset {preset}") if preset else {}
+    if config_file:
+        asked |= settings_of(read_toml(config_file), str(config_file))
+    asked |= overrides or {}
+    index = field_index()
+    changes = [f"{key} from {getattr(getattr(cfg, index[key][0]), key)!r} to {value!r}"
+               for key, value in asked.items()
+               if index[key][0] in ("model", "data") and not same_setting(cfg, key, value)]
+    if changes:
+        raise MiniGPTError(f"cannot change {'; '.join(changes)} when resuming a run (its model "
+                           f"and data stay as they were)")
+    table: dict[str, dict] = {}
+    for key, value in asked.items():
+        if index[key][0] in ("train", "diag"):
+            table.setdefault(index[key][0], {})[key] = value
+    apply_overrides(cfg, table, "command line")
+    validate(cfg)
     return cfg
+
+
+def settings_of(table: dict, origin: str) -> dict:
+    """A {section: {key: value}} table (a preset, a TOML file) as flat, checked settings."""
+    apply_overrides(RunConfig(), table, origin)  # unknown keys and wrong types: one-line errors
+    return {key: value for values in table.values() for key, value in values.items()}
+
+
+def same_setting(cfg: RunConfig, key: str, value) -> bool:
+    """Whether a model or data setting, as a command gives it, is what the run has: paths
+    compared once resolved; the vocabulary size, which the text and tokenizer set, never
+    counts as a change (nor the tokenizer of a prepared folder, which brings its own)."""
+    section = field_index()[key][0]
+    have = getattr(getattr(cfg, section), key)
+    if key == "vocab_size" or (key == "tokenizer" and bool(cfg.data.text)
+                               and is_prepared(cfg.data.text)):
+        return True
+    if key == "text":
+        return (Path(value).expanduser().resolve() == Path(have).resolve()
+                if value and have else value == have)
+    return value == have

@@ -18,6 +18,7 @@ import json
 import logging
 import sys
 from dataclasses import MISSING
+from pathlib import Path
 
 from minigpt.config import field_index, preset_names, resolve_config
 from minigpt.console import show_logs
@@ -78,7 +79,7 @@ def shared_options(name: str) -> argparse.ArgumentParser:
     elif name == "device":
         group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     elif name == "settings":
-        group.add_argument("--preset", default="seed", metavar="NAME",
+        group.add_argument("--preset", metavar="NAME",
                            help=f"starting configuration: {', '.join(preset_names())} "
                                 f"(default seed)")
         group.add_argument("--config", metavar="FILE",
@@ -218,13 +219,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from minigpt.diagnostics.probes import standard_probes
     from minigpt.trainer import train
 
-    if args.resume:
-        if args.out or args.config or args.preset != "seed":
-            raise MiniGPTError("--resume continues a run as it was saved: no --out, --config "
-                               "or --preset with it")
-        cfg = resume_config(args.resume, settings_given(args))
+    if args.resume:  # the command as first typed may be given again, with more steps, say
+        if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+            raise MiniGPTError(f"--out {args.out} and --resume {args.resume} name different "
+                               f"folders; --resume continues the run where it is")
+        cfg = resume_config(args.resume, settings_given(args), args.preset, args.config)
     else:
-        cfg = resolve_config(args.preset, args.config, settings_given(args))
+        cfg = resolve_config(args.preset or "seed", args.config, settings_given(args))
     result = train(cfg, args.resume or args.out, resume=bool(args.resume),
                    probes=standard_probes(cfg), progress=not args.no_progress)
     if world_from_env().is_main:  # under torchrun, rank 0 reports for all
@@ -243,7 +244,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     common = {"steps": 1000, **settings_given(args)}
     out = args.out or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}"
     logging.getLogger("minigpt").setLevel(logging.WARNING)  # the table says what matters
-    table = compare(runs, out, args.preset, args.config, common,
+    table = compare(runs, out, args.preset or "seed", args.config, common,
                     progress=not args.no_progress)
     print(format_table(table))
     print(f"curves: {out}/compare.png; table: {out}/compare.json")

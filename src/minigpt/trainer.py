@@ -13,10 +13,12 @@ their probes are handed to `train`.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import Sequence
@@ -25,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 
 from minigpt import console, distributed, performance
@@ -39,7 +42,7 @@ from minigpt.config import RunConfig, TrainConfig, parse_targets
 from minigpt.data import Batches, Splits, ensure_tinyshakespeare, load_corpus
 from minigpt.environment import describe, resolve_device
 from minigpt.errors import MiniGPTError, TrainingStopped
-from minigpt.files import atomic_write_text
+from minigpt.files import append_line, atomic_write_text, lock_folder, read_jsonl
 from minigpt.model import MiniGPT, evaluating
 from minigpt.optim import clip_gradients, make_optimizer, set_lr, step_is_safe
 from minigpt.sample import sample_text
@@ -108,6 +111,35 @@ def split_loss(model: MiniGPT, data: np.ndarray, block_size: int, batch_size: in
                 total += loss.item() * y.numel()
                 count += y.numel()
     return total / count
+
+
+def check_memory(run: Run) -> None:
+    """Refuse, before the first step, a run whose peak memory cannot fit (minigpt.performance.
+    peak_memory), rather than be killed part-way, or push a laptop into swapping: the estimate,
+    what is available, and what to change, in one line."""
+    if run.device.type == "cuda":
+        resident = torch.cuda.memory_allocated(run.device)
+        where = f"free on {run.device}"
+    else:
+        resident = psutil.Process().memory_info().rss
+        where = "available"
+    parts = performance.peak_memory(run.cfg, resident, run.data["params"])
+    need = (sum(parts.values()) - resident) * (1 if run.device.type == "cuda" else
+                                               local_processes(run.world))
+    available = performance.available_memory(run.device)
+    if need > available:
+        t, gib = run.cfg.train, 2**30
+        raise MiniGPTError(
+            f"this run needs about {need / gib:.1f} GiB more memory at its peak (activations "
+            f"{parts['activations'] / gib:.1f} GiB for batch {t.batch_size} x block "
+            f"{run.cfg.model.block_size}), and {available / gib:.1f} GiB is {where}: lower "
+            f"--batch-size or --block-size, or keep the batch with --grad-accum N and "
+            f"--batch-size {t.batch_size}/N")
+
+
+def local_processes(world: distributed.World) -> int:
+    """How many of the run's processes share this machine's memory (torchrun's local size)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world.size))
 
 
 def check_initial_loss(loss: float | None, vocab_size: int) -> None:
@@ -205,6 +237,8 @@ def build_run(cfg: RunConfig, folder: str | Path) -> Run:
     written but the token cache. Under torchrun, this process joins the others here."""
     world = distributed.world_from_env()
     device = distributed.start(world, resolve_device(cfg.train.device))
+    if cfg.data.text:  # as an absolute path: a resumed run finds it from anywhere
+        cfg.data.text = str(Path(cfg.data.text).expanduser().resolve())
     with distributed.main_first(world):  # rank 0 writes the token cache, the others read it
         text_path = Path(cfg.data.text) if cfg.data.text else ensure_tinyshakespeare()
         splits, tokenizer, data = load_corpus(text_path, cfg.data.tokenizer,
@@ -239,10 +273,6 @@ def prepare_folder(run: Run, state: TrainState, resume: bool) -> None:
     one drops the log lines after its checkpoint (they come again); both get config.json."""
     if not run.world.is_main:
         return
-    try:
-        run.folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise MiniGPTError(f"cannot create run folder {run.folder}: {e.strerror}") from None
     if resume:
         for name in ("metrics.jsonl", "gradflow.jsonl", "samples.jsonl"):
             truncate_log(run.folder / name, state.step)
@@ -252,18 +282,21 @@ def prepare_folder(run: Run, state: TrainState, resume: bool) -> None:
     atomic_write_text(run.folder / "config.json", json.dumps(record, indent=2) + "\n")
 
 
+def make_folder(folder: Path) -> Path:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MiniGPTError(f"cannot create run folder {folder}: {e.strerror}") from None
+    return folder
+
+
 def truncate_log(path: Path, step: int) -> None:
-    """Keep only the lines of steps before `step` (those the checkpoint includes)."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line)["step"] < step]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
-def append_row(folder: Path, row: dict) -> None:
-    with open(folder / "metrics.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
+    """Keep only the rows of steps before `step` (those the checkpoint includes), and none
+    that a crash tore."""
+    if path.exists():
+        kept = [row for row in read_jsonl(path) if row.get("step", step) < step]
+        atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n"
+                                        for row in kept))
 
 
 def rng_state(run: Run) -> dict[str, torch.Tensor]:
@@ -284,7 +317,7 @@ def save(run: Run, state: TrainState, tags: list[str]) -> None:
         return
     meta = {"step": state.step, "state": asdict(state), "world_size": run.world.size,
             "train": vars(run.cfg.train), "data": vars(run.cfg.data),
-            "tokenizer": run.tokenizer.to_dict()}
+            "diag": vars(run.cfg.diag), "tokenizer": run.tokenizer.to_dict()}
     save_checkpoint(run.folder / "checkpoints", tags, run.model, run.optimizer, meta, rng,
                     keep=run.cfg.train.keep)
 
@@ -350,12 +383,36 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
                            f"or choose another --out")
     console.show_logs()
     run = build_run(cfg, folder)
+    state = TrainState()
     try:
-        state = restore(run, "last") if resume else TrainState()
-        prepare_folder(run, state, resume)
-        return loop(run, state, list(probes) if run.world.is_main else [], progress)
+        check_memory(run)  # before anything is written
+        main = run.world.is_main  # one process per folder: a second one is refused at once
+        with lock_folder(make_folder(folder)) if main else contextlib.nullcontext():
+            if resume:
+                state = restore(run, "last")
+            prepare_folder(run, state, resume)
+            return loop(run, state, list(probes) if run.world.is_main else [], progress)
+    except (RuntimeError, MemoryError) as e:
+        if not out_of_memory(e):
+            raise
+        raise MiniGPTError(f"out of memory after step {state.step} ({first_line(e)}); the last "
+                           f"checkpoint in {folder / 'checkpoints'} is intact: resume with a "
+                           f"smaller --batch-size, or --grad-accum") from None
     finally:
         distributed.stop(run.world)
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether an error is an allocation that failed: torch's on a GPU, the CPU allocator's
+    ("can't allocate memory"), or Python's own."""
+    text = str(e)
+    return (isinstance(e, (torch.OutOfMemoryError, MemoryError))
+            or "can't allocate memory" in text or "out of memory" in text.lower())
+
+
+def first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(e).__name__)[:200]
 
 
 def loop(run: Run, state: TrainState, probes: list, progress: bool) -> TrainResult:
@@ -418,14 +475,15 @@ def loop(run: Run, state: TrainState, probes: list, progress: bool) -> TrainResu
                     if reached := state.record_targets(last_val, targets):
                         row["reached"] = reached
                     improved = state.record_eval(last_val, t.min_delta)
-                    save(run, state, ["last", "best"] if improved else ["last"])
                     console.log_eval(row, improved)
                 console.show_row(bar, row, last_val)
                 if run.world.is_main:
-                    append_row(run.folder, row)
+                    append_line(run.folder / "metrics.jsonl", json.dumps(row))
                 for probe in probes:
                     probe.on_row(row)
-                meter.pause()  # evaluation and probes are not training time
+                if evaluate_now:  # after the row: a crash between, and the resume rewrites it
+                    save(run, state, ["last", "best"] if improved else ["last"])
+                meter.pause()  # evaluation, probes and checkpoints are not training time
                 if state.out_of_patience(t.patience):  # every process evaluated alike
                     log.info(f"early stopping at step {step}: no improvement for "
                              f"{t.patience} evaluations (best {state.best_val:.4f})")

@@ -27,6 +27,7 @@ from minigpt.config import RunConfig
 from minigpt.diagnostics import plots
 from minigpt.diagnostics.attention import attention_maps, plot_attention, token_labels
 from minigpt.diagnostics.gradflow import grad_stats, layer_norms, plot_layer_norms, snapshot
+from minigpt.files import append_line
 from minigpt.sample import sample_text
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,7 @@ class GradFlowProbe(Probe):
         flagged = {s.name: s.flags for s in stats if s.flags}
         row = {"step": step, "layers": layers, "flagged": flagged,
                "params": [asdict(s) for s in stats]}
-        with open(self.run.folder / "gradflow.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        append_line(self.run.folder / "gradflow.jsonl", json.dumps(row))
         # vanishing is recorded but not shouted: attn.Wk.bias is always ~0 (see gradflow.py)
         alarming = {n: f for n, f in flagged.items() if set(f) & {"dead", "exploding", "nonfinite"}}
         if alarming:
@@ -173,8 +173,8 @@ class SamplesProbe(Probe):
     def record(self, step: int) -> None:
         text = sample_text(self.run.model, self.run.tokenizer, "ROMEO:", self.length,
                            seed=self.run.cfg.train.seed)
-        with open(self.run.folder / "samples.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": step, "text": text}, ensure_ascii=False) + "\n")
+        append_line(self.run.folder / "samples.jsonl",
+                    json.dumps({"step": step, "text": text}, ensure_ascii=False))
 
     def end(self, summary):
         self.record(self.state.step)

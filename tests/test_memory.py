@@ -1,0 +1,109 @@
+"""Memory: the estimate of a run's peak against the peak a child process really reached, a run
+too big for the machine refused before it starts, and an allocation that fails mid-run ending
+in one line with the last checkpoint intact."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from minigpt import MiniGPT, MiniGPTError, load_checkpoint, resolve_config, train
+from minigpt.performance import peak_memory
+
+# One training step's peak resident memory, in a process of its own (ru_maxrss: the peak).
+CHILD = """
+import json, resource, sys
+import psutil, torch
+from minigpt import MiniGPT, resolve_config
+from minigpt.optim import make_optimizer
+from minigpt.performance import peak_memory
+torch.set_num_threads(1)
+cfg = resolve_config(overrides=json.loads(sys.argv[1]))
+torch.manual_seed(0)
+model = MiniGPT.from_config(cfg.model)
+opt = make_optimizer(model, cfg.train)
+x = torch.randint(0, cfg.model.vocab_size, (cfg.train.batch_size, cfg.model.block_size))
+estimate = sum(peak_memory(cfg, psutil.Process().memory_info().rss, model.num_params()).values())
+for _ in range(2):
+    _, loss = model(x, x)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+print(json.dumps({"estimate": estimate,
+                  "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+@pytest.mark.parametrize("settings", [
+    {"batch_size": 64},
+    {"batch_size": 256},
+    {"batch_size": 512, "n_layer": 1},
+    {"batch_size": 256, "n_embd": 128, "n_layer": 6},
+], ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+def test_the_estimate_is_within_30_percent_of_the_measured_peak(settings):
+    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(settings)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert 0.7 < got["estimate"] / got["peak"] < 1.3, got
+
+
+def test_the_estimate_grows_with_what_it_counts():
+    def total(**settings):
+        cfg = resolve_config(overrides=settings)
+        n = MiniGPT.from_config(cfg.model).num_params()
+        return peak_memory(cfg, 0, n)
+
+    base = total(batch_size=32)
+    assert total(batch_size=64)["activations"] == 2 * base["activations"]
+    assert total(batch_size=32, block_size=256)["activations"] == 2 * base["activations"]
+    assert total(batch_size=32, n_layer=8)["activations"] > 1.8 * base["activations"]
+    assert total(optimizer="sgd")["gradients and optimizer state"] < \
+        base["gradients and optimizer state"]
+
+
+def test_a_run_that_cannot_fit_is_refused_before_it_starts(tmp_path, capsys):
+    from minigpt.cli import main
+
+    text = tmp_path / "t.txt"
+    text.write_text("To be, or not to be, that is the question.\n" * 100)
+    code = main(["train", "--text", str(text), "--batch-size", "2000000", "--block-size", "32",
+                 "--no-progress", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "GiB more memory at its peak" in err and "batch 2000000 x block 32" in err
+    assert "--batch-size" in err and "--grad-accum" in err
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+class Hog:
+    """A probe that asks for far more memory than any machine has, at one step: a real
+    allocation failure, raised from inside the loop."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def start(self, run, state):
+        pass
+
+    def on_row(self, row):
+        if row["step"] == self.step:
+            torch.empty(1 << 45, dtype=torch.uint8)  # 32 TiB
+
+    def end(self, summary):
+        pass
+
+
+def test_running_out_of_memory_mid_run_is_one_line_and_keeps_the_checkpoint(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("To be, or not to be, that is the question.\n" * 100)
+    cfg = resolve_config(overrides={"text": str(text), "steps": 40, "eval_every": 10,
+                                    "n_layer": 1, "n_embd": 16, "n_head": 2, "block_size": 16,
+                                    "batch_size": 4, "sample_tokens": 0})
+    with pytest.raises(MiniGPTError, match="out of memory after step 21") as info:
+        train(cfg, tmp_path / "run", probes=[Hog(step=20)], progress=False)  # an eval row
+    assert "\n" not in str(info.value) and "--batch-size" in str(info.value)
+    # the failure came before step 21's checkpoint: the one of step 11 stands, whole
+    assert load_checkpoint(tmp_path / "run" / "checkpoints", "last").meta["step"] == 11
