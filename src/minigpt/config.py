@@ -65,7 +65,7 @@ class TrainConfig:
                                    "the blocks' weight matrices, AdamW for the rest)",
                           choices=("adamw", "sgd", "muon"))
     lr: float = _opt(1e-2, "peak learning rate")
-    min_lr: float = _opt(1e-3, "floor of the cosine decay")
+    min_lr: float = _opt(0.0, "floor of the decay (0: the lesson's cosine ends near zero)")
     schedule: str = _opt(
         "cosine", "warmup, then cosine or linear decay to min_lr; constant; or the lesson's "
                   "CosineAnnealingLR", choices=("cosine", "linear", "constant", "cosine-annealing"),

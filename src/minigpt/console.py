@@ -114,7 +114,7 @@ def log_start(run, peak: float) -> None:
         batch += f" x {t.grad_accum} micro-steps x {processes} processes"
     log.info(f"model: {data['params']:,} parameters on {env['device']}; {t.optimizer} lr "
              f"{t.lr:g} ({t.schedule}), {batch} x {run.cfg.model.block_size} tokens, "
-             f"{t.steps} steps")
+             + (f"{t.time_budget:g} s of training" if t.time_budget else f"{t.steps} steps"))
 
 
 def log_eval(row: dict, improved: bool) -> None:
