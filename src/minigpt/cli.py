@@ -4,6 +4,7 @@
     torchrun --nproc_per_node=N -m minigpt train ...      (data parallel: minigpt.distributed)
     minigpt sample --run DIR [--prompt TEXT] [--max-new-tokens N] [--temperature T] ...
     minigpt prepare --text PATH_OR_DIR_OR_GLOB --out DIR [--tokenizer char|bpe] ...
+    minigpt export --run DIR --out HF_DIR                 (a folder transformers loads)
 
 Every training flag is generated from the config dataclasses, so flags, TOML keys and the
 Python API share one set of names; options several commands share are declared once
@@ -184,6 +185,16 @@ def build_parser() -> Parser:
     s.add_argument("--top-p", type=float, metavar="P",
                    help="sample among the most likely tokens holding probability P")
     s.add_argument("--seed", type=int, default=1337, help="same seed, same text")
+
+    ex = command("export", "write the model as a Hugging Face transformers folder",
+                 "Write a run's model and tokenizer as a folder that transformers loads with "
+                 "AutoModelForCausalLM.from_pretrained(OUT) and AutoTokenizer.from_pretrained(OUT) "
+                 "(GPT-2's architecture, which holds the lesson's model exactly; char and BPE "
+                 "tokenizers). Needs transformers (pip install transformers). A model option "
+                 "GPT-2 has no counterpart for (rotary embeddings, RMSNorm, ...) is refused.",
+                 "run", "checkpoint")
+    ex.add_argument("--out", required=True, metavar="DIR",
+                    help="the folder to write (it must not exist, or be empty)")
 
     pr = command("prepare", "tokenize a big corpus into token shards",
                  "Stream text files through a tokenizer into token shards (uint16, or uint32 "
@@ -371,6 +382,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from minigpt.export import export_run
+
+    out = export_run(args.run, args.out, args.checkpoint)
+    print(f"wrote {out}: load it with transformers' AutoModelForCausalLM.from_pretrained and "
+          f"AutoTokenizer.from_pretrained")
+    return 0
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     import time
 
@@ -395,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         commands = {"train": cmd_train, "sample": cmd_sample, "compare": cmd_compare,
                     "report": cmd_report, "gradflow": cmd_gradflow, "attention": cmd_attention,
-                    "autograd": cmd_autograd, "graph": cmd_graph, "prepare": cmd_prepare}
+                    "autograd": cmd_autograd, "graph": cmd_graph, "prepare": cmd_prepare,
+                    "export": cmd_export}
         return commands[args.command](args)
     except MiniGPTError as e:
         print(f"minigpt: error: {e}", file=sys.stderr)

@@ -1,0 +1,327 @@
+"""Export a trained MiniGPT to the Hugging Face format: a GPT-2 folder that `transformers` loads.
+
+    from minigpt.export import export_run
+    export_run("runs/seed", "exported/seed")        # the run's best checkpoint
+
+    # then, wherever transformers is installed (no minigpt needed):
+    tokenizer = AutoTokenizer.from_pretrained("exported/seed")
+    model = AutoModelForCausalLM.from_pretrained("exported/seed")
+
+MiniGPT is GPT-2's architecture (pre-LayerNorm blocks, learned absolute positions, causal softmax
+attention scaled by 1/sqrt(head_dim), an exact-GELU 4x MLP, LayerNorm eps 1e-5), so
+`GPT2LMHeadModel` holds it exactly; only the names and one layout differ:
+
+    minigpt                         GPT-2 (transformers)
+    token_emb, pos_emb              transformer.wte, transformer.wpe
+    blocks.i.ln1, blocks.i.ln2      transformer.h.i.ln_1, transformer.h.i.ln_2
+    blocks.i.attn.Wq | Wk | Wv      transformer.h.i.attn.c_attn (q, k, v side by side)
+    blocks.i.attn.Wo                transformer.h.i.attn.c_proj
+    blocks.i.ff.0, blocks.i.ff.2    transformer.h.i.mlp.c_fc, transformer.h.i.mlp.c_proj
+    ln_f, lm_head                   transformer.ln_f, lm_head
+
+GPT-2's linear layers are `Conv1D`s, whose weight is (in, out): the transpose of nn.Linear's
+(out, in). A model built with bias=False gets zeros for GPT-2's biases, which is the same
+function. Weights are written in float32.
+
+Choices the folder records:
+- dropout: the model's own probability, for embd_pdrop, attn_pdrop and resid_pdrop. MiniGPT
+  drops out in exactly GPT-2's four places (the embedding sum, the attention probabilities, the
+  attention output, the MLP output), so the export is the same model in training mode too, and
+  fine-tuning it keeps the regularisation it was trained with. from_pretrained returns a model
+  in eval mode, where dropout does nothing.
+- special tokens: minigpt has none, so bos, eos and pad are None (GPT-2's default 50256 would
+  name a token that does not exist or is an ordinary one). `generate` then stops only at
+  max_new_tokens; to pad a batch of prompts, pass pad_token_id=<any id> and the attention_mask
+  (the mask, not the id, keeps the padding out).
+- the tokenizer is minigpt's own, as a `tokenizers` tokenizer.json that AutoTokenizer reads as
+  a PreTrainedTokenizerFast: a BPE tokenizer as it is (byte-level, with its ByteLevel decoder);
+  a character tokenizer as a word-level vocabulary (id = minigpt's id) behind a pre-tokenizer
+  that splits text into single characters and a decoder that joins tokens with nothing between.
+  Neither adds special tokens, and decoding does not "clean up" spaces, so encode and decode
+  give minigpt's ids and the text back.
+
+The folder is built in a temporary folder beside out_dir and renamed into place, so a failure
+never leaves a half-written export. `transformers` is imported only when exporting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+from minigpt.errors import MiniGPTError
+
+LAYER_NORM_EPS = 1e-5
+
+# settings GPT-2 has no counterpart for: (field, its GPT-2-compatible values, what it sets).
+# A field a config lacks has the first compatible value (getattr's default), so this list can
+# name options before they exist.
+GPT2_SETTINGS = [
+    ("pos", ("learned",), "position embeddings"),
+    ("norm", ("layernorm",), "normalisation"),
+    ("mlp", ("gelu",), "MLP"),
+    ("qk_norm", (False, None), "query/key normalisation"),
+]
+# the values we know of, said plainly (any other value gets the generic wording)
+NO_COUNTERPART = {
+    ("pos", "rope"): "rotary position embeddings (pos='rope') have",
+    ("norm", "rmsnorm"): "RMSNorm (norm='rmsnorm') has",
+    ("mlp", "relu2"): "a squared-ReLU MLP (mlp='relu2') has",
+    ("mlp", "swiglu"): "a SwiGLU MLP (mlp='swiglu') has",
+    ("qk_norm", True): "query/key normalisation (qk_norm=True) has",
+}
+
+
+def check_exportable(config) -> None:
+    """Raise a one-line MiniGPTError naming the first setting of `config` (a ModelConfig, or
+    any object with its fields) that GPT-2 cannot hold; return None if GPT-2 holds it exactly."""
+    for field, compatible, what in GPT2_SETTINGS:
+        value = getattr(config, field, compatible[0])
+        if value not in compatible:
+            known = (r for (f, v), r in NO_COUNTERPART.items() if f == field and v == value)
+            reason = next(known, f"{what} {field}={value!r} has")
+            raise MiniGPTError(f"cannot export: {reason} no GPT-2 counterpart")
+    if config.n_embd % config.n_head:
+        raise MiniGPTError(f"cannot export: n_embd ({config.n_embd}) is not divisible by "
+                           f"n_head ({config.n_head})")
+
+
+def check_modules(model: nn.Module) -> None:
+    """The model's own layers, as a second check beside its config: every norm is a
+    LayerNorm with eps 1e-5 and every MLP activation is the exact (erf) GELU."""
+    for name, module in model.named_modules():
+        if name.endswith(("ln1", "ln2", "ln_f")) and not (
+                isinstance(module, nn.LayerNorm) and module.eps == LAYER_NORM_EPS):
+            raise MiniGPTError(f"cannot export: {name} is not a LayerNorm with eps "
+                               f"{LAYER_NORM_EPS} (GPT-2's norm)")
+        if name.endswith("ff.1") and not (
+                isinstance(module, nn.GELU) and module.approximate == "none"):
+            raise MiniGPTError(f"cannot export: {name} is not the exact GELU (GPT-2's "
+                               f"activation 'gelu')")
+
+
+def gpt2_config_kwargs(config) -> dict:
+    """GPT2Config's arguments for a MiniGPT of this config (see the module docstring)."""
+    return {
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": 4 * config.n_embd,
+        "activation_function": "gelu",  # exact erf GELU, as nn.GELU(); not GPT-2's gelu_new
+        "layer_norm_epsilon": LAYER_NORM_EPS,
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "scale_attn_weights": True,  # 1/sqrt(head_dim), as scaled_dot_product_attention
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "tie_word_embeddings": bool(config.tie_weights),
+        "bos_token_id": None,
+        "eos_token_id": None,
+        "pad_token_id": None,
+    }
+
+
+def conv1d_weight(linear_weight: torch.Tensor) -> torch.Tensor:
+    """nn.Linear's weight (out, in) -> Conv1D's weight (in, out)."""
+    return linear_weight.t().contiguous()  # (in, out)
+
+
+def bias_or_zeros(sd: dict[str, torch.Tensor], name: str, size: int) -> torch.Tensor:
+    """sd's bias `name`, or zeros (size,) where the model was built without biases."""
+    bias = sd.pop(name, None)
+    return torch.zeros(size) if bias is None else bias
+
+
+def block_tensors(sd: dict[str, torch.Tensor], i: int, C: int) -> dict[str, torch.Tensor]:
+    """Block i's tensors under GPT-2's names, taken (popped) from minigpt's state dict sd."""
+    src, dst = f"blocks.{i}.", f"transformer.h.{i}."
+    out = {}
+    for mine, theirs in (("ln1", "ln_1"), ("ln2", "ln_2")):
+        out[f"{dst}{theirs}.weight"] = sd.pop(f"{src}{mine}.weight")
+        out[f"{dst}{theirs}.bias"] = bias_or_zeros(sd, f"{src}{mine}.bias", C)
+    qkv = [sd.pop(f"{src}attn.W{n}.weight") for n in "qkv"]  # each (C, C): (out, in)
+    out[f"{dst}attn.c_attn.weight"] = conv1d_weight(torch.cat(qkv, dim=0))  # (3C, C) -> (C, 3C)
+    out[f"{dst}attn.c_attn.bias"] = torch.cat(
+        [bias_or_zeros(sd, f"{src}attn.W{n}.bias", C) for n in "qkv"])  # (3C,)
+    linears = (("attn.Wo", "attn.c_proj", C), ("ff.0", "mlp.c_fc", 4 * C),
+               ("ff.2", "mlp.c_proj", C))
+    for mine, theirs, n_out in linears:
+        out[f"{dst}{theirs}.weight"] = conv1d_weight(sd.pop(f"{src}{mine}.weight"))  # (in, out)
+        out[f"{dst}{theirs}.bias"] = bias_or_zeros(sd, f"{src}{mine}.bias", n_out)
+    return out
+
+
+def gpt2_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """MiniGPT's weights under GPT2LMHeadModel's names and layouts, float32 on the CPU.
+
+    Every parameter must find a place: one left over (a layer GPT-2 does not have) or one
+    missing is a one-line MiniGPTError."""
+    cfg = model.config
+    sd = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+    C = cfg.n_embd
+    try:
+        out = {"transformer.wte.weight": sd.pop("token_emb.weight"),
+               "transformer.wpe.weight": sd.pop("pos_emb.weight")}
+        for i in range(cfg.n_layer):
+            out |= block_tensors(sd, i, C)
+        out["transformer.ln_f.weight"] = sd.pop("ln_f.weight")
+        out["transformer.ln_f.bias"] = bias_or_zeros(sd, "ln_f.bias", C)
+        out["lm_head.weight"] = sd.pop("lm_head.weight")  # (V, C): a Linear in GPT-2 too
+    except KeyError as e:
+        raise MiniGPTError(f"cannot export: the model has no parameter {e.args[0]}") from None
+    if sd:
+        raise MiniGPTError(f"cannot export: parameter(s) with no GPT-2 counterpart: "
+                           f"{', '.join(sorted(sd))}")
+    return out
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise MiniGPTError("exporting needs transformers: pip install transformers") from None
+    return transformers
+
+
+def build_gpt2(model: nn.Module):
+    """A transformers GPT2LMHeadModel (eval mode) computing what `model` computes."""
+    check_exportable(model.config)
+    check_modules(model)
+    tf = _transformers()
+    tensors = gpt2_state_dict(model)
+    hf = tf.GPT2LMHeadModel(tf.GPT2Config(**gpt2_config_kwargs(model.config)))
+    # strict: every GPT-2 weight is set and has the shape GPT-2 expects; with tied weights
+    # wte and lm_head are one tensor there and receive the same values
+    try:
+        hf.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:  # a shape GPT-2 does not have (say, fewer key/value heads)
+        first = str(e).strip().splitlines()[-1].strip()
+        raise MiniGPTError(f"cannot export: the weights do not fit GPT-2: {first}") from None
+    return hf.eval()
+
+
+def char_hf_tokenizer(chars: list[str]):
+    """A `tokenizers` Tokenizer with minigpt's character ids: every character (newlines too)
+    is its own token, looked up in a word-level vocabulary; decoding joins with no spaces. A
+    character outside the vocabulary is an error, as with minigpt's CharTokenizer."""
+    hf = Tokenizer(models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token=None))
+    # [\s\S]: any one character, line breaks included (unlike ".")
+    hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    hf.decoder = decoders.Fuse()
+    return hf
+
+
+def bpe_hf_tokenizer(tokenizer):
+    """A copy of a BPETokenizer's byte-level `tokenizers` Tokenizer (ByteLevel decoder too)."""
+    return Tokenizer.from_str(tokenizer.hf.to_str())
+
+
+def hf_tokenizer(tokenizer):
+    """minigpt's tokenizer (of either kind) as a `tokenizers` Tokenizer with the same ids."""
+    kind = getattr(tokenizer, "kind", None)
+    if kind == "char":
+        return char_hf_tokenizer(list(tokenizer.chars))
+    if kind == "bpe":
+        return bpe_hf_tokenizer(tokenizer)
+    raise MiniGPTError(f"cannot export a tokenizer of kind {kind!r} (expected 'char' or 'bpe')")
+
+
+def tokenizer_config(block_size: int) -> dict:
+    """tokenizer_config.json: a plain PreTrainedTokenizerFast over tokenizer.json, no special
+    tokens, no space clean-up on decode (it would turn "a ." into "a.")."""
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": block_size,
+    }
+
+
+def check_vocab(model: nn.Module, tokenizer) -> None:
+    """The tokenizer's ids must all be rows of the model's embedding."""
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise MiniGPTError(f"cannot export: the tokenizer has {tokenizer.vocab_size} tokens but "
+                           f"the model only {model.config.vocab_size}")
+
+
+def check_out_dir(out: Path) -> None:
+    """out may not exist yet, or be an empty folder; anything else is refused."""
+    if out.is_dir() and any(out.iterdir()):
+        raise MiniGPTError(f"{out} already exists and is not empty; choose another folder")
+    if out.exists() and not out.is_dir():
+        raise MiniGPTError(f"{out} already exists and is not a folder")
+
+
+def _finish_files(folder: Path) -> None:
+    """Flush every file to disk and give the folder and its files the usual permissions
+    (mkdtemp makes the folder 0700, and some writers make files 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+            path.chmod(0o666 & ~mask)
+    folder.chmod(0o777 & ~mask)
+
+
+@contextmanager
+def staging_dir(out: Path) -> Iterator[Path]:
+    """A temporary folder beside out to write into; renamed onto out if the block succeeds,
+    removed (and out untouched) if it fails."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        _finish_files(tmp)
+        if out.is_dir():
+            out.rmdir()  # empty (check_out_dir); fails, keeping it, if something appeared
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_export(hf_model, hf_tok: Tokenizer, block_size: int, folder: Path) -> None:
+    """Write config.json, generation_config.json, model.safetensors (save_pretrained),
+    tokenizer.json and tokenizer_config.json into folder."""
+    hf_model.save_pretrained(folder, safe_serialization=True)
+    hf_tok.save(str(folder / "tokenizer.json"))
+    text = json.dumps(tokenizer_config(block_size), indent=2) + "\n"
+    (folder / "tokenizer_config.json").write_text(text, encoding="utf-8")
+
+
+def export_hf(model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
+    """Write `model` (a MiniGPT) and its tokenizer to out_dir as a GPT-2 that
+    AutoModelForCausalLM and AutoTokenizer load; return the folder.
+
+    out_dir must not exist or be empty. Everything is checked and converted before anything
+    is written, and the folder appears whole or not at all."""
+    out = Path(out_dir)
+    check_out_dir(out)
+    check_vocab(model, tokenizer)
+    hf_model = build_gpt2(model)
+    hf_tok = hf_tokenizer(tokenizer)
+    with staging_dir(out) as tmp:
+        write_export(hf_model, hf_tok, model.config.block_size, tmp)
+    return out
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, tag: str = "best") -> Path:
+    """Export a run folder's checkpoint `tag` ("best", "last", "step-000500"); see export_hf."""
+    from minigpt.checkpoint import load_model
+
+    check_out_dir(Path(out_dir))  # before loading: refuse early
+    model, tokenizer, _meta = load_model(run_dir, tag)
+    return export_hf(model, tokenizer, out_dir)

@@ -1,0 +1,317 @@
+"""minigpt.export, with transformers as the oracle: the exported folder, loaded by
+AutoModelForCausalLM and AutoTokenizer from disk (offline), must compute minigpt's logits, make
+minigpt's greedy continuations and encode/decode as minigpt's tokenizer does."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn as nn
+
+from minigpt import export
+from minigpt.errors import MiniGPTError
+from minigpt.export import check_exportable, export_hf, export_run
+from minigpt.model import MiniGPT
+from minigpt.sample import generate
+from minigpt.tokenizer import BPETokenizer, CharTokenizer
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers and huggingface_hub are imported
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """Offline even if huggingface_hub was imported (reading the variable) before this module."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+TEXT = (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
+    "All:\nSpeak, speak.\n\nFirst Citizen:\nYou are all resolved rather to die than to "
+    "famish?\n\nAll:\nResolved. resolved.\n\t(tab) and  two spaces , odd ! spacing .\n"
+) * 4
+BLOCK = 32
+
+
+@pytest.fixture(scope="module")
+def char_tok() -> CharTokenizer:
+    return CharTokenizer.from_text(TEXT)
+
+
+@pytest.fixture(scope="module")
+def bpe_tok() -> BPETokenizer:
+    return BPETokenizer.train([TEXT], 300)
+
+
+def peaked_model(vocab: int, bias: bool = True, tie: bool = False, seed: int = 0) -> MiniGPT:
+    """A small MiniGPT whose weights are scaled up and biases randomised, so its logits are far
+    from uniform and greedy decoding has clear winners (no near-ties)."""
+    torch.manual_seed(seed)
+    model = MiniGPT(vocab, n_embd=32, n_head=4, n_layer=2, block_size=BLOCK, bias=bias,
+                    tie_weights=tie)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() > 1:
+                p.mul_(15.0)
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.2)
+            else:  # LayerNorm gains
+                p.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def load_hf(folder):
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    return model.eval(), tokenizer
+
+
+CASES = [  # (tokenizer, bias, tie_weights): each setting on both sides
+    ("char", True, False),
+    ("char", False, True),
+    ("bpe", True, True),
+    ("bpe", False, False),
+]
+
+
+@pytest.mark.parametrize(("kind", "bias", "tie"), CASES)
+def test_logits_and_greedy_generation_match(tmp_path, char_tok, bpe_tok, kind, bias, tie):
+    tok = char_tok if kind == "char" else bpe_tok
+    model = peaked_model(tok.vocab_size, bias=bias, tie=tie)
+    out = export_hf(model, tok, tmp_path / "hf")
+    hf, hf_tok = load_hf(out)
+
+    assert isinstance(hf, transformers.GPT2LMHeadModel)
+    assert (hf.lm_head.weight is hf.transformer.wte.weight) == tie
+    assert hf.config.n_positions == BLOCK and hf.config.activation_function == "gelu"
+
+    idx = torch.tensor([tok.encode(TEXT)[:BLOCK], tok.encode(TEXT)[5:BLOCK + 5]])  # (2, 32)
+    with torch.no_grad():
+        ours = model(idx)[0]  # (2, 32, V)
+        theirs = hf(idx).logits  # (2, 32, V)
+    assert ours.std() > 1.0  # far from uniform: the comparison means something
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
+
+    prompt = "First Citizen:\n"
+    ids = hf_tok(prompt, return_tensors="pt").input_ids  # (1, T): transformers' own encoding
+    assert ids[0].tolist() == tok.encode(prompt)
+    n_new = BLOCK - ids.size(1)  # GPT-2 cannot go past n_positions
+    mine = generate(model, ids, n_new, temperature=0)  # (1, BLOCK)
+    with torch.no_grad():
+        hf_out = hf.generate(ids, max_new_tokens=n_new, do_sample=False)  # (1, BLOCK)
+    assert hf_out.tolist() == mine.tolist()
+    assert len(set(mine[0, ids.size(1):].tolist())) > 1  # not one token over and over
+    assert hf_tok.decode(hf_out[0]) == tok.decode(mine[0].tolist())
+
+
+ROUND_TRIPS = [
+    "First Citizen:\nSpeak, speak.\n\n",
+    "  two spaces , odd ! spacing . and\ttabs\n",
+    "Resolved.resolved?die",
+]
+
+
+@pytest.mark.parametrize("text", ROUND_TRIPS)
+def test_char_tokenizer_round_trip(tmp_path, char_tok, text):
+    export_hf(peaked_model(char_tok.vocab_size), char_tok, tmp_path / "hf")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ids = hf_tok.encode(text, add_special_tokens=False)
+    assert ids == char_tok.encode(text)
+    assert hf_tok.encode(text) == ids  # nothing is added by default either
+    assert hf_tok.decode(ids) == text
+
+
+@pytest.mark.parametrize("text", [*ROUND_TRIPS, "never seen: ünïcödé 日本語 🙂 \r\n"])
+def test_bpe_tokenizer_round_trip(tmp_path, bpe_tok, text):
+    export_hf(peaked_model(bpe_tok.vocab_size), bpe_tok, tmp_path / "hf")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ids = hf_tok.encode(text, add_special_tokens=False)
+    assert ids == bpe_tok.encode(text)
+    assert hf_tok.encode(text) == ids
+    assert hf_tok.decode(ids) == text
+
+
+def test_char_tokenizer_refuses_unseen_characters(tmp_path, char_tok):
+    """minigpt's CharTokenizer raises on a character it has no id for; so does the export
+    (rather than dropping it or inventing an id)."""
+    export_hf(peaked_model(char_tok.vocab_size), char_tok, tmp_path / "hf")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    with pytest.raises(MiniGPTError):
+        char_tok.encode("speak 日")
+    with pytest.raises(Exception, match="UNK"):
+        hf_tok.encode("speak 日")
+
+
+def test_folder_contents_and_config(tmp_path, char_tok):
+    model = MiniGPT(char_tok.vocab_size, n_embd=32, n_head=4, n_layer=1, block_size=BLOCK,
+                    dropout=0.1)
+    out = export_hf(model, char_tok, tmp_path / "hf")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+        "tokenizer_config.json"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "gpt2"
+    assert config["layer_norm_epsilon"] == 1e-5
+    assert config["attn_pdrop"] == config["resid_pdrop"] == config["embd_pdrop"] == 0.1
+    assert config["bos_token_id"] is config["eos_token_id"] is config["pad_token_id"] is None
+    assert config["tie_word_embeddings"] is False
+    tok_config = json.loads((out / "tokenizer_config.json").read_text())
+    assert tok_config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert tok_config["model_max_length"] == BLOCK
+    assert not list(tmp_path.glob(".*"))  # no temporary folder left beside it
+
+
+def test_default_config_is_exportable():
+    assert check_exportable(MiniGPT(10, n_embd=8, n_head=2, n_layer=1).config) is None
+
+
+UNSUPPORTED = [
+    ({"pos": "rope"}, "cannot export: rotary position embeddings (pos='rope') have no GPT-2 "
+                      "counterpart"),
+    ({"norm": "rmsnorm"}, "norm='rmsnorm'"),
+    ({"mlp": "relu2"}, "mlp='relu2'"),
+    ({"mlp": "swiglu"}, "mlp='swiglu'"),
+    ({"qk_norm": True}, "qk_norm=True"),
+    ({"pos": "alibi"}, "pos='alibi'"),  # a value the exporter has never heard of
+    ({"pos": "learned", "norm": "layernorm", "mlp": "gelu", "qk_norm": False}, None),
+]
+
+
+@pytest.mark.parametrize(("extra", "message"), UNSUPPORTED)
+def test_unsupported_settings_are_one_line_errors(tmp_path, char_tok, extra, message):
+    model = peaked_model(char_tok.vocab_size)
+    model.config = SimpleNamespace(**{**dataclasses.asdict(model.config), **extra})
+    if message is None:  # the GPT-2-compatible values, spelled out: accepted
+        check_exportable(model.config)
+        return
+    with pytest.raises(MiniGPTError) as err:
+        export_hf(model, char_tok, tmp_path / "hf")
+    text = str(err.value)
+    assert "\n" not in text and text.startswith("cannot export:") and message in text
+    assert "no GPT-2 counterpart" in text
+    assert not (tmp_path / "hf").exists() and not list(tmp_path.iterdir())
+
+
+def test_layers_gpt2_lacks_are_refused(tmp_path, char_tok):
+    """The model itself is checked beside its config: an extra parameter, a tanh GELU or
+    another norm has no place in GPT-2."""
+    extra = peaked_model(char_tok.vocab_size)
+    extra.blocks[0].attn.q_norm = nn.LayerNorm(8)
+    with pytest.raises(MiniGPTError, match=r"no GPT-2 counterpart: blocks\.0\.attn\.q_norm"):
+        export_hf(extra, char_tok, tmp_path / "a")
+    tanh = peaked_model(char_tok.vocab_size)
+    tanh.blocks[1].ff[1] = nn.GELU(approximate="tanh")
+    with pytest.raises(MiniGPTError, match=r"blocks\.1\.ff\.1 is not the exact GELU"):
+        export_hf(tanh, char_tok, tmp_path / "b")
+    norm = peaked_model(char_tok.vocab_size)
+    norm.ln_f = nn.LayerNorm(32, eps=1e-6)
+    with pytest.raises(MiniGPTError, match="ln_f is not a LayerNorm with eps"):
+        export_hf(norm, char_tok, tmp_path / "c")
+    narrow = peaked_model(char_tok.vocab_size)
+    narrow.blocks[0].attn.Wk = nn.Linear(32, 16)  # fewer key heads than query heads
+    with pytest.raises(MiniGPTError, match="the weights do not fit GPT-2: size mismatch"):
+        export_hf(narrow, char_tok, tmp_path / "d")
+    assert not list(tmp_path.iterdir())
+
+
+def test_tokenizer_larger_than_the_model_is_refused(tmp_path, bpe_tok):
+    with pytest.raises(MiniGPTError, match="tokenizer has"):
+        export_hf(peaked_model(100), bpe_tok, tmp_path / "hf")
+
+
+def test_existing_folder_is_refused_and_left_alone(tmp_path, char_tok):
+    model = peaked_model(char_tok.vocab_size)
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    with pytest.raises(MiniGPTError, match="already exists and is not empty") as err:
+        export_hf(model, char_tok, out)
+    assert "\n" not in str(err.value)
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
+    assert (out / "mine.txt").read_text() == "keep me"
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(MiniGPTError, match="is not a folder"):
+        export_hf(model, char_tok, afile)
+
+
+def test_empty_existing_folder_is_used(tmp_path, char_tok):
+    (tmp_path / "hf").mkdir()
+    export_hf(peaked_model(char_tok.vocab_size), char_tok, tmp_path / "hf")
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
+
+
+def test_failure_part_way_leaves_nothing(tmp_path, char_tok, monkeypatch):
+    """The model files are written, then writing the tokenizer fails: no out_dir, and the
+    staging folder is gone too."""
+    parent = tmp_path / "sub"
+
+    def broken(block_size):
+        staged = list(parent.glob(".hf.*.tmp"))
+        assert len(staged) == 1 and (staged[0] / "model.safetensors").is_file()
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(export, "tokenizer_config", broken)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        export_hf(peaked_model(char_tok.vocab_size), char_tok, parent / "hf")
+    assert not (parent / "hf").exists()
+    assert not list(parent.iterdir())
+
+
+def test_export_run_from_a_trained_run(tmp_path):
+    from minigpt import resolve_config, train
+
+    text = tmp_path / "corpus.txt"
+    text.write_text(TEXT * 10)
+    run_dir = tmp_path / "run"
+    cfg = resolve_config("seed", None, {
+        "text": str(text), "n_layer": 1, "n_embd": 32, "n_head": 2, "block_size": 32,
+        "batch_size": 8, "steps": 10, "eval_every": 5, "sample_tokens": 0,
+        "gradflow_every": 0, "attention_every": 0, "sample_every": 0, "plots": False,
+    })
+    train(cfg, run_dir, progress=False)
+
+    out = export_run(run_dir, tmp_path / "hf")
+    from minigpt.checkpoint import load_model
+
+    model, tok, _ = load_model(run_dir, "best")
+    hf, hf_tok = load_hf(out)
+    prompt = "First Citizen:\n"
+    ids = hf_tok(prompt, return_tensors="pt").input_ids  # (1, T)
+    assert ids[0].tolist() == tok.encode(prompt)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, model(ids)[0], atol=1e-5, rtol=0)
+    with pytest.raises(MiniGPTError, match="already exists"):
+        export_run(run_dir, out)
+
+
+def test_the_command_exports_a_run_whose_greedy_text_is_minigpt_samples(cli_run, tmp_path):
+    """`minigpt export`, then transformers as the oracle: its greedy continuation of a prompt
+    is what `minigpt sample --temperature 0` prints."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from conftest import run_cli
+
+    run, _, _ = cli_run
+    out = tmp_path / "hf"
+    r = run_cli("export", "--run", str(run), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "from_pretrained" in r.stdout
+    sample = run_cli("sample", "--run", str(run), "--prompt", "ROMEO:", "--temperature", "0",
+                     "--max-new-tokens", "20")
+    assert sample.returncode == 0, sample.stderr
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    ids = tokenizer("ROMEO:", return_tensors="pt").input_ids
+    text = tokenizer.decode(model.generate(ids, max_new_tokens=20, do_sample=False)[0])
+    assert text == sample.stdout.rstrip("\n")
+    again = run_cli("export", "--run", str(run), "--out", str(out))
+    assert again.returncode == 2 and again.stderr.count("\n") == 1
