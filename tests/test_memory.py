@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from minigpt import MiniGPT, MiniGPTError, load_checkpoint, resolve_config, train
+from minigpt.diagnostics.probes import Probe
 from minigpt.performance import peak_memory
 
 # One training step's peak resident memory, in a process of its own (ru_maxrss: the peak).
@@ -18,6 +19,7 @@ import json, resource, sys
 import psutil, torch
 from minigpt import MiniGPT, resolve_config
 from minigpt.optim import make_optimizer
+from minigpt.diagnostics.probes import Probe
 from minigpt.performance import peak_memory
 torch.set_num_threads(1)
 cfg = resolve_config(overrides=json.loads(sys.argv[1]))
@@ -78,22 +80,16 @@ def test_a_run_that_cannot_fit_is_refused_before_it_starts(tmp_path, capsys):
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
-class Hog:
+class Hog(Probe):
     """A probe that asks for far more memory than any machine has, at one step: a real
     allocation failure, raised from inside the loop."""
 
     def __init__(self, step):
         self.step = step
 
-    def start(self, run, state):
-        pass
-
     def on_row(self, row):
         if row["step"] == self.step:
             torch.empty(1 << 45, dtype=torch.uint8)  # 32 TiB
-
-    def end(self, summary):
-        pass
 
 
 def test_running_out_of_memory_mid_run_is_one_line_and_keeps_the_checkpoint(tmp_path):

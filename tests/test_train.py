@@ -18,6 +18,7 @@ from minigpt import (
     split_loss,
     train,
 )
+from minigpt.diagnostics.probes import Probe
 from minigpt.trainer import clip_gradients
 
 TINY = dict(n_layer=1, n_embd=32, n_head=2, block_size=32, batch_size=8, sample_tokens=0,
@@ -133,21 +134,15 @@ def test_checkpoint_round_trip_gives_identical_logits(small_text, tmp_path):
     assert not torch.equal(MiniGPT.from_config(run.cfg.model)(idx)[0], model(idx)[0])
 
 
-class CrashAt:
+class CrashAt(Probe):
     """A probe that raises KeyboardInterrupt at the metrics row of one step (a crash)."""
 
     def __init__(self, step):
         self.step = step
 
-    def start(self, run, state):
-        pass
-
     def on_row(self, row):
         if row["step"] == self.step:
             raise KeyboardInterrupt
-
-    def end(self, summary):
-        pass
 
 
 def test_resume_continues_exactly(small_text, tmp_path):

@@ -47,11 +47,6 @@ never leaves a half-written export. `transformers` is imported only when exporti
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -59,17 +54,16 @@ import torch.nn as nn
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
 from minigpt.errors import MiniGPTError
+from minigpt.files import atomic_folder
 
 LAYER_NORM_EPS = 1e-5
 
-# settings GPT-2 has no counterpart for: (field, its GPT-2-compatible values, what it sets).
-# A field a config lacks has the first compatible value (getattr's default), so this list can
-# name options before they exist.
+# settings GPT-2 has no counterpart for: (field, its GPT-2-compatible values, what it sets)
 GPT2_SETTINGS = [
     ("pos", ("learned",), "position embeddings"),
     ("norm", ("layernorm",), "normalisation"),
     ("mlp", ("gelu",), "MLP"),
-    ("qk_norm", (False, None), "query/key normalisation"),
+    ("qk_norm", (False,), "query/key normalisation"),
 ]
 # the values we know of, said plainly (any other value gets the generic wording)
 NO_COUNTERPART = {
@@ -85,7 +79,7 @@ def check_exportable(config) -> None:
     """Raise a one-line MiniGPTError naming the first setting of `config` (a ModelConfig, or
     any object with its fields) that GPT-2 cannot hold; return None if GPT-2 holds it exactly."""
     for field, compatible, what in GPT2_SETTINGS:
-        value = getattr(config, field, compatible[0])
+        value = getattr(config, field)
         if value not in compatible:
             known = (r for (f, v), r in NO_COUNTERPART.items() if f == field and v == value)
             reason = next(known, f"{what} {field}={value!r} has")
@@ -263,36 +257,6 @@ def check_out_dir(out: Path) -> None:
         raise MiniGPTError(f"{out} already exists and is not a folder")
 
 
-def _finish_files(folder: Path) -> None:
-    """Flush every file to disk and give the folder and its files the usual permissions
-    (mkdtemp makes the folder 0700, and some writers make files 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-            path.chmod(0o666 & ~mask)
-    folder.chmod(0o777 & ~mask)
-
-
-@contextmanager
-def staging_dir(out: Path) -> Iterator[Path]:
-    """A temporary folder beside out to write into; renamed onto out if the block succeeds,
-    removed (and out untouched) if it fails."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-        _finish_files(tmp)
-        if out.is_dir():
-            out.rmdir()  # empty (check_out_dir); fails, keeping it, if something appeared
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def write_export(hf_model, hf_tok: Tokenizer, block_size: int, folder: Path) -> None:
     """Write config.json, generation_config.json, model.safetensors (save_pretrained),
     tokenizer.json and tokenizer_config.json into folder."""
@@ -313,7 +277,7 @@ def export_hf(model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
     check_vocab(model, tokenizer)
     hf_model = build_gpt2(model)
     hf_tok = hf_tokenizer(tokenizer)
-    with staging_dir(out) as tmp:
+    with atomic_folder(out) as tmp:
         write_export(hf_model, hf_tok, model.config.block_size, tmp)
     return out
 

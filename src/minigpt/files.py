@@ -2,7 +2,8 @@
 
 Every file minigpt writes goes through `atomic_path`: it is written to a temporary file in the
 same folder, flushed to disk and renamed onto its name, so a reader (or a crash) only ever sees
-the old file or the new one. Logs that grow a line at a time (metrics.jsonl and the like) are
+the old file or the new one; a folder written whole (an export) goes through `atomic_folder`,
+the same for a folder. Logs that grow a line at a time (metrics.jsonl and the like) are
 appended with `append_line`, which cuts a failed write back off; `read_jsonl` still drops a
 line a crash tore (a SIGKILL in mid-write) and says so. `lock_folder` keeps a second process
 out of a run folder while the first is in it; the operating system drops the lock when the
@@ -16,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,6 +61,31 @@ def atomic_path(path: str | Path):
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(text.encode("utf-8"))
+
+
+@contextmanager
+def atomic_folder(path: str | Path):
+    """Yield a temporary folder beside `path` to write a whole folder into; on success fsync
+    its files and rename it onto `path` (which may be an empty folder); on any exception
+    remove it and leave `path` as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        mask = _umask()  # mkdtemp makes the folder 0700, and some writers make files 0600
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                with open(file, "rb") as f:
+                    os.fsync(f.fileno())
+                file.chmod(0o666 & ~mask)
+        tmp.chmod(0o777 & ~mask)
+        if path.is_dir():
+            path.rmdir()  # fails, keeping it, if it is not empty
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def append_line(path: str | Path, line: str) -> None:

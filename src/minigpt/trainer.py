@@ -391,7 +391,7 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
             if resume:
                 state = restore(run, "last")
             prepare_folder(run, state, resume)
-            return loop(run, state, list(probes) if run.world.is_main else [], progress)
+            return loop(run, state, list(probes) if main else [], progress)
     except (RuntimeError, MemoryError) as e:
         if not out_of_memory(e):
             raise
