@@ -41,7 +41,8 @@ import torch
 from minigpt import MiniGPT, lesson, performance, resolve_config
 from minigpt.data import Batches, Splits
 from minigpt.environment import resolve_device
-from minigpt.trainer import clip_gradients, make_optimizer, step_is_safe
+from minigpt.optim import make_optimizer
+from minigpt.step import MicroSteps, train_step
 
 VARIANTS = ("lesson", "minigpt", "float32-eager", "foreach-adamw", "compile", "bf16-autocast",
             "bf16-weights")
@@ -65,7 +66,7 @@ def lesson_variant(cfg, tokens: np.ndarray, device: torch.device):
 
 def minigpt_variant(cfg, tokens: np.ndarray, device: torch.device, dtype: str, compile: str,
                     fused: bool = True, bf16_weights: bool = False):
-    """minigpt's training step as trainer.train runs it, from the library's own pieces."""
+    """minigpt's training step as minigpt.train runs it, from the library's own pieces."""
     t = cfg.train
     model = MiniGPT.from_config(cfg.model).to(device)
     if bf16_weights:
@@ -79,17 +80,11 @@ def minigpt_variant(cfg, tokens: np.ndarray, device: torch.device, dtype: str, c
                       t.seed, device)
     compute = performance.choose_dtype(dtype, device)
     net = torch.compile(model) if performance.choose_compile(compile, device) else model
+    micro = MicroSteps(1, compute)
     model.train()
 
-    def step():  # the training loop's step (minigpt.trainer.loop), one micro-batch
-        xb, yb = batches.get_batch("train")
-        with torch.autocast(device.type, compute, enabled=compute != torch.float32):
-            _, loss = net(xb, yb)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if step_is_safe(optimizer, clip_gradients(model, t.grad_clip)):
-            optimizer.step()
-        return loss
+    def step():  # the training loop's step (minigpt.step.train_step)
+        return train_step(net, optimizer, batches, t.grad_clip, micro)[0]
 
     return step, (torch.bfloat16 if bf16_weights else compute)
 

@@ -11,7 +11,7 @@ import torch
 
 from conftest import run_cli, without_speed
 from minigpt import load_model
-from minigpt.diagnostics.plots import read_metrics
+from minigpt.files import read_jsonl
 
 pytest.importorskip("torch.distributed")
 if not torch.distributed.is_gloo_available():
@@ -69,7 +69,7 @@ def test_two_processes_match_one_process_accumulating_their_batches(ddp_run, cor
     r = run_cli("train", "--text", str(corpus), "--steps", "12", *SMALL, *options,
                 "--grad-accum", "2", "--out", str(one))
     assert r.returncode == 0, r.stderr
-    ddp_rows, one_rows = read_metrics(out / "metrics.jsonl"), read_metrics(one / "metrics.jsonl")
+    ddp_rows, one_rows = read_jsonl(out / "metrics.jsonl"), read_jsonl(one / "metrics.jsonl")
     assert [r["step"] for r in ddp_rows] == [r["step"] for r in one_rows] == list(range(12))
     for a, b in zip(ddp_rows, one_rows, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
@@ -99,8 +99,8 @@ def test_a_two_process_run_resumes_exactly(corpus, ddp_run, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     r = torchrun("train", "--resume", str(part), "--steps", "12")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert without_speed(read_metrics(part / "metrics.jsonl")) == \
-        without_speed(read_metrics(straight / "metrics.jsonl"))
+    assert without_speed(read_jsonl(part / "metrics.jsonl")) == \
+        without_speed(read_jsonl(straight / "metrics.jsonl"))
     a, b = weights(part), weights(straight)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -119,6 +119,6 @@ def test_a_time_budget_ends_every_process_after_the_same_step(corpus, tmp_path):
     r = torchrun("train", "--text", str(corpus), "--time-budget", "4", *SMALL, "--out",
                  str(out))
     assert r.returncode == 0, r.stderr[-3000:]
-    rows = read_metrics(out / "metrics.jsonl")
+    rows = read_jsonl(out / "metrics.jsonl")
     summary = json.loads((out / "summary.json").read_text())
     assert rows[-1]["time_s"] >= 4.0 and summary["steps"] == rows[-1]["step"] + 1 > 5

@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from minigpt import MiniGPT, MiniGPTError, resolve_config, train
 from minigpt.config import ModelConfig
-from minigpt.diagnostics.plots import read_metrics
+from minigpt.files import read_jsonl
 from minigpt.performance import (
     best_rate,
     choose_compile,
@@ -22,7 +22,7 @@ from minigpt.performance import (
     peak_flops,
     train_flops_per_token,
 )
-from minigpt.trainer import step_is_safe
+from minigpt.step import step_unless_nonfinite
 
 CPU = torch.device("cpu")
 
@@ -72,9 +72,10 @@ def test_auto_choices_per_device():
 
 
 def six_steps(optimizer_kind: str, fused: bool, oracle: bool):
-    """Six AdamW or SGD steps on a small model, steps 1 and 4 being bad. Through step_is_safe,
-    a bad step has NaN gradients; in the oracle it is a good batch whose step is simply not
-    taken. Returns the parameters, the optimizer state and the count of skipped steps."""
+    """Six AdamW or SGD steps on a small model, steps 1 and 4 being bad. Through
+    step_unless_nonfinite, a bad step has NaN gradients; in the oracle it is a good batch
+    whose step is simply not taken. Returns the parameters, the optimizer state and the count
+    of skipped steps."""
     torch.manual_seed(0)
     model = MiniGPT(20, n_embd=16, n_head=2, n_layer=1, block_size=8)
     params = list(model.parameters())
@@ -92,8 +93,7 @@ def six_steps(optimizer_kind: str, fused: bool, oracle: bool):
         norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         if not oracle:
             skipped += ~torch.isfinite(norm)
-            if step_is_safe(opt, norm):
-                opt.step()
+            step_unless_nonfinite(opt, norm)
         elif not bad:
             opt.step()
     state = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
@@ -128,7 +128,7 @@ def short_run(text, tmp_path, name, **overrides):
         "eval_batches": 4, "gradflow_every": 0, "attention_every": 0, "sample_every": 0,
         "plots": False, **overrides})
     summary = train(cfg, tmp_path / name, progress=False).summary
-    return summary, read_metrics(tmp_path / name / "metrics.jsonl")
+    return summary, read_jsonl(tmp_path / name / "metrics.jsonl")
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import pytest
 
 from minigpt import resolve_config, train
 from minigpt.diagnostics.compare import compare, parse_axis, variants
-from minigpt.diagnostics.plots import read_metrics
 from minigpt.diagnostics.probes import standard_probes
+from minigpt.files import read_jsonl
 
 PNG = b"\x89PNG\r\n\x1a\n"
 TINY = dict(n_layer=2, n_embd=32, n_head=2, block_size=32, batch_size=8, sample_tokens=0,
@@ -44,9 +44,9 @@ def test_curves_drawn(probed_run):
 
 
 def test_gradflow_probe_matches_the_loops_gradient_norm(probed_run):
-    flows = read_metrics(probed_run / "gradflow.jsonl")
+    flows = read_jsonl(probed_run / "gradflow.jsonl")
     assert [r["step"] for r in flows] == [0, 5, 10, 15, 20]
-    norms = {r["step"]: r["grad_norm"] for r in read_metrics(probed_run / "metrics.jsonl")}
+    norms = {r["step"]: r["grad_norm"] for r in read_jsonl(probed_run / "metrics.jsonl")}
     for r in flows:  # no clipping: the probe sees the same gradients the loop measured
         total = math.sqrt(sum(v * v for v in r["layers"].values()))
         assert total == pytest.approx(norms[r["step"]], rel=1e-4)
@@ -59,7 +59,7 @@ def test_attention_snapshots_and_samples(probed_run):
     assert shots == ["step-000000.png", "step-000010.png", "step-000020.png",
                      "step-000021.png"]
     assert_png(probed_run / "attention" / "step-000021.png")
-    samples = read_metrics(probed_run / "samples.jsonl")
+    samples = read_jsonl(probed_run / "samples.jsonl")
     assert [s["step"] for s in samples] == [0, 10, 20, 21]
     assert all(s["text"].startswith("ROMEO:") and len(s["text"]) == 206 for s in samples)
 
@@ -74,7 +74,7 @@ def test_tensorboard_event_files_hold_the_tags(probed_run):
     assert {"grad_norm/blocks.0", "grad_norm/lm_head"} <= scalars
     assert "attention" in acc.Tags()["images"]
     train_losses = [e.value for e in acc.Scalars("loss/train")]
-    logged = [r["train_loss"] for r in read_metrics(probed_run / "metrics.jsonl")]
+    logged = [r["train_loss"] for r in read_jsonl(probed_run / "metrics.jsonl")]
     assert train_losses == pytest.approx(logged)
 
 
@@ -84,8 +84,8 @@ def test_clipped_run_probe_sees_clipped_gradients(tmp_path):
     cfg = tiny(text, steps=6, eval_every=5, log_every=1, gradflow_every=1, grad_clip=0.05,
                attention_every=0, sample_every=0)
     train(cfg, tmp_path / "run", progress=False, probes=standard_probes(cfg))
-    norms = {r["step"]: r["grad_norm"] for r in read_metrics(tmp_path / "run/metrics.jsonl")}
-    for r in read_metrics(tmp_path / "run/gradflow.jsonl"):
+    norms = {r["step"]: r["grad_norm"] for r in read_jsonl(tmp_path / "run/metrics.jsonl")}
+    for r in read_jsonl(tmp_path / "run/gradflow.jsonl"):
         total = math.sqrt(sum(v * v for v in r["layers"].values()))
         assert total == pytest.approx(min(norms[r["step"]], 0.05), rel=1e-3)
 
@@ -106,7 +106,7 @@ def test_compare_starts_every_variant_from_the_same_weights_and_batches(tmp_path
     table = compare(variants("sgd:0.5,adamw:0.003"), tmp_path / "cmp", common=common,
                     progress=False)
     assert [r["variant"] for r in table] == ["sgd lr 0.5", "adamw lr 0.003"]
-    runs = [read_metrics(tmp_path / "cmp" / r["folder"] / "metrics.jsonl") for r in table]
+    runs = [read_jsonl(tmp_path / "cmp" / r["folder"] / "metrics.jsonl") for r in table]
     assert runs[0][0]["train_loss"] == runs[1][0]["train_loss"]  # same init, same batch
     assert runs[0][5]["train_loss"] != runs[1][5]["train_loss"]  # different updates
     assert_png(tmp_path / "cmp" / "compare.png")
@@ -138,7 +138,7 @@ def test_compare_of_model_options_tables_the_time_to_each_target(tmp_path):
     runs = {"lesson": {}, "+rope+muon": {"pos": "rope", "optimizer": "muon"}}
     table = compare(runs, tmp_path / "cmp", common=common, progress=False)
     for row in table:
-        rows = read_metrics(tmp_path / "cmp" / row["folder"] / "metrics.jsonl")
+        rows = read_jsonl(tmp_path / "cmp" / row["folder"] / "metrics.jsonl")
         evals = [r for r in rows if "val_loss" in r]
         for target in ("3", "2.5"):
             first = next((r["time_s"] for r in evals if r["val_loss"] <= float(target)), None)

@@ -16,8 +16,8 @@ import torch
 
 from conftest import run_cli, without_speed
 from minigpt import MiniGPTError, load_checkpoint, load_model, resolve_config, train
-from minigpt.diagnostics.plots import read_metrics
 from minigpt.diagnostics.probes import Probe
+from minigpt.files import read_jsonl
 from minigpt.signals import StopSignals
 
 QUIET = ["--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--block-size", "32",
@@ -72,10 +72,10 @@ def test_signal_saves_and_resume_matches_an_uninterrupted_run(text, tmp_path, si
 
     resumed = run_cli("train", "--resume", str(stopped), "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
-    assert without_speed(read_metrics(stopped / "metrics.jsonl")) == without_speed(
-        read_metrics(tmp_path / "straight" / "metrics.jsonl"))
+    assert without_speed(read_jsonl(stopped / "metrics.jsonl")) == without_speed(
+        read_jsonl(tmp_path / "straight" / "metrics.jsonl"))
     assert same_weights(stopped, tmp_path / "straight")
-    times = [r["time_s"] for r in read_metrics(stopped / "metrics.jsonl")]
+    times = [r["time_s"] for r in read_jsonl(stopped / "metrics.jsonl")]
     assert times == sorted(times)  # the training clock carries over the resume
     summary = json.loads((stopped / "summary.json").read_text())
     assert summary["train_s"] >= times[-1]
@@ -157,9 +157,9 @@ class PoisonBatches(Probe):
     def __init__(self, steps):
         self.steps = set(steps)
 
-    def start(self, run, state):
+    def start(self, run):
         def hook(module, args, output):
-            if module.training and state.step in self.steps:
+            if module.training and run.state.step in self.steps:
                 return output * float("nan")
         run.model.lm_head.register_forward_hook(hook)
 
@@ -174,7 +174,7 @@ def nan_config(text, skip):
 def test_nonfinite_batches_are_skipped_when_allowed(text, tmp_path):
     summary = train(nan_config(text, 2), tmp_path / "run", progress=False,
                     probes=[PoisonBatches({3, 5})]).summary
-    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in rows if r["train_loss"] is None] == [3, 5]
     assert all(r["grad_norm"] is None for r in rows if r["train_loss"] is None)
     model = load_model(tmp_path / "run", "last")[0]
@@ -367,7 +367,7 @@ def test_torn_last_lines_are_dropped_with_a_warning(good_run, tmp_path):
     assert "dropped 1 damaged line" in report.stdout + report.stderr
     resumed = run_cli("train", "--resume", str(run), "--steps", "14", "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
-    rows = read_metrics(run / "metrics.jsonl")
+    rows = read_jsonl(run / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(14))
     assert all(json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
 
@@ -466,6 +466,6 @@ def test_killed_at_random_moments_and_resumed_ends_as_an_uninterrupted_run(text,
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert steps_at_kills[-1] > 0  # it had made progress before at least one kill
-    assert without_speed(read_metrics(run / "metrics.jsonl")) == without_speed(
-        read_metrics(tmp_path / "straight" / "metrics.jsonl"))
+    assert without_speed(read_jsonl(run / "metrics.jsonl")) == without_speed(
+        read_jsonl(tmp_path / "straight" / "metrics.jsonl"))
     assert same_weights(run, tmp_path / "straight")

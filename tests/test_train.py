@@ -19,7 +19,7 @@ from minigpt import (
     train,
 )
 from minigpt.diagnostics.probes import Probe
-from minigpt.trainer import clip_gradients
+from minigpt.step import clip_gradients
 
 TINY = dict(n_layer=1, n_embd=32, n_head=2, block_size=32, batch_size=8, sample_tokens=0,
             eval_batches=4)
@@ -120,14 +120,14 @@ def test_early_stopping_ends_the_run(small_text, tmp_path, caplog):
 
 
 def test_checkpoint_round_trip_gives_identical_logits(small_text, tmp_path):
-    from minigpt.trainer import open_run
+    from minigpt.run import open_run
 
     trained = train(tiny_config(small_text, steps=15, eval_every=7), tmp_path / "run",
                     progress=False).model
     model, tok, meta = load_model(tmp_path / "run", "last")
     assert meta["step"] == 15
-    run, state = open_run(tmp_path / "run", "last")  # the run rebuilt, then restored
-    assert state.step == 15
+    run = open_run(tmp_path / "run", "last")  # the run rebuilt, then restored
+    assert run.state.step == 15
     idx = torch.tensor([tok.encode("the quick brown fox")])
     torch.testing.assert_close(model(idx)[0], run.model.eval()(idx)[0], rtol=0, atol=0)
     torch.testing.assert_close(model(idx)[0], trained.eval()(idx)[0], rtol=0, atol=0)

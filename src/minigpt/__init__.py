@@ -29,26 +29,23 @@ from minigpt.data import (
     load_tokens,
 )
 from minigpt.errors import MiniGPTError
-from minigpt.model import CausalSelfAttention, MiniGPT, TransformerBlock, evaluating
+from minigpt.evaluate import estimate_loss, evaluating, split_loss
+from minigpt.model import CausalSelfAttention, MiniGPT, TransformerBlock
+from minigpt.optim import make_optimizer
+from minigpt.run import TrainState
 from minigpt.sample import KVCache, filter_logits, generate, stream
 from minigpt.schedule import lr_at
+from minigpt.step import MicroSteps, train_step
 from minigpt.tokenizer import BPETokenizer, CharTokenizer, load_tokenizer, tokenizer_from_dict
-from minigpt.trainer import (
-    TrainResult,
-    TrainState,
-    estimate_loss,
-    make_optimizer,
-    split_loss,
-    train,
-)
+from minigpt.trainer import TrainResult, train
 
 __all__ = [
     "BPETokenizer", "Batches", "CausalSelfAttention", "CharTokenizer", "DataConfig",
-    "DiagConfig", "KVCache", "MiniGPT", "MiniGPTError", "ModelConfig", "RunConfig",
+    "DiagConfig", "KVCache", "MicroSteps", "MiniGPT", "MiniGPTError", "ModelConfig", "RunConfig",
     "ShardedTokens", "Splits", "TrainConfig", "TrainResult", "TrainState", "TransformerBlock",
     "cache_dir", "download", "ensure_tinyshakespeare", "estimate_loss", "evaluating",
     "filter_logits", "generate", "get_batch", "lesson", "load_checkpoint", "load_corpus",
     "load_model", "load_tokenizer", "load_tokens", "lr_at", "make_optimizer", "prepare",
     "resolve_config", "resume_config", "save_checkpoint", "split_loss", "stream",
-    "tokenizer_from_dict", "train",
+    "tokenizer_from_dict", "train", "train_step",
 ]

@@ -321,9 +321,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_gradflow(args: argparse.Namespace) -> int:
     from minigpt.diagnostics.gradflow import format_table, probe_batch_stats
-    from minigpt.trainer import open_run, schedule_lr
+    from minigpt.run import open_run
+    from minigpt.trainer import schedule_lr
 
-    run, state = open_run(args.run, args.checkpoint, args.device)
+    run = open_run(args.run, args.checkpoint, args.device)
+    state = run.state
     lr = args.lr if args.lr is not None else schedule_lr(run.cfg.train, state.step)
     x, y = run.batches.get_batch("train")
     stats = probe_batch_stats(run.model, x, y, run.optimizer, lr=lr,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import sys
-import time
 
 from tqdm.auto import tqdm
 
@@ -35,68 +34,33 @@ def show_logs(level: int = logging.INFO) -> None:
     log.setLevel(level)
 
 
-class Meter:
-    """The training clock and speed: seconds spent training (across resumes; evaluation and
-    probes left out by calling `pause` after them), and tokens per second and MFU over the
-    steps since the last reading."""
+class Progress:
+    """The bar over the run's steps, or over its seconds with a time budget, with the latest
+    figures (disabled off a terminal or notebook, or when asked). t: a TrainConfig."""
 
-    def __init__(self, tokens_per_step: int, flops_per_token: float, peak_flops: float,
-                 step: int, seconds: float = 0.0):
-        self.tokens_per_step = tokens_per_step
-        self.flops_per_token = flops_per_token
-        self.peak_flops = peak_flops
-        self.seconds = seconds  # training seconds so far, this run's before this process too
-        self.steps, self.timed = 0, 0.0  # steps and seconds timed by this process
-        self.step0, self.t0 = step, time.perf_counter()
+    def __init__(self, t, step: int, seconds: float, enabled: bool):
+        self.budget = t.time_budget
+        total, done, unit = (t.time_budget, seconds, "s") if self.budget else (t.steps, step,
+                                                                                "step")
+        self.val = math.nan  # the latest validation loss
+        self.bar = tqdm(total=total, initial=round(done, 1), unit=unit, dynamic_ncols=True,
+                        leave=False, disable=None if enabled else True,
+                        bar_format=None if not self.budget else
+                        "{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]")
 
-    def pause(self) -> None:
-        """Start the next interval now: what happened since the last reading is not counted."""
-        self.t0 = time.perf_counter()
+    def advance(self, step: int, seconds: float) -> None:
+        """To `step` steps done, or to `seconds` of training with a time budget."""
+        self.bar.update((min(seconds, self.budget) if self.budget else step) - self.bar.n)
 
-    def elapsed(self) -> float:
-        """Training seconds so far, the interval being timed included."""
-        return self.seconds + time.perf_counter() - self.t0
+    def show(self, row: dict) -> None:
+        """A metrics row's figures, on the bar."""
+        self.val = row.get("val_loss", self.val)
+        self.bar.set_postfix(loss=fmt(row["train_loss"], ".3f"), val=f"{self.val:.3f}",
+                             lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:,}",
+                             mfu=f"{row['mfu']:.0%}", refresh=False)
 
-    def read(self, step: int) -> dict:
-        """tokens_per_s and mfu over the steps since the last reading (`step` steps are done
-        now); the interval joins the training seconds."""
-        elapsed = max(time.perf_counter() - self.t0, 1e-9)
-        steps, self.step0, self.t0 = step - self.step0, step, time.perf_counter()
-        self.seconds += elapsed
-        self.steps += steps
-        self.timed += elapsed
-        return self._speed(steps * self.tokens_per_step / elapsed)
-
-    def overall(self) -> dict:
-        """tokens_per_s and mfu over every step this process timed."""
-        return self._speed(self.steps * self.tokens_per_step / max(self.timed, 1e-9))
-
-    def _speed(self, tokens_per_s: float) -> dict:
-        mfu = tokens_per_s * self.flops_per_token / self.peak_flops if self.peak_flops else 0.0
-        return {"tokens_per_s": round(tokens_per_s), "mfu": round(mfu, 4)}
-
-
-def progress_bar(t, state, enabled: bool) -> tqdm:
-    """The bar over the run's steps, or over its seconds with a time budget (disabled off a
-    terminal or notebook, or when asked). t: a TrainConfig; state: the loop's TrainState."""
-    total, done, unit = ((t.time_budget, state.seconds, "s") if t.time_budget else
-                         (t.steps, state.step, "step"))
-    return tqdm(total=total, initial=round(done, 1), unit=unit, dynamic_ncols=True,
-                leave=False, disable=None if enabled else True,
-                bar_format=None if not t.time_budget else
-                "{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]")
-
-
-def advance(bar: tqdm, t, steps: int, seconds: float) -> None:
-    """Move the bar to `steps` done, or to `seconds` of training with a time budget."""
-    bar.update((min(seconds, t.time_budget) if t.time_budget else steps) - bar.n)
-
-
-def show_row(bar: tqdm, row: dict, last_val: float) -> None:
-    """The latest figures, on the bar."""
-    bar.set_postfix(loss=fmt(row["train_loss"], ".3f"), val=f"{last_val:.3f}",
-                    lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:,}",
-                    mfu=f"{row['mfu']:.0%}", refresh=False)
+    def close(self) -> None:
+        self.bar.close()
 
 
 def log_start(run, peak: float) -> None:

@@ -258,10 +258,10 @@ class Batches:
         return get_batch(data, self.batch_size, self.block_size, self.generators[key],
                          self.device)
 
-    def rng_state(self) -> dict[str, torch.Tensor]:
+    def state_dict(self) -> dict[str, torch.Tensor]:
         """Every stream's generator state, by name (what a checkpoint keeps)."""
         return {name: g.get_state() for name, g in self.generators.items()}
 
-    def set_rng_state(self, states: dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, states: dict[str, torch.Tensor]) -> None:
         for name, g in self.generators.items():
             g.set_state(states[name])

@@ -129,6 +129,16 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return rows
 
 
+def truncate_jsonl(path: str | Path, step: int) -> None:
+    """Keep only the rows of a JSON-lines log from steps before `step` (those a checkpoint at
+    `step` includes), and none that a crash tore: a resumed run writes the rest again."""
+    path = Path(path)
+    if path.exists():
+        kept = [row for row in read_jsonl(path) if row.get("step", step) < step]
+        atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n"
+                                        for row in kept))
+
+
 @contextmanager
 def lock_folder(folder: Path):
     """Hold `folder`/run.lock for the block: a second process asking for it fails at once with

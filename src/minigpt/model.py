@@ -21,13 +21,10 @@ queries and keys (qk_norm), a ReLU-squared or SwiGLU MLP, no biases, a tied head
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minigpt import lesson
 from minigpt.config import ModelConfig, validate_model
 from minigpt.errors import MiniGPTError
 
@@ -220,20 +217,9 @@ class MiniGPT(nn.Module):
         return logits, loss
 
     def generate(self, idx: torch.Tensor, max_new_tokens: int = 200) -> torch.Tensor:
-        """The lesson's `model.generate(context, 200)`: its own sampler (minigpt.lesson), the
-        model's mode given back. minigpt.generate has temperature, top-k, top-p, a seeded
-        generator and the KV cache, and draws the same tokens."""
-        with evaluating(self):
-            return lesson.generate(self, idx, max_new_tokens)
+        """The lesson's `model.generate(context, 200)`: idx (B, T) and max_new_tokens tokens
+        drawn at temperature 1 from the global random generator, as the lesson's sampler draws
+        them. minigpt.generate adds temperature, top-k, top-p, a seeded generator."""
+        from minigpt.sample import generate
 
-
-@contextmanager
-def evaluating(model: nn.Module):
-    """Inside: eval mode (no dropout) and no gradients. After: the mode the model had."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield model
-    finally:
-        model.train(was_training)
+        return generate(self, idx, max_new_tokens)

@@ -1,5 +1,4 @@
-"""The optimizers, and what the loop does with one: set its learning rate, clip the gradients,
-and step only on finite gradients.
+"""The optimizers, and setting their learning rate (the step that uses them: minigpt.step).
 
     adamw   torch.optim.AdamW (fused), weight decay on the >=2-D weights only
     sgd     torch.optim.SGD with momentum, the same decay groups
@@ -41,7 +40,8 @@ def decay_groups(decay: list, plain: list, weight_decay: float) -> list[dict]:
 
 
 def adamw(groups: list[dict], t: TrainConfig) -> torch.optim.AdamW:
-    """Fused AdamW (one kernel for the whole update; and see step_is_safe) where it exists."""
+    """Fused AdamW (one kernel for the whole update; see step.step_unless_nonfinite), where it
+    exists."""
     params = [p for g in groups for p in g["params"]]
     fused = bool(params) and params[0].device.type in ("cpu", "cuda")
     return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=fused)
@@ -96,26 +96,3 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
     for group in optimizer.param_groups:
         group["lr"] = lr
     return lr
-
-
-def clip_gradients(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
-    """Rescale all gradients so their global L2 norm is at most max_norm (0 = no clipping);
-    return the norm before clipping, as a tensor (no host sync)."""
-    params = [p for p in model.parameters() if p.grad is not None]
-    if max_norm > 0:
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad)
-                                                 for p in params]))
-
-
-def step_is_safe(optimizer: torch.optim.Optimizer, grad_norm: torch.Tensor) -> bool:
-    """Whether to call optimizer.step(): not when the gradient norm is NaN or inf, so that such
-    a batch changes nothing (weights and optimizer state alike).
-
-    A fused AdamW takes the decision on the device (the `found_inf` input it shares with
-    torch.amp's GradScaler: its step then leaves everything as it was), so for it this returns
-    True without waiting for the device; other optimizers look at the norm on the host."""
-    if optimizer.defaults.get("fused") and isinstance(optimizer, torch.optim.Adam):
-        optimizer.found_inf = (~torch.isfinite(grad_norm)).float()
-        return True
-    return bool(torch.isfinite(grad_norm))

@@ -12,6 +12,7 @@ The choices 'auto' makes were measured (benchmarks/train_step.py; figures in the
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -19,6 +20,7 @@ import torch
 
 from minigpt.config import ModelConfig, RunConfig
 from minigpt.errors import MiniGPTError
+from minigpt.evaluate import WHOLE_SPLIT_BATCH
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -83,7 +85,7 @@ def peak_memory(cfg: RunConfig, resident: int, n_params: int) -> dict[str, int]:
         "gradients and optimizer state": int(4 * n_params * (1 + state)),
         "activations": 4 * t.batch_size * m.block_size * per_token,
         "allocator slack": t.batch_size * m.block_size * per_token,  # a quarter of the above
-        "evaluation": 4 * 64 * m.block_size * (6 * C + 2 * V),
+        "evaluation": 4 * WHOLE_SPLIT_BATCH * m.block_size * (6 * C + 2 * V),
     }
     return parts
 
@@ -96,6 +98,33 @@ def available_memory(device: torch.device) -> int:
     import psutil
 
     return psutil.virtual_memory().available
+
+
+def check_memory(cfg: RunConfig, device: torch.device, n_params: int) -> None:
+    """Refuse, before the first step, a run whose peak memory cannot fit (`peak_memory`),
+    rather than be killed part-way, or push a laptop into swapping: the estimate, what is
+    available, and what to change, in one line. On a CPU every process torchrun started on
+    this machine (LOCAL_WORLD_SIZE) needs as much."""
+    if device.type == "cuda":
+        resident = torch.cuda.memory_allocated(device)
+        where, processes = f"free on {device}", 1
+    else:
+        import psutil
+
+        resident = psutil.Process().memory_info().rss
+        where = "available"
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))
+    parts = peak_memory(cfg, resident, n_params)
+    need = (sum(parts.values()) - resident) * processes
+    available = available_memory(device)
+    if need > available:
+        t, gib = cfg.train, 2**30
+        raise MiniGPTError(
+            f"this run needs about {need / gib:.1f} GiB more memory at its peak (activations "
+            f"{parts['activations'] / gib:.1f} GiB for batch {t.batch_size} x block "
+            f"{cfg.model.block_size}), and {available / gib:.1f} GiB is {where}: lower "
+            f"--batch-size or --block-size, or keep the batch with --grad-accum N and "
+            f"--batch-size {t.batch_size}/N")
 
 
 def best_rate(work: Callable[[], object], seconds: float, bursts: int = 10) -> float:

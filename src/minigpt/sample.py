@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from minigpt.errors import MiniGPTError
-from minigpt.model import MiniGPT, evaluating
+from minigpt.evaluate import evaluating
+
+PROMPT = "ROMEO:"  # what a run's samples continue, unless told otherwise
 
 
 class LayerCache:
@@ -48,7 +50,7 @@ class KVCache:
     slides, every token's position changes and so does every cached key and value. A cache is
     therefore only good while the sequence fits in the block (see `stream`)."""
 
-    def __init__(self, model: MiniGPT, batch_size: int):
+    def __init__(self, model, batch_size: int):
         cfg = model.config
         shape = (batch_size, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
         self.layers = [LayerCache(shape, model.lm_head.weight) for _ in range(cfg.n_layer)]
@@ -57,11 +59,6 @@ class KVCache:
     def length(self) -> int:
         """Window positions held; the next token goes at this position."""
         return self.layers[0].length
-
-    def reset(self) -> None:
-        """Forget everything (the buffers are kept and overwritten)."""
-        for layer in self.layers:
-            layer.length = 0
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -140,7 +137,7 @@ def stream(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1
         raise MiniGPTError(f"idx must be (B, T) token ids with T >= 1, got {tuple(idx.shape)}")
     B, T = idx.shape
     block_size = model.block_size
-    cached = cache and isinstance(model, MiniGPT)
+    cached = cache and hasattr(model, "config")  # a MiniGPT: its forward takes a cache
     kv = KVCache(model, B) if cached else None
     seq = torch.empty(B, T + max(max_new_tokens, 0), dtype=idx.dtype, device=idx.device)
     seq[:, :T] = idx  # (B, T+N), filled in as tokens come: no torch.cat

@@ -21,7 +21,7 @@ import torch
 
 from minigpt.diagnostics.plots import new_figure, save_png
 from minigpt.errors import MiniGPTError
-from minigpt.model import evaluating
+from minigpt.evaluate import evaluating
 
 # how characters that would print as nothing are shown on the axes
 SHOWN_AS = {"\n": "⏎", " ": "␣", "\t": "⇥"}

@@ -19,10 +19,10 @@ import json
 from pathlib import Path
 
 from minigpt.config import field_index, resolve_config
-from minigpt.diagnostics.plots import plot_overlay, read_metrics
+from minigpt.diagnostics.plots import plot_overlay
 from minigpt.diagnostics.probes import standard_probes
 from minigpt.errors import MiniGPTError
-from minigpt.files import atomic_write_text
+from minigpt.files import atomic_write_text, read_jsonl
 from minigpt.trainer import train
 
 
@@ -117,7 +117,7 @@ def compare(variants: dict[str, dict], out_dir: str | Path, preset: str = "seed"
         folder = out_dir / f"{i}-{''.join(c if c.isalnum() or c in '+-.' else '_' for c in name)}"
         result = train(cfg, folder, probes=standard_probes(cfg), progress=progress)
         table.append({"variant": name, "folder": folder.name, **result.summary})
-    curves = {row["variant"]: read_metrics(out_dir / row["folder"] / "metrics.jsonl")
+    curves = {row["variant"]: read_jsonl(out_dir / row["folder"] / "metrics.jsonl")
               for row in table}
     plot_overlay(curves, out_dir / "compare.png", title=", ".join(variants))
     atomic_write_text(out_dir / "compare.json", json.dumps(table, indent=2) + "\n")

@@ -48,7 +48,8 @@ import torch
 
 from minigpt.diagnostics.plots import new_figure, save_png
 from minigpt.errors import MiniGPTError
-from minigpt.optim import clip_gradients, set_lr
+from minigpt.optim import set_lr
+from minigpt.step import clip_gradients
 
 VANISH = 1e-7
 EXPLODE = 1e2

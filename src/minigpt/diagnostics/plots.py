@@ -14,11 +14,6 @@ from pathlib import Path
 from minigpt.files import atomic_path, read_jsonl
 
 
-def read_metrics(path: str | Path) -> list[dict]:
-    """The rows of a run's metrics.jsonl (or gradflow.jsonl, samples.jsonl): see read_jsonl."""
-    return read_jsonl(path)
-
-
 def new_figure(width: float, height: float, dpi: int = 110, **kw):
     """A matplotlib Figure on its own Agg canvas."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -76,7 +71,7 @@ def plot_lr(rows: list[dict], path: str | Path | None = None):
 def plot_run_curves(run_dir: str | Path, log_scale: bool = False) -> None:
     """loss.png and lr.png in the run folder, from its metrics.jsonl."""
     run_dir = Path(run_dir)
-    rows = read_metrics(run_dir / "metrics.jsonl")
+    rows = read_jsonl(run_dir / "metrics.jsonl")
     if rows:
         plot_loss(rows, run_dir / "loss.png", log_scale, title=f"loss: {run_dir.name}")
         plot_lr(rows, run_dir / "lr.png")

@@ -1,9 +1,11 @@
 """Probes: what a training run records about itself, hung off the loop without changing it.
 
 The caller composes them and hands them to the loop: `train(cfg, probes=standard_probes(cfg))`
-(the command line does). A probe gets `start(run, state)` once (the run's parts, a
-minigpt.trainer.Run, and the loop's TrainState, whose `step` it may read), `on_row(row)` for
-every metrics row the loop writes (rows with "val_loss" are evaluations) and `end(summary)`.
+(the command line does). A probe gets `start(run)` once (the run's parts, a minigpt.run.Run,
+whose `state.step` it may read; a resumed run's log rows after its checkpoint are dropped
+here), `on_row(row)` for every metrics row the loop writes (rows with "val_loss" are
+evaluations) and `end(summary)`. What a probe must carry across a resume it gives the
+checkpoint through `state_dict` and takes back with `load_state_dict`.
 The gradient-flow probe attaches to the optimizer's own step hooks, so it sees the gradients
 after clipping and the weights either side of the update without a line in the loop.
 
@@ -27,21 +29,53 @@ from minigpt.config import RunConfig
 from minigpt.diagnostics import plots
 from minigpt.diagnostics.attention import attention_maps, plot_attention, token_labels
 from minigpt.diagnostics.gradflow import grad_stats, layer_norms, plot_layer_norms, snapshot
-from minigpt.files import append_line
-from minigpt.sample import sample_text
+from minigpt.files import append_line, read_jsonl, truncate_jsonl
+from minigpt.sample import PROMPT, sample_text
 
 log = logging.getLogger(__name__)
 
 
 class Probe:
-    def start(self, run, state) -> None:
-        self.run, self.state = run, state
+    log_files: tuple[str, ...] = ()  # JSON-lines logs with a row per step, in the run folder
+
+    def start(self, run) -> None:
+        self.run, self.state = run, run.state
+        for name in self.log_files:  # a resumed run writes the rows after its checkpoint again
+            truncate_jsonl(run.folder / name, run.state.step)
 
     def on_row(self, row: dict) -> None:
         pass
 
     def end(self, summary: dict) -> None:
         pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class EveryNSteps(Probe):
+    """A probe that records at the first metrics row of every `every` steps."""
+
+    def __init__(self, every: int):
+        self.every = every
+        self.next_step = 0
+
+    def on_row(self, row):
+        if row["step"] >= self.next_step:
+            self.record(row["step"])
+            self.next_step = row["step"] - row["step"] % self.every + self.every
+
+    def record(self, step: int) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {"next_step": self.next_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.next_step = state["next_step"]
 
 
 class CurvesProbe(Probe):
@@ -62,14 +96,17 @@ class GradFlowProbe(Probe):
     """Gradient statistics of every parameter on the steps that are due, from the optimizer's
     step hooks: the weights are copied before the update and compared after it."""
 
+    log_files = ("gradflow.jsonl",)
+
     def __init__(self, every: int, tensorboard=None):
         self.every = every
         self.tb = tensorboard
         self.before = None
         self.handles = []
 
-    def start(self, run, state):
-        super().start(run, state)
+    def start(self, run):
+        super().start(run)
+        state = run.state
 
         def pre(optimizer, args, kwargs):
             if state.step % self.every == 0:
@@ -104,7 +141,7 @@ class GradFlowProbe(Probe):
             self.plot()
 
     def plot(self):
-        history = plots.read_metrics(self.run.folder / "gradflow.jsonl")
+        history = read_jsonl(self.run.folder / "gradflow.jsonl")
         if history:
             plot_layer_norms(history, self.run.folder / "gradflow.png")
 
@@ -114,31 +151,28 @@ class GradFlowProbe(Probe):
         self.plot()
 
 
-class AttentionProbe(Probe):
+class AttentionProbe(EveryNSteps):
     """Attention heatmaps of every layer and head for a fixed text, every N steps."""
 
     def __init__(self, every: int, text: str, tensorboard=None):
-        self.every = every
+        super().__init__(every)
         self.text = text
         self.tb = tensorboard
-        self.next_step = 0
         self.ids: list[int] = []  # the text's tokens, at most one block
 
-    def start(self, run, state):
-        super().start(run, state)
+    def start(self, run):
+        super().start(run)
         tok = run.tokenizer
         known = "".join(c for c in self.text if tok.can_encode(c))
         self.ids = tok.encode(known)[: run.model.block_size]
         if not self.ids:
             log.warning("attention probe off: no character of its text is in the vocabulary")
-        self.next_step = state.step
 
     def on_row(self, row):
-        if self.ids and row["step"] >= self.next_step:
-            self.snapshot(row["step"])
-            self.next_step = row["step"] - row["step"] % self.every + self.every
+        if self.ids:
+            super().on_row(row)
 
-    def snapshot(self, step: int) -> Path:
+    def record(self, step: int) -> Path:
         idx = torch.tensor([self.ids], device=self.run.device)  # (1, T)
         maps = attention_maps(self.run.model, idx)
         path = self.run.folder / "attention" / f"step-{step:06d}.png"
@@ -150,28 +184,20 @@ class AttentionProbe(Probe):
 
     def end(self, summary):
         if self.ids:
-            self.snapshot(self.state.step)
+            self.record(self.state.step)
 
 
-class SamplesProbe(Probe):
+class SamplesProbe(EveryNSteps):
     """A short seeded sample every N steps, to read how the text improves (samples.jsonl)."""
 
+    log_files = ("samples.jsonl",)
+
     def __init__(self, every: int, length: int = 200):
-        self.every = every
+        super().__init__(every)
         self.length = length
-        self.next_step = 0
-
-    def start(self, run, state):
-        super().start(run, state)
-        self.next_step = state.step
-
-    def on_row(self, row):
-        if row["step"] >= self.next_step:
-            self.record(row["step"])
-            self.next_step = row["step"] - row["step"] % self.every + self.every
 
     def record(self, step: int) -> None:
-        text = sample_text(self.run.model, self.run.tokenizer, "ROMEO:", self.length,
+        text = sample_text(self.run.model, self.run.tokenizer, PROMPT, self.length,
                            seed=self.run.cfg.train.seed)
         append_line(self.run.folder / "samples.jsonl",
                     json.dumps({"step": step, "text": text}, ensure_ascii=False))
@@ -186,8 +212,8 @@ class TensorBoardProbe(Probe):
     def __init__(self, tb):
         self.tb = tb
 
-    def start(self, run, state):
-        super().start(run, state)
+    def start(self, run):
+        super().start(run)
         self.tb.open(run.folder)
 
     def on_row(self, row):

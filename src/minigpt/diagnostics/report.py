@@ -12,9 +12,8 @@ import html
 import json
 from pathlib import Path
 
-from minigpt.diagnostics.plots import read_metrics
 from minigpt.errors import MiniGPTError
-from minigpt.files import atomic_write_text
+from minigpt.files import atomic_write_text, read_jsonl
 
 STYLE = """
 body { font: 15px/1.5 system-ui, sans-serif; color: #1d2330; background: #f6f7f9; margin: 0; }
@@ -66,7 +65,7 @@ def curves_html(run_dir: Path) -> str:
 def gradflow_html(run_dir: Path) -> str:
     if not (run_dir / "gradflow.png").exists():
         return missing("gradient-flow record (--gradflow-every was 0)")
-    rows = read_metrics(run_dir / "gradflow.jsonl")
+    rows = read_jsonl(run_dir / "gradflow.jsonl")
     flagged = sum(1 for r in rows if r["flagged"])
     note = (f"<p>{len(rows)} probes; {flagged} with flagged parameters.</p>" if rows else "")
     return image_tag(run_dir / "gradflow.png", "per-layer gradient norm") + note
@@ -82,7 +81,7 @@ def attention_html(run_dir: Path, most: int = 4) -> str:
 
 
 def samples_html(run_dir: Path) -> str:
-    rows = read_metrics(run_dir / "samples.jsonl")
+    rows = read_jsonl(run_dir / "samples.jsonl")
     if not rows:
         return missing("samples")
     return "".join(f"<h3>step {r['step']:,}</h3><pre>{html.escape(r['text'])}</pre>"

@@ -1,0 +1,80 @@
+"""The training clock, and the speed it measures.
+
+`Clock` counts the seconds a run spends training, across resumes: it runs while steps run and
+stops around evaluation, checkpoints and probes (`with clock.paused():`). Time budgets, the
+schedule's time fraction, the `time_s` column and the time to a target loss all read it, and a
+checkpoint keeps it (`state_dict`). `Speed` turns steps and clock seconds into tokens per second
+and model FLOPs utilisation.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+from minigpt.performance import mfu
+
+
+class Clock:
+    """Seconds of training: those of earlier processes (a resumed run's), and this one's while
+    running."""
+
+    def __init__(self, seconds: float = 0.0):
+        self.before = seconds  # counted before the current stretch
+        self.since: float | None = None  # perf_counter() when it last started; None: stopped
+
+    def start(self) -> Clock:
+        if self.since is None:
+            self.since = time.perf_counter()
+        return self
+
+    def stop(self) -> None:
+        self.before = self.seconds()
+        self.since = None
+
+    def seconds(self) -> float:
+        running = time.perf_counter() - self.since if self.since is not None else 0.0
+        return self.before + running
+
+    @contextmanager
+    def paused(self):
+        """Inside: the clock stands still (evaluation, checkpoints and probes are not
+        training). After: it runs again, if it was running."""
+        running = self.since is not None
+        self.stop()
+        try:
+            yield
+        finally:
+            if running:
+                self.start()
+
+    def state_dict(self) -> dict:
+        return {"seconds": self.seconds()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.before, self.since = state["seconds"], None
+
+
+class Speed:
+    """Tokens per second and MFU, over the steps since the last reading or over every step this
+    process timed, from the clock's seconds."""
+
+    def __init__(self, tokens_per_step: int, flops_per_token: float, peak_flops: float,
+                 step: int, seconds: float):
+        self.tokens_per_step = tokens_per_step
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_flops
+        self.first = self.last = (step, seconds)
+
+    def read(self, step: int, seconds: float) -> dict:
+        """The speed since the last reading (`step` steps done after `seconds` of training)."""
+        previous, self.last = self.last, (step, seconds)
+        return self._figures(previous, self.last)
+
+    def overall(self) -> dict:
+        return self._figures(self.first, self.last)
+
+    def _figures(self, start: tuple[int, float], end: tuple[int, float]) -> dict:
+        tokens_per_s = (end[0] - start[0]) * self.tokens_per_step / max(end[1] - start[1], 1e-9)
+        return {"tokens_per_s": round(tokens_per_s),
+                "mfu": round(mfu(tokens_per_s, self.flops_per_token, self.peak_flops), 4)}

@@ -1,0 +1,62 @@
+"""Evaluating a model: eval mode without gradients, and the two validation figures a run
+reports, the lesson's estimate over random batches and the loss over every token of a split.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+WHOLE_SPLIT_BATCH = 64  # windows per forward when a whole split is evaluated
+
+
+@contextmanager
+def evaluating(model: nn.Module):
+    """Inside: eval mode (no dropout) and no gradients. After: the mode the model had."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def estimate_loss(model: nn.Module, batches, split: str, n_batches: int) -> float:
+    """Mean loss over n random batches of a split (batches: a minigpt.data.Batches), in eval
+    mode: the lesson's estimate."""
+    with evaluating(model):
+        losses = torch.stack([model(*batches.get_batch(split))[1] for _ in range(n_batches)])
+    return losses.mean().item()
+
+
+def split_loss(model: nn.Module, data: np.ndarray, block_size: int,
+               batch_size: int = WHOLE_SPLIT_BATCH, device: torch.device | None = None) -> float:
+    """Mean loss over every token of a split, read as non-overlapping windows of block_size
+    (the last one shorter): the figure a run reports. The split is read one batch of windows
+    at a time, so a sharded split of any size is never loaded whole."""
+    device = device or next(model.parameters()).device
+    n_targets = len(data) - 1
+    per_batch = batch_size * block_size
+    total, count = 0.0, 0
+    with evaluating(model):
+        for start in range(0, n_targets, per_batch):
+            stop = min(start + per_batch, n_targets)
+            chunk = torch.from_numpy(np.asarray(data[start : stop + 1], dtype=np.int64))
+            n_full = (stop - start) // block_size
+            pieces = []
+            if n_full:
+                x = chunk[: n_full * block_size].view(n_full, block_size)  # (N, T)
+                y = chunk[1 : n_full * block_size + 1].view(n_full, block_size)  # (N, T)
+                pieces.append((x, y))
+            if n_full * block_size < stop - start:  # the split's last, shorter window
+                pieces.append((chunk[n_full * block_size : -1][None],
+                               chunk[n_full * block_size + 1 :][None]))  # (1, t)
+            for x, y in pieces:
+                _, loss = model(x.to(device), y.to(device))
+                total += loss.item() * y.numel()
+                count += y.numel()
+    return total / count

@@ -1,0 +1,228 @@
+"""A training run: what it is made of, its folder, and its checkpoints.
+
+`build_run` makes the parts from a config (data, tokenizer, model, optimizer, batches, the
+loop's state and clock); `save` and `restore` are the checkpoint of a run: each part that has
+state across a resume gives it (`state_dict`) and takes it back (`load_state_dict`), and the
+checkpoint (minigpt.checkpoint) simply collects them. A run folder holds config.json,
+tokenizer.json, metrics.jsonl, checkpoints/ and summary.json; probes add their own files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from minigpt import distributed, performance
+from minigpt.checkpoint import (
+    load_checkpoint,
+    restore_model,
+    restore_optimizer,
+    resume_config,
+    save_checkpoint,
+)
+from minigpt.clock import Clock
+from minigpt.config import RunConfig
+from minigpt.data import Batches, Splits, ensure_tinyshakespeare, load_corpus
+from minigpt.environment import describe, resolve_device
+from minigpt.errors import MiniGPTError
+from minigpt.files import atomic_write_text, truncate_jsonl
+from minigpt.model import MiniGPT
+from minigpt.optim import make_optimizer
+from minigpt.tokenizer import AnyTokenizer, tokenizer_from_dict
+
+
+@dataclass
+class TrainState:
+    """Where the loop is, besides the weights, the optimizer, the batches and the clock."""
+
+    step: int = 0  # optimizer steps done
+    best_val: float = math.inf  # the best validation estimate so far
+    bad_evals: int = 0  # evaluations since it last improved (early stopping)
+    skipped: int = 0  # batches skipped for NaN or inf gradients
+    reached: dict = field(default_factory=dict)  # target loss -> seconds when first reached
+
+    def record_eval(self, val_loss: float, min_delta: float = 0.0) -> bool:
+        """Note an evaluation; True when it beats the best by more than min_delta."""
+        if val_loss < self.best_val - min_delta:
+            self.best_val, self.bad_evals = val_loss, 0
+            return True
+        self.bad_evals += 1
+        return False
+
+    def record_targets(self, val_loss: float, targets: list[float], seconds: float) -> dict:
+        """The targets this evaluation reaches for the first time, with the seconds so far."""
+        new = {f"{x:g}": round(seconds, 2) for x in targets
+               if val_loss <= x and f"{x:g}" not in self.reached}
+        self.reached.update(new)
+        return new
+
+    def out_of_patience(self, patience: int) -> bool:
+        """Early stopping: `patience` evaluations in a row without improvement (0 = never)."""
+        return patience > 0 and self.bad_evals >= patience
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__init__(**state)
+
+
+@dataclass
+class Run:
+    """What a training run is made of, built from its config by `build_run`."""
+
+    cfg: RunConfig
+    folder: Path
+    world: distributed.World  # this process among torchrun's (one process without it)
+    device: torch.device
+    dtype: torch.dtype  # the forward pass's compute precision (weights stay float32)
+    tokenizer: AnyTokenizer
+    splits: Splits
+    data: dict  # the text, its token counts, the tokenizer, the parameters
+    model: MiniGPT
+    optimizer: torch.optim.Optimizer
+    batches: Batches
+    env: dict  # versions, device, threads: logged at the start, saved in config.json
+    state: TrainState = field(default_factory=TrainState)
+    clock: Clock = field(default_factory=Clock)
+    probes: list = field(default_factory=list)  # what else records the run (rank 0 only)
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    name = Path(cfg.data.text).stem if cfg.data.text else "shakespeare"
+    return Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def build_run(cfg: RunConfig, folder: str | Path) -> Run:
+    """Data, tokenizer, a freshly initialised model (seeded), optimizer and batches; nothing is
+    written but the token cache. Under torchrun, this process joins the others here."""
+    world = distributed.world_from_env()
+    device = distributed.start(world, resolve_device(cfg.train.device))
+    if cfg.data.text:  # as an absolute path: a resumed run finds it from anywhere
+        cfg.data.text = str(Path(cfg.data.text).expanduser().resolve())
+    with distributed.main_first(world):  # rank 0 writes the token cache, the others read it
+        text_path = Path(cfg.data.text) if cfg.data.text else ensure_tinyshakespeare()
+        splits, tokenizer, data = load_corpus(text_path, cfg.data.tokenizer,
+                                              cfg.model.vocab_size, cfg.data.val_fraction)
+    cfg.data.tokenizer = data["tokenizer"]  # a prepared folder brings its own
+    cfg.model.vocab_size = tokenizer.vocab_size  # BPE may learn fewer than asked for
+    accum = cfg.train.grad_accum  # this process's streams: one per micro-batch of a step
+    batches = Batches(splits, cfg.train.batch_size, cfg.model.block_size, cfg.train.seed, device,
+                      streams=tuple(range(world.rank * accum, (world.rank + 1) * accum)))
+    torch.manual_seed(cfg.train.seed)
+    model = MiniGPT.from_config(cfg.model).to(device)
+    dtype = performance.choose_dtype(cfg.train.dtype, device)
+    compiled = performance.choose_compile(cfg.train.compile, device)
+    performance.configure_backends(device)
+    env = describe(device) | {"dtype": str(dtype).removeprefix("torch."), "compile": compiled,
+                              "processes": world.size}
+    return Run(cfg, Path(folder), world, device, dtype, tokenizer, splits,
+               data | {"params": model.num_params()}, model, make_optimizer(model, cfg.train),
+               batches, env)
+
+
+def wrap_for_training(run: Run) -> torch.nn.Module:
+    """The module the training step calls: the model itself, or the wrappers around it that
+    share its parameters: torch.compile's (when the config turns it on) and DDP's (under
+    torchrun, to average the gradients across processes)."""
+    model = torch.compile(run.model) if run.env["compile"] else run.model
+    return distributed.wrap(model, run.world, run.device)
+
+
+def prepare_folder(run: Run, resume: bool) -> None:
+    """The run folder ready for the loop (rank 0): a new one holds tokenizer.json; a resumed
+    one drops the metrics rows after its checkpoint (they come again); both get config.json."""
+    if not run.world.is_main:
+        return
+    if resume:
+        truncate_jsonl(run.folder / "metrics.jsonl", run.state.step)
+    else:
+        run.tokenizer.save(run.folder / "tokenizer.json")
+    record = {"config": run.cfg.to_dict(), "data": run.data, "environment": run.env}
+    atomic_write_text(run.folder / "config.json", json.dumps(record, indent=2) + "\n")
+
+
+def make_folder(folder: Path) -> Path:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MiniGPTError(f"cannot create run folder {folder}: {e.strerror}") from None
+    return folder
+
+
+# --- checkpoints: every part's state, collected ------------------------------------------------
+
+
+def parts_with_state(run: Run) -> dict:
+    """The parts whose state a checkpoint keeps in its JSON, by name (probes by their class)."""
+    return {"state": run.state, "clock": run.clock} | {type(p).__name__: p for p in run.probes}
+
+
+def tensors_of_process(run: Run) -> dict[str, torch.Tensor]:
+    """This process's random generators: its batch streams and torch's."""
+    mine = {f"batches_{k}": v for k, v in run.batches.state_dict().items()}
+    mine["torch"] = torch.get_rng_state()
+    if run.device.type == "cuda":
+        mine["cuda"] = torch.cuda.get_rng_state(run.device).cpu()
+    return mine
+
+
+def save(run: Run, tags: list[str]) -> None:
+    """A checkpoint of the run as it is (a collective call: every process makes it, and rank 0
+    writes every process's random generators, keyed rank<r>_<name>)."""
+    states = distributed.gather(tensors_of_process(run), run.world)
+    if not run.world.is_main:
+        return
+    rng = {f"rank{r}_{k}": v for r, state in enumerate(states) for k, v in state.items()}
+    meta = {"step": run.state.step, "world_size": run.world.size,
+            "parts": {name: part.state_dict() for name, part in parts_with_state(run).items()},
+            "train": vars(run.cfg.train), "data": vars(run.cfg.data),
+            "diag": vars(run.cfg.diag), "tokenizer": run.tokenizer.to_dict()}
+    save_checkpoint(run.folder / "checkpoints", tags, run.model, run.optimizer, meta, rng,
+                    keep=run.cfg.train.keep)
+
+
+def restore(run: Run, tag: str = "last") -> None:
+    """Load a checkpoint of the run's folder into its parts: weights, optimizer, random
+    generators, and every part that keeps state (a probe the checkpoint has no state for
+    starts afresh)."""
+    ckpt = load_checkpoint(run.folder / "checkpoints", tag)
+    if tokenizer_from_dict(ckpt.meta["tokenizer"]) != run.tokenizer:
+        raise MiniGPTError("the text's vocabulary differs from the checkpoint's; resume with the "
+                           "same --text the run was trained on")
+    saved = (ckpt.meta["world_size"], ckpt.meta["train"]["grad_accum"])
+    if saved != (run.world.size, run.cfg.train.grad_accum):
+        raise MiniGPTError(f"the run was trained by {saved[0]} process(es) with --grad-accum "
+                           f"{saved[1]}; resume it the same way to continue its batch streams")
+    if "parts" not in ckpt.meta:
+        raise MiniGPTError(f"{run.folder} was saved by an older minigpt: sample, export and "
+                           f"the diagnostics read it, but it cannot be resumed")
+    restore_model(run.model, ckpt)
+    restore_optimizer(run.optimizer, ckpt)
+    prefix = f"rank{run.world.rank}_"
+    mine = {k.removeprefix(prefix): v for k, v in ckpt.section("rng").items()
+            if k.startswith(prefix)}
+    run.batches.load_state_dict({k.removeprefix("batches_"): v for k, v in mine.items()
+                                 if k.startswith("batches_")})
+    torch.set_rng_state(mine["torch"])
+    if run.device.type == "cuda" and "cuda" in mine:
+        torch.cuda.set_rng_state(mine["cuda"], run.device)
+    for name, part in parts_with_state(run).items():
+        if name in ckpt.meta["parts"]:
+            part.load_state_dict(ckpt.meta["parts"][name])
+
+
+def open_run(run_dir: str | Path, tag: str = "best", device: str = "auto") -> Run:
+    """A run as it was at one of its checkpoints, for the diagnostic commands: the model (in
+    eval mode), its optimizer's state, batches from its text; nothing in the folder changes."""
+    cfg = resume_config(run_dir)
+    cfg.train.device = device
+    run = build_run(cfg, run_dir)
+    restore(run, tag)
+    run.model.eval()
+    return run
