@@ -58,11 +58,6 @@ class KVCache:
         """Window positions held; the next token goes at this position."""
         return self.layers[0].length
 
-    def reset(self) -> None:
-        """Forget everything (the buffers are kept and overwritten)."""
-        for layer in self.layers:
-            layer.length = 0
-
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
     if not temperature >= 0:
