@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from minigpt.errors import MiniGPTError
 from minigpt.model import MiniGPT, evaluating
 
+PROMPT = "ROMEO:"  # the prompt a sample starts from when none is given
+
 
 class LayerCache:
     """One layer's keys and values for window positions 0 .. length-1, each
