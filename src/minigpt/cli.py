@@ -21,7 +21,7 @@ import sys
 from dataclasses import MISSING
 from pathlib import Path
 
-from minigpt.config import field_index, preset_names, resolve_config
+from minigpt.config import DiagConfig, field_index, preset_names, resolve_config
 from minigpt.console import show_logs
 from minigpt.corpus import BPE_VOCAB, SHARD_TOKENS
 from minigpt.distributed import world_from_env
@@ -169,7 +169,7 @@ def build_parser() -> Parser:
                 "Every layer's and head's attention weights for a text, as a grid of heatmaps "
                 "(layers x heads) with the characters on the axes.", "run", "checkpoint",
                 "device")
-    a.add_argument("--text", default="ROMEO: But soft, what light through yonder window",
+    a.add_argument("--text", default=DiagConfig.attention_text,  # what a run records
                    help="the text to read (at most block_size characters)")
     a.add_argument("--out", metavar="FILE", help="PNG to write (default DIR/attention.png)")
 
