@@ -8,7 +8,7 @@
 
 Every training flag is generated from the config dataclasses, so flags, TOML keys and the
 Python API share one set of names; options several commands share are declared once
-(`option_groups`). A MiniGPTError becomes one line on stderr and exit status 2.
+(`shared_options`). A MiniGPTError becomes one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ import sys
 from dataclasses import MISSING
 from pathlib import Path
 
-from minigpt.config import field_index, preset_names, resolve_config
+from minigpt.config import DiagConfig, field_index, preset_names, resolve_config
 from minigpt.console import show_logs
 from minigpt.corpus import BPE_VOCAB, SHARD_TOKENS
 from minigpt.distributed import world_from_env
 from minigpt.errors import MiniGPTError, TrainingStopped
+from minigpt.sample import PROMPT
 
 
 class Parser(argparse.ArgumentParser):
@@ -69,16 +70,15 @@ def shared_options(name: str) -> argparse.ArgumentParser:
     """A group of options several commands share, declared once here (an argparse parent,
     made anew for each command that takes it)."""
     group = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    if name == "run":
-        group.add_argument("--run", required=True, metavar="DIR", help="a run folder made by "
-                                                                       "train")
-    elif name == "run?":
-        group.add_argument("--run", metavar="DIR", help="a run folder made by train")
+    if name in ("run", "run?"):  # run?: optional
+        group.add_argument("--run", required=name == "run", metavar="DIR",
+                           help="a run folder made by train")
     elif name == "checkpoint":
         group.add_argument("--checkpoint", default="best", choices=("best", "last"),
                            help="the best validation checkpoint (default) or the latest")
     elif name == "device":
-        group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+        device = field_index()["device"][1]  # the training setting's default and help
+        group.add_argument("--device", default=device.default, help=device.metadata["help"])
     elif name == "settings":
         group.add_argument("--preset", metavar="NAME",
                            help=f"starting configuration: {', '.join(preset_names())} "
@@ -169,14 +169,14 @@ def build_parser() -> Parser:
                 "Every layer's and head's attention weights for a text, as a grid of heatmaps "
                 "(layers x heads) with the characters on the axes.", "run", "checkpoint",
                 "device")
-    a.add_argument("--text", default="ROMEO: But soft, what light through yonder window",
+    a.add_argument("--text", default=DiagConfig.attention_text,  # what a run records
                    help="the text to read (at most block_size characters)")
     a.add_argument("--out", metavar="FILE", help="PNG to write (default DIR/attention.png)")
 
     s = command("sample", "generate text from a trained run",
                 "Stream the prompt and its continuation to stdout.", "run", "checkpoint",
                 "device")
-    s.add_argument("--prompt", default="ROMEO:", help="text to continue (default ROMEO:)")
+    s.add_argument("--prompt", default=PROMPT, help=f"text to continue (default {PROMPT})")
     s.add_argument("--max-new-tokens", type=int, default=300, metavar="N",
                    help="how many tokens to generate (default 300)")
     s.add_argument("--temperature", type=float, default=1.0, metavar="T",

@@ -272,20 +272,25 @@ def export_hf(model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
 
     out_dir must not exist or be empty. Everything is checked and converted before anything
     is written, and the folder appears whole or not at all."""
-    out = Path(out_dir)
-    check_out_dir(out)
-    check_vocab(model, tokenizer)
-    hf_model = build_gpt2(model)
-    hf_tok = hf_tokenizer(tokenizer)
-    with atomic_folder(out) as tmp:
-        write_export(hf_model, hf_tok, model.config.block_size, tmp)
-    return out
+    return _export(lambda: (model, tokenizer), out_dir)
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, tag: str = "best") -> Path:
     """Export a run folder's checkpoint `tag` ("best", "last", "step-000500"); see export_hf."""
     from minigpt.checkpoint import load_model
 
-    check_out_dir(Path(out_dir))  # before loading: refuse early
-    model, tokenizer, _meta = load_model(run_dir, tag)
-    return export_hf(model, tokenizer, out_dir)
+    return _export(lambda: load_model(run_dir, tag)[:2], out_dir)
+
+
+def _export(load, out_dir: str | Path) -> Path:
+    """Check out_dir, then call load() for (model, tokenizer): a run is refused before its
+    checkpoint is read. Then check, convert and write, as export_hf says."""
+    out = Path(out_dir)
+    check_out_dir(out)
+    model, tokenizer = load()
+    check_vocab(model, tokenizer)
+    hf_model = build_gpt2(model)
+    hf_tok = hf_tokenizer(tokenizer)
+    with atomic_folder(out) as tmp:
+        write_export(hf_model, hf_tok, model.config.block_size, tmp)
+    return out

@@ -21,6 +21,8 @@ from minigpt.evaluate import evaluating
 
 PROMPT = "ROMEO:"  # what a run's samples continue, unless told otherwise
 
+PROMPT = "ROMEO:"  # the prompt a sample starts from when none is given
+
 
 class LayerCache:
     """One layer's keys and values for window positions 0 .. length-1, each

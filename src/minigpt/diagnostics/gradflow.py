@@ -179,8 +179,8 @@ def format_table(stats: list[ParamStats]) -> str:
     """An aligned text table, one parameter a line, with a FLAGS column and a summary line."""
     header = ["PARAMETER", "SHAPE", "MEAN|G|", "STD(G)", "NORM(G)", "NORM(W)", "UPDATE/W",
               "FLAGS"]
-    rows = [[s.name, "x".join(map(str, s.shape)) or "scalar", _num(s.grad_mean_abs),
-             _num(s.grad_std), _num(s.grad_norm), _num(s.weight_norm), _num(s.update_ratio),
+    rows = [[s.name, "x".join(map(str, s.shape)) or "scalar", _sci(s.grad_mean_abs),
+             _sci(s.grad_std), _sci(s.grad_norm), _sci(s.weight_norm), _sci(s.update_ratio),
              ",".join(s.flags) or "-"] for s in stats]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [_line(header, widths), _line(["-" * w for w in widths], widths)]
@@ -189,7 +189,8 @@ def format_table(stats: list[ParamStats]) -> str:
     return "\n".join(lines)
 
 
-def _num(value: float | None) -> str:
+def _sci(value: float | None) -> str:
+    """A table cell, 1.23e-04 ('-' for none); unlike autograd._num, which writes 7 or 0.5."""
     return "-" if value is None else f"{value:.2e}"
 
 
