@@ -61,7 +61,10 @@ def lesson_variant(cfg, tokens: np.ndarray, device: torch.device):
     model = lesson.MiniGPT(m.vocab_size, m.n_embd, m.n_head, m.n_layer, m.block_size).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
     data = torch.from_numpy(tokens.astype(np.int64)).to(device)
-    return lambda: lesson.train_step(model, optimizer, data, m.block_size, cfg.train.batch_size)
+    def get_batch(split):  # the lesson's get_batch(split), on the train split
+        return lesson.get_batch(data, m.block_size, cfg.train.batch_size)
+
+    return lambda: lesson.train_step(model, optimizer, get_batch)
 
 
 def minigpt_variant(cfg, tokens: np.ndarray, device: torch.device, dtype: str, compile: str,

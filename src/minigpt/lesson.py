@@ -4,7 +4,8 @@ against, and something a learner can import to set beside it.
     from minigpt import lesson
     model = lesson.MiniGPT(vocab_size)             # sections 5 and 6
     xb, yb = lesson.get_batch(train_data, 128, 32)  # section 7
-    loss = lesson.train_step(model, optimizer, train_data, 128, 32)  # section 8, one step
+    get = lambda split: lesson.get_batch(train_data if split == "train" else val_data, 128, 32)
+    loss = lesson.train(model, optimizer, get, steps=5000)  # section 8
     idx = lesson.generate(model, context, 200)      # section 9
 
 The classes are the lesson's line for line (three Linear q/k/v, scores masked with masked_fill,
@@ -100,13 +101,33 @@ def get_batch(data, block_size, batch_size):
     return x, y
 
 
-def train_step(model, optimizer, data, block_size, batch_size):
-    """One iteration of section 8's loop: batch, forward, zero_grad, backward, step."""
-    xb, yb = get_batch(data, block_size, batch_size)
+def train_step(model, optimizer, get_batch):
+    """One iteration of section 8's loop: batch, forward, zero_grad, backward, step.
+    get_batch(split) -> (xb, yb), as section 7 defines it."""
+    xb, yb = get_batch('train')
     logits, loss = model(xb, yb)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
+    return loss
+
+
+def train(model, optimizer, get_batch, steps=5000, eval_every=500):
+    """Section 8's loop: train_step, and every eval_every steps the validation estimate over
+    10 batches, printed. Returns the last step's loss."""
+    for step in range(steps):
+        loss = train_step(model, optimizer, get_batch)
+        if step % eval_every == 0:
+            # Validation
+            model.eval()
+            val_loss = 0
+            with torch.no_grad():
+                for _ in range(10):
+                    x_val, y_val = get_batch('val')
+                    _, loss_val = model(x_val, y_val)
+                    val_loss += loss_val.item()
+            model.train()
+            print(f"Step {step} | Train Loss: {loss.item():.4f} | Val Loss: {val_loss/10:.4f}")
     return loss
 
 

@@ -19,8 +19,6 @@ import torch.nn.functional as F
 from minigpt.errors import MiniGPTError
 from minigpt.evaluate import evaluating
 
-PROMPT = "ROMEO:"  # what a run's samples continue, unless told otherwise
-
 PROMPT = "ROMEO:"  # the prompt a sample starts from when none is given
 
 
