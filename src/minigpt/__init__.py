@@ -11,7 +11,6 @@ from minigpt import lesson
 from minigpt.checkpoint import load_checkpoint, load_model, resume_config, save_checkpoint
 from minigpt.config import (
     DataConfig,
-    DiagConfig,
     ModelConfig,
     RunConfig,
     TrainConfig,
@@ -41,7 +40,7 @@ from minigpt.trainer import TrainResult, train
 
 __all__ = [
     "BPETokenizer", "Batches", "CausalSelfAttention", "CharTokenizer", "DataConfig",
-    "DiagConfig", "KVCache", "MicroSteps", "MiniGPT", "MiniGPTError", "ModelConfig", "RunConfig",
+    "KVCache", "MicroSteps", "MiniGPT", "MiniGPTError", "ModelConfig", "RunConfig",
     "ShardedTokens", "Splits", "TrainConfig", "TrainResult", "TrainState", "TransformerBlock",
     "cache_dir", "download", "ensure_tinyshakespeare", "estimate_loss", "evaluating",
     "filter_logits", "generate", "get_batch", "lesson", "load_checkpoint", "load_corpus",

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from minigpt.config import (
+    SECTIONS,
     ModelConfig,
     RunConfig,
     apply_overrides,
@@ -189,21 +190,24 @@ def load_model(run_dir: str | Path, tag: str = "best",
 
 
 def resume_config(run_dir: str | Path, overrides: dict | None = None, preset: str | None = None,
-                  config_file: str | None = None) -> RunConfig:
+                  config_file: str | None = None,
+                  sections: dict[str, type] = SECTIONS) -> RunConfig:
     """The configuration a run was saved with, and what a resuming command asks on top of it
-    (its preset, config file and flags, in that order): training and diagnostic settings may
-    change (more steps, say); a model or data setting may be repeated as the run has it (a path
-    naming the same file counts as the same) but not changed: the error names each change."""
+    (its preset, config file and flags, in that order): training settings, and those of the
+    sections beyond the core's, may change (more steps, say); a model or data setting may be
+    repeated as the run has it (a path naming the same file counts as the same) but not
+    changed: the error names each change."""
     meta = load_checkpoint(Path(run_dir) / "checkpoints", "last").meta
-    cfg = RunConfig()
-    saved = {key: meta[key] for key in ("model", "train", "data")} | {"diag": meta.get("diag", {})}
+    cfg = RunConfig.with_sections(sections)
+    saved = {key: meta[key] for key in ("model", "train", "data")}
+    saved |= {name: values for name, values in meta.get("extra", {}).items() if name in cfg.extra}
     apply_overrides(cfg, saved, f"checkpoint in {run_dir}")
-    asked = settings_of(preset_table(preset), f"preset {preset}") if preset else {}
+    asked = settings_of(preset_table(preset), f"preset {preset}", sections) if preset else {}
     if config_file:
-        asked |= settings_of(read_toml(config_file), str(config_file))
+        asked |= settings_of(read_toml(config_file), str(config_file), sections)
     asked |= overrides or {}
-    index = field_index()
-    changes = [f"{key} from {getattr(getattr(cfg, index[key][0]), key)!r} to {value!r}"
+    index = field_index(sections)
+    changes = [f"{key} from {getattr(cfg.sections()[index[key][0]], key)!r} to {value!r}"
                for key, value in asked.items()
                if index[key][0] in ("model", "data") and not same_setting(cfg, key, value)]
     if changes:
@@ -211,16 +215,16 @@ def resume_config(run_dir: str | Path, overrides: dict | None = None, preset: st
                            f"and data stay as they were)")
     table: dict[str, dict] = {}
     for key, value in asked.items():
-        if index[key][0] in ("train", "diag"):
+        if index[key][0] not in ("model", "data"):
             table.setdefault(index[key][0], {})[key] = value
     apply_overrides(cfg, table, "command line")
     validate(cfg)
     return cfg
 
 
-def settings_of(table: dict, origin: str) -> dict:
+def settings_of(table: dict, origin: str, sections: dict[str, type] = SECTIONS) -> dict:
     """A {section: {key: value}} table (a preset, a TOML file) as flat, checked settings."""
-    apply_overrides(RunConfig(), table, origin)  # unknown keys and wrong types: one-line errors
+    apply_overrides(RunConfig.with_sections(sections), table, origin)  # one-line errors
     return {key: value for values in table.values() for key, value in values.items()}
 
 

@@ -21,9 +21,10 @@ import sys
 from dataclasses import MISSING
 from pathlib import Path
 
-from minigpt.config import DiagConfig, field_index, preset_names, resolve_config
+from minigpt.config import field_index, preset_names, resolve_config
 from minigpt.console import show_logs
 from minigpt.corpus import BPE_VOCAB, SHARD_TOKENS
+from minigpt.diagnostics.probes import SECTIONS, DiagConfig
 from minigpt.distributed import world_from_env
 from minigpt.errors import MiniGPTError, TrainingStopped
 from minigpt.sample import PROMPT
@@ -51,7 +52,7 @@ METAVARS = {int: "N", float: "X", str: "TEXT"}
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
     """--flag for every config field (except those set by the program), default: not given."""
-    for name, (_section, f) in field_index().items():
+    for name, (_section, f) in field_index(SECTIONS).items():
         if f.metadata.get("cli") is False:
             continue
         flag = "--" + name.replace("_", "-")
@@ -222,7 +223,7 @@ def build_parser() -> Parser:
 
 def settings_given(args: argparse.Namespace) -> dict:
     """The config settings given as flags, by name."""
-    return {k: v for k, v in vars(args).items() if k in field_index()}
+    return {k: v for k, v in vars(args).items() if k in field_index(SECTIONS)}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -234,9 +235,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
             raise MiniGPTError(f"--out {args.out} and --resume {args.resume} name different "
                                f"folders; --resume continues the run where it is")
-        cfg = resume_config(args.resume, settings_given(args), args.preset, args.config)
+        cfg = resume_config(args.resume, settings_given(args), args.preset, args.config,
+                            SECTIONS)
     else:
-        cfg = resolve_config(args.preset or "seed", args.config, settings_given(args))
+        cfg = resolve_config(args.preset or "seed", args.config, settings_given(args), SECTIONS)
     result = train(cfg, args.resume or args.out, resume=bool(args.resume),
                    probes=standard_probes(cfg), progress=not args.no_progress)
     if world_from_env().is_main:  # under torchrun, rank 0 reports for all

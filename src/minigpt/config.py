@@ -2,9 +2,10 @@
 
 The dataclasses hold the only defaults. Precedence, lowest first: those defaults < a preset
 (`configs/<name>.toml`; `seed`, the default, sets nothing) < `--config FILE` < command-line
-flags. A TOML file has the sections `[model]`, `[train]`, `[data]` and `[diag]`; an unknown
-section or key is an error that suggests the closest valid name. `validate` is the one place
-settings are checked: everything past it takes a config as valid.
+flags. A TOML file has the sections `[model]`, `[train]` and `[data]`, and those a caller adds
+(the diagnostics' `[diag]`, see RunConfig); an unknown section or key is an error that suggests
+the closest valid name. `validate` is the one place settings are checked: everything past it
+takes a config as valid.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
 
-def _opt(default, help: str, **kw):
+def opt(default, help: str, **kw):
     """A dataclass field whose help text becomes the command-line flag's help."""
     return field(default=default, metadata={"help": help, **kw})
 
@@ -34,111 +35,110 @@ class ModelConfig:
     the lesson's model). A character tokenizer sets vocab_size from the text; for a BPE
     tokenizer it is the vocabulary size to train."""
 
-    vocab_size: int = _opt(65, "vocabulary size: set by the char tokenizer from the text; "
+    vocab_size: int = opt(65, "vocabulary size: set by the char tokenizer from the text; "
                                "for --tokenizer bpe, the size to train (at least 257)")
-    n_embd: int = _opt(64, "embedding width C")
-    n_head: int = _opt(4, "attention heads (must divide n_embd)")
-    n_layer: int = _opt(4, "transformer blocks")
-    block_size: int = _opt(128, "context length T")
-    dropout: float = _opt(0.0, "dropout probability (the lesson uses none)")
-    bias: bool = _opt(True, "biases in Linear layers and LayerNorms (the lesson has them)")
-    tie_weights: bool = _opt(False, "share the token embedding with lm_head")
-    pos: str = _opt("learned", "position information: learned embeddings added to the tokens "
+    n_embd: int = opt(64, "embedding width C")
+    n_head: int = opt(4, "attention heads (must divide n_embd)")
+    n_layer: int = opt(4, "transformer blocks")
+    block_size: int = opt(128, "context length T")
+    dropout: float = opt(0.0, "dropout probability (the lesson uses none)")
+    bias: bool = opt(True, "biases in Linear layers and LayerNorms (the lesson has them)")
+    tie_weights: bool = opt(False, "share the token embedding with lm_head")
+    pos: str = opt("learned", "position information: learned embeddings added to the tokens "
                                "(the lesson's) or rope (rotary, applied to queries and keys)",
                     choices=("learned", "rope"))
-    norm: str = _opt("layernorm", "the blocks' and final normalisation: layernorm (the "
+    norm: str = opt("layernorm", "the blocks' and final normalisation: layernorm (the "
                                   "lesson's) or rmsnorm", choices=("layernorm", "rmsnorm"))
-    qk_norm: bool = _opt(False, "RMS-normalise each head's queries and keys (with a learned "
+    qk_norm: bool = opt(False, "RMS-normalise each head's queries and keys (with a learned "
                                 "gain) before attention")
-    mlp: str = _opt("gelu", "the MLP: gelu (the lesson's, 4C wide), relu2 (ReLU squared, 4C) "
+    mlp: str = opt("gelu", "the MLP: gelu (the lesson's, 4C wide), relu2 (ReLU squared, 4C) "
                             "or swiglu (8C/3 wide, three matrices)",
                     choices=("gelu", "relu2", "swiglu"))
 
 
 @dataclass
 class TrainConfig:
-    steps: int = _opt(5000, "optimizer steps")
-    batch_size: int = _opt(32, "sequences per batch B (per process, per micro-step)")
-    grad_accum: int = _opt(1, "micro-batches per optimizer step: the global batch is "
+    steps: int = opt(5000, "optimizer steps")
+    batch_size: int = opt(32, "sequences per batch B (per process, per micro-step)")
+    grad_accum: int = opt(1, "micro-batches per optimizer step: the global batch is "
                               "batch_size x grad_accum x processes")
-    optimizer: str = _opt("adamw", "adamw, sgd (with momentum), or muon (torch.optim.Muon for "
+    optimizer: str = opt("adamw", "adamw, sgd (with momentum), or muon (torch.optim.Muon for "
                                    "the blocks' weight matrices, AdamW for the rest)",
                           choices=("adamw", "sgd", "muon"))
-    lr: float = _opt(1e-2, "peak learning rate")
-    min_lr: float = _opt(0.0, "floor of the decay (0: the lesson's cosine ends near zero)")
-    schedule: str = _opt(
+    lr: float = opt(1e-2, "peak learning rate")
+    min_lr: float = opt(0.0, "floor of the decay (0: the lesson's cosine ends near zero)")
+    schedule: str = opt(
         "cosine", "warmup, then cosine or linear decay to min_lr; constant; or the lesson's "
                   "CosineAnnealingLR", choices=("cosine", "linear", "constant", "cosine-annealing"),
     )
-    warmup_steps: int = _opt(100, "linear warmup steps (cosine and linear schedules)")
-    time_budget: float = _opt(0.0, "train for this many seconds (evaluation not counted), the "
+    warmup_steps: int = opt(100, "linear warmup steps (cosine and linear schedules)")
+    time_budget: float = opt(0.0, "train for this many seconds (evaluation not counted), the "
                                    "schedule following the time; 0: train for --steps")
-    weight_decay: float = _opt(0.1, "decoupled weight decay, applied to >=2-D weights only")
-    beta1: float = _opt(0.9, "AdamW beta1")
-    beta2: float = _opt(0.99, "AdamW beta2")
-    momentum: float = _opt(0.9, "SGD momentum")
-    muon_momentum: float = _opt(0.95, "Muon momentum (--optimizer muon)")
-    grad_clip: float = _opt(1.0, "clip the global gradient norm to this (0 = off)")
-    eval_every: int = _opt(250, "evaluate every N steps")
-    eval_batches: int = _opt(0, "validation batches per evaluation: N random batches, or 0 for "
+    weight_decay: float = opt(0.1, "decoupled weight decay, applied to >=2-D weights only")
+    beta1: float = opt(0.9, "AdamW beta1")
+    beta2: float = opt(0.99, "AdamW beta2")
+    momentum: float = opt(0.9, "SGD momentum")
+    muon_momentum: float = opt(0.95, "Muon momentum (--optimizer muon)")
+    grad_clip: float = opt(1.0, "clip the global gradient norm to this (0 = off)")
+    eval_every: int = opt(250, "evaluate every N steps")
+    eval_batches: int = opt(0, "validation batches per evaluation: N random batches, or 0 for "
                                 "the whole split, every token once (as the final figure)")
-    targets: str = _opt("1.72,1.60,1.50", "validation losses whose first crossing is timed "
+    targets: str = opt("1.72,1.60,1.50", "validation losses whose first crossing is timed "
                                           "(seconds of training), comma-separated")
-    patience: int = _opt(0, "stop after N evaluations without improvement (0 = off)")
-    min_delta: float = _opt(0.0, "improvement smaller than this does not count")
-    log_every: int = _opt(50, "write a metrics line every N steps")
-    keep: int = _opt(2, "checkpoints kept besides the best: the newest N")
-    skip_nonfinite: int = _opt(0, "skip up to N batches whose gradients are NaN or inf")
-    seed: int = _opt(1337, "seed for initial weights and batch sampling")
-    device: str = _opt("auto", "auto, cpu, cuda, cuda:N or mps")
-    dtype: str = _opt("auto", "forward-pass precision: auto (bfloat16 on CUDA, float32 on CPU), "
+    patience: int = opt(0, "stop after N evaluations without improvement (0 = off)")
+    min_delta: float = opt(0.0, "improvement smaller than this does not count")
+    log_every: int = opt(50, "write a metrics line every N steps")
+    keep: int = opt(2, "checkpoints kept besides the best: the newest N")
+    skip_nonfinite: int = opt(0, "skip up to N batches whose gradients are NaN or inf")
+    seed: int = opt(1337, "seed for initial weights and batch sampling")
+    device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps")
+    dtype: str = opt("auto", "forward-pass precision: auto (bfloat16 on CUDA, float32 on CPU), "
                       "float32 or bfloat16 (autocast; weights stay float32)",
                       choices=("auto", "float32", "bfloat16"))
-    compile: str = _opt("auto", "torch.compile the model: auto (on CUDA only), on or off",
+    compile: str = opt("auto", "torch.compile the model: auto (on CUDA only), on or off",
                         choices=("auto", "on", "off"))
-    sample_tokens: int = _opt(200, "length of the sample printed at the end (0 = none)")
+    sample_tokens: int = opt(200, "length of the sample printed at the end (0 = none)")
 
 
 @dataclass
 class DataConfig:
-    text: str = _opt("", "a UTF-8 text file, or a folder written by minigpt prepare, to train "
+    text: str = opt("", "a UTF-8 text file, or a folder written by minigpt prepare, to train "
                          "on (empty: TinyShakespeare)")
-    tokenizer: str = _opt("char", "char (one token per character) or bpe (byte-level BPE "
+    tokenizer: str = opt("char", "char (one token per character) or bpe (byte-level BPE "
                                   "trained on the training split; see --vocab-size)",
                           choices=("char", "bpe"))
-    val_fraction: float = _opt(0.1, "fraction of the tokens held out (the tail) for validation")
-
-
-@dataclass
-class DiagConfig:
-    """What a run records about itself besides its metrics (see minigpt.diagnostics)."""
-
-    gradflow_every: int = _opt(250, "record per-parameter gradient health every N steps (0 = off)")
-    attention_every: int = _opt(1000, "save attention heatmaps every N steps (0 = off)")
-    attention_text: str = _opt("ROMEO: But soft, what light", "text the attention maps read")
-    sample_every: int = _opt(1000, "record a 200-character sample every N steps (0 = off)")
-    tensorboard: bool = _opt(False, "also write TensorBoard event files to <run>/tensorboard")
-    plots: bool = _opt(True, "redraw loss.png and lr.png at every evaluation")
-    log_scale: bool = _opt(False, "draw loss.png with a logarithmic loss axis")
+    val_fraction: float = opt(0.1, "fraction of the tokens held out (the tail) for validation")
 
 
 @dataclass
 class RunConfig:
+    """A run's settings: the core's three sections, and the sections a caller adds (`extra`,
+    by name: the diagnostics add [diag]; the core never reads them, only carries them)."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    diag: DiagConfig = field(default_factory=DiagConfig)
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def with_sections(cls, sections: dict[str, type]) -> RunConfig:
+        """Defaults, with a default instance of each section beyond the core's."""
+        return cls(extra={name: kind() for name, kind in sections.items()
+                          if name not in SECTIONS})
+
+    def sections(self) -> dict:
+        return {"model": self.model, "train": self.train, "data": self.data, **self.extra}
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {name: dataclasses.asdict(sec) for name, sec in self.sections().items()}
 
 
-SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig, "diag": DiagConfig}
+SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
 
 
-def field_index() -> dict[str, tuple[str, dataclasses.Field]]:
+def field_index(sections: dict[str, type] = SECTIONS) -> dict[str, tuple[str, dataclasses.Field]]:
     """Every settable key, flat (keys are unique across sections): name -> (section, field)."""
-    return {f.name: (sec, f) for sec, cls in SECTIONS.items() for f in fields(cls)}
+    return {f.name: (sec, f) for sec, cls in sections.items() for f in fields(cls)}
 
 
 def _suggest(name: str, valid) -> str:
@@ -161,12 +161,13 @@ def _coerce(key: str, value, f: dataclasses.Field):
 
 def apply_overrides(cfg: RunConfig, table: dict, origin: str) -> RunConfig:
     """Apply a {section: {key: value}} table onto cfg (in place), checking every key."""
+    sections = cfg.sections()
     for sec, values in table.items():
-        if sec not in SECTIONS:
-            raise MiniGPTError(f"{origin}: unknown section [{sec}]{_suggest(sec, SECTIONS)}")
+        if sec not in sections:
+            raise MiniGPTError(f"{origin}: unknown section [{sec}]{_suggest(sec, sections)}")
         if not isinstance(values, dict):
             raise MiniGPTError(f"{origin}: [{sec}] must be a table of settings")
-        target = getattr(cfg, sec)
+        target = sections[sec]
         valid = {f.name: f for f in fields(target)}
         for key, value in values.items():
             if key not in valid:
@@ -202,14 +203,16 @@ def preset_table(name: str) -> dict:
     return tomllib.loads(text)
 
 
-def resolve_config(
-    preset: str = "seed", config_file: str | None = None, overrides: dict | None = None
-) -> RunConfig:
-    """Defaults < preset < config file < overrides ({key: value}, flat, as flags give them)."""
-    cfg = apply_overrides(RunConfig(), preset_table(preset), f"preset {preset}")
+def resolve_config(preset: str = "seed", config_file: str | None = None,
+                   overrides: dict | None = None,
+                   sections: dict[str, type] = SECTIONS) -> RunConfig:
+    """Defaults < preset < config file < overrides ({key: value}, flat, as flags give them).
+    sections: the core's, or those and more (see RunConfig.extra)."""
+    cfg = RunConfig.with_sections(sections)
+    apply_overrides(cfg, preset_table(preset), f"preset {preset}")
     if config_file:
         apply_overrides(cfg, read_toml(config_file), str(config_file))
-    index = field_index()
+    index = field_index(sections)
     table: dict[str, dict] = {}
     for key, value in (overrides or {}).items():
         if key not in index:
@@ -238,9 +241,9 @@ def validate(cfg: RunConfig) -> None:
             raise MiniGPTError(f"'{key}' must not be negative, got {getattr(t, key)}")
     if not 0 < d.val_fraction < 1:
         raise MiniGPTError(f"'val_fraction' must be in (0, 1), got {d.val_fraction}")
-    for key in ("gradflow_every", "attention_every", "sample_every"):
-        if getattr(cfg.diag, key) < 0:
-            raise MiniGPTError(f"'{key}' must not be negative, got {getattr(cfg.diag, key)}")
+    for section in cfg.extra.values():  # a section beyond the core's checks itself
+        if hasattr(section, "validate"):
+            section.validate()
     if t.min_lr > t.lr:
         raise MiniGPTError(f"min_lr ({t.min_lr}) must not exceed lr ({t.lr})")
     parse_targets(t.targets)

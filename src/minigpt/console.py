@@ -11,8 +11,13 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:  # for the annotations only
+    from minigpt.config import TrainConfig
+    from minigpt.run import Run
 
 log = logging.getLogger("minigpt")
 
@@ -36,9 +41,9 @@ def show_logs(level: int = logging.INFO) -> None:
 
 class Progress:
     """The bar over the run's steps, or over its seconds with a time budget, with the latest
-    figures (disabled off a terminal or notebook, or when asked). t: a TrainConfig."""
+    figures (disabled off a terminal or notebook, or when asked)."""
 
-    def __init__(self, t, step: int, seconds: float, enabled: bool):
+    def __init__(self, t: TrainConfig, step: int, seconds: float, enabled: bool):
         self.budget = t.time_budget
         total, done, unit = (t.time_budget, seconds, "s") if self.budget else (t.steps, step,
                                                                                 "step")
@@ -63,8 +68,8 @@ class Progress:
         self.bar.close()
 
 
-def log_start(run, peak: float) -> None:
-    """The run's folder and environment, data and model, in three lines (run: trainer.Run)."""
+def log_start(run: Run, peak: float) -> None:
+    """The run's folder and environment, data and model, in three lines."""
     t, env, data, processes = run.cfg.train, run.env, run.data, run.world.size
     procs = f"{processes} processes x " if processes > 1 else ""
     log.info(f"run folder {run.folder} | torch {env['torch']} on {procs}{env['device']}, "

@@ -182,7 +182,8 @@ def save(run: Run, tags: list[str]) -> None:
     meta = {"step": run.state.step, "world_size": run.world.size,
             "parts": {name: part.state_dict() for name, part in parts_with_state(run).items()},
             "train": vars(run.cfg.train), "data": vars(run.cfg.data),
-            "diag": vars(run.cfg.diag), "tokenizer": run.tokenizer.to_dict()}
+            "extra": {name: vars(sec) for name, sec in run.cfg.extra.items()},
+            "tokenizer": run.tokenizer.to_dict()}
     save_checkpoint(run.folder / "checkpoints", tags, run.model, run.optimizer, meta, rng,
                     keep=run.cfg.train.keep)
 

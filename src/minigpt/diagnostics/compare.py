@@ -20,7 +20,7 @@ from pathlib import Path
 
 from minigpt.config import field_index, resolve_config
 from minigpt.diagnostics.plots import plot_overlay
-from minigpt.diagnostics.probes import standard_probes
+from minigpt.diagnostics.probes import SECTIONS, standard_probes
 from minigpt.errors import MiniGPTError
 from minigpt.files import atomic_write_text, read_jsonl
 from minigpt.trainer import train
@@ -77,7 +77,7 @@ def parse_variant(text: str) -> tuple[str, dict]:
     name, _, settings = text.partition(":")
     if not name.strip():
         raise MiniGPTError(f"a variant needs a name before its settings, got {text!r}")
-    index = field_index()
+    index = field_index(SECTIONS)
     overrides = {}
     for item in filter(None, (x.strip() for x in settings.split(","))):
         key, sep, value = item.partition("=")
@@ -91,7 +91,7 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 def typed(key: str, text: str):
     """A setting's value from its text, as the setting's type (true/false for a switch)."""
-    kind = type(field_index()[key][1].default)
+    kind = type(field_index(SECTIONS)[key][1].default)
     try:
         if kind is bool:
             return {"true": True, "false": False, "1": True, "0": False}[text.lower()]
@@ -110,7 +110,8 @@ def compare(variants: dict[str, dict], out_dir: str | Path, preset: str = "seed"
     for name, overrides in variants.items():
         overrides = dict(overrides)
         cfg = resolve_config(overrides.pop("preset", preset), config_file,
-                             {**(common or {}), **overrides, "patience": 0})  # full length
+                             {**(common or {}), **overrides, "patience": 0},  # full length
+                             SECTIONS)
         configs[name] = cfg
     table = []
     for i, (name, cfg) in enumerate(configs.items()):

@@ -20,25 +20,50 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from minigpt.config import RunConfig
+from minigpt import config
+from minigpt.config import RunConfig, opt
 from minigpt.diagnostics import plots
 from minigpt.diagnostics.attention import attention_maps, plot_attention, token_labels
 from minigpt.diagnostics.gradflow import grad_stats, layer_norms, plot_layer_norms, snapshot
+from minigpt.errors import MiniGPTError
 from minigpt.files import append_line, read_jsonl, truncate_jsonl
+from minigpt.run import Run
 from minigpt.sample import PROMPT, sample_text
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class DiagConfig:
+    """What a run records about itself besides its metrics: the [diag] section of a config,
+    which the command line (and `compare`) add to the core's (see minigpt.config.RunConfig)."""
+
+    gradflow_every: int = opt(250, "record per-parameter gradient health every N steps (0 = off)")
+    attention_every: int = opt(1000, "save attention heatmaps every N steps (0 = off)")
+    attention_text: str = opt("ROMEO: But soft, what light", "text the attention maps read")
+    sample_every: int = opt(1000, "record a 200-character sample every N steps (0 = off)")
+    tensorboard: bool = opt(False, "also write TensorBoard event files to <run>/tensorboard")
+    plots: bool = opt(True, "redraw loss.png and lr.png at every evaluation")
+    log_scale: bool = opt(False, "draw loss.png with a logarithmic loss axis")
+
+    def validate(self) -> None:
+        for key in ("gradflow_every", "attention_every", "sample_every"):
+            if getattr(self, key) < 0:
+                raise MiniGPTError(f"'{key}' must not be negative, got {getattr(self, key)}")
+
+
+SECTIONS = config.SECTIONS | {"diag": DiagConfig}  # the settings the command line takes
+
+
 class Probe:
     log_files: tuple[str, ...] = ()  # JSON-lines logs with a row per step, in the run folder
 
-    def start(self, run) -> None:
+    def start(self, run: Run) -> None:
         self.run, self.state = run, run.state
         for name in self.log_files:  # a resumed run writes the rows after its checkpoint again
             truncate_jsonl(run.folder / name, run.state.step)
@@ -224,8 +249,8 @@ class TensorBoardProbe(Probe):
 
 
 def standard_probes(cfg: RunConfig) -> list[Probe]:
-    """The probes a config's [diag] settings ask for."""
-    d = cfg.diag
+    """The probes a config's [diag] settings ask for (none set: the defaults)."""
+    d = cfg.extra.get("diag", DiagConfig())
     tb = None
     if d.tensorboard:
         from minigpt.diagnostics.tensorboard import TensorBoardLog
