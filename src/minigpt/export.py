@@ -40,8 +40,8 @@ Choices the folder records:
   Neither adds special tokens, and decoding does not "clean up" spaces, so encode and decode
   give minigpt's ids and the text back.
 
-The folder is built in a temporary folder beside out_dir and renamed into place, so a failure
-never leaves a half-written export. `transformers` is imported only when exporting.
+The folder is built beside out_dir and renamed into place, so a failure never leaves a
+half-written export. `transformers` is imported only when exporting.
 """
 
 from __future__ import annotations
@@ -153,9 +153,8 @@ def gpt2_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
     Every parameter must find a place: one left over (a layer GPT-2 does not have) or one
     missing is a one-line MiniGPTError."""
-    cfg = model.config
+    cfg, C = model.config, model.config.n_embd
     sd = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
-    C = cfg.n_embd
     try:
         out = {"transformer.wte.weight": sd.pop("token_emb.weight"),
                "transformer.wpe.weight": sd.pop("pos_emb.weight")}
@@ -192,25 +191,21 @@ def build_gpt2(model: nn.Module):
     return hf.eval()
 
 
-def char_hf_tokenizer(chars: list[str]):
-    """A `tokenizers` Tokenizer with minigpt's character ids: every character (newlines too)
-    is its own token, looked up in a word-level vocabulary; decoding joins with no spaces. A
-    character outside the vocabulary is an error, as with minigpt's CharTokenizer."""
-    hf = Tokenizer(models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token=None))
-    # [\s\S]: any one character, line breaks included (unlike ".")
-    hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    hf.decoder = decoders.Fuse()
-    return hf
-
-
 def hf_tokenizer(tokenizer):
-    """minigpt's tokenizer (of either kind) as a `tokenizers` Tokenizer with the same ids."""
+    """minigpt's tokenizer (of either kind) as a `tokenizers` Tokenizer with the same ids; a
+    character outside a character tokenizer's vocabulary is an error there too."""
     kind = getattr(tokenizer, "kind", None)
-    if kind == "char":
-        return char_hf_tokenizer(list(tokenizer.chars))
     if kind == "bpe":  # a copy of its byte-level Tokenizer, ByteLevel decoder too
         return Tokenizer.from_str(tokenizer.hf.to_str())
-    raise MiniGPTError(f"cannot export a tokenizer of kind {kind!r} (expected 'char' or 'bpe')")
+    if kind != "char":
+        raise MiniGPTError(f"cannot export a tokenizer of kind {kind!r} (expected 'char' or "
+                           f"'bpe')")
+    vocab = {c: i for i, c in enumerate(tokenizer.chars)}
+    hf = Tokenizer(models.WordLevel(vocab, unk_token=None))
+    # [\s\S]: any one character, line breaks included (unlike ".")
+    hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    hf.decoder = decoders.Fuse()  # join the tokens with nothing between
+    return hf
 
 
 def tokenizer_config(block_size: int) -> dict:
@@ -224,11 +219,9 @@ def tokenizer_config(block_size: int) -> dict:
 
 
 def export_hf(model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
-    """Write `model` (a MiniGPT) and its tokenizer to out_dir as a GPT-2 that
-    AutoModelForCausalLM and AutoTokenizer load; return the folder.
-
-    out_dir must not exist or be empty. Everything is checked and converted before anything
-    is written, and the folder appears whole or not at all."""
+    """Write `model` (a MiniGPT) and its tokenizer to out_dir (which must not exist, or be
+    empty) as a GPT-2 that AutoModelForCausalLM and AutoTokenizer load; return the folder.
+    Everything is checked and converted before anything is written."""
     return _export(lambda: (model, tokenizer), out_dir)
 
 
@@ -240,10 +233,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, tag: str = "best") -> P
 
 
 def _export(load, out_dir: str | Path) -> Path:
-    """Check out_dir (it may not exist yet, or be an empty folder), then call load() for
-    (model, tokenizer): a run is refused before its checkpoint is read. Then check, convert and
-    write config.json, generation_config.json, model.safetensors, tokenizer.json and
-    tokenizer_config.json."""
+    """Check out_dir, then call load() for (model, tokenizer): a run is refused before its
+    checkpoint is read. Then check, convert and write the folder."""
     out = Path(out_dir)
     if out.is_dir() and any(out.iterdir()):
         raise MiniGPTError(f"{out} already exists and is not empty; choose another folder")
