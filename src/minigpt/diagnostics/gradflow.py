@@ -176,10 +176,9 @@ def _sci(value: float | None) -> str:
 
 def _line(cells: list[str], widths: list[int]) -> str:
     """Name and shape left-aligned, numbers right-aligned, flags left-aligned."""
-    out = [cells[0].ljust(widths[0]), cells[1].ljust(widths[1])]
-    out += [c.rjust(w) for c, w in zip(cells[2:-1], widths[2:-1], strict=True)]
-    out.append(cells[-1])
-    return "  ".join(out).rstrip()
+    out = [c.ljust(w) if i < 2 else c.rjust(w)
+           for i, (c, w) in enumerate(zip(cells[:-1], widths[:-1], strict=True))]
+    return "  ".join([*out, cells[-1]]).rstrip()
 
 
 def summary_line(stats: list[ParamStats]) -> str:
