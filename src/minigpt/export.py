@@ -40,8 +40,8 @@ Choices the folder records:
   Neither adds special tokens, and decoding does not "clean up" spaces, so encode and decode
   give minigpt's ids and the text back.
 
-The folder is built in a temporary folder beside out_dir and renamed into place, so a failure
-never leaves a half-written export. `transformers` is imported only when exporting.
+The folder is built beside out_dir and renamed into place, so a failure never leaves a
+half-written export. `transformers` is imported only when exporting.
 """
 
 from __future__ import annotations
@@ -81,8 +81,7 @@ def check_exportable(config) -> None:
     for field, compatible, what in GPT2_SETTINGS:
         value = getattr(config, field)
         if value not in compatible:
-            known = (r for (f, v), r in NO_COUNTERPART.items() if f == field and v == value)
-            reason = next(known, f"{what} {field}={value!r} has")
+            reason = NO_COUNTERPART.get((field, value), f"{what} {field}={value!r} has")
             raise MiniGPTError(f"cannot export: {reason} no GPT-2 counterpart")
     if config.n_embd % config.n_head:
         raise MiniGPTError(f"cannot export: n_embd ({config.n_embd}) is not divisible by "
@@ -114,22 +113,13 @@ def gpt2_config_kwargs(config) -> dict:
         "n_inner": 4 * config.n_embd,
         "activation_function": "gelu",  # exact erf GELU, as nn.GELU(); not GPT-2's gelu_new
         "layer_norm_epsilon": LAYER_NORM_EPS,
-        "resid_pdrop": config.dropout,
-        "embd_pdrop": config.dropout,
-        "attn_pdrop": config.dropout,
+        **dict.fromkeys(("resid_pdrop", "embd_pdrop", "attn_pdrop"), config.dropout),
         "scale_attn_weights": True,  # 1/sqrt(head_dim), as scaled_dot_product_attention
         "scale_attn_by_inverse_layer_idx": False,
         "reorder_and_upcast_attn": False,
         "tie_word_embeddings": bool(config.tie_weights),
-        "bos_token_id": None,
-        "eos_token_id": None,
-        "pad_token_id": None,
+        **dict.fromkeys(("bos_token_id", "eos_token_id", "pad_token_id"), None),
     }
-
-
-def conv1d_weight(linear_weight: torch.Tensor) -> torch.Tensor:
-    """nn.Linear's weight (out, in) -> Conv1D's weight (in, out)."""
-    return linear_weight.t().contiguous()  # (in, out)
 
 
 def bias_or_zeros(sd: dict[str, torch.Tensor], name: str, size: int) -> torch.Tensor:
@@ -146,13 +136,14 @@ def block_tensors(sd: dict[str, torch.Tensor], i: int, C: int) -> dict[str, torc
         out[f"{dst}{theirs}.weight"] = sd.pop(f"{src}{mine}.weight")
         out[f"{dst}{theirs}.bias"] = bias_or_zeros(sd, f"{src}{mine}.bias", C)
     qkv = [sd.pop(f"{src}attn.W{n}.weight") for n in "qkv"]  # each (C, C): (out, in)
-    out[f"{dst}attn.c_attn.weight"] = conv1d_weight(torch.cat(qkv, dim=0))  # (3C, C) -> (C, 3C)
+    # nn.Linear's (out, in) -> Conv1D's (in, out): (3C, C) -> (C, 3C)
+    out[f"{dst}attn.c_attn.weight"] = torch.cat(qkv, dim=0).t().contiguous()
     out[f"{dst}attn.c_attn.bias"] = torch.cat(
         [bias_or_zeros(sd, f"{src}attn.W{n}.bias", C) for n in "qkv"])  # (3C,)
     linears = (("attn.Wo", "attn.c_proj", C), ("ff.0", "mlp.c_fc", 4 * C),
                ("ff.2", "mlp.c_proj", C))
     for mine, theirs, n_out in linears:
-        out[f"{dst}{theirs}.weight"] = conv1d_weight(sd.pop(f"{src}{mine}.weight"))  # (in, out)
+        out[f"{dst}{theirs}.weight"] = sd.pop(f"{src}{mine}.weight").t().contiguous()  # (in, out)
         out[f"{dst}{theirs}.bias"] = bias_or_zeros(sd, f"{src}{mine}.bias", n_out)
     return out
 
@@ -162,9 +153,8 @@ def gpt2_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
     Every parameter must find a place: one left over (a layer GPT-2 does not have) or one
     missing is a one-line MiniGPTError."""
-    cfg = model.config
+    cfg, C = model.config, model.config.n_embd
     sd = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
-    C = cfg.n_embd
     try:
         out = {"transformer.wte.weight": sd.pop("token_emb.weight"),
                "transformer.wpe.weight": sd.pop("pos_emb.weight")}
@@ -181,21 +171,16 @@ def gpt2_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _transformers():
-    try:
-        import transformers
-    except ImportError:
-        raise MiniGPTError("exporting needs transformers: pip install transformers") from None
-    return transformers
-
-
 def build_gpt2(model: nn.Module):
     """A transformers GPT2LMHeadModel (eval mode) computing what `model` computes."""
     check_exportable(model.config)
     check_modules(model)
-    tf = _transformers()
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError:
+        raise MiniGPTError("exporting needs transformers: pip install transformers") from None
     tensors = gpt2_state_dict(model)
-    hf = tf.GPT2LMHeadModel(tf.GPT2Config(**gpt2_config_kwargs(model.config)))
+    hf = GPT2LMHeadModel(GPT2Config(**gpt2_config_kwargs(model.config)))
     # strict: every GPT-2 weight is set and has the shape GPT-2 expects; with tied weights
     # wte and lm_head are one tensor there and receive the same values
     try:
@@ -206,30 +191,21 @@ def build_gpt2(model: nn.Module):
     return hf.eval()
 
 
-def char_hf_tokenizer(chars: list[str]):
-    """A `tokenizers` Tokenizer with minigpt's character ids: every character (newlines too)
-    is its own token, looked up in a word-level vocabulary; decoding joins with no spaces. A
-    character outside the vocabulary is an error, as with minigpt's CharTokenizer."""
-    hf = Tokenizer(models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token=None))
+def hf_tokenizer(tokenizer):
+    """minigpt's tokenizer (of either kind) as a `tokenizers` Tokenizer with the same ids; a
+    character outside a character tokenizer's vocabulary is an error there too."""
+    kind = getattr(tokenizer, "kind", None)
+    if kind == "bpe":  # a copy of its byte-level Tokenizer, ByteLevel decoder too
+        return Tokenizer.from_str(tokenizer.hf.to_str())
+    if kind != "char":
+        raise MiniGPTError(f"cannot export a tokenizer of kind {kind!r} (expected 'char' or "
+                           f"'bpe')")
+    vocab = {c: i for i, c in enumerate(tokenizer.chars)}
+    hf = Tokenizer(models.WordLevel(vocab, unk_token=None))
     # [\s\S]: any one character, line breaks included (unlike ".")
     hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    hf.decoder = decoders.Fuse()
+    hf.decoder = decoders.Fuse()  # join the tokens with nothing between
     return hf
-
-
-def bpe_hf_tokenizer(tokenizer):
-    """A copy of a BPETokenizer's byte-level `tokenizers` Tokenizer (ByteLevel decoder too)."""
-    return Tokenizer.from_str(tokenizer.hf.to_str())
-
-
-def hf_tokenizer(tokenizer):
-    """minigpt's tokenizer (of either kind) as a `tokenizers` Tokenizer with the same ids."""
-    kind = getattr(tokenizer, "kind", None)
-    if kind == "char":
-        return char_hf_tokenizer(list(tokenizer.chars))
-    if kind == "bpe":
-        return bpe_hf_tokenizer(tokenizer)
-    raise MiniGPTError(f"cannot export a tokenizer of kind {kind!r} (expected 'char' or 'bpe')")
 
 
 def tokenizer_config(block_size: int) -> dict:
@@ -242,36 +218,10 @@ def tokenizer_config(block_size: int) -> dict:
     }
 
 
-def check_vocab(model: nn.Module, tokenizer) -> None:
-    """The tokenizer's ids must all be rows of the model's embedding."""
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise MiniGPTError(f"cannot export: the tokenizer has {tokenizer.vocab_size} tokens but "
-                           f"the model only {model.config.vocab_size}")
-
-
-def check_out_dir(out: Path) -> None:
-    """out may not exist yet, or be an empty folder; anything else is refused."""
-    if out.is_dir() and any(out.iterdir()):
-        raise MiniGPTError(f"{out} already exists and is not empty; choose another folder")
-    if out.exists() and not out.is_dir():
-        raise MiniGPTError(f"{out} already exists and is not a folder")
-
-
-def write_export(hf_model, hf_tok: Tokenizer, block_size: int, folder: Path) -> None:
-    """Write config.json, generation_config.json, model.safetensors (save_pretrained),
-    tokenizer.json and tokenizer_config.json into folder."""
-    hf_model.save_pretrained(folder, safe_serialization=True)
-    hf_tok.save(str(folder / "tokenizer.json"))
-    text = json.dumps(tokenizer_config(block_size), indent=2) + "\n"
-    (folder / "tokenizer_config.json").write_text(text, encoding="utf-8")
-
-
 def export_hf(model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
-    """Write `model` (a MiniGPT) and its tokenizer to out_dir as a GPT-2 that
-    AutoModelForCausalLM and AutoTokenizer load; return the folder.
-
-    out_dir must not exist or be empty. Everything is checked and converted before anything
-    is written, and the folder appears whole or not at all."""
+    """Write `model` (a MiniGPT) and its tokenizer to out_dir (which must not exist, or be
+    empty) as a GPT-2 that AutoModelForCausalLM and AutoTokenizer load; return the folder.
+    Everything is checked and converted before anything is written."""
     return _export(lambda: (model, tokenizer), out_dir)
 
 
@@ -284,13 +234,20 @@ def export_run(run_dir: str | Path, out_dir: str | Path, tag: str = "best") -> P
 
 def _export(load, out_dir: str | Path) -> Path:
     """Check out_dir, then call load() for (model, tokenizer): a run is refused before its
-    checkpoint is read. Then check, convert and write, as export_hf says."""
+    checkpoint is read. Then check, convert and write the folder."""
     out = Path(out_dir)
-    check_out_dir(out)
+    if out.is_dir() and any(out.iterdir()):
+        raise MiniGPTError(f"{out} already exists and is not empty; choose another folder")
+    if out.exists() and not out.is_dir():
+        raise MiniGPTError(f"{out} already exists and is not a folder")
     model, tokenizer = load()
-    check_vocab(model, tokenizer)
-    hf_model = build_gpt2(model)
-    hf_tok = hf_tokenizer(tokenizer)
+    if tokenizer.vocab_size > model.config.vocab_size:  # every id must be an embedding row
+        raise MiniGPTError(f"cannot export: the tokenizer has {tokenizer.vocab_size} tokens but "
+                           f"the model only {model.config.vocab_size}")
+    hf_model, hf_tok = build_gpt2(model), hf_tokenizer(tokenizer)
     with atomic_folder(out) as tmp:
-        write_export(hf_model, hf_tok, model.config.block_size, tmp)
+        hf_model.save_pretrained(tmp, safe_serialization=True)
+        hf_tok.save(str(tmp / "tokenizer.json"))
+        text = json.dumps(tokenizer_config(model.config.block_size), indent=2) + "\n"
+        (tmp / "tokenizer_config.json").write_text(text, encoding="utf-8")
     return out

@@ -131,7 +131,6 @@ class CharTokenizer(SavedAsJSON):
         return self._order[pos].astype(np.int64, copy=False)  # (N,)
 
     def can_encode(self, text: str) -> bool:
-        """Whether every character of text is in the alphabet."""
         return set(text) <= self.stoi.keys()
 
     def decode(self, ids) -> str:
@@ -139,8 +138,7 @@ class CharTokenizer(SavedAsJSON):
 
     def decode_stream(self, ids: Iterable[int]) -> Iterator[str]:
         """The text of each token as it comes (one character per token)."""
-        for i in ids:
-            yield self.itos[int(i)]
+        return (self.itos[int(i)] for i in ids)
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "chars": "".join(self.chars)}

@@ -49,12 +49,9 @@ def attention_maps(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
     if idx.dim() != 2 or idx.size(0) != 1:
         raise MiniGPTError(f"attention maps need one sequence of shape (1, T), "
                            f"got {tuple(idx.shape)}")
-    inputs: list[torch.Tensor] = []
-
-    def keep_input(module, args):
-        inputs.append(args[0])
-
-    hooks = [block.attn.register_forward_pre_hook(keep_input) for block in model.blocks]
+    inputs: list[torch.Tensor] = []  # each block's attention input x (1, T, C)
+    hooks = [block.attn.register_forward_pre_hook(lambda _, args: inputs.append(args[0]))
+             for block in model.blocks]
     try:
         with evaluating(model):
             model(idx)
@@ -86,27 +83,23 @@ def tick_step(n: int, max_ticks: int = MAX_TICKS) -> int:
 
 def plot_attention(maps, labels: list[str], path: str | Path | None = None,
                    title: str | None = None):
-    """A grid of heatmaps, layers as rows and heads as columns, query characters down the side
-    and key characters along the bottom of each; one colour bar: the Figure, written to `path`
-    as a PNG if given.
+    """A grid of heatmaps of maps (n_layer, n_head, T, T), a tensor or array: layers as rows,
+    heads as columns, the T labels (characters or token strings) as queries down the side and
+    keys along the bottom; the Figure, written to `path` as a PNG if given.
 
-    maps is (n_layer, n_head, T, T) (a tensor or array, as from `attention_maps`); labels are
-    the T characters (or token strings). The colour scale is linear from 0 to 1 (the same for
-    every head, so heads compare); the masked future is light grey. Every position is labelled
-    up to T = MAX_TICKS, every k-th beyond. The layout is computed, not constrained: a 4 x 4
-    grid of 64 characters renders in a few seconds.
+    One colour scale, linear from 0 to 1, so heads compare; the masked future is light grey.
+    The layout is computed, not constrained: a 4 x 4 grid of 64 characters renders in seconds.
     """
     weights = _as_maps(maps, labels)
     n_layer, n_head, T, _ = weights.shape
-    shown = [display_label(s) for s in labels]
-    ticks = list(range(0, T, tick_step(T)))
-    grid = _GridLayout(n_layer, n_head, len(ticks), max(len(shown[i]) for i in ticks), title)
+    ticks = list(range(0, T, tick_step(T)))  # every position up to MAX_TICKS, then every k-th
+    names = [display_label(labels[i]) for i in ticks]
+    grid = _GridLayout(n_layer, n_head, len(ticks), max(map(len, names)), title)
     fig = new_figure(*grid.size, dpi=100)
-    image = None
     for layer in range(n_layer):
         for head in range(n_head):
             ax = fig.add_axes(grid.cell(layer, head))
-            image = _heatmap(ax, weights[layer, head], shown, ticks, grid.font_size)
+            image = _heatmap(ax, weights[layer, head], names, ticks, grid.font_size)
             # a fixed y spares matplotlib a tight-bbox search for each title's place
             ax.set_title(f"layer {layer} · head {head}", fontsize=9, y=1.0, pad=3)
             if head == 0:
@@ -167,25 +160,18 @@ def _as_maps(maps, labels: list[str]):
     return weights
 
 
-def _heatmap(ax, w, shown: list[str], ticks: list[int], font_size: int):
-    """One head's (T, T) weights with the future masked out."""
+def _heatmap(ax, w, names: list[str], ticks: list[int], font_size: int):
+    """One head's (T, T) weights with the future masked out, and the names at the ticks under
+    the columns and left of the rows, as plain text: matplotlib's tick machinery costs a few
+    milliseconds per tick, and a 4 x 4 grid of 64 characters has 2048."""
     import numpy as np
     from matplotlib import colormaps
+    from matplotlib.transforms import blended_transform_factory
 
-    T = w.shape[0]
-    future = np.triu(np.ones((T, T), dtype=bool), 1)  # (T, T)
+    future = np.triu(np.ones(w.shape, dtype=bool), 1)  # (T, T)
     cmap = colormaps["magma_r"].with_extremes(bad="#e6e6e6")
     image = ax.imshow(np.ma.masked_where(future, w), cmap=cmap, vmin=0.0, vmax=1.0,
                       interpolation="nearest")
-    _label_positions(ax, [shown[i] for i in ticks], ticks, font_size)
-    return image
-
-
-def _label_positions(ax, names: list[str], ticks: list[int], font_size: int) -> None:
-    """Characters under the columns and left of the rows, as plain text: matplotlib's tick
-    machinery costs a few milliseconds per tick, and a 4 x 4 grid of 64 characters has 2048."""
-    from matplotlib.transforms import blended_transform_factory
-
     ax.set_xticks([])
     ax.set_yticks([])
     font = {"fontsize": font_size, "family": "DejaVu Sans Mono"}
@@ -196,3 +182,4 @@ def _label_positions(ax, names: list[str], ticks: list[int], font_size: int) -> 
         ax.text(i, -0.008, name, transform=below, ha="center", va="top", rotation=rotation,
                 **font)
         ax.text(-0.008, i, name, transform=left, ha="right", va="center", **font)
+    return image

@@ -37,8 +37,7 @@ def parse_axis(text: str | None, key: str) -> list[dict]:
         if not name:
             raise MiniGPTError(f"empty item in the {key} list {text!r}")
         try:
-            value = float(name) if key == "grad_clip" else name
-            variant = {key: value}
+            variant = {key: float(name) if key == "grad_clip" else name}
             if lr:
                 variant["lr"] = float(lr)
         except ValueError:
@@ -108,11 +107,9 @@ def compare(variants: dict[str, dict], out_dir: str | Path, preset: str = "seed"
     out_dir = Path(out_dir)
     configs = {}
     for name, overrides in variants.items():
-        overrides = dict(overrides)
-        cfg = resolve_config(overrides.pop("preset", preset), config_file,
-                             {**(common or {}), **overrides, "patience": 0},  # full length
-                             SECTIONS)
-        configs[name] = cfg
+        overrides = dict(overrides)  # patience 0: every variant runs its full length
+        configs[name] = resolve_config(overrides.pop("preset", preset), config_file,
+                                       {**(common or {}), **overrides, "patience": 0}, SECTIONS)
     table = []
     for i, (name, cfg) in enumerate(configs.items()):
         folder = out_dir / f"{i}-{''.join(c if c.isalnum() or c in '+-.' else '_' for c in name)}"

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,68 +95,48 @@ def grad_stats(model: torch.nn.Module, before: dict[str, torch.Tensor] | None = 
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not any(p.grad is not None for _, p in named):
         raise MiniGPTError("no gradients to read: call loss.backward() before grad_stats")
+    before = before or {}
+    for n, p in named:
+        if n in before and before[n].shape != p.shape:
+            raise MiniGPTError(f"snapshot does not fit the model: {n} is {tuple(p.shape)}, "
+                               f"the snapshot's {tuple(before[n].shape)}")
     device = named[0][1].device
-    rows = torch.stack([_measure(p, _before_of(before, n, p)).to(device) for n, p in named])
+    rows = torch.stack([_measure(p, before.get(n)).to(device) for n, p in named])
     values = rows.tolist()  # (P, 8) on the host: the one device sync of the call
-    return [_param_stats(n, p, v, before is not None and n in before, vanish, explode,
-                         n.endswith(exempt))
+    return [_param_stats(n, p, v, vanish, explode, n.endswith(exempt))
             for (n, p), v in zip(named, values, strict=True)]
-
-
-def _before_of(before: dict[str, torch.Tensor] | None, name: str,
-               p: torch.Tensor) -> torch.Tensor | None:
-    if before is None or name not in before:
-        return None
-    if before[name].shape != p.shape:
-        raise MiniGPTError(f"snapshot does not fit the model: {name} is {tuple(p.shape)}, "
-                           f"the snapshot's {tuple(before[name].shape)}")
-    return before[name]
 
 
 @torch.no_grad()
 def _measure(p: torch.Tensor, w_before: torch.Tensor | None) -> torch.Tensor:
     """(8,) mean|g|, std g, ||g||, ||w||, all-zero, all-finite, ||w - w_before||, ||w_before||;
     the last two are NaN without a snapshot."""
+    norm = torch.linalg.vector_norm
     w = p.detach().float()
-    if p.grad is None:
-        zero = torch.zeros((), device=p.device)
-        g_part = [zero, zero, zero, zero + 1, zero + 1]  # no gradient: dead, finite
-    else:
-        g = p.grad.detach().float()
-        g_part = [g.abs().mean(), g.std(correction=0), torch.linalg.vector_norm(g),
-                  (g == 0).all().float(), torch.isfinite(g).all().float()]
+    g = torch.zeros_like(w) if p.grad is None else p.grad.detach().float()  # None: dead
     if w_before is None:
-        nan = torch.full((), math.nan, device=p.device)
-        dw = [nan, nan]
+        dw = [torch.full((), math.nan, device=p.device)] * 2
     else:
         w0 = w_before.detach().float().to(p.device)
-        dw = [torch.linalg.vector_norm(w - w0), torch.linalg.vector_norm(w0)]
-    mean_abs, std, norm, all_zero, finite = g_part
-    return torch.stack([mean_abs, std, norm, torch.linalg.vector_norm(w), all_zero, finite,
-                        *dw])
+        dw = [norm(w - w0), norm(w0)]
+    return torch.stack([g.abs().mean(), g.std(correction=0), norm(g), norm(w),
+                        (g == 0).all().float(), torch.isfinite(g).all().float(), *dw])
 
 
-def _param_stats(name: str, p: torch.Tensor, v: list[float], measured: bool, vanish: float,
-                 explode: float, exempt: bool) -> ParamStats:
-    mean_abs, std, norm, w_norm, all_zero, finite, d_norm, b_norm = v
-    ratio = d_norm / b_norm if measured and b_norm > 0 else None
-    flags = _flags(norm, all_zero == 1, finite == 1, vanish, explode)
-    if exempt:
-        flags = [f for f in flags if f not in ("dead", "vanishing")]
-    return ParamStats(name, tuple(p.shape), mean_abs, std, norm, w_norm, ratio, flags)
-
-
-def _flags(norm: float, all_zero: bool, finite: bool, vanish: float, explode: float) -> list[str]:
+def _param_stats(name: str, p: torch.Tensor, v: list[float], vanish: float, explode: float,
+                 exempt: bool) -> ParamStats:
     """At most one flag, the first that applies: nonfinite, dead, vanishing, exploding."""
-    if not finite:
-        return ["nonfinite"]
-    if all_zero:
-        return ["dead"]
-    if norm < vanish:
-        return ["vanishing"]
-    if norm > explode:
-        return ["exploding"]
-    return []
+    mean_abs, std, norm, w_norm, all_zero, finite, d_norm, b_norm = v
+    ratio = d_norm / b_norm if b_norm > 0 else None  # NaN without a snapshot: None
+    if finite != 1:
+        flags = ["nonfinite"]
+    elif all_zero == 1 and not exempt:
+        flags = ["dead"]
+    elif norm < vanish and not exempt:
+        flags = ["vanishing"]
+    else:
+        flags = ["exploding"] if norm > explode else []
+    return ParamStats(name, tuple(p.shape), mean_abs, std, norm, w_norm, ratio, flags)
 
 
 def layer_of(name: str) -> str:
@@ -168,10 +149,9 @@ def layer_of(name: str) -> str:
 def layer_norms(stats: list[ParamStats]) -> dict[str, float]:
     """Gradient L2 norm of each layer group (sqrt of the sum of its members' squared norms), in
     model order: token_emb, pos_emb, blocks.0, ..., ln_f, lm_head."""
-    squares: dict[str, float] = {}
+    squares = defaultdict(float)
     for s in stats:
-        layer = layer_of(s.name)
-        squares[layer] = squares.get(layer, 0.0) + s.grad_norm ** 2
+        squares[layer_of(s.name)] += s.grad_norm ** 2
     return {layer: math.sqrt(total) for layer, total in squares.items()}
 
 
@@ -196,10 +176,9 @@ def _sci(value: float | None) -> str:
 
 def _line(cells: list[str], widths: list[int]) -> str:
     """Name and shape left-aligned, numbers right-aligned, flags left-aligned."""
-    out = [cells[0].ljust(widths[0]), cells[1].ljust(widths[1])]
-    out += [c.rjust(w) for c, w in zip(cells[2:-1], widths[2:-1], strict=True)]
-    out.append(cells[-1])
-    return "  ".join(out).rstrip()
+    out = [c.ljust(w) if i < 2 else c.rjust(w)
+           for i, (c, w) in enumerate(zip(cells[:-1], widths[:-1], strict=True))]
+    return "  ".join([*out, cells[-1]]).rstrip()
 
 
 def summary_line(stats: list[ParamStats]) -> str:
@@ -226,26 +205,22 @@ def probe_batch_stats(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     include the update-to-weight ratio.
     """
     if optimizer is not None:
-        _check_optimizer_holds(model, optimizer)
+        own = {id(p) for p in model.parameters()}
+        if not all(id(p) in own for g in optimizer.param_groups for p in g["params"]):
+            raise MiniGPTError("the optimizer does not hold this model's parameters")
     work, opt = copy.deepcopy((model, optimizer))  # one memo: opt refers to work's parameters
     work.train()
     work.zero_grad(set_to_none=True)
     _, loss = work(x, y)
     loss.backward()
     clip_gradients(work, grad_clip)  # as the training loop clips (0: not at all)
-    if opt is None:
-        return grad_stats(work, vanish=vanish, explode=explode, exempt=exempt)
-    if lr is not None:
-        set_lr(opt, lr)
-    before = snapshot(work)
-    opt.step()
+    before = None
+    if opt is not None:
+        if lr is not None:
+            set_lr(opt, lr)
+        before = snapshot(work)
+        opt.step()
     return grad_stats(work, before, vanish=vanish, explode=explode, exempt=exempt)
-
-
-def _check_optimizer_holds(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    own = {id(p) for p in model.parameters()}
-    if not all(id(p) in own for g in optimizer.param_groups for p in g["params"]):
-        raise MiniGPTError("the optimizer does not hold this model's parameters")
 
 
 def plot_layer_norms(history: list[dict], path: str | Path | None = None,
@@ -258,16 +233,30 @@ def plot_layer_norms(history: list[dict], path: str | Path | None = None,
     """
     if not history:
         raise MiniGPTError("no gradient-flow rows to plot")
+    from matplotlib import colormaps
+
     layers = list(dict.fromkeys(name for row in history for name in row["layers"]))
+    blocks = [name for name in layers if name.startswith("blocks.")]
+    others = iter(["#d62728", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f", "#17becf"] * 8)
     fig = new_figure(9.0, 5.0, layout="constrained")
     ax = fig.add_subplot()
     any_positive = False
-    for layer, style in zip(layers, _line_styles(layers), strict=True):
-        steps, norms, hidden = _layer_series(history, layer)
-        any_positive |= any(v > 0 for v in norms if math.isfinite(v))
+    for layer in layers:
+        # blocks along a viridis ramp (input to output), the other layers in fixed colours, dashed
+        if layer in blocks:
+            ramp = 0.9 * blocks.index(layer) / max(len(blocks) - 1, 1)
+            style = {"color": colormaps["viridis"](ramp), "ls": "-"}
+        else:
+            style = {"color": next(others), "ls": "--"}
+        rows = [row for row in history if layer in row["layers"]]
+        # zero and non-finite norms become NaN: a gap in the line, counted in the legend
+        norms = [v if math.isfinite(v) and v > 0 else math.nan
+                 for v in (float(row["layers"][layer]) for row in rows)]
+        hidden = sum(map(math.isnan, norms))
+        any_positive |= hidden < len(norms)
         label = layer + (f" (zero or non-finite at {hidden} steps)" if hidden else "")
-        ax.plot(steps, norms, label=label, marker="o" if len(history) <= 30 else None,
-                ms=3, lw=1.4, **style)
+        ax.plot([row["step"] for row in rows], norms, label=label, ms=3, lw=1.4,
+                marker="o" if len(history) <= 30 else None, **style)
     if any_positive:
         ax.set_yscale("log")
     ax.set_xlabel("step")
@@ -277,37 +266,3 @@ def plot_layer_norms(history: list[dict], path: str | Path | None = None,
     ax.grid(True, which="minor", alpha=0.1)
     fig.legend(loc="outside right upper", fontsize=8)
     return save_png(fig, path)
-
-
-def _layer_series(history: list[dict], layer: str) -> tuple[list[int], list[float], int]:
-    """Steps and norms of one layer; zero and non-finite norms become NaN (a gap) and are
-    counted."""
-    steps, norms, hidden = [], [], 0
-    for row in history:
-        if layer not in row["layers"]:
-            continue
-        value = float(row["layers"][layer])
-        if not (math.isfinite(value) and value > 0):
-            hidden += 1
-            value = math.nan
-        steps.append(row["step"])
-        norms.append(value)
-    return steps, norms, hidden
-
-
-def _line_styles(layers: list[str]) -> list[dict]:
-    """Blocks along a viridis ramp (input to output), the other layers in fixed colours,
-    dashed."""
-    from matplotlib import colormaps
-
-    blocks = [name for name in layers if name.startswith("blocks.")]
-    ramp = colormaps["viridis"]
-    others = iter(["#d62728", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f", "#17becf"] * 8)
-    styles = []
-    for name in layers:
-        if name in blocks:
-            i = blocks.index(name)
-            styles.append({"color": ramp(0.9 * i / max(len(blocks) - 1, 1)), "ls": "-"})
-        else:
-            styles.append({"color": next(others), "ls": "--"})
-    return styles

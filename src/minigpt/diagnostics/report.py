@@ -29,11 +29,6 @@ pre { background: #f0f2f5; padding: 12px; border-radius: 6px; white-space: pre-w
 .muted { color: #6b7280; } nav a { margin-right: 14px; }
 """
 
-SECTIONS = [("summary", "Summary"), ("curves", "Loss and learning rate"),
-            ("gradflow", "Gradient flow"), ("attention", "Attention"), ("samples", "Samples"),
-            ("graph", "Computation graph"), ("config", "Configuration")]
-
-
 def image_tag(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     kind = "svg+xml" if path.suffix == ".svg" else "png"
@@ -67,7 +62,7 @@ def gradflow_html(run_dir: Path) -> str:
         return missing("gradient-flow record (--gradflow-every was 0)")
     rows = read_jsonl(run_dir / "gradflow.jsonl")
     flagged = sum(1 for r in rows if r["flagged"])
-    note = (f"<p>{len(rows)} probes; {flagged} with flagged parameters.</p>" if rows else "")
+    note = f"<p>{len(rows)} probes; {flagged} with flagged parameters.</p>" if rows else ""
     return image_tag(run_dir / "gradflow.png", "per-layer gradient norm") + note
 
 
@@ -102,16 +97,20 @@ def config_html(run_dir: Path) -> str:
     return f"<pre>{html.escape(json.dumps(json.loads(path.read_text()), indent=2))}</pre>"
 
 
+SECTIONS = [  # (id, heading, the function that writes the section)
+    ("summary", "Summary", summary_html), ("curves", "Loss and learning rate", curves_html),
+    ("gradflow", "Gradient flow", gradflow_html), ("attention", "Attention", attention_html),
+    ("samples", "Samples", samples_html), ("graph", "Computation graph", graph_html),
+    ("config", "Configuration", config_html)]
+
+
 def build_report(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
         raise MiniGPTError(f"{run_dir} is not a run folder (no config.json)")
-    parts = {"summary": summary_html, "curves": curves_html, "gradflow": gradflow_html,
-             "attention": attention_html, "samples": samples_html, "graph": graph_html,
-             "config": config_html}
-    nav = "".join(f'<a href="#{key}">{title}</a>' for key, title in SECTIONS)
-    body = "".join(f'<section id="{key}"><h2>{title}</h2>{parts[key](run_dir)}</section>'
-                   for key, title in SECTIONS)
+    nav = "".join(f'<a href="#{key}">{title}</a>' for key, title, _ in SECTIONS)
+    body = "".join(f'<section id="{key}"><h2>{title}</h2>{part(run_dir)}</section>'
+                   for key, title, part in SECTIONS)
     title = f"minigpt run {html.escape(run_dir.name)}"
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
