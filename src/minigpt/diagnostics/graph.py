@@ -84,10 +84,16 @@ class _TagCalls(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        name = getattr(func, "__name__", "op").strip("_")
         self.calls += 1
-        for t in _tensors(out):
-            _claim(t.grad_fn, tuple(p for p in self.stack if p), f"{name}#{self.calls}")
+        scope = tuple(p for p in self.stack if p)
+        call = f"{getattr(func, '__name__', 'op').strip('_')}#{self.calls}"
+        todo = [t.grad_fn for t in _tensors(out)]  # and the untagged nodes behind: this call's
+        while todo:
+            fn = todo.pop()
+            if fn is None or SCOPE_KEY in fn.metadata or type(fn).__name__ == "AccumulateGrad":
+                continue
+            fn.metadata[SCOPE_KEY], fn.metadata[CALL_KEY] = scope, call
+            todo.extend(nxt for nxt, _ in fn.next_functions)
         return out
 
 
@@ -95,18 +101,6 @@ def _tensors(out) -> list[torch.Tensor]:
     if isinstance(out, torch.Tensor):
         return [out]
     return [t for item in out for t in _tensors(item)] if isinstance(out, (tuple, list)) else []
-
-
-def _claim(fn, scope: tuple[str, ...], call: str) -> None:
-    """Tag fn and every untagged autograd node behind it (those this call just created)."""
-    stack = [fn]
-    while stack:
-        fn = stack.pop()
-        if fn is None or SCOPE_KEY in fn.metadata or type(fn).__name__ == "AccumulateGrad":
-            continue
-        fn.metadata[SCOPE_KEY] = scope
-        fn.metadata[CALL_KEY] = call
-        stack.extend(nxt for nxt, _ in fn.next_functions)
 
 
 @contextmanager
