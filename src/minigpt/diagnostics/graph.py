@@ -5,21 +5,17 @@
     small = collapse(nodes, edges, depth=1)             # one node per module
     render(to_dot(*small, title="MiniGPT loss"), "out/graph")  # graph.dot, .svg, .png
 
-Nodes are `Node`s numbered from 0, the root (the loss); edges are (input, consumer) pairs, the
-direction data flows in the forward pass (parameters -> ... -> loss), the reverse of the
-direction backward() walks them. Parameters are drawn as blue boxes, operations as yellow
-ellipses, modules as green rounded boxes and the root in red.
+Nodes are numbered from 0, the root (the loss); edges are (input, consumer) pairs, the way data
+flows in the forward pass (parameters -> ... -> loss), the reverse of the way backward() walks.
 
-Which module made an operation: autograd nodes do not know. `record_modules` finds out while
-the forward runs: module pre/post hooks keep a stack of the modules being run, and a
-TorchFunctionMode sees every torch call; after each call it walks back from the call's outputs
-over the autograd nodes nobody has claimed yet (those the call just created, including the
-internal ones, such as a Linear's transpose) and writes the running modules' paths (the scope,
-outermost first) and the call's name into the node's `metadata`. `trace` reads them back, so it
-stays a plain walk.
-This is exact, unlike guessing from the nearest parameter: a residual add belongs to its block,
-softmax-attention to `attn`, GELU to `ff.1`, and calls made by the model's own forward (the
-embedding sum, `cross_entropy`) to no module, which `collapse` keeps as one node per call.
+Autograd nodes do not know which module made them, so `record_modules` finds out while the
+forward runs: module hooks keep a stack of the running modules, and a TorchFunctionMode sees
+every torch call and tags the autograd nodes the call just created (the untagged ones behind
+its outputs, including internal ones such as a Linear's transpose) with the running modules'
+paths (the scope, outermost first) and the call's name, in the node's `metadata`; `trace` only
+reads them back. This is exact, unlike guessing from the nearest parameter: a residual add
+belongs to its block, softmax-attention to `attn`, GELU to `ff.1`, and the model's own calls
+(the embedding sum, `cross_entropy`) to no module, which `collapse` keeps as one node per call.
 A tensor with autograd history from before the recording is claimed by the first call using it.
 """
 
@@ -29,7 +25,7 @@ import math
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -47,8 +43,9 @@ INSTALL_HINT = ("install Graphviz to render it (apt install graphviz / brew inst
                 "or open the .dot file in any Graphviz viewer")
 FORMATS = ("svg", "png", "pdf")
 FRAME_LIMIT = 100
-COLOURS = {"param": "#cfe2ff", "tensor": "#e9ecef", "op": "#fff3cd", "module": "#d1e7dd",
-           "root": "#f8d7da"}
+STYLES = {"param": ("box", "filled", "#cfe2ff"), "tensor": ("box", "filled", "#e9ecef"),
+          "op": ("ellipse", "filled", "#fff3cd"), "module": ("box", "filled,rounded", "#d1e7dd"),
+          "root": ("doubleoctagon", "filled", "#f8d7da")}  # kind: (shape, style, fill colour)
 
 
 @dataclass(frozen=True)
@@ -87,31 +84,23 @@ class _TagCalls(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        name = getattr(func, "__name__", "op").strip("_")
         self.calls += 1
-        for t in _tensors(out):
-            _claim(t.grad_fn, tuple(p for p in self.stack if p), f"{name}#{self.calls}")
+        scope = tuple(p for p in self.stack if p)
+        call = f"{getattr(func, '__name__', 'op').strip('_')}#{self.calls}"
+        todo = [t.grad_fn for t in _tensors(out)]  # and the untagged nodes behind: this call's
+        while todo:
+            fn = todo.pop()
+            if fn is None or SCOPE_KEY in fn.metadata or type(fn).__name__ == "AccumulateGrad":
+                continue
+            fn.metadata[SCOPE_KEY], fn.metadata[CALL_KEY] = scope, call
+            todo.extend(nxt for nxt, _ in fn.next_functions)
         return out
 
 
-def _tensors(out) -> Iterator[torch.Tensor]:
+def _tensors(out) -> list[torch.Tensor]:
     if isinstance(out, torch.Tensor):
-        yield out
-    elif isinstance(out, (tuple, list)):
-        for item in out:
-            yield from _tensors(item)
-
-
-def _claim(fn, scope: tuple[str, ...], call: str) -> None:
-    """Tag fn and every untagged autograd node behind it (those this call just created)."""
-    stack = [fn]
-    while stack:
-        fn = stack.pop()
-        if fn is None or SCOPE_KEY in fn.metadata or type(fn).__name__ == "AccumulateGrad":
-            continue
-        fn.metadata[SCOPE_KEY] = scope
-        fn.metadata[CALL_KEY] = call
-        stack.extend(nxt for nxt, _ in fn.next_functions)
+        return [out]
+    return [t for item in out for t in _tensors(item)] if isinstance(out, (tuple, list)) else []
 
 
 @contextmanager
@@ -146,10 +135,9 @@ def loss_graph(model: nn.Module, vocab_size: int, T: int = 8, seed: int = 0,
         raise MiniGPTError(f"vocab_size {vocab_size} does not fit the model's token embedding")
     if T < 1 or batch_size < 1:
         raise MiniGPTError(f"T ({T}) and batch_size ({batch_size}) must be at least 1")
-    device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab_size, (batch_size, T + 1), generator=gen, dtype=torch.int64)
-    ids = ids.to(device)
+    ids = ids.to(next(model.parameters()).device)
     with torch.enable_grad(), record_modules(model):
         _, loss = model(ids[:, :-1], ids[:, 1:])
     return loss, dict(model.named_parameters())
@@ -165,37 +153,32 @@ def trace(root: torch.Tensor,
                            "from parameters that require grad, outside torch.no_grad()")
     names: dict[int, str] = {}
     for name, p in (params or {}).items():
-        names.setdefault(id(p), name)
-    ids, nodes, edges, seen_edges = {root.grad_fn: 0}, [], [], set()
+        names.setdefault(id(p), name)  # a tied parameter keeps its first name
+    ids, nodes, edges = {root.grad_fn: 0}, [], []
     queue = [root.grad_fn]
     for fn in queue:  # breadth-first; the queue grows while it is read
         nodes.append(_node(ids[fn], fn, names))
         for nxt, _ in fn.next_functions:
-            if nxt is None:
-                continue
-            if nxt not in ids:
-                ids[nxt] = len(ids)
-                queue.append(nxt)
-            if (ids[nxt], ids[fn]) not in seen_edges:
-                seen_edges.add((ids[nxt], ids[fn]))
+            if nxt is not None:
+                if nxt not in ids:
+                    ids[nxt] = len(ids)
+                    queue.append(nxt)
                 edges.append((ids[nxt], ids[fn]))
-    return _scope_params(nodes), edges
+    return _scope_params(nodes), list(dict.fromkeys(edges))
 
 
 def _node(i: int, fn, names: Mapping[int, str]) -> Node:
-    """The Node for one autograd node."""
     if type(fn).__name__ != "AccumulateGrad":
         label = re.sub(r"Backward\d*$", "", type(fn).__name__)
         scope = fn.metadata.get(SCOPE_KEY)
         module = None if scope is None else (scope[-1] if scope else "")
         return Node(i, label, "op", module, scope, call=fn.metadata.get(CALL_KEY))
-    leaf = fn.variable
-    shape = tuple(leaf.shape)
-    name = names.get(id(leaf))
+    shape = tuple(fn.variable.shape)
+    size = "(" + ", ".join(map(str, shape)) + ")"
+    name = names.get(id(fn.variable))
     if name is None:
-        return Node(i, f"tensor {_shape(shape)}", "tensor", shape=shape)
-    module = name.rpartition(".")[0]
-    return Node(i, f"{name} {_shape(shape)}", "param", module, None, name, shape,
+        return Node(i, f"tensor {size}", "tensor", shape=shape)
+    return Node(i, f"{name} {size}", "param", name.rpartition(".")[0], None, name, shape,
                 params=(name,))
 
 
@@ -205,41 +188,24 @@ def _scope_params(nodes: list[Node]) -> list[Node]:
     return [replace(n, scope=scopes.get(n.module)) if n.kind == "param" else n for n in nodes]
 
 
-def _shape(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(map(str, shape)) + ")"
-
-
 def collapse(nodes: Sequence[Node], edges: Sequence[Edge],
              depth: int = 1) -> tuple[list[Node], list[Edge]]:
     """One node per module `depth` calls deep (1: token_emb, blocks.0, ..., lm_head; 2: also
-    inside each block: blocks.0.ln1, blocks.0.attn, blocks.0.ln2, blocks.0.ff), holding its
-    parameters and every op its forward (and its sub-modules') ran, found by the tags
-    `record_modules` wrote (see the module docstring). Ops a shallower module ran itself (the
-    model's embedding sum and cross_entropy; at depth 2 a block's residual adds) become one node
-    per torch call, so the picture stays a chain without cycles; a module with no sub-modules
-    stays one node at any depth; unrecorded nodes stay as they are. The root's group comes
-    first; edges between groups are kept once."""
+    blocks.0.ln1, blocks.0.attn, ...), holding its parameters and every op its forward (and its
+    sub-modules') ran, by the tags `record_modules` wrote. Ops a shallower module ran itself (the
+    embedding sum, cross_entropy; at depth 2 a block's residual adds) become one node per torch
+    call, so the picture stays a chain without cycles; a module without sub-modules stays one
+    node at any depth; unrecorded nodes stay as they are. The root's group comes first."""
     if depth < 1:
         raise MiniGPTError(f"collapse depth must be at least 1, got {depth}")
     parents = {n.scope[:k] for n in nodes if n.scope for k in range(len(n.scope))}
-    group_of: dict[int, int] = {}
-    groups: dict[tuple, Node] = {}
-    members: dict[tuple, list[Node]] = {}
+    groups: dict[tuple, list[Node]] = {}
     for node in nodes:
-        key = _group_key(node, depth, parents)
-        if key not in groups:
-            groups[key] = replace(node, id=len(groups))
-            members[key] = []
-        members[key].append(node)
-        group_of[node.id] = groups[key].id
-    out = [_group_node(key, groups[key], members[key]) for key in groups]
-    seen, out_edges = set(), []
-    for a, b in edges:
-        edge = (group_of[a], group_of[b])
-        if edge[0] != edge[1] and edge not in seen:
-            seen.add(edge)
-            out_edges.append(edge)
-    return out, out_edges
+        groups.setdefault(_group_key(node, depth, parents), []).append(node)
+    group_of = {m.id: i for i, members in enumerate(groups.values()) for m in members}
+    out = [_group_node(key, i, members) for i, (key, members) in enumerate(groups.items())]
+    out_edges = [(group_of[a], group_of[b]) for a, b in edges if group_of[a] != group_of[b]]
+    return out, list(dict.fromkeys(out_edges))
 
 
 def _group_key(node: Node, depth: int, parents: set[tuple[str, ...]]) -> tuple:
@@ -253,8 +219,9 @@ def _group_key(node: Node, depth: int, parents: set[tuple[str, ...]]) -> tuple:
     return ("node", node.id)
 
 
-def _group_node(key: tuple, first: Node, members: list[Node]) -> Node:
-    """The collapsed node for one group (first: its first member, renumbered)."""
+def _group_node(key: tuple, i: int, members: list[Node]) -> Node:
+    """The collapsed node numbered i for one group."""
+    first = replace(members[0], id=i)
     if key[0] == "node":
         return first
     if key[0] == "call":
@@ -263,7 +230,7 @@ def _group_node(key: tuple, first: Node, members: list[Node]) -> Node:
     count = sum(math.prod(m.shape) for m in members if m.kind == "param" and m.shape)
     label = key[1] if not count else f"{key[1]}\n{count:,} params"
     scope = first.scope[:first.scope.index(key[1]) + 1]
-    return Node(first.id, label, "module", key[1], scope, params=params)
+    return Node(i, label, "module", key[1], scope, params=params)
 
 
 def gradient_norms(params: Mapping[str, torch.Tensor]) -> dict[str, float]:
@@ -282,29 +249,22 @@ def to_dot(nodes: Sequence[Node], edges: Sequence[Edge],
     residual connections out as a wide staircase; unframed it is one readable column)."""
     if cluster_depth is None:
         cluster_depth = 2 if len(nodes) <= FRAME_LIMIT else 0
+    # {scope: the nodes drawn directly in its frame}; a collapsed module is drawn in its
+    # parent's frame, so blocks.0.attn sits in the frame of blocks.0
+    tree: dict[tuple[str, ...], list[Node]] = {(): []}
+    for node in nodes:
+        scope = node.scope or ()
+        scope = scope[:-1] if node.kind == "module" else scope
+        tree.setdefault(scope[:cluster_depth], []).append(node)
     lines = ["digraph loss_graph {",
              '  graph [rankdir=TB, fontname="Helvetica", fontsize=16, nodesep=0.25, '
              'ranksep=0.35, labelloc=t' + (f', label="{_escape(title)}"' if title else "")
              + "];",
              '  node [fontname="Helvetica", fontsize=11, style="filled", penwidth=1];',
-             '  edge [color="#6c757d", arrowsize=0.6];']
-    tree = _clusters(nodes, cluster_depth)
-    lines += _emit_cluster((), tree, grad_norms or {}, "  ")
-    lines += [f"  n{a} -> n{b};" for a, b in edges]
-    lines.append("}")
+             '  edge [color="#6c757d", arrowsize=0.6];',
+             *_emit_cluster((), tree, grad_norms or {}, "  "),
+             *(f"  n{a} -> n{b};" for a, b in edges), "}"]
     return "\n".join(lines) + "\n"
-
-
-def _clusters(nodes: Sequence[Node], depth: int) -> dict[tuple[str, ...], list[Node]]:
-    """{scope: the nodes drawn directly in its frame}, () for the top level. A collapsed
-    module is drawn in its parent's frame, so blocks.0.attn sits in the frame of blocks.0."""
-    tree: dict[tuple[str, ...], list[Node]] = {(): []}
-    for node in nodes:
-        scope = node.scope or ()
-        if node.kind == "module":
-            scope = scope[:-1]
-        tree.setdefault(scope[:depth], []).append(node)
-    return tree
 
 
 def _emit_cluster(scope: tuple[str, ...], tree: dict[tuple[str, ...], list[Node]],
@@ -315,31 +275,20 @@ def _emit_cluster(scope: tuple[str, ...], tree: dict[tuple[str, ...], list[Node]
                        if len(s) > len(scope) and s[:len(scope)] == scope})
     for child in children:
         name = _escape(child[-1])
-        lines.append(f'{indent}subgraph "cluster_{name}" {{')
-        lines.append(f'{indent}  label="{name}"; style="rounded"; color="#adb5bd"; '
-                     'fontsize=12;')
-        lines += _emit_cluster(child, tree, norms, indent + "  ")
-        lines.append(indent + "}")
+        lines += [f'{indent}subgraph "cluster_{name}" {{',
+                  f'{indent}  label="{name}"; style="rounded"; color="#adb5bd"; fontsize=12;',
+                  *_emit_cluster(child, tree, norms, indent + "  "), indent + "}"]
     return lines
 
 
 def _node_line(node: Node, norms: Mapping[str, float]) -> str:
-    kind = "root" if node.id == 0 else node.kind
-    shape = {"param": "box", "tensor": "box", "module": "box", "op": "ellipse",
-             "root": "doubleoctagon"}[kind]
-    style = "filled,rounded" if kind == "module" else "filled"
+    shape, style, colour = STYLES["root" if node.id == 0 else node.kind]
     label = node.label
-    norm = _group_norm(node, norms)
-    if norm is not None:
-        label += f"\n|grad| {norm:.3g}"
+    known = [norms[p] for p in node.params if p in norms]  # a module: the norm of all its grads
+    if known:
+        label += f"\n|grad| {math.sqrt(sum(v * v for v in known)):.3g}"
     return (f'n{node.id} [label="{_escape(label)}", shape={shape}, style="{style}", '
-            f'fillcolor="{COLOURS[kind]}"];')
-
-
-def _group_norm(node: Node, norms: Mapping[str, float]) -> float | None:
-    """The L2 norm of the gradients of the node's parameters, if any are known."""
-    known = [norms[p] for p in node.params if p in norms]
-    return math.sqrt(sum(v * v for v in known)) if known else None
+            f'fillcolor="{colour}"];')
 
 
 def _escape(text: str) -> str:
@@ -367,29 +316,24 @@ def render(dot_text: str, out: str | Path, formats: Sequence[str] = ("svg", "png
     atomic_write_text(dot_path, dot_text)
     written = [dot_path]
     wanted = [f for f in dict.fromkeys(formats) if f != "dot"]
-    if not wanted:
-        return written
     exe = shutil.which("dot")
-    if exe is None:
+    if wanted and exe is None:
         raise GraphvizMissing(f"Graphviz's dot is not installed: wrote only {dot_path}; "
                               + INSTALL_HINT, written)
     for fmt in wanted:
-        written.append(_run_dot(exe, dot_path, out.with_name(f"{out.name}.{fmt}"), fmt,
-                                timeout))
+        target = out.with_name(f"{out.name}.{fmt}")
+        with atomic_path(target) as tmp:
+            try:
+                result = subprocess.run([exe, f"-T{fmt}", str(dot_path), "-o", str(tmp)],
+                                        capture_output=True, text=True, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                raise MiniGPTError(f"dot took more than {timeout:g} s to render {target}"
+                                   ) from None
+            if result.returncode != 0:
+                first = (result.stderr.strip().splitlines() or ["no message"])[0]
+                raise MiniGPTError(f"dot could not render {target}: {first}")
+        written.append(target)
     return written
-
-
-def _run_dot(exe: str, source: Path, target: Path, fmt: str, timeout: float) -> Path:
-    with atomic_path(target) as tmp:
-        try:
-            result = subprocess.run([exe, f"-T{fmt}", str(source), "-o", str(tmp)],
-                                    capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise MiniGPTError(f"dot took more than {timeout:g} s to render {target}") from None
-        if result.returncode != 0:
-            first = (result.stderr.strip().splitlines() or ["no message"])[0]
-            raise MiniGPTError(f"dot could not render {target}: {first}")
-    return target
 
 
 def loss_graph_dot(model: nn.Module, vocab_size: int, depth: int = 0, T: int = 8) -> str:
