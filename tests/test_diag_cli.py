@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from conftest import TINY, run_cli
+from conftest import TINY_FLAGS, run_cli
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -36,9 +36,8 @@ def test_compare_command_prints_a_table(tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("now is the winter of our discontent\n" * 100)
     out = tmp_path / "cmp"
-    r = run_cli("compare", "--optimizers", "sgd:0.5,adamw", "--steps", "10", "--eval-every",
-                "5", "--text", str(text), "--out", str(out), "--gradflow-every", "0",
-                "--attention-every", "0", "--sample-every", "0", *TINY)
+    r = run_cli("compare", "--optimizers", "sgd:0.5,adamw", *TINY_FLAGS, "--steps", "10",
+                "--eval-every", "5", "--text", str(text), "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "sgd lr 0.5" in r.stdout and "adamw" in r.stdout and "final val" in r.stdout
     assert len(json.loads((out / "compare.json").read_text())) == 2

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import tiny_config
 from minigpt import export
 from minigpt.errors import MiniGPTError
 from minigpt.export import check_exportable, export_hf, export_run
@@ -267,17 +268,12 @@ def test_failure_part_way_leaves_nothing(tmp_path, char_tok, monkeypatch):
 
 
 def test_export_run_from_a_trained_run(tmp_path):
-    from minigpt import resolve_config, train
+    from minigpt import train
 
     text = tmp_path / "corpus.txt"
     text.write_text(TEXT * 10)
     run_dir = tmp_path / "run"
-    cfg = resolve_config("seed", None, {
-        "text": str(text), "n_layer": 1, "n_embd": 32, "n_head": 2, "block_size": 32,
-        "batch_size": 8, "steps": 10, "eval_every": 5, "sample_tokens": 0,
-        "gradflow_every": 0, "attention_every": 0, "sample_every": 0, "plots": False,
-    })
-    train(cfg, run_dir, progress=False)
+    train(tiny_config(text, steps=10, eval_every=5), run_dir, progress=False)
 
     out = export_run(run_dir, tmp_path / "hf")
     from minigpt.checkpoint import load_model

@@ -11,7 +11,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from minigpt import MiniGPT, MiniGPTError, resolve_config, train
+from conftest import tiny_config
+from minigpt import MiniGPT, MiniGPTError, train
 from minigpt.config import ModelConfig
 from minigpt.diagnostics.plots import read_metrics
 from minigpt.performance import (
@@ -122,11 +123,7 @@ def test_autocast_runs_matmuls_in_bf16_and_keeps_weights_fp32():
 
 
 def short_run(text, tmp_path, name, **overrides):
-    cfg = resolve_config("seed", None, {
-        "text": str(text), "steps": 40, "eval_every": 20, "log_every": 10, "n_layer": 1,
-        "n_embd": 32, "n_head": 2, "block_size": 32, "batch_size": 8, "sample_tokens": 0,
-        "eval_batches": 4, "gradflow_every": 0, "attention_every": 0, "sample_every": 0,
-        "plots": False, **overrides})
+    cfg = tiny_config(text, steps=40, eval_every=20, log_every=10, **overrides)
     summary = train(cfg, tmp_path / name, progress=False).summary
     return summary, read_metrics(tmp_path / name / "metrics.jsonl")
 

@@ -7,18 +7,13 @@ import math
 import matplotlib.image
 import pytest
 
-from minigpt import resolve_config, train
+from conftest import TINY, tiny_config
+from minigpt import train
 from minigpt.diagnostics.compare import compare, parse_axis, variants
 from minigpt.diagnostics.plots import read_metrics
 from minigpt.diagnostics.probes import standard_probes
 
 PNG = b"\x89PNG\r\n\x1a\n"
-TINY = dict(n_layer=2, n_embd=32, n_head=2, block_size=32, batch_size=8, sample_tokens=0,
-            eval_batches=2)
-
-
-def tiny(text, **kw):
-    return resolve_config("seed", None, {"text": str(text), **TINY, **kw})
 
 
 def assert_png(path):
@@ -32,8 +27,9 @@ def probed_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("probed")
     text = folder / "t.txt"
     text.write_text("ROMEO: But soft, what light through yonder window breaks?\n" * 60)
-    cfg = tiny(text, steps=21, eval_every=10, log_every=5, gradflow_every=5,
-               attention_every=10, sample_every=10, tensorboard=True, grad_clip=0.0)
+    cfg = tiny_config(text, n_layer=2, steps=21, eval_every=10, log_every=5, gradflow_every=5,
+                      attention_every=10, sample_every=10, plots=True, tensorboard=True,
+                      grad_clip=0.0)  # two layers: blocks.0 and blocks.1 in the gradient flow
     train(cfg, folder / "run", progress=False, probes=standard_probes(cfg))
     return folder / "run"
 
@@ -81,8 +77,7 @@ def test_tensorboard_event_files_hold_the_tags(probed_run):
 def test_clipped_run_probe_sees_clipped_gradients(tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("abcdefgh " * 400)
-    cfg = tiny(text, steps=6, eval_every=5, log_every=1, gradflow_every=1, grad_clip=0.05,
-               attention_every=0, sample_every=0)
+    cfg = tiny_config(text, steps=6, eval_every=5, log_every=1, gradflow_every=1, grad_clip=0.05)
     train(cfg, tmp_path / "run", progress=False, probes=standard_probes(cfg))
     norms = {r["step"]: r["grad_norm"] for r in read_metrics(tmp_path / "run/metrics.jsonl")}
     for r in read_metrics(tmp_path / "run/gradflow.jsonl"):
@@ -101,8 +96,7 @@ def test_compare_starts_every_variant_from_the_same_weights_and_batches(tmp_path
     text = tmp_path / "t.txt"
     text.write_text("to be or not to be, that is the question\n" * 80)
     common = {"text": str(text), **TINY, "steps": 12, "eval_every": 6, "log_every": 1,
-              "gradflow_every": 0, "attention_every": 0, "sample_every": 0, "warmup_steps": 0,
-              "schedule": "constant"}
+              "warmup_steps": 0, "schedule": "constant"}
     table = compare(variants("sgd:0.5,adamw:0.003"), tmp_path / "cmp", common=common,
                     progress=False)
     assert [r["variant"] for r in table] == ["sgd lr 0.5", "adamw lr 0.003"]
@@ -134,7 +128,7 @@ def test_compare_of_model_options_tables_the_time_to_each_target(tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("to be or not to be, that is the question\n" * 80)
     common = {"text": str(text), **TINY, "steps": 20, "eval_every": 5, "log_every": 5,
-              "gradflow_every": 0, "attention_every": 0, "sample_every": 0, "targets": "3,2.5"}
+              "targets": "3,2.5"}
     runs = {"lesson": {}, "+rope+muon": {"pos": "rope", "optimizer": "muon"}}
     table = compare(runs, tmp_path / "cmp", common=common, progress=False)
     for row in table:

@@ -14,15 +14,13 @@ import time
 import pytest
 import torch
 
-from conftest import run_cli, without_speed
-from minigpt import MiniGPTError, load_checkpoint, load_model, resolve_config, train
+from conftest import TINY_FLAGS, run_cli, tiny_config, without_speed
+from minigpt import MiniGPTError, load_checkpoint, load_model, train
 from minigpt.diagnostics.plots import read_metrics
 from minigpt.diagnostics.probes import Probe
 from minigpt.signals import StopSignals
 
-QUIET = ["--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--block-size", "32",
-         "--batch-size", "8", "--sample-tokens", "0", "--no-progress", "--gradflow-every", "0",
-         "--attention-every", "0", "--sample-every", "0", "--no-plots", "--log-every", "1"]
+QUIET = [*TINY_FLAGS, "--log-every", "1"]  # a metrics row every step: the oracle sees all
 
 
 @pytest.fixture
@@ -135,12 +133,7 @@ def test_killed_during_a_checkpoint_write_resumes_from_the_last_good_one(text, t
 
 
 def test_keep_the_best_and_the_newest_k(text, tmp_path):
-    cfg = resolve_config("seed", None, {"text": str(text), "steps": 50, "eval_every": 5,
-                                        "keep": 2, "n_layer": 1, "n_embd": 16, "n_head": 2,
-                                        "block_size": 16, "batch_size": 4, "sample_tokens": 0,
-                                        "patience": 0, "attention_every": 0, "sample_every": 0,
-                                        "gradflow_every": 0, "plots": False})
-    train(cfg, tmp_path / "run", progress=False)
+    train(tiny_config(text, steps=50, eval_every=5, keep=2), tmp_path / "run", progress=False)
     folder = tmp_path / "run" / "checkpoints"
     best = json.loads((folder / "best.json").read_text())["file"]
     kept = sorted(p.name for p in folder.glob("step-*.safetensors"))
@@ -165,10 +158,7 @@ class PoisonBatches(Probe):
 
 
 def nan_config(text, skip):
-    return resolve_config("seed", None, {
-        "text": str(text), "steps": 12, "eval_every": 4, "log_every": 1, "n_layer": 1,
-        "n_embd": 16, "n_head": 2, "block_size": 16, "batch_size": 4, "sample_tokens": 0,
-        "skip_nonfinite": skip})
+    return tiny_config(text, steps=12, eval_every=4, log_every=1, skip_nonfinite=skip)
 
 
 def test_nonfinite_batches_are_skipped_when_allowed(text, tmp_path):
@@ -314,9 +304,7 @@ def test_resume_takes_the_command_as_first_typed(text, tmp_path, capsys, monkeyp
     from minigpt.cli import main
 
     run = tmp_path / "runs" / "b"
-    typed = ["train", "--text", str(text), "--batch-size", "8", "--block-size", "32",
-             "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--eval-every", "10",
-             "--sample-tokens", "0", "--no-progress", "--out", str(run)]
+    typed = ["train", "--text", str(text), *TINY_FLAGS, "--eval-every", "10", "--out", str(run)]
     assert main([*typed, "--steps", "20"]) == 0
     monkeypatch.chdir(tmp_path)  # the same paths, written another way
     again = [a.replace(str(tmp_path), ".") if a.startswith(str(tmp_path)) else a for a in typed]
@@ -324,10 +312,10 @@ def test_resume_takes_the_command_as_first_typed(text, tmp_path, capsys, monkeyp
     assert load_checkpoint(run / "checkpoints", "last").meta["step"] == 40
     capsys.readouterr()
     code = main([*again, "--resume", "runs/b", "--steps", "60", "--block-size", "64",
-                 "--n-embd", "32"])
+                 "--n-embd", "64"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
-    assert "block_size from 32 to 64" in err and "n_embd from 16 to 32" in err
+    assert "block_size from 32 to 64" in err and "n_embd from 32 to 64" in err
     assert main([*again, "--resume", "runs/b", "--out", "runs/c"]) == 2
     assert "name different folders" in capsys.readouterr().err
 

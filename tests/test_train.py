@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import without_speed
+from conftest import tiny_config, without_speed
 from minigpt import (
     MiniGPT,
     TrainState,
@@ -20,13 +20,6 @@ from minigpt import (
 )
 from minigpt.diagnostics.probes import Probe
 from minigpt.trainer import clip_gradients
-
-TINY = dict(n_layer=1, n_embd=32, n_head=2, block_size=32, batch_size=8, sample_tokens=0,
-            eval_batches=4)
-
-
-def tiny_config(text, **kw):
-    return resolve_config("seed", None, {"text": str(text), **TINY, **kw})
 
 
 def metrics(run_dir):
