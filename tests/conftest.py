@@ -127,6 +127,14 @@ def lesson_attention(attn, x):
     return LessonAttention.forward(attn, x)
 
 
+def read_png(path):
+    """The pixels (H, W, channels) of a file that must be a PNG."""
+    import matplotlib.image
+
+    assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return matplotlib.image.imread(path)
+
+
 def without_speed(rows: list[dict]) -> list[dict]:
     """Metrics rows without the timing columns, which differ between any two runs (`reached`
     holds the seconds at which a target loss was first reached)."""

@@ -5,11 +5,10 @@ model left exactly as it was; the heatmap grid is a real PNG of the right shape.
 import copy
 import math
 
-import matplotlib.image
-import numpy as np
 import pytest
 import torch
 
+from conftest import read_png
 from minigpt import MiniGPT, MiniGPTError
 from minigpt.diagnostics.attention import (
     MAX_TICKS,
@@ -18,8 +17,6 @@ from minigpt.diagnostics.attention import (
     plot_attention,
     tick_step,
 )
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def peaky(**kw) -> MiniGPT:
@@ -144,11 +141,6 @@ def test_tick_step_labels_at_most_max_ticks(T, step):
 
 
 # --- the picture ---------------------------------------------------------------------------
-
-
-def read_png(path) -> np.ndarray:
-    assert path.read_bytes()[:8] == PNG_SIGNATURE
-    return matplotlib.image.imread(path)  # (H, W, 4)
 
 
 @pytest.mark.parametrize("n_layer, n_head", [(1, 3), (3, 1)])

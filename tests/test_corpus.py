@@ -257,6 +257,7 @@ def test_cli_prepare_prints_a_summary(corpus, tmp_path):
 QUICK = [*TINY_FLAGS, *as_flags(dict(steps=20, eval_every=10, log_every=5, sample_tokens=30))]
 
 
+@pytest.mark.slow
 def test_train_on_a_prepared_folder_then_sample(corpus, tmp_path):
     src, files = corpus
     out = tmp_path / "shards"
@@ -271,6 +272,7 @@ def test_train_on_a_prepared_folder_then_sample(corpus, tmp_path):
     assert s.returncode == 0 and s.stdout.startswith("the") and len(s.stdout) > 10
 
 
+@pytest.mark.slow
 def test_train_bpe_from_the_command_line_saves_samples_and_resumes(small_text, tmp_path):
     run = tmp_path / "bpe"
     r = run_cli("train", "--text", str(small_text), "--tokenizer", "bpe", "--vocab-size", "300",

@@ -13,6 +13,7 @@ from conftest import TINY_FLAGS, as_flags, run_cli, without_speed
 from minigpt import load_model
 from minigpt.diagnostics.plots import read_metrics
 
+pytestmark = pytest.mark.slow  # torchrun starts three processes a run
 pytest.importorskip("torch.distributed")
 if not torch.distributed.is_gloo_available():
     pytest.skip("this PyTorch has no gloo backend", allow_module_level=True)

@@ -39,6 +39,7 @@ print(json.dumps({"estimate": estimate,
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings", [
     {"batch_size": 64},
     {"batch_size": 256},

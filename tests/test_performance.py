@@ -143,6 +143,7 @@ def test_bf16_training_tracks_float32(text, tmp_path):
     assert abs(fp32["final_val_loss"] - bf16["final_val_loss"]) < 0.05
 
 
+@pytest.mark.slow  # torch.compile's first compile
 def test_compiled_training_matches_eager(text, tmp_path):
     eager, rows_e = short_run(text, tmp_path, "eager", compile="off")
     comp, rows_c = short_run(text, tmp_path, "compiled", compile="on")

@@ -4,21 +4,17 @@ and `compare`, each checked against the run's own metrics or an independent comp
 import json
 import math
 
-import matplotlib.image
 import pytest
 
-from conftest import TINY, tiny_config
+from conftest import TINY, read_png, tiny_config
 from minigpt import train
 from minigpt.diagnostics.compare import compare, parse_axis, variants
 from minigpt.diagnostics.plots import read_metrics
 from minigpt.diagnostics.probes import standard_probes
 
-PNG = b"\x89PNG\r\n\x1a\n"
-
 
 def assert_png(path):
-    assert path.read_bytes()[:8] == PNG
-    h, w, _ = matplotlib.image.imread(str(path)).shape
+    h, w, _ = read_png(path).shape
     assert h > 100 and w > 100
 
 
@@ -140,5 +136,5 @@ def test_compare_of_model_options_tables_the_time_to_each_target(tmp_path):
     config = json.loads((tmp_path / "cmp" / table[1]["folder"] / "config.json").read_text())
     assert config["config"]["model"]["pos"] == "rope"
     assert config["config"]["train"]["optimizer"] == "muon"
-    h, w, _ = matplotlib.image.imread(str(tmp_path / "cmp" / "compare.png")).shape
+    h, w, _ = read_png(tmp_path / "cmp" / "compare.png").shape
     assert w / h == pytest.approx(12 / 4.5, rel=0.02)  # against steps, and against seconds

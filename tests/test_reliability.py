@@ -23,10 +23,13 @@ from minigpt.signals import StopSignals
 QUIET = [*TINY_FLAGS, "--log-every", "1"]  # a metrics row every step: the oracle sees all
 
 
+TEXT = "But soft, what light through yonder window breaks?\n" * 150
+
+
 @pytest.fixture
 def text(tmp_path):
     path = tmp_path / "corpus.txt"
-    path.write_text("But soft, what light through yonder window breaks?\n" * 150)
+    path.write_text(TEXT)
     return path
 
 
@@ -52,12 +55,22 @@ def wait_for_lines(path, n, proc, timeout=120):
     raise AssertionError(f"{path} never reached {n} lines")
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_saves_and_resume_matches_an_uninterrupted_run(text, tmp_path, sig, code):
+@pytest.fixture(scope="module")
+def straight_160(tmp_path_factory):
+    """The oracle for both signals: (its arguments, its run folder), never interrupted."""
+    folder = tmp_path_factory.mktemp("straight")
+    text = folder / "corpus.txt"
+    text.write_text(TEXT)
     args = ["--text", str(text), "--steps", "160", "--eval-every", "50", *QUIET]
-    straight = run_cli("train", *args, "--out", str(tmp_path / "straight"))
+    straight = run_cli("train", *args, "--out", str(folder / "run"))
     assert straight.returncode == 0, straight.stderr
+    return args, folder / "run"
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_and_resume_matches_an_uninterrupted_run(straight_160, tmp_path, sig, code):
+    args, straight = straight_160
     stopped = tmp_path / "stopped"
     proc = start_training(*args, "--out", str(stopped))
     wait_for_lines(stopped / "metrics.jsonl", 40, proc)
@@ -71,8 +84,8 @@ def test_signal_saves_and_resume_matches_an_uninterrupted_run(text, tmp_path, si
     resumed = run_cli("train", "--resume", str(stopped), "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     assert without_speed(read_metrics(stopped / "metrics.jsonl")) == without_speed(
-        read_metrics(tmp_path / "straight" / "metrics.jsonl"))
-    assert same_weights(stopped, tmp_path / "straight")
+        read_metrics(straight / "metrics.jsonl"))
+    assert same_weights(stopped, straight)
     times = [r["time_s"] for r in read_metrics(stopped / "metrics.jsonl")]
     assert times == sorted(times)  # the training clock carries over the resume
     summary = json.loads((stopped / "summary.json").read_text())
@@ -107,6 +120,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_killed_during_a_checkpoint_write_resumes_from_the_last_good_one(text, tmp_path):
     run = tmp_path / "run"
     args = ["train", "--text", str(text), "--steps", "60", "--eval-every", "10", "--keep", "5",
@@ -323,6 +337,7 @@ def test_resume_takes_the_command_as_first_typed(text, tmp_path, capsys, monkeyp
 # --- one run per folder -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_process_in_a_run_folder_is_refused_and_a_crash_frees_it(text, tmp_path):
     run = tmp_path / "run"
     args = ["--text", str(text), "--steps", "100000", "--eval-every", "50", *QUIET]
@@ -376,11 +391,13 @@ def small_disk(tmp_path):
     subprocess.run(["umount", str(mount)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_up_mid_run(text, small_disk):
-    """Checkpoints of ~0.5 MB each on 1.5 MiB: the disk fills within a few evaluations."""
+    """Checkpoints of ~0.5 MB each (two layers) on 1.5 MiB: the disk fills within a few
+    evaluations."""
     run = small_disk / "run"
     r = run_cli("train", "--text", str(text), "--steps", "400", "--eval-every", "5",
-                "--keep", "8", *QUIET, "--out", str(run))
+                "--keep", "8", *QUIET, "--n-layer", "2", "--out", str(run))
     assert r.returncode == 1
     assert r.stderr.startswith("minigpt: error: No space left on device") and \
         r.stderr.count("\n") == 1
@@ -414,6 +431,7 @@ def test_prepare_and_report_on_a_full_disk(good_run, small_disk, tmp_path):
 # --- chaos: killed at random, resumed, the same weights ----------------------------------------
 
 
+@pytest.mark.slow
 def test_killed_at_random_moments_and_resumed_ends_as_an_uninterrupted_run(text, tmp_path):
     """Four SIGKILLs at random moments (starting up, mid-step, mid-write), each followed by the
     command a user would type next: the run ends bit-identical to one never interrupted."""

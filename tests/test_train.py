@@ -158,6 +158,7 @@ def test_resume_continues_exactly(small_text, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("data_dir")
 def test_short_real_run_learns_shakespeare(tmp_path):
     cfg = resolve_config("seed", None, {"steps": 300, "eval_every": 100, "sample_tokens": 0})
