@@ -8,9 +8,10 @@ import pytest
 
 from conftest import TINY, read_png, tiny_config
 from minigpt import train
-from minigpt.diagnostics.compare import compare, parse_axis, variants
+from minigpt.diagnostics.compare import compare, parse_axis, parse_variant, variants
 from minigpt.diagnostics.plots import read_metrics
 from minigpt.diagnostics.probes import standard_probes
+from minigpt.errors import MiniGPTError
 
 
 def assert_png(path):
@@ -30,12 +31,9 @@ def probed_run(tmp_path_factory):
     return folder / "run"
 
 
-def test_curves_drawn(probed_run):
+def test_curves_drawn_and_the_gradflow_probe_matches_the_loops_gradient_norm(probed_run):
     assert_png(probed_run / "loss.png")
     assert_png(probed_run / "lr.png")
-
-
-def test_gradflow_probe_matches_the_loops_gradient_norm(probed_run):
     flows = read_metrics(probed_run / "gradflow.jsonl")
     assert [r["step"] for r in flows] == [0, 5, 10, 15, 20]
     norms = {r["step"]: r["grad_norm"] for r in read_metrics(probed_run / "metrics.jsonl")}
@@ -81,11 +79,21 @@ def test_clipped_run_probe_sees_clipped_gradients(tmp_path):
         assert total == pytest.approx(min(norms[r["step"]], 0.05), rel=1e-3)
 
 
-def test_variant_axes():
+def test_variant_axes_and_settings_with_their_types():
     assert parse_axis("sgd:0.5,adamw", "optimizer") == [{"optimizer": "sgd", "lr": 0.5},
                                                        {"optimizer": "adamw"}]
     assert list(variants("sgd,adamw", None, "1,0")) == [
         "sgd clip 1", "sgd no clip", "adamw clip 1", "adamw no clip"]
+    assert parse_variant("+rope+muon:pos=rope,optimizer=muon,lr=3e-3,qk_norm=true") == (
+        "+rope+muon", {"pos": "rope", "optimizer": "muon", "lr": 0.003, "qk_norm": True})
+    assert parse_variant("lesson") == ("lesson", {})
+    assert parse_variant("fast:preset=fast,time-budget=60") == (
+        "fast", {"preset": "fast", "time_budget": 60.0})
+    for bad, message in [(":pos=rope", "needs a name"), ("x:lr", "not KEY=VALUE"),
+                         ("x:nope=1", "not KEY=VALUE"), ("x:steps=many", "not a int"),
+                         ("x:bias=maybe", "not a bool")]:
+        with pytest.raises(MiniGPTError, match=message):
+            parse_variant(bad)
 
 
 def test_compare_starts_every_variant_from_the_same_weights_and_batches(tmp_path):
@@ -102,22 +110,6 @@ def test_compare_starts_every_variant_from_the_same_weights_and_batches(tmp_path
     assert_png(tmp_path / "cmp" / "compare.png")
     saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert [r["final_val_loss"] for r in saved] == [r["final_val_loss"] for r in table]
-
-
-def test_variants_name_any_setting_with_its_type():
-    from minigpt.diagnostics.compare import parse_variant
-    from minigpt.errors import MiniGPTError
-
-    assert parse_variant("+rope+muon:pos=rope,optimizer=muon,lr=3e-3,qk_norm=true") == (
-        "+rope+muon", {"pos": "rope", "optimizer": "muon", "lr": 0.003, "qk_norm": True})
-    assert parse_variant("lesson") == ("lesson", {})
-    assert parse_variant("fast:preset=fast,time-budget=60") == (
-        "fast", {"preset": "fast", "time_budget": 60.0})
-    for bad, message in [(":pos=rope", "needs a name"), ("x:lr", "not KEY=VALUE"),
-                         ("x:nope=1", "not KEY=VALUE"), ("x:steps=many", "not a int"),
-                         ("x:bias=maybe", "not a bool")]:
-        with pytest.raises(MiniGPTError, match=message):
-            parse_variant(bad)
 
 
 def test_compare_of_model_options_tables_the_time_to_each_target(tmp_path):

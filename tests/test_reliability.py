@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from conftest import TINY_FLAGS, run_cli, tiny_config, without_speed
 from minigpt import MiniGPTError, load_checkpoint, load_model, train
 from minigpt.diagnostics.plots import read_metrics
 from minigpt.diagnostics.probes import Probe
+from minigpt.files import sha256_file
 from minigpt.signals import StopSignals
 
 QUIET = [*TINY_FLAGS, "--log-every", "1"]  # a metrics row every step: the oracle sees all
@@ -225,11 +227,13 @@ def good_run(tmp_path_factory):
     return folder / "run"
 
 
-def corrupt(run, tmp_path, how):
-    import shutil
+def copy_of(run, tmp_path):
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run"
 
-    copy = tmp_path / "run"
-    shutil.copytree(run, copy)
+
+def corrupt(run, tmp_path, how):
+    copy = copy_of(run, tmp_path)
     folder = copy / "checkpoints"
     best = json.loads((folder / "best.json").read_text())
     tensors = folder / best["file"]
@@ -247,8 +251,6 @@ def corrupt(run, tmp_path, how):
     elif how == "vocabulary":
         best["model"]["vocab_size"] += 1
     if how in ("pickle", "truncated"):  # forge the recorded sha256 too: safetensors must refuse
-        from minigpt.files import sha256_file
-
         best["sha256"] = sha256_file(tensors)
     (folder / "best.json").write_text(json.dumps(best))
     return copy
@@ -271,10 +273,7 @@ def test_bad_checkpoints_are_refused_in_one_line(good_run, tmp_path, how, messag
 
 
 def test_resume_on_a_changed_text_is_refused(good_run, tmp_path):
-    import shutil
-
-    copy = tmp_path / "run"
-    shutil.copytree(good_run, copy)
+    copy = copy_of(good_run, tmp_path)
     config = json.loads((copy / "config.json").read_text())
     text = config["data"]["text"]
     saved = open(text).read()
@@ -358,10 +357,7 @@ def test_a_second_process_in_a_run_folder_is_refused_and_a_crash_frees_it(text, 
 
 
 def test_torn_last_lines_are_dropped_with_a_warning(good_run, tmp_path):
-    import shutil
-
-    run = tmp_path / "run"
-    shutil.copytree(good_run, run)
+    run = copy_of(good_run, tmp_path)
     for name in ("metrics.jsonl", "gradflow.jsonl", "samples.jsonl"):
         with open(run / name, "a") as f:
             f.write('{"step": 7, "train_lo')  # what a SIGKILL in mid-write leaves
