@@ -96,6 +96,7 @@ def test_report_in_a_real_browser(report, tmp_path):
     read_png(tmp_path / "report.png")
 
 
+@pytest.mark.slow  # five processes that each load torch
 def test_autograd_command_shows_the_lessons_example():
     r = run_cli("autograd")
     assert r.returncode == 0, r.stderr
