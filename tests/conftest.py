@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from minigpt import resolve_config
 from minigpt.data import TINYSHAKESPEARE_SHA256
 from minigpt.files import sha256_file
 from minigpt.lesson import CausalSelfAttention as LessonAttention
@@ -78,9 +79,31 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
     )
 
 
-# a model small enough for many tests to train in seconds
-TINY = ["--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "32",
-        "--batch-size", "8", "--sample-tokens", "0", "--no-progress"]
+# The tiny model and quiet run that most tests train, declared once: as overrides for
+# resolve_config (tiny_config) and as the same settings on the command line (TINY_FLAGS). A test
+# that needs another value overrides just that key, after these.
+TINY = dict(n_layer=1, n_embd=32, n_head=2, block_size=32, batch_size=8, eval_batches=4,
+            sample_tokens=0, gradflow_every=0, attention_every=0, sample_every=0, plots=False)
+
+
+def as_flags(settings: dict) -> list[str]:
+    """Settings as `minigpt train` flags: n_layer=1 is --n-layer 1, plots=False is --no-plots."""
+    flags = []
+    for key, value in settings.items():
+        name = key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(f"--{name}" if value else f"--no-{name}")
+        else:
+            flags += [f"--{name}", str(value)]
+    return flags
+
+
+TINY_FLAGS = [*as_flags(TINY), "--no-progress"]
+
+
+def tiny_config(text, **overrides):
+    """The RunConfig of a tiny run on `text`."""
+    return resolve_config("seed", None, {"text": str(text), **TINY, **overrides})
 
 
 @pytest.fixture(scope="session")
@@ -91,9 +114,9 @@ def cli_run(tmp_path_factory):
     text = folder / "text.txt"
     text.write_text("ROMEO: what light through yonder window breaks?\n" * 200)
     out = folder / "run"
-    r = run_cli("train", "--text", str(text), "--out", str(out), "--steps", "40",
+    r = run_cli("train", "--text", str(text), "--out", str(out), *TINY_FLAGS, "--steps", "40",
                 "--eval-every", "20", "--gradflow-every", "10", "--attention-every", "20",
-                "--sample-every", "20", *TINY)
+                "--sample-every", "20", "--plots")
     assert r.returncode == 0, r.stderr
     return out, r, text
 
@@ -102,6 +125,14 @@ def lesson_attention(attn, x):
     """The lesson's CausalSelfAttention.forward (masked_fill then softmax), as transcribed in
     minigpt.lesson, run with the weights of minigpt's attention module `attn`."""
     return LessonAttention.forward(attn, x)
+
+
+def read_png(path):
+    """The pixels (H, W, channels) of a file that must be a PNG."""
+    import matplotlib.image
+
+    assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return matplotlib.image.imread(path)
 
 
 def without_speed(rows: list[dict]) -> list[dict]:

@@ -5,11 +5,10 @@ model left exactly as it was; the heatmap grid is a real PNG of the right shape.
 import copy
 import math
 
-import matplotlib.image
-import numpy as np
 import pytest
 import torch
 
+from conftest import read_png
 from minigpt import MiniGPT, MiniGPTError
 from minigpt.diagnostics.attention import (
     MAX_TICKS,
@@ -18,8 +17,6 @@ from minigpt.diagnostics.attention import (
     plot_attention,
     tick_step,
 )
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def peaky(**kw) -> MiniGPT:
@@ -62,7 +59,7 @@ def explicit_maps(model: MiniGPT, idx: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def test_maps_equal_an_explicit_softmax_of_qk_from_each_ln1_output():
+def test_maps_equal_an_explicit_softmax_of_qk_from_each_ln1_output_and_are_causal():
     model = peaky().eval()
     idx = sequence()
     maps = attention_maps(model, idx)
@@ -70,10 +67,7 @@ def test_maps_equal_an_explicit_softmax_of_qk_from_each_ln1_output():
     expected = explicit_maps(model, idx)
     torch.testing.assert_close(maps, expected, atol=1e-6, rtol=1e-5)
     assert maps[:, :, 1:].amax(dim=-1).mean() > 0.6  # peaky: the comparison means something
-
-
-def test_maps_are_causal_and_rows_sum_to_one():
-    maps = attention_maps(peaky(), sequence(16))
+    maps = attention_maps(model, sequence(16))  # causal, and the rows sum to one
     future = torch.ones(16, 16, dtype=torch.bool).triu(1)
     assert (maps[..., future] == 0).all()  # exactly zero above the diagonal
     assert (maps[..., ~future] >= 0).all()
@@ -144,11 +138,6 @@ def test_tick_step_labels_at_most_max_ticks(T, step):
 
 
 # --- the picture ---------------------------------------------------------------------------
-
-
-def read_png(path) -> np.ndarray:
-    assert path.read_bytes()[:8] == PNG_SIGNATURE
-    return matplotlib.image.imread(path)  # (H, W, 4)
 
 
 @pytest.mark.parametrize("n_layer, n_head", [(1, 3), (3, 1)])

@@ -102,7 +102,7 @@ def test_vocab_size_is_respected():
     assert 257 <= small.vocab_size < 1000
 
 
-def test_json_round_trip_and_kind_dispatch(tmp_path):
+def test_json_round_trip_kind_dispatch_and_a_bad_file(tmp_path):
     tok = trained()
     d = json.loads(json.dumps(tok.to_dict()))
     assert d["kind"] == "bpe"
@@ -116,6 +116,9 @@ def test_json_round_trip_and_kind_dispatch(tmp_path):
     char.save(tmp_path / "char.json")
     assert load_tokenizer(tmp_path / "bpe.json") == tok == BPETokenizer.load(tmp_path / "bpe.json")
     assert load_tokenizer(tmp_path / "char.json") == char
+    (tmp_path / "t.json").write_text('{"kind": "bpe", "tokenizer": 3}')
+    with pytest.raises(MiniGPTError, match="cannot read tokenizer"):
+        load_tokenizer(tmp_path / "t.json")
 
 
 def test_can_encode_and_labels():
@@ -150,12 +153,6 @@ def test_decode_stream_holds_back_split_characters():
 def test_errors_are_clear(call, message):
     with pytest.raises(MiniGPTError, match=message):
         call()
-
-
-def test_bad_tokenizer_file(tmp_path):
-    (tmp_path / "t.json").write_text('{"kind": "bpe", "tokenizer": 3}')
-    with pytest.raises(MiniGPTError, match="cannot read tokenizer"):
-        load_tokenizer(tmp_path / "t.json")
 
 
 @settings(max_examples=100, deadline=None)

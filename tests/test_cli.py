@@ -18,6 +18,7 @@ def test_train_prints_split_sizes_figures_and_summary(cli_run):
     assert summary == json.loads((out / "summary.json").read_text())
 
 
+@pytest.mark.slow  # four processes that each load torch
 def test_sample_streams_prompt_and_is_seeded(cli_run):
     out, _, _ = cli_run
     args = ["sample", "--run", str(out), "--prompt", "ROMEO:", "--max-new-tokens", "60"]

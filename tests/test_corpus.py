@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import TINY_FLAGS, as_flags, run_cli
 from minigpt import MiniGPTError, ShardedTokens, Splits, get_batch, load_corpus, prepare
 from minigpt.corpus import find_sources, open_prepared, read_chunks, token_dtype
 from minigpt.data import read_text
@@ -254,12 +254,10 @@ def test_cli_prepare_prints_a_summary(corpus, tmp_path):
         ShardedTokens.open(src)
 
 
-QUICK = ["--steps", "20", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size",
-         "32", "--batch-size", "8", "--eval-every", "10", "--eval-batches", "2", "--log-every",
-         "5", "--sample-tokens", "30", "--gradflow-every", "0", "--attention-every", "0",
-         "--sample-every", "0", "--no-plots", "--no-progress"]
+QUICK = [*TINY_FLAGS, *as_flags(dict(steps=20, eval_every=10, log_every=5, sample_tokens=30))]
 
 
+@pytest.mark.slow
 def test_train_on_a_prepared_folder_then_sample(corpus, tmp_path):
     src, files = corpus
     out = tmp_path / "shards"
@@ -274,6 +272,7 @@ def test_train_on_a_prepared_folder_then_sample(corpus, tmp_path):
     assert s.returncode == 0 and s.stdout.startswith("the") and len(s.stdout) > 10
 
 
+@pytest.mark.slow
 def test_train_bpe_from_the_command_line_saves_samples_and_resumes(small_text, tmp_path):
     run = tmp_path / "bpe"
     r = run_cli("train", "--text", str(small_text), "--tokenizer", "bpe", "--vocab-size", "300",

@@ -32,7 +32,7 @@ def test_token_file_is_uint16_memmap_and_reused(small_text):
     assert tok2.decode(tokens2) == "abc" * 100
 
 
-def test_get_batch_shapes_shift_and_offsets():
+def test_get_batch_shapes_shift_offsets_seeding_and_range():
     data = np.arange(1000, dtype=np.uint16)
     g = torch.Generator().manual_seed(3)
     x, y = get_batch(data, 16, 24, g)
@@ -43,9 +43,6 @@ def test_get_batch_shapes_shift_and_offsets():
     expected = starts[:, None] + torch.arange(24)
     assert torch.equal(x, expected) and torch.equal(y, expected + 1)
     assert int(starts.max()) <= 1000 - 24 - 1  # y never runs past the end
-
-
-def test_get_batch_is_seeded_and_covers_the_range():
     data = np.arange(200, dtype=np.uint16)
     a = get_batch(data, 8, 10, torch.Generator().manual_seed(1))
     b = get_batch(data, 8, 10, torch.Generator().manual_seed(1))
@@ -64,13 +61,10 @@ def test_batches_uses_separate_streams_per_split():
     assert int(a.get_batch("val")[0].min()) >= 4500
 
 
-def test_splits_too_short_for_the_block():
+def test_splits_too_short_for_the_block_and_bad_text_files(tmp_path):
     splits = Splits.from_tokens(np.arange(100, dtype=np.uint16))
     with pytest.raises(MiniGPTError, match="validation split has 10 tokens"):
         splits.check(block_size=16)
-
-
-def test_bad_text_files(tmp_path):
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     (tmp_path / "bin.txt").write_bytes(b"ab\x00cd")

@@ -6,9 +6,7 @@ import shutil
 
 import pytest
 
-from conftest import TINY, run_cli
-
-PNG = b"\x89PNG\r\n\x1a\n"
+from conftest import TINY_FLAGS, read_png, run_cli
 
 
 def test_gradflow_table_covers_every_parameter(cli_run):
@@ -27,7 +25,7 @@ def test_attention_command_writes_a_heatmap_grid(cli_run, tmp_path):
     png = tmp_path / "att.png"
     r = run_cli("attention", "--run", str(out), "--text", "ROMEO: what light", "--out", str(png))
     assert r.returncode == 0, r.stderr
-    assert png.read_bytes()[:8] == PNG
+    read_png(png)
     too_long = run_cli("attention", "--run", str(out), "--text", "R" * 33)
     assert too_long.returncode == 2 and "1 to 32 characters" in too_long.stderr
 
@@ -36,13 +34,12 @@ def test_compare_command_prints_a_table(tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("now is the winter of our discontent\n" * 100)
     out = tmp_path / "cmp"
-    r = run_cli("compare", "--optimizers", "sgd:0.5,adamw", "--steps", "10", "--eval-every",
-                "5", "--text", str(text), "--out", str(out), "--gradflow-every", "0",
-                "--attention-every", "0", "--sample-every", "0", *TINY)
+    r = run_cli("compare", "--optimizers", "sgd:0.5,adamw", *TINY_FLAGS, "--steps", "10",
+                "--eval-every", "5", "--text", str(text), "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "sgd lr 0.5" in r.stdout and "adamw" in r.stdout and "final val" in r.stdout
     assert len(json.loads((out / "compare.json").read_text())) == 2
-    assert (out / "compare.png").read_bytes()[:8] == PNG
+    read_png(out / "compare.png")
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +93,10 @@ def test_report_in_a_real_browser(report, tmp_path):
     assert overflow <= 0  # no sideways scrolling on a laptop
     summary = json.loads((report.parent / "summary.json").read_text())
     assert final == f"{summary['final_val_loss']:.4f}"
-    assert (tmp_path / "report.png").read_bytes()[:8] == PNG
+    read_png(tmp_path / "report.png")
 
 
+@pytest.mark.slow  # five processes that each load torch
 def test_autograd_command_shows_the_lessons_example():
     r = run_cli("autograd")
     assert r.returncode == 0, r.stderr
@@ -117,7 +115,7 @@ def test_graph_command_draws_the_run(cli_run, tmp_path):
         pytest.skip("Graphviz is not installed (apt-get install graphviz)")
     r = run_cli("graph", "--run", str(out), "--collapse", "--out", str(tmp_path / "g"))
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "g.png").read_bytes()[:8] == PNG
+    read_png(tmp_path / "g.png")
     svg = (tmp_path / "g.svg").read_text()
     assert "lm_head" in svg and "blocks.0" in svg and "token_emb" in svg
 

@@ -9,18 +9,17 @@ import sys
 import pytest
 import torch
 
-from conftest import run_cli, without_speed
+from conftest import TINY_FLAGS, as_flags, run_cli, without_speed
 from minigpt import load_model
 from minigpt.files import read_jsonl
 
+pytestmark = pytest.mark.slow  # torchrun starts three processes a run
 pytest.importorskip("torch.distributed")
 if not torch.distributed.is_gloo_available():
     pytest.skip("this PyTorch has no gloo backend", allow_module_level=True)
 
-SMALL = ["--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "32",
-         "--batch-size", "4", "--log-every", "1", "--eval-every", "5", "--eval-batches", "2",
-         "--sample-tokens", "0", "--gradflow-every", "0", "--attention-every", "0",
-         "--sample-every", "0", "--no-plots", "--schedule", "constant", "--lr", "3e-3"]
+SMALL = [*TINY_FLAGS, *as_flags(dict(batch_size=4, log_every=1, eval_every=5, schedule="constant",
+                                    lr=3e-3))]  # 4 a process: 8 a step, as TINY's one process
 
 
 def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:

@@ -40,13 +40,15 @@ def test_good_file_is_saved(server, tmp_path):
     assert [p.name for p in dest.parent.iterdir()] == ["a.txt"]  # no temporary left behind
 
 
-def test_wrong_checksum_saves_nothing(server, tmp_path):
+def test_wrong_checksum_or_missing_file_saves_nothing(server, tmp_path):
     base, root = server
     (root / "a.txt").write_bytes(b"tampered")
     dest = tmp_path / "cache" / "a.txt"
     with pytest.raises(MiniGPTError, match="sha256.*not saved.*--text PATH"):
         download(f"{base}/a.txt", dest, "0" * 64)
     assert list(dest.parent.iterdir()) == []
+    with pytest.raises(MiniGPTError, match="404"):  # a file missing on the server
+        download(f"{base}/nope.txt", tmp_path / "x.txt", "0" * 64)
 
 
 def test_server_down_is_one_line_error(tmp_path):
@@ -58,12 +60,6 @@ def test_server_down_is_one_line_error(tmp_path):
         download(f"http://127.0.0.1:{port}/input.txt", dest, "0" * 64, timeout=5)
     assert "\n" not in str(e.value) and str(dest) in str(e.value)
     assert not dest.exists()
-
-
-def test_missing_file_on_server(server, tmp_path):
-    base, _ = server
-    with pytest.raises(MiniGPTError, match="404"):
-        download(f"{base}/nope.txt", tmp_path / "x.txt", "0" * 64)
 
 
 def test_tinyshakespeare_downloaded_into_the_cache(server, tmp_path, monkeypatch,

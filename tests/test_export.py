@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import tiny_config
 from minigpt import export
 from minigpt.errors import MiniGPTError
 from minigpt.export import check_exportable, export_hf, export_run
@@ -119,23 +120,16 @@ ROUND_TRIPS = [
 ]
 
 
-@pytest.mark.parametrize("text", ROUND_TRIPS)
-def test_char_tokenizer_round_trip(tmp_path, char_tok, text):
-    export_hf(peaked_model(char_tok.vocab_size), char_tok, tmp_path / "hf")
+@pytest.mark.parametrize("kind, text", [*[("char", t) for t in ROUND_TRIPS],
+                                        *[("bpe", t) for t in ROUND_TRIPS],
+                                        ("bpe", "never seen: ünïcödé 日本語 🙂 \r\n")])
+def test_tokenizer_round_trip(tmp_path, char_tok, bpe_tok, kind, text):
+    tok = char_tok if kind == "char" else bpe_tok
+    export_hf(peaked_model(tok.vocab_size), tok, tmp_path / "hf")
     hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     ids = hf_tok.encode(text, add_special_tokens=False)
-    assert ids == char_tok.encode(text)
+    assert ids == tok.encode(text)
     assert hf_tok.encode(text) == ids  # nothing is added by default either
-    assert hf_tok.decode(ids) == text
-
-
-@pytest.mark.parametrize("text", [*ROUND_TRIPS, "never seen: ünïcödé 日本語 🙂 \r\n"])
-def test_bpe_tokenizer_round_trip(tmp_path, bpe_tok, text):
-    export_hf(peaked_model(bpe_tok.vocab_size), bpe_tok, tmp_path / "hf")
-    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
-    ids = hf_tok.encode(text, add_special_tokens=False)
-    assert ids == bpe_tok.encode(text)
-    assert hf_tok.encode(text) == ids
     assert hf_tok.decode(ids) == text
 
 
@@ -169,10 +163,6 @@ def test_folder_contents_and_config(tmp_path, char_tok):
     assert not list(tmp_path.glob(".*"))  # no temporary folder left beside it
 
 
-def test_default_config_is_exportable():
-    assert check_exportable(MiniGPT(10, n_embd=8, n_head=2, n_layer=1).config) is None
-
-
 UNSUPPORTED = [
     ({"pos": "rope"}, "cannot export: rotary position embeddings (pos='rope') have no GPT-2 "
                       "counterpart"),
@@ -189,8 +179,9 @@ UNSUPPORTED = [
 def test_unsupported_settings_are_one_line_errors(tmp_path, char_tok, extra, message):
     model = peaked_model(char_tok.vocab_size)
     model.config = SimpleNamespace(**{**dataclasses.asdict(model.config), **extra})
-    if message is None:  # the GPT-2-compatible values, spelled out: accepted
-        check_exportable(model.config)
+    if message is None:  # the GPT-2-compatible values, spelled out, and the defaults: accepted
+        assert check_exportable(model.config) is None
+        assert check_exportable(MiniGPT(10, n_embd=8, n_head=2, n_layer=1).config) is None
         return
     with pytest.raises(MiniGPTError) as err:
         export_hf(model, char_tok, tmp_path / "hf")
@@ -227,7 +218,7 @@ def test_tokenizer_larger_than_the_model_is_refused(tmp_path, bpe_tok):
         export_hf(peaked_model(100), bpe_tok, tmp_path / "hf")
 
 
-def test_existing_folder_is_refused_and_left_alone(tmp_path, char_tok):
+def test_existing_folder_is_refused_and_left_alone_an_empty_one_used(tmp_path, char_tok):
     model = peaked_model(char_tok.vocab_size)
     out = tmp_path / "hf"
     out.mkdir()
@@ -241,12 +232,9 @@ def test_existing_folder_is_refused_and_left_alone(tmp_path, char_tok):
     afile.write_text("x")
     with pytest.raises(MiniGPTError, match="is not a folder"):
         export_hf(model, char_tok, afile)
-
-
-def test_empty_existing_folder_is_used(tmp_path, char_tok):
-    (tmp_path / "hf").mkdir()
-    export_hf(peaked_model(char_tok.vocab_size), char_tok, tmp_path / "hf")
-    assert (tmp_path / "hf" / "model.safetensors").is_file()
+    (tmp_path / "empty").mkdir()  # an empty existing folder is used
+    export_hf(model, char_tok, tmp_path / "empty")
+    assert (tmp_path / "empty" / "model.safetensors").is_file()
 
 
 def test_failure_part_way_leaves_nothing(tmp_path, char_tok, monkeypatch):
@@ -267,17 +255,12 @@ def test_failure_part_way_leaves_nothing(tmp_path, char_tok, monkeypatch):
 
 
 def test_export_run_from_a_trained_run(tmp_path):
-    from minigpt import resolve_config, train
+    from minigpt import train
 
     text = tmp_path / "corpus.txt"
     text.write_text(TEXT * 10)
     run_dir = tmp_path / "run"
-    cfg = resolve_config("seed", None, {
-        "text": str(text), "n_layer": 1, "n_embd": 32, "n_head": 2, "block_size": 32,
-        "batch_size": 8, "steps": 10, "eval_every": 5, "sample_tokens": 0,
-        "gradflow_every": 0, "attention_every": 0, "sample_every": 0, "plots": False,
-    })
-    train(cfg, run_dir, progress=False)
+    train(tiny_config(text, steps=10, eval_every=5), run_dir, progress=False)
 
     out = export_run(run_dir, tmp_path / "hf")
     from minigpt.checkpoint import load_model
@@ -293,11 +276,10 @@ def test_export_run_from_a_trained_run(tmp_path):
         export_run(run_dir, out)
 
 
+@pytest.mark.slow
 def test_the_command_exports_a_run_whose_greedy_text_is_minigpt_samples(cli_run, tmp_path):
     """`minigpt export`, then transformers as the oracle: its greedy continuation of a prompt
     is what `minigpt sample --temperature 0` prints."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from conftest import run_cli
 
     run, _, _ = cli_run
@@ -308,8 +290,7 @@ def test_the_command_exports_a_run_whose_greedy_text_is_minigpt_samples(cli_run,
     sample = run_cli("sample", "--run", str(run), "--prompt", "ROMEO:", "--temperature", "0",
                      "--max-new-tokens", "20")
     assert sample.returncode == 0, sample.stderr
-    tokenizer = AutoTokenizer.from_pretrained(out)
-    model = AutoModelForCausalLM.from_pretrained(out)
+    model, tokenizer = load_hf(out)
     ids = tokenizer("ROMEO:", return_tensors="pt").input_ids
     text = tokenizer.decode(model.generate(ids, max_new_tokens=20, do_sample=False)[0])
     assert text == sample.stdout.rstrip("\n")

@@ -8,10 +8,10 @@ import math
 import subprocess
 import sys
 
-import matplotlib.image
 import pytest
 import torch
 
+from conftest import read_png
 from minigpt import MiniGPT, MiniGPTError
 from minigpt.diagnostics.gradflow import (
     EXPLODE,
@@ -23,8 +23,6 @@ from minigpt.diagnostics.gradflow import (
     probe_batch_stats,
     snapshot,
 )
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def tiny(**kw) -> MiniGPT:
@@ -51,9 +49,6 @@ def by_name(stats) -> dict:
 
 def flagged(stats, flag: str) -> set[str]:
     return {s.name for s in stats if flag in s.flags}
-
-
-# --- the numbers ---------------------------------------------------------------------------
 
 
 def test_statistics_equal_a_hand_computation():
@@ -198,9 +193,7 @@ def test_scaled_loss_is_flagged_exploding():
     model.zero_grad()
     backward(model)  # the same model, unscaled: nothing explodes
     assert not flagged(grad_stats(model), "exploding")
-
-
-def test_huge_learning_rate_makes_gradients_explode():
+    # a huge learning rate makes the next gradients explode
     model = tiny()
     opt = torch.optim.SGD(model.parameters(), lr=1e4)
     backward(model)
@@ -233,15 +226,11 @@ def test_nan_and_inf_gradients_are_nonfinite_and_nothing_else():
                                                          "blocks.1.ff.0.bias"}
     assert stats["blocks.1.ff.0.bias"].flags == ["nonfinite"]  # inf is not "exploding"
     assert stats["blocks.0.attn.Wv.weight"].flags == ["nonfinite"]
-
-
-def test_a_nan_weight_makes_every_gradient_nonfinite():
-    model = tiny()
+    model = tiny()  # a NaN weight makes every gradient nonfinite, exempt key biases included
     with torch.no_grad():
         model.lm_head.weight[0, 0] = math.nan
     backward(model)
-    stats = grad_stats(model)
-    assert all(s.flags == ["nonfinite"] for s in stats)  # exempt key biases included
+    assert all(s.flags == ["nonfinite"] for s in grad_stats(model))
 
 
 def test_missing_and_frozen_gradients():
@@ -256,12 +245,9 @@ def test_missing_and_frozen_gradients():
     assert missing.weight_norm == pytest.approx(hand_norm(model.pos_emb.weight.detach()))
 
 
-def test_no_gradients_at_all_is_a_clear_error():
+def test_no_gradients_bad_thresholds_and_snapshots_are_clear_errors():
     with pytest.raises(MiniGPTError, match="call loss.backward"):
         grad_stats(tiny())
-
-
-def test_bad_thresholds_and_snapshots_are_clear_errors():
     model = tiny()
     backward(model)
     with pytest.raises(MiniGPTError, match="vanish < explode"):
@@ -349,13 +335,8 @@ def test_probe_with_optimizer_steps_a_copy_exactly_as_the_real_step_would():
         if old > 0:
             assert s.update_ratio == pytest.approx(hand_norm(new[s.name] - weights[s.name]) / old,
                                                    rel=1e-4)
-
-
-def test_probe_rejects_an_optimizer_of_another_model():
-    model = tiny()
-    opt = torch.optim.SGD(tiny().parameters(), lr=0.1)
     with pytest.raises(MiniGPTError, match="does not hold this model's parameters"):
-        probe_batch_stats(model, *batch(), optimizer=opt)
+        probe_batch_stats(model, x, y, optimizer=torch.optim.SGD(tiny().parameters(), lr=0.1))
 
 
 # --- the plot ------------------------------------------------------------------------------
@@ -374,18 +355,14 @@ def test_plot_layer_norms_writes_a_png_atomically(tmp_path):
     fig = plot_layer_norms(history, path)
     assert len(fig.axes[0].get_lines()) == len(history[0]["layers"])  # a line per layer
     assert plot_layer_norms(history).get_size_inches().tolist() == [9.0, 5.0]  # no path: no file
-    assert path.read_bytes()[:8] == PNG_SIGNATURE
-    pixels = matplotlib.image.imread(path)  # (H, W, 4)
+    pixels = read_png(path)  # (H, W, 4)
     height, width = pixels.shape[:2]
     assert width / height == pytest.approx(9 / 5, rel=0.02)  # the 9 x 5 inch figure
     assert pixels[..., :3].std() > 0.05  # not blank
     assert [p.name for p in path.parent.iterdir()] == ["gradflow.png"]  # no temporary left
-
-
-def test_plot_of_no_rows_is_a_clear_error_and_writes_nothing(tmp_path):
-    with pytest.raises(MiniGPTError, match="no gradient-flow rows"):
-        plot_layer_norms([], tmp_path / "gradflow.png")
-    assert not list(tmp_path.iterdir())
+    with pytest.raises(MiniGPTError, match="no gradient-flow rows"):  # and none for no rows
+        plot_layer_norms([], tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
 
 
 def test_importing_the_diagnostics_does_not_import_matplotlib():

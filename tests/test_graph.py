@@ -93,16 +93,13 @@ def _grad_fns(root):
     return seen, pairs
 
 
-def test_loss_graph_feeds_token_ids_and_gives_the_initial_loss(model):
+def test_loss_graph_feeds_token_ids_gives_the_initial_loss_and_rejects_misfits(model):
     loss, params = loss_graph(model, VOCAB, T=8, seed=0)
     assert loss.dim() == 0 and loss.requires_grad
     assert abs(loss.item() - math.log(VOCAB)) < 0.1  # N(0, 0.02) weights: near-uniform logits
     assert params == dict(model.named_parameters())
     assert loss_graph(model, VOCAB, T=8, seed=0)[0].item() == loss.item()
     assert loss_graph(model, VOCAB, T=8, seed=1)[0].item() != loss.item()
-
-
-def test_loss_graph_rejects_what_does_not_fit(model):
     with pytest.raises(MiniGPTError, match="vocab_size"):
         loss_graph(model, VOCAB + 1)
     with pytest.raises(MiniGPTError, match="block_size"):
@@ -164,12 +161,9 @@ def test_trace_works_after_backward_and_without_recording(model):
     assert len(small) == len(nodes)  # nothing to group by
 
 
-def test_trace_rejects_a_tensor_without_history():
+def test_trace_rejects_a_tensor_without_history_and_record_modules_leaves_no_hooks(model):
     with pytest.raises(MiniGPTError, match="no autograd history"):
         trace(torch.ones(3))
-
-
-def test_record_modules_leaves_no_hooks_behind(model):
     with record_modules(model):
         pass
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
@@ -252,7 +246,7 @@ def test_dot_renders_the_full_and_collapsed_graphs(traced, tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave nothing behind
 
 
-def test_without_dot_only_the_dot_file_is_written(traced, tmp_path, monkeypatch):
+def test_without_dot_only_dot_is_written_and_unknown_formats_refused(traced, tmp_path, monkeypatch):
     *_, nodes, edges = traced
     empty = tmp_path / "empty-bin"
     empty.mkdir()
@@ -267,9 +261,6 @@ def test_without_dot_only_the_dot_file_is_written(traced, tmp_path, monkeypatch)
     assert (tmp_path / "out" / "graph.dot").read_text() == text
     assert not (tmp_path / "out" / "graph.png").exists()
     assert render(text, tmp_path / "only", formats=("dot",)) == [tmp_path / "only.dot"]
-
-
-def test_render_rejects_an_unknown_format(tmp_path):
     with pytest.raises(MiniGPTError, match="'jpeg'"):
         render("digraph {}", tmp_path / "g", formats=("jpeg",))
     assert not (tmp_path / "g.dot").exists()

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from conftest import tiny_config
 from minigpt import MiniGPT, MiniGPTError, load_checkpoint, resolve_config, train
 from minigpt.diagnostics.probes import Probe
 from minigpt.performance import peak_memory
@@ -38,6 +39,7 @@ print(json.dumps({"estimate": estimate,
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings", [
     {"batch_size": 64},
     {"batch_size": 256},
@@ -95,9 +97,7 @@ class Hog(Probe):
 def test_running_out_of_memory_mid_run_is_one_line_and_keeps_the_checkpoint(tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("To be, or not to be, that is the question.\n" * 100)
-    cfg = resolve_config(overrides={"text": str(text), "steps": 40, "eval_every": 10,
-                                    "n_layer": 1, "n_embd": 16, "n_head": 2, "block_size": 16,
-                                    "batch_size": 4, "sample_tokens": 0})
+    cfg = tiny_config(text, steps=40, eval_every=10)
     with pytest.raises(MiniGPTError, match="out of memory after step 21") as info:
         train(cfg, tmp_path / "run", probes=[Hog(step=20)], progress=False)  # an eval row
     assert "\n" not in str(info.value) and "--batch-size" in str(info.value)

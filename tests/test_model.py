@@ -10,16 +10,13 @@ from minigpt import Batches, MiniGPT, MiniGPTError, Splits, load_tokens
 from minigpt.data import tinyshakespeare_path
 
 
-def test_parameter_count_is_the_lessons():
+def test_parameter_count_and_module_names_are_the_lessons():
     assert MiniGPT(65).num_params() == 216_576
     # by hand: embeddings, 4 blocks of (2 LayerNorms, 4 Linear 64x64+b, MLP 64->256->64), ln_f,
     # lm_head without bias
     C, V, T, L = 64, 65, 128, 4
     block = 2 * 2 * C + 4 * (C * C + C) + (C * 4 * C + 4 * C) + (4 * C * C + C)
     assert MiniGPT(V).num_params() == V * C + T * C + L * block + 2 * C + C * V
-
-
-def test_lessons_module_names():
     names = {n for n, _ in MiniGPT(65).named_parameters()}
     for expected in ["token_emb.weight", "pos_emb.weight", "blocks.0.ln1.weight",
                      "blocks.0.attn.Wq.weight", "blocks.0.attn.Wo.bias", "blocks.3.ln2.bias",
@@ -45,7 +42,7 @@ def test_attention_equals_the_lessons_explicit_computation():
                                    atol=1e-6, rtol=1e-5)
 
 
-def test_causal_later_tokens_never_change_earlier_logits():
+def test_causal_later_tokens_never_change_earlier_logits_nor_go_past_the_block():
     model = MiniGPT(65).eval()
     idx = torch.randint(0, 65, (2, 40))
     changed = idx.clone()
@@ -54,12 +51,8 @@ def test_causal_later_tokens_never_change_earlier_logits():
     b, _ = model(changed)
     torch.testing.assert_close(a[:, :25], b[:, :25])
     assert not torch.allclose(a[:, 25:], b[:, 25:])
-
-
-def test_idx_longer_than_block_is_a_clear_error():
-    model = MiniGPT(65, block_size=16)
     with pytest.raises(MiniGPTError, match="longer than block_size 16"):
-        model(torch.zeros(1, 17, dtype=torch.long))
+        MiniGPT(65, block_size=16)(torch.zeros(1, 17, dtype=torch.long))
 
 
 def test_step0_loss_near_ln_vocab(data_dir):

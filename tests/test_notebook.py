@@ -10,6 +10,7 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
+pytestmark = pytest.mark.slow  # the whole lesson, trained in a kernel
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "lesson.ipynb"
 

@@ -110,15 +110,20 @@ def test_rmsnorm_qk_norm_relu2_and_swiglu_compute_their_formulas():
     torch.testing.assert_close(ff[1](h), a * torch.sigmoid(a) * b)
 
 
-@pytest.mark.parametrize("name", OPTIONS)
+SHAPES = {"defaults": {}, "3 heads": dict(n_embd=48, n_head=3, n_layer=2, block_size=32,
+                                          vocab_size=100),
+          **{name: dict(vocab_size=V, n_embd=48, n_head=4, n_layer=2, block_size=16, **options)
+             for name, options in OPTIONS.items()}}
+
+
+@pytest.mark.parametrize("name", SHAPES)
 def test_flops_per_token_matches_pytorchs_counter(name):
-    cfg = ModelConfig(vocab_size=V, n_embd=48, n_head=4, n_layer=2, block_size=16,
-                      **OPTIONS[name])
+    cfg = ModelConfig(**SHAPES[name])
     model = MiniGPT.from_config(cfg)
-    idx = torch.randint(0, V, (2, 16))
+    idx = torch.randint(0, cfg.vocab_size, (2, cfg.block_size))
     with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
-        model(idx, idx)[1].backward()
-    assert counter.get_total_flops() == train_flops_per_token(cfg) * 2 * 16
+        model(idx, idx)[1].backward()  # the math backend does attention as counted matmuls
+    assert counter.get_total_flops() == train_flops_per_token(cfg) * 2 * cfg.block_size
 
 
 # --- with everything else that touches a model --------------------------------------------------
@@ -217,7 +222,7 @@ def a_step(model, opt, seed):
     opt.step()
 
 
-def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
+def test_muon_takes_the_blocks_matrices_adamw_the_rest_and_hooks_fire_once_a_step():
     model, opt = muon_setup()
     assert isinstance(opt, MuonWithAdamW)
     muon, adamw = opt.parts
@@ -230,6 +235,11 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
     assert "token_emb.weight" in to_adamw and "lm_head.weight" in to_adamw
     set_lr(opt, 0.123)
     assert all(g["lr"] == 0.123 for o in opt.parts for g in o.param_groups)
+    calls = []
+    opt.register_step_pre_hook(lambda *a: calls.append("pre"))
+    opt.register_step_post_hook(lambda *a: calls.append("post"))
+    a_step(model, opt, 0)
+    assert calls == ["pre", "post"]
 
 
 def test_muon_steps_as_torchs_muon_and_adamw_would_apart():
@@ -266,12 +276,3 @@ def test_muon_state_dict_round_trip_continues_exactly():
         a_step(model, fresh, seed)
     for a, b in zip(model.parameters(), straight.parameters(), strict=True):
         assert torch.equal(a, b)
-
-
-def test_step_hooks_fire_once_per_step():
-    model, opt = muon_setup()
-    calls = []
-    opt.register_step_pre_hook(lambda *a: calls.append("pre"))
-    opt.register_step_post_hook(lambda *a: calls.append("post"))
-    a_step(model, opt, 0)
-    assert calls == ["pre", "post"]

@@ -4,26 +4,18 @@ and `compare`, each checked against the run's own metrics or an independent comp
 import json
 import math
 
-import matplotlib.image
 import pytest
 
-from minigpt import resolve_config, train
-from minigpt.diagnostics.compare import compare, parse_axis, variants
+from conftest import TINY, read_png, tiny_config
+from minigpt import train
+from minigpt.diagnostics.compare import compare, parse_axis, parse_variant, variants
 from minigpt.diagnostics.probes import standard_probes
+from minigpt.errors import MiniGPTError
 from minigpt.files import read_jsonl
-
-PNG = b"\x89PNG\r\n\x1a\n"
-TINY = dict(n_layer=2, n_embd=32, n_head=2, block_size=32, batch_size=8, sample_tokens=0,
-            eval_batches=2)
-
-
-def tiny(text, **kw):
-    return resolve_config("seed", None, {"text": str(text), **TINY, **kw})
 
 
 def assert_png(path):
-    assert path.read_bytes()[:8] == PNG
-    h, w, _ = matplotlib.image.imread(str(path)).shape
+    h, w, _ = read_png(path).shape
     assert h > 100 and w > 100
 
 
@@ -32,18 +24,16 @@ def probed_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("probed")
     text = folder / "t.txt"
     text.write_text("ROMEO: But soft, what light through yonder window breaks?\n" * 60)
-    cfg = tiny(text, steps=21, eval_every=10, log_every=5, gradflow_every=5,
-               attention_every=10, sample_every=10, tensorboard=True, grad_clip=0.0)
+    cfg = tiny_config(text, n_layer=2, steps=21, eval_every=10, log_every=5, gradflow_every=5,
+                      attention_every=10, sample_every=10, plots=True, tensorboard=True,
+                      grad_clip=0.0)  # two layers: blocks.0 and blocks.1 in the gradient flow
     train(cfg, folder / "run", progress=False, probes=standard_probes(cfg))
     return folder / "run"
 
 
-def test_curves_drawn(probed_run):
+def test_curves_drawn_and_the_gradflow_probe_matches_the_loops_gradient_norm(probed_run):
     assert_png(probed_run / "loss.png")
     assert_png(probed_run / "lr.png")
-
-
-def test_gradflow_probe_matches_the_loops_gradient_norm(probed_run):
     flows = read_jsonl(probed_run / "gradflow.jsonl")
     assert [r["step"] for r in flows] == [0, 5, 10, 15, 20]
     norms = {r["step"]: r["grad_norm"] for r in read_jsonl(probed_run / "metrics.jsonl")}
@@ -81,8 +71,7 @@ def test_tensorboard_event_files_hold_the_tags(probed_run):
 def test_clipped_run_probe_sees_clipped_gradients(tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("abcdefgh " * 400)
-    cfg = tiny(text, steps=6, eval_every=5, log_every=1, gradflow_every=1, grad_clip=0.05,
-               attention_every=0, sample_every=0)
+    cfg = tiny_config(text, steps=6, eval_every=5, log_every=1, gradflow_every=1, grad_clip=0.05)
     train(cfg, tmp_path / "run", progress=False, probes=standard_probes(cfg))
     norms = {r["step"]: r["grad_norm"] for r in read_jsonl(tmp_path / "run/metrics.jsonl")}
     for r in read_jsonl(tmp_path / "run/gradflow.jsonl"):
@@ -90,34 +79,11 @@ def test_clipped_run_probe_sees_clipped_gradients(tmp_path):
         assert total == pytest.approx(min(norms[r["step"]], 0.05), rel=1e-3)
 
 
-def test_variant_axes():
+def test_variant_axes_and_settings_with_their_types():
     assert parse_axis("sgd:0.5,adamw", "optimizer") == [{"optimizer": "sgd", "lr": 0.5},
                                                        {"optimizer": "adamw"}]
     assert list(variants("sgd,adamw", None, "1,0")) == [
         "sgd clip 1", "sgd no clip", "adamw clip 1", "adamw no clip"]
-
-
-def test_compare_starts_every_variant_from_the_same_weights_and_batches(tmp_path):
-    text = tmp_path / "t.txt"
-    text.write_text("to be or not to be, that is the question\n" * 80)
-    common = {"text": str(text), **TINY, "steps": 12, "eval_every": 6, "log_every": 1,
-              "gradflow_every": 0, "attention_every": 0, "sample_every": 0, "warmup_steps": 0,
-              "schedule": "constant"}
-    table = compare(variants("sgd:0.5,adamw:0.003"), tmp_path / "cmp", common=common,
-                    progress=False)
-    assert [r["variant"] for r in table] == ["sgd lr 0.5", "adamw lr 0.003"]
-    runs = [read_jsonl(tmp_path / "cmp" / r["folder"] / "metrics.jsonl") for r in table]
-    assert runs[0][0]["train_loss"] == runs[1][0]["train_loss"]  # same init, same batch
-    assert runs[0][5]["train_loss"] != runs[1][5]["train_loss"]  # different updates
-    assert_png(tmp_path / "cmp" / "compare.png")
-    saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
-    assert [r["final_val_loss"] for r in saved] == [r["final_val_loss"] for r in table]
-
-
-def test_variants_name_any_setting_with_its_type():
-    from minigpt.diagnostics.compare import parse_variant
-    from minigpt.errors import MiniGPTError
-
     assert parse_variant("+rope+muon:pos=rope,optimizer=muon,lr=3e-3,qk_norm=true") == (
         "+rope+muon", {"pos": "rope", "optimizer": "muon", "lr": 0.003, "qk_norm": True})
     assert parse_variant("lesson") == ("lesson", {})
@@ -130,11 +96,27 @@ def test_variants_name_any_setting_with_its_type():
             parse_variant(bad)
 
 
+def test_compare_starts_every_variant_from_the_same_weights_and_batches(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be, that is the question\n" * 80)
+    common = {"text": str(text), **TINY, "steps": 12, "eval_every": 6, "log_every": 1,
+              "warmup_steps": 0, "schedule": "constant"}
+    table = compare(variants("sgd:0.5,adamw:0.003"), tmp_path / "cmp", common=common,
+                    progress=False)
+    assert [r["variant"] for r in table] == ["sgd lr 0.5", "adamw lr 0.003"]
+    runs = [read_jsonl(tmp_path / "cmp" / r["folder"] / "metrics.jsonl") for r in table]
+    assert runs[0][0]["train_loss"] == runs[1][0]["train_loss"]  # same init, same batch
+    assert runs[0][5]["train_loss"] != runs[1][5]["train_loss"]  # different updates
+    assert_png(tmp_path / "cmp" / "compare.png")
+    saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert [r["final_val_loss"] for r in saved] == [r["final_val_loss"] for r in table]
+
+
 def test_compare_of_model_options_tables_the_time_to_each_target(tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("to be or not to be, that is the question\n" * 80)
     common = {"text": str(text), **TINY, "steps": 20, "eval_every": 5, "log_every": 5,
-              "gradflow_every": 0, "attention_every": 0, "sample_every": 0, "targets": "3,2.5"}
+              "targets": "3,2.5"}
     runs = {"lesson": {}, "+rope+muon": {"pos": "rope", "optimizer": "muon"}}
     table = compare(runs, tmp_path / "cmp", common=common, progress=False)
     for row in table:
@@ -146,5 +128,5 @@ def test_compare_of_model_options_tables_the_time_to_each_target(tmp_path):
     config = json.loads((tmp_path / "cmp" / table[1]["folder"] / "config.json").read_text())
     assert config["config"]["model"]["pos"] == "rope"
     assert config["config"]["train"]["optimizer"] == "muon"
-    h, w, _ = matplotlib.image.imread(str(tmp_path / "cmp" / "compare.png")).shape
+    h, w, _ = read_png(tmp_path / "cmp" / "compare.png").shape
     assert w / h == pytest.approx(12 / 4.5, rel=0.02)  # against steps, and against seconds

@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,21 +15,22 @@ import time
 import pytest
 import torch
 
-from conftest import run_cli, without_speed
-from minigpt import MiniGPTError, load_checkpoint, load_model, resolve_config, train
+from conftest import TINY_FLAGS, run_cli, tiny_config, without_speed
+from minigpt import MiniGPTError, load_checkpoint, load_model, train
 from minigpt.diagnostics.probes import Probe
-from minigpt.files import read_jsonl
+from minigpt.files import read_jsonl, sha256_file
 from minigpt.signals import StopSignals
 
-QUIET = ["--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--block-size", "32",
-         "--batch-size", "8", "--sample-tokens", "0", "--no-progress", "--gradflow-every", "0",
-         "--attention-every", "0", "--sample-every", "0", "--no-plots", "--log-every", "1"]
+QUIET = [*TINY_FLAGS, "--log-every", "1"]  # a metrics row every step: the oracle sees all
+
+
+TEXT = "But soft, what light through yonder window breaks?\n" * 150
 
 
 @pytest.fixture
 def text(tmp_path):
     path = tmp_path / "corpus.txt"
-    path.write_text("But soft, what light through yonder window breaks?\n" * 150)
+    path.write_text(TEXT)
     return path
 
 
@@ -54,12 +56,22 @@ def wait_for_lines(path, n, proc, timeout=120):
     raise AssertionError(f"{path} never reached {n} lines")
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_saves_and_resume_matches_an_uninterrupted_run(text, tmp_path, sig, code):
+@pytest.fixture(scope="module")
+def straight_160(tmp_path_factory):
+    """The oracle for both signals: (its arguments, its run folder), never interrupted."""
+    folder = tmp_path_factory.mktemp("straight")
+    text = folder / "corpus.txt"
+    text.write_text(TEXT)
     args = ["--text", str(text), "--steps", "160", "--eval-every", "50", *QUIET]
-    straight = run_cli("train", *args, "--out", str(tmp_path / "straight"))
+    straight = run_cli("train", *args, "--out", str(folder / "run"))
     assert straight.returncode == 0, straight.stderr
+    return args, folder / "run"
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_and_resume_matches_an_uninterrupted_run(straight_160, tmp_path, sig, code):
+    args, straight = straight_160
     stopped = tmp_path / "stopped"
     proc = start_training(*args, "--out", str(stopped))
     wait_for_lines(stopped / "metrics.jsonl", 40, proc)
@@ -73,8 +85,8 @@ def test_signal_saves_and_resume_matches_an_uninterrupted_run(text, tmp_path, si
     resumed = run_cli("train", "--resume", str(stopped), "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     assert without_speed(read_jsonl(stopped / "metrics.jsonl")) == without_speed(
-        read_jsonl(tmp_path / "straight" / "metrics.jsonl"))
-    assert same_weights(stopped, tmp_path / "straight")
+        read_jsonl(straight / "metrics.jsonl"))
+    assert same_weights(stopped, straight)
     times = [r["time_s"] for r in read_jsonl(stopped / "metrics.jsonl")]
     assert times == sorted(times)  # the training clock carries over the resume
     summary = json.loads((stopped / "summary.json").read_text())
@@ -109,6 +121,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_killed_during_a_checkpoint_write_resumes_from_the_last_good_one(text, tmp_path):
     run = tmp_path / "run"
     args = ["train", "--text", str(text), "--steps", "60", "--eval-every", "10", "--keep", "5",
@@ -135,12 +148,7 @@ def test_killed_during_a_checkpoint_write_resumes_from_the_last_good_one(text, t
 
 
 def test_keep_the_best_and_the_newest_k(text, tmp_path):
-    cfg = resolve_config("seed", None, {"text": str(text), "steps": 50, "eval_every": 5,
-                                        "keep": 2, "n_layer": 1, "n_embd": 16, "n_head": 2,
-                                        "block_size": 16, "batch_size": 4, "sample_tokens": 0,
-                                        "patience": 0, "attention_every": 0, "sample_every": 0,
-                                        "gradflow_every": 0, "plots": False})
-    train(cfg, tmp_path / "run", progress=False)
+    train(tiny_config(text, steps=50, eval_every=5, keep=2), tmp_path / "run", progress=False)
     folder = tmp_path / "run" / "checkpoints"
     best = json.loads((folder / "best.json").read_text())["file"]
     kept = sorted(p.name for p in folder.glob("step-*.safetensors"))
@@ -165,10 +173,7 @@ class PoisonBatches(Probe):
 
 
 def nan_config(text, skip):
-    return resolve_config("seed", None, {
-        "text": str(text), "steps": 12, "eval_every": 4, "log_every": 1, "n_layer": 1,
-        "n_embd": 16, "n_head": 2, "block_size": 16, "batch_size": 4, "sample_tokens": 0,
-        "skip_nonfinite": skip})
+    return tiny_config(text, steps=12, eval_every=4, log_every=1, skip_nonfinite=skip)
 
 
 def test_nonfinite_batches_are_skipped_when_allowed(text, tmp_path):
@@ -221,11 +226,13 @@ def good_run(tmp_path_factory):
     return folder / "run"
 
 
-def corrupt(run, tmp_path, how):
-    import shutil
+def copy_of(run, tmp_path):
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run"
 
-    copy = tmp_path / "run"
-    shutil.copytree(run, copy)
+
+def corrupt(run, tmp_path, how):
+    copy = copy_of(run, tmp_path)
     folder = copy / "checkpoints"
     best = json.loads((folder / "best.json").read_text())
     tensors = folder / best["file"]
@@ -243,8 +250,6 @@ def corrupt(run, tmp_path, how):
     elif how == "vocabulary":
         best["model"]["vocab_size"] += 1
     if how in ("pickle", "truncated"):  # forge the recorded sha256 too: safetensors must refuse
-        from minigpt.files import sha256_file
-
         best["sha256"] = sha256_file(tensors)
     (folder / "best.json").write_text(json.dumps(best))
     return copy
@@ -267,10 +272,7 @@ def test_bad_checkpoints_are_refused_in_one_line(good_run, tmp_path, how, messag
 
 
 def test_resume_on_a_changed_text_is_refused(good_run, tmp_path):
-    import shutil
-
-    copy = tmp_path / "run"
-    shutil.copytree(good_run, copy)
+    copy = copy_of(good_run, tmp_path)
     config = json.loads((copy / "config.json").read_text())
     text = config["data"]["text"]
     saved = open(text).read()
@@ -314,9 +316,7 @@ def test_resume_takes_the_command_as_first_typed(text, tmp_path, capsys, monkeyp
     from minigpt.cli import main
 
     run = tmp_path / "runs" / "b"
-    typed = ["train", "--text", str(text), "--batch-size", "8", "--block-size", "32",
-             "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--eval-every", "10",
-             "--sample-tokens", "0", "--no-progress", "--out", str(run)]
+    typed = ["train", "--text", str(text), *TINY_FLAGS, "--eval-every", "10", "--out", str(run)]
     assert main([*typed, "--steps", "20"]) == 0
     monkeypatch.chdir(tmp_path)  # the same paths, written another way
     again = [a.replace(str(tmp_path), ".") if a.startswith(str(tmp_path)) else a for a in typed]
@@ -324,10 +324,10 @@ def test_resume_takes_the_command_as_first_typed(text, tmp_path, capsys, monkeyp
     assert load_checkpoint(run / "checkpoints", "last").meta["step"] == 40
     capsys.readouterr()
     code = main([*again, "--resume", "runs/b", "--steps", "60", "--block-size", "64",
-                 "--n-embd", "32"])
+                 "--n-embd", "64"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
-    assert "block_size from 32 to 64" in err and "n_embd from 16 to 32" in err
+    assert "block_size from 32 to 64" in err and "n_embd from 32 to 64" in err
     assert main([*again, "--resume", "runs/b", "--out", "runs/c"]) == 2
     assert "name different folders" in capsys.readouterr().err
 
@@ -335,6 +335,7 @@ def test_resume_takes_the_command_as_first_typed(text, tmp_path, capsys, monkeyp
 # --- one run per folder -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_process_in_a_run_folder_is_refused_and_a_crash_frees_it(text, tmp_path):
     run = tmp_path / "run"
     args = ["--text", str(text), "--steps", "100000", "--eval-every", "50", *QUIET]
@@ -355,10 +356,7 @@ def test_a_second_process_in_a_run_folder_is_refused_and_a_crash_frees_it(text, 
 
 
 def test_torn_last_lines_are_dropped_with_a_warning(good_run, tmp_path):
-    import shutil
-
-    run = tmp_path / "run"
-    shutil.copytree(good_run, run)
+    run = copy_of(good_run, tmp_path)
     for name in ("metrics.jsonl", "gradflow.jsonl", "samples.jsonl"):
         with open(run / name, "a") as f:
             f.write('{"step": 7, "train_lo')  # what a SIGKILL in mid-write leaves
@@ -388,11 +386,13 @@ def small_disk(tmp_path):
     subprocess.run(["umount", str(mount)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_up_mid_run(text, small_disk):
-    """Checkpoints of ~0.5 MB each on 1.5 MiB: the disk fills within a few evaluations."""
+    """Checkpoints of ~0.5 MB each (two layers) on 1.5 MiB: the disk fills within a few
+    evaluations."""
     run = small_disk / "run"
     r = run_cli("train", "--text", str(text), "--steps", "400", "--eval-every", "5",
-                "--keep", "8", *QUIET, "--out", str(run))
+                "--keep", "8", *QUIET, "--n-layer", "2", "--out", str(run))
     assert r.returncode == 1
     assert r.stderr.startswith("minigpt: error: No space left on device") and \
         r.stderr.count("\n") == 1
@@ -426,6 +426,7 @@ def test_prepare_and_report_on_a_full_disk(good_run, small_disk, tmp_path):
 # --- chaos: killed at random, resumed, the same weights ----------------------------------------
 
 
+@pytest.mark.slow
 def test_killed_at_random_moments_and_resumed_ends_as_an_uninterrupted_run(text, tmp_path):
     """Four SIGKILLs at random moments (starting up, mid-step, mid-write), each followed by the
     command a user would type next: the run ends bit-identical to one never interrupted."""

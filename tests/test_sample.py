@@ -7,16 +7,12 @@ from minigpt import MiniGPT, MiniGPTError, filter_logits, generate
 from minigpt.sample import sample_next
 
 
-def test_same_seed_same_tokens_different_seed_different():
+def test_seeded_and_the_lessons_generate_call_past_the_block():
     model = MiniGPT(30, n_embd=32, n_layer=1, block_size=16)
     idx = torch.zeros(1, 1, dtype=torch.long)
     run = lambda s: generate(model, idx, 40, generator=torch.Generator().manual_seed(s))  # noqa: E731
     assert torch.equal(run(7), run(7))
     assert not torch.equal(run(7), run(8))
-
-
-def test_lessons_generate_call_and_context_past_block():
-    model = MiniGPT(30, n_embd=32, n_layer=1, block_size=16)
     model.train()
     out = model.generate(torch.zeros(1, 3, dtype=torch.long), 50)  # the lesson's call
     assert out.shape == (1, 53)

@@ -10,26 +10,23 @@ from minigpt import lr_at
 COSINE = dict(lr=1.0, min_lr=0.1, warmup_steps=10, total_steps=111, schedule="cosine")
 
 
-@pytest.mark.parametrize(
-    "step, expected",
-    [
-        (0, 0.1),  # step 0 already learns: lr / warmup, not 0
-        (4, 0.5),
-        (9, 1.0),  # the last warmup step reaches the peak
-        (10, 1.0),  # the decay starts at the peak
-        (60, 0.55),  # half way through the decay: the mean of peak and floor
-        (110, 0.1),  # the last step sits on the floor
-        (500, 0.1),  # past the end it stays there
-    ],
-)
-def test_warmup_cosine_table(step, expected):
-    assert lr_at(step, **COSINE) == pytest.approx(expected)
+QUARTER = 0.1 + 0.9 * (1 + math.cos(math.pi / 4)) / 2  # min + (max - min) * (1 + cos(pi/4)) / 2
 
 
-def test_cosine_quarter_point():
-    # a quarter of the way into the decay: min + (max - min) * (1 + cos(pi/4)) / 2
-    expected = 0.1 + 0.9 * (1 + math.cos(math.pi / 4)) / 2
-    assert lr_at(35, **COSINE) == pytest.approx(expected)
+@pytest.mark.parametrize("schedule, step, expected", [
+    ("cosine", 0, 0.1),  # step 0 already learns: lr / warmup, not 0
+    ("cosine", 4, 0.5),
+    ("cosine", 9, 1.0),  # the last warmup step reaches the peak
+    ("cosine", 10, 1.0),  # the decay starts at the peak
+    ("cosine", 35, QUARTER),  # a quarter of the way into the decay
+    ("cosine", 60, 0.55),  # half way through the decay: the mean of peak and floor
+    ("cosine", 110, 0.1),  # the last step sits on the floor
+    ("cosine", 500, 0.1),  # past the end it stays there
+    *[("linear", step, lr) for step, lr in [(0, 0.1), (9, 1.0), (10, 1.0), (60, 0.55),
+                                            (85, 0.325), (110, 0.1), (500, 0.1)]],
+])
+def test_warmup_then_decay_table(schedule, step, expected):
+    assert lr_at(step, **{**COSINE, "schedule": schedule}) == pytest.approx(expected)
 
 
 def test_warmup_as_long_as_training():
@@ -40,8 +37,10 @@ def test_warmup_as_long_as_training():
     assert all(b > a for a, b in zip(rates, rates[1:], strict=False))
 
 
-def test_constant():
+def test_constant_and_unknown_schedules():
     assert {lr_at(s, lr=3e-4, total_steps=100, schedule="constant") for s in range(100)} == {3e-4}
+    with pytest.raises(ValueError, match="unknown schedule"):
+        lr_at(0, lr=1.0, total_steps=10, schedule="exponential")
 
 
 def test_cosine_annealing_matches_pytorch():
@@ -54,17 +53,6 @@ def test_cosine_annealing_matches_pytorch():
         assert ours == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9, abs=1e-12)
         opt.step()
         sched.step()
-
-
-def test_unknown_schedule():
-    with pytest.raises(ValueError, match="unknown schedule"):
-        lr_at(0, lr=1.0, total_steps=10, schedule="exponential")
-
-
-@pytest.mark.parametrize("step, expected", [(0, 0.1), (9, 1.0), (10, 1.0), (60, 0.55),
-                                            (85, 0.325), (110, 0.1), (500, 0.1)])
-def test_linear_table(step, expected):
-    assert lr_at(step, **{**COSINE, "schedule": "linear"}) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "linear", "cosine-annealing"])
