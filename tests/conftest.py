@@ -15,6 +15,7 @@ import torch
 
 from minigpt import resolve_config
 from minigpt.data import TINYSHAKESPEARE_SHA256
+from minigpt.diagnostics.probes import SECTIONS
 from minigpt.files import sha256_file
 from minigpt.lesson import CausalSelfAttention as LessonAttention
 
@@ -102,8 +103,8 @@ TINY_FLAGS = [*as_flags(TINY), "--no-progress"]
 
 
 def tiny_config(text, **overrides):
-    """The RunConfig of a tiny run on `text`."""
-    return resolve_config("seed", None, {"text": str(text), **TINY, **overrides})
+    """The RunConfig of a tiny run on `text` (with the command line's [diag] section)."""
+    return resolve_config("seed", None, {"text": str(text), **TINY, **overrides}, SECTIONS)
 
 
 @pytest.fixture(scope="session")
