@@ -36,6 +36,11 @@ class Clock:
         running = time.perf_counter() - self.since if self.since is not None else 0.0
         return self.before + running
 
+    def catch_up(self, seconds: float) -> None:
+        """Move the clock forward to `seconds` if it is behind (torchrun: to the slowest
+        process's clock, so that every process reads the same time)."""
+        self.before += max(0.0, seconds - self.seconds())
+
     @contextmanager
     def paused(self):
         """Inside: the clock stands still (evaluation, checkpoints and probes are not

@@ -155,11 +155,11 @@ def schedule_lr(t: TrainConfig, step: int, seconds: float = 0.0) -> float:
 
 
 def seconds(clock: Clock, run: Run) -> float:
-    """The clock's seconds of training; with a time budget under torchrun, the slowest
-    process's, so that all follow one schedule and stop after the same step (a collective
-    call then, once a step)."""
-    if run.cfg.train.time_budget:
-        return distributed.agree(clock.seconds(), run.world)
+    """The clock's seconds of training; with a time budget under torchrun, every process's
+    clock first caught up with the slowest's, so that all follow one schedule, record the same
+    times and stop after the same step (a collective call then, once a step)."""
+    if run.cfg.train.time_budget and run.world.enabled:
+        clock.catch_up(distributed.agree(clock.seconds(), run.world))
     return clock.seconds()
 
 
