@@ -38,7 +38,7 @@ import time
 import numpy as np
 import torch
 
-from minigpt import MiniGPT, lesson, performance, resolve_config
+from minigpt import MiniGPT, lesson, performance, precision, resolve_config
 from minigpt.data import Batches, Splits
 from minigpt.environment import resolve_device
 from minigpt.optim import make_optimizer
@@ -81,7 +81,7 @@ def minigpt_variant(cfg, tokens: np.ndarray, device: torch.device, dtype: str, c
         optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), foreach=True)
     batches = Batches(Splits.from_tokens(tokens, 0.1), t.batch_size, cfg.model.block_size,
                       t.seed, device)
-    compute = performance.choose_dtype(dtype, device)
+    compute, _ = precision.choose_dtype(dtype, device, model, t.batch_size)
     net = torch.compile(model) if performance.choose_compile(compile, device) else model
     micro = MicroSteps(1, compute)
     model.train()

@@ -10,12 +10,11 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from minigpt import MiniGPT, MiniGPTError, train
+from minigpt import MiniGPT, train
 from minigpt.files import read_jsonl
 from minigpt.performance import (
     best_rate,
     choose_compile,
-    choose_dtype,
     matmul_peak,
     peak_flops,
 )
@@ -46,13 +45,9 @@ def test_peak_is_the_fastest_burst_not_the_mean():
     assert rate > 2 * mean_rate
 
 
-def test_auto_choices_per_device():
-    assert choose_dtype("auto", CPU) == torch.float32
-    assert choose_dtype("bfloat16", CPU) == torch.bfloat16
+def test_auto_compiles_on_cuda_only():  # the dtype's choice: tests/test_precision.py
     assert choose_compile("auto", CPU) is False
     assert choose_compile("on", CPU) is True
-    with pytest.raises(MiniGPTError, match="unknown dtype"):
-        choose_dtype("float8", CPU)
 
 
 def six_steps(optimizer_kind: str, fused: bool, oracle: bool):

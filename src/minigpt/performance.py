@@ -1,13 +1,12 @@
-"""How fast a run goes: the compute precision and compilation chosen per device, the backend
-switches that go with them, and the arithmetic behind MFU (model FLOPs utilisation).
+"""How fast a run goes: compilation chosen per device, the backend switches that go with it,
+the memory a run needs, and the arithmetic behind MFU (model FLOPs utilisation). The compute
+precision is minigpt.precision's choice.
 
 The choices 'auto' makes were measured (benchmarks/train_step.py; figures in the README):
 
-  CPU   float32, not compiled. bf16 autocast casts every weight at every matmul, and on CPUs
-        without native bf16 (AVX2) a bf16 matmul runs ~150x slower than fp32; torch.compile
-        measured no faster than eager for this model.
-  CUDA  bf16 autocast (fp32 master weights), torch.compile, TF32 matmuls for what stays fp32;
-        scaled_dot_product_attention picks its flash kernel for bf16 by itself.
+  CPU   not compiled: torch.compile measured no faster than eager for this model.
+  CUDA  torch.compile, TF32 matmuls for what stays fp32; scaled_dot_product_attention picks
+        its flash kernel for bf16 by itself.
 """
 
 from __future__ import annotations
@@ -21,19 +20,6 @@ import torch
 from minigpt.config import ModelConfig, RunConfig
 from minigpt.errors import MiniGPTError
 from minigpt.evaluate import WHOLE_SPLIT_BATCH
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def choose_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """The compute dtype of the forward pass; weights and optimizer state stay float32."""
-    if requested == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    if requested not in DTYPES:
-        raise MiniGPTError(f"unknown dtype {requested!r} (use auto, float32 or bfloat16)")
-    return DTYPES[requested]
 
 
 def choose_compile(requested: str, device: torch.device) -> bool:
@@ -150,13 +136,15 @@ def best_rate(work: Callable[[], object], seconds: float, bursts: int = 10) -> f
             return best
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 0.2) -> float:
-    """Measured FLOP/s of a square matmul in dtype on device (the best of short bursts)."""
-    # big enough on a GPU that waiting for each product costs ~1% of its time; 512 on a CPU,
-    # where a bf16 product can run 100x slower than fp32
-    n = 8192 if device.type == "cuda" else 512
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
+def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 0.2,
+                n: int | None = None) -> float:
+    """Measured FLOP/s of an n x n matmul in dtype on device (the best of short bursts)."""
+    # by default big enough on a GPU that waiting for each product costs ~1% of its time; 512
+    # on a CPU, where a bf16 product can run 100x slower than fp32
+    n = n or (8192 if device.type == "cuda" else 512)
+    g = torch.Generator(device).manual_seed(0)  # not the global one, which dropout draws from
+    a = torch.randn(n, n, device=device, generator=g).to(dtype)
+    b = torch.randn(n, n, device=device, generator=g).to(dtype)
 
     def product() -> None:
         a @ b

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from minigpt import distributed, performance
+from minigpt import distributed, performance, precision
 from minigpt.checkpoint import (
     load_checkpoint,
     restore_model,
@@ -27,7 +27,7 @@ from minigpt.checkpoint import (
 )
 from minigpt.clock import Clock
 from minigpt.config import RunConfig
-from minigpt.data import Batches, Splits, ensure_tinyshakespeare, load_corpus
+from minigpt.data import Batches, Splits, cache_dir, ensure_tinyshakespeare, load_corpus
 from minigpt.environment import describe, resolve_device
 from minigpt.errors import MiniGPTError
 from minigpt.files import atomic_write_text, truncate_jsonl
@@ -116,14 +116,27 @@ def build_run(cfg: RunConfig, folder: str | Path) -> Run:
                       streams=tuple(range(world.rank * accum, (world.rank + 1) * accum)))
     torch.manual_seed(cfg.train.seed)
     model = MiniGPT.from_config(cfg.model).to(device)
-    dtype = performance.choose_dtype(cfg.train.dtype, device)
+    dtype, why = choose_dtype(cfg, model, world, device)
     compiled = performance.choose_compile(cfg.train.compile, device)
     performance.configure_backends(device)
-    env = describe(device) | {"dtype": str(dtype).removeprefix("torch."), "compile": compiled,
-                              "processes": world.size}
+    env = describe(device) | {"dtype": precision.dtype_name(dtype), "dtype_why": why,
+                              "compile": compiled, "processes": world.size}
     return Run(cfg, Path(folder), world, device, dtype, tokenizer, splits,
                data | {"params": model.num_params()}, model, make_optimizer(model, cfg.train),
                batches, env)
+
+
+def choose_dtype(cfg: RunConfig, model: MiniGPT, world: distributed.World,
+                 device: torch.device) -> tuple[torch.dtype, str]:
+    """The forward's precision (minigpt.precision), the same on every process, and why. The
+    answer is written into the config, so that a resumed run computes as this one did."""
+    with distributed.main_first(world):  # rank 0 probes; on its machine the others read its cache
+        dtype, why = precision.choose_dtype(cfg.train.dtype, device, model, cfg.train.batch_size,
+                                            cache_dir() / "precision.json")
+    if distributed.any_process(dtype == torch.float32, world, device):
+        dtype = torch.float32
+    cfg.train.dtype = precision.dtype_name(dtype)
+    return dtype, why
 
 
 def wrap_for_training(run: Run) -> torch.nn.Module:

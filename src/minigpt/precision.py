@@ -1,0 +1,153 @@
+"""The precision a run's matmuls compute in: float32, or bfloat16 where it is measured faster.
+
+Weights, gradients and optimizer state stay float32 either way. bfloat16 means autocast around
+the forward: every Linear multiplies in bf16, while the residual stream, the loss and attention
+(minigpt.model.attend, on a CPU) stay float32.
+
+--dtype auto decides:
+
+  CUDA  bfloat16 where the GPU supports it, else float32.
+  CPU   measured by a short probe, then cached per machine, thread count and run shape. The
+        probe first compares a bf16 and a float32 matmul: a CPU without native bf16 (AVX2
+        only) runs bf16 matmuls tens of times slower, and the answer is float32 at once. Where
+        bf16 matmuls are faster (AVX-512 BF16, AMX), it times the run's own training step both
+        ways and takes bfloat16 only when that is at least 5 % faster, so the choice never makes
+        a run slower than float32.
+  MPS   float32.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from minigpt.errors import MiniGPTError
+from minigpt.files import atomic_write_text
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+FASTER = 0.95  # bf16 must take at most this fraction of float32's step time
+PROBE_MATMUL = 256  # the gate's square matmul: a few ms in bf16 even without native bf16
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def choose_dtype(requested: str, device: torch.device, model: torch.nn.Module | None = None,
+                 batch_size: int = 1, cache: Path | None = None) -> tuple[torch.dtype, str]:
+    """The forward's compute dtype, and why, in a few words for the start log. On a CPU,
+    'auto' probes `model` at its block size and `batch_size` (`cpu_choice`)."""
+    if requested != "auto":
+        if requested not in DTYPES:
+            raise MiniGPTError(f"unknown dtype {requested!r} (use auto, float32 or bfloat16)")
+        return DTYPES[requested], "as asked"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, "auto: the GPU has bf16"
+        return torch.float32, "auto: the GPU has no bf16"
+    if device.type != "cpu" or model is None:
+        return torch.float32, "auto"
+    return cpu_choice(model, batch_size, cache)
+
+
+def cpu_choice(model: torch.nn.Module, batch_size: int,
+               cache: Path | None) -> tuple[torch.dtype, str]:
+    """'auto' on a CPU: the probe's figures for this machine (and, where bf16 matmuls are
+    faster, this shape) from the cache, else measured and added to it, then `decide`."""
+    answers = read_cache(cache)
+    before = json.dumps(answers)
+    machine = answers.setdefault(machine_key(), {})
+    if "bf16_matmul_flops" not in machine:
+        machine.update(matmul_rates())
+    steps = None
+    if machine["bf16_matmul_flops"] > machine["fp32_matmul_flops"]:
+        shape = shape_key(model, batch_size)
+        steps = machine.setdefault("steps", {})
+        if shape not in steps:
+            steps[shape] = step_times(model, batch_size)
+        steps = steps[shape]
+    if cache is not None and json.dumps(answers) != before:
+        atomic_write_text(cache, json.dumps(answers, indent=1))
+    return decide(machine, steps)
+
+
+def decide(matmuls: dict, steps: dict | None) -> tuple[torch.dtype, str]:
+    """The CPU's answer from the probe's figures (`matmul_rates`, then `step_times` where bf16
+    matmuls are faster): bf16 only where the training step is at least 5 % faster too."""
+    bf16, fp32 = matmuls["bf16_matmul_flops"], matmuls["fp32_matmul_flops"]
+    if bf16 <= fp32 or steps is None:
+        return torch.float32, (f"auto: no native bf16, bf16 matmuls {bf16 / 1e9:,.1f} GFLOP/s "
+                               f"against float32's {fp32 / 1e9:,.0f}")
+    bf16_s, fp32_s = steps["bf16_step_s"], steps["fp32_step_s"]
+    why = f"auto: a training step {bf16_s * 1e3:.0f} ms in bf16, {fp32_s * 1e3:.0f} in float32"
+    return (torch.bfloat16 if bf16_s <= FASTER * fp32_s else torch.float32), why
+
+
+def matmul_rates() -> dict:
+    """The probe's gate: FLOP/s of a small square matmul in bf16 and in float32."""
+    from minigpt.performance import matmul_peak
+
+    cpu = torch.device("cpu")
+    return {"bf16_matmul_flops": matmul_peak(cpu, torch.bfloat16, 0.1, PROBE_MATMUL),
+            "fp32_matmul_flops": matmul_peak(cpu, torch.float32, 0.1, PROBE_MATMUL)}
+
+
+def step_times(model: torch.nn.Module, batch_size: int) -> dict:
+    """The probe proper: the run's forward + backward timed in float32 and in bf16."""
+    return {"fp32_step_s": step_seconds(model, batch_size, torch.float32),
+            "bf16_step_s": step_seconds(model, batch_size, torch.bfloat16)}
+
+
+def step_seconds(model: torch.nn.Module, batch_size: int, dtype: torch.dtype,
+                 repeats: int = 3) -> float:
+    """Seconds of the fastest of `repeats` forward + backward passes on random tokens, after a
+    warm-up. The weights do not change (no optimizer step), the gradients are dropped after,
+    and the global random state is left as it was (dropout draws from it)."""
+    cfg = model.config
+    idx = torch.randint(cfg.vocab_size, (batch_size, cfg.block_size),
+                        generator=torch.Generator().manual_seed(0))  # (B, T)
+    best = float("inf")
+    with torch.random.fork_rng():
+        for i in range(repeats + 1):
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype, enabled=dtype != torch.float32):
+                _, loss = model(idx, idx)
+            loss.backward()
+            if i > 0:  # the first pass picks kernels and allocates
+                best = min(best, time.perf_counter() - start)
+    model.zero_grad(set_to_none=True)
+    return best
+
+
+def machine_key() -> str:
+    """What the matmul rates depend on: the CPU, torch and its threads."""
+    return f"{cpu_name()} | torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def shape_key(model: torch.nn.Module, batch_size: int) -> str:
+    """What the step times depend on besides the machine: the model's and the batch's shape."""
+    cfg = model.config
+    return (f"{cfg.n_layer}x{cfg.n_embd} h{cfg.n_head} {cfg.mlp} {cfg.pos} vocab {cfg.vocab_size}, "
+            f"batch {batch_size}x{cfg.block_size}")
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else what platform knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def read_cache(cache: Path | None) -> dict:
+    """The cached answers, or none when the file is missing or unreadable (then it is rewritten)."""
+    try:
+        return json.loads(cache.read_text()) if cache is not None else {}
+    except (OSError, ValueError):
+        return {}

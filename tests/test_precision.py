@@ -1,0 +1,182 @@
+"""The compute precision: the probe's decision on both of its answers, its cache, attention kept
+in float32 under a CPU's bf16 autocast, and a run whose probe chose bf16 resuming exactly."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import tiny_config, without_speed
+from minigpt import MiniGPTError, load_model, precision, resume_config, train
+from minigpt.diagnostics.probes import Probe
+from minigpt.files import read_jsonl
+from minigpt.model import MiniGPT, attend
+
+CPU = torch.device("cpu")
+NO_BF16 = {"bf16_matmul_flops": 1.5e9, "fp32_matmul_flops": 120e9}
+BF16 = {"bf16_matmul_flops": 800e9, "fp32_matmul_flops": 150e9}
+
+
+def fake_probe(monkeypatch, matmuls, steps=None):
+    """The probe's measurements replaced by `matmuls` and `steps`; returns the calls made."""
+    calls = []
+    monkeypatch.setattr(precision, "matmul_rates", lambda: calls.append("matmul") or matmuls)
+    monkeypatch.setattr(precision, "step_times",
+                        lambda model, batch: calls.append("step") or steps)
+    return calls
+
+
+def no_probe(*args):
+    raise AssertionError("the probe ran")
+
+
+@pytest.mark.parametrize("matmuls, steps, expected", [
+    (NO_BF16, None, torch.float32),  # AVX2: bf16 matmuls emulated, the step is not timed
+    (BF16, {"fp32_step_s": 0.110, "bf16_step_s": 0.080}, torch.bfloat16),
+    (BF16, {"fp32_step_s": 0.110, "bf16_step_s": 0.106}, torch.float32),  # < 5 % faster
+    (BF16, {"fp32_step_s": 0.110, "bf16_step_s": 0.250}, torch.float32),  # plain autocast's loss
+])
+def test_the_probe_picks_bf16_only_where_the_step_is_faster(monkeypatch, tmp_path, matmuls,
+                                                            steps, expected):
+    calls = fake_probe(monkeypatch, matmuls, steps)
+    model = MiniGPT(65, n_layer=1, n_embd=32, n_head=2, block_size=16)
+    dtype, why = precision.choose_dtype("auto", CPU, model, 4, tmp_path / "p.json")
+    assert dtype == expected and why.startswith("auto: ")
+    assert calls == (["matmul"] if steps is None else ["matmul", "step"])
+    assert ("no native bf16" in why) == (steps is None)
+
+
+def test_the_answer_is_cached_per_machine_and_shape(monkeypatch, tmp_path):
+    cache = tmp_path / "precision.json"
+    steps = {"fp32_step_s": 0.1, "bf16_step_s": 0.05}
+    calls = fake_probe(monkeypatch, BF16, steps)
+    small = MiniGPT(65, n_layer=1, n_embd=32, n_head=2, block_size=16)
+    wide = MiniGPT(65, n_layer=1, n_embd=64, n_head=2, block_size=16)
+    for model, batch in [(small, 4), (small, 4), (small, 8), (wide, 4), (wide, 4)]:
+        assert precision.choose_dtype("auto", CPU, model, batch, cache)[0] == torch.bfloat16
+    assert calls == ["matmul", "step", "step", "step"]  # the gate once; each new shape once
+    saved = json.loads(cache.read_text())
+    assert list(saved) == [precision.machine_key()]
+    assert len(saved[precision.machine_key()]["steps"]) == 3
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 99)  # another machine, as it were
+    precision.choose_dtype("auto", CPU, small, 4, cache)
+    assert calls[4:] == ["matmul", "step"] and len(json.loads(cache.read_text())) == 2
+
+    cache.write_text("{not json")  # a damaged cache is measured again and rewritten
+    precision.choose_dtype("auto", CPU, small, 4, cache)
+    assert calls[6:] == ["matmul", "step"] and len(json.loads(cache.read_text())) == 1
+
+
+def test_a_named_dtype_is_not_probed(monkeypatch):
+    monkeypatch.setattr(precision, "matmul_rates", no_probe)
+    model = MiniGPT(65, n_layer=1, n_embd=32, n_head=2, block_size=16)
+    assert precision.choose_dtype("bfloat16", CPU, model) == (torch.bfloat16, "as asked")
+    assert precision.choose_dtype("float32", CPU, model) == (torch.float32, "as asked")
+    with pytest.raises(MiniGPTError, match="unknown dtype 'float8'"):
+        precision.choose_dtype("float8", CPU, model)
+
+
+def has_native_bf16() -> bool:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def test_the_real_probe_never_chooses_bf16_where_it_is_slower(tmp_path):
+    """Measured on this CPU: without native bf16 the answer is float32; with it, the answer
+    follows the step times the probe recorded."""
+    model = MiniGPT(65, n_layer=2, n_embd=64, n_head=4, block_size=64)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    cache = tmp_path / "precision.json"
+    dtype, why = precision.choose_dtype("auto", CPU, model, 8, cache)
+    machine = json.loads(cache.read_text())[precision.machine_key()]
+    if not has_native_bf16() and torch.backends.cpu.get_cpu_capability() != "AVX512":
+        assert dtype == torch.float32 and "no native bf16" in why
+        assert machine["bf16_matmul_flops"] < machine["fp32_matmul_flops"]
+    steps = next(iter(machine.get("steps", {}).values()), None)
+    assert dtype == precision.decide(machine, steps)[0]
+    # the probe leaves the model and the random state as they were
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_attention_stays_float32_under_bf16_autocast_on_a_cpu():
+    q, k, v = torch.randn(3, 2, 4, 16, 8).bfloat16()  # (B, nh, T, hs) each
+    with torch.autocast("cpu", torch.bfloat16):
+        y = attend(q, k, v, is_causal=True)
+        plain = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert y.dtype == torch.float32 and plain.dtype == torch.bfloat16
+    exact = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    torch.testing.assert_close(y, exact, rtol=0, atol=0)
+    # outside autocast attend is scaled_dot_product_attention itself
+    assert torch.equal(attend(q, k, v, is_causal=True),
+                       F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
+def test_bf16_forward_and_gradients_follow_float32():
+    model = MiniGPT(65, n_layer=2, n_embd=32, n_head=2, block_size=16)
+    idx = torch.randint(65, (4, 16))
+    _, loss32 = model(idx, idx)
+    loss32.backward()
+    grads32 = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    with torch.autocast("cpu", torch.bfloat16):
+        _, loss16 = model(idx, idx)
+    loss16.backward()
+    assert loss16.dtype == torch.float32
+    assert abs(loss16.item() - loss32.item()) < 0.02 and loss16.item() != loss32.item()
+    cos = F.cosine_similarity(torch.cat([g.flatten() for g in grads32]),
+                              torch.cat([p.grad.flatten() for p in model.parameters()]), dim=0)
+    assert cos > 0.99
+
+
+def recorded_dtype(folder):
+    """(the dtype the run computed in, the one its config asks for) from its config.json."""
+    record = json.loads((folder / "config.json").read_text())
+    return record["environment"]["dtype"], record["config"]["train"]["dtype"]
+
+
+class CrashAt(Probe):
+    def __init__(self, step):
+        self.step = step
+
+    def on_row(self, row):
+        if row["step"] == self.step:
+            raise KeyboardInterrupt
+
+
+def test_a_run_the_probe_put_in_bf16_records_it_and_resumes_exactly(monkeypatch, small_text,
+                                                                     tmp_path, caplog):
+    """Both answers of the probe reach the run: its dtype, the start log and config.json; the
+    resumed run computes as the first did without probing again (an uninterrupted run is the
+    oracle)."""
+    monkeypatch.setenv("MINIGPT_DATA_DIR", str(tmp_path / "cache"))  # the probe's cache
+    caplog.set_level("INFO", logger="minigpt")
+    cfg = lambda: tiny_config(small_text, steps=16, eval_every=4, log_every=1)  # noqa: E731
+    fake_probe(monkeypatch, NO_BF16)
+    fp32 = train(cfg(), tmp_path / "fp32", progress=False)
+    assert recorded_dtype(tmp_path / "fp32") == ("float32", "float32")
+    assert "float32 matmuls (auto: no native bf16" in caplog.text
+
+    monkeypatch.setenv("MINIGPT_DATA_DIR", str(tmp_path / "cache2"))  # another machine
+    fake_probe(monkeypatch, BF16, {"fp32_step_s": 0.1, "bf16_step_s": 0.05})
+    straight = train(cfg(), tmp_path / "straight", progress=False)
+    assert recorded_dtype(tmp_path / "straight") == ("bfloat16", "bfloat16")
+    assert "bfloat16 matmuls (auto: a training step 50 ms in bf16, 100 in float32)" in caplog.text
+    assert straight.summary["final_val_loss"] != fp32.summary["final_val_loss"]
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(), tmp_path / "resumed", progress=False, probes=[CrashAt(10)])
+    monkeypatch.setattr(precision, "matmul_rates", no_probe)
+    train(resume_config(tmp_path / "resumed"), tmp_path / "resumed", resume=True,
+                    progress=False)
+    assert recorded_dtype(tmp_path / "resumed") == ("bfloat16", "bfloat16")
+    assert without_speed(read_jsonl(tmp_path / "resumed" / "metrics.jsonl")) == \
+        without_speed(read_jsonl(tmp_path / "straight" / "metrics.jsonl"))
+    a = load_model(tmp_path / "straight", "last")[0].state_dict()
+    b = load_model(tmp_path / "resumed", "last")[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
