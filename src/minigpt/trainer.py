@@ -76,7 +76,8 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
     run = build_run(cfg, folder)
     run.probes = list(probes) if run.world.is_main else []
     try:
-        performance.check_memory(cfg, run.device, run.data["params"])  # before any writing
+        # before anything is written
+        performance.check_memory(cfg, run.device, run.data["params"], run.dtype)
         main = run.world.is_main  # one process per folder: a second one is refused at once
         with lock_folder(make_folder(folder)) if main else contextlib.nullcontext():
             if resume:
