@@ -54,6 +54,18 @@ class ModelConfig:
     mlp: str = opt("gelu", "the MLP: gelu (the lesson's, 4C wide), relu2 (ReLU squared, 4C) "
                             "or swiglu (8C/3 wide, three matrices)",
                     choices=("gelu", "relu2", "swiglu"))
+    # from the modded-nanogpt speedrun (docs/speedrun.md measures each)
+    bigram: bool = opt(False, "add an embedding of each (previous, current) token pair: exact "
+                               "for a character vocabulary, hashed beyond 8192 pairs")
+    smear: bool = opt(False, "add to each token's embedding a learned, gated share of the "
+                              "previous token's")
+    value_embeds: int = opt(0, "N token-embedding tables added to the attention values of the "
+                                "first N and the last N blocks (0 = none)")
+    unet: bool = opt(False, "U-net skips: the first half's block outputs added, with learned "
+                             "weights, to the second half's inputs in reverse order")
+    logit_cap: float = opt(0.0, "soft-cap the logits to (-cap, cap) with cap * tanh(x / cap) "
+                                 "(0 = off)")
+    zero_init: bool = opt(False, "initialise the attention and MLP output projections to zero")
 
 
 @dataclass
@@ -272,5 +284,10 @@ def validate_model(m: ModelConfig) -> None:
         raise MiniGPTError(f"n_embd ({m.n_embd}) must be divisible by n_head ({m.n_head})")
     if m.pos == "rope" and (m.n_embd // m.n_head) % 2:
         raise MiniGPTError(f"rope needs an even head size, got {m.n_embd // m.n_head}")
+    if not 0 <= m.value_embeds <= m.n_layer:
+        raise MiniGPTError(f"'value_embeds' must be in [0, n_layer={m.n_layer}], got "
+                           f"{m.value_embeds}")
+    if not m.logit_cap >= 0:
+        raise MiniGPTError(f"'logit_cap' must be >= 0 (0 = off), got {m.logit_cap}")
     if not 0 <= m.dropout < 1:
         raise MiniGPTError(f"'dropout' must be in [0, 1), got {m.dropout}")

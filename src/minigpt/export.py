@@ -64,6 +64,11 @@ GPT2_SETTINGS = [
     ("norm", ("layernorm",), "normalisation"),
     ("mlp", ("gelu",), "MLP"),
     ("qk_norm", (False,), "query/key normalisation"),
+    ("bigram", (False,), "a bigram embedding"),
+    ("smear", (False,), "the smear"),
+    ("value_embeds", (0,), "value embeddings"),
+    ("unet", (False,), "U-net skips"),
+    ("logit_cap", (0.0,), "logit soft-capping"),
 ]
 # the values we know of, said plainly (any other value gets the generic wording)
 NO_COUNTERPART = {

@@ -10,13 +10,16 @@ defaults it has 216,576 parameters. One forward serves training, evaluation and 
     logits, _ = model(idx, cache=cache)  # sampling: idx are the tokens after the cached ones
 
 A cache (minigpt.sample.KVCache) keeps every layer's keys and values, so a new token costs one
-position's work instead of a forward over the whole window. The model asks two things of it:
-`cache.length`, the positions it holds, and `cache.layers[i].update(k, v)`, which stores layer
-i's new keys and values and gives back all of them.
+position's work instead of a forward over the whole window. The model asks three things of it:
+`cache.length`, the positions it holds, `cache.layers[i].update(k, v)`, which stores layer
+i's new keys and values and gives back all of them, and `cache.tokens`, (B, block_size), where
+the model keeps the token ids (the bigram and smear options look one or two tokens back).
 
 Options beyond the lesson (minigpt.config.ModelConfig; each off by default): rotary position
 embeddings instead of learned ones (pos="rope"), RMSNorm instead of LayerNorm, RMS-normalised
-queries and keys (qk_norm), a ReLU-squared or SwiGLU MLP, no biases, a tied head.
+queries and keys (qk_norm), a ReLU-squared or SwiGLU MLP, no biases, a tied head; and from the
+modded-nanogpt speedrun: a bigram embedding, the one-token smear, value embeddings, U-net
+skips, logit soft-capping, zero-initialised output projections.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **options) -> torc
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, value_embed: bool = False):
         super().__init__()
         C = config.n_embd
         self.n_head = config.n_head
@@ -80,6 +83,8 @@ class CausalSelfAttention(nn.Module):
         self.q_norm = nn.RMSNorm(self.d_k, eps=1e-5) if config.qk_norm else None
         self.k_norm = nn.RMSNorm(self.d_k, eps=1e-5) if config.qk_norm else None
         self.rotary = Rotary(self.d_k, config.block_size) if config.pos == "rope" else None
+        # the share of a value embedding added to the values (value_embeds; this block has one)
+        self.ve_lambda = nn.Parameter(torch.tensor(0.5)) if value_embed else None
 
     def heads(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> (B, nh, T, hs): the channels split into the heads."""
@@ -96,14 +101,18 @@ class CausalSelfAttention(nn.Module):
             q, k = self.rotary(q, start), self.rotary(k, start)
         return q, k
 
-    def forward(self, x: torch.Tensor, kv=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv=None, ve: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C): each position attends to itself and the positions before it.
 
         kv (sampling only): this layer's cache; x holds the T positions after the ones it holds,
-        their keys and values join it, and each query also attends to every cached position."""
+        their keys and values join it, and each query also attends to every cached position.
+        ve (B, T, C): the tokens' value embedding, added to the values (value_embeds)."""
         B, T, C = x.shape
         q, k = self.queries_keys(x, 0 if kv is None else kv.length)  # (B, nh, T, hs) each
-        v = self.heads(self.Wv(x))  # (B, nh, T, hs)
+        v = self.Wv(x)  # (B, T, C)
+        if ve is not None:
+            v = v + self.ve_lambda * ve
+        v = self.heads(v)  # (B, nh, T, hs)
         if kv is not None:
             k, v = kv.update(k, v)  # (B, nh, S, hs): the S - T cached positions, then these T
         S = k.size(2)
@@ -147,18 +156,41 @@ def mlp(config: ModelConfig) -> nn.Sequential:
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, value_embed: bool = False):
         super().__init__()
         self.ln1 = norm_layer(config, config.n_embd)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, value_embed)
         self.ln2 = norm_layer(config, config.n_embd)
         self.ff = mlp(config)
 
-    def forward(self, x: torch.Tensor, kv=None) -> torch.Tensor:
-        """x (B, T, C) -> (B, T, C); kv: this layer's cache, when sampling."""
-        x = x + self.attn(self.ln1(x), kv)
+    def forward(self, x: torch.Tensor, kv=None, ve: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C); kv: this layer's cache, when sampling; ve: its value
+        embedding of the tokens (value_embeds)."""
+        x = x + self.attn(self.ln1(x), kv, ve)
         x = x + self.ff(self.ln2(x))
         return x
+
+
+SMEAR_CHANNELS = 12  # the smear's gate reads this many of a token's embedding channels
+EXACT_BIGRAMS = 8192  # beyond this many (previous, current) pairs, the bigram table is hashed
+
+
+def bigram_rows(vocab_size: int) -> int:
+    """Rows of the bigram table: one per (previous, current) pair, the previous token possibly
+    none (the first position), for a small vocabulary; else 8 per token, pairs hashed in."""
+    pairs = (vocab_size + 1) * vocab_size
+    return pairs if pairs <= EXACT_BIGRAMS else 8 * vocab_size
+
+
+def bigram_ids(idx: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """idx (B, T) -> (B, T): each position's row of the bigram table, from its token and the
+    one before (the first position's 'before' is id vocab_size: none)."""
+    prev = F.pad(idx[:, :-1], (1, 0), value=vocab_size)  # (B, T)
+    pair = prev * vocab_size + idx
+    rows = bigram_rows(vocab_size)
+    if rows == (vocab_size + 1) * vocab_size:
+        return pair
+    return (pair * 2654435761) % rows  # Knuth's multiplicative hash spreads nearby pairs
 
 
 class MiniGPT(nn.Module):
@@ -171,14 +203,30 @@ class MiniGPT(nn.Module):
         validate_model(config)
         self.config = config
         self.block_size = config.block_size
-        self.token_emb = nn.Embedding(vocab_size, config.n_embd)
+        C, L = config.n_embd, config.n_layer
+        self.token_emb = nn.Embedding(vocab_size, C)
         if config.pos == "learned":
-            self.pos_emb = nn.Embedding(config.block_size, config.n_embd)
+            self.pos_emb = nn.Embedding(config.block_size, C)
+        if config.bigram:
+            self.bigram_emb = nn.Embedding(bigram_rows(vocab_size), C)
+        if config.smear:
+            self.smear_gate = nn.Linear(min(SMEAR_CHANNELS, C), 1, bias=False)
+            self.smear_lambda = nn.Parameter(torch.zeros(()))  # starts as no smear at all
+        if config.value_embeds:
+            self.value_emb = nn.ModuleList(
+                [nn.Embedding(vocab_size, C) for _ in range(config.value_embeds)])
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList([TransformerBlock(config) for _ in range(config.n_layer)])
-        self.ln_f = norm_layer(config, config.n_embd)
-        self.lm_head = nn.Linear(config.n_embd, vocab_size, bias=False)
+        self.blocks = nn.ModuleList([TransformerBlock(config, self.value_table(i) is not None)
+                                     for i in range(L)])
+        if config.unet:
+            self.skip_weights = nn.Parameter(torch.ones(L // 2))
+        self.ln_f = norm_layer(config, C)
+        self.lm_head = nn.Linear(C, vocab_size, bias=False)
         self.apply(self._init_weights)
+        if config.zero_init:  # each block starts as the identity; its inputs' gradients follow
+            for block in self.blocks:
+                nn.init.zeros_(block.attn.Wo.weight)
+                nn.init.zeros_(block.ff[2].weight)
         if config.tie_weights:
             self.lm_head.weight = self.token_emb.weight
 
@@ -191,6 +239,35 @@ class MiniGPT(nn.Module):
     def _init_weights(m: nn.Module) -> None:
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, std=0.02)
+
+    def value_table(self, layer: int) -> int | None:
+        """The value-embedding table block `layer` adds to its values: the first N blocks use
+        tables 0 .. N-1 and the last N blocks use them again, in the same order; None for the
+        blocks between."""
+        n, L = self.config.value_embeds, self.config.n_layer
+        if layer < n:
+            return layer
+        if layer >= L - n:
+            return layer - (L - n)
+        return None
+
+    def embed(self, idx: torch.Tensor, cache=None) -> torch.Tensor:
+        """idx (B, T) -> (B, T, C): the token embeddings, plus each (previous, current) pair's
+        (bigram), plus a gated share of the previous position's (smear). With a cache, the
+        two tokens before idx come from it, so a position embeds as in the full forward."""
+        V, back = self.config.vocab_size, 0
+        if cache is not None and (self.config.bigram or self.config.smear):
+            past = cache.length
+            back = min(past, 2)
+            cache.tokens[:, past:past + idx.size(1)] = idx
+            idx = cache.tokens[:, past - back:past + idx.size(1)]  # (B, back + T)
+        x = self.token_emb(idx)  # (B, back + T, C)
+        if self.config.bigram:
+            x = x + self.bigram_emb(bigram_ids(idx, V))
+        if self.config.smear:  # x_t + lambda * sigmoid(gate(x_t[:12])) * x_{t-1}
+            gate = torch.sigmoid(self.smear_gate(x[:, 1:, :SMEAR_CHANNELS]))  # (B, T' - 1, 1)
+            x = torch.cat([x[:, :1], x[:, 1:] + self.smear_lambda * gate * x[:, :-1]], dim=1)
+        return x[:, back:]  # (B, T, C)
 
     def num_params(self) -> int:
         """Distinct parameters (a tied weight counts once)."""
@@ -212,14 +289,23 @@ class MiniGPT(nn.Module):
                 f"to the last {self.block_size} tokens" if cache is None else
                 f"{past} cached + {T} new tokens do not fit in block_size {self.block_size}; "
                 f"re-encode the last {self.block_size} tokens without the cache")
-        x = self.token_emb(idx)  # (B, T, C)
+        x = self.embed(idx, cache)  # (B, T, C)
         if self.config.pos == "learned":  # (rope turns queries and keys inside attention)
             x = x + self.pos_emb(torch.arange(past, past + T, device=idx.device))
         x = self.drop(x)
+        L, skips = len(self.blocks), []
         for i, block in enumerate(self.blocks):
-            x = block(x, None if cache is None else cache.layers[i])
+            if self.config.unet and i >= L - L // 2:  # the second half takes them in reverse
+                x = x + self.skip_weights[i - (L - L // 2)] * skips.pop()
+            table = self.value_table(i)
+            ve = None if table is None else self.value_emb[table](idx)  # (B, T, C)
+            x = block(x, None if cache is None else cache.layers[i], ve)
+            if self.config.unet and i < L // 2:
+                skips.append(x)
         x = self.ln_f(x)
         logits = self.lm_head(x)  # (B, T, vocab)
+        if self.config.logit_cap:  # smoothly into (-cap, cap)
+            logits = self.config.logit_cap * torch.tanh(logits / self.config.logit_cap)
 
         loss = None
         if targets is not None:

@@ -54,6 +54,9 @@ class KVCache:
         cfg = model.config
         shape = (batch_size, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
         self.layers = [LayerCache(shape, model.lm_head.weight) for _ in range(cfg.n_layer)]
+        # the token ids held (the model writes them: its bigram and smear look back)
+        self.tokens = torch.zeros(batch_size, cfg.block_size, dtype=torch.long,
+                                  device=model.lm_head.weight.device)
 
     @property
     def length(self) -> int:
