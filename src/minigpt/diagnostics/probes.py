@@ -131,10 +131,9 @@ class GradFlowProbe(Probe):
 
     def start(self, run):
         super().start(run)
-        state = run.state
 
         def pre(optimizer, args, kwargs):
-            if state.step % self.every == 0:
+            if self.state.step % self.every == 0:
                 self.before = snapshot(run.model)
 
         def post(optimizer, args, kwargs):
@@ -197,7 +196,7 @@ class AttentionProbe(EveryNSteps):
         if self.ids:
             super().on_row(row)
 
-    def record(self, step: int) -> Path:
+    def record(self, step: int) -> None:
         idx = torch.tensor([self.ids], device=self.run.device)  # (1, T)
         maps = attention_maps(self.run.model, idx)
         path = self.run.folder / "attention" / f"step-{step:06d}.png"
@@ -205,7 +204,6 @@ class AttentionProbe(EveryNSteps):
                        title=f"attention at step {step}")
         if self.tb:
             self.tb.image("attention", path, step)
-        return path
 
     def end(self, summary):
         if self.ids:
