@@ -217,8 +217,7 @@ def explain(expr_text: str = "x**2 + 3*x + 1", at: Mapping[str, float] | None = 
             raise MiniGPTError(f"the gradient dy/d{k} is not finite ({g}) at {_where(point)}")
     names = {get_gradient_edge(t).node: k for k, t in leaves.items()}  # AccumulateGrad -> name
     checks = tuple(_finite_difference(expr, point, k, gradients[k], h) for k in point)
-    return AutogradReport(expr.text, point, y.item(), gradients, _graph(order, seen, names),
-                          checks)
+    return AutogradReport(expr.text, point, y.item(), gradients, _graph(order, seen, names), checks)
 
 
 def _point(expr: Term, at: Mapping[str, float]) -> dict[str, float]:

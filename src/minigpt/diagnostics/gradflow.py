@@ -157,8 +157,7 @@ def layer_norms(stats: list[ParamStats]) -> dict[str, float]:
 
 def format_table(stats: list[ParamStats]) -> str:
     """An aligned text table, one parameter a line, with a FLAGS column and a summary line."""
-    header = ["PARAMETER", "SHAPE", "MEAN|G|", "STD(G)", "NORM(G)", "NORM(W)", "UPDATE/W",
-              "FLAGS"]
+    header = ["PARAMETER", "SHAPE", "MEAN|G|", "STD(G)", "NORM(G)", "NORM(W)", "UPDATE/W", "FLAGS"]
     rows = [[s.name, "x".join(map(str, s.shape)) or "scalar", _sci(s.grad_mean_abs),
              _sci(s.grad_std), _sci(s.grad_norm), _sci(s.weight_norm), _sci(s.update_ratio),
              ",".join(s.flags) or "-"] for s in stats]

@@ -327,8 +327,7 @@ def render(dot_text: str, out: str | Path, formats: Sequence[str] = ("svg", "png
                 result = subprocess.run([exe, f"-T{fmt}", str(dot_path), "-o", str(tmp)],
                                         capture_output=True, text=True, timeout=timeout)
             except subprocess.TimeoutExpired:
-                raise MiniGPTError(f"dot took more than {timeout:g} s to render {target}"
-                                   ) from None
+                raise MiniGPTError(f"dot took more than {timeout:g} s to render {target}") from None
             if result.returncode != 0:
                 first = (result.stderr.strip().splitlines() or ["no message"])[0]
                 raise MiniGPTError(f"dot could not render {target}: {first}")

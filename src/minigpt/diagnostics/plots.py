@@ -25,8 +25,7 @@ def new_figure(width: float, height: float, dpi: int = 110, **kw):
 
 
 def save_png(fig, path: str | Path | None):
-    """The figure, written as PNG through a temporary file renamed into place if a path is
-    given."""
+    """The figure, written as a PNG (atomically) if a path is given."""
     if path is not None:
         with atomic_path(Path(path)) as tmp:
             fig.savefig(tmp, format="png")
@@ -40,15 +39,20 @@ def _axes(width: float = 7.0, height: float = 4.0):
     return fig, ax
 
 
+def _loss_lines(ax, rows: list[dict], x: str, train: dict, val: dict) -> None:
+    """Train loss (every logged row, drawn with `train`) and validation loss (every
+    evaluation, dots joined, drawn with `val`) against the rows' `x`."""
+    ax.plot([r[x] for r in rows], [r["train_loss"] for r in rows], **train)
+    evals = [r for r in rows if "val_loss" in r]
+    ax.plot([r[x] for r in evals], [r["val_loss"] for r in evals], "o-", ms=3, **val)
+
+
 def plot_loss(rows: list[dict], path: str | Path | None = None, log_scale: bool = False,
               title: str | None = None):
     """Train loss (every logged step) and validation loss (every evaluation) against step."""
     fig, ax = _axes()
-    ax.plot([r["step"] for r in rows], [r["train_loss"] for r in rows], label="train",
-            lw=1, alpha=0.8)
-    val = [r for r in rows if "val_loss" in r]
-    ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation",
-            ms=3)
+    _loss_lines(ax, rows, "step", {"label": "train", "lw": 1, "alpha": 0.8},
+                {"label": "validation"})
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy loss (nats)")
     if log_scale:
@@ -85,12 +89,8 @@ def plot_overlay(curves: dict[str, list[dict]], path: str | Path | None = None,
     by_step, by_time = fig.subplots(1, 2, sharey=True)
     for ax, x, label in ((by_step, "step", "step"), (by_time, "time_s", "seconds of training")):
         for i, (name, rows) in enumerate(curves.items()):
-            colour = f"C{i}"
-            ax.plot([r[x] for r in rows], [r["train_loss"] for r in rows], color=colour,
-                    lw=0.8, alpha=0.35)
-            val = [r for r in rows if "val_loss" in r]
-            ax.plot([r[x] for r in val], [r["val_loss"] for r in val], "o-", color=colour,
-                    ms=3, label=f"{name} (val)")
+            _loss_lines(ax, rows, x, {"color": f"C{i}", "lw": 0.8, "alpha": 0.35},
+                        {"color": f"C{i}", "label": f"{name} (val)"})
         ax.set_xlabel(label)
         ax.grid(True, alpha=0.3)
         if log_scale:

@@ -131,10 +131,9 @@ class GradFlowProbe(Probe):
 
     def start(self, run):
         super().start(run)
-        state = run.state
 
         def pre(optimizer, args, kwargs):
-            if state.step % self.every == 0:
+            if self.state.step % self.every == 0:
                 self.before = snapshot(run.model)
 
         def post(optimizer, args, kwargs):
@@ -197,7 +196,7 @@ class AttentionProbe(EveryNSteps):
         if self.ids:
             super().on_row(row)
 
-    def record(self, step: int) -> Path:
+    def record(self, step: int) -> None:
         idx = torch.tensor([self.ids], device=self.run.device)  # (1, T)
         maps = attention_maps(self.run.model, idx)
         path = self.run.folder / "attention" / f"step-{step:06d}.png"
@@ -205,7 +204,6 @@ class AttentionProbe(EveryNSteps):
                        title=f"attention at step {step}")
         if self.tb:
             self.tb.image("attention", path, step)
-        return path
 
     def end(self, summary):
         if self.ids:
@@ -232,30 +230,51 @@ class SamplesProbe(EveryNSteps):
 
 
 class TensorBoardProbe(Probe):
-    """Every metrics row as TensorBoard scalars; opens the log the other probes write to."""
+    """TensorBoard event files in <run>/tensorboard (view with `tensorboard --logdir runs`):
+    every metrics row as scalars, and the per-layer gradient norms and attention images the
+    other probes hand it, so it goes after them. TensorBoard is an optional dependency
+    (`pip install -e '.[tensorboard]'`): it is checked for when the probe is made."""
 
-    def __init__(self, tb):
-        self.tb = tb
+    SCALARS = {"train_loss": "loss/train", "val_loss": "loss/val", "lr": "lr",
+               "grad_norm": "grad_norm", "tokens_per_s": "tokens_per_s", "mfu": "mfu"}
+
+    def __init__(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise MiniGPTError("--tensorboard needs the tensorboard package: "
+                               "pip install tensorboard") from None
+        self.summary_writer = SummaryWriter
+        self.writer = None
 
     def start(self, run):
         super().start(run)
-        self.tb.open(run.folder)
+        self.writer = self.summary_writer(log_dir=str(run.folder / "tensorboard"))
 
     def on_row(self, row):
-        self.tb.metrics(row)
+        for key, tag in self.SCALARS.items():
+            if key in row:
+                self.writer.add_scalar(tag, row[key], row["step"])
+
+    def layer_grad_norms(self, step: int, norms: dict[str, float]) -> None:
+        for layer, value in norms.items():
+            self.writer.add_scalar(f"grad_norm/{layer}", value, step)
+
+    def image(self, tag: str, png_path: Path, step: int) -> None:
+        """Add a PNG written by one of the plotting functions."""
+        import matplotlib.image
+
+        pixels = matplotlib.image.imread(str(png_path))[..., :3]  # (H, W, 3) floats in [0, 1]
+        self.writer.add_image(tag, pixels, step, dataformats="HWC")
 
     def end(self, summary):
-        self.tb.close()
+        self.writer.close()
 
 
 def standard_probes(cfg: RunConfig) -> list[Probe]:
     """The probes a config's [diag] settings ask for (none set: the defaults)."""
     d = cfg.extra.get("diag", DiagConfig())
-    tb = None
-    if d.tensorboard:
-        from minigpt.diagnostics.tensorboard import TensorBoardLog
-
-        tb = TensorBoardLog()
+    tb = TensorBoardProbe() if d.tensorboard else None
     probes: list[Probe] = [CurvesProbe(d.log_scale)] if d.plots else []
     if d.gradflow_every:
         probes.append(GradFlowProbe(d.gradflow_every, tb))
@@ -264,5 +283,5 @@ def standard_probes(cfg: RunConfig) -> list[Probe]:
     if d.attention_every:
         probes.append(AttentionProbe(d.attention_every, d.attention_text, tb))
     if tb:
-        probes.append(TensorBoardProbe(tb))
+        probes.append(tb)
     return probes
