@@ -265,8 +265,9 @@ class MiniGPT(nn.Module):
         if self.config.bigram:
             x = x + self.bigram_emb(bigram_ids(idx, V))
         if self.config.smear:  # x_t + lambda * sigmoid(gate(x_t[:12])) * x_{t-1}
-            gate = torch.sigmoid(self.smear_gate(x[:, 1:, :SMEAR_CHANNELS]))  # (B, T' - 1, 1)
-            x = torch.cat([x[:, :1], x[:, 1:] + self.smear_lambda * gate * x[:, :-1]], dim=1)
+            gate = torch.sigmoid(self.smear_gate(x[..., :SMEAR_CHANNELS]))  # (B, back + T, 1)
+            before = F.pad(x[:, :-1], (0, 0, 1, 0))  # x_{t-1}; zeros before the first position
+            x = x + self.smear_lambda * gate * before
         return x[:, back:]  # (B, T, C)
 
     def num_params(self) -> int:

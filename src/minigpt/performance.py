@@ -39,11 +39,12 @@ def configure_backends(device: torch.device) -> None:
 def train_flops_per_token(cfg: ModelConfig) -> int:
     """FLOPs of one training step (forward + backward) per token: 6 per weight of every Linear
     (2 forward, 4 backward) plus attention's q k^T and att v, counted over the whole T x T
-    square as nanoGPT and PaLM do (so 12 L T C). Embedding lookups, norms, activations and
-    rotary embeddings are not counted."""
+    square as nanoGPT and PaLM do (so 12 L T C). Embedding lookups (the bigram's and value
+    embeddings too), norms, activations and rotary embeddings are not counted."""
     C, L, V, T = cfg.n_embd, cfg.n_layer, cfg.vocab_size, cfg.block_size
     mlp = 3 * C * (8 * C // 3) if cfg.mlp == "swiglu" else 2 * C * 4 * C
     linear_weights = L * (4 * C * C + mlp) + C * V  # qkvo + MLP per block; lm_head
+    linear_weights += min(12, C) if cfg.smear else 0  # the smear's gate
     return 6 * linear_weights + 12 * L * T * C
 
 
