@@ -87,9 +87,11 @@ def restore_optimizer(opt: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
 
 def save_checkpoint(folder: str | Path, tags: list[str], model: MiniGPT,
                     optimizer: torch.optim.Optimizer, meta: dict,
-                    rng: dict[str, torch.Tensor], keep: int = 1) -> Path:
+                    rng: dict[str, torch.Tensor], keep: int = 1,
+                    averaged: MiniGPT | None = None) -> Path:
     """Write step-<step>.safetensors and its JSON, point each tag (last, best) at it, and
-    remove all but the newest `keep` steps and those a tag names.
+    remove all but the newest `keep` steps and those a tag names. `averaged`: the moving
+    average of the weights (--ema), saved beside them.
 
     `meta` must hold at least "step"; configs, tokenizer and loop state travel with it."""
     folder = Path(folder)
@@ -98,6 +100,8 @@ def save_checkpoint(folder: str | Path, tags: list[str], model: MiniGPT,
     tensors = {f"model.{k}": v for k, v in model_tensors(model).items()}
     tensors |= {f"optim.{k}": v for k, v in opt_tensors.items()}
     tensors |= {f"rng.{k}": v.cpu() for k, v in rng.items()}
+    if averaged is not None:
+        tensors |= {f"ema.{k}": v for k, v in model_tensors(averaged).items()}
     stem = f"step-{meta['step']:06d}"
     with atomic_path(folder / f"{stem}.safetensors") as tmp:
         try:
@@ -166,8 +170,9 @@ def load_checkpoint(folder: str | Path, tag: str = "last") -> Checkpoint:
     return Checkpoint(meta, tensors)
 
 
-def restore_model(model: MiniGPT, ckpt: Checkpoint) -> None:
-    weights = ckpt.section("model")
+def restore_model(model: MiniGPT, ckpt: Checkpoint, section: str = "model") -> None:
+    """The weights saved under `section` (model: the trained weights; ema: their average)."""
+    weights = ckpt.section(section)
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as e:  # shape mismatch: a checkpoint of another architecture
@@ -181,10 +186,11 @@ def restore_model(model: MiniGPT, ckpt: Checkpoint) -> None:
 
 def load_model(run_dir: str | Path, tag: str = "best",
                device: str | torch.device = "cpu") -> tuple[MiniGPT, AnyTokenizer, dict]:
-    """A trained model (in eval mode), its tokenizer and the checkpoint's metadata."""
+    """A trained model (in eval mode), its tokenizer and the checkpoint's metadata. The model
+    is the final model: the weights' moving average where the run kept one (--ema)."""
     ckpt = load_checkpoint(Path(run_dir) / "checkpoints", tag)
     model = MiniGPT.from_config(ModelConfig(**ckpt.meta["model"]))
-    restore_model(model, ckpt)
+    restore_model(model, ckpt, "ema" if ckpt.section("ema") else "model")
     tokenizer = tokenizer_from_dict(ckpt.meta["tokenizer"])
     return model.to(device).eval(), tokenizer, ckpt.meta
 

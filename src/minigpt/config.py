@@ -101,6 +101,9 @@ class TrainConfig:
     min_delta: float = opt(0.0, "improvement smaller than this does not count")
     log_every: int = opt(50, "write a metrics line every N steps")
     keep: int = opt(2, "checkpoints kept besides the best: the newest N")
+    ema: float = opt(0.0, "keep an exponential moving average of the weights with this decay "
+                           "(e.g. 0.99): evaluated, sampled and exported as the final model "
+                           "(0 = off)")
     skip_nonfinite: int = opt(0, "skip up to N batches whose gradients are NaN or inf")
     seed: int = opt(1337, "seed for initial weights and batch sampling")
     device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps")
@@ -252,6 +255,8 @@ def validate(cfg: RunConfig) -> None:
                 "eval_batches", "time_budget"):
         if getattr(t, key) < 0:
             raise MiniGPTError(f"'{key}' must not be negative, got {getattr(t, key)}")
+    if not 0 <= t.ema < 1:
+        raise MiniGPTError(f"'ema' must be in [0, 1) (a decay, e.g. 0.99; 0 = off), got {t.ema}")
     if not 0 < d.val_fraction < 1:
         raise MiniGPTError(f"'val_fraction' must be in (0, 1), got {d.val_fraction}")
     for section in cfg.extra.values():  # a section beyond the core's checks itself

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from minigpt import distributed, performance, precision
 from minigpt.checkpoint import (
@@ -91,6 +92,33 @@ class Run:
     state: TrainState = field(default_factory=TrainState)
     clock: Clock = field(default_factory=Clock)
     probes: list = field(default_factory=list)  # what else records the run (rank 0 only)
+    ema: WeightAverage | None = None  # --ema: the weights' moving average
+
+    @property
+    def final_model(self) -> MiniGPT:
+        """The model evaluated, sampled and saved for use: the average where there is one."""
+        return self.ema.model if self.ema is not None else self.model
+
+
+class WeightAverage:
+    """An exponential moving average of the model's weights (--ema), through torch's
+    AveragedModel: after each step, average = decay * average + (1 - decay) * weights."""
+
+    def __init__(self, model: MiniGPT, decay: float):
+        self.averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
+
+    @property
+    def model(self) -> MiniGPT:
+        return self.averaged.module
+
+    def update(self, model: MiniGPT) -> None:
+        self.averaged.update_parameters(model)
+
+    def state_dict(self) -> dict:  # the weights travel in the checkpoint's tensors
+        return {"n_averaged": int(self.averaged.n_averaged)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.averaged.n_averaged.fill_(state["n_averaged"])
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
@@ -123,7 +151,7 @@ def build_run(cfg: RunConfig, folder: str | Path) -> Run:
                               "compile": compiled, "processes": world.size}
     return Run(cfg, Path(folder), world, device, dtype, tokenizer, splits,
                data | {"params": model.num_params()}, model, make_optimizer(model, cfg.train),
-               batches, env)
+               batches, env, ema=WeightAverage(model, cfg.train.ema) if cfg.train.ema else None)
 
 
 def choose_dtype(cfg: RunConfig, model: MiniGPT, world: distributed.World,
@@ -173,7 +201,10 @@ def make_folder(folder: Path) -> Path:
 
 def parts_with_state(run: Run) -> dict:
     """The parts whose state a checkpoint keeps in its JSON, by name (probes by their class)."""
-    return {"state": run.state, "clock": run.clock} | {type(p).__name__: p for p in run.probes}
+    parts = {"state": run.state, "clock": run.clock}
+    if run.ema is not None:
+        parts["ema"] = run.ema
+    return parts | {type(p).__name__: p for p in run.probes}
 
 
 def tensors_of_process(run: Run) -> dict[str, torch.Tensor]:
@@ -198,7 +229,7 @@ def save(run: Run, tags: list[str]) -> None:
             "extra": {name: vars(sec) for name, sec in run.cfg.extra.items()},
             "tokenizer": run.tokenizer.to_dict()}
     save_checkpoint(run.folder / "checkpoints", tags, run.model, run.optimizer, meta, rng,
-                    keep=run.cfg.train.keep)
+                    keep=run.cfg.train.keep, averaged=run.ema and run.ema.model)
 
 
 def restore(run: Run, tag: str = "last") -> None:
@@ -217,6 +248,8 @@ def restore(run: Run, tag: str = "last") -> None:
         raise MiniGPTError(f"{run.folder} was saved by an older minigpt: sample, export and "
                            f"the diagnostics read it, but it cannot be resumed")
     restore_model(run.model, ckpt)
+    if run.ema is not None:
+        restore_model(run.ema.model, ckpt, "ema")
     restore_optimizer(run.optimizer, ckpt)
     prefix = f"rank{run.world.rank}_"
     mine = {k.removeprefix(prefix): v for k, v in ckpt.section("rng").items()

@@ -114,6 +114,8 @@ def loop(run: Run, progress: bool) -> TrainResult:
         while not finished(t, state.step, now):  # (a resumed run may have nothing left to do)
             step, lr = state.step, set_lr(run.optimizer, schedule_lr(t, state.step, now))
             loss, grad_norm = train_step(model, run.optimizer, run.batches, t.grad_clip, micro)
+            if run.ema is not None:
+                run.ema.update(run.model)
             skipped += ~torch.isfinite(grad_norm)  # those batches changed nothing
             state.step, now = step + 1, seconds(clock, run)
             last = finished(t, state.step, now)
@@ -213,8 +215,9 @@ def evaluate(run: Run) -> float:
     """The validation loss: over the whole split (eval_batches 0), else random batches."""
     t = run.cfg.train
     if t.eval_batches:
-        return estimate_loss(run.model, run.batches, "val", t.eval_batches)
-    return split_loss(run.model, run.splits.val, run.cfg.model.block_size, device=run.device)
+        return estimate_loss(run.final_model, run.batches, "val", t.eval_batches)
+    return split_loss(run.final_model, run.splits.val, run.cfg.model.block_size,
+                      device=run.device)
 
 
 def check_initial_loss(loss: float | None, vocab_size: int) -> None:
@@ -243,10 +246,10 @@ def finish(run: Run, speed: Speed, wall_s: float) -> TrainResult:
     """The whole-split validation loss, summary.json and a sample from the final model (on
     rank 0; the other processes are done)."""
     cfg, state = run.cfg, run.state
-    result = TrainResult({"steps": state.step}, run.model, run.tokenizer, run.folder)
+    result = TrainResult({"steps": state.step}, run.final_model, run.tokenizer, run.folder)
     if not run.world.is_main:
         return result
-    final = split_loss(run.model, run.splits.val, cfg.model.block_size, device=run.device)
+    final = split_loss(run.final_model, run.splits.val, cfg.model.block_size, device=run.device)
     result.summary = {"final_val_loss": final, "best_val_loss": state.best_val,
                       "steps": state.step, "train_s": round(run.clock.seconds(), 2),
                       "wall_s": round(wall_s, 2), **speed.overall(),
@@ -258,7 +261,7 @@ def finish(run: Run, speed: Speed, wall_s: float) -> TrainResult:
     for probe in run.probes:
         probe.end(result.summary)
     if cfg.train.sample_tokens:
-        text = sample_text(run.model, run.tokenizer, PROMPT, cfg.train.sample_tokens,
+        text = sample_text(run.final_model, run.tokenizer, PROMPT, cfg.train.sample_tokens,
                            seed=cfg.train.seed)
         log.info("sample:\n" + text)
     log.info(f"continue it with: minigpt sample --run {run.folder} --prompt \"{PROMPT}\"")

@@ -198,7 +198,7 @@ class AttentionProbe(EveryNSteps):
 
     def record(self, step: int) -> None:
         idx = torch.tensor([self.ids], device=self.run.device)  # (1, T)
-        maps = attention_maps(self.run.model, idx)
+        maps = attention_maps(self.run.final_model, idx)
         path = self.run.folder / "attention" / f"step-{step:06d}.png"
         plot_attention(maps, token_labels(self.run.tokenizer, self.ids), path,
                        title=f"attention at step {step}")
@@ -220,7 +220,7 @@ class SamplesProbe(EveryNSteps):
         self.length = length
 
     def record(self, step: int) -> None:
-        text = sample_text(self.run.model, self.run.tokenizer, PROMPT, self.length,
+        text = sample_text(self.run.final_model, self.run.tokenizer, PROMPT, self.length,
                            seed=self.run.cfg.train.seed)
         append_line(self.run.folder / "samples.jsonl",
                     json.dumps({"step": step, "text": text}, ensure_ascii=False))
