@@ -91,6 +91,12 @@ class TrainConfig:
     beta2: float = opt(0.99, "AdamW beta2")
     momentum: float = opt(0.9, "SGD momentum")
     muon_momentum: float = opt(0.95, "Muon momentum (--optimizer muon)")
+    muon_variant: str = opt("newton-schulz", "Muon's orthogonalisation: newton-schulz "
+                                             "(torch.optim.Muon's) or polar-express (a tuned "
+                                             "polynomial per iteration)",
+                            choices=("newton-schulz", "polar-express"))
+    normuon: bool = opt(False, "NorMuon: normalise each neuron's Muon update by a running mean "
+                                "of its square")
     grad_clip: float = opt(1.0, "clip the global gradient norm to this (0 = off)")
     eval_every: int = opt(250, "evaluate every N steps")
     eval_batches: int = opt(0, "validation batches per evaluation: N random batches, or 0 for "
