@@ -8,16 +8,17 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from minigpt import MiniGPT, generate
+from minigpt import MiniGPT, MiniGPTError, generate
 from minigpt.config import ModelConfig, TrainConfig
 from minigpt.diagnostics.attention import attention_maps
 from minigpt.diagnostics.gradflow import grad_stats, layer_norms
 from minigpt.diagnostics.graph import loss_graph, trace
-from minigpt.model import Rotary
-from minigpt.optim import MuonWithAdamW, make_optimizer, set_lr
+from minigpt.model import Rotary, bigram_ids, bigram_rows
+from minigpt.optim import POLAR_EXPRESS, Muon, MuonWithAdamW, make_optimizer, orthogonalise, set_lr
 from minigpt.performance import train_flops_per_token
 from minigpt.sample import KVCache
 
@@ -31,6 +32,14 @@ OPTIONS = {
     "no-bias": dict(bias=False),
     "tied": dict(tie_weights=True),
     "all": dict(pos="rope", norm="rmsnorm", qk_norm=True, mlp="relu2", bias=False),
+    "bigram": dict(bigram=True),
+    "smear": dict(smear=True),
+    "value-embeds": dict(value_embeds=1),
+    "unet": dict(unet=True),
+    "logit-cap": dict(logit_cap=5.0),
+    "zero-init": dict(zero_init=True),
+    "modded": dict(pos="rope", bigram=True, smear=True, value_embeds=1, unet=True,
+                   logit_cap=5.0, zero_init=True),
 }
 
 
@@ -43,6 +52,8 @@ def peaky(**options) -> MiniGPT:
         for p in model.parameters():
             if p.dim() == 2:
                 p.mul_(8)
+            elif p.dim() == 0:  # the options' scalar gates, opened so that they act
+                p.fill_(0.7)
     return model
 
 
@@ -141,7 +152,7 @@ def test_cached_sampler_draws_the_uncached_samplers_tokens(name):
             assert torch.equal(out[True], out[False]), (prompt_len, seed)
 
 
-@pytest.mark.parametrize("name", ["rope", "all"])
+@pytest.mark.parametrize("name", ["rope", "all", "modded"])
 def test_cached_logits_equal_a_full_forward_at_every_position(name):
     model = peaky(**OPTIONS[name])
     idx = torch.randint(0, V, (2, 16))
@@ -175,7 +186,7 @@ def test_attention_maps_reproduce_the_attention_output(name):
     assert maps.max() > 0.9  # peaky: some head looks at one position
 
 
-@pytest.mark.parametrize("name", ["all", "swiglu", "tied"])
+@pytest.mark.parametrize("name", ["all", "swiglu", "tied", "modded"])
 def test_gradient_flow_and_the_graph_cover_every_parameter(name):
     model = MiniGPT(V, n_embd=32, n_head=4, n_layer=2, block_size=16, **OPTIONS[name])
     loss, params = loss_graph(model, V, T=8)
@@ -189,7 +200,7 @@ def test_gradient_flow_and_the_graph_cover_every_parameter(name):
     assert sorted(n.name for n in nodes if n.kind == "param") == sorted(params)
 
 
-@pytest.mark.parametrize("name", ["all", "swiglu"])
+@pytest.mark.parametrize("name", ["all", "swiglu", "modded"])
 def test_a_checkpoint_round_trip_gives_the_same_logits(name, tmp_path):
     from minigpt import load_model, save_checkpoint
     from minigpt.tokenizer import CharTokenizer
@@ -276,3 +287,213 @@ def test_muon_state_dict_round_trip_continues_exactly():
         a_step(model, fresh, seed)
     for a, b in zip(model.parameters(), straight.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+# --- the speedrun's options (modded-nanogpt), against hand computations ------------------------
+
+
+def twins(**options):
+    """A plain model and one with `options`, sharing every weight they both have."""
+    torch.manual_seed(0)
+    plain = MiniGPT(V, n_embd=32, n_head=4, n_layer=4, block_size=16).eval()
+    other = MiniGPT(V, n_embd=32, n_head=4, n_layer=4, block_size=16, **options).eval()
+    missing, unexpected = other.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected
+    return plain, other, missing
+
+
+def test_the_bigram_table_is_exact_for_characters_and_hashed_beyond():
+    idx = torch.arange(65).repeat_interleave(66)[None, :]  # every (previous, current) pair
+    rows = bigram_ids(idx, 65)
+    assert bigram_rows(65) == 66 * 65
+    pairs = set(zip(F.pad(idx[0, :-1], (1, 0), value=65).tolist(), idx[0].tolist(),
+                    strict=True))
+    assert len(set(rows[0].tolist())) == len(pairs)  # one row per distinct pair
+    assert rows[0, 0] == 65 * 65 + 0  # the first position: 'no previous token'
+    big = torch.randint(0, 5000, (4, 64))
+    assert bigram_rows(5000) == 8 * 5000 and 0 <= bigram_ids(big, 5000).min()
+    assert bigram_ids(big, 5000).max() < 8 * 5000
+    _, model, missing = twins(bigram=True)
+    assert missing == ["bigram_emb.weight"]
+    idx = torch.randint(0, V, (2, 10))
+    prev = torch.cat([torch.full((2, 1), V), idx[:, :-1]], dim=1)
+    by_hand = model.token_emb(idx) + model.bigram_emb.weight[prev * V + idx]
+    torch.testing.assert_close(model.embed(idx), by_hand)
+
+
+def test_the_smear_adds_a_gated_share_of_the_previous_embedding():
+    _, model, missing = twins(smear=True)
+    assert sorted(missing) == ["smear_gate.weight", "smear_lambda"]
+    idx = torch.randint(0, V, (2, 10))
+    e = model.token_emb(idx)
+    torch.testing.assert_close(model.embed(idx), e)  # lambda starts at 0: no smear
+    with torch.no_grad():
+        model.smear_lambda.fill_(0.7)
+    gate = torch.sigmoid(e[:, :, :12] @ model.smear_gate.weight.T)  # (B, T, 1)
+    by_hand = e.clone()
+    by_hand[:, 1:] += 0.7 * gate[:, 1:] * e[:, :-1]  # the first position has none before it
+    torch.testing.assert_close(model.embed(idx), by_hand)
+
+
+@pytest.mark.parametrize("n, tables", [(1, [0, None, None, 0]), (2, [0, 1, 0, 1]),
+                                       (4, [0, 1, 2, 3])])
+def test_value_embeddings_reach_the_first_and_last_blocks_values(n, tables):
+    plain, model, missing = twins(value_embeds=n)
+    assert [model.value_table(i) for i in range(4)] == tables
+    assert [b.attn.ve_lambda is not None for b in model.blocks] == [t is not None for t in tables]
+    idx = torch.randint(0, V, (2, 10))
+    with torch.no_grad():
+        for table in model.value_emb:
+            table.weight.zero_()
+        torch.testing.assert_close(model(idx)[0], plain(idx)[0])  # a zero table adds nothing
+        x = torch.randn(2, 10, 32)
+        ve = torch.randn(2, 10, 32)
+        attn = model.blocks[0].attn
+        moved = attn(x, ve=ve) - attn(x)
+        # ve only moves the values: the output moves by attention(lambda * ve) through Wo
+        att = attention_maps_of(attn, x)  # (B, nh, T, T)
+        by_hand = (att @ attn.heads(attn.ve_lambda * ve)).transpose(1, 2).reshape(2, 10, 32)
+        torch.testing.assert_close(moved, by_hand @ attn.Wo.weight.T, atol=1e-5, rtol=1e-4)
+
+
+def attention_maps_of(attn, x):
+    q, k = attn.queries_keys(x)
+    T = x.size(1)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(attn.d_k)
+    return scores.masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf")).softmax(-1)
+
+
+def test_unet_skips_add_the_first_halfs_outputs_in_reverse():
+    plain, model, missing = twins(unet=True)
+    assert missing == ["skip_weights"] and model.skip_weights.shape == (2,)
+    idx = torch.randint(0, V, (2, 10))
+    with torch.no_grad():
+        model.skip_weights.copy_(torch.tensor([0.3, -0.6]))
+        b = model.blocks
+        x = model.token_emb(idx) + model.pos_emb(torch.arange(10))
+        h0 = b[0](x)
+        h1 = b[1](h0)
+        h2 = b[2](h1 + 0.3 * h1)
+        h3 = b[3](h2 - 0.6 * h0)
+        torch.testing.assert_close(model(idx)[0], model.lm_head(model.ln_f(h3)))
+        model.skip_weights.zero_()
+        torch.testing.assert_close(model(idx)[0], plain(idx)[0])
+
+
+def test_logit_soft_capping_bounds_the_logits_smoothly():
+    plain, model, _ = twins(logit_cap=2.0)
+    idx = torch.randint(0, V, (2, 10))
+    with torch.no_grad():
+        for p in (plain.lm_head.weight, model.lm_head.weight):
+            p.mul_(100)  # logits far beyond the cap
+        capped, raw = model(idx)[0], plain(idx)[0]
+    assert raw.abs().max() > 10 and capped.abs().max() <= 2.0  # tanh saturates in float32
+    torch.testing.assert_close(capped, 2.0 * torch.tanh(raw / 2.0))
+
+
+def test_zero_init_starts_every_block_as_the_identity_and_learns():
+    model = MiniGPT(V, n_embd=32, n_head=4, n_layer=2, block_size=16, zero_init=True)
+    assert all(torch.all(p == 0) for b in model.blocks for p in (*b.attn.Wo.parameters(),
+                                                                   *b.ff[2].parameters()))
+    idx = torch.randint(0, V, (2, 10))
+    x = model.token_emb(idx) + model.pos_emb(torch.arange(10))
+    torch.testing.assert_close(model(idx)[0], model.lm_head(model.ln_f(x)))
+    opt = make_optimizer(model, TrainConfig(lr=1e-2))
+    for _ in range(2):  # the first step moves the projections, the second what feeds them
+        opt.zero_grad()
+        model(idx, idx)[1].backward()
+        opt.step()
+    assert all(b.attn.Wo.weight.abs().sum() > 0 for b in model.blocks)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(value_embeds=5), "'value_embeds' must be in \\[0, n_layer=4\\]"),
+    (dict(logit_cap=-1.0), "'logit_cap' must be >= 0"),
+])
+def test_speedrun_options_refuse_bad_values(options, message):
+    with pytest.raises(MiniGPTError, match=message):
+        MiniGPT(V, **options)
+
+
+@pytest.mark.parametrize("options, what", [(dict(bigram=True), "a bigram embedding"),
+                                           (dict(smear=True), "the smear"),
+                                           (dict(value_embeds=1), "value embeddings"),
+                                           (dict(unet=True), "U-net skips"),
+                                           (dict(logit_cap=30.0), "logit soft-capping")])
+def test_export_refuses_what_gpt2_cannot_hold(options, what):
+    from minigpt.export import check_exportable
+
+    with pytest.raises(MiniGPTError, match=f"cannot export: {what}"):
+        check_exportable(ModelConfig(**options))
+    check_exportable(ModelConfig(zero_init=True))  # only an initialisation: GPT-2 holds it
+
+
+# --- Muon's orthogonalisation: precision, Polar Express, NorMuon --------------------------------
+
+
+def test_muon_in_bf16_steps_as_torchs_muon_to_the_bit():
+    torch.manual_seed(0)
+    shapes = [(64, 256), (256, 64), (64, 64)]
+    ours = [torch.nn.Parameter(torch.randn(s) * 0.02) for s in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    a = Muon(ours, lr=0.01, weight_decay=0.1, momentum=0.95, dtype=torch.bfloat16)
+    b = torch.optim.Muon(theirs, lr=0.01, weight_decay=0.1, momentum=0.95,
+                         adjust_lr_fn="match_rms_adamw")
+    for _ in range(3):
+        for p, q in zip(ours, theirs, strict=True):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        a.step()
+        b.step()
+    assert all(torch.equal(p, q) for p, q in zip(ours, theirs, strict=True))
+    # in float32 the same step, computed more precisely: close, not equal
+    fp32 = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    c = Muon(fp32, lr=0.01, weight_decay=0.1, momentum=0.95)
+    b_state = copy.deepcopy(b.state_dict())
+    c.load_state_dict(b_state)
+    for p, q in zip(fp32, theirs, strict=True):
+        p.grad = torch.randn_like(p)
+        q.grad = p.grad.clone()
+    c.step()
+    b.step()
+    assert all(not torch.equal(p, q) and torch.allclose(p, q, atol=2e-4)
+               for p, q in zip(fp32, theirs, strict=True))
+
+
+@pytest.mark.parametrize("precision, expected", [("bfloat16", torch.bfloat16),
+                                                 ("float32", torch.float32),
+                                                 ("auto", torch.float32)])
+def test_muon_orthogonalises_in_the_runs_matmul_precision(precision, expected):
+    model = MiniGPT(V, n_embd=32, n_head=4, n_layer=1, block_size=16)
+    opt = make_optimizer(model, TrainConfig(optimizer="muon", dtype=precision))
+    assert opt.parts[0].dtype == expected
+
+
+def singular_values_after(steps, safety, g):
+    return torch.linalg.svdvals(orthogonalise(g, steps, torch.float32, 1e-7, safety))
+
+
+def test_orthogonalising_pulls_singular_values_towards_one_polar_express_closer():
+    torch.manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(64, 64))
+    v, _ = torch.linalg.qr(torch.randn(256, 64))
+    g = u @ torch.diag(torch.logspace(-2, 0, 64)) @ v.T  # singular values 1e-2 .. 1
+    ns = singular_values_after(((3.4445, -4.775, 2.0315),) * 5, 1.0, g)
+    pe = singular_values_after(POLAR_EXPRESS, 1.02, g)
+    assert 0.6 < ns.min() and ns.max() < 1.25
+    assert 0.8 < pe.min() and pe.max() < 1.2
+    assert (pe - 1).abs().mean() < (ns - 1).abs().mean()
+    # only the singular values move: in g's singular vectors the result is diagonal
+    d = u.T @ orthogonalise(g, POLAR_EXPRESS, torch.float32, 1e-7, 1.02) @ v  # (64, 64)
+    torch.testing.assert_close(d, torch.diag(torch.diagonal(d)), atol=1e-3, rtol=0)
+
+
+def test_normuon_evens_out_the_neurons_and_keeps_the_updates_norm():
+    torch.manual_seed(0)
+    opt = Muon([torch.nn.Parameter(torch.zeros(8, 32))], lr=0.01, weight_decay=0.0,
+               momentum=0.0, normuon=True, beta2=0.0)  # beta2 0: this step's squares alone
+    update = torch.randn(8, 32) * torch.linspace(0.1, 3, 8)[:, None]  # rows of unequal size
+    out = opt.normalise_neurons(update, {})
+    rms = out.square().mean(dim=1).sqrt()
+    assert (rms.max() / rms.min()) < 1.001 < (update.norm(dim=1).max() / update.norm(dim=1).min())
+    assert out.norm().item() == pytest.approx(update.norm().item(), rel=1e-5)

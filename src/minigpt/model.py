@@ -224,9 +224,9 @@ class MiniGPT(nn.Module):
         self.lm_head = nn.Linear(C, vocab_size, bias=False)
         self.apply(self._init_weights)
         if config.zero_init:  # each block starts as the identity; its inputs' gradients follow
-            for block in self.blocks:
-                nn.init.zeros_(block.attn.Wo.weight)
-                nn.init.zeros_(block.ff[2].weight)
+            for projection in [p for b in self.blocks for p in (b.attn.Wo, b.ff[2])]:
+                for tensor in projection.parameters():  # the weight, and the bias if any
+                    nn.init.zeros_(tensor)
         if config.tie_weights:
             self.lm_head.weight = self.token_emb.weight
 
