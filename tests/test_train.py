@@ -18,6 +18,7 @@ from minigpt import (
     split_loss,
     train,
 )
+from minigpt.data import Splits
 from minigpt.diagnostics.probes import Probe
 from minigpt.step import clip_gradients
 
@@ -212,3 +213,43 @@ def test_evaluation_over_the_whole_split_is_the_final_figure(small_text, tmp_pat
     summary = train(cfg, tmp_path / "run", progress=False).summary
     last = metrics(tmp_path / "run")[-1]
     assert last["step"] == 19 and last["val_loss"] == summary["final_val_loss"]
+
+
+def test_ema_is_what_is_evaluated_sampled_and_loaded(small_text, tmp_path):
+    """With --ema the validation losses, the final loss and load_model are the average's;
+    the checkpoint still holds the trained weights, and the average follows them by hand."""
+    from minigpt.checkpoint import load_checkpoint, restore_model
+    from minigpt.evaluate import split_loss
+
+    cfg = tiny_config(small_text, steps=12, eval_every=6, ema=0.8)
+    summary = train(cfg, tmp_path / "run", progress=False).summary
+    averaged, tok, meta = load_model(tmp_path / "run", "last")
+    trained = MiniGPT.from_config(averaged.config)
+    restore_model(trained, load_checkpoint(tmp_path / "run" / "checkpoints", "last"))
+    val = Splits.from_tokens(tok.encode(small_text.read_text()), 0.1).val
+    assert split_loss(averaged, val, 32) == pytest.approx(summary["final_val_loss"], abs=1e-6)
+    assert split_loss(trained, val, 32) != pytest.approx(summary["final_val_loss"], abs=1e-4)
+    assert meta["parts"]["ema"] == {"n_averaged": 12}
+
+
+def test_ema_resumes_exactly(small_text, tmp_path):
+    from minigpt import resume_config
+
+    cfg = lambda: tiny_config(small_text, steps=24, eval_every=6, log_every=1, ema=0.9)  # noqa: E731
+    train(cfg(), tmp_path / "straight", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(), tmp_path / "resumed", progress=False, probes=[CrashAt(14)])
+    train(resume_config(tmp_path / "resumed"), tmp_path / "resumed", resume=True, progress=False)
+    assert without_speed(metrics(tmp_path / "resumed")) == \
+        without_speed(metrics(tmp_path / "straight"))
+    a = load_model(tmp_path / "straight", "last")[0].state_dict()  # the averages
+    b = load_model(tmp_path / "resumed", "last")[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("decay", [1.0, -0.1])
+def test_ema_must_be_a_decay(decay):
+    from minigpt import MiniGPTError
+
+    with pytest.raises(MiniGPTError, match="'ema' must be in \\[0, 1\\)"):
+        resolve_config(overrides={"ema": decay})

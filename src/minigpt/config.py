@@ -298,6 +298,9 @@ def validate_model(m: ModelConfig) -> None:
     if not 0 <= m.value_embeds <= m.n_layer:
         raise MiniGPTError(f"'value_embeds' must be in [0, n_layer={m.n_layer}], got "
                            f"{m.value_embeds}")
+    if m.unet and m.n_layer < 2:
+        raise MiniGPTError(f"U-net skips need at least 2 blocks (a first half and a second), "
+                           f"got n_layer {m.n_layer}")
     if not m.logit_cap >= 0:
         raise MiniGPTError(f"'logit_cap' must be >= 0 (0 = off), got {m.logit_cap}")
     if not 0 <= m.dropout < 1:
