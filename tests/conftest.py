@@ -142,3 +142,10 @@ def without_speed(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items()
              if k not in ("tokens_per_s", "mfu", "time_s", "reached")}
             for r in rows]
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX; Linux's flags)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text().split() if cpuinfo.exists() else []
+    return "avx512_bf16" in flags or "amx_bf16" in flags

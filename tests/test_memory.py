@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import native_bf16, tiny_config
 from minigpt import MiniGPT, MiniGPTError, load_checkpoint, resolve_config, train
 from minigpt.diagnostics.probes import Probe
 from minigpt.performance import peak_memory
@@ -24,13 +24,16 @@ from minigpt.diagnostics.probes import Probe
 from minigpt.performance import peak_memory
 torch.set_num_threads(1)
 cfg = resolve_config(overrides=json.loads(sys.argv[1]))
+dtype = getattr(torch, cfg.train.dtype.replace("auto", "float32"))
 torch.manual_seed(0)
 model = MiniGPT.from_config(cfg.model)
 opt = make_optimizer(model, cfg.train)
 x = torch.randint(0, cfg.model.vocab_size, (cfg.train.batch_size, cfg.model.block_size))
-estimate = sum(peak_memory(cfg, psutil.Process().memory_info().rss, model.num_params()).values())
+rss = psutil.Process().memory_info().rss
+estimate = sum(peak_memory(cfg, rss, model.num_params(), dtype).values())
 for _ in range(2):
-    _, loss = model(x, x)
+    with torch.autocast("cpu", dtype, enabled=dtype != torch.float32):
+        _, loss = model(x, x)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -45,6 +48,9 @@ print(json.dumps({"estimate": estimate,
     {"batch_size": 256},
     {"batch_size": 512, "n_layer": 1},
     {"batch_size": 256, "n_embd": 128, "n_layer": 6},
+    pytest.param({"batch_size": 256, "n_embd": 128, "n_layer": 6, "dtype": "bfloat16"},
+                 marks=pytest.mark.skipif(not native_bf16(), reason="no native bf16: minutes a "
+                                          "step, and --dtype auto never picks bf16 here")),
 ], ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
 def test_the_estimate_is_within_30_percent_of_the_measured_peak(settings):
     done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(settings)],
@@ -66,6 +72,9 @@ def test_the_estimate_grows_with_what_it_counts():
     assert total(batch_size=32, n_layer=8)["activations"] > 1.8 * base["activations"]
     assert total(optimizer="sgd")["gradients and optimizer state"] < \
         base["gradients and optimizer state"]
+    cfg = resolve_config(overrides={"batch_size": 32})
+    bf16 = peak_memory(cfg, 0, MiniGPT.from_config(cfg.model).num_params(), torch.bfloat16)
+    assert 0.6 * base["activations"] < bf16["activations"] < 0.8 * base["activations"]
 
 
 def test_a_run_that_cannot_fit_is_refused_before_it_starts(tmp_path, capsys):
