@@ -30,9 +30,9 @@ from minigpt.config import (
     ModelConfig,
     RunConfig,
     apply_overrides,
+    asked_settings,
+    by_section,
     field_index,
-    preset_table,
-    read_toml,
     validate,
 )
 from minigpt.corpus import is_prepared
@@ -208,30 +208,17 @@ def resume_config(run_dir: str | Path, overrides: dict | None = None, preset: st
     saved = {key: meta[key] for key in ("model", "train", "data")}
     saved |= {name: values for name, values in meta.get("extra", {}).items() if name in cfg.extra}
     apply_overrides(cfg, saved, f"checkpoint in {run_dir}")
-    asked = settings_of(preset_table(preset), f"preset {preset}", sections) if preset else {}
-    if config_file:
-        asked |= settings_of(read_toml(config_file), str(config_file), sections)
-    asked |= overrides or {}
-    index = field_index(sections)
-    changes = [f"{key} from {getattr(cfg.sections()[index[key][0]], key)!r} to {value!r}"
-               for key, value in asked.items()
-               if index[key][0] in ("model", "data") and not same_setting(cfg, key, value)]
+    table = by_section(asked_settings(preset, config_file, overrides, sections), sections)
+    fixed = {sec: table.pop(sec) for sec in ("model", "data") if sec in table}
+    changes = [f"{key} from {getattr(cfg.sections()[sec], key)!r} to {value!r}"
+               for sec, values in fixed.items() for key, value in values.items()
+               if not same_setting(cfg, key, value)]
     if changes:
         raise MiniGPTError(f"cannot change {'; '.join(changes)} when resuming a run (its model "
                            f"and data stay as they were)")
-    table: dict[str, dict] = {}
-    for key, value in asked.items():
-        if index[key][0] not in ("model", "data"):
-            table.setdefault(index[key][0], {})[key] = value
     apply_overrides(cfg, table, "command line")
     validate(cfg)
     return cfg
-
-
-def settings_of(table: dict, origin: str, sections: dict[str, type] = SECTIONS) -> dict:
-    """A {section: {key: value}} table (a preset, a TOML file) as flat, checked settings."""
-    apply_overrides(RunConfig.with_sections(sections), table, origin)  # one-line errors
-    return {key: value for values in table.values() for key, value in values.items()}
 
 
 def same_setting(cfg: RunConfig, key: str, value) -> bool:

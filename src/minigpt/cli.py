@@ -56,15 +56,12 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
         if f.metadata.get("cli") is False:
             continue
         flag = "--" + name.replace("_", "-")
-        help_text = f"{f.metadata['help']} (default {f.default!r})"
         kind = type(f.default) if f.default is not MISSING else str
-        if kind is bool:
-            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
-                           default=argparse.SUPPRESS, help=help_text)
-        else:
-            p.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS,
-                           choices=f.metadata.get("choices"), help=help_text,
-                           metavar=None if f.metadata.get("choices") else METAVARS[kind])
+        choices = f.metadata.get("choices")
+        how = ({"action": argparse.BooleanOptionalAction} if kind is bool else
+               {"type": kind, "choices": choices, "metavar": None if choices else METAVARS[kind]})
+        p.add_argument(flag, dest=name, default=argparse.SUPPRESS,
+                       help=f"{f.metadata['help']} (default {f.default!r})", **how)
 
 
 def shared_options(name: str) -> argparse.ArgumentParser:
@@ -98,8 +95,10 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     def command(name: str, help: str, description: str, *shared: str) -> Parser:
-        return sub.add_parser(name, help=help, description=description, allow_abbrev=False,
-                              parents=[shared_options(s) for s in shared])
+        p = sub.add_parser(name, help=help, description=description, allow_abbrev=False,
+                           parents=[shared_options(s) for s in shared])
+        p.set_defaults(handler=globals()[f"cmd_{name}"])  # the cmd_<name> functions below
+        return p
 
     t = command("train", "train a MiniGPT",
                 "Train MiniGPT. With no arguments: the lesson's model on TinyShakespeare "
@@ -417,11 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     show_logs(logging.INFO if world_from_env().is_main else logging.ERROR)
     try:
         args = build_parser().parse_args(argv)
-        commands = {"train": cmd_train, "sample": cmd_sample, "compare": cmd_compare,
-                    "report": cmd_report, "gradflow": cmd_gradflow, "attention": cmd_attention,
-                    "autograd": cmd_autograd, "graph": cmd_graph, "prepare": cmd_prepare,
-                    "export": cmd_export}
-        return commands[args.command](args)
+        return args.handler(args)
     except MiniGPTError as e:
         print(f"minigpt: error: {e}", file=sys.stderr)
         return 2

@@ -32,8 +32,7 @@ def opt(default, help: str, **kw):
 @dataclass
 class ModelConfig:
     """The lesson's MiniGPT, and options beyond it (each off by default, so the default stays
-    the lesson's model). A character tokenizer sets vocab_size from the text; for a BPE
-    tokenizer it is the vocabulary size to train."""
+    the lesson's model)."""
 
     vocab_size: int = opt(65, "vocabulary size: set by the char tokenizer from the text; "
                                "for --tokenizer bpe, the size to train (at least 257)")
@@ -168,17 +167,21 @@ def _suggest(name: str, valid) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-def _coerce(key: str, value, f: dataclasses.Field):
+def _coerce(value, f: dataclasses.Field):
     """Check a TOML or flag value against the field's type; ints are accepted for floats."""
     kind = type(f.default)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if type(value) is not kind:
-        raise MiniGPTError(f"'{key}' must be {kind.__name__}, got {value!r}")
+        raise MiniGPTError(f"'{f.name}' must be {kind.__name__}, got {value!r}")
+    _check_choice(value, f)
+    return value
+
+
+def _check_choice(value, f: dataclasses.Field) -> None:
     choices = f.metadata.get("choices")
     if choices and value not in choices:
-        raise MiniGPTError(f"'{key}' must be one of {', '.join(choices)}; got {value!r}")
-    return value
+        raise MiniGPTError(f"'{f.name}' must be one of {', '.join(choices)}; got {value!r}")
 
 
 def apply_overrides(cfg: RunConfig, table: dict, origin: str) -> RunConfig:
@@ -196,7 +199,7 @@ def apply_overrides(cfg: RunConfig, table: dict, origin: str) -> RunConfig:
                 raise MiniGPTError(
                     f"{origin}: unknown key '{key}' in [{sec}]{_suggest(key, valid)}"
                 )
-            setattr(target, key, _coerce(key, value, valid[key]))
+            setattr(target, key, _coerce(value, valid[key]))
     return cfg
 
 
@@ -231,31 +234,46 @@ def resolve_config(preset: str = "seed", config_file: str | None = None,
     """Defaults < preset < config file < overrides ({key: value}, flat, as flags give them).
     sections: the core's, or those and more (see RunConfig.extra)."""
     cfg = RunConfig.with_sections(sections)
-    apply_overrides(cfg, preset_table(preset), f"preset {preset}")
+    asked = asked_settings(preset, config_file, overrides, sections)
+    apply_overrides(cfg, by_section(asked, sections), "command line")
+    validate(cfg)
+    return cfg
+
+
+def asked_settings(preset: str | None, config_file: str | None, overrides: dict | None,
+                   sections: dict[str, type] = SECTIONS) -> dict:
+    """A command's preset, config file and flags as flat settings, a later one winning (the
+    preset's and the file's checked here, so that an error names where it came from)."""
+    asked = settings_of(preset_table(preset), f"preset {preset}", sections) if preset else {}
     if config_file:
-        apply_overrides(cfg, read_toml(config_file), str(config_file))
+        asked |= settings_of(read_toml(config_file), str(config_file), sections)
+    return asked | (overrides or {})
+
+
+def settings_of(table: dict, origin: str, sections: dict[str, type] = SECTIONS) -> dict:
+    """A {section: {key: value}} table (a preset, a TOML file) as flat, checked settings."""
+    apply_overrides(RunConfig.with_sections(sections), table, origin)  # one-line errors
+    return {key: value for values in table.values() for key, value in values.items()}
+
+
+def by_section(settings: dict, sections: dict[str, type] = SECTIONS) -> dict[str, dict]:
+    """{key: value} -> {section: {key: value}}; an unknown key is an error."""
     index = field_index(sections)
     table: dict[str, dict] = {}
-    for key, value in (overrides or {}).items():
+    for key, value in settings.items():
         if key not in index:
             raise MiniGPTError(f"unknown setting '{key}'{_suggest(key, index)}")
         table.setdefault(index[key][0], {})[key] = value
-    apply_overrides(cfg, table, "command line")
-    validate(cfg)
-    return cfg
+    return table
 
 
 def validate(cfg: RunConfig) -> None:
     """Reject settings that cannot train, each with a one-line reason."""
     validate_model(cfg.model)
     t, d = cfg.train, cfg.data
-    positive = {
-        "steps": t.steps, "batch_size": t.batch_size, "lr": t.lr, "eval_every": t.eval_every,
-        "log_every": t.log_every, "keep": t.keep, "grad_accum": t.grad_accum,
-    }
-    for key, value in positive.items():
-        if not value > 0:
-            raise MiniGPTError(f"'{key}' must be positive, got {value}")
+    for key in ("steps", "batch_size", "lr", "eval_every", "log_every", "keep", "grad_accum"):
+        if not getattr(t, key) > 0:
+            raise MiniGPTError(f"'{key}' must be positive, got {getattr(t, key)}")
     for key in ("min_lr", "warmup_steps", "weight_decay", "grad_clip", "patience",
                 "min_delta", "momentum", "muon_momentum", "sample_tokens", "skip_nonfinite",
                 "eval_batches", "time_budget"):
@@ -284,10 +302,7 @@ def parse_targets(text: str) -> list[float]:
 def validate_model(m: ModelConfig) -> None:
     """The model's part of `validate` (MiniGPT checks its own options with it too)."""
     for f in fields(m):
-        choices = f.metadata.get("choices")
-        if choices and getattr(m, f.name) not in choices:
-            raise MiniGPTError(f"'{f.name}' must be one of {', '.join(choices)}; got "
-                               f"{getattr(m, f.name)!r}")
+        _check_choice(getattr(m, f.name), f)
     for key in ("vocab_size", "n_embd", "n_head", "n_layer", "block_size"):
         if not getattr(m, key) > 0:
             raise MiniGPTError(f"'{key}' must be positive, got {getattr(m, key)}")

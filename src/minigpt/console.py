@@ -45,8 +45,7 @@ class Progress:
 
     def __init__(self, t: TrainConfig, step: int, seconds: float, enabled: bool):
         self.budget = t.time_budget
-        total, done, unit = (t.time_budget, seconds, "s") if self.budget else (t.steps, step,
-                                                                                "step")
+        total, done, unit = (self.budget, seconds, "s") if self.budget else (t.steps, step, "step")
         self.val = math.nan  # the latest validation loss
         self.bar = tqdm(total=total, initial=round(done, 1), unit=unit, dynamic_ncols=True,
                         leave=False, disable=None if enabled else True,

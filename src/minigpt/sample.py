@@ -43,12 +43,9 @@ class LayerCache:
 
 
 class KVCache:
-    """Every layer's keys and values for the window positions seen so far.
-
-    The cached window always starts at position 0, the sequence's first token: the position
-    embeddings are learned and absolute, so once a sequence outgrows the block and its window
-    slides, every token's position changes and so does every cached key and value. A cache is
-    therefore only good while the sequence fits in the block (see `stream`)."""
+    """Every layer's keys and values for the window positions seen so far. The window starts
+    at the sequence's first token, so a cache is good only while the sequence fits in the block
+    (why: see `stream`)."""
 
     def __init__(self, model, batch_size: int):
         cfg = model.config
