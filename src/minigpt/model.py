@@ -268,7 +268,7 @@ class MiniGPT(nn.Module):
             gate = torch.sigmoid(self.smear_gate(x[..., :SMEAR_CHANNELS]))  # (B, back + T, 1)
             before = F.pad(x[:, :-1], (0, 0, 1, 0))  # x_{t-1}; zeros before the first position
             x = x + self.smear_lambda * gate * before
-        return x[:, back:]  # (B, T, C)
+        return x[:, back:] if back else x  # (B, T, C); no slice (no graph node) without a cache
 
     def num_params(self) -> int:
         """Distinct parameters (a tied weight counts once)."""
