@@ -15,7 +15,7 @@ import torch
 
 from minigpt import resolve_config
 from minigpt.data import TINYSHAKESPEARE_SHA256
-from minigpt.diagnostics.probes import SECTIONS
+from minigpt.diagnostics.probes import SECTIONS, Probe
 from minigpt.files import sha256_file
 from minigpt.lesson import CausalSelfAttention as LessonAttention
 
@@ -149,3 +149,14 @@ def native_bf16() -> bool:
     cpuinfo = Path("/proc/cpuinfo")
     flags = cpuinfo.read_text().split() if cpuinfo.exists() else []
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+class CrashAt(Probe):
+    """A probe that raises KeyboardInterrupt at the metrics row of one step (a crash)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_row(self, row):
+        if row["step"] == self.step:
+            raise KeyboardInterrupt

@@ -8,9 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import native_bf16, tiny_config, without_speed
+from conftest import CrashAt, native_bf16, tiny_config, without_speed
 from minigpt import MiniGPTError, load_model, precision, resume_config, train
-from minigpt.diagnostics.probes import Probe
 from minigpt.files import read_jsonl
 from minigpt.model import MiniGPT, attend
 
@@ -133,15 +132,6 @@ def recorded_dtype(folder):
     """(the dtype the run computed in, the one its config asks for) from its config.json."""
     record = json.loads((folder / "config.json").read_text())
     return record["environment"]["dtype"], record["config"]["train"]["dtype"]
-
-
-class CrashAt(Probe):
-    def __init__(self, step):
-        self.step = step
-
-    def on_row(self, row):
-        if row["step"] == self.step:
-            raise KeyboardInterrupt
 
 
 def test_a_run_the_probe_put_in_bf16_records_it_and_resumes_exactly(monkeypatch, small_text,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config, without_speed
+from conftest import CrashAt, tiny_config, without_speed
 from minigpt import (
     MiniGPT,
     TrainState,
@@ -19,7 +19,6 @@ from minigpt import (
     train,
 )
 from minigpt.data import Splits
-from minigpt.diagnostics.probes import Probe
 from minigpt.step import clip_gradients
 
 
@@ -126,17 +125,6 @@ def test_checkpoint_round_trip_gives_identical_logits(small_text, tmp_path):
     torch.testing.assert_close(model(idx)[0], run.model.eval()(idx)[0], rtol=0, atol=0)
     torch.testing.assert_close(model(idx)[0], trained.eval()(idx)[0], rtol=0, atol=0)
     assert not torch.equal(MiniGPT.from_config(run.cfg.model)(idx)[0], model(idx)[0])
-
-
-class CrashAt(Probe):
-    """A probe that raises KeyboardInterrupt at the metrics row of one step (a crash)."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_row(self, row):
-        if row["step"] == self.step:
-            raise KeyboardInterrupt
 
 
 def test_resume_continues_exactly(small_text, tmp_path):
