@@ -69,6 +69,20 @@ def test_the_answer_is_cached_per_machine_and_shape(monkeypatch, tmp_path):
     assert calls[6:] == ["matmul", "step"] and len(json.loads(cache.read_text())) == 1
 
 
+def test_the_step_is_probed_on_a_bounded_batch(monkeypatch, tmp_path):
+    """A batch far too big for memory is timed on PROBE_BATCH sequences, so that the memory
+    check (which runs after the dtype is known) refuses it instead of the probe exhausting
+    memory; batches within the bound are timed as they are."""
+    seen = []
+    monkeypatch.setattr(precision, "matmul_rates", lambda: BF16)
+    monkeypatch.setattr(precision, "step_times", lambda model, batch: seen.append(batch) or
+                        {"fp32_step_s": 0.1, "bf16_step_s": 0.05})
+    model = MiniGPT(65, n_layer=1, n_embd=32, n_head=2, block_size=16)
+    for batch in (8, 2_000_000):
+        precision.choose_dtype("auto", CPU, model, batch, tmp_path / "p.json")
+    assert seen == [8, precision.PROBE_BATCH]
+
+
 def test_a_named_dtype_is_not_probed(monkeypatch):
     monkeypatch.setattr(precision, "matmul_rates", no_probe)
     model = MiniGPT(65, n_layer=1, n_embd=32, n_head=2, block_size=16)

@@ -31,6 +31,7 @@ from minigpt.files import atomic_write_text
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 FASTER = 0.95  # bf16 must take at most this fraction of float32's step time
 PROBE_MATMUL = 256  # the gate's square matmul: a few ms in bf16 even without native bf16
+PROBE_BATCH = 64  # the step is timed on at most this many sequences: the memory check comes later
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -57,7 +58,9 @@ def choose_dtype(requested: str, device: torch.device, model: torch.nn.Module | 
 def cpu_choice(model: torch.nn.Module, batch_size: int,
                cache: Path | None) -> tuple[torch.dtype, str]:
     """'auto' on a CPU: the probe's figures for this machine (and, where bf16 matmuls are
-    faster, this shape) from the cache, else measured and added to it, then `decide`."""
+    faster, this shape) from the cache, else measured and added to it, then `decide`. The step
+    is timed on at most PROBE_BATCH sequences, so that a batch too big for the machine is
+    refused by the memory check (which follows the dtype) instead of exhausting memory here."""
     answers = read_cache(cache)
     before = json.dumps(answers)
     machine = answers.setdefault(machine_key(), {})
@@ -65,6 +68,7 @@ def cpu_choice(model: torch.nn.Module, batch_size: int,
         machine.update(matmul_rates())
     steps = None
     if machine["bf16_matmul_flops"] > machine["fp32_matmul_flops"]:
+        batch_size = min(batch_size, PROBE_BATCH)
         shape = shape_key(model, batch_size)
         steps = machine.setdefault("steps", {})
         if shape not in steps:
