@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import CrashAt, tiny_config, without_speed
 from minigpt import (
@@ -18,7 +19,7 @@ from minigpt import (
     split_loss,
     train,
 )
-from minigpt.data import Splits
+from minigpt.data import Splits, load_corpus
 from minigpt.step import clip_gradients
 
 
@@ -201,6 +202,34 @@ def test_evaluation_over_the_whole_split_is_the_final_figure(small_text, tmp_pat
     summary = train(cfg, tmp_path / "run", progress=False).summary
     last = metrics(tmp_path / "run")[-1]
     assert last["step"] == 19 and last["val_loss"] == summary["final_val_loss"]
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "bpe"])
+def test_bits_per_byte_is_the_nats_per_byte_of_the_validation_text(tmp_path, tokenizer):
+    """val_bpb by hand: every validation target's loss in nats (the model run window by
+    window, as the whole-split evaluation reads the split), summed, over ln 2 and the UTF-8
+    bytes the targets decode to; the text mixes 1-, 2- and 3-byte characters."""
+    text = tmp_path / "t.txt"
+    text.write_text("le café — naïve ☃ déjà vu, l'été. " * 120, encoding="utf-8")
+    cfg = tiny_config(text, steps=20, eval_every=10, eval_batches=0, tokenizer=tokenizer,
+                      vocab_size=300)
+    result = train(cfg, tmp_path / "run", progress=False)
+    splits, tok, _ = load_corpus(text, tokenizer, 300, cfg.data.val_fraction)
+    val = torch.from_numpy(np.asarray(splits.val, dtype=np.int64))
+    nats, T = 0.0, cfg.model.block_size
+    with torch.no_grad():
+        for start in range(0, len(val) - 1, T):
+            x, y = val[start : start + T], val[start + 1 : start + T + 1]
+            logits, _ = result.model.eval()(x[: len(y)][None])
+            nats += F.cross_entropy(logits[0], y, reduction="sum").item()
+    targets = val[1:].tolist()
+    n_bytes = len(tok.to_bytes(targets) if tokenizer == "bpe" else
+                  tok.decode(targets).encode("utf-8"))
+    assert n_bytes > len(targets)  # more bytes than tokens: the two measures differ
+    hand = nats / math.log(2) / n_bytes
+    assert result.summary["final_val_bpb"] == pytest.approx(hand, rel=1e-6)
+    last = metrics(tmp_path / "run")[-1]
+    assert last["val_bpb"] == pytest.approx(hand, rel=1e-6)
 
 
 def test_ema_is_what_is_evaluated_sampled_and_loaded(small_text, tmp_path):

@@ -89,14 +89,16 @@ def log_start(run: Run, peak: float) -> None:
 def log_eval(row: dict, improved: bool) -> None:
     """One line per evaluation."""
     log.info(f"step {row['step']:>5} | train {fmt(row['train_loss'], '.4f')} | val "
-             f"{row['val_loss']:.4f} | lr {row['lr']:.2e} | {row['tokens_per_s']:,} tok/s, "
-             f"MFU {row['mfu']:.0%} | {row['time_s']:.0f} s" + (" | best" if improved else ""))
+             f"{row['val_loss']:.4f} ({row['val_bpb']:.3f} bpb) | lr {row['lr']:.2e} | "
+             f"{row['tokens_per_s']:,} tok/s, MFU {row['mfu']:.0%} | {row['time_s']:.0f} s"
+             + (" | best" if improved else ""))
 
 
 def log_summary(summary: dict, val_tokens: int) -> None:
     log.info(f"final validation loss (whole split, {val_tokens:,} tokens): "
-             f"{summary['final_val_loss']:.4f}; best estimate {summary['best_val_loss']:.4f}; "
-             f"{summary['steps']} steps, {summary['train_s']:.0f} s of training (this command: "
+             f"{summary['final_val_loss']:.4f} ({summary['final_val_bpb']:.3f} bits per byte); "
+             f"best estimate {summary['best_val_loss']:.4f}; {summary['steps']} steps, "
+             f"{summary['train_s']:.0f} s of training (this command: "
              f"{summary['wall_s']:.0f} s), "
              f"{summary['tokens_per_s']:,} tok/s, MFU {summary['mfu']:.0%}")
 

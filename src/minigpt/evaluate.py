@@ -1,9 +1,11 @@
 """Evaluating a model: eval mode without gradients, and the two validation figures a run
-reports, the lesson's estimate over random batches and the loss over every token of a split.
+reports, the lesson's estimate over random batches and the loss over every token of a split;
+and bits per byte, the loss in a unit that compares across tokenizers.
 """
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 
 import numpy as np
@@ -60,3 +62,17 @@ def split_loss(model: nn.Module, data: np.ndarray, block_size: int,
                 total += loss.item() * y.numel()
                 count += y.numel()
     return total / count
+
+
+def target_bytes(data: np.ndarray, byte_lengths: np.ndarray, chunk: int = 1 << 22) -> int:
+    """The UTF-8 bytes a split's targets (every token but the first) stand for, read a chunk at
+    a time (a sharded split is never loaded whole)."""
+    return sum(int(byte_lengths[np.asarray(data[start : start + chunk])].sum())
+               for start in range(1, len(data), chunk))
+
+
+def bits_per_byte(loss: float, n_targets: int, n_bytes: int) -> float:
+    """A mean loss in nats per token as bits per byte of the text: the nats summed over the
+    targets, over ln 2 and the bytes those targets decode to. A character model of ASCII text
+    has one byte a token (bits per byte = loss / ln 2); a BPE model has several."""
+    return loss * n_targets / math.log(2) / n_bytes

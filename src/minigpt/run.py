@@ -31,6 +31,7 @@ from minigpt.config import RunConfig
 from minigpt.data import Batches, Splits, cache_dir, ensure_tinyshakespeare, load_corpus
 from minigpt.environment import describe, resolve_device
 from minigpt.errors import MiniGPTError
+from minigpt.evaluate import target_bytes
 from minigpt.files import atomic_write_text, truncate_jsonl
 from minigpt.model import MiniGPT
 from minigpt.optim import make_optimizer
@@ -149,9 +150,11 @@ def build_run(cfg: RunConfig, folder: str | Path) -> Run:
     performance.configure_backends(device)
     env = describe(device) | {"dtype": precision.dtype_name(dtype), "dtype_why": why,
                               "compile": compiled, "processes": world.size}
-    return Run(cfg, Path(folder), world, device, dtype, tokenizer, splits,
-               data | {"params": model.num_params()}, model, make_optimizer(model, cfg.train),
-               batches, env, ema=WeightAverage(model, cfg.train.ema) if cfg.train.ema else None)
+    data |= {"params": model.num_params(),
+             "val_bytes": target_bytes(splits.val, tokenizer.byte_lengths())}
+    return Run(cfg, Path(folder), world, device, dtype, tokenizer, splits, data, model,
+               make_optimizer(model, cfg.train), batches, env,
+               ema=WeightAverage(model, cfg.train.ema) if cfg.train.ema else None)
 
 
 def choose_dtype(cfg: RunConfig, model: MiniGPT, world: distributed.World,

@@ -140,6 +140,10 @@ class CharTokenizer(SavedAsJSON):
         """The text of each token as it comes (one character per token)."""
         return (self.itos[int(i)] for i in ids)
 
+    def byte_lengths(self) -> np.ndarray:
+        """(V,) the UTF-8 bytes each id stands for: what bits per byte divides by."""
+        return np.array([len(c.encode("utf-8")) for c in self.chars], dtype=np.int64)
+
     def to_dict(self) -> dict:
         return {"kind": self.kind, "chars": "".join(self.chars)}
 
@@ -241,6 +245,10 @@ class BPETokenizer(SavedAsJSON):
     def to_bytes(self, ids) -> bytes:
         """The UTF-8 bytes the ids stand for."""
         return b"".join(self._bytes[int(i)] for i in ids)
+
+    def byte_lengths(self) -> np.ndarray:
+        """(V,) the UTF-8 bytes each id stands for: what bits per byte divides by."""
+        return np.array([len(b) for b in self._bytes], dtype=np.int64)
 
     def decode_stream(self, ids: Iterable[int]) -> Iterator[str]:
         """The text of a stream of ids, each piece as soon as its characters are whole (a

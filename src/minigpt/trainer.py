@@ -27,7 +27,7 @@ from minigpt import console, distributed, performance
 from minigpt.clock import Clock, Speed
 from minigpt.config import RunConfig, TrainConfig, parse_targets
 from minigpt.errors import MiniGPTError, TrainingStopped, last_line, out_of_memory
-from minigpt.evaluate import estimate_loss, split_loss
+from minigpt.evaluate import bits_per_byte, estimate_loss, split_loss
 from minigpt.files import append_line, atomic_write_text, lock_folder
 from minigpt.model import MiniGPT
 from minigpt.optim import set_lr
@@ -194,6 +194,7 @@ def record_evaluation(run: Run, row: dict) -> bool:
     line; True when it is the best so far."""
     t, state = run.cfg.train, run.state
     row["val_loss"] = evaluate(run)
+    row["val_bpb"] = val_bpb(run, row["val_loss"])
     if reached := state.record_targets(row["val_loss"], parse_targets(t.targets),
                                        run.clock.seconds()):
         row["reached"] = reached
@@ -218,6 +219,12 @@ def evaluate(run: Run) -> float:
         return estimate_loss(run.final_model, run.batches, "val", t.eval_batches)
     return split_loss(run.final_model, run.splits.val, run.cfg.model.block_size,
                       device=run.device)
+
+
+def val_bpb(run: Run, loss: float) -> float:
+    """A validation loss as bits per byte (the whole split's bytes per token scale an estimate
+    over random batches too)."""
+    return bits_per_byte(loss, len(run.splits.val) - 1, run.data["val_bytes"])
 
 
 def check_initial_loss(loss: float | None, vocab_size: int) -> None:
@@ -250,7 +257,8 @@ def finish(run: Run, speed: Speed, wall_s: float) -> TrainResult:
     if not run.world.is_main:
         return result
     final = split_loss(run.final_model, run.splits.val, cfg.model.block_size, device=run.device)
-    result.summary = {"final_val_loss": final, "best_val_loss": state.best_val,
+    result.summary = {"final_val_loss": final, "final_val_bpb": val_bpb(run, final),
+                      "best_val_loss": state.best_val,
                       "steps": state.step, "train_s": round(run.clock.seconds(), 2),
                       "wall_s": round(wall_s, 2), **speed.overall(),
                       "params": run.data["params"],

@@ -235,8 +235,8 @@ class TensorBoardProbe(Probe):
     other probes hand it, so it goes after them. TensorBoard is an optional dependency
     (`pip install -e '.[tensorboard]'`): it is checked for when the probe is made."""
 
-    SCALARS = {"train_loss": "loss/train", "val_loss": "loss/val", "lr": "lr",
-               "grad_norm": "grad_norm", "tokens_per_s": "tokens_per_s", "mfu": "mfu"}
+    SCALARS = {"train_loss": "loss/train", "val_loss": "loss/val", "val_bpb": "bpb/val",
+               "lr": "lr", "grad_norm": "grad_norm", "tokens_per_s": "tokens_per_s", "mfu": "mfu"}
 
     def __init__(self):
         try:
