@@ -7,16 +7,16 @@ TinyShakespeare, for the lesson's script, the default run and the `fast` preset.
             steps (the measurement: a median of rounds, as benchmarks/train_step.py does);
   default   `minigpt train` (the lesson's model and its recommended recipe, 5000 steps),
             evaluated on the whole validation split every --eval-every steps;
-  sprint    the fast preset over a short budget (--sprint S), batch 16, peak lr 3e-2, warmup
-            30 (more, smaller steps, annealed sooner): the quickest way found to 1.72;
-  fast      `minigpt train --preset fast --time-budget S`, once for each budget in --budgets.
+  fast      `minigpt train --preset fast --time-budget S`, once for each budget in --budgets
+            (the preset fits its recipe to a short budget: its [[fit]] tables).
 
 A run's time to a target is the training clock (evaluation left out) at its first evaluation
 at or below the target, so it is late by at most one evaluation interval. The ratio is the
-lesson's time to 1.72 over the run's, both measured on this machine in this run. Prints a
-table, then one JSON line.
+lesson's time to 1.72 over the run's, both measured on this machine in this run. --dtype
+float32 gives the same table with bf16 forced off (what a CPU without native bf16 gets).
+Prints a table, then one JSON line.
 
-    python benchmarks/speedrun.py [--sprint 50] [--budgets 180,300] [--skip-default]
+    python benchmarks/speedrun.py [--budgets 20,180,300] [--skip-default] [--dtype auto]
 """
 
 from __future__ import annotations
@@ -31,11 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minigpt import lesson, resolve_config, train
+from minigpt import lesson, precision, resolve_config, train
 from minigpt.data import ensure_tinyshakespeare, load_tokens
 
 TARGETS = ("1.72", "1.6", "1.5")
-SPRINT = {"lr": 0.03, "warmup_steps": 30, "batch_size": 16}  # a short budget: more, smaller steps
 QUIET = {"gradflow_every": 0, "attention_every": 0, "sample_every": 0, "plots": False,
          "sample_tokens": 0}
 
@@ -63,15 +62,17 @@ def run(name: str, preset: str, out: Path, **settings) -> dict:
     summary = train(cfg, out / name, progress=False).summary
     return {"run": name, "preset": preset, "settings": settings,
             "final_val_loss": summary["final_val_loss"], "steps": summary["steps"],
-            "train_s": summary["train_s"], "time_to": summary["time_to"]}
+            "train_s": summary["train_s"], "time_to": summary["time_to"],
+            "dtype": cfg.train.dtype}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sprint", type=float, default=50.0,
-                    help="time budget (s) of the sprint row, 0 for none (default 50)")
-    ap.add_argument("--budgets", default="180,300",
-                    help="time budgets (s) for the fast preset, comma-separated (default 180,300)")
+    ap.add_argument("--budgets", default="20,180,300",
+                    help="time budgets (s) for the fast preset, comma-separated "
+                         "(default 20,180,300)")
+    ap.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                    help="matmul precision of the minigpt runs (default auto)")
     ap.add_argument("--eval-every", type=int, default=25,
                     help="steps between whole-split evaluations in every run (default 25)")
     ap.add_argument("--skip-default", action="store_true", help="do not run the default")
@@ -86,17 +87,17 @@ def main(argv: list[str] | None = None) -> int:
                   "time_to": {"1.72": round(step_s * 5000, 1), "1.6": None, "1.5": None}}
     rows = [lesson_row]
     if not args.skip_default:
-        rows.append(run("default", "seed", out, eval_every=args.eval_every))
-    if args.sprint:
-        rows.append(run(f"sprint-{args.sprint:g}s", "fast", out, time_budget=args.sprint,
-                        eval_every=args.eval_every, **SPRINT))
+        rows.append(run("default", "seed", out, eval_every=args.eval_every, dtype=args.dtype))
     for budget in (float(b) for b in args.budgets.split(",")):
         rows.append(run(f"fast-{budget:g}s", "fast", out, time_budget=budget,
-                        eval_every=args.eval_every))
+                        eval_every=args.eval_every, dtype=args.dtype))
 
     reference = lesson_row["time_to"]["1.72"]
-    print(f"speedrun on TinyShakespeare, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}; "
+    flags = "+".join(precision.bf16_flags()) or "no bf16 flags"
+    print(f"speedrun on TinyShakespeare, {precision.cpu_name()} ({flags}), "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{torch.backends.cpu.get_cpu_capability()}, "
+          f"dtype {args.dtype} ({', '.join(sorted({r['dtype'] for r in rows[1:]}))}); "
           f"the lesson's step {step_s * 1e3:.1f} ms (median of {args.rounds} rounds)")
     header = f"{'run':<14} {'final val':>9} {'steps':>6} {'train s':>8}" + "".join(
         f" {'to ' + x:>8} {'ratio':>6}" for x in TARGETS)
@@ -113,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"benchmark": "speedrun", "torch": torch.__version__,
                       "threads": torch.get_num_threads(),
                       "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                      "machine": platform.machine(), "lesson_step_ms": round(step_s * 1e3, 2),
+                      "machine": platform.machine(), "cpu": precision.cpu_name(),
+                      "bf16_flags": precision.bf16_flags(),
+                      "lesson_step_ms": round(step_s * 1e3, 2),
                       "reference_time_to_1.72": reference, "rows": rows}))
     return 0
 

@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"training step, preset {args.preset} (n_embd {m.n_embd}, {m.n_layer} layers, "
           f"{m.n_head} heads, block {m.block_size}, batch {cfg.train.batch_size}), {device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{precision.cpu_name()} ({'+'.join(precision.bf16_flags()) or 'no bf16 flags'}), "
           f"{torch.backends.cpu.get_cpu_capability()}")
     print(f"{flops_per_token * tokens_per_step / 1e9:.2f} GFLOP per step; measured matmul peak "
           f"fp32 {peaks[torch.float32] / 1e9:,.1f} GFLOP/s, bf16 "
@@ -200,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "train_step", "preset": args.preset, "device": str(device),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "machine": platform.machine(), "gflop_per_step": flops_per_token * tokens_per_step / 1e9,
+        "machine": platform.machine(), "cpu": precision.cpu_name(),
+        "bf16_flags": precision.bf16_flags(),
+        "gflop_per_step": flops_per_token * tokens_per_step / 1e9,
         "peak_gflops": {"float32": peaks[torch.float32] / 1e9,
                         "bfloat16": peaks[torch.bfloat16] / 1e9},
         "rounds": args.rounds, "steps_per_round": args.steps_per_round, "rows": rows,

@@ -18,6 +18,7 @@ from minigpt.data import TINYSHAKESPEARE_SHA256
 from minigpt.diagnostics.probes import SECTIONS, Probe
 from minigpt.files import sha256_file
 from minigpt.lesson import CausalSelfAttention as LessonAttention
+from minigpt.precision import bf16_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,9 +147,7 @@ def without_speed(rows: list[dict]) -> list[dict]:
 
 def native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX; Linux's flags)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = cpuinfo.read_text().split() if cpuinfo.exists() else []
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool(bf16_flags())
 
 
 class CrashAt(Probe):

@@ -3,7 +3,7 @@
 import pytest
 
 from minigpt import MiniGPTError, RunConfig, resolve_config
-from minigpt.config import preset_names
+from minigpt.config import field_index, preset_names, preset_table
 
 
 def test_seed_preset_is_the_default_config():
@@ -28,6 +28,23 @@ def test_flags_beat_file_beat_preset(tmp_path):
     assert cfg.model.n_layer == 2  # file
     assert cfg.train.schedule == "constant"  # preset
     assert cfg.train.eval_every == RunConfig().train.eval_every  # default
+
+
+def test_the_fast_preset_fits_its_recipe_to_a_short_budget(tmp_path):
+    def value(cfg, key):
+        return getattr(cfg.sections()[field_index()[key][0]], key)
+
+    fits = sorted(preset_table("fast")["fit"], key=lambda f: f["below"])
+    plain = resolve_config("fast", overrides={"time_budget": 1000.0})  # above every fit
+    for fit in fits:
+        keys = set(fit) - {"below"}
+        cfg = resolve_config("fast", overrides={"time_budget": fit["below"] - 1})
+        assert {key: value(cfg, key) for key in keys} == {key: fit[key] for key in keys}
+        assert any(value(plain, key) != fit[key] for key in keys)  # it did change something
+    f = tmp_path / "c.toml"  # a config file and a flag still win over the fit
+    f.write_text("[train]\nwarmup_steps = 7\n")
+    cfg = resolve_config("fast", str(f), {"time_budget": fits[0]["below"] - 1, "batch_size": 5})
+    assert (cfg.train.batch_size, cfg.train.warmup_steps) == (5, 7)
 
 
 @pytest.mark.parametrize(

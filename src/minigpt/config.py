@@ -243,11 +243,32 @@ def resolve_config(preset: str = "seed", config_file: str | None = None,
 def asked_settings(preset: str | None, config_file: str | None, overrides: dict | None,
                    sections: dict[str, type] = SECTIONS) -> dict:
     """A command's preset, config file and flags as flat settings, a later one winning (the
-    preset's and the file's checked here, so that an error names where it came from)."""
-    asked = settings_of(preset_table(preset), f"preset {preset}", sections) if preset else {}
-    if config_file:
-        asked |= settings_of(read_toml(config_file), str(config_file), sections)
-    return asked | (overrides or {})
+    preset's and the file's checked here, so that an error names where it came from). A
+    preset's [[fit]] tables take part at the preset's level (`fit_to_budget`)."""
+    table = preset_table(preset) if preset else {}
+    fits = table.pop("fit", [])
+    asked = settings_of(table, f"preset {preset}", sections)
+    later = settings_of(read_toml(config_file), str(config_file), sections) if config_file else {}
+    later |= overrides or {}
+    budget = (asked | later).get("time_budget", 0.0)
+    return asked | fit_to_budget(fits, budget, f"preset {preset}", sections) | later
+
+
+def fit_to_budget(fits: list[dict], budget: float, origin: str,
+                  sections: dict[str, type] = SECTIONS) -> dict:
+    """A preset's recipe for a short time budget: the settings of its tightest [[fit]] table
+    whose `below` (seconds) exceeds the budget; none without a budget or a table that fits.
+        [[fit]]
+        below = 60.0          # for --time-budget under 60 s:
+        batch_size = 16       # more, smaller steps
+    """
+    if not all(isinstance(fit.get("below"), (int, float)) for fit in fits):
+        raise MiniGPTError(f"{origin}: every [[fit]] table needs below = SECONDS")
+    for fit in sorted(fits, key=lambda f: f["below"]):
+        if 0 < budget < fit["below"]:
+            settings = {key: value for key, value in fit.items() if key != "below"}
+            return settings_of(by_section(settings, sections), f"{origin} [[fit]]", sections)
+    return {}
 
 
 def settings_of(table: dict, origin: str, sections: dict[str, type] = SECTIONS) -> dict:

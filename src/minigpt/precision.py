@@ -149,6 +149,14 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def bf16_flags() -> list[str]:
+    """The CPU's native-bf16 feature flags (Linux's names: avx512_bf16, amx_bf16), for the
+    figures' captions: none on an AVX2-only CPU, or where /proc/cpuinfo is missing."""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = set(cpuinfo.read_text().split()) if cpuinfo.exists() else set()
+    return sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
+
+
 def read_cache(cache: Path | None) -> dict:
     """The cached answers, or none when the file is missing or unreadable (then it is rewritten)."""
     try:
