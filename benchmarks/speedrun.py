@@ -35,8 +35,7 @@ from minigpt import lesson, precision, resolve_config, train
 from minigpt.data import ensure_tinyshakespeare, load_tokens
 
 TARGETS = ("1.72", "1.6", "1.5")
-QUIET = {"gradflow_every": 0, "attention_every": 0, "sample_every": 0, "plots": False,
-         "sample_tokens": 0}
+QUIET = {"sample_tokens": 0}  # train() without probes: no diagnostics, no plots
 
 
 def lesson_step_seconds(rounds: int, steps: int) -> float:
@@ -46,12 +45,15 @@ def lesson_step_seconds(rounds: int, steps: int) -> float:
     torch.manual_seed(0)
     model = lesson.MiniGPT(tok.vocab_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
-    lesson.train_step(model, optimizer, data, 128, 32)  # warm-up
+    def get_batch(split):  # the lesson's get_batch(split), on the train split
+        return lesson.get_batch(data, 128, 32)
+
+    lesson.train_step(model, optimizer, get_batch)  # warm-up
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
         for _ in range(steps):
-            loss = lesson.train_step(model, optimizer, data, 128, 32)
+            loss = lesson.train_step(model, optimizer, get_batch)
         loss.item()
         times.append((time.perf_counter() - start) / steps)
     return statistics.median(times)
