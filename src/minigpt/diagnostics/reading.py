@@ -3,7 +3,7 @@ the usual remedy. minigpt reads the rows of metrics.jsonl against the run's sett
 
     findings = read_run("runs/seed")             # metrics.jsonl and config.json
     print(format_reading(findings))
-    findings = read_curve(rows, Facts(vocab_size=65, warmup_steps=20, total_steps=200))
+    findings = read_curve(rows, facts_from_config(cfg.to_dict()))   # a loop of your own
 
 One small function per pattern (`RULES`), each taking the rows and the `Facts` and giving back
 its findings, or none: where warmup ends, the best checkpoint, early stopping, clipped and
@@ -336,10 +336,11 @@ def read_curve(rows: list[dict], facts: Facts) -> list[Finding]:
     return sorted(found, key=lambda f: f.step)
 
 
-def facts_from_config(record: dict) -> Facts:
-    """The Facts of a run from its config.json (as minigpt.run.prepare_folder writes it)."""
-    t = record["config"]["train"]
-    return Facts(vocab_size=record["config"]["model"]["vocab_size"],
+def facts_from_config(config: dict) -> Facts:
+    """The Facts of a run from its settings: RunConfig.to_dict(), as config.json holds them
+    under "config"."""
+    t = config["train"]
+    return Facts(vocab_size=config["model"]["vocab_size"],
                  warmup_steps=t["warmup_steps"] if t["schedule"] in ("cosine", "linear") else 0,
                  total_steps=None if t.get("time_budget") else t["steps"],
                  grad_clip=t["grad_clip"], patience=t["patience"], min_delta=t["min_delta"])
@@ -348,7 +349,7 @@ def facts_from_config(record: dict) -> Facts:
 def run_facts(run_dir: str | Path) -> Facts:
     """The Facts of a run folder, from its config.json."""
     try:
-        return facts_from_config(json.loads((Path(run_dir) / "config.json").read_text()))
+        return facts_from_config(json.loads((Path(run_dir) / "config.json").read_text())["config"])
     except (OSError, ValueError, KeyError, TypeError):
         raise MiniGPTError(f"{run_dir} is not a run folder (no readable config.json)") from None
 
