@@ -78,7 +78,7 @@ def test_report_escapes_what_the_run_produced(tmp_path):
     text = tmp_path / evil.replace("/", "|") / "corpus.txt"  # in the path, config.json shows it
     text.parent.mkdir()
     text.write_text((evil + "\n") * 300)
-    cfg = tiny_config(text, steps=30, eval_every=10, sample_every=10, sample_tokens=0)
+    cfg = tiny_config(text, steps=20, eval_every=10, sample_every=10)
     out = tmp_path / "run"
     train(cfg, out, probes=standard_probes(cfg), progress=False)
     samples = [json.loads(line)["text"] for line in (out / "samples.jsonl").open()]
