@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from conftest import TINY_FLAGS, read_png, run_cli
+from conftest import TINY_FLAGS, read_png, run_cli, tiny_config
 
 
 def test_gradflow_table_covers_every_parameter(cli_run):
@@ -54,10 +54,39 @@ def report(cli_run, tmp_path_factory):
 
 def test_report_is_self_contained(report):
     page = report.read_text()
-    for section in ["summary", "curves", "gradflow", "attention", "samples", "graph", "config"]:
+    for section in ["summary", "curves", "reading", "gradflow", "attention", "samples", "graph",
+                    "config"]:
         assert f'id="{section}"' in page
     assert 'src="http' not in page and "src='http" not in page  # nothing fetched
     assert page.count('src="data:image/') >= 5
+
+
+def test_report_prints_the_reading_of_the_curve(report, cli_run):
+    out, _, _ = cli_run
+    page = report.read_text()
+    assert "Reading the curve" in page and "near ln" in page  # the step-0 loss, read
+    r = run_cli("report", "--run", str(report.parent), "--out", str(report.parent / "r2.html"))
+    assert r.returncode == 0 and r.stdout.startswith("Reading the curve:\n- step 0: loss ")
+
+
+def test_report_escapes_what_the_run_produced(tmp_path):
+    from minigpt import train
+    from minigpt.diagnostics.probes import standard_probes
+    from minigpt.diagnostics.report import build_report
+
+    evil = "<script>alert(1)</script></textarea><img src=x onerror=alert(2)>"
+    text = tmp_path / evil.replace("/", "|") / "corpus.txt"  # in the path, config.json shows it
+    text.parent.mkdir()
+    text.write_text((evil + "\n") * 300)
+    cfg = tiny_config(text, steps=20, eval_every=10, sample_every=10)
+    out = tmp_path / "run"
+    train(cfg, out, probes=standard_probes(cfg), progress=False)
+    samples = [json.loads(line)["text"] for line in (out / "samples.jsonl").open()]
+    assert any("<" in s for s in samples)  # the samples carry markup of their own
+    page = build_report(out)
+    assert "<script" not in page and "</textarea" not in page and "<img src=x" not in page
+    assert page.count("<pre>") == len(samples) + 1  # the samples and the configuration only
+    assert "&lt;script&gt;alert(1)&lt;" in page  # shown as text, from config.json's path
 
 
 def launch_chromium(playwright):
@@ -87,8 +116,9 @@ def test_report_in_a_real_browser(report, tmp_path):
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         browser.close()
     assert errors == []
-    assert headings == ["Summary", "Loss and learning rate", "Gradient flow", "Attention",
-                        "Samples", "Computation graph", "Configuration"]
+    assert headings == ["Summary", "Loss and learning rate", "Reading the curve",
+                        "Gradient flow", "Attention", "Samples", "Computation graph",
+                        "Configuration"]
     assert len(images) >= 5 and all(w > 0 for w in images)  # every image decoded
     assert overflow <= 0  # no sideways scrolling on a laptop
     summary = json.loads((report.parent / "summary.json").read_text())

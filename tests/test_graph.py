@@ -20,6 +20,7 @@ from minigpt.diagnostics.graph import (
     loss_graph,
     record_modules,
     render,
+    show_loss_graph,
     to_dot,
     trace,
 )
@@ -264,3 +265,11 @@ def test_without_dot_only_dot_is_written_and_unknown_formats_refused(traced, tmp
     with pytest.raises(MiniGPTError, match="'jpeg'"):
         render("digraph {}", tmp_path / "g", formats=("jpeg",))
     assert not (tmp_path / "g.dot").exists()
+
+
+def test_show_loss_graph_without_dot_says_how_in_one_line(monkeypatch, tmp_path):
+    pytest.importorskip("graphviz")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no dot on it
+    with pytest.raises(GraphvizMissing) as info:
+        show_loss_graph(MiniGPT(65), 65)
+    assert "\n" not in str(info.value) and "apt install graphviz" in str(info.value)

@@ -20,6 +20,7 @@ from minigpt import (
     train,
 )
 from minigpt.data import Splits, load_corpus
+from minigpt.diagnostics.reading import read_run
 from minigpt.step import clip_gradients
 
 
@@ -111,6 +112,16 @@ def test_early_stopping_ends_the_run(small_text, tmp_path, caplog):
     # evaluations at steps 0 (improves on infinity), 5 and 10 (no improvement of 10 nats)
     assert summary["steps"] == 11
     assert "early stopping at step 10" in caplog.text
+    found = {f.kind: f.step for f in read_run(tmp_path / "run")}  # and the curve says so
+    assert found["early stop"] == 10 and found["best"] == 0
+
+
+def test_rows_count_every_clipped_step(small_text, tmp_path):
+    for clip, expected in [(1e-9, 10), (0.0, 0)]:  # every step clipped; clipping off
+        out = tmp_path / f"clip-{clip}"
+        train(tiny_config(small_text, steps=10, log_every=3, eval_every=5, grad_clip=clip), out,
+              progress=False)
+        assert sum(r["clipped"] for r in metrics(out)) == expected
 
 
 def test_checkpoint_round_trip_gives_identical_logits(small_text, tmp_path):

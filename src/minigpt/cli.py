@@ -153,7 +153,9 @@ def build_parser() -> Parser:
                     help="output path without suffix (default DIR/graph or ./graph)")
 
     r = command("report", "write a run's report.html",
-                "One self-contained HTML page for a run: figures, curves, gradient flow, "
+                "One self-contained HTML page for a run: figures, curves and their reading "
+                "(printed here too: warmup, the best checkpoint, spikes, clipping, "
+                "overfitting, plateaus, each with the usual remedy), gradient flow, "
                 "attention, samples, the computation graph and the configuration.", "run")
     r.add_argument("--out", metavar="FILE", help="where to write (default DIR/report.html)")
 
@@ -308,6 +310,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from minigpt.checkpoint import load_model
     from minigpt.diagnostics.graph import GraphvizMissing, draw_loss_graph
+    from minigpt.diagnostics.reading import format_reading, read_run
     from minigpt.diagnostics.report import write_report
 
     model, tok, _ = load_model(args.run, "best")
@@ -316,6 +319,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     except GraphvizMissing as e:
         print(f"minigpt: {e}; the report will have no graph", file=sys.stderr)
     path = write_report(args.run, args.out)
+    print(format_reading(read_run(args.run)))
     print(f"wrote {path}")
     return 0
 

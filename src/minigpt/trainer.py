@@ -108,6 +108,7 @@ def loop(run: Run, progress: bool) -> TrainResult:
     for probe in run.probes:
         probe.start(run)
     skipped = torch.full((), state.skipped, device=run.device)  # counted on the device
+    clipped = torch.zeros((), dtype=torch.long, device=run.device)  # since the last row
     run.model.train()
     with StopSignals() as signals:
         now = seconds(clock.start(), run)
@@ -117,13 +118,17 @@ def loop(run: Run, progress: bool) -> TrainResult:
             if run.ema is not None:
                 run.ema.update(run.model)
             skipped += ~torch.isfinite(grad_norm)  # those batches changed nothing
+            if t.grad_clip > 0:  # steps whose gradient the clip scaled down
+                clipped += torch.isfinite(grad_norm) & (grad_norm > t.grad_clip)
             state.step, now = step + 1, seconds(clock, run)
             last = finished(t, state.step, now)
             bar.advance(state.step, now)
             evaluate_now = step % t.eval_every == 0 or last
             if step % t.log_every == 0 or evaluate_now:
                 with clock.paused():  # evaluation, probes and checkpoints are not training
-                    row = metrics_row(run, step, lr, loss, grad_norm, int(skipped), speed)
+                    row = metrics_row(run, step, lr, loss, grad_norm, int(skipped),
+                                      int(clipped), speed)
+                    clipped.zero_()  # (a checkpoint follows a row: no state to carry)
                     if evaluate_now:
                         improved = record_evaluation(run, row)
                     write_row(run, row, bar)
@@ -172,18 +177,20 @@ def finished(t: TrainConfig, steps_done: int, seconds: float) -> bool:
 
 
 def metrics_row(run: Run, step: int, lr: float, loss: torch.Tensor, grad_norm: torch.Tensor,
-                skipped: int, speed: Speed) -> dict:
+                skipped: int, clipped: int, speed: Speed) -> dict:
     """The metrics row of a step: its loss (every process's batches), learning rate, gradient
-    norm, speed and time; with the checks that a row can make (the initial loss, NaN or inf
-    gradients since the last row)."""
+    norm, the steps since the last row whose gradient was clipped (`clipped`) or skipped
+    (`skipped`, when there were any), speed and time; with the checks that a row can make (the
+    initial loss, NaN or inf gradients since the last row)."""
     loss = distributed.mean(loss, run.world)
     row = {"step": step, "train_loss": console.finite_or_none(loss.item()), "lr": lr,
-           "grad_norm": console.finite_or_none(grad_norm.item()),
+           "grad_norm": console.finite_or_none(grad_norm.item()), "clipped": clipped,
            **speed.read(step + 1, run.clock.seconds()), "time_s": round(run.clock.seconds(), 2)}
     if step == 0:
         check_initial_loss(row["train_loss"], run.tokenizer.vocab_size)
     if skipped > run.state.skipped:
         new, run.state.skipped = skipped - run.state.skipped, skipped
+        row["skipped"] = new
         check_skipped(new, skipped, run.cfg.train.skip_nonfinite, row,
                       run.folder / "checkpoints")
     return row
@@ -227,10 +234,13 @@ def val_bpb(run: Run, loss: float) -> float:
     return bits_per_byte(loss, len(run.splits.val) - 1, run.data["val_bytes"])
 
 
+INITIAL_LOSS_TOLERANCE = 0.5  # nats from ln(vocab) a fresh model's loss may be
+
+
 def check_initial_loss(loss: float | None, vocab_size: int) -> None:
     """A fresh model should be near-uniform: loss ~ ln(vocab). Far from it means a bug."""
     expected = math.log(vocab_size)
-    if loss is not None and abs(loss - expected) > 0.5:
+    if loss is not None and abs(loss - expected) > INITIAL_LOSS_TOLERANCE:
         log.warning(f"step 0 loss {loss:.3f} is far from ln({vocab_size}) = {expected:.3f}: "
                     f"check the initialisation and the data")
 

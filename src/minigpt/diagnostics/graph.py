@@ -358,10 +358,15 @@ def draw_loss_graph(model: nn.Module, vocab_size: int, out: str | Path, depth: i
 
 def show_loss_graph(model: nn.Module, vocab_size: int, depth: int = 1, T: int = 8):
     """`loss_graph_dot` as a graphviz.Source, which a notebook draws inline (it needs the
-    `graphviz` Python package, pip install graphviz, and Graphviz's dot)."""
+    `graphviz` Python package, pip install graphviz, and Graphviz's dot). Without either,
+    GraphvizMissing says how to get it, here rather than when the notebook draws the graph."""
     try:
         import graphviz
     except ImportError:
         raise MiniGPTError("showing the graph needs the graphviz package: pip install "
                            "graphviz (and Graphviz itself: " + INSTALL_HINT + ")") from None
+    if shutil.which("dot") is None:  # graphviz.Source would fail only when it is drawn
+        raise GraphvizMissing("the computation graph is drawn by Graphviz's dot, which is not "
+                              "installed: apt install graphviz / brew install graphviz / conda "
+                              "install graphviz (on Colab: !apt-get install -y graphviz)", [])
     return graphviz.Source(loss_graph_dot(model, vocab_size, depth, T))

@@ -1,5 +1,6 @@
-"""Curves from a run's metrics.jsonl: loss.png (train and validation loss against step) and
-lr.png (the learning rate the schedule gave each step), and the overlay used by `compare`.
+"""Curves from a run's metrics.jsonl: loss.png (train and validation loss against step, with
+what minigpt.diagnostics.reading found drawn on it) and lr.png (the learning rate the schedule
+gave each step), and the overlay used by `compare`.
 
 Every plotting function in minigpt.diagnostics returns its matplotlib Figure (a notebook shows
 it inline) and, given a path, also writes it there as a PNG, atomically. matplotlib is imported
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from minigpt.diagnostics.reading import Finding, read_curve, run_facts
 from minigpt.files import atomic_path, read_jsonl
 
 
@@ -48,18 +50,54 @@ def _loss_lines(ax, rows: list[dict], x: str, train: dict, val: dict) -> None:
 
 
 def plot_loss(rows: list[dict], path: str | Path | None = None, log_scale: bool = False,
-              title: str | None = None):
-    """Train loss (every logged step) and validation loss (every evaluation) against step."""
+              title: str | None = None, findings: list[Finding] = ()):
+    """Train loss (every logged step) and validation loss (every evaluation) against step,
+    with the findings of reading the curve (minigpt.diagnostics.reading) drawn on it."""
     fig, ax = _axes()
     _loss_lines(ax, rows, "step", {"label": "train", "lw": 1, "alpha": 0.8},
                 {"label": "validation"})
+    annotate(ax, rows, findings)
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy loss (nats)")
     if log_scale:
         ax.set_yscale("log")
     ax.set_title(title or "loss")
-    ax.legend()
+    ax.legend(fontsize="small", loc="upper right")
     return save_png(fig, path)
+
+
+def annotate(ax, rows: list[dict], findings: list[Finding]) -> None:
+    """Each finding drawn where it is: lines at single steps, bands over spans, markers on
+    the points (spikes, the best evaluation), ticks along the bottom (clipped, skipped)."""
+    train = {r["step"]: r["train_loss"] for r in rows if r.get("train_loss") is not None}
+    bottom = ax.get_xaxis_transform()  # x in steps, y in axes fractions
+    for f in findings:
+        if f.kind in ("start", "initial loss"):
+            ax.axhline(f.value, ls="--", lw=0.8, color="0.5", label=f"ln V = {f.value:.2f}")
+        if f.kind == "initial loss":
+            ax.plot([0], [train[0]], "o", color="C3", label="step 0, far from ln V")
+        elif f.kind == "warmup":
+            ax.axvline(f.step, ls=":", lw=1, color="0.4", label="warmup ends")
+        elif f.kind == "best":
+            ax.plot([f.step], [f.value], "*", ms=12, color="C2", label="best checkpoint")
+        elif f.kind == "early stop":
+            ax.axvline(f.step, ls="--", lw=1, color="C3", label="early stop")
+        elif f.kind in ("clipped", "clipped mostly"):
+            ax.plot(f.steps, [0.02] * len(f.steps), "|", ms=6, color="C4", transform=bottom,
+                    label="clipped")
+        elif f.kind == "skipped":
+            ax.plot(f.steps, [0.05] * len(f.steps), "v", color="C3", transform=bottom,
+                    label="skipped (NaN/inf)")
+        elif f.kind in ("spikes in warmup", "spikes"):
+            ax.plot(f.steps, [train[s] for s in f.steps], "x", ms=8, mew=2, color="C3",
+                    label="spike" + (" in warmup" if f.kind == "spikes in warmup" else ""))
+        elif f.kind == "overfitting":
+            ax.axvspan(f.step, f.end, color="C3", alpha=0.08,
+                       label="validation stops following train")
+        elif f.kind == "plateau":
+            ax.axvspan(f.step, f.end, color="0.5", alpha=0.12, label="plateau")
+        elif f.kind in ("shape", "shape, not yet"):
+            ax.axvspan(0, f.step, color="C2", alpha=0.06, label="first tenth of the run")
 
 
 def plot_lr(rows: list[dict], path: str | Path | None = None):
@@ -77,7 +115,8 @@ def plot_run_curves(run_dir: str | Path, log_scale: bool = False) -> None:
     run_dir = Path(run_dir)
     rows = read_jsonl(run_dir / "metrics.jsonl")
     if rows:
-        plot_loss(rows, run_dir / "loss.png", log_scale, title=f"loss: {run_dir.name}")
+        plot_loss(rows, run_dir / "loss.png", log_scale, title=f"loss: {run_dir.name}",
+                  findings=read_curve(rows, run_facts(run_dir)))
         plot_lr(rows, run_dir / "lr.png")
 
 

@@ -1,8 +1,11 @@
 """`minigpt report --run DIR`: one self-contained report.html for a run, images embedded.
 
 Sections: summary figures, configuration and environment, loss and learning-rate curves,
-gradient flow, attention snapshots, samples at several steps, and the computation graph.
-Everything is read from the run folder; a section whose files are missing says so.
+the reading of the curve (minigpt.diagnostics.reading: what it shows, with remedies), gradient
+flow, attention snapshots, samples at several steps, and the computation graph.
+Everything is read from the run folder; a section whose files are missing says so. Every text
+a run produced (samples, the configuration, file names) is escaped: a corpus full of `<script>`
+puts nothing into the page.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import html
 import json
 from pathlib import Path
 
+from minigpt.diagnostics.reading import read_run
 from minigpt.errors import MiniGPTError
 from minigpt.files import atomic_write_text, read_jsonl
 
@@ -57,6 +61,15 @@ def curves_html(run_dir: Path) -> str:
     return "".join(imgs) or missing("loss.png or lr.png")
 
 
+def reading_html(run_dir: Path) -> str:
+    findings = read_run(run_dir)
+    if not findings:
+        return missing("metrics rows to read")
+    items = "".join(f"<li><b>{html.escape(f.kind)}</b>: {html.escape(f.message)}</li>"
+                    for f in findings)
+    return f"<ul>{items}</ul>"
+
+
 def gradflow_html(run_dir: Path) -> str:
     if not (run_dir / "gradflow.png").exists():
         return missing("gradient-flow record (--gradflow-every was 0)")
@@ -99,6 +112,7 @@ def config_html(run_dir: Path) -> str:
 
 SECTIONS = [  # (id, heading, the function that writes the section)
     ("summary", "Summary", summary_html), ("curves", "Loss and learning rate", curves_html),
+    ("reading", "Reading the curve", reading_html),
     ("gradflow", "Gradient flow", gradflow_html), ("attention", "Attention", attention_html),
     ("samples", "Samples", samples_html), ("graph", "Computation graph", graph_html),
     ("config", "Configuration", config_html)]

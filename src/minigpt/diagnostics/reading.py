@@ -1,0 +1,366 @@
+"""Reading the curve: what a run's loss curve shows, found in what the run recorded, each with
+the usual remedy. minigpt reads the rows of metrics.jsonl against the run's settings.
+
+    findings = read_run("runs/seed")             # metrics.jsonl and config.json
+    print(format_reading(findings))
+    findings = read_curve(rows, facts_from_config(cfg.to_dict()))   # a loop of your own
+
+One small function per pattern (`RULES`), each taking the rows and the `Facts` and giving back
+its findings, or none: where warmup ends, the best checkpoint, early stopping, clipped and
+skipped steps, spikes, the point where the validation loss stops following the training loss,
+a plateau, the initial loss against ln V, and the lesson's shape (near ln V, a fast drop in the
+first tenth, a slow plateau after). Every message is worded in `WORDING`, and nowhere else;
+`plots.plot_loss` draws the findings on the curve and `report` lists them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from minigpt.errors import MiniGPTError
+from minigpt.files import read_jsonl
+from minigpt.run import TrainState
+from minigpt.trainer import INITIAL_LOSS_TOLERANCE
+
+SPIKE_RISE = 0.10  # a spike: train loss 10 % above the median of the rows before it
+SPIKE_WINDOW = 5  # rows in that median
+SMOOTH = 5  # rows in the running median that overfitting and plateaus read
+PLATEAU_NATS = 0.05  # a plateau: the smoothed train loss stays within this band ...
+PLATEAU_SHARE = 0.25  # ... for at least this share of the run, up to its end
+MARGIN_NATS, MARGIN_SHARE = 0.02, 0.01  # a rise or fall: more than max(nats, share * loss)
+CLIPPED_MOSTLY = 0.5  # clipping on more than half of the steps is the learning rate's doing
+EARLY_SHARE = 0.10  # the lesson's "first few percent": the first tenth of the run
+
+WORDING = {  # kind: the message, with the usual remedy where there is one
+    "start": "step 0: loss {loss:.2f}, near ln {V} = {lnV:.2f}: a fresh model guesses each of "
+             "the {V} tokens about equally, as it should",
+    "initial loss": "step 0: loss {loss:.2f}, far from ln {V} = {lnV:.2f} (a uniform guess): "
+                    "check the initialisation (small weights, std 0.02) and that the targets "
+                    "are the inputs shifted by one",
+    "warmup": "warmup ends at step {step:,}: the learning rate reaches its peak, {lr:.2e}",
+    "best": "best validation loss {val:.4f} at step {step:,}: the 'best' checkpoint holds "
+            "those weights",
+    "early stop": "early stopping at step {step:,}: {n} evaluations without improvement after "
+                  "the best, at step {best:,}",
+    "clipped": "the gradient was clipped (norm above {clip:g}) on {n:,} of {total:,} steps "
+               "({share:.0%}): insurance against the rare large gradient",
+    "clipped mostly": "the gradient was clipped (norm above {clip:g}) on {n:,} of {total:,} "
+                      "steps ({share:.0%}): clipping that often acts as a lower learning rate; "
+                      "lower the peak learning rate (--lr) or raise --grad-clip",
+    "skipped": "{n:,} batch(es) had NaN or inf gradients and were skipped, first at step "
+               "{step:,}: lower the peak learning rate, keep --grad-clip 1.0, or look for bad "
+               "data",
+    "spikes in warmup": "the loss spiked {times} during warmup (at step {at}): lower the "
+                        "peak learning rate or lengthen warmup (--warmup-steps)",
+    "spikes": "the loss spiked {times} after warmup (at step {at}): lower the learning rate "
+              "(--lr){clip_hint}",
+    "overfitting": "validation stopped improving at step {step:,} while training kept falling "
+                   "(train {train0:.2f} -> {train1:.2f}, validation {val0:.2f} -> {val1:.2f}): "
+                   "more data, dropout (--dropout 0.1), or stop earlier (--patience 3)",
+    "plateau": "the training loss has stayed near {loss:.2f} (within {band:g} nats) since "
+               "step {step:,}, the last {share:.0%} of the run: more steps of the same buy "
+               "little; a higher learning rate if that is high for this data, a bigger model "
+               "or more data if not",
+    "shape": "the lesson's shape: from {loss0:.2f} at step 0, {share:.0%} of the whole drop "
+             "came in the first tenth of the run (to {loss1:.2f} by step {step:,}), the rest "
+             "slowly (to {loss2:.2f})",
+    "shape, not yet": "not yet the lesson's shape: from {loss0:.2f} at step 0, only {share:.0%} "
+                      "of the drop came in the first tenth of the run (to {loss1:.2f} by step "
+                      "{step:,}); it is still falling steadily (to {loss2:.2f})",
+}
+CLIP_HINT = {True: ", or clip harder (--grad-clip 0.5)",
+             False: ", or turn gradient clipping on (--grad-clip 1.0)"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing the curve shows. step: where (the start of a span); kind: a key of WORDING;
+    message: what was found, with the usual remedy; value: the loss there, for the plot; end:
+    the last step of a span (a plateau, overfitting); steps: the steps of repeated events
+    (spikes, skipped or clipped steps)."""
+
+    step: int
+    kind: str
+    message: str
+    value: float | None = None
+    end: int | None = None
+    steps: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What a curve is read against, from the run's config (see `facts_from_config`)."""
+
+    vocab_size: int
+    warmup_steps: int = 0
+    total_steps: int | None = None  # None: the run had a time budget, not a number of steps
+    grad_clip: float = 0.0
+    patience: int = 0
+    min_delta: float = 0.0
+
+
+def finding(kind: str, step: int, value: float | None = None, end: int | None = None,
+            steps: tuple[int, ...] = (), **words) -> Finding:
+    """A Finding worded from WORDING[kind] with `words` (and the step)."""
+    return Finding(step, kind, WORDING[kind].format(step=step, **words), value, end, steps)
+
+
+# --- the rows, as the rules read them --------------------------------------------------------
+
+
+def train_points(rows: list[dict]) -> list[tuple[int, float]]:
+    """(step, train loss) of every row with a finite train loss."""
+    return [(r["step"], r["train_loss"]) for r in rows if finite(r.get("train_loss"))]
+
+
+def evaluations(rows: list[dict]) -> list[tuple[int, float]]:
+    """(step, validation loss) of every evaluation row."""
+    return [(r["step"], r["val_loss"]) for r in rows if finite(r.get("val_loss"))]
+
+
+def finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def smoothed(points: list[tuple[int, float]], width: int = SMOOTH) -> list[tuple[int, float]]:
+    """The running median over `width` rows (centred; fewer at the ends)."""
+    half, losses = width // 2, [v for _, v in points]
+    return [(s, statistics.median(losses[max(0, i - half):i + half + 1]))
+            for i, (s, _) in enumerate(points)]
+
+
+def margin(loss: float) -> float:
+    """How much a loss must move to count as moving."""
+    return max(MARGIN_NATS, MARGIN_SHARE * abs(loss))
+
+
+def best_evaluation(rows: list[dict], facts: Facts) -> tuple[int, float] | None:
+    """The step and loss of the evaluation the 'best' checkpoint holds: the trainer's own
+    bookkeeping (TrainState.record_eval, with min_delta) replayed over the evaluations."""
+    state, best = TrainState(), None
+    for step, val in evaluations(rows):
+        if state.record_eval(val, facts.min_delta):
+            best = (step, val)
+    return best
+
+
+def steps_done(rows: list[dict]) -> int:
+    return rows[-1]["step"] + 1 if rows else 0
+
+
+def times(n: int) -> str:
+    return {1: "once", 2: "twice"}.get(n, f"{n} times")
+
+
+def list_steps(steps: list[int], most: int = 6) -> str:
+    """'20, 40 and 60'; the first `most` and a count of the rest when there are more."""
+    words = [f"{s:,}" for s in steps[:most]]
+    if len(steps) > most:
+        return ", ".join(words) + f" and {len(steps) - most} more"
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+# --- the rules: one pattern each -------------------------------------------------------------
+
+
+def initial_loss(rows: list[dict], facts: Facts) -> list[Finding]:
+    """The step-0 loss against ln V, the loss of a uniform guess over the vocabulary."""
+    first = rows[0] if rows and rows[0]["step"] == 0 else None
+    if first is None or not finite(first.get("train_loss")):
+        return []
+    loss, ln_v = first["train_loss"], math.log(facts.vocab_size)
+    kind = "start" if abs(loss - ln_v) <= INITIAL_LOSS_TOLERANCE else "initial loss"
+    return [finding(kind, 0, ln_v, loss=loss, V=facts.vocab_size, lnV=ln_v)]
+
+
+def warmup_end(rows: list[dict], facts: Facts) -> list[Finding]:
+    """The step where warmup ends and the learning rate is at its peak."""
+    if facts.warmup_steps <= 0 or steps_done(rows) <= facts.warmup_steps:
+        return []
+    peak = max(r["lr"] for r in rows)
+    return [finding("warmup", facts.warmup_steps, lr=peak)]
+
+
+def best_checkpoint(rows: list[dict], facts: Facts) -> list[Finding]:
+    """The evaluation with the lowest validation loss (as the trainer counts it)."""
+    best = best_evaluation(rows, facts)
+    if best is None:
+        return []
+    return [finding("best", best[0], best[1], val=best[1])]
+
+
+def early_stop(rows: list[dict], facts: Facts) -> list[Finding]:
+    """A run that ended before its steps, `patience` evaluations after its best."""
+    best = best_evaluation(rows, facts)
+    if facts.patience <= 0 or facts.total_steps is None or best is None:
+        return []
+    after = [s for s, _ in evaluations(rows) if s > best[0]]
+    if steps_done(rows) >= facts.total_steps or len(after) < facts.patience:
+        return []
+    return [finding("early stop", after[-1], n=facts.patience, best=best[0])]
+
+
+def clipped_steps(rows: list[dict], facts: Facts) -> list[Finding]:
+    """How many steps had their gradient clipped: the rows' `clipped` counts (every step),
+    or, in rows without them, the logged steps whose gradient norm was above the clip."""
+    if facts.grad_clip <= 0 or not rows:
+        return []
+    if all("clipped" in r for r in rows):
+        n, total = sum(r["clipped"] for r in rows), steps_done(rows)
+        where = [r["step"] for r in rows if r["clipped"]]
+    else:
+        where = [r["step"] for r in rows if finite(r.get("grad_norm"))
+                 and r["grad_norm"] > facts.grad_clip]
+        n, total = len(where), len(rows)
+    if n == 0:
+        return []
+    share = n / total
+    kind = "clipped mostly" if share > CLIPPED_MOSTLY else "clipped"
+    return [finding(kind, where[0], steps=tuple(where), clip=facts.grad_clip, n=n, total=total,
+                    share=share)]
+
+
+def skipped_steps(rows: list[dict], facts: Facts) -> list[Finding]:
+    """Batches whose gradient was NaN or inf (the step skipped them, or the loss is gone)."""
+    where = [r["step"] for r in rows if r.get("skipped") or r.get("grad_norm", 0) is None
+             or r.get("train_loss", 0) is None]
+    if not where:
+        return []
+    n = sum(r.get("skipped") or 1 for r in rows if r["step"] in where)
+    return [finding("skipped", where[0], steps=tuple(where), n=n)]
+
+
+def spike_steps(points: list[tuple[int, float]]) -> list[int]:
+    """Steps where the train loss jumps SPIKE_RISE above the median of the SPIKE_WINDOW rows
+    before it; a spike lasting several rows counts once, at its first."""
+    spikes, inside = [], False
+    for i in range(SPIKE_WINDOW, len(points)):
+        base = statistics.median(v for _, v in points[i - SPIKE_WINDOW:i])
+        high = points[i][1] > base * (1 + SPIKE_RISE)
+        if high and not inside:
+            spikes.append(points[i][0])
+        inside = high
+    return spikes
+
+
+def spikes(rows: list[dict], facts: Facts) -> list[Finding]:
+    """Sudden jumps of the train loss, during warmup and after it."""
+    points = train_points(rows)
+    loss_at = dict(points)
+    found = spike_steps(points)
+    warm = [s for s in found if s <= facts.warmup_steps]
+    late = [s for s in found if s > facts.warmup_steps]
+    out = []
+    if warm:
+        out.append(finding("spikes in warmup", warm[0], loss_at[warm[0]], steps=tuple(warm),
+                           times=times(len(warm)), at=list_steps(warm)))
+    if late:
+        out.append(finding("spikes", late[0], loss_at[late[0]], steps=tuple(late),
+                           times=times(len(late)), at=list_steps(late),
+                           clip_hint=CLIP_HINT[facts.grad_clip > 0]))
+    return out
+
+
+def overfitting(rows: list[dict], facts: Facts) -> list[Finding]:
+    """The validation loss stops following the training loss: after its best, it rises while
+    the (smoothed) training loss keeps falling."""
+    evals, train = evaluations(rows), smoothed(train_points(rows))
+    best = min(evals, key=lambda e: e[1]) if evals else None
+    if best is None or not train or len([s for s, _ in evals if s > best[0]]) < 2:
+        return []
+    val_end = evals[-1][1]
+    train_best = min(train, key=lambda p: abs(p[0] - best[0]))[1]
+    train_end = train[-1][1]
+    if val_end - best[1] <= margin(best[1]) or train_best - train_end <= margin(train_best):
+        return []
+    return [finding("overfitting", best[0], best[1], end=evals[-1][0], train0=train_best,
+                    train1=train_end, val0=best[1], val1=val_end)]
+
+
+def plateau(rows: list[dict], facts: Facts) -> list[Finding]:
+    """The longest stretch up to the end where the smoothed train loss stays in a band of
+    PLATEAU_NATS, when it covers PLATEAU_SHARE of the run or more."""
+    train = smoothed(train_points(rows))
+    if len(train) < 2 * SMOOTH:
+        return []
+    lo = hi = train[-1][1]
+    start = len(train) - 1
+    for i in range(len(train) - 1, -1, -1):
+        lo, hi = min(lo, train[i][1]), max(hi, train[i][1])
+        if hi - lo > PLATEAU_NATS:
+            break
+        start = i
+    first, last = train[start][0], train[-1][0]
+    share = (last - first) / max(1, last - train[0][0])
+    if share < PLATEAU_SHARE or len(train) - start < SMOOTH:
+        return []
+    level = statistics.median(v for _, v in train[start:])
+    return [finding("plateau", first, level, end=last, loss=level, band=PLATEAU_NATS,
+                    share=share)]
+
+
+def shape(rows: list[dict], facts: Facts) -> list[Finding]:
+    """The lesson's closing claim on this curve: how much of the whole drop came in the
+    first tenth of the run."""
+    points = train_points(rows)
+    if len(points) < 2 * SMOOTH or points[0][0] != 0:
+        return []
+    train = smoothed(points)
+    loss0, loss2 = points[0][1], train[-1][1]
+    early_step = EARLY_SHARE * points[-1][0]
+    step, loss1 = min(train, key=lambda p: abs(p[0] - early_step))
+    if loss0 - loss2 <= margin(loss0):
+        return []
+    share = (loss0 - loss1) / (loss0 - loss2)
+    kind = "shape" if share >= 0.5 else "shape, not yet"
+    return [finding(kind, step, loss1, loss0=loss0, loss1=loss1, loss2=loss2, share=share)]
+
+
+RULES: list[Callable[[list[dict], Facts], list[Finding]]] = [
+    initial_loss, warmup_end, best_checkpoint, early_stop, clipped_steps, skipped_steps,
+    spikes, overfitting, plateau, shape]
+
+
+# --- reading a run ---------------------------------------------------------------------------
+
+
+def read_curve(rows: list[dict], facts: Facts) -> list[Finding]:
+    """Every finding of every rule on these metrics rows, in step order."""
+    rows = sorted(rows, key=lambda r: r["step"])
+    found = [f for rule in RULES for f in rule(rows, facts)] if rows else []
+    return sorted(found, key=lambda f: f.step)
+
+
+def facts_from_config(config: dict) -> Facts:
+    """The Facts of a run from its settings: RunConfig.to_dict(), as config.json holds them
+    under "config"."""
+    t = config["train"]
+    return Facts(vocab_size=config["model"]["vocab_size"],
+                 warmup_steps=t["warmup_steps"] if t["schedule"] in ("cosine", "linear") else 0,
+                 total_steps=None if t.get("time_budget") else t["steps"],
+                 grad_clip=t["grad_clip"], patience=t["patience"], min_delta=t["min_delta"])
+
+
+def run_facts(run_dir: str | Path) -> Facts:
+    """The Facts of a run folder, from its config.json."""
+    try:
+        return facts_from_config(json.loads((Path(run_dir) / "config.json").read_text())["config"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise MiniGPTError(f"{run_dir} is not a run folder (no readable config.json)") from None
+
+
+def read_run(run_dir: str | Path) -> list[Finding]:
+    """The findings of a run folder: its metrics.jsonl read against its config.json."""
+    return read_curve(read_jsonl(Path(run_dir) / "metrics.jsonl"), run_facts(run_dir))
+
+
+def format_reading(findings: list[Finding]) -> str:
+    """The findings as text, one line each (or a line saying there is nothing to read)."""
+    if not findings:
+        return "Reading the curve: too few rows to read anything yet."
+    return "Reading the curve:\n" + "\n".join(f"- {f.message}" for f in findings)

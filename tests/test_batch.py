@@ -1,0 +1,42 @@
+"""The batch trade behind the lesson's sliders: the shape, B*T predictions, the activation
+memory (linear in B*T) and a measured step time, on a copy of the model."""
+
+import numpy as np
+import pytest
+import torch
+
+from minigpt import MiniGPT, Splits
+from minigpt.diagnostics.batch import batch_sliders, batch_trade, format_trade
+
+
+@pytest.fixture
+def tiny():
+    tokens = np.random.default_rng(0).integers(0, 20, 4000).astype(np.uint16)
+    return MiniGPT(20, n_layer=1, n_embd=32, n_head=2, block_size=32), Splits.from_tokens(tokens)
+
+
+def test_the_trade_of_a_shape(tiny):
+    model, splits = tiny
+    before = [p.clone() for p in model.parameters()]
+    t = batch_trade(model, splits, B=4, T=16)
+    assert t.x_shape == (4, 16) and t.predictions == 64
+    assert 0 < t.step_s < 10
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    double_b = batch_trade(model, splits, B=8, T=16, measure=False)
+    double_t = batch_trade(model, splits, B=4, T=32, measure=False)
+    assert double_b.activation_bytes == double_t.activation_bytes == 2 * t.activation_bytes
+    assert double_b.step_s is None
+    line = format_trade(t)
+    assert "x, y: (4, 16)" in line and "64 predictions per step" in line and " ms here" in line
+
+
+def test_sliders_for_b_and_t(tiny, capsys):
+    pytest.importorskip("ipywidgets")
+    model, splits = tiny
+    widget = batch_sliders(model, splits, max_batch=16)
+    b, t = widget.children[:2]
+    assert (b.max, t.max) == (16, 32)  # T goes up to the model's block size
+    b.value, t.value = 3, 5
+    widget.update()  # outside a kernel, the line goes to stdout
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "x, y: (3, 5)" in last and "15 predictions per step" in last

@@ -1,0 +1,210 @@
+"""Reading the curve: each rule on synthetic curves that have its pattern and curves that do
+not; the findings drawn on the plot; and a real run that spikes and overfits."""
+
+import json
+import math
+
+import pytest
+
+from conftest import tiny_config
+from minigpt.diagnostics import reading
+from minigpt.diagnostics.plots import plot_loss
+from minigpt.diagnostics.reading import Facts, format_reading, read_curve, read_run
+from minigpt.errors import MiniGPTError
+
+LN65 = math.log(65)
+FACTS = Facts(vocab_size=65, warmup_steps=100, total_steps=5000, grad_clip=1.0)
+
+
+def lesson_curve(steps=5000, every=50, eval_every=250, start=LN65, floor=1.3, tau=300.0,
+                 gap=0.05):
+    """A healthy run: near ln 65 at step 0, a fast drop, a slow plateau; validation a little
+    above training, following it. Rows every `every` steps and at the last, as the trainer
+    writes them."""
+    rows = []
+    for step in [*range(0, steps - 1, every), steps - 1]:
+        train = floor + (start - floor) * math.exp(-step / tau)
+        row = {"step": step, "train_loss": train, "lr": 1e-2, "grad_norm": 0.5, "clipped": 0}
+        if step % eval_every == 0 or step == steps - 1:
+            row["val_loss"] = train + gap
+        rows.append(row)
+    return rows
+
+
+def kinds(rows, facts=FACTS):
+    return [f.kind for f in read_curve(rows, facts)]
+
+
+def only(rows, kind, facts=FACTS):
+    found = [f for f in read_curve(rows, facts) if f.kind == kind]
+    assert len(found) == 1, kinds(rows, facts)
+    return found[0]
+
+
+def test_a_healthy_run_reads_as_the_lessons_shape_and_nothing_wrong():
+    found = kinds(lesson_curve())
+    assert found[:2] == ["start", "warmup"] and "best" in found and "shape" in found
+    for bad in ("initial loss", "spikes", "spikes in warmup", "overfitting", "skipped",
+                "clipped", "clipped mostly", "early stop"):
+        assert bad not in found
+    shape = only(lesson_curve(), "shape")
+    assert shape.step == 500 and "of the whole drop came in the first tenth" in shape.message
+
+
+def test_initial_loss_against_ln_v():
+    assert "ln 65 = 4.17" in only(lesson_curve(), "start").message
+    far = only(lesson_curve(start=6.0), "initial loss")
+    assert far.message.startswith("step 0: loss 6.00, far from ln 65 = 4.17")
+    assert "check the initialisation" in far.message
+
+
+def test_warmup_ends_where_the_config_says():
+    assert only(lesson_curve(), "warmup").step == 100
+    assert "warmup" not in kinds(lesson_curve(), Facts(vocab_size=65))
+    assert "warmup" not in kinds(lesson_curve(steps=100))  # the run never got there
+
+
+def test_best_is_the_trainers_best_with_min_delta():
+    rows = [{"step": s, "train_loss": 2.0, "lr": 1e-3, "val_loss": v}
+            for s, v in [(0, 3.0), (10, 2.0), (20, 1.99), (30, 2.1)]]
+    assert only(rows, "best", Facts(vocab_size=65)).step == 20
+    assert only(rows, "best", Facts(vocab_size=65, min_delta=0.05)).step == 10
+
+
+def test_early_stop_only_when_the_run_ended_before_its_steps():
+    rows = lesson_curve(steps=1251)  # the trainer stops after the third evaluation, at 1,250
+    for r in rows:  # validation stuck from step 500 on
+        if "val_loss" in r and r["step"] > 500:
+            r["val_loss"] = 3.0
+    stopped = Facts(vocab_size=65, total_steps=5000, patience=3)
+    finding = only(rows, "early stop", stopped)
+    assert finding.step == 1250 and "after the best, at step 500" in finding.message
+    assert "early stop" not in kinds(rows, Facts(vocab_size=65, total_steps=1251, patience=3))
+    assert "early stop" not in kinds(rows, Facts(vocab_size=65, total_steps=5000))
+
+
+def test_clipped_steps_from_the_rows_counts():
+    rows = lesson_curve(steps=1000)
+    rows[1]["clipped"] = 7
+    finding = only(rows, "clipped")
+    assert finding.steps == (50,) and "on 7 of 1,000 steps (1%)" in finding.message
+    for r in rows:
+        r["clipped"] = 40
+    assert "lower the peak learning rate" in only(rows, "clipped mostly").message
+    assert not {"clipped", "clipped mostly"} & set(kinds(rows, Facts(vocab_size=65)))
+
+
+def test_clipped_steps_from_gradient_norms_without_counts():
+    rows = [{"step": s, "train_loss": 2.0, "lr": 1e-3, "grad_norm": n}
+            for s, n in enumerate([0.5, 3.0, 0.2, 2.0])]
+    assert only(rows, "clipped").steps == (1, 3)
+
+
+def test_skipped_steps():
+    rows = lesson_curve(steps=1000)
+    assert "skipped" not in kinds(rows)
+    rows[4]["skipped"], rows[9]["grad_norm"] = 2, None
+    finding = only(rows, "skipped")
+    assert finding.steps == (200, 450) and finding.message.startswith("3 batch(es)")
+
+
+def with_spikes(rows, steps, rise=1.0, length=1):
+    for r in rows:
+        if any(s <= r["step"] < s + length * 10 for s in steps):
+            r["train_loss"] += rise
+    return rows
+
+
+def test_spikes_during_warmup_and_after():
+    rows = lesson_curve(steps=2000, every=10)
+    assert not {"spikes", "spikes in warmup"} & set(kinds(rows))
+    rows = with_spikes(rows, [60, 80, 1200], length=1)
+    warm = only(rows, "spikes in warmup")
+    assert warm.steps == (60, 80) and warm.message.startswith("the loss spiked twice during warmup")
+    assert "lengthen warmup" in warm.message
+    late = only(rows, "spikes")
+    assert late.steps == (1200,) and "lower the learning rate" in late.message
+
+
+def test_a_spike_lasting_several_rows_counts_once():
+    rows = with_spikes(lesson_curve(steps=2000, every=10), [1500], length=3)
+    assert only(rows, "spikes").steps == (1500,)
+
+
+def overfit_curve():
+    """Training keeps falling; validation follows until step 2,750, then rises."""
+    rows = lesson_curve()
+    turn = next(r["val_loss"] for r in rows if r["step"] == 2750)
+    for r in rows:
+        r["train_loss"] -= 0.00005 * r["step"]
+        if "val_loss" in r and r["step"] > 2750:
+            r["val_loss"] = turn + 0.0002 * (r["step"] - 2750)
+    return rows
+
+
+def test_overfitting_where_validation_stops_following_training():
+    finding = only(overfit_curve(), "overfitting")
+    assert finding.step == 2750 and finding.end == 4999
+    assert finding.message.startswith("validation stopped improving at step 2,750 while "
+                                      "training kept falling")
+    assert "more data, dropout" in finding.message
+    assert "overfitting" not in kinds(lesson_curve())
+    both_rise = overfit_curve()
+    for r in both_rise:  # training rises with validation: divergence, not overfitting
+        r["train_loss"] += 0.0003 * max(0, r["step"] - 2750)
+    assert "overfitting" not in kinds(both_rise)
+
+
+def test_plateau_and_a_steady_fall():
+    sgd = [{"step": s, "train_loss": 3.36 + (-1) ** (s // 10) * 0.01 + 0.8 * (s < 200),
+            "lr": 0.5} for s in range(0, 1000, 10)]  # SGD's stall at the unigram loss
+    finding = only(sgd, "plateau", Facts(vocab_size=65))
+    assert finding.step == 200 and finding.end == 990 and finding.value == pytest.approx(3.36,
+                                                                                         abs=0.011)
+    assert "the last 80% of the run" in finding.message
+    steady = [{"step": s, "train_loss": 4.0 - 0.002 * s, "lr": 1e-3} for s in range(0, 1000, 10)]
+    assert "plateau" not in kinds(steady, Facts(vocab_size=65))
+    assert "shape, not yet" in kinds(steady, Facts(vocab_size=65))
+
+
+def test_format_and_read_run(tmp_path):
+    assert "too few rows" in format_reading([])
+    with pytest.raises(MiniGPTError, match="not a run folder"):
+        read_run(tmp_path)
+    text = format_reading(read_curve(overfit_curve(), FACTS))
+    assert text.splitlines()[0] == "Reading the curve:"
+    assert sum(line.startswith("- ") for line in text.splitlines()) >= 5
+
+
+def test_every_kind_has_its_words_and_its_drawing():
+    rows = with_spikes(overfit_curve(), [300])
+    rows[3]["clipped"], rows[8]["skipped"] = 2, 1
+    findings = read_curve(rows, Facts(vocab_size=65, warmup_steps=400, total_steps=5000,
+                                      grad_clip=1.0))
+    assert all(f.kind in reading.WORDING for f in findings)
+    legend = plot_loss(rows, findings=findings).axes[0].get_legend().get_texts()
+    labels = {t.get_text() for t in legend}
+    assert {"ln V = 4.17", "warmup ends", "best checkpoint", "clipped", "skipped (NaN/inf)",
+            "spike in warmup", "validation stops following train"} <= labels
+    plain = {t.get_text() for t in plot_loss(rows).axes[0].get_legend().get_texts()}
+    assert plain == {"train", "validation"}
+
+
+def test_a_real_run_with_a_high_learning_rate_on_a_tiny_corpus(tmp_path, tinyshakespeare_source):
+    from minigpt import train
+
+    text = tmp_path / "tiny.txt"  # 2,000 characters: memorised long before it is learned
+    text.write_text(tinyshakespeare_source.read_text()[:2000])
+    cfg = tiny_config(text, n_embd=64, n_layer=2, steps=400, lr=0.01, warmup_steps=10,
+                      eval_every=25, log_every=5, grad_clip=1.0)
+    out = tmp_path / "run"
+    train(cfg, out, progress=False)
+    found = {f.kind: f for f in read_run(out)}
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert "start" in found and found["warmup"].step == 10
+    assert "overfitting" in found, format_reading(list(found.values()))
+    best = min((r for r in rows if "val_loss" in r), key=lambda r: r["val_loss"])
+    assert found["overfitting"].step == found["best"].step == best["step"]
+    assert rows[-1]["val_loss"] > best["val_loss"]
+    clipped = found.get("clipped") or found["clipped mostly"]
+    assert f"on {sum(r['clipped'] for r in rows):,} of 400 steps" in clipped.message
