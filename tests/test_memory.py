@@ -42,9 +42,11 @@ print(json.dumps({"estimate": estimate,
 """
 
 
+# From batch 256 up, where the activations outweigh what the first step itself pages in. Below
+# that the first step's code pages and kernel buffers, which differ between CPUs (seen: 0.26 GB
+# more on one than on another, for 0.18 GB of activations at batch 64), decide the peak.
 @pytest.mark.slow
 @pytest.mark.parametrize("settings", [
-    {"batch_size": 64},
     {"batch_size": 256},
     {"batch_size": 512, "n_layer": 1},
     {"batch_size": 256, "n_embd": 128, "n_layer": 6},

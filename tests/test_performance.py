@@ -123,8 +123,10 @@ def test_bf16_training_tracks_float32(text, tmp_path):
 
 @pytest.mark.slow  # torch.compile's first compile
 def test_compiled_training_matches_eager(text, tmp_path):
-    eager, rows_e = short_run(text, tmp_path, "eager", compile="off")
-    comp, rows_c = short_run(text, tmp_path, "compiled", compile="on")
+    # In float32: under bf16 (what --dtype auto picks on a CPU with AMX) the compiled kernels
+    # round differently from the eager ones, by more than the 1e-3 this holds them to.
+    eager, rows_e = short_run(text, tmp_path, "eager", compile="off", dtype="float32")
+    comp, rows_c = short_run(text, tmp_path, "compiled", compile="on", dtype="float32")
     for a, b in zip(rows_e, rows_c, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-3)
     assert comp["final_val_loss"] == pytest.approx(eager["final_val_loss"], abs=1e-3)

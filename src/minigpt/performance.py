@@ -68,7 +68,9 @@ def peak_memory(cfg: RunConfig, resident: int, n_params: int,
     and reuses them unevenly, so the same step's peak varies from run to run (measured 2.7 to
     3.4 GiB for one configuration whose working set, with trimming forced, is 1.9 GiB); a
     quarter of the activations puts the estimate in the middle of that range. Measured against
-    the peak resident memory of child processes (tests/test_memory.py), it lands within 30 %."""
+    the peak resident memory of child processes (tests/test_memory.py), it lands within 30 % from
+    batch 256 up; in smaller runs what the first step pages in (code, kernel buffers: up to a
+    quarter of a GB, by CPU) can outweigh the activations."""
     m, t = cfg.model, cfg.train
     C, L, V = m.n_embd, m.n_layer, m.vocab_size
     hidden = 2 * (8 * C // 3) if m.mlp == "swiglu" else 4 * C  # ff.0's output width
