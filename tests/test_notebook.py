@@ -1,27 +1,28 @@
-"""examples/lesson.ipynb, executed top to bottom in a real Jupyter kernel (nbclient): no cell
-may fail, and the outputs show what the lesson shows (the parameter count, dy/dx = 7, the
-curves, the maps, the graph, text from "ROMEO:")."""
+"""examples/lesson.ipynb: the outputs saved with it are those of its cells as they are, from one
+run top to bottom without an error, and show what the lesson shows; and executed in a real
+Jupyter kernel (nbclient), twice in one folder, with Graphviz's dot and without it."""
 
+import importlib.util
+import os
+import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
-pytestmark = pytest.mark.slow  # the whole lesson, trained in a kernel
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "lesson.ipynb"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+NOTEBOOK = EXAMPLES / "lesson.ipynb"
 
 
-@pytest.fixture(scope="module")
-def executed(tmp_path_factory, data_dir):
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    folder = tmp_path_factory.mktemp("notebook")
-    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(folder)}}).execute()
-    return nb, folder
+def load_executor():
+    """examples/execute.py, which runs the notebook and saves its outputs."""
+    spec = importlib.util.spec_from_file_location("execute", EXAMPLES / "execute.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def outputs(nb, kind):
@@ -36,23 +37,63 @@ def outputs(nb, kind):
     return found
 
 
-def test_the_notebook_runs_and_shows_the_lessons_figures(executed):
-    nb, folder = executed
+def assert_shows_the_lesson(nb):
+    """What the lesson's sections show, in the notebook's outputs."""
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o["output_type"] == "error"]
+    assert errors == []
     text = "".join(outputs(nb, "stream")) + "".join(outputs(nb, "text/plain"))
+    assert "def train_step(" in text  # section 1: the four steps, as code
+    assert "tensor([7.])" in text and "dy/dx = 7" in text  # section 2
+    assert "torch.optim.SGD takes the same steps: True" in text  # section 3
+    assert abs(float(re.search(r"w = (-?[\d.]+): the minimum", text)[1]) + 1.5) < 0.01
+    assert "train 1,003,854 tokens, validation 111,540" in text  # the lesson's 3 questions
+    assert "B*T = 32*128 = 4,096" in text
+    fresh = float(re.search(r"ln 65 = 4.17 expected; this fresh model gives ([\d.]+)", text)[1])
+    assert abs(fresh - 4.17) < 0.5
     assert "216,576 parameters" in text
-    assert "tensor([7.])" in text and "dy/dx = 7" in text
-    assert "1,003,854 tokens, validation 111,540" in text
-    assert "def train_step(" in text  # the step minigpt.train calls, shown as code
-    assert "step  199 | train" in text  # the loop around it ran to its end
+    assert "4,096 predictions per step" in text and " ms here" in text  # the sliders' table
+    assert "step  199 | train" in text  # the loop ran to its end
     assert "parameters, none flagged" in text or "parameters flagged" in text
+    assert text.count("Reading the curve:") == 2 and "the lesson's shape" in text
     assert "final_val_loss" in text  # train()'s summary
     assert text.count("ROMEO:") >= 2  # a sample, twice
-    assert len(outputs(nb, "image/png")) >= 3  # loss curve, attention maps, SGD vs AdamW
-    assert (folder / "runs" / "notebook-compare" / "compare.json").exists()
+    assert len(outputs(nb, "image/png")) >= 5  # lr, both losses, SGD vs AdamW, attention
 
 
-@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")
-def test_the_graph_is_drawn_inline(executed):
-    nb, _ = executed
-    svgs = outputs(nb, "image/svg+xml")
-    assert svgs and "blocks.0" in "".join(svgs)
+def test_the_saved_outputs_are_a_clean_run_of_the_cells_as_they_are():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1))  # one run
+    assert nb.metadata.get("minigpt", {}).get("sources_sha256") == \
+        load_executor().sources_hash(nb), "cells changed since: run python examples/execute.py"
+    assert_shows_the_lesson(nb)
+
+
+def test_the_first_cell_says_how_to_install_minigpt(monkeypatch, capsys):
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # a fresh kernel
+    with pytest.raises(SystemExit, match="not installed"):
+        exec(first.source, {})
+    said = capsys.readouterr().out
+    assert "pip install -e '.[notebook]'" in said and "Colab" in said
+
+
+@pytest.mark.slow  # the whole lesson, trained in a kernel, twice
+def test_the_notebook_runs_twice_in_one_folder_with_and_without_dot(tmp_path, data_dir):
+    pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    execute = load_executor().execute
+    first = execute(nbformat.read(NOTEBOOK, as_version=4), tmp_path)
+    assert_shows_the_lesson(first)
+    if shutil.which("dot"):
+        svgs = outputs(first, "image/svg+xml")
+        assert svgs and "blocks.0" in "".join(svgs)
+    no_dot = {**os.environ, "PATH": os.path.dirname(sys.executable)}  # python, but no dot
+    second = execute(nbformat.read(NOTEBOOK, as_version=4), tmp_path, env=no_dot)
+    assert_shows_the_lesson(second)
+    assert outputs(second, "image/svg+xml") == []
+    said = "".join(outputs(second, "stream"))
+    assert "Graphviz's dot, which is not installed: apt install graphviz" in said
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 2 and all((r / "compare" / "compare.json").exists() for r in runs)

@@ -1,0 +1,72 @@
+"""Execute examples/lesson.ipynb top to bottom in a real Jupyter kernel (nbclient) and save it
+with its outputs, so that it shows its results where no code runs (on GitHub, say):
+
+    python examples/execute.py            # run it and save it in place, with its outputs
+    python examples/execute.py --check    # run it; fail on the first error; save nothing
+
+It runs in a temporary folder (the runs it trains are thrown away), records in the notebook's
+metadata the hash of its cells' sources and the seconds it took (tests/test_notebook.py checks
+that the saved outputs belong to the cells as they are), and writes the notebook atomically.
+Needs the notebook extras: pip install -e '.[test]' (or '.[notebook]' plus nbclient).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+NOTEBOOK = Path(__file__).resolve().with_name("lesson.ipynb")
+
+
+def sources_hash(nb) -> str:
+    """The sha256 of every cell's source, markdown and code, in order."""
+    return hashlib.sha256("\n\0".join(c.source for c in nb.cells).encode("utf-8")).hexdigest()
+
+
+def execute(nb, cwd: str | Path, env: dict | None = None, timeout: float = 900):
+    """Run every cell of `nb` in a fresh python3 kernel started in `cwd` (with the
+    environment `env`, or this process's), filling in the outputs; the first cell that fails
+    raises nbclient's CellExecutionError."""
+    import nbclient
+
+    client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                     record_timing=False,
+                                     resources={"metadata": {"path": str(cwd)}})
+    client.execute(**({"env": env} if env is not None else {}))
+    return nb
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="run it, but do not save it")
+    parser.add_argument("notebook", nargs="?", default=str(NOTEBOOK))
+    args = parser.parse_args(argv)
+    import nbclient.exceptions
+    import nbformat
+
+    from minigpt.files import atomic_write_text
+
+    path = Path(args.notebook)
+    nb = nbformat.read(path, as_version=4)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="minigpt-notebook-") as cwd:
+        try:
+            execute(nb, cwd)
+        except nbclient.exceptions.CellExecutionError as e:
+            lines = [line for line in str(e).splitlines() if line.strip()]
+            print(f"{path}: a cell failed: {lines[-1] if lines else e}", file=sys.stderr)
+            return 1
+    seconds = time.perf_counter() - start
+    nb.metadata["minigpt"] = {"sources_sha256": sources_hash(nb), "executed_s": round(seconds)}
+    if not args.check:
+        atomic_write_text(path, nbformat.writes(nb) + "\n")
+    print(f"{path}: executed in {seconds:.0f} s" + ("" if args.check else ", saved"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
