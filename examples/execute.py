@@ -27,16 +27,22 @@ def sources_hash(nb) -> str:
     return hashlib.sha256("\n\0".join(c.source for c in nb.cells).encode("utf-8")).hexdigest()
 
 
-def execute(nb, cwd: str | Path, env: dict | None = None, timeout: float = 900):
+def execute(nb, cwd: str | Path, env: dict | None = None, timeout: float = 300):
     """Run every cell of `nb` in a fresh python3 kernel started in `cwd` (with the
-    environment `env`, or this process's), filling in the outputs; the first cell that fails
-    raises nbclient's CellExecutionError."""
-    import nbclient
+    environment `env`, or this process's), filling in the outputs; the first cell that fails,
+    or runs past `timeout` seconds, raises nbclient's CellExecutionError or a TimeoutError.
 
-    client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                                     record_timing=False,
-                                     resources={"metadata": {"path": str(cwd)}})
-    client.execute(**({"env": env} if env is not None else {}))
+    The kernel talks over Unix sockets in a private folder, not TCP ports: nothing else on
+    the machine (a server a test left listening, another kernel) can take its messages."""
+    import nbclient
+    from jupyter_client.manager import KernelManager
+
+    with tempfile.TemporaryDirectory(prefix="minigpt-kernel-") as sockets:
+        km = KernelManager(kernel_name="python3", transport="ipc",
+                           ip=str(Path(sockets) / "kernel"))
+        client = nbclient.NotebookClient(nb, km=km, timeout=timeout, record_timing=False,
+                                         resources={"metadata": {"path": str(cwd)}})
+        client.execute(**({"env": env} if env is not None else {}))
     return nb
 
 

@@ -83,3 +83,14 @@ def test_unknown_override_and_preset_suggest():
 def test_settings_that_cannot_train(overrides, message):
     with pytest.raises(MiniGPTError, match=message):
         resolve_config("seed", None, overrides)
+
+
+def test_a_time_budget_is_a_duration_in_flags_and_files(tmp_path):
+    assert resolve_config(overrides={"time_budget": "8h"}).train.time_budget == 8 * 3600
+    assert resolve_config(overrides={"time_budget": "1.5m"}).train.time_budget == 90
+    assert resolve_config(overrides={"time_budget": 42}).train.time_budget == 42.0
+    toml = tmp_path / "run.toml"
+    toml.write_text('[train]\ntime_budget = "30m"\n')
+    assert resolve_config(config_file=str(toml)).train.time_budget == 1800
+    with pytest.raises(MiniGPTError, match="'time_budget' must be a duration such as 90"):
+        resolve_config(overrides={"time_budget": "soon"})

@@ -21,7 +21,7 @@ import sys
 from dataclasses import MISSING
 from pathlib import Path
 
-from minigpt.config import field_index, preset_names, resolve_config
+from minigpt.config import PARSERS, field_index, preset_names, resolve_config
 from minigpt.console import show_logs
 from minigpt.corpus import BPE_VOCAB, SHARD_TOKENS
 from minigpt.diagnostics.probes import SECTIONS, DiagConfig
@@ -58,8 +58,10 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
         flag = "--" + name.replace("_", "-")
         kind = type(f.default) if f.default is not MISSING else str
         choices = f.metadata.get("choices")
+        parse = f.metadata.get("parse")
         how = ({"action": argparse.BooleanOptionalAction} if kind is bool else
-               {"type": kind, "choices": choices, "metavar": None if choices else METAVARS[kind]})
+               {"type": PARSERS[parse] if parse else kind, "choices": choices,
+                "metavar": None if choices else f.metadata.get("metavar", METAVARS[kind])})
         p.add_argument(flag, dest=name, default=argparse.SUPPRESS,
                        help=f"{f.metadata['help']} (default {f.default!r})", **how)
 
@@ -197,6 +199,17 @@ def build_parser() -> Parser:
                  "run", "checkpoint")
     ex.add_argument("--out", required=True, metavar="DIR",
                     help="the folder to write (it must not exist, or be empty)")
+
+    pl = command("plan", "the model shapes a budget of tokens or time allows",
+                 "Size a run: for --tokens N and/or --time-budget DURATION, a ladder of model "
+                 "shapes (2 x 64 up to 12 x 768) under the run's recipe (preset, --config, "
+                 "flags: optimizer, dtype, batch, block size, vocabulary; --text DIR takes a "
+                 "prepared corpus's), each with its parameters, peak memory (estimated), a "
+                 "training step timed on this machine (~: estimated from the FLOP count where "
+                 "a step would take over 2 s), tokens/s, the ETA, and the compute-optimal "
+                 "one marked (about 20 tokens per parameter).", "settings")
+    pl.add_argument("--tokens", type=float, default=0, metavar="N",
+                    help="training tokens to plan for, e.g. 1e9")
 
     pr = command("prepare", "tokenize a big corpus into token shards",
                  "Stream text files through a tokenizer into token shards (uint16, or uint32 "
@@ -395,6 +408,30 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = export_run(args.run, args.out, args.checkpoint)
     print(f"wrote {out}: load it with transformers' AutoModelForCausalLM.from_pretrained and "
           f"AutoTokenizer.from_pretrained")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import psutil
+
+    from minigpt.corpus import is_prepared, read_index
+    from minigpt.plan import format_plan, plan
+
+    cfg = resolve_config(args.preset or "seed", args.config, settings_given(args), SECTIONS)
+    seconds = cfg.train.time_budget
+    if args.tokens < 0 or (args.tokens == 0 and seconds <= 0):
+        raise MiniGPTError("plan needs a budget: --tokens N (e.g. 1e9), --time-budget "
+                           "DURATION (e.g. 8h), or both")
+    if cfg.data.text and is_prepared(cfg.data.text):
+        cfg.model.vocab_size = read_index(cfg.data.text)["tokenizer"]["vocab_size"]
+    m, t = cfg.model, cfg.train
+    print(f"planning {args.tokens:,.0f} tokens" * bool(args.tokens)
+          + " and " * bool(args.tokens and seconds) + f"{seconds:,.0f} s" * bool(seconds)
+          + f": vocab {m.vocab_size:,}, block {m.block_size}, batch {t.batch_size} x "
+          f"{t.grad_accum}, {t.optimizer}, dtype {t.dtype}; timing each shape here...",
+          flush=True)
+    shapes = plan(cfg, psutil.Process().memory_info().rss)
+    print(format_plan(shapes, args.tokens, seconds))
     return 0
 
 

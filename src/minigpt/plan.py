@@ -1,0 +1,164 @@
+"""Sizing a run to a budget (`minigpt plan`): the model shapes a budget of tokens or of time
+allows, each with its parameters, its peak memory (minigpt.performance's estimate) and its
+training step timed here, then tokens/s and how long the budget takes.
+
+    minigpt plan --tokens 1e9 --vocab-size 4096 --block-size 256
+    minigpt plan --time-budget 8h --preset fast
+
+Compute-optimal, after Hoffmann et al. (2022): about 20 training tokens per parameter. For a
+token budget that names the shape nearest tokens / 20 parameters; for a time budget, the
+shape whose measured speed gets through about 20 tokens per parameter in that time. Every
+shape keeps the run's recipe (preset, file and flags: optimizer, dtype, batch, block size)
+and changes only its depth, width and heads.
+
+A step is timed on the machine that runs the plan (after one to warm up), on random tokens,
+with the run's optimizer and dtype. A shape whose step would take longer than `max_step_s`
+by its FLOP count is not run: its time is its FLOP count at the seconds per FLOP of the
+largest shape that was, and is marked as an estimate.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+
+import torch
+
+from minigpt import performance, precision
+from minigpt.config import RunConfig
+from minigpt.model import MiniGPT
+from minigpt.optim import make_optimizer
+from minigpt.step import MicroSteps, train_step
+
+TOKENS_PER_PARAM = 20  # Hoffmann et al. 2022: compute-optimal training tokens per parameter
+LADDER = [(2, 64), (4, 64), (4, 128), (6, 192), (6, 256), (8, 384), (12, 512), (12, 768)]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One model shape and what it costs here: `measured` is False where `step_s` is the
+    FLOP count at another shape's MFU."""
+
+    n_layer: int
+    n_embd: int
+    n_head: int
+    params: int
+    memory_bytes: int
+    step_s: float
+    measured: bool
+    tokens_per_step: int
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_per_step / self.step_s
+
+
+class RandomBatches:
+    """What train_step draws from: (B, T) random token ids and the same as targets."""
+
+    def __init__(self, vocab_size: int, batch_size: int, block_size: int):
+        self.shape, self.vocab_size = (batch_size, block_size), vocab_size
+        self.generator = torch.Generator().manual_seed(0)
+
+    def get_batch(self, split: str, micro: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randint(self.vocab_size, self.shape, generator=self.generator)
+        return x, x
+
+
+def shaped(cfg: RunConfig, n_layer: int, n_embd: int) -> RunConfig:
+    """The run with its model's depth and width changed: heads of 64 (at least 4 heads), value
+    embeddings only where the model has enough blocks for them."""
+    model = replace(cfg.model, n_layer=n_layer, n_embd=n_embd, n_head=max(4, n_embd // 64),
+                    value_embeds=min(cfg.model.value_embeds, n_layer))
+    return replace(cfg, model=model)
+
+
+def count_params(cfg: RunConfig) -> int:
+    """The model's parameters, counted without allocating them."""
+    with torch.device("meta"):
+        return MiniGPT.from_config(cfg.model).num_params()
+
+
+def time_step(cfg: RunConfig, steps: int = 2) -> tuple[float, torch.dtype]:
+    """The fastest of `steps` training steps of this shape (after one to warm up), and the
+    dtype it ran in (the run's --dtype; auto probes as training does)."""
+    torch.manual_seed(cfg.train.seed)
+    model = MiniGPT.from_config(cfg.model)
+    dtype, _ = precision.choose_dtype(cfg.train.dtype, torch.device("cpu"), model,
+                                      cfg.train.batch_size)
+    optimizer = make_optimizer(model, cfg.train)
+    batches = RandomBatches(cfg.model.vocab_size, cfg.train.batch_size, cfg.model.block_size)
+    micro = MicroSteps(cfg.train.grad_accum, dtype)
+    best = math.inf
+    for i in range(steps + 1):
+        start = time.perf_counter()
+        loss, _ = train_step(model, optimizer, batches, cfg.train.grad_clip, micro)
+        loss.item()
+        if i:  # the first step picks kernels and allocates
+            best = min(best, time.perf_counter() - start)
+    return best, dtype
+
+
+def plan(cfg: RunConfig, resident: int = 0, max_step_s: float = 2.0) -> list[Shape]:
+    """Every shape of the LADDER under the run's recipe, small to large, each timed here
+    unless the seconds per FLOP of the largest shape timed so far put its step above
+    `max_step_s`."""
+    tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.model.block_size
+    shapes, seconds_per_flop, dtype = [], None, torch.float32
+    for n_layer, n_embd in LADDER:
+        c = shaped(cfg, n_layer, n_embd)
+        params = count_params(c)
+        flops = performance.train_flops_per_token(c.model) * tokens_per_step
+        measured = seconds_per_flop is None or flops * seconds_per_flop <= max_step_s
+        if measured:
+            step_s, dtype = time_step(c)
+            seconds_per_flop = step_s / flops
+        else:  # the dtype of the last shape timed
+            step_s = flops * seconds_per_flop
+        memory = sum(performance.peak_memory(c, resident, params, dtype).values())
+        shapes.append(Shape(n_layer, n_embd, c.model.n_head, params, memory, step_s, measured,
+                            tokens_per_step))
+    return shapes
+
+
+def optimal(shapes: list[Shape], tokens: float = 0, seconds: float = 0) -> Shape:
+    """The compute-optimal shape: the one whose tokens per parameter (the tokens asked for,
+    or those it gets through in `seconds`, whichever is fewer) are nearest 20, by ratio."""
+    def trained_on(s: Shape) -> float:
+        got = [t for t in (tokens, s.tokens_per_s * seconds) if t > 0]
+        return min(got)
+
+    return min(shapes, key=lambda s: abs(math.log(trained_on(s) / s.params / TOKENS_PER_PARAM)))
+
+
+def format_duration(seconds: float) -> str:
+    """3 s, 4.2 min, 3.1 h, 12.5 days."""
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def format_plan(shapes: list[Shape], tokens: float = 0, seconds: float = 0) -> str:
+    """The table: one line a shape, the compute-optimal one marked, estimates marked ~."""
+    best = optimal(shapes, tokens, seconds)
+    head = f"{'shape':<14} {'params':>11} {'peak memory':>11} {'step':>10} {'tokens/s':>10}"
+    head += f" {'ETA':>12}" if tokens else ""
+    head += f" {'tokens in budget':>16} {'tokens/param':>12}" if seconds else \
+        f" {'tokens/param':>12}"
+    lines = [head, "-" * len(head)]
+    for s in shapes:
+        mark = "" if s.measured else "~"
+        got = min(t for t in (tokens, s.tokens_per_s * seconds) if t > 0)
+        line = (f"{s.n_layer:>2} x {s.n_embd:<4} {s.n_head:>2}h {s.params:>11,} "
+                f"{s.memory_bytes / 2**30:>7.2f} GiB {mark + f'{s.step_s * 1e3:,.0f} ms':>10} "
+                f"{mark + f'{s.tokens_per_s:,.0f}':>10}")
+        line += f" {mark + format_duration(tokens / s.tokens_per_s):>12}" if tokens else ""
+        line += f" {mark + f'{s.tokens_per_s * seconds:,.0f}':>16}" if seconds else ""
+        line += f" {got / s.params:>12,.1f}" + ("  <- compute-optimal" if s is best else "")
+        lines.append(line)
+    lines.append(f"~ an estimate: the FLOP count at the speed of the largest shape timed here. "
+                 f"compute-optimal: nearest {TOKENS_PER_PARAM} tokens per parameter "
+                 f"(Hoffmann et al. 2022).")
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""minigpt plan: the shapes a budget allows. Parameters counted without allocating them
+against the built model, the timed and the estimated steps against the speed they come from,
+the memory against minigpt.performance's estimate, the compute-optimal mark against 20 tokens
+per parameter, and the command's table and its refusal without a budget."""
+
+import math
+import re
+
+import pytest
+
+from conftest import run_cli
+from minigpt import MiniGPT, resolve_config
+from minigpt import plan as planning
+from minigpt.performance import peak_memory, train_flops_per_token
+
+SMALL = dict(batch_size=2, block_size=16, dtype="float32")
+
+
+def test_parameters_are_counted_without_building_the_model():
+    cfg = resolve_config(overrides={"pos": "rope", "value_embeds": 2, "vocab_size": 300})
+    for n_layer, n_embd in planning.LADDER[:4]:
+        c = planning.shaped(cfg, n_layer, n_embd)
+        assert c.model.n_embd % c.model.n_head == 0 and c.model.value_embeds <= n_layer
+        assert planning.count_params(c) == MiniGPT.from_config(c.model).num_params()
+
+
+def test_steps_are_timed_until_too_slow_then_estimated(monkeypatch):
+    monkeypatch.setattr(planning, "LADDER", [(1, 32), (2, 64), (4, 256)])
+    cfg = resolve_config(overrides=SMALL)
+    flops = [train_flops_per_token(planning.shaped(cfg, *s).model) * 2 * 16
+             for s in planning.LADDER]
+    # a budget between the second shape's predicted step and the third's
+    probe = planning.plan(cfg, max_step_s=1e9)
+    seconds_per_flop = probe[1].step_s / flops[1]
+    limit = math.sqrt(flops[1] * flops[2]) * seconds_per_flop
+    shapes = planning.plan(cfg, resident=1000, max_step_s=limit)
+    assert [s.measured for s in shapes][:2] == [True, True] and not shapes[2].measured
+    third = planning.shaped(cfg, *planning.LADDER[2])
+    assert shapes[2].step_s == pytest.approx(flops[2] * shapes[1].step_s / flops[1])
+    assert shapes[2].memory_bytes == sum(peak_memory(third, 1000, shapes[2].params).values())
+    assert shapes[0].tokens_per_s == pytest.approx(32 / shapes[0].step_s)
+
+
+def shape(params, step_s=1.0):
+    return planning.Shape(1, 32, 2, params, 0, step_s, True, 1000)  # 1000 tokens a step
+
+
+def test_compute_optimal_is_nearest_twenty_tokens_per_parameter():
+    shapes = [shape(10_000), shape(50_000), shape(1_000_000)]
+    assert planning.optimal(shapes, tokens=20 * 45_000).params == 50_000
+    assert planning.optimal(shapes, tokens=20 * 800_000).params == 1_000_000
+    # a time budget: 1000 tokens/s for 500 s is 500,000 tokens, 10 a parameter at 50,000
+    slow = [shape(10_000, 0.1), shape(50_000, 1.0), shape(1_000_000, 100.0)]
+    assert planning.optimal(slow, seconds=500).params == 50_000
+    # both: the fewer of the tokens asked for and those the time allows
+    assert planning.optimal(shapes, tokens=1e12, seconds=200).params == 10_000
+
+
+def test_the_command_prints_the_ladder_and_marks_one_shape():
+    r = run_cli("plan", "--tokens", "1e6", "--time-budget", "1h", "--batch-size", "1",
+                "--block-size", "8", "--dtype", "float32", "--n-layer", "1")
+    assert r.returncode == 0, r.stderr
+    rows = [line for line in r.stdout.splitlines() if re.match(r"\s*\d+ x \d+", line)]
+    assert len(rows) == len(planning.LADDER)
+    params = [int(re.search(r"h\s+([\d,]+)", row)[1].replace(",", "")) for row in rows]
+    marked = [p for p, row in zip(params, rows, strict=True) if "compute-optimal" in row]
+    # after the memory: the step ("12 ms"), then tokens/s
+    tokens_per_s = [float(row.split("GiB")[1].split()[2].lstrip("~").replace(",", ""))
+                    for row in rows]
+    got = [min(1e6, rate * 3600) for rate in tokens_per_s]
+    nearest = min(zip(params, got, strict=True),
+                  key=lambda pg: abs(math.log(pg[1] / pg[0] / 20)))[0]
+    assert marked == [nearest]
+    assert "ETA" in r.stdout and "tokens in budget" in r.stdout
+
+
+def test_the_command_refuses_no_budget_in_one_line():
+    r = run_cli("plan")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "plan needs a budget" in r.stderr
