@@ -20,16 +20,16 @@ largest shape that was, and is marked as an estimate.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, replace
 
 import torch
 
 from minigpt import performance, precision
 from minigpt.config import RunConfig
+from minigpt.data import cache_dir
 from minigpt.model import MiniGPT
 from minigpt.optim import make_optimizer
-from minigpt.step import MicroSteps, train_step
+from minigpt.step import MicroSteps, timed_steps
 
 TOKENS_PER_PARAM = 20  # Hoffmann et al. 2022: compute-optimal training tokens per parameter
 LADDER = [(2, 64), (4, 64), (4, 128), (6, 192), (6, 256), (8, 384), (12, 512), (12, 768)]
@@ -82,22 +82,15 @@ def count_params(cfg: RunConfig) -> int:
 
 def time_step(cfg: RunConfig, steps: int = 2) -> tuple[float, torch.dtype]:
     """The fastest of `steps` training steps of this shape (after one to warm up), and the
-    dtype it ran in (the run's --dtype; auto probes as training does)."""
+    dtype it ran in (the run's --dtype; auto probes as training does, with its cache)."""
     torch.manual_seed(cfg.train.seed)
     model = MiniGPT.from_config(cfg.model)
     dtype, _ = precision.choose_dtype(cfg.train.dtype, torch.device("cpu"), model,
-                                      cfg.train.batch_size)
+                                      cfg.train.batch_size, cache_dir() / "precision.json")
     optimizer = make_optimizer(model, cfg.train)
     batches = RandomBatches(cfg.model.vocab_size, cfg.train.batch_size, cfg.model.block_size)
     micro = MicroSteps(cfg.train.grad_accum, dtype)
-    best = math.inf
-    for i in range(steps + 1):
-        start = time.perf_counter()
-        loss, _ = train_step(model, optimizer, batches, cfg.train.grad_clip, micro)
-        loss.item()
-        if i:  # the first step picks kernels and allocates
-            best = min(best, time.perf_counter() - start)
-    return best, dtype
+    return min(timed_steps(model, optimizer, batches, steps, cfg.train.grad_clip, micro)), dtype
 
 
 def plan(cfg: RunConfig, resident: int = 0, max_step_s: float = 2.0) -> list[Shape]:
@@ -122,14 +115,16 @@ def plan(cfg: RunConfig, resident: int = 0, max_step_s: float = 2.0) -> list[Sha
     return shapes
 
 
-def optimal(shapes: list[Shape], tokens: float = 0, seconds: float = 0) -> Shape:
-    """The compute-optimal shape: the one whose tokens per parameter (the tokens asked for,
-    or those it gets through in `seconds`, whichever is fewer) are nearest 20, by ratio."""
-    def trained_on(s: Shape) -> float:
-        got = [t for t in (tokens, s.tokens_per_s * seconds) if t > 0]
-        return min(got)
+def trained_on(s: Shape, tokens: float = 0, seconds: float = 0) -> float:
+    """The tokens a shape trains on: those asked for, or those it gets through in `seconds`,
+    whichever is fewer."""
+    return min(t for t in (tokens, s.tokens_per_s * seconds) if t > 0)
 
-    return min(shapes, key=lambda s: abs(math.log(trained_on(s) / s.params / TOKENS_PER_PARAM)))
+
+def optimal(shapes: list[Shape], tokens: float = 0, seconds: float = 0) -> Shape:
+    """The compute-optimal shape: the one whose tokens per parameter are nearest 20, by ratio."""
+    return min(shapes, key=lambda s: abs(math.log(trained_on(s, tokens, seconds) / s.params
+                                                  / TOKENS_PER_PARAM)))
 
 
 def format_duration(seconds: float) -> str:
@@ -150,13 +145,13 @@ def format_plan(shapes: list[Shape], tokens: float = 0, seconds: float = 0) -> s
     lines = [head, "-" * len(head)]
     for s in shapes:
         mark = "" if s.measured else "~"
-        got = min(t for t in (tokens, s.tokens_per_s * seconds) if t > 0)
         line = (f"{s.n_layer:>2} x {s.n_embd:<4} {s.n_head:>2}h {s.params:>11,} "
                 f"{s.memory_bytes / 2**30:>7.2f} GiB {mark + f'{s.step_s * 1e3:,.0f} ms':>10} "
                 f"{mark + f'{s.tokens_per_s:,.0f}':>10}")
         line += f" {mark + format_duration(tokens / s.tokens_per_s):>12}" if tokens else ""
         line += f" {mark + f'{s.tokens_per_s * seconds:,.0f}':>16}" if seconds else ""
-        line += f" {got / s.params:>12,.1f}" + ("  <- compute-optimal" if s is best else "")
+        line += f" {trained_on(s, tokens, seconds) / s.params:>12,.1f}"
+        line += "  <- compute-optimal" if s is best else ""
         lines.append(line)
     lines.append(f"~ an estimate: the FLOP count at the speed of the largest shape timed here. "
                  f"compute-optimal: nearest {TOKENS_PER_PARAM} tokens per parameter "

@@ -10,6 +10,7 @@ step reads the same with them and without.
 from __future__ import annotations
 
 import contextlib
+import time
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -83,3 +84,17 @@ def step_unless_nonfinite(optimizer: torch.optim.Optimizer, grad_norm: torch.Ten
         optimizer.step()
     elif torch.isfinite(grad_norm):
         optimizer.step()
+
+
+def timed_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches, steps: int,
+                grad_clip: float = 1.0, micro: MicroSteps | None = None) -> list[float]:
+    """The seconds of each of `steps` training steps, after one more to warm up (it picks
+    kernels and allocates), each waited for to the end."""
+    times = []
+    for i in range(steps + 1):
+        start = time.perf_counter()
+        loss, _ = train_step(model, optimizer, batches, grad_clip, micro)
+        loss.item()  # wait for the device
+        if i:
+            times.append(time.perf_counter() - start)
+    return times

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import statistics
-import time
 from dataclasses import dataclass, replace
 
 from minigpt.config import RunConfig, TrainConfig
@@ -23,7 +22,7 @@ from minigpt.data import Batches, Splits
 from minigpt.model import MiniGPT
 from minigpt.optim import make_optimizer
 from minigpt.performance import peak_memory
-from minigpt.step import train_step
+from minigpt.step import timed_steps
 
 
 @dataclass(frozen=True)
@@ -53,13 +52,7 @@ def step_seconds(model: MiniGPT, splits: Splits, B: int, T: int, train: TrainCon
     twin = copy.deepcopy(model).train()
     optimizer = make_optimizer(twin, train)
     batches = Batches(splits, B, T, seed=0)
-    times = []
-    for _ in range(steps + 1):
-        start = time.perf_counter()
-        loss, _ = train_step(twin, optimizer, batches, train.grad_clip)
-        loss.item()  # wait for the device
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+    return statistics.median(timed_steps(twin, optimizer, batches, steps, train.grad_clip))
 
 
 def batch_trade(model: MiniGPT, splits: Splits, B: int, T: int,
