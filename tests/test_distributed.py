@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -123,3 +124,27 @@ def test_a_time_budget_ends_every_process_after_the_same_step(corpus, tmp_path):
     rows = read_jsonl(out / "metrics.jsonl")
     summary = json.loads((out / "summary.json").read_text())
     assert rows[-1]["time_s"] >= 4.0 and summary["steps"] == rows[-1]["step"] + 1 > 5
+
+
+def test_every_process_reads_the_agreed_seconds_not_its_running_clock(monkeypatch):
+    """Read again after catching up, a running clock has moved on by a different amount in each
+    process, so one could see the budget spent and stop while another takes one more step and
+    waits for ever in its collective call."""
+    from types import SimpleNamespace
+
+    from minigpt import trainer
+    from minigpt.clock import Clock
+
+    agreed = []
+
+    def agree(value, world):  # the slowest process's clock, a moment ago
+        agreed.append(value)
+        time.sleep(0.01)
+        return value
+
+    monkeypatch.setattr(trainer.distributed, "agree", agree)
+    run = SimpleNamespace(cfg=SimpleNamespace(train=SimpleNamespace(time_budget=4.0)),
+                          world=SimpleNamespace(enabled=True))
+    clock = Clock(3.0).start()
+    assert trainer.seconds(clock, run) == agreed[0]
+    assert clock.seconds() > agreed[0]  # the clock itself runs on

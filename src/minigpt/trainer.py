@@ -165,9 +165,13 @@ def schedule_lr(t: TrainConfig, step: int, seconds: float = 0.0) -> float:
 def seconds(clock: Clock, run: Run) -> float:
     """The clock's seconds of training; with a time budget under torchrun, every process's
     clock first caught up with the slowest's, so that all follow one schedule, record the same
-    times and stop after the same step (a collective call then, once a step)."""
+    times and stop after the same step (a collective call then, once a step). Every process
+    returns the agreed figure itself: its running clock, read again, could fall on the other
+    side of the budget than another process's and leave that one waiting in a collective."""
     if run.cfg.train.time_budget and run.world.enabled:
-        clock.catch_up(distributed.agree(clock.seconds(), run.world))
+        agreed = distributed.agree(clock.seconds(), run.world)
+        clock.catch_up(agreed)
+        return agreed
     return clock.seconds()
 
 
