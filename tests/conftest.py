@@ -67,6 +67,18 @@ def small_text(tmp_path) -> Path:
     return path
 
 
+def pytest_configure(config):
+    """Under pytest -n, a core to each worker: one torch thread, and one for what it starts."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(items):
+    """The longest file first, so that the other workers take the rest beside it."""
+    items.sort(key=lambda item: item.path.name != "test_notebook.py")
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -20,7 +20,9 @@ if not torch.distributed.is_gloo_available():
     pytest.skip("this PyTorch has no gloo backend", allow_module_level=True)
 
 SMALL = [*TINY_FLAGS, *as_flags(dict(batch_size=4, log_every=1, eval_every=5, schedule="constant",
-                                    lr=3e-3))]  # 4 a process: 8 a step, as TINY's one process
+                                    lr=3e-3, dtype="float32"))]
+# 4 a process: 8 a step, as TINY's one process; float32 in both, since --dtype auto times the
+# step and could pick bf16 in one of the runs compared
 
 
 def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
