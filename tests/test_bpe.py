@@ -52,6 +52,7 @@ any_text = st.one_of(
 def test_round_trip_any_unicode(text):
     tok = trained()
     ids = tok.encode(text)
+    assert ids == tok.hf.encode(text).ids  # tiktoken's ids are the trainer's library's
     assert tok.decode(ids) == text
     assert all(0 <= i < tok.vocab_size for i in ids)
     assert tok.hf.decode(ids) == text  # the library's own ByteLevel decoder agrees
