@@ -10,7 +10,8 @@ process of its own, so that the child's peak resident memory is that run's alone
             imports minigpt (torch included) for reference: prepare adds the difference;
   disk      bytes of text in, bytes of shards out;
   batches   get_batch at B=32, T=128 (int64 x and y on the CPU): batches/s over the prepared
-            shards (ShardedTokens, memory-mapped) and, for reference, over the same tokens held
+            training split's shards (ShardedTokens, memory-mapped) and, for reference, over the
+            same tokens held
             in one in-memory numpy array;
 
 then extrapolates to 1 B tokens: time from the largest size's throughput, disk at the same
@@ -38,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minigpt.corpus import ShardedTokens
+from minigpt.corpus import open_prepared
 from minigpt.data import get_batch
 
 VOCAB_WORDS = 2000
@@ -114,12 +115,13 @@ def measure_prepare(corpus: Path, out: Path, tokenizer: str, shard_tokens: int) 
                                  "--tokenizer", tokenizer, "--shard-tokens", str(shard_tokens),
                                  "--no-progress"])
     index = json.loads((out / "index.json").read_text())
+    shards = index["shards"]["train"] + index["shards"]["val"]
     said = re.search(r": ([\d.]+) s, ([\d,]+) tokens/s", line)  # the command's own timing
-    return {"tokens": index["tokens"], "shards": len(index["shards"]), "dtype": index["dtype"],
+    return {"tokens": index["tokens"], "shards": len(shards), "dtype": index["dtype"],
             "prepare_s": float(said.group(1)), "wall_s": round(wall, 2),
             "tokens_per_s": int(said.group(2).replace(",", "")),
             "peak_rss_bytes": rss, "text_bytes": index["sources"]["bytes"],
-            "shard_bytes": sum((out / s["file"]).stat().st_size for s in index["shards"])}
+            "shard_bytes": sum((out / s["file"]).stat().st_size for s in shards)}
 
 
 def batches_per_s(data, seconds: float, seed: int) -> float:
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             write_corpus(corpus, n, args.files, args.seed)
             row = {"chars": n, "write_corpus_s": round(time.perf_counter() - t0, 1),
                    **measure_prepare(corpus, out, args.tokenizer, args.shard_tokens)}
-            shards = ShardedTokens.open(out)
+            shards = open_prepared(out)[0]  # the training split
             row["batches_per_s_shards"] = round(batches_per_s(shards, args.batch_seconds,
                                                               args.seed), 1)
             in_memory = shards.astype(shards.dtype)

@@ -42,12 +42,16 @@ def tinyshakespeare_source() -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory, tinyshakespeare_source) -> Path:
-    """A private cache folder holding TinyShakespeare; MINIGPT_DATA_DIR points at it."""
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory) -> Path:
+    """Every test's cache: a private folder (MINIGPT_DATA_DIR, inherited by the commands the
+    tests run), holding TinyShakespeare where it is found, so that nothing a test prepares
+    lands in the user's cache."""
     folder = tmp_path_factory.mktemp("cache")
-    (folder / "tinyshakespeare").mkdir()
-    shutil.copy(tinyshakespeare_source, folder / "tinyshakespeare" / "input.txt")
+    source = _find_tinyshakespeare()
+    if source is not None:
+        (folder / "tinyshakespeare").mkdir()
+        shutil.copy(source, folder / "tinyshakespeare" / "input.txt")
     old = os.environ.get("MINIGPT_DATA_DIR")
     os.environ["MINIGPT_DATA_DIR"] = str(folder)
     yield folder
@@ -55,6 +59,12 @@ def data_dir(tmp_path_factory, tinyshakespeare_source) -> Path:
         os.environ.pop("MINIGPT_DATA_DIR", None)
     else:
         os.environ["MINIGPT_DATA_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def data_dir(_private_cache, tinyshakespeare_source) -> Path:
+    """The private cache, for a test that needs TinyShakespeare in it (skipped without)."""
+    return _private_cache
 
 
 @pytest.fixture

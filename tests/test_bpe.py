@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from minigpt import BPETokenizer, CharTokenizer, MiniGPT, MiniGPTError, get_batch
-from minigpt.data import load_corpus, load_tokens, token_file_paths
+from minigpt.data import load_corpus, load_tokens, prepared_text
 from minigpt.diagnostics.attention import token_labels
 from minigpt.sample import sample_text
 from minigpt.tokenizer import (
@@ -175,7 +175,7 @@ def test_load_corpus_char_is_load_tokens(small_text):
     assert tok == expected
     assert np.array_equal(splits.train, tokens[:n]) and np.array_equal(splits.val, tokens[n:])
     assert info == {"text": str(small_text), "tokens": len(tokens), "train_tokens": n,
-                    "val_tokens": len(tokens) - n, "tokenizer": "char",
+                    "val_tokens": len(tokens) - n, "val_fraction": 0.1, "tokenizer": "char",
                     "vocab_size": tok.vocab_size}
 
 
@@ -190,14 +190,16 @@ def test_load_corpus_bpe_splits_the_text_and_caches(small_text):
     assert info["tokens"] < len(text) and info["tokenizer"] == "bpe"
     # trained on the training split only: the same as training on that part by hand
     assert tok == BPETokenizer.train([text[:cut]], 300)
-    path, meta = token_file_paths(small_text, "bpe300-val0.25")
+    folder = prepared_text(small_text, "bpe", 300, 0.25)
+    path = folder / "val-00000.bin"
     stamp = path.stat().st_mtime_ns
     again, tok2, _ = load_corpus(small_text, "bpe", 300, 0.25)
     assert path.stat().st_mtime_ns == stamp and tok2 == tok  # read from the cache
-    assert np.array_equal(again.val, splits.val)
-    assert json.loads(meta.read_text())["dtype"] == "uint16"
-    _, tok3, _ = load_corpus(small_text, "bpe", 280, 0.25)  # another size: another file
+    assert np.array_equal(np.asarray(again.val), np.asarray(splits.val))
+    assert json.loads((folder / "index.json").read_text())["dtype"] == "uint16"
+    _, tok3, _ = load_corpus(small_text, "bpe", 280, 0.25)  # another size: another folder
     assert tok3.vocab_size == 280 and path.stat().st_mtime_ns == stamp
+    assert prepared_text(small_text, "bpe", 280, 0.25) != folder
     with pytest.raises(MiniGPTError, match="at least 257"):
         load_corpus(small_text, "bpe", 65, 0.1)
 

@@ -11,12 +11,24 @@ def test_seed_preset_is_the_default_config():
 
 
 def test_presets_exist_and_load():
-    assert {"seed", "seed-reference", "nanogpt-char"} <= set(preset_names())
+    assert {"seed", "seed-reference", "nanogpt-char", "fast", "pretrain"} <= set(preset_names())
     ref = resolve_config("seed-reference").train
     assert (ref.lr, ref.schedule, ref.grad_clip, ref.steps) == (3e-4, "constant", 0.0, 5000)
     nano = resolve_config("nanogpt-char")
     assert (nano.model.n_layer, nano.model.n_head, nano.model.n_embd) == (6, 6, 384)
     assert (nano.model.block_size, nano.train.batch_size, nano.model.dropout) == (256, 64, 0.2)
+
+
+def test_the_pretrain_preset_is_sized_for_a_billion_tokens():
+    from minigpt.plan import count_params
+
+    cfg = resolve_config("pretrain", overrides={"vocab_size": 8192})  # its corpus's tokenizer
+    t = cfg.train
+    tokens = t.steps * t.batch_size * t.grad_accum * cfg.model.block_size
+    assert 1e9 <= tokens < 1.001e9
+    assert 15 < tokens / count_params(cfg) < 25  # near 20 tokens a parameter
+    assert (cfg.model.pos, t.optimizer, t.dtype) == ("rope", "muon", "auto")
+    assert t.eval_batches > 0  # never the whole validation split at every evaluation
 
 
 def test_flags_beat_file_beat_preset(tmp_path):

@@ -1,9 +1,11 @@
-"""minigpt prepare and ShardedTokens: shards hold exactly the files' text, gathers and batches
-across shards equal those of one concatenated array, and bad input is one line, leaving nothing
-behind."""
+"""minigpt prepare and ShardedTokens: the shards of each split hold exactly its part of the
+files' text, the tokenizer never sees the validation split, an interrupted prepare continues to
+the same shards, a damaged shard is refused, gathers and batches across shards equal those of
+one concatenated array, and bad input is one line, leaving nothing behind."""
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +13,7 @@ import torch
 
 from conftest import TINY_FLAGS, as_flags, run_cli
 from minigpt import MiniGPTError, ShardedTokens, Splits, get_batch, load_corpus, prepare
-from minigpt.corpus import find_sources, open_prepared, read_chunks, token_dtype
-from minigpt.data import read_text
+from minigpt.corpus import find_sources, open_prepared, read_chunks, split_point, token_dtype
 
 WORDS = ["the", "king", "queen", "ünïcode", "😀", "e\u0301", "  ", "\t", "'s", "1984", "中文"]
 
@@ -28,6 +29,16 @@ def write_corpus(folder, n_files=5, words=400, seed=0):
         (folder / name).write_bytes(text.encode("utf-8"))
     (folder / ".hidden").write_bytes(b"\xff not text, and skipped")
     return sorted(folder / n for n in names)
+
+
+def read_text(path) -> str:
+    return Path(path).read_text(encoding="utf-8")  # universal newlines, as prepare reads
+
+
+def all_tokens(folder):
+    """A prepared folder's tokens, both splits, as one int64 array; its tokenizer; its index."""
+    train, val, tok, index = open_prepared(folder)
+    return np.concatenate([train.astype(np.int64), val.astype(np.int64)]), tok, index
 
 
 def corpus_text(files) -> str:
@@ -47,14 +58,26 @@ def test_prepared_shards_decode_to_the_files(corpus, tmp_path, kind):
     index = prepare(str(src), out, kind, vocab_size=300, shard_tokens=500, chunk_chars=256,
                     progress=False)
     assert find_sources(str(src)) == files  # sorted, the subfolder's file in, hidden out
-    tokens, tok = open_prepared(out)
-    assert len(index["shards"]) > 5 and all(s["tokens"] <= 500 for s in index["shards"])
-    assert len(tokens) == index["tokens"] == sum(s["tokens"] for s in index["shards"])
-    assert tok.decode(tokens) == corpus_text(files)
-    # chunks are cut where the tokenizer would split anyway: each file's tokens are its own
-    whole = np.concatenate([tok.encode_array(read_text(f)) for f in files])
-    assert np.array_equal(tokens.astype(np.int64), whole)
-    assert index["dtype"] == "uint16" and tokens.dtype == np.uint16
+    tokens, tok, _ = all_tokens(out)
+    shards = index["shards"]["train"] + index["shards"]["val"]
+    assert len(shards) > 5 and all(s["tokens"] <= 500 for s in shards)
+    assert len(tokens) == index["tokens"] == sum(s["tokens"] for s in shards)
+    text = corpus_text(files)
+    assert tok.decode(tokens) == text
+    # the split: the last tenth of the characters; chunks are cut where the tokenizer would
+    # split anyway, so each file's tokens are its own, the file that holds the cut in two
+    cut, seen, parts = split_point(len(text), 0.1), 0, {"train": [], "val": []}
+    for f in files:
+        t = read_text(f)
+        here = min(max(cut - seen, 0), len(t))
+        parts["train"].append(tok.encode_array(t[:here]))
+        parts["val"].append(tok.encode_array(t[here:]))
+        seen += len(t)
+    train, val, _, _ = open_prepared(out)
+    assert np.array_equal(train.astype(np.int64), np.concatenate(parts["train"]))
+    assert np.array_equal(val.astype(np.int64), np.concatenate(parts["val"]))
+    assert index["train_tokens"] == len(train) and tok.decode(train) == text[:cut]
+    assert index["dtype"] == "uint16" and train.dtype == np.uint16
     assert index["tokenizer"] == {"kind": kind, "vocab_size": tok.vocab_size,
                                   "file": "tokenizer.json"}
     assert index["sources"]["files"] == [str(f) for f in files]
@@ -79,9 +102,9 @@ def test_dtype_follows_the_vocabulary(tmp_path):
     (tmp_path / "src" / "wide.txt").write_text("".join(chars), encoding="utf-8")
     index = prepare(str(tmp_path / "src"), tmp_path / "out", shard_tokens=20_000,
                     progress=False)
-    tokens, tok = open_prepared(tmp_path / "out")
+    tokens, tok, _ = all_tokens(tmp_path / "out")
     assert tok.vocab_size > 65_536 and index["dtype"] == "uint32"
-    assert tokens.dtype == np.uint32 and int(tokens.astype(np.int64).max()) > 65_535
+    assert open_prepared(tmp_path / "out")[0].dtype == np.uint32 and int(tokens.max()) > 65_535
     assert tok.decode(tokens) == read_text(tmp_path / "src" / "wide.txt")
 
 
@@ -133,7 +156,7 @@ def test_slices_are_views_like_numpy():
 def test_get_batch_over_shards_equals_one_array(corpus, tmp_path):
     src, _ = corpus
     prepare(str(src), tmp_path / "out", shard_tokens=97, chunk_chars=100, progress=False)
-    tokens, _ = open_prepared(tmp_path / "out")
+    tokens = open_prepared(tmp_path / "out")[0]  # the training split, in many shards
     whole = tokens.astype(tokens.dtype)
     for seed in range(3):
         a = get_batch(tokens, 32, 24, torch.Generator().manual_seed(seed))
@@ -151,12 +174,22 @@ def test_load_corpus_reads_a_prepared_folder(corpus, tmp_path):
     prepare(str(src), tmp_path / "out", "bpe", vocab_size=320, shard_tokens=300,
             progress=False)
     splits, tok, info = load_corpus(tmp_path / "out", "char", 65, 0.2)  # the folder decides
-    n = info["tokens"]
-    assert info["train_tokens"] == int(0.8 * n) and info["val_tokens"] == n - int(0.8 * n)
+    assert info["val_fraction"] == 0.1 and info["tokens"] == len(splits.train) + len(splits.val)
     assert info["tokenizer"] == "bpe" and tok.vocab_size == info["vocab_size"] == 320
     text = corpus_text(files)
-    train_text = tok.decode(splits.train)
-    assert train_text + tok.decode(splits.val) == text and text.startswith(train_text)
+    assert tok.decode(splits.train) == text[:split_point(len(text), 0.1)]
+    assert tok.decode(splits.train) + tok.decode(splits.val) == text
+
+
+def test_the_tokenizer_never_sees_the_validation_split(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("ab cd ab cd\n" * 300 + "xyzzy plugh\n" * 30)  # the tail: other words
+    prepare(str(text), tmp_path / "out", "bpe", vocab_size=300, progress=False)
+    train, val, tok, _ = open_prepared(tmp_path / "out")
+    assert "xyzzy" not in tok.decode(train) and tok.decode(val).endswith("xyzzy plugh\n" * 30)
+    assert not any(b"xy" in tok.to_bytes([i]) or b"pl" in tok.to_bytes([i])
+                   for i in range(tok.vocab_size))  # no merge learned from the tail
+    assert any(tok.to_bytes([i]) == b" cd" for i in range(tok.vocab_size))  # the head's
 
 
 def test_read_chunks_are_bounded_and_lossless(tmp_path):
@@ -169,23 +202,68 @@ def test_read_chunks_are_bounded_and_lossless(tmp_path):
     assert max(len(c) for c in chunks) <= 2 * 256
 
 
-def test_a_failure_part_way_leaves_nothing(corpus, tmp_path, monkeypatch):
-    from minigpt.tokenizer import CharTokenizer
+def interrupt_at(monkeypatch, kind, call):
+    """Make the call-th encode of a prepare raise KeyboardInterrupt (a Ctrl-C, or a kill)."""
+    from minigpt.tokenizer import TOKENIZERS
 
-    src, _ = corpus
-    calls = []
-    real = CharTokenizer.encode_array
+    calls, real = [], TOKENIZERS[kind].encode_array
 
     def failing(self, text):
         calls.append(1)
-        if len(calls) == 4:
+        if len(calls) == call:
             raise KeyboardInterrupt
         return real(self, text)
 
-    monkeypatch.setattr(CharTokenizer, "encode_array", failing)
+    monkeypatch.setattr(TOKENIZERS[kind], "encode_array", failing)
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_an_interrupted_prepare_continues_to_the_same_shards(corpus, tmp_path, monkeypatch,
+                                                             kind):
+    src, _ = corpus
+    settings = dict(tokenizer=kind, vocab_size=300, shard_tokens=300, chunk_chars=128,
+                    progress=False)
+    prepare(str(src), tmp_path / "straight", **settings)
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        interrupt_at(m, kind, 9)
+        with pytest.raises(KeyboardInterrupt):
+            prepare(str(src), out, **settings)
+    done = json.loads((out / "progress.json").read_text())["shards"]["train"]
+    assert done and not list(out.glob(".*.tmp")) and not (out / "index.json").exists()
+    with pytest.raises(MiniGPTError, match="unfinished prepare of other sources or settings"):
+        prepare(str(src), out, **{**settings, "shard_tokens": 299})
+    index = prepare(str(src), out, **settings)
+    straight = json.loads((tmp_path / "straight" / "index.json").read_text())
+    assert index["shards"] == straight["shards"]  # the same files, sizes and sha256
+    for s in index["shards"]["train"] + index["shards"]["val"]:
+        assert (out / s["file"]).read_bytes() == (tmp_path / "straight" / s["file"]).read_bytes()
+    assert not (out / "progress.json").exists()
+
+
+def test_a_failure_before_the_first_shard_leaves_nothing(corpus, tmp_path, monkeypatch):
+    src, _ = corpus
+    interrupt_at(monkeypatch, "char", 2)
     with pytest.raises(KeyboardInterrupt):
-        prepare(str(src), tmp_path / "out", shard_tokens=100, chunk_chars=128, progress=False)
-    assert not (tmp_path / "out").exists()  # shards written before the failure are gone
+        prepare(str(src), tmp_path / "out", shard_tokens=10_000, chunk_chars=128,
+                progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage, message", [("flip", "is damaged"), ("cut", "truncated")])
+def test_training_refuses_a_damaged_shard_in_one_line(corpus, tmp_path, damage, message):
+    src, _ = corpus
+    out = tmp_path / "out"
+    prepare(str(src), out, shard_tokens=500, progress=False)
+    shard = out / "train-00001.bin"
+    data = bytearray(shard.read_bytes())
+    if damage == "flip":
+        data[7] ^= 1
+    shard.write_bytes(bytes(data if damage == "flip" else data[:-2]))
+    r = run_cli("train", "--text", str(out), *TINY_FLAGS, "--steps", "2",
+                "--out", str(tmp_path / "run"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert message in r.stderr and "train-00001.bin" in r.stderr
 
 
 @pytest.fixture
@@ -249,9 +327,11 @@ def test_cli_prepare_prints_a_summary(corpus, tmp_path):
     index = json.loads((out / "index.json").read_text())
     assert len(r.stdout.strip().splitlines()) == 1
     assert f"prepared {len(files)} file(s), {index['tokens']:,} tokens" in r.stdout
-    assert f"in {len(index['shards'])} shard(s)" in r.stdout and "tokens/s" in r.stdout
+    shards = len(index["shards"]["train"]) + len(index["shards"]["val"])
+    assert f"train {index['train_tokens']:,}, validation {index['val_tokens']:,}" in r.stdout
+    assert f"in {shards} shard(s)" in r.stdout and "tokens/s" in r.stdout
     with pytest.raises(MiniGPTError, match="not a folder written by minigpt prepare"):
-        ShardedTokens.open(src)
+        open_prepared(src)
 
 
 QUICK = [*TINY_FLAGS, *as_flags(dict(steps=20, eval_every=10, log_every=5, sample_tokens=30))]
@@ -303,7 +383,7 @@ def test_split_loss_over_shards_equals_one_array(corpus, tmp_path):
 
     src, _ = corpus
     prepare(str(src), tmp_path / "out", "char", shard_tokens=700, progress=False)
-    shards, tok = open_prepared(tmp_path / "out")
+    shards, _, tok, _ = open_prepared(tmp_path / "out")
     torch.manual_seed(0)
     model = MiniGPT(tok.vocab_size, n_embd=16, n_head=2, n_layer=1, block_size=16)
     whole = np.asarray(shards[:], dtype=np.uint32)

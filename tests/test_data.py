@@ -1,11 +1,15 @@
-"""The data path: the real file's split sizes, the token file, and get_batch."""
+"""The data path: the real file's split sizes, a text prepared once into the cache, and
+get_batch."""
+
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from minigpt import Batches, MiniGPTError, Splits, get_batch, load_tokens
-from minigpt.data import read_text, tinyshakespeare_path, token_file_paths
+from minigpt.corpus import read_index
+from minigpt.data import cache_dir, prepared_text, tinyshakespeare_path
 
 
 def test_tinyshakespeare_split_sizes(data_dir):
@@ -18,18 +22,24 @@ def test_tinyshakespeare_split_sizes(data_dir):
     assert tok.decode(splits.val[:50]) == text[1_003_854:1_003_904]
 
 
-def test_token_file_is_uint16_memmap_and_reused(small_text):
+def test_a_text_is_prepared_once_into_the_cache(small_text):
+    (small_text.parent / "small.txt.char.tokens.bin").write_bytes(b"\x01")  # an old format's
     tokens, tok = load_tokens(small_text)
-    path, meta = token_file_paths(small_text)
-    assert path.parent == small_text.parent and meta.exists()
-    assert isinstance(tokens, np.memmap) and tokens.dtype == np.uint16
-    assert tok.decode(tokens) == small_text.read_text()
-    before = path.stat().st_mtime_ns
+    folder = prepared_text(small_text)
+    assert folder.parent == cache_dir() / "prepared"
+    assert tokens.dtype == np.uint16 and tok.decode(tokens) == small_text.read_text()
+    shards = sorted(folder.glob("*.bin"))
+    before = [p.stat().st_mtime_ns for p in shards]
     load_tokens(small_text)
-    assert path.stat().st_mtime_ns == before  # not re-encoded
-    small_text.write_text("abc" * 100)  # a changed text is re-encoded
+    assert [p.stat().st_mtime_ns for p in shards] == before  # not prepared again
+    small_text.write_text("abc" * 100)  # a changed text is prepared anew, elsewhere
     tokens2, tok2 = load_tokens(small_text)
-    assert tok2.decode(tokens2) == "abc" * 100
+    assert tok2.decode(tokens2) == "abc" * 100 and prepared_text(small_text) != folder
+    old = shutil.copytree(folder, small_text.parent / "old")  # of an earlier format: refused
+    (old / "index.json").write_text((old / "index.json").read_text().replace(
+        "minigpt-shards/2", "minigpt-shards/1"))
+    with pytest.raises(MiniGPTError, match="prepare the corpus again"):
+        read_index(old)
 
 
 def test_get_batch_shapes_shift_offsets_seeding_and_range():
@@ -71,4 +81,4 @@ def test_splits_too_short_for_the_block_and_bad_text_files(tmp_path):
     for name, message in [("empty.txt", "is empty"), ("latin1.txt", "not UTF-8"),
                           ("bin.txt", "binary"), ("missing.txt", "not found")]:
         with pytest.raises(MiniGPTError, match=message):
-            read_text(tmp_path / name)
+            load_tokens(tmp_path / name)

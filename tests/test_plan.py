@@ -7,6 +7,7 @@ import math
 import re
 
 import pytest
+import torch
 
 from conftest import run_cli
 from minigpt import MiniGPT, resolve_config
@@ -29,12 +30,17 @@ def test_steps_are_timed_until_too_slow_then_estimated(monkeypatch):
     cfg = resolve_config(overrides=SMALL)
     flops = [train_flops_per_token(planning.shaped(cfg, *s).model) * 2 * 16
              for s in planning.LADDER]
-    # a budget between the second shape's predicted step and the third's
-    probe = planning.plan(cfg, max_step_s=1e9)
-    seconds_per_flop = probe[1].step_s / flops[1]
-    limit = math.sqrt(flops[1] * flops[2]) * seconds_per_flop
+    timed = []
+
+    def time_step(shaped, steps=2):  # a machine of exactly 1 TFLOP/s, as a clock would say
+        timed.append(shaped.model.n_layer)
+        return train_flops_per_token(shaped.model) * 2 * 16 / 1e12, torch.float32
+
+    monkeypatch.setattr(planning, "time_step", time_step)
+    # a budget between the second shape's step and the third's
+    limit = math.sqrt(flops[1] * flops[2]) / 1e12
     shapes = planning.plan(cfg, resident=1000, max_step_s=limit)
-    assert [s.measured for s in shapes][:2] == [True, True] and not shapes[2].measured
+    assert [s.measured for s in shapes] == [True, True, False] and timed == [1, 2]
     third = planning.shaped(cfg, *planning.LADDER[2])
     assert shapes[2].step_s == pytest.approx(flops[2] * shapes[1].step_s / flops[1])
     assert shapes[2].memory_bytes == sum(peak_memory(third, 1000, shapes[2].params).values())

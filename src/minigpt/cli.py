@@ -62,7 +62,8 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
         how = ({"action": argparse.BooleanOptionalAction} if kind is bool else
                {"type": PARSERS[parse] if parse else kind, "choices": choices,
                 "metavar": None if choices else f.metadata.get("metavar", METAVARS[kind])})
-        p.add_argument(flag, dest=name, default=argparse.SUPPRESS,
+        aliases = [f.metadata["alias"]] if "alias" in f.metadata else []
+        p.add_argument(flag, *aliases, dest=name, default=argparse.SUPPRESS,
                        help=f"{f.metadata['help']} (default {f.default!r})", **how)
 
 
@@ -212,12 +213,13 @@ def build_parser() -> Parser:
                     help="training tokens to plan for, e.g. 1e9")
 
     pr = command("prepare", "tokenize a big corpus into token shards",
-                 "Stream text files through a tokenizer into token shards (uint16, or uint32 "
-                 "when the vocabulary has more than 65,536 tokens) with a JSON index, never "
-                 "holding the corpus in memory; then train on the folder with minigpt train "
-                 "--text DIR (the last --val-fraction of its tokens is held out). char takes "
-                 "every character of the corpus; bpe trains a byte-level BPE on all of it, the "
-                 "part later held out included.")
+                 "Stream text files through a tokenizer into the token shards of a training "
+                 "and a validation split (uint16, or uint32 when the vocabulary has more than "
+                 "65,536 tokens, each with its sha256) and a JSON index, never holding the "
+                 "corpus in memory; then train on the folder with minigpt train --text DIR. "
+                 "The last --val-fraction of the characters is held out. char takes every "
+                 "character of the corpus; bpe learns its merges from the training split only. "
+                 "Interrupted, the same command continues after the last complete shard.")
     pr.add_argument("--text", required=True, metavar="PATH_OR_DIR_OR_GLOB",
                     help="a UTF-8 text file, a folder (every file under it, hidden ones "
                          "skipped, in sorted order), or a quoted glob such as 'books/**/*.txt'")
@@ -229,6 +231,9 @@ def build_parser() -> Parser:
     pr.add_argument("--vocab-size", type=int, default=BPE_VOCAB, metavar="N",
                     help=f"vocabulary size to train for bpe, at least 257 (default {BPE_VOCAB}; "
                          f"char ignores it)")
+    pr.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
+                    help="the share of the characters, at the end, held out for validation "
+                         "(default 0.1)")
     pr.add_argument("--shard-tokens", type=int, default=SHARD_TOKENS, metavar="N",
                     help=f"tokens per shard file at most (default {SHARD_TOKENS:,})")
     pr.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -441,14 +446,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from minigpt.corpus import prepare
 
     t0 = time.perf_counter()
-    index = prepare(args.text, args.out, args.tokenizer, args.vocab_size, args.shard_tokens,
-                    progress=not args.no_progress)
+    index = prepare(args.text, args.out, args.tokenizer, args.vocab_size, args.val_fraction,
+                    args.shard_tokens, progress=not args.no_progress)
     seconds = time.perf_counter() - t0
-    tok = index["tokenizer"]
+    tok, shards = index["tokenizer"], index["shards"]
     print(f"prepared {len(index['sources']['files']):,} file(s), {index['tokens']:,} tokens "
-          f"({tok['kind']}, vocab {tok['vocab_size']:,}, {index['dtype']}) in "
-          f"{len(index['shards']):,} shard(s) in {args.out}: {seconds:.1f} s, "
-          f"{index['tokens'] / seconds:,.0f} tokens/s")
+          f"(train {index['train_tokens']:,}, validation {index['val_tokens']:,}; "
+          f"{tok['kind']}, vocab {tok['vocab_size']:,}, {index['dtype']}) in "
+          f"{len(shards['train']) + len(shards['val']):,} shard(s) in {args.out}: "
+          f"{seconds:.1f} s, {index['tokens'] / seconds:,.0f} tokens/s")
     return 0
 
 

@@ -1,42 +1,58 @@
-"""Big corpora: stream text files into token shards, and read them back.
+"""Every corpus on its way to token shards, and back: one file, a folder, or a glob of files.
 
     minigpt prepare --text 'books/**/*.txt' --out data/books [--tokenizer bpe --vocab-size 8192]
 
-`prepare` never holds the corpus in memory. It reads each file in chunks of characters, twice:
-the first pass learns the tokenizer (char: the set of characters; bpe: merges trained on the
-chunks of all the files, so on the part later held out for validation too), the second encodes
-chunk by chunk straight into shard files. The folder it writes:
+`minigpt train --text FILE`, and the TinyShakespeare default, prepare a text the same way, into
+the cache (minigpt.data.load_corpus). `prepare` never holds the corpus in memory: it reads the
+files in chunks of characters, in three passes:
 
-    shard-00000.bin ...  the tokens of all the files, in order, raw uint16 (uint32 when the
-                         vocabulary has more than 65,536 tokens), at most shard_tokens per shard
+1. scan: count the characters (for char, collect them too: the lesson's vocabulary is every
+   character of the whole text). The validation split is the last val_fraction of the
+   characters, from `split_point` (the lesson's n = int(0.9 * len(data))).
+2. the tokenizer: char, from the characters seen; bpe, merges learned from the training split
+   only (its first BPE_TRAIN_CHARS characters), so the held-out text never shapes it.
+3. encode chunk by chunk (BPE on every core) into shards, the training split's, then the
+   validation split's, each written to a temporary file and renamed when full.
+
+The folder:
+
+    train-00000.bin ...  each split's tokens in order, raw uint16 (uint32 when the vocabulary
+    val-00000.bin ...    has more than 65,536 tokens), at most shard_tokens a shard
     tokenizer.json       the tokenizer (minigpt.tokenizer.load_tokenizer reads it)
-    index.json           written last, so a folder that has one is complete: the dtype, each
-                         shard's file and token count, the total, the sources, the tokenizer
+    progress.json        while it is prepared: the settings, the split point, the shards done
+                         and where the next one begins, so that the same command, run again
+                         after an interruption, continues after the last complete shard
+    index.json           written last, so a folder that has one is complete: each shard's file,
+                         tokens and sha256, the sources, the tokenizer
 
 Chunks end at a line break between two visible characters where the text has one
 (minigpt.tokenizer.last_boundary), so BPE tokens come out as if each file were encoded whole.
 
-`ShardedTokens` reads the folder back as one array-like of all its tokens, memory-mapped: len,
-step-1 slices as views (no copy), and gathers with integer arrays of any shape, across shard
-boundaries, in work proportional to the number of positions asked for. That is all get_batch
-needs, so training on a prepared folder samples a batch in O(B * T) whatever the corpus size.
+`ShardedTokens` reads a split back as one array-like of its tokens, memory-mapped, each shard
+checked against its size and sha256: len, step-1 slices as views (no copy), and gathers with
+integer arrays of any shape, across shard boundaries, in work proportional to the number of
+positions asked for. That is all get_batch needs, so a batch costs O(B * T) whatever the
+corpus size.
 """
 
 from __future__ import annotations
 
 import codecs
 import glob
+import hashlib
 import io
+import itertools
 import json
+import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from minigpt.errors import MiniGPTError
-from minigpt.files import atomic_path, atomic_write_text
+from minigpt.files import atomic_write_text, lock_folder, sha256_file
 from minigpt.tokenizer import (
     AnyTokenizer,
     BPETokenizer,
@@ -45,12 +61,19 @@ from minigpt.tokenizer import (
     load_tokenizer,
 )
 
-INDEX = "index.json"
-TOKENIZER = "tokenizer.json"
-FORMAT = "minigpt-shards/1"
+INDEX, TOKENIZER, PROGRESS = "index.json", "tokenizer.json", "progress.json"
+FORMAT = "minigpt-shards/2"
+SPLITS = ("train", "val")
 SHARD_TOKENS = 100_000_000  # 200 MB of uint16 per shard
 CHUNK_CHARS = 1 << 18  # characters read, and encoded, at a time (larger: no faster)
 BPE_VOCAB = 4096  # prepare's default vocabulary size for --tokenizer bpe
+BPE_TRAIN_CHARS = 1 << 27  # BPE learns its merges from at most this much of the training split
+
+
+def split_point(n: int, val_fraction: float) -> int:
+    """Where the validation split begins, of n characters (or of n tokens, one a character):
+    the lesson's n = int(0.9 * len(data)). The one definition of the split."""
+    return int((1 - val_fraction) * n)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -126,133 +149,232 @@ def _bar(files: list[Path], desc: str, progress: bool) -> tqdm:
                 dynamic_ncols=True)
 
 
-def learn_tokenizer(files: list[Path], kind: str, vocab_size: int, chunk_chars: int,
-                    progress: bool) -> AnyTokenizer:
-    """Pass 1: the characters of all the files (char), or BPE merges trained on all their
-    chunks (bpe). An empty corpus is an error."""
+def _units(files: list[Path], chunk_chars: int, cut: int,
+           bar: tqdm) -> Iterator[tuple[str, str]]:
+    """Every chunk of the files as (split, text): 'train' before character `cut`, 'val' from it
+    on (the chunk that holds the cut comes as two). Always the same units for the same files."""
     seen = 0
-
-    def counted(chunks: Iterable[str]) -> Iterator[str]:
-        nonlocal seen
-        for chunk in chunks:
-            seen += len(chunk)
-            yield chunk
-
-    with _bar(files, "scan" if kind == "char" else "train bpe", progress) as bar:
-        chunks = counted(_chunks(files, chunk_chars, bar))
-        if kind == "bpe":
-            tok = BPETokenizer.train(chunks, vocab_size)
+    for chunk in _chunks(files, chunk_chars, bar):
+        end = seen + len(chunk)
+        if seen < cut < end:
+            yield "train", chunk[:cut - seen]
+            yield "val", chunk[cut - seen:]
         else:
-            alphabet: set[str] = set()
-            for chunk in chunks:
+            yield ("train" if end <= cut else "val"), chunk
+        seen = end
+
+
+def scan(files: list[Path], kind: str, chunk_chars: int, progress: bool) -> tuple[int, str]:
+    """Pass 1: how many characters the files hold and (char) which, sorted. An empty corpus is
+    an error."""
+    count, alphabet = 0, set()
+    with _bar(files, "scan", progress) as bar:
+        for chunk in _chunks(files, chunk_chars, bar):
+            count += len(chunk)
+            if kind == "char":
                 alphabet.update(chunk)
-            tok = CharTokenizer(sorted(alphabet)) if alphabet else None
-    if not seen:
+    if not count:
         raise MiniGPTError(f"empty corpus: the {len(files)} file(s) hold no text")
-    return tok
+    return count, "".join(sorted(alphabet))
 
 
-class _TokenStream:
-    """Token arrays from an iterator, handed out again in runs of at most n tokens."""
-
-    def __init__(self, arrays: Iterable[np.ndarray]):
-        self.arrays = iter(arrays)
-        self.head = np.empty(0, dtype=np.int64)
-
-    def more(self) -> bool:
-        while not len(self.head):
-            nxt = next(self.arrays, None)
-            if nxt is None:
-                return False
-            self.head = nxt
-        return True
-
-    def take(self, n: int) -> Iterator[np.ndarray]:
-        """Pieces adding up to n tokens, or to what is left when fewer are."""
-        while n > 0 and self.more():
-            piece, self.head = self.head[:n], self.head[n:]
-            n -= len(piece)
-            yield piece
+def learn_tokenizer(files: list[Path], kind: str, vocab_size: int, chunk_chars: int, cut: int,
+                    alphabet: str, progress: bool) -> AnyTokenizer:
+    """Pass 2: the characters seen (char), or BPE merges learned from the training split's
+    first BPE_TRAIN_CHARS characters (bpe)."""
+    if kind == "char":
+        return CharTokenizer(alphabet)
+    with _bar(files, "train bpe", progress) as bar:
+        units = itertools.takewhile(lambda u: u[0] == "train", _units(files, chunk_chars,
+                                                                     min(cut, BPE_TRAIN_CHARS),
+                                                                     bar))
+        return BPETokenizer.train((text for _, text in units), vocab_size)
 
 
-def write_shards(arrays: Iterable[np.ndarray], out_dir: Path, dtype: np.dtype,
-                 shard_tokens: int) -> Iterator[tuple[str, int]]:
-    """Pass 2: write the token arrays to shard-00000.bin, ... of at most shard_tokens tokens
-    each (each written to a temporary file and renamed when full), yielding (file, tokens)."""
-    stream = _TokenStream(arrays)
-    number = 0
-    while stream.more():
-        name = f"shard-{number:05d}.bin"
-        count = 0
-        with atomic_path(out_dir / name) as tmp, open(tmp, "wb") as f:
-            for piece in stream.take(shard_tokens):
-                f.write(piece.astype(dtype, copy=False))  # its buffer: no bytes copy
-                count += len(piece)
-        yield name, count
-        number += 1
+class _Shards:
+    """Pass 3's writer: token arrays into the shards of one split after another, each shard a
+    temporary file renamed (with its sha256 recorded) once full or once its split ends."""
+
+    def __init__(self, out_dir: Path, dtype: np.dtype, shard_tokens: int, done: dict):
+        self.out_dir, self.dtype, self.shard_tokens = out_dir, dtype, shard_tokens
+        self.done = done  # split -> [{file, tokens, sha256}], the complete shards
+        self.split = self.file = self.hash = None
+        self.count = 0
+
+    def write(self, split: str, ids: np.ndarray, on_full: Callable[[int], None]) -> None:
+        """Append a split's tokens; on_full(n) after a shard fills on the unit's n-th token."""
+        if self.split is not None and split != self.split:
+            self.close()
+        pos = 0
+        while pos < len(ids):
+            if self.file is None:
+                self.split, self.count, self.hash = split, 0, hashlib.sha256()
+                self.file = open(self.tmp_path(), "wb")
+            piece = ids[pos:pos + self.shard_tokens - self.count]
+            self.file.write(piece)  # its buffer: no bytes copy
+            self.hash.update(piece)
+            self.count, pos = self.count + len(piece), pos + len(piece)
+            if self.count == self.shard_tokens:
+                self.close()
+                on_full(pos)
+
+    def name(self) -> str:
+        return f"{self.split}-{len(self.done[self.split]):05d}.bin"
+
+    def tmp_path(self) -> Path:
+        return self.out_dir / f".{self.name()}.tmp"
+
+    def close(self) -> None:
+        if self.file is None:
+            return
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.tmp_path(), self.out_dir / self.name())
+        self.done[self.split].append({"file": self.name(), "tokens": self.count,
+                                      "sha256": self.hash.hexdigest()})
+        self.file = None
+
+    def discard(self) -> None:
+        """Drop the shard being written (after a failure)."""
+        if self.file is not None:
+            self.file.close()
+            self.tmp_path().unlink(missing_ok=True)
+            self.file = None
 
 
-def _remove_partial(out_dir: Path, names: list[str], created: bool) -> None:
-    """Undo a prepare that failed part-way: its files, and its folder if it made it."""
-    for name in names:
-        (out_dir / name).unlink(missing_ok=True)
-    if created and out_dir.is_dir() and not any(out_dir.iterdir()):
-        out_dir.rmdir()
+def encode_shards(files: list[Path], tok: AnyTokenizer, out_dir: Path, state: dict,
+                  progress: bool) -> None:
+    """Pass 3: the units' tokens into shards, from where state["next"] says (a continued
+    prepare skips the units, and the tokens of a unit, its complete shards already hold). The
+    state is saved after every complete shard."""
+    settings, dtype = state["settings"], np.dtype(state["dtype"])
+    writer = _Shards(out_dir, dtype, settings["shard_tokens"], state["shards"])
+    first, skip = state["next"]
+    written = 0
+
+    def saved(unit: int, offset: int) -> None:
+        state["next"] = [unit, offset]
+        atomic_write_text(out_dir / PROGRESS, json.dumps(state) + "\n")
+
+    try:
+        with _bar(files, "encode", progress) as bar:
+            for i, (split, text) in enumerate(_units(files, settings["chunk_chars"],
+                                                     state["cut"], bar)):
+                if i < first:
+                    continue
+                drop = skip if i == first else 0
+                ids = tok.encode_array(text)[drop:].astype(dtype)
+                writer.write(split, ids, lambda n, i=i, drop=drop: saved(i, drop + n))
+                written += len(ids)
+                bar.set_postfix_str(f"{written / max(bar.format_dict['elapsed'], 1e-9):,.0f} "
+                                    f"tokens/s", refresh=False)
+            writer.close()
+    finally:
+        writer.discard()
 
 
 def prepare(sources: str, out_dir: str | Path, tokenizer: str = "char",
-            vocab_size: int = BPE_VOCAB, shard_tokens: int = SHARD_TOKENS,
-            chunk_chars: int = CHUNK_CHARS, progress: bool = True) -> dict:
-    """Tokenize the files `sources` names (a file, a folder, or a glob) into token shards in
-    out_dir, streaming (memory stays bounded by the chunk size, whatever the corpus size), and
-    return the index written to out_dir/index.json. vocab_size is for bpe only."""
+            vocab_size: int = BPE_VOCAB, val_fraction: float = 0.1,
+            shard_tokens: int = SHARD_TOKENS, chunk_chars: int = CHUNK_CHARS,
+            progress: bool = True) -> dict:
+    """Tokenize the files `sources` names (a file, a folder, or a glob) into the shards of a
+    training and a validation split in out_dir, streaming (memory stays bounded by the chunk
+    size, whatever the corpus size), and return the index written to out_dir/index.json.
+    vocab_size is for bpe only. Run again on a folder whose prepare was interrupted, with the
+    same sources and settings, it continues after the last complete shard."""
     out_dir = Path(out_dir)
     if tokenizer not in ("char", "bpe"):
         raise MiniGPTError(f"tokenizer must be char or bpe, got {tokenizer!r}")
     for name, value in (("shard_tokens", shard_tokens), ("chunk_chars", chunk_chars)):
         if not value > 0:
             raise MiniGPTError(f"{name} must be positive, got {value}")
+    if not 0 < val_fraction < 1:
+        raise MiniGPTError(f"val_fraction must be between 0 and 1, got {val_fraction}")
     if is_prepared(out_dir):
         raise MiniGPTError(f"{out_dir} already holds a prepared corpus; choose another --out "
                            f"or delete it first")
     files = find_sources(sources, exclude=out_dir)
-    tok = learn_tokenizer(files, tokenizer, vocab_size, chunk_chars, progress)
-    dtype = token_dtype(tok.vocab_size)
+    settings = {"format": FORMAT, "sources": str(sources),
+                "files": [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files],
+                "tokenizer": tokenizer, "vocab_size": vocab_size if tokenizer == "bpe" else None,
+                "val_fraction": val_fraction, "shard_tokens": shard_tokens,
+                "chunk_chars": chunk_chars}
+    state = _read_json(out_dir / PROGRESS)
+    if state and state.get("settings") != settings:
+        raise MiniGPTError(f"{out_dir} holds an unfinished prepare of other sources or "
+                           f"settings: run that command again to continue it, or delete the "
+                           f"folder")
+    if state:
+        tok = load_tokenizer(out_dir / TOKENIZER)
+        done = sum(map(len, state["shards"].values()))
+        logging.getLogger("minigpt").info(f"{out_dir}: continuing an interrupted prepare "
+                                          f"after its {done} complete shard(s)")
+    else:
+        chars, alphabet = scan(files, tokenizer, chunk_chars, progress)
+        cut = split_point(chars, val_fraction)
+        tok = learn_tokenizer(files, tokenizer, vocab_size, chunk_chars, cut, alphabet,
+                              progress)
+        state = {"settings": settings, "chars": chars, "cut": cut,
+                 "dtype": token_dtype(tok.vocab_size).name,
+                 "shards": {split: [] for split in SPLITS}, "next": [0, 0]}
     created = not out_dir.exists()
-    shards: list[dict] = []
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with _bar(files, "encode", progress) as bar:
-            arrays = (tok.encode_array(c) for c in _chunks(files, chunk_chars, bar))
-            for name, count in write_shards(arrays, out_dir, dtype, shard_tokens):
-                shards.append({"file": name, "tokens": count})
-        tok.save(out_dir / TOKENIZER)
+    with lock_folder(out_dir):
+        try:
+            if not (out_dir / PROGRESS).exists():
+                tok.save(out_dir / TOKENIZER)
+                atomic_write_text(out_dir / PROGRESS, json.dumps(state) + "\n")
+            encode_shards(files, tok, out_dir, state, progress)
+        except BaseException:
+            if not any(state["shards"].values()):  # nothing worth continuing from
+                _remove_partial(out_dir, created)
+            raise
+        shards = state["shards"]
         index = {
-            "format": FORMAT, "dtype": dtype.name, "tokens": sum(s["tokens"] for s in shards),
-            "shards": shards,
+            "format": FORMAT, "dtype": state["dtype"],
+            "tokens": sum(s["tokens"] for split in SPLITS for s in shards[split]),
+            **{f"{split}_tokens": sum(s["tokens"] for s in shards[split]) for split in SPLITS},
+            "shards": shards, "val_fraction": val_fraction, "chars": state["chars"],
             "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size, "file": TOKENIZER},
             "sources": {"spec": str(sources), "files": [str(p) for p in files],
                         "bytes": sum(p.stat().st_size for p in files)},
             "shard_tokens": shard_tokens, "chunk_chars": chunk_chars,
         }
         atomic_write_text(out_dir / INDEX, json.dumps(index, indent=1) + "\n")
-    except BaseException:
-        _remove_partial(out_dir, [s["file"] for s in shards] + [TOKENIZER], created)
-        raise
+        (out_dir / PROGRESS).unlink()
     return index
 
 
+def _remove_partial(out_dir: Path, created: bool) -> None:
+    """Undo a prepare that failed before its first shard: its files, and its folder if it made
+    it."""
+    for name in (TOKENIZER, PROGRESS, "run.lock"):
+        (out_dir / name).unlink(missing_ok=True)
+    if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
 def read_index(folder: str | Path) -> dict:
-    """A prepared folder's index.json, checked for the keys a reader needs."""
+    """A prepared folder's index.json, checked for the keys a reader needs. A folder prepared
+    by an earlier minigpt (another format) is refused, saying so."""
     path = Path(folder) / INDEX
     if not path.is_file():
         raise MiniGPTError(f"{folder} is not a folder written by minigpt prepare (no {INDEX})")
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
         if index.get("format") != FORMAT:
-            raise ValueError(f"format {index.get('format')!r}, expected {FORMAT!r}")
+            raise ValueError(f"format {index.get('format')!r}, expected {FORMAT!r}: prepare "
+                             f"the corpus again")
         np.dtype(index["dtype"])
-        [(s["file"], int(s["tokens"])) for s in index["shards"]]
+        [(s["file"], int(s["tokens"]), s["sha256"]) for split in SPLITS
+         for s in index["shards"][split]]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise MiniGPTError(f"cannot read {path}: {e}") from None
     return index
@@ -267,29 +389,31 @@ class ShardedTokens:
     `np.asarray(t)` copy a (small) view out. This is what get_batch and Splits need.
     """
 
-    def __init__(self, shards: list[np.ndarray], start: int = 0, stop: int | None = None):
+    def __init__(self, shards: list[np.ndarray], start: int = 0, stop: int | None = None,
+                 dtype: np.dtype | None = None):
         self.shards = shards
         self.offsets = np.cumsum([0] + [len(s) for s in shards])  # (S+1,) where each begins
         self.start = start
         self.stop = int(self.offsets[-1]) if stop is None else stop
-        self.dtype = shards[0].dtype if shards else np.dtype(np.uint16)
+        self.dtype = dtype or (shards[0].dtype if shards else np.dtype(np.uint16))
 
     @classmethod
-    def open(cls, folder: str | Path) -> ShardedTokens:
-        """All the tokens of a folder written by prepare, checked against its index."""
-        folder = Path(folder)
-        index = read_index(folder)
-        dtype = np.dtype(index["dtype"])
-        shards = []
-        for s in index["shards"]:
+    def open(cls, folder: Path, shards: list[dict], dtype: np.dtype) -> ShardedTokens:
+        """Index entries' shards in a prepared folder, each checked for its size and sha256:
+        a truncated or damaged shard is refused in one line."""
+        arrays = []
+        for s in shards:
             path = folder / s["file"]
             expected = int(s["tokens"]) * dtype.itemsize
             if not path.is_file() or path.stat().st_size != expected:
-                raise MiniGPTError(f"shard {path} is missing or damaged (expected {expected:,} "
-                                   f"bytes); prepare the corpus again")
+                raise MiniGPTError(f"shard {path} is missing or truncated (expected "
+                                   f"{expected:,} bytes); prepare the corpus again")
+            if sha256_file(path) != s["sha256"]:
+                raise MiniGPTError(f"shard {path} is damaged (its sha256 is not the one "
+                                   f"prepare recorded); prepare the corpus again")
             # a plain ndarray over the mapping: fancy indexing skips np.memmap's overhead
-            shards.append(np.memmap(path, dtype=dtype, mode="r").view(np.ndarray))
-        return cls(shards)
+            arrays.append(np.memmap(path, dtype=dtype, mode="r").view(np.ndarray))
+        return cls(arrays, dtype=dtype)
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -365,6 +489,11 @@ class ShardedTokens:
                 f"positions {self.start:,}..{self.stop:,} of {len(self.shards)} shards)")
 
 
-def open_prepared(folder: str | Path) -> tuple[ShardedTokens, AnyTokenizer]:
-    """A prepared folder's tokens and tokenizer."""
-    return ShardedTokens.open(folder), load_tokenizer(Path(folder) / TOKENIZER)
+def open_prepared(folder: str | Path) -> tuple[ShardedTokens, ShardedTokens, AnyTokenizer,
+                                               dict]:
+    """A prepared folder's training and validation tokens, its tokenizer and its index."""
+    folder = Path(folder)
+    index = read_index(folder)
+    train, val = (ShardedTokens.open(folder, index["shards"][split], np.dtype(index["dtype"]))
+                  for split in SPLITS)
+    return train, val, load_tokenizer(folder / TOKENIZER), index

@@ -1,15 +1,15 @@
-"""The corpus on its way to batches: download + verify + cache, encode once to a memory-mapped
-token file, split contiguously 90/10, and draw random (x, y) batches.
+"""The corpus on its way to batches: download + verify + cache, prepare once into token shards
+(minigpt.corpus), the contiguous 90/10 split, and random (x, y) batches.
 
-    text file -> CharTokenizer -> <text>.char.tokens.bin (memmap) -> train / val -> get_batch
+    text file -> prepare (char or BPE) -> <cache>/prepared/<name>-<key>/ -> train / val -> get_batch
 
-`load_corpus` is the one entry point for training data: a text file with the char tokenizer (as
-above) or a byte-level BPE trained on its training split, or a folder of token shards written by
-`minigpt prepare` (minigpt.corpus).
+`load_corpus` is the one entry point for training data: a text file, prepared on first use into
+the cache (a later run reads the shards), or a folder written by `minigpt prepare`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import urllib.error
@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minigpt.corpus import is_prepared, open_prepared, token_dtype
+from minigpt.corpus import FORMAT, ShardedTokens, is_prepared, open_prepared, prepare, split_point
 from minigpt.errors import MiniGPTError
-from minigpt.files import atomic_path, atomic_write_text, sha256_file
-from minigpt.tokenizer import AnyTokenizer, BPETokenizer, CharTokenizer, tokenizer_from_dict
+from minigpt.files import atomic_path, lock_folder, sha256_file
+from minigpt.tokenizer import AnyTokenizer, CharTokenizer
 
 TINYSHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -72,89 +72,35 @@ def ensure_tinyshakespeare(url: str = TINYSHAKESPEARE_URL) -> Path:
     return path
 
 
-def read_text(path: str | Path) -> str:
-    path = Path(path)
-    if not path.is_file():
-        raise MiniGPTError(f"text file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise MiniGPTError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
-    if "\x00" in text:
-        raise MiniGPTError(f"{path} looks binary (it contains NUL bytes), not text")
-    if not text:
-        raise MiniGPTError(f"{path} is empty")
-    return text
-
-
-def token_file_paths(text_path: Path, tag: str = "char") -> tuple[Path, Path]:
-    """Where a text's token file and its description live: beside the text, else (a folder
-    that cannot be written) in the cache. The tag names the tokenizer: 'char', or for a BPE,
-    say, 'bpe512-val0.1'."""
-    folder = text_path.parent if os.access(text_path.parent, os.W_OK) else cache_dir() / "tokens"
-    stem = text_path.name if folder == text_path.parent else sha256_file(text_path)[:16]
-    return folder / f"{stem}.{tag}.tokens.bin", folder / f"{stem}.{tag}.tokens.json"
-
-
-def encode_text(text: str, tokenizer: str, vocab_size: int,
-                val_fraction: float) -> tuple[np.ndarray, int, AnyTokenizer]:
-    """A text's tokens, how many of them are the training split's, and the tokenizer.
-
-    The text is cut at character int((1 - val_fraction) * len(text)). 'char' is the lesson's
-    vocabulary, every character of the whole text (and one token per character, so the cut is
-    the lesson's int(0.9 * len(data))); 'bpe' learns vocab_size tokens from the training part
-    only, so nothing of the held-out tail shapes the tokenizer."""
-    cut = int((1 - val_fraction) * len(text))
-    if tokenizer == "char":
-        tok = CharTokenizer.from_text(text)
-    else:
-        tok = BPETokenizer.train([text[:cut]], vocab_size)
-    train, val = tok.encode_array(text[:cut]), tok.encode_array(text[cut:])
-    return np.concatenate([train, val]), len(train), tok
-
-
-def cached_tokens(text_path: str | Path, tokenizer: str = "char", vocab_size: int = 0,
-                  val_fraction: float = 0.1) -> tuple[np.memmap, int, AnyTokenizer]:
-    """`encode_text` of a text file, encoded once and kept in a token file beside it (uint16,
-    or uint32 past 65,536 tokens), memory-mapped. The file is reused while the text's sha256
-    is unchanged, and for BPE also vocab_size and val_fraction (which shape its merges)."""
+def prepared_text(text_path: str | Path, tokenizer: str = "char", vocab_size: int = 0,
+                  val_fraction: float = 0.1) -> Path:
+    """The folder holding a text file's shards, prepared on first use (minigpt.corpus.prepare)
+    into <cache>/prepared/<name>-<key>, the key a hash of the text's sha256, the format and
+    the settings that shape the tokens (tokenizer, val_fraction, and a BPE's vocab_size). A
+    later run with the same text and settings reads it; anything else prepares anew (a cache
+    of an earlier format included). Processes preparing at once take turns."""
     text_path = Path(text_path)
     if not text_path.is_file():
         raise MiniGPTError(f"text file not found: {text_path}")
-    key = {"text_sha256": sha256_file(text_path), "kind": tokenizer}
-    if tokenizer == "bpe":
-        key |= {"vocab_size": vocab_size, "val_fraction": val_fraction}
-    tag = "char" if tokenizer == "char" else f"bpe{vocab_size}-val{val_fraction:g}"
-    tokens_path, meta_path = token_file_paths(text_path, tag)
-    meta = _read_json(meta_path)
-    if {k: meta.get(k) for k in key} != key or not tokens_path.exists():
-        ids, n_train, tok = encode_text(read_text(text_path), tokenizer, vocab_size,
-                                        val_fraction)
-        dtype = token_dtype(tok.vocab_size)
-        with atomic_path(tokens_path) as tmp:
-            ids.astype(dtype).tofile(tmp)
-        meta = {**key, "dtype": dtype.name, "n_tokens": len(ids), "n_train": n_train,
-                "tokenizer": tok.to_dict()}
-        atomic_write_text(meta_path, json.dumps(meta, ensure_ascii=False) + "\n")
-    tokens = np.memmap(tokens_path, dtype=np.dtype(meta["dtype"]), mode="r")
-    if len(tokens) != meta["n_tokens"]:
-        raise MiniGPTError(f"token file {tokens_path} is damaged; delete it to rebuild")
-    n_train = meta["n_train"] if tokenizer == "bpe" else int((1 - val_fraction) * len(tokens))
-    return tokens, n_train, tokenizer_from_dict(meta["tokenizer"])
+    if not text_path.stat().st_size:
+        raise MiniGPTError(f"{text_path} is empty")
+    key = {"format": FORMAT, "text_sha256": sha256_file(text_path), "tokenizer": tokenizer,
+           "val_fraction": val_fraction, "vocab_size": vocab_size if tokenizer == "bpe" else 0}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    folder = cache_dir() / "prepared" / f"{text_path.name}-{digest}"
+    if not is_prepared(folder):
+        with lock_folder(folder.parent, wait=True):
+            if not is_prepared(folder):
+                prepare(str(text_path), folder, tokenizer, vocab_size, val_fraction,
+                        progress=text_path.stat().st_size > 1 << 26)  # a bar past 64 MB
+    return folder
 
 
-def load_tokens(text_path: str | Path) -> tuple[np.memmap, CharTokenizer]:
+def load_tokens(text_path: str | Path) -> tuple[ShardedTokens, CharTokenizer]:
     """The lesson's `data = encode(text)`: a text's characters as tokens (memory-mapped,
-    encoded once) and the character tokenizer of the whole text."""
-    tokens, _, tok = cached_tokens(text_path, "char")
-    return tokens, tok
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+    prepared once) and the character tokenizer of the whole text."""
+    train, val, tok, _ = open_prepared(prepared_text(text_path))
+    return ShardedTokens(train.shards + val.shards, dtype=train.dtype), tok
 
 
 @dataclass
@@ -166,7 +112,7 @@ class Splits:
 
     @classmethod
     def from_tokens(cls, tokens: np.ndarray, val_fraction: float = 0.1) -> Splits:
-        n = int((1 - val_fraction) * len(tokens))  # the lesson's int(0.9 * len(data))
+        n = split_point(len(tokens), val_fraction)  # the lesson's int(0.9 * len(data))
         return cls(train=tokens[:n], val=tokens[n:])
 
     def check(self, block_size: int) -> None:
@@ -183,26 +129,23 @@ def load_corpus(text: str | Path, tokenizer: str, vocab_size: int,
                 val_fraction: float) -> tuple[Splits, AnyTokenizer, dict]:
     """The training data, its tokenizer and a description of it, from
 
-    - a text file: its characters ('char') or a byte-level BPE of vocab_size tokens trained on
-      the text's first 1 - val_fraction ('bpe'), the last val_fraction held out (see
-      encode_text; the tokens are cached beside the text);
-    - a folder written by `minigpt prepare`: its shards and its tokenizer as prepared
-      (`tokenizer` and `vocab_size` are not used), the last val_fraction of all its tokens
-      held out.
+    - a text file: its characters ('char') or a byte-level BPE of vocab_size tokens learned
+      from the text's first 1 - val_fraction ('bpe'), the last val_fraction held out, prepared
+      once into the cache (prepared_text);
+    - a folder written by `minigpt prepare`: its splits and its tokenizer as prepared
+      (`tokenizer`, `vocab_size` and `val_fraction` are not used).
 
-    The description has text, tokens, train_tokens, val_tokens, tokenizer (the kind used) and
-    vocab_size.
+    The description has text, tokens, train_tokens, val_tokens, val_fraction, tokenizer (the
+    kind used) and vocab_size.
     """
     path = Path(text)
-    if is_prepared(path):
-        tokens, tok = open_prepared(path)
-        splits = Splits.from_tokens(tokens, val_fraction)
-    else:
-        tokens, n_train, tok = cached_tokens(path, tokenizer, vocab_size, val_fraction)
-        splits = Splits(train=tokens[:n_train], val=tokens[n_train:])
-    info = {"text": str(path), "tokens": len(tokens), "train_tokens": len(splits.train),
-            "val_tokens": len(splits.val), "tokenizer": tok.kind, "vocab_size": tok.vocab_size}
-    return splits, tok, info
+    folder = path if is_prepared(path) else prepared_text(path, tokenizer, vocab_size,
+                                                          val_fraction)
+    train, val, tok, index = open_prepared(folder)
+    info = {"text": str(path), "tokens": len(train) + len(val), "train_tokens": len(train),
+            "val_tokens": len(val), "val_fraction": index["val_fraction"],
+            "tokenizer": tok.kind, "vocab_size": tok.vocab_size}
+    return Splits(train=train, val=val), tok, info
 
 
 def get_batch(

@@ -140,9 +140,10 @@ def truncate_jsonl(path: str | Path, step: int) -> None:
 
 
 @contextmanager
-def lock_folder(folder: Path):
+def lock_folder(folder: Path, wait: bool = False):
     """Hold `folder`/run.lock for the block: a second process asking for it fails at once with
-    a one-line error. The lock dies with the process, so a crashed run never leaves it stuck."""
+    a one-line error (or, wait=True, waits its turn). The lock dies with the process, so a
+    crashed run never leaves it stuck."""
     if fcntl is None:
         yield
         return
@@ -150,7 +151,7 @@ def lock_folder(folder: Path):
     fd = os.open(folder / "run.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             raise MiniGPTError(f"{folder} is in use by another minigpt process (pid {owner}); "

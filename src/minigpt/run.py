@@ -138,7 +138,8 @@ def build_run(cfg: RunConfig, folder: str | Path) -> Run:
         text_path = Path(cfg.data.text) if cfg.data.text else ensure_tinyshakespeare()
         splits, tokenizer, data = load_corpus(text_path, cfg.data.tokenizer,
                                               cfg.model.vocab_size, cfg.data.val_fraction)
-    cfg.data.tokenizer = data["tokenizer"]  # a prepared folder brings its own
+    cfg.data.tokenizer = data["tokenizer"]  # a prepared folder brings its own, and its split
+    cfg.data.val_fraction = data["val_fraction"]
     cfg.model.vocab_size = tokenizer.vocab_size  # BPE may learn fewer than asked for
     accum = cfg.train.grad_accum  # this process's streams: one per micro-batch of a step
     batches = Batches(splits, cfg.train.batch_size, cfg.model.block_size, cfg.train.seed, device,
