@@ -55,6 +55,13 @@ def test_help_explains_every_lesson_flag():
     assert run_cli("sample", "--help").returncode == 0
 
 
+def test_data_is_the_other_name_of_text():
+    from minigpt.cli import build_parser
+
+    for flag in ("--data", "--text"):
+        assert build_parser().parse_args(["train", flag, "corpus/"]).text == "corpus/"
+
+
 @pytest.fixture(scope="module")
 def bad_files(tmp_path_factory):
     """Inputs a user might pass by mistake, one file each."""

@@ -65,7 +65,7 @@ INDEX, TOKENIZER, PROGRESS = "index.json", "tokenizer.json", "progress.json"
 FORMAT = "minigpt-shards/2"
 SPLITS = ("train", "val")
 SHARD_TOKENS = 100_000_000  # 200 MB of uint16 per shard
-CHUNK_CHARS = 1 << 18  # characters read, and encoded, at a time (larger: no faster)
+CHUNK_CHARS = 1 << 20  # characters read, and encoded, at a time (larger: no faster)
 BPE_VOCAB = 4096  # prepare's default vocabulary size for --tokenizer bpe
 BPE_TRAIN_CHARS = 1 << 27  # BPE learns its merges from at most this much of the training split
 
@@ -143,8 +143,9 @@ def _chunks(files: list[Path], chunk_chars: int, bar: tqdm) -> Iterator[str]:
         yield from read_chunks(path, chunk_chars, bar.update)
 
 
-def _bar(files: list[Path], desc: str, progress: bool) -> tqdm:
-    total = sum(p.stat().st_size for p in files)
+def _bar(files: list[Path], desc: str, progress: bool, most: float = float("inf")) -> tqdm:
+    """A bar over the files' bytes (or the first `most` of them, those a pass reads)."""
+    total = min(sum(p.stat().st_size for p in files), most)
     return tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=not progress,
                 dynamic_ncols=True)
 
@@ -184,10 +185,10 @@ def learn_tokenizer(files: list[Path], kind: str, vocab_size: int, chunk_chars: 
     first BPE_TRAIN_CHARS characters (bpe)."""
     if kind == "char":
         return CharTokenizer(alphabet)
-    with _bar(files, "train bpe", progress) as bar:
+    learn = min(cut, BPE_TRAIN_CHARS)
+    with _bar(files, "train bpe", progress, most=learn) as bar:  # (about a byte a character)
         units = itertools.takewhile(lambda u: u[0] == "train", _units(files, chunk_chars,
-                                                                     min(cut, BPE_TRAIN_CHARS),
-                                                                     bar))
+                                                                     learn, bar))
         return BPETokenizer.train((text for _, text in units), vocab_size)
 
 
