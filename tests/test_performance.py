@@ -153,3 +153,26 @@ def test_cuda_defaults_track_float32_eager(text, tmp_path):
     for a, b in zip(rows_fast, rows_ref, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=0.05)
     assert fast["final_val_loss"] == pytest.approx(ref["final_val_loss"], abs=0.05)
+
+
+SPEEDRUN_OPTIONS = dict(pos="rope", norm="rmsnorm", qk_norm=True, mlp="swiglu", bias=False,
+                        bigram=True, smear=True, value_embeds=1, unet=True, logit_cap=15.0,
+                        n_layer=2, optimizer="muon", muon_variant="polar-express", normuon=True,
+                        ema=0.9)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("options", [{}, SPEEDRUN_OPTIONS], ids=["lesson", "speedrun-options"])
+def test_cuda_trains_as_the_cpu_does(text, tmp_path, options):
+    """The CUDA path against the CPU as the oracle, both float32 eager from one seed (the batches
+    come from CPU generators, so they are the same): every row's loss agrees within TF32's
+    rounding, with the model options and Muon too."""
+    same = dict(dtype="float32", compile="off", **options)
+    cpu, rows_cpu = short_run(text, tmp_path, "cpu", device="cpu", **same)
+    gpu, rows_gpu = short_run(text, tmp_path, "cuda", device="cuda", **same)
+    assert [r["step"] for r in rows_cpu] == [r["step"] for r in rows_gpu]
+    for a, b in zip(rows_cpu, rows_gpu, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=0.02)
+    assert gpu["final_val_loss"] == pytest.approx(cpu["final_val_loss"], abs=0.02)
+    assert rows_gpu[-1]["train_loss"] < rows_gpu[0]["train_loss"] - 0.3  # and it learns

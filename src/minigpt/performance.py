@@ -32,8 +32,8 @@ def choose_compile(requested: str, device: torch.device) -> bool:
 def configure_backends(device: torch.device) -> None:
     """TF32 for float32 matmuls and convolutions on CUDA (Ampere and later); nothing elsewhere."""
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.fp32_precision = "tf32"  # the API since torch 2.9; the
+        torch.backends.cudnn.conv.fp32_precision = "tf32"  # allow_tf32 flags are deprecated
 
 
 def train_flops_per_token(cfg: ModelConfig) -> int:
