@@ -17,6 +17,7 @@ import argparse
 import difflib
 import json
 import logging
+import os
 import sys
 from dataclasses import MISSING
 from pathlib import Path
@@ -459,8 +460,23 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # under torchrun, rank 0 speaks for all; the others report only errors
-    show_logs(logging.INFO if world_from_env().is_main else logging.ERROR)
+    world = world_from_env()
+    show_logs(logging.INFO if world.is_main else logging.ERROR)  # rank 0 speaks for all
+    code = run_command(argv)
+    if world.enabled:
+        # Under torchrun, leave without the interpreter's teardown: the process group is gone
+        # and every file is written and closed by now, and a gloo process's teardown was seen
+        # to abort now and then after a finished run (std::terminate, exit code -6), failing
+        # the whole torchrun.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    return code
+
+
+def run_command(argv: list[str] | None) -> int:
+    """Run the command argv names; its exit code, with every expected error as one line."""
     try:
         args = build_parser().parse_args(argv)
         return args.handler(args)

@@ -123,6 +123,7 @@ def gather(obj, world: World) -> list:
 
 
 def barrier(world: World) -> None:
+    """Wait until every process has reached this call (every process must call this)."""
     if world.enabled:
         dist.barrier()
 

@@ -83,7 +83,12 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
             if resume:
                 restore(run, "last")
             prepare_folder(run, resume)
-            return loop(run, progress)
+            result = loop(run, progress)
+        # The other processes wait for rank 0's final evaluation and sample, so that none
+        # leaves the process group (and exits) while another still runs: a process exiting
+        # early under gloo was seen to abort at exit (std::terminate), failing the run.
+        distributed.barrier(run.world)
+        return result
     except (RuntimeError, MemoryError) as e:
         if not out_of_memory(e):
             raise
