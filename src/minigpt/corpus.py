@@ -107,6 +107,11 @@ def find_sources(sources: str, exclude: Path | None = None) -> list[Path]:
     return sorted(files)
 
 
+def file_stamps(files: list[Path]) -> list[list]:
+    """Each file's path, size and modification time: a changed file, another prepare."""
+    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
 def chunk_text(pieces: Iterable[str], chunk_chars: int) -> Iterator[str]:
     """A stream of text pieces (each at most about chunk_chars characters) as chunks of about
     chunk_chars characters (at most twice that), each cut after a safe line break where there
@@ -172,8 +177,7 @@ class Files:
 
     def settings(self) -> dict:
         """What, changed, makes an unfinished prepare of these files another prepare."""
-        return {"sources": self.spec, "files": [[str(p), p.stat().st_size, p.stat().st_mtime_ns]
-                                                for p in self.files]}
+        return {"sources": self.spec, "files": file_stamps(self.files)}
 
     def describe(self) -> dict:
         """The index's `sources`."""
