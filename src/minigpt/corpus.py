@@ -1,10 +1,13 @@
-"""Every corpus on its way to token shards, and back: one file, a folder, or a glob of files.
+"""Every corpus on its way to token shards, and back: one file, a folder, or a glob of files,
+or a dataset's records (minigpt.records).
 
     minigpt prepare --text 'books/**/*.txt' --out data/books [--tokenizer bpe --vocab-size 8192]
+    minigpt prepare --dataset roneneldan/TinyStories --out data/stories --tokenizer bpe
 
 `minigpt train --text FILE`, and the TinyShakespeare default, prepare a text the same way, into
-the cache (minigpt.data.load_corpus). `prepare` never holds the corpus in memory: it reads the
-files in chunks of characters, in three passes:
+the cache (minigpt.data.load_corpus). `prepare` never holds the corpus in memory: it reads its
+source (Files, or minigpt.records.Records) in chunks of characters, in three passes, each
+reading the source again:
 
 1. scan: count the characters (for char, collect them too: the lesson's vocabulary is every
    character of the whole text). The validation split is the last val_fraction of the
