@@ -1,7 +1,8 @@
 """minigpt prepare and ShardedTokens: the shards of each split hold exactly its part of the
-files' text, the tokenizer never sees the validation split, an interrupted prepare continues to
-the same shards, a damaged shard is refused, gathers and batches across shards equal those of
-one concatenated array, and bad input is one line, leaving nothing behind."""
+files' text, a dataset's records prepare to the tokens of a file of its documents, the
+tokenizer never sees the validation split, an interrupted prepare continues to the same shards,
+a damaged shard is refused, gathers and batches across shards equal those of one concatenated
+array, and bad input is one line, leaving nothing behind."""
 
 import json
 import random
@@ -14,6 +15,7 @@ import torch
 from conftest import TINY_FLAGS, as_flags, run_cli
 from minigpt import MiniGPTError, ShardedTokens, Splits, get_batch, load_corpus, prepare
 from minigpt.corpus import find_sources, open_prepared, read_chunks, split_point, token_dtype
+from minigpt.records import Records
 
 WORDS = ["the", "king", "queen", "ünïcode", "😀", "e\u0301", "  ", "\t", "'s", "1984", "中文"]
 
@@ -217,28 +219,136 @@ def interrupt_at(monkeypatch, kind, call):
     monkeypatch.setattr(TOKENIZERS[kind], "encode_array", failing)
 
 
-@pytest.mark.parametrize("kind", ["char", "bpe"])
+@pytest.mark.parametrize("kind, source", [("char", "files"), ("bpe", "files"),
+                                          ("bpe", "parquet")])
 def test_an_interrupted_prepare_continues_to_the_same_shards(corpus, tmp_path, monkeypatch,
-                                                             kind):
-    src, _ = corpus
+                                                             request, kind, source):
+    src, files = corpus
+    src = str(src)
+    if source == "parquet":  # the files' texts as a dataset's records
+        hf = request.getfixturevalue("hf")
+        src = Records(str(write_dataset(hf, tmp_path, documents(files), "parquet")))
     settings = dict(tokenizer=kind, vocab_size=300, shard_tokens=300, chunk_chars=128,
                     progress=False)
-    prepare(str(src), tmp_path / "straight", **settings)
+    prepare(src, tmp_path / "straight", **settings)
     out = tmp_path / "out"
     with monkeypatch.context() as m:
         interrupt_at(m, kind, 9)
         with pytest.raises(KeyboardInterrupt):
-            prepare(str(src), out, **settings)
+            prepare(src, out, **settings)
     done = json.loads((out / "progress.json").read_text())["shards"]["train"]
     assert done and not list(out.glob(".*.tmp")) and not (out / "index.json").exists()
     with pytest.raises(MiniGPTError, match="unfinished prepare of other sources or settings"):
-        prepare(str(src), out, **{**settings, "shard_tokens": 299})
-    index = prepare(str(src), out, **settings)
+        prepare(src, out, **{**settings, "shard_tokens": 299})
+    index = prepare(src, out, **settings)
     straight = json.loads((tmp_path / "straight" / "index.json").read_text())
     assert index["shards"] == straight["shards"]  # the same files, sizes and sha256
     for s in index["shards"]["train"] + index["shards"]["val"]:
         assert (out / s["file"]).read_bytes() == (tmp_path / "straight" / s["file"]).read_bytes()
     assert not (out / "progress.json").exists()
+
+
+@pytest.fixture
+def hf(monkeypatch, tmp_path):
+    """The datasets package, offline (no test reaches the hub) and with its cache (lock files)
+    in the test's folder, or a skip without it."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # if imported before
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf")
+    return datasets
+
+
+def documents(files) -> list[str]:
+    """The files' texts as documents, line endings as written (\r\n among them)."""
+    return [f.read_bytes().decode("utf-8") for f in files] + ["", "ends without a break"]
+
+
+def write_dataset(hf, folder, docs, kind) -> Path:
+    """The documents as a dataset file of that kind, each a record with a 'text' and an 'id'."""
+    path = folder / f"docs.{kind}"
+    data = hf.Dataset.from_dict({"id": list(range(len(docs))), "text": docs})
+    {"parquet": data.to_parquet, "jsonl": data.to_json}[kind](str(path))  # json: JSON lines
+    return path
+
+
+@pytest.mark.parametrize("kind, tokenizer", [("parquet", "char"), ("parquet", "bpe"),
+                                             ("jsonl", "bpe")])
+def test_a_dataset_prepares_to_the_tokens_of_its_documents_joined(hf, corpus, tmp_path, kind,
+                                                                  tokenizer):
+    """The oracle: a file holding the documents, a line break between two, prepared as text."""
+    docs = documents(corpus[1])
+    path = write_dataset(hf, tmp_path, docs, kind)
+    joined = tmp_path / "joined.txt"
+    joined.write_bytes("\n".join(docs).encode("utf-8"))
+    settings = dict(vocab_size=300, shard_tokens=500, chunk_chars=128, progress=False)
+    index = prepare(Records(str(path)), tmp_path / "ds", tokenizer, **settings)
+    expected = prepare(str(joined), tmp_path / "txt", tokenizer, **settings)
+    tokens, tok, _ = all_tokens(tmp_path / "ds")
+    assert np.array_equal(tokens, all_tokens(tmp_path / "txt")[0]) and len(tokens) > 1000
+    assert tok.decode(tokens) == read_text(joined)
+    assert index["shards"] == expected["shards"]  # the same shards, sha256 and all
+    assert ((tmp_path / "ds" / "tokenizer.json").read_bytes()
+            == (tmp_path / "txt" / "tokenizer.json").read_bytes())
+    assert index["sources"] == {"dataset": str(path), "config": None, "split": "train",
+                                "field": "text", "files": [str(path)]}
+
+
+def test_cli_prepares_a_dataset_folder(hf, corpus, tmp_path, capsys):
+    """--dataset FOLDER: its parquet files in sorted order, as one dataset's records."""
+    from minigpt.cli import main
+
+    docs = documents(corpus[1])
+    (tmp_path / "parts").mkdir()
+    for i, half in enumerate([docs[:3], docs[3:]]):  # two files: records follow on
+        write_dataset(hf, tmp_path, half, "parquet").rename(tmp_path / "parts" / f"{i}.parquet")
+    (tmp_path / "joined.txt").write_bytes("\n".join(docs).encode("utf-8"))
+    flags = ["--tokenizer", "bpe", "--vocab-size", "300", "--no-progress"]
+    assert main(["prepare", "--dataset", str(tmp_path / "parts"), "--out",
+                 str(tmp_path / "ds"), *flags]) == 0
+    assert "prepared dataset " in capsys.readouterr().out
+    assert main(["prepare", "--text", str(tmp_path / "joined.txt"), "--out",
+                 str(tmp_path / "txt"), *flags]) == 0
+    assert np.array_equal(all_tokens(tmp_path / "ds")[0], all_tokens(tmp_path / "txt")[0])
+
+
+BAD_DATASETS = [
+    (["--dataset", "{d}/docs.parquet", "--text-field", "body"], "have no field 'body'"),
+    (["--dataset", "{d}/docs.parquet", "--text-field", "id"], "its 'id' is int, not text"),
+    (["--dataset", "{d}/docs.parquet", "--split", "val"], "cannot read dataset"),
+    (["--dataset", "{d}/missing.parquet"], "no files matched"),
+    (["--dataset", "{d}/none*.jsonl"], "no files matched"),
+    (["--dataset", "{d}"], "mixes json and parquet data files"),
+    (["--dataset", "no-such-user/no-such-dataset"], "cannot read dataset"),  # offline
+    (["--text", "{d}/docs.jsonl", "--text-field", "id"], "go with --dataset"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_DATASETS)
+def test_a_bad_dataset_is_one_line_and_leaves_nothing(hf, tmp_path, args, message, capsys):
+    from minigpt.cli import main
+
+    d = tmp_path / "d"
+    d.mkdir()
+    for kind in ("parquet", "jsonl"):
+        write_dataset(hf, d, ["a text\n"], kind)
+    capsys.readouterr()
+    out = tmp_path / "out"
+    code = main(["prepare", *[a.format(d=d) for a in args], "--out", str(out),
+                 "--no-progress"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("minigpt: error:"), lines
+    assert message in lines[0]
+    assert not out.exists()
+
+
+def test_without_the_datasets_package_dataset_says_how_to_install_it(tmp_path, monkeypatch):
+    (tmp_path / "docs.jsonl").write_text('{"text": "a"}\n')
+    monkeypatch.setitem(__import__("sys").modules, "datasets", None)  # import fails
+    with pytest.raises(MiniGPTError, match=r"pip install 'minigpt-loop\[datasets\]'"):
+        prepare(Records(str(tmp_path / "docs.jsonl")), tmp_path / "out", progress=False)
 
 
 def test_a_failure_before_the_first_shard_leaves_nothing(corpus, tmp_path, monkeypatch):

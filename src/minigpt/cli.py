@@ -4,6 +4,7 @@
     torchrun --nproc_per_node=N -m minigpt train ...      (data parallel: minigpt.distributed)
     minigpt sample --run DIR [--prompt TEXT] [--max-new-tokens N] [--temperature T] ...
     minigpt prepare --text PATH_OR_DIR_OR_GLOB --out DIR [--tokenizer char|bpe] ...
+    minigpt prepare --dataset NAME_OR_PATH [--config C] [--split S] [--text-field F] --out DIR
     minigpt export --run DIR --out HF_DIR                 (a folder transformers loads)
 
 Every training flag is generated from the config dataclasses, so flags, TOML keys and the
@@ -214,16 +215,30 @@ def build_parser() -> Parser:
                     help="training tokens to plan for, e.g. 1e9")
 
     pr = command("prepare", "tokenize a big corpus into token shards",
-                 "Stream text files through a tokenizer into the token shards of a training "
-                 "and a validation split (uint16, or uint32 when the vocabulary has more than "
-                 "65,536 tokens, each with its sha256) and a JSON index, never holding the "
-                 "corpus in memory; then train on the folder with minigpt train --text DIR. "
-                 "The last --val-fraction of the characters is held out. char takes every "
-                 "character of the corpus; bpe learns its merges from the training split only. "
-                 "Interrupted, the same command continues after the last complete shard.")
-    pr.add_argument("--text", required=True, metavar="PATH_OR_DIR_OR_GLOB",
-                    help="a UTF-8 text file, a folder (every file under it, hidden ones "
-                         "skipped, in sorted order), or a quoted glob such as 'books/**/*.txt'")
+                 "Stream text files, or a dataset's records, through a tokenizer into the "
+                 "token shards of a training and a validation split (uint16, or uint32 when "
+                 "the vocabulary has more than 65,536 tokens, each with its sha256) and a "
+                 "JSON index, never holding the corpus in memory; then train on the folder "
+                 "with minigpt train --text DIR. The last --val-fraction of the characters is "
+                 "held out. char takes every character of the corpus; bpe learns its merges "
+                 "from the training split only. Interrupted, the same command continues after "
+                 "the last complete shard.")
+    corpus = pr.add_mutually_exclusive_group(required=True)
+    corpus.add_argument("--text", metavar="PATH_OR_DIR_OR_GLOB",
+                        help="a UTF-8 text file, a folder (every file under it, hidden ones "
+                             "skipped, in sorted order), or a quoted glob such as "
+                             "'books/**/*.txt'; the files' texts follow one another")
+    corpus.add_argument("--dataset", metavar="NAME_OR_PATH",
+                        help="a Hugging Face dataset, streamed (e.g. roneneldan/TinyStories; "
+                             "needs pip install 'minigpt-loop[datasets]'), or local parquet, "
+                             "JSON lines (.jsonl, .json) or arrow files: a file, a folder or a "
+                             "quoted glob such as 'data/*.parquet'. Each record's --text-field "
+                             "is a document; documents are joined with a line break")
+    pr.add_argument("--config", metavar="NAME",
+                    help="the dataset's configuration (subset), e.g. wikitext-103-raw-v1")
+    pr.add_argument("--split", metavar="NAME", help="the dataset's split (default train)")
+    pr.add_argument("--text-field", metavar="NAME",
+                    help="the field of each record that holds its text (default text)")
     pr.add_argument("--out", required=True, metavar="DIR",
                     help="folder for the shards, tokenizer.json and index.json (it must not "
                          "already hold a prepared corpus)")
@@ -445,13 +460,24 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     import time
 
     from minigpt.corpus import prepare
+    from minigpt.records import Records
 
+    dataset_options = (args.config, args.split, args.text_field)
+    if args.text is not None and any(o is not None for o in dataset_options):
+        raise MiniGPTError("--config, --split and --text-field go with --dataset, not --text")
+    if args.dataset is not None:
+        source = Records(args.dataset, args.config, args.split or "train",
+                         args.text_field or "text", exclude=Path(args.out))
+        what = source.label()
+    else:
+        source, what = args.text, None
     t0 = time.perf_counter()
-    index = prepare(args.text, args.out, args.tokenizer, args.vocab_size, args.val_fraction,
+    index = prepare(source, args.out, args.tokenizer, args.vocab_size, args.val_fraction,
                     args.shard_tokens, progress=not args.no_progress)
     seconds = time.perf_counter() - t0
     tok, shards = index["tokenizer"], index["shards"]
-    print(f"prepared {len(index['sources']['files']):,} file(s), {index['tokens']:,} tokens "
+    what = what or f"{len(index['sources']['files']):,} file(s)"
+    print(f"prepared {what}, {index['tokens']:,} tokens "
           f"(train {index['train_tokens']:,}, validation {index['val_tokens']:,}; "
           f"{tok['kind']}, vocab {tok['vocab_size']:,}, {index['dtype']}) in "
           f"{len(shards['train']) + len(shards['val']):,} shard(s) in {args.out}: "

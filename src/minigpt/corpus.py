@@ -1,10 +1,13 @@
-"""Every corpus on its way to token shards, and back: one file, a folder, or a glob of files.
+"""Every corpus on its way to token shards, and back: one file, a folder, or a glob of files,
+or a dataset's records (minigpt.records).
 
     minigpt prepare --text 'books/**/*.txt' --out data/books [--tokenizer bpe --vocab-size 8192]
+    minigpt prepare --dataset roneneldan/TinyStories --out data/stories --tokenizer bpe
 
 `minigpt train --text FILE`, and the TinyShakespeare default, prepare a text the same way, into
-the cache (minigpt.data.load_corpus). `prepare` never holds the corpus in memory: it reads the
-files in chunks of characters, in three passes:
+the cache (minigpt.data.load_corpus). `prepare` never holds the corpus in memory: it reads its
+source (Files, or minigpt.records.Records) in chunks of characters, in three passes, each
+reading the source again:
 
 1. scan: count the characters (for char, collect them too: the lesson's vocabulary is every
    character of the whole text). The validation split is the last val_fraction of the
@@ -45,7 +48,7 @@ import itertools
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -107,19 +110,39 @@ def find_sources(sources: str, exclude: Path | None = None) -> list[Path]:
     return sorted(files)
 
 
-def read_chunks(path: Path, chunk_chars: int,
-                on_bytes: Callable[[int], object] = lambda n: None) -> Iterator[str]:
-    """The text of a UTF-8 file in chunks of about chunk_chars characters (at most twice that),
-    each cut after a safe line break where there is one near its end; line endings become \\n
-    as in Python's text mode. on_bytes(n) hears of every n bytes read."""
+def file_stamps(files: list[Path]) -> list[list]:
+    """Each file's path, size and modification time: a changed file, another prepare."""
+    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def chunk_text(pieces: Iterable[str], chunk_chars: int) -> Iterator[str]:
+    """A stream of text pieces (each at most about chunk_chars characters) as chunks of about
+    chunk_chars characters (at most twice that), each cut after a safe line break where there
+    is one near its end; line endings become \\n as in Python's text mode. Where the pieces
+    break changes neither the text nor (BPE) its tokens."""
+    newlines = io.IncrementalNewlineDecoder(None, translate=True)
+    carry = ""
+    for piece in itertools.chain(pieces, [None]):
+        final = piece is None
+        text = carry + newlines.decode(piece or "", final=final)
+        cut = len(text) if final else last_boundary(text)
+        if len(text) - cut > chunk_chars:  # no break near the end: cut anyway
+            cut = len(text)
+        if cut:
+            yield text[:cut]
+        carry = text[cut:]
+
+
+def _decoded(path: Path, chunk_chars: int, on_bytes: Callable[[int], object]) -> Iterator[str]:
+    """A UTF-8 file's text, read chunk_chars bytes at a time, refused in one line if it is not
+    UTF-8 text. on_bytes(n) hears of every n bytes read."""
     utf8 = codecs.getincrementaldecoder("utf-8")()
-    decoder = io.IncrementalNewlineDecoder(utf8, translate=True)
-    carry, offset = "", 0
+    offset = 0
     with open(path, "rb") as f:
         while True:
             raw = f.read(chunk_chars)
             try:
-                text = carry + decoder.decode(raw, final=not raw)
+                text = utf8.decode(raw, final=not raw)
             except UnicodeDecodeError as e:
                 raise MiniGPTError(f"{path} is not UTF-8 text (near byte {offset + e.start}: "
                                    f"{e.reason})") from None
@@ -127,35 +150,61 @@ def read_chunks(path: Path, chunk_chars: int,
                 raise MiniGPTError(f"{path} looks binary (it contains NUL bytes), not text")
             offset += len(raw)
             on_bytes(len(raw))
-            cut = last_boundary(text) if raw else len(text)
-            if len(text) - cut > chunk_chars:  # no break near the end: cut anyway
-                cut = len(text)
-            if cut:
-                yield text[:cut]
-            carry = text[cut:]
+            yield text
             if not raw:
                 return
 
 
-def _chunks(files: list[Path], chunk_chars: int, bar: tqdm) -> Iterator[str]:
-    """Every file's chunks, in order, advancing the progress bar by the bytes read."""
-    for path in files:
-        yield from read_chunks(path, chunk_chars, bar.update)
+def read_chunks(path: Path, chunk_chars: int,
+                on_bytes: Callable[[int], object] = lambda n: None) -> Iterator[str]:
+    """The text of a UTF-8 file in chunks of about chunk_chars characters (chunk_text).
+    on_bytes(n) hears of every n bytes read."""
+    return chunk_text(_decoded(path, chunk_chars, on_bytes), chunk_chars)
 
 
-def _bar(files: list[Path], desc: str, progress: bool, most: float = float("inf")) -> tqdm:
-    """A bar over the files' bytes (or the first `most` of them, those a pass reads)."""
-    total = min(sum(p.stat().st_size for p in files), most)
-    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=not progress,
-                dynamic_ncols=True)
+class Files:
+    """Text files as a corpus: those `spec` names (find_sources), each chunked on its own, one
+    after another, nothing between them. The other corpus is a dataset's records
+    (minigpt.records.Records); prepare's passes read either through these methods."""
+
+    unit = "B"  # the bars count bytes read
+
+    def __init__(self, spec: str, exclude: Path | None = None):
+        self.spec, self.files = str(spec), find_sources(spec, exclude)
+        self.size = sum(p.stat().st_size for p in self.files)  # a bar's total, known up front
+
+    def chunks(self, chunk_chars: int, on_progress: Callable[[int], object]) -> Iterator[str]:
+        """Every file's chunks, in order; on_progress(n) hears of every n bytes read."""
+        for path in self.files:
+            yield from read_chunks(path, chunk_chars, on_progress)
+
+    def settings(self) -> dict:
+        """What, changed, makes an unfinished prepare of these files another prepare."""
+        return {"sources": self.spec, "files": file_stamps(self.files)}
+
+    def describe(self) -> dict:
+        """The index's `sources`."""
+        return {"spec": self.spec, "files": [str(p) for p in self.files], "bytes": self.size}
+
+    def __str__(self) -> str:
+        return f"the {len(self.files)} file(s)"
 
 
-def _units(files: list[Path], chunk_chars: int, cut: int,
-           bar: tqdm) -> Iterator[tuple[str, str]]:
-    """Every chunk of the files as (split, text): 'train' before character `cut`, 'val' from it
-    on (the chunk that holds the cut comes as two). Always the same units for the same files."""
+def _bar(source, desc: str, progress: bool, chars: int | None = None,
+         most: float = float("inf")) -> tqdm:
+    """A bar over the source's size (the files' bytes; a dataset's characters, `chars`, once
+    the scan has counted them, and no total before), or the first `most` of it."""
+    total = source.size if source.size is not None else chars
+    return tqdm(total=None if total is None else min(total, most), desc=desc, unit=source.unit,
+                unit_scale=True, disable=not progress, dynamic_ncols=True)
+
+
+def _units(source, chunk_chars: int, cut: int, bar: tqdm) -> Iterator[tuple[str, str]]:
+    """Every chunk of the source as (split, text): 'train' before character `cut`, 'val' from
+    it on (the chunk that holds the cut comes as two). Always the same units for the same
+    source."""
     seen = 0
-    for chunk in _chunks(files, chunk_chars, bar):
+    for chunk in source.chunks(chunk_chars, bar.update):
         end = seen + len(chunk)
         if seen < cut < end:
             yield "train", chunk[:cut - seen]
@@ -165,30 +214,30 @@ def _units(files: list[Path], chunk_chars: int, cut: int,
         seen = end
 
 
-def scan(files: list[Path], kind: str, chunk_chars: int, progress: bool) -> tuple[int, str]:
-    """Pass 1: how many characters the files hold and (char) which, sorted. An empty corpus is
-    an error."""
+def scan(source, kind: str, chunk_chars: int, progress: bool) -> tuple[int, str]:
+    """Pass 1: how many characters the source (Files, or minigpt.records.Records) holds and
+    (char) which, sorted. An empty corpus is an error."""
     count, alphabet = 0, set()
-    with _bar(files, "scan", progress) as bar:
-        for chunk in _chunks(files, chunk_chars, bar):
+    with _bar(source, "scan", progress) as bar:
+        for chunk in source.chunks(chunk_chars, bar.update):
             count += len(chunk)
             if kind == "char":
                 alphabet.update(chunk)
     if not count:
-        raise MiniGPTError(f"empty corpus: the {len(files)} file(s) hold no text")
+        raise MiniGPTError(f"empty corpus: {source} hold no text")
     return count, "".join(sorted(alphabet))
 
 
-def learn_tokenizer(files: list[Path], kind: str, vocab_size: int, chunk_chars: int, cut: int,
+def learn_tokenizer(source, kind: str, vocab_size: int, chunk_chars: int, cut: int,
                     alphabet: str, progress: bool) -> AnyTokenizer:
     """Pass 2: the characters seen (char), or BPE merges learned from the training split's
     first BPE_TRAIN_CHARS characters (bpe)."""
     if kind == "char":
         return CharTokenizer(alphabet)
     learn = min(cut, BPE_TRAIN_CHARS)
-    with _bar(files, "train bpe", progress, most=learn) as bar:  # (about a byte a character)
-        units = itertools.takewhile(lambda u: u[0] == "train", _units(files, chunk_chars,
-                                                                     learn, bar))
+    with _bar(source, "train bpe", progress, learn, most=learn) as bar:  # (~ a byte a char)
+        units = itertools.takewhile(lambda u: u[0] == "train", _units(source, chunk_chars,
+                                                                      learn, bar))
         return BPETokenizer.train((text for _, text in units), vocab_size)
 
 
@@ -244,7 +293,7 @@ class _Shards:
             self.file = None
 
 
-def encode_shards(files: list[Path], tok: AnyTokenizer, out_dir: Path, state: dict,
+def encode_shards(source, tok: AnyTokenizer, out_dir: Path, state: dict,
                   progress: bool) -> None:
     """Pass 3: the units' tokens into shards, from where state["next"] says (a continued
     prepare skips the units, and the tokens of a unit, its complete shards already hold). The
@@ -259,8 +308,8 @@ def encode_shards(files: list[Path], tok: AnyTokenizer, out_dir: Path, state: di
         atomic_write_text(out_dir / PROGRESS, json.dumps(state) + "\n")
 
     try:
-        with _bar(files, "encode", progress) as bar:
-            for i, (split, text) in enumerate(_units(files, settings["chunk_chars"],
+        with _bar(source, "encode", progress, state["chars"]) as bar:
+            for i, (split, text) in enumerate(_units(source, settings["chunk_chars"],
                                                      state["cut"], bar)):
                 if i < first:
                     continue
@@ -275,13 +324,14 @@ def encode_shards(files: list[Path], tok: AnyTokenizer, out_dir: Path, state: di
         writer.discard()
 
 
-def prepare(sources: str, out_dir: str | Path, tokenizer: str = "char",
+def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
             vocab_size: int = BPE_VOCAB, val_fraction: float = 0.1,
             shard_tokens: int = SHARD_TOKENS, chunk_chars: int = CHUNK_CHARS,
             progress: bool = True) -> dict:
-    """Tokenize the files `sources` names (a file, a folder, or a glob) into the shards of a
-    training and a validation split in out_dir, streaming (memory stays bounded by the chunk
-    size, whatever the corpus size), and return the index written to out_dir/index.json.
+    """Tokenize the files `sources` names (a file, a folder, or a glob), or another source
+    (minigpt.records.Records: a dataset's records), into the shards of a training and a
+    validation split in out_dir, streaming (memory stays bounded by the chunk size, whatever
+    the corpus size), and return the index written to out_dir/index.json.
     vocab_size is for bpe only. Run again on a folder whose prepare was interrupted, with the
     same sources and settings, it continues after the last complete shard."""
     out_dir = Path(out_dir)
@@ -295,10 +345,9 @@ def prepare(sources: str, out_dir: str | Path, tokenizer: str = "char",
     if is_prepared(out_dir):
         raise MiniGPTError(f"{out_dir} already holds a prepared corpus; choose another --out "
                            f"or delete it first")
-    files = find_sources(sources, exclude=out_dir)
-    settings = {"format": FORMAT, "sources": str(sources),
-                "files": [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files],
-                "tokenizer": tokenizer, "vocab_size": vocab_size if tokenizer == "bpe" else None,
+    source = Files(sources, exclude=out_dir) if isinstance(sources, (str, Path)) else sources
+    settings = {"format": FORMAT, **source.settings(), "tokenizer": tokenizer,
+                "vocab_size": vocab_size if tokenizer == "bpe" else None,
                 "val_fraction": val_fraction, "shard_tokens": shard_tokens,
                 "chunk_chars": chunk_chars}
     state = _read_json(out_dir / PROGRESS)
@@ -312,9 +361,9 @@ def prepare(sources: str, out_dir: str | Path, tokenizer: str = "char",
         logging.getLogger("minigpt").info(f"{out_dir}: continuing an interrupted prepare "
                                           f"after its {done} complete shard(s)")
     else:
-        chars, alphabet = scan(files, tokenizer, chunk_chars, progress)
+        chars, alphabet = scan(source, tokenizer, chunk_chars, progress)
         cut = split_point(chars, val_fraction)
-        tok = learn_tokenizer(files, tokenizer, vocab_size, chunk_chars, cut, alphabet,
+        tok = learn_tokenizer(source, tokenizer, vocab_size, chunk_chars, cut, alphabet,
                               progress)
         state = {"settings": settings, "chars": chars, "cut": cut,
                  "dtype": token_dtype(tok.vocab_size).name,
@@ -325,7 +374,7 @@ def prepare(sources: str, out_dir: str | Path, tokenizer: str = "char",
             if not (out_dir / PROGRESS).exists():
                 tok.save(out_dir / TOKENIZER)
                 atomic_write_text(out_dir / PROGRESS, json.dumps(state) + "\n")
-            encode_shards(files, tok, out_dir, state, progress)
+            encode_shards(source, tok, out_dir, state, progress)
         except BaseException:
             if not any(state["shards"].values()):  # nothing worth continuing from
                 _remove_partial(out_dir, created)
@@ -337,8 +386,7 @@ def prepare(sources: str, out_dir: str | Path, tokenizer: str = "char",
             **{f"{split}_tokens": sum(s["tokens"] for s in shards[split]) for split in SPLITS},
             "shards": shards, "val_fraction": val_fraction, "chars": state["chars"],
             "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size, "file": TOKENIZER},
-            "sources": {"spec": str(sources), "files": [str(p) for p in files],
-                        "bytes": sum(p.stat().st_size for p in files)},
+            "sources": source.describe(),
             "shard_tokens": shard_tokens, "chunk_chars": chunk_chars,
         }
         atomic_write_text(out_dir / INDEX, json.dumps(index, indent=1) + "\n")
