@@ -84,9 +84,9 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
                 restore(run, "last")
             prepare_folder(run, resume)
             result = loop(run, progress)
-        # The other processes wait for rank 0's final evaluation and sample, so that none
-        # leaves the process group (and exits) while another still runs: a process exiting
-        # early under gloo was seen to abort at exit (std::terminate), failing the run.
+        # Every process waits here for rank 0's final evaluation and sample, so that they all
+        # leave the process group together; how they then exit under torchrun is cli.main's
+        # (without the interpreter's teardown, which was seen to abort a gloo process).
         distributed.barrier(run.world)
         return result
     except (RuntimeError, MemoryError) as e:
