@@ -5,11 +5,12 @@ import json
 import math
 
 import pytest
+import torch
 
 from conftest import TINY, read_png, tiny_config
 from minigpt import train
 from minigpt.diagnostics.compare import compare, parse_axis, parse_variant, variants
-from minigpt.diagnostics.probes import standard_probes
+from minigpt.diagnostics.probes import Probe, standard_probes
 from minigpt.errors import MiniGPTError
 from minigpt.files import read_jsonl
 
@@ -77,6 +78,31 @@ def test_clipped_run_probe_sees_clipped_gradients(tmp_path):
     for r in read_jsonl(tmp_path / "run/gradflow.jsonl"):
         total = math.sqrt(sum(v * v for v in r["layers"].values()))
         assert total == pytest.approx(min(norms[r["step"]], 0.05), rel=1e-3)
+
+
+class ZeroGradient(Probe):
+    """Cuts lm_head off the loss: its gradient is zero at every step."""
+
+    def start(self, run):
+        run.model.lm_head.weight.register_hook(torch.zeros_like)
+
+
+def test_dead_is_shouted_when_it_lasts_not_for_a_gate_that_starts_shut(tmp_path, caplog):
+    """The smear's gate starts at zero, so its weights' gradient is exactly zero at step 0
+    only (then tiny, as the gate opens): recorded, not shouted. A parameter dead at every probe is shouted from the second."""
+    caplog.set_level("WARNING", logger="minigpt")
+    text = tmp_path / "t.txt"
+    text.write_text("abcdefgh " * 400)
+    cfg = tiny_config(text, steps=4, eval_every=5, log_every=1, gradflow_every=1, smear=True)
+    train(cfg, tmp_path / "run", progress=False,
+          probes=[ZeroGradient(), *standard_probes(cfg)])
+    flows = read_jsonl(tmp_path / "run" / "gradflow.jsonl")
+    assert flows[0]["flagged"]["smear_gate.weight"] == ["dead"]
+    assert all(r["flagged"].get("smear_gate.weight") != ["dead"] for r in flows[1:])
+    assert all(r["flagged"]["lm_head.weight"] == ["dead"] for r in flows)
+    shouted = [m for m in caplog.messages if "gradient flow:" in m]
+    assert [m.split(":")[0] for m in shouted] == ["step 1", "step 2", "step 3"]
+    assert all("lm_head.weight dead" in m and "smear" not in m for m in shouted)
 
 
 def test_variant_axes_and_settings_with_their_types():

@@ -128,6 +128,7 @@ class GradFlowProbe(Probe):
         self.tb = tensorboard
         self.before = None
         self.handles = []
+        self.dead: set[str] = set()  # the parameters flagged dead at the last probe
 
     def start(self, run):
         super().start(run)
@@ -151,8 +152,13 @@ class GradFlowProbe(Probe):
         row = {"step": step, "layers": layers, "flagged": flagged,
                "params": [asdict(s) for s in stats]}
         append_line(self.run.folder / "gradflow.jsonl", json.dumps(row))
-        # vanishing is recorded but not shouted: attn.Wk.bias is always ~0 (see gradflow.py)
-        alarming = {n: f for n, f in flagged.items() if set(f) & {"dead", "exploding", "nonfinite"}}
+        # Vanishing is recorded but not shouted: attn.Wk.bias is always ~0 (see gradflow.py).
+        # Dead is shouted once it lasts two probes: a gate that starts at zero (the smear's,
+        # --zero-init's projections) holds what is behind it at exactly zero for one step.
+        dead = {n for n, f in flagged.items() if "dead" in f}
+        alarming = {n: f for n, f in flagged.items()
+                    if set(f) & {"exploding", "nonfinite"} or n in dead & self.dead}
+        self.dead = dead
         if alarming:
             log.warning(f"step {step}: gradient flow: "
                         + ", ".join(f"{n} {'/'.join(f)}" for n, f in list(alarming.items())[:4])
@@ -163,6 +169,12 @@ class GradFlowProbe(Probe):
     def on_row(self, row):
         if "val_loss" in row:
             self.plot()
+
+    def state_dict(self) -> dict:
+        return {"dead": sorted(self.dead)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dead = set(state["dead"])
 
     def plot(self):
         history = read_jsonl(self.run.folder / "gradflow.jsonl")
