@@ -54,7 +54,8 @@ def ddp_run(corpus, tmp_path_factory):
 OPTIONS = ["--pos", "rope", "--norm", "rmsnorm", "--qk-norm", "--mlp", "swiglu", "--no-bias",
            "--optimizer", "muon", "--muon-variant", "polar-express", "--normuon",
            *as_flags(dict(n_layer=2, bigram=True, smear=True, value_embeds=1, unet=True,
-                          logit_cap=15.0, zero_init=True, ema=0.9))]  # and the speedrun's
+                          logit_cap=15.0, zero_init=True, ema=0.9,
+                          batch_start=2, block_start=8, ramp=0.5))]  # and the speedrun's
 
 
 @pytest.mark.parametrize("options", [[], OPTIONS], ids=["lesson", "options+muon"])

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from minigpt import lr_at
+from minigpt.schedule import size_at
 
 COSINE = dict(lr=1.0, min_lr=0.1, warmup_steps=10, total_steps=111, schedule="cosine")
 
@@ -70,3 +71,18 @@ def test_a_time_fraction_drives_the_decay_like_the_step_count(schedule):
     if warm:
         assert lr_at(3, warmup_steps=10, fraction=0.9, **kw) == pytest.approx(0.4)  # warming
         assert lr_at(200, warmup_steps=10, fraction=1.7, **kw) == pytest.approx(0.1)
+
+
+
+@pytest.mark.parametrize("progress, expected", [
+    (0.0, 8), (0.05, 8),  # 8 + 24 * 0.05 / 0.3 = 12: floored to a multiple of the start
+    (0.1, 16), (0.15, 16), (0.2, 24), (0.29, 24),  # 31.2 is still 24
+    (0.3, 32), (0.9, 32),  # full at the end of the ramp, and after it
+])
+def test_a_size_grows_from_its_start_in_steps_of_it(progress, expected):
+    assert size_at(progress, start=8, full=32, ramp=0.3) == expected
+
+
+def test_a_size_without_a_schedule_is_full():
+    assert size_at(0.0, start=0, full=32, ramp=0.3) == 32  # no start
+    assert size_at(0.0, start=8, full=32, ramp=0.0) == 32  # no ramp

@@ -20,6 +20,7 @@ from minigpt import (
     train,
 )
 from minigpt.data import Splits, load_corpus
+from minigpt.diagnostics.probes import Probe
 from minigpt.diagnostics.reading import read_run
 from minigpt.step import clip_gradients
 
@@ -139,11 +140,18 @@ def test_checkpoint_round_trip_gives_identical_logits(small_text, tmp_path):
     assert not torch.equal(MiniGPT.from_config(run.cfg.model)(idx)[0], model(idx)[0])
 
 
-def test_resume_continues_exactly(small_text, tmp_path):
-    """An uninterrupted run is the oracle for one stopped part-way and resumed."""
+RESUMED = {"lesson": {}, "ema": dict(ema=0.9),
+           "schedules": dict(batch_start=4, block_start=8, ramp=0.75)}
+
+
+@pytest.mark.parametrize("settings", RESUMED.values(), ids=RESUMED)
+def test_resume_continues_exactly(small_text, tmp_path, settings):
+    """An uninterrupted run is the oracle for one stopped part-way and resumed (with an average
+    of the weights, and with batch shapes that grow, across the stop)."""
     from minigpt import resume_config
 
-    cfg = lambda: tiny_config(small_text, steps=24, eval_every=6, log_every=1)  # noqa: E731
+    cfg = lambda: tiny_config(small_text, steps=24, eval_every=6, log_every=1,  # noqa: E731
+                              **settings)
     straight = train(cfg(), tmp_path / "straight", progress=False).summary
     with pytest.raises(KeyboardInterrupt):  # after the checkpoint at step 12, before the next
         train(cfg(), tmp_path / "resumed", progress=False, probes=[CrashAt(14)])
@@ -154,9 +162,50 @@ def test_resume_continues_exactly(small_text, tmp_path):
     assert without_speed(metrics(tmp_path / "resumed")) == \
         without_speed(metrics(tmp_path / "straight"))
     assert resumed["final_val_loss"] == straight["final_val_loss"]
-    a = load_model(tmp_path / "straight", "last")[0].state_dict()
+    a = load_model(tmp_path / "straight", "last")[0].state_dict()  # (the averages, with EMA)
     b = load_model(tmp_path / "resumed", "last")[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class BatchShapes(Probe):
+    """Records the shape of every training batch the run draws."""
+
+    def start(self, run):
+        self.shapes, draw = [], run.batches.get_batch
+
+        def recording(split, micro=0):
+            x, y = draw(split, micro)
+            if split == "train":
+                self.shapes.append(tuple(x.shape))
+            return x, y
+
+        run.batches.get_batch = recording
+
+
+def test_the_batch_and_the_context_grow_as_scheduled(small_text, tmp_path):
+    """10 steps, batch 2 -> 8 and context 8 -> 32 over the first half: by hand, step s is at
+    progress s / 10, where the batch is 2 + 6 s / 5 and the context 8 + 24 s / 5, each floored
+    to a multiple of its start; the speed counts the tokens actually trained."""
+    shapes = BatchShapes()
+    cfg = tiny_config(small_text, steps=10, eval_every=5, batch_start=2, block_start=8,
+                      ramp=0.5)
+    summary = train(cfg, tmp_path / "run", progress=False, probes=[shapes]).summary
+    assert shapes.shapes == [(2, 8), (2, 8), (4, 16), (4, 16), (6, 24)] + [(8, 32)] * 5
+    tokens = sum(b * t for b, t in shapes.shapes)  # 1,584, where ten full batches are 2,560
+    assert summary["tokens_per_s"] == pytest.approx(tokens / summary["train_s"], rel=0.1)
+
+
+def test_a_schedule_outside_its_range(small_text):
+    """A ramp is a part of training; a start not below the full size is no schedule (a
+    preset's start under a smaller --batch-size, say)."""
+    from minigpt import MiniGPTError
+
+    with pytest.raises(MiniGPTError, match="'ramp' must be in \\[0, 1\\]"):
+        tiny_config(small_text, ramp=1.5)
+    shapes = BatchShapes()
+    train(tiny_config(small_text, steps=3, eval_every=5, batch_start=8, block_start=64),
+          small_text.parent / "run", progress=False, probes=[shapes])
+    assert shapes.shapes == [(8, 32)] * 3
 
 
 @pytest.mark.slow
@@ -258,21 +307,6 @@ def test_ema_is_what_is_evaluated_sampled_and_loaded(small_text, tmp_path):
     assert split_loss(averaged, val, 32) == pytest.approx(summary["final_val_loss"], abs=1e-6)
     assert split_loss(trained, val, 32) != pytest.approx(summary["final_val_loss"], abs=1e-4)
     assert meta["parts"]["ema"] == {"n_averaged": 12}
-
-
-def test_ema_resumes_exactly(small_text, tmp_path):
-    from minigpt import resume_config
-
-    cfg = lambda: tiny_config(small_text, steps=24, eval_every=6, log_every=1, ema=0.9)  # noqa: E731
-    train(cfg(), tmp_path / "straight", progress=False)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg(), tmp_path / "resumed", progress=False, probes=[CrashAt(14)])
-    train(resume_config(tmp_path / "resumed"), tmp_path / "resumed", resume=True, progress=False)
-    assert without_speed(metrics(tmp_path / "resumed")) == \
-        without_speed(metrics(tmp_path / "straight"))
-    a = load_model(tmp_path / "straight", "last")[0].state_dict()  # the averages
-    b = load_model(tmp_path / "resumed", "last")[0].state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize("decay", [1.0, -0.1])

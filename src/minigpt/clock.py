@@ -61,25 +61,28 @@ class Clock:
 
 
 class Speed:
-    """Tokens per second and MFU, over the steps since the last reading or over every step this
-    process timed, from the clock's seconds."""
+    """Tokens per second and MFU, over the tokens trained since the last reading or over all
+    this process timed, from the clock's seconds."""
 
-    def __init__(self, tokens_per_step: int, flops_per_token: float, peak_flops: float,
-                 step: int, seconds: float):
-        self.tokens_per_step = tokens_per_step
+    def __init__(self, flops_per_token: float, peak_flops: float, seconds: float):
         self.flops_per_token = flops_per_token
         self.peak_flops = peak_flops
-        self.first = self.last = (step, seconds)
+        self.tokens = 0  # trained by this process's run (every process's, under torchrun)
+        self.first = self.last = (0, seconds)
 
-    def read(self, step: int, seconds: float) -> dict:
-        """The speed since the last reading (`step` steps done after `seconds` of training)."""
-        previous, self.last = self.last, (step, seconds)
+    def count(self, tokens: int) -> None:
+        """A step trained `tokens` more tokens."""
+        self.tokens += tokens
+
+    def read(self, seconds: float) -> dict:
+        """The speed since the last reading, `seconds` into training."""
+        previous, self.last = self.last, (self.tokens, seconds)
         return self._figures(previous, self.last)
 
     def overall(self) -> dict:
         return self._figures(self.first, self.last)
 
     def _figures(self, start: tuple[int, float], end: tuple[int, float]) -> dict:
-        tokens_per_s = (end[0] - start[0]) * self.tokens_per_step / max(end[1] - start[1], 1e-9)
+        tokens_per_s = (end[0] - start[0]) / max(end[1] - start[1], 1e-9)
         return {"tokens_per_s": round(tokens_per_s),
                 "mfu": round(mfu(tokens_per_s, self.flops_per_token, self.peak_flops), 4)}

@@ -72,6 +72,14 @@ class ModelConfig:
 class TrainConfig:
     steps: int = opt(5000, "optimizer steps")
     batch_size: int = opt(32, "sequences per batch B (per process, per micro-step)")
+    batch_start: int = opt(0, "a batch-size schedule: start with N sequences a batch, growing N at "
+                               "a time to batch_size over the first --ramp of training (off: 0, "
+                               "or N not below batch_size)")
+    block_start: int = opt(0, "a sequence-length schedule: start with windows of N tokens, "
+                               "growing N at a time to block_size over the first --ramp of "
+                               "training (off: 0, or N not below block_size)")
+    ramp: float = opt(0.3, "the part of training (of --steps, or of --time-budget) over which "
+                            "--batch-start and --block-start grow to full size")
     grad_accum: int = opt(1, "micro-batches per optimizer step: the global batch is "
                               "batch_size x grad_accum x processes")
     optimizer: str = opt("adamw", "adamw, sgd (with momentum), or muon (torch.optim.Muon for "
@@ -325,11 +333,13 @@ def validate(cfg: RunConfig) -> None:
             raise MiniGPTError(f"'{key}' must be positive, got {getattr(t, key)}")
     for key in ("min_lr", "warmup_steps", "weight_decay", "grad_clip", "patience",
                 "min_delta", "momentum", "muon_momentum", "sample_tokens", "skip_nonfinite",
-                "eval_batches", "time_budget"):
+                "eval_batches", "time_budget", "batch_start", "block_start"):
         if getattr(t, key) < 0:
             raise MiniGPTError(f"'{key}' must not be negative, got {getattr(t, key)}")
     if not 0 <= t.ema < 1:
         raise MiniGPTError(f"'ema' must be in [0, 1) (a decay, e.g. 0.99; 0 = off), got {t.ema}")
+    if not 0 <= t.ramp <= 1:
+        raise MiniGPTError(f"'ramp' must be in [0, 1] (a part of training), got {t.ramp}")
     if not 0 < d.val_fraction < 1:
         raise MiniGPTError(f"'val_fraction' must be in (0, 1), got {d.val_fraction}")
     for section in cfg.extra.values():  # a section beyond the core's checks itself

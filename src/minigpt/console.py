@@ -78,12 +78,19 @@ def log_start(run: Run, peak: float) -> None:
              f"{peak / 1e9:,.0f} GFLOP/s")
     log.info(f"data: {data['text']}: vocab {data['vocab_size']}, "
              f"{data['train_tokens']:,} train and {data['val_tokens']:,} val tokens")
-    batch = f"batch {t.batch_size}"
+    batch = f"batch {grows(t.batch_start, t.batch_size)}"
     if t.grad_accum > 1 or processes > 1:
         batch += f" x {t.grad_accum} micro-steps x {processes} processes"
+    block = grows(t.block_start, run.cfg.model.block_size)
+    ramp = f" (grown over the first {t.ramp:.0%})" if "->" in batch + block else ""
     log.info(f"model: {data['params']:,} parameters on {env['device']}; {t.optimizer} lr "
-             f"{t.lr:g} ({t.schedule}), {batch} x {run.cfg.model.block_size} tokens, "
+             f"{t.lr:g} ({t.schedule}), {batch} x {block} tokens{ramp}, "
              + (f"{t.time_budget:g} s of training" if t.time_budget else f"{t.steps} steps"))
+
+
+def grows(start: int, full: int) -> str:
+    """A size and its schedule: '32', or '8->32' when it grows from 8."""
+    return f"{start}->{full}" if 0 < start < full else f"{full}"
 
 
 def log_eval(row: dict, improved: bool) -> None:

@@ -185,6 +185,7 @@ class Batches:
         self.splits = splits
         self.batch_size = batch_size
         self.block_size = block_size
+        self.train_shape = (batch_size, block_size)  # (B, T); the schedules change it: resize
         self.device = device
         self.streams = tuple(streams)
         # separate generators, so how often we evaluate never changes the training batches
@@ -196,10 +197,20 @@ class Batches:
         """(x, y), each (B, T): from the val stream, or from this step's micro-th train stream."""
         if split not in ("train", "val"):
             raise MiniGPTError(f"split must be 'train' or 'val', got {split!r}")
-        data = self.splits.train if split == "train" else self.splits.val
-        key = f"train{self.streams[micro]}" if split == "train" else "val"
-        return get_batch(data, self.batch_size, self.block_size, self.generators[key],
-                         self.device)
+        if split == "val":  # at full size, whatever the training batch's shape
+            return get_batch(self.splits.val, self.batch_size, self.block_size,
+                             self.generators["val"], self.device)
+        return get_batch(self.splits.train, *self.train_shape,
+                         self.generators[f"train{self.streams[micro]}"], self.device)
+
+    def resize(self, batch_size: int, block_size: int) -> None:
+        """The training batches' shape from now on (at most the full batch_size x block_size)."""
+        self.train_shape = (batch_size, block_size)
+
+    @property
+    def tokens(self) -> int:
+        """Tokens in one training micro-batch: B x T."""
+        return self.train_shape[0] * self.train_shape[1]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Every stream's generator state, by name (what a checkpoint keeps)."""

@@ -12,6 +12,11 @@
 A run with a time budget has no last step known in advance: pass `fraction`, the part of the
 budget spent (0 to 1), and the decay follows it instead of the step count (warmup stays in
 steps).
+
+`size_at(progress, ...)` is the schedule of a batch's size (sequences, or tokens per sequence):
+from `start` it grows in steps of `start` to `full` over the first `ramp` of training, as the
+modded-nanogpt speedrun grows its batch and its context: early steps, which learn the short
+statistics of the text, are cheap, and there are more of them.
 """
 
 from __future__ import annotations
@@ -49,3 +54,13 @@ def lr_at(
     if schedule == "linear":
         return lr - (lr - min_lr) * progress
     return min_lr + (lr - min_lr) * (1 + math.cos(math.pi * progress)) / 2
+
+
+def size_at(progress: float, *, start: int, full: int, ramp: float) -> int:
+    """The size at `progress` (0 to 1) through training: `start`, 2 `start`, 3 `start`, ...
+    growing linearly to `full`, reached when progress reaches `ramp`; `full` throughout when
+    start is 0 or not below full, or ramp is 0."""
+    if not 0 < start < full or progress >= ramp:
+        return full
+    grown = start + (full - start) * max(progress, 0.0) / ramp
+    return min(full, start * int(grown // start))

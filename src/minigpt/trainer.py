@@ -42,7 +42,7 @@ from minigpt.run import (
     wrap_for_training,
 )
 from minigpt.sample import PROMPT, sample_text
-from minigpt.schedule import lr_at
+from minigpt.schedule import lr_at, size_at
 from minigpt.signals import StopSignals
 from minigpt.step import MicroSteps, train_step
 from minigpt.tokenizer import AnyTokenizer
@@ -105,9 +105,7 @@ def loop(run: Run, progress: bool) -> TrainResult:
     model = wrap_for_training(run)  # the model, or compile/DDP around it: same parameters
     micro = MicroSteps(t.grad_accum, run.dtype)
     peak = performance.peak_flops(run.device, run.dtype) * run.world.size  # MFU's denominator
-    speed = Speed(t.batch_size * run.cfg.model.block_size * t.grad_accum * run.world.size,
-                  performance.train_flops_per_token(run.cfg.model), peak, state.step,
-                  clock.seconds())
+    speed = Speed(performance.train_flops_per_token(run.cfg.model), peak, clock.seconds())
     bar = console.Progress(t, state.step, clock.seconds(), progress and run.world.is_main)
     console.log_start(run, peak)
     for probe in run.probes:
@@ -118,8 +116,9 @@ def loop(run: Run, progress: bool) -> TrainResult:
     with StopSignals() as signals:
         now = seconds(clock.start(), run)
         while not finished(t, state.step, now):  # (a resumed run may have nothing left to do)
-            step, lr = state.step, set_lr(run.optimizer, schedule_lr(t, state.step, now))
+            step, lr = state.step, schedule(run, state.step, now)
             loss, grad_norm = train_step(model, run.optimizer, run.batches, t.grad_clip, micro)
+            speed.count(run.batches.tokens * micro.n * run.world.size)
             if run.ema is not None:
                 run.ema.update(run.model)
             skipped += ~torch.isfinite(grad_norm)  # those batches changed nothing
@@ -147,7 +146,7 @@ def loop(run: Run, progress: bool) -> TrainResult:
                 break
         clock.stop()
     bar.close()
-    speed.read(state.step, clock.seconds())  # the steps after the last row
+    speed.read(clock.seconds())  # the steps after the last row
     if signals.stopping:
         save(run, ["last"])
         log.warning(f"stopped at step {state.step} by {signal.Signals(signals.signum).name}; "
@@ -157,6 +156,21 @@ def loop(run: Run, progress: bool) -> TrainResult:
 
 
 # --- what the loop calls --------------------------------------------------------------------
+
+
+def schedule(run: Run, step: int, seconds: float) -> float:
+    """Step `step`'s learning rate, set on the optimizer and returned, and its batch's shape,
+    set on the batches (the batch-size and sequence-length schedules)."""
+    t, progress = run.cfg.train, fraction_done(run.cfg.train, step, seconds)
+    run.batches.resize(size_at(progress, start=t.batch_start, full=t.batch_size, ramp=t.ramp),
+                       size_at(progress, start=t.block_start, full=run.cfg.model.block_size,
+                               ramp=t.ramp))
+    return set_lr(run.optimizer, schedule_lr(t, step, seconds))
+
+
+def fraction_done(t: TrainConfig, step: int, seconds: float) -> float:
+    """How far training is, 0 to 1: of the time budget's seconds, else of the steps."""
+    return seconds / t.time_budget if t.time_budget else step / t.steps
 
 
 def schedule_lr(t: TrainConfig, step: int, seconds: float = 0.0) -> float:
@@ -194,7 +208,7 @@ def metrics_row(run: Run, step: int, lr: float, loss: torch.Tensor, grad_norm: t
     loss = distributed.mean(loss, run.world)
     row = {"step": step, "train_loss": console.finite_or_none(loss.item()), "lr": lr,
            "grad_norm": console.finite_or_none(grad_norm.item()), "clipped": clipped,
-           **speed.read(step + 1, run.clock.seconds()), "time_s": round(run.clock.seconds(), 2)}
+           **speed.read(run.clock.seconds()), "time_s": round(run.clock.seconds(), 2)}
     if step == 0:
         check_initial_loss(row["train_loss"], run.tokenizer.vocab_size)
     if skipped > run.state.skipped:
