@@ -16,6 +16,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from minigpt import BPETokenizer, CharTokenizer, MiniGPT, MiniGPTError, get_batch
 from minigpt.data import load_corpus, load_tokens, prepared_text
 from minigpt.diagnostics.attention import token_labels
+from minigpt.lesson import train_step
 from minigpt.sample import sample_text
 from minigpt.tokenizer import (
     byte_symbols,
@@ -216,14 +217,8 @@ def test_bpe_on_tinyshakespeare_trains_and_samples(data_dir):
     model = MiniGPT(tok.vocab_size, n_embd=32, n_head=2, n_layer=1, block_size=32)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(0)
-    losses = []
-    for _ in range(60):
-        x, y = get_batch(splits.train, 16, 32, g)
-        _, loss = model(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    batch = lambda split: get_batch(splits.train, 16, 32, g)  # noqa: E731
+    losses = [train_step(model, opt, batch).item() for _ in range(60)]  # the lesson's step
     assert losses[0] > np.log(512) - 0.5 and np.mean(losses[-10:]) < losses[0] - 1.0
     sample = sample_text(model, tok, "ROMEO:", 40, seed=1)
     assert sample.startswith("ROMEO:") and len(sample) > len("ROMEO:") + 20

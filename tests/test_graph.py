@@ -3,11 +3,12 @@ DOT output and rendering (with Graphviz when it is installed, and without it).""
 
 from __future__ import annotations
 
+import graphlib
 import math
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
-from collections import Counter, deque
+from collections import Counter
 
 import pytest
 import torch
@@ -48,34 +49,24 @@ def traced(model):
 
 
 def _acyclic(n: int, edges) -> bool:
-    """Kahn's algorithm: every node can be removed in some topological order."""
-    indegree = Counter(b for _, b in edges)
-    out = {}
+    """The standard library's topological sort orders exactly the n nodes, finding no cycle."""
+    order = graphlib.TopologicalSorter({i: set() for i in range(n)})
     for a, b in edges:
-        out.setdefault(a, []).append(b)
-    ready = deque(i for i in range(n) if indegree[i] == 0)
-    removed = 0
-    while ready:
-        a = ready.popleft()
-        removed += 1
-        for b in out.get(a, []):
-            indegree[b] -= 1
-            if indegree[b] == 0:
-                ready.append(b)
-    return removed == n
+        order.add(b, a)
+    try:
+        return sorted(order.static_order()) == list(range(n))
+    except graphlib.CycleError:
+        return False
 
 
-def _reaches_root(n: int, edges) -> set[int]:
+def _reaches_root(edges) -> set[int]:
     """The nodes with a path to node 0 (walking the edges backwards from the root)."""
-    into = {}
-    for a, b in edges:
-        into.setdefault(b, []).append(a)
     seen, todo = {0}, [0]
     while todo:
-        for a in into.get(todo.pop(), []):
-            if a not in seen:
-                seen.add(a)
-                todo.append(a)
+        node = todo.pop()
+        new = {a for a, b in edges if b == node} - seen
+        seen |= new
+        todo += new
     return seen
 
 
@@ -118,7 +109,7 @@ def test_trace_has_every_parameter_once_and_the_loss_at_the_root(traced):
     sinks = {n.id for n in nodes} - {a for a, _ in edges}
     assert sinks == {0}
     assert _acyclic(len(nodes), edges)
-    assert {n.id for n in nodes} <= _reaches_root(len(nodes), edges)
+    assert {n.id for n in nodes} <= _reaches_root(edges)
     fns, pairs = _grad_fns(loss)
     assert len(nodes) == len(fns) and len(edges) == len(pairs)  # shared nodes counted once
 

@@ -5,6 +5,7 @@ gradient flow, the graph, checkpoints. And Muon (through torch.optim.Muon), besi
 
 import copy
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from minigpt import MiniGPT, MiniGPTError, generate
 from minigpt.config import ModelConfig, TrainConfig
-from minigpt.diagnostics.attention import attention_maps
+from minigpt.diagnostics.attention import attention_maps, attention_weights
 from minigpt.diagnostics.gradflow import grad_stats, layer_norms
 from minigpt.diagnostics.graph import loss_graph, trace
 from minigpt.model import Rotary, bigram_ids, bigram_rows
@@ -226,8 +227,7 @@ def muon_setup():
 
 
 def a_step(model, opt, seed):
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, V, (4, 17), generator=g)
+    idx = torch.randint(0, V, (4, 17), generator=torch.Generator().manual_seed(seed))
     opt.zero_grad(set_to_none=True)
     model(idx[:, :-1], idx[:, 1:])[1].backward()
     opt.step()
@@ -258,14 +258,11 @@ def test_muon_steps_as_torchs_muon_and_adamw_would_apart():
     model, opt = muon_setup()
     twin = copy.deepcopy(model)
     twin_opt = make_optimizer(twin, TrainConfig(optimizer="muon", lr=3e-3))
+    by_hand = SimpleNamespace(zero_grad=twin.zero_grad,  # the model's own, not the optimizer's
+                              step=lambda: [part.step() for part in twin_opt.parts])
     for seed in range(3):
         a_step(model, opt, seed)
-        g = torch.Generator().manual_seed(seed)
-        idx = torch.randint(0, V, (4, 17), generator=g)
-        twin.zero_grad(set_to_none=True)
-        twin(idx[:, :-1], idx[:, 1:])[1].backward()
-        for part in twin_opt.parts:
-            part.step()
+        a_step(twin, by_hand, seed)
     for a, b in zip(model.parameters(), twin.parameters(), strict=True):
         assert torch.equal(a, b)
     assert not torch.equal(model.blocks[0].attn.Wq.weight, muon_setup()[0].blocks[0].attn.Wq.weight)
@@ -351,16 +348,9 @@ def test_value_embeddings_reach_the_first_and_last_blocks_values(n, tables):
         attn = model.blocks[0].attn
         moved = attn(x, ve=ve) - attn(x)
         # ve only moves the values: the output moves by attention(lambda * ve) through Wo
-        att = attention_maps_of(attn, x)  # (B, nh, T, T)
+        att = attention_weights(attn, x)  # (B, nh, T, T)
         by_hand = (att @ attn.heads(attn.ve_lambda * ve)).transpose(1, 2).reshape(2, 10, 32)
         torch.testing.assert_close(moved, by_hand @ attn.Wo.weight.T, atol=1e-5, rtol=1e-4)
-
-
-def attention_maps_of(attn, x):
-    q, k = attn.queries_keys(x)
-    T = x.size(1)
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(attn.d_k)
-    return scores.masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf")).softmax(-1)
 
 
 def test_unet_skips_add_the_first_halfs_outputs_in_reverse():
@@ -440,23 +430,22 @@ def test_muon_in_bf16_steps_as_torchs_muon_to_the_bit():
     a = Muon(ours, lr=0.01, weight_decay=0.1, momentum=0.95, dtype=torch.bfloat16)
     b = torch.optim.Muon(theirs, lr=0.01, weight_decay=0.1, momentum=0.95,
                          adjust_lr_fn="match_rms_adamw")
-    for _ in range(3):
-        for p, q in zip(ours, theirs, strict=True):
+
+    def step_both(mine, params):  # the same random gradients to both, and a step of each
+        for p, q in zip(params, theirs, strict=True):
             p.grad = torch.randn_like(p)
             q.grad = p.grad.clone()
-        a.step()
+        mine.step()
         b.step()
+
+    for _ in range(3):
+        step_both(a, ours)
     assert all(torch.equal(p, q) for p, q in zip(ours, theirs, strict=True))
     # in float32 the same step, computed more precisely: close, not equal
     fp32 = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     c = Muon(fp32, lr=0.01, weight_decay=0.1, momentum=0.95)
-    b_state = copy.deepcopy(b.state_dict())
-    c.load_state_dict(b_state)
-    for p, q in zip(fp32, theirs, strict=True):
-        p.grad = torch.randn_like(p)
-        q.grad = p.grad.clone()
-    c.step()
-    b.step()
+    c.load_state_dict(copy.deepcopy(b.state_dict()))
+    step_both(c, fp32)
     assert all(not torch.equal(p, q) and torch.allclose(p, q, atol=2e-4)
                for p, q in zip(fp32, theirs, strict=True))
 
