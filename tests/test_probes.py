@@ -89,7 +89,8 @@ class ZeroGradient(Probe):
 
 def test_dead_is_shouted_when_it_lasts_not_for_a_gate_that_starts_shut(tmp_path, caplog):
     """The smear's gate starts at zero, so its weights' gradient is exactly zero at step 0
-    only (then tiny, as the gate opens): recorded, not shouted. A parameter dead at every probe is shouted from the second."""
+    only (then tiny, as the gate opens): recorded, not shouted. A parameter dead at every
+    probe is shouted from the second."""
     caplog.set_level("WARNING", logger="minigpt")
     text = tmp_path / "t.txt"
     text.write_text("abcdefgh " * 400)
