@@ -240,7 +240,15 @@ def test_a_time_budget_trains_for_that_many_seconds(small_text, tmp_path):
     assert summary["train_s"] == pytest.approx(rows[-1]["time_s"], abs=0.5)
     lrs = [r["lr"] for r in rows if r["step"] >= 5]
     assert all(b <= a for a, b in zip(lrs, lrs[1:], strict=False))  # decaying, by the clock
-    assert lrs[-1] < 1.5e-3 < 9e-3 < lrs[0]  # from near the peak to near the floor
+    assert lrs[-1] < 1.5e-3  # to near the floor
+
+    def cosine(seconds):  # the decay from 1e-2 to 1e-3 over the budget's 3 s, by hand
+        return 1e-3 + 9e-3 * (1 + math.cos(math.pi * min(1.0, max(0.0, seconds / 3)))) / 2
+
+    for before, row in zip(rows, rows[1:], strict=False):  # each step's rate is the cosine
+        if row["step"] >= 5:  # at its clock, read between the last row and its own (0.01 s)
+            assert cosine(row["time_s"] + 0.01) <= row["lr"] + 1e-12
+            assert row["lr"] <= cosine(before["time_s"] - 0.01) + 1e-12
     assert "val_loss" in rows[-1] and rows[-1]["step"] == summary["steps"] - 1
 
 

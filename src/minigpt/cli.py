@@ -361,7 +361,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_gradflow(args: argparse.Namespace) -> int:
     from minigpt.diagnostics.gradflow import format_table, probe_batch_stats
     from minigpt.run import open_run
-    from minigpt.trainer import schedule_lr
+    from minigpt.schedule import schedule_lr
 
     run = open_run(args.run, args.checkpoint, args.device)
     state = run.state

@@ -13,6 +13,8 @@ A run with a time budget has no last step known in advance: pass `fraction`, the
 budget spent (0 to 1), and the decay follows it instead of the step count (warmup stays in
 steps).
 
+`schedule_lr` and `batch_shape` are a run's two schedules, from its settings.
+
 `size_at(progress, ...)` is the schedule of a batch's size (sequences, or tokens per sequence):
 from `start` it grows in steps of `start` to `full` over the first `ramp` of training, as the
 modded-nanogpt speedrun grows its batch and its context: early steps, which learn the short
@@ -22,6 +24,8 @@ statistics of the text, are cheap, and there are more of them.
 from __future__ import annotations
 
 import math
+
+from minigpt.config import TrainConfig
 
 
 def lr_at(
@@ -64,3 +68,19 @@ def size_at(progress: float, *, start: int, full: int, ramp: float) -> int:
         return full
     grown = start + (full - start) * max(progress, 0.0) / ramp
     return min(full, start * int(grown // start))
+
+
+def schedule_lr(t: TrainConfig, step: int, seconds: float = 0.0) -> float:
+    """The learning rate of step `step`, `seconds` into training: warmup, then cosine (or as
+    t.schedule says), decaying over t.steps or, with a time budget, over its seconds."""
+    fraction = seconds / t.time_budget if t.time_budget else None
+    return lr_at(step, lr=t.lr, total_steps=t.steps, schedule=t.schedule,
+                 warmup_steps=t.warmup_steps, min_lr=t.min_lr, fraction=fraction)
+
+
+def batch_shape(t: TrainConfig, block_size: int, step: int, seconds: float) -> tuple[int, int]:
+    """The training batch's (B, T) at step `step`, `seconds` into training: each grows from
+    its start as far as training has come (of the time budget's seconds, else of the steps)."""
+    progress = seconds / t.time_budget if t.time_budget else step / t.steps
+    return (size_at(progress, start=t.batch_start, full=t.batch_size, ramp=t.ramp),
+            size_at(progress, start=t.block_start, full=block_size, ramp=t.ramp))

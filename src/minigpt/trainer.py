@@ -42,7 +42,7 @@ from minigpt.run import (
     wrap_for_training,
 )
 from minigpt.sample import PROMPT, sample_text
-from minigpt.schedule import lr_at, size_at
+from minigpt.schedule import batch_shape, schedule_lr
 from minigpt.signals import StopSignals
 from minigpt.step import MicroSteps, train_step
 from minigpt.tokenizer import AnyTokenizer
@@ -161,24 +161,8 @@ def loop(run: Run, progress: bool) -> TrainResult:
 def schedule(run: Run, step: int, seconds: float) -> float:
     """Step `step`'s learning rate, set on the optimizer and returned, and its batch's shape,
     set on the batches (the batch-size and sequence-length schedules)."""
-    t, progress = run.cfg.train, fraction_done(run.cfg.train, step, seconds)
-    run.batches.resize(size_at(progress, start=t.batch_start, full=t.batch_size, ramp=t.ramp),
-                       size_at(progress, start=t.block_start, full=run.cfg.model.block_size,
-                               ramp=t.ramp))
-    return set_lr(run.optimizer, schedule_lr(t, step, seconds))
-
-
-def fraction_done(t: TrainConfig, step: int, seconds: float) -> float:
-    """How far training is, 0 to 1: of the time budget's seconds, else of the steps."""
-    return seconds / t.time_budget if t.time_budget else step / t.steps
-
-
-def schedule_lr(t: TrainConfig, step: int, seconds: float = 0.0) -> float:
-    """The learning rate of step `step`, `seconds` into training: warmup, then cosine (or as
-    t.schedule says), decaying over t.steps or, with a time budget, over its seconds."""
-    fraction = seconds / t.time_budget if t.time_budget else None
-    return lr_at(step, lr=t.lr, total_steps=t.steps, schedule=t.schedule,
-                 warmup_steps=t.warmup_steps, min_lr=t.min_lr, fraction=fraction)
+    run.batches.resize(*batch_shape(run.cfg.train, run.cfg.model.block_size, step, seconds))
+    return set_lr(run.optimizer, schedule_lr(run.cfg.train, step, seconds))
 
 
 def seconds(clock: Clock, run: Run) -> float:
