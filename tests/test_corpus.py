@@ -14,6 +14,7 @@ import torch
 
 from conftest import TINY_FLAGS, as_flags, run_cli
 from minigpt import MiniGPTError, ShardedTokens, Splits, get_batch, load_corpus, prepare
+from minigpt.cli import main
 from minigpt.corpus import find_sources, open_prepared, read_chunks, split_point, token_dtype
 from minigpt.records import Records
 
@@ -298,8 +299,6 @@ def test_a_dataset_prepares_to_the_tokens_of_its_documents_joined(hf, corpus, tm
 
 def test_cli_prepares_a_dataset_folder(hf, corpus, tmp_path, capsys):
     """--dataset FOLDER: its parquet files in sorted order, as one dataset's records."""
-    from minigpt.cli import main
-
     docs = documents(corpus[1])
     (tmp_path / "parts").mkdir()
     for i, half in enumerate([docs[:3], docs[3:]]):  # two files: records follow on
@@ -312,36 +311,6 @@ def test_cli_prepares_a_dataset_folder(hf, corpus, tmp_path, capsys):
     assert main(["prepare", "--text", str(tmp_path / "joined.txt"), "--out",
                  str(tmp_path / "txt"), *flags]) == 0
     assert np.array_equal(all_tokens(tmp_path / "ds")[0], all_tokens(tmp_path / "txt")[0])
-
-
-BAD_DATASETS = [
-    (["--dataset", "{d}/docs.parquet", "--text-field", "body"], "have no field 'body'"),
-    (["--dataset", "{d}/docs.parquet", "--text-field", "id"], "its 'id' is int, not text"),
-    (["--dataset", "{d}/docs.parquet", "--split", "val"], "cannot read dataset"),
-    (["--dataset", "{d}/missing.parquet"], "no files matched"),
-    (["--dataset", "{d}/none*.jsonl"], "no files matched"),
-    (["--dataset", "{d}"], "mixes json and parquet data files"),
-    (["--dataset", "no-such-user/no-such-dataset"], "cannot read dataset"),  # offline
-    (["--text", "{d}/docs.jsonl", "--text-field", "id"], "go with --dataset"),
-]
-
-
-@pytest.mark.parametrize("args, message", BAD_DATASETS)
-def test_a_bad_dataset_is_one_line_and_leaves_nothing(hf, tmp_path, args, message, capsys):
-    from minigpt.cli import main
-
-    d = tmp_path / "d"
-    d.mkdir()
-    for kind in ("parquet", "jsonl"):
-        write_dataset(hf, d, ["a text\n"], kind)
-    capsys.readouterr()
-    out = tmp_path / "out"
-    code = main(["prepare", *[a.format(d=d) for a in args], "--out", str(out),
-                 "--no-progress"])
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("minigpt: error:"), lines
-    assert message in lines[0]
-    assert not out.exists()
 
 
 def test_without_the_datasets_package_dataset_says_how_to_install_it(tmp_path, monkeypatch):
@@ -391,7 +360,7 @@ def bad_sources(tmp_path):
     return d, done
 
 
-BAD = [
+BAD = [  # {d}: bad_sources' folder; {ds}: a folder of one dataset, as parquet and JSON lines
     (["--text", "{d}/nothing*.txt"], "no files matched"),
     (["--text", "{d}/latin1"], "b.txt is not UTF-8 text"),
     (["--text", "{d}/latin1", "--tokenizer", "bpe", "--vocab-size", "300"], "b.txt is not UTF-8"),
@@ -399,27 +368,37 @@ BAD = [
     (["--text", "{d}/binary.txt"], "binary.txt looks binary"),
     (["--text", "{d}/ok.txt", "--tokenizer", "bpe", "--vocab-size", "100"], "at least 257"),
     (["--text", "{d}/ok.txt", "--shard-tokens", "0"], "shard_tokens must be positive"),
+    (["--dataset", "{ds}/docs.parquet", "--text-field", "body"], "have no field 'body'"),
+    (["--dataset", "{ds}/docs.parquet", "--text-field", "id"], "its 'id' is int, not text"),
+    (["--dataset", "{ds}/docs.parquet", "--split", "val"], "cannot read dataset"),
+    (["--dataset", "{ds}/missing.parquet"], "no files matched"),
+    (["--dataset", "{ds}/none*.jsonl"], "no files matched"),
+    (["--dataset", "{ds}"], "mixes json and parquet data files"),
+    (["--dataset", "no-such-user/no-such-dataset"], "cannot read dataset"),  # offline
+    (["--text", "{ds}/docs.jsonl", "--text-field", "id"], "go with --dataset"),
 ]
 
 
 @pytest.mark.parametrize("args, message", BAD)
-def test_bad_input_is_one_line_and_leaves_nothing(bad_sources, tmp_path, args, message,
+def test_bad_input_is_one_line_and_leaves_nothing(bad_sources, tmp_path, request, args, message,
                                                   capsys):
-    from minigpt.cli import main
-
-    d, _ = bad_sources
+    d, ds = bad_sources[0], tmp_path / "ds"
+    if any(a == "--dataset" or "{ds}" in a for a in args):  # offline, through the hf fixture
+        hf = request.getfixturevalue("hf")
+        ds.mkdir()
+        for kind in ("parquet", "jsonl"):
+            write_dataset(hf, ds, ["a text\n"], kind)
+        capsys.readouterr()
     out = tmp_path / "out"
-    code = main(["prepare", *[a.format(d=d) for a in args], "--out", str(out),
+    code = main(["prepare", *[a.format(d=d, ds=ds) for a in args], "--out", str(out),
                  "--no-progress"])
     lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("minigpt: error:")
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("minigpt: error:"), lines
     assert message in lines[0]
     assert not out.exists()
 
 
 def test_an_existing_corpus_is_not_overwritten(bad_sources, capsys):
-    from minigpt.cli import main
-
     d, done = bad_sources
     before = {p.name: p.stat().st_mtime_ns for p in done.iterdir()}
     code = main(["prepare", "--text", str(d / "ok.txt"), "--out", str(done), "--no-progress"])
