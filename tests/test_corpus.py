@@ -44,11 +44,6 @@ def all_tokens(folder):
     return np.concatenate([train.astype(np.int64), val.astype(np.int64)]), tok, index
 
 
-def corpus_text(files) -> str:
-    """The oracle: the files read as text (universal newlines), one after another."""
-    return "".join(read_text(f) for f in files)
-
-
 @pytest.fixture
 def corpus(tmp_path):
     return tmp_path / "src", write_corpus(tmp_path / "src")
@@ -65,7 +60,7 @@ def test_prepared_shards_decode_to_the_files(corpus, tmp_path, kind):
     shards = index["shards"]["train"] + index["shards"]["val"]
     assert len(shards) > 5 and all(s["tokens"] <= 500 for s in shards)
     assert len(tokens) == index["tokens"] == sum(s["tokens"] for s in shards)
-    text = corpus_text(files)
+    text = "".join(read_text(f) for f in files)  # the oracle: the files as text, one by one
     assert tok.decode(tokens) == text
     # the split: the last tenth of the characters; chunks are cut where the tokenizer would
     # split anyway, so each file's tokens are its own, the file that holds the cut in two
@@ -85,6 +80,13 @@ def test_prepared_shards_decode_to_the_files(corpus, tmp_path, kind):
                                   "file": "tokenizer.json"}
     assert index["sources"]["files"] == [str(f) for f in files]
     assert not list(out.glob(".*"))  # no temporary files left
+    # load_corpus reads the folder as prepared: the folder decides, not the arguments
+    splits, tok, info = load_corpus(out, {"char": "bpe", "bpe": "char"}[kind], 65, 0.2)
+    assert info["val_fraction"] == 0.1 and info["tokens"] == len(splits.train) + len(splits.val)
+    assert info["tokenizer"] == kind and tok.vocab_size == info["vocab_size"]
+    assert kind == "char" or tok.vocab_size == 300  # the vocabulary BPE was asked for
+    assert tok.decode(splits.train) == text[:cut]
+    assert tok.decode(splits.train) + tok.decode(splits.val) == text
 
 
 def test_glob_and_single_file_sources(corpus, tmp_path):
@@ -170,18 +172,6 @@ def test_get_batch_over_shards_equals_one_array(corpus, tmp_path):
     ref = Splits.from_tokens(whole, 0.1)
     g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
     assert torch.equal(get_batch(splits.val, 8, 24, g1)[0], get_batch(ref.val, 8, 24, g2)[0])
-
-
-def test_load_corpus_reads_a_prepared_folder(corpus, tmp_path):
-    src, files = corpus
-    prepare(str(src), tmp_path / "out", "bpe", vocab_size=320, shard_tokens=300,
-            progress=False)
-    splits, tok, info = load_corpus(tmp_path / "out", "char", 65, 0.2)  # the folder decides
-    assert info["val_fraction"] == 0.1 and info["tokens"] == len(splits.train) + len(splits.val)
-    assert info["tokenizer"] == "bpe" and tok.vocab_size == info["vocab_size"] == 320
-    text = corpus_text(files)
-    assert tok.decode(splits.train) == text[:split_point(len(text), 0.1)]
-    assert tok.decode(splits.train) + tok.decode(splits.val) == text
 
 
 def test_the_tokenizer_never_sees_the_validation_split(tmp_path):
