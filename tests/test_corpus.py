@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from conftest import TINY_FLAGS, as_flags, run_cli
-from minigpt import MiniGPTError, ShardedTokens, Splits, get_batch, load_corpus, prepare
+from minigpt import MiniGPT, MiniGPTError, ShardedTokens, Splits, get_batch, load_corpus, prepare
 from minigpt.cli import main
 from minigpt.corpus import find_sources, open_prepared, read_chunks, split_point, token_dtype
+from minigpt.evaluate import split_loss
 from minigpt.records import Records
 
 WORDS = ["the", "king", "queen", "ünïcode", "😀", "e\u0301", "  ", "\t", "'s", "1984", "中文"]
@@ -113,19 +114,19 @@ def test_dtype_follows_the_vocabulary(tmp_path):
     assert tok.decode(tokens) == read_text(tmp_path / "src" / "wide.txt")
 
 
-def random_shards(seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+def random_shards(seed: int) -> tuple[ShardedTokens, np.ndarray]:
+    """Shards of random sizes as ShardedTokens, and the oracle: their concatenation."""
     rng = np.random.default_rng(seed)
     sizes = [1, 7, 1, 300, 2, 150, 1, 64]
     shards = [rng.integers(0, 60_000, n).astype(np.uint16) for n in sizes]
-    return shards, np.concatenate(shards)
+    return ShardedTokens(shards), np.concatenate(shards)
 
 
 def test_gather_equals_indexing_the_concatenation():
-    shards, whole = random_shards(0)
-    t = ShardedTokens(shards)
+    t, whole = random_shards(0)
     rng = np.random.default_rng(1)
     assert len(t) == len(whole) and t.shape == whole.shape
-    bounds = np.cumsum([len(s) for s in shards])[:-1]
+    bounds = np.cumsum([len(s) for s in t.shards])[:-1]
     starts = np.concatenate([rng.integers(0, len(whole) - 9, 32), bounds - 3])  # + crossings
     rows = starts[:, None] + np.arange(9)  # (B, T+1) windows, some across shard boundaries
     assert np.array_equal(t[rows], whole[rows]) and t[rows].dtype == np.uint16
@@ -137,8 +138,7 @@ def test_gather_equals_indexing_the_concatenation():
 
 
 def test_slices_are_views_like_numpy():
-    shards, whole = random_shards(2)
-    t = ShardedTokens(shards)
+    t, whole = random_shards(2)
     rng = np.random.default_rng(3)
     for a, b in [(0, 10), (5, 400), (9, 9), (300, -20), (-50, None), (None, 3), (520, 999)]:
         view, ref = t[a:b], whole[a:b]
@@ -158,10 +158,11 @@ def test_slices_are_views_like_numpy():
         t[np.array([0.5])]
 
 
-def test_get_batch_over_shards_equals_one_array(corpus, tmp_path):
-    src, _ = corpus
-    prepare(str(src), tmp_path / "out", shard_tokens=97, chunk_chars=100, progress=False)
-    tokens = open_prepared(tmp_path / "out")[0]  # the training split, in many shards
+def test_batches_and_split_loss_over_shards_equal_one_arrays(corpus, tmp_path):
+    """get_batch, Splits and the final whole-split loss (which reads shards a batch at a time)
+    on the training split in many shards: the same as on that split as one array."""
+    prepare(str(corpus[0]), tmp_path / "out", shard_tokens=97, chunk_chars=100, progress=False)
+    tokens, _, tok, _ = open_prepared(tmp_path / "out")  # the training split, in many shards
     whole = tokens.astype(tokens.dtype)
     for seed in range(3):
         a = get_batch(tokens, 32, 24, torch.Generator().manual_seed(seed))
@@ -172,6 +173,11 @@ def test_get_batch_over_shards_equals_one_array(corpus, tmp_path):
     ref = Splits.from_tokens(whole, 0.1)
     g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
     assert torch.equal(get_batch(splits.val, 8, 24, g1)[0], get_batch(ref.val, 8, 24, g2)[0])
+    torch.manual_seed(0)
+    model = MiniGPT(tok.vocab_size, n_embd=16, n_head=2, n_layer=1, block_size=16)
+    cpu = torch.device("cpu")
+    assert split_loss(model, tokens, 16, 7, cpu) == pytest.approx(
+        split_loss(model, np.asarray(whole, dtype=np.uint32), 16, 7, cpu), rel=1e-6)
 
 
 def test_the_tokenizer_never_sees_the_validation_split(tmp_path):
@@ -454,18 +460,3 @@ def test_bpe_needs_a_vocabulary_size(small_text, tmp_path):
                 "--out", str(tmp_path / "r"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "257" in r.stderr
     assert not (tmp_path / "r").exists()
-
-
-def test_split_loss_over_shards_equals_one_array(corpus, tmp_path):
-    """The final whole-split loss reads shards a batch at a time: same figure as one array."""
-    from minigpt import MiniGPT, split_loss
-
-    src, _ = corpus
-    prepare(str(src), tmp_path / "out", "char", shard_tokens=700, progress=False)
-    shards, _, tok, _ = open_prepared(tmp_path / "out")
-    torch.manual_seed(0)
-    model = MiniGPT(tok.vocab_size, n_embd=16, n_head=2, n_layer=1, block_size=16)
-    whole = np.asarray(shards[:], dtype=np.uint32)
-    cpu = torch.device("cpu")
-    assert split_loss(model, shards, 16, 7, cpu) == pytest.approx(
-        split_loss(model, whole, 16, 7, cpu), rel=1e-6)
