@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from conftest import TINY_FLAGS, as_flags, run_cli
-from minigpt import MiniGPTError, ShardedTokens, Splits, get_batch, load_corpus, prepare
+from minigpt import MiniGPT, MiniGPTError, ShardedTokens, Splits, get_batch, load_corpus, prepare
+from minigpt.cli import main
 from minigpt.corpus import find_sources, open_prepared, read_chunks, split_point, token_dtype
+from minigpt.evaluate import split_loss
 from minigpt.records import Records
 
 WORDS = ["the", "king", "queen", "ünïcode", "😀", "e\u0301", "  ", "\t", "'s", "1984", "中文"]
@@ -43,11 +45,6 @@ def all_tokens(folder):
     return np.concatenate([train.astype(np.int64), val.astype(np.int64)]), tok, index
 
 
-def corpus_text(files) -> str:
-    """The oracle: the files read as text (universal newlines), one after another."""
-    return "".join(read_text(f) for f in files)
-
-
 @pytest.fixture
 def corpus(tmp_path):
     return tmp_path / "src", write_corpus(tmp_path / "src")
@@ -64,7 +61,7 @@ def test_prepared_shards_decode_to_the_files(corpus, tmp_path, kind):
     shards = index["shards"]["train"] + index["shards"]["val"]
     assert len(shards) > 5 and all(s["tokens"] <= 500 for s in shards)
     assert len(tokens) == index["tokens"] == sum(s["tokens"] for s in shards)
-    text = corpus_text(files)
+    text = "".join(read_text(f) for f in files)  # the oracle: the files as text, one by one
     assert tok.decode(tokens) == text
     # the split: the last tenth of the characters; chunks are cut where the tokenizer would
     # split anyway, so each file's tokens are its own, the file that holds the cut in two
@@ -84,6 +81,13 @@ def test_prepared_shards_decode_to_the_files(corpus, tmp_path, kind):
                                   "file": "tokenizer.json"}
     assert index["sources"]["files"] == [str(f) for f in files]
     assert not list(out.glob(".*"))  # no temporary files left
+    # load_corpus reads the folder as prepared: the folder decides, not the arguments
+    splits, tok, info = load_corpus(out, {"char": "bpe", "bpe": "char"}[kind], 65, 0.2)
+    assert info["val_fraction"] == 0.1 and info["tokens"] == len(splits.train) + len(splits.val)
+    assert info["tokenizer"] == kind and tok.vocab_size == info["vocab_size"]
+    assert kind == "char" or tok.vocab_size == 300  # the vocabulary BPE was asked for
+    assert tok.decode(splits.train) == text[:cut]
+    assert tok.decode(splits.train) + tok.decode(splits.val) == text
 
 
 def test_glob_and_single_file_sources(corpus, tmp_path):
@@ -110,19 +114,19 @@ def test_dtype_follows_the_vocabulary(tmp_path):
     assert tok.decode(tokens) == read_text(tmp_path / "src" / "wide.txt")
 
 
-def random_shards(seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+def random_shards(seed: int) -> tuple[ShardedTokens, np.ndarray]:
+    """Shards of random sizes as ShardedTokens, and the oracle: their concatenation."""
     rng = np.random.default_rng(seed)
     sizes = [1, 7, 1, 300, 2, 150, 1, 64]
     shards = [rng.integers(0, 60_000, n).astype(np.uint16) for n in sizes]
-    return shards, np.concatenate(shards)
+    return ShardedTokens(shards), np.concatenate(shards)
 
 
 def test_gather_equals_indexing_the_concatenation():
-    shards, whole = random_shards(0)
-    t = ShardedTokens(shards)
+    t, whole = random_shards(0)
     rng = np.random.default_rng(1)
     assert len(t) == len(whole) and t.shape == whole.shape
-    bounds = np.cumsum([len(s) for s in shards])[:-1]
+    bounds = np.cumsum([len(s) for s in t.shards])[:-1]
     starts = np.concatenate([rng.integers(0, len(whole) - 9, 32), bounds - 3])  # + crossings
     rows = starts[:, None] + np.arange(9)  # (B, T+1) windows, some across shard boundaries
     assert np.array_equal(t[rows], whole[rows]) and t[rows].dtype == np.uint16
@@ -134,8 +138,7 @@ def test_gather_equals_indexing_the_concatenation():
 
 
 def test_slices_are_views_like_numpy():
-    shards, whole = random_shards(2)
-    t = ShardedTokens(shards)
+    t, whole = random_shards(2)
     rng = np.random.default_rng(3)
     for a, b in [(0, 10), (5, 400), (9, 9), (300, -20), (-50, None), (None, 3), (520, 999)]:
         view, ref = t[a:b], whole[a:b]
@@ -155,10 +158,11 @@ def test_slices_are_views_like_numpy():
         t[np.array([0.5])]
 
 
-def test_get_batch_over_shards_equals_one_array(corpus, tmp_path):
-    src, _ = corpus
-    prepare(str(src), tmp_path / "out", shard_tokens=97, chunk_chars=100, progress=False)
-    tokens = open_prepared(tmp_path / "out")[0]  # the training split, in many shards
+def test_batches_and_split_loss_over_shards_equal_one_arrays(corpus, tmp_path):
+    """get_batch, Splits and the final whole-split loss (which reads shards a batch at a time)
+    on the training split in many shards: the same as on that split as one array."""
+    prepare(str(corpus[0]), tmp_path / "out", shard_tokens=97, chunk_chars=100, progress=False)
+    tokens, _, tok, _ = open_prepared(tmp_path / "out")  # the training split, in many shards
     whole = tokens.astype(tokens.dtype)
     for seed in range(3):
         a = get_batch(tokens, 32, 24, torch.Generator().manual_seed(seed))
@@ -169,18 +173,11 @@ def test_get_batch_over_shards_equals_one_array(corpus, tmp_path):
     ref = Splits.from_tokens(whole, 0.1)
     g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
     assert torch.equal(get_batch(splits.val, 8, 24, g1)[0], get_batch(ref.val, 8, 24, g2)[0])
-
-
-def test_load_corpus_reads_a_prepared_folder(corpus, tmp_path):
-    src, files = corpus
-    prepare(str(src), tmp_path / "out", "bpe", vocab_size=320, shard_tokens=300,
-            progress=False)
-    splits, tok, info = load_corpus(tmp_path / "out", "char", 65, 0.2)  # the folder decides
-    assert info["val_fraction"] == 0.1 and info["tokens"] == len(splits.train) + len(splits.val)
-    assert info["tokenizer"] == "bpe" and tok.vocab_size == info["vocab_size"] == 320
-    text = corpus_text(files)
-    assert tok.decode(splits.train) == text[:split_point(len(text), 0.1)]
-    assert tok.decode(splits.train) + tok.decode(splits.val) == text
+    torch.manual_seed(0)
+    model = MiniGPT(tok.vocab_size, n_embd=16, n_head=2, n_layer=1, block_size=16)
+    cpu = torch.device("cpu")
+    assert split_loss(model, tokens, 16, 7, cpu) == pytest.approx(
+        split_loss(model, np.asarray(whole, dtype=np.uint32), 16, 7, cpu), rel=1e-6)
 
 
 def test_the_tokenizer_never_sees_the_validation_split(tmp_path):
@@ -298,8 +295,6 @@ def test_a_dataset_prepares_to_the_tokens_of_its_documents_joined(hf, corpus, tm
 
 def test_cli_prepares_a_dataset_folder(hf, corpus, tmp_path, capsys):
     """--dataset FOLDER: its parquet files in sorted order, as one dataset's records."""
-    from minigpt.cli import main
-
     docs = documents(corpus[1])
     (tmp_path / "parts").mkdir()
     for i, half in enumerate([docs[:3], docs[3:]]):  # two files: records follow on
@@ -312,36 +307,6 @@ def test_cli_prepares_a_dataset_folder(hf, corpus, tmp_path, capsys):
     assert main(["prepare", "--text", str(tmp_path / "joined.txt"), "--out",
                  str(tmp_path / "txt"), *flags]) == 0
     assert np.array_equal(all_tokens(tmp_path / "ds")[0], all_tokens(tmp_path / "txt")[0])
-
-
-BAD_DATASETS = [
-    (["--dataset", "{d}/docs.parquet", "--text-field", "body"], "have no field 'body'"),
-    (["--dataset", "{d}/docs.parquet", "--text-field", "id"], "its 'id' is int, not text"),
-    (["--dataset", "{d}/docs.parquet", "--split", "val"], "cannot read dataset"),
-    (["--dataset", "{d}/missing.parquet"], "no files matched"),
-    (["--dataset", "{d}/none*.jsonl"], "no files matched"),
-    (["--dataset", "{d}"], "mixes json and parquet data files"),
-    (["--dataset", "no-such-user/no-such-dataset"], "cannot read dataset"),  # offline
-    (["--text", "{d}/docs.jsonl", "--text-field", "id"], "go with --dataset"),
-]
-
-
-@pytest.mark.parametrize("args, message", BAD_DATASETS)
-def test_a_bad_dataset_is_one_line_and_leaves_nothing(hf, tmp_path, args, message, capsys):
-    from minigpt.cli import main
-
-    d = tmp_path / "d"
-    d.mkdir()
-    for kind in ("parquet", "jsonl"):
-        write_dataset(hf, d, ["a text\n"], kind)
-    capsys.readouterr()
-    out = tmp_path / "out"
-    code = main(["prepare", *[a.format(d=d) for a in args], "--out", str(out),
-                 "--no-progress"])
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("minigpt: error:"), lines
-    assert message in lines[0]
-    assert not out.exists()
 
 
 def test_without_the_datasets_package_dataset_says_how_to_install_it(tmp_path, monkeypatch):
@@ -391,7 +356,7 @@ def bad_sources(tmp_path):
     return d, done
 
 
-BAD = [
+BAD = [  # {d}: bad_sources' folder; {ds}: a folder of one dataset, as parquet and JSON lines
     (["--text", "{d}/nothing*.txt"], "no files matched"),
     (["--text", "{d}/latin1"], "b.txt is not UTF-8 text"),
     (["--text", "{d}/latin1", "--tokenizer", "bpe", "--vocab-size", "300"], "b.txt is not UTF-8"),
@@ -399,27 +364,37 @@ BAD = [
     (["--text", "{d}/binary.txt"], "binary.txt looks binary"),
     (["--text", "{d}/ok.txt", "--tokenizer", "bpe", "--vocab-size", "100"], "at least 257"),
     (["--text", "{d}/ok.txt", "--shard-tokens", "0"], "shard_tokens must be positive"),
+    (["--dataset", "{ds}/docs.parquet", "--text-field", "body"], "have no field 'body'"),
+    (["--dataset", "{ds}/docs.parquet", "--text-field", "id"], "its 'id' is int, not text"),
+    (["--dataset", "{ds}/docs.parquet", "--split", "val"], "cannot read dataset"),
+    (["--dataset", "{ds}/missing.parquet"], "no files matched"),
+    (["--dataset", "{ds}/none*.jsonl"], "no files matched"),
+    (["--dataset", "{ds}"], "mixes json and parquet data files"),
+    (["--dataset", "no-such-user/no-such-dataset"], "cannot read dataset"),  # offline
+    (["--text", "{ds}/docs.jsonl", "--text-field", "id"], "go with --dataset"),
 ]
 
 
 @pytest.mark.parametrize("args, message", BAD)
-def test_bad_input_is_one_line_and_leaves_nothing(bad_sources, tmp_path, args, message,
+def test_bad_input_is_one_line_and_leaves_nothing(bad_sources, tmp_path, request, args, message,
                                                   capsys):
-    from minigpt.cli import main
-
-    d, _ = bad_sources
+    d, ds = bad_sources[0], tmp_path / "ds"
+    if any(a == "--dataset" or "{ds}" in a for a in args):  # offline, through the hf fixture
+        hf = request.getfixturevalue("hf")
+        ds.mkdir()
+        for kind in ("parquet", "jsonl"):
+            write_dataset(hf, ds, ["a text\n"], kind)
+        capsys.readouterr()
     out = tmp_path / "out"
-    code = main(["prepare", *[a.format(d=d) for a in args], "--out", str(out),
+    code = main(["prepare", *[a.format(d=d, ds=ds) for a in args], "--out", str(out),
                  "--no-progress"])
     lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("minigpt: error:")
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("minigpt: error:"), lines
     assert message in lines[0]
     assert not out.exists()
 
 
 def test_an_existing_corpus_is_not_overwritten(bad_sources, capsys):
-    from minigpt.cli import main
-
     d, done = bad_sources
     before = {p.name: p.stat().st_mtime_ns for p in done.iterdir()}
     code = main(["prepare", "--text", str(d / "ok.txt"), "--out", str(done), "--no-progress"])
@@ -485,18 +460,3 @@ def test_bpe_needs_a_vocabulary_size(small_text, tmp_path):
                 "--out", str(tmp_path / "r"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "257" in r.stderr
     assert not (tmp_path / "r").exists()
-
-
-def test_split_loss_over_shards_equals_one_array(corpus, tmp_path):
-    """The final whole-split loss reads shards a batch at a time: same figure as one array."""
-    from minigpt import MiniGPT, split_loss
-
-    src, _ = corpus
-    prepare(str(src), tmp_path / "out", "char", shard_tokens=700, progress=False)
-    shards, _, tok, _ = open_prepared(tmp_path / "out")
-    torch.manual_seed(0)
-    model = MiniGPT(tok.vocab_size, n_embd=16, n_head=2, n_layer=1, block_size=16)
-    whole = np.asarray(shards[:], dtype=np.uint32)
-    cpu = torch.device("cpu")
-    assert split_loss(model, shards, 16, 7, cpu) == pytest.approx(
-        split_loss(model, whole, 16, 7, cpu), rel=1e-6)

@@ -13,8 +13,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import tiny_config
-from minigpt import export
+from conftest import run_cli, tiny_config
+from minigpt import export, train
+from minigpt.checkpoint import load_model
 from minigpt.errors import MiniGPTError
 from minigpt.export import check_exportable, export_hf, export_run
 from minigpt.model import MiniGPT
@@ -191,25 +192,24 @@ def test_unsupported_settings_are_one_line_errors(tmp_path, char_tok, extra, mes
     assert not (tmp_path / "hf").exists() and not list(tmp_path.iterdir())
 
 
-def test_layers_gpt2_lacks_are_refused(tmp_path, char_tok):
-    """The model itself is checked beside its config: an extra parameter, a tanh GELU or
-    another norm has no place in GPT-2."""
-    extra = peaked_model(char_tok.vocab_size)
-    extra.blocks[0].attn.q_norm = nn.LayerNorm(8)
-    with pytest.raises(MiniGPTError, match=r"no GPT-2 counterpart: blocks\.0\.attn\.q_norm"):
-        export_hf(extra, char_tok, tmp_path / "a")
-    tanh = peaked_model(char_tok.vocab_size)
-    tanh.blocks[1].ff[1] = nn.GELU(approximate="tanh")
-    with pytest.raises(MiniGPTError, match=r"blocks\.1\.ff\.1 is not the exact GELU"):
-        export_hf(tanh, char_tok, tmp_path / "b")
-    norm = peaked_model(char_tok.vocab_size)
-    norm.ln_f = nn.LayerNorm(32, eps=1e-6)
-    with pytest.raises(MiniGPTError, match="ln_f is not a LayerNorm with eps"):
-        export_hf(norm, char_tok, tmp_path / "c")
-    narrow = peaked_model(char_tok.vocab_size)
-    narrow.blocks[0].attn.Wk = nn.Linear(32, 16)  # fewer key heads than query heads
-    with pytest.raises(MiniGPTError, match="the weights do not fit GPT-2: size mismatch"):
-        export_hf(narrow, char_tok, tmp_path / "d")
+LACKING = [  # (where, the layer put there, the error)
+    ("blocks.0.attn.q_norm", nn.LayerNorm(8), r"no GPT-2 counterpart: blocks\.0\.attn\.q_norm"),
+    ("blocks.1.ff.1", nn.GELU(approximate="tanh"), r"blocks\.1\.ff\.1 is not the exact GELU"),
+    ("ln_f", nn.LayerNorm(32, eps=1e-6), "ln_f is not a LayerNorm with eps"),
+    ("blocks.0.attn.Wk", nn.Linear(32, 16),  # fewer key heads than query heads
+     "the weights do not fit GPT-2: size mismatch"),
+]
+
+
+@pytest.mark.parametrize(("where", "layer", "message"), LACKING)
+def test_layers_gpt2_lacks_are_refused(tmp_path, char_tok, where, layer, message):
+    """The model itself is checked beside its config: an extra parameter, a tanh GELU, another
+    norm or narrower keys have no place in GPT-2."""
+    model = peaked_model(char_tok.vocab_size)
+    parent, _, name = where.rpartition(".")
+    setattr(model.get_submodule(parent), name, layer)
+    with pytest.raises(MiniGPTError, match=message):
+        export_hf(model, char_tok, tmp_path / "hf")
     assert not list(tmp_path.iterdir())
 
 
@@ -255,16 +255,12 @@ def test_failure_part_way_leaves_nothing(tmp_path, char_tok, monkeypatch):
 
 
 def test_export_run_from_a_trained_run(tmp_path):
-    from minigpt import train
-
     text = tmp_path / "corpus.txt"
     text.write_text(TEXT * 10)
     run_dir = tmp_path / "run"
     train(tiny_config(text, steps=10, eval_every=5), run_dir, progress=False)
 
     out = export_run(run_dir, tmp_path / "hf")
-    from minigpt.checkpoint import load_model
-
     model, tok, _ = load_model(run_dir, "best")
     hf, hf_tok = load_hf(out)
     prompt = "First Citizen:\n"
@@ -280,8 +276,6 @@ def test_export_run_from_a_trained_run(tmp_path):
 def test_the_command_exports_a_run_whose_greedy_text_is_minigpt_samples(cli_run, tmp_path):
     """`minigpt export`, then transformers as the oracle: its greedy continuation of a prompt
     is what `minigpt sample --temperature 0` prints."""
-    from conftest import run_cli
-
     run, _, _ = cli_run
     out = tmp_path / "hf"
     r = run_cli("export", "--run", str(run), "--out", str(out))

@@ -4,6 +4,7 @@ before; and the cache's errors."""
 
 import copy
 import math
+from unittest import mock
 
 import pytest
 import torch
@@ -112,20 +113,14 @@ def test_same_global_rng_draws_as_the_lessons_call(model):
 
 
 def test_one_multinomial_per_token_and_the_same_generator_state(model, monkeypatch):
-    calls = []
-    multinomial = torch.multinomial
-
-    def counting(*a, **kw):
-        calls.append(1)
-        return multinomial(*a, **kw)
-
+    counting = mock.Mock(wraps=torch.multinomial)  # torch.multinomial, its calls counted
     monkeypatch.setattr(torch, "multinomial", counting)
     states = []
     for cache in (True, False):
-        calls.clear()
+        counting.reset_mock()
         g = torch.Generator().manual_seed(3)
         generate(model, torch.zeros(2, 1, dtype=torch.long), 37, generator=g, cache=cache)
-        assert len(calls) == 37
+        assert counting.call_count == 37
         states.append(g.get_state())
     assert torch.equal(states[0], states[1])  # both consumed exactly the same random numbers
 
@@ -147,20 +142,15 @@ def test_the_sampler_sees_the_same_logits_at_every_step(model, monkeypatch):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5, msg=lambda m, s=step: f"{s}: {m}")
 
 
-def cached(model, idx, kv):
-    """The logits (B, T, vocab) of idx's positions, after those the cache holds."""
-    return model(idx, cache=kv)[0]
-
-
 @pytest.mark.parametrize("batch", [1, 3])
 def test_cached_forward_equals_the_uncached_one(model, batch):
     idx = torch.randint(0, V, (batch, BLOCK))
     with torch.no_grad():
-        kv = KVCache(model, batch)
-        logits = cached(model, idx[:, :4], kv)  # a prompt of 4: causal, all at once
+        kv = KVCache(model, batch)  # model(idx, cache=kv): idx's logits after kv's positions
+        logits = model(idx[:, :4], cache=kv)[0]  # a prompt of 4: causal, all at once
         torch.testing.assert_close(logits, model(idx[:, :4])[0])
         for t in range(4, BLOCK):  # then one token at a time
-            logits = cached(model, idx[:, t:t + 1], kv)[:, -1]
+            logits = model(idx[:, t:t + 1], cache=kv)[0][:, -1]
             torch.testing.assert_close(logits, model(idx[:, :t + 1])[0][:, -1],
                                        atol=1e-4, rtol=1e-5)
         assert kv.length == BLOCK
@@ -170,11 +160,11 @@ def test_a_chunk_after_cached_tokens_sees_the_cache_causally(model):
     idx = torch.randint(0, V, (2, BLOCK))
     with torch.no_grad():
         kv = KVCache(model, 2)
-        cached(model, idx[:, :5], kv)
-        logits = cached(model, idx[:, 5:12], kv)  # 7 queries after 5 cached keys
+        model(idx[:, :5], cache=kv)
+        logits = model(idx[:, 5:12], cache=kv)[0]  # 7 queries after 5 cached keys
         torch.testing.assert_close(logits, model(idx[:, :12])[0][:, 5:], atol=1e-4, rtol=1e-5)
         kv = KVCache(model, 2)  # a fresh cache
-        torch.testing.assert_close(cached(model, idx[:, :3], kv), model(idx[:, :3])[0])
+        torch.testing.assert_close(model(idx[:, :3], cache=kv)[0], model(idx[:, :3])[0])
 
 
 def fused_attention_before_the_cache(attn, x):
@@ -238,20 +228,19 @@ def test_a_model_other_than_minigpt_is_sampled_uncached(model):
         def forward(self, idx):
             return self.inner(idx)
 
-    prompt = torch.zeros(1, 1, dtype=torch.long)
-    assert torch.equal(run(LessonStyle(model), prompt, 30, 2, True), run(model, prompt, 30, 2,
-                                                                         True))
+    args = (torch.zeros(1, 1, dtype=torch.long), 30, 2, True)  # prompt, n, seed, cache
+    assert torch.equal(run(LessonStyle(model), *args), run(model, *args))
 
 
 def test_cache_errors(model):
     kv = KVCache(model, 2)
     with pytest.raises(MiniGPTError, match="do not fit in block_size 16"):
-        cached(model, torch.zeros(2, BLOCK + 1, dtype=torch.long), kv)
-    cached(model, torch.zeros(2, BLOCK, dtype=torch.long), kv)
+        model(torch.zeros(2, BLOCK + 1, dtype=torch.long), cache=kv)
+    model(torch.zeros(2, BLOCK, dtype=torch.long), cache=kv)
     with pytest.raises(MiniGPTError, match="16 cached"):
-        cached(model, torch.zeros(2, 1, dtype=torch.long), kv)
+        model(torch.zeros(2, 1, dtype=torch.long), cache=kv)
     with pytest.raises(MiniGPTError, match="holds 2 rows"):
-        cached(model, torch.zeros(3, 1, dtype=torch.long), KVCache(model, 2))
+        model(torch.zeros(3, 1, dtype=torch.long), cache=KVCache(model, 2))
     for bad in (torch.zeros(1, 0, dtype=torch.long), torch.zeros(4, dtype=torch.long)):
         for cache in (True, False):
             with pytest.raises(MiniGPTError, match="token ids"):
