@@ -372,6 +372,7 @@ BAD = [  # {d}: bad_sources' folder; {ds}: a folder of one dataset, as parquet a
     (["--dataset", "{ds}"], "mixes json and parquet data files"),
     (["--dataset", "no-such-user/no-such-dataset"], "cannot read dataset"),  # offline
     (["--text", "{ds}/docs.jsonl", "--text-field", "id"], "go with --dataset"),
+    (["--text", "{ds}/docs.jsonl", "--dataset-config", "a"], "go with --dataset"),
 ]
 
 

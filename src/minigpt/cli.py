@@ -234,7 +234,7 @@ def build_parser() -> Parser:
                              "JSON lines (.jsonl, .json) or arrow files: a file, a folder or a "
                              "quoted glob such as 'data/*.parquet'. Each record's --text-field "
                              "is a document; documents are joined with a line break")
-    pr.add_argument("--config", metavar="NAME",
+    pr.add_argument("--dataset-config", metavar="NAME",
                     help="the dataset's configuration (subset), e.g. wikitext-103-raw-v1")
     pr.add_argument("--split", metavar="NAME", help="the dataset's split (default train)")
     pr.add_argument("--text-field", metavar="NAME",
@@ -462,11 +462,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from minigpt.corpus import prepare
     from minigpt.records import Records
 
-    dataset_options = (args.config, args.split, args.text_field)
+    dataset_options = (args.dataset_config, args.split, args.text_field)
     if args.text is not None and any(o is not None for o in dataset_options):
-        raise MiniGPTError("--config, --split and --text-field go with --dataset, not --text")
+        raise MiniGPTError("--dataset-config, --split and --text-field go with --dataset, "
+                           "not --text")
     if args.dataset is not None:
-        source = Records(args.dataset, args.config, args.split or "train",
+        source = Records(args.dataset, args.dataset_config, args.split or "train",
                          args.text_field or "text", exclude=Path(args.out))
         what = source.label()
     else:
