@@ -82,7 +82,8 @@ def log_start(run: Run, peak: float) -> None:
     if t.grad_accum > 1 or processes > 1:
         batch += f" x {t.grad_accum} micro-steps x {processes} processes"
     block = grows(t.block_start, run.cfg.model.block_size)
-    ramp = f" (grown over the first {t.ramp:.0%})" if "->" in batch + block else ""
+    grown = 0 < t.batch_start < t.batch_size or 0 < t.block_start < run.cfg.model.block_size
+    ramp = f" (grown over the first {t.ramp:.0%})" if grown else ""
     log.info(f"model: {data['params']:,} parameters on {env['device']}; {t.optimizer} lr "
              f"{t.lr:g} ({t.schedule}), {batch} x {block} tokens{ramp}, "
              + (f"{t.time_budget:g} s of training" if t.time_budget else f"{t.steps} steps"))

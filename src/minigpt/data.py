@@ -185,7 +185,7 @@ class Batches:
         self.splits = splits
         self.batch_size = batch_size
         self.block_size = block_size
-        self.train_shape = (batch_size, block_size)  # (B, T); the schedules change it: resize
+        self.train_shape = (batch_size, block_size)  # (B, T) of training; the schedules grow it
         self.device = device
         self.streams = tuple(streams)
         # separate generators, so how often we evaluate never changes the training batches
@@ -202,10 +202,6 @@ class Batches:
                              self.generators["val"], self.device)
         return get_batch(self.splits.train, *self.train_shape,
                          self.generators[f"train{self.streams[micro]}"], self.device)
-
-    def resize(self, batch_size: int, block_size: int) -> None:
-        """The training batches' shape from now on (at most the full batch_size x block_size)."""
-        self.train_shape = (batch_size, block_size)
 
     @property
     def tokens(self) -> int:

@@ -161,7 +161,7 @@ def loop(run: Run, progress: bool) -> TrainResult:
 def schedule(run: Run, step: int, seconds: float) -> float:
     """Step `step`'s learning rate, set on the optimizer and returned, and its batch's shape,
     set on the batches (the batch-size and sequence-length schedules)."""
-    run.batches.resize(*batch_shape(run.cfg.train, run.cfg.model.block_size, step, seconds))
+    run.batches.train_shape = batch_shape(run.cfg.train, run.cfg.model.block_size, step, seconds)
     return set_lr(run.optimizer, schedule_lr(run.cfg.train, step, seconds))
 
 
