@@ -258,9 +258,8 @@ def plot_layer_norms(history: list[dict], path: str | Path | None = None,
                 marker="o" if len(history) <= 30 else None, **style)
     if any_positive:
         ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("gradient L2 norm of the layer")
-    ax.set_title(title or "gradient flow: gradient norm per layer")
+    ax.set(xlabel="step", ylabel="gradient L2 norm of the layer",
+           title=title or "gradient flow: gradient norm per layer")
     ax.grid(True, which="major", alpha=0.35)
     ax.grid(True, which="minor", alpha=0.1)
     fig.legend(loc="outside right upper", fontsize=8)
