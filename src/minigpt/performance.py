@@ -119,13 +119,10 @@ def check_memory(cfg: RunConfig, device: torch.device, n_params: int,
 
 def best_rate(work: Callable[[], object], seconds: float, bursts: int = 10) -> float:
     """Calls of work() per second in the fastest of `bursts` back-to-back bursts that last
-    about `seconds` in all (each burst makes at least one call).
-
-    The fastest burst, not the mean: a peak is what the hardware can do, and a cold start,
-    a clock still ramping up or another process only ever slow a burst down. (Measured on a
-    shared 2-core machine, the mean over 1 s read 13-91 GFLOP/s where the best burst read
-    about 150.)
-    """
+    about `seconds` in all (each burst makes at least one call). The fastest burst, not the
+    mean: a peak is what the hardware can do, and a cold start, a clock still ramping up or
+    another process only ever slow a burst down. (Measured on a shared 2-core machine, the
+    mean over 1 s read 13-91 GFLOP/s where the best burst read about 150.)"""
     best, end = 0.0, time.perf_counter() + seconds
     while True:
         calls, start = 0, time.perf_counter()
