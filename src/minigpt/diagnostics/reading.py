@@ -181,8 +181,7 @@ def warmup_end(rows: list[dict], facts: Facts) -> list[Finding]:
     """The step where warmup ends and the learning rate is at its peak."""
     if facts.warmup_steps <= 0 or steps_done(rows) <= facts.warmup_steps:
         return []
-    peak = max(r["lr"] for r in rows)
-    return [finding("warmup", facts.warmup_steps, lr=peak)]
+    return [finding("warmup", facts.warmup_steps, lr=max(r["lr"] for r in rows))]
 
 
 def best_checkpoint(rows: list[dict], facts: Facts) -> list[Finding]:
