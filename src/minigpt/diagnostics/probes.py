@@ -224,10 +224,7 @@ class SamplesProbe(EveryNSteps):
     """A short seeded sample every N steps, to read how the text improves (samples.jsonl)."""
 
     log_files = ("samples.jsonl",)
-
-    def __init__(self, every: int, length: int = 200):
-        super().__init__(every)
-        self.length = length
+    length = 200  # tokens after the prompt
 
     def record(self, step: int) -> None:
         text = sample_text(self.run.final_model, self.run.tokenizer, PROMPT, self.length,
