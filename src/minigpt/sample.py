@@ -158,8 +158,7 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, **kw) -> torch.Tenso
     return torch.cat([idx, *stream(model, idx, max_new_tokens, **kw)], dim=1)
 
 
-def sample_text(model, tokenizer, prompt: str, max_new_tokens: int, seed: int = 1337,
-                **kw) -> str:
+def sample_text(model, tokenizer, prompt: str, max_new_tokens: int, seed: int = 1337, **kw) -> str:
     """A seeded sample continuing `prompt`, or the text of token 0 when the tokenizer cannot
     encode the prompt (a character tokenizer of another text)."""
     if not tokenizer.can_encode(prompt):

@@ -148,8 +148,7 @@ def _as_maps(maps, labels: list[str]):
     weights = maps.detach().float().cpu().numpy() if isinstance(maps, torch.Tensor) else maps
     weights = np.asarray(weights, dtype=np.float32)
     if weights.ndim != 4 or weights.shape[-1] != weights.shape[-2] or 0 in weights.shape:
-        raise MiniGPTError(f"attention maps must be (n_layer, n_head, T, T), "
-                           f"got {weights.shape}")
+        raise MiniGPTError(f"attention maps must be (n_layer, n_head, T, T), got {weights.shape}")
     if len(labels) != weights.shape[-1]:
         raise MiniGPTError(f"{len(labels)} labels for attention maps over "
                            f"{weights.shape[-1]} positions")
@@ -175,7 +174,6 @@ def _heatmap(ax, w, names: list[str], ticks: list[int], font_size: int):
     left = blended_transform_factory(ax.transAxes, ax.transData)  # x in axes, y in data
     rotation = 90 if any(len(n) > 1 for n in names) else 0
     for i, name in zip(ticks, names, strict=True):
-        ax.text(i, -0.008, name, transform=below, ha="center", va="top", rotation=rotation,
-                **font)
+        ax.text(i, -0.008, name, transform=below, ha="center", va="top", rotation=rotation, **font)
         ax.text(-0.008, i, name, transform=left, ha="right", va="center", **font)
     return image

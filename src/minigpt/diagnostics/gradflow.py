@@ -218,8 +218,7 @@ def probe_batch_stats(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     return grad_stats(work, before, vanish=vanish, explode=explode, exempt=exempt)
 
 
-def plot_layer_norms(history: list[dict], path: str | Path | None = None,
-                     title: str | None = None):
+def plot_layer_norms(history: list[dict], path: str | Path | None = None, title: str | None = None):
     """Each layer's gradient norm against step (log y), from rows {"step": int, "layers":
     {layer: norm}} (extra keys ignored): the Figure, written to `path` as a PNG if given.
     Zero and non-finite norms cannot sit on a log axis: they are left out of the line and the

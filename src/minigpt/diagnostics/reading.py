@@ -289,8 +289,7 @@ def plateau(rows: list[dict], facts: Facts) -> list[Finding]:
     if share < PLATEAU_SHARE or len(train) - start < SMOOTH:
         return []
     level = statistics.median(v for _, v in train[start:])
-    return [finding("plateau", first, level, end=last, loss=level, band=PLATEAU_NATS,
-                    share=share)]
+    return [finding("plateau", first, level, end=last, loss=level, band=PLATEAU_NATS, share=share)]
 
 
 def shape(rows: list[dict], facts: Facts) -> list[Finding]:
