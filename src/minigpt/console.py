@@ -106,8 +106,7 @@ def log_summary(summary: dict, val_tokens: int) -> None:
     log.info(f"final validation loss (whole split, {val_tokens:,} tokens): "
              f"{summary['final_val_loss']:.4f} ({summary['final_val_bpb']:.3f} bits per byte); "
              f"best estimate {summary['best_val_loss']:.4f}; {summary['steps']} steps, "
-             f"{summary['train_s']:.0f} s of training (this command: "
-             f"{summary['wall_s']:.0f} s), "
+             f"{summary['train_s']:.0f} s of training (this command: {summary['wall_s']:.0f} s), "
              f"{summary['tokens_per_s']:,} tok/s, MFU {summary['mfu']:.0%}")
 
 

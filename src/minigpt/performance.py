@@ -79,24 +79,13 @@ def peak_memory(cfg: RunConfig, resident: int, n_params: int,
     per_token += mlp_bytes * L * (hidden + 2 * (hidden // 2 if m.mlp == "swiglu" else hidden))
     state = {"adamw": 2, "sgd": 1, "muon": 1.5}[t.optimizer]  # tensors per parameter
     weights = 0 if dtype == torch.float32 else 2 * n_params  # autocast's bf16 copies
-    parts = {
+    return {
         "resident": resident,
         "gradients and optimizer state": int(4 * n_params * (1 + state)) + weights,
         "activations": t.batch_size * m.block_size * per_token,
         "allocator slack": t.batch_size * m.block_size * per_token // 4,
         "evaluation": 4 * WHOLE_SPLIT_BATCH * m.block_size * (6 * C + 2 * V),
     }
-    return parts
-
-
-def available_memory(device: torch.device) -> int:
-    """Bytes that can still be had: free device memory on CUDA, else the system's available
-    memory (what can be used without swapping)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    import psutil
-
-    return psutil.virtual_memory().available
 
 
 def check_memory(cfg: RunConfig, device: torch.device, n_params: int,
@@ -107,16 +96,17 @@ def check_memory(cfg: RunConfig, device: torch.device, n_params: int,
     this machine (LOCAL_WORLD_SIZE) needs as much."""
     if device.type == "cuda":
         resident = torch.cuda.memory_allocated(device)
+        available = torch.cuda.mem_get_info(device)[0]  # free device memory
         where, processes = f"free on {device}", 1
     else:
         import psutil
 
         resident = psutil.Process().memory_info().rss
+        available = psutil.virtual_memory().available  # what can be used without swapping
         where = "available"
         processes = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))
     parts = peak_memory(cfg, resident, n_params, dtype)
     need = (sum(parts.values()) - resident) * processes
-    available = available_memory(device)
     if need > available:
         t, gib = cfg.train, 2**30
         raise MiniGPTError(
@@ -129,13 +119,10 @@ def check_memory(cfg: RunConfig, device: torch.device, n_params: int,
 
 def best_rate(work: Callable[[], object], seconds: float, bursts: int = 10) -> float:
     """Calls of work() per second in the fastest of `bursts` back-to-back bursts that last
-    about `seconds` in all (each burst makes at least one call).
-
-    The fastest burst, not the mean: a peak is what the hardware can do, and a cold start,
-    a clock still ramping up or another process only ever slow a burst down. (Measured on a
-    shared 2-core machine, the mean over 1 s read 13-91 GFLOP/s where the best burst read
-    about 150.)
-    """
+    about `seconds` in all (each burst makes at least one call). The fastest burst, not the
+    mean: a peak is what the hardware can do, and a cold start, a clock still ramping up or
+    another process only ever slow a burst down. (Measured on a shared 2-core machine, the
+    mean over 1 s read 13-91 GFLOP/s where the best burst read about 150.)"""
     best, end = 0.0, time.perf_counter() + seconds
     while True:
         calls, start = 0, time.perf_counter()

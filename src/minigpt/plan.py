@@ -140,8 +140,8 @@ def format_plan(shapes: list[Shape], tokens: float = 0, seconds: float = 0) -> s
     best = optimal(shapes, tokens, seconds)
     head = f"{'shape':<14} {'params':>11} {'peak memory':>11} {'step':>10} {'tokens/s':>10}"
     head += f" {'ETA':>12}" if tokens else ""
-    head += f" {'tokens in budget':>16} {'tokens/param':>12}" if seconds else \
-        f" {'tokens/param':>12}"
+    head += f" {'tokens in budget':>16}" if seconds else ""
+    head += f" {'tokens/param':>12}"
     lines = [head, "-" * len(head)]
     for s in shapes:
         mark = "" if s.measured else "~"

@@ -155,12 +155,10 @@ def stream(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1
 def generate(model, idx: torch.Tensor, max_new_tokens: int, **kw) -> torch.Tensor:
     """idx (B, T) followed by max_new_tokens sampled tokens: (B, T + max_new_tokens).
     Keywords as for stream (temperature, top_k, top_p, generator, cache)."""
-    new = list(stream(model, idx, max_new_tokens, **kw))
-    return torch.cat([idx, *new], dim=1)
+    return torch.cat([idx, *stream(model, idx, max_new_tokens, **kw)], dim=1)
 
 
-def sample_text(model, tokenizer, prompt: str, max_new_tokens: int, seed: int = 1337,
-                **kw) -> str:
+def sample_text(model, tokenizer, prompt: str, max_new_tokens: int, seed: int = 1337, **kw) -> str:
     """A seeded sample continuing `prompt`, or the text of token 0 when the tokenizer cannot
     encode the prompt (a character tokenizer of another text)."""
     if not tokenizer.can_encode(prompt):

@@ -41,11 +41,9 @@ def attention_weights(attn: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def attention_maps(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
     """Attention weights of every layer and head for one sequence idx (1, T) of token ids:
-    a float32 CPU tensor (n_layer, n_head, T, T); row i is what position i attends to.
-
-    Runs in eval mode (no dropout) without gradients; the model's mode is restored and its
-    hooks removed, whatever happens.
-    """
+    a float32 CPU tensor (n_layer, n_head, T, T); row i is what position i attends to. It
+    runs in eval mode (no dropout) without gradients; the model's mode is restored and its
+    hooks removed, whatever happens."""
     if idx.dim() != 2 or idx.size(0) != 1:
         raise MiniGPTError(f"attention maps need one sequence of shape (1, T), "
                            f"got {tuple(idx.shape)}")
@@ -85,11 +83,9 @@ def plot_attention(maps, labels: list[str], path: str | Path | None = None,
                    title: str | None = None):
     """A grid of heatmaps of maps (n_layer, n_head, T, T), a tensor or array: layers as rows,
     heads as columns, the T labels (characters or token strings) as queries down the side and
-    keys along the bottom; the Figure, written to `path` as a PNG if given.
-
-    One colour scale, linear from 0 to 1, so heads compare; the masked future is light grey.
-    The layout is computed, not constrained: a 4 x 4 grid of 64 characters renders in seconds.
-    """
+    keys along the bottom; the Figure, written to `path` as a PNG if given. One colour scale,
+    linear from 0 to 1, so heads compare; the masked future is light grey. The layout is
+    computed, not constrained: a 4 x 4 grid of 64 characters renders in seconds."""
     weights = _as_maps(maps, labels)
     n_layer, n_head, T, _ = weights.shape
     ticks = list(range(0, T, tick_step(T)))  # every position up to MAX_TICKS, then every k-th
@@ -152,8 +148,7 @@ def _as_maps(maps, labels: list[str]):
     weights = maps.detach().float().cpu().numpy() if isinstance(maps, torch.Tensor) else maps
     weights = np.asarray(weights, dtype=np.float32)
     if weights.ndim != 4 or weights.shape[-1] != weights.shape[-2] or 0 in weights.shape:
-        raise MiniGPTError(f"attention maps must be (n_layer, n_head, T, T), "
-                           f"got {weights.shape}")
+        raise MiniGPTError(f"attention maps must be (n_layer, n_head, T, T), got {weights.shape}")
     if len(labels) != weights.shape[-1]:
         raise MiniGPTError(f"{len(labels)} labels for attention maps over "
                            f"{weights.shape[-1]} positions")
@@ -179,7 +174,6 @@ def _heatmap(ax, w, names: list[str], ticks: list[int], font_size: int):
     left = blended_transform_factory(ax.transAxes, ax.transData)  # x in axes, y in data
     rotation = 90 if any(len(n) > 1 for n in names) else 0
     for i, name in zip(ticks, names, strict=True):
-        ax.text(i, -0.008, name, transform=below, ha="center", va="top", rotation=rotation,
-                **font)
+        ax.text(i, -0.008, name, transform=below, ha="center", va="top", rotation=rotation, **font)
         ax.text(-0.008, i, name, transform=left, ha="right", va="center", **font)
     return image

@@ -39,8 +39,7 @@ class Trade:
 
 def activation_bytes(model: MiniGPT, B: int, T: int, train: TrainConfig) -> int:
     """The activations backward keeps for a (B, T) batch (minigpt.performance.peak_memory)."""
-    cfg = RunConfig(model=replace(model.config, block_size=T),
-                    train=replace(train, batch_size=B))
+    cfg = RunConfig(model=replace(model.config, block_size=T), train=replace(train, batch_size=B))
     n_params = sum(p.numel() for p in model.parameters())
     return peak_memory(cfg, 0, n_params)["activations"]
 

@@ -54,12 +54,10 @@ def variants(optimizers: str | None = None, schedules: str | None = None,
     if not axes:
         raise MiniGPTError("nothing to compare: give --variant, --optimizers, --schedules or "
                            "--clip")
-    out = {}
-    for combo in itertools.product(*axes):
-        overrides = {k: v for part in combo for k, v in part.items()}
-        name = " ".join(_label(k, v) for k, v in overrides.items())
-        out[name] = overrides
-    return out
+    combos = ({k: v for part in combo for k, v in part.items()}
+              for combo in itertools.product(*axes))
+    return {" ".join(_label(k, v) for k, v in overrides.items()): overrides
+            for overrides in combos}
 
 
 def _label(key: str, value) -> str:

@@ -81,14 +81,12 @@ def grad_stats(model: torch.nn.Module, before: dict[str, torch.Tensor] | None = 
                vanish: float = VANISH, explode: float = EXPLODE,
                exempt: tuple[str, ...] = EXEMPT) -> list[ParamStats]:
     """Gradient statistics and flags of every trainable parameter, in `named_parameters` order.
-
     With `before` (a `snapshot` from just before the optimizer step) each parameter also gets
     its update-to-weight ratio ||w_after - w_before|| / ||w_before||. The measured change already
     includes the learning rate (for plain SGD it is exactly lr * ||g|| / ||w||), so it is the
     lesson's lr * |update| / |weight|; around 1e-3 is the usual healthy value. It is None for
     a weight that was all zeros before the step (a fresh LayerNorm bias), where it is undefined.
-    Parameters whose name ends with one of `exempt` are never flagged dead or vanishing.
-    """
+    Parameters whose name ends with one of `exempt` are never flagged dead or vanishing."""
     if not 0 <= vanish < explode:
         raise MiniGPTError(f"need 0 <= vanish < explode, got vanish {vanish:g}, "
                            f"explode {explode:g}")
@@ -196,13 +194,11 @@ def probe_batch_stats(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                       explode: float = EXPLODE, exempt: tuple[str, ...] = EXEMPT
                       ) -> list[ParamStats]:
     """Forward and backward on one batch (in training mode) and the gradient statistics.
-
     Everything happens on a deep copy: the caller's model (weights, gradients, mode) and
     optimizer (state, learning rate) are untouched. With an optimizer (holding this model's
     parameters, e.g. restored from a checkpoint) the copy takes one step, at `lr` if given,
     after clipping to `grad_clip` (0 = none) as the training loop does, so the statistics
-    include the update-to-weight ratio.
-    """
+    include the update-to-weight ratio."""
     if optimizer is not None:
         own = {id(p) for p in model.parameters()}
         if not all(id(p) in own for g in optimizer.param_groups for p in g["params"]):
@@ -222,14 +218,11 @@ def probe_batch_stats(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     return grad_stats(work, before, vanish=vanish, explode=explode, exempt=exempt)
 
 
-def plot_layer_norms(history: list[dict], path: str | Path | None = None,
-                     title: str | None = None):
+def plot_layer_norms(history: list[dict], path: str | Path | None = None, title: str | None = None):
     """Each layer's gradient norm against step (log y), from rows {"step": int, "layers":
     {layer: norm}} (extra keys ignored): the Figure, written to `path` as a PNG if given.
-
     Zero and non-finite norms cannot sit on a log axis: they are left out of the line and the
-    legend says at how many steps (a dead layer shows as a missing line with that note).
-    """
+    legend says at how many steps (a dead layer shows as a missing line with that note)."""
     if not history:
         raise MiniGPTError("no gradient-flow rows to plot")
     from matplotlib import colormaps
@@ -248,7 +241,6 @@ def plot_layer_norms(history: list[dict], path: str | Path | None = None,
         else:
             style = {"color": next(others), "ls": "--"}
         rows = [row for row in history if layer in row["layers"]]
-        # zero and non-finite norms become NaN: a gap in the line, counted in the legend
         norms = [v if math.isfinite(v) and v > 0 else math.nan
                  for v in (float(row["layers"][layer]) for row in rows)]
         hidden = sum(map(math.isnan, norms))
@@ -258,9 +250,8 @@ def plot_layer_norms(history: list[dict], path: str | Path | None = None,
                 marker="o" if len(history) <= 30 else None, **style)
     if any_positive:
         ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("gradient L2 norm of the layer")
-    ax.set_title(title or "gradient flow: gradient norm per layer")
+    ax.set(xlabel="step", ylabel="gradient L2 norm of the layer",
+           title=title or "gradient flow: gradient norm per layer")
     ax.grid(True, which="major", alpha=0.35)
     ax.grid(True, which="minor", alpha=0.1)
     fig.legend(loc="outside right upper", fontsize=8)

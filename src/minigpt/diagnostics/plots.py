@@ -57,11 +57,9 @@ def plot_loss(rows: list[dict], path: str | Path | None = None, log_scale: bool 
     _loss_lines(ax, rows, "step", {"label": "train", "lw": 1, "alpha": 0.8},
                 {"label": "validation"})
     annotate(ax, rows, findings)
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy loss (nats)")
+    ax.set(xlabel="step", ylabel="cross-entropy loss (nats)", title=title or "loss")
     if log_scale:
         ax.set_yscale("log")
-    ax.set_title(title or "loss")
     ax.legend(fontsize="small", loc="upper right")
     return save_png(fig, path)
 
@@ -103,9 +101,7 @@ def annotate(ax, rows: list[dict], findings: list[Finding]) -> None:
 def plot_lr(rows: list[dict], path: str | Path | None = None):
     fig, ax = _axes(7.0, 3.0)
     ax.plot([r["step"] for r in rows], [r["lr"] for r in rows], lw=1.5)
-    ax.set_xlabel("step")
-    ax.set_ylabel("learning rate")
-    ax.set_title("learning-rate schedule")
+    ax.set(xlabel="step", ylabel="learning rate", title="learning-rate schedule")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     return save_png(fig, path)
 

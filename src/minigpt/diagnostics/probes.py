@@ -124,8 +124,7 @@ class GradFlowProbe(Probe):
     log_files = ("gradflow.jsonl",)
 
     def __init__(self, every: int, tensorboard=None):
-        self.every = every
-        self.tb = tensorboard
+        self.every, self.tb = every, tensorboard
         self.before = None
         self.handles = []
         self.dead: set[str] = set()  # the parameters flagged dead at the last probe
@@ -192,8 +191,7 @@ class AttentionProbe(EveryNSteps):
 
     def __init__(self, every: int, text: str, tensorboard=None):
         super().__init__(every)
-        self.text = text
-        self.tb = tensorboard
+        self.text, self.tb = text, tensorboard
         self.ids: list[int] = []  # the text's tokens, at most one block
 
     def start(self, run):
@@ -226,10 +224,7 @@ class SamplesProbe(EveryNSteps):
     """A short seeded sample every N steps, to read how the text improves (samples.jsonl)."""
 
     log_files = ("samples.jsonl",)
-
-    def __init__(self, every: int, length: int = 200):
-        super().__init__(every)
-        self.length = length
+    length = 200  # tokens after the prompt
 
     def record(self, step: int) -> None:
         text = sample_text(self.run.final_model, self.run.tokenizer, PROMPT, self.length,

@@ -170,10 +170,9 @@ def list_steps(steps: list[int], most: int = 6) -> str:
 
 def initial_loss(rows: list[dict], facts: Facts) -> list[Finding]:
     """The step-0 loss against ln V, the loss of a uniform guess over the vocabulary."""
-    first = rows[0] if rows and rows[0]["step"] == 0 else None
-    if first is None or not finite(first.get("train_loss")):
+    if not rows or rows[0]["step"] != 0 or not finite(rows[0].get("train_loss")):
         return []
-    loss, ln_v = first["train_loss"], math.log(facts.vocab_size)
+    loss, ln_v = rows[0]["train_loss"], math.log(facts.vocab_size)
     kind = "start" if abs(loss - ln_v) <= INITIAL_LOSS_TOLERANCE else "initial loss"
     return [finding(kind, 0, ln_v, loss=loss, V=facts.vocab_size, lnV=ln_v)]
 
@@ -182,16 +181,13 @@ def warmup_end(rows: list[dict], facts: Facts) -> list[Finding]:
     """The step where warmup ends and the learning rate is at its peak."""
     if facts.warmup_steps <= 0 or steps_done(rows) <= facts.warmup_steps:
         return []
-    peak = max(r["lr"] for r in rows)
-    return [finding("warmup", facts.warmup_steps, lr=peak)]
+    return [finding("warmup", facts.warmup_steps, lr=max(r["lr"] for r in rows))]
 
 
 def best_checkpoint(rows: list[dict], facts: Facts) -> list[Finding]:
     """The evaluation with the lowest validation loss (as the trainer counts it)."""
     best = best_evaluation(rows, facts)
-    if best is None:
-        return []
-    return [finding("best", best[0], best[1], val=best[1])]
+    return [finding("best", best[0], best[1], val=best[1])] if best else []
 
 
 def early_stop(rows: list[dict], facts: Facts) -> list[Finding]:
@@ -251,19 +247,13 @@ def spike_steps(points: list[tuple[int, float]]) -> list[int]:
 def spikes(rows: list[dict], facts: Facts) -> list[Finding]:
     """Sudden jumps of the train loss, during warmup and after it."""
     points = train_points(rows)
-    loss_at = dict(points)
-    found = spike_steps(points)
+    loss_at, found = dict(points), spike_steps(points)
     warm = [s for s in found if s <= facts.warmup_steps]
     late = [s for s in found if s > facts.warmup_steps]
-    out = []
-    if warm:
-        out.append(finding("spikes in warmup", warm[0], loss_at[warm[0]], steps=tuple(warm),
-                           times=times(len(warm)), at=list_steps(warm)))
-    if late:
-        out.append(finding("spikes", late[0], loss_at[late[0]], steps=tuple(late),
-                           times=times(len(late)), at=list_steps(late),
-                           clip_hint=CLIP_HINT[facts.grad_clip > 0]))
-    return out
+    return [finding(kind, where[0], loss_at[where[0]], steps=tuple(where),
+                    times=times(len(where)), at=list_steps(where),
+                    clip_hint=CLIP_HINT[facts.grad_clip > 0])  # the warmup wording has none
+            for kind, where in (("spikes in warmup", warm), ("spikes", late)) if where]
 
 
 def overfitting(rows: list[dict], facts: Facts) -> list[Finding]:
@@ -273,9 +263,8 @@ def overfitting(rows: list[dict], facts: Facts) -> list[Finding]:
     best = min(evals, key=lambda e: e[1]) if evals else None
     if best is None or not train or len([s for s, _ in evals if s > best[0]]) < 2:
         return []
-    val_end = evals[-1][1]
+    val_end, train_end = evals[-1][1], train[-1][1]
     train_best = min(train, key=lambda p: abs(p[0] - best[0]))[1]
-    train_end = train[-1][1]
     if val_end - best[1] <= margin(best[1]) or train_best - train_end <= margin(train_best):
         return []
     return [finding("overfitting", best[0], best[1], end=evals[-1][0], train0=train_best,
@@ -300,8 +289,7 @@ def plateau(rows: list[dict], facts: Facts) -> list[Finding]:
     if share < PLATEAU_SHARE or len(train) - start < SMOOTH:
         return []
     level = statistics.median(v for _, v in train[start:])
-    return [finding("plateau", first, level, end=last, loss=level, band=PLATEAU_NATS,
-                    share=share)]
+    return [finding("plateau", first, level, end=last, loss=level, band=PLATEAU_NATS, share=share)]
 
 
 def shape(rows: list[dict], facts: Facts) -> list[Finding]:

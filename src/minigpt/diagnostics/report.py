@@ -92,8 +92,7 @@ def samples_html(run_dir: Path) -> str:
     rows = read_jsonl(run_dir / "samples.jsonl")
     if not rows:
         return missing("samples")
-    return "".join(f"<h3>step {r['step']:,}</h3><pre>{html.escape(r['text'])}</pre>"
-                   for r in rows)
+    return "".join(f"<h3>step {r['step']:,}</h3><pre>{html.escape(r['text'])}</pre>" for r in rows)
 
 
 def graph_html(run_dir: Path) -> str:
