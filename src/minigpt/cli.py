@@ -4,7 +4,7 @@
     torchrun --nproc_per_node=N -m minigpt train ...      (data parallel: minigpt.distributed)
     minigpt sample --run DIR [--prompt TEXT] [--max-new-tokens N] [--temperature T] ...
     minigpt prepare --text PATH_OR_DIR_OR_GLOB --out DIR [--tokenizer char|bpe] ...
-    minigpt prepare --dataset NAME_OR_PATH [--config C] [--split S] [--text-field F] --out DIR
+    minigpt prepare --dataset NAME_OR_PATH --out DIR [--dataset-config C] [--text-field F] ...
     minigpt export --run DIR --out HF_DIR                 (a folder transformers loads)
 
 Every training flag is generated from the config dataclasses, so flags, TOML keys and the
@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import sys
-from dataclasses import MISSING
 from pathlib import Path
 
 from minigpt.config import PARSERS, field_index, preset_names, resolve_config
@@ -58,7 +57,7 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
         if f.metadata.get("cli") is False:
             continue
         flag = "--" + name.replace("_", "-")
-        kind = type(f.default) if f.default is not MISSING else str
+        kind = type(f.default)
         choices = f.metadata.get("choices")
         parse = f.metadata.get("parse")
         how = ({"action": argparse.BooleanOptionalAction} if kind is bool else
@@ -109,8 +108,7 @@ def build_parser() -> Parser:
                 "Train MiniGPT. With no arguments: the lesson's model on TinyShakespeare "
                 "(downloaded and cached on first use), warmup + cosine, clipping, AdamW, "
                 "5000 steps. Settings: preset < --config file < flags. On several "
-                "processes or GPUs: torchrun --nproc_per_node=N -m minigpt train ...",
-                "settings")
+                "processes or GPUs: torchrun --nproc_per_node=N -m minigpt train ...", "settings")
     t.add_argument("--out", metavar="DIR", help="run folder (default runs/<text>-<time>)")
     t.add_argument("--resume", metavar="DIR",
                    help="continue the run in DIR from its last checkpoint")
@@ -174,15 +172,13 @@ def build_parser() -> Parser:
 
     a = command("attention", "attention heatmaps for a text",
                 "Every layer's and head's attention weights for a text, as a grid of heatmaps "
-                "(layers x heads) with the characters on the axes.", "run", "checkpoint",
-                "device")
+                "(layers x heads) with the characters on the axes.", "run", "checkpoint", "device")
     a.add_argument("--text", default=DiagConfig.attention_text,  # what a run records
                    help="the text to read (at most block_size characters)")
     a.add_argument("--out", metavar="FILE", help="PNG to write (default DIR/attention.png)")
 
     s = command("sample", "generate text from a trained run",
-                "Stream the prompt and its continuation to stdout.", "run", "checkpoint",
-                "device")
+                "Stream the prompt and its continuation to stdout.", "run", "checkpoint", "device")
     s.add_argument("--prompt", default=PROMPT, help=f"text to continue (default {PROMPT})")
     s.add_argument("--max-new-tokens", type=int, default=300, metavar="N",
                    help="how many tokens to generate (default 300)")
@@ -270,8 +266,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
             raise MiniGPTError(f"--out {args.out} and --resume {args.resume} name different "
                                f"folders; --resume continues the run where it is")
-        cfg = resume_config(args.resume, settings_given(args), args.preset, args.config,
-                            SECTIONS)
+        cfg = resume_config(args.resume, settings_given(args), args.preset, args.config, SECTIONS)
     else:
         cfg = resolve_config(args.preset or "seed", args.config, settings_given(args), SECTIONS)
     result = train(cfg, args.resume or args.out, resume=bool(args.resume),
@@ -321,12 +316,11 @@ def cmd_autograd(args: argparse.Namespace) -> int:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
+    from minigpt.checkpoint import load_model
     from minigpt.diagnostics.graph import GraphvizMissing, draw_loss_graph
     from minigpt.model import MiniGPT
 
     if args.run:
-        from minigpt.checkpoint import load_model
-
         model, tok, _ = load_model(args.run, args.checkpoint)
         vocab = tok.vocab_size
     else:
@@ -449,8 +443,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"planning {args.tokens:,.0f} tokens" * bool(args.tokens)
           + " and " * bool(args.tokens and seconds) + f"{seconds:,.0f} s" * bool(seconds)
           + f": vocab {m.vocab_size:,}, block {m.block_size}, batch {t.batch_size} x "
-          f"{t.grad_accum}, {t.optimizer}, dtype {t.dtype}; timing each shape here...",
-          flush=True)
+          f"{t.grad_accum}, {t.optimizer}, dtype {t.dtype}; timing each shape here...", flush=True)
     shapes = plan(cfg, psutil.Process().memory_info().rss)
     print(format_plan(shapes, args.tokens, seconds))
     return 0
@@ -466,18 +459,16 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if args.text is not None and any(o is not None for o in dataset_options):
         raise MiniGPTError("--dataset-config, --split and --text-field go with --dataset, "
                            "not --text")
+    source = args.text
     if args.dataset is not None:
         source = Records(args.dataset, args.dataset_config, args.split or "train",
                          args.text_field or "text", exclude=Path(args.out))
-        what = source.label()
-    else:
-        source, what = args.text, None
     t0 = time.perf_counter()
     index = prepare(source, args.out, args.tokenizer, args.vocab_size, args.val_fraction,
                     args.shard_tokens, progress=not args.no_progress)
     seconds = time.perf_counter() - t0
     tok, shards = index["tokenizer"], index["shards"]
-    what = what or f"{len(index['sources']['files']):,} file(s)"
+    what = source.label() if args.text is None else f"{len(index['sources']['files']):,} file(s)"
     print(f"prepared {what}, {index['tokens']:,} tokens "
           f"(train {index['train_tokens']:,}, validation {index['val_tokens']:,}; "
           f"{tok['kind']}, vocab {tok['vocab_size']:,}, {index['dtype']}) in "
