@@ -34,10 +34,8 @@ log = logging.getLogger(__name__)
 
 @contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path beside `path`; on success fsync it and rename it onto `path`.
-
-    On any exception the temporary file is removed and `path` is left as it was.
-    """
+    """Yield a temporary path beside `path`; on success fsync it and rename it onto `path`; on
+    any exception remove it and leave `path` as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
