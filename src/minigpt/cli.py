@@ -257,7 +257,7 @@ def settings_given(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if k in field_index(SECTIONS)}
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def cmd_train(args: argparse.Namespace) -> None:
     from minigpt.checkpoint import resume_config
     from minigpt.diagnostics.probes import standard_probes
     from minigpt.trainer import train
@@ -273,10 +273,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                    probes=standard_probes(cfg), progress=not args.no_progress)
     if world_from_env().is_main:  # under torchrun, rank 0 reports for all
         print(json.dumps(result.summary))
-    return 0
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
+def cmd_compare(args: argparse.Namespace) -> None:
     from datetime import datetime
 
     from minigpt.diagnostics.compare import compare, format_table, parse_variant, variants
@@ -291,7 +290,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
                     progress=not args.no_progress)
     print(format_table(table))
     print(f"curves: {out}/compare.png; table: {out}/compare.json")
-    return 0
 
 
 def parse_point(text: str) -> dict[str, float]:
@@ -308,14 +306,13 @@ def parse_point(text: str) -> dict[str, float]:
     return point
 
 
-def cmd_autograd(args: argparse.Namespace) -> int:
+def cmd_autograd(args: argparse.Namespace) -> None:
     from minigpt.diagnostics.autograd import explain, format_report
 
     print(format_report(explain(args.expr, parse_point(args.at))))
-    return 0
 
 
-def cmd_graph(args: argparse.Namespace) -> int:
+def cmd_graph(args: argparse.Namespace) -> None:
     from minigpt.checkpoint import load_model
     from minigpt.diagnostics.graph import GraphvizMissing, draw_loss_graph
     from minigpt.model import MiniGPT
@@ -330,12 +327,11 @@ def cmd_graph(args: argparse.Namespace) -> int:
         paths = draw_loss_graph(model, vocab, out, depth=args.depth if args.collapse else 0)
     except GraphvizMissing as e:
         print(f"minigpt: {e}", file=sys.stderr)
-        return 0
+        return
     print("wrote " + ", ".join(str(p) for p in paths))
-    return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def cmd_report(args: argparse.Namespace) -> None:
     from minigpt.checkpoint import load_model
     from minigpt.diagnostics.graph import GraphvizMissing, draw_loss_graph
     from minigpt.diagnostics.reading import format_reading, read_run
@@ -349,10 +345,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = write_report(args.run, args.out)
     print(format_reading(read_run(args.run)))
     print(f"wrote {path}")
-    return 0
 
 
-def cmd_gradflow(args: argparse.Namespace) -> int:
+def cmd_gradflow(args: argparse.Namespace) -> None:
     from minigpt.diagnostics.gradflow import format_table, probe_batch_stats
     from minigpt.run import open_run
     from minigpt.schedule import schedule_lr
@@ -366,10 +361,9 @@ def cmd_gradflow(args: argparse.Namespace) -> int:
     print(f"{args.run} at step {state.step} ({args.checkpoint}), one batch of "
           f"{tuple(x.shape)}, probe step at lr {lr:.3g}")
     print(format_table(stats))
-    return 0
 
 
-def cmd_attention(args: argparse.Namespace) -> int:
+def cmd_attention(args: argparse.Namespace) -> None:
     import torch
 
     from minigpt.checkpoint import load_model
@@ -388,10 +382,9 @@ def cmd_attention(args: argparse.Namespace) -> int:
     plot_attention(attention_maps(model, idx), token_labels(tok, ids), out,
                    title=f"attention after step {meta['step']:,}")
     print(f"wrote {out}")
-    return 0
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
+def cmd_sample(args: argparse.Namespace) -> None:
     import torch
 
     from minigpt.checkpoint import load_model
@@ -414,19 +407,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
-    return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def cmd_export(args: argparse.Namespace) -> None:
     from minigpt.export import export_run
 
     out = export_run(args.run, args.out, args.checkpoint)
     print(f"wrote {out}: load it with transformers' AutoModelForCausalLM.from_pretrained and "
           f"AutoTokenizer.from_pretrained")
-    return 0
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
+def cmd_plan(args: argparse.Namespace) -> None:
     import psutil
 
     from minigpt.corpus import is_prepared, read_index
@@ -446,10 +437,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
           f"{t.grad_accum}, {t.optimizer}, dtype {t.dtype}; timing each shape here...", flush=True)
     shapes = plan(cfg, psutil.Process().memory_info().rss)
     print(format_plan(shapes, args.tokens, seconds))
-    return 0
 
 
-def cmd_prepare(args: argparse.Namespace) -> int:
+def cmd_prepare(args: argparse.Namespace) -> None:
     import time
 
     from minigpt.corpus import prepare
@@ -474,7 +464,6 @@ def cmd_prepare(args: argparse.Namespace) -> int:
           f"{tok['kind']}, vocab {tok['vocab_size']:,}, {index['dtype']}) in "
           f"{len(shards['train']) + len(shards['val']):,} shard(s) in {args.out}: "
           f"{seconds:.1f} s, {index['tokens'] / seconds:,.0f} tokens/s")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -497,7 +486,8 @@ def run_command(argv: list[str] | None) -> int:
     """Run the command argv names; its exit code, with every expected error as one line."""
     try:
         args = build_parser().parse_args(argv)
-        return args.handler(args)
+        args.handler(args)  # a command that returns has done its work
+        return 0
     except MiniGPTError as e:
         print(f"minigpt: error: {e}", file=sys.stderr)
         return 2
