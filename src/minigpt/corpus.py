@@ -162,9 +162,8 @@ def read_chunks(path: Path, chunk_chars: int,
 
 
 class Files:
-    """Text files as a corpus: those `spec` names (find_sources), each chunked on its own, one
-    after another, nothing between them. The other corpus is a dataset's records
-    (minigpt.records.Records); prepare's passes read either through these methods."""
+    """Text files as a corpus (the other is minigpt.records.Records): those `spec` names
+    (find_sources), each chunked on its own, one after another, nothing between them."""
 
     unit = "B"  # the bars count bytes read
 

@@ -126,8 +126,7 @@ def gpt2_config_kwargs(config) -> dict:
 
 def bias_or_zeros(sd: dict[str, torch.Tensor], name: str, size: int) -> torch.Tensor:
     """sd's bias `name`, or zeros (size,) where the model was built without biases."""
-    bias = sd.pop(name, None)
-    return torch.zeros(size) if bias is None else bias
+    return sd.pop(name) if name in sd else torch.zeros(size)
 
 
 def block_tensors(sd: dict[str, torch.Tensor], i: int, C: int) -> dict[str, torch.Tensor]:

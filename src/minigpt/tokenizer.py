@@ -173,9 +173,7 @@ def byte_symbols() -> dict[str, int]:
     `tokenizers` ByteLevel pre-tokenizer uses)."""
     printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
     others = [b for b in range(256) if b not in printable]
-    table = {chr(b): b for b in printable}
-    table.update({chr(0x100 + n): b for n, b in enumerate(others)})
-    return table
+    return {chr(b): b for b in printable} | {chr(0x100 + n): b for n, b in enumerate(others)}
 
 
 class BPETokenizer(_Tokenizer):
