@@ -46,13 +46,10 @@ def atomic_path(path: str | Path):
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if e.filename == tmp:  # name the file the user asked for, not our temporary
+        if isinstance(e, OSError) and e.filename == tmp:  # name the file asked for, not ours
             raise OSError(e.errno, e.strerror, str(path)) from None
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
         raise
 
 
