@@ -91,31 +91,28 @@ def save_checkpoint(folder: str | Path, tags: list[str], model: MiniGPT,
                     averaged: MiniGPT | None = None) -> Path:
     """Write step-<step>.safetensors and its JSON, point each tag (last, best) at it, and
     remove all but the newest `keep` steps and those a tag names. `averaged`: the moving
-    average of the weights (--ema), saved beside them.
-
-    `meta` must hold at least "step"; configs, tokenizer and loop state travel with it."""
+    average of the weights (--ema), saved beside them. `meta` must hold at least "step";
+    configs, tokenizer and loop state travel with it."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     opt_tensors, opt_meta = optimizer_tensors_and_groups(optimizer)
     tensors = {f"model.{k}": v for k, v in model_tensors(model).items()}
     tensors |= {f"optim.{k}": v for k, v in opt_tensors.items()}
     tensors |= {f"rng.{k}": v.cpu() for k, v in rng.items()}
     if averaged is not None:
         tensors |= {f"ema.{k}": v for k, v in model_tensors(averaged).items()}
-    stem = f"step-{meta['step']:06d}"
-    with atomic_path(folder / f"{stem}.safetensors") as tmp:
+    path = folder / f"step-{meta['step']:06d}.safetensors"
+    with atomic_path(path) as tmp:  # makes the folder too
         try:
             save_file(tensors, str(tmp), metadata={"format": FORMAT})
         except Exception as e:  # safetensors reports a failed write (a full disk) its own way
             raise os_error(e, tmp) from None
-    record = {"format": FORMAT, "file": f"{stem}.safetensors",
-              "sha256": sha256_file(folder / f"{stem}.safetensors"),
-              **meta, "model": vars(model.config), "optimizer": opt_meta}
+    record = {"format": FORMAT, "file": path.name, "sha256": sha256_file(path), **meta,
+              "model": vars(model.config), "optimizer": opt_meta}
     text = json.dumps(record, indent=1) + "\n"
-    for tag in [stem, *tags]:
+    for tag in [path.stem, *tags]:
         atomic_write_text(folder / f"{tag}.json", text)
     prune(folder, keep)
-    return folder / f"{stem}.safetensors"
+    return path
 
 
 def os_error(e: Exception, path: Path) -> Exception:
@@ -172,9 +169,8 @@ def load_checkpoint(folder: str | Path, tag: str = "last") -> Checkpoint:
 
 def restore_model(model: MiniGPT, ckpt: Checkpoint, section: str = "model") -> None:
     """The weights saved under `section` (model: the trained weights; ema: their average)."""
-    weights = ckpt.section(section)
     try:
-        missing, unexpected = model.load_state_dict(weights, strict=False)
+        missing, unexpected = model.load_state_dict(ckpt.section(section), strict=False)
     except RuntimeError as e:  # shape mismatch: a checkpoint of another architecture
         first = str(e).strip().splitlines()[-1].strip()
         raise MiniGPTError(f"checkpoint does not fit the model: {first}") from None

@@ -4,7 +4,7 @@
     torchrun --nproc_per_node=N -m minigpt train ...      (data parallel: minigpt.distributed)
     minigpt sample --run DIR [--prompt TEXT] [--max-new-tokens N] [--temperature T] ...
     minigpt prepare --text PATH_OR_DIR_OR_GLOB --out DIR [--tokenizer char|bpe] ...
-    minigpt prepare --dataset NAME_OR_PATH [--config C] [--split S] [--text-field F] --out DIR
+    minigpt prepare --dataset NAME_OR_PATH --out DIR [--dataset-config C] [--text-field F] ...
     minigpt export --run DIR --out HF_DIR                 (a folder transformers loads)
 
 Every training flag is generated from the config dataclasses, so flags, TOML keys and the
@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import sys
-from dataclasses import MISSING
 from pathlib import Path
 
 from minigpt.config import PARSERS, field_index, preset_names, resolve_config
@@ -58,7 +57,7 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
         if f.metadata.get("cli") is False:
             continue
         flag = "--" + name.replace("_", "-")
-        kind = type(f.default) if f.default is not MISSING else str
+        kind = type(f.default)
         choices = f.metadata.get("choices")
         parse = f.metadata.get("parse")
         how = ({"action": argparse.BooleanOptionalAction} if kind is bool else
@@ -109,8 +108,7 @@ def build_parser() -> Parser:
                 "Train MiniGPT. With no arguments: the lesson's model on TinyShakespeare "
                 "(downloaded and cached on first use), warmup + cosine, clipping, AdamW, "
                 "5000 steps. Settings: preset < --config file < flags. On several "
-                "processes or GPUs: torchrun --nproc_per_node=N -m minigpt train ...",
-                "settings")
+                "processes or GPUs: torchrun --nproc_per_node=N -m minigpt train ...", "settings")
     t.add_argument("--out", metavar="DIR", help="run folder (default runs/<text>-<time>)")
     t.add_argument("--resume", metavar="DIR",
                    help="continue the run in DIR from its last checkpoint")
@@ -174,15 +172,13 @@ def build_parser() -> Parser:
 
     a = command("attention", "attention heatmaps for a text",
                 "Every layer's and head's attention weights for a text, as a grid of heatmaps "
-                "(layers x heads) with the characters on the axes.", "run", "checkpoint",
-                "device")
+                "(layers x heads) with the characters on the axes.", "run", "checkpoint", "device")
     a.add_argument("--text", default=DiagConfig.attention_text,  # what a run records
                    help="the text to read (at most block_size characters)")
     a.add_argument("--out", metavar="FILE", help="PNG to write (default DIR/attention.png)")
 
     s = command("sample", "generate text from a trained run",
-                "Stream the prompt and its continuation to stdout.", "run", "checkpoint",
-                "device")
+                "Stream the prompt and its continuation to stdout.", "run", "checkpoint", "device")
     s.add_argument("--prompt", default=PROMPT, help=f"text to continue (default {PROMPT})")
     s.add_argument("--max-new-tokens", type=int, default=300, metavar="N",
                    help="how many tokens to generate (default 300)")
@@ -261,7 +257,7 @@ def settings_given(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if k in field_index(SECTIONS)}
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def cmd_train(args: argparse.Namespace) -> None:
     from minigpt.checkpoint import resume_config
     from minigpt.diagnostics.probes import standard_probes
     from minigpt.trainer import train
@@ -270,18 +266,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
             raise MiniGPTError(f"--out {args.out} and --resume {args.resume} name different "
                                f"folders; --resume continues the run where it is")
-        cfg = resume_config(args.resume, settings_given(args), args.preset, args.config,
-                            SECTIONS)
+        cfg = resume_config(args.resume, settings_given(args), args.preset, args.config, SECTIONS)
     else:
         cfg = resolve_config(args.preset or "seed", args.config, settings_given(args), SECTIONS)
     result = train(cfg, args.resume or args.out, resume=bool(args.resume),
                    probes=standard_probes(cfg), progress=not args.no_progress)
     if world_from_env().is_main:  # under torchrun, rank 0 reports for all
         print(json.dumps(result.summary))
-    return 0
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
+def cmd_compare(args: argparse.Namespace) -> None:
     from datetime import datetime
 
     from minigpt.diagnostics.compare import compare, format_table, parse_variant, variants
@@ -296,7 +290,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
                     progress=not args.no_progress)
     print(format_table(table))
     print(f"curves: {out}/compare.png; table: {out}/compare.json")
-    return 0
 
 
 def parse_point(text: str) -> dict[str, float]:
@@ -313,20 +306,18 @@ def parse_point(text: str) -> dict[str, float]:
     return point
 
 
-def cmd_autograd(args: argparse.Namespace) -> int:
+def cmd_autograd(args: argparse.Namespace) -> None:
     from minigpt.diagnostics.autograd import explain, format_report
 
     print(format_report(explain(args.expr, parse_point(args.at))))
-    return 0
 
 
-def cmd_graph(args: argparse.Namespace) -> int:
+def cmd_graph(args: argparse.Namespace) -> None:
+    from minigpt.checkpoint import load_model
     from minigpt.diagnostics.graph import GraphvizMissing, draw_loss_graph
     from minigpt.model import MiniGPT
 
     if args.run:
-        from minigpt.checkpoint import load_model
-
         model, tok, _ = load_model(args.run, args.checkpoint)
         vocab = tok.vocab_size
     else:
@@ -336,12 +327,11 @@ def cmd_graph(args: argparse.Namespace) -> int:
         paths = draw_loss_graph(model, vocab, out, depth=args.depth if args.collapse else 0)
     except GraphvizMissing as e:
         print(f"minigpt: {e}", file=sys.stderr)
-        return 0
+        return
     print("wrote " + ", ".join(str(p) for p in paths))
-    return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def cmd_report(args: argparse.Namespace) -> None:
     from minigpt.checkpoint import load_model
     from minigpt.diagnostics.graph import GraphvizMissing, draw_loss_graph
     from minigpt.diagnostics.reading import format_reading, read_run
@@ -355,10 +345,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = write_report(args.run, args.out)
     print(format_reading(read_run(args.run)))
     print(f"wrote {path}")
-    return 0
 
 
-def cmd_gradflow(args: argparse.Namespace) -> int:
+def cmd_gradflow(args: argparse.Namespace) -> None:
     from minigpt.diagnostics.gradflow import format_table, probe_batch_stats
     from minigpt.run import open_run
     from minigpt.schedule import schedule_lr
@@ -372,10 +361,9 @@ def cmd_gradflow(args: argparse.Namespace) -> int:
     print(f"{args.run} at step {state.step} ({args.checkpoint}), one batch of "
           f"{tuple(x.shape)}, probe step at lr {lr:.3g}")
     print(format_table(stats))
-    return 0
 
 
-def cmd_attention(args: argparse.Namespace) -> int:
+def cmd_attention(args: argparse.Namespace) -> None:
     import torch
 
     from minigpt.checkpoint import load_model
@@ -394,10 +382,9 @@ def cmd_attention(args: argparse.Namespace) -> int:
     plot_attention(attention_maps(model, idx), token_labels(tok, ids), out,
                    title=f"attention after step {meta['step']:,}")
     print(f"wrote {out}")
-    return 0
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
+def cmd_sample(args: argparse.Namespace) -> None:
     import torch
 
     from minigpt.checkpoint import load_model
@@ -420,19 +407,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
-    return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def cmd_export(args: argparse.Namespace) -> None:
     from minigpt.export import export_run
 
     out = export_run(args.run, args.out, args.checkpoint)
     print(f"wrote {out}: load it with transformers' AutoModelForCausalLM.from_pretrained and "
           f"AutoTokenizer.from_pretrained")
-    return 0
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
+def cmd_plan(args: argparse.Namespace) -> None:
     import psutil
 
     from minigpt.corpus import is_prepared, read_index
@@ -449,14 +434,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"planning {args.tokens:,.0f} tokens" * bool(args.tokens)
           + " and " * bool(args.tokens and seconds) + f"{seconds:,.0f} s" * bool(seconds)
           + f": vocab {m.vocab_size:,}, block {m.block_size}, batch {t.batch_size} x "
-          f"{t.grad_accum}, {t.optimizer}, dtype {t.dtype}; timing each shape here...",
-          flush=True)
+          f"{t.grad_accum}, {t.optimizer}, dtype {t.dtype}; timing each shape here...", flush=True)
     shapes = plan(cfg, psutil.Process().memory_info().rss)
     print(format_plan(shapes, args.tokens, seconds))
-    return 0
 
 
-def cmd_prepare(args: argparse.Namespace) -> int:
+def cmd_prepare(args: argparse.Namespace) -> None:
     import time
 
     from minigpt.corpus import prepare
@@ -466,24 +449,21 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if args.text is not None and any(o is not None for o in dataset_options):
         raise MiniGPTError("--dataset-config, --split and --text-field go with --dataset, "
                            "not --text")
+    source = args.text
     if args.dataset is not None:
         source = Records(args.dataset, args.dataset_config, args.split or "train",
                          args.text_field or "text", exclude=Path(args.out))
-        what = source.label()
-    else:
-        source, what = args.text, None
     t0 = time.perf_counter()
     index = prepare(source, args.out, args.tokenizer, args.vocab_size, args.val_fraction,
                     args.shard_tokens, progress=not args.no_progress)
     seconds = time.perf_counter() - t0
     tok, shards = index["tokenizer"], index["shards"]
-    what = what or f"{len(index['sources']['files']):,} file(s)"
+    what = source.label() if args.text is None else f"{len(index['sources']['files']):,} file(s)"
     print(f"prepared {what}, {index['tokens']:,} tokens "
           f"(train {index['train_tokens']:,}, validation {index['val_tokens']:,}; "
           f"{tok['kind']}, vocab {tok['vocab_size']:,}, {index['dtype']}) in "
           f"{len(shards['train']) + len(shards['val']):,} shard(s) in {args.out}: "
           f"{seconds:.1f} s, {index['tokens'] / seconds:,.0f} tokens/s")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -506,7 +486,8 @@ def run_command(argv: list[str] | None) -> int:
     """Run the command argv names; its exit code, with every expected error as one line."""
     try:
         args = build_parser().parse_args(argv)
-        return args.handler(args)
+        args.handler(args)  # a command that returns has done its work
+        return 0
     except MiniGPTError as e:
         print(f"minigpt: error: {e}", file=sys.stderr)
         return 2

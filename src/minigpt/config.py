@@ -87,10 +87,9 @@ class TrainConfig:
                           choices=("adamw", "sgd", "muon"))
     lr: float = opt(1e-2, "peak learning rate")
     min_lr: float = opt(0.0, "floor of the decay (0: the lesson's cosine ends near zero)")
-    schedule: str = opt(
-        "cosine", "warmup, then cosine or linear decay to min_lr; constant; or the lesson's "
-                  "CosineAnnealingLR", choices=("cosine", "linear", "constant", "cosine-annealing"),
-    )
+    schedule: str = opt("cosine", "warmup, then cosine or linear decay to min_lr; constant; or "
+                                  "the lesson's CosineAnnealingLR",
+                        choices=("cosine", "linear", "constant", "cosine-annealing"))
     warmup_steps: int = opt(100, "linear warmup steps (cosine and linear schedules)")
     time_budget: float = opt(0.0, "train for this long (seconds, or 30m, 8h; evaluation not "
                                    "counted), the schedule following the time; 0: train for "
@@ -186,7 +185,7 @@ def duration(text: str | float) -> float:
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         return float(text)
     text = str(text).strip().lower()
-    unit = UNITS.get(text[-1:], None)
+    unit = UNITS.get(text[-1:])
     seconds = float(text[:-1] if unit else text) * (unit or 1)  # ValueError: not a duration
     if not math.isfinite(seconds):
         raise ValueError(text)
@@ -232,9 +231,8 @@ def apply_overrides(cfg: RunConfig, table: dict, origin: str) -> RunConfig:
         valid = {f.name: f for f in fields(target)}
         for key, value in values.items():
             if key not in valid:
-                raise MiniGPTError(
-                    f"{origin}: unknown key '{key}' in [{sec}]{_suggest(key, valid)}"
-                )
+                raise MiniGPTError(f"{origin}: unknown key '{key}' in "
+                                   f"[{sec}]{_suggest(key, valid)}")
             setattr(target, key, _coerce(value, valid[key]))
     return cfg
 
@@ -257,11 +255,9 @@ def preset_names() -> list[str]:
 def preset_table(name: str) -> dict:
     names = preset_names()
     if name not in names:
-        raise MiniGPTError(
-            f"unknown preset '{name}'{_suggest(name, names)} (presets: {', '.join(names)})"
-        )
-    text = resources.files("minigpt").joinpath("configs", f"{name}.toml").read_text()
-    return tomllib.loads(text)
+        raise MiniGPTError(f"unknown preset '{name}'{_suggest(name, names)} (presets: "
+                           f"{', '.join(names)})")
+    return tomllib.loads(resources.files("minigpt").joinpath("configs", f"{name}.toml").read_text())
 
 
 def resolve_config(preset: str = "seed", config_file: str | None = None,

@@ -74,8 +74,8 @@ BPE_TRAIN_CHARS = 1 << 27  # BPE learns its merges from at most this much of the
 
 
 def split_point(n: int, val_fraction: float) -> int:
-    """Where the validation split begins, of n characters (or of n tokens, one a character):
-    the lesson's n = int(0.9 * len(data)). The one definition of the split."""
+    """Where the validation split begins, of n characters (or tokens): the one definition of
+    the split, the lesson's n = int(0.9 * len(data))."""
     return int((1 - val_fraction) * n)
 
 
@@ -135,20 +135,19 @@ def chunk_text(pieces: Iterable[str], chunk_chars: int) -> Iterator[str]:
 
 def _decoded(path: Path, chunk_chars: int, on_bytes: Callable[[int], object]) -> Iterator[str]:
     """A UTF-8 file's text, read chunk_chars bytes at a time, refused in one line if it is not
-    UTF-8 text. on_bytes(n) hears of every n bytes read."""
+    UTF-8 text."""
     utf8 = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
     with open(path, "rb") as f:
         while True:
             raw = f.read(chunk_chars)
             try:
                 text = utf8.decode(raw, final=not raw)
             except UnicodeDecodeError as e:
-                raise MiniGPTError(f"{path} is not UTF-8 text (near byte {offset + e.start}: "
+                near = f.tell() - len(raw) + e.start
+                raise MiniGPTError(f"{path} is not UTF-8 text (near byte {near}: "
                                    f"{e.reason})") from None
             if "\x00" in text:
                 raise MiniGPTError(f"{path} looks binary (it contains NUL bytes), not text")
-            offset += len(raw)
             on_bytes(len(raw))
             yield text
             if not raw:
@@ -163,9 +162,8 @@ def read_chunks(path: Path, chunk_chars: int,
 
 
 class Files:
-    """Text files as a corpus: those `spec` names (find_sources), each chunked on its own, one
-    after another, nothing between them. The other corpus is a dataset's records
-    (minigpt.records.Records); prepare's passes read either through these methods."""
+    """Text files as a corpus (the other is minigpt.records.Records): those `spec` names
+    (find_sources), each chunked on its own, one after another, nothing between them."""
 
     unit = "B"  # the bars count bytes read
 
@@ -245,8 +243,8 @@ class _Shards:
     """Pass 3's writer: token arrays into the shards of one split after another, each shard a
     temporary file renamed (with its sha256 recorded) once full or once its split ends."""
 
-    def __init__(self, out_dir: Path, dtype: np.dtype, shard_tokens: int, done: dict):
-        self.out_dir, self.dtype, self.shard_tokens = out_dir, dtype, shard_tokens
+    def __init__(self, out_dir: Path, shard_tokens: int, done: dict):
+        self.out_dir, self.shard_tokens = out_dir, shard_tokens
         self.done = done  # split -> [{file, tokens, sha256}], the complete shards
         self.split = self.file = self.hash = None
         self.count = 0
@@ -299,7 +297,7 @@ def encode_shards(source, tok: AnyTokenizer, out_dir: Path, state: dict,
     prepare skips the units, and the tokens of a unit, its complete shards already hold). The
     state is saved after every complete shard."""
     settings, dtype = state["settings"], np.dtype(state["dtype"])
-    writer = _Shards(out_dir, dtype, settings["shard_tokens"], state["shards"])
+    writer = _Shards(out_dir, settings["shard_tokens"], state["shards"])
     first, skip = state["next"]
     written = 0
 
@@ -328,12 +326,11 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
             vocab_size: int = BPE_VOCAB, val_fraction: float = 0.1,
             shard_tokens: int = SHARD_TOKENS, chunk_chars: int = CHUNK_CHARS,
             progress: bool = True) -> dict:
-    """Tokenize the files `sources` names (a file, a folder, or a glob), or another source
-    (minigpt.records.Records: a dataset's records), into the shards of a training and a
-    validation split in out_dir, streaming (memory stays bounded by the chunk size, whatever
-    the corpus size), and return the index written to out_dir/index.json.
-    vocab_size is for bpe only. Run again on a folder whose prepare was interrupted, with the
-    same sources and settings, it continues after the last complete shard."""
+    """Tokenize the files `sources` names (a file, a folder, or a glob), or a
+    minigpt.records.Records, into the shards of a training and a validation split in out_dir,
+    in memory bounded by the chunk size, and return the index written to out_dir/index.json.
+    vocab_size is for bpe only. Run again after an interruption, with the same sources and
+    settings, it continues after the last complete shard."""
     out_dir = Path(out_dir)
     if tokenizer not in ("char", "bpe"):
         raise MiniGPTError(f"tokenizer must be char or bpe, got {tokenizer!r}")
@@ -350,11 +347,13 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
                 "vocab_size": vocab_size if tokenizer == "bpe" else None,
                 "val_fraction": val_fraction, "shard_tokens": shard_tokens,
                 "chunk_chars": chunk_chars}
-    state = _read_json(out_dir / PROGRESS)
+    try:
+        state = json.loads((out_dir / PROGRESS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        state = {}
     if state and state.get("settings") != settings:
-        raise MiniGPTError(f"{out_dir} holds an unfinished prepare of other sources or "
-                           f"settings: run that command again to continue it, or delete the "
-                           f"folder")
+        raise MiniGPTError(f"{out_dir} holds an unfinished prepare of other sources or settings: "
+                           f"run that command again to continue it, or delete the folder")
     if state:
         tok = load_tokenizer(out_dir / TOKENIZER)
         done = sum(map(len, state["shards"].values()))
@@ -380,14 +379,12 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
                 _remove_partial(out_dir, created)
             raise
         shards = state["shards"]
+        counts = {f"{split}_tokens": sum(s["tokens"] for s in shards[split]) for split in SPLITS}
         index = {
-            "format": FORMAT, "dtype": state["dtype"],
-            "tokens": sum(s["tokens"] for split in SPLITS for s in shards[split]),
-            **{f"{split}_tokens": sum(s["tokens"] for s in shards[split]) for split in SPLITS},
+            "format": FORMAT, "dtype": state["dtype"], "tokens": sum(counts.values()), **counts,
             "shards": shards, "val_fraction": val_fraction, "chars": state["chars"],
             "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size, "file": TOKENIZER},
-            "sources": source.describe(),
-            "shard_tokens": shard_tokens, "chunk_chars": chunk_chars,
+            "sources": source.describe(), "shard_tokens": shard_tokens, "chunk_chars": chunk_chars,
         }
         atomic_write_text(out_dir / INDEX, json.dumps(index, indent=1) + "\n")
         (out_dir / PROGRESS).unlink()
@@ -395,19 +392,11 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
 
 
 def _remove_partial(out_dir: Path, created: bool) -> None:
-    """Undo a prepare that failed before its first shard: its files, and its folder if it made
-    it."""
+    """Undo a prepare that failed before its first shard: its files, and the folder it made."""
     for name in (TOKENIZER, PROGRESS, "run.lock"):
         (out_dir / name).unlink(missing_ok=True)
     if created and out_dir.is_dir() and not any(out_dir.iterdir()):
         out_dir.rmdir()
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 def read_index(folder: str | Path) -> dict:
@@ -430,13 +419,9 @@ def read_index(folder: str | Path) -> dict:
 
 
 class ShardedTokens:
-    """The tokens of a prepared corpus as one array-like, memory-mapped shard by shard.
-
-    `len(t)` is the number of tokens; `t[a:b]` is a view (no copy) of global positions a..b-1;
-    `t[positions]` for an integer array of any shape gathers those tokens into an array of the
-    same shape, across shard boundaries; `t[i]` is one token; `t.astype(dtype)` and
-    `np.asarray(t)` copy a (small) view out. This is what get_batch and Splits need.
-    """
+    """The tokens of a prepared corpus as one array-like, memory-mapped shard by shard (see the
+    module's docstring): `t[a:b]` is a view, `t[positions]` a gather, `t.astype(dtype)` and
+    `np.asarray(t)` a copy."""
 
     def __init__(self, shards: list[np.ndarray], start: int = 0, stop: int | None = None,
                  dtype: np.dtype | None = None):
@@ -485,10 +470,8 @@ class ShardedTokens:
         begin, end, step = key.indices(len(self))
         if step != 1:
             raise IndexError("ShardedTokens slices must have step 1")
-        view = ShardedTokens.__new__(ShardedTokens)
-        view.shards, view.offsets, view.dtype = self.shards, self.offsets, self.dtype
-        view.start, view.stop = self.start + begin, self.start + max(begin, end)
-        return view
+        return ShardedTokens(self.shards, self.start + begin, self.start + max(begin, end),
+                             self.dtype)
 
     def _gather(self, positions: np.ndarray) -> np.ndarray:
         """The tokens at positions (any shape, relative to this view; negative counts from the

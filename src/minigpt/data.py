@@ -52,10 +52,8 @@ def download(url: str, dest: str | Path, sha256: str, timeout: float = 30.0) -> 
                     f.write(chunk)
             got = sha256_file(tmp)
             if got != sha256:
-                raise MiniGPTError(
-                    f"download of {url} has sha256 {got[:12]}..., expected {sha256[:12]}...; "
-                    f"not saved. {by_hand}"
-                )
+                raise MiniGPTError(f"download of {url} has sha256 {got[:12]}..., expected "
+                                   f"{sha256[:12]}...; not saved. {by_hand}")
     except urllib.error.HTTPError as e:
         raise MiniGPTError(f"cannot download {url} (HTTP {e.code} {e.reason}); {by_hand}") from None
     except (urllib.error.URLError, OSError) as e:
@@ -119,10 +117,9 @@ class Splits:
         """Each split needs one window of block_size inputs plus the shifted target."""
         for name, part in (("train", self.train), ("validation", self.val)):
             if len(part) < block_size + 1:
-                raise MiniGPTError(
-                    f"the {name} split has {len(part)} tokens, fewer than block_size + 1 = "
-                    f"{block_size + 1}; use a longer text or a smaller --block-size"
-                )
+                raise MiniGPTError(f"the {name} split has {len(part)} tokens, fewer than "
+                                   f"block_size + 1 = {block_size + 1}; use a longer text or a "
+                                   f"smaller --block-size")
 
 
 def load_corpus(text: str | Path, tokenizer: str, vocab_size: int,
@@ -134,9 +131,6 @@ def load_corpus(text: str | Path, tokenizer: str, vocab_size: int,
       once into the cache (prepared_text);
     - a folder written by `minigpt prepare`: its splits and its tokenizer as prepared
       (`tokenizer`, `vocab_size` and `val_fraction` are not used).
-
-    The description has text, tokens, train_tokens, val_tokens, val_fraction, tokenizer (the
-    kind used) and vocab_size.
     """
     path = Path(text)
     folder = path if is_prepared(path) else prepared_text(path, tokenizer, vocab_size,
@@ -148,26 +142,18 @@ def load_corpus(text: str | Path, tokenizer: str, vocab_size: int,
     return Splits(train=train, val=val), tok, info
 
 
-def get_batch(
-    data: np.ndarray,
-    batch_size: int,
-    block_size: int,
-    generator: torch.Generator | None = None,
-    device: str | torch.device = "cpu",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """B random windows of data: x = data[i : i+T], y = data[i+1 : i+T+1], both (B, T) int64.
-
-    The offsets come from `generator`, and the windows are gathered in one fancy-index of the
-    (memory-mapped) array: no Python loop over rows.
-    """
+def get_batch(data: np.ndarray, batch_size: int, block_size: int,
+              generator: torch.Generator | None = None,
+              device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """B random windows of data: x = data[i : i+T], y = data[i+1 : i+T+1], both (B, T) int64,
+    at offsets drawn from `generator`, gathered in one fancy-index (no Python loop over rows)."""
     ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
     rows = ix.numpy()[:, None] + np.arange(block_size + 1)  # (B, T+1) positions
     buf = torch.from_numpy(data[rows].astype(np.int64))  # (B, T+1)
     x, y = buf[:, :-1].contiguous(), buf[:, 1:].contiguous()  # (B, T) each, y shifted by one
-    if torch.device(device).type == "cuda":
-        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(
-            device, non_blocking=True
-        )
+    if torch.device(device).type == "cuda":  # pinned memory: copies that need not wait
+        x, y = x.pin_memory(), y.pin_memory()
+        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     return x.to(device), y.to(device)
 
 
@@ -182,12 +168,9 @@ class Batches:
     def __init__(self, splits: Splits, batch_size: int, block_size: int, seed: int = 1337,
                  device: str | torch.device = "cpu", streams: tuple[int, ...] = (0,)):
         splits.check(block_size)
-        self.splits = splits
-        self.batch_size = batch_size
-        self.block_size = block_size
+        self.splits, self.batch_size, self.block_size = splits, batch_size, block_size
         self.train_shape = (batch_size, block_size)  # (B, T) of training; the schedules grow it
-        self.device = device
-        self.streams = tuple(streams)
+        self.device, self.streams = device, tuple(streams)
         # separate generators, so how often we evaluate never changes the training batches
         self.generators = {"val": torch.Generator().manual_seed(seed + 1)}
         for s in self.streams:

@@ -110,11 +110,8 @@ def check_modules(model: nn.Module) -> None:
 def gpt2_config_kwargs(config) -> dict:
     """GPT2Config's arguments for a MiniGPT of this config (see the module docstring)."""
     return {
-        "vocab_size": config.vocab_size,
-        "n_positions": config.block_size,
-        "n_embd": config.n_embd,
-        "n_layer": config.n_layer,
-        "n_head": config.n_head,
+        "vocab_size": config.vocab_size, "n_positions": config.block_size,
+        "n_embd": config.n_embd, "n_layer": config.n_layer, "n_head": config.n_head,
         "n_inner": 4 * config.n_embd,
         "activation_function": "gelu",  # exact erf GELU, as nn.GELU(); not GPT-2's gelu_new
         "layer_norm_epsilon": LAYER_NORM_EPS,
@@ -129,8 +126,7 @@ def gpt2_config_kwargs(config) -> dict:
 
 def bias_or_zeros(sd: dict[str, torch.Tensor], name: str, size: int) -> torch.Tensor:
     """sd's bias `name`, or zeros (size,) where the model was built without biases."""
-    bias = sd.pop(name, None)
-    return torch.zeros(size) if bias is None else bias
+    return sd.pop(name) if name in sd else torch.zeros(size)
 
 
 def block_tensors(sd: dict[str, torch.Tensor], i: int, C: int) -> dict[str, torch.Tensor]:
@@ -154,10 +150,9 @@ def block_tensors(sd: dict[str, torch.Tensor], i: int, C: int) -> dict[str, torc
 
 
 def gpt2_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """MiniGPT's weights under GPT2LMHeadModel's names and layouts, float32 on the CPU.
-
-    Every parameter must find a place: one left over (a layer GPT-2 does not have) or one
-    missing is a one-line MiniGPTError."""
+    """MiniGPT's weights under GPT2LMHeadModel's names and layouts, float32 on the CPU. Every
+    parameter must find a place: one left over (a layer GPT-2 does not have) or one missing is
+    a one-line MiniGPTError."""
     cfg, C = model.config, model.config.n_embd
     sd = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
     try:
@@ -216,11 +211,8 @@ def hf_tokenizer(tokenizer):
 def tokenizer_config(block_size: int) -> dict:
     """tokenizer_config.json: a plain PreTrainedTokenizerFast over tokenizer.json, no special
     tokens, no space clean-up on decode (it would turn "a ." into "a.")."""
-    return {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": block_size,
-    }
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
+            "model_max_length": block_size}
 
 
 def export_hf(model: nn.Module, tokenizer, out_dir: str | Path) -> Path:

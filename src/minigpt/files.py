@@ -34,10 +34,8 @@ log = logging.getLogger(__name__)
 
 @contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path beside `path`; on success fsync it and rename it onto `path`.
-
-    On any exception the temporary file is removed and `path` is left as it was.
-    """
+    """Yield a temporary path beside `path`; on success fsync it and rename it onto `path`; on
+    any exception remove it and leave `path` as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -48,13 +46,10 @@ def atomic_path(path: str | Path):
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if e.filename == tmp:  # name the file the user asked for, not our temporary
+        if isinstance(e, OSError) and e.filename == tmp:  # name the file asked for, not ours
             raise OSError(e.errno, e.strerror, str(path)) from None
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
         raise
 
 

@@ -71,11 +71,8 @@ class Records:
     def texts(self) -> Iterator[str]:
         """Each record's text field, in the dataset's order."""
         datasets = _datasets()
-        if self.files:
-            builder, options = BUILDERS[self.files[0].suffix], {
-                "data_files": [str(p) for p in self.files]}
-        else:
-            builder, options = self.name, {}
+        builder = BUILDERS[self.files[0].suffix] if self.files else self.name
+        options = {"data_files": [str(p) for p in self.files]} if self.files else {}
         try:
             stream = datasets.load_dataset(builder, self.config, split=self.split,
                                            streaming=True, **options)

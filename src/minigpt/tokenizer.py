@@ -74,8 +74,9 @@ def _read_tokenizer_file(path: str | Path, from_dict: Callable):
         raise MiniGPTError(f"cannot read tokenizer {path}: {e}") from None
 
 
-class SavedAsJSON:
-    """save / load through to_dict / from_dict, written atomically."""
+class _Tokenizer:
+    """What both kinds share, through to_dict / from_dict: save (atomically) and load as JSON,
+    equality and the repr."""
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False) + "\n")
@@ -84,8 +85,14 @@ class SavedAsJSON:
     def load(cls, path: str | Path):
         return _read_tokenizer_file(path, cls.from_dict)
 
+    def __eq__(self, other) -> bool:
+        return isinstance(other, type(self)) and self.to_dict() == other.to_dict()
 
-class CharTokenizer(SavedAsJSON):
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(vocab_size={self.vocab_size})"
+
+
+class CharTokenizer(_Tokenizer):
     """Maps each character of a fixed alphabet to an integer id and back."""
 
     kind = "char"
@@ -121,9 +128,8 @@ class CharTokenizer(SavedAsJSON):
             unseen = sorted(set(text) - self.stoi.keys())
             shown = ", ".join(repr(c) for c in unseen[:10])
             more = f" and {len(unseen) - 10} more" if len(unseen) > 10 else ""
-            raise MiniGPTError(
-                f"text has {len(unseen)} character(s) outside the vocabulary: {shown}{more}"
-            ) from None
+            raise MiniGPTError(f"text has {len(unseen)} character(s) outside the vocabulary: "
+                               f"{shown}{more}") from None
 
     def encode_array(self, text: str) -> np.ndarray:
         """encode(text) as an int64 array, vectorised for long texts: the text's code points
@@ -159,12 +165,6 @@ class CharTokenizer(SavedAsJSON):
             raise MiniGPTError("not a character tokenizer description (expected kind 'char')")
         return cls(d["chars"])
 
-    def __eq__(self, other) -> bool:
-        return isinstance(other, CharTokenizer) and self.chars == other.chars
-
-    def __repr__(self) -> str:
-        return f"CharTokenizer(vocab_size={self.vocab_size})"
-
 
 def byte_symbols() -> dict[str, int]:
     """The byte-level alphabet: which byte each of its 256 symbols stands for. Bytes that are
@@ -173,12 +173,10 @@ def byte_symbols() -> dict[str, int]:
     `tokenizers` ByteLevel pre-tokenizer uses)."""
     printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
     others = [b for b in range(256) if b not in printable]
-    table = {chr(b): b for b in printable}
-    table.update({chr(0x100 + n): b for n, b in enumerate(others)})
-    return table
+    return {chr(b): b for b in printable} | {chr(0x100 + n): b for n, b in enumerate(others)}
 
 
-class BPETokenizer(SavedAsJSON):
+class BPETokenizer(_Tokenizer):
     """Byte-level BPE: text -> UTF-8 bytes -> merged byte pairs. Hugging Face `tokenizers`
     trains it and saves it (tokenizer.json, which transformers reads); `tiktoken` encodes with
     the same vocabulary, 4-5x faster (a token's id is its merge's rank, so both merge alike:
@@ -279,12 +277,6 @@ class BPETokenizer(SavedAsJSON):
         except Exception as e:  # tokenizers raises plain Exception
             raise MiniGPTError(f"not a valid BPE tokenizer: {str(e).splitlines()[0]}") from None
         return cls(hf)
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, BPETokenizer) and self.hf.to_str() == other.hf.to_str()
-
-    def __repr__(self) -> str:
-        return f"BPETokenizer(vocab_size={self.vocab_size})"
 
 
 def _unicode(text: str) -> str:
