@@ -168,9 +168,12 @@ class Batches:
     def __init__(self, splits: Splits, batch_size: int, block_size: int, seed: int = 1337,
                  device: str | torch.device = "cpu", streams: tuple[int, ...] = (0,)):
         splits.check(block_size)
-        self.splits, self.batch_size, self.block_size = splits, batch_size, block_size
+        self.splits = splits
+        self.batch_size = batch_size
+        self.block_size = block_size
         self.train_shape = (batch_size, block_size)  # (B, T) of training; the schedules grow it
-        self.device, self.streams = device, tuple(streams)
+        self.device = device
+        self.streams = tuple(streams)
         # separate generators, so how often we evaluate never changes the training batches
         self.generators = {"val": torch.Generator().manual_seed(seed + 1)}
         for s in self.streams:

@@ -110,8 +110,11 @@ def check_modules(model: nn.Module) -> None:
 def gpt2_config_kwargs(config) -> dict:
     """GPT2Config's arguments for a MiniGPT of this config (see the module docstring)."""
     return {
-        "vocab_size": config.vocab_size, "n_positions": config.block_size,
-        "n_embd": config.n_embd, "n_layer": config.n_layer, "n_head": config.n_head,
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
         "n_inner": 4 * config.n_embd,
         "activation_function": "gelu",  # exact erf GELU, as nn.GELU(); not GPT-2's gelu_new
         "layer_norm_epsilon": LAYER_NORM_EPS,

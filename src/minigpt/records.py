@@ -71,8 +71,11 @@ class Records:
     def texts(self) -> Iterator[str]:
         """Each record's text field, in the dataset's order."""
         datasets = _datasets()
-        builder = BUILDERS[self.files[0].suffix] if self.files else self.name
-        options = {"data_files": [str(p) for p in self.files]} if self.files else {}
+        if self.files:  # local files: the builder for their kind
+            builder, options = BUILDERS[self.files[0].suffix], {
+                "data_files": [str(p) for p in self.files]}
+        else:  # a dataset on the hub, by name
+            builder, options = self.name, {}
         try:
             stream = datasets.load_dataset(builder, self.config, split=self.split,
                                            streaming=True, **options)

@@ -124,7 +124,8 @@ class GradFlowProbe(Probe):
     log_files = ("gradflow.jsonl",)
 
     def __init__(self, every: int, tensorboard=None):
-        self.every, self.tb = every, tensorboard
+        self.every = every
+        self.tb = tensorboard
         self.before = None
         self.handles = []
         self.dead: set[str] = set()  # the parameters flagged dead at the last probe
@@ -191,7 +192,8 @@ class AttentionProbe(EveryNSteps):
 
     def __init__(self, every: int, text: str, tensorboard=None):
         super().__init__(every)
-        self.text, self.tb = text, tensorboard
+        self.text = text
+        self.tb = tensorboard
         self.ids: list[int] = []  # the text's tokens, at most one block
 
     def start(self, run):
