@@ -59,7 +59,7 @@ def explicit_maps(model: MiniGPT, idx: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def test_maps_equal_an_explicit_softmax_of_qk_from_each_ln1_output_and_are_causal():
+def test_maps_equal_a_softmax_from_each_ln1_output_give_the_fused_output_and_are_causal():
     model = peaky().eval()
     idx = sequence()
     maps = attention_maps(model, idx)
@@ -67,20 +67,7 @@ def test_maps_equal_an_explicit_softmax_of_qk_from_each_ln1_output_and_are_causa
     expected = explicit_maps(model, idx)
     torch.testing.assert_close(maps, expected, atol=1e-6, rtol=1e-5)
     assert maps[:, :, 1:].amax(dim=-1).mean() > 0.6  # peaky: the comparison means something
-    maps = attention_maps(model, sequence(16))  # causal, and the rows sum to one
-    future = torch.ones(16, 16, dtype=torch.bool).triu(1)
-    assert (maps[..., future] == 0).all()  # exactly zero above the diagonal
-    assert (maps[..., ~future] >= 0).all()
-    torch.testing.assert_close(maps.sum(-1), torch.ones(2, 2, 16), atol=1e-6, rtol=0)
-    assert (maps[..., 0, 0] == 1).all()  # the first position can only attend to itself
-
-
-@torch.no_grad()
-def test_maps_reproduce_the_models_fused_attention_output():
-    """weights @ V through Wo gives what scaled_dot_product_attention gave inside the model."""
-    model = peaky().eval()
-    idx = sequence()
-    maps = attention_maps(model, idx)
+    # weights @ V through Wo gives what scaled_dot_product_attention gave inside the model
     x = model.token_emb(idx) + model.pos_emb(torch.arange(idx.shape[1]))  # (1, T, C)
     for layer, block in enumerate(model.blocks):
         a, h = block.attn, block.ln1(x)
@@ -88,6 +75,12 @@ def test_maps_reproduce_the_models_fused_attention_output():
         y = (maps[layer][None] @ v).transpose(1, 2).reshape(h.shape)  # (1, T, C)
         torch.testing.assert_close(a.Wo(y), a(h), atol=1e-5, rtol=1e-4)
         x = block(x)
+    maps = attention_maps(model, sequence(16))  # causal, and the rows sum to one
+    future = torch.ones(16, 16, dtype=torch.bool).triu(1)
+    assert (maps[..., future] == 0).all()  # exactly zero above the diagonal
+    assert (maps[..., ~future] >= 0).all()
+    torch.testing.assert_close(maps.sum(-1), torch.ones(2, 2, 16), atol=1e-6, rtol=0)
+    assert (maps[..., 0, 0] == 1).all()  # the first position can only attend to itself
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -111,18 +104,19 @@ def test_the_model_is_left_exactly_as_it_was(training):
     assert torch.equal(logits_before, logits_after)
 
 
-def test_hooks_are_removed_and_mode_restored_when_the_forward_fails():
+ONE_SEQUENCE = r"one sequence of shape \(1, T\)"
+
+
+@pytest.mark.parametrize("shape, message", [((1, 17), "longer than block_size"),
+                                            ((2, 8), ONE_SEQUENCE),
+                                            ((8,), ONE_SEQUENCE),
+                                            ((1, 2, 8), ONE_SEQUENCE)])
+def test_a_bad_sequence_is_refused_with_hooks_removed_and_mode_restored(shape, message):
     model = peaky().train()
-    with pytest.raises(MiniGPTError, match="longer than block_size"):
-        attention_maps(model, sequence(17))
+    with pytest.raises(MiniGPTError, match=message):
+        attention_maps(model, torch.zeros(shape, dtype=torch.long))
     assert model.training
     assert all(not b.attn._forward_pre_hooks for b in model.blocks)
-
-
-@pytest.mark.parametrize("shape", [(2, 8), (8,), (1, 2, 8)])
-def test_only_one_sequence_is_accepted(shape):
-    with pytest.raises(MiniGPTError, match=r"one sequence of shape \(1, T\)"):
-        attention_maps(peaky(), torch.zeros(shape, dtype=torch.long))
 
 
 def test_labels_show_invisible_characters():

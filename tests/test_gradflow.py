@@ -51,7 +51,7 @@ def flagged(stats, flag: str) -> set[str]:
     return {s.name for s in stats if flag in s.flags}
 
 
-def test_statistics_equal_a_hand_computation():
+def test_statistics_and_layer_norms_equal_a_hand_computation():
     model = tiny()
     backward(model)
     stats = grad_stats(model)
@@ -68,6 +68,17 @@ def test_statistics_equal_a_hand_computation():
         assert s.grad_norm == pytest.approx(hand_norm(g), rel=1e-5)
         assert s.weight_norm == pytest.approx(hand_norm(params[s.name].detach()), rel=1e-5)
         assert s.update_ratio is None  # no snapshot given
+    # a layer's norm is the square root of its members' summed squares
+    groups: dict[str, list[torch.Tensor]] = {}
+    for name, p in params.items():
+        head = name.split(".")[0]
+        key = head if head != "blocks" else "blocks." + name.split(".")[1]
+        groups.setdefault(key, []).append(p.grad)
+    norms = layer_norms(stats)
+    assert list(norms) == ["token_emb", "pos_emb", "blocks.0", "blocks.1", "ln_f", "lm_head"]
+    for key, grads in groups.items():
+        expected = math.sqrt(sum((g.double() ** 2).sum().item() for g in grads))
+        assert norms[key] == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("make_opt", [
@@ -99,21 +110,6 @@ def test_update_ratio_equals_one_from_two_state_dicts(make_opt):
             continue
         assert s.update_ratio == pytest.approx(hand_norm(w1[s.name] - w0[s.name]) / old,
                                                rel=1e-4)
-
-
-def test_layer_norms_are_sqrt_sum_of_squares_of_the_members():
-    model = tiny()
-    backward(model)
-    groups: dict[str, list[torch.Tensor]] = {}
-    for name, p in model.named_parameters():
-        head = name.split(".")[0]
-        key = head if head != "blocks" else "blocks." + name.split(".")[1]
-        groups.setdefault(key, []).append(p.grad)
-    norms = layer_norms(grad_stats(model))
-    assert list(norms) == ["token_emb", "pos_emb", "blocks.0", "blocks.1", "ln_f", "lm_head"]
-    for key, grads in groups.items():
-        expected = math.sqrt(sum((g.double() ** 2).sum().item() for g in grads))
-        assert norms[key] == pytest.approx(expected, rel=1e-5)
 
 
 # --- the flags -----------------------------------------------------------------------------

@@ -69,17 +69,6 @@ def test_tensorboard_event_files_hold_the_tags(probed_run):
     assert train_losses == pytest.approx(logged)
 
 
-def test_clipped_run_probe_sees_clipped_gradients(tmp_path):
-    text = tmp_path / "t.txt"
-    text.write_text("abcdefgh " * 400)
-    cfg = tiny_config(text, steps=6, eval_every=5, log_every=1, gradflow_every=1, grad_clip=0.05)
-    train(cfg, tmp_path / "run", progress=False, probes=standard_probes(cfg))
-    norms = {r["step"]: r["grad_norm"] for r in read_jsonl(tmp_path / "run/metrics.jsonl")}
-    for r in read_jsonl(tmp_path / "run/gradflow.jsonl"):
-        total = math.sqrt(sum(v * v for v in r["layers"].values()))
-        assert total == pytest.approx(min(norms[r["step"]], 0.05), rel=1e-3)
-
-
 class ZeroGradient(Probe):
     """Cuts lm_head off the loss: its gradient is zero at every step."""
 
@@ -87,22 +76,28 @@ class ZeroGradient(Probe):
         run.model.lm_head.weight.register_hook(torch.zeros_like)
 
 
-def test_dead_is_shouted_when_it_lasts_not_for_a_gate_that_starts_shut(tmp_path, caplog):
-    """The smear's gate starts at zero, so its weights' gradient is exactly zero at step 0
-    only (then tiny, as the gate opens): recorded, not shouted. A parameter dead at every
-    probe is shouted from the second."""
+def test_the_probe_sees_clipped_gradients_and_shouts_dead_only_when_it_lasts(small_text, tmp_path,
+                                                                              caplog):
+    """A clipped run: the probe sees the gradients after clipping. The smear's gate starts at
+    zero, so its weights' gradient is exactly zero at step 0 only (then tiny, as the gate
+    opens): recorded, not shouted. A parameter dead at every probe is shouted from the
+    second."""
     caplog.set_level("WARNING", logger="minigpt")
-    text = tmp_path / "t.txt"
-    text.write_text("abcdefgh " * 400)
-    cfg = tiny_config(text, steps=4, eval_every=5, log_every=1, gradflow_every=1, smear=True)
+    cfg = tiny_config(small_text, steps=6, eval_every=5, log_every=1, gradflow_every=1,
+                      grad_clip=0.05, smear=True)
     train(cfg, tmp_path / "run", progress=False,
           probes=[ZeroGradient(), *standard_probes(cfg)])
+    norms = {r["step"]: r["grad_norm"] for r in read_jsonl(tmp_path / "run/metrics.jsonl")}
+    assert min(norms.values()) > 0.05  # clipping acts at every step
     flows = read_jsonl(tmp_path / "run" / "gradflow.jsonl")
+    for r in flows:
+        total = math.sqrt(sum(v * v for v in r["layers"].values()))
+        assert total == pytest.approx(min(norms[r["step"]], 0.05), rel=1e-3)
     assert flows[0]["flagged"]["smear_gate.weight"] == ["dead"]
     assert all(r["flagged"].get("smear_gate.weight") != ["dead"] for r in flows[1:])
     assert all(r["flagged"]["lm_head.weight"] == ["dead"] for r in flows)
     shouted = [m for m in caplog.messages if "gradient flow:" in m]
-    assert [m.split(":")[0] for m in shouted] == ["step 1", "step 2", "step 3"]
+    assert [m.split(":")[0] for m in shouted] == [f"step {s}" for s in range(1, 6)]
     assert all("lm_head.weight dead" in m and "smear" not in m for m in shouted)
 
 
@@ -123,37 +118,29 @@ def test_variant_axes_and_settings_with_their_types():
             parse_variant(bad)
 
 
-def test_compare_starts_every_variant_from_the_same_weights_and_batches(tmp_path):
+def test_compare_starts_from_the_same_weights_and_tables_the_time_to_each_target(tmp_path):
+    """Two optimizers on one model start from the same weights and batches; a variant of
+    model options runs with them; each row's seconds to a target are its metrics' own."""
     text = tmp_path / "t.txt"
     text.write_text("to be or not to be, that is the question\n" * 80)
-    common = {"text": str(text), **TINY, "steps": 12, "eval_every": 6, "log_every": 1,
-              "warmup_steps": 0, "schedule": "constant"}
-    table = compare(variants("sgd:0.5,adamw:0.003"), tmp_path / "cmp", common=common,
-                    progress=False)
-    assert [r["variant"] for r in table] == ["sgd lr 0.5", "adamw lr 0.003"]
-    runs = [read_jsonl(tmp_path / "cmp" / r["folder"] / "metrics.jsonl") for r in table]
-    assert runs[0][0]["train_loss"] == runs[1][0]["train_loss"]  # same init, same batch
-    assert runs[0][5]["train_loss"] != runs[1][5]["train_loss"]  # different updates
-    assert_png(tmp_path / "cmp" / "compare.png")
-    saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
-    assert [r["final_val_loss"] for r in saved] == [r["final_val_loss"] for r in table]
-
-
-def test_compare_of_model_options_tables_the_time_to_each_target(tmp_path):
-    text = tmp_path / "t.txt"
-    text.write_text("to be or not to be, that is the question\n" * 80)
-    common = {"text": str(text), **TINY, "steps": 20, "eval_every": 5, "log_every": 5,
-              "targets": "3,2.5"}
-    runs = {"lesson": {}, "+rope+muon": {"pos": "rope", "optimizer": "muon"}}
+    common = {"text": str(text), **TINY, "steps": 20, "eval_every": 5, "log_every": 1,
+              "warmup_steps": 0, "schedule": "constant", "targets": "3,2.5"}
+    runs = {**variants("sgd:0.5,adamw:0.003"), "+rope+muon": {"pos": "rope", "optimizer": "muon"}}
     table = compare(runs, tmp_path / "cmp", common=common, progress=False)
-    for row in table:
-        rows = read_jsonl(tmp_path / "cmp" / row["folder"] / "metrics.jsonl")
+    assert [r["variant"] for r in table] == ["sgd lr 0.5", "adamw lr 0.003", "+rope+muon"]
+    metrics = [read_jsonl(tmp_path / "cmp" / r["folder"] / "metrics.jsonl") for r in table]
+    assert metrics[0][0]["train_loss"] == metrics[1][0]["train_loss"]  # same init, same batch
+    assert metrics[0][5]["train_loss"] != metrics[1][5]["train_loss"]  # different updates
+    for row, rows in zip(table, metrics, strict=True):
         evals = [r for r in rows if "val_loss" in r]
         for target in ("3", "2.5"):
             first = next((r["time_s"] for r in evals if r["val_loss"] <= float(target)), None)
             assert row["time_to"][target] == first
-    config = json.loads((tmp_path / "cmp" / table[1]["folder"] / "config.json").read_text())
+    config = json.loads((tmp_path / "cmp" / table[2]["folder"] / "config.json").read_text())
     assert config["config"]["model"]["pos"] == "rope"
     assert config["config"]["train"]["optimizer"] == "muon"
+    saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert [r["final_val_loss"] for r in saved] == [r["final_val_loss"] for r in table]
+    assert_png(tmp_path / "cmp" / "compare.png")
     h, w, _ = read_png(tmp_path / "cmp" / "compare.png").shape
     assert w / h == pytest.approx(12 / 4.5, rel=0.02)  # against steps, and against seconds
