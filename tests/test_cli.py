@@ -31,19 +31,6 @@ def test_sample_streams_prompt_and_is_seeded(cli_run):
     assert greedy.returncode == 0 and greedy.stdout.startswith("ROMEO:")
 
 
-def test_resume_extends_a_run(cli_run, tmp_path):
-    import shutil
-
-    out, _, _ = cli_run
-    copy = tmp_path / "run"
-    shutil.copytree(out, copy)
-    r = run_cli("train", "--resume", str(copy), "--steps", "50", "--no-progress")
-    assert r.returncode == 0, r.stderr
-    rows = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
-    steps = [row["step"] for row in rows]
-    assert steps == sorted(set(steps)) and steps[-1] == 49
-
-
 def test_help_explains_every_lesson_flag():
     r = run_cli("train", "--help")
     assert r.returncode == 0
