@@ -42,13 +42,6 @@ def test_help_explains_every_lesson_flag():
     assert run_cli("sample", "--help").returncode == 0
 
 
-def test_data_is_the_other_name_of_text():
-    from minigpt.cli import build_parser
-
-    for flag in ("--data", "--text"):
-        assert build_parser().parse_args(["train", flag, "corpus/"]).text == "corpus/"
-
-
 @pytest.fixture(scope="module")
 def bad_files(tmp_path_factory):
     """Inputs a user might pass by mistake, one file each."""
@@ -67,6 +60,7 @@ BAD_INPUT = [
     (["train", "--preset", "sede"], "did you mean 'seed'"),
     (["train", "--config", "{bad}/missing.toml"], "config file not found"),
     (["train", "--text", "/nonexistent/x.txt"], "text file not found"),
+    (["train", "--data", "/nonexistent/y.txt"], "text file not found: /nonexistent/y.txt"),
     (["train", "--text", "{bad}"], "text file not found"),  # a folder
     (["train", "--text", "{bad}/empty.txt"], "is empty"),
     (["train", "--text", "{bad}/latin1.txt"], "is not UTF-8 text"),

@@ -56,17 +56,14 @@ def test_the_fast_preset_fits_its_recipe_to_a_short_budget(tmp_path):
     assert (cfg.train.batch_size, cfg.train.warmup_steps) == (5, 7)
 
 
-@pytest.mark.parametrize(
-    "toml, message",
-    [
-        ("[train]\nlearning_rate = 1.0\n", "unknown key 'learning_rate' in [train]"),
-        ("[train]\nbatchsize = 4\n", "did you mean 'batch_size'"),
-        ("[modle]\nn_layer = 1\n", "did you mean 'model'"),
-        ("[train]\nsteps = 'many'\n", "'steps' must be int"),
-        ("[train]\noptimizer = 'adam'\n", "must be one of adamw, sgd"),
-        ("[train\n", "cannot read config"),
-    ],
-)
+@pytest.mark.parametrize("toml, message", [
+    ("[train]\nlearning_rate = 1.0\n", "unknown key 'learning_rate' in [train]"),
+    ("[train]\nbatchsize = 4\n", "did you mean 'batch_size'"),
+    ("[modle]\nn_layer = 1\n", "did you mean 'model'"),
+    ("[train]\nsteps = 'many'\n", "'steps' must be int"),
+    ("[train]\noptimizer = 'adam'\n", "must be one of adamw, sgd"),
+    ("[train\n", "cannot read config"),
+])
 def test_bad_files_are_one_line_errors(tmp_path, toml, message):
     f = tmp_path / "c.toml"
     f.write_text(toml)
@@ -74,16 +71,13 @@ def test_bad_files_are_one_line_errors(tmp_path, toml, message):
         resolve_config("seed", str(f))
 
 
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        # (n_embd 30 for 4 heads, steps, batch_size, lr, block_size, a misspelt preset:
-        # test_cli's BAD_INPUT)
-        ({"n_emb": 8}, "did you mean 'n_embd'"),
-        ({"dropout": 1.0}, "dropout"),
-        ({"lr": 1e-4, "min_lr": 1e-3}, "min_lr"),
-    ],
-)
+@pytest.mark.parametrize("overrides, message", [
+    # (n_embd 30 for 4 heads, steps, batch_size, lr, block_size, a misspelt preset: test_cli's
+    # BAD_INPUT)
+    ({"n_emb": 8}, "did you mean 'n_embd'"),
+    ({"dropout": 1.0}, "dropout"),
+    ({"lr": 1e-4, "min_lr": 1e-3}, "min_lr"),
+])
 def test_unknown_settings_and_settings_that_cannot_train(overrides, message):
     with pytest.raises(MiniGPTError, match=message):
         resolve_config("seed", None, overrides)

@@ -168,8 +168,7 @@ def test_a_run_the_probe_put_in_bf16_records_it_and_resumes_exactly(monkeypatch,
     with pytest.raises(KeyboardInterrupt):
         train(cfg(), tmp_path / "resumed", progress=False, probes=[CrashAt(10)])
     monkeypatch.setattr(precision, "matmul_rates", no_probe)
-    train(resume_config(tmp_path / "resumed"), tmp_path / "resumed", resume=True,
-                    progress=False)
+    train(resume_config(tmp_path / "resumed"), tmp_path / "resumed", resume=True, progress=False)
     assert recorded_dtype(tmp_path / "resumed") == ("bfloat16", "bfloat16")
     assert without_speed(read_jsonl(tmp_path / "resumed" / "metrics.jsonl")) == \
         without_speed(read_jsonl(tmp_path / "straight" / "metrics.jsonl"))
