@@ -6,11 +6,8 @@ from minigpt import MiniGPTError, RunConfig, resolve_config
 from minigpt.config import field_index, preset_names, preset_table
 
 
-def test_seed_preset_is_the_default_config():
+def test_presets_exist_and_load_and_seed_is_the_default_config():
     assert resolve_config("seed") == RunConfig()
-
-
-def test_presets_exist_and_load():
     assert {"seed", "seed-reference", "nanogpt-char", "fast", "pretrain"} <= set(preset_names())
     ref = resolve_config("seed-reference").train
     assert (ref.lr, ref.schedule, ref.grad_clip, ref.steps) == (3e-4, "constant", 0.0, 5000)
@@ -59,17 +56,14 @@ def test_the_fast_preset_fits_its_recipe_to_a_short_budget(tmp_path):
     assert (cfg.train.batch_size, cfg.train.warmup_steps) == (5, 7)
 
 
-@pytest.mark.parametrize(
-    "toml, message",
-    [
-        ("[train]\nlearning_rate = 1.0\n", "unknown key 'learning_rate' in [train]"),
-        ("[train]\nbatchsize = 4\n", "did you mean 'batch_size'"),
-        ("[modle]\nn_layer = 1\n", "did you mean 'model'"),
-        ("[train]\nsteps = 'many'\n", "'steps' must be int"),
-        ("[train]\noptimizer = 'adam'\n", "must be one of adamw, sgd"),
-        ("[train\n", "cannot read config"),
-    ],
-)
+@pytest.mark.parametrize("toml, message", [
+    ("[train]\nlearning_rate = 1.0\n", "unknown key 'learning_rate' in [train]"),
+    ("[train]\nbatchsize = 4\n", "did you mean 'batch_size'"),
+    ("[modle]\nn_layer = 1\n", "did you mean 'model'"),
+    ("[train]\nsteps = 'many'\n", "'steps' must be int"),
+    ("[train]\noptimizer = 'adam'\n", "must be one of adamw, sgd"),
+    ("[train\n", "cannot read config"),
+])
 def test_bad_files_are_one_line_errors(tmp_path, toml, message):
     f = tmp_path / "c.toml"
     f.write_text(toml)
@@ -77,22 +71,14 @@ def test_bad_files_are_one_line_errors(tmp_path, toml, message):
         resolve_config("seed", str(f))
 
 
-def test_unknown_override_and_preset_suggest():
-    with pytest.raises(MiniGPTError, match="did you mean 'n_embd'"):
-        resolve_config("seed", None, {"n_emb": 8})
-    with pytest.raises(MiniGPTError, match="did you mean 'seed'"):
-        resolve_config("sed")
-
-
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        # (n_embd 30 for 4 heads, steps, batch_size, lr, block_size: test_cli's BAD_INPUT)
-        ({"dropout": 1.0}, "dropout"),
-        ({"lr": 1e-4, "min_lr": 1e-3}, "min_lr"),
-    ],
-)
-def test_settings_that_cannot_train(overrides, message):
+@pytest.mark.parametrize("overrides, message", [
+    # (n_embd 30 for 4 heads, steps, batch_size, lr, block_size, a misspelt preset: test_cli's
+    # BAD_INPUT)
+    ({"n_emb": 8}, "did you mean 'n_embd'"),
+    ({"dropout": 1.0}, "dropout"),
+    ({"lr": 1e-4, "min_lr": 1e-3}, "min_lr"),
+])
+def test_unknown_settings_and_settings_that_cannot_train(overrides, message):
     with pytest.raises(MiniGPTError, match=message):
         resolve_config("seed", None, overrides)
 

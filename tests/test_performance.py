@@ -12,12 +12,7 @@ import torch
 from conftest import tiny_config
 from minigpt import MiniGPT, train
 from minigpt.files import read_jsonl
-from minigpt.performance import (
-    best_rate,
-    choose_compile,
-    matmul_peak,
-    peak_flops,
-)
+from minigpt.performance import best_rate, choose_compile, matmul_peak, peak_flops
 from minigpt.step import step_unless_nonfinite
 
 CPU = torch.device("cpu")
@@ -90,43 +85,31 @@ def test_a_nonfinite_step_changes_nothing(kind, fused):
         assert torch.equal(got, want)
 
 
-def test_autocast_runs_matmuls_in_bf16_and_keeps_weights_fp32():
-    """The loop's autocast line: bf16 matmuls with float32 weights, or nothing for float32."""
-    model = MiniGPT(20, n_embd=16, n_head=2, n_layer=1, block_size=8)
-    for dtype in (torch.bfloat16, torch.float32):
-        with torch.autocast("cpu", dtype, enabled=dtype != torch.float32):
-            logits, _ = model(torch.zeros(1, 8, dtype=torch.long))
-        assert logits.dtype == dtype
-    assert all(p.dtype == torch.float32 for p in model.parameters())
-
-
 def short_run(text, tmp_path, name, **overrides):
     cfg = tiny_config(text, steps=40, eval_every=20, log_every=10, **overrides)
     summary = train(cfg, tmp_path / name, progress=False).summary
     return summary, read_jsonl(tmp_path / name / "metrics.jsonl")
 
 
-@pytest.fixture
-def text(small_text):
-    return small_text
-
-
-def test_bf16_training_tracks_float32(text, tmp_path):
-    fp32, rows32 = short_run(text, tmp_path, "fp32", dtype="float32")
-    bf16, rows16 = short_run(text, tmp_path, "bf16", dtype="bfloat16")
+def test_bf16_training_tracks_float32_and_rows_carry_mfu(small_text, tmp_path):
+    fp32, rows32 = short_run(small_text, tmp_path, "fp32", dtype="float32")
+    bf16, rows16 = short_run(small_text, tmp_path, "bf16", dtype="bfloat16")
     losses32 = [r["train_loss"] for r in rows32]
     losses16 = [r["train_loss"] for r in rows16]
     assert losses16[-1] < losses16[0] - 0.5  # it learns
     assert max(abs(a - b) for a, b in zip(losses32, losses16, strict=True)) < 0.05
     assert abs(fp32["final_val_loss"] - bf16["final_val_loss"]) < 0.05
+    for summary, rows in [(fp32, rows32), (bf16, rows16)]:
+        assert all(0 < r["mfu"] < 1 for r in rows[1:])  # rows after the first time real steps
+        assert 0 < summary["mfu"] < 1
 
 
 @pytest.mark.slow  # torch.compile's first compile
-def test_compiled_training_matches_eager(text, tmp_path):
+def test_compiled_training_matches_eager(small_text, tmp_path):
     # In float32: under bf16 (what --dtype auto picks on a CPU with AMX) the compiled kernels
     # round differently from the eager ones, by more than the 1e-3 this holds them to.
-    eager, rows_e = short_run(text, tmp_path, "eager", compile="off", dtype="float32")
-    comp, rows_c = short_run(text, tmp_path, "compiled", compile="on", dtype="float32")
+    eager, rows_e = short_run(small_text, tmp_path, "eager", compile="off", dtype="float32")
+    comp, rows_c = short_run(small_text, tmp_path, "compiled", compile="on", dtype="float32")
     for a, b in zip(rows_e, rows_c, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-3)
     assert comp["final_val_loss"] == pytest.approx(eager["final_val_loss"], abs=1e-3)
@@ -134,19 +117,13 @@ def test_compiled_training_matches_eager(text, tmp_path):
     assert '"compile": true' in config
 
 
-def test_metrics_rows_carry_mfu(text, tmp_path):
-    summary, rows = short_run(text, tmp_path, "run")
-    assert all(0 < r["mfu"] < 1 for r in rows[1:])  # rows after the first time real steps
-    assert 0 < summary["mfu"] < 1
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_defaults_track_float32_eager(text, tmp_path):
+def test_cuda_defaults_track_float32_eager(small_text, tmp_path):
     """On CUDA, 'auto' means bf16 autocast + torch.compile + TF32: the same losses as float32
     eager, within bf16's precision. (Written for a session with a GPU; skipped without one.)"""
-    fast, rows_fast = short_run(text, tmp_path, "auto", device="cuda")
-    ref, rows_ref = short_run(text, tmp_path, "fp32", device="cuda", dtype="float32",
+    fast, rows_fast = short_run(small_text, tmp_path, "auto", device="cuda")
+    ref, rows_ref = short_run(small_text, tmp_path, "fp32", device="cuda", dtype="float32",
                               compile="off")
     env = json.loads((tmp_path / "auto" / "config.json").read_text())["environment"]
     assert env["dtype"] == "bfloat16" and env["compile"] is True
@@ -164,13 +141,13 @@ SPEEDRUN_OPTIONS = dict(pos="rope", norm="rmsnorm", qk_norm=True, mlp="swiglu", 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("options", [{}, SPEEDRUN_OPTIONS], ids=["lesson", "speedrun-options"])
-def test_cuda_trains_as_the_cpu_does(text, tmp_path, options):
+def test_cuda_trains_as_the_cpu_does(small_text, tmp_path, options):
     """The CUDA path against the CPU as the oracle, both float32 eager from one seed (the batches
     come from CPU generators, so they are the same): every row's loss agrees within TF32's
     rounding, with the model options and Muon too."""
     same = dict(dtype="float32", compile="off", **options)
-    cpu, rows_cpu = short_run(text, tmp_path, "cpu", device="cpu", **same)
-    gpu, rows_gpu = short_run(text, tmp_path, "cuda", device="cuda", **same)
+    cpu, rows_cpu = short_run(small_text, tmp_path, "cpu", device="cpu", **same)
+    gpu, rows_gpu = short_run(small_text, tmp_path, "cuda", device="cuda", **same)
     assert [r["step"] for r in rows_cpu] == [r["step"] for r in rows_gpu]
     for a, b in zip(rows_cpu, rows_gpu, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=0.02)

@@ -19,11 +19,12 @@ BF16 = {"bf16_matmul_flops": 800e9, "fp32_matmul_flops": 150e9}
 
 
 def fake_probe(monkeypatch, matmuls, steps=None):
-    """The probe's measurements replaced by `matmuls` and `steps`; returns the calls made."""
+    """The probe's measurements replaced by `matmuls` and `steps`; returns the calls made:
+    "matmul" for the matmul rates, the batch size of each timing of the step."""
     calls = []
     monkeypatch.setattr(precision, "matmul_rates", lambda: calls.append("matmul") or matmuls)
     monkeypatch.setattr(precision, "step_times",
-                        lambda model, batch: calls.append("step") or steps)
+                        lambda model, batch: calls.append(batch) or steps)
     return calls
 
 
@@ -43,44 +44,35 @@ def test_the_probe_picks_bf16_only_where_the_step_is_faster(monkeypatch, tmp_pat
     model = MiniGPT(65, n_layer=1, n_embd=32, n_head=2, block_size=16)
     dtype, why = precision.choose_dtype("auto", CPU, model, 4, tmp_path / "p.json")
     assert dtype == expected and why.startswith("auto: ")
-    assert calls == (["matmul"] if steps is None else ["matmul", "step"])
+    assert calls == (["matmul"] if steps is None else ["matmul", 4])
     assert ("no native bf16" in why) == (steps is None)
 
 
-def test_the_answer_is_cached_per_machine_and_shape(monkeypatch, tmp_path):
+def test_the_answer_is_cached_per_machine_and_shape_and_the_batch_bounded(monkeypatch, tmp_path):
+    """A batch far too big for memory is timed on PROBE_BATCH sequences, so that the memory
+    check (which runs after the dtype is known) refuses it instead of the probe exhausting
+    memory; batches within the bound are timed as they are."""
     cache = tmp_path / "precision.json"
     steps = {"fp32_step_s": 0.1, "bf16_step_s": 0.05}
     calls = fake_probe(monkeypatch, BF16, steps)
     small = MiniGPT(65, n_layer=1, n_embd=32, n_head=2, block_size=16)
     wide = MiniGPT(65, n_layer=1, n_embd=64, n_head=2, block_size=16)
-    for model, batch in [(small, 4), (small, 4), (small, 8), (wide, 4), (wide, 4)]:
+    bound = precision.PROBE_BATCH
+    for model, batch in [(small, 4), (small, 4), (small, 8), (wide, 4), (wide, 4),
+                         (small, 2_000_000), (small, bound)]:
         assert precision.choose_dtype("auto", CPU, model, batch, cache)[0] == torch.bfloat16
-    assert calls == ["matmul", "step", "step", "step"]  # the gate once; each new shape once
+    assert calls == ["matmul", 4, 8, 4, bound]  # the gate once; each new shape once
     saved = json.loads(cache.read_text())
     assert list(saved) == [precision.machine_key()]
-    assert len(saved[precision.machine_key()]["steps"]) == 3
+    assert len(saved[precision.machine_key()]["steps"]) == 4
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 99)  # another machine, as it were
     precision.choose_dtype("auto", CPU, small, 4, cache)
-    assert calls[4:] == ["matmul", "step"] and len(json.loads(cache.read_text())) == 2
+    assert calls[5:] == ["matmul", 4] and len(json.loads(cache.read_text())) == 2
 
     cache.write_text("{not json")  # a damaged cache is measured again and rewritten
     precision.choose_dtype("auto", CPU, small, 4, cache)
-    assert calls[6:] == ["matmul", "step"] and len(json.loads(cache.read_text())) == 1
-
-
-def test_the_step_is_probed_on_a_bounded_batch(monkeypatch, tmp_path):
-    """A batch far too big for memory is timed on PROBE_BATCH sequences, so that the memory
-    check (which runs after the dtype is known) refuses it instead of the probe exhausting
-    memory; batches within the bound are timed as they are."""
-    seen = []
-    monkeypatch.setattr(precision, "matmul_rates", lambda: BF16)
-    monkeypatch.setattr(precision, "step_times", lambda model, batch: seen.append(batch) or
-                        {"fp32_step_s": 0.1, "bf16_step_s": 0.05})
-    model = MiniGPT(65, n_layer=1, n_embd=32, n_head=2, block_size=16)
-    for batch in (8, 2_000_000):
-        precision.choose_dtype("auto", CPU, model, batch, tmp_path / "p.json")
-    assert seen == [8, precision.PROBE_BATCH]
+    assert calls[7:] == ["matmul", 4] and len(json.loads(cache.read_text())) == 1
 
 
 def test_a_named_dtype_is_not_probed(monkeypatch):
@@ -126,15 +118,20 @@ def test_attention_stays_float32_under_bf16_autocast_on_a_cpu():
 
 
 def test_bf16_forward_and_gradients_follow_float32():
+    """The loop's autocast: bf16 matmuls with float32 weights, or nothing for float32."""
     model = MiniGPT(65, n_layer=2, n_embd=32, n_head=2, block_size=16)
     idx = torch.randint(65, (4, 16))
-    _, loss32 = model(idx, idx)
+    with torch.autocast("cpu", torch.float32, enabled=False):
+        logits32, loss32 = model(idx, idx)
     loss32.backward()
     grads32 = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     with torch.autocast("cpu", torch.bfloat16):
-        _, loss16 = model(idx, idx)
+        logits16, loss16 = model(idx, idx)
     loss16.backward()
+    assert logits32.dtype == torch.float32
+    assert logits16.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in model.parameters())
     assert loss16.dtype == torch.float32
     assert abs(loss16.item() - loss32.item()) < 0.02 and loss16.item() != loss32.item()
     cos = F.cosine_similarity(torch.cat([g.flatten() for g in grads32]),
@@ -171,8 +168,7 @@ def test_a_run_the_probe_put_in_bf16_records_it_and_resumes_exactly(monkeypatch,
     with pytest.raises(KeyboardInterrupt):
         train(cfg(), tmp_path / "resumed", progress=False, probes=[CrashAt(10)])
     monkeypatch.setattr(precision, "matmul_rates", no_probe)
-    train(resume_config(tmp_path / "resumed"), tmp_path / "resumed", resume=True,
-                    progress=False)
+    train(resume_config(tmp_path / "resumed"), tmp_path / "resumed", resume=True, progress=False)
     assert recorded_dtype(tmp_path / "resumed") == ("bfloat16", "bfloat16")
     assert without_speed(read_jsonl(tmp_path / "resumed" / "metrics.jsonl")) == \
         without_speed(read_jsonl(tmp_path / "straight" / "metrics.jsonl"))

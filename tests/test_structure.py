@@ -4,6 +4,7 @@ imports the diagnostics), every module says what it is, and importing minigpt do
 import ast
 import subprocess
 import sys
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 import minigpt
@@ -41,19 +42,11 @@ def test_no_import_cycle_and_the_core_never_imports_the_diagnostics():
                                                                         "minigpt.__main__"):
             assert not {d for d in deps if d.startswith("minigpt.diagnostics")}, name
     edges["minigpt"] = set()  # the package's __init__ gathers the API: it imports everything
-    state: dict[str, str] = {}
-
-    def visit(name, path):
-        state[name] = "open"
-        for nxt in sorted(edges[name]):
-            assert state.get(nxt) != "open", f"import cycle: {' -> '.join(path + [nxt])}"
-            if nxt not in state:
-                visit(nxt, path + [nxt])
-        state[name] = "done"
-
-    for name in sorted(edges):
-        if name not in state:
-            visit(name, [name])
+    try:
+        TopologicalSorter(edges).prepare()
+    except CycleError as cycle:
+        # graphlib lists each module before the one that imports it
+        raise AssertionError(f"import cycle: {' -> '.join(reversed(cycle.args[1]))}") from None
 
 
 def test_every_module_starts_with_a_docstring():
