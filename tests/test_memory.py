@@ -63,10 +63,10 @@ def test_the_estimate_is_within_30_percent_of_the_measured_peak(settings):
 
 
 def test_the_estimate_grows_with_what_it_counts():
-    def total(**settings):
+    def total(dtype=torch.float32, **settings):
         cfg = resolve_config(overrides=settings)
         n = MiniGPT.from_config(cfg.model).num_params()
-        return peak_memory(cfg, 0, n)
+        return peak_memory(cfg, 0, n, dtype)
 
     base = total(batch_size=32)
     assert total(batch_size=64)["activations"] == 2 * base["activations"]
@@ -74,18 +74,15 @@ def test_the_estimate_grows_with_what_it_counts():
     assert total(batch_size=32, n_layer=8)["activations"] > 1.8 * base["activations"]
     assert total(optimizer="sgd")["gradients and optimizer state"] < \
         base["gradients and optimizer state"]
-    cfg = resolve_config(overrides={"batch_size": 32})
-    bf16 = peak_memory(cfg, 0, MiniGPT.from_config(cfg.model).num_params(), torch.bfloat16)
+    bf16 = total(torch.bfloat16, batch_size=32)
     assert 0.6 * base["activations"] < bf16["activations"] < 0.8 * base["activations"]
 
 
-def test_a_run_that_cannot_fit_is_refused_before_it_starts(tmp_path, capsys):
+def test_a_run_that_cannot_fit_is_refused_before_it_starts(small_text, tmp_path, capsys):
     from minigpt.cli import main
 
-    text = tmp_path / "t.txt"
-    text.write_text("To be, or not to be, that is the question.\n" * 100)
-    code = main(["train", "--text", str(text), "--batch-size", "2000000", "--block-size", "32",
-                 "--no-progress", "--out", str(tmp_path / "run")])
+    code = main(["train", "--text", str(small_text), "--batch-size", "2000000",
+                 "--block-size", "32", "--no-progress", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert "GiB more memory at its peak" in err and "batch 2000000 x block 32" in err
@@ -105,10 +102,8 @@ class Hog(Probe):
             torch.empty(1 << 45, dtype=torch.uint8)  # 32 TiB
 
 
-def test_running_out_of_memory_mid_run_is_one_line_and_keeps_the_checkpoint(tmp_path):
-    text = tmp_path / "t.txt"
-    text.write_text("To be, or not to be, that is the question.\n" * 100)
-    cfg = tiny_config(text, steps=40, eval_every=10)
+def test_out_of_memory_mid_run_is_one_line_and_keeps_the_checkpoint(small_text, tmp_path):
+    cfg = tiny_config(small_text, steps=40, eval_every=10)
     with pytest.raises(MiniGPTError, match="out of memory after step 21") as info:
         train(cfg, tmp_path / "run", probes=[Hog(step=20)], progress=False)  # an eval row
     assert "\n" not in str(info.value) and "--batch-size" in str(info.value)

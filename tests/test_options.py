@@ -142,7 +142,9 @@ def test_flops_per_token_matches_pytorchs_counter(name):
 
 
 @pytest.mark.parametrize("name", OPTIONS)
-def test_cached_sampler_draws_the_uncached_samplers_tokens(name):
+def test_the_kv_cache_gives_the_uncached_tokens_and_logits(name):
+    """The oracle: the uncached sampler's tokens for the same seed, and a full forward's logits
+    at every position after a cached prompt."""
     model = peaky(**OPTIONS[name])
     for prompt_len in (1, 5):
         prompt = torch.randint(0, V, (2, prompt_len), generator=torch.Generator().manual_seed(1))
@@ -151,11 +153,6 @@ def test_cached_sampler_draws_the_uncached_samplers_tokens(name):
                                generator=torch.Generator().manual_seed(seed))
                    for c in (True, False)}
             assert torch.equal(out[True], out[False]), (prompt_len, seed)
-
-
-@pytest.mark.parametrize("name", ["rope", "all", "modded"])
-def test_cached_logits_equal_a_full_forward_at_every_position(name):
-    model = peaky(**OPTIONS[name])
     idx = torch.randint(0, V, (2, 16))
     with torch.no_grad():
         kv = KVCache(model, 2)
@@ -220,10 +217,13 @@ def test_a_checkpoint_round_trip_gives_the_same_logits(name, tmp_path):
 # --- Muon ----------------------------------------------------------------------------------------
 
 
+MUON = TrainConfig(optimizer="muon", lr=3e-3)
+
+
 def muon_setup():
     torch.manual_seed(0)
     model = MiniGPT(V, n_embd=32, n_head=4, n_layer=2, block_size=16, pos="rope")
-    return model, make_optimizer(model, TrainConfig(optimizer="muon", lr=3e-3))
+    return model, make_optimizer(model, MUON)
 
 
 def a_step(model, opt, seed):
@@ -253,37 +253,27 @@ def test_muon_takes_the_blocks_matrices_adamw_the_rest_and_hooks_fire_once_a_ste
     assert calls == ["pre", "post"]
 
 
-def test_muon_steps_as_torchs_muon_and_adamw_would_apart():
-    """The oracle: the same Muon and AdamW, stepped by hand, one after the other."""
+def test_muon_steps_as_its_parts_apart_and_continues_exactly_from_its_state():
+    """Two oracles for four steps: the same Muon and AdamW stepped by hand, one after the
+    other; and two steps, the state saved and loaded into a fresh optimizer, two more steps."""
     model, opt = muon_setup()
     twin = copy.deepcopy(model)
-    twin_opt = make_optimizer(twin, TrainConfig(optimizer="muon", lr=3e-3))
+    twin_opt = make_optimizer(twin, MUON)
     by_hand = SimpleNamespace(zero_grad=twin.zero_grad,  # the model's own, not the optimizer's
                               step=lambda: [part.step() for part in twin_opt.parts])
-    for seed in range(3):
+    resumed, resumed_opt = muon_setup()
+    for seed in range(4):
+        if seed == 2:
+            saved = copy.deepcopy(resumed_opt.state_dict())
+            resumed_opt = make_optimizer(resumed, MUON)
+            resumed_opt.load_state_dict(saved)
         a_step(model, opt, seed)
         a_step(twin, by_hand, seed)
-    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
-        assert torch.equal(a, b)
+        a_step(resumed, resumed_opt, seed)
+    for other in (twin, resumed):
+        for a, b in zip(model.parameters(), other.parameters(), strict=True):
+            assert torch.equal(a, b)
     assert not torch.equal(model.blocks[0].attn.Wq.weight, muon_setup()[0].blocks[0].attn.Wq.weight)
-
-
-def test_muon_state_dict_round_trip_continues_exactly():
-    """Two steps, save, a fresh optimizer loads the state, two more steps: the same weights as
-    four steps in a row."""
-    straight, opt = muon_setup()
-    for seed in range(4):
-        a_step(straight, opt, seed)
-    model, opt = muon_setup()
-    for seed in range(2):
-        a_step(model, opt, seed)
-    saved = copy.deepcopy(opt.state_dict())
-    fresh = make_optimizer(model, TrainConfig(optimizer="muon", lr=3e-3))
-    fresh.load_state_dict(saved)
-    for seed in range(2, 4):
-        a_step(model, fresh, seed)
-    for a, b in zip(model.parameters(), straight.parameters(), strict=True):
-        assert torch.equal(a, b)
 
 
 # --- the speedrun's options (modded-nanogpt), against hand computations ------------------------

@@ -28,16 +28,6 @@ from minigpt.signals import StopSignals
 QUIET = [*TINY_FLAGS, "--log-every", "1"]  # a metrics row every step: the oracle sees all
 
 
-TEXT = "But soft, what light through yonder window breaks?\n" * 150
-
-
-@pytest.fixture
-def text(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text(TEXT)
-    return path
-
-
 def same_weights(run_a, run_b):
     a = load_model(run_a, "last")[0].state_dict()
     b = load_model(run_b, "last")[0].state_dict()
@@ -65,7 +55,7 @@ def straight_160(tmp_path_factory):
     """The oracle for both signals: (its arguments, its run folder), never interrupted."""
     folder = tmp_path_factory.mktemp("straight")
     text = folder / "corpus.txt"
-    text.write_text(TEXT)
+    text.write_text("But soft, what light through yonder window breaks?\n" * 150)
     args = ["--text", str(text), "--steps", "160", "--eval-every", "50", *QUIET]
     straight = run_cli("train", *args, "--out", str(folder / "run"))
     assert straight.returncode == 0, straight.stderr
@@ -126,10 +116,10 @@ sys.exit(main(sys.argv[1:]))
 
 
 @pytest.mark.slow
-def test_killed_during_a_checkpoint_write_resumes_from_the_last_good_one(text, tmp_path):
+def test_killed_during_a_checkpoint_write_resumes_from_the_last_good_one(small_text, tmp_path):
     run = tmp_path / "run"
-    args = ["train", "--text", str(text), "--steps", "60", "--eval-every", "10", "--keep", "5",
-            *QUIET, "--out", str(run)]
+    args = ["train", "--text", str(small_text), "--steps", "60", "--eval-every", "10",
+            "--keep", "5", *QUIET, "--out", str(run)]
     proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     folder = run / "checkpoints"
@@ -151,8 +141,8 @@ def test_killed_during_a_checkpoint_write_resumes_from_the_last_good_one(text, t
     assert same_weights(run, straight)
 
 
-def test_keep_the_best_and_the_newest_k(text, tmp_path):
-    train(tiny_config(text, steps=50, eval_every=5, keep=2), tmp_path / "run", progress=False)
+def test_keep_the_best_and_the_newest_k(small_text, tmp_path):
+    train(tiny_config(small_text, steps=50, eval_every=5, keep=2), tmp_path / "run", progress=False)
     folder = tmp_path / "run" / "checkpoints"
     best = json.loads((folder / "best.json").read_text())["file"]
     kept = sorted(p.name for p in folder.glob("step-*.safetensors"))
@@ -177,11 +167,11 @@ class PoisonBatches(Probe):
 
 
 @pytest.mark.parametrize("skip", [2, 1])
-def test_nonfinite_batches_are_skipped_up_to_the_allowance(text, tmp_path, skip):
+def test_nonfinite_batches_are_skipped_up_to_the_allowance(small_text, tmp_path, skip):
     """NaN logits at steps 3 and 5. Two allowed: both are skipped (no loss, no gradient norm)
     and the run ends; one allowed: it stops at step 5, naming the step and the cause. Either way
     the last checkpoint (at the end; the last good one, step 5) is finite."""
-    config = tiny_config(text, steps=12, eval_every=4, log_every=1, skip_nonfinite=skip)
+    config = tiny_config(small_text, steps=12, eval_every=4, log_every=1, skip_nonfinite=skip)
     poison = [PoisonBatches({3, 5})]
     if skip == 2:
         summary = train(config, tmp_path / "run", progress=False, probes=poison).summary
@@ -196,8 +186,8 @@ def test_nonfinite_batches_are_skipped_up_to_the_allowance(text, tmp_path, skip)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_exploding_learning_rate_is_one_line(text, tmp_path):
-    r = run_cli("train", "--text", str(text), "--steps", "40", "--lr", "1e9", "--min-lr", "0",
+def test_exploding_learning_rate_is_one_line(small_text, tmp_path):
+    r = run_cli("train", "--text", str(small_text), "--steps", "40", "--lr", "1e9", "--min-lr", "0",
                 "--grad-clip", "0", "--eval-every", "10", *QUIET, "--out", str(tmp_path / "r"))
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "not finite" in r.stderr and "--lr" in r.stderr
@@ -287,7 +277,7 @@ def test_resume_on_a_changed_text_is_refused(good_run, tmp_path):
 # --- a full disk ----------------------------------------------------------------------------
 
 
-def test_disk_full_while_writing_a_checkpoint(text, tmp_path, monkeypatch, capsys):
+def test_disk_full_while_writing_a_checkpoint(small_text, tmp_path, monkeypatch, capsys):
     real = ckpt.save_file
 
     def full_disk(tensors, path, metadata=None):
@@ -295,7 +285,7 @@ def test_disk_full_while_writing_a_checkpoint(text, tmp_path, monkeypatch, capsy
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)  # ... then no more room
 
     monkeypatch.setattr(ckpt, "save_file", full_disk)
-    code = main(["train", "--text", str(text), "--steps", "20", "--eval-every", "10", *QUIET,
+    code = main(["train", "--text", str(small_text), "--steps", "20", "--eval-every", "10", *QUIET,
                  "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 1
@@ -307,9 +297,10 @@ def test_disk_full_while_writing_a_checkpoint(text, tmp_path, monkeypatch, capsy
 # --- resuming with the command as typed -----------------------------------------------------------
 
 
-def test_resume_takes_the_command_as_first_typed(text, tmp_path, capsys, monkeypatch):
+def test_resume_takes_the_command_as_first_typed(small_text, tmp_path, capsys, monkeypatch):
     run = tmp_path / "runs" / "b"
-    typed = ["train", "--text", str(text), *TINY_FLAGS, "--eval-every", "10", "--out", str(run)]
+    typed = ["train", "--text", str(small_text), *TINY_FLAGS, "--eval-every", "10",
+             "--out", str(run)]
     assert main([*typed, "--steps", "20"]) == 0
     monkeypatch.chdir(tmp_path)  # the same paths, written another way
     again = [a.replace(str(tmp_path), ".") if a.startswith(str(tmp_path)) else a for a in typed]
@@ -329,15 +320,15 @@ def test_resume_takes_the_command_as_first_typed(text, tmp_path, capsys, monkeyp
 
 
 @pytest.mark.slow
-def test_a_second_process_in_a_run_folder_is_refused_and_a_crash_frees_it(text, tmp_path):
+def test_a_second_process_in_a_run_folder_is_refused_and_a_crash_frees_it(small_text, tmp_path):
     run = tmp_path / "run"
-    args = ["--text", str(text), "--steps", "100000", "--eval-every", "50", *QUIET]
+    args = ["--text", str(small_text), "--steps", "100000", "--eval-every", "50", *QUIET]
     first = start_training(*args, "--out", str(run))
     wait_for_lines(run / "metrics.jsonl", 2, first)
     second = run_cli("train", "--resume", str(run), "--no-progress", timeout=120)
     assert second.returncode == 2 and second.stderr.count("\n") == 1
     assert f"in use by another minigpt process (pid {first.pid})" in second.stderr
-    new = run_cli("train", "--text", str(text), "--out", str(run), *QUIET)
+    new = run_cli("train", "--text", str(small_text), "--out", str(run), *QUIET)
     assert new.returncode == 2 and ("in use" in new.stderr or "already holds" in new.stderr)
     first.kill()  # SIGKILL: no clean-up; the lock goes with the process
     first.wait()
@@ -380,11 +371,11 @@ def small_disk(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_disk_that_fills_up_mid_run(text, small_disk):
+def test_a_disk_that_fills_up_mid_run(small_text, small_disk):
     """Checkpoints of ~0.5 MB each (two layers) on 1.5 MiB: the disk fills within a few
     evaluations."""
     run = small_disk / "run"
-    r = run_cli("train", "--text", str(text), "--steps", "400", "--eval-every", "5",
+    r = run_cli("train", "--text", str(small_text), "--steps", "400", "--eval-every", "5",
                 "--keep", "8", *QUIET, "--n-layer", "2", "--out", str(run))
     assert r.returncode == 1
     assert r.stderr.startswith("minigpt: error: No space left on device") and \
@@ -420,10 +411,10 @@ def test_prepare_and_report_on_a_full_disk(good_run, small_disk, tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_at_random_moments_and_resumed_ends_as_an_uninterrupted_run(text, tmp_path):
+def test_killed_at_random_moments_and_resumed_ends_as_an_uninterrupted_run(small_text, tmp_path):
     """Four SIGKILLs at random moments (starting up, mid-step, mid-write), each followed by the
     command a user would type next: the run ends bit-identical to one never interrupted."""
-    args = ["--text", str(text), "--steps", "300", "--eval-every", "15", *QUIET]
+    args = ["--text", str(small_text), "--steps", "300", "--eval-every", "15", *QUIET]
     straight = run_cli("train", *args, "--out", str(tmp_path / "straight"))
     assert straight.returncode == 0, straight.stderr
     run, rng = tmp_path / "chaos", random.Random(4)

@@ -9,8 +9,6 @@ from minigpt import lr_at
 from minigpt.schedule import size_at
 
 COSINE = dict(lr=1.0, min_lr=0.1, warmup_steps=10, total_steps=111, schedule="cosine")
-
-
 QUARTER = 0.1 + 0.9 * (1 + math.cos(math.pi / 4)) / 2  # min + (max - min) * (1 + cos(pi/4)) / 2
 
 
@@ -71,7 +69,6 @@ def test_a_time_fraction_drives_the_decay_like_the_step_count(schedule):
     if warm:
         assert lr_at(3, warmup_steps=10, fraction=0.9, **kw) == pytest.approx(0.4)  # warming
         assert lr_at(200, warmup_steps=10, fraction=1.7, **kw) == pytest.approx(0.1)
-
 
 
 @pytest.mark.parametrize("progress, expected", [

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from conftest import CrashAt, tiny_config, without_speed
 from minigpt import (
     MiniGPT,
+    MiniGPTError,
     TrainState,
     load_model,
     make_optimizer,
@@ -72,28 +73,50 @@ def test_split_loss_covers_every_token_once():
     assert split_loss(model, data, 8, 5, torch.device("cpu")) == pytest.approx(expected, rel=1e-5)
 
 
-def test_run_folder_contents(small_text, tmp_path):
+def test_run_folder_contents_targets_and_checkpoint(small_text, tmp_path):
+    """One run: the files it writes, the seconds to each target loss, and a last checkpoint that
+    gives back the trained model (load_model, and the run itself rebuilt and restored)."""
+    from minigpt.run import open_run
+
     out = tmp_path / "run"
-    result = train(tiny_config(small_text, steps=30, eval_every=10, log_every=5), out,
-                   progress=False)
+    result = train(tiny_config(small_text, steps=40, eval_every=10, log_every=5,
+                               targets="10,2.5,0.01"), out, progress=False)
     summary = result.summary
     assert set(summary) >= {"final_val_loss", "best_val_loss", "steps", "train_s", "wall_s",
                             "tokens_per_s", "params"}
     assert result.folder == out  # and the model it gives back is the one last saved
-    saved = load_model(out, "last")[0].state_dict()
+    model, tok, meta = load_model(out, "last")
+    saved = model.state_dict()
     assert all(torch.equal(v, saved[k]) for k, v in result.model.state_dict().items())
     assert json.loads((out / "summary.json").read_text()) == summary
-    assert summary["steps"] == 30 and summary["final_val_loss"] < math.log(27)
+    assert summary["steps"] == 40 and summary["final_val_loss"] < math.log(27)
     rows = metrics(out)
-    assert [r["step"] for r in rows] == [0, 5, 10, 15, 20, 25, 29]
+    assert [r["step"] for r in rows] == [0, 5, 10, 15, 20, 25, 30, 35, 39]
     assert all({"step", "train_loss", "lr", "grad_norm", "tokens_per_s"} <= set(r) for r in rows)
-    assert [r["step"] for r in rows if "val_loss" in r] == [0, 10, 20, 29]
-    assert min(r["val_loss"] for r in rows if "val_loss" in r) == summary["best_val_loss"]
+    evals = [r for r in rows if "val_loss" in r]
+    assert [r["step"] for r in evals] == [0, 10, 20, 30, 39]
+    assert min(r["val_loss"] for r in evals) == summary["best_val_loss"]
     config = json.loads((out / "config.json").read_text())
-    assert config["config"]["train"]["steps"] == 30
+    assert config["config"]["train"]["steps"] == 40
     assert {"torch", "python", "device", "torch_threads"} <= set(config["environment"])
     assert json.loads((out / "tokenizer.json").read_text())["kind"] == "char"
     assert {p.name for p in (out / "checkpoints").iterdir()} >= {"last.json", "best.json"}
+
+    first = {x: next((r for r in evals if r["val_loss"] <= float(x)), None)
+             for x in ("10", "2.5", "0.01")}
+    assert first["10"] is evals[0] and first["0.01"] is None
+    assert first["2.5"] is not None and first["2.5"] is not evals[0]  # learned to get there
+    assert summary["time_to"] == {x: (r["time_s"] if r else None) for x, r in first.items()}
+    assert [r.get("reached") for r in evals if "reached" in r] == [
+        {x: first[x]["time_s"]} for x in ("10", "2.5")]
+
+    assert meta["step"] == 40
+    run = open_run(out, "last")
+    assert run.state.step == 40
+    idx = torch.tensor([tok.encode("the quick brown fox")])
+    torch.testing.assert_close(model(idx)[0], run.model.eval()(idx)[0], rtol=0, atol=0)
+    torch.testing.assert_close(model(idx)[0], result.model.eval()(idx)[0], rtol=0, atol=0)
+    assert not torch.equal(MiniGPT.from_config(run.cfg.model)(idx)[0], model(idx)[0])
 
 
 def test_same_seed_same_losses(small_text, tmp_path):
@@ -123,21 +146,6 @@ def test_rows_count_every_clipped_step(small_text, tmp_path):
         train(tiny_config(small_text, steps=10, log_every=3, eval_every=5, grad_clip=clip), out,
               progress=False)
         assert sum(r["clipped"] for r in metrics(out)) == expected
-
-
-def test_checkpoint_round_trip_gives_identical_logits(small_text, tmp_path):
-    from minigpt.run import open_run
-
-    trained = train(tiny_config(small_text, steps=15, eval_every=7), tmp_path / "run",
-                    progress=False).model
-    model, tok, meta = load_model(tmp_path / "run", "last")
-    assert meta["step"] == 15
-    run = open_run(tmp_path / "run", "last")  # the run rebuilt, then restored
-    assert run.state.step == 15
-    idx = torch.tensor([tok.encode("the quick brown fox")])
-    torch.testing.assert_close(model(idx)[0], run.model.eval()(idx)[0], rtol=0, atol=0)
-    torch.testing.assert_close(model(idx)[0], trained.eval()(idx)[0], rtol=0, atol=0)
-    assert not torch.equal(MiniGPT.from_config(run.cfg.model)(idx)[0], model(idx)[0])
 
 
 RESUMED = {"lesson": {}, "ema": dict(ema=0.9),
@@ -197,13 +205,8 @@ def test_the_batch_and_the_context_grow_as_scheduled(small_text, tmp_path):
         tokens / (seconds - 0.005) + 1
 
 
-def test_a_schedule_outside_its_range(small_text):
-    """A ramp is a part of training; a start not below the full size is no schedule (a
-    preset's start under a smaller --batch-size, say)."""
-    from minigpt import MiniGPTError
-
-    with pytest.raises(MiniGPTError, match="'ramp' must be in \\[0, 1\\]"):
-        tiny_config(small_text, ramp=1.5)
+def test_a_start_not_below_the_full_size_is_no_schedule(small_text):
+    """As when a preset's start is above a smaller --batch-size."""
     shapes = BatchShapes()
     train(tiny_config(small_text, steps=3, eval_every=5, batch_start=8, block_start=64),
           small_text.parent / "run", progress=False, probes=[shapes])
@@ -254,26 +257,6 @@ def test_a_time_budget_trains_for_that_many_seconds(small_text, tmp_path):
     assert "val_loss" in rows[-1] and rows[-1]["step"] == summary["steps"] - 1
 
 
-def test_the_seconds_to_each_target_loss_are_recorded(small_text, tmp_path):
-    cfg = tiny_config(small_text, steps=40, eval_every=10, log_every=10, targets="10,2.5,0.01")
-    summary = train(cfg, tmp_path / "run", progress=False).summary
-    rows = [r for r in metrics(tmp_path / "run") if "val_loss" in r]
-    first = {x: next((r for r in rows if r["val_loss"] <= float(x)), None)
-             for x in ("10", "2.5", "0.01")}
-    assert first["10"] is rows[0] and first["0.01"] is None
-    assert first["2.5"] is not None and first["2.5"] is not rows[0]  # learned to get there
-    assert summary["time_to"] == {x: (r["time_s"] if r else None) for x, r in first.items()}
-    assert [r.get("reached") for r in rows if "reached" in r] == [
-        {x: first[x]["time_s"]} for x in ("10", "2.5")]
-
-
-def test_evaluation_over_the_whole_split_is_the_final_figure(small_text, tmp_path):
-    cfg = tiny_config(small_text, steps=20, eval_every=10, eval_batches=0)
-    summary = train(cfg, tmp_path / "run", progress=False).summary
-    last = metrics(tmp_path / "run")[-1]
-    assert last["step"] == 19 and last["val_loss"] == summary["final_val_loss"]
-
-
 @pytest.mark.parametrize("tokenizer", ["char", "bpe"])
 def test_bits_per_byte_is_the_nats_per_byte_of_the_validation_text(tmp_path, tokenizer):
     """val_bpb by hand: every validation target's loss in nats (the model run window by
@@ -300,6 +283,8 @@ def test_bits_per_byte_is_the_nats_per_byte_of_the_validation_text(tmp_path, tok
     assert result.summary["final_val_bpb"] == pytest.approx(hand, rel=1e-6)
     last = metrics(tmp_path / "run")[-1]
     assert last["val_bpb"] == pytest.approx(hand, rel=1e-6)
+    # evaluated over the whole split, the last row's loss is the final figure itself
+    assert last["step"] == 19 and last["val_loss"] == result.summary["final_val_loss"]
 
 
 def test_ema_is_what_is_evaluated_sampled_and_loaded(small_text, tmp_path):
@@ -319,9 +304,11 @@ def test_ema_is_what_is_evaluated_sampled_and_loaded(small_text, tmp_path):
     assert meta["parts"]["ema"] == {"n_averaged": 12}
 
 
-@pytest.mark.parametrize("decay", [1.0, -0.1])
-def test_ema_must_be_a_decay(decay):
-    from minigpt import MiniGPTError
-
-    with pytest.raises(MiniGPTError, match="'ema' must be in \\[0, 1\\)"):
-        resolve_config(overrides={"ema": decay})
+@pytest.mark.parametrize("overrides, message", [
+    ({"ema": 1.0}, "'ema' must be in \\[0, 1\\)"),
+    ({"ema": -0.1}, "'ema' must be in \\[0, 1\\)"),
+    ({"ramp": 1.5}, "'ramp' must be in \\[0, 1\\]"),  # a ramp is a part of training
+])
+def test_an_average_or_a_ramp_out_of_range_is_refused(overrides, message):
+    with pytest.raises(MiniGPTError, match=message):
+        resolve_config(overrides=overrides)
