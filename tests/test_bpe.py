@@ -157,18 +157,6 @@ def test_errors_are_clear(call, message):
         call()
 
 
-@settings(max_examples=100, deadline=None)
-@given(st.text(min_size=1), st.text())
-def test_char_encode_array_matches_encode(known, other):
-    tok = CharTokenizer.from_text(known)
-    assert np.array_equal(tok.encode_array(known), np.array(tok.encode(known)))
-    if tok.can_encode(other):
-        assert np.array_equal(tok.encode_array(other), np.array(tok.encode(other), dtype=int))
-    else:
-        with pytest.raises(MiniGPTError, match="outside the vocabulary"):
-            tok.encode_array(other)
-
-
 def test_load_corpus_char_is_load_tokens(small_text):
     splits, tok, info = load_corpus(small_text, "char", 999, 0.1)
     tokens, expected = load_tokens(small_text)

@@ -1,5 +1,6 @@
 """The data path: the real file's split sizes, a text prepared once into the cache, and
-get_batch."""
+get_batch. (A bad text file, or one too short for the block, is one line: test_cli.py's and
+test_corpus.py's bad input.)"""
 
 import shutil
 
@@ -70,15 +71,3 @@ def test_batches_uses_separate_streams_per_split():
     assert torch.equal(a.get_batch("train")[0], b.get_batch("train")[0])
     assert int(a.get_batch("val")[0].min()) >= 4500
 
-
-def test_splits_too_short_for_the_block_and_bad_text_files(tmp_path):
-    splits = Splits.from_tokens(np.arange(100, dtype=np.uint16))
-    with pytest.raises(MiniGPTError, match="validation split has 10 tokens"):
-        splits.check(block_size=16)
-    (tmp_path / "empty.txt").write_text("")
-    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
-    (tmp_path / "bin.txt").write_bytes(b"ab\x00cd")
-    for name, message in [("empty.txt", "is empty"), ("latin1.txt", "not UTF-8"),
-                          ("bin.txt", "binary"), ("missing.txt", "not found")]:
-        with pytest.raises(MiniGPTError, match=message):
-            load_tokens(tmp_path / name)
