@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from minigpt import BPETokenizer, CharTokenizer, MiniGPT, MiniGPTError, get_batch
-from minigpt.data import load_corpus, load_tokens, prepared_text
+from minigpt.data import load_corpus, prepared_text
 from minigpt.diagnostics.attention import token_labels
 from minigpt.lesson import train_step
 from minigpt.sample import sample_text
@@ -155,17 +155,6 @@ def test_decode_stream_holds_back_split_characters():
 def test_errors_are_clear(call, message):
     with pytest.raises(MiniGPTError, match=message):
         call()
-
-
-def test_load_corpus_char_is_load_tokens(small_text):
-    splits, tok, info = load_corpus(small_text, "char", 999, 0.1)
-    tokens, expected = load_tokens(small_text)
-    n = int(0.9 * len(tokens))
-    assert tok == expected
-    assert np.array_equal(splits.train, tokens[:n]) and np.array_equal(splits.val, tokens[n:])
-    assert info == {"text": str(small_text), "tokens": len(tokens), "train_tokens": n,
-                    "val_tokens": len(tokens) - n, "val_fraction": 0.1, "tokenizer": "char",
-                    "vocab_size": tok.vocab_size}
 
 
 def test_load_corpus_bpe_splits_the_text_and_caches(small_text):

@@ -57,6 +57,8 @@ def test_prepared_shards_decode_to_the_files(corpus, tmp_path, kind):
     index = prepare(str(src), out, kind, vocab_size=300, shard_tokens=500, chunk_chars=256,
                     progress=False)
     assert find_sources(str(src)) == files  # sorted, the subfolder's file in, hidden out
+    assert find_sources(str(src / "*.txt")) == [f for f in files if f.parent == src]
+    assert find_sources(str(src / "**" / "*.txt")) == files
     tokens, tok, _ = all_tokens(out)
     shards = index["shards"]["train"] + index["shards"]["val"]
     assert len(shards) > 5 and all(s["tokens"] <= 500 for s in shards)
@@ -88,14 +90,6 @@ def test_prepared_shards_decode_to_the_files(corpus, tmp_path, kind):
     assert kind == "char" or tok.vocab_size == 300  # the vocabulary BPE was asked for
     assert tok.decode(splits.train) == text[:cut]
     assert tok.decode(splits.train) + tok.decode(splits.val) == text
-
-
-def test_glob_and_single_file_sources(corpus, tmp_path):
-    src, files = corpus
-    assert find_sources(str(src / "*.txt")) == [f for f in files if f.parent == src]
-    assert find_sources(str(src / "**" / "*.txt")) == files
-    index = prepare(str(files[0]), tmp_path / "one", progress=False)
-    assert index["tokens"] == len(read_text(files[0]))
 
 
 def test_dtype_follows_the_vocabulary(tmp_path):

@@ -1,6 +1,6 @@
-"""The data path: the real file's split sizes, a text prepared once into the cache, and
-get_batch. (A bad text file, or one too short for the block, is one line: test_cli.py's and
-test_corpus.py's bad input.)"""
+"""The data path: the real file's split sizes, a text prepared once into the cache (its
+characters as load_tokens and load_corpus read them), and get_batch. (A bad text file, or one
+too short for the block, is one line: test_cli.py's and test_corpus.py's bad input.)"""
 
 import shutil
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from minigpt import Batches, MiniGPTError, Splits, get_batch, load_tokens
+from minigpt import Batches, MiniGPTError, Splits, get_batch, load_corpus, load_tokens
 from minigpt.corpus import read_index
 from minigpt.data import cache_dir, prepared_text, tinyshakespeare_path
 
@@ -26,6 +26,13 @@ def test_tinyshakespeare_split_sizes(data_dir):
 def test_a_text_is_prepared_once_into_the_cache(small_text):
     (small_text.parent / "small.txt.char.tokens.bin").write_bytes(b"\x01")  # an old format's
     tokens, tok = load_tokens(small_text)
+    splits, same, info = load_corpus(small_text, "char", 999, 0.1)  # the same tokens, split
+    n = int(0.9 * len(tokens))
+    assert same == tok
+    assert np.array_equal(splits.train, tokens[:n]) and np.array_equal(splits.val, tokens[n:])
+    assert info == {"text": str(small_text), "tokens": len(tokens), "train_tokens": n,
+                    "val_tokens": len(tokens) - n, "val_fraction": 0.1, "tokenizer": "char",
+                    "vocab_size": tok.vocab_size}
     folder = prepared_text(small_text)
     assert folder.parent == cache_dir() / "prepared"
     assert tokens.dtype == np.uint16 and tok.decode(tokens) == small_text.read_text()

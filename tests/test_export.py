@@ -13,12 +13,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import run_cli, tiny_config
-from minigpt import export, train
+from conftest import run_cli
+from minigpt import export
 from minigpt.checkpoint import load_model
 from minigpt.cli import main
 from minigpt.errors import MiniGPTError
-from minigpt.export import check_exportable, export_hf, export_run
+from minigpt.export import check_exportable, export_hf
 from minigpt.model import MiniGPT
 from minigpt.sample import generate
 from minigpt.tokenizer import BPETokenizer, CharTokenizer
@@ -242,40 +242,28 @@ def test_failure_part_way_leaves_nothing(tmp_path, char_tok, monkeypatch):
     assert not list(parent.iterdir())
 
 
-def test_export_run_from_a_trained_run(tmp_path):
-    text = tmp_path / "corpus.txt"
-    text.write_text(TEXT * 10)
-    run_dir = tmp_path / "run"
-    train(tiny_config(text, steps=10, eval_every=5), run_dir, progress=False)
-
-    out = export_run(run_dir, tmp_path / "hf")
-    model, tok, _ = load_model(run_dir, "best")
-    hf, hf_tok = load_hf(out)
-    prompt = "First Citizen:\n"
-    ids = hf_tok(prompt, return_tensors="pt").input_ids  # (1, T)
-    assert ids[0].tolist() == tok.encode(prompt)
-    with torch.no_grad():
-        torch.testing.assert_close(hf(ids).logits, model(ids)[0], atol=1e-5, rtol=0)
-    with pytest.raises(MiniGPTError, match="already exists"):
-        export_run(run_dir, out)
-
-
 @pytest.mark.slow
 def test_the_command_exports_a_run_whose_greedy_text_is_minigpt_samples(cli_run, tmp_path,
                                                                          capsys):
-    """`minigpt export`, then transformers as the oracle: its greedy continuation of a prompt
-    is what `minigpt sample --temperature 0` prints."""
+    """`minigpt export` (export_run), then transformers as the oracle: the logits of the run's
+    best checkpoint, and a greedy continuation of a prompt that is what `minigpt sample
+    --temperature 0` prints."""
     run, _, _ = cli_run
     out = tmp_path / "hf"
     r = run_cli("export", "--run", str(run), "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "from_pretrained" in r.stdout
+    assert main(["export", "--run", str(run), "--out", str(out)]) == 2  # not twice
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "already exists" in lines[0]
     sample = run_cli("sample", "--run", str(run), "--prompt", "ROMEO:", "--temperature", "0",
                      "--max-new-tokens", "20")
     assert sample.returncode == 0, sample.stderr
     model, tokenizer = load_hf(out)
-    ids = tokenizer("ROMEO:", return_tensors="pt").input_ids
+    ours, tok, _ = load_model(run, "best")
+    ids = tokenizer("ROMEO:", return_tensors="pt").input_ids  # (1, T)
+    assert ids[0].tolist() == tok.encode("ROMEO:")
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, ours(ids)[0], atol=1e-5, rtol=0)
     text = tokenizer.decode(model.generate(ids, max_new_tokens=20, do_sample=False)[0])
     assert text == sample.stdout.rstrip("\n")
-    assert main(["export", "--run", str(run), "--out", str(out)]) == 2  # the folder exists
-    assert len(capsys.readouterr().err.strip().splitlines()) == 1
