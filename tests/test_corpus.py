@@ -1,8 +1,8 @@
 """minigpt prepare and ShardedTokens: the shards of each split hold exactly its part of the
-files' text, a dataset's records prepare to the tokens of a file of its documents, the
-tokenizer never sees the validation split, an interrupted prepare continues to the same shards,
-a damaged shard is refused, gathers and batches across shards equal those of one concatenated
-array, and bad input is one line, leaving nothing behind."""
+files' text, a dataset's records prepare to the tokens of a file of its documents, an
+interrupted prepare continues to the same shards, a damaged shard is refused, gathers and batches
+across shards equal those of one concatenated array, and bad input is one line, leaving nothing
+behind. (That the tokenizer never sees the validation split: tests/test_bpe.py.)"""
 
 import json
 import random
@@ -57,6 +57,8 @@ def test_prepared_shards_decode_to_the_files(corpus, tmp_path, kind):
     index = prepare(str(src), out, kind, vocab_size=300, shard_tokens=500, chunk_chars=256,
                     progress=False)
     assert find_sources(str(src)) == files  # sorted, the subfolder's file in, hidden out
+    assert find_sources(str(src / "*.txt")) == [f for f in files if f.parent == src]
+    assert find_sources(str(src / "**" / "*.txt")) == files
     tokens, tok, _ = all_tokens(out)
     shards = index["shards"]["train"] + index["shards"]["val"]
     assert len(shards) > 5 and all(s["tokens"] <= 500 for s in shards)
@@ -90,14 +92,6 @@ def test_prepared_shards_decode_to_the_files(corpus, tmp_path, kind):
     assert tok.decode(splits.train) + tok.decode(splits.val) == text
 
 
-def test_glob_and_single_file_sources(corpus, tmp_path):
-    src, files = corpus
-    assert find_sources(str(src / "*.txt")) == [f for f in files if f.parent == src]
-    assert find_sources(str(src / "**" / "*.txt")) == files
-    index = prepare(str(files[0]), tmp_path / "one", progress=False)
-    assert index["tokens"] == len(read_text(files[0]))
-
-
 def test_dtype_follows_the_vocabulary(tmp_path):
     assert token_dtype(65) == token_dtype(65_536) == np.uint16
     assert token_dtype(65_537) == np.uint32
@@ -114,19 +108,14 @@ def test_dtype_follows_the_vocabulary(tmp_path):
     assert tok.decode(tokens) == read_text(tmp_path / "src" / "wide.txt")
 
 
-def random_shards(seed: int) -> tuple[ShardedTokens, np.ndarray]:
-    """Shards of random sizes as ShardedTokens, and the oracle: their concatenation."""
-    rng = np.random.default_rng(seed)
+def test_gathers_and_slices_equal_those_of_the_concatenation():
+    """The oracle: numpy on the shards (of random sizes) concatenated into one array."""
+    rng = np.random.default_rng(0)
     sizes = [1, 7, 1, 300, 2, 150, 1, 64]
-    shards = [rng.integers(0, 60_000, n).astype(np.uint16) for n in sizes]
-    return ShardedTokens(shards), np.concatenate(shards)
-
-
-def test_gather_equals_indexing_the_concatenation():
-    t, whole = random_shards(0)
-    rng = np.random.default_rng(1)
+    t = ShardedTokens([rng.integers(0, 60_000, n).astype(np.uint16) for n in sizes])
+    whole = np.concatenate(t.shards)
     assert len(t) == len(whole) and t.shape == whole.shape
-    bounds = np.cumsum([len(s) for s in t.shards])[:-1]
+    bounds = np.cumsum(sizes)[:-1]
     starts = np.concatenate([rng.integers(0, len(whole) - 9, 32), bounds - 3])  # + crossings
     rows = starts[:, None] + np.arange(9)  # (B, T+1) windows, some across shard boundaries
     assert np.array_equal(t[rows], whole[rows]) and t[rows].dtype == np.uint16
@@ -135,11 +124,6 @@ def test_gather_equals_indexing_the_concatenation():
         assert np.array_equal(t[pos], whole[pos])
     assert all(t[i] == whole[i] for i in [0, 1, 8, 9, len(whole) - 1, -1])
     assert list(t) == list(whole) and np.array_equal(np.asarray(t), whole)
-
-
-def test_slices_are_views_like_numpy():
-    t, whole = random_shards(2)
-    rng = np.random.default_rng(3)
     for a, b in [(0, 10), (5, 400), (9, 9), (300, -20), (-50, None), (None, 3), (520, 999)]:
         view, ref = t[a:b], whole[a:b]
         assert len(view) == len(ref) and np.array_equal(view.astype(np.int64), ref)
@@ -180,17 +164,6 @@ def test_batches_and_split_loss_over_shards_equal_one_arrays(corpus, tmp_path):
         split_loss(model, np.asarray(whole, dtype=np.uint32), 16, 7, cpu), rel=1e-6)
 
 
-def test_the_tokenizer_never_sees_the_validation_split(tmp_path):
-    text = tmp_path / "t.txt"
-    text.write_text("ab cd ab cd\n" * 300 + "xyzzy plugh\n" * 30)  # the tail: other words
-    prepare(str(text), tmp_path / "out", "bpe", vocab_size=300, progress=False)
-    train, val, tok, _ = open_prepared(tmp_path / "out")
-    assert "xyzzy" not in tok.decode(train) and tok.decode(val).endswith("xyzzy plugh\n" * 30)
-    assert not any(b"xy" in tok.to_bytes([i]) or b"pl" in tok.to_bytes([i])
-                   for i in range(tok.vocab_size))  # no merge learned from the tail
-    assert any(tok.to_bytes([i]) == b" cd" for i in range(tok.vocab_size))  # the head's
-
-
 def test_read_chunks_are_bounded_and_lossless(tmp_path):
     path = tmp_path / "t.txt"
     text = "x" * 5000 + "\nline\n" * 300 + "y" * 3000  # long stretches without a safe break
@@ -229,6 +202,11 @@ def test_an_interrupted_prepare_continues_to_the_same_shards(corpus, tmp_path, m
                     progress=False)
     prepare(src, tmp_path / "straight", **settings)
     out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        interrupt_at(m, kind, 2)  # before the first shard is full: nothing is left
+        with pytest.raises(KeyboardInterrupt):
+            prepare(src, out, **settings)
+    assert not out.exists()
     with monkeypatch.context() as m:
         interrupt_at(m, kind, 9)
         with pytest.raises(KeyboardInterrupt):
@@ -316,29 +294,20 @@ def test_without_the_datasets_package_dataset_says_how_to_install_it(tmp_path, m
         prepare(Records(str(tmp_path / "docs.jsonl")), tmp_path / "out", progress=False)
 
 
-def test_a_failure_before_the_first_shard_leaves_nothing(corpus, tmp_path, monkeypatch):
-    src, _ = corpus
-    interrupt_at(monkeypatch, "char", 2)
-    with pytest.raises(KeyboardInterrupt):
-        prepare(str(src), tmp_path / "out", shard_tokens=10_000, chunk_chars=128,
-                progress=False)
-    assert not (tmp_path / "out").exists()
-
-
-@pytest.mark.parametrize("damage, message", [("flip", "is damaged"), ("cut", "truncated")])
-def test_training_refuses_a_damaged_shard_in_one_line(corpus, tmp_path, damage, message):
-    src, _ = corpus
+def test_training_refuses_a_damaged_shard_in_one_line(corpus, tmp_path, capsys):
+    """A shard with a flipped bit, then the same shard cut short, of one prepare."""
     out = tmp_path / "out"
-    prepare(str(src), out, shard_tokens=500, progress=False)
+    prepare(str(corpus[0]), out, shard_tokens=500, progress=False)
     shard = out / "train-00001.bin"
-    data = bytearray(shard.read_bytes())
-    if damage == "flip":
-        data[7] ^= 1
-    shard.write_bytes(bytes(data if damage == "flip" else data[:-2]))
-    r = run_cli("train", "--text", str(out), *TINY_FLAGS, "--steps", "2",
-                "--out", str(tmp_path / "run"))
-    assert r.returncode == 2 and r.stderr.count("\n") == 1
-    assert message in r.stderr and "train-00001.bin" in r.stderr
+    good = shard.read_bytes()
+    flipped = good[:7] + bytes([good[7] ^ 1]) + good[8:]
+    for i, (data, message) in enumerate([(flipped, "is damaged"), (good[:-2], "truncated")]):
+        shard.write_bytes(data)
+        code = main(["train", "--text", str(out), *TINY_FLAGS, "--steps", "2",
+                     "--out", str(tmp_path / f"run{i}")])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(lines) == 1, lines
+        assert message in lines[0] and "train-00001.bin" in lines[0]
 
 
 @pytest.fixture
@@ -351,9 +320,7 @@ def bad_sources(tmp_path):
     (d / "empty" / "e.txt").write_text("")
     (d / "binary.txt").write_bytes(b"ab\x00cd")
     (d / "ok.txt").write_text("some text\n")
-    done = tmp_path / "done"
-    prepare(str(d / "ok.txt"), done, progress=False)
-    return d, done
+    return d
 
 
 BAD = [  # {d}: bad_sources' folder; {ds}: a folder of one dataset, as parquet and JSON lines
@@ -379,7 +346,7 @@ BAD = [  # {d}: bad_sources' folder; {ds}: a folder of one dataset, as parquet a
 @pytest.mark.parametrize("args, message", BAD)
 def test_bad_input_is_one_line_and_leaves_nothing(bad_sources, tmp_path, request, args, message,
                                                   capsys):
-    d, ds = bad_sources[0], tmp_path / "ds"
+    d, ds = bad_sources, tmp_path / "ds"
     if any(a == "--dataset" or "{ds}" in a for a in args):  # offline, through the hf fixture
         hf = request.getfixturevalue("hf")
         ds.mkdir()
@@ -395,10 +362,11 @@ def test_bad_input_is_one_line_and_leaves_nothing(bad_sources, tmp_path, request
     assert not out.exists()
 
 
-def test_an_existing_corpus_is_not_overwritten(bad_sources, capsys):
-    d, done = bad_sources
+def test_an_existing_corpus_is_not_overwritten(small_text, tmp_path, capsys):
+    done = tmp_path / "done"
+    prepare(str(small_text), done, progress=False)
     before = {p.name: p.stat().st_mtime_ns for p in done.iterdir()}
-    code = main(["prepare", "--text", str(d / "ok.txt"), "--out", str(done), "--no-progress"])
+    code = main(["prepare", "--text", str(small_text), "--out", str(done), "--no-progress"])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "already holds a prepared corpus" in lines[0]
     assert {p.name: p.stat().st_mtime_ns for p in done.iterdir()} == before
@@ -425,10 +393,8 @@ QUICK = [*TINY_FLAGS, *as_flags(dict(steps=20, eval_every=10, log_every=5, sampl
 
 @pytest.mark.slow
 def test_train_on_a_prepared_folder_then_sample(corpus, tmp_path):
-    src, files = corpus
     out = tmp_path / "shards"
-    assert run_cli("prepare", "--text", str(src), "--out", str(out), "--shard-tokens", "500",
-                   "--no-progress").returncode == 0
+    prepare(str(corpus[0]), out, shard_tokens=500, progress=False)
     r = run_cli("train", "--text", str(out), *QUICK, "--out", str(tmp_path / "run"))
     assert r.returncode == 0, r.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -456,8 +422,9 @@ def test_train_bpe_from_the_command_line_saves_samples_and_resumes(small_text, t
     assert meta["step"] == 30 and meta["tokenizer"] == saved
 
 
-def test_bpe_needs_a_vocabulary_size(small_text, tmp_path):
-    r = run_cli("train", "--text", str(small_text), "--tokenizer", "bpe", *QUICK,
-                "--out", str(tmp_path / "r"))
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "257" in r.stderr
+def test_bpe_needs_a_vocabulary_size(small_text, tmp_path, capsys):
+    code = main(["train", "--text", str(small_text), "--tokenizer", "bpe", *QUICK,
+                 "--out", str(tmp_path / "r")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "257" in lines[0]
     assert not (tmp_path / "r").exists()

@@ -1,5 +1,6 @@
-"""The data path: the real file's split sizes, a text prepared once into the cache, and
-get_batch."""
+"""The data path: the real file's split sizes, a text prepared once into the cache (its
+characters as load_tokens and load_corpus read them), and get_batch. (A bad text file, or one
+too short for the block, is one line: test_cli.py's and test_corpus.py's bad input.)"""
 
 import shutil
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from minigpt import Batches, MiniGPTError, Splits, get_batch, load_tokens
+from minigpt import Batches, MiniGPTError, Splits, get_batch, load_corpus, load_tokens
 from minigpt.corpus import read_index
 from minigpt.data import cache_dir, prepared_text, tinyshakespeare_path
 
@@ -25,6 +26,13 @@ def test_tinyshakespeare_split_sizes(data_dir):
 def test_a_text_is_prepared_once_into_the_cache(small_text):
     (small_text.parent / "small.txt.char.tokens.bin").write_bytes(b"\x01")  # an old format's
     tokens, tok = load_tokens(small_text)
+    splits, same, info = load_corpus(small_text, "char", 999, 0.1)  # the same tokens, split
+    n = int(0.9 * len(tokens))
+    assert same == tok
+    assert np.array_equal(splits.train, tokens[:n]) and np.array_equal(splits.val, tokens[n:])
+    assert info == {"text": str(small_text), "tokens": len(tokens), "train_tokens": n,
+                    "val_tokens": len(tokens) - n, "val_fraction": 0.1, "tokenizer": "char",
+                    "vocab_size": tok.vocab_size}
     folder = prepared_text(small_text)
     assert folder.parent == cache_dir() / "prepared"
     assert tokens.dtype == np.uint16 and tok.decode(tokens) == small_text.read_text()
@@ -70,15 +78,3 @@ def test_batches_uses_separate_streams_per_split():
     assert torch.equal(a.get_batch("train")[0], b.get_batch("train")[0])
     assert int(a.get_batch("val")[0].min()) >= 4500
 
-
-def test_splits_too_short_for_the_block_and_bad_text_files(tmp_path):
-    splits = Splits.from_tokens(np.arange(100, dtype=np.uint16))
-    with pytest.raises(MiniGPTError, match="validation split has 10 tokens"):
-        splits.check(block_size=16)
-    (tmp_path / "empty.txt").write_text("")
-    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
-    (tmp_path / "bin.txt").write_bytes(b"ab\x00cd")
-    for name, message in [("empty.txt", "is empty"), ("latin1.txt", "not UTF-8"),
-                          ("bin.txt", "binary"), ("missing.txt", "not found")]:
-        with pytest.raises(MiniGPTError, match=message):
-            load_tokens(tmp_path / name)

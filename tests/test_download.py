@@ -31,22 +31,17 @@ def server(tmp_path):
     httpd.server_close()
 
 
-def test_good_file_is_saved(server, tmp_path):
+def test_a_good_file_is_saved_a_wrong_or_missing_one_not(server, tmp_path):
     base, root = server
     (root / "a.txt").write_bytes(b"hello shakespeare\n" * 1000)
     dest = tmp_path / "cache" / "a.txt"
     download(f"{base}/a.txt", dest, hashlib.sha256(b"hello shakespeare\n" * 1000).hexdigest())
     assert dest.read_bytes() == b"hello shakespeare\n" * 1000
     assert [p.name for p in dest.parent.iterdir()] == ["a.txt"]  # no temporary left behind
-
-
-def test_wrong_checksum_or_missing_file_saves_nothing(server, tmp_path):
-    base, root = server
-    (root / "a.txt").write_bytes(b"tampered")
-    dest = tmp_path / "cache" / "a.txt"
+    (root / "b.txt").write_bytes(b"tampered")
     with pytest.raises(MiniGPTError, match="sha256.*not saved.*--text PATH"):
-        download(f"{base}/a.txt", dest, "0" * 64)
-    assert list(dest.parent.iterdir()) == []
+        download(f"{base}/b.txt", dest.parent / "b.txt", "0" * 64)
+    assert [p.name for p in dest.parent.iterdir()] == ["a.txt"]
     with pytest.raises(MiniGPTError, match="404"):  # a file missing on the server
         download(f"{base}/nope.txt", tmp_path / "x.txt", "0" * 64)
 

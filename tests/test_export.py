@@ -13,11 +13,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import run_cli, tiny_config
-from minigpt import export, train
+from conftest import run_cli
+from minigpt import export
 from minigpt.checkpoint import load_model
+from minigpt.cli import main
 from minigpt.errors import MiniGPTError
-from minigpt.export import check_exportable, export_hf, export_run
+from minigpt.export import check_exportable, export_hf
 from minigpt.model import MiniGPT
 from minigpt.sample import generate
 from minigpt.tokenizer import BPETokenizer, CharTokenizer
@@ -76,6 +77,13 @@ def load_hf(folder):
     return model.eval(), tokenizer
 
 
+ROUND_TRIPS = [
+    "First Citizen:\nSpeak, speak.\n\n",
+    "  two spaces , odd ! spacing . and\ttabs\n",
+    "Resolved.resolved?die",
+]
+UNSEEN = "never seen: ünïcödé 日本語 🙂 \r\n"  # byte-level BPE encodes any text
+
 CASES = [  # (tokenizer, bias, tie_weights): each setting on both sides
     ("char", True, False),
     ("char", False, True),
@@ -85,7 +93,7 @@ CASES = [  # (tokenizer, bias, tie_weights): each setting on both sides
 
 
 @pytest.mark.parametrize(("kind", "bias", "tie"), CASES)
-def test_logits_and_greedy_generation_match(tmp_path, char_tok, bpe_tok, kind, bias, tie):
+def test_logits_generation_and_tokens_match(tmp_path, char_tok, bpe_tok, kind, bias, tie):
     tok = char_tok if kind == "char" else bpe_tok
     model = peaked_model(tok.vocab_size, bias=bias, tie=tie)
     out = export_hf(model, tok, tmp_path / "hf")
@@ -113,41 +121,24 @@ def test_logits_and_greedy_generation_match(tmp_path, char_tok, bpe_tok, kind, b
     assert len(set(mine[0, ids.size(1):].tolist())) > 1  # not one token over and over
     assert hf_tok.decode(hf_out[0]) == tok.decode(mine[0].tolist())
 
-
-ROUND_TRIPS = [
-    "First Citizen:\nSpeak, speak.\n\n",
-    "  two spaces , odd ! spacing . and\ttabs\n",
-    "Resolved.resolved?die",
-]
-
-
-@pytest.mark.parametrize("kind, text", [*[("char", t) for t in ROUND_TRIPS],
-                                        *[("bpe", t) for t in ROUND_TRIPS],
-                                        ("bpe", "never seen: ünïcödé 日本語 🙂 \r\n")])
-def test_tokenizer_round_trip(tmp_path, char_tok, bpe_tok, kind, text):
-    tok = char_tok if kind == "char" else bpe_tok
-    export_hf(peaked_model(tok.vocab_size), tok, tmp_path / "hf")
-    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
-    ids = hf_tok.encode(text, add_special_tokens=False)
-    assert ids == tok.encode(text)
-    assert hf_tok.encode(text) == ids  # nothing is added by default either
-    assert hf_tok.decode(ids) == text
+    for text in ROUND_TRIPS if kind == "char" else [*ROUND_TRIPS, UNSEEN]:
+        ids = hf_tok.encode(text, add_special_tokens=False)
+        assert ids == tok.encode(text)
+        assert hf_tok.encode(text) == ids  # nothing is added by default either
+        assert hf_tok.decode(ids) == text
+    # minigpt's CharTokenizer raises on a character it has no id for; so does the export
+    # (rather than dropping it or inventing an id)
+    if kind == "char":
+        with pytest.raises(MiniGPTError):
+            tok.encode("speak 日")
+        with pytest.raises(Exception, match="UNK"):
+            hf_tok.encode("speak 日")
 
 
-def test_char_tokenizer_refuses_unseen_characters(tmp_path, char_tok):
-    """minigpt's CharTokenizer raises on a character it has no id for; so does the export
-    (rather than dropping it or inventing an id)."""
-    export_hf(peaked_model(char_tok.vocab_size), char_tok, tmp_path / "hf")
-    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
-    with pytest.raises(MiniGPTError):
-        char_tok.encode("speak 日")
-    with pytest.raises(Exception, match="UNK"):
-        hf_tok.encode("speak 日")
-
-
-def test_folder_contents_and_config(tmp_path, char_tok):
+def test_folder_contents_and_config_written_into_an_empty_folder(tmp_path, char_tok):
     model = MiniGPT(char_tok.vocab_size, n_embd=32, n_head=4, n_layer=1, block_size=BLOCK,
                     dropout=0.1)
+    (tmp_path / "hf").mkdir()  # an empty existing folder is used
     out = export_hf(model, char_tok, tmp_path / "hf")
     assert sorted(p.name for p in out.iterdir()) == [
         "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
@@ -218,7 +209,7 @@ def test_tokenizer_larger_than_the_model_is_refused(tmp_path, bpe_tok):
         export_hf(peaked_model(100), bpe_tok, tmp_path / "hf")
 
 
-def test_existing_folder_is_refused_and_left_alone_an_empty_one_used(tmp_path, char_tok):
+def test_an_existing_folder_or_file_is_refused_and_left_alone(tmp_path, char_tok):
     model = peaked_model(char_tok.vocab_size)
     out = tmp_path / "hf"
     out.mkdir()
@@ -232,9 +223,6 @@ def test_existing_folder_is_refused_and_left_alone_an_empty_one_used(tmp_path, c
     afile.write_text("x")
     with pytest.raises(MiniGPTError, match="is not a folder"):
         export_hf(model, char_tok, afile)
-    (tmp_path / "empty").mkdir()  # an empty existing folder is used
-    export_hf(model, char_tok, tmp_path / "empty")
-    assert (tmp_path / "empty" / "model.safetensors").is_file()
 
 
 def test_failure_part_way_leaves_nothing(tmp_path, char_tok, monkeypatch):
@@ -254,39 +242,28 @@ def test_failure_part_way_leaves_nothing(tmp_path, char_tok, monkeypatch):
     assert not list(parent.iterdir())
 
 
-def test_export_run_from_a_trained_run(tmp_path):
-    text = tmp_path / "corpus.txt"
-    text.write_text(TEXT * 10)
-    run_dir = tmp_path / "run"
-    train(tiny_config(text, steps=10, eval_every=5), run_dir, progress=False)
-
-    out = export_run(run_dir, tmp_path / "hf")
-    model, tok, _ = load_model(run_dir, "best")
-    hf, hf_tok = load_hf(out)
-    prompt = "First Citizen:\n"
-    ids = hf_tok(prompt, return_tensors="pt").input_ids  # (1, T)
-    assert ids[0].tolist() == tok.encode(prompt)
-    with torch.no_grad():
-        torch.testing.assert_close(hf(ids).logits, model(ids)[0], atol=1e-5, rtol=0)
-    with pytest.raises(MiniGPTError, match="already exists"):
-        export_run(run_dir, out)
-
-
 @pytest.mark.slow
-def test_the_command_exports_a_run_whose_greedy_text_is_minigpt_samples(cli_run, tmp_path):
-    """`minigpt export`, then transformers as the oracle: its greedy continuation of a prompt
-    is what `minigpt sample --temperature 0` prints."""
+def test_the_command_exports_a_run_whose_greedy_text_is_minigpt_samples(cli_run, tmp_path,
+                                                                         capsys):
+    """`minigpt export` (export_run), then transformers as the oracle: the logits of the run's
+    best checkpoint, and a greedy continuation of a prompt that is what `minigpt sample
+    --temperature 0` prints."""
     run, _, _ = cli_run
     out = tmp_path / "hf"
     r = run_cli("export", "--run", str(run), "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "from_pretrained" in r.stdout
+    assert main(["export", "--run", str(run), "--out", str(out)]) == 2  # not twice
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "already exists" in lines[0]
     sample = run_cli("sample", "--run", str(run), "--prompt", "ROMEO:", "--temperature", "0",
                      "--max-new-tokens", "20")
     assert sample.returncode == 0, sample.stderr
     model, tokenizer = load_hf(out)
-    ids = tokenizer("ROMEO:", return_tensors="pt").input_ids
+    ours, tok, _ = load_model(run, "best")
+    ids = tokenizer("ROMEO:", return_tensors="pt").input_ids  # (1, T)
+    assert ids[0].tolist() == tok.encode("ROMEO:")
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, ours(ids)[0], atol=1e-5, rtol=0)
     text = tokenizer.decode(model.generate(ids, max_new_tokens=20, do_sample=False)[0])
     assert text == sample.stdout.rstrip("\n")
-    again = run_cli("export", "--run", str(run), "--out", str(out))
-    assert again.returncode == 2 and again.stderr.count("\n") == 1

@@ -112,23 +112,13 @@ def test_same_global_rng_draws_as_the_lessons_call(model):
     assert torch.equal(cached, oracle)
 
 
-def test_one_multinomial_per_token_and_the_same_generator_state(model, monkeypatch):
+def test_the_same_logits_and_random_draws_at_every_step(model, monkeypatch):
+    """Record the logits each sampler hands to sample_next: equal at every step, in the block,
+    at its edge and past it; and one multinomial per token, the generator left in the same
+    state (both consumed exactly the same random numbers)."""
     counting = mock.Mock(wraps=torch.multinomial)  # torch.multinomial, its calls counted
     monkeypatch.setattr(torch, "multinomial", counting)
-    states = []
-    for cache in (True, False):
-        counting.reset_mock()
-        g = torch.Generator().manual_seed(3)
-        generate(model, torch.zeros(2, 1, dtype=torch.long), 37, generator=g, cache=cache)
-        assert counting.call_count == 37
-        states.append(g.get_state())
-    assert torch.equal(states[0], states[1])  # both consumed exactly the same random numbers
-
-
-def test_the_sampler_sees_the_same_logits_at_every_step(model, monkeypatch):
-    """Record the logits each sampler hands to sample_next: equal at every step, in the block,
-    at its edge and past it."""
-    seen = {True: [], False: []}
+    seen, states = {True: [], False: []}, {}
     real = minigpt.sample.sample_next
     for cache in (True, False):
         def recording(logits, *a, _cache=cache, **kw):
@@ -136,7 +126,12 @@ def test_the_sampler_sees_the_same_logits_at_every_step(model, monkeypatch):
             return real(logits, *a, **kw)
 
         monkeypatch.setattr(minigpt.sample, "sample_next", recording)
-        run(model, torch.tensor([[1, 2, 3], [4, 5, 6]]), 2 * BLOCK, 11, cache)
+        counting.reset_mock()
+        g = torch.Generator().manual_seed(11)
+        generate(model, torch.tensor([[1, 2, 3], [4, 5, 6]]), 2 * BLOCK, generator=g, cache=cache)
+        assert counting.call_count == 2 * BLOCK
+        states[cache] = g.get_state()
+    assert torch.equal(states[True], states[False])
     assert len(seen[True]) == len(seen[False]) == 2 * BLOCK
     for step, (a, b) in enumerate(zip(seen[True], seen[False], strict=True)):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5, msg=lambda m, s=step: f"{s}: {m}")
@@ -144,27 +139,19 @@ def test_the_sampler_sees_the_same_logits_at_every_step(model, monkeypatch):
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_cached_forward_equals_the_uncached_one(model, batch):
+    """model(idx, cache=kv): idx's logits after kv's positions. A prompt all at once (causal),
+    then a chunk of queries after the cached keys, then one token at a time."""
     idx = torch.randint(0, V, (batch, BLOCK))
     with torch.no_grad():
-        kv = KVCache(model, batch)  # model(idx, cache=kv): idx's logits after kv's positions
-        logits = model(idx[:, :4], cache=kv)[0]  # a prompt of 4: causal, all at once
-        torch.testing.assert_close(logits, model(idx[:, :4])[0])
-        for t in range(4, BLOCK):  # then one token at a time
+        kv = KVCache(model, batch)
+        torch.testing.assert_close(model(idx[:, :4], cache=kv)[0], model(idx[:, :4])[0])
+        logits = model(idx[:, 4:11], cache=kv)[0]  # 7 queries after 4 cached keys
+        torch.testing.assert_close(logits, model(idx[:, :11])[0][:, 4:], atol=1e-4, rtol=1e-5)
+        for t in range(11, BLOCK):
             logits = model(idx[:, t:t + 1], cache=kv)[0][:, -1]
             torch.testing.assert_close(logits, model(idx[:, :t + 1])[0][:, -1],
                                        atol=1e-4, rtol=1e-5)
         assert kv.length == BLOCK
-
-
-def test_a_chunk_after_cached_tokens_sees_the_cache_causally(model):
-    idx = torch.randint(0, V, (2, BLOCK))
-    with torch.no_grad():
-        kv = KVCache(model, 2)
-        model(idx[:, :5], cache=kv)
-        logits = model(idx[:, 5:12], cache=kv)[0]  # 7 queries after 5 cached keys
-        torch.testing.assert_close(logits, model(idx[:, :12])[0][:, 5:], atol=1e-4, rtol=1e-5)
-        kv = KVCache(model, 2)  # a fresh cache
-        torch.testing.assert_close(model(idx[:, :3], cache=kv)[0], model(idx[:, :3])[0])
 
 
 def fused_attention_before_the_cache(attn, x):

@@ -83,7 +83,7 @@ def test_early_stop_only_when_the_run_ended_before_its_steps():
     assert "early stop" not in kinds(rows, Facts(vocab_size=65, total_steps=5000))
 
 
-def test_clipped_steps_from_the_rows_counts():
+def test_clipped_steps_from_the_rows_counts_or_the_gradient_norms():
     rows = lesson_curve(steps=1000)
     rows[1]["clipped"] = 7
     finding = only(rows, "clipped")
@@ -92,10 +92,7 @@ def test_clipped_steps_from_the_rows_counts():
         r["clipped"] = 40
     assert "lower the peak learning rate" in only(rows, "clipped mostly").message
     assert not {"clipped", "clipped mostly"} & set(kinds(rows, Facts(vocab_size=65)))
-
-
-def test_clipped_steps_from_gradient_norms_without_counts():
-    rows = [{"step": s, "train_loss": 2.0, "lr": 1e-3, "grad_norm": n}
+    rows = [{"step": s, "train_loss": 2.0, "lr": 1e-3, "grad_norm": n}  # without the counts
             for s, n in enumerate([0.5, 3.0, 0.2, 2.0])]
     assert only(rows, "clipped").steps == (1, 3)
 
@@ -115,7 +112,7 @@ def with_spikes(rows, steps, rise=1.0, length=1):
     return rows
 
 
-def test_spikes_during_warmup_and_after():
+def test_spikes_during_warmup_and_after_one_lasting_several_rows_counts_once():
     rows = lesson_curve(steps=2000, every=10)
     assert not {"spikes", "spikes in warmup"} & set(kinds(rows))
     rows = with_spikes(rows, [60, 80, 1200], length=1)
@@ -124,10 +121,7 @@ def test_spikes_during_warmup_and_after():
     assert "lengthen warmup" in warm.message
     late = only(rows, "spikes")
     assert late.steps == (1200,) and "lower the learning rate" in late.message
-
-
-def test_a_spike_lasting_several_rows_counts_once():
-    rows = with_spikes(lesson_curve(steps=2000, every=10), [1500], length=3)
+    rows = with_spikes(lesson_curve(steps=2000, every=10), [1500], length=3)  # counts once
     assert only(rows, "spikes").steps == (1500,)
 
 

@@ -1,9 +1,11 @@
-"""CharTokenizer: the lesson's sorted-character vocabulary, JSON round trip, clear errors."""
+"""CharTokenizer: the lesson's sorted-character vocabulary, encode_array as encode, JSON round
+trip, clear errors."""
 
 import json
 
+import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minigpt import CharTokenizer, MiniGPTError
@@ -19,16 +21,22 @@ def test_round_trip_any_text_over_the_sorted_distinct_characters(text):
     assert [tok.stoi[c] for c in tok.chars] == list(range(tok.vocab_size))
 
 
-@given(st.text(min_size=1), st.text(min_size=1))
-def test_unseen_characters_are_named(known, other):
+@settings(deadline=None)
+@given(st.text(min_size=1), st.text())
+def test_unseen_characters_are_named_and_encode_array_is_encode(known, other):
     tok = CharTokenizer.from_text(known)
+    assert np.array_equal(tok.encode_array(known), np.array(tok.encode(known)))
     unseen = set(other) - set(known)
+    assert tok.can_encode(other) == (not unseen)
     if not unseen:
         assert tok.decode(tok.encode(other)) == other
+        assert np.array_equal(tok.encode_array(other), np.array(tok.encode(other), dtype=int))
         return
     with pytest.raises(MiniGPTError) as e:
         tok.encode(other)
     assert repr(sorted(unseen)[0]) in str(e.value)
+    with pytest.raises(MiniGPTError, match="outside the vocabulary"):
+        tok.encode_array(other)
 
 
 def test_saved_as_json_and_loaded_back(tmp_path):
