@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import minigpt.sample
 from conftest import lesson_attention
-from minigpt import MiniGPT, MiniGPTError, generate, stream
+from minigpt import MiniGPT, MiniGPTError, generate, lesson, stream
 from minigpt.sample import KVCache
 
 V, BLOCK = 20, 16
@@ -102,14 +102,15 @@ def test_default_thread_count(model, _one_thread):
 
 
 def test_same_global_rng_draws_as_the_lessons_call(model):
-    """Without a generator the cached sampler draws from the global RNG, as the lesson's
-    model.generate does: the same tokens."""
+    """Without a generator the cached sampler (and model.generate, which calls it) draws from
+    the global RNG, as the lesson's generate does: the same tokens, past the block too."""
     prompt = torch.zeros(1, 3, dtype=torch.long)
-    torch.manual_seed(5)
-    cached = generate(model, prompt, 40)
-    torch.manual_seed(5)
-    oracle = model.generate(prompt, 40)  # the lesson's sampler
-    assert torch.equal(cached, oracle)
+    draws = []
+    for sampler in (generate, MiniGPT.generate, lesson.generate):  # the last: the oracle
+        torch.manual_seed(5)
+        draws.append(sampler(model, prompt, BLOCK + 24))
+    model.eval()  # the lesson's generate leaves the model in training mode
+    assert torch.equal(draws[0], draws[2]) and torch.equal(draws[1], draws[2])
 
 
 def test_the_same_logits_and_random_draws_at_every_step(model, monkeypatch):

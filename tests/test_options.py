@@ -414,7 +414,7 @@ def test_export_refuses_what_gpt2_cannot_hold(options, what):
 
 def test_muon_in_bf16_steps_as_torchs_muon_to_the_bit():
     torch.manual_seed(0)
-    shapes = [(64, 256), (256, 64), (64, 64)]
+    shapes = [(64, 256), (256, 64), (64, 64), (64, 64), (256, 64)]  # ours stacks equal shapes
     ours = [torch.nn.Parameter(torch.randn(s) * 0.02) for s in shapes]
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     a = Muon(ours, lr=0.01, weight_decay=0.1, momentum=0.95, dtype=torch.bfloat16)

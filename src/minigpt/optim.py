@@ -59,7 +59,9 @@ class Muon(torch.optim.Muon):
       divided by the root of a running mean (beta2 0.95) of its square, then scaled back to the
       update's norm, so that no neuron's update dominates.
 
-    In bfloat16 with neither, a step is torch.optim.Muon's to the bit (tests/test_options.py)."""
+    The matrices of one shape are orthogonalised as one stack, in batched products: the
+    same numbers, in fewer and larger products. In bfloat16 with neither option, a step is
+    torch.optim.Muon's to the bit (tests/test_options.py)."""
 
     def __init__(self, params, lr: float, weight_decay: float, momentum: float,
                  dtype: torch.dtype = torch.float32, polar_express: bool = False,
@@ -74,22 +76,33 @@ class Muon(torch.optim.Muon):
         for group in self.param_groups:
             steps = POLAR_EXPRESS if self.polar_express else \
                 (group["ns_coefficients"],) * group["ns_steps"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p.grad)
-                buf = state["momentum_buffer"]
-                buf.lerp_(p.grad, 1 - group["momentum"])
-                update = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
-                update = orthogonalise(update, steps, self.dtype, group["eps"],
-                                       safety=1.02 if self.polar_express else 1.0)
+            params = [p for p in group["params"] if p.grad is not None]
+            updates = [self.momentum_update(p, group) for p in params]
+            same_shape = {}  # shape -> the indices of the updates of that shape
+            for i, update in enumerate(updates):
+                same_shape.setdefault(update.shape, []).append(i)
+            for indices in same_shape.values():  # a stack at a time: fewer, larger products
+                stack = torch.stack([updates[i] for i in indices])  # (B, m, n)
+                ortho = orthogonalise(stack, steps, self.dtype, group["eps"],
+                                      safety=1.02 if self.polar_express else 1.0)
+                for i, update in zip(indices, ortho, strict=True):
+                    updates[i] = update
+            for p, update in zip(params, updates, strict=True):
                 if self.normuon:
-                    update = self.normalise_neurons(update, state)
+                    update = self.normalise_neurons(update, self.state[p])
                 lr = group["lr"] * 0.2 * math.sqrt(max(p.shape[:2]))  # match_rms_adamw
                 p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.add_(update, alpha=-lr)
+
+    def momentum_update(self, p: torch.Tensor, group: dict) -> torch.Tensor:
+        """The momentum buffer moved towards the gradient; the update (nesterov: the gradient
+        moved towards the new buffer)."""
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p.grad)
+        buf = state["momentum_buffer"]
+        buf.lerp_(p.grad, 1 - group["momentum"])
+        return p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
 
     def normalise_neurons(self, update: torch.Tensor, state: dict) -> torch.Tensor:
         """NorMuon: (out, in) -> (out, in), each row over the root of its running mean square."""
@@ -104,18 +117,19 @@ class Muon(torch.optim.Muon):
 
 def orthogonalise(g: torch.Tensor, steps, dtype: torch.dtype, eps: float,
                   safety: float = 1.0) -> torch.Tensor:
-    """g (m, n) -> (m, n) with its singular values pulled towards 1 (roughly U V^T for
-    g = U S V^T): scaled to spectral norm <= 1, then X <- aX + b(XX^T)X + c(XX^T)^2 X for each
-    (a, b, c) in steps, on the wide orientation (the smaller Gram matrix), in dtype."""
-    x = g.to(dtype)
-    tall = g.size(0) > g.size(1)
+    """g (m, n), or a stack (B, m, n) of matrices each on its own, -> the same shape with each
+    matrix's singular values pulled towards 1 (roughly U V^T for g = U S V^T): scaled to
+    spectral norm <= 1, then X <- aX + b(XX^T)X + c(XX^T)^2 X for each (a, b, c) in steps, on
+    the wide orientation (the smaller Gram matrix), in dtype."""
+    x = g.to(dtype).reshape(-1, *g.shape[-2:])  # (B, m, n)
+    tall = g.size(-2) > g.size(-1)
     if tall:
-        x = x.T
-    x = x.div(x.norm().mul(safety).clamp(min=eps))
+        x = x.mT  # (B, n, m)
+    x = x.div(x.norm(dim=(-2, -1), keepdim=True).mul(safety).clamp(min=eps))
     for a, b, c in steps:
-        gram = x @ x.T
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.T if tall else x
+        gram = x @ x.mT  # (B, m, m)
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return (x.mT if tall else x).reshape(g.shape)
 
 
 def decay_groups(decay: list, plain: list, weight_decay: float) -> list[dict]:
