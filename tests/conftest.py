@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from minigpt import resolve_config
+from minigpt import load_model, resolve_config
+from minigpt.cli import main
 from minigpt.data import TINYSHAKESPEARE_SHA256
 from minigpt.diagnostics.probes import SECTIONS, Probe
 from minigpt.files import sha256_file
@@ -181,3 +182,21 @@ class CrashAt(Probe):
     def on_row(self, row):
         if row["step"] == self.step:
             raise KeyboardInterrupt
+
+
+def one_line_error(capsys, args: list[str]) -> str:
+    """Run `minigpt ARGS` in-process (`main`, what the command runs) where it must fail as a
+    user's mistake: exit status 2 and one line on stderr, which is returned. An exception
+    escaping `main` fails the test as surely as a traceback would."""
+    code = main(args)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, lines
+    assert len(lines) == 1 and lines[0].startswith("minigpt: error:"), lines
+    return lines[0]
+
+
+def same_weights(run_a, run_b) -> bool:
+    """Whether two run folders' last checkpoints hold the same weights, to the bit."""
+    a = load_model(run_a, "last")[0].state_dict()
+    b = load_model(run_b, "last")[0].state_dict()
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

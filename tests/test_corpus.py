@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_FLAGS, as_flags, run_cli
+from conftest import TINY_FLAGS, as_flags, one_line_error, run_cli
 from minigpt import MiniGPT, MiniGPTError, ShardedTokens, Splits, get_batch, load_corpus, prepare
 from minigpt.cli import main
 from minigpt.corpus import find_sources, open_prepared, read_chunks, split_point, token_dtype
@@ -303,11 +303,9 @@ def test_training_refuses_a_damaged_shard_in_one_line(corpus, tmp_path, capsys):
     flipped = good[:7] + bytes([good[7] ^ 1]) + good[8:]
     for i, (data, message) in enumerate([(flipped, "is damaged"), (good[:-2], "truncated")]):
         shard.write_bytes(data)
-        code = main(["train", "--text", str(out), *TINY_FLAGS, "--steps", "2",
-                     "--out", str(tmp_path / f"run{i}")])
-        lines = capsys.readouterr().err.strip().splitlines()
-        assert code == 2 and len(lines) == 1, lines
-        assert message in lines[0] and "train-00001.bin" in lines[0]
+        line = one_line_error(capsys, ["train", "--text", str(out), *TINY_FLAGS, "--steps", "2",
+                                       "--out", str(tmp_path / f"run{i}")])
+        assert message in line and "train-00001.bin" in line
 
 
 @pytest.fixture
@@ -354,11 +352,9 @@ def test_bad_input_is_one_line_and_leaves_nothing(bad_sources, tmp_path, request
             write_dataset(hf, ds, ["a text\n"], kind)
         capsys.readouterr()
     out = tmp_path / "out"
-    code = main(["prepare", *[a.format(d=d, ds=ds) for a in args], "--out", str(out),
-                 "--no-progress"])
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("minigpt: error:"), lines
-    assert message in lines[0]
+    line = one_line_error(capsys, ["prepare", *[a.format(d=d, ds=ds) for a in args], "--out",
+                                   str(out), "--no-progress"])
+    assert message in line
     assert not out.exists()
 
 
@@ -366,9 +362,9 @@ def test_an_existing_corpus_is_not_overwritten(small_text, tmp_path, capsys):
     done = tmp_path / "done"
     prepare(str(small_text), done, progress=False)
     before = {p.name: p.stat().st_mtime_ns for p in done.iterdir()}
-    code = main(["prepare", "--text", str(small_text), "--out", str(done), "--no-progress"])
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and "already holds a prepared corpus" in lines[0]
+    line = one_line_error(capsys, ["prepare", "--text", str(small_text), "--out", str(done),
+                                   "--no-progress"])
+    assert "already holds a prepared corpus" in line
     assert {p.name: p.stat().st_mtime_ns for p in done.iterdir()} == before
 
 
@@ -423,8 +419,7 @@ def test_train_bpe_from_the_command_line_saves_samples_and_resumes(small_text, t
 
 
 def test_bpe_needs_a_vocabulary_size(small_text, tmp_path, capsys):
-    code = main(["train", "--text", str(small_text), "--tokenizer", "bpe", *QUICK,
-                 "--out", str(tmp_path / "r")])
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and "257" in lines[0]
+    line = one_line_error(capsys, ["train", "--text", str(small_text), "--tokenizer", "bpe",
+                                   *QUICK, "--out", str(tmp_path / "r")])
+    assert "257" in line
     assert not (tmp_path / "r").exists()

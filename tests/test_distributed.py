@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import TINY_FLAGS, as_flags, run_cli, without_speed
+from conftest import TINY_FLAGS, as_flags, run_cli, same_weights, without_speed
 from minigpt import load_model
 from minigpt.files import read_jsonl
 
@@ -109,8 +109,7 @@ def test_a_two_process_run_resumes_exactly_and_only_in_two_processes(corpus, ddp
     assert r.returncode == 0, r.stderr[-3000:]
     assert without_speed(read_jsonl(part / "metrics.jsonl")) == \
         without_speed(read_jsonl(straight / "metrics.jsonl"))
-    a, b = weights(part), weights(straight)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same_weights(part, straight)
 
 
 def test_a_time_budget_ends_every_process_after_the_same_step(corpus, tmp_path):

@@ -13,10 +13,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import run_cli
+from conftest import one_line_error, run_cli
 from minigpt import export
 from minigpt.checkpoint import load_model
-from minigpt.cli import main
 from minigpt.errors import MiniGPTError
 from minigpt.export import check_exportable, export_hf
 from minigpt.model import MiniGPT
@@ -253,9 +252,8 @@ def test_the_command_exports_a_run_whose_greedy_text_is_minigpt_samples(cli_run,
     r = run_cli("export", "--run", str(run), "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "from_pretrained" in r.stdout
-    assert main(["export", "--run", str(run), "--out", str(out)]) == 2  # not twice
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and "already exists" in lines[0]
+    assert "already exists" in one_line_error(capsys, ["export", "--run", str(run), "--out",
+                                                        str(out)])  # not twice
     sample = run_cli("sample", "--run", str(run), "--prompt", "ROMEO:", "--temperature", "0",
                      "--max-new-tokens", "20")
     assert sample.returncode == 0, sample.stderr

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import minigpt.checkpoint as ckpt
-from conftest import TINY_FLAGS, run_cli, tiny_config, without_speed
+from conftest import TINY_FLAGS, run_cli, same_weights, tiny_config, without_speed
 from minigpt import MiniGPTError, load_checkpoint, load_model, train
 from minigpt.cli import main
 from minigpt.diagnostics.probes import Probe
@@ -26,12 +26,6 @@ from minigpt.files import read_jsonl, sha256_file
 from minigpt.signals import StopSignals
 
 QUIET = [*TINY_FLAGS, "--log-every", "1"]  # a metrics row every step: the oracle sees all
-
-
-def same_weights(run_a, run_b):
-    a = load_model(run_a, "last")[0].state_dict()
-    b = load_model(run_b, "last")[0].state_dict()
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def start_training(*args, env=None):

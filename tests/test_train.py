@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import CrashAt, tiny_config, without_speed
+from conftest import CrashAt, same_weights, tiny_config, without_speed
 from minigpt import (
     MiniGPT,
     MiniGPTError,
@@ -170,9 +170,7 @@ def test_resume_continues_exactly(small_text, tmp_path, settings):
     assert without_speed(metrics(tmp_path / "resumed")) == \
         without_speed(metrics(tmp_path / "straight"))
     assert resumed["final_val_loss"] == straight["final_val_loss"]
-    a = load_model(tmp_path / "straight", "last")[0].state_dict()  # (the averages, with EMA)
-    b = load_model(tmp_path / "resumed", "last")[0].state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same_weights(tmp_path / "straight", tmp_path / "resumed")  # (the averages, with EMA)
 
 
 class BatchShapes(Probe):
