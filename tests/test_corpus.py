@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import minigpt.corpus
 from conftest import TINY_FLAGS, as_flags, one_line_error, run_cli
 from minigpt import MiniGPT, MiniGPTError, ShardedTokens, Splits, get_batch, load_corpus, prepare
 from minigpt.cli import main
@@ -90,6 +91,27 @@ def test_prepared_shards_decode_to_the_files(corpus, tmp_path, kind):
     assert kind == "char" or tok.vocab_size == 300  # the vocabulary BPE was asked for
     assert tok.decode(splits.train) == text[:cut]
     assert tok.decode(splits.train) + tok.decode(splits.val) == text
+
+
+def test_each_bar_counts_what_its_total_counts(tmp_path, monkeypatch):
+    """On text of multi-byte characters: scan and encode count the file's bytes, to its size;
+    BPE's bar counts the characters it learns from, to the split point (not bytes against a
+    total of characters)."""
+    ended = {}
+
+    class Recording(minigpt.corpus.tqdm):
+        def close(self):
+            ended[self.desc] = (self.n, self.total)
+            super().close()
+
+    monkeypatch.setattr(minigpt.corpus, "tqdm", Recording)
+    path = tmp_path / "accents.txt"
+    path.write_text("où est la forêt? à côté du château.\n" * 400, encoding="utf-8")
+    prepare(str(path), tmp_path / "out", tokenizer="bpe", vocab_size=300, progress=True)
+    size, chars = path.stat().st_size, len(path.read_text(encoding="utf-8"))
+    assert size > chars
+    assert ended["scan"] == ended["encode"] == (size, size)
+    assert ended["train bpe"] == (split_point(chars, 0.1), split_point(chars, 0.1))
 
 
 def test_dtype_follows_the_vocabulary(tmp_path):

@@ -188,21 +188,24 @@ class Files:
         return f"the {len(self.files)} file(s)"
 
 
-def _bar(source, desc: str, progress: bool, chars: int | None = None,
-         most: float = float("inf")) -> tqdm:
-    """A bar over the source's size (the files' bytes; a dataset's characters, `chars`, once
-    the scan has counted them, and no total before), or the first `most` of it."""
-    total = source.size if source.size is not None else chars
-    return tqdm(total=None if total is None else min(total, most), desc=desc, unit=source.unit,
-                unit_scale=True, disable=not progress, dynamic_ncols=True)
+def _bar(desc: str, total: int | None, unit: str, progress: bool) -> tqdm:
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=not progress,
+                dynamic_ncols=True)
 
 
-def _units(source, chunk_chars: int, cut: int, bar: tqdm) -> Iterator[tuple[str, str]]:
+def _source_bar(source, desc: str, progress: bool, chars: int | None = None) -> tqdm:
+    """A bar over what the source reads: the files' bytes; a dataset's characters, `chars`,
+    once the scan has counted them, and no total before."""
+    return _bar(desc, source.size if source.size is not None else chars, source.unit, progress)
+
+
+def _units(source, chunk_chars: int, cut: int,
+           on_progress: Callable[[int], object]) -> Iterator[tuple[str, str]]:
     """Every chunk of the source as (split, text): 'train' before character `cut`, 'val' from
     it on (the chunk that holds the cut comes as two). Always the same units for the same
-    source."""
+    source. on_progress hears of what the source reads, as its chunks do."""
     seen = 0
-    for chunk in source.chunks(chunk_chars, bar.update):
+    for chunk in source.chunks(chunk_chars, on_progress):
         end = seen + len(chunk)
         if seen < cut < end:
             yield "train", chunk[:cut - seen]
@@ -216,7 +219,7 @@ def scan(source, kind: str, chunk_chars: int, progress: bool) -> tuple[int, str]
     """Pass 1: how many characters the source (Files, or minigpt.records.Records) holds and
     (char) which, sorted. An empty corpus is an error."""
     count, alphabet = 0, set()
-    with _bar(source, "scan", progress) as bar:
+    with _source_bar(source, "scan", progress) as bar:
         for chunk in source.chunks(chunk_chars, bar.update):
             count += len(chunk)
             if kind == "char":
@@ -233,10 +236,16 @@ def learn_tokenizer(source, kind: str, vocab_size: int, chunk_chars: int, cut: i
     if kind == "char":
         return CharTokenizer(alphabet)
     learn = min(cut, BPE_TRAIN_CHARS)
-    with _bar(source, "train bpe", progress, learn, most=learn) as bar:  # (~ a byte a char)
-        units = itertools.takewhile(lambda u: u[0] == "train", _units(source, chunk_chars,
-                                                                      learn, bar))
-        return BPETokenizer.train((text for _, text in units), vocab_size)
+    with _bar("train bpe", learn, "char", progress) as bar:  # characters, as `learn` counts
+
+        def texts() -> Iterator[str]:
+            for split, text in _units(source, chunk_chars, learn, lambda n: None):
+                if split != "train":
+                    return
+                bar.update(len(text))
+                yield text
+
+        return BPETokenizer.train(texts(), vocab_size)
 
 
 class _Shards:
@@ -306,9 +315,9 @@ def encode_shards(source, tok: AnyTokenizer, out_dir: Path, state: dict,
         atomic_write_text(out_dir / PROGRESS, json.dumps(state) + "\n")
 
     try:
-        with _bar(source, "encode", progress, state["chars"]) as bar:
+        with _source_bar(source, "encode", progress, state["chars"]) as bar:
             for i, (split, text) in enumerate(_units(source, settings["chunk_chars"],
-                                                     state["cut"], bar)):
+                                                     state["cut"], bar.update)):
                 if i < first:
                     continue
                 drop = skip if i == first else 0
