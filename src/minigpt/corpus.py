@@ -189,6 +189,7 @@ class Files:
 
 
 def _bar(desc: str, total: int | None, unit: str, progress: bool) -> tqdm:
+    """A progress bar of `total` units (None: no total known)."""
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=not progress,
                 dynamic_ncols=True)
 
