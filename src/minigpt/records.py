@@ -40,16 +40,6 @@ def local_files(name: str, exclude: Path | None = None) -> list[Path]:
     return files
 
 
-def _datasets():
-    """The datasets package, imported on first use (an optional dependency)."""
-    try:
-        import datasets
-    except ImportError:
-        raise MiniGPTError("--dataset needs the datasets package: "
-                           "pip install 'minigpt-loop[datasets]'") from None
-    return datasets
-
-
 def _first_line(e: Exception) -> str:
     """An exception's message, its first line only (datasets' errors run to several)."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -70,7 +60,11 @@ class Records:
 
     def texts(self) -> Iterator[str]:
         """Each record's text field, in the dataset's order."""
-        datasets = _datasets()
+        try:
+            import datasets  # an optional dependency, imported on first use
+        except ImportError:
+            raise MiniGPTError("--dataset needs the datasets package: "
+                               "pip install 'minigpt-loop[datasets]'") from None
         if self.files:  # local files: the builder for their kind
             builder, options = BUILDERS[self.files[0].suffix], {
                 "data_files": [str(p) for p in self.files]}
