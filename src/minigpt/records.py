@@ -40,11 +40,6 @@ def local_files(name: str, exclude: Path | None = None) -> list[Path]:
     return files
 
 
-def _first_line(e: Exception) -> str:
-    """An exception's message, its first line only (datasets' errors run to several)."""
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
 class Records:
     """A dataset's records as a corpus (the counterpart of minigpt.corpus.Files): the text
     field of each record, from a hub dataset (name, config, split) or local data files,
@@ -85,7 +80,9 @@ class Records:
         except MiniGPTError:
             raise
         except Exception as e:  # not found, no such split or config, a damaged file, ...
-            raise MiniGPTError(f"cannot read {self.label()}: {_first_line(e)}") from None
+            # its first line only: datasets' errors run to several
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise MiniGPTError(f"cannot read {self.label()}: {first}") from None
 
     def chunks(self, chunk_chars: int, on_progress: Callable[[int], object]) -> Iterator[str]:
         """The documents, a line break between two, in chunks (minigpt.corpus.chunk_text);
