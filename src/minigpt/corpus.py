@@ -154,8 +154,7 @@ def _decoded(path: Path, chunk_chars: int, on_bytes: Callable[[int], object]) ->
                 return
 
 
-def read_chunks(path: Path, chunk_chars: int,
-                on_bytes: Callable[[int], object] = lambda n: None) -> Iterator[str]:
+def read_chunks(path: Path, chunk_chars: int, on_bytes: Callable[[int], object]) -> Iterator[str]:
     """The text of a UTF-8 file in chunks of about chunk_chars characters (chunk_text).
     on_bytes(n) hears of every n bytes read."""
     return chunk_text(_decoded(path, chunk_chars, on_bytes), chunk_chars)
