@@ -44,7 +44,7 @@ _BOUNDARY = re.compile(r"(?<=[!-~\w])\n(?=[!-~\w])")
 
 def last_boundary(text: str, end: int | None = None) -> int:
     """Index just after the last safe line break (see _BOUNDARY) before `end`, or 0 if none."""
-    i = text.rfind("\n", 0, len(text) if end is None else end)
+    i = text.rfind("\n", 0, end)
     while i >= 0 and not _BOUNDARY.match(text, i):
         i = text.rfind("\n", 0, i)
     return i + 1  # 0 when none was found
