@@ -193,12 +193,6 @@ def _bar(desc: str, total: int | None, unit: str, progress: bool) -> tqdm:
                 dynamic_ncols=True)
 
 
-def _source_bar(source, desc: str, progress: bool, chars: int | None = None) -> tqdm:
-    """A bar over what the source reads: the files' bytes; a dataset's characters, `chars`,
-    once the scan has counted them, and no total before."""
-    return _bar(desc, source.size if source.size is not None else chars, source.unit, progress)
-
-
 def _units(source, chunk_chars: int, cut: int,
            on_progress: Callable[[int], object]) -> Iterator[tuple[str, str]]:
     """Every chunk of the source as (split, text): 'train' before character `cut`, 'val' from
@@ -219,7 +213,7 @@ def scan(source, kind: str, chunk_chars: int, progress: bool) -> tuple[int, str]
     """Pass 1: how many characters the source (Files, or minigpt.records.Records) holds and
     (char) which, sorted. An empty corpus is an error."""
     count, alphabet = 0, set()
-    with _source_bar(source, "scan", progress) as bar:
+    with _bar("scan", source.size, source.unit, progress) as bar:  # a dataset: size None
         for chunk in source.chunks(chunk_chars, bar.update):
             count += len(chunk)
             if kind == "char":
@@ -315,7 +309,9 @@ def encode_shards(source, tok: AnyTokenizer, out_dir: Path, state: dict,
         atomic_write_text(out_dir / PROGRESS, json.dumps(state) + "\n")
 
     try:
-        with _source_bar(source, "encode", progress, state["chars"]) as bar:
+        # the files' bytes, or a dataset's characters, which the scan counted
+        total = state["chars"] if source.size is None else source.size
+        with _bar("encode", total, source.unit, progress) as bar:
             for i, (split, text) in enumerate(_units(source, settings["chunk_chars"],
                                                      state["cut"], bar.update)):
                 if i < first:
