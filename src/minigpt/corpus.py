@@ -462,21 +462,18 @@ class ShardedTokens:
         return (len(self),)
 
     def __getitem__(self, key):
-        if isinstance(key, slice):
-            return self._view(key)
+        if isinstance(key, slice):  # a view of the same shards
+            begin, end, step = key.indices(len(self))
+            if step != 1:
+                raise IndexError("ShardedTokens slices must have step 1")
+            return ShardedTokens(self.shards, self.start + begin, self.start + max(begin, end),
+                                 self.dtype)
         if isinstance(key, (int, np.integer)):
             return self._gather(np.asarray(key))[()]
         positions = np.asarray(key)
         if positions.dtype.kind not in "iu":
             raise IndexError(f"ShardedTokens takes slices and integer arrays, not {key!r}")
         return self._gather(positions)
-
-    def _view(self, key: slice) -> ShardedTokens:
-        begin, end, step = key.indices(len(self))
-        if step != 1:
-            raise IndexError("ShardedTokens slices must have step 1")
-        return ShardedTokens(self.shards, self.start + begin, self.start + max(begin, end),
-                             self.dtype)
 
     def _gather(self, positions: np.ndarray) -> np.ndarray:
         """The tokens at positions (any shape, relative to this view; negative counts from the
