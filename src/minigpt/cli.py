@@ -52,10 +52,8 @@ METAVARS = {int: "N", float: "X", str: "TEXT"}
 
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
-    """--flag for every config field (except those set by the program), default: not given."""
+    """--flag for every config field, default: not given."""
     for name, (_section, f) in field_index(SECTIONS).items():
-        if f.metadata.get("cli") is False:
-            continue
         flag = "--" + name.replace("_", "-")
         kind = type(f.default)
         choices = f.metadata.get("choices")
