@@ -180,11 +180,9 @@ def _suggest(name: str, valid) -> str:
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def duration(text: str | float) -> float:
-    """Seconds, from a number or text such as 90, '90s', '30m', '8h' or '1.5h'."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return float(text)
-    text = str(text).strip().lower()
+def duration(text: str) -> float:
+    """Seconds, from text such as '90', '90s', '30m', '8h' or '1.5h'."""
+    text = text.strip().lower()
     unit = UNITS.get(text[-1:])
     seconds = float(text[:-1] if unit else text) * (unit or 1)  # ValueError: not a duration
     if not math.isfinite(seconds):
