@@ -22,7 +22,7 @@ import os
 import sys
 from pathlib import Path
 
-from minigpt.config import PARSERS, field_index, preset_names, resolve_config
+from minigpt.config import field_index, preset_names, resolve_config
 from minigpt.console import show_logs
 from minigpt.corpus import BPE_VOCAB, SHARD_TOKENS
 from minigpt.diagnostics.probes import SECTIONS, DiagConfig
@@ -57,9 +57,8 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
         flag = "--" + name.replace("_", "-")
         kind = type(f.default)
         choices = f.metadata.get("choices")
-        parse = f.metadata.get("parse")
         how = ({"action": argparse.BooleanOptionalAction} if kind is bool else
-               {"type": PARSERS[parse] if parse else kind, "choices": choices,
+               {"type": f.metadata.get("parse", kind), "choices": choices,
                 "metavar": None if choices else f.metadata.get("metavar", METAVARS[kind])})
         aliases = [f.metadata["alias"]] if "alias" in f.metadata else []
         p.add_argument(flag, *aliases, dest=name, default=argparse.SUPPRESS,
