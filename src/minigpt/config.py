@@ -215,7 +215,7 @@ def _check_choice(value, f: dataclasses.Field) -> None:
         raise MiniGPTError(f"'{f.name}' must be one of {', '.join(choices)}; got {value!r}")
 
 
-def apply_overrides(cfg: RunConfig, table: dict, origin: str) -> RunConfig:
+def apply_overrides(cfg: RunConfig, table: dict, origin: str) -> None:
     """Apply a {section: {key: value}} table onto cfg (in place), checking every key."""
     sections = cfg.sections()
     for sec, values in table.items():
@@ -230,7 +230,6 @@ def apply_overrides(cfg: RunConfig, table: dict, origin: str) -> RunConfig:
                 raise MiniGPTError(f"{origin}: unknown key '{key}' in "
                                    f"[{sec}]{_suggest(key, valid)}")
             setattr(target, key, _coerce(value, valid[key]))
-    return cfg
 
 
 def read_toml(path: str | Path) -> dict:
