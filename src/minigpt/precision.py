@@ -61,7 +61,10 @@ def cpu_choice(model: torch.nn.Module, batch_size: int,
     faster, this shape) from the cache, else measured and added to it, then `decide`. The step
     is timed on at most PROBE_BATCH sequences, so that a batch too big for the machine is
     refused by the memory check (which follows the dtype) instead of exhausting memory here."""
-    answers = read_cache(cache)
+    try:
+        answers = json.loads(cache.read_text()) if cache is not None else {}
+    except (OSError, ValueError):  # missing or unreadable: measured again and rewritten
+        answers = {}
     before = json.dumps(answers)
     machine = answers.setdefault(machine_key(), {})
     if "bf16_matmul_flops" not in machine:
@@ -155,11 +158,3 @@ def bf16_flags() -> list[str]:
     cpuinfo = Path("/proc/cpuinfo")
     flags = set(cpuinfo.read_text().split()) if cpuinfo.exists() else set()
     return sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
-
-
-def read_cache(cache: Path | None) -> dict:
-    """The cached answers, or none when the file is missing or unreadable (then it is rewritten)."""
-    try:
-        return json.loads(cache.read_text()) if cache is not None else {}
-    except (OSError, ValueError):
-        return {}
