@@ -38,7 +38,7 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def choose_dtype(requested: str, device: torch.device, model: torch.nn.Module | None = None,
+def choose_dtype(requested: str, device: torch.device, model: torch.nn.Module,
                  batch_size: int = 1, cache: Path | None = None) -> tuple[torch.dtype, str]:
     """The forward's compute dtype, and why, in a few words for the start log. On a CPU,
     'auto' probes `model` at its block size and `batch_size` (`cpu_choice`)."""
@@ -50,7 +50,7 @@ def choose_dtype(requested: str, device: torch.device, model: torch.nn.Module | 
         if torch.cuda.is_bf16_supported():
             return torch.bfloat16, "auto: the GPU has bf16"
         return torch.float32, "auto: the GPU has no bf16"
-    if device.type != "cpu" or model is None:
+    if device.type != "cpu":
         return torch.float32, "auto"
     return cpu_choice(model, batch_size, cache)
 
