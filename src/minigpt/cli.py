@@ -314,14 +314,11 @@ def cmd_graph(args: argparse.Namespace) -> None:
     from minigpt.diagnostics.graph import GraphvizMissing, draw_loss_graph
     from minigpt.model import MiniGPT
 
-    if args.run:
-        model, tok, _ = load_model(args.run, args.checkpoint)
-        vocab = tok.vocab_size
-    else:
-        model, vocab = MiniGPT(65), 65
+    model = load_model(args.run, args.checkpoint)[0] if args.run else MiniGPT(65)
     out = args.out or (f"{args.run}/graph" if args.run else "graph")
     try:
-        paths = draw_loss_graph(model, vocab, out, depth=args.depth if args.collapse else 0)
+        paths = draw_loss_graph(model, model.config.vocab_size, out,
+                                depth=args.depth if args.collapse else 0)
     except GraphvizMissing as e:
         print(f"minigpt: {e}", file=sys.stderr)
         return
