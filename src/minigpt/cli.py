@@ -347,12 +347,11 @@ def cmd_gradflow(args: argparse.Namespace) -> None:
     from minigpt.schedule import schedule_lr
 
     run = open_run(args.run, args.checkpoint, args.device)
-    state = run.state
-    lr = args.lr if args.lr is not None else schedule_lr(run.cfg.train, state.step)
+    lr = args.lr if args.lr is not None else schedule_lr(run.cfg.train, run.state.step)
     x, y = run.batches.get_batch("train")
     stats = probe_batch_stats(run.model, x, y, run.optimizer, lr=lr,
                               grad_clip=run.cfg.train.grad_clip)
-    print(f"{args.run} at step {state.step} ({args.checkpoint}), one batch of "
+    print(f"{args.run} at step {run.state.step} ({args.checkpoint}), one batch of "
           f"{tuple(x.shape)}, probe step at lr {lr:.3g}")
     print(format_table(stats))
 
