@@ -22,7 +22,7 @@ import os
 import sys
 from pathlib import Path
 
-from minigpt.config import PARSERS, field_index, preset_names, resolve_config
+from minigpt.config import field_index, preset_names, resolve_config
 from minigpt.console import show_logs
 from minigpt.corpus import BPE_VOCAB, SHARD_TOKENS
 from minigpt.diagnostics.probes import SECTIONS, DiagConfig
@@ -52,16 +52,13 @@ METAVARS = {int: "N", float: "X", str: "TEXT"}
 
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
-    """--flag for every config field (except those set by the program), default: not given."""
+    """--flag for every config field, default: not given."""
     for name, (_section, f) in field_index(SECTIONS).items():
-        if f.metadata.get("cli") is False:
-            continue
         flag = "--" + name.replace("_", "-")
         kind = type(f.default)
         choices = f.metadata.get("choices")
-        parse = f.metadata.get("parse")
         how = ({"action": argparse.BooleanOptionalAction} if kind is bool else
-               {"type": PARSERS[parse] if parse else kind, "choices": choices,
+               {"type": f.metadata.get("parse", kind), "choices": choices,
                 "metavar": None if choices else f.metadata.get("metavar", METAVARS[kind])})
         aliases = [f.metadata["alias"]] if "alias" in f.metadata else []
         p.add_argument(flag, *aliases, dest=name, default=argparse.SUPPRESS,
@@ -317,14 +314,11 @@ def cmd_graph(args: argparse.Namespace) -> None:
     from minigpt.diagnostics.graph import GraphvizMissing, draw_loss_graph
     from minigpt.model import MiniGPT
 
-    if args.run:
-        model, tok, _ = load_model(args.run, args.checkpoint)
-        vocab = tok.vocab_size
-    else:
-        model, vocab = MiniGPT(65), 65
+    model = load_model(args.run, args.checkpoint)[0] if args.run else MiniGPT(65)
     out = args.out or (f"{args.run}/graph" if args.run else "graph")
     try:
-        paths = draw_loss_graph(model, vocab, out, depth=args.depth if args.collapse else 0)
+        paths = draw_loss_graph(model, model.config.vocab_size, out,
+                                depth=args.depth if args.collapse else 0)
     except GraphvizMissing as e:
         print(f"minigpt: {e}", file=sys.stderr)
         return
@@ -353,12 +347,11 @@ def cmd_gradflow(args: argparse.Namespace) -> None:
     from minigpt.schedule import schedule_lr
 
     run = open_run(args.run, args.checkpoint, args.device)
-    state = run.state
-    lr = args.lr if args.lr is not None else schedule_lr(run.cfg.train, state.step)
+    lr = args.lr if args.lr is not None else schedule_lr(run.cfg.train, run.state.step)
     x, y = run.batches.get_batch("train")
     stats = probe_batch_stats(run.model, x, y, run.optimizer, lr=lr,
                               grad_clip=run.cfg.train.grad_clip)
-    print(f"{args.run} at step {state.step} ({args.checkpoint}), one batch of "
+    print(f"{args.run} at step {run.state.step} ({args.checkpoint}), one batch of "
           f"{tuple(x.shape)}, probe step at lr {lr:.3g}")
     print(format_table(stats))
 

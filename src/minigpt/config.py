@@ -26,8 +26,22 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
 
 
 def opt(default, help: str, **kw):
-    """A dataclass field whose help text becomes the command-line flag's help."""
+    """A dataclass field whose help text becomes the command-line flag's help; parse= (a
+    duration, say) is what turns a flag's or TOML's text into its value."""
     return field(default=default, metadata={"help": help, **kw})
+
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> float:
+    """Seconds, from text such as '90', '90s', '30m', '8h' or '1.5h'."""
+    text = text.strip().lower()
+    unit = UNITS.get(text[-1:])
+    seconds = float(text[:-1] if unit else text) * (unit or 1)  # ValueError: not a duration
+    if not math.isfinite(seconds):
+        raise ValueError(text)
+    return seconds
 
 
 @dataclass
@@ -93,7 +107,7 @@ class TrainConfig:
     warmup_steps: int = opt(100, "linear warmup steps (cosine and linear schedules)")
     time_budget: float = opt(0.0, "train for this long (seconds, or 30m, 8h; evaluation not "
                                    "counted), the schedule following the time; 0: train for "
-                                   "--steps", parse="duration", metavar="DURATION")
+                                   "--steps", parse=duration, metavar="DURATION")
     weight_decay: float = opt(0.1, "decoupled weight decay, applied to >=2-D weights only")
     beta1: float = opt(0.9, "AdamW beta1")
     beta2: float = opt(0.99, "AdamW beta2")
@@ -177,34 +191,16 @@ def _suggest(name: str, valid) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def duration(text: str | float) -> float:
-    """Seconds, from a number or text such as 90, '90s', '30m', '8h' or '1.5h'."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return float(text)
-    text = str(text).strip().lower()
-    unit = UNITS.get(text[-1:])
-    seconds = float(text[:-1] if unit else text) * (unit or 1)  # ValueError: not a duration
-    if not math.isfinite(seconds):
-        raise ValueError(text)
-    return seconds
-
-
-PARSERS = {"duration": duration}  # a field's parse=: what turns a flag's or TOML's text into it
-
-
 def _coerce(value, f: dataclasses.Field):
     """Check a TOML or flag value against the field's type; ints are accepted for floats, and
     a field with parse= (a duration, say) takes text too."""
     kind = type(f.default)
     if isinstance(value, str) and f.metadata.get("parse"):
         try:
-            value = PARSERS[f.metadata["parse"]](value)
+            value = f.metadata["parse"](value)
         except ValueError:
-            raise MiniGPTError(f"'{f.name}' must be a {f.metadata['parse']} such as 90, 30m "
-                               f"or 8h, got {value!r}") from None
+            raise MiniGPTError(f"'{f.name}' must be a duration such as 90, 30m or 8h, got "
+                               f"{value!r}") from None
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if type(value) is not kind:
@@ -219,7 +215,7 @@ def _check_choice(value, f: dataclasses.Field) -> None:
         raise MiniGPTError(f"'{f.name}' must be one of {', '.join(choices)}; got {value!r}")
 
 
-def apply_overrides(cfg: RunConfig, table: dict, origin: str) -> RunConfig:
+def apply_overrides(cfg: RunConfig, table: dict, origin: str) -> None:
     """Apply a {section: {key: value}} table onto cfg (in place), checking every key."""
     sections = cfg.sections()
     for sec, values in table.items():
@@ -234,7 +230,6 @@ def apply_overrides(cfg: RunConfig, table: dict, origin: str) -> RunConfig:
                 raise MiniGPTError(f"{origin}: unknown key '{key}' in "
                                    f"[{sec}]{_suggest(key, valid)}")
             setattr(target, key, _coerce(value, valid[key]))
-    return cfg
 
 
 def read_toml(path: str | Path) -> dict:

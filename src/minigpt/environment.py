@@ -23,9 +23,8 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise MiniGPTError(
-            f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)"
-        ) from None
+        raise MiniGPTError(f"unknown device {name!r} "
+                           "(use auto, cpu, cuda, cuda:N or mps)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MiniGPTError(f"device {name!r} asked for, but this PyTorch sees no CUDA GPU")
     if device.type == "mps" and not torch.backends.mps.is_available():

@@ -38,7 +38,7 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def choose_dtype(requested: str, device: torch.device, model: torch.nn.Module | None = None,
+def choose_dtype(requested: str, device: torch.device, model: torch.nn.Module,
                  batch_size: int = 1, cache: Path | None = None) -> tuple[torch.dtype, str]:
     """The forward's compute dtype, and why, in a few words for the start log. On a CPU,
     'auto' probes `model` at its block size and `batch_size` (`cpu_choice`)."""
@@ -50,7 +50,7 @@ def choose_dtype(requested: str, device: torch.device, model: torch.nn.Module | 
         if torch.cuda.is_bf16_supported():
             return torch.bfloat16, "auto: the GPU has bf16"
         return torch.float32, "auto: the GPU has no bf16"
-    if device.type != "cpu" or model is None:
+    if device.type != "cpu":
         return torch.float32, "auto"
     return cpu_choice(model, batch_size, cache)
 
@@ -61,7 +61,10 @@ def cpu_choice(model: torch.nn.Module, batch_size: int,
     faster, this shape) from the cache, else measured and added to it, then `decide`. The step
     is timed on at most PROBE_BATCH sequences, so that a batch too big for the machine is
     refused by the memory check (which follows the dtype) instead of exhausting memory here."""
-    answers = read_cache(cache)
+    try:
+        answers = json.loads(cache.read_text()) if cache is not None else {}
+    except (OSError, ValueError):  # missing or unreadable: measured again and rewritten
+        answers = {}
     before = json.dumps(answers)
     machine = answers.setdefault(machine_key(), {})
     if "bf16_matmul_flops" not in machine:
@@ -155,11 +158,3 @@ def bf16_flags() -> list[str]:
     cpuinfo = Path("/proc/cpuinfo")
     flags = set(cpuinfo.read_text().split()) if cpuinfo.exists() else set()
     return sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
-
-
-def read_cache(cache: Path | None) -> dict:
-    """The cached answers, or none when the file is missing or unreadable (then it is rewritten)."""
-    try:
-        return json.loads(cache.read_text()) if cache is not None else {}
-    except (OSError, ValueError):
-        return {}
