@@ -116,8 +116,7 @@ def plot_run_curves(run_dir: str | Path, log_scale: bool = False) -> None:
         plot_lr(rows, run_dir / "lr.png")
 
 
-def plot_overlay(curves: dict[str, list[dict]], path: str | Path | None = None,
-                 title: str = "", log_scale: bool = False):
+def plot_overlay(curves: dict[str, list[dict]], path: str | Path | None = None, title: str = ""):
     """Validation loss (solid) and train loss (faint) of several runs, against steps (left)
     and against seconds of training (right)."""
     fig = new_figure(12.0, 4.5, layout="tight")
@@ -128,8 +127,6 @@ def plot_overlay(curves: dict[str, list[dict]], path: str | Path | None = None,
                         {"color": f"C{i}", "label": f"{name} (val)"})
         ax.set_xlabel(label)
         ax.grid(True, alpha=0.3)
-        if log_scale:
-            ax.set_yscale("log")
     by_step.set_ylabel("loss (nats); faint: train")
     by_step.legend()
     fig.suptitle(title)
