@@ -54,10 +54,9 @@ def step_seconds(model: MiniGPT, splits: Splits, B: int, T: int, train: TrainCon
     return statistics.median(timed_steps(twin, optimizer, batches, steps, train.grad_clip))
 
 
-def batch_trade(model: MiniGPT, splits: Splits, B: int, T: int,
-                train: TrainConfig | None = None, measure: bool = True) -> Trade:
+def batch_trade(model: MiniGPT, splits: Splits, B: int, T: int, measure: bool = True) -> Trade:
     """What a (B, T) batch means for one step of this model on this data."""
-    train = train or TrainConfig()
+    train = TrainConfig()  # the default settings: AdamW, the gradient clipped at 1
     x, _ = Batches(splits, B, T, seed=0).get_batch("train")
     seconds = step_seconds(model, splits, B, T, train) if measure else None
     return Trade(B, T, tuple(x.shape), x.numel(), activation_bytes(model, B, T, train), seconds)
@@ -73,8 +72,7 @@ def format_trade(t: Trade) -> str:
     return line
 
 
-def batch_sliders(model: MiniGPT, splits: Splits, train: TrainConfig | None = None,
-                  max_batch: int = 128):
+def batch_sliders(model: MiniGPT, splits: Splits, max_batch: int = 128):
     """Sliders for B and T (T up to the model's block size); each release prints the
     shape's `format_trade` line, with the step timed then. Needs ipywidgets
     (pip install -e '.[notebook]')."""
@@ -85,5 +83,5 @@ def batch_sliders(model: MiniGPT, splits: Splits, train: TrainConfig | None = No
     t = ipywidgets.IntSlider(min(128, model.block_size), min=1, max=model.block_size,
                              description="T (tokens)", continuous_update=False)
     return ipywidgets.interactive(
-        lambda B, T: print(format_trade(batch_trade(model, splits, B, T, train))), B=b, T=t)
+        lambda B, T: print(format_trade(batch_trade(model, splits, B, T))), B=b, T=t)
 
