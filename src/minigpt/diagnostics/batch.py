@@ -40,8 +40,7 @@ class Trade:
 def activation_bytes(model: MiniGPT, B: int, T: int, train: TrainConfig) -> int:
     """The activations backward keeps for a (B, T) batch (minigpt.performance.peak_memory)."""
     cfg = RunConfig(model=replace(model.config, block_size=T), train=replace(train, batch_size=B))
-    n_params = sum(p.numel() for p in model.parameters())
-    return peak_memory(cfg, 0, n_params)["activations"]
+    return peak_memory(cfg, 0, model.num_params())["activations"]
 
 
 def step_seconds(model: MiniGPT, splits: Splits, B: int, T: int, train: TrainConfig,
@@ -84,4 +83,3 @@ def batch_sliders(model: MiniGPT, splits: Splits, max_batch: int = 128):
                              description="T (tokens)", continuous_update=False)
     return ipywidgets.interactive(
         lambda B, T: print(format_trade(batch_trade(model, splits, B, T))), B=b, T=t)
-
