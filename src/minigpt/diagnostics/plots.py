@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from minigpt.diagnostics.reading import Finding, read_curve, run_facts
+from minigpt.diagnostics.reading import Finding, read_curve, run_facts, train_points
 from minigpt.files import atomic_path, read_jsonl
 
 
@@ -67,7 +67,7 @@ def plot_loss(rows: list[dict], path: str | Path | None = None, log_scale: bool 
 def annotate(ax, rows: list[dict], findings: list[Finding]) -> None:
     """Each finding drawn where it is: lines at single steps, bands over spans, markers on
     the points (spikes, the best evaluation), ticks along the bottom (clipped, skipped)."""
-    train = {r["step"]: r["train_loss"] for r in rows if r.get("train_loss") is not None}
+    train = dict(train_points(rows))
     bottom = ax.get_xaxis_transform()  # x in steps, y in axes fractions
     for f in findings:
         if f.kind in ("start", "initial loss"):
