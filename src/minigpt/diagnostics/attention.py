@@ -116,7 +116,7 @@ class _GridLayout:
 
     def __init__(self, n_layer: int, n_head: int, n_ticks: int, label_chars: int,
                  title: str | None):
-        self.n_layer, self.n_head = n_layer, n_head
+        self.n_layer = n_layer
         self.font_size = 7 if n_ticks > 24 else 9
         self.side = max(1.6, 0.105 * n_ticks + 0.2)
         self.gutter = 0.12 + 0.075 * label_chars * self.font_size / 7  # tick labels
