@@ -74,9 +74,9 @@ def display_label(label: str) -> str:
     return shown if shown.isprintable() else repr(shown)[1:-1]
 
 
-def tick_step(n: int, max_ticks: int = MAX_TICKS) -> int:
-    """Label every k-th position so at most max_ticks labels fit on an axis of n positions."""
-    return max(1, math.ceil(n / max_ticks))
+def tick_step(n: int) -> int:
+    """Label every k-th position so at most MAX_TICKS labels fit on an axis of n positions."""
+    return max(1, math.ceil(n / MAX_TICKS))
 
 
 def plot_attention(maps, labels: list[str], path: str | Path | None = None,
