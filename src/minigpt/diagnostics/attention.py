@@ -74,9 +74,9 @@ def display_label(label: str) -> str:
     return shown if shown.isprintable() else repr(shown)[1:-1]
 
 
-def tick_step(n: int, max_ticks: int = MAX_TICKS) -> int:
-    """Label every k-th position so at most max_ticks labels fit on an axis of n positions."""
-    return max(1, math.ceil(n / max_ticks))
+def tick_step(n: int) -> int:
+    """Label every k-th position so at most MAX_TICKS labels fit on an axis of n positions."""
+    return max(1, math.ceil(n / MAX_TICKS))
 
 
 def plot_attention(maps, labels: list[str], path: str | Path | None = None,
@@ -116,7 +116,7 @@ class _GridLayout:
 
     def __init__(self, n_layer: int, n_head: int, n_ticks: int, label_chars: int,
                  title: str | None):
-        self.n_layer, self.n_head = n_layer, n_head
+        self.n_layer = n_layer
         self.font_size = 7 if n_ticks > 24 else 9
         self.side = max(1.6, 0.105 * n_ticks + 0.2)
         self.gutter = 0.12 + 0.075 * label_chars * self.font_size / 7  # tick labels

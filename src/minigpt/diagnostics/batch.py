@@ -40,8 +40,7 @@ class Trade:
 def activation_bytes(model: MiniGPT, B: int, T: int, train: TrainConfig) -> int:
     """The activations backward keeps for a (B, T) batch (minigpt.performance.peak_memory)."""
     cfg = RunConfig(model=replace(model.config, block_size=T), train=replace(train, batch_size=B))
-    n_params = sum(p.numel() for p in model.parameters())
-    return peak_memory(cfg, 0, n_params)["activations"]
+    return peak_memory(cfg, 0, model.num_params())["activations"]
 
 
 def step_seconds(model: MiniGPT, splits: Splits, B: int, T: int, train: TrainConfig,
@@ -54,10 +53,9 @@ def step_seconds(model: MiniGPT, splits: Splits, B: int, T: int, train: TrainCon
     return statistics.median(timed_steps(twin, optimizer, batches, steps, train.grad_clip))
 
 
-def batch_trade(model: MiniGPT, splits: Splits, B: int, T: int,
-                train: TrainConfig | None = None, measure: bool = True) -> Trade:
+def batch_trade(model: MiniGPT, splits: Splits, B: int, T: int, measure: bool = True) -> Trade:
     """What a (B, T) batch means for one step of this model on this data."""
-    train = train or TrainConfig()
+    train = TrainConfig()  # the default settings: AdamW, the gradient clipped at 1
     x, _ = Batches(splits, B, T, seed=0).get_batch("train")
     seconds = step_seconds(model, splits, B, T, train) if measure else None
     return Trade(B, T, tuple(x.shape), x.numel(), activation_bytes(model, B, T, train), seconds)
@@ -73,8 +71,7 @@ def format_trade(t: Trade) -> str:
     return line
 
 
-def batch_sliders(model: MiniGPT, splits: Splits, train: TrainConfig | None = None,
-                  max_batch: int = 128):
+def batch_sliders(model: MiniGPT, splits: Splits, max_batch: int = 128):
     """Sliders for B and T (T up to the model's block size); each release prints the
     shape's `format_trade` line, with the step timed then. Needs ipywidgets
     (pip install -e '.[notebook]')."""
@@ -85,5 +82,4 @@ def batch_sliders(model: MiniGPT, splits: Splits, train: TrainConfig | None = No
     t = ipywidgets.IntSlider(min(128, model.block_size), min=1, max=model.block_size,
                              description="T (tokens)", continuous_update=False)
     return ipywidgets.interactive(
-        lambda B, T: print(format_trade(batch_trade(model, splits, B, T, train))), B=b, T=t)
-
+        lambda B, T: print(format_trade(batch_trade(model, splits, B, T))), B=b, T=t)

@@ -108,13 +108,12 @@ def compare(variants: dict[str, dict], out_dir: str | Path, preset: str = "seed"
         overrides = dict(overrides)  # patience 0: every variant runs its full length
         configs[name] = resolve_config(overrides.pop("preset", preset), config_file,
                                        {**(common or {}), **overrides, "patience": 0}, SECTIONS)
-    table = []
+    table, curves = [], {}
     for i, (name, cfg) in enumerate(configs.items()):
         folder = out_dir / f"{i}-{''.join(c if c.isalnum() or c in '+-.' else '_' for c in name)}"
         result = train(cfg, folder, probes=standard_probes(cfg), progress=progress)
         table.append({"variant": name, "folder": folder.name, **result.summary})
-    curves = {row["variant"]: read_jsonl(out_dir / row["folder"] / "metrics.jsonl")
-              for row in table}
+        curves[name] = read_jsonl(folder / "metrics.jsonl")
     plot_overlay(curves, out_dir / "compare.png", title=", ".join(variants))
     atomic_write_text(out_dir / "compare.json", json.dumps(table, indent=2) + "\n")
     return table

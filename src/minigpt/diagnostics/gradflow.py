@@ -190,9 +190,7 @@ def summary_line(stats: list[ParamStats]) -> str:
 
 def probe_batch_stats(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                       optimizer: torch.optim.Optimizer | None = None, lr: float | None = None,
-                      grad_clip: float = 0.0, vanish: float = VANISH,
-                      explode: float = EXPLODE, exempt: tuple[str, ...] = EXEMPT
-                      ) -> list[ParamStats]:
+                      grad_clip: float = 0.0) -> list[ParamStats]:
     """Forward and backward on one batch (in training mode) and the gradient statistics.
     Everything happens on a deep copy: the caller's model (weights, gradients, mode) and
     optimizer (state, learning rate) are untouched. With an optimizer (holding this model's
@@ -215,7 +213,7 @@ def probe_batch_stats(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
             set_lr(opt, lr)
         before = snapshot(work)
         opt.step()
-    return grad_stats(work, before, vanish=vanish, explode=explode, exempt=exempt)
+    return grad_stats(work, before)
 
 
 def plot_layer_norms(history: list[dict], path: str | Path | None = None, title: str | None = None):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from minigpt.diagnostics.reading import Finding, read_curve, run_facts
+from minigpt.diagnostics.reading import Finding, read_curve, run_facts, train_points
 from minigpt.files import atomic_path, read_jsonl
 
 
@@ -67,7 +67,7 @@ def plot_loss(rows: list[dict], path: str | Path | None = None, log_scale: bool 
 def annotate(ax, rows: list[dict], findings: list[Finding]) -> None:
     """Each finding drawn where it is: lines at single steps, bands over spans, markers on
     the points (spikes, the best evaluation), ticks along the bottom (clipped, skipped)."""
-    train = {r["step"]: r["train_loss"] for r in rows if r.get("train_loss") is not None}
+    train = dict(train_points(rows))
     bottom = ax.get_xaxis_transform()  # x in steps, y in axes fractions
     for f in findings:
         if f.kind in ("start", "initial loss"):
@@ -116,8 +116,7 @@ def plot_run_curves(run_dir: str | Path, log_scale: bool = False) -> None:
         plot_lr(rows, run_dir / "lr.png")
 
 
-def plot_overlay(curves: dict[str, list[dict]], path: str | Path | None = None,
-                 title: str = "", log_scale: bool = False):
+def plot_overlay(curves: dict[str, list[dict]], path: str | Path | None = None, title: str = ""):
     """Validation loss (solid) and train loss (faint) of several runs, against steps (left)
     and against seconds of training (right)."""
     fig = new_figure(12.0, 4.5, layout="tight")
@@ -128,8 +127,6 @@ def plot_overlay(curves: dict[str, list[dict]], path: str | Path | None = None,
                         {"color": f"C{i}", "label": f"{name} (val)"})
         ax.set_xlabel(label)
         ax.grid(True, alpha=0.3)
-        if log_scale:
-            ax.set_yscale("log")
     by_step.set_ylabel("loss (nats); faint: train")
     by_step.legend()
     fig.suptitle(title)

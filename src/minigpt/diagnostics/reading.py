@@ -204,7 +204,7 @@ def early_stop(rows: list[dict], facts: Facts) -> list[Finding]:
 def clipped_steps(rows: list[dict], facts: Facts) -> list[Finding]:
     """How many steps had their gradient clipped: the rows' `clipped` counts (every step),
     or, in rows without them, the logged steps whose gradient norm was above the clip."""
-    if facts.grad_clip <= 0 or not rows:
+    if facts.grad_clip <= 0:
         return []
     if all("clipped" in r for r in rows):
         n, total = sum(r["clipped"] for r in rows), steps_done(rows)
@@ -320,8 +320,7 @@ RULES: list[Callable[[list[dict], Facts], list[Finding]]] = [
 def read_curve(rows: list[dict], facts: Facts) -> list[Finding]:
     """Every finding of every rule on these metrics rows, in step order."""
     rows = sorted(rows, key=lambda r: r["step"])
-    found = [f for rule in RULES for f in rule(rows, facts)] if rows else []
-    return sorted(found, key=lambda f: f.step)
+    return sorted((f for rule in RULES for f in rule(rows, facts)), key=lambda f: f.step)
 
 
 def facts_from_config(config: dict) -> Facts:

@@ -102,11 +102,9 @@ def graph_html(run_dir: Path) -> str:
     return missing("computation graph (graph.svg; run minigpt graph --run DIR)")
 
 
-def config_html(run_dir: Path) -> str:
-    path = run_dir / "config.json"
-    if not path.exists():
-        return missing("config.json")
-    return f"<pre>{html.escape(json.dumps(json.loads(path.read_text()), indent=2))}</pre>"
+def config_html(run_dir: Path) -> str:  # build_report has checked that config.json is there
+    config = json.loads((run_dir / "config.json").read_text())
+    return f"<pre>{html.escape(json.dumps(config, indent=2))}</pre>"
 
 
 SECTIONS = [  # (id, heading, the function that writes the section)
