@@ -165,7 +165,7 @@ def choose_dtype(cfg: RunConfig, model: MiniGPT, world: distributed.World,
     with distributed.main_first(world):  # rank 0 probes; on its machine the others read its cache
         dtype, why = precision.choose_dtype(cfg.train.dtype, device, model, cfg.train.batch_size,
                                             cache_dir() / "precision.json")
-    if distributed.any_process(dtype == torch.float32, world, device):
+    if distributed.any_process(dtype == torch.float32, world):
         dtype = torch.float32
     cfg.train.dtype = precision.dtype_name(dtype)
     return dtype, why

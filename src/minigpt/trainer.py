@@ -142,7 +142,7 @@ def loop(run: Run, progress: bool) -> TrainResult:
                 log.info(f"early stopping at step {step}: no improvement for {t.patience} "
                          f"evaluations (best {state.best_val:.4f})")
                 break
-            if last or signals.agreed(run.world, run.device, step % t.log_every == 0):
+            if last or signals.agreed(run.world, step % t.log_every == 0):
                 break
         clock.stop()
     bar.close()
