@@ -171,14 +171,6 @@ def choose_dtype(cfg: RunConfig, model: MiniGPT, world: distributed.World,
     return dtype, why
 
 
-def wrap_for_training(run: Run) -> torch.nn.Module:
-    """The module the training step calls: the model itself, or the wrappers around it that
-    share its parameters: torch.compile's (when the config turns it on) and DDP's (under
-    torchrun, to average the gradients across processes)."""
-    model = torch.compile(run.model) if run.env["compile"] else run.model
-    return distributed.wrap(model, run.world, run.device)
-
-
 def prepare_folder(run: Run, resume: bool) -> None:
     """The run folder ready for the loop (rank 0): a new one holds tokenizer.json; a resumed
     one drops the metrics rows after its checkpoint (they come again); both get config.json."""

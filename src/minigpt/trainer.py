@@ -39,7 +39,6 @@ from minigpt.run import (
     prepare_folder,
     restore,
     save,
-    wrap_for_training,
 )
 from minigpt.sample import PROMPT, sample_text
 from minigpt.schedule import batch_shape, schedule_lr
@@ -102,7 +101,9 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
 def loop(run: Run, progress: bool) -> TrainResult:
     """The steps from run.state.step until training is over, then the final evaluation."""
     t, state, clock, started = run.cfg.train, run.state, run.clock, time.perf_counter()
-    model = wrap_for_training(run)  # the model, or compile/DDP around it: same parameters
+    # the module the step calls: the model, or torch.compile's and DDP's wrappers around it
+    model = torch.compile(run.model) if run.env["compile"] else run.model
+    model = distributed.wrap(model, run.world, run.device)  # (they share its parameters)
     micro = MicroSteps(t.grad_accum, run.dtype)
     peak = performance.peak_flops(run.device, run.dtype) * run.world.size  # MFU's denominator
     speed = Speed(performance.train_flops_per_token(run.cfg.model), peak, clock.seconds())
