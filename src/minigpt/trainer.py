@@ -119,7 +119,7 @@ def loop(run: Run, progress: bool) -> TrainResult:
         while not finished(t, state.step, now):  # (a resumed run may have nothing left to do)
             step, lr = state.step, schedule(run, state.step, now)
             loss, grad_norm = train_step(model, run.optimizer, run.batches, t.grad_clip, micro)
-            speed.count(run.batches.tokens * micro.n * run.world.size)
+            speed.tokens += run.batches.tokens * micro.n * run.world.size
             if run.ema is not None:
                 run.ema.update(run.model)
             skipped += ~torch.isfinite(grad_norm)  # those batches changed nothing
