@@ -205,10 +205,14 @@ def metrics_row(run: Run, step: int, lr: float, loss: torch.Tensor, grad_norm: t
 
 
 def record_evaluation(run: Run, row: dict) -> bool:
-    """The validation loss into the row, the targets it reaches, early stopping's count, a log
-    line; True when it is the best so far."""
-    t, state = run.cfg.train, run.state
-    row["val_loss"] = evaluate(run)
+    """The validation loss into the row (over eval_batches random batches; 0: the whole split),
+    the targets it reaches, early stopping's count, a log line; True when it is the best so far."""
+    t, state, model = run.cfg.train, run.state, run.final_model
+    if t.eval_batches:
+        row["val_loss"] = estimate_loss(model, run.batches, "val", t.eval_batches)
+    else:
+        row["val_loss"] = split_loss(model, run.splits.val, run.cfg.model.block_size,
+                                     device=run.device)
     row["val_bpb"] = val_bpb(run, row["val_loss"])
     if reached := state.record_targets(row["val_loss"], parse_targets(t.targets),
                                        run.clock.seconds()):
@@ -225,15 +229,6 @@ def write_row(run: Run, row: dict, bar: console.Progress) -> None:
         append_line(run.folder / "metrics.jsonl", json.dumps(row))
     for probe in run.probes:
         probe.on_row(row)
-
-
-def evaluate(run: Run) -> float:
-    """The validation loss: over the whole split (eval_batches 0), else random batches."""
-    t = run.cfg.train
-    if t.eval_batches:
-        return estimate_loss(run.final_model, run.batches, "val", t.eval_batches)
-    return split_loss(run.final_model, run.splits.val, run.cfg.model.block_size,
-                      device=run.device)
 
 
 def val_bpb(run: Run, loss: float) -> float:
