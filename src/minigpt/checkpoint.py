@@ -88,7 +88,7 @@ def restore_optimizer(opt: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
 def save_checkpoint(folder: str | Path, tags: list[str], model: MiniGPT,
                     optimizer: torch.optim.Optimizer, meta: dict,
                     rng: dict[str, torch.Tensor], keep: int = 1,
-                    averaged: MiniGPT | None = None) -> Path:
+                    averaged: MiniGPT | None = None) -> None:
     """Write step-<step>.safetensors and its JSON, point each tag (last, best) at it, and
     remove all but the newest `keep` steps and those a tag names. `averaged`: the moving
     average of the weights (--ema), saved beside them. `meta` must hold at least "step";
@@ -112,7 +112,6 @@ def save_checkpoint(folder: str | Path, tags: list[str], model: MiniGPT,
     for tag in [path.stem, *tags]:
         atomic_write_text(folder / f"{tag}.json", text)
     prune(folder, keep)
-    return path
 
 
 def os_error(e: Exception, path: Path) -> Exception:
