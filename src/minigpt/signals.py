@@ -36,11 +36,8 @@ class StopSignals:
     def agreed(self, world: distributed.World, logged: bool) -> bool:
         """Whether to stop after this step: at once in one process; under torchrun, at a log
         line, when any process got a signal (a collective call, made by all at the same step)."""
-        if world.enabled:
-            if logged:
-                self.stopping = distributed.any_process(self.received is not None, world)
-        else:
-            self.stopping = self.received is not None
+        if logged or not world.enabled:
+            self.stopping = distributed.any_process(self.received is not None, world)
         return self.stopping
 
     @property
