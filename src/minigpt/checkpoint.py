@@ -32,7 +32,6 @@ from minigpt.config import (
     apply_overrides,
     asked_settings,
     by_section,
-    field_index,
     validate,
 )
 from minigpt.corpus import is_prepared
@@ -88,7 +87,7 @@ def restore_optimizer(opt: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
 def save_checkpoint(folder: str | Path, tags: list[str], model: MiniGPT,
                     optimizer: torch.optim.Optimizer, meta: dict,
                     rng: dict[str, torch.Tensor], keep: int = 1,
-                    averaged: MiniGPT | None = None) -> Path:
+                    averaged: MiniGPT | None = None) -> None:
     """Write step-<step>.safetensors and its JSON, point each tag (last, best) at it, and
     remove all but the newest `keep` steps and those a tag names. `averaged`: the moving
     average of the weights (--ema), saved beside them. `meta` must hold at least "step";
@@ -112,7 +111,6 @@ def save_checkpoint(folder: str | Path, tags: list[str], model: MiniGPT,
     for tag in [path.stem, *tags]:
         atomic_write_text(folder / f"{tag}.json", text)
     prune(folder, keep)
-    return path
 
 
 def os_error(e: Exception, path: Path) -> Exception:
@@ -208,7 +206,7 @@ def resume_config(run_dir: str | Path, overrides: dict | None = None, preset: st
     fixed = {sec: table.pop(sec) for sec in ("model", "data") if sec in table}
     changes = [f"{key} from {getattr(cfg.sections()[sec], key)!r} to {value!r}"
                for sec, values in fixed.items() for key, value in values.items()
-               if not same_setting(cfg, key, value)]
+               if not same_setting(cfg, sec, key, value)]
     if changes:
         raise MiniGPTError(f"cannot change {'; '.join(changes)} when resuming a run (its model "
                            f"and data stay as they were)")
@@ -217,11 +215,10 @@ def resume_config(run_dir: str | Path, overrides: dict | None = None, preset: st
     return cfg
 
 
-def same_setting(cfg: RunConfig, key: str, value) -> bool:
+def same_setting(cfg: RunConfig, section: str, key: str, value) -> bool:
     """Whether a model or data setting, as a command gives it, is what the run has: paths
     compared once resolved; the vocabulary size, which the text and tokenizer set, never
     counts as a change (nor the tokenizer of a prepared folder, which brings its own)."""
-    section = field_index()[key][0]
     have = getattr(getattr(cfg, section), key)
     if key == "vocab_size" or (key == "tokenizer" and bool(cfg.data.text)
                                and is_prepared(cfg.data.text)):

@@ -70,10 +70,6 @@ class Speed:
         self.tokens = 0  # trained by this process's run (every process's, under torchrun)
         self.first = self.last = (0, seconds)
 
-    def count(self, tokens: int) -> None:
-        """A step trained `tokens` more tokens."""
-        self.tokens += tokens
-
     def read(self, seconds: float) -> dict:
         """The speed since the last reading, `seconds` into training."""
         previous, self.last = self.last, (self.tokens, seconds)

@@ -104,13 +104,9 @@ def agree(value: float, world: World) -> float:
     return t.item()
 
 
-def any_process(flag: bool, world: World, device: torch.device) -> bool:
+def any_process(flag: bool, world: World) -> bool:
     """True on every process if it is True on any (every process must call this)."""
-    if not world.enabled:
-        return flag
-    t = torch.tensor(float(flag), device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return bool(agree(float(flag), world))
 
 
 def gather(obj, world: World) -> list:

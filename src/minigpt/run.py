@@ -165,18 +165,10 @@ def choose_dtype(cfg: RunConfig, model: MiniGPT, world: distributed.World,
     with distributed.main_first(world):  # rank 0 probes; on its machine the others read its cache
         dtype, why = precision.choose_dtype(cfg.train.dtype, device, model, cfg.train.batch_size,
                                             cache_dir() / "precision.json")
-    if distributed.any_process(dtype == torch.float32, world, device):
+    if distributed.any_process(dtype == torch.float32, world):
         dtype = torch.float32
     cfg.train.dtype = precision.dtype_name(dtype)
     return dtype, why
-
-
-def wrap_for_training(run: Run) -> torch.nn.Module:
-    """The module the training step calls: the model itself, or the wrappers around it that
-    share its parameters: torch.compile's (when the config turns it on) and DDP's (under
-    torchrun, to average the gradients across processes)."""
-    model = torch.compile(run.model) if run.env["compile"] else run.model
-    return distributed.wrap(model, run.world, run.device)
 
 
 def prepare_folder(run: Run, resume: bool) -> None:

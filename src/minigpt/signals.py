@@ -6,8 +6,6 @@ import logging
 import signal
 import threading
 
-import torch
-
 from minigpt import distributed
 
 log = logging.getLogger(__name__)
@@ -35,14 +33,11 @@ class StopSignals:
         log.warning(f"{signal.Signals(signum).name}: finishing this step, then saving a "
                     f"checkpoint (again to stop at once)")
 
-    def agreed(self, world: distributed.World, device: torch.device, logged: bool) -> bool:
+    def agreed(self, world: distributed.World, logged: bool) -> bool:
         """Whether to stop after this step: at once in one process; under torchrun, at a log
         line, when any process got a signal (a collective call, made by all at the same step)."""
-        if world.enabled:
-            if logged:
-                self.stopping = distributed.any_process(self.received is not None, world, device)
-        else:
-            self.stopping = self.received is not None
+        if logged or not world.enabled:
+            self.stopping = distributed.any_process(self.received is not None, world)
         return self.stopping
 
     @property

@@ -65,11 +65,9 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches
 def clip_gradients(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
     """Rescale all gradients so their global L2 norm is at most max_norm (0 = no clipping);
     return the norm before clipping, as a tensor (no host sync)."""
-    params = [p for p in model.parameters() if p.grad is not None]
     if max_norm > 0:
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad)
-                                                 for p in params]))
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    return torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
 
 
 def step_unless_nonfinite(optimizer: torch.optim.Optimizer, grad_norm: torch.Tensor) -> None:

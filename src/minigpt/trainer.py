@@ -39,7 +39,6 @@ from minigpt.run import (
     prepare_folder,
     restore,
     save,
-    wrap_for_training,
 )
 from minigpt.sample import PROMPT, sample_text
 from minigpt.schedule import batch_shape, schedule_lr
@@ -102,7 +101,9 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
 def loop(run: Run, progress: bool) -> TrainResult:
     """The steps from run.state.step until training is over, then the final evaluation."""
     t, state, clock, started = run.cfg.train, run.state, run.clock, time.perf_counter()
-    model = wrap_for_training(run)  # the model, or compile/DDP around it: same parameters
+    # the module the step calls: the model, or torch.compile's and DDP's wrappers around it
+    model = torch.compile(run.model) if run.env["compile"] else run.model
+    model = distributed.wrap(model, run.world, run.device)  # (they share its parameters)
     micro = MicroSteps(t.grad_accum, run.dtype)
     peak = performance.peak_flops(run.device, run.dtype) * run.world.size  # MFU's denominator
     speed = Speed(performance.train_flops_per_token(run.cfg.model), peak, clock.seconds())
@@ -118,7 +119,7 @@ def loop(run: Run, progress: bool) -> TrainResult:
         while not finished(t, state.step, now):  # (a resumed run may have nothing left to do)
             step, lr = state.step, schedule(run, state.step, now)
             loss, grad_norm = train_step(model, run.optimizer, run.batches, t.grad_clip, micro)
-            speed.count(run.batches.tokens * micro.n * run.world.size)
+            speed.tokens += run.batches.tokens * micro.n * run.world.size
             if run.ema is not None:
                 run.ema.update(run.model)
             skipped += ~torch.isfinite(grad_norm)  # those batches changed nothing
@@ -142,7 +143,7 @@ def loop(run: Run, progress: bool) -> TrainResult:
                 log.info(f"early stopping at step {step}: no improvement for {t.patience} "
                          f"evaluations (best {state.best_val:.4f})")
                 break
-            if last or signals.agreed(run.world, run.device, step % t.log_every == 0):
+            if last or signals.agreed(run.world, step % t.log_every == 0):
                 break
         clock.stop()
     bar.close()
@@ -204,10 +205,14 @@ def metrics_row(run: Run, step: int, lr: float, loss: torch.Tensor, grad_norm: t
 
 
 def record_evaluation(run: Run, row: dict) -> bool:
-    """The validation loss into the row, the targets it reaches, early stopping's count, a log
-    line; True when it is the best so far."""
-    t, state = run.cfg.train, run.state
-    row["val_loss"] = evaluate(run)
+    """The validation loss into the row (over eval_batches random batches; 0: the whole split),
+    the targets it reaches, early stopping's count, a log line; True when it is the best so far."""
+    t, state, model = run.cfg.train, run.state, run.final_model
+    if t.eval_batches:
+        row["val_loss"] = estimate_loss(model, run.batches, "val", t.eval_batches)
+    else:
+        row["val_loss"] = split_loss(model, run.splits.val, run.cfg.model.block_size,
+                                     device=run.device)
     row["val_bpb"] = val_bpb(run, row["val_loss"])
     if reached := state.record_targets(row["val_loss"], parse_targets(t.targets),
                                        run.clock.seconds()):
@@ -224,15 +229,6 @@ def write_row(run: Run, row: dict, bar: console.Progress) -> None:
         append_line(run.folder / "metrics.jsonl", json.dumps(row))
     for probe in run.probes:
         probe.on_row(row)
-
-
-def evaluate(run: Run) -> float:
-    """The validation loss: over the whole split (eval_batches 0), else random batches."""
-    t = run.cfg.train
-    if t.eval_batches:
-        return estimate_loss(run.final_model, run.batches, "val", t.eval_batches)
-    return split_loss(run.final_model, run.splits.val, run.cfg.model.block_size,
-                      device=run.device)
 
 
 def val_bpb(run: Run, loss: float) -> float:
