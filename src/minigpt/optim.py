@@ -76,23 +76,20 @@ class Muon(torch.optim.Muon):
         for group in self.param_groups:
             steps = POLAR_EXPRESS if self.polar_express else \
                 (group["ns_coefficients"],) * group["ns_steps"]
-            params = [p for p in group["params"] if p.grad is not None]
-            updates = [self.momentum_update(p, group) for p in params]
-            same_shape = {}  # shape -> the indices of the updates of that shape
-            for i, update in enumerate(updates):
-                same_shape.setdefault(update.shape, []).append(i)
-            for indices in same_shape.values():  # a stack at a time: fewer, larger products
-                stack = torch.stack([updates[i] for i in indices])  # (B, m, n)
+            same_shape = {}  # shape -> the parameters of that shape that have a gradient
+            for p in group["params"]:
+                if p.grad is not None:
+                    same_shape.setdefault(p.shape, []).append(p)
+            for params in same_shape.values():  # a stack at a time: fewer, larger products
+                stack = torch.stack([self.momentum_update(p, group) for p in params])  # (B, m, n)
                 ortho = orthogonalise(stack, steps, self.dtype, group["eps"],
                                       safety=1.02 if self.polar_express else 1.0)
-                for i, update in zip(indices, ortho, strict=True):
-                    updates[i] = update
-            for p, update in zip(params, updates, strict=True):
-                if self.normuon:
-                    update = self.normalise_neurons(update, self.state[p])
-                lr = group["lr"] * 0.2 * math.sqrt(max(p.shape[:2]))  # match_rms_adamw
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(update, alpha=-lr)
+                for p, update in zip(params, ortho, strict=True):
+                    if self.normuon:
+                        update = self.normalise_neurons(update, self.state[p])
+                    lr = group["lr"] * 0.2 * math.sqrt(max(p.shape[:2]))  # match_rms_adamw
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
+                    p.add_(update, alpha=-lr)
 
     def momentum_update(self, p: torch.Tensor, group: dict) -> torch.Tensor:
         """The momentum buffer moved towards the gradient; the update (nesterov: the gradient
