@@ -92,14 +92,14 @@ class Muon(torch.optim.Muon):
                     p.add_(update, alpha=-lr)
 
     def momentum_update(self, p: torch.Tensor, group: dict) -> torch.Tensor:
-        """The momentum buffer moved towards the gradient; the update (nesterov: the gradient
-        moved towards the new buffer)."""
+        """The momentum buffer moved towards the gradient; the update (nesterov, which this
+        Muon always is: the gradient moved towards the new buffer)."""
         state = self.state[p]
         if "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(p.grad)
         buf = state["momentum_buffer"]
         buf.lerp_(p.grad, 1 - group["momentum"])
-        return p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
+        return p.grad.lerp(buf, group["momentum"])
 
     def normalise_neurons(self, update: torch.Tensor, state: dict) -> torch.Tensor:
         """NorMuon: (out, in) -> (out, in), each row over the root of its running mean square."""
