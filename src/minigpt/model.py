@@ -232,8 +232,7 @@ class MiniGPT(nn.Module):
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> MiniGPT:
-        options = vars(config).copy()
-        return cls(options.pop("vocab_size"), **options)
+        return cls(**vars(config))
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
