@@ -32,10 +32,10 @@ from minigpt.config import ModelConfig, validate_model
 from minigpt.errors import MiniGPTError
 
 
-def norm_layer(config: ModelConfig, size: int) -> nn.Module:
+def norm_layer(config: ModelConfig) -> nn.Module:
     if config.norm == "rmsnorm":
-        return nn.RMSNorm(size, eps=1e-5)
-    return nn.LayerNorm(size, bias=config.bias)
+        return nn.RMSNorm(config.n_embd, eps=1e-5)
+    return nn.LayerNorm(config.n_embd, bias=config.bias)
 
 
 class Rotary(nn.Module):
@@ -158,9 +158,9 @@ def mlp(config: ModelConfig) -> nn.Sequential:
 class TransformerBlock(nn.Module):
     def __init__(self, config: ModelConfig, value_embed: bool = False):
         super().__init__()
-        self.ln1 = norm_layer(config, config.n_embd)
+        self.ln1 = norm_layer(config)
         self.attn = CausalSelfAttention(config, value_embed)
-        self.ln2 = norm_layer(config, config.n_embd)
+        self.ln2 = norm_layer(config)
         self.ff = mlp(config)
 
     def forward(self, x: torch.Tensor, kv=None, ve: torch.Tensor | None = None) -> torch.Tensor:
@@ -220,7 +220,7 @@ class MiniGPT(nn.Module):
                                      for i in range(L)])
         if config.unet:
             self.skip_weights = nn.Parameter(torch.ones(L // 2))
-        self.ln_f = norm_layer(config, C)
+        self.ln_f = norm_layer(config)
         self.lm_head = nn.Linear(C, vocab_size, bias=False)
         self.apply(self._init_weights)
         if config.zero_init:  # each block starts as the identity; its inputs' gradients follow
