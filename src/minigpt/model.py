@@ -40,12 +40,12 @@ def norm_layer(config: ModelConfig) -> nn.Module:
 
 class Rotary(nn.Module):
     """Rotary position embeddings: each pair of channels (i, i + hs/2) of a query or key at
-    position t is turned by the angle t * base^(-2i/hs), so q . k depends on how far apart the
+    position t is turned by the angle t * 10000^(-2i/hs), so q . k depends on how far apart the
     two positions are, not on where they are."""
 
-    def __init__(self, head_size: int, block_size: int, base: float = 10000.0):
+    def __init__(self, head_size: int, block_size: int):
         super().__init__()
-        freqs = base ** (-torch.arange(0, head_size, 2).float() / head_size)  # (hs/2,)
+        freqs = 10000.0 ** (-torch.arange(0, head_size, 2).float() / head_size)  # (hs/2,)
         angles = torch.outer(torch.arange(block_size).float(), freqs)  # (bs, hs/2)
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
