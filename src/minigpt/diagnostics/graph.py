@@ -239,16 +239,14 @@ def gradient_norms(params: Mapping[str, torch.Tensor]) -> dict[str, float]:
 
 
 def to_dot(nodes: Sequence[Node], edges: Sequence[Edge],
-           grad_norms: Mapping[str, float] | None = None, title: str | None = None,
-           cluster_depth: int | None = None) -> str:
+           grad_norms: Mapping[str, float] | None = None, title: str | None = None) -> str:
     """DOT text, data flowing top to bottom into the root. Parameters are blue boxes (name and
     shape, and the gradient norm when grad_norms has it), ops yellow ellipses, modules green
-    boxes (with the norm of their parameters' gradients), the root red. Nodes are drawn inside
-    a frame per module (a cluster), nested `cluster_depth` calls deep; 0: no frames; None:
-    2 for a graph of at most FRAME_LIMIT nodes, else none (dot lays a large framed graph with
-    residual connections out as a wide staircase; unframed it is one readable column)."""
-    if cluster_depth is None:
-        cluster_depth = 2 if len(nodes) <= FRAME_LIMIT else 0
+    boxes (with the norm of their parameters' gradients), the root red. In a graph of at most
+    FRAME_LIMIT nodes, nodes are drawn inside a frame per module (a cluster), nested 2 calls
+    deep; a larger graph has no frames (dot lays a large framed graph with residual
+    connections out as a wide staircase; unframed it is one readable column)."""
+    cluster_depth = 2 if len(nodes) <= FRAME_LIMIT else 0
     # {scope: the nodes drawn directly in its frame}; a collapsed module is drawn in its
     # parent's frame, so blocks.0.attn sits in the frame of blocks.0
     tree: dict[tuple[str, ...], list[Node]] = {(): []}
