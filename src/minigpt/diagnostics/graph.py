@@ -333,11 +333,11 @@ def render(dot_text: str, out: str | Path, formats: Sequence[str] = ("svg", "png
     return written
 
 
-def loss_graph_dot(model: nn.Module, vocab_size: int, depth: int = 0, T: int = 8) -> str:
+def loss_graph_dot(model: nn.Module, vocab_size: int, depth: int = 0) -> str:
     """The whole path from token ids to the loss, as DOT text: one forward and backward on a
     random batch, every node (depth 0) or one per module `depth` calls deep, parameters
     annotated with their gradient norms (the model's gradients are cleared after)."""
-    loss, params = loss_graph(model, vocab_size, T=T)
+    loss, params = loss_graph(model, vocab_size)
     loss.backward()
     norms = gradient_norms(params)
     nodes, edges = trace(loss, params)
@@ -349,12 +349,12 @@ def loss_graph_dot(model: nn.Module, vocab_size: int, depth: int = 0, T: int = 8
 
 
 def draw_loss_graph(model: nn.Module, vocab_size: int, out: str | Path, depth: int = 0,
-                    formats: Sequence[str] = ("svg", "png"), T: int = 8) -> list[Path]:
+                    formats: Sequence[str] = ("svg", "png")) -> list[Path]:
     """`loss_graph_dot`, rendered to files (see `render`); returns the files written."""
-    return render(loss_graph_dot(model, vocab_size, depth, T), out, formats)
+    return render(loss_graph_dot(model, vocab_size, depth), out, formats)
 
 
-def show_loss_graph(model: nn.Module, vocab_size: int, depth: int = 1, T: int = 8):
+def show_loss_graph(model: nn.Module, vocab_size: int, depth: int = 1):
     """`loss_graph_dot` as a graphviz.Source, which a notebook draws inline (it needs the
     `graphviz` Python package, pip install graphviz, and Graphviz's dot). Without either,
     GraphvizMissing says how to get it, here rather than when the notebook draws the graph."""
@@ -367,4 +367,4 @@ def show_loss_graph(model: nn.Module, vocab_size: int, depth: int = 1, T: int = 
         raise GraphvizMissing("the computation graph is drawn by Graphviz's dot, which is not "
                               "installed: apt install graphviz / brew install graphviz / conda "
                               "install graphviz (on Colab: !apt-get install -y graphviz)", [])
-    return graphviz.Source(loss_graph_dot(model, vocab_size, depth, T))
+    return graphviz.Source(loss_graph_dot(model, vocab_size, depth))
