@@ -301,8 +301,7 @@ class GraphvizMissing(MiniGPTError):
         self.written = written
 
 
-def render(dot_text: str, out: str | Path, formats: Sequence[str] = ("svg", "png"),
-           timeout: float = 120) -> list[Path]:
+def render(dot_text: str, out: str | Path, formats: Sequence[str] = ("svg", "png")) -> list[Path]:
     """Write `<out>.dot` and, with Graphviz's `dot`, `<out>.<format>` for each format; return
     the paths written. Without `dot`: raise GraphvizMissing (a MiniGPTError saying how to
     install Graphviz) after writing the .dot. Every file is written atomically."""
@@ -323,9 +322,9 @@ def render(dot_text: str, out: str | Path, formats: Sequence[str] = ("svg", "png
         with atomic_path(target) as tmp:
             try:
                 result = subprocess.run([exe, f"-T{fmt}", str(dot_path), "-o", str(tmp)],
-                                        capture_output=True, text=True, timeout=timeout)
+                                        capture_output=True, text=True, timeout=120)
             except subprocess.TimeoutExpired:
-                raise MiniGPTError(f"dot took more than {timeout:g} s to render {target}") from None
+                raise MiniGPTError(f"dot took more than 120 s to render {target}") from None
             if result.returncode != 0:
                 first = (result.stderr.strip().splitlines() or ["no message"])[0]
                 raise MiniGPTError(f"dot could not render {target}: {first}")
