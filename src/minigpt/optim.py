@@ -143,9 +143,9 @@ def adamw(groups: list[dict], t: TrainConfig) -> torch.optim.AdamW:
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
-    """A Muon and an AdamW over disjoint parameters, used as one optimizer: one step, one
-    zero_grad, param_groups (Muon's, then AdamW's: the same dicts, so setting a group's lr sets
-    it in its optimizer), one state_dict in the usual layout, and step hooks."""
+    """A Muon and an AdamW over disjoint parameters, used as one optimizer: one step, param_groups
+    (Muon's, then AdamW's: the same dicts, so setting a group's lr sets it in its optimizer, and
+    torch's own zero_grad clears both), one state_dict in the usual layout, and step hooks."""
 
     def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW):
         self.parts = (muon, adamw)
@@ -157,10 +157,6 @@ class MuonWithAdamW(torch.optim.Optimizer):
     def step(self, closure=None):
         for optimizer in self.parts:
             optimizer.step()
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for optimizer in self.parts:
-            optimizer.zero_grad(set_to_none)
 
     def state_dict(self) -> dict:
         """The parts' state dicts as one: parameters numbered on from Muon's into AdamW's."""
