@@ -145,42 +145,29 @@ def adamw(groups: list[dict], t: TrainConfig) -> torch.optim.AdamW:
 class MuonWithAdamW(torch.optim.Optimizer):
     """A Muon and an AdamW over disjoint parameters, used as one optimizer: one step, param_groups
     (Muon's, then AdamW's: the same dicts, so setting a group's lr sets it in its optimizer, and
-    torch's own zero_grad clears both), one state_dict in the usual layout, and step hooks."""
+    torch's own zero_grad clears both), one state (theirs, shared: so torch's own state_dict
+    numbers the parameters on from Muon's into AdamW's), and step hooks."""
 
     def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW):
         self.parts = (muon, adamw)
         super().__init__([p for o in self.parts for g in o.param_groups for p in g["params"]],
                          {})
         self.param_groups = [g for o in self.parts for g in o.param_groups]
+        muon.state = adamw.state = self.state  # the parameters are disjoint
 
     @torch.no_grad()
     def step(self, closure=None):
         for optimizer in self.parts:
             optimizer.step()
 
-    def state_dict(self) -> dict:
-        """The parts' state dicts as one: parameters numbered on from Muon's into AdamW's."""
-        state, groups, offset = {}, [], 0
-        for optimizer in self.parts:
-            sd = optimizer.state_dict()
-            state |= {offset + i: s for i, s in sd["state"].items()}
-            groups += [{**g, "params": [offset + i for i in g["params"]]}
-                       for g in sd["param_groups"]]
-            offset += sum(len(g["params"]) for g in sd["param_groups"])
-        return {"state": state, "param_groups": groups}
-
     def load_state_dict(self, state_dict: dict) -> None:
-        offset, first = 0, 0
-        for optimizer in self.parts:
-            n_groups = len(optimizer.param_groups)
-            n = sum(len(g["params"]) for g in optimizer.param_groups)
-            groups = [{**g, "params": [i - offset for i in g["params"]]}
-                      for g in state_dict["param_groups"][first:first + n_groups]]
-            state = {int(i) - offset: s for i, s in state_dict["state"].items()
-                     if offset <= int(i) < offset + n}
-            optimizer.load_state_dict({"state": state, "param_groups": groups})
-            offset, first = offset + n, first + n_groups
-        self.param_groups = [g for o in self.parts for g in o.param_groups]
+        """torch's own, which makes new groups and a new state; each part then takes its
+        groups and the state back through its own __setstate__ (as its own load would)."""
+        super().load_state_dict(state_dict)
+        muon, adamw = self.parts
+        n = len(muon.param_groups)
+        muon.__setstate__({"state": self.state, "param_groups": self.param_groups[:n]})
+        adamw.__setstate__({"state": self.state, "param_groups": self.param_groups[n:]})
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
