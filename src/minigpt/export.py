@@ -88,9 +88,6 @@ def check_exportable(config) -> None:
         if value not in compatible:
             reason = NO_COUNTERPART.get((field, value), f"{what} {field}={value!r} has")
             raise MiniGPTError(f"cannot export: {reason} no GPT-2 counterpart")
-    if config.n_embd % config.n_head:
-        raise MiniGPTError(f"cannot export: n_embd ({config.n_embd}) is not divisible by "
-                           f"n_head ({config.n_head})")
 
 
 def check_modules(model: nn.Module) -> None:

@@ -32,20 +32,20 @@ from minigpt.config import ModelConfig, validate_model
 from minigpt.errors import MiniGPTError
 
 
-def norm_layer(config: ModelConfig, size: int) -> nn.Module:
+def norm_layer(config: ModelConfig) -> nn.Module:
     if config.norm == "rmsnorm":
-        return nn.RMSNorm(size, eps=1e-5)
-    return nn.LayerNorm(size, bias=config.bias)
+        return nn.RMSNorm(config.n_embd, eps=1e-5)
+    return nn.LayerNorm(config.n_embd, bias=config.bias)
 
 
 class Rotary(nn.Module):
     """Rotary position embeddings: each pair of channels (i, i + hs/2) of a query or key at
-    position t is turned by the angle t * base^(-2i/hs), so q . k depends on how far apart the
+    position t is turned by the angle t * 10000^(-2i/hs), so q . k depends on how far apart the
     two positions are, not on where they are."""
 
-    def __init__(self, head_size: int, block_size: int, base: float = 10000.0):
+    def __init__(self, head_size: int, block_size: int):
         super().__init__()
-        freqs = base ** (-torch.arange(0, head_size, 2).float() / head_size)  # (hs/2,)
+        freqs = 10000.0 ** (-torch.arange(0, head_size, 2).float() / head_size)  # (hs/2,)
         angles = torch.outer(torch.arange(block_size).float(), freqs)  # (bs, hs/2)
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
@@ -158,9 +158,9 @@ def mlp(config: ModelConfig) -> nn.Sequential:
 class TransformerBlock(nn.Module):
     def __init__(self, config: ModelConfig, value_embed: bool = False):
         super().__init__()
-        self.ln1 = norm_layer(config, config.n_embd)
+        self.ln1 = norm_layer(config)
         self.attn = CausalSelfAttention(config, value_embed)
-        self.ln2 = norm_layer(config, config.n_embd)
+        self.ln2 = norm_layer(config)
         self.ff = mlp(config)
 
     def forward(self, x: torch.Tensor, kv=None, ve: torch.Tensor | None = None) -> torch.Tensor:
@@ -220,7 +220,7 @@ class MiniGPT(nn.Module):
                                      for i in range(L)])
         if config.unet:
             self.skip_weights = nn.Parameter(torch.ones(L // 2))
-        self.ln_f = norm_layer(config, C)
+        self.ln_f = norm_layer(config)
         self.lm_head = nn.Linear(C, vocab_size, bias=False)
         self.apply(self._init_weights)
         if config.zero_init:  # each block starts as the identity; its inputs' gradients follow
@@ -232,8 +232,7 @@ class MiniGPT(nn.Module):
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> MiniGPT:
-        options = vars(config).copy()
-        return cls(options.pop("vocab_size"), **options)
+        return cls(**vars(config))
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:

@@ -76,33 +76,30 @@ class Muon(torch.optim.Muon):
         for group in self.param_groups:
             steps = POLAR_EXPRESS if self.polar_express else \
                 (group["ns_coefficients"],) * group["ns_steps"]
-            params = [p for p in group["params"] if p.grad is not None]
-            updates = [self.momentum_update(p, group) for p in params]
-            same_shape = {}  # shape -> the indices of the updates of that shape
-            for i, update in enumerate(updates):
-                same_shape.setdefault(update.shape, []).append(i)
-            for indices in same_shape.values():  # a stack at a time: fewer, larger products
-                stack = torch.stack([updates[i] for i in indices])  # (B, m, n)
+            same_shape = {}  # shape -> the parameters of that shape that have a gradient
+            for p in group["params"]:
+                if p.grad is not None:
+                    same_shape.setdefault(p.shape, []).append(p)
+            for params in same_shape.values():  # a stack at a time: fewer, larger products
+                stack = torch.stack([self.momentum_update(p, group) for p in params])  # (B, m, n)
                 ortho = orthogonalise(stack, steps, self.dtype, group["eps"],
                                       safety=1.02 if self.polar_express else 1.0)
-                for i, update in zip(indices, ortho, strict=True):
-                    updates[i] = update
-            for p, update in zip(params, updates, strict=True):
-                if self.normuon:
-                    update = self.normalise_neurons(update, self.state[p])
-                lr = group["lr"] * 0.2 * math.sqrt(max(p.shape[:2]))  # match_rms_adamw
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(update, alpha=-lr)
+                for p, update in zip(params, ortho, strict=True):
+                    if self.normuon:
+                        update = self.normalise_neurons(update, self.state[p])
+                    lr = group["lr"] * 0.2 * math.sqrt(max(p.shape[:2]))  # match_rms_adamw
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
+                    p.add_(update, alpha=-lr)
 
     def momentum_update(self, p: torch.Tensor, group: dict) -> torch.Tensor:
-        """The momentum buffer moved towards the gradient; the update (nesterov: the gradient
-        moved towards the new buffer)."""
+        """The momentum buffer moved towards the gradient; the update (nesterov, which this
+        Muon always is: the gradient moved towards the new buffer)."""
         state = self.state[p]
         if "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(p.grad)
         buf = state["momentum_buffer"]
         buf.lerp_(p.grad, 1 - group["momentum"])
-        return p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
+        return p.grad.lerp(buf, group["momentum"])
 
     def normalise_neurons(self, update: torch.Tensor, state: dict) -> torch.Tensor:
         """NorMuon: (out, in) -> (out, in), each row over the root of its running mean square."""
@@ -146,48 +143,31 @@ def adamw(groups: list[dict], t: TrainConfig) -> torch.optim.AdamW:
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
-    """A Muon and an AdamW over disjoint parameters, used as one optimizer: one step, one
-    zero_grad, param_groups (Muon's, then AdamW's: the same dicts, so setting a group's lr sets
-    it in its optimizer), one state_dict in the usual layout, and step hooks."""
+    """A Muon and an AdamW over disjoint parameters, used as one optimizer: one step, param_groups
+    (Muon's, then AdamW's: the same dicts, so setting a group's lr sets it in its optimizer, and
+    torch's own zero_grad clears both), one state (theirs, shared: so torch's own state_dict
+    numbers the parameters on from Muon's into AdamW's), and step hooks."""
 
     def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW):
         self.parts = (muon, adamw)
         super().__init__([p for o in self.parts for g in o.param_groups for p in g["params"]],
                          {})
         self.param_groups = [g for o in self.parts for g in o.param_groups]
+        muon.state = adamw.state = self.state  # the parameters are disjoint
 
     @torch.no_grad()
     def step(self, closure=None):
         for optimizer in self.parts:
             optimizer.step()
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for optimizer in self.parts:
-            optimizer.zero_grad(set_to_none)
-
-    def state_dict(self) -> dict:
-        """The parts' state dicts as one: parameters numbered on from Muon's into AdamW's."""
-        state, groups, offset = {}, [], 0
-        for optimizer in self.parts:
-            sd = optimizer.state_dict()
-            state |= {offset + i: s for i, s in sd["state"].items()}
-            groups += [{**g, "params": [offset + i for i in g["params"]]}
-                       for g in sd["param_groups"]]
-            offset += sum(len(g["params"]) for g in sd["param_groups"])
-        return {"state": state, "param_groups": groups}
-
     def load_state_dict(self, state_dict: dict) -> None:
-        offset, first = 0, 0
-        for optimizer in self.parts:
-            n_groups = len(optimizer.param_groups)
-            n = sum(len(g["params"]) for g in optimizer.param_groups)
-            groups = [{**g, "params": [i - offset for i in g["params"]]}
-                      for g in state_dict["param_groups"][first:first + n_groups]]
-            state = {int(i) - offset: s for i, s in state_dict["state"].items()
-                     if offset <= int(i) < offset + n}
-            optimizer.load_state_dict({"state": state, "param_groups": groups})
-            offset, first = offset + n, first + n_groups
-        self.param_groups = [g for o in self.parts for g in o.param_groups]
+        """torch's own, which makes new groups and a new state; each part then takes its
+        groups and the state back through its own __setstate__ (as its own load would)."""
+        super().load_state_dict(state_dict)
+        muon, adamw = self.parts
+        n = len(muon.param_groups)
+        muon.__setstate__({"state": self.state, "param_groups": self.param_groups[:n]})
+        adamw.__setstate__({"state": self.state, "param_groups": self.param_groups[n:]})
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:

@@ -199,10 +199,10 @@ class AutogradReport:
         return max((c.abs_error for c in self.checks), default=0.0)
 
 
-def explain(expr_text: str = "x**2 + 3*x + 1", at: Mapping[str, float] | None = None,
-            h: float = 1e-6) -> AutogradReport:
+def explain(expr_text: str = "x**2 + 3*x + 1",
+            at: Mapping[str, float] | None = None) -> AutogradReport:
     """Evaluate `expr_text` at `at` (default {"x": 2.0}, the lesson's), run `y.backward()` and
-    explain it. h: the relative finite-difference step (h * max(1, |v|) for variable v)."""
+    explain it."""
     expr = parse_expr(expr_text)
     point = _point(expr, {"x": 2.0} if at is None else at)
     leaves = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True)
@@ -216,7 +216,7 @@ def explain(expr_text: str = "x**2 + 3*x + 1", at: Mapping[str, float] | None = 
         if not math.isfinite(g):
             raise MiniGPTError(f"the gradient dy/d{k} is not finite ({g}) at {_where(point)}")
     names = {get_gradient_edge(t).node: k for k, t in leaves.items()}  # AccumulateGrad -> name
-    checks = tuple(_finite_difference(expr, point, k, gradients[k], h) for k in point)
+    checks = tuple(_finite_difference(expr, point, k, gradients[k]) for k in point)
     return AutogradReport(expr.text, point, y.item(), gradients, _graph(order, seen, names), checks)
 
 
@@ -324,9 +324,8 @@ def _p(text: str) -> str:
     return text if atom else f"({text})"
 
 
-def _finite_difference(expr: Term, point: Mapping[str, float], name: str, grad: float,
-                       h: float) -> GradCheck:
-    step = h * max(1.0, abs(point[name]))
+def _finite_difference(expr: Term, point: Mapping[str, float], name: str, grad: float) -> GradCheck:
+    step = 1e-6 * max(1.0, abs(point[name]))  # relative to the variable's size
     with torch.no_grad():
         up, down = (_evaluate(expr, {**point, name: point[name] + s}, strict=False).item()
                     for s in (step, -step))

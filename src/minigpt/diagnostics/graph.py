@@ -239,16 +239,14 @@ def gradient_norms(params: Mapping[str, torch.Tensor]) -> dict[str, float]:
 
 
 def to_dot(nodes: Sequence[Node], edges: Sequence[Edge],
-           grad_norms: Mapping[str, float] | None = None, title: str | None = None,
-           cluster_depth: int | None = None) -> str:
+           grad_norms: Mapping[str, float] | None = None, title: str | None = None) -> str:
     """DOT text, data flowing top to bottom into the root. Parameters are blue boxes (name and
     shape, and the gradient norm when grad_norms has it), ops yellow ellipses, modules green
-    boxes (with the norm of their parameters' gradients), the root red. Nodes are drawn inside
-    a frame per module (a cluster), nested `cluster_depth` calls deep; 0: no frames; None:
-    2 for a graph of at most FRAME_LIMIT nodes, else none (dot lays a large framed graph with
-    residual connections out as a wide staircase; unframed it is one readable column)."""
-    if cluster_depth is None:
-        cluster_depth = 2 if len(nodes) <= FRAME_LIMIT else 0
+    boxes (with the norm of their parameters' gradients), the root red. In a graph of at most
+    FRAME_LIMIT nodes, nodes are drawn inside a frame per module (a cluster), nested 2 calls
+    deep; a larger graph has no frames (dot lays a large framed graph with residual
+    connections out as a wide staircase; unframed it is one readable column)."""
+    cluster_depth = 2 if len(nodes) <= FRAME_LIMIT else 0
     # {scope: the nodes drawn directly in its frame}; a collapsed module is drawn in its
     # parent's frame, so blocks.0.attn sits in the frame of blocks.0
     tree: dict[tuple[str, ...], list[Node]] = {(): []}
@@ -303,8 +301,7 @@ class GraphvizMissing(MiniGPTError):
         self.written = written
 
 
-def render(dot_text: str, out: str | Path, formats: Sequence[str] = ("svg", "png"),
-           timeout: float = 120) -> list[Path]:
+def render(dot_text: str, out: str | Path, formats: Sequence[str] = ("svg", "png")) -> list[Path]:
     """Write `<out>.dot` and, with Graphviz's `dot`, `<out>.<format>` for each format; return
     the paths written. Without `dot`: raise GraphvizMissing (a MiniGPTError saying how to
     install Graphviz) after writing the .dot. Every file is written atomically."""
@@ -325,9 +322,9 @@ def render(dot_text: str, out: str | Path, formats: Sequence[str] = ("svg", "png
         with atomic_path(target) as tmp:
             try:
                 result = subprocess.run([exe, f"-T{fmt}", str(dot_path), "-o", str(tmp)],
-                                        capture_output=True, text=True, timeout=timeout)
+                                        capture_output=True, text=True, timeout=120)
             except subprocess.TimeoutExpired:
-                raise MiniGPTError(f"dot took more than {timeout:g} s to render {target}") from None
+                raise MiniGPTError(f"dot took more than 120 s to render {target}") from None
             if result.returncode != 0:
                 first = (result.stderr.strip().splitlines() or ["no message"])[0]
                 raise MiniGPTError(f"dot could not render {target}: {first}")
@@ -335,11 +332,11 @@ def render(dot_text: str, out: str | Path, formats: Sequence[str] = ("svg", "png
     return written
 
 
-def loss_graph_dot(model: nn.Module, vocab_size: int, depth: int = 0, T: int = 8) -> str:
+def loss_graph_dot(model: nn.Module, vocab_size: int, depth: int = 0) -> str:
     """The whole path from token ids to the loss, as DOT text: one forward and backward on a
     random batch, every node (depth 0) or one per module `depth` calls deep, parameters
     annotated with their gradient norms (the model's gradients are cleared after)."""
-    loss, params = loss_graph(model, vocab_size, T=T)
+    loss, params = loss_graph(model, vocab_size)
     loss.backward()
     norms = gradient_norms(params)
     nodes, edges = trace(loss, params)
@@ -351,12 +348,12 @@ def loss_graph_dot(model: nn.Module, vocab_size: int, depth: int = 0, T: int = 8
 
 
 def draw_loss_graph(model: nn.Module, vocab_size: int, out: str | Path, depth: int = 0,
-                    formats: Sequence[str] = ("svg", "png"), T: int = 8) -> list[Path]:
+                    formats: Sequence[str] = ("svg", "png")) -> list[Path]:
     """`loss_graph_dot`, rendered to files (see `render`); returns the files written."""
-    return render(loss_graph_dot(model, vocab_size, depth, T), out, formats)
+    return render(loss_graph_dot(model, vocab_size, depth), out, formats)
 
 
-def show_loss_graph(model: nn.Module, vocab_size: int, depth: int = 1, T: int = 8):
+def show_loss_graph(model: nn.Module, vocab_size: int, depth: int = 1):
     """`loss_graph_dot` as a graphviz.Source, which a notebook draws inline (it needs the
     `graphviz` Python package, pip install graphviz, and Graphviz's dot). Without either,
     GraphvizMissing says how to get it, here rather than when the notebook draws the graph."""
@@ -369,4 +366,4 @@ def show_loss_graph(model: nn.Module, vocab_size: int, depth: int = 1, T: int = 
         raise GraphvizMissing("the computation graph is drawn by Graphviz's dot, which is not "
                               "installed: apt install graphviz / brew install graphviz / conda "
                               "install graphviz (on Colab: !apt-get install -y graphviz)", [])
-    return graphviz.Source(loss_graph_dot(model, vocab_size, depth, T))
+    return graphviz.Source(loss_graph_dot(model, vocab_size, depth))
