@@ -50,6 +50,10 @@ def test_the_fast_preset_fits_its_recipe_to_a_short_budget(tmp_path):
         cfg = resolve_config("fast", overrides={"time_budget": fit["below"] - 1})
         assert {key: value(cfg, key) for key in keys} == {key: fit[key] for key in keys}
         assert any(value(plain, key) != fit[key] for key in keys)  # it did change something
+    f = tmp_path / "budget.toml"  # a budget as a file's text ("30s") fits as its seconds do
+    f.write_text(f'[train]\ntime_budget = "{fits[-1]["below"] - 1:g}s"\n')
+    assert resolve_config("fast", str(f)) == cfg  # the last fit's
+    assert resolve_config("fast", overrides={"time_budget": "1000s"}) == plain
     f = tmp_path / "c.toml"  # a config file and a flag still win over the fit
     f.write_text("[train]\nwarmup_steps = 7\n")
     cfg = resolve_config("fast", str(f), {"time_budget": fits[0]["below"] - 1, "batch_size": 5})

@@ -276,7 +276,7 @@ def asked_settings(preset: str | None, config_file: str | None, overrides: dict 
     fits = table.pop("fit", [])
     asked = settings_of(table, f"preset {preset}", sections)
     later = settings_of(read_toml(config_file), str(config_file), sections) if config_file else {}
-    later |= overrides or {}
+    later |= settings_of(by_section(overrides or {}, sections), "command line", sections)
     budget = (asked | later).get("time_budget", 0.0)
     return asked | fit_to_budget(fits, budget, f"preset {preset}", sections) | later
 
@@ -299,9 +299,12 @@ def fit_to_budget(fits: list[dict], budget: float, origin: str,
 
 
 def settings_of(table: dict, origin: str, sections: dict[str, type] = SECTIONS) -> dict:
-    """A {section: {key: value}} table (a preset, a TOML file) as flat, checked settings."""
-    apply_overrides(RunConfig.with_sections(sections), table, origin)  # one-line errors
-    return {key: value for values in table.values() for key, value in values.items()}
+    """A {section: {key: value}} table (a preset, a TOML file) as flat, checked settings, each
+    as its field holds it (a duration's text, '30m', as its seconds)."""
+    cfg = RunConfig.with_sections(sections)
+    apply_overrides(cfg, table, origin)  # one-line errors
+    return {key: getattr(cfg.sections()[sec], key) for sec, values in table.items()
+            for key in values}
 
 
 def by_section(settings: dict, sections: dict[str, type] = SECTIONS) -> dict[str, dict]:

@@ -88,13 +88,14 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 def typed(key: str, text: str):
     """A setting's value from its text, as the setting's type (true/false for a switch)."""
-    kind = type(field_index(SECTIONS)[key][1].default)
+    f = field_index(SECTIONS)[key][1]
+    read = f.metadata.get("parse", type(f.default))  # a duration's reads 30m
     try:
-        if kind is bool:
+        if read is bool:
             return {"true": True, "false": False, "1": True, "0": False}[text.lower()]
-        return kind(text)
+        return read(text)
     except (KeyError, ValueError):
-        raise MiniGPTError(f"{key}={text!r}: not a {kind.__name__}") from None
+        raise MiniGPTError(f"{key}={text!r}: not a {read.__name__}") from None
 
 
 def compare(variants: dict[str, dict], out_dir: str | Path, preset: str = "seed",
