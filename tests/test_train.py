@@ -243,10 +243,13 @@ def test_a_time_budget_trains_for_that_many_seconds(small_text, tmp_path):
     assert summary["train_s"] == pytest.approx(rows[-1]["time_s"], abs=0.5)
     lrs = [r["lr"] for r in rows if r["step"] >= 5]
     assert all(b <= a for a, b in zip(lrs, lrs[1:], strict=False))  # decaying, by the clock
-    assert lrs[-1] < 1.5e-3  # to near the floor
 
     def cosine(seconds):  # the decay from 1e-2 to 1e-3 over the budget's 3 s, by hand
         return 1e-3 + 9e-3 * (1 + math.cos(math.pi * min(1.0, max(0.0, seconds / 3)))) / 2
+
+    # to near the floor: the last step began in the budget's last third (a step under 1 s,
+    # even on a loaded machine; "below 1.5e-3" needed the last step to start after 2.6 s)
+    assert lrs[-1] <= cosine(2.0)
 
     for before, row in zip(rows, rows[1:], strict=False):  # each step's rate is the cosine
         if row["step"] >= 5:  # at its clock, read between the last row and its own (0.01 s)
