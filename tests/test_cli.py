@@ -3,7 +3,9 @@
 import json
 
 import pytest
+import torch
 
+import minigpt
 from conftest import one_line_error, run_cli
 
 
@@ -40,6 +42,9 @@ def test_help_explains_every_lesson_flag():
                  "--text", "--out", "--resume", "--preset", "--config"]:
         assert flag in r.stdout
     assert run_cli("sample", "--help").returncode == 0
+    version = run_cli("--version")  # the package's version and the torch it runs on
+    assert version.returncode == 0
+    assert version.stdout == f"minigpt {minigpt.__version__} (torch {torch.__version__})\n"
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,10 @@ import json
 import logging
 import os
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
+from minigpt import __version__
 from minigpt.config import field_index, preset_names, resolve_config
 from minigpt.console import show_logs
 from minigpt.corpus import BPE_VOCAB, SHARD_TOKENS
@@ -93,6 +95,8 @@ def build_parser() -> Parser:
     parser = Parser(prog="minigpt", allow_abbrev=False,
                     description="Train a small GPT on TinyShakespeare (or any text) and see "
                                 "every part of the training loop.")
+    parser.add_argument("--version", action="version",
+                        version=f"minigpt {__version__} (torch {version('torch')})")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     def command(name: str, help: str, description: str, *shared: str) -> Parser:
