@@ -350,6 +350,7 @@ BAD = [  # {d}: bad_sources' folder; {ds}: a folder of one dataset, as parquet a
     (["--text", "{d}/empty"], "empty corpus"),
     (["--text", "{d}/binary.txt"], "binary.txt looks binary"),
     (["--text", "{d}/ok.txt", "--tokenizer", "bpe", "--vocab-size", "100"], "at least 257"),
+    (["--text", "{d}/ok.txt", "--tokenizer", "bpe", "--vocab-size", "1" + "0" * 20], "at most"),
     (["--text", "{d}/ok.txt", "--shard-tokens", "0"], "shard_tokens must be positive"),
     (["--dataset", "{ds}/docs.parquet", "--text-field", "body"], "have no field 'body'"),
     (["--dataset", "{ds}/docs.parquet", "--text-field", "id"], "its 'id' is int, not text"),

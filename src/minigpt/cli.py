@@ -238,8 +238,8 @@ def build_parser() -> Parser:
     pr.add_argument("--tokenizer", default="char", choices=("char", "bpe"),
                     help="char (one token per character) or bpe (byte-level BPE; default char)")
     pr.add_argument("--vocab-size", type=int, default=BPE_VOCAB, metavar="N",
-                    help=f"vocabulary size to train for bpe, at least 257 (default {BPE_VOCAB}; "
-                         f"char ignores it)")
+                    help=f"vocabulary size to train for bpe, 257 to 1,048,576 (default "
+                         f"{BPE_VOCAB}; char ignores it)")
     pr.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
                     help="the share of the characters, at the end, held out for validation "
                          "(default 0.1)")
