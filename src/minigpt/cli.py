@@ -386,6 +386,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     if args.max_new_tokens < 0:
         raise MiniGPTError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if not -2**63 <= args.seed < 2**64:  # what torch's generator takes
+        raise MiniGPTError(f"--seed must be from -2**63 to 2**64 - 1, got {args.seed}")
     check_sampling(args.temperature, args.top_k, args.top_p)
     device = resolve_device(args.device)
     model, tok, _ = load_model(args.run, args.checkpoint, device)
