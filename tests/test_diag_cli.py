@@ -6,6 +6,7 @@ import shutil
 import sys
 
 import pytest
+import torch
 
 from conftest import TINY_FLAGS, one_line_error, read_png, run_cli, tiny_config
 from minigpt import train
@@ -126,6 +127,8 @@ def test_autograd_command_shows_the_lessons_example(capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["attention", "--run", "{run}", "--text", "R" * 33, "--device=cpu"], "1 to 32 characters"),
+    (["gradflow", "--run", "{run}", "--device", "meta"], "unknown device 'meta'"),
+    (["attention", "--run", "{run}", "--device", "xpu"], "unknown device 'xpu'"),
     (["autograd", "--at", "x2"], "--at takes NAME=VALUE pairs"),
     (["autograd", "--expr", "open('f')"], "'open' is not allowed"),
     (["autograd", "--expr", "x.real"], "attribute access"),
@@ -133,6 +136,13 @@ def test_autograd_command_shows_the_lessons_example(capsys):
 def test_bad_input_is_one_line_and_exit_code_2(cli_run, args, message, capsys):
     out, _, _ = cli_run
     assert message in one_line_error(capsys, [a.format(run=out) for a in args])
+
+
+def test_a_gpu_this_machine_lacks_is_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    line = one_line_error(capsys, ["sample", "--run", "x", "--device", "cuda:2"])
+    assert "this machine has 2 CUDA GPU(s): cuda:0 to cuda:1" in line
 
 
 def test_graph_command_draws_the_run(cli_run, tmp_path):
