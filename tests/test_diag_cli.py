@@ -66,6 +66,14 @@ def test_report_is_self_contained_and_prints_the_reading_of_the_curve(report):
     assert r.returncode == 0 and r.stdout.startswith("Reading the curve:\n- step 0: loss ")
 
 
+@pytest.mark.parametrize("damage", ["{", "[]", '{"steps": 3}'])
+def test_a_damaged_summary_is_a_section_that_says_so(cli_run, tmp_path, damage):
+    run = tmp_path / "run"
+    shutil.copytree(cli_run[0], run)
+    (run / "summary.json").write_text(damage)
+    assert "No readable summary.json" in build_report(run)
+
+
 def test_report_escapes_what_the_run_produced(tmp_path):
     evil = "<script>alert(1)</script></textarea><img src=x onerror=alert(2)>"
     text = tmp_path / evil.replace("/", "|") / "corpus.txt"  # in the path, config.json shows it
