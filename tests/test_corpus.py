@@ -340,6 +340,7 @@ def bad_sources(tmp_path):
     (d / "empty" / "e.txt").write_text("")
     (d / "binary.txt").write_bytes(b"ab\x00cd")
     (d / "ok.txt").write_text("some text\n")
+    (d / "empty.jsonl").write_text("")
     return d
 
 
@@ -356,6 +357,7 @@ BAD = [  # {d}: bad_sources' folder; {ds}: a folder of one dataset, as parquet a
     (["--dataset", "{ds}/docs.parquet", "--text-field", "id"], "its 'id' is int, not text"),
     (["--dataset", "{ds}/docs.parquet", "--split", "val"], "cannot read dataset"),
     (["--dataset", "{ds}/missing.parquet"], "no files matched"),
+    (["--dataset", "{d}/empty.jsonl"], "empty corpus: the 1 file(s) hold no text"),
     (["--dataset", "{ds}/none*.jsonl"], "no files matched"),
     (["--dataset", "{ds}"], "mixes json and parquet data files"),
     (["--dataset", "no-such-user/no-such-dataset"], "cannot read dataset"),  # offline
