@@ -341,6 +341,7 @@ def bad_sources(tmp_path):
     (d / "binary.txt").write_bytes(b"ab\x00cd")
     (d / "ok.txt").write_text("some text\n")
     (d / "empty.jsonl").write_text("")
+    (d / "cut.json").write_text('{"text": "a"')  # a download cut short
     return d
 
 
@@ -358,6 +359,7 @@ BAD = [  # {d}: bad_sources' folder; {ds}: a folder of one dataset, as parquet a
     (["--dataset", "{ds}/docs.parquet", "--split", "val"], "cannot read dataset"),
     (["--dataset", "{ds}/missing.parquet"], "no files matched"),
     (["--dataset", "{d}/empty.jsonl"], "empty corpus: the 1 file(s) hold no text"),
+    (["--dataset", "{d}/cut.json"], "cut.json' (split train): JSON parse error"),
     (["--dataset", "{ds}/none*.jsonl"], "no files matched"),
     (["--dataset", "{ds}"], "mixes json and parquet data files"),
     (["--dataset", "no-such-user/no-such-dataset"], "cannot read dataset"),  # offline

@@ -62,6 +62,7 @@ class Records:
         except ImportError:
             raise MiniGPTError("--dataset needs the datasets package: "
                                "pip install 'minigpt-loop[datasets]'") from None
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its errors: our one line
         if self.files:  # local files: the builder for their kind
             builder, options = BUILDERS[self.files[0].suffix], {
                 "data_files": [str(p) for p in self.files]}
