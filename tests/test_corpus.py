@@ -385,6 +385,15 @@ def test_bad_input_is_one_line_and_leaves_nothing(bad_sources, tmp_path, request
     assert not out.exists()
 
 
+@pytest.mark.parametrize("out", [".", "small.txt"])  # the folder holding the text, the text
+def test_sources_inside_the_output_folder_are_named(small_text, capsys, out):
+    before = sorted(small_text.parent.iterdir())
+    line = one_line_error(capsys, ["prepare", "--text", str(small_text), "--out",
+                                   str(small_text.parent / out), "--no-progress"])
+    assert "lie in the output folder" in line
+    assert sorted(small_text.parent.iterdir()) == before
+
+
 def test_an_existing_corpus_is_not_overwritten(small_text, tmp_path, capsys):
     done = tmp_path / "done"
     prepare(str(small_text), done, progress=False)
