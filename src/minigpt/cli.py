@@ -346,6 +346,8 @@ def cmd_gradflow(args: argparse.Namespace) -> None:
     from minigpt.run import open_run
     from minigpt.schedule import schedule_lr
 
+    if args.lr is not None and not 0 <= args.lr < float("inf"):
+        raise MiniGPTError(f"--lr must be a finite number >= 0, got {args.lr}")
     run = open_run(args.run, args.checkpoint, args.device)
     lr = args.lr if args.lr is not None else schedule_lr(run.cfg.train, run.state.step)
     x, y = run.batches.get_batch("train")
