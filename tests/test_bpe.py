@@ -143,6 +143,7 @@ def test_decode_stream_holds_back_split_characters():
 @pytest.mark.parametrize("call, message", [
     (lambda: BPETokenizer.train(["abc"], 256), "at least 257"),
     (lambda: BPETokenizer.train(["abc"], 65), "got 65"),
+    (lambda: BPETokenizer.train(["abc"], 1 << 21), "at most 1,048,576"),
     (lambda: BPETokenizer.from_dict({"kind": "bpe", "tokenizer": {"model": 1}}),
      "not a valid BPE tokenizer"),
     (lambda: BPETokenizer.from_dict({"kind": "char", "chars": "ab"}), "expected kind 'bpe'"),

@@ -92,6 +92,7 @@ BAD_INPUT = [
     (["sample", "--run", "{run}", "--top-k", "0"], "top_k must be >= 1"),
     (["sample", "--run", "{run}", "--temperature", "-1"], "temperature must be >= 0"),
     (["sample", "--run", "{run}", "--max-new-tokens", "-3"], "--max-new-tokens must be >= 0"),
+    (["sample", "--run", "{run}", "--seed", str(2**64)], "--seed must be from -2**63 to 2**64 - 1"),
     (["attention", "--run", "{run}", "--text", ""], "1 to 32 characters"),
 ]
 

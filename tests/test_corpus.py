@@ -340,6 +340,8 @@ def bad_sources(tmp_path):
     (d / "empty" / "e.txt").write_text("")
     (d / "binary.txt").write_bytes(b"ab\x00cd")
     (d / "ok.txt").write_text("some text\n")
+    (d / "empty.jsonl").write_text("")
+    (d / "cut.json").write_text('{"text": "a"')  # a download cut short
     return d
 
 
@@ -350,11 +352,14 @@ BAD = [  # {d}: bad_sources' folder; {ds}: a folder of one dataset, as parquet a
     (["--text", "{d}/empty"], "empty corpus"),
     (["--text", "{d}/binary.txt"], "binary.txt looks binary"),
     (["--text", "{d}/ok.txt", "--tokenizer", "bpe", "--vocab-size", "100"], "at least 257"),
+    (["--text", "{d}/ok.txt", "--tokenizer", "bpe", "--vocab-size", "1" + "0" * 20], "at most"),
     (["--text", "{d}/ok.txt", "--shard-tokens", "0"], "shard_tokens must be positive"),
     (["--dataset", "{ds}/docs.parquet", "--text-field", "body"], "have no field 'body'"),
     (["--dataset", "{ds}/docs.parquet", "--text-field", "id"], "its 'id' is int, not text"),
     (["--dataset", "{ds}/docs.parquet", "--split", "val"], "cannot read dataset"),
     (["--dataset", "{ds}/missing.parquet"], "no files matched"),
+    (["--dataset", "{d}/empty.jsonl"], "empty corpus: the 1 file(s) hold no text"),
+    (["--dataset", "{d}/cut.json"], "cut.json' (split train): JSON parse error"),
     (["--dataset", "{ds}/none*.jsonl"], "no files matched"),
     (["--dataset", "{ds}"], "mixes json and parquet data files"),
     (["--dataset", "no-such-user/no-such-dataset"], "cannot read dataset"),  # offline
@@ -378,6 +383,15 @@ def test_bad_input_is_one_line_and_leaves_nothing(bad_sources, tmp_path, request
                                    str(out), "--no-progress"])
     assert message in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("out", [".", "small.txt"])  # the folder holding the text, the text
+def test_sources_inside_the_output_folder_are_named(small_text, capsys, out):
+    before = sorted(small_text.parent.iterdir())
+    line = one_line_error(capsys, ["prepare", "--text", str(small_text), "--out",
+                                   str(small_text.parent / out), "--no-progress"])
+    assert "lie in the output folder" in line
+    assert sorted(small_text.parent.iterdir()) == before
 
 
 def test_an_existing_corpus_is_not_overwritten(small_text, tmp_path, capsys):

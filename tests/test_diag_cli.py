@@ -6,6 +6,7 @@ import shutil
 import sys
 
 import pytest
+import torch
 
 from conftest import TINY_FLAGS, one_line_error, read_png, run_cli, tiny_config
 from minigpt import train
@@ -63,6 +64,14 @@ def test_report_is_self_contained_and_prints_the_reading_of_the_curve(report):
     assert "Reading the curve" in page and "near ln" in page  # the step-0 loss, read
     r = run_cli("report", "--run", str(report.parent), "--out", str(report.parent / "r2.html"))
     assert r.returncode == 0 and r.stdout.startswith("Reading the curve:\n- step 0: loss ")
+
+
+@pytest.mark.parametrize("damage", ["{", "[]", '{"steps": 3}'])
+def test_a_damaged_summary_is_a_section_that_says_so(cli_run, tmp_path, damage):
+    run = tmp_path / "run"
+    shutil.copytree(cli_run[0], run)
+    (run / "summary.json").write_text(damage)
+    assert "No readable summary.json" in build_report(run)
 
 
 def test_report_escapes_what_the_run_produced(tmp_path):
@@ -126,6 +135,10 @@ def test_autograd_command_shows_the_lessons_example(capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["attention", "--run", "{run}", "--text", "R" * 33, "--device=cpu"], "1 to 32 characters"),
+    (["gradflow", "--run", "{run}", "--device", "meta"], "unknown device 'meta'"),
+    (["gradflow", "--run", "{run}", "--lr", "nan"], "--lr must be a finite number >= 0"),
+    (["gradflow", "--run", "{run}", "--lr", "-1"], "--lr must be a finite number >= 0"),
+    (["attention", "--run", "{run}", "--device", "xpu"], "unknown device 'xpu'"),
     (["autograd", "--at", "x2"], "--at takes NAME=VALUE pairs"),
     (["autograd", "--expr", "open('f')"], "'open' is not allowed"),
     (["autograd", "--expr", "x.real"], "attribute access"),
@@ -133,6 +146,13 @@ def test_autograd_command_shows_the_lessons_example(capsys):
 def test_bad_input_is_one_line_and_exit_code_2(cli_run, args, message, capsys):
     out, _, _ = cli_run
     assert message in one_line_error(capsys, [a.format(run=out) for a in args])
+
+
+def test_a_gpu_this_machine_lacks_is_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    line = one_line_error(capsys, ["sample", "--run", "x", "--device", "cuda:2"])
+    assert "this machine has 2 CUDA GPU(s): cuda:0 to cuda:1" in line
 
 
 def test_graph_command_draws_the_run(cli_run, tmp_path):

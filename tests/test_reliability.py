@@ -234,6 +234,12 @@ def corrupt(run, tmp_path, how):
         best["model"]["n_layer"] = 3
     elif how == "vocabulary":
         best["model"]["vocab_size"] += 1
+    elif how == "not an object":  # valid JSON all the same
+        best = [best]
+    elif how == "incomplete":
+        del best["tokenizer"]
+    elif how == "setting":
+        best["model"]["n_head"] = "two"
     if how in ("pickle", "truncated"):  # forge the recorded sha256 too: safetensors must refuse
         best["sha256"] = sha256_file(tensors)
     (folder / "best.json").write_text(json.dumps(best))
@@ -246,6 +252,9 @@ def corrupt(run, tmp_path, how):
     ("tampered", "does not match its recorded sha256"),
     ("architecture", "does not fit the model"),
     ("vocabulary", "does not fit the model"),
+    ("not an object", "is not readable: a JSON object was expected, got list"),
+    ("incomplete", "is not readable: 'tokenizer' is missing or not a dict"),
+    ("setting", "'n_head' must be int, got 'two'"),
 ])
 def test_bad_checkpoints_are_refused_in_one_line(good_run, tmp_path, how, message):
     run = corrupt(good_run, tmp_path, how)

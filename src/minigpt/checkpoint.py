@@ -27,7 +27,6 @@ from safetensors.torch import load_file, save_file
 
 from minigpt.config import (
     SECTIONS,
-    ModelConfig,
     RunConfig,
     apply_overrides,
     asked_settings,
@@ -146,12 +145,17 @@ def load_checkpoint(folder: str | Path, tag: str = "last") -> Checkpoint:
         raise MiniGPTError(f"no '{tag}' checkpoint in {folder}")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError(f"a JSON object was expected, got {type(meta).__name__}")
         if meta.get("format") != FORMAT:
             raise ValueError(f"unknown format {meta.get('format')!r}")
+        for key, kind in (("file", str), ("step", int), ("model", dict), ("tokenizer", dict)):
+            if not isinstance(meta.get(key), kind):
+                raise ValueError(f"{key!r} is missing or not a {kind.__name__}")
         tensor_path = folder / meta["file"]
         if Path(meta["file"]).name != meta["file"]:
             raise ValueError("tensor file must sit beside the JSON")
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, TypeError) as e:
         raise MiniGPTError(f"checkpoint {meta_path} is not readable: {e}") from None
     if not tensor_path.is_file():
         raise MiniGPTError(f"checkpoint file {tensor_path} is missing")
@@ -183,7 +187,9 @@ def load_model(run_dir: str | Path, tag: str = "best",
     """A trained model (in eval mode), its tokenizer and the checkpoint's metadata. The model
     is the final model: the weights' moving average where the run kept one (--ema)."""
     ckpt = load_checkpoint(Path(run_dir) / "checkpoints", tag)
-    model = MiniGPT.from_config(ModelConfig(**ckpt.meta["model"]))
+    cfg = RunConfig()  # its model settings, each checked as a config file's would be
+    apply_overrides(cfg, {"model": ckpt.meta["model"]}, f"checkpoint in {run_dir}")
+    model = MiniGPT.from_config(cfg.model)
     restore_model(model, ckpt, "ema" if ckpt.section("ema") else "model")
     tokenizer = tokenizer_from_dict(ckpt.meta["tokenizer"])
     return model.to(device).eval(), tokenizer, ckpt.meta

@@ -242,8 +242,8 @@ def build_parser() -> Parser:
     pr.add_argument("--tokenizer", default="char", choices=("char", "bpe"),
                     help="char (one token per character) or bpe (byte-level BPE; default char)")
     pr.add_argument("--vocab-size", type=int, default=BPE_VOCAB, metavar="N",
-                    help=f"vocabulary size to train for bpe, at least 257 (default {BPE_VOCAB}; "
-                         f"char ignores it)")
+                    help=f"vocabulary size to train for bpe, 257 to 1,048,576 (default "
+                         f"{BPE_VOCAB}; char ignores it)")
     pr.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
                     help="the share of the characters, at the end, held out for validation "
                          "(default 0.1)")
@@ -350,6 +350,8 @@ def cmd_gradflow(args: argparse.Namespace) -> None:
     from minigpt.run import open_run
     from minigpt.schedule import schedule_lr
 
+    if args.lr is not None and not 0 <= args.lr < float("inf"):
+        raise MiniGPTError(f"--lr must be a finite number >= 0, got {args.lr}")
     run = open_run(args.run, args.checkpoint, args.device)
     lr = args.lr if args.lr is not None else schedule_lr(run.cfg.train, run.state.step)
     x, y = run.batches.get_batch("train")
@@ -390,6 +392,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     if args.max_new_tokens < 0:
         raise MiniGPTError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if not -2**63 <= args.seed < 2**64:  # what torch's generator takes
+        raise MiniGPTError(f"--seed must be from -2**63 to 2**64 - 1, got {args.seed}")
     check_sampling(args.temperature, args.top_k, args.top_p)
     device = resolve_device(args.device)
     model, tok, _ = load_model(args.run, args.checkpoint, device)

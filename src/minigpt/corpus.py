@@ -103,7 +103,12 @@ def find_sources(sources: str, exclude: Path | None = None) -> list[Path]:
         files = [Path(p) for p in glob.glob(os.path.expanduser(sources), recursive=True)]
         files = [p for p in files if p.is_file()]
     if exclude is not None:
-        files = [p for p in files if not p.resolve().is_relative_to(exclude.resolve())]
+        kept = [p for p in files if not p.resolve().is_relative_to(exclude.resolve())]
+        if files and not kept:
+            raise MiniGPTError(f"the {len(files)} file(s) {sources!r} names lie in the output "
+                               f"folder {exclude}, which prepare leaves out; choose an --out "
+                               f"outside them")
+        files = kept
     if not files:
         raise MiniGPTError(f"no files matched {sources!r} (give a file, a folder or a glob "
                            f"pattern such as 'books/**/*.txt')")

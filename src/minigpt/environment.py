@@ -23,10 +23,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise MiniGPTError(f"unknown device {name!r} "
-                           "(use auto, cpu, cuda, cuda:N or mps)") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):  # meta, xpu: not here
+        raise MiniGPTError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MiniGPTError(f"device {name!r} asked for, but this PyTorch sees no CUDA GPU")
+    if device.type == "cuda" and (device.index or 0) >= (n := torch.cuda.device_count()):
+        raise MiniGPTError(f"device {name!r} asked for, but this machine has {n} CUDA GPU(s): "
+                           f"cuda:0 to cuda:{n - 1}")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise MiniGPTError("device 'mps' asked for, but MPS is not available here")
     return device

@@ -37,6 +37,8 @@ def local_files(name: str, exclude: Path | None = None) -> list[Path]:
         found = "mixes " + " and ".join(sorted(kinds)) if kinds else "has no"
         raise MiniGPTError(f"{name!r} {found} data files: give files of one kind "
                            f"({', '.join(BUILDERS)}), e.g. 'data/*.parquet'")
+    if not any(p.stat().st_size for p in files):  # datasets' json reader: StopIteration
+        raise MiniGPTError(f"empty corpus: the {len(files)} file(s) hold no text")
     return files
 
 
@@ -60,6 +62,7 @@ class Records:
         except ImportError:
             raise MiniGPTError("--dataset needs the datasets package: "
                                "pip install 'minigpt-loop[datasets]'") from None
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its errors: our one line
         if self.files:  # local files: the builder for their kind
             builder, options = BUILDERS[self.files[0].suffix], {
                 "data_files": [str(p) for p in self.files]}

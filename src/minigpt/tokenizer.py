@@ -28,6 +28,9 @@ from minigpt.errors import MiniGPTError
 from minigpt.files import atomic_write_text
 
 MIN_BPE_VOCAB = 257  # the 256 byte tokens and at least one merge
+# 4x the largest vocabularies in use; `tokenizers` sizes its tables by vocab_size up front (5e9
+# aborted the process, out of memory)
+MAX_BPE_VOCAB = 1 << 20
 # long texts are trained on in pieces of about this size (`tokenizers` trains 2x slower on 64 K
 # pieces than on 1 K ones), and encoded in larger pieces, one a thread
 TRAIN_PIECE_CHARS = 1 << 10
@@ -212,9 +215,10 @@ class BPETokenizer(_Tokenizer):
         texts give the same tokenizer. Long texts are fed in pieces cut at safe line breaks,
         which count the same words as the whole."""
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) \
-                or vocab_size < MIN_BPE_VOCAB:
-            raise MiniGPTError(f"a byte-level BPE's vocab_size must be at least "
-                               f"{MIN_BPE_VOCAB} (256 bytes and one merge), got {vocab_size!r}")
+                or not MIN_BPE_VOCAB <= vocab_size <= MAX_BPE_VOCAB:
+            raise MiniGPTError(f"a byte-level BPE's vocab_size must be at least {MIN_BPE_VOCAB} "
+                               f"(256 bytes and one merge) and at most {MAX_BPE_VOCAB:,}, "
+                               f"got {vocab_size!r}")
         hf = Tokenizer(models.BPE())
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         hf.decoder = decoders.ByteLevel()  # for other readers of tokenizer.json; see decode

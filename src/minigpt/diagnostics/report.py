@@ -47,11 +47,14 @@ def summary_html(run_dir: Path) -> str:
     path = run_dir / "summary.json"
     if not path.exists():
         return missing("summary.json (the run has not finished)")
-    s = json.loads(path.read_text())
-    rows = [("final validation loss (whole split)", f"{s['final_val_loss']:.4f}"),
-            ("best validation estimate", f"{s['best_val_loss']:.4f}"),
-            ("steps", f"{s['steps']:,}"), ("training time", f"{s['train_s']:.1f} s"),
-            ("tokens / s", f"{s['tokens_per_s']:,}"), ("parameters", f"{s['params']:,}")]
+    try:
+        s = json.loads(path.read_text())
+        rows = [("final validation loss (whole split)", f"{s['final_val_loss']:.4f}"),
+                ("best validation estimate", f"{s['best_val_loss']:.4f}"),
+                ("steps", f"{s['steps']:,}"), ("training time", f"{s['train_s']:.1f} s"),
+                ("tokens / s", f"{s['tokens_per_s']:,}"), ("parameters", f"{s['params']:,}")]
+    except (ValueError, KeyError, TypeError):  # damaged: the rest of the report still stands
+        return missing("readable summary.json")
     return "<table>" + "".join(f"<tr><th>{k}</th><td class=num>{v}</td></tr>"
                                for k, v in rows) + "</table>"
 
