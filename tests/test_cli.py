@@ -86,7 +86,8 @@ BAD_INPUT = [
     (["train", "--resume", "{run}", "--n-layer", "3"], "cannot change n_layer"),
     (["train", "--resume", "{run}", "--block-size", "64"], "cannot change block_size"),
     (["train", "--resume", "{bad}"], "no 'last' checkpoint"),
-    (["sample", "--run", "{run}", "--prompt", "ZZZ"], "outside the vocabulary: 'Z'"),
+    (["sample", "--run", "{run}", "--prompt", "ZZZ"], "--prompt: text has 1 character(s) outside "
+                                                       "the vocabulary: 'Z'"),
     (["sample", "--run", "/nonexistent"], "no 'best' checkpoint"),
     (["sample", "--run", "{run}", "--top-p", "2"], "top_p must be in"),
     (["sample", "--run", "{run}", "--top-k", "0"], "top_k must be >= 1"),

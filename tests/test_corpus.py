@@ -15,6 +15,7 @@ import torch
 import minigpt.corpus
 from conftest import TINY_FLAGS, as_flags, one_line_error, run_cli
 from minigpt import MiniGPT, MiniGPTError, ShardedTokens, Splits, get_batch, load_corpus, prepare
+from minigpt.checkpoint import load_model
 from minigpt.cli import main
 from minigpt.corpus import find_sources, open_prepared, read_chunks, split_point, token_dtype
 from minigpt.evaluate import split_loss
@@ -431,9 +432,14 @@ def test_train_on_a_prepared_folder_then_sample(corpus, tmp_path):
     assert r.returncode == 0, r.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["final_val_loss"] < summary["best_val_loss"] + 0.5 < np.log(60)
-    s = run_cli("sample", "--run", str(tmp_path / "run"), "--prompt", "the", "--max-new-tokens",
-                "20", "--seed", "3")
-    assert s.returncode == 0 and s.stdout.startswith("the") and len(s.stdout) > 10
+    # the text has no "ROMEO:", so the sample starts from its first character, and the
+    # command the run suggests gives no prompt the run cannot read
+    hint = [line for line in r.stdout.splitlines() if "continue it with:" in line]
+    assert hint[0].endswith(f"continue it with: minigpt sample --run {tmp_path / 'run'}")
+    _, tok, _ = load_model(tmp_path / "run")
+    assert not tok.can_encode("ROMEO:")
+    s = run_cli("sample", "--run", str(tmp_path / "run"), "--max-new-tokens", "20", "--seed", "3")
+    assert s.returncode == 0 and s.stdout.startswith(tok.decode([0])) and len(s.stdout) > 10
 
 
 @pytest.mark.slow

@@ -180,7 +180,8 @@ def build_parser() -> Parser:
 
     s = command("sample", "generate text from a trained run",
                 "Stream the prompt and its continuation to stdout.", "run", "checkpoint", "device")
-    s.add_argument("--prompt", default=PROMPT, help=f"text to continue (default {PROMPT})")
+    s.add_argument("--prompt", help=f"text to continue (default {PROMPT}, or the run's first "
+                                    f"character where its vocabulary lacks one of those)")
     s.add_argument("--max-new-tokens", type=int, default=300, metavar="N",
                    help="how many tokens to generate (default 300)")
     s.add_argument("--temperature", type=float, default=1.0, metavar="T",
@@ -388,7 +389,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     from minigpt.checkpoint import load_model
     from minigpt.environment import resolve_device
-    from minigpt.sample import check_sampling, stream
+    from minigpt.sample import check_sampling, default_prompt, stream
 
     if args.max_new_tokens < 0:
         raise MiniGPTError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
@@ -397,11 +398,15 @@ def cmd_sample(args: argparse.Namespace) -> None:
     check_sampling(args.temperature, args.top_k, args.top_p)
     device = resolve_device(args.device)
     model, tok, _ = load_model(args.run, args.checkpoint, device)
-    if not args.prompt:
+    prompt = default_prompt(tok) if args.prompt is None else args.prompt
+    if not prompt:
         raise MiniGPTError("--prompt must not be empty")
-    idx = torch.tensor([tok.encode(args.prompt)], device=device)
+    try:
+        idx = torch.tensor([tok.encode(prompt)], device=device)  # (1, T)
+    except MiniGPTError as e:  # a character the run's text never had
+        raise MiniGPTError(f"--prompt: {e}") from None
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    sys.stdout.write(args.prompt)
+    sys.stdout.write(prompt)
     tokens = stream(model, idx, args.max_new_tokens, temperature=args.temperature,
                     top_k=args.top_k, top_p=args.top_p, generator=gen)
     for piece in tok.decode_stream(int(t[0]) for t in tokens):  # whole characters only

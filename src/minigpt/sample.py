@@ -158,11 +158,16 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, **kw) -> torch.Tenso
     return torch.cat([idx, *stream(model, idx, max_new_tokens, **kw)], dim=1)
 
 
-def sample_text(model, tokenizer, prompt: str, max_new_tokens: int, seed: int = 1337, **kw) -> str:
-    """A seeded sample continuing `prompt`, or the text of token 0 when the tokenizer cannot
-    encode the prompt (a character tokenizer of another text)."""
-    if not tokenizer.can_encode(prompt):
-        prompt = tokenizer.decode([0])
+def default_prompt(tokenizer) -> str:
+    """PROMPT, or the text of token 0 where the tokenizer cannot encode it (a character
+    tokenizer of a text without those characters)."""
+    return PROMPT if tokenizer.can_encode(PROMPT) else tokenizer.decode([0])
+
+
+def sample_text(model, tokenizer, prompt: str | None, max_new_tokens: int, seed: int = 1337,
+                **kw) -> str:
+    """A seeded sample continuing `prompt` (None: the default prompt)."""
+    prompt = default_prompt(tokenizer) if prompt is None else prompt
     device = next(model.parameters()).device
     idx = torch.tensor([tokenizer.encode(prompt)], device=device)
     gen = torch.Generator(device=device).manual_seed(seed)

@@ -40,7 +40,7 @@ from minigpt.run import (
     restore,
     save,
 )
-from minigpt.sample import PROMPT, sample_text
+from minigpt.sample import sample_text
 from minigpt.schedule import batch_shape, schedule_lr
 from minigpt.signals import StopSignals
 from minigpt.step import MicroSteps, train_step
@@ -282,8 +282,8 @@ def finish(run: Run, speed: Speed, wall_s: float) -> TrainResult:
     for probe in run.probes:
         probe.end(result.summary)
     if cfg.train.sample_tokens:
-        text = sample_text(run.final_model, run.tokenizer, PROMPT, cfg.train.sample_tokens,
+        text = sample_text(run.final_model, run.tokenizer, None, cfg.train.sample_tokens,
                            seed=cfg.train.seed)
         log.info("sample:\n" + text)
-    log.info(f"continue it with: minigpt sample --run {run.folder} --prompt \"{PROMPT}\"")
+    log.info(f"continue it with: minigpt sample --run {run.folder}")
     return result

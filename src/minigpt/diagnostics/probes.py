@@ -33,7 +33,7 @@ from minigpt.diagnostics.gradflow import grad_stats, layer_norms, plot_layer_nor
 from minigpt.errors import MiniGPTError
 from minigpt.files import append_line, read_jsonl, truncate_jsonl
 from minigpt.run import Run
-from minigpt.sample import PROMPT, sample_text
+from minigpt.sample import sample_text
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ class SamplesProbe(EveryNSteps):
     length = 200  # tokens after the prompt
 
     def record(self, step: int) -> None:
-        text = sample_text(self.run.final_model, self.run.tokenizer, PROMPT, self.length,
+        text = sample_text(self.run.final_model, self.run.tokenizer, None, self.length,
                            seed=self.run.cfg.train.seed)
         append_line(self.run.folder / "samples.jsonl",
                     json.dumps({"step": step, "text": text}, ensure_ascii=False))
