@@ -355,6 +355,8 @@ BAD = [  # {d}: bad_sources' folder; {ds}: a folder of one dataset, as parquet a
     (["--text", "{d}/ok.txt", "--tokenizer", "bpe", "--vocab-size", "100"], "at least 257"),
     (["--text", "{d}/ok.txt", "--tokenizer", "bpe", "--vocab-size", "1" + "0" * 20], "at most"),
     (["--text", "{d}/ok.txt", "--shard-tokens", "0"], "shard_tokens must be positive"),
+    (["--text", "{d}/ok.txt", "--val-fraction", "1e-17"], "leaves the validation split empty"),
+    (["--text", "{d}/ok.txt", "--val-fraction", "0.9999999"], "leaves the training split empty"),
     (["--dataset", "{ds}/docs.parquet", "--text-field", "body"], "have no field 'body'"),
     (["--dataset", "{ds}/docs.parquet", "--text-field", "id"], "its 'id' is int, not text"),
     (["--dataset", "{ds}/docs.parquet", "--split", "val"], "cannot read dataset"),

@@ -372,6 +372,9 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
     else:
         chars, alphabet = scan(source, tokenizer, chunk_chars, progress)
         cut = split_point(chars, val_fraction)
+        if not 0 < cut < chars:  # before the tokenizer and the shards, not after
+            raise MiniGPTError(f"--val-fraction {val_fraction} of {chars:,} characters leaves the "
+                               f"{'training' if cut == 0 else 'validation'} split empty")
         tok = learn_tokenizer(source, tokenizer, vocab_size, chunk_chars, cut, alphabet,
                               progress)
         state = {"settings": settings, "chars": chars, "cut": cut,
