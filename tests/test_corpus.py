@@ -352,7 +352,8 @@ BAD = [  # {d}: bad_sources' folder; {ds}: a folder of one dataset, as parquet a
     (["--text", "{d}/latin1", "--tokenizer", "bpe", "--vocab-size", "300"], "b.txt is not UTF-8"),
     (["--text", "{d}/empty"], "empty corpus"),
     (["--text", "{d}/binary.txt"], "binary.txt looks binary"),
-    (["--text", "{d}/ok.txt", "--tokenizer", "bpe", "--vocab-size", "100"], "at least 257"),
+    # the size is checked before the scan, which would refuse b.txt
+    (["--text", "{d}/latin1", "--tokenizer", "bpe", "--vocab-size", "100"], "at least 257"),
     (["--text", "{d}/ok.txt", "--tokenizer", "bpe", "--vocab-size", "1" + "0" * 20], "at most"),
     (["--text", "{d}/ok.txt", "--shard-tokens", "0"], "shard_tokens must be positive"),
     (["--text", "{d}/ok.txt", "--val-fraction", "1e-17"], "leaves the validation split empty"),
@@ -395,6 +396,13 @@ def test_sources_inside_the_output_folder_are_named(small_text, capsys, out):
                                    str(small_text.parent / out), "--no-progress"])
     assert "lie in the output folder" in line
     assert sorted(small_text.parent.iterdir()) == before
+
+
+def test_a_file_as_out_is_refused_before_the_scan(bad_sources, capsys):
+    line = one_line_error(capsys, ["prepare", "--text", str(bad_sources / "latin1"), "--out",
+                                   str(bad_sources / "ok.txt"), "--no-progress"])
+    assert "ok.txt is a file, not a folder" in line  # not the scan's "b.txt is not UTF-8"
+    assert (bad_sources / "ok.txt").read_text() == "some text\n"
 
 
 def test_an_existing_corpus_is_not_overwritten(small_text, tmp_path, capsys):

@@ -60,6 +60,7 @@ from minigpt.tokenizer import (
     AnyTokenizer,
     BPETokenizer,
     CharTokenizer,
+    check_bpe_vocab,
     last_boundary,
     load_tokenizer,
 )
@@ -349,10 +350,14 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
             raise MiniGPTError(f"{name} must be positive, got {value}")
     if not 0 < val_fraction < 1:
         raise MiniGPTError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    if tokenizer == "bpe":  # checked before the scan, which can take minutes
+        check_bpe_vocab(vocab_size)
     if is_prepared(out_dir):
         raise MiniGPTError(f"{out_dir} already holds a prepared corpus; choose another --out "
                            f"or delete it first")
     source = Files(sources, exclude=out_dir) if isinstance(sources, (str, Path)) else sources
+    if out_dir.exists() and not out_dir.is_dir():  # before the scan, which can take minutes
+        raise MiniGPTError(f"--out {out_dir} is a file, not a folder")
     settings = {"format": FORMAT, **source.settings(), "tokenizer": tokenizer,
                 "vocab_size": vocab_size if tokenizer == "bpe" else None,
                 "val_fraction": val_fraction, "shard_tokens": shard_tokens,

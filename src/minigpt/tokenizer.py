@@ -45,6 +45,15 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _BOUNDARY = re.compile(r"(?<=[!-~\w])\n(?=[!-~\w])")
 
 
+def check_bpe_vocab(vocab_size) -> None:
+    """A vocabulary size a byte-level BPE can be trained to, or a one-line error."""
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) \
+            or not MIN_BPE_VOCAB <= vocab_size <= MAX_BPE_VOCAB:
+        raise MiniGPTError(f"a byte-level BPE's vocab_size must be at least {MIN_BPE_VOCAB} "
+                           f"(256 bytes and one merge) and at most {MAX_BPE_VOCAB:,}, "
+                           f"got {vocab_size!r}")
+
+
 def last_boundary(text: str, end: int | None = None) -> int:
     """Index just after the last safe line break (see _BOUNDARY) before `end`, or 0 if none."""
     i = text.rfind("\n", 0, end)
@@ -214,11 +223,7 @@ class BPETokenizer(_Tokenizer):
         until the vocabulary has vocab_size tokens, or no pair is left to merge. The same
         texts give the same tokenizer. Long texts are fed in pieces cut at safe line breaks,
         which count the same words as the whole."""
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) \
-                or not MIN_BPE_VOCAB <= vocab_size <= MAX_BPE_VOCAB:
-            raise MiniGPTError(f"a byte-level BPE's vocab_size must be at least {MIN_BPE_VOCAB} "
-                               f"(256 bytes and one merge) and at most {MAX_BPE_VOCAB:,}, "
-                               f"got {vocab_size!r}")
+        check_bpe_vocab(vocab_size)
         hf = Tokenizer(models.BPE())
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         hf.decoder = decoders.ByteLevel()  # for other readers of tokenizer.json; see decode
