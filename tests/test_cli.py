@@ -51,6 +51,7 @@ def bad_files(tmp_path_factory):
     (d / "binary.txt").write_bytes(bytes(range(256)) * 10)
     (d / "short.txt").write_text("x" * 300)  # 270 train, 30 validation tokens
     (d / "a-file").write_text("not a folder")
+    (d / "forever.toml").write_text("[train]\ntime_budget = inf\n")  # TOML's own infinity
     return d
 
 
@@ -75,6 +76,9 @@ BAD_INPUT = [
     (["train", "--lr", "0"], "'lr' must be positive"),
     (["train", "--lr", "-0.1"], "'lr' must be positive"),
     (["train", "--optimizer", "adam"], "invalid choice"),
+    (["train", "--grad-clip", "nan"], "'grad_clip' must be a finite number, got nan"),
+    (["train", "--weight-decay", "inf"], "'weight_decay' must be a finite number, got inf"),
+    (["train", "--config", "{bad}/forever.toml"], "'time_budget' must be a finite number"),
     (["train", "--block-size", "5000", "--text", "{text}"], "fewer than block_size + 1"),
     (["train", "--text", "{text}", "--out", "{bad}/a-file/run"], "cannot create run folder"),
     (["train", "--text", "{text}", "--out", "{run}"], "already holds a run"),

@@ -320,6 +320,10 @@ def by_section(settings: dict, sections: dict[str, type] = SECTIONS) -> dict[str
 
 def validate(cfg: RunConfig) -> None:
     """Reject settings that cannot train, each with a one-line reason."""
+    for section in cfg.sections().values():  # NaN and inf would pass the checks below
+        for key, value in vars(section).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise MiniGPTError(f"'{key}' must be a finite number, got {value}")
     validate_model(cfg.model)
     t, d = cfg.train, cfg.data
     for key in ("steps", "batch_size", "lr", "eval_every", "log_every", "keep", "grad_accum"):
