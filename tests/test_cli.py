@@ -79,6 +79,8 @@ BAD_INPUT = [
     (["train", "--grad-clip", "nan"], "'grad_clip' must be a finite number, got nan"),
     (["train", "--weight-decay", "inf"], "'weight_decay' must be a finite number, got inf"),
     (["train", "--config", "{bad}/forever.toml"], "'time_budget' must be a finite number"),
+    (["train", "--beta1", "2"], "'beta1' must be in [0, 1), got 2.0"),
+    (["train", "--optimizer", "sgd", "--momentum", "1.5"], "'momentum' must be in [0, 1)"),
     (["train", "--block-size", "5000", "--text", "{text}"], "fewer than block_size + 1"),
     (["train", "--text", "{text}", "--out", "{bad}/a-file/run"], "cannot create run folder"),
     (["train", "--text", "{text}", "--out", "{run}"], "already holds a run"),

@@ -330,10 +330,13 @@ def validate(cfg: RunConfig) -> None:
         if not getattr(t, key) > 0:
             raise MiniGPTError(f"'{key}' must be positive, got {getattr(t, key)}")
     for key in ("min_lr", "warmup_steps", "weight_decay", "grad_clip", "patience",
-                "min_delta", "momentum", "muon_momentum", "sample_tokens", "skip_nonfinite",
+                "min_delta", "sample_tokens", "skip_nonfinite",
                 "eval_batches", "time_budget", "batch_start", "block_start"):
         if getattr(t, key) < 0:
             raise MiniGPTError(f"'{key}' must not be negative, got {getattr(t, key)}")
+    for key in ("beta1", "beta2", "momentum", "muon_momentum"):  # decays, as torch takes them
+        if not 0 <= getattr(t, key) < 1:
+            raise MiniGPTError(f"'{key}' must be in [0, 1), got {getattr(t, key)}")
     if not 0 <= t.ema < 1:
         raise MiniGPTError(f"'ema' must be in [0, 1) (a decay, e.g. 0.99; 0 = off), got {t.ema}")
     if not 0 <= t.ramp <= 1:
