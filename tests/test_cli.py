@@ -76,6 +76,7 @@ BAD_INPUT = [
     (["train", "--lr", "0"], "'lr' must be positive"),
     (["train", "--lr", "-0.1"], "'lr' must be positive"),
     (["train", "--optimizer", "adam"], "invalid choice"),
+    (["train", "--seed", "99999999999999999999"], "'seed' must be a 64-bit integer"),
     (["train", "--grad-clip", "nan"], "'grad_clip' must be a finite number, got nan"),
     (["train", "--weight-decay", "inf"], "'weight_decay' must be a finite number, got inf"),
     (["train", "--config", "{bad}/forever.toml"], "'time_budget' must be a finite number"),

@@ -337,6 +337,8 @@ def validate(cfg: RunConfig) -> None:
     for key in ("beta1", "beta2", "momentum", "muon_momentum"):  # decays, as torch takes them
         if not 0 <= getattr(t, key) < 1:
             raise MiniGPTError(f"'{key}' must be in [0, 1), got {getattr(t, key)}")
+    if not -2**63 <= t.seed < 2**63:  # what torch's generators (and a TOML integer) hold
+        raise MiniGPTError(f"'seed' must be a 64-bit integer, got {t.seed}")
     if not 0 <= t.ema < 1:
         raise MiniGPTError(f"'ema' must be in [0, 1) (a decay, e.g. 0.99; 0 = off), got {t.ema}")
     if not 0 <= t.ramp <= 1:
