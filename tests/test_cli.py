@@ -52,6 +52,9 @@ def bad_files(tmp_path_factory):
     (d / "short.txt").write_text("x" * 300)  # 270 train, 30 validation tokens
     (d / "a-file").write_text("not a folder")
     (d / "forever.toml").write_text("[train]\ntime_budget = inf\n")  # TOML's own infinity
+    for name, record in [("list-run", []), ("keyless-run", {"format": "minigpt-checkpoint/1"})]:
+        (d / name / "checkpoints").mkdir(parents=True)  # a last.json damaged into valid JSON
+        (d / name / "checkpoints" / "last.json").write_text(json.dumps(record))
     return d
 
 
@@ -88,6 +91,8 @@ BAD_INPUT = [
     (["train", "--resume", "{run}", "--n-layer", "3"], "cannot change n_layer"),
     (["train", "--resume", "{run}", "--block-size", "64"], "cannot change block_size"),
     (["train", "--resume", "{bad}"], "no 'last' checkpoint"),
+    (["train", "--resume", "{bad}/list-run"], "last.json is not readable: not a JSON object"),
+    (["train", "--resume", "{bad}/keyless-run"], "is not readable: it has no file, step, model"),
     (["sample", "--run", "{run}", "--prompt", "ZZZ"], "outside the vocabulary: 'Z'"),
     (["sample", "--run", "/nonexistent"], "no 'best' checkpoint"),
     (["sample", "--run", "{run}", "--top-p", "2"], "top_p must be in"),

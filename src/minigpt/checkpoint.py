@@ -146,8 +146,13 @@ def load_checkpoint(folder: str | Path, tag: str = "last") -> Checkpoint:
         raise MiniGPTError(f"no '{tag}' checkpoint in {folder}")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
         if meta.get("format") != FORMAT:
             raise ValueError(f"unknown format {meta.get('format')!r}")
+        missing = [k for k in ("file", "step", "model", "tokenizer") if k not in meta]
+        if missing:
+            raise ValueError(f"it has no {', '.join(missing)}")
         tensor_path = folder / meta["file"]
         if Path(meta["file"]).name != meta["file"]:
             raise ValueError("tensor file must sit beside the JSON")
