@@ -100,6 +100,8 @@ BAD_INPUT = [
     (["sample", "--run", "{run}", "--temperature", "-1"], "temperature must be >= 0"),
     (["sample", "--run", "{run}", "--max-new-tokens", "-3"], "--max-new-tokens must be >= 0"),
     (["attention", "--run", "{run}", "--text", ""], "1 to 32 characters"),
+    (["plan", "--tokens", "nan"], "--tokens must be a number of tokens such as 1e9, got nan"),
+    (["plan", "--tokens", "inf"], "--tokens must be a number of tokens such as 1e9, got inf"),
 ]
 
 
