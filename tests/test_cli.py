@@ -100,6 +100,10 @@ BAD_INPUT = [
     (["sample", "--run", "{run}", "--temperature", "-1"], "temperature must be >= 0"),
     (["sample", "--run", "{run}", "--max-new-tokens", "-3"], "--max-new-tokens must be >= 0"),
     (["attention", "--run", "{run}", "--text", ""], "1 to 32 characters"),
+    (["compare", "--variant", "a:lr=1e-3", "--variant", "a:lr=1e-2", "--steps", "1",
+      "--out", "{bad}/compare"], "variant name(s) 'a' given twice"),
+    (["compare", "--variant", "sgd:lr=0.5", "--optimizers", "sgd,adamw", "--steps", "1",
+      "--out", "{bad}/compare"], "variant name(s) 'sgd' given twice"),
     (["plan", "--tokens", "nan"], "--tokens must be a number of tokens such as 1e9, got nan"),
     (["plan", "--tokens", "inf"], "--tokens must be a number of tokens such as 1e9, got inf"),
 ]

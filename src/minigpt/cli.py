@@ -277,9 +277,14 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     from minigpt.diagnostics.compare import compare, format_table, parse_variant, variants
 
-    runs = dict(parse_variant(v) for v in args.variant)
-    if args.optimizers or args.schedules or args.clip or not runs:
-        runs |= variants(args.optimizers, args.schedules, args.clip)
+    named = [parse_variant(v) for v in args.variant]
+    if args.optimizers or args.schedules or args.clip or not named:
+        named += variants(args.optimizers, args.schedules, args.clip).items()
+    names = [name for name, _ in named]  # a name given twice: one would silently replace one
+    if twice := sorted({repr(n) for n in names if names.count(n) > 1}):
+        raise MiniGPTError(f"variant name(s) {', '.join(twice)} given twice; give each variant "
+                           f"its own name")
+    runs = dict(named)
     common = {"steps": 1000, **settings_given(args)}
     out = args.out or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}"
     logging.getLogger("minigpt").setLevel(logging.WARNING)  # the table says what matters
