@@ -104,6 +104,8 @@ BAD_INPUT = [
       "--out", "{bad}/compare"], "variant name(s) 'a' given twice"),
     (["compare", "--variant", "sgd:lr=0.5", "--optimizers", "sgd,adamw", "--steps", "1",
       "--out", "{bad}/compare"], "variant name(s) 'sgd' given twice"),
+    (["plan", "--tokens", "1e5", "--text", "/nonexistent/x.txt", "--block-size", "8"],
+     "text file not found: /nonexistent/x.txt"),
     (["plan", "--tokens", "nan"], "--tokens must be a number of tokens such as 1e9, got nan"),
     (["plan", "--tokens", "inf"], "--tokens must be a number of tokens such as 1e9, got inf"),
 ]

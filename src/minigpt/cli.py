@@ -430,6 +430,8 @@ def cmd_plan(args: argparse.Namespace) -> None:
                            "DURATION (e.g. 8h), or both")
     if cfg.data.text and is_prepared(cfg.data.text):
         cfg.model.vocab_size = read_index(cfg.data.text)["tokenizer"]["vocab_size"]
+    elif cfg.data.text and not Path(cfg.data.text).is_file():  # as train would refuse it
+        raise MiniGPTError(f"text file not found: {cfg.data.text}")
     m, t = cfg.model, cfg.train
     print(f"planning {args.tokens:,.0f} tokens" * bool(args.tokens)
           + " and " * bool(args.tokens and seconds) + f"{seconds:,.0f} s" * bool(seconds)
