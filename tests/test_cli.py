@@ -56,6 +56,10 @@ def bad_files(tmp_path_factory):
     (d / "binary.txt").write_bytes(bytes(range(256)) * 10)
     (d / "short.txt").write_text("x" * 300)  # 270 train, 30 validation tokens
     (d / "a-file").write_text("not a folder")
+    (d / "forever.toml").write_text("[train]\ntime_budget = inf\n")  # TOML's own infinity
+    for name, record in [("list-run", []), ("keyless-run", {"format": "minigpt-checkpoint/1"})]:
+        (d / name / "checkpoints").mkdir(parents=True)  # a last.json damaged into valid JSON
+        (d / name / "checkpoints" / "last.json").write_text(json.dumps(record))
     return d
 
 
@@ -80,12 +84,21 @@ BAD_INPUT = [
     (["train", "--lr", "0"], "'lr' must be positive"),
     (["train", "--lr", "-0.1"], "'lr' must be positive"),
     (["train", "--optimizer", "adam"], "invalid choice"),
+    (["train", "--seed", "99999999999999999999"], "'seed' must be a 64-bit integer"),
+    (["train", "--grad-clip", "nan"], "'grad_clip' must be a finite number, got nan"),
+    (["train", "--weight-decay", "inf"], "'weight_decay' must be a finite number, got inf"),
+    (["train", "--config", "{bad}/forever.toml"], "'time_budget' must be a finite number"),
+    (["train", "--beta1", "2"], "'beta1' must be in [0, 1), got 2.0"),
+    (["train", "--optimizer", "sgd", "--momentum", "1.5"], "'momentum' must be in [0, 1)"),
     (["train", "--block-size", "5000", "--text", "{text}"], "fewer than block_size + 1"),
     (["train", "--text", "{text}", "--out", "{bad}/a-file/run"], "cannot create run folder"),
     (["train", "--text", "{text}", "--out", "{run}"], "already holds a run"),
     (["train", "--resume", "{run}", "--n-layer", "3"], "cannot change n_layer"),
     (["train", "--resume", "{run}", "--block-size", "64"], "cannot change block_size"),
     (["train", "--resume", "{bad}"], "no 'last' checkpoint"),
+    (["train", "--resume", "{bad}/list-run"],
+     "last.json is not readable: a JSON object was expected, got list"),
+    (["train", "--resume", "{bad}/keyless-run"], "is not readable: 'file' is missing or not a str"),
     (["sample", "--run", "{run}", "--prompt", "ZZZ"], "--prompt: text has 1 character(s) outside "
                                                        "the vocabulary: 'Z'"),
     (["sample", "--run", "/nonexistent"], "no 'best' checkpoint"),
@@ -95,6 +108,14 @@ BAD_INPUT = [
     (["sample", "--run", "{run}", "--max-new-tokens", "-3"], "--max-new-tokens must be >= 0"),
     (["sample", "--run", "{run}", "--seed", str(2**64)], "--seed must be from -2**63 to 2**64 - 1"),
     (["attention", "--run", "{run}", "--text", ""], "1 to 32 characters"),
+    (["compare", "--variant", "a:lr=1e-3", "--variant", "a:lr=1e-2", "--steps", "1",
+      "--out", "{bad}/compare"], "variant name(s) 'a' given twice"),
+    (["compare", "--variant", "sgd:lr=0.5", "--optimizers", "sgd,adamw", "--steps", "1",
+      "--out", "{bad}/compare"], "variant name(s) 'sgd' given twice"),
+    (["plan", "--tokens", "1e5", "--text", "/nonexistent/x.txt", "--block-size", "8"],
+     "text file not found: /nonexistent/x.txt"),
+    (["plan", "--tokens", "nan"], "--tokens must be a number of tokens such as 1e9, got nan"),
+    (["plan", "--tokens", "inf"], "--tokens must be a number of tokens such as 1e9, got inf"),
 ]
 
 

@@ -282,9 +282,14 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     from minigpt.diagnostics.compare import compare, format_table, parse_variant, variants
 
-    runs = dict(parse_variant(v) for v in args.variant)
-    if args.optimizers or args.schedules or args.clip or not runs:
-        runs |= variants(args.optimizers, args.schedules, args.clip)
+    named = [parse_variant(v) for v in args.variant]
+    if args.optimizers or args.schedules or args.clip or not named:
+        named += variants(args.optimizers, args.schedules, args.clip).items()
+    names = [name for name, _ in named]  # a name given twice: one would silently replace one
+    if twice := sorted({repr(n) for n in names if names.count(n) > 1}):
+        raise MiniGPTError(f"variant name(s) {', '.join(twice)} given twice; give each variant "
+                           f"its own name")
+    runs = dict(named)
     common = {"steps": 1000, **settings_given(args)}
     out = args.out or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}"
     logging.getLogger("minigpt").setLevel(logging.WARNING)  # the table says what matters
@@ -431,11 +436,15 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
     cfg = resolve_config(args.preset or "seed", args.config, settings_given(args), SECTIONS)
     seconds = cfg.train.time_budget
-    if args.tokens < 0 or (args.tokens == 0 and seconds <= 0):
+    if not 0 <= args.tokens < float("inf"):  # (NaN fails this too)
+        raise MiniGPTError(f"--tokens must be a number of tokens such as 1e9, got {args.tokens:g}")
+    if args.tokens == 0 and seconds <= 0:
         raise MiniGPTError("plan needs a budget: --tokens N (e.g. 1e9), --time-budget "
                            "DURATION (e.g. 8h), or both")
     if cfg.data.text and is_prepared(cfg.data.text):
         cfg.model.vocab_size = read_index(cfg.data.text)["tokenizer"]["vocab_size"]
+    elif cfg.data.text and not Path(cfg.data.text).is_file():  # as train would refuse it
+        raise MiniGPTError(f"text file not found: {cfg.data.text}")
     m, t = cfg.model, cfg.train
     print(f"planning {args.tokens:,.0f} tokens" * bool(args.tokens)
           + " and " * bool(args.tokens and seconds) + f"{seconds:,.0f} s" * bool(seconds)

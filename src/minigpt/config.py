@@ -320,16 +320,25 @@ def by_section(settings: dict, sections: dict[str, type] = SECTIONS) -> dict[str
 
 def validate(cfg: RunConfig) -> None:
     """Reject settings that cannot train, each with a one-line reason."""
+    for section in cfg.sections().values():  # NaN and inf would pass the checks below
+        for key, value in vars(section).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise MiniGPTError(f"'{key}' must be a finite number, got {value}")
     validate_model(cfg.model)
     t, d = cfg.train, cfg.data
     for key in ("steps", "batch_size", "lr", "eval_every", "log_every", "keep", "grad_accum"):
         if not getattr(t, key) > 0:
             raise MiniGPTError(f"'{key}' must be positive, got {getattr(t, key)}")
     for key in ("min_lr", "warmup_steps", "weight_decay", "grad_clip", "patience",
-                "min_delta", "momentum", "muon_momentum", "sample_tokens", "skip_nonfinite",
+                "min_delta", "sample_tokens", "skip_nonfinite",
                 "eval_batches", "time_budget", "batch_start", "block_start"):
         if getattr(t, key) < 0:
             raise MiniGPTError(f"'{key}' must not be negative, got {getattr(t, key)}")
+    for key in ("beta1", "beta2", "momentum", "muon_momentum"):  # decays, as torch takes them
+        if not 0 <= getattr(t, key) < 1:
+            raise MiniGPTError(f"'{key}' must be in [0, 1), got {getattr(t, key)}")
+    if not -2**63 <= t.seed < 2**63:  # what torch's generators (and a TOML integer) hold
+        raise MiniGPTError(f"'seed' must be a 64-bit integer, got {t.seed}")
     if not 0 <= t.ema < 1:
         raise MiniGPTError(f"'ema' must be in [0, 1) (a decay, e.g. 0.99; 0 = off), got {t.ema}")
     if not 0 <= t.ramp <= 1:
