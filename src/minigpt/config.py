@@ -229,7 +229,10 @@ def apply_overrides(cfg: RunConfig, table: dict, origin: str) -> None:
             if key not in valid:
                 raise MiniGPTError(f"{origin}: unknown key '{key}' in "
                                    f"[{sec}]{_suggest(key, valid)}")
-            setattr(target, key, _coerce(value, valid[key]))
+            try:
+                setattr(target, key, _coerce(value, valid[key]))
+            except MiniGPTError as e:  # a file's or preset's wrong type: say which file
+                raise MiniGPTError(f"{origin}: {e}") from None
 
 
 def read_toml(path: str | Path) -> dict:
