@@ -91,6 +91,11 @@ BAD_INPUT = [
     (["train", "--beta1", "2"], "'beta1' must be in [0, 1), got 2.0"),
     (["train", "--optimizer", "sgd", "--momentum", "1.5"], "'momentum' must be in [0, 1)"),
     (["train", "--block-size", "5000", "--text", "{text}"], "fewer than block_size + 1"),
+    # a typo'd shape is refused before its terabytes are allocated (or, past 64 blocks, counted)
+    (["train", "--text", "{text}", "--n-embd", "65536", "--n-head", "1", "--block-size", "8"],
+     "parameters (4 layers, 65536 wide) needs about 3,07"),  # 12 C² a layer: 206 G params
+    (["train", "--text", "{text}", "--n-layer", "10000000", "--block-size", "8"],
+     "parameters (10000000 layers, 64 wide) needs about 7,4"),  # 50 K a layer: 500 G
     (["train", "--text", "{text}", "--out", "{bad}/a-file/run"], "cannot create run folder"),
     (["train", "--text", "{text}", "--out", "{run}"], "already holds a run"),
     (["train", "--resume", "{run}", "--n-layer", "3"], "cannot change n_layer"),

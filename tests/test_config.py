@@ -17,13 +17,13 @@ def test_presets_exist_and_load_and_seed_is_the_default_config():
 
 
 def test_the_pretrain_preset_is_sized_for_a_billion_tokens():
-    from minigpt.plan import count_params
+    from minigpt.model import count_params
 
     cfg = resolve_config("pretrain", overrides={"vocab_size": 8192})  # its corpus's tokenizer
     t = cfg.train
     tokens = t.steps * t.batch_size * t.grad_accum * cfg.model.block_size
     assert 1e9 <= tokens < 1.001e9
-    assert 15 < tokens / count_params(cfg) < 25  # near 20 tokens a parameter
+    assert 15 < tokens / count_params(cfg.model) < 25  # near 20 tokens a parameter
     assert (cfg.model.pos, t.optimizer, t.dtype) == ("rope", "muon", "auto")
     assert t.eval_batches > 0  # never the whole validation split at every evaluation
 

@@ -12,6 +12,7 @@ import torch
 from conftest import run_cli
 from minigpt import MiniGPT, resolve_config
 from minigpt import plan as planning
+from minigpt.model import count_params
 from minigpt.performance import peak_memory, train_flops_per_token
 
 SMALL = dict(batch_size=2, block_size=16, dtype="float32")
@@ -22,7 +23,7 @@ def test_parameters_are_counted_without_building_the_model():
     for n_layer, n_embd in planning.LADDER[:4]:
         c = planning.shaped(cfg, n_layer, n_embd)
         assert c.model.n_embd % c.model.n_head == 0 and c.model.value_embeds <= n_layer
-        assert planning.count_params(c) == MiniGPT.from_config(c.model).num_params()
+        assert count_params(c.model) == MiniGPT.from_config(c.model).num_params()
 
 
 def test_steps_are_timed_until_too_slow_then_estimated(monkeypatch):

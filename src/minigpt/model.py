@@ -319,3 +319,9 @@ class MiniGPT(nn.Module):
         from minigpt.sample import generate
 
         return generate(self, idx, max_new_tokens)
+
+
+def count_params(config: ModelConfig) -> int:
+    """The parameters a config's model has, counted on the meta device: nothing allocated."""
+    with torch.device("meta"):
+        return MiniGPT.from_config(config).num_params()

@@ -14,12 +14,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
 from minigpt.config import ModelConfig, RunConfig
 from minigpt.errors import MiniGPTError
 from minigpt.evaluate import WHOLE_SPLIT_BATCH
+from minigpt.model import count_params
 
 
 def choose_compile(requested: str, device: torch.device) -> bool:
@@ -94,17 +96,7 @@ def check_memory(cfg: RunConfig, device: torch.device, n_params: int,
     rather than be killed part-way, or push a laptop into swapping: the estimate, what is
     available, and what to change, in one line. On a CPU every process torchrun started on
     this machine (LOCAL_WORLD_SIZE) needs as much."""
-    if device.type == "cuda":
-        resident = torch.cuda.memory_allocated(device)
-        available = torch.cuda.mem_get_info(device)[0]  # free device memory
-        where, processes = f"free on {device}", 1
-    else:
-        import psutil
-
-        resident = psutil.Process().memory_info().rss
-        available = psutil.virtual_memory().available  # what can be used without swapping
-        where = "available"
-        processes = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))
+    resident, available, where, processes = memory_at(device)
     parts = peak_memory(cfg, resident, n_params, dtype)
     need = (sum(parts.values()) - resident) * processes
     if need > available:
@@ -115,6 +107,42 @@ def check_memory(cfg: RunConfig, device: torch.device, n_params: int,
             f"{cfg.model.block_size}), and {available / gib:.1f} GiB is {where}: lower "
             f"--batch-size or --block-size, or keep the batch with --grad-accum N and "
             f"--batch-size {t.batch_size}/N")
+
+
+def check_model_fits(cfg: RunConfig, device: torch.device) -> None:
+    """Refuse, before it is made, a model whose weights, gradients and optimizer state alone
+    cannot fit (a typo such as --n-embd 65536 would take minutes to allocate, then swap);
+    check_memory, once the model is made, counts the rest. Past 64 blocks the parameters are
+    those of 2 and 3 blocks, extrapolated (counting 100,000 blocks takes minutes even on the
+    meta device): the count within a few scalars, less any value embeddings beyond 2."""
+    m = cfg.model
+    if m.n_layer <= 64:
+        n_params = count_params(m)
+    else:
+        two, three = (count_params(replace(m, n_layer=n, value_embeds=min(m.value_embeds, 2)))
+                      for n in (2, 3))
+        n_params = two + (m.n_layer - 2) * (three - two)
+    _, available, where, processes = memory_at(device)
+    state = {"adamw": 2, "sgd": 1, "muon": 1.5}[cfg.train.optimizer]  # tensors per parameter
+    need = 4 * n_params * (2 + state) * processes
+    if need > available:
+        raise MiniGPTError(f"a model of {n_params:,} parameters ({m.n_layer} layers, {m.n_embd} "
+                           f"wide) needs about {need / 2**30:,.1f} GiB for its weights, "
+                           f"gradients and optimizer state, and {available / 2**30:.1f} GiB is "
+                           f"{where}: lower --n-layer or --n-embd")
+
+
+def memory_at(device: torch.device) -> tuple[int, int, str, int]:
+    """The bytes this process holds, those it may still use (on a CPU: without swapping),
+    where, in words, and how many processes on this machine need as much (torchrun's)."""
+    if device.type == "cuda":
+        available = torch.cuda.mem_get_info(device)[0]  # free device memory
+        return torch.cuda.memory_allocated(device), available, f"free on {device}", 1
+    import psutil
+
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))
+    return (psutil.Process().memory_info().rss, psutil.virtual_memory().available, "available",
+            processes)
 
 
 def best_rate(work: Callable[[], object], seconds: float, bursts: int = 10) -> float:

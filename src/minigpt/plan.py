@@ -27,7 +27,7 @@ import torch
 from minigpt import performance, precision
 from minigpt.config import RunConfig
 from minigpt.data import cache_dir
-from minigpt.model import MiniGPT
+from minigpt.model import MiniGPT, count_params
 from minigpt.optim import make_optimizer
 from minigpt.step import MicroSteps, timed_steps
 
@@ -74,12 +74,6 @@ def shaped(cfg: RunConfig, n_layer: int, n_embd: int) -> RunConfig:
     return replace(cfg, model=model)
 
 
-def count_params(cfg: RunConfig) -> int:
-    """The model's parameters, counted without allocating them."""
-    with torch.device("meta"):
-        return MiniGPT.from_config(cfg.model).num_params()
-
-
 def time_step(cfg: RunConfig, steps: int = 2) -> tuple[float, torch.dtype]:
     """The fastest of `steps` training steps of this shape (after one to warm up), and the
     dtype it ran in (the run's --dtype; auto probes as training does, with its cache)."""
@@ -101,7 +95,7 @@ def plan(cfg: RunConfig, resident: int = 0, max_step_s: float = 2.0) -> list[Sha
     shapes, seconds_per_flop, dtype = [], None, torch.float32
     for n_layer, n_embd in LADDER:
         c = shaped(cfg, n_layer, n_embd)
-        params = count_params(c)
+        params = count_params(c.model)
         flops = performance.train_flops_per_token(c.model) * tokens_per_step
         measured = seconds_per_flop is None or flops * seconds_per_flop <= max_step_s
         if measured:

@@ -144,6 +144,7 @@ def build_run(cfg: RunConfig, folder: str | Path) -> Run:
     accum = cfg.train.grad_accum  # this process's streams: one per micro-batch of a step
     batches = Batches(splits, cfg.train.batch_size, cfg.model.block_size, cfg.train.seed, device,
                       streams=tuple(range(world.rank * accum, (world.rank + 1) * accum)))
+    performance.check_model_fits(cfg, device)
     torch.manual_seed(cfg.train.seed)
     model = MiniGPT.from_config(cfg.model).to(device)
     dtype, why = choose_dtype(cfg, model, world, device)
