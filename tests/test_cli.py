@@ -89,6 +89,8 @@ BAD_INPUT = [
     (["train", "--weight-decay", "inf"], "'weight_decay' must be a finite number, got inf"),
     (["train", "--config", "{bad}/forever.toml"], "'time_budget' must be a finite number"),
     (["train", "--beta1", "2"], "'beta1' must be in [0, 1), got 2.0"),
+    (["train", "--targets", "1.72,nan"], "'targets' must be positive losses separated by commas"),
+    (["train", "--targets", "1.72,x"], "'targets' must be positive losses separated by commas"),
     (["train", "--optimizer", "sgd", "--momentum", "1.5"], "'momentum' must be in [0, 1)"),
     (["train", "--block-size", "5000", "--text", "{text}"], "fewer than block_size + 1"),
     # a typo'd shape is refused before its terabytes are allocated (or, past 64 blocks, counted)
@@ -119,6 +121,8 @@ BAD_INPUT = [
       "--out", "{bad}/compare"], "variant name(s) 'sgd' given twice"),
     (["plan", "--tokens", "1e5", "--text", "/nonexistent/x.txt", "--block-size", "8"],
      "text file not found: /nonexistent/x.txt"),
+    (["compare", "--clip", "1,1.0", "--steps", "1", "--out", "{bad}/compare"],
+     "variant name(s) 'clip 1' given twice by the axes"),
     (["plan", "--tokens", "nan"], "--tokens must be a number of tokens such as 1e9, got nan"),
     (["plan", "--tokens", "inf"], "--tokens must be a number of tokens such as 1e9, got inf"),
 ]

@@ -359,9 +359,12 @@ def validate(cfg: RunConfig) -> None:
 def parse_targets(text: str) -> list[float]:
     """'1.72,1.60,1.50' -> [1.72, 1.6, 1.5]; an empty text: no targets."""
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        targets = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise MiniGPTError(f"'targets' must be numbers separated by commas, got {text!r}") from None
+        targets = [math.nan]
+    if not all(0 < x < math.inf for x in targets):  # nan: a target never reached
+        raise MiniGPTError(f"'targets' must be positive losses separated by commas, got {text!r}")
+    return targets
 
 
 def validate_model(m: ModelConfig) -> None:

@@ -56,8 +56,12 @@ def variants(optimizers: str | None = None, schedules: str | None = None,
                            "--clip")
     combos = ({k: v for part in combo for k, v in part.items()}
               for combo in itertools.product(*axes))
-    return {" ".join(_label(k, v) for k, v in overrides.items()): overrides
-            for overrides in combos}
+    named = [(" ".join(_label(k, v) for k, v in overrides.items()), overrides)
+             for overrides in combos]
+    names = [name for name, _ in named]  # --optimizers sgd,sgd or --clip 1,1.0: one would go
+    if twice := sorted({repr(n) for n in names if names.count(n) > 1}):
+        raise MiniGPTError(f"variant name(s) {', '.join(twice)} given twice by the axes")
+    return dict(named)
 
 
 def _label(key: str, value) -> str:
