@@ -280,16 +280,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from datetime import datetime
 
-    from minigpt.diagnostics.compare import compare, format_table, parse_variant, variants
+    from minigpt.diagnostics.compare import by_name, compare, format_table, parse_variant, variants
 
     named = [parse_variant(v) for v in args.variant]
     if args.optimizers or args.schedules or args.clip or not named:
         named += variants(args.optimizers, args.schedules, args.clip).items()
-    names = [name for name, _ in named]  # a name given twice: one would silently replace one
-    if twice := sorted({repr(n) for n in names if names.count(n) > 1}):
-        raise MiniGPTError(f"variant name(s) {', '.join(twice)} given twice; give each variant "
-                           f"its own name")
-    runs = dict(named)
+    runs = by_name(named, "; give each variant its own name")
     common = {"steps": 1000, **settings_given(args)}
     out = args.out or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}"
     logging.getLogger("minigpt").setLevel(logging.WARNING)  # the table says what matters
@@ -432,6 +428,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
     import psutil
 
     from minigpt.corpus import is_prepared, read_index
+    from minigpt.data import text_file
     from minigpt.plan import format_plan, plan
 
     cfg = resolve_config(args.preset or "seed", args.config, settings_given(args), SECTIONS)
@@ -443,8 +440,8 @@ def cmd_plan(args: argparse.Namespace) -> None:
                            "DURATION (e.g. 8h), or both")
     if cfg.data.text and is_prepared(cfg.data.text):
         cfg.model.vocab_size = read_index(cfg.data.text)["tokenizer"]["vocab_size"]
-    elif cfg.data.text and not Path(cfg.data.text).is_file():  # as train would refuse it
-        raise MiniGPTError(f"text file not found: {cfg.data.text}")
+    elif cfg.data.text:  # as train would refuse it
+        text_file(cfg.data.text)
     m, t = cfg.model, cfg.train
     print(f"planning {args.tokens:,.0f} tokens" * bool(args.tokens)
           + " and " * bool(args.tokens and seconds) + f"{seconds:,.0f} s" * bool(seconds)

@@ -70,6 +70,13 @@ def ensure_tinyshakespeare(url: str = TINYSHAKESPEARE_URL) -> Path:
     return path
 
 
+def text_file(path: str | Path) -> Path:
+    """The path of a text file that exists, or a one-line error."""
+    if not Path(path).is_file():
+        raise MiniGPTError(f"text file not found: {path}")
+    return Path(path)
+
+
 def prepared_text(text_path: str | Path, tokenizer: str = "char", vocab_size: int = 0,
                   val_fraction: float = 0.1) -> Path:
     """The folder holding a text file's shards, prepared on first use (minigpt.corpus.prepare)
@@ -77,9 +84,7 @@ def prepared_text(text_path: str | Path, tokenizer: str = "char", vocab_size: in
     the settings that shape the tokens (tokenizer, val_fraction, and a BPE's vocab_size). A
     later run with the same text and settings reads it; anything else prepares anew (a cache
     of an earlier format included). Processes preparing at once take turns."""
-    text_path = Path(text_path)
-    if not text_path.is_file():
-        raise MiniGPTError(f"text file not found: {text_path}")
+    text_path = text_file(text_path)
     if not text_path.stat().st_size:
         raise MiniGPTError(f"{text_path} is empty")
     key = {"format": FORMAT, "text_sha256": sha256_file(text_path), "tokenizer": tokenizer,

@@ -123,8 +123,8 @@ def check_model_fits(cfg: RunConfig, device: torch.device) -> None:
                       for n in (2, 3))
         n_params = two + (m.n_layer - 2) * (three - two)
     _, available, where, processes = memory_at(device)
-    state = {"adamw": 2, "sgd": 1, "muon": 1.5}[cfg.train.optimizer]  # tensors per parameter
-    need = 4 * n_params * (2 + state) * processes
+    training = peak_memory(cfg, 0, n_params)["gradients and optimizer state"]  # (float32)
+    need = (4 * n_params + training) * processes  # the weights too
     if need > available:
         raise MiniGPTError(f"a model of {n_params:,} parameters ({m.n_layer} layers, {m.n_embd} "
                            f"wide) needs about {need / 2**30:,.1f} GiB for its weights, "

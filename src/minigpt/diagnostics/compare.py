@@ -56,11 +56,16 @@ def variants(optimizers: str | None = None, schedules: str | None = None,
                            "--clip")
     combos = ({k: v for part in combo for k, v in part.items()}
               for combo in itertools.product(*axes))
-    named = [(" ".join(_label(k, v) for k, v in overrides.items()), overrides)
-             for overrides in combos]
-    names = [name for name, _ in named]  # --optimizers sgd,sgd or --clip 1,1.0: one would go
+    return by_name([(" ".join(_label(k, v) for k, v in overrides.items()), overrides)
+                    for overrides in combos], "by the axes")  # --clip 1,1.0: one name twice
+
+
+def by_name(named: list[tuple[str, dict]], how: str) -> dict[str, dict]:
+    """(name, settings) pairs as a dict, refusing a name given twice (one would silently
+    replace the other); `how` ends the error."""
+    names = [name for name, _ in named]
     if twice := sorted({repr(n) for n in names if names.count(n) > 1}):
-        raise MiniGPTError(f"variant name(s) {', '.join(twice)} given twice by the axes")
+        raise MiniGPTError(f"variant name(s) {', '.join(twice)} given twice {how}")
     return dict(named)
 
 
