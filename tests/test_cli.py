@@ -7,6 +7,7 @@ import torch
 
 import minigpt
 from conftest import one_line_error, run_cli
+from minigpt.tokenizer import CharTokenizer
 
 
 def test_train_prints_split_sizes_figures_and_summary(cli_run):
@@ -60,6 +61,11 @@ def bad_files(tmp_path_factory):
     for name, record in [("list-run", []), ("keyless-run", {"format": "minigpt-checkpoint/1"})]:
         (d / name / "checkpoints").mkdir(parents=True)  # a last.json damaged into valid JSON
         (d / name / "checkpoints" / "last.json").write_text(json.dumps(record))
+    model = minigpt.MiniGPT(3, n_embd=8, n_head=1, n_layer=1, block_size=4)  # a model alone,
+    minigpt.save_checkpoint(d / "model-only-run" / "checkpoints", ["last"], model,  # no run
+                            torch.optim.AdamW(model.parameters()),
+                            {"step": 1, "tokenizer": CharTokenizer.from_text("abc").to_dict()},
+                            {"torch": torch.get_rng_state()})
     return d
 
 
@@ -106,6 +112,8 @@ BAD_INPUT = [
     (["train", "--resume", "{bad}/list-run"],
      "last.json is not readable: a JSON object was expected, got list"),
     (["train", "--resume", "{bad}/keyless-run"], "is not readable: 'file' is missing or not a str"),
+    (["train", "--resume", "{bad}/model-only-run"], "holds a model but not its training run's"),
+    (["gradflow", "--run", "{bad}/model-only-run"], "train --resume and gradflow cannot"),
     (["sample", "--run", "{run}", "--prompt", "ZZZ"], "--prompt: text has 1 character(s) outside "
                                                        "the vocabulary: 'Z'"),
     (["sample", "--run", "/nonexistent"], "no 'best' checkpoint"),

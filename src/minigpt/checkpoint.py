@@ -204,6 +204,7 @@ def resume_config(run_dir: str | Path, overrides: dict | None = None, preset: st
     repeated as the run has it (a path naming the same file counts as the same) but not
     changed: the error names each change."""
     meta = load_checkpoint(Path(run_dir) / "checkpoints", "last").meta
+    check_resumable(meta, run_dir)
     cfg = RunConfig.with_sections(sections)
     saved = {key: meta[key] for key in ("model", "train", "data")}
     saved |= {name: values for name, values in meta.get("extra", {}).items() if name in cfg.extra}
@@ -219,6 +220,16 @@ def resume_config(run_dir: str | Path, overrides: dict | None = None, preset: st
     apply_overrides(cfg, table, "command line")
     validate(cfg)
     return cfg
+
+
+def check_resumable(meta: dict, run_dir: str | Path) -> None:
+    """Refuse a checkpoint that holds a model but not the state of the run that trained it
+    (saved by save_checkpoint alone, or by a minigpt before the parts kept their state)."""
+    kinds = {"train": dict, "data": dict, "parts": dict, "world_size": int}
+    if not all(isinstance(meta.get(key), kind) for key, kind in kinds.items()):
+        raise MiniGPTError(f"{run_dir} holds a model but not its training run's state (its "
+                           f"settings, batch streams and clock): sample, attention and export "
+                           f"read it, but train --resume and gradflow cannot")
 
 
 def same_setting(cfg: RunConfig, section: str, key: str, value) -> bool:

@@ -241,9 +241,6 @@ def restore(run: Run, tag: str = "last") -> None:
     if saved != (run.world.size, run.cfg.train.grad_accum):
         raise MiniGPTError(f"the run was trained by {saved[0]} process(es) with --grad-accum "
                            f"{saved[1]}; resume it the same way to continue its batch streams")
-    if "parts" not in ckpt.meta:
-        raise MiniGPTError(f"{run.folder} was saved by an older minigpt: sample, export and "
-                           f"the diagnostics read it, but it cannot be resumed")
     restore_model(run.model, ckpt)
     if run.ema is not None:
         restore_model(run.ema.model, ckpt, "ema")
