@@ -18,9 +18,11 @@ import pytest
 import torch
 
 import minigpt.checkpoint as ckpt
-from conftest import TINY_FLAGS, run_cli, same_weights, tiny_config, without_speed
+import minigpt.diagnostics.compare as comparing
+from conftest import TINY, TINY_FLAGS, CrashAt, run_cli, same_weights, tiny_config, without_speed
 from minigpt import MiniGPTError, load_checkpoint, load_model, train
 from minigpt.cli import main
+from minigpt.diagnostics.compare import compare
 from minigpt.diagnostics.probes import Probe
 from minigpt.files import read_jsonl, sha256_file
 from minigpt.signals import StopSignals
@@ -105,6 +107,7 @@ def slow(tensors, path, metadata=None):
     real(tensors, path, metadata=metadata)
 ckpt.save_file = slow
 from minigpt.cli import main
+from minigpt.diagnostics.compare import compare
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -317,6 +320,27 @@ def test_resume_takes_the_command_as_first_typed(small_text, tmp_path, capsys, m
     assert "block_size from 32 to 64" in err and "n_embd from 32 to 64" in err
     assert main([*again, "--resume", "runs/b", "--out", "runs/c"]) == 2
     assert "name different folders" in capsys.readouterr().err
+
+
+def test_an_interrupted_compare_continues_where_it_stopped(small_text, tmp_path, monkeypatch):
+    common = {"text": str(small_text), **TINY, "steps": 30, "eval_every": 10, "log_every": 1}
+    runs = {"a": {"lr": 1e-3}, "b": {"lr": 3e-3}}
+    straight = compare(runs, tmp_path / "straight", common=common, progress=False)
+    probes = comparing.standard_probes  # b crashes at step 15, after its checkpoint at 10
+    monkeypatch.setattr(comparing, "standard_probes",
+                        lambda cfg: [*probes(cfg), *[CrashAt(15)] * (cfg.train.lr == 3e-3)])
+    with pytest.raises(KeyboardInterrupt):
+        compare(runs, tmp_path / "cut", common=common, progress=False)
+    monkeypatch.undo()
+    a = tmp_path / "cut" / "0-a" / "checkpoints" / "last.json"
+    trained = a.stat().st_mtime_ns
+    table = compare(runs, tmp_path / "cut", common=common, progress=False)  # the same again
+    assert a.stat().st_mtime_ns == trained  # a was kept, b continued from its checkpoint
+    keys = ("variant", "final_val_loss", "best_val_loss", "steps")
+    assert [[r[k] for k in keys] for r in table] == [[r[k] for k in keys] for r in straight]
+    assert same_weights(tmp_path / "cut" / "1-b", tmp_path / "straight" / "1-b")
+    with pytest.raises(MiniGPTError, match="holds a comparison of other variants or settings"):
+        compare({**runs, "c": {}}, tmp_path / "cut", common=common, progress=False)
 
 
 # --- one run per folder -------------------------------------------------------------------------

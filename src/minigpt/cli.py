@@ -289,8 +289,13 @@ def cmd_compare(args: argparse.Namespace) -> None:
     common = {"steps": 1000, **settings_given(args)}
     out = args.out or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}"
     logging.getLogger("minigpt").setLevel(logging.WARNING)  # the table says what matters
-    table = compare(runs, out, args.preset or "seed", args.config, common,
-                    progress=not args.no_progress)
+    try:
+        table = compare(runs, out, args.preset or "seed", args.config, common,
+                        progress=not args.no_progress)
+    except TrainingStopped:
+        logging.getLogger("minigpt").warning(f"the same command with --out {out} continues "
+                                             f"the comparison")
+        raise
     print(format_table(table))
     print(f"curves: {out}/compare.png; table: {out}/compare.json")
 

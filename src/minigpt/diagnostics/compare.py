@@ -9,13 +9,15 @@ Every variant built from the same model starts from the same initial weights and
 batches, so the curves differ only by what was varied. Each variant is an ordinary run folder
 under the comparison folder; `compare.png` overlays the validation curves against steps and
 against seconds of training, and `compare.json` holds the table: each variant's loss at the
-end and the seconds it took to reach each target loss.
+end and the seconds it took to reach each target loss. Run again after an interruption, the
+same command keeps the variants already trained and continues the one that was stopped.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import logging
 from pathlib import Path
 
 from minigpt.config import field_index, resolve_config
@@ -24,6 +26,8 @@ from minigpt.diagnostics.probes import SECTIONS, standard_probes
 from minigpt.errors import MiniGPTError
 from minigpt.files import atomic_write_text, read_jsonl
 from minigpt.trainer import train
+
+log = logging.getLogger("minigpt")
 
 
 def parse_axis(text: str | None, key: str) -> list[dict]:
@@ -118,15 +122,36 @@ def compare(variants: dict[str, dict], out_dir: str | Path, preset: str = "seed"
         overrides = dict(overrides)  # patience 0: every variant runs its full length
         configs[name] = resolve_config(overrides.pop("preset", preset), config_file,
                                        {**(common or {}), **overrides, "patience": 0}, SECTIONS)
+    claim(out_dir, {name: cfg.to_dict() for name, cfg in configs.items()})
     table, curves = [], {}
     for i, (name, cfg) in enumerate(configs.items()):
         folder = out_dir / f"{i}-{''.join(c if c.isalnum() or c in '+-.' else '_' for c in name)}"
-        result = train(cfg, folder, probes=standard_probes(cfg), progress=progress)
-        table.append({"variant": name, "folder": folder.name, **result.summary})
+        if (folder / "summary.json").is_file():  # trained by an earlier, interrupted compare
+            log.warning(f"{name}: trained before, in {folder}; kept")
+            summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+        else:  # a variant stopped part-way continues from its last checkpoint
+            resume = (folder / "checkpoints" / "last.json").is_file()
+            summary = train(cfg, folder, resume=resume, probes=standard_probes(cfg),
+                            progress=progress).summary
+        table.append({"variant": name, "folder": folder.name, **summary})
         curves[name] = read_jsonl(folder / "metrics.jsonl")
     plot_overlay(curves, out_dir / "compare.png", title=", ".join(variants))
     atomic_write_text(out_dir / "compare.json", json.dumps(table, indent=2) + "\n")
     return table
+
+
+def claim(out_dir: Path, settings: dict) -> None:
+    """Write the settings of every variant (variants.json) before the first is trained, so
+    that the same command, run again after an interruption or a failure, continues the
+    comparison; refuse a folder that holds a comparison of other variants or settings."""
+    path = out_dir / "variants.json"
+    if path.is_file():
+        if json.loads(path.read_text(encoding="utf-8")) != settings:
+            raise MiniGPTError(f"{out_dir} holds a comparison of other variants or settings; "
+                               f"choose another --out, or run that comparison's command to "
+                               f"continue it")
+    else:
+        atomic_write_text(path, json.dumps(settings, indent=1) + "\n")
 
 
 def format_table(table: list[dict]) -> str:
