@@ -72,6 +72,8 @@ def bad_files(tmp_path_factory):
 # every row: a mistake, and the words the one-line error must contain
 BAD_INPUT = [
     (["train", "--lrr", "1"], "did you mean --lr"),
+    (["graph", "--device", "cpu"], "unrecognized arguments: --device cpu (--device belongs to "
+                                   "other commands)"),  # not "did you mean --device?"
     (["train", "--preset", "sede"], "did you mean 'seed'"),
     (["train", "--config", "{bad}/missing.toml"], "config file not found"),
     (["train", "--text", "/nonexistent/x.txt"], "text file not found"),
@@ -123,6 +125,7 @@ BAD_INPUT = [
     (["sample", "--run", "{run}", "--max-new-tokens", "-3"], "--max-new-tokens must be >= 0"),
     (["sample", "--run", "{run}", "--seed", str(2**64)], "--seed must be from -2**63 to 2**64 - 1"),
     (["attention", "--run", "{run}", "--text", ""], "1 to 32 characters"),
+    (["graph", "--collapse", "--depth", "0", "--out", "{bad}/g"], "--depth must be at least 1"),
     (["compare", "--variant", "a:lr=1e-3", "--variant", "a:lr=1e-2", "--steps", "1",
       "--out", "{bad}/compare"], "variant name(s) 'a' given twice"),
     (["compare", "--variant", "sgd:lr=0.5", "--optimizers", "sgd,adamw", "--steps", "1",
@@ -145,7 +148,7 @@ def test_bad_input_is_one_line_and_non_zero(cli_run, bad_files, args, message, c
         return sorted(p.name for p in bad_files.iterdir() if ".tokens." not in p.name)
 
     before = files()
-    quiet = "--no-progress" if args[0] == "train" else "--device=cpu"
-    line = one_line_error(capsys, [*args, quiet])
+    quiet = {"train": ["--no-progress"], "graph": []}.get(args[0], ["--device=cpu"])
+    line = one_line_error(capsys, [*args, *quiet])
     assert message in line
     assert files() == before  # nothing half-written left behind

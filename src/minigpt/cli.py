@@ -43,8 +43,11 @@ class Parser(argparse.ArgumentParser):
                                 for p in a.choices.values()]
             flags = [o for p in parsers for a in p._actions for o in a.option_strings]
             for word in message.split(":", 1)[1].split():
-                close = difflib.get_close_matches(word.split("=")[0], flags, n=1)
-                if close:
+                flag = word.split("=")[0]
+                if flag in flags:  # spelt right, given to a command that does not take it
+                    message += f" ({flag} belongs to other commands)"
+                    break
+                if close := difflib.get_close_matches(flag, flags, n=1):
                     message += f" (did you mean {close[0]}?)"
                     break
         raise MiniGPTError(f"{message} (see {self.prog} --help)")
@@ -325,6 +328,8 @@ def cmd_graph(args: argparse.Namespace) -> None:
     from minigpt.diagnostics.graph import GraphvizMissing, draw_loss_graph
     from minigpt.model import MiniGPT
 
+    if args.collapse and args.depth < 1:  # (0 would be no collapse: the whole graph)
+        raise MiniGPTError(f"--depth must be at least 1, got {args.depth}")
     model = load_model(args.run, args.checkpoint)[0] if args.run else MiniGPT(65)
     out = args.out or (f"{args.run}/graph" if args.run else "graph")
     try:
