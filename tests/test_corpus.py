@@ -361,6 +361,7 @@ BAD = [  # {d}: bad_sources' folder; {ds}: a folder of one dataset, as parquet a
     (["--dataset", "{ds}/docs.parquet", "--text-field", "body"], "have no field 'body'"),
     (["--dataset", "{ds}/docs.parquet", "--text-field", "id"], "its 'id' is int, not text"),
     (["--dataset", "{ds}/docs.parquet", "--split", "val"], "cannot read dataset"),
+    (["--dataset", "{ds}/docs.parquet", "--dataset-config", "en"], "local data files have none"),
     (["--dataset", "{ds}/missing.parquet"], "no files matched"),
     (["--dataset", "{d}/empty.jsonl"], "empty corpus: the 1 file(s) hold no text"),
     (["--dataset", "{d}/cut.json"], "cut.json' (split train): JSON parse error"),

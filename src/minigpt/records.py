@@ -54,6 +54,9 @@ class Records:
                  field: str = "text", exclude: Path | None = None):
         self.name, self.config, self.split, self.field = name, config, split, field
         self.files = local_files(name, exclude)
+        if self.files and config:  # (the builder of their kind would take it and ignore it)
+            raise MiniGPTError(f"--dataset-config {config} names a configuration of a dataset "
+                               f"on the hub; local data files have none")
 
     def texts(self) -> Iterator[str]:
         """Each record's text field, in the dataset's order."""
