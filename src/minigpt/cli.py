@@ -453,10 +453,16 @@ def cmd_plan(args: argparse.Namespace) -> None:
     elif cfg.data.text:  # as train would refuse it
         text_file(cfg.data.text)
     m, t = cfg.model, cfg.train
+    grows = [f"{name} {start}" for name, start, full in [("batch", t.batch_start, t.batch_size),
+                                                         ("block", t.block_start, m.block_size)]
+             if 0 < start < full]  # a schedule's smaller first steps are slower a token
     print(f"planning {args.tokens:,.0f} tokens" * bool(args.tokens)
           + " and " * bool(args.tokens and seconds) + f"{seconds:,.0f} s" * bool(seconds)
           + f": vocab {m.vocab_size:,}, block {m.block_size}, batch {t.batch_size} x "
-          f"{t.grad_accum}, {t.optimizer}, dtype {t.dtype}; timing each shape here...", flush=True)
+          f"{t.grad_accum}, {t.optimizer}, dtype {t.dtype}"
+          + f" (timed at full size: the run's first {t.ramp:.0%}, growing from "
+            f"{' and '.join(grows)}, is slower a token)" * bool(grows)
+          + "; timing each shape here...", flush=True)
     shapes = plan(cfg, psutil.Process().memory_info().rss)
     print(format_plan(shapes, args.tokens, seconds))
 
