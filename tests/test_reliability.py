@@ -343,6 +343,22 @@ def test_an_interrupted_compare_continues_where_it_stopped(small_text, tmp_path,
         compare({**runs, "c": {}}, tmp_path / "cut", common=common, progress=False)
 
 
+def test_resume_applies_changed_optimizer_settings_and_keeps_the_optimizer(small_text, tmp_path,
+                                                                           capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--text", str(small_text), *TINY_FLAGS, "--steps", "10",
+                 "--eval-every", "5", "--out", str(run)]) == 0
+    assert main(["train", "--resume", str(run), "--steps", "20", "--beta2", "0.9",
+                 "--weight-decay", "0.01", "--no-progress"]) == 0
+    groups = load_checkpoint(run / "checkpoints", "last").meta["optimizer"]["param_groups"]
+    assert [(g["betas"], g["weight_decay"]) for g in groups] == [([0.9, 0.9], 0.01),
+                                                                ([0.9, 0.9], 0.0)]
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--steps", "30", "--optimizer", "sgd",
+                 "--no-progress"]) == 2
+    assert "trained with adamw, whose state cannot continue under sgd" in capsys.readouterr().err
+
+
 # --- one run per folder -------------------------------------------------------------------------
 
 

@@ -75,12 +75,17 @@ def optimizer_tensors_and_groups(opt: torch.optim.Optimizer) -> tuple[dict, dict
 
 
 def restore_optimizer(opt: torch.optim.Optimizer, ckpt: Checkpoint) -> None:
+    """The saved state (moments, step counts) into `opt`, whose hyper-parameters stay those it
+    was made with: the run's settings, which a resume may change (--beta2, --weight-decay)."""
+    asked = [{k: v for k, v in group.items() if k != "params"} for group in opt.param_groups]
     saved = ckpt.meta["optimizer"]
     state: dict[int, dict] = {}
     for flat, value in [*ckpt.section("optim").items(), *saved["plain_state"].items()]:
         pid, key = flat.split(".", 1)
         state.setdefault(int(pid), {})[key] = value
     opt.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+    for group, settings in zip(opt.param_groups, asked, strict=True):
+        group.update(settings)
 
 
 def save_checkpoint(folder: str | Path, tags: list[str], model: MiniGPT,

@@ -23,6 +23,7 @@ from minigpt.checkpoint import (
     load_checkpoint,
     restore_model,
     restore_optimizer,
+    check_resumable,
     resume_config,
     save_checkpoint,
 )
@@ -234,9 +235,14 @@ def restore(run: Run, tag: str = "last") -> None:
     generators, and every part that keeps state (a probe the checkpoint has no state for
     starts afresh)."""
     ckpt = load_checkpoint(run.folder / "checkpoints", tag)
+    check_resumable(ckpt.meta, run.folder)
     if tokenizer_from_dict(ckpt.meta["tokenizer"]) != run.tokenizer:
         raise MiniGPTError("the text's vocabulary differs from the checkpoint's; resume with the "
                            "same --text the run was trained on")
+    if (was := ckpt.meta["train"]["optimizer"]) != run.cfg.train.optimizer:
+        raise MiniGPTError(f"the run was trained with {was}, whose state cannot continue "
+                           f"under {run.cfg.train.optimizer}: resume with --optimizer {was}, or "
+                           f"start a new run")
     saved = (ckpt.meta["world_size"], ckpt.meta["train"]["grad_accum"])
     if saved != (run.world.size, run.cfg.train.grad_accum):
         raise MiniGPTError(f"the run was trained by {saved[0]} process(es) with --grad-accum "
