@@ -83,6 +83,7 @@ BAD_INPUT = [
     (["train", "--text", "{bad}/latin1.txt"], "is not UTF-8 text"),
     (["train", "--text", "{bad}/binary.txt"], "is not UTF-8 text"),
     (["train", "--text", "{bad}/short.txt"], "validation split has 30 tokens"),
+    (["train", "--text", "{text}", "--tokenizer", "bpe"], "give one of at least 257, such as 1024"),
     (["train", "--text", "{bad}/short.txt", "--block-size", "280"], "train split has 270"),
     (["train", "--n-embd", "30", "--n-head", "4"], "divisible"),
     (["train", "--steps", "0"], "'steps' must be positive"),

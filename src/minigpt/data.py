@@ -23,7 +23,7 @@ import torch
 from minigpt.corpus import FORMAT, ShardedTokens, is_prepared, open_prepared, prepare, split_point
 from minigpt.errors import MiniGPTError
 from minigpt.files import atomic_path, lock_folder, sha256_file
-from minigpt.tokenizer import AnyTokenizer, CharTokenizer
+from minigpt.tokenizer import MIN_BPE_VOCAB, AnyTokenizer, CharTokenizer
 
 TINYSHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -87,6 +87,9 @@ def prepared_text(text_path: str | Path, tokenizer: str = "char", vocab_size: in
     text_path = text_file(text_path)
     if not text_path.stat().st_size:
         raise MiniGPTError(f"{text_path} is empty")
+    if tokenizer == "bpe" and vocab_size < MIN_BPE_VOCAB:  # 65: the char model's default
+        raise MiniGPTError(f"--tokenizer bpe learns a vocabulary of --vocab-size tokens: give "
+                           f"one of at least {MIN_BPE_VOCAB}, such as 1024 (got {vocab_size})")
     key = {"format": FORMAT, "text_sha256": sha256_file(text_path), "tokenizer": tokenizer,
            "val_fraction": val_fraction, "vocab_size": vocab_size if tokenizer == "bpe" else 0}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
