@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import minigpt
-from conftest import one_line_error, run_cli
+from conftest import TINY_FLAGS, one_line_error, run_cli
 from minigpt.tokenizer import CharTokenizer
 
 
@@ -157,3 +157,10 @@ def test_bad_input_is_one_line_and_non_zero(cli_run, bad_files, args, message, c
     line = one_line_error(capsys, args)
     assert message in line
     assert files() == before  # nothing half-written left behind
+
+
+def test_steps_under_a_time_budget_are_said_not_to_end_the_run(small_text, tmp_path):
+    r = run_cli("train", "--text", str(small_text), *TINY_FLAGS, "--time-budget", "0.5",
+                "--steps", "3", "--out", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr
+    assert "--steps 3 does not end this run: its time budget of 0.5 s does" in r.stdout

@@ -203,6 +203,20 @@ def test_the_batch_and_the_context_grow_as_scheduled(small_text, tmp_path):
         tokens / (seconds - 0.005) + 1
 
 
+def test_a_resumed_run_reports_the_speed_of_the_whole_run(small_text, tmp_path):
+    """tokens/s in the summary is every token trained over the clock's seconds, across
+    resumes: also when a resume has nothing left to train (it said 0)."""
+    from minigpt import resume_config
+
+    first = train(tiny_config(small_text, steps=10, eval_every=5), tmp_path, progress=False)
+    again = train(resume_config(tmp_path), tmp_path, resume=True, progress=False)
+    more = train(resume_config(tmp_path, {"steps": 20}), tmp_path, resume=True, progress=False)
+    for result, steps in [(first, 10), (again, 10), (more, 20)]:
+        tokens, seconds = steps * 8 * 32, result.summary["train_s"]  # (rounded to 0.01 s)
+        assert tokens / (seconds + 0.005) - 1 <= result.summary["tokens_per_s"] <= \
+            tokens / (seconds - 0.005) + 1
+
+
 def test_a_start_not_below_the_full_size_is_no_schedule(small_text):
     """As when a preset's start is above a smaller --batch-size."""
     shapes = BatchShapes()

@@ -274,6 +274,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         cfg = resume_config(args.resume, settings_given(args), args.preset, args.config, SECTIONS)
     else:
         cfg = resolve_config(args.preset or "seed", args.config, settings_given(args), SECTIONS)
+    if (steps := settings_given(args).get("steps")) and cfg.train.time_budget:  # a preset's
+        logging.getLogger("minigpt").warning(
+            f"--steps {steps} does not end this run: its time budget of "
+            f"{cfg.train.time_budget:g} s does (add --time-budget 0 to train by steps)")
     result = train(cfg, args.resume or args.out, resume=bool(args.resume),
                    probes=standard_probes(cfg), progress=not args.no_progress)
     if world_from_env().is_main:  # under torchrun, rank 0 reports for all

@@ -61,18 +61,19 @@ class Clock:
 
 
 class Speed:
-    """Tokens per second and MFU, over the tokens trained since the last reading or over all
-    this process timed, from the clock's seconds."""
+    """Tokens per second and MFU, from the run's count of tokens trained and the clock's
+    seconds: since the last reading, or over the whole run."""
 
-    def __init__(self, flops_per_token: float, peak_flops: float, seconds: float):
+    def __init__(self, flops_per_token: float, peak_flops: float, tokens: int, seconds: float):
         self.flops_per_token = flops_per_token
         self.peak_flops = peak_flops
-        self.tokens = 0  # trained by this process's run (every process's, under torchrun)
-        self.first = self.last = (0, seconds)
+        # the whole run from zero; a checkpoint that kept no count of tokens: from here
+        self.first = (0, 0.0) if tokens else (0, seconds)
+        self.last = (tokens, seconds)
 
-    def read(self, seconds: float) -> dict:
-        """The speed since the last reading, `seconds` into training."""
-        previous, self.last = self.last, (self.tokens, seconds)
+    def read(self, tokens: int, seconds: float) -> dict:
+        """The speed since the last reading, with `tokens` trained `seconds` into training."""
+        previous, self.last = self.last, (tokens, seconds)
         return self._figures(previous, self.last)
 
     def overall(self) -> dict:

@@ -47,6 +47,7 @@ class TrainState:
     best_val: float = math.inf  # the best validation estimate so far
     bad_evals: int = 0  # evaluations since it last improved (early stopping)
     skipped: int = 0  # batches skipped for NaN or inf gradients
+    tokens: int = 0  # tokens trained on (every process's)
     reached: dict = field(default_factory=dict)  # target loss -> seconds when first reached
 
     def record_eval(self, val_loss: float, min_delta: float = 0.0) -> bool:

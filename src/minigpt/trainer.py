@@ -106,7 +106,8 @@ def loop(run: Run, progress: bool) -> TrainResult:
     model = distributed.wrap(model, run.world, run.device)  # (they share its parameters)
     micro = MicroSteps(t.grad_accum, run.dtype)
     peak = performance.peak_flops(run.device, run.dtype) * run.world.size  # MFU's denominator
-    speed = Speed(performance.train_flops_per_token(run.cfg.model), peak, clock.seconds())
+    speed = Speed(performance.train_flops_per_token(run.cfg.model), peak, state.tokens,
+                  clock.seconds())
     bar = console.Progress(t, state.step, clock.seconds(), progress and run.world.is_main)
     console.log_start(run, peak)
     for probe in run.probes:
@@ -119,7 +120,7 @@ def loop(run: Run, progress: bool) -> TrainResult:
         while not finished(t, state.step, now):  # (a resumed run may have nothing left to do)
             step, lr = state.step, schedule(run, state.step, now)
             loss, grad_norm = train_step(model, run.optimizer, run.batches, t.grad_clip, micro)
-            speed.tokens += run.batches.tokens * micro.n * run.world.size
+            state.tokens += run.batches.tokens * micro.n * run.world.size
             if run.ema is not None:
                 run.ema.update(run.model)
             skipped += ~torch.isfinite(grad_norm)  # those batches changed nothing
@@ -147,7 +148,7 @@ def loop(run: Run, progress: bool) -> TrainResult:
                 break
         clock.stop()
     bar.close()
-    speed.read(clock.seconds())  # the steps after the last row
+    speed.read(state.tokens, clock.seconds())  # the steps after the last row
     if signals.stopping:
         save(run, ["last"])
         log.warning(f"stopped at step {state.step} by {signal.Signals(signals.signum).name}; "
@@ -193,7 +194,7 @@ def metrics_row(run: Run, step: int, lr: float, loss: torch.Tensor, grad_norm: t
     loss = distributed.mean(loss, run.world)
     row = {"step": step, "train_loss": console.finite_or_none(loss.item()), "lr": lr,
            "grad_norm": console.finite_or_none(grad_norm.item()), "clipped": clipped,
-           **speed.read(run.clock.seconds()), "time_s": round(run.clock.seconds(), 2)}
+           **speed.read(run.state.tokens, run.clock.seconds()), "time_s": round(run.clock.seconds(), 2)}
     if step == 0:
         check_initial_loss(row["train_loss"], run.tokenizer.vocab_size)
     if skipped > run.state.skipped:
