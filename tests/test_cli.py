@@ -7,6 +7,7 @@ import torch
 
 import minigpt
 from conftest import TINY_FLAGS, one_line_error, run_cli
+from minigpt.environment import resolve_device
 from minigpt.tokenizer import CharTokenizer
 
 
@@ -164,3 +165,10 @@ def test_steps_under_a_time_budget_are_said_not_to_end_the_run(small_text, tmp_p
                 "--steps", "3", "--out", str(tmp_path / "run"))
     assert r.returncode == 0, r.stderr
     assert "--steps 3 does not end this run: its time budget of 0.5 s does" in r.stdout
+
+
+def test_load_model_takes_the_device_names_the_commands_take(cli_run):
+    model = minigpt.load_model(cli_run[0], "best", "auto")[0]
+    assert next(model.parameters()).device == resolve_device("auto")
+    with pytest.raises(minigpt.MiniGPTError, match="unknown device 'gpu'"):
+        minigpt.load_model(cli_run[0], "best", "gpu")

@@ -6,6 +6,7 @@ import torch
 
 from minigpt import MiniGPT, MiniGPTError, filter_logits, generate
 from minigpt.sample import sample_next
+from minigpt.tokenizer import BPETokenizer, CharTokenizer
 
 
 @pytest.mark.parametrize("top_k", [1, 3, 10])
@@ -49,3 +50,16 @@ def test_bad_sampling_parameters(kw):
     model = MiniGPT(10, n_embd=16, n_layer=1, n_head=2, block_size=8)
     with pytest.raises(MiniGPTError):
         generate(model, torch.zeros(1, 1, dtype=torch.long), 3, **kw)
+
+
+def test_ids_of_another_vocabulary_are_refused_in_one_line():
+    """A tokenizer of another run: ids past the model's vocabulary, or past the tokenizer's."""
+    model = MiniGPT(10, n_embd=16, n_layer=1, n_head=2, block_size=8)
+    for ids in ([[3, 10]], [[-1, 2]]):
+        with pytest.raises(MiniGPTError, match=r"outside the model's vocabulary \(0 to 9\)"):
+            generate(model, torch.tensor(ids), 3)
+    for tok in (CharTokenizer("abc"), BPETokenizer.train(["some text to learn from"], 260)):
+        assert tok.decode([1, 0]) == tok.decode([1]) + tok.decode([0])
+        for bad in (tok.vocab_size, -1):
+            with pytest.raises(MiniGPTError, match=f"id {bad} is outside this tokenizer's"):
+                tok.decode([0, bad])

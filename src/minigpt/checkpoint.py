@@ -34,6 +34,7 @@ from minigpt.config import (
     validate,
 )
 from minigpt.corpus import is_prepared
+from minigpt.environment import resolve_device
 from minigpt.errors import MiniGPTError
 from minigpt.files import atomic_path, atomic_write_text, sha256_file
 from minigpt.model import MiniGPT
@@ -190,7 +191,9 @@ def restore_model(model: MiniGPT, ckpt: Checkpoint, section: str = "model") -> N
 def load_model(run_dir: str | Path, tag: str = "best",
                device: str | torch.device = "cpu") -> tuple[MiniGPT, AnyTokenizer, dict]:
     """A trained model (in eval mode), its tokenizer and the checkpoint's metadata. The model
-    is the final model: the weights' moving average where the run kept one (--ema)."""
+    is the final model: the weights' moving average where the run kept one (--ema). `device`:
+    a torch.device, or a name as the commands take it (auto, cpu, cuda:1, ...)."""
+    device = resolve_device(device) if isinstance(device, str) else device
     ckpt = load_checkpoint(Path(run_dir) / "checkpoints", tag)
     cfg = RunConfig()  # its model settings, each checked as a config file's would be
     apply_overrides(cfg, {"model": ckpt.meta["model"]}, f"checkpoint in {run_dir}")

@@ -138,6 +138,9 @@ def stream(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1
     B, T = idx.shape
     block_size = model.block_size
     cached = cache and hasattr(model, "config")  # a MiniGPT: its forward takes a cache
+    if hasattr(model, "config") and not 0 <= idx.min() <= idx.max() < model.config.vocab_size:
+        raise MiniGPTError(f"idx holds ids outside the model's vocabulary (0 to "
+                           f"{model.config.vocab_size - 1}): encoded by another run's tokenizer?")
     kv = KVCache(model, B) if cached else None
     seq = torch.empty(B, T + max(max_new_tokens, 0), dtype=idx.dtype, device=idx.device)
     seq[:, :T] = idx  # (B, T+N), filled in as tokens come: no torch.cat

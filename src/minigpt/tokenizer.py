@@ -100,6 +100,11 @@ class _Tokenizer:
     def __eq__(self, other) -> bool:
         return isinstance(other, type(self)) and self.to_dict() == other.to_dict()
 
+    def unknown(self, i):
+        """decode's error for an id it has no text for."""
+        raise MiniGPTError(f"id {int(i)} is outside this tokenizer's vocabulary (0 to "
+                           f"{self.vocab_size - 1}): made by another run's model?")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size})"
 
@@ -158,7 +163,7 @@ class CharTokenizer(_Tokenizer):
         return set(text) <= self.stoi.keys()
 
     def decode(self, ids) -> str:
-        return "".join(self.itos[int(i)] for i in ids)
+        return "".join(self.itos.get(int(i)) or self.unknown(i) for i in ids)
 
     def decode_stream(self, ids: Iterable[int]) -> Iterator[str]:
         """The text of each token as it comes (one character per token)."""
@@ -258,7 +263,8 @@ class BPETokenizer(_Tokenizer):
 
     def to_bytes(self, ids) -> bytes:
         """The UTF-8 bytes the ids stand for."""
-        return b"".join(self._bytes[int(i)] for i in ids)
+        return b"".join(self._bytes[int(i)] if 0 <= int(i) < self.vocab_size
+                        else self.unknown(i) for i in ids)
 
     def byte_lengths(self) -> np.ndarray:
         """(V,) the UTF-8 bytes each id stands for: what bits per byte divides by."""
