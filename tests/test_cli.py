@@ -1,6 +1,8 @@
 """The `minigpt` command as a user runs it: train, sample, --help, and one-line errors."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -167,8 +169,27 @@ def test_steps_under_a_time_budget_are_said_not_to_end_the_run(small_text, tmp_p
     assert "--steps 3 does not end this run: its time budget of 0.5 s does" in r.stdout
 
 
+def test_a_data_dir_that_is_a_file_is_named(tmp_path):
+    (tmp_path / "cache").write_text("")
+    r = run_cli("train", "--steps", "1", env={"MINIGPT_DATA_DIR": str(tmp_path / "cache")})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert f"MINIGPT_DATA_DIR={tmp_path / 'cache'} is a file" in r.stderr
+
+
 def test_load_model_takes_the_device_names_the_commands_take(cli_run):
     model = minigpt.load_model(cli_run[0], "best", "auto")[0]
     assert next(model.parameters()).device == resolve_device("auto")
     with pytest.raises(minigpt.MiniGPTError, match="unknown device 'gpu'"):
         minigpt.load_model(cli_run[0], "best", "gpu")
+
+
+def test_a_log_level_the_program_set_stays(small_text, tmp_path):
+    """A notebook that quiets minigpt's logger, then trains: only warnings print."""
+    code = (f"import logging, minigpt\n"
+            f"logging.getLogger('minigpt').setLevel(logging.WARNING)\n"
+            f"minigpt.train(minigpt.resolve_config(overrides=dict(text={str(small_text)!r}, "
+            f"steps=2, n_layer=1, n_embd=16, n_head=2, block_size=16, batch_size=2, "
+            f"sample_tokens=0)), {str(tmp_path / 'run')!r}, progress=False)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "" and (tmp_path / "run" / "summary.json").exists()

@@ -74,6 +74,11 @@ def test_the_answer_is_cached_per_machine_and_shape_and_the_batch_bounded(monkey
     precision.choose_dtype("auto", CPU, small, 4, cache)
     assert calls[7:] == ["matmul", 4] and len(json.loads(cache.read_text())) == 1
 
+    unwritable = tmp_path / "a-file" / "precision.json"  # (a read-only cache, as it were)
+    unwritable.parent.write_text("")
+    assert precision.choose_dtype("auto", CPU, small, 4, unwritable)[0] == torch.bfloat16
+    assert calls[9:] == ["matmul", 4]  # measured, answered, not kept
+
 
 def test_a_named_dtype_is_not_probed(monkeypatch):
     monkeypatch.setattr(precision, "matmul_rates", no_probe)

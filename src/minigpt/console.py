@@ -36,7 +36,8 @@ def show_logs(level: int = logging.INFO) -> None:
     if log.handlers or logging.getLogger().handlers:
         return
     log.addHandler(_AboveTheBar())
-    log.setLevel(level)
+    if log.level == logging.NOTSET:  # (a level the program set stays)
+        log.setLevel(level)
 
 
 class Progress:

@@ -34,6 +34,9 @@ TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca5
 def cache_dir() -> Path:
     """`$MINIGPT_DATA_DIR`, else ~/.cache/minigpt."""
     env = os.environ.get("MINIGPT_DATA_DIR")
+    if env and Path(env).expanduser().is_file():
+        raise MiniGPTError(f"MINIGPT_DATA_DIR={env} is a file; it names the folder minigpt "
+                           f"keeps its data in")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "minigpt"
 
 
