@@ -1,8 +1,11 @@
 """Configuration: presets, TOML files and flags in that order; unknown keys suggest a fix."""
 
+import re
+
 import pytest
 
-from minigpt import MiniGPTError, RunConfig, resolve_config
+from conftest import tiny_config
+from minigpt import MiniGPTError, RunConfig, resolve_config, train
 from minigpt.config import field_index, preset_names, preset_table
 
 
@@ -96,3 +99,18 @@ def test_a_time_budget_is_a_duration_in_flags_and_files(tmp_path):
     assert resolve_config(config_file=str(toml)).train.time_budget == 1800
     with pytest.raises(MiniGPTError, match="'time_budget' must be a duration such as 90"):
         resolve_config(overrides={"time_budget": "soon"})
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("optimizer", "adam", "'optimizer' must be one of adamw, sgd, muon; got 'adam'"),
+    ("steps", 0, "'steps' must be positive"),
+    ("time_budget", "5x", "'time_budget' must be a duration such as 90, 30m or 8h"),
+    ("lr", "0.1", "'lr' must be float, got '0.1'"),
+])
+def test_train_checks_a_config_changed_in_code(small_text, tmp_path, key, value, message):
+    """As a notebook might: resolve_config, then a setting changed by hand, then train."""
+    cfg = tiny_config(small_text)
+    setattr(cfg.train, key, value)
+    with pytest.raises(MiniGPTError, match=re.escape(message)):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # refused before anything is written

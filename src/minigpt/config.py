@@ -322,11 +322,13 @@ def by_section(settings: dict, sections: dict[str, type] = SECTIONS) -> dict[str
 
 
 def validate(cfg: RunConfig) -> None:
-    """Reject settings that cannot train, each with a one-line reason."""
-    for section in cfg.sections().values():  # NaN and inf would pass the checks below
-        for key, value in vars(section).items():
-            if isinstance(value, float) and not math.isfinite(value):
-                raise MiniGPTError(f"'{key}' must be a finite number, got {value}")
+    """Reject settings that cannot train, each with a one-line reason (a value set in code is
+    checked as a file's would be)."""
+    for section in cfg.sections().values():
+        for f in fields(section):
+            setattr(section, f.name, value := _coerce(getattr(section, f.name), f))
+            if isinstance(value, float) and not math.isfinite(value):  # NaN passes x < 0
+                raise MiniGPTError(f"'{f.name}' must be a finite number, got {value}")
     validate_model(cfg.model)
     t, d = cfg.train, cfg.data
     for key in ("steps", "batch_size", "lr", "eval_every", "log_every", "keep", "grad_accum"):

@@ -25,7 +25,7 @@ import torch
 
 from minigpt import console, distributed, performance
 from minigpt.clock import Clock, Speed
-from minigpt.config import RunConfig, TrainConfig, parse_targets
+from minigpt.config import RunConfig, TrainConfig, parse_targets, validate
 from minigpt.errors import MiniGPTError, TrainingStopped, last_line, out_of_memory
 from minigpt.evaluate import bits_per_byte, estimate_loss, split_loss
 from minigpt.files import append_line, atomic_write_text, lock_folder
@@ -67,6 +67,7 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
     minigpt.checkpoint.resume_config). probes: what else to record as it trains (see
     minigpt.diagnostics.probes). progress: show a progress bar. Under torchrun every process
     calls this; rank 0 alone prints and writes files."""
+    validate(cfg)  # (changed in code since resolve_config, say)
     folder = Path(out_dir) if out_dir else default_run_dir(cfg)
     if not resume and (folder / "checkpoints").exists():
         raise MiniGPTError(f"{folder} already holds a run: resume it with --resume {folder}, "
