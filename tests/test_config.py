@@ -67,6 +67,8 @@ def test_the_fast_preset_fits_its_recipe_to_a_short_budget(tmp_path):
     ("[train]\nlearning_rate = 1.0\n", "unknown key 'learning_rate' in [train]"),
     ("[train]\nbatchsize = 4\n", "did you mean 'batch_size'"),
     ("[modle]\nn_layer = 1\n", "did you mean 'model'"),
+    ("[train]\nn_layer = 2\n", "c.toml: 'n_layer' belongs in [model], not [train]"),
+    ("steps = 2\n", "c.toml: 'steps' belongs in the [train] section"),  # above every section
     ("[train]\nsteps = 'many'\n", "c.toml: 'steps' must be int"),  # the file named
     ("[train]\noptimizer = 'adam'\n", "c.toml: 'optimizer' must be one of adamw, sgd"),
     ("[train\n", "cannot read config"),

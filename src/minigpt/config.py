@@ -218,7 +218,10 @@ def _check_choice(value, f: dataclasses.Field) -> None:
 def apply_overrides(cfg: RunConfig, table: dict, origin: str) -> None:
     """Apply a {section: {key: value}} table onto cfg (in place), checking every key."""
     sections = cfg.sections()
+    home = {f.name: name for name, section in sections.items() for f in fields(section)}
     for sec, values in table.items():
+        if sec not in sections and sec in home:  # steps = 10 above every [section]
+            raise MiniGPTError(f"{origin}: '{sec}' belongs in the [{home[sec]}] section")
         if sec not in sections:
             raise MiniGPTError(f"{origin}: unknown section [{sec}]{_suggest(sec, sections)}")
         if not isinstance(values, dict):
@@ -226,6 +229,8 @@ def apply_overrides(cfg: RunConfig, table: dict, origin: str) -> None:
         target = sections[sec]
         valid = {f.name: f for f in fields(target)}
         for key, value in values.items():
+            if key not in valid and key in home:
+                raise MiniGPTError(f"{origin}: '{key}' belongs in [{home[key]}], not [{sec}]")
             if key not in valid:
                 raise MiniGPTError(f"{origin}: unknown key '{key}' in "
                                    f"[{sec}]{_suggest(key, valid)}")
