@@ -439,17 +439,17 @@ QUICK = [*TINY_FLAGS, *as_flags(dict(steps=20, eval_every=10, log_every=5, sampl
 def test_train_on_a_prepared_folder_then_sample(corpus, tmp_path):
     out = tmp_path / "shards"
     prepare(str(corpus[0]), out, shard_tokens=500, progress=False)
-    r = run_cli("train", "--text", str(out), *QUICK, "--out", str(tmp_path / "run"))
+    r = run_cli("train", "--text", str(out), *QUICK, "--out", str(tmp_path / "a run"))
     assert r.returncode == 0, r.stderr
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "a run" / "summary.json").read_text())
     assert summary["final_val_loss"] < summary["best_val_loss"] + 0.5 < np.log(60)
     # the text has no "ROMEO:", so the sample starts from its first character, and the
     # command the run suggests gives no prompt the run cannot read
     hint = [line for line in r.stdout.splitlines() if "continue it with:" in line]
-    assert hint[0].endswith(f"continue it with: minigpt sample --run {tmp_path / 'run'}")
-    _, tok, _ = load_model(tmp_path / "run")
+    assert hint[0].endswith(f"continue it with: minigpt sample --run '{tmp_path / 'a run'}'")
+    _, tok, _ = load_model(tmp_path / "a run")
     assert not tok.can_encode("ROMEO:")
-    s = run_cli("sample", "--run", str(tmp_path / "run"), "--max-new-tokens", "20", "--seed", "3")
+    s = run_cli("sample", "--run", str(tmp_path / "a run"), "--max-new-tokens", "20", "--seed", "3")
     assert s.returncode == 0 and s.stdout.startswith(tok.decode([0])) and len(s.stdout) > 10
 
 

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from minigpt import MiniGPTError, load_checkpoint, load_model, train
 from minigpt.cli import main
 from minigpt.diagnostics.compare import compare
 from minigpt.diagnostics.probes import Probe
-from minigpt.files import read_jsonl, sha256_file
+from minigpt.files import atomic_folder, atomic_write_text, read_jsonl, sha256_file
 from minigpt.signals import StopSignals
 
 QUIET = [*TINY_FLAGS, "--log-every", "1"]  # a metrics row every step: the oracle sees all
@@ -298,6 +299,20 @@ def test_disk_full_while_writing_a_checkpoint(small_text, tmp_path, monkeypatch,
     assert err.startswith("minigpt: error: No space left on device") and err.count("\n") == 1
     folder = tmp_path / "run" / "checkpoints"
     assert list(folder.iterdir()) == []  # no partial file, no temporary left behind
+
+
+def test_an_unwritable_folder_names_the_file_asked_for(tmp_path, monkeypatch):
+    """(Root writes anywhere, so the refusal is mkstemp's, as a read-only folder gives it.)"""
+    def refuse(dir, prefix, suffix):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), f"{dir}/{prefix}x{suffix}")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    for write, name in [(lambda p: atomic_write_text(p, "{}"), "a.json"),
+                        (lambda p: atomic_folder(p).__enter__(), "export")]:
+        with pytest.raises(PermissionError) as e:
+            write(tmp_path / name)
+        assert e.value.filename == str(tmp_path / name)  # not the temporary's random name
 
 
 # --- resuming with the command as typed -----------------------------------------------------------

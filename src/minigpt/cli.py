@@ -19,6 +19,7 @@ import difflib
 import json
 import logging
 import os
+import shlex
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -300,8 +301,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
         table = compare(runs, out, args.preset or "seed", args.config, common,
                         progress=not args.no_progress)
     except TrainingStopped:
-        logging.getLogger("minigpt").warning(f"the same command with --out {out} continues "
-                                             f"the comparison")
+        logging.getLogger("minigpt").warning(f"the same command with --out {shlex.quote(out)} "
+                                             f"continues the comparison")
         raise
     print(format_table(table))
     print(f"curves: {out}/compare.png; table: {out}/compare.json")

@@ -38,7 +38,10 @@ def atomic_path(path: str | Path):
     any exception remove it and leave `path` as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:  # a read-only folder: name the file asked for, not a random one
+        raise OSError(e.errno, e.strerror, str(path)) from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -65,7 +68,10 @@ def atomic_folder(path: str | Path):
     remove it and leave `path` as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    except OSError as e:  # as in atomic_path
+        raise OSError(e.errno, e.strerror, str(path)) from None
     try:
         yield tmp
         mask = _umask()  # mkdtemp makes the folder 0700, and some writers make files 0600

@@ -20,10 +20,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from minigpt import distributed, performance, precision
 from minigpt.checkpoint import (
+    check_resumable,
     load_checkpoint,
     restore_model,
     restore_optimizer,
-    check_resumable,
     resume_config,
     save_checkpoint,
 )

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import math
+import shlex
 import signal
 import time
 from collections.abc import Sequence
@@ -70,8 +71,8 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
     validate(cfg)  # (changed in code since resolve_config, say)
     folder = Path(out_dir) if out_dir else default_run_dir(cfg)
     if not resume and (folder / "checkpoints").exists():
-        raise MiniGPTError(f"{folder} already holds a run: resume it with --resume {folder}, "
-                           f"or choose another --out")
+        raise MiniGPTError(f"{folder} already holds a run: resume it with --resume "
+                           f"{shlex.quote(str(folder))}, or choose another --out")
     console.show_logs()
     run = build_run(cfg, folder)
     run.probes = list(probes) if run.world.is_main else []
@@ -152,8 +153,11 @@ def loop(run: Run, progress: bool) -> TrainResult:
     speed.read(state.tokens, clock.seconds())  # the steps after the last row
     if signals.stopping:
         save(run, ["last"])
+        launcher = (f"torchrun --nproc_per_node={run.world.size} -m minigpt"
+                    if run.world.size > 1 else "minigpt")  # as it was trained
         log.warning(f"stopped at step {state.step} by {signal.Signals(signals.signum).name}; "
-                    f"checkpoint saved. Continue with: minigpt train --resume {run.folder}")
+                    f"checkpoint saved. Continue with: {launcher} train --resume "
+                    f"{shlex.quote(str(run.folder))}")
         raise TrainingStopped(signals.signum)
     return finish(run, speed, time.perf_counter() - started)
 
@@ -195,7 +199,8 @@ def metrics_row(run: Run, step: int, lr: float, loss: torch.Tensor, grad_norm: t
     loss = distributed.mean(loss, run.world)
     row = {"step": step, "train_loss": console.finite_or_none(loss.item()), "lr": lr,
            "grad_norm": console.finite_or_none(grad_norm.item()), "clipped": clipped,
-           **speed.read(run.state.tokens, run.clock.seconds()), "time_s": round(run.clock.seconds(), 2)}
+           **speed.read(run.state.tokens, run.clock.seconds()),
+           "time_s": round(run.clock.seconds(), 2)}
     if step == 0:
         check_initial_loss(row["train_loss"], run.tokenizer.vocab_size)
     if skipped > run.state.skipped:
@@ -287,5 +292,5 @@ def finish(run: Run, speed: Speed, wall_s: float) -> TrainResult:
         text = sample_text(run.final_model, run.tokenizer, None, cfg.train.sample_tokens,
                            seed=cfg.train.seed)
         log.info("sample:\n" + text)
-    log.info(f"continue it with: minigpt sample --run {run.folder}")
+    log.info(f"continue it with: minigpt sample --run {shlex.quote(str(run.folder))}")
     return result
