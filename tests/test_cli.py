@@ -9,6 +9,7 @@ import torch
 
 import minigpt
 from conftest import TINY_FLAGS, one_line_error, run_cli
+from minigpt.cli import COMPARE_STEPS
 from minigpt.environment import resolve_device
 from minigpt.tokenizer import CharTokenizer
 
@@ -45,7 +46,10 @@ def test_help_explains_every_lesson_flag():
                  "--grad-clip", "--eval-every", "--eval-batches", "--patience", "--seed",
                  "--text", "--out", "--resume", "--preset", "--config"]:
         assert flag in r.stdout
-    assert run_cli("sample", "--help").returncode == 0
+    assert "--seed SEED           same seed, same text (default 1337)" in run_cli(
+        "sample", "--help").stdout
+    compare = run_cli("compare", "--help").stdout  # compare's own default, not train's 5000
+    assert f"optimizer steps of each variant (default {COMPARE_STEPS})" in compare
     version = run_cli("--version")  # the package's version and the torch it runs on
     assert version.returncode == 0
     assert version.stdout == f"minigpt {minigpt.__version__} (torch {torch.__version__})\n"

@@ -55,6 +55,7 @@ class Parser(argparse.ArgumentParser):
 
 
 METAVARS = {int: "N", float: "X", str: "TEXT"}
+COMPARE_STEPS = 1000  # each variant's steps, unless --steps or --time-budget
 
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -83,7 +84,8 @@ def shared_options(name: str) -> argparse.ArgumentParser:
                            help="the best validation checkpoint (default) or the latest")
     elif name == "device":
         device = field_index()["device"][1]  # the training setting's default and help
-        group.add_argument("--device", default=device.default, help=device.metadata["help"])
+        group.add_argument("--device", default=device.default,
+                           help=f"{device.metadata['help']} (default {device.default})")
     elif name == "settings":
         group.add_argument("--preset", metavar="NAME",
                            help=f"starting configuration: {', '.join(preset_names())} "
@@ -127,8 +129,10 @@ def build_parser() -> Parser:
                 "(any setting; preset=NAME starts from a preset), repeated; or the axes "
                 "--optimizers, --schedules, --clip, which combine: --optimizers sgd,adamw "
                 "--clip 1,0 gives four runs. The flags given set every variant; each variant's "
-                "own settings win. Each variant trains for 1000 steps unless --steps or "
-                "--time-budget says otherwise.", "settings")
+                f"own settings win. Each variant trains for {COMPARE_STEPS} steps unless "
+                "--steps or --time-budget says otherwise.", "settings")
+    next(a for a in c._actions if a.dest == "steps").help = (
+        f"optimizer steps of each variant (default {COMPARE_STEPS})")
     c.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                    help="a variant, e.g. +rope+muon:pos=rope,optimizer=muon or fast:preset=fast "
                         "(repeat for more)")
@@ -189,11 +193,11 @@ def build_parser() -> Parser:
     s.add_argument("--max-new-tokens", type=int, default=300, metavar="N",
                    help="how many tokens to generate (default 300)")
     s.add_argument("--temperature", type=float, default=1.0, metavar="T",
-                   help="divide the logits by T (0 = always the most likely token)")
+                   help="divide the logits by T (default 1; 0 = always the most likely token)")
     s.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely")
     s.add_argument("--top-p", type=float, metavar="P",
                    help="sample among the most likely tokens holding probability P")
-    s.add_argument("--seed", type=int, default=1337, help="same seed, same text")
+    s.add_argument("--seed", type=int, default=1337, help="same seed, same text (default 1337)")
 
     ex = command("export", "write the model as a Hugging Face transformers folder",
                  "Write a run's model and tokenizer as a folder that transformers loads with "
@@ -294,7 +298,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     if args.optimizers or args.schedules or args.clip or not named:
         named += variants(args.optimizers, args.schedules, args.clip).items()
     runs = by_name(named, "; give each variant its own name")
-    common = {"steps": 1000, **settings_given(args)}
+    common = {"steps": COMPARE_STEPS, **settings_given(args)}
     out = args.out or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}"
     logging.getLogger("minigpt").setLevel(logging.WARNING)  # the table says what matters
     try:

@@ -152,7 +152,8 @@ class DataConfig:
     tokenizer: str = opt("char", "char (one token per character) or bpe (byte-level BPE "
                                   "trained on the training split; see --vocab-size)",
                           choices=("char", "bpe"))
-    val_fraction: float = opt(0.1, "fraction of the tokens held out (the tail) for validation")
+    val_fraction: float = opt(0.1, "fraction of the text held out for validation: its tail, "
+                                    "cut at a character")
 
 
 @dataclass

@@ -11,7 +11,7 @@ after clipping and the weights either side of the update without a line in the l
 
     gradflow.jsonl, gradflow.png     per-parameter gradient health every --gradflow-every steps
     attention/step-NNNNNN.png        attention heatmaps every --attention-every steps
-    samples.jsonl                    a 200-character sample every --sample-every steps
+    samples.jsonl                    a 200-token sample every --sample-every steps
     loss.png, lr.png                 redrawn at every evaluation
     tensorboard/                     with --tensorboard
 """
@@ -46,7 +46,7 @@ class DiagConfig:
     gradflow_every: int = opt(250, "record per-parameter gradient health every N steps (0 = off)")
     attention_every: int = opt(1000, "save attention heatmaps every N steps (0 = off)")
     attention_text: str = opt("ROMEO: But soft, what light", "text the attention maps read")
-    sample_every: int = opt(1000, "record a 200-character sample every N steps (0 = off)")
+    sample_every: int = opt(1000, "record a 200-token sample every N steps (0 = off)")
     tensorboard: bool = opt(False, "also write TensorBoard event files to <run>/tensorboard")
     plots: bool = opt(True, "redraw loss.png and lr.png at every evaluation")
     log_scale: bool = opt(False, "draw loss.png with a logarithmic loss axis")
