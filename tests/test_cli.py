@@ -38,6 +38,17 @@ def test_sample_streams_prompt_and_is_seeded(cli_run):
     assert greedy.returncode == 0 and greedy.stdout.startswith("ROMEO:")
 
 
+def test_sample_into_a_pipe_that_closes_stops_quietly(cli_run):
+    """sample ... | head -c 50: the reader leaves, and sample stops without a word."""
+    proc = subprocess.Popen([sys.executable, "-m", "minigpt", "sample", "--run", str(cli_run[0]),
+                             "--max-new-tokens", "100000"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert len(proc.stdout.read(50)) == 50
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 141
+    assert proc.stderr.read() == b""
+
+
 def test_help_explains_every_lesson_flag():
     r = run_cli("train", "--help")
     assert r.returncode == 0

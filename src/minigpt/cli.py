@@ -528,6 +528,9 @@ def run_command(argv: list[str] | None) -> int:
     except MiniGPTError as e:
         print(f"minigpt: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader stopped reading (sample ... | head): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (nor at exit's flush)
+        return 128 + 13  # as the shell reports a process SIGPIPE stopped
     except OSError as e:  # disk full, permissions, a vanished file: say which, in one line
         where = f": {e.filename}" if e.filename else ""
         print(f"minigpt: error: {e.strerror or e}{where}", file=sys.stderr)
