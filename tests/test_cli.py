@@ -144,6 +144,7 @@ BAD_INPUT = [
     (["sample", "--run", "{run}", "--max-new-tokens", "-3"], "--max-new-tokens must be >= 0"),
     (["sample", "--run", "{run}", "--seed", str(2**64)], "--seed must be from -2**63 to 2**64 - 1"),
     (["attention", "--run", "{run}", "--text", ""], "1 to 32 characters"),
+    (["attention", "--run", "{run}", "--text", "ZZZ"], "--text: text has 1 character(s) outside"),
     (["graph", "--collapse", "--depth", "0", "--out", "{bad}/g"], "--depth must be at least 1"),
     (["compare", "--variant", "a:lr=1e-3", "--variant", "a:lr=1e-2", "--steps", "1",
       "--out", "{bad}/compare"], "variant name(s) 'a' given twice"),

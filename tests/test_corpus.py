@@ -451,6 +451,10 @@ def test_train_on_a_prepared_folder_then_sample(corpus, tmp_path):
     assert not tok.can_encode("ROMEO:")
     s = run_cli("sample", "--run", str(tmp_path / "a run"), "--max-new-tokens", "20", "--seed", "3")
     assert s.returncode == 0 and s.stdout.startswith(tok.decode([0])) and len(s.stdout) > 10
+    # the attention maps of the default text: those of its characters the run knows
+    a = run_cli("attention", "--run", str(tmp_path / "a run"), "--device", "cpu")
+    assert a.returncode == 0, a.stderr
+    assert (tmp_path / "a run" / "attention.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.slow

@@ -182,8 +182,9 @@ def build_parser() -> Parser:
     a = command("attention", "attention heatmaps for a text",
                 "Every layer's and head's attention weights for a text, as a grid of heatmaps "
                 "(layers x heads) with the characters on the axes.", "run", "checkpoint", "device")
-    a.add_argument("--text", default=DiagConfig.attention_text,  # what a run records
-                   help="the text to read (at most block_size characters)")
+    a.add_argument("--text", help=f"the text to read (at most block_size characters; default "
+                                  f"{DiagConfig.attention_text!r}, what a run records, less "
+                                  f"any character the run's vocabulary lacks)")
     a.add_argument("--out", metavar="FILE", help="PNG to write (default DIR/attention.png)")
 
     s = command("sample", "generate text from a trained run",
@@ -387,12 +388,26 @@ def cmd_attention(args: argparse.Namespace) -> None:
     import torch
 
     from minigpt.checkpoint import load_model
-    from minigpt.diagnostics.attention import attention_maps, plot_attention, token_labels
+    from minigpt.diagnostics.attention import (
+        attention_maps,
+        plot_attention,
+        readable_ids,
+        token_labels,
+    )
     from minigpt.environment import resolve_device
 
     device = resolve_device(args.device)
     model, tok, meta = load_model(args.run, args.checkpoint, device)
-    ids = tok.encode(args.text)
+    if args.text is None:  # the text the run's attention probe reads
+        ids = readable_ids(tok, DiagConfig.attention_text, model.block_size)
+        if not ids:
+            raise MiniGPTError("the run's vocabulary has none of the characters of the default "
+                               "text: give one with --text")
+    else:
+        try:
+            ids = tok.encode(args.text)
+        except MiniGPTError as e:  # a character the run's text never had
+            raise MiniGPTError(f"--text: {e}") from None
     if not ids or len(ids) > model.block_size:
         unit = "characters" if tok.kind == "char" else "tokens"
         raise MiniGPTError(f"--text must have 1 to {model.block_size} {unit} "

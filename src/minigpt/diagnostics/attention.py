@@ -61,6 +61,12 @@ def attention_maps(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
     return torch.stack(maps).float().cpu()  # (n_layer, nh, T, T)
 
 
+def readable_ids(tokenizer, text: str, block_size: int) -> list[int]:
+    """The ids of the characters of `text` the tokenizer knows (a run's text may lack some of
+    a default text's), at most one block of them."""
+    return tokenizer.encode("".join(c for c in text if tokenizer.can_encode(c)))[:block_size]
+
+
 def token_labels(tokenizer, ids) -> list[str]:
     """Each token's own text, to label an axis: a character for a character tokenizer; for
     BPE a piece of text (U+FFFD where a token holds only part of a character's bytes)."""

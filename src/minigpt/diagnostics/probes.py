@@ -28,7 +28,12 @@ import torch
 from minigpt import config
 from minigpt.config import RunConfig, opt
 from minigpt.diagnostics import plots
-from minigpt.diagnostics.attention import attention_maps, plot_attention, token_labels
+from minigpt.diagnostics.attention import (
+    attention_maps,
+    plot_attention,
+    readable_ids,
+    token_labels,
+)
 from minigpt.diagnostics.gradflow import grad_stats, layer_norms, plot_layer_norms, snapshot
 from minigpt.errors import MiniGPTError
 from minigpt.files import append_line, read_jsonl, truncate_jsonl
@@ -198,9 +203,7 @@ class AttentionProbe(EveryNSteps):
 
     def start(self, run):
         super().start(run)
-        tok = run.tokenizer
-        known = "".join(c for c in self.text if tok.can_encode(c))
-        self.ids = tok.encode(known)[: run.model.block_size]
+        self.ids = readable_ids(run.tokenizer, self.text, run.model.block_size)
         if not self.ids:
             log.warning("attention probe off: no character of its text is in the vocabulary")
 
