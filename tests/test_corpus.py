@@ -17,7 +17,14 @@ from conftest import TINY_FLAGS, as_flags, one_line_error, run_cli
 from minigpt import MiniGPT, MiniGPTError, ShardedTokens, Splits, get_batch, load_corpus, prepare
 from minigpt.checkpoint import load_model
 from minigpt.cli import main
-from minigpt.corpus import find_sources, open_prepared, read_chunks, split_point, token_dtype
+from minigpt.corpus import (
+    find_sources,
+    is_prepared,
+    open_prepared,
+    read_chunks,
+    split_point,
+    token_dtype,
+)
 from minigpt.evaluate import split_loss
 from minigpt.records import Records
 
@@ -388,6 +395,20 @@ def test_bad_input_is_one_line_and_leaves_nothing(bad_sources, tmp_path, request
                                    str(out), "--no-progress"])
     assert message in line
     assert not out.exists()
+
+
+def test_a_tilde_after_an_equals_sign_is_the_home_folder(small_text, tmp_path):
+    """--text=~/x and --out=~/y: no shell expands those, so minigpt does."""
+    home = small_text.parent
+    r = run_cli("prepare", "--text=~/small.txt", "--out=~/prepared", "--no-progress",
+                env={"HOME": str(home)}, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert is_prepared(home / "prepared") and not (tmp_path / "~").exists()
+    p = run_cli("plan", "--tokens", "1e4", "--text=~/small.txt", "--batch-size", "1",
+                "--block-size", "8", "--dtype", "float32", env={"HOME": str(home)})
+    assert p.returncode == 0, p.stderr
+    vocab = len(set(small_text.read_text()))  # the text's, not the default 65
+    assert f"vocab {vocab}, block 8" in p.stdout
 
 
 @pytest.mark.parametrize("out", [".", "small.txt"])  # the folder holding the text, the text

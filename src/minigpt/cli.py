@@ -461,8 +461,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_plan(args: argparse.Namespace) -> None:
     import psutil
 
-    from minigpt.corpus import is_prepared, read_index
-    from minigpt.data import text_file
+    from minigpt.data import load_corpus
     from minigpt.plan import format_plan, plan
 
     cfg = resolve_config(args.preset or "seed", args.config, settings_given(args), SECTIONS)
@@ -472,10 +471,10 @@ def cmd_plan(args: argparse.Namespace) -> None:
     if args.tokens == 0 and seconds <= 0:
         raise MiniGPTError("plan needs a budget: --tokens N (e.g. 1e9), --time-budget "
                            "DURATION (e.g. 8h), or both")
-    if cfg.data.text and is_prepared(cfg.data.text):
-        cfg.model.vocab_size = read_index(cfg.data.text)["tokenizer"]["vocab_size"]
-    elif cfg.data.text:  # as train would refuse it
-        text_file(cfg.data.text)
+    if cfg.data.text:  # its vocabulary, as train will have it (a text is prepared once)
+        d = cfg.data
+        cfg.model.vocab_size = load_corpus(d.text, d.tokenizer, cfg.model.vocab_size,
+                                           d.val_fraction)[1].vocab_size
     m, t = cfg.model, cfg.train
     grows = [f"{name} {start}" for name, start, full in [("batch", t.batch_start, t.batch_size),
                                                          ("block", t.block_start, m.block_size)]
@@ -538,6 +537,9 @@ def run_command(argv: list[str] | None) -> int:
     """Run the command argv names; its exit code, with every expected error as one line."""
     try:
         args = build_parser().parse_args(argv)
+        for key in ("out", "run", "resume", "config"):  # --out=~/x: no shell expands that ~
+            if isinstance(value := getattr(args, key, None), str):
+                setattr(args, key, os.path.expanduser(value))
         args.handler(args)  # a command that returns has done its work
         return 0
     except MiniGPTError as e:

@@ -74,10 +74,10 @@ def ensure_tinyshakespeare(url: str = TINYSHAKESPEARE_URL) -> Path:
 
 
 def text_file(path: str | Path) -> Path:
-    """The path of a text file that exists, or a one-line error."""
-    if not Path(path).is_file():
+    """The path of a text file that exists (~ expanded), or a one-line error."""
+    if not Path(path).expanduser().is_file():
         raise MiniGPTError(f"text file not found: {path}")
-    return Path(path)
+    return Path(path).expanduser()
 
 
 def prepared_text(text_path: str | Path, tokenizer: str = "char", vocab_size: int = 0,
