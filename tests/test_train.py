@@ -14,6 +14,7 @@ from minigpt import (
     MiniGPT,
     MiniGPTError,
     TrainState,
+    load_checkpoint,
     load_model,
     make_optimizer,
     resolve_config,
@@ -215,6 +216,21 @@ def test_a_resumed_run_reports_the_speed_of_the_whole_run(small_text, tmp_path):
         tokens, seconds = steps * 8 * 32, result.summary["train_s"]  # (rounded to 0.01 s)
         assert tokens / (seconds + 0.005) - 1 <= result.summary["tokens_per_s"] <= \
             tokens / (seconds - 0.005) + 1
+
+
+def test_an_average_turned_on_at_a_resume_starts_from_the_trained_weights(small_text, tmp_path):
+    from minigpt import resume_config
+
+    trained = train(tiny_config(small_text, steps=10, eval_every=5), tmp_path, progress=False)
+    weights = {k: v.clone() for k, v in trained.model.state_dict().items()}
+    again = train(resume_config(tmp_path, {"ema": 0.9}), tmp_path, resume=True, progress=False)
+    final = again.model.state_dict()  # the average: no step since, so the weights themselves
+    assert all(torch.equal(final[k], v) for k, v in weights.items())
+    more = train(resume_config(tmp_path, {"ema": 0.9, "steps": 14}), tmp_path, resume=True,
+                 progress=False)
+    assert load_model(tmp_path, "last")[2]["step"] == 14
+    raw = load_checkpoint(tmp_path / "checkpoints", "last").section("model")
+    assert any(not torch.equal(v, raw[k]) for k, v in more.model.state_dict().items())
 
 
 def test_a_start_not_below_the_full_size_is_no_schedule(small_text):

@@ -249,8 +249,8 @@ def restore(run: Run, tag: str = "last") -> None:
         raise MiniGPTError(f"the run was trained by {saved[0]} process(es) with --grad-accum "
                            f"{saved[1]}; resume it the same way to continue its batch streams")
     restore_model(run.model, ckpt)
-    if run.ema is not None:
-        restore_model(run.ema.model, ckpt, "ema")
+    if run.ema is not None:  # --ema turned on at this resume: the average starts from here
+        restore_model(run.ema.model, ckpt, "ema" if ckpt.section("ema") else "model")
     restore_optimizer(run.optimizer, ckpt)
     prefix = f"rank{run.world.rank}_"
     mine = {k.removeprefix(prefix): v for k, v in ckpt.section("rng").items()
