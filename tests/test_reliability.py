@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -21,7 +22,7 @@ import torch
 import minigpt.checkpoint as ckpt
 import minigpt.diagnostics.compare as comparing
 from conftest import TINY, TINY_FLAGS, CrashAt, run_cli, same_weights, tiny_config, without_speed
-from minigpt import MiniGPTError, load_checkpoint, load_model, train
+from minigpt import CharTokenizer, MiniGPT, MiniGPTError, load_checkpoint, load_model, train
 from minigpt.cli import main
 from minigpt.diagnostics.compare import compare
 from minigpt.diagnostics.probes import Probe
@@ -267,6 +268,18 @@ def test_bad_checkpoints_are_refused_in_one_line(good_run, tmp_path, how, messag
     assert r.stderr.startswith("minigpt: error:") and r.stderr.count("\n") == 1
     assert message in r.stderr
     assert not (tmp_path / "PWNED").exists()  # no code from the file ran
+
+
+def test_save_checkpoint_refuses_what_loading_would_before_writing(tmp_path):
+    model = MiniGPT(3, n_embd=8, n_head=1, n_layer=1, block_size=4)
+    opt, tok = torch.optim.AdamW(model.parameters()), CharTokenizer("abc")
+    for meta, message in [({"step": 1}, "must hold 'step' (an int) and 'tokenizer'"),
+                          ({"step": 1, "tokenizer": tok}, "'tokenizer' (a tokenizer's to_dict"),
+                          ({"step": 1, "tokenizer": tok.to_dict(), "note": {1, 2}},
+                           "must be plain JSON values")]:
+        with pytest.raises(MiniGPTError, match=re.escape(message)):
+            ckpt.save_checkpoint(tmp_path / "c", ["last"], model, opt, meta, {})
+        assert not (tmp_path / "c").exists()  # no tensor file left behind
 
 
 def test_resume_on_a_changed_text_is_refused(good_run, tmp_path):

@@ -95,23 +95,32 @@ def save_checkpoint(folder: str | Path, tags: list[str], model: MiniGPT,
                     averaged: MiniGPT | None = None) -> None:
     """Write step-<step>.safetensors and its JSON, point each tag (last, best) at it, and
     remove all but the newest `keep` steps and those a tag names. `averaged`: the moving
-    average of the weights (--ema), saved beside them. `meta` must hold at least "step";
-    configs, tokenizer and loop state travel with it."""
+    average of the weights (--ema), saved beside them. `meta` must hold at least "step" (an
+    int) and "tokenizer" (its to_dict()), as load_checkpoint asks; configs and loop state
+    travel with it. What load_checkpoint would refuse is refused before anything is written."""
     folder = Path(folder)
+    if not isinstance(meta.get("step"), int) or not isinstance(meta.get("tokenizer"), dict):
+        raise MiniGPTError("a checkpoint's meta must hold 'step' (an int) and 'tokenizer' (a "
+                           "tokenizer's to_dict())")
     opt_tensors, opt_meta = optimizer_tensors_and_groups(optimizer)
+    path = folder / f"step-{meta['step']:06d}.safetensors"
+    record = {"format": FORMAT, "file": path.name, "sha256": None, **meta,
+              "model": vars(model.config), "optimizer": opt_meta}
+    try:
+        json.dumps(record)
+    except (TypeError, ValueError) as e:  # a tokenizer object, a numpy int in the config, ...
+        raise MiniGPTError(f"a checkpoint's meta must be plain JSON values: {e}") from None
     tensors = {f"model.{k}": v for k, v in model_tensors(model).items()}
     tensors |= {f"optim.{k}": v for k, v in opt_tensors.items()}
     tensors |= {f"rng.{k}": v.cpu() for k, v in rng.items()}
     if averaged is not None:
         tensors |= {f"ema.{k}": v for k, v in model_tensors(averaged).items()}
-    path = folder / f"step-{meta['step']:06d}.safetensors"
     with atomic_path(path) as tmp:  # makes the folder too
         try:
             save_file(tensors, str(tmp), metadata={"format": FORMAT})
         except Exception as e:  # safetensors reports a failed write (a full disk) its own way
             raise os_error(e, tmp) from None
-    record = {"format": FORMAT, "file": path.name, "sha256": sha256_file(path), **meta,
-              "model": vars(model.config), "optimizer": opt_meta}
+    record["sha256"] = sha256_file(path)
     text = json.dumps(record, indent=1) + "\n"
     for tag in [path.stem, *tags]:
         atomic_write_text(folder / f"{tag}.json", text)
