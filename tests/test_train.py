@@ -3,6 +3,7 @@ resume, and a short real run on TinyShakespeare."""
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -231,6 +232,17 @@ def test_an_average_turned_on_at_a_resume_starts_from_the_trained_weights(small_
     assert load_model(tmp_path, "last")[2]["step"] == 14
     raw = load_checkpoint(tmp_path / "checkpoints", "last").section("model")
     assert any(not torch.equal(v, raw[k]) for k, v in more.model.state_dict().items())
+
+
+def test_train_refuses_to_resume_with_another_model_or_data(small_text, tmp_path):
+    """The command line's resume_config refuses these; train() called directly does too."""
+    train(tiny_config(small_text, steps=4, eval_every=2), tmp_path, progress=False)
+    for change, message in [(dict(val_fraction=0.2), "val_fraction from 0.1 to 0.2"),
+                            (dict(n_embd=64), "n_embd from 32 to 64")]:
+        with pytest.raises(MiniGPTError, match=re.escape(f"cannot change {message}")):
+            train(tiny_config(small_text, steps=8, **change), tmp_path, resume=True,
+                  progress=False)
+    assert load_model(tmp_path, "last")[2]["step"] == 4
 
 
 def test_a_start_not_below_the_full_size_is_no_schedule(small_text):

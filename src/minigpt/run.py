@@ -240,6 +240,12 @@ def restore(run: Run, tag: str = "last") -> None:
     if tokenizer_from_dict(ckpt.meta["tokenizer"]) != run.tokenizer:
         raise MiniGPTError("the text's vocabulary differs from the checkpoint's; resume with the "
                            "same --text the run was trained on")
+    changed = [f"{key} from {was!r} to {getattr(section, key)!r}"
+               for name, section in (("model", run.cfg.model), ("data", run.cfg.data))
+               for key, was in ckpt.meta[name].items() if getattr(section, key, was) != was]
+    if changed:  # (resume_config refuses these for the command line; this is train()'s check)
+        raise MiniGPTError(f"cannot change {'; '.join(changed)} when resuming a run (its model "
+                           f"and data stay as they were)")
     if (was := ckpt.meta["train"]["optimizer"]) != run.cfg.train.optimizer:
         raise MiniGPTError(f"the run was trained with {was}, whose state cannot continue "
                            f"under {run.cfg.train.optimizer}: resume with --optimizer {was}, or "
