@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -96,6 +97,7 @@ class Run:
     clock: Clock = field(default_factory=Clock)
     probes: list = field(default_factory=list)  # what else records the run (rank 0 only)
     ema: WeightAverage | None = None  # --ema: the weights' moving average
+    started: float = 0.0  # perf_counter() when build_run began: the summary's wall_s
 
     @property
     def final_model(self) -> MiniGPT:
@@ -132,6 +134,7 @@ def default_run_dir(cfg: RunConfig) -> Path:
 def build_run(cfg: RunConfig, folder: str | Path) -> Run:
     """Data, tokenizer, a freshly initialised model (seeded), optimizer and batches; nothing is
     written but the token cache. Under torchrun, this process joins the others here."""
+    started = time.perf_counter()
     world = distributed.world_from_env()
     device = distributed.start(world, resolve_device(cfg.train.device))
     if cfg.data.text:  # as an absolute path: a resumed run finds it from anywhere
@@ -158,7 +161,8 @@ def build_run(cfg: RunConfig, folder: str | Path) -> Run:
              "val_bytes": target_bytes(splits.val, tokenizer.byte_lengths())}
     return Run(cfg, Path(folder), world, device, dtype, tokenizer, splits, data, model,
                make_optimizer(model, cfg.train), batches, env,
-               ema=WeightAverage(model, cfg.train.ema) if cfg.train.ema else None)
+               ema=WeightAverage(model, cfg.train.ema) if cfg.train.ema else None,
+               started=started)
 
 
 def choose_dtype(cfg: RunConfig, model: MiniGPT, world: distributed.World,

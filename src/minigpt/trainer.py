@@ -102,7 +102,7 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
 
 def loop(run: Run, progress: bool) -> TrainResult:
     """The steps from run.state.step until training is over, then the final evaluation."""
-    t, state, clock, started = run.cfg.train, run.state, run.clock, time.perf_counter()
+    t, state, clock = run.cfg.train, run.state, run.clock
     # the module the step calls: the model, or torch.compile's and DDP's wrappers around it
     model = torch.compile(run.model) if run.env["compile"] else run.model
     model = distributed.wrap(model, run.world, run.device)  # (they share its parameters)
@@ -159,7 +159,7 @@ def loop(run: Run, progress: bool) -> TrainResult:
                     f"checkpoint saved. Continue with: {launcher} train --resume "
                     f"{shlex.quote(str(run.folder))}")
         raise TrainingStopped(signals.signum)
-    return finish(run, speed, time.perf_counter() - started)
+    return finish(run, speed)
 
 
 # --- what the loop calls --------------------------------------------------------------------
@@ -269,7 +269,7 @@ def check_skipped(new: int, skipped: int, allowed: int, row: dict, checkpoints: 
     log.warning(f"{what}: skipped ({skipped} of {allowed} allowed)")
 
 
-def finish(run: Run, speed: Speed, wall_s: float) -> TrainResult:
+def finish(run: Run, speed: Speed) -> TrainResult:
     """The whole-split validation loss, summary.json and a sample from the final model (on
     rank 0; the other processes are done)."""
     cfg, state = run.cfg, run.state
@@ -280,7 +280,8 @@ def finish(run: Run, speed: Speed, wall_s: float) -> TrainResult:
     result.summary = {"final_val_loss": final, "final_val_bpb": val_bpb(run, final),
                       "best_val_loss": state.best_val,
                       "steps": state.step, "train_s": round(run.clock.seconds(), 2),
-                      "wall_s": round(wall_s, 2), **speed.overall(),
+                      "wall_s": round(time.perf_counter() - run.started, 2),
+                      **speed.overall(),
                       "params": run.data["params"],
                       "time_to": {f"{x:g}": state.reached.get(f"{x:g}")
                                   for x in parse_targets(cfg.train.targets)}}
