@@ -9,7 +9,13 @@ import torch
 
 from conftest import TINY, read_png, tiny_config
 from minigpt import train
-from minigpt.diagnostics.compare import compare, parse_axis, parse_variant, variants
+from minigpt.diagnostics.compare import (
+    compare,
+    format_table,
+    parse_axis,
+    parse_variant,
+    variants,
+)
 from minigpt.diagnostics.probes import Probe, standard_probes
 from minigpt.errors import MiniGPTError
 from minigpt.files import read_jsonl
@@ -118,6 +124,15 @@ def test_variant_axes_and_settings_with_their_types():
                          ("x:bias=maybe", "not a bool")]:
         with pytest.raises(MiniGPTError, match=message):
             parse_variant(bad)
+
+
+def test_the_table_has_every_variants_targets():
+    row = dict(final_val_loss=3.5, best_val_loss=3.5, steps=20, train_s=1.0)
+    table = [{"variant": "a", **row, "time_to": {"3.9": 0.5}},
+             {"variant": "b", **row, "time_to": {"3.3": None}}]
+    lines = format_table(table).splitlines()
+    assert lines[0].split()[-4:] == ["to", "3.9", "to", "3.3"]
+    assert lines[2].split()[-2:] == ["0.5", "n/a"] and lines[3].split()[-2:] == ["n/a", "-"]
 
 
 def test_compare_starts_from_the_same_weights_and_tables_the_time_to_each_target(tmp_path):

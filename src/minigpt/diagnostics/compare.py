@@ -155,14 +155,16 @@ def claim(out_dir: Path, settings: dict) -> None:
 
 
 def format_table(table: list[dict]) -> str:
-    """Each variant's losses, steps, seconds of training and seconds to each target."""
+    """Each variant's losses, steps, seconds of training and seconds to each target (-: not
+    reached; n/a: not among the variant's targets)."""
     width = max(len("variant"), *(len(r["variant"]) for r in table))
-    targets = list(table[0].get("time_to", {}))
+    targets = list(dict.fromkeys(x for r in table for x in r.get("time_to", {})))  # all
     header = (f"{'variant':<{width}}  final val  best val   steps  train s"
               + "".join(f"  {'to ' + x:>7}" for x in targets))
     lines = [header, "-" * len(header)]
     for r in table:
-        reached = "".join(f"  {_seconds(r['time_to'].get(x)):>7}" for x in targets)
+        reached = "".join(f"  {_seconds(r['time_to'][x]) if x in r['time_to'] else 'n/a':>7}"
+                          for x in targets)  # n/a: a target this variant did not track
         lines.append(f"{r['variant']:<{width}}  {r['final_val_loss']:9.4f}  "
                      f"{r['best_val_loss']:8.4f}  {r['steps']:6d}  {r['train_s']:7.1f}{reached}")
     return "\n".join(lines)
