@@ -124,7 +124,8 @@ class TrainConfig:
     eval_batches: int = opt(0, "validation batches per evaluation: N random batches, or 0 for "
                                 "the whole split, every token once (as the final figure)")
     targets: str = opt("1.72,1.60,1.50", "validation losses whose first crossing is timed "
-                                          "(seconds of training), comma-separated")
+                                          "(seconds of training), comma-separated; crossed by "
+                                          "each evaluation's figure (see --eval-batches)")
     patience: int = opt(0, "stop after N evaluations without improvement (0 = off)")
     min_delta: float = opt(0.0, "improvement smaller than this does not count")
     log_every: int = opt(50, "write a metrics line every N steps")
