@@ -24,6 +24,7 @@ from minigpt.corpus import (
     read_chunks,
     split_point,
     token_dtype,
+    tokens_done,
 )
 from minigpt.evaluate import split_loss
 from minigpt.records import Records
@@ -243,6 +244,7 @@ def test_an_interrupted_prepare_continues_to_the_same_shards(corpus, tmp_path, m
             prepare(src, out, **settings)
     done = json.loads((out / "progress.json").read_text())["shards"]["train"]
     assert done and not list(out.glob(".*.tmp")) and not (out / "index.json").exists()
+    assert tokens_done(out) == sum(s["tokens"] for s in done) > 0  # (what the rate leaves out)
     with pytest.raises(MiniGPTError, match="unfinished prepare of other sources or settings"):
         prepare(src, out, **{**settings, "shard_tokens": 299})
     index = prepare(src, out, **settings)

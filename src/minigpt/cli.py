@@ -493,7 +493,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
 def cmd_prepare(args: argparse.Namespace) -> None:
     import time
 
-    from minigpt.corpus import prepare
+    from minigpt.corpus import prepare, tokens_done
     from minigpt.records import Records
 
     dataset_options = (args.dataset_config, args.split, args.text_field)
@@ -504,6 +504,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     if args.dataset is not None:
         source = Records(args.dataset, args.dataset_config, args.split or "train",
                          args.text_field or "text", exclude=Path(args.out))
+    before = tokens_done(args.out)  # an interrupted prepare's, which this one continues
     t0 = time.perf_counter()
     index = prepare(source, args.out, args.tokenizer, args.vocab_size, args.val_fraction,
                     args.shard_tokens, progress=not args.no_progress)
@@ -514,7 +515,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
           f"(train {index['train_tokens']:,}, validation {index['val_tokens']:,}; "
           f"{tok['kind']}, vocab {tok['vocab_size']:,}, {index['dtype']}) in "
           f"{len(shards['train']) + len(shards['val']):,} shard(s) in {args.out}: "
-          f"{seconds:.1f} s, {index['tokens'] / seconds:,.0f} tokens/s")
+          f"{seconds:.1f} s, {(index['tokens'] - before) / seconds:,.0f} tokens/s"
+          + f" (continued after {before:,} tokens)" * bool(before))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -409,6 +409,15 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
     return index
 
 
+def tokens_done(out_dir: str | Path) -> int:
+    """The tokens in the complete shards of an unfinished prepare in out_dir (0: none)."""
+    try:
+        state = json.loads((Path(out_dir) / PROGRESS).read_text(encoding="utf-8"))
+        return sum(s["tokens"] for split in state["shards"].values() for s in split)
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
 def _remove_partial(out_dir: Path, created: bool) -> None:
     """Undo a prepare that failed before its first shard: its files, and the folder it made."""
     for name in (TOKENIZER, PROGRESS, "run.lock"):
