@@ -154,6 +154,7 @@ BAD_INPUT = [
      "text file not found: /nonexistent/x.txt"),
     (["compare", "--clip", "1,1.0", "--steps", "1", "--out", "{bad}/compare"],
      "variant name(s) 'clip 1' given twice by the axes"),
+    (["plan", "--tokens", "1e6", "--device", "cuda"], "plan times its steps on this machine's"),
     (["plan", "--tokens", "nan"], "--tokens must be a number of tokens such as 1e9, got nan"),
     (["plan", "--tokens", "inf"], "--tokens must be a number of tokens such as 1e9, got inf"),
 ]
@@ -171,7 +172,7 @@ def test_bad_input_is_one_line_and_non_zero(cli_run, bad_files, args, message, c
     if args[0] == "train":  # were a check lost, one step into a folder of its own, not 5000
         where = [] if "--resume" in args else ["--out", str(bad_files / "trained")]
         args = ["train", "--steps", "1", *where, *args[1:], "--no-progress"]  # (args win)
-    elif args[0] != "graph":  # (graph takes no --device)
+    elif args[0] != "graph" and "--device" not in args:  # (graph takes no --device)
         args = [*args, "--device=cpu"]
     line = one_line_error(capsys, args)
     assert message in line

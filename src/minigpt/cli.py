@@ -471,6 +471,10 @@ def cmd_plan(args: argparse.Namespace) -> None:
     if args.tokens == 0 and seconds <= 0:
         raise MiniGPTError("plan needs a budget: --tokens N (e.g. 1e9), --time-budget "
                            "DURATION (e.g. 8h), or both")
+    if cfg.train.device not in ("auto", "cpu"):
+        raise MiniGPTError(f"plan times its steps on this machine's CPU, not on --device "
+                           f"{cfg.train.device}; on a GPU, time a short run instead: minigpt "
+                           f"train --steps 50 --device {cfg.train.device}")
     if cfg.data.text:  # its vocabulary, as train will have it (a text is prepared once)
         d = cfg.data
         cfg.model.vocab_size = load_corpus(d.text, d.tokenizer, cfg.model.vocab_size,
@@ -485,7 +489,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
           f"{t.grad_accum}, {t.optimizer}, dtype {t.dtype}"
           + f" (timed at full size: the run's first {t.ramp:.0%}, growing from "
             f"{' and '.join(grows)}, is slower a token)" * bool(grows)
-          + "; timing each shape here...", flush=True)
+          + "; timing each shape on this CPU...", flush=True)
     shapes = plan(cfg, psutil.Process().memory_info().rss)
     print(format_plan(shapes, args.tokens, seconds))
 
