@@ -1,6 +1,7 @@
 """Data parallel training with torchrun on CPU (gloo, 2 processes), checked against one process
 that accumulates the same micro-batches: same losses, same weights; and resume under torchrun."""
 
+import fcntl
 import json
 import os
 import subprocess
@@ -110,6 +111,20 @@ def test_a_two_process_run_resumes_exactly_and_only_in_two_processes(corpus, ddp
     assert without_speed(read_jsonl(part / "metrics.jsonl")) == \
         without_speed(read_jsonl(straight / "metrics.jsonl"))
     assert same_weights(part, straight)
+
+
+def test_a_refusal_of_rank_zero_stops_every_process_in_one_line(ddp_run):
+    """The run folder in use: rank 0 alone finds out, every process stops, one line says why
+    (rank 1 used to die in its next collective call, with gloo's traceback)."""
+    out, _ = ddp_run
+    with open(out / "run.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        r = torchrun("train", "--resume", str(out), "--steps", "14")
+    assert r.returncode != 0
+    errors = [line for line in r.stderr.splitlines() if "minigpt: error:" in line]
+    assert len(errors) == 1 and "is in use by another minigpt process" in errors[0]
+    assert "[rank1]" not in r.stderr and "gloo" not in r.stderr.lower()
+    assert load_model(out, "last")[2]["step"] == 12  # nothing trained
 
 
 def test_a_time_budget_ends_every_process_after_the_same_step(corpus, tmp_path):

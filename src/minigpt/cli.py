@@ -549,20 +549,26 @@ def run_command(argv: list[str] | None) -> int:
         args.handler(args)  # a command that returns has done its work
         return 0
     except MiniGPTError as e:
-        print(f"minigpt: error: {e}", file=sys.stderr)
+        say(f"minigpt: error: {e}")
         return 2
     except BrokenPipeError:  # the reader stopped reading (sample ... | head): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (nor at exit's flush)
         return 128 + 13  # as the shell reports a process SIGPIPE stopped
     except OSError as e:  # disk full, permissions, a vanished file: say which, in one line
         where = f": {e.filename}" if e.filename else ""
-        print(f"minigpt: error: {e.strerror or e}{where}", file=sys.stderr)
+        say(f"minigpt: error: {e.strerror or e}{where}")
         return 1
     except TrainingStopped as e:  # SIGINT / SIGTERM: checkpoint saved, already said how
         return 128 + e.signum
     except KeyboardInterrupt:
-        print("minigpt: interrupted", file=sys.stderr)
+        say("minigpt: interrupted")
         return 130
+
+
+def say(line: str) -> None:
+    """An error's line on stderr, once: under torchrun, rank 0 speaks for every process."""
+    if world_from_env().is_main:
+        print(line, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -79,8 +79,15 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
     try:
         # before anything is written
         performance.check_memory(cfg, run.device, run.data["params"], run.dtype)
-        main = run.world.is_main  # one process per folder: a second one is refused at once
-        with lock_folder(make_folder(folder)) if main else contextlib.nullcontext():
+        with contextlib.ExitStack() as held:
+            refused = None
+            try:  # rank 0 holds the folder: a second process there is refused at once
+                if run.world.is_main:
+                    held.enter_context(lock_folder(make_folder(folder)))
+            except (MiniGPTError, OSError) as e:
+                refused = e
+            if distributed.any_process(refused is not None, run.world):  # every process stops
+                raise refused or MiniGPTError(f"the main process could not open {folder}")
             if resume:
                 restore(run, "last")
             prepare_folder(run, resume)
