@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from minigpt import Batches, MiniGPTError, Splits, get_batch, load_corpus, load_tokens
+from minigpt import (
+    Batches,
+    MiniGPTError,
+    Splits,
+    get_batch,
+    load_corpus,
+    load_tokens,
+    prepare,
+    split_loss,
+)
 from minigpt.corpus import read_index
 from minigpt.data import cache_dir, prepared_text, tinyshakespeare_path
 
@@ -68,6 +77,20 @@ def test_get_batch_shapes_shift_offsets_seeding_and_range():
     g = torch.Generator().manual_seed(0)
     starts = torch.cat([get_batch(data, 64, 10, g)[0][:, 0] for _ in range(50)])
     assert int(starts.min()) == 0 and int(starts.max()) == 200 - 10 - 1
+    # the lesson keeps its data as a tensor: the same batches from it
+    lesson = torch.tensor(data.astype(np.int64))
+    c = get_batch(lesson, 8, 10, torch.Generator().manual_seed(1))
+    assert all(torch.equal(u, v) for u, v in zip(a, c, strict=True))
+
+
+def test_helpers_refuse_what_they_cannot_use_in_one_line(tmp_path):
+    model = torch.nn.Module()
+    model.p = torch.nn.Parameter(torch.zeros(1))
+    with pytest.raises(MiniGPTError, match="a split needs at least 2 tokens"):
+        split_loss(model, np.arange(1, dtype=np.uint16), 8)
+    with pytest.raises(MiniGPTError, match="sources must be a file, a folder or a glob"):
+        prepare([str(tmp_path / "a.txt")], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_batches_uses_separate_streams_per_split():

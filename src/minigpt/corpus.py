@@ -355,7 +355,14 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
     if is_prepared(out_dir):
         raise MiniGPTError(f"{out_dir} already holds a prepared corpus; choose another --out "
                            f"or delete it first")
-    source = Files(sources, exclude=out_dir) if isinstance(sources, (str, Path)) else sources
+    if isinstance(sources, (str, Path)):
+        source = Files(sources, exclude=out_dir)
+    elif hasattr(sources, "chunks"):  # a minigpt.records.Records
+        source = sources
+    else:
+        raise MiniGPTError(f"sources must be a file, a folder or a glob (one str or Path; a "
+                           f"folder or glob for several files), or a Records, got "
+                           f"{type(sources).__name__}")
     if out_dir.exists() and not out_dir.is_dir():  # before the scan, which can take minutes
         raise MiniGPTError(f"--out {out_dir} is a file, not a folder")
     settings = {"format": FORMAT, **source.settings(), "tokenizer": tokenizer,

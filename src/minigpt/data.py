@@ -157,7 +157,10 @@ def get_batch(data: np.ndarray, batch_size: int, block_size: int,
               generator: torch.Generator | None = None,
               device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """B random windows of data: x = data[i : i+T], y = data[i+1 : i+T+1], both (B, T) int64,
-    at offsets drawn from `generator`, gathered in one fancy-index (no Python loop over rows)."""
+    at offsets drawn from `generator`, gathered in one fancy-index (no Python loop over rows).
+    `data` may also be a 1-D tensor of token ids, as the lesson keeps its data."""
+    if isinstance(data, torch.Tensor):
+        data = data.cpu().numpy()
     ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
     rows = ix.numpy()[:, None] + np.arange(block_size + 1)  # (B, T+1) positions
     buf = torch.from_numpy(data[rows].astype(np.int64))  # (B, T+1)

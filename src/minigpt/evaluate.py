@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from minigpt.errors import MiniGPTError
+
 WHOLE_SPLIT_BATCH = 64  # windows per forward when a whole split is evaluated
 
 
@@ -42,6 +44,9 @@ def split_loss(model: nn.Module, data: np.ndarray, block_size: int,
     at a time, so a sharded split of any size is never loaded whole."""
     device = device or next(model.parameters()).device
     n_targets = len(data) - 1
+    if n_targets < 1:
+        raise MiniGPTError(f"a split needs at least 2 tokens (an input and its target), got "
+                           f"{len(data)}")
     per_batch = batch_size * block_size
     total, count = 0.0, 0
     with evaluating(model):
