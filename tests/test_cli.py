@@ -129,6 +129,8 @@ BAD_INPUT = [
     (["train", "--text", "{text}", "--out", "{run}"], "already holds a run"),
     (["train", "--resume", "{run}", "--n-layer", "3"], "cannot change n_layer"),
     (["train", "--resume", "{run}", "--block-size", "64"], "cannot change block_size"),
+    (["train", "--resume", "{run}", "--preset", "fast"], "; resume without --preset: the run "
+                                                         "keeps its own settings"),
     (["train", "--resume", "{bad}"], "no 'last' checkpoint"),
     (["train", "--resume", "{bad}/list-run"],
      "last.json is not readable: a JSON object was expected, got list"),

@@ -74,7 +74,7 @@ def test_a_damaged_summary_is_a_section_that_says_so(cli_run, tmp_path, damage):
     assert "No readable summary.json" in build_report(run)
 
 
-def test_report_escapes_what_the_run_produced(tmp_path):
+def test_report_escapes_what_the_run_produced(tmp_path, monkeypatch):
     evil = "<script>alert(1)</script></textarea><img src=x onerror=alert(2)>"
     text = tmp_path / evil.replace("/", "|") / "corpus.txt"  # in the path, config.json shows it
     text.parent.mkdir()
@@ -88,6 +88,8 @@ def test_report_escapes_what_the_run_produced(tmp_path):
     assert "<script" not in page and "</textarea" not in page and "<img src=x" not in page
     assert page.count("<pre>") == len(samples) + 1  # the samples and the configuration only
     assert "&lt;script&gt;alert(1)&lt;" in page  # shown as text, from config.json's path
+    monkeypatch.chdir(out)  # report --run . names the folder, not ""
+    assert "<title>minigpt run run</title>" in build_report(".")
 
 
 def test_report_in_a_real_browser(report, tmp_path):

@@ -231,9 +231,10 @@ def resume_config(run_dir: str | Path, overrides: dict | None = None, preset: st
     changes = [f"{key} from {getattr(cfg.sections()[sec], key)!r} to {value!r}"
                for sec, values in fixed.items() for key, value in values.items()
                if not same_setting(cfg, sec, key, value)]
-    if changes:
+    if changes:  # a preset fits its model to the time budget: a longer one, another model
+        hint = "; resume without --preset: the run keeps its own settings" if preset else ""
         raise MiniGPTError(f"cannot change {'; '.join(changes)} when resuming a run (its model "
-                           f"and data stay as they were)")
+                           f"and data stay as they were){hint}")
     apply_overrides(cfg, table, "command line")
     validate(cfg)
     return cfg

@@ -444,10 +444,12 @@ def cmd_sample(args: argparse.Namespace) -> None:
     sys.stdout.write(prompt)
     tokens = stream(model, idx, args.max_new_tokens, temperature=args.temperature,
                     top_k=args.top_k, top_p=args.top_p, generator=gen)
-    for piece in tok.decode_stream(int(t[0]) for t in tokens):  # whole characters only
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
+    try:
+        for piece in tok.decode_stream(int(t[0]) for t in tokens):  # whole characters only
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    finally:  # (Ctrl-C too: the line ends before the message)
+        sys.stdout.write("\n")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -510,8 +512,14 @@ def cmd_prepare(args: argparse.Namespace) -> None:
                          args.text_field or "text", exclude=Path(args.out))
     before = tokens_done(args.out)  # an interrupted prepare's, which this one continues
     t0 = time.perf_counter()
-    index = prepare(source, args.out, args.tokenizer, args.vocab_size, args.val_fraction,
-                    args.shard_tokens, progress=not args.no_progress)
+    try:
+        index = prepare(source, args.out, args.tokenizer, args.vocab_size, args.val_fraction,
+                        args.shard_tokens, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        if tokens_done(args.out):  # complete shards were kept
+            logging.getLogger("minigpt").warning("the same command continues after the last "
+                                                 "complete shard")
+        raise
     seconds = time.perf_counter() - t0
     tok, shards = index["tokenizer"], index["shards"]
     what = source.label() if args.text is None else f"{len(index['sources']['files']):,} file(s)"

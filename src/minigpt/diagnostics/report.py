@@ -125,7 +125,7 @@ def build_report(run_dir: str | Path) -> str:
     nav = "".join(f'<a href="#{key}">{title}</a>' for key, title, _ in SECTIONS)
     body = "".join(f'<section id="{key}"><h2>{title}</h2>{part(run_dir)}</section>'
                    for key, title, part in SECTIONS)
-    title = f"minigpt run {html.escape(run_dir.name)}"
+    title = f"minigpt run {html.escape(run_dir.resolve().name)}"
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{title}</title><style>{STYLE}</style></head>"
