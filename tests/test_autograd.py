@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from minigpt.diagnostics import autograd
-from minigpt.diagnostics.autograd import FUNCTIONS, OPS, explain, format_report, parse_expr
+from minigpt.diagnostics.autograd import (
+    FUNCTIONS,
+    OPS,
+    explain,
+    format_report,
+    output_name,
+    parse_expr,
+)
 from minigpt.errors import MiniGPTError
 
 # formulas with an independently written torch function of the same variables, in order
@@ -223,6 +230,7 @@ def test_rejected_formulas_raise_one_line_errors_and_run_nothing(text, tmp_path)
     ("2*3", {}, "no variables"),
     ("x", {"x": "2"}, "must be a number"),
     ("x", {"x": float("nan")}, "must be finite"),
+    ("x + 1" + "0" * 400, {"x": 1.0}, "is too large for a float"),
 ])
 def test_user_errors_are_one_line_minigpt_errors(text, at, fragment):
     with pytest.raises(MiniGPTError) as info:
@@ -235,9 +243,35 @@ def test_a_kink_is_reported_not_hidden():
     report = explain("abs(x)", {"x": 0.0})
     assert report.gradients == {"x": 0.0}  # torch's choice of subgradient at the kink
     assert math.isclose(report.checks[0].numeric, 0.0, abs_tol=1e-9)
-    report = explain("relu(x)", {"x": 1e-9})
-    assert report.gradients == {"x": 1.0}
-    assert "MISMATCH" in format_report(report)  # the difference straddles the kink
+    report = explain("relu(x)", {"x": 0.0})
+    assert report.gradients == {"x": 0.0}  # torch's subgradient; the difference says 0.5
+    assert math.isclose(report.checks[0].numeric, 0.5) and "MISMATCH" in format_report(report)
+    report = explain("relu(x)", {"x": 1e-9})  # beside the kink: a small enough h sees slope 1
+    assert report.checks[0].numeric == pytest.approx(1.0)
+    assert "MISMATCH" not in format_report(report)
+
+
+@pytest.mark.parametrize(("text", "at", "exact"), [
+    ("log(x)", {"x": 1e-4}, 1e4),             # a fixed h of 1e-6 is 1 % of x: curvature shows
+    ("sqrt(x)", {"x": 1e-5}, 0.5 / 1e-5**0.5),
+    ("1/x", {"x": 1e-3}, -1e6),
+    ("sin(x)", {"x": 1e6}, math.cos(1e6)),    # a large x: h relative to it, rounding stays small
+    ("x**3", {"x": 0.0}, 0.0),
+])
+def test_the_finite_difference_picks_its_step_and_agrees_where_autograd_is_right(text, at, exact):
+    report = explain(text, at)
+    assert report.gradients["x"] == pytest.approx(exact, rel=1e-9, abs=1e-12)
+    assert report.checks[0].numeric == pytest.approx(exact, rel=1e-5, abs=1e-7)
+    assert "MISMATCH" not in format_report(report)
+
+
+def test_the_output_is_named_after_a_name_the_variables_do_not_take():
+    assert output_name(["x"]) == "y" and output_name(["y", "x"]) == "f"
+    assert output_name(["f", "y"]) == "g" and output_name(["f", "g", "y", "y0"]) == "y1"
+    text = format_report(explain("f*y", {"f": 2, "y": 3}))
+    assert text.startswith("g = f*y") and "dg/df = 3" in text and "dg/dy = 2" in text
+    with pytest.raises(MiniGPTError, match=r"the gradient df/dy is not finite"):
+        explain("sqrt(y)", {"y": 0.0})
 
 
 def test_every_operation_has_an_oracle_and_no_private_saved_tensors_are_read():

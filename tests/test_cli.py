@@ -148,6 +148,8 @@ BAD_INPUT = [
     (["attention", "--run", "{run}", "--text", ""], "1 to 32 characters"),
     (["attention", "--run", "{run}", "--text", "ZZZ"], "--text: text has 1 character(s) outside"),
     (["graph", "--collapse", "--depth", "0", "--out", "{bad}/g"], "--depth must be at least 1"),
+    (["graph", "--depth", "2", "--out", "{bad}/g"], "--depth goes with --collapse"),
+    (["autograd", "--at", "x=2,x=3"], "--at gives 'x' twice in 'x=2,x=3'"),
     (["compare", "--variant", "a:lr=1e-3", "--variant", "a:lr=1e-2", "--steps", "1",
       "--out", "{bad}/compare"], "variant name(s) 'a' given twice"),
     (["compare", "--variant", "sgd:lr=0.5", "--optimizers", "sgd,adamw", "--steps", "1",
@@ -174,7 +176,7 @@ def test_bad_input_is_one_line_and_non_zero(cli_run, bad_files, args, message, c
     if args[0] == "train":  # were a check lost, one step into a folder of its own, not 5000
         where = [] if "--resume" in args else ["--out", str(bad_files / "trained")]
         args = ["train", "--steps", "1", *where, *args[1:], "--no-progress"]  # (args win)
-    elif args[0] != "graph" and "--device" not in args:  # (graph takes no --device)
+    elif args[0] not in ("graph", "autograd") and "--device" not in args:  # (they take none)
         args = [*args, "--device=cpu"]
     line = one_line_error(capsys, args)
     assert message in line

@@ -177,3 +177,7 @@ def test_graph_command_without_graphviz_writes_dot_and_says_how(tmp_path):
     assert "install Graphviz" in r.stderr and "apt install graphviz" in r.stderr
     assert (tmp_path / "g.dot").read_text().startswith("digraph")
     assert not (tmp_path / "g.png").exists()
+    # a fresh model is seeded, so its gradient norms repeat; "h.svg" names h.dot, not h.svg.dot
+    r = run_cli("graph", "--out", str(tmp_path / "h.svg"), env={"PATH": str(bin_dir)})
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "h.dot").read_text() == (tmp_path / "g.dot").read_text()

@@ -33,7 +33,7 @@ needs_dot = pytest.mark.skipif(shutil.which("dot") is None,
 
 
 def _model(**kw) -> MiniGPT:
-    return MiniGPT(VOCAB, n_embd=16, n_head=2, n_layer=2, block_size=8, **kw)
+    return MiniGPT(VOCAB, **{"n_embd": 16, "n_head": 2, "n_layer": 2, "block_size": 8, **kw})
 
 
 @pytest.fixture
@@ -83,8 +83,8 @@ def test_loss_graph_feeds_token_ids_gives_the_initial_loss_and_rejects_misfits(m
     assert loss_graph(model, VOCAB, T=8, seed=1)[0].item() != loss.item()
     with pytest.raises(MiniGPTError, match="vocab_size"):
         loss_graph(model, VOCAB + 1)
-    with pytest.raises(MiniGPTError, match="block_size"):
-        loss_graph(model, VOCAB, T=9)
+    short = _model(block_size=4)  # T=8 by default: cut to the model's block_size
+    assert loss_graph(short, VOCAB)[0].grad_fn is not None
 
 
 def test_trace_has_every_parameter_once_and_the_loss_at_the_root(traced):
@@ -165,6 +165,16 @@ def test_collapse_gives_one_node_per_module_in_a_chain(traced):
     counts = [int(n.label.split("\n")[1].split()[0].replace(",", ""))
               for n in small if n.kind == "module"]
     assert sum(counts) == model.num_params()
+
+
+def test_collapse_counts_a_scalar_parameter_in_its_module():
+    model = _model(value_embeds=1)  # blocks.0.attn.ve_lambda has shape ()
+    small, _ = collapse(*trace(*loss_graph(model, VOCAB)), depth=2)
+    counts = {n.module: int(n.label.split("\n")[1].split()[0].replace(",", ""))
+              for n in small if n.kind == "module" and "\n" in n.label}
+    attn = sum(p.numel() for k, p in model.named_parameters() if k.startswith("blocks.0.attn."))
+    assert counts["blocks.0.attn"] == attn
+    assert sum(counts.values()) == model.num_params()
 
 
 def test_collapse_depth_two_opens_the_blocks(traced):

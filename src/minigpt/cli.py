@@ -149,7 +149,8 @@ def build_parser() -> Parser:
                  "lesson's y = x**2 + 3*x + 1 at x = 2 (value 11, dy/dx = 7).")
     au.add_argument("--expr", default="x**2 + 3*x + 1",
                     help="numbers, variables, + - * / **, sin cos tan exp log sqrt tanh "
-                         "sigmoid relu abs")
+                         "sigmoid relu abs; one that starts with '-' takes '=': "
+                         "--expr=-x**2")
     au.add_argument("--at", default="x=2", metavar="NAME=VALUE,...",
                     help="where to evaluate, e.g. x=2 or x=1,y=-0.5 (default x=2)")
 
@@ -159,8 +160,9 @@ def build_parser() -> Parser:
                  "shapes and gradient norms. Without --run: a freshly initialised seed model.",
                  "run?", "checkpoint")
     gr.add_argument("--collapse", action="store_true", help="one node per module")
-    gr.add_argument("--depth", type=int, default=1, metavar="N",
-                    help="with --collapse: modules N levels deep (1: blocks, 2: attn/ff/ln)")
+    gr.add_argument("--depth", type=int, metavar="N",
+                    help="with --collapse: modules N levels deep (default 1: blocks; "
+                         "2: attn/ff/ln)")
     gr.add_argument("--out", metavar="PATH",
                     help="output path without suffix (default DIR/graph or ./graph)")
 
@@ -324,6 +326,10 @@ def parse_point(text: str) -> dict[str, float]:
             sep = ""
         if not sep or not name.strip():
             raise MiniGPTError(f"--at takes NAME=VALUE pairs separated by commas, got {text!r}")
+    names = [item.partition("=")[0].strip() for item in text.split(",")]
+    if len(names) != len(point):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise MiniGPTError(f"--at gives {twice!r} twice in {text!r}")
     return point
 
 
@@ -334,17 +340,23 @@ def cmd_autograd(args: argparse.Namespace) -> None:
 
 
 def cmd_graph(args: argparse.Namespace) -> None:
+    import torch
+
     from minigpt.checkpoint import load_model
     from minigpt.diagnostics.graph import GraphvizMissing, draw_loss_graph
     from minigpt.model import MiniGPT
 
-    if args.collapse and args.depth < 1:  # (0 would be no collapse: the whole graph)
-        raise MiniGPTError(f"--depth must be at least 1, got {args.depth}")
+    if args.depth is not None and not args.collapse:
+        raise MiniGPTError("--depth goes with --collapse (without it, every op is drawn)")
+    depth = 1 if args.depth is None else args.depth
+    if depth < 1:  # (0 would be no collapse: the whole graph)
+        raise MiniGPTError(f"--depth must be at least 1, got {depth}")
+    torch.manual_seed(0)  # a fresh model's weights, so its gradient norms, the same each time
     model = load_model(args.run, args.checkpoint)[0] if args.run else MiniGPT(65)
     out = args.out or (f"{args.run}/graph" if args.run else "graph")
     try:
         paths = draw_loss_graph(model, model.config.vocab_size, out,
-                                depth=args.depth if args.collapse else 0)
+                                depth=depth if args.collapse else 0)
     except GraphvizMissing as e:
         print(f"minigpt: {e}", file=sys.stderr)
         return

@@ -17,9 +17,9 @@ from __future__ import annotations
 import ast
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from itertools import zip_longest
+from itertools import chain, count, zip_longest
 
 import torch
 from torch.autograd.graph import Node, get_gradient_edge
@@ -103,7 +103,10 @@ def _term(node: ast.expr) -> Term:
     if isinstance(node, ast.Constant):
         if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
             raise MiniGPTError(f"the constant {text[:40]} is not allowed: only real numbers are")
-        return Term("num", text, number=float(node.value))
+        try:
+            return Term("num", text, number=float(node.value))
+        except OverflowError:  # an integer of hundreds of digits
+            raise MiniGPTError(f"the constant {text[:40]}... is too large for a float") from None
     if isinstance(node, ast.Name):
         if node.id in FUNCTIONS:
             raise MiniGPTError(f"{node.id!r} is a function: call it, as {node.id}(x)")
@@ -214,10 +217,18 @@ def explain(expr_text: str = "x**2 + 3*x + 1",
     gradients = {k: 0.0 if t.grad is None else t.grad.item() for k, t in leaves.items()}
     for k, g in gradients.items():
         if not math.isfinite(g):
-            raise MiniGPTError(f"the gradient dy/d{k} is not finite ({g}) at {_where(point)}")
+            raise MiniGPTError(f"the gradient d{output_name(point)}/d{k} is not finite ({g}) at "
+                               f"{_where(point)}")
     names = {get_gradient_edge(t).node: k for k, t in leaves.items()}  # AccumulateGrad -> name
     checks = tuple(_finite_difference(expr, point, k, gradients[k]) for k in point)
     return AutogradReport(expr.text, point, y.item(), gradients, _graph(order, seen, names), checks)
+
+
+def output_name(variables: Iterable[str]) -> str:
+    """What the report calls the expression's value: y, unless a variable has that name."""
+    taken = set(variables)
+    names = chain(("y", "f", "g"), (f"y{i}" for i in count()))
+    return next(n for n in names if n not in taken)
 
 
 def _point(expr: Term, at: Mapping[str, float]) -> dict[str, float]:
@@ -325,13 +336,25 @@ def _p(text: str) -> str:
 
 
 def _finite_difference(expr: Term, point: Mapping[str, float], name: str, grad: float) -> GradCheck:
-    step = 1e-6 * max(1.0, abs(point[name]))  # relative to the variable's size
-    with torch.no_grad():
-        up, down = (_evaluate(expr, {**point, name: point[name] + s}, strict=False).item()
-                    for s in (step, -step))
-    numeric = (up - down) / (2 * step)
+    """(f(v+h) - f(v-h)) / 2h for h = s/10, s/100, ... s/1e12, s = max(1, |v|), keeping the
+    estimate that differs least from the next two smaller steps': there neither truncation
+    (h too large) nor rounding (h too small) dominates, and two estimates that round to the
+    same value by chance do not win alone. The oracle never sees `grad`."""
+    def central(h: float) -> float:
+        with torch.no_grad():
+            up, down = (_evaluate(expr, {**point, name: point[name] + s}, strict=False).item()
+                        for s in (h, -h))
+        return (up - down) / (2 * h)
+
+    steps = [max(1.0, abs(point[name])) * 10.0 ** -k for k in range(1, 13)]
+    estimates = [central(h) for h in steps]
+    spread = [max(abs(a - b), abs(a - c)) for a, b, c in  # (nan would win min: inf instead)
+              zip(estimates, estimates[1:], estimates[2:], strict=False)]
+    spread = [d if math.isfinite(d) else math.inf for d in spread]
+    best = spread.index(min(spread))
+    numeric = estimates[best]
     error = abs(numeric - grad) if math.isfinite(numeric) else math.inf
-    return GradCheck(name, grad, numeric, error, step)
+    return GradCheck(name, grad, numeric, error, steps[best])
 
 
 def _num(value: float | None) -> str:
@@ -346,7 +369,7 @@ def _num(value: float | None) -> str:
 def format_report(report: AutogradReport) -> str:
     """The report as text for a terminal: value, gradients, the backward graph node by node
     (what each received, its local derivative, what it sent where) and the checks."""
-    y = "f" if "y" in report.at else "y"  # the output's name, unless a variable has it
+    y = output_name(report.at)
     point = ", ".join(f"{k} = {_num(v)}" for k, v in report.at.items())
     lines = [f"{y} = {report.expr}    at {point}", "", f"value       {y} = {_num(report.value)}"]
     lines += [f"gradient    d{y}/d{k} = {_num(g)}" for k, g in report.gradients.items()]

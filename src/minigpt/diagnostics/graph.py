@@ -128,13 +128,15 @@ def record_modules(model: nn.Module):
 def loss_graph(model: nn.Module, vocab_size: int, T: int = 8, seed: int = 0,
                batch_size: int = 2) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Run the model once on a random batch of token ids (int64, from its own generator seeded
-    with `seed`) with next-token targets, recording modules; return (loss, named parameters),
-    ready for `trace`. The model stays in the mode it is in (train or eval)."""
+    with `seed`) with next-token targets, T of them cut to the model's block size, recording
+    modules; return (loss, named parameters), ready for `trace`. The model stays in the mode it
+    is in (train or eval)."""
     emb = getattr(model, "token_emb", None)
     if vocab_size < 1 or (emb is not None and vocab_size > emb.num_embeddings):
         raise MiniGPTError(f"vocab_size {vocab_size} does not fit the model's token embedding")
     if T < 1 or batch_size < 1:
         raise MiniGPTError(f"T ({T}) and batch_size ({batch_size}) must be at least 1")
+    T = min(T, getattr(model, "block_size", T))
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab_size, (batch_size, T + 1), generator=gen, dtype=torch.int64)
     ids = ids.to(next(model.parameters()).device)
@@ -227,7 +229,7 @@ def _group_node(key: tuple, i: int, members: list[Node]) -> Node:
     if key[0] == "call":
         return replace(first, label=key[1].partition("#")[0])
     params = tuple(p for m in members for p in m.params)
-    count = sum(math.prod(m.shape) for m in members if m.kind == "param" and m.shape)
+    count = sum(math.prod(m.shape) for m in members if m.kind == "param")
     label = key[1] if not count else f"{key[1]}\n{count:,} params"
     scope = first.scope[:first.scope.index(key[1]) + 1]
     return Node(i, label, "module", key[1], scope, params=params)
@@ -309,6 +311,8 @@ def render(dot_text: str, out: str | Path, formats: Sequence[str] = ("svg", "png
     if bad:
         raise MiniGPTError(f"cannot render {bad[0]!r}: the formats are {', '.join(FORMATS)}")
     out = Path(out)
+    if out.suffix[1:] in (*FORMATS, "dot"):  # graph.svg: the name, not graph.svg.svg
+        out = out.with_suffix("")
     dot_path = out.with_name(out.name + ".dot")
     atomic_write_text(dot_path, dot_text)
     written = [dot_path]
