@@ -320,16 +320,15 @@ def parse_point(text: str) -> dict[str, float]:
     point = {}
     for item in text.split(","):
         name, sep, value = item.partition("=")
+        name = name.strip()
+        if name in point:
+            raise MiniGPTError(f"--at gives {name!r} twice in {text!r}")
         try:
-            point[name.strip()] = float(value)
+            point[name] = float(value)
         except ValueError:
             sep = ""
-        if not sep or not name.strip():
+        if not sep or not name:
             raise MiniGPTError(f"--at takes NAME=VALUE pairs separated by commas, got {text!r}")
-    names = [item.partition("=")[0].strip() for item in text.split(",")]
-    if len(names) != len(point):
-        twice = next(n for n in names if names.count(n) > 1)
-        raise MiniGPTError(f"--at gives {twice!r} twice in {text!r}")
     return point
 
 
