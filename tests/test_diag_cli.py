@@ -26,6 +26,21 @@ def test_gradflow_table_covers_every_parameter(cli_run):
     assert "parameters" in r.stdout.strip().splitlines()[-1]  # the summary line
 
 
+def test_gradflow_steps_at_the_schedules_rate_in_steps_or_in_seconds(small_text, tmp_path,
+                                                                      capsys):
+    def probe_header(**settings) -> str:
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        train(tiny_config(small_text, warmup_steps=2, lr=1e-3, **settings), folder,
+              progress=False)
+        main(["gradflow", "--run", str(folder), "--checkpoint", "last"])
+        return capsys.readouterr().out.splitlines()[0]
+
+    # cosine to 0 over 10 steps: the last step's rate is 0, and the header says what to do
+    assert probe_header(steps=10).endswith("at lr 0 (where the schedule ends: --lr sets another)")
+    # a time budget's cosine follows the seconds: spent, it is at min_lr, however few the steps
+    assert probe_header(steps=10**5, time_budget=1.0, min_lr=1e-4).endswith("at lr 0.0001")
+
+
 def test_attention_command_writes_a_heatmap_grid(cli_run, tmp_path):
     out, _, _ = cli_run
     png = tmp_path / "att.png"

@@ -316,10 +316,12 @@ def test_probe_with_optimizer_steps_a_copy_exactly_as_the_real_step_would():
     opt.param_groups[0]["lr"] = 0.02
     _, loss = model(x, y)
     loss.backward()
+    raw = {n: hand_norm(p.grad) for n, p in model.named_parameters()}
     assert torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3) > 1e-2  # clipping acts
     opt.step()
     new = model.state_dict()
-    for s in stats:
+    for s in stats:  # the gradients backward gave, not the clipped ones the step used
+        assert s.grad_norm == pytest.approx(raw[s.name], rel=1e-5)
         old = hand_norm(weights[s.name])
         if old > 0:
             assert s.update_ratio == pytest.approx(hand_norm(new[s.name] - weights[s.name]) / old,

@@ -82,9 +82,10 @@ class ZeroGradient(Probe):
         run.model.lm_head.weight.register_hook(torch.zeros_like)
 
 
-def test_the_probe_sees_clipped_gradients_and_shouts_dead_only_when_it_lasts(small_text, tmp_path,
-                                                                              caplog):
-    """A clipped run: the probe sees the gradients after clipping. The smear's gate starts at
+def test_the_probe_sees_gradients_before_clipping_and_shouts_dead_only_when_it_lasts(
+        small_text, tmp_path, caplog):
+    """A clipped run: the probe sees the gradients before clipping (clipped, none could ever
+    be flagged exploding), as the loop's gradient norm does. The smear's gate starts at
     zero, so its weights' gradient is exactly zero at step 0 only (then tiny, as the gate
     opens): recorded, not shouted. A parameter dead at every probe is shouted from the
     second."""
@@ -98,7 +99,7 @@ def test_the_probe_sees_clipped_gradients_and_shouts_dead_only_when_it_lasts(sma
     flows = read_jsonl(tmp_path / "run" / "gradflow.jsonl")
     for r in flows:
         total = math.sqrt(sum(v * v for v in r["layers"].values()))
-        assert total == pytest.approx(min(norms[r["step"]], 0.05), rel=1e-3)
+        assert total == pytest.approx(norms[r["step"]], rel=1e-4)
     assert flows[0]["flagged"]["smear_gate.weight"] == ["dead"]
     assert all(r["flagged"].get("smear_gate.weight") != ["dead"] for r in flows[1:])
     assert all(r["flagged"]["lm_head.weight"] == ["dead"] for r in flows)

@@ -382,16 +382,21 @@ def cmd_gradflow(args: argparse.Namespace) -> None:
     from minigpt.diagnostics.gradflow import format_table, probe_batch_stats
     from minigpt.run import open_run
     from minigpt.schedule import schedule_lr
+    from minigpt.trainer import finished
 
     if args.lr is not None and not 0 <= args.lr < float("inf"):
         raise MiniGPTError(f"--lr must be a finite number >= 0, got {args.lr}")
     run = open_run(args.run, args.checkpoint, args.device)
-    lr = args.lr if args.lr is not None else schedule_lr(run.cfg.train, run.state.step)
+    t, step, seconds = run.cfg.train, run.state.step, run.clock.seconds()
+    lr, note = args.lr, ""
+    if lr is None:  # the rate of the step the run takes next; a finished run's, of its last
+        probe_step = step - 1 if step and finished(t, step, seconds) else step
+        lr = schedule_lr(t, probe_step, seconds)
+        note = " (where the schedule ends: --lr sets another)" if lr == 0 else ""
     x, y = run.batches.get_batch("train")
-    stats = probe_batch_stats(run.model, x, y, run.optimizer, lr=lr,
-                              grad_clip=run.cfg.train.grad_clip)
-    print(f"{args.run} at step {run.state.step} ({args.checkpoint}), one batch of "
-          f"{tuple(x.shape)}, probe step at lr {lr:.3g}")
+    stats = probe_batch_stats(run.model, x, y, run.optimizer, lr=lr, grad_clip=t.grad_clip)
+    print(f"{args.run} at step {step} ({args.checkpoint}), one batch of "
+          f"{tuple(x.shape)}, probe step at lr {lr:.3g}{note}")
     print(format_table(stats))
 
 

@@ -4,16 +4,18 @@ and non-finite gradients, per-layer gradient norms, a terminal table and a plot 
 It is a probe, not a per-step cost: `grad_stats` waits for the device once per call, so call it
 every N steps. In a training loop (or from the optimizer's step pre/post hooks):
 
-    before = snapshot(model)            # after backward (and clipping), before the step
+    grads = gradients(model)            # after backward, before clipping
+    clip_gradients(model, 1.0)
+    before = snapshot(model)            # the weights before the step
     optimizer.step()
-    stats = grad_stats(model, before)   # the gradients the step used, and |dw| / |w|
+    stats = grad_stats(model, before, grads)  # the gradients backward gave, and |dw| / |w|
     history.append({"step": step, "layers": layer_norms(stats)})
     ...
     plot_layer_norms(history, "gradflow.png")
 
-`grad_stats` reads whatever is in `param.grad`: called after clipping it sees the clipped
-gradients (then no parameter can exceed the clip norm, so `exploding` only fires without
-clipping or before it; the loop's pre-clip `grad_norm` still shows a spike).
+Measure the gradients before clipping, as above: clipping scales every gradient down until the
+global norm is the clip norm (1 by default), and then no parameter could ever be flagged
+exploding. Without `grads`, `grad_stats` reads whatever is in `param.grad`.
 
 Flags, on a parameter's gradient L2 norm (`grad_norm`); at most one per parameter:
     nonfinite   any NaN or inf element (checked first: then the norm means nothing)
@@ -77,10 +79,17 @@ def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def gradients(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every trainable parameter's gradient, by name (none: no gradient)."""
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters()
+            if p.requires_grad and p.grad is not None}
+
+
 def grad_stats(model: torch.nn.Module, before: dict[str, torch.Tensor] | None = None,
-               vanish: float = VANISH, explode: float = EXPLODE,
-               exempt: tuple[str, ...] = EXEMPT) -> list[ParamStats]:
-    """Gradient statistics and flags of every trainable parameter, in `named_parameters` order.
+               grads: dict[str, torch.Tensor] | None = None, vanish: float = VANISH,
+               explode: float = EXPLODE, exempt: tuple[str, ...] = EXEMPT) -> list[ParamStats]:
+    """Gradient statistics and flags of every trainable parameter, in `named_parameters` order,
+    of `grads` (`gradients` copied before clipping, by name) or else of each `param.grad`.
     With `before` (a `snapshot` from just before the optimizer step) each parameter also gets
     its update-to-weight ratio ||w_after - w_before|| / ||w_before||. The measured change already
     includes the learning rate (for plain SGD it is exactly lr * ||g|| / ||w||), so it is the
@@ -91,7 +100,9 @@ def grad_stats(model: torch.nn.Module, before: dict[str, torch.Tensor] | None = 
         raise MiniGPTError(f"need 0 <= vanish < explode, got vanish {vanish:g}, "
                            f"explode {explode:g}")
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not any(p.grad is not None for _, p in named):
+    if grads is None:
+        grads = {n: p.grad for n, p in named if p.grad is not None}
+    if not any(n in grads for n, _ in named):
         raise MiniGPTError("no gradients to read: call loss.backward() before grad_stats")
     before = before or {}
     for n, p in named:
@@ -99,19 +110,20 @@ def grad_stats(model: torch.nn.Module, before: dict[str, torch.Tensor] | None = 
             raise MiniGPTError(f"snapshot does not fit the model: {n} is {tuple(p.shape)}, "
                                f"the snapshot's {tuple(before[n].shape)}")
     device = named[0][1].device
-    rows = torch.stack([_measure(p, before.get(n)).to(device) for n, p in named])
+    rows = torch.stack([_measure(p, grads.get(n), before.get(n)).to(device) for n, p in named])
     values = rows.tolist()  # (P, 8) on the host: the one device sync of the call
     return [_param_stats(n, p, v, vanish, explode, n.endswith(exempt))
             for (n, p), v in zip(named, values, strict=True)]
 
 
 @torch.no_grad()
-def _measure(p: torch.Tensor, w_before: torch.Tensor | None) -> torch.Tensor:
+def _measure(p: torch.Tensor, grad: torch.Tensor | None,
+             w_before: torch.Tensor | None) -> torch.Tensor:
     """(8,) mean|g|, std g, ||g||, ||w||, all-zero, all-finite, ||w - w_before||, ||w_before||;
     the last two are NaN without a snapshot."""
     norm = torch.linalg.vector_norm
     w = p.detach().float()
-    g = torch.zeros_like(w) if p.grad is None else p.grad.detach().float()  # None: dead
+    g = torch.zeros_like(w) if grad is None else grad.detach().float()  # None: dead
     if w_before is None:
         dw = [torch.full((), math.nan, device=p.device)] * 2
     else:
@@ -196,7 +208,7 @@ def probe_batch_stats(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     optimizer (state, learning rate) are untouched. With an optimizer (holding this model's
     parameters, e.g. restored from a checkpoint) the copy takes one step, at `lr` if given,
     after clipping to `grad_clip` (0 = none) as the training loop does, so the statistics
-    include the update-to-weight ratio."""
+    include the update-to-weight ratio; the gradients measured are those before clipping."""
     if optimizer is not None:
         own = {id(p) for p in model.parameters()}
         if not all(id(p) in own for g in optimizer.param_groups for p in g["params"]):
@@ -206,6 +218,7 @@ def probe_batch_stats(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     work.zero_grad(set_to_none=True)
     _, loss = work(x, y)
     loss.backward()
+    grads = gradients(work)
     clip_gradients(work, grad_clip)  # as the training loop clips (0: not at all)
     before = None
     if opt is not None:
@@ -213,7 +226,7 @@ def probe_batch_stats(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
             set_lr(opt, lr)
         before = snapshot(work)
         opt.step()
-    return grad_stats(work, before)
+    return grad_stats(work, before, grads)
 
 
 def plot_layer_norms(history: list[dict], path: str | Path | None = None, title: str | None = None):

@@ -6,8 +6,8 @@ whose `state.step` it may read; a resumed run's log rows after its checkpoint ar
 here), `on_row(row)` for every metrics row the loop writes (rows with "val_loss" are
 evaluations) and `end(summary)`. What a probe must carry across a resume it gives the
 checkpoint through `state_dict` and takes back with `load_state_dict`.
-The gradient-flow probe attaches to the optimizer's own step hooks, so it sees the gradients
-after clipping and the weights either side of the update without a line in the loop.
+The gradient-flow probe attaches to hooks, so it sees the gradients as backward leaves them
+(before clipping) and the weights either side of the update without a line in the loop.
 
     gradflow.jsonl, gradflow.png     per-parameter gradient health every --gradflow-every steps
     attention/step-NNNNNN.png        attention heatmaps every --attention-every steps
@@ -123,14 +123,17 @@ class CurvesProbe(Probe):
 
 
 class GradFlowProbe(Probe):
-    """Gradient statistics of every parameter on the steps that are due, from the optimizer's
-    step hooks: the weights are copied before the update and compared after it."""
+    """Gradient statistics of every parameter on the steps that are due, from hooks: each
+    gradient is copied as backward finishes it (before clipping, which would hide an exploding
+    one; under torchrun, rank 0's own, before the processes average theirs), and the weights
+    are copied before the optimizer's update and compared after it."""
 
     log_files = ("gradflow.jsonl",)
 
     def __init__(self, every: int, tensorboard=None):
         self.every = every
         self.tb = tensorboard
+        self.grads: dict[str, torch.Tensor] = {}
         self.before = None
         self.handles = []
         self.dead: set[str] = set()  # the parameters flagged dead at the last probe
@@ -138,17 +141,30 @@ class GradFlowProbe(Probe):
     def start(self, run):
         super().start(run)
 
+        def due() -> bool:
+            return self.state.step % self.every == 0
+
+        def keep(name):
+            def hook(p):  # the last micro-batch's call leaves the whole step's gradient
+                if due():
+                    self.grads[name] = p.grad.detach().clone()
+                elif self.grads:  # a due step that took no step (a NaN gradient) left them
+                    self.grads = {}
+            return hook
+
         def pre(optimizer, args, kwargs):
-            if self.state.step % self.every == 0:
+            if due():
                 self.before = snapshot(run.model)
 
         def post(optimizer, args, kwargs):
             if self.before is not None:
-                self.record(grad_stats(run.model, self.before))
-                self.before = None
+                self.record(grad_stats(run.model, self.before, self.grads))
+            self.before, self.grads = None, {}
 
-        self.handles = [run.optimizer.register_step_pre_hook(pre),
-                        run.optimizer.register_step_post_hook(post)]
+        self.handles = [p.register_post_accumulate_grad_hook(keep(n))
+                        for n, p in run.model.named_parameters() if p.requires_grad]
+        self.handles += [run.optimizer.register_step_pre_hook(pre),
+                         run.optimizer.register_step_post_hook(post)]
 
     def record(self, stats) -> None:
         step = self.state.step
