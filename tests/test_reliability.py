@@ -168,7 +168,8 @@ class PoisonBatches(Probe):
 @pytest.mark.parametrize("skip", [2, 1])
 def test_nonfinite_batches_are_skipped_up_to_the_allowance(small_text, tmp_path, skip):
     """NaN logits at steps 3 and 5. Two allowed: both are skipped (no loss, no gradient norm)
-    and the run ends; one allowed: it stops at step 5, naming the step and the cause. Either way
+    and the run ends; one allowed: it stops at step 5, naming the step and the cause, its row
+    the last in metrics.jsonl. Either way
     the last checkpoint (at the end; the last good one, step 5) is finite."""
     config = tiny_config(small_text, steps=12, eval_every=4, log_every=1, skip_nonfinite=skip)
     poison = [PoisonBatches({3, 5})]
@@ -181,6 +182,8 @@ def test_nonfinite_batches_are_skipped_up_to_the_allowance(small_text, tmp_path,
     else:
         with pytest.raises(MiniGPTError, match=r"step 5: 1 batch.*not finite.*learning rate"):
             train(config, tmp_path / "run", progress=False, probes=poison)
+        last = read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]  # the row that stopped it
+        assert (last["step"], last["train_loss"], last["skipped"]) == (5, None, 1)
     model = load_model(tmp_path / "run", "last")[0]
     assert all(torch.isfinite(p).all() for p in model.parameters())
 

@@ -52,6 +52,15 @@ def test_bad_sampling_parameters(kw):
         generate(model, torch.zeros(1, 1, dtype=torch.long), 3, **kw)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.0])
+def test_weights_that_are_not_finite_are_one_line(temperature):
+    model = MiniGPT(10, n_embd=16, n_layer=1, n_head=2, block_size=8)
+    with torch.no_grad():
+        model.lm_head.weight[3, 0] = float("nan")  # token 3's logit: greedy picked it
+    with pytest.raises(MiniGPTError, match="outputs are not finite .* an earlier checkpoint"):
+        generate(model, torch.zeros(1, 1, dtype=torch.long), 3, temperature=temperature)
+
+
 def test_ids_of_another_vocabulary_are_refused_in_one_line():
     """A tokenizer of another run: ids past the model's vocabulary, or past the tokenizer's."""
     model = MiniGPT(10, n_embd=16, n_layer=1, n_head=2, block_size=8)

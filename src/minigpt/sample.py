@@ -92,6 +92,9 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
                 top_p: float | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """One token id per row from the last-position logits (B, V) -> (B, 1)."""
+    if not torch.isfinite(logits).all():  # (a damaged checkpoint, or a diverged run's)
+        raise MiniGPTError("the model's outputs are not finite (NaN or inf): its weights are; "
+                           "sample from an earlier checkpoint")
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     # shift so the largest logit is 0 (softmax does not change): a tiny temperature then

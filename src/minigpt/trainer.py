@@ -147,6 +147,7 @@ def loop(run: Run, progress: bool) -> TrainResult:
                     if evaluate_now:
                         improved = record_evaluation(run, row)
                     write_row(run, row, bar)
+                    check_row(run, row)  # after the row: a run stopped here has it written
                     if evaluate_now:  # after the row: a crash between, and resume rewrites it
                         save(run, ["last", "best"] if improved else ["last"])
             if state.out_of_patience(t.patience):  # every process evaluated alike
@@ -201,21 +202,25 @@ def metrics_row(run: Run, step: int, lr: float, loss: torch.Tensor, grad_norm: t
                 skipped: int, clipped: int, speed: Speed) -> dict:
     """The metrics row of a step: its loss (every process's batches), learning rate, gradient
     norm, the steps since the last row whose gradient was clipped (`clipped`) or skipped
-    (`skipped`, when there were any), speed and time; with the checks that a row can make (the
-    initial loss, NaN or inf gradients since the last row)."""
+    (`skipped`, when there were any), speed and time."""
     loss = distributed.mean(loss, run.world)
     row = {"step": step, "train_loss": console.finite_or_none(loss.item()), "lr": lr,
            "grad_norm": console.finite_or_none(grad_norm.item()), "clipped": clipped,
            **speed.read(run.state.tokens, run.clock.seconds()),
            "time_s": round(run.clock.seconds(), 2)}
-    if step == 0:
-        check_initial_loss(row["train_loss"], run.tokenizer.vocab_size)
     if skipped > run.state.skipped:
-        new, run.state.skipped = skipped - run.state.skipped, skipped
-        row["skipped"] = new
-        check_skipped(new, skipped, run.cfg.train.skip_nonfinite, row,
-                      run.folder / "checkpoints")
+        row["skipped"], run.state.skipped = skipped - run.state.skipped, skipped
     return row
+
+
+def check_row(run: Run, row: dict) -> None:
+    """The checks that a row can make: the initial loss, NaN or inf gradients since the last
+    row (beyond --skip-nonfinite, the run stops)."""
+    if row["step"] == 0:
+        check_initial_loss(row["train_loss"], run.tokenizer.vocab_size)
+    if "skipped" in row:
+        check_skipped(row["skipped"], run.state.skipped, run.cfg.train.skip_nonfinite, row,
+                      run.folder / "checkpoints")
 
 
 def record_evaluation(run: Run, row: dict) -> bool:
