@@ -45,7 +45,7 @@ def test_a_healthy_run_reads_as_the_lessons_shape_and_nothing_wrong():
     found = kinds(lesson_curve())
     assert found[:2] == ["start", "warmup"] and "best" in found and "shape" in found
     for bad in ("initial loss", "spikes", "spikes in warmup", "overfitting", "skipped",
-                "clipped", "clipped mostly", "early stop"):
+                "clipped", "clipped mostly", "early stop", "rising"):
         assert bad not in found
     shape = only(lesson_curve(), "shape")
     assert shape.step == 500 and "of the whole drop came in the first tenth" in shape.message
@@ -60,6 +60,11 @@ def test_initial_loss_against_ln_v():
 
 def test_warmup_ends_where_the_config_says():
     assert only(lesson_curve(), "warmup").step == 100
+    rows = [r for r in lesson_curve() if r["step"] != 100]  # no row at the peak
+    for r in rows:
+        r["lr"] = 3e-3 * min(1, (r["step"] + 1) / 101)  # logged below the peak
+    peak = Facts(vocab_size=65, warmup_steps=100, lr=3e-3)
+    assert "its peak, 3.00e-03" in only(rows, "warmup", peak).message
     assert "warmup" not in kinds(lesson_curve(), Facts(vocab_size=65))
     assert "warmup" not in kinds(lesson_curve(steps=100))  # the run never got there
 
@@ -103,6 +108,7 @@ def test_skipped_steps():
     rows[4]["skipped"], rows[9]["grad_norm"] = 2, None
     finding = only(rows, "skipped")
     assert finding.steps == (200, 450) and finding.message.startswith("3 batch(es)")
+    assert "the first by step 200" in finding.message  # (a row counts the steps since the last)
 
 
 def with_spikes(rows, steps, rise=1.0, length=1):
@@ -123,6 +129,8 @@ def test_spikes_during_warmup_and_after_one_lasting_several_rows_counts_once():
     assert late.steps == (1200,) and "lower the learning rate" in late.message
     rows = with_spikes(lesson_curve(steps=2000, every=10), [1500], length=3)  # counts once
     assert only(rows, "spikes").steps == (1500,)
+    rows = with_spikes(lesson_curve(steps=2000, every=10), [20])  # the third row: seen
+    assert only(rows, "spikes in warmup", Facts(vocab_size=65, warmup_steps=30)).steps == (20,)
 
 
 def overfit_curve():
@@ -147,6 +155,32 @@ def test_overfitting_where_validation_stops_following_training():
     for r in both_rise:  # training rises with validation: divergence, not overfitting
         r["train_loss"] += 0.0003 * max(0, r["step"] - 2750)
     assert "overfitting" not in kinds(both_rise)
+    # best as the trainer counts it: with min_delta, an evaluation barely better is not
+    rows = [{"step": s, "train_loss": 3.0 - 0.02 * s, "lr": 1e-3} for s in range(50)]
+    for r, val in zip(rows[::10], [3.0, 2.0, 1.995, 2.2, 2.4], strict=True):
+        r["val_loss"] = val
+    min_delta = Facts(vocab_size=65, min_delta=0.05)
+    assert only(rows, "overfitting", min_delta).step == only(rows, "best", min_delta).step == 10
+    assert only(rows, "overfitting").step == only(rows, "best").step == 20
+
+
+def test_a_loss_that_rises_again_is_diverging_not_the_lessons_shape():
+    rows = lesson_curve()
+    for r in rows:  # falls as the lesson's, then climbs from step 2,000
+        r["train_loss"] += 0.0004 * max(0, r["step"] - 2000)
+    finding = only(rows, "rising")
+    assert 1900 <= finding.step <= 2100 and finding.end == 4999
+    assert "rose to 2.48 by step 4,999" in finding.message
+    assert "lower the peak learning rate" in finding.message
+    assert not {"shape", "shape, not yet"} & set(kinds(rows))
+    legend = plot_loss(rows, findings=read_curve(rows, FACTS)).axes[0].get_legend().get_texts()
+    assert "loss rising" in {t.get_text() for t in legend}
+    rows = lesson_curve(tau=100)
+    for r in rows:  # a fast drop, then up 9 %: still the lesson's shape, its share at most 100 %
+        r["train_loss"] += 0.00003 * max(0, r["step"] - 1000)
+    assert "rising" not in kinds(rows)
+    share = only(rows, "shape").message.split("% of the whole")[0].rsplit(" ", 1)[1]
+    assert 95 <= int(share) <= 100  # of the drop to the lowest point (to the end: 103 %)
 
 
 def test_plateau_and_a_steady_fall():

@@ -94,6 +94,8 @@ def annotate(ax, rows: list[dict], findings: list[Finding]) -> None:
                        label="validation stops following train")
         elif f.kind == "plateau":
             ax.axvspan(f.step, f.end, color="0.5", alpha=0.12, label="plateau")
+        elif f.kind == "rising":
+            ax.axvspan(f.step, f.end, color="C3", alpha=0.12, label="loss rising")
         elif f.kind in ("shape", "shape, not yet"):
             ax.axvspan(0, f.step, color="C2", alpha=0.06, label="first tenth of the run")
 

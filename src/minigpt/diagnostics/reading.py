@@ -8,9 +8,10 @@ the usual remedy. minigpt reads the rows of metrics.jsonl against the run's sett
 One small function per pattern (`RULES`), each taking the rows and the `Facts` and giving back
 its findings, or none: where warmup ends, the best checkpoint, early stopping, clipped and
 skipped steps, spikes, the point where the validation loss stops following the training loss,
-a plateau, the initial loss against ln V, and the lesson's shape (near ln V, a fast drop in the
-first tenth, a slow plateau after). Every message is worded in `WORDING`, and nowhere else;
-`plots.plot_loss` draws the findings on the curve and `report` lists them.
+a plateau, a training loss that rises again (divergence), the initial loss against ln V, and the
+lesson's shape (near ln V, a fast drop in the first tenth, a slow plateau after). Every message
+is worded in `WORDING`, and nowhere else; `plots.plot_loss` draws the findings on the curve and
+`report` lists them.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from minigpt.run import TrainState
 from minigpt.trainer import INITIAL_LOSS_TOLERANCE
 
 SPIKE_RISE = 0.10  # a spike: train loss 10 % above the median of the rows before it
-SPIKE_WINDOW = 5  # rows in that median
+SPIKE_WINDOW = 5  # rows in that median (fewer at the start: from the second row on)
+DIVERGE_RISE = 0.10  # diverging: the smoothed train loss ends 10 % above its lowest
 SMOOTH = 5  # rows in the running median that overfitting and plateaus read
 PLATEAU_NATS = 0.05  # a plateau: the smoothed train loss stays within this band ...
 PLATEAU_SHARE = 0.25  # ... for at least this share of the run, up to its end
@@ -52,7 +54,7 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
     "clipped mostly": "the gradient was clipped (norm above {clip:g}) on {n:,} of {total:,} "
                       "steps ({share:.0%}): clipping that often acts as a lower learning rate; "
                       "lower the peak learning rate (--lr) or raise --grad-clip",
-    "skipped": "{n:,} batch(es) had NaN or inf gradients and were skipped, first at step "
+    "skipped": "{n:,} batch(es) had NaN or inf gradients and were skipped, the first by step "
                "{step:,}: lower the peak learning rate, keep --grad-clip 1.0, or look for bad "
                "data",
     "spikes in warmup": "the loss spiked {times} during warmup (at step {at}): lower the "
@@ -62,6 +64,9 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
     "overfitting": "validation stopped improving at step {step:,} while training kept falling "
                    "(train {train0:.2f} -> {train1:.2f}, validation {val0:.2f} -> {val1:.2f}): "
                    "more data, dropout (--dropout 0.1), or stop earlier (--patience 3)",
+    "rising": "the training loss was lowest at step {step:,} ({low:.2f}) and rose to {high:.2f} "
+              "by step {last:,}: the run is diverging; lower the peak learning rate (--lr)"
+              "{clip_hint}",
     "plateau": "the training loss has stayed near {loss:.2f} (within {band:g} nats) since "
                "step {step:,}, the last {share:.0%} of the run: more steps of the same buy "
                "little; a higher learning rate if that is high for this data, a bigger model "
@@ -102,6 +107,7 @@ class Facts:
     grad_clip: float = 0.0
     patience: int = 0
     min_delta: float = 0.0
+    lr: float | None = None  # the peak learning rate (None: the largest the rows logged)
 
 
 def finding(kind: str, step: int, value: float | None = None, end: int | None = None,
@@ -181,7 +187,8 @@ def warmup_end(rows: list[dict], facts: Facts) -> list[Finding]:
     """The step where warmup ends and the learning rate is at its peak."""
     if facts.warmup_steps <= 0 or steps_done(rows) <= facts.warmup_steps:
         return []
-    return [finding("warmup", facts.warmup_steps, lr=max(r["lr"] for r in rows))]
+    peak = facts.lr if facts.lr is not None else max(r["lr"] for r in rows)
+    return [finding("warmup", facts.warmup_steps, lr=peak)]
 
 
 def best_checkpoint(rows: list[dict], facts: Facts) -> list[Finding]:
@@ -233,10 +240,11 @@ def skipped_steps(rows: list[dict], facts: Facts) -> list[Finding]:
 
 def spike_steps(points: list[tuple[int, float]]) -> list[int]:
     """Steps where the train loss jumps SPIKE_RISE above the median of the SPIKE_WINDOW rows
-    before it; a spike lasting several rows counts once, at its first."""
+    before it (fewer at the start, so that a short warmup's spikes are seen); a spike lasting
+    several rows counts once, at its first."""
     spikes, inside = [], False
-    for i in range(SPIKE_WINDOW, len(points)):
-        base = statistics.median(v for _, v in points[i - SPIKE_WINDOW:i])
+    for i in range(1, len(points)):
+        base = statistics.median(v for _, v in points[max(0, i - SPIKE_WINDOW):i])
         high = points[i][1] > base * (1 + SPIKE_RISE)
         if high and not inside:
             spikes.append(points[i][0])
@@ -260,7 +268,7 @@ def overfitting(rows: list[dict], facts: Facts) -> list[Finding]:
     """The validation loss stops following the training loss: after its best, it rises while
     the (smoothed) training loss keeps falling."""
     evals, train = evaluations(rows), smoothed(train_points(rows))
-    best = min(evals, key=lambda e: e[1]) if evals else None
+    best = best_evaluation(rows, facts)
     if best is None or not train or len([s for s, _ in evals if s > best[0]]) < 2:
         return []
     val_end, train_end = evals[-1][1], train[-1][1]
@@ -292,26 +300,47 @@ def plateau(rows: list[dict], facts: Facts) -> list[Finding]:
     return [finding("plateau", first, level, end=last, loss=level, band=PLATEAU_NATS, share=share)]
 
 
-def shape(rows: list[dict], facts: Facts) -> list[Finding]:
-    """The lesson's closing claim on this curve: how much of the whole drop came in the
-    first tenth of the run."""
+def diverging(points: list[tuple[int, float]]) -> tuple[int, float] | None:
+    """The (step, loss) of the smoothed train loss's lowest point, if the curve ends more than
+    DIVERGE_RISE above it (None if not, or too few rows to tell)."""
+    if len(points) < 2 * SMOOTH:
+        return None
+    train = smoothed(points)
+    low = min(train, key=lambda p: p[1])
+    return low if train[-1][1] > low[1] * (1 + DIVERGE_RISE) else None
+
+
+def rising(rows: list[dict], facts: Facts) -> list[Finding]:
+    """A training loss that climbs back from its lowest point and ends well above it."""
     points = train_points(rows)
-    if len(points) < 2 * SMOOTH or points[0][0] != 0:
+    if (low := diverging(points)) is None:
+        return []
+    (step, loss), (last, high) = low, smoothed(points)[-1]
+    return [finding("rising", step, loss, end=last, low=loss, high=high, last=last,
+                    clip_hint=CLIP_HINT[facts.grad_clip > 0])]
+
+
+def shape(rows: list[dict], facts: Facts) -> list[Finding]:
+    """The lesson's closing claim on this curve: how much of the drop, from step 0 to the
+    lowest point, came in the first tenth of the run (not read on a diverging curve)."""
+    points = train_points(rows)
+    if len(points) < 2 * SMOOTH or points[0][0] != 0 or diverging(points):
         return []
     train = smoothed(points)
     loss0, loss2 = points[0][1], train[-1][1]
+    low = min(v for _, v in train)
     early_step = EARLY_SHARE * points[-1][0]
     step, loss1 = min(train, key=lambda p: abs(p[0] - early_step))
-    if loss0 - loss2 <= margin(loss0):
+    if loss0 - low <= margin(loss0):
         return []
-    share = (loss0 - loss1) / (loss0 - loss2)
+    share = (loss0 - loss1) / (loss0 - low)  # at most 1: loss1 is never below the lowest
     kind = "shape" if share >= 0.5 else "shape, not yet"
     return [finding(kind, step, loss1, loss0=loss0, loss1=loss1, loss2=loss2, share=share)]
 
 
 RULES: list[Callable[[list[dict], Facts], list[Finding]]] = [
     initial_loss, warmup_end, best_checkpoint, early_stop, clipped_steps, skipped_steps,
-    spikes, overfitting, plateau, shape]
+    spikes, overfitting, plateau, rising, shape]
 
 
 # --- reading a run ---------------------------------------------------------------------------
@@ -330,7 +359,8 @@ def facts_from_config(config: dict) -> Facts:
     return Facts(vocab_size=config["model"]["vocab_size"],
                  warmup_steps=t["warmup_steps"] if t["schedule"] in ("cosine", "linear") else 0,
                  total_steps=None if t.get("time_budget") else t["steps"],
-                 grad_clip=t["grad_clip"], patience=t["patience"], min_delta=t["min_delta"])
+                 grad_clip=t["grad_clip"], patience=t["patience"], min_delta=t["min_delta"],
+                 lr=t["lr"])
 
 
 def run_facts(run_dir: str | Path) -> Facts:
