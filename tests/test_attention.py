@@ -119,6 +119,14 @@ def test_a_bad_sequence_is_refused_with_hooks_removed_and_mode_restored(shape, m
     assert all(not b.attn._forward_pre_hooks for b in model.blocks)
 
 
+def test_weights_that_are_not_finite_are_refused_not_drawn_blank():
+    model = peaky()
+    with torch.no_grad():
+        model.blocks[0].attn.Wq.weight[0, 0] = float("nan")
+    with pytest.raises(MiniGPTError, match="attention weights are not finite"):
+        attention_maps(model, torch.zeros(1, 8, dtype=torch.long))
+
+
 def test_labels_show_invisible_characters():
     assert [display_label(c) for c in "a\n \t"] == ["a", "⏎", "␣", "⇥"]
     assert display_label("\x07") == "\\x07"

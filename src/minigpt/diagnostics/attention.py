@@ -43,7 +43,7 @@ def attention_maps(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
     """Attention weights of every layer and head for one sequence idx (1, T) of token ids:
     a float32 CPU tensor (n_layer, n_head, T, T); row i is what position i attends to. It
     runs in eval mode (no dropout) without gradients; the model's mode is restored and its
-    hooks removed, whatever happens."""
+    hooks removed, whatever happens. Weights that make them NaN or inf are a MiniGPTError."""
     if idx.dim() != 2 or idx.size(0) != 1:
         raise MiniGPTError(f"attention maps need one sequence of shape (1, T), "
                            f"got {tuple(idx.shape)}")
@@ -58,7 +58,11 @@ def attention_maps(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
     finally:
         for h in hooks:
             h.remove()
-    return torch.stack(maps).float().cpu()  # (n_layer, nh, T, T)
+    maps = torch.stack(maps).float().cpu()  # (n_layer, nh, T, T)
+    if not torch.isfinite(maps).all():  # (it would draw a blank grid)
+        raise MiniGPTError("the attention weights are not finite (NaN or inf): the model's "
+                           "weights are; read an earlier checkpoint")
+    return maps
 
 
 def readable_ids(tokenizer, text: str, block_size: int) -> list[int]:
