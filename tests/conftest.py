@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -86,8 +87,11 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(items):
-    """The longest file first, so that the other workers take the rest beside it."""
-    items.sort(key=lambda item: item.path.name != "test_notebook.py")
+    """The notebook's file first, then the files with the most slow tests: the long runs
+    start early, and the other workers take the short files beside them (a file to a worker:
+    --dist loadfile)."""
+    slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: (item.path.name != "test_notebook.py", -slow[item.path]))
 
 
 @pytest.fixture(autouse=True)

@@ -35,7 +35,7 @@ from minigpt.config import (
 )
 from minigpt.corpus import is_prepared
 from minigpt.environment import resolve_device
-from minigpt.errors import MiniGPTError
+from minigpt.errors import MiniGPTError, last_line
 from minigpt.files import atomic_path, atomic_write_text, sha256_file
 from minigpt.model import MiniGPT
 from minigpt.tokenizer import AnyTokenizer, tokenizer_from_dict
@@ -189,8 +189,7 @@ def restore_model(model: MiniGPT, ckpt: Checkpoint, section: str = "model") -> N
     try:
         missing, unexpected = model.load_state_dict(ckpt.section(section), strict=False)
     except RuntimeError as e:  # shape mismatch: a checkpoint of another architecture
-        first = str(e).strip().splitlines()[-1].strip()
-        raise MiniGPTError(f"checkpoint does not fit the model: {first}") from None
+        raise MiniGPTError(f"checkpoint does not fit the model: {last_line(e)}") from None
     allowed_missing = {"lm_head.weight"} if model.config.tie_weights else set()
     if set(missing) - allowed_missing or unexpected:
         raise MiniGPTError(f"checkpoint does not fit the model: missing {sorted(missing)}, "

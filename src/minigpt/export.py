@@ -53,7 +53,7 @@ import torch
 import torch.nn as nn
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
-from minigpt.errors import MiniGPTError
+from minigpt.errors import MiniGPTError, last_line
 from minigpt.files import atomic_folder
 
 LAYER_NORM_EPS = 1e-5
@@ -186,8 +186,7 @@ def build_gpt2(model: nn.Module):
     try:
         hf.load_state_dict(tensors, strict=True)
     except RuntimeError as e:  # a shape GPT-2 does not have (say, fewer key/value heads)
-        first = str(e).strip().splitlines()[-1].strip()
-        raise MiniGPTError(f"cannot export: the weights do not fit GPT-2: {first}") from None
+        raise MiniGPTError(f"cannot export: the weights do not fit GPT-2: {last_line(e)}") from None
     return hf.eval()
 
 
