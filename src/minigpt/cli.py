@@ -395,7 +395,7 @@ def cmd_gradflow(args: argparse.Namespace) -> None:
         note = " (where the schedule ends: --lr sets another)" if lr == 0 else ""
     x, y = run.batches.get_batch("train")
     stats = probe_batch_stats(run.model, x, y, run.optimizer, lr=lr, grad_clip=t.grad_clip)
-    print(f"{args.run} at step {step} ({args.checkpoint}), one batch of "
+    print(f"{args.run} after {step:,} steps ({args.checkpoint}), one batch of "
           f"{tuple(x.shape)}, probe step at lr {lr:.3g}{note}")
     print(format_table(stats))
 
@@ -431,7 +431,7 @@ def cmd_attention(args: argparse.Namespace) -> None:
     idx = torch.tensor([ids], device=device)  # (1, T)
     out = args.out or f"{args.run}/attention.png"
     plot_attention(attention_maps(model, idx), token_labels(tok, ids), out,
-                   title=f"attention after step {meta['step']:,}")
+                   title=f"attention after {meta['step']:,} steps")
     print(f"wrote {out}")
 
 
