@@ -86,6 +86,11 @@ def test_early_stop_only_when_the_run_ended_before_its_steps():
     assert finding.step == 1250 and "after the best, at step 500" in finding.message
     assert "early stop" not in kinds(rows, Facts(vocab_size=65, total_steps=1251, patience=3))
     assert "early stop" not in kinds(rows, Facts(vocab_size=65, total_steps=5000))
+    for r in rows:  # a time budget of 60 s: stopped at 15 s, or when the budget was spent
+        r["time_s"] = r["step"] * 0.012
+    timed = Facts(vocab_size=65, time_budget=60.0, patience=3)
+    assert only(rows, "early stop", timed).step == 1250
+    assert "early stop" not in kinds(rows, Facts(vocab_size=65, time_budget=15.0, patience=3))
 
 
 def test_clipped_steps_from_the_rows_counts_or_the_gradient_norms():

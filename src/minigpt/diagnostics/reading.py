@@ -104,6 +104,7 @@ class Facts:
     vocab_size: int
     warmup_steps: int = 0
     total_steps: int | None = None  # None: the run had a time budget, not a number of steps
+    time_budget: float | None = None  # its seconds of training, if it had one
     grad_clip: float = 0.0
     patience: int = 0
     min_delta: float = 0.0
@@ -198,12 +199,17 @@ def best_checkpoint(rows: list[dict], facts: Facts) -> list[Finding]:
 
 
 def early_stop(rows: list[dict], facts: Facts) -> list[Finding]:
-    """A run that ended before its steps, `patience` evaluations after its best."""
+    """A run that ended before its steps (or its time budget), `patience` evaluations after
+    its best."""
     best = best_evaluation(rows, facts)
-    if facts.patience <= 0 or facts.total_steps is None or best is None:
+    if facts.patience <= 0 or best is None:
         return []
     after = [s for s, _ in evaluations(rows) if s > best[0]]
-    if steps_done(rows) >= facts.total_steps or len(after) < facts.patience:
+    if facts.total_steps is not None:
+        ended_early = steps_done(rows) < facts.total_steps
+    else:  # the budget, spent, ends a run with its clock at or past it
+        ended_early = rows[-1].get("time_s", math.inf) < (facts.time_budget or 0)
+    if not ended_early or len(after) < facts.patience:
         return []
     return [finding("early stop", after[-1], n=facts.patience, best=best[0])]
 
@@ -359,6 +365,7 @@ def facts_from_config(config: dict) -> Facts:
     return Facts(vocab_size=config["model"]["vocab_size"],
                  warmup_steps=t["warmup_steps"] if t["schedule"] in ("cosine", "linear") else 0,
                  total_steps=None if t.get("time_budget") else t["steps"],
+                 time_budget=t.get("time_budget") or None,
                  grad_clip=t["grad_clip"], patience=t["patience"], min_delta=t["min_delta"],
                  lr=t["lr"])
 
