@@ -94,6 +94,17 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: (item.path.name != "test_notebook.py", -slow[item.path]))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's many tiny steps: with two, on a busy two-core machine,
+    OpenMP's spinning worker competes with the main thread and each step costs ~30x more.
+    Yields the count torch had before."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield threads
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

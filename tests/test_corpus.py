@@ -496,10 +496,3 @@ def test_train_bpe_from_the_command_line_saves_samples_and_resumes(small_text, t
     assert r.returncode == 0, r.stderr
     meta = json.loads((run / "checkpoints" / "last.json").read_text())
     assert meta["step"] == 30 and meta["tokenizer"] == saved
-
-
-def test_bpe_needs_a_vocabulary_size(small_text, tmp_path, capsys):
-    line = one_line_error(capsys, ["train", "--text", str(small_text), "--tokenizer", "bpe",
-                                   *QUICK, "--out", str(tmp_path / "r")])
-    assert "257" in line
-    assert not (tmp_path / "r").exists()

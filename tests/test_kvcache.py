@@ -43,15 +43,7 @@ SAMPLING = [dict(), dict(temperature=0.7), dict(temperature=1.5, top_k=5),
             dict(top_p=0.9), dict(temperature=0.8, top_k=8, top_p=0.7), dict(temperature=0)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread for this module's many tiny steps: with two, on a busy two-core machine,
-    OpenMP's spinning worker competes with the main thread and each step costs ~30x more.
-    (test_default_thread_count covers the default.)"""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield threads
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # (test_default_thread_count: the default)
 
 
 @pytest.mark.parametrize("kw", SAMPLING, ids=lambda kw: ",".join(f"{k}={v}" for k, v in
@@ -90,8 +82,8 @@ def test_many_seeds_and_the_seed_matters(model):
     assert len({tuple(o.flatten().tolist()) for o in outs}) == len(outs)
 
 
-def test_default_thread_count(model, _one_thread):
-    torch.set_num_threads(_one_thread)  # the count torch had before this module
+def test_default_thread_count(model, one_thread):
+    torch.set_num_threads(one_thread)  # the count torch had before this module
     try:
         prompt = torch.tensor([[2, 7]])
         for seed in range(2):

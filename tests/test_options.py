@@ -58,12 +58,7 @@ def peaky(**options) -> MiniGPT:
     return model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # many tiny steps: one thread is faster on a busy 2-core machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- each option, against a hand computation --------------------------------------------------
