@@ -230,8 +230,7 @@ def record_evaluation(run: Run, row: dict) -> bool:
     if t.eval_batches:
         row["val_loss"] = estimate_loss(model, run.batches, "val", t.eval_batches)
     else:
-        row["val_loss"] = split_loss(model, run.splits.val, run.cfg.model.block_size,
-                                     device=run.device)
+        row["val_loss"] = split_loss(model, run.splits.val, run.cfg.model.block_size)
     row["val_bpb"] = val_bpb(run, row["val_loss"])
     if reached := state.record_targets(row["val_loss"], parse_targets(t.targets),
                                        run.clock.seconds()):
@@ -288,7 +287,7 @@ def finish(run: Run, speed: Speed) -> TrainResult:
     result = TrainResult({"steps": state.step}, run.final_model, run.tokenizer, run.folder)
     if not run.world.is_main:
         return result
-    final = split_loss(run.final_model, run.splits.val, cfg.model.block_size, device=run.device)
+    final = split_loss(run.final_model, run.splits.val, cfg.model.block_size)
     result.summary = {"final_val_loss": final, "final_val_bpb": val_bpb(run, final),
                       "best_val_loss": state.best_val,
                       "steps": state.step, "train_s": round(run.clock.seconds(), 2),
