@@ -76,6 +76,8 @@ def bad_files(tmp_path_factory):
     (d / "short.txt").write_text("x" * 300)  # 270 train, 30 validation tokens
     (d / "a-file").write_text("not a folder")
     (d / "forever.toml").write_text("[train]\ntime_budget = inf\n")  # TOML's own infinity
+    (d / "a-comparison").mkdir()
+    (d / "a-comparison" / "variants.json").write_text("{}")
     for name, record in [("list-run", []), ("keyless-run", {"format": "minigpt-checkpoint/1"})]:
         (d / name / "checkpoints").mkdir(parents=True)  # a last.json damaged into valid JSON
         (d / name / "checkpoints" / "last.json").write_text(json.dumps(record))
@@ -151,7 +153,11 @@ BAD_INPUT = [
     (["graph", "--depth", "2", "--out", "{bad}/g"], "--depth goes with --collapse"),
     (["autograd", "--at", "x=2,x=3"], "--at gives 'x' twice in 'x=2,x=3'"),
     (["compare", "--variant", "a:lr=1e-3", "--variant", "a:lr=1e-2", "--steps", "1",
-      "--out", "{bad}/compare"], "variant name(s) 'a' given twice"),
+      "--out", "{bad}/compare"], "variant name(s) 'a' given twice; give each variant its own"),
+    (["compare", "--optimizers", "sgd", "--steps", "1", "--out", "{run}"],
+     "holds a training run; choose another --out"),
+    (["train", "--text", "{text}", "--out", "{bad}/a-comparison"],
+     "holds a comparison; choose another --out"),
     (["compare", "--variant", "sgd:lr=0.5", "--optimizers", "sgd,adamw", "--steps", "1",
       "--out", "{bad}/compare"], "variant name(s) 'sgd' given twice"),
     (["plan", "--tokens", "1e5", "--text", "/nonexistent/x.txt", "--block-size", "8"],

@@ -70,6 +70,8 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
     calls this; rank 0 alone prints and writes files."""
     validate(cfg)  # (changed in code since resolve_config, say)
     folder = Path(out_dir) if out_dir else default_run_dir(cfg)
+    if not resume and (folder / "variants.json").exists():
+        raise MiniGPTError(f"{folder} holds a comparison; choose another --out")
     if not resume and (folder / "checkpoints").exists():
         raise MiniGPTError(f"{folder} already holds a run: resume it with --resume "
                            f"{shlex.quote(str(folder))}, or choose another --out")

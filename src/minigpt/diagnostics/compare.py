@@ -61,7 +61,7 @@ def variants(optimizers: str | None = None, schedules: str | None = None,
     combos = ({k: v for part in combo for k, v in part.items()}
               for combo in itertools.product(*axes))
     return by_name([(" ".join(_label(k, v) for k, v in overrides.items()), overrides)
-                    for overrides in combos], "by the axes")  # --clip 1,1.0: one name twice
+                    for overrides in combos], " by the axes")  # --clip 1,1.0: one name twice
 
 
 def by_name(named: list[tuple[str, dict]], how: str) -> dict[str, dict]:
@@ -69,7 +69,7 @@ def by_name(named: list[tuple[str, dict]], how: str) -> dict[str, dict]:
     replace the other); `how` ends the error."""
     names = [name for name, _ in named]
     if twice := sorted({repr(n) for n in names if names.count(n) > 1}):
-        raise MiniGPTError(f"variant name(s) {', '.join(twice)} given twice {how}")
+        raise MiniGPTError(f"variant name(s) {', '.join(twice)} given twice{how}")
     return dict(named)
 
 
@@ -145,6 +145,8 @@ def claim(out_dir: Path, settings: dict) -> None:
     that the same command, run again after an interruption or a failure, continues the
     comparison; refuse a folder that holds a comparison of other variants or settings."""
     path = out_dir / "variants.json"
+    if (out_dir / "checkpoints").exists():
+        raise MiniGPTError(f"{out_dir} holds a training run; choose another --out")
     if path.is_file():
         if json.loads(path.read_text(encoding="utf-8")) != settings:
             raise MiniGPTError(f"{out_dir} holds a comparison of other variants or settings; "
