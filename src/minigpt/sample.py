@@ -92,9 +92,6 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
                 top_p: float | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """One token id per row from the last-position logits (B, V) -> (B, 1)."""
-    if not torch.isfinite(logits).all():  # (a damaged checkpoint, or a diverged run's)
-        raise MiniGPTError("the model's outputs are not finite (NaN or inf): its weights are; "
-                           "sample from an earlier checkpoint")
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     # shift so the largest logit is 0 (softmax does not change): a tiny temperature then
@@ -153,6 +150,9 @@ def stream(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1
                 logits, _ = model(seq[:, kv.length:n], cache=kv)  # only the new positions
             else:  # the lesson's way: the whole window, cropped to the last block_size
                 logits, _ = model(seq[:, max(0, n - block_size):n])
+            if n == T and not torch.isfinite(logits[:, -1]).all():  # once: no sync a token
+                raise MiniGPTError("the model's outputs are not finite (NaN or inf): its "
+                                   "weights are; sample from an earlier checkpoint")
             idx_next = sample_next(logits[:, -1], temperature, top_k, top_p, generator)  # (B,1)
             seq[:, n:n + 1] = idx_next
             yield idx_next

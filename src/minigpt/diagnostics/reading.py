@@ -306,12 +306,9 @@ def plateau(rows: list[dict], facts: Facts) -> list[Finding]:
     return [finding("plateau", first, level, end=last, loss=level, band=PLATEAU_NATS, share=share)]
 
 
-def diverging(points: list[tuple[int, float]]) -> tuple[int, float] | None:
-    """The (step, loss) of the smoothed train loss's lowest point, if the curve ends more than
-    DIVERGE_RISE above it (None if not, or too few rows to tell)."""
-    if len(points) < 2 * SMOOTH:
-        return None
-    train = smoothed(points)
+def diverging(train: list[tuple[int, float]]) -> tuple[int, float] | None:
+    """The (step, loss) of a smoothed train loss's lowest point, if the curve ends more than
+    DIVERGE_RISE above it (None if not)."""
     low = min(train, key=lambda p: p[1])
     return low if train[-1][1] > low[1] * (1 + DIVERGE_RISE) else None
 
@@ -319,9 +316,12 @@ def diverging(points: list[tuple[int, float]]) -> tuple[int, float] | None:
 def rising(rows: list[dict], facts: Facts) -> list[Finding]:
     """A training loss that climbs back from its lowest point and ends well above it."""
     points = train_points(rows)
-    if (low := diverging(points)) is None:
+    if len(points) < 2 * SMOOTH:
         return []
-    (step, loss), (last, high) = low, smoothed(points)[-1]
+    train = smoothed(points)
+    if (low := diverging(train)) is None:
+        return []
+    (step, loss), (last, high) = low, train[-1]
     return [finding("rising", step, loss, end=last, low=loss, high=high, last=last,
                     clip_hint=CLIP_HINT[facts.grad_clip > 0])]
 
@@ -330,9 +330,11 @@ def shape(rows: list[dict], facts: Facts) -> list[Finding]:
     """The lesson's closing claim on this curve: how much of the drop, from step 0 to the
     lowest point, came in the first tenth of the run (not read on a diverging curve)."""
     points = train_points(rows)
-    if len(points) < 2 * SMOOTH or points[0][0] != 0 or diverging(points):
+    if len(points) < 2 * SMOOTH or points[0][0] != 0:
         return []
     train = smoothed(points)
+    if diverging(train):
+        return []
     loss0, loss2 = points[0][1], train[-1][1]
     low = min(v for _, v in train)
     early_step = EARLY_SHARE * points[-1][0]
