@@ -141,7 +141,8 @@ BAD_INPUT = [
     (["gradflow", "--run", "{bad}/model-only-run"], "train --resume and gradflow cannot"),
     (["sample", "--run", "{run}", "--prompt", "ZZZ"], "--prompt: text has 1 character(s) outside "
                                                        "the vocabulary: 'Z'"),
-    (["sample", "--run", "/nonexistent"], "no 'best' checkpoint"),
+    (["sample", "--run", "/nonexistent"], "no run folder /nonexistent"),
+    (["sample", "--run", "{bad}"], "no 'best' checkpoint in"),
     (["sample", "--run", "{run}", "--top-p", "2"], "top_p must be in"),
     (["sample", "--run", "{run}", "--top-k", "0"], "top_k must be >= 1"),
     (["sample", "--run", "{run}", "--temperature", "-1"], "temperature must be >= 0"),

@@ -157,6 +157,8 @@ def load_checkpoint(folder: str | Path, tag: str = "last") -> Checkpoint:
     folder = Path(folder)
     meta_path = folder / f"{tag}.json"
     if not meta_path.is_file():
+        if not folder.parent.is_dir():
+            raise MiniGPTError(f"no run folder {folder.parent}")
         raise MiniGPTError(f"no '{tag}' checkpoint in {folder}")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
