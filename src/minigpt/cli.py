@@ -373,8 +373,9 @@ def cmd_report(args: argparse.Namespace) -> None:
         draw_loss_graph(model, tok.vocab_size, f"{args.run}/graph", depth=1, formats=("svg",))
     except GraphvizMissing as e:
         print(f"minigpt: {e}; the report will have no graph", file=sys.stderr)
-    path = write_report(args.run, args.out)
-    print(format_reading(read_run(args.run)))
+    findings = read_run(args.run)
+    path = write_report(args.run, args.out, findings)
+    print(format_reading(findings))
     print(f"wrote {path}")
 
 

@@ -64,8 +64,7 @@ def curves_html(run_dir: Path) -> str:
     return "".join(imgs) or missing("loss.png or lr.png")
 
 
-def reading_html(run_dir: Path) -> str:
-    findings = read_run(run_dir)
+def reading_html(findings: list) -> str:
     if not findings:
         return missing("metrics rows to read")
     items = "".join(f"<li><b>{html.escape(f.kind)}</b>: {html.escape(f.message)}</li>"
@@ -118,12 +117,19 @@ SECTIONS = [  # (id, heading, the function that writes the section)
     ("config", "Configuration", config_html)]
 
 
-def build_report(run_dir: str | Path) -> str:
+def build_report(run_dir: str | Path, findings: list | None = None) -> str:
+    """The page; `findings` is the run's reading where the caller has read it already (each
+    reading of metrics.jsonl warns of its damaged lines)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
         raise MiniGPTError(f"{run_dir} is not a run folder (no config.json)")
+    findings = read_run(run_dir) if findings is None else findings
+
+    def section(part) -> str:
+        return reading_html(findings) if part is reading_html else part(run_dir)
+
     nav = "".join(f'<a href="#{key}">{title}</a>' for key, title, _ in SECTIONS)
-    body = "".join(f'<section id="{key}"><h2>{title}</h2>{part(run_dir)}</section>'
+    body = "".join(f'<section id="{key}"><h2>{title}</h2>{section(part)}</section>'
                    for key, title, part in SECTIONS)
     title = f"minigpt run {html.escape(run_dir.resolve().name)}"
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
@@ -132,7 +138,8 @@ def build_report(run_dir: str | Path) -> str:
             f"<body><main><h1>{title}</h1><nav>{nav}</nav>{body}</main></body></html>\n")
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+def write_report(run_dir: str | Path, out: str | Path | None = None,
+                 findings: list | None = None) -> Path:
     out = Path(out) if out else Path(run_dir) / "report.html"
-    atomic_write_text(out, build_report(run_dir))
+    atomic_write_text(out, build_report(run_dir, findings))
     return out
