@@ -31,8 +31,8 @@ def probed_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("probed")
     text = folder / "t.txt"
     text.write_text("ROMEO: But soft, what light through yonder window breaks?\n" * 60)
-    cfg = tiny_config(text, n_layer=2, steps=21, eval_every=10, log_every=5, gradflow_every=5,
-                      attention_every=10, sample_every=10, plots=True, tensorboard=True,
+    cfg = tiny_config(text, n_layer=2, steps=23, eval_every=10, log_every=5, gradflow_every=5,
+                      attention_every=11, sample_every=10, plots=True, tensorboard=True,
                       grad_clip=0.0)  # two layers: blocks.0 and blocks.1 in the gradient flow
     train(cfg, folder / "run", progress=False, probes=standard_probes(cfg))
     return folder / "run"
@@ -52,12 +52,13 @@ def test_curves_drawn_and_the_gradflow_probe_matches_the_loops_gradient_norm(pro
 
 
 def test_attention_snapshots_and_samples(probed_run):
+    # rows at steps 0, 5, 10, 15, 20 and the last, 22: a record at the first row of every
+    # 11 (or 10) steps, and at the end one of the final weights unless the last row had it
     shots = sorted(p.name for p in (probed_run / "attention").iterdir())
-    assert shots == ["step-000000.png", "step-000010.png", "step-000020.png",
-                     "step-000021.png"]
-    assert_png(probed_run / "attention" / "step-000021.png")
+    assert shots == ["step-000000.png", "step-000015.png", "step-000022.png"]
+    assert_png(probed_run / "attention" / "step-000022.png")
     samples = read_jsonl(probed_run / "samples.jsonl")
-    assert [s["step"] for s in samples] == [0, 10, 20, 21]
+    assert [s["step"] for s in samples] == [0, 10, 20, 22]
     assert all(s["text"].startswith("ROMEO:") and len(s["text"]) == 206 for s in samples)
 
 

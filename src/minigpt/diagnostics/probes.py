@@ -87,25 +87,35 @@ class Probe:
 
 
 class EveryNSteps(Probe):
-    """A probe that records at the first metrics row of every `every` steps."""
+    """A probe that records at the first metrics row of every `every` steps, and at the end
+    the final weights, unless its last record was of them already."""
 
     def __init__(self, every: int):
         self.every = every
         self.next_step = 0
+        self.recorded = -1  # the step of the last record
 
     def on_row(self, row):
         if row["step"] >= self.next_step:
-            self.record(row["step"])
+            self.record_at(row["step"])
             self.next_step = row["step"] - row["step"] % self.every + self.every
+
+    def record_at(self, step: int) -> None:
+        self.record(step)
+        self.recorded = step
 
     def record(self, step: int) -> None:
         raise NotImplementedError
 
+    def end(self, summary):
+        if self.state.step - 1 > self.recorded:  # steps are named as their metrics rows are
+            self.record_at(self.state.step - 1)
+
     def state_dict(self) -> dict:
-        return {"next_step": self.next_step}
+        return {"next_step": self.next_step, "recorded": self.recorded}
 
     def load_state_dict(self, state: dict) -> None:
-        self.next_step = state["next_step"]
+        self.next_step, self.recorded = state["next_step"], state.get("recorded", -1)
 
 
 class CurvesProbe(Probe):
@@ -227,6 +237,10 @@ class AttentionProbe(EveryNSteps):
         if self.ids:
             super().on_row(row)
 
+    def end(self, summary):
+        if self.ids:
+            super().end(summary)
+
     def record(self, step: int) -> None:
         idx = torch.tensor([self.ids], device=self.run.device)  # (1, T)
         maps = attention_maps(self.run.final_model, idx)
@@ -235,10 +249,6 @@ class AttentionProbe(EveryNSteps):
                        title=f"attention at step {step}")
         if self.tb:
             self.tb.image("attention", path, step)
-
-    def end(self, summary):
-        if self.ids:
-            self.record(self.state.step)
 
 
 class SamplesProbe(EveryNSteps):
@@ -252,9 +262,6 @@ class SamplesProbe(EveryNSteps):
                            seed=self.run.cfg.train.seed)
         append_line(self.run.folder / "samples.jsonl",
                     json.dumps({"step": step, "text": text}, ensure_ascii=False))
-
-    def end(self, summary):
-        self.record(self.state.step)
 
 
 class TensorBoardProbe(Probe):
