@@ -102,7 +102,7 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
     except (RuntimeError, MemoryError) as e:
         if not out_of_memory(e):
             raise
-        raise MiniGPTError(f"out of memory after step {run.state.step} ({last_line(e)}); the "
+        raise MiniGPTError(f"out of memory after {run.state.step:,} steps ({last_line(e)}); the "
                            f"last checkpoint in {folder / 'checkpoints'} is intact: resume "
                            f"with a smaller --batch-size, or --grad-accum") from None
     finally:
