@@ -65,7 +65,7 @@ def test_compute_optimal_is_nearest_twenty_tokens_per_parameter():
 
 def test_the_command_prints_the_ladder_and_marks_one_shape():
     r = run_cli("plan", "--tokens", "1e6", "--time-budget", "1h", "--batch-size", "1",
-                "--block-size", "8", "--block-start", "4", "--dtype", "float32", "--n-layer", "1")
+                "--block-size", "8", "--block-start", "4", "--dtype", "float32")
     assert r.returncode == 0, r.stderr
     assert "the run's first 30%, growing from block 4, is slower a token" in r.stdout
     rows = [line for line in r.stdout.splitlines() if re.match(r"\s*\d+ x \d+", line)]

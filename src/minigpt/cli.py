@@ -58,9 +58,19 @@ METAVARS = {int: "N", float: "X", str: "TEXT"}
 COMPARE_STEPS = 1000  # each variant's steps, unless --steps or --time-budget
 
 
-def add_config_flags(p: argparse.ArgumentParser) -> None:
-    """--flag for every config field, default: not given."""
+# what `plan` does not take: the ladder sets the shape, and the rest changes no step's cost
+PLAN_IGNORES = {"n_embd", "n_head", "n_layer", "steps", "lr", "min_lr", "schedule",
+                "warmup_steps", "weight_decay", "beta1", "beta2", "momentum", "muon_momentum",
+                "eval_every", "eval_batches", "targets", "patience", "min_delta", "log_every",
+                "keep", "ema", "skip_nonfinite", "seed", "compile", "sample_tokens",
+                *field_index({"diag": DiagConfig})}
+
+
+def add_config_flags(p: argparse.ArgumentParser, leave_out: set[str] = frozenset()) -> None:
+    """--flag for every config field but those left out, default: not given."""
     for name, (_section, f) in field_index(SECTIONS).items():
+        if name in leave_out:
+            continue
         flag = "--" + name.replace("_", "-")
         kind = type(f.default)
         choices = f.metadata.get("choices")
@@ -86,14 +96,15 @@ def shared_options(name: str) -> argparse.ArgumentParser:
         device = field_index()["device"][1]  # the training setting's default and help
         group.add_argument("--device", default=device.default,
                            help=f"{device.metadata['help']} (default {device.default})")
-    elif name == "settings":
+    elif name in ("settings", "plan settings"):  # plan's: those that change a step's cost
         group.add_argument("--preset", metavar="NAME",
                            help=f"starting configuration: {', '.join(preset_names())} "
                                 f"(default seed)")
         group.add_argument("--config", metavar="FILE",
                            help="TOML file with [model] [train] [data] [diag], over the preset")
-        group.add_argument("--no-progress", action="store_true", help="no progress bar")
-        add_config_flags(group)
+        if name == "settings":
+            group.add_argument("--no-progress", action="store_true", help="no progress bar")
+        add_config_flags(group, PLAN_IGNORES if name == "plan settings" else frozenset())
     return group
 
 
@@ -219,7 +230,7 @@ def build_parser() -> Parser:
                  "prepared corpus's), each with its parameters, peak memory (estimated), a "
                  "training step timed on this machine (~: estimated from the FLOP count where "
                  "a step would take over 2 s), tokens/s, the ETA, and the compute-optimal "
-                 "one marked (about 20 tokens per parameter).", "settings")
+                 "one marked (about 20 tokens per parameter).", "plan settings")
     pl.add_argument("--tokens", type=float, default=0, metavar="N",
                     help="training tokens to plan for, e.g. 1e9")
 
