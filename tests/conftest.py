@@ -115,7 +115,7 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
     """`python -m minigpt ARGS` in a subprocess, as a user would run it."""
     return subprocess.run(
         [sys.executable, "-m", "minigpt", *args], cwd=cwd, capture_output=True, text=True,
-        timeout=timeout, env={**os.environ, **(env or {})},
+        errors="surrogateescape", timeout=timeout, env={**os.environ, **(env or {})},
     )
 
 

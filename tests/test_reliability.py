@@ -224,6 +224,30 @@ def copy_of(run, tmp_path):
     return tmp_path / "run"
 
 
+def test_a_run_folder_whose_name_is_not_utf8(good_run, tmp_path):
+    """A Linux file name is bytes; Python holds the bytes that are not UTF-8 as lone surrogates,
+    which matplotlib, safetensors, tokenizers, TensorBoard and a strict stdout each refused."""
+    run, exported = tmp_path / "r\udcffun", tmp_path / "e\udcffx"  # the byte 0xff in each
+    try:
+        shutil.copytree(good_run, run)
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system takes only UTF-8 names")
+    strict = {"PYTHONIOENCODING": "utf-8:strict"}  # as under a UTF-8 locale other than C's
+    for args in (["train", "--resume", str(run), "--steps", "12", "--no-progress"],
+                 ["sample", "--run", str(run), "--max-new-tokens", "5"],
+                 ["report", "--run", str(run)],
+                 ["export", "--run", str(run), "--out", str(exported)]):
+        r = run_cli(*args, env=strict)
+        assert r.returncode == 0, r.stderr
+    assert f"wrote {exported}:" in r.stdout  # the name's own bytes, which paste back as they are
+    assert "<title>minigpt run r\ufffdun</title>" in (run / "report.html").read_text()
+    assert read_jsonl(run / "metrics.jsonl")[-1]["step"] == 11  # resumed, curves redrawn
+    assert json.loads((exported / "tokenizer.json").read_text())["model"]
+    tb = run_cli("train", "--resume", str(run), "--steps", "14", "--tensorboard", env=strict)
+    assert tb.returncode == 2 and tb.stderr.count("\n") == 1
+    assert "TensorBoard takes only paths that are UTF-8; rename the folder" in tb.stderr
+
+
 def corrupt(run, tmp_path, how):
     copy = copy_of(run, tmp_path)
     folder = copy / "checkpoints"

@@ -16,6 +16,7 @@ newest `keep` steps and the best one are kept; older ones are removed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 from minigpt.config import (
     SECTIONS,
@@ -176,11 +177,12 @@ def load_checkpoint(folder: str | Path, tag: str = "last") -> Checkpoint:
         raise MiniGPTError(f"checkpoint {meta_path} is not readable: {e}") from None
     if not tensor_path.is_file():
         raise MiniGPTError(f"checkpoint file {tensor_path} is missing")
-    if sha256_file(tensor_path) != meta.get("sha256"):
+    data = tensor_path.read_bytes()  # read once: the bytes checked are the bytes loaded
+    if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
         raise MiniGPTError(f"checkpoint file {tensor_path} does not match its recorded sha256 "
                            f"(damaged or modified)")
     try:
-        tensors = load_file(str(tensor_path))
+        tensors = load(data)  # (from bytes: safetensors opens only paths that are UTF-8)
     except Exception as e:  # safetensors raises its own error types for bad headers
         raise MiniGPTError(f"checkpoint file {tensor_path} is not valid safetensors: {e}") from None
     return Checkpoint(meta, tensors)

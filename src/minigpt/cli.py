@@ -560,6 +560,9 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints as its bytes
+        if hasattr(stream, "reconfigure"):  # (as under the C locale; a strict one raised)
+            stream.reconfigure(errors="surrogateescape")
     world = world_from_env()
     show_logs(logging.INFO if world.is_main else logging.ERROR)  # rank 0 speaks for all
     code = run_command(argv)

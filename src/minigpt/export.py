@@ -243,7 +243,8 @@ def _export(load, out_dir: str | Path) -> Path:
     hf_model, hf_tok = build_gpt2(model), hf_tokenizer(tokenizer)
     with atomic_folder(out) as tmp:
         hf_model.save_pretrained(tmp, safe_serialization=True)
-        hf_tok.save(str(tmp / "tokenizer.json"))
+        # (written here: tokenizers' own save takes only paths that are UTF-8)
+        (tmp / "tokenizer.json").write_text(hf_tok.to_str(pretty=True), encoding="utf-8")
         text = json.dumps(tokenizer_config(model.config.block_size), indent=2) + "\n"
         (tmp / "tokenizer_config.json").write_text(text, encoding="utf-8")
     return out

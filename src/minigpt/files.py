@@ -164,6 +164,12 @@ def lock_folder(folder: Path, wait: bool = False):
         os.close(fd)  # closing drops the lock
 
 
+def printable(name: str) -> str:
+    """A file name as text any output takes (a plot's title, a web page): the bytes of a name
+    that are not UTF-8, which Python holds as lone surrogates, become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from minigpt.diagnostics.reading import Finding, read_curve, run_facts, train_points
-from minigpt.files import atomic_path, read_jsonl
+from minigpt.files import atomic_path, printable, read_jsonl
 
 
 def new_figure(width: float, height: float, dpi: int = 110, **kw):
@@ -113,7 +113,7 @@ def plot_run_curves(run_dir: str | Path, log_scale: bool = False) -> None:
     run_dir = Path(run_dir)
     rows = read_jsonl(run_dir / "metrics.jsonl")
     if rows:
-        plot_loss(rows, run_dir / "loss.png", log_scale, title=f"loss: {run_dir.name}",
+        plot_loss(rows, run_dir / "loss.png", log_scale, title=f"loss: {printable(run_dir.name)}",
                   findings=read_curve(rows, run_facts(run_dir)))
         plot_lr(rows, run_dir / "lr.png")
 

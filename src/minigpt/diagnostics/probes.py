@@ -36,7 +36,7 @@ from minigpt.diagnostics.attention import (
 )
 from minigpt.diagnostics.gradflow import grad_stats, layer_norms, plot_layer_norms, snapshot
 from minigpt.errors import MiniGPTError
-from minigpt.files import append_line, read_jsonl, truncate_jsonl
+from minigpt.files import append_line, printable, read_jsonl, truncate_jsonl
 from minigpt.run import Run
 from minigpt.sample import sample_text
 
@@ -284,7 +284,11 @@ class TensorBoardProbe(Probe):
 
     def start(self, run):
         super().start(run)
-        self.writer = self.summary_writer(log_dir=str(run.folder / "tensorboard"))
+        folder = run.folder / "tensorboard"
+        if printable(str(folder)) != str(folder):
+            raise MiniGPTError(f"--tensorboard cannot write under {printable(str(folder))}: "
+                               f"TensorBoard takes only paths that are UTF-8; rename the folder")
+        self.writer = self.summary_writer(log_dir=str(folder))
 
     def on_row(self, row):
         for key, tag in self.SCALARS.items():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from minigpt.diagnostics.reading import read_run
 from minigpt.errors import MiniGPTError
-from minigpt.files import atomic_write_text, read_jsonl
+from minigpt.files import atomic_write_text, printable, read_jsonl
 
 STYLE = """
 body { font: 15px/1.5 system-ui, sans-serif; color: #1d2330; background: #f6f7f9; margin: 0; }
@@ -131,7 +131,7 @@ def build_report(run_dir: str | Path, findings: list | None = None) -> str:
     nav = "".join(f'<a href="#{key}">{title}</a>' for key, title, _ in SECTIONS)
     body = "".join(f'<section id="{key}"><h2>{title}</h2>{section(part)}</section>'
                    for key, title, part in SECTIONS)
-    title = f"minigpt run {html.escape(run_dir.resolve().name)}"
+    title = f"minigpt run {html.escape(printable(run_dir.resolve().name))}"
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{title}</title><style>{STYLE}</style></head>"
