@@ -4,6 +4,7 @@ trains a model and samples from it."""
 
 import json
 import random
+import re
 from functools import lru_cache
 
 import numpy as np
@@ -19,7 +20,9 @@ from minigpt.diagnostics.attention import token_labels
 from minigpt.lesson import train_step
 from minigpt.sample import sample_text
 from minigpt.tokenizer import (
+    TRAIN_WORD_CHARS,
     byte_symbols,
+    cut_long_runs,
     load_tokenizer,
     split_at_boundaries,
     tokenizer_from_dict,
@@ -69,6 +72,25 @@ def test_pieces_cut_at_boundaries_encode_like_the_whole(text, size):
     assert "".join(pieces) == text
     apart = [i for p in pieces for i in tok.hf.encode(p).ids]
     assert apart == tok.encode(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "é", "😀", ".", " ", "\n", "\u3000"]),
+                          st.integers(1, 2 * TRAIN_WORD_CHARS + 10))))
+def test_training_cuts_long_runs_and_nothing_else(runs):
+    text = "".join(c * n for c, n in runs)
+    pieces = cut_long_runs(text)
+    assert "".join(pieces) == text
+    longest = max((len(r) for r in re.findall(r"\S+|\s+", text)), default=0)
+    if longest <= TRAIN_WORD_CHARS:  # a text of ordinary words is one piece, as it was
+        assert pieces == ([text] if text else [])
+    for p in pieces:
+        assert all(len(r) <= TRAIN_WORD_CHARS for r in re.findall(r"\S+|\s+", p))
+
+
+def test_a_long_word_trains_its_merges():  # 100,000 letters: the trainer took 5 s whole
+    tok = BPETokenizer.train(["x" * 100_000, "the cat sat\n" * 20], 280)
+    assert len(tok.encode("x" * 256)) <= 16
 
 
 def test_byte_symbols_are_the_librarys_alphabet():

@@ -34,6 +34,10 @@ MAX_BPE_VOCAB = 1 << 20
 # long texts are trained on in pieces of about this size (`tokenizers` trains 2x slower on 64 K
 # pieces than on 1 K ones), and encoded in larger pieces, one a thread
 TRAIN_PIECE_CHARS = 1 << 10
+# a run of letters or of spaces longer than this is trained on in pieces of this size:
+# `tokenizers`' training time grows with the square of a word's length (80 K letters: 3.5 s)
+TRAIN_WORD_CHARS = 256
+_LONG_RUN = re.compile(rf"\S{{{TRAIN_WORD_CHARS}}}|\s{{{TRAIN_WORD_CHARS}}}")
 ENCODE_PIECE_CHARS = 1 << 16
 # GPT-2's pre-tokenization, the regex of the ByteLevel pre-tokenizer that BPE is trained with
 GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -77,6 +81,13 @@ def split_at_boundaries(text: str, size: int) -> list[str]:
     if start < len(text) or not pieces:
         pieces.append(text[start:])
     return pieces
+
+
+def cut_long_runs(text: str) -> list[str]:
+    """`text` cut after every TRAIN_WORD_CHARS characters of a run without a space (or of
+    spaces): one piece for any text whose words are shorter."""
+    cuts = [m.end() for m in _LONG_RUN.finditer(text)]
+    return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True) if b > a]
 
 
 def _read_tokenizer_file(path: str | Path, from_dict: Callable):
@@ -227,7 +238,8 @@ class BPETokenizer(_Tokenizer):
         """Learn merges from `texts` (any iterable of strings: lines, chunks, whole files)
         until the vocabulary has vocab_size tokens, or no pair is left to merge. The same
         texts give the same tokenizer. Long texts are fed in pieces cut at safe line breaks,
-        which count the same words as the whole."""
+        which count the same words as the whole, and within runs longer than TRAIN_WORD_CHARS
+        without a space."""
         check_bpe_vocab(vocab_size)
         hf = Tokenizer(models.BPE())
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -235,7 +247,8 @@ class BPETokenizer(_Tokenizer):
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                       special_tokens=[])
-        pieces = (p for text in texts for p in split_at_boundaries(text, TRAIN_PIECE_CHARS))
+        pieces = (w for text in texts for p in split_at_boundaries(text, TRAIN_PIECE_CHARS)
+                  for w in cut_long_runs(p))
         hf.train_from_iterator(pieces, trainer=trainer)
         return cls(hf)
 
