@@ -118,12 +118,15 @@ def test_training_is_deterministic_and_depends_on_the_text():
     assert BPETokenizer(hf) == BPETokenizer.train(["".join(texts)], 300)
 
 
-def test_vocab_size_is_respected():
+def test_vocab_size_is_respected(caplog):
     text = tricky_corpus(20_000, seed=3)
     for n in (257, 300, 350):
         assert BPETokenizer.train([text], n).vocab_size == n
+    assert not caplog.records
     small = BPETokenizer.train(["abab"], 1000)  # too few pairs to reach 1000: stops early
     assert 257 <= small.vocab_size < 1000
+    assert caplog.messages == [f"the BPE has {small.vocab_size:,} tokens, not the 1,000 asked: "
+                               f"its text has no more pairs to merge"]
 
 
 def test_json_round_trip_kind_dispatch_and_a_bad_file(tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import itertools
 import json
+import logging
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -26,6 +27,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from minigpt.errors import MiniGPTError
 from minigpt.files import atomic_write_text
+
+log = logging.getLogger("minigpt")
 
 MIN_BPE_VOCAB = 257  # the 256 byte tokens and at least one merge
 # 4x the largest vocabularies in use; `tokenizers` sizes its tables by vocab_size up front (5e9
@@ -250,6 +253,9 @@ class BPETokenizer(_Tokenizer):
         pieces = (w for text in texts for p in split_at_boundaries(text, TRAIN_PIECE_CHARS)
                   for w in cut_long_runs(p))
         hf.train_from_iterator(pieces, trainer=trainer)
+        if hf.get_vocab_size() < vocab_size:
+            log.warning(f"the BPE has {hf.get_vocab_size():,} tokens, not the {vocab_size:,} "
+                        f"asked: its text has no more pairs to merge")
         return cls(hf)
 
     @property
