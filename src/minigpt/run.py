@@ -9,9 +9,13 @@ tokenizer.json, metrics.jsonl, checkpoints/ and summary.json; probes add their o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import shlex
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -34,7 +38,7 @@ from minigpt.data import Batches, Splits, cache_dir, ensure_tinyshakespeare, loa
 from minigpt.environment import describe, resolve_device
 from minigpt.errors import MiniGPTError
 from minigpt.evaluate import target_bytes
-from minigpt.files import atomic_write_text, truncate_jsonl
+from minigpt.files import atomic_write_text, lock_folder, truncate_jsonl
 from minigpt.model import MiniGPT
 from minigpt.optim import make_optimizer
 from minigpt.tokenizer import AnyTokenizer, tokenizer_from_dict
@@ -197,6 +201,31 @@ def make_folder(folder: Path) -> Path:
     except OSError as e:
         raise MiniGPTError(f"cannot create run folder {folder}: {e.strerror}") from None
     return folder
+
+
+def check_new_folder(folder: Path) -> None:
+    """A new run's folder may exist, but not hold a comparison or another run."""
+    if (folder / "variants.json").exists():
+        raise MiniGPTError(f"{folder} holds a comparison; choose another --out")
+    if (folder / "checkpoints").exists():
+        raise MiniGPTError(f"{folder} already holds a run: resume it with --resume "
+                           f"{shlex.quote(str(folder))}, or choose another --out")
+
+
+@contextmanager
+def hold_folder(run: Run) -> Iterator[None]:
+    """The run folder, made and locked by rank 0 while the run trains (a second process there
+    is refused at once); when rank 0 cannot, every process stops."""
+    with contextlib.ExitStack() as held:
+        refused = None
+        try:
+            if run.world.is_main:
+                held.enter_context(lock_folder(make_folder(run.folder)))
+        except (MiniGPTError, OSError) as e:
+            refused = e
+        if distributed.any_process(refused is not None, run.world):
+            raise refused or MiniGPTError(f"the main process could not open {run.folder}")
+        yield
 
 
 # --- checkpoints: every part's state, collected ------------------------------------------------

@@ -11,7 +11,6 @@ The run's parts, its folder and its checkpoints are minigpt.run; the clock, mini
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -29,14 +28,15 @@ from minigpt.clock import Clock, Speed
 from minigpt.config import RunConfig, TrainConfig, parse_targets, validate
 from minigpt.errors import MiniGPTError, TrainingStopped, last_line, out_of_memory
 from minigpt.evaluate import bits_per_byte, estimate_loss, split_loss
-from minigpt.files import append_line, atomic_write_text, lock_folder
+from minigpt.files import append_line, atomic_write_text
 from minigpt.model import MiniGPT
 from minigpt.optim import set_lr
 from minigpt.run import (
     Run,
     build_run,
+    check_new_folder,
     default_run_dir,
-    make_folder,
+    hold_folder,
     prepare_folder,
     restore,
     save,
@@ -70,26 +70,15 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
     calls this; rank 0 alone prints and writes files."""
     validate(cfg)  # (changed in code since resolve_config, say)
     folder = Path(out_dir) if out_dir else default_run_dir(cfg)
-    if not resume and (folder / "variants.json").exists():
-        raise MiniGPTError(f"{folder} holds a comparison; choose another --out")
-    if not resume and (folder / "checkpoints").exists():
-        raise MiniGPTError(f"{folder} already holds a run: resume it with --resume "
-                           f"{shlex.quote(str(folder))}, or choose another --out")
+    if not resume:
+        check_new_folder(folder)
     console.show_logs()
     run = build_run(cfg, folder)
     run.probes = list(probes) if run.world.is_main else []
     try:
         # before anything is written
         performance.check_memory(cfg, run.device, run.data["params"], run.dtype)
-        with contextlib.ExitStack() as held:
-            refused = None
-            try:  # rank 0 holds the folder: a second process there is refused at once
-                if run.world.is_main:
-                    held.enter_context(lock_folder(make_folder(folder)))
-            except (MiniGPTError, OSError) as e:
-                refused = e
-            if distributed.any_process(refused is not None, run.world):  # every process stops
-                raise refused or MiniGPTError(f"the main process could not open {folder}")
+        with hold_folder(run):
             if resume:
                 restore(run, "last")
             prepare_folder(run, resume)
