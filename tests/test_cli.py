@@ -117,6 +117,8 @@ BAD_INPUT = [
     (["train", "--grad-clip", "nan"], "'grad_clip' must be a finite number, got nan"),
     (["train", "--weight-decay", "inf"], "'weight_decay' must be a finite number, got inf"),
     (["train", "--config", "{bad}/forever.toml"], "'time_budget' must be a finite number"),
+    (["train", "--time-budget", "soon"], "'time_budget' must be a duration such as 90, 30m, "
+                                           "8h or 1h30m, got 'soon'"),
     (["train", "--beta1", "2"], "'beta1' must be in [0, 1), got 2.0"),
     (["train", "--targets", "1.72,nan"], "'targets' must be positive losses separated by commas"),
     (["train", "--targets", "1.72,x"], "'targets' must be positive losses separated by commas"),

@@ -95,6 +95,11 @@ def test_unknown_settings_and_settings_that_cannot_train(overrides, message):
 def test_a_time_budget_is_a_duration_in_flags_and_files(tmp_path):
     assert resolve_config(overrides={"time_budget": "8h"}).train.time_budget == 8 * 3600
     assert resolve_config(overrides={"time_budget": "1.5m"}).train.time_budget == 90
+    assert resolve_config(overrides={"time_budget": "1h 30m"}).train.time_budget == 5400
+    for text in ("1h30", "h", "30m1", "1h-30m", "1e400"):  # (1e400 s: inf)
+        with pytest.raises(MiniGPTError, match=f"a duration such as 90, 30m, 8h or 1h30m, "
+                                               f"got '{text}'"):
+            resolve_config(overrides={"time_budget": text})
     assert resolve_config(overrides={"time_budget": 42}).train.time_budget == 42.0
     toml = tmp_path / "run.toml"
     toml.write_text('[train]\ntime_budget = "30m"\n')
@@ -106,7 +111,7 @@ def test_a_time_budget_is_a_duration_in_flags_and_files(tmp_path):
 @pytest.mark.parametrize("key, value, message", [
     ("optimizer", "adam", "'optimizer' must be one of adamw, sgd, muon; got 'adam'"),
     ("steps", 0, "'steps' must be positive"),
-    ("time_budget", "5x", "'time_budget' must be a duration such as 90, 30m or 8h"),
+    ("time_budget", "5x", "'time_budget' must be a duration such as 90, 30m, 8h or 1h30m"),
     ("lr", "0.1", "'lr' must be float, got '0.1'"),
 ])
 def test_train_checks_a_config_changed_in_code(small_text, tmp_path, key, value, message):

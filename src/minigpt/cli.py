@@ -75,7 +75,8 @@ def add_config_flags(p: argparse.ArgumentParser, leave_out: set[str] = frozenset
         kind = type(f.default)
         choices = f.metadata.get("choices")
         how = ({"action": argparse.BooleanOptionalAction} if kind is bool else
-               {"type": f.metadata.get("parse", kind), "choices": choices,
+               {"type": str if "parse" in f.metadata else kind, "choices": choices,  # (text
+                # a field parses, such as a duration, is checked as a file's: one message)
                 "metavar": None if choices else f.metadata.get("metavar", METAVARS[kind])})
         aliases = [f.metadata["alias"]] if "alias" in f.metadata else []
         p.add_argument(flag, *aliases, dest=name, default=argparse.SUPPRESS,

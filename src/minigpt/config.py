@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -32,13 +33,19 @@ def opt(default, help: str, **kw):
 
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DURATIONS = "90, 30m, 8h or 1h30m"  # what a duration looks like, for the errors that ask one
+_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([dhms])")
 
 
 def duration(text: str) -> float:
-    """Seconds, from text such as '90', '90s', '30m', '8h' or '1.5h'."""
-    text = text.strip().lower()
-    unit = UNITS.get(text[-1:])
-    seconds = float(text[:-1] if unit else text) * (unit or 1)  # ValueError: not a duration
+    """Seconds, from text such as '90', '90s', '30m', '8h', '1.5h' or '1h30m'."""
+    text = text.strip().lower().replace(" ", "")
+    if text[-1:] not in UNITS:
+        seconds = float(text)  # ValueError: not a duration
+    elif re.fullmatch(f"(?:{_PART.pattern})+", text):
+        seconds = sum(float(n) * UNITS[u] for n, u in _PART.findall(text))
+    else:
+        raise ValueError(text)
     if not math.isfinite(seconds):
         raise ValueError(text)
     return seconds
@@ -105,8 +112,8 @@ class TrainConfig:
                                   "the lesson's CosineAnnealingLR",
                         choices=("cosine", "linear", "constant", "cosine-annealing"))
     warmup_steps: int = opt(100, "linear warmup steps (cosine and linear schedules)")
-    time_budget: float = opt(0.0, "train for this long (seconds, or 30m, 8h; evaluation not "
-                                   "counted), the schedule following the time; 0: train for "
+    time_budget: float = opt(0.0, "train for this long (seconds, or 30m, 8h, 1h30m; evaluation "
+                                   "not counted), the schedule following the time; 0: train for "
                                    "--steps", parse=duration, metavar="DURATION")
     weight_decay: float = opt(0.1, "decoupled weight decay, applied to >=2-D weights only")
     beta1: float = opt(0.9, "AdamW beta1")
@@ -201,7 +208,7 @@ def _coerce(value, f: dataclasses.Field):
         try:
             value = f.metadata["parse"](value)
         except ValueError:
-            raise MiniGPTError(f"'{f.name}' must be a duration such as 90, 30m or 8h, got "
+            raise MiniGPTError(f"'{f.name}' must be a duration such as {DURATIONS}, got "
                                f"{value!r}") from None
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
