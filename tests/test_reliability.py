@@ -73,6 +73,7 @@ def test_signal_saves_and_resume_matches_an_uninterrupted_run(straight_160, tmp_
     assert f"minigpt train --resume {stopped}" in out + err
     step = load_checkpoint(stopped / "checkpoints", "last").meta["step"]
     assert 40 <= step < 160
+    assert f"stopped after {step} steps by {sig.name}; checkpoint saved" in out + err
 
     resumed = run_cli("train", "--resume", str(stopped), "--no-progress")
     assert resumed.returncode == 0, resumed.stderr

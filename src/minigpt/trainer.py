@@ -154,7 +154,7 @@ def loop(run: Run, progress: bool) -> TrainResult:
         save(run, ["last"])
         launcher = (f"torchrun --nproc_per_node={run.world.size} -m minigpt"
                     if run.world.size > 1 else "minigpt")  # as it was trained
-        log.warning(f"stopped at step {state.step} by {signal.Signals(signals.signum).name}; "
+        log.warning(f"stopped after {state.step:,} steps by {signal.Signals(signals.signum).name}; "
                     f"checkpoint saved. Continue with: {launcher} train --resume "
                     f"{shlex.quote(str(run.folder))}")
         raise TrainingStopped(signals.signum)
