@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import native_bf16, tiny_config
+from conftest import TINY_FLAGS, native_bf16, run_cli, tiny_config
 from minigpt import MiniGPT, MiniGPTError, load_checkpoint, resolve_config, train
 from minigpt.diagnostics.probes import Probe
 from minigpt.performance import peak_memory
@@ -100,6 +100,15 @@ class Hog(Probe):
     def on_row(self, row):
         if row["step"] == self.step:
             torch.empty(1 << 45, dtype=torch.uint8)  # 32 TiB
+
+
+def test_a_compile_that_fails_is_one_line(small_text, tmp_path):
+    """torch.compile with no working C++ compiler (a minimal image), at the first step."""
+    r = run_cli("train", "--text", str(small_text), *TINY_FLAGS, "--compile", "on", "--steps",
+                "2", "--out", str(tmp_path / "run"), env={"CXX": "/bin/false"})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("minigpt: error: torch.compile failed (")
+    assert r.stderr.endswith("; train without it: --compile off\n")
 
 
 def test_out_of_memory_mid_run_is_one_line_and_keeps_the_checkpoint(small_text, tmp_path):

@@ -21,6 +21,25 @@ def out_of_memory(e: BaseException) -> bool:
             or "can't allocate memory" in text or "out of memory" in text.lower())
 
 
+def compile_failed(e: BaseException) -> bool:
+    """Whether an error is torch.compile's backend failing to build the model (no working C++
+    compiler, say), by name: this module imports no torch."""
+    return any(kind.__name__ == "BackendCompilerFailed" for kind in type(e).__mro__)
+
+
+def training_error(e: BaseException, steps: int, checkpoints) -> BaseException:
+    """The one-line error that a training run's failure stands for, or `e` itself: torch.compile
+    fails at the first step (nothing is lost), memory can run out at any."""
+    if compile_failed(e):
+        return MiniGPTError(f"torch.compile failed ({str(e).splitlines()[0][:200]}); train "
+                            f"without it: --compile off")
+    if out_of_memory(e):
+        return MiniGPTError(f"out of memory after {steps:,} steps ({last_line(e)}); the last "
+                            f"checkpoint in {checkpoints} is intact: resume with a smaller "
+                            f"--batch-size, or --grad-accum")
+    return e
+
+
 def last_line(e: BaseException) -> str:
     """The last non-empty line of an error's message (torch's say what failed last)."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]

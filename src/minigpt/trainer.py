@@ -26,7 +26,7 @@ import torch
 from minigpt import console, distributed, performance
 from minigpt.clock import Clock, Speed
 from minigpt.config import RunConfig, TrainConfig, parse_targets, validate
-from minigpt.errors import MiniGPTError, TrainingStopped, last_line, out_of_memory
+from minigpt.errors import MiniGPTError, TrainingStopped, training_error
 from minigpt.evaluate import bits_per_byte, estimate_loss, split_loss
 from minigpt.files import append_line, atomic_write_text
 from minigpt.model import MiniGPT
@@ -76,8 +76,8 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
     run = build_run(cfg, folder)
     run.probes = list(probes) if run.world.is_main else []
     try:
-        # before anything is written
-        performance.check_memory(cfg, run.device, run.data["params"], run.dtype)
+        performance.check_memory(cfg, run.device, run.data["params"], run.dtype)  # (before
+        # anything is written)
         with hold_folder(run):
             if resume:
                 restore(run, "last")
@@ -89,11 +89,7 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
         distributed.barrier(run.world)
         return result
     except (RuntimeError, MemoryError) as e:
-        if not out_of_memory(e):
-            raise
-        raise MiniGPTError(f"out of memory after {run.state.step:,} steps ({last_line(e)}); the "
-                           f"last checkpoint in {folder / 'checkpoints'} is intact: resume "
-                           f"with a smaller --batch-size, or --grad-accum") from None
+        raise training_error(e, run.state.step, folder / "checkpoints") from None
     finally:
         distributed.stop(run.world)
 
