@@ -21,6 +21,8 @@ def test_train_prints_split_sizes_figures_and_summary(cli_run):
     assert f"vocab {len(set(text.read_text()))}," in r.stdout
     assert f"{n_train:,} train and {n - n_train:,} val tokens" in r.stdout
     assert "final validation loss (whole split" in r.stdout
+    assert ("warning: warmup (100 steps) is the whole run: the learning rate will only rise, "
+            "and never decay; try --warmup-steps 4") in r.stdout  # 40 steps, default warmup
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary == json.loads((out / "summary.json").read_text())
 
@@ -220,8 +222,8 @@ def test_a_log_level_the_program_set_stays(small_text, tmp_path):
     code = (f"import logging, minigpt\n"
             f"logging.getLogger('minigpt').setLevel(logging.WARNING)\n"
             f"minigpt.train(minigpt.resolve_config(overrides=dict(text={str(small_text)!r}, "
-            f"steps=2, n_layer=1, n_embd=16, n_head=2, block_size=16, batch_size=2, "
-            f"sample_tokens=0)), {str(tmp_path / 'run')!r}, progress=False)\n")
+            f"steps=2, warmup_steps=1, n_layer=1, n_embd=16, n_head=2, block_size=16, "
+            f"batch_size=2, sample_tokens=0)), {str(tmp_path / 'run')!r}, progress=False)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "" and (tmp_path / "run" / "summary.json").exists()

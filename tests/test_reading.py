@@ -69,6 +69,26 @@ def test_warmup_ends_where_the_config_says():
     assert "warmup" not in kinds(lesson_curve(steps=100))  # the run never got there
 
 
+def test_a_run_no_longer_than_its_warmup_is_all_warmup():
+    rows = lesson_curve(steps=60, every=10)
+    for r in rows:
+        r["lr"] = 1e-2 * (r["step"] + 1) / 100  # the schedule's, warmup 100
+    short = Facts(vocab_size=65, warmup_steps=100, total_steps=60, lr=1e-2)
+    f = only(rows, "all warmup", short)
+    assert f.step == 59 and "warmup" not in kinds(rows, short)
+    assert f.message == ("warmup (100 steps) is the whole run (60 steps): the learning rate "
+                         "only rose, to 6.00e-03 by step 59, and never decayed; make warmup "
+                         "a small part of the run (--warmup-steps 6, a tenth)")
+    # a run stopped part-way through its warmup (it has more steps to come), or with none
+    assert "all warmup" not in kinds(rows, Facts(vocab_size=65, warmup_steps=100,
+                                                 total_steps=5000))
+    assert "all warmup" not in kinds(rows, Facts(vocab_size=65, total_steps=60))
+    legend = plot_loss(rows, findings=[f]).axes[0].get_legend().get_texts()
+    assert "all warmup" in {t.get_text() for t in legend}
+    assert "all warmup" not in kinds(rows, Facts(vocab_size=65, warmup_steps=100,
+                                                 total_steps=None, time_budget=60))
+
+
 def test_best_is_the_trainers_best_with_min_delta():
     rows = [{"step": s, "train_loss": 2.0, "lr": 1e-3, "val_loss": v}
             for s, v in [(0, 3.0), (10, 2.0), (20, 1.99), (30, 2.1)]]

@@ -88,6 +88,10 @@ def log_start(run: Run, peak: float) -> None:
     log.info(f"model: {data['params']:,} parameters on {env['device']}; {t.optimizer} lr "
              f"{t.lr:g} ({t.schedule}), {batch} x {block} tokens{ramp}, "
              + (f"{t.time_budget:g} s of training" if t.time_budget else f"{t.steps} steps"))
+    if not t.time_budget and t.schedule in ("cosine", "linear") and t.warmup_steps >= t.steps:
+        log.warning(f"warmup ({t.warmup_steps:,} steps) is the whole run: the learning rate "
+                    f"will only rise, and never decay; try --warmup-steps "
+                    f"{max(1, t.steps // 10):,}")
 
 
 def grows(start: int, full: int) -> str:

@@ -45,6 +45,9 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
                     "check the initialisation (small weights, std 0.02) and that the targets "
                     "are the inputs shifted by one",
     "warmup": "warmup ends at step {step:,}: the learning rate reaches its peak, {lr:.2e}",
+    "all warmup": "warmup ({warmup:,} steps) is the whole run ({total:,} steps): the learning "
+                  "rate only rose, to {last:.2e} by step {step:,}, and never decayed; make "
+                  "warmup a small part of the run (--warmup-steps {tenth:,}, a tenth)",
     "best": "best validation loss {val:.4f} at step {step:,}: the 'best' checkpoint holds "
             "those weights",
     "early stop": "early stopping at step {step:,}: {n} evaluations without improvement after "
@@ -185,8 +188,15 @@ def initial_loss(rows: list[dict], facts: Facts) -> list[Finding]:
 
 
 def warmup_end(rows: list[dict], facts: Facts) -> list[Finding]:
-    """The step where warmup ends and the learning rate is at its peak."""
-    if facts.warmup_steps <= 0 or steps_done(rows) <= facts.warmup_steps:
+    """The step where warmup ends and the learning rate is at its peak; or, when the run has
+    no more steps than its warmup, that it never got past it."""
+    if facts.warmup_steps <= 0 or not rows:
+        return []
+    if facts.total_steps is not None and facts.total_steps <= facts.warmup_steps:
+        return [finding("all warmup", rows[-1]["step"], warmup=facts.warmup_steps,
+                        total=facts.total_steps, last=rows[-1]["lr"],
+                        tenth=max(1, facts.total_steps // 10))]
+    if steps_done(rows) <= facts.warmup_steps:
         return []
     peak = facts.lr if facts.lr is not None else max(r["lr"] for r in rows)
     return [finding("warmup", facts.warmup_steps, lr=peak)]
