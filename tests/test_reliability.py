@@ -235,7 +235,6 @@ def test_a_run_folder_whose_name_is_not_utf8(good_run, tmp_path):
         pytest.skip("this file system takes only UTF-8 names")
     strict = {"PYTHONIOENCODING": "utf-8:strict"}  # as under a UTF-8 locale other than C's
     for args in (["train", "--resume", str(run), "--steps", "12", "--no-progress"],
-                 ["sample", "--run", str(run), "--max-new-tokens", "5"],
                  ["report", "--run", str(run)],
                  ["export", "--run", str(run), "--out", str(exported)]):
         r = run_cli(*args, env=strict)
