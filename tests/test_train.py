@@ -2,6 +2,7 @@
 resume, and a short real run on TinyShakespeare."""
 
 import json
+import logging
 import math
 import re
 
@@ -205,14 +206,19 @@ def test_the_batch_and_the_context_grow_as_scheduled(small_text, tmp_path):
         tokens / (seconds - 0.005) + 1
 
 
-def test_a_resumed_run_reports_the_speed_of_the_whole_run(small_text, tmp_path):
+def test_a_resumed_run_reports_the_speed_of_the_whole_run(small_text, tmp_path, caplog):
     """tokens/s in the summary is every token trained over the clock's seconds, across
-    resumes: also when a resume has nothing left to train (it said 0)."""
+    resumes: also when a resume has nothing left to train (it said 0), which it says."""
     from minigpt import resume_config
 
+    caplog.set_level(logging.INFO, logger="minigpt")
+    ended = "the run has ended: nothing to train"
     first = train(tiny_config(small_text, steps=10, eval_every=5), tmp_path, progress=False)
+    assert not any(ended in m for m in caplog.messages)
     again = train(resume_config(tmp_path), tmp_path, resume=True, progress=False)
+    assert sum(ended in m for m in caplog.messages) == 1
     more = train(resume_config(tmp_path, {"steps": 20}), tmp_path, resume=True, progress=False)
+    assert sum(ended in m for m in caplog.messages) == 1
     for result, steps in [(first, 10), (again, 10), (more, 20)]:
         tokens, seconds = steps * 8 * 32, result.summary["train_s"]  # (rounded to 0.01 s)
         assert tokens / (seconds + 0.005) - 1 <= result.summary["tokens_per_s"] <= \

@@ -106,6 +106,9 @@ def loop(run: Run, progress: bool) -> TrainResult:
                   clock.seconds())
     bar = console.Progress(t, state.step, clock.seconds(), progress and run.world.is_main)
     console.log_start(run, peak)
+    if finished(t, state.step, clock.seconds()):  # resumed after its end
+        log.info("the run has ended: nothing to train (resume with a larger --steps or "
+                 "--time-budget to train on)")
     for probe in run.probes:
         probe.start(run)
     skipped = torch.full((), state.skipped, device=run.device)  # counted on the device
