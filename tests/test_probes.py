@@ -122,7 +122,9 @@ def test_variant_axes_and_settings_with_their_types():
     assert parse_variant("fast:time_budget=1.5m") == ("fast", {"time_budget": 90.0})
     for bad, message in [(":pos=rope", "needs a name"), ("x:lr", "not KEY=VALUE"),
                          ("x:time_budget=30x", "not a duration"),
-                         ("x:nope=1", "not KEY=VALUE"), ("x:steps=many", "not a int"),
+                         ("x:qqqq=1", "unknown setting 'qqqq'$"),
+                         ("x:lrr=1", "unknown setting 'lrr'; did you mean 'lr'"),
+                         ("x:steps=many", "not a int"),
                          ("x:bias=maybe", "not a bool")]:
         with pytest.raises(MiniGPTError, match=message):
             parse_variant(bad)

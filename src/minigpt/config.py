@@ -195,7 +195,7 @@ def field_index(sections: dict[str, type] = SECTIONS) -> dict[str, tuple[str, da
     return {f.name: (sec, f) for sec, cls in sections.items() for f in fields(cls)}
 
 
-def _suggest(name: str, valid) -> str:
+def suggest(name: str, valid) -> str:
     close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
     return f"; did you mean '{close[0]}'?" if close else ""
 
@@ -232,7 +232,7 @@ def apply_overrides(cfg: RunConfig, table: dict, origin: str) -> None:
         if sec not in sections and sec in home:  # steps = 10 above every [section]
             raise MiniGPTError(f"{origin}: '{sec}' belongs in the [{home[sec]}] section")
         if sec not in sections:
-            raise MiniGPTError(f"{origin}: unknown section [{sec}]{_suggest(sec, sections)}")
+            raise MiniGPTError(f"{origin}: unknown section [{sec}]{suggest(sec, sections)}")
         if not isinstance(values, dict):
             raise MiniGPTError(f"{origin}: [{sec}] must be a table of settings")
         target = sections[sec]
@@ -242,7 +242,7 @@ def apply_overrides(cfg: RunConfig, table: dict, origin: str) -> None:
                 raise MiniGPTError(f"{origin}: '{key}' belongs in [{home[key]}], not [{sec}]")
             if key not in valid:
                 raise MiniGPTError(f"{origin}: unknown key '{key}' in "
-                                   f"[{sec}]{_suggest(key, valid)}")
+                                   f"[{sec}]{suggest(key, valid)}")
             try:
                 setattr(target, key, _coerce(value, valid[key]))
             except MiniGPTError as e:  # a file's or preset's wrong type: say which file
@@ -267,7 +267,7 @@ def preset_names() -> list[str]:
 def preset_table(name: str) -> dict:
     names = preset_names()
     if name not in names:
-        raise MiniGPTError(f"unknown preset '{name}'{_suggest(name, names)} (presets: "
+        raise MiniGPTError(f"unknown preset '{name}'{suggest(name, names)} (presets: "
                            f"{', '.join(names)})")
     return tomllib.loads(resources.files("minigpt").joinpath("configs", f"{name}.toml").read_text())
 
@@ -330,7 +330,7 @@ def by_section(settings: dict, sections: dict[str, type] = SECTIONS) -> dict[str
     table: dict[str, dict] = {}
     for key, value in settings.items():
         if key not in index:
-            raise MiniGPTError(f"unknown setting '{key}'{_suggest(key, index)}")
+            raise MiniGPTError(f"unknown setting '{key}'{suggest(key, index)}")
         table.setdefault(index[key][0], {})[key] = value
     return table
 

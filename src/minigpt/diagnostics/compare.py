@@ -20,7 +20,7 @@ import json
 import logging
 from pathlib import Path
 
-from minigpt.config import field_index, resolve_config
+from minigpt.config import field_index, resolve_config, suggest
 from minigpt.diagnostics.plots import plot_overlay
 from minigpt.diagnostics.probes import SECTIONS, standard_probes
 from minigpt.errors import MiniGPTError
@@ -92,9 +92,10 @@ def parse_variant(text: str) -> tuple[str, dict]:
     for item in filter(None, (x.strip() for x in settings.split(","))):
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
-        if not sep or (key not in index and key != "preset"):
-            raise MiniGPTError(f"variant {name!r}: {item!r} is not KEY=VALUE with a setting "
-                               f"such as pos=rope")
+        if not sep:
+            raise MiniGPTError(f"variant {name!r}: {item!r} is not KEY=VALUE, such as pos=rope")
+        if key not in index and key != "preset":
+            raise MiniGPTError(f"variant {name!r}: unknown setting '{key}'{suggest(key, index)}")
         overrides[key] = value.strip() if key == "preset" else typed(key, value.strip())
     return name.strip(), overrides
 
