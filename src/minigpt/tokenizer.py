@@ -40,7 +40,7 @@ TRAIN_PIECE_CHARS = 1 << 10
 # a run of letters or of spaces longer than this is trained on in pieces of this size:
 # `tokenizers`' training time grows with the square of a word's length (80 K letters: 3.5 s)
 TRAIN_WORD_CHARS = 256
-_LONG_RUN = re.compile(rf"\S{{{TRAIN_WORD_CHARS}}}|\s{{{TRAIN_WORD_CHARS}}}")
+_LONG_RUN = re.compile(rf"\S{{{TRAIN_WORD_CHARS}}}(?=\S)|\s{{{TRAIN_WORD_CHARS}}}(?=\s)")
 ENCODE_PIECE_CHARS = 1 << 16
 # GPT-2's pre-tokenization, the regex of the ByteLevel pre-tokenizer that BPE is trained with
 GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -88,7 +88,7 @@ def split_at_boundaries(text: str, size: int) -> list[str]:
 
 def cut_long_runs(text: str) -> list[str]:
     """`text` cut after every TRAIN_WORD_CHARS characters of a run without a space (or of
-    spaces): one piece for any text whose words are shorter."""
+    spaces) where the run goes on: one piece for any text whose runs are no longer."""
     cuts = [m.end() for m in _LONG_RUN.finditer(text)]
     return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True) if b > a]
 
