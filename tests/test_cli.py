@@ -78,6 +78,8 @@ def bad_files(tmp_path_factory):
     (d / "short.txt").write_text("x" * 300)  # 270 train, 30 validation tokens
     (d / "a-file").write_text("not a folder")
     (d / "forever.toml").write_text("[train]\ntime_budget = inf\n")  # TOML's own infinity
+    (d / "half-prepared").mkdir()  # what an interrupted prepare leaves
+    (d / "half-prepared" / "progress.json").write_text("{}")
     (d / "a-comparison").mkdir()
     (d / "a-comparison" / "variants.json").write_text("{}")
     for name, record in [("list-run", []), ("keyless-run", {"format": "minigpt-checkpoint/1"})]:
@@ -100,7 +102,10 @@ BAD_INPUT = [
     (["train", "--config", "{bad}/missing.toml"], "config file not found"),
     (["train", "--text", "/nonexistent/x.txt"], "text file not found"),
     (["train", "--data", "/nonexistent/y.txt"], "text file not found: /nonexistent/y.txt"),
-    (["train", "--text", "{bad}"], "text file not found"),  # a folder
+    (["train", "--text", "{bad}/a-comparison"], "a-comparison is a folder, not a text file or "
+                                                 "a prepared corpus: minigpt prepare --text "),
+    (["train", "--text", "{bad}/half-prepared"], "half-prepared is a corpus whose prepare did "
+                                                 "not finish: run the same minigpt prepare"),
     (["train", "--text", "{bad}/empty.txt"], "is empty"),
     (["train", "--text", "{bad}/latin1.txt"], "is not UTF-8 text"),
     (["train", "--text", "{bad}/binary.txt"], "is not UTF-8 text"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -20,7 +21,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minigpt.corpus import FORMAT, ShardedTokens, is_prepared, open_prepared, prepare, split_point
+from minigpt.corpus import (
+    FORMAT,
+    PROGRESS,
+    ShardedTokens,
+    is_prepared,
+    open_prepared,
+    prepare,
+    split_point,
+)
 from minigpt.errors import MiniGPTError
 from minigpt.files import atomic_path, lock_folder, sha256_file
 from minigpt.tokenizer import MIN_BPE_VOCAB, AnyTokenizer, CharTokenizer
@@ -74,10 +83,19 @@ def ensure_tinyshakespeare(url: str = TINYSHAKESPEARE_URL) -> Path:
 
 
 def text_file(path: str | Path) -> Path:
-    """The path of a text file that exists (~ expanded), or a one-line error."""
-    if not Path(path).expanduser().is_file():
+    """The path of a text file that exists (~ expanded), or a one-line error (a folder that
+    prepare has not finished writing is told apart: the error says what to run)."""
+    found = Path(path).expanduser()
+    if (found / PROGRESS).is_file():
+        raise MiniGPTError(f"{path} is a corpus whose prepare did not finish: run the same "
+                           f"minigpt prepare again, and it continues")
+    if found.is_dir():
+        raise MiniGPTError(f"{path} is a folder, not a text file or a prepared corpus: "
+                           f"minigpt prepare --text {shlex.quote(str(path))} --out DIR, then "
+                           f"--text DIR")
+    if not found.is_file():
         raise MiniGPTError(f"text file not found: {path}")
-    return Path(path).expanduser()
+    return found
 
 
 def prepared_text(text_path: str | Path, tokenizer: str = "char", vocab_size: int = 0,
