@@ -196,7 +196,7 @@ def field_index(sections: dict[str, type] = SECTIONS) -> dict[str, tuple[str, da
 
 
 def suggest(name: str, valid) -> str:
-    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)  # (0.5: nope->compile)
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
