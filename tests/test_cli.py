@@ -95,7 +95,9 @@ def bad_files(tmp_path_factory):
 
 # every row: a mistake, and the words the one-line error must contain
 BAD_INPUT = [
-    (["train", "--lrr", "1"], "did you mean --lr"),
+    (["train", "--lrr", "1"], "(did you mean --lr?) (see minigpt train --help)"),
+    (["autograd", "x**2"], "unrecognized arguments: x**2 (each value goes after its flag) "
+                           "(see minigpt autograd --help)"),
     (["graph", "--device", "cpu"], "unrecognized arguments: --device cpu (--device belongs to "
                                    "other commands)"),  # not "did you mean --device?"
     (["train", "--preset", "sede"], "did you mean 'seed'"),

@@ -35,14 +35,20 @@ from minigpt.sample import PROMPT
 
 
 class Parser(argparse.ArgumentParser):
-    """One-line errors, with the closest flag suggested for a mistyped one."""
+    """One-line errors, with the closest flag suggested for a mistyped one, and the help of the
+    command they concern."""
+
+    def parse_args(self, args=None, namespace=None):
+        self.words = sys.argv[1:] if args is None else list(args)
+        return super().parse_args(args, namespace)
 
     def error(self, message: str):
+        commands = {name: p for a in self._actions if isinstance(a, argparse._SubParsersAction)
+                    for name, p in a.choices.items()}
+        command = next((w for w in getattr(self, "words", []) if w in commands), None)
         if message.startswith("unrecognized arguments:"):
-            parsers = [self] + [p for a in self._actions
-                                if isinstance(a, argparse._SubParsersAction)
-                                for p in a.choices.values()]
-            flags = [o for p in parsers for a in p._actions for o in a.option_strings]
+            flags = [o for p in [self, *commands.values()] for a in p._actions
+                     for o in a.option_strings]
             for word in message.split(":", 1)[1].split():
                 flag = word.split("=")[0]
                 if flag in flags:  # spelt right, given to a command that does not take it
@@ -51,7 +57,11 @@ class Parser(argparse.ArgumentParser):
                 if close := difflib.get_close_matches(flag, flags, n=1):
                     message += f" (did you mean {close[0]}?)"
                     break
-        raise MiniGPTError(f"{message} (see {self.prog} --help)")
+                if not word.startswith("-"):  # minigpt sample runs/x: a value without its flag
+                    message += " (each value goes after its flag)"
+                    break
+        prog = commands[command].prog if command else self.prog
+        raise MiniGPTError(f"{message} (see {prog} --help)")
 
 
 METAVARS = {int: "N", float: "X", str: "TEXT"}
