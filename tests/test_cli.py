@@ -20,6 +20,8 @@ def test_train_prints_split_sizes_figures_and_summary(cli_run):
     n_train = int(0.9 * n)
     assert f"vocab {len(set(text.read_text()))}," in r.stdout
     assert f"{n_train:,} train and {n - n_train:,} val tokens" in r.stdout
+    assert (f"warning: --eval-batches 4 reads 1,024 tokens an evaluation, more than the "
+            f"validation split's {n - n_train:,}") in r.stdout  # 4 x 8 x 32, TINY's
     assert "final validation loss (whole split" in r.stdout
     assert ("warning: warmup (100 steps) is the whole run: the learning rate will only rise, "
             "and never decay; try --warmup-steps 4") in r.stdout  # 40 steps, default warmup

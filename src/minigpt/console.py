@@ -88,6 +88,10 @@ def log_start(run: Run, peak: float) -> None:
     log.info(f"model: {data['params']:,} parameters on {env['device']}; {t.optimizer} lr "
              f"{t.lr:g} ({t.schedule}), {batch} x {block} tokens{ramp}, "
              + (f"{t.time_budget:g} s of training" if t.time_budget else f"{t.steps} steps"))
+    if (read := t.eval_batches * t.batch_size * run.cfg.model.block_size) > data["val_tokens"]:
+        log.warning(f"--eval-batches {t.eval_batches:,} reads {read:,} tokens an evaluation, "
+                    f"more than the validation split's {data['val_tokens']:,}: --eval-batches 0 "
+                    f"reads the whole split once, exactly")
     if not t.time_budget and t.schedule in ("cosine", "linear") and t.warmup_steps >= t.steps:
         log.warning(f"warmup ({t.warmup_steps:,} steps) is the whole run: the learning rate "
                     f"will only rise, and never decay; try --warmup-steps "
