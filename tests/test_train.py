@@ -134,13 +134,14 @@ def test_same_seed_same_losses(small_text, tmp_path):
 
 def test_early_stopping_ends_the_run(small_text, tmp_path, caplog):
     caplog.set_level("INFO", logger="minigpt")
-    cfg = tiny_config(small_text, steps=200, eval_every=5, patience=2, min_delta=10.0)
+    cfg = tiny_config(small_text, steps=200, eval_every=5, patience=1, min_delta=10.0)
     summary = train(cfg, tmp_path / "run", progress=False).summary
-    # evaluations at steps 0 (improves on infinity), 5 and 10 (no improvement of 10 nats)
-    assert summary["steps"] == 11
-    assert "early stopping at step 10" in caplog.text
+    # evaluations at steps 0 (improves on infinity) and 5 (no improvement of 10 nats)
+    assert summary["steps"] == 6
+    assert "early stopping at step 5: no improvement for 1 evaluation (" in caplog.text
+    assert "6 steps, " in caplog.text  # the summary's line
     found = {f.kind: f.step for f in read_run(tmp_path / "run")}  # and the curve says so
-    assert found["early stop"] == 10 and found["best"] == 0
+    assert found["early stop"] == 5 and found["best"] == 0
 
 
 def test_rows_count_every_clipped_step(small_text, tmp_path):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from minigpt import __version__
 from minigpt.config import field_index, preset_names, resolve_config
-from minigpt.console import show_logs
+from minigpt.console import count, show_logs
 from minigpt.corpus import BPE_VOCAB, SHARD_TOKENS
 from minigpt.diagnostics.probes import SECTIONS, DiagConfig
 from minigpt.distributed import world_from_env
@@ -418,7 +418,7 @@ def cmd_gradflow(args: argparse.Namespace) -> None:
         note = " (where the schedule ends: --lr sets another)" if lr == 0 else ""
     x, y = run.batches.get_batch("train")
     stats = probe_batch_stats(run.model, x, y, run.optimizer, lr=lr, grad_clip=t.grad_clip)
-    print(f"{args.run} after {step:,} steps ({args.checkpoint}), one batch of "
+    print(f"{args.run} after {count(step, 'step')} ({args.checkpoint}), one batch of "
           f"{tuple(x.shape)}, probe step at lr {lr:.3g}{note}")
     print(format_table(stats))
 
@@ -454,7 +454,7 @@ def cmd_attention(args: argparse.Namespace) -> None:
     idx = torch.tensor([ids], device=device)  # (1, T)
     out = args.out or f"{args.run}/attention.png"
     plot_attention(attention_maps(model, idx), token_labels(tok, ids), out,
-                   title=f"attention after {meta['step']:,} steps")
+                   title=f"attention after {count(meta['step'], 'step')}")
     print(f"wrote {out}")
 
 

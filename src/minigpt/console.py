@@ -87,13 +87,13 @@ def log_start(run: Run, peak: float) -> None:
     ramp = f" (grown over the first {t.ramp:.0%})" if grown else ""
     log.info(f"model: {data['params']:,} parameters on {env['device']}; {t.optimizer} lr "
              f"{t.lr:g} ({t.schedule}), {batch} x {block} tokens{ramp}, "
-             + (f"{t.time_budget:g} s of training" if t.time_budget else f"{t.steps} steps"))
+             + (f"{t.time_budget:g} s of training" if t.time_budget else count(t.steps, "step")))
     if (read := t.eval_batches * t.batch_size * run.cfg.model.block_size) > data["val_tokens"]:
         log.warning(f"--eval-batches {t.eval_batches:,} reads {read:,} tokens an evaluation, "
                     f"more than the validation split's {data['val_tokens']:,}: --eval-batches 0 "
                     f"reads the whole split once, exactly")
     if not t.time_budget and t.schedule in ("cosine", "linear") and t.warmup_steps >= t.steps:
-        log.warning(f"warmup ({t.warmup_steps:,} steps) is the whole run: the learning rate "
+        log.warning(f"warmup ({count(t.warmup_steps, 'step')}) is the whole run: the learning rate "
                     f"will only rise, and never decay; try --warmup-steps "
                     f"{max(1, t.steps // 10):,}")
 
@@ -114,9 +114,14 @@ def log_eval(row: dict, improved: bool) -> None:
 def log_summary(summary: dict, val_tokens: int) -> None:
     log.info(f"final validation loss (whole split, {val_tokens:,} tokens): "
              f"{summary['final_val_loss']:.4f} ({summary['final_val_bpb']:.3f} bits per byte); "
-             f"best estimate {summary['best_val_loss']:.4f}; {summary['steps']} steps, "
+             f"best estimate {summary['best_val_loss']:.4f}; {count(summary['steps'], 'step')}, "
              f"{summary['train_s']:.0f} s of training (this command: {summary['wall_s']:.0f} s), "
              f"{summary['tokens_per_s']:,} tok/s, MFU {summary['mfu']:.0%}")
+
+
+def count(n: int, noun: str) -> str:
+    """'1 step', '2 steps', '1,000 steps'."""
+    return f"{n:,} {noun}" + "s" * (n != 1)
 
 
 def finite_or_none(x: float) -> float | None:

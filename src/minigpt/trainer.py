@@ -141,8 +141,8 @@ def loop(run: Run, progress: bool) -> TrainResult:
                     if evaluate_now:  # after the row: a crash between, and resume rewrites it
                         save(run, ["last", "best"] if improved else ["last"])
             if state.out_of_patience(t.patience):  # every process evaluated alike
-                log.info(f"early stopping at step {step}: no improvement for {t.patience} "
-                         f"evaluations (best {state.best_val:.4f})")
+                log.info(f"early stopping at step {step}: no improvement for "
+                         f"{console.count(t.patience, 'evaluation')} (best {state.best_val:.4f})")
                 break
             if last or signals.agreed(run.world, step % t.log_every == 0):
                 break
@@ -153,9 +153,9 @@ def loop(run: Run, progress: bool) -> TrainResult:
         save(run, ["last"])
         launcher = (f"torchrun --nproc_per_node={run.world.size} -m minigpt"
                     if run.world.size > 1 else "minigpt")  # as it was trained
-        log.warning(f"stopped after {state.step:,} steps by {signal.Signals(signals.signum).name}; "
-                    f"checkpoint saved. Continue with: {launcher} train --resume "
-                    f"{shlex.quote(str(run.folder))}")
+        log.warning(f"stopped after {console.count(state.step, 'step')} by "
+                    f"{signal.Signals(signals.signum).name}; checkpoint saved. Continue with: "
+                    f"{launcher} train --resume {shlex.quote(str(run.folder))}")
         raise TrainingStopped(signals.signum)
     return finish(run, speed)
 
