@@ -27,7 +27,7 @@ from minigpt.data import (
     load_corpus,
     load_tokens,
 )
-from minigpt.errors import MiniGPTError
+from minigpt.errors import MiniGPTError, TrainingStopped
 from minigpt.evaluate import estimate_loss, evaluating, split_loss
 from minigpt.model import CausalSelfAttention, MiniGPT, TransformerBlock
 from minigpt.optim import make_optimizer
@@ -41,7 +41,8 @@ from minigpt.trainer import TrainResult, train
 __all__ = [
     "BPETokenizer", "Batches", "CausalSelfAttention", "CharTokenizer", "DataConfig",
     "KVCache", "MicroSteps", "MiniGPT", "MiniGPTError", "ModelConfig", "RunConfig",
-    "ShardedTokens", "Splits", "TrainConfig", "TrainResult", "TrainState", "TransformerBlock",
+    "ShardedTokens", "Splits", "TrainConfig", "TrainResult", "TrainState", "TrainingStopped",
+    "TransformerBlock",
     "cache_dir", "download", "ensure_tinyshakespeare", "estimate_loss", "evaluating",
     "filter_logits", "generate", "get_batch", "lesson", "load_checkpoint", "load_corpus",
     "load_model", "load_tokenizer", "load_tokens", "lr_at", "make_optimizer", "prepare",

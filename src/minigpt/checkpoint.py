@@ -153,14 +153,21 @@ def prune(folder: Path, keep: int) -> None:
         tmp.unlink()
 
 
-def load_checkpoint(folder: str | Path, tag: str = "last") -> Checkpoint:
-    """Read a tag's JSON and its tensor file, verifying the sha256; one-line errors only."""
+def find_checkpoint(folder: str | Path, tag: str = "last") -> Path:
+    """The JSON of a tag's checkpoint in a run's checkpoints folder, or a one-line error."""
     folder = Path(folder)
     meta_path = folder / f"{tag}.json"
     if not meta_path.is_file():
         if not folder.parent.is_dir():
             raise MiniGPTError(f"no run folder {folder.parent}")
         raise MiniGPTError(f"no '{tag}' checkpoint in {folder}")
+    return meta_path
+
+
+def load_checkpoint(folder: str | Path, tag: str = "last") -> Checkpoint:
+    """Read a tag's JSON and its tensor file, verifying the sha256; one-line errors only."""
+    folder = Path(folder)
+    meta_path = find_checkpoint(folder, tag)
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if not isinstance(meta, dict):
@@ -238,7 +245,7 @@ def resume_config(run_dir: str | Path, overrides: dict | None = None, preset: st
         hint = "; resume without --preset: the run keeps its own settings" if preset else ""
         raise MiniGPTError(f"cannot change {'; '.join(changes)} when resuming a run (its model "
                            f"and data stay as they were){hint}")
-    apply_overrides(cfg, table, "command line")
+    apply_overrides(cfg, table)
     validate(cfg)
     return cfg
 

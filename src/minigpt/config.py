@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import numbers
+import os
 import re
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -201,52 +203,52 @@ def suggest(name: str, valid) -> str:
 
 
 def _coerce(value, f: dataclasses.Field):
-    """Check a TOML or flag value against the field's type; ints are accepted for floats, and
-    a field with parse= (a duration, say) takes text too."""
+    """Check a TOML, flag or code value against the field's type; any integer is accepted for
+    an int (numpy's too), any real number for a float, a path for text, and a field with
+    parse= (a duration, say) takes text too."""
     kind = type(f.default)
+    if kind is str and isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    elif kind in (int, float) and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        value = kind(value) if kind is float or isinstance(value, numbers.Integral) else value
     if isinstance(value, str) and f.metadata.get("parse"):
         try:
             value = f.metadata["parse"](value)
         except ValueError:
             raise MiniGPTError(f"'{f.name}' must be a duration such as {DURATIONS}, got "
                                f"{value!r}") from None
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
     if type(value) is not kind:
         raise MiniGPTError(f"'{f.name}' must be {kind.__name__}, got {value!r}")
-    _check_choice(value, f)
+    if (choices := f.metadata.get("choices")) and value not in choices:
+        raise MiniGPTError(f"'{f.name}' must be one of {', '.join(choices)}; got {value!r}")
     return value
 
 
-def _check_choice(value, f: dataclasses.Field) -> None:
-    choices = f.metadata.get("choices")
-    if choices and value not in choices:
-        raise MiniGPTError(f"'{f.name}' must be one of {', '.join(choices)}; got {value!r}")
-
-
-def apply_overrides(cfg: RunConfig, table: dict, origin: str) -> None:
-    """Apply a {section: {key: value}} table onto cfg (in place), checking every key."""
+def apply_overrides(cfg: RunConfig, table: dict, origin: str = "") -> None:
+    """Apply a {section: {key: value}} table onto cfg (in place), checking every key; an error
+    names the origin (a preset, a file) first, unless it is "" (flags, or code's overrides)."""
+    origin = f"{origin}: " if origin else ""
     sections = cfg.sections()
     home = {f.name: name for name, section in sections.items() for f in fields(section)}
     for sec, values in table.items():
         if sec not in sections and sec in home:  # steps = 10 above every [section]
-            raise MiniGPTError(f"{origin}: '{sec}' belongs in the [{home[sec]}] section")
+            raise MiniGPTError(f"{origin}'{sec}' belongs in the [{home[sec]}] section")
         if sec not in sections:
-            raise MiniGPTError(f"{origin}: unknown section [{sec}]{suggest(sec, sections)}")
+            raise MiniGPTError(f"{origin}unknown section [{sec}]{suggest(sec, sections)}")
         if not isinstance(values, dict):
-            raise MiniGPTError(f"{origin}: [{sec}] must be a table of settings")
+            raise MiniGPTError(f"{origin}[{sec}] must be a table of settings")
         target = sections[sec]
         valid = {f.name: f for f in fields(target)}
         for key, value in values.items():
             if key not in valid and key in home:
-                raise MiniGPTError(f"{origin}: '{key}' belongs in [{home[key]}], not [{sec}]")
+                raise MiniGPTError(f"{origin}'{key}' belongs in [{home[key]}], not [{sec}]")
             if key not in valid:
-                raise MiniGPTError(f"{origin}: unknown key '{key}' in "
+                raise MiniGPTError(f"{origin}unknown key '{key}' in "
                                    f"[{sec}]{suggest(key, valid)}")
             try:
                 setattr(target, key, _coerce(value, valid[key]))
             except MiniGPTError as e:  # a file's or preset's wrong type: say which file
-                raise MiniGPTError(f"{origin}: {e}") from None
+                raise MiniGPTError(f"{origin}{e}") from None
 
 
 def read_toml(path: str | Path) -> dict:
@@ -279,7 +281,7 @@ def resolve_config(preset: str = "seed", config_file: str | None = None,
     sections: the core's, or those and more (see RunConfig.extra)."""
     cfg = RunConfig.with_sections(sections)
     asked = asked_settings(preset, config_file, overrides, sections)
-    apply_overrides(cfg, by_section(asked, sections), "command line")
+    apply_overrides(cfg, by_section(asked, sections))
     validate(cfg)
     return cfg
 
@@ -293,7 +295,7 @@ def asked_settings(preset: str | None, config_file: str | None, overrides: dict 
     fits = table.pop("fit", [])
     asked = settings_of(table, f"preset {preset}", sections)
     later = settings_of(read_toml(config_file), str(config_file), sections) if config_file else {}
-    later |= settings_of(by_section(overrides or {}, sections), "command line", sections)
+    later |= settings_of(by_section(overrides or {}, sections), "", sections)
     budget = (asked | later).get("time_budget", 0.0)
     return asked | fit_to_budget(fits, budget, f"preset {preset}", sections) | later
 
@@ -330,7 +332,10 @@ def by_section(settings: dict, sections: dict[str, type] = SECTIONS) -> dict[str
     table: dict[str, dict] = {}
     for key, value in settings.items():
         if key not in index:
-            raise MiniGPTError(f"unknown setting '{key}'{suggest(key, index)}")
+            beyond = (" (a setting beyond [model], [train] and [data], such as the diagnostics' "
+                      "[diag], needs its section: sections=minigpt.diagnostics.probes.SECTIONS)"
+                      if sections is SECTIONS else "")  # (only code passes the core's alone)
+            raise MiniGPTError(f"unknown setting '{key}'{suggest(key, index)}{beyond}")
         table.setdefault(index[key][0], {})[key] = value
     return table
 
@@ -338,6 +343,9 @@ def by_section(settings: dict, sections: dict[str, type] = SECTIONS) -> dict[str
 def validate(cfg: RunConfig) -> None:
     """Reject settings that cannot train, each with a one-line reason (a value set in code is
     checked as a file's would be)."""
+    if not isinstance(cfg, RunConfig):
+        raise MiniGPTError(f"a RunConfig was expected, such as resolve_config(overrides="
+                           f"{{'steps': 300}}) makes; got {type(cfg).__name__}")
     for section in cfg.sections().values():
         for f in fields(section):
             setattr(section, f.name, value := _coerce(getattr(section, f.name), f))
@@ -386,7 +394,7 @@ def parse_targets(text: str) -> list[float]:
 def validate_model(m: ModelConfig) -> None:
     """The model's part of `validate` (MiniGPT checks its own options with it too)."""
     for f in fields(m):
-        _check_choice(getattr(m, f.name), f)
+        setattr(m, f.name, _coerce(getattr(m, f.name), f))
     for key in ("vocab_size", "n_embd", "n_head", "n_layer", "block_size"):
         if not getattr(m, key) > 0:
             raise MiniGPTError(f"'{key}' must be positive, got {getattr(m, key)}")

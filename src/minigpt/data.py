@@ -32,7 +32,7 @@ from minigpt.corpus import (
 )
 from minigpt.errors import MiniGPTError
 from minigpt.files import atomic_path, lock_folder, sha256_file
-from minigpt.tokenizer import MIN_BPE_VOCAB, AnyTokenizer, CharTokenizer
+from minigpt.tokenizer import MIN_BPE_VOCAB, AnyTokenizer
 
 TINYSHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -123,10 +123,12 @@ def prepared_text(text_path: str | Path, tokenizer: str = "char", vocab_size: in
     return folder
 
 
-def load_tokens(text_path: str | Path) -> tuple[ShardedTokens, CharTokenizer]:
+def load_tokens(text_path: str | Path) -> tuple[ShardedTokens, AnyTokenizer]:
     """The lesson's `data = encode(text)`: a text's characters as tokens (memory-mapped,
-    prepared once) and the character tokenizer of the whole text."""
-    train, val, tok, _ = open_prepared(prepared_text(text_path))
+    prepared once) and the character tokenizer of the whole text; or a folder written by
+    `minigpt prepare`: its tokens, both splits in order, and its tokenizer."""
+    folder = text_path if is_prepared(text_path) else prepared_text(text_path)
+    train, val, tok, _ = open_prepared(folder)
     return ShardedTokens(train.shards + val.shards, dtype=train.dtype), tok
 
 
@@ -139,6 +141,10 @@ class Splits:
 
     @classmethod
     def from_tokens(cls, tokens: np.ndarray, val_fraction: float = 0.1) -> Splits:
+        """The first 1 - val_fraction of the tokens to train on, the rest held out."""
+        if not 0 < val_fraction < 1:
+            raise MiniGPTError(f"val_fraction (the part held out) must be in (0, 1), got "
+                               f"{val_fraction}")
         n = split_point(len(tokens), val_fraction)  # the lesson's int(0.9 * len(data))
         return cls(train=tokens[:n], val=tokens[n:])
 
@@ -199,6 +205,9 @@ class Batches:
 
     def __init__(self, splits: Splits, batch_size: int, block_size: int, seed: int = 1337,
                  device: str | torch.device = "cpu", streams: tuple[int, ...] = (0,)):
+        if not batch_size >= 1 or not block_size >= 1:
+            raise MiniGPTError(f"batch_size and block_size must be at least 1, got {batch_size} "
+                               f"and {block_size}")
         splits.check(block_size)
         self.splits = splits
         self.batch_size = batch_size

@@ -8,10 +8,11 @@ class MiniGPTError(ValueError):
 
 
 class TrainingStopped(Exception):
-    """Training stopped on SIGINT or SIGTERM after saving a checkpoint (exit 128 + signum)."""
+    """Training stopped on SIGINT or SIGTERM after saving a checkpoint (exit 128 + signum);
+    its message says how to continue (the command line has said so already)."""
 
-    def __init__(self, signum: int):
-        super().__init__(f"stopped by signal {signum}")
+    def __init__(self, signum: int, message: str = ""):
+        super().__init__(message or f"stopped by signal {signum}")
         self.signum = signum
 
 

@@ -32,6 +32,9 @@ def evaluating(model: nn.Module):
 def estimate_loss(model: nn.Module, batches, split: str, n_batches: int) -> float:
     """Mean loss over n random batches of a split (batches: a minigpt.data.Batches), in eval
     mode: the lesson's estimate."""
+    if n_batches < 1:
+        raise MiniGPTError(f"n_batches must be at least 1, got {n_batches} (split_loss reads the "
+                           f"whole split)")
     with evaluating(model):
         losses = torch.stack([model(*batches.get_batch(split))[1] for _ in range(n_batches)])
     return losses.mean().item()

@@ -199,6 +199,9 @@ class MiniGPT(nn.Module):
 
     def __init__(self, vocab_size: int, **options):
         super().__init__()
+        if isinstance(vocab_size, ModelConfig):
+            raise MiniGPTError("MiniGPT takes vocab_size and options; from a ModelConfig: "
+                               "MiniGPT.from_config(config)")
         config = ModelConfig(vocab_size=vocab_size, **options)
         validate_model(config)
         self.config = config

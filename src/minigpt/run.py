@@ -209,7 +209,8 @@ def check_new_folder(folder: Path) -> None:
         raise MiniGPTError(f"{folder} holds a comparison; choose another --out")
     if (folder / "checkpoints").exists():
         raise MiniGPTError(f"{folder} already holds a run: resume it with --resume "
-                           f"{shlex.quote(str(folder))}, or choose another --out")
+                           f"{shlex.quote(str(folder))} (in Python: train(cfg, {str(folder)!r}, "
+                           f"resume=True)), or choose another --out")
 
 
 @contextmanager

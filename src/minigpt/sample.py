@@ -11,6 +11,7 @@ against: for the same seed both draw the same tokens.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator
 
 import torch
@@ -62,7 +63,7 @@ class KVCache:
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if not temperature >= 0:
+    if not isinstance(temperature, numbers.Real) or not temperature >= 0:
         raise MiniGPTError(f"temperature must be >= 0, got {temperature}")
     if top_k is not None and top_k < 1:
         raise MiniGPTError(f"top_k must be >= 1, got {top_k}")
@@ -103,7 +104,6 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
-@torch.no_grad()  # on a generator: gradients are off only while it computes, not between tokens
 def stream(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
            top_k: int | None = None, top_p: float | None = None,
            generator: torch.Generator | None = None,
@@ -131,18 +131,30 @@ def stream(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1
     candidates tie to within rounding: never seen in the tests (tests/test_kvcache.py).
 
     A model other than a MiniGPT (the lesson's own class, say) is always sampled uncached.
+    The arguments are checked at the call, before the first token is asked for.
     """
     check_sampling(temperature, top_k, top_p)
-    if idx.dim() != 2 or idx.size(1) == 0:
-        raise MiniGPTError(f"idx must be (B, T) token ids with T >= 1, got {tuple(idx.shape)}")
-    B, T = idx.shape
-    block_size = model.block_size
-    cached = cache and hasattr(model, "config")  # a MiniGPT: its forward takes a cache
+    if not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
+        raise MiniGPTError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.size(1) == 0:
+        shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
+        raise MiniGPTError(f"idx must be a (B, T) tensor of token ids with T >= 1, got {shape}")
     if hasattr(model, "config") and not 0 <= idx.min() <= idx.max() < model.config.vocab_size:
         raise MiniGPTError(f"idx holds ids outside the model's vocabulary (0 to "
                            f"{model.config.vocab_size - 1}): encoded by another run's tokenizer?")
+    return _tokens(model, idx, int(max_new_tokens), temperature, top_k, top_p, generator, cache)
+
+
+@torch.no_grad()  # on a generator: gradients are off only while it computes, not between tokens
+def _tokens(model, idx: torch.Tensor, max_new_tokens: int, temperature: float,
+            top_k: int | None, top_p: float | None, generator: torch.Generator | None,
+            cache: bool) -> Iterator[torch.Tensor]:
+    """stream's tokens, its arguments checked."""
+    B, T = idx.shape
+    block_size = model.block_size
+    cached = cache and hasattr(model, "config")  # a MiniGPT: its forward takes a cache
     kv = KVCache(model, B) if cached else None
-    seq = torch.empty(B, T + max(max_new_tokens, 0), dtype=idx.dtype, device=idx.device)
+    seq = torch.empty(B, T + max_new_tokens, dtype=idx.dtype, device=idx.device)
     seq[:, :T] = idx  # (B, T+N), filled in as tokens come: no torch.cat
     with evaluating(model):
         for n in range(T, seq.size(1)):  # seq[:, :n] is known; sample token n

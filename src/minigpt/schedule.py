@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 
 from minigpt.config import TrainConfig
+from minigpt.errors import MiniGPTError
 
 
 def lr_at(
@@ -38,13 +39,20 @@ def lr_at(
     min_lr: float = 0.0,
     fraction: float | None = None,
 ) -> float:
+    """The learning rate of optimizer step `step` (0-based) of a run of `total_steps`, peaking
+    at `lr`: `schedule` is cosine (the default), linear, constant or cosine-annealing, as the
+    module's docstring says; `warmup_steps` rise to lr first, and the decay ends at `min_lr`.
+    `fraction` (0 to 1): the part of a time budget spent, which the decay follows instead."""
+    if step < 0 or total_steps < 1:
+        raise MiniGPTError(f"lr_at takes a step >= 0 of total_steps >= 1, got step {step} of "
+                         f"{total_steps}")
     if schedule == "constant":
         return lr
     if schedule == "cosine-annealing":
         progress = step / total_steps if fraction is None else fraction
         return min_lr + (lr - min_lr) * (1 + math.cos(math.pi * progress)) / 2
     if schedule not in ("cosine", "linear"):
-        raise ValueError(f"unknown schedule {schedule!r}")
+        raise MiniGPTError(f"unknown schedule {schedule!r}")
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps  # step 0 already learns: lr / warmup, not 0
     if fraction is not None:

@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import shlex
-import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,9 +23,10 @@ from pathlib import Path
 import torch
 
 from minigpt import console, distributed, performance
+from minigpt.checkpoint import find_checkpoint
 from minigpt.clock import Clock, Speed
 from minigpt.config import RunConfig, TrainConfig, parse_targets, validate
-from minigpt.errors import MiniGPTError, TrainingStopped, training_error
+from minigpt.errors import MiniGPTError, training_error
 from minigpt.evaluate import bits_per_byte, estimate_loss, split_loss
 from minigpt.files import append_line, atomic_write_text
 from minigpt.model import MiniGPT
@@ -70,7 +70,9 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
     calls this; rank 0 alone prints and writes files."""
     validate(cfg)  # (changed in code since resolve_config, say)
     folder = Path(out_dir) if out_dir else default_run_dir(cfg)
-    if not resume:
+    if resume:  # (before the folder is made and locked)
+        find_checkpoint(folder / "checkpoints", "last")
+    else:
         check_new_folder(folder)
     console.show_logs()
     run = build_run(cfg, folder)
@@ -151,12 +153,7 @@ def loop(run: Run, progress: bool) -> TrainResult:
     speed.read(state.tokens, clock.seconds())  # the steps after the last row
     if signals.stopping:
         save(run, ["last"])
-        launcher = (f"torchrun --nproc_per_node={run.world.size} -m minigpt"
-                    if run.world.size > 1 else "minigpt")  # as it was trained
-        log.warning(f"stopped after {console.count(state.step, 'step')} by "
-                    f"{signal.Signals(signals.signum).name}; checkpoint saved. Continue with: "
-                    f"{launcher} train --resume {shlex.quote(str(run.folder))}")
-        raise TrainingStopped(signals.signum)
+        raise signals.stopped(run.folder, state.step, run.world.size)
     return finish(run, speed)
 
 

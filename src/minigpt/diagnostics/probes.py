@@ -67,9 +67,12 @@ SECTIONS = config.SECTIONS | {"diag": DiagConfig}  # the settings the command li
 
 class Probe:
     log_files: tuple[str, ...] = ()  # JSON-lines logs with a row per step, in the run folder
+    fresh: dict = {}  # the state a probe starts a new run with (see state_dict)
 
     def start(self, run: Run) -> None:
         self.run, self.state = run, run.state
+        if not run.state.step:  # a new run, though the probe may have recorded another before
+            self.load_state_dict(self.fresh)
         for name in self.log_files:  # a resumed run writes the rows after its checkpoint again
             truncate_jsonl(run.folder / name, run.state.step)
 
@@ -90,10 +93,11 @@ class EveryNSteps(Probe):
     """A probe that records at the first metrics row of every `every` steps, and at the end
     the final weights, unless its last record was of them already."""
 
+    fresh = {"next_step": 0, "recorded": -1}  # recorded: the step of the last record
+
     def __init__(self, every: int):
         self.every = every
-        self.next_step = 0
-        self.recorded = -1  # the step of the last record
+        self.load_state_dict(self.fresh)
 
     def on_row(self, row):
         if row["step"] >= self.next_step:
@@ -139,6 +143,7 @@ class GradFlowProbe(Probe):
     are copied before the optimizer's update and compared after it."""
 
     log_files = ("gradflow.jsonl",)
+    fresh = {"dead": []}
 
     def __init__(self, every: int, tensorboard=None):
         self.every = every

@@ -1,0 +1,133 @@
+"""The Python API as a notebook or a script calls it: a caller's mistake is one clear
+MiniGPTError at the call (not a torch error from deep inside, nor a silently wrong result), and
+what the library says fits a Python caller (train(..., resume=True), not only --resume)."""
+
+import os
+import re
+import signal
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_config
+from minigpt import (
+    Batches,
+    MiniGPT,
+    MiniGPTError,
+    ModelConfig,
+    Splits,
+    TrainingStopped,
+    estimate_loss,
+    generate,
+    load_tokens,
+    lr_at,
+    prepare,
+    resolve_config,
+    stream,
+    train,
+)
+from minigpt.diagnostics.probes import Probe, standard_probes
+from minigpt.files import read_jsonl
+
+
+def batches_of(tokens: int = 200) -> Batches:
+    return Batches(Splits.from_tokens(np.arange(tokens) % 65), 2, 8)
+
+
+MISTAKES = [  # (a call, what the error says); m: a small MiniGPT, idx: (1, 3) token ids
+    (lambda m, idx: train({"steps": 3}, "unused"),
+     "a RunConfig was expected, such as resolve_config(overrides={'steps': 300}) makes; got dict"),
+    (lambda m, idx: MiniGPT(ModelConfig()), "MiniGPT takes vocab_size and options; from a ModelConfig: "
+     "MiniGPT.from_config(config)"),
+    (lambda m, idx: MiniGPT(65, n_embd=64.0), "'n_embd' must be int, got 64.0"),
+    (lambda m, idx: resolve_config(overrides={"steps": "20"}), "'steps' must be int, got '20'"),
+    (lambda m, idx: resolve_config(overrides={"plots": False}),  # a [diag] setting
+     "unknown setting 'plots'; did you mean 'pos'? (a setting beyond [model], [train] and "
+     "[data], such as the diagnostics' [diag], needs its section: "
+     "sections=minigpt.diagnostics.probes.SECTIONS)"),
+    (lambda m, idx: Splits.from_tokens(np.arange(100), 1.5),
+     "val_fraction (the part held out) must be in (0, 1), got 1.5"),
+    (lambda m, idx: Batches(Splits.from_tokens(np.arange(100)), 0, 8),
+     "batch_size and block_size must be at least 1, got 0 and 8"),
+    (lambda m, idx: estimate_loss(m, batches_of(), "val", 0), "n_batches must be at least 1"),
+    (lambda m, idx: stream(m, idx, -3), "max_new_tokens must be a whole number >= 0, got -3"),
+    (lambda m, idx: stream(m, idx, 5, top_k=0), "top_k must be >= 1, got 0"),
+    (lambda m, idx: generate(m, [[1, 2]], 5),
+     "idx must be a (B, T) tensor of token ids with T >= 1, got list"),
+    (lambda m, idx: generate(m, idx, 5, temperature=None), "temperature must be >= 0, got None"),
+    (lambda m, idx: lr_at(-5, lr=1e-2, total_steps=100), "lr_at takes a step >= 0 of total_steps >= 1"),
+    (lambda m, idx: lr_at(0, lr=1e-2, total_steps=0, schedule="cosine-annealing"),
+     "lr_at takes a step >= 0 of total_steps >= 1, got step 0 of 0"),
+]
+
+
+@pytest.mark.parametrize("call, message", MISTAKES)
+def test_a_mistake_is_one_clear_error_at_the_call(call, message):
+    model = MiniGPT(65, n_layer=1, n_embd=16, n_head=2, block_size=8)
+    with pytest.raises(MiniGPTError, match="^" + re.escape(message)) as info:
+        call(model, torch.tensor([[1, 2, 3]]))  # (stream's: raised before any token is asked)
+    assert "\n" not in str(info.value)
+
+
+def test_overrides_take_paths_and_numpy_numbers(tmp_path):
+    cfg = resolve_config(overrides={"text": tmp_path / "a.txt", "steps": np.int64(5),
+                                    "lr": np.float32(0.5), "min_lr": 0})
+    assert (cfg.data.text, cfg.train.steps, cfg.train.lr) == (str(tmp_path / "a.txt"), 5, 0.5)
+    assert (type(cfg.train.steps), type(cfg.train.lr), type(cfg.train.min_lr)) == (int, float,
+                                                                                  float)
+    for wrong in ({"steps": 2.5}, {"steps": True}, {"steps": np.float64(3)}):
+        with pytest.raises(MiniGPTError, match="'steps' must be int"):
+            resolve_config(overrides=wrong)
+
+
+def test_load_tokens_reads_a_prepared_folder_as_its_text(small_text, tmp_path):
+    prepare(str(small_text), tmp_path / "prepared", progress=False)
+    tokens, tok = load_tokens(small_text)
+    from_folder, folder_tok = load_tokens(tmp_path / "prepared")
+    assert folder_tok == tok and np.array_equal(np.asarray(from_folder), np.asarray(tokens))
+
+
+def test_probes_handed_to_a_second_run_record_it_too(small_text, tmp_path):
+    cfg = tiny_config(small_text, steps=12, eval_every=6, sample_every=5)
+    probes = standard_probes(cfg)
+    for name in ("first", "second"):  # a notebook's cell, run twice
+        train(cfg, tmp_path / name, probes=probes, progress=False)
+    steps = [[row["step"] for row in read_jsonl(tmp_path / name / "samples.jsonl")]
+             for name in ("first", "second")]
+    assert steps[0] == steps[1] == [0, 6, 11]  # the rows at or past each 5th step, and the end
+
+
+def test_resuming_where_there_is_no_checkpoint_writes_nothing(small_text, tmp_path):
+    cfg = tiny_config(small_text, steps=5)
+    with pytest.raises(MiniGPTError, match=f"^no run folder {re.escape(str(tmp_path / 'x'))}$"):
+        train(cfg, tmp_path / "x", resume=True, progress=False)
+    assert not (tmp_path / "x").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MiniGPTError, match="^no 'last' checkpoint in "):
+        train(cfg, tmp_path / "empty", resume=True, progress=False)
+    assert list((tmp_path / "empty").iterdir()) == []  # no lock, no checkpoints folder
+
+
+class SignalAt(Probe):
+    """Sends this process SIGINT at one step's metrics row, as Ctrl-C in a notebook does."""
+
+    def on_row(self, row):
+        if row["step"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                    reason="signal handlers are set in the main thread only")
+def test_an_interrupted_or_repeated_train_says_how_to_go_on_in_python(small_text, tmp_path):
+    cfg, folder = tiny_config(small_text, steps=50, log_every=1), tmp_path / "run"
+    with pytest.raises(TrainingStopped) as info:
+        train(cfg, folder, probes=[SignalAt()], progress=False)
+    assert str(info.value) == (f"checkpoint saved after 4 steps; train(cfg, {str(folder)!r}, "
+                               f"resume=True) continues")
+    with pytest.raises(MiniGPTError, match=re.escape(f"(in Python: train(cfg, {str(folder)!r}, "
+                                                     f"resume=True))")):
+        train(cfg, folder, progress=False)  # the cell run again
+    assert train(cfg, folder, resume=True, progress=False).summary["steps"] == 50
