@@ -64,8 +64,9 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
           probes: Sequence = (), progress: bool = True) -> TrainResult:
     """Train a MiniGPT as cfg says, write the run folder, and return the summary and the model.
 
-    resume: continue the run in out_dir from its last checkpoint (cfg as saved there, see
-    minigpt.checkpoint.resume_config). probes: what else to record as it trains (see
+    resume: continue the run in out_dir from its last checkpoint, as cfg says (its training
+    settings may differ from the run's, its model and data may not; resume_config(out_dir)
+    gives the run's own). probes: what else to record as it trains (see
     minigpt.diagnostics.probes). progress: show a progress bar. Under torchrun every process
     calls this; rank 0 alone prints and writes files."""
     validate(cfg)  # (changed in code since resolve_config, say)
