@@ -6,7 +6,6 @@ import os
 import re
 import signal
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,8 +39,8 @@ def batches_of(tokens: int = 200) -> Batches:
 MISTAKES = [  # (a call, what the error says); m: a small MiniGPT, idx: (1, 3) token ids
     (lambda m, idx: train({"steps": 3}, "unused"),
      "a RunConfig was expected, such as resolve_config(overrides={'steps': 300}) makes; got dict"),
-    (lambda m, idx: MiniGPT(ModelConfig()), "MiniGPT takes vocab_size and options; from a ModelConfig: "
-     "MiniGPT.from_config(config)"),
+    (lambda m, idx: MiniGPT(ModelConfig()),
+     "MiniGPT takes vocab_size and options; from a ModelConfig: MiniGPT.from_config(config)"),
     (lambda m, idx: MiniGPT(65, n_embd=64.0), "'n_embd' must be int, got 64.0"),
     (lambda m, idx: resolve_config(overrides={"steps": "20"}), "'steps' must be int, got '20'"),
     (lambda m, idx: resolve_config(overrides={"plots": False}),  # a [diag] setting
@@ -58,7 +57,8 @@ MISTAKES = [  # (a call, what the error says); m: a small MiniGPT, idx: (1, 3) t
     (lambda m, idx: generate(m, [[1, 2]], 5),
      "idx must be a (B, T) tensor of token ids with T >= 1, got list"),
     (lambda m, idx: generate(m, idx, 5, temperature=None), "temperature must be >= 0, got None"),
-    (lambda m, idx: lr_at(-5, lr=1e-2, total_steps=100), "lr_at takes a step >= 0 of total_steps >= 1"),
+    (lambda m, idx: lr_at(-5, lr=1e-2, total_steps=100),
+     "lr_at takes a step >= 0 of total_steps >= 1"),
     (lambda m, idx: lr_at(0, lr=1e-2, total_steps=0, schedule="cosine-annealing"),
      "lr_at takes a step >= 0 of total_steps >= 1, got step 0 of 0"),
 ]

@@ -172,6 +172,8 @@ BAD_INPUT = [
      "holds a training run; choose another --out"),
     (["train", "--text", "{text}", "--out", "{bad}/a-comparison"],
      "holds a comparison; choose another --out"),
+    (["train", "--text", "{text}", "--out", "{bad}/half-prepared"],
+     "holds an unfinished prepare; choose another --out"),
     (["compare", "--variant", "sgd:lr=0.5", "--optimizers", "sgd,adamw", "--steps", "1",
       "--out", "{bad}/compare"], "variant name(s) 'sgd' given twice"),
     (["plan", "--tokens", "1e5", "--text", "/nonexistent/x.txt", "--block-size", "8"],

@@ -6,6 +6,7 @@ behind. (That the tokenizer never sees the validation split: tests/test_bpe.py.)
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -352,6 +353,8 @@ def bad_sources(tmp_path):
     (d / "ok.txt").write_text("some text\n")
     (d / "empty.jsonl").write_text("")
     (d / "cut.json").write_text('{"text": "a"')  # a download cut short
+    (d / "no-text.jsonl").write_text('{"text": "a"}\n{"id": 1}\n')
+    (d / "run" / "checkpoints").mkdir(parents=True)  # a training run's folder
     return d
 
 
@@ -374,6 +377,11 @@ BAD = [  # {d}: bad_sources' folder; {ds}: a folder of one dataset, as parquet a
     (["--dataset", "{ds}/missing.parquet"], "no files matched"),
     (["--dataset", "{d}/empty.jsonl"], "empty corpus: the 1 file(s) hold no text"),
     (["--dataset", "{d}/cut.json"], "cut.json' (split train): JSON parse error"),
+    (["--dataset", "{d}/no-text.jsonl"], "record 1 of dataset '{d}/no-text.jsonl' (split train): "
+                                         "its 'text' is missing or null"),
+    (["--text", "{d}/ok.txt", "--out", "{d}/run"], "run holds a training run; choose another"),
+    (["--text", "{d}/ok.txt", "{d}/binary.txt"], "unrecognized arguments: {d}/binary.txt (files "
+                                                  "the shell found for a pattern? quote it"),
     (["--dataset", "{ds}/none*.jsonl"], "no files matched"),
     (["--dataset", "{ds}"], "mixes json and parquet data files"),
     (["--dataset", "no-such-user/no-such-dataset"], "cannot read dataset"),  # offline
@@ -392,11 +400,12 @@ def test_bad_input_is_one_line_and_leaves_nothing(bad_sources, tmp_path, request
         for kind in ("parquet", "jsonl"):
             write_dataset(hf, ds, ["a text\n"], kind)
         capsys.readouterr()
-    out = tmp_path / "out"
-    line = one_line_error(capsys, ["prepare", *[a.format(d=d, ds=ds) for a in args], "--out",
-                                   str(out), "--no-progress"])
-    assert message in line
-    assert not out.exists()
+    out, before = tmp_path / "out", sorted(d.rglob("*"))
+    where = [] if "--out" in args else ["--out", str(out)]
+    line = one_line_error(capsys, ["prepare", *[a.format(d=d, ds=ds) for a in args], *where,
+                                   "--no-progress"])
+    assert message.format(d=d) in line
+    assert not out.exists() and sorted(d.rglob("*")) == before
 
 
 def test_a_tilde_after_an_equals_sign_is_the_home_folder(small_text, tmp_path):
@@ -436,7 +445,30 @@ def test_an_existing_corpus_is_not_overwritten(small_text, tmp_path, capsys):
     line = one_line_error(capsys, ["prepare", "--text", str(small_text), "--out", str(done),
                                    "--no-progress"])
     assert "already holds a prepared corpus" in line
+    line = one_line_error(capsys, ["train", "--text", str(small_text), *TINY_FLAGS, "--steps",
+                                   "1", "--out", str(done)])  # (it overwrote tokenizer.json)
+    assert f"{done} holds a prepared corpus; choose another --out" in line
     assert {p.name: p.stat().st_mtime_ns for p in done.iterdir()} == before
+
+
+def test_a_corpus_whose_tokenizer_was_replaced_is_refused(small_text, tmp_path):
+    """The shards' ids read with another tokenizer would be other tokens, silently."""
+    prepare(str(small_text), tmp_path / "char", progress=False)
+    prepare(str(small_text), tmp_path / "bpe", "bpe", vocab_size=300, progress=False)
+    shutil.copy(tmp_path / "bpe" / "tokenizer.json", tmp_path / "char" / "tokenizer.json")
+    with pytest.raises(MiniGPTError, match=r"char/tokenizer.json is a bpe tokenizer of \d+ "
+                                           r"tokens, not the char one of \d+ its shards were "
+                                           r"made with; prepare the corpus again"):
+        load_corpus(tmp_path / "char", "char", 65, 0.1)
+
+
+def test_a_byte_order_mark_is_not_text(tmp_path):
+    (tmp_path / "src").mkdir()
+    for i in range(3):  # as Windows' editors save UTF-8
+        (tmp_path / "src" / f"{i}.txt").write_bytes(b"\xef\xbb\xbf" + f"doc {i}\n".encode())
+    prepare(str(tmp_path / "src"), tmp_path / "out", progress=False)
+    tokens, tok, _ = all_tokens(tmp_path / "out")
+    assert tok.decode(tokens) == "doc 0\ndoc 1\ndoc 2\n"
 
 
 def test_cli_prepare_prints_a_summary(corpus, tmp_path):
@@ -462,8 +494,11 @@ QUICK = [*TINY_FLAGS, *as_flags(dict(steps=20, eval_every=10, log_every=5, sampl
 def test_train_on_a_prepared_folder_then_sample(corpus, tmp_path):
     out = tmp_path / "shards"
     prepare(str(corpus[0]), out, shard_tokens=500, progress=False)
-    r = run_cli("train", "--text", str(out), *QUICK, "--out", str(tmp_path / "a run"))
+    r = run_cli("train", "--text", str(out), *QUICK, "--out", str(tmp_path / "a run"),
+                "--val-fraction", "0.5")
     assert r.returncode == 0, r.stderr
+    assert (f"warning: {out} is a prepared corpus, with its own tokenizer and split: "
+            f"--val-fraction not used") in r.stdout
     summary = json.loads((tmp_path / "a run" / "summary.json").read_text())
     assert summary["final_val_loss"] < summary["best_val_loss"] + 0.5 < np.log(60)
     # the text has no "ROMEO:", so the sample starts from its first character, and the

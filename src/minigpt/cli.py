@@ -27,7 +27,7 @@ from pathlib import Path
 from minigpt import __version__
 from minigpt.config import field_index, preset_names, resolve_config
 from minigpt.console import count, show_logs
-from minigpt.corpus import BPE_VOCAB, SHARD_TOKENS
+from minigpt.corpus import BPE_VOCAB, SHARD_TOKENS, is_prepared
 from minigpt.diagnostics.probes import SECTIONS, DiagConfig
 from minigpt.distributed import world_from_env
 from minigpt.errors import MiniGPTError, TrainingStopped
@@ -49,7 +49,13 @@ class Parser(argparse.ArgumentParser):
         if message.startswith("unrecognized arguments:"):
             flags = [o for p in [self, *commands.values()] for a in p._actions
                      for o in a.option_strings]
-            for word in message.split(":", 1)[1].split():
+            words = message.split(":", 1)[1].split()
+            given = getattr(self, "words", [])
+            before = given[given.index(words[0]) - 1] if words and words[0] in given else ""
+            if all(map(os.path.exists, [before, *words])):  # --text books/*.txt, unquoted
+                message += " (files the shell found for a pattern? quote it: 'books/*.txt')"
+                words = []
+            for word in words:
                 flag = word.split("=")[0]
                 if flag in flags:  # spelt right, given to a command that does not take it
                     message += f" ({flag} belongs to other commands)"
@@ -292,6 +298,17 @@ def settings_given(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if k in field_index(SECTIONS)}
 
 
+def warn_if_prepared(args: argparse.Namespace, text: str) -> None:
+    """A prepared corpus brings its own tokenizer and split: say so when flags asked for
+    others, which it does not use."""
+    unused = [f"--{key.replace('_', '-')}" for key in ("tokenizer", "vocab_size", "val_fraction")
+              if key in settings_given(args)]
+    if unused and text and is_prepared(text):
+        logging.getLogger("minigpt").warning(
+            f"{text} is a prepared corpus, with its own tokenizer and split: {', '.join(unused)} "
+            f"not used (minigpt prepare sets them)")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from minigpt.checkpoint import resume_config
     from minigpt.diagnostics.probes import standard_probes
@@ -304,6 +321,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         cfg = resume_config(args.resume, settings_given(args), args.preset, args.config, SECTIONS)
     else:
         cfg = resolve_config(args.preset or "seed", args.config, settings_given(args), SECTIONS)
+        warn_if_prepared(args, cfg.data.text)
     if (steps := settings_given(args).get("steps")) and cfg.train.time_budget:  # a preset's
         logging.getLogger("minigpt").warning(
             f"--steps {steps} does not end this run: its time budget of "
@@ -517,6 +535,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
                            f"{cfg.train.device}; on a GPU, time a short run instead: minigpt "
                            f"train --steps 50 --device {cfg.train.device}")
     if cfg.data.text:  # its vocabulary, as train will have it (a text is prepared once)
+        warn_if_prepared(args, cfg.data.text)
         d = cfg.data
         cfg.model.vocab_size = load_corpus(d.text, d.tokenizer, cfg.model.vocab_size,
                                            d.val_fraction)[1].vocab_size

@@ -55,7 +55,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from minigpt.errors import MiniGPTError
-from minigpt.files import atomic_write_text, lock_folder, sha256_file
+from minigpt.files import atomic_write_text, folder_holds, lock_folder, sha256_file
 from minigpt.tokenizer import (
     AnyTokenizer,
     BPETokenizer,
@@ -141,8 +141,8 @@ def chunk_text(pieces: Iterable[str], chunk_chars: int) -> Iterator[str]:
 
 def _decoded(path: Path, chunk_chars: int, on_bytes: Callable[[int], object]) -> Iterator[str]:
     """A UTF-8 file's text, read chunk_chars bytes at a time, refused in one line if it is not
-    UTF-8 text."""
-    utf8 = codecs.getincrementaldecoder("utf-8")()
+    UTF-8 text; a byte-order mark at its start (as Windows' editors write) is not text."""
+    utf8 = codecs.getincrementaldecoder("utf-8-sig")()
     with open(path, "rb") as f:
         while True:
             raw = f.read(chunk_chars)
@@ -355,6 +355,8 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
     if is_prepared(out_dir):
         raise MiniGPTError(f"{out_dir} already holds a prepared corpus; choose another --out "
                            f"or delete it first")
+    if (what := folder_holds(out_dir)) in ("a training run", "a comparison"):
+        raise MiniGPTError(f"{out_dir} holds {what}; choose another --out")
     if isinstance(sources, (str, Path)):
         source = Files(sources, exclude=out_dir)
     elif hasattr(sources, "chunks"):  # a minigpt.records.Records
@@ -445,6 +447,7 @@ def read_index(folder: str | Path) -> dict:
             raise ValueError(f"format {index.get('format')!r}, expected {FORMAT!r}: prepare "
                              f"the corpus again")
         np.dtype(index["dtype"])
+        index["tokenizer"]["kind"], int(index["tokenizer"]["vocab_size"])
         [(s["file"], int(s["tokens"]), s["sha256"]) for split in SPLITS
          for s in index["shards"][split]]
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -554,9 +557,17 @@ class ShardedTokens:
 
 def open_prepared(folder: str | Path) -> tuple[ShardedTokens, ShardedTokens, AnyTokenizer,
                                                dict]:
-    """A prepared folder's training and validation tokens, its tokenizer and its index."""
+    """A prepared folder's training and validation tokens, its tokenizer (the one the index
+    names: a tokenizer.json replaced since would read the shards' ids as other tokens) and its
+    index."""
     folder = Path(folder)
     index = read_index(folder)
     train, val = (ShardedTokens.open(folder, index["shards"][split], np.dtype(index["dtype"]))
                   for split in SPLITS)
-    return train, val, load_tokenizer(folder / TOKENIZER), index
+    tok, named = load_tokenizer(folder / TOKENIZER), index["tokenizer"]
+    if (tok.kind, tok.vocab_size) != (named["kind"], named["vocab_size"]):
+        raise MiniGPTError(f"{folder / TOKENIZER} is a {tok.kind} tokenizer of "
+                           f"{tok.vocab_size:,} tokens, not the {named['kind']} one of "
+                           f"{named['vocab_size']:,} its shards were made with; prepare the "
+                           f"corpus again")
+    return train, val, tok, index

@@ -164,6 +164,16 @@ def lock_folder(folder: Path, wait: bool = False):
         os.close(fd)  # closing drops the lock
 
 
+# what minigpt makes in a folder, by the file or folder that marks it
+MADE = {"a training run": "checkpoints", "a comparison": "variants.json",
+        "a prepared corpus": "index.json", "an unfinished prepare": "progress.json"}
+
+
+def folder_holds(folder: str | Path) -> str | None:
+    """What minigpt has made in a folder (a key of MADE), or None: one folder, one kind."""
+    return next((what for what, mark in MADE.items() if (Path(folder) / mark).exists()), None)
+
+
 def printable(name: str) -> str:
     """A file name as text any output takes (a plot's title, a web page): the bytes of a name
     that are not UTF-8, which Python holds as lone surrogates, become U+FFFD."""

@@ -80,8 +80,10 @@ class Records:
                                        f"{', '.join(record)}); choose one with --text-field")
                 text = record[self.field]
                 if not isinstance(text, str):
+                    what = ("missing or null" if text is None
+                            else f"{type(text).__name__}, not text")
                     raise MiniGPTError(f"record {i} of {self.label()}: its {self.field!r} is "
-                                       f"{type(text).__name__}, not text")
+                                       f"{what}")
                 yield text
         except MiniGPTError:
             raise

@@ -38,7 +38,7 @@ from minigpt.data import Batches, Splits, cache_dir, ensure_tinyshakespeare, loa
 from minigpt.environment import describe, resolve_device
 from minigpt.errors import MiniGPTError
 from minigpt.evaluate import target_bytes
-from minigpt.files import atomic_write_text, lock_folder, truncate_jsonl
+from minigpt.files import atomic_write_text, folder_holds, lock_folder, truncate_jsonl
 from minigpt.model import MiniGPT
 from minigpt.optim import make_optimizer
 from minigpt.tokenizer import AnyTokenizer, tokenizer_from_dict
@@ -204,10 +204,12 @@ def make_folder(folder: Path) -> Path:
 
 
 def check_new_folder(folder: Path) -> None:
-    """A new run's folder may exist, but not hold a comparison or another run."""
-    if (folder / "variants.json").exists():
-        raise MiniGPTError(f"{folder} holds a comparison; choose another --out")
-    if (folder / "checkpoints").exists():
+    """A new run's folder may exist, but not hold another run, nor anything else minigpt
+    makes (a comparison, a prepared corpus)."""
+    what = folder_holds(folder)
+    if what not in (None, "a training run"):
+        raise MiniGPTError(f"{folder} holds {what}; choose another --out")
+    if what:
         raise MiniGPTError(f"{folder} already holds a run: resume it with --resume "
                            f"{shlex.quote(str(folder))} (in Python: train(cfg, {str(folder)!r}, "
                            f"resume=True)), or choose another --out")

@@ -24,7 +24,7 @@ from minigpt.config import field_index, resolve_config, suggest
 from minigpt.diagnostics.plots import plot_overlay
 from minigpt.diagnostics.probes import SECTIONS, standard_probes
 from minigpt.errors import MiniGPTError
-from minigpt.files import atomic_write_text, read_jsonl
+from minigpt.files import atomic_write_text, folder_holds, read_jsonl
 from minigpt.trainer import train
 
 log = logging.getLogger("minigpt")
@@ -146,8 +146,8 @@ def claim(out_dir: Path, settings: dict) -> None:
     that the same command, run again after an interruption or a failure, continues the
     comparison; refuse a folder that holds a comparison of other variants or settings."""
     path = out_dir / "variants.json"
-    if (out_dir / "checkpoints").exists():
-        raise MiniGPTError(f"{out_dir} holds a training run; choose another --out")
+    if (what := folder_holds(out_dir)) not in (None, "a comparison"):
+        raise MiniGPTError(f"{out_dir} holds {what}; choose another --out")
     if path.is_file():
         if json.loads(path.read_text(encoding="utf-8")) != settings:
             raise MiniGPTError(f"{out_dir} holds a comparison of other variants or settings; "
