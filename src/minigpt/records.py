@@ -31,12 +31,14 @@ def local_files(name: str, exclude: Path | None = None) -> list[Path]:
     if not (Path(name).expanduser().exists() or glob.has_magic(name)
             or Path(name).suffix in BUILDERS):
         return []
-    files = [p for p in find_sources(name, exclude) if p.suffix in BUILDERS]
+    found = find_sources(name, exclude)
+    files = [p for p in found if p.suffix in BUILDERS]
     kinds = {BUILDERS[p.suffix] for p in files}
     if len(kinds) != 1:
-        found = "mixes " + " and ".join(sorted(kinds)) if kinds else "has no"
-        raise MiniGPTError(f"{name!r} {found} data files: give files of one kind "
-                           f"({', '.join(BUILDERS)}), e.g. 'data/*.parquet'")
+        what = "mixes " + " and ".join(sorted(kinds)) if kinds else "has no"
+        text = " (text files go to --text)" if not kinds and found else ""
+        raise MiniGPTError(f"{name!r} {what} data files: give files of one kind "
+                           f"({', '.join(BUILDERS)}), e.g. 'data/*.parquet'{text}")
     if not any(p.stat().st_size for p in files):  # datasets' json reader: StopIteration
         raise MiniGPTError(f"empty corpus: the {len(files)} file(s) hold no text")
     return files
@@ -62,10 +64,12 @@ class Records:
         """Each record's text field, in the dataset's order."""
         try:
             import datasets  # an optional dependency, imported on first use
+            import huggingface_hub  # (datasets' own dependency)
         except ImportError:
             raise MiniGPTError("--dataset needs the datasets package: "
                                "pip install 'minigpt-loop[datasets]'") from None
         datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its errors: our one line
+        huggingface_hub.utils.logging.set_verbosity_error()  # (offline: a retry line a second)
         if self.files:  # local files: the builder for their kind
             builder, options = BUILDERS[self.files[0].suffix], {
                 "data_files": [str(p) for p in self.files]}
@@ -90,7 +94,8 @@ class Records:
         except Exception as e:  # not found, no such split or config, a damaged file, ...
             # its first line only: datasets' errors run to several
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise MiniGPTError(f"cannot read {self.label()}: {first}") from None
+            local = "" if self.files else f"; nor is {self.name!r} a local file or folder"
+            raise MiniGPTError(f"cannot read {self.label()}: {first}{local}") from None
 
     def chunks(self, chunk_chars: int, on_progress: Callable[[int], object]) -> Iterator[str]:
         """The documents, a line break between two, in chunks (minigpt.corpus.chunk_text);
