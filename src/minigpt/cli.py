@@ -21,8 +21,9 @@ import logging
 import os
 import shlex
 import sys
-from importlib.metadata import version
 from pathlib import Path
+
+import torch
 
 from minigpt import __version__
 from minigpt.config import field_index, preset_names, resolve_config
@@ -130,7 +131,7 @@ def build_parser() -> Parser:
                     description="Train a small GPT on TinyShakespeare (or any text) and see "
                                 "every part of the training loop.")
     parser.add_argument("--version", action="version",
-                        version=f"minigpt {__version__} (torch {version('torch')})")
+                        version=f"minigpt {__version__} (torch {torch.__version__})")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     def command(name: str, help: str, description: str, *shared: str) -> Parser:
@@ -379,8 +380,6 @@ def cmd_autograd(args: argparse.Namespace) -> None:
 
 
 def cmd_graph(args: argparse.Namespace) -> None:
-    import torch
-
     from minigpt.checkpoint import load_model
     from minigpt.diagnostics.graph import GraphvizMissing, draw_loss_graph
     from minigpt.model import MiniGPT
@@ -442,8 +441,6 @@ def cmd_gradflow(args: argparse.Namespace) -> None:
 
 
 def cmd_attention(args: argparse.Namespace) -> None:
-    import torch
-
     from minigpt.checkpoint import load_model
     from minigpt.diagnostics.attention import (
         attention_maps,
@@ -477,8 +474,6 @@ def cmd_attention(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    import torch
-
     from minigpt.checkpoint import load_model
     from minigpt.environment import resolve_device
     from minigpt.sample import check_sampling, default_prompt, stream

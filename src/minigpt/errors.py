@@ -1,7 +1,5 @@
 """The exceptions the command line turns into a one-line message and a non-zero exit."""
 
-from minigpt.console import count
-
 
 class MiniGPTError(ValueError):
     """A problem the user can fix (bad input, missing file, bad config): said in one line."""
@@ -37,9 +35,9 @@ def training_error(e: BaseException, steps: int, checkpoints) -> BaseException:
         return MiniGPTError(f"torch.compile failed ({str(e).splitlines()[0][:200]}); train "
                             f"without it: --compile off")
     if out_of_memory(e):
-        return MiniGPTError(f"out of memory after {count(steps, 'step')} ({last_line(e)}); the "
-                            f"last checkpoint in {checkpoints} is intact: resume with a "
-                            f"smaller --batch-size, or --grad-accum")
+        return MiniGPTError(f"out of memory after {steps:,} step{'s' * (steps != 1)} "
+                            f"({last_line(e)}); the last checkpoint in {checkpoints} is intact: "
+                            f"resume with a smaller --batch-size, or --grad-accum")
     return e
 
 
