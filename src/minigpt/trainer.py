@@ -141,6 +141,8 @@ def loop(run: Run, progress: bool) -> TrainResult:
                         improved = record_evaluation(run, row)
                     write_row(run, row, bar)
                     check_row(run, row)  # after the row: a run stopped here has it written
+                    for probe in run.probes:  # (after the checks: never a run that must stop)
+                        probe.on_row(row)
                     if evaluate_now:  # after the row: a crash between, and resume rewrites it
                         save(run, ["last", "best"] if improved else ["last"])
             if state.out_of_patience(t.patience):  # every process evaluated alike
@@ -229,12 +231,12 @@ def record_evaluation(run: Run, row: dict) -> bool:
 
 
 def write_row(run: Run, row: dict, bar: console.Progress) -> None:
-    """The row on the progress bar, in metrics.jsonl (rank 0) and to every probe."""
+    """The row on the progress bar and in metrics.jsonl (rank 0; NaN and inf as null, which
+    JSON has)."""
     bar.show(row)
     if run.world.is_main:
-        append_line(run.folder / "metrics.jsonl", json.dumps(row))
-    for probe in run.probes:
-        probe.on_row(row)
+        append_line(run.folder / "metrics.jsonl", json.dumps(
+            {k: console.finite_or_none(v) if isinstance(v, float) else v for k, v in row.items()}))
 
 
 def val_bpb(run: Run, loss: float) -> float:
@@ -289,8 +291,10 @@ def finish(run: Run, speed: Speed) -> TrainResult:
     for probe in run.probes:
         probe.end(result.summary)
     if cfg.train.sample_tokens:
-        text = sample_text(run.final_model, run.tokenizer, None, cfg.train.sample_tokens,
-                           seed=cfg.train.seed)
-        log.info("sample:\n" + text)
+        try:  # (weights gone NaN under --skip-nonfinite give no sample; the summary stands)
+            log.info("sample:\n" + sample_text(run.final_model, run.tokenizer, None,
+                                               cfg.train.sample_tokens, seed=cfg.train.seed))
+        except MiniGPTError as e:
+            log.warning(f"no sample: {e}")
     log.info(f"continue it with: minigpt sample --run {shlex.quote(str(run.folder))}")
     return result
