@@ -386,8 +386,9 @@ BAD = [  # {d}: bad_sources' folder; {ds}: a folder of one dataset, as parquet a
     (["--dataset", "{ds}"], "mixes json and parquet data files"),
     (["--dataset", "no-such-user/no-such-dataset"], "cannot read dataset"),  # offline
     (["--dataset", "nosuchfile"], "; nor is 'nosuchfile' a local file or folder"),  # a typo
-    (["--dataset", "{d}/ok.txt"], "has no data files: give files of one kind (.parquet, .jsonl, "
-                                  ".json, .arrow), e.g. 'data/*.parquet' (text files go to --text)"),
+    (["--dataset", "{d}/ok.txt"], "has no data files: give files of one kind (.parquet, "
+                                  ".jsonl, .json, .arrow), e.g. 'data/*.parquet' (text files go "
+                                  "to --text)"),
     (["--text", "{ds}/docs.jsonl", "--text-field", "id"], "go with --dataset"),
     (["--text", "{ds}/docs.jsonl", "--dataset-config", "a"], "go with --dataset"),
 ]

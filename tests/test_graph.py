@@ -19,6 +19,7 @@ from minigpt.diagnostics.graph import (
     collapse,
     gradient_norms,
     loss_graph,
+    loss_graph_dot,
     record_modules,
     render,
     show_loss_graph,
@@ -214,6 +215,16 @@ def test_to_dot_marks_parameters_ops_and_gradient_norms(traced):
     block = next(line for line in text.splitlines() if 'label="blocks.0' in line)
     expected = math.sqrt(sum(v * v for k, v in norms.items() if k.startswith("blocks.0.")))
     assert f"|grad| {expected:.3g}" in block
+
+
+def test_drawing_the_graph_leaves_the_model_s_gradients_as_they_were(model):
+    """A notebook draws the graph, then reads the gradients its own backward left."""
+    x = torch.randint(0, VOCAB, (2, 8))
+    model(x, x)[1].backward()
+    before = {n: p.grad.clone() for n, p in model.named_parameters()}
+    dot = loss_graph_dot(model, VOCAB)
+    assert "|grad|" in dot  # (its own gradients, of another batch)
+    assert all(torch.equal(p.grad, before[n]) for n, p in model.named_parameters())
 
 
 @needs_dot

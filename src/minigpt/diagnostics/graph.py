@@ -339,7 +339,10 @@ def render(dot_text: str, out: str | Path, formats: Sequence[str] = ("svg", "png
 def loss_graph_dot(model: nn.Module, vocab_size: int, depth: int = 0) -> str:
     """The whole path from token ids to the loss, as DOT text: one forward and backward on a
     random batch, every node (depth 0) or one per module `depth` calls deep, parameters
-    annotated with their gradient norms (the model's gradients are cleared after)."""
+    annotated with their gradient norms (the model's own gradients, if any, are left as they
+    were: a notebook's next cell may read them)."""
+    kept = {p: p.grad for p in model.parameters()}
+    model.zero_grad(set_to_none=True)
     loss, params = loss_graph(model, vocab_size)
     loss.backward()
     norms = gradient_norms(params)
@@ -347,7 +350,8 @@ def loss_graph_dot(model: nn.Module, vocab_size: int, depth: int = 0) -> str:
     if depth:
         nodes, edges = collapse(nodes, edges, depth=depth)
     title = f"loss -> embeddings ({'per module' if depth else 'every autograd node'})"
-    model.zero_grad(set_to_none=True)
+    for p, grad in kept.items():
+        p.grad = grad
     return to_dot(nodes, edges, norms, title=title)
 
 
