@@ -196,6 +196,11 @@ def test_a_loss_that_rises_again_is_diverging_not_the_lessons_shape():
     finding = only(rows, "rising")
     assert 1900 <= finding.step <= 2100 and finding.end == 4999
     assert "rose to 2.48 by step 4,999" in finding.message
+    rows = [{"step": s, "train_loss": loss} for s, loss in enumerate(  # lr 10: up from step 1
+        [4.2, 7.03, 9.0, 12.0, 15.0, 18.0, 25.0, 40.0, 70.0, 120.0, 200.0, 264.0])]
+    message = only(rows, "rising").message  # what it names is the smoothed curve's, said so
+    assert message.startswith("the training loss (its running median over 5 rows) was lowest "
+                              "at step 0 (7.03) and rose to")
     assert "lower the peak learning rate" in finding.message
     assert not {"shape", "shape, not yet"} & set(kinds(rows))
     legend = plot_loss(rows, findings=read_curve(rows, FACTS)).axes[0].get_legend().get_texts()

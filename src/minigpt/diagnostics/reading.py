@@ -48,8 +48,8 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
     "all warmup": "warmup ({warmup:,} steps) is the whole run ({total:,} steps): the learning "
                   "rate only rose, to {last:.2e} by step {step:,}, and never decayed; make "
                   "warmup a small part of the run (--warmup-steps {tenth:,}, a tenth)",
-    "best": "best validation loss {val:.4f} at step {step:,}: the 'best' checkpoint holds "
-            "those weights",
+    "best": "best validation loss {val:.4f} at step {step:,} (the weights a run keeps as its "
+            "'best' checkpoint)",
     "early stop": "early stopping at step {step:,}: {n} evaluations without improvement after "
                   "the best, at step {best:,}",
     "clipped": "the gradient was clipped (norm above {clip:g}) on {n:,} of {total:,} steps "
@@ -67,7 +67,8 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
     "overfitting": "validation stopped improving at step {step:,} while training kept falling "
                    "(train {train0:.2f} -> {train1:.2f}, validation {val0:.2f} -> {val1:.2f}): "
                    "more data, dropout (--dropout 0.1), or stop earlier (--patience 3)",
-    "rising": "the training loss was lowest at step {step:,} ({low:.2f}) and rose to {high:.2f} "
+    "rising": "the training loss (its running median over {width} rows) was lowest at step "
+              "{step:,} ({low:.2f}) and rose to {high:.2f} "
               "by step {last:,}: the run is diverging; lower the peak learning rate (--lr)"
               "{clip_hint}",
     "plateau": "the training loss has stayed near {loss:.2f} (within {band:g} nats) since "
@@ -333,7 +334,7 @@ def rising(rows: list[dict], facts: Facts) -> list[Finding]:
         return []
     (step, loss), (last, high) = low, train[-1]
     return [finding("rising", step, loss, end=last, low=loss, high=high, last=last,
-                    clip_hint=CLIP_HINT[facts.grad_clip > 0])]
+                    width=SMOOTH, clip_hint=CLIP_HINT[facts.grad_clip > 0])]
 
 
 def shape(rows: list[dict], facts: Facts) -> list[Finding]:
