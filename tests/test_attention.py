@@ -107,7 +107,7 @@ def test_the_model_is_left_exactly_as_it_was(training):
 ONE_SEQUENCE = r"one sequence of shape \(1, T\)"
 
 
-@pytest.mark.parametrize("shape, message", [((1, 17), "longer than block_size"),
+@pytest.mark.parametrize("shape, message", [((1, 17), "longer than the model's block_size"),
                                             ((2, 8), ONE_SEQUENCE),
                                             ((8,), ONE_SEQUENCE),
                                             ((1, 2, 8), ONE_SEQUENCE)])

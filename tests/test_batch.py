@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from minigpt import MiniGPT, Splits
+from minigpt import MiniGPT, MiniGPTError, Splits
 from minigpt.diagnostics.batch import batch_sliders, batch_trade, format_trade
 
 
@@ -40,3 +40,10 @@ def test_sliders_for_b_and_t(tiny, capsys):
     widget.update()  # outside a kernel, the line goes to stdout
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert "x, y: (3, 5)" in last and "15 predictions per step" in last
+
+
+def test_without_ipywidgets_the_sliders_say_how_to_get_them(tiny, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "ipywidgets", None)  # import fails
+    with pytest.raises(MiniGPTError, match=r"^the sliders need ipywidgets: pip install "
+                                           r"ipywidgets \(or, in a checkout, pip install -e "):
+        batch_sliders(*tiny)

@@ -251,7 +251,8 @@ def test_the_command_exports_a_run_whose_greedy_text_is_minigpt_samples(cli_run,
     out = tmp_path / "hf"
     r = run_cli("export", "--run", str(run), "--out", str(out))
     assert r.returncode == 0, r.stderr
-    assert "from_pretrained" in r.stdout
+    assert "from_pretrained" in r.stdout and "up to the block size in all" in r.stdout
+    assert "Writing" not in r.stderr and "%|" not in r.stderr  # no transformers progress bar
     assert "already exists" in one_line_error(capsys, ["export", "--run", str(run), "--out",
                                                         str(out)])  # not twice
     sample = run_cli("sample", "--run", str(run), "--prompt", "ROMEO:", "--temperature", "0",

@@ -42,7 +42,9 @@ def test_causal_later_tokens_never_change_earlier_logits_nor_go_past_the_block()
     b, _ = model(changed)
     torch.testing.assert_close(a[:, :25], b[:, :25])
     assert not torch.allclose(a[:, 25:], b[:, 25:])
-    with pytest.raises(MiniGPTError, match="longer than block_size 16"):
+    with pytest.raises(MiniGPTError, match="longer than the model's block_size 16: feed it at "
+                                           "most 16 tokens .when sampling, the last 16., or "
+                                           "build it with a larger block_size"):
         MiniGPT(65, block_size=16)(torch.zeros(1, 17, dtype=torch.long))
 
 

@@ -53,6 +53,7 @@ def assert_shows_the_lesson(nb):
     assert "216,576 parameters" in text
     assert "4,096 predictions per step" in text and " ms here" in text  # the sliders' table
     assert "step  199 | train" in text  # the loop ran to its end
+    assert "token_emb.weight: grad mean=" in text  # the lesson's printout: the graph kept them
     assert "parameters, none flagged" in text or "parameters flagged" in text
     assert text.count("Reading the curve:") == 2 and "the lesson's shape" in text
     assert "final_val_loss" in text  # train()'s summary

@@ -61,6 +61,13 @@ def test_compute_optimal_is_nearest_twenty_tokens_per_parameter():
     assert planning.optimal(slow, seconds=500).params == 50_000
     # both: the fewer of the tokens asked for and those the time allows
     assert planning.optimal(shapes, tokens=1e12, seconds=200).params == 10_000
+    # whole steps only: in 150 s the 100-s step trains on 1000 tokens, not 1500; in 0.05 s
+    # no shape takes a step, and none is marked
+    assert planning.trained_on(slow[2], seconds=150) == 1000
+    assert planning.optimal(slow, seconds=0.05) is None
+    table = planning.format_plan(slow, seconds=0.05)
+    assert "<-" not in table and "not one step of any shape fits in 0.05 s" in table
+    assert [line.split()[-2] for line in table.splitlines()[2:5]] == ["0", "0", "0"]
 
 
 def test_the_command_prints_the_ladder_and_marks_one_shape():
@@ -86,3 +93,5 @@ def test_the_command_refuses_no_budget_in_one_line():
     r = run_cli("plan")
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert "plan needs a budget" in r.stderr
+    helped = run_cli("plan", "--help").stdout  # (train's help for it spoke of --steps)
+    assert "the training time to plan for" in helped and "0: train for --steps" not in helped

@@ -123,6 +123,9 @@ def shared_options(name: str) -> argparse.ArgumentParser:
         if name == "settings":
             group.add_argument("--no-progress", action="store_true", help="no progress bar")
         add_config_flags(group, PLAN_IGNORES if name == "plan settings" else frozenset())
+        if name == "plan settings":  # (train's help speaks of --steps, which plan has not)
+            next(a for a in group._actions if a.dest == "time_budget").help = (
+                "the training time to plan for: seconds, or 30m, 8h, 1h30m")
     return group
 
 
@@ -509,7 +512,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     out = export_run(args.run, args.out, args.checkpoint)
     print(f"wrote {out}: load it with transformers' AutoModelForCausalLM.from_pretrained and "
-          f"AutoTokenizer.from_pretrained")
+          f"AutoTokenizer.from_pretrained; its generate goes up to the block size in all, "
+          f"prompt included (GPT-2's learned positions end there; minigpt sample slides on)")
 
 
 def cmd_plan(args: argparse.Namespace) -> None:

@@ -241,10 +241,18 @@ def _export(load, out_dir: str | Path) -> Path:
         raise MiniGPTError(f"cannot export: the tokenizer has {tokenizer.vocab_size} tokens but "
                            f"the model only {model.config.vocab_size}")
     hf_model, hf_tok = build_gpt2(model), hf_tokenizer(tokenizer)
-    with atomic_folder(out) as tmp:
-        hf_model.save_pretrained(tmp, safe_serialization=True)
-        # (written here: tokenizers' own save takes only paths that are UTF-8)
-        (tmp / "tokenizer.json").write_text(hf_tok.to_str(pretty=True), encoding="utf-8")
-        text = json.dumps(tokenizer_config(model.config.block_size), indent=2) + "\n"
-        (tmp / "tokenizer_config.json").write_text(text, encoding="utf-8")
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # ("Writing model shards": the command says what it wrote)
+    try:
+        with atomic_folder(out) as tmp:
+            hf_model.save_pretrained(tmp, safe_serialization=True)
+            # (written here: tokenizers' own save takes only paths that are UTF-8)
+            (tmp / "tokenizer.json").write_text(hf_tok.to_str(pretty=True), encoding="utf-8")
+            text = json.dumps(tokenizer_config(model.config.block_size), indent=2) + "\n"
+            (tmp / "tokenizer_config.json").write_text(text, encoding="utf-8")
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     return out

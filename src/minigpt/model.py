@@ -288,8 +288,10 @@ class MiniGPT(nn.Module):
         past = 0 if cache is None else cache.length
         if past + T > self.block_size:
             raise MiniGPTError(
-                f"sequence of length {T} is longer than block_size {self.block_size}; crop it "
-                f"to the last {self.block_size} tokens" if cache is None else
+                f"sequence of length {T} is longer than the model's block_size "
+                f"{self.block_size}: feed it at most {self.block_size} tokens (when sampling, "
+                f"the last {self.block_size}), or build it with a larger block_size"
+                if cache is None else
                 f"{past} cached + {T} new tokens do not fit in block_size {self.block_size}; "
                 f"re-encode the last {self.block_size} tokens without the cache")
         x = self.embed(idx, cache)  # (B, T, C)

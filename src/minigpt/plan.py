@@ -109,16 +109,24 @@ def plan(cfg: RunConfig, resident: int = 0, max_step_s: float = 2.0) -> list[Sha
     return shapes
 
 
+def in_budget(s: Shape, seconds: float) -> int:
+    """The tokens of the whole steps a shape takes in `seconds` (a step cut short trains on
+    nothing)."""
+    return int(seconds // s.step_s) * s.tokens_per_step
+
+
 def trained_on(s: Shape, tokens: float = 0, seconds: float = 0) -> float:
     """The tokens a shape trains on: those asked for, or those it gets through in `seconds`,
     whichever is fewer."""
-    return min(t for t in (tokens, s.tokens_per_s * seconds) if t > 0)
+    return min([tokens] * bool(tokens) + [in_budget(s, seconds)] * bool(seconds))
 
 
-def optimal(shapes: list[Shape], tokens: float = 0, seconds: float = 0) -> Shape:
-    """The compute-optimal shape: the one whose tokens per parameter are nearest 20, by ratio."""
-    return min(shapes, key=lambda s: abs(math.log(trained_on(s, tokens, seconds) / s.params
-                                                  / TOKENS_PER_PARAM)))
+def optimal(shapes: list[Shape], tokens: float = 0, seconds: float = 0) -> Shape | None:
+    """The compute-optimal shape: the one whose tokens per parameter are nearest 20, by ratio,
+    of those that take a step at all (None: not one does in the time)."""
+    return min((s for s in shapes if trained_on(s, tokens, seconds) > 0), default=None,
+               key=lambda s: abs(math.log(trained_on(s, tokens, seconds) / s.params
+                                          / TOKENS_PER_PARAM)))
 
 
 def format_duration(seconds: float) -> str:
@@ -143,10 +151,13 @@ def format_plan(shapes: list[Shape], tokens: float = 0, seconds: float = 0) -> s
                 f"{s.memory_bytes / 2**30:>7.2f} GiB {mark + f'{s.step_s * 1e3:,.0f} ms':>10} "
                 f"{mark + f'{s.tokens_per_s:,.0f}':>10}")
         line += f" {mark + format_duration(tokens / s.tokens_per_s):>12}" if tokens else ""
-        line += f" {mark + f'{s.tokens_per_s * seconds:,.0f}':>16}" if seconds else ""
+        line += f" {mark + f'{in_budget(s, seconds):,}':>16}" if seconds else ""
         line += f" {trained_on(s, tokens, seconds) / s.params:>12,.1f}"
         line += "  <- compute-optimal" if s is best else ""
         lines.append(line)
+    if best is None:
+        lines.append(f"not one step of any shape fits in {seconds:g} s: give a "
+                     f"longer --time-budget")
     lines.append(f"~ an estimate: the FLOP count at the speed of the largest shape timed here. "
                  f"compute-optimal: nearest {TOKENS_PER_PARAM} tokens per parameter "
                  f"(Hoffmann et al. 2022).")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 
 from minigpt.config import RunConfig, TrainConfig
 from minigpt.data import Batches, Splits
+from minigpt.errors import MiniGPTError
 from minigpt.model import MiniGPT
 from minigpt.optim import make_optimizer
 from minigpt.performance import peak_memory
@@ -74,8 +75,13 @@ def format_trade(t: Trade) -> str:
 def batch_sliders(model: MiniGPT, splits: Splits, max_batch: int = 128):
     """Sliders for B and T (T up to the model's block size); each release prints the
     shape's `format_trade` line, with the step timed then. Needs ipywidgets
-    (pip install -e '.[notebook]')."""
-    import ipywidgets
+    (pip install -e '.[notebook]'); without it, a one-line MiniGPTError says so."""
+    try:
+        import ipywidgets
+    except ImportError:
+        raise MiniGPTError("the sliders need ipywidgets: pip install ipywidgets (or, in a "
+                           "checkout, pip install -e '.[notebook]'); batch_trade gives the same "
+                           "figures for one shape") from None
 
     b = ipywidgets.IntSlider(32, min=1, max=max_batch, description="B (rows)",
                              continuous_update=False)
