@@ -163,6 +163,8 @@ BAD_INPUT = [
     (["sample", "--run", "{run}", "--seed", str(2**64)], "--seed must be from -2**63 to 2**64 - 1"),
     (["attention", "--run", "{run}", "--text", ""], "1 to 32 characters"),
     (["attention", "--run", "{run}", "--text", "ZZZ"], "--text: text has 1 character(s) outside"),
+    (["attention", "--run", "{run}", "--out", "{bad}/short.txt"],  # (a text file, overwritten)
+     "short.txt: attention writes a PNG; give a path ending in .png"),
     (["graph", "--collapse", "--depth", "0", "--out", "{bad}/g"], "--depth must be at least 1"),
     (["graph", "--depth", "2", "--out", "{bad}/g"], "--depth goes with --collapse"),
     (["autograd", "--at", "x=2,x=3"], "--at gives 'x' twice in 'x=2,x=3'"),

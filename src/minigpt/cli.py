@@ -453,6 +453,9 @@ def cmd_attention(args: argparse.Namespace) -> None:
     )
     from minigpt.environment import resolve_device
 
+    out = args.out or f"{args.run}/attention.png"
+    if Path(out).suffix.lower() != ".png":  # (it wrote PNG bytes over notes.txt, or as .jpg)
+        raise MiniGPTError(f"--out {out}: attention writes a PNG; give a path ending in .png")
     device = resolve_device(args.device)
     model, tok, meta = load_model(args.run, args.checkpoint, device)
     if args.text is None:  # the text the run's attention probe reads
@@ -470,7 +473,6 @@ def cmd_attention(args: argparse.Namespace) -> None:
         raise MiniGPTError(f"--text must have 1 to {model.block_size} {unit} "
                            f"(block_size), got {len(ids)}")
     idx = torch.tensor([ids], device=device)  # (1, T)
-    out = args.out or f"{args.run}/attention.png"
     plot_attention(attention_maps(model, idx), token_labels(tok, ids), out,
                    title=f"attention after {count(meta['step'], 'step')}")
     print(f"wrote {out}")
