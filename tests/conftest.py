@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -186,6 +188,22 @@ def without_speed(rows: list[dict]) -> list[dict]:
 def native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX; Linux's flags)."""
     return bool(bf16_flags())
+
+
+class SignalAt(Probe):
+    """Sends this process SIGINT at one step's metrics row, as Ctrl-C (or a notebook's stop
+    button) does; signal handlers are set in the main thread only (MAIN_THREAD_ONLY)."""
+
+    def __init__(self, step=3):
+        self.step = step
+
+    def on_row(self, row):
+        if row["step"] == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+MAIN_THREAD_ONLY = pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                                      reason="signal handlers are set in the main thread only")
 
 
 class CrashAt(Probe):

@@ -2,16 +2,13 @@
 MiniGPTError at the call (not a torch error from deep inside, nor a silently wrong result), and
 what the library says fits a Python caller (train(..., resume=True), not only --resume)."""
 
-import os
 import re
-import signal
-import threading
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import MAIN_THREAD_ONLY, SignalAt, tiny_config
 from minigpt import (
     Batches,
     MiniGPT,
@@ -28,7 +25,7 @@ from minigpt import (
     stream,
     train,
 )
-from minigpt.diagnostics.probes import Probe, standard_probes
+from minigpt.diagnostics.probes import standard_probes
 from minigpt.files import read_jsonl
 
 
@@ -111,16 +108,7 @@ def test_resuming_where_there_is_no_checkpoint_writes_nothing(small_text, tmp_pa
     assert list((tmp_path / "empty").iterdir()) == []  # no lock, no checkpoints folder
 
 
-class SignalAt(Probe):
-    """Sends this process SIGINT at one step's metrics row, as Ctrl-C in a notebook does."""
-
-    def on_row(self, row):
-        if row["step"] == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-
-
-@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
-                    reason="signal handlers are set in the main thread only")
+@MAIN_THREAD_ONLY
 def test_an_interrupted_or_repeated_train_says_how_to_go_on_in_python(small_text, tmp_path):
     cfg, folder = tiny_config(small_text, steps=50, log_every=1), tmp_path / "run"
     with pytest.raises(TrainingStopped) as info:

@@ -4,6 +4,7 @@ interrupted one."""
 
 import errno
 import json
+import logging
 import os
 import pickle
 import random
@@ -21,7 +22,17 @@ import torch
 
 import minigpt.checkpoint as ckpt
 import minigpt.diagnostics.compare as comparing
-from conftest import TINY, TINY_FLAGS, CrashAt, run_cli, same_weights, tiny_config, without_speed
+from conftest import (
+    MAIN_THREAD_ONLY,
+    TINY,
+    TINY_FLAGS,
+    CrashAt,
+    SignalAt,
+    run_cli,
+    same_weights,
+    tiny_config,
+    without_speed,
+)
 from minigpt import CharTokenizer, MiniGPT, MiniGPTError, load_checkpoint, load_model, train
 from minigpt.cli import main
 from minigpt.diagnostics.compare import compare
@@ -408,6 +419,23 @@ def test_an_interrupted_compare_continues_where_it_stopped(small_text, tmp_path,
     assert same_weights(tmp_path / "cut" / "1-b", tmp_path / "straight" / "1-b")
     with pytest.raises(MiniGPTError, match="holds a comparison of other variants or settings"):
         compare({**runs, "c": {}}, tmp_path / "cut", common=common, progress=False)
+
+
+@MAIN_THREAD_ONLY
+def test_a_stopped_compare_says_how_to_continue_the_comparison_only(small_text, tmp_path,
+                                                                     monkeypatch, caplog):
+    probes, log = comparing.standard_probes, logging.getLogger("minigpt")
+    monkeypatch.setattr(comparing, "standard_probes", lambda cfg: [*probes(cfg), SignalAt(0)])
+    level = log.level
+    try:  # (compare quiets the "minigpt" logger: the process's next test wants it back)
+        code = main(["compare", "--text", str(small_text), *TINY_FLAGS, "--steps", "10",
+                     "--optimizers", "sgd", "--out", str(tmp_path / "c")])
+    finally:
+        log.setLevel(level)
+    said = caplog.text
+    assert code == 130
+    assert f"the same command with --out {tmp_path / 'c'} continues the comparison" in said
+    assert "train --resume" not in said  # (the variant's own run said it too)
 
 
 def test_resume_applies_changed_optimizer_settings_and_keeps_the_optimizer(small_text, tmp_path,

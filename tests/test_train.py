@@ -142,6 +142,9 @@ def test_early_stopping_ends_the_run(small_text, tmp_path, caplog):
     assert "6 steps, " in caplog.text  # the summary's line
     found = {f.kind: f.step for f in read_run(tmp_path / "run")}  # and the curve says so
     assert found["early stop"] == 5 and found["best"] == 0
+    from minigpt import resume_config  # resumed, it has ended (each resume took one more step)
+    again = train(resume_config(tmp_path / "run"), tmp_path / "run", resume=True, progress=False)
+    assert again.summary["steps"] == 6 and "the run has ended: nothing to train" in caplog.text
 
 
 def test_rows_count_every_clipped_step(small_text, tmp_path):

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -330,8 +331,17 @@ def cmd_train(args: argparse.Namespace) -> None:
         logging.getLogger("minigpt").warning(
             f"--steps {steps} does not end this run: its time budget of "
             f"{cfg.train.time_budget:g} s does (add --time-budget 0 to train by steps)")
-    result = train(cfg, args.resume or args.out, resume=bool(args.resume),
-                   probes=standard_probes(cfg), progress=not args.no_progress)
+    try:
+        result = train(cfg, args.resume or args.out, resume=bool(args.resume),
+                       probes=standard_probes(cfg), progress=not args.no_progress)
+    except TrainingStopped as e:  # the command that continues it, as it was trained
+        launcher = (f"torchrun --nproc_per_node={e.processes} -m minigpt" if e.processes > 1
+                    else "minigpt")
+        logging.getLogger("minigpt").warning(
+            f"stopped after {count(e.steps, 'step')} by {signal.Signals(e.signum).name}; "
+            f"checkpoint saved. Continue with: {launcher} train --resume "
+            f"{shlex.quote(str(e.folder))}")
+        raise
     if world_from_env().is_main:  # under torchrun, rank 0 reports for all
         print(json.dumps(result.summary))
 

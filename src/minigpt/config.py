@@ -136,7 +136,8 @@ class TrainConfig:
                                           "(seconds of training), comma-separated; crossed by "
                                           "each evaluation's figure (see --eval-batches)")
     patience: int = opt(0, "stop after N evaluations without improvement (0 = off)")
-    min_delta: float = opt(0.0, "improvement smaller than this does not count")
+    min_delta: float = opt(0.0, "an improvement of the validation loss smaller than this does "
+                                "not count, for early stopping nor for the 'best' checkpoint")
     log_every: int = opt(50, "write a metrics line every N steps")
     keep: int = opt(2, "checkpoints kept besides the best: the newest N")
     ema: float = opt(0.0, "keep an exponential moving average of the weights with this decay "

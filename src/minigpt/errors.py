@@ -6,12 +6,14 @@ class MiniGPTError(ValueError):
 
 
 class TrainingStopped(Exception):
-    """Training stopped on SIGINT or SIGTERM after saving a checkpoint (exit 128 + signum);
-    its message says how to continue (the command line has said so already)."""
+    """Training stopped on SIGINT or SIGTERM after saving a checkpoint (exit 128 + signum): in
+    `folder`, after `steps`, trained by `processes`; its message says how to continue in
+    Python (the command line says it in its own terms)."""
 
-    def __init__(self, signum: int, message: str = ""):
+    def __init__(self, signum: int, message: str = "", folder=None, steps: int = 0,
+                 processes: int = 1):
         super().__init__(message or f"stopped by signal {signum}")
-        self.signum = signum
+        self.signum, self.folder, self.steps, self.processes = signum, folder, steps, processes
 
 
 def out_of_memory(e: BaseException) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shlex
 import signal
 import threading
 from pathlib import Path
@@ -49,15 +48,11 @@ class StopSignals:
         return self.received or signal.SIGTERM
 
     def stopped(self, folder: Path, steps: int, processes: int) -> TrainingStopped:
-        """What ends a run stopped after `steps` (its checkpoint saved): a log line with the
-        command that continues it, and the exception, whose message says it for Python."""
-        launcher = (f"torchrun --nproc_per_node={processes} -m minigpt" if processes > 1
-                    else "minigpt")  # as it was trained
-        log.warning(f"stopped after {count(steps, 'step')} by {signal.Signals(self.signum).name}; "
-                    f"checkpoint saved. Continue with: {launcher} train --resume "
-                    f"{shlex.quote(str(folder))}")
+        """What ends a run stopped after `steps`, its checkpoint saved: the exception, whose
+        message is the call that continues it."""
         return TrainingStopped(self.signum, f"checkpoint saved after {count(steps, 'step')}; "
-                                            f"train(cfg, {str(folder)!r}, resume=True) continues")
+                                            f"train(cfg, {str(folder)!r}, resume=True) continues",
+                               folder, steps, processes)
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self.previous.items():

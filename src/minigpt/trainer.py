@@ -109,9 +109,9 @@ def loop(run: Run, progress: bool) -> TrainResult:
                   clock.seconds())
     bar = console.Progress(t, state.step, clock.seconds(), progress and run.world.is_main)
     console.log_start(run, peak)
-    if finished(t, state.step, clock.seconds()):  # resumed after its end
+    if finished(t, state.step, clock.seconds()) or state.out_of_patience(t.patience):
         log.info("the run has ended: nothing to train (resume with a larger --steps or "
-                 "--time-budget to train on)")
+                 "--time-budget to train on; one stopped early, with --patience 0 or larger)")
     for probe in run.probes:
         probe.start(run)
     skipped = torch.full((), state.skipped, device=run.device)  # counted on the device
@@ -119,7 +119,7 @@ def loop(run: Run, progress: bool) -> TrainResult:
     run.model.train()
     with StopSignals() as signals:
         now = seconds(clock.start(), run)
-        while not finished(t, state.step, now):  # (a resumed run may have nothing left to do)
+        while not (finished(t, state.step, now) or state.out_of_patience(t.patience)):
             step, lr = state.step, schedule(run, state.step, now)
             loss, grad_norm = train_step(model, run.optimizer, run.batches, t.grad_clip, micro)
             state.tokens += run.batches.tokens * micro.n * run.world.size
