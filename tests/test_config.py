@@ -72,6 +72,9 @@ def test_the_fast_preset_fits_its_recipe_to_a_short_budget(tmp_path):
     ("[train]\nsteps = 'many'\n", "c.toml: 'steps' must be int"),  # the file named
     ("[train]\noptimizer = 'adam'\n", "c.toml: 'optimizer' must be one of adamw, sgd"),
     ("[train\n", "cannot read config"),
+    ('preset = "fast"\n', "c.toml: a config file does not choose a preset: give --preset fast"),
+    ("[train.optim]\nlr = 0.1\n", "c.toml: [train.optim]: sections do not nest; put its "
+                                   "settings in [train] itself"),  # not "did you mean optimizer"
 ])
 def test_bad_files_are_one_line_errors(tmp_path, toml, message):
     f = tmp_path / "c.toml"

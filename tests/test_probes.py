@@ -139,6 +139,21 @@ def test_the_table_has_every_variants_targets():
     assert lines[2].split()[-2:] == ["0.5", "n/a"] and lines[3].split()[-2:] == ["n/a", "-"]
 
 
+def test_compare_takes_no_patience_and_says_a_time_budget_ends_a_variant(tmp_path, caplog):
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be, that is the question\n" * 80)
+    common = {"text": str(text), **TINY, "steps": 3, "eval_every": 3}
+    with pytest.raises(MiniGPTError, match="compare trains every variant its full length: it "
+                                           "takes no patience"):  # (it was set to 0, unsaid)
+        compare({"a": {}}, tmp_path / "p", common={**common, "patience": 1}, progress=False)
+    assert not (tmp_path / "p").exists()
+    (tmp_path / "budget.toml").write_text("[train]\ntime_budget = 0.5\n")  # as fast's preset
+    caplog.set_level("WARNING", logger="minigpt")
+    compare({"a": {}}, tmp_path / "b", config_file=str(tmp_path / "budget.toml"), common=common,
+            progress=False)
+    assert "a: a time budget of 0.5 s ends it, not its steps (time_budget=0" in caplog.text
+
+
 def test_compare_starts_from_the_same_weights_and_tables_the_time_to_each_target(tmp_path):
     """Two optimizers on one model start from the same weights and batches; a variant of
     model options runs with them; each row's seconds to a target are its metrics' own."""

@@ -163,7 +163,8 @@ def build_parser() -> Parser:
                 "--optimizers, --schedules, --clip, which combine: --optimizers sgd,adamw "
                 "--clip 1,0 gives four runs. The flags given set every variant; each variant's "
                 f"own settings win. Each variant trains for {COMPARE_STEPS} steps unless "
-                "--steps or --time-budget says otherwise.", "settings")
+                "--steps or --time-budget (or a preset's time budget) says otherwise, to its "
+                "end: compare takes no --patience.", "settings")
     next(a for a in c._actions if a.dest == "steps").help = (
         f"optimizer steps of each variant (default {COMPARE_STEPS})")
     c.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",

@@ -232,6 +232,9 @@ def apply_overrides(cfg: RunConfig, table: dict, origin: str = "") -> None:
     sections = cfg.sections()
     home = {f.name: name for name, section in sections.items() for f in fields(section)}
     for sec, values in table.items():
+        if sec == "preset":  # (a flag of the command line, not a setting)
+            raise MiniGPTError(f"{origin}a config file does not choose a preset: give --preset "
+                               f"{values} (the file's settings go over the preset's)")
         if sec not in sections and sec in home:  # steps = 10 above every [section]
             raise MiniGPTError(f"{origin}'{sec}' belongs in the [{home[sec]}] section")
         if sec not in sections:
@@ -241,6 +244,9 @@ def apply_overrides(cfg: RunConfig, table: dict, origin: str = "") -> None:
         target = sections[sec]
         valid = {f.name: f for f in fields(target)}
         for key, value in values.items():
+            if isinstance(value, dict):  # [train.optim]
+                raise MiniGPTError(f"{origin}[{sec}.{key}]: sections do not nest; put its "
+                                   f"settings in [{sec}] itself")
             if key not in valid and key in home:
                 raise MiniGPTError(f"{origin}'{key}' belongs in [{home[key]}], not [{sec}]")
             if key not in valid:
