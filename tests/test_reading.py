@@ -89,6 +89,23 @@ def test_a_run_no_longer_than_its_warmup_is_all_warmup():
                                                  total_steps=None, time_budget=60))
 
 
+def test_a_warmup_that_takes_most_of_a_time_budget_is_slow():
+    """Warmup counts steps, the decay the seconds: 100 warmup steps in 2.3 s of a 3 s budget
+    leave the decay 0.7 s, and the rate falls from its peak at once."""
+    rows = lesson_curve(steps=130, every=10)
+    for r in rows:
+        r["time_s"] = 0.023 * r["step"]
+    budget = Facts(vocab_size=65, warmup_steps=100, total_steps=None, time_budget=3.0, lr=1e-2)
+    f = only(rows, "slow warmup", budget)
+    assert f.step == 100 and "warmup" not in kinds(rows, budget)
+    assert f.message == ("warmup (100 steps) took 77% of the 3 s time budget: the decay, which "
+                         "follows the clock, had the rest, so the learning rate fell from its "
+                         "peak at once; try --warmup-steps 13 (a tenth of the budget at this "
+                         "speed)")
+    roomy = Facts(vocab_size=65, warmup_steps=100, total_steps=None, time_budget=30.0, lr=1e-2)
+    assert "slow warmup" not in kinds(rows, roomy) and only(rows, "warmup", roomy).step == 100
+
+
 def test_best_is_the_trainers_best_with_min_delta():
     rows = [{"step": s, "train_loss": 2.0, "lr": 1e-3, "val_loss": v}
             for s, v in [(0, 3.0), (10, 2.0), (20, 1.99), (30, 2.1)]]

@@ -31,6 +31,7 @@ from minigpt.trainer import INITIAL_LOSS_TOLERANCE
 SPIKE_RISE = 0.10  # a spike: train loss 10 % above the median of the rows before it
 SPIKE_WINDOW = 5  # rows in that median (fewer at the start: from the second row on)
 DIVERGE_RISE = 0.10  # diverging: the smoothed train loss ends 10 % above its lowest
+SLOW_WARMUP = 0.5  # warmup past this share of a time budget leaves the decay too little
 SMOOTH = 5  # rows in the running median that overfitting and plateaus read
 PLATEAU_NATS = 0.05  # a plateau: the smoothed train loss stays within this band ...
 PLATEAU_SHARE = 0.25  # ... for at least this share of the run, up to its end
@@ -48,6 +49,10 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
     "all warmup": "warmup ({warmup:,} steps) is the whole run ({total:,} steps): the learning "
                   "rate only rose, to {last:.2e} by step {step:,}, and never decayed; make "
                   "warmup a small part of the run (--warmup-steps {tenth:,}, a tenth)",
+    "slow warmup": "warmup ({warmup:,} steps) took {share:.0%} of the {budget:g} s time "
+                   "budget: the decay, which follows the clock, had the rest, so the learning "
+                   "rate fell from its peak at once; try --warmup-steps {fewer:,} (a tenth of "
+                   "the budget at this speed)",
     "best": "best validation loss {val:.4f} at step {step:,} (the weights a run keeps as its "
             "'best' checkpoint)",
     "early stop": "early stopping at step {step:,}: {n} evaluations without improvement after "
@@ -197,6 +202,13 @@ def warmup_end(rows: list[dict], facts: Facts) -> list[Finding]:
         return [finding("all warmup", rows[-1]["step"], warmup=facts.warmup_steps,
                         total=facts.total_steps, last=rows[-1]["lr"],
                         tenth=max(1, facts.total_steps // 10))]
+    if facts.time_budget:  # warmup counts steps, the decay follows the seconds of training
+        at = next((r for r in rows if r["step"] >= facts.warmup_steps), rows[-1])
+        share = min(1.0, at.get("time_s", 0.0) / facts.time_budget)
+        if share >= SLOW_WARMUP:
+            return [finding("slow warmup", at["step"], warmup=facts.warmup_steps, share=share,
+                            budget=facts.time_budget,
+                            fewer=max(1, int(facts.warmup_steps * 0.1 / share)))]
     if steps_done(rows) <= facts.warmup_steps:
         return []
     peak = facts.lr if facts.lr is not None else max(r["lr"] for r in rows)
