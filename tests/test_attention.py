@@ -4,6 +4,7 @@ model left exactly as it was; the heatmap grid is a real PNG of the right shape.
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -131,6 +132,16 @@ def test_labels_show_invisible_characters():
     assert [display_label(c) for c in "a\n \t"] == ["a", "⏎", "␣", "⇥"]
     assert display_label("\x07") == "\\x07"
     assert display_label("ab c") == "ab␣c"
+
+
+def test_characters_the_axis_font_lacks_are_named_by_code_point(tmp_path):
+    """DejaVu Sans Mono has é but no CJK or emoji: those would be empty boxes, and matplotlib
+    would warn of each glyph in the middle of a run's output."""
+    assert [display_label(c) for c in "é日😀"] == ["é", "U+65E5", "U+1F600"]
+    labels = list("Café 日本😀")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Glyph 26085 missing from font(s)" fails the test
+        plot_attention(torch.rand(1, 1, 8, 8).tril(), labels, tmp_path / "a.png")
 
 
 @pytest.mark.parametrize("T, step", [(1, 1), (64, 1), (65, 2), (128, 2), (129, 3), (500, 8)])

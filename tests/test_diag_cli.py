@@ -11,6 +11,7 @@ import torch
 from conftest import TINY_FLAGS, one_line_error, read_png, run_cli, tiny_config
 from minigpt import train
 from minigpt.cli import main
+from minigpt.console import visible
 from minigpt.diagnostics.probes import standard_probes
 from minigpt.diagnostics.report import build_report
 
@@ -87,6 +88,17 @@ def test_a_damaged_summary_is_a_section_that_says_so(cli_run, tmp_path, damage):
     shutil.copytree(cli_run[0], run)
     (run / "summary.json").write_text(damage)
     assert "No readable summary.json" in build_report(run)
+
+
+def test_report_shows_a_sample_s_controls_and_first_line_break(cli_run, tmp_path):
+    """A young BPE model samples control bytes (ESC among them), which HTML does not allow;
+    and a <pre>'s first line break is dropped by HTML, hiding a prompt that is one."""
+    run = tmp_path / "run"
+    shutil.copytree(cli_run[0], run)
+    (run / "samples.jsonl").write_text(json.dumps({"step": 0, "text": "\nA\x1b[2J\x07\tb"}))
+    page = build_report(run)
+    assert "<pre>\n\nA␛[2J␇\tb</pre>" in page and "\x1b" not in page
+    assert visible("a\x1b\n\t\x7f\x00") == "a␛\n\t␡␀"
 
 
 def test_report_escapes_what_the_run_produced(tmp_path, monkeypatch):

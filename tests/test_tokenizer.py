@@ -2,6 +2,7 @@
 trip, clear errors."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -34,9 +35,19 @@ def test_unseen_characters_are_named_and_encode_array_is_encode(known, other):
         return
     with pytest.raises(MiniGPTError) as e:
         tok.encode(other)
-    assert repr(sorted(unseen)[0]) in str(e.value)
+    first = sorted(unseen)[0]  # named by its repr, or its code point where that is invisible
+    assert repr(first) in str(e.value) or f"U+{ord(first):04X} " in str(e.value)
     with pytest.raises(MiniGPTError, match="outside the vocabulary"):
         tok.encode_array(other)
+
+
+def test_an_invisible_character_outside_the_vocabulary_is_named():
+    tok = CharTokenizer.from_text("abcé")  # é precomposed; e + U+0301 is another text
+    for text, name in [("a\u0301", "U+0301 COMBINING ACUTE ACCENT"),
+                       ("a\u200bb", "U+200B ZERO WIDTH SPACE"),
+                       ("a\u00a0b", "U+00A0 NO-BREAK SPACE")]:
+        with pytest.raises(MiniGPTError, match=f"outside the vocabulary: {re.escape(name)}$"):
+            tok.encode(text)
 
 
 def test_saved_as_json_and_loaded_back(tmp_path):

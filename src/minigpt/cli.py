@@ -28,7 +28,7 @@ import torch
 
 from minigpt import __version__
 from minigpt.config import field_index, preset_names, resolve_config
-from minigpt.console import count, show_logs
+from minigpt.console import count, show_logs, visible
 from minigpt.corpus import BPE_VOCAB, SHARD_TOKENS, is_prepared
 from minigpt.diagnostics.probes import SECTIONS, DiagConfig
 from minigpt.distributed import world_from_env
@@ -514,7 +514,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
                     top_k=args.top_k, top_p=args.top_p, generator=gen)
     try:
         for piece in tok.decode_stream(int(t[0]) for t in tokens):  # whole characters only
-            sys.stdout.write(piece)
+            sys.stdout.write(visible(piece) if sys.stdout.isatty() else piece)
             sys.stdout.flush()
     finally:  # (Ctrl-C too: the line ends before the message)
         sys.stdout.write("\n")

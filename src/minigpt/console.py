@@ -119,6 +119,16 @@ def log_summary(summary: dict, val_tokens: int) -> None:
              f"{summary['tokens_per_s']:,} tok/s, MFU {summary['mfu']:.0%}")
 
 
+CONTROLS = {c: chr(0x2400 + c) for c in range(0x20) if chr(c) not in "\n\t"} | {0x7F: "\u2421"}
+
+
+def visible(text: str) -> str:
+    """Text to show a person: control characters but the line break and the tab as their
+    symbols (ESC as ␛), which a terminal would obey and HTML does not allow (a young BPE
+    model's samples hold them)."""
+    return text.translate(CONTROLS)
+
+
 def count(n: int, noun: str) -> str:
     """'1 step', '2 steps', '1,000 steps'."""
     return f"{n:,} {noun}" + "s" * (n != 1)

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -123,6 +124,15 @@ class _Tokenizer:
         return f"{type(self).__name__}(vocab_size={self.vocab_size})"
 
 
+def shown_char(c: str) -> str:
+    """A character as an error names it: its repr, or its code point and name where the repr
+    shows nothing readable (a combining accent, a zero-width or other format character, a
+    space other than ' ')."""
+    if unicodedata.category(c) in ("Mn", "Me", "Cf", "Zs") and c != " ":
+        return f"U+{ord(c):04X} {unicodedata.name(c, '')}".rstrip()
+    return repr(c)
+
+
 class CharTokenizer(_Tokenizer):
     """Maps each character of a fixed alphabet to an integer id and back."""
 
@@ -157,7 +167,7 @@ class CharTokenizer(_Tokenizer):
             return [self.stoi[c] for c in text]
         except KeyError:
             unseen = sorted(set(text) - self.stoi.keys())
-            shown = ", ".join(repr(c) for c in unseen[:10])
+            shown = ", ".join(map(shown_char, unseen[:10]))
             more = f" and {len(unseen) - 10} more" if len(unseen) > 10 else ""
             raise MiniGPTError(f"text has {len(unseen)} character(s) outside the vocabulary: "
                                f"{shown}{more}") from None

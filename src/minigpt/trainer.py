@@ -279,11 +279,10 @@ def finish(run: Run, speed: Speed) -> TrainResult:
         return result
     final = split_loss(run.final_model, run.splits.val, cfg.model.block_size)
     result.summary = {"final_val_loss": final, "final_val_bpb": val_bpb(run, final),
-                      "best_val_loss": state.best_val,
-                      "steps": state.step, "train_s": round(run.clock.seconds(), 2),
+                      "best_val_loss": state.best_val, "steps": state.step,
+                      "train_s": round(run.clock.seconds(), 2),
                       "wall_s": round(time.perf_counter() - run.started, 2),
-                      **speed.overall(),
-                      "params": run.data["params"],
+                      **speed.overall(), "params": run.data["params"],
                       "time_to": {f"{x:g}": state.reached.get(f"{x:g}")
                                   for x in parse_targets(cfg.train.targets)}}
     atomic_write_text(run.folder / "summary.json", json.dumps(result.summary, indent=2) + "\n")
@@ -292,8 +291,9 @@ def finish(run: Run, speed: Speed) -> TrainResult:
         probe.end(result.summary)
     if cfg.train.sample_tokens:
         try:  # (weights gone NaN under --skip-nonfinite give no sample; the summary stands)
-            log.info("sample:\n" + sample_text(run.final_model, run.tokenizer, None,
-                                               cfg.train.sample_tokens, seed=cfg.train.seed))
+            text = sample_text(run.final_model, run.tokenizer, None, cfg.train.sample_tokens,
+                               seed=cfg.train.seed)
+            log.info("sample:\n" + console.visible(text))
         except MiniGPTError as e:
             log.warning(f"no sample: {e}")
     log.info(f"continue it with: minigpt sample --run {shlex.quote(str(run.folder))}")

@@ -14,6 +14,7 @@ The model is left exactly as it was.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from minigpt.evaluate import evaluating
 
 # how characters that would print as nothing are shown on the axes
 SHOWN_AS = {"\n": "⏎", " ": "␣", "\t": "⇥"}
+LABEL_FONT = "DejaVu Sans Mono"  # matplotlib's own: every machine with matplotlib has it
 MAX_TICKS = 64  # label every character up to this many; beyond it every k-th
 
 
@@ -79,9 +81,21 @@ def token_labels(tokenizer, ids) -> list[str]:
 
 def display_label(label: str) -> str:
     """A label that shows on an axis: newline as ⏎, space as ␣, tab as ⇥, other unprintable
-    characters escaped ('\\x07')."""
-    shown = "".join(SHOWN_AS.get(c, c) for c in label)
+    characters escaped ('\\x07'), and a character the axis font has no glyph for by its code
+    point ('U+65E5': it would be an empty box)."""
+    shown = "".join(SHOWN_AS.get(c, c if has_glyph(c) else f"U+{ord(c):04X}") for c in label)
     return shown if shown.isprintable() else repr(shown)[1:-1]
+
+
+@functools.cache
+def has_glyph(char: str) -> bool:
+    """Whether the axis font (LABEL_FONT) draws `char` (matplotlib draws a box for a glyph it
+    lacks, and warns)."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    return not char.isprintable() or FT2Font(
+        font_manager.findfont(LABEL_FONT)).get_char_index(ord(char)) != 0
 
 
 def tick_step(n: int) -> int:
@@ -179,7 +193,7 @@ def _heatmap(ax, w, names: list[str], ticks: list[int], font_size: int):
                       interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
-    font = {"fontsize": font_size, "family": "DejaVu Sans Mono"}
+    font = {"fontsize": font_size, "family": LABEL_FONT}
     below = blended_transform_factory(ax.transData, ax.transAxes)  # x in data, y in axes
     left = blended_transform_factory(ax.transAxes, ax.transData)  # x in axes, y in data
     rotation = 90 if any(len(n) > 1 for n in names) else 0

@@ -49,9 +49,11 @@ class DiagConfig:
     which the command line (and `compare`) add to the core's (see minigpt.config.RunConfig)."""
 
     gradflow_every: int = opt(250, "record per-parameter gradient health every N steps (0 = off)")
-    attention_every: int = opt(1000, "save attention heatmaps every N steps (0 = off)")
+    attention_every: int = opt(1000, "save attention heatmaps every N steps, at the first "
+                                     "metrics row from each multiple of N (0 = off)")
     attention_text: str = opt("ROMEO: But soft, what light", "text the attention maps read")
-    sample_every: int = opt(1000, "record a 200-token sample every N steps (0 = off)")
+    sample_every: int = opt(1000, "record a 200-token sample every N steps, at the first "
+                                  "metrics row from each multiple of N (0 = off)")
     tensorboard: bool = opt(False, "also write TensorBoard event files to <run>/tensorboard")
     plots: bool = opt(True, "redraw loss.png and lr.png at every evaluation")
     log_scale: bool = opt(False, "draw loss.png with a logarithmic loss axis")

@@ -15,6 +15,7 @@ import html
 import json
 from pathlib import Path
 
+from minigpt.console import visible
 from minigpt.diagnostics.reading import read_run
 from minigpt.errors import MiniGPTError
 from minigpt.files import atomic_write_text, printable, read_jsonl
@@ -94,7 +95,8 @@ def samples_html(run_dir: Path) -> str:
     rows = read_jsonl(run_dir / "samples.jsonl")
     if not rows:
         return missing("samples")
-    return "".join(f"<h3>step {r['step']:,}</h3><pre>{html.escape(r['text'])}</pre>" for r in rows)
+    return "".join(f"<h3>step {r['step']:,}</h3><pre>\n{html.escape(visible(r['text']))}</pre>"
+                   for r in rows)  # (HTML drops a <pre>'s first line break: the text's stays)
 
 
 def graph_html(run_dir: Path) -> str:
