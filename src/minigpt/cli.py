@@ -498,7 +498,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
         raise MiniGPTError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if not -2**63 <= args.seed < 2**64:  # what torch's generator takes
         raise MiniGPTError(f"--seed must be from -2**63 to 2**64 - 1, got {args.seed}")
-    check_sampling(args.temperature, args.top_k, args.top_p)
+    try:
+        check_sampling(args.temperature, args.top_k, args.top_p)
+    except MiniGPTError as e:  # named as the flags are: --top-k, not top_k
+        raise MiniGPTError("--" + str(e).replace("_", "-", 1)) from None
     device = resolve_device(args.device)
     model, tok, _ = load_model(args.run, args.checkpoint, device)
     prompt = default_prompt(tok) if args.prompt is None else args.prompt
