@@ -180,6 +180,8 @@ BAD_INPUT = [
       "--out", "{bad}/compare"], "variant name(s) 'sgd' given twice"),
     (["plan", "--tokens", "1e5", "--text", "/nonexistent/x.txt", "--block-size", "8"],
      "text file not found: /nonexistent/x.txt"),
+    (["plan", "--tokens", "1e5", "--text", "{bad}/short.txt"],  # 270 and 30 tokens: block 128
+     "the validation split has 30 tokens, fewer than block_size + 1 = 129"),
     (["compare", "--clip", "1,1.0", "--steps", "1", "--out", "{bad}/compare"],
      "variant name(s) 'clip 1' given twice by the axes"),
     (["plan", "--tokens", "1e6", "--device", "cuda"], "plan times its steps on this machine's"),

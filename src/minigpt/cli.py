@@ -552,8 +552,9 @@ def cmd_plan(args: argparse.Namespace) -> None:
     if cfg.data.text:  # its vocabulary, as train will have it (a text is prepared once)
         warn_if_prepared(args, cfg.data.text)
         d = cfg.data
-        cfg.model.vocab_size = load_corpus(d.text, d.tokenizer, cfg.model.vocab_size,
-                                           d.val_fraction)[1].vocab_size
+        splits, tok, _ = load_corpus(d.text, d.tokenizer, cfg.model.vocab_size, d.val_fraction)
+        splits.check(cfg.model.block_size)  # (a corpus train would refuse: refused here too)
+        cfg.model.vocab_size = tok.vocab_size
     m, t = cfg.model, cfg.train
     grows = [f"{name} {start}" for name, start, full in [("batch", t.batch_start, t.batch_size),
                                                          ("block", t.block_start, m.block_size)]
