@@ -41,8 +41,8 @@ MISTAKES = [  # (a call, what the error says); m: a small MiniGPT, idx: (1, 3) t
     (lambda m, idx: MiniGPT(65, n_embd=64.0), "'n_embd' must be int, got 64.0"),
     (lambda m, idx: resolve_config(overrides={"steps": "20"}), "'steps' must be int, got '20'"),
     (lambda m, idx: resolve_config(overrides={"plots": False}),  # a [diag] setting
-     "unknown setting 'plots'; did you mean 'pos'? (a setting beyond [model], [train] and "
-     "[data], such as the diagnostics' [diag], needs its section: "
+     "unknown setting 'plots'; did you mean 'pos'? (if it is a setting beyond [model], [train] "
+     "and [data], such as the diagnostics' [diag], pass its section: "
      "sections=minigpt.diagnostics.probes.SECTIONS)"),
     (lambda m, idx: Splits.from_tokens(np.arange(100), 1.5),
      "val_fraction (the part held out) must be in (0, 1), got 1.5"),

@@ -87,7 +87,7 @@ def test_bad_files_are_one_line_errors(tmp_path, toml, message):
     # (n_embd 30 for 4 heads, steps, batch_size, lr, block_size, a misspelt preset: test_cli's
     # BAD_INPUT)
     ({"n_emb": 8}, "did you mean 'n_embd'"),
-    ({"nope": 8}, r"^unknown setting 'nope' \(a setting beyond"),  # no 'did you mean 'compile'?'
+    ({"nope": 8}, r"^unknown setting 'nope' \(if it is a setting beyond"),  # no 'compile'?
     ({"dropout": 1.0}, "dropout"),
     ({"lr": 1e-4, "min_lr": 1e-3}, "min_lr"),
 ])

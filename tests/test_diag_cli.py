@@ -98,7 +98,7 @@ def test_report_shows_a_sample_s_controls_and_first_line_break(cli_run, tmp_path
     (run / "samples.jsonl").write_text(json.dumps({"step": 0, "text": "\nA\x1b[2J\x07\tb"}))
     page = build_report(run)
     assert "<pre>\n\nA␛[2J␇\tb</pre>" in page and "\x1b" not in page
-    assert visible("a\x1b\n\t\x7f\x00") == "a␛\n\t␡␀"
+    assert visible("a\x1b\r\n\t\x7f\x00") == "a␛\r\n\t␡␀"  # (CRLF text shows as it is)
 
 
 def test_report_escapes_what_the_run_produced(tmp_path, monkeypatch):

@@ -152,6 +152,8 @@ def test_compare_takes_no_patience_and_says_a_time_budget_ends_a_variant(tmp_pat
     compare({"a": {}}, tmp_path / "b", config_file=str(tmp_path / "budget.toml"), common=common,
             progress=False)
     assert "a: a time budget of 0.5 s ends it, not its steps (time_budget=0" in caplog.text
+    table = compare({"s": {"preset": "seed"}}, tmp_path / "s", common=common, progress=False)
+    assert table[0]["steps"] == 3  # a variant's own preset (it was once an unknown setting)
 
 
 def test_compare_starts_from_the_same_weights_and_tables_the_time_to_each_target(tmp_path):

@@ -102,6 +102,11 @@ def test_a_warmup_that_takes_most_of_a_time_budget_is_slow():
                          "follows the clock, had the rest, so the learning rate fell from its "
                          "peak at once; try --warmup-steps 13 (a tenth of the budget at this "
                          "speed)")
+    long = Facts(vocab_size=65, warmup_steps=1000, total_steps=None, time_budget=3.0, lr=1e-2)
+    assert only(rows, "warmup unfinished", long).message == (  # (not "fell from its peak")
+        f"warmup (1,000 steps) had not ended by step 129, 99% of the 3 s time budget: the "
+        f"learning rate has only risen (to {rows[-1]['lr']:.2e}); try --warmup-steps 13 (a "
+        f"tenth of the budget at this speed)")
     roomy = Facts(vocab_size=65, warmup_steps=100, total_steps=None, time_budget=30.0, lr=1e-2)
     assert "slow warmup" not in kinds(rows, roomy) and only(rows, "warmup", roomy).step == 100
 

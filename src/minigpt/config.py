@@ -339,8 +339,9 @@ def by_section(settings: dict, sections: dict[str, type] = SECTIONS) -> dict[str
     table: dict[str, dict] = {}
     for key, value in settings.items():
         if key not in index:
-            beyond = (" (a setting beyond [model], [train] and [data], such as the diagnostics' "
-                      "[diag], needs its section: sections=minigpt.diagnostics.probes.SECTIONS)"
+            beyond = (" (if it is a setting beyond [model], [train] and [data], such as the "
+                      "diagnostics' [diag], pass its section: "
+                      "sections=minigpt.diagnostics.probes.SECTIONS)"
                       if sections is SECTIONS else "")  # (only code passes the core's alone)
             raise MiniGPTError(f"unknown setting '{key}'{suggest(key, index)}{beyond}")
         table.setdefault(index[key][0], {})[key] = value

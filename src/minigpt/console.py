@@ -119,12 +119,12 @@ def log_summary(summary: dict, val_tokens: int) -> None:
              f"{summary['tokens_per_s']:,} tok/s, MFU {summary['mfu']:.0%}")
 
 
-CONTROLS = {c: chr(0x2400 + c) for c in range(0x20) if chr(c) not in "\n\t"} | {0x7F: "\u2421"}
+CONTROLS = {c: chr(0x2400 + c) for c in range(0x20) if chr(c) not in "\n\r\t"} | {0x7F: "\u2421"}
 
 
 def visible(text: str) -> str:
-    """Text to show a person: control characters but the line break and the tab as their
-    symbols (ESC as ␛), which a terminal would obey and HTML does not allow (a young BPE
+    """Text to show a person: control characters but the line break (CR, LF) and the tab as
+    their symbols (ESC as ␛), which a terminal would obey and HTML does not allow (a young BPE
     model's samples hold them)."""
     return text.translate(CONTROLS)
 

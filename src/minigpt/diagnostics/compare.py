@@ -120,13 +120,14 @@ def compare(variants: dict[str, dict], out_dir: str | Path, preset: str = "seed"
     out_dir = Path(out_dir)
     configs = {}
     for name, overrides in variants.items():
+        overrides = dict(overrides)
+        start = overrides.pop("preset", preset)  # a variant's own preset, or the comparison's
         asked = {**(common or {}), **overrides}
         if "patience" in asked:  # (early stopping would end each variant somewhere else)
             raise MiniGPTError("compare trains every variant its full length: it takes no "
                                "patience (early stopping)")
-        overrides = dict(overrides)  # patience 0: every variant runs its full length
-        configs[name] = cfg = resolve_config(overrides.pop("preset", preset), config_file,
-                                             {**asked, "patience": 0}, SECTIONS)
+        configs[name] = cfg = resolve_config(start, config_file, {**asked, "patience": 0},
+                                             SECTIONS)  # patience 0: to the end, every one
         if cfg.train.time_budget and "time_budget" not in asked:  # a preset's, or a file's
             log.warning(f"{name}: a time budget of {cfg.train.time_budget:g} s ends it, not "
                         f"its steps (time_budget=0 in the variant trains it by steps)")

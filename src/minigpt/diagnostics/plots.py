@@ -76,7 +76,7 @@ def annotate(ax, rows: list[dict], findings: list[Finding]) -> None:
             ax.plot([0], [train[0]], "o", color="C3", label="step 0, far from ln V")
         elif f.kind == "warmup":
             ax.axvline(f.step, ls=":", lw=1, color="0.4", label="warmup ends")
-        elif f.kind in ("all warmup", "slow warmup"):
+        elif f.kind in ("all warmup", "slow warmup", "warmup unfinished"):
             ax.axvspan(0, f.step, color="C1", alpha=0.08, label=f.kind)
         elif f.kind == "best":
             ax.plot([f.step], [f.value], "*", ms=12, color="C2", label="best checkpoint")

@@ -53,6 +53,10 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
                    "budget: the decay, which follows the clock, had the rest, so the learning "
                    "rate fell from its peak at once; try --warmup-steps {fewer:,} (a tenth of "
                    "the budget at this speed)",
+    "warmup unfinished": "warmup ({warmup:,} steps) had not ended by step {step:,}, {share:.0%} "
+                         "of the {budget:g} s time budget: the learning rate has only risen "
+                         "(to {last:.2e}); try --warmup-steps {fewer:,} (a tenth of the budget "
+                         "at this speed)",
     "best": "best validation loss {val:.4f} at step {step:,} (the weights a run keeps as its "
             "'best' checkpoint)",
     "early stop": "early stopping at step {step:,}: {n} evaluations without improvement after "
@@ -205,10 +209,11 @@ def warmup_end(rows: list[dict], facts: Facts) -> list[Finding]:
     if facts.time_budget:  # warmup counts steps, the decay follows the seconds of training
         at = next((r for r in rows if r["step"] >= facts.warmup_steps), rows[-1])
         share = min(1.0, at.get("time_s", 0.0) / facts.time_budget)
-        if share >= SLOW_WARMUP:
-            return [finding("slow warmup", at["step"], warmup=facts.warmup_steps, share=share,
-                            budget=facts.time_budget,
-                            fewer=max(1, int(facts.warmup_steps * 0.1 / share)))]
+        if share >= SLOW_WARMUP and at["step"] > 0:  # fewer: a tenth of the budget's steps
+            fewer = max(1, int(0.1 * facts.time_budget * at["step"] / at["time_s"]))
+            kind = "slow warmup" if at["step"] >= facts.warmup_steps else "warmup unfinished"
+            return [finding(kind, at["step"], warmup=facts.warmup_steps, share=share,
+                            budget=facts.time_budget, fewer=fewer, last=at["lr"])]
     if steps_done(rows) <= facts.warmup_steps:
         return []
     peak = facts.lr if facts.lr is not None else max(r["lr"] for r in rows)
