@@ -515,9 +515,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
     sys.stdout.write(prompt)
     tokens = stream(model, idx, args.max_new_tokens, temperature=args.temperature,
                     top_k=args.top_k, top_p=args.top_p, generator=gen)
+    shown = visible if sys.stdout.isatty() else str  # a file or pipe gets the model's text
     try:
         for piece in tok.decode_stream(int(t[0]) for t in tokens):  # whole characters only
-            sys.stdout.write(visible(piece) if sys.stdout.isatty() else piece)
+            sys.stdout.write(shown(piece))
             sys.stdout.flush()
     finally:  # (Ctrl-C too: the line ends before the message)
         sys.stdout.write("\n")

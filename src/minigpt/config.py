@@ -208,10 +208,13 @@ def _coerce(value, f: dataclasses.Field):
     an int (numpy's too), any real number for a float, a path for text, and a field with
     parse= (a duration, say) takes text too."""
     kind = type(f.default)
+    number = not isinstance(value, bool)  # (a bool is an int to Python, not to a setting)
     if kind is str and isinstance(value, os.PathLike):
         value = os.fspath(value)
-    elif kind in (int, float) and isinstance(value, numbers.Real) and not isinstance(value, bool):
-        value = kind(value) if kind is float or isinstance(value, numbers.Integral) else value
+    elif kind is int and number and isinstance(value, numbers.Integral):
+        value = int(value)
+    elif kind is float and number and isinstance(value, numbers.Real):
+        value = float(value)
     if isinstance(value, str) and f.metadata.get("parse"):
         try:
             value = f.metadata["parse"](value)

@@ -87,15 +87,19 @@ def display_label(label: str) -> str:
     return shown if shown.isprintable() else repr(shown)[1:-1]
 
 
-@functools.cache
 def has_glyph(char: str) -> bool:
     """Whether the axis font (LABEL_FONT) draws `char` (matplotlib draws a box for a glyph it
     lacks, and warns)."""
+    return not char.isprintable() or label_font().get_char_index(ord(char)) != 0
+
+
+@functools.cache
+def label_font():
+    """LABEL_FONT's file, read once."""
     from matplotlib import font_manager
     from matplotlib.ft2font import FT2Font
 
-    return not char.isprintable() or FT2Font(
-        font_manager.findfont(LABEL_FONT)).get_char_index(ord(char)) != 0
+    return FT2Font(font_manager.findfont(LABEL_FONT))
 
 
 def tick_step(n: int) -> int:

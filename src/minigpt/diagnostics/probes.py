@@ -149,7 +149,7 @@ class GradFlowProbe(Probe):
     are copied before the optimizer's update and compared after it."""
 
     log_files = ("gradflow.jsonl",)
-    fresh = {"dead": []}
+    fresh = {"dead": []}  # the parameters flagged dead at the last probe
 
     def __init__(self, every: int, tensorboard=None):
         self.every = every
@@ -157,7 +157,7 @@ class GradFlowProbe(Probe):
         self.grads: dict[str, torch.Tensor] = {}
         self.before = None
         self.handles = []
-        self.dead: set[str] = set()  # the parameters flagged dead at the last probe
+        self.load_state_dict(self.fresh)
 
     def start(self, run):
         super().start(run)
