@@ -9,7 +9,7 @@ import torch
 
 import minigpt
 from conftest import TINY_FLAGS, one_line_error, run_cli
-from minigpt.cli import COMPARE_STEPS
+from minigpt.cli import COMPARE_STEPS, main
 from minigpt.environment import resolve_device
 from minigpt.tokenizer import CharTokenizer
 
@@ -29,7 +29,7 @@ def test_train_prints_split_sizes_figures_and_summary(cli_run):
     assert summary == json.loads((out / "summary.json").read_text())
 
 
-@pytest.mark.slow  # four processes that each load torch
+@pytest.mark.slow  # three processes that each load torch
 def test_sample_streams_prompt_and_is_seeded(cli_run):
     out, _, _ = cli_run
     args = ["sample", "--run", str(out), "--prompt", "ROMEO:", "--max-new-tokens", "60"]
@@ -37,9 +37,7 @@ def test_sample_streams_prompt_and_is_seeded(cli_run):
     c = run_cli(*args, "--seed", "2")
     assert a.returncode == 0, a.stderr
     assert a.stdout.startswith("ROMEO:") and len(a.stdout) == len("ROMEO:") + 60 + 1
-    assert a.stdout == b.stdout != c.stdout
-    greedy = run_cli(*args, "--temperature", "0", "--top-k", "3")
-    assert greedy.returncode == 0 and greedy.stdout.startswith("ROMEO:")
+    assert a.stdout == b.stdout != c.stdout  # (greedy sampling: test_export, against transformers)
 
 
 def test_sample_into_a_pipe_that_closes_stops_quietly(cli_run):
@@ -53,21 +51,26 @@ def test_sample_into_a_pipe_that_closes_stops_quietly(cli_run):
     assert proc.stderr.read() == b""
 
 
-def test_help_explains_every_lesson_flag():
-    r = run_cli("train", "--help")
-    assert r.returncode == 0
+def test_help_explains_every_lesson_flag(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")  # argparse's width, as in a terminal of 80 columns
+
+    def said(*args: str) -> str:
+        with pytest.raises(SystemExit) as done:
+            main(list(args))
+        assert done.value.code == 0
+        return capsys.readouterr().out
+
+    train = said("train", "--help")
     for flag in ["--steps", "--batch-size", "--block-size", "--n-embd", "--n-head", "--n-layer",
                  "--lr", "--min-lr", "--warmup-steps", "--optimizer", "--weight-decay",
                  "--grad-clip", "--eval-every", "--eval-batches", "--patience", "--seed",
                  "--text", "--out", "--resume", "--preset", "--config"]:
-        assert flag in r.stdout
-    assert "--seed SEED           same seed, same text (default 1337)" in run_cli(
-        "sample", "--help").stdout
-    compare = run_cli("compare", "--help").stdout  # compare's own default, not train's 5000
+        assert flag in train
+    assert "--seed SEED           same seed, same text (default 1337)" in said("sample", "--help")
+    compare = said("compare", "--help")  # compare's own default, not train's 5000
     assert f"optimizer steps of each variant (default {COMPARE_STEPS})" in compare
-    version = run_cli("--version")  # the package's version and the torch it runs on
-    assert version.returncode == 0
-    assert version.stdout == f"minigpt {minigpt.__version__} (torch {torch.__version__})\n"
+    # the package's version and the torch it runs on
+    assert said("--version") == f"minigpt {minigpt.__version__} (torch {torch.__version__})\n"
 
 
 @pytest.fixture(scope="module")

@@ -93,7 +93,7 @@ def test_only_rank_zero_speaks_and_writes(ddp_run):
     assert r.stdout.count('{"final_val_loss"') == 1 and '{"steps"' not in r.stdout
     config = json.loads((out / "config.json").read_text())
     assert config["environment"]["processes"] == 2
-    assert "2 processes" in r.stdout and "x 1 micro-steps x 2 processes" in r.stdout
+    assert "2 processes" in r.stdout and "x 1 micro-step x 2 processes" in r.stdout
     meta = json.loads((out / "checkpoints" / "last.json").read_text())
     assert meta["world_size"] == 2
 
@@ -125,6 +125,20 @@ def test_a_refusal_of_rank_zero_stops_every_process_in_one_line(ddp_run):
     assert len(errors) == 1 and "is in use by another minigpt process" in errors[0]
     assert "[rank1]" not in r.stderr and "gloo" not in r.stderr.lower()
     assert load_model(out, "last")[2]["step"] == 12  # nothing trained
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--text", "{missing}", *SMALL], "text file not found"),  # rank 0 reads it first
+    (["plan", "--tokens", "1e6"], "only train runs under torchrun; run minigpt plan as one"),
+])
+def test_an_error_every_process_meets_is_said_once_by_rank_zero(tmp_path, args, message):
+    """Rank 1 neither dies in the barrier rank 0 never reached (gloo's traceback) nor exits
+    first, so that torchrun stops rank 0 before it has said why (no line at all)."""
+    r = torchrun(*[a.format(missing=tmp_path / "missing.txt") for a in args])
+    errors = [line for line in r.stderr.splitlines() if "minigpt: error:" in line]
+    assert r.returncode != 0 and len(errors) == 1 and message in errors[0], r.stderr[-2000:]
+    assert errors[0].startswith("minigpt: error:")  # rank 0's line, not "[rank 1] ..."
+    assert "gloo" not in r.stderr.lower()
 
 
 def test_a_time_budget_ends_every_process_after_the_same_step(corpus, tmp_path):

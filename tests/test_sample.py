@@ -44,11 +44,13 @@ def test_temperature_zero_is_greedy():
     assert torch.equal(sample_next(logits, temperature=0), logits.argmax(-1, keepdim=True))
 
 
-@pytest.mark.parametrize("kw", [dict(temperature=-1), dict(top_k=0), dict(top_p=0.0),
-                                dict(top_p=1.5)])
-def test_bad_sampling_parameters(kw):
+@pytest.mark.parametrize("kw, said", [(dict(temperature=-1), "temperature must be >= 0"),
+                                      (dict(top_k=0), "top_k must be >= 1"),
+                                      (dict(top_p=0.0), r"top_p must be in \(0, 1\], got 0.0"),
+                                      (dict(top_p=1.5), r"top_p must be in \(0, 1\], got 1.5")])
+def test_bad_sampling_parameters(kw, said):
     model = MiniGPT(10, n_embd=16, n_layer=1, n_head=2, block_size=8)
-    with pytest.raises(MiniGPTError):
+    with pytest.raises(MiniGPTError, match=said):
         generate(model, torch.zeros(1, 1, dtype=torch.long), 3, **kw)
 
 

@@ -22,6 +22,7 @@ import os
 import shlex
 import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -74,6 +75,7 @@ class Parser(argparse.ArgumentParser):
 
 METAVARS = {int: "N", float: "X", str: "TEXT"}
 COMPARE_STEPS = 1000  # each variant's steps, unless --steps or --time-budget
+OTHER_RANKS_WAIT = 5.0  # seconds a process other than rank 0 waits before saying its error
 
 
 # what `plan` does not take: the ladder sets the shape, and the rest changes no step's cost
@@ -572,8 +574,6 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    import time
-
     from minigpt.corpus import prepare, tokens_done
     from minigpt.records import Records
 
@@ -629,6 +629,9 @@ def run_command(argv: list[str] | None) -> int:
     """Run the command argv names; its exit code, with every expected error as one line."""
     try:
         args = build_parser().parse_args(argv)
+        if world_from_env().enabled and args.command != "train":
+            raise MiniGPTError(f"only train runs under torchrun; run minigpt {args.command} "
+                               f"as one process")
         for key in ("out", "run", "resume", "config"):  # --out=~/x: no shell expands that ~
             if isinstance(value := getattr(args, key, None), str):
                 setattr(args, key, os.path.expanduser(value))
@@ -652,9 +655,16 @@ def run_command(argv: list[str] | None) -> int:
 
 
 def say(line: str) -> None:
-    """An error's line on stderr, once: under torchrun, rank 0 speaks for every process."""
-    if world_from_env().is_main:
-        print(line, file=sys.stderr)
+    """An error's line on stderr, once: under torchrun, rank 0 speaks for every process. The
+    others wait first: an error every process meets is rank 0's to say, and torchrun stops them
+    once it has; an error only one of them met, it says itself."""
+    world = world_from_env()
+    if not world.is_main:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # torchrun's stop ends the wait silently
+            signal.signal(sig, signal.SIG_DFL)
+        time.sleep(OTHER_RANKS_WAIT)
+        line = f"[rank {world.rank}] {line}"
+    print(line, file=sys.stderr)
 
 
 if __name__ == "__main__":

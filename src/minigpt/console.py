@@ -81,7 +81,8 @@ def log_start(run: Run, peak: float) -> None:
              f"{data['train_tokens']:,} train and {data['val_tokens']:,} val tokens")
     batch = f"batch {grows(t.batch_start, t.batch_size)}"
     if t.grad_accum > 1 or processes > 1:
-        batch += f" x {t.grad_accum} micro-steps x {processes} processes"
+        batch += f" x {count(t.grad_accum, 'micro-step')} x {processes} process" + "es" * (
+            processes > 1)
     block = grows(t.block_start, run.cfg.model.block_size)
     grown = 0 < t.batch_start < t.batch_size or 0 < t.block_start < run.cfg.model.block_size
     ramp = f" (grown over the first {t.ramp:.0%})" if grown else ""

@@ -127,9 +127,15 @@ def barrier(world: World) -> None:
 @contextlib.contextmanager
 def main_first(world: World):
     """Rank 0 runs the block first (e.g. writing a token cache), then the others run it (and
-    find the files made)."""
-    if not world.is_main:
-        barrier(world)
-    yield
+    find the files made). Where rank 0's block fails (a missing text, say), the others do not
+    run theirs: they stop quietly, and rank 0 says why."""
+    if not world.is_main and any_process(False, world):
+        raise MiniGPTError("the first process failed; it says why")
+    try:
+        yield
+    except BaseException:
+        if world.is_main:
+            any_process(True, world)
+        raise
     if world.is_main:
-        barrier(world)
+        any_process(False, world)
