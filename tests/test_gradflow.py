@@ -13,6 +13,7 @@ import torch
 
 from conftest import read_png
 from minigpt import MiniGPT, MiniGPTError
+from minigpt.config import TrainConfig
 from minigpt.diagnostics.gradflow import (
     EXPLODE,
     VANISH,
@@ -23,6 +24,7 @@ from minigpt.diagnostics.gradflow import (
     probe_batch_stats,
     snapshot,
 )
+from minigpt.optim import make_optimizer, set_lr
 
 
 def tiny(**kw) -> MiniGPT:
@@ -293,9 +295,10 @@ def test_probe_without_optimizer_equals_a_manual_backward_and_touches_nothing():
         assert s.update_ratio is None
 
 
-def test_probe_with_optimizer_steps_a_copy_exactly_as_the_real_step_would():
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])  # muon: two optimizers as one
+def test_probe_with_optimizer_steps_a_copy_exactly_as_the_real_step_would(optimizer):
     model = tiny()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = make_optimizer(model, TrainConfig(optimizer=optimizer, lr=1e-3, normuon=True))
     for _ in range(2):  # the optimizer has state (moments, step count)
         opt.zero_grad()
         backward(model)
@@ -308,12 +311,12 @@ def test_probe_with_optimizer_steps_a_copy_exactly_as_the_real_step_would():
     # nothing of the caller's changed
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
-    assert opt.param_groups[0]["lr"] == 1e-3
+    assert {g["lr"] for g in opt.param_groups} == {1e-3}
     after = opt.state_dict()
     for pid, st in opt_state["state"].items():
         assert all(torch.equal(v, after["state"][pid][k]) for k, v in st.items())
     # the oracle: the same step done for real, ratios from the two state dicts
-    opt.param_groups[0]["lr"] = 0.02
+    set_lr(opt, 0.02)
     _, loss = model(x, y)
     loss.backward()
     raw = {n: hand_norm(p.grad) for n, p in model.named_parameters()}

@@ -255,12 +255,17 @@ def test_train_refuses_to_resume_with_another_model_or_data(small_text, tmp_path
     assert load_model(tmp_path, "last")[2]["step"] == 4
 
 
-def test_a_start_not_below_the_full_size_is_no_schedule(small_text):
-    """As when a preset's start is above a smaller --batch-size."""
+@pytest.mark.parametrize("schedule", [dict(batch_start=8, block_start=64),  # not below
+                                      dict(batch_start=2, block_start=8, ramp=0.0)])  # no ramp
+def test_a_start_not_below_the_full_size_or_no_ramp_is_no_schedule(small_text, caplog, schedule):
+    """As when a preset's start is above a smaller --batch-size; and the start line says so."""
+    caplog.set_level(logging.INFO, logger="minigpt")
     shapes = BatchShapes()
-    train(tiny_config(small_text, steps=3, eval_every=5, batch_start=8, block_start=64),
+    train(tiny_config(small_text, steps=3, eval_every=5, **schedule),
           small_text.parent / "run", progress=False, probes=[shapes])
     assert shapes.shapes == [(8, 32)] * 3
+    model_line = next(m for m in caplog.messages if m.startswith("model:"))
+    assert "batch 8 x 32 tokens, 3 steps" in model_line and "grown" not in model_line
 
 
 @pytest.mark.slow

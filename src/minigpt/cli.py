@@ -540,6 +540,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
     from minigpt.data import load_corpus
     from minigpt.plan import format_plan, plan
+    from minigpt.schedule import grows
 
     cfg = resolve_config(args.preset or "seed", args.config, settings_given(args), SECTIONS)
     seconds = cfg.train.time_budget
@@ -559,15 +560,15 @@ def cmd_plan(args: argparse.Namespace) -> None:
         splits.check(cfg.model.block_size)  # (a corpus train would refuse: refused here too)
         cfg.model.vocab_size = tok.vocab_size
     m, t = cfg.model, cfg.train
-    grows = [f"{name} {start}" for name, start, full in [("batch", t.batch_start, t.batch_size),
-                                                         ("block", t.block_start, m.block_size)]
-             if 0 < start < full]  # a schedule's smaller first steps are slower a token
+    growing = [f"{name} {start}" for name, start, full in [("batch", t.batch_start, t.batch_size),
+                                                           ("block", t.block_start, m.block_size)]
+               if grows(start, full, t.ramp)]  # a schedule's smaller first steps: slower a token
     print(f"planning {args.tokens:,.0f} tokens" * bool(args.tokens)
           + " and " * bool(args.tokens and seconds) + f"{seconds:,.0f} s" * bool(seconds)
           + f": vocab {m.vocab_size:,}, block {m.block_size}, batch {t.batch_size} x "
           f"{t.grad_accum}, {t.optimizer}, dtype {t.dtype}"
           + f" (timed at full size: the run's first {t.ramp:.0%}, growing from "
-            f"{' and '.join(grows)}, is slower a token)" * bool(grows)
+            f"{' and '.join(growing)}, is slower a token)" * bool(growing)
           + "; timing each shape on this CPU...", flush=True)
     shapes = plan(cfg, psutil.Process().memory_info().rss)
     print(format_plan(shapes, args.tokens, seconds))

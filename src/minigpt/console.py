@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
+from minigpt.schedule import grows
+
 if TYPE_CHECKING:  # for the annotations only
     from minigpt.config import TrainConfig
     from minigpt.run import Run
@@ -79,12 +81,12 @@ def log_start(run: Run, peak: float) -> None:
              f"{peak / 1e9:,.0f} GFLOP/s")
     log.info(f"data: {data['text']}: vocab {data['vocab_size']}, "
              f"{data['train_tokens']:,} train and {data['val_tokens']:,} val tokens")
-    batch = f"batch {grows(t.batch_start, t.batch_size)}"
+    batch = f"batch {sized(t.batch_start, t.batch_size, t.ramp)}"
     if t.grad_accum > 1 or processes > 1:
         batch += f" x {count(t.grad_accum, 'micro-step')} x {processes} process" + "es" * (
             processes > 1)
-    block = grows(t.block_start, run.cfg.model.block_size)
-    grown = 0 < t.batch_start < t.batch_size or 0 < t.block_start < run.cfg.model.block_size
+    block = sized(t.block_start, run.cfg.model.block_size, t.ramp)
+    grown = "->" in batch + block
     ramp = f" (grown over the first {t.ramp:.0%})" if grown else ""
     log.info(f"model: {data['params']:,} parameters on {env['device']}; {t.optimizer} lr "
              f"{t.lr:g} ({t.schedule}), {batch} x {block} tokens{ramp}, "
@@ -99,9 +101,9 @@ def log_start(run: Run, peak: float) -> None:
                     f"{max(1, t.steps // 10):,}")
 
 
-def grows(start: int, full: int) -> str:
+def sized(start: int, full: int, ramp: float) -> str:
     """A size and its schedule: '32', or '8->32' when it grows from 8."""
-    return f"{start}->{full}" if 0 < start < full else f"{full}"
+    return f"{start}->{full}" if grows(start, full, ramp) else f"{full}"
 
 
 def log_eval(row: dict, improved: bool) -> None:

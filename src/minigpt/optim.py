@@ -71,6 +71,11 @@ class Muon(torch.optim.Muon):
         self.dtype, self.polar_express, self.normuon, self.beta2 = (dtype, polar_express,
                                                                     normuon, beta2)
 
+    def __getstate__(self) -> dict:
+        """torch's (defaults, state, groups) and this Muon's own choices: a copy steps alike."""
+        return {**super().__getstate__(), "dtype": self.dtype, "normuon": self.normuon,
+                "polar_express": self.polar_express, "beta2": self.beta2}
+
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
@@ -154,6 +159,10 @@ class MuonWithAdamW(torch.optim.Optimizer):
                          {})
         self.param_groups = [g for o in self.parts for g in o.param_groups]
         muon.state = adamw.state = self.state  # the parameters are disjoint
+
+    def __getstate__(self) -> dict:
+        """torch's and the parts: a deep copy's parts share its state and groups, as these do."""
+        return {**super().__getstate__(), "parts": self.parts}
 
     @torch.no_grad()
     def step(self, closure=None):

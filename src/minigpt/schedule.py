@@ -68,11 +68,16 @@ def lr_at(
     return min_lr + (lr - min_lr) * (1 + math.cos(math.pi * progress)) / 2
 
 
+def grows(start: int, full: int, ramp: float) -> bool:
+    """Whether a size schedule is on: a start below the full size, and a ramp to grow over."""
+    return 0 < start < full and ramp > 0
+
+
 def size_at(progress: float, *, start: int, full: int, ramp: float) -> int:
     """The size at `progress` (0 to 1) through training: `start`, 2 `start`, 3 `start`, ...
     growing linearly to `full`, reached when progress reaches `ramp`; `full` throughout when
-    start is 0 or not below full, or ramp is 0."""
-    if not 0 < start < full or progress >= ramp:
+    the schedule is off (see `grows`)."""
+    if not grows(start, full, ramp) or progress >= ramp:
         return full
     grown = start + (full - start) * max(progress, 0.0) / ramp
     return min(full, start * int(grown // start))
