@@ -22,6 +22,7 @@ import os
 import shlex
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -661,8 +662,9 @@ def say(line: str) -> None:
     once it has; an error only one of them met, it says itself."""
     world = world_from_env()
     if not world.is_main:
-        for sig in (signal.SIGINT, signal.SIGTERM):  # torchrun's stop ends the wait silently
-            signal.signal(sig, signal.SIG_DFL)
+        if threading.current_thread() is threading.main_thread():  # (where signals are set)
+            for sig in (signal.SIGINT, signal.SIGTERM):  # torchrun's stop ends the wait silently
+                signal.signal(sig, signal.SIG_DFL)
         time.sleep(OTHER_RANKS_WAIT)
         line = f"[rank {world.rank}] {line}"
     print(line, file=sys.stderr)
