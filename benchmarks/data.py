@@ -24,7 +24,6 @@ Prints a table, then one JSON line.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -38,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import exit_status, parser, positive
 
 from minigpt.corpus import open_prepared
 from minigpt.data import get_batch
@@ -142,16 +142,16 @@ def mib(n: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tokens", type=int, default=100_000_000,
+    ap = parser(__doc__)
+    ap.add_argument("--tokens", type=positive(), default=100_000_000,
                     help="characters in the large corpus (= tokens for char; default 100 M)")
-    ap.add_argument("--small", type=int, default=10_000_000,
+    ap.add_argument("--small", type=positive(zero=True), default=10_000_000,
                     help="characters in the small corpus, to see memory not grow (0 = none)")
-    ap.add_argument("--files", type=int, default=8, help="files per corpus (default 8)")
+    ap.add_argument("--files", type=positive(), default=8, help="files per corpus (default 8)")
     ap.add_argument("--tokenizer", default="char", choices=("char", "bpe"))
-    ap.add_argument("--shard-tokens", type=int, default=20_000_000,
+    ap.add_argument("--shard-tokens", type=positive(), default=20_000_000,
                     help="tokens per shard (default 20 M, so the large corpus has several)")
-    ap.add_argument("--batch-seconds", type=float, default=3.0,
+    ap.add_argument("--batch-seconds", type=positive(float), default=3.0,
                     help="time spent measuring each batch throughput (default 3)")
     ap.add_argument("--dir", help="working folder (default: a new one under /tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the corpora and shards")
@@ -222,4 +222,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(exit_status(main))

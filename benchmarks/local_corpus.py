@@ -9,11 +9,12 @@ least --chars characters. Prints what it gathered, then one JSON line.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import sysconfig
 from pathlib import Path
+
+from common import exit_status, parser, positive
 
 from minigpt.data import ensure_tinyshakespeare
 
@@ -32,9 +33,10 @@ def sources() -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--out", required=True, help="folder for the parts")
-    ap.add_argument("--chars", type=float, default=4e9, help="characters at least (default 4e9)")
+    ap.add_argument("--chars", type=positive(float), default=4e9,
+                    help="characters at least (default 4e9)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -68,4 +70,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main))

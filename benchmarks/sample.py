@@ -26,13 +26,13 @@ load from other processes falls on all of them alike. Prints a table, then one J
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
 import time
 
 import torch
+from common import exit_status, parser, positive, positives
 
 from minigpt import MiniGPT, lesson
 from minigpt.sample import generate
@@ -59,13 +59,13 @@ def timed(fn, idx: torch.Tensor, n: int, seed: int) -> tuple[float, torch.Tensor
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--new-tokens", default="100,500",
+    ap = parser(__doc__)
+    ap.add_argument("--new-tokens", default=[100, 500], type=positives(),
                     help="comma-separated numbers of new tokens from the prompt (default 100,500)")
-    ap.add_argument("--full-block-tokens", type=int, default=100,
+    ap.add_argument("--full-block-tokens", type=positive(zero=True), default=100,
                     help="new tokens for the row that starts from a full block (0 = no row)")
-    ap.add_argument("--repeats", type=int, default=5, help="timed runs per cell (default 5)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--repeats", type=positive(), default=5, help="timed runs per cell (default 5)")
+    ap.add_argument("--threads", type=positive(), default=1, help="torch threads (default 1)")
     ap.add_argument("--seed", type=int, default=0, help="weights and sampling seed")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     chars = sorted(set(PROMPT))  # any fixed token ids will do for random weights
     prompt = torch.tensor([[chars.index(c) for c in PROMPT]])  # (1, 6)
     full = torch.randint(0, VOCAB, (1, BLOCK), generator=torch.Generator().manual_seed(1))
-    rows = [(f'"{PROMPT}" + {n}', prompt, n) for n in map(int, args.new_tokens.split(","))]
+    rows = [(f'"{PROMPT}" + {n}', prompt, n) for n in args.new_tokens]
     if args.full_block_tokens:
         rows.append((f"{BLOCK} tokens + {args.full_block_tokens}", full, args.full_block_tokens))
 
@@ -132,4 +132,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(exit_status(main))

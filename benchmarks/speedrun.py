@@ -21,7 +21,6 @@ Prints a table, then one JSON line.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import exit_status, parser, positive, positives
 
 from minigpt import lesson, precision, resolve_config, train
 from minigpt.data import ensure_tinyshakespeare, load_tokens
@@ -69,16 +69,17 @@ def run(name: str, preset: str, out: Path, **settings) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--budgets", default="20,180,300",
+    ap = parser(__doc__)
+    ap.add_argument("--budgets", default=[20.0, 180.0, 300.0], type=positives(float),
                     help="time budgets (s) for the fast preset, comma-separated "
                          "(default 20,180,300)")
     ap.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                     help="matmul precision of the minigpt runs (default auto)")
-    ap.add_argument("--eval-every", type=int, default=25,
+    ap.add_argument("--eval-every", type=positive(), default=25,
                     help="steps between whole-split evaluations in every run (default 25)")
     ap.add_argument("--skip-default", action="store_true", help="do not run the default")
-    ap.add_argument("--rounds", type=int, default=5, help="rounds of the lesson's step")
+    ap.add_argument("--rounds", type=positive(), default=5,
+                    help="rounds of the lesson's step (default 5)")
     ap.add_argument("--out", default="runs/speedrun", help="where the runs go")
     args = ap.parse_args(argv)
     out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [lesson_row]
     if not args.skip_default:
         rows.append(run("default", "seed", out, eval_every=args.eval_every, dtype=args.dtype))
-    for budget in (float(b) for b in args.budgets.split(",")):
+    for budget in args.budgets:
         rows.append(run(f"fast-{budget:g}s", "fast", out, time_budget=budget,
                         eval_every=args.eval_every, dtype=args.dtype))
 
@@ -124,4 +125,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(exit_status(main))

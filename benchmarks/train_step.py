@@ -29,7 +29,6 @@ figure is the median over rounds of its mean step time. Prints a table, then one
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
@@ -37,6 +36,7 @@ import time
 
 import numpy as np
 import torch
+from common import exit_status, parser, positive
 
 from minigpt import MiniGPT, lesson, performance, precision, resolve_config
 from minigpt.data import Batches, Splits
@@ -121,15 +121,18 @@ def timed(step, n: int, device: torch.device) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--preset", default="seed", help="model and batch shape (default seed)")
     ap.add_argument("--variants", default=",".join(VARIANTS),
                     help=f"comma-separated, from {', '.join(VARIANTS)}")
-    ap.add_argument("--rounds", type=int, default=12, help="timed rounds (default 12)")
-    ap.add_argument("--warmup", type=int, default=2, help="rounds not counted (default 2)")
-    ap.add_argument("--steps-per-round", type=int, default=4, help="steps per round (default 4)")
+    ap.add_argument("--rounds", type=positive(), default=12, help="timed rounds (default 12)")
+    ap.add_argument("--warmup", type=positive(zero=True), default=2,
+                    help="rounds not counted (default 2)")
+    ap.add_argument("--steps-per-round", type=positive(), default=4,
+                    help="steps per round (default 4)")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    ap.add_argument("--threads", type=positive(zero=True), default=0,
+                    help="torch threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.threads:
@@ -212,4 +215,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(exit_status(main))

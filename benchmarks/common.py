@@ -1,0 +1,49 @@
+"""What the benchmark scripts share: a parser described by the script's first paragraph, argument
+types that refuse a value that cannot be meant (argparse's one line, before anything is timed),
+and a main whose MiniGPTError (a download that fails, say) is one line too.
+
+    from common import exit_status, parser, positive
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from minigpt.errors import MiniGPTError
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The script's parser; its description, the docstring's first paragraph."""
+    return argparse.ArgumentParser(description=" ".join(doc.split("\n\n")[0].split()))
+
+
+def positive(kind: type = int, zero: bool = False) -> Callable[[str], float]:
+    """An argument type: a number of `kind` above 0 (or at least 0, with `zero`)."""
+
+    def check(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not (value >= 0 if zero else value > 0):
+            raise argparse.ArgumentTypeError(f"must be {'at least 0' if zero else 'above 0'}, "
+                                             f"got {text}")
+        return value
+
+    return check
+
+
+def positives(kind: type = int) -> Callable[[str], list]:
+    """An argument type: comma-separated numbers of `kind`, each above 0 ("100,500")."""
+    return lambda text: [positive(kind)(part) for part in text.split(",")]
+
+
+def exit_status(main: Callable[[], int]) -> int:
+    """main's exit status; a MiniGPTError is one line on stderr and status 2."""
+    try:
+        return main()
+    except MiniGPTError as e:
+        print(f"{sys.argv[0]}: error: {e}", file=sys.stderr)
+        return 2
