@@ -295,6 +295,21 @@ def test_probe_without_optimizer_equals_a_manual_backward_and_touches_nothing():
         assert s.update_ratio is None
 
 
+def test_probe_runs_the_forward_in_the_runs_precision():
+    """A bf16 run's probe: the gradients of a forward under bf16 autocast, as its steps had."""
+    model = tiny()
+    x, y = batch()
+    with torch.autocast("cpu", torch.bfloat16):
+        _, loss = model(x, y)
+    loss.backward()
+    stats = probe_batch_stats(model, x, y, dtype=torch.bfloat16)
+    mixed = {n: hand_norm(p.grad) for n, p in model.named_parameters()}
+    assert all(s.grad_norm == pytest.approx(mixed[s.name], rel=1e-5) for s in stats)
+    float32 = probe_batch_stats(model, x, y)  # another answer
+    assert any(s.grad_norm != pytest.approx(f.grad_norm, rel=1e-5)
+               for s, f in zip(stats, float32, strict=True))
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])  # muon: two optimizers as one
 def test_probe_with_optimizer_steps_a_copy_exactly_as_the_real_step_would(optimizer):
     model = tiny()

@@ -451,9 +451,10 @@ def cmd_gradflow(args: argparse.Namespace) -> None:
         lr = schedule_lr(t, probe_step, seconds)
         note = " (where the schedule ends: --lr sets another)" if lr == 0 else ""
     x, y = run.batches.get_batch("train")
-    stats = probe_batch_stats(run.model, x, y, run.optimizer, lr=lr, grad_clip=t.grad_clip)
+    stats = probe_batch_stats(run.model, x, y, run.optimizer, lr=lr, grad_clip=t.grad_clip,
+                              dtype=run.dtype)
     print(f"{args.run} after {count(step, 'step')} ({args.checkpoint}), one batch of "
-          f"{tuple(x.shape)}, probe step at lr {lr:.3g}{note}")
+          f"{tuple(x.shape)} in {t.dtype}, probe step at lr {lr:.3g}{note}")
     print(format_table(stats))
 
 

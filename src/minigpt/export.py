@@ -60,23 +60,22 @@ LAYER_NORM_EPS = 1e-5
 
 # settings GPT-2 has no counterpart for: (field, its GPT-2-compatible values, what it sets)
 GPT2_SETTINGS = [
-    ("pos", ("learned",), "position embeddings"),
-    ("norm", ("layernorm",), "normalisation"),
-    ("mlp", ("gelu",), "MLP"),
-    ("qk_norm", (False,), "query/key normalisation"),
-    ("bigram", (False,), "a bigram embedding"),
-    ("smear", (False,), "the smear"),
-    ("value_embeds", (0,), "value embeddings"),
-    ("unet", (False,), "U-net skips"),
-    ("logit_cap", (0.0,), "logit soft-capping"),
+    ("pos", ("learned",), "position embeddings ({}) have"),
+    ("norm", ("layernorm",), "normalisation ({}) has"),
+    ("mlp", ("gelu",), "an MLP ({}) has"),
+    ("qk_norm", (False,), "query/key normalisation ({}) has"),
+    ("bigram", (False,), "a bigram embedding ({}) has"),
+    ("smear", (False,), "the smear ({}) has"),
+    ("value_embeds", (0,), "value embeddings ({}) have"),
+    ("unet", (False,), "U-net skips ({}) have"),
+    ("logit_cap", (0.0,), "logit soft-capping ({}) has"),
 ]
-# the values we know of, said plainly (any other value gets the generic wording)
+# the values we know of, said plainly (any other value gets the setting's wording)
 NO_COUNTERPART = {
-    ("pos", "rope"): "rotary position embeddings (pos='rope') have",
-    ("norm", "rmsnorm"): "RMSNorm (norm='rmsnorm') has",
-    ("mlp", "relu2"): "a squared-ReLU MLP (mlp='relu2') has",
-    ("mlp", "swiglu"): "a SwiGLU MLP (mlp='swiglu') has",
-    ("qk_norm", True): "query/key normalisation (qk_norm=True) has",
+    ("pos", "rope"): "rotary position embeddings ({}) have",
+    ("norm", "rmsnorm"): "RMSNorm ({}) has",
+    ("mlp", "relu2"): "a squared-ReLU MLP ({}) has",
+    ("mlp", "swiglu"): "a SwiGLU MLP ({}) has",
 }
 
 
@@ -86,7 +85,7 @@ def check_exportable(config) -> None:
     for field, compatible, what in GPT2_SETTINGS:
         value = getattr(config, field)
         if value not in compatible:
-            reason = NO_COUNTERPART.get((field, value), f"{what} {field}={value!r} has")
+            reason = NO_COUNTERPART.get((field, value), what).format(f"{field}={value!r}")
             raise MiniGPTError(f"cannot export: {reason} no GPT-2 counterpart")
 
 

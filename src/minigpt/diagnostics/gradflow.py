@@ -52,7 +52,7 @@ import torch
 from minigpt.diagnostics.plots import new_figure, save_png
 from minigpt.errors import MiniGPTError
 from minigpt.optim import set_lr
-from minigpt.step import clip_gradients
+from minigpt.step import MicroSteps, clip_gradients
 
 VANISH = 1e-7
 EXPLODE = 1e2
@@ -202,8 +202,10 @@ def summary_line(stats: list[ParamStats]) -> str:
 
 def probe_batch_stats(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                       optimizer: torch.optim.Optimizer | None = None, lr: float | None = None,
-                      grad_clip: float = 0.0) -> list[ParamStats]:
-    """Forward and backward on one batch (in training mode) and the gradient statistics.
+                      grad_clip: float = 0.0, dtype: torch.dtype = torch.float32
+                      ) -> list[ParamStats]:
+    """Forward (under autocast to `dtype`, as the run's step) and backward on one batch (in
+    training mode), and the gradient statistics.
     Everything happens on a deep copy: the caller's model (weights, gradients, mode) and
     optimizer (state, learning rate) are untouched. With an optimizer (holding this model's
     parameters, e.g. restored from a checkpoint) the copy takes one step, at `lr` if given,
@@ -216,7 +218,8 @@ def probe_batch_stats(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     work, opt = copy.deepcopy((model, optimizer))  # one memo: opt refers to work's parameters
     work.train()
     work.zero_grad(set_to_none=True)
-    _, loss = work(x, y)
+    with MicroSteps(dtype=dtype).autocast(x.device):
+        _, loss = work(x, y)
     loss.backward()
     grads = gradients(work)
     clip_gradients(work, grad_clip)  # as the training loop clips (0: not at all)
