@@ -135,6 +135,20 @@ def test_early_stop_only_when_the_run_ended_before_its_steps():
     assert "early stop" not in kinds(rows, Facts(vocab_size=65, time_budget=15.0, patience=3))
 
 
+def test_validation_gone_nan_is_said_and_counts_toward_early_stopping():
+    rows = lesson_curve(steps=1251)
+    for r in rows:  # metrics.jsonl writes a NaN loss as null
+        if "val_loss" in r and r["step"] > 500:
+            r["val_loss"] = None
+    stopped = Facts(vocab_size=65, total_steps=5000, patience=3)
+    finding = only(rows, "val not finite", stopped)
+    assert finding.steps == (750, 1000, 1250) and finding.message.startswith(
+        "the validation loss was NaN or inf at 3 evaluation(s), the first at step 750")
+    assert only(rows, "early stop", stopped).step == 1250  # as the trainer counted them
+    assert only(rows, "best", stopped).step == 500
+    assert "val not finite" not in kinds(lesson_curve())
+
+
 def test_clipped_steps_from_the_rows_counts_or_the_gradient_norms():
     rows = lesson_curve(steps=1000)
     rows[1]["clipped"] = 7
@@ -224,7 +238,11 @@ def test_a_loss_that_rises_again_is_diverging_not_the_lessons_shape():
     assert message.startswith("the training loss (its running median over 5 rows) was lowest "
                               "at step 0 (7.03) and rose to")
     assert "lower the peak learning rate" in finding.message
-    assert not {"shape", "shape, not yet"} & set(kinds(rows))
+    assert not {"shape", "shape, not yet", "plateau"} & set(kinds(rows))
+    rows = lesson_curve(steps=2000)  # diverged, then stuck high: rising, not a plateau
+    for r in rows:
+        r["train_loss"] = 3.5 if r["step"] >= 1000 else r["train_loss"]
+    assert "rising" in kinds(rows) and "plateau" not in kinds(rows)
     legend = plot_loss(rows, findings=read_curve(rows, FACTS)).axes[0].get_legend().get_texts()
     assert "loss rising" in {t.get_text() for t in legend}
     rows = lesson_curve(tau=100)
@@ -245,6 +263,12 @@ def test_plateau_and_a_steady_fall():
     steady = [{"step": s, "train_loss": 4.0 - 0.002 * s, "lr": 1e-3} for s in range(0, 1000, 10)]
     assert "plateau" not in kinds(steady, Facts(vocab_size=65))
     assert "shape, not yet" in kinds(steady, Facts(vocab_size=65))
+    # flat after a slow start: not yet the lesson's shape, and a plateau; neither says it falls
+    slow = [{"step": s, "train_loss": max(2.0, 4.2 - 2.2 * s / 300), "lr": 1e-3}
+            for s in range(0, 1000, 10)]
+    assert only(slow, "shape, not yet", Facts(vocab_size=65)).message.endswith(
+        "(to 3.47 by step 100), the rest later (to 2.00)")
+    assert only(slow, "plateau", Facts(vocab_size=65)).step == 300
 
 
 def test_format_and_read_run(tmp_path):
@@ -259,13 +283,15 @@ def test_format_and_read_run(tmp_path):
 def test_every_kind_has_its_words_and_its_drawing():
     rows = with_spikes(overfit_curve(), [300])
     rows[3]["clipped"], rows[8]["skipped"] = 2, 1
+    next(r for r in rows if r["step"] == 3000)["val_loss"] = None  # one evaluation gone NaN
     findings = read_curve(rows, Facts(vocab_size=65, warmup_steps=400, total_steps=5000,
                                       grad_clip=1.0))
     assert all(f.kind in reading.WORDING for f in findings)
     legend = plot_loss(rows, findings=findings).axes[0].get_legend().get_texts()
     labels = {t.get_text() for t in legend}
     assert {"ln V = 4.17", "warmup ends", "best checkpoint", "clipped", "skipped (NaN/inf)",
-            "spike in warmup", "validation stops following train"} <= labels
+            "spike in warmup", "validation stops following train",
+            "validation NaN/inf"} <= labels
     plain = {t.get_text() for t in plot_loss(rows).axes[0].get_legend().get_texts()}
     assert plain == {"train", "validation"}
 

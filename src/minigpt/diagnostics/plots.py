@@ -88,6 +88,9 @@ def annotate(ax, rows: list[dict], findings: list[Finding]) -> None:
         elif f.kind == "skipped":
             ax.plot(f.steps, [0.05] * len(f.steps), "v", color="C3", transform=bottom,
                     label="skipped (NaN/inf)")
+        elif f.kind == "val not finite":
+            ax.plot(f.steps, [0.05] * len(f.steps), "o", mfc="none", color="C1",
+                    transform=bottom, label="validation NaN/inf")
         elif f.kind in ("spikes in warmup", "spikes"):
             ax.plot(f.steps, [train[s] for s in f.steps], "x", ms=8, mew=2, color="C3",
                     label="spike" + (" in warmup" if f.kind == "spikes in warmup" else ""))

@@ -66,6 +66,9 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
     "clipped mostly": "the gradient was clipped (norm above {clip:g}) on {n:,} of {total:,} "
                       "steps ({share:.0%}): clipping that often acts as a lower learning rate; "
                       "lower the peak learning rate (--lr) or raise --grad-clip",
+    "val not finite": "the validation loss was NaN or inf at {n:,} evaluation(s), the first at "
+                      "step {step:,}: the weights evaluated hold NaN or inf; resume from a "
+                      "checkpoint before it with a lower learning rate (--lr)",
     "skipped": "{n:,} batch(es) had NaN or inf gradients and were skipped, the first by step "
                "{step:,}: lower the peak learning rate, keep --grad-clip 1.0, or look for bad "
                "data",
@@ -74,7 +77,8 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
     "spikes": "the loss spiked {times} after warmup (at step {at}): lower the learning rate "
               "(--lr){clip_hint}",
     "overfitting": "validation stopped improving at step {step:,} while training kept falling "
-                   "(train {train0:.2f} -> {train1:.2f}, validation {val0:.2f} -> {val1:.2f}): "
+                   "(train, its running median, {train0:.2f} -> {train1:.2f}; validation "
+                   "{val0:.2f} -> {val1:.2f}): "
                    "more data, dropout (--dropout 0.1), or stop earlier (--patience 3)",
     "rising": "the training loss (its running median over {width} rows) was lowest at step "
               "{step:,} ({low:.2f}) and rose to {high:.2f} "
@@ -89,7 +93,7 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
              "slowly (to {loss2:.2f})",
     "shape, not yet": "not yet the lesson's shape: from {loss0:.2f} at step 0, only {share:.0%} "
                       "of the drop came in the first tenth of the run (to {loss1:.2f} by step "
-                      "{step:,}); it is still falling steadily (to {loss2:.2f})",
+                      "{step:,}), the rest later (to {loss2:.2f})",
 }
 CLIP_HINT = {True: ", or clip harder (--grad-clip 0.5)",
              False: ", or turn gradient clipping on (--grad-clip 1.0)"}
@@ -232,7 +236,7 @@ def early_stop(rows: list[dict], facts: Facts) -> list[Finding]:
     best = best_evaluation(rows, facts)
     if facts.patience <= 0 or best is None:
         return []
-    after = [s for s, _ in evaluations(rows) if s > best[0]]
+    after = [r["step"] for r in rows if "val_loss" in r and r["step"] > best[0]]  # NaN too
     if facts.total_steps is not None:
         ended_early = steps_done(rows) < facts.total_steps
     else:  # the budget, spent, ends a run with its clock at or past it
@@ -240,6 +244,12 @@ def early_stop(rows: list[dict], facts: Facts) -> list[Finding]:
     if not ended_early or len(after) < facts.patience:
         return []
     return [finding("early stop", after[-1], n=facts.patience, best=best[0])]
+
+
+def val_not_finite(rows: list[dict], facts: Facts) -> list[Finding]:
+    """Evaluations whose loss was NaN or inf (written as null), which the other rules skip."""
+    where = [r["step"] for r in rows if "val_loss" in r and not finite(r["val_loss"])]
+    return [finding("val not finite", where[0], steps=tuple(where), n=len(where))] if where else []
 
 
 def clipped_steps(rows: list[dict], facts: Facts) -> list[Finding]:
@@ -317,7 +327,7 @@ def plateau(rows: list[dict], facts: Facts) -> list[Finding]:
     """The longest stretch up to the end where the smoothed train loss stays in a band of
     PLATEAU_NATS, when it covers PLATEAU_SHARE of the run or more."""
     train = smoothed(train_points(rows))
-    if len(train) < 2 * SMOOTH:
+    if len(train) < 2 * SMOOTH or diverging(train):  # a diverged run's high level: `rising`
         return []
     lo = hi = train[-1][1]
     start = len(train) - 1
@@ -375,8 +385,8 @@ def shape(rows: list[dict], facts: Facts) -> list[Finding]:
 
 
 RULES: list[Callable[[list[dict], Facts], list[Finding]]] = [
-    initial_loss, warmup_end, best_checkpoint, early_stop, clipped_steps, skipped_steps,
-    spikes, overfitting, plateau, rising, shape]
+    initial_loss, warmup_end, best_checkpoint, early_stop, val_not_finite, clipped_steps,
+    skipped_steps, spikes, overfitting, plateau, rising, shape]
 
 
 # --- reading a run ---------------------------------------------------------------------------
