@@ -2,12 +2,14 @@
 types that refuse a value that cannot be meant (argparse's one line, before anything is timed),
 and a main whose MiniGPTError (a download that fails, say) is one line too.
 
-    from common import exit_status, parser, positive
+    from common import exit_status, one_of, parser, positive, positives
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from collections.abc import Callable
 
@@ -20,17 +22,32 @@ def parser(doc: str) -> argparse.ArgumentParser:
 
 
 def positive(kind: type = int, zero: bool = False) -> Callable[[str], float]:
-    """An argument type: a number of `kind` above 0 (or at least 0, with `zero`)."""
+    """An argument type: a finite number of `kind` above 0 (or at least 0, with `zero`)."""
 
     def check(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         if not (value >= 0 if zero else value > 0):
             raise argparse.ArgumentTypeError(f"must be {'at least 0' if zero else 'above 0'}, "
                                              f"got {text}")
         return value
+
+    return check
+
+
+def one_of(names: tuple[str, ...]) -> Callable[[str], list[str]]:
+    """An argument type: comma-separated names, each one of `names` ("lesson,minigpt")."""
+
+    def check(text: str) -> list[str]:
+        unknown = [n for n in text.split(",") if n not in names]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {unknown[0]!r} (choose from "
+                                             f"{', '.join(names)})")
+        return text.split(",")
 
     return check
 
@@ -45,5 +62,5 @@ def exit_status(main: Callable[[], int]) -> int:
     try:
         return main()
     except MiniGPTError as e:
-        print(f"{sys.argv[0]}: error: {e}", file=sys.stderr)
+        print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)  # as argparse
         return 2

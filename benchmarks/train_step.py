@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 import torch
-from common import exit_status, parser, positive
+from common import exit_status, one_of, parser, positive
 
 from minigpt import MiniGPT, lesson, performance, precision, resolve_config
 from minigpt.data import Batches, Splits
@@ -123,7 +123,7 @@ def timed(step, n: int, device: torch.device) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__)
     ap.add_argument("--preset", default="seed", help="model and batch shape (default seed)")
-    ap.add_argument("--variants", default=",".join(VARIANTS),
+    ap.add_argument("--variants", default=list(VARIANTS), type=one_of(VARIANTS),
                     help=f"comma-separated, from {', '.join(VARIANTS)}")
     ap.add_argument("--rounds", type=positive(), default=12, help="timed rounds (default 12)")
     ap.add_argument("--warmup", type=positive(zero=True), default=2,
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = resolve_config(args.preset)
     torch.manual_seed(args.seed)
     tokens = synthetic_tokens(cfg.model.vocab_size, args.seed)
-    names = args.variants.split(",")
+    names = args.variants
     peaks = {dtype: performance.matmul_peak(device, dtype, seconds=1.0)
              for dtype in (torch.float32, torch.bfloat16)}
 

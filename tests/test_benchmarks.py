@@ -20,6 +20,11 @@ def script(name: str, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("name, args, said", [
     ("train_step.py", ["--rounds", "0"], "argument --rounds: must be above 0, got 0"),
+    ("train_step.py", ["--variants", "lesson,bogus"], "argument --variants: unknown 'bogus' "
+     "(choose from lesson, minigpt, float32-eager, foreach-adamw, compile, bf16-autocast, "
+     "bf16-weights)"),
+    ("data.py", ["--batch-seconds", "inf"], "argument --batch-seconds: must be a finite number, "
+     "got inf"),
     ("sample.py", ["--new-tokens", "100,abc"], "argument --new-tokens: not a number: 'abc'"),
     ("speedrun.py", ["--budgets", "20,-1"], "argument --budgets: must be above 0, got -1"),
     ("data.py", ["--small", "-5"], "argument --small: must be at least 0, got -5"),
@@ -38,6 +43,6 @@ def test_an_error_of_minigpt_is_one_line_and_help_is_whole_sentences(capsys, mon
         raise MiniGPTError("cannot download it")
 
     assert exit_status(main) == 2
-    assert capsys.readouterr().err == f"{sys.argv[0]}: error: cannot download it\n"
+    assert capsys.readouterr().err == f"{Path(sys.argv[0]).name}: error: cannot download it\n"
     described = script("speedrun.py", "--help").stdout.split("\n\n")[1]
     assert " ".join(described.split()).endswith("the default run and the `fast` preset.")

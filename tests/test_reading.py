@@ -147,6 +147,12 @@ def test_validation_gone_nan_is_said_and_counts_toward_early_stopping():
     assert only(rows, "early stop", stopped).step == 1250  # as the trainer counted them
     assert only(rows, "best", stopped).step == 500
     assert "val not finite" not in kinds(lesson_curve())
+    rows = [r for r in lesson_curve(steps=1251) if r["step"] <= 500]  # NaN from the first
+    for r in rows:  # evaluation: no best, and the trainer stops at the third all the same
+        if "val_loss" in r:
+            r["val_loss"] = None
+    assert only(rows, "early stop, none finite", stopped).message == (
+        "early stopping at step 500: 3 evaluations without a finite loss")
 
 
 def test_clipped_steps_from_the_rows_counts_or_the_gradient_norms():

@@ -80,7 +80,7 @@ def annotate(ax, rows: list[dict], findings: list[Finding]) -> None:
             ax.axvspan(0, f.step, color="C1", alpha=0.08, label=f.kind)
         elif f.kind == "best":
             ax.plot([f.step], [f.value], "*", ms=12, color="C2", label="best checkpoint")
-        elif f.kind == "early stop":
+        elif f.kind in ("early stop", "early stop, none finite"):
             ax.axvline(f.step, ls="--", lw=1, color="C3", label="early stop")
         elif f.kind in ("clipped", "clipped mostly"):
             ax.plot(f.steps, [0.02] * len(f.steps), "|", ms=6, color="C4", transform=bottom,

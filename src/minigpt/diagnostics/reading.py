@@ -61,14 +61,17 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
             "'best' checkpoint)",
     "early stop": "early stopping at step {step:,}: {n} evaluations without improvement after "
                   "the best, at step {best:,}",
+    "early stop, none finite": "early stopping at step {step:,}: {n} evaluations without a "
+                               "finite loss",
     "clipped": "the gradient was clipped (norm above {clip:g}) on {n:,} of {total:,} steps "
                "({share:.0%}): insurance against the rare large gradient",
     "clipped mostly": "the gradient was clipped (norm above {clip:g}) on {n:,} of {total:,} "
                       "steps ({share:.0%}): clipping that often acts as a lower learning rate; "
                       "lower the peak learning rate (--lr) or raise --grad-clip",
     "val not finite": "the validation loss was NaN or inf at {n:,} evaluation(s), the first at "
-                      "step {step:,}: the weights evaluated hold NaN or inf; resume from a "
-                      "checkpoint before it with a lower learning rate (--lr)",
+                      "step {step:,}: the weights evaluated hold NaN or inf; lower the peak "
+                      "learning rate (--lr), resuming from a checkpoint before it if there is "
+                      "one",
     "skipped": "{n:,} batch(es) had NaN or inf gradients and were skipped, the first by step "
                "{step:,}: lower the peak learning rate, keep --grad-clip 1.0, or look for bad "
                "data",
@@ -234,15 +237,18 @@ def early_stop(rows: list[dict], facts: Facts) -> list[Finding]:
     """A run that ended before its steps (or its time budget), `patience` evaluations after
     its best."""
     best = best_evaluation(rows, facts)
-    if facts.patience <= 0 or best is None:
+    if facts.patience <= 0:
         return []
-    after = [r["step"] for r in rows if "val_loss" in r and r["step"] > best[0]]  # NaN too
+    after = [r["step"] for r in rows if "val_loss" in r  # NaN too, as the trainer counts it
+             and (best is None or r["step"] > best[0])]
     if facts.total_steps is not None:
         ended_early = steps_done(rows) < facts.total_steps
     else:  # the budget, spent, ends a run with its clock at or past it
         ended_early = rows[-1].get("time_s", math.inf) < (facts.time_budget or 0)
     if not ended_early or len(after) < facts.patience:
         return []
+    if best is None:
+        return [finding("early stop, none finite", after[-1], n=facts.patience)]
     return [finding("early stop", after[-1], n=facts.patience, best=best[0])]
 
 
