@@ -7,15 +7,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn as nn
 
-from conftest import one_line_error, run_cli
+from conftest import MAIN_THREAD_ONLY, one_line_error, run_cli
 from minigpt import export
 from minigpt.checkpoint import load_model
+from minigpt.cli import main
 from minigpt.errors import MiniGPTError
 from minigpt.export import check_exportable, export_hf
 from minigpt.model import MiniGPT
@@ -242,6 +244,21 @@ def test_failure_part_way_leaves_nothing(tmp_path, char_tok, monkeypatch):
 
 
 @pytest.mark.slow
+@MAIN_THREAD_ONLY
+def test_sigterm_mid_export_leaves_no_temporary_folder(cli_run, tmp_path, capsys, monkeypatch):
+    """SIGTERM (a kill, a scheduler's stop) unwinds as Ctrl-C does: the half-written folder is
+    removed, one line says so, exit status 143 (it was killed at once, the folder left)."""
+    def killed(block_size):  # SIGTERM arrives while the folder is half written
+        os.kill(os.getpid(), signal.SIGTERM)
+        return {"model_max_length": block_size}
+
+    monkeypatch.setattr(export, "tokenizer_config", killed)
+    out = tmp_path / "hf"
+    assert main(["export", "--run", str(cli_run[0]), "--out", str(out)]) == 143
+    assert capsys.readouterr().err == "minigpt: terminated\n"
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
 def test_the_command_exports_a_run_whose_greedy_text_is_minigpt_samples(cli_run, tmp_path,
                                                                          capsys):
     """`minigpt export` (export_run), then transformers as the oracle: the logits of the run's

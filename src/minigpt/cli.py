@@ -615,7 +615,15 @@ def main(argv: list[str] | None = None) -> int:
             stream.reconfigure(errors="surrogateescape")
     world = world_from_env()
     show_logs(logging.INFO if world.is_main else logging.ERROR)  # rank 0 speaks for all
-    code = run_command(argv)
+    # SIGTERM unwinds as Ctrl-C (not under torchrun, whose teardown it is: there it kills, as
+    # the default does, a process that may be blocked in a collective call)
+    unwind = threading.current_thread() is threading.main_thread() and not world.enabled
+    previous = signal.signal(signal.SIGTERM, terminate) if unwind else None
+    try:
+        code = run_command(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if world.enabled:
         # Under torchrun, leave without the interpreter's teardown: the process group is gone
         # and every file is written and closed by now, and a gloo process's teardown was seen
@@ -655,6 +663,18 @@ def run_command(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         say("minigpt: interrupted")
         return 130
+    except Terminated:
+        print("minigpt: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
+
+
+class Terminated(BaseException):
+    """SIGTERM outside training (where minigpt.signals saves and stops): it unwinds as Ctrl-C
+    does, so that every temporary file is removed (minigpt.files)."""
+
+
+def terminate(signum, frame) -> None:
+    raise Terminated
 
 
 def say(line: str) -> None:
