@@ -43,11 +43,11 @@ def one_of(names: tuple[str, ...]) -> Callable[[str], list[str]]:
     """An argument type: comma-separated names, each one of `names` ("lesson,minigpt")."""
 
     def check(text: str) -> list[str]:
-        unknown = [n for n in text.split(",") if n not in names]
-        if unknown:
+        given = text.split(",")
+        if unknown := [n for n in given if n not in names]:
             raise argparse.ArgumentTypeError(f"unknown {unknown[0]!r} (choose from "
                                              f"{', '.join(names)})")
-        return text.split(",")
+        return given
 
     return check
 

@@ -86,7 +86,8 @@ def log_start(run: Run, peak: float) -> None:
         batch += f" x {count(t.grad_accum, 'micro-step')} x {processes} process" + "es" * (
             processes > 1)
     block = sized(t.block_start, run.cfg.model.block_size, t.ramp)
-    grown = "->" in batch + block
+    grown = grows(t.batch_start, t.batch_size, t.ramp) or grows(
+        t.block_start, run.cfg.model.block_size, t.ramp)
     ramp = f" (grown over the first {t.ramp:.0%})" if grown else ""
     log.info(f"model: {data['params']:,} parameters on {env['device']}; {t.optimizer} lr "
              f"{t.lr:g} ({t.schedule}), {batch} x {block} tokens{ramp}, "
