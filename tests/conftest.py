@@ -217,6 +217,11 @@ class CrashAt(Probe):
             raise KeyboardInterrupt
 
 
+def not_warnings(stderr: str) -> list[str]:
+    """The lines of a command's stderr that are not warnings (which go there too)."""
+    return [line for line in stderr.splitlines() if not line.startswith("warning: ")]
+
+
 def one_line_error(capsys, args: list[str]) -> str:
     """Run `minigpt ARGS` in-process (`main`, what the command runs) where it must fail as a
     user's mistake: exit status 2 and one line on stderr, which is returned. An exception

@@ -21,10 +21,11 @@ def test_train_prints_split_sizes_figures_and_summary(cli_run):
     assert f"vocab {len(set(text.read_text()))}," in r.stdout
     assert f"{n_train:,} train and {n - n_train:,} val tokens" in r.stdout
     assert (f"warning: --eval-batches 4 reads 1,024 tokens an evaluation, more than the "
-            f"validation split's {n - n_train:,}") in r.stdout  # 4 x 8 x 32, TINY's
+            f"validation split's {n - n_train:,}") in r.stderr  # 4 x 8 x 32, TINY's
     assert "final validation loss (whole split" in r.stdout
     assert ("warning: warmup (100 steps) is the whole run: the learning rate will only rise, "
-            "and never decay; try --warmup-steps 4") in r.stdout  # 40 steps, default warmup
+            "and never decay; try --warmup-steps 4") in r.stderr  # 40 steps, default warmup
+    assert "warning" not in r.stdout  # (the run's lines are its output; warnings are not)
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary == json.loads((out / "summary.json").read_text())
 
@@ -49,6 +50,49 @@ def test_sample_into_a_pipe_that_closes_stops_quietly(cli_run):
     proc.stdout.close()
     assert proc.wait(timeout=120) == 141
     assert proc.stderr.read() == b""
+
+
+# Ctrl-C (os.kill) while torch is imported: the first import of torch sends it
+CTRL_C_IN_IMPORT = """
+import os, runpy, signal, sys
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+sys.meta_path.insert(0, CtrlC())
+sys.argv = ["minigpt", "--version"]
+runpy.run_module("minigpt", run_name="__main__")
+"""
+
+
+def test_ctrl_c_while_torch_loads_is_one_line_and_exit_130():
+    r = subprocess.run([sys.executable, "-c", CTRL_C_IN_IMPORT], capture_output=True, text=True,
+                       timeout=120)
+    assert (r.returncode, r.stdout, r.stderr) == (130, "", "minigpt: interrupted\n")
+
+
+def test_a_finished_command_is_not_undone_by_ctrl_c_in_the_teardown():
+    code = ("import signal, sys; from minigpt.__main__ import main; sys.argv = ['minigpt', "
+            "'autograd']; code = main(); "
+            "print(code, signal.getsignal(signal.SIGINT) == signal.SIG_IGN)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.splitlines()[-1] == "0 True", r.stderr
+
+
+def test_what_a_console_cannot_encode_is_escaped_not_a_crash():
+    """A sample's characters on an ASCII console (a cp1252 one, PYTHONIOENCODING=ascii) come
+    out escaped; a file name's undecodable bytes come out as those bytes."""
+    import codecs
+    import io
+
+    from minigpt.cli import printable
+    codecs.register_error("minigpt", printable)
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="ascii", errors="minigpt")
+    stream.write("caf\u00e9 \u65e5 " + b"n\xe4me".decode("utf-8", "surrogateescape"))
+    stream.flush()
+    assert raw.getvalue() == b"caf\\xe9 \\u65e5 n\xe4me"
 
 
 def test_help_explains_every_lesson_flag(capsys, monkeypatch):
@@ -218,7 +262,7 @@ def test_steps_under_a_time_budget_are_said_not_to_end_the_run(small_text, tmp_p
     r = run_cli("train", "--text", str(small_text), *TINY_FLAGS, "--time-budget", "0.5",
                 "--steps", "3", "--out", str(tmp_path / "run"))
     assert r.returncode == 0, r.stderr
-    assert "--steps 3 does not end this run: its time budget of 0.5 s does" in r.stdout
+    assert "--steps 3 does not end this run: its time budget of 0.5 s does" in r.stderr
 
 
 def test_a_data_dir_that_is_a_file_is_named(tmp_path):
@@ -245,3 +289,17 @@ def test_a_log_level_the_program_set_stays(small_text, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "" and (tmp_path / "run" / "summary.json").exists()
+
+
+def test_logs_print_once_where_they_belong_even_when_the_program_sets_up_logging_later():
+    """The run's lines on stdout, warnings on stderr; once a notebook calls basicConfig after a
+    first run, its handler prints them, and minigpt's does not print them a second time."""
+    code = ("import logging\n"
+            "from minigpt.console import show_logs\n"
+            "show_logs()\n"
+            "log = logging.getLogger('minigpt.trainer')\n"
+            "log.info('a line'); log.warning('a warning')\n"
+            "logging.basicConfig(format='root: %(message)s')\n"
+            "log.info('later')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (r.stdout, r.stderr) == ("a line\n", "warning: a warning\nroot: later\n")

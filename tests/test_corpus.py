@@ -4,6 +4,7 @@ interrupted prepare continues to the same shards, a damaged shard is refused, ga
 across shards equal those of one concatenated array, and bad input is one line, leaving nothing
 behind. (That the tokenizer never sees the validation split: tests/test_bpe.py.)"""
 
+import io
 import json
 import random
 import shutil
@@ -110,6 +111,9 @@ def test_each_bar_counts_what_its_total_counts(tmp_path, monkeypatch):
     ended = {}
 
     class Recording(minigpt.corpus.tqdm):
+        def __init__(self, *args, **kwargs):  # (shown, as on a terminal)
+            super().__init__(*args, **{**kwargs, "disable": False, "file": io.StringIO()})
+
         def close(self):
             ended[self.desc] = (self.n, self.total)
             super().close()
@@ -122,6 +126,19 @@ def test_each_bar_counts_what_its_total_counts(tmp_path, monkeypatch):
     assert size > chars
     assert ended["scan"] == ended["encode"] == (size, size)
     assert ended["train bpe"] == (split_point(chars, 0.1), split_point(chars, 0.1))
+
+
+@pytest.mark.parametrize("data, at", [
+    (b"a" * 9 + "\u4f60".encode() + b"\xff", 12),  # just after a character cut between reads
+    (b"hello\n\xe4\xbd", 6),  # a character the file's end cuts
+    (b"\xef\xbb\xbfab\xff", 5),  # after a byte-order mark (which is not text, but bytes)
+])
+def test_a_byte_that_is_not_utf8_is_named_where_it_is(tmp_path, data, at):
+    path = tmp_path / "t.txt"
+    path.write_bytes(data)
+    for chunk in (1, 2, 4, 10, 100):
+        with pytest.raises(MiniGPTError, match=f"is not UTF-8 text \\(at byte {at}: "):
+            list(minigpt.corpus._decoded(path, chunk, lambda n: None))
 
 
 def test_dtype_follows_the_vocabulary(tmp_path):
@@ -478,9 +495,9 @@ def test_a_byte_order_mark_is_not_text(tmp_path):
 def test_cli_prepare_prints_a_summary(corpus, tmp_path):
     src, files = corpus
     out = tmp_path / "out"
-    r = run_cli("prepare", "--text", str(src), "--out", str(out), "--shard-tokens", "1000",
-                "--no-progress")
+    r = run_cli("prepare", "--text", str(src), "--out", str(out), "--shard-tokens", "1000")
     assert r.returncode == 0, r.stderr
+    assert r.stderr == ""  # a pipe is no terminal: no progress bar's updates written into it
     index = json.loads((out / "index.json").read_text())
     assert len(r.stdout.strip().splitlines()) == 1
     assert f"prepared {len(files)} file(s), {index['tokens']:,} tokens" in r.stdout
@@ -502,7 +519,7 @@ def test_train_on_a_prepared_folder_then_sample(corpus, tmp_path):
                 "--val-fraction", "0.5")
     assert r.returncode == 0, r.stderr
     assert (f"warning: {out} is a prepared corpus, with its own tokenizer and split: "
-            f"--val-fraction not used") in r.stdout
+            f"--val-fraction not used") in r.stderr
     summary = json.loads((tmp_path / "a run" / "summary.json").read_text())
     assert summary["final_val_loss"] < summary["best_val_loss"] + 0.5 < np.log(60)
     # the text has no "ROMEO:", so the sample starts from its first character, and the

@@ -1,7 +1,35 @@
-"""`python -m minigpt ...` (and `torchrun -m minigpt ...`): the same as the `minigpt` command."""
+"""The `minigpt` command and `python -m minigpt ...` (and `torchrun -m minigpt ...`).
 
+The command line itself is minigpt.cli. Importing it (and with it torch) takes a second or two,
+and a Ctrl-C raised inside another library's import can be swallowed there and surface later as
+an unrelated error; so a Ctrl-C in that time is held until the import is done, then ends the
+command in one line, as a later one does. Once the command has returned, its work is done and
+its exit status is said: a Ctrl-C during the interpreter's teardown (torch's takes a while)
+changes neither.
+"""
+
+import signal
 import sys
 
-from minigpt.cli import main
 
-sys.exit(main())
+def main() -> int:
+    held = []
+    watch = signal.getsignal(signal.SIGINT) is signal.default_int_handler  # (not if ignored)
+    if watch:
+        signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        from minigpt.cli import main as run
+    finally:
+        if watch:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    if held:
+        print("minigpt: interrupted", file=sys.stderr)
+        return 130
+    code = run()
+    if watch:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,6 +15,7 @@ Python API share one set of names; options several commands share are declared o
 from __future__ import annotations
 
 import argparse
+import codecs
 import difflib
 import json
 import logging
@@ -34,7 +35,7 @@ from minigpt.console import count, show_logs, visible
 from minigpt.corpus import BPE_VOCAB, SHARD_TOKENS, is_prepared
 from minigpt.diagnostics.probes import SECTIONS, DiagConfig
 from minigpt.distributed import world_from_env
-from minigpt.errors import MiniGPTError, TrainingStopped
+from minigpt.errors import MiniGPTError, Terminated, TrainingStopped
 from minigpt.sample import PROMPT
 
 
@@ -610,9 +611,10 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints as its bytes
-        if hasattr(stream, "reconfigure"):  # (as under the C locale; a strict one raised)
-            stream.reconfigure(errors="surrogateescape")
+    codecs.register_error("minigpt", printable)
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):  # (a strict stream raised, the command unfinished)
+            stream.reconfigure(errors="minigpt")
     world = world_from_env()
     show_logs(logging.INFO if world.is_main else logging.ERROR)  # rank 0 speaks for all
     # SIGTERM unwinds as Ctrl-C (not under torchrun, whose teardown it is: there it kills, as
@@ -634,6 +636,16 @@ def main(argv: list[str] | None = None) -> int:
         logging.shutdown()
         os._exit(code)
     return code
+
+
+def printable(e: UnicodeError) -> tuple[str | bytes, int]:
+    """What a stream writes for text it cannot encode: the bytes of a file name that is not
+    UTF-8 (as surrogateescape does), and for any other character (a sample's, on an ASCII or
+    cp1252 console) its escape, \\u65e5."""
+    try:
+        return codecs.lookup_error("surrogateescape")(e)
+    except UnicodeError:
+        return codecs.lookup_error("backslashreplace")(e)
 
 
 def run_command(argv: list[str] | None) -> int:
@@ -666,11 +678,6 @@ def run_command(argv: list[str] | None) -> int:
     except Terminated:
         print("minigpt: terminated", file=sys.stderr)
         return 128 + signal.SIGTERM
-
-
-class Terminated(BaseException):
-    """SIGTERM outside training (where minigpt.signals saves and stops): it unwinds as Ctrl-C
-    does, so that every temporary file is removed (minigpt.files)."""
 
 
 def terminate(signum, frame) -> None:

@@ -25,16 +25,21 @@ log = logging.getLogger("minigpt")
 
 
 class _AboveTheBar(logging.Handler):
-    """Log lines printed with tqdm.write, so they appear above a progress bar, not through it."""
+    """Log lines printed with tqdm.write, so they appear above a progress bar, not through it:
+    the run's lines on stdout, warnings on stderr. Once the program sets up logging of its own
+    (a root handler), that prints them instead, not both."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        prefix = "warning: " if record.levelno >= logging.WARNING else ""
-        tqdm.write(prefix + record.getMessage(), file=sys.stdout)
+        if logging.getLogger().handlers:
+            return
+        warning = record.levelno >= logging.WARNING
+        tqdm.write("warning: " * warning + record.getMessage(),
+                   file=sys.stderr if warning else sys.stdout)
 
 
 def show_logs(level: int = logging.INFO) -> None:
-    """Print minigpt's log lines (at `level` and above) on stdout, unless the "minigpt" logger
-    or the root logger already has a handler (the program chose where logs go)."""
+    """Print minigpt's log lines (at `level` and above), unless the "minigpt" logger or the root
+    logger already has a handler (the program chose where logs go)."""
     if log.handlers or logging.getLogger().handlers:
         return
     log.addHandler(_AboveTheBar())

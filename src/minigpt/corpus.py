@@ -142,16 +142,20 @@ def chunk_text(pieces: Iterable[str], chunk_chars: int) -> Iterator[str]:
 def _decoded(path: Path, chunk_chars: int, on_bytes: Callable[[int], object]) -> Iterator[str]:
     """A UTF-8 file's text, read chunk_chars bytes at a time, refused in one line if it is not
     UTF-8 text; a byte-order mark at its start (as Windows' editors write) is not text."""
-    utf8 = codecs.getincrementaldecoder("utf-8-sig")()
+    utf8 = codecs.getincrementaldecoder("utf-8")()
+    first = True
     with open(path, "rb") as f:
         while True:
             raw = f.read(chunk_chars)
+            held = len(utf8.getstate()[0])  # the bytes of a character the last chunk cut
             try:
                 text = utf8.decode(raw, final=not raw)
-            except UnicodeDecodeError as e:
-                near = f.tell() - len(raw) + e.start
-                raise MiniGPTError(f"{path} is not UTF-8 text (near byte {near}: "
+            except UnicodeDecodeError as e:  # (e.start counts from the held bytes)
+                at = f.tell() - len(raw) - held + e.start
+                raise MiniGPTError(f"{path} is not UTF-8 text (at byte {at}: "
                                    f"{e.reason})") from None
+            if first and text:
+                text, first = text.removeprefix("\ufeff"), False
             if "\x00" in text:
                 raise MiniGPTError(f"{path} looks binary (it contains NUL bytes), not text")
             on_bytes(len(raw))
@@ -194,9 +198,9 @@ class Files:
 
 
 def _bar(desc: str, total: int | None, unit: str, progress: bool) -> tqdm:
-    """A progress bar of `total` units (None: no total known)."""
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=not progress,
-                dynamic_ncols=True)
+    """A progress bar of `total` units (None: no total known), on a terminal only."""
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True,
+                disable=None if progress else True)
 
 
 def _units(source, chunk_chars: int, cut: int,

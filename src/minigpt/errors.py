@@ -16,6 +16,12 @@ class TrainingStopped(Exception):
         self.signum, self.folder, self.steps, self.processes = signum, folder, steps, processes
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt (outside training's loop, or a
+    second signal inside it): it unwinds as Ctrl-C does, so that every temporary file is removed
+    (minigpt.files), and the command exits 143."""
+
+
 def out_of_memory(e: BaseException) -> bool:
     """Whether an error is an allocation that failed: torch's on a GPU, the CPU allocator's
     ("can't allocate memory"), or Python's own."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from minigpt import distributed
 from minigpt.console import count
-from minigpt.errors import TrainingStopped
+from minigpt.errors import Terminated, TrainingStopped
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,8 @@ class StopSignals:
         return self
 
     def handle(self, signum, frame) -> None:
-        if self.received is not None:
-            raise KeyboardInterrupt
+        if self.received is not None:  # (the second: Ctrl-C's, or SIGTERM's way out)
+            raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
         self.received = signum
         log.warning(f"{signal.Signals(signum).name}: finishing this step, then saving a "
                     f"checkpoint (again to stop at once)")
