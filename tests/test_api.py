@@ -11,17 +11,23 @@ import torch
 from conftest import MAIN_THREAD_ONLY, SignalAt, tiny_config
 from minigpt import (
     Batches,
+    BPETokenizer,
     MiniGPT,
     MiniGPTError,
     ModelConfig,
     Splits,
+    TrainConfig,
     TrainingStopped,
     estimate_loss,
+    filter_logits,
     generate,
+    get_batch,
     load_tokens,
     lr_at,
+    make_optimizer,
     prepare,
     resolve_config,
+    save_checkpoint,
     stream,
     train,
 )
@@ -50,7 +56,23 @@ MISTAKES = [  # (a call, what the error says); m: a small MiniGPT, idx: (1, 3) t
      "batch_size and block_size must be at least 1, got 0 and 8"),
     (lambda m, idx: estimate_loss(m, batches_of(), "val", 0), "n_batches must be at least 1"),
     (lambda m, idx: stream(m, idx, -3), "max_new_tokens must be a whole number >= 0, got -3"),
-    (lambda m, idx: stream(m, idx, 5, top_k=0), "top_k must be >= 1, got 0"),
+    (lambda m, idx: stream(m, idx, 5, top_k=0), "top_k must be a whole number >= 1, got 0"),
+    (lambda m, idx: stream(m, idx, 5, top_k=2.5), "top_k must be a whole number >= 1, got 2.5"),
+    (lambda m, idx: filter_logits(torch.zeros(1, 65), top_k=-1),
+     "top_k must be a whole number >= 1, got -1"),
+    (lambda m, idx: filter_logits(torch.zeros(1, 65), top_p=2), "top_p must be in (0, 1], got 2"),
+    (lambda m, idx: filter_logits(torch.zeros(65), top_k=2),
+     "logits must be (B, V), got shape (65,)"),
+    (lambda m, idx: get_batch(np.arange(20) % 7, 2, 20),
+     "data must be one row of token ids longer than block_size (20), got (20,)"),
+    (lambda m, idx: make_optimizer(m, TrainConfig(optimizer="adam")),  # (not AdamW, silently)
+     "unknown optimizer 'adam': adamw, sgd or muon"),
+    (lambda m, idx: BPETokenizer.train("to be or not to be", 300),  # (each character a text)
+     "texts must be an iterable of strings: [text] for one text"),
+    (lambda m, idx: save_checkpoint("unused", "last", m, None, {}, {}),  # (l.json, a.json, ...)
+     "tags must be a list of names (['last'], ['last', 'best']), got 'last'"),
+    (lambda m, idx: save_checkpoint("unused", ["../up"], m, None, {}, {}),
+     "tags must be a list of names"),
     (lambda m, idx: generate(m, [[1, 2]], 5),
      "idx must be a (B, T) tensor of token ids with T >= 1, got list"),
     (lambda m, idx: generate(m, idx, 5, temperature=None), "temperature must be >= 0, got None"),
@@ -119,3 +141,14 @@ def test_an_interrupted_or_repeated_train_says_how_to_go_on_in_python(small_text
                                                      f"resume=True))")):
         train(cfg, folder, progress=False)  # the cell run again
     assert train(cfg, folder, resume=True, progress=False).summary["steps"] == 50
+
+
+@MAIN_THREAD_ONLY
+def test_ctrl_c_during_the_last_evaluation_stops_as_it_says_it_will(small_text, tmp_path):
+    """("finishing this step, then saving a checkpoint"): not on to the final evaluation and
+    sample, which a resume does."""
+    cfg, folder = tiny_config(small_text, steps=6, eval_every=3), tmp_path / "run"
+    with pytest.raises(TrainingStopped, match="checkpoint saved after 6 steps"):
+        train(cfg, folder, probes=[SignalAt(5)], progress=False)  # at the last step's row
+    assert not (folder / "summary.json").exists()
+    assert train(cfg, folder, resume=True, progress=False).summary["steps"] == 6

@@ -52,6 +52,14 @@ def test_sample_into_a_pipe_that_closes_stops_quietly(cli_run):
     assert proc.stderr.read() == b""
 
 
+def test_a_prompt_with_windows_line_ends_reads_as_the_text_was_read(cli_run, capsys):
+    out, _, text = cli_run
+    assert "\r" not in text.read_text() and "\n" in text.read_text()
+    assert main(["sample", "--run", str(out), "--prompt", "the\r\nthe\rthe",
+                 "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.startswith("the\nthe\nthe")
+
+
 # Ctrl-C (os.kill) while torch is imported: the first import of torch sends it
 CTRL_C_IN_IMPORT = """
 import os, runpy, signal, sys

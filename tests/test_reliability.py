@@ -28,6 +28,7 @@ from conftest import (
     TINY_FLAGS,
     CrashAt,
     SignalAt,
+    not_warnings,
     one_line_error,
     run_cli,
     same_weights,
@@ -38,6 +39,7 @@ from minigpt import CharTokenizer, MiniGPT, MiniGPTError, load_checkpoint, load_
 from minigpt.cli import main
 from minigpt.diagnostics.compare import compare
 from minigpt.diagnostics.probes import Probe
+from minigpt.errors import Terminated
 from minigpt.files import atomic_folder, atomic_write_text, read_jsonl, sha256_file
 from minigpt.signals import StopSignals
 
@@ -106,6 +108,15 @@ def test_second_signal_stops_at_once():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before  # the handler is given back
+
+
+def test_a_second_sigterm_stops_as_sigterm_does():
+    """Not as Ctrl-C: the command says "terminated" and exits 143 (minigpt.cli)."""
+    with StopSignals() as signals:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert signals.received == signal.SIGTERM
+        with pytest.raises(Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 SLOW_WRITER = """
@@ -210,13 +221,14 @@ def test_exploding_learning_rate_is_one_line(small_text, tmp_path):
             "--attention-every", "10", "--sample-tokens", "20"]
     r = run_cli(*args, "--out", str(tmp_path / "r"))
     assert r.returncode == 2
-    assert r.stderr.count("\n") == 1 and "not finite" in r.stderr and "--lr" in r.stderr
+    error = not_warnings(r.stderr)
+    assert len(error) == 1 and "not finite" in error[0] and "--lr" in error[0]
     for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines():
         json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl"))
     r = run_cli(*args, "--skip-nonfinite", "1000", "--out", str(tmp_path / "on"))
     assert r.returncode == 0, r.stderr
-    assert "warning: step 10: no samples recorded: the model's outputs are not finite" in r.stdout
-    assert "warning: no sample: the model's outputs are not finite" in r.stdout
+    assert "warning: step 10: no samples recorded: the model's outputs are not finite" in r.stderr
+    assert "warning: no sample: the model's outputs are not finite" in r.stderr
     assert (tmp_path / "on" / "summary.json").exists()
 
 
@@ -268,7 +280,7 @@ def test_a_run_folder_whose_name_is_not_utf8(good_run, tmp_path):
     assert read_jsonl(run / "metrics.jsonl")[-1]["step"] == 11  # resumed, curves redrawn
     assert json.loads((exported / "tokenizer.json").read_text())["model"]
     tb = run_cli("train", "--resume", str(run), "--steps", "14", "--tensorboard", env=strict)
-    assert tb.returncode == 2 and tb.stderr.count("\n") == 1
+    assert tb.returncode == 2 and len(not_warnings(tb.stderr)) == 1
     assert "TensorBoard takes only paths that are UTF-8; rename the folder" in tb.stderr
 
 
@@ -439,12 +451,16 @@ def test_a_stopped_compare_says_how_to_continue_the_comparison_only(small_text, 
 
 
 def test_resume_applies_changed_optimizer_settings_and_keeps_the_optimizer(small_text, tmp_path,
-                                                                           capsys):
+                                                                           capsys, caplog):
     run = tmp_path / "run"
     assert main(["train", "--text", str(small_text), *TINY_FLAGS, "--steps", "10",
                  "--eval-every", "5", "--out", str(run)]) == 0
-    assert main(["train", "--resume", str(run), "--steps", "20", "--beta2", "0.9",
-                 "--weight-decay", "0.01", "--no-progress"]) == 0
+    with caplog.at_level(logging.INFO, logger="minigpt"):
+        assert main(["train", "--resume", str(run), "--steps", "20", "--beta2", "0.9",
+                     "--weight-decay", "0.01", "--no-progress"]) == 0
+    # what changed is said, in the order of the settings
+    assert ("resuming from step 10, with steps 10 -> 20, weight_decay 0.1 -> 0.01, beta2 0.99 -> "
+            "0.9") in caplog.text  # (0.99: the default)
     groups = load_checkpoint(run / "checkpoints", "last").meta["optimizer"]["param_groups"]
     assert [(g["betas"], g["weight_decay"]) for g in groups] == [([0.9, 0.9], 0.01),
                                                                 ([0.9, 0.9], 0.0)]
@@ -485,7 +501,7 @@ def test_torn_last_lines_are_dropped_with_a_warning(good_run, tmp_path):
     report = run_cli("report", "--run", str(run))
     assert report.returncode == 0, report.stderr
     for name in ("metrics.jsonl", "samples.jsonl"):  # each said once (the run has no gradflow)
-        assert report.stdout.count(f"{name}: dropped 1 damaged line") == 1, report.stdout
+        assert report.stderr.count(f"{name}: dropped 1 damaged line") == 1, report.stderr
     resumed = run_cli("train", "--resume", str(run), "--steps", "14", "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     rows = read_jsonl(run / "metrics.jsonl")
@@ -591,3 +607,24 @@ def test_killed_at_random_moments_and_resumed_ends_as_an_uninterrupted_run(small
     assert without_speed(read_jsonl(run / "metrics.jsonl")) == without_speed(
         read_jsonl(tmp_path / "straight" / "metrics.jsonl"))
     assert same_weights(run, tmp_path / "straight")
+
+
+def test_a_new_run_where_one_was_killed_before_its_first_checkpoint_starts_clean(small_text,
+                                                                                  tmp_path):
+    """Killed at step 0 (its row and a plot's temporary file written, no checkpoint yet), the
+    folder holds no run; the same command again trains there, and its log is its own."""
+    cfg = tiny_config(small_text, steps=6, eval_every=3)
+    fresh = train(cfg, tmp_path / "fresh", progress=False)
+    folder = tmp_path / "killed"
+    train(cfg, folder, progress=False)
+    shutil.rmtree(folder / "checkpoints")  # as if killed before the first was written
+    (folder / ".loss.png.x1y2.tmp").write_bytes(b"")
+    (folder / ".attention.x1y2.tmp").mkdir()
+    with pytest.raises(MiniGPTError, match="stopped before its first checkpoint: nothing to "):
+        train(cfg, folder, resume=True, progress=False)
+    again = train(cfg, folder, progress=False)
+    rows = read_jsonl(folder / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [r["step"] for r in read_jsonl(tmp_path / "fresh" /
+                                                                       "metrics.jsonl")]
+    assert again.summary["final_val_loss"] == fresh.summary["final_val_loss"]
+    assert not list(folder.glob(".*.tmp"))

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,9 +101,14 @@ def save_checkpoint(folder: str | Path, tags: list[str], model: MiniGPT,
     int) and "tokenizer" (its to_dict()), as load_checkpoint asks; configs and loop state
     travel with it. What load_checkpoint would refuse is refused before anything is written."""
     folder = Path(folder)
-    if not isinstance(meta.get("step"), int) or not isinstance(meta.get("tokenizer"), dict):
-        raise MiniGPTError("a checkpoint's meta must hold 'step' (an int) and 'tokenizer' (a "
-                           "tokenizer's to_dict())")
+    if isinstance(tags, str) or not all(re.fullmatch(r"[\w.-]+", t) and t.strip(".")
+                                        for t in tags):
+        raise MiniGPTError(f"tags must be a list of names (['last'], ['last', 'best']), got "
+                           f"{tags!r}")
+    if not isinstance(meta.get("step"), int) or meta["step"] < 0 or not isinstance(
+            meta.get("tokenizer"), dict):
+        raise MiniGPTError("a checkpoint's meta must hold 'step' (an int >= 0) and 'tokenizer' "
+                           "(a tokenizer's to_dict())")
     opt_tensors, opt_meta = optimizer_tensors_and_groups(optimizer)
     path = folder / f"step-{meta['step']:06d}.safetensors"
     record = {"format": FORMAT, "file": path.name, "sha256": None, **meta,
@@ -160,6 +166,10 @@ def find_checkpoint(folder: str | Path, tag: str = "last") -> Path:
     if not meta_path.is_file():
         if not folder.parent.is_dir():
             raise MiniGPTError(f"no run folder {folder.parent}")
+        if not folder.is_dir() and (folder.parent / "config.json").is_file():
+            raise MiniGPTError(f"{folder.parent} holds a run stopped before its first checkpoint: "
+                               f"nothing to resume; train it again with --out "
+                               f"{shlex.quote(str(folder.parent))}")
         raise MiniGPTError(f"no '{tag}' checkpoint in {folder}")
     return meta_path
 

@@ -56,7 +56,8 @@ def tinyshakespeare_path() -> Path:
 def download(url: str, dest: str | Path, sha256: str, timeout: float = 30.0) -> Path:
     """Fetch url to dest through a temporary file, renamed only once the checksum matches."""
     dest = Path(dest)
-    by_hand = f"copy the file to {dest} by hand, or pass --text PATH to train on another file"
+    by_hand = (f"copy the file to {dest} by hand, or train on another file (--text PATH; in "
+               f"Python, load_tokens(PATH))")
     try:
         with atomic_path(dest) as tmp:
             with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f:
@@ -185,6 +186,10 @@ def get_batch(data: np.ndarray, batch_size: int, block_size: int,
     `data` may also be a 1-D tensor of token ids, as the lesson keeps its data."""
     if isinstance(data, torch.Tensor):
         data = data.cpu().numpy()
+    shape = getattr(data, "shape", None)  # (an array, a memmap, a prepared corpus's shards)
+    if shape is None or len(shape) != 1 or shape[0] <= block_size:
+        raise MiniGPTError(f"data must be one row of token ids longer than block_size "
+                           f"({block_size}), got {shape or type(data).__name__}")
     ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
     rows = ix.numpy()[:, None] + np.arange(block_size + 1)  # (B, T+1) positions
     buf = torch.from_numpy(data[rows].astype(np.int64))  # (B, T+1)

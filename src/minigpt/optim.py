@@ -18,6 +18,7 @@ import math
 import torch
 
 from minigpt.config import TrainConfig
+from minigpt.errors import MiniGPTError
 
 # Polar Express (Amsel, Persson, Musco, Gower 2025): one odd quintic per iteration, each tuned to
 # pull every singular value in (0, 1] towards 1 as fast as five products allow
@@ -29,7 +30,10 @@ POLAR_EXPRESS = ((8.156554524902461, -22.48329292557795, 15.878769915207462),
 
 
 def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
-    """The optimizer t.optimizer names, for the model's trainable parameters."""
+    """The optimizer t.optimizer names, for the model's trainable parameters (t: a run
+    config's .train)."""
+    if t.optimizer not in ("adamw", "sgd", "muon"):
+        raise MiniGPTError(f"unknown optimizer {t.optimizer!r}: adamw, sgd or muon")
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     decay = [p for _, p in named if p.dim() >= 2]  # matrices and embeddings
     plain = [p for _, p in named if p.dim() < 2]  # biases and norm gains: never decayed

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import shlex
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,6 +44,8 @@ from minigpt.files import atomic_write_text, folder_holds, lock_folder, truncate
 from minigpt.model import MiniGPT
 from minigpt.optim import make_optimizer
 from minigpt.tokenizer import AnyTokenizer, tokenizer_from_dict
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -183,13 +187,16 @@ def choose_dtype(cfg: RunConfig, model: MiniGPT, world: distributed.World,
 
 
 def prepare_folder(run: Run, resume: bool) -> None:
-    """The run folder ready for the loop (rank 0): a new one holds tokenizer.json; a resumed
-    one drops the metrics rows after its checkpoint (they come again); both get config.json."""
+    """The run folder ready for the loop (rank 0, holding its lock): a new one holds
+    tokenizer.json; the metrics rows after the checkpoint are dropped (they come again; a new
+    run in the folder of one stopped before its first checkpoint keeps none), and so is any
+    temporary file a killed writer left; both get config.json."""
     if not run.world.is_main:
         return
-    if resume:
-        truncate_jsonl(run.folder / "metrics.jsonl", run.state.step)
-    else:
+    truncate_jsonl(run.folder / "metrics.jsonl", run.state.step)
+    for tmp in run.folder.glob(".*.tmp"):
+        shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+    if not resume:
         run.tokenizer.save(run.folder / "tokenizer.json")
     record = {"config": run.cfg.to_dict(), "data": run.data, "environment": run.env}
     atomic_write_text(run.folder / "config.json", json.dumps(record, indent=2) + "\n")
@@ -305,6 +312,11 @@ def restore(run: Run, tag: str = "last") -> None:
     for name, part in parts_with_state(run).items():
         if name in ckpt.meta["parts"]:
             part.load_state_dict(ckpt.meta["parts"][name])
+    now = vars(run.cfg.train)
+    changes = [f"{key} {was!r} -> {now[key]!r}" for key, was in ckpt.meta["train"].items()
+               if key in now and now[key] != was]
+    log.info(f"resuming from step {run.state.step:,}"
+             + (f", with {', '.join(changes)}" if changes else ", with the run's settings"))
 
 
 def open_run(run_dir: str | Path, tag: str = "best", device: str = "auto") -> Run:

@@ -65,9 +65,13 @@ class KVCache:
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
     if not isinstance(temperature, numbers.Real) or not temperature >= 0:
         raise MiniGPTError(f"temperature must be >= 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise MiniGPTError(f"top_k must be >= 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
+    check_filter(top_k, top_p)
+
+
+def check_filter(top_k: int | None, top_p: float | None) -> None:
+    if top_k is not None and (not isinstance(top_k, numbers.Integral) or top_k < 1):
+        raise MiniGPTError(f"top_k must be a whole number >= 1, got {top_k}")
+    if top_p is not None and not (isinstance(top_p, numbers.Real) and 0 < top_p <= 1):
         raise MiniGPTError(f"top_p must be in (0, 1], got {top_p}")
 
 
@@ -75,6 +79,9 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None,
                   top_p: float | None = None) -> torch.Tensor:
     """Set to -inf every logit outside the top k, and outside the smallest set of most likely
     tokens whose probabilities add up to top_p. logits: (B, V)."""
+    check_filter(top_k, top_p)
+    if logits.dim() != 2:
+        raise MiniGPTError(f"logits must be (B, V), got shape {tuple(logits.shape)}")
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))

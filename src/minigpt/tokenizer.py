@@ -254,6 +254,8 @@ class BPETokenizer(_Tokenizer):
         which count the same words as the whole, and within runs longer than TRAIN_WORD_CHARS
         without a space."""
         check_bpe_vocab(vocab_size)
+        if isinstance(texts, str):  # (one text, not its characters as texts)
+            raise MiniGPTError("texts must be an iterable of strings: [text] for one text")
         hf = Tokenizer(models.BPE())
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         hf.decoder = decoders.ByteLevel()  # for other readers of tokenizer.json; see decode

@@ -154,7 +154,7 @@ def loop(run: Run, progress: bool) -> TrainResult:
         clock.stop()
     bar.close()
     speed.read(state.tokens, clock.seconds())  # the steps after the last row
-    if signals.stopping:
+    if signals.agreed(run.world, logged=True):  # (a signal at the last step stops there too)
         save(run, ["last"])
         raise signals.stopped(run.folder, state.step, run.world.size)
     return finish(run, speed)
