@@ -105,11 +105,17 @@ def test_the_notebook_runs_twice_in_one_folder_with_and_without_dot(tmp_path, da
         svgs = outputs(first, "image/svg+xml")
         assert svgs and "blocks.0" in "".join(svgs)
     no_dot = {**os.environ, "PATH": os.path.dirname(sys.executable)}  # python, but no dot
-    second = execute(shortened(nbformat.read(NOTEBOOK, as_version=4)), tmp_path, env=no_dot)
+    second = shortened(nbformat.read(NOTEBOOK, as_version=4))
+    at, exercise = next((i, c) for i, c in enumerate(second.cells) if "compare(" in c.source)
+    edited = nbformat.v4.new_code_cell(exercise.source.replace('"lr": 0.5', '"lr": 0.1'))
+    assert edited.source != exercise.source
+    second.cells.insert(at + 1, edited)  # the exercise edited and run again, as a learner does
+    second = execute(second, tmp_path, env=no_dot)
     assert "step   19 | train" in "".join(outputs(second, "stream"))  # the loop ran, shorter
     assert len(outputs(second, "image/png")) >= 5
     assert outputs(second, "image/svg+xml") == []
     said = "".join(outputs(second, "stream"))
     assert "Graphviz's dot, which is not installed: apt install graphviz" in said
-    runs = sorted((tmp_path / "runs").iterdir())
-    assert len(runs) == 2 and all((r / "compare" / "compare.json").exists() for r in runs)
+    compared = sorted(len(list(r.glob("compare-*/compare.json")))
+                      for r in (tmp_path / "runs").iterdir())
+    assert compared == [1, 2]  # the first run's one, the second's two
