@@ -11,6 +11,7 @@ import minigpt
 from conftest import TINY_FLAGS, one_line_error, run_cli
 from minigpt.cli import COMPARE_STEPS, main
 from minigpt.environment import resolve_device
+from minigpt.files import read_jsonl
 from minigpt.tokenizer import CharTokenizer
 
 
@@ -58,6 +59,20 @@ def test_a_prompt_with_windows_line_ends_reads_as_the_text_was_read(cli_run, cap
     assert main(["sample", "--run", str(out), "--prompt", "the\r\nthe\rthe",
                  "--max-new-tokens", "5"]) == 0
     assert capsys.readouterr().out.startswith("the\nthe\nthe")
+
+
+def test_a_run_folder_as_config_trains_the_same_run_again(cli_run, tmp_path, capsys):
+    """--config runs/x: the settings a run ran with (its config.json), to run it again."""
+    out, _, _ = cli_run
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(out), "--out", str(again), "--no-progress"]) == 0
+    rows = [read_jsonl(folder / "metrics.jsonl") for folder in (out, again)]
+    assert [r["train_loss"] for r in rows[0]] == [r["train_loss"] for r in rows[1]]
+    assert [r.get("val_loss") for r in rows[0]] == [r.get("val_loss") for r in rows[1]]
+    (tmp_path / "other.json").write_text('{"steps": 3}')
+    assert one_line_error(capsys, ["train", "--config", str(tmp_path / "other.json")]) == (
+        f"minigpt: error: {tmp_path / 'other.json'} is not a run's config.json (a config file "
+        f"is TOML)")
 
 
 # Ctrl-C (os.kill) while torch is imported: the first import of torch sends it
@@ -212,7 +227,7 @@ BAD_INPUT = [
     (["sample", "--run", "/nonexistent"], "no run folder /nonexistent"),
     (["sample", "--run", "{bad}"], "no 'best' checkpoint in"),
     (["sample", "--run", "{run}", "--top-p", "2"], "--top-p must be in"),
-    (["sample", "--run", "{run}", "--top-k", "0"], "--top-k must be >= 1"),
+    (["sample", "--run", "{run}", "--top-k", "0"], "--top-k must be a whole number >= 1"),
     (["sample", "--run", "{run}", "--temperature", "-1"], "--temperature must be >= 0"),
     (["sample", "--run", "{run}", "--max-new-tokens", "-3"], "--max-new-tokens must be >= 0"),
     (["sample", "--run", "{run}", "--seed", str(2**64)], "--seed must be from -2**63 to 2**64 - 1"),

@@ -35,7 +35,15 @@ from conftest import (
     tiny_config,
     without_speed,
 )
-from minigpt import CharTokenizer, MiniGPT, MiniGPTError, load_checkpoint, load_model, train
+from minigpt import (
+    CharTokenizer,
+    MiniGPT,
+    MiniGPTError,
+    TrainingStopped,
+    load_checkpoint,
+    load_model,
+    train,
+)
 from minigpt.cli import main
 from minigpt.diagnostics.compare import compare
 from minigpt.diagnostics.probes import Probe
@@ -335,7 +343,7 @@ def test_bad_checkpoints_are_refused_in_one_line(good_run, tmp_path, capsys, how
 def test_save_checkpoint_refuses_what_loading_would_before_writing(tmp_path):
     model = MiniGPT(3, n_embd=8, n_head=1, n_layer=1, block_size=4)
     opt, tok = torch.optim.AdamW(model.parameters()), CharTokenizer("abc")
-    for meta, message in [({"step": 1}, "must hold 'step' (an int) and 'tokenizer'"),
+    for meta, message in [({"step": 1}, "must hold 'step' (an int >= 0) and 'tokenizer'"),
                           ({"step": 1, "tokenizer": tok}, "'tokenizer' (a tokenizer's to_dict"),
                           ({"step": 1, "tokenizer": tok.to_dict(), "note": {1, 2}},
                            "must be plain JSON values")]:
@@ -448,6 +456,13 @@ def test_a_stopped_compare_says_how_to_continue_the_comparison_only(small_text, 
     assert code == 130
     assert f"the same command with --out {tmp_path / 'c'} continues the comparison" in said
     assert "train --resume" not in said  # (the variant's own run said it too)
+    # in Python (a notebook's cell): the call that continues it is the same compare call
+    monkeypatch.setattr(comparing, "standard_probes", lambda cfg: [*probes(cfg), SignalAt(2)])
+    with pytest.raises(TrainingStopped) as info:
+        compare({"sgd": {"optimizer": "sgd"}}, tmp_path / "py", progress=False,
+                common={**TINY, "text": str(small_text), "steps": 10, "log_every": 1})
+    assert str(info.value) == ("sgd: checkpoint saved; the same compare call continues the "
+                               "comparison")
 
 
 def test_resume_applies_changed_optimizer_settings_and_keeps_the_optimizer(small_text, tmp_path,

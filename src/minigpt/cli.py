@@ -118,13 +118,14 @@ def shared_options(name: str) -> argparse.ArgumentParser:
     elif name == "device":
         device = field_index()["device"][1]  # the training setting's default and help
         group.add_argument("--device", default=device.default,
-                           help=f"{device.metadata['help']} (default {device.default})")
+                           help=f"{device.metadata['help']} (default {device.default!r})")
     elif name in ("settings", "plan settings"):  # plan's: those that change a step's cost
         group.add_argument("--preset", metavar="NAME",
                            help=f"starting configuration: {', '.join(preset_names())} "
                                 f"(default seed)")
         group.add_argument("--config", metavar="FILE",
-                           help="TOML file with [model] [train] [data] [diag], over the preset")
+                           help="TOML file with [model] [train] [data] [diag], over the preset; "
+                                "or a run folder (its config.json), to train it again")
         if name == "settings":
             group.add_argument("--no-progress", action="store_true", help="no progress bar")
         add_config_flags(group, PLAN_IGNORES if name == "plan settings" else frozenset())
@@ -188,7 +189,7 @@ def build_parser() -> Parser:
     au.add_argument("--expr", default="x**2 + 3*x + 1",
                     help="numbers, variables, + - * / **, sin cos tan exp log sqrt tanh "
                          "sigmoid relu abs; one that starts with '-' takes '=': "
-                         "--expr=-x**2")
+                         "--expr=-x**2 (default: the lesson's x**2 + 3*x + 1)")
     au.add_argument("--at", default="x=2", metavar="NAME=VALUE,...",
                     help="where to evaluate, e.g. x=2 or x=1,y=-0.5 (default x=2)")
 
@@ -235,9 +236,11 @@ def build_parser() -> Parser:
                    help="how many tokens to generate (default 300)")
     s.add_argument("--temperature", type=float, default=1.0, metavar="T",
                    help="divide the logits by T (default 1; 0 = always the most likely token)")
-    s.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely")
+    s.add_argument("--top-k", type=int, metavar="K",
+                   help="sample among the K most likely (default: all)")
     s.add_argument("--top-p", type=float, metavar="P",
-                   help="sample among the most likely tokens holding probability P")
+                   help="sample among the most likely tokens holding probability P "
+                        "(default: all)")
     s.add_argument("--seed", type=int, default=1337, help="same seed, same text (default 1337)")
 
     ex = command("export", "write the model as a Hugging Face transformers folder",

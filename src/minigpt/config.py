@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import numbers
 import os
@@ -261,14 +262,23 @@ def apply_overrides(cfg: RunConfig, table: dict, origin: str = "") -> None:
                 raise MiniGPTError(f"{origin}{e}") from None
 
 
-def read_toml(path: str | Path) -> dict:
+def read_config_file(path: str | Path) -> dict:
+    """A TOML file's tables; or a run's own settings, from its folder's config.json (given
+    the folder or the file), to train the same run again."""
+    if (run := Path(path)).is_dir() and (run / "config.json").is_file():
+        path = run / "config.json"
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            if Path(path).suffix != ".json":
+                return tomllib.load(f)
+            record = json.load(f)
     except FileNotFoundError:
         raise MiniGPTError(f"config file not found: {path}") from None
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+    except (OSError, ValueError) as e:  # (TOML's, JSON's and UTF-8's errors among them)
         raise MiniGPTError(f"cannot read config {path}: {e}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise MiniGPTError(f"{path} is not a run's config.json (a config file is TOML)")
+    return record["config"]
 
 
 def preset_names() -> list[str]:
@@ -304,7 +314,8 @@ def asked_settings(preset: str | None, config_file: str | None, overrides: dict 
     table = preset_table(preset) if preset else {}
     fits = table.pop("fit", [])
     asked = settings_of(table, f"preset {preset}", sections)
-    later = settings_of(read_toml(config_file), str(config_file), sections) if config_file else {}
+    later = (settings_of(read_config_file(config_file), str(config_file), sections)
+             if config_file else {})
     later |= settings_of(by_section(overrides or {}, sections), "", sections)
     budget = (asked | later).get("time_budget", 0.0)
     return asked | fit_to_budget(fits, budget, f"preset {preset}", sections) | later

@@ -23,7 +23,7 @@ from pathlib import Path
 from minigpt.config import field_index, resolve_config, suggest
 from minigpt.diagnostics.plots import plot_overlay
 from minigpt.diagnostics.probes import SECTIONS, standard_probes
-from minigpt.errors import MiniGPTError
+from minigpt.errors import MiniGPTError, TrainingStopped
 from minigpt.files import atomic_write_text, folder_holds, read_jsonl
 from minigpt.trainer import train
 
@@ -140,8 +140,13 @@ def compare(variants: dict[str, dict], out_dir: str | Path, preset: str = "seed"
             summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
         else:  # a variant stopped part-way continues from its last checkpoint
             resume = (folder / "checkpoints" / "last.json").is_file()
-            summary = train(cfg, folder, resume=resume, probes=standard_probes(cfg),
-                            progress=progress).summary
+            try:
+                summary = train(cfg, folder, resume=resume, probes=standard_probes(cfg),
+                                progress=progress).summary
+            except TrainingStopped as e:  # (not the variant's own train(..., resume=True))
+                raise TrainingStopped(e.signum, f"{name}: checkpoint saved; the same compare "
+                                                f"call continues the comparison", e.folder,
+                                      e.steps, e.processes) from None
         table.append({"variant": name, "folder": folder.name, **summary})
         curves[name] = read_jsonl(folder / "metrics.jsonl")
     plot_overlay(curves, out_dir / "compare.png", title=", ".join(variants))
