@@ -3,12 +3,13 @@ and `compare`, each checked against the run's own metrics or an independent comp
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
 
 from conftest import TINY, read_png, tiny_config
-from minigpt import train
+from minigpt import resume_config, train
 from minigpt.diagnostics.compare import (
     compare,
     format_table,
@@ -16,7 +17,7 @@ from minigpt.diagnostics.compare import (
     parse_variant,
     variants,
 )
-from minigpt.diagnostics.probes import Probe, standard_probes
+from minigpt.diagnostics.probes import SECTIONS, Probe, standard_probes
 from minigpt.errors import MiniGPTError
 from minigpt.files import read_jsonl
 
@@ -60,6 +61,26 @@ def test_attention_snapshots_and_samples(probed_run):
     samples = read_jsonl(probed_run / "samples.jsonl")
     assert [s["step"] for s in samples] == [0, 10, 20, 22]
     assert all(s["text"].startswith("ROMEO:") and len(s["text"]) == 206 for s in samples)
+
+
+def test_a_resume_after_a_crash_records_each_step_once(probed_run, tmp_path):
+    """Killed after the logs went past the last checkpoint (here: step 21's, the logs at 22):
+    the resumed run's TensorBoard steps are its metrics rows, each once, and no attention map
+    is left from the stretch it trains again."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    shutil.copytree(probed_run, run)
+    shutil.copy(run / "checkpoints" / "step-000021.json", run / "checkpoints" / "last.json")
+    cfg = resume_config(run, {"steps": 22}, sections=SECTIONS)
+    train(cfg, run, resume=True, progress=False, probes=standard_probes(cfg))
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("loss/train")]
+    assert steps == [r["step"] for r in read_jsonl(run / "metrics.jsonl")] == [0, 5, 10, 15, 20,
+                                                                                21]
+    shots = sorted(p.name for p in (run / "attention").iterdir())
+    assert shots == ["step-000000.png", "step-000015.png", "step-000021.png"]
 
 
 def test_tensorboard_event_files_hold_the_tags(probed_run):

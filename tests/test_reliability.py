@@ -22,6 +22,7 @@ import torch
 
 import minigpt.checkpoint as ckpt
 import minigpt.diagnostics.compare as comparing
+import minigpt.trainer
 from conftest import (
     MAIN_THREAD_ONLY,
     TINY,
@@ -108,6 +109,31 @@ def test_signal_saves_and_resume_matches_an_uninterrupted_run(straight_160, tmp_
     assert summary["train_s"] >= times[-1]
 
 
+@MAIN_THREAD_ONLY
+def test_a_stop_between_rows_keeps_the_count_of_clipped_steps(small_text, tmp_path,
+                                                               monkeypatch):
+    """Ctrl-C at a step between two metrics rows: the row after the resume counts the clipped
+    steps before the stop too, as the uninterrupted run's row does."""
+    cfg = tiny_config(small_text, steps=20, log_every=10, eval_every=100, grad_clip=0.01)
+    straight = train(cfg, tmp_path / "straight", progress=False)
+    real, calls = minigpt.trainer.train_step, []
+
+    def ctrl_c_at_step_14(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 14:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(minigpt.trainer, "train_step", ctrl_c_at_step_14)
+    with pytest.raises(TrainingStopped, match="after 14 steps"):
+        train(cfg, tmp_path / "stopped", progress=False)
+    monkeypatch.setattr(minigpt.trainer, "train_step", real)
+    train(cfg, tmp_path / "stopped", resume=True, progress=False)
+    rows = [read_jsonl(folder / "metrics.jsonl") for folder in (straight.folder,
+                                                                 tmp_path / "stopped")]
+    assert [r["clipped"] for r in rows[1]] == [r["clipped"] for r in rows[0]] == [1, 10, 9]
+
+
 def test_second_signal_stops_at_once():
     before = signal.getsignal(signal.SIGINT)
     with StopSignals() as signals:
@@ -130,6 +156,7 @@ def test_a_second_sigterm_stops_as_sigterm_does():
 SLOW_WRITER = """
 import sys, time
 import minigpt.checkpoint as ckpt
+import minigpt.trainer
 real, calls = ckpt.save_file, []
 def slow(tensors, path, metadata=None):
     calls.append(path)
@@ -472,10 +499,10 @@ def test_resume_applies_changed_optimizer_settings_and_keeps_the_optimizer(small
                  "--eval-every", "5", "--out", str(run)]) == 0
     with caplog.at_level(logging.INFO, logger="minigpt"):
         assert main(["train", "--resume", str(run), "--steps", "20", "--beta2", "0.9",
-                     "--weight-decay", "0.01", "--no-progress"]) == 0
+                     "--weight-decay", "0.01", "--no-progress", "--sample-every", "5"]) == 0
     # what changed is said, in the order of the settings
     assert ("resuming from step 10, with steps 10 -> 20, weight_decay 0.1 -> 0.01, beta2 0.99 -> "
-            "0.9") in caplog.text  # (0.99: the default)
+            "0.9, sample_every 0 -> 5") in caplog.text  # (0.99: the default)
     groups = load_checkpoint(run / "checkpoints", "last").meta["optimizer"]["param_groups"]
     assert [(g["betas"], g["weight_decay"]) for g in groups] == [([0.9, 0.9], 0.01),
                                                                 ([0.9, 0.9], 0.0)]
@@ -633,8 +660,9 @@ def test_a_new_run_where_one_was_killed_before_its_first_checkpoint_starts_clean
     folder = tmp_path / "killed"
     train(cfg, folder, progress=False)
     shutil.rmtree(folder / "checkpoints")  # as if killed before the first was written
-    (folder / ".loss.png.x1y2.tmp").write_bytes(b"")
-    (folder / ".attention.x1y2.tmp").mkdir()
+    (folder / ".loss.png.x1y2z3w4.tmp").write_bytes(b"")  # (named as tempfile names them)
+    (folder / ".attention.a1b2c3d4.tmp").mkdir()
+    (folder / ".notes.tmp").write_text("a file of the user's")
     with pytest.raises(MiniGPTError, match="stopped before its first checkpoint: nothing to "):
         train(cfg, folder, resume=True, progress=False)
     again = train(cfg, folder, progress=False)
@@ -642,4 +670,18 @@ def test_a_new_run_where_one_was_killed_before_its_first_checkpoint_starts_clean
     assert [r["step"] for r in rows] == [r["step"] for r in read_jsonl(tmp_path / "fresh" /
                                                                        "metrics.jsonl")]
     assert again.summary["final_val_loss"] == fresh.summary["final_val_loss"]
-    assert not list(folder.glob(".*.tmp"))
+    assert [p.name for p in folder.glob(".*.tmp")] == [".notes.tmp"]
+    # a folder that holds no run of minigpt's is not cleaned, and an export is not a run's
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / ".cache.x1y2z3w4.tmp").mkdir()
+    train(cfg, theirs, progress=False)
+    assert (theirs / ".cache.x1y2z3w4.tmp").is_dir()
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "config.json").write_text('{"model_type": "gpt2"}')
+    (export / "model.safetensors").write_bytes(b"")
+    with pytest.raises(MiniGPTError, match="^no 'last' checkpoint in "):
+        train(cfg, export, resume=True, progress=False)
+    with pytest.raises(MiniGPTError, match="export holds an exported model; choose another"):
+        train(cfg, export, progress=False)

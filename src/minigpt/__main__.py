@@ -10,11 +10,13 @@ changes neither.
 
 import signal
 import sys
+import threading
 
 
 def main() -> int:
     held = []
-    watch = signal.getsignal(signal.SIGINT) is signal.default_int_handler  # (not if ignored)
+    watch = (threading.current_thread() is threading.main_thread()  # (where signals are set)
+             and signal.getsignal(signal.SIGINT) is signal.default_int_handler)  # (not ignored)
     if watch:
         signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
     try:

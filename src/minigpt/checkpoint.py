@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import re
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,8 +100,9 @@ def save_checkpoint(folder: str | Path, tags: list[str], model: MiniGPT,
     int) and "tokenizer" (its to_dict()), as load_checkpoint asks; configs and loop state
     travel with it. What load_checkpoint would refuse is refused before anything is written."""
     folder = Path(folder)
-    if isinstance(tags, str) or not all(re.fullmatch(r"[\w.-]+", t) and t.strip(".")
-                                        for t in tags):
+    tags = tags if isinstance(tags, str) else list(tags)
+    if isinstance(tags, str) or not all(isinstance(t, str) and re.fullmatch(r"[\w.-]+", t)
+                                        and t.strip(".") for t in tags):
         raise MiniGPTError(f"tags must be a list of names (['last'], ['last', 'best']), got "
                            f"{tags!r}")
     if not isinstance(meta.get("step"), int) or meta["step"] < 0 or not isinstance(
@@ -166,10 +166,6 @@ def find_checkpoint(folder: str | Path, tag: str = "last") -> Path:
     if not meta_path.is_file():
         if not folder.parent.is_dir():
             raise MiniGPTError(f"no run folder {folder.parent}")
-        if not folder.is_dir() and (folder.parent / "config.json").is_file():
-            raise MiniGPTError(f"{folder.parent} holds a run stopped before its first checkpoint: "
-                               f"nothing to resume; train it again with --out "
-                               f"{shlex.quote(str(folder.parent))}")
         raise MiniGPTError(f"no '{tag}' checkpoint in {folder}")
     return meta_path
 

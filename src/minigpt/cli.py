@@ -512,10 +512,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
         raise MiniGPTError("--" + str(e).replace("_", "-", 1)) from None
     device = resolve_device(args.device)
     model, tok, _ = load_model(args.run, args.checkpoint, device)
-    # a prompt's line ends as the training text's were read: \r\n and \r as \n (a pasted
-    # Windows line)
-    prompt = default_prompt(tok) if args.prompt is None else args.prompt.replace(
-        "\r\n", "\n").replace("\r", "\n")
+    prompt = default_prompt(tok) if args.prompt is None else args.prompt
+    if "\r" in prompt and "\r" not in getattr(tok, "stoi", {}):  # (a char text that had \r)
+        # line ends as a text file's were read (\r\n and \r as \n): a pasted Windows line
+        prompt = prompt.replace("\r\n", "\n").replace("\r", "\n")
     if not prompt:
         raise MiniGPTError("--prompt must not be empty")
     try:

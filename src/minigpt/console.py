@@ -120,6 +120,11 @@ def log_eval(row: dict, improved: bool) -> None:
              + (" | best" if improved else ""))
 
 
+def log_resume(changes: list[str], step: int) -> None:
+    log.info(f"resuming from step {step:,}"
+             + (f", with {', '.join(changes)}" if changes else ", with the run's settings"))
+
+
 def log_summary(summary: dict, val_tokens: int) -> None:
     log.info(f"final validation loss (whole split, {val_tokens:,} tokens): "
              f"{summary['final_val_loss']:.4f} ({summary['final_val_bpb']:.3f} bits per byte); "

@@ -359,7 +359,7 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
     if is_prepared(out_dir):
         raise MiniGPTError(f"{out_dir} already holds a prepared corpus; choose another --out "
                            f"or delete it first")
-    if (what := folder_holds(out_dir)) in ("a training run", "a comparison"):
+    if (what := folder_holds(out_dir)) in ("a training run", "a comparison", "an exported model"):
         raise MiniGPTError(f"{out_dir} holds {what}; choose another --out")
     if isinstance(sources, (str, Path)):
         source = Files(sources, exclude=out_dir)

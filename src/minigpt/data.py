@@ -189,7 +189,7 @@ def get_batch(data: np.ndarray, batch_size: int, block_size: int,
     shape = getattr(data, "shape", None)  # (an array, a memmap, a prepared corpus's shards)
     if shape is None or len(shape) != 1 or shape[0] <= block_size:
         raise MiniGPTError(f"data must be one row of token ids longer than block_size "
-                           f"({block_size}), got {shape or type(data).__name__}")
+                           f"({block_size}), got {type(data).__name__ if shape is None else shape}")
     ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
     rows = ix.numpy()[:, None] + np.arange(block_size + 1)  # (B, T+1) positions
     buf = torch.from_numpy(data[rows].astype(np.int64))  # (B, T+1)

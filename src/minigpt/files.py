@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -130,6 +131,14 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return rows
 
 
+def remove_temporaries(folder: Path) -> None:
+    """Remove the temporary files and folders that atomic_path and atomic_folder leave in
+    `folder` when their process is killed (.NAME.XXXXXXXX.tmp: nothing else of that shape)."""
+    for tmp in folder.glob(".*.tmp"):
+        if re.fullmatch(r"\..+\.[a-z0-9_]{8}\.tmp", tmp.name):
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+
+
 def truncate_jsonl(path: str | Path, step: int) -> None:
     """Keep only the rows of a JSON-lines log from steps before `step` (those a checkpoint at
     `step` includes), and none that a crash tore: a resumed run writes the rest again."""
@@ -166,7 +175,8 @@ def lock_folder(folder: Path, wait: bool = False):
 
 # what minigpt makes in a folder, by the file or folder that marks it
 MADE = {"a training run": "checkpoints", "a comparison": "variants.json",
-        "a prepared corpus": "index.json", "an unfinished prepare": "progress.json"}
+        "a prepared corpus": "index.json", "an unfinished prepare": "progress.json",
+        "an exported model": "model.safetensors"}
 
 
 def folder_holds(folder: str | Path) -> str | None:

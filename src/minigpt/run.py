@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 import shlex
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +26,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from minigpt import distributed, performance, precision
 from minigpt.checkpoint import (
     check_resumable,
+    find_checkpoint,
     load_checkpoint,
     restore_model,
     restore_optimizer,
@@ -40,12 +39,16 @@ from minigpt.data import Batches, Splits, cache_dir, ensure_tinyshakespeare, loa
 from minigpt.environment import describe, resolve_device
 from minigpt.errors import MiniGPTError
 from minigpt.evaluate import target_bytes
-from minigpt.files import atomic_write_text, folder_holds, lock_folder, truncate_jsonl
+from minigpt.files import (
+    atomic_write_text,
+    folder_holds,
+    lock_folder,
+    remove_temporaries,
+    truncate_jsonl,
+)
 from minigpt.model import MiniGPT
 from minigpt.optim import make_optimizer
 from minigpt.tokenizer import AnyTokenizer, tokenizer_from_dict
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,6 +60,7 @@ class TrainState:
     bad_evals: int = 0  # evaluations since it last improved (early stopping)
     skipped: int = 0  # batches skipped for NaN or inf gradients
     tokens: int = 0  # tokens trained on (every process's)
+    clipped: int = 0  # steps since the last metrics row whose gradient the clip scaled down
     reached: dict = field(default_factory=dict)  # target loss -> seconds when first reached
 
     def record_eval(self, val_loss: float, min_delta: float = 0.0) -> bool:
@@ -79,7 +83,7 @@ class TrainState:
         return patience > 0 and self.bad_evals >= patience
 
     def state_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "clipped": int(self.clipped)}  # (the loop's counter: a tensor)
 
     def load_state_dict(self, state: dict) -> None:
         self.__init__(**state)
@@ -190,16 +194,35 @@ def prepare_folder(run: Run, resume: bool) -> None:
     """The run folder ready for the loop (rank 0, holding its lock): a new one holds
     tokenizer.json; the metrics rows after the checkpoint are dropped (they come again; a new
     run in the folder of one stopped before its first checkpoint keeps none), and so is any
-    temporary file a killed writer left; both get config.json."""
+    temporary file a killed writer of a run there left; both get config.json."""
     if not run.world.is_main:
         return
     truncate_jsonl(run.folder / "metrics.jsonl", run.state.step)
-    for tmp in run.folder.glob(".*.tmp"):
-        shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+    if resume or stopped_before_a_checkpoint(run.folder):  # (a run's folder, not any --out)
+        remove_temporaries(run.folder)
     if not resume:
         run.tokenizer.save(run.folder / "tokenizer.json")
     record = {"config": run.cfg.to_dict(), "data": run.data, "environment": run.env}
     atomic_write_text(run.folder / "config.json", json.dumps(record, indent=2) + "\n")
+
+
+def stopped_before_a_checkpoint(folder: Path) -> bool:
+    """Whether `folder` holds a minigpt run stopped before its first checkpoint: the run's
+    config.json (its settings under "config"), no checkpoints."""
+    try:
+        record = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(record, dict) and isinstance(record.get("config"), dict)
+            and not (folder / "checkpoints").exists())
+
+
+def find_last_checkpoint(folder: Path) -> None:
+    """Check that `folder` holds a run to resume (its last checkpoint), in one line if not."""
+    if stopped_before_a_checkpoint(folder):
+        raise MiniGPTError(f"{folder} holds a run stopped before its first checkpoint: nothing "
+                           f"to resume; train it again with --out {shlex.quote(str(folder))}")
+    find_checkpoint(folder / "checkpoints", "last")
 
 
 def make_folder(folder: Path) -> Path:
@@ -274,10 +297,11 @@ def save(run: Run, tags: list[str]) -> None:
                     keep=run.cfg.train.keep, averaged=run.ema and run.ema.model)
 
 
-def restore(run: Run, tag: str = "last") -> None:
+def restore(run: Run, tag: str = "last") -> list[str]:
     """Load a checkpoint of the run's folder into its parts: weights, optimizer, random
     generators, and every part that keeps state (a probe the checkpoint has no state for
-    starts afresh)."""
+    starts afresh). Returns the settings that differ from the checkpoint's ('lr 0.01 ->
+    0.005'): those of [train] and of the sections beyond the core's."""
     ckpt = load_checkpoint(run.folder / "checkpoints", tag)
     check_resumable(ckpt.meta, run.folder)
     if tokenizer_from_dict(ckpt.meta["tokenizer"]) != run.tokenizer:
@@ -312,11 +336,10 @@ def restore(run: Run, tag: str = "last") -> None:
     for name, part in parts_with_state(run).items():
         if name in ckpt.meta["parts"]:
             part.load_state_dict(ckpt.meta["parts"][name])
-    now = vars(run.cfg.train)
-    changes = [f"{key} {was!r} -> {now[key]!r}" for key, was in ckpt.meta["train"].items()
-               if key in now and now[key] != was]
-    log.info(f"resuming from step {run.state.step:,}"
-             + (f", with {', '.join(changes)}" if changes else ", with the run's settings"))
+    saved = {"train": ckpt.meta["train"], **ckpt.meta.get("extra", {})}
+    now = {"train": vars(run.cfg.train), **{k: vars(v) for k, v in run.cfg.extra.items()}}
+    return [f"{key} {was!r} -> {now[sec][key]!r}" for sec, values in saved.items()
+            for key, was in values.items() if sec in now and now[sec].get(key, was) != was]
 
 
 def open_run(run_dir: str | Path, tag: str = "best", device: str = "auto") -> Run:

@@ -69,9 +69,13 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -
 
 
 def check_filter(top_k: int | None, top_p: float | None) -> None:
-    if top_k is not None and (not isinstance(top_k, numbers.Integral) or top_k < 1):
+    whole = isinstance(top_k, numbers.Integral) or (
+        isinstance(top_k, torch.Tensor) and top_k.dim() == 0 and not top_k.is_floating_point())
+    if top_k is not None and (not whole or top_k < 1):
         raise MiniGPTError(f"top_k must be a whole number >= 1, got {top_k}")
-    if top_p is not None and not (isinstance(top_p, numbers.Real) and 0 < top_p <= 1):
+    real = isinstance(top_p, numbers.Real) or (isinstance(top_p, torch.Tensor)
+                                               and top_p.dim() == 0)
+    if top_p is not None and not (real and 0 < top_p <= 1):
         raise MiniGPTError(f"top_p must be in (0, 1], got {top_p}")
 
 

@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 
 from minigpt import console, distributed, performance
-from minigpt.checkpoint import find_checkpoint
 from minigpt.clock import Clock, Speed
 from minigpt.config import RunConfig, TrainConfig, parse_targets, validate
 from minigpt.errors import MiniGPTError, training_error
@@ -36,6 +35,7 @@ from minigpt.run import (
     build_run,
     check_new_folder,
     default_run_dir,
+    find_last_checkpoint,
     hold_folder,
     prepare_folder,
     restore,
@@ -72,7 +72,7 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
     validate(cfg)  # (changed in code since resolve_config, say)
     folder = Path(out_dir) if out_dir else default_run_dir(cfg)
     if resume:  # (before the folder is made and locked)
-        find_checkpoint(folder / "checkpoints", "last")
+        find_last_checkpoint(folder)
     else:
         check_new_folder(folder)
     console.show_logs()
@@ -83,12 +83,11 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
         # anything is written)
         with hold_folder(run):
             if resume:
-                restore(run, "last")
+                console.log_resume(restore(run, "last"), run.state.step)  # (restored first)
             prepare_folder(run, resume)
             result = loop(run, progress)
-        # Every process waits here for rank 0's final evaluation and sample, so that they all
-        # leave the process group together; how they then exit under torchrun is cli.main's
-        # (without the interpreter's teardown, which was seen to abort a gloo process).
+        # every process waits for rank 0's final evaluation and sample, so that they all leave
+        # the process group together (and then exit under torchrun as cli.main says)
         distributed.barrier(run.world)
         return result
     except (RuntimeError, MemoryError) as e:
@@ -115,7 +114,8 @@ def loop(run: Run, progress: bool) -> TrainResult:
     for probe in run.probes:
         probe.start(run)
     skipped = torch.full((), state.skipped, device=run.device)  # counted on the device
-    clipped = torch.zeros((), dtype=torch.long, device=run.device)  # since the last row
+    clipped = state.clipped = torch.full((), int(state.clipped), device=run.device)  # since the
+    # last row: in the state, for a checkpoint between rows (a signal's) to keep
     run.model.train()
     with StopSignals() as signals:
         now = seconds(clock.start(), run)
@@ -136,7 +136,7 @@ def loop(run: Run, progress: bool) -> TrainResult:
                 with clock.paused():  # evaluation, probes and checkpoints are not training
                     row = metrics_row(run, step, lr, loss, grad_norm, int(skipped),
                                       int(clipped), speed)
-                    clipped.zero_()  # (a checkpoint follows a row: no state to carry)
+                    clipped.zero_()
                     if evaluate_now:
                         improved = record_evaluation(run, row)
                     write_row(run, row, bar)

@@ -240,6 +240,9 @@ class AttentionProbe(EveryNSteps):
 
     def start(self, run):
         super().start(run)
+        for shot in (run.folder / "attention").glob("step-*.png"):  # a resume draws them again
+            if int(shot.stem.removeprefix("step-")) >= run.state.step:
+                shot.unlink()
         self.ids = readable_ids(run.tokenizer, self.text, run.model.block_size)
         if not self.ids:
             log.warning("attention probe off: no character of its text is in the vocabulary")
@@ -299,7 +302,9 @@ class TensorBoardProbe(Probe):
         if printable(str(folder)) != str(folder):
             raise MiniGPTError(f"--tensorboard cannot write under {printable(str(folder))}: "
                                f"TensorBoard takes only paths that are UTF-8; rename the folder")
-        self.writer = self.summary_writer(log_dir=str(folder))
+        # events from the step resumed at on are dropped: they come again (those of a stretch
+        # after the checkpoint that a crash cut short would otherwise stay, doubled)
+        self.writer = self.summary_writer(log_dir=str(folder), purge_step=run.state.step)
 
     def on_row(self, row):
         for key, tag in self.SCALARS.items():
