@@ -83,6 +83,16 @@ def test_a_resume_after_a_crash_records_each_step_once(probed_run, tmp_path):
     assert shots == ["step-000000.png", "step-000015.png", "step-000021.png"]
 
 
+def test_resuming_a_run_that_has_ended_records_its_end_once(probed_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(probed_run, run)
+    cfg = resume_config(run, sections=SECTIONS)
+    train(cfg, run, resume=True, progress=False, probes=standard_probes(cfg))  # nothing to train
+    assert [s["step"] for s in read_jsonl(run / "samples.jsonl")] == [0, 10, 20, 22]
+    shots = sorted(p.name for p in (run / "attention").iterdir())
+    assert shots == ["step-000000.png", "step-000015.png", "step-000022.png"]
+
+
 def test_tensorboard_event_files_hold_the_tags(probed_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

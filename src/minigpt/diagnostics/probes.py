@@ -101,6 +101,16 @@ class EveryNSteps(Probe):
         self.every = every
         self.load_state_dict(self.fresh)
 
+    def start(self, run):
+        super().start(run)
+        # a record kept in the folder from after the checkpoint: the end's, of a run resumed
+        # when it had ended already (its end is not recorded twice)
+        self.recorded = max([self.recorded, *self.kept_records(run)])
+
+    def kept_records(self, run) -> list[int]:
+        """The steps of this probe's records in the run folder: its log's rows."""
+        return [row["step"] for name in self.log_files for row in read_jsonl(run.folder / name)]
+
     def on_row(self, row):
         if row["step"] >= self.next_step:
             self.record_at(row["step"])
@@ -239,11 +249,19 @@ class AttentionProbe(EveryNSteps):
         self.ids: list[int] = []  # the text's tokens, at most one block
 
     def start(self, run):
-        super().start(run)
-        for shot in (run.folder / "attention").glob("step-*.png"):  # a resume draws them again
-            if int(shot.stem.removeprefix("step-")) >= run.state.step:
+        for step, shot in self.shots(run):  # those after the checkpoint: a resume draws them
+            if step >= run.state.step:
                 shot.unlink()
+        super().start(run)
         self.ids = readable_ids(run.tokenizer, self.text, run.model.block_size)
+
+    @staticmethod
+    def shots(run) -> list[tuple[int, Path]]:
+        return [(int(shot.stem.removeprefix("step-")), shot)
+                for shot in (run.folder / "attention").glob("step-*.png")]
+
+    def kept_records(self, run) -> list[int]:
+        return [step for step, _ in self.shots(run)]
         if not self.ids:
             log.warning("attention probe off: no character of its text is in the vocabulary")
 
