@@ -109,8 +109,8 @@ def test_what_a_console_cannot_encode_is_escaped_not_a_crash():
     import codecs
     import io
 
-    from minigpt.cli import printable
-    codecs.register_error("minigpt", printable)
+    from minigpt.cli import escaped
+    codecs.register_error("minigpt", escaped)
     raw = io.BytesIO()
     stream = io.TextIOWrapper(raw, encoding="ascii", errors="minigpt")
     stream.write("caf\u00e9 \u65e5 " + b"n\xe4me".decode("utf-8", "surrogateescape"))

@@ -37,7 +37,7 @@ from minigpt.config import (
 from minigpt.corpus import is_prepared
 from minigpt.environment import resolve_device
 from minigpt.errors import MiniGPTError, last_line
-from minigpt.files import atomic_path, atomic_write_text, sha256_file
+from minigpt.files import atomic_path, atomic_write_text, remove_temporaries, sha256_file
 from minigpt.model import MiniGPT
 from minigpt.tokenizer import AnyTokenizer, tokenizer_from_dict
 
@@ -155,8 +155,7 @@ def prune(folder: Path, keep: int) -> None:
     for stem in set(steps) - named:
         (folder / f"{stem}.safetensors").unlink(missing_ok=True)
         (folder / f"{stem}.json").unlink()
-    for tmp in folder.glob(".*.tmp"):
-        tmp.unlink()
+    remove_temporaries(folder)
 
 
 def find_checkpoint(folder: str | Path, tag: str = "last") -> Path:

@@ -617,7 +617,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    codecs.register_error("minigpt", printable)
+    codecs.register_error("minigpt", escaped)
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):  # (a strict stream raised, the command unfinished)
             stream.reconfigure(errors="minigpt")
@@ -644,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def printable(e: UnicodeError) -> tuple[str | bytes, int]:
+def escaped(e: UnicodeError) -> tuple[str | bytes, int]:
     """What a stream writes for text it cannot encode: the bytes of a file name that is not
     UTF-8 (as surrogateescape does), and for any other character (a sample's, on an ASCII or
     cp1252 console) its escape, \\u65e5."""

@@ -34,7 +34,7 @@ from minigpt.checkpoint import (
     save_checkpoint,
 )
 from minigpt.clock import Clock
-from minigpt.config import RunConfig
+from minigpt.config import RunConfig, read_config_file
 from minigpt.data import Batches, Splits, cache_dir, ensure_tinyshakespeare, load_corpus
 from minigpt.environment import describe, resolve_device
 from minigpt.errors import MiniGPTError
@@ -210,11 +210,10 @@ def stopped_before_a_checkpoint(folder: Path) -> bool:
     """Whether `folder` holds a minigpt run stopped before its first checkpoint: the run's
     config.json (its settings under "config"), no checkpoints."""
     try:
-        record = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        read_config_file(folder / "config.json")  # (which refuses any other config.json)
+    except MiniGPTError:
         return False
-    return (isinstance(record, dict) and isinstance(record.get("config"), dict)
-            and not (folder / "checkpoints").exists())
+    return not (folder / "checkpoints").exists()
 
 
 def find_last_checkpoint(folder: Path) -> None:

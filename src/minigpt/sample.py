@@ -86,6 +86,11 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None,
     check_filter(top_k, top_p)
     if logits.dim() != 2:
         raise MiniGPTError(f"logits must be (B, V), got shape {tuple(logits.shape)}")
+    return keep_likely(logits, top_k, top_p)
+
+
+def keep_likely(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """filter_logits without its checks, for the sampler, which checked once (stream)."""
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -110,7 +115,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     # sends the others to -inf instead of overflowing every logit to inf; below 1e-6 (greedy
     # in all but name) the temperature is held at 1e-6 so it cannot round to 0 in float32
     logits = logits - logits.max(dim=-1, keepdim=True).values
-    logits = filter_logits(logits / max(temperature, 1e-6), top_k, top_p)
+    logits = keep_likely(logits / max(temperature, 1e-6), top_k, top_p)
     probs = F.softmax(logits, dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
