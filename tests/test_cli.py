@@ -230,7 +230,7 @@ BAD_INPUT = [
     (["sample", "--run", "{run}", "--top-k", "0"], "--top-k must be a whole number >= 1"),
     (["sample", "--run", "{run}", "--temperature", "-1"], "--temperature must be >= 0"),
     (["sample", "--run", "{run}", "--max-new-tokens", "-3"], "--max-new-tokens must be >= 0"),
-    (["sample", "--run", "{run}", "--seed", str(2**64)], "--seed must be from -2**63 to 2**64 - 1"),
+    (["sample", "--run", "{run}", "--seed", str(2**63)], "--seed must be a 64-bit integer"),
     (["attention", "--run", "{run}", "--text", ""], "1 to 32 characters"),
     (["attention", "--run", "{run}", "--text", "ZZZ"], "--text: text has 1 character(s) outside"),
     (["attention", "--run", "{run}", "--out", "{bad}/short.txt"],  # (a text file, overwritten)

@@ -55,7 +55,8 @@ def test_attention_command_writes_a_heatmap_grid(cli_run, tmp_path, capsys):
     png = tmp_path / "att.png"
     cli(capsys, "attention", "--run", str(cli_run[0]), "--text", "ROMEO: what light",
         "--out", str(png))
-    read_png(png)
+    height, width, _ = read_png(png).shape  # the run's 1 layer x 2 heads: two squares abreast
+    assert 1.4 < width / height < 2.2  # (one square and its colour bar: about 1.1; 2 x 1: 0.6)
 
 
 def test_compare_command_prints_a_table(small_text, tmp_path):

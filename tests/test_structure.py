@@ -49,6 +49,27 @@ def test_no_import_cycle_and_the_core_never_imports_the_diagnostics():
         raise AssertionError(f"import cycle: {' -> '.join(reversed(cycle.args[1]))}") from None
 
 
+# docs/architecture.md's layers, top down: a module imports from its own layer and those below
+LAYERS = [
+    "__main__ cli",
+    "diagnostics",
+    "trainer run clock signals console",
+    "step schedule evaluate model sample optim checkpoint export performance plan precision data "
+    "corpus records tokenizer config distributed environment files errors",
+    "lesson",
+]
+
+
+def test_the_layers_of_the_architecture_page():
+    def layer(module: str) -> int:
+        part = module.split(".")[1] if "." in module else "minigpt"
+        return next(i for i, names in enumerate(LAYERS) if part in names.split())
+
+    for name, deps in graph().items():
+        if name != "minigpt":
+            assert all(layer(d) >= layer(name) for d in deps if d != "minigpt"), name
+
+
 def test_every_module_starts_with_a_docstring():
     for path in PACKAGE.rglob("*.py"):
         assert ast.get_docstring(ast.parse(path.read_text())), path

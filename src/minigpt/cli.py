@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from minigpt import __version__
-from minigpt.config import field_index, preset_names, resolve_config
+from minigpt.config import check_seed, field_index, preset_names, resolve_config
 from minigpt.console import count, show_logs, visible
 from minigpt.corpus import BPE_VOCAB, SHARD_TOKENS, is_prepared
 from minigpt.diagnostics.probes import SECTIONS, DiagConfig
@@ -504,8 +504,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     if args.max_new_tokens < 0:
         raise MiniGPTError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-    if not -2**63 <= args.seed < 2**64:  # what torch's generator takes
-        raise MiniGPTError(f"--seed must be from -2**63 to 2**64 - 1, got {args.seed}")
+    check_seed(args.seed, "--seed")
     try:
         check_sampling(args.temperature, args.top_k, args.top_p)
     except MiniGPTError as e:  # named as the flags are: --top-k, not top_k

@@ -142,8 +142,8 @@ class TrainConfig:
     log_every: int = opt(50, "write a metrics line every N steps")
     keep: int = opt(2, "checkpoints kept besides the best: the newest N")
     ema: float = opt(0.0, "keep an exponential moving average of the weights with this decay "
-                           "(e.g. 0.99): evaluated, sampled and exported as the final model "
-                           "(0 = off)")
+                           "(e.g. 0.99; the first step's weights start it): evaluated, "
+                           "sampled and exported as the final model (0 = off)")
     skip_nonfinite: int = opt(0, "skip up to N batches whose gradients are NaN or inf")
     seed: int = opt(1337, "seed for initial weights and batch sampling")
     device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps")
@@ -362,6 +362,12 @@ def by_section(settings: dict, sections: dict[str, type] = SECTIONS) -> dict[str
     return table
 
 
+def check_seed(seed: int, name: str) -> None:
+    """A seed is what torch's generators and a TOML integer both hold: a signed 64-bit one."""
+    if not -2**63 <= seed < 2**63:
+        raise MiniGPTError(f"{name} must be a 64-bit integer, from -2**63 to 2**63 - 1, got {seed}")
+
+
 def validate(cfg: RunConfig) -> None:
     """Reject settings that cannot train, each with a one-line reason (a value set in code is
     checked as a file's would be)."""
@@ -386,8 +392,7 @@ def validate(cfg: RunConfig) -> None:
     for key in ("beta1", "beta2", "momentum", "muon_momentum"):  # decays, as torch takes them
         if not 0 <= getattr(t, key) < 1:
             raise MiniGPTError(f"'{key}' must be in [0, 1), got {getattr(t, key)}")
-    if not -2**63 <= t.seed < 2**63:  # what torch's generators (and a TOML integer) hold
-        raise MiniGPTError(f"'seed' must be a 64-bit integer, got {t.seed}")
+    check_seed(t.seed, "'seed'")
     if not 0 <= t.ema < 1:
         raise MiniGPTError(f"'ema' must be in [0, 1) (a decay, e.g. 0.99; 0 = off), got {t.ema}")
     if not 0 <= t.ramp <= 1:

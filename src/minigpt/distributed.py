@@ -5,8 +5,9 @@
 torchrun starts N copies of the command and tells each its RANK, LOCAL_RANK and WORLD_SIZE in
 the environment. Each process holds the whole model, draws its own batches, and DDP averages
 the gradients across processes during backward, so every process takes the same optimizer
-step. NCCL carries the gradients between GPUs, gloo between CPU processes. Only rank 0 logs,
-evaluates, samples and writes files; the others train and follow its decisions.
+step. NCCL carries the gradients between GPUs, gloo between CPU processes. Every process
+evaluates the same validation batches, so all make the same early-stopping decision; rank 0
+alone logs, writes files, and makes the final whole-split evaluation and sample.
 
 Without torchrun's variables (or with WORLD_SIZE=1) this is one process and every function here
 does nothing special.

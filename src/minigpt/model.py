@@ -10,10 +10,11 @@ defaults it has 216,576 parameters. One forward serves training, evaluation and 
     logits, _ = model(idx, cache=cache)  # sampling: idx are the tokens after the cached ones
 
 A cache (minigpt.sample.KVCache) keeps every layer's keys and values, so a new token costs one
-position's work instead of a forward over the whole window. The model asks three things of it:
+position's work instead of a forward over the whole window. The model asks four things of it:
 `cache.length`, the positions it holds, `cache.layers[i].update(k, v)`, which stores layer
-i's new keys and values and gives back all of them, and `cache.tokens`, (B, block_size), where
-the model keeps the token ids (the bigram and smear options look one or two tokens back).
+i's new keys and values and gives back all of them, `cache.layers[i].length`, the positions
+that layer holds, and `cache.tokens`, (B, block_size), where the model keeps the token ids
+(the bigram and smear options look one or two tokens back).
 
 Options beyond the lesson (minigpt.config.ModelConfig; each off by default): rotary position
 embeddings instead of learned ones (pos="rope"), RMSNorm instead of LayerNorm, RMS-normalised
@@ -141,14 +142,18 @@ class SwiGLU(nn.Module):
         return F.silu(a) * b
 
 
+def mlp_hidden(config: ModelConfig) -> int:
+    """The MLP's hidden width: 4C, or 8C/3 for swiglu (three matrices of C x 8C/3: the
+    parameters of two of C x 4C)."""
+    return 8 * config.n_embd // 3 if config.mlp == "swiglu" else 4 * config.n_embd
+
+
 def mlp(config: ModelConfig) -> nn.Sequential:
     """ff: Linear, activation, Linear, Dropout (ff.0 and ff.2 are the lesson's names)."""
-    C = config.n_embd
+    C, hidden = config.n_embd, mlp_hidden(config)
     if config.mlp == "swiglu":
-        hidden = 8 * C // 3  # three matrices of C x 8C/3: the parameters of two of C x 4C
         first, act = nn.Linear(C, 2 * hidden, bias=config.bias), SwiGLU()
     else:
-        hidden = 4 * C
         first = nn.Linear(C, hidden, bias=config.bias)
         act = ReLUSquared() if config.mlp == "relu2" else nn.GELU()
     return nn.Sequential(first, act, nn.Linear(hidden, C, bias=config.bias),
@@ -314,7 +319,8 @@ class MiniGPT(nn.Module):
 
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)),  # (B*T, vocab)
+                                   targets.reshape(-1))  # (B*T,)
         return logits, loss
 
     def generate(self, idx: torch.Tensor, max_new_tokens: int = 200) -> torch.Tensor:

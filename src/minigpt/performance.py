@@ -21,7 +21,7 @@ import torch
 from minigpt.config import ModelConfig, RunConfig
 from minigpt.errors import MiniGPTError
 from minigpt.evaluate import WHOLE_SPLIT_BATCH
-from minigpt.model import count_params
+from minigpt.model import SMEAR_CHANNELS, count_params, mlp_hidden
 
 
 def choose_compile(requested: str, device: torch.device) -> bool:
@@ -44,9 +44,9 @@ def train_flops_per_token(cfg: ModelConfig) -> int:
     square as nanoGPT and PaLM do (so 12 L T C). Embedding lookups (the bigram's and value
     embeddings too), norms, activations and rotary embeddings are not counted."""
     C, L, V, T = cfg.n_embd, cfg.n_layer, cfg.vocab_size, cfg.block_size
-    mlp = 3 * C * (8 * C // 3) if cfg.mlp == "swiglu" else 2 * C * 4 * C
+    mlp = (3 if cfg.mlp == "swiglu" else 2) * C * mlp_hidden(cfg)  # its matrices' weights
     linear_weights = L * (4 * C * C + mlp) + C * V  # qkvo + MLP per block; lm_head
-    linear_weights += min(12, C) if cfg.smear else 0  # the smear's gate
+    linear_weights += min(SMEAR_CHANNELS, C) if cfg.smear else 0  # the smear's gate
     return 6 * linear_weights + 12 * L * T * C
 
 
@@ -75,10 +75,11 @@ def peak_memory(cfg: RunConfig, resident: int, n_params: int,
     quarter of a GB, by CPU) can outweigh the activations."""
     m, t = cfg.model, cfg.train
     C, L, V = m.n_embd, m.n_layer, m.vocab_size
-    hidden = 2 * (8 * C // 3) if m.mlp == "swiglu" else 4 * C  # ff.0's output width
+    hidden = mlp_hidden(m)
+    first = 2 * hidden if m.mlp == "swiglu" else hidden  # ff.0's output width
     mlp_bytes = 4 if dtype == torch.float32 else 2
     per_token = 4 * (L * 8 * C + 4 * V + 4 * C)  # bytes
-    per_token += mlp_bytes * L * (hidden + 2 * (hidden // 2 if m.mlp == "swiglu" else hidden))
+    per_token += mlp_bytes * L * (first + 2 * hidden)
     state = {"adamw": 2, "sgd": 1, "muon": 1.5}[t.optimizer]  # tensors per parameter
     weights = 0 if dtype == torch.float32 else 2 * n_params  # autocast's bf16 copies
     return {

@@ -4,7 +4,8 @@
 loop's state and clock); `save` and `restore` are the checkpoint of a run: each part that has
 state across a resume gives it (`state_dict`) and takes it back (`load_state_dict`), and the
 checkpoint (minigpt.checkpoint) simply collects them. A run folder holds config.json,
-tokenizer.json, metrics.jsonl, checkpoints/ and summary.json; probes add their own files.
+tokenizer.json, metrics.jsonl, checkpoints/, summary.json and run.lock (held while a command
+uses the folder); probes add their own files.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from minigpt.checkpoint import (
     restore_model,
     restore_optimizer,
     resume_config,
+    same_setting,
     save_checkpoint,
 )
 from minigpt.clock import Clock
@@ -308,8 +310,9 @@ def restore(run: Run, tag: str = "last") -> list[str]:
                            "same --text the run was trained on")
     changed = [f"{key} from {was!r} to {getattr(section, key)!r}"
                for name, section in (("model", run.cfg.model), ("data", run.cfg.data))
-               for key, was in ckpt.meta[name].items() if getattr(section, key, was) != was]
-    if changed:  # (resume_config refuses these for the command line; this is train()'s check)
+               for key, was in ckpt.meta[name].items()
+               if hasattr(section, key) and not same_setting(run.cfg, name, key, was)]
+    if changed:  # (resume_config refuses these for the command line; this is train()'s)
         raise MiniGPTError(f"cannot change {'; '.join(changed)} when resuming a run (its model "
                            f"and data stay as they were)")
     if (was := ckpt.meta["train"]["optimizer"]) != run.cfg.train.optimizer:

@@ -1,5 +1,5 @@
-"""The training loop, as the lesson writes it: the step (minigpt.step.train_step: batch, forward
-and loss, zero_grad, backward, clip, step), the schedule; then one line per periodic job:
+"""The training loop, as the lesson writes it: the step (minigpt.step.train_step: zero_grad,
+batch, forward and loss, backward, clip, step), the schedule; then one line per periodic job:
 a metrics row, an evaluation, a checkpoint, stopping.
 
     from minigpt import train, resolve_config
