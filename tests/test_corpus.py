@@ -472,6 +472,25 @@ def test_an_existing_corpus_is_not_overwritten(small_text, tmp_path, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in done.iterdir()} == before
 
 
+def test_a_corpus_prepared_there_meanwhile_is_not_overwritten(small_text, tmp_path,
+                                                               monkeypatch):
+    """The folder is checked before the scan (minutes, on a big corpus) and again once its
+    lock is held: another prepare that finished there in between was replaced."""
+    out, other, scan = tmp_path / "out", tmp_path / "other", minigpt.corpus.scan
+    prepare(str(small_text), other, progress=False)
+
+    def scan_while_another_finishes(*args):
+        found = scan(*args)
+        shutil.copytree(other, out)
+        return found
+
+    monkeypatch.setattr(minigpt.corpus, "scan", scan_while_another_finishes)
+    with pytest.raises(MiniGPTError, match="already holds a prepared corpus"):
+        prepare(str(small_text), out, tokenizer="bpe", vocab_size=300, progress=False)
+    assert all((out / p.name).read_bytes() == p.read_bytes() for p in other.iterdir()
+               if p.name != "run.lock")
+
+
 def test_a_corpus_whose_tokenizer_was_replaced_is_refused(small_text, tmp_path):
     """The shards' ids read with another tokenizer would be other tokens, silently."""
     prepare(str(small_text), tmp_path / "char", progress=False)

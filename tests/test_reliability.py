@@ -466,6 +466,11 @@ def test_an_interrupted_compare_continues_where_it_stopped(small_text, tmp_path,
     assert same_weights(tmp_path / "cut" / "1-b", tmp_path / "straight" / "1-b")
     with pytest.raises(MiniGPTError, match="holds a comparison of other variants or settings"):
         compare({**runs, "c": {}}, tmp_path / "cut", common=common, progress=False)
+    # a new comparison where a variant's folder holds a run of something else (a 30-step `a`
+    # for a 5-step one): it stood for the variant, "trained before"
+    shutil.copytree(tmp_path / "straight" / "0-a", tmp_path / "mine" / "0-a")
+    with pytest.raises(MiniGPTError, match="0-a exists, and no comparison there trained it"):
+        compare(runs, tmp_path / "mine", common={**common, "steps": 5}, progress=False)
 
 
 @MAIN_THREAD_ONLY
@@ -530,6 +535,25 @@ def test_a_second_process_in_a_run_folder_is_refused_and_a_crash_frees_it(small_
     first.wait()
     resumed = run_cli("train", "--resume", str(run), "--steps", "60", "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
+
+
+def test_a_run_that_ends_in_the_folder_while_a_new_one_sets_up_is_kept(good_run, tmp_path,
+                                                                        monkeypatch):
+    """train() checks the folder at once, then builds the run (a new corpus to read can take
+    minutes), then takes the folder's lock: a run that finished there in between was
+    overwritten, all its files, with exit 0."""
+    folder, build = tmp_path / "run", minigpt.trainer.build_run
+
+    def build_while_another_finishes(cfg, out):
+        run = build(cfg, out)
+        shutil.copytree(good_run, folder)
+        return run
+
+    monkeypatch.setattr(minigpt.trainer, "build_run", build_while_another_finishes)
+    with pytest.raises(MiniGPTError, match="already holds a run"):
+        train(tiny_config(good_run.parent / "corpus.txt", steps=2), folder, progress=False)
+    assert all((folder / p.relative_to(good_run)).read_bytes() == p.read_bytes()
+               for p in good_run.rglob("*") if p.is_file() and p.name != "run.lock")
 
 
 # --- torn logs ------------------------------------------------------------------------------------

@@ -337,6 +337,16 @@ def encode_shards(source, tok: AnyTokenizer, out_dir: Path, state: dict,
         writer.discard()
 
 
+def check_out_folder(out_dir: Path) -> None:
+    """A prepare's folder may be new, or hold an unfinished prepare, but nothing else minigpt
+    makes."""
+    if is_prepared(out_dir):
+        raise MiniGPTError(f"{out_dir} already holds a prepared corpus; choose another --out "
+                           f"or delete it first")
+    if (what := folder_holds(out_dir)) in ("a training run", "a comparison", "an exported model"):
+        raise MiniGPTError(f"{out_dir} holds {what}; choose another --out")
+
+
 def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
             vocab_size: int = BPE_VOCAB, val_fraction: float = 0.1,
             shard_tokens: int = SHARD_TOKENS, chunk_chars: int = CHUNK_CHARS,
@@ -356,11 +366,7 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
         raise MiniGPTError(f"val_fraction must be between 0 and 1, got {val_fraction}")
     if tokenizer == "bpe":  # checked before the scan, which can take minutes
         check_bpe_vocab(vocab_size)
-    if is_prepared(out_dir):
-        raise MiniGPTError(f"{out_dir} already holds a prepared corpus; choose another --out "
-                           f"or delete it first")
-    if (what := folder_holds(out_dir)) in ("a training run", "a comparison", "an exported model"):
-        raise MiniGPTError(f"{out_dir} holds {what}; choose another --out")
+    check_out_folder(out_dir)
     if isinstance(sources, (str, Path)):
         source = Files(sources, exclude=out_dir)
     elif hasattr(sources, "chunks"):  # a minigpt.records.Records
@@ -400,6 +406,7 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
                  "shards": {split: [] for split in SPLITS}, "next": [0, 0]}
     created = not out_dir.exists()
     with lock_folder(out_dir):
+        check_out_folder(out_dir)  # again, held: another prepare may have finished there since
         try:
             if not (out_dir / PROGRESS).exists():
                 tok.save(out_dir / TOKENIZER)

@@ -247,14 +247,17 @@ def check_new_folder(folder: Path) -> None:
 
 
 @contextmanager
-def hold_folder(run: Run) -> Iterator[None]:
+def hold_folder(run: Run, resume: bool) -> Iterator[None]:
     """The run folder, made and locked by rank 0 while the run trains (a second process there
-    is refused at once); when rank 0 cannot, every process stops."""
+    is refused at once; a new run, also when another finished there since train() checked);
+    when rank 0 cannot, every process stops."""
     with contextlib.ExitStack() as held:
         refused = None
         try:
             if run.world.is_main:
                 held.enter_context(lock_folder(make_folder(run.folder)))
+                if not resume:
+                    check_new_folder(run.folder)
         except (MiniGPTError, OSError) as e:
             refused = e
         if distributed.any_process(refused is not None, run.world):

@@ -81,7 +81,7 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
     try:
         performance.check_memory(cfg, run.device, run.data["params"], run.dtype)  # (before
         # anything is written)
-        with hold_folder(run):
+        with hold_folder(run, resume):
             if resume:
                 console.log_resume(restore(run, "last"), run.state.step)  # (restored first)
             prepare_folder(run, resume)

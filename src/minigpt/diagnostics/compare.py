@@ -131,10 +131,13 @@ def compare(variants: dict[str, dict], out_dir: str | Path, preset: str = "seed"
         if cfg.train.time_budget and "time_budget" not in asked:  # a preset's, or a file's
             log.warning(f"{name}: a time budget of {cfg.train.time_budget:g} s ends it, not "
                         f"its steps (time_budget=0 in the variant trains it by steps)")
-    claim(out_dir, {name: cfg.to_dict() for name, cfg in configs.items()})
+    folders = {name: out_dir / (f"{i}-" + "".join(c if c.isalnum() or c in "+-." else "_"
+                                                 for c in name))
+               for i, name in enumerate(configs)}
+    claim(out_dir, {name: cfg.to_dict() for name, cfg in configs.items()}, folders.values())
     table, curves = [], {}
-    for i, (name, cfg) in enumerate(configs.items()):
-        folder = out_dir / f"{i}-{''.join(c if c.isalnum() or c in '+-.' else '_' for c in name)}"
+    for name, cfg in configs.items():
+        folder = folders[name]
         if (folder / "summary.json").is_file():  # trained by an earlier, interrupted compare
             log.warning(f"{name}: trained before, in {folder}; kept")
             summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
@@ -154,10 +157,11 @@ def compare(variants: dict[str, dict], out_dir: str | Path, preset: str = "seed"
     return table
 
 
-def claim(out_dir: Path, settings: dict) -> None:
+def claim(out_dir: Path, settings: dict, folders) -> None:
     """Write the settings of every variant (variants.json) before the first is trained, so
     that the same command, run again after an interruption or a failure, continues the
-    comparison; refuse a folder that holds a comparison of other variants or settings."""
+    comparison; refuse a folder that holds a comparison of other variants or settings, or,
+    for a new comparison, a variant's folder (a run it did not train would stand for it)."""
     path = out_dir / "variants.json"
     if (what := folder_holds(out_dir)) not in (None, "a comparison"):
         raise MiniGPTError(f"{out_dir} holds {what}; choose another --out")
@@ -166,6 +170,9 @@ def claim(out_dir: Path, settings: dict) -> None:
             raise MiniGPTError(f"{out_dir} holds a comparison of other variants or settings; "
                                f"choose another --out, or run that comparison's command to "
                                f"continue it")
+    elif taken := [folder for folder in folders if folder.exists()]:
+        raise MiniGPTError(f"{taken[0]} exists, and no comparison there trained it; choose "
+                           f"another --out")
     else:
         atomic_write_text(path, json.dumps(settings, indent=1) + "\n")
 
