@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import TINY_FLAGS, as_flags, run_cli, same_weights, without_speed
-from minigpt import load_model
+from minigpt import load_checkpoint, load_model
 from minigpt.files import read_jsonl
 
 pytestmark = pytest.mark.slow  # torchrun starts three processes a run
@@ -85,6 +85,17 @@ def test_two_processes_match_one_process_accumulating_their_batches(ddp_run, cor
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
     assert ddp_rows[-1]["train_loss"] < ddp_rows[0]["train_loss"] - 0.3  # it learned
+
+
+def test_each_process_draws_its_own_dropout_masks(corpus, tmp_path):
+    """One seed gives every process the same weights; it gave them the same dropout masks too
+    (their generators in one state), so the processes' noise was one noise."""
+    out = tmp_path / "dropout"
+    r = torchrun("train", "--text", str(corpus), "--steps", "2", *SMALL, "--dropout", "0.5",
+                 "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    rng = load_checkpoint(out / "checkpoints", "last").section("rng")
+    assert not torch.equal(rng["rank0_torch"], rng["rank1_torch"])
 
 
 def test_only_rank_zero_speaks_and_writes(ddp_run):

@@ -296,6 +296,11 @@ def test_the_bigram_table_is_exact_for_characters_and_hashed_beyond():
     big = torch.randint(0, 5000, (4, 64))
     assert bigram_rows(5000) == 8 * 5000 and 0 <= bigram_ids(big, 5000).min()
     assert bigram_ids(big, 5000).max() < 8 * 5000
+    assert torch.equal(bigram_ids(big.int(), 5000), bigram_ids(big, 5000))  # (int32 wrapped)
+    # hashed, a token's rows depend on the whole previous token, not on it mod 8: nearly as
+    # many rows as previous tokens (5000 into 40000 rows: ~5 % collide)
+    after = torch.stack([torch.arange(5000), torch.full((5000,), 7)], dim=1)  # (5000, 2)
+    assert len(set(bigram_ids(after, 5000)[:, 1].tolist())) > 4500
     _, model, missing = twins(bigram=True)
     assert missing == ["bigram_emb.weight"]
     idx = torch.randint(0, V, (2, 10))

@@ -63,6 +63,19 @@ def test_attention_snapshots_and_samples(probed_run):
     assert all(s["text"].startswith("ROMEO:") and len(s["text"]) == 206 for s in samples)
 
 
+@pytest.mark.parametrize("attention_text, said", [
+    ("ROMEO:", "attention probe off: no character of its text is in the vocabulary"),
+    ("ROMEO: 0123456789", "attention probe: its text is drawn as '0123456789' (the characters"),
+    ("0123456789" * 4, "its text is drawn as '01234567890123456789012345678901'"),  # one block
+])
+def test_an_attention_text_drawn_otherwise_is_said(tmp_path, caplog, attention_text, said):
+    text = tmp_path / "digits.txt"
+    text.write_text("0123456789\n" * 50)
+    cfg = tiny_config(text, steps=2, attention_every=1, attention_text=attention_text)
+    train(cfg, tmp_path / "run", progress=False, probes=standard_probes(cfg))
+    assert said in caplog.text
+
+
 def test_a_resume_after_a_crash_records_each_step_once(probed_run, tmp_path):
     """Killed after the logs went past the last checkpoint (here: step 21's, the logs at 22):
     the resumed run's TensorBoard steps are its metrics rows, each once, and no attention map

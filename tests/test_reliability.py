@@ -575,6 +575,18 @@ def test_torn_last_lines_are_dropped_with_a_warning(good_run, tmp_path):
     assert all(json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
 
 
+def test_a_damaged_tag_keeps_every_checkpoint_and_the_run_going(good_run, tmp_path, caplog):
+    """prune() reads last.json and best.json to know which steps to keep: a damaged one
+    stopped a resumed run at its next checkpoint with a traceback."""
+    folder = copy_of(good_run, tmp_path) / "checkpoints"
+    (folder / "best.json").write_text('{"file": ')
+    before = sorted(p.name for p in folder.iterdir())
+    with caplog.at_level(logging.WARNING, logger="minigpt"):
+        ckpt.prune(folder, keep=1)
+    assert sorted(p.name for p in folder.iterdir()) == before
+    assert "best.json is damaged: no checkpoint removed" in caplog.text
+
+
 # --- a full disk, for real ------------------------------------------------------------------------
 
 
@@ -608,7 +620,7 @@ def test_a_disk_that_fills_up_mid_run(small_text, small_disk):
         json.loads(line)  # every line whole
 
 
-def test_prepare_and_report_on_a_full_disk(good_run, small_disk, tmp_path):
+def test_prepare_report_and_export_on_a_full_disk(good_run, small_disk, tmp_path):
     big = tmp_path / "big.txt"
     big.write_text("All the world's a stage, and all the men and women merely players.\n" * 40000)
     out = small_disk / "shards"
@@ -625,6 +637,11 @@ def test_prepare_and_report_on_a_full_disk(good_run, small_disk, tmp_path):
     r = run_cli("report", "--run", str(good_run), "--out", str(small_disk / "report.html"))
     assert r.returncode == 1 and "No space left on device" in r.stderr
     assert not (small_disk / "report.html").exists()
+    os.truncate(filler, filler.stat().st_size - 40960)  # room for config.json, not the weights
+    r = run_cli("export", "--run", str(good_run), "--out", str(small_disk / "exported"))
+    assert r.returncode == 1 and r.stderr.count("\n") == 1  # (safetensors' error: a traceback)
+    assert "No space left on device" in r.stderr and "model.safetensors" in r.stderr
+    assert not (small_disk / "exported").exists()
     assert not [p for p in small_disk.iterdir() if p.name.startswith(".")]
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +37,17 @@ from minigpt.config import (
 from minigpt.corpus import is_prepared
 from minigpt.environment import resolve_device
 from minigpt.errors import MiniGPTError, last_line
-from minigpt.files import atomic_path, atomic_write_text, remove_temporaries, sha256_file
+from minigpt.files import (
+    atomic_path,
+    atomic_write_text,
+    os_error,
+    remove_temporaries,
+    sha256_file,
+)
 from minigpt.model import MiniGPT
 from minigpt.tokenizer import AnyTokenizer, tokenizer_from_dict
+
+log = logging.getLogger(__name__)
 
 FORMAT = "minigpt-checkpoint/1"
 
@@ -134,16 +142,6 @@ def save_checkpoint(folder: str | Path, tags: list[str], model: MiniGPT,
     prune(folder, keep)
 
 
-def os_error(e: Exception, path: Path) -> Exception:
-    """safetensors' error for a failed write ("... (os error 28)") as the OSError it stands for,
-    naming the file; any other error as it is."""
-    found = re.search(r"os error (\d+)", str(e))
-    if isinstance(e, OSError) or not found:
-        return e
-    code = int(found.group(1))
-    return OSError(code, os.strerror(code), str(path))
-
-
 def prune(folder: Path, keep: int) -> None:
     """Keep the newest `keep` steps and the steps last.json and best.json name; remove the
     other steps and any temporary file a killed writer left behind."""
@@ -151,7 +149,11 @@ def prune(folder: Path, keep: int) -> None:
     named = set(steps[-keep:]) if keep > 0 else set()
     for tag in ("last", "best"):
         if (folder / f"{tag}.json").exists():
-            named.add(Path(json.loads((folder / f"{tag}.json").read_text())["file"]).stem)
+            try:
+                named.add(Path(json.loads((folder / f"{tag}.json").read_text())["file"]).stem)
+            except (ValueError, KeyError, TypeError):  # damaged: which step it needs is unknown
+                log.warning(f"{folder / tag}.json is damaged: no checkpoint removed")
+                return
     for stem in set(steps) - named:
         (folder / f"{stem}.safetensors").unlink(missing_ok=True)
         (folder / f"{stem}.json").unlink()

@@ -54,7 +54,7 @@ import torch.nn as nn
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
 from minigpt.errors import MiniGPTError, last_line
-from minigpt.files import atomic_folder
+from minigpt.files import atomic_folder, os_error
 
 LAYER_NORM_EPS = 1e-5
 
@@ -246,7 +246,10 @@ def _export(load, out_dir: str | Path) -> Path:
     hf_logging.disable_progress_bar()  # ("Writing model shards": the command says what it wrote)
     try:
         with atomic_folder(out) as tmp:
-            hf_model.save_pretrained(tmp, safe_serialization=True)
+            try:
+                hf_model.save_pretrained(tmp, safe_serialization=True)
+            except Exception as e:  # a full disk, as safetensors reports it
+                raise os_error(e, tmp / "model.safetensors") from None
             # (written here: tokenizers' own save takes only paths that are UTF-8)
             (tmp / "tokenizer.json").write_text(hf_tok.to_str(pretty=True), encoding="utf-8")
             text = json.dumps(tokenizer_config(model.config.block_size), indent=2) + "\n"

@@ -190,6 +190,16 @@ def printable(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+def os_error(e: Exception, path: Path) -> Exception:
+    """A library's error for a failed write (safetensors': "... (os error 28)") as the OSError
+    it stands for, naming the file; any other error as it is."""
+    found = re.search(r"os error (\d+)", str(e))
+    if isinstance(e, OSError) or not found:
+        return e
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code), str(path))
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -190,12 +190,15 @@ def bigram_rows(vocab_size: int) -> int:
 def bigram_ids(idx: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """idx (B, T) -> (B, T): each position's row of the bigram table, from its token and the
     one before (the first position's 'before' is id vocab_size: none)."""
+    idx = idx.long()  # (pair ids pass 2**31, and the hash's products 2**62)
     prev = F.pad(idx[:, :-1], (1, 0), value=vocab_size)  # (B, T)
     pair = prev * vocab_size + idx
     rows = bigram_rows(vocab_size)
     if rows == (vocab_size + 1) * vocab_size:
         return pair
-    return (pair * 2654435761) % rows  # Knuth's multiplicative hash spreads nearby pairs
+    # Knuth's multiplicative hash, its top bits scaled to the rows (the bottom bits, `% rows`,
+    # kept only the previous token mod 8: one of 8 rows for each token whatever came before)
+    return ((pair * 2654435761) % 2**32) * rows // 2**32
 
 
 class MiniGPT(nn.Module):

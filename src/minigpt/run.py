@@ -166,6 +166,8 @@ def build_run(cfg: RunConfig, folder: str | Path) -> Run:
     performance.check_model_fits(cfg, device)
     torch.manual_seed(cfg.train.seed)
     model = MiniGPT.from_config(cfg.model).to(device)
+    if world.rank:  # the same weights in every process, but each its own dropout masks
+        torch.manual_seed(cfg.train.seed + world.rank)
     dtype, why = choose_dtype(cfg, model, world, device)
     compiled = performance.choose_compile(cfg.train.compile, device)
     performance.configure_backends(device)

@@ -254,6 +254,11 @@ class AttentionProbe(EveryNSteps):
                 shot.unlink()
         super().start(run)
         self.ids = readable_ids(run.tokenizer, self.text, run.model.block_size)
+        if not self.ids:
+            log.warning("attention probe off: no character of its text is in the vocabulary")
+        elif (shown := run.tokenizer.decode(self.ids)) != self.text:
+            log.warning(f"attention probe: its text is drawn as {shown!r} (the characters the "
+                        f"vocabulary has, one block at most)")
 
     @staticmethod
     def shots(run) -> list[tuple[int, Path]]:
@@ -262,8 +267,6 @@ class AttentionProbe(EveryNSteps):
 
     def kept_records(self, run) -> list[int]:
         return [step for step, _ in self.shots(run)]
-        if not self.ids:
-            log.warning("attention probe off: no character of its text is in the vocabulary")
 
     def on_row(self, row):
         if self.ids:
