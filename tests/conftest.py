@@ -158,7 +158,7 @@ def cli_run(tmp_path_factory):
     out = folder / "run"
     r = run_cli("train", "--text", str(text), "--out", str(out), *TINY_FLAGS, "--steps", "40",
                 "--eval-every", "20", "--gradflow-every", "10", "--attention-every", "20",
-                "--sample-every", "20", "--plots")
+                "--sample-every", "20", "--plots", "--normuon")  # (which adamw ignores)
     assert r.returncode == 0, r.stderr
     return out, r, text
 

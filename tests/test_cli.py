@@ -1,5 +1,6 @@
 """The `minigpt` command as a user runs it: train, sample, --help, and one-line errors."""
 
+import gzip
 import json
 import subprocess
 import sys
@@ -26,6 +27,7 @@ def test_train_prints_split_sizes_figures_and_summary(cli_run):
     assert "final validation loss (whole split" in r.stdout
     assert ("warning: warmup (100 steps) is the whole run: the learning rate will only rise, "
             "and never decay; try --warmup-steps 4") in r.stderr  # 40 steps, default warmup
+    assert "warning: --normuon (muon's) set, but the run uses adamw" in r.stderr
     assert "warning" not in r.stdout  # (the run's lines are its output; warnings are not)
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary == json.loads((out / "summary.json").read_text())
@@ -147,6 +149,7 @@ def bad_files(tmp_path_factory):
     (d / "empty.txt").write_text("")
     (d / "latin1.txt").write_bytes("caf\xe9 cr\xe8me br\xfbl\xe9e\n".encode("latin-1") * 50)
     (d / "binary.txt").write_bytes(bytes(range(256)) * 10)
+    (d / "text.txt.gz").write_bytes(gzip.compress(b"To be, or not to be\n" * 50))
     (d / "short.txt").write_text("x" * 300)  # 270 train, 30 validation tokens
     (d / "a-file").write_text("not a folder")
     (d / "forever.toml").write_text("[train]\ntime_budget = inf\n")  # TOML's own infinity
@@ -183,6 +186,7 @@ BAD_INPUT = [
     (["train", "--text", "{bad}/empty.txt"], "is empty"),
     (["train", "--text", "{bad}/latin1.txt"], "is not UTF-8 text"),
     (["train", "--text", "{bad}/binary.txt"], "is not UTF-8 text"),
+    (["train", "--text", "{bad}/text.txt.gz"], "text.txt.gz is gzip-compressed text: decompress"),
     (["train", "--text", "{bad}/short.txt"], "validation split has 30 tokens"),
     (["train", "--text", "{text}", "--tokenizer", "bpe"], "give one of at least 257, such as 1024"),
     (["train", "--text", "{bad}/short.txt", "--block-size", "280"], "train split has 270"),
@@ -211,6 +215,9 @@ BAD_INPUT = [
     (["train", "--text", "{text}", "--n-layer", "10000000", "--block-size", "8"],
      "parameters (10000000 layers, 64 wide) needs about 7,4"),  # 50 K a layer: 500 G
     (["train", "--text", "{text}", "--out", "{bad}/a-file/run"], "cannot create run folder"),
+    (["train", "--text", "{text}", "--out", "{bad}/a-file"], "/a-file: is a file"),
+    (["train", "--text", "/dev/null"], "/dev/null is not a regular file"),  # (said: not found)
+    (["prepare", "--text", "/dev/null", "--out", "{bad}/p"], "/dev/null is not a regular file"),
     (["train", "--text", "{text}", "--out", "{run}"], "already holds a run"),
     (["train", "--resume", "{run}", "--n-layer", "3"], "cannot change n_layer"),
     (["train", "--resume", "{run}", "--block-size", "64"], "cannot change block_size"),
@@ -274,7 +281,7 @@ def test_bad_input_is_one_line_and_non_zero(cli_run, bad_files, args, message, c
     if args[0] == "train":  # were a check lost, one step into a folder of its own, not 5000
         where = [] if "--resume" in args else ["--out", str(bad_files / "trained")]
         args = ["train", "--steps", "1", *where, *args[1:], "--no-progress"]  # (args win)
-    elif args[0] not in ("graph", "autograd") and "--device" not in args:  # (they take none)
+    elif args[0] not in ("graph", "autograd", "prepare") and "--device" not in args:  # (none)
         args = [*args, "--device=cpu"]
     line = one_line_error(capsys, args)
     assert message in line

@@ -443,12 +443,13 @@ def test_a_tilde_after_an_equals_sign_is_the_home_folder(small_text, tmp_path):
     assert f"vocab {vocab}, block 8" in p.stdout
 
 
-@pytest.mark.parametrize("out", [".", "small.txt"])  # the folder holding the text, the text
-def test_sources_inside_the_output_folder_are_named(small_text, capsys, out):
+@pytest.mark.parametrize("out, said", [(".", "lie in the output folder"),  # the text's folder
+                                       ("small.txt", "small.txt is a file, not a folder")])
+def test_sources_inside_the_output_folder_are_named(small_text, capsys, out, said):
     before = sorted(small_text.parent.iterdir())
     line = one_line_error(capsys, ["prepare", "--text", str(small_text), "--out",
                                    str(small_text.parent / out), "--no-progress"])
-    assert "lie in the output folder" in line
+    assert said in line
     assert sorted(small_text.parent.iterdir()) == before
 
 

@@ -67,6 +67,9 @@ def test_compare_command_prints_a_table(small_text, tmp_path):
     assert "sgd lr 0.5" in r.stdout and "adamw" in r.stdout and "final val" in r.stdout
     assert len(json.loads((out / "compare.json").read_text())) == 2
     read_png(out / "compare.png")
+    r = run_cli("report", "--run", str(out))  # (it said: no 'best' checkpoint in cmp/...)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "holds a comparison" in r.stderr and "0-sgd" in r.stderr
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +111,7 @@ def test_report_shows_a_sample_s_controls_and_first_line_break(cli_run, tmp_path
     page = build_report(run)
     assert "<pre>\n\nA␛[2J␇\tb</pre>" in page and "\x1b" not in page
     assert visible("a\x1b\r\n\t\x7f\x00") == "a␛\r\n\t␡␀"  # (CRLF text shows as it is)
+    assert visible("ab\u202ecd\x94") == "ab<U+202E>cd<U+0094>"  # (which reorder, or hide)
 
 
 def test_report_escapes_what_the_run_produced(tmp_path, monkeypatch):
@@ -149,13 +153,15 @@ def test_report_in_a_real_browser(report, tmp_path):
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         final = page.locator("#summary td").first.inner_text()
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        page.set_viewport_size({"width": 400, "height": 800})  # a phone: samples and settings
+        narrow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         browser.close()
     assert errors == []
     assert headings == ["Summary", "Loss and learning rate", "Reading the curve",
                         "Gradient flow", "Attention", "Samples", "Computation graph",
                         "Configuration"]
     assert len(images) >= 5 and all(w > 0 for w in images)  # every image decoded
-    assert overflow <= 0  # no sideways scrolling on a laptop
+    assert overflow <= 0 and narrow <= 0  # no sideways scrolling on a laptop, nor a phone
     summary = json.loads((report.parent / "summary.json").read_text())
     assert final == f"{summary['final_val_loss']:.4f}"
     read_png(tmp_path / "report.png")

@@ -273,7 +273,7 @@ def test_plateau_and_a_steady_fall():
     slow = [{"step": s, "train_loss": max(2.0, 4.2 - 2.2 * s / 300), "lr": 1e-3}
             for s in range(0, 1000, 10)]
     assert only(slow, "shape, not yet", Facts(vocab_size=65)).message.endswith(
-        "(to 3.47 by step 100), the rest later (to 2.00)")
+        "(its running median to 3.47 by step 100), the rest later (to 2.00)")
     assert only(slow, "plateau", Facts(vocab_size=65)).step == 300
 
 

@@ -692,20 +692,40 @@ def test_killed_at_random_moments_and_resumed_ends_as_an_uninterrupted_run(small
     assert same_weights(run, tmp_path / "straight")
 
 
+def test_a_run_without_last_json_says_how_to_go_on(good_run, tmp_path, capsys):
+    """A full disk at the first save's last.json left a whole step checkpoint and no tag: a
+    new run there said to resume, and the resume said there was no 'last' checkpoint."""
+    run = copy_of(good_run, tmp_path)
+    (run / "checkpoints" / "last.json").unlink()
+    newest = sorted(p.name for p in (run / "checkpoints").glob("step-*.json"))[-1]
+    for args in (["--resume", str(run)],
+                 ["--text", str(good_run.parent / "corpus.txt"), *QUIET, "--out", str(run)]):
+        line = one_line_error(capsys, ["train", *args])
+        assert f"has no last.json (a save cut short, or deleted): copy its newest step, " \
+               f"{newest}, to last.json to resume from it" in line
+    shutil.copy(run / "checkpoints" / newest, run / "checkpoints" / "last.json")
+    assert main(["train", "--resume", str(run), "--steps", "12", "--no-progress"]) == 0
+
+
 def test_a_new_run_where_one_was_killed_before_its_first_checkpoint_starts_clean(small_text,
-                                                                                  tmp_path):
+                                                                                  tmp_path,
+                                                                                  capsys):
     """Killed at step 0 (its row and a plot's temporary file written, no checkpoint yet), the
     folder holds no run; the same command again trains there, and its log is its own."""
     cfg = tiny_config(small_text, steps=6, eval_every=3)
     fresh = train(cfg, tmp_path / "fresh", progress=False)
     folder = tmp_path / "killed"
     train(cfg, folder, progress=False)
-    shutil.rmtree(folder / "checkpoints")  # as if killed before the first was written
+    shutil.rmtree(folder / "checkpoints")  # as if killed while the first was written
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / ".step-000003.safetensors.k1l2m3n4.tmp").write_bytes(b"")
     (folder / ".loss.png.x1y2z3w4.tmp").write_bytes(b"")  # (named as tempfile names them)
     (folder / ".attention.a1b2c3d4.tmp").mkdir()
     (folder / ".notes.tmp").write_text("a file of the user's")
     with pytest.raises(MiniGPTError, match="stopped before its first checkpoint: nothing to "):
         train(cfg, folder, resume=True, progress=False)
+    line = one_line_error(capsys, ["train", "--resume", str(folder)])  # (no 'last' checkpoint)
+    assert "stopped before its first checkpoint: nothing to resume" in line
     again = train(cfg, folder, progress=False)
     rows = read_jsonl(folder / "metrics.jsonl")
     assert [r["step"] for r in rows] == [r["step"] for r in read_jsonl(tmp_path / "fresh" /

@@ -325,12 +325,14 @@ def warn_if_prepared(args: argparse.Namespace, text: str) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from minigpt.checkpoint import resume_config
     from minigpt.diagnostics.probes import standard_probes
+    from minigpt.run import find_last_checkpoint
     from minigpt.trainer import train
 
     if args.resume:  # the command as first typed may be given again, with more steps, say
         if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
             raise MiniGPTError(f"--out {args.out} and --resume {args.resume} name different "
                                f"folders; --resume continues the run where it is")
+        find_last_checkpoint(Path(args.resume))  # (or why there is none to resume from)
         cfg = resume_config(args.resume, settings_given(args), args.preset, args.config, SECTIONS)
     else:
         cfg = resolve_config(args.preset or "seed", args.config, settings_given(args), SECTIONS)
@@ -427,13 +429,18 @@ def cmd_report(args: argparse.Namespace) -> None:
     from minigpt.diagnostics.graph import GraphvizMissing, draw_loss_graph
     from minigpt.diagnostics.reading import format_reading, read_run
     from minigpt.diagnostics.report import write_report
+    from minigpt.files import folder_holds
 
+    if folder_holds(args.run) == "a comparison":
+        raise MiniGPTError(f"{args.run} holds a comparison (its compare.png and compare.json): "
+                           f"report each variant's folder, such as "
+                           f"{shlex.quote(str(next(Path(args.run).glob('0-*'), 'DIR/0-...')))}")
+    findings = read_run(args.run)  # (which refuses a folder that holds no run)
     model, tok, _ = load_model(args.run, "best")
-    try:
+    try:  # (a read-only run folder: a report without the graph)
         draw_loss_graph(model, tok.vocab_size, f"{args.run}/graph", depth=1, formats=("svg",))
-    except GraphvizMissing as e:
+    except (GraphvizMissing, OSError) as e:
         print(f"minigpt: {e}; the report will have no graph", file=sys.stderr)
-    findings = read_run(args.run)
     path = write_report(args.run, args.out, findings)
     print(format_reading(findings))
     print(f"wrote {path}")

@@ -8,6 +8,7 @@ the command line all see the run without any set-up.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import sys
@@ -101,10 +102,20 @@ def log_start(run: Run, peak: float) -> None:
         log.warning(f"--eval-batches {t.eval_batches:,} reads {read:,} tokens an evaluation, "
                     f"more than the validation split's {data['val_tokens']:,}: --eval-batches 0 "
                     f"reads the whole split once, exactly")
+    defaults = {f.name: f.default for f in dataclasses.fields(t)}
+    if unused := [f"--{key.replace('_', '-')} ({optimizer}'s)"
+                  for key, optimizer in OPTIMIZER_SETTINGS.items()
+                  if t.optimizer != optimizer and getattr(t, key) != defaults[key]]:
+        log.warning(f"{', '.join(unused)} set, but the run uses {t.optimizer}")
     if not t.time_budget and t.schedule in ("cosine", "linear") and t.warmup_steps >= t.steps:
         log.warning(f"warmup ({count(t.warmup_steps, 'step')}) is the whole run: the learning rate "
                     f"will only rise, and never decay; try --warmup-steps "
                     f"{max(1, t.steps // 10):,}")
+
+
+# the settings of one optimizer only: another ignores them
+OPTIMIZER_SETTINGS = {"momentum": "sgd", "muon_momentum": "muon", "muon_variant": "muon",
+                      "normuon": "muon"}
 
 
 def sized(start: int, full: int, ramp: float) -> str:
@@ -138,12 +149,15 @@ def log_summary(summary: dict, val_tokens: int) -> None:
 
 
 CONTROLS = {c: chr(0x2400 + c) for c in range(0x20) if chr(c) not in "\n\r\t"} | {0x7F: "\u2421"}
+CONTROLS |= {c: f"<U+{c:04X}>" for c in (*range(0x80, 0xA0), *range(0x202A, 0x202F),
+                                          *range(0x2066, 0x206A))}  # C1; bidi overrides
 
 
 def visible(text: str) -> str:
     """Text to show a person: control characters but the line break (CR, LF) and the tab as
     their symbols (ESC as ␛), which a terminal would obey and HTML does not allow (a young BPE
-    model's samples hold them)."""
+    model's samples hold them); the C1 controls and the bidirectional overrides, which reorder
+    the text around them on a page or a terminal, by their code points (<U+202E>)."""
     return text.translate(CONTROLS)
 
 

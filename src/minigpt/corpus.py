@@ -97,6 +97,8 @@ def find_sources(sources: str, exclude: Path | None = None) -> list[Path]:
     path = Path(sources).expanduser()
     if path.is_file():
         files = [path]
+    elif path.exists() and not path.is_dir():  # a FIFO, a device
+        raise MiniGPTError(f"{sources} is not a regular file; copy the text into one")
     elif path.is_dir():
         files = [p for p in path.rglob("*") if p.is_file()
                  and not any(part.startswith(".") for part in p.relative_to(path).parts)]
@@ -152,6 +154,9 @@ def _decoded(path: Path, chunk_chars: int, on_bytes: Callable[[int], object]) ->
                 text = utf8.decode(raw, final=not raw)
             except UnicodeDecodeError as e:  # (e.start counts from the held bytes)
                 at = f.tell() - len(raw) - held + e.start
+                if at == 1 and raw.startswith(b"\x1f\x8b"):  # gzip's magic number
+                    raise MiniGPTError(f"{path} is gzip-compressed text: decompress it first "
+                                       f"(gunzip -k)") from None
                 raise MiniGPTError(f"{path} is not UTF-8 text (at byte {at}: "
                                    f"{e.reason})") from None
             if first and text:
@@ -367,6 +372,8 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
     if tokenizer == "bpe":  # checked before the scan, which can take minutes
         check_bpe_vocab(vocab_size)
     check_out_folder(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():  # before the scan, which can take minutes
+        raise MiniGPTError(f"--out {out_dir} is a file, not a folder")
     if isinstance(sources, (str, Path)):
         source = Files(sources, exclude=out_dir)
     elif hasattr(sources, "chunks"):  # a minigpt.records.Records
@@ -375,8 +382,6 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
         raise MiniGPTError(f"sources must be a file, a folder or a glob (one str or Path; a "
                            f"folder or glob for several files), or a Records, got "
                            f"{type(sources).__name__}")
-    if out_dir.exists() and not out_dir.is_dir():  # before the scan, which can take minutes
-        raise MiniGPTError(f"--out {out_dir} is a file, not a folder")
     settings = {"format": FORMAT, **source.settings(), "tokenizer": tokenizer,
                 "vocab_size": vocab_size if tokenizer == "bpe" else None,
                 "val_fraction": val_fraction, "shard_tokens": shard_tokens,

@@ -94,6 +94,8 @@ def text_file(path: str | Path) -> Path:
         raise MiniGPTError(f"{path} is a folder, not a text file or a prepared corpus: "
                            f"minigpt prepare --text {shlex.quote(str(path))} --out DIR, then "
                            f"--text DIR")
+    if found.exists() and not found.is_file():  # a FIFO, /dev/null: not read twice alike
+        raise MiniGPTError(f"{path} is not a regular file; copy the text into one")
     if not found.is_file():
         raise MiniGPTError(f"text file not found: {path}")
     return found

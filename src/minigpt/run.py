@@ -212,12 +212,13 @@ def prepare_folder(run: Run, resume: bool) -> None:
 
 def stopped_before_a_checkpoint(folder: Path) -> bool:
     """Whether `folder` holds a minigpt run stopped before its first checkpoint: the run's
-    config.json (its settings under "config"), no checkpoints."""
+    config.json (its settings under "config"), no checkpoint (a killed first save's temporary
+    file at most)."""
     try:
         read_config_file(folder / "config.json")  # (which refuses any other config.json)
     except MiniGPTError:
         return False
-    return not (folder / "checkpoints").exists()
+    return not any((folder / "checkpoints").glob("*.json"))
 
 
 def find_last_checkpoint(folder: Path) -> None:
@@ -225,14 +226,28 @@ def find_last_checkpoint(folder: Path) -> None:
     if stopped_before_a_checkpoint(folder):
         raise MiniGPTError(f"{folder} holds a run stopped before its first checkpoint: nothing "
                            f"to resume; train it again with --out {shlex.quote(str(folder))}")
+    check_last_tag(folder)
     find_checkpoint(folder / "checkpoints", "last")
+
+
+def check_last_tag(folder: Path) -> None:
+    """A run's checkpoints folder without last.json (a first save cut short by a full disk,
+    say): neither resumable nor new; say how to go on."""
+    checkpoints = folder / "checkpoints"
+    if checkpoints.is_dir() and not (checkpoints / "last.json").exists():
+        steps = sorted(p.stem for p in checkpoints.glob("step-*.json"))
+        raise MiniGPTError(f"{checkpoints} has no last.json (a save cut short, or deleted): "
+                           + (f"copy its newest step, {steps[-1]}.json, to last.json to resume "
+                              f"from it, or delete the folder to train again"
+                              if steps else "delete the folder to train again"))
 
 
 def make_folder(folder: Path) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise MiniGPTError(f"cannot create run folder {folder}: {e.strerror}") from None
+        what = "is a file" if folder.is_file() else e.strerror  # (File exists, said mkdir)
+        raise MiniGPTError(f"cannot create run folder {folder}: {what}") from None
     return folder
 
 
@@ -242,7 +257,8 @@ def check_new_folder(folder: Path) -> None:
     what = folder_holds(folder)
     if what not in (None, "a training run"):
         raise MiniGPTError(f"{folder} holds {what}; choose another --out")
-    if what:
+    if what and not stopped_before_a_checkpoint(folder):
+        check_last_tag(folder)
         raise MiniGPTError(f"{folder} already holds a run: resume it with --resume "
                            f"{shlex.quote(str(folder))} (in Python: train(cfg, {str(folder)!r}, "
                            f"resume=True)), or choose another --out")

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from minigpt.console import count
 from minigpt.errors import MiniGPTError
 from minigpt.files import read_jsonl
 from minigpt.run import TrainState
@@ -59,9 +60,9 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
                          "at this speed)",
     "best": "best validation loss {val:.4f} at step {step:,} (the weights a run keeps as its "
             "'best' checkpoint)",
-    "early stop": "early stopping at step {step:,}: {n} evaluations without improvement after "
+    "early stop": "early stopping at step {step:,}: {n} without improvement after "
                   "the best, at step {best:,}",
-    "early stop, none finite": "early stopping at step {step:,}: {n} evaluations without a "
+    "early stop, none finite": "early stopping at step {step:,}: {n} without a "
                                "finite loss",
     "clipped": "the gradient was clipped (norm above {clip:g}) on {n:,} of {total:,} steps "
                "({share:.0%}): insurance against the rare large gradient",
@@ -92,11 +93,11 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
                "little; a higher learning rate if that is high for this data, a bigger model "
                "or more data if not",
     "shape": "the lesson's shape: from {loss0:.2f} at step 0, {share:.0%} of the whole drop "
-             "came in the first tenth of the run (to {loss1:.2f} by step {step:,}), the rest "
-             "slowly (to {loss2:.2f})",
+             "came in the first tenth of the run (its running median to {loss1:.2f} by step "
+             "{step:,}), the rest slowly (to {loss2:.2f})",
     "shape, not yet": "not yet the lesson's shape: from {loss0:.2f} at step 0, only {share:.0%} "
-                      "of the drop came in the first tenth of the run (to {loss1:.2f} by step "
-                      "{step:,}), the rest later (to {loss2:.2f})",
+                      "of the drop came in the first tenth of the run (its running median to "
+                      "{loss1:.2f} by step {step:,}), the rest later (to {loss2:.2f})",
 }
 CLIP_HINT = {True: ", or clip harder (--grad-clip 0.5)",
              False: ", or turn gradient clipping on (--grad-clip 1.0)"}
@@ -247,9 +248,10 @@ def early_stop(rows: list[dict], facts: Facts) -> list[Finding]:
         ended_early = rows[-1].get("time_s", math.inf) < (facts.time_budget or 0)
     if not ended_early or len(after) < facts.patience:
         return []
+    n = count(facts.patience, "evaluation")
     if best is None:
-        return [finding("early stop, none finite", after[-1], n=facts.patience)]
-    return [finding("early stop", after[-1], n=facts.patience, best=best[0])]
+        return [finding("early stop, none finite", after[-1], n=n)]
+    return [finding("early stop", after[-1], n=n, best=best[0])]
 
 
 def val_not_finite(rows: list[dict], facts: Facts) -> list[Finding]:

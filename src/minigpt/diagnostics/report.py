@@ -29,8 +29,10 @@ section { background: white; border-radius: 8px; padding: 4px 20px 16px; margin:
 table { border-collapse: collapse; } td, th { padding: 3px 12px 3px 0; text-align: left; }
 th { color: #5a6272; font-weight: 500; } td.num { font-variant-numeric: tabular-nums; }
 img { max-width: 100%; height: auto; display: block; margin: 8px 0; }
-pre { background: #f0f2f5; padding: 12px; border-radius: 6px; white-space: pre-wrap; }
-.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(460px, 1fr)); gap: 12px; }
+pre { background: #f0f2f5; padding: 12px; border-radius: 6px; white-space: pre-wrap;
+      overflow-wrap: anywhere; }
+.grid { display: grid; gap: 12px;
+        grid-template-columns: repeat(auto-fit, minmax(min(460px, 100%), 1fr)); }
 .muted { color: #6b7280; } nav a { margin-right: 14px; }
 """
 
@@ -108,7 +110,7 @@ def graph_html(run_dir: Path) -> str:
 
 def config_html(run_dir: Path) -> str:  # build_report has checked that config.json is there
     config = json.loads((run_dir / "config.json").read_text())
-    return f"<pre>{html.escape(json.dumps(config, indent=2))}</pre>"
+    return f"<pre>{html.escape(json.dumps(config, indent=2, ensure_ascii=False))}</pre>"
 
 
 SECTIONS = [  # (id, heading, the function that writes the section)
