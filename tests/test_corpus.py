@@ -473,12 +473,18 @@ def test_an_existing_corpus_is_not_overwritten(small_text, tmp_path, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in done.iterdir()} == before
 
 
+@pytest.mark.parametrize("finished, said", [(True, "already holds a prepared corpus"),
+                                            (False, "another prepare wrote into")])
 def test_a_corpus_prepared_there_meanwhile_is_not_overwritten(small_text, tmp_path,
-                                                               monkeypatch):
+                                                               monkeypatch, finished, said):
     """The folder is checked before the scan (minutes, on a big corpus) and again once its
-    lock is held: another prepare that finished there in between was replaced."""
+    lock is held: another prepare that finished there in between was replaced, and one that
+    was interrupted got shards of another tokenizer than its tokenizer.json."""
     out, other, scan = tmp_path / "out", tmp_path / "other", minigpt.corpus.scan
     prepare(str(small_text), other, progress=False)
+    if not finished:  # (as an interrupted prepare leaves it)
+        (other / "index.json").unlink()
+        (other / "progress.json").write_text("{}")
 
     def scan_while_another_finishes(*args):
         found = scan(*args)
@@ -486,7 +492,7 @@ def test_a_corpus_prepared_there_meanwhile_is_not_overwritten(small_text, tmp_pa
         return found
 
     monkeypatch.setattr(minigpt.corpus, "scan", scan_while_another_finishes)
-    with pytest.raises(MiniGPTError, match="already holds a prepared corpus"):
+    with pytest.raises(MiniGPTError, match=said):
         prepare(str(small_text), out, tokenizer="bpe", vocab_size=300, progress=False)
     assert all((out / p.name).read_bytes() == p.read_bytes() for p in other.iterdir()
                if p.name != "run.lock")

@@ -587,6 +587,16 @@ def test_a_damaged_tag_keeps_every_checkpoint_and_the_run_going(good_run, tmp_pa
     assert "best.json is damaged: no checkpoint removed" in caplog.text
 
 
+
+def test_pruning_keeps_the_newest_steps_past_a_million(tmp_path):
+    """Step names sort as text until step 999,999; then step-1000000 came first, and pruning
+    removed the newest checkpoint."""
+    for step in (999_998, 999_999, 1_000_000):
+        (tmp_path / f"step-{step:06d}.json").write_text("{}")
+    ckpt.prune(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-1000000.json", "step-999999.json"]
+
+
 # --- a full disk, for real ------------------------------------------------------------------------
 
 

@@ -142,10 +142,17 @@ def save_checkpoint(folder: str | Path, tags: list[str], model: MiniGPT,
     prune(folder, keep)
 
 
+def saved_steps(folder: Path) -> list[str]:
+    """The names of a checkpoints folder's step checkpoints, oldest first (by number:
+    step-1000000 after step-999999)."""
+    return sorted((p.stem for p in folder.glob("step-*.json")),
+                  key=lambda stem: int(stem.removeprefix("step-")) if stem[5:].isdigit() else -1)
+
+
 def prune(folder: Path, keep: int) -> None:
     """Keep the newest `keep` steps and the steps last.json and best.json name; remove the
     other steps and any temporary file a killed writer left behind."""
-    steps = sorted(p.stem for p in folder.glob("step-*.json"))
+    steps = saved_steps(folder)
     named = set(steps[-keep:]) if keep > 0 else set()
     for tag in ("last", "best"):
         if (folder / f"{tag}.json").exists():
@@ -153,7 +160,7 @@ def prune(folder: Path, keep: int) -> None:
                 named.add(Path(json.loads((folder / f"{tag}.json").read_text())["file"]).stem)
             except (ValueError, KeyError, TypeError):  # damaged: which step it needs is unknown
                 log.warning(f"{folder / tag}.json is damaged: no checkpoint removed")
-                return
+                named = set(steps)
     for stem in set(steps) - named:
         (folder / f"{stem}.safetensors").unlink(missing_ok=True)
         (folder / f"{stem}.json").unlink()

@@ -322,6 +322,11 @@ def warn_if_prepared(args: argparse.Namespace, text: str) -> None:
             f"not used (minigpt prepare sets them)")
 
 
+# the settings of one optimizer only: another ignores them
+OPTIMIZER_SETTINGS = {"momentum": "sgd", "muon_momentum": "muon", "muon_variant": "muon",
+                      "normuon": "muon"}
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from minigpt.checkpoint import resume_config
     from minigpt.diagnostics.probes import standard_probes
@@ -337,6 +342,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     else:
         cfg = resolve_config(args.preset or "seed", args.config, settings_given(args), SECTIONS)
         warn_if_prepared(args, cfg.data.text)
+    if unused := [f"--{key.replace('_', '-')} ({optimizer}'s)"  # (typed: a preset's are not)
+                  for key, optimizer in OPTIMIZER_SETTINGS.items()
+                  if key in settings_given(args) and cfg.train.optimizer != optimizer]:
+        logging.getLogger("minigpt").warning(f"{', '.join(unused)} set, but the run uses "
+                                             f"{cfg.train.optimizer}")
     if (steps := settings_given(args).get("steps")) and cfg.train.time_budget:  # a preset's
         logging.getLogger("minigpt").warning(
             f"--steps {steps} does not end this run: its time budget of "

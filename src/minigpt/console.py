@@ -8,7 +8,6 @@ the command line all see the run without any set-up.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import sys
@@ -102,20 +101,10 @@ def log_start(run: Run, peak: float) -> None:
         log.warning(f"--eval-batches {t.eval_batches:,} reads {read:,} tokens an evaluation, "
                     f"more than the validation split's {data['val_tokens']:,}: --eval-batches 0 "
                     f"reads the whole split once, exactly")
-    defaults = {f.name: f.default for f in dataclasses.fields(t)}
-    if unused := [f"--{key.replace('_', '-')} ({optimizer}'s)"
-                  for key, optimizer in OPTIMIZER_SETTINGS.items()
-                  if t.optimizer != optimizer and getattr(t, key) != defaults[key]]:
-        log.warning(f"{', '.join(unused)} set, but the run uses {t.optimizer}")
     if not t.time_budget and t.schedule in ("cosine", "linear") and t.warmup_steps >= t.steps:
         log.warning(f"warmup ({count(t.warmup_steps, 'step')}) is the whole run: the learning rate "
                     f"will only rise, and never decay; try --warmup-steps "
                     f"{max(1, t.steps // 10):,}")
-
-
-# the settings of one optimizer only: another ignores them
-OPTIMIZER_SETTINGS = {"momentum": "sgd", "muon_momentum": "muon", "muon_variant": "muon",
-                      "normuon": "muon"}
 
 
 def sized(start: int, full: int, ramp: float) -> str:

@@ -393,7 +393,8 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
     if state and state.get("settings") != settings:
         raise MiniGPTError(f"{out_dir} holds an unfinished prepare of other sources or settings: "
                            f"run that command again to continue it, or delete the folder")
-    if state:
+    continuing = bool(state)
+    if continuing:
         tok = load_tokenizer(out_dir / TOKENIZER)
         done = sum(map(len, state["shards"].values()))
         logging.getLogger("minigpt").info(f"{out_dir}: continuing an interrupted prepare "
@@ -411,7 +412,10 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
                  "shards": {split: [] for split in SPLITS}, "next": [0, 0]}
     created = not out_dir.exists()
     with lock_folder(out_dir):
-        check_out_folder(out_dir)  # again, held: another prepare may have finished there since
+        check_out_folder(out_dir)  # again, held: another prepare may have finished there since,
+        if (out_dir / PROGRESS).exists() != continuing:  # or started (and stopped) there
+            raise MiniGPTError(f"another prepare wrote into {out_dir} while this one read its "
+                               f"sources; choose another --out")
         try:
             if not (out_dir / PROGRESS).exists():
                 tok.save(out_dir / TOKENIZER)

@@ -198,7 +198,8 @@ def bigram_ids(idx: torch.Tensor, vocab_size: int) -> torch.Tensor:
         return pair
     # Knuth's multiplicative hash, its top bits scaled to the rows (the bottom bits, `% rows`,
     # kept only the previous token mod 8: one of 8 rows for each token whatever came before)
-    return ((pair * 2654435761) % 2**32) * rows // 2**32
+    return ((pair * 2654435761) & 0xFFFFFFFF) * rows >> 32  # (bit operations: exact on any
+    # device, and a product past 2**63 wraps to the same low 32 bits)
 
 
 class MiniGPT(nn.Module):

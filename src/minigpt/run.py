@@ -34,6 +34,7 @@ from minigpt.checkpoint import (
     resume_config,
     same_setting,
     save_checkpoint,
+    saved_steps,
 )
 from minigpt.clock import Clock
 from minigpt.config import RunConfig, read_config_file
@@ -235,7 +236,7 @@ def check_last_tag(folder: Path) -> None:
     say): neither resumable nor new; say how to go on."""
     checkpoints = folder / "checkpoints"
     if checkpoints.is_dir() and not (checkpoints / "last.json").exists():
-        steps = sorted(p.stem for p in checkpoints.glob("step-*.json"))
+        steps = saved_steps(checkpoints)
         raise MiniGPTError(f"{checkpoints} has no last.json (a save cut short, or deleted): "
                            + (f"copy its newest step, {steps[-1]}.json, to last.json to resume "
                               f"from it, or delete the folder to train again"

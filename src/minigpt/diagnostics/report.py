@@ -85,7 +85,8 @@ def gradflow_html(run_dir: Path) -> str:
 
 
 def attention_html(run_dir: Path, most: int = 4) -> str:
-    shots = sorted((run_dir / "attention").glob("step-*.png"))
+    shots = sorted((run_dir / "attention").glob("step-*.png"),
+                   key=lambda shot: (len(shot.stem), shot.stem))  # (step-1000000 last)
     if not shots:
         return missing("attention snapshots (--attention-every was 0)")
     if len(shots) > most:  # first, last and evenly spaced between
