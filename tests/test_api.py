@@ -22,6 +22,8 @@ from minigpt import (
     filter_logits,
     generate,
     get_batch,
+    load_checkpoint,
+    load_model,
     load_tokens,
     lr_at,
     make_optimizer,
@@ -75,7 +77,8 @@ MISTAKES = [  # (a call, what the error says); m: a small MiniGPT, idx: (1, 3) t
      "tags must be a list of names"),
     (lambda m, idx: generate(m, [[1, 2]], 5),
      "idx must be a (B, T) tensor of token ids with T >= 1, got list"),
-    (lambda m, idx: generate(m, idx, 5, temperature=None), "temperature must be >= 0, got None"),
+    (lambda m, idx: generate(m, idx, 5, temperature=None), "temperature must be >= 0 (and "
+                                                           "finite), got None"),
     (lambda m, idx: lr_at(-5, lr=1e-2, total_steps=100),
      "lr_at takes a step >= 0 of total_steps >= 1"),
     (lambda m, idx: lr_at(0, lr=1e-2, total_steps=0, schedule="cosine-annealing"),
@@ -117,6 +120,16 @@ def test_probes_handed_to_a_second_run_record_it_too(small_text, tmp_path):
     steps = [[row["step"] for row in read_jsonl(tmp_path / name / "samples.jsonl")]
              for name in ("first", "second")]
     assert steps[0] == steps[1] == [0, 6, 11]  # the rows at or past each 5th step, and the end
+
+
+def test_a_run_folder_and_its_checkpoints_folder_are_told_apart(cli_run):
+    """load_checkpoint reads a checkpoints folder, load_model a run folder: each given the
+    other's said only "no 'last' checkpoint in ..." (or ".../checkpoints/checkpoints")."""
+    run = cli_run[0]
+    with pytest.raises(MiniGPTError, match="is a run folder: its checkpoints are in .*checkpo"):
+        load_checkpoint(run)
+    with pytest.raises(MiniGPTError, match="is a checkpoints folder: load_model takes the run"):
+        load_model(run / "checkpoints")
 
 
 def test_resuming_where_there_is_no_checkpoint_writes_nothing(small_text, tmp_path):

@@ -100,7 +100,7 @@ def test_same_global_rng_draws_as_the_lessons_call(model):
     draws = []
     for sampler in (generate, MiniGPT.generate, lesson.generate):  # the last: the oracle
         torch.manual_seed(5)
-        draws.append(sampler(model, prompt, BLOCK + 24))
+        draws.append(sampler(model, prompt, 3 * BLOCK + 5))  # (the buffer slides at 2 blocks)
     model.eval()  # the lesson's generate leaves the model in training mode
     assert torch.equal(draws[0], draws[2]) and torch.equal(draws[1], draws[2])
 
@@ -198,6 +198,31 @@ def test_mode_given_back_and_streaming(model):
         model.eval()
     assert len(tokens) == BLOCK + 3 and all(t.shape == (1, 1) for t in tokens)
     assert generate(model, torch.zeros(1, 2, dtype=torch.long), 0).shape == (1, 2)
+
+
+def test_streams_taking_turns_on_one_model_each_sample_in_eval_mode(model):
+    """A stream set eval mode at its start and gave the mode back at its end: with two open
+    on one model (a server's requests), the first to end put dropout back on for the other."""
+    idx = torch.zeros(1, 2, dtype=torch.long)
+    torch.manual_seed(0)
+    dropped = MiniGPT(V, n_embd=32, n_head=4, n_layer=2, block_size=BLOCK, dropout=0.5)
+    alone = generate(dropped, idx, 20, generator=torch.Generator().manual_seed(1))
+    dropped.train()
+    first, second = (stream(dropped, idx, 20, generator=torch.Generator().manual_seed(1))
+                     for _ in range(2))
+    second_tokens = [next(second)]
+    first_tokens = list(first)  # ends while `second` is open
+    assert dropped.training  # the caller's mode, between tokens too
+    second_tokens += list(second)
+    assert torch.equal(torch.cat([idx, *first_tokens], 1), alone)
+    assert torch.equal(torch.cat([idx, *second_tokens], 1), alone)
+
+
+def test_an_endless_stream_costs_one_window_of_memory(model):
+    """The whole output was allocated at the first token: 10**12 tokens asked for failed
+    there with a traceback of 8 TB; a stream only ever needs the last block_size tokens."""
+    tokens = stream(model, torch.zeros(1, 2, dtype=torch.long), 10**12)
+    assert [next(tokens).shape for _ in range(3)] == [(1, 1)] * 3
 
 
 def test_a_model_other_than_minigpt_is_sampled_uncached(model):

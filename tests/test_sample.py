@@ -45,7 +45,9 @@ def test_temperature_zero_is_greedy():
 
 
 @pytest.mark.parametrize("kw, said", [(dict(temperature=-1), "temperature must be >= 0"),
+                                      (dict(temperature=float("inf")), "and finite"),
                                       (dict(top_k=0), "top_k must be a whole number >= 1"),
+                                      (dict(top_k=True), "top_k must be a whole number"),
                                       (dict(top_p=0.0), r"top_p must be in \(0, 1\], got 0.0"),
                                       (dict(top_p=1.5), r"top_p must be in \(0, 1\], got 1.5")])
 def test_bad_sampling_parameters(kw, said):

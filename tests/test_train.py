@@ -91,6 +91,7 @@ def test_run_folder_contents_targets_and_checkpoint(small_text, tmp_path):
     model, tok, meta = load_model(out, "last")
     saved = model.state_dict()
     assert all(torch.equal(v, saved[k]) for k, v in result.model.state_dict().items())
+    assert not result.model.training  # as load_model gives it: ready to sample (no dropout)
     assert json.loads((out / "summary.json").read_text()) == summary
     assert summary["steps"] == 40 and summary["final_val_loss"] < math.log(27)
     rows = metrics(out)

@@ -249,7 +249,7 @@ def _export(load, out_dir: str | Path) -> Path:
             try:
                 hf_model.save_pretrained(tmp, safe_serialization=True)
             except Exception as e:  # a full disk, as safetensors reports it
-                raise os_error(e, tmp / "model.safetensors") from None
+                raise os_error(e, out / "model.safetensors") from None  # (what it was to be)
             # (written here: tokenizers' own save takes only paths that are UTF-8)
             (tmp / "tokenizer.json").write_text(hf_tok.to_str(pretty=True), encoding="utf-8")
             text = json.dumps(tokenizer_config(model.config.block_size), indent=2) + "\n"

@@ -63,13 +63,13 @@ class KVCache:
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if not isinstance(temperature, numbers.Real) or not temperature >= 0:
-        raise MiniGPTError(f"temperature must be >= 0, got {temperature}")
+    if not isinstance(temperature, numbers.Real) or not 0 <= temperature < float("inf"):
+        raise MiniGPTError(f"temperature must be >= 0 (and finite), got {temperature}")
     check_filter(top_k, top_p)
 
 
 def check_filter(top_k: int | None, top_p: float | None) -> None:
-    whole = isinstance(top_k, numbers.Integral) or (
+    whole = isinstance(top_k, numbers.Integral) and not isinstance(top_k, bool) or (
         isinstance(top_k, torch.Tensor) and top_k.dim() == 0 and not top_k.is_floating_point())
     if top_k is not None and (not whole or top_k < 1):
         raise MiniGPTError(f"top_k must be a whole number >= 1, got {top_k}")
@@ -170,20 +170,29 @@ def _tokens(model, idx: torch.Tensor, max_new_tokens: int, temperature: float,
     block_size = model.block_size
     cached = cache and hasattr(model, "config")  # a MiniGPT: its forward takes a cache
     kv = KVCache(model, B) if cached else None
-    seq = torch.empty(B, T + max_new_tokens, dtype=idx.dtype, device=idx.device)
-    seq[:, :T] = idx  # (B, T+N), filled in as tokens come: no torch.cat
-    with evaluating(model):
-        for n in range(T, seq.size(1)):  # seq[:, :n] is known; sample token n
-            if cached and n <= block_size:  # the window is seq[:, :n], positions 0..n-1
+    # the tokens so far, filled in as they come (no torch.cat); when full, the last block_size
+    # of them (all the model reads) move to its start: memory does not grow with the text
+    seq = torch.empty(B, T + min(max_new_tokens, 2 * block_size), dtype=idx.dtype,
+                      device=idx.device)  # (B, width)
+    seq[:, :T] = idx
+    n = T  # seq[:, :n] is known
+    for i in range(max_new_tokens):  # sample token T + i
+        if n == seq.size(1):
+            seq[:, :block_size] = seq[:, n - block_size:n].clone()
+            n = block_size
+        with evaluating(model):  # (for this token only: between tokens, the model is the
+            # caller's, and streams on one model may take turns)
+            if cached and T + i <= block_size:  # the window is seq[:, :n], positions 0..n-1
                 logits, _ = model(seq[:, kv.length:n], cache=kv)  # only the new positions
             else:  # the lesson's way: the whole window, cropped to the last block_size
                 logits, _ = model(seq[:, max(0, n - block_size):n])
-            if n == T and not torch.isfinite(logits[:, -1]).all():  # once: no sync a token
-                raise MiniGPTError("the model's outputs are not finite (NaN or inf): its "
-                                   "weights are; sample from an earlier checkpoint")
-            idx_next = sample_next(logits[:, -1], temperature, top_k, top_p, generator)  # (B,1)
-            seq[:, n:n + 1] = idx_next
-            yield idx_next
+        if i == 0 and not torch.isfinite(logits[:, -1]).all():  # once: no sync a token
+            raise MiniGPTError("the model's outputs are not finite (NaN or inf): its "
+                               "weights are; sample from an earlier checkpoint")
+        idx_next = sample_next(logits[:, -1], temperature, top_k, top_p, generator)  # (B, 1)
+        seq[:, n:n + 1] = idx_next
+        n += 1
+        yield idx_next
 
 
 def generate(model, idx: torch.Tensor, max_new_tokens: int, **kw) -> torch.Tensor:

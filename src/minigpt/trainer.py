@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainResult:
-    """What `train` gives back: the figures of summary.json, and the trained model."""
+    """What `train` gives back: summary.json's figures, and the final model (in eval mode)."""
 
     summary: dict
     model: MiniGPT
@@ -271,10 +271,10 @@ def check_skipped(new: int, skipped: int, allowed: int, row: dict, checkpoints: 
 
 
 def finish(run: Run, speed: Speed) -> TrainResult:
-    """The whole-split validation loss, summary.json and a sample from the final model (on
-    rank 0; the other processes are done)."""
+    """The whole-split validation loss, summary.json and a sample from the final model (rank 0)."""
     cfg, state = run.cfg, run.state
-    result = TrainResult({"steps": state.step}, run.final_model, run.tokenizer, run.folder)
+    result = TrainResult({"steps": state.step}, run.final_model.eval(), run.tokenizer,
+                         run.folder)
     if not run.world.is_main:
         return result
     final = split_loss(run.final_model, run.splits.val, cfg.model.block_size)
