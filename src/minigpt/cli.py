@@ -247,8 +247,9 @@ def build_parser() -> Parser:
                  "Write a run's model and tokenizer as a folder that transformers loads with "
                  "AutoModelForCausalLM.from_pretrained(OUT) and AutoTokenizer.from_pretrained(OUT) "
                  "(GPT-2's architecture, which holds the lesson's model exactly; char and BPE "
-                 "tokenizers). Needs transformers (pip install transformers). A model option "
-                 "GPT-2 has no counterpart for (rotary embeddings, RMSNorm, ...) is refused.",
+                 "tokenizers). Needs transformers (pip install 'minigpt-loop[export]'). A model "
+                 "option GPT-2 has no counterpart for (rotary embeddings, RMSNorm, ...) is "
+                 "refused.",
                  "run", "checkpoint")
     ex.add_argument("--out", required=True, metavar="DIR",
                     help="the folder to write (it must not exist, or be empty)")

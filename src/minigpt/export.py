@@ -177,7 +177,8 @@ def build_gpt2(model: nn.Module):
     try:
         from transformers import GPT2Config, GPT2LMHeadModel
     except ImportError:
-        raise MiniGPTError("exporting needs transformers: pip install transformers") from None
+        raise MiniGPTError("exporting needs transformers: pip install 'minigpt-loop[export]'") \
+            from None
     tensors = gpt2_state_dict(model)
     hf = GPT2LMHeadModel(GPT2Config(**gpt2_config_kwargs(model.config)))
     # strict: every GPT-2 weight is set and has the shape GPT-2 expects; with tied weights

@@ -79,9 +79,9 @@ def batch_sliders(model: MiniGPT, splits: Splits, max_batch: int = 128):
     try:
         import ipywidgets
     except ImportError:
-        raise MiniGPTError("the sliders need ipywidgets: pip install ipywidgets (or, in a "
-                           "checkout, pip install -e '.[notebook]'); batch_trade gives the same "
-                           "figures for one shape") from None
+        raise MiniGPTError("the sliders need ipywidgets: pip install 'minigpt-loop[notebook]' "
+                           "(in a checkout: pip install -e '.[notebook]'); batch_trade gives the "
+                           "same figures for one shape") from None
 
     b = ipywidgets.IntSlider(32, min=1, max=max_batch, description="B (rows)",
                              continuous_update=False)

@@ -313,7 +313,7 @@ class TensorBoardProbe(Probe):
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise MiniGPTError("--tensorboard needs the tensorboard package: "
-                               "pip install tensorboard") from None
+                               "pip install 'minigpt-loop[tensorboard]'") from None
         self.summary_writer = SummaryWriter
         self.writer = None
 
