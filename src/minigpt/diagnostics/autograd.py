@@ -384,7 +384,9 @@ def format_report(report: AutogradReport) -> str:
         ok = c.abs_error <= 1e-5 * max(1.0, abs(c.autograd))
         lines.append(f"  d{y}/d{c.variable}: autograd {_num(c.autograd)}, numeric "
                      f"{c.numeric:.10g}, |error| {c.abs_error:.2g} (h = {c.h:.2g})  "
-                     + ("ok" if ok else "MISMATCH (a kink or a jump near here?)"))
+                     + ("ok" if ok else "MISMATCH (a kink or a jump near here? or values "
+                                           "so large or small that finite differences in "
+                                           "float64 cannot see the slope)"))
     return "\n".join(lines)
 
 
