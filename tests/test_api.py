@@ -128,7 +128,7 @@ def test_a_run_folder_and_its_checkpoints_folder_are_told_apart(cli_run):
     run = cli_run[0]
     with pytest.raises(MiniGPTError, match="is a run folder: its checkpoints are in .*checkpo"):
         load_checkpoint(run)
-    with pytest.raises(MiniGPTError, match="is a checkpoints folder: load_model takes the run"):
+    with pytest.raises(MiniGPTError, match="is a checkpoints folder: give its run folder"):
         load_model(run / "checkpoints")
 
 

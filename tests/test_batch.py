@@ -45,5 +45,6 @@ def test_sliders_for_b_and_t(tiny, capsys):
 def test_without_ipywidgets_the_sliders_say_how_to_get_them(tiny, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "ipywidgets", None)  # import fails
     with pytest.raises(MiniGPTError, match=r"^the sliders need ipywidgets: pip install "
-                                           r"ipywidgets \(or, in a checkout, pip install -e "):
+                                           r"'minigpt-loop\[notebook\]' \(in a checkout: pip "
+                                           r"install -e "):
         batch_sliders(*tiny)

@@ -175,9 +175,10 @@ def find_checkpoint(folder: str | Path, tag: str = "last") -> Path:
         if (folder / "checkpoints").is_dir():  # load_checkpoint given a run folder
             raise MiniGPTError(f"{folder} is a run folder: its checkpoints are in "
                                f"{folder / 'checkpoints'} (load_model takes the run folder)")
-        if folder.parent.name == "checkpoints":  # load_model given the checkpoints folder
-            raise MiniGPTError(f"{folder.parent} is a checkpoints folder: load_model takes the "
-                               f"run folder, {folder.parent.parent}")
+        if not folder.exists() and any(folder.parent.glob("*.json")) and \
+                folder.parent.name == "checkpoints":  # load_model given a checkpoints folder
+            raise MiniGPTError(f"{folder.parent} is a checkpoints folder: give its run folder, "
+                               f"{folder.parent.parent}")
         if not folder.parent.is_dir():
             raise MiniGPTError(f"no run folder {folder.parent}")
         raise MiniGPTError(f"no '{tag}' checkpoint in {folder}")

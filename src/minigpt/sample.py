@@ -11,6 +11,7 @@ against: for the same seed both draw the same tokens.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 from collections.abc import Iterator
 
@@ -70,7 +71,8 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -
 
 def check_filter(top_k: int | None, top_p: float | None) -> None:
     whole = isinstance(top_k, numbers.Integral) and not isinstance(top_k, bool) or (
-        isinstance(top_k, torch.Tensor) and top_k.dim() == 0 and not top_k.is_floating_point())
+        isinstance(top_k, torch.Tensor) and top_k.dim() == 0 and not top_k.is_floating_point()
+        and top_k.dtype != torch.bool)
     if top_k is not None and (not whole or top_k < 1):
         raise MiniGPTError(f"top_k must be a whole number >= 1, got {top_k}")
     real = isinstance(top_p, numbers.Real) or (isinstance(top_p, torch.Tensor)
@@ -180,8 +182,9 @@ def _tokens(model, idx: torch.Tensor, max_new_tokens: int, temperature: float,
         if n == seq.size(1):
             seq[:, :block_size] = seq[:, n - block_size:n].clone()
             n = block_size
-        with evaluating(model):  # (for this token only: between tokens, the model is the
-            # caller's, and streams on one model may take turns)
+        # eval mode for this token only (between tokens the model is the caller's, and streams
+        # on one model may take turns); a model in eval mode already is left alone
+        with evaluating(model) if model.training else contextlib.nullcontext():
             if cached and T + i <= block_size:  # the window is seq[:, :n], positions 0..n-1
                 logits, _ = model(seq[:, kv.length:n], cache=kv)  # only the new positions
             else:  # the lesson's way: the whole window, cropped to the last block_size
