@@ -210,11 +210,12 @@ def test_graph_command_without_graphviz_writes_dot_and_says_how(tmp_path):
     bin_dir.mkdir()
     (bin_dir / "python").symlink_to(sys.executable)
     r = run_cli("graph", "--out", str(tmp_path / "g"), env={"PATH": str(bin_dir)})
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 2 and r.stderr.count("\n") == 1  # (0 was: the pictures are not made)
+    assert f"dot is not installed: wrote only {tmp_path / 'g.dot'}" in r.stderr
     assert "install Graphviz" in r.stderr and "apt install graphviz" in r.stderr
     assert (tmp_path / "g.dot").read_text().startswith("digraph")
     assert not (tmp_path / "g.png").exists()
     # a fresh model is seeded, so its gradient norms repeat; "h.svg" names h.dot, not h.svg.dot
     r = run_cli("graph", "--out", str(tmp_path / "h.svg"), env={"PATH": str(bin_dir)})
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 2, r.stderr
     assert (tmp_path / "h.dot").read_text() == (tmp_path / "g.dot").read_text()
