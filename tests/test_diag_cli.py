@@ -102,6 +102,15 @@ def test_a_damaged_summary_is_a_section_that_says_so(cli_run, tmp_path, damage):
     assert "No readable summary.json" in build_report(run)
 
 
+def test_the_report_of_an_unfinished_run_says_where_it_stopped(cli_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(cli_run[0], run)
+    (run / "summary.json").unlink()  # as a run stopped before its end leaves it
+    step = json.loads((run / "checkpoints" / "last.json").read_text())["step"]
+    assert (f"the run has not finished; its last checkpoint is of step {step}: minigpt train "
+            f"--resume {run} continues it") in build_report(run)
+
+
 def test_report_shows_a_sample_s_controls_and_first_line_break(cli_run, tmp_path):
     """A young BPE model samples control bytes (ESC among them), which HTML does not allow;
     and a <pre>'s first line break is dropped by HTML, hiding a prompt that is one."""

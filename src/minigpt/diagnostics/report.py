@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import shlex
 from pathlib import Path
 
 from minigpt.console import visible
@@ -49,7 +50,13 @@ def missing(what: str) -> str:
 def summary_html(run_dir: Path) -> str:
     path = run_dir / "summary.json"
     if not path.exists():
-        return missing("summary.json (the run has not finished)")
+        try:  # where it stopped, from its last checkpoint
+            step = json.loads((run_dir / "checkpoints" / "last.json").read_text())["step"]
+            where = f"; its last checkpoint is of step {step:,}: minigpt train --resume "
+            where += f"{shlex.quote(printable(str(run_dir)))} continues it"
+        except (OSError, ValueError, KeyError, TypeError):
+            where = ""
+        return missing(f"summary.json (the run has not finished{where})")
     try:
         s = json.loads(path.read_text())
         rows = [("final validation loss (whole split)", f"{s['final_val_loss']:.4f}"),
