@@ -417,7 +417,7 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
             raise MiniGPTError(f"another prepare wrote into {out_dir} while this one read its "
                                f"sources; choose another --out")
         try:
-            if not (out_dir / PROGRESS).exists():
+            if not continuing:
                 tok.save(out_dir / TOKENIZER)
                 atomic_write_text(out_dir / PROGRESS, json.dumps(state) + "\n")
             encode_shards(source, tok, out_dir, state, progress)

@@ -179,8 +179,8 @@ def _tokens(model, idx: torch.Tensor, max_new_tokens: int, temperature: float,
     seq[:, :T] = idx
     n = T  # seq[:, :n] is known
     for i in range(max_new_tokens):  # sample token T + i
-        if n == seq.size(1):
-            seq[:, :block_size] = seq[:, n - block_size:n].clone()
+        if n == seq.size(1):  # (n - block_size >= block_size here: the two never overlap)
+            seq[:, :block_size] = seq[:, n - block_size:n]
             n = block_size
         # eval mode for this token only (between tokens the model is the caller's, and streams
         # on one model may take turns); a model in eval mode already is left alone
