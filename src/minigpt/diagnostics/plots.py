@@ -10,10 +10,14 @@ backend), so importing this module is free and nothing leaks.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from minigpt.config import SECTIONS, RunConfig, TrainConfig, apply_overrides
 from minigpt.diagnostics.reading import Finding, read_curve, run_facts, train_points
+from minigpt.errors import MiniGPTError
 from minigpt.files import atomic_path, printable, read_jsonl
+from minigpt.schedule import schedule_lr
 
 
 def new_figure(width: float, height: float, dpi: int = 110, **kw):
@@ -105,22 +109,49 @@ def annotate(ax, rows: list[dict], findings: list[Finding]) -> None:
             ax.axvspan(0, f.step, color="C2", alpha=0.06, label="first tenth of the run")
 
 
-def plot_lr(rows: list[dict], path: str | Path | None = None):
+def plot_lr(rows: list[dict], path: str | Path | None = None, train: TrainConfig | None = None):
+    """The learning rate against step: each logged row's (dots) and, given the run's settings
+    (`train`), the schedule's rate at every step between them (a row every log_every steps
+    would cut a short warmup's corner), a time-budget run's seconds interpolated from the rows."""
+    import numpy
+
     fig, ax = _axes(7.0, 3.0)
-    ax.plot([r["step"] for r in rows], [r["lr"] for r in rows], lw=1.5)
+    steps, lrs = [r["step"] for r in rows], [r["lr"] for r in rows]
+    if train is None:
+        ax.plot(steps, lrs, lw=1.5)
+    else:
+        first, last = steps[0], steps[-1]
+        every = sorted({*range(first, last + 1, max(1, (last - first) // 5000)), *steps,
+                        *range(first, min(last, train.warmup_steps) + 1)})  # all of the warmup
+        seconds = numpy.interp(every, steps, [r["time_s"] for r in rows])
+        ax.plot(every, [schedule_lr(train, s, t) for s, t in zip(every, seconds, strict=True)],
+                lw=1.5, label="the schedule")
+        ax.plot(steps, lrs, ".", ms=4, color="C1", label="logged")
+        ax.legend(fontsize="small")
     ax.set(xlabel="step", ylabel="learning rate", title="learning-rate schedule")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     return save_png(fig, path)
 
 
+def run_train_config(run_dir: Path) -> TrainConfig | None:
+    """The training settings of the run in run_dir, from its config.json (None: unreadable)."""
+    cfg = RunConfig.with_sections(SECTIONS)
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())["config"]["train"]
+        apply_overrides(cfg, {"train": saved})
+    except (OSError, ValueError, KeyError, TypeError, MiniGPTError):
+        return None
+    return cfg.train
+
+
 def plot_run_curves(run_dir: str | Path, log_scale: bool = False) -> None:
-    """loss.png and lr.png in the run folder, from its metrics.jsonl."""
+    """loss.png and lr.png in the run folder, from its metrics.jsonl and config.json."""
     run_dir = Path(run_dir)
     rows = read_jsonl(run_dir / "metrics.jsonl")
     if rows:
         plot_loss(rows, run_dir / "loss.png", log_scale, title=f"loss: {printable(run_dir.name)}",
                   findings=read_curve(rows, run_facts(run_dir)))
-        plot_lr(rows, run_dir / "lr.png")
+        plot_lr(rows, run_dir / "lr.png", run_train_config(run_dir))
 
 
 def plot_overlay(curves: dict[str, list[dict]], path: str | Path | None = None, title: str = ""):
