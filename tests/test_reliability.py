@@ -379,16 +379,20 @@ def test_save_checkpoint_refuses_what_loading_would_before_writing(tmp_path):
         assert not (tmp_path / "c").exists()  # no tensor file left behind
 
 
-def test_resume_on_a_changed_text_is_refused(good_run, tmp_path):
+@pytest.mark.parametrize("added, said", [("XYZ", "vocabulary differs"),  # new characters
+                                          ("winter ", "changed since the run was trained on it")])
+def test_resume_on_a_changed_text_is_refused(good_run, tmp_path, added, said):
     copy = copy_of(good_run, tmp_path)
     text = Path(json.loads((copy / "config.json").read_text())["data"]["text"])
     saved = text.read_text()
+    last = (copy / "checkpoints" / "last.json").read_text()
     try:
-        text.write_text(saved + "XYZ" * 100)  # new characters: another vocabulary
+        text.write_text(saved + added * 100)  # (the old validation split now lies in training)
         r = run_cli("train", "--resume", str(copy), "--no-progress")
     finally:
         text.write_text(saved)
-    assert r.returncode == 2 and "vocabulary differs" in r.stderr
+    assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr
+    assert (copy / "checkpoints" / "last.json").read_text() == last  # (trained no further)
 
 
 # --- a full disk ----------------------------------------------------------------------------

@@ -176,7 +176,9 @@ def load_corpus(text: str | Path, tokenizer: str, vocab_size: int,
     train, val, tok, index = open_prepared(folder)
     info = {"text": str(path), "tokens": len(train) + len(val), "train_tokens": len(train),
             "val_tokens": len(val), "val_fraction": index["val_fraction"],
-            "tokenizer": tok.kind, "vocab_size": tok.vocab_size}
+            "tokenizer": tok.kind, "vocab_size": tok.vocab_size,
+            "tokens_sha256": hashlib.sha256(  # the tokens' fingerprint: of their shards' hashes
+                json.dumps(index["shards"], sort_keys=True).encode()).hexdigest()[:16]}
     return Splits(train=train, val=val), tok, info
 
 

@@ -315,7 +315,7 @@ def save(run: Run, tags: list[str]) -> None:
             "parts": {name: part.state_dict() for name, part in parts_with_state(run).items()},
             "train": vars(run.cfg.train), "data": vars(run.cfg.data),
             "extra": {name: vars(sec) for name, sec in run.cfg.extra.items()},
-            "tokenizer": run.tokenizer.to_dict()}
+            "tokenizer": run.tokenizer.to_dict(), "tokens_sha256": run.data["tokens_sha256"]}
     save_checkpoint(run.folder / "checkpoints", tags, run.model, run.optimizer, meta, rng,
                     keep=run.cfg.train.keep, averaged=run.ema and run.ema.model)
 
@@ -330,6 +330,10 @@ def restore(run: Run, tag: str = "last") -> list[str]:
     if tokenizer_from_dict(ckpt.meta["tokenizer"]) != run.tokenizer:
         raise MiniGPTError("the text's vocabulary differs from the checkpoint's; resume with the "
                            "same --text the run was trained on")
+    if ckpt.meta.get("tokens_sha256", run.data["tokens_sha256"]) != run.data["tokens_sha256"]:
+        raise MiniGPTError(f"{run.data['text']} changed since the run was trained on it (its "
+                           f"tokens differ from the checkpoint's): resume with the text as it "
+                           f"was, or train a new run")
     changed = [f"{key} from {was!r} to {getattr(section, key)!r}"
                for name, section in (("model", run.cfg.model), ("data", run.cfg.data))
                for key, was in ckpt.meta[name].items()
