@@ -178,6 +178,7 @@ BAD_INPUT = [
     (["train", "--preset", "sede"], "did you mean 'seed'"),
     (["train", "--config", "{bad}/missing.toml"], "config file not found"),
     (["train", "--text", "/nonexistent/x.txt"], "text file not found"),
+    (["train", "--text", "{bad}/*.txt"], "*.txt is a pattern, not a text file: minigpt prepare"),
     (["train", "--data", "/nonexistent/y.txt"], "text file not found: /nonexistent/y.txt"),
     (["train", "--text", "{bad}/a-comparison"], "a-comparison is a folder, not a text file or "
                                                  "a prepared corpus: minigpt prepare --text "),

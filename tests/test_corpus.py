@@ -6,6 +6,7 @@ behind. (That the tokenizer never sees the validation split: tests/test_bpe.py.)
 
 import io
 import json
+import logging
 import random
 import shutil
 from pathlib import Path
@@ -55,6 +56,23 @@ def all_tokens(folder):
     """A prepared folder's tokens, both splits, as one int64 array; its tokenizer; its index."""
     train, val, tok, index = open_prepared(folder)
     return np.concatenate([train.astype(np.int64), val.astype(np.int64)]), tok, index
+
+
+def test_links_are_read_once_and_a_loop_of_them_ends(corpus, caplog):
+    """Two links from the folder to itself (a glob following them would list 2^40 paths), a
+    link to a file beside it (its text would sit in both splits): each file is read once, by
+    the folder, by `**` and by `*`; a pattern naming hidden files finds them."""
+    src, files = corpus
+    (src / "loop").symlink_to(".")
+    (src / "sub" / "up").symlink_to("..")
+    (src / "z.txt").symlink_to("f0.txt")
+    for spec, want in [(src, files), (src / "**" / "*.txt", files),
+                       (src / "*.txt", [f for f in files if f.parent == src])]:
+        with caplog.at_level(logging.WARNING, logger="minigpt"):
+            caplog.clear()
+            assert find_sources(str(spec)) == want
+        assert "1 of the files" in caplog.text and "each file is read once" in caplog.text
+    assert find_sources(str(src / ".hid*")) == [src / ".hidden"]
 
 
 @pytest.fixture

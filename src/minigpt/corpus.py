@@ -92,19 +92,24 @@ def is_prepared(path: str | Path) -> bool:
 
 def find_sources(sources: str, exclude: Path | None = None) -> list[Path]:
     """The files `sources` names: one file; every file under a folder (hidden ones skipped),
-    sorted; or those a glob pattern matches (`**` for any depth), sorted. Files under `exclude`
-    (the output folder) are left out."""
+    sorted; or those a glob pattern matches (`**` for any depth), sorted. Links to folders are
+    not followed (a loop of them would never end), a file reached twice through links is read
+    once (it would sit in both splits), and files under `exclude` (the output folder) are left
+    out."""
     path = Path(sources).expanduser()
     if path.is_file():
         files = [path]
     elif path.exists() and not path.is_dir():  # a FIFO, a device
         raise MiniGPTError(f"{sources} is not a regular file; copy the text into one")
     elif path.is_dir():
-        files = [p for p in path.rglob("*") if p.is_file()
-                 and not any(part.startswith(".") for part in p.relative_to(path).parts)]
+        files = visible_files(path, path.rglob("*"))
     else:
-        files = [Path(p) for p in glob.glob(os.path.expanduser(sources), recursive=True)]
-        files = [p for p in files if p.is_file()]
+        parts = path.parts  # the pattern below the folder its first wildcard is in
+        fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+        root = Path(*parts[:fixed]) if fixed else Path()
+        below = parts[fixed:]
+        files = visible_files(root, root.glob(str(Path(*below))) if below else [],
+                              hidden=any(part.startswith(".") for part in below))
     if exclude is not None:
         kept = [p for p in files if not p.resolve().is_relative_to(exclude.resolve())]
         if files and not kept:
@@ -115,7 +120,21 @@ def find_sources(sources: str, exclude: Path | None = None) -> list[Path]:
     if not files:
         raise MiniGPTError(f"no files matched {sources!r} (give a file, a folder or a glob "
                            f"pattern such as 'books/**/*.txt')")
-    return sorted(files)
+    once = {}
+    for p in sorted(files):
+        once.setdefault(p.resolve(), p)
+    if len(once) < len(files):
+        logging.getLogger("minigpt").warning(
+            f"{len(files) - len(once)} of the files {sources!r} names are links to others among "
+            f"them: each file is read once")
+    return sorted(once.values())
+
+
+def visible_files(root: Path, found: Iterable[Path], hidden: bool = False) -> list[Path]:
+    """The files among `found` (paths under root) with no hidden part below root, unless
+    `hidden` (a pattern that names one)."""
+    return [p for p in found if p.is_file() and (hidden or not any(
+        part.startswith(".") for part in p.relative_to(root).parts))]
 
 
 def file_stamps(files: list[Path]) -> list[list]:

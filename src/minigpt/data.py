@@ -9,6 +9,7 @@ the cache (a later run reads the shards), or a folder written by `minigpt prepar
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -96,6 +97,10 @@ def text_file(path: str | Path) -> Path:
                            f"--text DIR")
     if found.exists() and not found.is_file():  # a FIFO, /dev/null: not read twice alike
         raise MiniGPTError(f"{path} is not a regular file; copy the text into one")
+    if not found.is_file() and glob.has_magic(str(path)):
+        raise MiniGPTError(f"{path} is a pattern, not a text file: minigpt prepare --text "
+                           f"{shlex.quote(str(path))} --out DIR reads the files it matches, "
+                           f"then --text DIR")
     if not found.is_file():
         raise MiniGPTError(f"text file not found: {path}")
     return found
