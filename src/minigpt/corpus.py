@@ -107,7 +107,7 @@ def find_sources(sources: str, exclude: Path | None = None) -> list[Path]:
         parts = path.parts  # the pattern below the folder its first wildcard is in
         fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
         root = Path(*parts[:fixed]) if fixed else Path()
-        below = parts[fixed:]
+        below = parts[fixed:] + (("*",) if parts[-1] == "**" else ())  # (as glob's 'books/**')
         files = visible_files(root, root.glob(str(Path(*below))) if below else [],
                               hidden=any(part.startswith(".") for part in below))
     if exclude is not None:
