@@ -177,6 +177,8 @@ def test_decode_stream_holds_back_split_characters():
     (lambda: tokenizer_from_dict([]), "unknown tokenizer kind"),
     (lambda: BPETokenizer(Tokenizer(models.BPE())), "not a byte-level BPE"),
     (lambda: trained().encode("a\ud800"), "lone surrogate"),
+    (lambda: BPETokenizer.train(["ab\ud800c"], 300), "lone surrogate"),  # (was UnicodeEncodeError)
+    (lambda: CharTokenizer.from_text("ab\ud800c"), "lone surrogate"),  # (it failed at save)
 ])
 def test_errors_are_clear(call, message):
     with pytest.raises(MiniGPTError, match=message):

@@ -156,7 +156,7 @@ class CharTokenizer(_Tokenizer):
         """The lesson's vocabulary: every distinct character of `text`, sorted."""
         if not text:
             raise MiniGPTError("cannot build a vocabulary from an empty text")
-        return cls(sorted(set(text)))
+        return cls(sorted(set(_unicode(text))))
 
     @property
     def vocab_size(self) -> int:
@@ -262,7 +262,8 @@ class BPETokenizer(_Tokenizer):
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                       special_tokens=[])
-        pieces = (w for text in texts for p in split_at_boundaries(text, TRAIN_PIECE_CHARS)
+        pieces = (w for text in texts
+                  for p in split_at_boundaries(_unicode(text), TRAIN_PIECE_CHARS)
                   for w in cut_long_runs(p))
         hf.train_from_iterator(pieces, trainer=trainer)
         if hf.get_vocab_size() < vocab_size:
