@@ -160,9 +160,10 @@ class Splits:
         """Each split needs one window of block_size inputs plus the shifted target."""
         for name, part in (("train", self.train), ("validation", self.val)):
             if len(part) < block_size + 1:
+                more = " or a larger --val-fraction" if name == "validation" else ""
                 raise MiniGPTError(f"the {name} split has {len(part)} tokens, fewer than "
-                                   f"block_size + 1 = {block_size + 1}; use a longer text or a "
-                                   f"smaller --block-size")
+                                   f"block_size + 1 = {block_size + 1}; use a longer text, a "
+                                   f"smaller --block-size{more}")
 
 
 def load_corpus(text: str | Path, tokenizer: str, vocab_size: int,
