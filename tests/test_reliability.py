@@ -199,10 +199,28 @@ def test_killed_during_a_checkpoint_write_resumes_from_the_last_good_one(small_t
     assert same_weights(run, straight)
 
 
+class Scramble(Probe):
+    """Replace the weights with noise after the metrics row of step 30: no later evaluation
+    comes back to the best before it."""
+
+    def start(self, run):
+        self.model = run.model
+
+    def on_row(self, row):
+        if row["step"] == 30:
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    p.normal_()
+
+
 def test_keep_the_best_and_the_newest_k(small_text, tmp_path):
-    train(tiny_config(small_text, steps=50, eval_every=5, keep=2), tmp_path / "run", progress=False)
+    train(tiny_config(small_text, steps=50, eval_every=5, keep=2), tmp_path / "run",
+          progress=False, probes=[Scramble()])
     folder = tmp_path / "run" / "checkpoints"
     best = json.loads((folder / "best.json").read_text())["file"]
+    evals = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "val_loss" in r]
+    lowest = min(evals, key=lambda r: r["val_loss"])  # (the row of step s: its weights after s+1)
+    assert best == f"step-{lowest['step'] + 1:06d}.safetensors" and lowest["step"] <= 30
     kept = sorted(p.name for p in folder.glob("step-*.safetensors"))
     assert kept == sorted({best, "step-000046.safetensors", "step-000050.safetensors"})
     assert sorted(p.name for p in folder.glob("step-*.json")) == [
@@ -507,14 +525,14 @@ def test_resume_applies_changed_optimizer_settings_and_keeps_the_optimizer(small
     assert main(["train", "--text", str(small_text), *TINY_FLAGS, "--steps", "10",
                  "--eval-every", "5", "--out", str(run)]) == 0
     with caplog.at_level(logging.INFO, logger="minigpt"):
-        assert main(["train", "--resume", str(run), "--steps", "20", "--beta2", "0.9",
+        assert main(["train", "--resume", str(run), "--steps", "20", "--beta2", "0.95",
                      "--weight-decay", "0.01", "--no-progress", "--sample-every", "5"]) == 0
     # what changed is said, in the order of the settings
     assert ("resuming from step 10, with steps 10 -> 20, weight_decay 0.1 -> 0.01, beta2 0.99 -> "
-            "0.9, sample_every 0 -> 5") in caplog.text  # (0.99: the default)
+            "0.95, sample_every 0 -> 5") in caplog.text  # (0.99: the default)
     groups = load_checkpoint(run / "checkpoints", "last").meta["optimizer"]["param_groups"]
-    assert [(g["betas"], g["weight_decay"]) for g in groups] == [([0.9, 0.9], 0.01),
-                                                                ([0.9, 0.9], 0.0)]
+    assert [(g["betas"], g["weight_decay"]) for g in groups] == [([0.9, 0.95], 0.01),
+                                                                ([0.9, 0.95], 0.0)]
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "--steps", "30", "--optimizer", "sgd",
                  "--no-progress"]) == 2

@@ -19,6 +19,27 @@ def test_top_k_never_emits_excluded_tokens(top_k):
         assert (tok == allowed).any(dim=-1).all()
 
 
+def test_top_k_keeps_exactly_the_k_largest_for_every_k():
+    logits = torch.randn(3, 30, generator=torch.Generator().manual_seed(0))
+    for k in range(1, 31):
+        kept = torch.isfinite(filter_logits(logits, top_k=k))
+        assert (kept.sum(-1) == k).all()  # (k = V - 1 too: one token goes)
+        assert torch.equal(kept.nonzero()[:, 1].view(3, k).sort().values,
+                           torch.topk(logits, k).indices.sort().values)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+def test_temperature_divides_the_logits(temperature):
+    """The draw is torch.multinomial's over softmax(logits / T), on the same generator."""
+    logits = torch.randn(256, 30, generator=torch.Generator().manual_seed(0)) * 3
+    drawn = sample_next(logits, temperature, generator=torch.Generator().manual_seed(1))
+    oracle = torch.multinomial(torch.softmax(logits / temperature, -1), 1,
+                               generator=torch.Generator().manual_seed(1))
+    assert (drawn == oracle).float().mean() > 0.99  # (a draw on a rounding boundary may differ)
+    flat = sample_next(logits, 1.0, generator=torch.Generator().manual_seed(1))
+    assert (flat != drawn).sum() > 20  # another temperature, other tokens
+
+
 @pytest.mark.parametrize("top_p", [0.05, 0.5, 0.9])
 def test_top_p_keeps_the_smallest_nucleus(top_p):
     g = torch.Generator().manual_seed(1)

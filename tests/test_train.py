@@ -1,6 +1,7 @@
 """The loop and its pieces: clipping, early stopping, evaluation, reproducibility, checkpoints,
 resume, and a short real run on TinyShakespeare."""
 
+import copy
 import json
 import logging
 import math
@@ -11,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import CrashAt, same_weights, tiny_config, without_speed
+from conftest import TINY, CrashAt, same_weights, tiny_config, without_speed
 from minigpt import (
     MiniGPT,
     MiniGPTError,
@@ -23,10 +24,11 @@ from minigpt import (
     split_loss,
     train,
 )
-from minigpt.data import Splits, load_corpus
+from minigpt.data import Batches, Splits, load_corpus
 from minigpt.diagnostics.probes import Probe
 from minigpt.diagnostics.reading import read_run
-from minigpt.step import clip_gradients
+from minigpt.evaluate import estimate_loss
+from minigpt.step import MicroSteps, clip_gradients, train_step
 
 
 def metrics(run_dir):
@@ -43,6 +45,33 @@ def test_clipping_bounds_the_norm():
     assert reported.item() == pytest.approx(before.item(), rel=1e-5)
     assert before.item() > 10 and after.item() == pytest.approx(1.0, rel=1e-4)
     assert clip_gradients(model, 0.0).item() == pytest.approx(1.0, rel=1e-4)  # 0: no clipping
+    untouched = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert untouched.item() == pytest.approx(1.0, rel=1e-4)  # (max_norm 0 would zero them)
+
+
+def test_a_step_is_the_lessons_steps_by_autograd():
+    """train_step against torch autograd on a twin of the model and the same batches: two
+    micro-batches and gradients left over from before. The loss it returns is the mean of the
+    micro-batches' losses, the norm that of their mean's gradient (nothing left over added),
+    and SGD at lr 1 moves each weight by that gradient clipped to norm 1e-2, not before."""
+    torch.manual_seed(0)
+    model = MiniGPT(20, n_embd=16, n_layer=1, n_head=2, block_size=8)
+    twin = copy.deepcopy(model)
+    splits = Splits.from_tokens(np.random.default_rng(0).integers(0, 20, 400).astype(np.uint16))
+    batches, replay = (Batches(splits, 4, 8, seed=1, streams=(0, 1)) for _ in range(2))
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 5.0)  # the last step's, which zero_grad must forget
+    loss, norm = train_step(model, torch.optim.SGD(model.parameters(), lr=1.0), batches,
+                            grad_clip=1e-2, micro=MicroSteps(2))
+
+    mean = (twin(*replay.get_batch("train", 0))[1] + twin(*replay.get_batch("train", 1))[1]) / 2
+    grads = torch.autograd.grad(mean, list(twin.parameters()))
+    total = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+    assert loss.item() == pytest.approx(mean.item(), rel=1e-6)
+    assert norm.item() == pytest.approx(total.item(), rel=1e-5) and total > 1e-2
+    for p, before, g in zip(model.parameters(), twin.parameters(), grads, strict=True):
+        torch.testing.assert_close(p.detach(), before.detach() - g * 1e-2 / total,
+                                   rtol=1e-4, atol=1e-7)
 
 
 def test_weight_decay_only_on_matrices():
@@ -53,6 +82,8 @@ def test_weight_decay_only_on_matrices():
     assert all(p.dim() >= 2 for p in decayed["params"])
     assert all(p.dim() == 1 for p in plain["params"])
     assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+    t = resolve_config(overrides={"beta1": 0.8, "beta2": 0.95}).train
+    assert [g["betas"] for g in make_optimizer(model, t).param_groups] == [(0.8, 0.95)] * 2
     sgd = make_optimizer(model, resolve_config(overrides={"optimizer": "sgd"}).train)
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9
 
@@ -74,6 +105,16 @@ def test_split_loss_covers_every_token_once():
     logits = torch.cat([model(t[i : min(i + 8, 99)][None])[0][0] for i in range(0, 99, 8)])
     expected = torch.nn.functional.cross_entropy(logits, t[1:]).item()
     assert split_loss(model, data, 8, 5, torch.device("cpu")) == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_estimate_is_the_mean_over_its_batches():
+    model = MiniGPT(11, n_embd=16, n_layer=1, n_head=2, block_size=8)
+    splits = Splits.from_tokens(np.random.default_rng(0).integers(0, 11, 400).astype(np.uint16))
+    batches, replay = (Batches(splits, 4, 8, seed=3) for _ in range(2))
+    with torch.no_grad():
+        losses = [model.eval()(*replay.get_batch("val"))[1].item() for _ in range(5)]
+    assert estimate_loss(model.train(), batches, "val", 5) == pytest.approx(np.mean(losses))
+    assert model.training  # (given back as it came)
 
 
 def test_run_folder_contents_targets_and_checkpoint(small_text, tmp_path):
@@ -115,6 +156,8 @@ def test_run_folder_contents_targets_and_checkpoint(small_text, tmp_path):
         {x: first[x]["time_s"]} for x in ("10", "2.5")]
 
     assert meta["step"] == 40
+    groups = load_checkpoint(out / "checkpoints", "last").meta["optimizer"]["param_groups"]
+    assert len(groups) == 2 and {g["lr"] for g in groups} == {rows[-1]["lr"]}  # the last step's
     run = open_run(out, "last")
     assert run.state.step == 40
     idx = torch.tensor([tok.encode("the quick brown fox")])
@@ -148,6 +191,13 @@ def test_early_stopping_ends_the_run(small_text, tmp_path, caplog):
     assert again.summary["steps"] == 6 and "the run has ended: nothing to train" in caplog.text
 
 
+def test_tokens_count_every_micro_batch(small_text, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(small_text, steps=4, grad_accum=2, eval_every=4), out, progress=False)
+    state = load_model(out, "last")[2]["parts"]["state"]
+    assert state["tokens"] == 4 * 2 * TINY["batch_size"] * TINY["block_size"]
+
+
 def test_rows_count_every_clipped_step(small_text, tmp_path):
     for clip, expected in [(1e-9, 10), (0.0, 0)]:  # every step clipped; clipping off
         out = tmp_path / f"clip-{clip}"
@@ -156,7 +206,7 @@ def test_rows_count_every_clipped_step(small_text, tmp_path):
         assert sum(r["clipped"] for r in metrics(out)) == expected
 
 
-RESUMED = {"lesson": {}, "ema": dict(ema=0.9),
+RESUMED = {"lesson": {}, "ema": dict(ema=0.9), "dropout": dict(dropout=0.1),
            "schedules": dict(batch_start=4, block_start=8, ramp=0.75)}
 
 
