@@ -297,6 +297,21 @@ def test_steps_under_a_time_budget_are_said_not_to_end_the_run(small_text, tmp_p
     assert "--steps 3 does not end this run: its time budget of 0.5 s does" in r.stderr
 
 
+@pytest.mark.parametrize("env, said", [
+    ({"WORLD_SIZE": "abc"}, "must be integers"),  # (a traceback, even for --help)
+    ({"LOCAL_WORLD_SIZE": "x"}, "must be integers"),  # (a traceback in train's memory check)
+    ({"LOCAL_WORLD_SIZE": "0"}, "LOCAL_WORLD_SIZE 0 do not fit"),  # (the memory check off)
+    ({"RANK": "1"}, "RANK 1, LOCAL_RANK 0, WORLD_SIZE 1"),  # (a rank 1 of one said nothing)
+    ({"WORLD_SIZE": "2", "RANK": "5"}, "RANK 5"),
+])
+def test_torchruns_variables_set_wrong_are_one_line(env, said, monkeypatch, capsys):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["autograd"]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "unset them for one process" in err and err.count("\n") == 1
+
+
 def test_a_data_dir_that_is_a_file_is_named(tmp_path):
     (tmp_path / "cache").write_text("")
     r = run_cli("train", "--steps", "1", env={"MINIGPT_DATA_DIR": str(tmp_path / "cache")})

@@ -635,7 +635,11 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):  # (a strict stream raised, the command unfinished)
             stream.reconfigure(errors="minigpt")
-    world = world_from_env()
+    try:
+        world = world_from_env()
+    except MiniGPTError as e:
+        print(f"minigpt: error: {e}", file=sys.stderr)
+        return 2
     show_logs(logging.INFO if world.is_main else logging.ERROR)  # rank 0 speaks for all
     # SIGTERM unwinds as Ctrl-C (not under torchrun, whose teardown it is: there it kills, as
     # the default does, a process that may be blocked in a collective call)

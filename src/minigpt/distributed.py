@@ -49,8 +49,15 @@ def world_from_env() -> World:
         size = int(os.environ.get("WORLD_SIZE", "1"))
         rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", "0"))
+        local_size = int(os.environ.get("LOCAL_WORLD_SIZE", size))  # (processes on this machine)
     except ValueError:
-        raise MiniGPTError("RANK, LOCAL_RANK and WORLD_SIZE must be integers") from None
+        raise MiniGPTError("RANK, LOCAL_RANK, WORLD_SIZE and LOCAL_WORLD_SIZE must be integers "
+                           "(torchrun sets them; unset them for one process)") from None
+    if not (0 <= rank < size and 0 <= local < local_size <= size):
+        raise MiniGPTError(f"RANK {rank}, LOCAL_RANK {local}, WORLD_SIZE {size} and "
+                           f"LOCAL_WORLD_SIZE {local_size} do not fit together (0 <= RANK < "
+                           f"WORLD_SIZE, 0 <= LOCAL_RANK < LOCAL_WORLD_SIZE <= WORLD_SIZE); "
+                           f"torchrun sets them: unset them for one process")
     return World(rank, size, local)
 
 
