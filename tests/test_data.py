@@ -39,9 +39,11 @@ def test_a_text_is_prepared_once_into_the_cache(small_text):
     n = int(0.9 * len(tokens))
     assert same == tok
     assert np.array_equal(splits.train, tokens[:n]) and np.array_equal(splits.val, tokens[n:])
+    fingerprint = info.pop("tokens_sha256")  # (the shards' hashes, hashed: checked on resume)
     assert info == {"text": str(small_text), "tokens": len(tokens), "train_tokens": n,
                     "val_tokens": len(tokens) - n, "val_fraction": 0.1, "tokenizer": "char",
                     "vocab_size": tok.vocab_size}
+    assert load_corpus(small_text, "char", 0, 0.2)[2]["tokens_sha256"] != fingerprint
     folder = prepared_text(small_text)
     assert folder.parent == cache_dir() / "prepared"
     assert tokens.dtype == np.uint16 and tok.decode(tokens) == small_text.read_text()
