@@ -214,6 +214,9 @@ BAD_INPUT = [
     # a typo'd shape is refused before its terabytes are allocated (or, past 64 blocks, counted)
     (["train", "--text", "{text}", "--n-embd", "65536", "--n-head", "1", "--block-size", "8"],
      "parameters (4 layers, 65536 wide) needs about 3,07"),  # 12 C² a layer: 206 G params
+    (["train", "--text", "{text}", "--n-embd", str(2**40), "--n-head", "1"],
+     "matrices too large for torch to describe"),  # (torch's overflow, a traceback)
+    (["train", "--grad-accum", str(10**12)], "'grad_accum' must be at most 65,536"),
     (["train", "--text", "{text}", "--n-layer", "10000000", "--block-size", "8"],
      "parameters (10000000 layers, 64 wide) needs about 7,4"),  # 50 K a layer: 500 G
     (["train", "--text", "{text}", "--out", "{bad}/a-file/run"], "cannot create run folder"),

@@ -368,6 +368,9 @@ def check_seed(seed: int, name: str) -> None:
         raise MiniGPTError(f"{name} must be a 64-bit integer, from -2**63 to 2**63 - 1, got {seed}")
 
 
+MAX_GRAD_ACCUM = 65_536
+
+
 def validate(cfg: RunConfig) -> None:
     """Reject settings that cannot train, each with a one-line reason (a value set in code is
     checked as a file's would be)."""
@@ -393,6 +396,9 @@ def validate(cfg: RunConfig) -> None:
         if not 0 <= getattr(t, key) < 1:
             raise MiniGPTError(f"'{key}' must be in [0, 1), got {getattr(t, key)}")
     check_seed(t.seed, "'seed'")
+    if t.grad_accum > MAX_GRAD_ACCUM:  # (a batch stream, and its generator, each)
+        raise MiniGPTError(f"'grad_accum' must be at most {MAX_GRAD_ACCUM:,} micro-batches a "
+                           f"step, got {t.grad_accum:,}")
     if not 0 <= t.ema < 1:
         raise MiniGPTError(f"'ema' must be in [0, 1) (a decay, e.g. 0.99; 0 = off), got {t.ema}")
     if not 0 <= t.ramp <= 1:

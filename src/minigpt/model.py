@@ -338,5 +338,12 @@ class MiniGPT(nn.Module):
 
 def count_params(config: ModelConfig) -> int:
     """The parameters a config's model has, counted on the meta device: nothing allocated."""
-    with torch.device("meta"):
-        return MiniGPT.from_config(config).num_params()
+    try:
+        with torch.device("meta"):
+            return MiniGPT.from_config(config).num_params()
+    except RuntimeError as e:  # a matrix past 2^63 bytes: torch cannot even describe it
+        if "overflow" not in str(e):
+            raise
+        raise MiniGPTError(f"a model {config.n_embd} wide, block {config.block_size}, has "
+                           f"matrices too large for torch to describe: lower --n-embd or "
+                           f"--block-size") from None
