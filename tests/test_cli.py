@@ -243,7 +243,12 @@ BAD_INPUT = [
     (["sample", "--run", "{run}", "--temperature", "-1"], "--temperature must be >= 0"),
     (["sample", "--run", "{run}", "--max-new-tokens", "-3"], "--max-new-tokens must be >= 0"),
     (["sample", "--run", "{run}", "--seed", str(2**63)], "--seed must be a 64-bit integer"),
-    (["attention", "--run", "{run}", "--text", ""], "1 to 32 characters"),
+    (["attention", "--run", "{run}", "--text", ""], "--text is empty"),
+    (["attention", "--run", "{run}", "--text", "w" * 40], "1 to 32 characters"),
+    (["train", "--resume", ""], "--resume is empty (an unset shell variable?)"),  # (a new run)
+    (["train", "--text", " "], "--text is empty"),  # (trained on TinyShakespeare)
+    (["prepare", "--text", "", "--out", "{bad}/p"], "--text is empty"),  # (read the folder)
+    (["train", "--preset", ""], "--preset is empty"),  # (the default preset)
     (["attention", "--run", "{run}", "--text", "ZZZ"], "--text: text has 1 character(s) outside"),
     (["attention", "--run", "{run}", "--out", "{bad}/short.txt"],  # (a text file, overwritten)
      "short.txt: attention writes a PNG; give a path ending in .png"),

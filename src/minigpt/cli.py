@@ -679,9 +679,12 @@ def run_command(argv: list[str] | None) -> int:
         if world_from_env().enabled and args.command != "train":
             raise MiniGPTError(f"only train runs under torchrun; run minigpt {args.command} "
                                f"as one process")
-        for key in ("out", "run", "resume", "config"):  # --out=~/x: no shell expands that ~
-            if isinstance(value := getattr(args, key, None), str):
-                setattr(args, key, os.path.expanduser(value))
+        for key in ("out", "run", "resume", "config", "text", "preset"):
+            if isinstance(value := getattr(args, key, None), str) and not value.strip():
+                raise MiniGPTError(f"--{key} is empty (an unset shell variable?): give it a "
+                                   f"value, or leave it out")
+            if key in ("out", "run", "resume", "config") and isinstance(value, str):
+                setattr(args, key, os.path.expanduser(value))  # --out=~/x: no shell expands it
         args.handler(args)  # a command that returns has done its work
         return 0
     except MiniGPTError as e:
