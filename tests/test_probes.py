@@ -230,6 +230,20 @@ def test_compare_takes_no_patience_and_says_a_time_budget_ends_a_variant(tmp_pat
     assert table[0]["steps"] == 3  # a variant's own preset (it was once an unknown setting)
 
 
+def test_a_comparison_that_failed_before_training_gives_way_to_the_corrected_one(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be, that is the question\n" * 80)
+    common = {**TINY, "steps": 3, "eval_every": 3}
+    with pytest.raises(MiniGPTError, match="^variant a: text file not found: .*nope.txt$"):
+        compare({"a": {"text": str(tmp_path / "nope.txt")}, "b": {"text": str(text)}},
+                tmp_path / "c", common=common, progress=False)
+    table = compare({"a": {"text": str(text)}, "b": {"text": str(text), "lr": 0.1}},
+                    tmp_path / "c", common=common, progress=False)  # (was: "other variants")
+    assert [r["steps"] for r in table] == [3, 3]
+    with pytest.raises(MiniGPTError, match="holds a comparison of other variants"):  # begun
+        compare({"a": {"text": str(text)}}, tmp_path / "c", common=common, progress=False)
+
+
 def test_compare_starts_from_the_same_weights_and_tables_the_time_to_each_target(tmp_path):
     """Two optimizers on one model start from the same weights and batches; a variant of
     model options runs with them; each row's seconds to a target are its metrics' own."""

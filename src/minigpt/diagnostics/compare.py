@@ -150,6 +150,8 @@ def compare(variants: dict[str, dict], out_dir: str | Path, preset: str = "seed"
                 raise TrainingStopped(e.signum, f"{name}: checkpoint saved; the same compare "
                                                 f"call continues the comparison", e.folder,
                                       e.steps, e.processes) from None
+            except MiniGPTError as e:  # (its text not found, say): which variant's
+                raise MiniGPTError(f"variant {name}: {e}") from None
         table.append({"variant": name, "folder": folder.name, **summary})
         curves[name] = read_jsonl(folder / "metrics.jsonl")
     plot_overlay(curves, out_dir / "compare.png", title=", ".join(variants))
@@ -165,7 +167,9 @@ def claim(out_dir: Path, settings: dict, folders) -> None:
     path = out_dir / "variants.json"
     if (what := folder_holds(out_dir)) not in (None, "a comparison"):
         raise MiniGPTError(f"{out_dir} holds {what}; choose another --out")
-    if path.is_file():
+    begun = out_dir.is_dir() and any(p.is_dir() and folder_holds(p) for p in out_dir.iterdir())
+    if path.is_file() and begun:  # (a comparison that failed before a variant began holds
+        # nothing to continue: the corrected command takes its place)
         if json.loads(path.read_text(encoding="utf-8")) != settings:
             raise MiniGPTError(f"{out_dir} holds a comparison of other variants or settings; "
                                f"choose another --out, or run that comparison's command to "
