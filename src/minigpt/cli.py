@@ -439,6 +439,9 @@ def cmd_report(args: argparse.Namespace) -> None:
     from minigpt.diagnostics.report import write_report
     from minigpt.files import folder_holds
 
+    if args.out and Path(args.out).suffix.lower() not in (".html", ".htm"):  # (notes.txt)
+        raise MiniGPTError(f"--out {args.out}: report writes a web page; give a path ending in "
+                           f".html")
     if folder_holds(args.run) == "a comparison":
         raise MiniGPTError(f"{args.run} holds a comparison (its compare.png and compare.json): "
                            f"report each variant's folder, such as "
