@@ -224,6 +224,8 @@ BAD_INPUT = [
     (["train", "--text", "/dev/null"], "/dev/null is not a regular file"),  # (said: not found)
     (["prepare", "--text", "/dev/null", "--out", "{bad}/p"], "/dev/null is not a regular file"),
     (["train", "--text", "{text}", "--out", "{run}"], "already holds a run"),
+    (["train", "--resume", "{run}", "--steps", "5"], "the run is at step 40: --steps 5 ends "
+                                                      "before it"),  # (config.json said 5)
     (["train", "--resume", "{run}", "--n-layer", "3"], "cannot change n_layer"),
     (["train", "--resume", "{run}", "--block-size", "64"], "cannot change block_size"),
     (["train", "--resume", "{run}", "--preset", "fast"], "; resume without --preset: the run "

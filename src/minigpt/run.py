@@ -364,8 +364,12 @@ def restore(run: Run, tag: str = "last") -> list[str]:
     for name, part in parts_with_state(run).items():
         if name in ckpt.meta["parts"]:
             part.load_state_dict(ckpt.meta["parts"][name])
+    t = run.cfg.train
+    if not t.time_budget and t.steps < run.state.step:  # (its config.json would say so)
+        raise MiniGPTError(f"the run is at step {run.state.step:,}: --steps {t.steps:,} ends "
+                           f"before it; give more steps to train on, or leave --steps out")
     saved = {"train": ckpt.meta["train"], **ckpt.meta.get("extra", {})}
-    now = {"train": vars(run.cfg.train), **{k: vars(v) for k, v in run.cfg.extra.items()}}
+    now = {"train": vars(t), **{k: vars(v) for k, v in run.cfg.extra.items()}}
     return [f"{key} {was!r} -> {now[sec][key]!r}" for sec, values in saved.items()
             for key, was in values.items() if sec in now and now[sec].get(key, was) != was]
 
