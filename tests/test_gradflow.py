@@ -224,6 +224,18 @@ def test_nan_and_inf_gradients_are_nonfinite_and_nothing_else():
     assert all(s.flags == ["nonfinite"] for s in grad_stats(model))
 
 
+def test_a_step_that_blows_the_weights_up_is_nonfinite():
+    """Finite gradients, SGD at lr 1e30: the weights the step leaves overflow their norm; every
+    parameter whose update overflowed is flagged (none was, 'none flagged')."""
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    stats = probe_batch_stats(model, *batch(), opt, lr=1e30, grad_clip=0.0)
+    blown = {s.name for s in stats if not math.isfinite(s.weight_norm)
+             or (s.update_ratio is not None and not math.isfinite(s.update_ratio))}
+    assert blown and all(s.flags == ["nonfinite"] for s in stats if s.name in blown)
+    assert all(math.isfinite(s.grad_norm) for s in stats)  # (the gradients themselves were fine)
+
+
 def test_missing_and_frozen_gradients():
     model = tiny()
     model.token_emb.weight.requires_grad_(False)

@@ -463,8 +463,9 @@ def cmd_gradflow(args: argparse.Namespace) -> None:
     from minigpt.schedule import schedule_lr
     from minigpt.trainer import finished
 
-    if args.lr is not None and not 0 <= args.lr < float("inf"):
-        raise MiniGPTError(f"--lr must be a finite number >= 0, got {args.lr}")
+    if args.lr is not None and not 0 <= args.lr <= 3.4e38:  # (float32's largest: SGD's step
+        # could not convert more)
+        raise MiniGPTError(f"--lr must be a number from 0 to 3.4e38, got {args.lr}")
     run = open_run(args.run, args.checkpoint, args.device)
     t, step, seconds = run.cfg.train, run.state.step, run.clock.seconds()
     lr, note = args.lr, ""

@@ -18,7 +18,8 @@ global norm is the clip norm (1 by default), and then no parameter could ever be
 exploding. Without `grads`, `grad_stats` reads whatever is in `param.grad`.
 
 Flags, on a parameter's gradient L2 norm (`grad_norm`); at most one per parameter:
-    nonfinite   any NaN or inf element (checked first: then the norm means nothing)
+    nonfinite   any NaN or inf element (checked first: then the norm means nothing), of the
+                gradient or of the weights after the step (a learning rate that blew them up)
     dead        every element exactly zero, or no gradient at all (`grad` is None after a
                 backward: the parameter is not on the loss's path); frozen parameters
                 (requires_grad False) are left out of the statistics altogether
@@ -138,8 +139,9 @@ def _param_stats(name: str, p: torch.Tensor, v: list[float], vanish: float, expl
     """At most one flag, the first that applies: nonfinite, dead, vanishing, exploding."""
     mean_abs, std, norm, w_norm, all_zero, finite, d_norm, b_norm = v
     ratio = d_norm / b_norm if b_norm > 0 else None  # NaN without a snapshot: None
-    if finite != 1:
-        flags = ["nonfinite"]
+    if finite != 1 or not math.isfinite(w_norm) or (ratio is not None
+                                                    and not math.isfinite(ratio)):
+        flags = ["nonfinite"]  # (of the gradient, or of the weights the step left)
     elif all_zero == 1 and not exempt:
         flags = ["dead"]
     elif norm < vanish and not exempt:
