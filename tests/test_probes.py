@@ -198,8 +198,8 @@ def test_variant_axes_and_settings_with_their_types():
                          ("x:time_budget=30x", "not a duration"),
                          ("x:qqqq=1", "unknown setting 'qqqq'$"),
                          ("x:lrr=1", "unknown setting 'lrr'; did you mean 'lr'"),
-                         ("x:steps=many", "not a int"),
-                         ("x:bias=maybe", "not a bool")]:
+                         ("x:steps=many", "^variant 'x': steps='many': not an integer$"),
+                         ("x:bias=maybe", "not true or false")]:
         with pytest.raises(MiniGPTError, match=message):
             parse_variant(bad)
 

@@ -96,7 +96,10 @@ def parse_variant(text: str) -> tuple[str, dict]:
             raise MiniGPTError(f"variant {name!r}: {item!r} is not KEY=VALUE, such as pos=rope")
         if key not in index and key != "preset":
             raise MiniGPTError(f"variant {name!r}: unknown setting '{key}'{suggest(key, index)}")
-        overrides[key] = value.strip() if key == "preset" else typed(key, value.strip())
+        try:
+            overrides[key] = value.strip() if key == "preset" else typed(key, value.strip())
+        except MiniGPTError as e:
+            raise MiniGPTError(f"variant {name!r}: {e}") from None
     return name.strip(), overrides
 
 
@@ -109,7 +112,9 @@ def typed(key: str, text: str):
             return {"true": True, "false": False, "1": True, "0": False}[text.lower()]
         return read(text)
     except (KeyError, ValueError):
-        raise MiniGPTError(f"{key}={text!r}: not a {read.__name__}") from None
+        kind = {"int": "an integer", "float": "a number", "bool": "true or false"}.get(
+            read.__name__, f"a {read.__name__.replace('_', ' ')}")
+        raise MiniGPTError(f"{key}={text!r}: not {kind}") from None
 
 
 def compare(variants: dict[str, dict], out_dir: str | Path, preset: str = "seed",
