@@ -3,6 +3,7 @@ independently written torch functions (torch.autograd.grad) and central finite d
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from pathlib import Path
@@ -249,6 +250,21 @@ def test_a_kink_is_reported_not_hidden():
     report = explain("relu(x)", {"x": 1e-9})  # beside the kink: a small enough h sees slope 1
     assert report.checks[0].numeric == pytest.approx(1.0)
     assert "MISMATCH" not in format_report(report)
+
+
+def test_a_difference_of_a_thousandth_is_a_mismatch():
+    """x**2 + 3*x + 1 at 2: autograd's 7, against a numeric slope 1e-3 away (a relative error
+    of 1.4e-4, far above float64 finite-difference noise) or 1e-9 away (noise)."""
+    report = explain("x**2 + 3*x + 1", {"x": 2})
+    check = report.checks[0]
+    assert check.autograd == 7.0  # 2x + 3, by hand
+
+    def with_numeric(numeric):
+        off = dataclasses.replace(check, numeric=numeric, abs_error=abs(numeric - 7.0))
+        return format_report(dataclasses.replace(report, checks=(off,)))
+
+    assert "MISMATCH" in with_numeric(7.001).splitlines()[-1]
+    assert with_numeric(7.0 + 1e-9).splitlines()[-1].endswith("ok")
 
 
 @pytest.mark.parametrize(("text", "at", "exact"), [

@@ -166,6 +166,18 @@ def test_decode_stream_holds_back_split_characters():
     assert "".join(pieces) == "ab😀c" and not any("\ufffd" in p for p in pieces)
 
 
+def test_decode_stream_that_ends_mid_character_says_so_as_decode_does():
+    """Ids that stop after 0xE6, the first of 日's three UTF-8 bytes: the stream's last piece is
+    the U+FFFD that Python's own decoder gives those bytes, as decode's is."""
+    tok = BPETokenizer.train(["plain ascii text\n" * 20], 260)  # no merge inside 日
+    first = tok.encode("日")[0]
+    assert tok.to_bytes([first]) == b"\xe6"  # the single byte's token
+    ids = tok.encode("ab") + [first]
+    expected = b"ab\xe6".decode("utf-8", errors="replace")  # "ab\ufffd"
+    assert tok.decode(ids) == expected
+    assert "".join(tok.decode_stream(ids)) == expected
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda: BPETokenizer.train(["abc"], 256), "at least 257"),
     (lambda: BPETokenizer.train(["abc"], 65), "got 65"),

@@ -209,6 +209,24 @@ def test_gathers_and_slices_equal_those_of_the_concatenation():
         t[np.array([0.5])]
 
 
+def test_negative_positions_count_from_the_end_of_a_view_that_starts_inside():
+    """The oracle: numpy's negative indexing of the concatenation's same slice, for views that
+    start past the first shard (and one that ends before the last)."""
+    rng = np.random.default_rng(1)
+    sizes = [3, 40, 5, 100, 7]
+    t = ShardedTokens([rng.integers(0, 60_000, n).astype(np.uint16) for n in sizes])
+    whole = np.concatenate(t.shards)
+    for a, b in [(10, 120), (50, None), (2, 5), (44, 60)]:
+        view, ref = t[a:b], whole[a:b]
+        assert view[-1] == ref[-1] and view[-len(ref)] == ref[0]
+        pos = np.array([-1, -3])
+        assert np.array_equal(view[pos], ref[pos])
+        pos = np.array([[0, -1], [-2, 1]])  # negative and not, in one gather
+        assert np.array_equal(view[pos], ref[pos])
+        with pytest.raises(IndexError):
+            view[np.array([-len(ref) - 1])]
+
+
 def test_batches_and_split_loss_over_shards_equal_one_arrays(corpus, tmp_path):
     """get_batch, Splits and the final whole-split loss (which reads shards a batch at a time)
     on the training split in many shards: the same as on that split as one array."""

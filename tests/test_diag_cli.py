@@ -2,6 +2,7 @@
 report; the report opened in a real headless Chromium."""
 
 import json
+import re
 import shutil
 import sys
 
@@ -13,7 +14,7 @@ from minigpt import train
 from minigpt.cli import main
 from minigpt.console import visible
 from minigpt.diagnostics.probes import standard_probes
-from minigpt.diagnostics.report import build_report
+from minigpt.diagnostics.report import attention_html, build_report, gradflow_html
 
 
 def cli(capsys, *args: str) -> str:
@@ -121,6 +122,26 @@ def test_report_shows_a_sample_s_controls_and_first_line_break(cli_run, tmp_path
     assert "<pre>\n\nA␛[2J␇\tb</pre>" in page and "\x1b" not in page
     assert visible("a\x1b\r\n\t\x7f\x00") == "a␛\r\n\t␡␀"  # (CRLF text shows as it is)
     assert visible("ab\u202ecd\x94") == "ab<U+202E>cd<U+0094>"  # (which reorder, or hide)
+
+
+def test_the_gradflow_section_counts_the_probes_with_flags(tmp_path):
+    """Two probes as the recorder writes them, one flagging nothing and one a parameter: by
+    hand, 2 probes and 1 with flags."""
+    (tmp_path / "gradflow.png").write_bytes(b"a picture")
+    rows = [{"step": 0, "flagged": {}},
+            {"step": 10, "flagged": {"blocks.0.attn.Wk.bias": ["vanishing"]}}]
+    (tmp_path / "gradflow.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert "<p>2 probes; 1 with flagged parameters.</p>" in gradflow_html(tmp_path)
+
+
+def test_the_attention_section_shows_the_first_and_the_last_snapshot(tmp_path):
+    """Ten snapshots, steps 0 to 1,125 every 125 (step-1000 sorts before step-375 as text):
+    the four shown are the first, the last by step, and two evenly between (every third)."""
+    (tmp_path / "attention").mkdir()
+    for step in range(0, 1250, 125):
+        (tmp_path / "attention" / f"step-{step}.png").write_bytes(b"a picture")
+    shown = re.findall(r"<h3>(step-\d+)</h3>", attention_html(tmp_path))
+    assert shown == ["step-0", "step-375", "step-750", "step-1125"]
 
 
 def test_report_escapes_what_the_run_produced(tmp_path, monkeypatch):

@@ -84,6 +84,24 @@ def test_rotary_scores_depend_only_on_the_distance():
     torch.testing.assert_close(pair_norm(y), pair_norm(x))
 
 
+def test_rotary_angles_are_the_standard_ropes_base_10000():
+    """RoPE (Su et al. 2021), as Llama uses it: pair i of a head of d channels turns at
+    position p by p * 10000^(-2i/d); written out here with math.cos and math.sin, and applied
+    to a unit vector in channel i, which lands on (cos, sin) in channels i and i + d/2."""
+    d, block = 8, 64
+    rot = Rotary(head_size=d, block_size=block)
+    for p in [1, 7, 63]:
+        for i in range(d // 2):
+            angle = p * 10000 ** (-2 * i / d)
+            assert rot.cos[p, i].item() == pytest.approx(math.cos(angle), abs=1e-5)
+            assert rot.sin[p, i].item() == pytest.approx(math.sin(angle), abs=1e-5)
+            x = torch.zeros(1, 1, 1, d)
+            x[..., i] = 1.0
+            y = rot(x, start=p)[0, 0, 0]
+            assert y[i].item() == pytest.approx(math.cos(angle), abs=1e-5)
+            assert y[i + d // 2].item() == pytest.approx(math.sin(angle), abs=1e-5)
+
+
 def test_the_options_build_the_modules_they_name():
     model = MiniGPT(V, **OPTIONS["all"])
     names = {n for n, _ in model.named_parameters()}

@@ -8,9 +8,10 @@ import time
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import tiny_config
-from minigpt import MiniGPT, train
+from minigpt import MiniGPT, performance, train
 from minigpt.files import read_jsonl
 from minigpt.performance import best_rate, choose_compile, matmul_peak, peak_flops
 from minigpt.step import step_unless_nonfinite
@@ -22,6 +23,18 @@ def test_matmul_peak_is_a_plausible_rate():
     peak = matmul_peak(CPU, torch.float32, seconds=0.05)
     assert peak_flops(CPU, torch.bfloat16, seconds=0.05) >= 0.5 * peak  # the better of the two
     assert 1e8 < peak < 1e14  # between 0.1 GFLOP/s and 100 TFLOP/s on any CPU
+
+
+def test_matmul_peak_counts_the_flops_of_one_product(monkeypatch):
+    """At one product a second (the timer replaced), the peak is one n x n @ n x n product's
+    FLOPs: 2 n^3 by hand (n^2 dot products of n multiplies and n adds), and as PyTorch's own
+    counter counts one torch.mm."""
+    monkeypatch.setattr(performance, "best_rate", lambda work, seconds: 1.0)
+    n = 64
+    with FlopCounterMode(display=False) as counter:
+        torch.mm(torch.randn(n, n), torch.randn(n, n))
+    assert counter.get_total_flops() == 2 * n**3
+    assert matmul_peak(CPU, torch.float32, n=n) == 2 * n**3
 
 
 def test_peak_is_the_fastest_burst_not_the_mean():

@@ -48,6 +48,28 @@ def test_steps_are_timed_until_too_slow_then_estimated(monkeypatch):
     assert shapes[0].tokens_per_s == pytest.approx(32 / shapes[0].step_s)
 
 
+def untimed_plan(monkeypatch, **overrides):
+    """plan() on the real LADDER with the step timer replaced by 1 s a step: nothing is run."""
+    monkeypatch.setattr(planning, "time_step", lambda shaped, steps=2: (1.0, torch.float32))
+    return planning.plan(resolve_config(overrides={"dtype": "float32", **overrides}))
+
+
+def test_a_step_is_batch_times_grad_accum_times_block_tokens(monkeypatch):
+    shapes = untimed_plan(monkeypatch, batch_size=4, block_size=32, grad_accum=3)
+    assert len(shapes) == len(planning.LADDER)
+    assert all(s.tokens_per_step == 4 * 3 * 32 for s in shapes)  # 384, by hand
+    assert shapes[0].tokens_per_s == pytest.approx(384.0)  # at the 1 s a step it was given
+
+
+def test_the_ladders_heads_are_64_channels_each_and_at_least_4(monkeypatch):
+    """shaped()'s documented rule, "heads of 64 (at least 4 heads)", worked by hand for each
+    width of the LADDER: 64, 128, 192 and 256 channels get 4 heads; 384 gets 6, 512 gets 8
+    and 768 gets 12 (768 / 64)."""
+    by_hand = {64: 4, 128: 4, 192: 4, 256: 4, 384: 6, 512: 8, 768: 12}
+    shapes = untimed_plan(monkeypatch, batch_size=2, block_size=16)
+    assert [(s.n_embd, s.n_head) for s in shapes] == [(w, by_hand[w]) for _, w in planning.LADDER]
+
+
 def shape(params, step_s=1.0):
     return planning.Shape(1, 32, 2, params, 0, step_s, True, 1000)  # 1000 tokens a step
 

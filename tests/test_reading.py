@@ -3,6 +3,7 @@ not; the findings drawn on the plot; and a real run that spikes and overfits."""
 
 import json
 import math
+import re
 
 import pytest
 
@@ -275,6 +276,89 @@ def test_plateau_and_a_steady_fall():
     assert only(slow, "shape, not yet", Facts(vocab_size=65)).message.endswith(
         "(its running median to 3.47 by step 100), the rest later (to 2.00)")
     assert only(slow, "plateau", Facts(vocab_size=65)).step == 300
+
+
+# --- each threshold, with a curve clearly on either side of it --------------------------------
+
+
+def test_clipped_mostly_is_more_than_half_of_the_steps():
+    """CLIPPED_MOSTLY, a half: 600 of 1,000 steps clipped (60 %) is mostly, 400 (40 %) not."""
+    for per_row, kind, other in [(30, "clipped mostly", "clipped"),
+                                 (20, "clipped", "clipped mostly")]:
+        rows = lesson_curve(steps=1000)  # rows at 0, 50, ..., 950 and 999
+        for r in rows[1:]:
+            r["clipped"] = per_row  # 20 rows after the first
+        finding = only(rows, kind)
+        assert f"on {20 * per_row} of 1,000 steps ({2 * per_row}%)" in finding.message
+        assert other not in kinds(rows)
+
+
+def climbing_from_2500(rise):
+    """The lesson's curve (down to 1.30 by step 2,500), then up by `rise` of 1.3 over the
+    last 2,500 steps."""
+    rows = lesson_curve()
+    for r in rows:
+        r["train_loss"] += 1.3 * rise * max(0, r["step"] - 2500) / 2500
+    return rows
+
+
+def test_diverging_is_ending_more_than_a_tenth_above_the_lowest():
+    """DIVERGE_RISE, a tenth: a curve that ends about 15 % above its lowest is diverging, one
+    about 5 % above is not (the smoothed end, at step 4,950, is 0.98 of the way up)."""
+    finding = only(climbing_from_2500(0.15), "rising")
+    low, high = (float(x) for x in re.search(r"\((\d\.\d\d)\) and rose to (\d\.\d\d)",
+                                             finding.message).groups())
+    assert 1.12 < high / low < 1.18
+    assert "rising" not in kinds(climbing_from_2500(0.05))
+
+
+def test_slow_warmup_is_half_of_the_budget_or_more():
+    """SLOW_WARMUP, a half: warmup ending at 2.3 s is slow in a budget of 2.3 / 0.55 s (55 %),
+    not in one of 2.3 / 0.45 s (45 %), where warmup simply ends at its step."""
+    rows = lesson_curve(steps=130, every=10)
+    for r in rows:
+        r["time_s"] = 0.023 * r["step"]  # step 100, the end of warmup, at 2.3 s
+
+    def budget(share):
+        return Facts(vocab_size=65, warmup_steps=100, total_steps=None, time_budget=2.3 / share,
+                     lr=1e-2)
+
+    assert "took 55% of the" in only(rows, "slow warmup", budget(0.55)).message
+    found = kinds(rows, budget(0.45))
+    assert "slow warmup" not in found and "warmup" in found
+
+
+def falling_then_flat(until):
+    """A train loss falling 0.04 a row (every 10 steps) until step `until`, then flat to 990."""
+    return [{"step": s, "train_loss": 4.0 - 0.004 * min(s, until), "lr": 1e-3}
+            for s in range(0, 1000, 10)]
+
+
+def test_a_plateau_covers_a_quarter_of_the_run_or_more():
+    """PLATEAU_SHARE, a quarter: flat from step 700 (its band takes in the smoothed 690, 0.04
+    above) is 300 / 990 of the run, 30 %: a plateau; flat from step 800, 20 %: not one."""
+    finding = only(falling_then_flat(700), "plateau", Facts(vocab_size=65))
+    assert finding.step == 690 and "the last 30% of the run" in finding.message
+    assert "plateau" not in kinds(falling_then_flat(800), Facts(vocab_size=65))
+
+
+def two_speeds(early):
+    """From 4.0 at step 0, a drop of 2.0 nats: `early` of it by step 100 (the first tenth of a
+    run to 990), the rest by step 900, flat after."""
+    rows = []
+    for s in range(0, 1000, 10):
+        done = early * s / 100 if s <= 100 else early + (1 - early) * min(1, (s - 100) / 800)
+        rows.append({"step": s, "train_loss": 4.0 - 2.0 * done, "lr": 1e-3})
+    return rows
+
+
+def test_the_lessons_shape_is_half_of_the_drop_in_the_first_tenth():
+    """The 'shape' cut, a half: 55 % of the drop in the first tenth is the lesson's shape,
+    45 % is not yet."""
+    facts = Facts(vocab_size=65)
+    assert "55% of the whole drop" in only(two_speeds(0.55), "shape", facts).message
+    assert "only 45% of the drop" in only(two_speeds(0.45), "shape, not yet", facts).message
+    assert "shape" not in kinds(two_speeds(0.45), facts)
 
 
 def test_format_and_read_run(tmp_path):

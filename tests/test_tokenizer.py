@@ -58,6 +58,15 @@ def test_saved_as_json_and_loaded_back(tmp_path):
     assert CharTokenizer.load(tmp_path / "tok.json") == tok
 
 
+def test_byte_lengths_are_the_utf8_bytes_of_each_character():
+    """The oracle: Python's own UTF-8 encoding; by hand, a is 1 byte, é 2, 日 3, 😀 4."""
+    text = "aé日😀"
+    tok = CharTokenizer.from_text(text)
+    lengths = tok.byte_lengths()
+    assert [int(lengths[i]) for i in tok.encode(text)] == [1, 2, 3, 4]
+    assert sum(int(lengths[i]) for i in tok.encode(text)) == len(text.encode("utf-8")) == 10
+
+
 def test_empty_text_and_bad_file_are_clear_errors(tmp_path):
     with pytest.raises(MiniGPTError, match="empty"):
         CharTokenizer.from_text("")
