@@ -224,8 +224,8 @@ BAD_INPUT = [
     (["train", "--text", "/dev/null"], "/dev/null is not a regular file"),  # (said: not found)
     (["prepare", "--text", "/dev/null", "--out", "{bad}/p"], "/dev/null is not a regular file"),
     (["train", "--text", "{text}", "--out", "{run}"], "already holds a run"),
-    (["train", "--resume", "{run}", "--steps", "5"], "the run is at step 40: --steps 5 ends "
-                                                      "before it"),  # (config.json said 5)
+    (["train", "--resume", "{run}", "--steps", "5"], "the run is at step 40, past --steps 5: "
+                                                      "give a larger"),  # (config.json said 5)
     (["train", "--resume", "{run}", "--n-layer", "3"], "cannot change n_layer"),
     (["train", "--resume", "{run}", "--block-size", "64"], "cannot change block_size"),
     (["train", "--resume", "{run}", "--preset", "fast"], "; resume without --preset: the run "
@@ -245,7 +245,7 @@ BAD_INPUT = [
     (["sample", "--run", "{run}", "--temperature", "-1"], "--temperature must be >= 0"),
     (["sample", "--run", "{run}", "--max-new-tokens", "-3"], "--max-new-tokens must be >= 0"),
     (["sample", "--run", "{run}", "--seed", str(2**63)], "--seed must be a 64-bit integer"),
-    (["attention", "--run", "{run}", "--text", ""], "--text is empty"),
+    (["attention", "--run", "{run}", "--text", ""], "1 to 32 characters"),  # (text, not a path)
     (["attention", "--run", "{run}", "--text", "w" * 40], "1 to 32 characters"),
     (["report", "--run", "{run}", "--out", "{text}"], "report writes a web page; give a path "
                                                      "ending in .html"),  # (it replaced the text)

@@ -225,15 +225,21 @@ def test_nan_and_inf_gradients_are_nonfinite_and_nothing_else():
 
 
 def test_a_step_that_blows_the_weights_up_is_nonfinite():
-    """Finite gradients, SGD at lr 1e30: the weights the step leaves overflow their norm; every
-    parameter whose update overflowed is flagged (none was, 'none flagged')."""
+    """Finite gradients, AdamW at lr 1e308 (a step of about lr a weight): the weights the step
+    leaves are inf, and every parameter with an inf weight is flagged (none was: 'none
+    flagged'); weights of 1e20, finite though their float32 norm overflows, are not."""
     model = tiny()
-    opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    stats = probe_batch_stats(model, *batch(), opt, lr=1e30, grad_clip=0.0)
-    blown = {s.name for s in stats if not math.isfinite(s.weight_norm)
-             or (s.update_ratio is not None and not math.isfinite(s.update_ratio))}
-    assert blown and all(s.flags == ["nonfinite"] for s in stats if s.name in blown)
-    assert all(math.isfinite(s.grad_norm) for s in stats)  # (the gradients themselves were fine)
+    opt = torch.optim.AdamW(model.parameters(), lr=1.0, weight_decay=0.0)
+    stats = probe_batch_stats(model, *batch(), opt, lr=1e308, grad_clip=0.0)
+    assert all(math.isfinite(s.grad_norm) for s in stats)  # (the gradients were fine)
+    blown = [s for s in stats if not math.isfinite(s.weight_norm)]
+    assert blown and all(s.flags == ["nonfinite"] for s in blown)
+    big = tiny()
+    with torch.no_grad():
+        big.lm_head.weight.fill_(1e20)
+    backward(big)
+    head = by_name(grad_stats(big))["lm_head.weight"]
+    assert head.weight_norm == math.inf and "nonfinite" not in head.flags
 
 
 def test_missing_and_frozen_gradients():

@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+import minigpt.trainer
 from conftest import TINY, read_png, tiny_config
 from minigpt import resume_config, train
 from minigpt.diagnostics.compare import (
@@ -80,6 +81,9 @@ def test_the_lr_curve_draws_the_warmup_the_logged_rows_step_over(tmp_path, budge
             assert curve[r["step"]] == pytest.approx(r["lr"], abs=1e-12)
     if not budget:
         assert curve[39] == pytest.approx(1e-3) and sorted(curve) == list(range(40))
+    resumed = [{**r, "lr": r["lr"] / 2} for r in rows]  # as if a resume had halved --lr
+    lines = plot_lr(resumed, train=settings).axes[0].lines  # the settings no longer give them
+    assert len(lines) == 1 and list(lines[0].get_xdata()) == [r["step"] for r in rows]
 
 
 def test_attention_snapshots_and_samples(probed_run):
@@ -242,6 +246,28 @@ def test_a_comparison_that_failed_before_training_gives_way_to_the_corrected_one
     assert [r["steps"] for r in table] == [3, 3]
     with pytest.raises(MiniGPTError, match="holds a comparison of other variants"):  # begun
         compare({"a": {"text": str(text)}}, tmp_path / "c", common=common, progress=False)
+
+
+def test_a_variant_that_failed_at_its_first_step_is_trained_by_the_next_command(tmp_path,
+                                                                                monkeypatch):
+    """Its folder made, no checkpoint (a step-0 out-of-memory, a kill): the same command, or
+    a corrected one, trains it (it was refused: 'exists, and no comparison there trained it')."""
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be, that is the question\n" * 80)
+    common = {"text": str(text), **TINY, "steps": 3, "eval_every": 3}
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("out of memory")
+
+    monkeypatch.setattr(minigpt.trainer, "train_step", out_of_memory)
+    with pytest.raises(MiniGPTError):
+        compare({"a": {}, "b": {"lr": 0.1}}, tmp_path / "c", common=common, progress=False)
+    begun = tmp_path / "c" / "0-a"
+    assert begun.is_dir() and not (begun / "checkpoints").exists()
+    monkeypatch.undo()
+    table = compare({"a": {"batch_size": 4}, "b": {"lr": 0.1}}, tmp_path / "c", common=common,
+                    progress=False)  # corrected: a smaller batch
+    assert [r["steps"] for r in table] == [3, 3]
 
 
 def test_compare_starts_from_the_same_weights_and_tables_the_time_to_each_target(tmp_path):

@@ -684,6 +684,8 @@ def run_command(argv: list[str] | None) -> int:
             raise MiniGPTError(f"only train runs under torchrun; run minigpt {args.command} "
                                f"as one process")
         for key in ("out", "run", "resume", "config", "text", "preset"):
+            if key == "text" and args.command == "attention":  # (a text to read, not a path)
+                continue
             if isinstance(value := getattr(args, key, None), str) and not value.strip():
                 raise MiniGPTError(f"--{key} is empty (an unset shell variable?): give it a "
                                    f"value, or leave it out")

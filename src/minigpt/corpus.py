@@ -107,9 +107,11 @@ def find_sources(sources: str, exclude: Path | None = None) -> list[Path]:
         parts = path.parts  # the pattern below the folder its first wildcard is in
         fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
         root = Path(*parts[:fixed]) if fixed else Path()
-        below = parts[fixed:] + (("*",) if parts[-1] == "**" else ())  # (as glob's 'books/**')
+        below = tuple(part if part == "**" else part.replace("**", "*")  # ('**.txt': '*.txt'
+                      for part in parts[fixed:])  # as glob's; Path.glob refuses it)
+        below += ("*",) if below and below[-1] == "**" else ()  # (as glob's 'books/**')
         files = visible_files(root, root.glob(str(Path(*below))) if below else [],
-                              hidden=any(part.startswith(".") for part in below))
+                              hidden=any(is_hidden(part) for part in below))
     if exclude is not None:
         kept = [p for p in files if not p.resolve().is_relative_to(exclude.resolve())]
         if files and not kept:
@@ -125,8 +127,8 @@ def find_sources(sources: str, exclude: Path | None = None) -> list[Path]:
         once.setdefault(p.resolve(), p)
     if len(once) < len(files):
         logging.getLogger("minigpt").warning(
-            f"{len(files) - len(once)} of the files {sources!r} names are links to others among "
-            f"them: each file is read once")
+            f"{len(files) - len(once)} of the files {sources!r} names are files named before, "
+            f"reached again (through a link, or '..'): each file is read once")
     return sorted(once.values())
 
 
@@ -134,7 +136,11 @@ def visible_files(root: Path, found: Iterable[Path], hidden: bool = False) -> li
     """The files among `found` (paths under root) with no hidden part below root, unless
     `hidden` (a pattern that names one)."""
     return [p for p in found if p.is_file() and (hidden or not any(
-        part.startswith(".") for part in p.relative_to(root).parts))]
+        is_hidden(part) for part in p.relative_to(root).parts))]
+
+
+def is_hidden(name: str) -> bool:
+    return name.startswith(".") and name not in (".", "..")
 
 
 def file_stamps(files: list[Path]) -> list[list]:

@@ -366,8 +366,8 @@ def restore(run: Run, tag: str = "last") -> list[str]:
             part.load_state_dict(ckpt.meta["parts"][name])
     t = run.cfg.train
     if not t.time_budget and t.steps < run.state.step:  # (its config.json would say so)
-        raise MiniGPTError(f"the run is at step {run.state.step:,}: --steps {t.steps:,} ends "
-                           f"before it; give more steps to train on, or leave --steps out")
+        raise MiniGPTError(f"the run is at step {run.state.step:,}, past --steps {t.steps:,}: "
+                           f"give a larger --steps to train on")
     saved = {"train": ckpt.meta["train"], **ckpt.meta.get("extra", {})}
     now = {"train": vars(t), **{k: vars(v) for k, v in run.cfg.extra.items()}}
     return [f"{key} {was!r} -> {now[sec][key]!r}" for sec, values in saved.items()

@@ -120,8 +120,8 @@ def grad_stats(model: torch.nn.Module, before: dict[str, torch.Tensor] | None = 
 @torch.no_grad()
 def _measure(p: torch.Tensor, grad: torch.Tensor | None,
              w_before: torch.Tensor | None) -> torch.Tensor:
-    """(8,) mean|g|, std g, ||g||, ||w||, all-zero, all-finite, ||w - w_before||, ||w_before||;
-    the last two are NaN without a snapshot."""
+    """(8,) mean|g|, std g, ||g||, ||w||, all-zero, g and w all finite, ||w - w_before||,
+    ||w_before||; the last two are NaN without a snapshot."""
     norm = torch.linalg.vector_norm
     w = p.detach().float()
     g = torch.zeros_like(w) if grad is None else grad.detach().float()  # None: dead
@@ -131,7 +131,8 @@ def _measure(p: torch.Tensor, grad: torch.Tensor | None,
         w0 = w_before.detach().float().to(p.device)
         dw = [norm(w - w0), norm(w0)]
     return torch.stack([g.abs().mean(), g.std(correction=0), norm(g), norm(w),
-                        (g == 0).all().float(), torch.isfinite(g).all().float(), *dw])
+                        (g == 0).all().float(),
+                        (torch.isfinite(g).all() & torch.isfinite(w).all()).float(), *dw])
 
 
 def _param_stats(name: str, p: torch.Tensor, v: list[float], vanish: float, explode: float,
@@ -139,9 +140,8 @@ def _param_stats(name: str, p: torch.Tensor, v: list[float], vanish: float, expl
     """At most one flag, the first that applies: nonfinite, dead, vanishing, exploding."""
     mean_abs, std, norm, w_norm, all_zero, finite, d_norm, b_norm = v
     ratio = d_norm / b_norm if b_norm > 0 else None  # NaN without a snapshot: None
-    if finite != 1 or not math.isfinite(w_norm) or (ratio is not None
-                                                    and not math.isfinite(ratio)):
-        flags = ["nonfinite"]  # (of the gradient, or of the weights the step left)
+    if finite != 1:  # (an element of the gradient, or of the weights the step left)
+        flags = ["nonfinite"]
     elif all_zero == 1 and not exempt:
         flags = ["dead"]
     elif norm < vanish and not exempt:

@@ -112,12 +112,15 @@ def annotate(ax, rows: list[dict], findings: list[Finding]) -> None:
 def plot_lr(rows: list[dict], path: str | Path | None = None, train: TrainConfig | None = None):
     """The learning rate against step: each logged row's (dots) and, given the run's settings
     (`train`), the schedule's rate at every step between them (a row every log_every steps
-    would cut a short warmup's corner), a time-budget run's seconds interpolated from the rows."""
+    would cut a short warmup's corner), a time-budget run's seconds interpolated from the rows.
+    Rows the settings do not give (a resume changed them) are drawn alone, joined."""
     import numpy
 
     fig, ax = _axes(7.0, 3.0)
     steps, lrs = [r["step"] for r in rows], [r["lr"] for r in rows]
-    if train is None:
+    if train is not None and any(abs(schedule_lr(train, r["step"], r["time_s"]) - r["lr"])
+                                 > 0.05 * max(lrs) for r in rows):
+        train = None  # settings changed at a resume: the rows alone say what each part had
         ax.plot(steps, lrs, lw=1.5)
     else:
         first, last = steps[0], steps[-1]
