@@ -555,7 +555,8 @@ def test_a_second_process_in_a_run_folder_is_refused_and_a_crash_frees_it(small_
     assert new.returncode == 2 and ("in use" in new.stderr or "already holds" in new.stderr)
     first.kill()  # SIGKILL: no clean-up; the lock goes with the process
     first.wait()
-    resumed = run_cli("train", "--resume", str(run), "--steps", "60", "--no-progress")
+    at = load_checkpoint(run / "checkpoints", "last").meta["step"]  # (50 or later)
+    resumed = run_cli("train", "--resume", str(run), "--steps", str(at + 10), "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
 
 
