@@ -68,7 +68,8 @@ def test_links_are_read_once_and_a_loop_of_them_ends(corpus, caplog):
     (src / "z.txt").symlink_to("f0.txt")
     top = [f for f in files if f.parent == src]
     for spec, want in [(src, files), (src / "**" / "*.txt", files), (src / "**", files),
-                       (src / "*.txt", top), (src / "**.txt", top)]:  # ('**.txt': as '*.txt')
+                       (src / "*.txt", top), (src / "**.txt", top),  # ('**.txt': '*.txt')
+                       (src / "***.txt", top)]:
         with caplog.at_level(logging.WARNING, logger="minigpt"):
             caplog.clear()
             assert find_sources(str(spec)) == want

@@ -81,6 +81,7 @@ def test_the_lr_curve_draws_the_warmup_the_logged_rows_step_over(tmp_path, budge
             assert curve[r["step"]] == pytest.approx(r["lr"], abs=1e-12)
     if not budget:
         assert curve[39] == pytest.approx(1e-3) and sorted(curve) == list(range(40))
+    assert len(plot_lr(rows).axes[0].lines) == 1  # no settings: the rows (the notebook's)
     resumed = [{**r, "lr": r["lr"] / 2} for r in rows]  # as if a resume had halved --lr
     lines = plot_lr(resumed, train=settings).axes[0].lines  # the settings no longer give them
     assert len(lines) == 1 and list(lines[0].get_xdata()) == [r["step"] for r in rows]
@@ -265,6 +266,10 @@ def test_a_variant_that_failed_at_its_first_step_is_trained_by_the_next_command(
     begun = tmp_path / "c" / "0-a"
     assert begun.is_dir() and not (begun / "checkpoints").exists()
     monkeypatch.undo()
+    (tmp_path / "c" / "1-mine").mkdir()
+    (tmp_path / "c" / "1-mine" / "notes.txt").write_text("a user's own")  # not compare's
+    with pytest.raises(MiniGPTError, match="1-mine exists, and no comparison there trained it"):
+        compare({"a": {}, "mine": {}}, tmp_path / "c", common=common, progress=False)
     table = compare({"a": {"batch_size": 4}, "b": {"lr": 0.1}}, tmp_path / "c", common=common,
                     progress=False)  # corrected: a smaller batch
     assert [r["steps"] for r in table] == [3, 3]

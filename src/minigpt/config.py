@@ -159,7 +159,7 @@ class TrainConfig:
 @dataclass
 class DataConfig:
     text: str = opt("", "a UTF-8 text file, or a folder written by minigpt prepare, to train "
-                         "on (empty: TinyShakespeare); --data is the same flag",
+                         "on (left out: TinyShakespeare); --data is the same flag",
                     alias="--data")
     tokenizer: str = opt("char", "char (one token per character) or bpe (byte-level BPE "
                                   "trained on the training split; see --vocab-size)",

@@ -48,6 +48,7 @@ import itertools
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -107,8 +108,8 @@ def find_sources(sources: str, exclude: Path | None = None) -> list[Path]:
         parts = path.parts  # the pattern below the folder its first wildcard is in
         fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
         root = Path(*parts[:fixed]) if fixed else Path()
-        below = tuple(part if part == "**" else part.replace("**", "*")  # ('**.txt': '*.txt'
-                      for part in parts[fixed:])  # as glob's; Path.glob refuses it)
+        below = tuple(part if part == "**" else re.sub(r"\*{2,}", "*", part)  # ('**.txt':
+                      for part in parts[fixed:])  # '*.txt', as glob's; Path.glob refuses it)
         below += ("*",) if below and below[-1] == "**" else ()  # (as glob's 'books/**')
         files = visible_files(root, root.glob(str(Path(*below))) if below else [],
                               hidden=any(is_hidden(part) for part in below))

@@ -172,21 +172,19 @@ def claim(out_dir: Path, settings: dict, folders) -> None:
     path = out_dir / "variants.json"
     if (what := folder_holds(out_dir)) not in (None, "a comparison"):
         raise MiniGPTError(f"{out_dir} holds {what}; choose another --out")
-    if path.is_file():
-        if json.loads(path.read_text(encoding="utf-8")) == settings:
-            return  # the same comparison: it continues
-        if any(p.is_dir() and folder_holds(p) for p in out_dir.iterdir()):  # a checkpoint
-            raise MiniGPTError(f"{out_dir} holds a comparison of other variants or settings; "
-                               f"choose another --out, or run that comparison's command to "
-                               f"continue it")
-        atomic_write_text(path, json.dumps(settings, indent=1) + "\n")  # none trained: the
-        # corrected command takes its place (a variant stopped before its first checkpoint
-        # starts again as a new run)
-    elif taken := [folder for folder in folders if folder.exists()]:
+    if path.is_file() and json.loads(path.read_text(encoding="utf-8")) == settings:
+        return  # the same comparison: it continues
+    if path.is_file() and any(p.is_dir() and folder_holds(p) for p in out_dir.iterdir()):
+        raise MiniGPTError(f"{out_dir} holds a comparison of other variants or settings, some "
+                           f"trained; choose another --out, or run that comparison's command "
+                           f"to continue it")
+    # a new comparison, or one that failed before any checkpoint (the corrected command takes
+    # its place): a variant's folder may be one it began (a run's config.json), no other
+    if taken := [f for f in folders if f.exists() and not (path.is_file()
+                                                            and (f / "config.json").is_file())]:
         raise MiniGPTError(f"{taken[0]} exists, and no comparison there trained it; choose "
                            f"another --out")
-    else:
-        atomic_write_text(path, json.dumps(settings, indent=1) + "\n")
+    atomic_write_text(path, json.dumps(settings, indent=1) + "\n")
 
 
 def format_table(table: list[dict]) -> str:

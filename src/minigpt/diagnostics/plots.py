@@ -118,10 +118,8 @@ def plot_lr(rows: list[dict], path: str | Path | None = None, train: TrainConfig
 
     fig, ax = _axes(7.0, 3.0)
     steps, lrs = [r["step"] for r in rows], [r["lr"] for r in rows]
-    if train is not None and any(abs(schedule_lr(train, r["step"], r["time_s"]) - r["lr"])
-                                 > 0.05 * max(lrs) for r in rows):
-        train = None  # settings changed at a resume: the rows alone say what each part had
-        ax.plot(steps, lrs, lw=1.5)
+    if train is None or not follows(train, rows):  # (a resume changed the settings: the rows
+        ax.plot(steps, lrs, lw=1.5)  # alone say what each part had)
     else:
         first, last = steps[0], steps[-1]
         every = sorted({*range(first, last + 1, max(1, (last - first) // 5000)), *steps,
@@ -134,6 +132,18 @@ def plot_lr(rows: list[dict], path: str | Path | None = None, train: TrainConfig
     ax.set(xlabel="step", ylabel="learning rate", title="learning-rate schedule")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     return save_png(fig, path)
+
+
+def follows(train: TrainConfig, rows: list[dict]) -> bool:
+    """Whether every row's rate is the schedule's under these settings: a rate is taken as its
+    step begins, a row's seconds read as it ends, so under a time budget it lies between the
+    schedule at the last row's seconds and at its own."""
+    slack = 0.01 * max(max(r["lr"] for r in rows), 1e-12)
+    for r, before in zip(rows, [0.0, *(r["time_s"] for r in rows)], strict=False):
+        rates = [schedule_lr(train, r["step"], t) for t in (before, r["time_s"])]
+        if not min(rates) - slack <= r["lr"] <= max(rates) + slack:
+            return False
+    return True
 
 
 def run_train_config(run_dir: Path) -> TrainConfig | None:
