@@ -195,6 +195,7 @@ BAD_INPUT = [
     (["train", "--n-embd", "30", "--n-head", "4"], "divisible"),
     (["train", "--steps", "0"], "'steps' must be positive"),
     (["train", "--steps", "-5"], "'steps' must be positive"),
+    (["train", "--steps", str(10**20)], "'steps' must be below 2**63"),
     (["train", "--batch-size", "-1"], "'batch_size' must be positive"),
     (["train", "--block-size", "0"], "'block_size' must be positive"),
     (["train", "--lr", "0"], "'lr' must be positive"),
@@ -278,8 +279,11 @@ BAD_INPUT = [
     (["plan", "--tokens", "1e6", "--device", "cuda"], "plan times its steps on this machine's"),
     (["plan", "--tokens", "1e6", "--n-layer", "3"], "--n-layer belongs to other commands"),
     (["plan", "--tokens", "1e6", "--lr", "1e-3"], "--lr belongs to other commands"),
-    (["plan", "--tokens", "nan"], "--tokens must be a number of tokens such as 1e9, got nan"),
-    (["plan", "--tokens", "inf"], "--tokens must be a number of tokens such as 1e9, got inf"),
+    (["plan", "--tokens", "nan"], "--tokens must be a number of tokens from 1 to 1e15, such "
+                                  "as 1e9, got nan"),
+    (["plan", "--tokens", "inf"], "got inf"),
+    (["plan", "--tokens", "0.4"], "got 0.4"),  # (it planned 0 tokens)
+    (["plan", "--tokens", "1e300"], "got 1e+300"),  # (300-digit ETAs)
 ]
 
 

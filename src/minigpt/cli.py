@@ -571,8 +571,9 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
     cfg = resolve_config(args.preset or "seed", args.config, settings_given(args), SECTIONS)
     seconds = cfg.train.time_budget
-    if not 0 <= args.tokens < float("inf"):  # (NaN fails this too)
-        raise MiniGPTError(f"--tokens must be a number of tokens such as 1e9, got {args.tokens:g}")
+    if not (args.tokens == 0 or 1 <= args.tokens <= 1e15):  # (NaN fails this too)
+        raise MiniGPTError(f"--tokens must be a number of tokens from 1 to 1e15, such as 1e9, "
+                           f"got {args.tokens:g}")
     if args.tokens == 0 and seconds <= 0:
         raise MiniGPTError("plan needs a budget: --tokens N (e.g. 1e9), --time-budget "
                            "DURATION (e.g. 8h), or both")

@@ -396,6 +396,8 @@ def validate(cfg: RunConfig) -> None:
         if not 0 <= getattr(t, key) < 1:
             raise MiniGPTError(f"'{key}' must be in [0, 1), got {getattr(t, key)}")
     check_seed(t.seed, "'seed'")
+    if t.steps >= 2**63:  # (a step counter, and a TOML file, hold 64 bits)
+        raise MiniGPTError(f"'steps' must be below 2**63, got {t.steps}")
     if t.grad_accum > MAX_GRAD_ACCUM:  # (a batch stream, and its generator, each)
         raise MiniGPTError(f"'grad_accum' must be at most {MAX_GRAD_ACCUM:,} micro-batches a "
                            f"step, got {t.grad_accum:,}")
