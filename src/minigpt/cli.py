@@ -439,9 +439,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     from minigpt.diagnostics.report import write_report
     from minigpt.files import folder_holds
 
-    if args.out and Path(args.out).suffix.lower() not in (".html", ".htm"):  # (notes.txt)
-        raise MiniGPTError(f"--out {args.out}: report writes a web page; give a path ending in "
-                           f".html")
+    if args.out:
+        check_out_suffix(args.out, (".html", ".htm"), "report writes a web page")
     if folder_holds(args.run) == "a comparison":
         raise MiniGPTError(f"{args.run} holds a comparison (its compare.png and compare.json): "
                            f"report each variant's folder, such as "
@@ -455,6 +454,12 @@ def cmd_report(args: argparse.Namespace) -> None:
     path = write_report(args.run, args.out, findings)
     print(format_reading(findings))
     print(f"wrote {path}")
+
+
+def check_out_suffix(out: str, suffixes: tuple[str, ...], writes: str) -> None:
+    """Refuse an --out of another kind of file (it would be replaced: notes.txt, or x.jpg)."""
+    if Path(out).suffix.lower() not in suffixes:
+        raise MiniGPTError(f"--out {out}: {writes}; give a path ending in {suffixes[0]}")
 
 
 def cmd_gradflow(args: argparse.Namespace) -> None:
@@ -492,8 +497,7 @@ def cmd_attention(args: argparse.Namespace) -> None:
     from minigpt.environment import resolve_device
 
     out = args.out or f"{args.run}/attention.png"
-    if Path(out).suffix.lower() != ".png":  # (it wrote PNG bytes over notes.txt, or as .jpg)
-        raise MiniGPTError(f"--out {out}: attention writes a PNG; give a path ending in .png")
+    check_out_suffix(out, (".png",), "attention writes a PNG")
     device = resolve_device(args.device)
     model, tok, meta = load_model(args.run, args.checkpoint, device)
     if args.text is None:  # the text the run's attention probe reads

@@ -172,16 +172,17 @@ def claim(out_dir: Path, settings: dict, folders) -> None:
     path = out_dir / "variants.json"
     if (what := folder_holds(out_dir)) not in (None, "a comparison"):
         raise MiniGPTError(f"{out_dir} holds {what}; choose another --out")
-    if path.is_file() and json.loads(path.read_text(encoding="utf-8")) == settings:
+    earlier = path.is_file()  # a comparison was begun here
+    if earlier and json.loads(path.read_text(encoding="utf-8")) == settings:
         return  # the same comparison: it continues
-    if path.is_file() and any(p.is_dir() and folder_holds(p) for p in out_dir.iterdir()):
+    if earlier and any(p.is_dir() and folder_holds(p) for p in out_dir.iterdir()):
         raise MiniGPTError(f"{out_dir} holds a comparison of other variants or settings, some "
                            f"trained; choose another --out, or run that comparison's command "
                            f"to continue it")
     # a new comparison, or one that failed before any checkpoint (the corrected command takes
     # its place): a variant's folder may be one it began (a run's config.json), no other
-    if taken := [f for f in folders if f.exists() and not (path.is_file()
-                                                            and (f / "config.json").is_file())]:
+    if taken := [f for f in folders
+                 if f.exists() and not (earlier and (f / "config.json").is_file())]:
         raise MiniGPTError(f"{taken[0]} exists, and no comparison there trained it; choose "
                            f"another --out")
     atomic_write_text(path, json.dumps(settings, indent=1) + "\n")

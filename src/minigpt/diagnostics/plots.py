@@ -10,10 +10,9 @@ backend), so importing this module is free and nothing leaks.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from minigpt.config import SECTIONS, RunConfig, TrainConfig, apply_overrides
+from minigpt.config import SECTIONS, RunConfig, TrainConfig, apply_overrides, read_config_file
 from minigpt.diagnostics.reading import Finding, read_curve, run_facts, train_points
 from minigpt.errors import MiniGPTError
 from minigpt.files import atomic_path, printable, read_jsonl
@@ -150,9 +149,8 @@ def run_train_config(run_dir: Path) -> TrainConfig | None:
     """The training settings of the run in run_dir, from its config.json (None: unreadable)."""
     cfg = RunConfig.with_sections(SECTIONS)
     try:
-        saved = json.loads((run_dir / "config.json").read_text())["config"]["train"]
-        apply_overrides(cfg, {"train": saved})
-    except (OSError, ValueError, KeyError, TypeError, MiniGPTError):
+        apply_overrides(cfg, {"train": read_config_file(run_dir / "config.json")["train"]})
+    except (KeyError, MiniGPTError):
         return None
     return cfg.train
 
