@@ -81,6 +81,8 @@ MISTAKES = [  # (a call, what the error says); m: a small MiniGPT, idx: (1, 3) t
                                                            "finite), got None"),
     (lambda m, idx: lr_at(-5, lr=1e-2, total_steps=100),
      "lr_at takes a step >= 0 of total_steps >= 1"),
+    (lambda m, idx: lr_at(-1, lr=1e-2, total_steps=100, schedule="constant"),
+     "lr_at takes a step >= 0 of total_steps >= 1, got step -1 of 100"),
     (lambda m, idx: lr_at(0, lr=1e-2, total_steps=0, schedule="cosine-annealing"),
      "lr_at takes a step >= 0 of total_steps >= 1, got step 0 of 0"),
 ]

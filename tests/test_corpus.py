@@ -30,7 +30,7 @@ from minigpt.corpus import (
     tokens_done,
 )
 from minigpt.evaluate import split_loss
-from minigpt.records import Records
+from minigpt.records import Records, local_files
 
 WORDS = ["the", "king", "queen", "ünïcode", "😀", "e\u0301", "  ", "\t", "'s", "1984", "中文"]
 
@@ -373,6 +373,15 @@ def test_cli_prepares_a_dataset_folder(hf, corpus, tmp_path, capsys):
     assert main(["prepare", "--text", str(tmp_path / "joined.txt"), "--out",
                  str(tmp_path / "txt"), *flags]) == 0
     assert np.array_equal(all_tokens(tmp_path / "ds")[0], all_tokens(tmp_path / "txt")[0])
+
+
+def test_an_empty_data_file_beside_others_is_read_and_a_hub_dataset_named_with_its_config(
+        tmp_path):
+    (tmp_path / "a.jsonl").write_text("")
+    (tmp_path / "b.jsonl").write_text('{"text": "a"}\n')
+    assert local_files(str(tmp_path)) == [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+    label = Records("someone/stories", config="en", split="validation").label()
+    assert "'someone/stories'" in label and "validation" in label and "config en" in label
 
 
 def test_without_the_datasets_package_dataset_says_how_to_install_it(tmp_path, monkeypatch):

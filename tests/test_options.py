@@ -489,6 +489,39 @@ def test_orthogonalising_pulls_singular_values_towards_one_polar_express_closer(
     torch.testing.assert_close(d, torch.diag(torch.diagonal(d)), atol=1e-3, rtol=0)
 
 
+def test_a_polar_express_step_is_its_formula_after_the_safety_scaling():
+    """X = G / (1.02 |G|), then X <- aX + b(XX^T)X + c(XX^T)^2 X for each (a, b, c); a Muon step
+    (no momentum, no decay) moves the weights by -lr 0.2 sqrt(max(m, n)) X."""
+    torch.manual_seed(0)
+    g = torch.randn(16, 32, dtype=torch.float64)
+    x = g / (1.02 * g.norm())
+    for a, b, c in POLAR_EXPRESS:
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    x = x.float()
+    torch.testing.assert_close(orthogonalise(g.float(), POLAR_EXPRESS, torch.float32, 1e-7, 1.02),
+                               x, atol=1e-5, rtol=1e-4)
+    p = torch.nn.Parameter(torch.zeros(16, 32))
+    p.grad = g.float()
+    Muon([p], lr=0.01, weight_decay=0.0, momentum=0.0, polar_express=True).step()
+    torch.testing.assert_close(p.detach(), -0.01 * 0.2 * math.sqrt(32) * x, atol=1e-6, rtol=1e-4)
+
+
+def test_a_copy_of_a_muon_steps_as_it_does_and_a_matrix_without_gradient_stays():
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(8, 16)) for _ in range(3)]
+    opt = Muon(params, lr=0.01, weight_decay=0.1, momentum=0.9, polar_express=True,
+               normuon=True)
+    twin, still = copy.deepcopy({"params": params, "opt": opt}), params[2].detach().clone()
+    for mine, copied in zip(params[:2], twin["params"], strict=False):  # params[2]: no gradient
+        mine.grad = torch.randn(8, 16)
+        copied.grad = mine.grad.clone()
+    opt.step()
+    twin["opt"].step()
+    assert all(torch.equal(p, q) for p, q in zip(params, twin["params"], strict=True))
+    assert torch.equal(params[2], still) and params[2] not in opt.state
+
+
 def test_normuon_evens_out_the_neurons_and_keeps_the_updates_norm():
     torch.manual_seed(0)
     opt = Muon([torch.nn.Parameter(torch.zeros(8, 32))], lr=0.01, weight_decay=0.0,

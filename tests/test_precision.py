@@ -3,6 +3,8 @@ in float32 under a CPU's bf16 autocast, and a run whose probe chose bf16 resumin
 
 import json
 import platform
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,6 +38,7 @@ def no_probe(*args):
     (NO_BF16, None, torch.float32),  # AVX2: bf16 matmuls emulated, the step is not timed
     (BF16, {"fp32_step_s": 0.110, "bf16_step_s": 0.080}, torch.bfloat16),
     (BF16, {"fp32_step_s": 0.110, "bf16_step_s": 0.106}, torch.float32),  # < 5 % faster
+    (BF16, {"fp32_step_s": 1.0, "bf16_step_s": 0.95}, torch.bfloat16),  # 5 % faster exactly
     (BF16, {"fp32_step_s": 0.110, "bf16_step_s": 0.250}, torch.float32),  # plain autocast's loss
 ])
 def test_the_probe_picks_bf16_only_where_the_step_is_faster(monkeypatch, tmp_path, matmuls,
@@ -87,6 +90,48 @@ def test_a_named_dtype_is_not_probed(monkeypatch):
     assert precision.choose_dtype("float32", CPU, model) == (torch.float32, "as asked")
     with pytest.raises(MiniGPTError, match="unknown dtype 'float8'"):
         precision.choose_dtype("float8", CPU, model)
+
+
+def test_auto_off_a_cpu_is_not_probed(monkeypatch):
+    """A GPU: bf16 where it supports it; MPS: float32."""
+    monkeypatch.setattr(precision, "matmul_rates", no_probe)
+    model = MiniGPT(65, n_layer=1, n_embd=32, n_head=2, block_size=16)
+    for supported, expected in [(True, torch.bfloat16), (False, torch.float32)]:
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, s=supported, **k: s)
+        assert precision.choose_dtype("auto", torch.device("cuda"), model)[0] == expected
+    assert precision.choose_dtype("auto", torch.device("mps"), model)[0] == torch.float32
+
+
+def test_the_timed_step_leaves_the_model_and_the_random_state_as_they_were():
+    """step_seconds, which the real probe reaches only on a CPU with native bf16, on a model whose
+    dropout draws from the global random state."""
+    model = MiniGPT(65, n_layer=1, n_embd=16, n_head=2, block_size=8, dropout=0.5)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    for dtype in (torch.float32, torch.bfloat16):
+        assert 0 < precision.step_seconds(model, 1, dtype, repeats=1) < 60
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+@pytest.mark.parametrize("option", [dict(n_layer=2), dict(n_head=4), dict(mlp="swiglu"),
+                                    dict(pos="rope"), dict(block_size=8)])
+def test_the_cached_step_times_tell_apart_each_shape_they_depend_on(option):
+    base = dict(n_layer=1, n_embd=32, n_head=2, block_size=16)
+    small = precision.shape_key(MiniGPT(65, **base), 4)
+    assert precision.shape_key(MiniGPT(65, **{**base, **option}), 4) != small
+    assert precision.shape_key(MiniGPT(66, **base), 4) != small
+
+
+def test_the_machine_is_keyed_by_its_cpus_model_name():
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text() if cpuinfo.exists() else ""
+    names = re.findall(r"^model name\s*:\s*(.*?)\s*$", text, re.MULTILINE)
+    if not names:
+        pytest.skip("no model name in /proc/cpuinfo")
+    assert precision.cpu_name() == names[0]
+    assert precision.machine_key().startswith(names[0] + " | torch ")
 
 
 def test_the_real_probe_never_chooses_bf16_where_it_is_slower(tmp_path):

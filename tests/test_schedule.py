@@ -83,3 +83,14 @@ def test_a_size_grows_from_its_start_in_steps_of_it(progress, expected):
 def test_a_size_without_a_schedule_is_full():
     assert size_at(0.0, start=0, full=32, ramp=0.3) == 32  # no start
     assert size_at(0.0, start=8, full=32, ramp=0.0) == 32  # no ramp
+
+
+@pytest.mark.parametrize("total", [10, 11])  # no decay step left after the warmup
+def test_a_run_no_longer_than_its_warmup_stays_at_the_peak(total):
+    for step in (10, 15):
+        assert lr_at(step, lr=1.0, min_lr=0.1, warmup_steps=10, total_steps=total) == 1.0
+
+
+def test_a_size_is_full_when_the_ramp_ends_even_off_the_multiples_of_its_start():
+    assert size_at(0.5, start=3, full=32, ramp=0.5) == 32  # 30 is the last multiple of 3 below
+    assert size_at(0.49, start=3, full=32, ramp=0.5) <= 30

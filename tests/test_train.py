@@ -27,8 +27,8 @@ from minigpt import (
 from minigpt.data import Batches, Splits, load_corpus
 from minigpt.diagnostics.probes import Probe
 from minigpt.diagnostics.reading import read_run
-from minigpt.evaluate import estimate_loss
-from minigpt.step import MicroSteps, clip_gradients, train_step
+from minigpt.evaluate import estimate_loss, evaluating, target_bytes
+from minigpt.step import MicroSteps, clip_gradients, timed_steps, train_step
 
 
 def metrics(run_dir):
@@ -74,6 +74,22 @@ def test_a_step_is_the_lessons_steps_by_autograd():
                                    rtol=1e-4, atol=1e-7)
 
 
+def test_timed_steps_times_each_step_after_one_to_warm_up():
+    """As many times as steps asked, and one step more taken: the weights of steps + 1 plain
+    train_steps on a twin."""
+    model = MiniGPT(20, n_embd=16, n_layer=1, n_head=2, block_size=8)
+    twin = copy.deepcopy(model)
+    splits = Splits.from_tokens(np.random.default_rng(0).integers(0, 20, 400).astype(np.uint16))
+    batches, replay = (Batches(splits, 4, 8, seed=1) for _ in range(2))
+    times = timed_steps(model, torch.optim.SGD(model.parameters(), lr=0.1), batches, 3)
+    optimizer = torch.optim.SGD(twin.parameters(), lr=0.1)
+    for _ in range(4):
+        train_step(twin, optimizer, replay)
+    assert len(times) == 3 and all(t > 0 for t in times)
+    pairs = zip(model.parameters(), twin.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+
+
 def test_weight_decay_only_on_matrices():
     model = MiniGPT(20, n_embd=16, n_layer=1, n_head=2, block_size=8)
     opt = make_optimizer(model, resolve_config().train)
@@ -86,6 +102,13 @@ def test_weight_decay_only_on_matrices():
     assert [g["betas"] for g in make_optimizer(model, t).param_groups] == [(0.8, 0.95)] * 2
     sgd = make_optimizer(model, resolve_config(overrides={"optimizer": "sgd"}).train)
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9
+
+
+def test_adamw_is_fused_on_a_cpu():  # (the device-side skip of non-finite steps needs it)
+    model = MiniGPT(20, n_embd=16, n_layer=1, n_head=2, block_size=8)
+    assert make_optimizer(model, resolve_config().train).defaults["fused"] is True
+    muon = make_optimizer(model, resolve_config(overrides={"optimizer": "muon"}).train)
+    assert muon.parts[1].defaults["fused"] is True
 
 
 def test_early_stopping_counts_evaluations_without_improvement():
@@ -115,6 +138,23 @@ def test_the_estimate_is_the_mean_over_its_batches():
         losses = [model.eval()(*replay.get_batch("val"))[1].item() for _ in range(5)]
     assert estimate_loss(model.train(), batches, "val", 5) == pytest.approx(np.mean(losses))
     assert model.training  # (given back as it came)
+
+
+def test_evaluating_gives_the_model_back_in_its_mode_and_builds_no_graph():
+    model = MiniGPT(11, n_embd=16, n_layer=1, n_head=2, block_size=8, dropout=0.5)
+    for training in (True, False):
+        model.train(training)
+        with evaluating(model):
+            assert not model.training
+            assert not model(torch.zeros(1, 8, dtype=torch.long))[0].requires_grad
+        assert model.training is training
+
+
+def test_target_bytes_read_in_chunks_count_every_target_once():
+    data = np.random.default_rng(0).integers(0, 11, 100).astype(np.uint16)
+    lengths = np.arange(1, 12)  # token i stands for i + 1 bytes
+    expected = int(lengths[data[1:]].sum())
+    assert [target_bytes(data, lengths, chunk) for chunk in (1, 7, 99, 1000)] == [expected] * 4
 
 
 def test_run_folder_contents_targets_and_checkpoint(small_text, tmp_path):
@@ -278,6 +318,62 @@ def test_a_resumed_run_reports_the_speed_of_the_whole_run(small_text, tmp_path, 
         tokens, seconds = steps * 8 * 32, result.summary["train_s"]  # (rounded to 0.01 s)
         assert tokens / (seconds + 0.005) - 1 <= result.summary["tokens_per_s"] <= \
             tokens / (seconds - 0.005) + 1
+
+
+def test_the_clock_counts_only_the_seconds_it_runs(monkeypatch):
+    """At a timer moved by hand: starting a running clock, a pause and a stop lose no second and
+    add none; catching up moves it forward only; a saved clock comes back stopped."""
+    from types import SimpleNamespace
+
+    from minigpt import clock as clock_module
+
+    now = SimpleNamespace(s=100.0)
+    monkeypatch.setattr(clock_module, "time", SimpleNamespace(perf_counter=lambda: now.s))
+    clock = clock_module.Clock(5.0).start()
+    now.s += 2
+    clock.start()  # already running: nothing restarts
+    now.s += 1
+    assert clock.seconds() == 8.0
+    with clock.paused():
+        now.s += 10
+        assert clock.seconds() == 8.0
+    now.s += 1
+    assert clock.seconds() == 9.0  # running again
+    clock.catch_up(7.0)  # behind it: no change
+    assert clock.seconds() == 9.0
+    clock.catch_up(12.0)
+    now.s += 1
+    assert clock.seconds() == 13.0
+    state = clock.state_dict()
+    assert state == {"seconds": 13.0}
+    clock.stop()
+    with clock.paused():
+        pass
+    now.s += 4
+    assert clock.seconds() == 13.0  # stopped, and still stopped after a pause
+
+    resumed = clock_module.Clock().start()
+    resumed.load_state_dict(state)
+    now.s += 3
+    assert resumed.seconds() == 13.0
+    resumed.start()
+    now.s += 2
+    assert resumed.seconds() == 15.0
+
+
+def test_speed_reads_since_the_last_reading_and_overall_since_the_count_began():
+    from minigpt.clock import Speed
+
+    fresh = Speed(flops_per_token=6e3, peak_flops=1e9, tokens=0, seconds=0.0)
+    assert fresh.read(1000, 10.0) == {"tokens_per_s": 100, "mfu": round(100 * 6e3 / 1e9, 4)}
+    assert fresh.read(3000, 15.0)["tokens_per_s"] == 2000 / 5
+    assert fresh.overall()["tokens_per_s"] == 3000 / 15
+    resumed = Speed(6e3, 1e9, tokens=5000, seconds=10.0)  # every token counted from the start
+    resumed.read(6000, 20.0)
+    assert resumed.overall()["tokens_per_s"] == 6000 / 20
+    uncounted = Speed(6e3, 1e9, tokens=0, seconds=50.0)  # a checkpoint without a count: from here
+    uncounted.read(1000, 60.0)
+    assert uncounted.overall()["tokens_per_s"] == 1000 / 10
 
 
 def test_an_average_turned_on_at_a_resume_starts_from_the_trained_weights(small_text, tmp_path):
