@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,6 +25,8 @@ from minigpt import (
     split_loss,
     train,
 )
+from minigpt import clock as clock_module
+from minigpt.clock import Speed
 from minigpt.data import Batches, Splits, load_corpus
 from minigpt.diagnostics.probes import Probe
 from minigpt.diagnostics.reading import read_run
@@ -323,10 +326,6 @@ def test_a_resumed_run_reports_the_speed_of_the_whole_run(small_text, tmp_path, 
 def test_the_clock_counts_only_the_seconds_it_runs(monkeypatch):
     """At a timer moved by hand: starting a running clock, a pause and a stop lose no second and
     add none; catching up moves it forward only; a saved clock comes back stopped."""
-    from types import SimpleNamespace
-
-    from minigpt import clock as clock_module
-
     now = SimpleNamespace(s=100.0)
     monkeypatch.setattr(clock_module, "time", SimpleNamespace(perf_counter=lambda: now.s))
     clock = clock_module.Clock(5.0).start()
@@ -362,8 +361,6 @@ def test_the_clock_counts_only_the_seconds_it_runs(monkeypatch):
 
 
 def test_speed_reads_since_the_last_reading_and_overall_since_the_count_began():
-    from minigpt.clock import Speed
-
     fresh = Speed(flops_per_token=6e3, peak_flops=1e9, tokens=0, seconds=0.0)
     assert fresh.read(1000, 10.0) == {"tokens_per_s": 100, "mfu": round(100 * 6e3 / 1e9, 4)}
     assert fresh.read(3000, 15.0)["tokens_per_s"] == 2000 / 5
