@@ -185,6 +185,9 @@ def test_decode_stream_that_ends_mid_character_says_so_as_decode_does():
     (lambda: BPETokenizer.from_dict({"kind": "bpe", "tokenizer": {"model": 1}}),
      "not a valid BPE tokenizer"),
     (lambda: BPETokenizer.from_dict({"kind": "char", "chars": "ab"}), "expected kind 'bpe'"),
+    (lambda: BPETokenizer.from_dict({**trained().to_dict(), "kind": "char"}),
+     "expected kind 'bpe'"),  # a BPE's description under another kind
+    (lambda: BPETokenizer.train("one text, not a list", 300), "texts must be an iterable"),
     (lambda: tokenizer_from_dict({"kind": "wordpiece"}), "unknown tokenizer kind"),
     (lambda: tokenizer_from_dict([]), "unknown tokenizer kind"),
     (lambda: BPETokenizer(Tokenizer(models.BPE())), "not a byte-level BPE"),

@@ -226,6 +226,26 @@ def test_an_existing_folder_or_file_is_refused_and_left_alone(tmp_path, char_tok
         export_hf(model, char_tok, afile)
 
 
+def test_a_tokenizer_of_another_kind_is_refused_in_one_line(tmp_path, char_tok):
+    other = SimpleNamespace(kind="word", vocab_size=char_tok.vocab_size)
+    with pytest.raises(MiniGPTError, match="cannot export a tokenizer of kind 'word'"):
+        export_hf(peaked_model(char_tok.vocab_size), other, tmp_path / "hf")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_transformers_progress_bars_are_left_as_they_were(tmp_path, char_tok, enabled):
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    try:
+        (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+        export_hf(peaked_model(char_tok.vocab_size), char_tok, tmp_path / "hf")
+        assert hf_logging.is_progress_bar_enabled() is enabled
+    finally:
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
+
+
 def test_failure_part_way_leaves_nothing(tmp_path, char_tok, monkeypatch):
     """The model files are written, then writing the tokenizer fails: no out_dir, and the
     staging folder is gone too."""

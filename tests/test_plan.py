@@ -48,6 +48,20 @@ def test_steps_are_timed_until_too_slow_then_estimated(monkeypatch):
     assert shapes[0].tokens_per_s == pytest.approx(32 / shapes[0].step_s)
 
 
+def test_a_shape_is_timed_by_its_fastest_step(monkeypatch):
+    """time_step asks for `steps` timed steps and keeps the fastest (the others: noise)."""
+    asked = []
+
+    def timed_steps(model, optimizer, batches, steps, grad_clip, micro):
+        asked.append(steps)
+        return [0.3, 0.1, 0.2]
+
+    monkeypatch.setattr(planning, "timed_steps", timed_steps)
+    cfg = planning.shaped(resolve_config(overrides=SMALL), 1, 32)
+    assert planning.time_step(cfg, steps=3) == (0.1, torch.float32)
+    assert asked == [3]
+
+
 def untimed_plan(monkeypatch, **overrides):
     """plan() on the real LADDER with the step timer replaced by 1 s a step: nothing is run."""
     monkeypatch.setattr(planning, "time_step", lambda shaped, steps=2: (1.0, torch.float32))
@@ -68,6 +82,19 @@ def test_the_ladders_heads_are_64_channels_each_and_at_least_4(monkeypatch):
     by_hand = {64: 4, 128: 4, 192: 4, 256: 4, 384: 6, 512: 8, 768: 12}
     shapes = untimed_plan(monkeypatch, batch_size=2, block_size=16)
     assert [(s.n_embd, s.n_head) for s in shapes] == [(w, by_hand[w]) for _, w in planning.LADDER]
+
+
+def test_memory_is_estimated_in_the_dtype_the_steps_ran_in(monkeypatch):
+    """A run whose steps ran in bf16 (--dtype auto's probe, say): every shape's memory, the
+    estimated ones' too, is peak_memory's for bf16, which differs from float32's."""
+    monkeypatch.setattr(planning, "time_step", lambda shaped, steps=2: (1.0, torch.bfloat16))
+    cfg = resolve_config(overrides=SMALL)
+    shapes = planning.plan(cfg, resident=1000)
+    assert not all(s.measured for s in shapes)
+    for s, (n_layer, n_embd) in zip(shapes, planning.LADDER, strict=True):
+        c = planning.shaped(cfg, n_layer, n_embd)
+        bf16 = sum(peak_memory(c, 1000, s.params, torch.bfloat16).values())
+        assert s.memory_bytes == bf16 != sum(peak_memory(c, 1000, s.params).values())
 
 
 def shape(params, step_s=1.0):
@@ -118,3 +145,17 @@ def test_the_command_refuses_no_budget_in_one_line():
     assert "plan needs a budget" in r.stderr
     helped = run_cli("plan", "--help").stdout  # (train's help for it spoke of --steps)
     assert "the training time to plan for" in helped and "0: train for --steps" not in helped
+
+
+def test_estimated_steps_are_marked_in_the_table():
+    estimated = planning.Shape(1, 32, 2, 50_000, 0, 2.0, False, 1000)
+    rows = planning.format_plan([shape(10_000), estimated], tokens=1e6).splitlines()[2:4]
+    assert "~" not in rows[0] and "~" in rows[1]
+
+
+def test_durations_read_in_the_largest_unit_there_are_two_of():
+    """format_duration's own examples (3 s, 4.2 min, 3.1 h, 12.5 days), and where a unit
+    starts: at two of it (119 s, then 2.0 min)."""
+    cases = {3: "3 s", 4.2 * 60: "4.2 min", 3.1 * 3600: "3.1 h", 12.5 * 86400: "12.5 days",
+             119: "119 s", 120: "2.0 min", 2 * 3600 - 1: "120.0 min", 2 * 86400: "2.0 days"}
+    assert {s: planning.format_duration(s) for s in cases} == cases

@@ -620,6 +620,49 @@ def test_pruning_keeps_the_newest_steps_past_a_million(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-1000000.json", "step-999999.json"]
 
 
+def tiny_save(folder, step, tags, keep=1, **options):
+    """save_checkpoint of a tiny model at `step`; returns the model."""
+    model = MiniGPT(3, n_embd=8, n_head=1, n_layer=2, block_size=4, **options)
+    meta = {"step": step, "tokenizer": CharTokenizer("abc").to_dict()}
+    ckpt.save_checkpoint(folder, tags, model, torch.optim.AdamW(model.parameters()), meta, {},
+                         keep=keep)
+    return model
+
+
+def test_keep_zero_keeps_only_the_steps_a_tag_names(tmp_path):
+    for step, tags in [(1, ["last", "best"]), (2, ["last"]), (3, ["last"])]:
+        tiny_save(tmp_path, step, tags, keep=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "best.json", "last.json", "step-000001.json", "step-000001.safetensors",
+        "step-000003.json", "step-000003.safetensors"]
+
+
+def test_a_tied_model_at_step_0_is_saved_once_and_fits_only_its_own_shape(tmp_path):
+    """Step 0 is a step (>= 0); a tied lm_head is stored once, as token_emb.weight; and a
+    checkpoint with a block the model lacks is refused, not loaded partly."""
+    model = tiny_save(tmp_path, 0, ["last"], tie_weights=True)
+    saved = load_checkpoint(tmp_path)
+    assert saved.meta["step"] == 0 and "model.lm_head.weight" not in saved.tensors
+    again = MiniGPT(3, n_embd=8, n_head=1, n_layer=2, block_size=4, tie_weights=True)
+    ckpt.restore_model(again, saved)
+    assert again.lm_head.weight is again.token_emb.weight
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
+    shallower = MiniGPT(3, n_embd=8, n_head=1, n_layer=1, block_size=4, tie_weights=True)
+    with pytest.raises(MiniGPTError, match=r"does not fit the model: .*unexpected \['blocks\.1"):
+        ckpt.restore_model(shallower, saved)
+
+
+def test_a_tensor_file_outside_the_checkpoints_folder_is_refused(tmp_path):
+    """The JSON names a file beside it; "../x" is refused even when x is there and matches."""
+    tiny_save(tmp_path / "c", 1, ["last"])
+    meta = json.loads((tmp_path / "c" / "last.json").read_text())
+    (tmp_path / "c" / meta["file"]).rename(tmp_path / "x.safetensors")
+    meta["file"] = "../x.safetensors"
+    (tmp_path / "c" / "last.json").write_text(json.dumps(meta))
+    with pytest.raises(MiniGPTError, match="tensor file must sit beside the JSON"):
+        load_checkpoint(tmp_path / "c")
+
+
 # --- a full disk, for real ------------------------------------------------------------------------
 
 

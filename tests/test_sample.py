@@ -60,9 +60,32 @@ def test_top_p_keeps_the_smallest_nucleus(top_p):
         assert kept.gather(1, tok).all()
 
 
+@pytest.mark.parametrize("top_p, n_kept", [(0.25, 1), (0.5, 2), (0.75, 3), (1.0, 4)])
+def test_top_p_keeps_the_token_that_reaches_it_and_no_more(top_p, n_kept):
+    """Four equally likely tokens, 0.25 each (exact in float32): the nucleus of n / 4 is n
+    tokens, the one that brings the sum to top_p exactly in and the next one out; top_p = 1,
+    the upper end of (0, 1], is accepted and keeps every token."""
+    kept = torch.isfinite(filter_logits(torch.zeros(2, 4), top_p=top_p))
+    assert kept.sum(-1).tolist() == [n_kept, n_kept]
+
+
 def test_temperature_zero_is_greedy():
     logits = torch.randn(5, 20)
     assert torch.equal(sample_next(logits, temperature=0), logits.argmax(-1, keepdim=True))
+
+
+def test_a_temperature_too_small_for_float32_is_greedy():
+    """1e-50 rounds to 0 in float32 (logits / 0: NaN): the temperature is held at 1e-6."""
+    logits = torch.randn(5, 20, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sample_next(logits, temperature=1e-50), logits.argmax(-1, keepdim=True))
+
+
+def test_a_low_temperature_does_not_overflow_half_precision_logits():
+    """90 / 1e-3 is past float16's largest value (65504): the largest logit is shifted to 0
+    before dividing, so the draw is the greedy one rather than a softmax of inf (NaN)."""
+    logits = torch.tensor([[3.0, 90.0, 89.0, -40.0], [-5.0, 0.0, 1.0, 0.5]]).half()
+    drawn = sample_next(logits, 1e-3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(drawn, logits.argmax(-1, keepdim=True))
 
 
 @pytest.mark.parametrize("kw, said", [(dict(temperature=-1), "temperature must be >= 0"),

@@ -73,3 +73,34 @@ def test_empty_text_and_bad_file_are_clear_errors(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(MiniGPTError, match="cannot read tokenizer"):
         CharTokenizer.load(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("chars, said", [("aba", "must not repeat characters"),
+                                         (["a", "bc"], "must be single characters"),
+                                         (["a", ""], "must be single characters")])
+def test_an_alphabet_must_be_distinct_single_characters(chars, said):
+    with pytest.raises(MiniGPTError, match=said):
+        CharTokenizer(chars)
+
+
+@pytest.mark.parametrize("n_unseen", [9, 10, 11, 12])
+def test_ten_unseen_characters_are_named_and_the_rest_counted(n_unseen):
+    unseen = "bcdefghijklmnop"[:n_unseen]
+    with pytest.raises(MiniGPTError) as e:
+        CharTokenizer("a").encode("a" + unseen)
+    said = str(e.value)
+    assert said.startswith(f"text has {n_unseen} character(s) outside the vocabulary: ")
+    assert [c for c in unseen if repr(c) in said] == list(unseen[:10])
+    assert said.endswith(f" and {n_unseen - 10} more" if n_unseen > 10 else repr(unseen[-1]))
+
+
+def test_a_description_without_its_characters_as_text_is_a_clear_error(tmp_path):
+    for bad in ({"kind": "char", "chars": None}, {"kind": "char", "chars": 5}, {"kind": "char"}):
+        with pytest.raises(MiniGPTError, match="not a character tokenizer description"):
+            CharTokenizer.from_dict(bad)
+
+
+def test_a_tokenizer_equals_only_a_tokenizer_of_its_kind_and_alphabet():
+    tok = CharTokenizer("abc")
+    assert tok == CharTokenizer.from_text("cab") and tok != CharTokenizer("abd")
+    assert tok != tok.to_dict() and tok != "abc" and tok != None  # noqa: E711
