@@ -166,6 +166,16 @@ def test_decode_stream_holds_back_split_characters():
     assert "".join(pieces) == "ab😀c" and not any("\ufffd" in p for p in pieces)
 
 
+def test_an_id_outside_the_vocabulary_is_refused_by_decode_and_decode_stream():
+    """As a sample from another run's model would give (decode_stream wrapped -1 around to the
+    last token, and raised a bare KeyError for the character tokenizer)."""
+    for tok in (CharTokenizer.from_text("abc"), trained()):
+        for bad in (-1, tok.vocab_size):
+            for decode in (tok.decode, lambda ids, tok=tok: "".join(tok.decode_stream(ids))):
+                with pytest.raises(MiniGPTError, match=f"id {bad} is outside"):
+                    decode([0, bad])
+
+
 def test_decode_stream_that_ends_mid_character_says_so_as_decode_does():
     """Ids that stop after 0xE6, the first of 日's three UTF-8 bytes: the stream's last piece is
     the U+FFFD that Python's own decoder gives those bytes, as decode's is."""

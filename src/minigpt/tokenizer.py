@@ -187,11 +187,11 @@ class CharTokenizer(_Tokenizer):
         return set(text) <= self.stoi.keys()
 
     def decode(self, ids) -> str:
-        return "".join(self.itos.get(int(i)) or self.unknown(i) for i in ids)
+        return "".join(self.decode_stream(ids))
 
     def decode_stream(self, ids: Iterable[int]) -> Iterator[str]:
         """The text of each token as it comes (one character per token)."""
-        return (self.itos[int(i)] for i in ids)
+        return (self.itos.get(int(i)) or self.unknown(i) for i in ids)
 
     def byte_lengths(self) -> np.ndarray:
         """(V,) the UTF-8 bytes each id stands for: what bits per byte divides by."""
@@ -307,7 +307,7 @@ class BPETokenizer(_Tokenizer):
         character whose bytes are split across tokens waits for its last byte)."""
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         for i in ids:
-            if piece := decoder.decode(self._bytes[int(i)]):
+            if piece := decoder.decode(self.to_bytes((i,))):
                 yield piece
         if tail := decoder.decode(b"", final=True):
             yield tail
