@@ -12,6 +12,7 @@ import torch
 from conftest import run_cli
 from minigpt import MiniGPT, resolve_config
 from minigpt import plan as planning
+from minigpt.errors import MiniGPTError
 from minigpt.model import count_params
 from minigpt.performance import peak_memory, train_flops_per_token
 
@@ -159,3 +160,8 @@ def test_durations_read_in_the_largest_unit_there_are_two_of():
     cases = {3: "3 s", 4.2 * 60: "4.2 min", 3.1 * 3600: "3.1 h", 12.5 * 86400: "12.5 days",
              119: "119 s", 120: "2.0 min", 2 * 3600 - 1: "120.0 min", 2 * 86400: "2.0 days"}
     assert {s: planning.format_duration(s) for s in cases} == cases
+
+
+def test_a_table_without_a_budget_is_a_clear_error():  # (it was min()'s empty-sequence error)
+    with pytest.raises(MiniGPTError, match="a plan needs a budget"):
+        planning.format_plan([shape(10_000)])

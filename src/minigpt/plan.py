@@ -27,6 +27,7 @@ import torch
 from minigpt import performance, precision
 from minigpt.config import RunConfig
 from minigpt.data import cache_dir
+from minigpt.errors import MiniGPTError
 from minigpt.model import MiniGPT, count_params
 from minigpt.optim import make_optimizer
 from minigpt.step import MicroSteps, timed_steps
@@ -118,6 +119,8 @@ def in_budget(s: Shape, seconds: float) -> int:
 def trained_on(s: Shape, tokens: float = 0, seconds: float = 0) -> float:
     """The tokens a shape trains on: those asked for, or those it gets through in `seconds`,
     whichever is fewer."""
+    if not (tokens or seconds):
+        raise MiniGPTError("a plan needs a budget: tokens, seconds or both")
     return min([tokens] * bool(tokens) + [in_budget(s, seconds)] * bool(seconds))
 
 
