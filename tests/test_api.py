@@ -29,6 +29,7 @@ from minigpt import (
     make_optimizer,
     prepare,
     resolve_config,
+    resume_config,
     save_checkpoint,
     stream,
     train,
@@ -112,6 +113,16 @@ def test_load_tokens_reads_a_prepared_folder_as_its_text(small_text, tmp_path):
     tokens, tok = load_tokens(small_text)
     from_folder, folder_tok = load_tokens(tmp_path / "prepared")
     assert folder_tok == tok and np.array_equal(np.asarray(from_folder), np.asarray(tokens))
+
+
+def test_a_run_on_a_relative_text_path_resumes_from_another_folder(small_text, tmp_path,
+                                                                   monkeypatch):
+    monkeypatch.chdir(small_text.parent)  # a notebook's folder, the text named from it
+    train(tiny_config(small_text.name, steps=2, eval_every=2), tmp_path / "run", progress=False)
+    monkeypatch.chdir(tmp_path)  # resumed from elsewhere
+    cfg = resume_config(tmp_path / "run")
+    cfg.train.steps = 4
+    assert train(cfg, tmp_path / "run", resume=True, progress=False).summary["steps"] == 4
 
 
 def test_probes_handed_to_a_second_run_record_it_too(small_text, tmp_path):

@@ -11,6 +11,7 @@ import random
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -49,7 +50,14 @@ from minigpt.cli import main
 from minigpt.diagnostics.compare import compare
 from minigpt.diagnostics.probes import Probe
 from minigpt.errors import Terminated
-from minigpt.files import atomic_folder, atomic_write_text, read_jsonl, sha256_file
+from minigpt.files import (
+    atomic_folder,
+    atomic_path,
+    atomic_write_text,
+    lock_folder,
+    read_jsonl,
+    sha256_file,
+)
 from minigpt.signals import StopSignals
 
 QUIET = [*TINY_FLAGS, "--log-every", "1"]  # a metrics row every step: the oracle sees all
@@ -447,6 +455,32 @@ def test_an_unwritable_folder_names_the_file_asked_for(tmp_path, monkeypatch):
         assert e.value.filename == str(tmp_path / name)  # not the temporary's random name
 
 
+def test_a_failed_write_names_the_file_asked_for_and_leaves_no_temporary(tmp_path):
+    for named in ("temporary", "other"):
+        with pytest.raises(OSError) as e, atomic_path(tmp_path / "a.json") as tmp:
+            other = str(tmp_path / "other")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC),
+                          str(tmp) if named == "temporary" else other)
+        assert e.value.errno == errno.ENOSPC
+        assert e.value.filename == (str(tmp_path / "a.json") if named == "temporary" else other)
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_files_and_folders_written_whole_get_the_usual_permissions(tmp_path):
+    """(mkstemp makes a file 0600, mkdtemp a folder 0700: renamed as they are, another user
+    could not read a run.) The oracle: what the process's umask gives a file made plainly."""
+    (tmp_path / "plain").write_text("")
+    usual = stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+    atomic_write_text(tmp_path / "a.json", "{}")
+    with atomic_folder(tmp_path / "export") as tmp:
+        os.close(os.open(tmp / "weights", os.O_CREAT | os.O_WRONLY, 0o600))
+    (tmp_path / "folder").mkdir()
+    for made, plain in [("a.json", "plain"), ("export/weights", "plain"), ("export", "folder")]:
+        assert stat.S_IMODE((tmp_path / made).stat().st_mode) == \
+            stat.S_IMODE((tmp_path / plain).stat().st_mode), made
+    assert usual != 0o600  # (else the test could not tell)
+
+
 # --- resuming with the command as typed -----------------------------------------------------------
 
 
@@ -542,6 +576,16 @@ def test_resume_applies_changed_optimizer_settings_and_keeps_the_optimizer(small
 # --- one run per folder -------------------------------------------------------------------------
 
 
+def test_a_held_folder_names_its_holders_pid_over_an_earlier_longer_one(tmp_path):
+    (tmp_path / "run.lock").write_text("123456789012\n")  # a crashed holder's (locks are per
+    with lock_folder(tmp_path):  # open file, so a second open in this process is refused too)
+        with pytest.raises(MiniGPTError, match=rf"in use by another minigpt process "
+                                               rf"\(pid {os.getpid()}\);"), lock_folder(tmp_path):
+            pass
+    with lock_folder(tmp_path):  # and freed when the first ends
+        pass
+
+
 @pytest.mark.slow
 def test_a_second_process_in_a_run_folder_is_refused_and_a_crash_frees_it(small_text, tmp_path):
     run = tmp_path / "run"
@@ -596,6 +640,16 @@ def test_torn_last_lines_are_dropped_with_a_warning(good_run, tmp_path):
     rows = read_jsonl(run / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(14))
     assert all(json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
+
+
+def test_blank_lines_are_no_damage_and_a_line_not_an_object_is(tmp_path, caplog):
+    rows = [{"step": 0, "loss": 4.2}, {"step": 5, "loss": 3.1}]
+    lines = [json.dumps(rows[0]), "", "  ", json.dumps(rows[1]), "[1, 2]", ""]
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.WARNING, logger="minigpt"):
+        assert read_jsonl(tmp_path / "m.jsonl") == rows
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'm.jsonl'}: dropped 1 damaged line(s), as a crash leaves them"]
 
 
 def test_a_damaged_tag_keeps_every_checkpoint_and_the_run_going(good_run, tmp_path, caplog):

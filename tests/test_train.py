@@ -21,9 +21,12 @@ from minigpt import (
     load_checkpoint,
     load_model,
     make_optimizer,
+    prepare,
     resolve_config,
+    resume_config,
     split_loss,
     train,
+    trainer,
 )
 from minigpt import clock as clock_module
 from minigpt.clock import Speed
@@ -124,6 +127,13 @@ def test_early_stopping_counts_evaluations_without_improvement():
     assert not state.out_of_patience(0)  # patience 0: never stop early
 
 
+def test_a_target_is_reached_by_a_loss_equal_to_it_and_recorded_once():
+    state = TrainState()
+    assert state.record_targets(2.6, [3.0, 2.5], seconds=1.234) == {"3": 1.23}
+    assert state.record_targets(2.5, [3.0, 2.5], seconds=2.0) == {"2.5": 2.0}  # equal: reached
+    assert state.reached == {"3": 1.23, "2.5": 2.0}  # each at the first time it was reached
+
+
 def test_split_loss_covers_every_token_once():
     model = MiniGPT(11, n_embd=16, n_layer=1, n_head=2, block_size=8).eval()
     data = np.random.default_rng(0).integers(0, 11, 100).astype(np.uint16)
@@ -209,6 +219,20 @@ def test_run_folder_contents_targets_and_checkpoint(small_text, tmp_path):
     assert not torch.equal(MiniGPT.from_config(run.cfg.model)(idx)[0], model(idx)[0])
 
 
+def test_a_run_records_the_tokenizer_split_and_vocabulary_of_its_data(small_text, tmp_path):
+    """A prepared folder brings its own tokenizer and split, whatever the config asked for;
+    the model is as wide as the vocabulary read (the text's distinct characters)."""
+    prepare(str(small_text), tmp_path / "prepared", val_fraction=0.2, progress=False)
+    cfg = tiny_config(tmp_path / "prepared", steps=1, tokenizer="bpe", vocab_size=300,
+                      val_fraction=0.5)
+    result = train(cfg, tmp_path / "run", progress=False)
+    chars = len(set(small_text.read_text()))
+    saved = resume_config(tmp_path / "run")
+    assert (saved.data.tokenizer, saved.data.val_fraction) == ("char", 0.2)
+    assert saved.model.vocab_size == result.tokenizer.vocab_size == chars
+    assert result.model(torch.tensor([[0]]))[0].shape[-1] == chars
+
+
 def test_same_seed_same_losses(small_text, tmp_path):
     runs = []
     for name, seed in [("a", 1), ("b", 1), ("c", 2)]:
@@ -229,7 +253,7 @@ def test_early_stopping_ends_the_run(small_text, tmp_path, caplog):
     assert "6 steps, " in caplog.text  # the summary's line
     found = {f.kind: f.step for f in read_run(tmp_path / "run")}  # and the curve says so
     assert found["early stop"] == 5 and found["best"] == 0
-    from minigpt import resume_config  # resumed, it has ended (each resume took one more step)
+    # resumed, it has ended (each resume took one more step)
     again = train(resume_config(tmp_path / "run"), tmp_path / "run", resume=True, progress=False)
     assert again.summary["steps"] == 6 and "the run has ended: nothing to train" in caplog.text
 
@@ -257,8 +281,6 @@ RESUMED = {"lesson": {}, "ema": dict(ema=0.9), "dropout": dict(dropout=0.1),
 def test_resume_continues_exactly(small_text, tmp_path, settings):
     """An uninterrupted run is the oracle for one stopped part-way and resumed (with an average
     of the weights, and with batch shapes that grow, across the stop)."""
-    from minigpt import resume_config
-
     cfg = lambda: tiny_config(small_text, steps=24, eval_every=6, log_every=1,  # noqa: E731
                               **settings)
     straight = train(cfg(), tmp_path / "straight", progress=False).summary
@@ -307,8 +329,6 @@ def test_the_batch_and_the_context_grow_as_scheduled(small_text, tmp_path):
 def test_a_resumed_run_reports_the_speed_of_the_whole_run(small_text, tmp_path, caplog):
     """tokens/s in the summary is every token trained over the clock's seconds, across
     resumes: also when a resume has nothing left to train (it said 0), which it says."""
-    from minigpt import resume_config
-
     caplog.set_level(logging.INFO, logger="minigpt")
     ended = "the run has ended: nothing to train"
     first = train(tiny_config(small_text, steps=10, eval_every=5), tmp_path, progress=False)
@@ -374,8 +394,6 @@ def test_speed_reads_since_the_last_reading_and_overall_since_the_count_began():
 
 
 def test_an_average_turned_on_at_a_resume_starts_from_the_trained_weights(small_text, tmp_path):
-    from minigpt import resume_config
-
     trained = train(tiny_config(small_text, steps=10, eval_every=5), tmp_path, progress=False)
     weights = {k: v.clone() for k, v in trained.model.state_dict().items()}
     again = train(resume_config(tmp_path, {"ema": 0.9}), tmp_path, resume=True, progress=False)
@@ -430,6 +448,13 @@ def test_initial_loss_check_warns_only_when_far_from_ln_vocab(caplog):
     assert caplog.text == ""
     check_initial_loss(math.log(65) + 0.7, 65)
     assert "far from ln(65) = 4.174" in caplog.text
+
+
+def test_the_initial_loss_checked_is_the_first_rows(small_text, tmp_path, monkeypatch):
+    checked = []
+    monkeypatch.setattr(trainer, "check_initial_loss", lambda *args: checked.append(args))
+    result = train(tiny_config(small_text, steps=3, log_every=1), tmp_path, progress=False)
+    assert checked == [(metrics(tmp_path)[0]["train_loss"], result.tokenizer.vocab_size)]
 
 
 def test_a_time_budget_trains_for_that_many_seconds(small_text, tmp_path):
