@@ -16,8 +16,11 @@ from minigpt.diagnostics.attention import (
     attention_maps,
     display_label,
     plot_attention,
+    readable_ids,
     tick_step,
+    token_labels,
 )
+from minigpt.tokenizer import BPETokenizer, CharTokenizer
 
 
 def peaky(**kw) -> MiniGPT:
@@ -185,4 +188,21 @@ def test_plot_rejects_mismatched_labels_and_shapes(tmp_path):
         plot_attention(maps, list("abc"), tmp_path / "a.png")
     with pytest.raises(MiniGPTError, match=r"must be \(n_layer, n_head, T, T\)"):
         plot_attention(torch.rand(2, 4, 4), list("abcd"), tmp_path / "a.png")
+    with pytest.raises(MiniGPTError, match="5 labels for attention maps over 4 positions"):
+        plot_attention(maps, list("abcde"), tmp_path / "a.png")
+    with pytest.raises(MiniGPTError, match=r"must be \(n_layer, n_head, T, T\)"):
+        plot_attention(torch.rand(1, 1, 3, 4), list("abcd"), tmp_path / "a.png")
     assert not list(tmp_path.iterdir())
+
+
+def test_the_text_read_is_its_known_characters_one_block_at_most():
+    tok = CharTokenizer("abc ")
+    assert readable_ids(tok, "abXc cab", 4) == tok.encode("abc ")  # X unknown, then a block
+    assert readable_ids(tok, "aXb", 4) == tok.encode("ab")
+
+
+def test_a_bpe_tokens_label_is_its_whole_piece_of_text():
+    tok = BPETokenizer.train(["the cat sat\n" * 20], 270)
+    ids = tok.encode("the cat")
+    labels = token_labels(tok, ids)
+    assert "".join(labels) == "the cat" and len(labels) == len(ids) < len("the cat")

@@ -4,13 +4,15 @@ import gzip
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import minigpt
-from conftest import TINY_FLAGS, one_line_error, run_cli
+from conftest import TINY_FLAGS, one_line_error, run_cli, tiny_config
 from minigpt.cli import COMPARE_STEPS, main
+from minigpt.console import count, log_start, visible
 from minigpt.environment import resolve_device
 from minigpt.files import read_jsonl
 from minigpt.tokenizer import CharTokenizer
@@ -366,3 +368,32 @@ def test_logs_print_once_where_they_belong_even_when_the_program_sets_up_logging
             "log.info('later')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (r.stdout, r.stderr) == ("a line\n", "warning: a warning\nroot: later\n")
+
+
+def test_the_start_lines_of_one_process_with_micro_steps_and_a_warmup_as_long_as_the_run(
+        tmp_path, caplog):
+    """grad_accum 2 on one process; warmup 5 of 5 steps; evaluations reading exactly the split."""
+    cfg = tiny_config(tmp_path / "t.txt", steps=5, warmup_steps=5, grad_accum=2)
+    read = cfg.train.eval_batches * cfg.train.batch_size * cfg.model.block_size
+    env = dict(torch="2", device="cpu", torch_threads=1, cpu_capability="x", dtype="float32",
+               dtype_why="asked", compile=False)
+    data = dict(text="t.txt", vocab_size=9, train_tokens=10 * read, val_tokens=read, params=99)
+    run = SimpleNamespace(cfg=cfg, env=env, data=data, world=SimpleNamespace(size=1),
+                          folder=tmp_path)
+    with caplog.at_level("INFO", logger="minigpt"):
+        log_start(run, 1e9)
+    first, _, model_line, *warnings = [r.getMessage() for r in caplog.records]
+    assert " on cpu, " in first and "process" not in first
+    assert f"batch {cfg.train.batch_size} x 2 micro-steps x 1 process x" in model_line
+    assert warnings == ["warmup (5 steps) is the whole run: the learning rate will only rise, "
+                        "and never decay; try --warmup-steps 1"]  # (5 // 10 is 0)
+
+
+def test_counts_and_visible_controls():
+    assert [count(n, "step") for n in (0, 1, 2, 1000)] == ["0 steps", "1 step", "2 steps",
+                                                           "1,000 steps"]
+    controls = "".join(map(chr, range(0x20)))
+    assert visible(controls + "\x7f") == "".join(
+        c if c in "\t\n\r" else chr(0x2400 + ord(c)) for c in controls) + "\u2421"  # DEL: ␡
+    bidi = "".join(map(chr, [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]))
+    assert visible(bidi) == "".join(f"<U+{ord(c):04X}>" for c in bidi)

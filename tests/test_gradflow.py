@@ -399,3 +399,31 @@ def test_importing_the_diagnostics_does_not_import_matplotlib():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_equal_thresholds_and_gradients_of_another_model_are_refused():
+    model = tiny()
+    backward(model)
+    with pytest.raises(MiniGPTError, match="vanish < explode"):
+        grad_stats(model, vanish=1.0, explode=1.0)
+    with pytest.raises(MiniGPTError, match="call loss.backward"):  # none of this model's names
+        grad_stats(model, grads={"elsewhere.weight": torch.ones(3)})
+
+
+def test_probe_of_a_model_in_eval_mode_runs_its_dropout_as_training_does():
+    model = tiny(dropout=0.5).eval()
+    x, y = batch()
+    torch.manual_seed(1)
+    stats = probe_batch_stats(model, x, y)
+    reference = copy.deepcopy(model).train()
+    torch.manual_seed(1)
+    reference(x, y)[1].backward()
+    for s, (name, p) in zip(stats, reference.named_parameters(), strict=True):
+        assert s.name == name and s.grad_norm == pytest.approx(hand_norm(p.grad), rel=1e-5)
+
+
+def test_an_optimizer_holding_parameters_of_another_model_is_refused():
+    model = tiny()
+    optimizer = torch.optim.SGD([*model.parameters(), torch.zeros(3, requires_grad=True)], lr=0.1)
+    with pytest.raises(MiniGPTError, match="does not hold this model's parameters"):
+        probe_batch_stats(model, *batch(), optimizer)

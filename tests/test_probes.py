@@ -4,6 +4,7 @@ and `compare`, each checked against the run's own metrics or an independent comp
 import json
 import math
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,8 +19,15 @@ from minigpt.diagnostics.compare import (
     parse_variant,
     variants,
 )
+from minigpt.diagnostics.gradflow import ParamStats
 from minigpt.diagnostics.plots import plot_lr, run_train_config
-from minigpt.diagnostics.probes import SECTIONS, Probe, standard_probes
+from minigpt.diagnostics.probes import (
+    SECTIONS,
+    EveryNSteps,
+    GradFlowProbe,
+    Probe,
+    standard_probes,
+)
 from minigpt.errors import MiniGPTError
 from minigpt.files import read_jsonl
 from minigpt.schedule import schedule_lr
@@ -53,6 +61,25 @@ def test_curves_drawn_and_the_gradflow_probe_matches_the_loops_gradient_norm(pro
         assert total == pytest.approx(norms[r["step"]], rel=1e-4)
         assert {"token_emb", "blocks.0", "blocks.1", "lm_head"} <= set(r["layers"])
     assert_png(probed_run / "gradflow.png")
+
+
+def test_a_record_every_n_steps_is_at_the_first_row_from_each_multiple_of_n():
+    class Steps(EveryNSteps):
+        def record(self, step):
+            self.steps.append(step)
+
+    probe = Steps(11)
+    probe.steps = []
+    for step in range(0, 41, 5):  # rows every 5 steps; multiples of 11 at 11, 22 and 33
+        probe.on_row({"step": step})
+    assert probe.steps == [0, 15, 25, 35]
+    probe.state = SimpleNamespace(step=41)  # 41 steps done: the last, step 40, not recorded
+    probe.end({})
+    assert probe.steps == [0, 15, 25, 35, 40]
+    probe.on_row({"step": 44})  # (a multiple of 11)
+    probe.state.step = 45
+    probe.end({})  # its last record was of the final weights already
+    assert probe.steps == [0, 15, 25, 35, 40, 44]
 
 
 @pytest.mark.parametrize("budget", [0.0, 3.0])
@@ -155,6 +182,21 @@ def test_tensorboard_event_files_hold_the_tags(probed_run):
     assert train_losses == pytest.approx(logged)
 
 
+def test_a_resumed_probe_remembers_who_was_dead_and_shouts_nonfinite_at_once(tmp_path, caplog):
+    def record(probe, step, flags):
+        probe.state, probe.run = SimpleNamespace(step=step), SimpleNamespace(folder=tmp_path)
+        probe.record([ParamStats(name, (1,), 0.0, 0.0, 0.0, 1.0, None, [flag])
+                      for name, flag in flags.items()])
+
+    caplog.set_level("WARNING", logger="minigpt")
+    record(GradFlowProbe(5), 5, {"w": "dead"})
+    assert not caplog.text  # dead at one probe: not yet
+    resumed = GradFlowProbe(5)
+    resumed.load_state_dict({"dead": ["w"]})  # from the checkpoint: dead at the last probe
+    record(resumed, 10, {"w": "dead", "v": "nonfinite"})
+    assert "step 10: gradient flow: w dead, v nonfinite" in caplog.text
+
+
 class ZeroGradient(Probe):
     """Cuts lm_head off the loss: its gradient is zero at every step."""
 
@@ -209,6 +251,10 @@ def test_variant_axes_and_settings_with_their_types():
             parse_variant(bad)
 
 
+def test_a_switch_reads_1_and_0():
+    assert parse_variant("x:qk_norm=1,bias=0") == ("x", {"qk_norm": True, "bias": False})
+
+
 def test_the_table_has_every_variants_targets():
     row = dict(final_val_loss=3.5, best_val_loss=3.5, steps=20, train_s=1.0)
     table = [{"variant": "a", **row, "time_to": {"3.9": 0.5}},
@@ -233,6 +279,18 @@ def test_compare_takes_no_patience_and_says_a_time_budget_ends_a_variant(tmp_pat
     assert "a: a time budget of 0.5 s ends it, not its steps (time_budget=0" in caplog.text
     table = compare({"s": {"preset": "seed"}}, tmp_path / "s", common=common, progress=False)
     assert table[0]["steps"] == 3  # a variant's own preset (it was once an unknown setting)
+
+
+def test_compare_trains_without_the_patience_a_config_file_sets(tmp_path):
+    """Each variant's settings, written (variants.json) before the first is trained: here
+    before its text is found missing."""
+    (tmp_path / "p.toml").write_text("[train]\npatience = 1\n")
+    common = {"text": str(tmp_path / "nope.txt"), **TINY, "steps": 3}
+    with pytest.raises(MiniGPTError, match="text file not found"):
+        compare({"a": {}}, tmp_path / "c", config_file=str(tmp_path / "p.toml"), common=common,
+                progress=False)
+    settings = json.loads((tmp_path / "c" / "variants.json").read_text())
+    assert settings["a"]["train"]["patience"] == 0
 
 
 def test_a_comparison_that_failed_before_training_gives_way_to_the_corrected_one(tmp_path):

@@ -4,6 +4,7 @@ not; the findings drawn on the plot; and a real run that spikes and overfits."""
 import json
 import math
 import re
+import statistics
 
 import pytest
 
@@ -326,6 +327,10 @@ def test_slow_warmup_is_half_of_the_budget_or_more():
     assert "took 55% of the" in only(rows, "slow warmup", budget(0.55)).message
     found = kinds(rows, budget(0.45))
     assert "slow warmup" not in found and "warmup" in found
+    for r in rows:
+        r["time_s"] = 0.02 * r["step"]  # step 100 at 2.0 s: exactly half of 4 s
+    half = Facts(vocab_size=65, warmup_steps=100, total_steps=None, time_budget=4.0, lr=1e-2)
+    assert "took 50% of the 4 s" in only(rows, "slow warmup", half).message
 
 
 def falling_then_flat(until):
@@ -407,3 +412,124 @@ def test_a_real_run_with_a_high_learning_rate_on_a_tiny_corpus(tmp_path, tinysha
     assert rows[-1]["val_loss"] > best["val_loss"]
     clipped = found.get("clipped") or found["clipped mostly"]
     assert f"on {sum(r['clipped'] for r in rows):,} of 400 steps" in clipped.message
+
+
+# --- edges the rules above leave open -----------------------------------------------------------
+
+
+def test_a_run_exactly_as_long_as_its_warmup_is_all_warmup_and_a_tenth_is_at_least_one():
+    rows = [{"step": s, "train_loss": 4.0, "lr": 1e-3 * (s + 1) / 5} for s in range(5)]
+    f = only(rows, "all warmup", Facts(vocab_size=65, warmup_steps=5, total_steps=5))
+    assert "(--warmup-steps 1, a tenth)" in f.message  # 5 // 10 is 0: at least one step
+
+
+def test_a_warmup_far_too_slow_for_its_budget_suggests_at_least_one_step():
+    rows = [{"step": s, "train_loss": 4.0, "lr": 1e-3, "time_s": 12.0 * s} for s in range(6)]
+    budget = Facts(vocab_size=65, warmup_steps=5, total_steps=None, time_budget=100.0)
+    assert "try --warmup-steps 1 (a tenth" in only(rows, "slow warmup", budget).message
+
+
+def test_the_warmup_peak_is_the_configured_lr_even_when_no_row_logged_it():
+    rows = lesson_curve(steps=400)  # rows every 50: warmup to step 100 has no row at its end
+    for r in rows:
+        r["lr"] = 3e-3 * (r["step"] + 1) / 101 if r["step"] < 100 else 1e-3  # decayed after
+    assert "its peak, 3.00e-03" in only(rows, "warmup", Facts(vocab_size=65, warmup_steps=100,
+                                                               lr=3e-3)).message
+
+
+def test_early_stop_counts_only_the_evaluations_after_the_best():
+    rows = lesson_curve(steps=1001)  # evaluations at 0, 250, 500 (the best), 750 and 1,000
+    for r in rows:
+        if "val_loss" in r and r["step"] > 500:
+            r["val_loss"] = 3.0
+    assert "early stop" not in kinds(rows, Facts(vocab_size=65, total_steps=5000, patience=3))
+    assert only(rows, "early stop", Facts(vocab_size=65, total_steps=5000, patience=2)).step == 1000
+
+
+def test_a_train_loss_gone_nan_is_a_skipped_batch():
+    rows = lesson_curve(steps=1000)
+    rows[6]["train_loss"] = None  # (its gradient norm written, finite)
+    assert only(rows, "skipped").steps == (300,)
+
+
+def test_a_spike_is_against_the_median_of_the_five_rows_before_it():
+    # at step 5 the five rows before have median 1.0 (a spike), the four before 1.5 (none)
+    points = list(enumerate([1.0, 1.0, 2.0, 2.0, 1.0, 1.5]))
+    base = statistics.median(v for _, v in points[0:5])
+    assert points[5][1] > base * (1 + reading.SPIKE_RISE)
+    assert reading.spike_steps(points) == [2, 5]
+
+
+def test_a_spike_at_warmups_last_step_is_in_warmup_and_without_clipping_says_turn_it_on():
+    rows = with_spikes(lesson_curve(steps=2000, every=10), [100, 1200])
+    no_clip = Facts(vocab_size=65, warmup_steps=100, grad_clip=0.0)
+    assert only(rows, "spikes in warmup", no_clip).steps == (100,)
+    assert only(rows, "spikes", no_clip).steps == (1200,)
+    assert only(rows, "spikes", no_clip).message.endswith(
+        "or turn gradient clipping on (--grad-clip 1.0)")
+
+
+def test_one_evaluation_above_the_best_is_not_yet_overfitting():
+    rows = [{"step": s, "train_loss": 3.0 - 0.02 * s, "lr": 1e-3} for s in range(40)]
+    for r, val in zip(rows[::10], [3.0, 2.0, 2.5, 2.6], strict=True):
+        r["val_loss"] = val
+    facts = Facts(vocab_size=65)
+    assert "overfitting" not in kinds(rows[:30], facts)  # only step 20's above step 10's best
+    assert only(rows, "overfitting", facts).step == only(rows, "best", facts).step == 10
+
+
+def test_a_fall_within_the_margin_is_not_the_lessons_shape():
+    """margin: max(0.02 nats, 1 % of the loss); from 4.0 a fall of 0.03 (under 0.04) is noise."""
+    rows = [{"step": s, "train_loss": 4.0 - 0.03 * min(1, s / 100), "lr": 1e-3}
+            for s in range(0, 1000, 10)]
+    assert reading.margin(4.0) == pytest.approx(0.04)
+    assert not {"shape", "shape, not yet"} & set(kinds(rows, Facts(vocab_size=65)))
+
+
+def test_shape_and_rising_need_enough_rows_and_shape_a_row_at_step_0():
+    climbing = [{"step": s, "train_loss": 2.0 + 0.5 * s, "lr": 1e-3} for s in range(9)]
+    assert "rising" not in kinds(climbing, Facts(vocab_size=65))  # under 2 x SMOOTH rows
+    assert "rising" in kinds(climbing + [{"step": 9, "train_loss": 6.5, "lr": 1e-3}],
+                             Facts(vocab_size=65))
+    resumed = [r for r in two_speeds(0.55) if r["step"] >= 10]  # no step-0 loss to start from
+    assert not {"shape", "shape, not yet"} & set(kinds(resumed, Facts(vocab_size=65)))
+
+
+def test_rows_out_of_order_read_as_the_same_rows_sorted():
+    rows = with_spikes(overfit_curve(), [300])
+    shuffled = rows[1::2] + rows[::2]
+    assert read_curve(shuffled, FACTS) == read_curve(rows, FACTS)
+
+
+def test_six_steps_are_all_listed():
+    assert reading.list_steps([10, 20, 30, 40, 50, 60]) == "10, 20, 30, 40, 50 and 60"
+    assert reading.list_steps(list(range(7))) == "0, 1, 2, 3, 4, 5 and 1 more"
+
+
+@pytest.mark.parametrize("overrides", [dict(schedule="linear", warmup_steps=7, steps=90),
+                                       dict(schedule="cosine", warmup_steps=7, time_budget=30.0),
+                                       dict(schedule="constant", warmup_steps=7, steps=90)])
+def test_facts_from_config_read_the_settings(tmp_path, overrides):
+    cfg = tiny_config(tmp_path / "t.txt", **overrides).train
+    facts = reading.facts_from_config(tiny_config(tmp_path / "t.txt", **overrides).to_dict())
+    assert facts.warmup_steps == (7 if cfg.schedule != "constant" else 0)
+    assert facts.total_steps == (None if cfg.time_budget else cfg.steps)
+    assert facts.time_budget == (cfg.time_budget or None) and facts.lr == cfg.lr
+
+
+def test_a_spike_at_the_second_row_is_seen():
+    rows = with_spikes(lesson_curve(steps=2000, every=10), [10])
+    assert only(rows, "spikes in warmup").steps == (10,)
+
+
+def test_a_warmup_unfinished_past_the_budget_took_all_of_it():
+    rows = [{"step": s, "train_loss": 4.0, "lr": 1e-3, "time_s": 0.3 * s} for s in range(12)]
+    long = Facts(vocab_size=65, warmup_steps=100, total_steps=None, time_budget=3.0)
+    assert "by step 11, 100% of the 3 s" in only(rows, "warmup unfinished", long).message
+
+
+def test_validation_back_down_at_the_end_is_not_overfitting():
+    rows = overfit_curve()
+    best = only(rows, "best").value
+    rows[-1]["val_loss"] = best + 0.01  # up after the best, and back down to it by the end
+    assert "overfitting" not in kinds(rows)
