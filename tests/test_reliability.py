@@ -520,8 +520,9 @@ def test_an_interrupted_compare_continues_where_it_stopped(small_text, tmp_path,
     keys = ("variant", "final_val_loss", "best_val_loss", "steps")
     assert [[r[k] for k in keys] for r in table] == [[r[k] for k in keys] for r in straight]
     assert same_weights(tmp_path / "cut" / "1-b", tmp_path / "straight" / "1-b")
-    with pytest.raises(MiniGPTError, match="holds a comparison of other variants or settings"):
-        compare({**runs, "c": {}}, tmp_path / "cut", common=common, progress=False)
+    for other in ({**runs, "c": {}}, {"b": runs["b"], "a": runs["a"]}):  # (reordered: 0-b,
+        with pytest.raises(MiniGPTError, match="holds a comparison of other variants or se"):
+            compare(other, tmp_path / "cut", common=common, progress=False)  # 1-a trained anew)
     # a new comparison where a variant's folder holds a run of something else (a 30-step `a`
     # for a 5-step one): it stood for the variant, "trained before"
     shutil.copytree(tmp_path / "straight" / "0-a", tmp_path / "mine" / "0-a")

@@ -173,7 +173,8 @@ def claim(out_dir: Path, settings: dict, folders) -> None:
     if (what := folder_holds(out_dir)) not in (None, "a comparison"):
         raise MiniGPTError(f"{out_dir} holds {what}; choose another --out")
     earlier = path.is_file()  # a comparison was begun here
-    if earlier and json.loads(path.read_text(encoding="utf-8")) == settings:
+    if earlier and list(json.loads(path.read_text(encoding="utf-8")).items()) == \
+            list(settings.items()):  # (in order: a variant's folder is numbered by its place)
         return  # the same comparison: it continues
     if earlier and any(p.is_dir() and folder_holds(p) for p in out_dir.iterdir()):
         raise MiniGPTError(f"{out_dir} holds a comparison of other variants or settings, some "
