@@ -265,7 +265,10 @@ def apply_overrides(cfg: RunConfig, table: dict, origin: str = "") -> None:
 def read_config_file(path: str | Path) -> dict:
     """A TOML file's tables; or a run's own settings, from its folder's config.json (given
     the folder or the file), to train the same run again."""
-    if (run := Path(path)).is_dir() and (run / "config.json").is_file():
+    if (run := Path(path)).is_dir():
+        if not (run / "config.json").is_file():
+            raise MiniGPTError(f"{path} is a folder but not a run's (no config.json): give a "
+                               f"TOML config file, or a run folder")
         path = run / "config.json"
     try:
         with open(path, "rb") as f:
