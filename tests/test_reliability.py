@@ -293,6 +293,28 @@ def test_exploding_learning_rate_is_one_line(small_text, tmp_path):
     assert (tmp_path / "on" / "summary.json").exists()
 
 
+def test_ctrl_c_outside_the_steps_says_whether_a_checkpoint_stands(small_text, tmp_path,
+                                                                    monkeypatch, caplog):
+    """In the final evaluation (the last checkpoint stands: a resume finishes the run); before
+    the first checkpoint (nothing stands: no such hint)."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    args = ["train", "--text", str(small_text), *TINY_FLAGS, "--steps", "6", "--eval-every", "3"]
+    monkeypatch.setattr(minigpt.trainer, "split_loss", interrupted)  # (only the final one: TINY
+    assert main([*args, "--out", str(run)]) == 130  # estimates over random batches)
+    said = f"the last checkpoint stands; continue with: minigpt train --resume {run}"
+    assert said in caplog.text and not (run / "summary.json").exists()
+    caplog.clear()
+    monkeypatch.setattr(minigpt.trainer, "build_run", interrupted)
+    assert main([*args, "--out", str(tmp_path / "new")]) == 130
+    assert "stands" not in caplog.text
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert json.loads((run / "summary.json").read_text())["steps"] == 6
+
+
 # --- checkpoints that must not load ------------------------------------------------------------
 
 

@@ -331,7 +331,7 @@ OPTIMIZER_SETTINGS = {"momentum": "sgd", "muon_momentum": "muon", "muon_variant"
 def cmd_train(args: argparse.Namespace) -> None:
     from minigpt.checkpoint import resume_config
     from minigpt.diagnostics.probes import standard_probes
-    from minigpt.run import find_last_checkpoint
+    from minigpt.run import default_run_dir, find_last_checkpoint
     from minigpt.trainer import train
 
     if args.resume:  # the command as first typed may be given again, with more steps, say
@@ -352,9 +352,16 @@ def cmd_train(args: argparse.Namespace) -> None:
         logging.getLogger("minigpt").warning(
             f"--steps {steps} does not end this run: its time budget of "
             f"{cfg.train.time_budget:g} s does (add --time-budget 0 to train by steps)")
+    folder = Path(args.resume or args.out or default_run_dir(cfg))
     try:
-        result = train(cfg, args.resume or args.out, resume=bool(args.resume),
-                       probes=standard_probes(cfg), progress=not args.no_progress)
+        result = train(cfg, folder, resume=bool(args.resume), probes=standard_probes(cfg),
+                       progress=not args.no_progress)
+    except (KeyboardInterrupt, Terminated):  # outside the steps (the final evaluation, say)
+        if (folder / "checkpoints" / "last.json").is_file() and not world_from_env().enabled:
+            logging.getLogger("minigpt").warning(
+                f"the last checkpoint stands; continue with: minigpt train --resume "
+                f"{shlex.quote(str(folder))}")
+        raise
     except TrainingStopped as e:  # the command that continues it, as it was trained
         launcher = (f"torchrun --nproc_per_node={e.processes} -m minigpt" if e.processes > 1
                     else "minigpt")
