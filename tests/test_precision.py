@@ -86,8 +86,8 @@ def test_the_answer_is_cached_per_machine_and_shape_and_the_batch_bounded(monkey
 def test_a_named_dtype_is_not_probed(monkeypatch):
     monkeypatch.setattr(precision, "matmul_rates", no_probe)
     model = MiniGPT(65, n_layer=1, n_embd=32, n_head=2, block_size=16)
-    assert precision.choose_dtype("bfloat16", CPU, model) == (torch.bfloat16, "as asked")
-    assert precision.choose_dtype("float32", CPU, model) == (torch.float32, "as asked")
+    assert precision.choose_dtype("bfloat16", CPU, model) == (torch.bfloat16, "as set")
+    assert precision.choose_dtype("float32", CPU, model) == (torch.float32, "as set")
     with pytest.raises(MiniGPTError, match="unknown dtype 'float8'"):
         precision.choose_dtype("float8", CPU, model)
 

@@ -45,7 +45,7 @@ def choose_dtype(requested: str, device: torch.device, model: torch.nn.Module,
     if requested != "auto":
         if requested not in DTYPES:
             raise MiniGPTError(f"unknown dtype {requested!r} (use auto, float32 or bfloat16)")
-        return DTYPES[requested], "as asked"
+        return DTYPES[requested], "as set"  # (by --dtype, or by the run resumed)
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():
             return torch.bfloat16, "auto: the GPU has bf16"
