@@ -180,6 +180,8 @@ BAD_INPUT = [
     (["train", "--preset", "sede"], "did you mean 'seed'"),
     (["train", "--config", "{bad}/missing.toml"], "config file not found"),
     (["train", "--config", "{bad}"], "is a folder but not a run's (no config.json)"),  # (errno)
+    (["train", "--resume", "{bad}/a-comparison"], "a-comparison holds a comparison, not a "
+                                                   "training run: nothing to resume there"),
     (["train", "--text", "/nonexistent/x.txt"], "text file not found"),
     (["train", "--text", "{bad}/*.txt"], "*.txt is a pattern, not a text file: minigpt prepare"),
     (["train", "--data", "/nonexistent/y.txt"], "text file not found: /nonexistent/y.txt"),
