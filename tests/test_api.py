@@ -170,26 +170,6 @@ def test_an_interrupted_or_repeated_train_says_how_to_go_on_in_python(small_text
 
 
 @MAIN_THREAD_ONLY
-def test_weights_a_stop_left_unevaluated_are_the_best_when_they_beat_it(small_text, tmp_path):
-    """Stopped between evaluations (the best: step 0's), then resumed with nothing left to
-    train: the final weights' whole-split loss beats step 0's, so they are the best, which
-    sample and export load. (best named step 0's untrained weights.)"""
-    cfg = tiny_config(small_text, steps=40, eval_every=100, log_every=10, warmup_steps=0,
-                      lr=1e-2)
-    folder = tmp_path / "run"
-    with pytest.raises(TrainingStopped, match="after 21 steps"):
-        train(cfg, folder, probes=[SignalAt(20)], progress=False)
-    cfg.train.steps = 21
-    summary = train(cfg, folder, resume=True, progress=False).summary
-    step0 = read_jsonl(folder / "metrics.jsonl")[0]["val_loss"]
-    assert summary["best_val_loss"] == summary["final_val_loss"] < step0
-    tags = folder / "checkpoints"
-    assert (tags / "best.json").read_text() == (tags / "last.json").read_text()
-    again = train(cfg, folder, resume=True, progress=False).summary  # (and it stays so)
-    assert again["best_val_loss"] == again["final_val_loss"] == summary["final_val_loss"]
-
-
-@MAIN_THREAD_ONLY
 def test_ctrl_c_during_the_last_evaluation_stops_as_it_says_it_will(small_text, tmp_path):
     """("finishing this step, then saving a checkpoint"): not on to the final evaluation and
     sample, which a resume does."""

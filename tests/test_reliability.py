@@ -311,8 +311,13 @@ def test_ctrl_c_outside_the_steps_says_whether_a_checkpoint_stands(small_text, t
     assert main([*args, "--out", str(tmp_path / "new")]) == 130
     assert "stands" not in caplog.text
     monkeypatch.undo()
-    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
-    assert json.loads((run / "summary.json").read_text())["steps"] == 6
+    monkeypatch.setattr(minigpt.trainer, "split_loss", interrupted)  # in a resume's: its flags
+    caplog.clear()  # (--steps here) are not in the checkpoint yet
+    assert main(["train", "--resume", str(run), "--steps", "8", "--no-progress"]) == 130
+    assert "the last checkpoint stands; the same command continues" in caplog.text
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run), "--steps", "8", "--no-progress"]) == 0
+    assert json.loads((run / "summary.json").read_text())["steps"] == 8
 
 
 # --- checkpoints that must not load ------------------------------------------------------------

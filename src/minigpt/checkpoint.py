@@ -142,11 +142,6 @@ def save_checkpoint(folder: str | Path, tags: list[str], model: MiniGPT,
     prune(folder, keep)
 
 
-def retag(folder: Path, tag: str, source: str = "last") -> None:
-    """Point `tag` at the checkpoint `source` names (best at last, say)."""
-    atomic_write_text(folder / f"{tag}.json", find_checkpoint(folder, source).read_text())
-
-
 def saved_steps(folder: Path) -> list[str]:
     """The names of a checkpoints folder's step checkpoints, oldest first (by number:
     step-1000000 after step-999999)."""

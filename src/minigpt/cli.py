@@ -358,9 +358,9 @@ def cmd_train(args: argparse.Namespace) -> None:
                        progress=not args.no_progress)
     except (KeyboardInterrupt, Terminated):  # outside the steps (the final evaluation, say)
         if (folder / "checkpoints" / "last.json").is_file() and not world_from_env().enabled:
-            logging.getLogger("minigpt").warning(
-                f"the last checkpoint stands; continue with: minigpt train --resume "
-                f"{shlex.quote(str(folder))}")
+            how = ("the same command continues" if args.resume else  # (its settings: not saved
+                   f"continue with: minigpt train --resume {shlex.quote(str(folder))}")  # yet)
+            logging.getLogger("minigpt").warning(f"the last checkpoint stands; {how}")
         raise
     except TrainingStopped as e:  # the command that continues it, as it was trained
         launcher = (f"torchrun --nproc_per_node={e.processes} -m minigpt" if e.processes > 1

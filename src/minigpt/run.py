@@ -65,12 +65,9 @@ class TrainState:
     tokens: int = 0  # tokens trained on (every process's)
     clipped: int = 0  # steps since the last metrics row whose gradient the clip scaled down
     reached: dict = field(default_factory=dict)  # target loss -> seconds when first reached
-    evaluated: int = 0  # the step count of the weights the last evaluation measured
 
     def record_eval(self, val_loss: float, min_delta: float = 0.0) -> bool:
-        """Note an evaluation of the weights as they are; True when it beats the best by more
-        than min_delta."""
-        self.evaluated = self.step
+        """Note an evaluation; True when it beats the best by more than min_delta."""
         if val_loss < self.best_val - min_delta:
             self.best_val, self.bad_evals = val_loss, 0
             return True
@@ -83,15 +80,6 @@ class TrainState:
                if val_loss <= x and f"{x:g}" not in self.reached}
         self.reached.update(new)
         return new
-
-    def record_final(self, val_loss: float) -> bool:
-        """Note the final weights' whole-split loss; True when no evaluation had measured them
-        (a run stopped by a signal between evaluations, then resumed with nothing left to
-        train) and it beats the best, which they now are."""
-        if self.evaluated == self.step or val_loss >= self.best_val:
-            return False
-        self.best_val, self.evaluated = val_loss, self.step
-        return True
 
     def out_of_patience(self, patience: int) -> bool:
         """Early stopping: `patience` evaluations in a row without improvement (0 = never)."""

@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 
 from minigpt import console, distributed, performance
-from minigpt.checkpoint import retag
 from minigpt.clock import Clock, Speed
 from minigpt.config import RunConfig, TrainConfig, parse_targets, validate
 from minigpt.errors import MiniGPTError, training_error
@@ -80,7 +79,8 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
     run = build_run(cfg, folder)
     run.probes = list(probes) if run.world.is_main else []
     try:
-        performance.check_memory(cfg, run.device, run.data["params"], run.dtype)  # (before writing)
+        performance.check_memory(cfg, run.device, run.data["params"], run.dtype)  # (before
+        # anything is written)
         with hold_folder(run, resume):
             if resume:
                 console.log_resume(restore(run, "last"), run.state.step)  # (restored first)
@@ -171,10 +171,11 @@ def schedule(run: Run, step: int, seconds: float) -> float:
 
 
 def seconds(clock: Clock, run: Run) -> float:
-    """The clock's seconds of training. With a time budget under torchrun every process's clock
-    first catches up with the slowest's (a collective call, once a step), so that all follow one
-    schedule and stop after the same step; each returns the agreed figure, not its clock read
-    again, which could fall on the other side of the budget and leave another one waiting."""
+    """The clock's seconds of training; with a time budget under torchrun, every process's
+    clock first caught up with the slowest's, so that all follow one schedule, record the same
+    times and stop after the same step (a collective call then, once a step). Every process
+    returns the agreed figure itself: its running clock, read again, could fall on the other
+    side of the budget than another process's and leave that one waiting in a collective."""
     if run.cfg.train.time_budget and run.world.enabled:
         agreed = distributed.agree(clock.seconds(), run.world)
         clock.catch_up(agreed)
@@ -257,7 +258,8 @@ def check_initial_loss(loss: float | None, vocab_size: int) -> None:
 
 def check_skipped(new: int, skipped: int, allowed: int, row: dict, checkpoints: Path) -> None:
     """`new` more batches had NaN or inf gradients and were skipped (the weights never saw
-    them), `skipped` in all; beyond `allowed`, stop: the last checkpoint is the last good one."""
+    them), `skipped` in all; beyond `allowed`, stop: the last checkpoint is the last good
+    state."""
     what = (f"step {row['step']}: {new} batch(es) since the last log line had a gradient that "
             f"is not finite (now: loss {console.fmt(row['train_loss'], '.4g')}, gradient norm "
             f"{console.fmt(row['grad_norm'], '.4g')})")
@@ -276,8 +278,6 @@ def finish(run: Run, speed: Speed) -> TrainResult:
     if not run.world.is_main:
         return result
     final = split_loss(run.final_model, run.splits.val, cfg.model.block_size)
-    if state.record_final(final):  # the best now: what sample and export load
-        retag(run.folder / "checkpoints", "best")
     result.summary = {"final_val_loss": final, "final_val_bpb": val_bpb(run, final),
                       "best_val_loss": state.best_val, "steps": state.step,
                       "train_s": round(run.clock.seconds(), 2),
