@@ -56,6 +56,7 @@ from minigpt.files import (
     atomic_write_text,
     lock_folder,
     read_jsonl,
+    remove_temporaries,
     sha256_file,
 )
 from minigpt.signals import StopSignals
@@ -668,6 +669,19 @@ def test_torn_last_lines_are_dropped_with_a_warning(good_run, tmp_path):
     rows = read_jsonl(run / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(14))
     assert all(json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
+
+
+def test_only_names_a_killed_writer_leaves_are_swept_away(tmp_path):
+    """.NAME.XXXXXXXX.tmp, eight of tempfile's characters (a-z, 0-9, _), file or folder; a
+    user's .tmp of another shape stays."""
+    for name in (".loss.png.k1l2m3n4.tmp", ".export.a_b2c3d4.tmp"):
+        (tmp_path / name).write_text("")
+    (tmp_path / ".attention.x1y2z3w4.tmp").mkdir()
+    theirs = [".notes.draft.tmp", ".notes.tmp", ".x.ABCDEFGH.tmp", ".x.k1l2m3n4o.tmp", "a.tmp"]
+    for name in theirs:
+        (tmp_path / name).write_text("mine")
+    remove_temporaries(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(theirs)
 
 
 def test_blank_lines_are_no_damage_and_a_line_not_an_object_is(tmp_path, caplog):
