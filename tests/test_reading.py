@@ -510,8 +510,8 @@ def test_six_steps_are_all_listed():
                                        dict(schedule="cosine", warmup_steps=7, time_budget=30.0),
                                        dict(schedule="constant", warmup_steps=7, steps=90)])
 def test_facts_from_config_read_the_settings(tmp_path, overrides):
-    cfg = tiny_config(tmp_path / "t.txt", **overrides).train
-    facts = reading.facts_from_config(tiny_config(tmp_path / "t.txt", **overrides).to_dict())
+    config = tiny_config(tmp_path / "t.txt", **overrides)
+    cfg, facts = config.train, reading.facts_from_config(config.to_dict())
     assert facts.warmup_steps == (7 if cfg.schedule != "constant" else 0)
     assert facts.total_steps == (None if cfg.time_budget else cfg.steps)
     assert facts.time_budget == (cfg.time_budget or None) and facts.lr == cfg.lr

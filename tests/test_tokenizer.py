@@ -94,7 +94,7 @@ def test_ten_unseen_characters_are_named_and_the_rest_counted(n_unseen):
     assert said.endswith(f" and {n_unseen - 10} more" if n_unseen > 10 else repr(unseen[-1]))
 
 
-def test_a_description_without_its_characters_as_text_is_a_clear_error(tmp_path):
+def test_a_description_without_its_characters_as_text_is_a_clear_error():
     for bad in ({"kind": "char", "chars": None}, {"kind": "char", "chars": 5}, {"kind": "char"}):
         with pytest.raises(MiniGPTError, match="not a character tokenizer description"):
             CharTokenizer.from_dict(bad)
