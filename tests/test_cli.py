@@ -140,6 +140,7 @@ def test_help_explains_every_lesson_flag(capsys, monkeypatch):
     assert "--seed SEED           same seed, same text (default 1337)" in said("sample", "--help")
     compare = said("compare", "--help")  # compare's own default, not train's 5000
     assert f"optimizer steps of each variant (default {COMPARE_STEPS})" in compare
+    assert "--patience" not in compare.split("options:")[1]  # (compare refuses it)
     # the package's version and the torch it runs on
     assert said("--version") == f"minigpt {minigpt.__version__} (torch {torch.__version__})\n"
 

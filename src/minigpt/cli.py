@@ -172,6 +172,7 @@ def build_parser() -> Parser:
                 "end: compare takes no --patience.", "settings")
     next(a for a in c._actions if a.dest == "steps").help = (
         f"optimizer steps of each variant (default {COMPARE_STEPS})")
+    next(a for a in c._actions if a.dest == "patience").help = argparse.SUPPRESS  # (refused)
     c.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                    help="a variant, e.g. +rope+muon:pos=rope,optimizer=muon or fast:preset=fast "
                         "(repeat for more)")
