@@ -5,6 +5,7 @@ and bits per byte, the loss in a unit that compares across tokenizers.
 
 from __future__ import annotations
 
+import logging
 import math
 from contextlib import contextmanager
 
@@ -15,6 +16,9 @@ import torch.nn as nn
 from minigpt.errors import MiniGPTError
 
 WHOLE_SPLIT_BATCH = 64  # windows per forward when a whole split is evaluated
+INITIAL_LOSS_TOLERANCE = 0.5  # nats from ln(vocab) a fresh model's loss may be
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -84,3 +88,11 @@ def bits_per_byte(loss: float, n_targets: int, n_bytes: int) -> float:
     targets, over ln 2 and the bytes those targets decode to. A character model of ASCII text
     has one byte a token (bits per byte = loss / ln 2); a BPE model has several."""
     return loss * n_targets / math.log(2) / n_bytes
+
+
+def check_initial_loss(loss: float | None, vocab_size: int) -> None:
+    """A fresh model should be near-uniform: loss ~ ln(vocab). Far from it means a bug."""
+    expected = math.log(vocab_size)
+    if loss is not None and abs(loss - expected) > INITIAL_LOSS_TOLERANCE:
+        log.warning(f"step 0 loss {loss:.3f} is far from ln({vocab_size}) = {expected:.3f}: "
+                    f"check the initialisation and the data")

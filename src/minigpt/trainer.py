@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shlex
 import time
 from collections.abc import Sequence
@@ -26,7 +25,7 @@ from minigpt import console, distributed, performance
 from minigpt.clock import Clock, Speed
 from minigpt.config import RunConfig, TrainConfig, parse_targets, validate
 from minigpt.errors import MiniGPTError, training_error
-from minigpt.evaluate import bits_per_byte, estimate_loss, split_loss
+from minigpt.evaluate import bits_per_byte, check_initial_loss, estimate_loss, split_loss
 from minigpt.files import append_line, atomic_write_text
 from minigpt.model import MiniGPT
 from minigpt.optim import set_lr
@@ -204,13 +203,22 @@ def metrics_row(run: Run, step: int, lr: float, loss: torch.Tensor, grad_norm: t
 
 
 def check_row(run: Run, row: dict) -> None:
-    """The checks that a row can make: the initial loss, NaN or inf gradients since the last
-    row (beyond --skip-nonfinite, the run stops)."""
+    """The checks that a row can make: the initial loss; batches since the last row whose
+    gradient was NaN or inf, skipped (the weights never saw them), and beyond --skip-nonfinite in
+    all, the run stops: the last checkpoint is the last good state."""
     if row["step"] == 0:
         check_initial_loss(row["train_loss"], run.tokenizer.vocab_size)
-    if "skipped" in row:
-        check_skipped(row["skipped"], run.state.skipped, run.cfg.train.skip_nonfinite, row,
-                      run.folder / "checkpoints")
+    if "skipped" not in row:
+        return
+    skipped, allowed = run.state.skipped, run.cfg.train.skip_nonfinite
+    what = (f"step {row['step']}: {row['skipped']} batch(es) since the last log line had a "
+            f"gradient that is not finite (now: loss {console.fmt(row['train_loss'], '.4g')}, "
+            f"gradient norm {console.fmt(row['grad_norm'], '.4g')})")
+    if skipped > allowed:
+        raise MiniGPTError(f"{what}; stopped (last checkpoint: {run.folder / 'checkpoints'}). "
+                           f"Likely cause: learning rate {row['lr']:.3g} too high; try a lower "
+                           f"--lr, --grad-clip 1.0, or --skip-nonfinite N")
+    log.warning(f"{what}: skipped ({skipped} of {allowed} allowed)")
 
 
 def record_evaluation(run: Run, row: dict) -> bool:
@@ -243,31 +251,6 @@ def val_bpb(run: Run, loss: float) -> float:
     """A validation loss as bits per byte (the whole split's bytes per token scale an estimate
     over random batches too)."""
     return bits_per_byte(loss, len(run.splits.val) - 1, run.data["val_bytes"])
-
-
-INITIAL_LOSS_TOLERANCE = 0.5  # nats from ln(vocab) a fresh model's loss may be
-
-
-def check_initial_loss(loss: float | None, vocab_size: int) -> None:
-    """A fresh model should be near-uniform: loss ~ ln(vocab). Far from it means a bug."""
-    expected = math.log(vocab_size)
-    if loss is not None and abs(loss - expected) > INITIAL_LOSS_TOLERANCE:
-        log.warning(f"step 0 loss {loss:.3f} is far from ln({vocab_size}) = {expected:.3f}: "
-                    f"check the initialisation and the data")
-
-
-def check_skipped(new: int, skipped: int, allowed: int, row: dict, checkpoints: Path) -> None:
-    """`new` more batches had NaN or inf gradients and were skipped (the weights never saw
-    them), `skipped` in all; beyond `allowed`, stop: the last checkpoint is the last good
-    state."""
-    what = (f"step {row['step']}: {new} batch(es) since the last log line had a gradient that "
-            f"is not finite (now: loss {console.fmt(row['train_loss'], '.4g')}, gradient norm "
-            f"{console.fmt(row['grad_norm'], '.4g')})")
-    if skipped > allowed:
-        raise MiniGPTError(f"{what}; stopped (last checkpoint: {checkpoints}). Likely cause: "
-                           f"learning rate {row['lr']:.3g} too high; try a lower --lr, "
-                           f"--grad-clip 1.0, or --skip-nonfinite N")
-    log.warning(f"{what}: skipped ({skipped} of {allowed} allowed)")
 
 
 def finish(run: Run, speed: Speed) -> TrainResult:

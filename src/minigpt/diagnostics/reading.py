@@ -25,9 +25,9 @@ from pathlib import Path
 
 from minigpt.console import count
 from minigpt.errors import MiniGPTError
+from minigpt.evaluate import INITIAL_LOSS_TOLERANCE
 from minigpt.files import read_jsonl
 from minigpt.run import TrainState
-from minigpt.trainer import INITIAL_LOSS_TOLERANCE
 
 SPIKE_RISE = 0.10  # a spike: train loss 10 % above the median of the rows before it
 SPIKE_WINDOW = 5  # rows in that median (fewer at the start: from the second row on)
