@@ -31,7 +31,7 @@ import torch
 
 from minigpt import __version__
 from minigpt.config import check_seed, field_index, preset_names, resolve_config
-from minigpt.console import count, show_logs, visible
+from minigpt.console import count, log, show_logs, visible
 from minigpt.corpus import BPE_VOCAB, SHARD_TOKENS, is_prepared
 from minigpt.diagnostics.probes import SECTIONS, DiagConfig
 from minigpt.distributed import world_from_env
@@ -319,9 +319,8 @@ def warn_if_prepared(args: argparse.Namespace, text: str) -> None:
     unused = [f"--{key.replace('_', '-')}" for key in ("tokenizer", "vocab_size", "val_fraction")
               if key in settings_given(args)]
     if unused and text and is_prepared(text):
-        logging.getLogger("minigpt").warning(
-            f"{text} is a prepared corpus, with its own tokenizer and split: {', '.join(unused)} "
-            f"not used (minigpt prepare sets them)")
+        log.warning(f"{text} is a prepared corpus, with its own tokenizer and split: "
+                    f"{', '.join(unused)} not used (minigpt prepare sets them)")
 
 
 # the settings of one optimizer only: another ignores them
@@ -347,12 +346,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     if unused := [f"--{key.replace('_', '-')} ({optimizer}'s)"  # (typed: a preset's are not)
                   for key, optimizer in OPTIMIZER_SETTINGS.items()
                   if key in settings_given(args) and cfg.train.optimizer != optimizer]:
-        logging.getLogger("minigpt").warning(f"{', '.join(unused)} set, but the run uses "
-                                             f"{cfg.train.optimizer}")
+        log.warning(f"{', '.join(unused)} set, but the run uses {cfg.train.optimizer}")
     if (steps := settings_given(args).get("steps")) and cfg.train.time_budget:  # a preset's
-        logging.getLogger("minigpt").warning(
-            f"--steps {steps} does not end this run: its time budget of "
-            f"{cfg.train.time_budget:g} s does (add --time-budget 0 to train by steps)")
+        log.warning(f"--steps {steps} does not end this run: its time budget of "
+                    f"{cfg.train.time_budget:g} s does (add --time-budget 0 to train by steps)")
     folder = Path(args.resume or args.out or default_run_dir(cfg))
     try:
         result = train(cfg, folder, resume=bool(args.resume), probes=standard_probes(cfg),
@@ -361,15 +358,14 @@ def cmd_train(args: argparse.Namespace) -> None:
         if (folder / "checkpoints" / "last.json").is_file() and not world_from_env().enabled:
             how = ("the same command continues" if args.resume else  # (its settings: not saved
                    f"continue with: minigpt train --resume {shlex.quote(str(folder))}")  # yet)
-            logging.getLogger("minigpt").warning(f"the last checkpoint stands; {how}")
+            log.warning(f"the last checkpoint stands; {how}")
         raise
     except TrainingStopped as e:  # the command that continues it, as it was trained
         launcher = (f"torchrun --nproc_per_node={e.processes} -m minigpt" if e.processes > 1
                     else "minigpt")
-        logging.getLogger("minigpt").warning(
-            f"stopped after {count(e.steps, 'step')} by {signal.Signals(e.signum).name}; "
-            f"checkpoint saved. Continue with: {launcher} train --resume "
-            f"{shlex.quote(str(e.folder))}")
+        log.warning(f"stopped after {count(e.steps, 'step')} by {signal.Signals(e.signum).name}; "
+                    f"checkpoint saved. Continue with: {launcher} train --resume "
+                    f"{shlex.quote(str(e.folder))}")
         raise
     if world_from_env().is_main:  # under torchrun, rank 0 reports for all
         print(json.dumps(result.summary))
@@ -386,13 +382,12 @@ def cmd_compare(args: argparse.Namespace) -> None:
     runs = by_name(named, "; give each variant its own name")
     common = {"steps": COMPARE_STEPS, **settings_given(args)}
     out = args.out or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}"
-    logging.getLogger("minigpt").setLevel(logging.WARNING)  # the table says what matters
+    log.setLevel(logging.WARNING)  # the table says what matters
     try:
         table = compare(runs, out, args.preset or "seed", args.config, common,
                         progress=not args.no_progress)
     except TrainingStopped:
-        logging.getLogger("minigpt").warning(f"the same command with --out {shlex.quote(out)} "
-                                             f"continues the comparison")
+        log.warning(f"the same command with --out {shlex.quote(out)} continues the comparison")
         raise
     print(format_table(table))
     print(f"curves: {out}/compare.png; table: {out}/compare.json")
@@ -633,8 +628,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
                         args.shard_tokens, progress=not args.no_progress)
     except KeyboardInterrupt:
         if tokens_done(args.out):  # complete shards were kept
-            logging.getLogger("minigpt").warning("the same command continues after the last "
-                                                 "complete shard")
+            log.warning("the same command continues after the last complete shard")
         raise
     seconds = time.perf_counter() - t0
     tok, shards = index["tokenizer"], index["shards"]
