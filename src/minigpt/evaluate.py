@@ -1,6 +1,7 @@
 """Evaluating a model: eval mode without gradients, and the two validation figures a run
 reports, the lesson's estimate over random batches and the loss over every token of a split;
-and bits per byte, the loss in a unit that compares across tokenizers.
+bits per byte, the loss in a unit that compares across tokenizers; and the check that a fresh
+model's loss is near ln(vocab).
 """
 
 from __future__ import annotations
