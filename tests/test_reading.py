@@ -533,3 +533,109 @@ def test_validation_back_down_at_the_end_is_not_overfitting():
     best = only(rows, "best").value
     rows[-1]["val_loss"] = best + 0.01  # up after the best, and back down to it by the end
     assert "overfitting" not in kinds(rows)
+
+
+# --- the edges of each band and window (a mutation audit found them unpinned) -----------------
+
+
+def two_levels(high_rows, low_steps, high=3.0, low=1.0):
+    """`high_rows` rows at `high` (steps 0, 1, ...), then rows at `low` at `low_steps`: a
+    step down that the running median keeps sharp."""
+    return ([{"step": s, "train_loss": high, "lr": 1e-3} for s in range(high_rows)]
+            + [{"step": s, "train_loss": low, "lr": 1e-3} for s in low_steps])
+
+
+def plateaus(rows):
+    return [f for f in read_curve(rows, Facts(vocab_size=65)) if f.kind == "plateau"]
+
+
+def test_a_plateau_needs_smooth_rows_and_the_curve_two_smooth_widths():
+    wide = [100 * (k + 1) for k in range(reading.SMOOTH)]  # a flat end of SMOOTH rows
+    n = 2 * reading.SMOOTH - reading.SMOOTH  # rows before it: the curve is 2 x SMOOTH rows
+    found = plateaus(two_levels(n, wide))
+    assert [(f.step, f.end) for f in found] == [(wide[0], wide[-1])]
+    assert not plateaus(two_levels(n - 1, wide))  # one row short of 2 x SMOOTH
+    assert not plateaus(two_levels(n + 5, wide[1:]))  # a flat end one row short of SMOOTH
+
+
+def test_a_plateaus_band_takes_in_a_loss_exactly_plateau_nats_away():
+    """The band is PLATEAU_NATS wide, its edges in: 20 rows at 0.1 then 20 at 0.05 (0.1 - 0.05
+    is 0.05 exactly in floating point) are one plateau, its level their median; a step of
+    0.055 is two levels, the second too short a share to be a plateau."""
+    low = 0.05
+    assert 2 * low - low == reading.PLATEAU_NATS
+    rows = (two_levels(10, [], high=3.0)
+            + [{"step": s, "train_loss": 2 * low, "lr": 1e-3} for s in range(10, 30)]
+            + [{"step": s, "train_loss": low, "lr": 1e-3} for s in range(30, 50)])
+    (found,) = plateaus(rows)
+    assert (found.step, found.end) == (10, 49)
+    assert found.value == statistics.median([2 * low] * 20 + [low] * 20)
+    for r in rows[10:30]:
+        r["train_loss"] = low + 1.1 * reading.PLATEAU_NATS
+    (found,) = plateaus(rows) or [None]
+    assert found is None or found.step >= 30
+
+
+def test_a_plateau_covers_exactly_a_quarter_of_the_run():
+    """Steps 0 .. 400 with a flat end from step 300: 100 / 400, a quarter, is a plateau; from
+    step 301, 99 / 400, under a quarter, is not."""
+    def curve(flat_from):
+        return [{"step": s, "train_loss": 3.0 if s < flat_from else 1.0, "lr": 1e-3}
+                for s in range(401)]
+    (found,) = plateaus(curve(300))
+    assert found.step == 300 and (found.end - found.step) / 400 == reading.PLATEAU_SHARE
+    assert not plateaus(curve(301))
+
+
+def test_a_loss_exactly_a_spike_rise_above_the_median_is_no_spike():
+    base = 1.0
+    edge = base * (1 + reading.SPIKE_RISE)
+    assert reading.spike_steps(list(enumerate([base] * 5 + [edge]))) == []
+    assert reading.spike_steps(list(enumerate([base] * 5 + [edge * 1.01]))) == [5]
+
+
+def test_ending_exactly_diverge_rise_above_the_lowest_is_not_diverging():
+    low = 1.0
+    flat = [(s, low) for s in range(10)]
+    assert reading.diverging(flat + [(10, low * (1 + reading.DIVERGE_RISE))]) is None
+    assert reading.diverging(flat + [(10, low * 1.105)]) == (0, low)  # over "10 %": 10.5 %
+
+
+def test_shape_needs_two_smooth_widths_of_rows():
+    rows = [{"step": s, "train_loss": 4.0 - 2.0 * min(1, s / 2), "lr": 1e-3}
+            for s in range(2 * reading.SMOOTH)]
+    assert "shape" in kinds(rows, Facts(vocab_size=65))
+    assert not {"shape", "shape, not yet"} & set(kinds(rows[:-1], Facts(vocab_size=65)))
+
+
+def test_a_single_row_at_step_0_reads_no_warmup_however_long_it_took():
+    rows = [{"step": 0, "train_loss": LN65, "lr": 1e-5, "time_s": 3.0}]  # compiling, say
+    facts = Facts(vocab_size=65, warmup_steps=100, total_steps=None, time_budget=4.0)
+    assert not {"warmup", "slow warmup", "warmup unfinished"} & set(kinds(rows, facts))
+
+
+def test_rows_without_a_clock_under_a_time_budget_read_no_early_stop():
+    rows = overfit_curve()
+    for r in rows:
+        r.pop("time_s", None)
+    facts = Facts(vocab_size=65, total_steps=None, time_budget=60.0, patience=2)
+    assert "early stop" not in kinds(rows, facts)
+
+
+def test_a_nan_validation_loss_in_rows_of_ones_own_loop_is_not_finite():
+    rows = lesson_curve(steps=500)
+    rows[3]["val_loss"] = rows[5]["val_loss"] = float("nan")
+    assert rows[3]["step"] in only(rows, "val not finite").steps
+
+
+def test_rows_with_clipped_counts_and_without_read_the_gradient_norms():
+    rows = [{"step": s, "train_loss": 2.0, "lr": 1e-3, "grad_norm": 2.0 if s % 2 else 0.5}
+            for s in range(10)]
+    rows[0]["clipped"] = 0
+    found = only(rows, "clipped", Facts(vocab_size=65, grad_clip=1.0))
+    assert found.steps == tuple(r["step"] for r in rows if r["grad_norm"] > 1.0)
+
+
+def test_the_margin_is_two_hundredths_of_a_nat_at_least():
+    assert reading.margin(1.0) == pytest.approx(0.02) == reading.margin(0.5)
+
