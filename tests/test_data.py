@@ -103,3 +103,32 @@ def test_batches_uses_separate_streams_per_split():
     assert torch.equal(a.get_batch("train")[0], b.get_batch("train")[0])
     assert int(a.get_batch("val")[0].min()) >= 4500
 
+
+
+def test_a_split_of_exactly_block_size_plus_one_tokens_is_enough():
+    """One window needs block_size inputs and the shifted target: block_size + 1 tokens, which
+    get_batch can draw from; one token fewer is refused."""
+    block = 8
+    splits = Splits.from_tokens(np.arange(100, dtype=np.uint16), 0.5)
+    exact = Splits(train=splits.train, val=splits.val[:block + 1])
+    exact.check(block)
+    x, y = get_batch(exact.val, 2, block)
+    assert x.shape == y.shape == (2, block)
+    with pytest.raises(MiniGPTError, match="validation split has 8 tokens"):
+        Splits(train=splits.train, val=splits.val[:block]).check(block)
+
+
+@pytest.mark.parametrize("val_fraction", [0, 0.0, 1])
+def test_a_val_fraction_of_nothing_or_everything_is_refused(val_fraction):
+    with pytest.raises(MiniGPTError, match="must be in \\(0, 1\\)"):
+        Splits.from_tokens(np.arange(100), val_fraction)
+
+
+def test_training_stream_s_is_seeded_with_seed_plus_1000003_s():
+    """As Batches says: stream 0 with `seed`, stream s with seed + 1,000,003 s."""
+    splits = Splits.from_tokens(np.arange(5000, dtype=np.uint16))
+    batches = Batches(splits, 4, 8, seed=5, streams=(0, 2))
+    for micro, s in enumerate(batches.streams):
+        want = get_batch(splits.train, 4, 8, torch.Generator().manual_seed(5 + 1_000_003 * s))
+        got = batches.get_batch("train", micro)
+        assert all(torch.equal(u, v) for u, v in zip(got, want, strict=True))

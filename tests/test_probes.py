@@ -23,6 +23,7 @@ from minigpt.diagnostics.gradflow import ParamStats
 from minigpt.diagnostics.plots import plot_lr, run_train_config
 from minigpt.diagnostics.probes import (
     SECTIONS,
+    AttentionProbe,
     EveryNSteps,
     GradFlowProbe,
     Probe,
@@ -31,6 +32,7 @@ from minigpt.diagnostics.probes import (
 from minigpt.errors import MiniGPTError
 from minigpt.files import read_jsonl
 from minigpt.schedule import schedule_lr
+from minigpt.tokenizer import CharTokenizer
 
 
 def assert_png(path):
@@ -80,6 +82,35 @@ def test_a_record_every_n_steps_is_at_the_first_row_from_each_multiple_of_n():
     probe.state.step = 45
     probe.end({})  # its last record was of the final weights already
     assert probe.steps == [0, 15, 25, 35, 40, 44]
+
+
+def test_a_resumed_probe_keeps_its_checkpoints_schedule_and_a_new_run_starts_fresh(tmp_path):
+    """start() comes after the checkpoint's state is loaded: at a resume (12 steps done) the
+    probe goes on from it; only a new run (0 steps done) starts from the fresh state."""
+    probe = EveryNSteps(10)
+    saved = {"next_step": 20, "recorded": 10}
+    probe.load_state_dict(saved)
+    probe.start(SimpleNamespace(state=SimpleNamespace(step=12), folder=tmp_path))
+    assert probe.state_dict() == saved
+    probe.start(SimpleNamespace(state=SimpleNamespace(step=0), folder=tmp_path))
+    assert probe.state_dict() == EveryNSteps.fresh
+
+
+def test_a_resume_redraws_the_attention_map_at_the_step_it_resumes_at(tmp_path):
+    """10 steps done: the rows are named 0 .. 9, so a map at step 10 is from after the
+    checkpoint and is drawn again; the one at step 9 is kept, the probe's last record."""
+    (tmp_path / "attention").mkdir()
+    for step in (9, 10, 11):
+        (tmp_path / "attention" / f"step-{step:06d}.png").touch()
+    text = "ROMEO: But soft"
+    run = SimpleNamespace(state=SimpleNamespace(step=10), folder=tmp_path,
+                          tokenizer=CharTokenizer.from_text(text),
+                          model=SimpleNamespace(block_size=8))
+    probe = AttentionProbe(5, text)
+    probe.load_state_dict({"next_step": 10, "recorded": 5})
+    probe.start(run)
+    assert sorted(p.name for p in (tmp_path / "attention").iterdir()) == ["step-000009.png"]
+    assert probe.recorded == 9
 
 
 @pytest.mark.parametrize("budget", [0.0, 3.0])

@@ -127,6 +127,14 @@ def test_early_stopping_counts_evaluations_without_improvement():
     assert not state.out_of_patience(0)  # patience 0: never stop early
 
 
+def test_an_evaluation_equal_to_the_best_is_no_improvement():
+    """The best is the first evaluation to reach a loss: an equal one later neither takes its
+    place nor resets the count toward early stopping."""
+    state = TrainState()
+    assert state.record_eval(3.0)
+    assert not state.record_eval(3.0) and state.bad_evals == 1 and state.out_of_patience(1)
+
+
 def test_a_target_is_reached_by_a_loss_equal_to_it_and_recorded_once():
     state = TrainState()
     assert state.record_targets(2.6, [3.0, 2.5], seconds=1.234) == {"3": 1.23}
