@@ -273,6 +273,14 @@ def test_tokens_count_every_micro_batch(small_text, tmp_path):
     assert state["tokens"] == 4 * 2 * TINY["batch_size"] * TINY["block_size"]
 
 
+def test_the_last_step_is_evaluated_whatever_eval_every_says(small_text, tmp_path):
+    steps, every = 7, 5  # the last step, 6, is no multiple of 5
+    train(tiny_config(small_text, steps=steps, log_every=every, eval_every=every), tmp_path,
+          progress=False)
+    evaluated = [r["step"] for r in metrics(tmp_path) if "val_loss" in r]
+    assert evaluated == [*range(0, steps, every), steps - 1]
+
+
 def test_rows_count_every_clipped_step(small_text, tmp_path):
     for clip, expected in [(1e-9, 10), (0.0, 0)]:  # every step clipped; clipping off
         out = tmp_path / f"clip-{clip}"
