@@ -446,10 +446,12 @@ def test_early_stop_counts_only_the_evaluations_after_the_best():
     assert only(rows, "early stop", Facts(vocab_size=65, total_steps=5000, patience=2)).step == 1000
 
 
-def test_a_train_loss_gone_nan_is_a_skipped_batch():
+@pytest.mark.parametrize("gone", [None, float("nan"), float("inf")])  # null: the trainer's
+def test_a_train_loss_or_gradient_gone_nan_is_a_skipped_batch(gone):
     rows = lesson_curve(steps=1000)
-    rows[6]["train_loss"] = None  # (its gradient norm written, finite)
-    assert only(rows, "skipped").steps == (300,)
+    rows[6]["train_loss"] = gone  # (its gradient norm written, finite)
+    rows[8]["grad_norm"] = gone
+    assert only(rows, "skipped").steps == (300, 400)
 
 
 def test_a_spike_is_against_the_median_of_the_five_rows_before_it():

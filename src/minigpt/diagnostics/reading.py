@@ -281,9 +281,10 @@ def clipped_steps(rows: list[dict], facts: Facts) -> list[Finding]:
 
 
 def skipped_steps(rows: list[dict], facts: Facts) -> list[Finding]:
-    """Batches whose gradient was NaN or inf (the step skipped them, or the loss is gone)."""
-    where = [r["step"] for r in rows if r.get("skipped") or r.get("grad_norm", 0) is None
-             or r.get("train_loss", 0) is None]
+    """Batches whose gradient was NaN or inf (the step skipped them, or the loss is gone): as
+    the trainer writes them, null; in one's own rows, NaN or inf too."""
+    where = [r["step"] for r in rows if r.get("skipped") or not finite(r.get("grad_norm", 0))
+             or not finite(r.get("train_loss", 0))]
     if not where:
         return []
     n = sum(r.get("skipped") or 1 for r in rows if r["step"] in where)
