@@ -433,6 +433,27 @@ def test_train_refuses_to_resume_with_another_model_or_data(small_text, tmp_path
     assert load_model(tmp_path, "last")[2]["step"] == 4
 
 
+def test_a_run_resumes_on_its_text_moved_elsewhere_but_not_on_another_text(small_text, tmp_path):
+    """The checkpoint keeps the tokens' fingerprint: the same tokens at a new path continue the
+    run; a text gone from its path says how to go on; other tokens are refused."""
+    run = tmp_path / "run"
+    train(tiny_config(small_text, steps=4, eval_every=2), run, progress=False)
+    moved = small_text.rename(tmp_path / "moved.txt")
+    with pytest.raises(MiniGPTError, match=re.escape(f"run's text {small_text} is not there")):
+        resume_config(run, {"steps": 6})
+    cfg = resume_config(run, {"text": str(moved), "steps": 6})
+    train(cfg, run, resume=True, progress=False)
+    model, _, meta = load_model(run, "last")
+    assert meta["step"] == 6 and meta["data"]["text"] == str(moved)
+    other = tmp_path / "other.txt"
+    other.write_text(moved.read_text()[::-1])  # the same characters, other tokens
+    with pytest.raises(MiniGPTError, match=re.escape(f"{other} is not the text the run was "
+                                                     f"trained on, {moved}")):
+        train(resume_config(run, {"text": str(other), "steps": 8}), run, resume=True,
+              progress=False)
+    assert load_model(run, "last")[2]["step"] == 6
+
+
 @pytest.mark.parametrize("schedule", [dict(batch_start=8, block_start=64),  # not below
                                       dict(batch_start=2, block_start=8, ramp=0.0)])  # no ramp
 def test_a_start_not_below_the_full_size_or_no_ramp_is_no_schedule(small_text, caplog, schedule):

@@ -250,7 +250,8 @@ def resume_config(run_dir: str | Path, overrides: dict | None = None, preset: st
     (its preset, config file and flags, in that order): training settings, and those of the
     sections beyond the core's, may change (more steps, say); a model or data setting may be
     repeated as the run has it (a path naming the same file counts as the same) but not
-    changed: the error names each change."""
+    changed: the error names each change. The text may move: a checkpoint that keeps its
+    tokens' fingerprint takes another path to the same tokens (restore checks them)."""
     meta = load_checkpoint(Path(run_dir) / "checkpoints", "last").meta
     check_resumable(meta, run_dir)
     cfg = RunConfig.with_sections(sections)
@@ -259,13 +260,19 @@ def resume_config(run_dir: str | Path, overrides: dict | None = None, preset: st
     apply_overrides(cfg, saved, f"checkpoint in {run_dir}")
     table = by_section(asked_settings(preset, config_file, overrides, sections), sections)
     fixed = {sec: table.pop(sec) for sec in ("model", "data") if sec in table}
+    fingerprinted = "tokens_sha256" in meta
     changes = [f"{key} from {getattr(cfg.sections()[sec], key)!r} to {value!r}"
                for sec, values in fixed.items() for key, value in values.items()
-               if not same_setting(cfg, sec, key, value)]
+               if not same_setting(cfg, sec, key, value, fingerprinted)]
     if changes:  # a preset fits its model to the time budget: a longer one, another model
         hint = "; resume without --preset: the run keeps its own settings" if preset else ""
         raise MiniGPTError(f"cannot change {'; '.join(changes)} when resuming a run (its model "
                            f"and data stay as they were){hint}")
+    if moved := fixed.get("data", {}).get("text"):
+        table["data"] = {"text": moved}
+    elif fingerprinted and cfg.data.text and not Path(cfg.data.text).expanduser().exists():
+        raise MiniGPTError(f"the run's text {cfg.data.text} is not there (moved?): resume with "
+                           f"--text NEWPATH, the same text where it is now")
     apply_overrides(cfg, table)
     validate(cfg)
     return cfg
@@ -281,15 +288,18 @@ def check_resumable(meta: dict, run_dir: str | Path) -> None:
                            f"read it, but train --resume and gradflow cannot")
 
 
-def same_setting(cfg: RunConfig, section: str, key: str, value) -> bool:
+def same_setting(cfg: RunConfig, section: str, key: str, value,
+                 fingerprinted: bool = False) -> bool:
     """Whether a model or data setting, as a command gives it, is what the run has: paths
-    compared once resolved; the vocabulary size, which the text and tokenizer set, never
-    counts as a change (nor the tokenizer of a prepared folder, which brings its own)."""
+    compared once resolved, or any path where the checkpoint keeps the tokens' fingerprint
+    (fingerprinted: the tokens are checked instead); the vocabulary size, which the text and
+    tokenizer set, never counts as a change (nor the tokenizer of a prepared folder, which
+    brings its own)."""
     have = getattr(getattr(cfg, section), key)
     if key == "vocab_size" or (key == "tokenizer" and bool(cfg.data.text)
                                and is_prepared(cfg.data.text)):
         return True
     if key == "text":
-        return (Path(value).expanduser().resolve() == Path(have).resolve()
+        return (fingerprinted or Path(value).expanduser().resolve() == Path(have).resolve()
                 if value and have else value == have)
     return value == have

@@ -335,14 +335,17 @@ def restore(run: Run, tag: str = "last") -> list[str]:
     changed = [f"{key} from {was!r} to {getattr(section, key)!r}"
                for name, section in (("model", run.cfg.model), ("data", run.cfg.data))
                for key, was in ckpt.meta[name].items()
-               if hasattr(section, key) and not same_setting(run.cfg, name, key, was)]
+               if hasattr(section, key)
+               and not same_setting(run.cfg, name, key, was, "tokens_sha256" in ckpt.meta)]
     if changed:  # (resume_config refuses these for the command line; this is train()'s)
         raise MiniGPTError(f"cannot change {'; '.join(changed)} when resuming a run (its model "
                            f"and data stay as they were)")
     if ckpt.meta.get("tokens_sha256", run.data["tokens_sha256"]) != run.data["tokens_sha256"]:
-        raise MiniGPTError(f"{run.data['text']} changed since the run was trained on it (its "
-                           f"tokens differ from the checkpoint's): resume with the text as it "
-                           f"was, or train a new run")
+        what = ("changed since the run was trained on it" if same_setting(
+            run.cfg, "data", "text", ckpt.meta["data"]["text"]) else
+            f"is not the text the run was trained on, {ckpt.meta['data']['text']}")
+        raise MiniGPTError(f"{run.data['text']} {what} (its tokens differ from the "
+                           f"checkpoint's): resume with the text as it was, or train a new run")
     if (was := ckpt.meta["train"]["optimizer"]) != run.cfg.train.optimizer:
         raise MiniGPTError(f"the run was trained with {was}, whose state cannot continue "
                            f"under {run.cfg.train.optimizer}: resume with --optimizer {was}, or "
