@@ -7,7 +7,9 @@ behind. (That the tokenizer never sees the validation split: tests/test_bpe.py.)
 import io
 import json
 import logging
+import os
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from minigpt import MiniGPT, MiniGPTError, ShardedTokens, Splits, get_batch, loa
 from minigpt.checkpoint import load_model
 from minigpt.cli import main
 from minigpt.corpus import (
+    changed,
     find_sources,
     is_prepared,
     open_prepared,
@@ -276,6 +279,14 @@ def interrupt_at(monkeypatch, kind, call):
     monkeypatch.setattr(TOKENIZERS[kind], "encode_array", failing)
 
 
+def test_what_changed_since_a_prepare_began_is_named():
+    was = {"tokenizer": "bpe", "files": [["a.txt", 10, 1], ["b.txt", 20, 2]]}
+    assert changed(was, {**was, "files": was["files"][:1]}) == "files gone since it began"
+    assert changed(was, {**was, "files": [*was["files"], ["c.txt", 1, 3]]}) == (
+        "c.txt is new or changed since it began")
+    assert changed(was, {**was, "tokenizer": "char"}) == "tokenizer was 'bpe', now 'char'"
+
+
 @pytest.mark.parametrize("kind, source", [("char", "files"), ("bpe", "files"),
                                           ("bpe", "parquet")])
 def test_an_interrupted_prepare_continues_to_the_same_shards(corpus, tmp_path, monkeypatch,
@@ -301,8 +312,15 @@ def test_an_interrupted_prepare_continues_to_the_same_shards(corpus, tmp_path, m
     done = json.loads((out / "progress.json").read_text())["shards"]["train"]
     assert done and not list(out.glob(".*.tmp")) and not (out / "index.json").exists()
     assert tokens_done(out) == sum(s["tokens"] for s in done) > 0  # (what the rate leaves out)
-    with pytest.raises(MiniGPTError, match="unfinished prepare of other sources or settings"):
+    with pytest.raises(MiniGPTError, match="unfinished prepare of other sources or settings "
+                                           "\\(shard_tokens was 300, now 299\\)"):
         prepare(src, out, **{**settings, "shard_tokens": 299})
+    touched = files[1] if source == "files" else src.files[0]  # (the dataset's file)
+    stamp = touched.stat()  # the same bytes, but nothing says so without another scan
+    os.utime(touched, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))
+    with pytest.raises(MiniGPTError, match=re.escape(f"({touched} is new or changed since")):
+        prepare(src, out, **settings)
+    os.utime(touched, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
     index = prepare(src, out, **settings)
     straight = json.loads((tmp_path / "straight" / "index.json").read_text())
     assert index["shards"] == straight["shards"]  # the same files, sizes and sha256

@@ -149,6 +149,17 @@ def file_stamps(files: list[Path]) -> list[list]:
     return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
+def changed(was: dict, now: dict) -> str:
+    """What differs between an unfinished prepare's settings and a command's, in words: the
+    first setting, or the first file whose size or modification time is not as it was."""
+    key = next(k for k in [*now, *was] if was.get(k) != now.get(k))
+    if key == "files" and (stamps := [s for s in now[key] if s not in was.get(key, [])]):
+        return f"{stamps[0][0]} is new or changed since it began"
+    if key == "files":
+        return "files gone since it began"
+    return f"{key} was {was.get(key)!r}, now {now.get(key)!r}"
+
+
 def chunk_text(pieces: Iterable[str], chunk_chars: int) -> Iterator[str]:
     """A stream of text pieces (each at most about chunk_chars characters) as chunks of about
     chunk_chars characters (at most twice that), each cut after a safe line break where there
@@ -417,8 +428,9 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
     except (OSError, ValueError):
         state = {}
     if state and state.get("settings") != settings:
-        raise MiniGPTError(f"{out_dir} holds an unfinished prepare of other sources or settings: "
-                           f"run that command again to continue it, or delete the folder")
+        raise MiniGPTError(f"{out_dir} holds an unfinished prepare of other sources or settings "
+                           f"({changed(state.get('settings') or {}, settings)}): run that "
+                           f"command again to continue it, or delete the folder")
     continuing = bool(state)
     if continuing:
         tok = load_tokenizer(out_dir / TOKENIZER)
