@@ -195,7 +195,8 @@ BAD_INPUT = [
     (["train", "--text", "{bad}/binary.txt"], "is not UTF-8 text"),
     (["train", "--text", "{bad}/text.txt.gz"], "text.txt.gz is gzip-compressed text: decompress"),
     (["train", "--text", "{bad}/short.txt"], "validation split has 30 tokens, fewer than "
-     "block_size + 1 = 129; use a longer text, a smaller --block-size or a larger --val-fraction"),
+     "block_size + 1 = 129; use a longer text, a smaller --block-size or a larger --val-fraction "
+     "(a prepared corpus's: minigpt prepare's)"),
     (["train", "--text", "{text}", "--tokenizer", "bpe"], "give one of at least 257, such as 1024"),
     (["train", "--text", "{bad}/short.txt", "--block-size", "280"], "train split has 270"),
     (["train", "--n-embd", "30", "--n-head", "4"], "divisible"),

@@ -160,7 +160,8 @@ class Splits:
         """Each split needs one window of block_size inputs plus the shifted target."""
         for name, part in (("train", self.train), ("validation", self.val)):
             if len(part) < block_size + 1:
-                more = " or a larger --val-fraction" if name == "validation" else ""
+                more = (" or a larger --val-fraction (a prepared corpus's: minigpt prepare's)"
+                        if name == "validation" else "")
                 raise MiniGPTError(f"the {name} split has {len(part)} tokens, fewer than "
                                    f"block_size + 1 = {block_size + 1}; use a longer text, a "
                                    f"smaller --block-size{more}")
