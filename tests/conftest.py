@@ -4,6 +4,7 @@ or from ../shared/data beside the checkout."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -119,6 +120,28 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
         [sys.executable, "-m", "minigpt", *args], cwd=cwd, capture_output=True, text=True,
         errors="surrogateescape", timeout=timeout, env={**os.environ, **(env or {})},
     )
+
+
+def in_process(capsys, *args: str) -> subprocess.CompletedProcess:
+    """`minigpt ARGS` in-process (`main`, what the command runs), its exit status and what it
+    printed as run_cli returns them, for a test of what the command does rather than of the
+    process (which costs a second or two of imports more): cwd and environment through
+    monkeypatch. Its log lines are printed as the command prints them (pytest's own root
+    handlers, which would keep them, are set aside meanwhile)."""
+    capsys.readouterr()
+    root, ours = logging.getLogger(), logging.getLogger("minigpt")
+    saved = root.handlers[:], ours.handlers[:], ours.level
+    root.handlers.clear()
+    ours.handlers.clear()
+    try:
+        code = main(list(args))
+    except SystemExit as e:  # (argparse's --help), as the process would exit
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        root.handlers[:], ours.handlers[:] = saved[:2]
+        ours.setLevel(saved[2])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["minigpt", *args], code, out, err)
 
 
 # The tiny model and quiet run that most tests train, declared once: as overrides for

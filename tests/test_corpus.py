@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import minigpt.corpus
-from conftest import TINY_FLAGS, as_flags, one_line_error, run_cli
+from conftest import TINY_FLAGS, as_flags, in_process, one_line_error
 from minigpt import MiniGPT, MiniGPTError, ShardedTokens, Splits, get_batch, load_corpus, prepare
 from minigpt.checkpoint import load_model
 from minigpt.cli import main
@@ -494,15 +494,17 @@ def test_bad_input_is_one_line_and_leaves_nothing(bad_sources, tmp_path, request
     assert not out.exists() and sorted(d.rglob("*")) == before
 
 
-def test_a_tilde_after_an_equals_sign_is_the_home_folder(small_text, tmp_path):
+def test_a_tilde_after_an_equals_sign_is_the_home_folder(small_text, tmp_path, capsys,
+                                                          monkeypatch):
     """--text=~/x and --out=~/y: no shell expands those, so minigpt does."""
     home = small_text.parent
-    r = run_cli("prepare", "--text=~/small.txt", "--out=~/prepared", "--no-progress",
-                env={"HOME": str(home)}, cwd=tmp_path)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    r = in_process(capsys, "prepare", "--text=~/small.txt", "--out=~/prepared", "--no-progress")
     assert r.returncode == 0, r.stderr
     assert is_prepared(home / "prepared") and not (tmp_path / "~").exists()
-    p = run_cli("plan", "--tokens", "1e4", "--text=~/small.txt", "--batch-size", "1",
-                "--block-size", "8", "--dtype", "float32", env={"HOME": str(home)})
+    p = in_process(capsys, "plan", "--tokens", "1e4", "--text=~/small.txt", "--batch-size", "1",
+                   "--block-size", "8", "--dtype", "float32")
     assert p.returncode == 0, p.stderr
     vocab = len(set(small_text.read_text()))  # the text's, not the default 65
     assert f"vocab {vocab}, block 8" in p.stdout
@@ -583,12 +585,13 @@ def test_a_byte_order_mark_is_not_text(tmp_path):
     assert tok.decode(tokens) == "doc 0\ndoc 1\ndoc 2\n"
 
 
-def test_cli_prepare_prints_a_summary(corpus, tmp_path):
+def test_cli_prepare_prints_a_summary(corpus, tmp_path, capsys):
     src, files = corpus
     out = tmp_path / "out"
-    r = run_cli("prepare", "--text", str(src), "--out", str(out), "--shard-tokens", "1000")
+    r = in_process(capsys, "prepare", "--text", str(src), "--out", str(out), "--shard-tokens",
+                   "1000")
     assert r.returncode == 0, r.stderr
-    assert r.stderr == ""  # a pipe is no terminal: no progress bar's updates written into it
+    assert r.stderr == ""  # no terminal: no progress bar's updates written into it
     index = json.loads((out / "index.json").read_text())
     assert len(r.stdout.strip().splitlines()) == 1
     assert f"prepared {len(files)} file(s), {index['tokens']:,} tokens" in r.stdout
@@ -603,11 +606,11 @@ QUICK = [*TINY_FLAGS, *as_flags(dict(steps=20, eval_every=10, log_every=5, sampl
 
 
 @pytest.mark.slow
-def test_train_on_a_prepared_folder_then_sample(corpus, tmp_path):
+def test_train_on_a_prepared_folder_then_sample(corpus, tmp_path, capsys):
     out = tmp_path / "shards"
     prepare(str(corpus[0]), out, shard_tokens=500, progress=False)
-    r = run_cli("train", "--text", str(out), *QUICK, "--out", str(tmp_path / "a run"),
-                "--val-fraction", "0.5")
+    r = in_process(capsys, "train", "--text", str(out), *QUICK, "--out", str(tmp_path / "a run"),
+                   "--val-fraction", "0.5")
     assert r.returncode == 0, r.stderr
     assert (f"warning: {out} is a prepared corpus, with its own tokenizer and split: "
             f"--val-fraction not used") in r.stderr
@@ -619,27 +622,30 @@ def test_train_on_a_prepared_folder_then_sample(corpus, tmp_path):
     assert hint[0].endswith(f"continue it with: minigpt sample --run '{tmp_path / 'a run'}'")
     _, tok, _ = load_model(tmp_path / "a run")
     assert not tok.can_encode("ROMEO:")
-    s = run_cli("sample", "--run", str(tmp_path / "a run"), "--max-new-tokens", "20", "--seed", "3")
+    s = in_process(capsys, "sample", "--run", str(tmp_path / "a run"), "--max-new-tokens", "20",
+                   "--seed", "3")
     assert s.returncode == 0 and s.stdout.startswith(tok.decode([0])) and len(s.stdout) > 10
     # the attention maps of the default text: those of its characters the run knows
-    a = run_cli("attention", "--run", str(tmp_path / "a run"), "--device", "cpu")
+    a = in_process(capsys, "attention", "--run", str(tmp_path / "a run"), "--device", "cpu")
     assert a.returncode == 0, a.stderr
     assert (tmp_path / "a run" / "attention.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.slow
-def test_train_bpe_from_the_command_line_saves_samples_and_resumes(small_text, tmp_path):
+def test_train_bpe_from_the_command_line_saves_samples_and_resumes(small_text, tmp_path,
+                                                                    capsys):
     run = tmp_path / "bpe"
-    r = run_cli("train", "--text", str(small_text), "--tokenizer", "bpe", "--vocab-size", "300",
-                *QUICK, "--out", str(run))
+    r = in_process(capsys, "train", "--text", str(small_text), "--tokenizer", "bpe",
+                   "--vocab-size", "300", *QUICK, "--out", str(run))
     assert r.returncode == 0, r.stderr
     saved = json.loads((run / "tokenizer.json").read_text())
     assert saved["kind"] == "bpe"
     config = json.loads((run / "config.json").read_text())["config"]
     assert config["data"]["tokenizer"] == "bpe" and config["model"]["vocab_size"] <= 300
-    s = run_cli("sample", "--run", str(run), "--prompt", "the quick", "--max-new-tokens", "15")
+    s = in_process(capsys, "sample", "--run", str(run), "--prompt", "the quick",
+                   "--max-new-tokens", "15")
     assert s.returncode == 0 and s.stdout.startswith("the quick")
-    r = run_cli("train", "--resume", str(run), "--steps", "30", "--no-progress")
+    r = in_process(capsys, "train", "--resume", str(run), "--steps", "30", "--no-progress")
     assert r.returncode == 0, r.stderr
     meta = json.loads((run / "checkpoints" / "last.json").read_text())
     assert meta["step"] == 30 and meta["tokenizer"] == saved

@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import in_process
 from minigpt import MiniGPT, resolve_config
 from minigpt import plan as planning
 from minigpt.errors import MiniGPTError
@@ -120,9 +120,9 @@ def test_compute_optimal_is_nearest_twenty_tokens_per_parameter():
     assert [line.split()[-2] for line in table.splitlines()[2:5]] == ["0", "0", "0"]
 
 
-def test_the_command_prints_the_ladder_and_marks_one_shape():
-    r = run_cli("plan", "--tokens", "1e6", "--time-budget", "1h", "--batch-size", "1",
-                "--block-size", "8", "--block-start", "4", "--dtype", "float32")
+def test_the_command_prints_the_ladder_and_marks_one_shape(capsys):
+    r = in_process(capsys, "plan", "--tokens", "1e6", "--time-budget", "1h", "--batch-size", "1",
+                   "--block-size", "8", "--block-start", "4", "--dtype", "float32")
     assert r.returncode == 0, r.stderr
     assert "the run's first 30%, growing from block 4, is slower a token" in r.stdout
     rows = [line for line in r.stdout.splitlines() if re.match(r"\s*\d+ x \d+", line)]
@@ -140,11 +140,11 @@ def test_the_command_prints_the_ladder_and_marks_one_shape():
     assert "ETA" in r.stdout and "tokens in budget" in r.stdout
 
 
-def test_the_command_refuses_no_budget_in_one_line():
-    r = run_cli("plan")
+def test_the_command_refuses_no_budget_in_one_line(capsys):
+    r = in_process(capsys, "plan")
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert "plan needs a budget" in r.stderr
-    helped = run_cli("plan", "--help").stdout  # (train's help for it spoke of --steps)
+    helped = in_process(capsys, "plan", "--help").stdout  # (train's help for it spoke of --steps)
     assert "the training time to plan for" in helped and "0: train for --steps" not in helped
 
 
