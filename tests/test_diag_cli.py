@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import TINY_FLAGS, one_line_error, read_png, run_cli, tiny_config
+from conftest import TINY_FLAGS, in_process, one_line_error, read_png, tiny_config
 from minigpt import train
 from minigpt.cli import main
 from minigpt.console import visible
@@ -60,15 +60,15 @@ def test_attention_command_writes_a_heatmap_grid(cli_run, tmp_path, capsys):
     assert 1.4 < width / height < 2.2  # (one square and its colour bar: about 1.1; 2 x 1: 0.6)
 
 
-def test_compare_command_prints_a_table(small_text, tmp_path):
+def test_compare_command_prints_a_table(small_text, tmp_path, capsys):
     out = tmp_path / "cmp"
-    r = run_cli("compare", "--optimizers", "sgd:0.5,adamw", *TINY_FLAGS, "--steps", "10",
-                "--eval-every", "5", "--text", str(small_text), "--out", str(out))
+    r = in_process(capsys, "compare", "--optimizers", "sgd:0.5,adamw", *TINY_FLAGS, "--steps",
+                   "10", "--eval-every", "5", "--text", str(small_text), "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "sgd lr 0.5" in r.stdout and "adamw" in r.stdout and "final val" in r.stdout
     assert len(json.loads((out / "compare.json").read_text())) == 2
     read_png(out / "compare.png")
-    r = run_cli("report", "--run", str(out))  # (it said: no 'best' checkpoint in cmp/...)
+    r = in_process(capsys, "report", "--run", str(out))  # (it said: no 'best' checkpoint in cmp/)
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert "holds a comparison" in r.stderr and "0-sgd" in r.stderr
 
@@ -236,17 +236,18 @@ def test_graph_command_draws_the_run(cli_run, tmp_path, capsys):
     assert "lm_head" in svg and "blocks.0" in svg and "token_emb" in svg
 
 
-def test_graph_command_without_graphviz_writes_dot_and_says_how(tmp_path):
+def test_graph_command_without_graphviz_writes_dot_and_says_how(tmp_path, capsys, monkeypatch):
     bin_dir = tmp_path / "bin"  # a PATH with python but no dot
     bin_dir.mkdir()
     (bin_dir / "python").symlink_to(sys.executable)
-    r = run_cli("graph", "--out", str(tmp_path / "g"), env={"PATH": str(bin_dir)})
+    monkeypatch.setenv("PATH", str(bin_dir))
+    r = in_process(capsys, "graph", "--out", str(tmp_path / "g"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1  # (0 was: the pictures are not made)
     assert f"dot is not installed: wrote only {tmp_path / 'g.dot'}" in r.stderr
     assert "install Graphviz" in r.stderr and "apt install graphviz" in r.stderr
     assert (tmp_path / "g.dot").read_text().startswith("digraph")
     assert not (tmp_path / "g.png").exists()
     # a fresh model is seeded, so its gradient norms repeat; "h.svg" names h.dot, not h.svg.dot
-    r = run_cli("graph", "--out", str(tmp_path / "h.svg"), env={"PATH": str(bin_dir)})
+    r = in_process(capsys, "graph", "--out", str(tmp_path / "h.svg"))
     assert r.returncode == 2, r.stderr
     assert (tmp_path / "h.dot").read_text() == (tmp_path / "g.dot").read_text()

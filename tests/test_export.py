@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import MAIN_THREAD_ONLY, one_line_error, run_cli
+from conftest import MAIN_THREAD_ONLY, in_process, one_line_error
 from minigpt import export
 from minigpt.checkpoint import load_model
 from minigpt.cli import main
@@ -286,14 +286,14 @@ def test_the_command_exports_a_run_whose_greedy_text_is_minigpt_samples(cli_run,
     --temperature 0` prints."""
     run, _, _ = cli_run
     out = tmp_path / "hf"
-    r = run_cli("export", "--run", str(run), "--out", str(out))
+    r = in_process(capsys, "export", "--run", str(run), "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "from_pretrained" in r.stdout and "up to the block size in all" in r.stdout
     assert "Writing" not in r.stderr and "%|" not in r.stderr  # no transformers progress bar
     assert "already exists" in one_line_error(capsys, ["export", "--run", str(run), "--out",
                                                         str(out)])  # not twice
-    sample = run_cli("sample", "--run", str(run), "--prompt", "ROMEO:", "--temperature", "0",
-                     "--max-new-tokens", "20")
+    sample = in_process(capsys, "sample", "--run", str(run), "--prompt", "ROMEO:",
+                        "--temperature", "0", "--max-new-tokens", "20")
     assert sample.returncode == 0, sample.stderr
     model, tokenizer = load_hf(out)
     ours, tok, _ = load_model(run, "best")
