@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import minigpt
-from conftest import TINY_FLAGS, one_line_error, run_cli, tiny_config
+from conftest import TINY_FLAGS, in_process, one_line_error, run_cli, tiny_config
 from minigpt.cli import COMPARE_STEPS, main
 from minigpt.console import count, log_start, visible
 from minigpt.environment import resolve_device
@@ -313,9 +313,9 @@ def test_bad_input_is_one_line_and_non_zero(cli_run, bad_files, args, message, c
     assert files() == before  # nothing half-written left behind
 
 
-def test_steps_under_a_time_budget_are_said_not_to_end_the_run(small_text, tmp_path):
-    r = run_cli("train", "--text", str(small_text), *TINY_FLAGS, "--time-budget", "0.5",
-                "--steps", "3", "--out", str(tmp_path / "run"))
+def test_steps_under_a_time_budget_are_said_not_to_end_the_run(small_text, tmp_path, capsys):
+    r = in_process(capsys, "train", "--text", str(small_text), *TINY_FLAGS, "--time-budget",
+                   "0.5", "--steps", "3", "--out", str(tmp_path / "run"))
     assert r.returncode == 0, r.stderr
     assert "--steps 3 does not end this run: its time budget of 0.5 s does" in r.stderr
 
@@ -335,9 +335,10 @@ def test_torchruns_variables_set_wrong_are_one_line(env, said, monkeypatch, caps
     assert said in err and "unset them for one process" in err and err.count("\n") == 1
 
 
-def test_a_data_dir_that_is_a_file_is_named(tmp_path):
+def test_a_data_dir_that_is_a_file_is_named(tmp_path, capsys, monkeypatch):
     (tmp_path / "cache").write_text("")
-    r = run_cli("train", "--steps", "1", env={"MINIGPT_DATA_DIR": str(tmp_path / "cache")})
+    monkeypatch.setenv("MINIGPT_DATA_DIR", str(tmp_path / "cache"))
+    r = in_process(capsys, "train", "--steps", "1")
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert f"MINIGPT_DATA_DIR={tmp_path / 'cache'} is a file" in r.stderr
 
