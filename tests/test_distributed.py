@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -27,10 +28,13 @@ SMALL = [*TINY_FLAGS, *as_flags(dict(batch_size=4, log_every=1, eval_every=5, sc
 
 
 def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", "minigpt", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    """`torchrun -m minigpt ARGS`, its temp folder a private one removed after it: torchrun
+    leaves a torchelastic_* folder (its agent's logs) in the temp folder of every run."""
+    with tempfile.TemporaryDirectory(prefix="minigpt-torchrun-") as tmp:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": tmp}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", "-m", "minigpt", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
 def weights(run_dir):
