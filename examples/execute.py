@@ -38,11 +38,15 @@ def execute(nb, cwd: str | Path, env: dict | None = None, timeout: float = 300):
     from jupyter_client.manager import KernelManager
 
     with tempfile.TemporaryDirectory(prefix="minigpt-kernel-") as sockets:
+        # its connection file there too (by default a tmpXXXXXXXX.json in the system's temp
+        # folder), and the kernel shut down at the end (cleanup_kc: nbclient leaves running a
+        # kernel whose manager it was given, and its connection file with it)
         km = KernelManager(kernel_name="python3", transport="ipc",
-                           ip=str(Path(sockets) / "kernel"))
+                           ip=str(Path(sockets) / "kernel"),
+                           connection_file=str(Path(sockets) / "kernel.json"))
         client = nbclient.NotebookClient(nb, km=km, timeout=timeout, record_timing=False,
                                          resources={"metadata": {"path": str(cwd)}})
-        client.execute(**({"env": env} if env is not None else {}))
+        client.execute(cleanup_kc=True, **({"env": env} if env is not None else {}))
     return nb
 
 
