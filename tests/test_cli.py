@@ -393,6 +393,11 @@ def test_the_start_lines_of_one_process_with_micro_steps_and_a_warmup_as_long_as
     assert f"batch {cfg.train.batch_size} x 2 micro-steps x 1 process x" in model_line
     assert warnings == ["warmup (5 steps) is the whole run: the learning rate will only rise, "
                         "and never decay; try --warmup-steps 1"]  # (5 // 10 is 0)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="minigpt"):  # one step of warmup is none: at the peak
+        log_start(SimpleNamespace(**{**vars(run), "cfg": tiny_config(
+            tmp_path / "t.txt", steps=1, warmup_steps=1, grad_accum=2)}), 1e9)
+    assert not [r for r in caplog.records if "warmup" in r.getMessage()]
 
 
 def test_counts_and_visible_controls():

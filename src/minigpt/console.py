@@ -101,7 +101,7 @@ def log_start(run: Run, peak: float) -> None:
         log.warning(f"--eval-batches {t.eval_batches:,} reads {read:,} tokens an evaluation, "
                     f"more than the validation split's {data['val_tokens']:,}: --eval-batches 0 "
                     f"reads the whole split once, exactly")
-    if not t.time_budget and t.schedule in ("cosine", "linear") and t.warmup_steps >= t.steps:
+    if not t.time_budget and t.schedule in ("cosine", "linear") and 1 < t.warmup_steps >= t.steps:
         log.warning(f"warmup ({count(t.warmup_steps, 'step')}) is the whole run: the learning rate "
                     f"will only rise, and never decay; try --warmup-steps "
                     f"{max(1, t.steps // 10):,}")

@@ -207,10 +207,11 @@ def initial_loss(rows: list[dict], facts: Facts) -> list[Finding]:
 
 def warmup_end(rows: list[dict], facts: Facts) -> list[Finding]:
     """The step where warmup ends and the learning rate is at its peak; or, when the run has
-    no more steps than its warmup, that it never got past it."""
+    no more steps than its warmup, that it never got past it (a warmup of one step is none:
+    step 0 is at the peak)."""
     if facts.warmup_steps <= 0 or not rows:
         return []
-    if facts.total_steps is not None and facts.total_steps <= facts.warmup_steps:
+    if facts.total_steps is not None and 1 < facts.warmup_steps >= facts.total_steps:
         return [finding("all warmup", rows[-1]["step"], warmup=facts.warmup_steps,
                         total=facts.total_steps, last=rows[-1]["lr"],
                         tenth=max(1, facts.total_steps // 10))]
