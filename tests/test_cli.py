@@ -182,7 +182,9 @@ BAD_INPUT = [
     (["train", "--config", "{bad}/missing.toml"], "config file not found"),
     (["train", "--config", "{bad}"], "is a folder but not a run's (no config.json)"),  # (errno)
     (["train", "--resume", "{bad}/a-comparison"], "a-comparison holds a comparison, not a "
-                                                   "training run: nothing to resume there"),
+                                                   "training run: no checkpoint to load there"),
+    (["sample", "--run", "{bad}/half-prepared"], "half-prepared holds an unfinished prepare, not "
+                                                 "a training run: no checkpoint to load there"),
     (["train", "--text", "/nonexistent/x.txt"], "text file not found"),
     (["train", "--text", "{bad}/*.txt"], "*.txt is a pattern, not a text file: minigpt prepare"),
     (["train", "--data", "/nonexistent/y.txt"], "text file not found: /nonexistent/y.txt"),

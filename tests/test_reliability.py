@@ -915,7 +915,7 @@ def test_a_new_run_where_one_was_killed_before_its_first_checkpoint_starts_clean
     (export / "config.json").write_text('{"model_type": "gpt2"}')
     (export / "model.safetensors").write_bytes(b"")
     with pytest.raises(MiniGPTError, match="export holds an exported model, not a training "
-                                           "run: nothing to resume there"):
+                                           "run: no checkpoint to load there"):
         train(cfg, export, resume=True, progress=False)
     with pytest.raises(MiniGPTError, match="export holds an exported model; choose another"):
         train(cfg, export, progress=False)

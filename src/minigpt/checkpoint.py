@@ -40,6 +40,7 @@ from minigpt.errors import MiniGPTError, last_line
 from minigpt.files import (
     atomic_path,
     atomic_write_text,
+    folder_holds,
     os_error,
     remove_temporaries,
     sha256_file,
@@ -181,6 +182,9 @@ def find_checkpoint(folder: str | Path, tag: str = "last") -> Path:
                                f"{folder.parent.parent}")
         if not folder.parent.is_dir():
             raise MiniGPTError(f"no run folder {folder.parent}")
+        if (what := folder_holds(folder.parent)) not in (None, "a training run"):
+            raise MiniGPTError(f"{folder.parent} holds {what}, not a training run: no "
+                               f"checkpoint to load there")
         raise MiniGPTError(f"no '{tag}' checkpoint in {folder}")
     return meta_path
 

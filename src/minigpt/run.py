@@ -224,8 +224,6 @@ def stopped_before_a_checkpoint(folder: Path) -> bool:
 
 def find_last_checkpoint(folder: Path) -> None:
     """Check that `folder` holds a run to resume (its last checkpoint), in one line if not."""
-    if (what := folder_holds(folder)) not in (None, "a training run"):
-        raise MiniGPTError(f"{folder} holds {what}, not a training run: nothing to resume there")
     if stopped_before_a_checkpoint(folder):
         raise MiniGPTError(f"{folder} holds a run stopped before its first checkpoint: nothing "
                            f"to resume; train it again with --out {shlex.quote(str(folder))}")
