@@ -84,7 +84,7 @@ def log_start(run: Run, peak: float) -> None:
              f"matmuls ({env['dtype_why']})"
              f"{', compiled' if env['compile'] else ''}; matmul peak measured "
              f"{peak / 1e9:,.0f} GFLOP/s")
-    log.info(f"data: {data['text']}: vocab {data['vocab_size']}, "
+    log.info(f"data: {data['text']}: vocab {data['vocab_size']:,}, "
              f"{data['train_tokens']:,} train and {data['val_tokens']:,} val tokens")
     batch = f"batch {sized(t.batch_start, t.batch_size, t.ramp)}"
     if t.grad_accum > 1 or processes > 1:

@@ -143,15 +143,16 @@ def format_duration(seconds: float) -> str:
 def format_plan(shapes: list[Shape], tokens: float = 0, seconds: float = 0) -> str:
     """The table: one line a shape, the compute-optimal one marked, estimates marked ~."""
     best = optimal(shapes, tokens, seconds)
-    head = f"{'shape':<14} {'params':>11} {'peak memory':>11} {'step':>10} {'tokens/s':>10}"
+    head = f"{'shape':<13} {'params':>11} {'peak memory':>11} {'step':>10} {'tokens/s':>10}"
     head += f" {'ETA':>12}" if tokens else ""
     head += f" {'tokens in budget':>16}" if seconds else ""
     head += f" {'tokens/param':>12}"
     lines = [head, "-" * len(head)]
     for s in shapes:
         mark = "" if s.measured else "~"
+        step = f"{s.step_s * 1e3:,.0f} ms" if s.step_s < 100 else format_duration(s.step_s)
         line = (f"{s.n_layer:>2} x {s.n_embd:<4} {s.n_head:>2}h {s.params:>11,} "
-                f"{s.memory_bytes / 2**30:>7.2f} GiB {mark + f'{s.step_s * 1e3:,.0f} ms':>10} "
+                f"{s.memory_bytes / 2**30:>7.2f} GiB {mark + step:>10} "
                 f"{mark + f'{s.tokens_per_s:,.0f}':>10}")
         line += f" {mark + format_duration(tokens / s.tokens_per_s):>12}" if tokens else ""
         line += f" {mark + f'{in_budget(s, seconds):,}':>16}" if seconds else ""
