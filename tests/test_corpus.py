@@ -285,6 +285,12 @@ def test_what_changed_since_a_prepare_began_is_named():
     assert changed(was, {**was, "files": [*was["files"], ["c.txt", 1, 3]]}) == (
         "c.txt is new or changed since it began")
     assert changed(was, {**was, "tokenizer": "char"}) == "tokenizer was 'bpe', now 'char'"
+    data = {"sources": {"dataset": "d", "field": "text", "files": ["a"]}, "files": was["files"]}
+    assert changed(data, {**data, "sources": {**data["sources"], "field": "body"}}) == (
+        "field was 'text', now 'body'")  # (a dataset's field: not its whole description)
+    for odd in ([1, 2], {**was, "foo": None}):  # (a progress.json edited by hand)
+        assert changed(odd, was) == "its progress.json is not minigpt's"
+    assert changed({**was, "files": None}, was) == f"files was None, now {was['files']!r}"
 
 
 @pytest.mark.parametrize("kind, source", [("char", "files"), ("bpe", "files"),

@@ -274,9 +274,6 @@ def resume_config(run_dir: str | Path, overrides: dict | None = None, preset: st
                            f"and data stay as they were){hint}")
     if moved := fixed.get("data", {}).get("text"):
         table["data"] = {"text": moved}
-    elif fingerprinted and cfg.data.text and not Path(cfg.data.text).expanduser().exists():
-        raise MiniGPTError(f"the run's text {cfg.data.text} is not there (moved?): resume with "
-                           f"--text NEWPATH, the same text where it is now")
     apply_overrides(cfg, table)
     validate(cfg)
     return cfg
@@ -304,6 +301,6 @@ def same_setting(cfg: RunConfig, section: str, key: str, value,
                                and is_prepared(cfg.data.text)):
         return True
     if key == "text":
-        return (fingerprinted or Path(value).expanduser().resolve() == Path(have).resolve()
-                if value and have else value == have)
+        return fingerprinted or (Path(value).expanduser().resolve() == Path(have).resolve()
+                                 if value and have else value == have)
     return value == have

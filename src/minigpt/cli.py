@@ -340,6 +340,10 @@ def cmd_train(args: argparse.Namespace) -> None:
                                f"folders; --resume continues the run where it is")
         find_last_checkpoint(Path(args.resume))  # (or why there is none to resume from)
         cfg = resume_config(args.resume, settings_given(args), args.preset, args.config, SECTIONS)
+        gone = cfg.data.text and not Path(cfg.data.text).expanduser().exists()
+        if gone and "text" not in settings_given(args):
+            raise MiniGPTError(f"the run's text {cfg.data.text} is not there (moved?): resume "
+                               f"with --text NEWPATH, the same text where it is now")
     else:
         cfg = resolve_config(args.preset or "seed", args.config, settings_given(args), SECTIONS)
         warn_if_prepared(args, cfg.data.text)

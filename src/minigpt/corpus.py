@@ -149,15 +149,22 @@ def file_stamps(files: list[Path]) -> list[list]:
     return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
-def changed(was: dict, now: dict) -> str:
+def changed(was, now: dict) -> str:
     """What differs between an unfinished prepare's settings and a command's, in words: the
-    first setting, or the first file whose size or modification time is not as it was."""
-    key = next(k for k in [*now, *was] if was.get(k) != now.get(k))
-    if key == "files" and (stamps := [s for s in now[key] if s not in was.get(key, [])]):
-        return f"{stamps[0][0]} is new or changed since it began"
-    if key == "files":
-        return "files gone since it began"
-    return f"{key} was {was.get(key)!r}, now {now.get(key)!r}"
+    first file whose size or modification time is not as it was, or the first setting (of a
+    dataset's: its field, split or config)."""
+    if not isinstance(was, dict):
+        return "its progress.json is not minigpt's"
+    key = next((k for k in ["files", *now, *was] if was.get(k) != now.get(k)), None)
+    a, b = was.get(key), now.get(key)
+    if key == "files" and isinstance(a, list) and isinstance(b, list):
+        new = [stamp for stamp in b if stamp not in a]
+        if not new:
+            return "files gone since it began"
+        return f"{new[0][0]} is new or changed since it began"
+    if isinstance(a, dict) and isinstance(b, dict):
+        return changed(a, b)
+    return f"{key} was {a!r}, now {b!r}" if key else "its progress.json is not minigpt's"
 
 
 def chunk_text(pieces: Iterable[str], chunk_chars: int) -> Iterator[str]:
