@@ -437,6 +437,8 @@ def bad_sources(tmp_path):
     (d / "latin1" / "b.txt").write_bytes("caf\xe9\n".encode("latin-1"))
     (d / "empty").mkdir()
     (d / "empty" / "e.txt").write_text("")
+    (d / "hollow" / ".git").mkdir(parents=True)  # only hidden files
+    (d / "hollow" / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
     (d / "binary.txt").write_bytes(b"ab\x00cd")
     (d / "ok.txt").write_text("some text\n")
     (d / "empty.jsonl").write_text("")
@@ -451,6 +453,7 @@ BAD = [  # {d}: bad_sources' folder; {ds}: a folder of one dataset, as parquet a
     (["--text", "{d}/latin1"], "b.txt is not UTF-8 text"),
     (["--text", "{d}/latin1", "--tokenizer", "bpe", "--vocab-size", "300"], "b.txt is not UTF-8"),
     (["--text", "{d}/empty"], "empty corpus"),
+    (["--text", "{d}/hollow"], "the folder {d}/hollow holds no files (hidden ones left out)"),
     (["--text", "{d}/binary.txt"], "binary.txt looks binary"),
     # the size is checked before the scan, which would refuse b.txt
     (["--text", "{d}/latin1", "--tokenizer", "bpe", "--vocab-size", "100"], "at least 257"),

@@ -120,6 +120,8 @@ def find_sources(sources: str, exclude: Path | None = None) -> list[Path]:
                                f"folder {exclude}, which prepare leaves out; choose an --out "
                                f"outside them")
         files = kept
+    if not files and path.is_dir():
+        raise MiniGPTError(f"the folder {sources} holds no files (hidden ones left out)")
     if not files:
         raise MiniGPTError(f"no files matched {sources!r} (give a file, a folder or a glob "
                            f"pattern such as 'books/**/*.txt')")
