@@ -30,6 +30,7 @@ from conftest import (
     TINY_FLAGS,
     CrashAt,
     SignalAt,
+    in_process,
     not_warnings,
     one_line_error,
     run_cli,
@@ -274,20 +275,20 @@ def test_nonfinite_batches_are_skipped_up_to_the_allowance(small_text, tmp_path,
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_exploding_learning_rate_is_one_line(small_text, tmp_path):
+def test_exploding_learning_rate_is_one_line(small_text, tmp_path, capsys):
     """The weights go NaN: the run stops on its own check, which names the learning rate (not
     on a probe that can sample or read no attention from such weights), its metrics in JSON
     (null, not NaN); allowed to go on, it ends, with a warning where a sample cannot be had."""
     args = ["train", "--text", str(small_text), "--steps", "40", "--lr", "1e9", "--min-lr", "0",
             "--grad-clip", "0", "--eval-every", "10", *QUIET, "--sample-every", "10",
             "--attention-every", "10", "--sample-tokens", "20"]
-    r = run_cli(*args, "--out", str(tmp_path / "r"))
+    r = in_process(capsys, *args, "--out", str(tmp_path / "r"))
     assert r.returncode == 2
     error = not_warnings(r.stderr)
     assert len(error) == 1 and "not finite" in error[0] and "--lr" in error[0]
     for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines():
         json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl"))
-    r = run_cli(*args, "--skip-nonfinite", "1000", "--out", str(tmp_path / "on"))
+    r = in_process(capsys, *args, "--skip-nonfinite", "1000", "--out", str(tmp_path / "on"))
     assert r.returncode == 0, r.stderr
     assert "warning: step 10: no samples recorded: the model's outputs are not finite" in r.stderr
     assert "warning: no sample: the model's outputs are not finite" in r.stderr
@@ -339,9 +340,8 @@ def good_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("good")
     text = folder / "corpus.txt"
     text.write_text("Now is the winter of our discontent\n" * 100)
-    r = run_cli("train", "--text", str(text), "--steps", "10", "--eval-every", "5", *QUIET,
-                "--out", str(folder / "run"))
-    assert r.returncode == 0, r.stderr
+    assert main(["train", "--text", str(text), "--steps", "10", "--eval-every", "5", *QUIET,
+                 "--out", str(folder / "run")]) == 0
     return folder / "run"
 
 
@@ -435,14 +435,14 @@ def test_save_checkpoint_refuses_what_loading_would_before_writing(tmp_path):
 
 @pytest.mark.parametrize("added, said", [("XYZ", "vocabulary differs"),  # new characters
                                           ("winter ", "changed since the run was trained on it")])
-def test_resume_on_a_changed_text_is_refused(good_run, tmp_path, added, said):
+def test_resume_on_a_changed_text_is_refused(good_run, tmp_path, capsys, added, said):
     copy = copy_of(good_run, tmp_path)
     text = Path(json.loads((copy / "config.json").read_text())["data"]["text"])
     saved = text.read_text()
     last = (copy / "checkpoints" / "last.json").read_text()
     try:
         text.write_text(saved + added * 100)  # (the old validation split now lies in training)
-        r = run_cli("train", "--resume", str(copy), "--no-progress")
+        r = in_process(capsys, "train", "--resume", str(copy), "--no-progress")
     finally:
         text.write_text(saved)
     assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr
@@ -655,16 +655,16 @@ def test_a_run_that_ends_in_the_folder_while_a_new_one_sets_up_is_kept(good_run,
 # --- torn logs ------------------------------------------------------------------------------------
 
 
-def test_torn_last_lines_are_dropped_with_a_warning(good_run, tmp_path):
+def test_torn_last_lines_are_dropped_with_a_warning(good_run, tmp_path, capsys):
     run = copy_of(good_run, tmp_path)
     for name in ("metrics.jsonl", "gradflow.jsonl", "samples.jsonl"):
         with open(run / name, "a") as f:
             f.write('{"step": 7, "train_lo')  # what a SIGKILL in mid-write leaves
-    report = run_cli("report", "--run", str(run))
+    report = in_process(capsys, "report", "--run", str(run))
     assert report.returncode == 0, report.stderr
     for name in ("metrics.jsonl", "samples.jsonl"):  # each said once (the run has no gradflow)
         assert report.stderr.count(f"{name}: dropped 1 damaged line") == 1, report.stderr
-    resumed = run_cli("train", "--resume", str(run), "--steps", "14", "--no-progress")
+    resumed = in_process(capsys, "train", "--resume", str(run), "--steps", "14", "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     rows = read_jsonl(run / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(14))
@@ -776,12 +776,12 @@ def small_disk(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_disk_that_fills_up_mid_run(small_text, small_disk):
+def test_a_disk_that_fills_up_mid_run(small_text, small_disk, capsys):
     """Checkpoints of ~0.5 MB each (two layers) on 1.5 MiB: the disk fills within a few
     evaluations."""
     run = small_disk / "run"
-    r = run_cli("train", "--text", str(small_text), "--steps", "400", "--eval-every", "5",
-                "--keep", "8", *QUIET, "--n-layer", "2", "--out", str(run))
+    r = in_process(capsys, "train", "--text", str(small_text), "--steps", "400", "--eval-every",
+                   "5", "--keep", "8", *QUIET, "--n-layer", "2", "--out", str(run))
     assert r.returncode == 1
     assert r.stderr.startswith("minigpt: error: No space left on device") and \
         r.stderr.count("\n") == 1
@@ -792,11 +792,11 @@ def test_a_disk_that_fills_up_mid_run(small_text, small_disk):
         json.loads(line)  # every line whole
 
 
-def test_prepare_report_and_export_on_a_full_disk(good_run, small_disk, tmp_path):
+def test_prepare_report_and_export_on_a_full_disk(good_run, small_disk, tmp_path, capsys):
     big = tmp_path / "big.txt"
     big.write_text("All the world's a stage, and all the men and women merely players.\n" * 40000)
     out = small_disk / "shards"
-    r = run_cli("prepare", "--text", str(big), "--out", str(out), "--no-progress")
+    r = in_process(capsys, "prepare", "--text", str(big), "--out", str(out), "--no-progress")
     assert r.returncode == 1 and "No space left on device" in r.stderr
     assert r.stderr.count("\n") == 1 and not out.exists()  # no shard, no folder left
     filler = small_disk / "filler"
@@ -806,11 +806,12 @@ def test_prepare_report_and_export_on_a_full_disk(good_run, small_disk, tmp_path
                 f.write(b"\0" * 65536)
         except OSError:
             pass
-    r = run_cli("report", "--run", str(good_run), "--out", str(small_disk / "report.html"))
+    r = in_process(capsys, "report", "--run", str(good_run), "--out",
+                   str(small_disk / "report.html"))
     assert r.returncode == 1 and "No space left on device" in r.stderr
     assert not (small_disk / "report.html").exists()
     os.truncate(filler, filler.stat().st_size - 40960)  # room for config.json, not the weights
-    r = run_cli("export", "--run", str(good_run), "--out", str(small_disk / "exported"))
+    r = in_process(capsys, "export", "--run", str(good_run), "--out", str(small_disk / "exported"))
     assert r.returncode == 1 and r.stderr.count("\n") == 1  # (safetensors' error: a traceback)
     assert "No space left on device" in r.stderr and "model.safetensors" in r.stderr
     assert not (small_disk / "exported").exists()
