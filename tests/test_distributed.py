@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from conftest import TINY_FLAGS, as_flags, run_cli, same_weights, without_speed
+from conftest import TINY_FLAGS, as_flags, in_process, same_weights, without_speed
 from minigpt import load_checkpoint, load_model
 from minigpt.files import read_jsonl
 
@@ -65,7 +65,7 @@ OPTIONS = ["--pos", "rope", "--norm", "rmsnorm", "--qk-norm", "--mlp", "swiglu",
 
 @pytest.mark.parametrize("options", [[], OPTIONS], ids=["lesson", "options+muon"])
 def test_two_processes_match_one_process_accumulating_their_batches(ddp_run, corpus, tmp_path,
-                                                                    options):
+                                                                    capsys, options):
     """Rank r draws micro-batch stream r; one process with --grad-accum 2 draws streams 0 and 1:
     the global batch is the same, so DDP's averaged gradients equal the accumulated ones (with
     the model options and Muon too)."""
@@ -76,8 +76,8 @@ def test_two_processes_match_one_process_accumulating_their_batches(ddp_run, cor
                      "--out", str(out))
         assert r.returncode == 0, r.stderr[-3000:]
     one = tmp_path / "one"
-    r = run_cli("train", "--text", str(corpus), "--steps", "12", *SMALL, *options,
-                "--grad-accum", "2", "--out", str(one))
+    r = in_process(capsys, "train", "--text", str(corpus), "--steps", "12", *SMALL, *options,
+                   "--grad-accum", "2", "--out", str(one))
     assert r.returncode == 0, r.stderr
     ddp_rows, one_rows = read_jsonl(out / "metrics.jsonl"), read_jsonl(one / "metrics.jsonl")
     assert [r["step"] for r in ddp_rows] == [r["step"] for r in one_rows] == list(range(12))
@@ -113,12 +113,13 @@ def test_only_rank_zero_speaks_and_writes(ddp_run):
     assert meta["world_size"] == 2
 
 
-def test_a_two_process_run_resumes_exactly_and_only_in_two_processes(corpus, ddp_run, tmp_path):
+def test_a_two_process_run_resumes_exactly_and_only_in_two_processes(corpus, ddp_run, tmp_path,
+                                                                     capsys):
     straight, _ = ddp_run
     part = tmp_path / "part"
     r = torchrun("train", "--text", str(corpus), "--steps", "6", *SMALL, "--out", str(part))
     assert r.returncode == 0, r.stderr[-3000:]
-    r = run_cli("train", "--resume", str(part), "--steps", "12")  # one process: refused
+    r = in_process(capsys, "train", "--resume", str(part), "--steps", "12")  # one: refused
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert "2 process(es)" in r.stderr
     r = torchrun("train", "--resume", str(part), "--steps", "12")
