@@ -582,11 +582,9 @@ def test_a_stopped_compare_says_how_to_continue_the_comparison_only(small_text, 
                                "comparison")
 
 
-def test_resume_applies_changed_optimizer_settings_and_keeps_the_optimizer(small_text, tmp_path,
+def test_resume_applies_changed_optimizer_settings_and_keeps_the_optimizer(good_run, tmp_path,
                                                                            capsys, caplog):
-    run = tmp_path / "run"
-    assert main(["train", "--text", str(small_text), *TINY_FLAGS, "--steps", "10",
-                 "--eval-every", "5", "--out", str(run)]) == 0
+    run = copy_of(good_run, tmp_path)  # 10 steps of adamw with the defaults
     with caplog.at_level(logging.INFO, logger="minigpt"):
         assert main(["train", "--resume", str(run), "--steps", "20", "--beta2", "0.95",
                      "--weight-decay", "0.01", "--no-progress", "--sample-every", "5"]) == 0
