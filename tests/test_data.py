@@ -132,3 +132,17 @@ def test_training_stream_s_is_seeded_with_seed_plus_1000003_s():
         want = get_batch(splits.train, 4, 8, torch.Generator().manual_seed(5 + 1_000_003 * s))
         got = batches.get_batch("train", micro)
         assert all(torch.equal(u, v) for u, v in zip(got, want, strict=True))
+
+
+def test_the_cache_key_holds_what_shapes_the_tokens_and_only_that(small_text, monkeypatch):
+    """A text's prepared folder is found again whatever --vocab-size a char run gives (it does
+    not shape char tokens), but not for another tokenizer, split or corpus format."""
+    import minigpt.data
+
+    char = prepared_text(small_text, "char", 0)
+    assert prepared_text(small_text, "char", 999) == char
+    assert prepared_text(small_text, "char", 0, 0.2) != char
+    bpe = prepared_text(small_text, "bpe", 300)
+    assert bpe != char and prepared_text(small_text, "bpe", 301) != bpe
+    monkeypatch.setattr(minigpt.data, "FORMAT", "minigpt-shards/next")
+    assert prepared_text(small_text, "char", 0) != char

@@ -96,6 +96,39 @@ def test_a_resumed_probe_keeps_its_checkpoints_schedule_and_a_new_run_starts_fre
     assert probe.state_dict() == EveryNSteps.fresh
 
 
+class RowCount(Probe):
+    """Counts the metrics rows it sees: a probe with state of its own."""
+
+    fresh = {"rows": 0}
+
+    def __init__(self):
+        self.rows = 0
+
+    def on_row(self, row):
+        self.rows += 1
+
+    def state_dict(self):
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state):
+        self.rows = state["rows"]
+
+
+def test_a_probe_the_checkpoint_kept_no_state_for_starts_afresh_at_a_resume(tmp_path):
+    """A run trained without a probe, resumed with one: the probe starts as made and sees the
+    resumed steps' rows; its state is in the next checkpoint."""
+    text = tmp_path / "text.txt"
+    text.write_text("to be or not to be, that is the question. " * 60)
+    train(tiny_config(text, steps=4, log_every=1, eval_every=4), tmp_path / "run",
+          progress=False)
+    probe = RowCount()
+    cfg = resume_config(tmp_path / "run", {"steps": 6})
+    train(cfg, tmp_path / "run", resume=True, probes=[probe], progress=False)
+    assert probe.rows == 6 - 4
+    saved = json.loads((tmp_path / "run" / "checkpoints" / "last.json").read_text())
+    assert saved["parts"]["RowCount"] == {"rows": 6 - 4}
+
+
 def test_a_resume_redraws_the_attention_map_at_the_step_it_resumes_at(tmp_path):
     """10 steps done: the rows are named 0 .. 9, so a map at step 10 is from after the
     checkpoint and is drawn again; the one at step 9 is kept, the probe's last record."""

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import re
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -220,7 +221,7 @@ def test_run_folder_contents_targets_and_checkpoint(small_text, tmp_path):
     groups = load_checkpoint(out / "checkpoints", "last").meta["optimizer"]["param_groups"]
     assert len(groups) == 2 and {g["lr"] for g in groups} == {rows[-1]["lr"]}  # the last step's
     run = open_run(out, "last")
-    assert run.state.step == 40
+    assert run.state.step == 40 and not run.model.training  # (ready for the diagnostics)
     idx = torch.tensor([tok.encode("the quick brown fox")])
     torch.testing.assert_close(model(idx)[0], run.model.eval()(idx)[0], rtol=0, atol=0)
     torch.testing.assert_close(model(idx)[0], result.model.eval()(idx)[0], rtol=0, atol=0)
@@ -577,3 +578,40 @@ def test_ema_is_what_is_evaluated_sampled_and_loaded(small_text, tmp_path):
 def test_an_average_or_a_ramp_out_of_range_is_refused(overrides, message):
     with pytest.raises(MiniGPTError, match=message):
         resolve_config(overrides=overrides)
+
+
+class Pause(Probe):
+    """Sleeps at each metrics row: time the run's wall clock counts and its training clock does
+    not (probes run with the training clock paused)."""
+
+    def __init__(self, seconds):
+        self.seconds, self.rows = seconds, 0
+
+    def on_row(self, row):
+        self.rows += 1
+        time.sleep(self.seconds)
+
+
+def test_the_summary_times_training_apart_from_the_whole_run(small_text, tmp_path):
+    """train_s is the training clock (rows' probes left out); wall_s is the whole call's."""
+    pause = Pause(0.2)
+    started = time.perf_counter()
+    summary = train(tiny_config(small_text, steps=4, log_every=1, eval_every=4), tmp_path / "run",
+                    probes=[pause], progress=False).summary
+    took = time.perf_counter() - started
+    paused = pause.rows * pause.seconds
+    assert pause.rows == 4
+    assert summary["train_s"] == pytest.approx(metrics(tmp_path / "run")[-1]["time_s"], abs=0.1)
+    assert summary["train_s"] + paused <= summary["wall_s"] + 0.01  # (each rounded to 0.01 s)
+    assert summary["wall_s"] <= took + 0.01
+
+
+def test_a_text_given_relative_is_recorded_absolute_and_resumes_from_anywhere(
+        small_text, tmp_path, monkeypatch):
+    monkeypatch.chdir(small_text.parent)
+    train(tiny_config(small_text.name, steps=2, eval_every=2), tmp_path / "run", progress=False)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["config"]["data"]["text"]
+    assert saved == str(small_text.resolve())
+    monkeypatch.chdir(tmp_path)  # where no small.txt is
+    cfg = resume_config(tmp_path / "run", {"steps": 3})
+    assert train(cfg, tmp_path / "run", resume=True, progress=False).summary["steps"] == 3
