@@ -615,3 +615,24 @@ def test_a_text_given_relative_is_recorded_absolute_and_resumes_from_anywhere(
     monkeypatch.chdir(tmp_path)  # where no small.txt is
     cfg = resume_config(tmp_path / "run", {"steps": 3})
     assert train(cfg, tmp_path / "run", resume=True, progress=False).summary["steps"] == 3
+
+
+def test_a_run_under_a_time_budget_resumes_past_its_steps(small_text, tmp_path):
+    """Under a time budget --steps is no limit: a resume with a longer budget trains on, though
+    the run is past its --steps (without a budget, that is refused: test_cli's bad input)."""
+    cfg = tiny_config(small_text, time_budget=0.3, steps=1, eval_every=1000)
+    first = train(cfg, tmp_path / "run", progress=False).summary["steps"]
+    assert first > cfg.train.steps
+    again = train(resume_config(tmp_path / "run", {"time_budget": 0.6}), tmp_path / "run",
+                  resume=True, progress=False).summary
+    assert again["steps"] > first
+
+
+def test_rows_of_a_run_without_skipped_batches_say_nothing_of_skipping(small_text, tmp_path,
+                                                                      caplog):
+    caplog.set_level("WARNING", logger="minigpt")
+    train(tiny_config(small_text, steps=3, log_every=1, eval_every=3), tmp_path / "run",
+          progress=False)
+    rows = metrics(tmp_path / "run")
+    assert len(rows) == 3 and not any("skipped" in r for r in rows)
+    assert "not finite" not in caplog.text
