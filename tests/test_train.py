@@ -238,6 +238,8 @@ def test_a_run_records_the_tokenizer_split_and_vocabulary_of_its_data(small_text
     chars = len(set(small_text.read_text()))
     saved = resume_config(tmp_path / "run")
     assert (saved.data.tokenizer, saved.data.val_fraction) == ("char", 0.2)
+    again = resume_config(tmp_path / "run", {"tokenizer": "bpe"})  # the command repeated:
+    assert again.data.tokenizer == "char"  # the folder's tokenizer is no change
     assert saved.model.vocab_size == result.tokenizer.vocab_size == chars
     assert result.model(torch.tensor([[0]]))[0].shape[-1] == chars
 
@@ -432,6 +434,8 @@ def test_train_refuses_to_resume_with_another_model_or_data(small_text, tmp_path
             train(tiny_config(small_text, steps=8, **change), tmp_path, resume=True,
                   progress=False)
     assert load_model(tmp_path, "last")[2]["step"] == 4
+    with pytest.raises(MiniGPTError, match="'lr' must be positive"):  # the settings asked on
+        resume_config(tmp_path, {"lr": 0.0})  # top of the run's are checked as train checks them
 
 
 def test_a_run_resumes_on_its_text_moved_elsewhere_but_not_on_another_text(small_text, tmp_path,
