@@ -146,3 +146,11 @@ def test_the_cache_key_holds_what_shapes_the_tokens_and_only_that(small_text, mo
     assert bpe != char and prepared_text(small_text, "bpe", 301) != bpe
     monkeypatch.setattr(minigpt.data, "FORMAT", "minigpt-shards/next")
     assert prepared_text(small_text, "char", 0) != char
+
+
+def test_bpe_takes_a_vocabulary_of_min_bpe_vocab_but_not_fewer(small_text):
+    from minigpt.tokenizer import MIN_BPE_VOCAB
+
+    assert prepared_text(small_text, "bpe", MIN_BPE_VOCAB).is_dir()
+    with pytest.raises(MiniGPTError, match=f"at least {MIN_BPE_VOCAB}"):
+        prepared_text(small_text, "bpe", MIN_BPE_VOCAB - 1)

@@ -918,3 +918,13 @@ def test_a_new_run_where_one_was_killed_before_its_first_checkpoint_starts_clean
         train(cfg, export, resume=True, progress=False)
     with pytest.raises(MiniGPTError, match="export holds an exported model; choose another"):
         train(cfg, export, progress=False)
+
+
+@pytest.mark.parametrize("missing", ["train", "data", "parts", "world_size"])
+def test_a_checkpoint_missing_any_part_of_the_runs_state_is_not_resumable(missing):
+    from minigpt.checkpoint import check_resumable
+
+    meta = {"train": {}, "data": {}, "parts": {}, "world_size": 1}
+    check_resumable(meta, "run")
+    with pytest.raises(MiniGPTError, match="holds a model but not its training run's state"):
+        check_resumable({k: v for k, v in meta.items() if k != missing}, "run")

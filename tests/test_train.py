@@ -436,6 +436,7 @@ def test_train_refuses_to_resume_with_another_model_or_data(small_text, tmp_path
     assert load_model(tmp_path, "last")[2]["step"] == 4
     with pytest.raises(MiniGPTError, match="'lr' must be positive"):  # the settings asked on
         resume_config(tmp_path, {"lr": 0.0})  # top of the run's are checked as train checks them
+    assert resume_config(tmp_path, {"vocab_size": 999}).model.vocab_size != 999  # the text's
 
 
 def test_a_run_resumes_on_its_text_moved_elsewhere_but_not_on_another_text(small_text, tmp_path,
