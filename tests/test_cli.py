@@ -158,6 +158,7 @@ def bad_files(tmp_path_factory):
     (d / "forever.toml").write_text("[train]\ntime_budget = inf\n")  # TOML's own infinity
     (d / "half-prepared").mkdir()  # what an interrupted prepare leaves
     (d / "half-prepared" / "progress.json").write_text("{}")
+    (d / "half-prepared" / "config.json").write_text('{"config": {}}')  # a run's, copied in
     (d / "a-comparison").mkdir()
     (d / "a-comparison" / "variants.json").write_text("{}")
     for name, record in [("list-run", []), ("keyless-run", {"format": "minigpt-checkpoint/1"})]:
@@ -185,6 +186,8 @@ BAD_INPUT = [
                                                    "training run: no checkpoint to load there"),
     (["sample", "--run", "{bad}/half-prepared"], "half-prepared holds an unfinished prepare, not "
                                                  "a training run: no checkpoint to load there"),
+    (["train", "--resume", "{bad}/half-prepared"], "half-prepared holds an unfinished prepare"),
+    (["report", "--run", "{bad}/half-prepared"], "half-prepared holds an unfinished prepare"),
     (["train", "--text", "/nonexistent/x.txt"], "text file not found"),
     (["train", "--text", "{bad}/*.txt"], "*.txt is a pattern, not a text file: minigpt prepare"),
     (["train", "--data", "/nonexistent/y.txt"], "text file not found: /nonexistent/y.txt"),

@@ -280,17 +280,28 @@ def interrupt_at(monkeypatch, kind, call):
 
 
 def test_what_changed_since_a_prepare_began_is_named():
-    was = {"tokenizer": "bpe", "files": [["a.txt", 10, 1], ["b.txt", 20, 2]]}
+    was = {"format": 1, "sources": "books", "tokenizer": "bpe",
+           "files": [["a.txt", 10, 1], ["b.txt", 20, 2]]}
     assert changed(was, {**was, "files": was["files"][:1]}) == "files gone since it began"
     assert changed(was, {**was, "files": [*was["files"], ["c.txt", 1, 3]]}) == (
         "c.txt is new or changed since it began")
     assert changed(was, {**was, "tokenizer": "char"}) == "tokenizer was 'bpe', now 'char'"
-    data = {"sources": {"dataset": "d", "field": "text", "files": ["a"]}, "files": was["files"]}
+    assert changed(was, {**was, "sources": "texts", "files": []}) == (  # (not its files)
+        "sources was 'books', now 'texts'")
+    data = {**was, "sources": {"dataset": "d", "field": "text", "files": ["a"]}}
     assert changed(data, {**data, "sources": {**data["sources"], "field": "body"}}) == (
         "field was 'text', now 'body'")  # (a dataset's field: not its whole description)
-    for odd in ([1, 2], {**was, "foo": None}):  # (a progress.json edited by hand)
+    assert changed(data, {**data, "sources": {**data["sources"], "files": ["a", "b"]}}) == (
+        "b is new or changed since it began")
+    for odd in ([1, 2], {**was, "foo": None}, {"x": 1}):  # (a progress.json edited by hand)
         assert changed(odd, was) == "its progress.json is not minigpt's"
-    assert changed({**was, "files": None}, was) == f"files was None, now {was['files']!r}"
+
+
+def test_a_progress_file_edited_by_hand_is_one_line(corpus, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "progress.json").write_text("[1, 2]")
+    with pytest.raises(MiniGPTError, match="its progress.json is not minigpt's"):
+        prepare(str(corpus[0]), tmp_path / "out", progress=False)
 
 
 @pytest.mark.parametrize("kind, source", [("char", "files"), ("bpe", "files"),

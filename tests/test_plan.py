@@ -158,10 +158,11 @@ def test_a_step_of_many_seconds_keeps_the_table_in_line():
     """A step of 1,363,753 ms, as an estimate for a large shape on a CPU can be, reads 22.7 min:
     in its column's width, as the milliseconds of a small shape's step are."""
     shapes = [shape(10_000, step_s=0.05), planning.Shape(8, 512, 8, 10**8, 0, 1363.753, False,
-                                                         1000)]
-    head, _, *rows = planning.format_plan(shapes, tokens=1e6).splitlines()[:4]
-    assert [len(r.removesuffix("  <- compute-optimal")) for r in rows] == [len(head)] * 2
-    assert " 50 ms " in rows[0] and " ~22.7 min " in rows[1]
+                                                         1000),
+              planning.Shape(8, 384, 8, 10**7, 0, 99.9996, False, 1000)]  # 100,000 ms, rounded
+    head, _, *rows = planning.format_plan(shapes, tokens=1e6).splitlines()[:5]
+    assert [len(r.removesuffix("  <- compute-optimal")) for r in rows] == [len(head)] * 3
+    assert " 50 ms " in rows[0] and " ~22.7 min " in rows[1] and " ~100 s " in rows[2]
 
 
 def test_durations_read_in_the_largest_unit_there_are_two_of():

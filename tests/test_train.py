@@ -446,8 +446,8 @@ def test_a_run_resumes_on_its_text_moved_elsewhere_but_not_on_another_text(small
     run = tmp_path / "run"
     train(tiny_config(small_text, steps=4, eval_every=2), run, progress=False)
     moved = small_text.rename(tmp_path / "moved.txt")
-    assert f"run's text {small_text} is not there (moved?): resume with --text NEWPATH" in (
-        one_line_error(capsys, ["train", "--resume", str(run), "--steps", "6"]))
+    assert (f"text file not found: {small_text} (the run's text moved? resume with --text "
+            f"NEWPATH") in one_line_error(capsys, ["train", "--resume", str(run), "--steps", "6"])
     cfg = resume_config(run, {"text": str(moved), "steps": 6})
     train(cfg, run, resume=True, progress=False)
     model, _, meta = load_model(run, "last")
@@ -459,6 +459,17 @@ def test_a_run_resumes_on_its_text_moved_elsewhere_but_not_on_another_text(small
         train(resume_config(run, {"text": str(other), "steps": 8}), run, resume=True,
               progress=False)
     assert load_model(run, "last")[2]["step"] == 6
+
+
+def test_a_run_on_the_default_text_resumed_on_other_tokens_names_tinyshakespeare(data_dir,
+                                                                                 tmp_path):
+    train(tiny_config("", steps=2, eval_every=2), tmp_path / "run", progress=False)  # no text
+    other = tmp_path / "reversed.txt"  # the same characters, other tokens
+    other.write_text((data_dir / "tinyshakespeare" / "input.txt").read_text()[::-1])
+    with pytest.raises(MiniGPTError, match="is not the text the run was trained on, "
+                                           "TinyShakespeare"):
+        train(resume_config(tmp_path / "run", {"text": str(other), "steps": 4}), tmp_path / "run",
+              resume=True, progress=False)
 
 
 @pytest.mark.parametrize("schedule", [dict(batch_start=8, block_start=64),  # not below

@@ -182,11 +182,16 @@ def find_checkpoint(folder: str | Path, tag: str = "last") -> Path:
                                f"{folder.parent.parent}")
         if not folder.parent.is_dir():
             raise MiniGPTError(f"no run folder {folder.parent}")
-        if (what := folder_holds(folder.parent)) not in (None, "a training run"):
-            raise MiniGPTError(f"{folder.parent} holds {what}, not a training run: no "
-                               f"checkpoint to load there")
+        check_holds_a_run(folder.parent)
         raise MiniGPTError(f"no '{tag}' checkpoint in {folder}")
     return meta_path
+
+
+def check_holds_a_run(folder: Path) -> None:
+    """Refuse a folder that holds something else minigpt made: a comparison, a corpus, ..."""
+    if (what := folder_holds(folder)) not in (None, "a training run"):
+        raise MiniGPTError(f"{folder} holds {what}, not a training run: no checkpoint to load "
+                           f"there")
 
 
 def load_checkpoint(folder: str | Path, tag: str = "last") -> Checkpoint:

@@ -340,10 +340,9 @@ def cmd_train(args: argparse.Namespace) -> None:
                                f"folders; --resume continues the run where it is")
         find_last_checkpoint(Path(args.resume))  # (or why there is none to resume from)
         cfg = resume_config(args.resume, settings_given(args), args.preset, args.config, SECTIONS)
-        gone = cfg.data.text and not Path(cfg.data.text).expanduser().exists()
-        if gone and "text" not in settings_given(args):
-            raise MiniGPTError(f"the run's text {cfg.data.text} is not there (moved?): resume "
-                               f"with --text NEWPATH, the same text where it is now")
+        if cfg.data.text and not Path(cfg.data.text).expanduser().exists():
+            raise MiniGPTError(f"text file not found: {cfg.data.text} (the run's text moved? "
+                               f"resume with --text NEWPATH, the same text where it is now)")
     else:
         cfg = resolve_config(args.preset or "seed", args.config, settings_given(args), SECTIONS)
         warn_if_prepared(args, cfg.data.text)
@@ -440,7 +439,7 @@ def cmd_graph(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from minigpt.checkpoint import load_model
+    from minigpt.checkpoint import check_holds_a_run, load_model
     from minigpt.diagnostics.graph import GraphvizMissing, draw_loss_graph
     from minigpt.diagnostics.reading import format_reading, read_run
     from minigpt.diagnostics.report import write_report
@@ -452,6 +451,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         raise MiniGPTError(f"{args.run} holds a comparison (its compare.png and compare.json): "
                            f"report each variant's folder, such as "
                            f"{shlex.quote(str(next(Path(args.run).glob('0-*'), 'DIR/0-...')))}")
+    check_holds_a_run(Path(args.run))
     findings = read_run(args.run)  # (which refuses a folder that holds no run)
     model, tok, _ = load_model(args.run, "best")
     try:  # (a read-only run folder: a report without the graph)

@@ -153,19 +153,23 @@ def file_stamps(files: list[Path]) -> list[list]:
 
 def changed(was, now: dict) -> str:
     """What differs between an unfinished prepare's settings and a command's, in words: the
-    first file whose size or modification time is not as it was, or the first setting (of a
-    dataset's: its field, split or config)."""
-    if not isinstance(was, dict):
+    sources, the first file whose size or modification time is not as it was, or the first
+    setting (of a dataset's: its field, split or config)."""
+    if not isinstance(was, dict) or "format" not in was:
         return "its progress.json is not minigpt's"
-    key = next((k for k in ["files", *now, *was] if was.get(k) != now.get(k)), None)
-    a, b = was.get(key), now.get(key)
+    while True:
+        key = next((k for k in ["format", "sources", "files", *now, *was]
+                    if was.get(k) != now.get(k)), None)
+        a, b = was.get(key), now.get(key)
+        if not (isinstance(a, dict) and isinstance(b, dict)):
+            break
+        was, now = a, b  # (a dataset's description: what in it)
     if key == "files" and isinstance(a, list) and isinstance(b, list):
-        new = [stamp for stamp in b if stamp not in a]
+        new = [stamp for stamp in b if stamp not in a]  # ([path, size, time], or a path)
         if not new:
             return "files gone since it began"
-        return f"{new[0][0]} is new or changed since it began"
-    if isinstance(a, dict) and isinstance(b, dict):
-        return changed(a, b)
+        path = new[0][0] if isinstance(new[0], list) else new[0]
+        return f"{path} is new or changed since it began"
     return f"{key} was {a!r}, now {b!r}" if key else "its progress.json is not minigpt's"
 
 
@@ -436,10 +440,11 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
         state = json.loads((out_dir / PROGRESS).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         state = {}
-    if state and state.get("settings") != settings:
+    was = state.get("settings") if isinstance(state, dict) else state
+    if state and was != settings:
         raise MiniGPTError(f"{out_dir} holds an unfinished prepare of other sources or settings "
-                           f"({changed(state.get('settings') or {}, settings)}): run that "
-                           f"command again to continue it, or delete the folder")
+                           f"({changed(was, settings)}): run that command again to continue "
+                           f"it, or delete the folder")
     continuing = bool(state)
     if continuing:
         tok = load_tokenizer(out_dir / TOKENIZER)

@@ -150,7 +150,8 @@ def format_plan(shapes: list[Shape], tokens: float = 0, seconds: float = 0) -> s
     lines = [head, "-" * len(head)]
     for s in shapes:
         mark = "" if s.measured else "~"
-        step = f"{s.step_s * 1e3:,.0f} ms" if s.step_s < 100 else format_duration(s.step_s)
+        ms = round(s.step_s * 1e3)  # (99,999.6 ms reads 100,000: minutes from there on)
+        step = f"{ms:,} ms" if ms < 100_000 else format_duration(s.step_s)
         line = (f"{s.n_layer:>2} x {s.n_embd:<4} {s.n_head:>2}h {s.params:>11,} "
                 f"{s.memory_bytes / 2**30:>7.2f} GiB {mark + step:>10} "
                 f"{mark + f'{s.tokens_per_s:,.0f}':>10}")

@@ -26,6 +26,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from minigpt import distributed, performance, precision
 from minigpt.checkpoint import (
+    check_holds_a_run,
     check_resumable,
     find_checkpoint,
     load_checkpoint,
@@ -224,6 +225,7 @@ def stopped_before_a_checkpoint(folder: Path) -> bool:
 
 def find_last_checkpoint(folder: Path) -> None:
     """Check that `folder` holds a run to resume (its last checkpoint), in one line if not."""
+    check_holds_a_run(folder)  # (a corpus with a run's config.json copied in is no stopped run)
     if stopped_before_a_checkpoint(folder):
         raise MiniGPTError(f"{folder} holds a run stopped before its first checkpoint: nothing "
                            f"to resume; train it again with --out {shlex.quote(str(folder))}")
@@ -339,9 +341,10 @@ def restore(run: Run, tag: str = "last") -> list[str]:
         raise MiniGPTError(f"cannot change {'; '.join(changed)} when resuming a run (its model "
                            f"and data stay as they were)")
     if ckpt.meta.get("tokens_sha256", run.data["tokens_sha256"]) != run.data["tokens_sha256"]:
+        was = ckpt.meta["data"]["text"]
         what = ("changed since the run was trained on it" if same_setting(
-            run.cfg, "data", "text", ckpt.meta["data"]["text"]) else
-            f"is not the text the run was trained on, {ckpt.meta['data']['text']}")
+            run.cfg, "data", "text", was) else
+            f"is not the text the run was trained on, {was or 'TinyShakespeare'}")
         raise MiniGPTError(f"{run.data['text']} {what} (its tokens differ from the "
                            f"checkpoint's): resume with the text as it was, or train a new run")
     if (was := ckpt.meta["train"]["optimizer"]) != run.cfg.train.optimizer:
