@@ -14,7 +14,7 @@ from conftest import TINY_FLAGS, in_process, one_line_error, run_cli, tiny_confi
 from minigpt.cli import COMPARE_STEPS, main
 from minigpt.console import count, log_start, visible
 from minigpt.environment import resolve_device
-from minigpt.files import read_jsonl
+from minigpt.files import MADE, read_jsonl
 from minigpt.tokenizer import CharTokenizer
 
 
@@ -316,6 +316,19 @@ def test_bad_input_is_one_line_and_non_zero(cli_run, bad_files, args, message, c
     line = one_line_error(capsys, args)
     assert message in line
     assert files() == before  # nothing half-written left behind
+
+
+@pytest.mark.parametrize("what", [w for w in MADE if w != "a training run"])
+def test_train_into_a_folder_made_for_something_else_leaves_it_untouched(small_text, tmp_path,
+                                                                         capsys, what):
+    """Refused before the run is built: nothing is written there, not even the run's lock."""
+    folder = tmp_path / "made"
+    folder.mkdir()
+    (folder / MADE[what]).write_text("{}")
+    line = one_line_error(capsys, ["train", "--text", str(small_text), *TINY_FLAGS, "--steps",
+                                   "1", "--out", str(folder), "--no-progress"])
+    assert f"{folder} holds {what}; choose another --out" in line
+    assert sorted(p.name for p in folder.iterdir()) == [MADE[what]]
 
 
 def test_steps_under_a_time_budget_are_said_not_to_end_the_run(small_text, tmp_path, capsys):

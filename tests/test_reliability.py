@@ -144,6 +144,34 @@ def test_a_stop_between_rows_keeps_the_count_of_clipped_steps(small_text, tmp_pa
     assert [r["clipped"] for r in rows[1]] == [r["clipped"] for r in rows[0]] == [1, 10, 9]
 
 
+@MAIN_THREAD_ONLY
+def test_under_torchrun_a_signal_stops_at_the_next_log_line(small_text, tmp_path, monkeypatch):
+    """Under torchrun the processes agree to stop (a collective call) only at a log line, so
+    that they all stop after the same step: a signal between rows trains on to the next row.
+    Two processes are stood for by this one (its flag is every process's)."""
+    from minigpt import distributed
+
+    monkeypatch.setattr(distributed, "any_process", lambda flag, world: flag)
+    agreed = StopSignals.agreed
+    monkeypatch.setattr(StopSignals, "agreed", lambda self, world, logged: agreed(
+        self, distributed.World(rank=0, size=2), logged))
+    real, calls = minigpt.trainer.train_step, []
+
+    def ctrl_c_at_step_14(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 14:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(minigpt.trainer, "train_step", ctrl_c_at_step_14)
+    log_every = 10
+    cfg = tiny_config(small_text, steps=40, log_every=log_every, eval_every=100)
+    row = -(-13 // log_every) * log_every  # the first logged step at or after the 14th (13)
+    with pytest.raises(TrainingStopped, match=f"after {row + 1} steps"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert load_model(tmp_path / "run", "last")[2]["step"] == row + 1 == len(calls)
+
+
 def test_second_signal_stops_at_once():
     before = signal.getsignal(signal.SIGINT)
     with StopSignals() as signals:
