@@ -252,6 +252,7 @@ BAD_INPUT = [
     (["sample", "--run", "{run}", "--prompt", "ZZZ"], "--prompt: text has 1 character(s) outside "
                                                        "the vocabulary: 'Z'"),
     (["sample", "--run", "/nonexistent"], "no run folder /nonexistent"),
+    (["report", "--run", "/nonexistent"], "no run folder /nonexistent"),
     (["sample", "--run", "{bad}"], "no 'best' checkpoint in"),
     (["sample", "--run", "{run}", "--top-p", "2"], "--top-p must be in"),
     (["sample", "--run", "{run}", "--top-k", "0"], "--top-k must be a whole number >= 1"),

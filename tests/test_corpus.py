@@ -293,6 +293,8 @@ def test_what_changed_since_a_prepare_began_is_named():
         "field was 'text', now 'body'")  # (a dataset's field: not its whole description)
     assert changed(data, {**data, "sources": {**data["sources"], "files": ["a", "b"]}}) == (
         "b is new or changed since it began")
+    assert changed(data, {**data, "sources": {**data["sources"], "dataset": "e",
+                                              "files": ["b"]}}) == "dataset was 'd', now 'e'"
     for odd in ([1, 2], {**was, "foo": None}, {"x": 1}):  # (a progress.json edited by hand)
         assert changed(odd, was) == "its progress.json is not minigpt's"
 

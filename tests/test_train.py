@@ -448,6 +448,9 @@ def test_a_run_resumes_on_its_text_moved_elsewhere_but_not_on_another_text(small
     moved = small_text.rename(tmp_path / "moved.txt")
     assert (f"text file not found: {small_text} (the run's text moved? resume with --text "
             f"NEWPATH") in one_line_error(capsys, ["train", "--resume", str(run), "--steps", "6"])
+    typo = tmp_path / "typo.txt"  # a path the user gave: no hint that blames the run
+    assert one_line_error(capsys, ["train", "--resume", str(run), "--text", str(typo)]) == (
+        f"minigpt: error: text file not found: {typo}")
     cfg = resume_config(run, {"text": str(moved), "steps": 6})
     train(cfg, run, resume=True, progress=False)
     model, _, meta = load_model(run, "last")

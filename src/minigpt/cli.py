@@ -340,7 +340,8 @@ def cmd_train(args: argparse.Namespace) -> None:
                                f"folders; --resume continues the run where it is")
         find_last_checkpoint(Path(args.resume))  # (or why there is none to resume from)
         cfg = resume_config(args.resume, settings_given(args), args.preset, args.config, SECTIONS)
-        if cfg.data.text and not Path(cfg.data.text).expanduser().exists():
+        gone = cfg.data.text and not Path(cfg.data.text).expanduser().exists()
+        if gone and "text" not in settings_given(args) and not args.config:  # the run's own
             raise MiniGPTError(f"text file not found: {cfg.data.text} (the run's text moved? "
                                f"resume with --text NEWPATH, the same text where it is now)")
     else:
@@ -451,6 +452,8 @@ def cmd_report(args: argparse.Namespace) -> None:
         raise MiniGPTError(f"{args.run} holds a comparison (its compare.png and compare.json): "
                            f"report each variant's folder, such as "
                            f"{shlex.quote(str(next(Path(args.run).glob('0-*'), 'DIR/0-...')))}")
+    if not Path(args.run).is_dir():  # (as the other commands given --run say it)
+        raise MiniGPTError(f"no run folder {args.run}")
     check_holds_a_run(Path(args.run))
     findings = read_run(args.run)  # (which refuses a folder that holds no run)
     model, tok, _ = load_model(args.run, "best")

@@ -158,7 +158,7 @@ def changed(was, now: dict) -> str:
     if not isinstance(was, dict) or "format" not in was:
         return "its progress.json is not minigpt's"
     while True:
-        key = next((k for k in ["format", "sources", "files", *now, *was]
+        key = next((k for k in ["format", "sources", "dataset", "files", *now, *was]
                     if was.get(k) != now.get(k)), None)
         a, b = was.get(key), now.get(key)
         if not (isinstance(a, dict) and isinstance(b, dict)):
