@@ -279,6 +279,13 @@ def test_plateau_and_a_steady_fall():
     assert only(slow, "shape, not yet", Facts(vocab_size=65)).message.endswith(
         "(its running median to 3.47 by step 100), the rest later (to 2.00)")
     assert only(slow, "plateau", Facts(vocab_size=65)).step == 300
+    # up a little at the end: the share is of the drop to the lowest, which is said too
+    for r in slow[-20:]:
+        r["train_loss"] = 2.15
+    message = only(slow, "shape, not yet", Facts(vocab_size=65)).message
+    share = (4.2 - 3.47) / (4.2 - 2.0)  # the printed figures give the printed share
+    assert f"only {share:.0%} of the drop" in message and message.endswith(
+        "the rest later (to 2.15; its lowest 2.00)")
 
 
 # --- each threshold, with a curve clearly on either side of it --------------------------------

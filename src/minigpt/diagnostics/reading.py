@@ -94,10 +94,10 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
                "or more data if not",
     "shape": "the lesson's shape: from {loss0:.2f} at step 0, {share:.0%} of the whole drop "
              "came in the first tenth of the run (its running median to {loss1:.2f} by step "
-             "{step:,}), the rest slowly (to {loss2:.2f})",
+             "{step:,}), the rest slowly (to {loss2:.2f}{lowest})",
     "shape, not yet": "not yet the lesson's shape: from {loss0:.2f} at step 0, only {share:.0%} "
                       "of the drop came in the first tenth of the run (its running median to "
-                      "{loss1:.2f} by step {step:,}), the rest later (to {loss2:.2f})",
+                      "{loss1:.2f} by step {step:,}), the rest later (to {loss2:.2f}{lowest})",
 }
 CLIP_HINT = {True: ", or clip harder (--grad-clip 0.5)",
              False: ", or turn gradient clipping on (--grad-clip 1.0)"}
@@ -391,7 +391,9 @@ def shape(rows: list[dict], facts: Facts) -> list[Finding]:
         return []
     share = (loss0 - loss1) / (loss0 - low)  # at most 1: loss1 is never below the lowest
     kind = "shape" if share >= 0.5 else "shape, not yet"
-    return [finding(kind, step, loss1, loss0=loss0, loss1=loss1, loss2=loss2, share=share)]
+    lowest = f"; its lowest {low:.2f}" if f"{low:.2f}" != f"{loss2:.2f}" else ""  # (the share's)
+    return [finding(kind, step, loss1, loss0=loss0, loss1=loss1, loss2=loss2, share=share,
+                    lowest=lowest)]
 
 
 RULES: list[Callable[[list[dict], Facts], list[Finding]]] = [
