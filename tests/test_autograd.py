@@ -223,6 +223,8 @@ def test_rejected_formulas_raise_one_line_errors_and_run_nothing(text, tmp_path)
 @pytest.mark.parametrize("text, at, fragment", [
     ("x**2", {"x": 1.0, "z": 2.0}, "unknown variable 'z'"),
     ("x*y", {"x": 1.0}, "no value for variable 'y'"),
+    ("a*b", None, "no value for variable 'a'"),  # (the lesson's x = 2 is no default for a, b)
+    ("x*y", None, "no value for variable 'y'"),
     ("1/(x - 2)", {"x": 2.0}, "division by zero in '1/(x - 2)'"),
     ("x/0", {"x": 1.0}, "division by zero"),
     ("log(x)", {"x": -1.0}, "'log(x)' is not finite"),

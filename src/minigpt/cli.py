@@ -191,7 +191,7 @@ def build_parser() -> Parser:
                     help="numbers, variables, + - * / **, sin cos tan exp log sqrt tanh "
                          "sigmoid relu abs; one that starts with '-' takes '=': "
                          "--expr=-x**2 (default: the lesson's x**2 + 3*x + 1)")
-    au.add_argument("--at", default="x=2", metavar="NAME=VALUE,...",
+    au.add_argument("--at", metavar="NAME=VALUE,...",
                     help="where to evaluate, e.g. x=2 or x=1,y=-0.5 (default x=2)")
 
     gr = command("graph", "draw the computation graph from the loss back",
@@ -417,7 +417,7 @@ def parse_point(text: str) -> dict[str, float]:
 def cmd_autograd(args: argparse.Namespace) -> None:
     from minigpt.diagnostics.autograd import explain, format_report
 
-    print(format_report(explain(args.expr, parse_point(args.at))))
+    print(format_report(explain(args.expr, parse_point(args.at) if args.at else None)))
 
 
 def cmd_graph(args: argparse.Namespace) -> None:

@@ -204,10 +204,10 @@ class AutogradReport:
 
 def explain(expr_text: str = "x**2 + 3*x + 1",
             at: Mapping[str, float] | None = None) -> AutogradReport:
-    """Evaluate `expr_text` at `at` (default {"x": 2.0}, the lesson's), run `y.backward()` and
-    explain it."""
+    """Evaluate `expr_text` at `at` (default: x = 2, the lesson's, for an expression of x), run
+    `y.backward()` and explain it."""
     expr = parse_expr(expr_text)
-    point = _point(expr, {"x": 2.0} if at is None else at)
+    point = _point(expr, ({"x": 2.0} if "x" in expr.variables else {}) if at is None else at)
     leaves = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True)
               for k, v in point.items()}
     y = _evaluate(expr, leaves, strict=True)
