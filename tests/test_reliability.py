@@ -119,6 +119,21 @@ def test_signal_saves_and_resume_matches_an_uninterrupted_run(straight_160, tmp_
     assert summary["train_s"] >= times[-1]
 
 
+def ctrl_c_at_step(monkeypatch, n: int) -> list:
+    """Make the trainer's n-th train_step send this process SIGINT first (a Ctrl-C between two
+    metrics rows); returns the list that counts its calls."""
+    real, calls = minigpt.trainer.train_step, []
+
+    def step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(minigpt.trainer, "train_step", step)
+    return calls
+
+
 @MAIN_THREAD_ONLY
 def test_a_stop_between_rows_keeps_the_count_of_clipped_steps(small_text, tmp_path,
                                                                monkeypatch):
@@ -126,18 +141,10 @@ def test_a_stop_between_rows_keeps_the_count_of_clipped_steps(small_text, tmp_pa
     steps before the stop too, as the uninterrupted run's row does."""
     cfg = tiny_config(small_text, steps=20, log_every=10, eval_every=100, grad_clip=0.01)
     straight = train(cfg, tmp_path / "straight", progress=False)
-    real, calls = minigpt.trainer.train_step, []
-
-    def ctrl_c_at_step_14(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 14:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(minigpt.trainer, "train_step", ctrl_c_at_step_14)
+    ctrl_c_at_step(monkeypatch, 14)
     with pytest.raises(TrainingStopped, match="after 14 steps"):
         train(cfg, tmp_path / "stopped", progress=False)
-    monkeypatch.setattr(minigpt.trainer, "train_step", real)
+    monkeypatch.undo()
     train(cfg, tmp_path / "stopped", resume=True, progress=False)
     rows = [read_jsonl(folder / "metrics.jsonl") for folder in (straight.folder,
                                                                  tmp_path / "stopped")]
@@ -155,15 +162,7 @@ def test_under_torchrun_a_signal_stops_at_the_next_log_line(small_text, tmp_path
     agreed = StopSignals.agreed
     monkeypatch.setattr(StopSignals, "agreed", lambda self, world, logged: agreed(
         self, distributed.World(rank=0, size=2), logged))
-    real, calls = minigpt.trainer.train_step, []
-
-    def ctrl_c_at_step_14(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 14:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(minigpt.trainer, "train_step", ctrl_c_at_step_14)
+    calls = ctrl_c_at_step(monkeypatch, 14)
     log_every = 10
     cfg = tiny_config(small_text, steps=40, log_every=log_every, eval_every=100)
     row = -(-13 // log_every) * log_every  # the first logged step at or after the 14th (13)
