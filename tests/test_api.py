@@ -2,6 +2,7 @@
 MiniGPTError at the call (not a torch error from deep inside, nor a silently wrong result), and
 what the library says fits a Python caller (train(..., resume=True), not only --resume)."""
 
+import json
 import re
 
 import numpy as np
@@ -34,7 +35,7 @@ from minigpt import (
     stream,
     train,
 )
-from minigpt.diagnostics.probes import standard_probes
+from minigpt.diagnostics.probes import SECTIONS, standard_probes
 from minigpt.files import read_jsonl
 
 
@@ -124,6 +125,18 @@ def test_a_run_on_a_relative_text_path_resumes_from_another_folder(small_text, t
     cfg.train.steps = 4
     assert train(cfg, tmp_path / "run", resume=True, progress=False).summary["steps"] == 4
 
+
+def test_a_resume_in_python_keeps_the_runs_diag_settings(small_text, tmp_path):
+    """resume_config(folder) takes the core's sections alone: the run's [diag] settings are
+    saved again as they were, for the command line's --resume, not lost."""
+    folder = tmp_path / "run"
+    train(tiny_config(small_text, steps=2, eval_every=2, sample_every=7), folder, progress=False)
+    cfg = resume_config(folder)
+    assert "diag" not in cfg.extra
+    cfg.train.steps = 4
+    train(cfg, folder, resume=True, progress=False)
+    assert resume_config(folder, sections=SECTIONS).extra["diag"].sample_every == 7
+    assert json.loads((folder / "config.json").read_text())["config"]["diag"]["sample_every"] == 7
 
 def test_probes_handed_to_a_second_run_record_it_too(small_text, tmp_path):
     cfg = tiny_config(small_text, steps=12, eval_every=6, sample_every=5)

@@ -113,6 +113,8 @@ class Run:
     clock: Clock = field(default_factory=Clock)
     probes: list = field(default_factory=list)  # what else records the run (rank 0 only)
     ema: WeightAverage | None = None  # --ema: the weights' moving average
+    kept: dict = field(default_factory=dict)  # the checkpoint's sections cfg lacks (such as
+    # [diag] to resume_config(folder)): saved again as they were, for the command line's resume
     started: float = 0.0  # perf_counter() when build_run began: the summary's wall_s
 
     @property
@@ -208,7 +210,7 @@ def prepare_folder(run: Run, resume: bool) -> None:
         remove_temporaries(run.folder)
     if not resume:
         run.tokenizer.save(run.folder / "tokenizer.json")
-    record = {"config": run.cfg.to_dict(), "data": run.data, "environment": run.env}
+    record = {"config": run.cfg.to_dict() | run.kept, "data": run.data, "environment": run.env}
     atomic_write_text(run.folder / "config.json", json.dumps(record, indent=2) + "\n")
 
 
@@ -316,7 +318,7 @@ def save(run: Run, tags: list[str]) -> None:
     meta = {"step": run.state.step, "world_size": run.world.size,
             "parts": {name: part.state_dict() for name, part in parts_with_state(run).items()},
             "train": vars(run.cfg.train), "data": vars(run.cfg.data),
-            "extra": {name: vars(sec) for name, sec in run.cfg.extra.items()},
+            "extra": {name: vars(sec) for name, sec in run.cfg.extra.items()} | run.kept,
             "tokenizer": run.tokenizer.to_dict(), "tokens_sha256": run.data["tokens_sha256"]}
     save_checkpoint(run.folder / "checkpoints", tags, run.model, run.optimizer, meta, rng,
                     keep=run.cfg.train.keep, averaged=run.ema and run.ema.model)
@@ -375,6 +377,7 @@ def restore(run: Run, tag: str = "last") -> list[str]:
         raise MiniGPTError(f"the run is at step {run.state.step:,}, past --steps {t.steps:,}: "
                            f"give a larger --steps to train on")
     saved = {"train": ckpt.meta["train"], **ckpt.meta.get("extra", {})}
+    run.kept = {name: values for name, values in saved.items() if name not in run.cfg.sections()}
     now = {"train": vars(t), **{k: vars(v) for k, v in run.cfg.extra.items()}}
     return [f"{key} {was!r} -> {now[sec][key]!r}" for sec, values in saved.items()
             for key, was in values.items() if sec in now and now[sec].get(key, was) != was]
