@@ -71,6 +71,8 @@ def test_the_fast_preset_fits_its_recipe_to_a_short_budget(tmp_path):
     ("steps = 2\n", "c.toml: 'steps' belongs in the [train] section"),  # above every section
     ("[train]\nsteps = 'many'\n", "c.toml: 'steps' must be int"),  # the file named
     ("[train]\noptimizer = 'adam'\n", "c.toml: 'optimizer' must be one of adamw, sgd"),
+    ("[train]\nsteps = -3\n", "/c.toml: 'steps' must be positive, got -3$"),  # a range too
+    ("[model]\ndropout = 1.5\n", "/c.toml: 'dropout' must be in"),
     ("[train\n", "cannot read config"),
     ('preset = "fast"\n', "c.toml: a config file does not choose a preset: give --preset fast"),
     ("[train.optim]\nlr = 0.1\n", "c.toml: [train.optim]: sections do not nest; put its "

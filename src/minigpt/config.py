@@ -346,6 +346,10 @@ def settings_of(table: dict, origin: str, sections: dict[str, type] = SECTIONS) 
     as its field holds it (a duration's text, '30m', as its seconds)."""
     cfg = RunConfig.with_sections(sections)
     apply_overrides(cfg, table, origin)  # one-line errors
+    try:
+        check_values(cfg)  # (the others are the defaults)
+    except MiniGPTError as e:
+        raise MiniGPTError(f"{origin}: {e}" if origin else str(e)) from None
     return {key: getattr(cfg.sections()[sec], key) for sec, values in table.items()
             for key in values}
 
@@ -380,12 +384,21 @@ def validate(cfg: RunConfig) -> None:
     if not isinstance(cfg, RunConfig):
         raise MiniGPTError(f"a RunConfig was expected, such as resolve_config(overrides="
                            f"{{'steps': 300}}) makes; got {type(cfg).__name__}")
+    check_values(cfg)
+    check_model_shape(cfg.model)
+    if cfg.train.min_lr > cfg.train.lr:
+        raise MiniGPTError(f"min_lr ({cfg.train.min_lr}) must not exceed lr ({cfg.train.lr})")
+
+
+def check_values(cfg: RunConfig) -> None:
+    """`validate`'s checks of each setting on its own, its type and range (those of a preset or
+    a file are made on its settings alone, so that an error names where they came from)."""
     for section in cfg.sections().values():
         for f in fields(section):
             setattr(section, f.name, value := _coerce(getattr(section, f.name), f))
             if isinstance(value, float) and not math.isfinite(value):  # NaN passes x < 0
                 raise MiniGPTError(f"'{f.name}' must be a finite number, got {value}")
-    validate_model(cfg.model)
+    check_model_values(cfg.model)
     t, d = cfg.train, cfg.data
     for key in ("steps", "batch_size", "lr", "eval_every", "log_every", "keep", "grad_accum"):
         if not getattr(t, key) > 0:
@@ -413,8 +426,6 @@ def validate(cfg: RunConfig) -> None:
     for section in cfg.extra.values():  # a section beyond the core's checks itself
         if hasattr(section, "validate"):
             section.validate()
-    if t.min_lr > t.lr:
-        raise MiniGPTError(f"min_lr ({t.min_lr}) must not exceed lr ({t.lr})")
     parse_targets(t.targets)
 
 
@@ -433,9 +444,23 @@ def validate_model(m: ModelConfig) -> None:
     """The model's part of `validate` (MiniGPT checks its own options with it too)."""
     for f in fields(m):
         setattr(m, f.name, _coerce(getattr(m, f.name), f))
+    check_model_values(m)
+    check_model_shape(m)
+
+
+def check_model_values(m: ModelConfig) -> None:
+    """The model settings that are wrong on their own."""
     for key in ("vocab_size", "n_embd", "n_head", "n_layer", "block_size"):
         if not getattr(m, key) > 0:
             raise MiniGPTError(f"'{key}' must be positive, got {getattr(m, key)}")
+    if not m.logit_cap >= 0:
+        raise MiniGPTError(f"'logit_cap' must be >= 0 (0 = off), got {m.logit_cap}")
+    if not 0 <= m.dropout < 1:
+        raise MiniGPTError(f"'dropout' must be in [0, 1), got {m.dropout}")
+
+
+def check_model_shape(m: ModelConfig) -> None:
+    """The model settings that must fit one another."""
     if m.n_embd % m.n_head:
         raise MiniGPTError(f"n_embd ({m.n_embd}) must be divisible by n_head ({m.n_head})")
     if m.pos == "rope" and (m.n_embd // m.n_head) % 2:
@@ -446,7 +471,3 @@ def validate_model(m: ModelConfig) -> None:
     if m.unet and m.n_layer < 2:
         raise MiniGPTError(f"U-net skips need at least 2 blocks (a first half and a second), "
                            f"got n_layer {m.n_layer}")
-    if not m.logit_cap >= 0:
-        raise MiniGPTError(f"'logit_cap' must be >= 0 (0 = off), got {m.logit_cap}")
-    if not 0 <= m.dropout < 1:
-        raise MiniGPTError(f"'dropout' must be in [0, 1), got {m.dropout}")
