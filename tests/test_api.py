@@ -44,6 +44,10 @@ def batches_of(tokens: int = 200) -> Batches:
 
 
 MISTAKES = [  # (a call, what the error says); m: a small MiniGPT, idx: (1, 3) token ids
+    (lambda m, idx: resolve_config(overrides=["steps", 300]),
+     "overrides must be a dict of settings ({'steps': 300}), got list"),
+    (lambda m, idx: load_model(None), "run_dir must be a path (str or Path), got NoneType"),
+    (lambda m, idx: train(resolve_config(), 3), "out_dir must be a path (str or Path), got int"),
     (lambda m, idx: train({"steps": 3}, "unused"),
      "a RunConfig was expected, such as resolve_config(overrides={'steps': 300}) makes; got dict"),
     (lambda m, idx: MiniGPT(ModelConfig()),

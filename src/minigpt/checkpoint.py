@@ -38,6 +38,7 @@ from minigpt.corpus import is_prepared
 from minigpt.environment import resolve_device
 from minigpt.errors import MiniGPTError, last_line
 from minigpt.files import (
+    as_path,
     atomic_path,
     atomic_write_text,
     folder_holds,
@@ -243,7 +244,7 @@ def load_model(run_dir: str | Path, tag: str = "best",
     is the final model: the weights' moving average where the run kept one (--ema). `device`:
     a torch.device, or a name as the commands take it (auto, cpu, cuda:1, ...)."""
     device = resolve_device(device) if isinstance(device, str) else device
-    ckpt = load_checkpoint(Path(run_dir) / "checkpoints", tag)
+    ckpt = load_checkpoint(as_path(run_dir, "run_dir") / "checkpoints", tag)
     cfg = RunConfig()  # its model settings, each checked as a config file's would be
     apply_overrides(cfg, {"model": ckpt.meta["model"]}, f"checkpoint in {run_dir}")
     model = MiniGPT.from_config(cfg.model)
@@ -261,7 +262,7 @@ def resume_config(run_dir: str | Path, overrides: dict | None = None, preset: st
     repeated as the run has it (a path naming the same file counts as the same) but not
     changed: the error names each change. The text may move: a checkpoint that keeps its
     tokens' fingerprint takes another path to the same tokens (restore checks them)."""
-    meta = load_checkpoint(Path(run_dir) / "checkpoints", "last").meta
+    meta = load_checkpoint(as_path(run_dir, "run_dir") / "checkpoints", "last").meta
     check_resumable(meta, run_dir)
     cfg = RunConfig.with_sections(sections)
     saved = {key: meta[key] for key in ("model", "train", "data")}

@@ -356,6 +356,9 @@ def settings_of(table: dict, origin: str, sections: dict[str, type] = SECTIONS) 
 
 def by_section(settings: dict, sections: dict[str, type] = SECTIONS) -> dict[str, dict]:
     """{key: value} -> {section: {key: value}}; an unknown key is an error."""
+    if not isinstance(settings, dict):
+        raise MiniGPTError(f"overrides must be a dict of settings ({{'steps': 300}}), got "
+                           f"{type(settings).__name__}")
     index = field_index(sections)
     table: dict[str, dict] = {}
     for key, value in settings.items():

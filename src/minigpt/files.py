@@ -57,6 +57,13 @@ def atomic_path(path: str | Path):
         raise
 
 
+def as_path(value, what: str) -> Path:
+    """A path a caller gave (str or os.PathLike), or one error naming what it was for."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise MiniGPTError(f"{what} must be a path (str or Path), got {type(value).__name__}")
+    return Path(value)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(text.encode("utf-8"))

@@ -26,7 +26,7 @@ from minigpt.clock import Clock, Speed
 from minigpt.config import RunConfig, TrainConfig, parse_targets, validate
 from minigpt.errors import MiniGPTError, training_error
 from minigpt.evaluate import bits_per_byte, check_initial_loss, estimate_loss, split_loss
-from minigpt.files import append_line, atomic_write_text
+from minigpt.files import append_line, as_path, atomic_write_text
 from minigpt.model import MiniGPT
 from minigpt.optim import set_lr
 from minigpt.run import (
@@ -69,7 +69,7 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
     minigpt.diagnostics.probes). progress: show a progress bar. Under torchrun every process
     calls this; rank 0 alone prints and writes files."""
     validate(cfg)  # (changed in code since resolve_config, say)
-    folder = Path(out_dir) if out_dir else default_run_dir(cfg)
+    folder = as_path(out_dir, "out_dir") if out_dir else default_run_dir(cfg)
     if resume:  # (before the folder is made and locked)
         find_last_checkpoint(folder)
     else:
