@@ -438,14 +438,16 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
                 "chunk_chars": chunk_chars}
     try:
         state = json.loads((out_dir / PROGRESS).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        state = None
     except (OSError, ValueError):
-        state = {}
+        state = "unreadable"  # (empty, say: changed() calls it not minigpt's)
     was = state.get("settings") if isinstance(state, dict) else state
-    if state and was != settings:
+    if state is not None and was != settings:
         raise MiniGPTError(f"{out_dir} holds an unfinished prepare of other sources or settings "
                            f"({changed(was, settings)}): run that command again to continue "
                            f"it, or delete the folder")
-    continuing = bool(state)
+    continuing = state is not None
     if continuing:
         tok = load_tokenizer(out_dir / TOKENIZER)
         done = sum(map(len, state["shards"].values()))
