@@ -41,7 +41,8 @@ def configure_backends(device: torch.device) -> None:
 def train_flops_per_token(cfg: ModelConfig) -> int:
     """FLOPs of one training step (forward + backward) per token: 6 per weight of every Linear
     (2 forward, 4 backward) plus attention's q k^T and att v, counted over the whole T x T
-    square as nanoGPT and PaLM do (so 12 L T C). Embedding lookups (the bigram's and value
+    square as nanoGPT and PaLM do (so 12 L T C, at the full block: --block-start's shorter
+    sequences cost less). Embedding lookups (the bigram's and value
     embeddings too), norms, activations and rotary embeddings are not counted."""
     C, L, V, T = cfg.n_embd, cfg.n_layer, cfg.vocab_size, cfg.block_size
     mlp = (3 if cfg.mlp == "swiglu" else 2) * C * mlp_hidden(cfg)  # its matrices' weights
