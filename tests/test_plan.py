@@ -169,7 +169,8 @@ def test_durations_read_in_the_largest_unit_there_are_two_of():
     """format_duration's own examples (3 s, 4.2 min, 3.1 h, 12.5 days), and where a unit
     starts: at two of it (119 s, then 2.0 min)."""
     cases = {3: "3 s", 4.2 * 60: "4.2 min", 3.1 * 3600: "3.1 h", 12.5 * 86400: "12.5 days",
-             119: "119 s", 120: "2.0 min", 2 * 3600 - 1: "120.0 min", 2 * 86400: "2.0 days"}
+             119: "119 s", 120: "2.0 min", 2 * 3600 - 1: "120.0 min", 2 * 86400: "2.0 days",
+             1e9: "11,574.1 days"}  # (thousands separated, as the table's other figures)
     assert {s: planning.format_duration(s) for s in cases} == cases
 
 

@@ -136,7 +136,7 @@ def format_duration(seconds: float) -> str:
     """3 s, 4.2 min, 3.1 h, 12.5 days."""
     for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
         if seconds >= 2 * size:
-            return f"{seconds / size:.1f} {unit}"
+            return f"{seconds / size:,.1f} {unit}"
     return f"{seconds:.0f} s"
 
 
