@@ -523,6 +523,7 @@ def test_six_steps_are_all_listed():
 def test_facts_from_config_read_the_settings(tmp_path, overrides):
     config = tiny_config(tmp_path / "t.txt", **overrides)
     cfg, facts = config.train, reading.facts_from_config(config.to_dict())
+    assert reading.facts_from_config(config) == facts  # (the RunConfig itself, or its dict)
     assert facts.warmup_steps == (7 if cfg.schedule != "constant" else 0)
     assert facts.total_steps == (None if cfg.time_budget else cfg.steps)
     assert facts.time_budget == (cfg.time_budget or None) and facts.lr == cfg.lr
@@ -650,3 +651,13 @@ def test_rows_with_clipped_counts_and_without_read_the_gradient_norms():
 def test_the_margin_is_two_hundredths_of_a_nat_at_least():
     assert reading.margin(1.0) == pytest.approx(0.02) == reading.margin(0.5)
 
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: reading.facts_from_config({"config": {}}), "facts_from_config takes a RunConfig"),
+    (lambda: read_curve("runs/x/metrics.jsonl", FACTS), "read_curve takes metrics rows"),
+    (lambda: read_curve([{"step": 0}], {"vocab_size": 65}), "read_curve takes metrics rows"),
+])
+def test_a_reading_called_with_the_wrong_things_says_what_it_takes(call, message):
+    with pytest.raises(MiniGPTError, match=message):  # (not a KeyError or TypeError inside)
+        call()

@@ -3,7 +3,7 @@ the usual remedy. minigpt reads the rows of metrics.jsonl against the run's sett
 
     findings = read_run("runs/seed")             # metrics.jsonl and config.json
     print(format_reading(findings))
-    findings = read_curve(rows, facts_from_config(cfg.to_dict()))   # a loop of your own
+    findings = read_curve(rows, facts_from_config(cfg))   # a loop of your own
 
 One small function per pattern (`RULES`), each taking the rows and the `Facts` and giving back
 its findings, or none: where warmup ends, the best checkpoint, early stopping, clipped and
@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from minigpt.config import RunConfig
 from minigpt.console import count
 from minigpt.errors import MiniGPTError
 from minigpt.evaluate import INITIAL_LOSS_TOLERANCE
@@ -406,13 +407,22 @@ RULES: list[Callable[[list[dict], Facts], list[Finding]]] = [
 
 def read_curve(rows: list[dict], facts: Facts) -> list[Finding]:
     """Every finding of every rule on these metrics rows, in step order."""
+    if not (isinstance(rows, list) and all(isinstance(r, dict) for r in rows)
+            and isinstance(facts, Facts)):
+        raise MiniGPTError("read_curve takes metrics rows (a list of dicts, as read_jsonl gives "
+                           "them) and Facts (facts_from_config(cfg)); read_run(folder) reads a "
+                           "run folder")
     rows = sorted(rows, key=lambda r: r["step"])
     return sorted((f for rule in RULES for f in rule(rows, facts)), key=lambda f: f.step)
 
 
-def facts_from_config(config: dict) -> Facts:
-    """The Facts of a run from its settings: RunConfig.to_dict(), as config.json holds them
-    under "config"."""
+def facts_from_config(config: RunConfig | dict) -> Facts:
+    """The Facts of a run from its settings: a RunConfig, or its to_dict(), as config.json holds
+    them under "config"."""
+    config = config.to_dict() if isinstance(config, RunConfig) else config
+    if not (isinstance(config, dict) and {"model", "train"} <= config.keys()):
+        raise MiniGPTError("facts_from_config takes a RunConfig, or its to_dict() (config.json's "
+                           "\"config\")")
     t = config["train"]
     return Facts(vocab_size=config["model"]["vocab_size"],
                  warmup_steps=t["warmup_steps"] if t["schedule"] in ("cosine", "linear") else 0,
