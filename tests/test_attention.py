@@ -123,6 +123,11 @@ def test_a_bad_sequence_is_refused_with_hooks_removed_and_mode_restored(shape, m
     assert all(not b.attn._forward_pre_hooks for b in model.blocks)
 
 
+def test_token_ids_in_a_list_are_refused_saying_so():  # (a notebook's first try)
+    with pytest.raises(MiniGPTError, match=ONE_SEQUENCE + ", got list$"):
+        attention_maps(peaky(), [[1, 2, 3]])
+
+
 def test_weights_that_are_not_finite_are_refused_not_drawn_blank():
     model = peaky()
     with torch.no_grad():

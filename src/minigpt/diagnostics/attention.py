@@ -46,9 +46,9 @@ def attention_maps(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
     a float32 CPU tensor (n_layer, n_head, T, T); row i is what position i attends to. It
     runs in eval mode (no dropout) without gradients; the model's mode is restored and its
     hooks removed, whatever happens. Weights that make them NaN or inf are a MiniGPTError."""
-    if idx.dim() != 2 or idx.size(0) != 1:
-        raise MiniGPTError(f"attention maps need one sequence of shape (1, T), "
-                           f"got {tuple(idx.shape)}")
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.size(0) != 1:
+        got = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
+        raise MiniGPTError(f"attention maps need one sequence of shape (1, T), got {got}")
     inputs: list[torch.Tensor] = []  # each block's attention input x (1, T, C)
     hooks = [block.attn.register_forward_pre_hook(lambda _, args: inputs.append(args[0]))
              for block in model.blocks]
