@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -52,13 +53,17 @@ from minigpt.diagnostics.compare import compare
 from minigpt.diagnostics.probes import Probe
 from minigpt.errors import Terminated
 from minigpt.files import (
+    append_line,
     atomic_folder,
     atomic_path,
     atomic_write_text,
     lock_folder,
+    os_error,
+    printable,
     read_jsonl,
     remove_temporaries,
     sha256_file,
+    truncate_jsonl,
 )
 from minigpt.signals import StopSignals
 
@@ -534,6 +539,96 @@ def test_files_and_folders_written_whole_get_the_usual_permissions(tmp_path):
         assert stat.S_IMODE((tmp_path / made).stat().st_mode) == \
             stat.S_IMODE((tmp_path / plain).stat().st_mode), made
     assert usual != 0o600  # (else the test could not tell)
+
+
+# --- files written whole, logs appended a line at a time ----------------------------------------
+
+
+def test_a_folder_write_that_fails_leaves_the_old_folder_and_no_temporary(tmp_path):
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "old").write_text("kept")
+    with pytest.raises(RuntimeError), atomic_folder(tmp_path / "export") as tmp:
+        (tmp / "weights").write_text("half")
+        raise RuntimeError("killed in mid-export")
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]
+    assert [p.name for p in (tmp_path / "export").iterdir()] == ["old"]
+
+
+def test_an_append_written_in_pieces_is_whole_and_one_that_fails_is_cut_back_off(tmp_path,
+                                                                                  monkeypatch):
+    """os.write may write less than it was given (not an error: append_line writes the rest);
+    one that fails part-way (a full disk) leaves the file as it was before the line."""
+    path, real = tmp_path / "m.jsonl", os.write
+    append_line(path, '{"step": 0}')
+    monkeypatch.setattr(os, "write", lambda fd, data: real(fd, data[:3]))  # 3 bytes a call
+    append_line(path, '{"step": 1}')
+    assert path.read_text() == '{"step": 0}\n{"step": 1}\n'
+    calls = []
+
+    def full_after_one_piece(fd, data):
+        calls.append(len(data))
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, data[:3])
+
+    monkeypatch.setattr(os, "write", full_after_one_piece)
+    with pytest.raises(OSError) as e:
+        append_line(path, '{"step": 2}')
+    monkeypatch.undo()
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(path)
+    assert path.read_text() == '{"step": 0}\n{"step": 1}\n'  # not '{"s'
+
+
+def test_truncating_a_log_keeps_the_rows_before_the_step_and_drops_a_torn_one(tmp_path):
+    """What a checkpoint at step 5 includes: steps 0 to 4 (a resumed run writes step 5 again);
+    a row with no step is from no step before it, and a torn line is dropped."""
+    path = tmp_path / "m.jsonl"
+    rows = [{"step": 0}, {"step": 4, "loss": 1.5}, {"note": "no step"}, {"step": 5}, {"step": 9}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 6, "lo')
+    truncate_jsonl(path, 5)
+    assert read_jsonl(path) == rows[:2]
+    assert path.read_text().endswith("\n")
+
+
+def test_a_lock_asked_to_wait_gets_the_folder_when_its_holder_lets_go(tmp_path, monkeypatch):
+    """lock_folder(wait=True) (a cache's prepare) waits for the holder instead of refusing."""
+    fcntl = pytest.importorskip("fcntl")  # (Windows has no advisory locks)
+    asking, got = threading.Event(), []
+    flock = fcntl.flock
+
+    def announced(fd, op):
+        asking.set()
+        return flock(fd, op)
+
+    def second():
+        with lock_folder(tmp_path, wait=True):
+            got.append((tmp_path / "run.lock").read_text())
+
+    with lock_folder(tmp_path):
+        monkeypatch.setattr(fcntl, "flock", announced)
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert asking.wait(30)
+        time.sleep(0.1)  # (into flock: a refusal comes at once, a wait until the release)
+    thread.join(30)
+    assert got == [f"{os.getpid()}\n"]
+
+
+def test_a_librarys_os_error_becomes_the_oserror_it_stands_for(tmp_path):
+    """safetensors says "... (os error 28)": the OSError 28 naming the file; an OSError, or an
+    error that names no os error, is left as it is."""
+    path = tmp_path / "model.safetensors"
+    e = os_error(RuntimeError("I/O error: No space left on device (os error 28)"), path)
+    assert isinstance(e, OSError)
+    assert (e.errno, e.strerror, e.filename) == (28, os.strerror(28), str(path))
+    already = OSError(28, "No space left on device (os error 28)", "/elsewhere")
+    other = ValueError("header too large")
+    assert os_error(already, path) is already and os_error(other, path) is other
+
+
+def test_a_name_that_is_not_utf8_is_printable_with_a_replacement_character():
+    name = b"caf\xe9.txt".decode("utf-8", "surrogateescape")  # (how Python holds it)
+    assert printable(name) == "caf\ufffd.txt" and printable("café.txt") == "café.txt"
 
 
 # --- resuming with the command as typed -----------------------------------------------------------
