@@ -20,8 +20,12 @@ from minigpt.diagnostics.attention import token_labels
 from minigpt.lesson import train_step
 from minigpt.sample import sample_text
 from minigpt.tokenizer import (
+    ENCODE_PIECE_CHARS,
+    MAX_BPE_VOCAB,
+    MIN_BPE_VOCAB,
     TRAIN_WORD_CHARS,
     byte_symbols,
+    check_bpe_vocab,
     cut_long_runs,
     load_tokenizer,
     split_at_boundaries,
@@ -253,3 +257,37 @@ def test_bpe_on_tinyshakespeare_trains_and_samples(data_dir):
     sample = sample_text(model, tok, "ROMEO:", 40, seed=1)
     assert sample.startswith("ROMEO:") and len(sample) > len("ROMEO:") + 20
     assert sample == sample_text(model, tok, "ROMEO:", 40, seed=1)  # seeded
+
+
+def test_the_vocabulary_bounds_are_inclusive():
+    """"at least 257 ... and at most 1,048,576": both ends are sizes a BPE may have (checked
+    without training one of a million tokens)."""
+    for fine in (MIN_BPE_VOCAB, MAX_BPE_VOCAB):
+        check_bpe_vocab(fine)
+    for bad in (MIN_BPE_VOCAB - 1, MAX_BPE_VOCAB + 1, True, 300.0):
+        with pytest.raises(MiniGPTError, match=f"got {bad!r}"):
+            check_bpe_vocab(bad)
+
+
+def test_a_line_break_after_a_space_is_no_place_to_cut():
+    """Before a word, ' ' and '\\n' are pre-tokens apart; at a text's end ' \\n' is one (a run of
+    whitespace that ends the text): a piece cut just after ' \\n' would encode the merge of the
+    two, which the whole text does not. split_at_boundaries (and encode_array's pieces of a
+    long text) must not cut there."""
+    tok = BPETokenizer.train(["x \n\ny \n\n" * 50], 257)
+    assert len(tok.encode(" \n")) == 1  # the one merge: ' ' + '\n'
+    text = "a \nb x \n\ny\nz"
+    for size in range(1, len(text) + 1):
+        pieces = split_at_boundaries(text, size)
+        assert [i for p in pieces for i in tok.encode(p)] == tok.encode(text), pieces
+    long = text * (ENCODE_PIECE_CHARS // len(text) + 2)
+    assert tok.encode_array(long).tolist() == tok.encode(long)
+
+
+def test_a_window_without_a_safe_break_ends_at_the_next_one():
+    """"a piece is longer where the text has no such break": only as long as it must be, to
+    the first safe break after the window, not the rest of the text."""
+    text = "x" * 10 + "\n" + "y\n" * 10 + "z"
+    pieces = split_at_boundaries(text, 4)
+    assert "".join(pieces) == text and pieces[0] == "x" * 10 + "\n"
+    assert max(map(len, pieces[1:])) <= 4

@@ -104,3 +104,9 @@ def test_a_tokenizer_equals_only_a_tokenizer_of_its_kind_and_alphabet():
     tok = CharTokenizer("abc")
     assert tok == CharTokenizer.from_text("cab") and tok != CharTokenizer("abd")
     assert tok != tok.to_dict() and tok != "abc" and tok != None  # noqa: E711
+
+
+def test_a_plain_space_outside_the_vocabulary_is_named_as_its_repr():
+    """Only spaces other than ' ' are named by code point (shown_char): ' ' reads as itself."""
+    with pytest.raises(MiniGPTError, match=r"outside the vocabulary: ' '$"):
+        CharTokenizer.from_text("ab").encode("a b")
