@@ -177,3 +177,44 @@ def test_durations_read_in_the_largest_unit_there_are_two_of():
 def test_a_table_without_a_budget_is_a_clear_error():  # (it was min()'s empty-sequence error)
     with pytest.raises(MiniGPTError, match="a plan needs a budget"):
         planning.format_plan([shape(10_000)])
+
+
+def test_value_embeddings_are_kept_only_where_a_shape_has_blocks_for_them():
+    cfg = resolve_config(overrides={"n_layer": 6, "value_embeds": 3, "vocab_size": 300})
+    assert [planning.shaped(cfg, n, 64).model.value_embeds for n in (2, 3, 4)] == [2, 3, 3]
+    c = planning.shaped(cfg, 2, 64)
+    assert count_params(c.model) == MiniGPT.from_config(c.model).num_params()
+
+
+def test_a_shape_whose_estimated_step_is_exactly_the_limit_is_timed(monkeypatch):
+    """Estimated only where the step would take longer than max_step_s: at the limit itself,
+    it is timed. (Seconds per FLOP a power of two: every product here is exact.)"""
+    monkeypatch.setattr(planning, "LADDER", [(1, 32), (2, 64), (4, 256)])
+    cfg, per_flop = resolve_config(overrides=SMALL), 2.0 ** -40
+
+    def flops(n_layer, n_embd):
+        return train_flops_per_token(planning.shaped(cfg, n_layer, n_embd).model) * 2 * 16
+
+    monkeypatch.setattr(planning, "time_step", lambda shaped, steps=2: (
+        flops(shaped.model.n_layer, shaped.model.n_embd) * per_flop, torch.float32))
+    shapes = planning.plan(cfg, max_step_s=flops(2, 64) * per_flop)
+    assert [s.measured for s in shapes] == [True, True, False]
+
+
+def test_an_estimate_is_at_the_speed_of_the_largest_shape_timed(monkeypatch):
+    """Shapes timed at different speeds a FLOP (the second half as fast as the first): the
+    estimate goes by the second, the largest timed, not the first."""
+    monkeypatch.setattr(planning, "LADDER", [(1, 32), (2, 64), (4, 256)])
+    cfg = resolve_config(overrides=SMALL)
+    flops = [train_flops_per_token(planning.shaped(cfg, *s).model) * 2 * 16
+             for s in planning.LADDER]
+    per_flop = {1: 2.0 ** -40, 2: 2.0 ** -39}  # by depth
+
+    def time_step(shaped, steps=2):
+        n = shaped.model.n_layer
+        return flops[[s[0] for s in planning.LADDER].index(n)] * per_flop[n], torch.float32
+
+    monkeypatch.setattr(planning, "time_step", time_step)
+    shapes = planning.plan(cfg, max_step_s=math.sqrt(flops[1] * flops[2]) * 2.0 ** -40)
+    assert [s.measured for s in shapes] == [True, True, False]
+    assert shapes[2].step_s == pytest.approx(flops[2] * 2.0 ** -39)
