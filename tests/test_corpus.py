@@ -672,3 +672,57 @@ def test_train_bpe_from_the_command_line_saves_samples_and_resumes(small_text, t
     assert r.returncode == 0, r.stderr
     meta = json.loads((run / "checkpoints" / "last.json").read_text())
     assert meta["step"] == 30 and meta["tokenizer"] == saved
+
+
+def test_a_zero_width_no_break_space_inside_a_file_is_text(tmp_path):
+    """Only a byte-order mark at a file's start is dropped: U+FEFF further in (here at the start
+    of the second 3-byte read) is a character of the text."""
+    path = tmp_path / "t.txt"
+    text = "ab\n\ufeffcd\n"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert "".join(read_chunks(path, 3, lambda n: None)) == text
+
+
+def test_an_unfinished_prepare_into_a_folder_the_user_made_leaves_that_folder(tmp_path,
+                                                                              monkeypatch):
+    """A prepare stopped before its first shard removes what it wrote, and the folder only
+    where it made it."""
+    (tmp_path / "t.txt").write_text("some text\n" * 50)
+    for out, kept in [(tmp_path / "made", False), (tmp_path / "mine", True)]:
+        if kept:
+            out.mkdir()
+        with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+            interrupt_at(m, "char", 1)
+            prepare(str(tmp_path / "t.txt"), out, progress=False)
+        assert out.exists() == kept and not (kept and any(out.iterdir()))
+
+
+def test_tokens_done_of_a_progress_file_edited_by_hand_is_none(tmp_path):
+    for odd in ('{"shards": {"train": [1]}}', '{"shards": {"train": 3}}', '[1]', "{"):
+        (tmp_path / "progress.json").write_text(odd)
+        assert tokens_done(tmp_path) == 0
+    (tmp_path / "progress.json").write_text('{"shards": {"train": [{"tokens": 7}], "val": []}}')
+    assert tokens_done(tmp_path) == 7
+
+
+def test_a_chunk_that_ends_at_the_split_point_is_training_text(tmp_path):
+    """4-character chunks of 40 characters: the 9th ends at the split point, 36, and belongs to
+    the training split (split_point, the one definition)."""
+    (tmp_path / "t.txt").write_text("abc\n" * 10)
+    index = prepare(str(tmp_path / "t.txt"), tmp_path / "out", chunk_chars=4, progress=False)
+    assert index["train_tokens"] == split_point(40, 0.1) == 36 and index["val_tokens"] == 4
+
+
+def test_files_named_once_are_found_without_a_warning(corpus, caplog):
+    src, files = corpus
+    with caplog.at_level(logging.WARNING, logger="minigpt"):
+        assert find_sources(str(src)) == files
+    assert not caplog.records
+
+
+def test_a_pattern_through_dot_dot_still_leaves_hidden_files_out(corpus):
+    """'..' is no hidden name: a pattern that goes up through it after a wildcard names no
+    hidden file (the corpus has src/.hidden, which the last '*' would match)."""
+    src, files = corpus
+    found = find_sources(str(src / "*" / ".." / "*"))
+    assert [p.resolve() for p in found] == [f.resolve() for f in files if f.parent == src]
