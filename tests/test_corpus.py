@@ -726,3 +726,19 @@ def test_a_pattern_through_dot_dot_still_leaves_hidden_files_out(corpus):
     src, files = corpus
     found = find_sources(str(src / "*" / ".." / "*"))
     assert [p.resolve() for p in found] == [f.resolve() for f in files if f.parent == src]
+
+
+def test_a_boolean_mask_is_not_taken_for_positions():
+    tokens = ShardedTokens([np.arange(5, dtype=np.uint16), np.arange(5, 9, dtype=np.uint16)])
+    with pytest.raises(IndexError, match="takes slices and integer arrays"):
+        tokens[np.array([True, False, True])]
+
+
+def test_a_comparisons_folder_is_no_place_to_prepare(small_text, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "variants.json").write_text("[]")
+    line = one_line_error(capsys, ["prepare", "--text", str(small_text), "--out", str(out),
+                                   "--no-progress"])
+    assert "holds a comparison; choose another --out" in line
+    assert [p.name for p in out.iterdir()] == ["variants.json"]
