@@ -742,3 +742,11 @@ def test_a_comparisons_folder_is_no_place_to_prepare(small_text, tmp_path, capsy
                                    "--no-progress"])
     assert "holds a comparison; choose another --out" in line
     assert [p.name for p in out.iterdir()] == ["variants.json"]
+
+
+def test_a_slice_that_ends_before_it_begins_is_empty_as_numpys():
+    parts = [np.arange(5, dtype=np.uint16), np.arange(5, 9, dtype=np.uint16)]
+    whole, tokens = np.concatenate(parts), ShardedTokens(parts)
+    for key in (slice(5, 2), slice(-1, 3), slice(7, 7)):
+        assert len(tokens[key]) == len(whole[key]) == 0 and tokens[key].shape == (0,)
+        assert np.array_equal(np.asarray(tokens[key]), whole[key])
