@@ -698,7 +698,8 @@ def test_an_unfinished_prepare_into_a_folder_the_user_made_leaves_that_folder(tm
 
 
 def test_tokens_done_of_a_progress_file_edited_by_hand_is_none(tmp_path):
-    for odd in ('{"shards": {"train": [1]}}', '{"shards": {"train": 3}}', '[1]', "{"):
+    for odd in ('{"shards": {"train": [1]}}', '{"shards": {"train": 3}}', '{"shards": [1]}',
+                '[1]', "{"):
         (tmp_path / "progress.json").write_text(odd)
         assert tokens_done(tmp_path) == 0
     (tmp_path / "progress.json").write_text('{"shards": {"train": [{"tokens": 7}], "val": []}}')

@@ -497,7 +497,7 @@ def tokens_done(out_dir: str | Path) -> int:
     try:
         state = json.loads((Path(out_dir) / PROGRESS).read_text(encoding="utf-8"))
         return sum(s["tokens"] for split in state["shards"].values() for s in split)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # (edited by hand)
         return 0
 
 
