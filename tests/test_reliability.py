@@ -176,23 +176,18 @@ def test_under_torchrun_a_signal_stops_at_the_next_log_line(small_text, tmp_path
     assert load_model(tmp_path / "run", "last")[2]["step"] == row + 1 == len(calls)
 
 
-def test_second_signal_stops_at_once():
-    before = signal.getsignal(signal.SIGINT)
+@pytest.mark.parametrize("sig, stop", [(signal.SIGINT, KeyboardInterrupt),
+                                       (signal.SIGTERM, Terminated)])
+def test_second_signal_stops_at_once(sig, stop):
+    """A second SIGTERM stops not as Ctrl-C: the command says "terminated" and exits 143
+    (minigpt.cli)."""
+    before = signal.getsignal(sig)
     with StopSignals() as signals:
-        os.kill(os.getpid(), signal.SIGINT)
-        assert signals.received == signal.SIGINT  # the first only asks
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is before  # the handler is given back
-
-
-def test_a_second_sigterm_stops_as_sigterm_does():
-    """Not as Ctrl-C: the command says "terminated" and exits 143 (minigpt.cli)."""
-    with StopSignals() as signals:
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert signals.received == signal.SIGTERM
-        with pytest.raises(Terminated):
-            os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), sig)
+        assert signals.received == sig  # the first only asks
+        with pytest.raises(stop):
+            os.kill(os.getpid(), sig)
+    assert signal.getsignal(sig) is before  # the handler is given back
 
 
 SLOW_WRITER = """
@@ -824,7 +819,6 @@ def test_a_damaged_tag_keeps_every_checkpoint_and_the_run_going(good_run, tmp_pa
         ckpt.prune(folder, keep=1)
     assert sorted(p.name for p in folder.iterdir()) == before
     assert "best.json is damaged: no checkpoint removed" in caplog.text
-
 
 
 def test_pruning_keeps_the_newest_steps_past_a_million(tmp_path):
