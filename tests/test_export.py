@@ -121,6 +121,8 @@ def test_logits_generation_and_tokens_match(tmp_path, char_tok, bpe_tok, kind, b
     assert hf_out.tolist() == mine.tolist()
     assert len(set(mine[0, ids.size(1):].tolist())) > 1  # not one token over and over
     assert hf_tok.decode(hf_out[0]) == tok.decode(mine[0].tolist())
+    pipe = transformers.pipeline("text-generation", model=hf, tokenizer=hf_tok)  # its defaults:
+    assert pipe(prompt, do_sample=False)[0]["generated_text"] == hf_tok.decode(hf_out[0])  # BLOCK
 
     for text in ROUND_TRIPS if kind == "char" else [*ROUND_TRIPS, UNSEEN]:
         ids = hf_tok.encode(text, add_special_tokens=False)

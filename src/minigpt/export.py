@@ -187,6 +187,8 @@ def build_gpt2(model: nn.Module):
         hf.load_state_dict(tensors, strict=True)
     except RuntimeError as e:  # a shape GPT-2 does not have (say, fewer key/value heads)
         raise MiniGPTError(f"cannot export: the weights do not fit GPT-2: {last_line(e)}") from None
+    hf.generation_config.max_length = model.config.block_size  # (generate's and pipeline's
+    # default length: the positions GPT-2 has, not past them into an IndexError)
     return hf.eval()
 
 
