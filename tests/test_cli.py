@@ -2,6 +2,8 @@
 
 import gzip
 import json
+import os
+import signal
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -10,10 +12,11 @@ import pytest
 import torch
 
 import minigpt
-from conftest import TINY_FLAGS, in_process, one_line_error, run_cli, tiny_config
+from conftest import MAIN_THREAD_ONLY, TINY_FLAGS, in_process, one_line_error, run_cli, tiny_config
 from minigpt.cli import COMPARE_STEPS, main
 from minigpt.console import count, log_start, visible
 from minigpt.environment import resolve_device
+from minigpt.errors import ctrl_c_held
 from minigpt.files import MADE, read_jsonl
 from minigpt.tokenizer import CharTokenizer
 
@@ -97,6 +100,17 @@ def test_ctrl_c_while_torch_loads_is_one_line_and_exit_130():
     r = subprocess.run([sys.executable, "-c", CTRL_C_IN_IMPORT], capture_output=True, text=True,
                        timeout=120)
     assert (r.returncode, r.stdout, r.stderr) == (130, "", "minigpt: interrupted\n")
+
+
+@MAIN_THREAD_ONLY
+def test_ctrl_c_held_during_an_import_is_raised_after_it():
+    """(export's import of transformers: a KeyboardInterrupt inside it can be swallowed)"""
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        with ctrl_c_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            done = True  # (not interrupted here)
+    assert done and signal.getsignal(signal.SIGINT) is before is signal.default_int_handler
 
 
 def test_a_finished_command_is_not_undone_by_ctrl_c_in_the_teardown():

@@ -12,23 +12,19 @@ import signal
 import sys
 import threading
 
+from minigpt.errors import ctrl_c_held
+
 
 def main() -> int:
-    held = []
-    watch = (threading.current_thread() is threading.main_thread()  # (where signals are set)
-             and signal.getsignal(signal.SIGINT) is signal.default_int_handler)  # (not ignored)
-    if watch:
-        signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
     try:
-        from minigpt.cli import main as run
-    finally:
-        if watch:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-    if held:
+        with ctrl_c_held():
+            from minigpt.cli import main as run
+    except KeyboardInterrupt:
         print("minigpt: interrupted", file=sys.stderr)
         return 130
     code = run()
-    if watch:
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     return code
 

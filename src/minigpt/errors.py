@@ -1,4 +1,9 @@
-"""The exceptions the command line turns into a one-line message and a non-zero exit."""
+"""The exceptions the command line turns into a one-line message and a non-zero exit, and the
+Ctrl-C held back while a library loads."""
+
+import signal
+import threading
+from contextlib import contextmanager
 
 
 class MiniGPTError(ValueError):
@@ -53,3 +58,23 @@ def last_line(e: BaseException) -> str:
     """The last non-empty line of an error's message (torch's say what failed last)."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     return (lines[-1] if lines else type(e).__name__)[:200]
+
+
+@contextmanager
+def ctrl_c_held():
+    """Ctrl-C held until the block (an import) is done, then raised as KeyboardInterrupt: one
+    raised inside another library's import can be swallowed there (in a callback of importlib's)
+    and the command go on as if nothing happened. Only where Ctrl-C raises KeyboardInterrupt,
+    in the main thread."""
+    held = []
+    watch = (threading.current_thread() is threading.main_thread()  # (where signals are set)
+             and signal.getsignal(signal.SIGINT) is signal.default_int_handler)  # (not ignored)
+    if watch:
+        signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        if watch:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    if held:
+        raise KeyboardInterrupt

@@ -53,7 +53,7 @@ import torch
 import torch.nn as nn
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
-from minigpt.errors import MiniGPTError, last_line
+from minigpt.errors import MiniGPTError, ctrl_c_held, last_line
 from minigpt.files import atomic_folder, os_error
 
 LAYER_NORM_EPS = 1e-5
@@ -175,7 +175,8 @@ def build_gpt2(model: nn.Module):
     check_exportable(model.config)
     check_modules(model)
     try:
-        from transformers import GPT2Config, GPT2LMHeadModel
+        with ctrl_c_held():  # (transformers loads for seconds; see ctrl_c_held)
+            from transformers import GPT2Config, GPT2LMHeadModel
     except ImportError:
         raise MiniGPTError("exporting needs transformers: pip install 'minigpt-loop[export]'") \
             from None
