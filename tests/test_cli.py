@@ -333,6 +333,11 @@ def test_bad_input_is_one_line_and_non_zero(cli_run, bad_files, args, message, c
     assert files() == before  # nothing half-written left behind
 
 
+def test_an_empty_required_option_is_not_told_to_be_left_out(capsys):
+    line = one_line_error(capsys, ["sample", "--run", ""])  # (sample needs its --run)
+    assert line.endswith("--run is empty (an unset shell variable?): give it a value")
+
+
 @pytest.mark.parametrize("what", [w for w in MADE if w != "a training run"])
 def test_train_into_a_folder_made_for_something_else_leaves_it_untouched(small_text, tmp_path,
                                                                          capsys, what):

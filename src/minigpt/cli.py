@@ -702,7 +702,7 @@ def run_command(argv: list[str] | None) -> int:
                 continue
             if isinstance(value := getattr(args, key, None), str) and not value.strip():
                 raise MiniGPTError(f"--{key} is empty (an unset shell variable?): give it a "
-                                   f"value, or leave it out")
+                                   f"value")  # (not "or leave it out": some are required)
             if key in ("out", "run", "resume", "config") and isinstance(value, str):
                 setattr(args, key, os.path.expanduser(value))  # --out=~/x: no shell expands it
         args.handler(args)  # a command that returns has done its work
