@@ -278,6 +278,8 @@ BAD_INPUT = [
     (["report", "--run", "{run}", "--out", "{text}"], "report writes a web page; give a path "
                                                      "ending in .html"),  # (it replaced the text)
     (["train", "--resume", ""], "--resume is empty (an unset shell variable?)"),  # (a new run)
+    (["export", "--run", "{run}", "--out", "{text}/hf"], "is a file, not a folder"),  # (not
+    (["graph", "--out", "{text}/g.svg"], "is a file, not a folder"),  # "File exists", exit 1)
     (["train", "--text", " "], "--text is empty"),  # (trained on TinyShakespeare)
     (["prepare", "--text", "", "--out", "{bad}/p"], "--text is empty"),  # (read the folder)
     (["train", "--preset", ""], "--preset is empty"),  # (the default preset)
@@ -326,8 +328,9 @@ def test_bad_input_is_one_line_and_non_zero(cli_run, bad_files, args, message, c
     if args[0] == "train":  # were a check lost, one step into a folder of its own, not 5000
         where = [] if "--resume" in args else ["--out", str(bad_files / "trained")]
         args = ["train", "--steps", "1", *where, *args[1:], "--no-progress"]  # (args win)
-    elif args[0] not in ("graph", "autograd", "prepare", "report") and "--device" not in args:
-        args = [*args, "--device=cpu"]  # (those four take none)
+    elif args[0] not in ("graph", "autograd", "prepare", "report", "export") and (
+            "--device" not in args):
+        args = [*args, "--device=cpu"]  # (those take none)
     line = one_line_error(capsys, args)
     assert message in line
     assert files() == before  # nothing half-written left behind

@@ -543,9 +543,10 @@ def test_sources_inside_the_output_folder_are_named(small_text, capsys, out, sai
     assert sorted(small_text.parent.iterdir()) == before
 
 
-def test_a_file_as_out_is_refused_before_the_scan(bad_sources, capsys):
+@pytest.mark.parametrize("out", ["ok.txt", "ok.txt/sub"])  # (a folder in the file: no less)
+def test_a_file_as_out_is_refused_before_the_scan(bad_sources, capsys, out):
     line = one_line_error(capsys, ["prepare", "--text", str(bad_sources / "latin1"), "--out",
-                                   str(bad_sources / "ok.txt"), "--no-progress"])
+                                   str(bad_sources / out), "--no-progress"])
     assert "ok.txt is a file, not a folder" in line  # not the scan's "b.txt is not UTF-8"
     assert (bad_sources / "ok.txt").read_text() == "some text\n"
 

@@ -714,6 +714,9 @@ def run_command(argv: list[str] | None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (nor at exit's flush)
         return 128 + 13  # as the shell reports a process SIGPIPE stopped
     except OSError as e:  # disk full, permissions, a vanished file: say which, in one line
+        if isinstance(e, FileExistsError) and os.path.isfile(e.filename or ""):  # --out a.txt/b
+            say(f"minigpt: error: {e.filename} is a file, not a folder")
+            return 2
         where = f": {e.filename}" if e.filename else ""
         say(f"minigpt: error: {e.strerror or e}{where}")
         return 1

@@ -422,8 +422,9 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
     if tokenizer == "bpe":  # checked before the scan, which can take minutes
         check_bpe_vocab(vocab_size)
     check_out_folder(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():  # before the scan, which can take minutes
-        raise MiniGPTError(f"--out {out_dir} is a file, not a folder")
+    on = next(p for p in [out_dir, *out_dir.absolute().parents] if p.exists())  # (/ at least)
+    if not on.is_dir():  # before the scan, which can take minutes
+        raise MiniGPTError(f"--out {out_dir}: {on} is a file, not a folder")
     if isinstance(sources, (str, Path)):
         source = Files(sources, exclude=out_dir)
     elif hasattr(sources, "chunks"):  # a minigpt.records.Records
@@ -438,7 +439,7 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
                 "chunk_chars": chunk_chars}
     try:
         state = json.loads((out_dir / PROGRESS).read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         state = None
     except (OSError, ValueError):
         state = "unreadable"  # (empty, say: changed() calls it not minigpt's)
