@@ -257,7 +257,7 @@ BAD_INPUT = [
     (["train", "--resume", "{run}", "--block-size", "64"], "cannot change block_size"),
     (["train", "--resume", "{run}", "--preset", "fast"], "; resume without --preset: the run "
                                                          "keeps its own settings"),
-    (["train", "--resume", "{bad}"], "no 'last' checkpoint"),
+    (["train", "--resume", "{bad}"], "holds no checkpoints: not a run folder"),
     (["train", "--resume", "{bad}/list-run"],
      "last.json is not readable: a JSON object was expected, got list"),
     (["train", "--resume", "{bad}/keyless-run"], "is not readable: 'file' is missing or not a str"),
@@ -267,7 +267,8 @@ BAD_INPUT = [
                                                        "the vocabulary: 'Z'"),
     (["sample", "--run", "/nonexistent"], "no run folder /nonexistent"),
     (["report", "--run", "/nonexistent"], "no run folder /nonexistent"),
-    (["sample", "--run", "{bad}"], "no 'best' checkpoint in"),
+    (["sample", "--run", "{bad}"], "holds no checkpoints"),  # (not "... in {bad}/checkpoints")
+    (["sample", "--run", "{text}"], "is a file, not a run folder"),  # (not "no run folder")
     (["sample", "--run", "{run}", "--top-p", "2"], "--top-p must be in"),
     (["sample", "--run", "{run}", "--top-k", "0"], "--top-k must be a whole number >= 1"),
     (["sample", "--run", "{run}", "--temperature", "-1"], "--temperature must be >= 0"),

@@ -182,8 +182,12 @@ def find_checkpoint(folder: str | Path, tag: str = "last") -> Path:
             raise MiniGPTError(f"{folder.parent} is a checkpoints folder: give its run folder, "
                                f"{folder.parent.parent}")
         if not folder.parent.is_dir():
-            raise MiniGPTError(f"no run folder {folder.parent}")
+            raise MiniGPTError(f"{folder.parent} is a file, not a run folder" if
+                               folder.parent.exists() else f"no run folder {folder.parent}")
         check_holds_a_run(folder.parent)
+        if folder.name == "checkpoints" and not folder.exists():  # (not "no checkpoint in X")
+            raise MiniGPTError(f"{folder.parent} holds no checkpoints: not a run folder, or a "
+                               f"run stopped before its first")
         raise MiniGPTError(f"no '{tag}' checkpoint in {folder}")
     return meta_path
 
