@@ -337,6 +337,13 @@ def test_bad_input_is_one_line_and_non_zero(cli_run, bad_files, args, message, c
     assert files() == before  # nothing half-written left behind
 
 
+def test_a_value_that_begins_with_a_dash_is_told_to_go_after_an_equals_sign(capsys):
+    line = one_line_error(capsys, ["compare", "--clip", "-1,0"])  # (argparse: a flag)
+    assert "one argument (a value that begins with '-' goes after '=': --clip=-1,0)" in line
+    line = one_line_error(capsys, ["sample", "--run", "--top-k", "3"])  # (a flag: no hint)
+    assert line.endswith("argument --run: expected one argument (see minigpt sample --help)")
+
+
 def test_an_empty_required_option_is_not_told_to_be_left_out(capsys):
     line = one_line_error(capsys, ["sample", "--run", ""])  # (sample needs its --run)
     assert line.endswith("--run is empty (an unset shell variable?): give it a value")

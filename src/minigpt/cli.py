@@ -43,8 +43,8 @@ class Parser(argparse.ArgumentParser):
     """One-line errors, with the closest flag suggested for a mistyped one, and the help of the
     command they concern."""
 
-    def parse_args(self, args=None, namespace=None):
-        self.words = sys.argv[1:] if args is None else list(args)
+    def parse_args(self, args=None, namespace=None):  # (the words: for a command's parser too)
+        Parser.words = sys.argv[1:] if args is None else list(args)
         return super().parse_args(args, namespace)
 
     def error(self, message: str):
@@ -71,6 +71,13 @@ class Parser(argparse.ArgumentParser):
                 if not word.startswith("-"):  # minigpt sample runs/x: a value without its flag
                     message += " (each value goes after its flag)"
                     break
+        if message.endswith("expected one argument"):  # --clip -1,0: its value read as a flag
+            given = getattr(self, "words", [])
+            names = message.split()[1].rstrip(":").split("/")  # (argument -o/--out:)
+            at = next((i for i, w in enumerate(given) if w in names), len(given))
+            value = given[at + 1] if at + 1 < len(given) else ""
+            if value.startswith("-") and value.split("=")[0] not in self._option_string_actions:
+                message += f" (a value that begins with '-' goes after '=': {given[at]}={value})"
         prog = commands[command].prog if command else self.prog
         raise MiniGPTError(f"{message} (see {prog} --help)")
 
