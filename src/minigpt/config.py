@@ -60,7 +60,7 @@ class ModelConfig:
     the lesson's model)."""
 
     vocab_size: int = opt(65, "vocabulary size: set by the char tokenizer from the text; "
-                               "for --tokenizer bpe, the size to train (at least 257)")
+                               "for --tokenizer bpe, the size to train (give one, at least 257)")
     n_embd: int = opt(64, "embedding width C")
     n_head: int = opt(4, "attention heads (must divide n_embd)")
     n_layer: int = opt(4, "transformer blocks")
@@ -138,7 +138,7 @@ class TrainConfig:
                                           "each evaluation's figure (see --eval-batches)")
     patience: int = opt(0, "stop after N evaluations without improvement (0 = off)")
     min_delta: float = opt(0.0, "an improvement of the validation loss smaller than this does "
-                                "not count, for early stopping nor for the 'best' checkpoint")
+                                "not count, for early stopping or for the 'best' checkpoint")
     log_every: int = opt(50, "write a metrics line every N steps")
     keep: int = opt(2, "checkpoints kept besides the best: the newest N")
     ema: float = opt(0.0, "keep an exponential moving average of the weights with this decay "
