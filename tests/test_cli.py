@@ -281,6 +281,7 @@ BAD_INPUT = [
     (["train", "--resume", ""], "--resume is empty (an unset shell variable?)"),  # (a new run)
     (["export", "--run", "{run}", "--out", "{text}/hf"], "is a file, not a folder"),  # (not
     (["graph", "--out", "{text}/g.svg"], "is a file, not a folder"),  # "File exists", exit 1)
+    (["report", "--run", "{run}", "--out", "{text}/a/r.html"], "is a file, not a folder"),
     (["train", "--text", " "], "--text is empty"),  # (trained on TinyShakespeare)
     (["prepare", "--text", "", "--out", "{bad}/p"], "--text is empty"),  # (read the folder)
     (["train", "--preset", ""], "--preset is empty"),  # (the default preset)
@@ -340,8 +341,9 @@ def test_bad_input_is_one_line_and_non_zero(cli_run, bad_files, args, message, c
 def test_a_value_that_begins_with_a_dash_is_told_to_go_after_an_equals_sign(capsys):
     line = one_line_error(capsys, ["compare", "--clip", "-1,0"])  # (argparse: a flag)
     assert "one argument (a value that begins with '-' goes after '=': --clip=-1,0)" in line
-    line = one_line_error(capsys, ["sample", "--run", "--top-k", "3"])  # (a flag: no hint)
-    assert line.endswith("argument --run: expected one argument (see minigpt sample --help)")
+    for flag in ("--top-k", "--"):  # (a flag, or the end of the flags: no hint)
+        line = one_line_error(capsys, ["sample", "--run", flag, "3"])
+        assert line.endswith("argument --run: expected one argument (see minigpt sample --help)")
 
 
 def test_an_empty_required_option_is_not_told_to_be_left_out(capsys):

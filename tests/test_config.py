@@ -85,6 +85,13 @@ def test_bad_files_are_one_line_errors(tmp_path, toml, message):
         resolve_config("seed", str(f))
 
 
+def test_a_files_value_a_flag_replaces_is_not_checked(tmp_path):
+    """(checked on its own only to name the file in an error: one the flag replaces makes none)"""
+    f = tmp_path / "c.toml"
+    f.write_text("[train]\nsteps = -3\n")
+    assert resolve_config("seed", str(f), {"steps": 5}).train.steps == 5
+
+
 @pytest.mark.parametrize("overrides, message", [
     # (n_embd 30 for 4 heads, steps, batch_size, lr, block_size, a misspelt preset: test_cli's
     # BAD_INPUT)

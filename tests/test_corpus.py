@@ -299,7 +299,7 @@ def test_what_changed_since_a_prepare_began_is_named():
         assert changed(odd, was) == "its progress.json is not minigpt's"
 
 
-@pytest.mark.parametrize("text", ["[1, 2]", "{}", ""])  # (emptied: before the scan, not after)
+@pytest.mark.parametrize("text", ["[1, 2]", "{}", "", "null"])  # (before the scan, not after)
 def test_a_progress_file_edited_by_hand_is_one_line(corpus, tmp_path, text):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "progress.json").write_text(text)

@@ -657,6 +657,7 @@ def test_the_margin_is_two_hundredths_of_a_nat_at_least():
     (lambda: reading.facts_from_config({"config": {}}), "facts_from_config takes a RunConfig"),
     (lambda: read_curve("runs/x/metrics.jsonl", FACTS), "read_curve takes metrics rows"),
     (lambda: read_curve([{"step": 0}], {"vocab_size": 65}), "read_curve takes metrics rows"),
+    (lambda: read_run(None), "run_dir must be a path"),
 ])
 def test_a_reading_called_with_the_wrong_things_says_what_it_takes(call, message):
     with pytest.raises(MiniGPTError, match=message):  # (not a KeyError or TypeError inside)

@@ -10,9 +10,8 @@ changes neither.
 
 import signal
 import sys
-import threading
 
-from minigpt.errors import ctrl_c_held
+from minigpt.errors import ctrl_c_held, ctrl_c_raises
 
 
 def main() -> int:
@@ -23,8 +22,7 @@ def main() -> int:
         print("minigpt: interrupted", file=sys.stderr)
         return 130
     code = run()
-    if (threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+    if ctrl_c_raises():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     return code
 

@@ -36,6 +36,7 @@ from minigpt.corpus import BPE_VOCAB, SHARD_TOKENS, is_prepared
 from minigpt.diagnostics.probes import SECTIONS, DiagConfig
 from minigpt.distributed import world_from_env
 from minigpt.errors import MiniGPTError, Terminated, TrainingStopped
+from minigpt.files import file_on_path
 from minigpt.sample import PROMPT
 
 
@@ -43,13 +44,18 @@ class Parser(argparse.ArgumentParser):
     """One-line errors, with the closest flag suggested for a mistyped one, and the help of the
     command they concern."""
 
-    def parse_args(self, args=None, namespace=None):  # (the words: for a command's parser too)
-        Parser.words = sys.argv[1:] if args is None else list(args)
+    def parse_args(self, args=None, namespace=None):
+        words = sys.argv[1:] if args is None else list(args)
+        for parser in [self, *self.commands().values()]:  # (a command's parser says its errors)
+            parser.words = words
         return super().parse_args(args, namespace)
 
+    def commands(self) -> dict[str, argparse.ArgumentParser]:
+        return {name: p for a in self._actions if isinstance(a, argparse._SubParsersAction)
+                for name, p in a.choices.items()}
+
     def error(self, message: str):
-        commands = {name: p for a in self._actions if isinstance(a, argparse._SubParsersAction)
-                    for name, p in a.choices.items()}
+        commands = self.commands()
         command = next((w for w in getattr(self, "words", []) if w in commands), None)
         if message.startswith("unrecognized arguments:"):
             flags = [o for p in [self, *commands.values()] for a in p._actions
@@ -76,7 +82,8 @@ class Parser(argparse.ArgumentParser):
             names = message.split()[1].rstrip(":").split("/")  # (argument -o/--out:)
             at = next((i for i, w in enumerate(given) if w in names), len(given))
             value = given[at + 1] if at + 1 < len(given) else ""
-            if value.startswith("-") and value.split("=")[0] not in self._option_string_actions:
+            if value.startswith("-") and value != "--" and (
+                    value.split("=")[0] not in self._option_string_actions):
                 message += f" (a value that begins with '-' goes after '=': {given[at]}={value})"
         prog = commands[command].prog if command else self.prog
         raise MiniGPTError(f"{message} (see {prog} --help)")
@@ -721,8 +728,9 @@ def run_command(argv: list[str] | None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (nor at exit's flush)
         return 128 + 13  # as the shell reports a process SIGPIPE stopped
     except OSError as e:  # disk full, permissions, a vanished file: say which, in one line
-        if isinstance(e, FileExistsError) and os.path.isfile(e.filename or ""):  # --out a.txt/b
-            say(f"minigpt: error: {e.filename} is a file, not a folder")
+        if isinstance(e, (FileExistsError, NotADirectoryError)) and (
+                file := file_on_path(e.filename)):  # --out notes.txt/run
+            say(f"minigpt: error: {file} is a file, not a folder")
             return 2
         where = f": {e.filename}" if e.filename else ""
         say(f"minigpt: error: {e.strerror or e}{where}")

@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 from minigpt.errors import MiniGPTError
+from minigpt.files import as_path
 
 try:
     import tomllib
@@ -265,7 +266,7 @@ def apply_overrides(cfg: RunConfig, table: dict, origin: str = "") -> None:
 def read_config_file(path: str | Path) -> dict:
     """A TOML file's tables; or a run's own settings, from its folder's config.json (given
     the folder or the file), to train the same run again."""
-    if (run := Path(path)).is_dir():
+    if (run := as_path(path, "config_file")).is_dir():
         if not (run / "config.json").is_file():
             raise MiniGPTError(f"{path} is a folder but not a run's (no config.json): give a "
                                f"TOML config file, or a run folder")
@@ -317,11 +318,24 @@ def asked_settings(preset: str | None, config_file: str | None, overrides: dict 
     table = preset_table(preset) if preset else {}
     fits = table.pop("fit", [])
     asked = settings_of(table, f"preset {preset}", sections)
-    later = (settings_of(read_config_file(config_file), str(config_file), sections)
-             if config_file else {})
-    later |= settings_of(by_section(overrides or {}, sections), "", sections)
+    in_file = (settings_of(read_config_file(config_file), str(config_file), sections)
+               if config_file else {})
+    flags = settings_of(by_section(overrides or {}, sections), "", sections)
+    check_alone({k: v for k, v in in_file.items() if k not in flags}, str(config_file), sections)
+    later = in_file | flags
     budget = (asked | later).get("time_budget", 0.0)
     return asked | fit_to_budget(fits, budget, f"preset {preset}", sections) | later
+
+
+def check_alone(settings: dict, origin: str, sections: dict[str, type] = SECTIONS) -> None:
+    """Each of a file's settings (those no flag replaces) checked on its own (check_values), so
+    that a value out of range names the file it came from."""
+    cfg = RunConfig.with_sections(sections)
+    apply_overrides(cfg, by_section(settings, sections))
+    try:
+        check_values(cfg)  # (the other settings: the defaults)
+    except MiniGPTError as e:
+        raise MiniGPTError(f"{origin}: {e}") from None
 
 
 def fit_to_budget(fits: list[dict], budget: float, origin: str,
@@ -346,10 +360,6 @@ def settings_of(table: dict, origin: str, sections: dict[str, type] = SECTIONS) 
     as its field holds it (a duration's text, '30m', as its seconds)."""
     cfg = RunConfig.with_sections(sections)
     apply_overrides(cfg, table, origin)  # one-line errors
-    try:
-        check_values(cfg)  # (the others are the defaults)
-    except MiniGPTError as e:
-        raise MiniGPTError(f"{origin}: {e}" if origin else str(e)) from None
     return {key: getattr(cfg.sections()[sec], key) for sec, values in table.items()
             for key in values}
 
@@ -388,14 +398,16 @@ def validate(cfg: RunConfig) -> None:
         raise MiniGPTError(f"a RunConfig was expected, such as resolve_config(overrides="
                            f"{{'steps': 300}}) makes; got {type(cfg).__name__}")
     check_values(cfg)
+    for section in cfg.extra.values():  # a section beyond the core's checks itself
+        if hasattr(section, "validate"):
+            section.validate()
     check_model_shape(cfg.model)
     if cfg.train.min_lr > cfg.train.lr:
         raise MiniGPTError(f"min_lr ({cfg.train.min_lr}) must not exceed lr ({cfg.train.lr})")
 
 
 def check_values(cfg: RunConfig) -> None:
-    """`validate`'s checks of each setting on its own, its type and range (those of a preset or
-    a file are made on its settings alone, so that an error names where they came from)."""
+    """`validate`'s checks of each of the core's settings on its own: its type and range."""
     for section in cfg.sections().values():
         for f in fields(section):
             setattr(section, f.name, value := _coerce(getattr(section, f.name), f))
@@ -426,9 +438,6 @@ def check_values(cfg: RunConfig) -> None:
         raise MiniGPTError(f"'ramp' must be in [0, 1] (a part of training), got {t.ramp}")
     if not 0 < d.val_fraction < 1:
         raise MiniGPTError(f"'val_fraction' must be in (0, 1), got {d.val_fraction}")
-    for section in cfg.extra.values():  # a section beyond the core's checks itself
-        if hasattr(section, "validate"):
-            section.validate()
     parse_targets(t.targets)
 
 

@@ -56,7 +56,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from minigpt.errors import MiniGPTError
-from minigpt.files import atomic_write_text, folder_holds, lock_folder, sha256_file
+from minigpt.files import (
+    as_path,
+    atomic_write_text,
+    file_on_path,
+    folder_holds,
+    lock_folder,
+    sha256_file,
+)
 from minigpt.tokenizer import (
     AnyTokenizer,
     BPETokenizer,
@@ -411,7 +418,7 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
     in memory bounded by the chunk size, and return the index written to out_dir/index.json.
     vocab_size is for bpe only. Run again after an interruption, with the same sources and
     settings, it continues after the last complete shard."""
-    out_dir = Path(out_dir)
+    out_dir = as_path(out_dir, "out_dir")
     if tokenizer not in ("char", "bpe"):
         raise MiniGPTError(f"tokenizer must be char or bpe, got {tokenizer!r}")
     for name, value in (("shard_tokens", shard_tokens), ("chunk_chars", chunk_chars)):
@@ -422,9 +429,9 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
     if tokenizer == "bpe":  # checked before the scan, which can take minutes
         check_bpe_vocab(vocab_size)
     check_out_folder(out_dir)
-    on = next(p for p in [out_dir, *out_dir.absolute().parents] if p.exists())  # (/ at least)
-    if not on.is_dir():  # before the scan, which can take minutes
-        raise MiniGPTError(f"--out {out_dir}: {on} is a file, not a folder")
+    if file := file_on_path(out_dir):  # before the scan, which can take minutes
+        where = "" if file == out_dir else f": {file}"
+        raise MiniGPTError(f"--out {out_dir}{where} is a file, not a folder")
     if isinstance(sources, (str, Path)):
         source = Files(sources, exclude=out_dir)
     elif hasattr(sources, "chunks"):  # a minigpt.records.Records
@@ -437,18 +444,16 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
                 "vocab_size": vocab_size if tokenizer == "bpe" else None,
                 "val_fraction": val_fraction, "shard_tokens": shard_tokens,
                 "chunk_chars": chunk_chars}
+    continuing = (out_dir / PROGRESS).exists()  # an unfinished prepare's
     try:
-        state = json.loads((out_dir / PROGRESS).read_text(encoding="utf-8"))
-    except (FileNotFoundError, NotADirectoryError):
-        state = None
+        state = json.loads((out_dir / PROGRESS).read_text(encoding="utf-8")) if continuing else {}
     except (OSError, ValueError):
-        state = "unreadable"  # (empty, say: changed() calls it not minigpt's)
+        state = None  # (emptied, say: changed() calls it not minigpt's)
     was = state.get("settings") if isinstance(state, dict) else state
-    if state is not None and was != settings:
+    if continuing and was != settings:
         raise MiniGPTError(f"{out_dir} holds an unfinished prepare of other sources or settings "
                            f"({changed(was, settings)}): run that command again to continue "
                            f"it, or delete the folder")
-    continuing = state is not None
     if continuing:
         tok = load_tokenizer(out_dir / TOKENIZER)
         done = sum(map(len, state["shards"].values()))

@@ -60,6 +60,13 @@ def last_line(e: BaseException) -> str:
     return (lines[-1] if lines else type(e).__name__)[:200]
 
 
+def ctrl_c_raises() -> bool:
+    """Whether Ctrl-C raises KeyboardInterrupt here: Python's handler (not ignored, not another
+    program's), in the main thread (where signals are set)."""
+    return (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+
+
 @contextmanager
 def ctrl_c_held():
     """Ctrl-C held until the block (an import) is done, then raised as KeyboardInterrupt: one
@@ -67,9 +74,7 @@ def ctrl_c_held():
     and the command go on as if nothing happened. Only where Ctrl-C raises KeyboardInterrupt,
     in the main thread."""
     held = []
-    watch = (threading.current_thread() is threading.main_thread()  # (where signals are set)
-             and signal.getsignal(signal.SIGINT) is signal.default_int_handler)  # (not ignored)
-    if watch:
+    if watch := ctrl_c_raises():
         signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
     try:
         yield

@@ -64,6 +64,14 @@ def as_path(value, what: str) -> Path:
     return Path(value)
 
 
+def file_on_path(path: str | Path | None) -> Path | None:
+    """The file where a folder of `path` (or `path` itself) was to be: the first of them that
+    exists, if it is not a folder (--out notes.txt/run); None otherwise."""
+    path = Path(path or ".")
+    on = next(p for p in [path, *path.absolute().parents] if p.exists())  # (/ at least)
+    return None if on.is_dir() else on
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(text.encode("utf-8"))

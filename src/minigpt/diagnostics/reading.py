@@ -27,7 +27,7 @@ from minigpt.config import RunConfig
 from minigpt.console import count
 from minigpt.errors import MiniGPTError
 from minigpt.evaluate import INITIAL_LOSS_TOLERANCE
-from minigpt.files import read_jsonl
+from minigpt.files import as_path, read_jsonl
 from minigpt.run import TrainState
 
 SPIKE_RISE = 0.10  # a spike: train loss 10 % above the median of the rows before it
@@ -407,7 +407,7 @@ RULES: list[Callable[[list[dict], Facts], list[Finding]]] = [
 
 def read_curve(rows: list[dict], facts: Facts) -> list[Finding]:
     """Every finding of every rule on these metrics rows, in step order."""
-    if not (isinstance(rows, list) and all(isinstance(r, dict) for r in rows)
+    if not (isinstance(rows, (list, tuple)) and all(isinstance(r, dict) for r in rows)
             and isinstance(facts, Facts)):
         raise MiniGPTError("read_curve takes metrics rows (a list of dicts, as read_jsonl gives "
                            "them) and Facts (facts_from_config(cfg)); read_run(folder) reads a "
@@ -442,7 +442,8 @@ def run_facts(run_dir: str | Path) -> Facts:
 
 def read_run(run_dir: str | Path) -> list[Finding]:
     """The findings of a run folder: its metrics.jsonl read against its config.json."""
-    return read_curve(read_jsonl(Path(run_dir) / "metrics.jsonl"), run_facts(run_dir))
+    return read_curve(read_jsonl(as_path(run_dir, "run_dir") / "metrics.jsonl"),
+                      run_facts(run_dir))
 
 
 def format_reading(findings: list[Finding]) -> str:
