@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from minigpt import lr_at
-from minigpt.schedule import size_at
+from minigpt import MiniGPTError, lr_at
+from minigpt.schedule import grows, size_at
 
 COSINE = dict(lr=1.0, min_lr=0.1, warmup_steps=10, total_steps=111, schedule="cosine")
 QUARTER = 0.1 + 0.9 * (1 + math.cos(math.pi / 4)) / 2  # min + (max - min) * (1 + cos(pi/4)) / 2
@@ -94,3 +94,17 @@ def test_a_run_no_longer_than_its_warmup_stays_at_the_peak(total):
 def test_a_size_is_full_when_the_ramp_ends_even_off_the_multiples_of_its_start():
     assert size_at(0.5, start=3, full=32, ramp=0.5) == 32  # 30 is the last multiple of 3 below
     assert size_at(0.49, start=3, full=32, ramp=0.5) <= 30
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant", "cosine-annealing"])
+@pytest.mark.parametrize("step, total", [(0, 0), (-1, 10)])
+def test_a_run_of_no_steps_or_a_negative_step_is_refused_in_one_line(schedule, step, total):
+    with pytest.raises(MiniGPTError, match="lr_at takes a step >= 0 of total_steps >= 1"):
+        lr_at(step, lr=1.0, total_steps=total, schedule=schedule, warmup_steps=0)
+
+
+def test_a_start_as_large_as_the_full_size_is_no_schedule():
+    """TrainConfig: off at 0, or at a start not below the full size (what the console and
+    the speed estimate read, not only size_at)."""
+    assert not grows(32, 32, 0.3) and not grows(40, 32, 0.3) and not grows(8, 32, 0.0)
+    assert grows(8, 32, 0.3) and grows(31, 32, 1.0)
