@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from minigpt import MiniGPT, MiniGPTError, filter_logits, generate
-from minigpt.sample import sample_next
+from minigpt.sample import PROMPT, default_prompt, sample_next
 from minigpt.tokenizer import BPETokenizer, CharTokenizer
 
 
@@ -120,3 +120,34 @@ def test_ids_of_another_vocabulary_are_refused_in_one_line():
         for bad in (tok.vocab_size, -1):
             with pytest.raises(MiniGPTError, match=f"id {bad} is outside this tokenizer's"):
                 tok.decode([0, bad])
+
+
+def test_top_p_of_one_keeps_every_token_even_one_float32_rounds_away():
+    """softmax([0, -20]) is [1.0, 2e-9] in float32: the tokens before the second already sum
+    to 1 after rounding, yet top_p = 1 (no nucleus) must keep it, as the unfiltered logits."""
+    logits = torch.tensor([[0.0, -20.0, -25.0], [1.0, 0.0, -30.0]])
+    assert torch.equal(filter_logits(logits, top_p=1.0), logits)
+
+
+def test_a_top_p_that_rounds_to_zero_still_keeps_the_most_likely_token():
+    """1e-50 is 0 in float32, where the probabilities are compared with it: the most likely
+    token stays (never an empty nucleus, whose softmax is NaN)."""
+    logits = torch.randn(4, 12, generator=torch.Generator().manual_seed(0))
+    kept = torch.isfinite(filter_logits(logits, top_p=1e-50))
+    assert torch.equal(kept, torch.nn.functional.one_hot(logits.argmax(-1), 12).bool())
+    tok = sample_next(logits, top_p=1e-50, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(tok, logits.argmax(-1, keepdim=True))
+
+
+def test_a_small_positive_temperature_still_samples_between_tied_tokens():
+    """Only temperature 0 is argmax: at 1e-4, two tied logits are each drawn about half the
+    time (argmax would always give the first)."""
+    logits = torch.tensor([[5.0, 5.0, 0.0]]).repeat(400, 1)
+    drawn = sample_next(logits, 1e-4, generator=torch.Generator().manual_seed(0)).flatten()
+    assert set(drawn.tolist()) == {0, 1}
+    assert 120 < (drawn == 1).sum() < 280
+
+
+def test_the_default_prompt_is_romeo_or_else_the_text_of_token_zero():
+    assert default_prompt(CharTokenizer.from_text("ROMEO: and JULIET")) == PROMPT
+    assert default_prompt(CharTokenizer.from_text("xyz abc")) == " "  # token 0: the first sorted
