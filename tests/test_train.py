@@ -412,6 +412,14 @@ def test_speed_reads_since_the_last_reading_and_overall_since_the_count_began():
     assert uncounted.overall()["tokens_per_s"] == 1000 / 10
 
 
+def test_speed_read_at_the_same_second_is_zero_not_a_division_error():
+    """A reading with the clock not moved on (paused, or a resume with nothing to train) and
+    the overall figure before any time has passed: 0 tokens/s, no ZeroDivisionError."""
+    speed = Speed(6e3, 1e9, tokens=0, seconds=5.0)
+    assert speed.overall() == {"tokens_per_s": 0, "mfu": 0.0}
+    assert speed.read(0, 5.0) == {"tokens_per_s": 0, "mfu": 0.0}
+
+
 def test_an_average_turned_on_at_a_resume_starts_from_the_trained_weights(small_text, tmp_path):
     trained = train(tiny_config(small_text, steps=10, eval_every=5), tmp_path, progress=False)
     weights = {k: v.clone() for k, v in trained.model.state_dict().items()}
