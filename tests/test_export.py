@@ -210,6 +210,9 @@ def test_layers_gpt2_lacks_are_refused(tmp_path, char_tok, where, layer, message
 def test_tokenizer_larger_than_the_model_is_refused(tmp_path, bpe_tok):
     with pytest.raises(MiniGPTError, match="tokenizer has"):
         export_hf(peaked_model(100), bpe_tok, tmp_path / "hf")
+    with pytest.raises(MiniGPTError, match="tokenizer has 300 tokens but the model only 299"):
+        export_hf(peaked_model(299), bpe_tok, tmp_path / "hf")  # one id without a row
+    assert not list(tmp_path.iterdir())
 
 
 def test_an_existing_folder_or_file_is_refused_and_left_alone(tmp_path, char_tok):
@@ -305,3 +308,21 @@ def test_the_command_exports_a_run_whose_greedy_text_is_minigpt_samples(cli_run,
         torch.testing.assert_close(model(ids).logits, ours(ids)[0], atol=1e-5, rtol=0)
     text = tokenizer.decode(model.generate(ids, max_new_tokens=20, do_sample=False)[0])
     assert text == sample.stdout.rstrip("\n")
+
+
+def test_export_run_reads_the_best_checkpoint_unless_told(tmp_path, monkeypatch):
+    """export_run's documented default is the run's best checkpoint (the command passes its
+    own --checkpoint): the tag it asks load_model for."""
+    from minigpt import checkpoint
+
+    asked = []
+
+    def load(run_dir, tag):
+        asked.append(tag)
+        raise MiniGPTError("read no further")
+
+    monkeypatch.setattr(checkpoint, "load_model", load)
+    for kw in ({}, {"tag": "last"}):
+        with pytest.raises(MiniGPTError, match="read no further"):
+            export.export_run(tmp_path / "run", tmp_path / "hf", **kw)
+    assert asked == ["best", "last"]
