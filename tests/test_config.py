@@ -6,7 +6,7 @@ import pytest
 
 from conftest import tiny_config
 from minigpt import MiniGPTError, RunConfig, resolve_config, train
-from minigpt.config import field_index, preset_names, preset_table
+from minigpt.config import field_index, fit_to_budget, preset_names, preset_table
 
 
 def test_presets_exist_and_load_and_seed_is_the_default_config():
@@ -57,10 +57,20 @@ def test_the_fast_preset_fits_its_recipe_to_a_short_budget(tmp_path):
     f.write_text(f'[train]\ntime_budget = "{fits[-1]["below"] - 1:g}s"\n')
     assert resolve_config("fast", str(f)) == cfg  # the last fit's
     assert resolve_config("fast", overrides={"time_budget": "1000s"}) == plain
+    unbudgeted = resolve_config("fast", overrides={"time_budget": 0})  # steps: no fit applies
+    unbudgeted.train.time_budget = plain.train.time_budget
+    assert unbudgeted == plain
     f = tmp_path / "c.toml"  # a config file and a flag still win over the fit
     f.write_text("[train]\nwarmup_steps = 7\n")
     cfg = resolve_config("fast", str(f), {"time_budget": fits[0]["below"] - 1, "batch_size": 5})
     assert (cfg.train.batch_size, cfg.train.warmup_steps) == (5, 7)
+
+
+def test_the_tightest_fit_wins_in_whatever_order_the_tables_come():
+    fits = [{"below": 60.0, "lr": 0.1}, {"below": 30.0, "lr": 0.2}, {"below": 90.0, "lr": 0.3}]
+    assert fit_to_budget(fits, 20.0, "preset x") == {"lr": 0.2}
+    assert fit_to_budget(fits, 45.0, "preset x") == {"lr": 0.1}
+    assert fit_to_budget(fits, 90.0, "preset x") == {} == fit_to_budget(fits, 0.0, "preset x")
 
 
 @pytest.mark.parametrize("toml, message", [
@@ -109,6 +119,8 @@ def test_a_time_budget_is_a_duration_in_flags_and_files(tmp_path):
     assert resolve_config(overrides={"time_budget": "8h"}).train.time_budget == 8 * 3600
     assert resolve_config(overrides={"time_budget": "1.5m"}).train.time_budget == 90
     assert resolve_config(overrides={"time_budget": "1h 30m"}).train.time_budget == 5400
+    assert resolve_config(overrides={"time_budget": "1d"}).train.time_budget == 86400  # a day
+    assert resolve_config(overrides={"time_budget": "90s"}).train.time_budget == 90
     for text in ("1h30", "h", "30m1", "1h-30m", "1e400"):  # (1e400 s: inf)
         with pytest.raises(MiniGPTError, match=f"a duration such as 90, 30m, 8h or 1h30m, "
                                                f"got '{text}'"):
