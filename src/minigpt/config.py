@@ -321,7 +321,9 @@ def asked_settings(preset: str | None, config_file: str | None, overrides: dict 
     in_file = (settings_of(read_config_file(config_file), str(config_file), sections)
                if config_file else {})
     flags = settings_of(by_section(overrides or {}, sections), "", sections)
-    check_alone({k: v for k, v in in_file.items() if k not in flags}, str(config_file), sections)
+    if config_file:
+        check_alone({k: v for k, v in in_file.items() if k not in flags}, str(config_file),
+                    sections)
     later = in_file | flags
     budget = (asked | later).get("time_budget", 0.0)
     return asked | fit_to_budget(fits, budget, f"preset {preset}", sections) | later
