@@ -13,6 +13,7 @@ times a whole training step, batch included, of
                   of the gradient norm: the path before fused AdamW;
   compile         float32 under torch.compile (compile time reported apart);
   bf16-autocast   bf16 autocast, fp32 weights (what --dtype bfloat16 does);
+  bf16-compile    the same under torch.compile (--dtype bfloat16 --compile on);
   bf16-weights    the whole model and its gradients in bf16 (not a training recipe: what the
                   hardware's bf16 could give, for reference).
 
@@ -45,7 +46,7 @@ from minigpt.optim import make_optimizer
 from minigpt.step import MicroSteps, train_step
 
 VARIANTS = ("lesson", "minigpt", "float32-eager", "foreach-adamw", "compile", "bf16-autocast",
-            "bf16-weights")
+            "bf16-compile", "bf16-weights")
 CORPUS_TOKENS = 1_000_000
 
 
@@ -106,6 +107,8 @@ def build(name: str, cfg, tokens: np.ndarray, device: torch.device):
         return minigpt_variant(cfg, tokens, device, "float32", "on")
     if name == "bf16-autocast":
         return minigpt_variant(cfg, tokens, device, "bfloat16", "off")
+    if name == "bf16-compile":
+        return minigpt_variant(cfg, tokens, device, "bfloat16", "on")
     if name == "bf16-weights":
         return minigpt_variant(cfg, tokens, device, "bfloat16", "off", bf16_weights=True)
     raise SystemExit(f"unknown variant {name!r} (choose from {', '.join(VARIANTS)})")

@@ -22,7 +22,7 @@ def script(name: str, *args: str) -> subprocess.CompletedProcess:
     ("train_step.py", ["--rounds", "0"], "argument --rounds: must be above 0, got 0"),
     ("train_step.py", ["--variants", "lesson,bogus"], "argument --variants: unknown 'bogus' "
      "(choose from lesson, minigpt, float32-eager, foreach-adamw, compile, bf16-autocast, "
-     "bf16-weights)"),
+     "bf16-compile, bf16-weights)"),
     ("data.py", ["--batch-seconds", "inf"], "argument --batch-seconds: must be a finite number, "
      "got inf"),
     ("sample.py", ["--new-tokens", "100,abc"], "argument --new-tokens: not a number: 'abc'"),
