@@ -21,12 +21,17 @@ BF16 = {"bf16_matmul_flops": 800e9, "fp32_matmul_flops": 150e9}
 
 
 def fake_probe(monkeypatch, matmuls, steps=None):
-    """The probe's measurements replaced by `matmuls` and `steps`; returns the calls made:
-    "matmul" for the matmul rates, the batch size of each timing of the step."""
+    """The probe's measurements replaced by `matmuls` and `steps` (or `steps(batch, length)`);
+    returns the calls made: "matmul" for the matmul rates, the batch size of each timing of the
+    step at the full block size, (batch, length) at another."""
     calls = []
     monkeypatch.setattr(precision, "matmul_rates", lambda: calls.append("matmul") or matmuls)
-    monkeypatch.setattr(precision, "step_times",
-                        lambda model, batch: calls.append(batch) or steps)
+
+    def step_times(model, batch, length):
+        calls.append(batch if length == model.config.block_size else (batch, length))
+        return steps(batch, length) if callable(steps) else steps
+
+    monkeypatch.setattr(precision, "step_times", step_times)
     return calls
 
 
@@ -49,6 +54,30 @@ def test_the_probe_picks_bf16_only_where_the_step_is_faster(monkeypatch, tmp_pat
     assert dtype == expected and why.startswith("auto: ")
     assert calls == (["matmul"] if steps is None else ["matmul", 4])
     assert ("no native bf16" in why) == (steps is None)
+
+
+def first_slower(batch, length):
+    """bf16 twice as fast at the full batch of 8, 10 % slower at a smaller batch or length."""
+    if (batch, length) == (8, 16):
+        return {"fp32_step_s": 0.100, "bf16_step_s": 0.050}
+    return {"fp32_step_s": 0.020, "bf16_step_s": 0.022}
+
+
+@pytest.mark.parametrize("first, expected, calls_made, first_said", [
+    (None, torch.bfloat16, ["matmul", 8], ""),  # no schedule: the full shape alone
+    ((8, 16), torch.bfloat16, ["matmul", 8], ""),  # a schedule that starts at full size
+    ((2, 16), torch.float32, ["matmul", 8, 2], "22 ms, 20"),  # --batch-start 2: bf16 loses
+    ((8, 4), torch.float32, ["matmul", 8, (8, 4)], "22 ms, 20"),  # --block-start 4
+    ((200, 16), torch.bfloat16, ["matmul", 8, precision.PROBE_BATCH], "50 ms, 100"),  # bounded
+])
+def test_a_run_that_starts_smaller_takes_bf16_only_if_it_wins_at_both_sizes(
+        monkeypatch, tmp_path, first, expected, calls_made, first_said):
+    calls = fake_probe(monkeypatch, BF16, lambda b, t: first_slower(min(b, 8), t))
+    model = MiniGPT(65, n_layer=1, n_embd=32, n_head=2, block_size=16)
+    dtype, why = precision.choose_dtype("auto", CPU, model, 8, tmp_path / "p.json", first)
+    assert dtype == expected and calls == calls_made
+    first_part = f"; at its first, smaller size {first_said} in float32" if first_said else ""
+    assert why == "auto: a training step 50 ms in bf16, 100 in float32" + first_part
 
 
 def test_the_answer_is_cached_per_machine_and_shape_and_the_batch_bounded(monkeypatch, tmp_path):
@@ -226,3 +255,15 @@ def test_a_run_the_probe_put_in_bf16_records_it_and_resumes_exactly(monkeypatch,
     a = load_model(tmp_path / "straight", "last")[0].state_dict()
     b = load_model(tmp_path / "resumed", "last")[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_whose_schedules_start_smaller_is_probed_at_its_first_size(monkeypatch,
+                                                                       small_text, tmp_path):
+    """--batch-start and --block-start: the probe times the run's first (B, T) too, and there
+    bf16 loses, so the run computes in float32."""
+    monkeypatch.setenv("MINIGPT_DATA_DIR", str(tmp_path / "cache"))
+    calls = fake_probe(monkeypatch, BF16, first_slower)
+    train(tiny_config(small_text, steps=4, eval_every=4, block_size=16, batch_start=2,
+                      block_start=4), tmp_path / "grown", progress=False)
+    assert calls == ["matmul", 8, (2, 4)]  # the full batch, then the first steps'
+    assert recorded_dtype(tmp_path / "grown") == ("float32", "float32")

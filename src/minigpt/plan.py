@@ -30,6 +30,7 @@ from minigpt.data import cache_dir
 from minigpt.errors import MiniGPTError
 from minigpt.model import MiniGPT, count_params
 from minigpt.optim import make_optimizer
+from minigpt.schedule import batch_shape
 from minigpt.step import MicroSteps, timed_steps
 
 TOKENS_PER_PARAM = 20  # Hoffmann et al. 2022: compute-optimal training tokens per parameter
@@ -81,7 +82,8 @@ def time_step(cfg: RunConfig, steps: int = 2) -> tuple[float, torch.dtype]:
     torch.manual_seed(cfg.train.seed)
     model = MiniGPT.from_config(cfg.model)
     dtype, _ = precision.choose_dtype(cfg.train.dtype, torch.device("cpu"), model,
-                                      cfg.train.batch_size, cache_dir() / "precision.json")
+                                      cfg.train.batch_size, cache_dir() / "precision.json",
+                                      batch_shape(cfg.train, cfg.model.block_size, 0, 0.0))
     optimizer = make_optimizer(model, cfg.train)
     batches = RandomBatches(cfg.model.vocab_size, cfg.train.batch_size, cfg.model.block_size)
     micro = MicroSteps(cfg.train.grad_accum, dtype)

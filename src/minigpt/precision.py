@@ -12,7 +12,10 @@ the forward: every Linear multiplies in bf16, while the residual stream, the los
         only) runs bf16 matmuls tens of times slower, and the answer is float32 at once. Where
         bf16 matmuls are faster (AVX-512 BF16, AMX), it times the run's own training step both
         ways and takes bfloat16 only when that is at least 5 % faster, so the choice never makes
-        a run slower than float32.
+        a run slower than float32. A run whose batch or sequence length starts smaller
+        (--batch-start, --block-start) is timed at its first size too, and bf16 must win at
+        both: on small tensors bf16 can lose (the fast preset's 20 s model at batch 4: 5.8 ms
+        a forward and backward in bf16 against 4.9 in float32, on an AVX-512 BF16 EPYC).
   MPS   float32.
 """
 
@@ -39,9 +42,11 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def choose_dtype(requested: str, device: torch.device, model: torch.nn.Module,
-                 batch_size: int = 1, cache: Path | None = None) -> tuple[torch.dtype, str]:
+                 batch_size: int = 1, cache: Path | None = None,
+                 first: tuple[int, int] | None = None) -> tuple[torch.dtype, str]:
     """The forward's compute dtype, and why, in a few words for the start log. On a CPU,
-    'auto' probes `model` at its block size and `batch_size` (`cpu_choice`)."""
+    'auto' probes `model` at its block size and `batch_size`, and at `first`, the (B, T) of
+    the run's first steps where its schedules start smaller (`cpu_choice`)."""
     if requested != "auto":
         if requested not in DTYPES:
             raise MiniGPTError(f"unknown dtype {requested!r} (use auto, float32 or bfloat16)")
@@ -52,15 +57,16 @@ def choose_dtype(requested: str, device: torch.device, model: torch.nn.Module,
         return torch.float32, "auto: the GPU has no bf16"
     if device.type != "cpu":
         return torch.float32, "auto"
-    return cpu_choice(model, batch_size, cache)
+    return cpu_choice(model, batch_size, cache, first)
 
 
-def cpu_choice(model: torch.nn.Module, batch_size: int,
-               cache: Path | None) -> tuple[torch.dtype, str]:
+def cpu_choice(model: torch.nn.Module, batch_size: int, cache: Path | None,
+               first: tuple[int, int] | None = None) -> tuple[torch.dtype, str]:
     """'auto' on a CPU: the probe's figures for this machine (and, where bf16 matmuls are
-    faster, this shape) from the cache, else measured and added to it, then `decide`. The step
-    is timed on at most PROBE_BATCH sequences, so that a batch too big for the machine is
-    refused by the memory check (which follows the dtype) instead of exhausting memory here."""
+    faster, the run's full shape and its `first`) from the cache, else measured and added to
+    it, then `decide`. The step is timed on at most PROBE_BATCH sequences, so that a batch too
+    big for the machine is refused by the memory check (which follows the dtype) instead of
+    exhausting memory here."""
     try:
         answers = json.loads(cache.read_text()) if cache is not None else {}
     except (OSError, ValueError):  # missing or unreadable: measured again and rewritten
@@ -69,32 +75,37 @@ def cpu_choice(model: torch.nn.Module, batch_size: int,
     machine = answers.setdefault(machine_key(), {})
     if "bf16_matmul_flops" not in machine:
         machine.update(matmul_rates())
-    steps = None
+    timings = []
     if machine["bf16_matmul_flops"] > machine["fp32_matmul_flops"]:
-        batch_size = min(batch_size, PROBE_BATCH)
-        shape = shape_key(model, batch_size)
+        shapes = [(batch_size, model.config.block_size)] + ([first] if first else [])
         steps = machine.setdefault("steps", {})
-        if shape not in steps:
-            steps[shape] = step_times(model, batch_size)
-        steps = steps[shape]
+        for batch, length in dict.fromkeys((min(b, PROBE_BATCH), t) for b, t in shapes):
+            key = shape_key(model, batch, length)
+            if key not in steps:
+                steps[key] = step_times(model, batch, length)
+            timings.append(steps[key])
     if cache is not None and json.dumps(answers) != before:
         try:
             atomic_write_text(cache, json.dumps(answers, indent=1))
         except OSError:  # a read-only cache: the next run measures again
             pass
-    return decide(machine, steps)
+    return decide(machine, timings)
 
 
-def decide(matmuls: dict, steps: dict | None) -> tuple[torch.dtype, str]:
-    """The CPU's answer from the probe's figures (`matmul_rates`, then `step_times` where bf16
-    matmuls are faster): bf16 only where the training step is at least 5 % faster too."""
+def decide(matmuls: dict, timings: list[dict]) -> tuple[torch.dtype, str]:
+    """The CPU's answer from the probe's figures (`matmul_rates`, then `step_times` of each
+    shape timed where bf16 matmuls are faster): bf16 only where the training step is at least
+    5 % faster too, at every shape."""
     bf16, fp32 = matmuls["bf16_matmul_flops"], matmuls["fp32_matmul_flops"]
-    if bf16 <= fp32 or steps is None:
+    if bf16 <= fp32 or not timings:
         return torch.float32, (f"auto: no native bf16, bf16 matmuls {bf16 / 1e9:,.1f} GFLOP/s "
                                f"against float32's {fp32 / 1e9:,.0f}")
-    bf16_s, fp32_s = steps["bf16_step_s"], steps["fp32_step_s"]
-    why = f"auto: a training step {bf16_s * 1e3:.0f} ms in bf16, {fp32_s * 1e3:.0f} in float32"
-    return (torch.bfloat16 if bf16_s <= FASTER * fp32_s else torch.float32), why
+    ms = [(t["bf16_step_s"] * 1e3, t["fp32_step_s"] * 1e3) for t in timings]
+    why = f"auto: a training step {ms[0][0]:.0f} ms in bf16, {ms[0][1]:.0f} in float32"
+    if len(ms) > 1:
+        why += f"; at its first, smaller size {ms[1][0]:.0f} ms, {ms[1][1]:.0f} in float32"
+    faster = all(t["bf16_step_s"] <= FASTER * t["fp32_step_s"] for t in timings)
+    return (torch.bfloat16 if faster else torch.float32), why
 
 
 def matmul_rates() -> dict:
@@ -106,19 +117,21 @@ def matmul_rates() -> dict:
             "fp32_matmul_flops": matmul_peak(cpu, torch.float32, 0.1, PROBE_MATMUL)}
 
 
-def step_times(model: torch.nn.Module, batch_size: int) -> dict:
-    """The probe proper: the run's forward + backward timed in float32 and in bf16."""
-    return {"fp32_step_s": step_seconds(model, batch_size, torch.float32),
-            "bf16_step_s": step_seconds(model, batch_size, torch.bfloat16)}
+def step_times(model: torch.nn.Module, batch_size: int, length: int) -> dict:
+    """The probe proper: the run's forward + backward on `batch_size` sequences of `length`
+    tokens, timed in float32 and in bf16."""
+    return {"fp32_step_s": step_seconds(model, batch_size, torch.float32, length=length),
+            "bf16_step_s": step_seconds(model, batch_size, torch.bfloat16, length=length)}
 
 
 def step_seconds(model: torch.nn.Module, batch_size: int, dtype: torch.dtype,
-                 repeats: int = 3) -> float:
-    """Seconds of the fastest of `repeats` forward + backward passes on random tokens, after a
-    warm-up. The weights do not change (no optimizer step), the gradients are dropped after,
-    and the global random state is left as it was (dropout draws from it)."""
+                 repeats: int = 3, length: int | None = None) -> float:
+    """Seconds of the fastest of `repeats` forward + backward passes on random tokens
+    (`length` of them a sequence; the block size when None), after a warm-up. The weights do
+    not change (no optimizer step), the gradients are dropped after, and the global random
+    state is left as it was (dropout draws from it)."""
     cfg = model.config
-    idx = torch.randint(cfg.vocab_size, (batch_size, cfg.block_size),
+    idx = torch.randint(cfg.vocab_size, (batch_size, length or cfg.block_size),
                         generator=torch.Generator().manual_seed(0))  # (B, T)
     best = float("inf")
     with torch.random.fork_rng():
@@ -138,11 +151,12 @@ def machine_key() -> str:
     return f"{cpu_name()} | torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
-def shape_key(model: torch.nn.Module, batch_size: int) -> str:
-    """What the step times depend on besides the machine: the model's and the batch's shape."""
+def shape_key(model: torch.nn.Module, batch_size: int, length: int | None = None) -> str:
+    """What the step times depend on besides the machine: the model's and the batch's shape
+    (`length` tokens a sequence; the block size when None)."""
     cfg = model.config
     return (f"{cfg.n_layer}x{cfg.n_embd} h{cfg.n_head} {cfg.mlp} {cfg.pos} vocab {cfg.vocab_size}, "
-            f"batch {batch_size}x{cfg.block_size}")
+            f"batch {batch_size}x{length or cfg.block_size}")
 
 
 def cpu_name() -> str:

@@ -52,6 +52,7 @@ from minigpt.files import (
 )
 from minigpt.model import MiniGPT
 from minigpt.optim import make_optimizer
+from minigpt.schedule import batch_shape
 from minigpt.tokenizer import AnyTokenizer, tokenizer_from_dict
 
 
@@ -191,7 +192,8 @@ def choose_dtype(cfg: RunConfig, model: MiniGPT, world: distributed.World,
     answer is written into the config, so that a resumed run computes as this one did."""
     with distributed.main_first(world):  # rank 0 probes; on its machine the others read its cache
         dtype, why = precision.choose_dtype(cfg.train.dtype, device, model, cfg.train.batch_size,
-                                            cache_dir() / "precision.json")
+                                            cache_dir() / "precision.json",
+                                            batch_shape(cfg.train, cfg.model.block_size, 0, 0.0))
     if distributed.any_process(dtype == torch.float32, world):
         dtype = torch.float32
     cfg.train.dtype = precision.dtype_name(dtype)
