@@ -145,7 +145,9 @@ def test_the_timed_step_leaves_the_model_and_the_random_state_as_they_were():
 
 
 @pytest.mark.parametrize("option", [dict(n_layer=2), dict(n_head=4), dict(mlp="swiglu"),
-                                    dict(pos="rope"), dict(block_size=8)])
+                                    dict(pos="rope"), dict(block_size=8), dict(bigram=True),
+                                    dict(value_embeds=1), dict(norm="rmsnorm"),
+                                    dict(logit_cap=15.0)])
 def test_the_cached_step_times_tell_apart_each_shape_they_depend_on(option):
     base = dict(n_layer=1, n_embd=32, n_head=2, block_size=16)
     small = precision.shape_key(MiniGPT(65, **base), 4)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -153,10 +154,14 @@ def machine_key() -> str:
 
 def shape_key(model: torch.nn.Module, batch_size: int, length: int | None = None) -> str:
     """What the step times depend on besides the machine: the model's and the batch's shape
-    (`length` tokens a sequence; the block size when None)."""
+    (`length` tokens a sequence; the block size when None), and the model's other options
+    that are not at their defaults (a bigram table, value embeddings, ...)."""
     cfg = model.config
-    return (f"{cfg.n_layer}x{cfg.n_embd} h{cfg.n_head} {cfg.mlp} {cfg.pos} vocab {cfg.vocab_size}, "
-            f"batch {batch_size}x{length or cfg.block_size}")
+    shown = {"n_layer", "n_embd", "n_head", "mlp", "pos", "vocab_size", "block_size"}
+    options = "".join(f" {f.name}={getattr(cfg, f.name)}" for f in fields(cfg)
+                      if f.name not in shown and getattr(cfg, f.name) != f.default)
+    return (f"{cfg.n_layer}x{cfg.n_embd} h{cfg.n_head} {cfg.mlp} {cfg.pos} vocab {cfg.vocab_size}"
+            f"{options}, batch {batch_size}x{length or cfg.block_size}")
 
 
 def cpu_name() -> str:
