@@ -63,6 +63,19 @@ def test_a_shape_is_timed_by_its_fastest_step(monkeypatch):
     assert asked == [3]
 
 
+def test_a_shape_is_timed_in_the_dtype_its_run_would_choose(monkeypatch, tmp_path):
+    """--dtype auto probes as training does: a batch that starts smaller is timed there too."""
+    monkeypatch.setenv("MINIGPT_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(planning, "timed_steps", lambda *args: [0.1])
+    asked = []
+    monkeypatch.setattr(planning.precision, "choose_dtype",
+                        lambda *args: asked.append(args[3:]) or (torch.bfloat16, "why"))
+    cfg = planning.shaped(resolve_config(overrides={**SMALL, "batch_size": 8, "batch_start": 2}),
+                          1, 32)
+    assert planning.time_step(cfg) == (0.1, torch.bfloat16)
+    assert asked == [(8, tmp_path / "precision.json", (2, 16))]
+
+
 def untimed_plan(monkeypatch, **overrides):
     """plan() on the real LADDER with the step timer replaced by 1 s a step: nothing is run."""
     monkeypatch.setattr(planning, "time_step", lambda shaped, steps=2: (1.0, torch.float32))

@@ -63,20 +63,20 @@ def first_slower(batch, length):
     return {"fp32_step_s": 0.020, "bf16_step_s": 0.022}
 
 
-@pytest.mark.parametrize("first, expected, calls_made, first_said", [
-    (None, torch.bfloat16, ["matmul", 8], ""),  # no schedule: the full shape alone
-    ((8, 16), torch.bfloat16, ["matmul", 8], ""),  # a schedule that starts at full size
-    ((2, 16), torch.float32, ["matmul", 8, 2], "22 ms, 20"),  # --batch-start 2: bf16 loses
-    ((8, 4), torch.float32, ["matmul", 8, (8, 4)], "22 ms, 20"),  # --block-start 4
-    ((200, 16), torch.bfloat16, ["matmul", 8, precision.PROBE_BATCH], "50 ms, 100"),  # bounded
+@pytest.mark.parametrize("batch, first, expected, calls_made, first_said", [
+    (8, None, torch.bfloat16, ["matmul", 8], ""),  # no schedule: the full shape alone
+    (8, (8, 16), torch.bfloat16, ["matmul", 8], ""),  # a schedule that starts at full size
+    (8, (2, 16), torch.float32, ["matmul", 8, 2], "2x16, 22 ms"),  # --batch-start 2: bf16 loses
+    (8, (8, 4), torch.float32, ["matmul", 8, (8, 4)], "8x4, 22 ms"),  # --block-start 4
+    (200, (100, 16), torch.bfloat16, ["matmul", precision.PROBE_BATCH], ""),  # both bounded: one
 ])
 def test_a_run_that_starts_smaller_takes_bf16_only_if_it_wins_at_both_sizes(
-        monkeypatch, tmp_path, first, expected, calls_made, first_said):
+        monkeypatch, tmp_path, batch, first, expected, calls_made, first_said):
     calls = fake_probe(monkeypatch, BF16, lambda b, t: first_slower(min(b, 8), t))
     model = MiniGPT(65, n_layer=1, n_embd=32, n_head=2, block_size=16)
-    dtype, why = precision.choose_dtype("auto", CPU, model, 8, tmp_path / "p.json", first)
+    dtype, why = precision.choose_dtype("auto", CPU, model, batch, tmp_path / "p.json", first)
     assert dtype == expected and calls == calls_made
-    first_part = f"; at its first, smaller size {first_said} in float32" if first_said else ""
+    first_part = f"; at its first size, {first_said} in bf16, 20 in float32" if first_said else ""
     assert why == "auto: a training step 50 ms in bf16, 100 in float32" + first_part
 
 
@@ -149,6 +149,10 @@ def test_the_timed_step_leaves_the_model_and_the_random_state_as_they_were():
                                     dict(value_embeds=1), dict(norm="rmsnorm"),
                                     dict(logit_cap=15.0)])
 def test_the_cached_step_times_tell_apart_each_shape_they_depend_on(option):
+    # the lesson's model keeps the key it always had (a cache written before stays good)
+    assert precision.shape_key(MiniGPT(65), 32) == "4x64 h4 gelu learned vocab 65, batch 32x128"
+    assert precision.shape_key(MiniGPT(65, logit_cap=15, bigram=True), 4, 64) == \
+        "4x64 h4 gelu learned vocab 65 bigram=True logit_cap=15.0, batch 4x64"
     base = dict(n_layer=1, n_embd=32, n_head=2, block_size=16)
     small = precision.shape_key(MiniGPT(65, **base), 4)
     assert precision.shape_key(MiniGPT(65, **{**base, **option}), 4) != small

@@ -462,6 +462,8 @@ def cmd_report(args: argparse.Namespace) -> None:
 
     if args.out:
         check_out_suffix(args.out, (".html", ".htm"), "report writes a web page")
+        if file := file_on_path(Path(args.out).parent):  # said before the graph is drawn
+            raise MiniGPTError(f"{file} is a file, not a folder")
     if folder_holds(args.run) == "a comparison":
         raise MiniGPTError(f"{args.run} holds a comparison (its compare.png and compare.json): "
                            f"report each variant's folder, such as "

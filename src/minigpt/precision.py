@@ -84,7 +84,7 @@ def cpu_choice(model: torch.nn.Module, batch_size: int, cache: Path | None,
             key = shape_key(model, batch, length)
             if key not in steps:
                 steps[key] = step_times(model, batch, length)
-            timings.append(steps[key])
+            timings.append(((batch, length), steps[key]))
     if cache is not None and json.dumps(answers) != before:
         try:
             atomic_write_text(cache, json.dumps(answers, indent=1))
@@ -93,19 +93,22 @@ def cpu_choice(model: torch.nn.Module, batch_size: int, cache: Path | None,
     return decide(machine, timings)
 
 
-def decide(matmuls: dict, timings: list[dict]) -> tuple[torch.dtype, str]:
-    """The CPU's answer from the probe's figures (`matmul_rates`, then `step_times` of each
-    shape timed where bf16 matmuls are faster): bf16 only where the training step is at least
-    5 % faster too, at every shape."""
+def decide(matmuls: dict, timings: list[tuple[tuple[int, int], dict]]
+           ) -> tuple[torch.dtype, str]:
+    """The CPU's answer from the probe's figures (`matmul_rates`, then, where bf16 matmuls
+    are faster, the `step_times` of each (B, T) timed, the run's full shape first): bf16 only
+    where the training step is at least 5 % faster too, at every shape."""
     bf16, fp32 = matmuls["bf16_matmul_flops"], matmuls["fp32_matmul_flops"]
     if bf16 <= fp32 or not timings:
         return torch.float32, (f"auto: no native bf16, bf16 matmuls {bf16 / 1e9:,.1f} GFLOP/s "
                                f"against float32's {fp32 / 1e9:,.0f}")
-    ms = [(t["bf16_step_s"] * 1e3, t["fp32_step_s"] * 1e3) for t in timings]
-    why = f"auto: a training step {ms[0][0]:.0f} ms in bf16, {ms[0][1]:.0f} in float32"
-    if len(ms) > 1:
-        why += f"; at its first, smaller size {ms[1][0]:.0f} ms, {ms[1][1]:.0f} in float32"
-    faster = all(t["bf16_step_s"] <= FASTER * t["fp32_step_s"] for t in timings)
+    said = [f"{t['bf16_step_s'] * 1e3:.3g} ms in bf16, {t['fp32_step_s'] * 1e3:.3g} in float32"
+            for _, t in timings]
+    why = f"auto: a training step {said[0]}"
+    if len(timings) > 1:
+        (batch, length), _ = timings[1]
+        why += f"; at its first size, {batch}x{length}, {said[1]}"
+    faster = all(t["bf16_step_s"] <= FASTER * t["fp32_step_s"] for _, t in timings)
     return (torch.bfloat16 if faster else torch.float32), why
 
 
