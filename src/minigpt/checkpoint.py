@@ -278,10 +278,9 @@ def resume_config(run_dir: str | Path, overrides: dict | None = None, preset: st
     changes = [f"{key} from {getattr(cfg.sections()[sec], key)!r} to {value!r}"
                for sec, values in fixed.items() for key, value in values.items()
                if not same_setting(cfg, sec, key, value, fingerprinted)]
-    if changes:  # a preset fits its model to the time budget: a longer one, another model
-        hint = "; resume without --preset: the run keeps its own settings" if preset else ""
-        raise MiniGPTError(f"cannot change {'; '.join(changes)} when resuming a run (its model "
-                           f"and data stay as they were){hint}")
+    # (a preset fits its model to the time budget: a longer one, another model)
+    refuse_changes(changes, "; resume without --preset: the run keeps its own settings"
+                   if preset else "")
     if moved := fixed.get("data", {}).get("text"):
         table["data"] = {"text": moved}
     apply_overrides(cfg, table)
@@ -297,6 +296,14 @@ def check_resumable(meta: dict, run_dir: str | Path) -> None:
         raise MiniGPTError(f"{run_dir} holds a model but not its training run's state (its "
                            f"settings, batch streams and clock): sample, attention and export "
                            f"read it, but train --resume and gradflow cannot")
+
+
+def refuse_changes(changes: list[str], hint: str = "") -> None:
+    """A resumed run's model and data stay as they were: refuse the changes asked of them
+    ('n_layer from 4 to 6'), if any, in one line."""
+    if changes:
+        raise MiniGPTError(f"cannot change {'; '.join(changes)} when resuming a run (its model "
+                           f"and data stay as they were){hint}")
 
 
 def same_setting(cfg: RunConfig, section: str, key: str, value,

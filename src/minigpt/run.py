@@ -30,6 +30,7 @@ from minigpt.checkpoint import (
     check_resumable,
     find_checkpoint,
     load_checkpoint,
+    refuse_changes,
     restore_model,
     restore_optimizer,
     resume_config,
@@ -341,9 +342,7 @@ def restore(run: Run, tag: str = "last") -> list[str]:
                for key, was in ckpt.meta[name].items()
                if hasattr(section, key)
                and not same_setting(run.cfg, name, key, was, "tokens_sha256" in ckpt.meta)]
-    if changed:  # (resume_config refuses these for the command line; this is train()'s)
-        raise MiniGPTError(f"cannot change {'; '.join(changed)} when resuming a run (its model "
-                           f"and data stay as they were)")
+    refuse_changes(changed)  # (resume_config refuses them for the command line; this, train())
     if ckpt.meta.get("tokens_sha256", run.data["tokens_sha256"]) != run.data["tokens_sha256"]:
         was = ckpt.meta["data"]["text"]
         what = ("changed since the run was trained on it" if same_setting(
