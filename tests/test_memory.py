@@ -90,6 +90,25 @@ def test_a_run_that_cannot_fit_is_refused_before_it_starts(small_text, tmp_path,
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
+def test_a_run_too_big_for_memory_is_refused_before_the_dtype_probe(small_text, tmp_path,
+                                                                    capsys, monkeypatch):
+    """--dtype auto on a CPU with native bf16 times the model itself: a run that cannot fit
+    is refused before that, not by the allocator half-way through the probe."""
+    from minigpt import precision
+    from minigpt.cli import main
+
+    monkeypatch.setenv("MINIGPT_DATA_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(precision, "matmul_rates",
+                        lambda: {"bf16_matmul_flops": 800e9, "fp32_matmul_flops": 150e9})
+    monkeypatch.setattr(precision, "step_times", lambda *args: pytest.fail("the probe ran"))
+    code = main(["train", "--text", str(small_text), "--batch-size", "2000000", "--block-size",
+                 "32", "--no-progress", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "GiB more memory at its peak" in err and "batch 2000000 x block 32" in err
+    assert not (tmp_path / "run").exists()
+
+
 class Hog(Probe):
     """A probe that asks for far more memory than any machine has, at one step: a real
     allocation failure, raised from inside the loop."""

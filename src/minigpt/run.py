@@ -191,6 +191,12 @@ def choose_dtype(cfg: RunConfig, model: MiniGPT, world: distributed.World,
                  device: torch.device) -> tuple[torch.dtype, str]:
     """The forward's precision (minigpt.precision), the same on every process, and why. The
     answer is written into the config, so that a resumed run computes as this one did."""
+    if cfg.train.dtype == "auto" and device.type == "cpu":  # the probe runs the model: a run
+        # too big even in the dtype it needs less memory in is refused first, not by malloc
+        n = model.num_params()
+        least = min(precision.DTYPES.values(),
+                    key=lambda d: sum(performance.peak_memory(cfg, 0, n, d).values()))
+        performance.check_memory(cfg, device, n, least)
     with distributed.main_first(world):  # rank 0 probes; on its machine the others read its cache
         dtype, why = precision.choose_dtype(cfg.train.dtype, device, model, cfg.train.batch_size,
                                             cache_dir() / "precision.json",
