@@ -308,6 +308,7 @@ BAD_INPUT = [
     (["compare", "--clip", "1,1.0", "--steps", "1", "--out", "{bad}/compare"],
      "variant name(s) 'clip 1' given twice by the axes"),
     (["plan", "--tokens", "1e6", "--device", "cuda"], "plan times its steps on this machine's"),
+    (["plan", "--tokens", "1e6", "--device", "tpu"], "unknown device 'tpu' (use auto, cpu,"),
     (["plan", "--tokens", "1e6", "--n-layer", "3"], "--n-layer belongs to other commands"),
     (["plan", "--tokens", "1e6", "--lr", "1e-3"], "--lr belongs to other commands"),
     (["plan", "--tokens", "nan"], "--tokens must be a number of tokens from 1 to 1e15, such "

@@ -231,3 +231,39 @@ def test_an_estimate_is_at_the_speed_of_the_largest_shape_timed(monkeypatch):
     shapes = planning.plan(cfg, max_step_s=math.sqrt(flops[1] * flops[2]) * 2.0 ** -40)
     assert [s.measured for s in shapes] == [True, True, False]
     assert shapes[2].step_s == pytest.approx(flops[2] * 2.0 ** -39)
+
+
+def test_a_shape_too_big_for_memory_is_not_timed_and_never_recommended(monkeypatch):
+    """The machine has room for the first three shapes' peak (in float32) and not the fourth:
+    the rest are estimated, not run, marked, and not compute-optimal even where their tokens
+    per parameter are nearest 20; a machine without room for the smallest says so."""
+    cfg = resolve_config(overrides={**SMALL, "batch_size": 64, "block_size": 128})
+    need = [sum(peak_memory(c, 0, count_params(c.model)).values())
+            for c in (planning.shaped(cfg, n, e) for n, e in planning.LADDER)]
+    room = (need[2] + need[3]) // 2
+    monkeypatch.setattr(planning.performance, "memory_at", lambda device: (0, room, "", 1))
+    timed = []
+    monkeypatch.setattr(planning, "time_step",
+                        lambda c, steps=2: timed.append(c.model.n_embd) or (1.0, torch.float32))
+    shapes = planning.plan(cfg, max_step_s=1e9)
+    assert timed == [e for _, e in planning.LADDER[:3]]
+    assert [s.fits for s in shapes] == [True] * 3 + [False] * 5
+    assert all(not s.measured for s in shapes[3:])
+    largest = 20 * shapes[-1].params  # a budget for the largest shape, which cannot run
+    assert planning.optimal(shapes, tokens=largest) is shapes[2]
+    table = planning.format_plan(shapes, tokens=largest).splitlines()
+    rows = [line for line in table if re.match(r"\s*\d+ x \d+", line)]
+    assert ["too big for this machine's memory" in row for row in rows] == [False] * 3 + [True] * 5
+    monkeypatch.setattr(planning.performance, "memory_at", lambda device: (0, need[0] // 2, "", 1))
+    with pytest.raises(MiniGPTError, match=r"not even the smallest shape, 2 x 64, fits in memory "
+                                           r"at batch 64 x block 128: lower --batch-size"):
+        planning.plan(cfg)
+
+
+def test_a_time_budget_alone_is_said_as_a_duration(capsys, monkeypatch):
+    monkeypatch.setattr(planning, "plan", lambda cfg, resident: [shape(10_000)])
+    r = in_process(capsys, "plan", "--time-budget", "10000d", "--dtype", "float32")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("planning 10,000.0 days: vocab 65,")
+    r = in_process(capsys, "plan", "--time-budget", "0.001", "--dtype", "float32")
+    assert r.stdout.startswith("planning 0.001 s: vocab 65,")

@@ -596,7 +596,8 @@ def cmd_plan(args: argparse.Namespace) -> None:
     import psutil
 
     from minigpt.data import load_corpus
-    from minigpt.plan import format_plan, plan
+    from minigpt.environment import resolve_device
+    from minigpt.plan import format_duration, format_plan, plan
     from minigpt.schedule import grows
 
     cfg = resolve_config(args.preset or "seed", args.config, settings_given(args), SECTIONS)
@@ -608,6 +609,8 @@ def cmd_plan(args: argparse.Namespace) -> None:
         raise MiniGPTError("plan needs a budget: --tokens N (e.g. 1e9), --time-budget "
                            "DURATION (e.g. 8h), or both")
     if cfg.train.device not in ("auto", "cpu"):
+        if cfg.train.device.split(":")[0] not in ("cuda", "mps"):
+            resolve_device(cfg.train.device)  # an unknown device: said as train says it
         raise MiniGPTError(f"plan times its steps on this machine's CPU, not on --device "
                            f"{cfg.train.device}; on a GPU, time a short run instead: minigpt "
                            f"train --steps 50 --device {cfg.train.device}")
@@ -621,8 +624,9 @@ def cmd_plan(args: argparse.Namespace) -> None:
     growing = [f"{name} {start}" for name, start, full in [("batch", t.batch_start, t.batch_size),
                                                            ("block", t.block_start, m.block_size)]
                if grows(start, full, t.ramp)]  # a schedule's smaller first steps: slower a token
-    print(f"planning {args.tokens:,.0f} tokens" * bool(args.tokens)
-          + " and " * bool(args.tokens and seconds) + f"{seconds:,.0f} s" * bool(seconds)
+    duration = format_duration(seconds) if seconds >= 1 else f"{seconds:g} s"
+    print("planning " + f"{args.tokens:,.0f} tokens" * bool(args.tokens)
+          + " and " * bool(args.tokens and seconds) + duration * bool(seconds)
           + f": vocab {m.vocab_size:,}, block {m.block_size}, batch {t.batch_size} x "
           f"{t.grad_accum}, {t.optimizer}, dtype {t.dtype}"
           + f" (timed at full size: the run's first {t.ramp:.0%}, growing from "

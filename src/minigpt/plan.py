@@ -13,8 +13,9 @@ and changes only its depth, width and heads.
 
 A step is timed on the machine that runs the plan (after one to warm up), on random tokens,
 with the run's optimizer and dtype. A shape whose step would take longer than `max_step_s`
-by its FLOP count is not run: its time is its FLOP count at the seconds per FLOP of the
-largest shape that was, and is marked as an estimate.
+by its FLOP count, or whose peak memory would not fit in what the machine has available, is
+not run: its time is its FLOP count at the seconds per FLOP of the largest shape that was,
+and is marked as an estimate; one too big for memory is marked so, and never recommended.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Shape:
     step_s: float
     measured: bool
     tokens_per_step: int
+    fits: bool = True  # its peak memory within what the machine has available
 
     @property
     def tokens_per_s(self) -> float:
@@ -93,14 +95,21 @@ def time_step(cfg: RunConfig, steps: int = 2) -> tuple[float, torch.dtype]:
 def plan(cfg: RunConfig, resident: int = 0, max_step_s: float = 2.0) -> list[Shape]:
     """Every shape of the LADDER under the run's recipe, small to large, each timed here
     unless the seconds per FLOP of the largest shape timed so far put its step above
-    `max_step_s`."""
+    `max_step_s`, or its peak memory (in the dtype of the last shape timed) is more than the
+    machine has available."""
     tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.model.block_size
+    available = performance.memory_at(torch.device("cpu"))[1]
     shapes, seconds_per_flop, dtype = [], None, torch.float32
     for n_layer, n_embd in LADDER:
         c = shaped(cfg, n_layer, n_embd)
         params = count_params(c.model)
         flops = performance.train_flops_per_token(c.model) * tokens_per_step
-        measured = seconds_per_flop is None or flops * seconds_per_flop <= max_step_s
+        fits = sum(performance.peak_memory(c, 0, params, dtype).values()) <= available
+        if not fits and seconds_per_flop is None:
+            raise MiniGPTError(f"not even the smallest shape, {n_layer} x {n_embd}, fits in "
+                               f"memory at batch {cfg.train.batch_size} x block "
+                               f"{cfg.model.block_size}: lower --batch-size or --block-size")
+        measured = fits and (seconds_per_flop is None or flops * seconds_per_flop <= max_step_s)
         if measured:
             step_s, dtype = time_step(c)
             seconds_per_flop = step_s / flops
@@ -108,7 +117,7 @@ def plan(cfg: RunConfig, resident: int = 0, max_step_s: float = 2.0) -> list[Sha
             step_s = flops * seconds_per_flop
         memory = sum(performance.peak_memory(c, resident, params, dtype).values())
         shapes.append(Shape(n_layer, n_embd, c.model.n_head, params, memory, step_s, measured,
-                            tokens_per_step))
+                            tokens_per_step, fits))
     return shapes
 
 
@@ -128,8 +137,9 @@ def trained_on(s: Shape, tokens: float = 0, seconds: float = 0) -> float:
 
 def optimal(shapes: list[Shape], tokens: float = 0, seconds: float = 0) -> Shape | None:
     """The compute-optimal shape: the one whose tokens per parameter are nearest 20, by ratio,
-    of those that take a step at all (None: not one does in the time)."""
-    return min((s for s in shapes if trained_on(s, tokens, seconds) > 0), default=None,
+    of those that fit in memory and take a step at all (None: not one does)."""
+    return min((s for s in shapes if s.fits and trained_on(s, tokens, seconds) > 0),
+               default=None,
                key=lambda s: abs(math.log(trained_on(s, tokens, seconds) / s.params
                                           / TOKENS_PER_PARAM)))
 
@@ -161,8 +171,9 @@ def format_plan(shapes: list[Shape], tokens: float = 0, seconds: float = 0) -> s
         line += f" {mark + f'{in_budget(s, seconds):,}':>16}" if seconds else ""
         line += f" {trained_on(s, tokens, seconds) / s.params:>12,.1f}"
         line += "  <- compute-optimal" if s is best else ""
+        line += "  too big for this machine's memory" if not s.fits else ""
         lines.append(line)
-    if best is None:
+    if best is None and any(s.fits for s in shapes):
         lines.append(f"not one step of any shape fits in {seconds:g} s: give a "
                      f"longer --time-budget")
     lines.append(f"~ an estimate: the FLOP count at the speed of the largest shape timed here. "
