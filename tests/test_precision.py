@@ -26,6 +26,7 @@ def fake_probe(monkeypatch, matmuls, steps=None):
     step at the full block size, (batch, length) at another."""
     calls = []
     monkeypatch.setattr(precision, "matmul_rates", lambda: calls.append("matmul") or matmuls)
+    monkeypatch.setattr(precision, "bf16_flags", lambda: [])  # a CPU that names no bf16 flag
 
     def step_times(model, batch, length):
         calls.append(batch if length == model.config.block_size else (batch, length))
@@ -45,6 +46,10 @@ def no_probe(*args):
     (BF16, {"fp32_step_s": 0.110, "bf16_step_s": 0.106}, torch.float32),  # < 5 % faster
     (BF16, {"fp32_step_s": 1.0, "bf16_step_s": 0.95}, torch.bfloat16),  # 5 % faster exactly
     (BF16, {"fp32_step_s": 0.110, "bf16_step_s": 0.250}, torch.float32),  # plain autocast's loss
+    # native bf16 whose small gate matmul read near float32 (or below it, under load): timed
+    ({"bf16_matmul_flops": 140e9, "fp32_matmul_flops": 150e9},
+     {"fp32_step_s": 0.110, "bf16_step_s": 0.080}, torch.bfloat16),
+    ({"bf16_matmul_flops": 74e9, "fp32_matmul_flops": 150e9}, None, torch.float32),  # < half
 ])
 def test_the_probe_picks_bf16_only_where_the_step_is_faster(monkeypatch, tmp_path, matmuls,
                                                             steps, expected):
@@ -66,8 +71,8 @@ def first_slower(batch, length):
 @pytest.mark.parametrize("batch, first, expected, calls_made, first_said", [
     (8, None, torch.bfloat16, ["matmul", 8], ""),  # no schedule: the full shape alone
     (8, (8, 16), torch.bfloat16, ["matmul", 8], ""),  # a schedule that starts at full size
-    (8, (2, 16), torch.float32, ["matmul", 8, 2], "2x16, 22 ms"),  # --batch-start 2: bf16 loses
-    (8, (8, 4), torch.float32, ["matmul", 8, (8, 4)], "8x4, 22 ms"),  # --block-start 4
+    (8, (2, 16), torch.float32, ["matmul", 8, 2], "2x16 22 ms"),  # --batch-start 2: bf16 loses
+    (8, (8, 4), torch.float32, ["matmul", 8, (8, 4)], "8x4 22 ms"),  # --block-start 4
     (200, (100, 16), torch.bfloat16, ["matmul", precision.PROBE_BATCH], ""),  # both bounded: one
 ])
 def test_a_run_that_starts_smaller_takes_bf16_only_if_it_wins_at_both_sizes(
@@ -76,8 +81,10 @@ def test_a_run_that_starts_smaller_takes_bf16_only_if_it_wins_at_both_sizes(
     model = MiniGPT(65, n_layer=1, n_embd=32, n_head=2, block_size=16)
     dtype, why = precision.choose_dtype("auto", CPU, model, batch, tmp_path / "p.json", first)
     assert dtype == expected and calls == calls_made
-    first_part = f"; at its first size, {first_said} in bf16, 20 in float32" if first_said else ""
-    assert why == "auto: a training step 50 ms in bf16, 100 in float32" + first_part
+    first_part = f", of {first_said} in bf16, 20 in float32; bf16 must be 5 % faster at each" \
+        if first_said else ""
+    assert why == "auto: forward and backward of " + \
+        f"{min(batch, precision.PROBE_BATCH)}x16 50 ms in bf16, 100 in float32" + first_part
 
 
 def test_the_answer_is_cached_per_machine_and_shape_and_the_batch_bounded(monkeypatch, tmp_path):
@@ -110,6 +117,44 @@ def test_the_answer_is_cached_per_machine_and_shape_and_the_batch_bounded(monkey
     unwritable.parent.write_text("")
     assert precision.choose_dtype("auto", CPU, small, 4, unwritable)[0] == torch.bfloat16
     assert calls[9:] == ["matmul", 4]  # measured, answered, not kept
+
+
+def test_a_cpu_whose_flags_name_native_bf16_times_the_step_whatever_the_gate_read(
+        monkeypatch, tmp_path):
+    """A busy host can make the gate's small matmul read bf16 far below float32 on a CPU
+    with avx512_bf16: the flags are believed, and the step decides."""
+    busy = {"bf16_matmul_flops": 5.6e9, "fp32_matmul_flops": 108.7e9}  # (read under load)
+    calls = fake_probe(monkeypatch, busy, {"fp32_step_s": 0.1, "bf16_step_s": 0.05})
+    monkeypatch.setattr(precision, "bf16_flags", lambda: ["avx512_bf16"])
+    model = MiniGPT(65, n_layer=1, n_embd=32, n_head=2, block_size=16)
+    dtype, why = precision.choose_dtype("auto", CPU, model, 4, tmp_path / "p.json")
+    assert dtype == torch.bfloat16 and calls == ["matmul", 4] and "no native" not in why
+
+
+@pytest.mark.parametrize("damaged", [
+    [1, 2],  # another program's JSON
+    {"MACHINE": None},
+    {"MACHINE": {"bf16_matmul_flops": 800e9}},  # a rate missing
+    {"MACHINE": {"bf16_matmul_flops": "fast", "fp32_matmul_flops": 150e9}},
+    {"MACHINE": {**BF16, "steps": [1]}},
+    {"MACHINE": {**BF16, "steps": {"SHAPE": {"fp32_step_s": 0.1}}}},  # a time missing
+    {"MACHINE": {**BF16, "steps": {"SHAPE": {"fp32_step_s": 0.1, "bf16_step_s": True}}}},
+])
+def test_a_damaged_cache_is_measured_again(monkeypatch, tmp_path, damaged):
+    """Whatever part of precision.json is not the probe's figures is measured again and
+    rewritten, as an unreadable file is."""
+    model = MiniGPT(65, n_layer=1, n_embd=32, n_head=2, block_size=16)
+    text = json.dumps(damaged).replace("MACHINE", precision.machine_key())
+    cache = tmp_path / "precision.json"
+    cache.write_text(text.replace("SHAPE", precision.shape_key(model, 4)))
+    calls = fake_probe(monkeypatch, BF16, {"fp32_step_s": 0.1, "bf16_step_s": 0.05})
+    assert precision.choose_dtype("auto", CPU, model, 4, cache)[0] == torch.bfloat16
+    assert calls[-1] == 4  # the step timed again
+    saved = json.loads(cache.read_text())[precision.machine_key()]
+    assert saved["steps"][precision.shape_key(model, 4)] == {"fp32_step_s": 0.1,
+                                                             "bf16_step_s": 0.05}
+    assert precision.choose_dtype("auto", CPU, model, 4, cache)[0] == torch.bfloat16
+    assert calls.count(4) == 1  # and then read from the cache
 
 
 def test_a_named_dtype_is_not_probed(monkeypatch):
@@ -180,7 +225,7 @@ def test_the_real_probe_never_chooses_bf16_where_it_is_slower(tmp_path):
     machine = json.loads(cache.read_text())[precision.machine_key()]
     if platform.system() == "Linux" and platform.machine() == "x86_64" and not native_bf16():
         assert dtype == torch.float32 and "no native bf16" in why
-        assert machine["bf16_matmul_flops"] < machine["fp32_matmul_flops"]
+        assert machine["bf16_matmul_flops"] < precision.NATIVE * machine["fp32_matmul_flops"]
     steps = next(iter(machine.get("steps", {}).values()), None)  # recorded where bf16 is faster
     faster = steps is not None and steps["bf16_step_s"] <= 0.95 * steps["fp32_step_s"]
     assert (dtype == torch.bfloat16) == faster  # the rule, as the docs state it
@@ -248,7 +293,8 @@ def test_a_run_the_probe_put_in_bf16_records_it_and_resumes_exactly(monkeypatch,
     fake_probe(monkeypatch, BF16, {"fp32_step_s": 0.1, "bf16_step_s": 0.05})
     straight = train(cfg(), tmp_path / "straight", progress=False)
     assert recorded_dtype(tmp_path / "straight") == ("bfloat16", "bfloat16")
-    assert "bfloat16 matmuls (auto: a training step 50 ms in bf16, 100 in float32)" in caplog.text
+    assert "bfloat16 matmuls (auto: forward and backward of 8x32 50 ms in bf16, 100 in float32)" \
+        in caplog.text
     assert straight.summary["final_val_loss"] != fp32.summary["final_val_loss"]
 
     with pytest.raises(KeyboardInterrupt):

@@ -9,13 +9,14 @@ the forward: every Linear multiplies in bf16, while the residual stream, the los
   CUDA  bfloat16 where the GPU supports it, else float32.
   CPU   measured by a short probe, then cached per machine, thread count and run shape. The
         probe first compares a bf16 and a float32 matmul: a CPU without native bf16 (AVX2
-        only) runs bf16 matmuls tens of times slower, and the answer is float32 at once. Where
-        bf16 matmuls are faster (AVX-512 BF16, AMX), it times the run's own training step both
-        ways and takes bfloat16 only when that is at least 5 % faster, so the choice never makes
-        a run slower than float32. A run whose batch or sequence length starts smaller
-        (--batch-start, --block-start) is timed at its first size too, and bf16 must win at
-        both: on small tensors bf16 can lose (the fast preset's 20 s model at batch 4: 5.8 ms
-        a forward and backward in bf16 against 4.9 in float32, on an AVX-512 BF16 EPYC).
+        only) runs bf16 matmuls tens of times slower, and where its flags name none either
+        the answer is float32 at once. Where bf16 is native (AVX-512 BF16, AMX), it times the
+        run's own forward and backward both ways and takes bfloat16 only when that is at
+        least 5 % faster, so the choice does not make a run slower than float32. A run whose
+        batch or sequence length starts smaller (--batch-start, --block-start) is timed at its
+        first size too, and bf16 must win at both: on small tensors bf16 can lose (the fast
+        preset's 20 s model at batch 4: 5.8 ms a forward and backward in bf16 against 4.9 in
+        float32, on an AVX-512 BF16 EPYC).
   MPS   float32.
 """
 
@@ -34,6 +35,10 @@ from minigpt.files import atomic_write_text
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 FASTER = 0.95  # bf16 must take at most this fraction of float32's step time
+NATIVE = 0.5  # bf16 matmuls below this fraction of float32's speed: emulated, no native bf16
+# (AVX2 runs them tens of times slower; native bf16 at the gate's small size can read close
+# to float32, so a tie is no answer and the step is timed; and where the CPU's flags name
+# native bf16 the step is timed whatever the gate read: a busy host can make it read anything)
 PROBE_MATMUL = 256  # the gate's square matmul: a few ms in bf16 even without native bf16
 PROBE_BATCH = 64  # the step is timed on at most this many sequences: the memory check comes later
 
@@ -72,17 +77,20 @@ def cpu_choice(model: torch.nn.Module, batch_size: int, cache: Path | None,
         answers = json.loads(cache.read_text()) if cache is not None else {}
     except (OSError, ValueError):  # missing or unreadable: measured again and rewritten
         answers = {}
+    answers = answers if isinstance(answers, dict) else {}  # (another program's JSON)
     before = json.dumps(answers)
-    machine = answers.setdefault(machine_key(), {})
-    if "bf16_matmul_flops" not in machine:
-        machine.update(matmul_rates())
+    machine = answers.get(machine_key())
+    if not figures(machine, "bf16_matmul_flops", "fp32_matmul_flops"):  # new, or damaged
+        machine = answers[machine_key()] = dict(matmul_rates())
     timings = []
-    if machine["bf16_matmul_flops"] > machine["fp32_matmul_flops"]:
+    if bf16_flags() or machine["bf16_matmul_flops"] > NATIVE * machine["fp32_matmul_flops"]:
         shapes = [(batch_size, model.config.block_size)] + ([first] if first else [])
-        steps = machine.setdefault("steps", {})
+        if not isinstance(machine.get("steps"), dict):
+            machine["steps"] = {}
+        steps = machine["steps"]
         for batch, length in dict.fromkeys((min(b, PROBE_BATCH), t) for b, t in shapes):
             key = shape_key(model, batch, length)
-            if key not in steps:
+            if not figures(steps.get(key), "bf16_step_s", "fp32_step_s"):
                 steps[key] = step_times(model, batch, length)
             timings.append(((batch, length), steps[key]))
     if cache is not None and json.dumps(answers) != before:
@@ -93,23 +101,27 @@ def cpu_choice(model: torch.nn.Module, batch_size: int, cache: Path | None,
     return decide(machine, timings)
 
 
+def figures(entry, *keys: str) -> bool:
+    """Whether a cache entry holds each of `keys` as a number (else it is measured again)."""
+    return isinstance(entry, dict) and all(
+        type(entry.get(key)) in (int, float) and entry[key] > 0 for key in keys)
+
+
 def decide(matmuls: dict, timings: list[tuple[tuple[int, int], dict]]
            ) -> tuple[torch.dtype, str]:
-    """The CPU's answer from the probe's figures (`matmul_rates`, then, where bf16 matmuls
-    are faster, the `step_times` of each (B, T) timed, the run's full shape first): bf16 only
-    where the training step is at least 5 % faster too, at every shape."""
+    """The CPU's answer from the probe's figures (`matmul_rates`, then, where bf16 is native,
+    the `step_times` of each (B, T) timed, the run's full shape first; none where it is not):
+    bf16 only where the training step is at least 5 % faster, at every shape."""
     bf16, fp32 = matmuls["bf16_matmul_flops"], matmuls["fp32_matmul_flops"]
-    if bf16 <= fp32 or not timings:
+    if not timings:
         return torch.float32, (f"auto: no native bf16, bf16 matmuls {bf16 / 1e9:,.1f} GFLOP/s "
                                f"against float32's {fp32 / 1e9:,.0f}")
-    said = [f"{t['bf16_step_s'] * 1e3:.3g} ms in bf16, {t['fp32_step_s'] * 1e3:.3g} in float32"
-            for _, t in timings]
-    why = f"auto: a training step {said[0]}"
-    if len(timings) > 1:
-        (batch, length), _ = timings[1]
-        why += f"; at its first size, {batch}x{length}, {said[1]}"
-    faster = all(t["bf16_step_s"] <= FASTER * t["fp32_step_s"] for _, t in timings)
-    return (torch.bfloat16 if faster else torch.float32), why
+    why = "auto: forward and backward " + ", ".join(
+        f"of {batch}x{length} {t['bf16_step_s'] * 1e3:.3g} ms in bf16, "
+        f"{t['fp32_step_s'] * 1e3:.3g} in float32" for (batch, length), t in timings)
+    if all(t["bf16_step_s"] <= FASTER * t["fp32_step_s"] for _, t in timings):
+        return torch.bfloat16, why
+    return torch.float32, why + "; bf16 must be 5 % faster" + " at each" * (len(timings) > 1)
 
 
 def matmul_rates() -> dict:
@@ -179,7 +191,8 @@ def cpu_name() -> str:
 
 def bf16_flags() -> list[str]:
     """The CPU's native-bf16 feature flags (Linux's names: avx512_bf16, amx_bf16), for the
-    figures' captions: none on an AVX2-only CPU, or where /proc/cpuinfo is missing."""
+    probe and the figures' captions: none on an AVX2-only CPU, or where /proc/cpuinfo is
+    missing."""
     cpuinfo = Path("/proc/cpuinfo")
     flags = set(cpuinfo.read_text().split()) if cpuinfo.exists() else set()
     return sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
