@@ -75,6 +75,9 @@ class Progress:
         self.bar.close()
 
 
+PEAK_OF = {"float32": "float32", "bfloat16": "the better of float32 and bf16"}
+
+
 def log_start(run: Run, peak: float) -> None:
     """The run's folder and environment, data and model, in three lines."""
     t, env, data, processes = run.cfg.train, run.env, run.data, run.world.size
@@ -83,7 +86,7 @@ def log_start(run: Run, peak: float) -> None:
              f"{env['torch_threads']} threads ({env['cpu_capability']}), {env['dtype']} "
              f"matmuls ({env['dtype_why']})"
              f"{', compiled' if env['compile'] else ''}; matmul peak measured "
-             f"{peak / 1e9:,.0f} GFLOP/s")
+             f"{peak / 1e9:,.0f} GFLOP/s ({PEAK_OF[env['dtype']]}, MFU's denominator)")
     log.info(f"data: {data['text']}: vocab {data['vocab_size']:,}, "
              f"{data['train_tokens']:,} train and {data['val_tokens']:,} val tokens")
     batch = f"batch {sized(t.batch_start, t.batch_size, t.ramp)}"
