@@ -267,6 +267,31 @@ def test_muon_takes_the_blocks_matrices_adamw_the_rest_and_hooks_fire_once_a_ste
     assert calls == ["pre", "post"]
 
 
+@pytest.mark.parametrize("variant, normuon", [("polar-express", True),
+                                             ("newton-schulz", False)])
+def test_the_runs_muon_settings_reach_its_muon(variant, normuon):
+    """--muon-momentum (not SGD's --momentum), --muon-variant and --normuon: a step of the run's
+    optimizer moves the blocks' matrices as a Muon built with those settings by hand does."""
+    t = TrainConfig(optimizer="muon", lr=0.01, weight_decay=0.1, momentum=0.5, muon_momentum=0.8,
+                    muon_variant=variant, normuon=normuon)
+    model = muon_setup()[0]
+    opt = make_optimizer(model, t)
+    twin = copy.deepcopy(model)
+    matrices = [p for n, p in twin.named_parameters() if p.dim() == 2 and n.startswith("blocks.")]
+    by_hand = Muon(matrices, lr=0.01, weight_decay=0.1, momentum=0.8,
+                   polar_express=variant == "polar-express", normuon=normuon)
+    for seed in range(2):
+        torch.manual_seed(seed)
+        for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        opt.step()
+        by_hand.step()
+    ours = dict(model.named_parameters())
+    assert all(torch.equal(ours[n], p) for n, p in twin.named_parameters()
+               if p.dim() == 2 and n.startswith("blocks."))
+
+
 def test_muon_steps_as_its_parts_apart_and_continues_exactly_from_its_state():
     """Two oracles for four steps: the same Muon and AdamW stepped by hand, one after the
     other; and two steps, the state saved and loaded into a fresh optimizer, two more steps."""

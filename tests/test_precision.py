@@ -319,3 +319,62 @@ def test_a_run_whose_schedules_start_smaller_is_probed_at_its_first_size(monkeyp
                       block_start=4), tmp_path / "grown", progress=False)
     assert calls == ["matmul", 8, (2, 4)]  # the full batch, then the first steps'
     assert recorded_dtype(tmp_path / "grown") == ("float32", "float32")
+
+
+def test_each_timing_is_taken_in_its_own_dtype_at_the_length_asked(monkeypatch):
+    """step_times: the float32 figure from a float32 step, the bf16 one from a bf16 step, both
+    at the batch and length given; matmul_rates: each rate measured in its own dtype."""
+    asked = []
+
+    def fake_seconds(model, batch, dtype, repeats=3, length=None):
+        asked.append((batch, dtype, length))
+        return {torch.float32: 0.25, torch.bfloat16: 0.5}[dtype]
+
+    monkeypatch.setattr(precision, "step_seconds", fake_seconds)
+    model = MiniGPT(65, n_layer=1, n_embd=16, n_head=2, block_size=16)
+    assert precision.step_times(model, 3, 4) == {"fp32_step_s": 0.25, "bf16_step_s": 0.5}
+    assert sorted(asked, key=str) == sorted([(3, torch.float32, 4), (3, torch.bfloat16, 4)],
+                                            key=str)
+    import minigpt.performance
+
+    rates = {torch.float32: 7.0, torch.bfloat16: 11.0}
+    monkeypatch.setattr(minigpt.performance, "matmul_peak",
+                        lambda device, dtype, seconds, n: rates[dtype])
+    assert precision.matmul_rates() == {"bf16_matmul_flops": 11.0, "fp32_matmul_flops": 7.0}
+
+
+def test_the_timed_step_multiplies_in_the_dtype_timed_and_skips_the_warm_up(monkeypatch):
+    """step_seconds: its forward under bf16 autocast (or none for float32), on sequences of the
+    length asked, and the fastest pass after the warm-up (a clock that each forward advances:
+    the warm-up fastest of all, so counting it would show)."""
+    model = MiniGPT(65, n_layer=1, n_embd=16, n_head=2, block_size=16)
+    seen, clock, durations = [], [0.0], iter([0.001, 3.0, 2.0, 5.0] * 2)
+
+    def hook(module, inputs, output):
+        seen.append((output.dtype, inputs[0].shape[1]))
+        clock[0] += next(durations)
+
+    model.lm_head.register_forward_hook(hook)
+    monkeypatch.setattr(precision.time, "perf_counter", lambda: clock[0])
+    for dtype in (torch.float32, torch.bfloat16):
+        seen.clear()
+        assert precision.step_seconds(model, 2, dtype, repeats=3, length=8) == pytest.approx(2.0)
+        assert seen == [(dtype, 8)] * 4
+
+
+def test_a_cache_that_already_holds_the_answer_is_not_written_again(monkeypatch, tmp_path):
+    cache = tmp_path / "precision.json"
+    calls = fake_probe(monkeypatch, BF16, {"fp32_step_s": 0.1, "bf16_step_s": 0.05})
+    model = MiniGPT(65, n_layer=1, n_embd=32, n_head=2, block_size=16)
+    assert precision.choose_dtype("auto", CPU, model, 4, cache)[0] == torch.bfloat16
+    written = cache.read_text()
+    monkeypatch.setattr(precision, "atomic_write_text", no_probe)  # (any write fails the test)
+    assert precision.choose_dtype("auto", CPU, model, 4, cache)[0] == torch.bfloat16
+    assert calls == ["matmul", 4] and cache.read_text() == written
+
+
+def test_auto_on_another_accelerator_is_float32_unprobed(monkeypatch):
+    monkeypatch.setattr(precision, "matmul_rates", no_probe)
+    model = MiniGPT(65, n_layer=1, n_embd=32, n_head=2, block_size=16)
+    for kind in ("xpu", "meta"):
+        assert precision.choose_dtype("auto", torch.device(kind), model)[0] == torch.float32

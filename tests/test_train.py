@@ -97,6 +97,44 @@ def test_timed_steps_times_each_step_after_one_to_warm_up():
     assert all(torch.equal(a, b) for a, b in pairs)
 
 
+def test_timed_steps_take_the_clip_and_micro_batches_given():
+    """timed_steps with gradient accumulation and a tight clip: the weights of the same
+    train_steps (steps + 1 of them) on a twin."""
+    model = MiniGPT(20, n_embd=16, n_layer=1, n_head=2, block_size=8)
+    twin = copy.deepcopy(model)
+    splits = Splits.from_tokens(np.random.default_rng(0).integers(0, 20, 400).astype(np.uint16))
+    batches, replay = (Batches(splits, 4, 8, seed=1, streams=(0, 1)) for _ in range(2))
+    timed_steps(model, torch.optim.SGD(model.parameters(), lr=1.0), batches, 2, grad_clip=1e-3,
+                micro=MicroSteps(2))
+    optimizer = torch.optim.SGD(twin.parameters(), lr=1.0)
+    for _ in range(3):
+        train_step(twin, optimizer, replay, grad_clip=1e-3, micro=MicroSteps(2))
+    equal = lambda a, b: all(torch.equal(p, q) for p, q in zip(  # noqa: E731
+        a.parameters(), b.parameters(), strict=True))
+    assert equal(model, twin)
+    plain = copy.deepcopy(twin)  # (the oracle tells: an unclipped step moves it elsewhere)
+    train_step(plain, torch.optim.SGD(plain.parameters(), lr=1.0), replay)
+    assert not equal(plain, twin)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_steps_forward_multiplies_in_the_micro_steps_dtype(dtype):
+    """MicroSteps(dtype=bf16): the forward under bf16 autocast (its Linears output bf16), the
+    loss that of the same forward under torch.autocast; float32: no autocast at all."""
+    model = MiniGPT(20, n_embd=16, n_layer=1, n_head=2, block_size=8)
+    twin = copy.deepcopy(model)
+    splits = Splits.from_tokens(np.random.default_rng(0).integers(0, 20, 400).astype(np.uint16))
+    batches, replay = (Batches(splits, 4, 8, seed=1) for _ in range(2))
+    seen = []
+    model.lm_head.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    loss, _ = train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), batches,
+                         micro=MicroSteps(1, dtype))
+    assert seen == [dtype]
+    with torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):
+        _, expected = twin(*replay.get_batch("train", 0))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
 def test_weight_decay_only_on_matrices():
     model = MiniGPT(20, n_embd=16, n_layer=1, n_head=2, block_size=8)
     opt = make_optimizer(model, resolve_config().train)
@@ -160,6 +198,26 @@ def test_the_estimate_is_the_mean_over_its_batches():
         losses = [model.eval()(*replay.get_batch("val"))[1].item() for _ in range(5)]
     assert estimate_loss(model.train(), batches, "val", 5) == pytest.approx(np.mean(losses))
     assert model.training  # (given back as it came)
+
+
+def test_the_estimate_reads_the_split_it_is_asked_for_even_in_one_batch():
+    model = MiniGPT(11, n_embd=16, n_layer=1, n_head=2, block_size=8)
+    splits = Splits.from_tokens(np.random.default_rng(0).integers(0, 11, 400).astype(np.uint16))
+    batches, replay = (Batches(splits, 4, 8, seed=3) for _ in range(2))
+    with torch.no_grad():
+        expected = model.eval()(*replay.get_batch("train"))[1].item()
+        val = model(*Batches(splits, 4, 8, seed=3).get_batch("val"))[1].item()
+    assert val != pytest.approx(expected)  # (the splits tell apart)
+    assert estimate_loss(model, batches, "train", 1) == pytest.approx(expected)
+
+
+def test_split_loss_of_the_shortest_split_is_its_one_targets_loss():
+    model = MiniGPT(11, n_embd=16, n_layer=1, n_head=2, block_size=8).eval()
+    data = np.array([3, 7], dtype=np.uint16)
+    with torch.no_grad():
+        logits = model(torch.tensor([[3]]))[0][0]  # (1, V)
+    expected = F.cross_entropy(logits, torch.tensor([7])).item()
+    assert split_loss(model, data, 8) == pytest.approx(expected, rel=1e-6)
 
 
 def test_evaluating_gives_the_model_back_in_its_mode_and_builds_no_graph():
@@ -514,6 +572,19 @@ def test_initial_loss_check_warns_only_when_far_from_ln_vocab(caplog):
     assert caplog.text == ""
     check_initial_loss(math.log(65) + 0.7, 65)
     assert "far from ln(65) = 4.174" in caplog.text
+
+
+@pytest.mark.parametrize("off, warned", [(0.45, False), (-0.45, False), (0.55, True),
+                                         (-0.55, True), (-2.0, True)])
+def test_initial_loss_check_warns_half_a_nat_from_ln_vocab_either_side(caplog, off, warned):
+    """Below ln(vocab) is as suspect as above it (a loss that starts too low: a leak of the
+    targets, say); the tolerance is half a nat."""
+    from minigpt.trainer import check_initial_loss
+
+    caplog.set_level("WARNING", logger="minigpt")
+    check_initial_loss(math.log(65) + off, 65)
+    assert ("far from ln(65)" in caplog.text) == warned
+    check_initial_loss(None, 65)  # (no loss recorded: nothing to check)
 
 
 def test_the_initial_loss_checked_is_the_first_rows(small_text, tmp_path, monkeypatch):
