@@ -68,9 +68,9 @@ def choose_dtype(requested: str, device: torch.device, model: torch.nn.Module,
 
 def cpu_choice(model: torch.nn.Module, batch_size: int, cache: Path | None,
                first: tuple[int, int] | None = None) -> tuple[torch.dtype, str]:
-    """'auto' on a CPU: the probe's figures for this machine (and, where bf16 matmuls are
-    faster, the run's full shape and its `first`) from the cache, else measured and added to
-    it, then `decide`. The step is timed on at most PROBE_BATCH sequences, so that a batch too
+    """'auto' on a CPU: the probe's figures for this machine (and, where bf16 is native, for
+    the run's full shape and its `first`) from the cache, else measured and added to it, then
+    `decide`. The step is timed on at most PROBE_BATCH sequences, so that a batch too
     big for the machine is refused by the memory check (which follows the dtype) instead of
     exhausting memory here."""
     try:
