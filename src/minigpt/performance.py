@@ -111,6 +111,16 @@ def check_memory(cfg: RunConfig, device: torch.device, n_params: int,
             f"--batch-size {t.batch_size}/N")
 
 
+def fits_in_memory(cfg: RunConfig, device: torch.device, n_params: int,
+                   dtype: torch.dtype = torch.float32) -> bool:
+    """Whether check_memory lets the run start."""
+    try:
+        check_memory(cfg, device, n_params, dtype)
+    except MiniGPTError:
+        return False
+    return True
+
+
 def check_model_fits(cfg: RunConfig, device: torch.device) -> None:
     """Refuse, before it is made, a model whose weights, gradients and optimizer state alone
     cannot fit (a typo such as --n-embd 65536 would take minutes to allocate, then swap);

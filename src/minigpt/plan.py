@@ -98,13 +98,12 @@ def plan(cfg: RunConfig, resident: int = 0, max_step_s: float = 2.0) -> list[Sha
     `max_step_s`, or its peak memory (in the dtype of the last shape timed) is more than the
     machine has available."""
     tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.model.block_size
-    available = performance.memory_at(torch.device("cpu"))[1]
     shapes, seconds_per_flop, dtype = [], None, torch.float32
     for n_layer, n_embd in LADDER:
         c = shaped(cfg, n_layer, n_embd)
         params = count_params(c.model)
         flops = performance.train_flops_per_token(c.model) * tokens_per_step
-        fits = sum(performance.peak_memory(c, 0, params, dtype).values()) <= available
+        fits = performance.fits_in_memory(c, torch.device("cpu"), params, dtype)
         if not fits and seconds_per_flop is None:
             raise MiniGPTError(f"not even the smallest shape, {n_layer} x {n_embd}, fits in "
                                f"memory at batch {cfg.train.batch_size} x block "
