@@ -949,7 +949,7 @@ def test_killed_at_random_moments_and_resumed_ends_as_an_uninterrupted_run(small
             return start_training("--resume", str(run), "--no-progress")
         return start_training(*args, "--out", str(run))
 
-    last = run / "checkpoints" / "last.json"
+    last, rows = run / "checkpoints" / "last.json", run / "metrics.jsonl"
 
     def saved_step():
         try:
@@ -957,15 +957,25 @@ def test_killed_at_random_moments_and_resumed_ends_as_an_uninterrupted_run(small
         except (OSError, ValueError):  # not written yet
             return 0
 
+    def logged_step():  # the newest metrics row (one per step): progress finer than a save
+        try:
+            return json.loads(rows.read_text().splitlines()[-1])["step"]
+        except (OSError, ValueError, IndexError):  # not written yet, or a row half-written
+            return -1
+
+    # Kills are placed by progress, not by the clock: a tiny run makes 300 steps in under a
+    # second, so a random sleep could outlast it. The last one leaves 60 steps to go.
+    targets = sorted(rng.sample(range(20, 240), 3))
     proc, steps_at_kills = launch(), []
     for kill in range(4):
         if kill == 0:  # the first kill: most likely while it starts up
             time.sleep(rng.uniform(0.5, 3.0))
-        else:  # the others: a random moment after it has saved again, so it makes progress
-            before, deadline = saved_step(), time.monotonic() + 120  # however loaded the machine
-            while saved_step() <= before and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            time.sleep(rng.uniform(0.0, 1.5))
+        else:  # the others: past a random step, mid-step or mid-write, after progress is saved
+            deadline = time.monotonic() + 120  # however loaded the machine
+            while (logged_step() < targets[kill - 1] or saved_step() <= steps_at_kills[-1]) \
+                    and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 0.02))
         assert proc.poll() is None, proc.communicate()  # still running: the kill lands
         proc.kill()
         proc.wait()
