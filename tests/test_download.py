@@ -47,12 +47,12 @@ def test_a_good_file_is_saved_a_wrong_or_missing_one_not(server, tmp_path):
 
 
 def test_server_down_is_one_line_error(tmp_path):
-    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+    dest = tmp_path / "cache" / "a.txt"
+    with socket.socket() as s:  # a port held, but not listened on: a connection is refused
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    dest = tmp_path / "cache" / "a.txt"
-    with pytest.raises(MiniGPTError, match="cannot download") as e:
-        download(f"http://127.0.0.1:{port}/input.txt", dest, "0" * 64, timeout=5)
+        with pytest.raises(MiniGPTError, match="cannot download") as e:
+            download(f"http://127.0.0.1:{port}/input.txt", dest, "0" * 64, timeout=5)
     assert "\n" not in str(e.value) and str(dest) in str(e.value)
     assert not dest.exists()
 

@@ -98,14 +98,35 @@ def straight_160(tmp_path_factory):
     return args, folder / "run"
 
 
+HELD_AT_STEP_41 = """
+import os, sys, time
+import minigpt.trainer
+real, calls = minigpt.trainer.train_step, []
+def step(*args, **kwargs):  # the 41st step waits for the test's signal, then its go file
+    calls.append(1)
+    if len(calls) == 41:
+        go = os.environ["MINIGPT_TEST_GO"]
+        open(go + ".waiting", "w").close()
+        while not os.path.exists(go):
+            time.sleep(0.01)
+    return real(*args, **kwargs)
+minigpt.trainer.train_step = step
+from minigpt.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_saves_and_resume_matches_an_uninterrupted_run(straight_160, tmp_path, sig, code):
     args, straight = straight_160
-    stopped = tmp_path / "stopped"
-    proc = start_training(*args, "--out", str(stopped))
-    wait_for_lines(stopped / "metrics.jsonl", 40, proc)
-    proc.send_signal(sig)
+    stopped, go = tmp_path / "stopped", tmp_path / "go"
+    proc = subprocess.Popen([sys.executable, "-c", HELD_AT_STEP_41, "train", *args, "--out",
+                             str(stopped)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "MINIGPT_TEST_GO": str(go)})
+    wait_for_lines(tmp_path / "go.waiting", 0, proc)  # (a file of no lines: it exists)
+    proc.send_signal(sig)  # pending in the child before this returns; its handler runs before
+    go.touch()  # the held step can see this file, so the stop comes at step 41, on any CPU
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
     assert f"minigpt train --resume {stopped}" in out + err
@@ -735,14 +756,16 @@ def test_a_second_process_in_a_run_folder_is_refused_and_a_crash_frees_it(small_
     run = tmp_path / "run"
     args = ["--text", str(small_text), "--steps", "100000", "--eval-every", "50", *QUIET]
     first = start_training(*args, "--out", str(run))
-    wait_for_lines(run / "metrics.jsonl", 2, first)
-    second = run_cli("train", "--resume", str(run), "--no-progress", timeout=120)
-    assert second.returncode == 2 and second.stderr.count("\n") == 1
-    assert f"in use by another minigpt process (pid {first.pid})" in second.stderr
-    new = run_cli("train", "--text", str(small_text), "--out", str(run), *QUIET)
-    assert new.returncode == 2 and ("in use" in new.stderr or "already holds" in new.stderr)
-    first.kill()  # SIGKILL: no clean-up; the lock goes with the process
-    first.wait()
+    try:  # (a failed assertion must not leave 100,000 steps running beside the other tests)
+        wait_for_lines(run / "metrics.jsonl", 2, first)
+        second = run_cli("train", "--resume", str(run), "--no-progress", timeout=120)
+        assert second.returncode == 2 and second.stderr.count("\n") == 1
+        assert f"in use by another minigpt process (pid {first.pid})" in second.stderr
+        new = run_cli("train", "--text", str(small_text), "--out", str(run), *QUIET)
+        assert new.returncode == 2 and ("in use" in new.stderr or "already holds" in new.stderr)
+    finally:
+        first.kill()  # SIGKILL: no clean-up; the lock goes with the process
+        first.wait()
     at = load_checkpoint(run / "checkpoints", "last").meta["step"]  # (50 or later)
     resumed = run_cli("train", "--resume", str(run), "--steps", str(at + 10), "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
@@ -968,8 +991,10 @@ def test_killed_at_random_moments_and_resumed_ends_as_an_uninterrupted_run(small
     targets = sorted(rng.sample(range(20, 240), 3))
     proc, steps_at_kills = launch(), []
     for kill in range(4):
-        if kill == 0:  # the first kill: most likely while it starts up
-            time.sleep(rng.uniform(0.5, 3.0))
+        if kill == 0:  # the first kill: most likely while it starts up, never past step 10
+            until = time.monotonic() + rng.uniform(0.5, 3.0)
+            while time.monotonic() < until and logged_step() < 10 and proc.poll() is None:
+                time.sleep(0.005)
         else:  # the others: past a random step, mid-step or mid-write, after progress is saved
             deadline = time.monotonic() + 120  # however loaded the machine
             while (logged_step() < targets[kill - 1] or saved_step() <= steps_at_kills[-1]) \
