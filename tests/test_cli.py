@@ -193,6 +193,12 @@ BAD_INPUT = [
                            "(see minigpt autograd --help)"),
     (["graph", "--device", "cpu"], "unrecognized arguments: --device cpu (--device belongs to "
                                    "other commands)"),  # not "did you mean --device?"
+    # a suggestion is one of the command's own flags (--steps, graph's --depth were offered)
+    (["sample", "--run", "x", "--temp", "0.5"], "--temp 0.5 (did you mean --temperature?) (see"),
+    (["prepare", "--text", "x", "--out", "y", "--tok", "bpe"], "(did you mean --tokenizer?) (see"),
+    (["sample", "--run", "x", "--tokens", "5"], "(--tokens belongs to other commands; did you "
+                                                "mean --max-new-tokens?) (see"),
+    (["sample", "--run", "x", "--length", "5"], "arguments: --length 5 (see minigpt sample"),
     (["train", "--preset", "sede"], "did you mean 'seed'"),
     (["train", "--config", "{bad}/missing.toml"], "config file not found"),
     (["train", "--config", "{bad}"], "is a folder but not a run's (no config.json)"),  # (errno)

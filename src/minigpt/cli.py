@@ -58,25 +58,28 @@ class Parser(argparse.ArgumentParser):
         commands = self.commands()
         command = next((w for w in getattr(self, "words", []) if w in commands), None)
         if message.startswith("unrecognized arguments:"):
-            flags = [o for p in [self, *commands.values()] for a in p._actions
-                     for o in a.option_strings]
+            own = [o for a in (commands[command] if command else self)._actions
+                   for o in a.option_strings]  # suggestions come from the command's own flags
+            elsewhere = {o for p in [self, *commands.values()] for a in p._actions
+                         for o in a.option_strings} - set(own)
             words = message.split(":", 1)[1].split()
             given = getattr(self, "words", [])
             before = given[given.index(words[0]) - 1] if words and words[0] in given else ""
             if all(map(os.path.exists, [before, *words])):  # --text books/*.txt, unquoted
                 message += " (files the shell found for a pattern? quote it: 'books/*.txt')"
                 words = []
-            for word in words:
-                flag = word.split("=")[0]
-                if flag in flags:  # spelt right, given to a command that does not take it
-                    message += f" ({flag} belongs to other commands)"
-                    break
-                if close := difflib.get_close_matches(flag, flags, n=1):
-                    message += f" (did you mean {close[0]}?)"
-                    break
-                if not word.startswith("-"):  # minigpt sample runs/x: a value without its flag
-                    message += " (each value goes after its flag)"
-                    break
+            word = words[0] if words else ""  # the first names the mistake (the rest: values)
+            flag = word.split("=")[0]
+            like = [o for o in own if len(flag) > 3 and o.startswith(flag)]  # --temp
+            if flag in elsewhere:  # spelt right, given to a command that does not take it
+                name = flag.lstrip("-")  # sample --tokens: --max-new-tokens
+                like = [o for o in own if len(name) > 2 and name in o]
+                message += f" ({flag} belongs to other commands" + (
+                    f"; did you mean {like[0]}?)" if like else ")")
+            elif close := like or difflib.get_close_matches(flag, own, n=1):
+                message += f" (did you mean {close[0]}?)"
+            elif word and not word.startswith("-"):  # minigpt sample runs/x: a bare value
+                message += " (each value goes after its flag)"
         if message.endswith("expected one argument"):  # --clip -1,0: its value read as a flag
             given = getattr(self, "words", [])
             names = message.split()[1].rstrip(":").split("/")  # (argument -o/--out:)
