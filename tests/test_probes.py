@@ -397,6 +397,30 @@ def test_a_variant_that_failed_at_its_first_step_is_trained_by_the_next_command(
     assert [r["steps"] for r in table] == [3, 3]
 
 
+def test_variants_with_different_tokenizers_are_compared_by_bits_per_byte(tmp_path, caplog,
+                                                                          monkeypatch):
+    """A BPE token holds several characters, so its loss per token is higher however well it
+    learns: the table and the plot ranked a character run and a BPE run in nats per token."""
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be, that is the question\n" * 80)
+    common = {"text": str(text), **TINY, "steps": 6, "eval_every": 3, "warmup_steps": 0}
+    drawn = []
+    monkeypatch.setattr(minigpt.diagnostics.compare, "plot_overlay",
+                        lambda *args, title, per_byte: drawn.append(per_byte))
+    runs = {"char": {"tokenizer": "char"}, "bpe": {"tokenizer": "bpe", "vocab_size": 280}}
+    table = compare(runs, tmp_path / "cmp", common=common, progress=False)
+    chars = len(set(text.read_text()))
+    assert [r["tokenizer"] for r in table] == [f"char, vocab {chars}", "bpe, vocab 280"]
+    assert drawn == [True] and "tokenizers differ" in caplog.text
+    header, _, *rows = format_table(table).splitlines()
+    assert header.split()[:5] == ["variant", "final", "val", "val", "bpb"]
+    assert [float(r.split()[2]) for r in rows] == pytest.approx(
+        [r["final_val_bpb"] for r in table], abs=1e-4)
+    same = compare({"a": {}, "b": {"lr": 0.002}}, tmp_path / "same", common=common,
+                   progress=False)  # one tokenizer: the losses compare, as they are
+    assert drawn == [True, False] and "bpb" not in format_table(same)
+
+
 def test_compare_starts_from_the_same_weights_and_tables_the_time_to_each_target(tmp_path):
     """Two optimizers on one model start from the same weights and batches; a variant of
     model options runs with them; each row's seconds to a target are its metrics' own."""

@@ -20,7 +20,7 @@ import json
 import logging
 from pathlib import Path
 
-from minigpt.config import field_index, resolve_config, suggest
+from minigpt.config import field_index, read_config_file, resolve_config, suggest
 from minigpt.diagnostics.plots import plot_overlay
 from minigpt.diagnostics.probes import SECTIONS, standard_probes
 from minigpt.errors import MiniGPTError, TrainingStopped
@@ -157,9 +157,14 @@ def compare(variants: dict[str, dict], out_dir: str | Path, preset: str = "seed"
                                       e.steps, e.processes) from None
             except MiniGPTError as e:  # (its text not found, say): which variant's
                 raise MiniGPTError(f"variant {name}: {e}") from None
-        table.append({"variant": name, "folder": folder.name, **summary})
+        trained = read_config_file(folder)  # its settings as trained: its vocabulary's size
+        tokenizer = f"{trained['data']['tokenizer']}, vocab {trained['model']['vocab_size']:,}"
+        table.append({"variant": name, "folder": folder.name, "tokenizer": tokenizer, **summary})
         curves[name] = read_jsonl(folder / "metrics.jsonl")
-    plot_overlay(curves, out_dir / "compare.png", title=", ".join(variants))
+    if per_byte := tokenizers_differ(table):  # a token of one is not a token of another
+        log.warning("the variants' tokenizers differ, so their losses (nats per token) do not "
+                    "compare: compare.png and the table compare validation bits per byte")
+    plot_overlay(curves, out_dir / "compare.png", title=", ".join(variants), per_byte=per_byte)
     atomic_write_text(out_dir / "compare.json", json.dumps(table, indent=2) + "\n")
     return table
 
@@ -189,18 +194,25 @@ def claim(out_dir: Path, settings: dict, folders) -> None:
     atomic_write_text(path, json.dumps(settings, indent=1) + "\n")
 
 
+def tokenizers_differ(table: list[dict]) -> bool:
+    return len({r.get("tokenizer") for r in table}) > 1
+
+
 def format_table(table: list[dict]) -> str:
-    """Each variant's losses, steps, seconds of training and seconds to each target (-: not
+    """Each variant's losses (and its final validation bits per byte, where the variants'
+    tokenizers differ), steps, seconds of training and seconds to each target (-: not
     reached; n/a: not among the variant's targets)."""
+    per_byte = tokenizers_differ(table)
     width = max(len("variant"), *(len(r["variant"]) for r in table))
     targets = list(dict.fromkeys(x for r in table for x in r.get("time_to", {})))  # all
-    header = (f"{'variant':<{width}}  final val  best val   steps  train s"
-              + "".join(f"  {'to ' + x:>7}" for x in targets))
+    header = (f"{'variant':<{width}}  final val{'  val bpb' * per_byte}  best val   steps  "
+              f"train s" + "".join(f"  {'to ' + x:>7}" for x in targets))
     lines = [header, "-" * len(header)]
     for r in table:
         reached = "".join(f"  {_seconds(r['time_to'][x]) if x in r['time_to'] else 'n/a':>7}"
                           for x in targets)  # n/a: a target this variant did not track
-        lines.append(f"{r['variant']:<{width}}  {r['final_val_loss']:9.4f}  "
+        bpb = f"  {r['final_val_bpb']:7.4f}" if per_byte else ""
+        lines.append(f"{r['variant']:<{width}}  {r['final_val_loss']:9.4f}{bpb}  "
                      f"{r['best_val_loss']:8.4f}  {r['steps']:6d}  {r['train_s']:7.1f}{reached}")
     return "\n".join(lines)
 

@@ -165,18 +165,24 @@ def plot_run_curves(run_dir: str | Path, log_scale: bool = False) -> None:
         plot_lr(rows, run_dir / "lr.png", run_train_config(run_dir))
 
 
-def plot_overlay(curves: dict[str, list[dict]], path: str | Path | None = None, title: str = ""):
+def plot_overlay(curves: dict[str, list[dict]], path: str | Path | None = None, title: str = "",
+                 per_byte: bool = False):
     """Validation loss (solid) and train loss (faint) of several runs, against steps (left)
-    and against seconds of training (right)."""
+    and against seconds of training (right); per_byte: their validation bits per byte alone
+    (runs with different tokenizers, whose losses per token do not compare)."""
     fig = new_figure(12.0, 4.5, layout="tight")
     by_step, by_time = fig.subplots(1, 2, sharey=True)
     for ax, x, label in ((by_step, "step", "step"), (by_time, "time_s", "seconds of training")):
         for i, (name, rows) in enumerate(curves.items()):
-            _loss_lines(ax, rows, x, {"color": f"C{i}", "lw": 0.8, "alpha": 0.35},
-                        {"color": f"C{i}", "label": f"{name} (val)"})
+            val = {"color": f"C{i}", "label": f"{name} (val)"}
+            if per_byte:
+                evals = [r for r in rows if "val_bpb" in r]
+                ax.plot([r[x] for r in evals], [r["val_bpb"] for r in evals], "o-", ms=3, **val)
+            else:
+                _loss_lines(ax, rows, x, {"color": f"C{i}", "lw": 0.8, "alpha": 0.35}, val)
         ax.set_xlabel(label)
         ax.grid(True, alpha=0.3)
-    by_step.set_ylabel("loss (nats); faint: train")
+    by_step.set_ylabel("validation bits per byte" if per_byte else "loss (nats); faint: train")
     by_step.legend()
     fig.suptitle(title)
     return save_png(fig, path)
