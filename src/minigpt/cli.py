@@ -248,8 +248,9 @@ def build_parser() -> Parser:
 
     s = command("sample", "generate text from a trained run",
                 "Stream the prompt and its continuation to stdout.", "run", "checkpoint", "device")
-    s.add_argument("--prompt", help=f"text to continue (default {PROMPT}, or the run's first "
-                                    f"character where its vocabulary lacks one of those)")
+    s.add_argument("--prompt", help=f"text to continue (default {PROMPT}, or the vocabulary's "
+                                    f"first token, for characters the lowest, often a line "
+                                    f"break, where it lacks one of those)")
     s.add_argument("--max-new-tokens", type=int, default=300, metavar="N",
                    help="how many tokens to generate (default 300)")
     s.add_argument("--temperature", type=float, default=1.0, metavar="T",
