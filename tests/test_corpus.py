@@ -472,7 +472,8 @@ BAD = [  # {d}: bad_sources' folder; {ds}: a folder of one dataset, as parquet a
     # the size is checked before the scan, which would refuse b.txt
     (["--text", "{d}/latin1", "--tokenizer", "bpe", "--vocab-size", "100"], "at least 257"),
     (["--text", "{d}/ok.txt", "--tokenizer", "bpe", "--vocab-size", "1" + "0" * 20], "at most"),
-    (["--text", "{d}/ok.txt", "--shard-tokens", "0"], "shard_tokens must be positive"),
+    (["--text", "{d}/ok.txt", "--shard-tokens", "0"], "'shard_tokens' must be positive"),
+    (["--text", "{d}/ok.txt", "--val-fraction", "1"], "'val_fraction' must be in (0, 1), got 1"),
     (["--text", "{d}/ok.txt", "--val-fraction", "1e-17"], "leaves the validation split empty"),
     (["--text", "{d}/ok.txt", "--val-fraction", "0.9999999"], "leaves the training split empty"),
     (["--dataset", "{ds}/docs.parquet", "--text-field", "body"], "have no field 'body'"),
@@ -551,13 +552,22 @@ def test_a_file_as_out_is_refused_before_the_scan(bad_sources, capsys, out):
     assert (bad_sources / "ok.txt").read_text() == "some text\n"
 
 
-def test_an_existing_corpus_is_not_overwritten(small_text, tmp_path, capsys):
+def test_an_existing_corpus_is_not_overwritten(small_text, tmp_path, capsys, monkeypatch):
+    """The same command again (from another folder, the text spelt another way) has nothing
+    to do, and says so with exit 0 (a script that prepares, then trains, may run twice); other
+    settings are refused, naming what changed."""
     done = tmp_path / "done"
     prepare(str(small_text), done, progress=False)
     before = {p.name: p.stat().st_mtime_ns for p in done.iterdir()}
+    monkeypatch.chdir(small_text.parent)
+    again = in_process(capsys, "prepare", "--text", small_text.name, "--out", str(done),
+                       "--no-progress")
+    assert again.returncode == 0, again.stderr
+    assert f"in {done}: already, with these settings: nothing to do" in again.stdout
     line = one_line_error(capsys, ["prepare", "--text", str(small_text), "--out", str(done),
-                                   "--no-progress"])
-    assert "already holds a prepared corpus" in line
+                                   "--tokenizer", "bpe", "--no-progress"])
+    assert "already holds a prepared corpus of other sources or settings (tokenizer was " \
+           "'char', now 'bpe')" in line
     line = one_line_error(capsys, ["train", "--text", str(small_text), *TINY_FLAGS, "--steps",
                                    "1", "--out", str(done)])  # (it overwrote tokenizer.json)
     assert f"{done} holds a prepared corpus; choose another --out" in line
@@ -587,6 +597,25 @@ def test_a_corpus_prepared_there_meanwhile_is_not_overwritten(small_text, tmp_pa
         prepare(str(small_text), out, tokenizer="bpe", vocab_size=300, progress=False)
     assert all((out / p.name).read_bytes() == p.read_bytes() for p in other.iterdir()
                if p.name != "run.lock")
+
+
+def test_a_folder_minigpt_made_among_the_sources_is_left_out(small_text, tmp_path, caplog):
+    """Preparing a folder a second time, into a second --out beside the first, read the
+    first's shards as text ('looks binary'); a run folder's checkpoints would be read too."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(small_text, src / "a.txt")
+    first = prepare(str(src), src / "prep", progress=False)
+    shutil.copytree(src / "prep", src / "runs" / "r" / "checkpoints")  # (as a run holds them)
+    for spec in (str(src), str(src / "**")):
+        again = prepare(spec, tmp_path / f"again-{len(spec)}", progress=False)
+        assert again["tokens"] == first["tokens"] and again["sources"]["files"] == [
+            str(src / "a.txt")]
+    assert f"left out {src / 'prep'}: it holds a prepared corpus, not text" in caplog.text
+    assert f"left out {src / 'runs' / 'r'}: it holds a training run, not text" in caplog.text
+    with pytest.raises(MiniGPTError, match="prep holds a prepared corpus, not text: give the "
+                                           "text it was made from"):
+        prepare(str(src / "prep"), tmp_path / "p", progress=False)
 
 
 def test_a_corpus_whose_tokenizer_was_replaced_is_refused(small_text, tmp_path):

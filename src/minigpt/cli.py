@@ -653,6 +653,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         source = Records(args.dataset, args.dataset_config, args.split or "train",
                          args.text_field or "text", exclude=Path(args.out))
     before = tokens_done(args.out)  # an interrupted prepare's, which this one continues
+    done_before = is_prepared(args.out)  # by this command, if prepare finds nothing to do
     t0 = time.perf_counter()
     try:
         index = prepare(source, args.out, args.tokenizer, args.vocab_size, args.val_fraction,
@@ -668,8 +669,9 @@ def cmd_prepare(args: argparse.Namespace) -> None:
           f"(train {index['train_tokens']:,}, validation {index['val_tokens']:,}; "
           f"{tok['kind']}, vocab {tok['vocab_size']:,}, {index['dtype']}) in "
           f"{len(shards['train']) + len(shards['val']):,} shard(s) in {args.out}: "
-          f"{seconds:.1f} s, {(index['tokens'] - before) / seconds:,.0f} tokens/s"
-          + f" (continued after {before:,} tokens)" * bool(before))
+          + ("already, with these settings: nothing to do" if done_before else
+             f"{seconds:.1f} s, {(index['tokens'] - before) / seconds:,.0f} tokens/s"
+             + f" (continued after {before:,} tokens)" * bool(before)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,7 @@ corpus size.
 from __future__ import annotations
 
 import codecs
+import functools
 import glob
 import hashlib
 import io
@@ -110,7 +111,7 @@ def find_sources(sources: str, exclude: Path | None = None) -> list[Path]:
     elif path.exists() and not path.is_dir():  # a FIFO, a device
         raise MiniGPTError(f"{sources} is not a regular file; copy the text into one")
     elif path.is_dir():
-        files = visible_files(path, path.rglob("*"))
+        files = without_made_folders(path, visible_files(path, path.rglob("*")))
     else:
         parts = path.parts  # the pattern below the folder its first wildcard is in
         fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
@@ -118,8 +119,9 @@ def find_sources(sources: str, exclude: Path | None = None) -> list[Path]:
         below = tuple(part if part == "**" else re.sub(r"\*{2,}", "*", part)  # ('**.txt':
                       for part in parts[fixed:])  # '*.txt', as glob's; Path.glob refuses it)
         below += ("*",) if below and below[-1] == "**" else ()  # (as glob's 'books/**')
-        files = visible_files(root, root.glob(str(Path(*below))) if below else [],
-                              hidden=any(is_hidden(part) for part in below))
+        files = without_made_folders(root, visible_files(
+            root, root.glob(str(Path(*below))) if below else [],
+            hidden=any(is_hidden(part) for part in below)))
     if exclude is not None:
         kept = [p for p in files if not p.resolve().is_relative_to(exclude.resolve())]
         if files and not kept:
@@ -142,6 +144,24 @@ def find_sources(sources: str, exclude: Path | None = None) -> list[Path]:
     return sorted(once.values())
 
 
+def without_made_folders(root: Path, files: list[Path]) -> list[Path]:
+    """files (paths under root), less those in a folder under root that minigpt made (an
+    earlier prepare's shards, a run's checkpoints), each such folder named in a warning."""
+    if what := folder_holds(root):
+        raise MiniGPTError(f"{root} holds {what}, not text: give the text it was made from")
+
+    @functools.cache
+    def made(folder: Path) -> Path | None:  # the first folder minigpt made, root down to this
+        if folder != root and (above := made(folder.parent)):
+            return above
+        return folder if folder_holds(folder) else None
+
+    for folder in sorted({made(p.parent) for p in files} - {None}):
+        logging.getLogger("minigpt").warning(f"left out {folder}: it holds "
+                                             f"{folder_holds(folder)}, not text")
+    return [p for p in files if made(p.parent) is None]
+
+
 def visible_files(root: Path, found: Iterable[Path], hidden: bool = False) -> list[Path]:
     """The files among `found` (paths under root) with no hidden part below root, unless
     `hidden` (a pattern that names one)."""
@@ -155,7 +175,7 @@ def is_hidden(name: str) -> bool:
 
 def file_stamps(files: list[Path]) -> list[list]:
     """Each file's path, size and modification time: a changed file, another prepare."""
-    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    return [[str(p.absolute()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
 def changed(was, now: dict) -> str:
@@ -249,7 +269,8 @@ class Files:
 
     def settings(self) -> dict:
         """What, changed, makes an unfinished prepare of these files another prepare."""
-        return {"sources": self.spec, "files": file_stamps(self.files)}
+        return {"sources": os.path.abspath(Path(self.spec).expanduser()),  # (from any folder,
+                "files": file_stamps(self.files)}  # however spelt, the same command)
 
     def describe(self) -> dict:
         """The index's `sources`."""
@@ -401,12 +422,28 @@ def encode_shards(source, tok: AnyTokenizer, out_dir: Path, state: dict,
 
 def check_out_folder(out_dir: Path) -> None:
     """A prepare's folder may be new, or hold an unfinished prepare, but nothing else minigpt
-    makes."""
-    if is_prepared(out_dir):
-        raise MiniGPTError(f"{out_dir} already holds a prepared corpus; choose another --out "
-                           f"or delete it first")
+    makes (a prepared corpus: `prepared_as`)."""
+    prepared_as(out_dir, None)
     if (what := folder_holds(out_dir)) in ("a training run", "a comparison", "an exported model"):
         raise MiniGPTError(f"{out_dir} holds {what}; choose another --out")
+
+
+def prepared_as(out_dir: Path, settings: dict | None) -> dict | None:
+    """The index of the corpus prepared in out_dir with these settings (the same command run
+    again: nothing to do); None where none is; a corpus prepared otherwise is refused."""
+    if not is_prepared(out_dir):
+        return None
+    try:
+        index = json.loads((out_dir / INDEX).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        index = None
+    was = index.get("settings") if isinstance(index, dict) else None  # (an older one: none)
+    if settings is not None and was == settings:
+        return index
+    why = (f" of other sources or settings ({changed(was, settings)})"
+           if settings is not None and was is not None else "")
+    raise MiniGPTError(f"{out_dir} already holds a prepared corpus{why}; choose another --out "
+                       f"or delete it first")
 
 
 def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
@@ -423,12 +460,13 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
         raise MiniGPTError(f"tokenizer must be char or bpe, got {tokenizer!r}")
     for name, value in (("shard_tokens", shard_tokens), ("chunk_chars", chunk_chars)):
         if not value > 0:
-            raise MiniGPTError(f"{name} must be positive, got {value}")
-    if not 0 < val_fraction < 1:
-        raise MiniGPTError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+            raise MiniGPTError(f"'{name}' must be positive, got {value}")
+    if not 0 < val_fraction < 1:  # (as train says these)
+        raise MiniGPTError(f"'val_fraction' must be in (0, 1), got {val_fraction}")
     if tokenizer == "bpe":  # checked before the scan, which can take minutes
         check_bpe_vocab(vocab_size)
-    check_out_folder(out_dir)
+    if (what := folder_holds(out_dir)) in ("a training run", "a comparison", "an exported model"):
+        raise MiniGPTError(f"{out_dir} holds {what}; choose another --out")
     if file := file_on_path(out_dir):  # before the scan, which can take minutes
         where = "" if file == out_dir else f": {file}"
         raise MiniGPTError(f"--out {out_dir}{where} is a file, not a folder")
@@ -444,6 +482,8 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
                 "vocab_size": vocab_size if tokenizer == "bpe" else None,
                 "val_fraction": val_fraction, "shard_tokens": shard_tokens,
                 "chunk_chars": chunk_chars}
+    if index := prepared_as(out_dir, settings):
+        return index
     continuing = (out_dir / PROGRESS).exists()  # an unfinished prepare's
     try:
         state = json.loads((out_dir / PROGRESS).read_text(encoding="utf-8")) if continuing else {}
@@ -492,6 +532,7 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
             "shards": shards, "val_fraction": val_fraction, "chars": state["chars"],
             "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size, "file": TOKENIZER},
             "sources": source.describe(), "shard_tokens": shard_tokens, "chunk_chars": chunk_chars,
+            "settings": settings,  # (the same command again finds nothing to do)
         }
         atomic_write_text(out_dir / INDEX, json.dumps(index, indent=1) + "\n")
         (out_dir / PROGRESS).unlink()
