@@ -261,9 +261,28 @@ def test_a_shape_too_big_for_memory_is_not_timed_and_never_recommended(monkeypat
 
 
 def test_a_time_budget_alone_is_said_as_a_duration(capsys, monkeypatch):
-    monkeypatch.setattr(planning, "plan", lambda cfg, resident: [shape(10_000)])
+    monkeypatch.setattr(planning, "plan", lambda cfg, resident, longest: [shape(10_000)])
     r = in_process(capsys, "plan", "--time-budget", "10000d", "--dtype", "float32")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("planning 10,000.0 days: vocab 65,")
     r = in_process(capsys, "plan", "--time-budget", "0.001", "--dtype", "float32")
     assert r.stdout.startswith("planning 0.001 s: vocab 65,")
+
+
+def test_a_shape_whose_step_outlasts_the_time_budget_is_not_timed(capsys, monkeypatch):
+    """plan --time-budget 0.001 timed every shape up to 2 s a step before it said that not
+    one step fits: a step longer than the whole budget is estimated, as a slower one is."""
+    timed = []
+
+    def time_step(shaped, steps=2):  # a machine of 1 GFLOP/s: every step above 1 ms
+        timed.append(shaped.model.n_layer)
+        return train_flops_per_token(shaped.model) * 2 * 16 / 1e9, torch.float32
+
+    monkeypatch.setattr(planning, "time_step", time_step)
+    flags = ["--batch-size", "2", "--block-size", "16", "--dtype", "float32"]
+    r = in_process(capsys, "plan", "--time-budget", "0.001", *flags)
+    assert r.returncode == 0, r.stderr
+    assert timed == [planning.LADDER[0][0]] and "not one step of any shape fits" in r.stdout
+    timed.clear()  # (a budget of tokens alone: timed up to MAX_STEP_S)
+    assert in_process(capsys, "plan", "--tokens", "1e6", *flags).returncode == 0
+    assert len(timed) > 1

@@ -601,7 +601,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
     from minigpt.data import load_corpus
     from minigpt.environment import resolve_device
-    from minigpt.plan import format_duration, format_plan, plan
+    from minigpt.plan import MAX_STEP_S, format_duration, format_plan, plan
     from minigpt.schedule import grows
 
     cfg = resolve_config(args.preset or "seed", args.config, settings_given(args), SECTIONS)
@@ -636,7 +636,8 @@ def cmd_plan(args: argparse.Namespace) -> None:
           + f" (timed at full size: the run's first {t.ramp:.0%}, growing from "
             f"{' and '.join(growing)}, is slower a token)" * bool(growing)
           + "; timing each shape on this CPU...", flush=True)
-    shapes = plan(cfg, psutil.Process().memory_info().rss)
+    longest = min(MAX_STEP_S, seconds or MAX_STEP_S)  # a step beyond the budget: not timed
+    shapes = plan(cfg, psutil.Process().memory_info().rss, longest)
     print(format_plan(shapes, args.tokens, seconds))
 
 

@@ -92,7 +92,10 @@ def time_step(cfg: RunConfig, steps: int = 2) -> tuple[float, torch.dtype]:
     return min(timed_steps(model, optimizer, batches, steps, cfg.train.grad_clip, micro)), dtype
 
 
-def plan(cfg: RunConfig, resident: int = 0, max_step_s: float = 2.0) -> list[Shape]:
+MAX_STEP_S = 2.0  # the longest step plan times: a larger shape's is estimated from it
+
+
+def plan(cfg: RunConfig, resident: int = 0, max_step_s: float = MAX_STEP_S) -> list[Shape]:
     """Every shape of the LADDER under the run's recipe, small to large, each timed here
     unless the seconds per FLOP of the largest shape timed so far put its step above
     `max_step_s`, or its peak memory (in the dtype of the last shape timed) is more than the
