@@ -24,6 +24,7 @@ from minigpt.checkpoint import load_model
 from minigpt.cli import main
 from minigpt.corpus import (
     changed,
+    comparable,
     find_sources,
     is_prepared,
     open_prepared,
@@ -279,12 +280,31 @@ def interrupt_at(monkeypatch, kind, call):
     monkeypatch.setattr(TOKENIZERS[kind], "encode_array", failing)
 
 
+def test_settings_compare_as_absolute_normal_paths(tmp_path, monkeypatch):
+    """A prepare's settings as an earlier minigpt recorded them (relative paths, the dataset's
+    name as typed) and as another spelling gives them are one prepare's."""
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "docs.jsonl").write_text("{}\n")
+    monkeypatch.chdir(tmp_path)
+    typed = {"format": "f", "sources": "books", "files": [["books/a.txt", 3, 4]],
+             "tokenizer": "char"}
+    spelt = {"format": "f", "sources": str(tmp_path / "x" / ".." / "books"),
+             "files": [["./books/../books/a.txt", 3, 4]], "tokenizer": "char"}
+    assert comparable(typed) == comparable(spelt) != comparable({**typed, "sources": "b"})
+    assert comparable(typed)["files"] == [[str(tmp_path / "books" / "a.txt"), 3, 4]]
+    local = {"sources": {"dataset": "ds/docs.jsonl", "files": ["ds/docs.jsonl"]}}
+    assert comparable(local) == comparable({"sources": {"dataset": "./ds/docs.jsonl",
+                                                        "files": ["./ds/docs.jsonl"]}})
+    hub = {"sources": {"dataset": "user/stories", "files": []}}  # a name, not a path
+    assert comparable(hub) == hub
+
+
 def test_what_changed_since_a_prepare_began_is_named():
     was = {"format": 1, "sources": "books", "tokenizer": "bpe",
            "files": [["a.txt", 10, 1], ["b.txt", 20, 2]]}
-    assert changed(was, {**was, "files": was["files"][:1]}) == "files gone since it began"
+    assert changed(was, {**was, "files": was["files"][:1]}) == "files gone"
     assert changed(was, {**was, "files": [*was["files"], ["c.txt", 1, 3]]}) == (
-        "c.txt is new or changed since it began")
+        "c.txt is new or has changed")
     assert changed(was, {**was, "tokenizer": "char"}) == "tokenizer was 'bpe', now 'char'"
     assert changed(was, {**was, "sources": "texts", "files": []}) == (  # (not its files)
         "sources was 'books', now 'texts'")
@@ -292,7 +312,7 @@ def test_what_changed_since_a_prepare_began_is_named():
     assert changed(data, {**data, "sources": {**data["sources"], "field": "body"}}) == (
         "field was 'text', now 'body'")  # (a dataset's field: not its whole description)
     assert changed(data, {**data, "sources": {**data["sources"], "files": ["a", "b"]}}) == (
-        "b is new or changed since it began")
+        "b is new or has changed")
     assert changed(data, {**data, "sources": {**data["sources"], "dataset": "e",
                                               "files": ["b"]}}) == "dataset was 'd', now 'e'"
     for odd in ([1, 2], {**was, "foo": None}, {"x": 1}):  # (a progress.json edited by hand)
@@ -338,7 +358,7 @@ def test_an_interrupted_prepare_continues_to_the_same_shards(corpus, tmp_path, m
     touched = files[1] if source == "files" else src.files[0]  # (the dataset's file)
     stamp = touched.stat()  # the same bytes, but nothing says so without another scan
     os.utime(touched, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))
-    with pytest.raises(MiniGPTError, match=re.escape(f"({touched} is new or changed since")):
+    with pytest.raises(MiniGPTError, match=re.escape(f"({touched} is new or has changed)")):
         prepare(src, out, **settings)
     os.utime(touched, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
     index = prepare(src, out, **settings)
@@ -564,6 +584,9 @@ def test_an_existing_corpus_is_not_overwritten(small_text, tmp_path, capsys, mon
                        "--no-progress")
     assert again.returncode == 0, again.stderr
     assert f"in {done}: already, with these settings: nothing to do" in again.stdout
+    spelt = f"../{small_text.parent.name}/./{small_text.name}"  # (the same file)
+    assert in_process(capsys, "prepare", "--text", spelt, "--out", str(done),
+                      "--no-progress").returncode == 0
     line = one_line_error(capsys, ["prepare", "--text", str(small_text), "--out", str(done),
                                    "--tokenizer", "bpe", "--no-progress"])
     assert "already holds a prepared corpus of other sources or settings (tokenizer was " \
@@ -572,6 +595,10 @@ def test_an_existing_corpus_is_not_overwritten(small_text, tmp_path, capsys, mon
                                    "1", "--out", str(done)])  # (it overwrote tokenizer.json)
     assert f"{done} holds a prepared corpus; choose another --out" in line
     assert {p.name: p.stat().st_mtime_ns for p in done.iterdir()} == before
+    (done / "val-00000.bin").unlink()  # damaged: not "nothing to do"
+    line = one_line_error(capsys, ["prepare", "--text", str(small_text), "--out", str(done),
+                                   "--no-progress"])
+    assert "val-00000.bin is missing or truncated" in line and "prepare the corpus again" in line
 
 
 @pytest.mark.parametrize("finished, said", [(True, "already holds a prepared corpus"),
@@ -607,10 +634,17 @@ def test_a_folder_minigpt_made_among_the_sources_is_left_out(small_text, tmp_pat
     shutil.copy(small_text, src / "a.txt")
     first = prepare(str(src), src / "prep", progress=False)
     shutil.copytree(src / "prep", src / "runs" / "r" / "checkpoints")  # (as a run holds them)
+    (src / "runs" / "r" / "config.json").write_text('{"config": {}}')  # (and its settings)
+    mine = src / "notes"  # a user's folder, with names minigpt uses but not minigpt's files
+    (mine / "checkpoints").mkdir(parents=True)
+    (mine / "checkpoints" / "b.txt").write_text("the second draft\n")
+    (mine / "index.json").write_text('["chapter one", "chapter two"]\n')
     for spec in (str(src), str(src / "**")):
         again = prepare(spec, tmp_path / f"again-{len(spec)}", progress=False)
-        assert again["tokens"] == first["tokens"] and again["sources"]["files"] == [
-            str(src / "a.txt")]
+        assert again["sources"]["files"] == [str(src / "a.txt"), str(mine / "checkpoints" /
+                                             "b.txt"), str(mine / "index.json")]
+        assert again["tokens"] == first["tokens"] + len("the second draft\n") + len(
+            '["chapter one", "chapter two"]\n')
     assert f"left out {src / 'prep'}: it holds a prepared corpus, not text" in caplog.text
     assert f"left out {src / 'runs' / 'r'}: it holds a training run, not text" in caplog.text
     with pytest.raises(MiniGPTError, match="prep holds a prepared corpus, not text: give the "

@@ -111,7 +111,7 @@ def find_sources(sources: str, exclude: Path | None = None) -> list[Path]:
     elif path.exists() and not path.is_dir():  # a FIFO, a device
         raise MiniGPTError(f"{sources} is not a regular file; copy the text into one")
     elif path.is_dir():
-        files = without_made_folders(path, visible_files(path, path.rglob("*")))
+        root, files = path, visible_files(path, path.rglob("*"))
     else:
         parts = path.parts  # the pattern below the folder its first wildcard is in
         fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
@@ -119,9 +119,8 @@ def find_sources(sources: str, exclude: Path | None = None) -> list[Path]:
         below = tuple(part if part == "**" else re.sub(r"\*{2,}", "*", part)  # ('**.txt':
                       for part in parts[fixed:])  # '*.txt', as glob's; Path.glob refuses it)
         below += ("*",) if below and below[-1] == "**" else ()  # (as glob's 'books/**')
-        files = without_made_folders(root, visible_files(
-            root, root.glob(str(Path(*below))) if below else [],
-            hidden=any(is_hidden(part) for part in below)))
+        files = visible_files(root, root.glob(str(Path(*below))) if below else [],
+                              hidden=any(is_hidden(part) for part in below))
     if exclude is not None:
         kept = [p for p in files if not p.resolve().is_relative_to(exclude.resolve())]
         if files and not kept:
@@ -129,6 +128,8 @@ def find_sources(sources: str, exclude: Path | None = None) -> list[Path]:
                                f"folder {exclude}, which prepare leaves out; choose an --out "
                                f"outside them")
         files = kept
+    if not path.is_file():  # a folder's or a glob's: less what minigpt made among them
+        files = without_made_folders(root, files)
     if not files and path.is_dir():
         raise MiniGPTError(f"the folder {sources} holds no files (hidden ones left out)")
     if not files:
@@ -147,19 +148,40 @@ def find_sources(sources: str, exclude: Path | None = None) -> list[Path]:
 def without_made_folders(root: Path, files: list[Path]) -> list[Path]:
     """files (paths under root), less those in a folder under root that minigpt made (an
     earlier prepare's shards, a run's checkpoints), each such folder named in a warning."""
-    if what := folder_holds(root):
+    if what := made_by_minigpt(root):
         raise MiniGPTError(f"{root} holds {what}, not text: give the text it was made from")
 
     @functools.cache
     def made(folder: Path) -> Path | None:  # the first folder minigpt made, root down to this
         if folder != root and (above := made(folder.parent)):
             return above
-        return folder if folder_holds(folder) else None
+        return folder if made_by_minigpt(folder) else None
 
     for folder in sorted({made(p.parent) for p in files} - {None}):
         logging.getLogger("minigpt").warning(f"left out {folder}: it holds "
-                                             f"{folder_holds(folder)}, not text")
+                                             f"{made_by_minigpt(folder)}, not text")
     return [p for p in files if made(p.parent) is None]
+
+
+# what minigpt writes in each kind of folder it makes (files.MADE's names), and a key of it
+RECORDS = {"a prepared corpus": ("index.json", "shards"),
+           "an unfinished prepare": ("progress.json", "settings"),
+           "a training run": ("config.json", "config"), "a comparison": ("variants.json", None)}
+
+
+def made_by_minigpt(folder: Path) -> str | None:
+    """What minigpt made in folder, by the contents of its record there (folder_holds goes by
+    names alone: a user's folder of text may have a `checkpoints` folder or an index.json)."""
+    what = folder_holds(folder)
+    if what in RECORDS:
+        name, key = RECORDS[what]
+        try:
+            record = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or (key is not None and key not in record):
+            return None
+    return what
 
 
 def visible_files(root: Path, found: Iterable[Path], hidden: bool = False) -> list[Path]:
@@ -175,11 +197,34 @@ def is_hidden(name: str) -> bool:
 
 def file_stamps(files: list[Path]) -> list[list]:
     """Each file's path, size and modification time: a changed file, another prepare."""
-    return [[str(p.absolute()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def comparable(settings):
+    """A prepare's settings with every path absolute and normal (no `..` or `./`), so that
+    the same command from another folder, or with its paths spelt another way, compares
+    equal; so does one of settings recorded with relative paths, from the folder it ran in."""
+    if not isinstance(settings, dict):
+        return settings
+
+    def absolute(path):
+        return os.path.abspath(Path(path).expanduser()) if isinstance(path, str) else path
+
+    out = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):  # a dataset's description
+            value = comparable(value)
+        elif key == "sources" or (key == "dataset" and Path(str(value)).expanduser().exists()):
+            value = absolute(value)  # (a dataset's name, unless it is a local path)
+        elif key == "files" and isinstance(value, list):  # [path, size, time], or a path
+            value = [[absolute(v[0]), *v[1:]] if isinstance(v, list) and v else absolute(v)
+                     for v in value]
+        out[key] = value
+    return out
 
 
 def changed(was, now: dict) -> str:
-    """What differs between an unfinished prepare's settings and a command's, in words: the
+    """What differs between a prepare's settings (`comparable`) and a command's, in words: the
     sources, the first file whose size or modification time is not as it was, or the first
     setting (of a dataset's: its field, split or config)."""
     if not isinstance(was, dict) or "format" not in was:
@@ -194,9 +239,9 @@ def changed(was, now: dict) -> str:
     if key == "files" and isinstance(a, list) and isinstance(b, list):
         new = [stamp for stamp in b if stamp not in a]  # ([path, size, time], or a path)
         if not new:
-            return "files gone since it began"
+            return "files gone"
         path = new[0][0] if isinstance(new[0], list) else new[0]
-        return f"{path} is new or changed since it began"
+        return f"{path} is new or has changed"
     return f"{key} was {a!r}, now {b!r}" if key else "its progress.json is not minigpt's"
 
 
@@ -269,8 +314,7 @@ class Files:
 
     def settings(self) -> dict:
         """What, changed, makes an unfinished prepare of these files another prepare."""
-        return {"sources": os.path.abspath(Path(self.spec).expanduser()),  # (from any folder,
-                "files": file_stamps(self.files)}  # however spelt, the same command)
+        return {"sources": self.spec, "files": file_stamps(self.files)}
 
     def describe(self) -> dict:
         """The index's `sources`."""
@@ -420,30 +464,27 @@ def encode_shards(source, tok: AnyTokenizer, out_dir: Path, state: dict,
         writer.discard()
 
 
-def check_out_folder(out_dir: Path) -> None:
+def check_out_folder(out_dir: Path, settings: dict | None = None) -> dict | None:
     """A prepare's folder may be new, or hold an unfinished prepare, but nothing else minigpt
-    makes (a prepared corpus: `prepared_as`)."""
-    prepared_as(out_dir, None)
+    makes; or a corpus prepared there with these settings, whose index this returns (the same
+    command run again: nothing to do), once its shards are checked."""
+    if is_prepared(out_dir):
+        try:
+            index = json.loads((out_dir / INDEX).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            index = None
+        was = comparable(index.get("settings")) if isinstance(index, dict) else None
+        if settings is not None and was == settings:
+            for split in SPLITS:  # (a shard missing or damaged: one line, prepare again)
+                ShardedTokens.open(out_dir, index["shards"][split], np.dtype(index["dtype"]))
+            return index
+        why = (f" of other sources or settings ({changed(was, settings)})"
+               if settings is not None and was is not None else "")  # (an older index: none)
+        raise MiniGPTError(f"{out_dir} already holds a prepared corpus{why}; choose another "
+                           f"--out or delete it first")
     if (what := folder_holds(out_dir)) in ("a training run", "a comparison", "an exported model"):
         raise MiniGPTError(f"{out_dir} holds {what}; choose another --out")
-
-
-def prepared_as(out_dir: Path, settings: dict | None) -> dict | None:
-    """The index of the corpus prepared in out_dir with these settings (the same command run
-    again: nothing to do); None where none is; a corpus prepared otherwise is refused."""
-    if not is_prepared(out_dir):
-        return None
-    try:
-        index = json.loads((out_dir / INDEX).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        index = None
-    was = index.get("settings") if isinstance(index, dict) else None  # (an older one: none)
-    if settings is not None and was == settings:
-        return index
-    why = (f" of other sources or settings ({changed(was, settings)})"
-           if settings is not None and was is not None else "")
-    raise MiniGPTError(f"{out_dir} already holds a prepared corpus{why}; choose another --out "
-                       f"or delete it first")
+    return None
 
 
 def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
@@ -465,8 +506,6 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
         raise MiniGPTError(f"'val_fraction' must be in (0, 1), got {val_fraction}")
     if tokenizer == "bpe":  # checked before the scan, which can take minutes
         check_bpe_vocab(vocab_size)
-    if (what := folder_holds(out_dir)) in ("a training run", "a comparison", "an exported model"):
-        raise MiniGPTError(f"{out_dir} holds {what}; choose another --out")
     if file := file_on_path(out_dir):  # before the scan, which can take minutes
         where = "" if file == out_dir else f": {file}"
         raise MiniGPTError(f"--out {out_dir}{where} is a file, not a folder")
@@ -478,18 +517,18 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
         raise MiniGPTError(f"sources must be a file, a folder or a glob (one str or Path; a "
                            f"folder or glob for several files), or a Records, got "
                            f"{type(sources).__name__}")
-    settings = {"format": FORMAT, **source.settings(), "tokenizer": tokenizer,
-                "vocab_size": vocab_size if tokenizer == "bpe" else None,
-                "val_fraction": val_fraction, "shard_tokens": shard_tokens,
-                "chunk_chars": chunk_chars}
-    if index := prepared_as(out_dir, settings):
+    settings = comparable({"format": FORMAT, **source.settings(), "tokenizer": tokenizer,
+                           "vocab_size": vocab_size if tokenizer == "bpe" else None,
+                           "val_fraction": val_fraction, "shard_tokens": shard_tokens,
+                           "chunk_chars": chunk_chars})
+    if index := check_out_folder(out_dir, settings):
         return index
     continuing = (out_dir / PROGRESS).exists()  # an unfinished prepare's
     try:
         state = json.loads((out_dir / PROGRESS).read_text(encoding="utf-8")) if continuing else {}
     except (OSError, ValueError):
         state = None  # (emptied, say: changed() calls it not minigpt's)
-    was = state.get("settings") if isinstance(state, dict) else state
+    was = comparable(state.get("settings")) if isinstance(state, dict) else state
     if continuing and was != settings:
         raise MiniGPTError(f"{out_dir} holds an unfinished prepare of other sources or settings "
                            f"({changed(was, settings)}): run that command again to continue "
@@ -512,7 +551,8 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
                  "shards": {split: [] for split in SPLITS}, "next": [0, 0]}
     created = not out_dir.exists()
     with lock_folder(out_dir):
-        check_out_folder(out_dir)  # again, held: another prepare may have finished there since,
+        if index := check_out_folder(out_dir, settings):  # again, held: another prepare may
+            return index  # have finished there since (this one's work, done),
         if (out_dir / PROGRESS).exists() != continuing:  # or started (and stopped) there
             raise MiniGPTError(f"another prepare wrote into {out_dir} while this one read its "
                                f"sources; choose another --out")
