@@ -199,6 +199,13 @@ BAD_INPUT = [
     (["sample", "--run", "x", "--tokens", "5"], "(--tokens belongs to other commands; did you "
                                                 "mean --max-new-tokens?) (see"),
     (["sample", "--run", "x", "--length", "5"], "arguments: --length 5 (see minigpt sample"),
+    (["train", "--val", "0.1"], "(did you mean --val-fraction?)"),  # not --value-embeds
+    (["train", "--grad", "1"], "(did you mean --grad-accum or --grad-clip?)"),
+    (["autograd", "--batch", "2"], "arguments: --batch 2 (see"),  # not --at (the dashes)
+    (["graph", "--temp", "1"], "arguments: --temp 1 (see"),  # not --help
+    (["attention", "--run", "x", "--prompt", "hi"], "(--prompt belongs to other commands; "
+                                                    "did you mean --text?)"),
+    (["train", "--version"], "(--version goes before the command: minigpt --version)"),
     (["train", "--preset", "sede"], "did you mean 'seed'"),
     (["train", "--config", "{bad}/missing.toml"], "config file not found"),
     (["train", "--config", "{bad}"], "is a folder but not a run's (no config.json)"),  # (errno)

@@ -58,28 +58,15 @@ class Parser(argparse.ArgumentParser):
         commands = self.commands()
         command = next((w for w in getattr(self, "words", []) if w in commands), None)
         if message.startswith("unrecognized arguments:"):
-            own = [o for a in (commands[command] if command else self)._actions
-                   for o in a.option_strings]  # suggestions come from the command's own flags
-            elsewhere = {o for p in [self, *commands.values()] for a in p._actions
-                         for o in a.option_strings} - set(own)
+            flags = {name: [o for a in p._actions for o in a.option_strings]
+                     for name, p in [(None, self), *commands.items()]}
             words = message.split(":", 1)[1].split()
             given = getattr(self, "words", [])
             before = given[given.index(words[0]) - 1] if words and words[0] in given else ""
             if all(map(os.path.exists, [before, *words])):  # --text books/*.txt, unquoted
                 message += " (files the shell found for a pattern? quote it: 'books/*.txt')"
-                words = []
-            word = words[0] if words else ""  # the first names the mistake (the rest: values)
-            flag = word.split("=")[0]
-            like = [o for o in own if len(flag) > 3 and o.startswith(flag)]  # --temp
-            if flag in elsewhere:  # spelt right, given to a command that does not take it
-                name = flag.lstrip("-")  # sample --tokens: --max-new-tokens
-                like = [o for o in own if len(name) > 2 and name in o]
-                message += f" ({flag} belongs to other commands" + (
-                    f"; did you mean {like[0]}?)" if like else ")")
-            elif close := like or difflib.get_close_matches(flag, own, n=1):
-                message += f" (did you mean {close[0]}?)"
-            elif word and not word.startswith("-"):  # minigpt sample runs/x: a bare value
-                message += " (each value goes after its flag)"
+            elif words and (hint := flag_hint(words[0], command, flags)):  # (the first word
+                message += f" ({hint})"  # names the mistake; the rest are values)
         if message.endswith("expected one argument"):  # --clip -1,0: its value read as a flag
             given = getattr(self, "words", [])
             names = message.split()[1].rstrip(":").split("/")  # (argument -o/--out:)
@@ -90,6 +77,31 @@ class Parser(argparse.ArgumentParser):
                 message += f" (a value that begins with '-' goes after '=': {given[at]}={value})"
         prog = commands[command].prog if command else self.prog
         raise MiniGPTError(f"{message} (see {prog} --help)")
+
+
+# a flag of one command that another spells its own way: (command, flag) -> the command's
+ALSO_CALLED = {("sample", "--tokens"): "--max-new-tokens", ("sample", "--text"): "--prompt",
+               ("attention", "--prompt"): "--text"}
+
+
+def flag_hint(word: str, command: str | None, flags: dict[str | None, list[str]]) -> str:
+    """A hint for a word a command does not take: the flag of its own it most likely means
+    (a prefix at a hyphen first, then any prefix, then a close spelling; -h never), or where
+    the flag belongs; `flags`: each command's (None: minigpt's own, before any command)."""
+    flag, own = word.split("=")[0], [o for o in flags[command] if o not in ("-h", "--help")]
+    if command and flag in flags[None]:
+        return f"{flag} goes before the command: minigpt {flag}"
+    if any(flag in theirs for theirs in flags.values()):  # spelt right, for another command
+        same = ALSO_CALLED.get((command, flag))
+        return f"{flag} belongs to other commands" + f"; did you mean {same}?" * bool(same)
+    like = ([o for o in own if len(flag) > 3 and o.startswith(flag + "-")]  # --val: not
+            or [o for o in own if len(flag) > 3 and o.startswith(flag)]  # --value-embeds
+            or ["--" + o for o in difflib.get_close_matches(  # (the names, without the dashes
+                flag.lstrip("-"), [o[2:] for o in own if o.startswith("--")], n=1,
+                cutoff=0.7)])  # they share)
+    if like:
+        return f"did you mean {' or '.join(like[:3])}?"
+    return "each value goes after its flag" if not word.startswith("-") else ""
 
 
 METAVARS = {int: "N", float: "X", str: "TEXT"}
