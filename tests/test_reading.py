@@ -662,3 +662,54 @@ def test_the_margin_is_two_hundredths_of_a_nat_at_least():
 def test_a_reading_called_with_the_wrong_things_says_what_it_takes(call, message):
     with pytest.raises(MiniGPTError, match=message):  # (not a KeyError or TypeError inside)
         call()
+
+
+
+def cosine_run(best_at_end: bool, decay: bool = True):
+    """A short run whose training loss falls to 2.4 by step 120 and stays there as a cosine
+    schedule decays to zero (or, decay=False, at a constant rate); validation improving to the
+    last evaluation, or best at step 100."""
+    rows = []
+    for s in range(0, 200, 5):
+        lr = 1e-2 * (0.5 * (1 + math.cos(math.pi * s / 199)) if decay else 1.0)
+        row = {"step": s, "train_loss": max(2.4, 4.2 - 0.015 * s), "lr": lr}
+        if s % 25 == 0 or s == 195:
+            row["val_loss"] = 2.6 - 0.001 * s if best_at_end else 2.6 + 0.001 * abs(s - 100)
+        rows.append(row)
+    return rows
+
+
+def test_a_plateau_as_the_learning_rate_decays_is_the_schedule_settling_a_short_run():
+    """A flat end while the cosine schedule decays, validation still improving: it had said
+    'more steps of the same buy little' of a run that a longer schedule takes lower."""
+    facts = Facts(vocab_size=65, total_steps=200, lr=1e-2)
+    found = only(cosine_run(best_at_end=True), "plateau, settling", facts)
+    rate = 0.5 * (1 + math.cos(math.pi * found.step / 199))
+    assert rate < reading.SETTLING_LR and f"(to {rate:.0%} of its peak there)" in found.message
+    assert "its best at step 195); a longer run (more --steps) would go lower" in found.message
+    assert "plateau" not in kinds(cosine_run(best_at_end=True), facts)
+    legend = plot_loss(cosine_run(True), findings=[found]).axes[0].get_legend().get_texts()
+    assert "flat as the rate decays" in {t.get_text() for t in legend}
+    # validation best before the end, or a rate that never decayed: the model at its limit
+    assert only(cosine_run(best_at_end=False), "plateau", facts).step == found.step
+    assert only(cosine_run(True, decay=False), "plateau", facts).step == found.step
+
+
+def test_a_loss_that_rises_in_the_first_tenth_blew_up_at_the_start():
+    """It read 'not yet the lesson's shape: only -315% of the drop came in the first
+    tenth ... the rest later' of a run whose learning rate threw the loss up at the start."""
+    rows = [{"step": s, "train_loss": 4.2 + 3.0 * (0 < s <= 100) - 2.0 * (s > 100) * min(
+        1, (s - 100) / 300), "lr": 0.3} for s in range(0, 1000, 10)]
+    found = only(rows, "shape, blew up", Facts(vocab_size=65))
+    assert "its running median 7.20 by step 100, from 4.20 at step 0) before it fell (to " \
+           "2.20)" in found.message and "lower the peak learning rate (--lr)" in found.message
+    assert not {"shape", "shape, not yet"} & set(kinds(rows, Facts(vocab_size=65)))
+    legend = plot_loss(rows, findings=[found]).axes[0].get_legend().get_texts()
+    assert "first tenth of the run" in {t.get_text() for t in legend}
+
+
+def test_a_spike_is_both_a_tenth_and_a_tenth_of_a_nat_above_the_median():
+    """At a loss of 0.4, batch noise of 0.08 nats is 20 %: it read as three spikes."""
+    assert reading.spike_steps(list(enumerate([0.4] * 5 + [0.48]))) == []
+    assert reading.spike_steps(list(enumerate([0.4] * 5 + [0.52]))) == [5]
+    assert reading.spike_steps(list(enumerate([3.0] * 5 + [3.31]))) == [5]  # 10 %: 0.3 nats

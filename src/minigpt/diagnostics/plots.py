@@ -100,12 +100,14 @@ def annotate(ax, rows: list[dict], findings: list[Finding]) -> None:
         elif f.kind == "overfitting":
             ax.axvspan(f.step, f.end, color="C3", alpha=0.08,
                        label="validation stops following train")
-        elif f.kind == "plateau":
-            ax.axvspan(f.step, f.end, color="0.5", alpha=0.12, label="plateau")
+        elif f.kind in ("plateau", "plateau, settling"):
+            ax.axvspan(f.step, f.end, color="0.5", alpha=0.12,
+                       label="plateau" if f.kind == "plateau" else "flat as the rate decays")
         elif f.kind == "rising":
             ax.axvspan(f.step, f.end, color="C3", alpha=0.12, label="loss rising")
-        elif f.kind in ("shape", "shape, not yet"):
-            ax.axvspan(0, f.step, color="C2", alpha=0.06, label="first tenth of the run")
+        elif f.kind in ("shape", "shape, not yet", "shape, blew up"):
+            ax.axvspan(0, f.step, color="C3" if f.kind == "shape, blew up" else "C2",
+                       alpha=0.06, label="first tenth of the run")
 
 
 def plot_lr(rows: list[dict], path: str | Path | None = None, train: TrainConfig | None = None):

@@ -30,13 +30,15 @@ from minigpt.evaluate import INITIAL_LOSS_TOLERANCE
 from minigpt.files import as_path, read_jsonl
 from minigpt.run import TrainState
 
-SPIKE_RISE = 0.10  # a spike: train loss 10 % above the median of the rows before it
+SPIKE_RISE = 0.10  # a spike: train loss 10 % above the median of the rows before it,
+SPIKE_NATS = 0.10  # and at least this far above it (at a loss of 0.4, 10 % is batch noise)
 SPIKE_WINDOW = 5  # rows in that median (fewer at the start: from the second row on)
 DIVERGE_RISE = 0.10  # diverging: the smoothed train loss ends 10 % above its lowest
 SLOW_WARMUP = 0.5  # warmup past this share of a time budget leaves the decay too little
 SMOOTH = 5  # rows in the running median that overfitting and plateaus read
 PLATEAU_NATS = 0.05  # a plateau: the smoothed train loss stays within this band ...
 PLATEAU_SHARE = 0.25  # ... for at least this share of the run, up to its end
+SETTLING_LR = 0.5  # a plateau begun below this share of the peak rate: the schedule settling
 MARGIN_NATS, MARGIN_SHARE = 0.02, 0.01  # a rise or fall: more than max(nats, share * loss)
 CLIPPED_MOSTLY = 0.5  # clipping on more than half of the steps is the learning rate's doing
 EARLY_SHARE = 0.10  # the lesson's "first few percent": the first tenth of the run
@@ -93,9 +95,19 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
                "step {step:,}, the last {share:.0%} of the run: more steps of the same buy "
                "little; a higher learning rate if that is high for this data, a bigger model "
                "or more data if not",
+    "plateau, settling": "the training loss has stayed near {loss:.2f} (within {band:g} nats) "
+                         "since step {step:,}, the last {share:.0%} of the run, as the "
+                         "learning rate decayed (to {rate:.0%} of its peak there): the schedule "
+                         "settling the weights, not the model at its limit, for validation was "
+                         "still improving at the end (its best at step {best:,}); a longer run "
+                         "(more --steps) would go lower",
     "shape": "the lesson's shape: from {loss0:.2f} at step 0, {share:.0%} of the whole drop "
              "came in the first tenth of the run (its running median to {loss1:.2f} by step "
              "{step:,}), the rest slowly (to {loss2:.2f}{lowest})",
+    "shape, blew up": "the loss rose in the first tenth of the run (its running median "
+                      "{loss1:.2f} by step {step:,}, from {loss0:.2f} at step 0) before it fell "
+                      "(to {loss2:.2f}{lowest}): a learning rate too high for the start; lower "
+                      "the peak learning rate (--lr) or lengthen warmup (--warmup-steps)",
     "shape, not yet": "not yet the lesson's shape: from {loss0:.2f} at step 0, only {share:.0%} "
                       "of the drop came in the first tenth of the run (its running median to "
                       "{loss1:.2f} by step {step:,}), the rest later (to {loss2:.2f}{lowest})",
@@ -294,13 +306,13 @@ def skipped_steps(rows: list[dict], facts: Facts) -> list[Finding]:
 
 
 def spike_steps(points: list[tuple[int, float]]) -> list[int]:
-    """Steps where the train loss jumps SPIKE_RISE above the median of the SPIKE_WINDOW rows
-    before it (fewer at the start, so that a short warmup's spikes are seen); a spike lasting
-    several rows counts once, at its first."""
+    """Steps where the train loss jumps SPIKE_RISE, and SPIKE_NATS, above the median of the
+    SPIKE_WINDOW rows before it (fewer at the start, so that a short warmup's spikes are
+    seen); a spike lasting several rows counts once, at its first."""
     spikes, inside = [], False
     for i in range(1, len(points)):
         base = statistics.median(v for _, v in points[max(0, i - SPIKE_WINDOW):i])
-        high = points[i][1] > base * (1 + SPIKE_RISE)
+        high = points[i][1] > max(base * (1 + SPIKE_RISE), base + SPIKE_NATS)
         if high and not inside:
             spikes.append(points[i][0])
         inside = high
@@ -336,7 +348,9 @@ def overfitting(rows: list[dict], facts: Facts) -> list[Finding]:
 
 def plateau(rows: list[dict], facts: Facts) -> list[Finding]:
     """The longest stretch up to the end where the smoothed train loss stays in a band of
-    PLATEAU_NATS, when it covers PLATEAU_SHARE of the run or more."""
+    PLATEAU_NATS, when it covers PLATEAU_SHARE of the run or more: the model at its limit,
+    unless it began with the learning rate decayed below SETTLING_LR of its peak while
+    validation improved to the end (the schedule settling a run too short)."""
     train = smoothed(train_points(rows))
     if len(train) < 2 * SMOOTH or diverging(train):  # a diverged run's high level: `rising`
         return []
@@ -352,7 +366,15 @@ def plateau(rows: list[dict], facts: Facts) -> list[Finding]:
     if share < PLATEAU_SHARE or len(train) - start < SMOOTH:
         return []
     level = statistics.median(v for _, v in train[start:])
-    return [finding("plateau", first, level, end=last, loss=level, band=PLATEAU_NATS, share=share)]
+    words = dict(end=last, loss=level, band=PLATEAU_NATS, share=share)
+    peak = facts.lr if facts.lr is not None else max(
+        (r["lr"] for r in rows if finite(r.get("lr"))), default=0.0)
+    there = next((r.get("lr") for r in rows if r["step"] == first), None)  # (one's own rows
+    rate = there / peak if finite(there) and peak > 0 else 1.0  # may log no rate)
+    best, evals = best_evaluation(rows, facts), evaluations(rows)
+    if rate < SETTLING_LR and best is not None and best[0] == evals[-1][0]:
+        return [finding("plateau, settling", first, level, rate=rate, best=best[0], **words)]
+    return [finding("plateau", first, level, **words)]
 
 
 def diverging(train: list[tuple[int, float]]) -> tuple[int, float] | None:
@@ -392,6 +414,8 @@ def shape(rows: list[dict], facts: Facts) -> list[Finding]:
         return []
     share = (loss0 - loss1) / (loss0 - low)  # at most 1: loss1 is never below the lowest
     kind = "shape" if share >= 0.5 else "shape, not yet"
+    if loss1 - loss0 > margin(loss0):  # up, not down, in the first tenth
+        kind = "shape, blew up"
     lowest = f"; its lowest {low:.2f}" if f"{low:.2f}" != f"{loss2:.2f}" else ""  # (the share's)
     return [finding(kind, step, loss1, loss0=loss0, loss1=loss1, loss2=loss2, share=share,
                     lowest=lowest)]
