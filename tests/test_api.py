@@ -178,12 +178,15 @@ def test_an_interrupted_or_repeated_train_says_how_to_go_on_in_python(small_text
     cfg, folder = tiny_config(small_text, steps=50, log_every=1), tmp_path / "run"
     with pytest.raises(TrainingStopped) as info:
         train(cfg, folder, probes=[SignalAt()], progress=False)
-    assert str(info.value) == (f"checkpoint saved after 4 steps; train(cfg, {str(folder)!r}, "
-                               f"resume=True) continues")
-    with pytest.raises(MiniGPTError, match=re.escape(f"(in Python: train(cfg, {str(folder)!r}, "
-                                                     f"resume=True))")):
+    # the call names the run's own settings, whatever a notebook's cfg holds by then
+    again = f"train(resume_config({str(folder)!r}), {str(folder)!r}, resume=True)"
+    assert str(info.value) == f"checkpoint saved after 4 steps; {again} continues"
+    with pytest.raises(MiniGPTError, match=re.escape(f"(in Python: {again})")):
         train(cfg, folder, progress=False)  # the cell run again
-    assert train(cfg, folder, resume=True, progress=False).summary["steps"] == 50
+    cfg.train.lr = 0.5  # (the cell's cfg, edited since)
+    assert eval(again.replace("resume=True", "resume=True, progress=False"),
+                {"train": train, "resume_config": resume_config}).summary["steps"] == 50
+    assert json.loads((folder / "config.json").read_text())["config"]["train"]["lr"] != 0.5
 
 
 @MAIN_THREAD_ONLY

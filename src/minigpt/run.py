@@ -54,6 +54,7 @@ from minigpt.files import (
 from minigpt.model import MiniGPT
 from minigpt.optim import make_optimizer
 from minigpt.schedule import batch_shape
+from minigpt.signals import continue_in_python
 from minigpt.tokenizer import AnyTokenizer, tokenizer_from_dict
 
 
@@ -274,8 +275,9 @@ def check_new_folder(folder: Path) -> None:
     if what and not stopped_before_a_checkpoint(folder):
         check_last_tag(folder)
         raise MiniGPTError(f"{folder} already holds a run: resume it with --resume "
-                           f"{shlex.quote(str(folder))} (in Python: train(cfg, {str(folder)!r}, "
-                           f"resume=True)), or choose another --out")
+                           f"{shlex.quote(str(folder))} (in Python: "
+                           f"{continue_in_python(folder)}), or choose another --out")
+
 
 
 @contextmanager

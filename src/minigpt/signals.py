@@ -51,9 +51,15 @@ class StopSignals:
         """What ends a run stopped after `steps`, its checkpoint saved: the exception, whose
         message is the call that continues it."""
         return TrainingStopped(self.signum, f"checkpoint saved after {count(steps, 'step')}; "
-                                            f"train(cfg, {str(folder)!r}, resume=True) continues",
+                                            f"{continue_in_python(folder)} continues",
                                folder, steps, processes)
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+
+def continue_in_python(folder: Path) -> str:
+    """The call that continues the run in folder with its own settings (a notebook's `cfg` may
+    have been edited, or be another cell's)."""
+    return f"train(resume_config({str(folder)!r}), {str(folder)!r}, resume=True)"
