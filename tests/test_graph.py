@@ -223,7 +223,8 @@ def test_drawing_the_graph_leaves_the_model_s_gradients_as_they_were(model):
     model(x, x)[1].backward()
     before = {n: p.grad.clone() for n, p in model.named_parameters()}
     dot = loss_graph_dot(model, VOCAB)
-    assert "|grad|" in dot  # (its own gradients, of another batch)
+    assert "|grad|" in dot  # (its own gradients, of another batch, which its title says)
+    assert "|grad|: of one batch of random token ids, not the run's text" in dot
     assert all(torch.equal(p.grad, before[n]) for n, p in model.named_parameters())
 
 

@@ -711,13 +711,14 @@ def test_a_stopped_compare_says_how_to_continue_the_comparison_only(small_text, 
     assert code == 130
     assert f"the same command with --out {tmp_path / 'c'} continues the comparison" in said
     assert "train --resume" not in said  # (the variant's own run said it too)
-    # in Python (a notebook's cell): the call that continues it is the same compare call
+    # in Python (a notebook's cell): the same compare call, in the same folder (a cell that
+    # names a new one each time it runs would start again: the folder is said)
     monkeypatch.setattr(comparing, "standard_probes", lambda cfg: [*probes(cfg), SignalAt(2)])
     with pytest.raises(TrainingStopped) as info:
         compare({"sgd": {"optimizer": "sgd"}}, tmp_path / "py", progress=False,
                 common={**TINY, "text": str(small_text), "steps": 10, "log_every": 1})
-    assert str(info.value) == ("sgd: checkpoint saved; the same compare call continues the "
-                               "comparison")
+    assert str(info.value) == (f"sgd: checkpoint saved; the same compare call, with out_dir="
+                               f"{str(tmp_path / 'py')!r}, continues the comparison")
 
 
 def test_resume_applies_changed_optimizer_settings_and_keeps_the_optimizer(good_run, tmp_path,

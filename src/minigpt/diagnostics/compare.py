@@ -153,7 +153,8 @@ def compare(variants: dict[str, dict], out_dir: str | Path, preset: str = "seed"
                                 progress=progress).summary
             except TrainingStopped as e:  # (not the variant's own train(..., resume=True))
                 raise TrainingStopped(e.signum, f"{name}: checkpoint saved; the same compare "
-                                                f"call continues the comparison", e.folder,
+                                                f"call, with out_dir={str(out_dir)!r}, "
+                                                f"continues the comparison", e.folder,
                                       e.steps, e.processes) from None
             except MiniGPTError as e:  # (its text not found, say): which variant's
                 raise MiniGPTError(f"variant {name}: {e}") from None

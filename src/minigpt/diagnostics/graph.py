@@ -349,7 +349,8 @@ def loss_graph_dot(model: nn.Module, vocab_size: int, depth: int = 0) -> str:
     nodes, edges = trace(loss, params)
     if depth:
         nodes, edges = collapse(nodes, edges, depth=depth)
-    title = f"loss -> embeddings ({'per module' if depth else 'every autograd node'})"
+    title = (f"loss -> embeddings ({'per module' if depth else 'every autograd node'}); "
+             f"|grad|: of one batch of random token ids, not the run's text")
     for p, grad in kept.items():
         p.grad = grad
     return to_dot(nodes, edges, norms, title=title)
