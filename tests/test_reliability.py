@@ -131,7 +131,7 @@ def test_signal_saves_and_resume_matches_an_uninterrupted_run(straight_160, tmp_
     assert proc.returncode == code, err
     assert f"minigpt train --resume {stopped}" in out + err
     step = load_checkpoint(stopped / "checkpoints", "last").meta["step"]
-    assert 40 <= step < 160
+    assert step == 41  # the step held when the signal came, finished
     assert f"stopped after {step} steps by {sig.name}; checkpoint saved" in out + err
 
     resumed = run_cli("train", "--resume", str(stopped), "--no-progress")
