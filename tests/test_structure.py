@@ -86,3 +86,14 @@ def test_importing_minigpt_does_no_work(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_dir_lists_each_public_name_once_and_no_helper():
+    """A name asked for is kept in the module's globals: dir() listed it twice after, and
+    listed importlib and WHERE, which are no part of the API."""
+    import minigpt
+
+    minigpt.MiniGPT  # noqa: B018 (asked once: now in globals() too)
+    names = dir(minigpt)
+    assert len(names) == len(set(names)) and set(minigpt.__all__) <= set(names)
+    assert not {"importlib", "WHERE"} & set(names) and "__version__" in names

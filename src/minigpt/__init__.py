@@ -48,4 +48,6 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *WHERE])
+    """The public names and the module's dunders, each once (a name already imported is in
+    globals() too), without this file's helpers (importlib, WHERE)."""
+    return sorted({*WHERE, *(name for name in globals() if name.startswith("__"))})

@@ -21,6 +21,12 @@ class TrainingStopped(Exception):
         self.signum, self.folder, self.steps, self.processes = signum, folder, steps, processes
 
 
+def continue_in_python(folder) -> str:
+    """The call that continues the run in folder with its own settings (a notebook's `cfg` may
+    have been edited, or be another cell's): a TrainingStopped's, and a refused new run's."""
+    return f"train(resume_config({str(folder)!r}), {str(folder)!r}, resume=True)"
+
+
 class Terminated(BaseException):
     """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt (outside training's loop, or a
     second signal inside it): it unwinds as Ctrl-C does, so that every temporary file is removed

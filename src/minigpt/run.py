@@ -42,7 +42,7 @@ from minigpt.clock import Clock
 from minigpt.config import RunConfig, read_config_file
 from minigpt.data import Batches, Splits, cache_dir, ensure_tinyshakespeare, load_corpus
 from minigpt.environment import describe, resolve_device
-from minigpt.errors import MiniGPTError
+from minigpt.errors import MiniGPTError, continue_in_python
 from minigpt.evaluate import target_bytes
 from minigpt.files import (
     atomic_write_text,
@@ -54,7 +54,6 @@ from minigpt.files import (
 from minigpt.model import MiniGPT
 from minigpt.optim import make_optimizer
 from minigpt.schedule import batch_shape
-from minigpt.signals import continue_in_python
 from minigpt.tokenizer import AnyTokenizer, tokenizer_from_dict
 
 

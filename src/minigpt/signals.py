@@ -9,7 +9,7 @@ from pathlib import Path
 
 from minigpt import distributed
 from minigpt.console import count
-from minigpt.errors import Terminated, TrainingStopped
+from minigpt.errors import Terminated, TrainingStopped, continue_in_python
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,3 @@ class StopSignals:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 
-
-def continue_in_python(folder: Path) -> str:
-    """The call that continues the run in folder with its own settings (a notebook's `cfg` may
-    have been edited, or be another cell's)."""
-    return f"train(resume_config({str(folder)!r}), {str(folder)!r}, resume=True)"
