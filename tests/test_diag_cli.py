@@ -13,6 +13,7 @@ from conftest import TINY_FLAGS, in_process, one_line_error, read_png, tiny_conf
 from minigpt import train
 from minigpt.cli import main
 from minigpt.console import visible
+from minigpt.diagnostics.plots import plot_run_curves
 from minigpt.diagnostics.probes import standard_probes
 from minigpt.diagnostics.report import attention_html, build_report, gradflow_html
 
@@ -110,6 +111,22 @@ def test_the_report_of_an_unfinished_run_says_where_it_stopped(cli_run, tmp_path
     step = json.loads((run / "checkpoints" / "last.json").read_text())["step"]
     assert (f"the run has not finished; its last checkpoint is of step {step}: minigpt train "
             f"--resume {run} continues it") in build_report(run)
+
+
+def test_the_report_draws_the_curves_again_from_the_rows(cli_run, tmp_path):
+    """The run's loss.png is drawn at its last evaluation: a run that a NaN stopped later
+    showed the curve without its last rows."""
+    run = tmp_path / "run"
+    shutil.copytree(cli_run[0], run)
+    drawn = (run / "loss.png").read_bytes()
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    with open(run / "metrics.jsonl", "a") as f:  # a row after the last drawing
+        f.write(json.dumps({**last, "step": last["step"] + 1, "train_loss": 9.0}) + "\n")
+    build_report(run)
+    redrawn = (run / "loss.png").read_bytes()
+    (run / "loss.png").unlink()
+    plot_run_curves(run)  # the oracle: the curves of the rows as they are now
+    assert redrawn != drawn and redrawn == (run / "loss.png").read_bytes()
 
 
 def test_report_shows_a_sample_s_controls_and_first_line_break(cli_run, tmp_path):

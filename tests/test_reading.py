@@ -182,6 +182,21 @@ def test_skipped_steps():
     assert "the first by step 200" in finding.message  # (a row counts the steps since the last)
 
 
+def test_a_run_that_stopped_on_a_nan_gradient_says_it_stopped():
+    """With --skip-nonfinite 0 (the default) the trainer stops at the first row of NaN
+    gradients: the reading said only that the batches 'were skipped'."""
+    rows = lesson_curve(steps=1000)[:9]  # rows every 50 steps, to step 400: there it stopped
+    rows[-1].update(train_loss=None, grad_norm=None, skipped=3)
+    found = only(rows, "skipped, stopped", Facts(vocab_size=65, total_steps=1000))
+    assert found.message.startswith("the run stopped at step 400 of 1,000 on NaN or inf "
+                                    "gradients (3 batch(es), the first by step 400)")
+    assert "stopped" not in kinds(rows, Facts(vocab_size=65, total_steps=401))  # its end
+    assert "skipped" in kinds(rows, Facts(vocab_size=65, total_steps=401))
+    rows[-1]["time_s"] = 30.0  # a time budget: of it, no count of steps
+    budget = Facts(vocab_size=65, total_steps=None, time_budget=60.0)
+    assert "run stopped at step 400 on NaN" in only(rows, "skipped, stopped", budget).message
+
+
 def with_spikes(rows, steps, rise=1.0, length=1):
     for r in rows:
         if any(s <= r["step"] < s + length * 10 for s in steps):

@@ -88,7 +88,7 @@ def annotate(ax, rows: list[dict], findings: list[Finding]) -> None:
         elif f.kind in ("clipped", "clipped mostly"):
             ax.plot(f.steps, [0.02] * len(f.steps), "|", ms=6, color="C4", transform=bottom,
                     label="clipped")
-        elif f.kind == "skipped":
+        elif f.kind in ("skipped", "skipped, stopped"):
             ax.plot(f.steps, [0.05] * len(f.steps), "v", color="C3", transform=bottom,
                     label="skipped (NaN/inf)")
         elif f.kind == "val not finite":

@@ -79,6 +79,10 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
     "skipped": "{n:,} batch(es) had NaN or inf gradients and were skipped, the first by step "
                "{step:,}: lower the peak learning rate, keep --grad-clip 1.0, or look for bad "
                "data",
+    "skipped, stopped": "the run stopped at step {stop:,}{of} on NaN or inf gradients ({n:,} "
+                        "batch(es), the first by step {step:,}): lower the peak learning rate, "
+                        "keep --grad-clip 1.0, or look for bad data (--skip-nonfinite N skips up "
+                        "to N such batches instead of stopping)",
     "spikes in warmup": "the loss spiked {times} during warmup (at step {at}): lower the "
                         "peak learning rate or lengthen warmup (--warmup-steps)",
     "spikes": "the loss spiked {times} after warmup (at step {at}): lower the learning rate "
@@ -256,16 +260,19 @@ def early_stop(rows: list[dict], facts: Facts) -> list[Finding]:
         return []
     after = [r["step"] for r in rows if "val_loss" in r  # NaN too, as the trainer counts it
              and (best is None or r["step"] > best[0])]
-    if facts.total_steps is not None:
-        ended_early = steps_done(rows) < facts.total_steps
-    else:  # the budget, spent, ends a run with its clock at or past it
-        ended_early = rows[-1].get("time_s", math.inf) < (facts.time_budget or 0)
-    if not ended_early or len(after) < facts.patience:
+    if not ended_early(rows, facts) or len(after) < facts.patience:
         return []
     n = count(facts.patience, "evaluation")
     if best is None:
         return [finding("early stop, none finite", after[-1], n=n)]
     return [finding("early stop", after[-1], n=n, best=best[0])]
+
+
+def ended_early(rows: list[dict], facts: Facts) -> bool:
+    """Whether the run stopped before its steps, or before its time budget was spent."""
+    if facts.total_steps is not None:
+        return steps_done(rows) < facts.total_steps
+    return rows[-1].get("time_s", math.inf) < (facts.time_budget or 0)  # (at or past: spent)
 
 
 def val_not_finite(rows: list[dict], facts: Facts) -> list[Finding]:
@@ -302,6 +309,10 @@ def skipped_steps(rows: list[dict], facts: Facts) -> list[Finding]:
     if not where:
         return []
     n = sum(r.get("skipped") or 1 for r in rows if r["step"] in where)
+    if where[-1] == rows[-1]["step"] and ended_early(rows, facts):  # the trainer stopped there
+        of = f" of {facts.total_steps:,}" if facts.total_steps is not None else ""
+        return [finding("skipped, stopped", where[0], steps=tuple(where), n=n,
+                        stop=rows[-1]["step"], of=of)]
     return [finding("skipped", where[0], steps=tuple(where), n=n)]
 
 

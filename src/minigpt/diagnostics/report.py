@@ -17,6 +17,7 @@ import shlex
 from pathlib import Path
 
 from minigpt.console import visible
+from minigpt.diagnostics.plots import plot_run_curves
 from minigpt.diagnostics.reading import read_run
 from minigpt.errors import MiniGPTError
 from minigpt.files import atomic_write_text, printable, read_jsonl
@@ -70,6 +71,14 @@ def summary_html(run_dir: Path) -> str:
 
 
 def curves_html(run_dir: Path) -> str:
+    """loss.png and lr.png, drawn again from the metrics rows: the run's own were drawn at its
+    last evaluation, before whatever ended it (a loss gone NaN, a crash)."""
+    if (run_dir / "metrics.jsonl").exists():
+        try:  # (on the run's own scale)
+            diag = json.loads((run_dir / "config.json").read_text())["config"]["diag"]
+        except (OSError, ValueError, KeyError, TypeError):
+            diag = {}
+        plot_run_curves(run_dir, log_scale=diag.get("log_scale", False) is True)
     imgs = [image_tag(run_dir / f, f) for f in ("loss.png", "lr.png") if (run_dir / f).exists()]
     return "".join(imgs) or missing("loss.png or lr.png")
 
