@@ -472,9 +472,9 @@ def cmd_graph(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from minigpt.checkpoint import check_holds_a_run, load_model
     from minigpt.diagnostics.graph import GraphvizMissing, draw_loss_graph
-    from minigpt.diagnostics.reading import format_reading, read_run
+    from minigpt.diagnostics.reading import format_reading, read_curve, run_facts
     from minigpt.diagnostics.report import write_report
-    from minigpt.files import folder_holds
+    from minigpt.files import folder_holds, read_jsonl
 
     if args.out:
         check_out_suffix(args.out, (".html", ".htm"), "report writes a web page")
@@ -487,13 +487,14 @@ def cmd_report(args: argparse.Namespace) -> None:
     if not Path(args.run).is_dir():  # (as the other commands given --run say it)
         raise MiniGPTError(f"no run folder {args.run}")
     check_holds_a_run(Path(args.run))
-    findings = read_run(args.run)  # (which refuses a folder that holds no run)
+    rows = read_jsonl(Path(args.run) / "metrics.jsonl")  # (read once: each reading warns of
+    findings = read_curve(rows, run_facts(args.run))  # its damaged lines)
     model, tok, _ = load_model(args.run, "best")
     try:  # (a read-only run folder: a report without the graph)
         draw_loss_graph(model, tok.vocab_size, f"{args.run}/graph", depth=1, formats=("svg",))
     except (GraphvizMissing, OSError) as e:
         print(f"minigpt: {e}; the report will have no graph", file=sys.stderr)
-    path = write_report(args.run, args.out, findings)
+    path = write_report(args.run, args.out, rows)
     print(format_reading(findings))
     print(f"wrote {path}")
 

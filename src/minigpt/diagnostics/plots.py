@@ -157,10 +157,12 @@ def run_train_config(run_dir: Path) -> TrainConfig | None:
     return cfg.train
 
 
-def plot_run_curves(run_dir: str | Path, log_scale: bool = False) -> None:
-    """loss.png and lr.png in the run folder, from its metrics.jsonl and config.json."""
+def plot_run_curves(run_dir: str | Path, log_scale: bool = False,
+                    rows: list[dict] | None = None) -> None:
+    """loss.png and lr.png in the run folder, from its metrics.jsonl (or its `rows`, read
+    already: each reading warns of damaged lines) and config.json."""
     run_dir = Path(run_dir)
-    rows = read_jsonl(run_dir / "metrics.jsonl")
+    rows = read_jsonl(run_dir / "metrics.jsonl") if rows is None else rows
     if rows:
         plot_loss(rows, run_dir / "loss.png", log_scale, title=f"loss: {printable(run_dir.name)}",
                   findings=read_curve(rows, run_facts(run_dir)))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from minigpt.console import visible
 from minigpt.diagnostics.plots import plot_run_curves
-from minigpt.diagnostics.reading import read_run
+from minigpt.diagnostics.reading import read_curve, run_facts
 from minigpt.errors import MiniGPTError
 from minigpt.files import atomic_write_text, printable, read_jsonl
 
@@ -70,15 +70,15 @@ def summary_html(run_dir: Path) -> str:
                                for k, v in rows) + "</table>"
 
 
-def curves_html(run_dir: Path) -> str:
+def curves_html(run_dir: Path, rows: list[dict]) -> str:
     """loss.png and lr.png, drawn again from the metrics rows: the run's own were drawn at its
     last evaluation, before whatever ended it (a loss gone NaN, a crash)."""
-    if (run_dir / "metrics.jsonl").exists():
+    if rows:
         try:  # (on the run's own scale)
             diag = json.loads((run_dir / "config.json").read_text())["config"]["diag"]
         except (OSError, ValueError, KeyError, TypeError):
             diag = {}
-        plot_run_curves(run_dir, log_scale=diag.get("log_scale", False) is True)
+        plot_run_curves(run_dir, diag.get("log_scale", False) is True, rows)
     imgs = [image_tag(run_dir / f, f) for f in ("loss.png", "lr.png") if (run_dir / f).exists()]
     return "".join(imgs) or missing("loss.png or lr.png")
 
@@ -138,16 +138,19 @@ SECTIONS = [  # (id, heading, the function that writes the section)
     ("config", "Configuration", config_html)]
 
 
-def build_report(run_dir: str | Path, findings: list | None = None) -> str:
-    """The page; `findings` is the run's reading where the caller has read it already (each
-    reading of metrics.jsonl warns of its damaged lines)."""
+def build_report(run_dir: str | Path, rows: list[dict] | None = None) -> str:
+    """The page; `rows` are the run's metrics rows where the caller has read them already
+    (each reading of metrics.jsonl warns of its damaged lines)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
         raise MiniGPTError(f"{run_dir} is not a run folder (no config.json)")
-    findings = read_run(run_dir) if findings is None else findings
+    rows = read_jsonl(run_dir / "metrics.jsonl") if rows is None else rows
+    findings = read_curve(rows, run_facts(run_dir))
 
     def section(part) -> str:
-        return reading_html(findings) if part is reading_html else part(run_dir)
+        if part is reading_html:
+            return reading_html(findings)
+        return curves_html(run_dir, rows) if part is curves_html else part(run_dir)
 
     nav = "".join(f'<a href="#{key}">{title}</a>' for key, title, _ in SECTIONS)
     body = "".join(f'<section id="{key}"><h2>{title}</h2>{section(part)}</section>'
@@ -160,7 +163,7 @@ def build_report(run_dir: str | Path, findings: list | None = None) -> str:
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None,
-                 findings: list | None = None) -> Path:
+                 rows: list[dict] | None = None) -> Path:
     out = Path(out) if out else Path(run_dir) / "report.html"
-    atomic_write_text(out, build_report(run_dir, findings))
+    atomic_write_text(out, build_report(run_dir, rows))
     return out
