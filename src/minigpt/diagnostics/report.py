@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import shlex
 from pathlib import Path
 
 from minigpt.console import visible
-from minigpt.diagnostics.plots import plot_run_curves
+from minigpt.diagnostics.plots import run_curves
 from minigpt.diagnostics.reading import read_curve, run_facts
 from minigpt.errors import MiniGPTError
 from minigpt.files import atomic_write_text, printable, read_jsonl
@@ -39,9 +40,19 @@ pre { background: #f0f2f5; padding: 12px; border-radius: 6px; white-space: pre-w
 """
 
 def image_tag(path: Path, alt: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    kind = "svg+xml" if path.suffix == ".svg" else "png"
-    return f'<img alt="{html.escape(alt)}" src="data:image/{kind};base64,{data}">'
+    return embedded(path.read_bytes(), "svg+xml" if path.suffix == ".svg" else "png", alt)
+
+
+def figure_tag(fig, alt: str) -> str:
+    """A matplotlib figure as an embedded PNG."""
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    return embedded(png.getvalue(), "png", alt)
+
+
+def embedded(data: bytes, kind: str, alt: str) -> str:
+    return (f'<img alt="{html.escape(alt)}" '
+            f'src="data:image/{kind};base64,{base64.b64encode(data).decode("ascii")}">')
 
 
 def missing(what: str) -> str:
@@ -71,16 +82,17 @@ def summary_html(run_dir: Path) -> str:
 
 
 def curves_html(run_dir: Path, rows: list[dict]) -> str:
-    """loss.png and lr.png, drawn again from the metrics rows: the run's own were drawn at its
-    last evaluation, before whatever ended it (a loss gone NaN, a crash)."""
-    if rows:
-        try:  # (on the run's own scale)
-            diag = json.loads((run_dir / "config.json").read_text())["config"]["diag"]
-        except (OSError, ValueError, KeyError, TypeError):
-            diag = {}
-        plot_run_curves(run_dir, diag.get("log_scale", False) is True, rows)
-    imgs = [image_tag(run_dir / f, f) for f in ("loss.png", "lr.png") if (run_dir / f).exists()]
-    return "".join(imgs) or missing("loss.png or lr.png")
+    """The loss and learning-rate curves, drawn from the metrics rows as they are now (the
+    run's own loss.png is of its last evaluation, before whatever ended it: a NaN, a crash),
+    into the page alone (the run folder may be read-only; it may have no plots)."""
+    if not rows:
+        return missing("metrics rows to draw")
+    try:  # (on the run's own scale)
+        diag = json.loads((run_dir / "config.json").read_text())["config"]["diag"]
+    except (OSError, ValueError, KeyError, TypeError):
+        diag = {}
+    figures = run_curves(run_dir, rows, diag.get("log_scale", False) is True)
+    return "".join(figure_tag(fig, name) for name, fig in figures.items())
 
 
 def reading_html(findings: list) -> str:
