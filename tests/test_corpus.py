@@ -485,6 +485,9 @@ def bad_sources(tmp_path):
 BAD = [  # {d}: bad_sources' folder; {ds}: a folder of one dataset, as parquet and JSON lines
     (["--text", "{d}/nothing*.txt"], "no files matched"),
     (["--text", "{d}/latin1"], "b.txt is not UTF-8 text"),
+    (["--text", "{d}/latin1"], "b.txt is not UTF-8 text (at byte 3: invalid continuation byte); "
+                               "it is one of the 2 files '{d}/latin1' names: name the text files "
+                               "alone with a quoted glob, such as 'books/**/*.txt'"),
     (["--text", "{d}/latin1", "--tokenizer", "bpe", "--vocab-size", "300"], "b.txt is not UTF-8"),
     (["--text", "{d}/empty"], "empty corpus"),
     (["--text", "{d}/hollow"], "the folder {d}/hollow holds no files (hidden ones left out)"),

@@ -308,9 +308,17 @@ class Files:
         self.size = sum(p.stat().st_size for p in self.files)  # a bar's total, known up front
 
     def chunks(self, chunk_chars: int, on_progress: Callable[[int], object]) -> Iterator[str]:
-        """Every file's chunks, in order; on_progress(n) hears of every n bytes read."""
+        """Every file's chunks, in order; on_progress(n) hears of every n bytes read. A file
+        that is not text, among several, is refused saying how to name the text files alone."""
         for path in self.files:
-            yield from read_chunks(path, chunk_chars, on_progress)
+            try:
+                yield from read_chunks(path, chunk_chars, on_progress)
+            except MiniGPTError as e:
+                if len(self.files) == 1:
+                    raise
+                raise MiniGPTError(f"{e}; it is one of the {len(self.files)} files "
+                                   f"{self.spec!r} names: name the text files alone with a "
+                                   f"quoted glob, such as 'books/**/*.txt'") from None
 
     def settings(self) -> dict:
         """What, changed, makes an unfinished prepare of these files another prepare."""
