@@ -601,7 +601,14 @@ def test_an_existing_corpus_is_not_overwritten(small_text, tmp_path, capsys, mon
     (done / "val-00000.bin").unlink()  # damaged: not "nothing to do"
     line = one_line_error(capsys, ["prepare", "--text", str(small_text), "--out", str(done),
                                    "--no-progress"])
-    assert "val-00000.bin is missing or truncated" in line and "prepare the corpus again" in line
+    assert f"{done} holds a damaged prepared corpus (shard {done / 'val-00000.bin'} is " \
+           f"missing or truncated" in line and line.endswith("delete it and run the command again")
+    shutil.rmtree(done)
+    assert in_process(capsys, "prepare", "--text", str(small_text), "--out", str(done),
+                      "--no-progress").returncode == 0  # (as it says)
+    (done / "tokenizer.json").unlink()  # damaged too: the index names the tokenizer
+    assert "holds a damaged prepared corpus" in one_line_error(
+        capsys, ["prepare", "--text", str(small_text), "--out", str(done), "--no-progress"])
 
 
 @pytest.mark.parametrize("finished, said", [(True, "already holds a prepared corpus"),

@@ -190,7 +190,9 @@ def test_a_run_that_stopped_on_a_nan_gradient_says_it_stopped():
     found = only(rows, "skipped, stopped", Facts(vocab_size=65, total_steps=1000))
     assert found.message.startswith("the run stopped at step 400 of 1,000 on NaN or inf "
                                     "gradients (3 batch(es), the first by step 400)")
-    assert "stopped" not in kinds(rows, Facts(vocab_size=65, total_steps=401))  # its end
+    assert "skipped, stopped" not in kinds(rows, Facts(vocab_size=65, total_steps=401))  # end
+    allowed = Facts(vocab_size=65, total_steps=1000, skip_nonfinite=3)  # (stopped otherwise:
+    assert "skipped, stopped" not in kinds(rows, allowed)  # Ctrl-C, patience)
     assert "skipped" in kinds(rows, Facts(vocab_size=65, total_steps=401))
     rows[-1]["time_s"] = 30.0  # a time budget: of it, no count of steps
     budget = Facts(vocab_size=65, total_steps=None, time_budget=60.0)
@@ -708,6 +710,32 @@ def test_a_plateau_as_the_learning_rate_decays_is_the_schedule_settling_a_short_
     # validation best before the end, or a rate that never decayed: the model at its limit
     assert only(cosine_run(best_at_end=False), "plateau", facts).step == found.step
     assert only(cosine_run(True, decay=False), "plateau", facts).step == found.step
+    budget = Facts(vocab_size=65, total_steps=None, time_budget=60.0, lr=1e-2)
+    assert "a longer run (more --time-budget)" in only(cosine_run(True), "plateau, settling",
+                                                       budget).message  # (--steps: no use)
+
+
+def test_a_plateau_in_warmup_or_with_validation_still_as_noise_is_no_settling():
+    """A run flat from step 0, its rate still warming up (below half its peak, but rising),
+    read as 'the schedule settling'; so did validation falling by noise alone."""
+    rows = [{"step": s, "train_loss": 4.17, "lr": 1e-6 * min(1, s / 300)} for s in
+            range(0, 1000, 10)]
+    for r in rows[::10]:
+        r["val_loss"] = 4.2 - 2e-5 * r["step"]  # falling to the end, by 0.02: noise
+    facts = Facts(vocab_size=65, warmup_steps=300, total_steps=1000, lr=1e-6)
+    assert "plateau" in kinds(rows, facts) and "plateau, settling" not in kinds(rows, facts)
+    once = cosine_run(True)
+    for r in once[:-1]:
+        if r["step"] >= 115:  # one evaluation on the plateau, the last: no trend to read
+            r.pop("val_loss", None)
+    facts = Facts(vocab_size=65, total_steps=200, lr=1e-2)
+    assert "plateau" in kinds(once, facts) and "plateau, settling" not in kinds(once, facts)
+
+
+def test_rows_of_ones_own_loop_without_a_rate_are_read():
+    rows = [{k: v for k, v in r.items() if k != "lr"} for r in lesson_curve(steps=1000)]
+    assert "warmup" in kinds(rows, Facts(vocab_size=65, warmup_steps=100, total_steps=1000))
+    assert "all warmup" in kinds(rows, Facts(vocab_size=65, warmup_steps=2000, total_steps=1000))
 
 
 def test_a_loss_that_rises_in_the_first_tenth_blew_up_at_the_start():

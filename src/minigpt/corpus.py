@@ -483,9 +483,11 @@ def check_out_folder(out_dir: Path, settings: dict | None = None) -> dict | None
             index = None
         was = comparable(index.get("settings")) if isinstance(index, dict) else None
         if settings is not None and was == settings:
-            for split in SPLITS:  # (a shard missing or damaged: one line, prepare again)
-                ShardedTokens.open(out_dir, index["shards"][split], np.dtype(index["dtype"]))
-            return index
+            try:  # whole: every shard, and its tokenizer
+                return open_prepared(out_dir)[3]
+            except MiniGPTError as e:
+                raise MiniGPTError(f"{out_dir} holds a damaged prepared corpus ({e}): delete "
+                                   f"it and run the command again") from None
         why = (f" of other sources or settings ({changed(was, settings)})"
                if settings is not None and was is not None else "")  # (an older index: none)
         raise MiniGPTError(f"{out_dir} already holds a prepared corpus{why}; choose another "

@@ -104,7 +104,7 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
                          "learning rate decayed (to {rate:.0%} of its peak there): the schedule "
                          "settling the weights, not the model at its limit, for validation was "
                          "still improving at the end (its best at step {best:,}); a longer run "
-                         "(more --steps) would go lower",
+                         "(more {longer}) would go lower",
     "shape": "the lesson's shape: from {loss0:.2f} at step 0, {share:.0%} of the whole drop "
              "came in the first tenth of the run (its running median to {loss1:.2f} by step "
              "{step:,}), the rest slowly (to {loss2:.2f}{lowest})",
@@ -147,6 +147,7 @@ class Facts:
     patience: int = 0
     min_delta: float = 0.0
     lr: float | None = None  # the peak learning rate (None: the largest the rows logged)
+    skip_nonfinite: int = 0  # the non-finite batches a run skips before it stops
 
 
 def finding(kind: str, step: int, value: float | None = None, end: int | None = None,
@@ -194,6 +195,14 @@ def best_evaluation(rows: list[dict], facts: Facts) -> tuple[int, float] | None:
     return best
 
 
+def peak_lr(rows: list[dict], facts: Facts) -> float:
+    """The peak learning rate: the configured one, else the largest the rows logged (0: none;
+    one's own loop may log no rate)."""
+    if facts.lr is not None:
+        return facts.lr
+    return max((r["lr"] for r in rows if finite(r.get("lr"))), default=0.0)
+
+
 def steps_done(rows: list[dict]) -> int:
     return rows[-1]["step"] + 1 if rows else 0
 
@@ -230,7 +239,7 @@ def warmup_end(rows: list[dict], facts: Facts) -> list[Finding]:
         return []
     if facts.total_steps is not None and 1 < facts.warmup_steps >= facts.total_steps:
         return [finding("all warmup", rows[-1]["step"], warmup=facts.warmup_steps,
-                        total=facts.total_steps, last=rows[-1]["lr"],
+                        total=facts.total_steps, last=rows[-1].get("lr", math.nan),
                         tenth=max(1, facts.total_steps // 10))]
     if facts.time_budget:  # warmup counts steps, the decay follows the seconds of training
         at = next((r for r in rows if r["step"] >= facts.warmup_steps), rows[-1])
@@ -239,11 +248,10 @@ def warmup_end(rows: list[dict], facts: Facts) -> list[Finding]:
             fewer = max(1, int(0.1 * facts.time_budget * at["step"] / at["time_s"]))
             kind = "slow warmup" if at["step"] >= facts.warmup_steps else "warmup unfinished"
             return [finding(kind, at["step"], warmup=facts.warmup_steps, share=share,
-                            budget=facts.time_budget, fewer=fewer, last=at["lr"])]
+                            budget=facts.time_budget, fewer=fewer, last=at.get("lr", math.nan))]
     if steps_done(rows) <= facts.warmup_steps:
         return []
-    peak = facts.lr if facts.lr is not None else max(r["lr"] for r in rows)
-    return [finding("warmup", facts.warmup_steps, lr=peak)]
+    return [finding("warmup", facts.warmup_steps, lr=peak_lr(rows, facts))]
 
 
 def best_checkpoint(rows: list[dict], facts: Facts) -> list[Finding]:
@@ -309,7 +317,9 @@ def skipped_steps(rows: list[dict], facts: Facts) -> list[Finding]:
     if not where:
         return []
     n = sum(r.get("skipped") or 1 for r in rows if r["step"] in where)
-    if where[-1] == rows[-1]["step"] and ended_early(rows, facts):  # the trainer stopped there
+    stopped = where[-1] == rows[-1]["step"] and ended_early(rows, facts) and \
+        n > facts.skip_nonfinite  # (the trainer's own rule: beyond it, it stops)
+    if stopped:
         of = f" of {facts.total_steps:,}" if facts.total_steps is not None else ""
         return [finding("skipped, stopped", where[0], steps=tuple(where), n=n,
                         stop=rows[-1]["step"], of=of)]
@@ -378,13 +388,17 @@ def plateau(rows: list[dict], facts: Facts) -> list[Finding]:
         return []
     level = statistics.median(v for _, v in train[start:])
     words = dict(end=last, loss=level, band=PLATEAU_NATS, share=share)
-    peak = facts.lr if facts.lr is not None else max(
-        (r["lr"] for r in rows if finite(r.get("lr"))), default=0.0)
-    there = next((r.get("lr") for r in rows if r["step"] == first), None)  # (one's own rows
-    rate = there / peak if finite(there) and peak > 0 else 1.0  # may log no rate)
-    best, evals = best_evaluation(rows, facts), evaluations(rows)
-    if rate < SETTLING_LR and best is not None and best[0] == evals[-1][0]:
-        return [finding("plateau, settling", first, level, rate=rate, best=best[0], **words)]
+    peak, there = peak_lr(rows, facts), next((r.get("lr") for r in rows if r["step"] == first),
+                                              None)  # (one's own rows may log no rate)
+    rate = there / peak if finite(there) and peak > 0 else 1.0
+    during = [(s, v) for s, v in evaluations(rows) if s >= first]  # validation on the plateau
+    improving = len(during) >= 2 and during[0][1] - during[-1][1] > margin(during[0][1]) and \
+        min(during, key=lambda p: p[1])[0] == during[-1][0]  # (by more than noise, to the end)
+    if first >= facts.warmup_steps and rate < SETTLING_LR and improving:  # (decayed, not rising)
+        longer = ("--steps" if facts.total_steps is not None else
+                  "--time-budget" if facts.time_budget else "steps")
+        return [finding("plateau, settling", first, level, rate=rate, best=during[-1][0],
+                        longer=longer, **words)]
     return [finding("plateau", first, level, **words)]
 
 
@@ -464,7 +478,7 @@ def facts_from_config(config: RunConfig | dict) -> Facts:
                  total_steps=None if t.get("time_budget") else t["steps"],
                  time_budget=t.get("time_budget") or None,
                  grad_clip=t["grad_clip"], patience=t["patience"], min_delta=t["min_delta"],
-                 lr=t["lr"])
+                 lr=t["lr"], skip_nonfinite=t.get("skip_nonfinite", 0))
 
 
 def run_facts(run_dir: str | Path) -> Facts:
