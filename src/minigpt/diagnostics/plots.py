@@ -100,7 +100,7 @@ def annotate(ax, rows: list[dict], findings: list[Finding]) -> None:
         elif f.kind == "overfitting":
             ax.axvspan(f.step, f.end, color="C3", alpha=0.08,
                        label="validation stops following train")
-        elif f.kind in ("plateau", "plateau, settling"):
+        elif f.kind in ("plateau", "plateau, settling", "plateau, decayed"):
             ax.axvspan(f.step, f.end, color="0.5", alpha=0.12,
                        label="plateau" if f.kind == "plateau" else "flat as the rate decays")
         elif f.kind == "rising":

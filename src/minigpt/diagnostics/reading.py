@@ -105,6 +105,12 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
                          "settling the weights, not the model at its limit, for validation was "
                          "still improving at the end (its best at step {best:,}); a longer run "
                          "(more {longer}) would go lower",
+    "plateau, decayed": "the training loss has stayed near {loss:.2f} (within {band:g} nats) "
+                        "since step {step:,}, the last {share:.0%} of the run, as the learning "
+                        "rate decayed (to {rate:.0%} of its peak there): a decaying rate "
+                        "flattens any curve, so this one cannot say whether the model is at its "
+                        "limit; a longer run (more {longer}) would tell, a bigger model or more "
+                        "data if it is",
     "shape": "the lesson's shape: from {loss0:.2f} at step 0, {share:.0%} of the whole drop "
              "came in the first tenth of the run (its running median to {loss1:.2f} by step "
              "{step:,}), the rest slowly (to {loss2:.2f}{lowest})",
@@ -369,9 +375,10 @@ def overfitting(rows: list[dict], facts: Facts) -> list[Finding]:
 
 def plateau(rows: list[dict], facts: Facts) -> list[Finding]:
     """The longest stretch up to the end where the smoothed train loss stays in a band of
-    PLATEAU_NATS, when it covers PLATEAU_SHARE of the run or more: the model at its limit,
-    unless it began with the learning rate decayed below SETTLING_LR of its peak while
-    validation improved to the end (the schedule settling a run too short)."""
+    PLATEAU_NATS, when it covers PLATEAU_SHARE of the run or more: the model at its limit;
+    unless it began after warmup with the learning rate decayed below SETTLING_LR of its peak:
+    then the schedule settling a run too short, where validation fell to the end by more than
+    noise, and otherwise a curve that cannot say which."""
     train = smoothed(train_points(rows))
     if len(train) < 2 * SMOOTH or diverging(train):  # a diverged run's high level: `rising`
         return []
@@ -394,12 +401,13 @@ def plateau(rows: list[dict], facts: Facts) -> list[Finding]:
     during = [(s, v) for s, v in evaluations(rows) if s >= first]  # validation on the plateau
     improving = len(during) >= 2 and during[0][1] - during[-1][1] > margin(during[0][1]) and \
         min(during, key=lambda p: p[1])[0] == during[-1][0]  # (by more than noise, to the end)
-    if first >= facts.warmup_steps and rate < SETTLING_LR and improving:  # (decayed, not rising)
-        longer = ("--steps" if facts.total_steps is not None else
+    if first < facts.warmup_steps or rate >= SETTLING_LR:  # (a rate still rising, or high)
+        return [finding("plateau", first, level, **words)]
+    words |= dict(rate=rate, longer="--steps" if facts.total_steps is not None else
                   "--time-budget" if facts.time_budget else "steps")
-        return [finding("plateau, settling", first, level, rate=rate, best=during[-1][0],
-                        longer=longer, **words)]
-    return [finding("plateau", first, level, **words)]
+    if improving:
+        return [finding("plateau, settling", first, level, best=during[-1][0], **words)]
+    return [finding("plateau, decayed", first, level, **words)]
 
 
 def diverging(train: list[tuple[int, float]]) -> tuple[int, float] | None:
