@@ -360,6 +360,37 @@ def test_a_value_that_begins_with_a_dash_is_told_to_go_after_an_equals_sign(caps
         assert line.endswith("argument --run: expected one argument (see minigpt sample --help)")
 
 
+
+@pytest.mark.parametrize("args, given", [(["train", "--epochs", "3"], "--epochs 3"),
+                                         (["train", "--bs", "8"], "--bs 8"),
+                                         (["train", "--quiet"], "--quiet"),
+                                         (["train", "--format", "x"], "--format x"),
+                                         (["sample", "--run", "x", "--token", "5"], "--token 5")])
+def test_a_flag_only_loosely_like_one_of_the_commands_gets_no_guess(args, given, capsys):
+    """Other tools' flags, near one of the command's names only by chance (--epochs and --pos,
+    --bs and --bias, --quiet and --unet, --token and --top-k: under 0.7 alike): a guess would
+    send the user to the wrong flag."""
+    line = one_line_error(capsys, args)
+    assert line.endswith(f"unrecognized arguments: {given} (see minigpt {args[0]} --help)")
+
+
+@pytest.mark.parametrize("args", [["train", "--n", "3"], ["train", "--s", "3"],
+                                  ["train", "--hepl"], ["graph", "--hel"]])
+def test_no_guess_from_a_single_letter_nor_of_help_which_the_line_names_already(args, capsys):
+    """One letter (--n: --n-layer, --n-head or --n-embd? --s: a dozen) is too little to guess
+    from; and the line ends '(see minigpt COMMAND --help)', so a hint of --help says it twice."""
+    line = one_line_error(capsys, args)
+    assert "did you mean" not in line and line.endswith(f"(see minigpt {args[0]} --help)")
+    assert line.count("--help") == 1
+
+
+def test_a_flag_given_with_equals_and_its_value_is_hinted_as_the_flag_alone(capsys):
+    """--flag=value is one word: the hint is the flag's, not that of 'flag=value'."""
+    for args, hint in [(["graph", "--device=cpu"], "(--device belongs to other commands)"),
+                       (["sample", "--run", "x", "--temp=0.5"], "(did you mean --temperature?)"),
+                       (["train", "--lrr=1"], "(did you mean --lr?)")]:
+        assert f"unrecognized arguments: {args[-1]} {hint}" in one_line_error(capsys, args)
+
 def test_an_empty_required_option_is_not_told_to_be_left_out(capsys):
     line = one_line_error(capsys, ["sample", "--run", ""])  # (sample needs its --run)
     assert line.endswith("--run is empty (an unset shell variable?): give it a value")

@@ -299,6 +299,17 @@ def test_settings_compare_as_absolute_normal_paths(tmp_path, monkeypatch):
     assert comparable(hub) == hub
 
 
+
+def test_settings_spelt_with_a_tilde_compare_as_the_home_folders(tmp_path, monkeypatch):
+    """~/books (a config file's, or Python's: no shell expands it) is the home folder's books,
+    not a folder named ~ below the current one."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    home = str(tmp_path / "home" / "books")
+    tilde = {"format": "f", "sources": "~/books", "files": [["~/books/a.txt", 3, 4]]}
+    assert comparable(tilde) == {"format": "f", "sources": home,
+                                 "files": [[os.path.join(home, "a.txt"), 3, 4]]}
+
 def test_what_changed_since_a_prepare_began_is_named():
     was = {"format": 1, "sources": "books", "tokenizer": "bpe",
            "files": [["a.txt", 10, 1], ["b.txt", 20, 2]]}
@@ -661,6 +672,90 @@ def test_a_folder_minigpt_made_among_the_sources_is_left_out(small_text, tmp_pat
                                            "text it was made from"):
         prepare(str(src / "prep"), tmp_path / "p", progress=False)
 
+
+
+def test_a_users_json_named_as_minigpts_records_but_not_theirs_is_text(tmp_path, caplog):
+    """A folder is minigpt's by its record's contents, not its name alone: a user's notes with
+    a checkpoints folder and a config.json, an index.json, or a progress.json (a dict without
+    minigpt's key, or a number) are text; a comparison's variants.json, as claim writes it,
+    is not."""
+    from minigpt.diagnostics.compare import claim
+
+    src = tmp_path / "src"
+    (src / "draft" / "checkpoints").mkdir(parents=True)
+    (src / "draft" / "checkpoints" / "c.txt").write_text("chapter one, second try\n")
+    records = {"draft/config.json": {"title": "a draft"}, "book/index.json": {"ch": [1, 2]},
+               "reading/progress.json": {"read": 3}, "diary/progress.json": 0.5}
+    for name, record in records.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_text(json.dumps(record))
+    (src / "a.txt").write_text("some text\n")
+    (src / "cmp").mkdir()
+    claim(src / "cmp", {"a": {"lr": 0.1}, "b": {"lr": 0.2}}, [src / "cmp" / "1-a"])
+    with caplog.at_level(logging.WARNING, logger="minigpt"):
+        found = find_sources(str(src))
+    assert found == sorted([src / "a.txt", src / "draft" / "checkpoints" / "c.txt",
+                            *(src / name for name in records)])
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("left out")]
+    assert said == [f"left out {src / 'cmp'}: it holds a comparison, not text"]
+
+
+def test_a_folder_minigpt_made_inside_another_is_named_once_as_the_outer(tmp_path, caplog):
+    """A run's folder holds its checkpoints (and a corpus copied into it): one warning, for
+    the run, not one for each folder below it."""
+    src = tmp_path / "src"
+    run = src / "runs" / "r"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.json").write_text("{}")
+    (run / "config.json").write_text('{"config": {}}')
+    (run / "data" / "prep").mkdir(parents=True)
+    (run / "data" / "prep" / "index.json").write_text('{"shards": {}}')
+    (run / "data" / "prep" / "train-00000.bin").write_bytes(b"\0\1")
+    (src / "a.txt").write_text("some text\n")
+    with caplog.at_level(logging.WARNING, logger="minigpt"):
+        assert find_sources(str(src)) == [src / "a.txt"]
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("left out")]
+    assert said == [f"left out {run}: it holds a training run, not text"]
+
+
+def test_the_output_folder_inside_the_sources_is_left_out_without_a_warning(tmp_path, caplog):
+    """prepare books --out books/prep, interrupted, then run again: its own unfinished
+    prepare is the output folder, left out as such, not 'left out ...: it holds an
+    unfinished prepare' (the out folder's exclusion comes before the made-folder filter)."""
+    src, out = tmp_path / "books", tmp_path / "books" / "prep"
+    out.mkdir(parents=True)
+    (out / "progress.json").write_text(json.dumps({"settings": {"format": "x"}}))
+    (out / "train-00000.bin").write_bytes(b"\0\1")
+    (src / "a.txt").write_text("some text\n")
+    assert minigpt.corpus.made_by_minigpt(out) == "an unfinished prepare"
+    with caplog.at_level(logging.WARNING, logger="minigpt"):
+        assert find_sources(str(src), exclude=out) == [src / "a.txt"]
+    assert not caplog.records, caplog.text
+
+
+def test_a_corpus_an_older_minigpt_prepared_is_refused_without_a_guess_at_why(small_text,
+                                                                              tmp_path):
+    """An index.json without the settings (an earlier minigpt's) is no match for any command,
+    and the refusal names no difference it cannot know ('progress.json is not minigpt's')."""
+    done = tmp_path / "done"
+    prepare(str(small_text), done, progress=False)
+    index = json.loads((done / "index.json").read_text())
+    del index["settings"]
+    (done / "index.json").write_text(json.dumps(index))
+    with pytest.raises(MiniGPTError) as e:
+        prepare(str(small_text), done, progress=False)
+    assert str(e.value) == (f"{done} already holds a prepared corpus; choose another --out or "
+                            f"delete it first")
+
+
+def test_an_exported_models_folder_is_no_place_to_prepare(small_text, tmp_path, capsys):
+    out = tmp_path / "exported"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"")  # (the mark folder_holds goes by)
+    line = one_line_error(capsys, ["prepare", "--text", str(small_text), "--out", str(out),
+                                   "--no-progress"])
+    assert f"{out} holds an exported model; choose another --out" in line
+    assert [p.name for p in out.iterdir()] == ["model.safetensors"]
 
 def test_a_corpus_whose_tokenizer_was_replaced_is_refused(small_text, tmp_path):
     """The shards' ids read with another tokenizer would be other tokens, silently."""

@@ -20,7 +20,7 @@ from minigpt.diagnostics.compare import (
     variants,
 )
 from minigpt.diagnostics.gradflow import ParamStats
-from minigpt.diagnostics.plots import plot_lr, run_train_config
+from minigpt.diagnostics.plots import plot_lr, plot_overlay, run_train_config
 from minigpt.diagnostics.probes import (
     SECTIONS,
     AttentionProbe,
@@ -318,6 +318,48 @@ def test_variant_axes_and_settings_with_their_types():
 def test_a_switch_reads_1_and_0():
     assert parse_variant("x:qk_norm=1,bias=0") == ("x", {"qk_norm": True, "bias": False})
 
+
+
+def test_a_table_of_different_tokenizers_puts_each_bits_per_byte_under_its_heading():
+    """The val bpb column: each variant's final_val_bpb (not its loss per token), right under
+    its heading, the columns after it where the header puts them."""
+    row = dict(best_val_loss=2.5, steps=20, train_s=1.0, time_to={})
+    table = [{"variant": "char", "tokenizer": "char, vocab 65", "final_val_loss": 1.61,
+              "final_val_bpb": 2.3125, **row},
+             {"variant": "bpe", "tokenizer": "bpe, vocab 280", "final_val_loss": 3.52,
+              "final_val_bpb": 1.9876, **row}]
+    header, _, *lines = format_table(table).splitlines()
+    for r, line in zip(table, lines, strict=True):
+        bpb = f"{r['final_val_bpb']:.4f}"
+        assert line.index(bpb) + len(bpb) == header.index("val bpb") + len("val bpb")
+        assert line.index("2.5000") + len("2.5000") == header.index("best val") + len(
+            "best val")
+
+
+def overlay_rows(loss0: float, bpb0: float) -> list[dict]:
+    """Rows as the trainer writes them: every step a train loss, every other an evaluation."""
+    return [{"step": s, "time_s": 0.25 * s, "train_loss": loss0 - 0.1 * s,
+             **({"val_loss": loss0 + 0.05 - 0.1 * s, "val_bpb": bpb0 - 0.05 * s} if s % 2 == 0
+                else {})} for s in range(7)]
+
+
+def test_the_overlay_of_different_tokenizers_draws_each_runs_bits_per_byte_alone():
+    """per_byte: each run's validation bits per byte against steps and seconds, and no
+    losses per token (faint train lines, validation in nats), which do not compare."""
+    curves = {"char": overlay_rows(2.0, 3.0), "bpe": overlay_rows(4.0, 2.5)}
+    for per_byte, y, lines in ((True, "val_bpb", 1), (False, "val_loss", 2)):
+        by_step, by_time = plot_overlay(curves, per_byte=per_byte).axes
+        for ax, x in ((by_step, "step"), (by_time, "time_s")):
+            drawn = ax.get_lines()
+            assert len(drawn) == lines * len(curves)
+            for line, rows in zip(drawn[lines - 1::lines], curves.values(), strict=True):
+                evals = [r for r in rows if "val_loss" in r]
+                assert list(line.get_xdata()) == [r[x] for r in evals]
+                assert list(line.get_ydata()) == [r[y] for r in evals]
+        assert by_step.get_ylabel() == ("validation bits per byte" if per_byte else
+                                        "loss (nats); faint: train")
+        assert [t.get_text() for t in by_step.get_legend().get_texts()] == ["char (val)",
+                                                                            "bpe (val)"]
 
 def test_the_table_has_every_variants_targets():
     row = dict(final_val_loss=3.5, best_val_loss=3.5, steps=20, train_s=1.0)

@@ -199,6 +199,30 @@ def test_a_run_that_stopped_on_a_nan_gradient_says_it_stopped():
     assert "run stopped at step 400 on NaN" in only(rows, "skipped, stopped", budget).message
 
 
+
+def test_a_run_that_skipped_batches_then_stopped_on_one_says_where_it_stopped():
+    """With --skip-nonfinite N the trainer skips N batches, then stops at the next: the stop
+    is the last of the NaN rows (not the first), at the last row the run wrote."""
+    rows = lesson_curve(steps=1000)[:9]  # to step 400
+    rows[3]["skipped"] = 2  # step 150: skipped, and the run went on
+    rows[-1].update(train_loss=None, grad_norm=None, skipped=1)  # step 400: there it stopped
+    found = only(rows, "skipped, stopped", Facts(vocab_size=65, total_steps=1000))
+    assert found.steps == (150, 400)
+    assert found.message.startswith(f"the run stopped at step {rows[-1]['step']} of 1,000 on "
+                                    f"NaN or inf gradients (3 batch(es), the first by step 150)")
+
+
+def test_rows_read_without_steps_or_a_budget_do_not_say_the_run_stopped_early():
+    """Facts that know neither the run's steps nor its time budget (one's own loop's rows) say
+    nothing of where the run would have ended: a NaN on the last row is skipped, not 'the run
+    stopped'; deciding it compared the clock with no budget, or steps with None."""
+    rows = lesson_curve(steps=1000)[:9]
+    rows[-1].update(train_loss=None, grad_norm=None, skipped=1, time_s=30.0)
+    unknown = Facts(vocab_size=65)
+    assert unknown.total_steps is None and unknown.time_budget is None
+    assert only(rows, "skipped", unknown).steps == (rows[-1]["step"],)
+    assert "skipped, stopped" not in kinds(rows, unknown)
+
 def with_spikes(rows, steps, rise=1.0, length=1):
     for r in rows:
         if any(s <= r["step"] < s + length * 10 for s in steps):
@@ -761,3 +785,59 @@ def test_a_spike_is_both_a_tenth_and_a_tenth_of_a_nat_above_the_median():
     assert reading.spike_steps(list(enumerate([0.4] * 5 + [0.48]))) == []
     assert reading.spike_steps(list(enumerate([0.4] * 5 + [0.52]))) == [5]
     assert reading.spike_steps(list(enumerate([3.0] * 5 + [3.31]))) == [5]  # 10 %: 0.3 nats
+
+
+def test_a_plateaus_rate_is_against_the_configured_peak_and_settling_is_strictly_below():
+    """The rate where the plateau began is a share of Facts.lr (the configured peak, which the
+    rows need not have logged), and 'settling' is a share below SETTLING_LR, not at it."""
+    rows, facts = cosine_run(best_at_end=True), Facts(vocab_size=65, total_steps=200, lr=1e-2)
+    start = only(rows, "plateau, settling", facts).step
+    there = next(r["lr"] for r in rows if r["step"] == start)
+    twice = Facts(vocab_size=65, total_steps=200, lr=2e-2)  # a peak above any rate logged
+    assert f"(to {there / 2e-2:.0%} of its peak there)" in only(rows, "plateau, settling",
+                                                                  twice).message
+    at = next(r for r in rows if r["step"] == start)
+    at["lr"] = reading.SETTLING_LR * facts.lr  # exactly at the line: the model at its limit
+    assert only(rows, "plateau", facts).step == start
+    at["lr"] = 0.99 * reading.SETTLING_LR * facts.lr
+    assert only(rows, "plateau, settling", facts).step == start
+
+
+def test_a_plateau_in_rows_with_no_rate_or_a_zero_rate_is_not_the_schedule_settling():
+    """One's own rows may log no rate, or a rate of zero throughout (a frozen model): nothing
+    says the rate decayed, so the flat end is a plateau (a missing rate read as 0 % of its
+    peak; a zero peak divided by)."""
+    settling = only(cosine_run(best_at_end=True), "plateau, settling",
+                    Facts(vocab_size=65, total_steps=200, lr=1e-2))
+    for lr in (None, 0.0):
+        rows = cosine_run(best_at_end=True)
+        for r in rows:
+            r.pop("lr") if lr is None else r.update(lr=lr)
+        assert only(rows, "plateau", Facts(vocab_size=65, total_steps=200)).step == settling.step
+
+
+def blew_up_rows(rise: float) -> list[dict]:
+    """The first tenth at `rise` above step 0's 4.2, then a fall of 2 nats."""
+    return [{"step": s, "train_loss": 4.2 + rise * (0 < s <= 100) - 2.0 * (s > 100) * min(
+        1, (s - 100) / 300), "lr": 0.3} for s in range(0, 1000, 10)]
+
+
+def test_a_rise_in_the_first_tenth_blew_up_only_beyond_the_margin():
+    """margin(4.2) is 0.042 nats: a first tenth 0.03 above step 0 is noise (not 'blew up'),
+    one 0.06 above is a rise (which a threshold of several margins, or of half the loss, or of
+    any rise at all, misread)."""
+    edge = reading.margin(4.2)
+    noise = kinds(blew_up_rows(0.75 * edge), Facts(vocab_size=65))
+    assert "shape, blew up" not in noise and {"shape", "shape, not yet"} & set(noise)
+    found = only(blew_up_rows(1.5 * edge), "shape, blew up", Facts(vocab_size=65))
+    assert f"its running median {4.2 + 1.5 * edge:.2f} by step 100" in found.message
+
+
+def test_a_jump_above_a_tenth_of_a_nat_but_under_a_tenth_of_a_high_loss_is_no_spike():
+    """At a loss of 3, a tenth of a nat is 3 %: the spike must clear both, the larger too."""
+    base = 3.0
+    nats, rise = base + reading.SPIKE_NATS, base * (1 + reading.SPIKE_RISE)
+    assert nats < rise
+    between = (nats + rise) / 2
+    assert reading.spike_steps(list(enumerate([base] * 5 + [between]))) == []
+    assert reading.spike_steps(list(enumerate([base] * 5 + [rise * 1.01]))) == [5]
