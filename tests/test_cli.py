@@ -206,6 +206,8 @@ BAD_INPUT = [
     (["attention", "--run", "x", "--prompt", "hi"], "(--prompt belongs to other commands; "
                                                     "did you mean --text?)"),
     (["train", "--version"], "(--version goes before the command: minigpt --version)"),
+    (["train", "--output", "runs/x"], "--output runs/x (did you mean --out?)"),
+    (["report", "--run", "x", "--output-dir", "y"], "(did you mean --out?)"),
     (["train", "--preset", "sede"], "did you mean 'seed'"),
     (["train", "--config", "{bad}/missing.toml"], "config file not found"),
     (["train", "--config", "{bad}"], "is a folder but not a run's (no config.json)"),  # (errno)

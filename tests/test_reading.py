@@ -199,7 +199,6 @@ def test_a_run_that_stopped_on_a_nan_gradient_says_it_stopped():
     assert "run stopped at step 400 on NaN" in only(rows, "skipped, stopped", budget).message
 
 
-
 def test_a_run_that_skipped_batches_then_stopped_on_one_says_where_it_stopped():
     """With --skip-nonfinite N the trainer skips N batches, then stops at the next: the stop
     is the last of the NaN rows (not the first), at the last row the run wrote."""
@@ -222,6 +221,7 @@ def test_rows_read_without_steps_or_a_budget_do_not_say_the_run_stopped_early():
     assert unknown.total_steps is None and unknown.time_budget is None
     assert only(rows, "skipped", unknown).steps == (rows[-1]["step"],)
     assert "skipped, stopped" not in kinds(rows, unknown)
+
 
 def with_spikes(rows, steps, rise=1.0, length=1):
     for r in rows:
@@ -829,6 +829,8 @@ def test_a_rise_in_the_first_tenth_blew_up_only_beyond_the_margin():
     edge = reading.margin(4.2)
     noise = kinds(blew_up_rows(0.75 * edge), Facts(vocab_size=65))
     assert "shape, blew up" not in noise and {"shape", "shape, not yet"} & set(noise)
+    said = only(blew_up_rows(0.75 * edge), "shape, not yet", Facts(vocab_size=65)).message
+    assert "only 0% of the drop" in said  # (no drop: not a negative share, -2 %)
     found = only(blew_up_rows(1.5 * edge), "shape, blew up", Facts(vocab_size=65))
     assert f"its running median {4.2 + 1.5 * edge:.2f} by step 100" in found.message
 

@@ -79,9 +79,12 @@ class Parser(argparse.ArgumentParser):
         raise MiniGPTError(f"{message} (see {prog} --help)")
 
 
-# a flag of one command that another spells its own way: (command, flag) -> the command's
+# a flag of one command that another spells its own way: (command, flag) -> the command's;
+# (None, flag): other tools' spelling of a flag, for any command that has it
 ALSO_CALLED = {("sample", "--tokens"): "--max-new-tokens", ("sample", "--text"): "--prompt",
-               ("attention", "--prompt"): "--text"}
+               ("attention", "--prompt"): "--text",
+               **dict.fromkeys([(None, "--output"), (None, "--outdir"), (None, "--out-dir"),
+                                (None, "--output-dir")], "--out")}
 
 
 def flag_hint(word: str, command: str | None, flags: dict[str | None, list[str]]) -> str:
@@ -94,6 +97,8 @@ def flag_hint(word: str, command: str | None, flags: dict[str | None, list[str]]
     if any(flag in theirs for theirs in flags.values()):  # spelt right, for another command
         same = ALSO_CALLED.get((command, flag))
         return f"{flag} belongs to other commands" + f"; did you mean {same}?" * bool(same)
+    if (alias := ALSO_CALLED.get((None, flag))) in own:
+        return f"did you mean {alias}?"
     like = ([o for o in own if len(flag) > 3 and o.startswith(flag + "-")]  # --val: not
             or [o for o in own if len(flag) > 3 and o.startswith(flag)]  # --value-embeds
             or ["--" + o for o in difflib.get_close_matches(  # (the names, without the dashes

@@ -445,7 +445,9 @@ def shape(rows: list[dict], facts: Facts) -> list[Finding]:
     step, loss1 = min(train, key=lambda p: abs(p[0] - early_step))
     if loss0 - low <= margin(loss0):
         return []
-    share = (loss0 - loss1) / (loss0 - low)  # at most 1: loss1 is never below the lowest
+    # at most 1 (loss1 is never below the lowest); 0, not negative, where the first tenth
+    # ended a little above step 0 (more than the margin above: "blew up", below)
+    share = max(0.0, (loss0 - loss1) / (loss0 - low))
     kind = "shape" if share >= 0.5 else "shape, not yet"
     if loss1 - loss0 > margin(loss0):  # up, not down, in the first tenth
         kind = "shape, blew up"
