@@ -164,8 +164,7 @@ def without_made_folders(root: Path, files: list[Path]) -> list[Path]:
 
 
 # what minigpt writes in each kind of folder it makes (files.MADE's names), and a key of it
-RECORDS = {"a prepared corpus": ("index.json", "shards"),
-           "an unfinished prepare": ("progress.json", "settings"),
+RECORDS = {"a prepared corpus": (INDEX, "shards"), "an unfinished prepare": (PROGRESS, "settings"),
            "a training run": ("config.json", "config"), "a comparison": ("variants.json", None)}
 
 

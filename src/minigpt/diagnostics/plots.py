@@ -157,11 +157,13 @@ def run_train_config(run_dir: Path) -> TrainConfig | None:
     return cfg.train
 
 
-def run_curves(run_dir: Path, rows: list[dict], log_scale: bool = False) -> dict:
-    """The loss figure (with the reading of the curve) and the learning-rate figure of the run
-    in run_dir, from its metrics `rows` and its config.json, by the file names they take."""
+def run_curves(run_dir: Path, rows: list[dict], findings: list[Finding],
+               log_scale: bool = False) -> dict:
+    """The loss figure (with `findings`, the reading of the curve) and the learning-rate
+    figure of the run in run_dir, from its metrics `rows` and its config.json, by the file
+    names they take."""
     return {"loss.png": plot_loss(rows, None, log_scale, title=f"loss: {printable(run_dir.name)}",
-                                  findings=read_curve(rows, run_facts(run_dir))),
+                                  findings=findings),
             "lr.png": plot_lr(rows, None, run_train_config(run_dir))}
 
 
@@ -169,7 +171,8 @@ def plot_run_curves(run_dir: str | Path, log_scale: bool = False) -> None:
     """loss.png and lr.png in the run folder, from its metrics.jsonl and config.json."""
     run_dir = Path(run_dir)
     if rows := read_jsonl(run_dir / "metrics.jsonl"):
-        for name, fig in run_curves(run_dir, rows, log_scale).items():
+        findings = read_curve(rows, run_facts(run_dir))
+        for name, fig in run_curves(run_dir, rows, findings, log_scale).items():
             save_png(fig, run_dir / name)
 
 

@@ -398,11 +398,11 @@ def plateau(rows: list[dict], facts: Facts) -> list[Finding]:
     peak, there = peak_lr(rows, facts), next((r.get("lr") for r in rows if r["step"] == first),
                                               None)  # (one's own rows may log no rate)
     rate = there / peak if finite(there) and peak > 0 else 1.0
+    if first < facts.warmup_steps or rate >= SETTLING_LR:  # (a rate still rising, or high)
+        return [finding("plateau", first, level, **words)]
     during = [(s, v) for s, v in evaluations(rows) if s >= first]  # validation on the plateau
     improving = len(during) >= 2 and during[0][1] - during[-1][1] > margin(during[0][1]) and \
         min(during, key=lambda p: p[1])[0] == during[-1][0]  # (by more than noise, to the end)
-    if first < facts.warmup_steps or rate >= SETTLING_LR:  # (a rate still rising, or high)
-        return [finding("plateau", first, level, **words)]
     words |= dict(rate=rate, longer="--steps" if facts.total_steps is not None else
                   "--time-budget" if facts.time_budget else "steps")
     if improving:

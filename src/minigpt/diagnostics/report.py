@@ -81,7 +81,7 @@ def summary_html(run_dir: Path) -> str:
                                for k, v in rows) + "</table>"
 
 
-def curves_html(run_dir: Path, rows: list[dict]) -> str:
+def curves_html(run_dir: Path, rows: list[dict], findings: list) -> str:
     """The loss and learning-rate curves, drawn from the metrics rows as they are now (the
     run's own loss.png is of its last evaluation, before whatever ended it: a NaN, a crash),
     into the page alone (the run folder may be read-only; it may have no plots)."""
@@ -91,7 +91,7 @@ def curves_html(run_dir: Path, rows: list[dict]) -> str:
         diag = json.loads((run_dir / "config.json").read_text())["config"]["diag"]
     except (OSError, ValueError, KeyError, TypeError):
         diag = {}
-    figures = run_curves(run_dir, rows, diag.get("log_scale", False) is True)
+    figures = run_curves(run_dir, rows, findings, diag.get("log_scale", False) is True)
     return "".join(figure_tag(fig, name) for name, fig in figures.items())
 
 
@@ -162,7 +162,7 @@ def build_report(run_dir: str | Path, rows: list[dict] | None = None) -> str:
     def section(part) -> str:
         if part is reading_html:
             return reading_html(findings)
-        return curves_html(run_dir, rows) if part is curves_html else part(run_dir)
+        return curves_html(run_dir, rows, findings) if part is curves_html else part(run_dir)
 
     nav = "".join(f'<a href="#{key}">{title}</a>' for key, title, _ in SECTIONS)
     body = "".join(f'<section id="{key}"><h2>{title}</h2>{section(part)}</section>'
