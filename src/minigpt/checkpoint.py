@@ -159,7 +159,8 @@ def prune(folder: Path, keep: int) -> None:
     for tag in ("last", "best"):
         if (folder / f"{tag}.json").exists():
             try:
-                named.add(Path(json.loads((folder / f"{tag}.json").read_text())["file"]).stem)
+                record = json.loads((folder / f"{tag}.json").read_text(encoding="utf-8"))
+                named.add(Path(record["file"]).stem)
             except (ValueError, KeyError, TypeError):  # damaged: which step it needs is unknown
                 log.warning(f"{folder / tag}.json is damaged: no checkpoint removed")
                 named = set(steps)

@@ -55,20 +55,18 @@ class Parser(argparse.ArgumentParser):
                 for name, p in a.choices.items()}
 
     def error(self, message: str):
-        commands = self.commands()
-        command = next((w for w in getattr(self, "words", []) if w in commands), None)
+        commands, given = self.commands(), getattr(self, "words", [])
+        command = next((w for w in given if w in commands), None)
         if message.startswith("unrecognized arguments:"):
             flags = {name: [o for a in p._actions for o in a.option_strings]
                      for name, p in [(None, self), *commands.items()]}
             words = message.split(":", 1)[1].split()
-            given = getattr(self, "words", [])
             before = given[given.index(words[0]) - 1] if words and words[0] in given else ""
             if all(map(os.path.exists, [before, *words])):  # --text books/*.txt, unquoted
                 message += " (files the shell found for a pattern? quote it: 'books/*.txt')"
             elif words and (hint := flag_hint(words[0], command, flags)):  # (the first word
                 message += f" ({hint})"  # names the mistake; the rest are values)
         if message.endswith("expected one argument"):  # --clip -1,0: its value read as a flag
-            given = getattr(self, "words", [])
             names = message.split()[1].rstrip(":").split("/")  # (argument -o/--out:)
             at = next((i for i, w in enumerate(given) if w in names), len(given))
             value = given[at + 1] if at + 1 < len(given) else ""
@@ -554,10 +552,7 @@ def cmd_attention(args: argparse.Namespace) -> None:
             raise MiniGPTError("the run's vocabulary has none of the characters of the default "
                                "text: give one with --text")
     else:
-        try:
-            ids = tok.encode(args.text)
-        except MiniGPTError as e:  # a character the run's text never had
-            raise MiniGPTError(f"--text: {e}") from None
+        ids = encode(tok, args.text, "--text")
     if not ids or len(ids) > model.block_size:
         unit = "characters" if tok.kind == "char" else "tokens"
         raise MiniGPTError(f"--text must have 1 to {model.block_size} {unit} "
@@ -566,6 +561,14 @@ def cmd_attention(args: argparse.Namespace) -> None:
     plot_attention(attention_maps(model, idx), token_labels(tok, ids), out,
                    title=f"attention after {count(meta['step'], 'step')}")
     print(f"wrote {out}")
+
+
+def encode(tok, text: str, flag: str) -> list[int]:
+    """A flag's text as the run's tokens; a character the run's text never had: the flag's error."""
+    try:
+        return tok.encode(text)
+    except MiniGPTError as e:
+        raise MiniGPTError(f"{flag}: {e}") from None
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -588,10 +591,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         prompt = prompt.replace("\r\n", "\n").replace("\r", "\n")
     if not prompt:
         raise MiniGPTError("--prompt must not be empty")
-    try:
-        idx = torch.tensor([tok.encode(prompt)], device=device)  # (1, T)
-    except MiniGPTError as e:  # a character the run's text never had
-        raise MiniGPTError(f"--prompt: {e}") from None
+    idx = torch.tensor([encode(tok, prompt, "--prompt")], device=device)  # (1, T)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     sys.stdout.write(prompt)
     tokens = stream(model, idx, args.max_new_tokens, temperature=args.temperature,

@@ -295,7 +295,8 @@ def preset_table(name: str) -> dict:
     if name not in names:
         raise MiniGPTError(f"unknown preset '{name}'{suggest(name, names)} (presets: "
                            f"{', '.join(names)})")
-    return tomllib.loads(resources.files("minigpt").joinpath("configs", f"{name}.toml").read_text())
+    preset = resources.files("minigpt").joinpath("configs", f"{name}.toml")
+    return tomllib.loads(preset.read_text(encoding="utf-8"))
 
 
 def resolve_config(preset: str = "seed", config_file: str | None = None,

@@ -63,6 +63,7 @@ from minigpt.files import (
     file_on_path,
     folder_holds,
     lock_folder,
+    read_json,
     sha256_file,
 )
 from minigpt.tokenizer import (
@@ -81,6 +82,8 @@ SHARD_TOKENS = 100_000_000  # 200 MB of uint16 per shard
 CHUNK_CHARS = 1 << 20  # characters read, and encoded, at a time (larger: no faster)
 BPE_VOCAB = 4096  # prepare's default vocabulary size for --tokenizer bpe
 BPE_TRAIN_CHARS = 1 << 27  # BPE learns its merges from at most this much of the training split
+
+log = logging.getLogger("minigpt")
 
 
 def split_point(n: int, val_fraction: float) -> int:
@@ -139,9 +142,8 @@ def find_sources(sources: str, exclude: Path | None = None) -> list[Path]:
     for p in sorted(files):
         once.setdefault(p.resolve(), p)
     if len(once) < len(files):
-        logging.getLogger("minigpt").warning(
-            f"{len(files) - len(once)} of the files {sources!r} names are files named before, "
-            f"reached again (through a link, or '..'): each file is read once")
+        log.warning(f"{len(files) - len(once)} of the files {sources!r} names are files named "
+                    f"before, reached again (through a link, or '..'): each file is read once")
     return sorted(once.values())
 
 
@@ -158,8 +160,7 @@ def without_made_folders(root: Path, files: list[Path]) -> list[Path]:
         return folder if made_by_minigpt(folder) else None
 
     for folder in sorted({made(p.parent) for p in files} - {None}):
-        logging.getLogger("minigpt").warning(f"left out {folder}: it holds "
-                                             f"{made_by_minigpt(folder)}, not text")
+        log.warning(f"left out {folder}: it holds {made_by_minigpt(folder)}, not text")
     return [p for p in files if made(p.parent) is None]
 
 
@@ -174,10 +175,7 @@ def made_by_minigpt(folder: Path) -> str | None:
     what = folder_holds(folder)
     if what in RECORDS:
         name, key = RECORDS[what]
-        try:
-            record = json.loads((folder / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
+        record = read_json(folder / name)
         if not isinstance(record, dict) or (key is not None and key not in record):
             return None
     return what
@@ -471,24 +469,21 @@ def encode_shards(source, tok: AnyTokenizer, out_dir: Path, state: dict,
         writer.discard()
 
 
-def check_out_folder(out_dir: Path, settings: dict | None = None) -> dict | None:
+def check_out_folder(out_dir: Path, settings: dict) -> dict | None:
     """A prepare's folder may be new, or hold an unfinished prepare, but nothing else minigpt
     makes; or a corpus prepared there with these settings, whose index this returns (the same
     command run again: nothing to do), once its shards are checked."""
     if is_prepared(out_dir):
-        try:
-            index = json.loads((out_dir / INDEX).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            index = None
+        index = read_json(out_dir / INDEX)
         was = comparable(index.get("settings")) if isinstance(index, dict) else None
-        if settings is not None and was == settings:
+        if was == settings:
             try:  # whole: every shard, and its tokenizer
                 return open_prepared(out_dir)[3]
             except MiniGPTError as e:
                 raise MiniGPTError(f"{out_dir} holds a damaged prepared corpus ({e}): delete "
                                    f"it and run the command again") from None
         why = (f" of other sources or settings ({changed(was, settings)})"
-               if settings is not None and was is not None else "")  # (an older index: none)
+               if was is not None else "")  # (an older index: none)
         raise MiniGPTError(f"{out_dir} already holds a prepared corpus{why}; choose another "
                            f"--out or delete it first")
     if (what := folder_holds(out_dir)) in ("a training run", "a comparison", "an exported model"):
@@ -533,10 +528,8 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
     if index := check_out_folder(out_dir, settings):
         return index
     continuing = (out_dir / PROGRESS).exists()  # an unfinished prepare's
-    try:
-        state = json.loads((out_dir / PROGRESS).read_text(encoding="utf-8")) if continuing else {}
-    except (OSError, ValueError):
-        state = None  # (emptied, say: changed() calls it not minigpt's)
+    # (None where it cannot be read, emptied say: changed() calls it not minigpt's)
+    state = read_json(out_dir / PROGRESS) if continuing else {}
     was = comparable(state.get("settings")) if isinstance(state, dict) else state
     if continuing and was != settings:
         raise MiniGPTError(f"{out_dir} holds an unfinished prepare of other sources or settings "
@@ -545,8 +538,8 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
     if continuing:
         tok = load_tokenizer(out_dir / TOKENIZER)
         done = sum(map(len, state["shards"].values()))
-        logging.getLogger("minigpt").info(f"{out_dir}: continuing an interrupted prepare "
-                                          f"after its {done} complete shard(s)")
+        log.info(f"{out_dir}: continuing an interrupted prepare after its {done} complete "
+                 f"shard(s)")
     else:
         chars, alphabet = scan(source, tokenizer, chunk_chars, progress)
         cut = split_point(chars, val_fraction)

@@ -72,6 +72,14 @@ def file_on_path(path: str | Path | None) -> Path | None:
     return None if on.is_dir() else on
 
 
+def read_json(path: str | Path):
+    """A JSON file's value, or None where it cannot be read (missing, damaged, not JSON)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(text.encode("utf-8"))

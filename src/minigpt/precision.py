@@ -74,7 +74,7 @@ def cpu_choice(model: torch.nn.Module, batch_size: int, cache: Path | None,
     big for the machine is refused by the memory check (which follows the dtype) instead of
     exhausting memory here."""
     try:
-        answers = json.loads(cache.read_text()) if cache is not None else {}
+        answers = json.loads(cache.read_text(encoding="utf-8")) if cache is not None else {}
     except (OSError, ValueError):  # missing or unreadable: measured again and rewritten
         answers = {}
     answers = answers if isinstance(answers, dict) else {}  # (another program's JSON)

@@ -278,7 +278,6 @@ def check_new_folder(folder: Path) -> None:
                            f"{continue_in_python(folder)}), or choose another --out")
 
 
-
 @contextmanager
 def hold_folder(run: Run, resume: bool) -> Iterator[None]:
     """The run folder, made and locked by rank 0 while the run trains (a second process there

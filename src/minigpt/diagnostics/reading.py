@@ -179,9 +179,9 @@ def finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def smoothed(points: list[tuple[int, float]], width: int = SMOOTH) -> list[tuple[int, float]]:
-    """The running median over `width` rows (centred; fewer at the ends)."""
-    half, losses = width // 2, [v for _, v in points]
+def smoothed(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """The running median over SMOOTH rows (centred; fewer at the ends)."""
+    half, losses = SMOOTH // 2, [v for _, v in points]
     return [(s, statistics.median(losses[max(0, i - half):i + half + 1]))
             for i, (s, _) in enumerate(points)]
 
@@ -419,11 +419,8 @@ def diverging(train: list[tuple[int, float]]) -> tuple[int, float] | None:
 
 def rising(rows: list[dict], facts: Facts) -> list[Finding]:
     """A training loss that climbs back from its lowest point and ends well above it."""
-    points = train_points(rows)
-    if len(points) < 2 * SMOOTH:
-        return []
-    train = smoothed(points)
-    if (low := diverging(train)) is None:
+    train = smoothed(train_points(rows))
+    if len(train) < 2 * SMOOTH or (low := diverging(train)) is None:
         return []
     (step, loss), (last, high) = low, train[-1]
     return [finding("rising", step, loss, end=last, low=loss, high=high, last=last,
@@ -434,10 +431,8 @@ def shape(rows: list[dict], facts: Facts) -> list[Finding]:
     """The lesson's closing claim on this curve: how much of the drop, from step 0 to the
     lowest point, came in the first tenth of the run (not read on a diverging curve)."""
     points = train_points(rows)
-    if len(points) < 2 * SMOOTH or points[0][0] != 0:
-        return []
     train = smoothed(points)
-    if diverging(train):
+    if len(train) < 2 * SMOOTH or points[0][0] != 0 or diverging(train):
         return []
     loss0, loss2 = points[0][1], train[-1][1]
     low = min(v for _, v in train)
@@ -494,7 +489,8 @@ def facts_from_config(config: RunConfig | dict) -> Facts:
 def run_facts(run_dir: str | Path) -> Facts:
     """The Facts of a run folder, from its config.json."""
     try:
-        return facts_from_config(json.loads((Path(run_dir) / "config.json").read_text())["config"])
+        config = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
+        return facts_from_config(config["config"])
     except (OSError, ValueError, KeyError, TypeError):
         raise MiniGPTError(f"{run_dir} is not a run folder (no readable config.json)") from None
 

@@ -63,14 +63,15 @@ def summary_html(run_dir: Path) -> str:
     path = run_dir / "summary.json"
     if not path.exists():
         try:  # where it stopped, from its last checkpoint
-            step = json.loads((run_dir / "checkpoints" / "last.json").read_text())["step"]
+            last = run_dir / "checkpoints" / "last.json"
+            step = json.loads(last.read_text(encoding="utf-8"))["step"]
             where = f"; its last checkpoint is of step {step:,}: minigpt train --resume "
             where += f"{shlex.quote(printable(str(run_dir)))} continues it"
         except (OSError, ValueError, KeyError, TypeError):
             where = ""
         return missing(f"summary.json (the run has not finished{where})")
     try:
-        s = json.loads(path.read_text())
+        s = json.loads(path.read_text(encoding="utf-8"))
         rows = [("final validation loss (whole split)", f"{s['final_val_loss']:.4f}"),
                 ("best validation estimate", f"{s['best_val_loss']:.4f}"),
                 ("steps", f"{s['steps']:,}"), ("training time", f"{s['train_s']:.1f} s"),
@@ -88,7 +89,7 @@ def curves_html(run_dir: Path, rows: list[dict], findings: list) -> str:
     if not rows:
         return missing("metrics rows to draw")
     try:  # (on the run's own scale)
-        diag = json.loads((run_dir / "config.json").read_text())["config"]["diag"]
+        diag = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["config"]["diag"]
     except (OSError, ValueError, KeyError, TypeError):
         diag = {}
     figures = run_curves(run_dir, rows, findings, diag.get("log_scale", False) is True)
@@ -138,7 +139,7 @@ def graph_html(run_dir: Path) -> str:
 
 
 def config_html(run_dir: Path) -> str:  # build_report has checked that config.json is there
-    config = json.loads((run_dir / "config.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     return f"<pre>{html.escape(json.dumps(config, indent=2, ensure_ascii=False))}</pre>"
 
 
