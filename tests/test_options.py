@@ -433,6 +433,7 @@ def test_zero_init_starts_every_block_as_the_identity_and_learns():
 @pytest.mark.parametrize("options, message", [
     (dict(value_embeds=5), "'value_embeds' must be in \\[0, n_layer=4\\]"),
     (dict(logit_cap=-1.0), "'logit_cap' must be >= 0"),
+    (dict(logit_cap=math.inf), "'logit_cap' must be a finite number, got inf"),  # (inf * 0: NaN)
     (dict(unet=True, n_layer=1), "U-net skips need at least 2 blocks"),
 ])
 def test_speedrun_options_refuse_bad_values(options, message):

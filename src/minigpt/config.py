@@ -412,10 +412,7 @@ def validate(cfg: RunConfig) -> None:
 def check_values(cfg: RunConfig) -> None:
     """`validate`'s checks of each of the core's settings on its own: its type and range."""
     for section in cfg.sections().values():
-        for f in fields(section):
-            setattr(section, f.name, value := _coerce(getattr(section, f.name), f))
-            if isinstance(value, float) and not math.isfinite(value):  # NaN passes x < 0
-                raise MiniGPTError(f"'{f.name}' must be a finite number, got {value}")
+        coerce_section(section)
     check_model_values(cfg.model)
     t, d = cfg.train, cfg.data
     for key in ("steps", "batch_size", "lr", "eval_every", "log_every", "keep", "grad_accum"):
@@ -457,10 +454,17 @@ def parse_targets(text: str) -> list[float]:
 
 def validate_model(m: ModelConfig) -> None:
     """The model's part of `validate` (MiniGPT checks its own options with it too)."""
-    for f in fields(m):
-        setattr(m, f.name, _coerce(getattr(m, f.name), f))
+    coerce_section(m)
     check_model_values(m)
     check_model_shape(m)
+
+
+def coerce_section(section) -> None:
+    """Each setting of a config section as its field's type, and finite where it is a float."""
+    for f in fields(section):
+        setattr(section, f.name, value := _coerce(getattr(section, f.name), f))
+        if isinstance(value, float) and not math.isfinite(value):  # NaN passes x < 0
+            raise MiniGPTError(f"'{f.name}' must be a finite number, got {value}")
 
 
 def check_model_values(m: ModelConfig) -> None:
