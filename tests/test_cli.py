@@ -165,7 +165,6 @@ def bad_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("bad")
     (d / "empty.txt").write_text("")
     (d / "latin1.txt").write_bytes("caf\xe9 cr\xe8me br\xfbl\xe9e\n".encode("latin-1") * 50)
-    (d / "binary.txt").write_bytes(bytes(range(256)) * 10)
     (d / "text.txt.gz").write_bytes(gzip.compress(b"To be, or not to be\n" * 50))
     (d / "short.txt").write_text("x" * 300)  # 270 train, 30 validation tokens
     (d / "a-file").write_text("not a folder")
@@ -226,7 +225,6 @@ BAD_INPUT = [
                                                  "not finish: run the same minigpt prepare"),
     (["train", "--text", "{bad}/empty.txt"], "is empty"),
     (["train", "--text", "{bad}/latin1.txt"], "is not UTF-8 text"),
-    (["train", "--text", "{bad}/binary.txt"], "is not UTF-8 text"),
     (["train", "--text", "{bad}/text.txt.gz"], "text.txt.gz is gzip-compressed text: decompress"),
     (["train", "--text", "{bad}/short.txt"], "validation split has 30 tokens, fewer than "
      "block_size + 1 = 129; use a longer text, a smaller --block-size or a larger --val-fraction "
@@ -235,12 +233,10 @@ BAD_INPUT = [
     (["train", "--text", "{bad}/short.txt", "--block-size", "280"], "train split has 270"),
     (["train", "--n-embd", "30", "--n-head", "4"], "divisible"),
     (["train", "--steps", "0"], "'steps' must be positive"),
-    (["train", "--steps", "-5"], "'steps' must be positive"),
     (["train", "--steps", str(10**20)], "'steps' must be below 2**63"),
     (["train", "--batch-size", "-1"], "'batch_size' must be positive"),
     (["train", "--block-size", "0"], "'block_size' must be positive"),
     (["train", "--lr", "0"], "'lr' must be positive"),
-    (["train", "--lr", "-0.1"], "'lr' must be positive"),
     (["train", "--optimizer", "adam"], "invalid choice"),
     (["train", "--seed", "99999999999999999999"], "'seed' must be a 64-bit integer"),
     (["train", "--grad-clip", "nan"], "'grad_clip' must be a finite number, got nan"),

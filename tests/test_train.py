@@ -568,16 +568,6 @@ def test_short_real_run_learns_shakespeare(tmp_path):
     assert summary["params"] == 216_576
 
 
-def test_initial_loss_check_warns_only_when_far_from_ln_vocab(caplog):
-    from minigpt.trainer import check_initial_loss
-
-    caplog.set_level("WARNING", logger="minigpt")
-    check_initial_loss(math.log(65) + 0.3, 65)
-    assert caplog.text == ""
-    check_initial_loss(math.log(65) + 0.7, 65)
-    assert "far from ln(65) = 4.174" in caplog.text
-
-
 @pytest.mark.parametrize("off, warned", [(0.45, False), (-0.45, False), (0.55, True),
                                          (-0.55, True), (-2.0, True)])
 def test_initial_loss_check_warns_half_a_nat_from_ln_vocab_either_side(caplog, off, warned):
@@ -587,15 +577,21 @@ def test_initial_loss_check_warns_half_a_nat_from_ln_vocab_either_side(caplog, o
 
     caplog.set_level("WARNING", logger="minigpt")
     check_initial_loss(math.log(65) + off, 65)
-    assert ("far from ln(65)" in caplog.text) == warned
+    assert ("far from ln(65) = 4.174" in caplog.text) == warned
+    assert bool(caplog.text) == warned  # (and nothing else said)
     check_initial_loss(None, 65)  # (no loss recorded: nothing to check)
 
 
-def test_the_initial_loss_checked_is_the_first_rows(small_text, tmp_path, monkeypatch):
+def test_the_initial_loss_checked_is_the_first_rows(small_text, tmp_path, monkeypatch, caplog):
+    """(and the rows of a run without skipped batches say nothing of skipping)"""
+    caplog.set_level("WARNING", logger="minigpt")
     checked = []
     monkeypatch.setattr(trainer, "check_initial_loss", lambda *args: checked.append(args))
     result = train(tiny_config(small_text, steps=3, log_every=1), tmp_path, progress=False)
-    assert checked == [(metrics(tmp_path)[0]["train_loss"], result.tokenizer.vocab_size)]
+    rows = metrics(tmp_path)
+    assert checked == [(rows[0]["train_loss"], result.tokenizer.vocab_size)]
+    assert len(rows) == 3 and not any("skipped" in r for r in rows)
+    assert "not finite" not in caplog.text
 
 
 def test_a_time_budget_trains_for_that_many_seconds(small_text, tmp_path):
@@ -729,13 +725,3 @@ def test_a_run_under_a_time_budget_resumes_past_its_steps(small_text, tmp_path):
     again = train(resume_config(tmp_path / "run", {"time_budget": longer}), tmp_path / "run",
                   resume=True, progress=False).summary
     assert again["steps"] > first["steps"]
-
-
-def test_rows_of_a_run_without_skipped_batches_say_nothing_of_skipping(small_text, tmp_path,
-                                                                      caplog):
-    caplog.set_level("WARNING", logger="minigpt")
-    train(tiny_config(small_text, steps=3, log_every=1, eval_every=3), tmp_path / "run",
-          progress=False)
-    rows = metrics(tmp_path / "run")
-    assert len(rows) == 3 and not any("skipped" in r for r in rows)
-    assert "not finite" not in caplog.text
