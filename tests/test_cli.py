@@ -257,7 +257,7 @@ BAD_INPUT = [
     (["train", "--grad-accum", str(10**12)], "'grad_accum' must be at most 65,536"),
     (["train", "--text", "{text}", "--n-layer", "10000000", "--block-size", "8"],
      "parameters (10000000 layers, 64 wide) needs about 7,4"),  # 50 K a layer: 500 G
-    (["train", "--text", "{text}", "--out", "{bad}/a-file/run"], "cannot create run folder"),
+    (["train", "--text", "{text}", "--out", "{bad}/a-file/run"], "a-file is a file"),
     (["train", "--text", "{text}", "--out", "{bad}/a-file"], "/a-file: is a file"),
     (["train", "--text", "/dev/null"], "/dev/null is not a regular file"),  # (said: not found)
     (["prepare", "--text", "/dev/null", "--out", "{bad}/p"], "/dev/null is not a regular file"),

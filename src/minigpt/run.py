@@ -46,6 +46,7 @@ from minigpt.errors import MiniGPTError, continue_in_python
 from minigpt.evaluate import target_bytes
 from minigpt.files import (
     atomic_write_text,
+    file_on_path,
     folder_holds,
     lock_folder,
     remove_temporaries,
@@ -267,7 +268,11 @@ def make_folder(folder: Path) -> Path:
 
 def check_new_folder(folder: Path) -> None:
     """A new run's folder may exist, but not hold another run, nor anything else minigpt
-    makes (a comparison, a prepared corpus)."""
+    makes (a comparison, a prepared corpus); and a file on its path is said before the data
+    is read and the model built."""
+    if file := file_on_path(folder):
+        raise MiniGPTError(f"cannot create run folder {folder}: "
+                           + ("is a file" if file == folder else f"{file} is a file"))
     what = folder_holds(folder)
     if what not in (None, "a training run"):
         raise MiniGPTError(f"{folder} holds {what}; choose another --out")
