@@ -161,20 +161,28 @@ def ctrl_c_at_step(monkeypatch, n: int) -> list:
 
 
 @MAIN_THREAD_ONLY
-def test_a_stop_between_rows_keeps_the_count_of_clipped_steps(small_text, tmp_path,
-                                                               monkeypatch):
-    """Ctrl-C at a step between two metrics rows: the row after the resume counts the clipped
-    steps before the stop too, as the uninterrupted run's row does."""
-    cfg = tiny_config(small_text, steps=20, log_every=10, eval_every=100, grad_clip=0.01)
-    straight = train(cfg, tmp_path / "straight", progress=False)
+def test_a_stop_between_rows_keeps_the_counts_of_clipped_steps_and_skipped_batches(
+        small_text, tmp_path, monkeypatch):
+    """Ctrl-C at a step between two metrics rows, after a NaN batch: the row after the resume
+    counts the clipped steps and the skipped batch before the stop too, as the uninterrupted
+    run's row does (and so does --skip-nonfinite's allowance)."""
+    cfg = tiny_config(small_text, steps=20, log_every=10, eval_every=100, grad_clip=0.01,
+                      skip_nonfinite=1)
+    straight = train(cfg, tmp_path / "straight", progress=False, probes=[PoisonBatches({12})])
     ctrl_c_at_step(monkeypatch, 14)
     with pytest.raises(TrainingStopped, match="after 14 steps"):
-        train(cfg, tmp_path / "stopped", progress=False)
+        train(cfg, tmp_path / "stopped", progress=False, probes=[PoisonBatches({12})])
     monkeypatch.undo()
+    shutil.copytree(tmp_path / "stopped", tmp_path / "again")
+    with pytest.raises(MiniGPTError, match="step 19: 2 batch.*not finite"):  # one more NaN:
+        train(cfg, tmp_path / "again", resume=True, progress=False,  # beyond the allowance
+              probes=[PoisonBatches({16})])
     train(cfg, tmp_path / "stopped", resume=True, progress=False)
     rows = [read_jsonl(folder / "metrics.jsonl") for folder in (straight.folder,
                                                                  tmp_path / "stopped")]
-    assert [r["clipped"] for r in rows[1]] == [r["clipped"] for r in rows[0]] == [1, 10, 9]
+    assert [r["clipped"] for r in rows[1]] == [r["clipped"] for r in rows[0]] == [1, 10, 8]
+    assert [r.get("skipped") for r in rows[1]] == [r.get("skipped") for r in rows[0]] == [
+        None, None, 1]
 
 
 @MAIN_THREAD_ONLY

@@ -66,6 +66,7 @@ class TrainState:
     best_val: float = math.inf  # the best validation estimate so far
     bad_evals: int = 0  # evaluations since it last improved (early stopping)
     skipped: int = 0  # batches skipped for NaN or inf gradients
+    skipped_logged: int = 0  # of those, the ones the metrics rows have told of
     tokens: int = 0  # tokens trained on (every process's)
     clipped: int = 0  # steps since the last metrics row whose gradient the clip scaled down
     reached: dict = field(default_factory=dict)  # target loss -> seconds when first reached
@@ -90,7 +91,8 @@ class TrainState:
         return patience > 0 and self.bad_evals >= patience
 
     def state_dict(self) -> dict:
-        return {**asdict(self), "clipped": int(self.clipped)}  # (the loop's counter: a tensor)
+        return {**asdict(self), "skipped": int(self.skipped),  # (the loop's counters: tensors)
+                "clipped": int(self.clipped)}
 
     def load_state_dict(self, state: dict) -> None:
         self.__init__(**state)

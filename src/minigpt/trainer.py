@@ -112,9 +112,10 @@ def loop(run: Run, progress: bool) -> TrainResult:
                  "--time-budget to train on; one stopped early, with --patience 0 or larger)")
     for probe in run.probes:
         probe.start(run)
-    skipped = torch.full((), state.skipped, device=run.device)  # counted on the device
-    clipped = state.clipped = torch.full((), int(state.clipped), device=run.device)  # since the
-    # last row: in the state, for a checkpoint between rows (a signal's) to keep
+    # counted on the device, and held in the state for a checkpoint between rows (a signal's)
+    skipped = state.skipped = torch.full((), int(state.skipped), device=run.device)  # in all
+    clipped = state.clipped = torch.full((), int(state.clipped), device=run.device)  # since
+    # the last row
     run.model.train()
     with StopSignals() as signals:
         now = seconds(clock.start(), run)
@@ -197,8 +198,8 @@ def metrics_row(run: Run, step: int, lr: float, loss: torch.Tensor, grad_norm: t
            "grad_norm": console.finite_or_none(grad_norm.item()), "clipped": clipped,
            **speed.read(run.state.tokens, run.clock.seconds()),
            "time_s": round(run.clock.seconds(), 2)}
-    if skipped > run.state.skipped:
-        row["skipped"], run.state.skipped = skipped - run.state.skipped, skipped
+    if skipped > run.state.skipped_logged:
+        row["skipped"], run.state.skipped_logged = skipped - run.state.skipped_logged, skipped
     return row
 
 
@@ -210,7 +211,7 @@ def check_row(run: Run, row: dict) -> None:
         check_initial_loss(row["train_loss"], run.tokenizer.vocab_size)
     if "skipped" not in row:
         return
-    skipped, allowed = run.state.skipped, run.cfg.train.skip_nonfinite
+    skipped, allowed = run.state.skipped_logged, run.cfg.train.skip_nonfinite
     what = (f"step {row['step']}: {row['skipped']} batch(es) since the last log line had a "
             f"gradient that is not finite (now: loss {console.fmt(row['train_loss'], '.4g')}, "
             f"gradient norm {console.fmt(row['grad_norm'], '.4g')})")
