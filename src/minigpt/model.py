@@ -1,6 +1,7 @@
 """MiniGPT, the lesson's model: token + position embeddings, pre-LayerNorm blocks of causal
 multi-head attention and a 4x GELU MLP, a final LayerNorm and a bias-free lm_head, every Linear
-and Embedding weight initialised N(0, 0.02). No I/O and no printing here.
+and Embedding weight initialised N(0, 0.02) (the biases keep PyTorch's default, uniform in
++-1/sqrt(fan_in), as in the lesson's code; nanoGPT zeroes them). No I/O and no printing here.
 
 The module names are the lesson's (token_emb, pos_emb, blocks[i].ln1/attn/ln2/ff, ln_f,
 lm_head, attn.Wq/Wk/Wv/Wo), so the lesson's own code runs against it; with vocab 65 and the
@@ -120,6 +121,8 @@ class CausalSelfAttention(nn.Module):
         p = self.dropout if self.training else 0.0
         if S == T:  # softmax(q k^T / sqrt(d_k)) v, causally masked, as one fused kernel
             y = attend(q, k, v, is_causal=True, dropout_p=p)
+        elif T == 1:  # one query after the cached keys (sampling): it sees them all, no mask
+            y = attend(q, k, v, dropout_p=p)
         else:  # T queries after S - T cached keys: query i sees keys 0 .. S - T + i
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)  # (T, S)
             y = attend(q, k, v, attn_mask=mask, dropout_p=p)
