@@ -2,6 +2,7 @@
 MiniGPTError at the call (not a torch error from deep inside, nor a silently wrong result), and
 what the library says fits a Python caller (train(..., resume=True), not only --resume)."""
 
+import copy
 import json
 import re
 
@@ -198,3 +199,12 @@ def test_ctrl_c_during_the_last_evaluation_stops_as_it_says_it_will(small_text, 
         train(cfg, folder, probes=[SignalAt(5)], progress=False)  # at the last step's row
     assert not (folder / "summary.json").exists()
     assert train(cfg, folder, resume=True, progress=False).summary["steps"] == 6
+
+
+def test_train_leaves_the_callers_config_as_it_was(small_text, tmp_path):
+    """The run resolves its vocabulary, paths and dtype in a copy (its config.json has them):
+    the same config object trains the next run as given (a loop over a learning rate, say)."""
+    cfg = tiny_config(small_text, steps=2, eval_every=2, vocab_size=500)
+    before = copy.deepcopy(cfg)
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert cfg == before and result.tokenizer.vocab_size < 500

@@ -28,7 +28,7 @@ class MicroSteps:
     def __iter__(self):
         return iter(range(self.n))
 
-    def syncing(self, model: torch.nn.Module, i: int):
+    def gradient_sync(self, model: torch.nn.Module, i: int):
         """Around micro-batch i's forward and backward: DDP keeps its gradients to itself but
         for the last micro-batch, whose backward averages the sum across processes."""
         if isinstance(model, DistributedDataParallel) and i < self.n - 1:
@@ -52,7 +52,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches
     loss = 0.0
     for i in micro:  # one micro-batch, unless accumulating
         x, y = batches.get_batch("train", i)  # 1. a batch: (B, T) inputs, targets shifted by one
-        with micro.syncing(model, i):
+        with micro.gradient_sync(model, i):
             with micro.autocast(x.device):
                 _, batch_loss = model(x, y)  # 2. forward, and the loss
             (batch_loss / micro.n).backward()  # 3. backward: d loss / d every weight

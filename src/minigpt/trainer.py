@@ -11,6 +11,7 @@ The run's parts, its folder and its checkpoints are minigpt.run; the clock, mini
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shlex
@@ -61,13 +62,15 @@ class TrainResult:
 
 def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = False,
           probes: Sequence = (), progress: bool = True) -> TrainResult:
-    """Train a MiniGPT as cfg says, write the run folder, and return the summary and the model.
+    """Train a MiniGPT as cfg says, write the run folder, and return the summary and the model
+    (cfg itself is left as given: the run's resolved settings are in its config.json).
 
     resume: continue the run in out_dir from its last checkpoint, as cfg says (its training
     settings may differ from the run's, its model and data may not; resume_config(out_dir)
     gives the run's own). probes: what else to record as it trains (see
     minigpt.diagnostics.probes). progress: show a progress bar. Under torchrun every process
     calls this; rank 0 alone prints and writes files."""
+    cfg = copy.deepcopy(cfg)  # the run resolves its dtype, paths and vocabulary in its own
     validate(cfg)  # (changed in code since resolve_config, say)
     folder = as_path(out_dir, "out_dir") if out_dir else default_run_dir(cfg)
     if resume:  # (before the folder is made and locked)
@@ -118,9 +121,10 @@ def loop(run: Run, progress: bool) -> TrainResult:
     # the last row
     run.model.train()
     with StopSignals() as signals:
-        now = seconds(clock.start(), run)
+        clock.start()
+        now = seconds(clock, run)
         while not (finished(t, state.step, now) or state.out_of_patience(t.patience)):
-            step, lr = state.step, schedule(run, state.step, now)
+            step, lr = state.step, set_schedules(run, state.step, now)
             loss, grad_norm = train_step(model, run.optimizer, run.batches, t.grad_clip, micro)
             state.tokens += run.batches.tokens * micro.n * run.world.size
             if run.ema is not None:
@@ -163,7 +167,7 @@ def loop(run: Run, progress: bool) -> TrainResult:
 # --- what the loop calls --------------------------------------------------------------------
 
 
-def schedule(run: Run, step: int, seconds: float) -> float:
+def set_schedules(run: Run, step: int, seconds: float) -> float:
     """Step `step`'s learning rate, set on the optimizer and returned, and its batch's shape,
     set on the batches (the batch-size and sequence-length schedules)."""
     run.batches.train_shape = batch_shape(run.cfg.train, run.cfg.model.block_size, step, seconds)
