@@ -234,7 +234,8 @@ class Batches:
         # separate generators, so how often we evaluate never changes the training batches
         self.generators = {"val": torch.Generator().manual_seed(seed + 1)}
         for s in self.streams:
-            self.generators[f"train{s}"] = torch.Generator().manual_seed(seed + 1_000_003 * s)
+            self.generators[f"train{s}"] = torch.Generator().manual_seed(
+                seed + 1_000_003 * s)  # (a stride above 1: no train seed is val's, seed + 1)
 
     def get_batch(self, split: str, micro: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y), each (B, T): from the val stream, or from this step's micro-th train stream."""

@@ -131,7 +131,8 @@ class CausalSelfAttention(nn.Module):
 
 
 class ReLUSquared(nn.Module):
-    """relu(x)^2: as cheap as ReLU, smooth at 0 in the gradient's sense of mattering less."""
+    """relu(x)^2 (Primer, So et al. 2021; modded-nanogpt's MLP): as cheap as ReLU, with a
+    gradient, 2 relu(x), that is continuous at 0."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x).square()

@@ -126,7 +126,9 @@ def orthogonalise(g: torch.Tensor, steps, dtype: torch.dtype, eps: float,
     """g (m, n), or a stack (B, m, n) of matrices each on its own, -> the same shape with each
     matrix's singular values pulled towards 1 (roughly U V^T for g = U S V^T): scaled to
     spectral norm <= 1, then X <- aX + b(XX^T)X + c(XX^T)^2 X for each (a, b, c) in steps, on
-    the wide orientation (the smaller Gram matrix), in dtype."""
+    the wide orientation (the smaller Gram matrix), in dtype. `safety` > 1 divides a little
+    more (Polar Express's 1.02), so that bf16's rounding cannot leave a singular value above 1,
+    where its coefficients, tuned for [0, 1], diverge."""
     x = g.to(dtype).reshape(-1, *g.shape[-2:])  # (B, m, n)
     tall = g.size(-2) > g.size(-1)
     if tall:
