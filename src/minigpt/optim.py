@@ -128,7 +128,7 @@ def orthogonalise(g: torch.Tensor, steps, dtype: torch.dtype, eps: float,
     spectral norm <= 1, then X <- aX + b(XX^T)X + c(XX^T)^2 X for each (a, b, c) in steps, on
     the wide orientation (the smaller Gram matrix), in dtype. `safety` > 1 divides a little
     more (Polar Express's 1.02), so that bf16's rounding cannot leave a singular value above 1,
-    where its coefficients, tuned for [0, 1], diverge."""
+    outside the interval its coefficients were fitted on."""
     x = g.to(dtype).reshape(-1, *g.shape[-2:])  # (B, m, n)
     tall = g.size(-2) > g.size(-1)
     if tall:
