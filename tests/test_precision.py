@@ -2,6 +2,7 @@
 in float32 under a CPU's bf16 autocast, and a run whose probe chose bf16 resuming exactly."""
 
 import json
+import math
 import platform
 import re
 from pathlib import Path
@@ -177,13 +178,12 @@ def test_auto_off_a_cpu_is_not_probed(monkeypatch):
 
 
 def test_the_timed_step_leaves_the_model_and_the_random_state_as_they_were():
-    """step_seconds, which the real probe reaches only on a CPU with native bf16, on a model whose
+    """step_times, which the real probe reaches only on a CPU with native bf16, on a model whose
     dropout draws from the global random state."""
     model = MiniGPT(65, n_layer=1, n_embd=16, n_head=2, block_size=8, dropout=0.5)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
-    for dtype in (torch.float32, torch.bfloat16):
-        assert 0 < precision.step_seconds(model, 1, dtype, repeats=1) < 60
+    assert all(0 < t < 60 for t in precision.step_times(model, 1, 8, least_s=0).values())
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
     assert torch.equal(torch.get_rng_state(), rng)
@@ -322,19 +322,18 @@ def test_a_run_whose_schedules_start_smaller_is_probed_at_its_first_size(monkeyp
 
 
 def test_each_timing_is_taken_in_its_own_dtype_at_the_length_asked(monkeypatch):
-    """step_times: the float32 figure from a float32 step, the bf16 one from a bf16 step, both
-    at the batch and length given; matmul_rates: each rate measured in its own dtype."""
+    """step_times: the float32 figure from float32 passes, the bf16 one from bf16 passes, at the
+    batch and length given; matmul_rates: each rate measured in its own dtype."""
     asked = []
 
-    def fake_seconds(model, batch, dtype, repeats=3, length=None):
-        asked.append((batch, dtype, length))
+    def fake_seconds(model, idx, dtype):
+        asked.append((tuple(idx.shape), dtype))
         return {torch.float32: 0.25, torch.bfloat16: 0.5}[dtype]
 
-    monkeypatch.setattr(precision, "step_seconds", fake_seconds)
+    monkeypatch.setattr(precision, "pass_seconds", fake_seconds)
     model = MiniGPT(65, n_layer=1, n_embd=16, n_head=2, block_size=16)
     assert precision.step_times(model, 3, 4) == {"fp32_step_s": 0.25, "bf16_step_s": 0.5}
-    assert sorted(asked, key=str) == sorted([(3, torch.float32, 4), (3, torch.bfloat16, 4)],
-                                            key=str)
+    assert set(asked) == {((3, 4), torch.float32), ((3, 4), torch.bfloat16)}
     import minigpt.performance
 
     rates = {torch.float32: 7.0, torch.bfloat16: 11.0}
@@ -343,12 +342,10 @@ def test_each_timing_is_taken_in_its_own_dtype_at_the_length_asked(monkeypatch):
     assert precision.matmul_rates() == {"bf16_matmul_flops": 11.0, "fp32_matmul_flops": 7.0}
 
 
-def test_the_timed_step_multiplies_in_the_dtype_timed_and_skips_the_warm_up(monkeypatch):
-    """step_seconds: its forward under bf16 autocast (or none for float32), on sequences of the
-    length asked, and the fastest pass after the warm-up (a clock that each forward advances:
-    the warm-up fastest of all, so counting it would show)."""
-    model = MiniGPT(65, n_layer=1, n_embd=16, n_head=2, block_size=16)
-    seen, clock, durations = [], [0.0], iter([0.001, 3.0, 2.0, 5.0] * 2)
+def timed_passes(monkeypatch, model, durations):
+    """A clock that each forward of `model` advances by the next of `durations`; returns the
+    (dtype, length) of each forward."""
+    seen, clock, durations = [], [0.0], iter(durations)
 
     def hook(module, inputs, output):
         seen.append((output.dtype, inputs[0].shape[1]))
@@ -356,10 +353,30 @@ def test_the_timed_step_multiplies_in_the_dtype_timed_and_skips_the_warm_up(monk
 
     model.lm_head.register_forward_hook(hook)
     monkeypatch.setattr(precision.time, "perf_counter", lambda: clock[0])
-    for dtype in (torch.float32, torch.bfloat16):
-        seen.clear()
-        assert precision.step_seconds(model, 2, dtype, repeats=3, length=8) == pytest.approx(2.0)
-        assert seen == [(dtype, 8)] * 4
+    return seen
+
+
+def test_the_probe_takes_the_dtypes_by_turns_each_its_fastest_pass_after_a_warm_up(
+        monkeypatch):
+    """A burst of other work three passes long (say, another process) slows a float32 and a
+    bf16 pass alike, not all three of float32's; the warm-ups, the fastest of all, are not
+    counted; each forward multiplies in the dtype it times, at the length asked."""
+    model = MiniGPT(65, n_layer=1, n_embd=16, n_head=2, block_size=16)
+    fp32, bf16, burst = 2.0, 1.0, 100.0
+    seen = timed_passes(monkeypatch, model, [0.001, burst, burst, burst] + [fp32, bf16] * 3)
+    assert precision.step_times(model, 2, 8) == {"fp32_step_s": fp32, "bf16_step_s": bf16}
+    assert seen == [(torch.float32, 8), (torch.bfloat16, 8)] * 4
+
+
+def test_a_step_of_a_few_ms_is_timed_until_each_dtype_has_had_its_tenth_of_a_second(
+        monkeypatch):
+    model = MiniGPT(65, n_layer=1, n_embd=16, n_head=2, block_size=16)
+    seen = timed_passes(monkeypatch, model, [1 / 64] * 1000)  # (exact in binary)
+    precision.step_times(model, 2, 8)  # a warm-up, then 7 passes of 1/64 s each
+    assert len(seen) == 2 * (1 + math.ceil(precision.PROBE_SECONDS * 64))
+    seen.clear()
+    precision.step_times(model, 2, 8, most=5)  # (a cap on the passes)
+    assert len(seen) == 2 * (1 + 5)
 
 
 def test_a_cache_that_already_holds_the_answer_is_not_written_again(monkeypatch, tmp_path):

@@ -11,7 +11,7 @@ the forward: every Linear multiplies in bf16, while the residual stream, the los
         probe first compares a bf16 and a float32 matmul: a CPU without native bf16 (AVX2
         only) runs bf16 matmuls tens of times slower, and where its flags name none either
         the answer is float32 at once. Where bf16 is native (AVX-512 BF16, AMX), it times the
-        run's own forward and backward both ways and takes bfloat16 only when that is at
+        run's own forward and backward both ways (by turns) and takes bfloat16 only when it is at
         least 5 % faster, so the choice does not make a run slower than float32. A run whose
         batch or sequence length starts smaller (--batch-start, --block-start) is timed at its
         first size too, and bf16 must win at both: on small tensors bf16 can lose (the fast
@@ -23,6 +23,7 @@ the forward: every Linear multiplies in bf16, while the residual stream, the los
 from __future__ import annotations
 
 import json
+import math
 import platform
 import time
 from dataclasses import fields
@@ -41,6 +42,8 @@ NATIVE = 0.5  # bf16 matmuls below this fraction of float32's speed: emulated, n
 # native bf16 the step is timed whatever the gate read: a busy host can make it read anything)
 PROBE_MATMUL = 256  # the gate's square matmul: a few ms in bf16 even without native bf16
 PROBE_BATCH = 64  # the step is timed on at most this many sequences: the memory check comes later
+PROBE_SECONDS = 0.1  # each dtype's passes take at least this long in all (a 2-core CPU's
+# scheduler can stall a pass of a few ms tenfold; the fastest of many is the step's own time)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -133,33 +136,38 @@ def matmul_rates() -> dict:
             "fp32_matmul_flops": matmul_peak(cpu, torch.float32, 0.1, PROBE_MATMUL)}
 
 
-def step_times(model: torch.nn.Module, batch_size: int, length: int) -> dict:
-    """The probe proper: the run's forward + backward on `batch_size` sequences of `length`
-    tokens, timed in float32 and in bf16."""
-    return {"fp32_step_s": step_seconds(model, batch_size, torch.float32, length=length),
-            "bf16_step_s": step_seconds(model, batch_size, torch.bfloat16, length=length)}
-
-
-def step_seconds(model: torch.nn.Module, batch_size: int, dtype: torch.dtype,
-                 repeats: int = 3, length: int | None = None) -> float:
-    """Seconds of the fastest of `repeats` forward + backward passes on random tokens
-    (`length` of them a sequence; the block size when None), after a warm-up. The weights do
-    not change (no optimizer step), the gradients are dropped after, and the global random
-    state is left as it was (dropout draws from it)."""
+def step_times(model: torch.nn.Module, batch_size: int, length: int,
+               least_s: float = PROBE_SECONDS, most: int = 50) -> dict:
+    """The probe proper: the run's forward + backward on `batch_size` random sequences of
+    `length` tokens, a float32 pass and a bf16 pass by turns (so that a burst of other work
+    slows both alike, not all of one), each dtype's fastest pass after a warm-up, once each
+    has had `least_s` seconds and 3 passes (at most `most`: a few ms a step needs many). The
+    weights do not change (no optimizer step), the gradients are dropped after, and the
+    global random state is left as it was (dropout draws from it)."""
     cfg = model.config
-    idx = torch.randint(cfg.vocab_size, (batch_size, length or cfg.block_size),
+    idx = torch.randint(cfg.vocab_size, (batch_size, length),
                         generator=torch.Generator().manual_seed(0))  # (B, T)
-    best = float("inf")
+    best = {torch.float32: math.inf, torch.bfloat16: math.inf}
+    spent = dict.fromkeys(best, 0.0)
     with torch.random.fork_rng():
-        for i in range(repeats + 1):
-            start = time.perf_counter()
-            with torch.autocast("cpu", dtype, enabled=dtype != torch.float32):
-                _, loss = model(idx, idx)
-            loss.backward()
-            if i > 0:  # the first pass picks kernels and allocates
-                best = min(best, time.perf_counter() - start)
+        for i in range(most + 1):
+            for dtype in best:
+                seconds = pass_seconds(model, idx, dtype)
+                if i > 0:  # the first pass of each picks kernels and allocates
+                    best[dtype], spent[dtype] = min(best[dtype], seconds), spent[dtype] + seconds
+            if i >= 3 and min(spent.values()) >= least_s:
+                break
     model.zero_grad(set_to_none=True)
-    return best
+    return {"fp32_step_s": best[torch.float32], "bf16_step_s": best[torch.bfloat16]}
+
+
+def pass_seconds(model: torch.nn.Module, idx: torch.Tensor, dtype: torch.dtype) -> float:
+    """Seconds of one forward (under autocast to dtype, none for float32) and backward."""
+    start = time.perf_counter()
+    with torch.autocast("cpu", dtype, enabled=dtype != torch.float32):
+        _, loss = model(idx, idx)
+    loss.backward()
+    return time.perf_counter() - start
 
 
 def machine_key() -> str:
