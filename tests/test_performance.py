@@ -27,6 +27,22 @@ def test_matmul_peak_is_a_plausible_rate(monkeypatch):
     assert len(seen) == 2 and 1e8 < seen[0] < 1e14  # float32: 0.1 GFLOP/s to 100 TFLOP/s
 
 
+def test_mfus_denominator_on_a_cpu_is_the_highest_peak_the_machine_has_shown(monkeypatch,
+                                                                              tmp_path):
+    """A peak read while other work held the cores (50) does not replace a higher one (200),
+    each dtype's its own; without a cache, or on a GPU, the peak measured now."""
+    from minigpt.precision import highest_peak
+
+    readings = iter([200.0, 50.0, 70.0, 300.0, 60.0, 10.0])
+    monkeypatch.setattr(performance, "peak_flops", lambda device, dtype: next(readings))
+    cache = tmp_path / "precision.json"
+    assert [highest_peak(CPU, torch.float32, cache) for _ in range(2)] == [200.0, 200.0]
+    assert highest_peak(CPU, torch.bfloat16, cache) == 70.0  # (its own: not float32's 200)
+    assert highest_peak(CPU, torch.float32, cache) == 300.0  # a higher one is kept
+    assert highest_peak(CPU, torch.float32, None) == 60.0
+    assert highest_peak(torch.device("cuda"), torch.float32, cache) == 10.0
+
+
 def test_matmul_peak_counts_the_flops_of_one_product(monkeypatch):
     """At one product a second (the timer replaced), the peak is one n x n @ n x n product's
     FLOPs: 2 n^3 by hand (n^2 dot products of n multiplies and n adds), and as PyTorch's own
@@ -121,11 +137,12 @@ def test_bf16_training_tracks_float32_and_rows_carry_mfu(small_text, tmp_path):
 def test_mfu_over_100_percent_is_said_to_come_from_the_peak_measured(small_text, tmp_path,
                                                                      monkeypatch, caplog):
     """A peak measured while something else ran on the cores: the run then beats it."""
-    import minigpt.performance
-    monkeypatch.setattr(minigpt.performance, "peak_flops", lambda device, dtype: 1e3)
+    import minigpt.trainer
+    monkeypatch.setattr(minigpt.trainer, "highest_peak", lambda device, dtype, cache: 1e3)
     summary = train(tiny_config(small_text, steps=3), tmp_path / "r", progress=False).summary
     assert summary["mfu"] > 1
-    assert "MFU above 100%: the matmul peak measured at the start was below" in caplog.text
+    assert "MFU above 100%: the matmul peak (the highest this machine has shown) was below" in (
+        caplog.text)
 
 
 @pytest.mark.slow  # torch.compile's first compile

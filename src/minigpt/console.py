@@ -134,10 +134,10 @@ def log_summary(summary: dict, val_tokens: int) -> None:
              f"best estimate {summary['best_val_loss']:.4f}; {count(summary['steps'], 'step')}, "
              f"{summary['train_s']:.0f} s of training (this command: {summary['wall_s']:.0f} s), "
              f"{summary['tokens_per_s']:,} tok/s, MFU {summary['mfu']:.0%}")
-    if summary["mfu"] > 1:  # (MFU is over the matmul peak measured as the run started)
-        log.warning("MFU above 100%: the matmul peak measured at the start was below what the "
-                    "run then reached (another process busy on these cores then?), so MFU "
-                    "overstates; tokens/s stands")
+    if summary["mfu"] > 1:  # (MFU is over the matmul peak: minigpt.precision.highest_peak)
+        log.warning("MFU above 100%: the matmul peak (the highest this machine has shown) was "
+                    "below what the run then reached (other work busy on these cores when it "
+                    "was measured?), so MFU overstates; tokens/s stands")
 
 
 CONTROLS = {c: chr(0x2400 + c) for c in range(0x20) if chr(c) not in "\n\r\t"} | {0x7F: "\u2421"}

@@ -76,15 +76,10 @@ def cpu_choice(model: torch.nn.Module, batch_size: int, cache: Path | None,
     `decide`. The step is timed on at most PROBE_BATCH sequences, so that a batch too
     big for the machine is refused by the memory check (which follows the dtype) instead of
     exhausting memory here."""
-    try:
-        answers = json.loads(cache.read_text(encoding="utf-8")) if cache is not None else {}
-    except (OSError, ValueError):  # missing or unreadable: measured again and rewritten
-        answers = {}
-    answers = answers if isinstance(answers, dict) else {}  # (another program's JSON)
-    before = json.dumps(answers)
-    machine = answers.get(machine_key())
+    answers, before = read_cache(cache)
+    machine = this_machine(answers)
     if not figures(machine, "bf16_matmul_flops", "fp32_matmul_flops"):  # new, or damaged
-        machine = answers[machine_key()] = dict(matmul_rates())
+        machine |= matmul_rates()
     timings = []
     if bf16_flags() or machine["bf16_matmul_flops"] > NATIVE * machine["fp32_matmul_flops"]:
         shapes = [(batch_size, model.config.block_size)] + ([first] if first else [])
@@ -96,12 +91,54 @@ def cpu_choice(model: torch.nn.Module, batch_size: int, cache: Path | None,
             if not figures(steps.get(key), "bf16_step_s", "fp32_step_s"):
                 steps[key] = step_times(model, batch, length)
             timings.append(((batch, length), steps[key]))
+    write_cache(cache, answers, before)
+    return decide(machine, timings)
+
+
+def highest_peak(device: torch.device, dtype: torch.dtype, cache: Path | None) -> float:
+    """MFU's denominator (minigpt.performance.peak_flops, measured now); on a CPU, the highest
+    this machine (its CPU, torch and threads) has shown for a run in dtype, which the cache
+    keeps: a peak read while other work held the cores is not the denominator of every later
+    run, so MFU stays below 100 % and compares between runs and commands."""
+    from minigpt.performance import peak_flops
+
+    peak = peak_flops(device, dtype)
+    if device.type != "cpu":
+        return peak
+    answers, before = read_cache(cache)
+    machine, key = this_machine(answers), f"peak_flops_{dtype_name(dtype)}"
+    if not figures(machine, key) or machine[key] < peak:
+        machine[key] = peak
+    write_cache(cache, answers, before)
+    return machine[key]
+
+
+def read_cache(cache: Path | None) -> tuple[dict, str]:
+    """precision.json's figures by machine ({} where there is none, or it cannot be read: they
+    are measured again), and its text as read, for `write_cache` to compare."""
+    try:
+        answers = json.loads(cache.read_text(encoding="utf-8")) if cache is not None else {}
+    except (OSError, ValueError):
+        answers = {}
+    answers = answers if isinstance(answers, dict) else {}  # (another program's JSON)
+    return answers, json.dumps(answers)
+
+
+def this_machine(answers: dict) -> dict:
+    """The cache's entry for this machine, made (or remade, where damaged) empty."""
+    if not isinstance(answers.get(machine_key()), dict):
+        answers[machine_key()] = {}
+    return answers[machine_key()]
+
+
+def write_cache(cache: Path | None, answers: dict, before: str) -> None:
+    """The figures back into precision.json, where they changed (a read-only cache: the next
+    run measures again)."""
     if cache is not None and json.dumps(answers) != before:
         try:
             atomic_write_text(cache, json.dumps(answers, indent=1))
-        except OSError:  # a read-only cache: the next run measures again
+        except OSError:
             pass
-    return decide(machine, timings)
 
 
 def figures(entry, *keys: str) -> bool:

@@ -25,11 +25,13 @@ import torch
 from minigpt import console, distributed, performance
 from minigpt.clock import Clock, Speed
 from minigpt.config import RunConfig, TrainConfig, parse_targets, validate
+from minigpt.data import cache_dir
 from minigpt.errors import MiniGPTError, training_error
 from minigpt.evaluate import bits_per_byte, check_initial_loss, estimate_loss, split_loss
 from minigpt.files import append_line, as_path, atomic_write_text
 from minigpt.model import MiniGPT
 from minigpt.optim import set_lr
+from minigpt.precision import highest_peak
 from minigpt.run import (
     Run,
     build_run,
@@ -105,7 +107,7 @@ def loop(run: Run, progress: bool) -> TrainResult:
     model = torch.compile(run.model) if run.env["compile"] else run.model
     model = distributed.wrap(model, run.world, run.device)  # (they share its parameters)
     micro = MicroSteps(t.grad_accum, run.dtype)
-    peak = performance.peak_flops(run.device, run.dtype) * run.world.size  # MFU's denominator
+    peak = highest_peak(run.device, run.dtype, cache_dir() / "precision.json") * run.world.size
     speed = Speed(performance.train_flops_per_token(run.cfg.model), peak, state.tokens,
                   clock.seconds())
     bar = console.Progress(t, state.step, clock.seconds(), progress and run.world.is_main)
