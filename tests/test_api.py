@@ -82,6 +82,11 @@ MISTAKES = [  # (a call, what the error says); m: a small MiniGPT, idx: (1, 3) t
      "tags must be a list of names (['last'], ['last', 'best']), got 'last'"),
     (lambda m, idx: save_checkpoint("unused", ["../up"], m, None, {}, {}),
      "tags must be a list of names"),
+    (lambda m, idx: m(idx + 64),  # (the forward the lesson's loop calls, as generate says it)
+     "idx holds ids outside the model's vocabulary (0 to 64): encoded by another run's "
+     "tokenizer?"),
+    (lambda m, idx: m(idx, idx - 2), "targets hold ids outside the model's vocabulary (0 to "
+                                     "64)"),
     (lambda m, idx: generate(m, [[1, 2]], 5),
      "idx must be a (B, T) tensor of token ids with T >= 1, got list"),
     (lambda m, idx: generate(m, idx, 5, temperature=None), "temperature must be >= 0 (and "

@@ -89,3 +89,9 @@ def ctrl_c_held():
             signal.signal(signal.SIGINT, signal.default_int_handler)
     if held:
         raise KeyboardInterrupt
+
+
+def outside_vocabulary(what: str, vocab_size: int) -> MiniGPTError:
+    """A model given token ids its vocabulary does not have (`what`: "idx holds", say)."""
+    return MiniGPTError(f"{what} ids outside the model's vocabulary (0 to "
+                        f"{vocab_size - 1}): encoded by another run's tokenizer?")

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minigpt.config import ModelConfig, validate_model
-from minigpt.errors import MiniGPTError
+from minigpt.errors import MiniGPTError, outside_vocabulary
 
 
 def norm_layer(config: ModelConfig) -> nn.Module:
@@ -307,7 +307,10 @@ class MiniGPT(nn.Module):
                 if cache is None else
                 f"{past} cached + {T} new tokens do not fit in block_size {self.block_size}; "
                 f"re-encode the last {self.block_size} tokens without the cache")
-        x = self.embed(idx, cache)  # (B, T, C)
+        try:
+            x = self.embed(idx, cache)  # (B, T, C)
+        except IndexError:  # (a CPU's lookup says so; on a GPU it is a device-side assert)
+            raise outside_vocabulary("idx holds", self.config.vocab_size) from None
         if self.config.pos == "learned":  # (rope turns queries and keys inside attention)
             x = x + self.pos_emb(torch.arange(past, past + T, device=idx.device))
         x = self.drop(x)
@@ -327,8 +330,11 @@ class MiniGPT(nn.Module):
 
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)),  # (B*T, vocab)
-                                   targets.reshape(-1))  # (B*T,)
+            try:
+                loss = F.cross_entropy(logits.view(-1, logits.size(-1)),  # (B*T, vocab)
+                                       targets.reshape(-1))  # (B*T,)
+            except IndexError:
+                raise outside_vocabulary("targets hold", self.config.vocab_size) from None
         return logits, loss
 
     def generate(self, idx: torch.Tensor, max_new_tokens: int = 200) -> torch.Tensor:

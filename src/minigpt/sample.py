@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from minigpt.errors import MiniGPTError
+from minigpt.errors import MiniGPTError, outside_vocabulary
 from minigpt.evaluate import evaluating
 
 PROMPT = "ROMEO:"  # the prompt a sample starts from when none is given
@@ -158,8 +158,7 @@ def stream(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1
         shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
         raise MiniGPTError(f"idx must be a (B, T) tensor of token ids with T >= 1, got {shape}")
     if hasattr(model, "config") and not 0 <= idx.min() <= idx.max() < model.config.vocab_size:
-        raise MiniGPTError(f"idx holds ids outside the model's vocabulary (0 to "
-                           f"{model.config.vocab_size - 1}): encoded by another run's tokenizer?")
+        raise outside_vocabulary("idx holds", model.config.vocab_size)
     return _tokens(model, idx, int(max_new_tokens), temperature, top_k, top_p, generator, cache)
 
 
