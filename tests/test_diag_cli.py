@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -270,3 +271,6 @@ def test_graph_command_without_graphviz_writes_dot_and_says_how(tmp_path, capsys
     r = in_process(capsys, "graph", "--out", str(tmp_path / "h.svg"))
     assert r.returncode == 2, r.stderr
     assert (tmp_path / "h.dot").read_text() == (tmp_path / "g.dot").read_text()
+    for folder in (f"{tmp_path / 'new'}/", str(tmp_path / "bin")):  # a folder: graph.* inside it
+        assert in_process(capsys, "graph", "--out", folder).returncode == 2
+        assert (Path(folder) / "graph.dot").read_text() == (tmp_path / "g.dot").read_text()

@@ -236,7 +236,8 @@ def build_parser() -> Parser:
                     help="with --collapse: modules N levels deep (default 1: blocks; "
                          "2: attn/ff/ln)")
     gr.add_argument("--out", metavar="PATH",
-                    help="output path without suffix (default DIR/graph or ./graph)")
+                    help="output path without suffix, or a folder for graph.dot/.svg/.png "
+                         "(default DIR/graph or ./graph)")
 
     r = command("report", "write a run's report.html",
                 "One self-contained HTML page for a run: figures, curves and their reading "
@@ -466,6 +467,8 @@ def cmd_graph(args: argparse.Namespace) -> None:
     torch.manual_seed(0)  # a fresh model's weights, so its gradient norms, the same each time
     model = load_model(args.run, args.checkpoint)[0] if args.run else MiniGPT(65)
     out = args.out or (f"{args.run}/graph" if args.run else "graph")
+    if out.endswith(("/", os.sep)) or Path(out).is_dir():  # a folder: the pictures go inside
+        out = str(Path(out) / "graph")
     paths = draw_loss_graph(model, model.config.vocab_size, out,
                             depth=depth if args.collapse else 0)  # (without dot: an error
     # that names the .dot it wrote, and a non-zero exit, as the pictures asked for are not made)
