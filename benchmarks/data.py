@@ -114,7 +114,7 @@ def measure_prepare(corpus: Path, out: Path, tokenizer: str, shard_tokens: int) 
     line, wall, rss = run_child(["prepare", "--text", str(corpus), "--out", str(out),
                                  "--tokenizer", tokenizer, "--shard-tokens", str(shard_tokens),
                                  "--no-progress"])
-    index = json.loads((out / "index.json").read_text())
+    index = json.loads((out / "index.json").read_text(encoding="utf-8"))
     shards = index["shards"]["train"] + index["shards"]["val"]
     said = re.search(r": ([\d.]+) s, ([\d,]+) tokens/s", line)  # the command's own timing
     return {"tokens": index["tokens"], "shards": len(shards), "dtype": index["dtype"],

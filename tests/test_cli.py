@@ -166,6 +166,7 @@ def bad_files(tmp_path_factory):
     (d / "empty.txt").write_text("")
     (d / "latin1.txt").write_bytes("caf\xe9 cr\xe8me br\xfbl\xe9e\n".encode("latin-1") * 50)
     (d / "text.txt.gz").write_bytes(gzip.compress(b"To be, or not to be\n" * 50))
+    (d / "nul.txt").write_bytes(b"To be\x00 or not\n" * 50)  # (UTF-8, but not text)
     (d / "short.txt").write_text("x" * 300)  # 270 train, 30 validation tokens
     (d / "a-file").write_text("not a folder")
     (d / "forever.toml").write_text("[train]\ntime_budget = inf\n")  # TOML's own infinity
@@ -226,6 +227,7 @@ BAD_INPUT = [
     (["train", "--text", "{bad}/empty.txt"], "is empty"),
     (["train", "--text", "{bad}/latin1.txt"], "is not UTF-8 text"),
     (["train", "--text", "{bad}/text.txt.gz"], "text.txt.gz is gzip-compressed text: decompress"),
+    (["train", "--text", "{bad}/nul.txt"], "nul.txt looks binary (it contains NUL bytes)"),
     (["train", "--text", "{bad}/short.txt"], "validation split has 30 tokens, fewer than "
      "block_size + 1 = 129; use a longer text, a smaller --block-size or a larger --val-fraction "
      "(a prepared corpus's: minigpt prepare's)"),
@@ -258,6 +260,8 @@ BAD_INPUT = [
     (["train", "--text", "{text}", "--n-layer", "10000000", "--block-size", "8"],
      "parameters (10000000 layers, 64 wide) needs about 7,4"),  # 50 K a layer: 500 G
     (["train", "--text", "{text}", "--out", "{bad}/a-file/run"], "a-file is a file"),
+    (["train", "--text", "{bad}/no.txt", "--out", "{bad}/a-file/run"], "a-file is a file"),  # (said
+    # before the text is read)
     (["train", "--text", "{text}", "--out", "{bad}/a-file"], "/a-file: is a file"),
     (["train", "--text", "/dev/null"], "/dev/null is not a regular file"),  # (said: not found)
     (["prepare", "--text", "/dev/null", "--out", "{bad}/p"], "/dev/null is not a regular file"),

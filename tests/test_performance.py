@@ -29,18 +29,24 @@ def test_matmul_peak_is_a_plausible_rate(monkeypatch):
 
 def test_mfus_denominator_on_a_cpu_is_the_highest_peak_the_machine_has_shown(monkeypatch,
                                                                               tmp_path):
-    """A peak read while other work held the cores (50) does not replace a higher one (200),
-    each dtype's its own; without a cache, or on a GPU, the peak measured now."""
-    from minigpt.precision import highest_peak
+    """A peak read while other work held the cores (50) does not replace a higher one (200);
+    a bf16 run's is the better of bf16's and float32's (as peak_flops measures it), a float32
+    run's float32's alone; without a cache, or on a GPU, the peak measured now; a damaged
+    figure (JSON's Infinity) is measured again."""
+    from minigpt.precision import highest_peak, machine_key
 
-    readings = iter([200.0, 50.0, 70.0, 300.0, 60.0, 10.0])
+    readings = iter([200.0, 50.0, 70.0, 300.0, 60.0, 10.0, 80.0, 90.0])
     monkeypatch.setattr(performance, "peak_flops", lambda device, dtype: next(readings))
     cache = tmp_path / "precision.json"
     assert [highest_peak(CPU, torch.float32, cache) for _ in range(2)] == [200.0, 200.0]
-    assert highest_peak(CPU, torch.bfloat16, cache) == 70.0  # (its own: not float32's 200)
+    assert highest_peak(CPU, torch.bfloat16, cache) == 200.0  # (bf16 read 70)
     assert highest_peak(CPU, torch.float32, cache) == 300.0  # a higher one is kept
     assert highest_peak(CPU, torch.float32, None) == 60.0
     assert highest_peak(torch.device("cuda"), torch.float32, cache) == 10.0
+    cache.write_text(json.dumps({machine_key(): {"peak_flops_float32": 1e9}}).replace(
+        "1000000000.0", "Infinity"))
+    assert highest_peak(CPU, torch.float32, cache) == 80.0
+    assert highest_peak(CPU, torch.bfloat16, cache) == 90.0  # (bf16's own: above float32's)
 
 
 def test_matmul_peak_counts_the_flops_of_one_product(monkeypatch):
@@ -141,8 +147,8 @@ def test_mfu_over_100_percent_is_said_to_come_from_the_peak_measured(small_text,
     monkeypatch.setattr(minigpt.trainer, "highest_peak", lambda device, dtype, cache: 1e3)
     summary = train(tiny_config(small_text, steps=3), tmp_path / "r", progress=False).summary
     assert summary["mfu"] > 1
-    assert "MFU above 100%: the matmul peak (the highest this machine has shown) was below" in (
-        caplog.text)
+    assert "MFU above 100%: the matmul peak (on a CPU, the highest this machine has shown) was" \
+        " below" in caplog.text
 
 
 @pytest.mark.slow  # torch.compile's first compile

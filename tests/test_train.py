@@ -174,6 +174,15 @@ def test_an_evaluation_equal_to_the_best_is_no_improvement():
     assert not state.record_eval(3.0) and state.bad_evals == 1 and state.out_of_patience(1)
 
 
+def test_a_state_saved_before_skipped_logged_reads_its_skips_as_told():
+    """(Then `skipped` was the count its rows had told of: a resume must not tell them again.)"""
+    state = TrainState()
+    state.load_state_dict({"step": 8, "skipped": 3})
+    assert (state.step, state.skipped, state.skipped_logged) == (8, 3, 3)
+    state.load_state_dict(TrainState(skipped=3, skipped_logged=1).state_dict())
+    assert (state.skipped, state.skipped_logged) == (3, 1)  # (a newer one's, as saved)
+
+
 def test_a_target_is_reached_by_a_loss_equal_to_it_and_recorded_once():
     state = TrainState()
     assert state.record_targets(2.6, [3.0, 2.5], seconds=1.234) == {"3": 1.23}

@@ -85,7 +85,7 @@ def log_start(run: Run, peak: float) -> None:
     log.info(f"run folder {run.folder} | torch {env['torch']} on {procs}{env['device']}, "
              f"{env['torch_threads']} threads ({env['cpu_capability']}), {env['dtype']} "
              f"matmuls ({env['dtype_why']})"
-             f"{', compiled' if env['compile'] else ''}; matmul peak measured "
+             f"{', compiled' if env['compile'] else ''}; matmul peak "
              f"{peak / 1e9:,.0f} GFLOP/s ({PEAK_OF[env['dtype']]}, MFU's denominator)")
     log.info(f"data: {data['text']}: vocab {data['vocab_size']:,}, "
              f"{data['train_tokens']:,} train and {data['val_tokens']:,} val tokens")
@@ -135,9 +135,9 @@ def log_summary(summary: dict, val_tokens: int) -> None:
              f"{summary['train_s']:.0f} s of training (this command: {summary['wall_s']:.0f} s), "
              f"{summary['tokens_per_s']:,} tok/s, MFU {summary['mfu']:.0%}")
     if summary["mfu"] > 1:  # (MFU is over the matmul peak: minigpt.precision.highest_peak)
-        log.warning("MFU above 100%: the matmul peak (the highest this machine has shown) was "
-                    "below what the run then reached (other work busy on these cores when it "
-                    "was measured?), so MFU overstates; tokens/s stands")
+        log.warning("MFU above 100%: the matmul peak (on a CPU, the highest this machine has "
+                    "shown) was below what the run then reached (other work busy on these cores "
+                    "when it was measured?), so MFU overstates; tokens/s stands")
 
 
 CONTROLS = {c: chr(0x2400 + c) for c in range(0x20) if chr(c) not in "\n\r\t"} | {0x7F: "\u2421"}

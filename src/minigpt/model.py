@@ -309,7 +309,7 @@ class MiniGPT(nn.Module):
                 f"re-encode the last {self.block_size} tokens without the cache")
         try:
             x = self.embed(idx, cache)  # (B, T, C)
-        except IndexError:  # (a CPU's lookup says so; on a GPU it is a device-side assert)
+        except IndexError:  # (eager, on a CPU: a compiled graph, or a GPU, raises its own)
             raise outside_vocabulary("idx holds", self.config.vocab_size) from None
         if self.config.pos == "learned":  # (rope turns queries and keys inside attention)
             x = x + self.pos_emb(torch.arange(past, past + T, device=idx.device))

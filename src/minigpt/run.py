@@ -94,8 +94,8 @@ class TrainState:
         return {**asdict(self), "skipped": int(self.skipped),  # (the loop's counters: tensors)
                 "clipped": int(self.clipped)}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.__init__(**state)
+    def load_state_dict(self, state: dict) -> None:  # (a state saved before skipped_logged:
+        self.__init__(**{"skipped_logged": state.get("skipped", 0), **state})  # its rows told)
 
 
 @dataclass

@@ -107,7 +107,8 @@ def loop(run: Run, progress: bool) -> TrainResult:
     model = torch.compile(run.model) if run.env["compile"] else run.model
     model = distributed.wrap(model, run.world, run.device)  # (they share its parameters)
     micro = MicroSteps(t.grad_accum, run.dtype)
-    peak = highest_peak(run.device, run.dtype, cache_dir() / "precision.json") * run.world.size
+    kept = cache_dir() / "precision.json" if run.world.is_main else None  # (rank 0 logs MFU)
+    peak = highest_peak(run.device, run.dtype, kept) * run.world.size  # MFU's denominator
     speed = Speed(performance.train_flops_per_token(run.cfg.model), peak, state.tokens,
                   clock.seconds())
     bar = console.Progress(t, state.step, clock.seconds(), progress and run.world.is_main)
