@@ -326,8 +326,9 @@ def build_parser() -> Parser:
     pr.add_argument("--text-field", metavar="NAME",
                     help="the field of each record that holds its text (default text)")
     pr.add_argument("--out", required=True, metavar="DIR",
-                    help="folder for the shards, tokenizer.json and index.json (it must not "
-                         "already hold a prepared corpus)")
+                    help="folder for the shards, tokenizer.json and index.json (one that holds "
+                         "a corpus prepared with other settings is refused; with the same, "
+                         "there is nothing to do)")
     pr.add_argument("--tokenizer", default="char", choices=("char", "bpe"),
                     help="char (one token per character) or bpe (byte-level BPE; default char)")
     pr.add_argument("--vocab-size", type=int, default=BPE_VOCAB, metavar="N",
