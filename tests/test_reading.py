@@ -6,6 +6,7 @@ import math
 import re
 import statistics
 
+import numpy as np
 import pytest
 
 from conftest import tiny_config
@@ -416,6 +417,44 @@ def test_the_lessons_shape_is_half_of_the_drop_in_the_first_tenth():
     assert "55% of the whole drop" in only(two_speeds(0.55), "shape", facts).message
     assert "only 45% of the drop" in only(two_speeds(0.45), "shape, not yet", facts).message
     assert "shape" not in kinds(two_speeds(0.45), facts)
+
+
+def test_a_plateau_at_the_unigram_entropy_has_learnt_nothing_of_context():
+    """SGD at a rate far too low for it (say): a fast drop from ln V to how common each
+    character is, then nothing. Known to be the unigram entropy, that is no lesson's shape;
+    not known (one's own loop), a plateau; a healthy curve, or a plateau a tenth of a nat or
+    more below it, is not at the unigram level."""
+    facts = Facts(**{**vars(FACTS), "unigram_nats": 3.31})
+    stuck = lesson_curve(floor=3.31)
+    found = only(stuck, "plateau, unigram", facts)
+    assert "at the entropy of the text's token frequencies (3.31 nats)" in found.message
+    assert "shape" not in kinds(stuck, facts) and "plateau" not in kinds(stuck, facts)
+    assert {"shape", "plateau"} <= set(kinds(stuck))  # (FACTS: no unigram entropy known)
+    for floor, unigram in [(3.21, True), (3.19, False), (1.3, False)]:
+        assert ("plateau, unigram" in kinds(lesson_curve(floor=floor), facts)) == unigram
+    legend = plot_loss(stuck, findings=read_curve(stuck, facts)).axes[0].get_legend()
+    assert "plateau: unigram level" in {t.get_text() for t in legend.get_texts()}
+
+
+def test_the_unigram_entropy_is_of_the_token_frequencies_and_a_run_records_it(small_text,
+                                                                             tmp_path):
+    from collections import Counter
+
+    from minigpt import train
+    from minigpt.evaluate import unigram_entropy
+
+    tokens = [0, 0, 0, 1, 1, 2, 5, 5]
+    oracle = -sum(n / 8 * math.log(n / 8) for n in Counter(tokens).values())
+    assert unigram_entropy(np.array(tokens, dtype=np.uint16), 6) == pytest.approx(oracle)
+    assert unigram_entropy(np.array(tokens), 6, most=3) == 0.0  # (its first `most` tokens)
+    result = train(tiny_config(small_text, steps=2, eval_every=2), tmp_path / "run",
+                   progress=False)
+    text = small_text.read_text()
+    train_text = text[:int(len(text) * 0.9)]  # (the split's first 90 %)
+    counts = Counter(train_text).values()
+    expected = -sum(n / len(train_text) * math.log(n / len(train_text)) for n in counts)
+    assert result.tokenizer.vocab_size == len(set(text))
+    assert reading.run_facts(tmp_path / "run").unigram_nats == pytest.approx(expected, abs=1e-3)
 
 
 def test_format_and_read_run(tmp_path):

@@ -43,7 +43,7 @@ from minigpt.config import RunConfig, read_config_file
 from minigpt.data import Batches, Splits, cache_dir, ensure_tinyshakespeare, load_corpus
 from minigpt.environment import describe, resolve_device
 from minigpt.errors import MiniGPTError, continue_in_python
-from minigpt.evaluate import target_bytes
+from minigpt.evaluate import target_bytes, unigram_entropy
 from minigpt.files import (
     atomic_write_text,
     file_on_path,
@@ -183,7 +183,8 @@ def build_run(cfg: RunConfig, folder: str | Path) -> Run:
     env = describe(device) | {"dtype": precision.dtype_name(dtype), "dtype_why": why,
                               "compile": compiled, "processes": world.size}
     data |= {"params": model.num_params(),
-             "val_bytes": target_bytes(splits.val, tokenizer.byte_lengths())}
+             "val_bytes": target_bytes(splits.val, tokenizer.byte_lengths()),
+             "unigram_nats": round(unigram_entropy(splits.train, tokenizer.vocab_size), 4)}
     return Run(cfg, Path(folder), world, device, dtype, tokenizer, splits, data, model,
                make_optimizer(model, cfg.train), batches, env,
                ema=WeightAverage(model, cfg.train.ema) if cfg.train.ema else None,

@@ -20,7 +20,7 @@ import json
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from minigpt.config import RunConfig
@@ -38,6 +38,7 @@ SLOW_WARMUP = 0.5  # warmup past this share of a time budget leaves the decay to
 SMOOTH = 5  # rows in the running median that overfitting and plateaus read
 PLATEAU_NATS = 0.05  # a plateau: the smoothed train loss stays within this band ...
 PLATEAU_SHARE = 0.25  # ... for at least this share of the run, up to its end
+UNIGRAM_NATS = 0.1  # a plateau this close to the unigram entropy: nothing learnt of context
 SETTLING_LR = 0.5  # a plateau begun below this share of the peak rate: the schedule settling
 MARGIN_NATS, MARGIN_SHARE = 0.02, 0.01  # a rise or fall: more than max(nats, share * loss)
 CLIPPED_MOSTLY = 0.5  # clipping on more than half of the steps is the learning rate's doing
@@ -99,6 +100,12 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
                "step {step:,}, the last {share:.0%} of the run: more steps of the same buy "
                "little; a higher learning rate if that is high for this data, a bigger model "
                "or more data if not",
+    "plateau, unigram": "the training loss has stayed near {loss:.2f} since step {step:,}, the "
+                        "last {share:.0%} of the run, at the entropy of the text's token "
+                        "frequencies ({unigram:.2f} nats): the model predicts how common each "
+                        "token is and nothing of the ones before it; a higher learning rate "
+                        "(SGD needs far more than AdamW), more steps, or check that the targets "
+                        "are the inputs shifted by one",
     "plateau, settling": "the training loss has stayed near {loss:.2f} (within {band:g} nats) "
                          "since step {step:,}, the last {share:.0%} of the run, as the "
                          "learning rate decayed (to {rate:.0%} of its peak there): the schedule "
@@ -154,6 +161,8 @@ class Facts:
     min_delta: float = 0.0
     lr: float | None = None  # the peak learning rate (None: the largest the rows logged)
     skip_nonfinite: int = 0  # the non-finite batches a run skips before it stops
+    unigram_nats: float | None = None  # the training text's unigram entropy (config.json's
+    # "data"): the loss of a model that knows only how common each token is
 
 
 def finding(kind: str, step: int, value: float | None = None, end: int | None = None,
@@ -375,10 +384,11 @@ def overfitting(rows: list[dict], facts: Facts) -> list[Finding]:
 
 def plateau(rows: list[dict], facts: Facts) -> list[Finding]:
     """The longest stretch up to the end where the smoothed train loss stays in a band of
-    PLATEAU_NATS, when it covers PLATEAU_SHARE of the run or more: the model at its limit;
-    unless it began after warmup with the learning rate decayed below SETTLING_LR of its peak:
-    then the schedule settling a run too short, where validation fell to the end by more than
-    noise, and otherwise a curve that cannot say which."""
+    PLATEAU_NATS, when it covers PLATEAU_SHARE of the run or more: the model at its limit; at
+    the unigram entropy, a model that has learnt nothing of context; begun after warmup with
+    the learning rate decayed below SETTLING_LR of its peak, the schedule settling a run too
+    short, where validation fell to the end by more than noise, and otherwise a curve that
+    cannot say which."""
     train = smoothed(train_points(rows))
     if len(train) < 2 * SMOOTH or diverging(train):  # a diverged run's high level: `rising`
         return []
@@ -395,6 +405,8 @@ def plateau(rows: list[dict], facts: Facts) -> list[Finding]:
         return []
     level = statistics.median(v for _, v in train[start:])
     words = dict(end=last, loss=level, band=PLATEAU_NATS, share=share)
+    if at_unigram(level, facts):  # (whatever the rate did: no schedule explains that level)
+        return [finding("plateau, unigram", first, level, unigram=facts.unigram_nats, **words)]
     peak, there = peak_lr(rows, facts), next((r.get("lr") for r in rows if r["step"] == first),
                                               None)  # (one's own rows may log no rate)
     rate = there / peak if finite(there) and peak > 0 else 1.0
@@ -408,6 +420,11 @@ def plateau(rows: list[dict], facts: Facts) -> list[Finding]:
     if improving:
         return [finding("plateau, settling", first, level, best=during[-1][0], **words)]
     return [finding("plateau, decayed", first, level, **words)]
+
+
+def at_unigram(loss: float, facts: Facts) -> bool:
+    """Whether a loss is no lower than the unigram entropy's (less UNIGRAM_NATS), where known."""
+    return facts.unigram_nats is not None and loss >= facts.unigram_nats - UNIGRAM_NATS
 
 
 def diverging(train: list[tuple[int, float]]) -> tuple[int, float] | None:
@@ -429,12 +446,15 @@ def rising(rows: list[dict], facts: Facts) -> list[Finding]:
 
 def shape(rows: list[dict], facts: Facts) -> list[Finding]:
     """The lesson's closing claim on this curve: how much of the drop, from step 0 to the
-    lowest point, came in the first tenth of the run (not read on a diverging curve)."""
+    lowest point, came in the first tenth of the run (not read on a diverging curve, nor on one
+    that ends at the unigram entropy: its fast drop learnt only how common each token is)."""
     points = train_points(rows)
     train = smoothed(points)
     if len(train) < 2 * SMOOTH or points[0][0] != 0 or diverging(train):
         return []
     loss0, loss2 = points[0][1], train[-1][1]
+    if at_unigram(loss2, facts):
+        return []
     low = min(v for _, v in train)
     early_step = EARLY_SHARE * points[-1][0]
     step, loss1 = min(train, key=lambda p: abs(p[0] - early_step))
@@ -487,10 +507,13 @@ def facts_from_config(config: RunConfig | dict) -> Facts:
 
 
 def run_facts(run_dir: str | Path) -> Facts:
-    """The Facts of a run folder, from its config.json."""
+    """The Facts of a run folder, from its config.json (its settings, and its data's unigram
+    entropy)."""
     try:
         config = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
-        return facts_from_config(config["config"])
+        unigram = config.get("data", {}).get("unigram_nats")  # (a run before it: None)
+        return replace(facts_from_config(config["config"]),
+                       unigram_nats=unigram if finite(unigram) else None)
     except (OSError, ValueError, KeyError, TypeError):
         raise MiniGPTError(f"{run_dir} is not a run folder (no readable config.json)") from None
 
