@@ -165,6 +165,10 @@ def test_clipped_steps_from_the_rows_counts_or_the_gradient_norms():
     rows[1]["clipped"] = 7
     finding = only(rows, "clipped")
     assert finding.steps == (50,) and "on 7 of 1,000 steps (1%)" in finding.message
+    assert finding.message.endswith("(1%): insurance against the rare large gradient")
+    for n, often in [(100, False), (101, True)]:  # a tenth of the steps at most: insurance
+        rows[1]["clipped"] = n
+        assert ("(10%): often, more than insurance" in only(rows, "clipped").message) == often
     for r in rows:
         r["clipped"] = 40
     assert "lower the peak learning rate" in only(rows, "clipped mostly").message

@@ -42,6 +42,7 @@ UNIGRAM_NATS = 0.1  # a plateau this close to the unigram entropy: nothing learn
 SETTLING_LR = 0.5  # a plateau begun below this share of the peak rate: the schedule settling
 MARGIN_NATS, MARGIN_SHARE = 0.02, 0.01  # a rise or fall: more than max(nats, share * loss)
 CLIPPED_MOSTLY = 0.5  # clipping on more than half of the steps is the learning rate's doing
+CLIPPED_RARE = 0.1  # on at most this share, it is insurance against the rare large gradient
 EARLY_SHARE = 0.10  # the lesson's "first few percent": the first tenth of the run
 
 WORDING = {  # kind: the message, with the usual remedy where there is one
@@ -69,7 +70,7 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
     "early stop, none finite": "early stopping at step {step:,}: {n} without a "
                                "finite loss",
     "clipped": "the gradient was clipped (norm above {clip:g}) on {n:,} of {total:,} steps "
-               "({share:.0%}): insurance against the rare large gradient",
+               "({share:.0%}): {why}",
     "clipped mostly": "the gradient was clipped (norm above {clip:g}) on {n:,} of {total:,} "
                       "steps ({share:.0%}): clipping that often acts as a lower learning rate; "
                       "lower the peak learning rate (--lr) or raise --grad-clip",
@@ -320,8 +321,11 @@ def clipped_steps(rows: list[dict], facts: Facts) -> list[Finding]:
         return []
     share = n / total
     kind = "clipped mostly" if share > CLIPPED_MOSTLY else "clipped"
+    why = ("insurance against the rare large gradient" if share <= CLIPPED_RARE else
+           "often, more than insurance against the rare large gradient, but on fewer than half "
+           "the steps, not yet a lower learning rate")
     return [finding(kind, where[0], steps=tuple(where), clip=facts.grad_clip, n=n, total=total,
-                    share=share)]
+                    share=share, why=why)]
 
 
 def skipped_steps(rows: list[dict], facts: Facts) -> list[Finding]:
