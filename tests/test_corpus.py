@@ -700,6 +700,19 @@ def test_a_users_json_named_as_minigpts_records_but_not_theirs_is_text(tmp_path,
     assert said == [f"left out {src / 'cmp'}: it holds a comparison, not text"]
 
 
+def test_a_record_that_is_not_json_is_the_users_text(tmp_path, caplog):
+    """A variants.json that does not parse (a user's notes on a sweep) is no comparison's record,
+    though a comparison's has no key to check: its folder's files are text, none left out."""
+    src = tmp_path / "src"
+    (src / "sweep").mkdir(parents=True)
+    (src / "sweep" / "variants.json").write_text("lr 0.1, then 0.2\n")
+    (src / "sweep" / "notes.txt").write_text("the second was better\n")
+    with caplog.at_level(logging.WARNING, logger="minigpt"):
+        found = find_sources(str(src))
+    assert found == [src / "sweep" / "notes.txt", src / "sweep" / "variants.json"]
+    assert "left out" not in caplog.text
+
+
 def test_a_folder_minigpt_made_inside_another_is_named_once_as_the_outer(tmp_path, caplog):
     """A run's folder holds its checkpoints (and a corpus copied into it): one warning, for
     the run, not one for each folder below it."""

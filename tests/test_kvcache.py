@@ -147,6 +147,18 @@ def test_cached_forward_equals_the_uncached_one(model, batch):
         assert kv.length == BLOCK
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_two_queries_after_the_cache_are_masked_causally(model, batch):
+    """The shortest chunk after cached keys that needs the mask: its first query must not see
+    its second token (one query alone sees every key, unmasked)."""
+    idx = torch.randint(0, V, (batch, 8))
+    with torch.no_grad():
+        kv = KVCache(model, batch)
+        model(idx[:, :5], cache=kv)
+        torch.testing.assert_close(model(idx[:, 5:7], cache=kv)[0], model(idx[:, :7])[0][:, 5:],
+                                   atol=1e-4, rtol=1e-5)
+
+
 def fused_attention_before_the_cache(attn, x):
     """CausalSelfAttention.forward as it was before the cache: scaled_dot_product_attention."""
     B, T, C = x.shape

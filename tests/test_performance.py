@@ -3,6 +3,7 @@ against the host-side one, bf16 and compiled training against float32 eager, and
 choices (FLOP counts against PyTorch's counter: test_options)."""
 
 import json
+import logging
 import math
 from types import SimpleNamespace
 
@@ -47,6 +48,38 @@ def test_mfus_denominator_on_a_cpu_is_the_highest_peak_the_machine_has_shown(mon
         "1000000000.0", "Infinity"))
     assert highest_peak(CPU, torch.float32, cache) == 80.0
     assert highest_peak(CPU, torch.bfloat16, cache) == 90.0  # (bf16's own: above float32's)
+
+
+def test_a_bf16_runs_peak_is_kept_as_bf16s_not_as_a_float32_runs_denominator(monkeypatch,
+                                                                            tmp_path):
+    """bf16's peak (the better of bf16's and float32's matmuls) is above what a float32 run can
+    reach: a float32 run after it divides by float32's own peak."""
+    from minigpt.precision import highest_peak, machine_key
+
+    readings = iter([500.0, 100.0])
+    monkeypatch.setattr(performance, "peak_flops", lambda device, dtype: next(readings))
+    cache = tmp_path / "precision.json"
+    assert highest_peak(CPU, torch.bfloat16, cache) == 500.0
+    assert highest_peak(CPU, torch.float32, cache) == 100.0
+    assert json.loads(cache.read_text())[machine_key()] == {"peak_flops_bfloat16": 500.0,
+                                                            "peak_flops_float32": 100.0}
+
+
+def test_a_run_divides_by_the_peak_kept_in_the_data_folder(small_text, tmp_path, monkeypatch,
+                                                           caplog):
+    """The loop's MFU denominator is highest_peak's over $MINIGPT_DATA_DIR/precision.json: a
+    peak an earlier run kept there (1,000 TFLOP/s) stands above the one read now (1 GFLOP/s)."""
+    from minigpt.precision import machine_key
+
+    monkeypatch.setenv("MINIGPT_DATA_DIR", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "precision.json").write_text(
+        json.dumps({machine_key(): {"peak_flops_float32": 1e15}}))
+    monkeypatch.setattr(performance, "peak_flops", lambda device, dtype: 1e9)
+    with caplog.at_level(logging.INFO, logger="minigpt"):
+        train(tiny_config(small_text, steps=2, eval_every=2, dtype="float32"), tmp_path / "r",
+              progress=False)
+    assert "matmul peak 1,000,000 GFLOP/s" in caplog.text
 
 
 def test_matmul_peak_counts_the_flops_of_one_product(monkeypatch):

@@ -140,6 +140,8 @@ def test_a_cpu_whose_flags_name_native_bf16_times_the_step_whatever_the_gate_rea
     {"MACHINE": {**BF16, "steps": [1]}},
     {"MACHINE": {**BF16, "steps": {"SHAPE": {"fp32_step_s": 0.1}}}},  # a time missing
     {"MACHINE": {**BF16, "steps": {"SHAPE": {"fp32_step_s": 0.1, "bf16_step_s": True}}}},
+    {"MACHINE": {**BF16, "steps": {"SHAPE": {"fp32_step_s": 0.1, "bf16_step_s": 0}}}},  # (no
+    # pass takes no time: bf16 would win any comparison with it)
 ])
 def test_a_damaged_cache_is_measured_again(monkeypatch, tmp_path, damaged):
     """Whatever part of precision.json is not the probe's figures is measured again and
@@ -377,6 +379,38 @@ def test_a_step_of_a_few_ms_is_timed_until_each_dtype_has_had_its_tenth_of_a_sec
     seen.clear()
     precision.step_times(model, 2, 8, most=5)  # (a cap on the passes)
     assert len(seen) == 2 * (1 + 5)
+
+
+def test_the_faster_dtype_is_timed_for_its_tenth_of_a_second_too_and_a_stall_is_not_its_time(
+        monkeypatch):
+    """bf16 passes four times as fast as float32's: the passes go on until bf16 too has had
+    PROBE_SECONDS (not only float32, which had it at the third round), and the last round, a
+    stall of both, is neither's time: each gives its fastest pass, not its last."""
+    model = MiniGPT(65, n_layer=1, n_embd=16, n_head=2, block_size=16)
+    rounds = math.ceil(precision.PROBE_SECONDS * 64)  # the warm-up and those just short of it
+    durations = [1 / 16, 1 / 64] * rounds + [1 / 2, 1 / 4]  # (float32's, bf16's by turns)
+    seen = timed_passes(monkeypatch, model, durations)
+    assert precision.step_times(model, 2, 8) == {"fp32_step_s": 1 / 16, "bf16_step_s": 1 / 64}
+    assert len(seen) == len(durations)  # the stalled round was the last one run
+
+
+def test_a_timed_pass_is_a_forward_and_its_backward(monkeypatch):
+    """pass_seconds counts the backward (about twice the forward's work) as well: a clock the
+    forward advances by 1 s and the backward by 2 s reads 3 s."""
+    model = MiniGPT(65, n_layer=1, n_embd=16, n_head=2, block_size=16)
+    clock = [0.0]
+
+    def tick(seconds):
+        def hook(*args):
+            clock[0] += seconds
+        return hook
+
+    model.lm_head.register_forward_hook(tick(1.0))
+    model.lm_head.register_full_backward_hook(tick(2.0))
+    monkeypatch.setattr(precision.time, "perf_counter", lambda: clock[0])
+    idx = torch.randint(65, (2, 8), generator=torch.Generator().manual_seed(0))
+    assert precision.pass_seconds(model, idx, torch.float32) == 3.0
+    assert model.lm_head.weight.grad is not None
 
 
 def test_a_cache_that_already_holds_the_answer_is_not_written_again(monkeypatch, tmp_path):
