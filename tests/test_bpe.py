@@ -3,6 +3,7 @@ whole, JSON round trip, kind dispatch, clear errors; and a BPE corpus of TinySha
 trains a model and samples from it."""
 
 import json
+import math
 import random
 import re
 from functools import lru_cache
@@ -14,6 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from conftest import tiny_config
 from minigpt import BPETokenizer, CharTokenizer, MiniGPT, MiniGPTError, get_batch
 from minigpt.data import load_corpus, prepared_text
 from minigpt.diagnostics.attention import token_labels
@@ -291,3 +293,22 @@ def test_a_window_without_a_safe_break_ends_at_the_next_one():
     pieces = split_at_boundaries(text, 4)
     assert "".join(pieces) == text and pieces[0] == "x" * 10 + "\n"
     assert max(map(len, pieces[1:])) <= 4
+
+
+def test_a_bpe_run_reaches_a_target_by_its_loss_per_byte(small_text, tmp_path):
+    """Targets are nats per byte of text, as a character model's loss on ASCII text is: a BPE
+    run, whose tokens are several bytes each, reaches one that its loss per token is above."""
+    from minigpt import train
+    from minigpt.files import read_jsonl
+
+    def run(folder, targets):
+        cfg = tiny_config(small_text, steps=2, eval_every=2, tokenizer="bpe", vocab_size=300,
+                          targets=targets)
+        return train(cfg, tmp_path / folder, progress=False).summary
+
+    run("a", "")
+    last = read_jsonl(tmp_path / "a" / "metrics.jsonl")[-1]
+    per_byte = last["val_bpb"] * math.log(2)
+    assert per_byte < last["val_loss"]  # (several bytes a token)
+    target = (per_byte + last["val_loss"]) / 2
+    assert run("b", f"{target}")["time_to"][f"{target:g}"] is not None

@@ -134,8 +134,10 @@ class TrainConfig:
     eval_every: int = opt(250, "evaluate every N steps")
     eval_batches: int = opt(0, "validation batches per evaluation: N random batches, or 0 for "
                                 "the whole split, every token once (as the final figure)")
-    targets: str = opt("1.72,1.60,1.50", "validation losses whose first crossing is timed "
-                                          "(seconds of training), comma-separated; crossed by "
+    targets: str = opt("1.72,1.60,1.50", "validation losses in nats per byte of text (a "
+                                          "character model's loss on ASCII text; across "
+                                          "tokenizers alike), comma-separated, whose first "
+                                          "crossing is timed (seconds of training); crossed by "
                                           "each evaluation's figure (see --eval-batches)")
     patience: int = opt(0, "stop after N evaluations without improvement (0 = off)")
     min_delta: float = opt(0.0, "an improvement of the validation loss smaller than this does "

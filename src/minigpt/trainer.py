@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import shlex
 import time
 from collections.abc import Sequence
@@ -238,8 +239,8 @@ def record_evaluation(run: Run, row: dict) -> bool:
     else:
         row["val_loss"] = split_loss(model, run.splits.val, run.cfg.model.block_size)
     row["val_bpb"] = val_bpb(run, row["val_loss"])
-    if reached := state.record_targets(row["val_loss"], parse_targets(t.targets),
-                                       run.clock.seconds()):
+    per_byte = row["val_bpb"] * math.log(2)  # nats: a character model's loss on ASCII text
+    if reached := state.record_targets(per_byte, parse_targets(t.targets), run.clock.seconds()):
         row["reached"] = reached
     improved = state.record_eval(row["val_loss"], t.min_delta)
     console.log_eval(row, improved)
