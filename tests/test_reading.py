@@ -425,19 +425,33 @@ def test_the_lessons_shape_is_half_of_the_drop_in_the_first_tenth():
 
 def test_a_plateau_at_the_unigram_entropy_has_learnt_nothing_of_context():
     """SGD at a rate far too low for it (say): a fast drop from ln V to how common each
-    character is, then nothing. Known to be the unigram entropy, that is no lesson's shape;
-    not known (one's own loop), a plateau; a healthy curve, or a plateau a tenth of a nat or
-    more below it, is not at the unigram level."""
+    character is, then nothing. Known to be the unigram entropy (within a tenth of a nat), that
+    is a plateau at the unigram level and the lesson's drop only to it; above it, a model that
+    has not learnt even the frequencies; not known (one's own loop), a plateau and the lesson's
+    shape; a healthy curve is none of these."""
     facts = Facts(**{**vars(FACTS), "unigram_nats": 3.31})
     stuck = lesson_curve(floor=3.31)
     found = only(stuck, "plateau, unigram", facts)
-    assert "at the entropy of the text's token frequencies (3.31 nats)" in found.message
-    assert "shape" not in kinds(stuck, facts) and "plateau" not in kinds(stuck, facts)
+    assert "level with the unigram entropy of the training text (3.31 nats)" in found.message
+    assert "only to the unigram entropy" in only(stuck, "shape, unigram", facts).message
+    assert not {"shape", "plateau"} & set(kinds(stuck, facts))
     assert {"shape", "plateau"} <= set(kinds(stuck))  # (FACTS: no unigram entropy known)
     for floor, unigram in [(3.21, True), (3.19, False), (1.3, False)]:
         assert ("plateau, unigram" in kinds(lesson_curve(floor=floor), facts)) == unigram
+    untrained = only(lesson_curve(floor=LN65), "plateau, untrained", facts)  # (at ln V)
+    assert "above the unigram entropy of the training text (3.31 nats; ln V: 4.17)" in (
+        untrained.message)
     legend = plot_loss(stuck, findings=read_curve(stuck, facts)).axes[0].get_legend()
     assert "plateau: unigram level" in {t.get_text() for t in legend.get_texts()}
+
+
+def test_a_loss_that_blew_up_before_it_settled_at_the_unigram_level_still_says_so():
+    facts = Facts(**{**vars(FACTS), "unigram_nats": 3.31})
+    rows = lesson_curve(floor=3.33)
+    for r in rows:  # up to 6 nats in the first tenth, then down
+        if 0 < r["step"] <= 500:
+            r["train_loss"] = 6.0
+    assert "shape, blew up" in kinds(rows, facts)
 
 
 def test_the_unigram_entropy_is_of_the_token_frequencies_and_a_run_records_it(small_text,
@@ -450,7 +464,8 @@ def test_the_unigram_entropy_is_of_the_token_frequencies_and_a_run_records_it(sm
     tokens = [0, 0, 0, 1, 1, 2, 5, 5]
     oracle = -sum(n / 8 * math.log(n / 8) for n in Counter(tokens).values())
     assert unigram_entropy(np.array(tokens, dtype=np.uint16), 6) == pytest.approx(oracle)
-    assert unigram_entropy(np.array(tokens), 6, most=3) == 0.0  # (its first `most` tokens)
+    halves = np.array([0] * 100 + [1] * 100)  # read in chunks spread over the whole split
+    assert unigram_entropy(halves, 2, chunks=4, chunk=10) == pytest.approx(math.log(2))
     result = train(tiny_config(small_text, steps=2, eval_every=2), tmp_path / "run",
                    progress=False)
     text = small_text.read_text()

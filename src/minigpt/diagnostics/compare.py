@@ -201,8 +201,8 @@ def tokenizers_differ(table: list[dict]) -> bool:
 
 def format_table(table: list[dict]) -> str:
     """Each variant's losses (and its final validation bits per byte, where the variants'
-    tokenizers differ), steps, seconds of training and seconds to each target (-: not
-    reached; n/a: not among the variant's targets)."""
+    tokenizers differ), steps, seconds of training and seconds to each target (in nats per
+    byte of text; -: not reached; n/a: not among the variant's targets)."""
     per_byte = tokenizers_differ(table)
     width = max(len("variant"), *(len(r["variant"]) for r in table))
     targets = list(dict.fromkeys(x for r in table for x in r.get("time_to", {})))  # all

@@ -100,13 +100,14 @@ def annotate(ax, rows: list[dict], findings: list[Finding]) -> None:
         elif f.kind == "overfitting":
             ax.axvspan(f.step, f.end, color="C3", alpha=0.08,
                        label="validation stops following train")
-        elif f.kind in ("plateau", "plateau, unigram", "plateau, settling", "plateau, decayed"):
+        elif f.kind.startswith("plateau"):
             ax.axvspan(f.step, f.end, color="0.5", alpha=0.12,
                        label={"plateau": "plateau", "plateau, unigram": "plateau: unigram "
-                              "level"}.get(f.kind, "flat as the rate decays"))
+                              "level", "plateau, untrained": "plateau: untrained"}.get(
+                           f.kind, "flat as the rate decays"))
         elif f.kind == "rising":
             ax.axvspan(f.step, f.end, color="C3", alpha=0.12, label="loss rising")
-        elif f.kind in ("shape", "shape, not yet", "shape, blew up"):
+        elif f.kind.startswith("shape"):
             ax.axvspan(0, f.step, color="C3" if f.kind == "shape, blew up" else "C2",
                        alpha=0.06, label="first tenth of the run")
 

@@ -8,10 +8,10 @@ the usual remedy. minigpt reads the rows of metrics.jsonl against the run's sett
 One small function per pattern (`RULES`), each taking the rows and the `Facts` and giving back
 its findings, or none: where warmup ends, the best checkpoint, early stopping, clipped and
 skipped steps, spikes, the point where the validation loss stops following the training loss,
-a plateau, a training loss that rises again (divergence), the initial loss against ln V, and the
-lesson's shape (near ln V, a fast drop in the first tenth, a slow plateau after). Every message
-is worded in `WORDING`, and nowhere else; `plots.plot_loss` draws the findings on the curve and
-`report` lists them.
+a plateau (at the unigram entropy: nothing learnt of context), a training loss that rises
+again (divergence), the initial loss against ln V, and the lesson's shape (near ln V, a fast
+drop in the first tenth, a slow plateau after). Every message is worded in `WORDING`, and
+nowhere else; `plots.plot_loss` draws the findings on the curve and `report` lists them.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import json
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from minigpt.config import RunConfig
@@ -102,11 +102,18 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
                "little; a higher learning rate if that is high for this data, a bigger model "
                "or more data if not",
     "plateau, unigram": "the training loss has stayed near {loss:.2f} since step {step:,}, the "
-                        "last {share:.0%} of the run, at the entropy of the text's token "
-                        "frequencies ({unigram:.2f} nats): the model predicts how common each "
-                        "token is and nothing of the ones before it; a higher learning rate "
-                        "(SGD needs far more than AdamW), more steps, or check that the targets "
-                        "are the inputs shifted by one",
+                        "last {share:.0%} of the run, level with the unigram entropy of the "
+                        "training text ({unigram:.2f} nats), the loss of a model that knows "
+                        "only how common each token is: it has learnt nothing from the tokens "
+                        "before it; look at the learning rate, too low (SGD needs far more than "
+                        "AdamW) or too high if the loss blew up or spiked first, then at more "
+                        "steps, and check that the targets are the inputs shifted by one",
+    "plateau, untrained": "the training loss has stayed near {loss:.2f} since step {step:,}, "
+                          "the last {share:.0%} of the run, above the unigram entropy of the "
+                          "training text ({unigram:.2f} nats; ln V: {lnv:.2f}): the model has "
+                          "not learnt even how common each token is; the weights hardly move: "
+                          "a far higher learning rate (SGD needs far more than AdamW), or check "
+                          "that the optimizer steps",
     "plateau, settling": "the training loss has stayed near {loss:.2f} (within {band:g} nats) "
                          "since step {step:,}, the last {share:.0%} of the run, as the "
                          "learning rate decayed (to {rate:.0%} of its peak there): the schedule "
@@ -126,6 +133,11 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
                       "{loss1:.2f} by step {step:,}, from {loss0:.2f} at step 0) before it fell "
                       "(to {loss2:.2f}{lowest}): a learning rate too high for the start; lower "
                       "the peak learning rate (--lr) or lengthen warmup (--warmup-steps)",
+    "shape, unigram": "the lesson's fast drop, but only to the unigram entropy: from "
+                      "{loss0:.2f} at step 0, {share:.0%} of the drop came in the first tenth "
+                      "of the run (its running median to {loss1:.2f} by step {step:,}), to "
+                      "{loss2:.2f}, level with the loss of a model that knows only how common "
+                      "each token is ({unigram:.2f} nats): nothing yet of context",
     "shape, not yet": "not yet the lesson's shape: from {loss0:.2f} at step 0, only {share:.0%} "
                       "of the drop came in the first tenth of the run (its running median to "
                       "{loss1:.2f} by step {step:,}), the rest later (to {loss2:.2f}{lowest})",
@@ -322,8 +334,8 @@ def clipped_steps(rows: list[dict], facts: Facts) -> list[Finding]:
     share = n / total
     kind = "clipped mostly" if share > CLIPPED_MOSTLY else "clipped"
     why = ("insurance against the rare large gradient" if share <= CLIPPED_RARE else
-           "often, more than insurance against the rare large gradient, but on fewer than half "
-           "the steps, not yet a lower learning rate")
+           "often, more than insurance against the rare large gradient: below half the steps "
+           "it trims the larger ones, above half it acts as a lower learning rate")
     return [finding(kind, where[0], steps=tuple(where), clip=facts.grad_clip, n=n, total=total,
                     share=share, why=why)]
 
@@ -389,7 +401,8 @@ def overfitting(rows: list[dict], facts: Facts) -> list[Finding]:
 def plateau(rows: list[dict], facts: Facts) -> list[Finding]:
     """The longest stretch up to the end where the smoothed train loss stays in a band of
     PLATEAU_NATS, when it covers PLATEAU_SHARE of the run or more: the model at its limit; at
-    the unigram entropy, a model that has learnt nothing of context; begun after warmup with
+    the unigram entropy, a model that has learnt nothing of context (above it, not even the
+    tokens' frequencies); begun after warmup with
     the learning rate decayed below SETTLING_LR of its peak, the schedule settling a run too
     short, where validation fell to the end by more than noise, and otherwise a curve that
     cannot say which."""
@@ -409,8 +422,11 @@ def plateau(rows: list[dict], facts: Facts) -> list[Finding]:
         return []
     level = statistics.median(v for _, v in train[start:])
     words = dict(end=last, loss=level, band=PLATEAU_NATS, share=share)
-    if at_unigram(level, facts):  # (whatever the rate did: no schedule explains that level)
-        return [finding("plateau, unigram", first, level, unigram=facts.unigram_nats, **words)]
+    if facts.unigram_nats is not None and level >= facts.unigram_nats - UNIGRAM_NATS:
+        # (whatever the rate did: no schedule explains that level)
+        kind = "plateau, unigram" if at_unigram(level, facts) else "plateau, untrained"
+        return [finding(kind, first, level, unigram=facts.unigram_nats,
+                        lnv=math.log(facts.vocab_size), **words)]
     peak, there = peak_lr(rows, facts), next((r.get("lr") for r in rows if r["step"] == first),
                                               None)  # (one's own rows may log no rate)
     rate = there / peak if finite(there) and peak > 0 else 1.0
@@ -427,8 +443,8 @@ def plateau(rows: list[dict], facts: Facts) -> list[Finding]:
 
 
 def at_unigram(loss: float, facts: Facts) -> bool:
-    """Whether a loss is no lower than the unigram entropy's (less UNIGRAM_NATS), where known."""
-    return facts.unigram_nats is not None and loss >= facts.unigram_nats - UNIGRAM_NATS
+    """Whether a loss is within UNIGRAM_NATS of the unigram entropy, where it is known."""
+    return facts.unigram_nats is not None and abs(loss - facts.unigram_nats) <= UNIGRAM_NATS
 
 
 def diverging(train: list[tuple[int, float]]) -> tuple[int, float] | None:
@@ -450,15 +466,13 @@ def rising(rows: list[dict], facts: Facts) -> list[Finding]:
 
 def shape(rows: list[dict], facts: Facts) -> list[Finding]:
     """The lesson's closing claim on this curve: how much of the drop, from step 0 to the
-    lowest point, came in the first tenth of the run (not read on a diverging curve, nor on one
-    that ends at the unigram entropy: its fast drop learnt only how common each token is)."""
+    lowest point, came in the first tenth of the run (not read on a diverging curve; a fast
+    drop that ends at the unigram entropy learnt only how common each token is, and says so)."""
     points = train_points(rows)
     train = smoothed(points)
     if len(train) < 2 * SMOOTH or points[0][0] != 0 or diverging(train):
         return []
     loss0, loss2 = points[0][1], train[-1][1]
-    if at_unigram(loss2, facts):
-        return []
     low = min(v for _, v in train)
     early_step = EARLY_SHARE * points[-1][0]
     step, loss1 = min(train, key=lambda p: abs(p[0] - early_step))
@@ -468,11 +482,13 @@ def shape(rows: list[dict], facts: Facts) -> list[Finding]:
     # ended a little above step 0 (more than the margin above: "blew up", below)
     share = max(0.0, (loss0 - loss1) / (loss0 - low))
     kind = "shape" if share >= 0.5 else "shape, not yet"
+    if kind == "shape" and at_unigram(loss2, facts):  # a fast drop that learnt only frequencies
+        kind = "shape, unigram"
     if loss1 - loss0 > margin(loss0):  # up, not down, in the first tenth
         kind = "shape, blew up"
     lowest = f"; its lowest {low:.2f}" if f"{low:.2f}" != f"{loss2:.2f}" else ""  # (the share's)
     return [finding(kind, step, loss1, loss0=loss0, loss1=loss1, loss2=loss2, share=share,
-                    lowest=lowest)]
+                    lowest=lowest, unigram=facts.unigram_nats)]
 
 
 RULES: list[Callable[[list[dict], Facts], list[Finding]]] = [
@@ -494,9 +510,10 @@ def read_curve(rows: list[dict], facts: Facts) -> list[Finding]:
     return sorted((f for rule in RULES for f in rule(rows, facts)), key=lambda f: f.step)
 
 
-def facts_from_config(config: RunConfig | dict) -> Facts:
+def facts_from_config(config: RunConfig | dict, unigram_nats: float | None = None) -> Facts:
     """The Facts of a run from its settings: a RunConfig, or its to_dict(), as config.json holds
-    them under "config"."""
+    them under "config"; and, where known, the unigram entropy of its training tokens
+    (minigpt.evaluate.unigram_entropy), which the plateau and the shape are read against."""
     config = config.to_dict() if isinstance(config, RunConfig) else config
     if not (isinstance(config, dict) and {"model", "train"} <= config.keys()):
         raise MiniGPTError("facts_from_config takes a RunConfig, or its to_dict() (config.json's "
@@ -507,7 +524,8 @@ def facts_from_config(config: RunConfig | dict) -> Facts:
                  total_steps=None if t.get("time_budget") else t["steps"],
                  time_budget=t.get("time_budget") or None,
                  grad_clip=t["grad_clip"], patience=t["patience"], min_delta=t["min_delta"],
-                 lr=t["lr"], skip_nonfinite=t.get("skip_nonfinite", 0))
+                 lr=t["lr"], skip_nonfinite=t.get("skip_nonfinite", 0),
+                 unigram_nats=unigram_nats)
 
 
 def run_facts(run_dir: str | Path) -> Facts:
@@ -515,9 +533,9 @@ def run_facts(run_dir: str | Path) -> Facts:
     entropy)."""
     try:
         config = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
-        unigram = config.get("data", {}).get("unigram_nats")  # (a run before it: None)
-        return replace(facts_from_config(config["config"]),
-                       unigram_nats=unigram if finite(unigram) else None)
+        data = config.get("data") if isinstance(config, dict) else None
+        unigram = data.get("unigram_nats") if isinstance(data, dict) else None  # (older: None)
+        return facts_from_config(config["config"], unigram if finite(unigram) else None)
     except (OSError, ValueError, KeyError, TypeError):
         raise MiniGPTError(f"{run_dir} is not a run folder (no readable config.json)") from None
 
