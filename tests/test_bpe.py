@@ -241,8 +241,8 @@ def test_load_corpus_bpe_splits_the_text_and_caches(small_text):
         load_corpus(small_text, "bpe", 65, 0.1)
 
 
+@pytest.mark.usefixtures("one_thread")  # (one thread, and the count given back after)
 def test_bpe_on_tinyshakespeare_trains_and_samples(data_dir):
-    torch.set_num_threads(1)
     text_path = data_dir / "tinyshakespeare" / "input.txt"
     splits, tok, info = load_corpus(text_path, "bpe", 512, 0.1)
     text = text_path.read_text()
