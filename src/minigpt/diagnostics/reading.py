@@ -402,10 +402,9 @@ def plateau(rows: list[dict], facts: Facts) -> list[Finding]:
     """The longest stretch up to the end where the smoothed train loss stays in a band of
     PLATEAU_NATS, when it covers PLATEAU_SHARE of the run or more: the model at its limit; at
     the unigram entropy, a model that has learnt nothing of context (above it, not even the
-    tokens' frequencies); begun after warmup with
-    the learning rate decayed below SETTLING_LR of its peak, the schedule settling a run too
-    short, where validation fell to the end by more than noise, and otherwise a curve that
-    cannot say which."""
+    tokens' frequencies); begun after warmup with the learning rate decayed below SETTLING_LR
+    of its peak, the schedule settling a run too short, where validation fell to the end by
+    more than noise, and otherwise a curve that cannot say which."""
     train = smoothed(train_points(rows))
     if len(train) < 2 * SMOOTH or diverging(train):  # a diverged run's high level: `rising`
         return []
