@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from minigpt.errors import MiniGPTError
-from minigpt.files import atomic_write_text
+from minigpt.files import atomic_write_text, read_json
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 FASTER = 0.95  # bf16 must take at most this fraction of float32's step time
@@ -120,11 +120,8 @@ def highest_peak(device: torch.device, dtype: torch.dtype, cache: Path | None) -
 def read_cache(cache: Path | None) -> tuple[dict, str]:
     """precision.json's figures by machine ({} where there is none, or it cannot be read: they
     are measured again), and its text as read, for `write_cache` to compare."""
-    try:
-        answers = json.loads(cache.read_text(encoding="utf-8")) if cache is not None else {}
-    except (OSError, ValueError):
-        answers = {}
-    answers = answers if isinstance(answers, dict) else {}  # (another program's JSON)
+    answers = read_json(cache) if cache is not None else {}
+    answers = answers if isinstance(answers, dict) else {}  # (another program's JSON, or none)
     return answers, json.dumps(answers)
 
 
