@@ -11,7 +11,7 @@ import torch
 
 import minigpt.trainer
 from conftest import TINY, read_png, tiny_config
-from minigpt import resume_config, train
+from minigpt import resolve_config, resume_config, train
 from minigpt.diagnostics.compare import (
     compare,
     format_table,
@@ -20,7 +20,7 @@ from minigpt.diagnostics.compare import (
     variants,
 )
 from minigpt.diagnostics.gradflow import ParamStats
-from minigpt.diagnostics.plots import plot_lr, plot_overlay, run_train_config
+from minigpt.diagnostics.plots import plot_loss, plot_lr, plot_overlay, run_train_config
 from minigpt.diagnostics.probes import (
     SECTIONS,
     AttentionProbe,
@@ -489,3 +489,15 @@ def test_compare_starts_from_the_same_weights_and_tables_the_time_to_each_target
     assert_png(tmp_path / "cmp" / "compare.png")
     h, w, _ = read_png(tmp_path / "cmp" / "compare.png").shape
     assert w / h == pytest.approx(12 / 4.5, rel=0.02)  # against steps, and against seconds
+
+
+def test_the_curves_draw_the_rows_that_have_each_figure():
+    """One's own loop may log validation alone, or no rate: each figure draws the rows that
+    have its figure (a KeyError before)."""
+    rows = [{"step": 0, "train_loss": 4.2, "lr": 1e-3}, {"step": 5, "val_loss": 3.9},
+            {"step": 10, "train_loss": 3.0}]
+    train_line, val_line = plot_loss(rows).axes[0].lines[:2]
+    assert list(train_line.get_xdata()) == [0, 10] and list(val_line.get_xdata()) == [5]
+    assert list(plot_lr(rows).axes[0].lines[0].get_xdata()) == [0]
+    settings = resolve_config("seed").train
+    assert list(plot_lr(rows[1:], train=settings).axes[0].lines[0].get_xdata()) == []

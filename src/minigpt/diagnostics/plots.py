@@ -45,9 +45,10 @@ def _axes(width: float = 7.0, height: float = 4.0):
 
 
 def _loss_lines(ax, rows: list[dict], x: str, train: dict, val: dict) -> None:
-    """Train loss (every logged row, drawn with `train`) and validation loss (every
+    """Train loss (every row that has one, drawn with `train`) and validation loss (every
     evaluation, dots joined, drawn with `val`) against the rows' `x`."""
-    ax.plot([r[x] for r in rows], [r["train_loss"] for r in rows], **train)
+    trains = [r for r in rows if "train_loss" in r]  # (one's own loop may log validation alone)
+    ax.plot([r[x] for r in trains], [r["train_loss"] for r in trains], **train)
     evals = [r for r in rows if "val_loss" in r]
     ax.plot([r[x] for r in evals], [r["val_loss"] for r in evals], "o-", ms=3, **val)
 
@@ -103,7 +104,8 @@ def annotate(ax, rows: list[dict], findings: list[Finding]) -> None:
         elif f.kind.startswith("plateau"):
             ax.axvspan(f.step, f.end, color="0.5", alpha=0.12,
                        label={"plateau": "plateau", "plateau, unigram": "plateau: unigram "
-                              "level", "plateau, untrained": "plateau: untrained"}.get(
+                              "level", "plateau, untrained": "plateau: untrained",
+                              "plateau, uniform": "plateau: untrained"}.get(
                            f.kind, "flat as the rate decays"))
         elif f.kind == "rising":
             ax.axvspan(f.step, f.end, color="C3", alpha=0.12, label="loss rising")
@@ -120,9 +122,10 @@ def plot_lr(rows: list[dict], path: str | Path | None = None, train: TrainConfig
     import numpy
 
     fig, ax = _axes(7.0, 3.0)
+    rows = [r for r in rows if "lr" in r]  # (one's own loop may log no rate)
     steps, lrs = [r["step"] for r in rows], [r["lr"] for r in rows]
-    if train is None or not follows(train, rows):  # (a resume changed the settings: the rows
-        ax.plot(steps, lrs, lw=1.5)  # alone say what each part had)
+    if train is None or not rows or not follows(train, rows):  # (a resume changed the
+        ax.plot(steps, lrs, lw=1.5)  # settings: the rows alone say what each part had)
     else:
         first, last = steps[0], steps[-1]
         every = sorted({*range(first, last + 1, max(1, (last - first) // 5000)), *steps,
