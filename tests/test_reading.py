@@ -171,11 +171,26 @@ def test_clipped_steps_from_the_rows_counts_or_the_gradient_norms():
         assert ("(10%): often, more than insurance" in only(rows, "clipped").message) == often
     for r in rows:
         r["clipped"] = 40
-    assert "lower the peak learning rate" in only(rows, "clipped mostly").message
+    assert "clipping that often acts as a lower learning rate" in \
+        only(rows, "clipped mostly").message
     assert not {"clipped", "clipped mostly"} & set(kinds(rows, Facts(vocab_size=65)))
     rows = [{"step": s, "train_loss": 2.0, "lr": 1e-3, "grad_norm": n}  # without the counts
             for s, n in enumerate([0.5, 3.0, 0.2, 2.0])]
-    assert only(rows, "clipped").steps == (1, 3)
+    finding = only(rows, "clipped")
+    assert finding.steps == (1, 3) and "on 2 of 4 logged steps (50%)" in finding.message
+
+
+def test_clipping_most_steps_blames_the_rate_only_where_the_loss_spiked_or_rose():
+    calm = lesson_curve(steps=1000)
+    stuck = [{"step": s, "train_loss": LN65, "lr": 1e-7, "clipped": 1} for s in range(200)]
+    spiky = with_spikes(lesson_curve(steps=1000), [500])
+    for rows, too_high in [(calm, False), (stuck, False), (spiky, True),
+                           (climbing_from_2500(0.15), True)]:
+        for r in rows:
+            r["clipped"] = 1 if rows is stuck else 40
+        message = only(rows, "clipped mostly").message
+        assert ("lower the peak learning rate (--lr)" in message) == too_high, message
+        assert ("raise --grad-clip" in message) != too_high, message
 
 
 def test_skipped_steps():
@@ -423,6 +438,19 @@ def test_the_lessons_shape_is_half_of_the_drop_in_the_first_tenth():
     assert "shape" not in kinds(two_speeds(0.45), facts)
 
 
+def test_a_plateau_at_ln_v_without_the_unigram_figure_has_learnt_nothing():
+    """One's own loop gives no unigram entropy; a loss that stays at ln V, the uniform guess,
+    is still read as nothing learnt, not as a model at its limit."""
+    rows = [{"step": s, "train_loss": LN65 + 0.01 * (-1) ** s, "lr": 1e-7} for s in range(150)]
+    facts = Facts(vocab_size=65, total_steps=150)
+    finding = only(rows, "plateau, uniform", facts)
+    assert "level with ln V = 4.17" in finding.message and "the 65 tokens" in finding.message
+    known = Facts(vocab_size=65, total_steps=150, unigram_nats=3.31)
+    assert "plateau, untrained" in kinds(rows, known)
+    lower = [dict(r, train_loss=r["train_loss"] - reading.UNIGRAM_NATS - 0.05) for r in rows]
+    assert "plateau" in kinds(lower, facts) and "plateau, uniform" not in kinds(lower, facts)
+
+
 def test_a_plateau_at_the_unigram_entropy_has_learnt_nothing_of_context():
     """SGD at a rate far too low for it (say): a fast drop from ln V to how common each
     character is, then nothing. Known to be the unigram entropy (within a tenth of a nat), that
@@ -621,6 +649,19 @@ def test_shape_and_rising_need_enough_rows_and_shape_a_row_at_step_0():
     assert not {"shape", "shape, not yet"} & set(kinds(resumed, Facts(vocab_size=65)))
 
 
+def test_a_step_written_twice_is_read_once_as_last_written():
+    """One's own loop, resumed from step 300 without cutting its rows, writes 300..500 again:
+    the later rows are the run's."""
+    rows = lesson_curve(steps=1000)
+    for r in rows:
+        r["clipped"] = 30
+    again = [dict(r, train_loss=r["train_loss"] - 0.2, clipped=0) for r in rows
+             if 300 <= r["step"] <= 500]
+    kept = [r for r in rows if not 300 <= r["step"] <= 500] + again
+    assert read_curve(rows + again, FACTS) == read_curve(kept, FACTS)
+    assert "on 480 of 1,000 steps" in only(rows + again, "clipped").message  # 16 rows, not 21
+
+
 def test_rows_out_of_order_read_as_the_same_rows_sorted():
     rows = with_spikes(overfit_curve(), [300])
     shuffled = rows[1::2] + rows[::2]
@@ -707,6 +748,15 @@ def test_a_plateau_covers_exactly_a_quarter_of_the_run():
     (found,) = plateaus(curve(300))
     assert found.step == 300 and (found.end - found.step) / 400 == reading.PLATEAU_SHARE
     assert not plateaus(curve(301))
+
+
+def test_a_rise_of_a_hundredth_of_a_nat_at_a_low_loss_is_noise_not_divergence():
+    """A loss at 0.04 that ends at 0.05 is 25 % up but 0.01 nats: batch noise, not diverging
+    (DIVERGE_NATS); the same curve ending 0.15 nats up is."""
+    for end, diverging in [(0.05, False), (0.04 + reading.DIVERGE_NATS, False), (0.19, True)]:
+        rows = [{"step": 10 * s, "train_loss": 0.04 + (end - 0.04) * max(0, s - 50) / 50,
+                 "lr": 1e-3} for s in range(101)]
+        assert ("rising" in kinds(rows, Facts(vocab_size=65))) == diverging, end
 
 
 def test_ending_exactly_diverge_rise_above_the_lowest_is_not_diverging():
@@ -804,10 +854,10 @@ def test_a_plateau_in_warmup_or_with_validation_still_as_noise_is_no_settling():
     """A run flat from step 0, its rate still warming up (below half its peak, but rising),
     read as 'the schedule settling'; so did validation falling by noise alone, or read
     once on the plateau (the curve cannot say then)."""
-    rows = [{"step": s, "train_loss": 4.17, "lr": 1e-6 * min(1, s / 300)} for s in
+    rows = [{"step": s, "train_loss": 2.0, "lr": 1e-6 * min(1, s / 300)} for s in
             range(0, 1000, 10)]
     for r in rows[::10]:
-        r["val_loss"] = 4.2 - 2e-5 * r["step"]  # falling to the end, by 0.02: noise
+        r["val_loss"] = 2.03 - 2e-5 * r["step"]  # falling to the end, by 0.02: noise
     facts = Facts(vocab_size=65, warmup_steps=300, total_steps=1000, lr=1e-6)
     assert "plateau" in kinds(rows, facts) and "plateau, settling" not in kinds(rows, facts)
     once = cosine_run(True)

@@ -33,7 +33,8 @@ from minigpt.run import TrainState
 SPIKE_RISE = 0.10  # a spike: train loss 10 % above the median of the rows before it,
 SPIKE_NATS = 0.10  # and at least this far above it (at a loss of 0.4, 10 % is batch noise)
 SPIKE_WINDOW = 5  # rows in that median (fewer at the start: from the second row on)
-DIVERGE_RISE = 0.10  # diverging: the smoothed train loss ends 10 % above its lowest
+DIVERGE_RISE = 0.10  # diverging: the smoothed train loss ends 10 % above its lowest,
+DIVERGE_NATS = 0.10  # and at least this far above it (near 0.04, 10 % is batch noise)
 SLOW_WARMUP = 0.5  # warmup past this share of a time budget leaves the decay too little
 SMOOTH = 5  # rows in the running median that overfitting and plateaus read
 PLATEAU_NATS = 0.05  # a plateau: the smoothed train loss stays within this band ...
@@ -69,11 +70,11 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
                   "the best, at step {best:,}",
     "early stop, none finite": "early stopping at step {step:,}: {n} without a "
                                "finite loss",
-    "clipped": "the gradient was clipped (norm above {clip:g}) on {n:,} of {total:,} steps "
-               "({share:.0%}): {why}",
-    "clipped mostly": "the gradient was clipped (norm above {clip:g}) on {n:,} of {total:,} "
-                      "steps ({share:.0%}): clipping that often acts as a lower learning rate; "
-                      "lower the peak learning rate (--lr) or raise --grad-clip",
+    "clipped": "the gradient was clipped (norm above {clip:g}) on {n:,} of {total:,}{logged} "
+               "steps ({share:.0%}): {why}",
+    "clipped mostly": "the gradient was clipped (norm above {clip:g}) on {n:,} of "
+                      "{total:,}{logged} steps ({share:.0%}): clipping that often acts as a "
+                      "lower learning rate; {remedy}",
     "val not finite": "the validation loss was NaN or inf at {n:,} evaluation(s), the first at "
                       "step {step:,}: the weights evaluated hold NaN or inf; lower the peak "
                       "learning rate (--lr), resuming from a checkpoint before it if there is "
@@ -114,6 +115,11 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
                           "not learnt even how common each token is; the weights hardly move: "
                           "a far higher learning rate (SGD needs far more than AdamW), or check "
                           "that the optimizer steps",
+    "plateau, uniform": "the training loss has stayed near {loss:.2f} since step {step:,}, the "
+                        "last {share:.0%} of the run, level with ln V = {lnv:.2f}, the loss of "
+                        "a uniform guess over the {V} tokens: the model has learnt nothing; the "
+                        "weights hardly move: a far higher learning rate (SGD needs far more "
+                        "than AdamW), or check that the optimizer steps",
     "plateau, settling": "the training loss has stayed near {loss:.2f} (within {band:g} nats) "
                          "since step {step:,}, the last {share:.0%} of the run, as the "
                          "learning rate decayed (to {rate:.0%} of its peak there): the schedule "
@@ -142,6 +148,10 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
                       "of the drop came in the first tenth of the run (its running median to "
                       "{loss1:.2f} by step {step:,}), the rest later (to {loss2:.2f}{lowest})",
 }
+CLIPPED_REMEDY = {  # whether the loss spiked or rose: the rate too high, or the clip too low
+    True: "with the loss spiking or rising too, lower the peak learning rate (--lr)",
+    False: "the loss neither spiked nor rose, so the rate is not too high for it: raise "
+           "--grad-clip (or 0: none) to let the steps take the rate they were given"}
 CLIP_HINT = {True: ", or clip harder (--grad-clip 0.5)",
              False: ", or turn gradient clipping on (--grad-clip 1.0)"}
 
@@ -323,12 +333,12 @@ def clipped_steps(rows: list[dict], facts: Facts) -> list[Finding]:
     if facts.grad_clip <= 0:
         return []
     if all("clipped" in r for r in rows):
-        n, total = sum(r["clipped"] for r in rows), steps_done(rows)
+        n, total, logged = sum(r["clipped"] for r in rows), steps_done(rows), ""
         where = [r["step"] for r in rows if r["clipped"]]
     else:
         where = [r["step"] for r in rows if finite(r.get("grad_norm"))
                  and r["grad_norm"] > facts.grad_clip]
-        n, total = len(where), len(rows)
+        n, total, logged = len(where), len(rows), " logged"
     if n == 0:
         return []
     share = n / total
@@ -336,8 +346,10 @@ def clipped_steps(rows: list[dict], facts: Facts) -> list[Finding]:
     why = ("insurance against the rare large gradient" if share <= CLIPPED_RARE else
            "often, more than insurance against the rare large gradient: below half the steps "
            "it trims the larger ones, above half it acts as a lower learning rate")
+    train = smoothed(train_points(rows))
+    too_high = bool(spike_steps(train_points(rows))) or bool(train and diverging(train))
     return [finding(kind, where[0], steps=tuple(where), clip=facts.grad_clip, n=n, total=total,
-                    share=share, why=why)]
+                    logged=logged, share=share, why=why, remedy=CLIPPED_REMEDY[too_high])]
 
 
 def skipped_steps(rows: list[dict], facts: Facts) -> list[Finding]:
@@ -401,10 +413,11 @@ def overfitting(rows: list[dict], facts: Facts) -> list[Finding]:
 def plateau(rows: list[dict], facts: Facts) -> list[Finding]:
     """The longest stretch up to the end where the smoothed train loss stays in a band of
     PLATEAU_NATS, when it covers PLATEAU_SHARE of the run or more: the model at its limit; at
-    the unigram entropy, a model that has learnt nothing of context (above it, not even the
-    tokens' frequencies); begun after warmup with the learning rate decayed below SETTLING_LR
-    of its peak, the schedule settling a run too short, where validation fell to the end by
-    more than noise, and otherwise a curve that cannot say which."""
+    the unigram entropy, a model that has learnt nothing of context (above it, or at ln V where
+    the unigram entropy is not known, not even the tokens' frequencies); begun after warmup
+    with the learning rate decayed below SETTLING_LR of its peak, the schedule settling a run
+    too short, where validation fell to the end by more than noise, and otherwise a curve that
+    cannot say which."""
     train = smoothed(train_points(rows))
     if len(train) < 2 * SMOOTH or diverging(train):  # a diverged run's high level: `rising`
         return []
@@ -421,11 +434,12 @@ def plateau(rows: list[dict], facts: Facts) -> list[Finding]:
         return []
     level = statistics.median(v for _, v in train[start:])
     words = dict(end=last, loss=level, band=PLATEAU_NATS, share=share)
+    ln_v = math.log(facts.vocab_size)  # (whatever the rate did: no schedule explains these)
     if facts.unigram_nats is not None and level >= facts.unigram_nats - UNIGRAM_NATS:
-        # (whatever the rate did: no schedule explains that level)
         kind = "plateau, unigram" if at_unigram(level, facts) else "plateau, untrained"
-        return [finding(kind, first, level, unigram=facts.unigram_nats,
-                        lnv=math.log(facts.vocab_size), **words)]
+        return [finding(kind, first, level, unigram=facts.unigram_nats, lnv=ln_v, **words)]
+    if level >= ln_v - UNIGRAM_NATS:  # the unigram entropy unknown (one's own loop), but below
+        return [finding("plateau, uniform", first, level, lnv=ln_v, V=facts.vocab_size, **words)]
     peak, there = peak_lr(rows, facts), next((r.get("lr") for r in rows if r["step"] == first),
                                               None)  # (one's own rows may log no rate)
     rate = there / peak if finite(there) and peak > 0 else 1.0
@@ -448,9 +462,10 @@ def at_unigram(loss: float, facts: Facts) -> bool:
 
 def diverging(train: list[tuple[int, float]]) -> tuple[int, float] | None:
     """The (step, loss) of a smoothed train loss's lowest point, if the curve ends more than
-    DIVERGE_RISE above it (None if not)."""
+    DIVERGE_RISE and DIVERGE_NATS above it (None if not)."""
     low = min(train, key=lambda p: p[1])
-    return low if train[-1][1] > low[1] * (1 + DIVERGE_RISE) else None
+    return low if train[-1][1] > max(low[1] * (1 + DIVERGE_RISE), low[1] + DIVERGE_NATS) \
+        else None
 
 
 def rising(rows: list[dict], facts: Facts) -> list[Finding]:
@@ -505,7 +520,8 @@ def read_curve(rows: list[dict], facts: Facts) -> list[Finding]:
         raise MiniGPTError("read_curve takes metrics rows (a list of dicts, as read_jsonl gives "
                            "them) and Facts (facts_from_config(cfg)); read_run(folder) reads a "
                            "run folder")
-    rows = sorted(rows, key=lambda r: r["step"])
+    # one row a step, the last written (one's own loop, resumed, may write a step again)
+    rows = sorted({r["step"]: r for r in rows}.values(), key=lambda r: r["step"])
     return sorted((f for rule in RULES for f in rule(rows, facts)), key=lambda f: f.step)
 
 
