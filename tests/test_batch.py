@@ -42,6 +42,15 @@ def test_sliders_for_b_and_t(tiny, capsys):
     assert "x, y: (3, 5)" in last and "15 predictions per step" in last
 
 
+def test_a_slider_top_below_one_or_a_shape_not_whole_is_a_clear_error(tiny):
+    with pytest.raises(MiniGPTError, match=r"^max_batch \(the B slider's top\) must be a whole "
+                                           r"number >= 1, got 0$"):
+        batch_sliders(*tiny, max_batch=0)
+    with pytest.raises(MiniGPTError, match=r"^batch_size and block_size must be whole numbers "
+                                           r">= 1, got 2.5 and 4$"):
+        batch_trade(*tiny, 2.5, 4)
+
+
 def test_without_ipywidgets_the_sliders_say_how_to_get_them(tiny, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "ipywidgets", None)  # import fails
     with pytest.raises(MiniGPTError, match=r"^the sliders need ipywidgets: pip install "

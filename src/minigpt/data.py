@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import numbers
 import os
 import shlex
 import urllib.error
@@ -221,9 +222,10 @@ class Batches:
 
     def __init__(self, splits: Splits, batch_size: int, block_size: int, seed: int = 1337,
                  device: str | torch.device = "cpu", streams: tuple[int, ...] = (0,)):
-        if not batch_size >= 1 or not block_size >= 1:
-            raise MiniGPTError(f"batch_size and block_size must be at least 1, got {batch_size} "
-                               f"and {block_size}")
+        if not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 1
+                   for n in (batch_size, block_size)):
+            raise MiniGPTError(f"batch_size and block_size must be whole numbers >= 1, got "
+                               f"{batch_size!r} and {block_size!r}")
         splits.check(block_size)
         self.splits = splits
         self.batch_size = batch_size
