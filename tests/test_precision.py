@@ -170,11 +170,14 @@ def test_a_named_dtype_is_not_probed(monkeypatch):
 
 
 def test_auto_off_a_cpu_is_not_probed(monkeypatch):
-    """A GPU: bf16 where it supports it; MPS: float32."""
+    """A GPU: bf16 where it has bf16 tensor cores (Ampere, 8.0, on; a V100's 7.0 or a T4's 7.5
+    only emulate it, though torch.cuda.is_bf16_supported() says yes); MPS: float32."""
     monkeypatch.setattr(precision, "matmul_rates", no_probe)
     model = MiniGPT(65, n_layer=1, n_embd=32, n_head=2, block_size=16)
-    for supported, expected in [(True, torch.bfloat16), (False, torch.float32)]:
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, s=supported, **k: s)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    for capability, expected in [((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16),
+                                 ((7, 5), torch.float32), ((7, 0), torch.float32)]:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, c=capability: c)
         assert precision.choose_dtype("auto", torch.device("cuda"), model)[0] == expected
     assert precision.choose_dtype("auto", torch.device("mps"), model)[0] == torch.float32
 

@@ -63,10 +63,11 @@ def choose_dtype(requested: str, device: torch.device, model: torch.nn.Module,
         if requested not in DTYPES:
             raise MiniGPTError(f"unknown dtype {requested!r} (use auto, float32 or bfloat16)")
         return DTYPES[requested], "as set"  # (by --dtype, or by the run resumed)
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
+    if device.type == "cuda":  # bf16 tensor cores: Ampere (compute capability 8.0) on; older
+        # GPUs emulate bf16 (torch.cuda.is_bf16_supported() says yes), slower than float32
+        if torch.cuda.get_device_capability(device) >= (8, 0):
             return torch.bfloat16, "auto: the GPU has bf16"
-        return torch.float32, "auto: the GPU has no bf16"
+        return torch.float32, "auto: the GPU has no bf16 tensor cores"
     if device.type != "cpu":
         return torch.float32, "auto"
     return cpu_choice(model, batch_size, cache, first)
