@@ -12,16 +12,19 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 
-from minigpt.performance import mfu
+import torch
+
+from minigpt.performance import mfu, wait_for
 
 
 class Clock:
     """Seconds of training: those of earlier processes (a resumed run's), and this one's while
-    running."""
+    running. Given the device, it stops once the device has done the steps queued on it."""
 
-    def __init__(self, seconds: float = 0.0):
+    def __init__(self, seconds: float = 0.0, device: torch.device | None = None):
         self.before = seconds  # counted before the current stretch
         self.since: float | None = None  # perf_counter() when it last started; None: stopped
+        self.device = device
 
     def start(self) -> Clock:
         if self.since is None:
@@ -29,6 +32,8 @@ class Clock:
         return self
 
     def stop(self) -> None:
+        if self.device is not None:  # a GPU's steps end after the Python that queued them
+            wait_for(self.device)
         self.before = self.seconds()
         self.since = None
 

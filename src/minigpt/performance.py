@@ -189,11 +189,19 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 0.2,
 
     def product() -> None:
         a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        wait_for(device)
 
     product()  # warm-up: the library picks its kernel
     return 2 * n**3 * best_rate(product, seconds)
+
+
+def wait_for(device: torch.device) -> None:
+    """Return once the device has done the work queued on it: a GPU runs behind the Python that
+    queues its work (a CPU computes as it is called: nothing to wait for)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.2) -> float:

@@ -187,6 +187,7 @@ def build_run(cfg: RunConfig, folder: str | Path) -> Run:
              "unigram_nats": round(unigram_entropy(splits.train, tokenizer.vocab_size), 4)}
     return Run(cfg, Path(folder), world, device, dtype, tokenizer, splits, data, model,
                make_optimizer(model, cfg.train), batches, env,
+               clock=Clock(device=device),
                ema=WeightAverage(model, cfg.train.ema) if cfg.train.ema else None,
                started=started)
 
