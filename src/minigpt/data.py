@@ -206,10 +206,14 @@ def get_batch(data: np.ndarray, batch_size: int, block_size: int,
     rows = ix.numpy()[:, None] + np.arange(block_size + 1)  # (B, T+1) positions
     buf = torch.from_numpy(data[rows].astype(np.int64))  # (B, T+1)
     x, y = buf[:, :-1].contiguous(), buf[:, 1:].contiguous()  # (B, T) each, y shifted by one
-    if torch.device(device).type == "cuda":  # pinned memory: copies that need not wait
-        x, y = x.pin_memory(), y.pin_memory()
-        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-    return x.to(device), y.to(device)
+    return to_device(x, device), to_device(y, device)
+
+
+def to_device(t: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """t on the device; to a GPU, through pinned memory: a copy Python need not wait for."""
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 class Batches:

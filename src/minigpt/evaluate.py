@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from minigpt.data import to_device
 from minigpt.errors import MiniGPTError
 
 WHOLE_SPLIT_BATCH = 64  # windows per forward when a whole split is evaluated
@@ -57,7 +58,7 @@ def split_loss(model: nn.Module, data: np.ndarray, block_size: int,
         raise MiniGPTError(f"a split needs at least 2 tokens (an input and its target), got "
                            f"{len(data)}")
     per_batch = batch_size * block_size
-    total, count = 0.0, 0
+    losses, counts = [], []  # read once at the end: a GPU never waits for Python between
     with evaluating(model):
         for start in range(0, n_targets, per_batch):
             stop = min(start + per_batch, n_targets)
@@ -72,10 +73,10 @@ def split_loss(model: nn.Module, data: np.ndarray, block_size: int,
                 pieces.append((chunk[n_full * block_size : -1][None],
                                chunk[n_full * block_size + 1 :][None]))  # (1, t)
             for x, y in pieces:
-                _, loss = model(x.to(device), y.to(device))
-                total += loss.item() * y.numel()
-                count += y.numel()
-    return total / count
+                losses.append(model(to_device(x, device), to_device(y, device))[1])
+                counts.append(y.numel())
+    means = torch.stack(losses).tolist()  # each batch's mean loss
+    return sum(m * n for m, n in zip(means, counts, strict=True)) / sum(counts)
 
 
 def target_bytes(data: np.ndarray, byte_lengths: np.ndarray, chunk: int = 1 << 22) -> int:
