@@ -18,12 +18,19 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from minigpt.errors import MiniGPTError
+
+# how long the other processes wait for rank 0's work alone: preparing a corpus (7 minutes for
+# 1.3 billion BPE tokens on one host, docs/scaling.md) or the final whole-split evaluation;
+# NCCL's own limit is 10 minutes
+HOST_WAIT = timedelta(hours=6)
+HOST = {}  # "group": the gloo group the host-side agreements go through (start makes it)
 
 
 @dataclass(frozen=True)
@@ -63,22 +70,26 @@ def world_from_env() -> World:
 
 def start(world: World, device: torch.device) -> torch.device:
     """Join the process group (NCCL on CUDA, gloo on CPU) and return this process's device:
-    with CUDA, GPU number LOCAL_RANK."""
+    with CUDA, GPU number LOCAL_RANK (one process: the GPU it names). The processes also share
+    a gloo group on the host, which their agreements go through (`agree`, `barrier`): a GPU's
+    work never waits for them, and they may wait for rank 0 up to HOST_WAIT."""
+    if device.type == "cuda" and (world.enabled or device.index is not None):
+        device = torch.device("cuda", world.local_rank if world.enabled else device.index)
+        torch.cuda.set_device(device)  # (else the bf16 check and CUDA's context use GPU 0)
     if not world.enabled:
         return device
-    if device.type == "cuda":
-        device = torch.device("cuda", world.local_rank)
-        torch.cuda.set_device(device)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, rank=world.rank, world_size=world.size,
                                 device_id=device if device.type == "cuda" else None)
+    HOST["group"] = dist.new_group(backend="gloo", timeout=HOST_WAIT)
     return device
 
 
 def stop(world: World) -> None:
     """Leave the process group (after the last collective call)."""
     if world.enabled and dist.is_initialized():
+        HOST.clear()
         dist.destroy_process_group()
 
 
@@ -88,7 +99,8 @@ def wrap(model: torch.nn.Module, world: World, device: torch.device) -> torch.nn
     if not world.enabled:
         return model
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
+    # (the model's buffers, the rotary tables, are constants: nothing to broadcast each step)
+    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
 
 
 def mean(value: torch.Tensor, world: World) -> torch.Tensor:
@@ -106,9 +118,8 @@ def agree(value: float, world: World) -> float:
     the same learning-rate schedule and stop after the same step."""
     if not world.enabled:
         return value
-    t = torch.tensor(value, dtype=torch.float64,
-                     device="cuda" if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    t = torch.tensor(value, dtype=torch.float64)  # on the host: no GPU waits for it
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=HOST.get("group"))
     return t.item()
 
 
@@ -129,7 +140,7 @@ def gather(obj, world: World) -> list:
 def barrier(world: World) -> None:
     """Wait until every process has reached this call (every process must call this)."""
     if world.enabled:
-        dist.barrier()
+        dist.barrier(group=HOST.get("group"))
 
 
 @contextlib.contextmanager
