@@ -199,6 +199,20 @@ def test_split_loss_covers_every_token_once():
     assert split_loss(model, data, 8, 5, torch.device("cpu")) == pytest.approx(expected, rel=1e-5)
 
 
+def test_split_loss_reads_the_device_once_not_once_a_batch(monkeypatch):
+    """A GPU is never made to wait for Python between the batches of a whole-split evaluation:
+    the losses are read once, at the end (13 batches here)."""
+    model = MiniGPT(11, n_embd=16, n_layer=1, n_head=2, block_size=8).eval()
+    data = np.random.default_rng(0).integers(0, 11, 200).astype(np.uint16)
+    reads = []
+    for name in ("item", "tolist", "__float__", "__bool__"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda self, real=real, name=name: reads.append(name) or real(self))
+    split_loss(model, data, 8, 2, torch.device("cpu"))
+    assert reads == ["tolist"]
+
+
 def test_the_estimate_is_the_mean_over_its_batches():
     model = MiniGPT(11, n_embd=16, n_layer=1, n_head=2, block_size=8)
     splits = Splits.from_tokens(np.random.default_rng(0).integers(0, 11, 400).astype(np.uint16))
@@ -468,6 +482,30 @@ def test_the_clock_counts_only_the_seconds_it_runs(monkeypatch):
     resumed.start()
     now.s += 2
     assert resumed.seconds() == 15.0
+
+
+def test_the_clock_stops_once_the_device_has_done_the_steps_queued_on_it(monkeypatch):
+    """A GPU runs behind the Python that queues its steps: the clock waits for it, then reads
+    the time, or the steps' last seconds would fall outside training (tokens/s, MFU and a time
+    budget would read them short). At a timer moved by hand; a device 3 s behind."""
+    now = SimpleNamespace(s=100.0)
+    monkeypatch.setattr(clock_module, "time", SimpleNamespace(perf_counter=lambda: now.s))
+    waited = []
+
+    def behind(device):
+        now.s += 3
+        waited.append(device)
+
+    monkeypatch.setattr(clock_module, "wait_for", behind)
+    gpu = torch.device("cuda")
+    clock = clock_module.Clock(device=gpu).start()
+    now.s += 1
+    with clock.paused():
+        assert clock.seconds() == 4.0 and waited == [gpu]
+    clock.stop()
+    assert clock.seconds() == 7.0
+    clock_module.Clock().start().stop()  # no device: nothing to wait for
+    assert waited == [gpu, gpu]
 
 
 def test_speed_reads_since_the_last_reading_and_overall_since_the_count_began():
