@@ -313,7 +313,7 @@ def test_settings_spelt_with_a_tilde_compare_as_the_home_folders(tmp_path, monke
 def test_what_changed_since_a_prepare_began_is_named():
     was = {"format": 1, "sources": "books", "tokenizer": "bpe",
            "files": [["a.txt", 10, 1], ["b.txt", 20, 2]]}
-    assert changed(was, {**was, "files": was["files"][:1]}) == "files gone"
+    assert changed(was, {**was, "files": was["files"][:1]}) == "b.txt is gone"
     assert changed(was, {**was, "files": [*was["files"], ["c.txt", 1, 3]]}) == (
         "c.txt is new or has changed")
     assert changed(was, {**was, "tokenizer": "char"}) == "tokenizer was 'bpe', now 'char'"
@@ -369,7 +369,9 @@ def test_an_interrupted_prepare_continues_to_the_same_shards(corpus, tmp_path, m
     touched = files[1] if source == "files" else src.files[0]  # (the dataset's file)
     stamp = touched.stat()  # the same bytes, but nothing says so without another scan
     os.utime(touched, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))
-    with pytest.raises(MiniGPTError, match=re.escape(f"({touched} is new or has changed)")):
+    with pytest.raises(MiniGPTError, match=re.escape(f"({touched} is new or has changed): put "
+                                                     f"its files back as they were to continue "
+                                                     f"it, or delete the folder")):
         prepare(src, out, **settings)
     os.utime(touched, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
     index = prepare(src, out, **settings)
@@ -877,6 +879,86 @@ def test_an_unfinished_prepare_into_a_folder_the_user_made_leaves_that_folder(tm
             interrupt_at(m, "char", 1)
             prepare(str(tmp_path / "t.txt"), out, progress=False)
         assert out.exists() == kept and not (kept and any(out.iterdir()))
+
+
+def test_a_folder_of_the_users_own_files_is_no_place_to_prepare(small_text, tmp_path):
+    """The shards would mix with the files, and the folder no longer read as text."""
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "todo.txt").write_text("buy milk\n")
+    (mine / "ideas.txt").write_text("a tiny GPT\n")
+    with pytest.raises(MiniGPTError, match=r"notes holds other files \(ideas.txt and 1 more\): "
+                                           r"prepare writes into a new or empty folder"):
+        prepare(str(small_text), mine, progress=False)
+    assert sorted(p.name for p in mine.iterdir()) == ["ideas.txt", "todo.txt"]
+
+
+@pytest.mark.parametrize("kind, grown", [("bpe", "more of the same text\n"),
+                                         ("char", "a character it never saw: \u20ac\n")])
+def test_a_file_that_grows_while_it_is_prepared_is_refused(corpus, tmp_path, monkeypatch, kind,
+                                                           grown):
+    """Its new text would land in the validation split the scan did not count (bpe), or stop
+    the encoding outside the vocabulary (char): either way, the file is named as changed."""
+    from minigpt.tokenizer import TOKENIZERS
+
+    src, files = corpus
+    real = TOKENIZERS[kind].encode_array
+
+    def growing(self, text):  # the last file written to, once, as the first is encoded
+        if not growing.done:
+            with files[-1].open("a", encoding="utf-8") as f:
+                f.write(grown)
+        growing.done = True
+        return real(self, text)
+
+    growing.done = False
+
+    monkeypatch.setattr(TOKENIZERS[kind], "encode_array", growing)
+    out = tmp_path / "out"
+    with pytest.raises(MiniGPTError, match=re.escape(
+            f"{files[-1]} is new or has changed while {out} was being prepared: its shards may "
+            f"not match the sources; delete the folder")):
+        prepare(str(src), out, tokenizer=kind, vocab_size=300, shard_tokens=300,
+                chunk_chars=128, progress=False)
+    assert not (out / "index.json").exists()
+
+
+def test_a_stop_or_a_full_disk_mid_prepare_says_where_and_how_to_go_on(corpus, tmp_path,
+                                                                      monkeypatch, capsys):
+    """SIGTERM, as Ctrl-C, says the same command continues (once shards are complete); a full
+    disk's error names the shard it was writing."""
+    import errno
+
+    from minigpt.errors import Terminated
+
+    src, _ = corpus
+    out = tmp_path / "out"
+    calls, real = [], minigpt.corpus._Shards.write
+
+    def stopping(self, split, ids, on_full):
+        calls.append(1)
+        if len(calls) == 3:  # (by then, shards are complete)
+            raise Terminated
+        real(self, split, ids, on_full)
+
+    with monkeypatch.context() as m:
+        m.setattr(minigpt.corpus._Shards, "write", stopping)
+        r = in_process(capsys, "prepare", "--text", str(src), "--out", str(out),
+                       "--shard-tokens", "100", "--no-progress")
+    assert r.returncode == 143 and tokens_done(out) > 0
+    assert "the same command continues after the last complete shard" in r.stderr
+
+    def full(self, split, ids, on_full):
+        real(self, split, ids[:1], on_full)  # (the shard opened, then the disk is full)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(minigpt.corpus._Shards, "write", full)
+    r = in_process(capsys, "prepare", "--text", str(src), "--out", str(out), "--shard-tokens",
+                   "100", "--no-progress")
+    assert r.returncode == 1
+    assert re.search(r"minigpt: error: No space left on device: \S+/out/\.train-\d{5}\.bin\.tmp",
+                     r.stderr), r.stderr
+    assert "the same command continues after the last complete shard" in r.stderr
 
 
 def test_tokens_done_of_a_progress_file_edited_by_hand_is_none(tmp_path):

@@ -681,7 +681,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     try:
         index = prepare(source, args.out, args.tokenizer, args.vocab_size, args.val_fraction,
                         args.shard_tokens, progress=not args.no_progress)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated, OSError):  # (a full disk, say)
         if tokens_done(args.out):  # complete shards were kept
             log.warning("the same command continues after the last complete shard")
         raise

@@ -193,8 +193,16 @@ def is_hidden(name: str) -> bool:
 
 
 def file_stamps(files: list[Path]) -> list[list]:
-    """Each file's path, size and modification time: a changed file, another prepare."""
-    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    """Each file's path, size and modification time (none for a file gone since it was
+    found): a changed file, another prepare."""
+    stamps = []
+    for p in files:
+        try:
+            stat = p.stat()
+        except FileNotFoundError:
+            continue
+        stamps.append([str(p), stat.st_size, stat.st_mtime_ns])
+    return stamps
 
 
 def comparable(settings):
@@ -235,10 +243,9 @@ def changed(was, now: dict) -> str:
         was, now = a, b  # (a dataset's description: what in it)
     if key == "files" and isinstance(a, list) and isinstance(b, list):
         new = [stamp for stamp in b if stamp not in a]  # ([path, size, time], or a path)
-        if not new:
-            return "files gone"
-        path = new[0][0] if isinstance(new[0], list) else new[0]
-        return f"{path} is new or has changed"
+        stamp = new[0] if new else next(s for s in a if s not in b)
+        path = stamp[0] if isinstance(stamp, list) else stamp
+        return f"{path} is new or has changed" if new else f"{path} is gone"
     return f"{key} was {a!r}, now {b!r}" if key else "its progress.json is not minigpt's"
 
 
@@ -465,6 +472,10 @@ def encode_shards(source, tok: AnyTokenizer, out_dir: Path, state: dict,
                 bar.set_postfix_str(f"{written / max(bar.format_dict['elapsed'], 1e-9):,.0f} "
                                     f"tokens/s", refresh=False)
             writer.close()
+    except OSError as e:  # a full disk's error names no file: the shard being written
+        if e.filename is None and writer.file is not None:
+            e.filename = str(writer.tmp_path())
+        raise
     finally:
         writer.discard()
 
@@ -488,7 +499,22 @@ def check_out_folder(out_dir: Path, settings: dict) -> dict | None:
                            f"--out or delete it first")
     if (what := folder_holds(out_dir)) in ("a training run", "a comparison", "an exported model"):
         raise MiniGPTError(f"{out_dir} holds {what}; choose another --out")
+    if out_dir.is_dir() and not (out_dir / PROGRESS).exists():  # (not an unfinished prepare)
+        others = sorted(p.name for p in out_dir.iterdir() if p.name != "run.lock")
+        if others:  # the shards would mix with them, and the folder no longer read as text
+            more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+            raise MiniGPTError(f"{out_dir} holds other files ({others[0]}{more}): prepare "
+                               f"writes into a new or empty folder; choose another --out")
     return None
+
+
+def check_unchanged(source, settings: dict, out_dir: Path) -> None:
+    """Refuse shards made while a source changed (a file written to as it was read): their
+    split is no longer the one the scan counted."""
+    if (now := comparable({**settings, **source.settings()})) != settings:
+        raise MiniGPTError(f"{changed(settings, now)} while {out_dir} was being prepared: its "
+                           f"shards may not match the sources; delete the folder and prepare "
+                           f"again once they are settled")
 
 
 def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
@@ -532,9 +558,12 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
     state = read_json(out_dir / PROGRESS) if continuing else {}
     was = comparable(state.get("settings")) if isinstance(state, dict) else state
     if continuing and was != settings:
+        same = isinstance(was, dict) and was.get("sources") == settings.get("sources") and \
+            was.get("files") != settings.get("files")  # (the same command, its files changed)
+        how = "put its files back as they were" if same else "run that command again"
         raise MiniGPTError(f"{out_dir} holds an unfinished prepare of other sources or settings "
-                           f"({changed(was, settings)}): run that command again to continue "
-                           f"it, or delete the folder")
+                           f"({changed(was, settings)}): {how} to continue it, or delete the "
+                           f"folder")
     if continuing:
         tok = load_tokenizer(out_dir / TOKENIZER)
         done = sum(map(len, state["shards"].values()))
@@ -563,10 +592,13 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
                 tok.save(out_dir / TOKENIZER)
                 atomic_write_text(out_dir / PROGRESS, json.dumps(state) + "\n")
             encode_shards(source, tok, out_dir, state, progress)
-        except BaseException:
+        except BaseException as e:
             if not any(state["shards"].values()):  # nothing worth continuing from
                 _remove_partial(out_dir, created)
+            if isinstance(e, MiniGPTError):  # (a character outside the vocabulary: perhaps
+                check_unchanged(source, settings, out_dir)  # from a file that grew)
             raise
+        check_unchanged(source, settings, out_dir)
         shards = state["shards"]
         counts = {f"{split}_tokens": sum(s["tokens"] for s in shards[split]) for split in SPLITS}
         index = {
