@@ -761,6 +761,10 @@ def test_a_corpus_an_older_minigpt_prepared_is_refused_without_a_guess_at_why(sm
         prepare(str(small_text), done, progress=False)
     assert str(e.value) == (f"{done} already holds a prepared corpus; choose another --out or "
                             f"delete it first")
+    (done / "index.json").write_text('{"format": ')  # torn: said so
+    with pytest.raises(MiniGPTError, match=r"done already holds a prepared corpus \(its "
+                                           r"index.json cannot be read\); choose another"):
+        prepare(str(small_text), done, progress=False)
 
 
 def test_an_exported_models_folder_is_no_place_to_prepare(small_text, tmp_path, capsys):

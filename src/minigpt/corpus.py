@@ -493,8 +493,9 @@ def check_out_folder(out_dir: Path, settings: dict) -> dict | None:
             except MiniGPTError as e:
                 raise MiniGPTError(f"{out_dir} holds a damaged prepared corpus ({e}): delete "
                                    f"it and run the command again") from None
-        why = (f" of other sources or settings ({changed(was, settings)})"
-               if was is not None else "")  # (an older index: none)
+        why = (f" of other sources or settings ({changed(was, settings)})" if was is not None
+               else " (its index.json cannot be read)" if index is None
+               else "")  # (an older index: no settings)
         raise MiniGPTError(f"{out_dir} already holds a prepared corpus{why}; choose another "
                            f"--out or delete it first")
     if (what := folder_holds(out_dir)) in ("a training run", "a comparison", "an exported model"):
