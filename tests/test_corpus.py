@@ -314,6 +314,8 @@ def test_what_changed_since_a_prepare_began_is_named():
     was = {"format": 1, "sources": "books", "tokenizer": "bpe",
            "files": [["a.txt", 10, 1], ["b.txt", 20, 2]]}
     assert changed(was, {**was, "files": was["files"][:1]}) == "b.txt is gone"
+    assert changed(was, {**was, "files": was["files"][::-1]}) == (  # (edited by hand)
+        "its files are listed in another order")
     assert changed(was, {**was, "files": [*was["files"], ["c.txt", 1, 3]]}) == (
         "c.txt is new or has changed")
     assert changed(was, {**was, "tokenizer": "char"}) == "tokenizer was 'bpe', now 'char'"
@@ -895,6 +897,11 @@ def test_a_folder_of_the_users_own_files_is_no_place_to_prepare(small_text, tmp_
                                            r"prepare writes into a new or empty folder"):
         prepare(str(small_text), mine, progress=False)
     assert sorted(p.name for p in mine.iterdir()) == ["ideas.txt", "todo.txt"]
+    quiet = tmp_path / "quiet"  # what a file manager leaves, and a prepare killed early
+    quiet.mkdir()
+    (quiet / ".DS_Store").write_bytes(b"\0")
+    (quiet / "tokenizer.json").write_text("{}")
+    assert prepare(str(small_text), quiet, progress=False)["tokens"] > 0
 
 
 @pytest.mark.parametrize("kind, grown", [("bpe", "more of the same text\n"),
@@ -925,6 +932,28 @@ def test_a_file_that_grows_while_it_is_prepared_is_refused(corpus, tmp_path, mon
         prepare(str(src), out, tokenizer=kind, vocab_size=300, shard_tokens=300,
                 chunk_chars=128, progress=False)
     assert not (out / "index.json").exists()
+
+
+def test_a_file_only_touched_while_it_is_prepared_is_said_not_refused(corpus, tmp_path,
+                                                                       monkeypatch, caplog):
+    """A sync or a checkout that rewrites a file's time but not its bytes leaves the shards
+    right: the prepare finishes, and says which file was touched."""
+    from minigpt.tokenizer import TOKENIZERS
+
+    src, files = corpus
+    real = TOKENIZERS["bpe"].encode_array
+
+    def touching(self, text):
+        stamp = files[-1].stat()
+        os.utime(files[-1], ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))
+        return real(self, text)
+
+    monkeypatch.setattr(TOKENIZERS["bpe"], "encode_array", touching)
+    with caplog.at_level(logging.WARNING, logger="minigpt"):
+        index = prepare(str(src), tmp_path / "out", tokenizer="bpe", vocab_size=300,
+                        shard_tokens=300, chunk_chars=128, progress=False)
+    assert index["tokens"] > 0
+    assert f"{files[-1]} is new or has changed (touched, the same size) while" in caplog.text
 
 
 def test_a_stop_or_a_full_disk_mid_prepare_says_where_and_how_to_go_on(corpus, tmp_path,

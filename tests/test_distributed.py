@@ -14,7 +14,6 @@ import torch
 
 from conftest import TINY_FLAGS, as_flags, in_process, same_weights, without_speed
 from minigpt import load_checkpoint, load_model
-from minigpt.distributed import World, start
 from minigpt.files import read_jsonl
 
 pytestmark = pytest.mark.slow  # torchrun starts three processes a run
@@ -192,15 +191,3 @@ def test_every_process_reads_the_agreed_seconds_not_its_running_clock(monkeypatc
     clock = Clock(3.0).start()
     assert trainer.seconds(clock, run) == agreed[0]
     assert clock.seconds() > agreed[0]  # the clock itself runs on
-
-
-def test_one_process_on_a_numbered_gpu_makes_it_the_current_one(monkeypatch):
-    """cuda:1 without torchrun: torch's current GPU becomes GPU 1, where the bf16 check and
-    CUDA's context then go (GPU 0 otherwise); plain 'cuda' and the CPU are left alone."""
-    made_current = []
-    monkeypatch.setattr(torch.cuda, "set_device", made_current.append)
-    one = World()
-    assert start(one, torch.device("cuda", 1)) == torch.device("cuda", 1)
-    assert start(one, torch.device("cuda")) == torch.device("cuda")
-    assert start(one, torch.device("cpu")) == torch.device("cpu")
-    assert made_current == [torch.device("cuda", 1)]

@@ -501,3 +501,4 @@ def test_the_curves_draw_the_rows_that_have_each_figure():
     assert list(plot_lr(rows).axes[0].lines[0].get_xdata()) == [0]
     settings = resolve_config("seed").train
     assert list(plot_lr(rows[1:], train=settings).axes[0].lines[0].get_xdata()) == []
+    assert list(plot_lr(rows, train=settings).axes[0].lines[0].get_xdata()) == [0]  # no time_s

@@ -444,7 +444,7 @@ def test_a_plateau_at_ln_v_without_the_unigram_figure_has_learnt_nothing():
     rows = [{"step": s, "train_loss": LN65 + 0.01 * (-1) ** s, "lr": 1e-7} for s in range(150)]
     facts = Facts(vocab_size=65, total_steps=150)
     finding = only(rows, "plateau, uniform", facts)
-    assert "level with ln V = 4.17" in finding.message and "the 65 tokens" in finding.message
+    assert "near or above ln V = 4.17" in finding.message and "the 65 tokens" in finding.message
     known = Facts(vocab_size=65, total_steps=150, unigram_nats=3.31)
     assert "plateau, untrained" in kinds(rows, known)
     lower = [dict(r, train_loss=r["train_loss"] - reading.UNIGRAM_NATS - 0.05) for r in rows]
@@ -660,6 +660,19 @@ def test_a_step_written_twice_is_read_once_as_last_written():
     kept = [r for r in rows if not 300 <= r["step"] <= 500] + again
     assert read_curve(rows + again, FACTS) == read_curve(kept, FACTS)
     assert "on 480 of 1,000 steps" in only(rows + again, "clipped").message  # 16 rows, not 21
+
+
+def test_a_steps_validation_in_a_row_of_its_own_joins_its_training_row():
+    """A loop that logs {step, train_loss}, then {step, val_loss}: the step keeps both, so its
+    step-0 loss and its shape are still read."""
+    rows = lesson_curve()
+    split = []
+    for r in rows:
+        split.append({k: v for k, v in r.items() if k != "val_loss"})
+        if "val_loss" in r:
+            split.append({"step": r["step"], "val_loss": r["val_loss"]})
+    assert read_curve(split, FACTS) == read_curve(rows, FACTS)
+    assert {"start", "shape"} <= set(kinds(split))
 
 
 def test_rows_out_of_order_read_as_the_same_rows_sorted():

@@ -34,6 +34,7 @@ from minigpt.clock import Speed
 from minigpt.data import Batches, Splits, load_corpus
 from minigpt.diagnostics.probes import Probe
 from minigpt.diagnostics.reading import read_run
+from minigpt.distributed import World, start
 from minigpt.evaluate import estimate_loss, evaluating, target_bytes
 from minigpt.step import MicroSteps, clip_gradients, timed_steps, train_step
 
@@ -506,6 +507,26 @@ def test_the_clock_stops_once_the_device_has_done_the_steps_queued_on_it(monkeyp
     assert clock.seconds() == 7.0
     clock_module.Clock().start().stop()  # no device: nothing to wait for
     assert waited == [gpu, gpu]
+
+
+def test_a_runs_clock_waits_for_the_runs_device(small_text, tmp_path, monkeypatch):
+    """build_run gives the clock the run's device, so the loop's clock waits for it (a GPU's;
+    on a CPU, a call that returns at once)."""
+    waited = []
+    monkeypatch.setattr(clock_module, "wait_for", waited.append)
+    train(tiny_config(small_text, steps=4, eval_every=2, log_every=2), tmp_path / "run",
+          progress=False)
+    assert waited and set(waited) == {torch.device("cpu")}
+def test_one_process_on_a_numbered_gpu_makes_it_the_current_one(monkeypatch):
+    """cuda:1 without torchrun: torch's current GPU becomes GPU 1, where the bf16 check and
+    CUDA's context then go (GPU 0 otherwise); plain 'cuda' and the CPU are left alone."""
+    made_current = []
+    monkeypatch.setattr(torch.cuda, "set_device", made_current.append)
+    one = World()
+    assert start(one, torch.device("cuda", 1)) == torch.device("cuda", 1)
+    assert start(one, torch.device("cuda")) == torch.device("cuda")
+    assert start(one, torch.device("cpu")) == torch.device("cpu")
+    assert made_current == [torch.device("cuda", 1)]
 
 
 def test_speed_reads_since_the_last_reading_and_overall_since_the_count_began():

@@ -243,7 +243,9 @@ def changed(was, now: dict) -> str:
         was, now = a, b  # (a dataset's description: what in it)
     if key == "files" and isinstance(a, list) and isinstance(b, list):
         new = [stamp for stamp in b if stamp not in a]  # ([path, size, time], or a path)
-        stamp = new[0] if new else next(s for s in a if s not in b)
+        stamp = new[0] if new else next((s for s in a if s not in b), None)
+        if stamp is None:  # (a progress.json edited by hand)
+            return "its files are listed in another order"
         path = stamp[0] if isinstance(stamp, list) else stamp
         return f"{path} is new or has changed" if new else f"{path} is gone"
     return f"{key} was {a!r}, now {b!r}" if key else "its progress.json is not minigpt's"
@@ -501,7 +503,8 @@ def check_out_folder(out_dir: Path, settings: dict) -> dict | None:
     if (what := folder_holds(out_dir)) in ("a training run", "a comparison", "an exported model"):
         raise MiniGPTError(f"{out_dir} holds {what}; choose another --out")
     if out_dir.is_dir() and not (out_dir / PROGRESS).exists():  # (not an unfinished prepare)
-        others = sorted(p.name for p in out_dir.iterdir() if p.name != "run.lock")
+        others = sorted(p.name for p in out_dir.iterdir() if not is_hidden(p.name)  # .DS_Store
+                        and p.name not in ("run.lock", TOKENIZER))  # (a prepare killed early)
         if others:  # the shards would mix with them, and the folder no longer read as text
             more = f" and {len(others) - 1} more" if len(others) > 1 else ""
             raise MiniGPTError(f"{out_dir} holds other files ({others[0]}{more}): prepare "
@@ -509,13 +512,25 @@ def check_out_folder(out_dir: Path, settings: dict) -> dict | None:
     return None
 
 
+def without_times(settings: dict) -> dict:
+    """A prepare's settings without its files' modification times: what a touch leaves."""
+    return {**settings, "files": [s[:2] if isinstance(s, list) else s
+                                  for s in settings.get("files", [])]}
+
+
 def check_unchanged(source, settings: dict, out_dir: Path) -> None:
-    """Refuse shards made while a source changed (a file written to as it was read): their
-    split is no longer the one the scan counted."""
-    if (now := comparable({**settings, **source.settings()})) != settings:
-        raise MiniGPTError(f"{changed(settings, now)} while {out_dir} was being prepared: its "
-                           f"shards may not match the sources; delete the folder and prepare "
-                           f"again once they are settled")
+    """Refuse shards made while a source changed size (a file written to as it was read): their
+    split is no longer the one the scan counted. A file only touched (the same size, a new
+    modification time: a sync, a checkout) is said, not refused."""
+    if (now := comparable({**settings, **source.settings()})) == settings:
+        return
+    if without_times(now) == without_times(settings):
+        log.warning(f"{changed(settings, now)} (touched, the same size) while {out_dir} was "
+                    f"being prepared: if its text changed, delete the folder and prepare again")
+        return
+    raise MiniGPTError(f"{changed(settings, now)} while {out_dir} was being prepared: its "
+                       f"shards may not match the sources; delete the folder and prepare "
+                       f"again once they are settled")
 
 
 def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
@@ -559,8 +574,8 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
     state = read_json(out_dir / PROGRESS) if continuing else {}
     was = comparable(state.get("settings")) if isinstance(state, dict) else state
     if continuing and was != settings:
-        same = isinstance(was, dict) and was.get("sources") == settings.get("sources") and \
-            was.get("files") != settings.get("files")  # (the same command, its files changed)
+        same = isinstance(was, dict) and {**was, "files": None} == {**settings, "files": None}
+        # (the same command: only its files changed)
         how = "put its files back as they were" if same else "run that command again"
         raise MiniGPTError(f"{out_dir} holds an unfinished prepare of other sources or settings "
                            f"({changed(was, settings)}): {how} to continue it, or delete the "

@@ -26,9 +26,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from minigpt.errors import MiniGPTError
 
-# how long the other processes wait for rank 0's work alone: preparing a corpus (7 minutes for
-# 1.3 billion BPE tokens on one host, docs/scaling.md) or the final whole-split evaluation;
-# NCCL's own limit is 10 minutes
+# how long the other processes wait for rank 0's work alone: reading and tokenizing a new --text
+# (a BPE vocabulary learnt first) or the final whole-split evaluation; NCCL's own limit is 10
+# minutes
 HOST_WAIT = timedelta(hours=6)
 HOST = {}  # "group": the gloo group the host-side agreements go through (start makes it)
 
@@ -70,7 +70,8 @@ def world_from_env() -> World:
 
 def start(world: World, device: torch.device) -> torch.device:
     """Join the process group (NCCL on CUDA, gloo on CPU) and return this process's device:
-    with CUDA, GPU number LOCAL_RANK (one process: the GPU it names). The processes also share
+    with CUDA, GPU number LOCAL_RANK (one process: the GPU it names), which becomes the
+    process's current GPU, for the rest of the process. The processes also share
     a gloo group on the host, which their agreements go through (`agree`, `barrier`): a GPU's
     work never waits for them, and they may wait for rank 0 up to HOST_WAIT."""
     if device.type == "cuda" and (world.enabled or device.index is not None):
@@ -99,8 +100,7 @@ def wrap(model: torch.nn.Module, world: World, device: torch.device) -> torch.nn
     if not world.enabled:
         return model
     ids = [device.index] if device.type == "cuda" else None
-    # (the model's buffers, the rotary tables, are constants: nothing to broadcast each step)
-    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    return DistributedDataParallel(model, device_ids=ids)
 
 
 def mean(value: torch.Tensor, world: World) -> torch.Tensor:

@@ -14,6 +14,7 @@ of the model (the model itself is not touched).
 from __future__ import annotations
 
 import copy
+import numbers
 import statistics
 from dataclasses import dataclass, replace
 
@@ -76,7 +77,8 @@ def batch_sliders(model: MiniGPT, splits: Splits, max_batch: int = 128):
     """Sliders for B and T (T up to the model's block size); each release prints the
     shape's `format_trade` line, with the step timed then. Needs ipywidgets
     (pip install -e '.[notebook]'); without it, a one-line MiniGPTError says so."""
-    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+    if isinstance(max_batch, bool) or not isinstance(max_batch, numbers.Integral) or \
+            max_batch < 1:
         raise MiniGPTError(f"max_batch (the B slider's top) must be a whole number >= 1, got "
                            f"{max_batch!r}")
     try:

@@ -143,7 +143,10 @@ def plot_lr(rows: list[dict], path: str | Path | None = None, train: TrainConfig
 def follows(train: TrainConfig, rows: list[dict]) -> bool:
     """Whether every row's rate is the schedule's under these settings: a rate is taken as its
     step begins, a row's seconds read as it ends, so under a time budget it lies between the
-    schedule at the last row's seconds and at its own."""
+    schedule at the last row's seconds and at its own. (Rows without seconds, one's own loop's:
+    not known to.)"""
+    if any("time_s" not in r for r in rows):
+        return False
     slack = 0.01 * max(max(r["lr"] for r in rows), 1e-12)
     for r, before in zip(rows, [0.0, *(r["time_s"] for r in rows)], strict=False):
         rates = [schedule_lr(train, r["step"], t) for t in (before, r["time_s"])]

@@ -116,10 +116,10 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
                           "a far higher learning rate (SGD needs far more than AdamW), or check "
                           "that the optimizer steps",
     "plateau, uniform": "the training loss has stayed near {loss:.2f} since step {step:,}, the "
-                        "last {share:.0%} of the run, level with ln V = {lnv:.2f}, the loss of "
-                        "a uniform guess over the {V} tokens: the model has learnt nothing; the "
-                        "weights hardly move: a far higher learning rate (SGD needs far more "
-                        "than AdamW), or check that the optimizer steps",
+                        "last {share:.0%} of the run, near or above ln V = {lnv:.2f}, the loss "
+                        "of a uniform guess over the {V} tokens: the model has learnt nothing; "
+                        "the weights hardly move: a far higher learning rate (SGD needs far "
+                        "more than AdamW), or check that the optimizer steps",
     "plateau, settling": "the training loss has stayed near {loss:.2f} (within {band:g} nats) "
                          "since step {step:,}, the last {share:.0%} of the run, as the "
                          "learning rate decayed (to {rate:.0%} of its peak there): the schedule "
@@ -346,8 +346,7 @@ def clipped_steps(rows: list[dict], facts: Facts) -> list[Finding]:
     why = ("insurance against the rare large gradient" if share <= CLIPPED_RARE else
            "often, more than insurance against the rare large gradient: below half the steps "
            "it trims the larger ones, above half it acts as a lower learning rate")
-    train = smoothed(train_points(rows))
-    too_high = bool(spike_steps(train_points(rows))) or bool(train and diverging(train))
+    too_high = bool(spikes(rows, facts) or rising(rows, facts))  # (what those rules find)
     return [finding(kind, where[0], steps=tuple(where), clip=facts.grad_clip, n=n, total=total,
                     logged=logged, share=share, why=why, remedy=CLIPPED_REMEDY[too_high])]
 
@@ -520,8 +519,10 @@ def read_curve(rows: list[dict], facts: Facts) -> list[Finding]:
         raise MiniGPTError("read_curve takes metrics rows (a list of dicts, as read_jsonl gives "
                            "them) and Facts (facts_from_config(cfg)); read_run(folder) reads a "
                            "run folder")
-    # one row a step, the last written (one's own loop, resumed, may write a step again)
-    rows = sorted({r["step"]: r for r in rows}.values(), key=lambda r: r["step"])
+    by_step = {}  # one row a step: a loop may log a step's validation in a row of its own, or,
+    for r in rows:  # resumed, write a step again (the later row's figures win)
+        by_step.setdefault(r["step"], {}).update(r)
+    rows = sorted(by_step.values(), key=lambda r: r["step"])
     return sorted((f for rule in RULES for f in rule(rows, facts)), key=lambda f: f.step)
 
 
