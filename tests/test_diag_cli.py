@@ -3,6 +3,7 @@ report; the report opened in a real headless Chromium."""
 
 import base64
 import json
+import os
 import re
 import shutil
 import sys
@@ -11,13 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_FLAGS, in_process, one_line_error, read_png, tiny_config
-from minigpt import train
+from conftest import TINY_FLAGS, CrashAt, in_process, one_line_error, read_png, tiny_config
+from minigpt import resume_config, train
 from minigpt.cli import main
 from minigpt.console import visible
 from minigpt.diagnostics.plots import plot_run_curves
 from minigpt.diagnostics.probes import standard_probes
 from minigpt.diagnostics.report import attention_html, build_report, gradflow_html
+from minigpt.files import lock_folder
 
 
 def cli(capsys, *args: str) -> str:
@@ -111,8 +113,27 @@ def test_the_report_of_an_unfinished_run_says_where_it_stopped(cli_run, tmp_path
     shutil.copytree(cli_run[0], run)
     (run / "summary.json").unlink()  # as a run stopped before its end leaves it
     step = json.loads((run / "checkpoints" / "last.json").read_text())["step"]
-    assert (f"the run has not finished; its last checkpoint is of step {step}: minigpt train "
-            f"--resume {run} continues it") in build_report(run)
+    assert (f"the run has not finished; its last checkpoint is after {step} steps: minigpt "
+            f"train --resume {run} continues it") in build_report(run)
+    with lock_folder(run):  # a run training there now: no resume to suggest
+        page = build_report(run)
+    assert (f"the run is training now, in process {os.getpid()}; its last checkpoint is after "
+            f"{step} steps)") in page and "--resume" not in page
+
+
+def test_a_finished_run_trained_on_and_stopped_has_no_summary_of_its_old_end(small_text,
+                                                                           tmp_path):
+    """Resumed with more steps, the run's summary.json of the end it trains past goes: stopped
+    again, its report says where it stopped, not the old end's figures."""
+    run = tmp_path / "run"
+    train(tiny_config(small_text, steps=6, eval_every=3, log_every=1), run, progress=False)
+    assert (run / "summary.json").exists()
+    longer = resume_config(run)
+    longer.train.steps = 20
+    with pytest.raises(KeyboardInterrupt):
+        train(longer, run, resume=True, progress=False, probes=[CrashAt(9)])
+    assert not (run / "summary.json").exists()
+    assert "the run has not finished; its last checkpoint is after" in build_report(run)
 
 
 def test_the_report_draws_the_curves_again_from_the_rows(cli_run, tmp_path):

@@ -196,6 +196,20 @@ def lock_folder(folder: Path, wait: bool = False):
         os.close(fd)  # closing drops the lock
 
 
+def lock_holder(folder: Path) -> str | None:
+    """The pid of the process holding folder/run.lock (a run training there now), or None."""
+    if fcntl is None or not (folder / "run.lock").is_file():
+        return None
+    fd = os.open(folder / "run.lock", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # (let go at once, as fd closes)
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(fd)
+    return None
+
+
 # what minigpt makes in a folder, by the file or folder that marks it
 MADE = {"a training run": "checkpoints", "a comparison": "variants.json",
         "a prepared corpus": "index.json", "an unfinished prepare": "progress.json",

@@ -21,7 +21,7 @@ from minigpt.console import visible
 from minigpt.diagnostics.plots import run_curves
 from minigpt.diagnostics.reading import read_curve, run_facts
 from minigpt.errors import MiniGPTError
-from minigpt.files import atomic_write_text, printable, read_jsonl
+from minigpt.files import atomic_write_text, lock_holder, printable, read_jsonl
 
 STYLE = """
 body { font: 15px/1.5 system-ui, sans-serif; color: #1d2330; background: #f6f7f9; margin: 0; }
@@ -64,11 +64,14 @@ def summary_html(run_dir: Path) -> str:
     if not path.exists():
         try:  # where it stopped, from its last checkpoint
             last = run_dir / "checkpoints" / "last.json"
-            step = json.loads(last.read_text(encoding="utf-8"))["step"]
-            where = f"; its last checkpoint is of step {step:,}: minigpt train --resume "
-            where += f"{shlex.quote(printable(str(run_dir)))} continues it"
+            steps = json.loads(last.read_text(encoding="utf-8"))["step"]
+            where = f"; its last checkpoint is after {steps:,} steps"
         except (OSError, ValueError, KeyError, TypeError):
             where = ""
+        if (pid := lock_holder(run_dir)) is not None:
+            return missing(f"summary.json (the run is training now, in process {pid}{where})")
+        if where:
+            where += f": minigpt train --resume {shlex.quote(printable(str(run_dir)))} continues it"
         return missing(f"summary.json (the run has not finished{where})")
     try:
         s = json.loads(path.read_text(encoding="utf-8"))
