@@ -65,6 +65,8 @@ MISTAKES = [  # (a call, what the error says); m: a small MiniGPT, idx: (1, 3) t
      "batch_size and block_size must be whole numbers >= 1, got 0 and 8"),
     (lambda m, idx: Batches(Splits.from_tokens(np.arange(100)), 2.5, 8),
      "batch_size and block_size must be whole numbers >= 1, got 2.5 and 8"),
+    (lambda m, idx: Batches(Splits.from_tokens(np.arange(100)), 4, True),  # (a bool is no size)
+     "batch_size and block_size must be whole numbers >= 1, got 4 and True"),
     (lambda m, idx: estimate_loss(m, batches_of(), "val", 0), "n_batches must be at least 1"),
     (lambda m, idx: stream(m, idx, -3), "max_new_tokens must be a whole number >= 0, got -3"),
     (lambda m, idx: stream(m, idx, 5, top_k=0), "top_k must be a whole number >= 1, got 0"),

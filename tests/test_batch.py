@@ -51,6 +51,12 @@ def test_a_slider_top_below_one_or_a_shape_not_whole_is_a_clear_error(tiny):
         batch_trade(*tiny, 2.5, 4)
 
 
+def test_a_slider_top_of_true_is_no_whole_number(tiny):
+    """True is an int to Python, but no B slider's top: it is refused as 0 is."""
+    with pytest.raises(MiniGPTError, match=r"must be a whole number >= 1, got True$"):
+        batch_sliders(*tiny, max_batch=True)
+
+
 def test_without_ipywidgets_the_sliders_say_how_to_get_them(tiny, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "ipywidgets", None)  # import fails
     with pytest.raises(MiniGPTError, match=r"^the sliders need ipywidgets: pip install "

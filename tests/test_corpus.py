@@ -994,6 +994,81 @@ def test_a_stop_or_a_full_disk_mid_prepare_says_where_and_how_to_go_on(corpus, t
     assert "the same command continues after the last complete shard" in r.stderr
 
 
+def test_a_source_removed_while_it_is_prepared_is_named(corpus, tmp_path, monkeypatch):
+    """A file deleted once it was read: the prepare is refused naming it as gone (not a bare
+    stat error); one deleted before it is read: the error names that file, not the shard
+    being written."""
+    from minigpt.tokenizer import TOKENIZERS
+
+    src, files = corpus
+    real = TOKENIZERS["char"].encode_array
+
+    def removing(victim):
+        def encode(self, text):
+            if victim.exists():
+                victim.unlink()
+            return real(self, text)
+        return encode
+
+    settings = dict(tokenizer="char", shard_tokens=10**6, chunk_chars=128, progress=False)
+    with monkeypatch.context() as m:
+        m.setattr(TOKENIZERS["char"], "encode_array", removing(files[0]))
+        out = tmp_path / "read"
+        with pytest.raises(MiniGPTError, match=re.escape(
+                f"{files[0]} is gone while {out} was being prepared")):
+            prepare(str(src), out, **settings)
+    monkeypatch.setattr(TOKENIZERS["char"], "encode_array", removing(files[-1]))
+    with pytest.raises(FileNotFoundError) as e:
+        prepare(str(src), tmp_path / "unread", **settings)
+    assert e.value.filename == str(files[-1])
+
+
+def test_a_continued_prepare_of_other_settings_or_sources_says_run_that_command_again(
+        corpus, tmp_path, monkeypatch):
+    """Only the same sources with changed files are told to put the files back; another
+    setting, or other sources, are another command: run that one again to continue."""
+    src, _ = corpus
+    settings = dict(tokenizer="char", shard_tokens=300, chunk_chars=128, progress=False)
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        interrupt_at(m, "char", 9)
+        with pytest.raises(KeyboardInterrupt):
+            prepare(str(src), out, **settings)
+    for spec, other in [(str(src), {"shard_tokens": 299}), (str(src / "*.txt"), {})]:
+        with pytest.raises(MiniGPTError, match=r"\): run that command again to continue it"):
+            prepare(spec, out, **{**settings, **other})
+
+
+def test_a_stop_before_any_shard_is_complete_has_nothing_to_continue(corpus, tmp_path,
+                                                                    monkeypatch, capsys):
+    """Ctrl-C on the first shard leaves nothing: no 'the same command continues' hint; nor
+    does a file changed meanwhile turn the Ctrl-C into an error."""
+    src, files = corpus
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        interrupt_at(m, "char", 2)
+        r = in_process(capsys, "prepare", "--text", str(src), "--out", str(out),
+                       "--no-progress")
+    assert r.returncode == 130 and not out.exists()
+    assert "continues" not in r.stderr
+    from minigpt.tokenizer import TOKENIZERS
+
+    real = TOKENIZERS["char"].encode_array
+
+    def grow_then_stop(self, text):
+        if grow_then_stop.calls == 1:
+            raise KeyboardInterrupt
+        grow_then_stop.calls += 1
+        with files[-1].open("a", encoding="utf-8") as f:
+            f.write("more\n")
+        return real(self, text)
+
+    grow_then_stop.calls = 0
+    monkeypatch.setattr(TOKENIZERS["char"], "encode_array", grow_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(str(src), out, progress=False)
+
+
 def test_tokens_done_of_a_progress_file_edited_by_hand_is_none(tmp_path):
     for odd in ('{"shards": {"train": [1]}}', '{"shards": {"train": 3}}', '{"shards": [1]}',
                 '[1]', "{"):

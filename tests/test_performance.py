@@ -235,3 +235,13 @@ def test_cuda_trains_as_the_cpu_does(small_text, tmp_path, options):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=0.02)
     assert gpu["final_val_loss"] == pytest.approx(cpu["final_val_loss"], abs=0.02)
     assert rows_gpu[-1]["train_loss"] < rows_gpu[0]["train_loss"] - 0.3  # and it learns
+
+
+def test_waiting_for_a_gpu_synchronizes_that_gpu_and_for_a_cpu_nothing(monkeypatch):
+    """A GPU runs behind the Python that queues its work: waiting for cuda:1 synchronizes
+    cuda:1 (not GPU 0, not every GPU); a CPU has computed by the time the call returns."""
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", synced.append)
+    performance.wait_for(torch.device("cuda", 1))
+    performance.wait_for(torch.device("cpu"))
+    assert synced == [torch.device("cuda", 1)]

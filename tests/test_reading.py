@@ -193,6 +193,16 @@ def test_clipping_most_steps_blames_the_rate_only_where_the_loss_spiked_or_rose(
         assert ("raise --grad-clip" in message) != too_high, message
 
 
+def test_clipping_read_from_rows_without_a_finite_train_loss_is_still_read():
+    """One's own loop may log the gradient norm and validation alone (or every train loss may
+    be NaN): the clipping is still counted, and which remedy fits cannot come from a training
+    curve there is none of (no crash reading it)."""
+    rows = [{"step": s, "grad_norm": 3.0, "val_loss": 2.0} for s in range(0, 100, 10)]
+    finding = only(rows, "clipped mostly")
+    assert finding.steps == tuple(range(0, 100, 10))
+    assert "raise --grad-clip" in finding.message
+
+
 def test_skipped_steps():
     rows = lesson_curve(steps=1000)
     assert "skipped" not in kinds(rows)
@@ -449,6 +459,19 @@ def test_a_plateau_at_ln_v_without_the_unigram_figure_has_learnt_nothing():
     assert "plateau, untrained" in kinds(rows, known)
     lower = [dict(r, train_loss=r["train_loss"] - reading.UNIGRAM_NATS - 0.05) for r in rows]
     assert "plateau" in kinds(lower, facts) and "plateau, uniform" not in kinds(lower, facts)
+
+
+def test_a_plateau_within_a_tenth_of_a_nat_below_ln_v_is_still_nothing_learnt():
+    """Without the unigram figure, "level with ln V" takes in a loss up to UNIGRAM_NATS below
+    it (the band is inclusive, as at the unigram entropy); the reading and its drawing say
+    nothing was learnt, not that the model is at its limit."""
+    facts = Facts(vocab_size=65, total_steps=150)
+    for below in (reading.UNIGRAM_NATS / 2, reading.UNIGRAM_NATS):
+        rows = [{"step": s, "train_loss": LN65 - below, "lr": 1e-7} for s in range(150)]
+        assert "plateau, uniform" in kinds(rows, facts), below
+    findings = read_curve(rows, facts)
+    legend = plot_loss(rows, findings=findings).axes[0].get_legend().get_texts()
+    assert "plateau: untrained" in {t.get_text() for t in legend}
 
 
 def test_a_plateau_at_the_unigram_entropy_has_learnt_nothing_of_context():

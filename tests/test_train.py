@@ -517,6 +517,8 @@ def test_a_runs_clock_waits_for_the_runs_device(small_text, tmp_path, monkeypatc
     train(tiny_config(small_text, steps=4, eval_every=2, log_every=2), tmp_path / "run",
           progress=False)
     assert waited and set(waited) == {torch.device("cpu")}
+
+
 def test_one_process_on_a_numbered_gpu_makes_it_the_current_one(monkeypatch):
     """cuda:1 without torchrun: torch's current GPU becomes GPU 1, where the bf16 check and
     CUDA's context then go (GPU 0 otherwise); plain 'cuda' and the CPU are left alone."""
