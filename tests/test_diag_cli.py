@@ -78,6 +78,14 @@ def test_compare_command_prints_a_table(small_text, tmp_path, capsys):
     assert "holds a comparison" in r.stderr and "0-sgd" in r.stderr
 
 
+def test_a_comparison_of_one_variant_says_there_is_nothing_to_compare(small_text, tmp_path,
+                                                                      capsys):
+    r = in_process(capsys, "compare", "--optimizers", "adamw", *TINY_FLAGS, "--steps", "2",
+                   "--eval-every", "1", "--text", str(small_text), "--out", str(tmp_path / "c"))
+    assert r.returncode == 0, r.stderr
+    assert "warning: one variant (adamw): nothing to compare it with; give another" in r.stderr
+
+
 @pytest.fixture(scope="module")
 def report(cli_run, tmp_path_factory):
     out, _, _ = cli_run

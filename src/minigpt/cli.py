@@ -419,6 +419,9 @@ def cmd_compare(args: argparse.Namespace) -> None:
     if args.optimizers or args.schedules or args.clip or not named:
         named += variants(args.optimizers, args.schedules, args.clip).items()
     runs = by_name(named, "; give each variant its own name")
+    if len(runs) == 1:
+        log.warning(f"one variant ({next(iter(runs))}): nothing to compare it with; give "
+                    f"another (--variant NAME:KEY=VALUE, or a second value on an axis)")
     common = {"steps": COMPARE_STEPS, **settings_given(args)}
     out = args.out or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}"
     log.setLevel(logging.WARNING)  # the table says what matters
@@ -488,8 +491,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         if file := file_on_path(Path(args.out).parent):  # said before the graph is drawn
             raise MiniGPTError(f"{file} is a file, not a folder")
     if folder_holds(args.run) == "a comparison":
-        raise MiniGPTError(f"{args.run} holds a comparison (its compare.png and compare.json): "
-                           f"report each variant's folder, such as "
+        raise MiniGPTError(f"{args.run} holds a comparison: report each variant's folder, such as "
                            f"{shlex.quote(str(next(Path(args.run).glob('0-*'), 'DIR/0-...')))}")
     if not Path(args.run).is_dir():  # (as the other commands given --run say it)
         raise MiniGPTError(f"no run folder {args.run}")
