@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import minigpt.trainer
 from conftest import TINY_FLAGS, CrashAt, in_process, one_line_error, read_png, tiny_config
 from minigpt import resume_config, train
 from minigpt.cli import main
@@ -129,15 +130,26 @@ def test_the_report_of_an_unfinished_run_says_where_it_stopped(cli_run, tmp_path
             f"{step} steps)") in page and "--resume" not in page
 
 
+def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
 def test_a_finished_run_trained_on_and_stopped_has_no_summary_of_its_old_end(small_text,
-                                                                           tmp_path):
-    """Resumed with more steps, the run's summary.json of the end it trains past goes: stopped
-    again, its report says where it stopped, not the old end's figures."""
+                                                                           tmp_path,
+                                                                           monkeypatch):
+    """Resumed with more steps, the run's summary.json of the end it trains past goes as the
+    first new step begins: stopped again, its report says where it stopped, not the old end's
+    figures. A resume with nothing to train, stopped in its final evaluation, keeps it."""
     run = tmp_path / "run"
     train(tiny_config(small_text, steps=6, eval_every=3, log_every=1), run, progress=False)
     assert (run / "summary.json").exists()
     longer = resume_config(run)
     longer.train.steps = 20
+    same = resume_config(run)  # nothing to train: the end stands
+    with pytest.raises(KeyboardInterrupt), monkeypatch.context() as m:  # stopped at its final
+        m.setattr(minigpt.trainer, "split_loss", interrupted)  # evaluation, say
+        train(same, run, resume=True, progress=False)
+    assert (run / "summary.json").exists()
     with pytest.raises(KeyboardInterrupt):
         train(longer, run, resume=True, progress=False, probes=[CrashAt(9)])
     assert not (run / "summary.json").exists()

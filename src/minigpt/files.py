@@ -198,9 +198,12 @@ def lock_folder(folder: Path, wait: bool = False):
 
 def lock_holder(folder: Path) -> str | None:
     """The pid of the process holding folder/run.lock (a run training there now), or None."""
-    if fcntl is None or not (folder / "run.lock").is_file():
+    if fcntl is None:
         return None
-    fd = os.open(folder / "run.lock", os.O_RDONLY)
+    try:
+        fd = os.open(folder / "run.lock", os.O_RDONLY)
+    except OSError:  # none (or unreadable): no run holds it that this can tell
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # (let go at once, as fd closes)
     except BlockingIOError:

@@ -216,12 +216,10 @@ def prepare_folder(run: Run, resume: bool) -> None:
     """The run folder ready for the loop (rank 0, holding its lock): a new one holds
     tokenizer.json; the metrics rows after the checkpoint are dropped (they come again; a new
     run in the folder of one stopped before its first checkpoint keeps none), and so is any
-    temporary file a killed writer of a run there left, and a resumed run's summary.json (of
-    an end it trains past: the end writes it again); both get config.json."""
+    temporary file a killed writer of a run there left; both get config.json."""
     if not run.world.is_main:
         return
     truncate_jsonl(run.folder / "metrics.jsonl", run.state.step)
-    (run.folder / "summary.json").unlink(missing_ok=True)
     if resume or stopped_before_a_checkpoint(run.folder):  # (a run's folder, not any --out)
         remove_temporaries(run.folder)
     if not resume:
