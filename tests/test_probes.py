@@ -315,6 +315,15 @@ def test_variant_axes_and_settings_with_their_types():
             parse_variant(bad)
 
 
+def test_a_setting_that_fails_a_variant_names_the_variant(tmp_path):
+    """A value parse_variant reads but the settings refuse (an unknown optimizer): which of
+    the variants, before any is trained."""
+    with pytest.raises(MiniGPTError, match=r"^variant 'y': 'optimizer' must be one of adamw, "
+                                           r"sgd, muon; got 'foo'$"):
+        compare({"x": {}, "y": {"optimizer": "foo"}}, tmp_path / "c", common={"steps": 2})
+    assert not (tmp_path / "c").exists()
+
+
 def test_a_switch_reads_1_and_0():
     assert parse_variant("x:qk_norm=1,bias=0") == ("x", {"qk_norm": True, "bias": False})
 

@@ -131,8 +131,11 @@ def compare(variants: dict[str, dict], out_dir: str | Path, preset: str = "seed"
         if "patience" in asked:  # (early stopping would end each variant somewhere else)
             raise MiniGPTError("compare trains every variant its full length: it takes no "
                                "patience (early stopping)")
-        configs[name] = cfg = resolve_config(start, config_file, {**asked, "patience": 0},
-                                             SECTIONS)  # patience 0: to the end, every one
+        try:  # patience 0: to the end, every one
+            configs[name] = cfg = resolve_config(start, config_file, {**asked, "patience": 0},
+                                                 SECTIONS)
+        except MiniGPTError as e:  # (a value of its own, or of the settings all share)
+            raise MiniGPTError(f"variant {name!r}: {e}") from None
         if cfg.train.time_budget and "time_budget" not in asked:  # a preset's, or a file's
             log.warning(f"{name}: a time budget of {cfg.train.time_budget:g} s ends it, not "
                         f"its steps (time_budget=0 in the variant trains it by steps)")
