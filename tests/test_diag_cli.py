@@ -141,8 +141,14 @@ def test_a_finished_run_trained_on_and_stopped_has_no_summary_of_its_old_end(sma
     first new step begins: stopped again, its report says where it stopped, not the old end's
     figures. A resume with nothing to train, stopped in its final evaluation, keeps it."""
     run = tmp_path / "run"
-    train(tiny_config(small_text, steps=6, eval_every=3, log_every=1), run, progress=False)
-    assert (run / "summary.json").exists()
+    run.mkdir()
+    (run / "summary.json").write_text('{"mine": 1}')  # a new run's folder: not its to delete
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(small_text, steps=6, eval_every=3, log_every=1), run,
+              progress=False, probes=[CrashAt(2)])
+    assert (run / "summary.json").read_text() == '{"mine": 1}'
+    train(resume_config(run), run, resume=True, progress=False)
+    assert "final_val_loss" in (run / "summary.json").read_text()
     longer = resume_config(run)
     longer.train.steps = 20
     same = resume_config(run)  # nothing to train: the end stands

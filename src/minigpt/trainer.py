@@ -116,8 +116,8 @@ def loop(run: Run, progress: bool) -> TrainResult:
     if finished(t, state.step, clock.seconds()) or state.out_of_patience(t.patience):
         log.info("the run has ended: nothing to train (resume with a larger --steps or "
                  "--time-budget to train on; one stopped early, with --patience 0 or larger)")
-    elif run.world.is_main:  # a resumed run trains past the end its summary tells of (written
-        (run.folder / "summary.json").unlink(missing_ok=True)  # again at its new end)
+    elif run.world.is_main and state.step:  # resumed past the end its summary tells of: it
+        (run.folder / "summary.json").unlink(missing_ok=True)  # is written again at the new end
     for probe in run.probes:
         probe.start(run)
     # counted on the device, and held in the state for a checkpoint between rows (a signal's)
