@@ -32,7 +32,7 @@ def test_train_prints_split_sizes_figures_and_summary(cli_run):
     assert "final validation loss (whole split" in r.stdout
     assert ("warning: warmup (100 steps) is the whole run: the learning rate will only rise, "
             "and never decay; try --warmup-steps 4") in r.stderr  # 40 steps, default warmup
-    assert "warning: --normuon (muon's) set, but the run uses adamw" in r.stderr
+    assert "warning: --normuon (muon only) set, but the run uses adamw" in r.stderr
     assert "warning" not in r.stdout  # (the run's lines are its output; warnings are not)
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary == json.loads((out / "summary.json").read_text())
@@ -270,6 +270,9 @@ BAD_INPUT = [
                                                       "give a larger"),  # (config.json said 5)
     (["train", "--resume", "{run}", "--n-layer", "3"], "cannot change n_layer"),
     (["train", "--resume", "{run}", "--block-size", "64"], "cannot change block_size"),
+    (["train", "--resume", "{run}", "--steps", "50", "--seed", "7"],  # (it would change nothing
+     "cannot change seed from 1337 to 7 (the batch streams and random state go on from the "  # but
+     "checkpoint)"),  # the record)
     (["train", "--resume", "{run}", "--preset", "fast"], "; resume without --preset: the run "
                                                          "keeps its own settings"),
     (["train", "--resume", "{bad}"], "holds no checkpoints: not a run folder"),

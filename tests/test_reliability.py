@@ -323,12 +323,24 @@ def test_nonfinite_batches_are_skipped_up_to_the_allowance(small_text, tmp_path,
         assert all(r["grad_norm"] is None for r in rows if r["train_loss"] is None)
         assert summary["steps"] == 12 and summary["final_val_loss"] < 10
     else:
-        with pytest.raises(MiniGPTError, match=r"step 5: 1 batch.*not finite.*learning rate"):
+        with pytest.raises(MiniGPTError, match=r"step 5: 1 batch.*not finite.*learning rate.*"
+                                               r"--skip-nonfinite N above 1 \(counted at log "
+                                               r"lines\)$"):
             train(config, tmp_path / "run", progress=False, probes=poison)
         last = read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]  # the row that stopped it
         assert (last["step"], last["train_loss"], last["skipped"]) == (5, None, 1)
     model = load_model(tmp_path / "run", "last")[0]
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_new_run_into_a_folder_a_run_is_training_in_says_so(small_text, tmp_path):
+    """Not 'resume it with --resume', which the lock would then refuse."""
+    run = tmp_path / "run"
+    train(tiny_config(small_text, steps=2, eval_every=1), run, progress=False)
+    with lock_folder(run):  # (another process's hold, as the lock sees it)
+        with pytest.raises(MiniGPTError, match=rf"run is in use by another minigpt process "
+                                               rf"\(pid {os.getpid()}\), training there; wait"):
+            train(tiny_config(small_text, steps=2, eval_every=1), run, progress=False)
 
 
 def test_exploding_learning_rate_is_one_line(small_text, tmp_path, capsys):

@@ -279,6 +279,9 @@ def resume_config(run_dir: str | Path, overrides: dict | None = None, preset: st
     changes = [f"{key} from {getattr(cfg.sections()[sec], key)!r} to {value!r}"
                for sec, values in fixed.items() for key, value in values.items()
                if not same_setting(cfg, sec, key, value, fingerprinted)]
+    if (seed := table.get("train", {}).get("seed", cfg.train.seed)) != cfg.train.seed:
+        changes.append(f"seed from {cfg.train.seed} to {seed} (the batch streams and random "
+                       f"state go on from the checkpoint)")
     # (a preset fits its model to the time budget: a longer one, another model)
     refuse_changes(changes, "; resume without --preset: the run keeps its own settings"
                    if preset else "")

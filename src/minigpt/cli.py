@@ -359,8 +359,9 @@ def warn_if_prepared(args: argparse.Namespace, text: str) -> None:
 
 
 # the settings of one optimizer only: another ignores them
-OPTIMIZER_SETTINGS = {"momentum": "sgd", "muon_momentum": "muon", "muon_variant": "muon",
-                      "normuon": "muon"}
+OPTIMIZER_SETTINGS = {  # the optimizers that use each setting
+    "momentum": ("sgd",), "muon_momentum": ("muon",), "muon_variant": ("muon",),
+    "normuon": ("muon",), "beta1": ("adamw", "muon"), "beta2": ("adamw", "muon")}
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -382,9 +383,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     else:
         cfg = resolve_config(args.preset or "seed", args.config, settings_given(args), SECTIONS)
         warn_if_prepared(args, cfg.data.text)
-    if unused := [f"--{key.replace('_', '-')} ({optimizer}'s)"  # (typed: a preset's are not)
-                  for key, optimizer in OPTIMIZER_SETTINGS.items()
-                  if key in settings_given(args) and cfg.train.optimizer != optimizer]:
+    if unused := [f"--{key.replace('_', '-')} ({' or '.join(users)} only)"
+                  for key, users in OPTIMIZER_SETTINGS.items()  # (typed: a preset's are not)
+                  if key in settings_given(args) and cfg.train.optimizer not in users]:
         log.warning(f"{', '.join(unused)} set, but the run uses {cfg.train.optimizer}")
     if (steps := settings_given(args).get("steps")) and cfg.train.time_budget:  # a preset's
         log.warning(f"--steps {steps} does not end this run: its time budget of "

@@ -49,6 +49,7 @@ from minigpt.files import (
     file_on_path,
     folder_holds,
     lock_folder,
+    lock_holder,
     remove_temporaries,
     truncate_jsonl,
 )
@@ -280,6 +281,9 @@ def check_new_folder(folder: Path) -> None:
     what = folder_holds(folder)
     if what not in (None, "a training run"):
         raise MiniGPTError(f"{folder} holds {what}; choose another --out")
+    if what and (pid := lock_holder(folder)) is not None:
+        raise MiniGPTError(f"{folder} is in use by another minigpt process (pid {pid}), training "
+                           f"there; wait for it to end, or choose another --out")
     if what and not stopped_before_a_checkpoint(folder):
         check_last_tag(folder)
         raise MiniGPTError(f"{folder} already holds a run: resume it with --resume "

@@ -227,7 +227,8 @@ def check_row(run: Run, row: dict) -> None:
     if skipped > allowed:
         raise MiniGPTError(f"{what}; stopped (last checkpoint: {run.folder / 'checkpoints'}). "
                            f"Likely cause: learning rate {row['lr']:.3g} too high; try a lower "
-                           f"--lr, --grad-clip 1.0, or --skip-nonfinite N")
+                           f"--lr, --grad-clip 1.0, or --skip-nonfinite N"
+                           + f" above {allowed} (counted at log lines)" * bool(allowed))
     log.warning(f"{what}: skipped ({skipped} of {allowed} allowed)")
 
 
