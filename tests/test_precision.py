@@ -2,6 +2,7 @@
 in float32 under a CPU's bf16 autocast, and a run whose probe chose bf16 resuming exactly."""
 
 import json
+import logging
 import math
 import platform
 import re
@@ -88,7 +89,8 @@ def test_a_run_that_starts_smaller_takes_bf16_only_if_it_wins_at_both_sizes(
         f"{min(batch, precision.PROBE_BATCH)}x16 50 ms in bf16, 100 in float32" + first_part
 
 
-def test_the_answer_is_cached_per_machine_and_shape_and_the_batch_bounded(monkeypatch, tmp_path):
+def test_the_answer_is_cached_per_machine_and_shape_and_the_batch_bounded(monkeypatch, tmp_path,
+                                                                           caplog):
     """A batch far too big for memory is timed on PROBE_BATCH sequences, so that the memory
     check (which runs after the dtype is known) refuses it instead of the probe exhausting
     memory; batches within the bound are timed as they are."""
@@ -98,10 +100,14 @@ def test_the_answer_is_cached_per_machine_and_shape_and_the_batch_bounded(monkey
     small = MiniGPT(65, n_layer=1, n_embd=32, n_head=2, block_size=16)
     wide = MiniGPT(65, n_layer=1, n_embd=64, n_head=2, block_size=16)
     bound = precision.PROBE_BATCH
-    for model, batch in [(small, 4), (small, 4), (small, 8), (wide, 4), (wide, 4),
-                         (small, 2_000_000), (small, bound)]:
-        assert precision.choose_dtype("auto", CPU, model, batch, cache)[0] == torch.bfloat16
+    with caplog.at_level(logging.INFO, logger="minigpt"):
+        for model, batch in [(small, 4), (small, 4), (small, 8), (wide, 4), (wide, 4),
+                             (small, 2_000_000), (small, bound)]:
+            assert precision.choose_dtype("auto", CPU, model, batch, cache)[0] == torch.bfloat16
     assert calls == ["matmul", 4, 8, 4, bound]  # the gate once; each new shape once
+    said = [r.getMessage() for r in caplog.records if "timing a step" in r.getMessage()]
+    assert said == [f"--dtype auto: timing a step of {b} x 16 in float32 and in bfloat16, once "
+                    f"for this machine and shape" for b in (4, 8, 4, bound)]  # (a minute's wait)
     saved = json.loads(cache.read_text())
     assert list(saved) == [precision.machine_key()]
     assert len(saved[precision.machine_key()]["steps"]) == 4

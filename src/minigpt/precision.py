@@ -26,6 +26,7 @@ denominator (`highest_peak`).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import platform
 import time
@@ -45,6 +46,7 @@ NATIVE = 0.5  # bf16 matmuls below this fraction of float32's speed: emulated, n
 # native bf16 the step is timed whatever the gate read: a busy host can make it read anything)
 PROBE_MATMUL = 256  # the gate's square matmul: a few ms in bf16 even without native bf16
 PROBE_BATCH = 64  # the step is timed on at most this many sequences: the memory check comes later
+log = logging.getLogger(__name__)
 PROBE_SECONDS = 0.1  # each dtype's passes take at least this long in all (a 2-core CPU's
 # scheduler can stall a pass of a few ms tenfold; the fastest of many is the step's own time)
 
@@ -92,7 +94,9 @@ def cpu_choice(model: torch.nn.Module, batch_size: int, cache: Path | None,
         steps = machine["steps"]
         for batch, length in dict.fromkeys((min(b, PROBE_BATCH), t) for b, t in shapes):
             key = shape_key(model, batch, length)
-            if not figures(steps.get(key), "bf16_step_s", "fp32_step_s"):
+            if not figures(steps.get(key), "bf16_step_s", "fp32_step_s"):  # (a big model's
+                log.info(f"--dtype auto: timing a step of {batch} x {length} in float32 and in "
+                         f"bfloat16, once for this machine and shape")  # passes take minutes)
                 steps[key] = step_times(model, batch, length)
             timings.append(((batch, length), steps[key]))
     write_cache(cache, answers, before)
