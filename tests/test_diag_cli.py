@@ -162,6 +162,21 @@ def test_a_finished_run_trained_on_and_stopped_has_no_summary_of_its_old_end(sma
     assert "the run has not finished; its last checkpoint is after" in build_report(run)
 
 
+def test_a_run_without_a_best_checkpoint_is_reported_without_its_graph(cli_run, tmp_path,
+                                                                      capsys):
+    """A run gone NaN before its first evaluation has no best checkpoint: its curve, which the
+    report is there to read, is still read and drawn."""
+    run = tmp_path / "run"
+    shutil.copytree(cli_run[0], run)
+    for best in (run / "checkpoints").glob("best*"):
+        best.unlink()
+    (run / "graph.svg").unlink(missing_ok=True)
+    r = in_process(capsys, "report", "--run", str(run))
+    assert r.returncode == 0, r.stderr
+    assert "no 'best' checkpoint" in r.stderr and "; the report will have no graph" in r.stderr
+    assert "Reading the curve" in (run / "report.html").read_text()
+
+
 def test_the_report_draws_the_curves_again_from_the_rows(cli_run, tmp_path):
     """The run's loss.png is drawn at its last evaluation: a run that a NaN stopped later
     showed the curve without its last rows. The page draws them from the rows, and writes

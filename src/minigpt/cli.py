@@ -499,10 +499,11 @@ def cmd_report(args: argparse.Namespace) -> None:
     check_holds_a_run(Path(args.run))
     rows = read_jsonl(Path(args.run) / "metrics.jsonl")  # (read once: each reading warns of
     findings = read_curve(rows, run_facts(args.run))  # its damaged lines)
-    model, tok, _ = load_model(args.run, "best")
-    try:  # (a read-only run folder: a report without the graph)
+    try:  # the graph: none for a read-only run folder, or one without a best checkpoint (a
+        # run gone NaN before its first evaluation, whose curve the report is there to read)
+        model, tok, _ = load_model(args.run, "best")
         draw_loss_graph(model, tok.vocab_size, f"{args.run}/graph", depth=1, formats=("svg",))
-    except (GraphvizMissing, OSError) as e:
+    except (GraphvizMissing, OSError, MiniGPTError) as e:
         print(f"minigpt: {e}; the report will have no graph", file=sys.stderr)
     path = write_report(args.run, args.out, rows)
     print(format_reading(findings))
