@@ -177,6 +177,18 @@ def test_a_run_without_a_best_checkpoint_is_reported_without_its_graph(cli_run, 
     assert "Reading the curve" in (run / "report.html").read_text()
 
 
+def test_a_report_says_its_rows_left_out_damaged_lines(cli_run, tmp_path):
+    """The terminal's warning is gone by the time the page is read: the page says it too (the
+    reading's best may then not be the checkpoint's)."""
+    run = tmp_path / "run"
+    shutil.copytree(cli_run[0], run)
+    assert "damaged line" not in build_report(run)
+    metrics = run / "metrics.jsonl"
+    metrics.write_bytes(metrics.read_bytes()[:-20])  # the last line torn, as a crash leaves it
+    assert "metrics.jsonl has 1 damaged line(s) (a crash tears the last): the reading and the " \
+        "curves leave them out." in build_report(run)
+
+
 def test_the_report_draws_the_curves_again_from_the_rows(cli_run, tmp_path):
     """The run's loss.png is drawn at its last evaluation: a run that a NaN stopped later
     showed the curve without its last rows. The page draws them from the rows, and writes

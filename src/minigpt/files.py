@@ -134,9 +134,17 @@ def append_line(path: str | Path, line: str) -> None:
 def read_jsonl(path: str | Path) -> list[dict]:
     """The rows of a JSON-lines file ([] when there is none), without the lines that are not
     JSON objects (a crash can tear the last line); a warning says how many were dropped."""
+    rows, torn = jsonl_rows(path)
+    if torn:
+        log.warning(f"{path}: dropped {torn} damaged line(s), as a crash leaves them")
+    return rows
+
+
+def jsonl_rows(path: str | Path) -> tuple[list[dict], int]:
+    """read_jsonl's rows, and how many damaged lines it dropped, without a word."""
     path = Path(path)
     if not path.exists():
-        return []
+        return [], 0
     rows, torn = [], 0
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         if not line.strip():
@@ -149,9 +157,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
             rows.append(row)
         else:
             torn += 1
-    if torn:
-        log.warning(f"{path}: dropped {torn} damaged line(s), as a crash leaves them")
-    return rows
+    return rows, torn
 
 
 def remove_temporaries(folder: Path) -> None:

@@ -21,7 +21,7 @@ from minigpt.console import visible
 from minigpt.diagnostics.plots import run_curves
 from minigpt.diagnostics.reading import read_curve, run_facts
 from minigpt.errors import MiniGPTError
-from minigpt.files import atomic_write_text, lock_holder, printable, read_jsonl
+from minigpt.files import atomic_write_text, jsonl_rows, lock_holder, printable, read_jsonl
 
 STYLE = """
 body { font: 15px/1.5 system-ui, sans-serif; color: #1d2330; background: #f6f7f9; margin: 0; }
@@ -99,12 +99,16 @@ def curves_html(run_dir: Path, rows: list[dict], findings: list) -> str:
     return "".join(figure_tag(fig, name) for name, fig in figures.items())
 
 
-def reading_html(findings: list) -> str:
+def reading_html(findings: list, torn: int = 0) -> str:
+    """The findings as a list; first, where metrics.jsonl has damaged lines, that the reading
+    and the curves leave them out (its best, say, may then not be the checkpoint's)."""
+    note = (f'<p class="muted">metrics.jsonl has {torn} damaged line(s) (a crash tears the '
+            f"last): the reading and the curves leave them out.</p>") if torn else ""
     if not findings:
-        return missing("metrics rows to read")
+        return note + missing("metrics rows to read")
     items = "".join(f"<li><b>{html.escape(f.kind)}</b>: {html.escape(f.message)}</li>"
                     for f in findings)
-    return f"<ul>{items}</ul>"
+    return f"{note}<ul>{items}</ul>"
 
 
 def gradflow_html(run_dir: Path) -> str:
@@ -162,10 +166,11 @@ def build_report(run_dir: str | Path, rows: list[dict] | None = None) -> str:
         raise MiniGPTError(f"{run_dir} is not a run folder (no config.json)")
     rows = read_jsonl(run_dir / "metrics.jsonl") if rows is None else rows
     findings = read_curve(rows, run_facts(run_dir))
+    torn = jsonl_rows(run_dir / "metrics.jsonl")[1]
 
     def section(part) -> str:
         if part is reading_html:
-            return reading_html(findings)
+            return reading_html(findings, torn)
         return curves_html(run_dir, rows, findings) if part is curves_html else part(run_dir)
 
     nav = "".join(f'<a href="#{key}">{title}</a>' for key, title, _ in SECTIONS)
