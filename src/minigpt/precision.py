@@ -38,6 +38,8 @@ import torch
 from minigpt.errors import MiniGPTError
 from minigpt.files import atomic_write_text, read_json
 
+log = logging.getLogger(__name__)
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 FASTER = 0.95  # bf16 must take at most this fraction of float32's step time
 NATIVE = 0.5  # bf16 matmuls below this fraction of float32's speed: emulated, no native bf16
@@ -46,7 +48,6 @@ NATIVE = 0.5  # bf16 matmuls below this fraction of float32's speed: emulated, n
 # native bf16 the step is timed whatever the gate read: a busy host can make it read anything)
 PROBE_MATMUL = 256  # the gate's square matmul: a few ms in bf16 even without native bf16
 PROBE_BATCH = 64  # the step is timed on at most this many sequences: the memory check comes later
-log = logging.getLogger(__name__)
 PROBE_SECONDS = 0.1  # each dtype's passes take at least this long in all (a 2-core CPU's
 # scheduler can stall a pass of a few ms tenfold; the fastest of many is the step's own time)
 
