@@ -271,17 +271,18 @@ def make_folder(folder: Path) -> Path:
     return folder
 
 
-def check_new_folder(folder: Path) -> None:
+def check_new_folder(folder: Path, held: bool = False) -> None:
     """A new run's folder may exist, but not hold another run, nor anything else minigpt
     makes (a comparison, a prepared corpus); and a file on its path is said before the data
-    is read and the model built."""
+    is read and the model built. held: this process holds the folder's lock (its own hold is
+    no other run training there)."""
     if file := file_on_path(folder):
         raise MiniGPTError(f"cannot create run folder {folder}: "
                            + ("is a file" if file == folder else f"{file} is a file"))
     what = folder_holds(folder)
     if what not in (None, "a training run"):
         raise MiniGPTError(f"{folder} holds {what}; choose another --out")
-    if what and (pid := lock_holder(folder)) is not None:
+    if what and not held and (pid := lock_holder(folder)) is not None:
         raise MiniGPTError(f"{folder} is in use by another minigpt process (pid {pid}), training "
                            f"there; wait for it to end, or choose another --out")
     if what and not stopped_before_a_checkpoint(folder):
@@ -302,7 +303,7 @@ def hold_folder(run: Run, resume: bool) -> Iterator[None]:
             if run.world.is_main:
                 held.enter_context(lock_folder(make_folder(run.folder)))
                 if not resume:
-                    check_new_folder(run.folder)
+                    check_new_folder(run.folder, held=True)
         except (MiniGPTError, OSError) as e:
             refused = e
         if distributed.any_process(refused is not None, run.world):
