@@ -43,18 +43,14 @@ def test_sliders_for_b_and_t(tiny, capsys):
 
 
 def test_a_slider_top_below_one_or_a_shape_not_whole_is_a_clear_error(tiny):
-    with pytest.raises(MiniGPTError, match=r"^max_batch \(the B slider's top\) must be a whole "
-                                           r"number >= 1, got 0$"):
-        batch_sliders(*tiny, max_batch=0)
+    """True is an int to Python, but no B slider's top: it is refused as 0 is."""
+    for top in (0, True):
+        with pytest.raises(MiniGPTError, match=rf"^max_batch \(the B slider's top\) must be a "
+                                               rf"whole number >= 1, got {top}$"):
+            batch_sliders(*tiny, max_batch=top)
     with pytest.raises(MiniGPTError, match=r"^batch_size and block_size must be whole numbers "
                                            r">= 1, got 2.5 and 4$"):
         batch_trade(*tiny, 2.5, 4)
-
-
-def test_a_slider_top_of_true_is_no_whole_number(tiny):
-    """True is an int to Python, but no B slider's top: it is refused as 0 is."""
-    with pytest.raises(MiniGPTError, match=r"must be a whole number >= 1, got True$"):
-        batch_sliders(*tiny, max_batch=True)
 
 
 def test_without_ipywidgets_the_sliders_say_how_to_get_them(tiny, monkeypatch):

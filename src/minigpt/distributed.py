@@ -76,7 +76,7 @@ def start(world: World, device: torch.device) -> torch.device:
     work never waits for them, and they may wait for rank 0 up to HOST_WAIT."""
     if device.type == "cuda" and (world.enabled or device.index is not None):
         device = torch.device("cuda", world.local_rank if world.enabled else device.index)
-        torch.cuda.set_device(device)  # (else the bf16 check and CUDA's context use GPU 0)
+        torch.cuda.set_device(device)  # (else CUDA's context and pinned memory use GPU 0)
     if not world.enabled:
         return device
     if not dist.is_initialized():
