@@ -22,7 +22,7 @@ if not torch.distributed.is_gloo_available():
     pytest.skip("this PyTorch has no gloo backend", allow_module_level=True)
 
 SMALL = [*TINY_FLAGS, *as_flags(dict(batch_size=4, log_every=1, eval_every=5, schedule="constant",
-                                    lr=3e-3, dtype="float32"))]
+                                    lr=3e-3, dtype="float32", gradflow_every=4))]
 # 4 a process: 8 a step, as TINY's one process; float32 in both, since --dtype auto times the
 # step and could pick bf16 in one of the runs compared
 
@@ -88,6 +88,11 @@ def test_two_processes_match_one_process_accumulating_their_batches(ddp_run, cor
     a, b = weights(out), weights(one)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    # gradient flow sees the averaged gradient, as the step does (it once saw rank 0's own)
+    ddp_flow, one_flow = read_jsonl(out / "gradflow.jsonl"), read_jsonl(one / "gradflow.jsonl")
+    assert [r["step"] for r in ddp_flow] == [r["step"] for r in one_flow] == [0, 4, 8]
+    for a, b in zip(ddp_flow, one_flow, strict=True):
+        assert a["layers"] == pytest.approx(b["layers"], rel=1e-4)
     assert ddp_rows[-1]["train_loss"] < ddp_rows[0]["train_loss"] - 0.3  # it learned
 
 

@@ -153,10 +153,10 @@ class CurvesProbe(Probe):
 
 
 class GradFlowProbe(Probe):
-    """Gradient statistics of every parameter on the steps that are due, from hooks: each
-    gradient is copied as backward finishes it (before clipping, which would hide an exploding
-    one; under torchrun, rank 0's own, before the processes average theirs), and the weights
-    are copied before the optimizer's update and compared after it."""
+    """Gradient statistics of every parameter on the steps that are due, from hooks: the
+    gradients are copied as backward ends (before clipping, which would hide an exploding one;
+    under torchrun, once the processes have averaged theirs), and the weights are copied before
+    the optimizer's update and compared after it."""
 
     log_files = ("gradflow.jsonl",)
     fresh = {"dead": []}  # the parameters flagged dead at the last probe
@@ -171,17 +171,22 @@ class GradFlowProbe(Probe):
 
     def start(self, run):
         super().start(run)
+        params = [(n, p) for n, p in run.model.named_parameters() if p.requires_grad]
+        engine = torch.autograd.Variable._execution_engine  # runs callbacks as backward ends
 
         def due() -> bool:
             return self.state.step % self.every == 0
 
-        def keep(name):
-            def hook(p):  # the last micro-batch's call leaves the whole step's gradient
-                if due():
-                    self.grads[name] = p.grad.detach().clone()
-                elif self.grads:  # a due step that took no step (a NaN gradient) left them
-                    self.grads = {}
-            return hook
+        def keep():  # the gradients as backward leaves them: under torchrun, averaged by now
+            self.grads = {n: p.grad.detach().clone() for n, p in params if p.grad is not None}
+            self.waiting = False
+
+        def hook(p):
+            if not due():
+                self.grads = {}  # a due step that took no step (a NaN gradient) left them
+            elif not self.waiting:  # the backward's first gradient: copy them all as it ends,
+                self.waiting = True  # after DDP's own callback, which averages them (queued
+                engine.queue_callback(lambda: engine.queue_callback(keep))  # after this one)
 
         def pre(optimizer, args, kwargs):
             if due():
@@ -192,8 +197,8 @@ class GradFlowProbe(Probe):
                 self.record(grad_stats(run.model, self.before, self.grads))
             self.before, self.grads = None, {}
 
-        self.handles = [p.register_post_accumulate_grad_hook(keep(n))
-                        for n, p in run.model.named_parameters() if p.requires_grad]
+        self.waiting = False
+        self.handles = [p.register_post_accumulate_grad_hook(hook) for _, p in params]
         self.handles += [run.optimizer.register_step_pre_hook(pre),
                          run.optimizer.register_step_post_hook(post)]
 
