@@ -118,6 +118,15 @@ def test_only_rank_zero_speaks_and_writes(ddp_run):
     assert meta["world_size"] == 2
 
 
+def test_the_gradflow_command_reads_a_two_process_run_in_one(ddp_run, capsys):
+    """A look at a run is not a resume: one process reads it, with rank 0's batch (4 of the
+    step's 8 sequences), where the resume checks once refused it."""
+    out, _ = ddp_run
+    r = in_process(capsys, "gradflow", "--run", str(out), "--checkpoint", "last")
+    assert r.returncode == 0, r.stderr
+    assert "after 12 steps (last), one batch of (4, " in r.stdout and "none flagged" in r.stdout
+
+
 def test_a_two_process_run_resumes_exactly_and_only_in_two_processes(corpus, ddp_run, tmp_path,
                                                                      capsys):
     straight, _ = ddp_run

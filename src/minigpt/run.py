@@ -347,10 +347,11 @@ def save(run: Run, tags: list[str]) -> None:
                     keep=run.cfg.train.keep, averaged=run.ema and run.ema.model)
 
 
-def restore(run: Run, tag: str = "last") -> list[str]:
+def restore(run: Run, tag: str = "last", reading: bool = False) -> list[str]:
     """Load a checkpoint of the run's folder into its parts: weights, optimizer, random
     generators, and every part that keeps state (a probe the checkpoint has no state for
-    starts afresh). Returns the settings that differ from the checkpoint's ('lr 0.01 ->
+    starts afresh). reading: for a look, not to train on (a run of several processes is read
+    in one, with rank 0's batch stream). Returns the settings that differ from the checkpoint's ('lr 0.01 ->
     0.005'): those of [train] and of the sections beyond the core's."""
     ckpt = load_checkpoint(run.folder / "checkpoints", tag)
     check_resumable(ckpt.meta, run.folder)
@@ -375,7 +376,7 @@ def restore(run: Run, tag: str = "last") -> list[str]:
                            f"under {run.cfg.train.optimizer}: resume with --optimizer {was}, or "
                            f"start a new run")
     saved = (ckpt.meta["world_size"], ckpt.meta["train"]["grad_accum"])
-    if saved != (run.world.size, run.cfg.train.grad_accum):
+    if saved != (run.world.size, run.cfg.train.grad_accum) and not reading:
         raise MiniGPTError(f"the run was trained by {saved[0]} process(es) with --grad-accum "
                            f"{saved[1]}; resume it the same way to continue its batch streams")
     restore_model(run.model, ckpt)
@@ -410,6 +411,6 @@ def open_run(run_dir: str | Path, tag: str = "best", device: str = "auto") -> Ru
     cfg = resume_config(run_dir)
     cfg.train.device = device
     run = build_run(cfg, run_dir)
-    restore(run, tag)
+    restore(run, tag, reading=True)
     run.model.eval()
     return run
