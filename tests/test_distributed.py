@@ -157,6 +157,52 @@ def test_a_refusal_of_rank_zero_stops_every_process_in_one_line(ddp_run):
     assert load_model(out, "last")[2]["step"] == 12  # nothing trained
 
 
+def test_a_process_killed_mid_run_is_said_in_one_line_with_the_way_on(corpus, tmp_path):
+    """Rank 1 killed (SIGKILL: nothing of its own said): rank 0's next collective call fails,
+    and it says so in one line with the command that continues the run, not gloo's traceback;
+    its last checkpoint stays whole."""
+    out = tmp_path / "killed"
+    with tempfile.TemporaryDirectory(prefix="minigpt-torchrun-") as tmp:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": tmp}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", "-m", "minigpt", "train", "--text", str(corpus),
+               "--steps", "100000", *SMALL, "--out", str(out)]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while not (out / "checkpoints" / "last.json").is_file():
+                assert time.monotonic() < deadline and proc.poll() is None, "no checkpoint"
+                time.sleep(0.2)
+            rank1 = [pid for pid in os.listdir("/proc") if pid.isdigit()
+                     and b"RANK=1\0" in _environ(pid) and str(out).encode() in _cmdline(pid)]
+            assert len(rank1) == 1
+            os.kill(int(rank1[0]), 9)
+            _, stderr = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+    errors = [line for line in stderr.splitlines() if "minigpt: error:" in line]
+    assert proc.returncode != 0 and len(errors) == 1, stderr[-3000:]
+    assert "another process of the run stopped" in errors[0]
+    assert f"torchrun --nproc_per_node=2 -m minigpt train --resume {out}" in errors[0]
+    assert "[rank0]: Traceback" not in stderr
+    assert load_model(out, "last")[2]["step"] > 0  # the checkpoint reads
+
+
+def _environ(pid: str) -> bytes:
+    try:
+        return b"\0" + open(f"/proc/{pid}/environ", "rb").read()
+    except OSError:  # gone, or not ours
+        return b""
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read()
+    except OSError:
+        return b""
+
+
 @pytest.mark.parametrize("args, message", [
     (["train", "--text", "{missing}", *SMALL], "text file not found"),  # rank 0 reads it first
     (["plan", "--tokens", "1e6"], "only train runs under torchrun; run minigpt plan as one"),

@@ -1,9 +1,11 @@
 """The exceptions the command line turns into a one-line message and a non-zero exit, and the
 Ctrl-C held back while a library loads."""
 
+import shlex
 import signal
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 
 
 class MiniGPTError(ValueError):
@@ -47,9 +49,23 @@ def compile_failed(e: BaseException) -> bool:
     return any(kind.__name__ == "BackendCompilerFailed" for kind in type(e).__mro__)
 
 
-def training_error(e: BaseException, steps: int, checkpoints) -> BaseException:
+def peer_lost(e: BaseException) -> bool:
+    """Whether an error is a collective call that lost another process of the run (killed, or
+    its machine gone): torch.distributed's errors, by name, or gloo's RuntimeError."""
+    return (any(kind.__name__ == "DistError" for kind in type(e).__mro__)
+            or any(say in str(e) for say in ("Connection closed by peer", "Connection reset")))
+
+
+def training_error(e: BaseException, steps: int, checkpoints, processes: int = 1) -> BaseException:
     """The one-line error that a training run's failure stands for, or `e` itself: torch.compile
-    fails at the first step (nothing is lost), memory can run out at any."""
+    fails at the first step (nothing is lost), memory can run out at any, and under torchrun
+    another process can die (`processes`: how many the run has)."""
+    if processes > 1 and peer_lost(e):
+        return MiniGPTError(f"another process of the run stopped, after {steps:,} "
+                            f"step{'s' * (steps != 1)}; the last checkpoint in "
+                            f"{checkpoints} is intact: continue with torchrun "
+                            f"--nproc_per_node={processes} -m minigpt train --resume "
+                            f"{shlex.quote(str(Path(checkpoints).parent))}")
     if compile_failed(e):
         return MiniGPTError(f"torch.compile failed ({str(e).splitlines()[0][:200]}); train "
                             f"without it: --compile off")

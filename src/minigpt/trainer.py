@@ -95,7 +95,7 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
         distributed.barrier(run.world)
         return result
     except (RuntimeError, MemoryError) as e:
-        raise training_error(e, run.state.step, folder / "checkpoints") from None
+        raise training_error(e, run.state.step, folder / "checkpoints", run.world.size) from None
     finally:
         distributed.stop(run.world)
 
