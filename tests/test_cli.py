@@ -240,6 +240,7 @@ BAD_INPUT = [
     (["train", "--block-size", "0"], "'block_size' must be positive"),
     (["train", "--lr", "0"], "'lr' must be positive"),
     (["train", "--optimizer", "adam"], "invalid choice"),
+    (["train", "--attention-text="], "'attention_text' is empty: give the attention maps a text"),
     (["train", "--seed", "99999999999999999999"], "'seed' must be a 64-bit integer"),
     (["train", "--grad-clip", "nan"], "'grad_clip' must be a finite number, got nan"),
     (["train", "--weight-decay", "inf"], "'weight_decay' must be a finite number, got inf"),

@@ -62,6 +62,9 @@ class DiagConfig:
         for key in ("gradflow_every", "attention_every", "sample_every"):
             if getattr(self, key) < 0:
                 raise MiniGPTError(f"'{key}' must not be negative, got {getattr(self, key)}")
+        if self.attention_every and not self.attention_text:
+            raise MiniGPTError("'attention_text' is empty: give the attention maps a text to "
+                               "read, or turn them off with attention_every 0")
 
 
 SECTIONS = config.SECTIONS | {"diag": DiagConfig}  # the settings the command line takes
