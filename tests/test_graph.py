@@ -261,6 +261,10 @@ def test_without_dot_only_dot_is_written_and_unknown_formats_refused(traced, tmp
     assert info.value.written == [tmp_path / "out" / "graph.dot"]
     assert (tmp_path / "out" / "graph.dot").read_text() == text
     assert not (tmp_path / "out" / "graph.png").exists()
+    (tmp_path / "out" / "graph.png").write_bytes(b"an earlier graph's picture")
+    with pytest.raises(GraphvizMissing, match=r"graph.dot \(and removed the older graph.png\);"):
+        render("digraph {}", tmp_path / "out" / "graph", formats=("png",))
+    assert not (tmp_path / "out" / "graph.png").exists()  # not left beside another .dot
     assert render(text, tmp_path / "only", formats=("dot",)) == [tmp_path / "only.dot"]
     with pytest.raises(MiniGPTError, match="'jpeg'"):
         render("digraph {}", tmp_path / "g", formats=("jpeg",))

@@ -318,8 +318,12 @@ def render(dot_text: str, out: str | Path, formats: Sequence[str] = ("svg", "png
     written = [dot_path]
     wanted = [f for f in dict.fromkeys(formats) if f != "dot"]
     exe = shutil.which("dot")
-    if wanted and exe is None:
-        raise GraphvizMissing(f"Graphviz's dot is not installed: wrote only {dot_path}; "
+    if wanted and exe is None:  # pictures of an earlier graph would not be this .dot's
+        stale = [t for f in wanted if (t := out.with_name(f"{out.name}.{f}")).is_file()]
+        for path in stale:
+            path.unlink()
+        removed = f" (and removed the older {', '.join(p.name for p in stale)})" if stale else ""
+        raise GraphvizMissing(f"Graphviz's dot is not installed: wrote only {dot_path}{removed}; "
                               + INSTALL_HINT, written)
     for fmt in wanted:
         target = out.with_name(f"{out.name}.{fmt}")
