@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import math
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import chain, count, zip_longest
@@ -338,18 +339,19 @@ def _p(text: str) -> str:
 def _finite_difference(expr: Term, point: Mapping[str, float], name: str, grad: float) -> GradCheck:
     """(f(v+h) - f(v-h)) / 2h for h = s/10, s/100, ... s/1e12, s = max(1, |v|), keeping the
     estimate that differs least from the next two smaller steps': there neither truncation
-    (h too large) nor rounding (h too small) dominates, and two estimates that round to the
-    same value by chance do not win alone. The oracle never sees `grad`."""
-    def central(h: float) -> float:
+    (h too large) nor rounding (h too small) dominates. Estimates can agree by chance (near a
+    power of two, v+h and v-h round alike for every tiny h), so none is counted closer than its
+    own rounding allows, eps |f| / h. The oracle never sees `grad`."""
+    def central(h: float) -> tuple[float, float]:  # (the estimate, its rounding noise)
         with torch.no_grad():
             up, down = (_evaluate(expr, {**point, name: point[name] + s}, strict=False).item()
                         for s in (h, -h))
-        return (up - down) / (2 * h)
+        return (up - down) / (2 * h), sys.float_info.epsilon * max(abs(up), abs(down)) / h
 
     steps = [max(1.0, abs(point[name])) * 10.0 ** -k for k in range(1, 13)]
-    estimates = [central(h) for h in steps]
-    spread = [max(abs(a - b), abs(a - c)) for a, b, c in  # (nan would win min: inf instead)
-              zip(estimates, estimates[1:], estimates[2:], strict=False)]
+    estimates, noise = zip(*(central(h) for h in steps), strict=True)
+    spread = [max(abs(a - b), abs(a - c), n) for a, b, c, n in  # (nan would win min: inf)
+              zip(estimates, estimates[1:], estimates[2:], noise, strict=False)]
     spread = [d if math.isfinite(d) else math.inf for d in spread]
     best = spread.index(min(spread))
     numeric = estimates[best]
