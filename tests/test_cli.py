@@ -1,5 +1,6 @@
 """The `minigpt` command as a user runs it: train, sample, --help, and one-line errors."""
 
+import fcntl
 import gzip
 import json
 import os
@@ -282,6 +283,9 @@ BAD_INPUT = [
     (["train", "--resume", "{bad}/keyless-run"], "is not readable: 'file' is missing or not a str"),
     (["train", "--resume", "{bad}/model-only-run"], "holds a model but not its training run's"),
     (["gradflow", "--run", "{bad}/model-only-run"], "train --resume and gradflow cannot"),
+    (["sample", "--run", "{bad}/model-only-run"], "no 'best' checkpoint in "),  # (but a last:
+    (["export", "--run", "{bad}/model-only-run", "--out", "{bad}/hf"],  # it says so)
+     "checkpoints (it has a 'last' one)"),
     (["sample", "--run", "{run}", "--prompt", "ZZZ"], "--prompt: text has 1 character(s) outside "
                                                        "the vocabulary: 'Z'"),
     (["sample", "--run", "/nonexistent"], "no run folder /nonexistent"),
@@ -356,6 +360,22 @@ def test_bad_input_is_one_line_and_non_zero(cli_run, bad_files, args, message, c
     line = one_line_error(capsys, args)
     assert message in line
     assert files() == before  # nothing half-written left behind
+
+
+def test_a_run_starting_to_train_is_not_called_a_folder_without_a_run(tmp_path, capsys):
+    """Its lock held and no checkpoint yet (data loading, the dtype probe, step 0): the look
+    is early, not at the wrong folder."""
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / "run.lock", "w") as held:
+        held.write("4242")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX)
+        line = one_line_error(capsys, ["sample", "--run", str(run), "--device=cpu"])
+    assert "holds a run starting to train (process 4242): it has no checkpoint until its first " \
+           "evaluation; try again in a moment" in line
+    line = one_line_error(capsys, ["sample", "--run", str(run), "--device=cpu"])  # let go
+    assert "holds no checkpoints: not a run folder, or a run stopped before its first" in line
 
 
 def test_a_value_that_begins_with_a_dash_is_told_to_go_after_an_equals_sign(capsys):

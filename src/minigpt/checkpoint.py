@@ -42,6 +42,7 @@ from minigpt.files import (
     atomic_path,
     atomic_write_text,
     folder_holds,
+    lock_holder,
     os_error,
     remove_temporaries,
     sha256_file,
@@ -187,9 +188,16 @@ def find_checkpoint(folder: str | Path, tag: str = "last") -> Path:
                                folder.parent.exists() else f"no run folder {folder.parent}")
         check_holds_a_run(folder.parent)
         if folder.name == "checkpoints" and not folder.exists():  # (not "no checkpoint in X")
+            if pid := lock_holder(folder.parent):
+                raise MiniGPTError(f"{folder.parent} holds a run starting to train (process "
+                                   f"{pid}): it has no checkpoint until its first evaluation; "
+                                   f"try again in a moment")
             raise MiniGPTError(f"{folder.parent} holds no checkpoints: not a run folder, or a "
                                f"run stopped before its first")
-        raise MiniGPTError(f"no '{tag}' checkpoint in {folder}")
+        other = next((t for t in ("best", "last") if t != tag and (folder / f"{t}.json").is_file()),
+                     None)
+        raise MiniGPTError(f"no '{tag}' checkpoint in {folder}"
+                           + (f" (it has a '{other}' one)" if other else ""))
     return meta_path
 
 
