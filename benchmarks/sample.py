@@ -15,8 +15,8 @@ seeded random weights), from the prompt "ROMEO:", it times
 Each row is a number of new tokens. 100 tokens from "ROMEO:" stay inside the block (cached
 decoding only); 500 tokens fill the block after 123 and spend the other 377 past it, where every
 step must re-encode the whole window (the position embeddings are absolute); the last row starts
-from a full block, so every token but the first is past it. All three draw from the global RNG seeded the
-same way, and the script checks that they produce the same tokens.
+from a full block, so every token but the first is past it. All three draw from the global RNG
+seeded the same way, and the script checks that they produce the same tokens.
 
 Timings are the median of --repeats runs after one warm-up run, the variants interleaved so that
 load from other processes falls on all of them alike. Prints a table, then one JSON line.

@@ -360,7 +360,10 @@ def test_exploding_learning_rate_is_one_line(small_text, tmp_path, capsys):
     assert r.returncode == 0, r.stderr
     assert "warning: step 10: no samples recorded: the model's outputs are not finite" in r.stderr
     assert "warning: no sample: the model's outputs are not finite" in r.stderr
-    assert (tmp_path / "on" / "summary.json").exists()
+    summary = json.loads((tmp_path / "on" / "summary.json").read_text(),  # JSON, not NaN
+                         parse_constant=lambda c: pytest.fail(f"{c} in summary.json"))
+    assert summary["final_val_loss"] is None and summary["steps"] == 40
+    assert "final validation loss (whole split, " in r.stderr + r.stdout
 
 
 def test_ctrl_c_outside_the_steps_says_whether_a_checkpoint_stands(small_text, tmp_path,

@@ -664,6 +664,14 @@ def test_the_initial_loss_checked_is_the_first_rows(small_text, tmp_path, monkey
     assert "not finite" not in caplog.text
 
 
+def test_a_budget_shorter_than_starting_up_still_takes_a_step(small_text, tmp_path):
+    """Spent before the first step: the run took none, saved nothing and told the user to
+    sample it; its summary said an infinite best loss."""
+    result = train(tiny_config(small_text, time_budget=1e-9), tmp_path / "run", progress=False)
+    assert result.summary["steps"] == 1 and math.isfinite(result.summary["best_val_loss"])
+    assert load_model(tmp_path / "run", "last")[2]["step"] == 1
+
+
 def test_a_time_budget_trains_for_that_many_seconds(small_text, tmp_path):
     """The run stops once its training clock (evaluation left out) passes the budget, and the
     schedule decays over the budget: warmup, then down to the floor by the end."""

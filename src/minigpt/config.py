@@ -117,8 +117,8 @@ class TrainConfig:
                         choices=("cosine", "linear", "constant", "cosine-annealing"))
     warmup_steps: int = opt(100, "linear warmup steps (cosine and linear schedules)")
     time_budget: float = opt(0.0, "train for this long (seconds, or 30m, 8h, 1h30m; evaluation "
-                                   "not counted), the schedule following the time; 0: train for "
-                                   "--steps", parse=duration, metavar="DURATION")
+                                   "not counted; one step at least), the schedule following the "
+                                   "time; 0: train for --steps", parse=duration, metavar="DURATION")
     weight_decay: float = opt(0.1, "decoupled weight decay, applied to >=2-D weights only")
     beta1: float = opt(0.9, "AdamW beta1")
     beta2: float = opt(0.99, "AdamW beta2")

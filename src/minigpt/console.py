@@ -130,8 +130,9 @@ def log_resume(changes: list[str], step: int) -> None:
 
 def log_summary(summary: dict, val_tokens: int) -> None:
     log.info(f"final validation loss (whole split, {val_tokens:,} tokens): "
-             f"{summary['final_val_loss']:.4f} ({summary['final_val_bpb']:.3f} bits per byte); "
-             f"best estimate {summary['best_val_loss']:.4f}; {count(summary['steps'], 'step')}, "
+             f"{fmt(summary['final_val_loss'], '.4f')} ({fmt(summary['final_val_bpb'], '.3f')} "
+             f"bits per byte); best estimate {fmt(summary['best_val_loss'], '.4f')}; "
+             f"{count(summary['steps'], 'step')}, "
              f"{summary['train_s']:.0f} s of training (this command: {summary['wall_s']:.0f} s), "
              f"{summary['tokens_per_s']:,} tok/s, MFU {summary['mfu']:.0%}")
     if summary["mfu"] > 1:  # (MFU is over the matmul peak: minigpt.precision.highest_peak)
@@ -164,4 +165,5 @@ def finite_or_none(x: float) -> float | None:
 
 
 def fmt(x: float | None, spec: str) -> str:
-    return "nan" if x is None else format(x, spec)
+    """A number as spec formats it; None (JSON's null for NaN or infinity) as nan."""
+    return format(math.nan if x is None else x, spec)

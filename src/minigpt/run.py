@@ -351,8 +351,8 @@ def restore(run: Run, tag: str = "last", reading: bool = False) -> list[str]:
     """Load a checkpoint of the run's folder into its parts: weights, optimizer, random
     generators, and every part that keeps state (a probe the checkpoint has no state for
     starts afresh). reading: for a look, not to train on (a run of several processes is read
-    in one, with rank 0's batch stream). Returns the settings that differ from the checkpoint's ('lr 0.01 ->
-    0.005'): those of [train] and of the sections beyond the core's."""
+    in one, with rank 0's batch stream). Returns the settings that differ from the
+    checkpoint's ('lr 0.01 -> 0.005'): those of [train] and of the sections beyond the core's."""
     ckpt = load_checkpoint(run.folder / "checkpoints", tag)
     check_resumable(ckpt.meta, run.folder)
     if tokenizer_from_dict(ckpt.meta["tokenizer"]) != run.tokenizer:

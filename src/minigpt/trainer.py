@@ -193,8 +193,9 @@ def seconds(clock: Clock, run: Run) -> float:
 
 
 def finished(t: TrainConfig, steps_done: int, seconds: float) -> bool:
-    """Whether training is over: the time budget spent, or else t.steps done."""
-    return seconds >= t.time_budget if t.time_budget else steps_done >= t.steps
+    """Whether training is over: the time budget spent (after one step at least: a budget
+    shorter than starting up left a run with nothing to save), or else t.steps done."""
+    return seconds >= t.time_budget and steps_done > 0 if t.time_budget else steps_done >= t.steps
 
 
 def metrics_row(run: Run, step: int, lr: float, loss: torch.Tensor, grad_norm: torch.Tensor,
@@ -273,8 +274,10 @@ def finish(run: Run, speed: Speed) -> TrainResult:
     if not run.world.is_main:
         return result
     final = split_loss(run.final_model, run.splits.val, cfg.model.block_size)
-    result.summary = {"final_val_loss": final, "final_val_bpb": val_bpb(run, final),
-                      "best_val_loss": state.best_val, "steps": state.step,
+    finite = console.finite_or_none  # (JSON has no NaN or infinity: weights gone NaN, a run
+    # with no finite evaluation)
+    result.summary = {"final_val_loss": finite(final), "final_val_bpb": finite(val_bpb(run, final)),
+                      "best_val_loss": finite(state.best_val), "steps": state.step,
                       "train_s": round(run.clock.seconds(), 2),
                       "wall_s": round(time.perf_counter() - run.started, 2),
                       **speed.overall(), "params": run.data["params"],

@@ -21,6 +21,7 @@ import logging
 from pathlib import Path
 
 from minigpt.config import field_index, read_config_file, resolve_config, suggest
+from minigpt.console import fmt
 from minigpt.diagnostics.plots import plot_overlay
 from minigpt.diagnostics.probes import SECTIONS, standard_probes
 from minigpt.errors import MiniGPTError, TrainingStopped
@@ -215,9 +216,10 @@ def format_table(table: list[dict]) -> str:
     for r in table:
         reached = "".join(f"  {_seconds(r['time_to'][x]) if x in r['time_to'] else 'n/a':>7}"
                           for x in targets)  # n/a: a target this variant did not track
-        bpb = f"  {r['final_val_bpb']:7.4f}" if per_byte else ""
-        lines.append(f"{r['variant']:<{width}}  {r['final_val_loss']:9.4f}{bpb}  "
-                     f"{r['best_val_loss']:8.4f}  {r['steps']:6d}  {r['train_s']:7.1f}{reached}")
+        bpb = f"  {fmt(r['final_val_bpb'], '7.4f')}" if per_byte else ""
+        lines.append(f"{r['variant']:<{width}}  {fmt(r['final_val_loss'], '9.4f')}{bpb}  "
+                     f"{fmt(r['best_val_loss'], '8.4f')}  {r['steps']:6d}  {r['train_s']:7.1f}"
+                     f"{reached}")
     return "\n".join(lines)
 
 

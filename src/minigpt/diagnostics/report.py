@@ -17,7 +17,7 @@ import json
 import shlex
 from pathlib import Path
 
-from minigpt.console import visible
+from minigpt.console import fmt, visible
 from minigpt.diagnostics.plots import run_curves
 from minigpt.diagnostics.reading import read_curve, run_facts
 from minigpt.errors import MiniGPTError
@@ -75,8 +75,8 @@ def summary_html(run_dir: Path) -> str:
         return missing(f"summary.json (the run has not finished{where})")
     try:
         s = json.loads(path.read_text(encoding="utf-8"))
-        rows = [("final validation loss (whole split)", f"{s['final_val_loss']:.4f}"),
-                ("best validation estimate", f"{s['best_val_loss']:.4f}"),
+        rows = [("final validation loss (whole split)", fmt(s["final_val_loss"], ".4f")),
+                ("best validation estimate", fmt(s["best_val_loss"], ".4f")),
                 ("steps", f"{s['steps']:,}"), ("training time", f"{s['train_s']:.1f} s"),
                 ("tokens / s", f"{s['tokens_per_s']:,}"), ("parameters", f"{s['params']:,}")]
     except (ValueError, KeyError, TypeError):  # damaged: the rest of the report still stands
