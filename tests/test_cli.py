@@ -171,6 +171,7 @@ def bad_files(tmp_path_factory):
     (d / "short.txt").write_text("x" * 300)  # 270 train, 30 validation tokens
     (d / "a-file").write_text("not a folder")
     (d / "forever.toml").write_text("[train]\ntime_budget = inf\n")  # TOML's own infinity
+    (d / "diag.toml").write_text("[diag]\nsample_every = -1\n")  # a section beyond the core's
     (d / "half-prepared").mkdir()  # what an interrupted prepare leaves
     (d / "half-prepared" / "progress.json").write_text("{}")
     (d / "half-prepared" / "config.json").write_text('{"config": {}}')  # a run's, copied in
@@ -246,6 +247,7 @@ BAD_INPUT = [
     (["train", "--grad-clip", "nan"], "'grad_clip' must be a finite number, got nan"),
     (["train", "--weight-decay", "inf"], "'weight_decay' must be a finite number, got inf"),
     (["train", "--config", "{bad}/forever.toml"], "'time_budget' must be a finite number"),
+    (["train", "--config", "{bad}/diag.toml"], "diag.toml: 'sample_every' must not be negative"),
     (["train", "--time-budget", "soon"], "'time_budget' must be a duration such as 90, 30m, "
                                            "8h or 1h30m, got 'soon'"),
     (["train", "--beta1", "2"], "'beta1' must be in [0, 1), got 2.0"),

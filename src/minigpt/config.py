@@ -403,18 +403,19 @@ def validate(cfg: RunConfig) -> None:
         raise MiniGPTError(f"a RunConfig was expected, such as resolve_config(overrides="
                            f"{{'steps': 300}}) makes; got {type(cfg).__name__}")
     check_values(cfg)
-    for section in cfg.extra.values():  # a section beyond the core's checks itself
-        if hasattr(section, "validate"):
-            section.validate()
     check_model_shape(cfg.model)
     if cfg.train.min_lr > cfg.train.lr:
         raise MiniGPTError(f"min_lr ({cfg.train.min_lr}) must not exceed lr ({cfg.train.lr})")
 
 
 def check_values(cfg: RunConfig) -> None:
-    """`validate`'s checks of each of the core's settings on its own: its type and range."""
+    """`validate`'s checks of each setting on its own: its type and range (a section beyond the
+    core's checks its own, in its `validate`)."""
     for section in cfg.sections().values():
         coerce_section(section)
+    for section in cfg.extra.values():
+        if hasattr(section, "validate"):
+            section.validate()
     check_model_values(cfg.model)
     t, d = cfg.train, cfg.data
     for key in ("steps", "batch_size", "lr", "eval_every", "log_every", "keep", "grad_accum"):

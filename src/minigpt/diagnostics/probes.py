@@ -62,9 +62,9 @@ class DiagConfig:
         for key in ("gradflow_every", "attention_every", "sample_every"):
             if getattr(self, key) < 0:
                 raise MiniGPTError(f"'{key}' must not be negative, got {getattr(self, key)}")
-        if self.attention_every and not self.attention_text:
+        if not self.attention_text:  # (each setting checked alone: see config.check_values)
             raise MiniGPTError("'attention_text' is empty: give the attention maps a text to "
-                               "read, or turn them off with attention_every 0")
+                               "read (attention_every 0 turns them off)")
 
 
 SECTIONS = config.SECTIONS | {"diag": DiagConfig}  # the settings the command line takes
