@@ -184,7 +184,8 @@ def build_parser() -> Parser:
     t = command("train", "train a MiniGPT",
                 "Train MiniGPT. With no arguments: the lesson's model on TinyShakespeare "
                 "(downloaded and cached on first use), warmup + cosine, clipping, AdamW, "
-                "5000 steps. Settings: preset < --config file < flags. On several "
+                "5000 steps. Settings: preset < --config file < flags (the defaults "
+                "shown are the seed preset's). On several "
                 "processes or GPUs: torchrun --nproc_per_node=N -m minigpt train ...", "settings")
     t.add_argument("--out", metavar="DIR", help="run folder (default runs/<text>-<time>)")
     t.add_argument("--resume", metavar="DIR",

@@ -120,8 +120,8 @@ class TrainConfig:
                                    "not counted; one step at least), the schedule following the "
                                    "time; 0: train for --steps", parse=duration, metavar="DURATION")
     weight_decay: float = opt(0.1, "decoupled weight decay, applied to >=2-D weights only")
-    beta1: float = opt(0.9, "AdamW beta1")
-    beta2: float = opt(0.99, "AdamW beta2")
+    beta1: float = opt(0.9, "AdamW beta1 (with muon: its AdamW's, for the embeddings and head)")
+    beta2: float = opt(0.99, "AdamW beta2 (with muon: its AdamW's, for the embeddings and head)")
     momentum: float = opt(0.9, "SGD momentum")
     muon_momentum: float = opt(0.95, "Muon momentum (--optimizer muon)")
     muon_variant: str = opt("newton-schulz", "Muon's orthogonalisation: newton-schulz "
