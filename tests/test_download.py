@@ -46,6 +46,33 @@ def test_a_good_file_is_saved_a_wrong_or_missing_one_not(server, tmp_path):
         download(f"{base}/nope.txt", tmp_path / "x.txt", "0" * 64)
 
 
+def test_a_body_cut_short_is_said_so_not_as_a_checksum(tmp_path):
+    """The connection closed after half the promised bytes: the count says what happened (the
+    checksum alone read like a wrong file)."""
+    class Half(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"x" * 500)
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Half)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    dest = tmp_path / "cache" / "a.txt"
+    try:
+        with pytest.raises(MiniGPTError, match=r"stopped after 500 of 1,000 bytes \(the "
+                                               r"connection closed early\); not saved"):
+            download(f"http://127.0.0.1:{httpd.server_address[1]}/a.txt", dest, "0" * 64)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert not dest.exists() and list(dest.parent.iterdir()) == []
+
+
 def test_server_down_is_one_line_error(tmp_path):
     dest = tmp_path / "cache" / "a.txt"
     with socket.socket() as s:  # a port held, but not listened on: a connection is refused

@@ -63,8 +63,13 @@ def download(url: str, dest: str | Path, sha256: str, timeout: float = 30.0) -> 
     try:
         with atomic_path(dest) as tmp:
             with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f:
+                size = r.headers.get("Content-Length", "")
                 while chunk := r.read(1 << 20):
                     f.write(chunk)
+                if size.isdigit() and f.tell() < int(size):
+                    raise MiniGPTError(f"download of {url} stopped after {f.tell():,} of "
+                                       f"{int(size):,} bytes (the connection closed early); not "
+                                       f"saved. {by_hand}")
             got = sha256_file(tmp)
             if got != sha256:
                 raise MiniGPTError(f"download of {url} has sha256 {got[:12]}..., expected "
