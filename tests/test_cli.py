@@ -285,9 +285,8 @@ BAD_INPUT = [
     (["train", "--resume", "{bad}/keyless-run"], "is not readable: 'file' is missing or not a str"),
     (["train", "--resume", "{bad}/model-only-run"], "holds a model but not its training run's"),
     (["gradflow", "--run", "{bad}/model-only-run"], "train --resume and gradflow cannot"),
-    (["sample", "--run", "{bad}/model-only-run"], "no 'best' checkpoint in "),  # (but a last:
-    (["export", "--run", "{bad}/model-only-run", "--out", "{bad}/hf"],  # it says so)
-     "checkpoints (it has a 'last' one)"),
+    (["sample", "--run", "{bad}/model-only-run"], "checkpoints (it has a 'last' one)"),  # best?
+    (["export", "--run", "{bad}/model-only-run", "--out", "{bad}/hf"], "(it has a 'last' one)"),
     (["sample", "--run", "{run}", "--prompt", "ZZZ"], "--prompt: text has 1 character(s) outside "
                                                        "the vocabulary: 'Z'"),
     (["sample", "--run", "/nonexistent"], "no run folder /nonexistent"),
@@ -364,18 +363,24 @@ def test_bad_input_is_one_line_and_non_zero(cli_run, bad_files, args, message, c
     assert files() == before  # nothing half-written left behind
 
 
-def test_a_run_starting_to_train_is_not_called_a_folder_without_a_run(tmp_path, capsys):
-    """Its lock held and no checkpoint yet (data loading, the dtype probe, step 0): the look
-    is early, not at the wrong folder."""
+def test_a_run_starting_to_train_is_not_called_a_folder_without_a_run(cli_run, tmp_path,
+                                                                      capsys):
+    """Its lock held, its config.json written and no checkpoint yet (data loading, the dtype
+    probe, step 0): the look is early, not at the wrong folder; a resume is told to wait, not
+    to train the run again."""
     run = tmp_path / "run"
     run.mkdir()
+    (run / "config.json").write_bytes((cli_run[0] / "config.json").read_bytes())
     with open(run / "run.lock", "w") as held:
         held.write("4242")
         held.flush()
         fcntl.flock(held, fcntl.LOCK_EX)
         line = one_line_error(capsys, ["sample", "--run", str(run), "--device=cpu"])
+        resume = one_line_error(capsys, ["train", "--resume", str(run), "--no-progress"])
     assert "holds a run starting to train (process 4242): it has no checkpoint until its first " \
            "evaluation; try again in a moment" in line
+    assert resume.endswith("is in use by another minigpt process (pid 4242), training there; "
+                           "wait for it to end")  # (not "stopped before ...: train it again")
     line = one_line_error(capsys, ["sample", "--run", str(run), "--device=cpu"])  # let go
     assert "holds no checkpoints: not a run folder, or a run stopped before its first" in line
 

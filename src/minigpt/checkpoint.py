@@ -188,10 +188,7 @@ def find_checkpoint(folder: str | Path, tag: str = "last") -> Path:
                                folder.parent.exists() else f"no run folder {folder.parent}")
         check_holds_a_run(folder.parent)
         if folder.name == "checkpoints" and not folder.exists():  # (not "no checkpoint in X")
-            if pid := lock_holder(folder.parent):
-                raise MiniGPTError(f"{folder.parent} holds a run starting to train (process "
-                                   f"{pid}): it has no checkpoint until its first evaluation; "
-                                   f"try again in a moment")
+            check_not_starting(folder.parent)
             raise MiniGPTError(f"{folder.parent} holds no checkpoints: not a run folder, or a "
                                f"run stopped before its first")
         other = next((t for t in ("best", "last") if t != tag and (folder / f"{t}.json").is_file()),
@@ -199,6 +196,13 @@ def find_checkpoint(folder: str | Path, tag: str = "last") -> Path:
         raise MiniGPTError(f"no '{tag}' checkpoint in {folder}"
                            + (f" (it has a '{other}' one)" if other else ""))
     return meta_path
+
+
+def check_not_starting(folder: Path) -> None:
+    """Refuse a run folder with no checkpoint yet whose run is starting there (its lock held)."""
+    if pid := lock_holder(folder):
+        raise MiniGPTError(f"{folder} holds a run starting to train (process {pid}): it has no "
+                           f"checkpoint until its first evaluation; try again in a moment")
 
 
 def check_holds_a_run(folder: Path) -> None:

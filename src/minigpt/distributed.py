@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -85,6 +87,13 @@ def start(world: World, device: torch.device) -> torch.device:
                                 device_id=device if device.type == "cuda" else None)
     HOST["group"] = dist.new_group(backend="gloo", timeout=HOST_WAIT)
     return device
+
+
+def outlast_torchrun() -> None:
+    """Ignore SIGTERM from here on: torchrun sends it to every process once one has died, and
+    this one has yet to say why it stops (torchrun's SIGKILL follows 30 s later)."""
+    if threading.current_thread() is threading.main_thread():  # (where signals are set)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def stop(world: World) -> None:

@@ -1,6 +1,7 @@
 """The exceptions the command line turns into a one-line message and a non-zero exit, and the
 Ctrl-C held back while a library loads."""
 
+import json
 import shlex
 import signal
 import threading
@@ -51,21 +52,28 @@ def compile_failed(e: BaseException) -> bool:
 
 def peer_lost(e: BaseException) -> bool:
     """Whether an error is a collective call that lost another process of the run (killed, or
-    its machine gone): torch.distributed's errors, by name, or gloo's RuntimeError."""
-    return (any(kind.__name__ == "DistError" for kind in type(e).__mro__)
-            or any(say in str(e) for say in ("Connection closed by peer", "Connection reset")))
+    its machine gone): torch.distributed's network error, by name, or gloo's words. (NCCL's own
+    errors are not: out of memory in NCCL is one; a lost peer there is a watchdog's timeout.)"""
+    return (any(kind.__name__ == "DistNetworkError" for kind in type(e).__mro__)
+            or any(say in str(e) for say in ("Connection closed by peer",
+                                             "Connection reset by peer")))
 
 
 def training_error(e: BaseException, steps: int, checkpoints, processes: int = 1) -> BaseException:
     """The one-line error that a training run's failure stands for, or `e` itself: torch.compile
     fails at the first step (nothing is lost), memory can run out at any, and under torchrun
     another process can die (`processes`: how many the run has)."""
-    if processes > 1 and peer_lost(e):
+    if processes > 1 and peer_lost(e) and not out_of_memory(e):
+        folder = shlex.quote(str(Path(checkpoints).parent))
+        again = f"torchrun --nproc_per_node={processes} -m minigpt train"
+        try:
+            step = json.loads((Path(checkpoints) / "last.json").read_text())["step"]
+            way_on = (f"its last checkpoint, of step {step:,}, is intact: continue with {again} "
+                      f"--resume {folder}")
+        except (OSError, ValueError, KeyError, TypeError):  # none yet (or unreadable)
+            way_on = f"it had no checkpoint yet: train it again with {again} --out {folder}"
         return MiniGPTError(f"another process of the run stopped, after {steps:,} "
-                            f"step{'s' * (steps != 1)}; the last checkpoint in "
-                            f"{checkpoints} is intact: continue with torchrun "
-                            f"--nproc_per_node={processes} -m minigpt train --resume "
-                            f"{shlex.quote(str(Path(checkpoints).parent))}")
+                            f"step{'s' * (steps != 1)}; {way_on}")
     if compile_failed(e):
         return MiniGPTError(f"torch.compile failed ({str(e).splitlines()[0][:200]}); train "
                             f"without it: --compile off")

@@ -244,6 +244,7 @@ def find_last_checkpoint(folder: Path) -> None:
     """Check that `folder` holds a run to resume (its last checkpoint), in one line if not."""
     check_holds_a_run(folder)  # (a corpus with a run's config.json copied in is no stopped run)
     if stopped_before_a_checkpoint(folder):
+        check_not_training(folder, "wait for it to end")  # (starting: no checkpoint yet)
         raise MiniGPTError(f"{folder} holds a run stopped before its first checkpoint: nothing "
                            f"to resume; train it again with --out {shlex.quote(str(folder))}")
     check_last_tag(folder)
@@ -271,6 +272,13 @@ def make_folder(folder: Path) -> Path:
     return folder
 
 
+def check_not_training(folder: Path, hint: str) -> None:
+    """Refuse a folder another process is training in (it holds the folder's lock)."""
+    if (pid := lock_holder(folder)) is not None:
+        raise MiniGPTError(f"{folder} is in use by another minigpt process (pid {pid}), training "
+                           f"there; {hint}")
+
+
 def check_new_folder(folder: Path, held: bool = False) -> None:
     """A new run's folder may exist, but not hold another run, nor anything else minigpt
     makes (a comparison, a prepared corpus); and a file on its path is said before the data
@@ -282,9 +290,8 @@ def check_new_folder(folder: Path, held: bool = False) -> None:
     what = folder_holds(folder)
     if what not in (None, "a training run"):
         raise MiniGPTError(f"{folder} holds {what}; choose another --out")
-    if what and not held and (pid := lock_holder(folder)) is not None:
-        raise MiniGPTError(f"{folder} is in use by another minigpt process (pid {pid}), training "
-                           f"there; wait for it to end, or choose another --out")
+    if what and not held:
+        check_not_training(folder, "wait for it to end, or choose another --out")
     if what and not stopped_before_a_checkpoint(folder):
         check_last_tag(folder)
         raise MiniGPTError(f"{folder} already holds a run: resume it with --resume "

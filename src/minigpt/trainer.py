@@ -26,7 +26,7 @@ from minigpt import console, distributed, performance
 from minigpt.clock import Clock, Speed
 from minigpt.config import RunConfig, TrainConfig, parse_targets, validate
 from minigpt.data import cache_dir
-from minigpt.errors import MiniGPTError, training_error
+from minigpt.errors import MiniGPTError, peer_lost, training_error
 from minigpt.evaluate import bits_per_byte, check_initial_loss, estimate_loss, split_loss
 from minigpt.files import append_line, as_path, atomic_write_text
 from minigpt.model import MiniGPT
@@ -95,6 +95,8 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
         distributed.barrier(run.world)
         return result
     except (RuntimeError, MemoryError) as e:
+        if run.world.enabled and peer_lost(e):  # another process died: say so before torchrun
+            distributed.outlast_torchrun()  # stops this one too
         raise training_error(e, run.state.step, folder / "checkpoints", run.world.size) from None
     finally:
         distributed.stop(run.world)

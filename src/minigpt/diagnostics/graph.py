@@ -319,7 +319,7 @@ def render(dot_text: str, out: str | Path, formats: Sequence[str] = ("svg", "png
     wanted = [f for f in dict.fromkeys(formats) if f != "dot"]
     exe = shutil.which("dot")
     if wanted and exe is None:  # pictures of an earlier graph would not be this .dot's
-        stale = [t for f in wanted if (t := out.with_name(f"{out.name}.{f}")).is_file()]
+        stale = [t for f in FORMATS if (t := out.with_name(f"{out.name}.{f}")).is_file()]
         for path in stale:
             path.unlink()
         removed = f" (and removed the older {', '.join(p.name for p in stale)})" if stale else ""
