@@ -511,3 +511,28 @@ def test_the_curves_draw_the_rows_that_have_each_figure():
     settings = resolve_config("seed").train
     assert list(plot_lr(rows[1:], train=settings).axes[0].lines[0].get_xdata()) == []
     assert list(plot_lr(rows, train=settings).axes[0].lines[0].get_xdata()) == [0]  # no time_s
+
+
+def test_a_backward_that_raised_leaves_the_gradflow_probe_ready_for_the_next_step(small_text,
+                                                                                tmp_path):
+    """A loop of one's own that goes on past a backward that failed: autograd then runs no
+    callback at its end, and the probe once waited for ever for the copy it had queued."""
+    from minigpt.run import build_run
+    from minigpt.step import train_step
+
+    run = build_run(tiny_config(small_text, dtype="float32"), tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    probe = GradFlowProbe(every=1)
+    probe.start(run)
+
+    def fail(grad):
+        raise RuntimeError("a backward that fails")
+
+    handle = run.model.token_emb.weight.register_hook(fail)  # (the last)
+    with pytest.raises(RuntimeError, match="a backward that fails"):
+        train_step(run.model, run.optimizer, run.batches)
+    handle.remove()
+    run.state.step += 1  # the loop skips the step
+    train_step(run.model, run.optimizer, run.batches)
+    rows = read_jsonl(tmp_path / "run" / "gradflow.jsonl")
+    assert [r["step"] for r in rows] == [1] and rows[0]["layers"]["lm_head"] > 0

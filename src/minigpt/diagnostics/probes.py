@@ -182,14 +182,15 @@ class GradFlowProbe(Probe):
 
         def keep():  # the gradients as backward leaves them: under torchrun, averaged by now
             self.grads = {n: p.grad.detach().clone() for n, p in params if p.grad is not None}
-            self.waiting = False
+            self.waiting = None
 
         def hook(p):
             if not due():
                 self.grads = {}  # a due step that took no step (a NaN gradient) left them
-            elif not self.waiting:  # the backward's first gradient: copy them all as it ends,
-                self.waiting = True  # after DDP's own callback, which averages them (queued
-                engine.queue_callback(lambda: engine.queue_callback(keep))  # after this one)
+            elif self.waiting != self.state.step:  # this backward's first gradient: copy them
+                self.waiting = self.state.step  # all as it ends, after DDP's own callback,
+                # which averages them (queued after this one; a backward that raised runs none)
+                engine.queue_callback(lambda: engine.queue_callback(keep))
 
         def pre(optimizer, args, kwargs):
             if due():
@@ -200,7 +201,7 @@ class GradFlowProbe(Probe):
                 self.record(grad_stats(run.model, self.before, self.grads))
             self.before, self.grads = None, {}
 
-        self.waiting = False
+        self.waiting = None  # the step whose backward has its copy queued
         self.handles = [p.register_post_accumulate_grad_hook(hook) for _, p in params]
         self.handles += [run.optimizer.register_step_pre_hook(pre),
                          run.optimizer.register_step_post_hook(post)]
