@@ -13,6 +13,7 @@ process ends, however it ends.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -52,8 +53,9 @@ def atomic_path(path: str | Path):
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.filename == tmp:  # name the file asked for, not ours
-            raise OSError(e.errno, e.strerror, str(path)) from None
+        if isinstance(e, OSError) and (e.filename == tmp or (  # name the file asked for, not
+                e.filename is None and e.errno in (errno.ENOSPC, errno.EDQUOT))):  # ours; a full
+            raise OSError(e.errno, e.strerror, str(path)) from None  # disk's write names none
         raise
 
 
