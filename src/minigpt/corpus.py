@@ -41,6 +41,7 @@ corpus size.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import functools
 import glob
 import hashlib
@@ -440,9 +441,10 @@ class _Shards:
     def discard(self) -> None:
         """Drop the shard being written (after a failure)."""
         if self.file is not None:
-            self.file.close()
+            file, self.file = self.file, None
+            with contextlib.suppress(OSError):  # (a full disk fails its flush again: the first
+                file.close()  # error is the one to say)
             self.tmp_path().unlink(missing_ok=True)
-            self.file = None
 
 
 def encode_shards(source, tok: AnyTokenizer, out_dir: Path, state: dict,
