@@ -134,6 +134,27 @@ def test_training_stream_s_is_seeded_with_seed_plus_1000003_s():
         assert all(torch.equal(u, v) for u, v in zip(got, want, strict=True))
 
 
+@pytest.mark.parametrize("damage", ["a shard's byte", "a torn index"])
+def test_a_damaged_cache_of_a_text_is_prepared_again(small_text, caplog, damage):
+    """The cache is minigpt's to make: a damaged one once refused every run on the text with
+    'prepare the corpus again', which no prepare the user ran could mend."""
+    tokens, tok = load_tokens(small_text)
+    tokens = np.array(tokens)  # (a copy: the damage shows through the mapping)
+    folder = prepared_text(small_text)
+    if damage == "a shard's byte":
+        shard = sorted(folder.glob("train-*.bin"))[0]
+        data = bytearray(shard.read_bytes())
+        data[10] ^= 0xFF
+        shard.write_bytes(bytes(data))
+    else:
+        index = folder / "index.json"
+        index.write_text(index.read_text()[:40])
+    again, same = load_tokens(small_text)
+    assert np.array_equal(again, tokens) and same == tok
+    assert f"the token cache of {small_text} cannot be read, so it is prepared again" in caplog.text
+    assert load_corpus(small_text, "char", 0, 0.1)[2]["tokens"] == len(tokens)  # and it stays
+
+
 def test_the_cache_key_holds_what_shapes_the_tokens_and_only_that(small_text, monkeypatch):
     """A text's prepared folder is found again whatever --vocab-size a char run gives (it does
     not shape char tokens), but not for another tokenizer, split or corpus format."""

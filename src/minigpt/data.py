@@ -12,9 +12,11 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import logging
 import numbers
 import os
 import shlex
+import shutil
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -35,6 +37,8 @@ from minigpt.corpus import (
 from minigpt.errors import MiniGPTError
 from minigpt.files import atomic_path, lock_folder, sha256_file
 from minigpt.tokenizer import MIN_BPE_VOCAB, AnyTokenizer
+
+log = logging.getLogger(__name__)
 
 TINYSHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -137,12 +141,28 @@ def prepared_text(text_path: str | Path, tokenizer: str = "char", vocab_size: in
     return folder
 
 
+def open_text(text: str | Path, tokenizer: str = "char", vocab_size: int = 0,
+              val_fraction: float = 0.1):
+    """open_prepared of a folder written by `minigpt prepare`, or of a text file's cache
+    (prepared_text), which is prepared again if it cannot be read: it is the cache's to make,
+    and a damaged one would refuse every run on the text."""
+    if is_prepared(text):
+        return open_prepared(text)
+    folder = prepared_text(text, tokenizer, vocab_size, val_fraction)
+    try:
+        return open_prepared(folder)
+    except MiniGPTError as e:
+        log.warning(f"the token cache of {text} cannot be read, so it is prepared again: {e}")
+        with lock_folder(folder.parent, wait=True):
+            shutil.rmtree(folder, ignore_errors=True)
+        return open_prepared(prepared_text(text, tokenizer, vocab_size, val_fraction))
+
+
 def load_tokens(text_path: str | Path) -> tuple[ShardedTokens, AnyTokenizer]:
     """The lesson's `data = encode(text)`: a text's characters as tokens (memory-mapped,
     prepared once) and the character tokenizer of the whole text; or a folder written by
     `minigpt prepare`: its tokens, both splits in order, and its tokenizer."""
-    folder = text_path if is_prepared(text_path) else prepared_text(text_path)
-    train, val, tok, _ = open_prepared(folder)
+    train, val, tok, _ = open_text(text_path)
     return ShardedTokens(train.shards + val.shards, dtype=train.dtype), tok
 
 
@@ -184,9 +204,7 @@ def load_corpus(text: str | Path, tokenizer: str, vocab_size: int,
       (`tokenizer`, `vocab_size` and `val_fraction` are not used).
     """
     path = Path(text)
-    folder = path if is_prepared(path) else prepared_text(path, tokenizer, vocab_size,
-                                                          val_fraction)
-    train, val, tok, index = open_prepared(folder)
+    train, val, tok, index = open_text(path, tokenizer, vocab_size, val_fraction)
     info = {"text": str(path), "tokens": len(train) + len(val), "train_tokens": len(train),
             "val_tokens": len(val), "val_fraction": index["val_fraction"],
             "tokenizer": tok.kind, "vocab_size": tok.vocab_size,
