@@ -46,6 +46,7 @@ from minigpt import (
     TrainingStopped,
     load_checkpoint,
     load_model,
+    resume_config,
     train,
 )
 from minigpt.cli import main
@@ -1103,3 +1104,25 @@ def test_a_checkpoint_missing_any_part_of_the_runs_state_is_not_resumable(missin
     check_resumable(meta, "run")
     with pytest.raises(MiniGPTError, match="holds a model but not its training run's state"):
         check_resumable({k: v for k, v in meta.items() if k != missing}, "run")
+
+
+@pytest.mark.parametrize("edit, said", [
+    (lambda parts: parts["state"].update(best_val="x"), "a figure of its state is not a number"),
+    (lambda parts: parts["clock"].update(seconds="x"), "a figure of its state is not a number"),
+    (lambda parts: parts.update(state={}), "its state is at step 0, not 4"),
+    (lambda parts: parts.pop("clock"), "parts.clock is missing"),
+    (lambda parts: parts["state"].update(steps=4), "unexpected keyword argument 'steps'"),
+])
+def test_a_checkpoints_parts_edited_out_of_shape_are_refused_in_one_line(small_text, tmp_path,
+                                                                         edit, said):
+    """The sha256 guards the tensors, not the JSON's parts: a string where a number was gave
+    a traceback steps later, and an empty state resumed from step 0 on the trained weights."""
+    run = tmp_path / "run"
+    train(tiny_config(small_text, steps=4, eval_every=2), run, progress=False)
+    last = run / "checkpoints" / "last.json"
+    meta = json.loads(last.read_text())
+    edit(meta["parts"])
+    last.write_text(json.dumps(meta))
+    with pytest.raises(MiniGPTError, match=rf"checkpoint {re.escape(str(last))} is not readable: "
+                                           rf".*{re.escape(said)}"):
+        train(resume_config(run, {"steps": 8}), run, resume=True, progress=False)

@@ -321,6 +321,25 @@ def hold_folder(run: Run, resume: bool) -> Iterator[None]:
 # --- checkpoints: every part's state, collected ------------------------------------------------
 
 
+def load_parts(run: Run, meta: dict, path: Path) -> None:
+    """Each part's state, from a checkpoint's JSON: the training state and the clock, which
+    must be there and of the checkpoint's step (a hand-edited or damaged JSON is refused in
+    one line, not met later as a traceback or a run that starts over), and any other part's
+    (a probe the checkpoint has no state for starts afresh)."""
+    try:
+        for name, part in parts_with_state(run).items():
+            if name in meta["parts"] or name in ("state", "clock"):
+                part.load_state_dict(meta["parts"][name])
+        figures = (run.state.step, run.state.best_val, run.state.tokens, run.clock.before)
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in figures):
+            raise ValueError(f"a figure of its state is not a number: {figures}")
+        if run.state.step != meta["step"]:
+            raise ValueError(f"its state is at step {run.state.step}, not {meta['step']}")
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        what = f"parts.{e.args[0]} is missing" if isinstance(e, KeyError) else str(e)
+        raise MiniGPTError(f"checkpoint {path} is not readable: {what}") from None
+
+
 def parts_with_state(run: Run) -> dict:
     """The parts whose state a checkpoint keeps in its JSON, by name (probes by their class)."""
     parts = {"state": run.state, "clock": run.clock}
@@ -398,9 +417,7 @@ def restore(run: Run, tag: str = "last", reading: bool = False) -> list[str]:
     torch.set_rng_state(mine["torch"])
     if run.device.type == "cuda" and "cuda" in mine:
         torch.cuda.set_rng_state(mine["cuda"], run.device)
-    for name, part in parts_with_state(run).items():
-        if name in ckpt.meta["parts"]:
-            part.load_state_dict(ckpt.meta["parts"][name])
+    load_parts(run, ckpt.meta, run.folder / "checkpoints" / f"{tag}.json")
     t = run.cfg.train
     if not t.time_budget and t.steps < run.state.step:  # (its config.json would say so)
         raise MiniGPTError(f"the run is at step {run.state.step:,}, past --steps {t.steps:,}: "
