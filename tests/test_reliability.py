@@ -849,12 +849,15 @@ def test_only_names_a_killed_writer_leaves_are_swept_away(tmp_path):
 
 def test_blank_lines_are_no_damage_and_a_line_not_an_object_is(tmp_path, caplog):
     rows = [{"step": 0, "loss": 4.2}, {"step": 5, "loss": 3.1}]
-    lines = [json.dumps(rows[0]), "", "  ", json.dumps(rows[1]), "[1, 2]", ""]
-    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
-    with caplog.at_level(logging.WARNING, logger="minigpt"):
+    lines = [json.dumps(rows[0]), "", "  ", json.dumps(rows[1]), "[1, 2]", "",
+             '{"step": "x", "train_loss": "abc"}', '{"step": true}']  # (edited by hand: the
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")  # report's sort, a resume's
+    with caplog.at_level(logging.WARNING, logger="minigpt"):  # cut, compared them to numbers)
         assert read_jsonl(tmp_path / "m.jsonl") == rows
-    assert [r.getMessage() for r in caplog.records] == [
-        f"{tmp_path / 'm.jsonl'}: dropped 1 damaged line(s), as a crash leaves them"]
+        truncate_jsonl(tmp_path / "m.jsonl", 5)
+    assert read_jsonl(tmp_path / "m.jsonl") == rows[:1]
+    assert [r.getMessage() for r in caplog.records][0] == \
+        f"{tmp_path / 'm.jsonl'}: dropped 3 damaged line(s), as a crash leaves them"
 
 
 def test_a_damaged_tag_keeps_every_checkpoint_and_the_run_going(good_run, tmp_path, caplog):

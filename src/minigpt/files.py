@@ -143,7 +143,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def jsonl_rows(path: str | Path) -> tuple[list[dict], int]:
-    """read_jsonl's rows, and how many damaged lines it dropped, without a word."""
+    """read_jsonl's rows, and how many damaged lines it dropped, without a word (a line that
+    is not a JSON object, or whose step is not a whole number)."""
     path = Path(path)
     if not path.exists():
         return [], 0
@@ -155,7 +156,8 @@ def jsonl_rows(path: str | Path) -> tuple[list[dict], int]:
             row = json.loads(line)
         except ValueError:
             row = None
-        if isinstance(row, dict):
+        step = row.get("step", 0) if isinstance(row, dict) else None
+        if isinstance(step, int) and not isinstance(step, bool):
             rows.append(row)
         else:
             torn += 1
