@@ -11,6 +11,7 @@ uses the folder); probes add their own files.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import shlex
@@ -151,8 +152,12 @@ class WeightAverage:
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
+    """runs/<text>-<date>-<time>, with -2, -3, ... after it where a run started in the same
+    second (a sweep's) has the name already."""
     name = Path(cfg.data.text).stem if cfg.data.text else "shakespeare"
-    return Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+    first = Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+    names = (first.with_name(f"{first.name}-{n}") for n in itertools.count(2))
+    return next(folder for folder in itertools.chain([first], names) if not folder.exists())
 
 
 def build_run(cfg: RunConfig, folder: str | Path) -> Run:
