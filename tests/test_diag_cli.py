@@ -173,7 +173,8 @@ def test_a_run_without_a_best_checkpoint_is_reported_without_its_graph(cli_run, 
     (run / "graph.svg").unlink(missing_ok=True)
     r = in_process(capsys, "report", "--run", str(run))
     assert r.returncode == 0, r.stderr
-    assert "no 'best' checkpoint" in r.stderr and "; the report will have no graph" in r.stderr
+    assert f"warning: no 'best' checkpoint in {run / 'checkpoints'} (it has a 'last' one); the " \
+           "report will have no graph" in r.stderr  # (a warning, not "minigpt: ...")
     assert "Reading the curve" in (run / "report.html").read_text()
 
 

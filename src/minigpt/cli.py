@@ -505,7 +505,8 @@ def cmd_report(args: argparse.Namespace) -> None:
         model, tok, _ = load_model(args.run, "best")
         draw_loss_graph(model, tok.vocab_size, f"{args.run}/graph", depth=1, formats=("svg",))
     except (GraphvizMissing, OSError, MiniGPTError) as e:
-        print(f"minigpt: {e}; the report will have no graph", file=sys.stderr)
+        why = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.filename else e
+        log.warning(f"{why}; the report will have no graph")
     path = write_report(args.run, args.out, rows)
     print(format_reading(findings))
     print(f"wrote {path}")
