@@ -40,21 +40,23 @@ def positive(kind: type = int, zero: bool = False) -> Callable[[str], float]:
 
 
 def one_of(names: tuple[str, ...]) -> Callable[[str], list[str]]:
-    """An argument type: comma-separated names, each one of `names` ("lesson,minigpt")."""
+    """An argument type: comma-separated names, each one of `names` ("lesson,minigpt"), each
+    once (a second would be a second row of the same thing)."""
 
     def check(text: str) -> list[str]:
         given = text.split(",")
         if unknown := [n for n in given if n not in names]:
             raise argparse.ArgumentTypeError(f"unknown {unknown[0]!r} (choose from "
                                              f"{', '.join(names)})")
-        return given
+        return list(dict.fromkeys(given))
 
     return check
 
 
 def positives(kind: type = int) -> Callable[[str], list]:
-    """An argument type: comma-separated numbers of `kind`, each above 0 ("100,500")."""
-    return lambda text: [positive(kind)(part) for part in text.split(",")]
+    """An argument type: comma-separated numbers of `kind`, each above 0 ("100,500"), each
+    once (20 and 20.0 are one)."""
+    return lambda text: list(dict.fromkeys(positive(kind)(part) for part in text.split(",")))
 
 
 def exit_status(main: Callable[[], int]) -> int:

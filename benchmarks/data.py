@@ -159,9 +159,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
-    work = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="minigpt-data-"))
-    work.mkdir(parents=True, exist_ok=True)
     sizes = sorted({n for n in (args.small, args.tokens) if n > 0})
+    made = not args.dir or not Path(args.dir).exists()  # (a folder of the user's stays)
+    work = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="minigpt-data-"))
+    ours = [work / f"{kind}-{n}" for n in sizes for kind in ("corpus", "prepared")]
+    if work.exists() and not work.is_dir():
+        ap.error(f"--dir {work} is a file, not a folder")
+    if taken := [p.name for p in ours if p.exists()]:
+        ap.error(f"--dir {work} holds {', '.join(taken)} already (kept by --keep?): remove "
+                 f"them, or choose another --dir")
+    work.mkdir(parents=True, exist_ok=True)
     try:
         _, _, baseline = run_child([])
         rows = []
@@ -183,7 +190,10 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(corpus)
     finally:
         if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+            for path in ours:
+                shutil.rmtree(path, ignore_errors=True)
+            if made:
+                shutil.rmtree(work, ignore_errors=True)
 
     big = rows[-1]
     per_token = big["shard_bytes"] / big["tokens"]

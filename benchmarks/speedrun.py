@@ -22,6 +22,7 @@ Prints a table, then one JSON line.
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import statistics
 import time
@@ -62,10 +63,11 @@ def lesson_step_seconds(rounds: int, steps: int) -> float:
 def run(name: str, preset: str, out: Path, **settings) -> dict:
     cfg = resolve_config(preset, None, {**QUIET, **settings})
     summary = train(cfg, out / name, progress=False).summary
+    chosen = json.loads((out / name / "config.json").read_text())["environment"]["dtype"]
     return {"run": name, "preset": preset, "settings": settings,
             "final_val_loss": summary["final_val_loss"], "steps": summary["steps"],
             "train_s": summary["train_s"], "time_to": summary["time_to"],
-            "dtype": cfg.train.dtype}
+            "dtype": chosen}  # (what 'auto' chose: the run's own config says it)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="rounds of the lesson's step (default 5)")
     ap.add_argument("--out", default="runs/speedrun", help="where the runs go")
     args = ap.parse_args(argv)
+    logging.getLogger("minigpt").setLevel(logging.WARNING)  # the table says what matters
     out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
 
     step_s = lesson_step_seconds(args.rounds, 10)

@@ -2,6 +2,7 @@
 argparse's one line before anything is timed, and a MiniGPTError (no TinyShakespeare to
 download, say) is one line too; each script's --help describes it in whole sentences."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -46,3 +47,42 @@ def test_an_error_of_minigpt_is_one_line_and_help_is_whole_sentences(capsys, mon
     assert capsys.readouterr().err == f"{Path(sys.argv[0]).name}: error: cannot download it\n"
     described = script("speedrun.py", "--help").stdout.split("\n\n")[1]
     assert " ".join(described.split()).endswith("the default run and the `fast` preset.")
+
+
+def test_the_data_benchmark_removes_what_it_made_and_nothing_of_the_users(tmp_path):
+    """--dir names a folder of the user's: it was removed whole, with what was in it before."""
+    (tmp_path / "mywork.txt").write_text("precious")
+    args = ["--tokens", "20000", "--small", "0", "--files", "1", "--shard-tokens", "50000",
+            "--batch-seconds", "0.1", "--dir", str(tmp_path)]
+    r = script("data.py", *args)
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["mywork.txt"]
+    assert json.loads(r.stdout.splitlines()[-1])["benchmark"] == "data"
+    (tmp_path / "corpus-20000").mkdir()  # kept by --keep: not written over, nor removed
+    r = script("data.py", *args)
+    assert r.returncode == 2 and r.stderr.splitlines()[-1].endswith(
+        f"--dir {tmp_path} holds corpus-20000 already (kept by --keep?): remove them, or choose "
+        f"another --dir")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus-20000", "mywork.txt"]
+
+
+def test_a_name_or_number_given_twice_is_one_row(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from common import one_of, positives
+
+    assert one_of(("lesson", "minigpt"))("lesson,minigpt,lesson") == ["lesson", "minigpt"]
+    assert positives(float)("20,180,20.0") == [20.0, 180.0]
+
+
+def test_the_speedrun_says_the_dtype_auto_chose_and_prints_only_its_table(tmp_path):
+    """Its rows said 'auto' (the caller's config; train resolves its own copy), and every run's
+    log came before the table on stdout."""
+    r = script("speedrun.py", "--budgets", "1", "--skip-default", "--rounds", "1",
+               "--eval-every", "1000", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("speedrun on TinyShakespeare") and len(lines) == 6  # head, table
+    row = json.loads(lines[-1])["rows"][1]
+    run = next(tmp_path.glob("*/fast-1s"))
+    assert row["dtype"] == json.loads((run / "config.json").read_text())["environment"]["dtype"]
+    assert row["dtype"] in ("float32", "bfloat16") and f"dtype auto ({row['dtype']})" in lines[0]
