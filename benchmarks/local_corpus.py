@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="characters at least (default 4e9)")
     args = ap.parse_args(argv)
     out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # (old parts would be read
+        ap.error(f"--out {out} is a file" if not out.is_dir() else  # with the new ones)
+                 f"--out {out} is not empty: give a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     texts, kinds = [], {}
     for path in sources():

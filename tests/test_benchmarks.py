@@ -29,6 +29,10 @@ def script(name: str, *args: str) -> subprocess.CompletedProcess:
     ("sample.py", ["--new-tokens", "100,abc"], "argument --new-tokens: not a number: 'abc'"),
     ("speedrun.py", ["--budgets", "20,-1"], "argument --budgets: must be above 0, got -1"),
     ("data.py", ["--small", "-5"], "argument --small: must be at least 0, got -5"),
+    ("local_corpus.py", ["--out", str(BENCHMARKS)], f"--out {BENCHMARKS} is not empty: give a "
+     "new or empty folder"),  # (its old parts would be read with the new)
+    ("local_corpus.py", ["--out", str(BENCHMARKS / "common.py")],
+     f"--out {BENCHMARKS / 'common.py'} is a file"),
 ])
 def test_a_count_that_cannot_be_meant_is_one_line(name, args, said):
     r = script(name, *args)
