@@ -418,8 +418,23 @@ def test_a_comparison_that_failed_before_training_gives_way_to_the_corrected_one
     table = compare({"a": {"text": str(text)}, "b": {"text": str(text), "lr": 0.1}},
                     tmp_path / "c", common=common, progress=False)  # (was: "other variants")
     assert [r["steps"] for r in table] == [3, 3]
-    with pytest.raises(MiniGPTError, match="holds a comparison of other variants"):  # begun
+    with pytest.raises(MiniGPTError, match=r"holds a comparison of other variants or settings "
+                                           r"\(its variants were a, b\)"):  # begun
         compare({"a": {"text": str(text)}}, tmp_path / "c", common=common, progress=False)
+    with pytest.raises(MiniGPTError, match=r"\(b's lr was 0.1, not 0.2\), some trained"):
+        compare({"a": {"text": str(text)}, "b": {"text": str(text), "lr": 0.2}},
+                tmp_path / "c", common=common, progress=False)
+
+
+def test_variants_of_the_same_settings_are_said_to_train_alike(tmp_path, caplog):
+    """A variant setting what its preset sets already (fast's smear, say) is no ablation."""
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be, that is the question\n" * 80)
+    common = {**TINY, "steps": 2, "eval_every": 2, "text": str(text)}
+    compare({"base": {}, "+seed": {"seed": TINY.get("seed", 1337)}, "lr": {"lr": 0.2}},
+            tmp_path / "c", common=common, progress=False)
+    assert "base and +seed have the same settings: they train alike" in caplog.text
+    assert "lr have" not in caplog.text
 
 
 def test_a_variant_that_failed_at_its_first_step_is_trained_by_the_next_command(tmp_path,

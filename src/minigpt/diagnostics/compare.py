@@ -140,6 +140,13 @@ def compare(variants: dict[str, dict], out_dir: str | Path, preset: str = "seed"
         if cfg.train.time_budget and "time_budget" not in asked:  # a preset's, or a file's
             log.warning(f"{name}: a time budget of {cfg.train.time_budget:g} s ends it, not "
                         f"its steps (time_budget=0 in the variant trains it by steps)")
+    alike: dict[str, list[str]] = {}
+    for name, cfg in configs.items():
+        alike.setdefault(json.dumps(cfg.to_dict(), sort_keys=True), []).append(name)
+    for names in alike.values():
+        if len(names) > 1:  # (a variant that meant to change a preset's setting to its own)
+            log.warning(f"{' and '.join(names)} have the same settings: they train alike (or "
+                        f"apart only by chance, under a time budget)")
     folders = {name: out_dir / (f"{i}-" + "".join(c if c.isalnum() or c in "+-." else "_"
                                                  for c in name))
                for i, name in enumerate(configs)}
@@ -174,6 +181,20 @@ def compare(variants: dict[str, dict], out_dir: str | Path, preset: str = "seed"
     return table
 
 
+def difference(was: dict, now: dict) -> str:
+    """The first way two comparisons' settings (variant -> section -> key -> value) differ,
+    in words: 'its variants were a, b', or "a's lr was 0.001, not 0.002"."""
+    if list(was) != list(now):
+        return f"its variants were {', '.join(was)}"
+    for name, sections in now.items():
+        for section, values in sections.items():
+            for key, value in values.items():
+                before = was[name].get(section, {}).get(key)
+                if before != value:
+                    return f"{name}'s {key} was {before!r}, not {value!r}"
+    return "its settings were others"
+
+
 def claim(out_dir: Path, settings: dict, folders) -> None:
     """Write the settings of every variant (variants.json) before the first is trained, so
     that the same command, run again after an interruption or a failure, continues the
@@ -187,9 +208,11 @@ def claim(out_dir: Path, settings: dict, folders) -> None:
             list(settings.items()):  # (in order: a variant's folder is numbered by its place)
         return  # the same comparison: it continues
     if earlier and any(p.is_dir() and folder_holds(p) for p in out_dir.iterdir()):
-        raise MiniGPTError(f"{out_dir} holds a comparison of other variants or settings, some "
-                           f"trained; choose another --out, or run that comparison's command "
-                           f"to continue it")
+        was = json.loads(path.read_text(encoding="utf-8"))
+        raise MiniGPTError(f"{out_dir} holds a comparison of other variants or settings "
+                           f"({difference(was, json.loads(json.dumps(settings)))}), some "
+                           f"trained; choose another "
+                           f"--out, or run that comparison's command to continue it")
     # a new comparison, or one that failed before any checkpoint (the corrected command takes
     # its place): a variant's folder may be one it began (a run's config.json), no other
     if taken := [f for f in folders
