@@ -7,10 +7,12 @@ times a whole training step, batch included, of
                   q/k/v, masked_fill attention, a Python-list batch, AdamW (foreach), no clip;
   minigpt         minigpt's default path on this device, built by the library's own functions:
                   SDPA attention, gathered batches, clipping, fused AdamW with the on-device
-                  skip of non-finite steps, and the dtype and compile choice of 'auto';
+                  skip of non-finite steps, the dtype and compile choice of 'auto', and
+                  the preset's average of the weights (--ema), if any;
   float32-eager   the same, forced to float32 and not compiled;
   foreach-adamw   float32 eager with the multi-tensor (not fused) AdamW and the host-side check
-                  of the gradient norm: the path before fused AdamW;
+                  of the gradient norm: the path before fused AdamW (with a Muon preset's
+                  settings too: AdamW for every weight then, not Muon);
   compile         float32 under torch.compile (compile time reported apart);
   bf16-autocast   bf16 autocast, fp32 weights (what --dtype bfloat16 does);
   bf16-compile    the same under torch.compile (--dtype bfloat16 --compile on);
@@ -43,6 +45,7 @@ from minigpt import MiniGPT, lesson, performance, precision, resolve_config
 from minigpt.data import Batches, Splits
 from minigpt.environment import resolve_device
 from minigpt.optim import make_optimizer
+from minigpt.run import WeightAverage
 from minigpt.step import MicroSteps, train_step
 
 VARIANTS = ("lesson", "minigpt", "float32-eager", "foreach-adamw", "compile", "bf16-autocast",
@@ -85,10 +88,14 @@ def minigpt_variant(cfg, tokens: np.ndarray, device: torch.device, dtype: str, c
     compute, _ = precision.choose_dtype(dtype, device, model, t.batch_size)
     net = torch.compile(model) if performance.choose_compile(compile, device) else model
     micro = MicroSteps(1, compute)
+    ema = WeightAverage(model, t.ema) if t.ema and not bf16_weights else None  # (fast's)
     model.train()
 
-    def step():  # the training loop's step (minigpt.step.train_step)
-        return train_step(net, optimizer, batches, t.grad_clip, micro)[0]
+    def step():  # the training loop's step (minigpt.step.train_step), and its --ema update
+        loss = train_step(net, optimizer, batches, t.grad_clip, micro)[0]
+        if ema is not None:
+            ema.update(model)
+        return loss
 
     return step, (torch.bfloat16 if bf16_weights else compute)
 
