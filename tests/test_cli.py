@@ -243,6 +243,8 @@ BAD_INPUT = [
     (["train", "--lr", "0"], "'lr' must be positive"),
     (["train", "--optimizer", "adam"], "invalid choice"),
     (["train", "--attention-text="], "'attention_text' is empty: give the attention maps a text"),
+    (["compare", "--variant", "a:targets=3.9,3.3"], "'3.3' is not KEY=VALUE, such as pos=rope "
+                                                    "(commas part the settings, so no value"),
     (["train", "--seed", "99999999999999999999"], "'seed' must be a 64-bit integer"),
     (["train", "--grad-clip", "nan"], "'grad_clip' must be a finite number, got nan"),
     (["train", "--weight-decay", "inf"], "'weight_decay' must be a finite number, got inf"),

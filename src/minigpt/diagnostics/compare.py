@@ -94,7 +94,9 @@ def parse_variant(text: str) -> tuple[str, dict]:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep:
-            raise MiniGPTError(f"variant {name!r}: {item!r} is not KEY=VALUE, such as pos=rope")
+            raise MiniGPTError(f"variant {name!r}: {item!r} is not KEY=VALUE, such as pos=rope "
+                               f"(commas part the settings, so no value holds one: give such a "
+                               f"setting to every variant, in a --config file)")
         if key not in index and key != "preset":
             raise MiniGPTError(f"variant {name!r}: unknown setting '{key}'{suggest(key, index)}")
         try:
