@@ -387,6 +387,17 @@ def test_a_run_starting_to_train_is_not_called_a_folder_without_a_run(cli_run, t
     assert "holds no checkpoints: not a run folder, or a run stopped before its first" in line
 
 
+def test_a_missing_checkpoint_names_the_other_tag_only_where_it_is_there(cli_run, tmp_path,
+                                                                        capsys):
+    """A checkpoints folder with neither tag (its files removed): no 'best' is said alone, with
+    no other tag offered that is not there either."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_bytes((cli_run[0] / "config.json").read_bytes())
+    line = one_line_error(capsys, ["sample", "--run", str(run), "--device=cpu"])
+    assert line.endswith(f"no 'best' checkpoint in {run / 'checkpoints'}")
+
+
 def test_a_value_that_begins_with_a_dash_is_told_to_go_after_an_equals_sign(capsys):
     line = one_line_error(capsys, ["compare", "--clip", "-1,0"])  # (argparse: a flag)
     assert "one argument (a value that begins with '-' goes after '=': --clip=-1,0)" in line

@@ -19,7 +19,7 @@ from minigpt.cli import main
 from minigpt.console import visible
 from minigpt.diagnostics.plots import plot_run_curves
 from minigpt.diagnostics.probes import standard_probes
-from minigpt.diagnostics.report import attention_html, build_report, gradflow_html
+from minigpt.diagnostics.report import attention_html, build_report, gradflow_html, summary_html
 from minigpt.files import lock_folder
 
 
@@ -349,3 +349,16 @@ def test_graph_command_without_graphviz_writes_dot_and_says_how(tmp_path, capsys
     for folder in (f"{tmp_path / 'new'}/", str(tmp_path / "bin")):  # a folder: graph.* inside it
         assert in_process(capsys, "graph", "--out", folder).returncode == 2
         assert (Path(folder) / "graph.dot").read_text() == (tmp_path / "g.dot").read_text()
+
+
+def test_a_summary_whose_losses_went_nan_is_reported_not_called_damaged(tmp_path):
+    """summary.json writes a NaN or infinite loss as null (JSON has no NaN): the report says
+    nan, as the run's own last line does."""
+    summary = dict(final_val_loss=None, final_val_bpb=None, best_val_loss=None, steps=40,
+                   train_s=1.5, tokens_per_s=1000, params=12345)
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    html = summary_html(tmp_path)
+    assert "readable summary.json" not in html
+    assert "<tr><th>final validation loss (whole split)</th><td class=num>nan</td>" in html
+    assert "<tr><th>best validation estimate</th><td class=num>nan</td>" in html
+    assert "<td class=num>12,345</td>" in html

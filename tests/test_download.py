@@ -94,3 +94,30 @@ def test_tinyshakespeare_downloaded_into_the_cache(server, tmp_path, monkeypatch
     assert hashlib.sha256(path.read_bytes()).hexdigest() == TINYSHAKESPEARE_SHA256
     (root / "input.txt").unlink()
     assert ensure_tinyshakespeare(f"{base}/input.txt") == path  # cached: no second download
+
+
+def test_a_body_with_no_promised_length_is_read_to_its_end(tmp_path):
+    """HTTP/1.0's way: no Content-Length, the body ends as the connection closes. There is no
+    count to hold it to; the checksum alone judges it."""
+    body = b"hello shakespeare\n" * 1000
+
+    class Unsized(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unsized)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    dest = tmp_path / "cache" / "a.txt"
+    try:
+        download(f"http://127.0.0.1:{httpd.server_address[1]}/a.txt", dest,
+                 hashlib.sha256(body).hexdigest())
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert dest.read_bytes() == body

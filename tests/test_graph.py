@@ -15,6 +15,7 @@ import torch
 
 from minigpt import MiniGPT
 from minigpt.diagnostics.graph import (
+    FORMATS,
     GraphvizMissing,
     collapse,
     gradient_norms,
@@ -269,6 +270,20 @@ def test_without_dot_only_dot_is_written_and_unknown_formats_refused(traced, tmp
     with pytest.raises(MiniGPTError, match="'jpeg'"):
         render("digraph {}", tmp_path / "g", formats=("jpeg",))
     assert not (tmp_path / "g.dot").exists()
+
+
+def test_without_dot_every_stale_picture_goes_not_only_those_asked_for(tmp_path, monkeypatch):
+    """The .dot is of a new graph: an older graph's SVG or PDF beside it is as stale as its
+    PNG, though this call asked for a PNG only."""
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    for f in FORMATS:
+        (tmp_path / f"graph.{f}").write_bytes(b"an earlier graph's picture")
+    with pytest.raises(GraphvizMissing) as info:
+        render("digraph {}", tmp_path / "graph", formats=("png",))
+    assert sorted(p.name for p in tmp_path.glob("graph.*")) == ["graph.dot"]
+    assert all(f"graph.{f}" in str(info.value) for f in FORMATS)
 
 
 def test_show_loss_graph_without_dot_says_how_in_one_line(monkeypatch, tmp_path):

@@ -551,3 +551,34 @@ def test_a_backward_that_raised_leaves_the_gradflow_probe_ready_for_the_next_ste
     train_step(run.model, run.optimizer, run.batches)
     rows = read_jsonl(tmp_path / "run" / "gradflow.jsonl")
     assert [r["step"] for r in rows] == [1] and rows[0]["layers"]["lm_head"] > 0
+
+
+def test_the_gradflow_probe_sees_the_whole_steps_gradient_when_it_accumulates(small_text,
+                                                                              tmp_path):
+    """Two micro-batches a step: the probe's copy is of the gradient both left (each backward
+    queues its own), the one the loop's gradient norm measures, not the first micro-batch's."""
+    cfg = tiny_config(small_text, steps=3, eval_every=3, log_every=1, gradflow_every=1,
+                      grad_accum=2, grad_clip=0.0, dtype="float32")
+    train(cfg, tmp_path / "run", progress=False, probes=standard_probes(cfg))
+    norms = {r["step"]: r["grad_norm"] for r in read_jsonl(tmp_path / "run/metrics.jsonl")}
+    flows = read_jsonl(tmp_path / "run" / "gradflow.jsonl")
+    assert [r["step"] for r in flows] == [0, 1, 2]
+    for r in flows:
+        total = math.sqrt(sum(v * v for v in r["layers"].values()))
+        assert total == pytest.approx(norms[r["step"]], rel=1e-4)
+
+
+def test_a_loss_summary_json_holds_as_null_is_tabled_as_nan_under_its_heading():
+    """summary.json writes a NaN or infinite loss as null: the table says nan where a number
+    would stand, right-aligned under its heading, the columns after it in place."""
+    row = dict(steps=20, train_s=1.0, time_to={})
+    table = [{"variant": "fine", "tokenizer": "char, vocab 65", "final_val_loss": 1.61,
+              "final_val_bpb": 2.3125, "best_val_loss": 2.5, **row},
+             {"variant": "blew-up", "tokenizer": "bpe, vocab 280", "final_val_loss": None,
+              "final_val_bpb": None, "best_val_loss": None, **row}]
+    header, _, fine, nan = format_table(table).splitlines()
+    assert nan.split()[1:4] == ["nan"] * 3 and len(nan) == len(fine)
+    for heading, number in (("final val", "1.6100"), ("val bpb", "2.3125"),
+                            ("best val", "2.5000")):
+        end = header.index(heading) + len(heading)
+        assert fine[:end].endswith(number) and nan[:end].endswith(" nan")

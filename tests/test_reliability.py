@@ -44,6 +44,7 @@ from minigpt import (
     MiniGPT,
     MiniGPTError,
     TrainingStopped,
+    distributed,
     load_checkpoint,
     load_model,
     resume_config,
@@ -52,7 +53,7 @@ from minigpt import (
 from minigpt.cli import main
 from minigpt.diagnostics.compare import compare
 from minigpt.diagnostics.probes import Probe
-from minigpt.errors import Terminated
+from minigpt.errors import Terminated, training_error
 from minigpt.files import (
     append_line,
     atomic_folder,
@@ -1129,3 +1130,57 @@ def test_a_checkpoints_parts_edited_out_of_shape_are_refused_in_one_line(small_t
     with pytest.raises(MiniGPTError, match=rf"checkpoint {re.escape(str(last))} is not readable: "
                                            rf".*{re.escape(said)}"):
         train(resume_config(run, {"steps": 8}), run, resume=True, progress=False)
+
+
+LOST = [RuntimeError("[gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:1"),
+        RuntimeError("[gloo/transport/tcp/pair.cc:598] Connection reset by peer"),
+        torch.distributed.DistNetworkError("failed to recv, got 0 bytes")]
+
+
+@pytest.mark.parametrize("error", LOST)
+def test_a_lost_peer_under_torchrun_is_told_with_the_command_that_goes_on(error, tmp_path):
+    """The checkpoint's own step, and torchrun with as many processes as the run had; none
+    yet: the run is trained again. One process (nobody to lose) or an out-of-memory error
+    (NCCL's) is not a lost peer."""
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    again = "torchrun --nproc_per_node=3 -m minigpt train"
+    said = str(training_error(error, 1, checkpoints, processes=3))
+    assert said == (f"another process of the run stopped, after 1 step; it had no checkpoint "
+                    f"yet: train it again with {again} --out {tmp_path / 'run'}")
+    (checkpoints / "last.json").write_text(json.dumps({"step": 1200}))
+    said = str(training_error(error, 1250, checkpoints, processes=3))
+    assert said.endswith(f"after 1,250 steps; its last checkpoint, of step 1,200, is intact: "
+                         f"continue with {again} --resume {tmp_path / 'run'}")
+    assert training_error(error, 1250, checkpoints) is error  # one process: no peer
+    memory = type(error)(f"{error}; out of memory")
+    assert str(training_error(memory, 1250, checkpoints, processes=3)).startswith(
+        "out of memory after 1,250 steps")
+
+
+def test_an_error_of_torchrun_that_is_no_lost_peer_is_left_as_it_is(tmp_path):
+    error = RuntimeError("NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled cuda error")
+    assert training_error(error, 5, tmp_path / "checkpoints", processes=2) is error
+
+
+def test_outlasting_torchrun_ignores_its_sigterm_from_the_main_thread_only():
+    """From another thread (where Python sets no signal handler) it does nothing, and does
+    not fail."""
+    was = signal.getsignal(signal.SIGTERM)
+    failed = []
+
+    def elsewhere():
+        try:
+            distributed.outlast_torchrun()
+        except Exception as e:  # noqa: BLE001 (a thread's error reaches no test)
+            failed.append(e)
+
+    try:
+        thread = threading.Thread(target=elsewhere)
+        thread.start()
+        thread.join()
+        assert failed == [] and signal.getsignal(signal.SIGTERM) == was
+        distributed.outlast_torchrun()
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, was)
