@@ -582,3 +582,22 @@ def test_a_loss_summary_json_holds_as_null_is_tabled_as_nan_under_its_heading():
                             ("best val", "2.5000")):
         end = header.index(heading) + len(heading)
         assert fine[:end].endswith(number) and nan[:end].endswith(" nan")
+
+
+def test_a_variant_that_diverges_is_a_row_and_the_comparison_goes_on(tmp_path, caplog):
+    """SGD at a rate far too high is the lesson's answer, not a failure: it once stopped the
+    whole comparison before AdamW trained."""
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be, that is the question\n" * 80)
+    common = {**TINY, "steps": 12, "eval_every": 4, "log_every": 1, "text": str(text),
+              "grad_clip": 0.0}
+    table = compare({"sgd": {"optimizer": "sgd", "lr": 1e9}, "adamw": {}}, tmp_path / "c",
+                    common=common, progress=False)
+    sgd, adamw = table
+    assert sgd["final_val_loss"] is None and 0 < sgd["diverged"] == sgd["steps"] < 12
+    assert "sgd: diverged at step" in caplog.text
+    assert adamw["steps"] == 12 and math.isfinite(adamw["final_val_loss"])
+    saved = json.loads((tmp_path / "c" / "compare.json").read_text(),
+                       parse_constant=lambda c: pytest.fail(f"{c} in compare.json"))
+    assert [r["variant"] for r in saved] == ["sgd", "adamw"]
+    assert "nan" in format_table(table).splitlines()[2]  # sgd's row: no final loss

@@ -13,6 +13,15 @@ class MiniGPTError(ValueError):
     """A problem the user can fix (bad input, missing file, bad config): said in one line."""
 
 
+class Diverged(MiniGPTError):
+    """Training stopped at `step`: more batches than --skip-nonfinite allows had gradients
+    that were not finite (the last checkpoint holds the last good state)."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
 class TrainingStopped(Exception):
     """Training stopped on SIGINT or SIGTERM after saving a checkpoint (exit 128 + signum): in
     `folder`, after `steps`, trained by `processes`; its message says how to continue in

@@ -26,7 +26,7 @@ from minigpt import console, distributed, performance
 from minigpt.clock import Clock, Speed
 from minigpt.config import RunConfig, TrainConfig, parse_targets, validate
 from minigpt.data import cache_dir
-from minigpt.errors import MiniGPTError, peer_lost, training_error
+from minigpt.errors import Diverged, MiniGPTError, peer_lost, training_error
 from minigpt.evaluate import bits_per_byte, check_initial_loss, estimate_loss, split_loss
 from minigpt.files import append_line, as_path, atomic_write_text
 from minigpt.model import MiniGPT
@@ -228,10 +228,10 @@ def check_row(run: Run, row: dict) -> None:
             f"gradient that is not finite (now: loss {console.fmt(row['train_loss'], '.4g')}, "
             f"gradient norm {console.fmt(row['grad_norm'], '.4g')})")
     if skipped > allowed:
-        raise MiniGPTError(f"{what}; stopped (last checkpoint: {run.folder / 'checkpoints'}). "
-                           f"Likely cause: learning rate {row['lr']:.3g} too high; try a lower "
-                           f"--lr, --grad-clip 1.0, or --skip-nonfinite N"
-                           + f" above {allowed} (counted at log lines)" * bool(allowed))
+        raise Diverged(f"{what}; stopped (last checkpoint: {run.folder / 'checkpoints'}). "
+                       f"Likely cause: learning rate {row['lr']:.3g} too high; try a lower "
+                       f"--lr, --grad-clip 1.0, or --skip-nonfinite N"
+                       + f" above {allowed} (counted at log lines)" * bool(allowed), row["step"])
     log.warning(f"{what}: skipped ({skipped} of {allowed} allowed)")
 
 

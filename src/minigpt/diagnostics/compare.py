@@ -20,11 +20,17 @@ import json
 import logging
 from pathlib import Path
 
-from minigpt.config import field_index, read_config_file, resolve_config, suggest
+from minigpt.config import (
+    field_index,
+    parse_targets,
+    read_config_file,
+    resolve_config,
+    suggest,
+)
 from minigpt.console import fmt
 from minigpt.diagnostics.plots import plot_overlay
 from minigpt.diagnostics.probes import SECTIONS, standard_probes
-from minigpt.errors import MiniGPTError, TrainingStopped
+from minigpt.errors import Diverged, MiniGPTError, TrainingStopped
 from minigpt.files import atomic_write_text, folder_holds, read_jsonl
 from minigpt.trainer import train
 
@@ -169,6 +175,9 @@ def compare(variants: dict[str, dict], out_dir: str | Path, preset: str = "seed"
                                                 f"call, with out_dir={str(out_dir)!r}, "
                                                 f"continues the comparison", e.folder,
                                       e.steps, e.processes) from None
+            except Diverged as e:  # an answer, not a failure (SGD at a rate too high, say)
+                log.warning(f"{name}: diverged at step {e.step}; the comparison goes on")
+                summary = diverged_summary(folder, cfg, e.step)
             except MiniGPTError as e:  # (its text not found, say): which variant's
                 raise MiniGPTError(f"variant {name}: {e}") from None
         trained = read_config_file(folder)  # its settings as trained: its vocabulary's size
@@ -181,6 +190,19 @@ def compare(variants: dict[str, dict], out_dir: str | Path, preset: str = "seed"
     plot_overlay(curves, out_dir / "compare.png", title=", ".join(variants), per_byte=per_byte)
     atomic_write_text(out_dir / "compare.json", json.dumps(table, indent=2) + "\n")
     return table
+
+
+def diverged_summary(folder: Path, cfg, step: int) -> dict:
+    """A table row's figures for a variant that diverged at `step`: no final loss, the best
+    of its evaluations and its seconds from its metrics, and the step (not saved: the same
+    compare, run again, trains it again from its last checkpoint)."""
+    rows = read_jsonl(folder / "metrics.jsonl")
+    losses = [r["val_loss"] for r in rows if r.get("val_loss") is not None]
+    return {"final_val_loss": None, "final_val_bpb": None,
+            "best_val_loss": min(losses, default=None), "steps": step,
+            "train_s": rows[-1].get("time_s", 0.0) if rows else 0.0,
+            "time_to": {f"{x:g}": None for x in parse_targets(cfg.train.targets)},
+            "diverged": step}
 
 
 def difference(was: dict, now: dict) -> str:
