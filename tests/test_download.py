@@ -1,5 +1,6 @@
 """The downloader against a real HTTP server on 127.0.0.1 (never the internet)."""
 
+import contextlib
 import functools
 import hashlib
 import http.server
@@ -46,30 +47,39 @@ def test_a_good_file_is_saved_a_wrong_or_missing_one_not(server, tmp_path):
         download(f"{base}/nope.txt", tmp_path / "x.txt", "0" * 64)
 
 
-def test_a_body_cut_short_is_said_so_not_as_a_checksum(tmp_path):
-    """The connection closed after half the promised bytes: the count says what happened (the
-    checksum alone read like a wrong file)."""
-    class Half(http.server.BaseHTTPRequestHandler):
+@contextlib.contextmanager
+def serving(body: bytes, length: int | None):
+    """A server on 127.0.0.1 that answers any GET with `body`, promising `length` bytes (None:
+    no Content-Length, HTTP/1.0's way, the body ending as the connection closes); yields a URL."""
+    class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             self.send_response(200)
-            self.send_header("Content-Length", "1000")
+            if length is not None:
+                self.send_header("Content-Length", str(length))
             self.end_headers()
-            self.wfile.write(b"x" * 500)
+            self.wfile.write(body)
             self.close_connection = True
 
         def log_message(self, *args):
             pass
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Half)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    dest = tmp_path / "cache" / "a.txt"
     try:
-        with pytest.raises(MiniGPTError, match=r"stopped after 500 of 1,000 bytes \(the "
-                                               r"connection closed early\); not saved"):
-            download(f"http://127.0.0.1:{httpd.server_address[1]}/a.txt", dest, "0" * 64)
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/a.txt"
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_a_body_cut_short_is_said_so_not_as_a_checksum(tmp_path):
+    """The connection closed after half the promised bytes: the count says what happened (the
+    checksum alone read like a wrong file)."""
+    dest = tmp_path / "cache" / "a.txt"
+    with serving(b"x" * 500, 1000) as url, pytest.raises(
+            MiniGPTError, match=r"stopped after 500 of 1,000 bytes \(the connection closed "
+                                r"early\); not saved"):
+        download(url, dest, "0" * 64)
     assert not dest.exists() and list(dest.parent.iterdir()) == []
 
 
@@ -97,27 +107,9 @@ def test_tinyshakespeare_downloaded_into_the_cache(server, tmp_path, monkeypatch
 
 
 def test_a_body_with_no_promised_length_is_read_to_its_end(tmp_path):
-    """HTTP/1.0's way: no Content-Length, the body ends as the connection closes. There is no
-    count to hold it to; the checksum alone judges it."""
+    """No Content-Length: there is no count to hold the body to; the checksum alone judges it."""
     body = b"hello shakespeare\n" * 1000
-
-    class Unsized(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(body)
-            self.close_connection = True
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unsized)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     dest = tmp_path / "cache" / "a.txt"
-    try:
-        download(f"http://127.0.0.1:{httpd.server_address[1]}/a.txt", dest,
-                 hashlib.sha256(body).hexdigest())
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serving(body, None) as url:
+        download(url, dest, hashlib.sha256(body).hexdigest())
     assert dest.read_bytes() == body
