@@ -600,4 +600,8 @@ def test_a_variant_that_diverges_is_a_row_and_the_comparison_goes_on(tmp_path, c
     saved = json.loads((tmp_path / "c" / "compare.json").read_text(),
                        parse_constant=lambda c: pytest.fail(f"{c} in compare.json"))
     assert [r["variant"] for r in saved] == ["sgd", "adamw"]
-    assert "nan" in format_table(table).splitlines()[2]  # sgd's row: no final loss
+    lines = format_table(table).splitlines()
+    assert "nan" in lines[2] and len(lines[2]) == len(lines[3])  # sgd's row: no final loss
+    sgd["best_val_loss"] = 1942973.014  # (a diverged run's estimate can be that): in its column
+    assert "1.94e+06" in format_table(table).splitlines()[2]
+    assert len(set(map(len, format_table(table).splitlines()))) == 1

@@ -250,6 +250,11 @@ def tokenizers_differ(table: list[dict]) -> bool:
     return len({r.get("tokenizer") for r in table}) > 1
 
 
+def _loss(x: float | None, width: int) -> str:
+    """A loss in its column: 1.5147; a diverged run's 1.94e+06; nan for none."""
+    return fmt(x, f"{width}.4f") if x is None or abs(x) < 1e4 else f"{x:{width}.2e}"
+
+
 def format_table(table: list[dict]) -> str:
     """Each variant's losses (and its final validation bits per byte, where the variants'
     tokenizers differ), steps, seconds of training and seconds to each target (in nats per
@@ -264,8 +269,8 @@ def format_table(table: list[dict]) -> str:
         reached = "".join(f"  {_seconds(r['time_to'][x]) if x in r['time_to'] else 'n/a':>7}"
                           for x in targets)  # n/a: a target this variant did not track
         bpb = f"  {fmt(r['final_val_bpb'], '7.4f')}" if per_byte else ""
-        lines.append(f"{r['variant']:<{width}}  {fmt(r['final_val_loss'], '9.4f')}{bpb}  "
-                     f"{fmt(r['best_val_loss'], '8.4f')}  {r['steps']:6d}  {r['train_s']:7.1f}"
+        lines.append(f"{r['variant']:<{width}}  {_loss(r['final_val_loss'], 9)}{bpb}  "
+                     f"{_loss(r['best_val_loss'], 8)}  {r['steps']:6d}  {r['train_s']:7.1f}"
                      f"{reached}")
     return "\n".join(lines)
 
