@@ -594,14 +594,23 @@ def test_a_variant_that_diverges_is_a_row_and_the_comparison_goes_on(tmp_path, c
     table = compare({"sgd": {"optimizer": "sgd", "lr": 1e9}, "adamw": {}}, tmp_path / "c",
                     common=common, progress=False)
     sgd, adamw = table
-    assert sgd["final_val_loss"] is None and 0 < sgd["diverged"] == sgd["steps"] < 12
+    assert sgd["final_val_loss"] is None and 0 < sgd["diverged"] == sgd["steps"] - 1 < 11
     assert "sgd: diverged at step" in caplog.text
     assert adamw["steps"] == 12 and math.isfinite(adamw["final_val_loss"])
     saved = json.loads((tmp_path / "c" / "compare.json").read_text(),
                        parse_constant=lambda c: pytest.fail(f"{c} in compare.json"))
     assert [r["variant"] for r in saved] == ["sgd", "adamw"]
     lines = format_table(table).splitlines()
-    assert "nan" in lines[2] and len(lines[2]) == len(lines[3])  # sgd's row: no final loss
+    assert "diverged" in lines[2] and len(lines[2]) == len(lines[3])  # sgd's: no final loss
     sgd["best_val_loss"] = 1942973.014  # (a diverged run's estimate can be that): in its column
     assert "1.94e+06" in format_table(table).splitlines()[2]
     assert len(set(map(len, format_table(table).splitlines()))) == 1
+
+
+def test_the_first_difference_of_two_comparisons_is_named_whichever_side_has_the_key():
+    from minigpt.diagnostics.compare import difference
+
+    was = {"a": {"train": {"lr": 0.1, "ema": 0.9}}}
+    assert difference(was, {"a": {"train": {"lr": 0.1}}}) == "a's ema was 0.9, not None"
+    assert difference(was, {"a": {"train": {"lr": 0.2, "ema": 0.9}}}) == "a's lr was 0.1, not 0.2"
+    assert difference(was, {"b": {}}) == "its variants were a"

@@ -622,7 +622,7 @@ def test_an_append_written_in_pieces_is_whole_and_one_that_fails_is_cut_back_off
 
 def test_truncating_a_log_keeps_the_rows_before_the_step_and_drops_a_torn_one(tmp_path):
     """What a checkpoint at step 5 includes: steps 0 to 4 (a resumed run writes step 5 again);
-    a row with no step is from no step before it, and a torn line is dropped."""
+    a row with no step (none minigpt writes) and a torn line are dropped."""
     path = tmp_path / "m.jsonl"
     rows = [{"step": 0}, {"step": 4, "loss": 1.5}, {"note": "no step"}, {"step": 5}, {"step": 9}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 6, "lo')
@@ -851,14 +851,14 @@ def test_only_names_a_killed_writer_leaves_are_swept_away(tmp_path):
 def test_blank_lines_are_no_damage_and_a_line_not_an_object_is(tmp_path, caplog):
     rows = [{"step": 0, "loss": 4.2}, {"step": 5, "loss": 3.1}]
     lines = [json.dumps(rows[0]), "", "  ", json.dumps(rows[1]), "[1, 2]", "",
-             '{"step": "x", "train_loss": "abc"}', '{"step": true}']  # (edited by hand: the
-    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")  # report's sort, a resume's
-    with caplog.at_level(logging.WARNING, logger="minigpt"):  # cut, compared them to numbers)
+             '{"step": "x", "train_loss": "abc"}', '{"step": true}', '{"loss": 1.0}']  # (by hand:
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")  # the report's sort and a
+    with caplog.at_level(logging.WARNING, logger="minigpt"):  # resume's cut read their steps)
         assert read_jsonl(tmp_path / "m.jsonl") == rows
         truncate_jsonl(tmp_path / "m.jsonl", 5)
     assert read_jsonl(tmp_path / "m.jsonl") == rows[:1]
     assert [r.getMessage() for r in caplog.records][0] == \
-        f"{tmp_path / 'm.jsonl'}: dropped 3 damaged line(s), as a crash leaves them"
+        f"{tmp_path / 'm.jsonl'}: dropped 4 damaged line(s), as a crash leaves them"
 
 
 def test_a_damaged_tag_keeps_every_checkpoint_and_the_run_going(good_run, tmp_path, caplog):
@@ -1111,8 +1111,11 @@ def test_a_checkpoint_missing_any_part_of_the_runs_state_is_not_resumable(missin
 
 
 @pytest.mark.parametrize("edit, said", [
-    (lambda parts: parts["state"].update(best_val="x"), "a figure of its state is not a number"),
-    (lambda parts: parts["clock"].update(seconds="x"), "a figure of its state is not a number"),
+    (lambda parts: parts["state"].update(best_val="x"), "parts.state.best_val is 'x', not a float"),
+    (lambda parts: parts["state"].update(step=4.0), "parts.state.step is 4.0, not a whole number"),
+    (lambda parts: parts["state"].update(reached=5), "parts.state.reached is 5, not a dict"),
+    (lambda parts: parts["clock"].update(seconds="x"), "parts.clock.seconds is 'x', not a number"),
+    (lambda parts: parts["clock"].pop("seconds"), "parts.clock.seconds is missing"),
     (lambda parts: parts.update(state={}), "its state is at step 0, not 4"),
     (lambda parts: parts.pop("clock"), "parts.clock is missing"),
     (lambda parts: parts["state"].update(steps=4), "unexpected keyword argument 'steps'"),

@@ -152,9 +152,13 @@ def open_text(text: str | Path, tokenizer: str = "char", vocab_size: int = 0,
     try:
         return open_prepared(folder)
     except MiniGPTError as e:
-        log.warning(f"the token cache of {text} cannot be read, so it is prepared again: {e}")
-        with lock_folder(folder.parent, wait=True):
-            shutil.rmtree(folder, ignore_errors=True)
+        with lock_folder(folder.parent, wait=True):  # (where the caches are prepared)
+            try:  # another process may have prepared it again meanwhile
+                return open_prepared(folder)
+            except MiniGPTError:
+                log.warning(f"the token cache of {text} cannot be read, so it is prepared "
+                            f"again: {e}")
+                shutil.rmtree(folder, ignore_errors=True)
         return open_prepared(prepared_text(text, tokenizer, vocab_size, val_fraction))
 
 

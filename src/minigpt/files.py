@@ -144,7 +144,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 def jsonl_rows(path: str | Path) -> tuple[list[dict], int]:
     """read_jsonl's rows, and how many damaged lines it dropped, without a word (a line that
-    is not a JSON object, or whose step is not a whole number)."""
+    is not a JSON object, or whose step is missing or not a whole number: every row minigpt
+    writes has one)."""
     path = Path(path)
     if not path.exists():
         return [], 0
@@ -156,7 +157,7 @@ def jsonl_rows(path: str | Path) -> tuple[list[dict], int]:
             row = json.loads(line)
         except ValueError:
             row = None
-        step = row.get("step", 0) if isinstance(row, dict) else None
+        step = row.get("step") if isinstance(row, dict) else None
         if isinstance(step, int) and not isinstance(step, bool):
             rows.append(row)
         else:
@@ -177,7 +178,7 @@ def truncate_jsonl(path: str | Path, step: int) -> None:
     `step` includes), and none that a crash tore: a resumed run writes the rest again."""
     path = Path(path)
     if path.exists():
-        kept = [row for row in read_jsonl(path) if row.get("step", step) < step]
+        kept = [row for row in read_jsonl(path) if row["step"] < step]
         atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n"
                                         for row in kept))
 

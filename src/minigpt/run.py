@@ -18,7 +18,7 @@ import shlex
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 
@@ -98,6 +98,12 @@ class TrainState:
 
     def load_state_dict(self, state: dict) -> None:  # (a state saved before skipped_logged:
         self.__init__(**{"skipped_logged": state.get("skipped", 0), **state})  # its rows told)
+        for f in fields(self):  # (a checkpoint's JSON edited by hand: said, not met later)
+            value, kind = getattr(self, f.name), {"int": int, "float": (int, float)}.get(f.type)
+            if isinstance(value, bool) or not isinstance(value, kind or dict) or (
+                    f.type == "int" and value < 0):
+                raise ValueError(f"parts.state.{f.name} is {value!r}, not "
+                                 + ("a whole number >= 0" if f.type == "int" else f"a {f.type}"))
 
 
 @dataclass
@@ -331,17 +337,18 @@ def load_parts(run: Run, meta: dict, path: Path) -> None:
     must be there and of the checkpoint's step (a hand-edited or damaged JSON is refused in
     one line, not met later as a traceback or a run that starts over), and any other part's
     (a probe the checkpoint has no state for starts afresh)."""
+    name = ""
     try:
         for name, part in parts_with_state(run).items():
             if name in meta["parts"] or name in ("state", "clock"):
                 part.load_state_dict(meta["parts"][name])
-        figures = (run.state.step, run.state.best_val, run.state.tokens, run.clock.before)
-        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in figures):
-            raise ValueError(f"a figure of its state is not a number: {figures}")
+        if isinstance(run.clock.before, bool) or not isinstance(run.clock.before, (int, float)):
+            raise ValueError(f"parts.clock.seconds is {run.clock.before!r}, not a number")
         if run.state.step != meta["step"]:
             raise ValueError(f"its state is at step {run.state.step}, not {meta['step']}")
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        what = f"parts.{e.args[0]} is missing" if isinstance(e, KeyError) else str(e)
+        missing = ".".join(["parts", name, str(e.args[0])][:2 if e.args[0] == name else 3])
+        what = f"{missing} is missing" if isinstance(e, KeyError) else str(e)
         raise MiniGPTError(f"checkpoint {path} is not readable: {what}") from None
 
 

@@ -194,12 +194,13 @@ def compare(variants: dict[str, dict], out_dir: str | Path, preset: str = "seed"
 
 def diverged_summary(folder: Path, cfg, step: int) -> dict:
     """A table row's figures for a variant that diverged at `step`: no final loss, the best
-    of its evaluations and its seconds from its metrics, and the step (not saved: the same
+    of its evaluations and its seconds from its metrics, the steps it took (that one the
+    last) and the step it diverged at (not saved: the same
     compare, run again, trains it again from its last checkpoint)."""
     rows = read_jsonl(folder / "metrics.jsonl")
     losses = [r["val_loss"] for r in rows if r.get("val_loss") is not None]
     return {"final_val_loss": None, "final_val_bpb": None,
-            "best_val_loss": min(losses, default=None), "steps": step,
+            "best_val_loss": min(losses, default=None), "steps": step + 1,
             "train_s": rows[-1].get("time_s", 0.0) if rows else 0.0,
             "time_to": {f"{x:g}": None for x in parse_targets(cfg.train.targets)},
             "diverged": step}
@@ -211,11 +212,11 @@ def difference(was: dict, now: dict) -> str:
     if list(was) != list(now):
         return f"its variants were {', '.join(was)}"
     for name, sections in now.items():
-        for section, values in sections.items():
-            for key, value in values.items():
-                before = was[name].get(section, {}).get(key)
-                if before != value:
-                    return f"{name}'s {key} was {before!r}, not {value!r}"
+        for section in {**was[name], **sections}:
+            before, after = was[name].get(section, {}), sections.get(section, {})
+            for key in {**before, **after}:
+                if before.get(key) != after.get(key):
+                    return f"{name}'s {key} was {before.get(key)!r}, not {after.get(key)!r}"
     return "its settings were others"
 
 
@@ -269,7 +270,9 @@ def format_table(table: list[dict]) -> str:
         reached = "".join(f"  {_seconds(r['time_to'][x]) if x in r['time_to'] else 'n/a':>7}"
                           for x in targets)  # n/a: a target this variant did not track
         bpb = f"  {fmt(r['final_val_bpb'], '7.4f')}" if per_byte else ""
-        lines.append(f"{r['variant']:<{width}}  {_loss(r['final_val_loss'], 9)}{bpb}  "
+        final = (f"{'diverged':>9}" if r.get("diverged") is not None
+                 else _loss(r["final_val_loss"], 9))  # (at its "steps")
+        lines.append(f"{r['variant']:<{width}}  {final}{bpb}  "
                      f"{_loss(r['best_val_loss'], 8)}  {r['steps']:6d}  {r['train_s']:7.1f}"
                      f"{reached}")
     return "\n".join(lines)
