@@ -194,9 +194,9 @@ def compare(variants: dict[str, dict], out_dir: str | Path, preset: str = "seed"
 
 def diverged_summary(folder: Path, cfg, step: int) -> dict:
     """A table row's figures for a variant that diverged at `step`: no final loss, the best
-    of its evaluations and its seconds from its metrics, the steps it took (that one the
-    last) and the step it diverged at (not saved: the same
-    compare, run again, trains it again from its last checkpoint)."""
+    of its evaluations and its seconds from its metrics, the steps it took (that one the last)
+    and the step it diverged at (not saved: the same compare, run again, trains it again from
+    its last checkpoint)."""
     rows = read_jsonl(folder / "metrics.jsonl")
     losses = [r["val_loss"] for r in rows if r.get("val_loss") is not None]
     return {"final_val_loss": None, "final_val_bpb": None,
@@ -236,8 +236,8 @@ def claim(out_dir: Path, settings: dict, folders) -> None:
         was = json.loads(path.read_text(encoding="utf-8"))
         raise MiniGPTError(f"{out_dir} holds a comparison of other variants or settings "
                            f"({difference(was, json.loads(json.dumps(settings)))}), some "
-                           f"trained; choose another "
-                           f"--out, or run that comparison's command to continue it")
+                           f"trained; choose another --out, or run that comparison's command "
+                           f"to continue it")
     # a new comparison, or one that failed before any checkpoint (the corrected command takes
     # its place): a variant's folder may be one it began (a run's config.json), no other
     if taken := [f for f in folders

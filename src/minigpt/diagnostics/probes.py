@@ -186,7 +186,8 @@ class GradFlowProbe(Probe):
 
         def hook(p):
             if not due():
-                self.grads = {}  # a due step that took no step (a NaN gradient) left them
+                if self.grads:  # a due step that took no step (a NaN gradient) left them
+                    self.grads = {}
             elif self.waiting != self.state.step:  # this backward's first gradient: copy them
                 self.waiting = self.state.step  # all as it ends, after DDP's own callback,
                 # which averages them (queued after this one; a backward that raised runs none)
