@@ -87,6 +87,31 @@ def test_a_comparison_of_one_variant_says_there_is_nothing_to_compare(small_text
     assert "warning: one variant (adamw): nothing to compare it with; give another" in r.stderr
 
 
+def test_a_comparison_started_in_the_same_second_as_another_gets_its_own_folder(
+        small_text, tmp_path, capsys, monkeypatch):
+    """Without --out, a second comparison started within the same second went on into the
+    first's folder (`compare` continues a comparison found in its --out)."""
+    from datetime import datetime
+
+    import minigpt.run
+
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 12, 6, 23, 0, 21)
+
+    monkeypatch.setattr(minigpt.run, "datetime", Frozen)
+    monkeypatch.chdir(tmp_path)
+    first = tmp_path / "runs" / "compare-20261206-230021"
+    first.mkdir(parents=True)
+    r = in_process(capsys, "compare", "--optimizers", "adamw", *TINY_FLAGS, "--steps", "2",
+                   "--eval-every", "1", "--text", str(small_text))
+    assert r.returncode == 0, r.stderr
+    assert not any(first.iterdir())
+    assert "runs/compare-20261206-230021-2/compare.png" in r.stdout
+    assert (first.with_name(first.name + "-2") / "compare.json").is_file()
+
+
 @pytest.fixture(scope="module")
 def report(cli_run, tmp_path_factory):
     out, _, _ = cli_run

@@ -413,9 +413,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from datetime import datetime
-
     from minigpt.diagnostics.compare import by_name, compare, format_table, parse_variant, variants
+    from minigpt.run import fresh_folder
 
     named = [parse_variant(v) for v in args.variant]
     if args.optimizers or args.schedules or args.clip or not named:
@@ -425,7 +424,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         log.warning(f"one variant ({next(iter(runs))}): nothing to compare it with; give "
                     f"another (--variant NAME:KEY=VALUE, or a second value on an axis)")
     common = {"steps": COMPARE_STEPS, **settings_given(args)}
-    out = args.out or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}"
+    out = args.out or str(fresh_folder("compare"))
     log.setLevel(logging.WARNING)  # the table says what matters
     try:
         table = compare(runs, out, args.preset or "seed", args.config, common,

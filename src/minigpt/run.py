@@ -158,9 +158,13 @@ class WeightAverage:
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
-    """runs/<text>-<date>-<time>, with -2, -3, ... after it where a run started in the same
+    """runs/<text>-<date>-<time> (see fresh_folder)."""
+    return fresh_folder(Path(cfg.data.text).stem if cfg.data.text else "shakespeare")
+
+
+def fresh_folder(name: str) -> Path:
+    """runs/<name>-<date>-<time>, with -2, -3, ... after it where a run started in the same
     second (a sweep's) has the name already."""
-    name = Path(cfg.data.text).stem if cfg.data.text else "shakespeare"
     first = Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
     names = (first.with_name(f"{first.name}-{n}") for n in itertools.count(2))
     return next(folder for folder in itertools.chain([first], names) if not folder.exists())
