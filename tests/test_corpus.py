@@ -844,6 +844,21 @@ def test_train_on_a_prepared_folder_then_sample(corpus, tmp_path, capsys):
     assert (tmp_path / "a run" / "attention.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_the_pretrain_preset_on_characters_says_it_was_sized_for_a_prepared_corpus(
+        corpus, small_text, tmp_path, capsys):
+    out = tmp_path / "shards"
+    prepare(str(corpus[0]), out, shard_tokens=500, progress=False)
+    brief = [*TINY_FLAGS, *as_flags(dict(n_layer=2, steps=2, eval_every=1, eval_batches=1,
+                                         sample_tokens=0))]
+    warned = "the pretrain preset is sized for a prepared corpus"
+    for data, warns in ((out, False), (small_text, True)):
+        r = in_process(capsys, "train", "--preset", "pretrain", "--data", str(data), *brief,
+                       "--out", str(tmp_path / f"run-{warns}"))
+        assert r.returncode == 0, r.stderr
+        assert (warned in r.stderr) is warns, r.stderr
+    assert f"trains it on the characters of {small_text}" in r.stderr
+
+
 @pytest.mark.slow
 def test_train_bpe_from_the_command_line_saves_samples_and_resumes(small_text, tmp_path,
                                                                     capsys):

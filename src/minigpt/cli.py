@@ -384,6 +384,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     else:
         cfg = resolve_config(args.preset or "seed", args.config, settings_given(args), SECTIONS)
         warn_if_prepared(args, cfg.data.text)
+        if args.preset == "pretrain" and not (cfg.data.text and is_prepared(cfg.data.text)):
+            log.warning(f"the pretrain preset is sized for a prepared corpus of about 1 B BPE "
+                        f"tokens (minigpt prepare, then --data DIR: docs/scaling.md); this run "
+                        f"trains it on the characters of {cfg.data.text or 'TinyShakespeare'}")
     if unused := [f"--{key.replace('_', '-')} ({' or '.join(users)} only)"
                   for key, users in OPTIMIZER_SETTINGS.items()  # (typed: a preset's are not)
                   if key in settings_given(args) and cfg.train.optimizer not in users]:
