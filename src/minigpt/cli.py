@@ -368,14 +368,14 @@ OPTIMIZER_SETTINGS = {  # the optimizers that use each setting
 def cmd_train(args: argparse.Namespace) -> None:
     from minigpt.checkpoint import resume_config
     from minigpt.diagnostics.probes import standard_probes
-    from minigpt.run import default_run_dir, find_last_checkpoint
+    from minigpt.run import check_can_resume, default_run_dir
     from minigpt.trainer import train
 
     if args.resume:  # the command as first typed may be given again, with more steps, say
         if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
             raise MiniGPTError(f"--out {args.out} and --resume {args.resume} name different "
                                f"folders; --resume continues the run where it is")
-        find_last_checkpoint(Path(args.resume))  # (or why there is none to resume from)
+        check_can_resume(Path(args.resume))  # (or why there is none to resume from)
         cfg = resume_config(args.resume, settings_given(args), args.preset, args.config, SECTIONS)
         gone = cfg.data.text and not Path(cfg.data.text).expanduser().exists()
         if gone and "text" not in settings_given(args) and not args.config:  # the run's own

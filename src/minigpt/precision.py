@@ -37,6 +37,7 @@ import torch
 
 from minigpt.errors import MiniGPTError
 from minigpt.files import atomic_write_text, read_json
+from minigpt.step import MicroSteps
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +209,7 @@ def step_times(model: torch.nn.Module, batch_size: int, length: int,
 def pass_seconds(model: torch.nn.Module, idx: torch.Tensor, dtype: torch.dtype) -> float:
     """Seconds of one forward (under autocast to dtype, none for float32) and backward."""
     start = time.perf_counter()
-    with torch.autocast("cpu", dtype, enabled=dtype != torch.float32):
+    with MicroSteps(dtype=dtype).autocast(idx.device):
         _, loss = model(idx, idx)
     loss.backward()
     return time.perf_counter() - start

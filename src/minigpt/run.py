@@ -193,7 +193,7 @@ def build_run(cfg: RunConfig, folder: str | Path) -> Run:
     model = MiniGPT.from_config(cfg.model).to(device)
     if world.rank:  # the same weights in every process, but each its own dropout masks
         torch.manual_seed(cfg.train.seed + world.rank)
-    dtype, why = choose_dtype(cfg, model, world, device)
+    dtype, why = settle_dtype(cfg, model, world, device)
     compiled = performance.choose_compile(cfg.train.compile, device)
     performance.configure_backends(device)
     env = describe(device) | {"dtype": precision.dtype_name(dtype), "dtype_why": why,
@@ -208,7 +208,7 @@ def build_run(cfg: RunConfig, folder: str | Path) -> Run:
                started=started)
 
 
-def choose_dtype(cfg: RunConfig, model: MiniGPT, world: distributed.World,
+def settle_dtype(cfg: RunConfig, model: MiniGPT, world: distributed.World,
                  device: torch.device) -> tuple[torch.dtype, str]:
     """The forward's precision (minigpt.precision), the same on every process, and why. The
     answer is written into the config, so that a resumed run computes as this one did."""
@@ -255,7 +255,7 @@ def stopped_before_a_checkpoint(folder: Path) -> bool:
     return not any((folder / "checkpoints").glob("*.json"))
 
 
-def find_last_checkpoint(folder: Path) -> None:
+def check_can_resume(folder: Path) -> None:
     """Check that `folder` holds a run to resume (its last checkpoint), in one line if not."""
     check_holds_a_run(folder)  # (a corpus with a run's config.json copied in is no stopped run)
     if stopped_before_a_checkpoint(folder):

@@ -35,9 +35,9 @@ from minigpt.precision import highest_peak
 from minigpt.run import (
     Run,
     build_run,
+    check_can_resume,
     check_new_folder,
     default_run_dir,
-    find_last_checkpoint,
     hold_folder,
     prepare_folder,
     restore,
@@ -76,7 +76,7 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
     validate(cfg)  # (changed in code since resolve_config, say)
     folder = as_path(out_dir, "out_dir") if out_dir else default_run_dir(cfg)
     if resume:  # (before the folder is made and locked)
-        find_last_checkpoint(folder)
+        check_can_resume(folder)
     else:
         check_new_folder(folder)
     console.show_logs()

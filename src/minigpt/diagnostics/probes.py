@@ -34,7 +34,13 @@ from minigpt.diagnostics.attention import (
     readable_ids,
     token_labels,
 )
-from minigpt.diagnostics.gradflow import grad_stats, layer_norms, plot_layer_norms, snapshot
+from minigpt.diagnostics.gradflow import (
+    grad_stats,
+    gradients,
+    layer_norms,
+    plot_layer_norms,
+    snapshot,
+)
 from minigpt.errors import MiniGPTError
 from minigpt.files import append_line, printable, read_jsonl, truncate_jsonl
 from minigpt.run import Run
@@ -174,14 +180,14 @@ class GradFlowProbe(Probe):
 
     def start(self, run):
         super().start(run)
-        params = [(n, p) for n, p in run.model.named_parameters() if p.requires_grad]
+        params = [p for p in run.model.parameters() if p.requires_grad]
         engine = torch.autograd.Variable._execution_engine  # runs callbacks as backward ends
 
         def due() -> bool:
             return self.state.step % self.every == 0
 
         def keep():  # the gradients as backward leaves them: under torchrun, averaged by now
-            self.grads = {n: p.grad.detach().clone() for n, p in params if p.grad is not None}
+            self.grads = gradients(run.model)
             self.waiting = None
 
         def hook(p):
@@ -203,7 +209,7 @@ class GradFlowProbe(Probe):
             self.before, self.grads = None, {}
 
         self.waiting = None  # the step whose backward has its copy queued
-        self.handles = [p.register_post_accumulate_grad_hook(hook) for _, p in params]
+        self.handles = [p.register_post_accumulate_grad_hook(hook) for p in params]
         self.handles += [run.optimizer.register_step_pre_hook(pre),
                          run.optimizer.register_step_post_hook(post)]
 

@@ -301,9 +301,9 @@ def best_checkpoint(rows: list[dict], facts: Facts) -> list[Finding]:
 def early_stop(rows: list[dict], facts: Facts) -> list[Finding]:
     """A run that ended before its steps (or its time budget), `patience` evaluations after
     its best."""
-    best = best_evaluation(rows, facts)
     if facts.patience <= 0:
         return []
+    best = best_evaluation(rows, facts)
     after = [r["step"] for r in rows if "val_loss" in r  # NaN too, as the trainer counts it
              and (best is None or r["step"] > best[0])]
     if not ended_early(rows, facts) or len(after) < facts.patience:
