@@ -47,7 +47,7 @@ def lesson_step_seconds(rounds: int, steps: int) -> float:
     model = lesson.MiniGPT(tok.vocab_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
     def get_batch(split):  # the lesson's get_batch(split), on the train split
-        return lesson.get_batch(data, 128, 32)
+        return lesson.get_batch(data, 32, 128)
 
     lesson.train_step(model, optimizer, get_batch)  # warm-up
     times = []

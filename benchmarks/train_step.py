@@ -66,7 +66,7 @@ def lesson_variant(cfg, tokens: np.ndarray, device: torch.device):
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
     data = torch.from_numpy(tokens.astype(np.int64)).to(device)
     def get_batch(split):  # the lesson's get_batch(split), on the train split
-        return lesson.get_batch(data, m.block_size, cfg.train.batch_size)
+        return lesson.get_batch(data, cfg.train.batch_size, m.block_size)
 
     return lambda: lesson.train_step(model, optimizer, get_batch)
 

@@ -3,6 +3,7 @@
 import re
 
 import pytest
+import torch
 
 from conftest import tiny_config
 from minigpt import MiniGPTError, RunConfig, resolve_config, train
@@ -14,6 +15,9 @@ def test_presets_exist_and_load_and_seed_is_the_default_config():
     assert {"seed", "seed-reference", "nanogpt-char", "fast", "pretrain"} <= set(preset_names())
     ref = resolve_config("seed-reference").train
     assert (ref.lr, ref.schedule, ref.grad_clip, ref.steps) == (3e-4, "constant", 0.0, 5000)
+    lessons = torch.optim.AdamW([torch.zeros(1)], lr=3e-4).defaults  # the lesson's optimizer
+    assert ((ref.beta1, ref.beta2), ref.weight_decay) == (lessons["betas"], lessons["weight_decay"])
+    assert ref.dtype == "float32"  # the lesson's script computes in float32 (no autocast)
     nano = resolve_config("nanogpt-char")
     assert (nano.model.n_layer, nano.model.n_head, nano.model.n_embd) == (6, 6, 384)
     assert (nano.model.block_size, nano.train.batch_size, nano.model.dropout) == (256, 64, 0.2)

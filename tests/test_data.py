@@ -18,6 +18,7 @@ from minigpt import (
     prepare,
     split_loss,
 )
+from minigpt import lesson as lesson_code
 from minigpt.corpus import read_index
 from minigpt.data import cache_dir, prepared_text, tinyshakespeare_path
 
@@ -83,6 +84,9 @@ def test_get_batch_shapes_shift_offsets_seeding_and_range():
     lesson = torch.tensor(data.astype(np.int64))
     c = get_batch(lesson, 8, 10, torch.Generator().manual_seed(1))
     assert all(torch.equal(u, v) for u, v in zip(a, c, strict=True))
+    torch.manual_seed(1)  # the lesson's own, on the global generator, with the same arguments
+    d = lesson_code.get_batch(lesson, 8, 10)
+    assert all(torch.equal(u, v) for u, v in zip(a, d, strict=True))
 
 
 def test_helpers_refuse_what_they_cannot_use_in_one_line(tmp_path):

@@ -26,7 +26,7 @@ def test_lessons_training_loop_generate_and_gradient_flow(small_text, capsys):
 
     def get_batch(split):
         data = train_data if split == "train" else val_data
-        return lesson.get_batch(data, block_size, 32)
+        return lesson.get_batch(data, 32, block_size)
 
     # --- the lesson's model and training loop (section 8, fewer steps) ---
     model = MiniGPT(vocab_size, block_size=block_size)

@@ -3,8 +3,8 @@ against, and something a learner can import to set beside it.
 
     from minigpt import lesson
     model = lesson.MiniGPT(vocab_size)             # sections 5 and 6
-    xb, yb = lesson.get_batch(train_data, 128, 32)  # section 7
-    get = lambda split: lesson.get_batch(train_data if split == "train" else val_data, 128, 32)
+    xb, yb = lesson.get_batch(train_data, 32, 128)  # section 7: batch 32, block 128
+    get = lambda split: lesson.get_batch(train_data if split == "train" else val_data, 32, 128)
     loss = lesson.train(model, optimizer, get, steps=5000)  # section 8
     idx = lesson.generate(model, context, 200)      # section 9
 
@@ -46,6 +46,7 @@ class MiniGPT(nn.Module):
 
         loss = None
         if targets is not None:
+            # (B*T, vocab) scores against (B*T,) targets
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
         return logits, loss
 
@@ -93,8 +94,9 @@ class CausalSelfAttention(nn.Module):
         return self.Wo(y)
 
 
-def get_batch(data, block_size, batch_size):
-    """Section 7's get_batch(split), given the split's tensor instead of a split name."""
+def get_batch(data, batch_size, block_size):
+    """Section 7's get_batch(split), given the split's tensor instead of a split name (and the
+    sizes in minigpt.get_batch's order)."""
     ix = torch.randint(len(data) - block_size, (batch_size,))
     x = torch.stack([data[i:i + block_size] for i in ix])
     y = torch.stack([data[i + 1:i + block_size + 1] for i in ix])
@@ -139,7 +141,7 @@ def generate(model, idx, max_new_tokens=200):
     for _ in range(max_new_tokens):
         idx_cond = idx if idx.size(1) <= block_size else idx[:, -block_size:]
         logits, _ = model(idx_cond)
-        logits = logits[:, -1, :]
+        logits = logits[:, -1, :]  # (B, vocab): the last position's
         probs = F.softmax(logits, dim=-1)
         idx_next = torch.multinomial(probs, num_samples=1)
         idx = torch.cat([idx, idx_next], dim=1)

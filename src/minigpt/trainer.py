@@ -1,6 +1,6 @@
-"""The training loop, as the lesson writes it: the step (minigpt.step.train_step: zero_grad,
-batch, forward and loss, backward, clip, step), the schedule; then one line per periodic job:
-a metrics row, an evaluation, a checkpoint, stopping.
+"""The training loop: the schedule, the step (minigpt.step.train_step: the lesson's batch,
+forward and loss, backward, clip and step, with zero_grad first), then one line per periodic
+job: a metrics row, an evaluation, a checkpoint, stopping.
 
     from minigpt import train, resolve_config
     result = train(resolve_config(overrides={"steps": 300}), out_dir="runs/quick")
