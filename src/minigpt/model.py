@@ -119,7 +119,8 @@ class CausalSelfAttention(nn.Module):
             k, v = kv.update(k, v)  # (B, nh, S, hs): the S - T cached positions, then these T
         S = k.size(2)
         p = self.dropout if self.training else 0.0
-        if S == T:  # softmax(q k^T / sqrt(d_k)) v, causally masked, as one fused kernel
+        if S == T:  # softmax(q k^T / sqrt(d_k)) v, causally masked, as one fused kernel (the
+            # lesson's tril mask and masked_fill, written out: minigpt.lesson.CausalSelfAttention)
             y = attend(q, k, v, is_causal=True, dropout_p=p)
         elif T == 1:  # one query after the cached keys (sampling): it sees them all, no mask
             y = attend(q, k, v, dropout_p=p)

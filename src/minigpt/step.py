@@ -3,8 +3,9 @@ notebook and the benchmarks all call.
 
     loss, grad_norm = train_step(model, optimizer, batches, grad_clip=1.0)
 
-Gradient accumulation, autocast and DDP's gradient averaging sit behind `MicroSteps`, so the
-step reads the same with them and without.
+Gradient accumulation (a batch in several smaller passes), autocast (the forward's matmuls in
+bf16) and DDP's gradient averaging (data parallel training over processes) sit behind
+`MicroSteps`, so the step reads the same with them and without.
 """
 
 from __future__ import annotations

@@ -122,10 +122,10 @@ def loop(run: Run, progress: bool) -> TrainResult:
         (run.folder / "summary.json").unlink(missing_ok=True)  # is written again at the new end
     for probe in run.probes:
         probe.start(run)
-    # counted on the device, and held in the state for a checkpoint between rows (a signal's)
-    skipped = state.skipped = torch.full((), int(state.skipped), device=run.device)  # in all
-    clipped = state.clipped = torch.full((), int(state.clipped), device=run.device)  # since
-    # the last row
+    # counted on the device, and held in the state for a checkpoint between rows (a signal's):
+    # the steps skipped in all, and the steps clipped since the last row
+    skipped = state.skipped = torch.full((), int(state.skipped), device=run.device)
+    clipped = state.clipped = torch.full((), int(state.clipped), device=run.device)
     run.model.train()
     with StopSignals() as signals:
         clock.start()
