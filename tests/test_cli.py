@@ -61,6 +61,21 @@ def test_sample_into_a_pipe_that_closes_stops_quietly(cli_run):
     assert proc.stderr.read() == b""
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("args", [["--version"], ["autograd"], ["sample", "--max-new-tokens",
+                                                                 "20000"]])
+def test_standard_output_on_a_full_disk_is_one_line_and_exit_1(cli_run, args):
+    """stdout > /dev/full: what was left in its buffer failed at exit, as Python's two-line
+    'Exception ignored' and exit 120 (sample: after the command's own error line)."""
+    args = [*args, "--run", str(cli_run[0])] if args[0] == "sample" else args
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "minigpt", *args], stdout=full,
+                           stderr=subprocess.PIPE, text=True, timeout=120,
+                           env={**os.environ, "PYTHONUNBUFFERED": ""})
+    assert (r.returncode, r.stderr) == (
+        1, "minigpt: error: cannot write to standard output: No space left on device\n")
+
+
 def test_a_prompt_with_windows_line_ends_reads_as_the_text_was_read(cli_run, capsys):
     out, _, text = cli_run
     assert "\r" not in text.read_text() and "\n" in text.read_text()

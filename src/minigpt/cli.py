@@ -764,14 +764,19 @@ def run_command(argv: list[str] | None) -> int:
             if key in ("out", "run", "resume", "config") and isinstance(value, str):
                 setattr(args, key, os.path.expanduser(value))  # --out=~/x: no shell expands it
         args.handler(args)  # a command that returns has done its work
-        return 0
+        return finish_stdout(0)
+    except SystemExit:  # argparse's --help and --version (its usage errors: on stderr)
+        if code := finish_stdout(0):
+            return code
+        raise
     except MiniGPTError as e:
         say(f"minigpt: error: {e}")
         return 2
     except BrokenPipeError:  # the reader stopped reading (sample ... | head): not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (nor at exit's flush)
-        return 128 + 13  # as the shell reports a process SIGPIPE stopped
+        return finish_stdout(128 + 13)
     except OSError as e:  # disk full, permissions, a vanished file: say which, in one line
+        if e.filename is None and (code := finish_stdout(0)):  # standard output's (said)
+            return code
         if isinstance(e, (FileExistsError, NotADirectoryError)) and (
                 file := file_on_path(e.filename)):  # --out notes.txt/run
             say(f"minigpt: error: {file} is a file, not a folder")
@@ -787,6 +792,21 @@ def run_command(argv: list[str] | None) -> int:
     except Terminated:
         print("minigpt: terminated", file=sys.stderr)
         return 128 + signal.SIGTERM
+
+
+def finish_stdout(code: int) -> int:
+    """`code`, once standard output has taken what is left in its buffer; if it cannot, the
+    exit status that says so, said here rather than as Python's 'Exception ignored' at exit
+    (standard output then points at /dev/null, where exit's own flush has nothing to say)."""
+    try:
+        sys.stdout.flush()
+        return code
+    except OSError as e:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if isinstance(e, BrokenPipeError):  # the reader stopped reading (sample | head)
+            return 128 + 13  # as the shell reports a process SIGPIPE stopped
+        say(f"minigpt: error: cannot write to standard output: {e.strerror or e}")
+        return 1
 
 
 def terminate(signum, frame) -> None:
