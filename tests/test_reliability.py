@@ -1166,6 +1166,34 @@ def test_an_error_of_torchrun_that_is_no_lost_peer_is_left_as_it_is(tmp_path):
     assert training_error(error, 5, tmp_path / "checkpoints", processes=2) is error
 
 
+def test_out_of_memory_and_compile_failures_are_told_in_one_line(tmp_path):
+    """An allocator's error, in any case, told by its last non-empty line (torch's say what
+    failed last), the steps counted in words; torch.compile's failure known by its class's
+    name anywhere in its ancestry, told by its first line."""
+    memory = RuntimeError("in the allocator\n  Out of memory: tried to allocate 2 GiB\n\n")
+    said = str(training_error(memory, 0, tmp_path))
+    assert said.startswith("out of memory after 0 steps (Out of memory: tried to allocate 2 GiB)")
+    lost = RuntimeError("Connection reset by peer")
+    assert "stopped, after 0 steps;" in str(training_error(lost, 0, tmp_path, processes=2))
+
+    class BackendCompilerFailed(RuntimeError):
+        pass
+
+    class InductorFailed(BackendCompilerFailed):
+        pass
+
+    said = str(training_error(InductorFailed("no C++ compiler\ndetails"), 1, tmp_path))
+    assert said == "torch.compile failed (no C++ compiler); train without it: --compile off"
+
+
+def test_a_stop_agreed_on_for_another_processs_signal_exits_as_sigterm(tmp_path):
+    """A process that got no signal itself, stopped with its peers under torchrun: SIGTERM's
+    exit, and the processes the run had, for the command that continues it."""
+    with StopSignals() as signals:
+        stopped = signals.stopped(tmp_path, 3, processes=2)
+    assert (stopped.signum, stopped.steps, stopped.processes) == (signal.SIGTERM, 3, 2)
+
+
 def test_outlasting_torchrun_ignores_its_sigterm_from_the_main_thread_only():
     """From another thread (where Python sets no signal handler) it does nothing, and does
     not fail."""
