@@ -4,13 +4,14 @@ import contextlib
 import functools
 import hashlib
 import http.server
+import logging
 import socket
 import threading
 
 import pytest
 
 from minigpt import MiniGPTError, download, ensure_tinyshakespeare
-from minigpt.data import TINYSHAKESPEARE_SHA256, tinyshakespeare_path
+from minigpt.data import TINYSHAKESPEARE_SHA256, prepared_text, tinyshakespeare_path
 
 
 @pytest.fixture
@@ -95,11 +96,15 @@ def test_server_down_is_one_line_error(tmp_path):
 
 
 def test_tinyshakespeare_downloaded_into_the_cache(server, tmp_path, monkeypatch,
-                                                   tinyshakespeare_source):
+                                                   tinyshakespeare_source, caplog):
     base, root = server
     (root / "input.txt").write_bytes(tinyshakespeare_source.read_bytes())
     monkeypatch.setenv("MINIGPT_DATA_DIR", str(tmp_path / "fresh-cache"))
-    path = ensure_tinyshakespeare(f"{base}/input.txt")
+    with caplog.at_level(logging.INFO, logger="minigpt"):  # said before the wait, not after
+        path = ensure_tinyshakespeare(f"{base}/input.txt")
+    assert caplog.messages == [f"downloading TinyShakespeare (1.1 MB) from {base}/input.txt "
+                               f"into {path.parent}"]
+    assert path.stat().st_size / 1e6 == pytest.approx(1.1, abs=0.05)
     assert path == tinyshakespeare_path() == tmp_path / "fresh-cache/tinyshakespeare/input.txt"
     assert hashlib.sha256(path.read_bytes()).hexdigest() == TINYSHAKESPEARE_SHA256
     (root / "input.txt").unlink()
@@ -113,3 +118,21 @@ def test_a_body_with_no_promised_length_is_read_to_its_end(tmp_path):
     with serving(body, None) as url:
         download(url, dest, hashlib.sha256(body).hexdigest())
     assert dest.read_bytes() == body
+
+
+def test_a_cache_that_cannot_be_written_is_said_so_not_as_a_failed_download(tmp_path,
+                                                                            monkeypatch):
+    """A data cache under a file (or on a read-only home): it said 'cannot download ...; copy
+    the file to <the cache> by hand', advice that could not work, for TinyShakespeare and for
+    a text's token cache alike."""
+    (tmp_path / "notes.txt").write_text("not a folder")
+    monkeypatch.setenv("MINIGPT_DATA_DIR", str(tmp_path / "notes.txt" / "cache"))
+    text = tmp_path / "t.txt"
+    text.write_text("some text to train on\n" * 20)
+    for make in (lambda: ensure_tinyshakespeare("http://127.0.0.1:9/never-asked"),
+                 lambda: prepared_text(text)):
+        with pytest.raises(MiniGPTError) as e:
+            make()
+        assert str(e.value).startswith(f"cannot write the data cache {tmp_path}/notes.txt/cache/")
+        assert str(e.value).endswith("(Not a directory); set MINIGPT_DATA_DIR to a folder you "
+                                     "can write")

@@ -17,6 +17,7 @@ import numbers
 import os
 import shlex
 import shutil
+import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -90,8 +91,21 @@ def ensure_tinyshakespeare(url: str = TINYSHAKESPEARE_URL) -> Path:
     """The cached TinyShakespeare, downloaded (and verified) on first use."""
     path = tinyshakespeare_path()
     if not path.exists():
+        log.info(f"downloading TinyShakespeare (1.1 MB) from {url} into {writable(path.parent)}")
         download(url, path, TINYSHAKESPEARE_SHA256)
     return path
+
+
+def writable(folder: Path) -> Path:
+    """`folder`, in the data cache, made if missing; or the one-line error of a cache that
+    cannot be written (a read-only home, say), which names the setting that moves it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise MiniGPTError(f"cannot write the data cache {folder} ({e.strerror}); set "
+                           f"MINIGPT_DATA_DIR to a folder you can write") from None
+    return folder
 
 
 def text_file(path: str | Path) -> Path:
@@ -134,7 +148,7 @@ def prepared_text(text_path: str | Path, tokenizer: str = "char", vocab_size: in
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_dir() / "prepared" / f"{text_path.name}-{digest}"
     if not is_prepared(folder):
-        with lock_folder(folder.parent, wait=True):
+        with lock_folder(writable(folder.parent), wait=True):
             if not is_prepared(folder):
                 prepare(str(text_path), folder, tokenizer, vocab_size, val_fraction,
                         progress=text_path.stat().st_size > 1 << 26)  # a bar past 64 MB
