@@ -13,7 +13,15 @@ import pytest
 import torch
 
 import minigpt.trainer
-from conftest import TINY_FLAGS, CrashAt, in_process, one_line_error, read_png, tiny_config
+from conftest import (
+    TINY_FLAGS,
+    CrashAt,
+    in_process,
+    one_line_error,
+    read_png,
+    run_cli,
+    tiny_config,
+)
 from minigpt import resume_config, train
 from minigpt.cli import main
 from minigpt.console import visible
@@ -280,6 +288,22 @@ def test_report_escapes_what_the_run_produced(tmp_path, monkeypatch):
     assert "&lt;script&gt;alert(1)&lt;" in page  # shown as text, from config.json's path
     monkeypatch.chdir(out)  # report --run . names the folder, not ""
     assert "<title>minigpt run run</title>" in build_report(".")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a file name of any bytes: Linux's")
+def test_a_report_of_a_run_on_a_text_whose_name_is_not_utf8(cli_run, tmp_path):
+    """config.json holds the name as Python does (a lone surrogate, "\\udcff"): the report
+    failed with a UnicodeEncodeError traceback writing report.html."""
+    text = tmp_path / os.fsdecode(b"caf\xe9.txt")
+    shutil.copy(cli_run[2], text)
+    out = tmp_path / "run"
+    r = run_cli("train", "--text", str(text), *TINY_FLAGS, "--steps", "2", "--eval-every", "1",
+                "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "\udce9" in json.loads((out / "config.json").read_text())["config"]["data"]["text"]
+    r = run_cli("report", "--run", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "caf\\udce9.txt" in (out / "report.html").read_text(encoding="utf-8")
 
 
 def test_report_in_a_real_browser(report, tmp_path):

@@ -83,8 +83,10 @@ def read_json(path: str | Path):
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """`text` as UTF-8, through a temporary file; a lone surrogate (a byte of a file name that
+    is not UTF-8, as Python holds it: a run's --text, say) written as its escape, \\udcff."""
     with atomic_path(path) as tmp:
-        tmp.write_bytes(text.encode("utf-8"))
+        tmp.write_bytes(text.encode("utf-8", "backslashreplace"))
 
 
 @contextmanager
