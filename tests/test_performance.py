@@ -71,15 +71,21 @@ def test_a_run_divides_by_the_peak_kept_in_the_data_folder(small_text, tmp_path,
     peak an earlier run kept there (1,000 TFLOP/s) stands above the one read now (1 GFLOP/s)."""
     from minigpt.precision import machine_key
 
-    monkeypatch.setenv("MINIGPT_DATA_DIR", str(tmp_path / "cache"))
-    (tmp_path / "cache").mkdir()
-    (tmp_path / "cache" / "precision.json").write_text(
-        json.dumps({machine_key(): {"peak_flops_float32": 1e15}}))
-    monkeypatch.setattr(performance, "peak_flops", lambda device, dtype: 1e9)
-    with caplog.at_level(logging.INFO, logger="minigpt"):
-        train(tiny_config(small_text, steps=2, eval_every=2, dtype="float32"), tmp_path / "r",
-              progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # (the machine's key names its threads)
+    try:
+        monkeypatch.setenv("MINIGPT_DATA_DIR", str(tmp_path / "cache"))
+        (tmp_path / "cache").mkdir()
+        (tmp_path / "cache" / "precision.json").write_text(
+            json.dumps({machine_key(): {"peak_flops_float32": 1e15}}))
+        monkeypatch.setattr(performance, "peak_flops", lambda device, dtype: 1e9)
+        with caplog.at_level(logging.INFO, logger="minigpt"):
+            train(tiny_config(small_text, steps=2, eval_every=2, dtype="float32"), tmp_path / "r",
+                  progress=False)
+    finally:
+        torch.set_num_threads(threads)
     assert "matmul peak 1,000,000 GFLOP/s" in caplog.text
+    assert "on cpu, 1 thread (" in caplog.text  # (as torch was told: not '1 threads')
 
 
 def test_matmul_peak_counts_the_flops_of_one_product(monkeypatch):

@@ -83,7 +83,7 @@ def log_start(run: Run, peak: float) -> None:
     t, env, data, processes = run.cfg.train, run.env, run.data, run.world.size
     procs = f"{processes} processes x " if processes > 1 else ""
     log.info(f"run folder {run.folder} | torch {env['torch']} on {procs}{env['device']}, "
-             f"{env['torch_threads']} threads ({env['cpu_capability']}), {env['dtype']} "
+             f"{count(env['torch_threads'], 'thread')} ({env['cpu_capability']}), {env['dtype']} "
              f"matmuls ({env['dtype_why']})"
              f"{', compiled' if env['compile'] else ''}; matmul peak "
              f"{peak / 1e9:,.0f} GFLOP/s ({PEAK_OF[env['dtype']]}, MFU's denominator)")
