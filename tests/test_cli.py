@@ -4,6 +4,7 @@ import fcntl
 import gzip
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -74,6 +75,22 @@ def test_standard_output_on_a_full_disk_is_one_line_and_exit_1(cli_run, args):
                            env={**os.environ, "PYTHONUNBUFFERED": ""})
     assert (r.returncode, r.stderr) == (
         1, "minigpt: error: cannot write to standard output: No space left on device\n")
+
+
+def test_the_command_a_run_suggests_pastes_as_it_is_for_a_folder_named_with_a_dash(
+        cli_run, tmp_path, capsys, monkeypatch):
+    """--out=-run: the hint said 'minigpt sample --run -run', which the command read as an
+    option without a value."""
+    monkeypatch.chdir(tmp_path)
+    r = in_process(capsys, "train", "--text", str(cli_run[2]), *TINY_FLAGS, "--steps", "2",
+                   "--eval-every", "1", "--out=-my run")
+    assert r.returncode == 0, r.stderr
+    hint = next(line for line in r.stdout.splitlines() if "continue it with:" in line)
+    command = shlex.split(hint.split("continue it with: ", 1)[1])
+    assert command == ["minigpt", "sample", "--run", "./-my run"]
+    s = in_process(capsys, *command[1:], "--max-new-tokens", "5")
+    assert s.returncode == 0, s.stderr
+    assert s.stdout.startswith("ROMEO:")
 
 
 def test_a_prompt_with_windows_line_ends_reads_as_the_text_was_read(cli_run, capsys):

@@ -20,7 +20,6 @@ import difflib
 import json
 import logging
 import os
-import shlex
 import signal
 import sys
 import threading
@@ -35,7 +34,7 @@ from minigpt.console import count, log, show_logs, visible
 from minigpt.corpus import BPE_VOCAB, SHARD_TOKENS, is_prepared
 from minigpt.diagnostics.probes import SECTIONS, DiagConfig
 from minigpt.distributed import world_from_env
-from minigpt.errors import MiniGPTError, Terminated, TrainingStopped
+from minigpt.errors import MiniGPTError, Terminated, TrainingStopped, shell_path
 from minigpt.files import file_on_path
 from minigpt.sample import PROMPT
 
@@ -402,7 +401,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     except (KeyboardInterrupt, Terminated):  # outside the steps (the final evaluation, say)
         if (folder / "checkpoints" / "last.json").is_file() and not world_from_env().enabled:
             how = ("the same command continues" if args.resume else  # (its settings: not saved
-                   f"continue with: minigpt train --resume {shlex.quote(str(folder))}")  # yet)
+                   f"continue with: minigpt train --resume {shell_path(folder)}")  # yet)
             log.warning(f"the last checkpoint stands; {how}")
         raise
     except TrainingStopped as e:  # the command that continues it, as it was trained
@@ -410,7 +409,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                     else "minigpt")
         log.warning(f"stopped after {count(e.steps, 'step')} by {signal.Signals(e.signum).name}; "
                     f"checkpoint saved. Continue with: {launcher} train --resume "
-                    f"{shlex.quote(str(e.folder))}")
+                    f"{shell_path(e.folder)}")
         raise
     if world_from_env().is_main:  # under torchrun, rank 0 reports for all
         print(json.dumps(result.summary))
@@ -434,7 +433,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         table = compare(runs, out, args.preset or "seed", args.config, common,
                         progress=not args.no_progress)
     except TrainingStopped:
-        log.warning(f"the same command with --out {shlex.quote(out)} continues the comparison")
+        log.warning(f"the same command with --out {shell_path(out)} continues the comparison")
         raise
     print(format_table(table))
     print(f"curves: {out}/compare.png; table: {out}/compare.json")
@@ -497,7 +496,7 @@ def cmd_report(args: argparse.Namespace) -> None:
             raise MiniGPTError(f"{file} is a file, not a folder")
     if folder_holds(args.run) == "a comparison":
         raise MiniGPTError(f"{args.run} holds a comparison: report each variant's folder, such as "
-                           f"{shlex.quote(str(next(Path(args.run).glob('0-*'), 'DIR/0-...')))}")
+                           f"{shell_path(next(Path(args.run).glob('0-*'), 'DIR/0-...'))}")
     if not Path(args.run).is_dir():  # (as the other commands given --run say it)
         raise MiniGPTError(f"no run folder {args.run}")
     check_holds_a_run(Path(args.run))

@@ -15,7 +15,6 @@ import json
 import logging
 import numbers
 import os
-import shlex
 import shutil
 import tempfile
 import urllib.error
@@ -35,7 +34,7 @@ from minigpt.corpus import (
     prepare,
     split_point,
 )
-from minigpt.errors import MiniGPTError
+from minigpt.errors import MiniGPTError, shell_path
 from minigpt.files import atomic_path, lock_folder, sha256_file
 from minigpt.tokenizer import MIN_BPE_VOCAB, AnyTokenizer
 
@@ -117,13 +116,13 @@ def text_file(path: str | Path) -> Path:
                            f"minigpt prepare again, and it continues")
     if found.is_dir():
         raise MiniGPTError(f"{path} is a folder, not a text file or a prepared corpus: "
-                           f"minigpt prepare --text {shlex.quote(str(path))} --out DIR, then "
+                           f"minigpt prepare --text {shell_path(path)} --out DIR, then "
                            f"--text DIR")
     if found.exists() and not found.is_file():  # a FIFO, /dev/null: not read twice alike
         raise MiniGPTError(f"{path} is not a regular file; copy the text into one")
     if not found.is_file() and glob.has_magic(str(path)):
         raise MiniGPTError(f"{path} is a pattern, not a text file: minigpt prepare --text "
-                           f"{shlex.quote(str(path))} --out DIR reads the files it matches, "
+                           f"{shell_path(path)} --out DIR reads the files it matches, "
                            f"then --text DIR")
     if not found.is_file():
         raise MiniGPTError(f"text file not found: {path}")

@@ -33,6 +33,13 @@ class TrainingStopped(Exception):
         self.signum, self.folder, self.steps, self.processes = signum, folder, steps, processes
 
 
+def shell_path(path) -> str:
+    """A path as a printed command holds it, to paste into a shell: quoted where it must be,
+    and behind './' where it starts with '-' (which the command would read as an option)."""
+    text = str(path)
+    return shlex.quote(f"./{text}" if text.startswith("-") else text)
+
+
 def continue_in_python(folder) -> str:
     """The call that continues the run in folder with its own settings (a notebook's `cfg` may
     have been edited, or be another cell's): a TrainingStopped's, and a refused new run's."""
@@ -73,7 +80,7 @@ def training_error(e: BaseException, steps: int, checkpoints, processes: int = 1
     fails at the first step (nothing is lost), memory can run out at any, and under torchrun
     another process can die (`processes`: how many the run has)."""
     if processes > 1 and peer_lost(e) and not out_of_memory(e):
-        folder = shlex.quote(str(Path(checkpoints).parent))
+        folder = shell_path(Path(checkpoints).parent)
         again = f"torchrun --nproc_per_node={processes} -m minigpt train"
         try:
             step = json.loads((Path(checkpoints) / "last.json").read_text())["step"]

@@ -14,7 +14,6 @@ import contextlib
 import itertools
 import json
 import math
-import shlex
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,7 +42,7 @@ from minigpt.clock import Clock
 from minigpt.config import RunConfig, read_config_file
 from minigpt.data import Batches, Splits, cache_dir, ensure_tinyshakespeare, load_corpus
 from minigpt.environment import describe, resolve_device
-from minigpt.errors import MiniGPTError, continue_in_python
+from minigpt.errors import MiniGPTError, continue_in_python, shell_path
 from minigpt.evaluate import target_bytes, unigram_entropy
 from minigpt.files import (
     atomic_write_text,
@@ -261,7 +260,7 @@ def check_can_resume(folder: Path) -> None:
     if stopped_before_a_checkpoint(folder):
         check_not_training(folder, "wait for it to end")  # (starting: no checkpoint yet)
         raise MiniGPTError(f"{folder} holds a run stopped before its first checkpoint: nothing "
-                           f"to resume; train it again with --out {shlex.quote(str(folder))}")
+                           f"to resume; train it again with --out {shell_path(folder)}")
     check_last_tag(folder)
     find_checkpoint(folder / "checkpoints", "last")
 
@@ -310,7 +309,7 @@ def check_new_folder(folder: Path, held: bool = False) -> None:
     if what and not stopped_before_a_checkpoint(folder):
         check_last_tag(folder)
         raise MiniGPTError(f"{folder} already holds a run: resume it with --resume "
-                           f"{shlex.quote(str(folder))} (in Python: "
+                           f"{shell_path(folder)} (in Python: "
                            f"{continue_in_python(folder)}), or choose another --out")
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import shlex
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from minigpt import console, distributed, performance
 from minigpt.clock import Clock, Speed
 from minigpt.config import RunConfig, TrainConfig, parse_targets, validate
 from minigpt.data import cache_dir
-from minigpt.errors import Diverged, MiniGPTError, peer_lost, training_error
+from minigpt.errors import Diverged, MiniGPTError, peer_lost, shell_path, training_error
 from minigpt.evaluate import bits_per_byte, check_initial_loss, estimate_loss, split_loss
 from minigpt.files import append_line, as_path, atomic_write_text
 from minigpt.model import MiniGPT
@@ -296,5 +295,5 @@ def finish(run: Run, speed: Speed) -> TrainResult:
             log.info("sample:\n" + console.visible(text))
         except MiniGPTError as e:
             log.warning(f"no sample: {e}")
-    log.info(f"continue it with: minigpt sample --run {shlex.quote(str(run.folder))}")
+    log.info(f"continue it with: minigpt sample --run {shell_path(run.folder)}")
     return result

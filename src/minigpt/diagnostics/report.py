@@ -14,13 +14,12 @@ import base64
 import html
 import io
 import json
-import shlex
 from pathlib import Path
 
 from minigpt.console import fmt, visible
 from minigpt.diagnostics.plots import run_curves
 from minigpt.diagnostics.reading import read_curve, run_facts
-from minigpt.errors import MiniGPTError
+from minigpt.errors import MiniGPTError, shell_path
 from minigpt.files import atomic_write_text, jsonl_rows, lock_holder, printable, read_jsonl
 
 STYLE = """
@@ -71,7 +70,7 @@ def summary_html(run_dir: Path) -> str:
         if (pid := lock_holder(run_dir)) is not None:
             return missing(f"summary.json (the run is training now, in process {pid}{where})")
         if where:
-            where += f": minigpt train --resume {shlex.quote(printable(str(run_dir)))} continues it"
+            where += f": minigpt train --resume {shell_path(printable(str(run_dir)))} continues it"
         return missing(f"summary.json (the run has not finished{where})")
     try:
         s = json.loads(path.read_text(encoding="utf-8"))
