@@ -52,14 +52,14 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches
     optimizer.zero_grad(set_to_none=True)  # forget the last step's gradients
     loss = 0.0
     for i in micro:  # one micro-batch, unless accumulating
-        x, y = batches.get_batch("train", i)  # 1. a batch: (B, T) inputs, targets shifted by one
+        x, y = batches.get_batch("train", i)  # a batch: (B, T) inputs, targets shifted by one
         with micro.gradient_sync(model, i):
             with micro.autocast(x.device):
-                _, batch_loss = model(x, y)  # 2. forward, and the loss
+                _, batch_loss = model(x, y)  # 1. forward, and 2. the loss
             (batch_loss / micro.n).backward()  # 3. backward: d loss / d every weight
         loss = loss + batch_loss.detach() / micro.n
-    grad_norm = clip_gradients(model, grad_clip)  # 4. clip the global gradient norm
-    step_unless_nonfinite(optimizer, grad_norm)  # 5. step: update the weights
+    grad_norm = clip_gradients(model, grad_clip)  # clip the global gradient norm
+    step_unless_nonfinite(optimizer, grad_norm)  # 4. step: update the weights
     return loss, grad_norm
 
 
