@@ -112,8 +112,8 @@ def loop(run: Run, progress: bool) -> TrainResult:
     peak = highest_peak(run.device, run.dtype, kept) * run.world.size  # MFU's denominator
     speed = Speed(performance.train_flops_per_token(run.cfg.model), peak, state.tokens,
                   clock.seconds())
+    console.log_start(run, peak)  # (before the bar: a terminal shows the bar below them)
     bar = console.Progress(t, state.step, clock.seconds(), progress and run.world.is_main)
-    console.log_start(run, peak)
     if finished(t, state.step, clock.seconds()) or state.out_of_patience(t.patience):
         log.info("the run has ended: nothing to train (resume with a larger --steps or "
                  "--time-budget to train on; one stopped early, with --patience 0 or larger)")
