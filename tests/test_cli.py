@@ -72,9 +72,20 @@ def test_standard_output_on_a_full_disk_is_one_line_and_exit_1(cli_run, args):
     with open("/dev/full", "w") as full:
         r = subprocess.run([sys.executable, "-m", "minigpt", *args], stdout=full,
                            stderr=subprocess.PIPE, text=True, timeout=120,
-                           env={**os.environ, "PYTHONUNBUFFERED": ""})
+                           env={**os.environ, "PYTHONUNBUFFERED": ""})  # (as by default;
+    # unbuffered, argparse drops --version's failed write itself, and sample's error is the
+    # disk's: 'No space left on device', without naming standard output)
     assert (r.returncode, r.stderr) == (
         1, "minigpt: error: cannot write to standard output: No space left on device\n")
+
+
+@pytest.mark.parametrize("args", [["--version"], ["autograd"]])
+def test_a_closed_standard_output_is_nowhere_to_write_not_an_error(args):
+    """>&-: Python holds a closed stdout as None; the last flush failed on it with a
+    traceback and exit 1, after the command's work was done."""
+    r = subprocess.run([sys.executable, "-m", "minigpt", *args], stderr=subprocess.PIPE,
+                       text=True, timeout=120, preexec_fn=lambda: os.close(1))
+    assert (r.returncode, r.stderr) == (0, "")
 
 
 def test_the_command_a_run_suggests_pastes_as_it_is_for_a_folder_named_with_a_dash(

@@ -845,17 +845,21 @@ def test_train_on_a_prepared_folder_then_sample(corpus, tmp_path, capsys):
 
 
 def test_the_pretrain_preset_on_characters_says_it_was_sized_for_a_prepared_corpus(
-        corpus, small_text, tmp_path, capsys):
+        corpus, small_text, tmp_path, capsys, monkeypatch):
     out = tmp_path / "shards"
     prepare(str(corpus[0]), out, shard_tokens=500, progress=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # ~/shards: the prepared corpus too
     brief = [*TINY_FLAGS, *as_flags(dict(n_layer=2, steps=2, eval_every=1, eval_batches=1,
                                          sample_tokens=0))]
     warned = "the pretrain preset is sized for a prepared corpus"
-    for data, warns in ((out, False), (small_text, True)):
-        r = in_process(capsys, "train", "--preset", "pretrain", "--data", str(data), *brief,
-                       "--out", str(tmp_path / f"run-{warns}"))
+    for i, (data, warns) in enumerate(((str(out), False), ("~/shards", False),
+                                       (f"{small_text} --tokenizer bpe --vocab-size 300", False),
+                                       (str(small_text), True))):
+        text, *more = data.split(" ")
+        r = in_process(capsys, "train", "--preset", "pretrain", "--data", text, *more, *brief,
+                       "--out", str(tmp_path / f"run-{i}"))
         assert r.returncode == 0, r.stderr
-        assert (warned in r.stderr) is warns, r.stderr
+        assert (warned in r.stderr) is warns, (data, r.stderr)
     assert f"trains it on the characters of {small_text}" in r.stderr
 
 

@@ -353,7 +353,7 @@ def warn_if_prepared(args: argparse.Namespace, text: str) -> None:
     others, which it does not use."""
     unused = [f"--{key.replace('_', '-')}" for key in ("tokenizer", "vocab_size", "val_fraction")
               if key in settings_given(args)]
-    if unused and text and is_prepared(text):
+    if unused and text and is_prepared(Path(text).expanduser()):
         log.warning(f"{text} is a prepared corpus, with its own tokenizer and split: "
                     f"{', '.join(unused)} not used (minigpt prepare sets them)")
 
@@ -383,7 +383,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     else:
         cfg = resolve_config(args.preset or "seed", args.config, settings_given(args), SECTIONS)
         warn_if_prepared(args, cfg.data.text)
-        if args.preset == "pretrain" and not (cfg.data.text and is_prepared(cfg.data.text)):
+        prepared = cfg.data.text and is_prepared(Path(cfg.data.text).expanduser())
+        if args.preset == "pretrain" and cfg.data.tokenizer == "char" and not prepared:
             log.warning(f"the pretrain preset is sized for a prepared corpus of about 1 B BPE "
                         f"tokens (minigpt prepare, then --data DIR: docs/scaling.md); this run "
                         f"trains it on the characters of {cfg.data.text or 'TinyShakespeare'}")
@@ -707,6 +708,9 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     codecs.register_error("minigpt", escaped)
+    for name in ("stdout", "stderr"):  # closed (>&-), which Python holds as None: nowhere
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 (the process's to close)
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):  # (a strict stream raised, the command unfinished)
             stream.reconfigure(errors="minigpt")
