@@ -371,6 +371,18 @@ def test_a_gpu_this_machine_lacks_is_one_line(monkeypatch, capsys):
     assert "this machine has 2 CUDA GPU(s): cuda:0 to cuda:1" in line
 
 
+@pytest.mark.parametrize("name, said", [
+    ("cuda", "device 'cuda' asked for, but this PyTorch sees no CUDA GPU"),  # (not '0 GPUs')
+    ("cuda:1", "device 'cuda:1' asked for, but this PyTorch sees no CUDA GPU"),
+    ("mps", "device 'mps' asked for, but MPS is not available here"),
+])
+def test_a_device_this_pytorch_cannot_use_is_one_line(name, said, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert said in one_line_error(capsys, ["sample", "--run", "x", "--device", name])
+
+
 def test_graph_command_draws_the_run(cli_run, tmp_path, capsys):
     if shutil.which("dot") is None:
         pytest.skip("Graphviz is not installed (apt-get install graphviz)")

@@ -254,3 +254,62 @@ def test_every_process_reads_the_agreed_seconds_not_its_running_clock(monkeypatc
     clock = Clock(3.0).start()
     assert trainer.seconds(clock, run) == agreed[0]
     assert clock.seconds() > agreed[0]  # the clock itself runs on
+
+
+# The helpers themselves, in two plain processes joined over gloo (no torchrun, no training):
+# each prints what it got, and the parent checks it against what the other process was given.
+HELPERS = """
+import json, os, sys, time
+import torch
+from minigpt import distributed
+from minigpt.errors import MiniGPTError
+world = distributed.world_from_env()
+distributed.start(world, torch.device("cpu"))
+got = {"agree": distributed.agree(10.0 * (world.rank + 1), world),
+       "any_false": distributed.any_process(False, world),
+       "any_one": distributed.any_process(world.rank == 1, world),
+       "mean": distributed.mean(mine := torch.tensor([1.0 + world.rank, 4.0 * world.rank]),
+                                world).tolist()}
+got["mine"] = mine.tolist()  # the caller's tensor, left as it was
+marks = os.path.join(sys.argv[1], "order")
+with distributed.main_first(world):  # rank 0's block ends before rank 1's begins
+    with open(marks, "a") as f:
+        f.write(f"start {world.rank}\\n")
+    time.sleep(0.3 if world.is_main else 0)
+    with open(marks, "a") as f:
+        f.write(f"end {world.rank}\\n")
+try:
+    with distributed.main_first(world):
+        got.setdefault("ran", []).append(world.rank)
+        if world.is_main:
+            raise MiniGPTError("rank 0's block failed")
+except MiniGPTError as e:
+    got["error"] = str(e)
+distributed.stop(world)
+print(json.dumps(got))
+"""
+
+
+def test_the_agreements_and_main_first_over_two_gloo_processes(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(random.randint(20000, 60000))}
+    procs = [subprocess.Popen([sys.executable, "-c", HELPERS, str(tmp_path)],
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in range(2)]
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    zero, one = (json.loads(out) for out, _ in outs)
+    for got in (zero, one):
+        assert got["agree"] == max(10.0, 20.0)  # the larger, on both
+        assert got["any_false"] is False and got["any_one"] is True
+        assert got["mean"] == [(1.0 + 2.0) / 2, (0.0 + 4.0) / 2]
+    assert zero["mine"] == [1.0, 0.0] and one["mine"] == [2.0, 4.0]
+    order = (tmp_path / "order").read_text().split("\n")[:4]
+    assert order == ["start 0", "end 0", "start 1", "end 1"]
+    assert zero["ran"] == [0] and zero["error"] == "rank 0's block failed"
+    assert "ran" not in one and one["error"] == "the first process failed; it says why"

@@ -76,6 +76,31 @@ def test_the_estimate_grows_with_what_it_counts():
         base["gradients and optimizer state"]
     bf16 = total(torch.bfloat16, batch_size=32)
     assert 0.6 * base["activations"] < bf16["activations"] < 0.8 * base["activations"]
+    n = MiniGPT.from_config(resolve_config(overrides={}).model).num_params()
+    assert bf16["gradients and optimizer state"] - base["gradients and optimizer state"] == \
+        2 * n  # autocast's bf16 copy of each weight
+
+
+def test_the_optimizer_state_estimated_ranks_as_the_optimizers_hold_it():
+    """Muon keeps one buffer for its matrices and AdamW's two for the rest: more state than
+    SGD's momentum, less than AdamW's, in the estimate as after a real step."""
+    from minigpt.optim import make_optimizer
+
+    held, estimated = {}, {}
+    for name in ("sgd", "muon", "adamw"):
+        cfg = resolve_config(overrides=dict(optimizer=name, momentum=0.9))
+        torch.manual_seed(0)
+        model = MiniGPT.from_config(cfg.model)
+        opt = make_optimizer(model, cfg.train)
+        x = torch.randint(0, cfg.model.vocab_size, (2, 8))
+        model(x, x)[1].backward()
+        opt.step()
+        held[name] = sum(v.numel() for state in opt.state.values() for v in state.values()
+                         if torch.is_tensor(v) and v.dim() > 0)
+        estimated[name] = peak_memory(cfg, 0, model.num_params())[
+            "gradients and optimizer state"]
+    assert held["sgd"] < held["muon"] < held["adamw"]
+    assert estimated["sgd"] < estimated["muon"] < estimated["adamw"]
 
 
 def test_a_run_that_cannot_fit_is_refused_before_it_starts(small_text, tmp_path, capsys):

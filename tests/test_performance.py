@@ -12,8 +12,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import tiny_config
-from minigpt import MiniGPT, performance, train
+from minigpt import MiniGPT, MiniGPTError, performance, resolve_config, train
 from minigpt.files import read_jsonl
+from minigpt.model import count_params
 from minigpt.performance import best_rate, choose_compile, matmul_peak, peak_flops
 from minigpt.step import step_unless_nonfinite
 
@@ -113,6 +114,49 @@ def test_peak_is_the_fastest_burst_not_the_mean(monkeypatch):
     rate = best_rate(work, seconds=0.3, bursts=10)
     assert rate == pytest.approx(1000)  # 1 ms a call once warm
     assert rate > 2 * len(calls) / now.s  # the mean over the whole measurement
+
+
+def test_a_slow_burst_at_the_end_does_not_replace_a_faster_one(monkeypatch):
+    """Another process waking up late in the measurement (here: every call after the tenth
+    takes 10 ms, those before 1 ms) slows the last bursts only: the peak is still 1000/s."""
+    calls, now = [], SimpleNamespace(s=0.0)
+    monkeypatch.setattr(performance, "time", SimpleNamespace(perf_counter=lambda: now.s))
+
+    def work():
+        calls.append(None)
+        now.s += 0.001 if len(calls) <= 10 else 0.010
+
+    assert best_rate(work, seconds=0.1, bursts=10) == pytest.approx(1000)
+
+
+def test_the_memory_check_counts_every_process_on_this_machine(monkeypatch):
+    """torchrun's processes on one machine each need the run's memory: room for one process
+    and a half fits one, not two; LOCAL_WORLD_SIZE (else WORLD_SIZE, else 1) says how many."""
+    cfg = resolve_config(overrides=dict(batch_size=8))
+    n = count_params(cfg.model)
+    one = sum(performance.peak_memory(cfg, 0, n).values())  # (nothing resident)
+    for processes, fits in ((1, True), (2, False)):
+        monkeypatch.setattr(performance, "memory_at",
+                            lambda device, k=processes: (0, int(1.5 * one), "available", k))
+        assert performance.fits_in_memory(cfg, CPU, n) is fits
+    monkeypatch.undo()
+    for env, processes in (({}, 1), ({"WORLD_SIZE": "4"}, 4),
+                           ({"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"}, 2)):
+        for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        assert performance.memory_at(CPU)[3] == processes
+
+
+def test_a_deep_models_extrapolated_count_is_its_count(monkeypatch):
+    """Past 64 blocks the parameters are extrapolated from 2 and 3 blocks: the refusal names
+    the count that counting every block gives."""
+    cfg = resolve_config(overrides=dict(n_layer=65, n_embd=32, n_head=2))
+    monkeypatch.setattr(performance, "memory_at", lambda device: (0, 0, "available", 1))
+    with pytest.raises(MiniGPTError, match=f"a model of {count_params(cfg.model):,} parameters "
+                                           f"\\(65 layers"):
+        performance.check_model_fits(cfg, CPU)
 
 
 def test_auto_compiles_on_cuda_only():  # the dtype's choice: tests/test_precision.py
