@@ -17,6 +17,7 @@ from minigpt.errors import MiniGPTError
 
 LN65 = math.log(65)
 FACTS = Facts(vocab_size=65, warmup_steps=100, total_steps=5000, grad_clip=1.0)
+SGD = Facts(**{**vars(FACTS), "optimizer": "sgd"})
 
 
 def lesson_curve(steps=5000, every=50, eval_every=250, start=LN65, floor=1.3, tau=300.0,
@@ -169,10 +170,17 @@ def test_clipped_steps_from_the_rows_counts_or_the_gradient_norms():
     for n, often in [(100, False), (101, True)]:  # a tenth of the steps at most: insurance
         rows[1]["clipped"] = n
         assert ("(10%): often, more than insurance" in only(rows, "clipped").message) == often
+    assert "than insurance against the rare large gradient: below half the steps it trims the " \
+        "larger ones, above half it acts as a lower learning rate" in only(rows, "clipped",
+                                                                           SGD).message
+    assert only(rows, "clipped").message.endswith("than insurance against the rare large "
+                                                  "gradient: it trims the larger ones")
     for r in rows:
         r["clipped"] = 40
     assert "clipping that often acts as a lower learning rate" in \
-        only(rows, "clipped mostly").message
+        only(rows, "clipped mostly", SGD).message
+    assert "(84%): under adamw, whose steps do not grow with the gradient's size, clipping " \
+        "that often changes little" in only(rows, "clipped mostly").message
     assert not {"clipped", "clipped mostly"} & set(kinds(rows, Facts(vocab_size=65)))
     rows = [{"step": s, "train_loss": 2.0, "lr": 1e-3, "grad_norm": n}  # without the counts
             for s, n in enumerate([0.5, 3.0, 0.2, 2.0])]
@@ -188,9 +196,15 @@ def test_clipping_most_steps_blames_the_rate_only_where_the_loss_spiked_or_rose(
                            (climbing_from_2500(0.15), True)]:
         for r in rows:
             r["clipped"] = 1 if rows is stuck else 40
-        message = only(rows, "clipped mostly").message
+        message = only(rows, "clipped mostly", SGD).message
         assert ("lower the peak learning rate (--lr)" in message) == too_high, message
         assert ("raise --grad-clip" in message) != too_high, message
+        message = only(rows, "clipped mostly").message  # AdamW: clipping it all changes little
+        assert ("lower the peak learning rate (--lr)" in message) == too_high, message
+        assert ("nothing to change for it" in message) != too_high, message
+        assert "raise --grad-clip" not in message
+    hints = [f.message for f in read_curve(spiky, FACTS) if f.kind == "spikes"]
+    assert hints[0].endswith("lower the learning rate (--lr)")  # (no clipping harder: it clips)
 
 
 def test_clipping_read_from_rows_without_a_finite_train_loss_is_still_read():
@@ -198,7 +212,7 @@ def test_clipping_read_from_rows_without_a_finite_train_loss_is_still_read():
     be NaN): the clipping is still counted, and which remedy fits cannot come from a training
     curve there is none of (no crash reading it)."""
     rows = [{"step": s, "grad_norm": 3.0, "val_loss": 2.0} for s in range(0, 100, 10)]
-    finding = only(rows, "clipped mostly")
+    finding = only(rows, "clipped mostly", SGD)
     assert finding.steps == tuple(range(0, 100, 10))
     assert "raise --grad-clip" in finding.message
 
@@ -315,11 +329,11 @@ def test_a_loss_that_rises_again_is_diverging_not_the_lessons_shape():
     finding = only(rows, "rising")
     assert 1900 <= finding.step <= 2100 and finding.end == 4999
     assert "rose to 2.48 by step 4,999" in finding.message
-    rows = [{"step": s, "train_loss": loss} for s, loss in enumerate(  # lr 10: up from step 1
-        [4.2, 7.03, 9.0, 12.0, 15.0, 18.0, 25.0, 40.0, 70.0, 120.0, 200.0, 264.0])]
+    rows = [{"step": s, "train_loss": loss} for s, loss in enumerate(  # 2.2 to 3.5: up from 1
+        [2.2, 2.43, 2.6, 2.8, 2.9, 3.0, 3.1, 3.2, 3.3, 3.4, 3.45, 3.5])]
     message = only(rows, "rising").message  # what it names is the smoothed curve's, said so
     assert message.startswith("the training loss (its running median over 5 rows) was lowest "
-                              "at step 0 (7.03) and rose to")
+                              "at step 0 (2.43) and rose to")
     assert "lower the peak learning rate" in finding.message
     assert not {"shape", "shape, not yet", "plateau"} & set(kinds(rows))
     rows = lesson_curve(steps=2000)  # diverged, then stuck high: rising, not a plateau
@@ -502,7 +516,12 @@ def test_a_loss_that_blew_up_before_it_settled_at_the_unigram_level_still_says_s
     for r in rows:  # up to 6 nats in the first tenth, then down
         if 0 < r["step"] <= 500:
             r["train_loss"] = 6.0
-    assert "shape, blew up" in kinds(rows, facts)
+    blew = only(rows, "blew up", facts)
+    assert blew.message.startswith("the loss went above ln 65 = 4.17, worse than a uniform "
+                                   "guess, from step 50 (its running median up to 6.00 at step")
+    assert "and came back under it by step 550, to 3.33 at the end, the unigram level" in \
+        blew.message
+    assert not {"shape", "shape, blew up", "spikes in warmup"} & set(kinds(rows, facts))
 
 
 def test_the_unigram_entropy_is_of_the_token_frequencies_and_a_run_records_it(small_text,
@@ -664,9 +683,9 @@ def test_a_fall_within_the_margin_is_not_the_lessons_shape():
 
 
 def test_shape_and_rising_need_enough_rows_and_shape_a_row_at_step_0():
-    climbing = [{"step": s, "train_loss": 2.0 + 0.5 * s, "lr": 1e-3} for s in range(9)]
+    climbing = [{"step": s, "train_loss": 2.0 + 0.2 * s, "lr": 1e-3} for s in range(9)]
     assert "rising" not in kinds(climbing, Facts(vocab_size=65))  # under 2 x SMOOTH rows
-    assert "rising" in kinds(climbing + [{"step": 9, "train_loss": 6.5, "lr": 1e-3}],
+    assert "rising" in kinds(climbing + [{"step": 9, "train_loss": 3.8, "lr": 1e-3}],
                              Facts(vocab_size=65))
     resumed = [r for r in two_speeds(0.55) if r["step"] >= 10]  # no step-0 loss to start from
     assert not {"shape", "shape, not yet"} & set(kinds(resumed, Facts(vocab_size=65)))
@@ -914,10 +933,10 @@ def test_rows_of_ones_own_loop_without_a_rate_are_read():
 def test_a_loss_that_rises_in_the_first_tenth_blew_up_at_the_start():
     """It read 'not yet the lesson's shape: only -315% of the drop came in the first
     tenth ... the rest later' of a run whose learning rate threw the loss up at the start."""
-    rows = [{"step": s, "train_loss": 4.2 + 3.0 * (0 < s <= 100) - 2.0 * (s > 100) * min(
-        1, (s - 100) / 300), "lr": 0.3} for s in range(0, 1000, 10)]
+    rows = [{"step": s, "train_loss": 4.2 + 0.4 * (0 < s <= 100) - 2.0 * (s > 100) * min(
+        1, (s - 100) / 300), "lr": 0.3} for s in range(0, 1000, 10)]  # (below ln V + 0.5)
     found = only(rows, "shape, blew up", Facts(vocab_size=65))
-    assert "its running median 7.20 by step 100, from 4.20 at step 0) before it fell (to " \
+    assert "its running median 4.60 by step 100, from 4.20 at step 0) before it fell (to " \
            "2.20)" in found.message and "lower the peak learning rate (--lr)" in found.message
     assert not {"shape", "shape, not yet"} & set(kinds(rows, Facts(vocab_size=65)))
     legend = plot_loss(rows, findings=[found]).axes[0].get_legend().get_texts()
@@ -970,3 +989,59 @@ def test_a_rise_in_the_first_tenth_blew_up_only_beyond_the_margin():
     assert "only 0% of the drop" in said  # (no drop: not a negative share, -2 %)
     found = only(blew_up_rows(1.5 * edge), "shape, blew up", Facts(vocab_size=65))
     assert f"its running median {4.2 + 1.5 * edge:.2f} by step 100" in found.message
+
+
+def test_a_loss_blown_up_above_ln_v_is_said_so_not_as_spikes_a_recovery_or_a_plateau():
+    """A run that blew up (far above a uniform guess for a stretch): it read as spikes, then
+    'fell', a lowest point of the smoothed curve at step 80, or an untrained plateau whose
+    remedy was a far higher learning rate."""
+    facts = Facts(vocab_size=65, warmup_steps=20, total_steps=200, grad_clip=1.0,
+                  unigram_nats=3.31)
+    rescued = [{"step": s, "train_loss": 4.19 if s == 0 else 60 + 30 * math.sin(s) if s <= 120
+                else 3.37, "lr": 3.0} for s in range(0, 200, 10)]  # (back as the rate decayed)
+    found = only(rescued, "blew up", facts)
+    assert (found.step, found.end) == (10, 130)
+    assert "and came back under it by step 130, to 3.37 at the end, the unigram level" in \
+        found.message and found.message.endswith("lower the peak learning rate (--lr)")
+    assert not {"spikes in warmup", "spikes", "shape", "shape, blew up"} & set(
+        kinds(rescued, facts))
+    never = [{"step": s, "train_loss": loss, "lr": 3.0, **({"val_loss": loss - 1} if s else {})}
+             for s, loss in zip(range(0, 150, 10), [4.19, 126, 60, 47, 38, 45, 50, 62, 70, 79,
+                                                    80, 78, 79, 81, 79], strict=True)]
+    found = only(never, "blew up", facts)
+    assert found.message.startswith("the loss went above ln 65 = 4.17, worse than a uniform "
+                                    "guess, from step 10 (its running median up to 79.00")
+    assert "and ended there (79.00)" in found.message
+    assert not {"rising", "overfitting", "plateau, untrained"} & set(kinds(never, facts))
+    assert only(never, "best", facts).message.endswith("above ln 65 = 4.17: no better than a "
+                                                       "uniform guess")
+    flat = [{"step": s, "train_loss": 4.19 if s == 0 else 6.0, "lr": 3.0}
+            for s in range(0, 200, 10)]
+    assert "blew up" in kinds(flat, facts) and not any(
+        k.startswith("plateau") for k in kinds(flat, facts))  # (said: 'a far higher rate')
+    near = lesson_curve(steps=1000)  # at ln V + 0.4 for a while: not blown up
+    for r in near:
+        r["train_loss"] = min(r["train_loss"], LN65 + 0.4) if r["step"] else r["train_loss"]
+    assert "blew up" not in kinds(near)
+    legend = plot_loss(rescued, findings=read_curve(rescued, facts)).axes[0].get_legend()
+    assert "above ln V: blew up" in {t.get_text() for t in legend.get_texts()}
+
+
+def test_a_spike_in_a_run_without_warmup_is_not_said_to_come_after_it():
+    rows = with_spikes(lesson_curve(steps=1000), [500])
+    no_warmup = Facts(vocab_size=65, total_steps=1000)
+    assert only(rows, "spikes", no_warmup).message.startswith("the loss spiked once (at step 500)")
+    assert only(rows, "spikes").message.startswith("the loss spiked once after warmup (at step")
+
+
+def test_a_real_run_at_a_learning_rate_far_too_high_blew_up(tmp_path, small_text):
+    from minigpt import train
+
+    cfg = tiny_config(small_text, steps=60, lr=3.0, schedule="constant", log_every=2,
+                      eval_every=20, eval_batches=2, dtype="float32")
+    train(cfg, tmp_path / "run", progress=False)
+    found = {f.kind: f for f in read_run(tmp_path / "run")}
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert "blew up" in found, format_reading(list(found.values()))
+    assert max(r["train_loss"] for r in rows) > math.log(65) + 1
+    assert not {"spikes", "spikes in warmup", "overfitting"} & found.keys()

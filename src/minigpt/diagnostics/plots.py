@@ -109,6 +109,8 @@ def annotate(ax, rows: list[dict], findings: list[Finding]) -> None:
                            f.kind, "flat as the rate decays"))
         elif f.kind == "rising":
             ax.axvspan(f.step, f.end, color="C3", alpha=0.12, label="loss rising")
+        elif f.kind == "blew up":
+            ax.axvspan(f.step, f.end, color="C3", alpha=0.2, label="above ln V: blew up")
         elif f.kind.startswith("shape"):
             ax.axvspan(0, f.step, color="C3" if f.kind == "shape, blew up" else "C2",
                        alpha=0.06, label="first tenth of the run")

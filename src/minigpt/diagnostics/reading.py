@@ -7,10 +7,11 @@ the usual remedy. minigpt reads the rows of metrics.jsonl against the run's sett
 
 One small function per pattern (`RULES`), each taking the rows and the `Facts` and giving back
 its findings, or none: where warmup ends, the best checkpoint, early stopping, clipped and
-skipped steps, spikes, the point where the validation loss stops following the training loss,
-a plateau (at the unigram entropy: nothing learnt of context), a training loss that rises
-again (divergence), the initial loss against ln V, and the lesson's shape (near ln V, a fast
-drop in the first tenth, a slow plateau after). Every message is worded in `WORDING`, and
+skipped steps, spikes, a loss blown up above ln V (worse than a uniform guess), the point where
+the validation loss stops following the training loss, a plateau (at the unigram entropy:
+nothing learnt of context), a training loss that rises again (divergence), the initial loss
+against ln V, and the lesson's shape (near ln V, a fast drop in the first tenth, a slow plateau
+after). Every message is worded in `WORDING`, and
 nowhere else; `plots.plot_loss` draws the findings on the curve and `report` lists them.
 """
 
@@ -45,6 +46,7 @@ MARGIN_NATS, MARGIN_SHARE = 0.02, 0.01  # a rise or fall: more than max(nats, sh
 CLIPPED_MOSTLY = 0.5  # clipping on more than half of the steps is the learning rate's doing
 CLIPPED_RARE = 0.1  # on at most this share, it is insurance against the rare large gradient
 EARLY_SHARE = 0.10  # the lesson's "first few percent": the first tenth of the run
+BLOWUP_NATS = 0.5  # blew up: the smoothed train loss this far above ln V, a uniform guess's
 
 WORDING = {  # kind: the message, with the usual remedy where there is one
     "start": "step 0: loss {loss:.2f}, near ln {V} = {lnV:.2f}: a fresh model guesses each of "
@@ -65,7 +67,7 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
                          "(to {last:.2e}); try --warmup-steps {fewer:,} (a tenth of the budget "
                          "at this speed)",
     "best": "best validation loss {val:.4f} at step {step:,} (the weights a run keeps as its "
-            "'best' checkpoint)",
+            "'best' checkpoint){worse}",
     "early stop": "early stopping at step {step:,}: {n} without improvement after "
                   "the best, at step {best:,}",
     "early stop, none finite": "early stopping at step {step:,}: {n} without a "
@@ -73,8 +75,7 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
     "clipped": "the gradient was clipped (norm above {clip:g}) on {n:,} of {total:,}{logged} "
                "steps ({share:.0%}): {why}",
     "clipped mostly": "the gradient was clipped (norm above {clip:g}) on {n:,} of "
-                      "{total:,}{logged} steps ({share:.0%}): clipping that often acts as a "
-                      "lower learning rate; {remedy}",
+                      "{total:,}{logged} steps ({share:.0%}): {effect}; {remedy}",
     "val not finite": "the validation loss was NaN or inf at {n:,} evaluation(s), the first at "
                       "step {step:,}: the weights evaluated hold NaN or inf; lower the peak "
                       "learning rate (--lr), resuming from a checkpoint before it if there is "
@@ -88,8 +89,11 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
                         "to N such batches instead of stopping)",
     "spikes in warmup": "the loss spiked {times} during warmup (at step {at}): lower the "
                         "peak learning rate or lengthen warmup (--warmup-steps)",
-    "spikes": "the loss spiked {times} after warmup (at step {at}): lower the learning rate "
+    "spikes": "the loss spiked {times}{after} (at step {at}): lower the learning rate "
               "(--lr){clip_hint}",
+    "blew up": "the loss went above ln {V} = {lnv:.2f}, worse than a uniform guess, from step "
+               "{step:,} (its running median up to {high:.2f} at step {peak:,}){fate}: a "
+               "learning rate far too high for this model; lower the peak learning rate (--lr)",
     "overfitting": "validation stopped improving at step {step:,} while training kept falling "
                    "(train, its running median, {train0:.2f} -> {train1:.2f}; validation "
                    "{val0:.2f} -> {val1:.2f}): "
@@ -148,10 +152,17 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
                       "of the drop came in the first tenth of the run (its running median to "
                       "{loss1:.2f} by step {step:,}), the rest later (to {loss2:.2f}{lowest})",
 }
-CLIPPED_REMEDY = {  # whether the loss spiked or rose: the rate too high, or the clip too low
-    True: "with the loss spiking or rising too, lower the peak learning rate (--lr)",
-    False: "the loss neither spiked nor rose, so the rate is not too high for it: raise "
-           "--grad-clip (or 0: none) to let the steps take the rate they were given"}
+CLIPPED_EFFECT = {  # SGD's step is the gradient's size; AdamW's and Muon's are not
+    "sgd": "clipping that often acts as a lower learning rate",
+    "adaptive": "under {optimizer}, whose steps do not grow with the gradient's size, clipping "
+                "that often changes little (it is no lower learning rate there)"}
+CLIPPED_REMEDY = {  # (the loss spiked, rose or blew up; SGD): the rate too high, or the clip low
+    (True, True): "with the loss spiking, rising or blown up too, lower the peak learning rate "
+                  "(--lr)",
+    (False, True): "the loss neither spiked nor rose, so the rate is not too high for it: raise "
+                   "--grad-clip (or 0: none) to let the steps take the rate they were given",
+    (False, False): "the loss neither spiked nor rose: nothing to change for it"}
+CLIPPED_REMEDY[True, False] = CLIPPED_REMEDY[True, True]
 CLIP_HINT = {True: ", or clip harder (--grad-clip 0.5)",
              False: ", or turn gradient clipping on (--grad-clip 1.0)"}
 
@@ -184,6 +195,7 @@ class Facts:
     min_delta: float = 0.0
     lr: float | None = None  # the peak learning rate (None: the largest the rows logged)
     skip_nonfinite: int = 0  # the non-finite batches a run skips before it stops
+    optimizer: str = "adamw"  # sgd, whose step clipping shrinks; adamw or muon, whose not
     unigram_nats: float | None = None  # the training text's unigram entropy (config.json's
     # "data"): the loss of a model that knows only how common each token is
 
@@ -295,7 +307,12 @@ def warmup_end(rows: list[dict], facts: Facts) -> list[Finding]:
 def best_checkpoint(rows: list[dict], facts: Facts) -> list[Finding]:
     """The evaluation with the lowest validation loss (as the trainer counts it)."""
     best = best_evaluation(rows, facts)
-    return [finding("best", best[0], best[1], val=best[1])] if best else []
+    if best is None:
+        return []
+    ln_v = math.log(facts.vocab_size)
+    worse = (f", above ln {facts.vocab_size} = {ln_v:.2f}: no better than a uniform guess"
+             if best[1] > ln_v + BLOWUP_NATS else "")
+    return [finding("best", best[0], best[1], val=best[1], worse=worse)]
 
 
 def early_stop(rows: list[dict], facts: Facts) -> list[Finding]:
@@ -327,28 +344,45 @@ def val_not_finite(rows: list[dict], facts: Facts) -> list[Finding]:
     return [finding("val not finite", where[0], steps=tuple(where), n=len(where))] if where else []
 
 
-def clipped_steps(rows: list[dict], facts: Facts) -> list[Finding]:
-    """How many steps had their gradient clipped: the rows' `clipped` counts (every step),
-    or, in rows without them, the logged steps whose gradient norm was above the clip."""
-    if facts.grad_clip <= 0:
-        return []
+def clipped(rows: list[dict], facts: Facts) -> tuple[list[int], int, int, str]:
+    """The steps whose gradient was clipped, how many, of how many, and " logged" where they
+    are counted in the logged steps alone: the rows' `clipped` counts (every step), or, in rows
+    without them, the logged steps whose gradient norm was above the clip."""
+    if facts.grad_clip <= 0 or not rows:
+        return [], 0, 0, ""
     if all("clipped" in r for r in rows):
-        n, total, logged = sum(r["clipped"] for r in rows), steps_done(rows), ""
         where = [r["step"] for r in rows if r["clipped"]]
-    else:
-        where = [r["step"] for r in rows if finite(r.get("grad_norm"))
-                 and r["grad_norm"] > facts.grad_clip]
-        n, total, logged = len(where), len(rows), " logged"
+        return where, sum(r["clipped"] for r in rows), steps_done(rows), ""
+    where = [r["step"] for r in rows if finite(r.get("grad_norm"))
+             and r["grad_norm"] > facts.grad_clip]
+    return where, len(where), len(rows), " logged"
+
+
+def clipped_steps(rows: list[dict], facts: Facts) -> list[Finding]:
+    """How many steps had their gradient clipped, and what that says: under SGD, clipping most
+    steps is a lower learning rate; under AdamW or Muon, whose steps do not grow with the
+    gradient, it changes little."""
+    where, n, total, logged = clipped(rows, facts)
     if n == 0:
         return []
-    share = n / total
+    share, sgd = n / total, facts.optimizer == "sgd"
     kind = "clipped mostly" if share > CLIPPED_MOSTLY else "clipped"
     why = ("insurance against the rare large gradient" if share <= CLIPPED_RARE else
-           "often, more than insurance against the rare large gradient: below half the steps "
-           "it trims the larger ones, above half it acts as a lower learning rate")
-    too_high = bool(spikes(rows, facts) or rising(rows, facts))  # (what those rules find)
+           "often, more than insurance against the rare large gradient: "
+           + ("below half the steps it trims the larger ones, above half it acts as a lower "
+              "learning rate" if sgd else "it trims the larger ones"))
+    too_high = bool(spikes(rows, facts) or rising(rows, facts) or blown_up(rows, facts))
+    effect = CLIPPED_EFFECT["sgd" if sgd else "adaptive"].format(optimizer=facts.optimizer)
     return [finding(kind, where[0], steps=tuple(where), clip=facts.grad_clip, n=n, total=total,
-                    logged=logged, share=share, why=why, remedy=CLIPPED_REMEDY[too_high])]
+                    logged=logged, share=share, why=why, effect=effect,
+                    remedy=CLIPPED_REMEDY[too_high, sgd])]
+
+
+def clip_hint(rows: list[dict], facts: Facts) -> str:
+    """The clipping a too-high rate's remedy adds: turn it on, clip harder, or nothing where
+    most steps were clipped already."""
+    _, n, total, _ = clipped(rows, facts)
+    return "" if total and n / total > CLIPPED_MOSTLY else CLIP_HINT[facts.grad_clip > 0]
 
 
 def skipped_steps(rows: list[dict], facts: Facts) -> list[Finding]:
@@ -383,15 +417,45 @@ def spike_steps(points: list[tuple[int, float]]) -> list[int]:
 
 
 def spikes(rows: list[dict], facts: Facts) -> list[Finding]:
-    """Sudden jumps of the train loss, during warmup and after it."""
+    """Sudden jumps of the train loss, during warmup and after it (not those of a stretch
+    where it blew up above ln V: `blew_up` says that)."""
     points = train_points(rows)
     loss_at, found = dict(points), spike_steps(points)
+    if up := blown_up(rows, facts):
+        found = [s for s in found if not up[0] <= s <= (up[3] or math.inf)]
     warm = [s for s in found if s <= facts.warmup_steps]
     late = [s for s in found if s > facts.warmup_steps]
     return [finding(kind, where[0], loss_at[where[0]], steps=tuple(where),
-                    times=times(len(where)), at=list_steps(where),
-                    clip_hint=CLIP_HINT[facts.grad_clip > 0])  # the warmup wording has none
+                    times=times(len(where)), at=list_steps(where), clip_hint=clip_hint(
+                        rows, facts),  # (the warmup wording has none)
+                    after=" after warmup" if facts.warmup_steps > 0 else "")
             for kind, where in (("spikes in warmup", warm), ("spikes", late)) if where]
+
+
+def blown_up(rows: list[dict], facts: Facts) -> tuple[int, int, float, int | None] | None:
+    """Whether the smoothed train loss went BLOWUP_NATS above ln V after step 0 (a fresh model
+    starts near ln V; above it, the model does worse than a uniform guess): its first step
+    there, the step and loss of its highest, and the first step back below (None: it ended
+    there)."""
+    train = smoothed(train_points(rows))
+    above = [(s, v) for s, v in train if s > 0 and v > math.log(facts.vocab_size) + BLOWUP_NATS]
+    if not above:
+        return None
+    peak = max(above, key=lambda p: p[1])
+    return above[0][0], peak[0], peak[1], next((s for s, _ in train if s > above[-1][0]), None)
+
+
+def blew_up(rows: list[dict], facts: Facts) -> list[Finding]:
+    """A loss far above ln V for a stretch: the learning rate far too high, not a spike."""
+    if (up := blown_up(rows, facts)) is None:
+        return []
+    (first, peak, high, back), last = up, smoothed(train_points(rows))[-1]
+    fate = f", and ended there ({last[1]:.2f})" if back is None else (
+        f", and came back under it by step {back:,}, to {last[1]:.2f} at the end" +
+        ", the unigram level: a model that knows only how common each token is" *
+        at_unigram(last[1], facts))
+    return [finding("blew up", first, high, end=back or last[0], V=facts.vocab_size,
+                    lnv=math.log(facts.vocab_size), high=high, peak=peak, fate=fate)]
 
 
 def overfitting(rows: list[dict], facts: Facts) -> list[Finding]:
@@ -399,7 +463,8 @@ def overfitting(rows: list[dict], facts: Facts) -> list[Finding]:
     the (smoothed) training loss keeps falling."""
     evals, train = evaluations(rows), smoothed(train_points(rows))
     best = best_evaluation(rows, facts)
-    if best is None or not train or len([s for s, _ in evals if s > best[0]]) < 2:
+    if best is None or not train or len([s for s, _ in evals if s > best[0]]) < 2 or \
+            ended_blown_up(rows, facts):  # (its validation rises with the training loss)
         return []
     val_end, train_end = evals[-1][1], train[-1][1]
     train_best = min(train, key=lambda p: abs(p[0] - best[0]))[1]
@@ -418,8 +483,8 @@ def plateau(rows: list[dict], facts: Facts) -> list[Finding]:
     too short, where validation fell to the end by more than noise, and otherwise a curve that
     cannot say which."""
     train = smoothed(train_points(rows))
-    if len(train) < 2 * SMOOTH or diverging(train):  # a diverged run's high level: `rising`
-        return []
+    if len(train) < 2 * SMOOTH or diverging(train) or ended_blown_up(rows, facts):  # (their
+        return []  # high level is said by `rising` or `blew_up`)
     lo = hi = train[-1][1]
     start = len(train) - 1
     for i in range(len(train) - 1, -1, -1):
@@ -470,20 +535,28 @@ def diverging(train: list[tuple[int, float]]) -> tuple[int, float] | None:
 def rising(rows: list[dict], facts: Facts) -> list[Finding]:
     """A training loss that climbs back from its lowest point and ends well above it."""
     train = smoothed(train_points(rows))
-    if len(train) < 2 * SMOOTH or (low := diverging(train)) is None:
+    if len(train) < 2 * SMOOTH or ended_blown_up(rows, facts):  # (`blew_up` says it all)
+        return []
+    if (low := diverging(train)) is None:
         return []
     (step, loss), (last, high) = low, train[-1]
     return [finding("rising", step, loss, end=last, low=loss, high=high, last=last,
-                    width=SMOOTH, clip_hint=CLIP_HINT[facts.grad_clip > 0])]
+                    width=SMOOTH, clip_hint=clip_hint(rows, facts))]
+
+
+def ended_blown_up(rows: list[dict], facts: Facts) -> bool:
+    """Whether the loss blew up above ln V and stayed there (`blew_up` says all of it)."""
+    return (up := blown_up(rows, facts)) is not None and up[3] is None
 
 
 def shape(rows: list[dict], facts: Facts) -> list[Finding]:
     """The lesson's closing claim on this curve: how much of the drop, from step 0 to the
-    lowest point, came in the first tenth of the run (not read on a diverging curve; a fast
-    drop that ends at the unigram entropy learnt only how common each token is, and says so)."""
+    lowest point, came in the first tenth of the run (not read on a diverging curve, nor on one
+    that blew up above ln V; a fast drop that ends at the unigram entropy learnt only how common
+    each token is, and says so)."""
     points = train_points(rows)
     train = smoothed(points)
-    if len(train) < 2 * SMOOTH or points[0][0] != 0 or diverging(train):
+    if len(train) < 2 * SMOOTH or points[0][0] != 0 or diverging(train) or blown_up(rows, facts):
         return []
     loss0, loss2 = points[0][1], train[-1][1]
     low = min(v for _, v in train)
@@ -506,7 +579,7 @@ def shape(rows: list[dict], facts: Facts) -> list[Finding]:
 
 RULES: list[Callable[[list[dict], Facts], list[Finding]]] = [
     initial_loss, warmup_end, best_checkpoint, early_stop, val_not_finite, clipped_steps,
-    skipped_steps, spikes, overfitting, plateau, rising, shape]
+    skipped_steps, spikes, blew_up, overfitting, plateau, rising, shape]
 
 
 # --- reading a run ---------------------------------------------------------------------------
@@ -541,7 +614,7 @@ def facts_from_config(config: RunConfig | dict, unigram_nats: float | None = Non
                  time_budget=t.get("time_budget") or None,
                  grad_clip=t["grad_clip"], patience=t["patience"], min_delta=t["min_delta"],
                  lr=t["lr"], skip_nonfinite=t.get("skip_nonfinite", 0),
-                 unigram_nats=unigram_nats)
+                 optimizer=t.get("optimizer", "adamw"), unigram_nats=unigram_nats)
 
 
 def run_facts(run_dir: str | Path) -> Facts:
