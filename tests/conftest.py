@@ -261,3 +261,19 @@ def same_weights(run_a, run_b) -> bool:
     a = load_model(run_a, "last")[0].state_dict()
     b = load_model(run_b, "last")[0].state_dict()
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture
+def clock_at_230021(monkeypatch):
+    """minigpt.run's clock stopped at 2026-12-06 23:00:21, for the names of runs and
+    comparisons started within one second (runs/<name>-20261206-230021)."""
+    from datetime import datetime
+
+    import minigpt.run
+
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 12, 6, 23, 0, 21)
+
+    monkeypatch.setattr(minigpt.run, "datetime", Frozen)

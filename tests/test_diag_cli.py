@@ -96,19 +96,9 @@ def test_a_comparison_of_one_variant_says_there_is_nothing_to_compare(small_text
 
 
 def test_a_comparison_started_in_the_same_second_as_another_gets_its_own_folder(
-        small_text, tmp_path, capsys, monkeypatch):
+        small_text, tmp_path, capsys, monkeypatch, clock_at_230021):
     """Without --out, a second comparison started within the same second went on into the
     first's folder (`compare` continues a comparison found in its --out)."""
-    from datetime import datetime
-
-    import minigpt.run
-
-    class Frozen(datetime):
-        @classmethod
-        def now(cls, tz=None):
-            return datetime(2026, 12, 6, 23, 0, 21)
-
-    monkeypatch.setattr(minigpt.run, "datetime", Frozen)
     monkeypatch.chdir(tmp_path)
     first = tmp_path / "runs" / "compare-20261206-230021"
     first.mkdir(parents=True)

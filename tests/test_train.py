@@ -807,19 +807,12 @@ def test_a_run_under_a_time_budget_resumes_past_its_steps(small_text, tmp_path):
 
 
 def test_runs_named_by_the_clock_in_the_same_second_get_their_own_folders(tmp_path,
-                                                                           monkeypatch):
+                                                                           monkeypatch,
+                                                                           clock_at_230021):
     """A sweep's runs started within one second: the second was refused (the first's folder
     in use, or 'already holds a run: resume it'), though its user had chosen no folder."""
-    from datetime import datetime
-
     import minigpt.run
 
-    class Frozen(datetime):
-        @classmethod
-        def now(cls, tz=None):
-            return datetime(2026, 12, 6, 23, 0, 21)
-
-    monkeypatch.setattr(minigpt.run, "datetime", Frozen)
     monkeypatch.chdir(tmp_path)
     cfg = resolve_config(overrides={"text": "/data/sonnets.txt"})
     first = minigpt.run.default_run_dir(cfg)
