@@ -11,8 +11,8 @@ skipped steps, spikes, a loss blown up above ln V (worse than a uniform guess), 
 the validation loss stops following the training loss, a plateau (at the unigram entropy:
 nothing learnt of context), a training loss that rises again (divergence), the initial loss
 against ln V, and the lesson's shape (near ln V, a fast drop in the first tenth, a slow plateau
-after). Every message is worded in `WORDING`, and
-nowhere else; `plots.plot_loss` draws the findings on the curve and `report` lists them.
+after). Every message is worded in `WORDING`, and nowhere else; `plots.plot_loss` draws the
+findings on the curve and `report` lists them.
 """
 
 from __future__ import annotations
