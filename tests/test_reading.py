@@ -1045,3 +1045,13 @@ def test_a_real_run_at_a_learning_rate_far_too_high_blew_up(tmp_path, small_text
     assert "blew up" in found, format_reading(list(found.values()))
     assert max(r["train_loss"] for r in rows) > math.log(65) + 1
     assert not {"spikes", "spikes in warmup", "overfitting"} & found.keys()
+
+
+def test_a_model_that_starts_above_ln_v_and_falls_has_not_blown_up():
+    """A fresh model far above ln V (its initialisation: the 'initial loss' finding says so)
+    whose loss falls from there: the rows after step 0 are above ln V + 0.5, not above where
+    the run began."""
+    rows = lesson_curve(steps=1000, start=7.0)
+    assert "initial loss" in kinds(rows) and "blew up" not in kinds(rows)
+    rows[3]["train_loss"] = rows[4]["train_loss"] = rows[5]["train_loss"] = 9.0  # above 7.5
+    assert "blew up" in kinds(rows)

@@ -434,11 +434,15 @@ def spikes(rows: list[dict], facts: Facts) -> list[Finding]:
 
 def blown_up(rows: list[dict], facts: Facts) -> tuple[int, int, float, int | None] | None:
     """Whether the smoothed train loss went BLOWUP_NATS above ln V after step 0 (a fresh model
-    starts near ln V; above it, the model does worse than a uniform guess): its first step
-    there, the step and loss of its highest, and the first step back below (None: it ended
-    there)."""
-    train = smoothed(train_points(rows))
-    above = [(s, v) for s, v in train if s > 0 and v > math.log(facts.vocab_size) + BLOWUP_NATS]
+    starts near ln V; above it, the model does worse than a uniform guess), or above step 0's
+    loss where that was higher (a model that starts high and falls has not blown up): its first
+    step there, the step and loss of its highest, and the first step back below (None: it
+    ended there)."""
+    points = train_points(rows)
+    start = points[0][1] if points and points[0][0] == 0 else 0.0
+    limit = max(math.log(facts.vocab_size), start) + BLOWUP_NATS
+    train = smoothed(points)
+    above = [(s, v) for s, v in train if s > 0 and v > limit]
     if not above:
         return None
     peak = max(above, key=lambda p: p[1])
