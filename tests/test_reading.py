@@ -1055,3 +1055,35 @@ def test_a_model_that_starts_above_ln_v_and_falls_has_not_blown_up():
     assert "initial loss" in kinds(rows) and "blew up" not in kinds(rows)
     rows[3]["train_loss"] = rows[4]["train_loss"] = rows[5]["train_loss"] = 9.0  # above 7.5
     assert "blew up" in kinds(rows)
+
+
+def test_a_blow_up_is_read_against_ln_v_on_its_way_back_and_its_remedy_fits_its_fate():
+    """It said 'came back under it' at ln V + 0.5, not at ln V; a blow-up in warmup that the
+    run then left far behind was 'far too high for this model', without the warmup remedy; a
+    run that blew up and came back was also 'diverging'; the spike that began it was one more
+    finding; rows resumed up there were a blow-up with no rise."""
+    facts = Facts(vocab_size=65, warmup_steps=50, total_steps=300, grad_clip=1.0)
+    up = {s: 9.0 for s in range(10, 40, 5)}
+    stuck = [{"step": s, "train_loss": 4.19 if s == 0 else up.get(s, 4.5)}
+             for s in range(0, 300, 5)]
+    found = only(stuck, "blew up", facts)
+    assert "and fell back only to 4.50, still above ln 65" in found.message
+    assert "far too high for this model" in found.message
+    assert not {"rising", "plateau, uniform", "plateau, untrained"} & set(kinds(stuck, facts))
+    learnt = [{"step": s, "train_loss": 4.19 if s == 0 else up.get(s, 4.0 - s / 150)}
+              for s in range(0, 300, 5)]
+    found = only(learnt, "blew up", facts)
+    assert found.step == 10 and "came back under it by step 40, to 2.07 at the end" in \
+        found.message
+    assert found.message.endswith("a learning rate too high for the start; lengthen warmup "
+                                  "(--warmup-steps) or lower the peak learning rate (--lr)")
+    assert not {"rising", "spikes", "spikes in warmup"} & set(kinds(learnt, facts))
+    no_warmup = Facts(vocab_size=65, total_steps=300)  # back within the first tenth: the start
+    assert "far too high for this model" in only(learnt, "blew up", no_warmup).message
+    learnt = [{"step": s, "train_loss": 4.19 if s == 0 else 9.0 if s < 20 else 4.0 - s / 150}
+              for s in range(0, 300, 5)]
+    assert only(learnt, "blew up", no_warmup).message.endswith(
+        "a learning rate too high for the start; warm it up (--warmup-steps) or lower the peak "
+        "(--lr)")
+    resumed = [{"step": s, "train_loss": 9.0 - s / 1000} for s in range(1000, 2000, 10)]
+    assert "blew up" not in kinds(resumed, facts)

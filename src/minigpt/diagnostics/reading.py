@@ -92,8 +92,8 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
     "spikes": "the loss spiked {times}{after} (at step {at}): lower the learning rate "
               "(--lr){clip_hint}",
     "blew up": "the loss went above ln {V} = {lnv:.2f}, worse than a uniform guess, from step "
-               "{step:,} (its running median up to {high:.2f} at step {peak:,}){fate}: a "
-               "learning rate far too high for this model; lower the peak learning rate (--lr)",
+               "{step:,} (its running median up to {high:.2f} at step {peak:,}){fate}: "
+               "{remedy}",
     "overfitting": "validation stopped improving at step {step:,} while training kept falling "
                    "(train, its running median, {train0:.2f} -> {train1:.2f}; validation "
                    "{val0:.2f} -> {val1:.2f}): "
@@ -433,33 +433,50 @@ def spikes(rows: list[dict], facts: Facts) -> list[Finding]:
 
 
 def blown_up(rows: list[dict], facts: Facts) -> tuple[int, int, float, int | None] | None:
-    """Whether the smoothed train loss went BLOWUP_NATS above ln V after step 0 (a fresh model
+    """Whether the smoothed train loss rose BLOWUP_NATS above ln V after step 0 (a fresh model
     starts near ln V; above it, the model does worse than a uniform guess), or above step 0's
-    loss where that was higher (a model that starts high and falls has not blown up): its first
-    step there, the step and loss of its highest, and the first step back below (None: it
-    ended there)."""
+    loss where that was higher (a model that starts high and falls has not blown up): the
+    first step of the rise (the first row above, from SMOOTH // 2 rows before the running
+    median crossed), the step and loss of its highest, and the first step back at or below ln
+    V (or step 0's loss) after its last step above (None: it never came back)."""
     points = train_points(rows)
     start = points[0][1] if points and points[0][0] == 0 else 0.0
-    limit = max(math.log(facts.vocab_size), start) + BLOWUP_NATS
+    base = max(math.log(facts.vocab_size), start)
     train = smoothed(points)
-    above = [(s, v) for s, v in train if s > 0 and v > limit]
-    if not above:
-        return None
-    peak = max(above, key=lambda p: p[1])
-    return above[0][0], peak[0], peak[1], next((s for s, _ in train if s > above[-1][0]), None)
+    above = [i for i, (s, v) in enumerate(train) if s > 0 and v > base + BLOWUP_NATS]
+    if not above or all(v > base + BLOWUP_NATS for _, v in points[:above[0]]):  # (rows that
+        return None  # begin up there, resumed, show no rise)
+    first = next(i for i in range(max(1, above[0] - SMOOTH // 2), len(points))
+                 if points[i][1] > base + BLOWUP_NATS)  # (a median above: some row is)
+    peak = max((train[i] for i in above), key=lambda p: p[1])
+    back = next((s for s, v in train[above[-1]:] if v <= base), None)
+    return points[first][0], peak[0], peak[1], back
 
 
 def blew_up(rows: list[dict], facts: Facts) -> list[Finding]:
-    """A loss far above ln V for a stretch: the learning rate far too high, not a spike."""
+    """A loss far above ln V for a stretch: not a spike, but a learning rate too high; for the
+    start alone where the run came back within warmup (or the first tenth) and then learnt."""
     if (up := blown_up(rows, facts)) is None:
         return []
     (first, peak, high, back), last = up, smoothed(train_points(rows))[-1]
-    fate = f", and ended there ({last[1]:.2f})" if back is None else (
-        f", and came back under it by step {back:,}, to {last[1]:.2f} at the end" +
-        ", the unigram level: a model that knows only how common each token is" *
-        at_unigram(last[1], facts))
+    ln_v = math.log(facts.vocab_size)
+    if back is None:
+        fate = (f", and ended there ({last[1]:.2f})" if last[1] > ln_v + BLOWUP_NATS else
+                f", and fell back only to {last[1]:.2f}, still above ln {facts.vocab_size}")
+    else:
+        fate = (f", and came back under it by step {back:,}, to {last[1]:.2f} at the end" +
+                ", the unigram level: a model that knows only how common each token is" *
+                at_unigram(last[1], facts))
+    early = max(facts.warmup_steps, EARLY_SHARE * last[0])
+    learnt = back is not None and back <= early and last[1] < ln_v - UNIGRAM_NATS and \
+        not at_unigram(last[1], facts)
+    remedy = ("a learning rate too high for the start; " + (
+        "lengthen warmup (--warmup-steps) or lower the peak learning rate (--lr)"
+        if facts.warmup_steps else "warm it up (--warmup-steps) or lower the peak (--lr)")
+        if learnt else "a learning rate far too high for this model; lower the peak learning "
+                       "rate (--lr)")
     return [finding("blew up", first, high, end=back or last[0], V=facts.vocab_size,
-                    lnv=math.log(facts.vocab_size), high=high, peak=peak, fate=fate)]
+                    lnv=ln_v, high=high, peak=peak, fate=fate, remedy=remedy)]
 
 
 def overfitting(rows: list[dict], facts: Facts) -> list[Finding]:
@@ -503,11 +520,14 @@ def plateau(rows: list[dict], facts: Facts) -> list[Finding]:
     level = statistics.median(v for _, v in train[start:])
     words = dict(end=last, loss=level, band=PLATEAU_NATS, share=share)
     ln_v = math.log(facts.vocab_size)  # (whatever the rate did: no schedule explains these)
+    wrecked = blown_up(rows, facts) is not None  # (not weights that hardly move: `blew_up`)
     if facts.unigram_nats is not None and level >= facts.unigram_nats - UNIGRAM_NATS:
         kind = "plateau, unigram" if at_unigram(level, facts) else "plateau, untrained"
-        return [finding(kind, first, level, unigram=facts.unigram_nats, lnv=ln_v, **words)]
+        return [] if wrecked and kind == "plateau, untrained" else [
+            finding(kind, first, level, unigram=facts.unigram_nats, lnv=ln_v, **words)]
     if level >= ln_v - UNIGRAM_NATS:  # the unigram entropy unknown (one's own loop), but below
-        return [finding("plateau, uniform", first, level, lnv=ln_v, V=facts.vocab_size, **words)]
+        return [] if wrecked else [
+            finding("plateau, uniform", first, level, lnv=ln_v, V=facts.vocab_size, **words)]
     peak, there = peak_lr(rows, facts), next((r.get("lr") for r in rows if r["step"] == first),
                                               None)  # (one's own rows may log no rate)
     rate = there / peak if finite(there) and peak > 0 else 1.0
@@ -539,7 +559,7 @@ def diverging(train: list[tuple[int, float]]) -> tuple[int, float] | None:
 def rising(rows: list[dict], facts: Facts) -> list[Finding]:
     """A training loss that climbs back from its lowest point and ends well above it."""
     train = smoothed(train_points(rows))
-    if len(train) < 2 * SMOOTH or ended_blown_up(rows, facts):  # (`blew_up` says it all)
+    if len(train) < 2 * SMOOTH or blown_up(rows, facts):  # (`blew_up` says what it was)
         return []
     if (low := diverging(train)) is None:
         return []
