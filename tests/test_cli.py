@@ -15,10 +15,10 @@ import torch
 
 import minigpt
 from conftest import MAIN_THREAD_ONLY, TINY_FLAGS, in_process, one_line_error, run_cli, tiny_config
-from minigpt.cli import COMPARE_STEPS, main
+from minigpt.cli import COMPARE_STEPS, check_out_suffix, main
 from minigpt.console import count, log_start, visible
 from minigpt.environment import resolve_device
-from minigpt.errors import ctrl_c_held
+from minigpt.errors import MiniGPTError, ctrl_c_held
 from minigpt.files import MADE, read_jsonl
 from minigpt.tokenizer import CharTokenizer
 
@@ -86,6 +86,40 @@ def test_a_closed_standard_output_is_nowhere_to_write_not_an_error(args):
     r = subprocess.run([sys.executable, "-m", "minigpt", *args], stderr=subprocess.PIPE,
                        text=True, timeout=120, preexec_fn=lambda: os.close(1))
     assert (r.returncode, r.stderr) == (0, "")
+
+
+@pytest.mark.parametrize("args", [["--version"], ["autograd"]])
+def test_a_pipe_closed_before_the_last_flush_stops_quietly_as_sigpipe(args):
+    """The reader gone before any of the output was flushed (buffered, as by default): the
+    last flush is the one that meets the closed pipe, and it exits as a pipe's stop (141),
+    without a word, as sample | head does, not as a failed write (1)."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        r = subprocess.run([sys.executable, "-m", "minigpt", *args], stdout=writer,
+                           stderr=subprocess.PIPE, text=True, timeout=120,
+                           env={**os.environ, "PYTHONUNBUFFERED": ""})
+    finally:
+        os.close(writer)
+    assert (r.returncode, r.stderr) == (141, "")
+
+
+def test_a_closed_standard_error_still_ends_an_error_with_its_exit_status():
+    """2>&-: Python holds a closed stderr as None; the one-line error has nowhere to go, but
+    the command still exits 2, as for any error, not with a crash writing it."""
+    r = subprocess.run([sys.executable, "-m", "minigpt", "autograd", "--at", "x=2,x=3"],
+                       stdout=subprocess.PIPE, text=True, timeout=120,
+                       preexec_fn=lambda: os.close(2))
+    assert (r.returncode, r.stdout) == (2, "")
+
+
+def test_an_out_suffix_in_capitals_is_the_same_kind_of_file():
+    """report --out R.HTML, attention --out A.PNG: the suffix is read whatever its case."""
+    for out, suffixes in [("r.HTML", (".html", ".htm")), ("r.Htm", (".html", ".htm")),
+                          ("a.PNG", (".png",))]:
+        check_out_suffix(out, suffixes, "writes one")
+    with pytest.raises(MiniGPTError, match="give a path ending in .png"):
+        check_out_suffix("a.PNG.txt", (".png",), "writes one")
 
 
 def test_the_command_a_run_suggests_pastes_as_it_is_for_a_folder_named_with_a_dash(

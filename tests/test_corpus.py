@@ -852,7 +852,8 @@ def test_the_pretrain_preset_on_characters_says_it_was_sized_for_a_prepared_corp
     brief = [*TINY_FLAGS, *as_flags(dict(n_layer=2, steps=2, eval_every=1, eval_batches=1,
                                          sample_tokens=0))]
     warned = "the pretrain preset is sized for a prepared corpus"
-    for i, (data, warns) in enumerate(((str(out), False), ("~/shards", False),
+    for i, (data, warns) in enumerate(((str(out), False),
+                                       ("~/shards --val-fraction 0.5", False),
                                        (f"{small_text} --tokenizer bpe --vocab-size 300", False),
                                        (str(small_text), True))):
         text, *more = data.split(" ")
@@ -860,6 +861,9 @@ def test_the_pretrain_preset_on_characters_says_it_was_sized_for_a_prepared_corp
                        "--out", str(tmp_path / f"run-{i}"))
         assert r.returncode == 0, r.stderr
         assert (warned in r.stderr) is warns, (data, r.stderr)
+        if data.startswith("~"):  # ~/shards: a prepared corpus for warn_if_prepared too
+            assert ("~/shards is a prepared corpus, with its own tokenizer and split: "
+                    "--val-fraction not used") in r.stderr, r.stderr
     assert f"trains it on the characters of {small_text}" in r.stderr
 
 

@@ -1,6 +1,7 @@
 """The downloader against a real HTTP server on 127.0.0.1 (never the internet)."""
 
 import contextlib
+import errno
 import functools
 import hashlib
 import http.server
@@ -10,6 +11,7 @@ import threading
 
 import pytest
 
+import minigpt.data
 from minigpt import MiniGPTError, download, ensure_tinyshakespeare
 from minigpt.data import TINYSHAKESPEARE_SHA256, prepared_text, tinyshakespeare_path
 
@@ -136,3 +138,20 @@ def test_a_cache_that_cannot_be_written_is_said_so_not_as_a_failed_download(tmp_
         assert str(e.value).startswith(f"cannot write the data cache {tmp_path}/notes.txt/cache/")
         assert str(e.value).endswith("(Not a directory); set MINIGPT_DATA_DIR to a folder you "
                                      "can write")
+
+
+def test_a_cache_folder_that_exists_but_takes_no_file_is_said_so(tmp_path, monkeypatch):
+    """A read-only cache folder: making it succeeds (it is there), writing in it does not.
+    (Root writes anywhere, so the refusal is the temporary file's, as a read-only folder
+    gives it.)"""
+    monkeypatch.setenv("MINIGPT_DATA_DIR", str(tmp_path / "cache"))
+
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(minigpt.data.tempfile, "TemporaryFile", refused)
+    with pytest.raises(MiniGPTError) as e:
+        ensure_tinyshakespeare("http://127.0.0.1:9/never-asked")
+    assert str(e.value).startswith(f"cannot write the data cache {tmp_path}/cache")
+    assert str(e.value).endswith("(Permission denied); set MINIGPT_DATA_DIR to a folder you "
+                                 "can write")
