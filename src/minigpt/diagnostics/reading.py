@@ -156,13 +156,12 @@ CLIPPED_EFFECT = {  # SGD's step is the gradient's size; AdamW's and Muon's are 
     "sgd": "clipping that often acts as a lower learning rate",
     "adaptive": "under {optimizer}, whose steps do not grow with the gradient's size, clipping "
                 "that often changes little (it is no lower learning rate there)"}
-CLIPPED_REMEDY = {  # (the loss spiked, rose or blew up; SGD): the rate too high, or the clip low
-    (True, True): "with the loss spiking, rising or blown up too, lower the peak learning rate "
-                  "(--lr)",
-    (False, True): "the loss neither spiked nor rose, so the rate is not too high for it: raise "
-                   "--grad-clip (or 0: none) to let the steps take the rate they were given",
-    (False, False): "the loss neither spiked nor rose: nothing to change for it"}
-CLIPPED_REMEDY[True, False] = CLIPPED_REMEDY[True, True]
+CLIPPED_REMEDY = {  # the rate too high (the loss spiked, rose or blew up); else the clip too low
+    "too high": "with the loss spiking, rising or blown up too, lower the peak learning rate "
+                "(--lr)",
+    "sgd": "the loss neither spiked nor rose, so the rate is not too high for it: raise "
+           "--grad-clip (or 0: none) to let the steps take the rate they were given",
+    "adaptive": "the loss neither spiked nor rose: nothing to change for it"}
 CLIP_HINT = {True: ", or clip harder (--grad-clip 0.5)",
              False: ", or turn gradient clipping on (--grad-clip 1.0)"}
 
@@ -375,7 +374,8 @@ def clipped_steps(rows: list[dict], facts: Facts) -> list[Finding]:
     effect = CLIPPED_EFFECT["sgd" if sgd else "adaptive"].format(optimizer=facts.optimizer)
     return [finding(kind, where[0], steps=tuple(where), clip=facts.grad_clip, n=n, total=total,
                     logged=logged, share=share, why=why, effect=effect,
-                    remedy=CLIPPED_REMEDY[too_high, sgd])]
+                    remedy=CLIPPED_REMEDY["too high" if too_high else "sgd" if sgd else
+                                          "adaptive"])]
 
 
 def clip_hint(rows: list[dict], facts: Facts) -> str:
@@ -504,8 +504,9 @@ def plateau(rows: list[dict], facts: Facts) -> list[Finding]:
     too short, where validation fell to the end by more than noise, and otherwise a curve that
     cannot say which."""
     train = smoothed(train_points(rows))
-    if len(train) < 2 * SMOOTH or diverging(train) or ended_blown_up(rows, facts):  # (their
-        return []  # high level is said by `rising` or `blew_up`)
+    up = blown_up(rows, facts)  # (a plateau after it: not weights that hardly move)
+    if len(train) < 2 * SMOOTH or diverging(train) or (up and up[3] is None):  # (their high
+        return []  # level is said by `rising` or `blew_up`)
     lo = hi = train[-1][1]
     start = len(train) - 1
     for i in range(len(train) - 1, -1, -1):
@@ -520,13 +521,12 @@ def plateau(rows: list[dict], facts: Facts) -> list[Finding]:
     level = statistics.median(v for _, v in train[start:])
     words = dict(end=last, loss=level, band=PLATEAU_NATS, share=share)
     ln_v = math.log(facts.vocab_size)  # (whatever the rate did: no schedule explains these)
-    wrecked = blown_up(rows, facts) is not None  # (not weights that hardly move: `blew_up`)
     if facts.unigram_nats is not None and level >= facts.unigram_nats - UNIGRAM_NATS:
         kind = "plateau, unigram" if at_unigram(level, facts) else "plateau, untrained"
-        return [] if wrecked and kind == "plateau, untrained" else [
+        return [] if up and kind == "plateau, untrained" else [
             finding(kind, first, level, unigram=facts.unigram_nats, lnv=ln_v, **words)]
     if level >= ln_v - UNIGRAM_NATS:  # the unigram entropy unknown (one's own loop), but below
-        return [] if wrecked else [
+        return [] if up else [
             finding("plateau, uniform", first, level, lnv=ln_v, V=facts.vocab_size, **words)]
     peak, there = peak_lr(rows, facts), next((r.get("lr") for r in rows if r["step"] == first),
                                               None)  # (one's own rows may log no rate)
