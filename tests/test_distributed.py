@@ -97,13 +97,21 @@ def test_two_processes_match_one_process_accumulating_their_batches(ddp_run, cor
     assert ddp_rows[-1]["train_loss"] < ddp_rows[0]["train_loss"] - 0.3  # it learned
 
 
-def test_each_process_draws_its_own_dropout_masks(corpus, tmp_path):
+@pytest.fixture(scope="module")
+def budget_run(corpus, tmp_path_factory):
+    """One two-process run under a 4-second budget, with dropout (its folder and process): what
+    the budget's test and the dropout masks' test each read (a torchrun apiece cost ~12 s)."""
+    out = tmp_path_factory.mktemp("runs") / "budget"
+    r = torchrun("train", "--text", str(corpus), "--time-budget", "4", *SMALL, "--dropout", "0.5",
+                 "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, r
+
+
+def test_each_process_draws_its_own_dropout_masks(budget_run):
     """One seed gives every process the same weights; it gave them the same dropout masks too
     (their generators in one state), so the processes' noise was one noise."""
-    out = tmp_path / "dropout"
-    r = torchrun("train", "--text", str(corpus), "--steps", "2", *SMALL, "--dropout", "0.5",
-                 "--out", str(out))
-    assert r.returncode == 0, r.stderr
+    out, _ = budget_run
     rng = load_checkpoint(out / "checkpoints", "last").section("rng")
     assert not torch.equal(rng["rank0_torch"], rng["rank1_torch"])
 
@@ -220,13 +228,10 @@ def test_an_error_every_process_meets_is_said_once_by_rank_zero(tmp_path, args, 
     assert "gloo" not in r.stderr.lower()
 
 
-def test_a_time_budget_ends_every_process_after_the_same_step(corpus, tmp_path):
+def test_a_time_budget_ends_every_process_after_the_same_step(budget_run):
     """The processes share one clock (the slowest's), so they take the same steps at the same
     learning rates and stop together; a disagreement would hang a collective call."""
-    out = tmp_path / "budget"
-    r = torchrun("train", "--text", str(corpus), "--time-budget", "4", *SMALL, "--out",
-                 str(out))
-    assert r.returncode == 0, r.stderr[-3000:]
+    out, _ = budget_run
     rows = read_jsonl(out / "metrics.jsonl")
     summary = json.loads((out / "summary.json").read_text())
     assert rows[-1]["time_s"] >= 4.0 and summary["steps"] == rows[-1]["step"] + 1 > 5

@@ -95,8 +95,9 @@ def straight_160(tmp_path_factory):
     text = folder / "corpus.txt"
     text.write_text("But soft, what light through yonder window breaks?\n" * 150)
     args = ["--text", str(text), "--steps", "160", "--eval-every", "50", *QUIET]
-    straight = run_cli("train", *args, "--out", str(folder / "run"))
-    assert straight.returncode == 0, straight.stderr
+    # in this process (what the command runs, without a second or two of imports): the oracle,
+    # not the process under test
+    assert main(["train", *args, "--out", str(folder / "run")]) == 0
     return args, folder / "run"
 
 
@@ -136,8 +137,7 @@ def test_signal_saves_and_resume_matches_an_uninterrupted_run(straight_160, tmp_
     assert step == 41  # the step held when the signal came, finished
     assert f"stopped after {step} steps by {sig.name}; checkpoint saved" in out + err
 
-    resumed = run_cli("train", "--resume", str(stopped), "--no-progress")
-    assert resumed.returncode == 0, resumed.stderr
+    assert main(["train", "--resume", str(stopped), "--no-progress"]) == 0  # (in this process)
     assert without_speed(read_jsonl(stopped / "metrics.jsonl")) == without_speed(
         read_jsonl(straight / "metrics.jsonl"))
     assert same_weights(stopped, straight)
@@ -262,8 +262,8 @@ def test_killed_during_a_checkpoint_write_resumes_from_the_last_good_one(small_t
     resumed = run_cli("train", "--resume", str(run), "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     assert not list(folder.glob(".*.tmp"))  # swept on the next save
-    straight = tmp_path / "straight"
-    assert run_cli("train", *args[1:-2], "--out", str(straight)).returncode == 0
+    straight = tmp_path / "straight"  # the oracle, in this process
+    assert main(["train", *args[1:-2], "--out", str(straight)]) == 0
     assert same_weights(run, straight)
 
 
@@ -778,22 +778,26 @@ def test_a_held_folder_names_its_holders_pid_over_an_earlier_longer_one(tmp_path
 
 
 @pytest.mark.slow
-def test_a_second_process_in_a_run_folder_is_refused_and_a_crash_frees_it(small_text, tmp_path):
+def test_a_second_process_in_a_run_folder_is_refused_and_a_crash_frees_it(small_text, tmp_path,
+                                                                          capsys):
+    """The second process is this one (`main`, what the command runs: the lock is the
+    process's, flock's, whichever process asks for it)."""
     run = tmp_path / "run"
     args = ["--text", str(small_text), "--steps", "100000", "--eval-every", "50", *QUIET]
     first = start_training(*args, "--out", str(run))
     try:  # (a failed assertion must not leave 100,000 steps running beside the other tests)
         wait_for_lines(run / "metrics.jsonl", 2, first)
-        second = run_cli("train", "--resume", str(run), "--no-progress", timeout=120)
+        second = in_process(capsys, "train", "--resume", str(run), "--no-progress")
         assert second.returncode == 2 and second.stderr.count("\n") == 1
         assert f"in use by another minigpt process (pid {first.pid})" in second.stderr
-        new = run_cli("train", "--text", str(small_text), "--out", str(run), *QUIET)
+        new = in_process(capsys, "train", "--text", str(small_text), "--out", str(run), *QUIET)
         assert new.returncode == 2 and ("in use" in new.stderr or "already holds" in new.stderr)
     finally:
         first.kill()  # SIGKILL: no clean-up; the lock goes with the process
         first.wait()
     at = load_checkpoint(run / "checkpoints", "last").meta["step"]  # (50 or later)
-    resumed = run_cli("train", "--resume", str(run), "--steps", str(at + 10), "--no-progress")
+    resumed = in_process(capsys, "train", "--resume", str(run), "--steps", str(at + 10),
+                         "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
 
 
@@ -992,8 +996,8 @@ def test_killed_at_random_moments_and_resumed_ends_as_an_uninterrupted_run(small
     """Four SIGKILLs at random moments (starting up, mid-step, mid-write), each followed by the
     command a user would type next: the run ends bit-identical to one never interrupted."""
     args = ["--text", str(small_text), "--steps", "300", "--eval-every", "15", *QUIET]
-    straight = run_cli("train", *args, "--out", str(tmp_path / "straight"))
-    assert straight.returncode == 0, straight.stderr
+    assert main(["train", *args, "--out", str(tmp_path / "straight")]) == 0  # the oracle, in
+    # this process (the kills are of the processes launched below)
     run, rng = tmp_path / "chaos", random.Random(4)
 
     def launch():  # resume once there is a checkpoint; before that, start again
