@@ -333,3 +333,33 @@ def test_local_formulas_read_as_the_lesson_writes_them():
                  "d(x/y)/dy = -x/y**2 = -0.125", "d(2**y)/dy = 2**y*log(2) = 11.0904"):
         assert line in lines
     assert {n.op for n in report.graph} >= {"PowBackward0", "PowBackward1", "DivBackward0"}
+
+
+@pytest.mark.parametrize("text", ["relu(x)", "abs(x)"])
+def test_at_a_kink_the_local_derivative_is_the_one_autograd_took(text):
+    """At 0 relu and abs have no slope; torch sends 0 there: the number the local line shows
+    must be what the node sent, not the slope of one side."""
+    node = explain(text, {"x": 0.0}).graph[0]
+    assert float(node.local[0].rsplit(" = ", 1)[1]) == node.grads_out[0] == 0.0
+
+
+def test_a_leaf_s_gradient_sum_keeps_the_signs_of_what_it_was_sent():
+    """x - x**2 at 2: x receives 1 and -4; the line adds them up to its .grad, -3."""
+    report = explain("x - x**2", {"x": 2})
+    line = next(ln for ln in format_report(report).splitlines() if "x.grad = " in ln)
+    total, result = line.split("x.grad = ")[1].rsplit(" = ", 1)
+    sent = [float(t) for t in total.replace(" - ", " + -").split(" + ")]
+    assert sorted(sent) == [-4.0, 1.0] and sum(sent) == float(result) == report.gradients["x"]
+
+
+def test_a_call_raised_to_a_power_is_not_parenthesised_and_large_numbers_are_short():
+    lines = [line for node in explain("sin(x)**3", {"x": 0.5}).graph for line in node.local]
+    assert lines[0].startswith("d(sin(x)**3)/d(sin(x)) = 3*sin(x)**2 = ")
+    text = format_report(explain("x*y", {"x": 1e10, "y": 1e10}))
+    assert "value       f = 1e+20" in text  # (not 21 digits)
+
+
+def test_the_length_limit_is_inclusive():
+    assert parse_expr("x" + " " * (autograd.MAX_LENGTH - 1)).text == "x"
+    with pytest.raises(MiniGPTError, match="at most"):
+        parse_expr("x" + " " * autograd.MAX_LENGTH)

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+import minigpt.diagnostics.batch
 from minigpt import MiniGPT, MiniGPTError, Splits
-from minigpt.diagnostics.batch import batch_sliders, batch_trade, format_trade
+from minigpt.diagnostics.batch import Trade, batch_sliders, batch_trade, format_trade
 
 
 @pytest.fixture
@@ -59,3 +60,17 @@ def test_without_ipywidgets_the_sliders_say_how_to_get_them(tiny, monkeypatch):
                                            r"'minigpt-loop\[notebook\]' \(in a checkout: pip "
                                            r"install -e "):
         batch_sliders(*tiny)
+
+
+def test_the_line_gives_mebibytes_milliseconds_and_predictions_per_second():
+    """By hand: 3 MiB of activations, a step of 2 ms over 64 predictions, 32,000 a second."""
+    line = format_trade(Trade(4, 16, (4, 16), 64, 3 * 2**20, 0.002))
+    assert "activations    3.0 MiB" in line and "one step    2.0 ms here" in line
+    assert "(32,000 predictions/s)" in line
+
+
+def test_the_step_time_is_the_median_of_the_timed_steps(tiny, monkeypatch):
+    """One slow step (a page fault, another process) does not make the shape look slow."""
+    monkeypatch.setattr(minigpt.diagnostics.batch, "timed_steps",
+                        lambda model, optimizer, batches, steps, clip: [0.9, 0.1, 0.2])
+    assert batch_trade(*tiny, B=2, T=8).step_s == 0.2

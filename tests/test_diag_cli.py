@@ -27,7 +27,15 @@ from minigpt.cli import main
 from minigpt.console import visible
 from minigpt.diagnostics.plots import plot_run_curves
 from minigpt.diagnostics.probes import standard_probes
-from minigpt.diagnostics.report import attention_html, build_report, gradflow_html, summary_html
+from minigpt.diagnostics.reading import Finding
+from minigpt.diagnostics.report import (
+    attention_html,
+    build_report,
+    gradflow_html,
+    graph_html,
+    reading_html,
+    summary_html,
+)
 from minigpt.files import lock_folder
 
 
@@ -260,6 +268,30 @@ def test_the_attention_section_shows_the_first_and_the_last_snapshot(tmp_path):
         (tmp_path / "attention" / f"step-{step}.png").write_bytes(b"a picture")
     shown = re.findall(r"<h3>(step-\d+)</h3>", attention_html(tmp_path))
     assert shown == ["step-0", "step-375", "step-750", "step-1125"]
+
+
+def test_the_attention_section_spaces_its_snapshots_to_the_nearest(tmp_path):
+    """Six snapshots, four shown: at positions 0, 5/3, 10/3 and 5, to the nearest, 0 2 3 5."""
+    (tmp_path / "attention").mkdir()
+    for step in range(6):
+        (tmp_path / "attention" / f"step-{step}.png").write_bytes(b"a picture")
+    shown = re.findall(r"<h3>(step-\d+)</h3>", attention_html(tmp_path))
+    assert shown == ["step-0", "step-2", "step-3", "step-5"]
+
+
+def test_the_reading_section_escapes_each_finding_and_notes_damaged_lines():
+    found = [Finding(3, "spikes <x>", "loss > 4 & <b>rising</b>")]
+    page = reading_html(found)
+    assert "<li><b>spikes &lt;x&gt;</b>: loss &gt; 4 &amp; &lt;b&gt;rising&lt;/b&gt;</li>" in page
+    assert "damaged" not in page and "metrics.jsonl has 2 damaged" in reading_html(found, 2)
+
+
+def test_the_graph_section_embeds_the_svg_before_the_png(tmp_path):
+    (tmp_path / "graph.png").write_bytes(b"a png")
+    assert 'src="data:image/png;base64,' in graph_html(tmp_path)
+    (tmp_path / "graph.svg").write_bytes(b"<svg/>")
+    svg = base64.b64encode(b"<svg/>").decode("ascii")
+    assert f'src="data:image/svg+xml;base64,{svg}"' in graph_html(tmp_path)
 
 
 def test_report_escapes_what_the_run_produced(tmp_path, monkeypatch):

@@ -16,7 +16,9 @@ import torch
 from minigpt import MiniGPT
 from minigpt.diagnostics.graph import (
     FORMATS,
+    FRAME_LIMIT,
     GraphvizMissing,
+    Node,
     collapse,
     gradient_norms,
     loss_graph,
@@ -292,3 +294,29 @@ def test_show_loss_graph_without_dot_says_how_in_one_line(monkeypatch, tmp_path)
     with pytest.raises(GraphvizMissing) as info:
         show_loss_graph(MiniGPT(65), 65)
     assert "\n" not in str(info.value) and "apt install graphviz" in str(info.value)
+
+
+def test_trace_names_a_parameter_given_twice_by_its_first_name_and_repeats_no_edge():
+    w = torch.ones(3, requires_grad=True)
+    nodes, edges = trace((w * w).sum(), {"first": w, "second": w})
+    assert [n.name for n in nodes if n.kind == "param"] == ["first"]
+    assert len(edges) == len(set(edges)) == 2  # w -> mul (once, though used twice) -> sum
+
+
+def test_a_module_s_count_is_written_with_commas(traced):
+    model, _, _, nodes, edges = traced
+    block = next(n for n in collapse(nodes, edges)[0] if n.module == "blocks.0")
+    count = sum(p.numel() for p in model.blocks[0].parameters())
+    assert count >= 1000 and block.label == f"blocks.0\n{count:,} params"
+
+
+def test_frames_nest_each_once_up_to_the_limit_and_backslashes_are_escaped():
+    two = [Node(0, "x", "op", "a.x", ("a", "a.x")), Node(1, "y", "op", "b.y", ("b", "b.y"))]
+    frames = [line.strip() for line in to_dot(two, []).splitlines() if "subgraph" in line]
+    assert sorted(frames) == sorted(f'subgraph "cluster_{m}" {{' for m in ("a", "a.x", "b", "b.y"))
+
+    def nodes(n):
+        return [Node(i, f"op {i}", "op", "m", ("m",)) for i in range(n)]
+    assert 'subgraph "cluster_m"' in to_dot(nodes(FRAME_LIMIT), [])
+    assert "subgraph" not in to_dot(nodes(FRAME_LIMIT + 1), [])
+    assert 'label="C:\\\\runs\\\\a"' in to_dot(nodes(1), [], title="C:\\runs\\a")

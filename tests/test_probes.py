@@ -29,6 +29,7 @@ from minigpt.diagnostics.probes import (
     Probe,
     standard_probes,
 )
+from minigpt.diagnostics.reading import Finding
 from minigpt.errors import MiniGPTError
 from minigpt.files import read_jsonl
 from minigpt.schedule import schedule_lr
@@ -614,3 +615,25 @@ def test_the_first_difference_of_two_comparisons_is_named_whichever_side_has_the
     assert difference(was, {"a": {"train": {"lr": 0.1}}}) == "a's ema was 0.9, not None"
     assert difference(was, {"a": {"train": {"lr": 0.2, "ema": 0.9}}}) == "a's lr was 0.1, not 0.2"
     assert difference(was, {"b": {}}) == "its variants were a"
+
+
+def test_a_rate_a_tenth_off_the_schedule_is_drawn_from_the_rows():
+    """Rows at the schedule's rate are drawn with it; a resume that changed --lr by a tenth
+    gives rates the settings do not: the rows alone, one line."""
+    settings = resolve_config("seed").train
+    rows = [{"step": s, "time_s": 0.1 * s, "lr": schedule_lr(settings, s, 0.1 * s)}
+            for s in range(0, 400, 20)]
+    assert len(plot_lr(rows, train=settings).axes[0].lines) == 2
+    changed = [{**r, "lr": 0.9 * r["lr"]} for r in rows]
+    assert len(plot_lr(changed, train=settings).axes[0].lines) == 1
+
+
+def test_the_loss_figure_is_drawn_on_a_log_scale_and_marks_spikes_on_the_train_curve():
+    rows = [{"step": s, "train_loss": 4.0 - 0.1 * s + (2.0 if s == 5 else 0.0)}
+            for s in range(10)]
+    assert plot_loss(rows).axes[0].get_yscale() == "linear"
+    assert plot_loss(rows, log_scale=True).axes[0].get_yscale() == "log"
+    spike = Finding(5, "spikes", "a spike", steps=(5,))
+    marks = next(ln for ln in plot_loss(rows, findings=[spike]).axes[0].lines
+                 if ln.get_marker() == "x")
+    assert list(marks.get_ydata()) == [rows[5]["train_loss"]]
