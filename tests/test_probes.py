@@ -4,6 +4,7 @@ and `compare`, each checked against the run's own metrics or an independent comp
 import json
 import math
 import shutil
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -637,3 +638,13 @@ def test_the_loss_figure_is_drawn_on_a_log_scale_and_marks_spikes_on_the_train_c
     marks = next(ln for ln in plot_loss(rows, findings=[spike]).axes[0].lines
                  if ln.get_marker() == "x")
     assert list(marks.get_ydata()) == [rows[5]["train_loss"]]
+
+
+def test_under_a_time_budget_a_rate_taken_as_its_step_began_follows_the_schedule():
+    """A row's rate is the schedule's at the seconds the step began (the last row's), its
+    time_s those it ended at: drawn with the schedule, though it is not the rate at time_s."""
+    settings = replace(resolve_config("seed").train, time_budget=100.0, warmup_steps=0)
+    rows = [{"step": s, "time_s": 10.0 * (s + 1), "lr": schedule_lr(settings, s, 10.0 * s)}
+            for s in range(9)]
+    assert rows[4]["lr"] > 1.05 * schedule_lr(settings, 4, rows[4]["time_s"])  # (far apart)
+    assert len(plot_lr(rows, train=settings).axes[0].lines) == 2
