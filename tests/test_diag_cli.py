@@ -310,6 +310,8 @@ def test_report_escapes_what_the_run_produced(tmp_path, monkeypatch):
     assert "&lt;script&gt;alert(1)&lt;" in page  # shown as text, from config.json's path
     monkeypatch.chdir(out)  # report --run . names the folder, not ""
     assert "<title>minigpt run run</title>" in build_report(".")
+    marked = out.rename(tmp_path / "<b>&")  # the folder's own name, markup too
+    assert "<title>minigpt run &lt;b&gt;&amp;</title>" in build_report(marked)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="a file name of any bytes: Linux's")
