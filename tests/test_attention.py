@@ -182,7 +182,9 @@ def test_plot_of_a_long_text_and_of_numpy_maps(tmp_path):
     T = 100  # every 2nd character labelled
     maps = attention_maps(MiniGPT(11, n_embd=8, n_layer=1, n_head=1, block_size=128),
                           torch.randint(0, 11, (1, T))).numpy()
-    plot_attention(maps, ["x"] * T, tmp_path / "long.png")
+    fig = plot_attention(maps, ["x"] * T, tmp_path / "long.png")
+    below = fig.axes[0].texts[::2]  # (each labelled position: its key's label, then its query's)
+    assert [t.get_position()[0] for t in below] == list(range(0, T, 2))
     pixels = read_png(tmp_path / "long.png")
     assert pixels.shape[0] > 500 and pixels.shape[1] > 500
 

@@ -567,6 +567,10 @@ def test_a_data_dir_that_is_a_file_is_named(tmp_path, capsys, monkeypatch):
 def test_load_model_takes_the_device_names_the_commands_take(cli_run):
     model = minigpt.load_model(cli_run[0], "best", "auto")[0]
     assert next(model.parameters()).device == resolve_device("auto")
+    # and a torch.device, the weights moved to it ("auto" on a machine without a GPU is the cpu
+    # they load on anyway: that alone would pass with the device ignored)
+    moved = minigpt.load_model(cli_run[0], "best", torch.device("meta"))[0]
+    assert next(moved.parameters()).is_meta
     with pytest.raises(minigpt.MiniGPTError, match="unknown device 'gpu'"):
         minigpt.load_model(cli_run[0], "best", "gpu")
 

@@ -160,8 +160,9 @@ def test_a_deep_models_extrapolated_count_is_its_count(monkeypatch):
 
 
 def test_auto_compiles_on_cuda_only():  # the dtype's choice: tests/test_precision.py
-    assert choose_compile("auto", CPU) is False
-    assert choose_compile("on", CPU) is True
+    cuda = torch.device("cuda")  # (a device name: no GPU needed to ask about one)
+    assert [choose_compile(c, d) for c in ("auto", "on", "off") for d in (CPU, cuda)] == [
+        False, True, True, True, False, False]
 
 
 def six_steps(optimizer_kind: str, fused: bool, oracle: bool):
