@@ -15,7 +15,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY, CrashAt, one_line_error, same_weights, tiny_config, without_speed
+from conftest import (
+    TINY,
+    CrashAt,
+    in_process,
+    one_line_error,
+    same_weights,
+    tiny_config,
+    without_speed,
+)
 from minigpt import (
     MiniGPT,
     MiniGPTError,
@@ -814,14 +822,38 @@ def test_runs_named_by_the_clock_in_the_same_second_get_their_own_folders(tmp_pa
                                                                            monkeypatch,
                                                                            clock_at_230021):
     """A sweep's runs started within one second: the second was refused (the first's folder
-    in use, or 'already holds a run: resume it'), though its user had chosen no folder."""
+    in use, or 'already holds a run: resume it'), though its user had chosen no folder. The
+    name is taken as it is given (the folder made, empty): a run started beside it, while
+    this one reads its data, gets the next."""
     import minigpt.run
 
     monkeypatch.chdir(tmp_path)
     cfg = resolve_config(overrides={"text": "/data/sonnets.txt"})
     first = minigpt.run.default_run_dir(cfg)
-    assert first == Path("runs/sonnets-20261206-230021")
-    first.mkdir(parents=True)
+    assert first == Path("runs/sonnets-20261206-230021") and first.is_dir()
     assert minigpt.run.default_run_dir(cfg) == Path("runs/sonnets-20261206-230021-2")
-    Path("runs/sonnets-20261206-230021-2").mkdir()
-    assert minigpt.run.default_run_dir(cfg) == Path("runs/sonnets-20261206-230021-3")
+    Path("runs/sonnets-20261206-230021-3").write_text("a file")  # (taken all the same)
+    assert minigpt.run.default_run_dir(cfg) == Path("runs/sonnets-20261206-230021-4")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")  # under torchrun, rank 0 makes it; rank 1 writes nothing
+    assert minigpt.run.default_run_dir(cfg) == first
+    assert len(list(Path("runs").iterdir())) == 4
+
+
+def test_a_run_that_never_starts_leaves_no_folder_it_named(tmp_path, monkeypatch, capsys,
+                                                           clock_at_230021):
+    """train() without a folder, and `minigpt train` and `compare` without --out, name one
+    and make it at once; a run that fails before it writes there removes it again, but never
+    a folder the user named."""
+    monkeypatch.chdir(tmp_path)
+    missing = str(tmp_path / "sonnets.txt")
+    with pytest.raises(MiniGPTError, match="text file not found"):
+        train(resolve_config(overrides={"text": missing}), progress=False)
+    r = in_process(capsys, "train", "--text", missing, "--no-progress")
+    assert r.returncode == 2 and "text file not found" in r.stderr
+    r = in_process(capsys, "compare", "--optimizers", "sgd,adamw", "--lr=-1", "--no-progress")
+    assert r.returncode == 2 and "'lr' must be positive" in r.stderr
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "mine").mkdir()  # the user's own empty folder, kept
+    r = in_process(capsys, "train", "--text", missing, "--out", "mine", "--no-progress")
+    assert r.returncode == 2 and (tmp_path / "mine").is_dir()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import contextlib
 import difflib
 import json
 import logging
@@ -367,7 +368,7 @@ OPTIMIZER_SETTINGS = {  # the optimizers that use each setting
 def cmd_train(args: argparse.Namespace) -> None:
     from minigpt.checkpoint import resume_config
     from minigpt.diagnostics.probes import standard_probes
-    from minigpt.run import check_can_resume, default_run_dir
+    from minigpt.run import check_can_resume, default_run_dir, removed_if_left_empty
     from minigpt.trainer import train
 
     if args.resume:  # the command as first typed may be given again, with more steps, say
@@ -395,10 +396,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     if (steps := settings_given(args).get("steps")) and cfg.train.time_budget:  # a preset's
         log.warning(f"--steps {steps} does not end this run: its time budget of "
                     f"{cfg.train.time_budget:g} s does (add --time-budget 0 to train by steps)")
-    folder = Path(args.resume or args.out or default_run_dir(cfg))
+    given = args.resume or args.out
+    folder = Path(given or default_run_dir(cfg))  # (made now: removed if the run never starts)
     try:
-        result = train(cfg, folder, resume=bool(args.resume), probes=standard_probes(cfg),
-                       progress=not args.no_progress)
+        with contextlib.nullcontext() if given else removed_if_left_empty(folder):
+            result = train(cfg, folder, resume=bool(args.resume), probes=standard_probes(cfg),
+                           progress=not args.no_progress)
     except (KeyboardInterrupt, Terminated):  # outside the steps (the final evaluation, say)
         if (folder / "checkpoints" / "last.json").is_file() and not world_from_env().enabled:
             how = ("the same command continues" if args.resume else  # (its settings: not saved
@@ -418,7 +421,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> None:
     from minigpt.diagnostics.compare import by_name, compare, format_table, parse_variant, variants
-    from minigpt.run import fresh_folder
+    from minigpt.run import fresh_folder, removed_if_left_empty
 
     named = [parse_variant(v) for v in args.variant]
     if args.optimizers or args.schedules or args.clip or not named:
@@ -428,11 +431,12 @@ def cmd_compare(args: argparse.Namespace) -> None:
         log.warning(f"one variant ({next(iter(runs))}): nothing to compare it with; give "
                     f"another (--variant NAME:KEY=VALUE, or a second value on an axis)")
     common = {"steps": COMPARE_STEPS, **settings_given(args)}
-    out = args.out or str(fresh_folder("compare"))
+    out = args.out or str(fresh_folder("compare"))  # (made now: removed if nothing starts)
     log.setLevel(logging.WARNING)  # the table says what matters
     try:
-        table = compare(runs, out, args.preset or "seed", args.config, common,
-                        progress=not args.no_progress)
+        with contextlib.nullcontext() if args.out else removed_if_left_empty(Path(out)):
+            table = compare(runs, out, args.preset or "seed", args.config, common,
+                            progress=not args.no_progress)
     except TrainingStopped:
         log.warning(f"the same command with --out {shell_path(out)} continues the comparison")
         raise

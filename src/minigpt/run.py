@@ -163,10 +163,31 @@ def default_run_dir(cfg: RunConfig) -> Path:
 
 def fresh_folder(name: str) -> Path:
     """runs/<name>-<date>-<time>, with -2, -3, ... after it where a run started in the same
-    second (a sweep's) has the name already."""
+    second (a sweep's) has the name already; made here, empty, so that no process started
+    beside this one takes it too (see removed_if_left_empty). Under torchrun, rank 0 makes it
+    and the other processes, which write nothing there, take the first name."""
     first = Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+    if not distributed.world_from_env().is_main:
+        return first
     names = (first.with_name(f"{first.name}-{n}") for n in itertools.count(2))
-    return next(folder for folder in itertools.chain([first], names) if not folder.exists())
+    for folder in itertools.chain([first], names):
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(parents=True)
+            return folder
+
+
+@contextmanager
+def removed_if_left_empty(folder: Path) -> Iterator[Path]:
+    """`folder`, one fresh_folder made, for the block; removed if the block fails before
+    anything is written there (a --text not found, say), and runs/ too if that leaves it
+    empty: a command that failed at once leaves no folder behind."""
+    try:
+        yield folder
+    except BaseException:
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # (an empty folder only)
+            folder.parent.rmdir()
+        raise
 
 
 def build_run(cfg: RunConfig, folder: str | Path) -> Run:

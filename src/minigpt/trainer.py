@@ -39,6 +39,7 @@ from minigpt.run import (
     default_run_dir,
     hold_folder,
     prepare_folder,
+    removed_if_left_empty,
     restore,
     save,
 )
@@ -71,9 +72,12 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
     gives the run's own). probes: what else to record as it trains (see
     minigpt.diagnostics.probes). progress: show a progress bar. Under torchrun every process
     calls this; rank 0 alone prints and writes files."""
+    if not out_dir:  # runs/<text>-<date>-<time>, made now: removed if the run never starts
+        with removed_if_left_empty(default_run_dir(cfg)) as folder:
+            return train(cfg, folder, resume=resume, probes=probes, progress=progress)
     cfg = copy.deepcopy(cfg)  # the run resolves its dtype, paths and vocabulary in its own
     validate(cfg)  # (changed in code since resolve_config, say)
-    folder = as_path(out_dir, "out_dir") if out_dir else default_run_dir(cfg)
+    folder = as_path(out_dir, "out_dir")
     if resume:  # (before the folder is made and locked)
         check_can_resume(folder)
     else:
@@ -81,9 +85,8 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
     console.show_logs()
     run = build_run(cfg, folder)
     run.probes = list(probes) if run.world.is_main else []
-    try:
-        performance.check_memory(cfg, run.device, run.data["params"], run.dtype)  # (before
-        # anything is written)
+    try:  # (memory checked before anything is written)
+        performance.check_memory(cfg, run.device, run.data["params"], run.dtype)
         with hold_folder(run, resume):
             if resume:
                 console.log_resume(restore(run, "last"), run.state.step)  # (restored first)
@@ -270,13 +273,11 @@ def val_bpb(run: Run, loss: float) -> float:
 def finish(run: Run, speed: Speed) -> TrainResult:
     """The whole-split validation loss, summary.json and a sample from the final model (rank 0)."""
     cfg, state = run.cfg, run.state
-    result = TrainResult({"steps": state.step}, run.final_model.eval(), run.tokenizer,
-                         run.folder)
+    result = TrainResult({"steps": state.step}, run.final_model.eval(), run.tokenizer, run.folder)
     if not run.world.is_main:
         return result
     final = split_loss(run.final_model, run.splits.val, cfg.model.block_size)
-    finite = console.finite_or_none  # (JSON has no NaN or infinity: weights gone NaN, a run
-    # with no finite evaluation)
+    finite = console.finite_or_none  # (JSON has no NaN: weights gone NaN, no finite evaluation)
     result.summary = {"final_val_loss": finite(final), "final_val_bpb": finite(val_bpb(run, final)),
                       "best_val_loss": finite(state.best_val), "steps": state.step,
                       "train_s": round(run.clock.seconds(), 2),
