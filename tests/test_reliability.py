@@ -326,8 +326,8 @@ def test_nonfinite_batches_are_skipped_up_to_the_allowance(small_text, tmp_path,
         assert summary["steps"] == 12 and summary["final_val_loss"] < 10
     else:
         with pytest.raises(MiniGPTError, match=r"step 5: 1 batch.*not finite.*learning rate.*"
-                                               r"--skip-nonfinite N above 1 \(counted at log "
-                                               r"lines\)$"):
+                                               r"lower --lr, or --skip-nonfinite N above 1 "
+                                               r"\(counted at log lines\)$"):  # (clipping on)
             train(config, tmp_path / "run", progress=False, probes=poison)
         last = read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]  # the row that stopped it
         assert (last["step"], last["train_loss"], last["skipped"]) == (5, None, 1)
@@ -356,6 +356,7 @@ def test_exploding_learning_rate_is_one_line(small_text, tmp_path, capsys):
     assert r.returncode == 2
     error = not_warnings(r.stderr)
     assert len(error) == 1 and "not finite" in error[0] and "--lr" in error[0]
+    assert "learning rate 1e+09 too high (" in error[0] and ", --grad-clip 1.0," in error[0]
     for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines():
         json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl"))
     r = in_process(capsys, *args, "--skip-nonfinite", "1000", "--out", str(tmp_path / "on"))

@@ -184,11 +184,10 @@ def set_schedules(run: Run, step: int, seconds: float) -> float:
 
 
 def seconds(clock: Clock, run: Run) -> float:
-    """The clock's seconds of training; with a time budget under torchrun, every process's
-    clock first caught up with the slowest's, so that all follow one schedule, record the same
-    times and stop after the same step (a collective call then, once a step). Every process
-    returns the agreed figure itself: its running clock, read again, could fall on the other
-    side of the budget than another process's and leave that one waiting in a collective."""
+    """The clock's seconds of training. With a time budget under torchrun, every process's
+    clock first catches up with the slowest's (a collective call, once a step): all follow one
+    schedule and stop after the same step, each returning the agreed figure, not its running
+    clock, which read again could fall on the other side of the budget and leave one waiting."""
     if run.cfg.train.time_budget and run.world.enabled:
         agreed = distributed.agree(clock.seconds(), run.world)
         clock.catch_up(agreed)
@@ -225,14 +224,15 @@ def check_row(run: Run, row: dict) -> None:
         check_initial_loss(row["train_loss"], run.tokenizer.vocab_size)
     if "skipped" not in row:
         return
-    skipped, allowed = run.state.skipped_logged, run.cfg.train.skip_nonfinite
+    t, skipped, allowed = run.cfg.train, run.state.skipped_logged, run.cfg.train.skip_nonfinite
     what = (f"step {row['step']}: {row['skipped']} batch(es) since the last log line had a "
             f"gradient that is not finite (now: loss {console.fmt(row['train_loss'], '.4g')}, "
             f"gradient norm {console.fmt(row['grad_norm'], '.4g')})")
-    if skipped > allowed:
+    if skipped > allowed:  # the rate asked for (the schedule's at this step), clipping if off
+        clip = ", --grad-clip 1.0" * (t.grad_clip == 0)
         raise Diverged(f"{what}; stopped (last checkpoint: {run.folder / 'checkpoints'}). "
-                       f"Likely cause: learning rate {row['lr']:.3g} too high; try a lower "
-                       f"--lr, --grad-clip 1.0, or --skip-nonfinite N"
+                       f"Likely cause: learning rate {t.lr:g} too high ({row['lr']:.3g} at this "
+                       f"step); try a lower --lr{clip}, or --skip-nonfinite N"
                        + f" above {allowed} (counted at log lines)" * bool(allowed), row["step"])
     log.warning(f"{what}: skipped ({skipped} of {allowed} allowed)")
 
