@@ -141,6 +141,32 @@ def test_early_stop_only_when_the_run_ended_before_its_steps():
     assert "early stop" not in kinds(rows, Facts(vocab_size=65, time_budget=15.0, patience=3))
 
 
+def test_a_run_stopped_by_hand_or_still_training_says_its_rows_end_there():
+    """Rows that end before the steps or the budget, with neither early stopping nor a NaN
+    stop to explain it: what is read is of the steps so far (a stopped notebook cell's rows
+    read 'not yet the lesson's shape' of 52 steps of 200, saying nothing of the rest)."""
+    rows = lesson_curve(steps=1000)[:9]  # to step 400
+    found = only(rows, "unfinished", Facts(vocab_size=65, total_steps=1000))
+    assert found.step == 400 and found.message.startswith(
+        "the rows end at step 400 of 1,000: the run was stopped there (Ctrl-C, a crash) or is "
+        "still training")
+    assert "unfinished" not in kinds(rows, Facts(vocab_size=65, total_steps=401))  # its end
+    assert "unfinished" not in kinds(rows, Facts(vocab_size=65))  # (own rows: no end known)
+    for r in rows:
+        r["time_s"] = r["step"] * 0.05
+    budget = Facts(vocab_size=65, time_budget=60.0)
+    assert ", 20 s into its 60 s time budget:" in only(rows, "unfinished", budget).message
+    assert "unfinished" not in kinds(rows, Facts(vocab_size=65, time_budget=20.0))  # spent
+    rows[-1].update(train_loss=None, grad_norm=None, skipped=1)  # stopped on a NaN: said so
+    assert "unfinished" not in kinds(rows, budget) and "skipped, stopped" in kinds(rows, budget)
+    early = lesson_curve(steps=1251)
+    for r in early:  # validation stuck from step 500 on: early stopping at 1,250
+        if "val_loss" in r and r["step"] > 500:
+            r["val_loss"] = 3.0
+    stopped = kinds(early, Facts(vocab_size=65, total_steps=5000, patience=3))
+    assert "early stop" in stopped and "unfinished" not in stopped
+
+
 def test_validation_gone_nan_is_said_and_counts_toward_early_stopping():
     rows = lesson_curve(steps=1251)
     for r in rows:  # metrics.jsonl writes a NaN loss as null

@@ -72,6 +72,8 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
                   "the best, at step {best:,}",
     "early stop, none finite": "early stopping at step {step:,}: {n} without a "
                                "finite loss",
+    "unfinished": "the rows end at step {step:,}{of}: the run was stopped there (Ctrl-C, a "
+                  "crash) or is still training; what is read here is of its steps so far",
     "clipped": "the gradient was clipped (norm above {clip:g}) on {n:,} of {total:,}{logged} "
                "steps ({share:.0%}): {why}",
     "clipped mostly": "the gradient was clipped (norm above {clip:g}) on {n:,} of "
@@ -328,6 +330,18 @@ def early_stop(rows: list[dict], facts: Facts) -> list[Finding]:
     if best is None:
         return [finding("early stop, none finite", after[-1], n=n)]
     return [finding("early stop", after[-1], n=n, best=best[0])]
+
+
+def unfinished(rows: list[dict], facts: Facts) -> list[Finding]:
+    """A run whose rows end before its steps or its time budget with no reason of its own to
+    stop there (early stopping, NaN gradients): stopped by hand or by a crash, or training."""
+    if not ended_early(rows, facts) or early_stop(rows, facts) or any(
+            f.kind == "skipped, stopped" for f in skipped_steps(rows, facts)):
+        return []
+    last = rows[-1]
+    of = (f" of {facts.total_steps:,}" if facts.total_steps is not None else
+          f", {last['time_s']:.0f} s into its {facts.time_budget:g} s time budget")
+    return [finding("unfinished", last["step"], of=of)]
 
 
 def ended_early(rows: list[dict], facts: Facts) -> bool:
@@ -603,7 +617,7 @@ def shape(rows: list[dict], facts: Facts) -> list[Finding]:
 
 RULES: list[Callable[[list[dict], Facts], list[Finding]]] = [
     initial_loss, warmup_end, best_checkpoint, early_stop, val_not_finite, clipped_steps,
-    skipped_steps, spikes, blew_up, overfitting, plateau, rising, shape]
+    skipped_steps, spikes, blew_up, overfitting, plateau, rising, shape, unfinished]
 
 
 # --- reading a run ---------------------------------------------------------------------------
