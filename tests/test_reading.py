@@ -152,6 +152,8 @@ def test_a_run_stopped_by_hand_or_still_training_says_its_rows_end_there():
         "still training")
     assert "unfinished" not in kinds(rows, Facts(vocab_size=65, total_steps=401))  # its end
     assert "unfinished" not in kinds(rows, Facts(vocab_size=65))  # (own rows: no end known)
+    own = [r for r in lesson_curve(steps=200, every=10) if r["step"] < 199]  # every 10th step,
+    assert "unfinished" not in kinds(own, Facts(vocab_size=65, total_steps=200))  # to 190: done
     for r in rows:
         r["time_s"] = r["step"] * 0.05
     budget = Facts(vocab_size=65, time_budget=60.0)

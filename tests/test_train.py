@@ -854,6 +854,14 @@ def test_a_run_that_never_starts_leaves_no_folder_it_named(tmp_path, monkeypatch
     r = in_process(capsys, "compare", "--optimizers", "sgd,adamw", "--lr=-1", "--no-progress")
     assert r.returncode == 2 and "'lr' must be positive" in r.stderr
     assert not (tmp_path / "runs").exists()
+    for runs in ("a file", tmp_path / "nowhere"):  # runs/ a file, or a link to nowhere
+        (tmp_path / "runs").unlink(missing_ok=True)
+        if isinstance(runs, str):
+            (tmp_path / "runs").write_text(runs)
+        else:
+            (tmp_path / "runs").symlink_to(runs)
+        with pytest.raises(MiniGPTError, match="cannot create run folder runs: "):
+            train(resolve_config(overrides={"text": missing}), progress=False)
     (tmp_path / "mine").mkdir()  # the user's own empty folder, kept
     r = in_process(capsys, "train", "--text", missing, "--out", "mine", "--no-progress")
     assert r.returncode == 2 and (tmp_path / "mine").is_dir()

@@ -169,10 +169,11 @@ def fresh_folder(name: str) -> Path:
     first = Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
     if not distributed.world_from_env().is_main:
         return first
+    make_folder(first.parent)  # (runs/ a file, or a link to nowhere: said, once)
     names = (first.with_name(f"{first.name}-{n}") for n in itertools.count(2))
     for folder in itertools.chain([first], names):
         with contextlib.suppress(FileExistsError):
-            folder.mkdir(parents=True)
+            folder.mkdir()
             return folder
 
 
@@ -185,8 +186,9 @@ def removed_if_left_empty(folder: Path) -> Iterator[Path]:
         yield folder
     except BaseException:
         with contextlib.suppress(OSError):
-            folder.rmdir()  # (an empty folder only)
-            folder.parent.rmdir()
+            if distributed.world_from_env().is_main:  # (under torchrun, rank 0 made it)
+                folder.rmdir()  # (an empty folder only)
+                folder.parent.rmdir()
         raise
 
 

@@ -338,6 +338,9 @@ def unfinished(rows: list[dict], facts: Facts) -> list[Finding]:
     if not ended_early(rows, facts) or early_stop(rows, facts) or any(
             f.kind == "skipped, stopped" for f in skipped_steps(rows, facts)):
         return []
+    spacing = rows[-1]["step"] - rows[-2]["step"] if len(rows) > 1 else 1
+    if facts.total_steps is not None and steps_done(rows) + spacing > facts.total_steps:
+        return []  # (one's own loop may log every 10th step, and not the last)
     last = rows[-1]
     of = (f" of {facts.total_steps:,}" if facts.total_steps is not None else
           f", {last['time_s']:.0f} s into its {facts.time_budget:g} s time budget")
