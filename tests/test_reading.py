@@ -277,7 +277,8 @@ def test_a_run_that_skipped_batches_then_stopped_on_one_says_where_it_stopped():
     rows = lesson_curve(steps=1000)[:9]  # to step 400
     rows[3]["skipped"] = 2  # step 150: skipped, and the run went on
     rows[-1].update(train_loss=None, grad_norm=None, skipped=1)  # step 400: there it stopped
-    found = only(rows, "skipped, stopped", Facts(vocab_size=65, total_steps=1000))
+    found = only(rows, "skipped, stopped", Facts(vocab_size=65, total_steps=1000,
+                                                 skip_nonfinite=2))
     assert found.steps == (150, 400)
     assert found.message.startswith(f"the run stopped at step {rows[-1]['step']} of 1,000 on "
                                     f"NaN or inf gradients (3 batch(es), the first by step 150)")
@@ -1161,3 +1162,23 @@ def test_a_spike_where_exactly_half_the_steps_were_clipped_may_still_clip_harder
             r["clipped"] = per_row
         assert f"on {20 * per_row} of 1,000 steps ({share})" in only(rows, "clipped").message
         assert only(rows, "spikes").message.endswith(", or clip harder (--grad-clip 0.5)")
+
+
+def test_a_loop_that_went_nan_and_stopped_early_says_only_the_stop_it_made():
+    """The notebook's loop at lr 50: its gradients NaN from step 15 on, validation stuck far
+    above the best (step 0's) until early stopping at step 150. It read as both a stop on NaN
+    gradients and early stopping; a loop that stops at the first row of NaN gradients does so
+    there, not 135 rows later. A loop that broke on a NaN at step 170, past the third
+    evaluation after the best, did not stop early."""
+    facts = Facts(vocab_size=58, warmup_steps=20, total_steps=200, grad_clip=1.0, patience=3)
+    rows = [{"step": s, "train_loss": 4.05 if s == 0 else 2.5e6, "lr": 50.0,
+             "grad_norm": 2.0 if s < 15 else math.nan} for s in range(151)]
+    for r in rows[::50]:
+        r["val_loss"] = 95.7 if r["step"] == 0 else 2.5e6
+    found = kinds(rows, facts)
+    assert "early stop" in found and "skipped, stopped" not in found, found
+    assert only(rows, "skipped", facts).message.startswith("136 batch(es) had NaN or inf")
+    broke = [{**r, "grad_norm": 2.0} for r in rows] + [
+        {"step": 170, "train_loss": math.nan, "lr": 50.0, "grad_norm": math.nan}]
+    found = kinds(broke, facts)
+    assert "skipped, stopped" in found and "early stop" not in found, found

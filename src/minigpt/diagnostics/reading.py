@@ -324,7 +324,8 @@ def early_stop(rows: list[dict], facts: Facts) -> list[Finding]:
     best = best_evaluation(rows, facts)
     after = [r["step"] for r in rows if "val_loss" in r  # NaN too, as the trainer counts it
              and (best is None or r["step"] > best[0])]
-    if not ended_early(rows, facts) or len(after) < facts.patience:
+    if not ended_early(rows, facts) or len(after) < facts.patience or \
+            after[-1] != rows[-1]["step"]:  # (rows that go on past it: it stopped elsewhere)
         return []
     n = count(facts.patience, "evaluation")
     if best is None:
@@ -410,8 +411,10 @@ def skipped_steps(rows: list[dict], facts: Facts) -> list[Finding]:
     if not where:
         return []
     n = sum(r.get("skipped") or 1 for r in rows if r["step"] in where)
+    before = n - (rows[-1].get("skipped") or 1)  # (those of the rows before the last)
     stopped = where[-1] == rows[-1]["step"] and ended_early(rows, facts) and \
-        n > facts.skip_nonfinite  # (the trainer's own rule: beyond it, it stops)
+        before <= facts.skip_nonfinite < n  # (the trainer's rule: it stops at the first row
+    # beyond it; a loop that went on past that row, to stop later, stopped for another reason)
     if stopped:
         of = f" of {facts.total_steps:,}" if facts.total_steps is not None else ""
         return [finding("skipped, stopped", where[0], steps=tuple(where), n=n,
