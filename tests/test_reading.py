@@ -1182,3 +1182,18 @@ def test_a_loop_that_went_nan_and_stopped_early_says_only_the_stop_it_made():
         {"step": 170, "train_loss": math.nan, "lr": 50.0, "grad_norm": math.nan}]
     found = kinds(broke, facts)
     assert "skipped, stopped" in found and "early stop" not in found, found
+
+
+def test_a_bad_initialisation_that_falls_is_not_a_blow_up_that_came_back():
+    """A model far above ln V at the start, falling from there, its step-0 batch a little
+    below the next ones (batch noise): it read 'the loss went above ln 65 = 4.17 ... from step
+    10 ... and came back under it by step 60'. The start is read as step 0's loss or its
+    running median, whichever is higher."""
+    rows = [{"step": s, "train_loss": 1.3 + 6.3 * math.exp(-s / 300)}
+            for s in range(0, 1000, 10)]
+    rows[0]["train_loss"] = 6.5  # (7.6 the level there)
+    facts = Facts(vocab_size=65, total_steps=1000)
+    assert "initial loss" in kinds(rows, facts) and "blew up" not in kinds(rows, facts)
+    for r in rows[3:6]:  # a real blow-up above that start is still one
+        r["train_loss"] = 9.0
+    assert "blew up" in kinds(rows, facts)
