@@ -1197,3 +1197,18 @@ def test_a_bad_initialisation_that_falls_is_not_a_blow_up_that_came_back():
     for r in rows[3:6]:  # a real blow-up above that start is still one
         r["train_loss"] = 9.0
     assert "blew up" in kinds(rows, facts)
+
+
+def test_two_separate_blow_ups_are_told_as_two():
+    """A loss that blew up at step 10, came back under ln V, and blew up again at step 150
+    read as one blow-up 'from step 10'."""
+    facts = Facts(vocab_size=65, total_steps=300)
+    rows = [{"step": s, "train_loss": 4.19 if s == 0 else 9.0 if 10 <= s < 40 or
+             150 <= s < 180 else 3.0} for s in range(0, 300, 5)]
+    found = only(rows, "blew up", facts)
+    assert found.message.startswith("the loss went above ln 65 = 4.17, worse than a uniform "
+                                    "guess, twice, from steps 10 and 150 (its running median")
+    assert found.steps == (10, 150)
+    once = [{**r, "train_loss": 3.0} if r["step"] >= 150 and r["train_loss"] == 9.0 else r
+            for r in rows]
+    assert "guess, from step 10 (its" in only(once, "blew up", facts).message

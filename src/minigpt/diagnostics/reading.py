@@ -93,8 +93,8 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
                         "peak learning rate or lengthen warmup (--warmup-steps)",
     "spikes": "the loss spiked {times}{after} (at step {at}): lower the learning rate "
               "(--lr){clip_hint}",
-    "blew up": "the loss went above ln {V} = {lnv:.2f}, worse than a uniform guess, from step "
-               "{step:,} (its running median up to {high:.2f} at step {peak:,}){fate}: "
+    "blew up": "the loss went above ln {V} = {lnv:.2f}, worse than a uniform guess, {when} "
+               "(its running median up to {high:.2f} at step {peak:,}){fate}: "
                "{remedy}",
     "overfitting": "validation stopped improving at step {step:,} while training kept falling "
                    "(train, its running median, {train0:.2f} -> {train1:.2f}; validation "
@@ -452,14 +452,16 @@ def spikes(rows: list[dict], facts: Facts) -> list[Finding]:
             for kind, where in (("spikes in warmup", warm), ("spikes", late)) if where]
 
 
-def blown_up(rows: list[dict], facts: Facts) -> tuple[int, int, float, int | None] | None:
+def blown_up(rows: list[dict], facts: Facts
+             ) -> tuple[int, int, float, int | None, tuple[int, ...]] | None:
     """Whether the smoothed train loss rose BLOWUP_NATS above ln V after step 0 (a fresh model
     starts near ln V; above it, the model does worse than a uniform guess), or above step 0's
     loss where that was higher, or its running median there where a model started far from
     ln V and that is higher still (a model that starts high and falls has not blown up): the
     first step of the rise (the first row above, from SMOOTH // 2 rows before the running
     median crossed), the step and loss of its highest, and the first step back at or below ln
-    V (or step 0's loss) after its last step above (None: it never came back)."""
+    V (or step 0's loss) after its last step above (None: it never came back); and where the
+    loss went up there again after coming back, the step each time (a second blow-up)."""
     points = train_points(rows)
     start = points[0][1] if points and points[0][0] == 0 else 0.0
     train, ln_v = smoothed(points), math.log(facts.vocab_size)
@@ -473,7 +475,9 @@ def blown_up(rows: list[dict], facts: Facts) -> tuple[int, int, float, int | Non
                  if points[i][1] > base + BLOWUP_NATS)  # (a median above: some row is)
     peak = max((train[i] for i in above), key=lambda p: p[1])
     back = next((s for s, v in train[above[-1]:] if v <= base), None)
-    return points[first][0], peak[0], peak[1], back
+    return points[first][0], peak[0], peak[1], back, tuple(  # (each later blow-up: its step)
+        points[i][0] for j, i in zip(above, above[1:], strict=False)
+        if any(v <= base for _, v in train[j + 1:i]))
 
 
 def blew_up(rows: list[dict], facts: Facts) -> list[Finding]:
@@ -481,7 +485,7 @@ def blew_up(rows: list[dict], facts: Facts) -> list[Finding]:
     start alone where the run came back within warmup (or the first tenth) and then learnt."""
     if (up := blown_up(rows, facts)) is None:
         return []
-    (first, peak, high, back), last = up, smoothed(train_points(rows))[-1]
+    (first, peak, high, back, again), last = up, smoothed(train_points(rows))[-1]
     ln_v = math.log(facts.vocab_size)
     if back is None:
         fate = (f", and ended there ({last[1]:.2f})" if last[1] > ln_v + BLOWUP_NATS else
@@ -498,8 +502,11 @@ def blew_up(rows: list[dict], facts: Facts) -> list[Finding]:
         if facts.warmup_steps else "warm it up (--warmup-steps) or lower the peak (--lr)")
         if learnt else "a learning rate far too high for this model; lower the peak learning "
                        "rate (--lr)")
-    return [finding("blew up", first, high, end=back or last[0], V=facts.vocab_size,
-                    lnv=ln_v, high=high, peak=peak, fate=fate, remedy=remedy)]
+    when = (f"{times(1 + len(again))}, from steps {list_steps([first, *again])}" if again else
+            f"from step {first:,}")
+    return [finding("blew up", first, high, end=back or last[0], steps=(first, *again),
+                    V=facts.vocab_size, lnv=ln_v, high=high, peak=peak, fate=fate, when=when,
+                    remedy=remedy)]
 
 
 def overfitting(rows: list[dict], facts: Facts) -> list[Finding]:
