@@ -118,6 +118,24 @@ def test_a_comparison_started_in_the_same_second_as_another_gets_its_own_folder(
     assert (first.with_name(first.name + "-2") / "compare.json").is_file()
 
 
+def test_a_second_compare_in_a_folder_another_compare_holds_is_refused(small_text, tmp_path,
+                                                                       capsys):
+    """Two compares on one --out raced: the second wrote variants.json over the first's and
+    failed on a variant's folder. The first's folder, just begun (its variants.json written,
+    no variant trained yet), held as its process holds it: the second says so and touches
+    nothing there."""
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "variants.json").write_text('{"adamw": {}}\n')  # (the first's)
+    with lock_folder(out):
+        line = one_line_error(capsys, ["compare", "--optimizers", "sgd:0.5", *TINY_FLAGS,
+                                       "--steps", "2", "--text", str(small_text),
+                                       "--out", str(out)])
+    assert f"{out} is in use by another minigpt process (pid {os.getpid()})" in line
+    assert (out / "variants.json").read_text() == '{"adamw": {}}\n'
+    assert sorted(p.name for p in out.iterdir()) == ["run.lock", "variants.json"]
+
+
 @pytest.fixture(scope="module")
 def report(cli_run, tmp_path_factory):
     out, _, _ = cli_run

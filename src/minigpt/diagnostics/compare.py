@@ -31,7 +31,7 @@ from minigpt.console import fmt
 from minigpt.diagnostics.plots import plot_overlay
 from minigpt.diagnostics.probes import SECTIONS, standard_probes
 from minigpt.errors import Diverged, MiniGPTError, TrainingStopped
-from minigpt.files import atomic_write_text, folder_holds, read_jsonl
+from minigpt.files import atomic_write_text, folder_holds, lock_folder, read_jsonl
 from minigpt.trainer import train
 
 log = logging.getLogger("minigpt")
@@ -158,7 +158,21 @@ def compare(variants: dict[str, dict], out_dir: str | Path, preset: str = "seed"
     folders = {name: out_dir / (f"{i}-" + "".join(c if c.isalnum() or c in "+-." else "_"
                                                  for c in name))
                for i, name in enumerate(configs)}
-    claim(out_dir, {name: cfg.to_dict() for name, cfg in configs.items()}, folders.values())
+    with lock_folder(out_dir):  # one compare in a folder at a time: a second is refused
+        claim(out_dir, {name: cfg.to_dict() for name, cfg in configs.items()}, folders.values())
+        table, curves = train_variants(configs, folders, out_dir, progress)
+        if per_byte := tokenizers_differ(table):  # a token of one is not a token of another
+            log.warning("the variants' tokenizers differ, so their losses (nats per token) do not "
+                        "compare: compare.png and the table compare validation bits per byte")
+        plot_overlay(curves, out_dir / "compare.png", title=", ".join(variants), per_byte=per_byte)
+        atomic_write_text(out_dir / "compare.json", json.dumps(table, indent=2) + "\n")
+    return table
+
+
+def train_variants(configs: dict, folders: dict[str, Path], out_dir: Path,
+                   progress: bool) -> tuple[list[dict], dict[str, list[dict]]]:
+    """Each variant trained (or kept, where an earlier compare trained it): the table's rows
+    and each variant's metrics."""
     table, curves = [], {}
     for name, cfg in configs.items():
         folder = folders[name]
@@ -184,12 +198,7 @@ def compare(variants: dict[str, dict], out_dir: str | Path, preset: str = "seed"
         tokenizer = f"{trained['data']['tokenizer']}, vocab {trained['model']['vocab_size']:,}"
         table.append({"variant": name, "folder": folder.name, "tokenizer": tokenizer, **summary})
         curves[name] = read_jsonl(folder / "metrics.jsonl")
-    if per_byte := tokenizers_differ(table):  # a token of one is not a token of another
-        log.warning("the variants' tokenizers differ, so their losses (nats per token) do not "
-                    "compare: compare.png and the table compare validation bits per byte")
-    plot_overlay(curves, out_dir / "compare.png", title=", ".join(variants), per_byte=per_byte)
-    atomic_write_text(out_dir / "compare.json", json.dumps(table, indent=2) + "\n")
-    return table
+    return table, curves
 
 
 def diverged_summary(folder: Path, cfg, step: int) -> dict:
