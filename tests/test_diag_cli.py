@@ -158,6 +158,20 @@ def test_report_is_self_contained_and_prints_the_reading_of_the_curve(report, ca
     assert said.startswith("Reading the curve:\n- step 0: loss ")
 
 
+def test_a_report_given_out_writes_nothing_into_the_run_folder(cli_run, tmp_path, capsys):
+    """It drew the graph into the run folder (graph.dot, graph.svg) whatever --out said: a run
+    folder may be read-only, or another's. With --out, the graph is drawn for the page only."""
+    run = tmp_path / "run"
+    shutil.copytree(cli_run[0], run)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    cli(capsys, "report", "--run", str(run), "--out", str(tmp_path / "pages" / "r.html"))
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+    assert [p.name for p in (tmp_path / "pages").iterdir()] == ["r.html"]
+    if shutil.which("dot"):  # (the page has the graph still)
+        assert 'alt="computation graph" src="data:image/svg+xml' in (
+            tmp_path / "pages" / "r.html").read_text()
+
+
 @pytest.mark.parametrize("damage", ["{", "[]", '{"steps": 3}'])
 def test_a_damaged_summary_is_a_section_that_says_so(cli_run, tmp_path, damage):
     run = tmp_path / "run"

@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -507,14 +508,17 @@ def cmd_report(args: argparse.Namespace) -> None:
     check_holds_a_run(Path(args.run))
     rows = read_jsonl(Path(args.run) / "metrics.jsonl")  # (read once: each reading warns of
     findings = read_curve(rows, run_facts(args.run))  # its damaged lines)
-    try:  # the graph: none for a read-only run folder, or one without a best checkpoint (a
-        # run gone NaN before its first evaluation, whose curve the report is there to read)
-        model, tok, _ = load_model(args.run, "best")
-        draw_loss_graph(model, tok.vocab_size, f"{args.run}/graph", depth=1, formats=("svg",))
-    except (GraphvizMissing, OSError, MiniGPTError) as e:
-        why = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.filename else e
-        log.warning(f"{why}; the report will have no graph")
-    path = write_report(args.run, args.out, rows)
+    # the graph, drawn into the run folder, or with --out for this page only (nothing is
+    # written into a run folder that may be read-only, or another's)
+    with tempfile.TemporaryDirectory() if args.out else contextlib.nullcontext(args.run) as at:
+        try:  # none for a read-only run folder, or one without a best checkpoint (a run gone
+            # NaN before its first evaluation, whose curve the report is there to read)
+            model, tok, _ = load_model(args.run, "best")
+            draw_loss_graph(model, tok.vocab_size, f"{at}/graph", depth=1, formats=("svg",))
+        except (GraphvizMissing, OSError, MiniGPTError) as e:
+            why = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.filename else e
+            log.warning(f"{why}; the report will have no graph")
+        path = write_report(args.run, args.out, rows, graph_dir=Path(at))
     print(format_reading(findings))
     print(f"wrote {path}")
 

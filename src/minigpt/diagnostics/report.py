@@ -157,9 +157,11 @@ SECTIONS = [  # (id, heading, the function that writes the section)
     ("config", "Configuration", config_html)]
 
 
-def build_report(run_dir: str | Path, rows: list[dict] | None = None) -> str:
+def build_report(run_dir: str | Path, rows: list[dict] | None = None,
+                 graph_dir: Path | None = None) -> str:
     """The page; `rows` are the run's metrics rows where the caller has read them already
-    (each reading of metrics.jsonl warns of its damaged lines)."""
+    (each reading of metrics.jsonl warns of its damaged lines); the graph's picture is
+    graph_dir's graph.svg where there is one, else the run folder's."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
         raise MiniGPTError(f"{run_dir} is not a run folder (no config.json)")
@@ -170,6 +172,8 @@ def build_report(run_dir: str | Path, rows: list[dict] | None = None) -> str:
     def section(part) -> str:
         if part is reading_html:
             return reading_html(findings, torn)
+        if part is graph_html and graph_dir and (graph_dir / "graph.svg").exists():
+            return graph_html(graph_dir)  # (else the run folder's, if it holds one)
         return curves_html(run_dir, rows, findings) if part is curves_html else part(run_dir)
 
     nav = "".join(f'<a href="#{key}">{title}</a>' for key, title, _ in SECTIONS)
@@ -183,7 +187,7 @@ def build_report(run_dir: str | Path, rows: list[dict] | None = None) -> str:
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None,
-                 rows: list[dict] | None = None) -> Path:
+                 rows: list[dict] | None = None, graph_dir: Path | None = None) -> Path:
     out = Path(out) if out else Path(run_dir) / "report.html"
-    atomic_write_text(out, build_report(run_dir, rows))
+    atomic_write_text(out, build_report(run_dir, rows, graph_dir))
     return out
