@@ -442,6 +442,21 @@ def test_bad_input_is_one_line_and_non_zero(cli_run, bad_files, args, message, c
     assert files() == before  # nothing half-written left behind
 
 
+def test_a_resume_of_a_folder_a_prepare_is_working_in_says_it_is_in_use(tmp_path, capsys):
+    """A corpus being prepared (its progress.json written, its lock held): not 'an unfinished
+    prepare' alone, which reads as one abandoned there."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "progress.json").write_text("{}\n")
+    with open(corpus / "run.lock", "w") as held:
+        held.write("4242")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX)
+        line = one_line_error(capsys, ["train", "--resume", str(corpus), "--no-progress"])
+    assert line.endswith("holds an unfinished prepare (in use by another minigpt process, pid "
+                         "4242), not a training run: no checkpoint to load there")
+
+
 def test_a_run_starting_to_train_is_not_called_a_folder_without_a_run(cli_run, tmp_path,
                                                                       capsys):
     """Its lock held, its config.json written and no checkpoint yet (data loading, the dtype
