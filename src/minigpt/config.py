@@ -119,7 +119,9 @@ class TrainConfig:
     time_budget: float = opt(0.0, "train for this long (seconds, or 30m, 8h, 1h30m; evaluation "
                                    "not counted; one step at least), the schedule following the "
                                    "time; 0: train for --steps", parse=duration, metavar="DURATION")
-    weight_decay: float = opt(0.1, "decoupled weight decay, applied to >=2-D weights only")
+    weight_decay: float = opt(0.1, "weight decay on >=2-D weights only: decoupled with adamw "
+                                    "and muon; sgd's is L2, added to the gradient (through "
+                                    "its momentum)")
     beta1: float = opt(0.9, "AdamW beta1 (with muon: its AdamW's, for the embeddings and head)")
     beta2: float = opt(0.99, "AdamW beta2 (with muon: its AdamW's, for the embeddings and head)")
     momentum: float = opt(0.9, "SGD momentum")
