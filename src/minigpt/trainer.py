@@ -138,7 +138,7 @@ def loop(run: Run, progress: bool) -> TrainResult:
             state.tokens += run.batches.tokens * micro.n * run.world.size
             if run.ema is not None:
                 run.ema.update(run.model)
-            skipped += ~torch.isfinite(grad_norm)  # those batches changed nothing
+            skipped += ~torch.isfinite(grad_norm)  # those batches left the weights as they were
             if t.grad_clip > 0:  # steps whose gradient the clip scaled down
                 clipped += torch.isfinite(grad_norm) & (grad_norm > t.grad_clip)
             state.step, now = step + 1, seconds(clock, run)
