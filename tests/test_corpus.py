@@ -19,7 +19,16 @@ import torch
 
 import minigpt.corpus
 from conftest import TINY_FLAGS, as_flags, in_process, one_line_error
-from minigpt import MiniGPT, MiniGPTError, ShardedTokens, Splits, get_batch, load_corpus, prepare
+from minigpt import (
+    CharTokenizer,
+    MiniGPT,
+    MiniGPTError,
+    ShardedTokens,
+    Splits,
+    get_batch,
+    load_corpus,
+    prepare,
+)
 from minigpt.checkpoint import load_model
 from minigpt.cli import main
 from minigpt.corpus import (
@@ -1156,3 +1165,20 @@ def test_a_slice_that_ends_before_it_begins_is_empty_as_numpys():
     for key in (slice(5, 2), slice(-1, 3), slice(7, 7)):
         assert len(tokens[key]) == len(whole[key]) == 0 and tokens[key].shape == (0,)
         assert np.array_equal(np.asarray(tokens[key]), whole[key])
+
+
+def test_a_lone_surrogate_in_a_prepared_tokenizer_is_one_line(capsys, tmp_path):
+    """A tokenizer.json whose alphabet holds a lone surrogate (as json writes one a Python
+    string held, "\\ud800") has no UTF-8 bytes to count: refused when read, naming the file
+    (it was a UnicodeEncodeError traceback, at bits per byte)."""
+    (tmp_path / "a.txt").write_text("the king and the queen\n" * 200, encoding="utf-8")
+    prepare(str(tmp_path / "a.txt"), tmp_path / "prep", progress=False)
+    path = tmp_path / "prep" / "tokenizer.json"
+    path.write_text(path.read_text(encoding="utf-8").replace('"\\n', '"\\ud800'),
+                    encoding="utf-8")
+    line = one_line_error(capsys, ["train", "--data", str(tmp_path / "prep"), "--steps", "1",
+                                   "--out", str(tmp_path / "run"), *TINY_FLAGS])
+    assert str(path) in line and "lone surrogate" in line
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(MiniGPTError, match="lone surrogate"):
+        CharTokenizer(["a", "\ud800"])

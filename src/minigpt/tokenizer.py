@@ -144,6 +144,7 @@ class CharTokenizer(_Tokenizer):
             raise MiniGPTError("a character tokenizer's alphabet must not repeat characters")
         if any(len(c) != 1 for c in chars):
             raise MiniGPTError("a character tokenizer's alphabet must be single characters")
+        _unicode("".join(chars))  # (a lone surrogate has no UTF-8 bytes: bits per byte failed)
         self.chars = chars
         self.stoi = {ch: i for i, ch in enumerate(chars)}
         self.itos = dict(enumerate(chars))
@@ -156,7 +157,7 @@ class CharTokenizer(_Tokenizer):
         """The lesson's vocabulary: every distinct character of `text`, sorted."""
         if not text:
             raise MiniGPTError("cannot build a vocabulary from an empty text")
-        return cls(sorted(set(_unicode(text))))
+        return cls(sorted(set(text)))
 
     @property
     def vocab_size(self) -> int:
