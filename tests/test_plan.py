@@ -286,3 +286,15 @@ def test_a_shape_whose_step_outlasts_the_time_budget_is_not_timed(capsys, monkey
     timed.clear()  # (a budget of tokens alone: timed up to MAX_STEP_S)
     assert in_process(capsys, "plan", "--tokens", "1e6", *flags).returncode == 0
     assert len(timed) > 1
+
+
+def test_a_data_folder_that_is_a_file_is_refused_before_the_header(capsys, monkeypatch,
+                                                                     tmp_path):
+    """(It printed 'planning ...; timing each shape on this CPU...' and then the error.)"""
+    (tmp_path / "data").write_text("not a folder\n")
+    monkeypatch.setenv("MINIGPT_DATA_DIR", str(tmp_path / "data"))
+    r = in_process(capsys, "plan", "--tokens", "1e6", "--batch-size", "1", "--block-size", "8")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip().splitlines() == [
+        f"minigpt: error: MINIGPT_DATA_DIR={tmp_path / 'data'} is a file; it names the folder "
+        f"minigpt keeps its data in"]

@@ -638,7 +638,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_plan(args: argparse.Namespace) -> None:
     import psutil
 
-    from minigpt.data import load_corpus
+    from minigpt.data import cache_dir, load_corpus
     from minigpt.environment import resolve_device
     from minigpt.plan import MAX_STEP_S, format_duration, format_plan, plan
     from minigpt.schedule import grows
@@ -663,6 +663,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
         splits, tok, _ = load_corpus(d.text, d.tokenizer, cfg.model.vocab_size, d.val_fraction)
         splits.check(cfg.model.block_size)  # (a corpus train would refuse: refused here too)
         cfg.model.vocab_size = tok.vocab_size
+    cache_dir()  # (where the timing keeps its dtype probe: a bad one said before the header)
     m, t = cfg.model, cfg.train
     growing = [f"{name} {start}" for name, start, full in [("batch", t.batch_start, t.batch_size),
                                                            ("block", t.block_start, m.block_size)]
