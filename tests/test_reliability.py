@@ -1166,6 +1166,18 @@ def test_a_lost_peer_under_torchrun_is_told_with_the_command_that_goes_on(error,
         "out of memory after 1,250 steps")
 
 
+def test_the_command_that_goes_on_names_the_nodes_of_a_run_across_several(tmp_path,
+                                                                          monkeypatch):
+    """8 processes, 4 a node (torchrun's LOCAL_WORLD_SIZE): two nodes of 4, not 8 on one (a
+    resume with 8 on one node is another run's shape; it said --nproc_per_node=8)."""
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    said = str(training_error(LOST[0], 1, tmp_path / "checkpoints", processes=8))
+    assert "train it again with torchrun --nnodes=2 --nproc_per_node=4 -m minigpt train" in said
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # one node of 8
+    said = str(training_error(LOST[0], 1, tmp_path / "checkpoints", processes=8))
+    assert "train it again with torchrun --nproc_per_node=8 -m minigpt train" in said
+
+
 def test_an_error_of_torchrun_that_is_no_lost_peer_is_left_as_it_is(tmp_path):
     error = RuntimeError("NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled cuda error")
     assert training_error(error, 5, tmp_path / "checkpoints", processes=2) is error

@@ -36,7 +36,13 @@ from minigpt.console import count, log, show_logs, visible
 from minigpt.corpus import BPE_VOCAB, SHARD_TOKENS, is_prepared
 from minigpt.diagnostics.probes import SECTIONS, DiagConfig
 from minigpt.distributed import world_from_env
-from minigpt.errors import MiniGPTError, Terminated, TrainingStopped, shell_path
+from minigpt.errors import (
+    MiniGPTError,
+    Terminated,
+    TrainingStopped,
+    shell_path,
+    torchrun_command,
+)
 from minigpt.files import file_on_path
 from minigpt.sample import PROMPT
 
@@ -410,8 +416,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             log.warning(f"the last checkpoint stands; {how}")
         raise
     except TrainingStopped as e:  # the command that continues it, as it was trained
-        launcher = (f"torchrun --nproc_per_node={e.processes} -m minigpt" if e.processes > 1
-                    else "minigpt")
+        launcher = torchrun_command(e.processes) if e.processes > 1 else "minigpt"
         log.warning(f"stopped after {count(e.steps, 'step')} by {signal.Signals(e.signum).name}; "
                     f"checkpoint saved. Continue with: {launcher} train --resume "
                     f"{shell_path(e.folder)}")

@@ -2,6 +2,7 @@
 Ctrl-C held back while a library loads."""
 
 import json
+import os
 import shlex
 import signal
 import threading
@@ -75,13 +76,21 @@ def peer_lost(e: BaseException) -> bool:
                                              "Connection reset by peer")))
 
 
+def torchrun_command(processes: int) -> str:
+    """How to launch minigpt as a run of `processes` was launched: torchrun with this node's
+    processes (LOCAL_WORLD_SIZE) and, across nodes, their count."""
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE") or processes)
+    nodes = f"--nnodes={processes // per_node} " if per_node < processes else ""
+    return f"torchrun {nodes}--nproc_per_node={per_node} -m minigpt"
+
+
 def training_error(e: BaseException, steps: int, checkpoints, processes: int = 1) -> BaseException:
     """The one-line error that a training run's failure stands for, or `e` itself: torch.compile
     fails at the first step (nothing is lost), memory can run out at any, and under torchrun
     another process can die (`processes`: how many the run has)."""
     if processes > 1 and peer_lost(e) and not out_of_memory(e):
         folder = shell_path(Path(checkpoints).parent)
-        again = f"torchrun --nproc_per_node={processes} -m minigpt train"
+        again = f"{torchrun_command(processes)} train"
         try:
             step = json.loads((Path(checkpoints) / "last.json").read_text())["step"]
             way_on = (f"its last checkpoint, of step {step:,}, is intact: continue with {again} "
