@@ -327,6 +327,9 @@ BAD_INPUT = [
     (["train", "--weight-decay", "inf"], "'weight_decay' must be a finite number, got inf"),
     (["train", "--config", "{bad}/forever.toml"], "'time_budget' must be a finite number"),
     (["train", "--config", "{bad}/diag.toml"], "diag.toml: 'sample_every' must not be negative"),
+    (["train", "--text", "{text}", "--eval-batches", "5000"],  # (10**12: it evaluated for ever)
+     "--eval-batches 5,000 draws more batches an evaluation than the validation split has "
+     "tokens (960)"),
     (["train", "--time-budget", "soon"], "'time_budget' must be a duration such as 90, 30m, "
                                            "8h or 1h30m, got 'soon'"),
     (["train", "--beta1", "2"], "'beta1' must be in [0, 1), got 2.0"),

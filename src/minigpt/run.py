@@ -192,6 +192,15 @@ def removed_if_left_empty(folder: Path) -> Iterator[Path]:
         raise
 
 
+def check_eval_batches(eval_batches: int, val_tokens: int) -> None:
+    """More random batches an evaluation than the validation split has tokens reads each token
+    more than a batch's tokens times over: a mistake, and one that could take years."""
+    if eval_batches > val_tokens:
+        raise MiniGPTError(f"--eval-batches {eval_batches:,} draws more batches an evaluation "
+                           f"than the validation split has tokens ({val_tokens:,}): give fewer, "
+                           f"or 0 to read the whole split once, exactly")
+
+
 def build_run(cfg: RunConfig, folder: str | Path) -> Run:
     """Data, tokenizer, a freshly initialised model (seeded), optimizer and batches; nothing is
     written but the token cache. Under torchrun, this process joins the others here."""
