@@ -216,6 +216,7 @@ def build_run(cfg: RunConfig, folder: str | Path) -> Run:
     cfg.data.tokenizer = data["tokenizer"]  # a prepared folder brings its own, and its split
     cfg.data.val_fraction = data["val_fraction"]
     cfg.model.vocab_size = tokenizer.vocab_size  # BPE may learn fewer than asked for
+    check_eval_batches(cfg.train.eval_batches, data["val_tokens"])
     accum = cfg.train.grad_accum  # this process's streams: one per micro-batch of a step
     batches = Batches(splits, cfg.train.batch_size, cfg.model.block_size, cfg.train.seed, device,
                       streams=tuple(range(world.rank * accum, (world.rank + 1) * accum)))

@@ -35,7 +35,6 @@ from minigpt.run import (
     Run,
     build_run,
     check_can_resume,
-    check_eval_batches,
     check_new_folder,
     default_run_dir,
     hold_folder,
@@ -88,7 +87,6 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
     run.probes = list(probes) if run.world.is_main else []
     try:  # (memory checked before anything is written)
         performance.check_memory(cfg, run.device, run.data["params"], run.dtype)
-        check_eval_batches(cfg.train.eval_batches, run.data["val_tokens"])
         with hold_folder(run, resume):
             if resume:
                 console.log_resume(restore(run, "last"), run.state.step)  # (restored first)
