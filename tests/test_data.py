@@ -120,12 +120,26 @@ def test_a_split_of_exactly_block_size_plus_one_tokens_is_enough():
     assert x.shape == y.shape == (2, block)
     with pytest.raises(MiniGPTError, match="validation split has 8 tokens"):
         Splits(train=splits.train, val=splits.val[:block]).check(block)
+    with pytest.raises(MiniGPTError, match="longer than block_size \\(8\\), got \\(8,\\)"):
+        get_batch(exact.val[:block], 2, block)  # (not torch's error from randint(0))
 
 
 @pytest.mark.parametrize("val_fraction", [0, 0.0, 1])
 def test_a_val_fraction_of_nothing_or_everything_is_refused(val_fraction):
     with pytest.raises(MiniGPTError, match="must be in \\(0, 1\\)"):
         Splits.from_tokens(np.arange(100), val_fraction)
+
+
+def test_the_val_stream_is_seeded_with_seed_plus_1_and_keeps_the_full_batch_shape():
+    """Val batches come from their own generator (seed + 1, no train stream's seed) at
+    (batch_size, block_size), whatever shape a batch schedule gives training meanwhile."""
+    splits = Splits.from_tokens(np.arange(5000, dtype=np.uint16))
+    batches = Batches(splits, 4, 8, seed=5)
+    batches.train_shape = (2, 4)  # as trainer.py's batch schedule sets it
+    assert batches.get_batch("train")[0].shape == (2, 4)
+    want = get_batch(splits.val, 4, 8, torch.Generator().manual_seed(6))
+    got = batches.get_batch("val")
+    assert all(torch.equal(u, v) for u, v in zip(got, want, strict=True))
 
 
 def test_training_stream_s_is_seeded_with_seed_plus_1000003_s():
