@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from minigpt import MiniGPTError, lr_at
-from minigpt.schedule import grows, size_at
+from minigpt.config import TrainConfig
+from minigpt.schedule import batch_shape, grows, size_at
 
 COSINE = dict(lr=1.0, min_lr=0.1, warmup_steps=10, total_steps=111, schedule="cosine")
 QUARTER = 0.1 + 0.9 * (1 + math.cos(math.pi / 4)) / 2  # min + (max - min) * (1 + cos(pi/4)) / 2
@@ -108,3 +109,15 @@ def test_a_start_as_large_as_the_full_size_is_no_schedule():
     the speed estimate read, not only size_at)."""
     assert not grows(32, 32, 0.3) and not grows(40, 32, 0.3) and not grows(8, 32, 0.0)
     assert grows(8, 32, 0.3) and grows(31, 32, 1.0)
+
+
+def test_a_time_budgets_batch_shape_grows_with_the_seconds_not_the_steps():
+    """batch_shape: with a time budget, progress is the part of the budget spent (the step
+    count, whatever --steps says, no longer measures training); without, the steps done."""
+    timed = TrainConfig(steps=1000, batch_size=32, batch_start=8, block_start=16, ramp=0.3,
+                        time_budget=100.0)
+    assert batch_shape(timed, 64, step=0, seconds=15.0) == (16, 32)  # 20, 40: half way up
+    assert batch_shape(timed, 64, step=900, seconds=0.0) == (8, 16)
+    assert batch_shape(timed, 64, step=0, seconds=30.0) == (32, 64)
+    stepped = TrainConfig(steps=1000, batch_size=32, batch_start=8, block_start=16, ramp=0.3)
+    assert batch_shape(stepped, 64, step=150, seconds=999.0) == (16, 32)
