@@ -596,6 +596,19 @@ def test_a_folder_write_that_fails_leaves_the_old_folder_and_no_temporary(tmp_pa
     assert [p.name for p in (tmp_path / "export").iterdir()] == ["old"]
 
 
+def test_a_folder_written_whole_replaces_an_empty_folder_but_never_a_full_one(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with atomic_folder(tmp_path / "empty") as tmp:
+        (tmp / "weights").write_text("new")
+    assert (tmp_path / "empty" / "weights").read_text() == "new"
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "old").write_text("kept")
+    with pytest.raises(OSError), atomic_folder(tmp_path / "full") as tmp:
+        (tmp / "weights").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "full"]
+    assert [p.name for p in (tmp_path / "full").iterdir()] == ["old"]
+
+
 def test_an_append_written_in_pieces_is_whole_and_one_that_fails_is_cut_back_off(tmp_path,
                                                                                   monkeypatch):
     """os.write may write less than it was given (not an error: append_line writes the rest);
