@@ -1212,3 +1212,14 @@ def test_two_separate_blow_ups_are_told_as_two():
     once = [{**r, "train_loss": 3.0} if r["step"] >= 150 and r["train_loss"] == 9.0 else r
             for r in rows]
     assert "guess, from step 10 (its" in only(once, "blew up", facts).message
+
+
+def test_a_bad_initialisation_that_blows_up_at_once_is_a_blow_up():
+    """A model far above ln V at step 0 (6.0 against ln 65 = 4.17) whose loss went to 12 from
+    the next row on: the running median at step 0 is that blow-up's own level, so taken as the
+    start it hid the blow-up, read as a plateau 'near or above ln V' whose remedy is a far
+    higher learning rate. Batch noise at step 0 raises the bar by at most BLOWUP_NATS."""
+    facts = Facts(vocab_size=65, total_steps=300)
+    rows = [{"step": s, "train_loss": 6.0 if s == 0 else 12.0} for s in range(0, 300, 10)]
+    found = kinds(rows, facts)
+    assert "blew up" in found and "plateau, uniform" not in found, found

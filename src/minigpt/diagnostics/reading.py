@@ -456,17 +456,19 @@ def blown_up(rows: list[dict], facts: Facts
              ) -> tuple[int, int, float, int | None, tuple[int, ...]] | None:
     """Whether the smoothed train loss rose BLOWUP_NATS above ln V after step 0 (a fresh model
     starts near ln V; above it, the model does worse than a uniform guess), or above step 0's
-    loss where that was higher, or its running median there where a model started far from
-    ln V and that is higher still (a model that starts high and falls has not blown up): the
-    first step of the rise (the first row above, from SMOOTH // 2 rows before the running
-    median crossed), the step and loss of its highest, and the first step back at or below ln
-    V (or step 0's loss) after its last step above (None: it never came back); and where the
-    loss went up there again after coming back, the step each time (a second blow-up)."""
+    loss where that was higher, or its running median there (by BLOWUP_NATS at most) where a
+    model started far from ln V and that is higher still (a model that starts high and falls
+    has not blown up): the first step of the rise (the first row above, from SMOOTH // 2 rows
+    before the running median crossed), the step and loss of its highest, and the first step
+    back at or below ln V (or step 0's loss) after its last step above (None: it never came
+    back); and where the loss went up there again after coming back, the step each time (a
+    second blow-up)."""
     points = train_points(rows)
     start = points[0][1] if points and points[0][0] == 0 else 0.0
     train, ln_v = smoothed(points), math.log(facts.vocab_size)
     if start and abs(start - ln_v) > INITIAL_LOSS_TOLERANCE:  # a model that starts far off:
-        start = max(start, train[0][1])  # its level there (one lucky batch sets no bar)
+        start = max(start, min(train[0][1], start + BLOWUP_NATS))  # its level there (one
+        # lucky batch sets no bar; a level above it by a blow-up's height is a blow-up)
     base = max(ln_v, start)
     above = [i for i, (s, v) in enumerate(train) if s > 0 and v > base + BLOWUP_NATS]
     if not above or all(v > base + BLOWUP_NATS for _, v in points[:above[0]]):  # (rows that
