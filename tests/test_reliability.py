@@ -1189,6 +1189,10 @@ def test_the_command_that_goes_on_names_the_nodes_of_a_run_across_several(tmp_pa
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # one node of 8
     said = str(training_error(LOST[0], 1, tmp_path / "checkpoints", processes=8))
     assert "train it again with torchrun --nproc_per_node=8 -m minigpt train" in said
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")  # uneven nodes: their count is torchrun's
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "3")
+    said = str(training_error(LOST[0], 1, tmp_path / "checkpoints", processes=8))
+    assert "train it again with torchrun --nnodes=3 --nproc_per_node=3 -m minigpt train" in said
 
 
 def test_an_error_of_torchrun_that_is_no_lost_peer_is_left_as_it_is(tmp_path):

@@ -78,10 +78,10 @@ def peer_lost(e: BaseException) -> bool:
 
 def torchrun_command(processes: int) -> str:
     """How to launch minigpt as a run of `processes` was launched: torchrun with this node's
-    processes (LOCAL_WORLD_SIZE) and, across nodes, their count."""
-    per_node = int(os.environ.get("LOCAL_WORLD_SIZE") or processes)
-    nodes = f"--nnodes={processes // per_node} " if per_node < processes else ""
-    return f"torchrun {nodes}--nproc_per_node={per_node} -m minigpt"
+    processes (LOCAL_WORLD_SIZE) and, across nodes, their count (GROUP_WORLD_SIZE)."""
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE") or 0) or processes
+    nodes = int(os.environ.get("GROUP_WORLD_SIZE") or 0) or -(-processes // per_node)
+    return f"torchrun {f'--nnodes={nodes} ' * (nodes > 1)}--nproc_per_node={per_node} -m minigpt"
 
 
 def training_error(e: BaseException, steps: int, checkpoints, processes: int = 1) -> BaseException:
