@@ -208,7 +208,7 @@ def check_not_starting(folder: Path) -> None:
 def check_holds_a_run(folder: Path) -> None:
     """Refuse a folder that holds something else minigpt made: a comparison, a corpus, ..."""
     if (what := folder_holds(folder)) not in (None, "a training run"):
-        busy = f" (in use by another minigpt process, pid {pid})" if (  # a prepare at work
+        busy = f" (in use by another minigpt process, pid {pid})" if (  # (a prepare, a compare)
             pid := lock_holder(folder)) else ""
         raise MiniGPTError(f"{folder} holds {what}{busy}, not a training run: no checkpoint to "
                            f"load there")
