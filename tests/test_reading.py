@@ -1214,6 +1214,25 @@ def test_two_separate_blow_ups_are_told_as_two():
     assert "guess, from step 10 (its" in only(once, "blew up", facts).message
 
 
+def test_a_resumed_run_that_begins_blown_up_still_shows_a_later_blow_up():
+    """Rows of a resumed run (no step 0) that begin above ln V, come back to 3.0 by step 200
+    and go up again at step 400: the opening stretch shows no rise, but the later one is a
+    blow-up; skipping the rows altogether read it as a spike and a plateau (or as rising)."""
+    facts = Facts(vocab_size=65, total_steps=1000)
+    rows = [{"step": s, "train_loss": 9.0 if s < 200 or 400 <= s < 500 else 3.0}
+            for s in range(100, 900, 10)]
+    found = only(rows, "blew up", facts)
+    assert (found.step, found.end, found.steps) == (400, 500, (400,)), found
+    assert "guess, from step 400 (its running median up to 9.00" in found.message
+    assert "spikes" not in kinds(rows, facts)
+    ended = [r for r in rows if r["step"] < 500]
+    found = only(ended, "blew up", facts)
+    assert found.step == 400 and "and ended there (9.00)" in found.message
+    assert "rising" not in kinds(ended, facts)
+    opening = [r for r in rows if r["step"] < 400]  # (up there only as the rows begin)
+    assert "blew up" not in kinds(opening, facts)
+
+
 def test_a_bad_initialisation_that_blows_up_at_once_is_a_blow_up():
     """A model far above ln V at step 0 (6.0 against ln 65 = 4.17) whose loss went to 12 from
     the next row on: the running median at step 0 is that blow-up's own level, so taken as the

@@ -458,11 +458,12 @@ def blown_up(rows: list[dict], facts: Facts
     starts near ln V; above it, the model does worse than a uniform guess), or above step 0's
     loss where that was higher, or its running median there (by BLOWUP_NATS at most) where a
     model started far from ln V and that is higher still (a model that starts high and falls
-    has not blown up): the first step of the rise (the first row above, from SMOOTH // 2 rows
-    before the running median crossed), the step and loss of its highest, and the first step
-    back at or below ln V (or step 0's loss) after its last step above (None: it never came
-    back); and where the loss went up there again after coming back, the step each time (a
-    second blow-up)."""
+    has not blown up; rows that begin up there, resumed, show a blow-up only where the loss
+    came back at or below ln V and rose again): the first step of the rise (the first row
+    above, from SMOOTH // 2 rows before the running median crossed), the step and loss of its
+    highest, and the first step back at or below ln V (or step 0's loss) after its last step
+    above (None: it never came back); and where the loss went up there again after coming
+    back, the step each time (a second blow-up)."""
     points = train_points(rows)
     start = points[0][1] if points and points[0][0] == 0 else 0.0
     train, ln_v = smoothed(points), math.log(facts.vocab_size)
@@ -471,8 +472,11 @@ def blown_up(rows: list[dict], facts: Facts
         # lucky batch sets no bar; a level above it by a blow-up's height is a blow-up)
     base = max(ln_v, start)
     above = [i for i, (s, v) in enumerate(train) if s > 0 and v > base + BLOWUP_NATS]
-    if not above or all(v > base + BLOWUP_NATS for _, v in points[:above[0]]):  # (rows that
-        return None  # begin up there, resumed, show no rise)
+    if above and all(v > base + BLOWUP_NATS for _, v in points[:above[0]]):  # rows that begin
+        # up there (resumed) show no rise there: only a stretch after they came back is one
+        above = [i for i in above if any(v <= base for _, v in train[above[0]:i])]
+    if not above:
+        return None
     first = next(i for i in range(max(1, above[0] - SMOOTH // 2), len(points))
                  if points[i][1] > base + BLOWUP_NATS)  # (a median above: some row is)
     peak = max((train[i] for i in above), key=lambda p: p[1])
