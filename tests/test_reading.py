@@ -1214,6 +1214,18 @@ def test_two_separate_blow_ups_are_told_as_two():
     assert "guess, from step 10 (its" in only(once, "blew up", facts).message
 
 
+def test_each_blow_up_is_told_from_its_first_row_up_there():
+    """Two blow-ups of the same noisy shape (a row at 9.0, a lucky batch back at 3.0, then 9.0
+    for a stretch): the first was told from its first row up there, step 10, but the second
+    from the step its running median crossed, 155, not 150."""
+    facts = Facts(vocab_size=65, total_steps=300)
+    rows = [{"step": s, "train_loss": 4.19 if s == 0 else 9.0 if s in (10, 150) or
+             20 <= s < 40 or 160 <= s < 180 else 3.0} for s in range(0, 300, 5)]
+    found = only(rows, "blew up", facts)
+    assert found.steps == (10, 150)
+    assert "guess, twice, from steps 10 and 150 (its running median" in found.message
+
+
 def test_a_resumed_run_that_begins_blown_up_still_shows_a_later_blow_up():
     """Rows of a resumed run (no step 0) that begin above ln V, come back to 3.0 by step 200
     and go up again at step 400: the opening stretch shows no rise, but the later one is a

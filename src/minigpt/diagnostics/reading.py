@@ -463,7 +463,7 @@ def blown_up(rows: list[dict], facts: Facts
     above, from SMOOTH // 2 rows before the running median crossed), the step and loss of its
     highest, and the first step back at or below ln V (or step 0's loss) after its last step
     above (None: it never came back); and where the loss went up there again after coming
-    back, the step each time (a second blow-up)."""
+    back, the first step of each such rise, found the same way (a second blow-up)."""
     points = train_points(rows)
     start = points[0][1] if points and points[0][0] == 0 else 0.0
     train, ln_v = smoothed(points), math.log(facts.vocab_size)
@@ -477,12 +477,13 @@ def blown_up(rows: list[dict], facts: Facts
         above = [i for i in above if any(v <= base for _, v in train[above[0]:i])]
     if not above:
         return None
-    first = next(i for i in range(max(1, above[0] - SMOOTH // 2), len(points))
-                 if points[i][1] > base + BLOWUP_NATS)  # (a median above: some row is)
+    def rise(crossed: int) -> int:  # a stretch's step: its first row above the bar
+        return next(s for s, v in points[max(1, crossed - SMOOTH // 2):]
+                    if v > base + BLOWUP_NATS)  # (a median above: some row is)
     peak = max((train[i] for i in above), key=lambda p: p[1])
     back = next((s for s, v in train[above[-1]:] if v <= base), None)
-    return points[first][0], peak[0], peak[1], back, tuple(  # (each later blow-up: its step)
-        points[i][0] for j, i in zip(above, above[1:], strict=False)
+    return rise(above[0]), peak[0], peak[1], back, tuple(  # (each later blow-up: its step)
+        rise(i) for j, i in zip(above, above[1:], strict=False)
         if any(v <= base for _, v in train[j + 1:i]))
 
 
