@@ -189,6 +189,37 @@ def test_plot_of_a_long_text_and_of_numpy_maps(tmp_path):
     assert pixels.shape[0] > 500 and pixels.shape[1] > 500
 
 
+def test_each_heatmap_is_its_own_layer_and_head_titled_placed_labelled_and_scaled():
+    """Layer 0 on the top row and head 0 in the left column, each titled as such and drawing
+    exactly its own map; the future (above the diagonal, not on it) greyed out; one fixed 0..1
+    colour scale; axis names on the outer heatmaps; each label at its own position."""
+    import numpy as np
+
+    L, H, T = 2, 3, 5
+    maps = torch.rand(L, H, T, T).tril() + 0.01 * torch.eye(T)
+    maps = maps / maps.sum(-1, keepdim=True) * torch.arange(1, L * H + 1).view(L, H, 1, 1) / 6
+    labels = list("ab\ncd")
+    fig = plot_attention(maps, labels)
+    future = np.triu(np.ones((T, T), dtype=bool), 1)
+    for layer in range(L):
+        for head in range(H):
+            ax = fig.axes[layer * H + head]
+            assert ax.get_title() == f"layer {layer} · head {head}"
+            shown = ax.images[0].get_array()
+            assert (np.ma.getmaskarray(shown) == future).all()
+            assert np.array_equal(shown.data[~future], maps[layer, head].numpy()[~future])
+            assert ax.images[0].get_clim() == (0.0, 1.0)
+            assert ax.get_xlabel() == ("key (attended to)" if layer == L - 1 else "")
+            assert ax.get_ylabel() == ("query (attending)" if head == 0 else "")
+            below, left = ax.texts[::2], ax.texts[1::2]
+            named = [("a", 0), ("b", 1), ("⏎", 2), ("c", 3), ("d", 4)]
+            assert [(t.get_text(), t.get_position()[0]) for t in below] == named
+            assert [(t.get_text(), t.get_position()[1]) for t in left] == named
+    box = [[fig.axes[layer * H + head].get_position() for head in range(H)] for layer in range(L)]
+    assert all(box[0][h].y0 > box[1][h].y0 for h in range(H))  # layer 0 above layer 1
+    assert all(box[lay][0].x0 < box[lay][1].x0 < box[lay][2].x0 for lay in range(L))
+
+
 def test_plot_rejects_mismatched_labels_and_shapes(tmp_path):
     maps = torch.rand(1, 1, 4, 4)
     with pytest.raises(MiniGPTError, match="3 labels for attention maps over 4 positions"):

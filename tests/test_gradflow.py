@@ -207,6 +207,28 @@ def test_tiny_gradients_are_flagged_vanishing_not_dead():
     assert not flagged(stats, "dead")
 
 
+def test_a_norm_exactly_at_a_limit_is_not_flagged():
+    """The limits are strict (docs: vanishing 0 < norm < 1e-7, exploding norm > 100): a norm
+    equal to a limit is healthy, one float32 step beyond it is flagged. 1e-7 has no float32,
+    so its nearest float32 is also passed as the limit itself."""
+    assert (VANISH, EXPLODE) == (1e-7, 100)
+    model = tiny()
+    at_vanish = torch.tensor(VANISH)  # float32: 1.0000000117e-7
+    below = torch.nextafter(at_vanish, torch.tensor(0.0))
+    above = torch.nextafter(torch.tensor(EXPLODE), torch.tensor(math.inf))
+    norms = {"token_emb.weight": at_vanish.item(), "pos_emb.weight": below.item(),
+             "lm_head.weight": EXPLODE, "ln_f.weight": above.item()}
+    grads = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for n, g in grads.items():
+        g.view(-1)[-1] = norms.get(n, 1.0)  # one element: the norm is exactly its value
+    for vanish in (VANISH, at_vanish.item()):
+        stats = by_name(grad_stats(model, grads=grads, vanish=vanish))
+        assert [stats[n].grad_norm for n in norms] == list(norms.values())
+        assert {n: stats[n].flags for n in norms} == {
+            "token_emb.weight": [], "pos_emb.weight": ["vanishing"],
+            "lm_head.weight": [], "ln_f.weight": ["exploding"]}
+
+
 def test_nan_and_inf_gradients_are_nonfinite_and_nothing_else():
     model = tiny()
     backward(model)

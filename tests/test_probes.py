@@ -202,6 +202,38 @@ def test_an_attention_text_drawn_otherwise_is_said(tmp_path, caplog, attention_t
     cfg = tiny_config(text, steps=2, attention_every=1, attention_text=attention_text)
     train(cfg, tmp_path / "run", progress=False, probes=standard_probes(cfg))
     assert said in caplog.text
+    assert "no attention recorded" not in caplog.text  # an off probe does not try every step
+    assert bool(list((tmp_path / "run" / "attention").glob("*.png"))) == ("off" not in said)
+
+
+def test_an_attention_record_draws_the_final_models_maps_titled_and_named_by_its_step(
+        tmp_path, monkeypatch):
+    """The maps drawn are those of final_model (with --ema the average, not the raw weights),
+    over the text's characters, in step-NNNNNN.png titled with that step."""
+    import numpy as np
+
+    import minigpt.diagnostics.probes as probes
+    from minigpt import MiniGPT
+    from minigpt.diagnostics.attention import attention_maps
+
+    drawn = []
+    real = probes.plot_attention
+    monkeypatch.setattr(probes, "plot_attention", lambda *a, **kw: drawn.append(real(*a, **kw)))
+    tok = CharTokenizer.from_text("ROMEO: soft")
+    final, raw = (MiniGPT(tok.vocab_size, n_embd=16, n_layer=2, n_head=2, block_size=16)
+                  for _ in range(2))
+    probe = AttentionProbe(5, "ROMEO")
+    probe.run = SimpleNamespace(final_model=final, model=raw, tokenizer=tok, folder=tmp_path,
+                                device="cpu")
+    probe.ids = tok.encode("ROMEO")
+    probe.record(7)
+    assert [p.name for p in (tmp_path / "attention").iterdir()] == ["step-000007.png"]
+    [fig] = drawn
+    assert fig._suptitle.get_text() == "attention at step 7"
+    assert [t.get_text() for t in fig.axes[0].texts[::2]] == list("ROMEO")
+    shown = np.stack([ax.images[0].get_array().filled(0.0) for ax in fig.axes[:-1]])
+    maps = attention_maps(final, torch.tensor([probe.ids])).flatten(0, 1).numpy()
+    assert np.array_equal(shown, maps)
 
 
 def test_a_resume_after_a_crash_records_each_step_once(probed_run, tmp_path):
