@@ -643,6 +643,32 @@ def test_the_start_lines_of_one_process_with_micro_steps_and_a_warmup_as_long_as
     assert not [r for r in caplog.records if "warmup" in r.getMessage()]
 
 
+def test_whole_split_evaluations_longer_than_the_training_between_them_are_warned_of(
+        tmp_path, caplog):
+    """A big prepared corpus's validation split, read whole (--eval-batches 0) at every
+    evaluation, can take longer than the steps between them (a forward: a third of a step's
+    work); the start says so, and how to estimate instead. TinyShakespeare's does not."""
+    cfg = tiny_config(tmp_path / "t.txt", eval_batches=0, eval_every=10)
+    between = 10 * cfg.train.batch_size * cfg.model.block_size
+    env = dict(torch="2", device="cpu", torch_threads=1, cpu_capability="x", dtype="float32",
+               dtype_why="asked", compile=False)
+    said = {}
+    for val_tokens in (3 * between, 3 * between + 1):
+        data = dict(text="t.txt", vocab_size=9, train_tokens=10**9, val_tokens=val_tokens,
+                    params=99)
+        run = SimpleNamespace(cfg=cfg, env=env, data=data, world=SimpleNamespace(size=1),
+                              folder=tmp_path)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="minigpt"):
+            log_start(run, 1e9)
+        said[val_tokens] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert said[3 * between] == []
+    assert said[3 * between + 1] == [
+        f"each evaluation reads the whole validation split, {3 * between + 1:,} tokens, longer "
+        f"than training the {between:,} between two: --eval-batches 20 estimates it from 20 "
+        f"random batches (the final figure still reads the whole split)"]
+
+
 def test_counts_and_visible_controls():
     assert [count(n, "step") for n in (0, 1, 2, 1000)] == ["0 steps", "1 step", "2 steps",
                                                            "1,000 steps"]

@@ -104,6 +104,13 @@ def log_start(run: Run, peak: float) -> None:
         log.warning(f"--eval-batches {t.eval_batches:,} reads {read:,} tokens an evaluation, "
                     f"more than the validation split's {data['val_tokens']:,}: --eval-batches 0 "
                     f"reads the whole split once, exactly")
+    between = t.eval_every * t.batch_size * t.grad_accum * processes * run.cfg.model.block_size
+    if not t.eval_batches and data["val_tokens"] > 3 * between:  # (a forward: a third of the
+        # work of a training step; a big prepared corpus's split)
+        log.warning(f"each evaluation reads the whole validation split, "
+                    f"{data['val_tokens']:,} tokens, longer than training the {between:,} between "
+                    f"two: --eval-batches 20 estimates it from 20 random batches (the final "
+                    f"figure still reads the whole split)")
     if not t.time_budget and t.schedule in ("cosine", "linear") and 1 < t.warmup_steps >= t.steps:
         log.warning(f"warmup ({count(t.warmup_steps, 'step')}) is the whole run: the learning rate "
                     f"will only rise, and never decay; try --warmup-steps "
