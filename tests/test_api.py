@@ -201,8 +201,8 @@ def test_an_interrupted_or_repeated_train_says_how_to_go_on_in_python(small_text
 
 @MAIN_THREAD_ONLY
 def test_ctrl_c_during_the_last_evaluation_stops_as_it_says_it_will(small_text, tmp_path):
-    """("finishing this step, then saving a checkpoint"): not on to the final evaluation and
-    sample, which a resume does."""
+    """("finishing this step (and an evaluation under way), then saving a checkpoint"): not on
+    to the final evaluation and sample, which a resume does."""
     cfg, folder = tiny_config(small_text, steps=6, eval_every=3), tmp_path / "run"
     with pytest.raises(TrainingStopped, match="checkpoint saved after 6 steps"):
         train(cfg, folder, probes=[SignalAt(5)], progress=False)  # at the last step's row

@@ -33,8 +33,8 @@ class StopSignals:
         if self.received is not None:  # (the second: Ctrl-C's, or SIGTERM's way out)
             raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
         self.received = signum
-        log.warning(f"{signal.Signals(signum).name}: finishing this step, then saving a "
-                    f"checkpoint (again to stop at once)")
+        log.warning(f"{signal.Signals(signum).name}: finishing this step (and an evaluation "
+                    f"under way), then saving a checkpoint (again to stop at once)")
 
     def agreed(self, world: distributed.World, logged: bool) -> bool:
         """Whether to stop after this step: at once in one process; under torchrun, at a log
