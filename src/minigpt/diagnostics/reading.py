@@ -477,9 +477,11 @@ def blown_up(rows: list[dict], facts: Facts
         above = [i for i in above if any(v <= base for _, v in train[above[0]:i])]
     if not above:
         return None
+
     def rise(crossed: int) -> int:  # a stretch's step: its first row above the bar
         return next(s for s, v in points[max(1, crossed - SMOOTH // 2):]
                     if v > base + BLOWUP_NATS)  # (a median above: some row is)
+
     peak = max((train[i] for i in above), key=lambda p: p[1])
     back = next((s for s, v in train[above[-1]:] if v <= base), None)
     return rise(above[0]), peak[0], peak[1], back, tuple(  # (each later blow-up: its step)
