@@ -336,7 +336,8 @@ BAD_INPUT = [
     (["train", "--targets", "1.72,nan"], "'targets' must be positive losses separated by commas"),
     (["train", "--targets", "1.72,x"], "'targets' must be positive losses separated by commas"),
     (["train", "--optimizer", "sgd", "--momentum", "1.5"], "'momentum' must be in [0, 1)"),
-    (["train", "--block-size", "5000", "--text", "{text}"], "fewer than block_size + 1"),
+    (["train", "--block-size", "5000", "--text", "{text}", "--val-fraction", "0.5"],
+     "the train split has 4,800 tokens, fewer than block_size + 1 = 5,001"),
     # a typo'd shape is refused before its terabytes are allocated (or, past 64 blocks, counted)
     (["train", "--text", "{text}", "--n-embd", "65536", "--n-head", "1", "--block-size", "8"],
      "parameters (4 layers, 65536 wide) needs about 3,07"),  # 12 C² a layer: 206 G params

@@ -205,8 +205,8 @@ class Splits:
             if len(part) < block_size + 1:
                 more = (" or a larger --val-fraction (a prepared corpus's: minigpt prepare's)"
                         if name == "validation" else "")
-                raise MiniGPTError(f"the {name} split has {len(part)} tokens, fewer than "
-                                   f"block_size + 1 = {block_size + 1}; use a longer text, a "
+                raise MiniGPTError(f"the {name} split has {len(part):,} tokens, fewer than "
+                                   f"block_size + 1 = {block_size + 1:,}; use a longer text, a "
                                    f"smaller --block-size{more}")
 
 
