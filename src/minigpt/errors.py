@@ -1,16 +1,35 @@
-"""The exceptions the command line turns into a one-line message and a non-zero exit, and the
-Ctrl-C held back while a library loads."""
+"""The exceptions the command line turns into a one-line message and a non-zero exit (and a
+notebook shows as that line, below the cell's own lines that led to it), and the Ctrl-C held
+back while a library loads."""
 
 import json
 import os
 import shlex
 import signal
+import sysconfig
 import threading
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
 
-class MiniGPTError(ValueError):
+class OneLine:
+    """An error said in its one line, in a notebook too: IPython shows the frames of the
+    user's own code that led to it (a cell's lines), then the line, not a traceback through
+    minigpt's and torch's code (the command line says the line alone)."""
+
+    def _render_traceback_(self) -> list[str]:  # IPython's hook for an exception's display
+        libraries = {sysconfig.get_path(p) for p in ("stdlib", "purelib", "platlib")}
+        mine = [f for f in traceback.extract_tb(self.__traceback__)
+                if not any(Path(f.filename).is_relative_to(d) for d in {*libraries, PACKAGE})]
+        return [line.rstrip("\n") for line in traceback.format_list(mine)] + [
+            f"{type(self).__name__}: {self}"]
+
+
+PACKAGE = Path(__file__).parent
+
+
+class MiniGPTError(OneLine, ValueError):
     """A problem the user can fix (bad input, missing file, bad config): said in one line."""
 
 
@@ -23,7 +42,7 @@ class Diverged(MiniGPTError):
         self.step = step
 
 
-class TrainingStopped(Exception):
+class TrainingStopped(OneLine, Exception):
     """Training stopped on SIGINT or SIGTERM after saving a checkpoint (exit 128 + signum): in
     `folder`, after `steps`, trained by `processes`; its message says how to continue in
     Python (the command line says it in its own terms)."""
