@@ -130,8 +130,8 @@ def test_the_command_a_run_suggests_pastes_as_it_is_for_a_folder_named_with_a_da
     r = in_process(capsys, "train", "--text", str(cli_run[2]), *TINY_FLAGS, "--steps", "2",
                    "--eval-every", "1", "--out=-my run")
     assert r.returncode == 0, r.stderr
-    hint = next(line for line in r.stdout.splitlines() if "continue it with:" in line)
-    command = shlex.split(hint.split("continue it with: ", 1)[1])
+    hint = next(line for line in r.stdout.splitlines() if "sample from it with:" in line)
+    command = shlex.split(hint.split("sample from it with: ", 1)[1])
     assert command == ["minigpt", "sample", "--run", "./-my run"]
     s = in_process(capsys, *command[1:], "--max-new-tokens", "5")
     assert s.returncode == 0, s.stderr

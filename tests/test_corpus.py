@@ -840,8 +840,8 @@ def test_train_on_a_prepared_folder_then_sample(corpus, tmp_path, capsys):
     assert summary["final_val_loss"] < summary["best_val_loss"] + 0.5 < np.log(60)
     # the text has no "ROMEO:", so the sample starts from its first character, and the
     # command the run suggests gives no prompt the run cannot read
-    hint = [line for line in r.stdout.splitlines() if "continue it with:" in line]
-    assert hint[0].endswith(f"continue it with: minigpt sample --run '{tmp_path / 'a run'}'")
+    hint = [line for line in r.stdout.splitlines() if "sample from it with:" in line]
+    assert hint[0].endswith(f"sample from it with: minigpt sample --run '{tmp_path / 'a run'}'")
     _, tok, _ = load_model(tmp_path / "a run")
     assert not tok.can_encode("ROMEO:")
     s = in_process(capsys, "sample", "--run", str(tmp_path / "a run"), "--max-new-tokens", "20",

@@ -296,5 +296,5 @@ def finish(run: Run, speed: Speed) -> TrainResult:
             log.info("sample:\n" + console.visible(text))
         except MiniGPTError as e:
             log.warning(f"no sample: {e}")
-    log.info(f"continue it with: minigpt sample --run {shell_path(run.folder)}")
+    log.info(f"sample from it with: minigpt sample --run {shell_path(run.folder)}")
     return result
