@@ -95,6 +95,20 @@ def test_compare_command_prints_a_table(small_text, tmp_path, capsys):
     assert "holds a comparison" in r.stderr and "0-sgd" in r.stderr
 
 
+
+def test_compare_trains_a_config_files_steps(small_text, tmp_path, capsys):
+    """compare's own 1000 steps stand below a --config file's (it trained 1000 over a file's
+    steps = 3); a variant's steps stand over both."""
+    (tmp_path / "c.toml").write_text("[train]\nsteps = 3\n")
+    out = tmp_path / "cmp"
+    r = in_process(capsys, "compare", "--config", str(tmp_path / "c.toml"), "--variant",
+                   "a:lr=1e-3", "--variant", "b:steps=2", *TINY_FLAGS, "--text", str(small_text),
+                   "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    steps = {d.name: json.loads((d / "config.json").read_text())["config"]["train"]["steps"]
+             for d in out.iterdir() if d.is_dir()}
+    assert steps == {"0-a": 3, "1-b": 2}
+
 def test_a_comparison_of_one_variant_says_there_is_nothing_to_compare(small_text, tmp_path,
                                                                       capsys):
     r = in_process(capsys, "compare", "--optimizers", "adamw", *TINY_FLAGS, "--steps", "2",

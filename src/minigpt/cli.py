@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from minigpt import __version__
-from minigpt.config import check_seed, field_index, preset_names, resolve_config
+from minigpt.config import asked_settings, check_seed, field_index, preset_names, resolve_config
 from minigpt.console import count, log, show_logs, visible
 from minigpt.corpus import BPE_VOCAB, SHARD_TOKENS, is_prepared
 from minigpt.diagnostics.probes import SECTIONS, DiagConfig
@@ -207,9 +207,9 @@ def build_parser() -> Parser:
                 "(any setting; preset=NAME starts from a preset), repeated; or the axes "
                 "--optimizers, --schedules, --clip, which combine: --optimizers sgd,adamw "
                 "--clip 1,0 gives four runs. The flags given set every variant; each variant's "
-                f"own settings win. Each variant trains for {COMPARE_STEPS} steps unless "
-                "--steps or --time-budget (or a preset's time budget) says otherwise, to its "
-                "end: compare takes no --patience.", "settings")
+                f"own settings win. Each variant trains to its end (compare takes no --patience): "
+                f"{COMPARE_STEPS} steps unless --steps, the --config file or the variant "
+                "sets them, or a time budget (--time-budget, a preset's) instead.", "settings")
     next(a for a in c._actions if a.dest == "steps").help = (
         f"optimizer steps of each variant (default {COMPARE_STEPS})")
     next(a for a in c._actions if a.dest == "patience").help = argparse.SUPPRESS  # (refused)
@@ -436,7 +436,9 @@ def cmd_compare(args: argparse.Namespace) -> None:
     if len(runs) == 1:
         log.warning(f"one variant ({next(iter(runs))}): nothing to compare it with; give "
                     f"another (--variant NAME:KEY=VALUE, or a second value on an axis)")
-    common = {"steps": COMPARE_STEPS, **settings_given(args)}
+    common = settings_given(args)
+    if "steps" not in asked_settings(None, args.config, common, SECTIONS):  # nor the file
+        common["steps"] = COMPARE_STEPS  # (over a preset's: the same for every variant)
     out = args.out or str(fresh_folder("compare"))  # (made now: removed if nothing starts)
     log.setLevel(logging.WARNING)  # the table says what matters
     try:
