@@ -77,6 +77,12 @@ def test_the_tightest_fit_wins_in_whatever_order_the_tables_come():
     assert fit_to_budget(fits, 90.0, "preset x") == {} == fit_to_budget(fits, 0.0, "preset x")
 
 
+def test_a_fit_table_without_its_bound_is_a_one_line_error():
+    with pytest.raises(MiniGPTError, match=r"^preset x: every \[\[fit\]\] table needs below = "
+                                           r"SECONDS$"):
+        fit_to_budget([{"below": 60.0, "lr": 0.1}, {"lr": 0.2}], 20.0, "preset x")
+
+
 @pytest.mark.parametrize("toml, message", [
     ("[train]\nlearning_rate = 1.0\n", "unknown key 'learning_rate' in [train]"),
     ("[train]\nbatchsize = 4\n", "did you mean 'batch_size'"),
@@ -91,6 +97,8 @@ def test_the_tightest_fit_wins_in_whatever_order_the_tables_come():
     ('preset = "fast"\n', "c.toml: a config file does not choose a preset: give --preset fast"),
     ("[train.optim]\nlr = 0.1\n", "c.toml: [train.optim]: sections do not nest; put its "
                                    "settings in [train] itself"),  # not "did you mean optimizer"
+    ("train = 3\n", "c.toml: [train] must be a table of settings"),  # a section's name, a value
+    ("[train]\nwarmup_steps = -1\n", "c.toml: 'warmup_steps' must not be negative, got -1$"),
 ])
 def test_bad_files_are_one_line_errors(tmp_path, toml, message):
     f = tmp_path / "c.toml"
@@ -113,6 +121,8 @@ def test_a_files_value_a_flag_replaces_is_not_checked(tmp_path):
     ({"nope": 8}, r"^unknown setting 'nope' \(if it is a setting beyond"),  # no 'compile'?
     ({"dropout": 1.0}, "dropout"),
     ({"lr": 1e-4, "min_lr": 1e-3}, "min_lr"),
+    ({"val_fraction": 1.0}, r"^'val_fraction' must be in \(0, 1\), got 1.0$"),
+    ({"pos": "rope", "n_embd": 12, "n_head": 4}, "^rope needs an even head size, got 3$"),
 ])
 def test_unknown_settings_and_settings_that_cannot_train(overrides, message):
     with pytest.raises(MiniGPTError, match=message):
