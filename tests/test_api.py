@@ -86,6 +86,12 @@ MISTAKES = [  # (a call, what the error says); m: a small MiniGPT, idx: (1, 3) t
      "tags must be a list of names (['last'], ['last', 'best']), got 'last'"),
     (lambda m, idx: save_checkpoint("unused", ["../up"], m, None, {}, {}),
      "tags must be a list of names"),
+    (lambda m, idx: m(idx.float()),  # (a float tensor would index the embedding: torch's error)
+     "idx must be a (B, T) tensor of token ids, got (1, 3) torch.float32"),
+    (lambda m, idx: Batches(Splits.from_tokens(np.arange(100) % 7), 2, 8).get_batch("test"),
+     "split must be 'train' or 'val', got 'test'"),
+    (lambda m, idx: prepare("unused", "unused", tokenizer="word"),  # (before any folder is made)
+     "tokenizer must be char or bpe, got 'word'"),
     (lambda m, idx: m(idx + 64),  # (the forward the lesson's loop calls, as generate says it)
      "idx holds ids outside the model's vocabulary (0 to 64): encoded by another run's "
      "tokenizer?"),
