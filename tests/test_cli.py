@@ -376,6 +376,10 @@ BAD_INPUT = [
     (["report", "--run", "/nonexistent"], "no run folder /nonexistent"),
     (["sample", "--run", "{bad}"], "holds no checkpoints"),  # (not "... in {bad}/checkpoints")
     (["sample", "--run", "{text}"], "is a file, not a run folder"),  # (not "no run folder")
+    (["sample", "--run", "{run}", "--prompt", ""], "minigpt: error: --prompt must not be empty"),
+    (["train", "--resume", "{run}", "--grad-accum", "2"],  # (its batch streams would change)
+     "the run was trained by 1 process(es) with --grad-accum 1; resume it the same way to "
+     "continue its batch streams"),
     (["sample", "--run", "{run}", "--top-p", "2"], "--top-p must be in"),
     (["sample", "--run", "{run}", "--top-k", "0"], "--top-k must be a whole number >= 1"),
     (["sample", "--run", "{run}", "--temperature", "-1"], "--temperature must be >= 0"),

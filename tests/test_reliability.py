@@ -465,6 +465,10 @@ def corrupt(run, tmp_path, how):
         best["model"]["n_layer"] = 3
     elif how == "vocabulary":
         best["model"]["vocab_size"] += 1
+    elif how == "format":
+        best["format"] = "minigpt-checkpoint-v0"
+    elif how == "missing":
+        tensors.unlink()
     elif how == "not an object":  # valid JSON all the same
         best = [best]
     elif how == "incomplete":
@@ -486,6 +490,8 @@ def corrupt(run, tmp_path, how):
     ("not an object", "is not readable: a JSON object was expected, got list"),
     ("incomplete", "is not readable: 'tokenizer' is missing or not a dict"),
     ("setting", "'n_head' must be int, got 'two'"),
+    ("format", "best.json is not readable: unknown format 'minigpt-checkpoint-v0'"),
+    ("missing", ".safetensors is missing"),
 ])
 def test_bad_checkpoints_are_refused_in_one_line(good_run, tmp_path, capsys, how, message):
     run = corrupt(good_run, tmp_path, how)
