@@ -87,6 +87,8 @@ def test_loss_graph_feeds_token_ids_gives_the_initial_loss_and_rejects_misfits(m
     assert loss_graph(model, VOCAB, T=8, seed=1)[0].item() != loss.item()
     with pytest.raises(MiniGPTError, match="vocab_size"):
         loss_graph(model, VOCAB + 1)
+    with pytest.raises(MiniGPTError, match=r"^T \(0\) and batch_size \(1\) must be at least 1$"):
+        loss_graph(model, VOCAB, T=0, batch_size=1)
     short = _model(block_size=4)  # T=8 by default: cut to the model's block_size
     assert loss_graph(short, VOCAB)[0].grad_fn is not None
 

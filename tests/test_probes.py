@@ -3,6 +3,7 @@ and `compare`, each checked against the run's own metrics or an independent comp
 
 import json
 import math
+import re
 import shutil
 from dataclasses import replace
 from types import SimpleNamespace
@@ -347,6 +348,14 @@ def test_variant_axes_and_settings_with_their_types():
                          ("x:bias=maybe", "not true or false")]:
         with pytest.raises(MiniGPTError, match=message):
             parse_variant(bad)
+    for axis, bad, message in [("optimizer", "sgd,,adamw", "empty item in the optimizer list "
+                                                           "'sgd,,adamw'"),
+                               ("optimizer", "sgd:fast", "cannot read 'sgd:fast' in the optimizer "
+                                                         "list 'sgd:fast'"),  # (an lr, not a word)
+                               ("grad_clip", "1,big", "cannot read 'big' in the grad_clip list "
+                                                      "'1,big'")]:
+        with pytest.raises(MiniGPTError, match=f"^{re.escape(message)}$"):
+            parse_axis(bad, axis)
 
 
 def test_a_setting_that_fails_a_variant_names_the_variant(tmp_path):
