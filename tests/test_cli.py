@@ -377,6 +377,8 @@ BAD_INPUT = [
     (["sample", "--run", "{bad}"], "holds no checkpoints"),  # (not "... in {bad}/checkpoints")
     (["sample", "--run", "{text}"], "is a file, not a run folder"),  # (not "no run folder")
     (["sample", "--run", "{run}", "--prompt", ""], "minigpt: error: --prompt must not be empty"),
+    (["compare", "--steps", "1", "--out", "{bad}/compare"],  # (no variant, no axis)
+     "nothing to compare: give --variant, --optimizers, --schedules or --clip"),
     (["train", "--resume", "{run}", "--grad-accum", "2"],  # (its batch streams would change)
      "the run was trained by 1 process(es) with --grad-accum 1; resume it the same way to "
      "continue its batch streams"),
