@@ -1143,6 +1143,11 @@ def test_a_pattern_through_dot_dot_still_leaves_hidden_files_out(corpus):
     assert [p.resolve() for p in found] == [f.resolve() for f in files if f.parent == src]
 
 
+def test_a_view_says_its_tokens_positions_and_shards():
+    tokens = ShardedTokens([np.arange(5, dtype=np.uint16), np.arange(5, 9, dtype=np.uint16)])
+    assert repr(tokens[2:6]) == "ShardedTokens(4 tokens of uint16, positions 2..6 of 2 shards)"
+
+
 def test_a_boolean_mask_is_not_taken_for_positions():
     tokens = ShardedTokens([np.arange(5, dtype=np.uint16), np.arange(5, 9, dtype=np.uint16)])
     with pytest.raises(IndexError, match="takes slices and integer arrays"):

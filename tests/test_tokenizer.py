@@ -107,6 +107,10 @@ def test_a_tokenizer_equals_only_a_tokenizer_of_its_kind_and_alphabet():
     assert tok != tok.to_dict() and tok != "abc" and tok != None  # noqa: E711
 
 
+def test_a_tokenizer_says_its_kind_and_vocabulary_size():
+    assert repr(CharTokenizer.from_text("hello")) == "CharTokenizer(vocab_size=4)"
+
+
 def test_a_plain_space_outside_the_vocabulary_is_named_as_its_repr():
     """Only spaces other than ' ' are named by code point (shown_char): ' ' reads as itself."""
     with pytest.raises(MiniGPTError, match=r"outside the vocabulary: ' '$"):
