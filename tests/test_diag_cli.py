@@ -172,18 +172,22 @@ def test_report_is_self_contained_and_prints_the_reading_of_the_curve(report, ca
     assert said.startswith("Reading the curve:\n- step 0: loss ")
 
 
-def test_a_report_given_out_writes_nothing_into_the_run_folder(cli_run, tmp_path, capsys):
+def test_a_report_writes_its_page_and_nothing_else(cli_run, tmp_path, capsys):
     """It drew the graph into the run folder (graph.dot, graph.svg) whatever --out said: a run
-    folder may be read-only, or another's. With --out, the graph is drawn for the page only."""
+    folder may be read-only, or another's, and graph's own graph.png there was left of another
+    drawing than the .svg beside it. The graph is drawn for the page only."""
     run = tmp_path / "run"
     shutil.copytree(cli_run[0], run)
-    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    (run / "report.html").unlink(missing_ok=True)
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
     cli(capsys, "report", "--run", str(run), "--out", str(tmp_path / "pages" / "r.html"))
-    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+    cli(capsys, "report", "--run", str(run))
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == {
+        **before, run / "report.html": (run / "report.html").stat().st_mtime_ns}
     assert [p.name for p in (tmp_path / "pages").iterdir()] == ["r.html"]
-    if shutil.which("dot"):  # (the page has the graph still)
-        assert 'alt="computation graph" src="data:image/svg+xml' in (
-            tmp_path / "pages" / "r.html").read_text()
+    for page in (tmp_path / "pages" / "r.html", run / "report.html"):
+        if shutil.which("dot"):  # (the pages have the graph still)
+            assert 'alt="computation graph" src="data:image/svg+xml' in page.read_text()
 
 
 @pytest.mark.parametrize("damage", ["{", "[]", '{"steps": 3}'])

@@ -125,6 +125,11 @@ PLAN_IGNORES = {"n_embd", "n_head", "n_layer", "steps", "lr", "min_lr", "schedul
                 "eval_every", "eval_batches", "targets", "patience", "min_delta", "log_every",
                 "keep", "ema", "skip_nonfinite", "seed", "compile", "sample_tokens",
                 *field_index({"diag": DiagConfig})}
+PLAN_HELP = {  # plan's own words, where train's speak of --steps or of a GPU
+    "time_budget": "the training time to plan for: seconds, or 30m, 8h, 1h30m",
+    "ramp": "the part of the training time (or tokens) over which --batch-start and "
+            "--block-start grow to full size (default 0.3)",
+    "device": "plan times its steps on this machine's CPU: auto or cpu (default 'auto')"}
 
 
 def add_config_flags(p: argparse.ArgumentParser, leave_out: set[str] = frozenset()) -> None:
@@ -169,8 +174,8 @@ def shared_options(name: str) -> argparse.ArgumentParser:
             group.add_argument("--no-progress", action="store_true", help="no progress bar")
         add_config_flags(group, PLAN_IGNORES if name == "plan settings" else frozenset())
         if name == "plan settings":  # (train's help speaks of --steps, which plan has not)
-            next(a for a in group._actions if a.dest == "time_budget").help = (
-                "the training time to plan for: seconds, or 30m, 8h, 1h30m")
+            for action in group._actions:
+                action.help = PLAN_HELP.get(action.dest, action.help)
     return group
 
 
@@ -232,10 +237,11 @@ def build_parser() -> Parser:
                          "sigmoid relu abs; one that starts with '-' takes '=': "
                          "--expr=-x**2 (default: the lesson's x**2 + 3*x + 1)")
     au.add_argument("--at", metavar="NAME=VALUE,...",
-                    help="where to evaluate, e.g. x=2 or x=1,y=-0.5 (default x=2)")
+                    help="where to evaluate, e.g. x=2 or x=1,y=-0.5 (default x=2: an expression "
+                         "of other variables needs their values)")
 
     gr = command("graph", "draw the computation graph from the loss back",
-                 "Trace loss.grad_fn back to the embeddings for one batch of token ids and "
+                 "Trace loss.grad_fn back to the embeddings for one batch of random token ids and "
                  "draw it (DOT, and SVG + PNG with Graphviz): parameters with their names, "
                  "shapes and gradient norms. Without --run: a freshly initialised seed model.",
                  "run?", "checkpoint")
@@ -264,15 +270,17 @@ def build_parser() -> Parser:
 
     a = command("attention", "attention heatmaps for a text",
                 "Every layer's and head's attention weights for a text, as a grid of heatmaps "
-                "(layers x heads) with the characters on the axes.", "run", "checkpoint", "device")
-    a.add_argument("--text", help=f"the text to read (at most block_size characters; default "
+                "(layers x heads) with the text's tokens on the axes.", "run", "checkpoint", "device")
+    a.add_argument("--text", help=f"the text to read (at most block_size tokens: characters, "
+                                  f"for a character model; default "
                                   f"{DiagConfig.attention_text!r}, what a run records, less "
-                                  f"any character the run's vocabulary lacks)")
+                                  f"any character the run's vocabulary lacks, cut to "
+                                  f"block_size)")
     a.add_argument("--out", metavar="FILE", help="PNG to write (default DIR/attention.png)")
 
     s = command("sample", "generate text from a trained run",
                 "Stream the prompt and its continuation to stdout.", "run", "checkpoint", "device")
-    s.add_argument("--prompt", help=f"text to continue (default {PROMPT}, or the vocabulary's "
+    s.add_argument("--prompt", help=f"text to continue (default {PROMPT!r}, or the vocabulary's "
                                     f"first token, for characters the lowest, often a line "
                                     f"break, where it lacks one of those)")
     s.add_argument("--max-new-tokens", type=int, default=300, metavar="N",
@@ -515,9 +523,9 @@ def cmd_report(args: argparse.Namespace) -> None:
     check_holds_a_run(Path(args.run))
     rows = read_jsonl(Path(args.run) / "metrics.jsonl")  # (read once: each reading warns of
     findings = read_curve(rows, run_facts(args.run))  # its damaged lines)
-    # the graph, drawn into the run folder, or with --out for this page only (nothing is
-    # written into a run folder that may be read-only, or another's)
-    with tempfile.TemporaryDirectory() if args.out else contextlib.nullcontext(args.run) as at:
+    # the graph, drawn for the page only: the run folder gets the page (without --out) and
+    # nothing else (a graph.dot and graph.svg there left graph's graph.png of another drawing)
+    with tempfile.TemporaryDirectory() as at:
         try:  # none for a read-only run folder, or one without a best checkpoint (a run gone
             # NaN before its first evaluation, whose curve the report is there to read)
             model, tok, _ = load_model(args.run, "best")
