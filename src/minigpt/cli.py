@@ -270,7 +270,8 @@ def build_parser() -> Parser:
 
     a = command("attention", "attention heatmaps for a text",
                 "Every layer's and head's attention weights for a text, as a grid of heatmaps "
-                "(layers x heads) with the text's tokens on the axes.", "run", "checkpoint", "device")
+                "(layers x heads) with the text's tokens on the axes.",
+                "run", "checkpoint", "device")
     a.add_argument("--text", help=f"the text to read (at most block_size tokens: characters, "
                                   f"for a character model; default "
                                   f"{DiagConfig.attention_text!r}, what a run records, less "

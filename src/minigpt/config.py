@@ -152,8 +152,9 @@ class TrainConfig:
     skip_nonfinite: int = opt(0, "skip up to N batches whose gradients are NaN or inf")
     seed: int = opt(1337, "seed for initial weights and batch sampling")
     device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps")
-    dtype: str = opt("auto", "matmul precision: auto (bfloat16 on CUDA; on a CPU bfloat16 only "
-                              "where a short probe measures the step faster), float32 or "
+    dtype: str = opt("auto", "matmul precision: auto (bfloat16 on a CUDA GPU with bf16 tensor "
+                              "cores, Ampere or newer; on a CPU only where a short probe "
+                              "measures the step faster; else float32), float32 or "
                               "bfloat16 (autocast; weights stay float32)",
                       choices=("auto", "float32", "bfloat16"))
     compile: str = opt("auto", "torch.compile the model: auto (on CUDA only), on or off",

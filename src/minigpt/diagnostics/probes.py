@@ -56,12 +56,15 @@ class DiagConfig:
 
     gradflow_every: int = opt(250, "record per-parameter gradient health every N steps (0 = off)")
     attention_every: int = opt(1000, "save attention heatmaps every N steps, at the first "
-                                     "metrics row from each multiple of N (0 = off)")
+                                     "metrics row from each multiple of N, and of the final "
+                                     "weights (0 = off)")
     attention_text: str = opt("ROMEO: But soft, what light", "text the attention maps read")
     sample_every: int = opt(1000, "record a 200-token sample every N steps, at the first "
-                                  "metrics row from each multiple of N (0 = off)")
+                                  "metrics row from each multiple of N, and from the final "
+                                  "weights (0 = off)")
     tensorboard: bool = opt(False, "also write TensorBoard event files to <run>/tensorboard")
-    plots: bool = opt(True, "redraw loss.png and lr.png at every evaluation")
+    plots: bool = opt(True, "draw loss.png and lr.png, at every evaluation and at the end "
+                             "(--no-plots: neither)")
     log_scale: bool = opt(False, "draw loss.png with a logarithmic loss axis")
 
     def validate(self) -> None:
