@@ -12,6 +12,8 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
+PACKAGE = Path(__file__).parent  # minigpt's own files: no frame of them is the user's
+
 
 class OneLine:
     """An error said in its one line, in a notebook too: IPython shows the frames of the
@@ -24,9 +26,6 @@ class OneLine:
                 if not any(Path(f.filename).is_relative_to(d) for d in {*libraries, PACKAGE})]
         return [line.rstrip("\n") for line in traceback.format_list(mine)] + [
             f"{type(self).__name__}: {self}"]
-
-
-PACKAGE = Path(__file__).parent
 
 
 class MiniGPTError(OneLine, ValueError):
