@@ -7,6 +7,7 @@ import graphlib
 import math
 import shutil
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from collections import Counter
 
@@ -296,6 +297,55 @@ def test_show_loss_graph_without_dot_says_how_in_one_line(monkeypatch, tmp_path)
     with pytest.raises(GraphvizMissing) as info:
         show_loss_graph(MiniGPT(65), 65)
     assert "\n" not in str(info.value) and "apt install graphviz" in str(info.value)
+
+
+def test_show_loss_graph_without_the_graphviz_package_says_how_in_one_line(monkeypatch):
+    """Not a bare ImportError, nor the .dot file that render's hint names: show writes none."""
+    monkeypatch.setitem(sys.modules, "graphviz", None)  # as if it were not installed
+    with pytest.raises(MiniGPTError) as info:
+        show_loss_graph(MiniGPT(65), 65)
+    assert str(info.value) == ("showing the graph needs the graphviz package: pip install "
+                               "'minigpt-loop[notebook]' (and Graphviz's dot: apt install "
+                               "graphviz / brew install graphviz)")
+
+
+def fake_dot(folder, script: str):
+    """A folder holding a `dot` that runs the shell `script` instead of Graphviz."""
+    folder.mkdir()
+    (folder / "dot").write_text(f"#!/bin/sh\n{script}\n")
+    (folder / "dot").chmod(0o755)
+    return folder
+
+
+@pytest.mark.parametrize(("script", "said"), [
+    ("echo 'Error: out of memory' >&2; echo 'and a second line' >&2; exit 1",
+     "Error: out of memory"),  # its first line
+    ("exit 3", "no message"),
+], ids=["its-first-line", "silent"])
+def test_a_dot_that_fails_is_one_line_and_leaves_only_the_dot(tmp_path, monkeypatch, script,
+                                                                 said):
+    monkeypatch.setenv("PATH", str(fake_dot(tmp_path / "bin", script)))
+    with pytest.raises(MiniGPTError) as info:
+        render("digraph {}", tmp_path / "graph", formats=("png",))
+    assert str(info.value) == f"dot could not render {tmp_path / 'graph.png'}: {said}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "graph.dot"]  # no temporary
+
+
+def test_a_dot_that_hangs_is_stopped_in_one_line(tmp_path, monkeypatch):
+    """Its limit, 120 s, shortened here to half a second (the message says the real one)."""
+    sleep = shutil.which("sleep")  # (found before PATH holds only the fake dot)
+    monkeypatch.setenv("PATH", str(fake_dot(tmp_path / "bin", f"exec {sleep} 60")))
+    run = subprocess.run
+
+    def hurried(*args, timeout, **kw):
+        assert timeout == 120
+        return run(*args, timeout=0.5, **kw)
+
+    monkeypatch.setattr(subprocess, "run", hurried)
+    with pytest.raises(MiniGPTError) as info:
+        render("digraph {}", tmp_path / "graph", formats=("svg",))
+    assert str(info.value) == f"dot took more than 120 s to render {tmp_path / 'graph.svg'}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "graph.dot"]
 
 
 def test_trace_names_a_parameter_given_twice_by_its_first_name_and_repeats_no_edge():

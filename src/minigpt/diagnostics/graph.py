@@ -374,8 +374,8 @@ def show_loss_graph(model: nn.Module, vocab_size: int, depth: int = 1):
         import graphviz
     except ImportError:
         raise MiniGPTError("showing the graph needs the graphviz package: pip install "
-                           "'minigpt-loop[notebook]' (and Graphviz itself: " + INSTALL_HINT +
-                           ")") from None
+                           "'minigpt-loop[notebook]' (and Graphviz's dot: apt install graphviz "
+                           "/ brew install graphviz)") from None
     if shutil.which("dot") is None:  # graphviz.Source would fail only when it is drawn
         raise GraphvizMissing("the computation graph is drawn by Graphviz's dot, which is not "
                               "installed: apt install graphviz / brew install graphviz / conda "
