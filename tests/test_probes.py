@@ -149,6 +149,17 @@ def test_a_resume_redraws_the_attention_map_at_the_step_it_resumes_at(tmp_path):
     assert probe.recorded == 9
 
 
+def test_a_run_without_readable_training_settings_has_none(tmp_path):
+    """No config.json, one without [train], or one whose [train] is wrong: None, and the lr
+    figure draws the logged rates alone, rather than the report failing."""
+    assert run_train_config(tmp_path) is None
+    for config in ({"model": {}}, {"train": {"lr": "fast"}}):
+        (tmp_path / "config.json").write_text(json.dumps({"config": config}))
+        assert run_train_config(tmp_path) is None
+    (tmp_path / "config.json").write_text(json.dumps({"config": {"train": {"lr": 0.5}}}))
+    assert run_train_config(tmp_path).lr == 0.5
+
+
 @pytest.mark.parametrize("budget", [0.0, 3.0])
 def test_the_lr_curve_draws_the_warmup_the_logged_rows_step_over(tmp_path, budget):
     """Rows every 10 steps, a warmup of 4: the curve has the peak (at the warmup's last step),

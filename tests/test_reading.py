@@ -60,6 +60,10 @@ def test_initial_loss_against_ln_v():
     far = only(lesson_curve(start=6.0), "initial loss")
     assert far.message.startswith("step 0: loss 6.00, far from ln 65 = 4.17")
     assert "check the initialisation" in far.message
+    rows = lesson_curve(start=6.0)  # drawn: a marker on step 0's loss, beside the line at ln V
+    ax = plot_loss(rows, findings=read_curve(rows, FACTS)).axes[0]
+    marker = next(line for line in ax.lines if line.get_label() == "step 0, far from ln V")
+    assert list(marker.get_xdata()) == [0] and list(marker.get_ydata()) == [6.0]
 
 
 def test_warmup_ends_where_the_config_says():
@@ -132,6 +136,9 @@ def test_early_stop_only_when_the_run_ended_before_its_steps():
     stopped = Facts(vocab_size=65, total_steps=5000, patience=3)
     finding = only(rows, "early stop", stopped)
     assert finding.step == 1250 and "after the best, at step 500" in finding.message
+    ax = plot_loss(rows, findings=read_curve(rows, stopped)).axes[0]  # drawn where it stopped
+    line = next(line for line in ax.lines if line.get_label() == "early stop")
+    assert list(line.get_xdata()) == [1250, 1250]
     assert "early stop" not in kinds(rows, Facts(vocab_size=65, total_steps=1251, patience=3))
     assert "early stop" not in kinds(rows, Facts(vocab_size=65, total_steps=5000))
     for r in rows:  # a time budget of 60 s: stopped at 15 s, or when the budget was spent
