@@ -5,6 +5,7 @@ import json
 import math
 import re
 import shutil
+import sys
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 import minigpt.trainer
-from conftest import TINY, read_png, tiny_config
+from conftest import TINY, TINY_FLAGS, one_line_error, read_png, tiny_config
 from minigpt import resolve_config, resume_config, train
 from minigpt.diagnostics.compare import (
     compare,
@@ -290,6 +291,16 @@ def test_tensorboard_event_files_hold_the_tags(probed_run):
     train_losses = [e.value for e in acc.Scalars("loss/train")]
     logged = [r["train_loss"] for r in read_jsonl(probed_run / "metrics.jsonl")]
     assert train_losses == pytest.approx(logged)
+
+
+def test_tensorboard_without_its_package_is_one_line_before_the_run_starts(small_text, tmp_path,
+                                                                          capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
+    line = one_line_error(capsys, ["train", "--text", str(small_text), *TINY_FLAGS, "--steps",
+                                   "1", "--tensorboard", "--out", str(tmp_path / "run")])
+    assert line == ("minigpt: error: --tensorboard needs the tensorboard package: pip install "
+                    "'minigpt-loop[tensorboard]'")
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_resumed_probe_remembers_who_was_dead_and_shouts_nonfinite_at_once(tmp_path, caplog):
