@@ -36,6 +36,7 @@ from minigpt.diagnostics.report import (
     reading_html,
     summary_html,
 )
+from minigpt.errors import MiniGPTError
 from minigpt.files import lock_folder
 
 
@@ -209,6 +210,54 @@ def test_the_report_of_an_unfinished_run_says_where_it_stopped(cli_run, tmp_path
         page = build_report(run)
     assert (f"the run is training now, in process {os.getpid()}; its last checkpoint is after "
             f"{step} steps)") in page and "--resume" not in page
+
+
+@pytest.mark.parametrize("last", [None, "{", '{"step": "three"}'])
+def test_an_unfinished_run_whose_last_checkpoint_is_unreadable_says_only_that(cli_run, tmp_path,
+                                                                              last):
+    run = tmp_path / "run"
+    shutil.copytree(cli_run[0], run)
+    (run / "summary.json").unlink()
+    if last is None:
+        (run / "checkpoints" / "last.json").unlink()
+    else:
+        (run / "checkpoints" / "last.json").write_text(last)
+    assert summary_html(run) == ('<p class="muted">No summary.json (the run has not finished) '
+                                 'in this run.</p>')
+
+
+def test_a_run_stopped_before_its_first_row_has_a_report_that_says_so(cli_run, tmp_path):
+    """An empty metrics.jsonl: nothing to draw and nothing to read (reading it raised an
+    IndexError)."""
+    run = tmp_path / "run"
+    shutil.copytree(cli_run[0], run)
+    (run / "metrics.jsonl").write_text("")
+    page = build_report(run)
+    assert '<p class="muted">No metrics rows to draw in this run.</p>' in page
+    assert '<p class="muted">No metrics rows to read in this run.</p>' in page
+
+
+@pytest.mark.parametrize("diag", [None, 3])
+def test_a_config_json_without_a_diag_table_draws_the_curves_on_the_default_scale(
+        cli_run, tmp_path, diag):
+    """Its log_scale is the default's (linear), as a [diag] that says so draws them."""
+    pages = {}
+    for name, table in (("plain", {"log_scale": False}), ("other", diag)):
+        run = tmp_path / name / "run"  # (the figure's title names the folder)
+        shutil.copytree(cli_run[0], run)
+        config = json.loads((run / "config.json").read_text())
+        config["config"]["diag"] = table
+        if table is None:
+            del config["config"]["diag"]
+        (run / "config.json").write_text(json.dumps(config))
+        pages[name] = re.search(r'<section id="curves">.*?</section>', build_report(run)).group()
+    assert pages["other"] == pages["plain"] and pages["plain"].count("<img") == 2
+
+
+def test_a_folder_without_config_json_is_no_run_to_report(tmp_path):
+    with pytest.raises(MiniGPTError) as info:
+        build_report(tmp_path)
+    assert str(info.value) == f"{tmp_path} is not a run folder (no config.json)"
 
 
 def interrupted(*args, **kwargs):

@@ -655,6 +655,8 @@ def read_curve(rows: list[dict], facts: Facts) -> list[Finding]:
         raise MiniGPTError("read_curve takes metrics rows (a list of dicts, as read_jsonl gives "
                            "them) and Facts (facts_from_config(cfg)); read_run(folder) reads a "
                            "run folder")
+    if not rows:  # a run stopped before its first row: nothing to read (the rules ask for one)
+        return []
     by_step = {}  # one row a step: a loop may log a step's validation in a row of its own, or,
     for r in rows:  # resumed, write a step again (the later row's figures win)
         by_step.setdefault(r["step"], {}).update(r)

@@ -94,7 +94,8 @@ def curves_html(run_dir: Path, rows: list[dict], findings: list) -> str:
         diag = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["config"]["diag"]
     except (OSError, ValueError, KeyError, TypeError):
         diag = {}
-    figures = run_curves(run_dir, rows, findings, diag.get("log_scale", False) is True)
+    log_scale = isinstance(diag, dict) and diag.get("log_scale", False) is True
+    figures = run_curves(run_dir, rows, findings, log_scale)
     return "".join(figure_tag(fig, name) for name, fig in figures.items())
 
 
