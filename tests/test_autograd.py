@@ -359,6 +359,24 @@ def test_a_call_raised_to_a_power_is_not_parenthesised_and_large_numbers_are_sho
     assert "value       f = 1e+20" in text  # (not 21 digits)
 
 
+def test_a_local_derivative_the_arithmetic_cannot_give_is_a_question_mark():
+    """d(x**y)/dy = x**y*log(x) at x = 0: log(0) is a domain error, though autograd sends 0
+    (PyTorch takes 0**y's derivative in y to be 0 for y >= 0)."""
+    report = explain("x**y", {"x": 0.0, "y": 2.0})
+    assert report.graph[0].local == ("d(x**y)/dx = y*x**(y - 1) = 0",
+                                     "d(x**y)/dy = x**y*log(x) = ?")
+    assert report.gradients == {"x": 0.0, "y": 0.0}
+
+
+@pytest.mark.parametrize("text", ["-" * 999 + "x", "x" + "**x" * 333], ids=["minus", "powers"])
+def test_an_expression_within_the_length_limit_but_nested_too_deeply_is_one_line(text):
+    """Python's own recursion, not the length limit, refuses these (the parser's limit on
+    parentheses, 200, is a SyntaxError)."""
+    with pytest.raises(MiniGPTError) as info:
+        parse_expr(text)
+    assert str(info.value) == "the expression is nested too deeply"
+
+
 def test_the_length_limit_is_inclusive():
     assert parse_expr("x" + " " * (autograd.MAX_LENGTH - 1)).text == "x"
     with pytest.raises(MiniGPTError, match="at most"):
