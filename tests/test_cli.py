@@ -343,6 +343,8 @@ BAD_INPUT = [
      "parameters (4 layers, 65536 wide) needs about 3,07"),  # 12 C² a layer: 206 G params
     (["train", "--text", "{text}", "--n-embd", str(2**40), "--n-head", "1"],
      "matrices too large for torch to describe"),  # (torch's overflow, a traceback)
+    (["train", "--text", "{text}", "--n-embd", str(2**64), "--n-head", "1"],
+     "matrices too large for torch to describe"),  # (a size past int64: a TypeError's traceback)
     (["train", "--grad-accum", str(10**12)], "'grad_accum' must be at most 65,536"),
     (["train", "--text", "{text}", "--n-layer", "10000000", "--block-size", "8"],
      "parameters (10000000 layers, 64 wide) needs about 7,4"),  # 50 K a layer: 500 G

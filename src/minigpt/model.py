@@ -352,8 +352,8 @@ def count_params(config: ModelConfig) -> int:
     try:
         with torch.device("meta"):
             return MiniGPT.from_config(config).num_params()
-    except RuntimeError as e:  # a matrix past 2^63 bytes: torch cannot even describe it
-        if "overflow" not in str(e):
+    except (RuntimeError, TypeError) as e:  # a matrix past 2^63 bytes, or a size past 2^63
+        if "overflow" not in str(e).lower():  # (the TypeError's "Overflow when unpacking long")
             raise
         raise MiniGPTError(f"a model {config.n_embd} wide, block {config.block_size}, has "
                            f"matrices too large for torch to describe: lower --n-embd or "
