@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import signal
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -192,6 +193,8 @@ LACKING = [  # (where, the layer put there, the error)
     ("ln_f", nn.LayerNorm(32, eps=1e-6), "ln_f is not a LayerNorm with eps"),
     ("blocks.0.attn.Wk", nn.Linear(32, 16),  # fewer key heads than query heads
      "the weights do not fit GPT-2: size mismatch"),
+    ("blocks.0.attn.Wo", nn.Identity(),  # no output projection: a weight GPT-2 needs is missing
+     r"^cannot export: the model has no parameter blocks\.0\.attn\.Wo\.weight$"),
 ]
 
 
@@ -204,6 +207,14 @@ def test_layers_gpt2_lacks_are_refused(tmp_path, char_tok, where, layer, message
     setattr(model.get_submodule(parent), name, layer)
     with pytest.raises(MiniGPTError, match=message):
         export_hf(model, char_tok, tmp_path / "hf")
+    assert not list(tmp_path.iterdir())
+
+
+def test_without_transformers_exporting_says_how_to_install_it(tmp_path, char_tok, monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if it were not installed
+    with pytest.raises(MiniGPTError) as err:
+        export_hf(peaked_model(char_tok.vocab_size), char_tok, tmp_path / "hf")
+    assert str(err.value) == "exporting needs transformers: pip install 'minigpt-loop[export]'"
     assert not list(tmp_path.iterdir())
 
 
