@@ -660,6 +660,41 @@ def test_a_corpus_prepared_there_meanwhile_is_not_overwritten(small_text, tmp_pa
                if p.name != "run.lock")
 
 
+def test_a_corpus_prepared_there_meanwhile_with_these_settings_is_this_prepares_work_done(
+        small_text, tmp_path, monkeypatch):
+    """The same command run twice at once: the second to take the lock finds the first's
+    corpus, of its own settings, and returns its index, writing nothing."""
+    out, scan = tmp_path / "out", minigpt.corpus.scan
+    done = {}
+
+    def scan_while_the_same_prepare_finishes(*args):
+        found = scan(*args)
+        with monkeypatch.context() as m:
+            m.setattr(minigpt.corpus, "scan", scan)
+            done["index"] = prepare(str(small_text), out, progress=False)
+        done["files"] = {p: p.stat().st_mtime_ns for p in out.iterdir() if p.name != "run.lock"}
+        return found
+
+    monkeypatch.setattr(minigpt.corpus, "scan", scan_while_the_same_prepare_finishes)
+    assert prepare(str(small_text), out, progress=False) == done["index"]
+    assert {p: p.stat().st_mtime_ns for p in out.iterdir()
+            if p.name != "run.lock"} == done["files"]
+
+
+def test_splits_that_fill_their_last_shards_exactly_leave_no_empty_shard(tmp_path):
+    """1,000 characters, the validation split the last 100: shards of 100 tokens end exactly
+    where each split does (the writer is then closed with no shard open)."""
+    text = tmp_path / "t.txt"
+    text.write_text("".join(random.Random(0).choice("abcdefgh \n") for _ in range(1000)))
+    index = prepare(str(text), tmp_path / "out", shard_tokens=100, progress=False)
+    shards = index["shards"]
+    assert [s["tokens"] for s in shards["train"]] == [100] * 9
+    assert [s["tokens"] for s in shards["val"]] == [100]
+    train, val, tok, _ = open_prepared(tmp_path / "out")
+    assert tok.decode(train) + tok.decode(val) == text.read_text()
+    assert tok.decode(val) == text.read_text()[900:]
+
+
 def test_a_folder_minigpt_made_among_the_sources_is_left_out(small_text, tmp_path, caplog):
     """Preparing a folder a second time, into a second --out beside the first, read the
     first's shards as text ('looks binary'); a run folder's checkpoints would be read too."""
