@@ -194,6 +194,13 @@ def test_decode_stream_that_ends_mid_character_says_so_as_decode_does():
     assert "".join(tok.decode_stream(ids)) == expected
 
 
+def byte_level(vocab: dict[str, int]) -> Tokenizer:
+    """A BPE tokenizer of this vocabulary (no merges) behind the ByteLevel pre-tokenizer."""
+    hf = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel()
+    return hf
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda: BPETokenizer.train(["abc"], 256), "at least 257"),
     (lambda: BPETokenizer.train(["abc"], 65), "got 65"),
@@ -207,6 +214,10 @@ def test_decode_stream_that_ends_mid_character_says_so_as_decode_does():
     (lambda: tokenizer_from_dict({"kind": "wordpiece"}), "unknown tokenizer kind"),
     (lambda: tokenizer_from_dict([]), "unknown tokenizer kind"),
     (lambda: BPETokenizer(Tokenizer(models.BPE())), "not a byte-level BPE"),
+    (lambda: BPETokenizer(byte_level({"a b": 0, "c": 1})),  # a plain space, not its symbol Ġ
+     "^not a byte-level BPE tokenizer \\(a token is not made of the 256 byte symbols, or its "
+     "ids have gaps\\)$"),
+    (lambda: BPETokenizer(byte_level({"a": 0, "b": 2})), "or its ids have gaps"),  # no id 1
     (lambda: trained().encode("a\ud800"), "lone surrogate"),
     (lambda: BPETokenizer.train(["ab\ud800c"], 300), "lone surrogate"),  # (was UnicodeEncodeError)
     (lambda: CharTokenizer.from_text("ab\ud800c"), "lone surrogate"),  # (it failed at save)
