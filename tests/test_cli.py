@@ -113,6 +113,15 @@ def test_a_closed_standard_error_still_ends_an_error_with_its_exit_status():
     assert (r.returncode, r.stdout) == (2, "")
 
 
+def test_python_m_minigpt_cli_is_the_command_too():
+    """`python -m minigpt.cli` (the module itself run) works as `minigpt` does, its exit
+    status and its one-line error included."""
+    r = subprocess.run([sys.executable, "-m", "minigpt.cli", "autograd", "--at", "x=2,x=3"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("minigpt: error: ") and r.stderr.count("\n") == 1
+
+
 def test_an_out_suffix_in_capitals_is_the_same_kind_of_file():
     """report --out R.HTML, attention --out A.PNG: the suffix is read whatever its case."""
     for out, suffixes in [("r.HTML", (".html", ".htm")), ("r.Htm", (".html", ".htm")),

@@ -83,6 +83,26 @@ def test_attention_command_writes_a_heatmap_grid(cli_run, tmp_path, capsys):
     assert 1.4 < width / height < 2.2  # (one square and its colour bar: about 1.1; 2 x 1: 0.6)
 
 
+def test_attention_without_text_reads_the_probes_text_as_far_as_the_vocabulary_has_it(
+        cli_run, tmp_path, capsys, monkeypatch):
+    """The default text's characters the run's text never had are left out (its 'B', 'f' and
+    ','), the rest drawn as the run's attention probe draws them."""
+    import minigpt.diagnostics.attention as attention
+    from minigpt.diagnostics.probes import DiagConfig
+
+    drawn, plot = [], attention.plot_attention
+    monkeypatch.setattr(attention, "plot_attention",
+                        lambda maps, labels, *a, **kw: drawn.append(labels) or
+                        plot(maps, labels, *a, **kw))
+    png = tmp_path / "att.png"
+    said = cli(capsys, "attention", "--run", str(cli_run[0]), "--out", str(png))
+    known = set(cli_run[2].read_text())
+    expected = [c for c in DiagConfig.attention_text if c in known]
+    assert drawn == [expected] and expected[:6] == list("ROMEO:") and "f" not in expected
+    assert said == f"wrote {png}\n"
+    read_png(png)
+
+
 def test_compare_command_prints_a_table(small_text, tmp_path, capsys):
     out = tmp_path / "cmp"
     r = in_process(capsys, "compare", "--optimizers", "sgd:0.5,adamw", *TINY_FLAGS, "--steps",
