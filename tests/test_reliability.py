@@ -513,6 +513,33 @@ def test_save_checkpoint_refuses_what_loading_would_before_writing(tmp_path):
         assert not (tmp_path / "c").exists()  # no tensor file left behind
 
 
+def test_an_optimizer_state_of_plain_numbers_is_saved_and_restored(tmp_path):
+    """LBFGS keeps counts and a loss as Python numbers beside its tensors: they go to the
+    checkpoint's JSON and come back as they were."""
+    torch.manual_seed(0)
+    model = MiniGPT(3, n_embd=8, n_head=1, n_layer=1, block_size=4)
+    opt = torch.optim.LBFGS(model.parameters(), max_iter=1)
+    idx = torch.randint(0, 3, (2, 5))
+
+    def closure():
+        opt.zero_grad()
+        loss = model(idx[:, :-1], idx[:, 1:])[1]
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    state = opt.state_dict()["state"][0]
+    plain = {k: v for k, v in state.items() if not isinstance(v, torch.Tensor)}
+    assert plain["n_iter"] == 1 and plain["func_evals"] == 1
+    ckpt.save_checkpoint(tmp_path / "c", ["last"], model, opt,
+                         {"step": 1, "tokenizer": CharTokenizer("abc").to_dict()}, {})
+    again = torch.optim.LBFGS(model.parameters(), max_iter=1)
+    ckpt.restore_optimizer(again, ckpt.load_checkpoint(tmp_path / "c"))
+    restored = again.state_dict()["state"][0]
+    assert {k: v for k, v in restored.items() if k in plain} == plain
+    assert all(torch.equal(restored[k], v) for k, v in state.items() if k not in plain)
+
+
 @pytest.mark.parametrize("added, said", [("XYZ", "vocabulary differs"),  # new characters
                                           ("winter ", "changed since the run was trained on it")])
 def test_resume_on_a_changed_text_is_refused(good_run, tmp_path, capsys, added, said):
