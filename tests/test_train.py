@@ -209,6 +209,22 @@ def test_split_loss_covers_every_token_once():
     assert split_loss(model, data, 8, 5, torch.device("cpu")) == pytest.approx(expected, rel=1e-5)
 
 
+def test_split_loss_of_a_training_model_is_its_eval_mode_loss_without_a_graph(monkeypatch):
+    """The trainer evaluates the model it trains, in training mode: split_loss turns dropout
+    off (the eval model's loss, the same at each call), builds no graph, and gives the model
+    back in training mode."""
+    model = MiniGPT(11, n_embd=16, n_layer=1, n_head=2, block_size=8, dropout=0.5)
+    data = np.random.default_rng(0).integers(0, 11, 100).astype(np.uint16)
+    expected = split_loss(model.eval(), data, 8, 5, torch.device("cpu"))
+    graphs = []
+    real = MiniGPT.forward
+    monkeypatch.setattr(MiniGPT, "forward", lambda self, *a, **kw: graphs.append(
+        torch.is_grad_enabled()) or real(self, *a, **kw))
+    assert split_loss(model.train(), data, 8, 5, torch.device("cpu")) == pytest.approx(
+        expected, rel=1e-6)
+    assert model.training and graphs and not any(graphs)
+
+
 def test_split_loss_reads_the_device_once_not_once_a_batch(monkeypatch):
     """A GPU is never made to wait for Python between the batches of a whole-split evaluation:
     the losses are read once, at the end (13 batches here)."""
