@@ -130,6 +130,28 @@ def test_the_same_logits_and_random_draws_at_every_step(model, monkeypatch):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5, msg=lambda m, s=step: f"{s}: {m}")
 
 
+def test_the_cached_sampler_runs_each_new_token_alone_while_it_fits(model, monkeypatch):
+    """The work the cache saves, by the forwards the sampler asks for: the prompt once, then
+    each token alone with the cache up to the block's last position; past the block, the whole
+    window uncached (as the lesson's sampler does at every token). A sampler that never used
+    its cache drew the same tokens, and the tests above could not tell."""
+    calls = []
+    real = MiniGPT.forward
+
+    def recording(self, idx, *a, cache=None, **kw):
+        calls.append((idx.size(1), cache is not None))
+        return real(self, idx, *a, cache=cache, **kw)
+
+    monkeypatch.setattr(MiniGPT, "forward", recording)
+    prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    generate(model, prompt, 2 * BLOCK, generator=torch.Generator().manual_seed(0))
+    fits = BLOCK - 3 + 1  # tokens 3 .. BLOCK, each sampled from a window that fits
+    assert calls == [(3, True)] + [(1, True)] * (fits - 1) + [(BLOCK, False)] * (2 * BLOCK - fits)
+    calls.clear()
+    generate(model, prompt, 2 * BLOCK, generator=torch.Generator().manual_seed(0), cache=False)
+    assert calls == [(min(n, BLOCK), False) for n in range(3, 3 + 2 * BLOCK)]
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 def test_cached_forward_equals_the_uncached_one(model, batch):
     """model(idx, cache=kv): idx's logits after kv's positions. A prompt all at once (causal),
