@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from minigpt import MiniGPT, MiniGPTError, filter_logits, generate
-from minigpt.sample import PROMPT, default_prompt, sample_next
+from minigpt.sample import PROMPT, default_prompt, sample_next, sample_text
 from minigpt.tokenizer import BPETokenizer, CharTokenizer
 
 
@@ -151,3 +151,19 @@ def test_a_small_positive_temperature_still_samples_between_tied_tokens():
 def test_the_default_prompt_is_romeo_or_else_the_text_of_token_zero():
     assert default_prompt(CharTokenizer.from_text("ROMEO: and JULIET")) == PROMPT
     assert default_prompt(CharTokenizer.from_text("xyz abc")) == " "  # token 0: the first sorted
+
+
+def test_sample_text_is_the_prompt_continued_with_the_draws_of_its_seed():
+    """sample_text's seed is the generator's: its text is generate's from that seed, decoded,
+    and another seed draws other text (an unseeded generator drew the same text for every
+    seed, which a test of one seed twice could not tell)."""
+    tok = CharTokenizer.from_text("ROMEO: what light through yonder window breaks")
+    model = MiniGPT(tok.vocab_size, n_embd=16, n_layer=1, n_head=2, block_size=8)
+    idx = torch.tensor([tok.encode("ROMEO:")])
+    texts = {}
+    for seed in (1, 2):
+        oracle = generate(model, idx, 30, generator=torch.Generator().manual_seed(seed))
+        texts[seed] = sample_text(model, tok, None, 30, seed=seed)
+        assert texts[seed] == tok.decode(oracle[0].tolist())
+        assert texts[seed].startswith("ROMEO:") and len(texts[seed]) == 36
+    assert texts[1] != texts[2]
