@@ -159,6 +159,20 @@ def test_weight_decay_only_on_matrices():
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd", "muon"])
+def test_every_optimizer_decays_the_matrices_by_the_runs_weight_decay_and_nothing_else(optimizer):
+    """Each parameter's decay, read from the groups it is stepped in (Muon's and its AdamW's
+    for muon): --weight-decay on the matrices and embeddings, 0 on the biases and gains, and
+    each parameter in one group. (SGD's and muon's AdamW could drop the decay unseen.)"""
+    model = MiniGPT(20, n_embd=16, n_layer=1, n_head=2, block_size=8, bias=True)
+    opt = make_optimizer(model, resolve_config(overrides={"optimizer": optimizer,
+                                                          "weight_decay": 0.25}).train)
+    decay = [(id(p), g["weight_decay"]) for g in opt.param_groups for p in g["params"]]
+    assert len(decay) == len(dict(decay))  # (no parameter in two groups)
+    assert dict(decay) == {id(p): 0.25 if p.dim() >= 2 else 0.0 for p in model.parameters()}
+    assert {p.dim() for p in model.parameters()} == {1, 2}  # (both kinds are there)
+
+
 def test_adamw_is_fused_on_a_cpu():  # (the device-side skip of non-finite steps needs it)
     model = MiniGPT(20, n_embd=16, n_layer=1, n_head=2, block_size=8)
     assert make_optimizer(model, resolve_config().train).defaults["fused"] is True
