@@ -965,6 +965,19 @@ def test_a_tied_model_at_step_0_is_saved_once_and_fits_only_its_own_shape(tmp_pa
         ckpt.restore_model(shallower, saved)
 
 
+def test_load_model_gives_the_saved_model_in_eval_mode(tmp_path):
+    """load_model's model is in eval mode, as it says: a model saved with dropout (and in
+    training mode, as the loop saves it) gives back the saved model's eval logits at every
+    call, not a different dropout mask each time."""
+    model = tiny_save(tmp_path / "run" / "checkpoints", 1, ["last"], dropout=0.5).train()
+    loaded = load_model(tmp_path / "run", "last")[0]
+    idx = torch.tensor([[0, 2, 1, 1]])
+    with torch.no_grad():
+        expected = model.eval()(idx)[0]
+        assert not loaded.training
+        assert all(torch.equal(loaded(idx)[0], expected) for _ in range(2))
+
+
 def test_a_tensor_file_outside_the_checkpoints_folder_is_refused(tmp_path):
     """The JSON names a file beside it; "../x" is refused even when x is there and matches."""
     tiny_save(tmp_path / "c", 1, ["last"])
