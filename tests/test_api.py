@@ -104,6 +104,8 @@ MISTAKES = [  # (a call, what the error says); m: a small MiniGPT, idx: (1, 3) t
     (lambda m, idx: generate(m, idx, 5, temperature="0.8"), "temperature must be >= 0 (and "
                                                             "finite), got '0.8'"),  # (a string)
     (lambda m, idx: stream(m, idx, 5, top_k="5"), "top_k must be a whole number >= 1, got '5'"),
+    (lambda m, idx: generate(m, idx, 5, temperature=np.float64(-1.0)),
+     "temperature must be >= 0 (and finite), got -1.0"),  # (not np.float64(-1.0))
     (lambda m, idx: stream(m, idx, 5, top_p="0.9"), "top_p must be in (0, 1], got '0.9'"),
     (lambda m, idx: lr_at(-5, lr=1e-2, total_steps=100),
      "lr_at takes a step >= 0 of total_steps >= 1"),
@@ -122,21 +124,28 @@ def test_a_mistake_is_one_clear_error_at_the_call(call, message):
     assert "\n" not in str(info.value)
 
 
-
-def test_a_notebook_shows_the_cells_line_and_the_error_not_minigpts_frames(capsys):
+def test_a_notebook_shows_the_cells_line_and_the_error_not_minigpts_frames(
+        tmp_path, monkeypatch, capsys):
     """IPython (a notebook's kernel) shows a MiniGPTError or a TrainingStopped as the lines of
     the cell that led to it and the message, where its traceback ran through config.py."""
     interactive = pytest.importorskip("IPython.core.interactiveshell")
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path))  # (its history database: not the user's)
     shell = interactive.InteractiveShell.instance()
-    shell.run_cell("from minigpt import resolve_config\nsteps = -5\n"
-                   "cfg = resolve_config(overrides={'steps': steps})")
-    said = capsys.readouterr().out.strip().splitlines()
+    try:
+        shell.run_cell("from minigpt import resolve_config\nsteps = -5\n"
+                       "cfg = resolve_config(overrides={'steps': steps})")
+        said = capsys.readouterr().out.strip().splitlines()
+        shell.run_cell("from minigpt import TrainingStopped\n"
+                       "raise TrainingStopped(2, 'saved')")
+        stopped = capsys.readouterr().out.strip().splitlines()
+    finally:
+        interactive.InteractiveShell.clear_instance()
+    assert said[0].startswith('File "<ipython-input-') and "line 3" in said[0]  # the cell's
+    assert said[1].strip() == "cfg = resolve_config(overrides={'steps': steps})"  # line 3
     assert said[-1] == "MiniGPTError: 'steps' must be positive, got -5"
-    assert "cfg = resolve_config(overrides={'steps': steps})" in said[1]  # the cell's line 3
-    assert len(said) == 4 and "line 3" in said[0]  # (and its ^^^ marks): no minigpt frame
-    shell.run_cell("from minigpt import TrainingStopped\nraise TrainingStopped(2, 'saved')")
-    assert capsys.readouterr().out.strip().splitlines()[-2:] == [
-        "    raise TrainingStopped(2, 'saved')", "TrainingStopped: saved"]
+    assert not any("File" in line for line in said[1:])  # no frame of minigpt or of IPython
+    assert stopped[-2:] == ["    raise TrainingStopped(2, 'saved')", "TrainingStopped: saved"]
+
 
 def test_overrides_take_paths_and_numpy_numbers(tmp_path):
     cfg = resolve_config(overrides={"text": tmp_path / "a.txt", "steps": np.int64(5),

@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import signal
+import site
 import sysconfig
 import threading
 import traceback
@@ -21,11 +22,12 @@ class OneLine:
     minigpt's and torch's code (the command line says the line alone)."""
 
     def _render_traceback_(self) -> list[str]:  # IPython's hook for an exception's display
-        libraries = {sysconfig.get_path(p) for p in ("stdlib", "purelib", "platlib")}
+        libraries = {*(sysconfig.get_path(p) for p in ("stdlib", "purelib", "platlib")),
+                     *site.getsitepackages(), site.getusersitepackages(), PACKAGE}
         mine = [f for f in traceback.extract_tb(self.__traceback__)
-                if not any(Path(f.filename).is_relative_to(d) for d in {*libraries, PACKAGE})]
+                if not any(Path(f.filename).is_relative_to(d) for d in libraries)]
         return [line.rstrip("\n") for line in traceback.format_list(mine)] + [
-            f"{type(self).__name__}: {self}"]
+            f"{type(self).__name__}: {self}", *getattr(self, "__notes__", [])]
 
 
 class MiniGPTError(OneLine, ValueError):

@@ -63,9 +63,15 @@ class KVCache:
         return self.layers[0].length
 
 
+def shown(value) -> str:
+    """A value as an error says it: a string quoted (the '0.8' typed for a number), any other
+    as it prints (np.float64(-1.0) as -1.0)."""
+    return repr(value) if isinstance(value, str) else str(value)
+
+
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
     if not isinstance(temperature, numbers.Real) or not 0 <= temperature < float("inf"):
-        raise MiniGPTError(f"temperature must be >= 0 (and finite), got {temperature!r}")
+        raise MiniGPTError(f"temperature must be >= 0 (and finite), got {shown(temperature)}")
     check_filter(top_k, top_p)
 
 
@@ -74,11 +80,11 @@ def check_filter(top_k: int | None, top_p: float | None) -> None:
         isinstance(top_k, torch.Tensor) and top_k.dim() == 0 and not top_k.is_floating_point()
         and top_k.dtype != torch.bool)
     if top_k is not None and (not whole or top_k < 1):
-        raise MiniGPTError(f"top_k must be a whole number >= 1, got {top_k!r}")
+        raise MiniGPTError(f"top_k must be a whole number >= 1, got {shown(top_k)}")
     real = isinstance(top_p, numbers.Real) or (isinstance(top_p, torch.Tensor)
                                                and top_p.dim() == 0)
     if top_p is not None and not (real and 0 < top_p <= 1):
-        raise MiniGPTError(f"top_p must be in (0, 1], got {top_p!r}")
+        raise MiniGPTError(f"top_p must be in (0, 1], got {shown(top_p)}")
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None,
