@@ -116,19 +116,23 @@ def test_compare_command_prints_a_table(small_text, tmp_path, capsys):
     assert "holds a comparison" in r.stderr and "0-sgd" in r.stderr
 
 
-
-def test_compare_trains_a_config_files_steps(small_text, tmp_path, capsys):
-    """compare's own 1000 steps stand below a --config file's (it trained 1000 over a file's
-    steps = 3); a variant's steps stand over both."""
+def test_compare_trains_a_config_files_steps(small_text, tmp_path, capsys, monkeypatch):
+    """compare's own steps (1000) stand below a --config file's (it trained 1000 over a file's
+    steps = 3) and over a preset's (pretrain's 61,036); a variant's steps stand over all."""
+    monkeypatch.setattr("minigpt.cli.COMPARE_STEPS", 4)  # (1000: steps of a tiny model)
     (tmp_path / "c.toml").write_text("[train]\nsteps = 3\n")
-    out = tmp_path / "cmp"
-    r = in_process(capsys, "compare", "--config", str(tmp_path / "c.toml"), "--variant",
-                   "a:lr=1e-3", "--variant", "b:steps=2", *TINY_FLAGS, "--text", str(small_text),
-                   "--out", str(out))
-    assert r.returncode == 0, r.stderr
-    steps = {d.name: json.loads((d / "config.json").read_text())["config"]["train"]["steps"]
-             for d in out.iterdir() if d.is_dir()}
-    assert steps == {"0-a": 3, "1-b": 2}
+    trained = {}
+    for config in (["--config", str(tmp_path / "c.toml")], []):
+        out = tmp_path / f"cmp{len(config)}"
+        r = in_process(capsys, "compare", *config, "--variant", "a:lr=1e-3", "--variant",
+                       "b:steps=2", "--variant", "c:preset=pretrain,unet=false", *TINY_FLAGS,
+                       "--text", str(small_text), "--out", str(out))
+        assert r.returncode == 0, r.stderr
+        trained[len(config)] = {
+            d.name: json.loads((d / "config.json").read_text())["config"]["train"]["steps"]
+            for d in out.iterdir() if d.is_dir()}
+    assert trained == {2: {"0-a": 3, "1-b": 2, "2-c": 3}, 0: {"0-a": 4, "1-b": 2, "2-c": 4}}
+
 
 def test_a_comparison_of_one_variant_says_there_is_nothing_to_compare(small_text, tmp_path,
                                                                       capsys):
@@ -553,6 +557,23 @@ def test_graph_command_without_graphviz_writes_dot_and_says_how(tmp_path, capsys
     for folder in (f"{tmp_path / 'new'}/", str(tmp_path / "bin")):  # a folder: graph.* inside it
         assert in_process(capsys, "graph", "--out", folder).returncode == 2
         assert (Path(folder) / "graph.dot").read_text() == (tmp_path / "g.dot").read_text()
+
+
+def test_a_report_without_graphviz_says_so_and_names_no_file_it_removed(cli_run, tmp_path,
+                                                                        capsys, monkeypatch):
+    """The report draws its graph in a temporary folder: dot's absence was said as 'wrote only
+    /tmp/tmpXXXX/graph.dot ... open the .dot file', a file gone when the command ended."""
+    run = tmp_path / "run"
+    shutil.copytree(cli_run[0], run)
+    bin_dir = tmp_path / "bin"  # a PATH with python but no dot
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    r = in_process(capsys, "report", "--run", str(run))
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ("warning: Graphviz's dot is not installed (apt install graphviz / brew "
+                        "install graphviz); the report will have no graph\n")
+    assert "computation graph (graph.svg" in (run / "report.html").read_text()  # (missing)
 
 
 def test_a_summary_whose_losses_went_nan_is_reported_not_called_damaged(tmp_path):

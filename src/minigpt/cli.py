@@ -31,7 +31,14 @@ from pathlib import Path
 import torch
 
 from minigpt import __version__
-from minigpt.config import asked_settings, check_seed, field_index, preset_names, resolve_config
+from minigpt.config import (
+    TrainConfig,
+    check_seed,
+    field_index,
+    preset_names,
+    read_config_file,
+    resolve_config,
+)
 from minigpt.console import count, log, show_logs, visible
 from minigpt.corpus import BPE_VOCAB, SHARD_TOKENS, is_prepared
 from minigpt.diagnostics.probes import SECTIONS, DiagConfig
@@ -128,8 +135,9 @@ PLAN_IGNORES = {"n_embd", "n_head", "n_layer", "steps", "lr", "min_lr", "schedul
 PLAN_HELP = {  # plan's own words, where train's speak of --steps or of a GPU
     "time_budget": "the training time to plan for: seconds, or 30m, 8h, 1h30m",
     "ramp": "the part of the training time (or tokens) over which --batch-start and "
-            "--block-start grow to full size (default 0.3)",
-    "device": "plan times its steps on this machine's CPU: auto or cpu (default 'auto')"}
+            f"--block-start grow to full size (default {TrainConfig.ramp!r})",
+    "device": f"plan times its steps on this machine's CPU: auto or cpu (default "
+              f"{TrainConfig.device!r})"}
 
 
 def add_config_flags(p: argparse.ArgumentParser, leave_out: set[str] = frozenset()) -> None:
@@ -214,7 +222,8 @@ def build_parser() -> Parser:
                 "--clip 1,0 gives four runs. The flags given set every variant; each variant's "
                 f"own settings win. Each variant trains to its end (compare takes no --patience): "
                 f"{COMPARE_STEPS} steps unless --steps, the --config file or the variant "
-                "sets them, or a time budget (--time-budget, a preset's) instead.", "settings")
+                "sets them, or a time budget (--time-budget, a file's, a preset's) instead.",
+                "settings")
     next(a for a in c._actions if a.dest == "steps").help = (
         f"optimizer steps of each variant (default {COMPARE_STEPS})")
     next(a for a in c._actions if a.dest == "patience").help = argparse.SUPPRESS  # (refused)
@@ -446,8 +455,9 @@ def cmd_compare(args: argparse.Namespace) -> None:
         log.warning(f"one variant ({next(iter(runs))}): nothing to compare it with; give "
                     f"another (--variant NAME:KEY=VALUE, or a second value on an axis)")
     common = settings_given(args)
-    if "steps" not in asked_settings(None, args.config, common, SECTIONS):  # nor the file
-        common["steps"] = COMPARE_STEPS  # (over a preset's: the same for every variant)
+    train = read_config_file(args.config).get("train") if args.config else None  # (checked
+    if "steps" not in common and not (isinstance(train, dict) and "steps" in train):  # later)
+        common["steps"] = COMPARE_STEPS  # compare's own: below a file's (a run's), over a preset's
     out = args.out or str(fresh_folder("compare"))  # (made now: removed if nothing starts)
     log.setLevel(logging.WARNING)  # the table says what matters
     try:
@@ -527,11 +537,14 @@ def cmd_report(args: argparse.Namespace) -> None:
     # the graph, drawn for the page only: the run folder gets the page (without --out) and
     # nothing else (a graph.dot and graph.svg there left graph's graph.png of another drawing)
     with tempfile.TemporaryDirectory() as at:
-        try:  # none for a read-only run folder, or one without a best checkpoint (a run gone
-            # NaN before its first evaluation, whose curve the report is there to read)
+        try:  # none for a run without a best checkpoint (gone NaN before its first
+            # evaluation, whose curve the report is there to read)
             model, tok, _ = load_model(args.run, "best")
             draw_loss_graph(model, tok.vocab_size, f"{at}/graph", depth=1, formats=("svg",))
-        except (GraphvizMissing, OSError, MiniGPTError) as e:
+        except GraphvizMissing:  # (its message names a .dot in the folder about to go)
+            log.warning("Graphviz's dot is not installed (apt install graphviz / brew install "
+                        "graphviz); the report will have no graph")
+        except (OSError, MiniGPTError) as e:
             why = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.filename else e
             log.warning(f"{why}; the report will have no graph")
         path = write_report(args.run, args.out, rows, graph_dir=Path(at))
