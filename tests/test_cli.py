@@ -429,6 +429,8 @@ BAD_INPUT = [
      "text file not found: /nonexistent/x.txt"),
     (["plan", "--tokens", "1e5", "--text", "{bad}/short.txt"],  # 270 and 30 tokens: block 128
      "the validation split has 30 tokens, fewer than block_size + 1 = 129"),
+    (["graph", "--checkpoint", "last"], "--checkpoint goes with --run (without it, a fresh "
+                                        "seed model is drawn)"),  # (it was ignored)
     (["compare", "--clip", "1,1.0", "--steps", "1", "--out", "{bad}/compare"],
      "variant name(s) 'clip 1' given twice by the axes"),
     (["plan", "--tokens", "1e6", "--device", "cuda"], "plan times its steps on this machine's"),

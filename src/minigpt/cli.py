@@ -254,6 +254,7 @@ def build_parser() -> Parser:
                  "draw it (DOT, and SVG + PNG with Graphviz): parameters with their names, "
                  "shapes and gradient norms. Without --run: a freshly initialised seed model.",
                  "run?", "checkpoint")
+    gr.set_defaults(checkpoint=None)  # (given without --run: refused, not ignored; best)
     gr.add_argument("--collapse", action="store_true", help="one node per module")
     gr.add_argument("--depth", type=int, metavar="N",
                     help="with --collapse: modules N levels deep (default 1: blocks; "
@@ -504,8 +505,11 @@ def cmd_graph(args: argparse.Namespace) -> None:
     depth = 1 if args.depth is None else args.depth
     if depth < 1:  # (0 would be no collapse: the whole graph)
         raise MiniGPTError(f"--depth must be at least 1, got {depth}")
+    if args.checkpoint and not args.run:
+        raise MiniGPTError("--checkpoint goes with --run (without it, a fresh seed model is "
+                           "drawn)")
     torch.manual_seed(0)  # a fresh model's weights, so its gradient norms, the same each time
-    model = load_model(args.run, args.checkpoint)[0] if args.run else MiniGPT(65)
+    model = load_model(args.run, args.checkpoint or "best")[0] if args.run else MiniGPT(65)
     out = args.out or (f"{args.run}/graph" if args.run else "graph")
     if out.endswith(("/", os.sep)) or Path(out).is_dir():  # a folder: the pictures go inside
         out = str(Path(out) / "graph")
