@@ -7,7 +7,7 @@ import torch
 
 from conftest import tiny_config
 from minigpt import MiniGPTError, RunConfig, resolve_config, train
-from minigpt.config import field_index, fit_to_budget, preset_names, preset_table
+from minigpt.config import MAX_GRAD_ACCUM, field_index, fit_to_budget, preset_names, preset_table
 
 
 def test_presets_exist_and_load_and_seed_is_the_default_config():
@@ -127,6 +127,26 @@ def test_a_files_value_a_flag_replaces_is_not_checked(tmp_path):
 def test_unknown_settings_and_settings_that_cannot_train(overrides, message):
     with pytest.raises(MiniGPTError, match=message):
         resolve_config("seed", None, overrides)
+
+
+N_LAYER = RunConfig().model.n_layer
+
+
+@pytest.mark.parametrize("key, last_good, first_bad", [
+    ("steps", 2**63 - 1, 2**63),  # (a step counter's 64 bits)
+    ("seed", 2**63 - 1, 2**63),
+    ("seed", -2**63, -2**63 - 1),
+    ("grad_accum", MAX_GRAD_ACCUM, MAX_GRAD_ACCUM + 1),
+    ("ramp", 1.0, 1.0 + 1e-9),  # the whole of training is a part of it
+    ("value_embeds", N_LAYER, N_LAYER + 1),  # every block's values
+    ("val_fraction", 1e-9, 0.0),  # nothing held out: no validation loss
+    ("targets", "1.72,1e-9", "1.72,0"),  # a loss of 0 is never reached
+])
+def test_each_bound_takes_its_last_value_and_refuses_the_next(key, last_good, first_bad):
+    cfg = resolve_config(overrides={key: last_good})
+    assert getattr(cfg.sections()[field_index()[key][0]], key) == last_good
+    with pytest.raises(MiniGPTError, match=f"'{key}'"):
+        resolve_config(overrides={key: first_bad})
 
 
 def test_a_time_budget_is_a_duration_in_flags_and_files(tmp_path):
