@@ -42,6 +42,16 @@ def test_unseen_characters_are_named_and_encode_array_is_encode(known, other):
         tok.encode_array(other)
 
 
+@settings(deadline=None)
+@given(st.lists(st.characters(blacklist_categories=("Cs",)), min_size=1, unique=True),
+       st.randoms(use_true_random=False))
+def test_encode_array_is_encode_for_an_alphabet_in_any_order(chars, rng):
+    """(an alphabet given in code, or a saved one, need not be sorted)"""
+    tok = CharTokenizer(chars)
+    text = "".join(rng.choices(chars, k=3 * len(chars))) + "".join(chars)
+    assert np.array_equal(tok.encode_array(text), np.array(tok.encode(text), dtype=np.int64))
+
+
 def test_an_invisible_character_outside_the_vocabulary_is_named():
     tok = CharTokenizer.from_text("abcé")  # é precomposed; e + U+0301 is another text
     for text, name in [("a\u0301", "U+0301 COMBINING ACUTE ACCENT"),
