@@ -441,6 +441,19 @@ def test_a_dataset_prepares_to_the_tokens_of_its_documents_joined(hf, corpus, tm
                                 "field": "text", "files": [str(path)]}
 
 
+def test_a_corpus_of_another_split_or_field_of_a_dataset_is_not_taken_for_this_one(hf, corpus,
+                                                                                   tmp_path):
+    """A folder prepared from a dataset's train split and text field is refused, not returned,
+    to a prepare of its validation split or of its id field (their records are other text)."""
+    path = write_dataset(hf, tmp_path, documents(corpus[1]), "parquet")
+    prepare(Records(str(path)), tmp_path / "ds", progress=False)
+    for other, was in ((Records(str(path), split="validation"), "'train'"),
+                       (Records(str(path), field="id"), "'text'")):
+        with pytest.raises(MiniGPTError, match=f"already holds a prepared corpus of other "
+                                               f"sources or settings \\(.* was {was}"):
+            prepare(other, tmp_path / "ds", progress=False)
+
+
 def test_cli_prepares_a_dataset_folder(hf, corpus, tmp_path, capsys):
     """--dataset FOLDER: its parquet files in sorted order, as one dataset's records."""
     docs = documents(corpus[1])
