@@ -521,7 +521,7 @@ def cmd_graph(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     from minigpt.checkpoint import check_holds_a_run, load_model
-    from minigpt.diagnostics.graph import GraphvizMissing, draw_loss_graph
+    from minigpt.diagnostics.graph import INSTALL_DOT, GraphvizMissing, draw_loss_graph
     from minigpt.diagnostics.reading import format_reading, read_curve, run_facts
     from minigpt.diagnostics.report import write_report
     from minigpt.files import folder_holds, read_jsonl
@@ -546,8 +546,8 @@ def cmd_report(args: argparse.Namespace) -> None:
             model, tok, _ = load_model(args.run, "best")
             draw_loss_graph(model, tok.vocab_size, f"{at}/graph", depth=1, formats=("svg",))
         except GraphvizMissing:  # (its message names a .dot in the folder about to go)
-            log.warning("Graphviz's dot is not installed (apt install graphviz / brew install "
-                        "graphviz); the report will have no graph")
+            log.warning(f"Graphviz's dot is not installed ({INSTALL_DOT}); the report will "
+                        "have no graph")
         except (OSError, MiniGPTError) as e:
             why = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.filename else e
             log.warning(f"{why}; the report will have no graph")

@@ -39,8 +39,9 @@ from minigpt.files import atomic_path, atomic_write_text
 
 SCOPE_KEY = "minigpt_scope"  # grad_fn.metadata keys written by record_modules
 CALL_KEY = "minigpt_call"
-INSTALL_HINT = ("install Graphviz to render it (apt install graphviz / brew install graphviz), "
-                "or open the .dot file in any Graphviz viewer")
+INSTALL_DOT = "apt install graphviz / brew install graphviz"  # Graphviz's dot, the program
+INSTALL_HINT = f"install Graphviz to render it ({INSTALL_DOT}), or open the .dot file in any " \
+               "Graphviz viewer"
 FORMATS = ("svg", "png", "pdf")
 FRAME_LIMIT = 100
 STYLES = {"param": ("box", "filled", "#cfe2ff"), "tensor": ("box", "filled", "#e9ecef"),
@@ -374,10 +375,10 @@ def show_loss_graph(model: nn.Module, vocab_size: int, depth: int = 1):
         import graphviz
     except ImportError:
         raise MiniGPTError("showing the graph needs the graphviz package: pip install "
-                           "'minigpt-loop[notebook]' (and Graphviz's dot: apt install graphviz "
-                           "/ brew install graphviz)") from None
+                           f"'minigpt-loop[notebook]' (and Graphviz's dot: {INSTALL_DOT})"
+                           ) from None
     if shutil.which("dot") is None:  # graphviz.Source would fail only when it is drawn
         raise GraphvizMissing("the computation graph is drawn by Graphviz's dot, which is not "
-                              "installed: apt install graphviz / brew install graphviz / conda "
-                              "install graphviz (on Colab: !apt-get install -y graphviz)", [])
+                              f"installed: {INSTALL_DOT} / conda install graphviz (on Colab: "
+                              "!apt-get install -y graphviz)", [])
     return graphviz.Source(loss_graph_dot(model, vocab_size, depth))
