@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -368,13 +369,42 @@ def test_a_local_derivative_the_arithmetic_cannot_give_is_a_question_mark():
     assert report.gradients == {"x": 0.0, "y": 0.0}
 
 
-@pytest.mark.parametrize("text", ["-" * 999 + "x", "x" + "**x" * 333], ids=["minus", "powers"])
-def test_an_expression_within_the_length_limit_but_nested_too_deeply_is_one_line(text):
-    """Python's own recursion, not the length limit, refuses these (the parser's limit on
-    parentheses, 200, is a SyntaxError)."""
+@pytest.fixture(params=[1000, 3000, 20000], ids=lambda n: f"recursionlimit={n}")
+def recursion_limit(request):
+    """Python's default, the limit importing IPython sets, and one far above both."""
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(request.param)
+    yield request.param
+    sys.setrecursionlimit(before)
+
+
+@pytest.mark.parametrize("text", ["-" * 999 + "x", "x" + "**x" * 333,
+                                  "-" * autograd.MAX_DEPTH + "x"],
+                         ids=["minus", "powers", "one-too-deep"])
+def test_an_expression_within_the_length_limit_but_nested_too_deeply_is_one_line(
+        text, recursion_limit):
+    """A fixed depth limit refuses these, whatever Python's recursion limit is: it once rested
+    on RecursionError, and a kernel that had imported IPython (limit 3000) parsed the powers."""
     with pytest.raises(MiniGPTError) as info:
         parse_expr(text)
-    assert str(info.value) == "the expression is nested too deeply"
+    assert str(info.value) == ("the expression is nested too deeply: "
+                               f"at most {autograd.MAX_DEPTH} levels")
+
+
+@pytest.mark.parametrize("text", ["-" * (autograd.MAX_DEPTH - 1) + "x",
+                                  "x" + "**x" * (autograd.MAX_DEPTH - 1)], ids=["minus", "powers"])
+def test_an_expression_at_the_depth_limit_is_explained_under_the_default_recursion_limit(text):
+    """The deepest expression allowed goes through every recursive step (the checks, the torch
+    evaluation, the backward-graph walk and the report) with Python's default limit."""
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)
+    try:
+        report = explain(text, {"x": 1.0})
+        text_report = format_report(report)
+    finally:
+        sys.setrecursionlimit(before)
+    expected = -1.0 if text.startswith("-") else 1.0  # 99 minuses; 1**1**...**1
+    assert report.value == expected and "dy/dx" in text_report
 
 
 def test_the_length_limit_is_inclusive():

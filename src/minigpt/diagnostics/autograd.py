@@ -64,6 +64,7 @@ _SYMBOLS = {ast.FloorDiv: "//", ast.Mod: "%", ast.MatMult: "@", ast.LShift: "<<"
 _KINDS = {ast.Attribute: "attribute access", ast.Subscript: "indexing", ast.Lambda: "lambda"}
 _ALLOWED = "use numbers, variables, + - * / **, parentheses and " + ", ".join(FUNCTIONS)
 MAX_LENGTH = 1000
+MAX_DEPTH = 100  # levels of nesting: the checks and the graph walk recurse once or more per level
 
 
 @dataclass(frozen=True)
@@ -90,12 +91,27 @@ def parse_expr(text: str) -> Term:
         raise MiniGPTError("the expression is empty: give a formula such as x**2 + 3*x + 1")
     if len(text) > MAX_LENGTH:
         raise MiniGPTError(f"the expression has {len(text)} characters; at most {MAX_LENGTH}")
+    too_deep = f"the expression is nested too deeply: at most {MAX_DEPTH} levels"
     try:
-        return _term(ast.parse(text.strip(), mode="eval").body)
+        tree = ast.parse(text.strip(), mode="eval").body
     except SyntaxError as e:
         raise MiniGPTError(f"cannot read the expression {text.strip()!r}: {e.msg}") from None
-    except (RecursionError, MemoryError):
-        raise MiniGPTError("the expression is nested too deeply") from None
+    except (RecursionError, MemoryError):  # the parser's own limits, which vary by version
+        raise MiniGPTError(too_deep) from None
+    if _depth(tree) > MAX_DEPTH:  # a fixed limit, not Python's recursion limit (IPython raises it)
+        raise MiniGPTError(too_deep)
+    return _term(tree)
+
+
+def _depth(tree: ast.expr) -> int:
+    """How many expressions deep the tree goes (x: 1, -x: 2), counted without recursion."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack += [(child, depth + 1) for child in ast.iter_child_nodes(node)
+                  if isinstance(child, ast.expr)]
+    return deepest
 
 
 def _term(node: ast.expr) -> Term:
