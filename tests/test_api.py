@@ -5,6 +5,7 @@ what the library says fits a Python caller (train(..., resume=True), not only --
 import copy
 import json
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -128,6 +129,7 @@ def test_a_notebook_shows_the_cells_line_and_the_error_not_minigpts_frames(
         tmp_path, monkeypatch, capsys):
     """IPython (a notebook's kernel) shows a MiniGPTError or a TrainingStopped as the lines of
     the cell that led to it and the message, where its traceback ran through config.py."""
+    limit = sys.getrecursionlimit()  # (importing IPython raises it to 3000: put back after)
     interactive = pytest.importorskip("IPython.core.interactiveshell")
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path))  # (its history database: not the user's)
     shell = interactive.InteractiveShell.instance()
@@ -140,6 +142,7 @@ def test_a_notebook_shows_the_cells_line_and_the_error_not_minigpts_frames(
         stopped = capsys.readouterr().out.strip().splitlines()
     finally:
         interactive.InteractiveShell.clear_instance()
+        sys.setrecursionlimit(limit)
     assert said[0].startswith('File "<ipython-input-') and "line 3" in said[0]  # the cell's
     assert said[1].strip() == "cfg = resolve_config(overrides={'steps': steps})"  # line 3
     assert said[-1] == "MiniGPTError: 'steps' must be positive, got -5"
