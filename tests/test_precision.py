@@ -438,3 +438,18 @@ def test_auto_on_another_accelerator_is_float32_unprobed(monkeypatch):
     model = MiniGPT(65, n_layer=1, n_embd=32, n_head=2, block_size=16)
     for kind in ("xpu", "meta"):
         assert precision.choose_dtype("auto", torch.device(kind), model)[0] == torch.float32
+
+
+def test_the_cache_is_replaced_whole_never_rewritten_in_place(monkeypatch, tmp_path):
+    """Runs starting at once share precision.json: one that opened it before another's write
+    still reads the whole file it opened (a rewrite in place truncates it under the reader,
+    and a run killed mid-write would leave half a file, the kept peaks lost with it)."""
+    cache = tmp_path / "precision.json"
+    fake_probe(monkeypatch, NO_BF16)
+    model = MiniGPT(65, n_layer=1, n_embd=32, n_head=2, block_size=16)
+    precision.choose_dtype("auto", CPU, model, 4, cache)
+    with cache.open() as reader:
+        written = cache.read_text()
+        monkeypatch.setattr(precision, "machine_key", lambda: "another CPU")
+        precision.choose_dtype("auto", CPU, model, 4, cache)  # (adds its entry)
+        assert reader.read() == written and len(json.loads(cache.read_text())) == 2
