@@ -12,6 +12,7 @@ from minigpt import (
     Batches,
     MiniGPTError,
     Splits,
+    data,
     get_batch,
     load_corpus,
     load_tokens,
@@ -19,7 +20,7 @@ from minigpt import (
     split_loss,
 )
 from minigpt import lesson as lesson_code
-from minigpt.corpus import read_index
+from minigpt.corpus import is_prepared, read_index
 from minigpt.data import cache_dir, prepared_text, tinyshakespeare_path
 
 
@@ -193,3 +194,28 @@ def test_bpe_takes_a_vocabulary_of_min_bpe_vocab_but_not_fewer(small_text):
     assert prepared_text(small_text, "bpe", MIN_BPE_VOCAB).is_dir()
     with pytest.raises(MiniGPTError, match=f"at least {MIN_BPE_VOCAB}"):
         prepared_text(small_text, "bpe", MIN_BPE_VOCAB - 1)
+
+
+def test_a_data_dir_under_home_is_expanded_and_refused_where_it_is_a_file(tmp_path,
+                                                                          monkeypatch):
+    """MINIGPT_DATA_DIR=~/... (as a shell leaves it in quotes) names a folder under $HOME, and
+    where that is a file the one-line error says so (unexpanded, the check looked elsewhere)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("MINIGPT_DATA_DIR", "~/data")
+    assert cache_dir() == tmp_path / "data"
+    (tmp_path / "data").write_text("")
+    with pytest.raises(MiniGPTError, match="MINIGPT_DATA_DIR=~/data is a file"):
+        cache_dir()
+
+
+def test_a_text_prepared_by_another_process_while_this_one_waited_is_not_prepared_again(
+        small_text, monkeypatch):
+    """Processes preparing at once take turns: the one that waited for the lock finds the
+    folder the other wrote and reads it (here the first look says 'not prepared', as it did
+    before the other finished; any prepare after it fails the test)."""
+    folder = prepared_text(small_text)
+    looks = []
+    monkeypatch.setattr(data, "is_prepared", lambda f: looks.append(f) or (len(looks) > 1
+                                                              and is_prepared(f)))
+    monkeypatch.setattr(data, "prepare", lambda *a, **k: pytest.fail("prepared again"))
+    assert prepared_text(small_text) == folder and looks == [folder, folder]
