@@ -46,6 +46,11 @@ def test_a_good_file_is_saved_a_wrong_or_missing_one_not(server, tmp_path):
     with pytest.raises(MiniGPTError, match="sha256.*not saved.*--text PATH"):
         download(f"{base}/b.txt", dest.parent / "b.txt", "0" * 64)
     assert [p.name for p in dest.parent.iterdir()] == ["a.txt"]
+    wrong_tail = hashlib.sha256(b"tampered").hexdigest()  # the 12 digits the message shows
+    wrong_tail = wrong_tail[:12] + ("0" if wrong_tail[12] != "0" else "1") + wrong_tail[13:]
+    with pytest.raises(MiniGPTError, match="sha256"):  # match, not just agree where shown
+        download(f"{base}/b.txt", dest.parent / "b.txt", wrong_tail)
+    assert [p.name for p in dest.parent.iterdir()] == ["a.txt"]
     with pytest.raises(MiniGPTError, match="404"):  # a file missing on the server
         download(f"{base}/nope.txt", tmp_path / "x.txt", "0" * 64)
 
@@ -75,12 +80,13 @@ def serving(body: bytes, length: int | None):
         httpd.server_close()
 
 
-def test_a_body_cut_short_is_said_so_not_as_a_checksum(tmp_path):
-    """The connection closed after half the promised bytes: the count says what happened (the
+@pytest.mark.parametrize("sent", [500, 999])  # (999: the last byte missing is as short)
+def test_a_body_cut_short_is_said_so_not_as_a_checksum(tmp_path, sent):
+    """The connection closed before all the promised bytes: the count says what happened (the
     checksum alone read like a wrong file)."""
     dest = tmp_path / "cache" / "a.txt"
-    with serving(b"x" * 500, 1000) as url, pytest.raises(
-            MiniGPTError, match=r"stopped after 500 of 1,000 bytes \(the connection closed "
+    with serving(b"x" * sent, 1000) as url, pytest.raises(
+            MiniGPTError, match=rf"stopped after {sent} of 1,000 bytes \(the connection closed "
                                 r"early\); not saved"):
         download(url, dest, "0" * 64)
     assert not dest.exists() and list(dest.parent.iterdir()) == []
