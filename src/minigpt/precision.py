@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 FASTER = 0.95  # bf16 must take at most this fraction of float32's step time
-NATIVE = 0.5  # bf16 matmuls below this fraction of float32's speed: emulated, no native bf16
+NATIVE = 0.5  # bf16 matmuls at or below this fraction of float32's speed: emulated, no native bf16
 # (AVX2 runs them tens of times slower; native bf16 at the gate's small size can read close
 # to float32, so a tie is no answer and the step is timed; and where the CPU's flags name
 # native bf16 the step is timed whatever the gate read: a busy host can make it read anything)
