@@ -524,6 +524,23 @@ def test_the_clock_counts_only_the_seconds_it_runs(monkeypatch):
     assert resumed.seconds() == 15.0
 
 
+def test_a_resumed_run_goes_on_from_its_checkpoints_clock(small_text, tmp_path):
+    """The checkpoint keeps the training clock: a time-budgeted run resumed with the same budget
+    has it spent already (no fresh budget), and one given a longer budget logs seconds from the
+    saved clock on, not from 0 (a resume that restarted the clock trained another 0.3 s and
+    logged rows from a step's seconds, below the checkpoint's)."""
+    folder = tmp_path / "run"
+    cfg = tiny_config(small_text, steps=10**6, time_budget=0.3, log_every=1, eval_every=10**6)
+    first = train(cfg, folder, progress=False).summary["steps"]
+    saved = load_checkpoint(folder / "checkpoints", "last").meta
+    assert saved["step"] == first and saved["parts"]["clock"]["seconds"] >= 0.3
+    again = train(resume_config(folder), folder, resume=True, progress=False)
+    assert again.summary["steps"] == first  # the budget was spent before the resume
+    train(resume_config(folder, {"time_budget": 0.6}), folder, resume=True, progress=False)
+    after = [r["time_s"] for r in metrics(folder) if r["step"] >= first]
+    assert after and min(after) >= round(saved["parts"]["clock"]["seconds"], 2) - 0.01
+
+
 def test_the_clock_stops_once_the_device_has_done_the_steps_queued_on_it(monkeypatch):
     """A GPU runs behind the Python that queues its steps: the clock waits for it, then reads
     the time, or the steps' last seconds would fall outside training (tokens/s, MFU and a time
