@@ -282,7 +282,8 @@ class Scramble(Probe):
 
 
 def test_keep_the_best_and_the_newest_k(small_text, tmp_path):
-    train(tiny_config(small_text, steps=50, eval_every=5, keep=2), tmp_path / "run",
+    # keep=3, not the default (2): the run's own --keep reaches the pruning
+    train(tiny_config(small_text, steps=50, eval_every=5, keep=3), tmp_path / "run",
           progress=False, probes=[Scramble()])
     folder = tmp_path / "run" / "checkpoints"
     best = json.loads((folder / "best.json").read_text())["file"]
@@ -290,7 +291,8 @@ def test_keep_the_best_and_the_newest_k(small_text, tmp_path):
     lowest = min(evals, key=lambda r: r["val_loss"])  # (the row of step s: its weights after s+1)
     assert best == f"step-{lowest['step'] + 1:06d}.safetensors" and lowest["step"] <= 30
     kept = sorted(p.name for p in folder.glob("step-*.safetensors"))
-    assert kept == sorted({best, "step-000046.safetensors", "step-000050.safetensors"})
+    assert kept == sorted({best, "step-000041.safetensors", "step-000046.safetensors",
+                           "step-000050.safetensors"})
     assert sorted(p.name for p in folder.glob("step-*.json")) == [
         k.replace(".safetensors", ".json") for k in kept]
     for k in kept:  # every kept step loads on its own
