@@ -1181,6 +1181,7 @@ def test_a_checkpoint_missing_any_part_of_the_runs_state_is_not_resumable(missin
     (lambda parts: parts["state"].update(step=4.0), "parts.state.step is 4.0, not a whole number"),
     (lambda parts: parts["state"].update(reached=5), "parts.state.reached is 5, not a dict"),
     (lambda parts: parts["clock"].update(seconds="x"), "parts.clock.seconds is 'x', not a number"),
+    (lambda parts: parts["clock"].update(seconds=True), "parts.clock.seconds is True, not a "),
     (lambda parts: parts["clock"].pop("seconds"), "parts.clock.seconds is missing"),
     (lambda parts: parts.update(state={}), "its state is at step 0, not 4"),
     (lambda parts: parts.pop("clock"), "parts.clock is missing"),
