@@ -912,3 +912,20 @@ def test_a_run_that_never_starts_leaves_no_folder_it_named(tmp_path, monkeypatch
     (tmp_path / "mine").mkdir()  # the user's own empty folder, kept
     r = in_process(capsys, "train", "--text", missing, "--out", "mine", "--no-progress")
     assert r.returncode == 2 and (tmp_path / "mine").is_dir()
+
+
+def test_a_several_process_runs_checkpoint_is_read_in_one_but_resumed_only_as_trained(
+        small_text, tmp_path):
+    """open_run (the diagnostic commands) reads a checkpoint of several processes in one, on
+    rank 0's batch stream; a resume in one process is refused (its batch streams would change).
+    The world size is the checkpoint JSON's, which the tensors' checksum does not cover: edited,
+    it stands in for a torchrun run without starting one."""
+    from minigpt.run import open_run
+
+    folder = tmp_path / "run"
+    train(tiny_config(small_text, steps=4, eval_every=2), folder, progress=False)
+    last = folder / "checkpoints" / "last.json"
+    last.write_text(json.dumps({**json.loads(last.read_text()), "world_size": 2}))
+    assert open_run(folder, "last").state.step == 4
+    with pytest.raises(MiniGPTError, match=r"trained by 2 process\(es\) with --grad-accum 1"):
+        train(resume_config(folder, {"steps": 6}), folder, resume=True, progress=False)
