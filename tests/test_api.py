@@ -190,6 +190,17 @@ def test_a_resume_in_python_keeps_the_runs_diag_settings(small_text, tmp_path):
     assert resume_config(folder, sections=SECTIONS).extra["diag"].sample_every == 7
     assert json.loads((folder / "config.json").read_text())["config"]["diag"]["sample_every"] == 7
 
+
+def test_a_resume_that_changes_a_diag_setting_saves_the_new_one(small_text, tmp_path):
+    """Only the sections the resuming cfg lacks are kept from the checkpoint: a [diag] setting
+    it changes is the one saved next, in the checkpoint and in config.json, not the old one."""
+    folder = tmp_path / "run"
+    train(tiny_config(small_text, steps=2, eval_every=2, sample_every=7), folder, progress=False)
+    cfg = resume_config(folder, {"steps": 4, "sample_every": 3}, sections=SECTIONS)
+    train(cfg, folder, resume=True, progress=False)
+    assert resume_config(folder, sections=SECTIONS).extra["diag"].sample_every == 3
+    assert json.loads((folder / "config.json").read_text())["config"]["diag"]["sample_every"] == 3
+
 def test_probes_handed_to_a_second_run_record_it_too(small_text, tmp_path):
     cfg = tiny_config(small_text, steps=12, eval_every=6, sample_every=5)
     probes = standard_probes(cfg)
