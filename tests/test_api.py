@@ -201,6 +201,7 @@ def test_a_resume_that_changes_a_diag_setting_saves_the_new_one(small_text, tmp_
     assert resume_config(folder, sections=SECTIONS).extra["diag"].sample_every == 3
     assert json.loads((folder / "config.json").read_text())["config"]["diag"]["sample_every"] == 3
 
+
 def test_probes_handed_to_a_second_run_record_it_too(small_text, tmp_path):
     cfg = tiny_config(small_text, steps=12, eval_every=6, sample_every=5)
     probes = standard_probes(cfg)

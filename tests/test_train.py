@@ -45,6 +45,7 @@ from minigpt.diagnostics.probes import Probe
 from minigpt.diagnostics.reading import read_run
 from minigpt.distributed import World, start
 from minigpt.evaluate import estimate_loss, evaluating, target_bytes
+from minigpt.run import open_run
 from minigpt.step import MicroSteps, clip_gradients, timed_steps, train_step
 
 
@@ -303,8 +304,6 @@ def test_target_bytes_read_in_chunks_count_every_target_once():
 def test_run_folder_contents_targets_and_checkpoint(small_text, tmp_path):
     """One run: the files it writes, the seconds to each target loss, and a last checkpoint that
     gives back the trained model (load_model, and the run itself rebuilt and restored)."""
-    from minigpt.run import open_run
-
     out = tmp_path / "run"
     result = train(tiny_config(small_text, steps=40, eval_every=10, log_every=5,
                                targets="10,2.5,0.01"), out, progress=False)
@@ -922,8 +921,6 @@ def test_a_several_process_runs_checkpoint_is_read_in_one_but_resumed_only_as_tr
     rank 0's batch stream; a resume in one process is refused (its batch streams would change).
     The world size is the checkpoint JSON's, which the tensors' checksum does not cover: edited,
     it stands in for a torchrun run without starting one."""
-    from minigpt.run import open_run
-
     folder = tmp_path / "run"
     train(tiny_config(small_text, steps=4, eval_every=2), folder, progress=False)
     last = folder / "checkpoints" / "last.json"
