@@ -46,7 +46,13 @@ from minigpt.diagnostics.reading import read_run
 from minigpt.distributed import World, start
 from minigpt.evaluate import estimate_loss, evaluating, target_bytes
 from minigpt.run import open_run
-from minigpt.step import MicroSteps, clip_gradients, timed_steps, train_step
+from minigpt.step import (
+    MicroSteps,
+    clip_gradients,
+    step_unless_nonfinite,
+    timed_steps,
+    train_step,
+)
 
 
 def metrics(run_dir):
@@ -179,6 +185,19 @@ def test_adamw_is_fused_on_a_cpu():  # (the device-side skip of non-finite steps
     assert make_optimizer(model, resolve_config().train).defaults["fused"] is True
     muon = make_optimizer(model, resolve_config(overrides={"optimizer": "muon"}).train)
     assert muon.parts[1].defaults["fused"] is True
+
+
+@pytest.mark.parametrize("norm", [math.nan, math.inf])
+def test_an_optimizer_not_fused_skips_a_step_whose_gradient_norm_is_not_finite(norm):
+    """SGD (as --optimizer sgd makes it, and Muon's) decides on the host: a NaN or inf norm
+    leaves the weights and the momentum as they were; a finite one steps (the oracle)."""
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([weight], lr=0.1, momentum=0.9)
+    weight.grad = torch.ones(3)
+    step_unless_nonfinite(optimizer, torch.tensor(norm))
+    assert torch.equal(weight.detach(), torch.ones(3)) and not optimizer.state
+    step_unless_nonfinite(optimizer, torch.tensor(1.0))
+    assert not torch.equal(weight.detach(), torch.ones(3)) and optimizer.state
 
 
 def test_early_stopping_counts_evaluations_without_improvement():
