@@ -121,3 +121,9 @@ def test_a_time_budgets_batch_shape_grows_with_the_seconds_not_the_steps():
     assert batch_shape(timed, 64, step=0, seconds=30.0) == (32, 64)
     stepped = TrainConfig(steps=1000, batch_size=32, batch_start=8, block_start=16, ramp=0.3)
     assert batch_shape(stepped, 64, step=150, seconds=999.0) == (16, 32)
+
+
+def test_a_size_before_the_start_of_training_is_the_start_size():
+    """size_at clamps progress below 0 (a clock or step read before the first): the start, not
+    a multiple of it rounded down to 0 or below."""
+    assert size_at(-0.5, start=8, full=32, ramp=0.3) == 8
