@@ -337,6 +337,27 @@ def test_nonfinite_batches_are_skipped_up_to_the_allowance(small_text, tmp_path,
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_a_batch_whose_gradient_norm_is_inf_is_counted_skipped_not_clipped(small_text, tmp_path,
+                                                                         monkeypatch):
+    """inf > grad_clip, yet such a batch is skipped, not clipped: its row counts it in
+    `skipped` alone. (Step 3's norm is reported inf; the clip so loose no finite step is
+    clipped, so every row's count of clipped steps is 0.)"""
+    real, calls = minigpt.trainer.train_step, []
+
+    def step(*args, **kwargs):
+        loss, norm = real(*args, **kwargs)
+        calls.append(None)
+        return loss, norm * float("inf") if len(calls) == 4 else norm
+
+    monkeypatch.setattr(minigpt.trainer, "train_step", step)
+    config = tiny_config(small_text, steps=6, log_every=1, eval_every=100, grad_clip=1e6,
+                         skip_nonfinite=1)
+    train(config, tmp_path / "run", progress=False)
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [r.get("skipped") for r in rows] == [None, None, None, 1, None, None]
+    assert [r["clipped"] for r in rows] == [0] * 6
+
+
 def test_a_new_run_into_a_folder_a_run_is_training_in_says_so(small_text, tmp_path):
     """Not 'resume it with --resume', which the lock would then refuse."""
     run = tmp_path / "run"
