@@ -367,6 +367,20 @@ def test_run_folder_contents_targets_and_checkpoint(small_text, tmp_path):
     assert not torch.equal(MiniGPT.from_config(run.cfg.model)(idx)[0], model(idx)[0])
 
 
+def test_a_target_is_compared_with_the_validation_loss_per_byte_that_val_bpb_tells(small_text,
+                                                                                  tmp_path):
+    """A target is a loss in nats per byte: val_bpb * ln 2, over the split's targets (one fewer
+    than its tokens). A first run reads step 0's val_bpb; the same run again, its target a
+    hair (1e-6) above that, reaches it; counted over every token, the loss per byte is
+    1 / (tokens - 1) higher, well above the hair, and it would not."""
+    first = train(tiny_config(small_text, steps=1), tmp_path / "first", progress=False)
+    bpb = metrics(first.folder)[-1]["val_bpb"]
+    target = bpb * math.log(2) * (1 + 1e-6)
+    again = train(tiny_config(small_text, steps=1, targets=repr(target)), tmp_path / "again",
+                  progress=False)
+    assert again.summary["time_to"][f"{target:g}"] is not None
+
+
 def test_a_run_records_the_tokenizer_split_and_vocabulary_of_its_data(small_text, tmp_path):
     """A prepared folder brings its own tokenizer and split, whatever the config asked for;
     the model is as wide as the vocabulary read (the text's distinct characters)."""
