@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -246,8 +247,7 @@ def record_evaluation(run: Run, row: dict) -> bool:
     else:
         row["val_loss"] = split_loss(model, run.splits.val, run.cfg.model.block_size)
     row["val_bpb"] = val_bpb(run, row["val_loss"])
-    per_byte = row["val_loss"] * (len(run.splits.val) - 1) / run.data["val_bytes"]  # nats (a
-    # character model's loss on ASCII text, exactly: one byte a target)
+    per_byte = row["val_bpb"] * math.log(2)  # nats (a character model's loss on ASCII text)
     if reached := state.record_targets(per_byte, parse_targets(t.targets), run.clock.seconds()):
         row["reached"] = reached
     improved = state.record_eval(row["val_loss"], t.min_delta)
