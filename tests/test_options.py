@@ -383,7 +383,8 @@ def test_value_embeddings_reach_the_first_and_last_blocks_values(n, tables):
         moved = attn(x, ve=ve) - attn(x)
         # ve only moves the values: the output moves by attention(lambda * ve) through Wo
         att = attention_weights(attn, x)  # (B, nh, T, T)
-        by_hand = (att @ attn.heads(attn.ve_lambda * ve)).transpose(1, 2).reshape(2, 10, 32)
+        # (a new block's lambda is 0.5, modded-nanogpt's start: half the table's row is added)
+        by_hand = (att @ attn.heads(0.5 * ve)).transpose(1, 2).reshape(2, 10, 32)
         torch.testing.assert_close(moved, by_hand @ attn.Wo.weight.T, atol=1e-5, rtol=1e-4)
 
 
@@ -391,15 +392,22 @@ def test_unet_skips_add_the_first_halfs_outputs_in_reverse():
     plain, model, missing = twins(unet=True)
     assert missing == ["skip_weights"] and model.skip_weights.shape == (2,)
     idx = torch.randint(0, V, (2, 10))
-    with torch.no_grad():
-        model.skip_weights.copy_(torch.tensor([0.3, -0.6]))
+
+    def by_hand(w0, w1):
         b = model.blocks
         x = model.token_emb(idx) + model.pos_emb(torch.arange(10))
         h0 = b[0](x)
         h1 = b[1](h0)
-        h2 = b[2](h1 + 0.3 * h1)
-        h3 = b[3](h2 - 0.6 * h0)
-        torch.testing.assert_close(model(idx)[0], model.lm_head(model.ln_f(h3)))
+        h2 = b[2](h1 + w0 * h1)
+        h3 = b[3](h2 + w1 * h0)
+        return model.lm_head(model.ln_f(h3))
+
+    with torch.no_grad():
+        # a new model adds each skip whole (weights 1, as modded-nanogpt starts them): zeros
+        # would start the skips switched off
+        torch.testing.assert_close(model(idx)[0], by_hand(1.0, 1.0))
+        model.skip_weights.copy_(torch.tensor([0.3, -0.6]))
+        torch.testing.assert_close(model(idx)[0], by_hand(0.3, -0.6))
         model.skip_weights.zero_()
         torch.testing.assert_close(model(idx)[0], plain(idx)[0])
 
