@@ -141,7 +141,7 @@ def test_logits_generation_and_tokens_match(tmp_path, char_tok, bpe_tok, kind, b
 
 def test_folder_contents_and_config_written_into_an_empty_folder(tmp_path, char_tok):
     model = MiniGPT(char_tok.vocab_size, n_embd=32, n_head=4, n_layer=1, block_size=BLOCK,
-                    dropout=0.1)
+                    dropout=0.2)  # (not 0.1: GPT2Config's default for each of the three)
     (tmp_path / "hf").mkdir()  # an empty existing folder is used
     out = export_hf(model, char_tok, tmp_path / "hf")
     assert sorted(p.name for p in out.iterdir()) == [
@@ -150,7 +150,7 @@ def test_folder_contents_and_config_written_into_an_empty_folder(tmp_path, char_
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "gpt2"
     assert config["layer_norm_epsilon"] == 1e-5
-    assert config["attn_pdrop"] == config["resid_pdrop"] == config["embd_pdrop"] == 0.1
+    assert config["attn_pdrop"] == config["resid_pdrop"] == config["embd_pdrop"] == 0.2
     assert config["bos_token_id"] is config["eos_token_id"] is config["pad_token_id"] is None
     assert config["tie_word_embeddings"] is False
     tok_config = json.loads((out / "tokenizer_config.json").read_text())
