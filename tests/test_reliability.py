@@ -639,6 +639,25 @@ def test_files_and_folders_written_whole_get_the_usual_permissions(tmp_path):
     assert usual != 0o600  # (else the test could not tell)
 
 
+def test_files_written_whole_reach_the_disk_before_they_take_their_names(tmp_path, monkeypatch):
+    """Each file is fsynced, its new bytes in it, while its name still holds the old file: a
+    power cut after the rename must find the new bytes, not an empty file (the rename can reach
+    the disk before the data does). The oracle: what each fsync'd file held, and when."""
+    synced, real = [], os.fsync
+
+    def fsync(fd):
+        synced.append((os.pread(fd, 64, 0), (tmp_path / "a.json").exists(),
+                       (tmp_path / "export").exists()))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    atomic_write_text(tmp_path / "a.json", '{"k": 1}')
+    assert synced == [(b'{"k": 1}', False, False)]
+    with atomic_folder(tmp_path / "export") as tmp:
+        (tmp / "weights").write_bytes(b"w")
+    assert synced[1:] == [(b"w", True, False)]
+
+
 # --- files written whole, logs appended a line at a time ----------------------------------------
 
 
