@@ -1,11 +1,13 @@
 """MiniGPT: the lesson's architecture, size, causality, initial loss, and that it can learn."""
 
 import math
+from dataclasses import fields
 
 import pytest
 import torch
 
 from minigpt import Batches, MiniGPT, MiniGPTError, Splits, load_tokens
+from minigpt.config import ModelConfig
 from minigpt.data import tinyshakespeare_path
 
 
@@ -96,3 +98,18 @@ def test_options_beyond_the_lesson():
     assert not torch.equal(dropped(idx)[0], dropped(idx)[0])  # dropout active in train mode
     dropped.eval()
     assert torch.equal(dropped(idx)[0], dropped(idx)[0])
+
+
+def test_from_config_builds_the_model_the_config_describes():
+    """Every field reaches the model (a run builds its model with from_config): the oracle is
+    the config itself, each field away from its default, and the dropout modules' p."""
+    config = ModelConfig(vocab_size=23, n_embd=48, n_head=3, n_layer=2, block_size=16,
+                         dropout=0.25, bias=False, tie_weights=True, pos="rope", norm="rmsnorm",
+                         qk_norm=True, mlp="relu2", bigram=True, smear=True, value_embeds=1,
+                         unet=True, logit_cap=15.0, zero_init=True)
+    defaults = ModelConfig()
+    assert all(getattr(config, f.name) != getattr(defaults, f.name) for f in fields(config))
+    model = MiniGPT.from_config(config)
+    assert model.config == config
+    drops = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops and set(drops) == {0.25}
