@@ -615,11 +615,13 @@ def test_an_unwritable_folder_names_the_file_asked_for(tmp_path, monkeypatch):
 
 def test_a_failed_write_names_the_file_asked_for_and_leaves_no_temporary(tmp_path):
     other = str(tmp_path / "other")
-    for named, asked in (("temporary", True), ("other", False), (None, True)):  # None: a full
-        with pytest.raises(OSError) as e, atomic_path(tmp_path / "a.json") as tmp:  # disk met
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC),  # by write_bytes or savefig
+    cases = [("temporary", True, errno.ENOSPC), ("other", False, errno.ENOSPC),
+             (None, True, errno.ENOSPC), (None, True, errno.EDQUOT)]  # None: a full disk, or a
+    for named, asked, code in cases:  # used-up quota, met by write_bytes or savefig
+        with pytest.raises(OSError) as e, atomic_path(tmp_path / "a.json") as tmp:
+            raise OSError(code, os.strerror(code),
                           *{"temporary": [str(tmp)], "other": [other], None: []}[named])
-        assert e.value.errno == errno.ENOSPC
+        assert e.value.errno == code
         assert e.value.filename == (str(tmp_path / "a.json") if asked else other)
         assert list(tmp_path.iterdir()) == []
 
