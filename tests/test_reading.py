@@ -1389,3 +1389,15 @@ def test_a_loss_back_exactly_at_ln_v_between_two_blow_ups_makes_them_two():
     rows = [{"step": s, "train_loss": 9.0 if 10 <= s < 40 or 150 <= s < 180 else LN65}
             for s in range(0, 300, 5)]  # (step 0 at ln V too: its loss is the bar if higher)
     assert only(rows, "blew up", facts).steps == (10, 150)
+
+
+def test_a_plateau_from_warmups_last_step_under_a_spent_clock_is_read_as_decayed():
+    """Under a time budget the decay follows the clock: a warmup that took most of it leaves
+    the rate far below its peak already at step warmup_steps (here a tenth of it), so a plateau
+    that begins exactly there is read against that rate ('decayed'), not as one of a rate still
+    rising (warmup is over at that step)."""
+    facts = Facts(vocab_size=65, warmup_steps=100, time_budget=60.0, lr=1e-2)
+    rows = [{"step": s, "train_loss": 2.4 if s >= 100 else 2.9 + 0.01 * (100 - s),
+             "lr": 1e-2 * (s + 1) / 100 if s < 100 else 1e-3} for s in range(0, 200, 5)]
+    found = only(rows, "plateau, decayed", facts)
+    assert found.step == 100 and "(to 10% of its peak there)" in found.message
