@@ -672,6 +672,23 @@ def test_a_variant_that_diverges_is_a_row_and_the_comparison_goes_on(tmp_path, c
     assert len(set(map(len, format_table(table).splitlines()))) == 1
 
 
+def test_a_diverged_variants_row_has_the_best_of_its_evaluations_and_says_so_from_step_0(
+        tmp_path):
+    """A variant that diverged: its best validation loss is the lowest its metrics hold (not
+    the last or the highest: a diverging run's losses climb), and a divergence at step 0 is
+    still tabled as diverged (0 is a step, not 'no divergence')."""
+    from minigpt.diagnostics.compare import diverged_summary
+
+    rows = [{"step": 0, "val_loss": 4.1, "time_s": 0.0}, {"step": 4, "val_loss": 2.3},
+            {"step": 8, "val_loss": 9.7, "time_s": 1.5}]  # fell, then blew up
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    row = diverged_summary(tmp_path, tiny_config(tmp_path / "t.txt"), 9)
+    assert row["best_val_loss"] == min(r["val_loss"] for r in rows)
+    assert row["steps"] == 10 and row["diverged"] == 9 and row["train_s"] == 1.5
+    first = {"variant": "sgd", "tokenizer": "char", **row, "diverged": 0, "steps": 1}
+    assert "diverged" in format_table([first]).splitlines()[2]
+
+
 def test_the_first_difference_of_two_comparisons_is_named_whichever_side_has_the_key():
     from minigpt.diagnostics.compare import difference
 
