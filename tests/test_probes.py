@@ -351,6 +351,27 @@ def test_the_probe_sees_gradients_before_clipping_and_shouts_dead_only_when_it_l
     assert all("lm_head.weight dead" in m and "smear" not in m for m in shouted)
 
 
+def test_a_resumed_gradflow_probe_shouts_a_lasting_dead_parameter_as_the_whole_run_does(
+        small_text, tmp_path, caplog):
+    """Dead is shouted once it lasts two probes; the parameters dead at the last probe go into
+    the checkpoint. A run stopped after 2 steps and resumed to 4 shouts lm_head (dead at every
+    step) at the same steps as the same run uninterrupted: at 2, the resume's first probe, too."""
+    def shouted(folder, steps, resume=False):
+        caplog.clear()
+        cfg = (resume_config(folder, {"steps": steps}, sections=SECTIONS) if resume else
+               tiny_config(small_text, steps=steps, eval_every=2, log_every=1, gradflow_every=1,
+                           plots=False, sample_every=0, attention_every=0))
+        train(cfg, folder, resume=resume, progress=False,
+              probes=[ZeroGradient(), *standard_probes(cfg)])
+        return [int(m.split(":")[0].split()[1]) for m in caplog.messages
+                if "gradient flow:" in m and "lm_head.weight dead" in m]
+
+    caplog.set_level("WARNING", logger="minigpt")
+    whole = shouted(tmp_path / "whole", 4)
+    assert whole == [1, 2, 3]  # from the second probe on
+    assert shouted(tmp_path / "cut", 2) + shouted(tmp_path / "cut", 4, resume=True) == whole
+
+
 def test_variant_axes_and_settings_with_their_types():
     assert parse_axis("sgd:0.5,adamw", "optimizer") == [{"optimizer": "sgd", "lr": 0.5},
                                                        {"optimizer": "adamw"}]
