@@ -269,6 +269,23 @@ def test_a_resume_after_a_crash_records_each_step_once(probed_run, tmp_path):
     assert shots == ["step-000000.png", "step-000015.png", "step-000021.png"]
 
 
+def test_a_resume_keeps_no_probe_row_of_the_step_it_trains_again(small_text, tmp_path):
+    """Killed after the step that follows its last checkpoint was recorded (here: the
+    checkpoint of 3 steps done, a gradient-flow row at step 3): the resumed run writes that
+    row again, so its log must drop it; the rows are the uninterrupted run's, each once."""
+    cfg = tiny_config(small_text, steps=4, eval_every=2, log_every=1, gradflow_every=1,
+                      plots=False, sample_every=0, attention_every=0)
+    run = tmp_path / "run"
+    train(cfg, run, progress=False, probes=standard_probes(cfg))
+    whole = [r["step"] for r in read_jsonl(run / "gradflow.jsonl")]
+    checkpoint = json.loads((run / "checkpoints" / "step-000003.json").read_text())
+    assert checkpoint["step"] == 3 and 3 in whole  # a row past the checkpoint: step 3's
+    shutil.copy(run / "checkpoints" / "step-000003.json", run / "checkpoints" / "last.json")
+    cfg = resume_config(run, sections=SECTIONS)
+    train(cfg, run, resume=True, progress=False, probes=standard_probes(cfg))
+    assert [r["step"] for r in read_jsonl(run / "gradflow.jsonl")] == whole
+
+
 def test_resuming_a_run_that_has_ended_records_its_end_once(probed_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(probed_run, run)
