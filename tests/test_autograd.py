@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -277,6 +278,7 @@ def test_a_difference_of_a_thousandth_is_a_mismatch():
     ("sin(x)", {"x": 1e6}, math.cos(1e6)),    # a large x: h relative to it, rounding stays small
     ("x**3", {"x": 0.0}, 0.0),
     ("x**-1", {"x": 2.0}, -0.25),  # 2 ± h rounds alike for every h below 1e-8: no chance win
+    ("x**2", {"x": 1e12}, 2e12),  # h relative to x: a step of 0.1 is under a thousand ulps
 ])
 def test_the_finite_difference_picks_its_step_and_agrees_where_autograd_is_right(text, at, exact):
     report = explain(text, at)
@@ -411,3 +413,52 @@ def test_the_length_limit_is_inclusive():
     assert parse_expr("x" + " " * (autograd.MAX_LENGTH - 1)).text == "x"
     with pytest.raises(MiniGPTError, match="at most"):
         parse_expr("x" + " " * autograd.MAX_LENGTH)
+
+
+def test_the_step_reported_is_the_one_whose_difference_is_reported():
+    """The check's h is the step that gave its numeric slope: the central difference of an
+    independently written function at that h is the same number (steps a tenth apart give
+    slopes that differ, by truncation or by rounding)."""
+    for text, fn, at in [("exp(x)", torch.exp, 1.0), ("log(x)", torch.log, 1e-4)]:
+        check = explain(text, {"x": at}).checks[0]
+        assert check.numeric == pytest.approx(_central(fn, {"x": at}, "x", check.h), rel=1e-14)
+        for other in (check.h * 10, check.h / 10):
+            assert check.numeric != pytest.approx(_central(fn, {"x": at}, "x", other), rel=1e-14)
+
+
+# what the local formulas call beyond the functions of FUNCTIONS
+FORMULA_NAMES = {"log": math.log, "sign": lambda a: float((a > 0) - (a < 0)),
+                 "sigmoid": lambda a: 1 / (1 + math.exp(-a)),
+                 **{f: getattr(math, f) for f in FUNCTIONS if hasattr(math, f)}}
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_each_local_formula_as_written_computes_the_derivative(op):
+    """The formula a local line shows, read as Python at the point, is autograd's derivative of
+    the operation (its operands sums, so a missing parenthesis or a wrong sign shows): the
+    number beside it is checked elsewhere, the text the learner reads was not."""
+    text = re.sub(r"\bx\b", "(x + 0.5)", re.sub(r"\by\b", "(y + 2)", ALONE[op]))
+    point = {"x": 0.7, "y": 1.9} if "y" in ALONE[op] else {"x": 0.7}
+    operands = [v + (0.5 if k == "x" else 2) for k, v in point.items()]
+    fn = (lambda a: ORACLES[op](a, 3.0)) if op == "**n" else ORACLES[op]
+    expected = list(_grads(fn, dict(enumerate(operands))).values())
+    lines = explain(text, point).graph[0].local
+    assert len(lines) == len(expected)
+    for line, grad in zip(lines, expected, strict=True):
+        formula = line.split(" = ")[1]
+        value = eval(formula, {"__builtins__": {}}, {**FORMULA_NAMES, **point})
+        assert value == pytest.approx(grad, rel=1e-12), line
+
+
+def test_a_sub_expression_has_one_name_in_its_own_node_and_in_the_node_it_feeds():
+    """Short pieces are written out, long ones as their node's number [j]; either way a piece
+    is called the same where its node differentiates it, d(piece)/..., and where the node it
+    feeds differentiates by it, .../d(piece), so the reader can follow the chain. Pieces from
+    10 to 40 characters cross the length at which the name changes."""
+    for n in range(8, 39):
+        report = explain(f"sin(x*{'1' * n})", {"x": 0.5})
+        sin, mul = report.graph[0], report.graph[1]
+        assert sin.inputs[0] == mul.index
+        below = sin.local[0].split(" = ")[0].split("/d", 1)[1]
+        own = mul.local[0].split("/d", 1)[0][1:]
+        assert below.strip("()") == own.strip("()"), (n, sin.local, mul.local)
