@@ -7,6 +7,7 @@ import torch
 
 import minigpt.diagnostics.batch
 from minigpt import MiniGPT, MiniGPTError, Splits
+from minigpt.config import TrainConfig
 from minigpt.diagnostics.batch import Trade, batch_sliders, batch_trade, format_trade
 
 
@@ -74,3 +75,20 @@ def test_the_step_time_is_the_median_of_the_timed_steps(tiny, monkeypatch):
     monkeypatch.setattr(minigpt.diagnostics.batch, "timed_steps",
                         lambda model, optimizer, batches, steps, clip: [0.9, 0.1, 0.2])
     assert batch_trade(*tiny, B=2, T=8).step_s == 0.2
+
+
+def test_the_step_is_timed_on_the_shape_asked_for_with_the_defaults_and_several_steps(
+        tiny, monkeypatch):
+    """The time shown for B x T is that of B x T batches (B != T here, so the two cannot be
+    swapped unseen), with the default gradient clip the comment promises, and a median of at
+    least three timed steps: of one, a slow step would be the figure."""
+    seen = {}
+
+    def timed(model, optimizer, batches, steps, clip):
+        seen.update(shape=tuple(batches.get_batch("train")[0].shape), steps=steps, clip=clip)
+        return [0.1] * steps
+
+    monkeypatch.setattr(minigpt.diagnostics.batch, "timed_steps", timed)
+    batch_trade(*tiny, B=3, T=7)
+    assert seen["shape"] == (3, 7)
+    assert seen["steps"] >= 3 and seen["clip"] == TrainConfig().grad_clip
