@@ -2,6 +2,7 @@
 resume, and a short real run on TinyShakespeare."""
 
 import copy
+import io
 import json
 import logging
 import math
@@ -28,6 +29,7 @@ from minigpt import (
     MiniGPT,
     MiniGPTError,
     TrainState,
+    console,
     load_checkpoint,
     load_model,
     make_optimizer,
@@ -225,6 +227,35 @@ def test_a_state_saved_before_skipped_logged_reads_its_skips_as_told():
     assert (state.step, state.skipped, state.skipped_logged) == (8, 3, 3)
     state.load_state_dict(TrainState(skipped=3, skipped_logged=1).state_dict())
     assert (state.skipped, state.skipped_logged) == (3, 1)  # (a newer one's, as saved)
+
+
+def test_a_saved_state_is_checked_field_by_field_as_a_number_of_its_kind():
+    """A whole number where a float is due (a hand-edited best_val 2) is a float; True (a bool
+    is an int to isinstance) and a negative count are refused, as a string is."""
+    state = TrainState()
+    state.load_state_dict({"step": 3, "best_val": 2})
+    assert (state.step, state.best_val) == (3, 2)
+    for edit, said in [({"step": True}, "step is True"), ({"bad_evals": -1}, "bad_evals is -1"),
+                       ({"best_val": False}, "best_val is False")]:
+        with pytest.raises(ValueError, match=rf"parts\.state\.{said}, not a"):
+            TrainState().load_state_dict({"step": 3, **edit})
+
+
+def test_the_bar_keeps_the_last_validation_loss_and_stops_at_the_time_budget(monkeypatch):
+    """A row without an evaluation leaves the bar's val as the last one; a time budget's bar
+    runs over seconds and ends at the budget, however far past it the last step ends. (A bar
+    shown: off a terminal tqdm draws nothing and counts nothing.)"""
+    from tqdm.std import tqdm as drawn
+
+    monkeypatch.setattr(console, "tqdm", lambda **kw: drawn(**kw | {"disable": False,
+                                                                    "file": io.StringIO()}))
+    bar = console.Progress(resolve_config(overrides={"time_budget": 10.0}).train, 0, 0.0, True)
+    row = {"train_loss": 3.0, "lr": 1e-3, "tokens_per_s": 100, "mfu": 0.1}
+    bar.show(row | {"val_loss": 2.5})
+    bar.show(row)
+    bar.advance(7, 12.5)
+    assert "val=2.500" in bar.bar.postfix and bar.bar.n == bar.bar.total == 10
+    bar.close()
 
 
 def test_a_target_is_reached_by_a_loss_equal_to_it_and_recorded_once():
