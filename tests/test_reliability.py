@@ -60,6 +60,7 @@ from minigpt.files import (
     atomic_path,
     atomic_write_text,
     lock_folder,
+    lock_holder,
     os_error,
     printable,
     read_jsonl,
@@ -866,6 +867,18 @@ def test_a_held_folder_names_its_holders_pid_over_an_earlier_longer_one(tmp_path
             pass
     with lock_folder(tmp_path):  # and freed when the first ends
         pass
+
+
+def test_a_lock_names_its_whole_pid_and_is_let_go_when_its_block_fails(tmp_path):
+    """lock_holder (report, resume's checks) reads the holder's pid whole, over a longer one a
+    crashed holder left; a block that raises lets the folder go (a failed train() in a notebook
+    kept it, every later run there refused)."""
+    (tmp_path / "run.lock").write_text("123456789012\n")
+    with lock_folder(tmp_path):  # (flock: a second open file is refused, in this process too)
+        assert lock_holder(tmp_path) == str(os.getpid())
+    with pytest.raises(KeyboardInterrupt), lock_folder(tmp_path):
+        raise KeyboardInterrupt
+    assert lock_holder(tmp_path) is None
 
 
 @pytest.mark.slow
