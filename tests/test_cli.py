@@ -3,6 +3,7 @@
 import fcntl
 import gzip
 import json
+import math
 import os
 import shlex
 import signal
@@ -16,7 +17,7 @@ import torch
 import minigpt
 from conftest import MAIN_THREAD_ONLY, TINY_FLAGS, in_process, one_line_error, run_cli, tiny_config
 from minigpt.cli import COMPARE_STEPS, check_out_suffix, main
-from minigpt.console import count, log_start, visible
+from minigpt.console import count, finite_or_none, log_start, visible
 from minigpt.environment import resolve_device
 from minigpt.errors import MiniGPTError, ctrl_c_held
 from minigpt.files import MADE, read_jsonl
@@ -687,6 +688,13 @@ def test_whole_split_evaluations_longer_than_the_training_between_them_are_warne
         f"each evaluation reads the whole validation split, {3 * between + 1:,} tokens, longer "
         f"than training the {between:,} between two: --eval-batches 20 estimates it from 20 "
         f"random batches (the final figure still reads the whole split)"]
+
+
+def test_a_figure_that_is_not_finite_is_written_as_json_null():
+    """JSON has no NaN nor infinity: json.dumps(allow_nan=False), the standard, is the oracle
+    (an inf loss or gradient norm wrote Infinity, which strict readers refuse)."""
+    figures = [finite_or_none(x) for x in (math.nan, math.inf, -math.inf, 1.5)]
+    assert json.dumps(figures, allow_nan=False) == "[null, null, null, 1.5]"
 
 
 def test_counts_and_visible_controls():
