@@ -296,3 +296,30 @@ def test_waiting_for_a_gpu_synchronizes_that_gpu_and_for_a_cpu_nothing(monkeypat
     performance.wait_for(torch.device("cuda", 1))
     performance.wait_for(torch.device("cpu"))
     assert synced == [torch.device("cuda", 1)]
+
+
+def test_a_model_is_refused_where_its_weights_gradients_and_adamws_moments_cannot_fit(
+        monkeypatch):
+    """float32 AdamW holds 16 bytes a parameter: the weight, its gradient and two moments, 4
+    bytes each. A machine with a byte fewer than that refuses the model; one with exactly that
+    lets it be made (the weights counted too, not only what training adds to them)."""
+    cfg = resolve_config(overrides=dict(optimizer="adamw", n_layer=2, n_embd=32, n_head=2))
+    need = 4 * (1 + 1 + 2) * count_params(cfg.model)
+    for available, refused in ((need - 1, True), (need, False)):
+        monkeypatch.setattr(performance, "memory_at",
+                            lambda device, a=available: (0, a, "available", 1))
+        try:
+            performance.check_model_fits(cfg, CPU)
+        except MiniGPTError:
+            assert refused, available
+        else:
+            assert not refused, available
+
+
+def test_waiting_for_an_apple_gpu_synchronizes_it(monkeypatch):
+    """MPS, as CUDA, queues its work behind the Python: without the wait a timed burst on a Mac
+    measures the queueing, not the products (a peak far above the chip's)."""
+    synced = []
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: synced.append("mps"))
+    performance.wait_for(torch.device("mps"))
+    assert synced == ["mps"]
