@@ -298,3 +298,13 @@ def test_a_data_folder_that_is_a_file_is_refused_before_the_header(capsys, monke
     assert r.stderr.strip().splitlines() == [
         f"minigpt: error: MINIGPT_DATA_DIR={tmp_path / 'data'} is a file; it names the folder "
         f"minigpt keeps its data in"]
+
+
+def test_a_rows_memory_eta_and_tokens_per_parameter_in_their_units():
+    """A shape of 10,000 parameters, 3 x 2**30 bytes at its peak, 1,000 tokens a 1 s step: its
+    row reads 3.00 GiB (not 3.22, GB), an ETA of 3.0 h for 3,600 s x 3 x 1,000 tokens, and
+    1,080.0 tokens per parameter."""
+    tokens = 3 * 3600 * 1000
+    big = planning.Shape(1, 32, 2, 10_000, 3 * 2**30, 1.0, True, 1000)
+    row = planning.format_plan([big], tokens=tokens).splitlines()[2]
+    assert re.search(r"\s3\.00 GiB\s.*\s3\.0 h\s+1,080\.0\b", row), row
