@@ -374,6 +374,9 @@ BAD_INPUT = [
      "checkpoint)"),  # the record)
     (["train", "--resume", "{run}", "--preset", "fast"], "; resume without --preset: the run "
                                                          "keeps its own settings"),
+    # --out beside --resume must name the same folder: another would be neither continued
+    # nor made (the run goes on in --resume's), so it is refused rather than ignored
+    (["train", "--resume", "{run}", "--out", "{bad}/elsewhere"], "name different folders"),
     (["train", "--resume", "{bad}"], "holds no checkpoints: not a run folder"),
     (["train", "--resume", "{bad}/list-run"],
      "last.json is not readable: a JSON object was expected, got list"),
@@ -705,3 +708,36 @@ def test_counts_and_visible_controls():
         c if c in "\t\n\r" else chr(0x2400 + ord(c)) for c in controls) + "\u2421"  # DEL: ␡
     bidi = "".join(map(chr, [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]))
     assert visible(bidi) == "".join(f"<U+{ord(c):04X}>" for c in bidi)
+
+
+@pytest.mark.parametrize("key, other", [("beta1", 0.5), ("beta2", 0.9), ("momentum", 0.5),
+                                        ("muon_momentum", 0.5), ("normuon", True),
+                                        ("muon_variant", "polar-express")])
+def test_the_optimizer_only_settings_name_every_optimizer_that_reads_them(key, other):
+    """train warns of a typed setting 'the run's optimizer ignores' from OPTIMIZER_SETTINGS; the
+    oracle is the optimizer itself: three steps on the same gradients, the setting at its
+    default and at another value, move the weights apart iff that optimizer reads it (muon's
+    AdamW reads beta1 and beta2: a table without muon there warned of a setting that works)."""
+    from dataclasses import replace
+
+    from minigpt.cli import OPTIMIZER_SETTINGS
+    from minigpt.config import ModelConfig, TrainConfig
+    from minigpt.model import MiniGPT
+    from minigpt.optim import make_optimizer
+
+    def trained(t):
+        torch.manual_seed(0)
+        model = MiniGPT.from_config(ModelConfig(vocab_size=16, n_layer=1, n_embd=16, n_head=2,
+                                                block_size=8))
+        opt = make_optimizer(model, t)
+        for _ in range(3):  # (Adam's first step is g/|g| whatever its betas)
+            x = torch.randint(16, (2, 8))
+            opt.zero_grad()
+            model(x, x)[1].backward()
+            opt.step()
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    for optimizer in ("sgd", "adamw", "muon"):
+        t = TrainConfig(optimizer=optimizer, lr=1e-2)
+        reads = not torch.equal(trained(t), trained(replace(t, **{key: other})))
+        assert reads == (optimizer in OPTIMIZER_SETTINGS[key]), (key, optimizer)

@@ -22,7 +22,7 @@ from conftest import (
     run_cli,
     tiny_config,
 )
-from minigpt import resume_config, train
+from minigpt import resolve_config, resume_config, train
 from minigpt.cli import main
 from minigpt.console import visible
 from minigpt.diagnostics.plots import plot_run_curves
@@ -132,6 +132,21 @@ def test_compare_trains_a_config_files_steps(small_text, tmp_path, capsys, monke
             d.name: json.loads((d / "config.json").read_text())["config"]["train"]["steps"]
             for d in out.iterdir() if d.is_dir()}
     assert trained == {2: {"0-a": 3, "1-b": 2, "2-c": 3}, 0: {"0-a": 4, "1-b": 2, "2-c": 4}}
+
+
+def test_compare_starts_every_variant_from_the_preset_given(small_text, tmp_path, capsys):
+    """--preset reaches each variant's run as train's does (its schedule and betas, which no
+    flag here sets): compare had been free to start them all from seed without a word."""
+    out = tmp_path / "cmp"
+    r = in_process(capsys, "compare", "--preset", "seed-reference", "--optimizers", "adamw",
+                   *TINY_FLAGS, "--steps", "1", "--eval-every", "1", "--text", str(small_text),
+                   "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    want, seed = resolve_config("seed-reference").train, resolve_config("seed").train
+    assert (want.schedule, want.beta2) != (seed.schedule, seed.beta2)  # (telling them apart)
+    [run] = [d for d in out.iterdir() if d.is_dir()]
+    got = json.loads((run / "config.json").read_text())["config"]["train"]
+    assert (got["schedule"], got["beta2"]) == (want.schedule, want.beta2)
 
 
 def test_a_comparison_of_one_variant_says_there_is_nothing_to_compare(small_text, tmp_path,
@@ -503,6 +518,7 @@ def test_autograd_command_shows_the_lessons_example(capsys):
     (["gradflow", "--run", "{run}", "--lr", "1e308"], "got 1e+308"),  # (SGD's traceback)
     (["attention", "--run", "{run}", "--device", "xpu"], "unknown device 'xpu'"),
     (["autograd", "--at", "x2"], "--at takes NAME=VALUE pairs"),
+    (["autograd", "--at", "=2"], "--at takes NAME=VALUE pairs"),  # (a value without a name)
     (["autograd", "--expr", "open('f')"], "'open' is not allowed"),
     (["autograd", "--expr", "x.real"], "attribute access"),
 ])
@@ -537,6 +553,21 @@ def test_graph_command_draws_the_run(cli_run, tmp_path, capsys):
     read_png(tmp_path / "g.png")
     svg = (tmp_path / "g.svg").read_text()
     assert "lm_head" in svg and "blocks.0" in svg and "token_emb" in svg
+
+
+def test_graph_of_a_run_goes_into_its_folder_collapsed_to_blocks(cli_run, tmp_path, capsys,
+                                                                  monkeypatch):
+    """Without --out, a run's graph is the run folder's graph.* (not the working folder's), and
+    --collapse without --depth is depth 1, the blocks: the same drawing as --depth 1 asks for."""
+    if shutil.which("dot") is None:
+        pytest.skip("Graphviz is not installed (apt-get install graphviz)")
+    run = tmp_path / "run"  # (a copy: the shared run folder keeps no graph of this test's)
+    shutil.copytree(cli_run[0], run)
+    monkeypatch.chdir(tmp_path)
+    cli(capsys, "graph", "--run", str(run), "--collapse")
+    cli(capsys, "graph", "--run", str(run), "--collapse", "--depth", "1", "--out", "d1")
+    assert not (tmp_path / "graph.dot").exists()
+    assert (run / "graph.dot").read_text() == (tmp_path / "d1.dot").read_text()
 
 
 def test_graph_command_without_graphviz_writes_dot_and_says_how(tmp_path, capsys, monkeypatch):
