@@ -75,6 +75,37 @@ def test_gradflow_steps_at_the_schedules_rate_in_steps_or_in_seconds(small_text,
                         warmup_steps=0).endswith("at lr 0.0001")
 
 
+def test_gradflow_of_a_finished_run_steps_at_its_last_steps_rate(small_text, tmp_path, capsys):
+    """A finished run takes no next step: gradflow probes at the rate of the step it took last,
+    steps - 1 (cosine-annealing's, unlike cosine's, is not yet min_lr there: the rate of a step
+    past the end, min_lr, was probed instead)."""
+    from minigpt.schedule import schedule_lr
+
+    cfg = tiny_config(small_text, steps=4, schedule="cosine-annealing", warmup_steps=0,
+                      lr=1e-3, min_lr=0.0)
+    train(cfg, tmp_path / "run", progress=False)
+    last = schedule_lr(cfg.train, cfg.train.steps - 1)
+    assert f"{last:.3g}" != f"{schedule_lr(cfg.train, cfg.train.steps):.3g}"  # (tells apart)
+    main(["gradflow", "--run", str(tmp_path / "run"), "--checkpoint", "last"])
+    assert capsys.readouterr().out.splitlines()[0].endswith(f"at lr {last:.3g}")
+    # --lr 0, the lowest the help allows (gradients without an update), is taken, not refused
+    assert main(["gradflow", "--run", str(tmp_path / "run"), "--lr", "0"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith("at lr 0")
+
+
+def test_attention_of_a_run_goes_into_its_folder(cli_run, tmp_path, capsys, monkeypatch):
+    """Without --out, the heatmaps are the run folder's attention.png, not the working
+    folder's (as graph's and report's defaults are the run's)."""
+    run = tmp_path / "run"  # (a copy: the shared run folder keeps its own files)
+    shutil.copytree(cli_run[0], run)
+    (run / "attention.png").unlink(missing_ok=True)
+    monkeypatch.chdir(tmp_path)
+    assert cli(capsys, "attention", "--run", str(run), "--device", "cpu") == (
+        f"wrote {run / 'attention.png'}\n")
+    read_png(run / "attention.png")
+    assert not (tmp_path / "attention.png").exists()
+
+
 def test_attention_command_writes_a_heatmap_grid(cli_run, tmp_path, capsys):
     png = tmp_path / "att.png"
     cli(capsys, "attention", "--run", str(cli_run[0]), "--text", "ROMEO: what light",
