@@ -741,3 +741,11 @@ def test_the_optimizer_only_settings_name_every_optimizer_that_reads_them(key, o
         t = TrainConfig(optimizer=optimizer, lr=1e-2)
         reads = not torch.equal(trained(t), trained(replace(t, **{key: other})))
         assert reads == (optimizer in OPTIMIZER_SETTINGS[key]), (key, optimizer)
+
+
+def test_sample_of_no_new_tokens_prints_the_prompt_alone(cli_run, capsys):
+    """--max-new-tokens 0 is allowed (>= 0, the help and the check say): the prompt, unchanged,
+    and its line end; not refused as a count that must be positive."""
+    r = in_process(capsys, "sample", "--run", str(cli_run[0]), "--prompt", "ROMEO",
+                   "--max-new-tokens", "0", "--device", "cpu")
+    assert (r.returncode, r.stdout) == (0, "ROMEO\n"), r.stderr
