@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import graphlib
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -215,6 +216,12 @@ def test_to_dot_marks_parameters_ops_and_gradient_norms(traced):
     assert f"|grad| {norms['blocks.0.attn.Wq.weight']:.3g}" in param_lines[0]
     assert text.count("shape=ellipse") == sum(n.kind == "op" for n in nodes) - 1  # root apart
     assert text.count("->") == len(edges)
+    # the arrows point the way data flows, as the autograd edges do: parameters -> ... -> loss
+    # (the root, n0, feeds nothing; a parameter consumes nothing)
+    drawn = {tuple(map(int, m)) for m in re.findall(r"^  n(\d+) -> n(\d+);$", text, re.M)}
+    assert drawn == set(edges)
+    assert not any(a == 0 for a, _ in drawn)
+    assert not any(nodes[b].kind == "param" for _, b in drawn)
     assert 'label="tiny \\"GPT\\""' in text
     small = collapse(nodes, edges)
     text = to_dot(*small, norms)
