@@ -193,6 +193,22 @@ def test_the_lr_curve_draws_the_warmup_the_logged_rows_step_over(tmp_path, budge
     assert len(lines) == 1 and list(lines[0].get_xdata()) == [r["step"] for r in rows]
 
 
+def test_a_time_budget_runs_lr_curve_is_the_schedule_at_the_rows_seconds_not_their_steps():
+    """Under a time budget the rate decays with seconds: the curve between the rows takes each
+    step's seconds from the rows' time_s (interpolated), so at a logged step it is the
+    schedule at that row's own seconds (rows 5 seconds apart, 10 steps apart: steps read as
+    seconds would run past the budget and draw min_lr)."""
+    settings = replace(resolve_config("seed").train, time_budget=20.0, warmup_steps=2,
+                       lr=1e-2, min_lr=1e-3, schedule="cosine")
+    rows = [{"step": s, "time_s": s / 2, "lr": schedule_lr(settings, s, s / 2)}
+            for s in range(0, 41, 10)]
+    line = plot_lr(rows, train=settings).axes[0].lines[0]
+    curve = dict(zip(line.get_xdata(), line.get_ydata(), strict=True))
+    for r in rows:
+        assert curve[r["step"]] == pytest.approx(schedule_lr(settings, r["step"], r["time_s"]))
+    assert curve[25] == pytest.approx(schedule_lr(settings, 25, 12.5))  # between two rows
+
+
 def test_attention_snapshots_and_samples(probed_run):
     # rows at steps 0, 5, 10, 15, 20 and the last, 22: a record at the first row of every
     # 11 (or 10) steps, and at the end one of the final weights unless the last row had it

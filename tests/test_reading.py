@@ -12,7 +12,7 @@ import pytest
 from conftest import tiny_config
 from minigpt.diagnostics import reading
 from minigpt.diagnostics.plots import plot_loss
-from minigpt.diagnostics.reading import Facts, format_reading, read_curve, read_run
+from minigpt.diagnostics.reading import Facts, Finding, format_reading, read_curve, read_run
 from minigpt.errors import MiniGPTError
 
 LN65 = math.log(65)
@@ -64,6 +64,26 @@ def test_initial_loss_against_ln_v():
     ax = plot_loss(rows, findings=read_curve(rows, FACTS)).axes[0]
     marker = next(line for line in ax.lines if line.get_label() == "step 0, far from ln V")
     assert list(marker.get_xdata()) == [0] and list(marker.get_ydata()) == [6.0]
+
+
+def test_each_span_is_shaded_over_its_findings_steps_and_nothing_else():
+    """A span (overfitting, a plateau, a rise, a blow-up) is a band from the finding's step to
+    its end, where the reading put it (no test looked at where a band lies)."""
+    rows = lesson_curve()
+    for kind in ("overfitting", "plateau", "plateau, unigram", "rising", "blew up"):
+        found = Finding(1200, kind, "", end=3400)
+        (band,) = plot_loss(rows, findings=[found]).axes[0].patches
+        assert (band.get_x(), band.get_x() + band.get_width()) == (1200, 3400), kind
+
+
+def test_the_best_checkpoints_star_is_on_the_validation_curve():
+    """The star marks the best evaluation: at its step, at its validation loss (the rows'
+    lowest val_loss), not at the training loss of that step."""
+    rows = lesson_curve()
+    ax = plot_loss(rows, findings=[only(rows, "best")]).axes[0]
+    star = next(line for line in ax.lines if line.get_label() == "best checkpoint")
+    best = min((r for r in rows if "val_loss" in r), key=lambda r: r["val_loss"])
+    assert list(star.get_xdata()) == [best["step"]] and list(star.get_ydata()) == [best["val_loss"]]
 
 
 def test_warmup_ends_where_the_config_says():
