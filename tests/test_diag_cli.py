@@ -2,6 +2,7 @@
 report; the report opened in a real headless Chromium."""
 
 import base64
+import html.parser
 import json
 import os
 import re
@@ -34,6 +35,7 @@ from minigpt.diagnostics.report import (
     gradflow_html,
     graph_html,
     reading_html,
+    samples_html,
     summary_html,
 )
 from minigpt.errors import MiniGPTError
@@ -461,6 +463,19 @@ def test_the_graph_section_embeds_the_svg_before_the_png(tmp_path):
     (tmp_path / "graph.svg").write_bytes(b"<svg/>")
     svg = base64.b64encode(b"<svg/>").decode("ascii")
     assert f'src="data:image/svg+xml;base64,{svg}"' in graph_html(tmp_path)
+
+
+def test_the_samples_section_shows_a_samples_markup_as_text(tmp_path):
+    """A sample is the model's text, markup and all: html.parser finds only the section's own
+    tags, and the sample back as text (a 20-step model's samples rarely hold a whole tag)."""
+    text = '<script>alert(1)</script> & <b onclick="x">'
+    (tmp_path / "samples.jsonl").write_text(json.dumps({"step": 5, "text": text}) + "\n")
+    tags, data = [], []
+    parser = html.parser.HTMLParser()
+    parser.handle_starttag = lambda tag, attrs: tags.append(tag)
+    parser.handle_data = data.append
+    parser.feed(samples_html(tmp_path))
+    assert tags == ["h3", "pre"] and "".join(data) == f"step 5\n{text}"
 
 
 def test_report_escapes_what_the_run_produced(tmp_path, monkeypatch):
