@@ -32,6 +32,7 @@ from minigpt.diagnostics.reading import Finding
 from minigpt.diagnostics.report import (
     attention_html,
     build_report,
+    curves_html,
     gradflow_html,
     graph_html,
     reading_html,
@@ -463,6 +464,18 @@ def test_the_graph_section_embeds_the_svg_before_the_png(tmp_path):
     (tmp_path / "graph.svg").write_bytes(b"<svg/>")
     svg = base64.b64encode(b"<svg/>").decode("ascii")
     assert f'src="data:image/svg+xml;base64,{svg}"' in graph_html(tmp_path)
+
+
+def test_the_curves_section_embeds_both_the_loss_and_the_lr_figure(tmp_path):
+    """The section draws loss.png and lr.png from the rows: two embedded PNGs, by their names
+    (html.parser reads the img tags)."""
+    rows = [{"step": s, "train_loss": 4 - s / 10, "lr": 1e-3, "time_s": s / 10} for s in range(5)]
+    imgs = []
+    parser = html.parser.HTMLParser()
+    parser.handle_starttag = lambda tag, attrs: imgs.append(dict(attrs)) if tag == "img" else 0
+    parser.feed(curves_html(tmp_path, rows, []))
+    assert [i["alt"] for i in imgs] == ["loss.png", "lr.png"]
+    assert all(i["src"].startswith("data:image/png;base64,iVBOR") for i in imgs)
 
 
 def test_the_samples_section_shows_a_samples_markup_as_text(tmp_path):
