@@ -23,7 +23,13 @@ from minigpt.diagnostics.compare import (
     variants,
 )
 from minigpt.diagnostics.gradflow import ParamStats
-from minigpt.diagnostics.plots import plot_loss, plot_lr, plot_overlay, run_train_config
+from minigpt.diagnostics.plots import (
+    plot_loss,
+    plot_lr,
+    plot_overlay,
+    run_curves,
+    run_train_config,
+)
 from minigpt.diagnostics.probes import (
     SECTIONS,
     AttentionProbe,
@@ -763,11 +769,14 @@ def test_a_rate_a_tenth_off_the_schedule_is_drawn_from_the_rows():
     assert len(plot_lr(changed, train=settings).axes[0].lines) == 1
 
 
-def test_the_loss_figure_is_drawn_on_a_log_scale_and_marks_spikes_on_the_train_curve():
+def test_the_loss_figure_is_drawn_on_a_log_scale_and_marks_spikes_on_the_train_curve(tmp_path):
     rows = [{"step": s, "train_loss": 4.0 - 0.1 * s + (2.0 if s == 5 else 0.0)}
             for s in range(10)]
     assert plot_loss(rows).axes[0].get_yscale() == "linear"
     assert plot_loss(rows, log_scale=True).axes[0].get_yscale() == "log"
+    for log_scale, scale in ((False, "linear"), (True, "log")):  # a run's curves, as [diag] asks
+        figure = run_curves(tmp_path, rows, [], log_scale)["loss.png"]
+        assert figure.axes[0].get_yscale() == scale
     spike = Finding(5, "spikes", "a spike", steps=(5,))
     marks = next(ln for ln in plot_loss(rows, findings=[spike]).axes[0].lines
                  if ln.get_marker() == "x")
