@@ -407,6 +407,9 @@ BAD_INPUT = [
     (["report", "--run", "{run}", "--out", "{text}"], "report writes a web page; give a path "
                                                      "ending in .html"),  # (it replaced the text)
     (["train", "--resume", ""], "--resume is empty (an unset shell variable?)"),  # (a new run)
+    (["train", "--config", ""], "--config is empty (an unset shell variable?)"),  # not the cwd
+    (["prepare", "--text", "{text}", "--out", "{bad}/p", "--split", "validation"],
+     "--dataset-config, --split and --text-field go with --dataset, not --text"),
     (["export", "--run", "{run}", "--out", "{text}/hf"], "is a file, not a folder"),  # (not
     (["graph", "--out", "{text}/g.svg"], "is a file, not a folder"),  # "File exists", exit 1)
     (["report", "--run", "{run}", "--out", "{text}/a/r.html"], "is a file, not a folder"),
@@ -749,3 +752,28 @@ def test_sample_of_no_new_tokens_prints_the_prompt_alone(cli_run, capsys):
     r = in_process(capsys, "sample", "--run", str(cli_run[0]), "--prompt", "ROMEO",
                    "--max-new-tokens", "0", "--device", "cpu")
     assert (r.returncode, r.stdout) == (0, "ROMEO\n"), r.stderr
+
+
+def test_sample_at_the_default_temperature_draws_from_the_models_own_distribution(cli_run,
+                                                                                 capsys):
+    """No --temperature is T = 1, the help's default: the same text as --temperature 1 with the
+    same seed, and not what another T draws (0.8, say, which sharpens the distribution)."""
+    args = ["sample", "--run", str(cli_run[0]), "--prompt", "ROMEO:", "--max-new-tokens", "40",
+            "--device", "cpu"]
+    said = [in_process(capsys, *args, *t).stdout for t in ([], ["--temperature", "1"],
+                                                            ["--temperature", "0.8"])]
+    assert said[0] == said[1] != said[2]
+
+
+def test_prepare_holds_out_the_lessons_tenth_by_default(small_text, tmp_path, capsys):
+    """Without --val-fraction, a prepared text splits as the lesson does, n = int(0.9 * len):
+    the same training and validation tokens as Splits.from_tokens(tokens, 0.1) of the text."""
+    from minigpt import Splits, load_tokens
+    from minigpt.corpus import open_prepared
+
+    r = in_process(capsys, "prepare", "--text", str(small_text), "--out", str(tmp_path / "p"),
+                   "--no-progress")
+    assert r.returncode == 0, r.stderr
+    train, val, _, _ = open_prepared(tmp_path / "p")
+    lesson = Splits.from_tokens(load_tokens(small_text)[0], 0.1)
+    assert (len(train), len(val)) == (len(lesson.train), len(lesson.val))
