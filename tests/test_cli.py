@@ -756,13 +756,14 @@ def test_sample_of_no_new_tokens_prints_the_prompt_alone(cli_run, capsys):
 
 def test_sample_at_the_default_temperature_draws_from_the_models_own_distribution(cli_run,
                                                                                  capsys):
-    """No --temperature is T = 1, the help's default: the same text as --temperature 1 with the
-    same seed, and not what another T draws (0.8, say, which sharpens the distribution)."""
+    """No --temperature is T = 1 and no --seed is 1337, the help's defaults: the same text as
+    --temperature 1 --seed 1337, and not what another T draws (0.8, say, which sharpens the
+    distribution) nor another seed (0)."""
     args = ["sample", "--run", str(cli_run[0]), "--prompt", "ROMEO:", "--max-new-tokens", "40",
             "--device", "cpu"]
-    said = [in_process(capsys, *args, *t).stdout for t in ([], ["--temperature", "1"],
-                                                            ["--temperature", "0.8"])]
-    assert said[0] == said[1] != said[2]
+    said = [in_process(capsys, *args, *t).stdout for t in (
+        [], ["--temperature", "1", "--seed", "1337"], ["--temperature", "0.8"], ["--seed", "0"])]
+    assert said[0] == said[1] != said[2] and said[0] != said[3]
 
 
 def test_prepare_holds_out_the_lessons_tenth_by_default(small_text, tmp_path, capsys):
