@@ -778,3 +778,18 @@ def test_prepare_holds_out_the_lessons_tenth_by_default(small_text, tmp_path, ca
     train, val, _, _ = open_prepared(tmp_path / "p")
     lesson = Splits.from_tokens(load_tokens(small_text)[0], 0.1)
     assert (len(train), len(val)) == (len(lesson.train), len(lesson.val))
+
+
+def test_a_terminal_gets_progress_bars_unless_no_progress(small_text, tmp_path, capsys,
+                                                          monkeypatch):
+    """On a terminal (stderr a tty, as tqdm asks it), train and prepare draw their bars, and
+    --no-progress turns them off (every other test runs off a terminal, or with the flag)."""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    for quiet in ([], ["--no-progress"]):
+        t = in_process(capsys, "train", "--text", str(small_text), "--steps", "1",
+                       *[f for f in TINY_FLAGS if f != "--no-progress"],
+                       "--out", str(tmp_path / f"run{len(quiet)}"), *quiet)
+        p = in_process(capsys, "prepare", "--text", str(small_text),
+                       "--out", str(tmp_path / f"data{len(quiet)}"), *quiet)
+        assert t.returncode == p.returncode == 0, (t.stderr, p.stderr)
+        assert ("1/1 [" in t.stderr, "encode: 100%|" in p.stderr) == (not quiet,) * 2, quiet
