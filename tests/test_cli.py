@@ -590,6 +590,9 @@ def test_steps_under_a_time_budget_are_said_not_to_end_the_run(small_text, tmp_p
     ({"LOCAL_WORLD_SIZE": "0"}, "LOCAL_WORLD_SIZE 0 do not fit"),  # (the memory check off)
     ({"RANK": "1"}, "RANK 1, LOCAL_RANK 0, WORLD_SIZE 1"),  # (a rank 1 of one said nothing)
     ({"WORLD_SIZE": "2", "RANK": "5"}, "RANK 5"),
+    ({"WORLD_SIZE": "2", "RANK": "-1"}, "RANK -1"),  # (gloo's traceback, or no rank 0)
+    ({"WORLD_SIZE": "2", "LOCAL_RANK": "2", "LOCAL_WORLD_SIZE": "2"}, "LOCAL_RANK 2"),  # (a GPU
+    # the machine lacks)
     ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "3"}, "LOCAL_WORLD_SIZE 3 do not fit"),  # (more
     # processes on this machine than in the whole run)
 ])

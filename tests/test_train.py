@@ -45,7 +45,7 @@ from minigpt.clock import Speed
 from minigpt.data import Batches, Splits, load_corpus
 from minigpt.diagnostics.probes import Probe
 from minigpt.diagnostics.reading import read_run
-from minigpt.distributed import World, start
+from minigpt.distributed import World, start, world_from_env
 from minigpt.evaluate import estimate_loss, evaluating, target_bytes
 from minigpt.run import open_run
 from minigpt.step import (
@@ -638,6 +638,20 @@ def test_a_runs_clock_waits_for_the_runs_device(small_text, tmp_path, monkeypatc
     train(tiny_config(small_text, steps=4, eval_every=2, log_every=2), tmp_path / "run",
           progress=False)
     assert waited and set(waited) == {torch.device("cpu")}
+
+
+@pytest.mark.parametrize("env, place", [
+    ({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}, (3, 4, 1)),
+    ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}, (1, 2, 1)),  # one machine: all of them
+])
+def test_torchruns_variables_give_the_process_its_place(env, place, monkeypatch):
+    """LOCAL_RANK picks the process's GPU on its machine (on a CPU nothing shows it), and
+    without LOCAL_WORLD_SIZE every process is on this machine, so a LOCAL_RANK of 1 fits."""
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert world_from_env() == World(*place)
 
 
 def test_one_process_on_a_numbered_gpu_makes_it_the_current_one(monkeypatch):
