@@ -45,7 +45,7 @@ from minigpt.clock import Speed
 from minigpt.data import Batches, Splits, load_corpus
 from minigpt.diagnostics.probes import Probe
 from minigpt.diagnostics.reading import read_run
-from minigpt.distributed import World, start, world_from_env
+from minigpt.distributed import HOST_WAIT, World, start, world_from_env
 from minigpt.evaluate import estimate_loss, evaluating, target_bytes
 from minigpt.run import open_run
 from minigpt.step import (
@@ -664,6 +664,31 @@ def test_one_process_on_a_numbered_gpu_makes_it_the_current_one(monkeypatch):
     assert start(one, torch.device("cuda")) == torch.device("cuda")
     assert start(one, torch.device("cpu")) == torch.device("cpu")
     assert made_current == [torch.device("cuda", 1)]
+
+
+@pytest.mark.parametrize("device, backend, mine", [
+    ("cuda", "nccl", torch.device("cuda", 1)), ("cpu", "gloo", torch.device("cpu"))])
+def test_a_process_under_torchrun_joins_on_its_machines_gpu(device, backend, mine, monkeypatch):
+    """Rank 5 of 8, second on its machine: GPU 1 (LOCAL_RANK), not GPU 5, which a machine of
+    4 lacks; NCCL between GPUs, gloo between CPUs; and the host group of the agreements waits
+    HOST_WAIT, longer than torch's default limit, for rank 0's tokenizing or final evaluation.
+    torch's calls are recorded, not made: no GPU, no second process."""
+    from torch.distributed.constants import default_pg_timeout
+
+    from minigpt import distributed
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("current", d)))
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group",
+                        lambda **kw: calls.append(("join", kw["backend"], kw["device_id"])))
+    monkeypatch.setattr(distributed.dist, "new_group", lambda **kw: ("host", kw))
+    monkeypatch.setattr(distributed, "HOST", {})
+    assert start(World(rank=5, size=8, local_rank=1), torch.device(device)) == mine
+    gpu = mine if device == "cuda" else None
+    assert calls == [("current", gpu)] * (gpu is not None) + [("join", backend, gpu)]
+    assert distributed.HOST["group"] == ("host", {"backend": "gloo", "timeout": HOST_WAIT})
+    assert HOST_WAIT > default_pg_timeout
 
 
 def test_speed_reads_since_the_last_reading_and_overall_since_the_count_began():
