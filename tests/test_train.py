@@ -691,6 +691,42 @@ def test_a_process_under_torchrun_joins_on_its_machines_gpu(device, backend, min
     assert HOST_WAIT > default_pg_timeout
 
 
+def test_the_agreements_go_through_the_host_group(monkeypatch):
+    """agree and barrier use the gloo group start() made on the host, not the default group:
+    under NCCL the default group cannot reduce agree's CPU tensor, and its 10-minute limit is
+    not HOST_WAIT. torch's calls are recorded, not made."""
+    from minigpt import distributed
+
+    groups = []
+    monkeypatch.setattr(distributed, "HOST", {"group": "host"})
+    monkeypatch.setattr(distributed.dist, "all_reduce",
+                        lambda t, op, group=None: groups.append((t.device.type, group)))
+    monkeypatch.setattr(distributed.dist, "barrier", lambda group=None: groups.append(group))
+    two = World(rank=0, size=2)
+    assert distributed.agree(3.0, two) == 3.0  # (the one process's value: nothing reduced)
+    distributed.barrier(two)
+    assert groups == [("cpu", "host"), "host"]
+
+
+def test_main_first_has_only_rank_zero_say_how_its_block_ended(monkeypatch):
+    """The others agree once, before their block; a failure in theirs calls nothing more, since
+    rank 0 calls nothing to match it: it would pair with rank 0's next agreement (the clock)."""
+    from minigpt import distributed
+
+    said = []
+    monkeypatch.setattr(distributed, "any_process", lambda flag, world: said.append(flag))
+    for rank, fails, agreed in [(0, False, [False]), (0, True, [True]),
+                                (1, False, [False]), (1, True, [False])]:
+        said.clear()
+        try:
+            with distributed.main_first(World(rank=rank, size=2)):
+                if fails:
+                    raise OSError("no space left")
+        except OSError:
+            assert fails
+        assert said == agreed, (rank, fails)
+
+
 def test_speed_reads_since_the_last_reading_and_overall_since_the_count_began():
     fresh = Speed(flops_per_token=6e3, peak_flops=1e9, tokens=0, seconds=0.0)
     assert fresh.read(1000, 10.0) == {"tokens_per_s": 100, "mfu": round(100 * 6e3 / 1e9, 4)}
