@@ -708,6 +708,21 @@ def test_the_agreements_go_through_the_host_group(monkeypatch):
     assert groups == [("cpu", "host"), "host"]
 
 
+def test_stop_leaves_a_process_group_only_a_run_of_several_joined(monkeypatch):
+    """One process never joins a group, so a group there is the caller's own (a notebook's,
+    torchrun with one process): the run's end leaves it standing. torch's calls are recorded."""
+    from minigpt import distributed
+
+    left = []
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: left.append(True))
+    monkeypatch.setattr(distributed, "HOST", {})
+    distributed.stop(World())
+    assert left == []
+    distributed.stop(World(rank=1, size=2))  # the group the run itself joined
+    assert left == [True]
+
+
 def test_main_first_has_only_rank_zero_say_how_its_block_ended(monkeypatch):
     """The others agree once, before their block; a failure in theirs calls nothing more, since
     rank 0 calls nothing to match it: it would pair with rank 0's next agreement (the clock)."""
