@@ -1304,6 +1304,18 @@ def test_an_error_of_torchrun_that_is_no_lost_peer_is_left_as_it_is(tmp_path):
     assert training_error(error, 5, tmp_path / "checkpoints", processes=2) is error
 
 
+def test_a_lost_peer_with_an_unreadable_last_checkpoint_record_is_trained_again(tmp_path):
+    """last.json torn (not JSON), without a step, or not an object: the run has no checkpoint
+    to go on from, said as such, not a JSONDecodeError, KeyError or TypeError in its place."""
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    for record in ('{"step": 12', "{}", "null"):
+        (checkpoints / "last.json").write_text(record)
+        said = str(training_error(LOST[0], 20, checkpoints, processes=2))
+        assert said.endswith(f"it had no checkpoint yet: train it again with torchrun "
+                             f"--nproc_per_node=2 -m minigpt train --out {tmp_path / 'run'}")
+
+
 def test_out_of_memory_and_compile_failures_are_told_in_one_line(tmp_path):
     """An allocator's error, in any case, told by its last non-empty line (torch's say what
     failed last), the steps counted in words; torch.compile's failure known by its class's
