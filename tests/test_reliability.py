@@ -1316,6 +1316,16 @@ def test_a_lost_peer_with_an_unreadable_last_checkpoint_record_is_trained_again(
                              f"--nproc_per_node=2 -m minigpt train --out {tmp_path / 'run'}")
 
 
+def test_pythons_own_memory_error_is_out_of_memory_too(tmp_path):
+    """A MemoryError says nothing (its message is empty): it is known by its class, and told by
+    its class's name; a message's last line of 300 characters is cut to 200."""
+    said = str(training_error(MemoryError(), 3, tmp_path))
+    assert said.startswith("out of memory after 3 steps (MemoryError); the last checkpoint")
+    long = "x" * 300
+    said = str(training_error(MemoryError(f"first\n{long}"), 3, tmp_path))
+    assert f"({long[:200]})" in said
+
+
 def test_out_of_memory_and_compile_failures_are_told_in_one_line(tmp_path):
     """An allocator's error, in any case, told by its last non-empty line (torch's say what
     failed last), the steps counted in words; torch.compile's failure known by its class's
