@@ -201,6 +201,26 @@ def test_ctrl_c_held_during_an_import_is_raised_after_it():
     assert done and signal.getsignal(signal.SIGINT) is before is signal.default_int_handler
 
 
+def test_ctrl_c_held_outside_the_main_thread_leaves_the_handler_alone():
+    """(an import in another thread, a notebook's background one: no handler can be set there,
+    signal.signal would raise ValueError; Ctrl-C is the main thread's to raise)"""
+    import threading
+
+    before, raised = signal.getsignal(signal.SIGINT), []
+
+    def load():
+        try:
+            with ctrl_c_held():
+                pass
+        except BaseException as e:  # (a thread's exception would be lost: kept to assert on)
+            raised.append(e)
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    worker.join()
+    assert raised == [] and signal.getsignal(signal.SIGINT) is before
+
+
 def test_a_finished_command_is_not_undone_by_ctrl_c_in_the_teardown():
     code = ("import signal, sys; from minigpt.__main__ import main; sys.argv = ['minigpt', "
             "'autograd']; code = main(); "
