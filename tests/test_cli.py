@@ -643,6 +643,18 @@ def test_load_model_takes_the_device_names_the_commands_take(cli_run):
         minigpt.load_model(cli_run[0], "best", "gpu")
 
 
+def test_auto_picks_cuda_then_mps_then_the_cpu_and_cuda_alone_is_its_first_gpu(monkeypatch):
+    """(this machine has neither: their availability faked, as the device tests do) 'cuda'
+    without an index is a GPU's name too, not a count to compare."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for cuda, mps, picked in [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")]:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda mps=mps: mps)
+        assert resolve_device("auto") == torch.device(picked)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("cuda") == torch.device("cuda")
+
+
 def test_a_log_level_the_program_set_stays(small_text, tmp_path):
     """A notebook that quiets minigpt's logger, then trains: only warnings print."""
     code = (f"import logging, minigpt\n"
