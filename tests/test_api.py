@@ -150,6 +150,14 @@ def test_a_notebook_shows_the_cells_line_and_the_error_not_minigpts_frames(
     assert stopped[-2:] == ["    raise TrainingStopped(2, 'saved')", "TrainingStopped: saved"]
 
 
+def test_a_notebook_shows_the_notes_added_to_an_error_below_its_line():
+    """A note a cell adds (e.add_note, as Python's own traceback shows it) stays in the display
+    IPython takes from _render_traceback_: it follows the error's line."""
+    error = MiniGPTError("no such run")
+    error.add_note("(tried: runs/a)")
+    assert error._render_traceback_()[-2:] == ["MiniGPTError: no such run", "(tried: runs/a)"]
+
+
 def test_overrides_take_paths_and_numpy_numbers(tmp_path):
     cfg = resolve_config(overrides={"text": tmp_path / "a.txt", "steps": np.int64(5),
                                     "lr": np.float32(0.5), "min_lr": 0})
