@@ -18,7 +18,7 @@ import minigpt
 from conftest import MAIN_THREAD_ONLY, TINY_FLAGS, in_process, one_line_error, run_cli, tiny_config
 from minigpt.cli import COMPARE_STEPS, check_out_suffix, main
 from minigpt.console import count, finite_or_none, log_start, visible
-from minigpt.environment import resolve_device
+from minigpt.environment import describe, resolve_device
 from minigpt.errors import MiniGPTError, ctrl_c_held
 from minigpt.files import MADE, read_jsonl
 from minigpt.tokenizer import CharTokenizer
@@ -653,6 +653,22 @@ def test_auto_picks_cuda_then_mps_then_the_cpu_and_cuda_alone_is_its_first_gpu(m
         assert resolve_device("auto") == torch.device(picked)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("cuda") == torch.device("cuda")
+
+
+def test_a_runs_environment_records_its_compute_threads_and_its_gpu(monkeypatch):
+    """config.json's environment: the intra-op threads torch computes with (set apart from the
+    inter-op pool's count here, which could stand in for it), and on a GPU its name and the
+    CUDA version torch was built with (a CPU run has neither)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(torch.get_num_interop_threads() + 1)
+    try:
+        assert describe(torch.device("cpu"))["torch_threads"] == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)
+    assert not {"gpu", "cuda"} & set(describe(torch.device("cpu")))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: f"GPU of {device}")
+    info = describe(torch.device("cuda:1"))
+    assert (info["gpu"], info["cuda"]) == ("GPU of cuda:1", torch.version.cuda)
 
 
 def test_a_log_level_the_program_set_stays(small_text, tmp_path):
