@@ -52,6 +52,8 @@ MISTAKES = [  # (a call, what the error says); m: a small MiniGPT, idx: (1, 3) t
     (lambda m, idx: train(resolve_config(), 3), "out_dir must be a path (str or Path), got int"),
     (lambda m, idx: train({"steps": 3}, "unused"),
      "a RunConfig was expected, such as resolve_config(overrides={'steps': 300}) makes; got dict"),
+    (lambda m, idx: train({"steps": 3}),  # (no out_dir: before the default folder is named)
+     "a RunConfig was expected, such as resolve_config(overrides={'steps': 300}) makes; got dict"),
     (lambda m, idx: MiniGPT(ModelConfig()),
      "MiniGPT takes vocab_size and options; from a ModelConfig: MiniGPT.from_config(config)"),
     (lambda m, idx: MiniGPT(65, n_embd=64.0), "'n_embd' must be int, got 64.0"),

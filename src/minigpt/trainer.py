@@ -73,11 +73,11 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
     gives the run's own). probes: what else to record as it trains (see
     minigpt.diagnostics.probes). progress: show a progress bar. Under torchrun every process
     calls this; rank 0 alone prints and writes files."""
+    cfg = copy.deepcopy(cfg)  # the run resolves its dtype, paths and vocabulary in its own
+    validate(cfg)  # (changed in code since resolve_config, say; before its folder is named)
     if not out_dir:  # runs/<text>-<date>-<time>, made now: removed if the run never starts
         with removed_if_left_empty(default_run_dir(cfg)) as folder:
             return train(cfg, folder, resume=resume, probes=probes, progress=progress)
-    cfg = copy.deepcopy(cfg)  # the run resolves its dtype, paths and vocabulary in its own
-    validate(cfg)  # (changed in code since resolve_config, say)
     folder = as_path(out_dir, "out_dir")
     if resume:  # (before the folder is made and locked)
         check_can_resume(folder)
