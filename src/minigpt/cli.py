@@ -207,7 +207,7 @@ def build_parser() -> Parser:
                 "5000 steps. Settings: preset < --config file < flags (the defaults "
                 "shown are the seed preset's). On several "
                 "processes or GPUs: torchrun --nproc_per_node=N -m minigpt train ...", "settings")
-    t.add_argument("--out", metavar="DIR", help="run folder (default runs/<text>-<time>)")
+    t.add_argument("--out", metavar="DIR", help="run folder (default runs/<text>-<date>-<time>)")
     t.add_argument("--resume", metavar="DIR",
                    help="continue the run in DIR from its last checkpoint")
 
