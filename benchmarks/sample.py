@@ -9,8 +9,7 @@ seeded random weights), from the prompt "ROMEO:", it times
                 as (b) and (c);
   (b) uncached  minigpt.generate(..., cache=False): the lesson's sampler on MiniGPT;
   (c) cached    minigpt.generate(...): the KV cache while the sequence fits in the block, and
-                a re-encode of the last block_size tokens (last block and head for the last
-                position only) per token once it does not.
+                a whole forward over the last block_size tokens per token once it does not.
 
 Each row is a number of new tokens. 100 tokens from "ROMEO:" stay inside the block (cached
 decoding only); 500 tokens fill the block after 123 and spend the other 377 past it, where every
