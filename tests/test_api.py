@@ -125,6 +125,7 @@ def test_a_mistake_is_one_clear_error_at_the_call(call, message):
     with pytest.raises(MiniGPTError, match="^" + re.escape(message)) as info:
         call(model, torch.tensor([[1, 2, 3]]))  # (stream's: raised before any token is asked)
     assert "\n" not in str(info.value)
+    assert isinstance(info.value, ValueError)  # (a caller's `except ValueError` catches it)
 
 
 def test_a_notebook_shows_the_cells_line_and_the_error_not_minigpts_frames(
