@@ -403,13 +403,16 @@ def test_a_target_is_compared_with_the_validation_loss_per_byte_that_val_bpb_tel
     """A target is a loss in nats per byte: val_bpb * ln 2, over the split's targets (one fewer
     than its tokens). A first run reads step 0's val_bpb; the same run again, its target a
     hair (1e-6) above that, reaches it; counted over every token, the loss per byte is
-    1 / (tokens - 1) higher, well above the hair, and it would not."""
+    1 / (tokens - 1) higher, well above the hair, and it would not. A target a hair below is
+    not reached: a comparison with any slack (or none at all) would record it too."""
     first = train(tiny_config(small_text, steps=1), tmp_path / "first", progress=False)
-    bpb = metrics(first.folder)[-1]["val_bpb"]
-    target = bpb * math.log(2) * (1 + 1e-6)
-    again = train(tiny_config(small_text, steps=1, targets=repr(target)), tmp_path / "again",
-                  progress=False)
-    assert again.summary["time_to"][f"{target:g}"] is not None
+    nats = metrics(first.folder)[-1]["val_bpb"] * math.log(2)
+    above, below = nats * (1 + 1e-6), nats * (1 - 1e-6)
+    again = train(tiny_config(small_text, steps=1, targets=f"{above!r},{below!r}"),
+                  tmp_path / "again", progress=False)
+    time_to = again.summary["time_to"]
+    assert list(time_to) == [f"{above:g}", f"{below:g}"]  # (two keys: 6 digits tell them apart)
+    assert time_to[f"{above:g}"] is not None and time_to[f"{below:g}"] is None
 
 
 def test_a_run_records_the_tokenizer_split_and_vocabulary_of_its_data(small_text, tmp_path):
