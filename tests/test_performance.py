@@ -5,6 +5,7 @@ choices (FLOP counts against PyTorch's counter: test_options)."""
 import json
 import logging
 import math
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -302,14 +303,21 @@ def test_a_model_is_refused_where_its_weights_gradients_and_adamws_moments_canno
         monkeypatch):
     """float32 AdamW holds 16 bytes a parameter: the weight, its gradient and two moments, 4
     bytes each. A machine with a byte fewer than that refuses the model; one with exactly that
-    lets it be made (the weights counted too, not only what training adds to them)."""
-    cfg = resolve_config(overrides=dict(optimizer="adamw", n_layer=2, n_embd=32, n_head=2))
-    need = 4 * (1 + 1 + 2) * count_params(cfg.model)
+    lets it be made (the weights counted too, not only what training adds to them). The
+    refusal says the model and both sizes in GiB (wide enough for the GiB to show: the count
+    needs no model built)."""
+    cfg = resolve_config(overrides=dict(optimizer="adamw", n_layer=2, n_embd=4096, n_head=2))
+    params = count_params(cfg.model)
+    need = 4 * (1 + 1 + 2) * params
     def available(n):
         monkeypatch.setattr(performance, "memory_at", lambda device: (0, n, "available", 1))
 
     available(need - 1)
-    with pytest.raises(MiniGPTError):
+    said = (f"a model of {params:,} parameters (2 layers, 4096 wide) needs about "
+            f"{need / 2**30:,.1f} GiB for its weights, gradients and optimizer state, and "
+            f"{(need - 1) / 2**30:.1f} GiB is available: lower --n-layer or --n-embd")
+    assert need / 2**30 > 1  # (the sizes show)
+    with pytest.raises(MiniGPTError, match=f"^{re.escape(said)}$"):
         performance.check_model_fits(cfg, CPU)
     available(need)
     performance.check_model_fits(cfg, CPU)  # (no error)
