@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -402,7 +403,17 @@ def test_plot_layer_norms_writes_a_png_atomically(tmp_path):
         history.append(row)
     path = tmp_path / "plots" / "gradflow.png"
     fig = plot_layer_norms(history, path)
-    assert len(fig.axes[0].get_lines()) == len(history[0]["layers"])  # a line per layer
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == len(history[0]["layers"])  # a line per layer
+    # each line is its layer's norms against the steps; the dead step's zero, which a log
+    # axis cannot hold, is a gap (NaN) that the legend counts
+    assert fig.axes[0].get_yscale() == "log"
+    for line, layer in zip(lines, history[0]["layers"], strict=True):
+        want = [r["layers"][layer] or math.nan for r in history]
+        assert list(line.get_xdata()) == [r["step"] for r in history]
+        np.testing.assert_array_equal(line.get_ydata(), want)
+        dead = " (zero or non-finite at 1 steps)" if layer == "blocks.1" else ""
+        assert line.get_label() == layer + dead
     assert plot_layer_norms(history).get_size_inches().tolist() == [9.0, 5.0]  # no path: no file
     pixels = read_png(path)  # (H, W, 4)
     height, width = pixels.shape[:2]
