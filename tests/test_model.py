@@ -52,14 +52,17 @@ def test_causal_later_tokens_never_change_earlier_logits_nor_go_past_the_block()
 
 def test_dropout_applies_to_the_embeddings_in_training_only():
     """The lesson's embedding dropout: once, on token + position embeddings, and only in
-    training (nn.Dropout itself scales and masks; the test checks it is there and fed)."""
+    training (nn.Dropout itself scales and masks; the test checks it is there, fed, and that
+    its output, not the embeddings it was given, is what the first block reads)."""
     model = MiniGPT(20, n_embd=16, n_layer=1, n_head=2, block_size=8, dropout=0.5)
     idx = torch.randint(0, 20, (2, 8))
-    seen = []
+    seen, read = [], []
     model.drop.register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
+    model.blocks[0].register_forward_pre_hook(lambda m, args: read.append(args[0]))
     model(idx)
     (x, out), = seen
     torch.testing.assert_close(x, model.token_emb(idx) + model.pos_emb(torch.arange(8)))
+    assert torch.equal(read[0], out)
     assert (out == 0).float().mean() > 0.3  # half dropped, in training mode
     model.eval()(idx)
     assert torch.equal(seen[1][1], seen[1][0])
