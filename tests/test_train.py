@@ -404,14 +404,15 @@ def test_a_target_is_compared_with_the_validation_loss_per_byte_that_val_bpb_tel
     than its tokens). A first run reads step 0's val_bpb; the same run again, its target a
     hair (1e-6) above that, reaches it; counted over every token, the loss per byte is
     1 / (tokens - 1) higher, well above the hair, and it would not. A target a hair below is
-    not reached: a comparison with any slack (or none at all) would record it too."""
+    not reached: a comparison with any slack (or none at all) would record it too. (Below by
+    ten units of the 6th digit: time_to's keys are the targets to 6 digits, {x:g}.)"""
     first = train(tiny_config(small_text, steps=1), tmp_path / "first", progress=False)
     nats = metrics(first.folder)[-1]["val_bpb"] * math.log(2)
-    above, below = nats * (1 + 1e-6), nats * (1 - 1e-6)
+    above, below = nats * (1 + 1e-6), nats - 10.0 ** (math.floor(math.log10(nats)) - 4)
     again = train(tiny_config(small_text, steps=1, targets=f"{above!r},{below!r}"),
                   tmp_path / "again", progress=False)
     time_to = again.summary["time_to"]
-    assert list(time_to) == [f"{above:g}", f"{below:g}"]  # (two keys: 6 digits tell them apart)
+    assert list(time_to) == [f"{above:g}", f"{below:g}"]
     assert time_to[f"{above:g}"] is not None and time_to[f"{below:g}"] is None
 
 
