@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import minigpt.step
 from conftest import (
     TINY,
     CrashAt,
@@ -100,18 +101,30 @@ def test_a_step_is_the_lessons_steps_by_autograd():
                                    rtol=1e-4, atol=1e-7)
 
 
-def test_timed_steps_times_each_step_after_one_to_warm_up():
+def test_timed_steps_times_each_step_after_one_to_warm_up(monkeypatch):
     """As many times as steps asked, and one step more taken: the weights of steps + 1 plain
-    train_steps on a twin."""
+    train_steps on a twin. A clock that each step advances by 1, 2, 4 and 8 s reads each
+    step's own seconds, the warm-up's 1 left out (not the time since the first began)."""
     model = MiniGPT(20, n_embd=16, n_layer=1, n_head=2, block_size=8)
     twin = copy.deepcopy(model)
     splits = Splits.from_tokens(np.random.default_rng(0).integers(0, 20, 400).astype(np.uint16))
     batches, replay = (Batches(splits, 4, 8, seed=1) for _ in range(2))
+    clock = [0.0]
+
+    def ticking_step(*args):
+        clock[0] += 2.0 ** len(calls)
+        calls.append(args)
+        return train_step(*args)
+
+    calls = []
+    monkeypatch.setattr(minigpt.step.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(minigpt.step, "train_step", ticking_step)
     times = timed_steps(model, torch.optim.SGD(model.parameters(), lr=0.1), batches, 3)
+    monkeypatch.undo()
     optimizer = torch.optim.SGD(twin.parameters(), lr=0.1)
     for _ in range(4):
         train_step(twin, optimizer, replay)
-    assert len(times) == 3 and all(t > 0 for t in times)
+    assert times == [2.0, 4.0, 8.0]
     pairs = zip(model.parameters(), twin.parameters(), strict=True)
     assert all(torch.equal(a, b) for a, b in pairs)
 
