@@ -122,12 +122,25 @@ def test_attention_of_a_run_goes_into_its_folder(cli_run, tmp_path, capsys, monk
     assert not (tmp_path / "attention.png").exists()
 
 
-def test_attention_command_writes_a_heatmap_grid(cli_run, tmp_path, capsys):
-    png = tmp_path / "att.png"
-    cli(capsys, "attention", "--run", str(cli_run[0]), "--text", "ROMEO: what light",
-        "--out", str(png))
+def test_attention_command_writes_a_heatmap_grid(cli_run, tmp_path, capsys, monkeypatch):
+    """The maps drawn are the best checkpoint's on --text, each character a label (the
+    picture's shape alone held for maps of another text)."""
+    import minigpt.diagnostics.attention as attention
+    from minigpt.checkpoint import load_model
+
+    drawn, plot = [], attention.plot_attention
+    monkeypatch.setattr(attention, "plot_attention",
+                        lambda maps, labels, *a, **kw: drawn.append((maps, labels)) or
+                        plot(maps, labels, *a, **kw))
+    png, text = tmp_path / "att.png", "ROMEO: what light"
+    cli(capsys, "attention", "--run", str(cli_run[0]), "--text", text, "--out", str(png))
     height, width, _ = read_png(png).shape  # the run's 1 layer x 2 heads: two squares abreast
     assert 1.4 < width / height < 2.2  # (one square and its colour bar: about 1.1; 2 x 1: 0.6)
+    model, tok, _ = load_model(cli_run[0], "best", "cpu")
+    [(maps, labels)] = drawn
+    assert labels == list(text)
+    torch.testing.assert_close(maps, attention.attention_maps(model, torch.tensor([tok.encode(
+        text)])), atol=0, rtol=0)
 
 
 def test_attention_without_text_reads_the_probes_text_as_far_as_the_vocabulary_has_it(
