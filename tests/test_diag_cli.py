@@ -169,7 +169,19 @@ def test_compare_command_prints_a_table(small_text, tmp_path, capsys):
                    "10", "--eval-every", "5", "--text", str(small_text), "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "sgd lr 0.5" in r.stdout and "adamw" in r.stdout and "final val" in r.stdout
-    assert len(json.loads((out / "compare.json").read_text())) == 2
+    table = json.loads((out / "compare.json").read_text())
+    assert len(table) == 2
+    # each row is its own variant's run: trained with its optimizer and rate (seed's for adamw),
+    # its final loss the one that run's summary.json holds (the names alone passed a compare
+    # that trained every variant alike)
+    trained = [json.loads((out / row["folder"] / "config.json").read_text())["config"]["train"]
+               for row in table]
+    assert [(t["optimizer"], t["lr"]) for t in trained] == [
+        ("sgd", 0.5), ("adamw", resolve_config("seed").train.lr)]
+    for row, line in zip(table, r.stdout.splitlines()[2:], strict=False):
+        final = json.loads((out / row["folder"] / "summary.json").read_text())["final_val_loss"]
+        assert line.startswith(row["variant"] + " ")
+        assert line[len(row["variant"]):].split()[0] == f"{final:.4f}"
     read_png(out / "compare.png")
     r = in_process(capsys, "report", "--run", str(out))  # (it said: no 'best' checkpoint in cmp/)
     assert r.returncode == 2 and r.stderr.count("\n") == 1
