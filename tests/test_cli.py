@@ -22,6 +22,7 @@ from minigpt.console import count, finite_or_none, log_start, visible
 from minigpt.environment import describe, resolve_device
 from minigpt.errors import MiniGPTError, ctrl_c_held
 from minigpt.files import MADE, read_jsonl
+from minigpt.sample import sample_text
 from minigpt.tokenizer import CharTokenizer
 
 
@@ -816,6 +817,10 @@ def test_sample_at_the_default_temperature_draws_from_the_models_own_distributio
     said = [in_process(capsys, *args, *t).stdout for t in (
         [], ["--temperature", "1", "--seed", "1337"], ["--temperature", "0.8"], ["--seed", "0"])]
     assert said[0] == said[1] != said[2] and said[0] != said[3]
+    # and the text is the best checkpoint's, drawn by generate (not the command's stream) on
+    # the whole prompt: the four comparisons alone held for a sampler fed its last token only
+    model, tok, _ = minigpt.load_model(cli_run[0], "best", "cpu")
+    assert said[0] == sample_text(model, tok, "ROMEO:", 40, seed=1337) + "\n"
 
 
 def test_prepare_holds_out_the_lessons_tenth_by_default(small_text, tmp_path, capsys):
