@@ -674,15 +674,19 @@ def test_a_runs_environment_records_its_compute_threads_and_its_gpu(monkeypatch)
 
 
 def test_a_log_level_the_program_set_stays(small_text, tmp_path):
-    """A notebook that quiets minigpt's logger, then trains: only warnings print."""
+    """A notebook that quiets minigpt's logger, then trains: only warnings print, and those as
+    minigpt prints them (a warmup as long as the run gives one; the empty stdout alone held
+    for a minigpt that, given a level, added no handler and left its lines to Python's)."""
     code = (f"import logging, minigpt\n"
             f"logging.getLogger('minigpt').setLevel(logging.WARNING)\n"
             f"minigpt.train(minigpt.resolve_config(overrides=dict(text={str(small_text)!r}, "
-            f"steps=2, warmup_steps=1, n_layer=1, n_embd=16, n_head=2, block_size=16, "
+            f"steps=2, warmup_steps=5, n_layer=1, n_embd=16, n_head=2, block_size=16, "
             f"batch_size=2, sample_tokens=0)), {str(tmp_path / 'run')!r}, progress=False)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "" and (tmp_path / "run" / "summary.json").exists()
+    assert r.stderr == ("warning: warmup (5 steps) is the whole run: the learning rate will only "
+                        "rise, and never decay; try --warmup-steps 1\n")
 
 
 def test_logs_print_once_where_they_belong_even_when_the_program_sets_up_logging_later():
