@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import minigpt
 import minigpt.trainer
 from conftest import (
     TINY_FLAGS,
@@ -650,6 +651,12 @@ def test_graph_command_draws_the_run(cli_run, tmp_path, capsys):
     read_png(tmp_path / "g.png")
     svg = (tmp_path / "g.svg").read_text()
     assert "lm_head" in svg and "blocks.0" in svg and "token_emb" in svg
+    # collapsed to the blocks: the block one node of its own parameters (counted here from the
+    # checkpoint), none of its modules drawn (the names alone held for a --collapse ignored)
+    block = minigpt.load_model(cli_run[0], "best", "cpu")[0].blocks[0]
+    dot = (tmp_path / "g.dot").read_text()
+    assert f'label="blocks.0\\n{sum(p.numel() for p in block.parameters()):,} params' in dot
+    assert "blocks.0.attn" not in dot
 
 
 def test_graph_of_a_run_goes_into_its_folder_collapsed_to_blocks(cli_run, tmp_path, capsys,
