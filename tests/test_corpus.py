@@ -44,6 +44,7 @@ from minigpt.corpus import (
 )
 from minigpt.evaluate import split_loss
 from minigpt.records import Records, local_files
+from minigpt.sample import sample_text
 
 WORDS = ["the", "king", "queen", "ünïcode", "😀", "e\u0301", "  ", "\t", "'s", "1984", "中文"]
 
@@ -890,11 +891,13 @@ def test_train_on_a_prepared_folder_then_sample(corpus, tmp_path, capsys):
     # command the run suggests gives no prompt the run cannot read
     hint = [line for line in r.stdout.splitlines() if "sample from it with:" in line]
     assert hint[0].endswith(f"sample from it with: minigpt sample --run '{tmp_path / 'a run'}'")
-    _, tok, _ = load_model(tmp_path / "a run")
+    model, tok, _ = load_model(tmp_path / "a run", device="cpu")
     assert not tok.can_encode("ROMEO:")
     s = in_process(capsys, "sample", "--run", str(tmp_path / "a run"), "--max-new-tokens", "20",
-                   "--seed", "3")
-    assert s.returncode == 0 and s.stdout.startswith(tok.decode([0])) and len(s.stdout) > 10
+                   "--seed", "3", "--device", "cpu")
+    assert s.returncode == 0 and s.stdout.startswith(tok.decode([0]))
+    # all 20 new tokens, as generate draws them (a length over 10 held for half of them)
+    assert s.stdout == sample_text(model, tok, None, 20, seed=3) + "\n"
     # the attention maps of the default text: those of its characters the run knows
     a = in_process(capsys, "attention", "--run", str(tmp_path / "a run"), "--device", "cpu")
     assert a.returncode == 0, a.stderr
