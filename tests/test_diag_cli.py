@@ -179,7 +179,7 @@ def test_compare_command_prints_a_table(small_text, tmp_path, capsys):
                for row in table]
     assert [(t["optimizer"], t["lr"]) for t in trained] == [
         ("sgd", 0.5), ("adamw", resolve_config("seed").train.lr)]
-    for row, line in zip(table, r.stdout.splitlines()[2:], strict=False):
+    for row, line in zip(table, r.stdout.splitlines()[2:4], strict=True):  # (its two rows)
         final = json.loads((out / row["folder"] / "summary.json").read_text())["final_val_loss"]
         assert line.startswith(row["variant"] + " ")
         assert line[len(row["variant"]):].split()[0] == f"{final:.4f}"
