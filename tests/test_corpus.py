@@ -984,7 +984,9 @@ def test_a_folder_of_the_users_own_files_is_no_place_to_prepare(small_text, tmp_
     quiet.mkdir()
     (quiet / ".DS_Store").write_bytes(b"\0")
     (quiet / "tokenizer.json").write_text("{}")
-    assert prepare(str(small_text), quiet, progress=False)["tokens"] > 0
+    prepare(str(small_text), quiet, progress=False)
+    tokens, tok, _ = all_tokens(quiet)  # the text whole, and the stale tokenizer.json replaced
+    assert tok.decode(tokens) == small_text.read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("kind, grown", [("bpe", "more of the same text\n"),
@@ -1035,7 +1037,9 @@ def test_a_file_only_touched_while_it_is_prepared_is_said_not_refused(corpus, tm
     with caplog.at_level(logging.WARNING, logger="minigpt"):
         index = prepare(str(src), tmp_path / "out", tokenizer="bpe", vocab_size=300,
                         shard_tokens=300, chunk_chars=128, progress=False)
-    assert index["tokens"] > 0
+    tokens, tok, _ = all_tokens(tmp_path / "out")
+    assert len(tokens) == index["tokens"]
+    assert tok.decode(tokens) == "".join(read_text(f) for f in files)  # every file, whole
     assert f"{files[-1]} is new or has changed (touched, the same size) while" in caplog.text
 
 
