@@ -764,9 +764,13 @@ def test_a_rate_a_tenth_off_the_schedule_is_drawn_from_the_rows():
     settings = resolve_config("seed").train
     rows = [{"step": s, "time_s": 0.1 * s, "lr": schedule_lr(settings, s, 0.1 * s)}
             for s in range(0, 400, 20)]
-    assert len(plot_lr(rows, train=settings).axes[0].lines) == 2
+    schedule, logged = plot_lr(rows, train=settings).axes[0].lines  # every step's, the rows'
+    assert list(schedule.get_xdata()) == list(range(381))
+    assert list(schedule.get_ydata()) == [schedule_lr(settings, s, 0.1 * s) for s in range(381)]
+    assert list(logged.get_ydata()) == [r["lr"] for r in rows] and logged.get_marker() == "."
     changed = [{**r, "lr": 0.9 * r["lr"]} for r in rows]
-    assert len(plot_lr(changed, train=settings).axes[0].lines) == 1
+    (alone,) = plot_lr(changed, train=settings).axes[0].lines
+    assert list(alone.get_ydata()) == [r["lr"] for r in changed]
 
 
 def test_the_loss_figure_is_drawn_on_a_log_scale_and_marks_spikes_on_the_train_curve(tmp_path):
