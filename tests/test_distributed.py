@@ -97,16 +97,21 @@ def test_two_processes_match_one_process_accumulating_their_batches(ddp_run, cor
     assert ddp_rows[-1]["train_loss"] < ddp_rows[0]["train_loss"] - 0.3  # it learned
 
 
+BUDGET = 2  # seconds: scores of steps, a stop as any other for the budget's test and the masks'
+
+
 @pytest.fixture(scope="module")
 def budget_run(corpus, tmp_path_factory):
-    """One two-process run under a 4-second budget, with dropout (its folder and process): what
-    the budget's test and the dropout masks' test each read (a torchrun apiece cost ~12 s).
+    """One two-process run under a BUDGET-second budget, with dropout (its folder and process):
+    what the budget's test and the dropout masks' test each read (a torchrun apiece cost ~12 s).
     Evaluated only at its end, and without the gradient-flow probe: over its ~130 steps, an
     evaluation every 5 saved and redrew gradflow.png 27 times (the command took 34 s; 11 s
-    with an evaluation every 50)."""
+    with an evaluation every 50). The budget was 4 s: its last 2 s only added steps, which
+    neither test counts beyond 5."""
     out = tmp_path_factory.mktemp("runs") / "budget"
-    r = torchrun("train", "--text", str(corpus), "--time-budget", "4", *SMALL, "--dropout", "0.5",
-                 "--eval-every", "100000", "--gradflow-every", "0", "--out", str(out))
+    r = torchrun("train", "--text", str(corpus), "--time-budget", str(BUDGET), *SMALL,
+                 "--dropout", "0.5", "--eval-every", "100000", "--gradflow-every", "0",
+                 "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     return out, r
 
@@ -243,7 +248,7 @@ def test_a_time_budget_ends_every_process_after_the_same_step(budget_run):
     out, _ = budget_run
     rows = read_jsonl(out / "metrics.jsonl")
     summary = json.loads((out / "summary.json").read_text())
-    assert rows[-1]["time_s"] >= 4.0 and summary["steps"] == rows[-1]["step"] + 1 > 5
+    assert rows[-1]["time_s"] >= BUDGET and summary["steps"] == rows[-1]["step"] + 1 > 5
 
 
 def test_every_process_reads_the_agreed_seconds_not_its_running_clock(monkeypatch):
