@@ -1113,7 +1113,7 @@ def test_prepare_report_and_export_on_a_full_disk(good_run, small_disk, tmp_path
 def test_killed_at_random_moments_and_resumed_ends_as_an_uninterrupted_run(small_text, tmp_path):
     """Four SIGKILLs at random moments (starting up, mid-step, mid-write), each followed by the
     command a user would type next: the run ends bit-identical to one never interrupted."""
-    args = ["--text", str(small_text), "--steps", "300", "--eval-every", "15", *QUIET]
+    args = ["--text", str(small_text), "--steps", "200", "--eval-every", "15", *QUIET]
     assert main(["train", *args, "--out", str(tmp_path / "straight")]) == 0  # the oracle, in
     # this process (the kills are of the processes launched below)
     run, rng = tmp_path / "chaos", random.Random(4)
@@ -1137,9 +1137,10 @@ def test_killed_at_random_moments_and_resumed_ends_as_an_uninterrupted_run(small
         except (OSError, ValueError, IndexError):  # not written yet, or a row half-written
             return -1
 
-    # Kills are placed by progress, not by the clock: a tiny run makes 300 steps in under a
-    # second, so a random sleep could outlast it. The last one leaves 60 steps to go.
-    targets = sorted(rng.sample(range(20, 240), 3))
+    # Kills are placed by progress, not by the clock: a tiny run makes 200 steps in under a
+    # second, so a random sleep could outlast it. The last one leaves 60 steps to go (the kills
+    # fall among the first 140 steps; 100 more would add only their seconds, twice).
+    targets = sorted(rng.sample(range(20, 140), 3))
     proc, steps_at_kills = launch(), []
     for kill in range(4):
         if kill == 0:  # the first kill: most likely while it starts up, never past step 10
