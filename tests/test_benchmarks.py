@@ -21,6 +21,27 @@ def script(name: str, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
+def as_main(monkeypatch, capsys, name: str, *args: str) -> tuple[int, str, str]:
+    """`python benchmarks/NAME ARGS` in this process, for what it does before it times anything
+    (a process of its own cost ~2.5 s, torch's import): the script run as __main__ with its
+    folder first on the path; its exit status, stdout and stderr. One that gets past its
+    arguments, and would start the benchmark itself, fails after 30 s instead of hanging."""
+    def too_long(*_):
+        raise TimeoutError(f"{name} {' '.join(args)} ran on past its arguments")
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setattr(sys, "argv", [str(BENCHMARKS / name), *args])
+    previous = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(30)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            runpy.run_path(str(BENCHMARKS / name), run_name="__main__")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    return exited.value.code, *capsys.readouterr()
+
+
 @pytest.mark.parametrize("name, args, said", [
     ("train_step.py", ["--rounds", "0"], "argument --rounds: must be above 0, got 0"),
     ("train_step.py", ["--variants", "lesson,bogus"], "argument --variants: unknown 'bogus' "
@@ -37,24 +58,8 @@ def script(name: str, *args: str) -> subprocess.CompletedProcess:
      f"--out {BENCHMARKS / 'common.py'} is a file"),
 ])
 def test_a_count_that_cannot_be_meant_is_one_line(name, args, said, monkeypatch, capsys):
-    """Run as `python benchmarks/NAME ARGS` would, in this process: the script as __main__, its
-    folder first on the path (a process of its own cost ~2.5 s, torch's import, a case)."""
-    def too_long(*_):  # (an argument let through would start the benchmark itself)
-        raise TimeoutError(f"{name} {' '.join(args)} ran on past its arguments")
-
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    monkeypatch.setattr(sys, "argv", [str(BENCHMARKS / name), *args])
-    previous = signal.signal(signal.SIGALRM, too_long)
-    signal.alarm(30)
-    try:
-        with pytest.raises(SystemExit) as exited:
-            runpy.run_path(str(BENCHMARKS / name), run_name="__main__")
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-    assert exited.value.code == 2
-    out, err = capsys.readouterr()
-    assert out == "" and err.splitlines()[-1] == f"{name}: error: {said}"
+    code, out, err = as_main(monkeypatch, capsys, name, *args)
+    assert code == 2 and out == "" and err.splitlines()[-1] == f"{name}: error: {said}"
 
 
 def test_an_error_of_minigpt_is_one_line_and_help_is_whole_sentences(capsys, monkeypatch):
@@ -66,7 +71,9 @@ def test_an_error_of_minigpt_is_one_line_and_help_is_whole_sentences(capsys, mon
 
     assert exit_status(main) == 2
     assert capsys.readouterr().err == f"{Path(sys.argv[0]).name}: error: cannot download it\n"
-    described = script("speedrun.py", "--help").stdout.split("\n\n")[1]
+    code, out, _ = as_main(monkeypatch, capsys, "speedrun.py", "--help")
+    assert code == 0
+    described = out.split("\n\n")[1]
     assert " ".join(described.split()).endswith("the default run and the `fast` preset.")
 
 
