@@ -598,6 +598,9 @@ def test_disk_full_while_writing_a_checkpoint(small_text, tmp_path, monkeypatch,
     assert code == 1
     assert err.startswith("minigpt: error: No space left on device") and err.count("\n") == 1
     folder = tmp_path / "run" / "checkpoints"
+    # the file asked for, whole: the first save's (after step 0's evaluation), not the
+    # temporary the write failed in, nor no file at all
+    assert err == f"minigpt: error: {os.strerror(errno.ENOSPC)}: {folder}/step-000001.safetensors\n"
     assert list(folder.iterdir()) == []  # no partial file, no temporary left behind
 
 
