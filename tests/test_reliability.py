@@ -523,6 +523,17 @@ def test_bad_checkpoints_are_refused_in_one_line(good_run, tmp_path, capsys, how
     said = one_line_error(capsys, ["sample", "--run", str(run), "--prompt", "Now",
                                    "--max-new-tokens", "5"])
     assert message in said
+    # the file at fault named whole, as the run's best.json names it: the tensor file, or the
+    # JSON for what the JSON says (not a bare name, which a user could not find)
+    checkpoints = run / "checkpoints"
+    tensors = checkpoints / json.loads((good_run / "checkpoints" / "best.json").read_text())["file"]
+    if how in ("pickle", "truncated", "tampered", "missing"):
+        assert said.startswith(f"minigpt: error: checkpoint file {tensors} "), said
+    elif how in ("not an object", "incomplete", "format"):
+        assert said.startswith(f"minigpt: error: checkpoint {checkpoints / 'best.json'} is not "
+                               f"readable: "), said
+    elif how == "setting":  # (a model setting: the run's)
+        assert said.startswith(f"minigpt: error: checkpoint in {run}: "), said
     assert not (tmp_path / "PWNED").exists()  # no code from the file ran
 
 
