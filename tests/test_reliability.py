@@ -911,6 +911,11 @@ def test_a_second_process_in_a_run_folder_is_refused_and_a_crash_frees_it(small_
         assert f"in use by another minigpt process (pid {first.pid})" in second.stderr
         new = in_process(capsys, "train", "--text", str(small_text), "--out", str(run), *QUIET)
         assert new.returncode == 2 and ("in use" in new.stderr or "already holds" in new.stderr)
+        # the run training there is said, not "already holds a run: resume it", which the
+        # lock would refuse
+        assert new.stderr == (f"minigpt: error: {run} is in use by another minigpt process "
+                              f"(pid {first.pid}), training there; wait for it to end, or "
+                              f"choose another --out\n"), new.stderr
     finally:
         first.kill()  # SIGKILL: no clean-up; the lock goes with the process
         first.wait()
