@@ -384,6 +384,13 @@ def test_exploding_learning_rate_is_one_line(small_text, tmp_path, capsys):
     assert "learning rate 1e+09 too high (" in error[0] and ", --grad-clip 1.0," in error[0]
     for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines():
         json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl"))
+    # the loop above reads every row there is: they are every step's up to the one the error
+    # names, that one's too, its loss written (null), not left out with its row
+    stopped = re.match(r"minigpt: error: step (\d+): ", error[0])
+    assert stopped, error[0]
+    rows = read_jsonl(tmp_path / "r" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(int(stopped[1]) + 1))
+    assert (rows[-1]["train_loss"], rows[-1]["skipped"]) == (None, 1)
     r = in_process(capsys, *args, "--skip-nonfinite", "1000", "--out", str(tmp_path / "on"))
     assert r.returncode == 0, r.stderr
     assert "warning: step 10: no samples recorded: the model's outputs are not finite" in r.stderr
