@@ -1113,6 +1113,8 @@ def test_prepare_report_and_export_on_a_full_disk(good_run, small_disk, tmp_path
     r = in_process(capsys, "prepare", "--text", str(big), "--out", str(out), "--no-progress")
     assert r.returncode == 1 and "No space left on device" in r.stderr
     assert r.stderr.count("\n") == 1 and not out.exists()  # no shard, no folder left
+    full = f"minigpt: error: {os.strerror(errno.ENOSPC)}: "  # then the file it could not write:
+    assert r.stderr.startswith(f"{full}{out}/"), r.stderr  # a shard in the folder asked for
     filler = small_disk / "filler"
     with open(filler, "wb") as f:  # leave no room for the report
         try:
@@ -1123,11 +1125,13 @@ def test_prepare_report_and_export_on_a_full_disk(good_run, small_disk, tmp_path
     r = in_process(capsys, "report", "--run", str(good_run), "--out",
                    str(small_disk / "report.html"))
     assert r.returncode == 1 and "No space left on device" in r.stderr
+    assert r.stderr == f"{full}{small_disk / 'report.html'}\n"
     assert not (small_disk / "report.html").exists()
     os.truncate(filler, filler.stat().st_size - 40960)  # room for config.json, not the weights
     r = in_process(capsys, "export", "--run", str(good_run), "--out", str(small_disk / "exported"))
     assert r.returncode == 1 and r.stderr.count("\n") == 1  # (safetensors' error: a traceback)
     assert "No space left on device" in r.stderr and "model.safetensors" in r.stderr
+    assert r.stderr == f"{full}{small_disk / 'exported' / 'model.safetensors'}\n"  # not ours
     assert not (small_disk / "exported").exists()
     assert not [p for p in small_disk.iterdir() if p.name.startswith(".")]
 
