@@ -1101,9 +1101,19 @@ def test_a_disk_that_fills_up_mid_run(small_text, small_disk, capsys):
         r.stderr.count("\n") == 1
     last = load_checkpoint(run / "checkpoints", "last")  # the last good checkpoint loads
     assert last.meta["step"] >= 1
+    # ... and it is the newest saved whole, not an earlier one: last moved at every save
+    saved = [int(p.stem.removeprefix("step-")) for p in (run / "checkpoints").glob("step-*.json")]
+    assert last.meta["step"] == max(saved)
+    # the error names the file it could not write: the run's own, not a temporary, not there
+    named = Path(r.stderr.removeprefix(f"minigpt: error: {os.strerror(errno.ENOSPC)}: ")[:-1])
+    assert named.parent in (run, run / "checkpoints") and not named.name.startswith("."), named
+    assert not named.exists()
     assert not list(run.rglob(".*.tmp"))  # no temporary file left behind
     for line in (run / "metrics.jsonl").read_text().splitlines():
         json.loads(line)  # every line whole
+    # (the loop above reads what there is: there is a row of every step the checkpoint holds)
+    steps = [r["step"] for r in read_jsonl(run / "metrics.jsonl")]
+    assert steps == list(range(len(steps))) and len(steps) >= last.meta["step"]
 
 
 def test_prepare_report_and_export_on_a_full_disk(good_run, small_disk, tmp_path, capsys):
