@@ -1085,8 +1085,8 @@ def test_a_stop_or_a_full_disk_mid_prepare_says_where_and_how_to_go_on(corpus, t
     r = in_process(capsys, "prepare", "--text", str(src), "--out", str(out), "--shard-tokens",
                    "100", "--no-progress")
     assert r.returncode == 1
-    assert re.search(r"minigpt: error: No space left on device: \S+/out/\.train-\d{5}\.bin\.tmp",
-                     r.stderr), r.stderr
+    assert re.search(r"minigpt: error: No space left on device: \S+/out/train-\d{5}\.bin\n",
+                     r.stderr), r.stderr  # by its name, not the temporary it is removed as
     assert not list(out.glob(".*.tmp"))  # (its close failing again once left it behind)
     assert "the same command continues after the last complete shard" in r.stderr
 
