@@ -473,7 +473,9 @@ def test_a_run_folder_whose_name_is_not_utf8(good_run, tmp_path):
     assert f"wrote {exported}:" in r.stdout  # the name's own bytes, which paste back as they are
     assert "<title>minigpt run r\ufffdun</title>" in (run / "report.html").read_text()
     assert read_jsonl(run / "metrics.jsonl")[-1]["step"] == 11  # resumed, curves redrawn
-    assert json.loads((exported / "tokenizer.json").read_text())["model"]
+    chars = json.loads((run / "tokenizer.json").read_text())["chars"]  # the run's, id by id
+    assert json.loads((exported / "tokenizer.json").read_text())["model"]["vocab"] == \
+        {c: i for i, c in enumerate(chars)}
     tb = run_cli("train", "--resume", str(run), "--steps", "14", "--tensorboard", env=strict)
     assert tb.returncode == 2 and len(not_warnings(tb.stderr)) == 1
     assert "TensorBoard takes only paths that are UTF-8; rename the folder" in tb.stderr
