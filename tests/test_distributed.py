@@ -137,11 +137,29 @@ def test_only_rank_zero_speaks_and_writes(ddp_run):
 
 def test_the_gradflow_command_reads_a_two_process_run_in_one(ddp_run, capsys):
     """A look at a run is not a resume: one process reads it, with rank 0's batch (4 of the
-    step's 8 sequences), where the resume checks once refused it."""
+    step's 8 sequences), where the resume checks once refused it. Its table is autograd's:
+    a row for each parameter of the last checkpoint's model, with the norm of the gradient of
+    the loss on the batch rank 0 draws next (4 sequences of the block), and a summary counting
+    them."""
+    from minigpt.run import open_run
+
     out, _ = ddp_run
     r = in_process(capsys, "gradflow", "--run", str(out), "--checkpoint", "last")
     assert r.returncode == 0, r.stderr
     assert "after 12 steps (last), one batch of (4, " in r.stdout and "none flagged" in r.stdout
+    run = open_run(out, "last", "cpu")  # the oracle, in one process: rank 0's stream
+    x, y = run.batches.get_batch("train")
+    assert tuple(x.shape) == (run.cfg.train.batch_size, run.cfg.model.block_size)
+    assert f"one batch of {tuple(x.shape)} in " in r.stdout
+    run.model.train()
+    run.model(x, y)[1].backward()
+    named = dict(run.model.named_parameters())
+    lines = r.stdout.strip().splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[3:-1]}
+    assert list(rows) == list(named) and lines[-1] == f"{len(named)} parameters, none flagged"
+    for name, p in named.items():  # NORM(G), the 5th column, to 3 figures
+        assert float(rows[name][4]) == pytest.approx(float(p.grad.norm()), rel=6e-3,
+                                                     abs=1e-5), name
 
 
 def test_a_two_process_run_resumes_exactly_and_only_in_two_processes(corpus, ddp_run, tmp_path,
