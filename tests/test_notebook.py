@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from minigpt import MiniGPT, resolve_config
+
 nbformat = pytest.importorskip("nbformat")
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -55,10 +57,26 @@ def assert_shows_the_lesson(nb):
     assert "step  199 | train" in text  # the loop ran to its end
     assert "token_emb.weight: grad mean=" in text  # the lesson's printout: the graph kept them
     assert "parameters, none flagged" in text or "parameters flagged" in text
+    assert_the_gradflow_table(text)
     assert text.count("Reading the curve:") == 2 and "the lesson's shape" in text
     assert "final_val_loss" in text  # train()'s summary
     assert text.count("ROMEO:") >= 2  # a sample, twice
     assert len(outputs(nb, "image/png")) >= 5  # lr, both losses, SGD vs AdamW, attention
+
+
+def assert_the_gradflow_table(text):
+    """The gradient-flow table: a row for each parameter tensor of the lesson's model, in its
+    order, and a summary line that counts them and the rows whose FLAGS are not '-'."""
+    names = [name for name, _ in MiniGPT.from_config(resolve_config().model).named_parameters()]
+    table = re.search(r"^PARAMETER .*\n-[- ]+\n((?:.*\n)*?)(\d+ (?:of \d+ )?parameters.*)$",
+                      text, re.M)
+    rows = [line.split() for line in table[1].splitlines()]
+    assert [row[0] for row in rows] == names
+    flagged = sum(row[-1] != "-" for row in rows)
+    if flagged:
+        assert table[2].startswith(f"{flagged} of {len(names)} parameters flagged: ")
+    else:
+        assert table[2] == f"{len(names)} parameters, none flagged"
 
 
 def test_the_saved_outputs_are_a_clean_run_of_the_cells_as_they_are():
