@@ -2,6 +2,7 @@
 run top to bottom without an error, and show what the lesson shows; and executed in a real
 Jupyter kernel (nbclient), twice in one folder, with Graphviz's dot and without it."""
 
+import ast
 import importlib.util
 import os
 import re
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from minigpt import MiniGPT, resolve_config
+from minigpt.performance import peak_memory
 
 nbformat = pytest.importorskip("nbformat")
 
@@ -54,6 +56,7 @@ def assert_shows_the_lesson(nb):
     assert abs(fresh - 4.17) < 0.5
     assert "216,576 parameters" in text
     assert "4,096 predictions per step" in text and " ms here" in text  # the sliders' table
+    assert_the_trade_lines(nb, text)
     assert "step  199 | train" in text  # the loop ran to its end
     assert "token_emb.weight: grad mean=" in text  # the lesson's printout: the graph kept them
     assert "parameters, none flagged" in text or "parameters flagged" in text
@@ -62,6 +65,26 @@ def assert_shows_the_lesson(nb):
     assert "final_val_loss" in text  # train()'s summary
     assert text.count("ROMEO:") >= 2  # a sample, twice
     assert len(outputs(nb, "image/png")) >= 5  # lr, both losses, SGD vs AdamW, attention
+
+
+def assert_the_trade_lines(nb, text):
+    """The skipped sliders cell's lines: one for each (B, T) its loop names, in order, with
+    B*T predictions, the activations peak_memory gives that shape of the lesson's model, and
+    a throughput that is the predictions over the step time the line prints."""
+    source = next(c.source for c in nb.cells if "format_trade(batch_trade(" in c.source)
+    shapes = ast.literal_eval(re.search(r"for b, t in (\[.*?\]):", source)[1])
+    lines = re.findall(r"B=(\d+) +T=(\d+) +x, y: \((\d+), (\d+)\) +([\d,]+) predictions per "
+                       r"step  activations +([\d.]+) MiB  one step +([\d.]+) ms here "
+                       r"\(([\d,]+) predictions/s\)", text)
+    assert [(int(b), int(t)) for b, t, *_ in lines] == shapes
+    for b, t, xb, xt, predictions, mib, ms, rate in lines:
+        b, t, ms = int(b), int(t), float(ms)
+        assert (int(xb), int(xt)) == (b, t) and int(predictions.replace(",", "")) == b * t
+        cfg = resolve_config(overrides={"batch_size": b, "block_size": t})
+        lesson = MiniGPT.from_config(resolve_config().model).num_params()
+        assert float(mib) == round(peak_memory(cfg, 0, lesson)["activations"] / 2**20, 1)
+        rate = int(rate.replace(",", ""))  # ms printed to 0.1, the rate to 1
+        assert b * t * 1000 / (ms + 0.05) - 1 <= rate <= b * t * 1000 / (ms - 0.05) + 1
 
 
 def assert_the_gradflow_table(text):
