@@ -65,6 +65,7 @@ def assert_shows_the_lesson(nb):
     assert "final_val_loss" in text  # train()'s summary
     assert text.count("ROMEO:") >= 2  # a sample, twice
     assert len(outputs(nb, "image/png")) >= 5  # lr, both losses, SGD vs AdamW, attention
+    assert_the_figures(nb)
 
 
 def assert_the_trade_lines(nb, text):
@@ -100,6 +101,22 @@ def assert_the_gradflow_table(text):
         assert table[2].startswith(f"{flagged} of {len(names)} parameters flagged: ")
     else:
         assert table[2] == f"{len(names)} parameters, none flagged"
+
+
+def assert_the_figures(nb):
+    """Each cell that calls a plot function shows one figure, its own: the attention maps a
+    panel for each layer and head of the lesson's model and a colour bar, the comparison its
+    two panels (by step, by time), the curves one."""
+    model = resolve_config().model
+    panels = {"plot_lr": 1, "plot_loss": 1, "plot_overlay": 2,
+              "plot_attention": model.n_layer * model.n_head + 1}
+    for cell in nb.cells:
+        called = re.findall(r"^(plot_\w+)\(", cell.source, re.M)
+        if cell.cell_type != "code" or not called:
+            continue
+        shown = [o["data"]["text/plain"] for o in cell.outputs if "image/png" in o.get("data", {})]
+        assert len(called) == len(shown) == 1, cell.source
+        assert shown[0].endswith(f" with {panels[called[0]]} Axes>"), (called, shown)
 
 
 def test_the_saved_outputs_are_a_clean_run_of_the_cells_as_they_are():
@@ -157,6 +174,7 @@ def test_the_notebook_runs_twice_in_one_folder_with_and_without_dot(tmp_path, da
     second = execute(second, tmp_path, env=no_dot)
     assert "step    3 | train" in "".join(outputs(second, "stream"))  # the loop ran, shorter
     assert len(outputs(second, "image/png")) >= 5
+    assert_the_figures(second)
     assert outputs(second, "image/svg+xml") == []
     said = "".join(outputs(second, "stream"))
     assert "Graphviz's dot, which is not installed: apt install graphviz" in said
