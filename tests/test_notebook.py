@@ -63,6 +63,7 @@ def assert_shows_the_lesson(nb):
     assert_the_gradflow_table(text)
     assert text.count("Reading the curve:") == 2 and "the lesson's shape" in text
     assert "final_val_loss" in text  # train()'s summary
+    assert_the_summary(nb, text)
     assert text.count("ROMEO:") >= 2  # a sample, twice
     assert len(outputs(nb, "image/png")) >= 5  # lr, both losses, SGD vs AdamW, attention
     assert_the_figures(nb)
@@ -117,6 +118,18 @@ def assert_the_figures(nb):
         shown = [o["data"]["text/plain"] for o in cell.outputs if "image/png" in o.get("data", {})]
         assert len(called) == len(shown) == 1, cell.source
         assert shown[0].endswith(f" with {panels[called[0]]} Axes>"), (called, shown)
+
+
+def assert_the_summary(nb, text):
+    """train()'s summary: the steps its cell asks for, the parameters of the lesson's model,
+    and the best validation loss the reading below it finds in the run's metrics."""
+    cell = next(c for c in nb.cells if "result.summary" in c.source)
+    summary = ast.literal_eval(next(o["data"]["text/plain"] for o in cell.outputs
+                                    if "text/plain" in o.get("data", {})))
+    assert summary["steps"] == int(re.search(r'"steps": (\d+)', cell.source)[1])
+    assert summary["params"] == MiniGPT.from_config(resolve_config().model).num_params()
+    best = re.findall(r"best validation loss ([\d.]+) at step", text)[-1]  # the reading's
+    assert float(best) == round(summary["best_val_loss"], 4)
 
 
 def test_the_saved_outputs_are_a_clean_run_of_the_cells_as_they_are():
