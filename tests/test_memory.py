@@ -109,6 +109,19 @@ def test_the_optimizer_state_estimated_ranks_as_the_optimizers_hold_it():
     assert estimated["sgd"] < estimated["muon"] < estimated["adamw"]
 
 
+def assert_the_estimate(err, small_text):
+    """A refusal's figures are the estimate's for its run (the text's characters, the model
+    they make) in the precision that needs least (--dtype auto: refused even in that one)."""
+    cfg = resolve_config(overrides={"batch_size": 2_000_000, "block_size": 32,
+                                    "vocab_size": len(set(small_text.read_text()))})
+    n = MiniGPT.from_config(cfg.model).num_params()
+    parts = min((peak_memory(cfg, 0, n, dtype) for dtype in (torch.float32, torch.bfloat16)),
+                key=lambda parts: sum(parts.values()))
+    said = re.search(r"needs about ([\d.]+) GiB more .* \(activations ([\d.]+) GiB for", err)
+    assert float(said[1]) == round(sum(parts.values()) / 2**30, 1)  # one process: no torchrun
+    assert float(said[2]) == round(parts["activations"] / 2**30, 1)
+
+
 def test_a_run_that_cannot_fit_is_refused_before_it_starts(small_text, tmp_path, capsys):
     from minigpt.cli import main
 
@@ -119,16 +132,7 @@ def test_a_run_that_cannot_fit_is_refused_before_it_starts(small_text, tmp_path,
     assert "GiB more memory at its peak" in err and "batch 2000000 x block 32" in err
     assert "--batch-size" in err and "--grad-accum" in err
     assert not (tmp_path / "run").exists()  # refused before anything was written
-    # its figures are the estimate's for this run (the text's characters, the model they make)
-    # in the precision that needs least (--dtype auto: refused even in that one)
-    cfg = resolve_config(overrides={"batch_size": 2_000_000, "block_size": 32,
-                                    "vocab_size": len(set(small_text.read_text()))})
-    n = MiniGPT.from_config(cfg.model).num_params()
-    parts = min((peak_memory(cfg, 0, n, dtype) for dtype in (torch.float32, torch.bfloat16)),
-                key=lambda parts: sum(parts.values()))
-    said = re.search(r"needs about ([\d.]+) GiB more .* \(activations ([\d.]+) GiB for", err)
-    assert float(said[1]) == round(sum(parts.values()) / 2**30, 1)  # one process: no torchrun
-    assert float(said[2]) == round(parts["activations"] / 2**30, 1)
+    assert_the_estimate(err, small_text)
 
 
 def test_a_run_too_big_for_memory_is_refused_before_the_dtype_probe(small_text, tmp_path,
@@ -148,6 +152,7 @@ def test_a_run_too_big_for_memory_is_refused_before_the_dtype_probe(small_text, 
     assert code == 2 and err.count("\n") == 1
     assert "GiB more memory at its peak" in err and "batch 2000000 x block 32" in err
     assert not (tmp_path / "run").exists()
+    assert_the_estimate(err, small_text)
 
 
 class Hog(Probe):
