@@ -55,15 +55,12 @@ def assert_shows_the_lesson(nb):
     fresh = float(re.search(r"ln 65 = 4.17 expected; a fresh model gives ([\d.]+)", text)[1])
     assert abs(fresh - 4.17) < 0.5
     assert "216,576 parameters" in text
-    assert "4,096 predictions per step" in text and " ms here" in text  # the sliders' table
-    assert_the_trade_lines(nb, text)
+    assert_the_trade_lines(nb, text)  # the sliders' table
     assert "step  199 | train" in text  # the loop ran to its end
     assert "token_emb.weight: grad mean=" in text  # the lesson's printout: the graph kept them
-    assert "parameters, none flagged" in text or "parameters flagged" in text
     assert_the_gradflow_table(text)
     assert text.count("Reading the curve:") == 2 and "the lesson's shape" in text
-    assert "final_val_loss" in text  # train()'s summary
-    assert_the_summary(nb, text)
+    assert_the_summary(nb, text)  # train()'s
     assert text.count("ROMEO:") >= 2  # a sample, twice
     assert len(outputs(nb, "image/png")) >= 5  # lr, both losses, SGD vs AdamW, attention
     assert_the_figures(nb)
