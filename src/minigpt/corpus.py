@@ -476,9 +476,10 @@ def encode_shards(source, tok: AnyTokenizer, out_dir: Path, state: dict,
                 bar.set_postfix_str(f"{written / max(bar.format_dict['elapsed'], 1e-9):,.0f} "
                                     f"tokens/s", refresh=False)
             writer.close()
-    except OSError as e:  # a full disk's error names no file: the shard being written, by the
-        if e.filename is None and writer.file is not None:  # name asked for (as atomic_path
-            e.filename = str(writer.out_dir / writer.name())  # does), not its removed temporary
+    except OSError as e:  # a full disk's error names no file: the shard being written, by its
+        # own name (as atomic_path names a file), not the temporary removed below
+        if e.filename is None and writer.file is not None:
+            e.filename = str(writer.out_dir / writer.name())
         raise
     finally:
         writer.discard()
