@@ -3,6 +3,7 @@ run top to bottom without an error, and show what the lesson shows; and executed
 Jupyter kernel (nbclient), twice in one folder, with Graphviz's dot and without it."""
 
 import ast
+import functools
 import importlib.util
 import os
 import re
@@ -66,6 +67,12 @@ def assert_shows_the_lesson(nb):
     assert_the_figures(nb)
 
 
+@functools.cache
+def lesson_model() -> MiniGPT:
+    """The lesson's model, as the notebook builds it (the oracle for its tables)."""
+    return MiniGPT.from_config(resolve_config().model)
+
+
 def assert_the_trade_lines(nb, text):
     """The skipped sliders cell's lines: one for each (B, T) its loop names, in order, with
     B*T predictions, the activations peak_memory gives that shape of the lesson's model, and
@@ -76,11 +83,11 @@ def assert_the_trade_lines(nb, text):
                        r"step  activations +([\d.]+) MiB  one step +([\d.]+) ms here "
                        r"\(([\d,]+) predictions/s\)", text)
     assert [(int(b), int(t)) for b, t, *_ in lines] == shapes
+    lesson = lesson_model().num_params()
     for b, t, xb, xt, predictions, mib, ms, rate in lines:
         b, t, ms = int(b), int(t), float(ms)
         assert (int(xb), int(xt)) == (b, t) and int(predictions.replace(",", "")) == b * t
         cfg = resolve_config(overrides={"batch_size": b, "block_size": t})
-        lesson = MiniGPT.from_config(resolve_config().model).num_params()
         assert float(mib) == round(peak_memory(cfg, 0, lesson)["activations"] / 2**20, 1)
         rate = int(rate.replace(",", ""))  # ms printed to 0.1, the rate to 1
         assert b * t * 1000 / (ms + 0.05) - 1 <= rate <= b * t * 1000 / (ms - 0.05) + 1
@@ -89,7 +96,7 @@ def assert_the_trade_lines(nb, text):
 def assert_the_gradflow_table(text):
     """The gradient-flow table: a row for each parameter tensor of the lesson's model, in its
     order, and a summary line that counts them and the rows whose FLAGS are not '-'."""
-    names = [name for name, _ in MiniGPT.from_config(resolve_config().model).named_parameters()]
+    names = [name for name, _ in lesson_model().named_parameters()]
     table = re.search(r"^PARAMETER .*\n-[- ]+\n((?:.*\n)*?)(\d+ (?:of \d+ )?parameters.*)$",
                       text, re.M)
     rows = [line.split() for line in table[1].splitlines()]
@@ -124,7 +131,7 @@ def assert_the_summary(nb, text):
     summary = ast.literal_eval(next(o["data"]["text/plain"] for o in cell.outputs
                                     if "text/plain" in o.get("data", {})))
     assert summary["steps"] == int(re.search(r'"steps": (\d+)', cell.source)[1])
-    assert summary["params"] == MiniGPT.from_config(resolve_config().model).num_params()
+    assert summary["params"] == lesson_model().num_params()
     best = re.findall(r"best validation loss ([\d.]+) at step", text)[-1]  # the reading's
     assert float(best) == round(summary["best_val_loss"], 4)
 
