@@ -244,6 +244,19 @@ def test_resuming_where_there_is_no_checkpoint_writes_nothing(small_text, tmp_pa
     assert list((tmp_path / "empty").iterdir()) == []  # no lock, no checkpoints folder
 
 
+def test_probes_that_are_no_probes_are_refused_at_the_call(small_text, tmp_path):
+    """standard_probes not called, or put in a list uncalled, is one error naming `probes`
+    before the run folder is made (it had been a TypeError or an AttributeError from inside the
+    loop, the second after config.json, tokenizer.json and run.lock were written)."""
+    cfg = tiny_config(small_text, steps=5)
+    for probes, got in [(standard_probes, "got function"), ([standard_probes],
+                                                             "got a function in it")]:
+        with pytest.raises(MiniGPTError, match="^probes must be a list of probes "
+                           rf"\(such as standard_probes\(cfg\) makes\), {got}$"):
+            train(cfg, tmp_path / "run", probes=probes, progress=False)
+        assert not (tmp_path / "run").exists()
+
+
 @MAIN_THREAD_ONLY
 def test_an_interrupted_or_repeated_train_says_how_to_go_on_in_python(small_text, tmp_path):
     cfg, folder = tiny_config(small_text, steps=50, log_every=1), tmp_path / "run"

@@ -85,7 +85,7 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
         check_new_folder(folder)
     console.show_logs()
     run = build_run(cfg, folder)
-    run.probes = list(probes) if run.world.is_main else []
+    run.probes = Run.checked_probes(probes) if run.world.is_main else []
     try:  # (memory checked before anything is written)
         performance.check_memory(cfg, run.device, run.data["params"], run.dtype)
         with hold_folder(run, resume):
