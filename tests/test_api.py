@@ -15,6 +15,7 @@ from conftest import MAIN_THREAD_ONLY, SignalAt, tiny_config
 from minigpt import (
     Batches,
     BPETokenizer,
+    CharTokenizer,
     MiniGPT,
     MiniGPTError,
     ModelConfig,
@@ -54,6 +55,16 @@ MISTAKES = [  # (a call, what the error says); m: a small MiniGPT, idx: (1, 3) t
      "a RunConfig was expected, such as resolve_config(overrides={'steps': 300}) makes; got dict"),
     (lambda m, idx: train({"steps": 3}),  # (no out_dir: before the default folder is named)
      "a RunConfig was expected, such as resolve_config(overrides={'steps': 300}) makes; got dict"),
+    (lambda m, idx: CharTokenizer.from_text("abc").decode(idx),  # (generate's (B, T), not a row)
+     "decode takes one sequence of token ids (of generate's (B, T) batch, a row: "
+     "ids[0].tolist()), got a Tensor of shape (3,) in it"),
+    (lambda m, idx: BPETokenizer.train(["to be or not"], 257).decode([[1, 2]]),
+     "decode takes one sequence of token ids (of generate's (B, T) batch, a row: "
+     "ids[0].tolist()), got a list in it"),
+    (lambda m, idx: CharTokenizer.from_text("abc").encode(["ab"]),  # (it named 'ab' as unseen)
+     "encode takes a str, got list"),
+    (lambda m, idx: BPETokenizer.train(["to be or not"], 257).encode(5),
+     "encode takes a str, got int"),
     (lambda m, idx: MiniGPT(ModelConfig()),
      "MiniGPT takes vocab_size and options; from a ModelConfig: MiniGPT.from_config(config)"),
     (lambda m, idx: MiniGPT(65, n_embd=64.0), "'n_embd' must be int, got 64.0"),

@@ -165,7 +165,7 @@ class CharTokenizer(_Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         try:
-            return [self.stoi[c] for c in text]
+            return [self.stoi[c] for c in _text(text)]
         except KeyError:
             unseen = sorted(set(text) - self.stoi.keys())
             shown = ", ".join(map(shown_char, unseen[:10]))
@@ -192,7 +192,7 @@ class CharTokenizer(_Tokenizer):
 
     def decode_stream(self, ids: Iterable[int]) -> Iterator[str]:
         """The text of each token as it comes (one character per token)."""
-        return (self.itos.get(int(i)) or self.unknown(i) for i in ids)
+        return (self.itos.get(_id(i)) or self.unknown(i) for i in ids)
 
     def byte_lengths(self) -> np.ndarray:
         """(V,) the UTF-8 bytes each id stands for: what bits per byte divides by."""
@@ -277,7 +277,7 @@ class BPETokenizer(_Tokenizer):
         return len(self._bytes)
 
     def encode(self, text: str) -> list[int]:
-        return self._encoder.encode_ordinary(_unicode(text))
+        return self._encoder.encode_ordinary(_unicode(_text(text)))
 
     def encode_array(self, text: str) -> np.ndarray:
         """encode(text) as an int64 array; a long text is encoded in pieces cut at safe line
@@ -296,7 +296,7 @@ class BPETokenizer(_Tokenizer):
 
     def to_bytes(self, ids) -> bytes:
         """The UTF-8 bytes the ids stand for."""
-        return b"".join(self._bytes[int(i)] if 0 <= int(i) < self.vocab_size
+        return b"".join(self._bytes[_id(i)] if 0 <= _id(i) < self.vocab_size
                         else self.unknown(i) for i in ids)
 
     def byte_lengths(self) -> np.ndarray:
@@ -325,6 +325,26 @@ class BPETokenizer(_Tokenizer):
         except Exception as e:  # tokenizers raises plain Exception
             raise MiniGPTError(f"not a valid BPE tokenizer: {str(e).splitlines()[0]}") from None
         return cls(hf)
+
+
+def _text(text: str) -> str:
+    """encode's text, or one error naming what it was given instead (a list of texts, say)."""
+    if not isinstance(text, str):
+        raise MiniGPTError(f"encode takes a str, got {type(text).__name__}")
+    return text
+
+
+def _id(i) -> int:
+    """One of decode's ids, or one error where it is none (a row of generate's (B, T) batch,
+    where the batch was given whole)."""
+    try:
+        if getattr(i, "ndim", 0) == 0:  # (a tensor or array of one id, but no row of them)
+            return int(i)
+    except (TypeError, ValueError):
+        pass
+    shape = f" of shape {tuple(i.shape)}" if hasattr(i, "shape") else ""
+    raise MiniGPTError(f"decode takes one sequence of token ids (of generate's (B, T) batch, a "
+                       f"row: ids[0].tolist()), got a {type(i).__name__}{shape} in it")
 
 
 def _unicode(text: str) -> str:
