@@ -268,6 +268,21 @@ def test_probes_that_are_no_probes_are_refused_at_the_call(small_text, tmp_path)
         assert not (tmp_path / "run").exists()
 
 
+def test_a_setting_set_in_code_under_no_settings_name_is_refused(small_text, tmp_path):
+    """cfg.steps = 3 (the flat name overrides take, where the setting is cfg.train.steps) or a
+    misspelt cfg.train.stpes made an attribute train never read: the run trained its steps
+    as if nothing had been set. Refused as a config file's unknown key is, naming where."""
+    for where, name, hint in [("cfg", "steps", "cfg.train.steps"),
+                              ("cfg.train", "stpes", "cfg.train.steps"),
+                              ("cfg.model", "n_heads", "cfg.model.n_head")]:
+        cfg = tiny_config(small_text, steps=2)
+        setattr({"cfg": cfg, "cfg.train": cfg.train, "cfg.model": cfg.model}[where], name, 3)
+        with pytest.raises(MiniGPTError, match=re.escape(
+                f"{where} has no setting '{name}'; did you mean {hint}?") + "$"):
+            train(cfg, tmp_path / "run", progress=False)
+        assert not (tmp_path / "run").exists()
+
+
 @MAIN_THREAD_ONLY
 def test_an_interrupted_or_repeated_train_says_how_to_go_on_in_python(small_text, tmp_path):
     cfg, folder = tiny_config(small_text, steps=50, log_every=1), tmp_path / "run"

@@ -405,10 +405,23 @@ def validate(cfg: RunConfig) -> None:
     if not isinstance(cfg, RunConfig):
         raise MiniGPTError(f"a RunConfig was expected, such as resolve_config(overrides="
                            f"{{'steps': 300}}) makes; got {type(cfg).__name__}")
+    check_names(cfg)
     check_values(cfg)
     check_model_shape(cfg.model)
     if cfg.train.min_lr > cfg.train.lr:
         raise MiniGPTError(f"min_lr ({cfg.train.min_lr}) must not exceed lr ({cfg.train.lr})")
+
+
+def check_names(cfg: RunConfig) -> None:
+    """A setting set in code under a name no section has (cfg.steps for cfg.train.steps, or a
+    misspelling) is refused, as a file's unknown key is: the run would never read it."""
+    index = field_index({name: type(section) for name, section in cfg.sections().items()})
+    at = {n: f"cfg.{n}" if n in SECTIONS else f"cfg.extra[{n!r}]" for n in cfg.sections()}
+    for where, obj in [("cfg", cfg), *((at[n], s) for n, s in cfg.sections().items())]:
+        for name in sorted(getattr(obj, "__dict__", {}).keys() - {f.name for f in fields(obj)}):
+            close = difflib.get_close_matches(name, list(index), n=1, cutoff=0.6)
+            hint = f"; did you mean {at[index[close[0]][0]]}.{close[0]}?" if close else ""
+            raise MiniGPTError(f"{where} has no setting '{name}'{hint}")
 
 
 def check_values(cfg: RunConfig) -> None:
