@@ -1166,6 +1166,33 @@ def test_a_stop_before_any_shard_is_complete_has_nothing_to_continue(corpus, tmp
         prepare(str(src), out, progress=False)
 
 
+def test_a_stop_between_a_shards_rename_and_its_record_leaves_nothing_unsaid(
+        corpus, tmp_path, monkeypatch, capsys):
+    """Ctrl-C after the first shard's rename, before progress.json records it (a kill -INT
+    that lands as the file appears): progress.json, which the hint and a continued prepare
+    read, holds no shard, so nothing is worth keeping: the folder goes, as before any shard,
+    rather than staying without the hint (and a same-folder rerun still ends as a straight
+    prepare does)."""
+    src, _ = corpus
+    out, flags = tmp_path / "out", ["--shard-tokens", "300", "--no-progress"]
+    real = minigpt.corpus.atomic_write_text
+
+    def stop_at_the_first_record(path, text):
+        if path.name == "progress.json" and json.loads(text)["shards"]["train"]:
+            raise KeyboardInterrupt
+        return real(path, text)
+
+    with monkeypatch.context() as m:
+        m.setattr(minigpt.corpus, "atomic_write_text", stop_at_the_first_record)
+        r = in_process(capsys, "prepare", "--text", str(src), "--out", str(out), *flags)
+    assert r.returncode == 130
+    assert not out.exists() or ("continues" in r.stderr and tokens_done(out))
+    main(["prepare", "--text", str(src), "--out", str(out), *flags])
+    main(["prepare", "--text", str(src), "--out", str(tmp_path / "straight"), *flags])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        p.name for p in (tmp_path / "straight").iterdir())
+
+
 def test_tokens_done_of_a_progress_file_edited_by_hand_is_none(tmp_path):
     for odd in ('{"shards": {"train": [1]}}', '{"shards": {"train": 3}}', '{"shards": [1]}',
                 '[1]', "{"):

@@ -612,8 +612,9 @@ def prepare(sources, out_dir: str | Path, tokenizer: str = "char",
                 atomic_write_text(out_dir / PROGRESS, json.dumps(state) + "\n")
             encode_shards(source, tok, out_dir, state, progress)
         except BaseException as e:
-            if not any(state["shards"].values()):  # nothing worth continuing from
-                _remove_partial(out_dir, created)
+            if not tokens_done(out_dir):  # nothing worth continuing from: progress.json,
+                # not memory (a shard renamed but not yet recorded there is rewritten anyway)
+                _remove_partial(out_dir, created, state["shards"])
             if isinstance(e, MiniGPTError):  # (a character outside the vocabulary: perhaps
                 check_unchanged(source, settings, out_dir)  # from a file that grew)
             raise
@@ -641,9 +642,11 @@ def tokens_done(out_dir: str | Path) -> int:
         return 0
 
 
-def _remove_partial(out_dir: Path, created: bool) -> None:
-    """Undo a prepare that failed before its first shard: its files, and the folder it made."""
-    for name in (TOKENIZER, PROGRESS, "run.lock"):
+def _remove_partial(out_dir: Path, created: bool, shards: dict) -> None:
+    """Undo a prepare that failed before its first recorded shard: its files (a shard renamed
+    but not recorded too), and the folder it made."""
+    for name in (TOKENIZER, PROGRESS, "run.lock", *(s["file"] for v in shards.values()
+                                                   for s in v)):
         (out_dir / name).unlink(missing_ok=True)
     if created and out_dir.is_dir() and not any(out_dir.iterdir()):
         out_dir.rmdir()
