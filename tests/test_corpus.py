@@ -1193,6 +1193,21 @@ def test_a_stop_between_a_shards_rename_and_its_record_leaves_nothing_unsaid(
         p.name for p in (tmp_path / "straight").iterdir())
 
 
+def test_a_symbolic_link_loop_as_a_path_is_one_line(small_text, tmp_path, capsys):
+    """A link that leads back to itself, given as train's --text, prepare's --out or --out
+    beside --resume: Python 3.11's Path.resolve raises RuntimeError there (3.13 an OSError),
+    which escaped as a traceback; each is one line naming the path as given."""
+    loop = tmp_path / "loop"
+    loop.symlink_to(tmp_path / "back")
+    (tmp_path / "back").symlink_to(loop)
+    for args in (["train", "--text", str(loop), *TINY_FLAGS, "--out", str(tmp_path / "r")],
+                 ["prepare", "--text", str(small_text), "--out", str(loop)],
+                 ["train", "--resume", str(loop), "--out", str(tmp_path / "r")]):
+        line = one_line_error(capsys, args)
+        assert f"{loop} is a loop of symbolic links" in line, line
+    assert not (tmp_path / "r").exists()
+
+
 def test_tokens_done_of_a_progress_file_edited_by_hand_is_none(tmp_path):
     for odd in ('{"shards": {"train": [1]}}', '{"shards": {"train": 3}}', '{"shards": [1]}',
                 '[1]', "{"):

@@ -45,6 +45,7 @@ from minigpt.files import (
     lock_holder,
     os_error,
     remove_temporaries,
+    resolved,
     sha256_file,
 )
 from minigpt.model import MiniGPT
@@ -336,6 +337,6 @@ def same_setting(cfg: RunConfig, section: str, key: str, value,
                                and is_prepared(cfg.data.text)):
         return True
     if key == "text":
-        return fingerprinted or (Path(value).expanduser().resolve() == Path(have).resolve()
+        return fingerprinted or (resolved(Path(value).expanduser()) == resolved(have)
                                  if value and have else value == have)
     return value == have

@@ -50,7 +50,7 @@ from minigpt.errors import (
     shell_path,
     torchrun_command,
 )
-from minigpt.files import file_on_path
+from minigpt.files import file_on_path, resolved
 from minigpt.sample import PROMPT
 
 
@@ -398,7 +398,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from minigpt.trainer import train
 
     if args.resume:  # the command as first typed may be given again, with more steps, say
-        if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+        if args.out and resolved(args.out) != resolved(args.resume):
             raise MiniGPTError(f"--out {args.out} and --resume {args.resume} name different "
                                f"folders; --resume continues the run where it is")
         check_can_resume(Path(args.resume))  # (or why there is none to resume from)

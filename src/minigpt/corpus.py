@@ -65,6 +65,7 @@ from minigpt.files import (
     folder_holds,
     lock_folder,
     read_json,
+    resolved,
     sha256_file,
 )
 from minigpt.tokenizer import (
@@ -126,7 +127,7 @@ def find_sources(sources: str, exclude: Path | None = None) -> list[Path]:
         files = visible_files(root, root.glob(str(Path(*below))) if below else [],
                               hidden=any(is_hidden(part) for part in below))
     if exclude is not None:
-        kept = [p for p in files if not p.resolve().is_relative_to(exclude.resolve())]
+        kept = [p for p in files if not resolved(p).is_relative_to(resolved(exclude))]
         if files and not kept:
             raise MiniGPTError(f"the {len(files)} file(s) {sources!r} names lie in the output "
                                f"folder {exclude}, which prepare leaves out; choose an --out "
@@ -141,7 +142,7 @@ def find_sources(sources: str, exclude: Path | None = None) -> list[Path]:
                            f"pattern such as 'books/**/*.txt')")
     once = {}
     for p in sorted(files):
-        once.setdefault(p.resolve(), p)
+        once.setdefault(resolved(p), p)
     if len(once) < len(files):
         log.warning(f"{len(files) - len(once)} of the files {sources!r} names are files named "
                     f"before, reached again (through a link, or '..'): each file is read once")

@@ -66,6 +66,18 @@ def as_path(value, what: str) -> Path:
     return Path(value)
 
 
+def resolved(path: str | Path) -> Path:
+    """Path(path).resolve(), a loop of symbolic links said in one line naming the path as given
+    (Python 3.11's resolve raises RuntimeError there, 3.13's an OSError)."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as e:
+        if isinstance(e, OSError) and e.errno != errno.ELOOP:
+            raise
+        raise MiniGPTError(f"{path} is a loop of symbolic links (one that leads, in the end, "
+                           f"back to itself)") from None
+
+
 def file_on_path(path: str | Path | None) -> Path | None:
     """The file where a folder of `path` (or `path` itself) was to be: the first of them that
     exists, if it is not a folder (--out notes.txt/run); None otherwise."""

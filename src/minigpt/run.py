@@ -51,6 +51,7 @@ from minigpt.files import (
     lock_folder,
     lock_holder,
     remove_temporaries,
+    resolved,
     truncate_jsonl,
 )
 from minigpt.model import MiniGPT
@@ -223,7 +224,7 @@ def build_run(cfg: RunConfig, folder: str | Path) -> Run:
     world = distributed.world_from_env()
     device = distributed.start(world, resolve_device(cfg.train.device))
     if cfg.data.text:  # as an absolute path: a resumed run finds it from anywhere
-        cfg.data.text = str(Path(cfg.data.text).expanduser().resolve())
+        cfg.data.text = str(resolved(Path(cfg.data.text).expanduser()))
     with distributed.main_first(world):  # rank 0 writes the token cache, the others read it
         text_path = Path(cfg.data.text) if cfg.data.text else ensure_tinyshakespeare()
         splits, tokenizer, data = load_corpus(text_path, cfg.data.tokenizer,
