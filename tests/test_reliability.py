@@ -543,6 +543,16 @@ def test_bad_checkpoints_are_refused_in_one_line(good_run, tmp_path, capsys, how
                                f"readable: "), said
     elif how == "setting":  # (a model setting: the run's)
         assert said.startswith(f"minigpt: error: checkpoint in {run}: "), said
+    elif how in ("architecture", "vocabulary"):  # what differs, as the two configs' models do
+        saved, said_to_be = (MiniGPT(**json.loads((r / "checkpoints" / "best.json").read_text())
+                                     ["model"]).state_dict() for r in (good_run, run))
+        if how == "architecture":  # the layers best.json adds, each tensor by name
+            assert f"missing {sorted(said_to_be.keys() - saved.keys())}, unexpected []" in said
+        else:  # a tensor whose shape differs, with the checkpoint's shape, then the model's
+            k = next((k for k in saved if k in said and saved[k].shape != said_to_be[k].shape), "")
+            assert k, said
+            tail = said[said.index(k):]
+            assert tail.index(str(saved[k].shape)) < tail.index(str(said_to_be[k].shape)), said
     assert not (tmp_path / "PWNED").exists()  # no code from the file ran
 
 
