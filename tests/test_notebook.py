@@ -62,7 +62,7 @@ def assert_shows_the_lesson(nb):
     assert_the_gradflow_table(text)
     assert text.count("Reading the curve:") == 2 and "the lesson's shape" in text
     assert_the_summary(nb, text)  # train()'s
-    assert text.count("ROMEO:") >= 2  # a sample, twice
+    assert_the_samples(nb)
     assert len(outputs(nb, "image/png")) >= 5  # lr, both losses, SGD vs AdamW, attention
     assert_the_figures(nb)
 
@@ -122,6 +122,18 @@ def assert_the_figures(nb):
         shown = [o["data"]["text/plain"] for o in cell.outputs if "image/png" in o.get("data", {})]
         assert len(called) == len(shown) == 1, cell.source
         assert shown[0].endswith(f" with {panels[called[0]]} Axes>"), (called, shown)
+
+
+def assert_the_samples(nb):
+    """Each cell sampling from "ROMEO:" prints the prompt and then as many characters as it
+    asks generate for (a character tokenizer: one a token), not the prompt alone or again."""
+    cells = [c for c in nb.cells if c.cell_type == "code" and 'encode("ROMEO:")' in c.source]
+    assert len(cells) == 2  # section 9's, and the closing train()'s model's
+    for cell in cells:
+        asked = int(re.search(r"generate\((?:\w+, )?\w+, (\d+)", cell.source)[1])
+        printed = "".join(o["text"] for o in cell.outputs if o.get("name") == "stdout")
+        assert printed.startswith("ROMEO:") and printed.endswith("\n"), printed
+        assert len(printed) == len("ROMEO:") + asked + 1, printed  # (print's newline)
 
 
 def assert_the_summary(nb, text):
