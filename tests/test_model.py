@@ -101,6 +101,9 @@ def test_options_beyond_the_lesson():
     assert not torch.equal(dropped(idx)[0], dropped(idx)[0])  # dropout active in train mode
     dropped.eval()
     assert torch.equal(dropped(idx)[0], dropped(idx)[0])
+    plain = MiniGPT(65).eval()  # in eval mode, dropout is the identity: no mask, no scaling,
+    plain.load_state_dict(dropped.state_dict())  # so the same weights without it are the oracle
+    assert torch.equal(dropped(idx)[0], plain(idx)[0])
 
 
 def test_from_config_builds_the_model_the_config_describes():
