@@ -1231,7 +1231,16 @@ def test_a_run_without_last_json_says_how_to_go_on(good_run, tmp_path, capsys):
         assert f"has no last.json (a save cut short, or deleted): copy its newest step, " \
                f"{newest}, to last.json to resume from it" in line
     shutil.copy(run / "checkpoints" / newest, run / "checkpoints" / "last.json")
-    assert main(["train", "--resume", str(run), "--steps", "12", "--no-progress"]) == 0
+    # the oracle: the run's 12 steps uninterrupted (all in the warmup, whose rates do not hang
+    # on --steps): the resume from the copied step must have trained on as if never stopped
+    straight = tmp_path / "straight"
+    for args in (["--resume", str(run), "--steps", "12", "--no-progress"],
+                 ["--text", str(good_run.parent / "corpus.txt"), "--steps", "12",
+                  "--eval-every", "5", *QUIET, "--out", str(straight)]):
+        assert main(["train", *args]) == 0
+    assert same_weights(run, straight)
+    assert [(r["step"], r["train_loss"], r["lr"]) for r in read_jsonl(run / "metrics.jsonl")] \
+        == [(r["step"], r["train_loss"], r["lr"]) for r in read_jsonl(straight / "metrics.jsonl")]
 
 
 def test_a_new_run_where_one_was_killed_before_its_first_checkpoint_starts_clean(small_text,
