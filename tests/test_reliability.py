@@ -476,8 +476,12 @@ def test_a_run_folder_whose_name_is_not_utf8(good_run, tmp_path):
     chars = json.loads((run / "tokenizer.json").read_text())["chars"]  # the run's, id by id
     assert json.loads((exported / "tokenizer.json").read_text())["model"]["vocab"] == \
         {c: i for i, c in enumerate(chars)}
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     tb = run_cli("train", "--resume", str(run), "--steps", "14", "--tensorboard", env=strict)
     assert tb.returncode == 2 and len(not_warnings(tb.stderr)) == 1
+    # refused before the run was built: its folder as it was (config.json not rewritten for a
+    # run that never trained, summary.json not removed, the lock not taken)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
     assert "TensorBoard takes only paths that are UTF-8; rename the folder" in tb.stderr
 
 

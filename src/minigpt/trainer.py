@@ -79,10 +79,9 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
         with removed_if_left_empty(default_run_dir(cfg)) as folder:
             return train(cfg, folder, resume=resume, probes=probes, progress=progress)
     folder = as_path(out_dir, "out_dir")
-    if resume:  # (before the folder is made and locked)
-        check_can_resume(folder)
-    else:
-        check_new_folder(folder)
+    (check_can_resume if resume else check_new_folder)(folder)  # (before it is made, locked)
+    for probe in probes:  # (one that cannot write there: said before the run is built)
+        probe.check(folder)
     console.show_logs()
     run = build_run(cfg, folder)
     run.probes = Run.checked_probes(probes) if run.world.is_main else []

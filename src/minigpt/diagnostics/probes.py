@@ -83,6 +83,9 @@ class Probe:
     log_files: tuple[str, ...] = ()  # JSON-lines logs with a row per step, in the run folder
     fresh: dict = {}  # the state a probe starts a new run with (see state_dict)
 
+    def check(self, folder: Path) -> None:
+        """Refuse a run folder the probe cannot write in: called before the run is built."""
+
     def start(self, run: Run) -> None:
         self.run, self.state = run, run.state
         if not run.state.step:  # a new run, though the probe may have recorded another before
@@ -336,12 +339,15 @@ class TensorBoardProbe(Probe):
         self.summary_writer = SummaryWriter
         self.writer = None
 
+    def check(self, folder):
+        where = str(folder / "tensorboard")
+        if printable(where) != where:
+            raise MiniGPTError(f"--tensorboard cannot write under {printable(where)}: "
+                               f"TensorBoard takes only paths that are UTF-8; rename the folder")
+
     def start(self, run):
         super().start(run)
         folder = run.folder / "tensorboard"
-        if printable(str(folder)) != str(folder):
-            raise MiniGPTError(f"--tensorboard cannot write under {printable(str(folder))}: "
-                               f"TensorBoard takes only paths that are UTF-8; rename the folder")
         # events from the step resumed at on are dropped: they come again (those of a stretch
         # after the checkpoint that a crash cut short would otherwise stay, doubled)
         self.writer = self.summary_writer(log_dir=str(folder), purge_step=run.state.step)
