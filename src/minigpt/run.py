@@ -139,7 +139,7 @@ class Run:
     def checked_probes(probes) -> list:
         """train's `probes` as a list, or one error naming it before anything is written (such
         as standard_probes uncalled, which the loop would find no start in after its files)."""
-        hooks = ("start", "on_row", "end", "state_dict", "load_state_dict")
+        hooks = ("check", "start", "on_row", "end", "state_dict", "load_state_dict")
         if isinstance(probes, (str, bytes)) or not hasattr(probes, "__iter__"):
             raise MiniGPTError(f"probes must be a list of probes (such as standard_probes(cfg) "
                                f"makes), got {type(probes).__name__}")

@@ -80,11 +80,12 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
             return train(cfg, folder, resume=resume, probes=probes, progress=progress)
     folder = as_path(out_dir, "out_dir")
     (check_can_resume if resume else check_new_folder)(folder)  # (before it is made, locked)
+    probes = Run.checked_probes(probes)
     for probe in probes:  # (one that cannot write there: said before the run is built)
         probe.check(folder)
     console.show_logs()
     run = build_run(cfg, folder)
-    run.probes = Run.checked_probes(probes) if run.world.is_main else []
+    run.probes = probes if run.world.is_main else []
     try:  # (memory checked before anything is written)
         performance.check_memory(cfg, run.device, run.data["params"], run.dtype)
         with hold_folder(run, resume):
