@@ -122,7 +122,6 @@ def _measure(p: torch.Tensor, grad: torch.Tensor | None,
              w_before: torch.Tensor | None) -> torch.Tensor:
     """(8,) mean|g|, std g, ||g||, ||w||, all-zero, g and w all finite, ||w - w_before||,
     ||w_before||; the last two are NaN without a snapshot."""
-    norm = torch.linalg.vector_norm
     w = p.detach().float()
     g = torch.zeros_like(w) if grad is None else grad.detach().float()  # None: dead
     if w_before is None:
@@ -133,6 +132,16 @@ def _measure(p: torch.Tensor, grad: torch.Tensor | None,
     return torch.stack([g.abs().mean(), g.std(correction=0), norm(g), norm(w),
                         (g == 0).all().float(),
                         (torch.isfinite(g).all() & torch.isfinite(w).all()).float(), *dw])
+
+
+def norm(t: torch.Tensor) -> torch.Tensor:
+    """The L2 norm of t, in t's float32 without overflowing: a plain float32 norm squares the
+    elements, so a gradient or weights of 1e20 (a run blowing up) had a norm of inf, finite
+    though they and their norm are. Scaled by the largest |element| first; NaN or inf
+    elements give the plain norm (inf, NaN), which the nonfinite flag then explains."""
+    top = t.abs().amax() if t.numel() else torch.zeros((), device=t.device)
+    scaled = torch.linalg.vector_norm(t / top.clamp_min(torch.finfo(t.dtype).tiny)) * top
+    return torch.where(torch.isfinite(top), scaled, torch.linalg.vector_norm(t))
 
 
 def _param_stats(name: str, p: torch.Tensor, v: list[float], vanish: float, explode: float,
