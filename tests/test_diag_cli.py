@@ -324,6 +324,23 @@ def test_the_report_of_an_unfinished_run_says_where_it_stopped(cli_run, tmp_path
             f"{step} steps)") in page and "--resume" not in page
 
 
+def test_the_report_of_an_unfinished_compare_variant_says_compare_continues_it(cli_run,
+                                                                               tmp_path):
+    """A variant a compare left unfinished (Ctrl-C, a crash) is continued by that compare
+    command (docs/reliability.md): train --resume would finish it outside the comparison. The
+    report said train --resume, and 'after 1 steps' for a variant stopped after one."""
+    run = tmp_path / "c" / "1-boom"
+    shutil.copytree(cli_run[0], run)
+    (run / "summary.json").unlink()
+    (tmp_path / "c" / "variants.json").write_text("{}")  # what marks a comparison's folder
+    last = run / "checkpoints" / "last.json"
+    last.write_text(json.dumps({**json.loads(last.read_text()), "step": 1}))
+    assert summary_html(run) == (
+        f'<p class="muted">No summary.json (the run has not finished; its last checkpoint is '
+        f'after 1 step: the compare command that trained it, with --out {tmp_path / "c"}, '
+        f'continues it) in this run.</p>')
+
+
 @pytest.mark.parametrize("last", [None, "{", '{"step": "three"}'])
 def test_an_unfinished_run_whose_last_checkpoint_is_unreadable_says_only_that(cli_run, tmp_path,
                                                                               last):

@@ -16,11 +16,18 @@ import io
 import json
 from pathlib import Path
 
-from minigpt.console import fmt, visible
+from minigpt.console import count, fmt, visible
 from minigpt.diagnostics.plots import run_curves
 from minigpt.diagnostics.reading import read_curve, run_facts
 from minigpt.errors import MiniGPTError, shell_path
-from minigpt.files import atomic_write_text, jsonl_rows, lock_holder, printable, read_jsonl
+from minigpt.files import (
+    atomic_write_text,
+    folder_holds,
+    jsonl_rows,
+    lock_holder,
+    printable,
+    read_jsonl,
+)
 
 STYLE = """
 body { font: 15px/1.5 system-ui, sans-serif; color: #1d2330; background: #f6f7f9; margin: 0; }
@@ -64,12 +71,17 @@ def summary_html(run_dir: Path) -> str:
         try:  # where it stopped, from its last checkpoint
             last = run_dir / "checkpoints" / "last.json"
             steps = json.loads(last.read_text(encoding="utf-8"))["step"]
-            where = f"; its last checkpoint is after {steps:,} steps"
+            where = f"; its last checkpoint is after {count(steps, 'step')}"
         except (OSError, ValueError, KeyError, TypeError):
             where = ""
         if (pid := lock_holder(run_dir)) is not None:
             return missing(f"summary.json (the run is training now, in process {pid}{where})")
-        if where:
+        if where and folder_holds(run_dir.parent) == "a comparison":  # a compare's variant:
+            # compare continues it, within the comparison (train --resume would finish it
+            # outside, the comparison's table never the wiser)
+            where += (f": the compare command that trained it, with --out "
+                      f"{shell_path(printable(str(run_dir.parent)))}, continues it")
+        elif where:
             where += f": minigpt train --resume {shell_path(printable(str(run_dir)))} continues it"
         return missing(f"summary.json (the run has not finished{where})")
     try:
