@@ -171,12 +171,14 @@ def test_early_stop_only_when_the_run_ended_before_its_steps():
 def test_a_run_stopped_by_hand_or_still_training_says_its_rows_end_there():
     """Rows that end before the steps or the budget, with neither early stopping nor a NaN
     stop to explain it: what is read is of the steps so far (a stopped notebook cell's rows
-    read 'not yet the lesson's shape' of 52 steps of 200, saying nothing of the rest)."""
+    read 'not yet the lesson's shape' of 52 steps of 200, saying nothing of the rest). A Ctrl-C
+    between two rows saves a checkpoint but writes no row (a run stopped after 44 steps, its
+    rows every 50, ends at step 0): the wording must not say it stopped at the last row."""
     rows = lesson_curve(steps=1000)[:9]  # to step 400
     found = only(rows, "unfinished", Facts(vocab_size=65, total_steps=1000))
     assert found.step == 400 and found.message.startswith(
-        "the rows end at step 400 of 1,000: the run was stopped there (Ctrl-C, a crash) or is "
-        "still training")
+        "the rows end at step 400 of 1,000: the run was stopped there or before its next row "
+        "(Ctrl-C, a crash), or is still training")
     assert "unfinished" not in kinds(rows, Facts(vocab_size=65, total_steps=401))  # its end
     assert "unfinished" not in kinds(rows, Facts(vocab_size=65))  # (own rows: no end known)
     own = [r for r in lesson_curve(steps=200, every=10) if r["step"] < 199]  # every 10th step,

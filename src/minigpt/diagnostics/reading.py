@@ -72,8 +72,9 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
                   "the best, at step {best:,}",
     "early stop, none finite": "early stopping at step {step:,}: {n} without a "
                                "finite loss",
-    "unfinished": "the rows end at step {step:,}{of}: the run was stopped there (Ctrl-C, a "
-                  "crash) or is still training; what is read here is of its steps so far",
+    "unfinished": "the rows end at step {step:,}{of}: the run was stopped there or before its "
+                  "next row (Ctrl-C, a crash), or is still training; what is read here is of "
+                  "its steps so far",
     "clipped": "the gradient was clipped (norm above {clip:g}) on {n:,} of {total:,}{logged} "
                "steps ({share:.0%}): {why}",
     "clipped mostly": "the gradient was clipped (norm above {clip:g}) on {n:,} of "
