@@ -495,6 +495,26 @@ def test_the_overlay_of_different_tokenizers_draws_each_runs_bits_per_byte_alone
         assert [t.get_text() for t in by_step.get_legend().get_texts()] == ["char (val)",
                                                                             "bpe (val)"]
 
+def test_the_overlay_keeps_a_diverged_variant_from_flattening_the_others():
+    """A compare with a variant at a huge rate (its losses finite, 3.5e12) drew the others as
+    a flat line at 0: the axis now ends half as much again above where the variants start
+    (step 0's train loss), every loss of the others visible, and the legend says which
+    variant leaves the scale and how far it went."""
+    ok = overlay_rows(4.0, 5.0)
+    boom = [{**r, "train_loss": r["train_loss"] * 1e12 if r["step"] else r["train_loss"],
+             **({"val_loss": 3e12} if "val_loss" in r else {})} for r in ok]
+    by_step, by_time = plot_overlay({"ok": ok, "boom": boom}).axes
+    low, top = by_step.get_ylim()
+    assert (low, top) == by_time.get_ylim() and top == 1.5 * 4.0
+    shown = [r[k] for r in ok for k in ("train_loss", "val_loss") if k in r]
+    assert low < min(shown) and max(shown) < top
+    assert [t.get_text() for t in by_step.get_legend().get_texts()] == [
+        "ok (val)", f"boom (val, off the scale: up to {max(r['train_loss'] for r in boom):.3g})"]
+    by_step, _ = plot_overlay({"ok": ok, "ok2": overlay_rows(3.0, 4.0)}).axes
+    assert by_step.get_ylim()[1] < top  # none diverged: matplotlib's own limits, all shown
+    assert not any("off the scale" in t.get_text() for t in by_step.get_legend().get_texts())
+
+
 def test_the_table_has_every_variants_targets():
     row = dict(final_val_loss=3.5, best_val_loss=3.5, steps=20, train_s=1.0)
     table = [{"variant": "a", **row, "time_to": {"3.9": 0.5}},

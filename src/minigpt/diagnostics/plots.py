@@ -10,6 +10,7 @@ backend), so importing this module is free and nothing leaks.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from minigpt.config import SECTIONS, RunConfig, TrainConfig, apply_overrides, read_config_file
@@ -186,6 +187,17 @@ def plot_run_curves(run_dir: str | Path, log_scale: bool = False) -> None:
             save_png(fig, run_dir / name)
 
 
+def overlay_top(curves: dict[str, list[dict]]) -> float | None:
+    """The top of the overlay's loss axis: half as much again as the highest first training
+    loss (step 0's, before any step: near ln V, where the variants start), so that a variant
+    that diverged (to 1e12, its losses finite) does not flatten the others into a line at 0;
+    None without such a loss."""
+    firsts = [next((r["train_loss"] for r in rows if math.isfinite(r.get("train_loss") or
+                                                                   math.nan)), None)
+              for rows in curves.values()]
+    return 1.5 * max(firsts) if None not in firsts and firsts else None
+
+
 def plot_overlay(curves: dict[str, list[dict]], path: str | Path | None = None, title: str = "",
                  per_byte: bool = False):
     """Validation loss (solid) and train loss (faint) of several runs, against steps (left)
@@ -193,9 +205,13 @@ def plot_overlay(curves: dict[str, list[dict]], path: str | Path | None = None, 
     (runs with different tokenizers, whose losses per token do not compare)."""
     fig = new_figure(12.0, 4.5, layout="tight")
     by_step, by_time = fig.subplots(1, 2, sharey=True)
+    top = None if per_byte else overlay_top(curves)
     for ax, x, label in ((by_step, "step", "step"), (by_time, "time_s", "seconds of training")):
         for i, (name, rows) in enumerate(curves.items()):
-            val = {"color": f"C{i}", "label": f"{name} (val)"}
+            high = max((v for r in rows for k in ("train_loss", "val_loss")
+                        if math.isfinite(v := r.get(k) or math.nan)), default=-math.inf)
+            off = f", off the scale: up to {high:.3g}" * (top is not None and high > top)
+            val = {"color": f"C{i}", "label": f"{name} (val{off})"}
             if per_byte:
                 evals = [r for r in rows if "val_bpb" in r]
                 ax.plot([r[x] for r in evals], [r["val_bpb"] for r in evals], "o-", ms=3, **val)
@@ -204,6 +220,10 @@ def plot_overlay(curves: dict[str, list[dict]], path: str | Path | None = None, 
         ax.set_xlabel(label)
         ax.grid(True, alpha=0.3)
     by_step.set_ylabel("validation bits per byte" if per_byte else "loss (nats); faint: train")
+    if top is not None and by_step.get_ylim()[1] > top:  # (the limits shared with by_time)
+        low = min(v for rows in curves.values() for r in rows for k in ("train_loss", "val_loss")
+                  if math.isfinite(v := r.get(k) or math.nan))
+        by_step.set_ylim(low - 0.05 * (top - low), top)
     by_step.legend()
     fig.suptitle(title)
     return save_png(fig, path)
