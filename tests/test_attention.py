@@ -136,6 +136,18 @@ def test_weights_that_are_not_finite_are_refused_not_drawn_blank():
         attention_maps(model, torch.zeros(1, 8, dtype=torch.long))
 
 
+def test_finite_weights_that_overflow_are_said_to_be_too_large_not_nan():
+    """Finite query and key biases of 1e30 overflow the scores: not 'the model's weights are'
+    (not finite), which they are not."""
+    model = peaky()
+    with torch.no_grad():
+        model.blocks[0].attn.Wq.bias.fill_(1e30)
+        model.blocks[0].attn.Wk.bias.fill_(1e30)
+    with pytest.raises(MiniGPTError, match=r"the model's weights are finite, but so large "
+                                           r"\(up to 1e\+30\)"):
+        attention_maps(model, torch.zeros(1, 8, dtype=torch.long))
+
+
 def test_labels_show_invisible_characters():
     assert [display_label(c) for c in "a\n \t"] == ["a", "⏎", "␣", "⇥"]
     assert display_label("\x07") == "\\x07"

@@ -109,6 +109,19 @@ def test_weights_that_are_not_finite_are_one_line(temperature):
         generate(model, torch.zeros(1, 1, dtype=torch.long), 3, temperature=temperature)
 
 
+def test_finite_weights_too_large_are_not_said_to_be_nan():
+    """A run that blew up under --skip-nonfinite keeps finite weights of 1e7 and more whose
+    outputs overflow: the error said 'its weights are' (not finite), which they were not."""
+    model = MiniGPT(10, n_embd=16, n_layer=1, n_head=2, block_size=8)
+    with torch.no_grad():
+        model.ln_f.bias.fill_(1.0)  # (the final norm's outputs sum to 16, not to about 0)
+        model.lm_head.weight.fill_(1e38)  # finite; its logits, sums of 16 such terms, are not
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    with pytest.raises(MiniGPTError, match=r"not finite \(NaN or inf\): its weights are finite, "
+                                           r"but so large \(up to 1e\+38\) that they overflow"):
+        generate(model, torch.zeros(1, 1, dtype=torch.long), 3)
+
+
 def test_ids_of_another_vocabulary_are_refused_in_one_line():
     """A tokenizer of another run: ids past the model's vocabulary, or past the tokenizer's."""
     model = MiniGPT(10, n_embd=16, n_layer=1, n_head=2, block_size=8)

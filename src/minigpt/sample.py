@@ -195,8 +195,8 @@ def _tokens(model, idx: torch.Tensor, max_new_tokens: int, temperature: float,
             else:  # the lesson's way: the whole window, cropped to the last block_size
                 logits, _ = model(seq[:, max(0, n - block_size):n])
         if i == 0 and not torch.isfinite(logits[:, -1]).all():  # once: no sync a token
-            raise MiniGPTError("the model's outputs are not finite (NaN or inf): its "
-                               "weights are; sample from an earlier checkpoint")
+            raise MiniGPTError(f"the model's outputs are not finite (NaN or inf): "
+                               f"{weights_blamed(model)}; sample from an earlier checkpoint")
         idx_next = sample_next(logits[:, -1], temperature, top_k, top_p, generator)  # (B, 1)
         seq[:, n:n + 1] = idx_next
         n += 1
@@ -224,3 +224,14 @@ def sample_text(model, tokenizer, prompt: str | None, max_new_tokens: int, seed:
     gen = torch.Generator(device=device).manual_seed(seed)
     out = generate(model, idx, max_new_tokens, generator=gen, **kw)
     return tokenizer.decode(out[0].tolist())
+
+
+def weights_blamed(model: torch.nn.Module) -> str:
+    """Why a model's outputs are NaN or inf: its weights are, or (a run that blew up under
+    --skip-nonfinite, its weights 1e7 and finite) they are finite but so large that float32
+    overflows on the way."""
+    params = list(model.parameters())
+    if not all(torch.isfinite(p).all() for p in params):
+        return "its weights are"
+    top = max(p.detach().abs().max().item() for p in params)
+    return f"its weights are finite, but so large (up to {top:.3g}) that they overflow"

@@ -23,6 +23,7 @@ import torch
 from minigpt.diagnostics.plots import new_figure, save_png
 from minigpt.errors import MiniGPTError
 from minigpt.evaluate import evaluating
+from minigpt.sample import weights_blamed
 
 # how characters that would print as nothing are shown on the axes
 SHOWN_AS = {"\n": "⏎", " ": "␣", "\t": "⇥"}
@@ -63,7 +64,8 @@ def attention_maps(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
     maps = torch.stack(maps).float().cpu()  # (n_layer, nh, T, T)
     if not torch.isfinite(maps).all():  # (it would draw a blank grid)
         raise MiniGPTError("the attention weights are not finite (NaN or inf): the model's "
-                           "weights are; read an earlier checkpoint")
+                           f"{weights_blamed(model).removeprefix('its ')}; read an earlier "
+                           "checkpoint")
     return maps
 
 
