@@ -113,6 +113,8 @@ def test_a_run_no_longer_than_its_warmup_is_all_warmup():
     assert "all warmup" not in kinds(rows, Facts(vocab_size=65, total_steps=60))
     one = Facts(vocab_size=65, warmup_steps=1, total_steps=1)  # step 0 at the peak: no warmup
     assert "all warmup" not in kinds(rows[:1], one)
+    assert "the whole run (1 step):" in only(rows[:1], "all warmup", Facts(  # not "1 steps"
+        vocab_size=65, warmup_steps=100, total_steps=1)).message
     legend = plot_loss(rows, findings=[f]).axes[0].get_legend().get_texts()
     assert "all warmup" in {t.get_text() for t in legend}
     assert "all warmup" not in kinds(rows, Facts(vocab_size=65, warmup_steps=100,

@@ -55,7 +55,7 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
                     "check the initialisation (small weights, std 0.02) and that the targets "
                     "are the inputs shifted by one",
     "warmup": "warmup ends at step {step:,}: the learning rate reaches its peak, {lr:.2e}",
-    "all warmup": "warmup ({warmup:,} steps) is the whole run ({total:,} steps): the learning "
+    "all warmup": "warmup ({warmup:,} steps) is the whole run ({total}): the learning "
                   "rate only rose, to {last:.2e} by step {step:,}, and never decayed; make "
                   "warmup a small part of the run (--warmup-steps {tenth:,}, a tenth)",
     "slow warmup": "warmup ({warmup:,} steps) took {share:.0%} of the {budget:g} s time "
@@ -291,7 +291,7 @@ def warmup_end(rows: list[dict], facts: Facts) -> list[Finding]:
         return []
     if facts.total_steps is not None and 1 < facts.warmup_steps >= facts.total_steps:
         return [finding("all warmup", rows[-1]["step"], warmup=facts.warmup_steps,
-                        total=facts.total_steps, last=rows[-1].get("lr", math.nan),
+                        total=count(facts.total_steps, "step"), last=rows[-1].get("lr", math.nan),
                         tenth=max(1, facts.total_steps // 10))]
     if facts.time_budget:  # warmup counts steps, the decay follows the seconds of training
         at = next((r for r in rows if r["step"] >= facts.warmup_steps), rows[-1])
