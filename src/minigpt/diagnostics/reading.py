@@ -80,9 +80,9 @@ WORDING = {  # kind: the message, with the usual remedy where there is one
     "clipped mostly": "the gradient was clipped (norm above {clip:g}) on {n:,} of "
                       "{total:,}{logged} steps ({share:.0%}): {effect}; {remedy}",
     "val not finite": "the validation loss was NaN or inf at {n:,} evaluation(s), the first at "
-                      "step {step:,}: the weights evaluated hold NaN or inf; lower the peak "
-                      "learning rate (--lr), resuming from a checkpoint before it if there is "
-                      "one",
+                      "step {step:,}: the weights evaluated hold NaN or inf, or values so "
+                      "large that the loss overflows; lower the peak learning rate (--lr), "
+                      "resuming from a checkpoint before it if there is one",
     "skipped": "{n:,} batch(es) had NaN or inf gradients and were skipped, the first by step "
                "{step:,}: lower the peak learning rate, keep --grad-clip 1.0, or look for bad "
                "data",
