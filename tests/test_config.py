@@ -91,6 +91,7 @@ def test_a_fit_table_without_its_bound_is_a_one_line_error():
     ("steps = 2\n", "c.toml: 'steps' belongs in the [train] section"),  # above every section
     ("[train]\nsteps = 'many'\n", "c.toml: 'steps' must be int"),  # the file named
     ("[train]\noptimizer = 'adam'\n", "c.toml: 'optimizer' must be one of adamw, sgd"),
+    ("[train]\ncompile = true\n", "c.toml: 'compile' must be one of auto, on, off; got True"),
     ("[train]\nsteps = -3\n", "/c.toml: 'steps' must be positive, got -3$"),  # a range too
     ("[model]\ndropout = 1.5\n", "/c.toml: 'dropout' must be in"),
     ("[train\n", "cannot read config"),

@@ -228,9 +228,12 @@ def _coerce(value, f: dataclasses.Field):
         except ValueError:
             raise MiniGPTError(f"'{f.name}' must be a duration such as {DURATIONS}, got "
                                f"{value!r}") from None
+    choices = f.metadata.get("choices")
+    if choices and (type(value) is not kind or value not in choices):  # compile = true: the
+        # choices, not 'must be str', which the words on, off do not read as
+        raise MiniGPTError(f"'{f.name}' must be one of {', '.join(choices)}; got {value!r}")
     if type(value) is not kind:
         raise MiniGPTError(f"'{f.name}' must be {kind.__name__}, got {value!r}")
-    if (choices := f.metadata.get("choices")) and value not in choices:
         raise MiniGPTError(f"'{f.name}' must be one of {', '.join(choices)}; got {value!r}")
     return value
 
