@@ -44,6 +44,8 @@ def test_flags_beat_file_beat_preset(tmp_path):
     assert cfg.model.n_layer == 2  # file
     assert cfg.train.schedule == "constant"  # preset
     assert cfg.train.eval_every == RunConfig().train.eval_every  # default
+    f.write_bytes(b"\xef\xbb\xbf[model]\nn_layer = 3\n")  # a UTF-8 byte-order mark (Notepad's)
+    assert resolve_config("seed", str(f)).model.n_layer == 3  # is no syntax error at line 1
 
 
 def test_the_fast_preset_fits_its_recipe_to_a_short_budget(tmp_path):

@@ -281,8 +281,8 @@ def read_config_file(path: str | Path) -> dict:
         path = run / "config.json"
     try:
         with open(path, "rb") as f:
-            if Path(path).suffix != ".json":
-                return tomllib.load(f)
+            if Path(path).suffix != ".json":  # (a byte-order mark, as Notepad writes, is
+                return tomllib.loads(f.read().decode("utf-8-sig"))  # no TOML statement)
             record = json.load(f)
     except FileNotFoundError:
         raise MiniGPTError(f"config file not found: {path}") from None
