@@ -229,12 +229,11 @@ def _coerce(value, f: dataclasses.Field):
             raise MiniGPTError(f"'{f.name}' must be a duration such as {DURATIONS}, got "
                                f"{value!r}") from None
     choices = f.metadata.get("choices")
-    if choices and (type(value) is not kind or value not in choices):  # compile = true: the
-        # choices, not 'must be str', which the words on, off do not read as
+    if choices and (type(value) is not kind or value not in choices):  # (compile = true:
+        # the choices say what to write; 'must be str' would not)
         raise MiniGPTError(f"'{f.name}' must be one of {', '.join(choices)}; got {value!r}")
     if type(value) is not kind:
         raise MiniGPTError(f"'{f.name}' must be {kind.__name__}, got {value!r}")
-        raise MiniGPTError(f"'{f.name}' must be one of {', '.join(choices)}; got {value!r}")
     return value
 
 
