@@ -493,6 +493,19 @@ def test_rows_count_every_clipped_step(small_text, tmp_path):
         assert sum(r["clipped"] for r in metrics(out)) == expected
 
 
+def test_a_step_is_counted_clipped_when_its_norm_before_clipping_exceeds_the_clip(small_text,
+                                                                                 tmp_path):
+    """A clip inside the run's gradient norms (about 0.9 to 1.3 here), one row a step: each
+    row counts its step clipped exactly when the norm it reports (before clipping) is above
+    the clip. Clipping all or none (above) passed a count of every step."""
+    clip = 1.15
+    train(tiny_config(small_text, steps=10, log_every=1, eval_every=5, grad_clip=clip),
+          tmp_path, progress=False)
+    rows = metrics(tmp_path)
+    assert [r["clipped"] for r in rows] == [int(r["grad_norm"] > clip) for r in rows]
+    assert {r["clipped"] for r in rows} == {0, 1}  # (both kinds of step are there)
+
+
 RESUMED = {"lesson": {}, "ema": dict(ema=0.9), "dropout": dict(dropout=0.1),
            "schedules": dict(batch_start=4, block_start=8, ramp=0.75)}
 
