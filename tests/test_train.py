@@ -991,6 +991,27 @@ def test_ema_is_what_is_evaluated_sampled_and_loaded(small_text, tmp_path):
     assert meta["parts"]["ema"] == {"n_averaged": 12}
 
 
+def test_the_weight_average_is_an_ema_of_the_weights_by_hand_in_float64():
+    """WeightAverage against a float64 EMA written out: the first update takes the weights
+    (AveragedModel's start), each later one decay * average + (1 - decay) * weights. The run
+    test above passed an average with decay and 1 - decay swapped."""
+    from minigpt.run import WeightAverage
+
+    torch.manual_seed(0)
+    model = MiniGPT(11, n_embd=16, n_layer=1, n_head=2, block_size=8)
+    average, decay, hand = WeightAverage(model, 0.8), 0.8, None
+    for _ in range(4):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))  # a step's change
+        average.update(model)
+        weights = [p.detach().double() for p in model.parameters()]
+        hand = weights if hand is None else [decay * a + (1 - decay) * w
+                                             for a, w in zip(hand, weights, strict=True)]
+    for a, h in zip(average.model.parameters(), hand, strict=True):
+        torch.testing.assert_close(a.detach().double(), h, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"ema": 1.0}, "'ema' must be in \\[0, 1\\)"),
     ({"ema": -0.1}, "'ema' must be in \\[0, 1\\)"),
