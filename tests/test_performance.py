@@ -10,10 +10,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import tiny_config
-from minigpt import MiniGPT, MiniGPTError, performance, resolve_config, train
+from minigpt import MiniGPT, MiniGPTError, load_model, performance, resolve_config, train
 from minigpt.files import read_jsonl
 from minigpt.model import count_params
 from minigpt.performance import best_rate, choose_compile, matmul_peak, peak_flops
@@ -225,6 +226,27 @@ def test_bf16_training_tracks_float32_and_rows_carry_mfu(small_text, tmp_path, m
     for summary, rows in [(fp32, rows32), (bf16, rows16)]:
         assert all(0 < r["mfu"] < 1 for r in rows[1:])  # rows after the first time real steps
         assert 0 < summary["mfu"] < 1
+
+
+def test_a_runs_mfu_is_its_tokens_per_second_times_the_counted_flops_over_the_peak(
+        small_text, tmp_path, monkeypatch):
+    """Each row's MFU and the summary's against FLOPs counted by PyTorch (FlopCounterMode on
+    one forward and backward of the run's model, over a block) and a peak fixed at 1 GFLOP/s:
+    0 < MFU < 1 (the test above) passed a trainer that counted 6 per parameter, the embeddings
+    too, or the forward's FLOPs alone."""
+    import minigpt.trainer
+
+    monkeypatch.setattr(minigpt.trainer, "highest_peak", lambda device, dtype, cache: 1e9)
+    cfg = tiny_config(small_text, steps=6, log_every=2, eval_every=3)
+    summary = train(cfg, tmp_path / "r", progress=False).summary
+    model = load_model(tmp_path / "r", "last")[0]  # (its vocabulary is the text's)
+    T = model.config.block_size
+    idx = torch.randint(0, model.config.vocab_size, (1, T))
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        model(idx, idx)[1].backward()
+    per_token = counter.get_total_flops() / T
+    for r in [*read_jsonl(tmp_path / "r" / "metrics.jsonl")[1:], summary]:
+        assert r["mfu"] == pytest.approx(r["tokens_per_s"] * per_token / 1e9, rel=1e-3)
 
 
 def test_mfu_over_100_percent_is_said_to_come_from_the_peak_measured(small_text, tmp_path,
