@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 
 from minigpt.config import SECTIONS, RunConfig, TrainConfig, apply_overrides, read_config_file
-from minigpt.diagnostics.reading import Finding, read_curve, run_facts, train_points
+from minigpt.diagnostics.reading import Finding, finite, read_curve, run_facts, train_points
 from minigpt.errors import MiniGPTError
 from minigpt.files import atomic_path, printable, read_jsonl
 from minigpt.schedule import schedule_lr
@@ -187,13 +187,17 @@ def plot_run_curves(run_dir: str | Path, log_scale: bool = False) -> None:
             save_png(fig, run_dir / name)
 
 
+def finite_losses(rows: list[dict]) -> list[float]:
+    """The training and validation losses of a run's rows, NaN, inf and null left out."""
+    return [r[k] for r in rows for k in ("train_loss", "val_loss") if finite(r.get(k))]
+
+
 def overlay_top(curves: dict[str, list[dict]]) -> float | None:
     """The top of the overlay's loss axis: half as much again as the highest first training
     loss (step 0's, before any step: near ln V, where the variants start), so that a variant
     that diverged (to 1e12, its losses finite) does not flatten the others into a line at 0;
     None without such a loss."""
-    firsts = [next((r["train_loss"] for r in rows if math.isfinite(r.get("train_loss") or
-                                                                   math.nan)), None)
+    firsts = [next((r["train_loss"] for r in rows if finite(r.get("train_loss"))), None)
               for rows in curves.values()]
     return 1.5 * max(firsts) if None not in firsts and firsts else None
 
@@ -208,8 +212,7 @@ def plot_overlay(curves: dict[str, list[dict]], path: str | Path | None = None, 
     top = None if per_byte else overlay_top(curves)
     for ax, x, label in ((by_step, "step", "step"), (by_time, "time_s", "seconds of training")):
         for i, (name, rows) in enumerate(curves.items()):
-            high = max((v for r in rows for k in ("train_loss", "val_loss")
-                        if math.isfinite(v := r.get(k) or math.nan)), default=-math.inf)
+            high = max(finite_losses(rows), default=-math.inf)
             off = f", off the scale: up to {high:.3g}" * (top is not None and high > top)
             val = {"color": f"C{i}", "label": f"{name} (val{off})"}
             if per_byte:
@@ -221,8 +224,7 @@ def plot_overlay(curves: dict[str, list[dict]], path: str | Path | None = None, 
         ax.grid(True, alpha=0.3)
     by_step.set_ylabel("validation bits per byte" if per_byte else "loss (nats); faint: train")
     if top is not None and by_step.get_ylim()[1] > top:  # (the limits shared with by_time)
-        low = min(v for rows in curves.values() for r in rows for k in ("train_loss", "val_loss")
-                  if math.isfinite(v := r.get(k) or math.nan))
+        low = min(v for rows in curves.values() for v in finite_losses(rows))
         by_step.set_ylim(low - 0.05 * (top - low), top)
     by_step.legend()
     fig.suptitle(title)
