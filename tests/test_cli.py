@@ -284,7 +284,9 @@ def bad_files(tmp_path_factory):
     (d / "half-prepared").mkdir()  # what an interrupted prepare leaves
     (d / "half-prepared" / "progress.json").write_text("{}")
     (d / "half-prepared" / "config.json").write_text('{"config": {}}')  # a run's, copied in
-    (d / "a-comparison").mkdir()
+    (d / "emptied-run" / "checkpoints").mkdir(parents=True)  # its checkpoints deleted, or a
+    (d / "emptied-run" / "checkpoints" / ".step-000005.json.x.tmp").write_text("")  # first save
+    (d / "a-comparison").mkdir()  # killed: a temporary file at most
     (d / "a-comparison" / "variants.json").write_text("{}")
     for name, record in [("list-run", []), ("keyless-run", {"format": "minigpt-checkpoint/1"})]:
         (d / name / "checkpoints").mkdir(parents=True)  # a last.json damaged into valid JSON
@@ -412,6 +414,12 @@ BAD_INPUT = [
     (["sample", "--run", "/nonexistent"], "no run folder /nonexistent"),
     (["report", "--run", "/nonexistent"], "no run folder /nonexistent"),
     (["sample", "--run", "{bad}"], "holds no checkpoints"),  # (not "... in {bad}/checkpoints")
+    # a checkpoints folder there but holding none: the same words, from every command (they
+    # said "no 'best' checkpoint in .../checkpoints", as if a 'last' one could be asked for)
+    (["sample", "--run", "{bad}/emptied-run"], "emptied-run holds no checkpoints: not a run"),
+    (["gradflow", "--run", "{bad}/emptied-run"], "emptied-run holds no checkpoints: not a run"),
+    (["attention", "--run", "{bad}/emptied-run"], "emptied-run holds no checkpoints: not a run"),
+    (["graph", "--run", "{bad}/emptied-run"], "emptied-run holds no checkpoints: not a run"),
     (["sample", "--run", "{text}"], "is a file, not a run folder"),  # (not "no run folder")
     (["sample", "--run", "{run}", "--prompt", ""], "minigpt: error: --prompt must not be empty"),
     (["compare", "--steps", "1", "--out", "{bad}/compare"],  # (no variant, no axis)
@@ -533,10 +541,11 @@ def test_a_run_starting_to_train_is_not_called_a_folder_without_a_run(cli_run, t
 
 def test_a_missing_checkpoint_names_the_other_tag_only_where_it_is_there(cli_run, tmp_path,
                                                                         capsys):
-    """A checkpoints folder with neither tag (its files removed): no 'best' is said alone, with
-    no other tag offered that is not there either."""
+    """A checkpoints folder with neither tag (last.json and best.json removed, a step's JSON
+    left): no 'best' is said alone, with no other tag offered that is not there either."""
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "step-000040.json").write_text("{}")
     (run / "config.json").write_bytes((cli_run[0] / "config.json").read_bytes())
     line = one_line_error(capsys, ["sample", "--run", str(run), "--device=cpu"])
     assert line.endswith(f"no 'best' checkpoint in {run / 'checkpoints'}")

@@ -188,7 +188,8 @@ def find_checkpoint(folder: str | Path, tag: str = "last") -> Path:
             raise MiniGPTError(f"{folder.parent} is a file, not a run folder" if
                                folder.parent.exists() else f"no run folder {folder.parent}")
         check_holds_a_run(folder.parent)
-        if folder.name == "checkpoints" and not folder.exists():  # (not "no checkpoint in X")
+        if folder.name == "checkpoints" and not any(folder.glob("*.json")):  # none, or none
+            # left there (deleted, a first save killed): not "no 'best' checkpoint in X"
             check_not_starting(folder.parent)
             raise MiniGPTError(f"{folder.parent} holds no checkpoints: not a run folder, or a "
                                f"run stopped before its first")
