@@ -279,6 +279,8 @@ def bad_files(tmp_path_factory):
     (d / "nul.txt").write_bytes(b"To be\x00 or not\n" * 50)  # (UTF-8, but not text)
     (d / "short.txt").write_text("x" * 300)  # 270 train, 30 validation tokens
     (d / "a-file").write_text("not a folder")
+    (d / "latin1.toml").write_bytes("# caf\xe9\n[train]\nsteps = 5\n".encode("latin-1"))
+    (d / "bom-latin1.toml").write_bytes(b"\xef\xbb\xbf" + (d / "latin1.toml").read_bytes())
     (d / "forever.toml").write_text("[train]\ntime_budget = inf\n")  # TOML's own infinity
     (d / "diag.toml").write_text("[diag]\nsample_every = -1\n")  # a section beyond the core's
     (d / "half-prepared").mkdir()  # what an interrupted prepare leaves
@@ -359,6 +361,11 @@ BAD_INPUT = [
     (["train", "--seed", "99999999999999999999"], "'seed' must be a 64-bit integer"),
     (["train", "--grad-clip", "nan"], "'grad_clip' must be a finite number, got nan"),
     (["train", "--weight-decay", "inf"], "'weight_decay' must be a finite number, got inf"),
+    # a config file's bytes not UTF-8 are said as --text's are: where in the file, not
+    # Python's codec message ("'utf-8' codec can't decode byte 0xe9 in position 5: ...")
+    (["train", "--config", "{bad}/latin1.toml"], "latin1.toml is not UTF-8 text (at byte 5: "
+                                                 "invalid continuation byte)"),
+    (["train", "--config", "{bad}/bom-latin1.toml"], "(at byte 8: "),  # (the mark's 3 counted)
     (["train", "--config", "{bad}/forever.toml"], "'time_budget' must be a finite number"),
     (["train", "--config", "{bad}/diag.toml"], "diag.toml: 'sample_every' must not be negative"),
     (["train", "--text", "{text}", "--eval-batches", "5000"],  # (10**12: it evaluated for ever)

@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 from minigpt.errors import MiniGPTError
-from minigpt.files import as_path
+from minigpt.files import as_path, not_utf8
 
 try:
     import tomllib
@@ -279,13 +279,16 @@ def read_config_file(path: str | Path) -> dict:
                                f"TOML config file, or a run folder")
         path = run / "config.json"
     try:
-        with open(path, "rb") as f:
-            if Path(path).suffix != ".json":  # (a byte-order mark, as Notepad writes, is
-                return tomllib.loads(f.read().decode("utf-8-sig"))  # no TOML statement)
-            record = json.load(f)
+        with open(path, "rb") as f:  # (a byte-order mark, as Notepad writes, is no TOML
+            text = f.read().decode("utf-8").removeprefix("\ufeff")  # statement)
+        if Path(path).suffix != ".json":
+            return tomllib.loads(text)
+        record = json.loads(text)
     except FileNotFoundError:
         raise MiniGPTError(f"config file not found: {path}") from None
-    except (OSError, ValueError) as e:  # (TOML's, JSON's and UTF-8's errors among them)
+    except UnicodeDecodeError as e:  # (said as --text's are; e.start counts from byte 0)
+        raise not_utf8(path, e, e.start) from None
+    except (OSError, ValueError) as e:  # (TOML's and JSON's errors among them)
         raise MiniGPTError(f"cannot read config {path}: {e}") from None
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
         raise MiniGPTError(f"{path} is not a run's config.json (a config file is TOML)")

@@ -64,6 +64,7 @@ from minigpt.files import (
     file_on_path,
     folder_holds,
     lock_folder,
+    not_utf8,
     read_json,
     resolved,
     sha256_file,
@@ -287,8 +288,7 @@ def _decoded(path: Path, chunk_chars: int, on_bytes: Callable[[int], object]) ->
                 if at == 1 and raw.startswith(b"\x1f\x8b"):  # gzip's magic number
                     raise MiniGPTError(f"{path} is gzip-compressed text: decompress it first "
                                        f"(gunzip -k)") from None
-                raise MiniGPTError(f"{path} is not UTF-8 text (at byte {at}: "
-                                   f"{e.reason})") from None
+                raise not_utf8(path, e, at) from None
             if first and text:
                 text, first = text.removeprefix("\ufeff"), False
             if "\x00" in text:

@@ -265,6 +265,12 @@ def os_error(e: Exception, path: Path) -> Exception:
     return OSError(code, os.strerror(code), str(path))
 
 
+def not_utf8(path: str | Path, e: UnicodeDecodeError, at: int) -> MiniGPTError:
+    """A file that is not UTF-8 text, said in one line: the bad byte's offset `at` in the
+    file (the codec's counts from what it was given) and why, not Python's codec message."""
+    return MiniGPTError(f"{path} is not UTF-8 text (at byte {at}: {e.reason})")
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
