@@ -186,10 +186,35 @@ runpy.run_module("minigpt", run_name="__main__")
 """
 
 
-def test_ctrl_c_while_torch_loads_is_one_line_and_exit_130():
+@pytest.mark.parametrize("rank, said", [(None, "minigpt: interrupted\n"), ("1", "")])
+def test_ctrl_c_while_torch_loads_is_one_line_and_exit_130(rank, said):
+    """Under torchrun (rank 1 of 2), torchrun passes its Ctrl-C to every process: rank 0 says
+    it, and another rank's line would say it again, once a process."""
+    env = {**os.environ, **({"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": "2",
+                             "LOCAL_WORLD_SIZE": "2"} if rank else {})}
     r = subprocess.run([sys.executable, "-c", CTRL_C_IN_IMPORT], capture_output=True, text=True,
-                       timeout=120)
-    assert (r.returncode, r.stdout, r.stderr) == (130, "", "minigpt: interrupted\n")
+                       timeout=120, env=env)
+    assert (r.returncode, r.stdout, r.stderr) == (130, "", said)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_ctrl_c_under_torchrun_is_said_by_rank_zero_alone(rank, monkeypatch, capsys):
+    """torchrun passes a Ctrl-C to every process at once: each is interrupted, not by an error
+    of its own, so rank 0's line is the one line (rank 1 waited, then said it again as
+    '[rank 1] minigpt: interrupted'). Both exit 130."""
+    import minigpt.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    for key, value in dict(RANK=rank, LOCAL_RANK=rank, WORLD_SIZE=2, LOCAL_WORLD_SIZE=2).items():
+        monkeypatch.setenv(key, str(value))
+    monkeypatch.setattr(cli, "cmd_train", interrupted)
+    monkeypatch.setattr(cli, "OTHER_RANKS_WAIT", 0.0)
+    monkeypatch.setattr(cli.signal, "signal", lambda *a: None)  # (say's, for rank 1: not ours)
+    capsys.readouterr()
+    assert cli.run_command(["train"]) == 130
+    assert capsys.readouterr().err == ("minigpt: interrupted\n" if rank == 0 else "")
 
 
 @MAIN_THREAD_ONLY

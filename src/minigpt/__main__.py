@@ -8,6 +8,7 @@ its exit status is said: a Ctrl-C during the interpreter's teardown (torch's tak
 changes neither.
 """
 
+import os
 import signal
 import sys
 
@@ -18,8 +19,9 @@ def main() -> int:
     try:
         with ctrl_c_held():
             from minigpt.cli import main as run
-    except KeyboardInterrupt:
-        print("minigpt: interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # (under torchrun, which passes its Ctrl-C to all: rank 0 says it)
+        if os.environ.get("RANK", "0").strip() in ("", "0"):
+            print("minigpt: interrupted", file=sys.stderr)
         return 130
     code = run()
     if ctrl_c_raises():

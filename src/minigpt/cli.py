@@ -831,8 +831,9 @@ def run_command(argv: list[str] | None) -> int:
         return 1
     except TrainingStopped as e:  # SIGINT / SIGTERM: checkpoint saved, already said how
         return 128 + e.signum
-    except KeyboardInterrupt:
-        say("minigpt: interrupted")
+    except KeyboardInterrupt:  # under torchrun, its Ctrl-C reached every process: rank 0 says it
+        if world_from_env().is_main:
+            print("minigpt: interrupted", file=sys.stderr)
         return 130
     except Terminated:
         print("minigpt: terminated", file=sys.stderr)
