@@ -50,7 +50,7 @@ from minigpt import (
     resume_config,
     train,
 )
-from minigpt.cli import main
+from minigpt.cli import main, run_command
 from minigpt.diagnostics.compare import compare
 from minigpt.diagnostics.probes import Probe
 from minigpt.errors import Terminated, training_error
@@ -399,6 +399,26 @@ def test_exploding_learning_rate_is_one_line(small_text, tmp_path, capsys):
                          parse_constant=lambda c: pytest.fail(f"{c} in summary.json"))
     assert summary["final_val_loss"] is None and summary["steps"] == 40
     assert "final validation loss (whole split, " in r.stderr + r.stdout
+
+
+def test_ctrl_c_outside_the_steps_under_torchrun_names_torchrun(small_text, tmp_path,
+                                                                monkeypatch, caplog):
+    """Under torchrun (rank 0 of 2), a Ctrl-C in the final evaluation leaves the last
+    checkpoint standing as in one process, and the way on is the torchrun command the run
+    needs (a resume in one process is refused): the hint was left out there."""
+    def interrupted(cfg, folder, **kwargs):  # train() stopped after its last checkpoint
+        (Path(folder) / "checkpoints").mkdir(parents=True)
+        (Path(folder) / "checkpoints" / "last.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    for key, value in dict(RANK=0, LOCAL_RANK=0, WORLD_SIZE=2, LOCAL_WORLD_SIZE=2).items():
+        monkeypatch.setenv(key, str(value))
+    monkeypatch.setattr(minigpt.trainer, "train", interrupted)
+    run = tmp_path / "run"
+    assert run_command(["train", "--text", str(small_text), *TINY_FLAGS, "--out", str(run)]) \
+        == 130
+    assert ("the last checkpoint stands; continue with: torchrun --nproc_per_node=2 -m minigpt "
+            f"train --resume {run}") in caplog.text
 
 
 def test_ctrl_c_outside_the_steps_says_whether_a_checkpoint_stands(small_text, tmp_path,

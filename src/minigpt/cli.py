@@ -429,9 +429,11 @@ def cmd_train(args: argparse.Namespace) -> None:
             result = train(cfg, folder, resume=bool(args.resume), probes=standard_probes(cfg),
                            progress=not args.no_progress)
     except (KeyboardInterrupt, Terminated):  # outside the steps (the final evaluation, say)
-        if (folder / "checkpoints" / "last.json").is_file() and not world_from_env().enabled:
+        world = world_from_env()  # (rank 0 alone logs: the others are quiet)
+        launcher = torchrun_command(world.size) if world.enabled else "minigpt"
+        if (folder / "checkpoints" / "last.json").is_file():
             how = ("the same command continues" if args.resume else  # (its settings: not saved
-                   f"continue with: minigpt train --resume {shell_path(folder)}")  # yet)
+                   f"continue with: {launcher} train --resume {shell_path(folder)}")  # yet)
             log.warning(f"the last checkpoint stands; {how}")
         raise
     except TrainingStopped as e:  # the command that continues it, as it was trained
