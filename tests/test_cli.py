@@ -198,6 +198,24 @@ def test_ctrl_c_while_torch_loads_is_one_line_and_exit_130(rank, said):
 
 
 @pytest.mark.parametrize("rank", [0, 1])
+def test_version_and_help_under_torchrun_are_printed_by_rank_zero_alone(rank, monkeypatch,
+                                                                        capsys):
+    """`torchrun ... -m minigpt --version` (or `train --help`) runs the command in every
+    process: each printed it, so the terminal showed it once a process."""
+    import minigpt.cli as cli
+
+    for key, value in dict(RANK=rank, LOCAL_RANK=rank, WORLD_SIZE=2, LOCAL_WORLD_SIZE=2).items():
+        monkeypatch.setenv(key, str(value))
+    for args in (["--version"], ["train", "--help"]):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            cli.run_command(args)
+        assert e.value.code == 0
+        out = capsys.readouterr().out
+        assert (out == "") == (rank == 1), out[:200]
+
+
+@pytest.mark.parametrize("rank", [0, 1])
 def test_ctrl_c_under_torchrun_is_said_by_rank_zero_alone(rank, monkeypatch, capsys):
     """torchrun passes a Ctrl-C to every process at once: each is interrupted, not by an error
     of its own, so rank 0's line is the one line (rank 1 waited, then said it again as

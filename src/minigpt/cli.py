@@ -18,6 +18,7 @@ import argparse
 import codecs
 import contextlib
 import difflib
+import io
 import json
 import logging
 import os
@@ -798,7 +799,9 @@ def escaped(e: UnicodeError) -> tuple[str | bytes, int]:
 def run_command(argv: list[str] | None) -> int:
     """Run the command argv names; its exit code, with every expected error as one line."""
     try:
-        args = build_parser().parse_args(argv)
+        main_rank = world_from_env().is_main  # under torchrun, rank 0 prints --help for all
+        with contextlib.nullcontext() if main_rank else contextlib.redirect_stdout(io.StringIO()):
+            args = build_parser().parse_args(argv)
         if world_from_env().enabled and args.command != "train":
             raise MiniGPTError(f"only train runs under torchrun; run minigpt {args.command} "
                                f"as one process")
