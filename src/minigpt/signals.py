@@ -17,8 +17,9 @@ log = logging.getLogger(__name__)
 class StopSignals:
     """The first SIGINT (Ctrl-C) or SIGTERM lets the current step finish, then the loop saves a
     checkpoint and stops; a second one stops at once (files are only ever renamed into place,
-    so nothing is left half-written). Under torchrun the processes agree to stop at the next
-    log line, so that they all stop after the same step."""
+    so nothing is left half-written). Under torchrun the processes agree after every step
+    (a collective call on the host), so that they all stop after the same one: torchrun, which
+    passes its Ctrl-C on, kills them 30 s later, so the next log line could come too late."""
 
     def __enter__(self) -> StopSignals:
         self.received: int | None = None
@@ -36,11 +37,10 @@ class StopSignals:
         log.warning(f"{signal.Signals(signum).name}: finishing this step (and an evaluation "
                     f"under way), then saving a checkpoint (again to stop at once)")
 
-    def agreed(self, world: distributed.World, logged: bool) -> bool:
-        """Whether to stop after this step: at once in one process; under torchrun, at a log
-        line, when any process got a signal (a collective call, made by all at the same step)."""
-        if logged or not world.enabled:
-            self.stopping = distributed.any_process(self.received is not None, world)
+    def agreed(self, world: distributed.World) -> bool:
+        """Whether to stop after this step: when any process got a signal (under torchrun, a
+        collective call, made by all after the same step)."""
+        self.stopping = distributed.any_process(self.received is not None, world)
         return self.stopping
 
     @property

@@ -163,12 +163,12 @@ def loop(run: Run, progress: bool) -> TrainResult:
                 log.info(f"early stopping at step {step}: no improvement for "
                          f"{console.count(t.patience, 'evaluation')} (best {state.best_val:.4f})")
                 break
-            if last or signals.agreed(run.world, step % t.log_every == 0):
+            if last or signals.agreed(run.world):
                 break
         clock.stop()
     bar.close()
     speed.read(state.tokens, clock.seconds())  # the steps after the last row
-    if signals.agreed(run.world, logged=True):  # (a signal at the last step stops there too)
+    if signals.agreed(run.world):  # (a signal at the last step stops there too)
         save(run, ["last"])
         raise signals.stopped(run.folder, state.step, run.world.size)
     return finish(run, speed)
