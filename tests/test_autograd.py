@@ -279,6 +279,11 @@ def test_a_difference_of_a_thousandth_is_a_mismatch():
     ("x**3", {"x": 0.0}, 0.0),
     ("x**-1", {"x": 2.0}, -0.25),  # 2 ± h rounds alike for every h below 1e-8: no chance win
     ("x**2", {"x": 1e12}, 2e12),  # h relative to x: a step of 0.1 is under a thousand ulps
+    # beside the edge of the domain (x > 0), closer than the smallest step of 1e-12: every
+    # x - h was outside it (nan), and a correct gradient was called a MISMATCH
+    ("log(x)", {"x": 1e-13}, 1e13),
+    ("sqrt(x)", {"x": 1e-14}, 0.5 / 1e-14**0.5),
+    ("exp(x)", {"x": 1e-300}, 1.0),  # a step relative to a tiny x alone rounds exp(x ± h) to 1
 ])
 def test_the_finite_difference_picks_its_step_and_agrees_where_autograd_is_right(text, at, exact):
     report = explain(text, at)

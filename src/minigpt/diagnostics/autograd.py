@@ -64,6 +64,7 @@ _SYMBOLS = {ast.FloorDiv: "//", ast.Mod: "%", ast.MatMult: "@", ast.LShift: "<<"
 _KINDS = {ast.Attribute: "attribute access", ast.Subscript: "indexing", ast.Lambda: "lambda"}
 _ALLOWED = "use numbers, variables, + - * / **, parentheses and " + ", ".join(FUNCTIONS)
 MAX_LENGTH = 1000
+MORE_STEPS = 30  # finite-difference steps below 1e-12, for a variable near 0 (|v| >= 1e-30)
 MAX_DEPTH = 100  # levels of nesting: the checks and the graph walk recurse once or more per level
 
 
@@ -353,18 +354,22 @@ def _p(text: str) -> str:
 
 
 def _finite_difference(expr: Term, point: Mapping[str, float], name: str, grad: float) -> GradCheck:
-    """(f(v+h) - f(v-h)) / 2h for h = s/10, s/100, ... s/1e12, s = max(1, |v|), keeping the
-    estimate that differs least from the next two smaller steps': there neither truncation
-    (h too large) nor rounding (h too small) dominates. Estimates can agree by chance (near a
-    power of two, v+h and v-h round alike for every tiny h), so none is counted closer than its
-    own rounding allows, eps |f| / h. The oracle never sees `grad`."""
+    """(f(v+h) - f(v-h)) / 2h for h = s/10, s/100, ... s/1e12, s = max(1, |v|), and on down to
+    |v|/1e12 for a small v (at most 30 more steps: from 1e-30 on), keeping the estimate that
+    differs least from the next two smaller steps': there neither truncation (h too large) nor
+    rounding (h too small) dominates. (Beside the edge of a domain, log(x) at x = 1e-13, only an
+    h below |v| keeps v - h inside it; a larger one gives nan, which never wins.) Estimates can
+    agree by chance (near a power of two, v+h and v-h round alike for every tiny h), so none is
+    counted closer than its own rounding allows, eps |f| / h. The oracle never sees `grad`."""
     def central(h: float) -> tuple[float, float]:  # (the estimate, its rounding noise)
         with torch.no_grad():
             up, down = (_evaluate(expr, {**point, name: point[name] + s}, strict=False).item()
                         for s in (h, -h))
         return (up - down) / (2 * h), sys.float_info.epsilon * max(abs(up), abs(down)) / h
 
-    steps = [max(1.0, abs(point[name])) * 10.0 ** -k for k in range(1, 13)]
+    v = abs(point[name])
+    below_one = min(MORE_STEPS, math.floor(-math.log10(v))) if 0 < v < 1 else 0
+    steps = [max(1.0, v) * 10.0 ** -k for k in range(1, 13 + max(0, below_one))]
     estimates, noise = zip(*(central(h) for h in steps), strict=True)
     spread = [max(abs(a - b), abs(a - c), n) for a, b, c, n in  # (nan would win min: inf)
               zip(estimates, estimates[1:], estimates[2:], noise, strict=False)]
