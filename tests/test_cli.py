@@ -502,6 +502,7 @@ BAD_INPUT = [
     (["graph", "--collapse", "--depth", "0", "--out", "{bad}/g"], "--depth must be at least 1"),
     (["graph", "--depth", "2", "--out", "{bad}/g"], "--depth goes with --collapse"),
     (["autograd", "--at", "x=2,x=3"], "--at gives 'x' twice in 'x=2,x=3'"),
+    (["autograd", "--at", ""], "--at is empty (an unset shell variable?)"),  # (not x = 2)
     (["compare", "--variant", "a:lr=1e-3", "--variant", "a:lr=1e-2", "--steps", "1",
       "--out", "{bad}/compare"], "variant name(s) 'a' given twice; give each variant its own"),
     (["compare", "--optimizers", "sgd", "--steps", "1", "--out", "{run}"],

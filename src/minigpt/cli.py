@@ -495,7 +495,7 @@ def parse_point(text: str) -> dict[str, float]:
 def cmd_autograd(args: argparse.Namespace) -> None:
     from minigpt.diagnostics.autograd import explain, format_report
 
-    print(format_report(explain(args.expr, parse_point(args.at) if args.at else None)))
+    print(format_report(explain(args.expr, None if args.at is None else parse_point(args.at))))
 
 
 def cmd_graph(args: argparse.Namespace) -> None:
@@ -805,7 +805,7 @@ def run_command(argv: list[str] | None) -> int:
         if world_from_env().enabled and args.command != "train":
             raise MiniGPTError(f"only train runs under torchrun; run minigpt {args.command} "
                                f"as one process")
-        for key in ("out", "run", "resume", "config", "text", "preset"):
+        for key in ("out", "run", "resume", "config", "text", "preset", "at"):
             if key == "text" and args.command == "attention":  # (a text to read, not a path)
                 continue
             if isinstance(value := getattr(args, key, None), str) and not value.strip():
