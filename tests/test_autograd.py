@@ -256,6 +256,21 @@ def test_a_kink_is_reported_not_hidden():
     assert "MISMATCH" not in format_report(report)
 
 
+@pytest.mark.parametrize(("text", "at"), [
+    ("x**1.5", {"x": 0.0}),  # defined for x >= 0 only: autograd's 0 is the slope from the right
+    ("x**x", {"x": 0.0}),    # 0**0 = 1, and nan for every x < 0
+    ("log(x)", {"x": 1e-40}),  # inside the domain, nearer its edge than the smallest step
+])
+def test_where_every_difference_is_nan_the_check_says_so_not_mismatch(text, at):
+    """y is not a number on one side of x for every step tried: the difference has nothing to
+    say, so the line says why it checked nothing; neither 'ok' nor a MISMATCH blamed on a kink
+    (autograd's 0 for x**1.5 at 0 is right)."""
+    report = explain(text, at)
+    assert math.isnan(report.checks[0].numeric)  # the premise: no estimate at all
+    line = format_report(report).splitlines()[-1]
+    assert "not a number" in line and "MISMATCH" not in line and not line.endswith("ok")
+
+
 def test_a_difference_of_a_thousandth_is_a_mismatch():
     """x**2 + 3*x + 1 at 2: autograd's 7, against a numeric slope 1e-3 away (a relative error
     of 1.4e-4, far above float64 finite-difference noise) or 1e-9 away (noise)."""

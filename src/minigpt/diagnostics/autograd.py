@@ -405,8 +405,12 @@ def format_report(report: AutogradReport) -> str:
     lines += ["", f"Finite-difference check, ({y}(v+h) - {y}(v-h)) / 2h:"]
     for c in report.checks:
         ok = c.abs_error <= 1e-5 * max(1.0, abs(c.autograd))
-        lines.append(f"  d{y}/d{c.variable}: autograd {_num(c.autograd)}, numeric "
-                     f"{c.numeric:.10g}, |error| {c.abs_error:.2g} (h = {c.h:.2g})  "
+        start = f"  d{y}/d{c.variable}: autograd {_num(c.autograd)}, numeric "
+        if math.isnan(c.numeric):  # no estimate: nothing to agree or disagree with
+            lines.append(f"{start}nan: not checked, {y}(v+h) or {y}(v-h) is not a number for "
+                         f"every h tried ({c.variable} at the edge of where {y} is defined?)")
+            continue
+        lines.append(f"{start}{c.numeric:.10g}, |error| {c.abs_error:.2g} (h = {c.h:.2g})  "
                      + ("ok" if ok else "MISMATCH (a kink or a jump near here? or values "
                                            "so large or small that finite differences in "
                                            "float64 cannot see the slope)"))
