@@ -358,6 +358,15 @@ def test_local_formulas_read_as_the_lesson_writes_them():
     assert {n.op for n in report.graph} >= {"PowBackward0", "PowBackward1", "DivBackward0"}
 
 
+@pytest.mark.parametrize("text", ["x*x", "x - x", "x**x", "sin(x)/sin(x)"])
+def test_an_operand_used_twice_gets_a_local_line_per_use_that_says_which(text):
+    """d(x*x)/dx is 2x, not x: each line is the derivative by one operand, the other held, and
+    two lines both headed d(x*x)/dx = x = 3 (or d(x - x)/dx = 1 and = -1) said the untrue."""
+    node = explain(text, {"x": 3.0}).graph[0]
+    heads = [line.split(" = ")[0] for line in node.local]
+    assert len(heads) == 2 and heads[0] != heads[1], node.local
+
+
 @pytest.mark.parametrize("text", ["relu(x)", "abs(x)"])
 def test_at_a_kink_the_local_derivative_is_the_one_autograd_took(text):
     """At 0 relu and abs have no slope; torch sends 0 there: the number the local line shows

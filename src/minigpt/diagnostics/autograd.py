@@ -320,12 +320,16 @@ def _local(fn: Node, index: dict[Node, int]) -> tuple[str, ...]:
     out = f"[{index[fn]}]" if len(meta["expr"]) > 24 else f"({meta['expr']})"
     fields = _fields(texts, meta["values"])
     lines = []
-    for nxt, wrt, (formula, rule) in zip(nexts, texts, OPS[meta["op"]][1], strict=False):
+    # x*x: each line differentiates by one operand, the other held (d(x*x)/dx is 2x, not x)
+    sides = (" (left)", " (right)") if len(texts) == 2 and texts[0] == texts[1] else ("", "")
+    for nxt, wrt, side, (formula, rule) in zip(nexts, texts, sides, OPS[meta["op"]][1],
+                                               strict=False):
         if nxt is not None:
             formula, value = formula.format_map(fields), _value(rule, meta["values"])
             wrt = wrt if re.fullmatch(r"\w+|\[\d+\]", wrt) else f"({wrt})"
             same = formula == _num(value)
-            lines.append(f"d{out}/d{wrt} = {formula}" + ("" if same else f" = {_num(value)}"))
+            lines.append(f"d{out}/d{wrt}{side} = {formula}"
+                         + ("" if same else f" = {_num(value)}"))
     return tuple(lines)
 
 
