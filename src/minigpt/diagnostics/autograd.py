@@ -51,13 +51,19 @@ FUNCTIONS: dict[str, Op] = {
     "log": (torch.log, (("1/{pa}", lambda a: 1 / a),)),
     "sqrt": (torch.sqrt, (("1/(2*sqrt({a}))", lambda a: 1 / (2 * math.sqrt(a))),)),
     "tanh": (torch.tanh, (("1 - tanh({a})**2", lambda a: 1 - math.tanh(a) ** 2),)),
-    # sigmoid(a)*(1 - sigmoid(a)) with sigmoid(a) = (1 + tanh(a/2))/2, which cannot overflow
+    # s*(1 - s) as torch computes it from s = sigmoid(a), here without overflow (_sigmoid)
     "sigmoid": (torch.sigmoid, (("sigmoid({a})*(1 - sigmoid({a}))",
-                                 lambda a: (1 - math.tanh(a / 2) ** 2) / 4),)),
+                                 lambda a: _sigmoid(a) * (1 - _sigmoid(a))),)),
     "relu": (torch.relu, (("1 if {a} > 0 else 0", lambda a: float(a > 0)),)),
     "abs": (torch.abs, (("sign({a})", lambda a: float((a > 0) - (a < 0))),)),
 }
 OPS = OPERATORS | FUNCTIONS
+
+
+def _sigmoid(a: float) -> float:
+    """1/(1 + exp(-a)), exp never overflowing: at -40, 4.2e-18 (not 0, as 1 - tanh(-20)**2 is)."""
+    e = math.exp(-abs(a))
+    return 1 / (1 + e) if a >= 0 else e / (1 + e)
 _BINARY = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
 _SYMBOLS = {ast.FloorDiv: "//", ast.Mod: "%", ast.MatMult: "@", ast.LShift: "<<", ast.BitOr: "|",
             ast.RShift: ">>", ast.BitXor: "^", ast.BitAnd: "&", ast.Invert: "~", ast.Not: "not"}
@@ -173,7 +179,8 @@ def _evaluate(term: Term, at: Mapping[str, torch.Tensor | float], strict: bool) 
 
 
 def _where(at: Mapping[str, torch.Tensor | float]) -> str:
-    return ", ".join(f"{k}={_num(torch.as_tensor(v).item())}" for k, v in at.items())
+    values = {k: torch.as_tensor(v, dtype=torch.float64).item() for k, v in at.items()}
+    return ", ".join(f"{k}={_num(v)}" for k, v in values.items())  # (float32 made 1e-200 0)
 
 
 @dataclass(frozen=True)
