@@ -417,20 +417,25 @@ def recursion_limit(request):
 
 
 @pytest.mark.parametrize("text", ["-" * 999 + "x", "x" + "**x" * 333,
-                                  "-" * autograd.MAX_DEPTH + "x"],
-                         ids=["minus", "powers", "one-too-deep"])
+                                  "-" * autograd.MAX_DEPTH + "x",
+                                  "x" + " + x" * autograd.MAX_DEPTH],
+                         ids=["minus", "powers", "one-too-deep", "a-sum-one-term-too-long"])
 def test_an_expression_within_the_length_limit_but_nested_too_deeply_is_one_line(
         text, recursion_limit):
     """A fixed depth limit refuses these, whatever Python's recursion limit is: it once rested
     on RecursionError, and a kernel that had imported IPython (limit 3000) parsed the powers."""
     with pytest.raises(MiniGPTError) as info:
         parse_expr(text)
-    assert str(info.value) == ("the expression is nested too deeply: "
-                               f"at most {autograd.MAX_DEPTH} levels")
+    # (a sum is a chain of + that Python's ast nests: the message says so, and what it allows)
+    assert str(info.value) == ("the expression is nested too deeply: at most "
+                               f"{autograd.MAX_DEPTH} levels, each operator of a chain one more "
+                               f"(x + x + ... + x: at most {autograd.MAX_DEPTH} terms)")
 
 
 @pytest.mark.parametrize("text", ["-" * (autograd.MAX_DEPTH - 1) + "x",
-                                  "x" + "**x" * (autograd.MAX_DEPTH - 1)], ids=["minus", "powers"])
+                                  "x" + "**x" * (autograd.MAX_DEPTH - 1),
+                                  "x" + " + x" * (autograd.MAX_DEPTH - 1)],
+                         ids=["minus", "powers", "sum"])
 def test_an_expression_at_the_depth_limit_is_explained_under_the_default_recursion_limit(text):
     """The deepest expression allowed goes through every recursive step (the checks, the torch
     evaluation, the backward-graph walk and the report) with Python's default limit."""
@@ -441,7 +446,8 @@ def test_an_expression_at_the_depth_limit_is_explained_under_the_default_recursi
         text_report = format_report(report)
     finally:
         sys.setrecursionlimit(before)
-    expected = -1.0 if text.startswith("-") else 1.0  # 99 minuses; 1**1**...**1
+    # 99 minuses; 1**1**...**1; the sum of MAX_DEPTH x's (the terms the message promises)
+    expected = -1.0 if text.startswith("-") else autograd.MAX_DEPTH if "+" in text else 1.0
     assert report.value == expected and "dy/dx" in text_report
 
 

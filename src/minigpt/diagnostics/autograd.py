@@ -98,7 +98,8 @@ def parse_expr(text: str) -> Term:
         raise MiniGPTError("the expression is empty: give a formula such as x**2 + 3*x + 1")
     if len(text) > MAX_LENGTH:
         raise MiniGPTError(f"the expression has {len(text)} characters; at most {MAX_LENGTH}")
-    too_deep = f"the expression is nested too deeply: at most {MAX_DEPTH} levels"
+    too_deep = (f"the expression is nested too deeply: at most {MAX_DEPTH} levels, each operator"
+                f" of a chain one more (x + x + ... + x: at most {MAX_DEPTH} terms)")
     try:
         tree = ast.parse(text.strip(), mode="eval").body
     except SyntaxError as e:
