@@ -248,15 +248,22 @@ def test_user_errors_are_one_line_minigpt_errors(text, at, fragment):
 
 
 def test_a_kink_is_reported_not_hidden():
+    """At abs's kink the central difference (0) agrees with torch's subgradient by symmetry, and
+    the line said 'ok', a derivative confirmed where there is none: the one-sided slopes, which
+    stay apart however small h is, say so (relu's too, whose 0.5 was called a MISMATCH)."""
     report = explain("abs(x)", {"x": 0.0})
     assert report.gradients == {"x": 0.0}  # torch's choice of subgradient at the kink
     assert math.isclose(report.checks[0].numeric, 0.0, abs_tol=1e-9)
+    assert report.checks[0].kink == (-1.0, 1.0)  # abs's slopes, by hand
+    line = format_report(report).splitlines()[-1]
+    assert "no derivative to check, slope -1 on the left, 1 on the right" in line
+    assert not line.endswith("ok") and "MISMATCH" not in line
     report = explain("relu(x)", {"x": 0.0})
     assert report.gradients == {"x": 0.0}  # torch's subgradient; the difference says 0.5
-    assert math.isclose(report.checks[0].numeric, 0.5) and "MISMATCH" in format_report(report)
+    assert math.isclose(report.checks[0].numeric, 0.5) and report.checks[0].kink == (0.0, 1.0)
     report = explain("relu(x)", {"x": 1e-9})  # beside the kink: a small enough h sees slope 1
-    assert report.checks[0].numeric == pytest.approx(1.0)
-    assert "MISMATCH" not in format_report(report)
+    assert report.checks[0].numeric == pytest.approx(1.0) and report.checks[0].kink is None
+    assert format_report(report).endswith("ok")
 
 
 @pytest.mark.parametrize(("text", "at"), [

@@ -210,6 +210,7 @@ class GradCheck:
     numeric: float
     abs_error: float
     h: float
+    kink: tuple[float, float] | None = None  # the slopes (left, right) at a kink, else None
 
 
 @dataclass(frozen=True)
@@ -389,7 +390,29 @@ def _finite_difference(expr: Term, point: Mapping[str, float], name: str, grad: 
     best = spread.index(min(spread))
     numeric = estimates[best]
     error = abs(numeric - grad) if math.isfinite(numeric) else math.inf
-    return GradCheck(name, grad, numeric, error, steps[best])
+    return GradCheck(name, grad, numeric, error, steps[best], _kink(expr, point, name, steps[best]))
+
+
+def _kink(expr: Term, point: Mapping[str, float], name: str,
+          h: float) -> tuple[float, float] | None:
+    """The slopes (left, right) where the two sides disagree at h, h/10 and h/100 by as much or
+    more each time, above rounding: a kink (abs(x) at 0: -1, 1), whose central difference can
+    agree with any subgradient by chance. A smooth f's sides differ by f''h: a tenth per step."""
+    def at(s: float) -> float:
+        with torch.no_grad():
+            return _evaluate(expr, {**point, name: point[name] + s}, strict=False).item()
+
+    gaps, sides, mid = [], (0.0, 0.0), at(0.0)
+    for step in (h, h / 10, h / 100):
+        up, down = at(step), at(-step)
+        sides = ((mid - down) / step, (up - mid) / step)
+        noise = 4 * sys.float_info.epsilon * max(abs(up), abs(mid), abs(down)) / step
+        gap = abs(sides[1] - sides[0])
+        floor = max(1e-5 * max(1.0, *map(abs, sides)), 10 * noise)
+        if not (math.isfinite(gap) and gap > floor and (not gaps or gap >= gaps[-1] / 2)):
+            return None
+        gaps.append(gap)
+    return sides
 
 
 def _num(value: float | None) -> str:
@@ -421,6 +444,12 @@ def format_report(report: AutogradReport) -> str:
         if math.isnan(c.numeric):  # no estimate: nothing to agree or disagree with
             lines.append(f"{start}nan: not checked, {y}(v+h) or {y}(v-h) is not a number for "
                          f"every h tried ({c.variable} at the edge of where {y} is defined?)")
+            continue
+        if c.kink:  # any subgradient may agree with the difference: neither ok nor a mismatch
+            lines.append(f"{start}{c.numeric:.10g}: no derivative to check, slope "
+                         f"{_num(c.kink[0])} on the left, {_num(c.kink[1])} on the right (a "
+                         f"kink or a pole at or beside {c.variable}; autograd takes "
+                         f"{_num(c.autograd)})")
             continue
         lines.append(f"{start}{c.numeric:.10g}, |error| {c.abs_error:.2g} (h = {c.h:.2g})  "
                      + ("ok" if ok else "MISMATCH (a kink or a jump near here? or values "
