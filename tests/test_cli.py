@@ -116,6 +116,16 @@ def test_a_closed_standard_error_still_ends_an_error_with_its_exit_status():
     assert (r.returncode, r.stdout) == (2, "")
 
 
+def test_autograd_at_given_twice_adds_the_points_up(capsys):
+    """--at x=2 --at y=3 is x=2,y=3, as a learner who repeats a flag means: the second one
+    replaced the first, and 'no value for variable 'x'' came of an x given. The gradients are
+    by hand: d(x*y)/dx = y, d(x*y)/dy = x."""
+    assert main(["autograd", "--expr", "x*y", "--at", "x=2", "--at", "y=3"]) == 0
+    out = capsys.readouterr().out
+    assert "df/dx = 3" in out and "df/dy = 2" in out
+    assert "'x' twice" in one_line_error(capsys, ["autograd", "--at", "x=2", "--at", "x=3"])
+
+
 def test_python_m_minigpt_cli_is_the_command_too():
     """`python -m minigpt.cli` (the module itself run) works as `minigpt` does, its exit
     status and its one-line error included."""

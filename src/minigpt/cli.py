@@ -246,9 +246,9 @@ def build_parser() -> Parser:
                     help="numbers, variables, + - * / **, sin cos tan exp log sqrt tanh "
                          "sigmoid relu abs; one that starts with '-' takes '=': "
                          "--expr=-x**2 (default: the lesson's x**2 + 3*x + 1)")
-    au.add_argument("--at", metavar="NAME=VALUE,...",
-                    help="where to evaluate, e.g. x=2 or x=1,y=-0.5 (default x=2: an expression "
-                         "of other variables needs their values)")
+    au.add_argument("--at", metavar="NAME=VALUE,...", action="append",
+                    help="where to evaluate, e.g. x=2 or x=1,y=-0.5 (or --at x=1 --at y=-0.5; "
+                         "default x=2: an expression of other variables needs their values)")
 
     gr = command("graph", "draw the computation graph from the loss back",
                  "Trace loss.grad_fn back to the embeddings for one batch of random token ids and "
@@ -495,7 +495,12 @@ def parse_point(text: str) -> dict[str, float]:
 def cmd_autograd(args: argparse.Namespace) -> None:
     from minigpt.diagnostics.autograd import explain, format_report
 
-    print(format_report(explain(args.expr, None if args.at is None else parse_point(args.at))))
+    at = None
+    if args.at is not None:  # each --at adds its pairs (the last one replaced the others)
+        if any(not text.strip() for text in args.at):  # (read as no --at, the lesson's x = 2)
+            raise MiniGPTError("--at is empty (an unset shell variable?): give it a value")
+        at = parse_point(",".join(args.at))
+    print(format_report(explain(args.expr, at)))
 
 
 def cmd_graph(args: argparse.Namespace) -> None:
@@ -805,7 +810,7 @@ def run_command(argv: list[str] | None) -> int:
         if world_from_env().enabled and args.command != "train":
             raise MiniGPTError(f"only train runs under torchrun; run minigpt {args.command} "
                                f"as one process")
-        for key in ("out", "run", "resume", "config", "text", "preset", "at"):
+        for key in ("out", "run", "resume", "config", "text", "preset"):
             if key == "text" and args.command == "attention":  # (a text to read, not a path)
                 continue
             if isinstance(value := getattr(args, key, None), str) and not value.strip():
