@@ -236,6 +236,13 @@ def test_rejected_formulas_raise_one_line_errors_and_run_nothing(text, tmp_path)
     ("x", {"x": "2"}, "must be a number"),
     ("x", {"x": float("nan")}, "must be finite"),
     ("x + 1" + "0" * 400, {"x": 1.0}, "is too large for a float"),
+    # what a learner writes on paper: said how Python writes it
+    ("2x", {"x": 1.0}, "multiplication is written out: 2*x, not 2x"),
+    ("3x**2 + 1", {"x": 1.0}, "multiplication is written out"),
+    ("2(x + 1)", {"x": 1.0}, "for a product write 2*(x + 1)"),
+    ("(x + 1)(x - 1)", {"x": 1.0}, "for a product write (x + 1)*(x - 1)"),
+    ("x(x + 1)", {"x": 1.0}, "for a product write x*(x + 1)"),
+    ("x² + 1", {"x": 1.0}, "a power is written x**2, not x²"),
     # the point as given, not rounded through float32 (y=0, x=inf)
     ("x/y", {"x": 1.0, "y": 1e-200}, "at x=1, y=1e-200"),
     ("sqrt(x - 1e300)", {"x": 1e300}, "at x=1e+300"),

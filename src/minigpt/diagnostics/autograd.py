@@ -103,7 +103,12 @@ def parse_expr(text: str) -> Term:
     try:
         tree = ast.parse(text.strip(), mode="eval").body
     except SyntaxError as e:
-        raise MiniGPTError(f"cannot read the expression {text.strip()!r}: {e.msg}") from None
+        hint = ""  # what a learner writes on paper, 2x and x²
+        if e.msg == "invalid decimal literal":
+            hint = " (multiplication is written out: 2*x, not 2x)"
+        elif e.msg.startswith("invalid character") and re.search("[²³¹⁰⁴-⁹]", text):
+            hint = " (a power is written x**2, not x²)"
+        raise MiniGPTError(f"cannot read the expression {text.strip()!r}: {e.msg}{hint}") from None
     except (RecursionError, MemoryError):  # the parser's own limits, which vary by version
         raise MiniGPTError(too_deep) from None
     if _depth(tree) > MAX_DEPTH:  # a fixed limit, not Python's recursion limit (IPython raises it)
@@ -149,8 +154,12 @@ def _term(node: ast.expr) -> Term:
     if isinstance(node, ast.Call):
         name = ast.unparse(node.func)
         if name not in FUNCTIONS:
+            product = not isinstance(node.func, (ast.Name, ast.Attribute)) or len(name) == 1
+            hint = (f" (for a product write {_p(name)}*({ast.unparse(node.args[0])}))"
+                    if product and len(node.args) == 1 and not node.keywords
+                    and not isinstance(node.args[0], ast.Starred) else "")
             raise MiniGPTError(f"calling {name!r} is not allowed; the functions are "
-                               + ", ".join(FUNCTIONS))
+                               + ", ".join(FUNCTIONS) + hint)
         if node.keywords or len(node.args) != 1 or isinstance(node.args[0], ast.Starred):
             raise MiniGPTError(f"{name}() takes exactly one argument, as {name}(x)")
         return Term(name, text, (_term(node.args[0]),))
