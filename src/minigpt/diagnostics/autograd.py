@@ -64,6 +64,8 @@ def _sigmoid(a: float) -> float:
     """1/(1 + exp(-a)), exp never overflowing: at -40, 4.2e-18 (not 0, as 1 - tanh(-20)**2 is)."""
     e = math.exp(-abs(a))
     return 1 / (1 + e) if a >= 0 else e / (1 + e)
+
+
 _BINARY = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
 _SYMBOLS = {ast.FloorDiv: "//", ast.Mod: "%", ast.MatMult: "@", ast.LShift: "<<", ast.BitOr: "|",
             ast.RShift: ">>", ast.BitXor: "^", ast.BitAnd: "&", ast.Invert: "~", ast.Not: "not"}
