@@ -7,6 +7,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from conftest import MAIN_THREAD_ONLY, TINY_FLAGS, in_process, one_line_error, r
 from minigpt.cli import COMPARE_STEPS, check_out_suffix, main
 from minigpt.console import count, finite_or_none, log_start, visible
 from minigpt.environment import describe, resolve_device
-from minigpt.errors import MiniGPTError, ctrl_c_held
+from minigpt.errors import MiniGPTError, ctrl_c_held, torchrun_command
 from minigpt.files import MADE, read_jsonl
 from minigpt.sample import sample_text
 from minigpt.tokenizer import CharTokenizer
@@ -486,7 +487,7 @@ BAD_INPUT = [
      "nothing to compare: give --variant, --optimizers, --schedules or --clip"),
     (["train", "--resume", "{run}", "--grad-accum", "2"],  # (its batch streams would change)
      "the run was trained by 1 process(es) with --grad-accum 1; resume it the same way to "
-     "continue its batch streams"),
+     "continue its batch streams: minigpt train --resume {run}"),  # (its own --grad-accum)
     (["sample", "--run", "{run}", "--top-p", "2"], "--top-p must be in"),
     (["sample", "--run", "{run}", "--top-k", "0"], "--top-k must be a whole number >= 1"),
     (["sample", "--run", "{run}", "--temperature", "-1"], "--temperature must be >= 0"),
@@ -559,8 +560,25 @@ def test_bad_input_is_one_line_and_non_zero(cli_run, bad_files, args, message, c
             "--device" not in args):
         args = [*args, "--device=cpu"]  # (those take none)
     line = one_line_error(capsys, args)
-    assert message in line
+    assert message.format(run=out, text=text, bad=bad_files) in line
     assert files() == before  # nothing half-written left behind
+
+
+def test_a_resume_by_other_processes_names_the_torchrun_command_that_resumes_it(
+        cli_run, tmp_path, monkeypatch, capsys):
+    """A run of 2 processes (its checkpoint says so) resumed by one is refused with the command
+    that resumes it, torchrun's, and no --grad-accum: --resume restores the run's own. Under a
+    torchrun of 3, this launch's LOCAL_WORLD_SIZE is not the run's: still --nproc_per_node=2."""
+    run = tmp_path / "ddp-run"
+    shutil.copytree(cli_run[0], run)
+    meta = json.loads((run / "checkpoints" / "last.json").read_text())
+    (run / "checkpoints" / "last.json").write_text(json.dumps({**meta, "world_size": 2}))
+    line = one_line_error(capsys, ["train", "--resume", str(run), "--no-progress"])
+    assert line.endswith("by 2 process(es) with --grad-accum 1; resume it the same way to "
+                         f"continue its batch streams: {torchrun_command(2)} train --resume {run}")
+    for key, value in dict(RANK=0, LOCAL_RANK=0, WORLD_SIZE=3, LOCAL_WORLD_SIZE=3).items():
+        monkeypatch.setenv(key, str(value))
+    assert torchrun_command(2) == "torchrun --nproc_per_node=2 -m minigpt"
 
 
 def test_a_resume_of_a_folder_a_prepare_is_working_in_says_it_is_in_use(tmp_path, capsys):

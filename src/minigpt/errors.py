@@ -98,9 +98,11 @@ def peer_lost(e: BaseException) -> bool:
 
 def torchrun_command(processes: int) -> str:
     """How to launch minigpt as a run of `processes` was launched: torchrun with this node's
-    processes (LOCAL_WORLD_SIZE) and, across nodes, their count (GROUP_WORLD_SIZE)."""
-    per_node = int(os.environ.get("LOCAL_WORLD_SIZE") or 0) or processes
-    nodes = int(os.environ.get("GROUP_WORLD_SIZE") or 0) or -(-processes // per_node)
+    processes (LOCAL_WORLD_SIZE) and, across nodes, their count (GROUP_WORLD_SIZE), where this
+    launch is of `processes` (a run resumed by another number: one node of them)."""
+    env = os.environ if os.environ.get("WORLD_SIZE", str(processes)) == str(processes) else {}
+    per_node = int(env.get("LOCAL_WORLD_SIZE") or 0) or processes
+    nodes = int(env.get("GROUP_WORLD_SIZE") or 0) or -(-processes // per_node)
     return f"torchrun {f'--nnodes={nodes} ' * (nodes > 1)}--nproc_per_node={per_node} -m minigpt"
 
 
