@@ -240,6 +240,13 @@ class CrashAt(Probe):
             raise KeyboardInterrupt
 
 
+def as_rank(monkeypatch, rank: int, size: int = 2) -> None:
+    """This process as torchrun starts rank `rank` of `size`, all on this node (its variables)."""
+    for key, value in dict(RANK=rank, LOCAL_RANK=rank, WORLD_SIZE=size,
+                           LOCAL_WORLD_SIZE=size).items():
+        monkeypatch.setenv(key, str(value))
+
+
 def not_warnings(stderr: str) -> list[str]:
     """The lines of a command's stderr that are not warnings (which go there too)."""
     return [line for line in stderr.splitlines() if not line.startswith("warning: ")]

@@ -17,7 +17,15 @@ import pytest
 import torch
 
 import minigpt
-from conftest import MAIN_THREAD_ONLY, TINY_FLAGS, in_process, one_line_error, run_cli, tiny_config
+from conftest import (
+    MAIN_THREAD_ONLY,
+    TINY_FLAGS,
+    as_rank,
+    in_process,
+    one_line_error,
+    run_cli,
+    tiny_config,
+)
 from minigpt.cli import COMPARE_STEPS, check_out_suffix, main
 from minigpt.console import count, finite_or_none, log_start, visible
 from minigpt.environment import describe, resolve_device
@@ -215,8 +223,7 @@ def test_version_and_help_under_torchrun_are_printed_by_rank_zero_alone(rank, mo
     process: each printed it, so the terminal showed it once a process."""
     import minigpt.cli as cli
 
-    for key, value in dict(RANK=rank, LOCAL_RANK=rank, WORLD_SIZE=2, LOCAL_WORLD_SIZE=2).items():
-        monkeypatch.setenv(key, str(value))
+    as_rank(monkeypatch, rank)
     for args in (["--version"], ["train", "--help"]):
         capsys.readouterr()
         with pytest.raises(SystemExit) as e:
@@ -236,8 +243,7 @@ def test_ctrl_c_under_torchrun_is_said_by_rank_zero_alone(rank, monkeypatch, cap
     def interrupted(args):
         raise KeyboardInterrupt
 
-    for key, value in dict(RANK=rank, LOCAL_RANK=rank, WORLD_SIZE=2, LOCAL_WORLD_SIZE=2).items():
-        monkeypatch.setenv(key, str(value))
+    as_rank(monkeypatch, rank)
     monkeypatch.setattr(cli, "cmd_train", interrupted)
     monkeypatch.setattr(cli, "OTHER_RANKS_WAIT", 0.0)
     monkeypatch.setattr(cli.signal, "signal", lambda *a: None)  # (say's, for rank 1: not ours)
@@ -576,8 +582,7 @@ def test_a_resume_by_other_processes_names_the_torchrun_command_that_resumes_it(
     line = one_line_error(capsys, ["train", "--resume", str(run), "--no-progress"])
     assert line.endswith("by 2 process(es) with --grad-accum 1; resume it the same way to "
                          f"continue its batch streams: {torchrun_command(2)} train --resume {run}")
-    for key, value in dict(RANK=0, LOCAL_RANK=0, WORLD_SIZE=3, LOCAL_WORLD_SIZE=3).items():
-        monkeypatch.setenv(key, str(value))
+    as_rank(monkeypatch, 0, 3)
     assert torchrun_command(2) == "torchrun --nproc_per_node=2 -m minigpt"
 
 

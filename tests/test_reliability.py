@@ -31,6 +31,7 @@ from conftest import (
     TINY_FLAGS,
     CrashAt,
     SignalAt,
+    as_rank,
     in_process,
     not_warnings,
     one_line_error,
@@ -412,8 +413,7 @@ def test_ctrl_c_outside_the_steps_under_torchrun_names_torchrun(small_text, tmp_
         (Path(folder) / "checkpoints" / "last.json").write_text("{}")
         raise KeyboardInterrupt
 
-    for key, value in dict(RANK=0, LOCAL_RANK=0, WORLD_SIZE=2, LOCAL_WORLD_SIZE=2).items():
-        monkeypatch.setenv(key, str(value))
+    as_rank(monkeypatch, 0)
     monkeypatch.setattr(minigpt.trainer, "train", interrupted)
     run = tmp_path / "run"
     assert run_command(["train", "--text", str(small_text), *TINY_FLAGS, "--out", str(run)]) \
