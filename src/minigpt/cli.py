@@ -677,11 +677,9 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    import psutil
-
     from minigpt.data import cache_dir, load_corpus
     from minigpt.environment import resolve_device
-    from minigpt.plan import MAX_STEP_S, format_duration, format_plan, plan
+    from minigpt.plan import MAX_STEP_S, format_duration, format_plan, plan, resident
     from minigpt.schedule import grows
 
     cfg = resolve_config(args.preset or "seed", args.config, settings_given(args), SECTIONS)
@@ -718,7 +716,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
             f"{' and '.join(growing)}, is slower a token)" * bool(growing)
           + "; timing each shape on this CPU...", flush=True)
     longest = min(MAX_STEP_S, seconds or MAX_STEP_S)  # a step beyond the budget: not timed
-    shapes = plan(cfg, psutil.Process().memory_info().rss, longest)
+    shapes = plan(cfg, resident(cfg), longest)
     print(format_plan(shapes, args.tokens, seconds))
 
 
