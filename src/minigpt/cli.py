@@ -48,8 +48,8 @@ from minigpt.errors import (
     MiniGPTError,
     Terminated,
     TrainingStopped,
+    launcher,
     shell_path,
-    torchrun_command,
 )
 from minigpt.files import file_on_path, resolved
 from minigpt.sample import PROMPT
@@ -430,17 +430,15 @@ def cmd_train(args: argparse.Namespace) -> None:
             result = train(cfg, folder, resume=bool(args.resume), probes=standard_probes(cfg),
                            progress=not args.no_progress)
     except (KeyboardInterrupt, Terminated):  # outside the steps (the final evaluation, say)
-        world = world_from_env()  # (rank 0 alone logs: the others are quiet)
-        launcher = torchrun_command(world.size) if world.enabled else "minigpt"
-        if (folder / "checkpoints" / "last.json").is_file():
+        if (folder / "checkpoints" / "last.json").is_file():  # (rank 0 alone logs)
+            again = f"{launcher(world_from_env().size)} train --resume {shell_path(folder)}"
             how = ("the same command continues" if args.resume else  # (its settings: not saved
-                   f"continue with: {launcher} train --resume {shell_path(folder)}")  # yet)
+                   f"continue with: {again}")  # yet)
             log.warning(f"the last checkpoint stands; {how}")
         raise
     except TrainingStopped as e:  # the command that continues it, as it was trained
-        launcher = torchrun_command(e.processes) if e.processes > 1 else "minigpt"
         log.warning(f"stopped after {count(e.steps, 'step')} by {signal.Signals(e.signum).name}; "
-                    f"checkpoint saved. Continue with: {launcher} train --resume "
+                    f"checkpoint saved. Continue with: {launcher(e.processes)} train --resume "
                     f"{shell_path(e.folder)}")
         raise
     if world_from_env().is_main:  # under torchrun, rank 0 reports for all

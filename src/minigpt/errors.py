@@ -106,6 +106,11 @@ def torchrun_command(processes: int) -> str:
     return f"torchrun {f'--nnodes={nodes} ' * (nodes > 1)}--nproc_per_node={per_node} -m minigpt"
 
 
+def launcher(processes: int) -> str:
+    """The command that runs minigpt as a run of `processes` ran: minigpt itself for one."""
+    return torchrun_command(processes) if processes > 1 else "minigpt"
+
+
 def training_error(e: BaseException, steps: int, checkpoints, processes: int = 1) -> BaseException:
     """The one-line error that a training run's failure stands for, or `e` itself: torch.compile
     fails at the first step (nothing is lost), memory can run out at any, and under torchrun

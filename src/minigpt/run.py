@@ -42,7 +42,7 @@ from minigpt.clock import Clock
 from minigpt.config import RunConfig, read_config_file
 from minigpt.data import Batches, Splits, cache_dir, ensure_tinyshakespeare, load_corpus
 from minigpt.environment import describe, resolve_device
-from minigpt.errors import MiniGPTError, continue_in_python, shell_path, torchrun_command
+from minigpt.errors import MiniGPTError, continue_in_python, launcher, shell_path
 from minigpt.evaluate import target_bytes, unigram_entropy
 from minigpt.files import (
     atomic_write_text,
@@ -467,11 +467,10 @@ def restore(run: Run, tag: str = "last", reading: bool = False) -> list[str]:
                            f"start a new run")
     saved = (ckpt.meta["world_size"], ckpt.meta["train"]["grad_accum"])
     if saved != (run.world.size, run.cfg.train.grad_accum) and not reading:
-        launcher = torchrun_command(saved[0]) if saved[0] > 1 else "minigpt"
         raise MiniGPTError(f"the run was trained by {saved[0]} process(es) with --grad-accum "
                            f"{saved[1]}; resume it the same way to continue its batch streams: "
-                           f"{launcher} train --resume {shell_path(run.folder)}")  # (which
-        # restores its --grad-accum: resume_config starts from the checkpoint's settings)
+                           f"{launcher(saved[0])} train --resume {shell_path(run.folder)}")
+        # (no --grad-accum: --resume restores it, resume_config starting from the checkpoint's)
     restore_model(run.model, ckpt)
     if run.ema is not None:  # --ema turned on at this resume: the average starts from here
         restore_model(run.ema.model, ckpt, "ema" if ckpt.section("ema") else "model")
