@@ -155,14 +155,15 @@ def _term(node: ast.expr) -> Term:
         return operand if isinstance(node.op, ast.UAdd) else Term("neg", text, (operand,))
     if isinstance(node, ast.Call):
         name = ast.unparse(node.func)
-        if name not in FUNCTIONS:
+        one_arg = (len(node.args) == 1 and not node.keywords
+                   and not isinstance(node.args[0], ast.Starred))
+        if name not in FUNCTIONS:  # 2(x + 1), x(x + 1), (x + 1)(x - 1): a product on paper
             product = not isinstance(node.func, (ast.Name, ast.Attribute)) or len(name) == 1
             hint = (f" (for a product write {_p(name)}*({ast.unparse(node.args[0])}))"
-                    if product and len(node.args) == 1 and not node.keywords
-                    and not isinstance(node.args[0], ast.Starred) else "")
+                    if product and one_arg else "")
             raise MiniGPTError(f"calling {name!r} is not allowed; the functions are "
                                + ", ".join(FUNCTIONS) + hint)
-        if node.keywords or len(node.args) != 1 or isinstance(node.args[0], ast.Starred):
+        if not one_arg:
             raise MiniGPTError(f"{name}() takes exactly one argument, as {name}(x)")
         return Term(name, text, (_term(node.args[0]),))
     raise MiniGPTError(f"{_KINDS.get(type(node), 'syntax')} {text[:40]!r} is not allowed; "
@@ -393,7 +394,7 @@ def _finite_difference(expr: Term, point: Mapping[str, float], name: str, grad: 
 
     v = abs(point[name])
     below_one = min(MORE_STEPS, math.floor(-math.log10(v))) if 0 < v < 1 else 0
-    steps = [max(1.0, v) * 10.0 ** -k for k in range(1, 13 + max(0, below_one))]
+    steps = [max(1.0, v) * 10.0 ** -k for k in range(1, 13 + below_one)]
     estimates, noise = zip(*(central(h) for h in steps), strict=True)
     spread = [max(abs(a - b), abs(a - c), n) for a, b, c, n in  # (nan would win min: inf)
               zip(estimates, estimates[1:], estimates[2:], noise, strict=False)]
