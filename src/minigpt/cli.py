@@ -800,10 +800,11 @@ def escaped(e: UnicodeError) -> tuple[str | bytes, int]:
 def run_command(argv: list[str] | None) -> int:
     """Run the command argv names; its exit code, with every expected error as one line."""
     try:
-        main_rank = world_from_env().is_main  # under torchrun, rank 0 prints --help for all
-        with contextlib.nullcontext() if main_rank else contextlib.redirect_stdout(io.StringIO()):
+        world = world_from_env()  # under torchrun, rank 0 prints --help and --version for all
+        quiet = contextlib.redirect_stdout(io.StringIO())
+        with contextlib.nullcontext() if world.is_main else quiet:
             args = build_parser().parse_args(argv)
-        if world_from_env().enabled and args.command != "train":
+        if world.enabled and args.command != "train":
             raise MiniGPTError(f"only train runs under torchrun; run minigpt {args.command} "
                                f"as one process")
         for key in ("out", "run", "resume", "config", "text", "preset"):
