@@ -296,8 +296,8 @@ class BPETokenizer(_Tokenizer):
 
     def to_bytes(self, ids) -> bytes:
         """The UTF-8 bytes the ids stand for."""
-        return b"".join(self._bytes[_id(i)] if 0 <= _id(i) < self.vocab_size
-                        else self.unknown(i) for i in ids)
+        return b"".join(self._bytes[i] if 0 <= i < self.vocab_size else self.unknown(i)
+                        for i in map(_id, ids))
 
     def byte_lengths(self) -> np.ndarray:
         """(V,) the UTF-8 bytes each id stands for: what bits per byte divides by."""
