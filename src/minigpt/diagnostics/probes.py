@@ -1,11 +1,13 @@
 """Probes: what a training run records about itself, hung off the loop without changing it.
 
 The caller composes them and hands them to the loop: `train(cfg, probes=standard_probes(cfg))`
-(the command line does). A probe gets `start(run)` once (the run's parts, a minigpt.run.Run,
-whose `state.step` it may read; a resumed run's log rows after its checkpoint are dropped
-here), `on_row(row)` for every metrics row the loop writes (rows with "val_loss" are
-evaluations) and `end(summary)`. What a probe must carry across a resume it gives the
-checkpoint through `state_dict` and takes back with `load_state_dict`.
+(the command line does). A probe gets `check(folder)` before the run is built (to refuse a run
+folder it cannot write in, before anything is written there), `start(run)` once (the run's
+parts, a minigpt.run.Run, whose `state.step` it may read; a resumed run's log rows after its
+checkpoint are dropped here), `on_row(row)` for every metrics row the loop writes (rows with
+"val_loss" are evaluations) and `end(summary)`. What a probe must carry across a resume it
+gives the checkpoint through `state_dict` and takes back with `load_state_dict`; train refuses
+a probe without all six (subclass Probe for those it does not need).
 The gradient-flow probe attaches to hooks, so it sees the gradients as backward leaves them
 (before clipping) and the weights either side of the update without a line in the loop.
 
