@@ -23,7 +23,6 @@ class StopSignals:
 
     def __enter__(self) -> StopSignals:
         self.received: int | None = None
-        self.stopping = False
         self.previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -40,8 +39,7 @@ class StopSignals:
     def agreed(self, world: distributed.World) -> bool:
         """Whether to stop after this step: when any process got a signal (under torchrun, a
         collective call, made by all after the same step)."""
-        self.stopping = distributed.any_process(self.received is not None, world)
-        return self.stopping
+        return distributed.any_process(self.received is not None, world)
 
     @property
     def signum(self) -> int:
