@@ -205,9 +205,14 @@ def field_index(sections: dict[str, type] = SECTIONS) -> dict[str, tuple[str, da
     return {f.name: (sec, f) for sec, cls in sections.items() for f in fields(cls)}
 
 
-def suggest(name: str, valid) -> str:
+def closest(name: str, valid) -> str | None:
+    """The valid name a mistyped one most likely means, if any is close."""
     close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)  # (0.5: nope->compile)
-    return f"; did you mean '{close[0]}'?" if close else ""
+    return close[0] if close else None
+
+
+def suggest(name: str, valid) -> str:
+    return f"; did you mean '{close}'?" if (close := closest(name, valid)) else ""
 
 
 def _coerce(value, f: dataclasses.Field):
@@ -424,8 +429,8 @@ def check_names(cfg: RunConfig) -> None:
     at = {n: f"cfg.{n}" if n in SECTIONS else f"cfg.extra[{n!r}]" for n in cfg.sections()}
     for where, obj in [("cfg", cfg), *((at[n], s) for n, s in cfg.sections().items())]:
         for name in sorted(getattr(obj, "__dict__", {}).keys() - {f.name for f in fields(obj)}):
-            close = difflib.get_close_matches(name, list(index), n=1, cutoff=0.6)
-            hint = f"; did you mean {at[index[close[0]][0]]}.{close[0]}?" if close else ""
+            close = closest(name, index)
+            hint = f"; did you mean {at[index[close][0]]}.{close}?" if close else ""
             raise MiniGPTError(f"{where} has no setting '{name}'{hint}")
 
 
