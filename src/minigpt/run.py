@@ -135,20 +135,23 @@ class Run:
         """The model evaluated, sampled and saved for use: the average where there is one."""
         return self.ema.model if self.ema is not None else self.model
 
-    @staticmethod
-    def checked_probes(probes) -> list:
-        """train's `probes` as a list, or one error naming it before anything is written (such
-        as standard_probes uncalled, which the loop would find no start in after its files)."""
-        hooks = ("check", "start", "on_row", "end", "state_dict", "load_state_dict")
-        if isinstance(probes, (str, bytes)) or not hasattr(probes, "__iter__"):
-            raise MiniGPTError(f"probes must be a list of probes (such as standard_probes(cfg) "
-                               f"makes), got {type(probes).__name__}")
-        probes = list(probes)
-        for probe in probes:
-            if not all(callable(getattr(probe, hook, None)) for hook in hooks):
-                raise MiniGPTError(f"probes must be a list of probes (such as standard_probes"
-                                   f"(cfg) makes), got a {type(probe).__name__} in it")
-        return probes
+
+def checked_probes(probes, folder: Path) -> list:
+    """train's `probes` as a list, each asked whether it can write in `folder` (check), or one
+    error before anything is written (such as standard_probes uncalled, which the loop would
+    find no start in after its files)."""
+    hooks = ("check", "start", "on_row", "end", "state_dict", "load_state_dict")
+    if isinstance(probes, (str, bytes)) or not hasattr(probes, "__iter__"):
+        raise MiniGPTError(f"probes must be a list of probes (such as standard_probes(cfg) "
+                           f"makes), got {type(probes).__name__}")
+    probes = list(probes)
+    for probe in probes:
+        if not all(callable(getattr(probe, hook, None)) for hook in hooks):
+            raise MiniGPTError(f"probes must be a list of probes (such as standard_probes"
+                               f"(cfg) makes), got a {type(probe).__name__} in it")
+    for probe in probes:  # (--tensorboard under a name that is not UTF-8, say)
+        probe.check(folder)
+    return probes
 
 
 class WeightAverage:

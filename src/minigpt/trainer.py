@@ -37,6 +37,7 @@ from minigpt.run import (
     build_run,
     check_can_resume,
     check_new_folder,
+    checked_probes,
     default_run_dir,
     hold_folder,
     prepare_folder,
@@ -80,9 +81,7 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
             return train(cfg, folder, resume=resume, probes=probes, progress=progress)
     folder = as_path(out_dir, "out_dir")
     (check_can_resume if resume else check_new_folder)(folder)  # (before it is made, locked)
-    probes = Run.checked_probes(probes)
-    for probe in probes:  # (one that cannot write there: said before the run is built)
-        probe.check(folder)
+    probes = checked_probes(probes, folder)  # (said before the run is built)
     console.show_logs()
     run = build_run(cfg, folder)
     run.probes = probes if run.world.is_main else []
