@@ -387,9 +387,7 @@ def _finite_difference(expr: Term, point: Mapping[str, float], name: str, grad: 
     agree by chance (near a power of two, v+h and v-h round alike for every tiny h), so none is
     counted closer than its own rounding allows, eps |f| / h. The oracle never sees `grad`."""
     def central(h: float) -> tuple[float, float]:  # (the estimate, its rounding noise)
-        with torch.no_grad():
-            up, down = (_evaluate(expr, {**point, name: point[name] + s}, strict=False).item()
-                        for s in (h, -h))
+        up, down = _shifted(expr, point, name, h), _shifted(expr, point, name, -h)
         return (up - down) / (2 * h), sys.float_info.epsilon * max(abs(up), abs(down)) / h
 
     v = abs(point[name])
@@ -405,14 +403,19 @@ def _finite_difference(expr: Term, point: Mapping[str, float], name: str, grad: 
     return GradCheck(name, grad, numeric, error, steps[best], _kink(expr, point, name, steps[best]))
 
 
+def _shifted(expr: Term, point: Mapping[str, float], name: str, s: float) -> float:
+    """The expression's value with the variable `name` moved by s (no graph)."""
+    with torch.no_grad():
+        return _evaluate(expr, {**point, name: point[name] + s}, strict=False).item()
+
+
 def _kink(expr: Term, point: Mapping[str, float], name: str,
           h: float) -> tuple[float, float] | None:
     """The slopes (left, right) where the two sides disagree at h, h/10 and h/100 by as much or
     more each time, above rounding: a kink (abs(x) at 0: -1, 1), whose central difference can
     agree with any subgradient by chance. A smooth f's sides differ by f''h: a tenth per step."""
     def at(s: float) -> float:
-        with torch.no_grad():
-            return _evaluate(expr, {**point, name: point[name] + s}, strict=False).item()
+        return _shifted(expr, point, name, s)
 
     gaps, sides, mid = [], (0.0, 0.0), at(0.0)
     for step in (h, h / 10, h / 100):
