@@ -38,6 +38,7 @@ from minigpt.corpus import (
     is_prepared,
     open_prepared,
     read_chunks,
+    read_index,
     split_point,
     token_dtype,
     tokens_done,
@@ -968,6 +969,27 @@ def test_an_unfinished_prepare_into_a_folder_the_user_made_leaves_that_folder(tm
             interrupt_at(m, "char", 1)
             prepare(str(tmp_path / "t.txt"), out, progress=False)
         assert out.exists() == kept and not (kept and any(out.iterdir()))
+
+
+def test_a_stop_just_after_the_first_shard_is_renamed_leaves_nothing(tmp_path, monkeypatch):
+    """A Ctrl-C (or SIGTERM) may land between a shard's rename and its record: the prepare,
+    stopped before its first shard was saved, still removes everything, so the same command
+    runs again (a stray shard left there was 'other files' to it) to the same shards."""
+    (tmp_path / "t.txt").write_text("some text\n" * 200)
+    prepare(str(tmp_path / "t.txt"), tmp_path / "straight", shard_tokens=300, progress=False)
+    real = os.replace
+
+    def replace_then_stop(src, dst):
+        real(src, dst)
+        if str(dst).endswith(".bin"):  # (the tokenizer's and progress' renames go through)
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(minigpt.corpus.os, "replace", replace_then_stop)
+        prepare(str(tmp_path / "t.txt"), tmp_path / "out", shard_tokens=300, progress=False)
+    assert not (tmp_path / "out").exists()
+    index = prepare(str(tmp_path / "t.txt"), tmp_path / "out", shard_tokens=300, progress=False)
+    assert index["shards"] == read_index(tmp_path / "straight")["shards"]
 
 
 def test_a_folder_of_the_users_own_files_is_no_place_to_prepare(small_text, tmp_path):

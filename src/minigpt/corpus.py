@@ -402,7 +402,7 @@ class _Shards:
     def __init__(self, out_dir: Path, shard_tokens: int, done: dict):
         self.out_dir, self.shard_tokens = out_dir, shard_tokens
         self.done = done  # split -> [{file, tokens, sha256}], the complete shards
-        self.split = self.file = self.hash = None
+        self.split = self.file = self.hash = self.path = self.tmp = None
         self.count = 0
 
     def write(self, split: str, ids: np.ndarray, on_full: Callable[[int], None]) -> None:
@@ -413,7 +413,9 @@ class _Shards:
         while pos < len(ids):
             if self.file is None:
                 self.split, self.count, self.hash = split, 0, hashlib.sha256()
-                self.file = open(self.tmp_path(), "wb")
+                self.path = self.out_dir / f"{split}-{len(self.done[split]):05d}.bin"
+                self.tmp = self.out_dir / f".{self.path.name}.tmp"
+                self.file = open(self.tmp, "wb")
             piece = ids[pos:pos + self.shard_tokens - self.count]
             self.file.write(piece)  # its buffer: no bytes copy
             self.hash.update(piece)
@@ -422,21 +424,18 @@ class _Shards:
                 self.close()
                 on_full(pos)
 
-    def name(self) -> str:
-        return f"{self.split}-{len(self.done[self.split]):05d}.bin"
-
-    def tmp_path(self) -> Path:
-        return self.out_dir / f".{self.name()}.tmp"
-
     def close(self) -> None:
+        """The shard recorded, then renamed into place: a stop (Ctrl-C, SIGTERM) between the
+        two leaves a record of a file not there, which the cleanup skips, never a renamed
+        shard no record names (which it would leave, and a rerun refuse as others' files)."""
         if self.file is None:
             return
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
-        os.replace(self.tmp_path(), self.out_dir / self.name())
-        self.done[self.split].append({"file": self.name(), "tokens": self.count,
+        self.done[self.split].append({"file": self.path.name, "tokens": self.count,
                                       "sha256": self.hash.hexdigest()})
+        os.replace(self.tmp, self.path)
         self.file = None
 
     def discard(self) -> None:
@@ -445,7 +444,7 @@ class _Shards:
             file, self.file = self.file, None
             with contextlib.suppress(OSError):  # (a full disk fails its flush again: the first
                 file.close()  # error is the one to say)
-            self.tmp_path().unlink(missing_ok=True)
+            self.tmp.unlink(missing_ok=True)
 
 
 def encode_shards(source, tok: AnyTokenizer, out_dir: Path, state: dict,
@@ -480,7 +479,7 @@ def encode_shards(source, tok: AnyTokenizer, out_dir: Path, state: dict,
     except OSError as e:  # a full disk's error names no file: the shard being written, by its
         # own name (as atomic_path names a file), not the temporary removed below
         if e.filename is None and writer.file is not None:
-            e.filename = str(writer.out_dir / writer.name())
+            e.filename = str(writer.path)
         raise
     finally:
         writer.discard()
