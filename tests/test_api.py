@@ -268,6 +268,17 @@ def test_probes_that_are_no_probes_are_refused_at_the_call(small_text, tmp_path)
         assert not (tmp_path / "run").exists()
 
 
+def test_a_resume_that_is_not_true_or_false_is_refused_at_the_call(small_text, tmp_path):
+    """resume='no' was truthy, so taken for True: a new run's folder was 'no run folder'; and
+    None or 0 passed for False. Each is one error naming `resume`, before anything is written."""
+    cfg = tiny_config(small_text, steps=2)
+    for resume in ("no", None, 1):
+        with pytest.raises(MiniGPTError, match=re.escape(
+                f"resume must be True or False, got {resume!r}") + "$"):
+            train(cfg, tmp_path / "run", resume=resume, progress=False)
+        assert not (tmp_path / "run").exists()
+
+
 def test_a_setting_set_in_code_under_no_settings_name_is_refused(small_text, tmp_path):
     """cfg.steps = 3 (the flat name overrides take, where the setting is cfg.train.steps) or a
     misspelt cfg.train.stpes made an attribute train never read: the run trained its steps

@@ -345,6 +345,14 @@ def check_not_training(folder: Path, hint: str) -> None:
                            f"there; {hint}")
 
 
+def check_start(folder: Path, resume: bool) -> None:
+    """train's `resume`, True or False (a truthy 'no' is no True), and its folder: a run to
+    resume, or a folder a new run may be written in."""
+    if not isinstance(resume, bool):
+        raise MiniGPTError(f"resume must be True or False, got {resume!r}")
+    (check_can_resume if resume else check_new_folder)(folder)
+
+
 def check_new_folder(folder: Path, held: bool = False) -> None:
     """A new run's folder may exist, but not hold another run, nor anything else minigpt
     makes (a comparison, a prepared corpus); and a file on its path is said before the data

@@ -35,8 +35,7 @@ from minigpt.precision import highest_peak
 from minigpt.run import (
     Run,
     build_run,
-    check_can_resume,
-    check_new_folder,
+    check_start,
     checked_probes,
     default_run_dir,
     hold_folder,
@@ -80,7 +79,7 @@ def train(cfg: RunConfig, out_dir: str | Path | None = None, *, resume: bool = F
         with removed_if_left_empty(default_run_dir(cfg)) as folder:
             return train(cfg, folder, resume=resume, probes=probes, progress=progress)
     folder = as_path(out_dir, "out_dir")
-    (check_can_resume if resume else check_new_folder)(folder)  # (before it is made, locked)
+    check_start(folder, resume)  # (before it is made, locked)
     probes = checked_probes(probes, folder)  # (said before the run is built)
     console.show_logs()
     run = build_run(cfg, folder)
