@@ -205,12 +205,18 @@ runpy.run_module("minigpt", run_name="__main__")
 """
 
 
-@pytest.mark.parametrize("rank, said", [(None, "minigpt: interrupted\n"), ("1", "")])
-def test_ctrl_c_while_torch_loads_is_one_line_and_exit_130(rank, said):
+TORCHRUN_1_OF_2 = {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+
+
+@pytest.mark.parametrize("place, said", [({}, "minigpt: interrupted\n"), (TORCHRUN_1_OF_2, ""),
+                                         ({"RANK": "00"}, "minigpt: interrupted\n"),
+                                         ({"RANK": "1"}, "minigpt: interrupted\n")])
+def test_ctrl_c_while_torch_loads_is_one_line_and_exit_130(place, said):
     """Under torchrun (rank 1 of 2), torchrun passes its Ctrl-C to every process: rank 0 says
-    it, and another rank's line would say it again, once a process."""
-    env = {**os.environ, **({"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": "2",
-                             "LOCAL_WORLD_SIZE": "2"} if rank else {})}
+    it, and another rank's line would say it again, once a process. RANK is read as the
+    command reads it (world_from_env): '00' is rank 0, and RANK=1 with no WORLD_SIZE is a
+    process alone, which said nothing where its string was not '0'."""
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_1_OF_2} | place
     r = subprocess.run([sys.executable, "-c", CTRL_C_IN_IMPORT], capture_output=True, text=True,
                        timeout=120, env=env)
     assert (r.returncode, r.stdout, r.stderr) == (130, "", said)

@@ -15,12 +15,23 @@ import sys
 from minigpt.errors import ctrl_c_held, ctrl_c_raises
 
 
+def another_rank() -> bool:
+    """Whether torchrun's variables place this process at a rank other than 0, read as
+    distributed.world_from_env reads them (without importing torch): RANK '00' is rank 0, and
+    RANK 1 with no WORLD_SIZE no place torchrun gives (the command refuses it in each process)."""
+    try:
+        rank, size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:  # (refused by the command in every process, as said)
+        return False
+    return 0 < rank < size
+
+
 def main() -> int:
     try:
         with ctrl_c_held():
             from minigpt.cli import main as run
     except KeyboardInterrupt:  # (under torchrun, which passes its Ctrl-C to all: rank 0 says it)
-        if os.environ.get("RANK", "0").strip() in ("", "0"):
+        if not another_rank():
             print("minigpt: interrupted", file=sys.stderr)
         return 130
     code = run()
