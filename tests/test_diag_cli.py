@@ -634,6 +634,10 @@ def test_autograd_command_shows_the_lessons_example(capsys):
     (["attention", "--run", "{run}", "--device", "xpu"], "unknown device 'xpu'"),
     (["autograd", "--at", "x2"], "--at takes NAME=VALUE pairs"),
     (["autograd", "--at", "=2"], "--at takes NAME=VALUE pairs"),  # (a value without a name)
+    # a pair whose value is no number is told so, as explain(expr, {"x": "pi"}) tells it (it
+    # was 'takes NAME=VALUE pairs', of a pair; 0x10, which --expr reads as 16, likewise)
+    (["autograd", "--at", "x=pi"], "the value of x must be a number, got 'pi'"),
+    (["autograd", "--at", "y=1,x=0x10"], "the value of x must be a number, got '0x10'"),
     (["autograd", "--expr", "open('f')"], "'open' is not allowed"),
     (["autograd", "--expr", "x.real"], "attribute access"),
 ])

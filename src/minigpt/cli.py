@@ -481,12 +481,13 @@ def parse_point(text: str) -> dict[str, float]:
         name = name.strip()
         if name in point:
             raise MiniGPTError(f"--at gives {name!r} twice in {text!r}")
-        try:
-            point[name] = float(value)
-        except ValueError:
-            sep = ""
         if not sep or not name:
             raise MiniGPTError(f"--at takes NAME=VALUE pairs separated by commas, got {text!r}")
+        try:
+            point[name] = float(value)
+        except ValueError:  # (a pair all the same: x=pi, x=1/2, x=0x10) as explain says it
+            raise MiniGPTError(f"the value of {name} must be a number, got "
+                               f"{value.strip()!r}") from None
     return point
 
 
