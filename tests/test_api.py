@@ -6,6 +6,7 @@ import copy
 import json
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -266,6 +267,22 @@ def test_probes_that_are_no_probes_are_refused_at_the_call(small_text, tmp_path)
                            rf"\(such as standard_probes\(cfg\) makes\), {got}$"):
             train(cfg, tmp_path / "run", probes=probes, progress=False)
         assert not (tmp_path / "run").exists()
+
+
+def test_a_probe_of_ones_own_without_its_hooks_is_refused_as_the_docs_quote(small_text,
+                                                                           tmp_path):
+    """docs/reliability.md lists the errors users see, as they see them: a list holding a probe
+    written without all six hooks (only on_row, say) is refused in the line it quotes."""
+    class MyProbe:
+        def on_row(self, row):
+            pass
+
+    with pytest.raises(MiniGPTError) as e:
+        train(tiny_config(small_text, steps=2), tmp_path / "run", probes=[MyProbe()],
+              progress=False)
+    assert not (tmp_path / "run").exists()
+    docs = (Path(__file__).parents[1] / "docs" / "reliability.md").read_text(encoding="utf-8")
+    assert f"`{e.value}`" in docs
 
 
 def test_a_resume_that_is_not_true_or_false_is_refused_at_the_call(small_text, tmp_path):
