@@ -280,16 +280,15 @@ def test_every_process_reads_the_agreed_seconds_not_its_running_clock(monkeypatc
 
     agreed = []
 
-    def agree(value, world):  # the slowest process's clock, a moment ago
-        agreed.append(value)
+    def agree(values, world):  # the slowest process's clock, a moment ago (and no signal)
+        agreed.append(values[0])
         time.sleep(0.01)
-        return value
+        return values
 
     monkeypatch.setattr(trainer.distributed, "agree", agree)
-    run = SimpleNamespace(cfg=SimpleNamespace(train=SimpleNamespace(time_budget=4.0)),
-                          world=SimpleNamespace(enabled=True))
     clock = Clock(3.0).start()
-    assert trainer.seconds(clock, run) == agreed[0]
+    signals = SimpleNamespace(received=None)
+    assert trainer.agreed(clock, signals, SimpleNamespace(enabled=True)) == (agreed[0], False)
     assert clock.seconds() > agreed[0]  # the clock itself runs on
 
 
@@ -350,3 +349,50 @@ def test_the_agreements_and_main_first_over_two_gloo_processes(tmp_path):
     assert order == ["start 0", "end 0", "start 1", "end 1"]
     assert zero["ran"] == [0] and zero["error"] == "rank 0's block failed"
     assert "ran" not in one and one["error"] == "the first process failed; it says why"
+
+
+# A timed two-process run in two plain processes (as above), each counting the host's all-reduces
+# (the agreements; DDP's gradients go through its own reducer) made before each of its steps.
+COUNTED = """
+import os, sys
+import torch.distributed as dist
+import minigpt.trainer
+from minigpt.cli import main
+reduce, step, calls = dist.all_reduce, minigpt.trainer.train_step, []
+def counted(*args, **kwargs):
+    calls.append(1)
+    return reduce(*args, **kwargs)
+def counting(*args, **kwargs):  # (a line a step: main leaves with os._exit under torchrun)
+    with open(os.environ["COUNTS"] + os.environ["RANK"], "a") as f:
+        f.write(f"{len(calls)}\\n")
+    return step(*args, **kwargs)
+dist.all_reduce, minigpt.trainer.train_step = counted, counting
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_timed_step_under_torchrun_makes_one_agreement(small_text, tmp_path):
+    """With a time budget every process agrees after each step on both the clock and whether to
+    stop (a signal): one collective call carries both, where two made every step wait twice for
+    the slowest process. Steps without a row (after the first) are counted."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(random.randint(20000, 60000)),
+           "COUNTS": str(tmp_path / "counts")}
+    args = ["train", "--text", str(small_text), *TINY_FLAGS, "--time-budget", "1", "--dtype",
+            "float32", "--log-every", "100000", "--eval-every", "100000",
+            "--out", str(tmp_path / "run")]
+    procs = [subprocess.Popen([sys.executable, "-c", COUNTED, *args],
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in range(2)]
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    for rank in range(2):
+        before = [int(n) for n in (tmp_path / f"counts{rank}").read_text().split()]
+        # the calls between two steps' starts, from step 1 (step 0 had a row: the loss's mean)
+        per_step = [b - a for a, b in zip(before[1:-1], before[2:], strict=True)]
+        assert len(per_step) > 3 and set(per_step) == {1}, per_step

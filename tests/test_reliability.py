@@ -199,10 +199,10 @@ def test_under_torchrun_a_signal_stops_after_its_step_as_in_one_process(small_te
     Two processes are stood for by this one (its flag is every process's)."""
     from minigpt import distributed
 
-    monkeypatch.setattr(distributed, "any_process", lambda flag, world: flag)
-    agreed = StopSignals.agreed
-    monkeypatch.setattr(StopSignals, "agreed", lambda self, world, *a, **k: agreed(
-        self, distributed.World(rank=0, size=2), *a, **k))  # (as trainer calls it)
+    monkeypatch.setattr(distributed, "agree", lambda values, world: values)
+    agreed = minigpt.trainer.agreed
+    monkeypatch.setattr(minigpt.trainer, "agreed", lambda clock, signals, world: agreed(
+        clock, signals, distributed.World(rank=0, size=2)))  # (as the loop calls it)
     calls = ctrl_c_at_step(monkeypatch, 14)
     cfg = tiny_config(small_text, steps=40, log_every=10, eval_every=100)
     with pytest.raises(TrainingStopped, match="after 14 steps"):

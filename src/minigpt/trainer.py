@@ -130,7 +130,7 @@ def loop(run: Run, progress: bool) -> TrainResult:
     run.model.train()
     with StopSignals() as signals:
         clock.start()
-        now = seconds(clock, run)
+        now, _ = agreed(clock, signals, run.world)
         while not (finished(t, state.step, now) or state.out_of_patience(t.patience)):
             step, lr = state.step, set_schedules(run, state.step, now)
             loss, grad_norm = train_step(model, run.optimizer, run.batches, t.grad_clip, micro)
@@ -140,7 +140,7 @@ def loop(run: Run, progress: bool) -> TrainResult:
             skipped += ~torch.isfinite(grad_norm)  # those batches left the weights as they were
             if t.grad_clip > 0:  # steps whose gradient the clip scaled down
                 clipped += torch.isfinite(grad_norm) & (grad_norm > t.grad_clip)
-            state.step, now = step + 1, seconds(clock, run)
+            state.step, (now, stop) = step + 1, agreed(clock, signals, run.world)
             last = finished(t, state.step, now)
             bar.advance(state.step, now)
             evaluate_now = step % t.eval_every == 0 or last
@@ -161,7 +161,7 @@ def loop(run: Run, progress: bool) -> TrainResult:
                 log.info(f"early stopping at step {step}: no improvement for "
                          f"{console.count(t.patience, 'evaluation')} (best {state.best_val:.4f})")
                 break
-            if last or signals.agreed(run.world):
+            if last or stop:
                 break
         clock.stop()
     bar.close()
@@ -182,16 +182,15 @@ def set_schedules(run: Run, step: int, seconds: float) -> float:
     return set_lr(run.optimizer, schedule_lr(run.cfg.train, step, seconds))
 
 
-def seconds(clock: Clock, run: Run) -> float:
-    """The clock's seconds of training. With a time budget under torchrun, every process's
-    clock first catches up with the slowest's (a collective call, once a step): all follow one
-    schedule and stop after the same step, each returning the agreed figure, not its running
-    clock, which read again could fall on the other side of the budget and leave one waiting."""
-    if run.cfg.train.time_budget and run.world.enabled:
-        agreed = distributed.agree(clock.seconds(), run.world)
-        clock.catch_up(agreed)
-        return agreed
-    return clock.seconds()
+def agreed(clock: Clock, signals: StopSignals, world: distributed.World) -> tuple[float, bool]:
+    """The clock's seconds of training, and whether to stop (a signal in any process). Under
+    torchrun one collective call a step carries both: every process's clock catches up with the
+    slowest's, so all follow one schedule and stop after the same step, each returning the
+    agreed figure, not its running clock, which read again could fall on the other side of the
+    budget and leave one waiting (a signal during a row is agreed on after the next step)."""
+    now, stop = distributed.agree([clock.seconds(), signals.received is not None], world)
+    clock.catch_up(now)
+    return now, bool(stop)
 
 
 def finished(t: TrainConfig, steps_done: int, seconds: float) -> bool:
