@@ -157,6 +157,7 @@ def loop(run: Run, progress: bool) -> TrainResult:
                         probe.on_row(row)
                     if evaluate_now:  # after the row: a crash between, and resume rewrites it
                         save(run, ["last", "best"] if improved else ["last"])
+                stop = signals.agreed(run.world)  # (a signal during the row: stop after it)
             if state.out_of_patience(t.patience):  # every process evaluated alike
                 log.info(f"early stopping at step {step}: no improvement for "
                          f"{console.count(t.patience, 'evaluation')} (best {state.best_val:.4f})")
@@ -187,7 +188,7 @@ def agreed(clock: Clock, signals: StopSignals, world: distributed.World) -> tupl
     torchrun one collective call a step carries both: every process's clock catches up with the
     slowest's, so all follow one schedule and stop after the same step, each returning the
     agreed figure, not its running clock, which read again could fall on the other side of the
-    budget and leave one waiting (a signal during a row is agreed on after the next step)."""
+    budget and leave one waiting. (A row's step asks again after it: a signal during the row.)"""
     now, stop = distributed.agree([clock.seconds(), signals.received is not None], world)
     clock.catch_up(now)
     return now, bool(stop)
