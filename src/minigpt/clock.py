@@ -3,8 +3,8 @@
 `Clock` counts the seconds a run spends training, across resumes: it runs while steps run and
 stops around evaluation, checkpoints and probes (`with clock.paused():`). Time budgets, the
 schedule's time fraction, the `time_s` column and the time to a target loss all read it, and a
-checkpoint keeps it (`state_dict`). `Speed` turns steps and clock seconds into tokens per second
-and model FLOPs utilisation.
+checkpoint keeps it (`state_dict`). `Speed` turns tokens trained and clock seconds into tokens
+per second and model FLOPs utilisation.
 """
 
 from __future__ import annotations

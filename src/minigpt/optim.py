@@ -56,7 +56,7 @@ class Muon(torch.optim.Muon):
 
     - dtype: torch's runs in bfloat16 always, which a CPU without native bf16 computes tens of
       times slower than float32 (the fast preset's model on an AVX2 EPYC: 233 ms a Muon step,
-      39 ms in float32). The loop passes the run's matmul precision.
+      39 ms in float32). make_optimizer passes the run's matmul precision.
     - polar_express: the five iterations' coefficients from Polar Express instead of one
       Newton-Schulz triple repeated.
     - normuon (NorMuon, Li et al. 2025): each output neuron's (row's) orthogonalised update
@@ -135,7 +135,7 @@ def orthogonalise(g: torch.Tensor, steps, dtype: torch.dtype, eps: float,
         x = x.mT  # (B, n, m)
     x = x.div(x.norm(dim=(-2, -1), keepdim=True).mul(safety).clamp(min=eps))
     for a, b, c in steps:
-        gram = x @ x.mT  # (B, m, m)
+        gram = x @ x.mT  # (B, k, k), k the smaller of m and n
         x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return (x.mT if tall else x).reshape(g.shape)
 
