@@ -55,7 +55,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainResult:
-    """What `train` gives back: summary.json's figures, and the final model (in eval mode)."""
+    """What `train` gives back: summary.json's figures (on rank 0; the other processes', the
+    steps alone), and the final model (in eval mode)."""
 
     summary: dict
     model: MiniGPT
