@@ -15,9 +15,8 @@ log = logging.getLogger(__name__)
 
 
 class StopSignals:
-    """The first SIGINT (Ctrl-C) or SIGTERM lets the current step finish (one during a metrics
-    row, its evaluation or checkpoint: the next step too), then the loop saves a checkpoint and
-    stops; a second one stops at once (files are only ever renamed into place,
+    """The first SIGINT (Ctrl-C) or SIGTERM lets the current step finish, then the loop saves a
+    checkpoint and stops; a second one stops at once (files are only ever renamed into place,
     so nothing is left half-written). Under torchrun the processes agree after every step
     (a collective call on the host), so that they all stop after the same one: torchrun, which
     passes its Ctrl-C on, kills them 30 s later, so the next log line could come too late."""
