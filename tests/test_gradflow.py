@@ -239,6 +239,8 @@ def test_nan_and_inf_gradients_are_nonfinite_and_nothing_else():
     assert {n for n, s in stats.items() if s.flags} == {"blocks.0.attn.Wv.weight",
                                                          "blocks.1.ff.0.bias"}
     assert stats["blocks.1.ff.0.bias"].flags == ["nonfinite"]  # inf is not "exploding"
+    # an inf element's norm is inf, as by hand (the overflow-safe scaling would make it NaN)
+    assert stats["blocks.1.ff.0.bias"].grad_norm == hand_norm(model.blocks[1].ff[0].bias.grad)
     assert stats["blocks.0.attn.Wv.weight"].flags == ["nonfinite"]
     model = tiny()  # a NaN weight makes every gradient nonfinite, exempt key biases included
     with torch.no_grad():
