@@ -508,10 +508,15 @@ def test_the_overlay_keeps_a_diverged_variant_from_flattening_the_others():
     assert (low, top) == by_time.get_ylim() and top == 1.5 * 4.0
     shown = [r[k] for r in ok for k in ("train_loss", "val_loss") if k in r]
     assert low < min(shown) and max(shown) < top
+    # and the axis starts just below them (a margin, as matplotlib's own), not at 0: that would
+    # squeeze the others' curves into the top part of the panel again
+    assert min(shown) - low < 0.1 * (top - low)
     assert [t.get_text() for t in by_step.get_legend().get_texts()] == [
         "ok (val)", f"boom (val, off the scale: up to {max(r['train_loss'] for r in boom):.3g})"]
-    by_step, _ = plot_overlay({"ok": ok, "ok2": overlay_rows(3.0, 4.0)}).axes
-    assert by_step.get_ylim()[1] < top  # none diverged: matplotlib's own limits, all shown
+    # none diverged: matplotlib's own limits, all shown; ok2 starts lower than ok, and the
+    # scale is set by the highest start (ok's 4.0), not the lowest, which would cut ok off
+    by_step, _ = plot_overlay({"ok": ok, "ok2": overlay_rows(2.0, 4.0)}).axes
+    assert by_step.get_ylim()[1] < top
     assert not any("off the scale" in t.get_text() for t in by_step.get_legend().get_texts())
 
 
