@@ -243,6 +243,8 @@ def test_rejected_formulas_raise_one_line_errors_and_run_nothing(text, tmp_path)
     ("(x + 1)(x - 1)", {"x": 1.0}, "for a product write (x + 1)*(x - 1)"),
     ("x(x + 1)", {"x": 1.0}, "for a product write x*(x + 1)"),
     ("x² + 1", {"x": 1.0}, "a power is written x**2, not x²"),
+    # a starred argument is no one argument: said as such (not 'syntax *x'), and no product
+    ("sin(*x)", {"x": 1.0}, "sin() takes exactly one argument"),
     # the point as given, not rounded through float32 (y=0, x=inf)
     ("x/y", {"x": 1.0, "y": 1e-200}, "at x=1, y=1e-200"),
     ("sqrt(x - 1e300)", {"x": 1e300}, "at x=1e+300"),
