@@ -59,6 +59,12 @@ MISTAKES = [  # (a call, what the error says); m: a small MiniGPT, idx: (1, 3) t
     (lambda m, idx: CharTokenizer.from_text("abc").decode(idx),  # (generate's (B, T), not a row)
      "decode takes one sequence of token ids (of generate's (B, T) batch, a row: "
      "ids[0].tolist()), got a Tensor of shape (3,) in it"),
+    (lambda m, idx: CharTokenizer.from_text("abc").decode(idx[:, :1]),  # a (1, 1) batch: its
+     "decode takes one sequence of token ids (of generate's (B, T) batch, a row: "  # row
+     "ids[0].tolist()), got a Tensor of shape (1,) in it"),  # converts to an int, yet is a row
+    (lambda m, idx: CharTokenizer.from_text("abc").decode("ab"),  # (the text, not its ids: not
+     "decode takes one sequence of token ids (of generate's (B, T) batch, a row: "  # int's
+     "ids[0].tolist()), got a str in it"),  # ValueError)
     (lambda m, idx: BPETokenizer.train(["to be or not"], 257).decode([[1, 2]]),
      "decode takes one sequence of token ids (of generate's (B, T) batch, a row: "
      "ids[0].tolist()), got a list in it"),
@@ -262,7 +268,8 @@ def test_probes_that_are_no_probes_are_refused_at_the_call(small_text, tmp_path)
     loop, the second after config.json, tokenizer.json and run.lock were written)."""
     cfg = tiny_config(small_text, steps=5)
     for probes, got in [(standard_probes, "got function"), ([standard_probes],
-                                                             "got a function in it")]:
+                                                             "got a function in it"),
+                        ("tensorboard", "got str")]:  # (a str, not a list of its letters)
         with pytest.raises(MiniGPTError, match="^probes must be a list of probes "
                            rf"\(such as standard_probes\(cfg\) makes\), {got}$"):
             train(cfg, tmp_path / "run", probes=probes, progress=False)
@@ -283,6 +290,14 @@ def test_a_probe_of_ones_own_without_its_hooks_is_refused_as_the_docs_quote(smal
     assert not (tmp_path / "run").exists()
     docs = (Path(__file__).parents[1] / "docs" / "reliability.md").read_text(encoding="utf-8")
     assert f"`{e.value}`" in docs
+
+    class OlderProbe(MyProbe):  # the five hooks the docstring once listed, no check(folder)
+        start = end = state_dict = load_state_dict = MyProbe.on_row
+
+    with pytest.raises(MiniGPTError, match="got a OlderProbe in it$"):  # (not AttributeError)
+        train(tiny_config(small_text, steps=2), tmp_path / "run", probes=[OlderProbe()],
+              progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_resume_that_is_not_true_or_false_is_refused_at_the_call(small_text, tmp_path):
