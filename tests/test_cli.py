@@ -210,12 +210,16 @@ TORCHRUN_1_OF_2 = {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "LOCAL_WOR
 
 @pytest.mark.parametrize("place, said", [({}, "minigpt: interrupted\n"), (TORCHRUN_1_OF_2, ""),
                                          ({"RANK": "00"}, "minigpt: interrupted\n"),
-                                         ({"RANK": "1"}, "minigpt: interrupted\n")])
+                                         ({"RANK": "1"}, "minigpt: interrupted\n"),
+                                         ({"RANK": "one", "WORLD_SIZE": "2"},
+                                          "minigpt: interrupted\n")])
 def test_ctrl_c_while_torch_loads_is_one_line_and_exit_130(place, said):
     """Under torchrun (rank 1 of 2), torchrun passes its Ctrl-C to every process: rank 0 says
     it, and another rank's line would say it again, once a process. RANK is read as the
     command reads it (world_from_env): '00' is rank 0, and RANK=1 with no WORLD_SIZE is a
-    process alone, which said nothing where its string was not '0'."""
+    process alone, which said nothing where its string was not '0'. A RANK that is no number
+    places the process at no other rank (the command refuses it in every process), so the
+    interruption is said, not swallowed as another rank's."""
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_1_OF_2} | place
     r = subprocess.run([sys.executable, "-c", CTRL_C_IN_IMPORT], capture_output=True, text=True,
                        timeout=120, env=env)
@@ -526,6 +530,7 @@ BAD_INPUT = [
     (["graph", "--depth", "2", "--out", "{bad}/g"], "--depth goes with --collapse"),
     (["autograd", "--at", "x=2,x=3"], "--at gives 'x' twice in 'x=2,x=3'"),
     (["autograd", "--at", ""], "--at is empty (an unset shell variable?)"),  # (not x = 2)
+    (["autograd", "--at", "x=1", "--at", ""], "--at is empty"),  # any one of several --at
     (["compare", "--variant", "a:lr=1e-3", "--variant", "a:lr=1e-2", "--steps", "1",
       "--out", "{bad}/compare"], "variant name(s) 'a' given twice; give each variant its own"),
     (["compare", "--optimizers", "sgd", "--steps", "1", "--out", "{run}"],
@@ -639,6 +644,11 @@ def test_a_missing_checkpoint_names_the_other_tag_only_where_it_is_there(cli_run
     (run / "config.json").write_bytes((cli_run[0] / "config.json").read_bytes())
     line = one_line_error(capsys, ["sample", "--run", str(run), "--device=cpu"])
     assert line.endswith(f"no 'best' checkpoint in {run / 'checkpoints'}")
+    # the folder there but empty (its checkpoints deleted, or a first save killed before any
+    # was renamed in) is a run with no checkpoint at all, as a missing folder is; no tag's
+    (run / "checkpoints" / "step-000040.json").unlink()
+    line = one_line_error(capsys, ["sample", "--run", str(run), "--device=cpu"])
+    assert "holds no checkpoints: not a run folder, or a run stopped before its first" in line
 
 
 def test_a_value_that_begins_with_a_dash_is_told_to_go_after_an_equals_sign(capsys):
