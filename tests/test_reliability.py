@@ -1435,6 +1435,19 @@ def test_out_of_memory_and_compile_failures_are_told_in_one_line(tmp_path):
     assert said == "torch.compile failed (no C++ compiler); train without it: --compile off"
 
 
+def test_a_signal_to_another_process_stops_this_one_after_the_same_step(monkeypatch):
+    """Under torchrun a signal may reach one process alone (kill -INT of one pid): the others
+    stop after the same step by the collective call's answer (any_process), not by their own
+    flag, which would leave them stepping while it waits in its save. The oracle: that call."""
+    from minigpt import distributed
+
+    flags = []
+    monkeypatch.setattr(distributed, "any_process", lambda flag, world: flags.append(flag) or True)
+    with StopSignals() as signals:
+        assert signals.agreed(distributed.World(rank=1, size=2))
+    assert flags == [False]  # (this process got none: the stop was another's)
+
+
 def test_a_stop_agreed_on_for_another_processs_signal_exits_as_sigterm(tmp_path):
     """A process that got no signal itself, stopped with its peers under torchrun: SIGTERM's
     exit, and the processes the run had, for the command that continues it."""
