@@ -290,6 +290,9 @@ def test_every_process_reads_the_agreed_seconds_not_its_running_clock(monkeypatc
     signals = SimpleNamespace(received=None)
     assert trainer.agreed(clock, signals, SimpleNamespace(enabled=True)) == (agreed[0], False)
     assert clock.seconds() > agreed[0]  # the clock itself runs on
+    # a signal another process got (its flag the largest) stops this one after the same step
+    monkeypatch.setattr(trainer.distributed, "agree", lambda values, world: [values[0], 1.0])
+    assert trainer.agreed(clock, signals, SimpleNamespace(enabled=True))[1] is True
 
 
 # The helpers themselves, in two plain processes joined over gloo (no torchrun, no training):
