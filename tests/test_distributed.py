@@ -329,10 +329,12 @@ print(json.dumps(got))
 """
 
 
-def test_the_agreements_and_main_first_over_two_gloo_processes(tmp_path):
+def two_plain_processes(code: str, args: list[str], **env: str) -> list[str]:
+    """Run `python -c code args` as ranks 0 and 1 of a gloo group (torchrun's variables, without
+    torchrun), each with one thread; both must succeed. Returns their standard outputs."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(random.randint(20000, 60000))}
-    procs = [subprocess.Popen([sys.executable, "-c", HELPERS, str(tmp_path)],
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(random.randint(20000, 60000)), **env}
+    procs = [subprocess.Popen([sys.executable, "-c", code, *args],
                               env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for r in range(2)]
@@ -342,7 +344,11 @@ def test_the_agreements_and_main_first_over_two_gloo_processes(tmp_path):
         for p in procs:
             p.kill()
     assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
-    zero, one = (json.loads(out) for out, _ in outs)
+    return [out for out, _ in outs]
+
+
+def test_the_agreements_and_main_first_over_two_gloo_processes(tmp_path):
+    zero, one = (json.loads(out) for out in two_plain_processes(HELPERS, [str(tmp_path)]))
     for got in (zero, one):
         assert got["agree"] == max(10.0, 20.0)  # the larger, on both
         assert got["any_false"] is False and got["any_one"] is True
@@ -354,7 +360,7 @@ def test_the_agreements_and_main_first_over_two_gloo_processes(tmp_path):
     assert "ran" not in one and one["error"] == "the first process failed; it says why"
 
 
-# A timed two-process run in two plain processes (as above), each counting the host's all-reduces
+# A timed two-process run in two plain processes, each counting the host's all-reduces
 # (the agreements; DDP's gradients go through its own reducer) made before each of its steps.
 COUNTED = """
 import os, sys
@@ -378,22 +384,10 @@ def test_a_timed_step_under_torchrun_makes_one_agreement(small_text, tmp_path):
     """With a time budget every process agrees after each step on both the clock and whether to
     stop (a signal): one collective call carries both, where two made every step wait twice for
     the slowest process. Steps without a row (after the first) are counted."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(random.randint(20000, 60000)),
-           "COUNTS": str(tmp_path / "counts")}
     args = ["train", "--text", str(small_text), *TINY_FLAGS, "--time-budget", "1", "--dtype",
             "float32", "--log-every", "100000", "--eval-every", "100000",
             "--out", str(tmp_path / "run")]
-    procs = [subprocess.Popen([sys.executable, "-c", COUNTED, *args],
-                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for r in range(2)]
-    try:
-        outs = [p.communicate(timeout=120) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    two_plain_processes(COUNTED, args, COUNTS=str(tmp_path / "counts"))
     for rank in range(2):
         before = [int(n) for n in (tmp_path / f"counts{rank}").read_text().split()]
         # the calls between two steps' starts, from step 1 (step 0 had a row: the loss's mean)
