@@ -945,10 +945,15 @@ def test_a_time_budget_trains_for_that_many_seconds(small_text, tmp_path):
 
 
 @pytest.mark.parametrize("tokenizer", ["char", "bpe"])
-def test_bits_per_byte_is_the_nats_per_byte_of_the_validation_text(tmp_path, tokenizer):
+def test_bits_per_byte_is_the_nats_per_byte_of_the_validation_text(tmp_path, tokenizer,
+                                                                   caplog):
     """val_bpb by hand: every validation target's loss in nats (the model run window by
     window, as the whole-split evaluation reads the split), summed, over ln 2 and the UTF-8
-    bytes the targets decode to; the text mixes 1-, 2- and 3-byte characters."""
+    bytes the targets decode to; the text mixes 1-, 2- and 3-byte characters. The lines the
+    run prints show the same figures: each evaluation's '(x bpb)' its row's, and the final
+    line's 'bits per byte' the hand figure (not the loss per token over ln 2, which the text's
+    several bytes a token make larger)."""
+    caplog.set_level("INFO", logger="minigpt")
     text = tmp_path / "t.txt"
     text.write_text("le café — naïve ☃ déjà vu, l'été. " * 120, encoding="utf-8")
     cfg = tiny_config(text, steps=20, eval_every=10, eval_batches=0, tokenizer=tokenizer,
@@ -970,6 +975,11 @@ def test_bits_per_byte_is_the_nats_per_byte_of_the_validation_text(tmp_path, tok
     assert result.summary["final_val_bpb"] == pytest.approx(hand, rel=1e-6)
     last = metrics(tmp_path / "run")[-1]
     assert last["val_bpb"] == pytest.approx(hand, rel=1e-6)
+    shown = [float(x) for x in re.findall(r"\(([\d.]+) bpb\)", caplog.text)]  # (3 decimals)
+    rows = [r["val_bpb"] for r in metrics(tmp_path / "run") if "val_bpb" in r]
+    assert shown == pytest.approx(rows, abs=5.01e-4) and len(shown) == 3
+    final = re.search(r"\(([\d.]+) bits per byte\)", caplog.text)
+    assert float(final[1]) == pytest.approx(hand, abs=5.01e-4)
     # evaluated over the whole split, the last row's loss is the final figure itself
     assert last["step"] == 19 and last["val_loss"] == result.summary["final_val_loss"]
 
