@@ -19,6 +19,7 @@ from conftest import tiny_config
 from minigpt import BPETokenizer, CharTokenizer, MiniGPT, MiniGPTError, get_batch
 from minigpt.data import load_corpus, prepared_text
 from minigpt.diagnostics.attention import token_labels
+from minigpt.evaluate import target_bytes
 from minigpt.lesson import train_step
 from minigpt.sample import sample_text
 from minigpt.tokenizer import (
@@ -170,6 +171,21 @@ def test_decode_stream_holds_back_split_characters():
     assert len(ids) > 3 and "\ufffd" in tok.decode(ids[:3])  # a token ends mid-character
     pieces = list(tok.decode_stream(ids))
     assert "".join(pieces) == "ab😀c" and not any("\ufffd" in p for p in pieces)
+
+
+def test_bits_per_byte_counts_the_bytes_of_targets_that_begin_mid_character():
+    """A validation split's first token may be the first byte of a character no merge covers
+    (the emoji; é and the CJK are bytes too): its targets then begin mid-character. What bits
+    per byte divides by is the UTF-8 bytes those targets stand for, the text's less that one
+    byte; decoding them first counts each stray byte as U+FFFD's three (a byte_lengths that
+    decoded each token did so, and no run's text had an unmerged character to show it)."""
+    tok = BPETokenizer.train(["plain ascii text\n" * 20], 260)  # no merge outside ASCII
+    text = "😀 日本 café ☃ text"
+    ids = np.array(tok.encode(text))
+    assert tok.to_bytes(ids[:1]) == text.encode("utf-8")[:1]  # the targets begin mid-character
+    expected = len(text.encode("utf-8")[1:])
+    assert len(tok.decode(ids[1:]).encode("utf-8")) > expected  # (the U+FFFDs a decode gives)
+    assert target_bytes(ids, tok.byte_lengths()) == expected
 
 
 def test_an_id_outside_the_vocabulary_is_refused_by_decode_and_decode_stream():
