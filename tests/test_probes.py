@@ -327,9 +327,13 @@ def test_tensorboard_event_files_hold_the_tags(probed_run):
     assert {"loss/train", "loss/val", "lr", "grad_norm", "tokens_per_s"} <= scalars
     assert {"grad_norm/blocks.0", "grad_norm/lm_head"} <= scalars
     assert "attention" in acc.Tags()["images"]
-    train_losses = [e.value for e in acc.Scalars("loss/train")]
-    logged = [r["train_loss"] for r in read_jsonl(probed_run / "metrics.jsonl")]
-    assert train_losses == pytest.approx(logged)
+    rows = read_jsonl(probed_run / "metrics.jsonl")
+    # each tag holds its own figure, as metrics.jsonl does (whose val_bpb test_train checks
+    # by hand): swapping loss/val and bpb/val went unseen
+    for tag, key in (("loss/train", "train_loss"), ("loss/val", "val_loss"),
+                     ("bpb/val", "val_bpb")):
+        logged = [r[key] for r in rows if key in r]
+        assert [e.value for e in acc.Scalars(tag)] == pytest.approx(logged) and logged
 
 
 def test_tensorboard_without_its_package_is_one_line_before_the_run_starts(small_text, tmp_path,
