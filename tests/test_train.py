@@ -49,6 +49,8 @@ from minigpt.diagnostics.reading import read_run
 from minigpt.distributed import HOST_WAIT, World, start, world_from_env
 from minigpt.evaluate import estimate_loss, evaluating, target_bytes
 from minigpt.run import open_run
+from minigpt.sample import sample_text
+from minigpt.schedule import schedule_lr
 from minigpt.step import (
     MicroSteps,
     clip_gradients,
@@ -213,6 +215,21 @@ def test_an_optimizer_not_fused_skips_a_step_whose_gradient_norm_is_not_finite(n
     assert torch.equal(weight.detach(), torch.ones(3)) and not optimizer.state
     step_unless_nonfinite(optimizer, torch.tensor(1.0))
     assert not torch.equal(weight.detach(), torch.ones(3)) and optimizer.state
+
+
+@pytest.mark.parametrize("norm", [math.nan, math.inf])
+def test_a_fused_adamw_skips_a_step_whose_gradient_norm_is_not_finite(norm):
+    """The fused AdamW (the default's) decides on the device through found_inf: a NaN or an inf
+    norm leaves the weights and the moments as they were; a finite one steps (the oracle).
+    (A flag of NaN alone let an inf norm's step through: weight decay moved the weights.)"""
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.AdamW([weight], lr=0.1, fused=True)
+    weight.grad = torch.ones(3)
+    step_unless_nonfinite(optimizer, torch.tensor(norm))
+    assert torch.equal(weight.detach(), torch.ones(3))
+    assert all(not s["exp_avg"].any() for s in optimizer.state.values())
+    step_unless_nonfinite(optimizer, torch.tensor(1.0))
+    assert not torch.equal(weight.detach(), torch.ones(3))
 
 
 def test_early_stopping_counts_evaluations_without_improvement():
@@ -470,6 +487,44 @@ def test_early_stopping_ends_the_run(small_text, tmp_path, caplog):
     assert again.summary["steps"] == 6 and "the run has ended: nothing to train" in caplog.text
 
 
+def test_the_best_checkpoint_is_only_written_by_an_evaluation_that_improves(small_text, tmp_path):
+    """With min_delta 10 nats only step 0's evaluation improves (on infinity): 'best' stays the
+    state after it while 'last' moves on, and its weights are that state's, not the last's.
+    Writing 'best' at every evaluation kept 'best' and 'last' the same checkpoint."""
+    train(tiny_config(small_text, steps=10, eval_every=5, min_delta=10.0), tmp_path,
+          progress=False)
+    rows = [r for r in metrics(tmp_path) if "val_loss" in r]
+    best, last = (load_checkpoint(tmp_path / "checkpoints", name) for name in ("best", "last"))
+    assert [r["step"] for r in rows] == [0, 5, 9]
+    assert (best.meta["step"], last.meta["step"]) == (rows[0]["step"] + 1, rows[-1]["step"] + 1)
+    weights = [load_model(tmp_path, name)[0].state_dict() for name in ("best", "last")]
+    assert not all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_the_evaluations_read_the_validation_split(tmp_path):
+    """A text whose validation part (its last tenth: 'xy' repeated) the model never trains on:
+    each evaluation's estimate over random batches is the validation loss (the final
+    whole-split figure's, to a few percent, the split being periodic), far above the training
+    loss. An estimate drawn from the training split read near the training loss."""
+    text = tmp_path / "two.txt"
+    text.write_text("ab" * 900 + "xy" * 100)
+    summary = train(tiny_config(text, steps=30, eval_every=10, lr=3e-3), tmp_path / "run",
+                    progress=False).summary
+    last = metrics(tmp_path / "run")[-1]
+    assert last["val_loss"] == pytest.approx(summary["final_val_loss"], rel=0.05)
+    assert last["val_loss"] > 1.5 * last["train_loss"]
+
+
+def test_the_final_sample_is_the_runs_seeds(small_text, tmp_path, caplog):
+    """The sample logged at the end is sample_text's of the final model with the run's seed
+    (so the same run samples the same text), not with sample_text's default seed."""
+    caplog.set_level("INFO", logger="minigpt")
+    cfg = tiny_config(small_text, steps=2, sample_tokens=40, seed=5)
+    result = train(cfg, tmp_path, progress=False)
+    expected = sample_text(result.model, result.tokenizer, None, 40, seed=5)
+    assert "sample:\n" + console.visible(expected) in caplog.messages
+
+
 def test_tokens_count_every_micro_batch(small_text, tmp_path):
     out = tmp_path / "run"
     train(tiny_config(small_text, steps=4, grad_accum=2, eval_every=4), out, progress=False)
@@ -615,6 +670,20 @@ def test_the_clock_counts_only_the_seconds_it_runs(monkeypatch):
     resumed.start()
     now.s += 2
     assert resumed.seconds() == 15.0
+
+
+def test_a_process_behind_the_agreed_clock_catches_up_to_it(monkeypatch):
+    """Under torchrun the agreement is the slowest process's clock: a faster process's own
+    clock moves on to it, so its later readings (the schedule's, the budget's, time_s) are the
+    others' too. agree is stood in for by a larger figure (another process's), as a one-process
+    run never has one; test_distributed's twin agrees on the process's own, which passed with no
+    catch_up at all."""
+    behind = SimpleNamespace(s=100.0)
+    monkeypatch.setattr(clock_module, "time", SimpleNamespace(perf_counter=lambda: behind.s))
+    monkeypatch.setattr(trainer.distributed, "agree", lambda values, world: [values[0] + 5, 0.0])
+    clock = clock_module.Clock(3.0).start()
+    assert trainer.agreed(clock, SimpleNamespace(received=None), World()) == (8.0, False)
+    assert clock.seconds() == 8.0  # the agreed figure, not its own 3.0
 
 
 def test_a_resumed_run_goes_on_from_its_checkpoints_clock(small_text, tmp_path):
@@ -1042,6 +1111,33 @@ class Pause(Probe):
     def on_row(self, row):
         self.rows += 1
         time.sleep(self.seconds)
+
+
+class LeavesEvalMode(Probe):
+    """A probe whose start reads the model in eval mode and leaves it there."""
+
+    def start(self, run):
+        run.model.eval()
+
+
+def test_the_loop_trains_in_train_mode_whatever_a_probe_left(small_text, tmp_path):
+    """With dropout, the same run's losses are the oracle: a probe that leaves the model in eval
+    mode at its start changes none (the loop sets train mode after the probes start); without
+    that, dropout was off and every loss differed."""
+    cfg = lambda: tiny_config(small_text, steps=3, log_every=1, dropout=0.2)  # noqa: E731
+    train(cfg(), tmp_path / "plain", progress=False)
+    train(cfg(), tmp_path / "probed", probes=[LeavesEvalMode()], progress=False)
+    losses = [[r["train_loss"] for r in metrics(tmp_path / run)] for run in ("plain", "probed")]
+    assert losses[0] == losses[1]
+
+
+def test_each_steps_rate_is_the_schedules_at_that_step(small_text, tmp_path):
+    """schedule_lr is the oracle: every row's learning rate is that of its own step (warmup,
+    then cosine), not of the step after it."""
+    cfg = tiny_config(small_text, steps=8, log_every=1, warmup_steps=3)
+    train(cfg, tmp_path, progress=False)
+    rows = metrics(tmp_path)
+    assert [r["lr"] for r in rows] == [schedule_lr(cfg.train, r["step"]) for r in rows]
 
 
 def test_the_summary_times_training_apart_from_the_whole_run(small_text, tmp_path):
