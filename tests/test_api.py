@@ -294,7 +294,7 @@ def test_a_probe_of_ones_own_without_its_hooks_is_refused_as_the_docs_quote(smal
     class OlderProbe(MyProbe):  # the five hooks the docstring once listed, no check(folder)
         start = end = state_dict = load_state_dict = MyProbe.on_row
 
-    with pytest.raises(MiniGPTError, match="got a OlderProbe in it$"):  # (not AttributeError)
+    with pytest.raises(MiniGPTError, match="got an OlderProbe in it$"):  # (not AttributeError)
         train(tiny_config(small_text, steps=2), tmp_path / "run", probes=[OlderProbe()],
               progress=False)
     assert not (tmp_path / "run").exists()

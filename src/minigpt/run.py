@@ -147,8 +147,10 @@ def checked_probes(probes, folder: Path) -> list:
     probes = list(probes)
     for probe in probes:
         if not all(callable(getattr(probe, hook, None)) for hook in hooks):
+            name = type(probe).__name__  # (a MyProbe, an OlderProbe)
             raise MiniGPTError(f"probes must be a list of probes (such as standard_probes"
-                               f"(cfg) makes), got a {type(probe).__name__} in it")
+                               f"(cfg) makes), got {'an' if name[0] in 'AEIOUaeiou' else 'a'} "
+                               f"{name} in it")
     for probe in probes:  # (--tensorboard under a name that is not UTF-8, say)
         probe.check(folder)
     return probes
