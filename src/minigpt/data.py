@@ -139,7 +139,7 @@ def prepared_text(text_path: str | Path, tokenizer: str = "char", vocab_size: in
     text_path = text_file(text_path)
     if not text_path.stat().st_size:
         raise MiniGPTError(f"{text_path} is empty")
-    if tokenizer == "bpe" and vocab_size < MIN_BPE_VOCAB:  # 65: the char model's default
+    if tokenizer == "bpe" and vocab_size < MIN_BPE_VOCAB:  # (--vocab-size 65, the default, too)
         raise MiniGPTError(f"--tokenizer bpe learns a vocabulary of --vocab-size tokens: give "
                            f"one of at least {MIN_BPE_VOCAB}, such as 1024 (got {vocab_size})")
     key = {"format": FORMAT, "text_sha256": sha256_file(text_path), "tokenizer": tokenizer,
