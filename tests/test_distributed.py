@@ -304,7 +304,7 @@ from minigpt import distributed
 from minigpt.errors import MiniGPTError
 world = distributed.world_from_env()
 distributed.start(world, torch.device("cpu"))
-got = {"agree": distributed.agree(10.0 * (world.rank + 1), world),
+got = {"agree": distributed.agree([10.0 * (world.rank + 1)], world)[0],
        "any_false": distributed.any_process(False, world),
        "any_one": distributed.any_process(world.rank == 1, world),
        "mean": distributed.mean(mine := torch.tensor([1.0 + world.rank, 4.0 * world.rank]),

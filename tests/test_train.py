@@ -802,7 +802,7 @@ def test_the_agreements_go_through_the_host_group(monkeypatch):
                         lambda t, op, group=None: groups.append((t.device.type, group)))
     monkeypatch.setattr(distributed.dist, "barrier", lambda group=None: groups.append(group))
     two = World(rank=0, size=2)
-    assert distributed.agree(3.0, two) == 3.0  # (the one process's value: nothing reduced)
+    assert distributed.agree([3.0], two)[0] == 3.0  # (the one process's value: nothing reduced)
     distributed.barrier(two)
     assert groups == [("cpu", "host"), "host"]
 

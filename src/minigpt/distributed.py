@@ -121,16 +121,16 @@ def mean(value: torch.Tensor, world: World) -> torch.Tensor:
     return value / world.size
 
 
-def agree(value: float | list[float], world: World) -> float | list[float]:
-    """The largest of every process's value, on every process (every process must call this;
-    one process: the value itself); given a list, the largest of each, in one collective call.
-    Used for the training clock and the stop after a signal, so that all processes follow the
-    same learning-rate schedule and stop after the same step."""
+def agree(values: list[float], world: World) -> list[float]:
+    """The largest of every process's values, each, on every process, in one collective call
+    (every process must call this; one process: the values themselves). Used for the training
+    clock and the stop after a signal, so that all processes follow the same learning-rate
+    schedule and stop after the same step."""
     if not world.enabled:
-        return value
-    t = torch.tensor(value, dtype=torch.float64)  # on the host: no GPU waits for it
+        return values
+    t = torch.tensor(values, dtype=torch.float64)  # on the host: no GPU waits for it
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=HOST.get("group"))
-    return t.tolist()  # (a float, for a float)
+    return t.tolist()
 
 
 def any_process(flag: bool, world: World) -> bool:
