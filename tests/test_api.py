@@ -58,16 +58,19 @@ MISTAKES = [  # (a call, what the error says); m: a small MiniGPT, idx: (1, 3) t
      "a RunConfig was expected, such as resolve_config(overrides={'steps': 300}) makes; got dict"),
     (lambda m, idx: CharTokenizer.from_text("abc").decode(idx),  # (generate's (B, T), not a row)
      "decode takes one sequence of token ids (of generate's (B, T) batch, a row: "
-     "ids[0].tolist()), got a Tensor of shape (3,) in it"),
+     "ids[0].tolist()), got an element of type Tensor of shape (3,)"),
     (lambda m, idx: CharTokenizer.from_text("abc").decode(idx[:, :1]),  # a (1, 1) batch: its
      "decode takes one sequence of token ids (of generate's (B, T) batch, a row: "  # row
-     "ids[0].tolist()), got a Tensor of shape (1,) in it"),  # converts to an int, yet is a row
+     "ids[0].tolist()), got an element of type Tensor of shape (1,)"),  # an int, yet a row
     (lambda m, idx: CharTokenizer.from_text("abc").decode("ab"),  # (the text, not its ids: not
      "decode takes one sequence of token ids (of generate's (B, T) batch, a row: "  # int's
-     "ids[0].tolist()), got a str in it"),  # ValueError)
+     "ids[0].tolist()), got an element of type str"),  # ValueError)
     (lambda m, idx: BPETokenizer.train(["to be or not"], 257).decode([[1, 2]]),
      "decode takes one sequence of token ids (of generate's (B, T) batch, a row: "
-     "ids[0].tolist()), got a list in it"),
+     "ids[0].tolist()), got an element of type list"),
+    (lambda m, idx: CharTokenizer.from_text("abc").decode(idx.numpy()),  # (numpy rows too)
+     "decode takes one sequence of token ids (of generate's (B, T) batch, a row: "
+     "ids[0].tolist()), got an element of type ndarray of shape (3,)"),
     (lambda m, idx: CharTokenizer.from_text("abc").encode(["ab"]),  # (it named 'ab' as unseen)
      "encode takes a str, got list"),
     (lambda m, idx: BPETokenizer.train(["to be or not"], 257).encode(5),

@@ -236,6 +236,7 @@ def test_rejected_formulas_raise_one_line_errors_and_run_nothing(text, tmp_path)
     ("x", {"x": "2"}, "must be a number"),
     ("x", {"x": float("nan")}, "must be finite"),
     ("x + 1" + "0" * 400, {"x": 1.0}, "is too large for a float"),
+    ("1e400*x", {"x": 1.0}, "a constant in the expression is too large for a float"),
     # what a learner writes on paper: said how Python writes it
     ("2x", {"x": 1.0}, "multiplication is written out: 2*x, not 2x"),
     ("3x**2 + 1", {"x": 1.0}, "multiplication is written out"),

@@ -531,6 +531,7 @@ BAD_INPUT = [
     (["autograd", "--at", "x=2,x=3"], "--at gives 'x' twice in 'x=2,x=3'"),
     (["autograd", "--at", ""], "--at is empty (an unset shell variable?)"),  # (not x = 2)
     (["autograd", "--at", "x=1", "--at", ""], "--at is empty"),  # any one of several --at
+    (["autograd", "--at", "x=1e400"], "the value of x must be finite, got '1e400'"),  # (not inf)
     (["compare", "--variant", "a:lr=1e-3", "--variant", "a:lr=1e-2", "--steps", "1",
       "--out", "{bad}/compare"], "variant name(s) 'a' given twice; give each variant its own"),
     (["compare", "--optimizers", "sgd", "--steps", "1", "--out", "{run}"],

@@ -1054,6 +1054,16 @@ def test_pruning_keeps_the_newest_steps_past_a_million(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-1000000.json", "step-999999.json"]
 
 
+def test_pruning_leaves_a_file_minigpt_did_not_write(tmp_path):
+    """A user's step-notes.json beside the checkpoints sorted as the oldest step, and pruning
+    deleted it."""
+    (tmp_path / "step-notes.json").write_text("{}")
+    for step in (1, 2):
+        (tmp_path / f"step-{step:06d}.json").write_text("{}")
+    ckpt.prune(tmp_path, keep=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000002.json", "step-notes.json"]
+
+
 def tiny_save(folder, step, tags, keep=1, **options):
     """save_checkpoint of a tiny model at `step`; returns the model."""
     model = MiniGPT(3, n_embd=8, n_head=1, n_layer=2, block_size=4, **options)

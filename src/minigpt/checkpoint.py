@@ -148,9 +148,10 @@ def save_checkpoint(folder: str | Path, tags: list[str], model: MiniGPT,
 
 def saved_steps(folder: Path) -> list[str]:
     """The names of a checkpoints folder's step checkpoints, oldest first (by number:
-    step-1000000 after step-999999)."""
-    return sorted((p.stem for p in folder.glob("step-*.json")),
-                  key=lambda stem: int(stem.removeprefix("step-")) if stem[5:].isdigit() else -1)
+    step-1000000 after step-999999). A name minigpt does not write (step-notes.json) is not
+    one of them, so pruning never removes it."""
+    stems = [p.stem for p in folder.glob("step-*.json") if p.stem[5:].isdigit()]
+    return sorted(stems, key=lambda stem: int(stem[5:]))
 
 
 def prune(folder: Path, keep: int) -> None:

@@ -21,6 +21,7 @@ import difflib
 import io
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -488,6 +489,8 @@ def parse_point(text: str) -> dict[str, float]:
         except ValueError:  # (a pair all the same: x=pi, x=1/2, x=0x10) as explain says it
             raise MiniGPTError(f"the value of {name} must be a number, got "
                                f"{value.strip()!r}") from None
+        if not math.isfinite(point[name]):  # (1e400 reads as inf: name what was typed)
+            raise MiniGPTError(f"the value of {name} must be finite, got {value.strip()!r}")
     return point
 
 

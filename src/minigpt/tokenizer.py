@@ -344,7 +344,7 @@ def _id(i) -> int:
         pass
     shape = f" of shape {tuple(i.shape)}" if hasattr(i, "shape") else ""
     raise MiniGPTError(f"decode takes one sequence of token ids (of generate's (B, T) batch, a "
-                       f"row: ids[0].tolist()), got a {type(i).__name__}{shape} in it")
+                       f"row: ids[0].tolist()), got an element of type {type(i).__name__}{shape}")
 
 
 def _unicode(text: str) -> str:

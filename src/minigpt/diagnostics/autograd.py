@@ -136,9 +136,13 @@ def _term(node: ast.expr) -> Term:
         if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
             raise MiniGPTError(f"the constant {text[:40]} is not allowed: only real numbers are")
         try:
-            return Term("num", text, number=float(node.value))
+            number = float(node.value)
         except OverflowError:  # an integer of hundreds of digits
             raise MiniGPTError(f"the constant {text[:40]}... is too large for a float") from None
+        if not math.isfinite(number):  # a literal such as 1e400, which Python reads as inf
+            raise MiniGPTError("a constant in the expression is too large for a float (the "
+                               "largest is about 1.8e308)")
+        return Term("num", text, number=number)
     if isinstance(node, ast.Name):
         if node.id in FUNCTIONS:
             raise MiniGPTError(f"{node.id!r} is a function: call it, as {node.id}(x)")
