@@ -153,6 +153,21 @@ def test_training_stream_s_is_seeded_with_seed_plus_1000003_s():
         assert all(torch.equal(u, v) for u, v in zip(got, want, strict=True))
 
 
+def test_batches_resume_every_stream_from_its_state():
+    """A checkpoint's state_dict, loaded into fresh Batches, continues every stream (each
+    micro-batch's and val's) where it stopped: the uninterrupted Batches are the oracle. With
+    one stream only, a restore of train0 alone passed every resume test."""
+    splits = Splits.from_tokens(np.arange(5000, dtype=np.uint16))
+    going, fresh = (Batches(splits, 4, 8, seed=5, streams=(2, 3, 4)) for _ in range(2))
+    draws = [("train", 0), ("train", 1), ("train", 2), ("val", 0)]
+    for split, micro in draws * 3:
+        going.get_batch(split, micro)
+    fresh.load_state_dict(going.state_dict())
+    for split, micro in draws:
+        got, want = fresh.get_batch(split, micro), going.get_batch(split, micro)
+        assert all(torch.equal(u, v) for u, v in zip(got, want, strict=True)), (split, micro)
+
+
 @pytest.mark.parametrize("damage", ["a shard's byte", "a torn index"])
 def test_a_damaged_cache_of_a_text_is_prepared_again(small_text, caplog, damage):
     """The cache is minigpt's to make: a damaged one once refused every run on the text with
