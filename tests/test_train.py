@@ -169,6 +169,41 @@ def test_a_steps_forward_multiplies_in_the_micro_steps_dtype(dtype):
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+def test_ddp_all_reduces_in_a_steps_last_micro_batch_only():
+    """Under DDP, train_step's micro-batches keep their gradients to themselves (no_sync) but
+    for the last, whose backward all-reduces the accumulated sum: counted by a communication
+    hook, in a gloo group of one process. (The two-process tests take one micro-batch a
+    process, which an all-reduce in every micro-batch, or in the first alone, passed.) The
+    weights are those of the same accumulated step without DDP."""
+    dist = torch.distributed
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("this PyTorch has no gloo backend")
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.manual_seed(0)
+    plain = MiniGPT(20, n_embd=16, n_layer=1, n_head=2, block_size=8)
+    twin = copy.deepcopy(plain)
+    splits = Splits.from_tokens(np.random.default_rng(0).integers(0, 20, 400).astype(np.uint16))
+    batches, replay = (Batches(splits, 4, 8, seed=1, streams=(0, 1, 2)) for _ in range(2))
+    micro, reduced = [], []  # the micro-batch being drawn; the one of each all-reduce
+    draw = batches.get_batch
+    batches.get_batch = lambda split, i=0: micro.append(i) or draw(split, i)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = DistributedDataParallel(plain)
+        model.register_comm_hook(None, lambda group, bucket: reduced.append(micro[-1])
+                                 or allreduce_hook(group, bucket))
+        train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), batches,
+                   micro=MicroSteps(3))
+    finally:
+        dist.destroy_process_group()
+    assert micro == [0, 1, 2] and reduced and set(reduced) == {2}, reduced
+    train_step(twin, torch.optim.SGD(twin.parameters(), lr=0.1), replay, micro=MicroSteps(3))
+    for a, b in zip(plain.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_weight_decay_only_on_matrices():
     model = MiniGPT(20, n_embd=16, n_layer=1, n_head=2, block_size=8)
     opt = make_optimizer(model, resolve_config().train)
