@@ -1262,6 +1262,22 @@ def test_a_run_that_never_starts_leaves_no_folder_it_named(tmp_path, monkeypatch
     assert r.returncode == 2 and (tmp_path / "mine").is_dir()
 
 
+def test_a_run_stopped_by_ctrl_c_before_it_starts_leaves_no_folder_it_named(small_text, tmp_path,
+                                                                           monkeypatch):
+    """Ctrl-C while the data is read (a BPE vocabulary learned, say) is a run that never
+    started, as an error there is: the folder train() named for it is removed, runs/ too."""
+    import minigpt.run
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(minigpt.run, "load_corpus", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(small_text, steps=2), progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_several_process_runs_checkpoint_is_read_in_one_but_resumed_only_as_trained(
         small_text, tmp_path):
     """open_run (the diagnostic commands) reads a checkpoint of several processes in one, on
