@@ -1278,6 +1278,18 @@ def test_a_run_stopped_by_ctrl_c_before_it_starts_leaves_no_folder_it_named(smal
     assert not (tmp_path / "runs").exists()
 
 
+def test_eval_batches_as_many_as_the_validation_split_has_tokens_are_allowed():
+    """The refusal is of more batches an evaluation than the validation split has tokens:
+    as many is not more."""
+    from minigpt.run import check_eval_batches
+
+    check_eval_batches(960, 960)
+    with pytest.raises(MiniGPTError, match=r"^--eval-batches 961 draws more batches an "
+                                           r"evaluation than the validation split has tokens "
+                                           r"\(960\)"):
+        check_eval_batches(961, 960)
+
+
 def test_a_several_process_runs_checkpoint_is_read_in_one_but_resumed_only_as_trained(
         small_text, tmp_path):
     """open_run (the diagnostic commands) reads a checkpoint of several processes in one, on
