@@ -89,6 +89,16 @@ def test_a_run_that_starts_smaller_takes_bf16_only_if_it_wins_at_both_sizes(
         f"{min(batch, precision.PROBE_BATCH)}x16 50 ms in bf16, 100 in float32" + first_part
 
 
+@pytest.mark.parametrize("seconds", [0.0071, 0.0641, 0.504, 0.9996, 1.04, 12.3456])
+def test_the_start_log_gives_a_step_in_milliseconds_never_in_e_notation(seconds):
+    """A big model, or a busy host, takes over a second a step: '1,040 ms', not '1.04e+03'."""
+    timings = [((32, 128), {"bf16_step_s": seconds, "fp32_step_s": seconds})]
+    why = precision.decide(BF16, timings)[1]
+    said = re.search(r"32x128 (\S+) ms in bf16, (\S+) in float32", why)
+    assert said and said[1] == said[2] and "e" not in said[1]
+    assert float(said[1].replace(",", "")) == pytest.approx(seconds * 1e3, rel=5e-3)
+
+
 def test_the_answer_is_cached_per_machine_and_shape_and_the_batch_bounded(monkeypatch, tmp_path,
                                                                            caplog):
     """A batch far too big for memory is timed on PROBE_BATCH sequences, so that the memory

@@ -165,11 +165,17 @@ def decide(matmuls: dict, timings: list[tuple[tuple[int, int], dict]]
         return torch.float32, (f"auto: no native bf16, bf16 matmuls {bf16 / 1e9:,.1f} GFLOP/s "
                                f"against float32's {fp32 / 1e9:,.0f}")
     why = "auto: forward and backward " + ", ".join(
-        f"of {batch}x{length} {t['bf16_step_s'] * 1e3:.3g} ms in bf16, "
-        f"{t['fp32_step_s'] * 1e3:.3g} in float32" for (batch, length), t in timings)
+        f"of {batch}x{length} {milliseconds(t['bf16_step_s'])} ms in bf16, "
+        f"{milliseconds(t['fp32_step_s'])} in float32" for (batch, length), t in timings)
     if all(t["bf16_step_s"] <= FASTER * t["fp32_step_s"] for _, t in timings):
         return torch.bfloat16, why
     return torch.float32, why + "; bf16 must be 5 % faster" + " at each" * (len(timings) > 1)
+
+
+def milliseconds(seconds: float) -> str:
+    """A time in ms to about three figures, never in e-notation: '7.13', '504', '1,040'."""
+    ms = seconds * 1e3
+    return f"{ms:.3g}" if ms < 999.5 else f"{ms:,.0f}"
 
 
 def matmul_rates() -> dict:
