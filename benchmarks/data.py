@@ -148,14 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--small", type=positive(zero=True), default=10_000_000,
                     help="characters in the small corpus, to see memory not grow (0 = none)")
     ap.add_argument("--files", type=positive(), default=8, help="files per corpus (default 8)")
-    ap.add_argument("--tokenizer", default="char", choices=("char", "bpe"))
+    ap.add_argument("--tokenizer", default="char", choices=("char", "bpe"),
+                    help="prepare's tokenizer (default char)")
     ap.add_argument("--shard-tokens", type=positive(), default=20_000_000,
                     help="tokens per shard (default 20 M, so the large corpus has several)")
     ap.add_argument("--batch-seconds", type=positive(float), default=3.0,
                     help="time spent measuring each batch throughput (default 3)")
     ap.add_argument("--dir", help="working folder (default: a new one under /tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the corpora and shards")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seed of the synthetic corpus and the batches drawn (default 0)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 

@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="matmul precision of the minigpt runs (default auto)")
     ap.add_argument("--eval-every", type=positive(), default=25,
                     help="steps between whole-split evaluations in every run (default 25)")
-    ap.add_argument("--skip-default", action="store_true", help="do not run the default")
+    ap.add_argument("--skip-default", action="store_true",
+                    help="leave out the default run (`minigpt train`, 5000 steps)")
     ap.add_argument("--rounds", type=positive(), default=5,
                     help="rounds of the lesson's step (default 5)")
     ap.add_argument("--out", default="runs/speedrun", help="where the runs go")

@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
     ap.add_argument("--threads", type=positive(zero=True), default=0,
                     help="torch threads (default: torch's)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seed of the weights and the synthetic tokens (default 0)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
