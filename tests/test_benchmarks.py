@@ -1,7 +1,9 @@
 """The benchmark scripts' arguments: a count that cannot be meant (0 rounds, 'abc' tokens) is
 argparse's one line before anything is timed, and a MiniGPTError (no TinyShakespeare to
-download, say) is one line too; each script's --help describes it in whole sentences."""
+download, say) is one line too; each script's --help describes it in whole sentences, and
+every option."""
 
+import argparse
 import json
 import runpy
 import signal
@@ -75,6 +77,22 @@ def test_an_error_of_minigpt_is_one_line_and_help_is_whole_sentences(capsys, mon
     assert code == 0
     described = out.split("\n\n")[1]
     assert " ".join(described.split()).endswith("the default run and the `fast` preset.")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in BENCHMARKS.glob("*.py")
+                                         if p.name != "common.py"))
+def test_every_option_of_a_benchmark_says_what_it_does(name, monkeypatch, capsys):
+    """Each script's parser, caught as it parses, has a help text for every option."""
+    parsers = []
+
+    def caught(parser, *args, **kwargs):
+        parsers.append(parser)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", caught)
+    assert as_main(monkeypatch, capsys, name)[0] == 0 and parsers
+    silent = [a.option_strings for p in parsers for a in p._actions if not a.help]
+    assert silent == []
 
 
 def test_the_data_benchmark_removes_what_it_made_and_nothing_of_the_users(tmp_path):
