@@ -116,8 +116,9 @@ def test_the_answer_is_cached_per_machine_and_shape_and_the_batch_bounded(monkey
             assert precision.choose_dtype("auto", CPU, model, batch, cache)[0] == torch.bfloat16
     assert calls == ["matmul", 4, 8, 4, bound]  # the gate once; each new shape once
     said = [r.getMessage() for r in caplog.records if "timing a step" in r.getMessage()]
-    assert said == [f"--dtype auto: timing a step of {b} x 16 in float32 and in bfloat16, once "
-                    f"for this machine and shape" for b in (4, 8, 4, bound)]  # (a minute's wait)
+    assert said == [f"--dtype auto: timing a step of {b} x 16 of the {m.num_params():,}-parameter "
+                    f"model in float32 and in bfloat16, once for this machine and shape"
+                    for m, b in [(small, 4), (small, 8), (wide, 4), (small, bound)]]  # (a minute)
     saved = json.loads(cache.read_text())
     assert list(saved) == [precision.machine_key()]
     assert len(saved[precision.machine_key()]["steps"]) == 4

@@ -96,9 +96,11 @@ def cpu_choice(model: torch.nn.Module, batch_size: int, cache: Path | None,
         steps = machine["steps"]
         for batch, length in dict.fromkeys((min(b, PROBE_BATCH), t) for b, t in shapes):
             key = shape_key(model, batch, length)
-            if not figures(steps.get(key), "bf16_step_s", "fp32_step_s"):  # (a big model's
-                log.info(f"--dtype auto: timing a step of {batch} x {length} in float32 and in "
-                         f"bfloat16, once for this machine and shape")  # passes take minutes)
+            if not figures(steps.get(key), "bf16_step_s", "fp32_step_s"):  # said: a big
+                # model's passes take minutes; the count names the model (plan times several)
+                log.info(f"--dtype auto: timing a step of {batch} x {length} of the "
+                         f"{model.num_params():,}-parameter model in float32 and in bfloat16, "
+                         f"once for this machine and shape")
                 steps[key] = step_times(model, batch, length)
             timings.append(((batch, length), steps[key]))
     write_cache(cache, answers, before)
