@@ -565,3 +565,28 @@ def test_normuon_evens_out_the_neurons_and_keeps_the_updates_norm():
     rms = out.square().mean(dim=1).sqrt()
     assert (rms.max() / rms.min()) < 1.001 < (update.norm(dim=1).max() / update.norm(dim=1).min())
     assert out.norm().item() == pytest.approx(update.norm().item(), rel=1e-5)
+
+
+def test_normuon_divides_each_row_by_a_running_mean_of_its_square_across_steps():
+    """Three steps of NorMuon (default beta2) on torch.optim.Muon's orthogonalised updates (the
+    oracle, bf16 as ours here): v <- 0.95 v + 0.05 (each row's mean square), from 0, kept
+    between steps; the update's rows over sqrt(v) + 1e-8, rescaled to the update's norm."""
+    torch.manual_seed(0)
+    ours, theirs = torch.nn.Parameter(torch.zeros(24, 8)), torch.nn.Parameter(torch.zeros(24, 8))
+    opt = Muon([ours], lr=0.01, weight_decay=0.0, momentum=0.0, dtype=torch.bfloat16,
+               normuon=True)  # (a tall matrix: its orthogonalised rows differ in size)
+    oracle = torch.optim.Muon([theirs], lr=0.01, weight_decay=0.0, momentum=0.0,
+                              adjust_lr_fn="match_rms_adamw")
+    lr = 0.01 * 0.2 * math.sqrt(24)  # match_rms_adamw's
+    v = torch.zeros(24, 1)
+    for _ in range(3):
+        ours.grad = torch.randn(24, 8)
+        theirs.grad = ours.grad.clone()
+        start, oracle_start = ours.detach().clone(), theirs.detach().clone()
+        opt.step()
+        oracle.step()
+        update = (oracle_start - theirs.detach()) / lr  # torch's orthogonalised update
+        v = 0.95 * v + 0.05 * update.square().mean(dim=1, keepdim=True)
+        rows = update / (v.sqrt() + 1e-8)
+        torch.testing.assert_close(ours.detach(), start - lr * rows * update.norm() / rows.norm(),
+                                   rtol=1e-5, atol=1e-6)
