@@ -590,3 +590,27 @@ def test_normuon_divides_each_row_by_a_running_mean_of_its_square_across_steps()
         rows = update / (v.sqrt() + 1e-8)
         torch.testing.assert_close(ours.detach(), start - lr * rows * update.norm() / rows.norm(),
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_zero_inits_first_muon_step_moves_the_matrices_as_torchs_muon_does():
+    """zero_init's zeroed projections give every matrix before them a zero gradient at the
+    first step; Muon (bf16) steps the blocks' matrices as torch.optim.Muon does: the zeros by
+    their decay alone, no 0/0 (the oracle's own norm guard), every weight finite."""
+    torch.manual_seed(0)
+    model = MiniGPT(V, n_embd=32, n_head=4, n_layer=2, block_size=16, zero_init=True)
+    twin = copy.deepcopy(model)
+    opt = make_optimizer(model, TrainConfig(optimizer="muon", dtype="bfloat16", lr=3e-3))
+    matrices = [p for n, p in twin.named_parameters() if p.dim() == 2 and n.startswith("blocks.")]
+    oracle = torch.optim.Muon(matrices, lr=3e-3, weight_decay=opt.parts[0].defaults["weight_decay"],
+                              momentum=opt.parts[0].defaults["momentum"],
+                              adjust_lr_fn="match_rms_adamw")
+    idx = torch.randint(0, V, (4, 17), generator=torch.Generator().manual_seed(0))
+    for m in (model, twin):
+        m(idx[:, :-1], idx[:, 1:])[1].backward()
+    assert any(torch.all(p.grad == 0) for p in matrices)  # (the case this test is for)
+    opt.step()
+    oracle.step()
+    ours = dict(model.named_parameters())
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(torch.equal(ours[n], p) for n, p in twin.named_parameters()
+               if p.dim() == 2 and n.startswith("blocks."))
