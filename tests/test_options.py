@@ -294,7 +294,9 @@ def test_the_runs_muon_settings_reach_its_muon(variant, normuon):
 
 def test_muon_steps_as_its_parts_apart_and_continues_exactly_from_its_state():
     """Two oracles for four steps: the same Muon and AdamW stepped by hand, one after the
-    other; and two steps, the state saved and loaded into a fresh optimizer, two more steps."""
+    other; and two steps, the state saved and loaded into a fresh optimizer, two more steps.
+    The lr changes each step (a schedule's set_lr), so after the load too it must reach both
+    parts through the optimizer's param_groups."""
     model, opt = muon_setup()
     twin = copy.deepcopy(model)
     twin_opt = make_optimizer(twin, MUON)
@@ -306,6 +308,8 @@ def test_muon_steps_as_its_parts_apart_and_continues_exactly_from_its_state():
             saved = copy.deepcopy(resumed_opt.state_dict())
             resumed_opt = make_optimizer(resumed, MUON)
             resumed_opt.load_state_dict(saved)
+        for optimizer in (opt, twin_opt, resumed_opt):
+            set_lr(optimizer, MUON.lr * (seed + 1))
         a_step(model, opt, seed)
         a_step(twin, by_hand, seed)
         a_step(resumed, resumed_opt, seed)
