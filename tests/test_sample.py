@@ -40,24 +40,61 @@ def test_temperature_divides_the_logits(temperature):
     assert (flat != drawn).sum() > 20  # another temperature, other tokens
 
 
+def nucleus(probs: torch.Tensor, top_p: float) -> set[int]:
+    """The oracle: walk one row's tokens from most to least likely until they sum to top_p."""
+    total, kept = 0.0, set()
+    for i in torch.argsort(probs, descending=True).tolist():
+        kept.add(i)
+        total += probs[i].item()
+        if total >= top_p:
+            break
+    return kept
+
+
 @pytest.mark.parametrize("top_p", [0.05, 0.5, 0.9])
 def test_top_p_keeps_the_smallest_nucleus(top_p):
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(3, 40, generator=g) * 2
     kept = torch.isfinite(filter_logits(logits, top_p=top_p))
     probs = torch.softmax(logits, dim=-1)
-    for row in range(3):  # oracle: walk the tokens from most to least likely
-        order = torch.argsort(probs[row], descending=True).tolist()
-        total, nucleus = 0.0, set()
-        for i in order:
-            nucleus.add(i)
-            total += probs[row, i].item()
-            if total >= top_p:
-                break
-        assert set(torch.nonzero(kept[row]).flatten().tolist()) == nucleus
+    for row in range(3):
+        assert set(torch.nonzero(kept[row]).flatten().tolist()) == nucleus(probs[row], top_p)
     for _ in range(200):
         tok = sample_next(logits, top_p=top_p, generator=g)
         assert kept.gather(1, tok).all()
+
+
+@pytest.mark.parametrize("top_k", [4, 10])
+@pytest.mark.parametrize("top_p", [0.5, 0.8])
+def test_top_p_after_top_k_is_the_nucleus_of_the_top_k(top_k, top_p):
+    """Both given: the nucleus is walked over the top k's own distribution (softmax over those
+    k logits alone), as transformers' top-k then top-p warpers do, not over the whole
+    vocabulary's probabilities and then cut to the top k (a larger set)."""
+    logits = torch.randn(8, 40, generator=torch.Generator().manual_seed(2)) * 2
+    kept = torch.isfinite(filter_logits(logits, top_k=top_k, top_p=top_p))
+    top = torch.topk(logits, top_k)  # oracle: the top k, then their nucleus
+    for row in range(8):
+        within = nucleus(torch.softmax(top.values[row], -1), top_p)
+        assert set(torch.nonzero(kept[row]).flatten().tolist()) == {
+            top.indices[row, i].item() for i in within}
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+def test_top_p_is_the_nucleus_of_the_tempered_distribution(temperature):
+    """The nucleus is taken over softmax(logits / T), the distribution the token is drawn from
+    (a low temperature narrows it, a high one widens it): the draw is torch.multinomial's over
+    that nucleus, on the same generator."""
+    logits = torch.randn(256, 12, generator=torch.Generator().manual_seed(0)) * 2
+    tempered = (logits - logits.max(-1, keepdim=True).values) / temperature  # (as sample_next)
+    probs = torch.softmax(tempered, -1)
+    inside = torch.zeros_like(logits, dtype=torch.bool)
+    for row in range(len(logits)):
+        inside[row, list(nucleus(probs[row], 0.7))] = True
+    oracle = torch.multinomial(torch.softmax(tempered.masked_fill(~inside, float("-inf")), -1),
+                               1, generator=torch.Generator().manual_seed(1))
+    drawn = sample_next(logits, temperature, top_p=0.7,
+                        generator=torch.Generator().manual_seed(1))
+    assert torch.equal(drawn, oracle)
 
 
 @pytest.mark.parametrize("top_p, n_kept", [(0.25, 1), (0.5, 2), (0.75, 3), (1.0, 4)])
