@@ -111,6 +111,17 @@ def test_temperature_zero_is_greedy():
     assert torch.equal(sample_next(logits, temperature=0), logits.argmax(-1, keepdim=True))
 
 
+def test_temperature_zero_takes_the_first_of_tied_logits_and_draws_nothing():
+    """Temperature 0 is argmax, not a very low temperature: of tied logits the first, every
+    time (a draw would split them), and the generator is left as it was."""
+    logits = torch.tensor([[5.0, 5.0, 0.0], [0.0, 2.0, 2.0]]).repeat(200, 1)
+    g = torch.Generator().manual_seed(0)
+    before = g.get_state()
+    drawn = sample_next(logits, 0, top_k=2, top_p=0.9, generator=g)
+    assert torch.equal(drawn, logits.argmax(-1, keepdim=True))  # (argmax: the first maximum)
+    assert torch.equal(g.get_state(), before)
+
+
 def test_a_temperature_too_small_for_float32_is_greedy():
     """1e-50 rounds to 0 in float32 (logits / 0: NaN): the temperature is held at 1e-6."""
     logits = torch.randn(5, 20, generator=torch.Generator().manual_seed(0))
