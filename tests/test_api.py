@@ -93,6 +93,10 @@ MISTAKES = [  # (a call, what the error says); m: a small MiniGPT, idx: (1, 3) t
      "batch_size and block_size must be whole numbers >= 1, got 4 and True"),
     (lambda m, idx: estimate_loss(m, batches_of(), "val", 0), "n_batches must be at least 1"),
     (lambda m, idx: stream(m, idx, -3), "max_new_tokens must be a whole number >= 0, got -3"),
+    (lambda m, idx: stream(m, idx + 64, 5),  # (before the forward that would also refuse it)
+     "idx holds ids outside the model's vocabulary (0 to 64): encoded by another run's "
+     "tokenizer?"),
+    (lambda m, idx: stream(m, idx - 2, 5), "idx holds ids outside the model's vocabulary"),
     (lambda m, idx: stream(m, idx, 5, top_k=0), "top_k must be a whole number >= 1, got 0"),
     (lambda m, idx: stream(m, idx, 5, top_k=2.5), "top_k must be a whole number >= 1, got 2.5"),
     (lambda m, idx: filter_logits(torch.zeros(1, 65), top_k=-1),
