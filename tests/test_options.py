@@ -102,6 +102,21 @@ def test_rotary_angles_are_the_standard_ropes_base_10000():
             assert y[i + d // 2].item() == pytest.approx(math.sin(angle), abs=1e-5)
 
 
+def test_attention_turns_queries_and_keys_alike_so_its_scores_follow_the_distance():
+    """RoPE's point, through the model's own queries and keys: q_i . k_j depends on i - j only,
+    so every score is the same when the sequence starts 5 positions later (a query turned and
+    its key not would move them), and q_i . k_i is the unturned one (no distance, no turn)."""
+    attn = peaky(pos="rope").blocks[0].attn
+    x = torch.randn(2, 8, 32)
+    with torch.no_grad():
+        scores = [q @ k.transpose(-2, -1) for q, k in (attn.queries_keys(x, s) for s in (0, 5))]
+        raw = attn.heads(attn.Wq(x)) @ attn.heads(attn.Wk(x)).transpose(-2, -1)  # (B, nh, T, T)
+    torch.testing.assert_close(scores[1], scores[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(scores[0].diagonal(dim1=-2, dim2=-1),
+                               raw.diagonal(dim1=-2, dim2=-1), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(scores[0], raw, atol=1e-2)  # elsewhere the turn matters
+
+
 def test_the_options_build_the_modules_they_name():
     model = MiniGPT(V, **OPTIONS["all"])
     names = {n for n, _ in model.named_parameters()}
