@@ -117,6 +117,26 @@ def test_attention_turns_queries_and_keys_alike_so_its_scores_follow_the_distanc
     assert not torch.allclose(scores[0], raw, atol=1e-2)  # elsewhere the turn matters
 
 
+def test_qk_norm_normalises_queries_and_keys_with_their_own_gains_before_the_turn():
+    """As Qwen3 and modded-nanogpt do: RMS-normalise each head's query and key (each with its
+    own learned gain), then turn them by their positions. With gains away from 1 (a trained
+    model's), normalising after the turn, or one gain for both, computes something else."""
+    attn = peaky(pos="rope", qk_norm=True).blocks[0].attn
+    with torch.no_grad():
+        attn.q_norm.weight.copy_(torch.linspace(0.5, 2.0, 8))
+        attn.k_norm.weight.copy_(torch.linspace(2.0, 0.3, 8))
+        x = torch.randn(2, 6, 32)
+        q, k = attn.queries_keys(x, start=3)
+
+        def by_hand(W, gain):
+            raw = attn.heads(W(x))  # (B, nh, T, hs)
+            return attn.rotary(raw / raw.pow(2).mean(-1, keepdim=True).add(1e-5).sqrt() * gain,
+                               start=3)
+
+        torch.testing.assert_close(q, by_hand(attn.Wq, attn.q_norm.weight))
+        torch.testing.assert_close(k, by_hand(attn.Wk, attn.k_norm.weight))
+
+
 def test_the_options_build_the_modules_they_name():
     model = MiniGPT(V, **OPTIONS["all"])
     names = {n for n, _ in model.named_parameters()}
