@@ -383,6 +383,18 @@ def test_the_bigram_table_is_exact_for_characters_and_hashed_beyond():
     # many rows as previous tokens (5000 into 40000 rows: ~5 % collide)
     after = torch.stack([torch.arange(5000), torch.full((5000,), 7)], dim=1)  # (5000, 2)
     assert len(set(bigram_ids(after, 5000)[:, 1].tolist())) > 4500
+    # ... and on the current token: after one previous token, nearly a row for each current
+    # one (a hash of the previous token alone would give them all one row)
+    before = torch.stack([torch.full((5000,), 7), torch.arange(5000)], dim=1)  # (5000, 2)
+    assert len(set(bigram_ids(before, 5000)[:, 1].tolist())) > 4500
+    # Knuth's multiplicative hash of the pair id previous * V + current, in Python's exact
+    # integers: the same rows for a large vocabulary too, where the int64 product wraps
+    for vocab in (5000, 200_000):
+        pairs = torch.tensor([[0, 1], [vocab - 1, vocab - 2], [vocab // 3, vocab - 1]])
+        got = bigram_ids(pairs, vocab)[:, 1].tolist()
+        expected = [(p * vocab + c) * 2654435761 % 2**32 * (8 * vocab) // 2**32
+                    for p, c in pairs.tolist()]
+        assert got == expected, vocab
     _, model, missing = twins(bigram=True)
     assert missing == ["bigram_emb.weight"]
     idx = torch.randint(0, V, (2, 10))
