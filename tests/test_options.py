@@ -463,6 +463,21 @@ def test_unet_skips_add_the_first_halfs_outputs_in_reverse():
         torch.testing.assert_close(model(idx)[0], plain(idx)[0])
 
 
+def test_unet_skips_with_an_odd_number_of_blocks_pass_over_the_middle_one():
+    """Three blocks: the first's output joins the last's input; the middle block neither gives
+    a skip nor takes one (were it to give one, the last block would take its neighbour's)."""
+    torch.manual_seed(0)
+    model = MiniGPT(V, n_embd=32, n_head=4, n_layer=3, block_size=16, unet=True).eval()
+    assert model.skip_weights.shape == (1,)
+    idx = torch.randint(0, V, (2, 10))
+    with torch.no_grad():
+        model.skip_weights.fill_(0.4)
+        b = model.blocks
+        h0 = b[0](model.token_emb(idx) + model.pos_emb(torch.arange(10)))
+        h2 = b[2](b[1](h0) + 0.4 * h0)
+        torch.testing.assert_close(model(idx)[0], model.lm_head(model.ln_f(h2)))
+
+
 def test_logit_soft_capping_bounds_the_logits_smoothly():
     plain, model, _ = twins(logit_cap=2.0)
     idx = torch.randint(0, V, (2, 10))
