@@ -487,6 +487,12 @@ def test_logit_soft_capping_bounds_the_logits_smoothly():
         capped, raw = model(idx)[0], plain(idx)[0]
     assert raw.abs().max() > 10 and capped.abs().max() <= 2.0  # tanh saturates in float32
     torch.testing.assert_close(capped, 2.0 * torch.tanh(raw / 2.0))
+    # training sees the capped logits too: the loss is their cross-entropy, not the raw ones'
+    targets = torch.randint(0, V, (2, 10))
+    with torch.no_grad():
+        loss = model(idx, targets)[1]
+    torch.testing.assert_close(loss, F.cross_entropy(capped.view(-1, V), targets.view(-1)))
+    assert loss.item() < F.cross_entropy(raw.view(-1, V), targets.view(-1)).item()
 
 
 def test_zero_init_starts_every_block_as_the_identity_and_learns():
