@@ -1425,3 +1425,35 @@ def test_a_plateau_from_warmups_last_step_under_a_spent_clock_is_read_as_decayed
              "lr": 1e-2 * (s + 1) / 100 if s < 100 else 1e-3} for s in range(0, 200, 5)]
     found = only(rows, "plateau, decayed", facts)
     assert found.step == 100 and "(to 10% of its peak there)" in found.message
+
+
+def test_overfitting_reads_the_smoothed_training_loss_not_a_last_rows_noise():
+    """One noisy batch on the last row (a loss 0.5 above its neighbours) does not hide the
+    overfitting: the training loss's end is its running median there (the last three rows),
+    which is still below where it was at the best evaluation."""
+    rows = overfit_curve()
+    rows[-1]["train_loss"] += 0.5
+    finding = only(rows, "overfitting")
+    end = statistics.median(r["train_loss"] for r in rows[-3:])
+    assert finding.step == 2750 and f"-> {end:.2f}; validation" in finding.message
+
+
+def test_a_plateau_reads_the_smoothed_loss_so_one_noisy_row_does_not_end_it():
+    """A single batch 0.5 nats up inside a flat stretch leaves the running median flat: the
+    plateau is the one of the same curve without that row."""
+    clean, noisy = falling_then_flat(700), falling_then_flat(700)
+    next(r for r in noisy if r["step"] == 850)["train_loss"] += 0.5
+    (found,), (expected,) = plateaus(noisy), plateaus(clean)
+    assert (found.step, found.end, found.message) == (expected.step, expected.end,
+                                                      expected.message)
+
+
+def test_the_shape_reads_the_running_median_at_the_first_tenth_not_that_rows_loss():
+    """A noisy batch (a nat up) on the row at the first tenth (step 100 of 990) does not turn a
+    fast drop into 'not yet': the loss there is the running median of the five rows around it."""
+    rows = two_speeds(0.7)
+    next(r for r in rows if r["step"] == 100)["train_loss"] += 1.0
+    found = only(rows, "shape", Facts(vocab_size=65))
+    around = statistics.median(r["train_loss"] for r in rows if 80 <= r["step"] <= 120)
+    assert found.step == 100 and found.value == around
+
