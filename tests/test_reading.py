@@ -1457,3 +1457,15 @@ def test_the_shape_reads_the_running_median_at_the_first_tenth_not_that_rows_los
     around = statistics.median(r["train_loss"] for r in rows if 80 <= r["step"] <= 120)
     assert found.step == 100 and found.value == around
 
+
+def test_a_logged_norm_exactly_at_the_clip_is_not_clipped_as_the_trainer_counts():
+    """Rows without the trainer's `clipped` counts are read by their gradient norm, with the
+    trainer's own rule (clipped where the norm is above the clip, not at it): the same steps
+    as the `clipped` column the trainer would have written for them."""
+    norms = [0.5, 1.0, 1.5, 1.0, 2.0, 0.9, 1.0, 1.2]
+    logged = [{"step": s, "train_loss": 2.0, "lr": 1e-3, "grad_norm": g}
+              for s, g in enumerate(norms)]
+    counted = [{**r, "clipped": int(r["grad_norm"] > FACTS.grad_clip)} for r in logged]
+    (by_norm,) = [f for f in read_curve(logged, FACTS) if f.kind.startswith("clipped")]
+    (by_count,) = [f for f in read_curve(counted, FACTS) if f.kind.startswith("clipped")]
+    assert by_norm.steps == by_count.steps == (2, 4, 7)
