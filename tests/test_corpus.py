@@ -1215,6 +1215,36 @@ def test_a_stop_between_a_shards_rename_and_its_record_leaves_nothing_unsaid(
         p.name for p in (tmp_path / "straight").iterdir())
 
 
+def test_a_prepare_stopped_twice_inside_one_chunk_continues_to_the_same_shards(
+        corpus, tmp_path, monkeypatch):
+    """Shards of 40 tokens from chunks of about 256 characters (--shard-tokens below a chunk's
+    tokens: each chunk fills several shards), stopped just after a shard is recorded, twice:
+    the second run begins inside a chunk and records a shard it fills there, at an offset that
+    must count from the chunk's start (not from where that run began in it) for the third run to
+    go on from the right token. The oracle: an uninterrupted prepare."""
+    src, settings = str(corpus[0]), dict(shard_tokens=40, chunk_chars=256, progress=False)
+    prepare(src, tmp_path / "straight", **settings)
+    out, real = tmp_path / "out", minigpt.corpus.atomic_write_text
+    nexts = []
+    for shards in (3, 4):  # stop once progress.json records this many shards
+
+        def stop_after(path, text, shards=shards):
+            real(path, text)
+            state = json.loads(text) if path.name == "progress.json" else {}
+            if sum(map(len, state.get("shards", {}).values())) == shards:
+                nexts.append(state["next"])
+                raise KeyboardInterrupt
+
+        with monkeypatch.context() as m:
+            m.setattr(minigpt.corpus, "atomic_write_text", stop_after)
+            with pytest.raises(KeyboardInterrupt):
+                prepare(src, out, **settings)
+    assert nexts[0][0] == nexts[1][0] and nexts[0][1] > 0  # both stops inside one chunk
+    index = prepare(src, out, **settings)
+    straight = json.loads((tmp_path / "straight" / "index.json").read_text())
+    assert index["shards"] == straight["shards"]  # the same files, sizes and sha256
+
+
 def test_a_symbolic_link_loop_as_a_path_is_one_line(small_text, tmp_path, capsys):
     """A link that leads back to itself, given as train's --text, prepare's --out or --out
     beside --resume: Python 3.11's Path.resolve raises RuntimeError there (3.13 an OSError),
