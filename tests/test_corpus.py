@@ -1277,6 +1277,17 @@ def test_a_chunk_that_ends_at_the_split_point_is_training_text(tmp_path):
     assert index["train_tokens"] == split_point(40, 0.1) == 36 and index["val_tokens"] == 4
 
 
+@pytest.mark.parametrize("n", [15, 35, 1001])  # 13.5, 31.5, 900.9: the lesson rounds down
+def test_the_validation_split_is_the_lessons_whatever_the_length(tmp_path, n):
+    """The oracle: the lesson's n = int(0.9 * len(data)), of texts whose 0.9 * len is not whole
+    (TinyShakespeare's test needs the download)."""
+    text = "".join(random.Random(n).choice("ab \n") for _ in range(n))
+    (tmp_path / "t.txt").write_text(text)
+    prepare(str(tmp_path / "t.txt"), tmp_path / "out", progress=False)
+    train, val, tok, _ = open_prepared(tmp_path / "out")
+    assert tok.decode(train) == text[:int(0.9 * n)] and tok.decode(val) == text[int(0.9 * n):]
+
+
 def test_files_named_once_are_found_without_a_warning(corpus, caplog):
     src, files = corpus
     with caplog.at_level(logging.WARNING, logger="minigpt"):
