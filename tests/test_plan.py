@@ -136,6 +136,20 @@ def test_compute_optimal_is_nearest_twenty_tokens_per_parameter():
     assert [line.split()[-2] for line in table.splitlines()[2:5]] == ["0", "0", "0"]
 
 
+def test_each_shape_is_compute_optimal_at_twenty_tokens_per_its_parameter():
+    """Hoffmann et al.'s 20, by hand: shapes a factor of 2 apart, a budget of 20 tokens per
+    parameter of one of them (so 10 or 40 per parameter of its neighbours) marks that one,
+    as tokens or as the whole 1-s steps of 1,000 tokens the seconds allow."""
+    shapes = [shape(10_000), shape(20_000), shape(40_000), shape(80_000)]
+    for s in shapes:
+        assert planning.optimal(shapes, tokens=20 * s.params) is s
+        assert planning.optimal(shapes, seconds=20 * s.params / 1000) is s
+        rows = planning.format_plan(shapes, tokens=20 * s.params).splitlines()[2:6]
+        assert [row.endswith("20.0  <- compute-optimal") for row in rows] == [
+            t is s for t in shapes]
+    assert "nearest 20 tokens per parameter" in planning.format_plan(shapes, tokens=1e6)
+
+
 def test_the_command_prints_the_ladder_and_marks_one_shape(capsys):
     r = in_process(capsys, "plan", "--tokens", "1e6", "--time-budget", "1h", "--batch-size", "1",
                    "--block-size", "8", "--block-start", "4", "--dtype", "float32")
