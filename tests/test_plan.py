@@ -150,6 +150,13 @@ def test_each_shape_is_compute_optimal_at_twenty_tokens_per_its_parameter():
     assert "nearest 20 tokens per parameter" in planning.format_plan(shapes, tokens=1e6)
 
 
+def test_compute_optimal_is_nearest_by_ratio_not_by_difference():
+    """500,000 tokens: 50 a parameter for 10,000 parameters (2.5 times 20), 5 for 100,000 (4
+    times fewer than 20, though 5 is nearer 20 than 50 is): the smaller shape."""
+    shapes = [shape(10_000), shape(100_000)]
+    assert planning.optimal(shapes, tokens=500_000) is shapes[0]
+
+
 def test_the_command_prints_the_ladder_and_marks_one_shape(capsys):
     r = in_process(capsys, "plan", "--tokens", "1e6", "--time-budget", "1h", "--batch-size", "1",
                    "--block-size", "8", "--block-start", "4", "--dtype", "float32")
