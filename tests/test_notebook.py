@@ -178,6 +178,32 @@ def shortened(nb, steps):
     return nb
 
 
+def code_cell(nb, marker):
+    """The one code cell whose source holds `marker`."""
+    cells = [c for c in nb.cells if c.cell_type == "code" and marker in c.source]
+    assert len(cells) == 1, f"{len(cells)} code cells hold {marker!r}"
+    return cells[0]
+
+
+def test_the_gradient_probe_runs_after_earlier_cells_run_again(tmp_path, data_dir):
+    """A learner goes back, runs section 3's descent and the batch table again, then section
+    11's probe: it still reads section 8's settings (those cells' loops name a variable `t`
+    too: the probe read section 8's `t = cfg.train` and failed with "'int' object has no
+    attribute 'lr'"). Only the cells needed run, section 8's loop one step on 2x16 batches."""
+    pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    nb = shortened(nbformat.read(NOTEBOOK, as_version=4),
+                   {200: '1, "batch_size": 2, "block_size": 16'})
+    table = code_cell(nb, "format_trade(batch_trade(")
+    table.source = re.sub(r"for b, t in \[.*?\]:", "for b, t in [(2, 8)]:", table.source)
+    cells = [code_cell(nb, marker) for marker in ("RUNS = ", "Splits.from_tokens(",
+                                                  "model = MiniGPT(tok", "for step in range(")]
+    again = [code_cell(nb, "eta, w = "), table, code_cell(nb, "probe_batch_stats(")]
+    nb.cells = cells + again
+    load_executor().execute(nb, tmp_path)  # (a cell that fails raises CellExecutionError)
+    assert_the_gradflow_table("".join(outputs(nb, "stream")))
+
+
 @pytest.mark.slow  # the whole lesson, trained in a kernel, then again, shorter
 def test_the_notebook_runs_twice_in_one_folder_with_and_without_dot(tmp_path, data_dir):
     """The first run trains the lesson's loop its 200 steps, whose curve the test reads, and
