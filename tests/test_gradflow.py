@@ -405,7 +405,8 @@ def test_probe_with_optimizer_steps_a_copy_exactly_as_the_real_step_would(optimi
         if old > 0:
             assert s.update_ratio == pytest.approx(hand_norm(new[s.name] - weights[s.name]) / old,
                                                    rel=1e-4)
-    with pytest.raises(MiniGPTError, match="does not hold this model's parameters"):
+    with pytest.raises(MiniGPTError, match=r"does not hold this model's parameters \(was the "
+                                           r"model made again after it\? make the optimizer"):
         probe_batch_stats(model, x, y, optimizer=torch.optim.SGD(tiny().parameters(), lr=0.1))
 
 

@@ -93,6 +93,10 @@ def test_loss_graph_feeds_token_ids_gives_the_initial_loss_and_rejects_misfits(m
         loss_graph(model, VOCAB, T=0, batch_size=1)
     short = _model(block_size=4)  # T=8 by default: cut to the model's block_size
     assert loss_graph(short, VOCAB)[0].grad_fn is not None
+    for depth in ("1", -1, 1.5, True):  # (a notebook's "1": a TypeError deep in collapse)
+        with pytest.raises(MiniGPTError, match=r"^depth must be a whole number >= 0 \(0: every "
+                                               rf"node\), got {re.escape(repr(depth))}$"):
+            loss_graph_dot(model, VOCAB, depth)
 
 
 def test_trace_has_every_parameter_once_and_the_loss_at_the_root(traced):

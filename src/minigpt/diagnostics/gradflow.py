@@ -225,7 +225,8 @@ def probe_batch_stats(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     if optimizer is not None:
         own = {id(p) for p in model.parameters()}
         if not all(id(p) in own for g in optimizer.param_groups for p in g["params"]):
-            raise MiniGPTError("the optimizer does not hold this model's parameters")
+            raise MiniGPTError("the optimizer does not hold this model's parameters (was the "
+                               "model made again after it? make the optimizer for this model)")
     work, opt = copy.deepcopy((model, optimizer))  # one memo: opt refers to work's parameters
     work.train()
     work.zero_grad(set_to_none=True)

@@ -346,6 +346,8 @@ def loss_graph_dot(model: nn.Module, vocab_size: int, depth: int = 0) -> str:
     random batch, every node (depth 0) or one per module `depth` calls deep, parameters
     annotated with their gradient norms (the model's own gradients, if any, are left as they
     were: a notebook's next cell may read them)."""
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+        raise MiniGPTError(f"depth must be a whole number >= 0 (0: every node), got {depth!r}")
     kept = {p: p.grad for p in model.parameters()}
     model.zero_grad(set_to_none=True)
     loss, params = loss_graph(model, vocab_size)
