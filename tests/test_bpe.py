@@ -77,6 +77,7 @@ def test_pieces_cut_at_boundaries_encode_like_the_whole(text, size):
     tok = trained()
     pieces = split_at_boundaries(text, size)
     assert "".join(pieces) == text
+    assert all(p.endswith("\n") for p in pieces[:-1])  # each cut just after a line break
     apart = [i for p in pieces for i in tok.hf.encode(p).ids]
     assert apart == tok.encode(text)
 
