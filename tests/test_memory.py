@@ -143,8 +143,7 @@ def test_a_run_too_big_for_memory_is_refused_before_the_dtype_probe(small_text, 
     from minigpt.cli import main
 
     monkeypatch.setenv("MINIGPT_DATA_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(precision, "matmul_rates",
-                        lambda: {"bf16_matmul_flops": 800e9, "fp32_matmul_flops": 150e9})
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512_bf16"})  # (native bf16)
     monkeypatch.setattr(precision, "step_times", lambda *args: pytest.fail("the probe ran"))
     code = main(["train", "--text", str(small_text), "--batch-size", "2000000", "--block-size",
                  "32", "--no-progress", "--out", str(tmp_path / "run")])

@@ -7,16 +7,19 @@ the forward: every Linear multiplies in bf16, while the residual stream, the los
 --dtype auto decides:
 
   CUDA  bfloat16 where the GPU supports it, else float32.
-  CPU   measured by a short probe, then cached per machine, thread count and run shape. The
-        probe first compares a bf16 and a float32 matmul: a CPU without native bf16 (AVX2
-        only) runs bf16 matmuls tens of times slower, and where its flags name none either
-        the answer is float32 at once. Where bf16 is native (AVX-512 BF16, AMX), it times the
-        run's own forward and backward both ways (by turns) and takes bfloat16 only when it is at
-        least 5 % faster, so the choice does not make a run slower than float32. A run whose
+  CPU   float32 at once where bf16 is not native. An x86 CPU's flags say (Linux's avx512_bf16,
+        amx_bf16; AVX2 alone runs bf16 matmuls tens of times slower), and nothing is timed:
+        on a busy host any timing can read anything, and an AVX2 CPU that took bf16 on such
+        a reading would train ten times slower until its cache was deleted. Where there are
+        no x86 flags (ARM, macOS), a bf16 and a float32 matmul are compared, and bf16 at half
+        float32's speed or less is not native. Where bf16 is native, the run's own forward
+        and backward are timed both ways (by turns), and bf16 is taken only when at least
+        5 % faster, so that the choice never makes a run slower than float32. A run whose
         batch or sequence length starts smaller (--batch-start, --block-start) is timed at its
         first size too, and bf16 must win at both: on small tensors bf16 can lose (the fast
         preset's 20 s model at batch 4: 5.8 ms a forward and backward in bf16 against 4.9 in
-        float32, on an AVX-512 BF16 EPYC).
+        float32, on an AVX-512 BF16 EPYC). The figures are cached per machine, thread count
+        and run shape.
   MPS   float32.
 
 The same cache (precision.json) keeps the highest matmul peak a CPU has shown, MFU's
@@ -43,10 +46,10 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 FASTER = 0.95  # bf16 must take at most this fraction of float32's step time
-NATIVE = 0.5  # bf16 matmuls at or below this fraction of float32's speed: emulated, no native bf16
-# (AVX2 runs them tens of times slower; native bf16 at the gate's small size can read close
-# to float32, so a tie is no answer and the step is timed; and where the CPU's flags name
-# native bf16 the step is timed whatever the gate read: a busy host can make it read anything)
+NATIVE = 0.5  # where no flags say, bf16 matmuls at or below this fraction of float32's speed
+# are emulated (native bf16 at the gate's small size can read close to float32: a tie is no
+# answer, and the step is timed)
+NATIVE_FLAGS = {"avx512_bf16", "amx_bf16"}  # an x86 CPU that multiplies in bf16 (Linux's names)
 PROBE_MATMUL = 256  # the gate's square matmul: a few ms in bf16 even without native bf16
 PROBE_BATCH = 64  # the step is timed on at most this many sequences: the memory check comes later
 PROBE_SECONDS = 0.1  # each dtype's passes take at least this long in all (a 2-core CPU's
@@ -79,32 +82,47 @@ def choose_dtype(requested: str, device: torch.device, model: torch.nn.Module,
 
 def cpu_choice(model: torch.nn.Module, batch_size: int, cache: Path | None,
                first: tuple[int, int] | None = None) -> tuple[torch.dtype, str]:
-    """'auto' on a CPU: the probe's figures for this machine (and, where bf16 is native, for
-    the run's full shape and its `first`) from the cache, else measured and added to it, then
-    `decide`. The step is timed on at most PROBE_BATCH sequences, so that a batch too
-    big for the machine is refused by the memory check (which follows the dtype) instead of
-    exhausting memory here."""
+    """'auto' on a CPU: float32 where bf16 is not native (`native_bf16`); else the step times
+    for the run's full shape and its `first`, from the cache or measured and added to it, then
+    `decide`. The step is timed on at most PROBE_BATCH sequences, so that a batch too big for
+    the machine is refused by the memory check (which follows the dtype) instead of exhausting
+    memory here."""
     answers, before = read_cache(cache)
     machine = this_machine(answers)
+    native, why_not = native_bf16(machine)
+    if not native:
+        write_cache(cache, answers, before)
+        return torch.float32, f"auto: no native bf16, {why_not}"
+    if not isinstance(machine.get("steps"), dict):
+        machine["steps"] = {}
+    steps, timings = machine["steps"], []
+    shapes = [(batch_size, model.config.block_size)] + ([first] if first else [])
+    for batch, length in dict.fromkeys((min(b, PROBE_BATCH), t) for b, t in shapes):
+        key = shape_key(model, batch, length)
+        if not figures(steps.get(key), "bf16_step_s", "fp32_step_s"):  # said: a big model's
+            # passes take minutes; the count names the model (plan times several)
+            log.info(f"--dtype auto: timing a step of {batch} x {length} of the "
+                     f"{model.num_params():,}-parameter model in float32 and in bfloat16, "
+                     f"once for this machine and shape")
+            steps[key] = step_times(model, batch, length)
+        timings.append(((batch, length), steps[key]))
+    write_cache(cache, answers, before)
+    return decide(timings)
+
+
+def native_bf16(machine: dict) -> tuple[bool, str]:
+    """Whether this CPU multiplies in bf16 natively, and where not, why it is thought not to.
+    An x86 CPU's flags say (avx512_bf16 or amx_bf16), and nothing is measured; where there are
+    none to read (ARM, macOS), the gate (`matmul_rates`, kept in the cache's `machine` entry):
+    bf16 matmuls at more than NATIVE times float32's speed."""
+    flags = cpu_flags()
+    if flags is not None:
+        return bool(flags & NATIVE_FLAGS), "the CPU's flags name neither avx512_bf16 nor amx_bf16"
     if not figures(machine, "bf16_matmul_flops", "fp32_matmul_flops"):  # new, or damaged
         machine |= matmul_rates()
-    timings = []
-    if bf16_flags() or machine["bf16_matmul_flops"] > NATIVE * machine["fp32_matmul_flops"]:
-        shapes = [(batch_size, model.config.block_size)] + ([first] if first else [])
-        if not isinstance(machine.get("steps"), dict):
-            machine["steps"] = {}
-        steps = machine["steps"]
-        for batch, length in dict.fromkeys((min(b, PROBE_BATCH), t) for b, t in shapes):
-            key = shape_key(model, batch, length)
-            if not figures(steps.get(key), "bf16_step_s", "fp32_step_s"):  # said: a big
-                # model's passes take minutes; the count names the model (plan times several)
-                log.info(f"--dtype auto: timing a step of {batch} x {length} of the "
-                         f"{model.num_params():,}-parameter model in float32 and in bfloat16, "
-                         f"once for this machine and shape")
-                steps[key] = step_times(model, batch, length)
-            timings.append(((batch, length), steps[key]))
-    write_cache(cache, answers, before)
-    return decide(machine, timings)
+    bf16, fp32 = machine["bf16_matmul_flops"], machine["fp32_matmul_flops"]
+    return bf16 > NATIVE * fp32, (f"bf16 matmuls {bf16 / 1e9:,.1f} GFLOP/s against float32's "
+                                  f"{fp32 / 1e9:,.0f}")
 
 
 def highest_peak(device: torch.device, dtype: torch.dtype, cache: Path | None) -> float:
@@ -157,15 +175,10 @@ def figures(entry, *keys: str) -> bool:
         type(entry.get(key)) in (int, float) and 0 < entry[key] < math.inf for key in keys)
 
 
-def decide(matmuls: dict, timings: list[tuple[tuple[int, int], dict]]
-           ) -> tuple[torch.dtype, str]:
-    """The CPU's answer from the probe's figures (`matmul_rates`, then, where bf16 is native,
-    the `step_times` of each (B, T) timed, the run's full shape first; none where it is not):
-    bf16 only where the training step is at least 5 % faster, at every shape."""
-    bf16, fp32 = matmuls["bf16_matmul_flops"], matmuls["fp32_matmul_flops"]
-    if not timings:
-        return torch.float32, (f"auto: no native bf16, bf16 matmuls {bf16 / 1e9:,.1f} GFLOP/s "
-                               f"against float32's {fp32 / 1e9:,.0f}")
+def decide(timings: list[tuple[tuple[int, int], dict]]) -> tuple[torch.dtype, str]:
+    """A CPU with native bf16: its answer from the `step_times` of each (B, T) timed, the run's
+    full shape first: bf16 only where the training step is at least 5 % faster, at every
+    shape."""
     why = "auto: forward and backward " + ", ".join(
         f"of {batch}x{length} {milliseconds(t['bf16_step_s'])} ms in bf16, "
         f"{milliseconds(t['fp32_step_s'])} in float32" for (batch, length), t in timings)
@@ -250,10 +263,17 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def bf16_flags() -> list[str]:
-    """The CPU's native-bf16 feature flags (Linux's names: avx512_bf16, amx_bf16), for the
-    probe and the figures' captions: none on an AVX2-only CPU, or where /proc/cpuinfo is
-    missing."""
+def cpu_flags() -> set[str] | None:
+    """An x86 CPU's feature flags, as Linux lists them (/proc/cpuinfo's "flags" line); None
+    where there is no such line (ARM names its "Features"; macOS has no /proc)."""
     cpuinfo = Path("/proc/cpuinfo")
-    flags = set(cpuinfo.read_text().split()) if cpuinfo.exists() else set()
-    return sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return None
+
+
+def bf16_flags() -> list[str]:
+    """The CPU's native-bf16 feature flags (Linux's names: avx512_bf16, amx_bf16, amx_tile),
+    for the figures' captions: none on an AVX2-only CPU, or where there are no x86 flags."""
+    return sorted((cpu_flags() or set()) & (NATIVE_FLAGS | {"amx_tile"}))
