@@ -597,13 +597,15 @@ def test_a_step_is_counted_clipped_when_its_norm_before_clipping_exceeds_the_cli
 
 
 RESUMED = {"lesson": {}, "ema": dict(ema=0.9), "dropout": dict(dropout=0.1),
-           "schedules": dict(batch_start=4, block_start=8, ramp=0.75)}
+           "schedules": dict(batch_start=4, block_start=8, ramp=0.75),
+           "accumulation": dict(grad_accum=2)}
 
 
 @pytest.mark.parametrize("settings", RESUMED.values(), ids=RESUMED)
 def test_resume_continues_exactly(small_text, tmp_path, settings):
     """An uninterrupted run is the oracle for one stopped part-way and resumed (with an average
-    of the weights, and with batch shapes that grow, across the stop)."""
+    of the weights, with batch shapes that grow, and with two micro-batch streams, across the
+    stop)."""
     cfg = lambda: tiny_config(small_text, steps=24, eval_every=6, log_every=1,  # noqa: E731
                               **settings)
     straight = train(cfg(), tmp_path / "straight", progress=False).summary
