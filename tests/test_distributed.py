@@ -64,21 +64,23 @@ OPTIONS = ["--pos", "rope", "--norm", "rmsnorm", "--qk-norm", "--mlp", "swiglu",
                           batch_start=2, block_start=8, ramp=0.5))]  # and the speedrun's
 
 
-@pytest.mark.parametrize("options", [[], OPTIONS], ids=["lesson", "options+muon"])
+@pytest.mark.parametrize("options, accum", [([], 1), (OPTIONS, 1), ([], 2)],
+                         ids=["lesson", "options+muon", "accumulating"])
 def test_two_processes_match_one_process_accumulating_their_batches(ddp_run, corpus, tmp_path,
-                                                                    capsys, options):
-    """Rank r draws micro-batch stream r; one process with --grad-accum 2 draws streams 0 and 1:
-    the global batch is the same, so DDP's averaged gradients equal the accumulated ones (with
-    the model options and Muon too)."""
+                                                                    capsys, options, accum):
+    """With --grad-accum a, rank r draws micro-batch streams r*a to r*a + a - 1; one process
+    with --grad-accum 2a draws all of them: the global batch is the same, so DDP's averaged
+    gradients equal the accumulated ones (with the model options and Muon too; accumulating
+    under DDP, whose gradients are averaged in the last micro-batch's backward alone)."""
     out, _ = ddp_run
-    if options:
+    if options or accum > 1:
         out = tmp_path / "ddp"
         r = torchrun("train", "--text", str(corpus), "--steps", "12", *SMALL, *options,
-                     "--out", str(out))
+                     "--grad-accum", str(accum), "--out", str(out))
         assert r.returncode == 0, r.stderr[-3000:]
     one = tmp_path / "one"
     r = in_process(capsys, "train", "--text", str(corpus), "--steps", "12", *SMALL, *options,
-                   "--grad-accum", "2", "--out", str(one))
+                   "--grad-accum", str(2 * accum), "--out", str(one))
     assert r.returncode == 0, r.stderr
     ddp_rows, one_rows = read_jsonl(out / "metrics.jsonl"), read_jsonl(one / "metrics.jsonl")
     assert [r["step"] for r in ddp_rows] == [r["step"] for r in one_rows] == list(range(12))
