@@ -167,6 +167,7 @@ UNSUPPORTED = [
     ({"mlp": "swiglu"}, "mlp='swiglu'"),
     ({"qk_norm": True}, "qk_norm=True"),
     ({"pos": "alibi"}, "pos='alibi'"),  # a value the exporter has never heard of
+    ({"logit_cap": 30.0}, "logit_cap=30.0"),  # no parameter: only the config tells
     ({"pos": "learned", "norm": "layernorm", "mlp": "gelu", "qk_norm": False}, None),
 ]
 
@@ -191,6 +192,8 @@ LACKING = [  # (where, the layer put there, the error)
     ("blocks.0.attn.q_norm", nn.LayerNorm(8), r"no GPT-2 counterpart: blocks\.0\.attn\.q_norm"),
     ("blocks.1.ff.1", nn.GELU(approximate="tanh"), r"blocks\.1\.ff\.1 is not the exact GELU"),
     ("ln_f", nn.LayerNorm(32, eps=1e-6), "ln_f is not a LayerNorm with eps"),
+    ("blocks.0.ln1", nn.RMSNorm(32), r"blocks\.0\.ln1 is not a LayerNorm"),  # (its weight
+    ("blocks.1.ln2", nn.RMSNorm(32), r"blocks\.1\.ln2 is not a LayerNorm"),  # fits GPT-2's)
     ("blocks.0.attn.Wk", nn.Linear(32, 16),  # fewer key heads than query heads
      "the weights do not fit GPT-2: size mismatch"),
     ("blocks.0.attn.Wo", nn.Identity(),  # no output projection: a weight GPT-2 needs is missing
@@ -336,4 +339,9 @@ def test_export_run_reads_the_best_checkpoint_unless_told(tmp_path, monkeypatch)
     for kw in ({}, {"tag": "last"}):
         with pytest.raises(MiniGPTError, match="read no further"):
             export.export_run(tmp_path / "run", tmp_path / "hf", **kw)
+    assert asked == ["best", "last"]
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "mine.txt").write_text("x")  # a folder it must refuse: refused before
+    with pytest.raises(MiniGPTError, match="already exists"):  # the checkpoint is read
+        export.export_run(tmp_path / "run", tmp_path / "hf")
     assert asked == ["best", "last"]
