@@ -686,6 +686,16 @@ def test_a_failed_write_names_the_file_asked_for_and_leaves_no_temporary(tmp_pat
         assert list(tmp_path.iterdir()) == []
 
 
+def test_ctrl_c_mid_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    """KeyboardInterrupt is no Exception, yet the temporary goes as for any error."""
+    (tmp_path / "a.json").write_text("old")
+    with pytest.raises(KeyboardInterrupt), atomic_path(tmp_path / "a.json") as tmp:
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+    assert (tmp_path / "a.json").read_text() == "old"
+
+
 def test_files_and_folders_written_whole_get_the_usual_permissions(tmp_path):
     """(mkstemp makes a file 0600, mkdtemp a folder 0700: renamed as they are, another user
     could not read a run.) The oracle: what the process's umask gives a file made plainly."""
@@ -694,8 +704,11 @@ def test_files_and_folders_written_whole_get_the_usual_permissions(tmp_path):
     atomic_write_text(tmp_path / "a.json", "{}")
     with atomic_folder(tmp_path / "export") as tmp:
         os.close(os.open(tmp / "weights", os.O_CREAT | os.O_WRONLY, 0o600))
+        (tmp / "sub").mkdir()  # a file in a subfolder too
+        os.close(os.open(tmp / "sub" / "w", os.O_CREAT | os.O_WRONLY, 0o600))
     (tmp_path / "folder").mkdir()
-    for made, plain in [("a.json", "plain"), ("export/weights", "plain"), ("export", "folder")]:
+    for made, plain in [("a.json", "plain"), ("export/weights", "plain"), ("export", "folder"),
+                        ("export/sub/w", "plain")]:
         assert stat.S_IMODE((tmp_path / made).stat().st_mode) == \
             stat.S_IMODE((tmp_path / plain).stat().st_mode), made
     assert usual != 0o600  # (else the test could not tell)
