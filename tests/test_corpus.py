@@ -481,6 +481,13 @@ def test_an_empty_data_file_beside_others_is_read_and_a_hub_dataset_named_with_i
     assert "'someone/stories'" in label and "validation" in label and "config en" in label
 
 
+def test_a_config_given_with_local_data_files_is_refused_not_ignored(tmp_path):
+    (tmp_path / "docs.jsonl").write_text('{"text": "a"}\n')
+    with pytest.raises(MiniGPTError, match="--dataset-config en names a configuration of a "
+                                           "dataset on the hub; local data files have none"):
+        Records(str(tmp_path / "docs.jsonl"), config="en")
+
+
 def test_without_the_datasets_package_dataset_says_how_to_install_it(tmp_path, monkeypatch):
     (tmp_path / "docs.jsonl").write_text('{"text": "a"}\n')
     monkeypatch.setitem(__import__("sys").modules, "datasets", None)  # import fails
