@@ -323,6 +323,20 @@ def test_the_bar_keeps_the_last_validation_loss_and_stops_at_the_time_budget(mon
     bar.close()
 
 
+def test_a_resumed_runs_bar_starts_where_it_stopped(monkeypatch):
+    """Resumed at step 7 (or 3.14 s into a time budget), the bar starts there, to the tenth of a
+    second: from 0, its first advance counted the steps before the resume as this command's."""
+    from tqdm.std import tqdm as drawn
+
+    monkeypatch.setattr(console, "tqdm", lambda **kw: drawn(**kw | {"disable": False,
+                                                                    "file": io.StringIO()}))
+    step, seconds = 7, 3.14
+    for overrides, at in [({"steps": 20}, step), ({"time_budget": 10.0}, round(seconds, 1))]:
+        bar = console.Progress(resolve_config(overrides=overrides).train, step, seconds, True)
+        assert bar.bar.n == at
+        bar.close()
+
+
 def test_a_target_is_reached_by_a_loss_equal_to_it_and_recorded_once():
     state = TrainState()
     assert state.record_targets(2.6, [3.0, 2.5], seconds=1.234) == {"3": 1.23}
