@@ -27,7 +27,7 @@ from conftest import (
     tiny_config,
 )
 from minigpt.cli import COMPARE_STEPS, check_out_suffix, main
-from minigpt.console import count, finite_or_none, log_start, visible
+from minigpt.console import count, finite_or_none, log_eval, log_start, log_summary, visible
 from minigpt.environment import describe, resolve_device
 from minigpt.errors import MiniGPTError, ctrl_c_held, torchrun_command
 from minigpt.files import MADE, read_jsonl
@@ -765,6 +765,9 @@ def test_auto_picks_cuda_then_mps_then_the_cpu_and_cuda_alone_is_its_first_gpu(m
         assert resolve_device("auto") == torch.device(picked)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("cuda") == torch.device("cuda")
+    assert resolve_device("cuda:0") == torch.device("cuda:0")  # the one GPU's index is its last
+    with pytest.raises(MiniGPTError, match="this machine has 1 CUDA GPU"):
+        resolve_device("cuda:1")
 
 
 def test_a_runs_environment_records_its_compute_threads_and_its_gpu(monkeypatch):
@@ -835,22 +838,28 @@ def test_the_start_lines_of_one_process_with_micro_steps_and_a_warmup_as_long_as
         log_start(SimpleNamespace(**{**vars(run), "cfg": tiny_config(
             tmp_path / "t.txt", steps=1, warmup_steps=1, grad_accum=2)}), 1e9)
     assert not [r for r in caplog.records if "warmup" in r.getMessage()]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="minigpt"):  # no micro-steps, one process: batch x block
+        log_start(SimpleNamespace(**{**vars(run), "cfg": tiny_config(tmp_path / "t.txt")}), 1e9)
+    assert "micro-step" not in caplog.messages[2] and "process" not in caplog.messages[2]
 
 
+@pytest.mark.parametrize("processes", [1, 2])
 def test_whole_split_evaluations_longer_than_the_training_between_them_are_warned_of(
-        tmp_path, caplog):
+        tmp_path, caplog, processes):
     """A big prepared corpus's validation split, read whole (--eval-batches 0) at every
     evaluation, can take longer than the steps between them (a forward: a third of a step's
-    work); the start says so, and how to estimate instead. TinyShakespeare's does not."""
+    work); the start says so, and how to estimate instead. TinyShakespeare's does not. Under
+    torchrun every process trains its own batches between two."""
     cfg = tiny_config(tmp_path / "t.txt", eval_batches=0, eval_every=10)
-    between = 10 * cfg.train.batch_size * cfg.model.block_size
+    between = 10 * cfg.train.batch_size * cfg.model.block_size * processes
     env = dict(torch="2", device="cpu", torch_threads=1, cpu_capability="x", dtype="float32",
                dtype_why="asked", compile=False)
     said = {}
     for val_tokens in (3 * between, 3 * between + 1):
         data = dict(text="t.txt", vocab_size=9, train_tokens=10**9, val_tokens=val_tokens,
                     params=99)
-        run = SimpleNamespace(cfg=cfg, env=env, data=data, world=SimpleNamespace(size=1),
+        run = SimpleNamespace(cfg=cfg, env=env, data=data, world=SimpleNamespace(size=processes),
                               folder=tmp_path)
         caplog.clear()
         with caplog.at_level("INFO", logger="minigpt"):
@@ -868,6 +877,32 @@ def test_a_figure_that_is_not_finite_is_written_as_json_null():
     (an inf loss or gradient norm wrote Infinity, which strict readers refuse)."""
     figures = [finite_or_none(x) for x in (math.nan, math.inf, -math.inf, 1.5)]
     assert json.dumps(figures, allow_nan=False) == "[null, null, null, 1.5]"
+
+
+def test_the_evaluation_and_final_lines_show_their_figures_in_their_units(caplog):
+    """Each figure read back from the two lines against the row it came from: the step, losses,
+    bits per byte, learning rate, tokens per second, MFU a percentage of its fraction, seconds
+    of training apart from the command's."""
+    row = dict(step=42, train_loss=2.5, val_loss=2.25, val_bpb=1.125, lr=3e-4,
+               tokens_per_s=12345, mfu=0.25, time_s=61.6)
+    summary = dict(final_val_loss=2.0, final_val_bpb=1.0, best_val_loss=2.125, steps=43,
+                   train_s=61.6, wall_s=90.2, tokens_per_s=12345, mfu=0.37)
+    with caplog.at_level("INFO", logger="minigpt"):
+        log_eval(row, improved=True)
+        log_summary(summary, val_tokens=1000)
+    line, final = caplog.messages
+    n = r"([\d.,e+-]+)"
+    got = re.fullmatch(rf"step +{n} \| train {n} \| val {n} \({n} bpb\) \| lr {n} \| "
+                       rf"{n} tok/s, MFU {n}% \| {n} s \| best", line).groups()
+    shown = [float(g.replace(",", "")) for g in got]
+    assert shown == pytest.approx([row["step"], row["train_loss"], row["val_loss"], row["val_bpb"],
+                                   row["lr"], row["tokens_per_s"], 100 * row["mfu"],
+                                   row["time_s"]], rel=0.01)
+    got = re.search(rf"{n} steps, {n} s of training \(this command: {n} s\), {n} tok/s, "
+                    rf"MFU {n}%$", final).groups()
+    assert [float(g.replace(",", "")) for g in got] == pytest.approx(
+        [summary["steps"], summary["train_s"], summary["wall_s"], summary["tokens_per_s"],
+         100 * summary["mfu"]], rel=0.01)
 
 
 def test_counts_and_visible_controls():
