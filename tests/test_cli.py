@@ -839,9 +839,11 @@ def test_the_start_lines_of_one_process_with_micro_steps_and_a_warmup_as_long_as
             tmp_path / "t.txt", steps=1, warmup_steps=1, grad_accum=2)}), 1e9)
     assert not [r for r in caplog.records if "warmup" in r.getMessage()]
     caplog.clear()
+    cfg = tiny_config(tmp_path / "t.txt", batch_start=1, ramp=0.5)  # the batch alone grows
     with caplog.at_level("INFO", logger="minigpt"):  # no micro-steps, one process: batch x block
-        log_start(SimpleNamespace(**{**vars(run), "cfg": tiny_config(tmp_path / "t.txt")}), 1e9)
-    assert "micro-step" not in caplog.messages[2] and "process" not in caplog.messages[2]
+        log_start(SimpleNamespace(**{**vars(run), "cfg": cfg}), 1e9)
+    assert (f"batch 1->{cfg.train.batch_size} x {cfg.model.block_size} tokens (grown over the "
+            f"first 50%)") in caplog.messages[2]
 
 
 @pytest.mark.parametrize("processes", [1, 2])
