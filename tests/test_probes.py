@@ -13,7 +13,15 @@ import pytest
 import torch
 
 import minigpt.trainer
-from conftest import TINY, TINY_FLAGS, one_line_error, read_png, tiny_config
+from conftest import (
+    TINY,
+    TINY_FLAGS,
+    one_line_error,
+    read_png,
+    same_weights,
+    tiny_config,
+    without_speed,
+)
 from minigpt import resolve_config, resume_config, train
 from minigpt.diagnostics.compare import (
     compare,
@@ -224,6 +232,31 @@ def test_attention_snapshots_and_samples(probed_run):
     samples = read_jsonl(probed_run / "samples.jsonl")
     assert [s["step"] for s in samples] == [0, 10, 20, 22]
     assert all(s["text"].startswith("ROMEO:") and len(s["text"]) == 206 for s in samples)
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.5])
+def test_probes_change_nothing_the_run_learns_and_sample_its_final_model(small_text, tmp_path,
+                                                                         ema):
+    """A run with every probe on and the same run without, with dropout (which draws from the
+    global generator): the losses and the weights are the same to the bit (a probe that drew
+    random numbers or left the model in eval mode changes them), and the last sample is the
+    final model's (with --ema the average, not the raw weights), at the run's seed."""
+    from minigpt.sample import sample_text
+
+    def cfg(**diag):
+        return tiny_config(small_text, steps=7, log_every=1, eval_every=3, dropout=0.2, ema=ema,
+                           **diag)
+
+    train(cfg(), tmp_path / "plain", progress=False)
+    on = cfg(gradflow_every=2, attention_every=3, sample_every=3, plots=True)
+    probed = train(on, tmp_path / "probed", progress=False, probes=standard_probes(on))
+    rows = [without_speed(read_jsonl(tmp_path / run / "metrics.jsonl"))
+            for run in ("plain", "probed")]
+    assert rows[0] == rows[1]
+    assert same_weights(tmp_path / "plain", tmp_path / "probed")
+    last = read_jsonl(tmp_path / "probed" / "samples.jsonl")[-1]
+    assert last["step"] == 6 and last["text"] == sample_text(
+        probed.model, probed.tokenizer, None, 200, seed=on.train.seed)
 
 
 @pytest.mark.parametrize("attention_text, said", [
