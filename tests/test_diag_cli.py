@@ -41,7 +41,7 @@ from minigpt.diagnostics.report import (
     summary_html,
 )
 from minigpt.errors import MiniGPTError
-from minigpt.files import lock_folder
+from minigpt.files import lock_folder, read_jsonl
 
 
 def cli(capsys, *args: str) -> str:
@@ -479,13 +479,14 @@ def test_report_shows_a_sample_s_controls_and_first_line_break(cli_run, tmp_path
 
 
 def test_the_gradflow_section_counts_the_probes_with_flags(tmp_path):
-    """Two probes as the recorder writes them, one flagging nothing and one a parameter: by
-    hand, 2 probes and 1 with flags."""
+    """Three probes as the recorder writes them, two flagging nothing and one a parameter: by
+    hand, 3 probes and 1 with flags."""
     (tmp_path / "gradflow.png").write_bytes(b"a picture")
     rows = [{"step": 0, "flagged": {}},
-            {"step": 10, "flagged": {"blocks.0.attn.Wk.bias": ["vanishing"]}}]
+            {"step": 10, "flagged": {"blocks.0.attn.Wk.bias": ["vanishing"]}},
+            {"step": 20, "flagged": {}}]
     (tmp_path / "gradflow.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert "<p>2 probes; 1 with flagged parameters.</p>" in gradflow_html(tmp_path)
+    assert "<p>3 probes; 1 with flagged parameters.</p>" in gradflow_html(tmp_path)
 
 
 def test_the_attention_section_shows_the_first_and_the_last_snapshot(tmp_path):
@@ -743,3 +744,25 @@ def test_a_summary_whose_losses_went_nan_is_reported_not_called_damaged(tmp_path
     assert "<tr><th>final validation loss (whole split)</th><td class=num>nan</td>" in html
     assert "<tr><th>best validation estimate</th><td class=num>nan</td>" in html
     assert "<td class=num>12,345</td>" in html
+
+
+def test_the_summary_section_shows_each_figure_of_the_run(cli_run):
+    """Each row's figure, recomputed from the run: the best estimate is the lowest val_loss in
+    metrics.jsonl, the steps one past its last row, the parameters the saved model's; the rest
+    are summary.json's, each under its own heading."""
+    run = cli_run[0]
+    rows = read_jsonl(run / "metrics.jsonl")
+    s = json.loads((run / "summary.json").read_text())
+    params = sum(p.numel() for p in minigpt.load_model(run, "last")[0].parameters())
+    cells = dict(re.findall(r"<tr><th>([^<]*)</th><td class=num>([^<]*)</td>", summary_html(run)))
+    assert cells == {
+        "final validation loss (whole split)": f"{s['final_val_loss']:.4f}",
+        "best validation estimate": f"{min(r['val_loss'] for r in rows if 'val_loss' in r):.4f}",
+        "steps": f"{rows[-1]['step'] + 1:,}", "training time": f"{s['train_s']:.1f} s",
+        "tokens / s": f"{s['tokens_per_s']:,}", "parameters": f"{params:,}"}
+
+
+def test_the_samples_section_shows_every_sample_in_step_order(cli_run):
+    steps = [r["step"] for r in read_jsonl(cli_run[0] / "samples.jsonl")]
+    assert steps == sorted(steps) and len(steps) == 3  # at 0, 20 and the end's 39
+    assert re.findall(r"<h3>step (\d+)</h3>", samples_html(cli_run[0])) == [str(s) for s in steps]
