@@ -328,8 +328,10 @@ def test_a_resume_keeps_no_probe_row_of_the_step_it_trains_again(small_text, tmp
     """Killed after the step that follows its last checkpoint was recorded (here: the
     checkpoint of 3 steps done, a gradient-flow row at step 3): the resumed run writes that
     row again, so its log must drop it; the rows are the uninterrupted run's, each once."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     cfg = tiny_config(small_text, steps=4, eval_every=2, log_every=1, gradflow_every=1,
-                      plots=False, sample_every=0, attention_every=0)
+                      plots=False, sample_every=0, attention_every=0, tensorboard=True)
     run = tmp_path / "run"
     train(cfg, run, progress=False, probes=standard_probes(cfg))
     whole = [r["step"] for r in read_jsonl(run / "gradflow.jsonl")]
@@ -339,6 +341,8 @@ def test_a_resume_keeps_no_probe_row_of_the_step_it_trains_again(small_text, tmp
     cfg = resume_config(run, sections=SECTIONS)
     train(cfg, run, resume=True, progress=False, probes=standard_probes(cfg))
     assert [r["step"] for r in read_jsonl(run / "gradflow.jsonl")] == whole
+    (acc := EventAccumulator(str(run / "tensorboard"))).Reload()  # and TensorBoard's, once
+    assert [e.step for e in acc.Scalars("loss/train")] == [0, 1, 2, 3]
 
 
 def test_resuming_a_run_that_has_ended_records_its_end_once(probed_run, tmp_path):
