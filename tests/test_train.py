@@ -858,6 +858,28 @@ def test_the_agreements_go_through_the_host_group(monkeypatch):
     assert groups == [("cpu", "host"), "host"]
 
 
+def test_mean_divides_the_sum_and_agree_takes_the_largest(monkeypatch):
+    """Rank 0 of two, torch's reduction made here with the other process's values: the mean of
+    [1, 4] and [3, 0] is [2, 2] (a sum would be [4, 4]); agree of [5, 2] and [1, 9] is [5, 9]
+    on both (the smallest would let one process stop a step early and the other wait for ever)."""
+    from minigpt import distributed
+
+    theirs = iter([torch.tensor([3.0, 0.0]), torch.tensor([1.0, 9.0], dtype=torch.float64)])
+
+    def all_reduce(t, op, group=None):  # (the reductions torch does, by the op named)
+        ops = distributed.dist.ReduceOp
+        how = next(f for o, f in [(ops.SUM, torch.add), (ops.MAX, torch.maximum),
+                                  (ops.MIN, torch.minimum), (ops.PRODUCT, torch.mul)] if op == o)
+        t.copy_(how(t, next(theirs)))
+
+    monkeypatch.setattr(distributed, "HOST", {})
+    monkeypatch.setattr(distributed.dist, "all_reduce", all_reduce)
+    two, mine = World(rank=0, size=2), torch.tensor([1.0, 4.0])
+    assert distributed.mean(mine, two).tolist() == [(1.0 + 3.0) / 2, (4.0 + 0.0) / 2]
+    assert mine.tolist() == [1.0, 4.0]  # the caller's tensor, left as it was
+    assert distributed.agree([5.0, 2.0], two) == [max(5.0, 1.0), max(2.0, 9.0)]
+
+
 def test_stop_leaves_a_process_group_only_a_run_of_several_joined(monkeypatch):
     """One process never joins a group, so a group there is the caller's own (a notebook's,
     torchrun with one process): the run's end leaves it standing. torch's calls are recorded."""
