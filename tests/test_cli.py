@@ -262,6 +262,34 @@ def test_ctrl_c_under_torchrun_is_said_by_rank_zero_alone(rank, monkeypatch, cap
     assert capsys.readouterr().err == ("minigpt: interrupted\n" if rank == 0 else "")
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_command_other_than_train_under_torchrun_is_refused_each_rank_naming_itself(
+        rank, monkeypatch, capsys):
+    """Every process meets the refusal: rank 0 says it as any error, the others (after a wait,
+    for torchrun to stop them first) with their rank in front, so a line is never rank 0's
+    twice. Exit status 2 on each."""
+    import minigpt.cli as cli
+
+    as_rank(monkeypatch, rank)
+    monkeypatch.setattr(cli, "OTHER_RANKS_WAIT", 0.0)
+    monkeypatch.setattr(cli.signal, "signal", lambda *a: None)  # (say's, for rank 1: not ours)
+    capsys.readouterr()
+    assert cli.run_command(["autograd"]) == 2
+    line = ("minigpt: error: only train runs under torchrun; run minigpt autograd as one "
+            "process\n")
+    assert capsys.readouterr() == ("", line if rank == 0 else f"[rank {rank}] {line}")
+
+
+def test_a_config_file_after_an_equals_sign_is_found_under_the_home_folder(tmp_path, capsys,
+                                                                          monkeypatch):
+    """--config=~/x.toml: no shell expands it, so minigpt does (the file's own error shows it
+    was read, where ~/x.toml as typed is no file)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "x.toml").write_text("[diag]\nsample_every = -1\n")
+    line = one_line_error(capsys, ["train", "--config=~/x.toml"])
+    assert "x.toml: 'sample_every' must not be negative" in line, line
+
+
 @MAIN_THREAD_ONLY
 def test_ctrl_c_held_during_an_import_is_raised_after_it():
     """(export's import of transformers: a KeyboardInterrupt inside it can be swallowed)"""
