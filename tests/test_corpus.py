@@ -603,6 +603,18 @@ def test_a_tilde_after_an_equals_sign_is_the_home_folder(small_text, tmp_path, c
     assert f"vocab {vocab}, block 8" in p.stdout
 
 
+def test_prepares_flags_are_the_settings_prepare_takes(small_text, tmp_path, capsys):
+    """Each of prepare's flags reaches its own setting: the command's index is the one the
+    Python API makes from the same settings (shards of 97 tokens, not the default size)."""
+    settings = dict(tokenizer="bpe", vocab_size=300, val_fraction=0.25, shard_tokens=97)
+    r = in_process(capsys, "prepare", "--text", str(small_text), "--out", str(tmp_path / "cli"),
+                   *as_flags(settings), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    made = json.loads((tmp_path / "cli" / "index.json").read_text())
+    index = prepare(str(small_text), tmp_path / "api", **settings, progress=False)
+    assert made["shards"] == index["shards"] and made["tokenizer"] == index["tokenizer"]
+
+
 @pytest.mark.parametrize("out, said", [(".", "lie in the output folder"),  # the text's folder
                                        ("small.txt", "small.txt is a file, not a folder")])
 def test_sources_inside_the_output_folder_are_named(small_text, capsys, out, said):
