@@ -357,3 +357,16 @@ def test_a_rows_memory_eta_and_tokens_per_parameter_in_their_units():
     big = planning.Shape(1, 32, 2, 10_000, 3 * 2**30, 1.0, True, 1000)
     row = planning.format_plan([big], tokens=tokens).splitlines()[2]
     assert re.search(r"\s3\.00 GiB\s.*\s3\.0 h\s+1,080\.0\b", row), row
+
+
+def test_plan_plans_the_run_its_preset_makes(monkeypatch, capsys):
+    """plan --preset fast sizes the fast preset's run (its batch, block, optimizer, dtype):
+    the config plan times is the one the Python API resolves for that preset."""
+    from minigpt.diagnostics.probes import SECTIONS
+
+    planned = []
+    monkeypatch.setattr(planning, "plan", lambda cfg, *a: planned.append(cfg) or [])
+    monkeypatch.setattr(planning, "format_plan", lambda *a: "")
+    assert in_process(capsys, "plan", "--preset", "fast", "--tokens", "1e6").returncode == 0
+    fast = resolve_config("fast", None, {}, SECTIONS)
+    assert planned == [fast] and fast != resolve_config("seed", None, {}, SECTIONS)
