@@ -506,6 +506,9 @@ BAD_INPUT = [
     # --out beside --resume must name the same folder: another would be neither continued
     # nor made (the run goes on in --resume's), so it is refused rather than ignored
     (["train", "--resume", "{run}", "--out", "{bad}/elsewhere"], "name different folders"),
+    # (the same folder spelt another way is the same: the resume goes on to its own check)
+    (["train", "--resume", "{bad}/emptied-run", "--out", "{bad}/emptied-run/./"],
+     "emptied-run/checkpoints has no last.json"),
     (["train", "--resume", "{bad}"], "holds no checkpoints: not a run folder"),
     (["train", "--resume", "{bad}/list-run"],
      "last.json is not readable: a JSON object was expected, got list"),
