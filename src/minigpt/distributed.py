@@ -135,7 +135,7 @@ def agree(values: list[float], world: World) -> list[float]:
 
 def any_process(flag: bool, world: World) -> bool:
     """True on every process if it is True on any (every process must call this)."""
-    return bool(agree(float(flag), world))
+    return bool(agree([float(flag)], world)[0])
 
 
 def gather(obj, world: World) -> list:
