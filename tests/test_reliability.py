@@ -876,9 +876,9 @@ def test_resume_takes_the_command_as_first_typed(small_text, tmp_path, capsys, m
 
 def test_an_interrupted_compare_continues_where_it_stopped(small_text, tmp_path, monkeypatch):
     common = {"text": str(small_text), **TINY, "steps": 30, "eval_every": 10, "log_every": 1}
-    runs = {"a": {"lr": 1e-3}, "b": {"lr": 3e-3}}
+    runs = {"a": {"lr": 1e-3}, "b": {"lr": 3e-3}, "c": {"lr": 2e-3, "steps": 10}}
     straight = compare(runs, tmp_path / "straight", common=common, progress=False)
-    probes = comparing.standard_probes  # b crashes at step 15, after its checkpoint at 10
+    probes = comparing.standard_probes  # b crashes at step 15, after its checkpoint at 10; c waits
     monkeypatch.setattr(comparing, "standard_probes",
                         lambda cfg: [*probes(cfg), *[CrashAt(15)] * (cfg.train.lr == 3e-3)])
     with pytest.raises(KeyboardInterrupt):
@@ -886,14 +886,26 @@ def test_an_interrupted_compare_continues_where_it_stopped(small_text, tmp_path,
     monkeypatch.undo()
     a = tmp_path / "cut" / "0-a" / "checkpoints" / "last.json"
     trained = a.stat().st_mtime_ns
+    saved = load_checkpoint(tmp_path / "cut" / "1-b" / "checkpoints", "last").meta["step"]
+    starts = []  # the step each variant trained by the second call starts from
+
+    class Start(Probe):
+        def start(self, run):
+            starts.append((run.cfg.train.lr, run.state.step))
+
+    monkeypatch.setattr(comparing, "standard_probes", lambda cfg: [*probes(cfg), Start()])
     table = compare(runs, tmp_path / "cut", common=common, progress=False)  # the same again
-    assert a.stat().st_mtime_ns == trained  # a was kept, b continued from its checkpoint
+    monkeypatch.undo()
+    assert a.stat().st_mtime_ns == trained  # a was kept, b continued from its checkpoint (not
+    assert starts == [(3e-3, saved), (2e-3, 0)] and saved > 0  # from step 0, to the same
+    # weights), c began
     keys = ("variant", "final_val_loss", "best_val_loss", "steps")
     assert [[r[k] for k in keys] for r in table] == [[r[k] for k in keys] for r in straight]
     assert same_weights(tmp_path / "cut" / "1-b", tmp_path / "straight" / "1-b")
-    for other in ({**runs, "c": {}}, {"b": runs["b"], "a": runs["a"]}):  # (reordered: 0-b,
+    for other in ({**runs, "d": {}}, {"b": runs["b"], "a": runs["a"], "c": runs["c"]}):
         with pytest.raises(MiniGPTError, match="holds a comparison of other variants or se"):
-            compare(other, tmp_path / "cut", common=common, progress=False)  # 1-a trained anew)
+            compare(other, tmp_path / "cut", common=common, progress=False)  # (reordered: 0-b,
+            # 1-a trained anew)
     # a new comparison where a variant's folder holds a run of something else (a 30-step `a`
     # for a 5-step one): it stood for the variant, "trained before"
     shutil.copytree(tmp_path / "straight" / "0-a", tmp_path / "mine" / "0-a")
