@@ -896,16 +896,16 @@ def test_an_interrupted_compare_continues_where_it_stopped(small_text, tmp_path,
     monkeypatch.setattr(comparing, "standard_probes", lambda cfg: [*probes(cfg), Start()])
     table = compare(runs, tmp_path / "cut", common=common, progress=False)  # the same again
     monkeypatch.undo()
-    assert a.stat().st_mtime_ns == trained  # a was kept, b continued from its checkpoint (not
-    assert starts == [(3e-3, saved), (2e-3, 0)] and saved > 0  # from step 0, to the same
-    # weights), c began
+    assert a.stat().st_mtime_ns == trained  # a was kept; b went on from its checkpoint (from
+    assert starts == [(3e-3, saved), (2e-3, 0)] and saved > 0  # step 0, it ends with the same
+    # weights: only where it starts tells), and then c began
     keys = ("variant", "final_val_loss", "best_val_loss", "steps")
     assert [[r[k] for k in keys] for r in table] == [[r[k] for k in keys] for r in straight]
     assert same_weights(tmp_path / "cut" / "1-b", tmp_path / "straight" / "1-b")
     for other in ({**runs, "d": {}}, {"b": runs["b"], "a": runs["a"], "c": runs["c"]}):
         with pytest.raises(MiniGPTError, match="holds a comparison of other variants or se"):
-            compare(other, tmp_path / "cut", common=common, progress=False)  # (reordered: 0-b,
-            # 1-a trained anew)
+            compare(other, tmp_path / "cut", common=common, progress=False)  # (reordered:
+            # 0-b, 1-a trained anew)
     # a new comparison where a variant's folder holds a run of something else (a 30-step `a`
     # for a 5-step one): it stood for the variant, "trained before"
     shutil.copytree(tmp_path / "straight" / "0-a", tmp_path / "mine" / "0-a")
