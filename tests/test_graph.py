@@ -99,6 +99,17 @@ def test_loss_graph_feeds_token_ids_gives_the_initial_loss_and_rejects_misfits(m
             loss_graph_dot(model, VOCAB, depth)
 
 
+def test_loss_graph_feeds_b_rows_of_t_tokens_and_targets_the_next_token(model):
+    """Read back from autograd's own saved tensors: token_emb's indices are the (B, T) inputs
+    (B != T, so a swap shows), the loss's targets are each row shifted by one token."""
+    loss, _ = loss_graph(model, VOCAB, T=5, batch_size=3)
+    fns, _ = _grad_fns(loss)
+    x = next(f._saved_indices for f in fns
+             if type(f).__name__.startswith("Embedding") and f._saved_indices.dim() == 2)
+    y = loss.grad_fn._saved_target.view(3, 5)
+    assert x.shape == (3, 5) and torch.equal(y[:, :-1], x[:, 1:])
+
+
 def test_trace_has_every_parameter_once_and_the_loss_at_the_root(traced):
     model, loss, params, nodes, edges = traced
     names = Counter(n.name for n in nodes if n.kind == "param")
@@ -190,7 +201,7 @@ def test_collapse_counts_a_scalar_parameter_in_its_module():
 
 
 def test_collapse_depth_two_opens_the_blocks(traced):
-    *_, nodes, edges = traced
+    model, *_, nodes, edges = traced
     small, small_edges = collapse(nodes, edges, depth=2)
     modules = Counter(n.module for n in small if n.kind == "module")
     for i in range(2):
@@ -200,6 +211,10 @@ def test_collapse_depth_two_opens_the_blocks(traced):
     assert "blocks.0" not in modules  # its own residual adds became call nodes
     assert sum(n.label == "add" for n in small) == 1 + 2 * 2
     assert _acyclic(len(small), small_edges)
+    for n in small:  # a module's scope ends with itself, after the modules it sits in
+        if n.kind == "module":
+            assert n.module in dict(model.named_modules()) and n.scope[-1] == n.module
+            assert all(n.module.startswith(p + ".") for p in n.scope[:-1])
     ff = next(n for n in small if n.module == "blocks.0.ff")
     assert set(ff.params) == {f"blocks.0.ff.{i}.{w}" for i in (0, 2) for w in ("weight", "bias")}
     with pytest.raises(MiniGPTError, match="at least 1"):
