@@ -21,7 +21,7 @@ def test_the_trade_of_a_shape(tiny):
     model, splits = tiny
     before = [p.clone() for p in model.parameters()]
     t = batch_trade(model, splits, B=4, T=16)
-    assert t.x_shape == (4, 16) and t.predictions == 64
+    assert (t.batch_size, t.block_size, t.x_shape, t.predictions) == (4, 16, (4, 16), 4 * 16)
     assert 0 < t.step_s < 10
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     double_b = batch_trade(model, splits, B=8, T=16, measure=False)
@@ -29,7 +29,8 @@ def test_the_trade_of_a_shape(tiny):
     assert double_b.activation_bytes == double_t.activation_bytes == 2 * t.activation_bytes
     assert double_b.step_s is None
     line = format_trade(t)
-    assert "x, y: (4, 16)" in line and "64 predictions per step" in line and " ms here" in line
+    assert line.startswith("B=4    T=16 ") and "x, y: (4, 16)" in line
+    assert "64 predictions per step" in line and " ms here" in line
 
 
 def test_sliders_for_b_and_t(tiny, capsys):
@@ -85,10 +86,11 @@ def test_the_step_is_timed_on_the_shape_asked_for_with_the_defaults_and_several_
     seen = {}
 
     def timed(model, optimizer, batches, steps, clip):
-        seen.update(shape=tuple(batches.get_batch("train")[0].shape), steps=steps, clip=clip)
+        seen.update(shape=tuple(batches.get_batch("train")[0].shape), steps=steps, clip=clip,
+                    training=model.training)
         return [0.1] * steps
 
     monkeypatch.setattr(minigpt.diagnostics.batch, "timed_steps", timed)
-    batch_trade(*tiny, B=3, T=7)
-    assert seen["shape"] == (3, 7)
+    batch_trade(tiny[0].eval(), tiny[1], B=3, T=7)  # (a notebook's model, after sampling)
+    assert seen["shape"] == (3, 7) and seen["training"]  # a training step is timed
     assert seen["steps"] >= 3 and seen["clip"] == TrainConfig().grad_clip
