@@ -853,6 +853,25 @@ def test_the_loss_figure_is_drawn_on_a_log_scale_and_marks_spikes_on_the_train_c
     assert list(marks.get_ydata()) == [rows[5]["train_loss"]]
 
 
+def test_a_runs_loss_figure_draws_each_loss_of_its_metrics_file_at_its_step(tmp_path):
+    """Train loss at every row that has one, validation at every evaluation, each its own
+    figure, on a linear loss axis in nats; the rate on a linear axis too (it starts at 0)."""
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(
+        {"step": s, "train_loss": 4.0 - 0.1 * s, "lr": 1e-4 * s,
+         **({"val_loss": 4.5 - 0.1 * s} if s % 3 == 0 else {})}) + "\n" for s in range(10)))
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    figures = run_curves(tmp_path, rows, [])
+    ax = figures["loss.png"].axes[0]
+    train_line, val_line = ax.lines[:2]
+    assert list(train_line.get_xdata()) == list(range(10))
+    assert list(train_line.get_ydata()) == [r["train_loss"] for r in rows]
+    assert list(val_line.get_xdata()) == [0, 3, 6, 9]
+    assert list(val_line.get_ydata()) == [rows[s]["val_loss"] for s in (0, 3, 6, 9)]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("step", "cross-entropy loss (nats)")
+    lr_ax = figures["lr.png"].axes[0]
+    assert (lr_ax.get_ylabel(), lr_ax.get_yscale()) == ("learning rate", "linear")
+
+
 def test_under_a_time_budget_a_rate_taken_as_its_step_began_follows_the_schedule():
     """A row's rate is the schedule's at the seconds the step began (the last row's), its
     time_s those it ended at: drawn with the schedule, though it is not the rate at time_s."""
