@@ -854,8 +854,8 @@ def test_the_loss_figure_is_drawn_on_a_log_scale_and_marks_spikes_on_the_train_c
 
 
 def test_a_runs_loss_figure_draws_each_loss_of_its_metrics_file_at_its_step(tmp_path):
-    """Train loss at every row that has one, validation at every evaluation, each its own
-    figure, on a linear loss axis in nats; the rate on a linear axis too (it starts at 0)."""
+    """Train loss at every row, validation at every evaluation, each at its own step, the axes
+    named; the rate on a linear axis (it starts at 0, which a log axis cannot show)."""
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(
         {"step": s, "train_loss": 4.0 - 0.1 * s, "lr": 1e-4 * s,
          **({"val_loss": 4.5 - 0.1 * s} if s % 3 == 0 else {})}) + "\n" for s in range(10)))
