@@ -4,6 +4,7 @@ download, say) is one line too; each script's --help describes it in whole sente
 every option."""
 
 import argparse
+import importlib.util
 import json
 import runpy
 import signal
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from minigpt import MiniGPTError
 
@@ -132,3 +134,125 @@ def test_the_speedrun_says_the_dtype_auto_chose_and_prints_only_its_table(tmp_pa
     run = next(tmp_path.glob("*/fast-1s"))
     assert row["dtype"] == json.loads((run / "config.json").read_text())["environment"]["dtype"]
     assert row["dtype"] in ("float32", "bfloat16") and f"dtype auto ({row['dtype']})" in lines[0]
+
+
+def bench(monkeypatch, name: str):
+    """benchmarks/NAME.py as a module of its own (its folder first on the path, as run)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Clock:
+    """A perf_counter that moves only when a fake step moves it: each variant's time is known."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def strftime(self, fmt: str) -> str:
+        return "now"
+
+
+def table_and_json(out: str) -> tuple[list[list[str]], dict]:
+    """The rows of the table printed under its dashes (split on spaces), and the JSON line."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if set(line) == {"-"}) + 1
+    return [line.split() for line in lines[start:-1]], json.loads(lines[-1])
+
+
+def test_train_step_reports_each_variants_median_of_counted_rounds_against_the_lesson(
+        monkeypatch, capsys):
+    """Fake steps whose cost is known: 1 s each in the first step and the warm-up rounds, then
+    base x (1, 3, 2) in the three counted rounds (median 2 x base, min base, max 3 x base).
+    The figures are derived here from those costs: ms/step, speed-up = the lesson's time over
+    the variant's, tokens/s; the table and the JSON line say the same; only the variants asked
+    for are built, and the rounds interleave them."""
+    ts = bench(monkeypatch, "train_step")
+    clock, calls = Clock(), []
+    base = {"minigpt": 0.004, "lesson": 0.010, "bf16-weights": 0.005}
+    warmup, spr, factors = 2, 2, (1, 3, 2)
+
+    def build(name, cfg, tokens, device):
+        count = [0]
+
+        def step():
+            k, count[0] = count[0], count[0] + 1
+            calls.append(name)
+            counted = k - 1 - warmup * spr  # the first step, then the warm-up rounds
+            clock.now += 1.0 if counted < 0 else base[name] * factors[counted // spr]
+            return torch.zeros(())
+        return step, torch.bfloat16 if name == "bf16-weights" else torch.float32
+
+    monkeypatch.setattr(ts, "time", clock)
+    monkeypatch.setattr(ts, "build", build)
+    monkeypatch.setattr(ts.performance, "matmul_peak",
+                        lambda device, dtype, seconds: 1e12 if dtype == torch.float32 else 2e12)
+    monkeypatch.setattr(ts.precision, "cpu_name", lambda: "Test CPU 9000")
+    monkeypatch.setattr(ts.precision, "bf16_flags", lambda: ["avx512_bf16", "amx_bf16"])
+    assert ts.main(["--variants", "minigpt,lesson,bf16-weights", "--rounds", "3", "--warmup",
+                    str(warmup), "--steps-per-round", str(spr), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    table, record = table_and_json(out)
+
+    names = list(base)
+    rounds = [name for name in names for _ in range(spr)] * (warmup + 3)
+    assert calls == names + rounds  # each built once, its first step, then interleaved rounds
+    cfg = ts.resolve_config("seed")
+    tokens_per_step = cfg.train.batch_size * cfg.model.block_size
+    flops = ts.performance.train_flops_per_token(cfg.model)
+    assert [row["variant"] for row in record["rows"]] == names
+    for row, cells in zip(record["rows"], table, strict=True):
+        s = 2 * base[row["variant"]]
+        assert row["ms_per_step"] == pytest.approx(s * 1e3)
+        assert row["speedup_vs_lesson"] == pytest.approx(round(2 * base["lesson"] / s, 2))
+        assert row["tokens_per_s"] == round(tokens_per_step / s)
+        assert row["mfu"] == pytest.approx(round(tokens_per_step / s * flops / 2e12, 4))
+        assert row["min_max_ms"] == pytest.approx([base[row["variant"]] * 1e3,
+                                                   base[row["variant"]] * 3e3])
+        assert row["first_step_s"] == 1.0
+        assert row["dtype"] == ("bfloat16" if row["variant"] == "bf16-weights" else "float32")
+        assert cells[:5] == [row["variant"], f"{s * 1e3:.1f}", f"{tokens_per_step / s:,.0f}",
+                             f"{2 * base['lesson'] / s:.2f}x", f"{row['mfu']:.1%}"]
+    assert (record["cpu"], record["bf16_flags"]) == ("Test CPU 9000", ["avx512_bf16", "amx_bf16"])
+    assert "Test CPU 9000 (avx512_bf16+amx_bf16)" in out.splitlines()[0]
+    assert (record["rounds"], record["steps_per_round"]) == (3, spr)
+
+
+def test_every_train_step_variant_trains_the_same_model_on_the_same_batch_in_its_dtype(
+        monkeypatch):
+    """Each variant's one step, seen from the model's forward: the same (B, T) batch, the same
+    number of parameters, and the dtype its row claims (autocast's, or the weights')."""
+    ts = bench(monkeypatch, "train_step")
+    cfg = ts.resolve_config("seed", None, {"n_layer": 2, "n_embd": 16, "n_head": 2,
+                                           "block_size": 8, "batch_size": 3})
+    tokens = ts.synthetic_tokens(cfg.model.vocab_size, 0)[:5000]
+    seen = {}
+
+    def hook(module, args):
+        if isinstance(module, (ts.MiniGPT, ts.lesson.MiniGPT)):
+            weights = next(module.parameters()).dtype
+            dtype = (torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu")
+                     else weights)
+            seen[name] = (tuple(args[0].shape), tuple(args[1].shape),
+                          sum(p.numel() for p in module.parameters()), dtype, weights)
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    try:
+        claimed = {}
+        for name in [v for v in ts.VARIANTS if "compile" not in v]:  # (compiling is slow)
+            step, claimed[name] = ts.build(name, cfg, tokens, torch.device("cpu"))
+            step()
+    finally:
+        handle.remove()
+    params = ts.MiniGPT.from_config(cfg.model).num_params()
+    shape = (cfg.train.batch_size, cfg.model.block_size)
+    assert {n: s[:3] for n, s in seen.items()} == {n: (shape, shape, params) for n in claimed}
+    assert {n: s[3] for n, s in seen.items()} == claimed
+    assert {n: s[4] for n, s in seen.items()} == {  # the weights: bf16 in bf16-weights only
+        n: torch.bfloat16 if n == "bf16-weights" else torch.float32 for n in claimed}
+    assert claimed["bf16-weights"] == torch.bfloat16 and claimed["float32-eager"] == torch.float32
