@@ -1,8 +1,9 @@
 """What the benchmark scripts share: a parser described by the script's first paragraph, argument
 types that refuse a value that cannot be meant (argparse's one line, before anything is timed),
-and a main whose MiniGPTError (a download that fails, say) is one line too.
+a main whose MiniGPTError (a download that fails, say) is one line too, and the machine the
+figures were measured on, as the table's first line and the JSON line say it.
 
-    from common import exit_status, one_of, parser, positive, positives
+    from common import cpu, exit_status, machine, one_of, parser, positive, positives
 """
 
 from __future__ import annotations
@@ -10,9 +11,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import platform
 import sys
 from collections.abc import Callable
 
+import torch
+
+from minigpt import precision
 from minigpt.errors import MiniGPTError
 
 
@@ -66,3 +71,16 @@ def exit_status(main: Callable[[], int]) -> int:
     except MiniGPTError as e:
         print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)  # as argparse
         return 2
+
+
+def cpu() -> str:
+    """The CPU's model and its bf16 flags, for a table's first line: "AMD EPYC (no bf16 flags)"."""
+    return f"{precision.cpu_name()} ({'+'.join(precision.bf16_flags()) or 'no bf16 flags'})"
+
+
+def machine() -> dict:
+    """What the JSON line records of the machine and of torch, as the figures were measured."""
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "machine": platform.machine(), "cpu": precision.cpu_name(),
+            "bf16_flags": precision.bf16_flags()}

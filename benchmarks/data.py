@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -37,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import exit_status, parser, positive
+from common import cpu, exit_status, machine, parser, positive
 
 from minigpt.corpus import open_prepared
 from minigpt.data import get_batch
@@ -208,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"minigpt prepare ({args.tokenizer}) on synthetic text, {args.files} files, shards of "
           f"{args.shard_tokens:,} tokens; get_batch B={BATCH} T={BLOCK}; "
-          f"torch {torch.__version__}, {os.cpu_count()} CPUs")
+          f"torch {torch.__version__}, {cpu()}, {os.cpu_count()} CPUs")
     header = (f"{'tokens':>13} {'shards':>6} {'prepare s':>9} {'tokens/s':>11} "
               f"{'peak RSS':>10} {'text':>10} {'shards':>10} {'batch/s shards':>14} "
               f"{'batch/s memory':>14}")
@@ -227,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({
         "benchmark": "data", "tokenizer": args.tokenizer, "files": args.files,
         "shard_tokens": args.shard_tokens, "batch": BATCH, "block": BLOCK,
-        "torch": torch.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
+        **machine(), "cpus": os.cpu_count(),
         "import_rss_bytes": baseline, "rows": rows, "extrapolated_1b": one_b,
     }))
     return 0

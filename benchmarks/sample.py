@@ -26,12 +26,11 @@ load from other processes falls on all of them alike. Prints a table, then one J
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import time
 
 import torch
-from common import exit_status, parser, positive, positives
+from common import cpu, exit_status, machine, parser, positive, positives
 
 from minigpt import MiniGPT, lesson
 from minigpt.sample import generate
@@ -106,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         })
 
     print(f"sampling, seed-model shape (vocab {VOCAB}, block {BLOCK}, "
-          f"{ours.num_params():,} parameters), torch {torch.__version__}, "
+          f"{ours.num_params():,} parameters), {cpu()}, torch {torch.__version__}, "
           f"{args.threads} thread(s), median of {args.repeats}")
     header = (f"{'row':<22} {'in/past':>8}  {'variant':<9} {'ms/token':>9} {'tokens/s':>9} "
               f"{'speed-up':>8}  {'min..max ms/token':>18}")
@@ -123,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         same = "yes" if res["same_tokens"] else "NO"
         print(f"{'':<22} {'':>8}  same tokens in all three: {same}")
     print(json.dumps({
-        "benchmark": "sample", "torch": torch.__version__, "threads": args.threads,
-        "repeats": args.repeats, "machine": platform.machine(), "block_size": BLOCK,
+        "benchmark": "sample", **machine(), "repeats": args.repeats, "block_size": BLOCK,
         "rows": results,
     }))
     return 0 if all(r["same_tokens"] for r in results) else 1

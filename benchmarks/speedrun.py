@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import exit_status, parser, positive, positives
+from common import cpu, exit_status, machine, parser, positive, positives
 
-from minigpt import lesson, precision, resolve_config, train
+from minigpt import lesson, resolve_config, train
 from minigpt.data import ensure_tinyshakespeare, load_tokens
 
 TARGETS = ("1.72", "1.6", "1.5")
@@ -100,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                         eval_every=args.eval_every, dtype=args.dtype))
 
     reference = lesson_row["time_to"]["1.72"]
-    flags = "+".join(precision.bf16_flags()) or "no bf16 flags"
-    print(f"speedrun on TinyShakespeare, {precision.cpu_name()} ({flags}), "
+    print(f"speedrun on TinyShakespeare, {cpu()}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{torch.backends.cpu.get_cpu_capability()}, "
           f"dtype {args.dtype} ({', '.join(sorted({r['dtype'] for r in rows[1:]}))}); "
@@ -118,11 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             ratio = f"{reference / t:.1f}x" if t else "-"
             cells += f" {('-' if t is None else f'{t:.1f}'):>8} {ratio:>6}"
         print(f"{row['run']:<14} {final:>9} {row['steps']:>6} {row['train_s']:>8.1f}{cells}")
-    print(json.dumps({"benchmark": "speedrun", "torch": torch.__version__,
-                      "threads": torch.get_num_threads(),
-                      "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                      "machine": platform.machine(), "cpu": precision.cpu_name(),
-                      "bf16_flags": precision.bf16_flags(),
+    print(json.dumps({"benchmark": "speedrun", **machine(),
                       "lesson_step_ms": round(step_s * 1e3, 2),
                       "reference_time_to_1.72": reference, "rows": rows}))
     return 0

@@ -33,13 +33,12 @@ figure is the median over rounds of its mean step time. Prints a table, then one
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import time
 
 import numpy as np
 import torch
-from common import exit_status, one_of, parser, positive
+from common import cpu, exit_status, machine, one_of, parser, positive
 
 from minigpt import MiniGPT, lesson, performance, precision, resolve_config
 from minigpt.data import Batches, Splits
@@ -195,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"training step, preset {args.preset} (n_embd {m.n_embd}, {m.n_layer} layers, "
           f"{m.n_head} heads, block {m.block_size}, batch {cfg.train.batch_size}), {device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{precision.cpu_name()} ({'+'.join(precision.bf16_flags()) or 'no bf16 flags'}), "
+          f"{cpu()}, "
           f"{torch.backends.cpu.get_cpu_capability()}")
     print(f"{flops_per_token * tokens_per_step / 1e9:.2f} GFLOP per step; measured matmul peak "
           f"fp32 {peaks[torch.float32] / 1e9:,.1f} GFLOP/s, bf16 "
@@ -212,11 +211,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{speedup:>9} {row['mfu']:>6.1%}  {row['dtype']:<9} {row['first_step_s']:>12.1f}"
               f"  {lo:>7.1f}..{hi:<7.1f}")
     print(json.dumps({
-        "benchmark": "train_step", "preset": args.preset, "device": str(device),
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "machine": platform.machine(), "cpu": precision.cpu_name(),
-        "bf16_flags": precision.bf16_flags(),
+        "benchmark": "train_step", "preset": args.preset, "device": str(device), **machine(),
         "gflop_per_step": flops_per_token * tokens_per_step / 1e9,
         "peak_gflops": {"float32": peaks[torch.float32] / 1e9,
                         "bfloat16": peaks[torch.bfloat16] / 1e9},

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from minigpt import MiniGPTError
+from minigpt import MiniGPTError, precision
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -192,8 +192,8 @@ def test_train_step_reports_each_variants_median_of_counted_rounds_against_the_l
     monkeypatch.setattr(ts, "build", build)
     monkeypatch.setattr(ts.performance, "matmul_peak",
                         lambda device, dtype, seconds: 1e12 if dtype == torch.float32 else 2e12)
-    monkeypatch.setattr(ts.precision, "cpu_name", lambda: "Test CPU 9000")
-    monkeypatch.setattr(ts.precision, "bf16_flags", lambda: ["avx512_bf16", "amx_bf16"])
+    monkeypatch.setattr(precision, "cpu_name", lambda: "Test CPU 9000")
+    monkeypatch.setattr(precision, "bf16_flags", lambda: ["avx512_bf16", "amx_bf16"])
     assert ts.main(["--variants", "minigpt,lesson,bf16-weights", "--rounds", "3", "--warmup",
                     str(warmup), "--steps-per-round", str(spr), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
@@ -256,3 +256,51 @@ def test_every_train_step_variant_trains_the_same_model_on_the_same_batch_in_its
     assert {n: s[4] for n, s in seen.items()} == {  # the weights: bf16 in bf16-weights only
         n: torch.bfloat16 if n == "bf16-weights" else torch.float32 for n in claimed}
     assert claimed["bf16-weights"] == torch.bfloat16 and claimed["float32-eager"] == torch.float32
+
+
+def test_sample_reports_each_variants_median_per_token_against_the_lesson(monkeypatch, capsys):
+    """The real samplers (their tokens must agree) on a fake clock that each call moves by a
+    known cost: 1 s in a row's warm-up run, then base x (1, 3, 2) per new token in the three
+    counted runs. ms/token, tokens/s, speed-up (the lesson's time over the variant's) and the
+    spread are derived here; the table and the JSON line say the same, and the CPU."""
+    sm = bench(monkeypatch, "sample")
+    clock, calls = Clock(), []
+    base = {"lesson": 0.004, "uncached": 0.002, "cached": 0.0005}
+    factors = (1, 3, 2)
+
+    def costs(name, sampler):
+        def timed_sampler(model, idx, n, **kwargs):
+            k = sum(c == name for c in calls) % (1 + len(factors))  # its run in this row
+            calls.append(name)
+            clock.now += 1.0 if k == 0 else base[name] * factors[k - 1] * n
+            return sampler(model, idx, n, **kwargs)
+        return timed_sampler
+
+    monkeypatch.setattr(sm, "time", clock)
+    monkeypatch.setattr(sm.lesson, "generate", costs("lesson", sm.lesson.generate))
+    real = sm.generate
+    monkeypatch.setattr(sm, "generate", lambda model, idx, n, cache=True: costs(
+        "cached" if cache else "uncached", real)(model, idx, n, cache=cache))
+    monkeypatch.setattr(precision, "cpu_name", lambda: "Test CPU 9000")
+    monkeypatch.setattr(precision, "bf16_flags", lambda: ["avx512_bf16"])
+    assert sm.main(["--new-tokens", "3,5", "--full-block-tokens", "2", "--repeats", "3"]) == 0
+    out = capsys.readouterr().out
+    table, record = table_and_json(out)
+
+    assert calls == list(base) * 4 * 3  # interleaved: the warm-up run, then three, per row
+    assert [(r["new_tokens"], r["prompt_tokens"], r["tokens_inside_block"]) for r in
+            record["rows"]] == [(3, 6, 3), (5, 6, 5), (2, 128, 1)]
+    cells = [line for line in table if "same" not in line]
+    for i, row in enumerate(record["rows"]):
+        assert row["same_tokens"] is True
+        for j, name in enumerate(base):
+            s = 2 * base[name]  # per token
+            assert row["ms_per_token"][name] == pytest.approx(round(s * 1e3, 3))
+            assert row["tokens_per_s"][name] == pytest.approx(round(1 / s, 1))
+            assert row["speedup_vs_lesson"][name] == round(base["lesson"] / base[name], 2)
+            assert row["spread_ms_per_token"][name] == pytest.approx(
+                [round(base[name] * 1e3, 3), round(base[name] * 3e3, 3)])
+            assert cells[3 * i + j][-5:-1] == [name, f"{s * 1e3:.3f}", f"{1 / s:.1f}",
+                                               f"{base['lesson'] / base[name]:.2f}x"]
+    assert (record["cpu"], record["bf16_flags"]) == ("Test CPU 9000", ["avx512_bf16"])
+    assert "Test CPU 9000 (avx512_bf16)" in out.splitlines()[0]
