@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from minigpt import MiniGPTError, precision
+from minigpt import MiniGPT, MiniGPTError, precision
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -304,3 +304,56 @@ def test_sample_reports_each_variants_median_per_token_against_the_lesson(monkey
                                                f"{base['lesson'] / base[name]:.2f}x"]
     assert (record["cpu"], record["bf16_flags"]) == ("Test CPU 9000", ["avx512_bf16"])
     assert "Test CPU 9000 (avx512_bf16)" in out.splitlines()[0]
+
+
+def test_speedrun_ratios_are_the_lessons_time_to_1_72_over_each_runs(monkeypatch, capsys):
+    """The lesson's step on a fake clock (1 s for its warm-up step, then base x (1, 3, 2) per
+    step in three rounds of 10: 2 x base), its batch and model seen as it steps, and runs of
+    known times to each target: the lesson's time is 5000 steps of 2 x base; a ratio is that over
+    the run's time; the table and the JSON line say the same."""
+    sr = bench(monkeypatch, "speedrun")
+    clock, seen = Clock(), []
+    base, factors = 0.03, (1, 3, 2)
+
+    def lesson_step(model, optimizer, get_batch):
+        x, y = get_batch("train")
+        seen.append((tuple(x.shape), tuple(y.shape), sum(p.numel() for p in model.parameters())))
+        k = len(seen) - 2  # after the warm-up step
+        clock.now += 1.0 if k < 0 else base * factors[k // 10]
+        return torch.zeros(())
+
+    times = {"default": {"1.72": 50.0, "1.6": 100.0, "1.5": None},
+             "fast-20s": {"1.72": 10.0, "1.6": 20.0, "1.5": 40.0},
+             "fast-5s": {"1.72": 4.0, "1.6": None, "1.5": None}}
+    runs = []
+
+    def run(name, preset, out, **settings):
+        runs.append((name, preset, settings))
+        return {"run": name, "preset": preset, "settings": settings, "final_val_loss": 1.55,
+                "steps": 100, "train_s": 60.0, "time_to": times[name], "dtype": "float32"}
+
+    monkeypatch.setattr(sr, "time", clock)
+    monkeypatch.setattr(sr.lesson, "train_step", lesson_step)
+    monkeypatch.setattr(sr, "run", run)
+    assert sr.main(["--budgets", "20,5", "--rounds", "3", "--eval-every", "7", "--dtype",
+                    "float32", "--out", "unused"]) == 0
+    table, record = table_and_json(capsys.readouterr().out)
+
+    cfg = sr.resolve_config("seed")  # the lesson's model and batch
+    batch = (cfg.train.batch_size, cfg.model.block_size)
+    assert set(seen) == {(batch, batch, MiniGPT.from_config(cfg.model).num_params())}
+    assert len(seen) == 1 + 3 * 10
+    assert runs == [("default", "seed", {"eval_every": 7, "dtype": "float32"}),
+                    *[(f"fast-{b:g}s", "fast", {"time_budget": b, "eval_every": 7,
+                                                "dtype": "float32"}) for b in (20.0, 5.0)]]
+    reference = 2 * base * 5000
+    assert record["lesson_step_ms"] == pytest.approx(2 * base * 1e3)
+    assert record["reference_time_to_1.72"] == pytest.approx(reference)
+    assert record["rows"][0]["time_to"] == {"1.72": pytest.approx(reference), "1.6": None,
+                                            "1.5": None}
+    assert table[0] == ["lesson", "-", "5000", f"{reference:.1f}", f"{reference:.1f}", "1.0x",
+                        "-", "-", "-", "-"]
+    for cells, name in zip(table[1:], times, strict=True):
+        expected = [item for t in times[name].values()
+                    for item in ((f"{t:.1f}", f"{reference / t:.1f}x") if t else ("-", "-"))]
+        assert cells == [name, "1.5500", "100", "60.0", *expected]
