@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -357,3 +358,52 @@ def test_speedrun_ratios_are_the_lessons_time_to_1_72_over_each_runs(monkeypatch
         expected = [item for t in times[name].values()
                     for item in ((f"{t:.1f}", f"{reference / t:.1f}x") if t else ("-", "-"))]
         assert cells == [name, "1.5500", "100", "60.0", *expected]
+
+
+def test_data_batch_speed_leaves_out_its_warm_up(monkeypatch):
+    """get_batch at 1 s a call for the 20 warm-up calls, then 1 ms: 1000 batches/s."""
+    dm = bench(monkeypatch, "data")
+    clock, calls = Clock(), []
+
+    def get_batch(data, batch, block, g):
+        calls.append((batch, block))
+        clock.now += 1.0 if len(calls) <= 20 else 0.001
+
+    monkeypatch.setattr(dm, "time", clock)
+    monkeypatch.setattr(dm, "get_batch", get_batch)
+    assert dm.batches_per_s(None, 0.5, 0) == pytest.approx(1000)
+    assert set(calls) == {(32, 128)}
+
+
+def test_data_extrapolates_from_the_largest_corpus_and_reports_each_path(monkeypatch, capsys,
+                                                                         tmp_path):
+    """prepare's figures made up per size, and batch speeds told apart by the data they are
+    given (the shards, or the same tokens in memory): 1 B tokens is the largest size's
+    throughput and bytes per token, scaled here by hand."""
+    dm = bench(monkeypatch, "data")
+
+    class Shards:
+        dtype = np.uint16
+
+        def astype(self, dtype):
+            return np.zeros(10, dtype)
+
+    def prepare(corpus, out, tokenizer, shard_tokens):
+        n = int(corpus.name.split("-")[1])
+        return {"tokens": n, "shards": 1, "dtype": "uint16", "prepare_s": 1.0, "wall_s": 2.0,
+                "tokens_per_s": 4 * n, "peak_rss_bytes": 3 * n, "text_bytes": 5 * n,
+                "shard_bytes": 2 * n}
+
+    monkeypatch.setattr(dm, "run_child", lambda args: ("", 0.0, 123))
+    monkeypatch.setattr(dm, "measure_prepare", prepare)
+    monkeypatch.setattr(dm, "open_prepared", lambda out: (Shards(),))
+    monkeypatch.setattr(dm, "batches_per_s", lambda data, seconds, seed:
+                        7.0 if isinstance(data, Shards) else 11.0)
+    assert dm.main(["--tokens", "3000", "--small", "1000", "--files", "1",
+                    "--dir", str(tmp_path / "work")]) == 0
+    record = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert [(r["tokens"], r["batches_per_s_shards"], r["batches_per_s_in_memory"])
+            for r in record["rows"]] == [(1000, 7.0, 11.0), (3000, 7.0, 11.0)]
+    assert record["extrapolated_1b"] == {
+        "tokens": 10**9, "prepare_s": round(1e9 / 12000), "shard_bytes": 2 * 10**9,
+        "text_bytes": 5 * 10**9, "peak_rss_bytes": 9000, "batches_per_s_shards": 7.0}
