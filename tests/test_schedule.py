@@ -7,7 +7,7 @@ import torch
 
 from minigpt import MiniGPTError, lr_at
 from minigpt.config import TrainConfig
-from minigpt.schedule import batch_shape, grows, size_at
+from minigpt.schedule import batch_shape, grows, schedule_lr, size_at
 
 COSINE = dict(lr=1.0, min_lr=0.1, warmup_steps=10, total_steps=111, schedule="cosine")
 QUARTER = 0.1 + 0.9 * (1 + math.cos(math.pi / 4)) / 2  # min + (max - min) * (1 + cos(pi/4)) / 2
@@ -127,3 +127,20 @@ def test_a_size_before_the_start_of_training_is_the_start_size():
     """size_at clamps progress below 0 (a clock or step read before the first): the start, not
     a multiple of it rounded down to 0 or below."""
     assert size_at(-0.5, start=8, full=32, ramp=0.3) == 8
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_a_runs_schedule_matches_pytorchs_warmup_then_decay(schedule):
+    """schedule_lr reads the run's schedule: PyTorch's LinearLR warmup, then its
+    CosineAnnealingLR (or LinearLR) down to min_lr at the last step, stepped alongside."""
+    t = TrainConfig(steps=30, lr=1.0, min_lr=0.1, warmup_steps=5, schedule=schedule)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=t.lr)
+    lr_sched = torch.optim.lr_scheduler
+    decay = (lr_sched.CosineAnnealingLR(opt, T_max=24, eta_min=0.1) if schedule == "cosine"
+             else lr_sched.LinearLR(opt, start_factor=1.0, end_factor=0.1, total_iters=24))
+    warm = lr_sched.LinearLR(opt, start_factor=1 / 5, end_factor=1.0, total_iters=4)
+    sched = lr_sched.SequentialLR(opt, [warm, decay], milestones=[5])
+    for step in range(t.steps):
+        assert schedule_lr(t, step) == pytest.approx(opt.param_groups[0]["lr"]), step
+        opt.step()
+        sched.step()
