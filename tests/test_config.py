@@ -1,5 +1,6 @@
 """Configuration: presets, TOML files and flags in that order; unknown keys suggest a fix."""
 
+import math
 import re
 
 import pytest
@@ -21,6 +22,9 @@ def test_presets_exist_and_load_and_seed_is_the_default_config():
     nano = resolve_config("nanogpt-char")
     assert (nano.model.n_layer, nano.model.n_head, nano.model.n_embd) == (6, 6, 384)
     assert (nano.model.block_size, nano.train.batch_size, nano.model.dropout) == (256, 64, 0.2)
+    # nanoGPT's config/train_shakespeare_char.py: learning_rate, min_lr, max_iters, warmup_iters
+    assert (nano.train.lr, nano.train.min_lr, nano.train.steps, nano.train.warmup_steps) == (
+        1e-3, 1e-4, 5000, 100)
 
 
 def test_the_pretrain_preset_is_sized_for_a_billion_tokens():
@@ -92,6 +96,7 @@ def test_a_fit_table_without_its_bound_is_a_one_line_error():
     ("[train]\nn_layer = 2\n", "c.toml: 'n_layer' belongs in [model], not [train]"),
     ("steps = 2\n", "c.toml: 'steps' belongs in the [train] section"),  # above every section
     ("[train]\nsteps = 'many'\n", "c.toml: 'steps' must be int"),  # the file named
+    ("[train]\nsteps = true\n", "c.toml: 'steps' must be int, got True"),  # not 1 step
     ("[train]\noptimizer = 'adam'\n", "c.toml: 'optimizer' must be one of adamw, sgd"),
     ("[train]\ncompile = true\n", "c.toml: 'compile' must be one of auto, on, off; got True"),
     ("[train]\nsteps = -3\n", "/c.toml: 'steps' must be positive, got -3$"),  # a range too
@@ -141,6 +146,10 @@ N_LAYER = RunConfig().model.n_layer
     ("seed", -2**63, -2**63 - 1),
     ("grad_accum", MAX_GRAD_ACCUM, MAX_GRAD_ACCUM + 1),
     ("ramp", 1.0, 1.0 + 1e-9),  # the whole of training is a part of it
+    ("ramp", 0.0, -1e-9),  # no ramp: no size schedule
+    ("beta1", math.nextafter(1.0, 0.0), 1.0),  # torch's AdamW refuses a beta of 1
+    ("keep", 1, 0),  # a checkpoint to resume from
+    ("block_start", 0, -1),  # off at 0
     ("value_embeds", N_LAYER, N_LAYER + 1),  # every block's values
     ("val_fraction", 1e-9, 0.0),  # nothing held out: no validation loss
     ("targets", "1.72,1e-9", "1.72,0"),  # a loss of 0 is never reached
