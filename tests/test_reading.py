@@ -584,6 +584,14 @@ def test_a_loss_that_blew_up_before_it_settled_at_the_unigram_level_still_says_s
     assert not {"shape", "shape, blew up", "spikes in warmup"} & set(kinds(rows, facts))
 
 
+def test_a_split_of_at_most_chunks_times_chunk_tokens_is_counted_whole():
+    from minigpt.evaluate import unigram_entropy
+
+    tokens = np.array([0] * 30 + [1] * 10)  # 4 chunks of 10: every token counted once
+    oracle = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert unigram_entropy(tokens, 2, chunks=4, chunk=10) == pytest.approx(oracle)
+
+
 def test_the_unigram_entropy_is_of_the_token_frequencies_and_a_run_records_it(small_text,
                                                                              tmp_path):
     from collections import Counter
