@@ -13,6 +13,7 @@ import torch
 from conftest import TINY_FLAGS, native_bf16, not_warnings, run_cli, tiny_config
 from minigpt import MiniGPT, MiniGPTError, load_checkpoint, resolve_config, train
 from minigpt.diagnostics.probes import Probe
+from minigpt.evaluate import WHOLE_SPLIT_BATCH
 from minigpt.performance import peak_memory
 
 # One training step's peak resident memory, in a process of its own (ru_maxrss: the peak).
@@ -80,6 +81,9 @@ def test_the_estimate_grows_with_what_it_counts():
     n = MiniGPT.from_config(resolve_config(overrides={}).model).num_params()
     assert bf16["gradients and optimizer state"] - base["gradients and optimizer state"] == \
         2 * n  # autocast's bf16 copy of each weight
+    cfg = resolve_config(overrides={})  # a whole-split evaluation holds a batch's logits at least
+    logits = torch.empty(WHOLE_SPLIT_BATCH, cfg.model.block_size, cfg.model.vocab_size)
+    assert base["evaluation"] > logits.nbytes
 
 
 def test_the_optimizer_state_estimated_ranks_as_the_optimizers_hold_it():
