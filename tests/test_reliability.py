@@ -1161,6 +1161,43 @@ def test_a_tensor_file_outside_the_checkpoints_folder_is_refused(tmp_path):
         load_checkpoint(tmp_path / "c")
 
 
+def test_a_folder_where_a_checkpoints_file_should_be_is_refused_in_one_line(tmp_path):
+    """A directory in place of the tensor file or of last.json is no checkpoint: one line, not
+    an IsADirectoryError's traceback."""
+    tiny_save(tmp_path / "c", 1, ["last"])
+    tensors = tmp_path / "c" / json.loads((tmp_path / "c" / "last.json").read_text())["file"]
+    tensors.unlink()
+    tensors.mkdir()
+    with pytest.raises(MiniGPTError, match=f"checkpoint file {re.escape(str(tensors))} is missing"):
+        load_checkpoint(tmp_path / "c")
+    (tmp_path / "c" / "last.json").unlink()
+    (tmp_path / "c" / "last.json").mkdir()
+    with pytest.raises(MiniGPTError, match="no 'last' checkpoint in "):
+        load_checkpoint(tmp_path / "c")
+
+
+def test_a_checkpoint_record_without_its_step_is_refused_in_one_line(tmp_path):
+    tiny_save(tmp_path / "c", 1, ["last"])
+    meta = json.loads((tmp_path / "c" / "last.json").read_text())
+    for step in (None, "1"):  # gone, or not an int
+        (tmp_path / "c" / "last.json").write_text(json.dumps(meta | {"step": step}))
+        with pytest.raises(MiniGPTError, match="is not readable: 'step' is missing or not a int"):
+            load_checkpoint(tmp_path / "c")
+
+
+def test_a_checkpoint_without_the_tokens_fingerprint_compares_text_paths_resolved(
+        small_text, tmp_path, monkeypatch):
+    """Where a checkpoint keeps no fingerprint, --text is compared as a path: the run's own
+    file spelt relative is the same setting, another file is not."""
+    cfg = tiny_config(str(small_text.resolve()))
+    monkeypatch.chdir(small_text.parent)
+    assert ckpt.same_setting(cfg, "data", "text", f"./{small_text.name}")
+    other = tmp_path / "other.txt"
+    other.write_text(small_text.read_text())
+    assert not ckpt.same_setting(cfg, "data", "text", str(other))
+    assert ckpt.same_setting(cfg, "data", "text", str(other), fingerprinted=True)
+
+
 # --- a full disk, for real ------------------------------------------------------------------------
 
 
