@@ -603,7 +603,10 @@ def test_save_checkpoint_refuses_what_loading_would_before_writing(tmp_path):
     for meta, message in [({"step": 1}, "must hold 'step' (an int >= 0) and 'tokenizer'"),
                           ({"step": 1, "tokenizer": tok}, "'tokenizer' (a tokenizer's to_dict"),
                           ({"step": 1, "tokenizer": tok.to_dict(), "note": {1, 2}},
-                           "must be plain JSON values")]:
+                           "must be plain JSON values"),
+                          *[({"step": 1, "tokenizer": tok.to_dict(), key: "x"},
+                             f"a checkpoint's meta may not hold {key!r}")
+                            for key in ("format", "file", "sha256", "model", "optimizer")]]:
         with pytest.raises(MiniGPTError, match=re.escape(message)):
             ckpt.save_checkpoint(tmp_path / "c", ["last"], model, opt, meta, {})
         assert not (tmp_path / "c").exists()  # no tensor file left behind

@@ -110,7 +110,8 @@ def save_checkpoint(folder: str | Path, tags: list[str], model: MiniGPT,
     remove all but the newest `keep` steps and those a tag names. `averaged`: the moving
     average of the weights (--ema), saved beside them. `meta` must hold at least "step" (an
     int) and "tokenizer" (its to_dict()), as load_checkpoint asks; configs and loop state
-    travel with it. What load_checkpoint would refuse is refused before anything is written."""
+    travel with it (not the checkpoint's own keys: format, file, sha256, model, optimizer).
+    What load_checkpoint would refuse is refused before anything is written."""
     folder = Path(folder)
     tags = tags if isinstance(tags, str) else list(tags)
     if isinstance(tags, str) or not all(isinstance(t, str) and re.fullmatch(r"[\w.-]+", t)
@@ -121,6 +122,10 @@ def save_checkpoint(folder: str | Path, tags: list[str], model: MiniGPT,
             meta.get("tokenizer"), dict):
         raise MiniGPTError("a checkpoint's meta must hold 'step' (an int >= 0) and 'tokenizer' "
                            "(a tokenizer's to_dict())")
+    # what save_checkpoint writes itself: another format or file would be refused at loading
+    if taken := sorted(meta.keys() & {"format", "file", "sha256", "model", "optimizer"}):
+        raise MiniGPTError(f"a checkpoint's meta may not hold {', '.join(map(repr, taken))}: "
+                           f"save_checkpoint writes the checkpoint's own")
     opt_tensors, opt_meta = optimizer_tensors_and_groups(optimizer)
     path = folder / f"step-{meta['step']:06d}.safetensors"
     record = {"format": FORMAT, "file": path.name, "sha256": None, **meta,
