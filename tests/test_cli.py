@@ -629,6 +629,23 @@ def test_a_resume_by_other_processes_names_the_torchrun_command_that_resumes_it(
     assert torchrun_command(2) == "torchrun --nproc_per_node=2 -m minigpt"
 
 
+def test_a_run_of_two_processes_stopped_by_a_signal_says_to_continue_with_torchrun(
+        small_text, tmp_path, monkeypatch, capsys, caplog):
+    """A TrainingStopped keeps how many processes trained the run: the command that continues
+    it is torchrun's for 2, and the exit status is 128 + the signal's number."""
+    import minigpt.trainer
+
+    def stopped(cfg, folder, **kwargs):
+        raise minigpt.TrainingStopped(signal.SIGTERM, "", folder, 7, processes=2)
+
+    monkeypatch.setattr(minigpt.trainer, "train", stopped)
+    run = tmp_path / "run"
+    code = main(["train", "--text", str(small_text), "--out", str(run), "--no-progress"])
+    assert code == 128 + signal.SIGTERM
+    assert (f"stopped after 7 steps by SIGTERM; checkpoint saved. Continue with: "
+            f"{torchrun_command(2)} train --resume {run}") in caplog.text + capsys.readouterr().err
+
+
 def test_a_resume_of_a_folder_a_prepare_is_working_in_says_it_is_in_use(tmp_path, capsys):
     """A corpus being prepared (its progress.json written, its lock held): not 'an unfinished
     prepare' alone, which reads as one abandoned there."""

@@ -1138,6 +1138,9 @@ def test_a_tied_model_at_step_0_is_saved_once_and_fits_only_its_own_shape(tmp_pa
     shallower = MiniGPT(3, n_embd=8, n_head=1, n_layer=1, block_size=4, tie_weights=True)
     with pytest.raises(MiniGPTError, match=r"does not fit the model: .*unexpected \['blocks\.1"):
         ckpt.restore_model(shallower, saved)
+    untied = MiniGPT(3, n_embd=8, n_head=1, n_layer=2, block_size=4)  # lm_head of its own:
+    with pytest.raises(MiniGPTError, match=re.escape("missing ['lm_head.weight']")):  # not saved
+        ckpt.restore_model(untied, saved)
 
 
 def test_load_model_gives_the_saved_model_in_eval_mode(tmp_path):

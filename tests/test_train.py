@@ -957,6 +957,9 @@ def test_train_refuses_to_resume_with_another_model_or_data(small_text, tmp_path
             train(tiny_config(small_text, steps=8, **change), tmp_path, resume=True,
                   progress=False)
     assert load_model(tmp_path, "last")[2]["step"] == 4
+    was = load_model(tmp_path, "last")[2]["data"]["val_fraction"]  # refused at the config too
+    with pytest.raises(MiniGPTError, match=re.escape(f"val_fraction from {was} to {was * 2}")):
+        resume_config(tmp_path, {"val_fraction": was * 2})
     with pytest.raises(MiniGPTError, match="'lr' must be positive"):  # the settings asked on
         resume_config(tmp_path, {"lr": 0.0})  # top of the run's are checked as train checks them
     assert resume_config(tmp_path, {"vocab_size": 999}).model.vocab_size != 999  # the text's
