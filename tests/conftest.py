@@ -23,7 +23,7 @@ from minigpt.data import TINYSHAKESPEARE_SHA256
 from minigpt.diagnostics.probes import SECTIONS, Probe
 from minigpt.files import sha256_file
 from minigpt.lesson import CausalSelfAttention as LessonAttention
-from minigpt.precision import bf16_flags
+from minigpt.precision import NATIVE_FLAGS, cpu_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -210,7 +210,7 @@ def without_speed(rows: list[dict]) -> list[dict]:
 
 def native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX; Linux's flags)."""
-    return bool(bf16_flags())
+    return bool((cpu_flags() or set()) & NATIVE_FLAGS)  # (the rule --dtype auto follows)
 
 
 class SignalAt(Probe):

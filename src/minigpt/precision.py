@@ -255,21 +255,24 @@ def shape_key(model: torch.nn.Module, batch_size: int, length: int | None = None
 
 def cpu_name() -> str:
     """The CPU's model name (from /proc/cpuinfo on Linux), else what platform knows."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    return cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def cpu_flags() -> set[str] | None:
     """An x86 CPU's feature flags, as Linux lists them (/proc/cpuinfo's "flags" line); None
     where there is no such line (ARM names its "Features"; macOS has no /proc)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
+    flags = cpuinfo("flags")
+    return None if flags is None else set(flags.split())
+
+
+def cpuinfo(field: str) -> str | None:
+    """The first CPU's `field` in Linux's /proc/cpuinfo ("model name", "flags"), stripped;
+    None where there is no such file or line."""
+    path = Path("/proc/cpuinfo")
+    for line in path.read_text().splitlines() if path.exists() else []:
+        name, _, value = line.partition(":")
+        if name.strip() == field:
+            return value.strip()
     return None
 
 
